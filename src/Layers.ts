@@ -1,0 +1,69 @@
+/**
+ * The one place where configuration picks layers: SQLite or PostgreSQL, encryption on or off, log format.
+ * Programs (serve, migrate, …) are compositions of what is built here.
+ */
+import { Context, Effect, Layer, Logger, LogLevel } from "effect"
+import { AppConfig, type AppConfigShape, type Database } from "./config/AppConfig.js"
+import { resolveManagementToken } from "./config/managementToken.js"
+import { Providers } from "./config/Providers.js"
+import { KeyCipher } from "./crypto/KeyCipher.js"
+import { ManagementAppLive } from "./http/App.js"
+import { ManagementToken } from "./http/auth.js"
+import { HttpServerLive, ServerAddress } from "./http/Server.js"
+import { postgresStore, sqliteStore } from "./store/layers.js"
+import { migrateUp } from "./store/migrations.js"
+
+export const dialectOf = (db: Database) => (db._tag === "sqlite" ? "sqlite" : "postgres") as "sqlite" | "postgres"
+
+/** Store + SqlClient for the configured database. */
+export const databaseLayer = (db: Database) =>
+  db._tag === "sqlite" ? sqliteStore(db.path) : postgresStore(db.url, db.poolSize)
+
+/** The database with every pending migration applied (safe when several instances start at once). */
+export const migratedDatabaseLayer = (db: Database) =>
+  databaseLayer(db).pipe(
+    Layer.tap((ctx) =>
+      migrateUp(dialectOf(db)).pipe(
+        Effect.tap((ran) => (ran.length > 0 ? Effect.logInfo("applied migrations", ran.join(", ")) : Effect.void)),
+        Effect.provide(ctx)
+      )
+    )
+  )
+
+export const loggerLayer = (config: Pick<AppConfigShape, "logFormat" | "logLevel">) =>
+  Layer.merge(
+    Logger.replace(Logger.defaultLogger, config.logFormat === "json" ? Logger.jsonLogger : Logger.prettyLoggerDefault),
+    Logger.minimumLogLevel(
+      { debug: LogLevel.Debug, info: LogLevel.Info, warn: LogLevel.Warning, error: LogLevel.Error }[config.logLevel]
+    )
+  )
+
+/** Everything `serve` runs, for a given configuration. Provides the bound address (tests use port 0). */
+export const serveLayer = (config: AppConfigShape) =>
+  Layer.unwrapEffect(
+    Effect.gen(function*() {
+      const resolved = yield* resolveManagementToken(config.managementToken, config.managementTokenFile)
+      if (resolved.source !== "environment") {
+        yield* Effect.logInfo(
+          resolved.source === "generated"
+            ? `generated a management token; it is stored in ${config.managementTokenFile} (mode 0600)`
+            : `using the management token stored in ${config.managementTokenFile}`
+        )
+      }
+      return HttpServerLive.pipe(
+        Layer.provide(ManagementAppLive),
+        Layer.provideMerge(
+          Layer.mergeAll(
+            migratedDatabaseLayer(config.database),
+            KeyCipher.layer(config.encryptionKey),
+            Providers.builtIn,
+            Layer.succeed(ManagementToken, resolved.token),
+            Layer.succeed(AppConfig, config)
+          )
+        ),
+        Layer.tap((ctx) => {
+          return Effect.logInfo(`llm-proxy listening on ${Context.get(ctx, ServerAddress).url}`)
+        })
+      )
+    })
+  )

@@ -1,0 +1,105 @@
+/**
+ * The management API as one HttpApi definition. The server (src/http), the CLI client and the OpenAPI document
+ * are all derived from it, so they cannot drift apart.
+ */
+import { HttpApi, HttpApiEndpoint, HttpApiGroup, HttpApiMiddleware, HttpApiSchema, HttpApiSecurity, OpenApi } from "@effect/platform"
+import { Schema } from "effect"
+import {
+  BadRequestWire,
+  ConflictWire,
+  ForbiddenWire,
+  InternalErrorWire,
+  NotFoundWire,
+  PayloadTooLargeWire,
+  ServiceUnavailableWire,
+  UnauthorizedWire
+} from "../domain/errors.js"
+import {
+  BulkRevokeResult,
+  CreateProject,
+  CreateToken,
+  ListTokensParams,
+  Project,
+  Token,
+  TokenCreated,
+  UpdateProject,
+  UpdateToken
+} from "../domain/models.js"
+
+/** `Authorization: Bearer <MANAGEMENT_TOKEN>` on every management endpoint. */
+export class ManagementAuth extends HttpApiMiddleware.Tag<ManagementAuth>()("ManagementAuth", {
+  failure: UnauthorizedWire,
+  security: { bearer: HttpApiSecurity.bearer }
+}) {}
+
+const IdPath = Schema.Struct({ id: Schema.String })
+
+export const ProjectsApi = HttpApiGroup.make("projects")
+  .add(HttpApiEndpoint.get("list", "/projects").addSuccess(Schema.Array(Project)))
+  .add(
+    HttpApiEndpoint.post("create", "/projects")
+      .setPayload(CreateProject)
+      .addSuccess(Project, { status: 201 })
+      .addError(ConflictWire)
+  )
+  .add(HttpApiEndpoint.get("get", "/projects/:id").setPath(IdPath).addSuccess(Project).addError(NotFoundWire))
+  .add(
+    HttpApiEndpoint.patch("update", "/projects/:id")
+      .setPath(IdPath)
+      .setPayload(UpdateProject)
+      .addSuccess(Project)
+      .addError(NotFoundWire)
+      .addError(ConflictWire)
+  )
+  .add(
+    HttpApiEndpoint.post("revokeTokens", "/projects/:id/tokens/revoke")
+      .setPath(IdPath)
+      .addSuccess(BulkRevokeResult)
+      .addError(NotFoundWire)
+  )
+  .prefix("/manage")
+  .middleware(ManagementAuth)
+  .annotate(OpenApi.Title, "Projects")
+
+export const TokensApi = HttpApiGroup.make("tokens")
+  .add(HttpApiEndpoint.get("list", "/tokens").setUrlParams(ListTokensParams).addSuccess(Schema.Array(Token)))
+  .add(
+    HttpApiEndpoint.post("create", "/tokens")
+      .setPayload(CreateToken)
+      .addSuccess(TokenCreated, { status: 201 })
+      .addError(NotFoundWire)
+      .addError(ForbiddenWire)
+  )
+  .add(HttpApiEndpoint.get("get", "/tokens/:id").setPath(IdPath).addSuccess(Token).addError(NotFoundWire))
+  .add(
+    HttpApiEndpoint.patch("update", "/tokens/:id")
+      .setPath(IdPath)
+      .setPayload(UpdateToken)
+      .addSuccess(Token)
+      .addError(NotFoundWire)
+  )
+  .add(
+    HttpApiEndpoint.del("revoke", "/tokens/:id")
+      .setPath(IdPath)
+      .addSuccess(HttpApiSchema.NoContent)
+      .addError(NotFoundWire)
+  )
+  .prefix("/manage")
+  .middleware(ManagementAuth)
+  .annotate(OpenApi.Title, "Tokens")
+
+export class ManagementApi extends HttpApi.make("llm-proxy")
+  .add(ProjectsApi)
+  .add(TokensApi)
+  .addError(BadRequestWire)
+  .addError(PayloadTooLargeWire)
+  .addError(InternalErrorWire)
+  .addError(ServiceUnavailableWire)
+  .annotate(OpenApi.Title, "llm-proxy management API")
+  .annotate(OpenApi.Version, "0.1.0")
+  .annotate(
+    OpenApi.Description,
+    "Projects and withering tokens. Every endpoint needs `Authorization: Bearer <MANAGEMENT_TOKEN>`. " +
+      "Errors are `{\"error\": \"...\", \"code\"?: \"...\"}`."
+  )
+{}

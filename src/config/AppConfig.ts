@@ -1,0 +1,178 @@
+/**
+ * AppConfig: every setting of CONTRACT §3 this build uses, read through effect `Config` so one provider chain
+ * (flags > environment > .env) feeds them all. A bad value fails start-up with one line naming the variable.
+ */
+import { Config, ConfigError, Context, Either, Layer, Option, Redacted } from "effect"
+import { parseEncryptionKey } from "../crypto/KeyCipher.js"
+
+export interface ListenAddress {
+  readonly host: string
+  readonly port: number
+}
+
+export type Database =
+  | { readonly _tag: "sqlite"; readonly path: string }
+  | { readonly _tag: "postgres"; readonly url: Redacted.Redacted<string>; readonly poolSize: number }
+
+export type LogFormat = "json" | "pretty"
+
+export interface AppConfigShape {
+  readonly listen: ListenAddress
+  readonly managementToken: Option.Option<Redacted.Redacted<string>>
+  readonly managementTokenFile: string
+  readonly database: Database
+  readonly encryptionKey: Option.Option<Redacted.Redacted<Uint8Array>>
+  readonly requireEncryptionKey: boolean
+  readonly logLevel: "debug" | "info" | "warn" | "error"
+  readonly logFormat: LogFormat
+  readonly maxManagementBodyBytes: number
+}
+
+export class AppConfig extends Context.Tag("llm-proxy/AppConfig")<AppConfig, AppConfigShape>() {}
+
+const invalid = (name: string, message: string) => ConfigError.InvalidData([name], message)
+
+/** `host:port`, `:port` or `[v6]:port`. Port 0 asks the OS for a free port (tests). */
+export const parseListenAddress = (value: string): Either.Either<ListenAddress, string> => {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s\[\]]*)):(\d{1,5})$/.exec(value.trim())
+  if (!m) return Either.left(`expected host:port or :port, got "${value}"`)
+  const port = Number(m[3])
+  if (port > 65535) return Either.left(`port must be 0..65535, got ${port}`)
+  const host = m[1] ?? m[2] ?? ""
+  return Either.right({ host: host === "" ? "0.0.0.0" : host, port })
+}
+
+const bool = (name: string, fallback: boolean) =>
+  Config.string(name).pipe(
+    Config.withDefault(String(fallback)),
+    Config.mapOrFail((s) => {
+      switch (s.trim().toLowerCase()) {
+        case "true":
+        case "1":
+        case "yes":
+          return Either.right(true)
+        case "false":
+        case "0":
+        case "no":
+        case "":
+          return Either.right(false)
+      }
+      return Either.left(invalid(name, `expected true or false, got "${s}"`))
+    })
+  )
+
+const positiveInt = (name: string, fallback: number) =>
+  Config.string(name).pipe(
+    Config.withDefault(String(fallback)),
+    Config.mapOrFail((s) =>
+      /^\d+$/.test(s.trim()) && Number(s) > 0
+        ? Either.right(Number(s))
+        : Either.left(invalid(name, `expected a positive integer, got "${s}"`))
+    )
+  )
+
+const optionalString = (name: string) =>
+  Config.option(Config.string(name)).pipe(Config.map(Option.filter((s) => s.trim() !== "")))
+
+const listen = Config.string("LISTEN_ADDR").pipe(
+  Config.withDefault(":8080"),
+  Config.mapOrFail((s) => Either.mapLeft(parseListenAddress(s), (m) => invalid("LISTEN_ADDR", m)))
+)
+
+const database = Config.all({
+  url: optionalString("DATABASE_URL"),
+  driver: optionalString("DB_DRIVER"),
+  path: Config.string("DATABASE_PATH").pipe(Config.withDefault("./data/llm-proxy.db")),
+  poolSize: positiveInt("DATABASE_POOL_SIZE", 10)
+}).pipe(
+  Config.mapOrFail(({ driver, path, poolSize, url }): Either.Either<Database, ConfigError.ConfigError> => {
+    const d = Option.getOrUndefined(driver)?.toLowerCase()
+    if (d !== undefined && d !== "sqlite" && d !== "postgres") {
+      return Either.left(invalid("DB_DRIVER", `expected sqlite or postgres, got "${d}"`))
+    }
+    if (Option.isSome(url) && d !== "sqlite") {
+      if (!/^postgres(ql)?:\/\//.test(url.value)) {
+        return Either.left(invalid("DATABASE_URL", "expected a postgres:// or postgresql:// URL"))
+      }
+      return Either.right({ _tag: "postgres", url: Redacted.make(url.value), poolSize })
+    }
+    if (d === "postgres") return Either.left(invalid("DATABASE_URL", "required when DB_DRIVER=postgres"))
+    return Either.right({ _tag: "sqlite", path })
+  })
+)
+
+const encryptionKey = optionalString("ENCRYPTION_KEY").pipe(
+  Config.mapOrFail((o) =>
+    Option.match(o, {
+      onNone: () => Either.right(Option.none<Redacted.Redacted<Uint8Array>>()),
+      onSome: (s) =>
+        Either.match(parseEncryptionKey(s), {
+          onLeft: (m) => Either.left(invalid("ENCRYPTION_KEY", m)),
+          onRight: (bytes) => Either.right(Option.some(Redacted.make(bytes)))
+        })
+    })
+  )
+)
+
+const logLevel = Config.string("LOG_LEVEL").pipe(
+  Config.withDefault("info"),
+  Config.mapOrFail((s): Either.Either<AppConfigShape["logLevel"], ConfigError.ConfigError> => {
+    const l = s.trim().toLowerCase()
+    return l === "debug" || l === "info" || l === "warn" || l === "error"
+      ? Either.right(l)
+      : Either.left(invalid("LOG_LEVEL", `expected debug, info, warn or error, got "${s}"`))
+  })
+)
+
+const logFormat = Config.option(Config.string("LOG_FORMAT")).pipe(
+  Config.mapOrFail((o): Either.Either<LogFormat, ConfigError.ConfigError> => {
+    if (Option.isNone(o) || o.value.trim() === "") return Either.right(process.stdout.isTTY ? "pretty" : "json")
+    const f = o.value.trim().toLowerCase()
+    if (f === "json") return Either.right("json")
+    if (f === "pretty" || f === "text" || f === "console") return Either.right("pretty")
+    return Either.left(invalid("LOG_FORMAT", `expected json or pretty, got "${o.value}"`))
+  })
+)
+
+export const appConfig: Config.Config<AppConfigShape> = Config.all({
+  listen,
+  managementToken: Config.option(Config.redacted("MANAGEMENT_TOKEN")).pipe(
+    Config.map(Option.filter((r) => Redacted.value(r).trim() !== ""))
+  ),
+  managementTokenFile: Config.string("MANAGEMENT_TOKEN_FILE").pipe(Config.withDefault("./data/management-token")),
+  database,
+  encryptionKey,
+  requireEncryptionKey: bool("REQUIRE_ENCRYPTION_KEY", false),
+  logLevel,
+  logFormat,
+  maxManagementBodyBytes: positiveInt("MAX_MANAGEMENT_BODY_SIZE", 2 * 1024 * 1024)
+}).pipe(
+  Config.mapOrFail((c) =>
+    c.requireEncryptionKey && Option.isNone(c.encryptionKey)
+      ? Either.left(invalid("ENCRYPTION_KEY", "required because REQUIRE_ENCRYPTION_KEY=true"))
+      : Either.right(c)
+  )
+)
+
+export const layer: Layer.Layer<AppConfig, ConfigError.ConfigError> = Layer.effect(AppConfig, appConfig)
+
+/** One line for a person: the variable and what is wrong with it. */
+export const formatConfigError = (e: ConfigError.ConfigError): string => {
+  const lines: Array<string> = []
+  const walk = (err: ConfigError.ConfigError): void => {
+    switch (err._op) {
+      case "And":
+      case "Or":
+        walk(err.left)
+        walk(err.right)
+        return
+      case "InvalidData":
+      case "MissingData":
+      case "SourceUnavailable":
+      case "Unsupported":
+        lines.push(`${err.path.join("_") || "configuration"}: ${err.message}`)
+    }
+  }
+  walk(e)
+  return `invalid configuration: ${lines[0] ?? String(e)}`
+}

@@ -1,0 +1,101 @@
+/**
+ * What the management API returns and accepts. Field names follow reference-system.md §2.3–2.4 (snake_case) so
+ * clients of the system we replace keep working. Timestamps are RFC 3339 strings in UTC.
+ */
+import { Schema } from "effect"
+
+export const Timestamp = Schema.String.annotations({ description: "RFC 3339 timestamp (UTC)", format: "date-time" })
+
+export const NAME_MAX = 255
+export const API_KEY_MAX = 4096
+export const DURATION_MAX_MINUTES = 525_600
+export const MAX_REQUESTS_MAX = 2_147_483_647
+
+export const Project = Schema.Struct({
+  id: Schema.String.annotations({ description: "UUID" }),
+  name: Schema.String,
+  api_key: Schema.String.annotations({ description: "The provider key, obfuscated; never returned whole" }),
+  provider: Schema.String,
+  is_active: Schema.Boolean,
+  deactivated_at: Schema.optional(Timestamp),
+  created_at: Timestamp,
+  updated_at: Timestamp
+}).annotations({ identifier: "Project" })
+export type Project = typeof Project.Type
+
+export const CreateProject = Schema.Struct({
+  name: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(NAME_MAX)),
+  api_key: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(API_KEY_MAX)),
+  provider: Schema.optional(Schema.String.annotations({ description: "Provider name from the configuration (default openai)" }))
+}).annotations({ identifier: "CreateProject" })
+export type CreateProject = typeof CreateProject.Type
+
+export const UpdateProject = Schema.Struct({
+  name: Schema.optional(Schema.String.pipe(Schema.minLength(1), Schema.maxLength(NAME_MAX))),
+  api_key: Schema.optional(
+    Schema.String.pipe(Schema.maxLength(API_KEY_MAX)).annotations({ description: "Empty string keeps the current key" })
+  ),
+  provider: Schema.optional(Schema.String),
+  is_active: Schema.optional(Schema.Boolean),
+  revoke_tokens: Schema.optional(
+    Schema.Boolean.annotations({ description: "With is_active=false: revoke every active token of the project" })
+  )
+}).annotations({ identifier: "UpdateProject" })
+export type UpdateProject = typeof UpdateProject.Type
+
+export const BulkRevokeResult = Schema.Struct({
+  revoked_count: Schema.Number,
+  already_revoked_count: Schema.Number,
+  total_tokens: Schema.Number
+}).annotations({ identifier: "BulkRevokeResult" })
+export type BulkRevokeResult = typeof BulkRevokeResult.Type
+
+export const Token = Schema.Struct({
+  id: Schema.String,
+  token: Schema.String.annotations({ description: "sk- + first 4 + **** + last 4; the secret itself is shown only once" }),
+  project_id: Schema.String,
+  expires_at: Schema.NullOr(Timestamp),
+  is_active: Schema.Boolean,
+  deactivated_at: Schema.optional(Timestamp),
+  request_count: Schema.Number,
+  max_requests: Schema.NullOr(Schema.Number).annotations({ description: "null = unlimited" }),
+  cache_hit_count: Schema.Number,
+  prompt_tokens: Schema.Number,
+  completion_tokens: Schema.Number,
+  created_at: Timestamp,
+  last_used_at: Schema.NullOr(Timestamp)
+}).annotations({ identifier: "Token" })
+export type Token = typeof Token.Type
+
+export const TokenCreated = Schema.Struct({
+  id: Schema.String,
+  token: Schema.String.annotations({ description: "The secret. Store it now: it is never shown again." }),
+  project_id: Schema.String,
+  expires_at: Timestamp,
+  max_requests: Schema.optional(Schema.Number)
+}).annotations({ identifier: "TokenCreated" })
+export type TokenCreated = typeof TokenCreated.Type
+
+const Int = Schema.Number.pipe(Schema.int())
+
+export const CreateToken = Schema.Struct({
+  project_id: Schema.String,
+  duration_minutes: Int.pipe(Schema.between(1, DURATION_MAX_MINUTES)),
+  max_requests: Schema.optional(
+    Schema.NullOr(Int.pipe(Schema.between(0, MAX_REQUESTS_MAX))).annotations({ description: "0 or null = unlimited" })
+  )
+}).annotations({ identifier: "CreateToken" })
+export type CreateToken = typeof CreateToken.Type
+
+export const UpdateToken = Schema.Struct({
+  is_active: Schema.optional(Schema.Boolean),
+  max_requests: Schema.optional(Schema.NullOr(Int.pipe(Schema.between(0, MAX_REQUESTS_MAX)))),
+  expires_at: Schema.optional(Timestamp)
+}).annotations({ identifier: "UpdateToken" })
+export type UpdateToken = typeof UpdateToken.Type
+
+export const ListTokensParams = Schema.Struct({
+  project_id: Schema.optional(Schema.String),
+  projectId: Schema.optional(Schema.String.annotations({ description: "Legacy spelling of project_id" })),
+  active_only: Schema.optional(Schema.String.annotations({ description: "true: only active, unexpired tokens" }))
+})

@@ -1,0 +1,112 @@
+/**
+ * The HTTP application on one listener: health probes, the management API (+ OpenAPI and Swagger UI) and, as
+ * later issues land, the proxy and admin UI. Unexpected failures are logged and answered with a generic 500.
+ */
+import {
+  HttpApiBuilder,
+  HttpApiSwagger,
+  type HttpApp,
+  type HttpRouter,
+  HttpServerRequest,
+  HttpServerResponse
+} from "@effect/platform"
+import { Cause, Clock, Context, Effect, Layer, Predicate } from "effect"
+import { ManagementApi } from "../api/ManagementApi.js"
+import { Store } from "../store/Store.js"
+import { ManagementAuthLive, ManagementToken } from "./auth.js"
+import { jsonError, managementFallback } from "./fallback.js"
+import { ProjectsLive } from "./ProjectsHttp.js"
+import { TokensLive } from "./TokensHttp.js"
+
+export const VERSION = "0.1.0"
+
+type App = HttpApp.Default<never, HttpRouter.HttpRouter.DefaultServices>
+
+export class ManagementApp extends Context.Tag("llm-proxy/ManagementApp")<ManagementApp, App>() {}
+
+export const ManagementAppLive = Layer.effect(ManagementApp, HttpApiBuilder.httpApp).pipe(
+  Layer.provide(HttpApiSwagger.layer({ path: "/manage/docs" })),
+  Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/manage/openapi.json" })),
+  Layer.provide(HttpApiBuilder.api(ManagementApi).pipe(Layer.provide([ProjectsLive, TokensLive]))),
+  Layer.provide([HttpApiBuilder.Router.Live, HttpApiBuilder.Middleware.layer, ManagementAuthLive])
+)
+
+const SAFE_REQUEST_ID = /^[A-Za-z0-9._:\-]{1,128}$/
+
+/** A client's X-Request-ID is kept when it is short and safe, else replaced. */
+export const requestIdOf = (header: string | undefined): string =>
+  header !== undefined && SAFE_REQUEST_ID.test(header) ? header : crypto.randomUUID()
+
+const health = Effect.gen(function*() {
+  const store = yield* Store
+  const started = yield* Clock.currentTimeMillis
+  const db = yield* Effect.either(Effect.timeout(store.ping, "2 seconds"))
+  const latency = (yield* Clock.currentTimeMillis) - started
+  const up = db._tag === "Right"
+  return {
+    up,
+    body: {
+      status: up ? "ok" : "degraded",
+      timestamp: new Date(started).toISOString(),
+      version: VERSION,
+      checks: { database: { status: up ? "up" : "down", driver: store.dialect, latency_ms: latency } }
+    }
+  }
+})
+
+export const makeApp = Effect.gen(function*() {
+  const management = yield* ManagementApp
+  const context = yield* Effect.context<Store | ManagementToken>()
+
+  const route = Effect.gen(function*() {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const path = request.url.split("?")[0] ?? "/"
+    switch (path) {
+      case "/live":
+        return HttpServerResponse.text("alive")
+      case "/ready": {
+        const h = yield* health
+        return h.up ? HttpServerResponse.text("ready") : HttpServerResponse.text("not ready", { status: 503 })
+      }
+      case "/health": {
+        const h = yield* health
+        return HttpServerResponse.unsafeJson(h.body, { status: h.up ? 200 : 503 })
+      }
+    }
+    if (path === "/manage" || path.startsWith("/manage/")) {
+      // The router ignores a trailing slash; `/manage/projects/` is an empty id, not the list (reference §2.3).
+      if (path.endsWith("/")) {
+        return yield* managementFallback.pipe(
+          Effect.catchTag("Unauthorized", (e) => Effect.succeed(jsonError(401, e.error)))
+        )
+      }
+      // The router is typed as infallible but fails with RouteNotFound for paths it does not know.
+      return yield* management.pipe(
+        Effect.catchAllCause((cause) => {
+          const failure = Cause.failureOption(cause as Cause.Cause<unknown>)
+          return failure._tag === "Some" && Predicate.isTagged(failure.value, "RouteNotFound")
+            ? managementFallback.pipe(Effect.catchTag("Unauthorized", (e) => Effect.succeed(jsonError(401, e.error))))
+            : Effect.failCause(cause)
+        })
+      )
+    }
+    return jsonError(404, "not found")
+  }).pipe(Effect.provide(context))
+
+  const app: App = Effect.gen(function*() {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const requestId = requestIdOf(request.headers["x-request-id"])
+    const response = yield* route.pipe(
+      Effect.catchAllCause((cause) =>
+        Cause.isInterruptedOnly(cause)
+          ? Effect.failCause(cause)
+          : Effect.as(
+            Effect.logError("unhandled error", Cause.pretty(cause)).pipe(Effect.annotateLogs({ request_id: requestId })),
+            jsonError(500, "internal server error")
+          )
+      )
+    )
+    return HttpServerResponse.setHeader(response, "x-request-id", requestId)
+  })
+  return app
+})

@@ -1,0 +1,94 @@
+/** Handlers of the `projects` group (reference-system.md §2.3 with the CONTRACT §4 changes). */
+import { HttpApiBuilder } from "@effect/platform"
+import { Clock, Effect, Option } from "effect"
+import { ManagementApi } from "../api/ManagementApi.js"
+import { Providers } from "../config/Providers.js"
+import { KeyCipher } from "../crypto/KeyCipher.js"
+import { obfuscateApiKey } from "../crypto/obfuscate.js"
+import { BadRequest, Conflict, InternalError, NotFound } from "../domain/errors.js"
+import { isUuid, validateCreateProject, validateUpdateProject } from "../domain/validation.js"
+import { Store, type StoreError } from "../store/Store.js"
+import { readJson, validate } from "./body.js"
+import { projectJson } from "./present.js"
+
+const now = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms).toISOString())
+
+/** Store failures are logged with their cause and answered with a fixed message. */
+export const internal = (message: string) => (e: StoreError) =>
+  Effect.zipRight(Effect.logError(message, e.message), Effect.fail(new InternalError({ error: message })))
+
+export const projectId = (raw: string) =>
+  isUuid(raw) ? Effect.succeed(raw.toLowerCase()) : Effect.fail(new BadRequest({ error: "invalid project id" }))
+
+const notFound = new NotFound({ error: "project not found" })
+const conflict = (name: string) =>
+  new Conflict({ error: `a project named "${name.slice(0, 64)}" already exists`, code: "duplicate_name" })
+
+export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (handlers) =>
+  Effect.gen(function*() {
+    const store = yield* Store
+    const cipher = yield* KeyCipher
+    const providers = yield* Providers
+
+    return handlers
+      .handle("list", () =>
+        store.listProjects.pipe(
+          Effect.map((rows) => rows.map(projectJson)),
+          Effect.catchTag("StoreError", internal("failed to list projects"))
+        ))
+      .handleRaw("create", ({ request }) =>
+        Effect.gen(function*() {
+          const body = yield* readJson(request)
+          const input = yield* validate(validateCreateProject(body, providers.names, providers.defaultProvider))
+          const row = yield* store.createProject({
+            id: crypto.randomUUID(),
+            name: input.name,
+            apiKey: cipher.encrypt(input.apiKey),
+            apiKeyHint: obfuscateApiKey(input.apiKey),
+            provider: input.provider,
+            now: yield* now
+          })
+          return projectJson(row)
+        }).pipe(
+          Effect.catchTags({
+            DuplicateProjectName: (e) => Effect.fail(conflict(e.name)),
+            StoreError: internal("failed to create project")
+          })
+        ))
+      .handle("get", ({ path }) =>
+        Effect.gen(function*() {
+          const id = yield* projectId(path.id)
+          const row = yield* store.getProject(id)
+          return projectJson(yield* Option.match(row, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed }))
+        }).pipe(Effect.catchTag("StoreError", internal("failed to get project"))))
+      .handleRaw("update", ({ path, request }) =>
+        Effect.gen(function*() {
+          const id = yield* projectId(path.id)
+          const body = yield* readJson(request)
+          const input = yield* validate(validateUpdateProject(body, providers.names))
+          const result = yield* store.updateProject(id, {
+            ...(input.name !== undefined ? { name: input.name } : {}),
+            ...(input.apiKey !== undefined
+              ? { apiKey: cipher.encrypt(input.apiKey), apiKeyHint: obfuscateApiKey(input.apiKey) }
+              : {}),
+            ...(input.provider !== undefined ? { provider: input.provider } : {}),
+            ...(input.isActive !== undefined ? { isActive: input.isActive } : {}),
+            revokeTokens: input.revokeTokens,
+            now: yield* now
+          })
+          const updated = yield* Option.match(result, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed })
+          return projectJson(updated.project)
+        }).pipe(
+          Effect.catchTags({
+            DuplicateProjectName: (e) => Effect.fail(conflict(e.name)),
+            StoreError: internal("failed to update project")
+          })
+        ))
+      .handle("revokeTokens", ({ path }) =>
+        Effect.gen(function*() {
+          const id = yield* projectId(path.id)
+          const result = yield* store.revokeProjectTokens(id, yield* now)
+          const counts = yield* Option.match(result, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed })
+          return { revoked_count: counts.revoked, already_revoked_count: counts.alreadyRevoked, total_tokens: counts.total }
+        }).pipe(Effect.catchTag("StoreError", internal("failed to revoke project tokens"))))
+  }))

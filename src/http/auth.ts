@@ -1,0 +1,39 @@
+/** Management-token authentication (reference §2.2 messages, constant-time comparison). */
+import { HttpServerRequest } from "@effect/platform"
+import { Context, Effect, Layer, Redacted } from "effect"
+import { ManagementAuth } from "../api/ManagementApi.js"
+import { constantTimeEqual } from "../crypto/constantTime.js"
+import { Unauthorized } from "../domain/errors.js"
+
+export class ManagementToken extends Context.Tag("llm-proxy/ManagementToken")<ManagementToken, Redacted.Redacted<string>>() {}
+
+const PREFIX = "Bearer "
+
+/** The check itself, shared by the HttpApi middleware and the fallback that answers 405s. */
+export const checkAuthorization = (
+  header: string | undefined,
+  expected: Redacted.Redacted<string>
+): Unauthorized | undefined => {
+  if (header === undefined || !header.startsWith(PREFIX) || header.slice(PREFIX.length).trim() === "") {
+    return new Unauthorized({ error: "missing or invalid Authorization header" })
+  }
+  return constantTimeEqual(header.slice(PREFIX.length), Redacted.value(expected))
+    ? undefined
+    : new Unauthorized({ error: "invalid management token" })
+}
+
+export const authorize = Effect.gen(function*() {
+  const expected = yield* ManagementToken
+  const request = yield* HttpServerRequest.HttpServerRequest
+  const failure = checkAuthorization(request.headers.authorization, expected)
+  if (failure) return yield* failure
+})
+
+export const ManagementAuthLive = Layer.effect(
+  ManagementAuth,
+  Effect.map(ManagementToken, (expected) =>
+    ManagementAuth.of({
+      // The platform's bearer decoder slices any header; we re-read it to tell "missing" from "wrong".
+      bearer: () => Effect.provideService(authorize, ManagementToken, expected)
+    }))
+)

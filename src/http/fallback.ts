@@ -1,0 +1,51 @@
+/**
+ * What the HttpApi router does not match under /manage: known resources with the wrong method get 405 (after
+ * authentication, as the reference does), malformed ids get 400, anything else 404 without authentication.
+ */
+import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { Effect } from "effect"
+import { authorize } from "./auth.js"
+
+export const jsonError = (status: number, error: string, extra?: Record<string, string>, headers?: Record<string, string>) =>
+  HttpServerResponse.unsafeJson({ error, ...extra }, { status, ...(headers ? { headers } : {}) })
+
+type Known =
+  | { readonly kind: "collection"; readonly allow: string }
+  | { readonly kind: "project" }
+  | { readonly kind: "item"; readonly allow: string }
+  | { readonly kind: "bad-id"; readonly error: string }
+
+const classify = (path: string): Known | undefined => {
+  const parts = path.split("/").slice(2) // ["projects", ...] after "", "manage"
+  const [resource, id, ...rest] = parts
+  if (resource !== "projects" && resource !== "tokens") return undefined
+  if (id === undefined) return { kind: "collection", allow: "GET, POST" }
+  if (resource === "projects") {
+    if (id === "") return { kind: "bad-id", error: "invalid project id" }
+    if (rest.length === 0) return { kind: "project" }
+    if (rest.length === 2 && rest[0] === "tokens" && rest[1] === "revoke") return { kind: "item", allow: "POST" }
+    return { kind: "bad-id", error: "invalid path" }
+  }
+  if (id === "") return { kind: "bad-id", error: "token ID is required" }
+  if (rest.length === 0) return { kind: "item", allow: "GET, PATCH, DELETE" }
+  return { kind: "bad-id", error: "invalid token id" }
+}
+
+export const managementFallback = Effect.gen(function*() {
+  const request = yield* HttpServerRequest.HttpServerRequest
+  const path = request.url.split("?")[0] ?? ""
+  const known = classify(path)
+  if (known === undefined) return jsonError(404, "not found")
+  yield* authorize
+  switch (known.kind) {
+    case "bad-id":
+      return jsonError(400, known.error)
+    case "project":
+      return request.method === "DELETE"
+        ? jsonError(405, "method not allowed", { message: "project deletion is not permitted" }, { allow: "GET, PATCH" })
+        : jsonError(405, "method not allowed", undefined, { allow: "GET, PATCH" })
+    case "collection":
+    case "item":
+      return jsonError(405, "method not allowed", undefined, { allow: known.allow })
+  }
+})

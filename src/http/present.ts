@@ -1,0 +1,30 @@
+/** Rows → the JSON the API returns. Secrets never leave here whole: keys as their hint, tokens as theirs. */
+import type { Project, Token } from "../domain/models.js"
+import type { ProjectRow, TokenRow } from "../store/Store.js"
+
+export const projectJson = (p: ProjectRow): Project => ({
+  id: p.id,
+  name: p.name,
+  api_key: p.apiKeyHint,
+  provider: p.provider,
+  is_active: p.isActive,
+  ...(p.deactivatedAt !== null ? { deactivated_at: p.deactivatedAt } : {}),
+  created_at: p.createdAt,
+  updated_at: p.updatedAt
+})
+
+export const tokenJson = (t: TokenRow): Token => ({
+  id: t.id,
+  token: t.tokenHint,
+  project_id: t.projectId,
+  expires_at: t.expiresAt,
+  is_active: t.isActive,
+  ...(t.deactivatedAt !== null ? { deactivated_at: t.deactivatedAt } : {}),
+  request_count: t.requestCount,
+  max_requests: t.maxRequests,
+  cache_hit_count: t.cacheHitCount,
+  prompt_tokens: t.promptTokens,
+  completion_tokens: t.completionTokens,
+  created_at: t.createdAt,
+  last_used_at: t.lastUsedAt
+})

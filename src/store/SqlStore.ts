@@ -1,0 +1,286 @@
+/**
+ * Store on @effect/sql. The SQL is shared by both dialects; the differences (booleans, timestamp and bigint
+ * decoding, unique-violation codes) are handled at the edges of this file.
+ */
+import { SqlClient, SqlError } from "@effect/sql"
+import { Effect, Layer, Option } from "effect"
+import {
+  type BulkRevoke,
+  DuplicateProjectName,
+  type ProjectRow,
+  Store,
+  StoreError,
+  type StoreShape,
+  type TokenRow
+} from "./Store.js"
+
+type Dialect = StoreShape["dialect"]
+type Row = Record<string, unknown>
+
+const iso = (v: unknown): string => (v instanceof Date ? v.toISOString() : new Date(String(v)).toISOString())
+const isoOrNull = (v: unknown): string | null => (v === null || v === undefined ? null : iso(v))
+const num = (v: unknown): number => Number(v)
+const numOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v))
+const bool = (v: unknown): boolean => v === true || v === 1 || v === "1" || v === "t"
+
+const toProject = (r: Row): ProjectRow => ({
+  id: String(r.id),
+  name: String(r.name),
+  apiKey: String(r.api_key),
+  apiKeyHint: String(r.api_key_hint),
+  provider: String(r.provider),
+  isActive: bool(r.is_active),
+  deactivatedAt: isoOrNull(r.deactivated_at),
+  createdAt: iso(r.created_at),
+  updatedAt: iso(r.updated_at)
+})
+
+const toToken = (r: Row): TokenRow => ({
+  id: String(r.id),
+  tokenHash: String(r.token_hash),
+  tokenHint: String(r.token_hint),
+  projectId: String(r.project_id),
+  expiresAt: isoOrNull(r.expires_at),
+  isActive: bool(r.is_active),
+  deactivatedAt: isoOrNull(r.deactivated_at),
+  requestCount: num(r.request_count),
+  maxRequests: numOrNull(r.max_requests),
+  cacheHitCount: num(r.cache_hit_count),
+  promptTokens: num(r.prompt_tokens),
+  completionTokens: num(r.completion_tokens),
+  createdAt: iso(r.created_at),
+  lastUsedAt: isoOrNull(r.last_used_at)
+})
+
+const isUniqueViolation = (e: SqlError.SqlError): boolean => {
+  const code = (e.cause as { code?: unknown } | undefined)?.code
+  return code === "23505" || code === "SQLITE_CONSTRAINT_UNIQUE"
+}
+
+const storeError = (operation: string) => (cause: SqlError.SqlError) =>
+  new StoreError({ message: `database error during ${operation}`, cause })
+
+export const make = (dialect: Dialect) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // better-sqlite3 cannot bind booleans; Postgres wants real ones.
+    const b = (v: boolean): boolean | number => (dialect === "sqlite" ? (v ? 1 : 0) : v)
+    const TRUE = b(true)
+    const FALSE = b(false)
+
+    const wrap = <A, E, R>(operation: string, effect: Effect.Effect<A, E | SqlError.SqlError, R>) =>
+      Effect.catchIf(
+        effect,
+        (e): e is SqlError.SqlError => e instanceof SqlError.SqlError,
+        (e) => Effect.fail(storeError(operation)(e))
+      ).pipe(Effect.withSpan(`Store.${operation}`)) as Effect.Effect<A, Exclude<E, SqlError.SqlError> | StoreError, R>
+
+    const duplicateName = (name: string) =>
+    (e: SqlError.SqlError): Effect.Effect<never, SqlError.SqlError | DuplicateProjectName> =>
+      isUniqueViolation(e) ? Effect.fail(new DuplicateProjectName({ name })) : Effect.fail(e)
+
+    const selectProject = (id: string) =>
+      Effect.map(sql<Row>`SELECT * FROM projects WHERE id = ${id}`, (rows) => Option.map(Option.fromNullable(rows[0]), toProject))
+
+    const revokeActiveTokens = (projectId: string, now: string) =>
+      Effect.map(
+        sql<Row>`UPDATE tokens SET is_active = ${FALSE}, deactivated_at = COALESCE(deactivated_at, ${now})
+          WHERE project_id = ${projectId} AND is_active = ${TRUE} RETURNING id`,
+        (rows) => rows.length
+      )
+
+    const store: StoreShape = {
+      dialect,
+      ping: wrap("ping", Effect.asVoid(sql`SELECT 1`)),
+
+      listProjects: wrap("listProjects", Effect.map(sql<Row>`SELECT * FROM projects ORDER BY name ASC`, (rows) => rows.map(toProject))),
+
+      getProject: (id) => wrap("getProject", selectProject(id)),
+
+      createProject: (p) =>
+        wrap(
+          "createProject",
+          sql`INSERT INTO projects ${
+            sql.insert({
+              id: p.id,
+              name: p.name,
+              api_key: p.apiKey,
+              api_key_hint: p.apiKeyHint,
+              provider: p.provider,
+              is_active: TRUE,
+              created_at: p.now,
+              updated_at: p.now
+            })
+          }`.pipe(
+            Effect.catchAll(duplicateName(p.name)),
+            Effect.as<ProjectRow>({
+              id: p.id,
+              name: p.name,
+              apiKey: p.apiKey,
+              apiKeyHint: p.apiKeyHint,
+              provider: p.provider,
+              isActive: true,
+              deactivatedAt: null,
+              createdAt: p.now,
+              updatedAt: p.now
+            })
+          )
+        ),
+
+      updateProject: (id, patch) =>
+        wrap(
+          "updateProject",
+          sql.withTransaction(
+            Effect.gen(function*() {
+              const current = yield* (dialect === "postgres"
+                ? Effect.map(
+                  sql<Row>`SELECT * FROM projects WHERE id = ${id} FOR UPDATE`,
+                  (rows) => Option.map(Option.fromNullable(rows[0]), toProject)
+                )
+                : selectProject(id))
+              if (Option.isNone(current)) return Option.none()
+              const was = current.value
+              const isActive = patch.isActive ?? was.isActive
+              const deactivatedAt = isActive ? null : was.isActive ? patch.now : was.deactivatedAt
+              const next: ProjectRow = {
+                ...was,
+                name: patch.name ?? was.name,
+                apiKey: patch.apiKey ?? was.apiKey,
+                apiKeyHint: patch.apiKeyHint ?? was.apiKeyHint,
+                provider: patch.provider ?? was.provider,
+                isActive,
+                deactivatedAt,
+                updatedAt: patch.now
+              }
+              yield* sql`UPDATE projects SET ${
+                sql.update({
+                  name: next.name,
+                  api_key: next.apiKey,
+                  api_key_hint: next.apiKeyHint,
+                  provider: next.provider,
+                  is_active: b(next.isActive),
+                  deactivated_at: next.deactivatedAt,
+                  updated_at: next.updatedAt
+                })
+              } WHERE id = ${id}`.pipe(Effect.catchAll(duplicateName(next.name)))
+              // Revoking applies whether or not the project was already inactive (reference §14.2 #19).
+              const revoked = patch.revokeTokens === true && !isActive ? yield* revokeActiveTokens(id, patch.now) : 0
+              return Option.some({ project: next, revoked })
+            })
+          )
+        ),
+
+      revokeProjectTokens: (id, now) =>
+        wrap(
+          "revokeProjectTokens",
+          sql.withTransaction(
+            Effect.gen(function*() {
+              const project = yield* selectProject(id)
+              if (Option.isNone(project)) return Option.none<BulkRevoke>()
+              const [counts] = yield* sql<Row>`SELECT COUNT(*) AS total FROM tokens WHERE project_id = ${id}`
+              const total = num(counts?.total ?? 0)
+              const revoked = yield* revokeActiveTokens(id, now)
+              return Option.some({ revoked, alreadyRevoked: total - revoked, total })
+            })
+          )
+        ),
+
+      createToken: (t) =>
+        wrap(
+          "createToken",
+          Effect.as(
+            sql`INSERT INTO tokens ${
+              sql.insert({
+                id: t.id,
+                token_hash: t.tokenHash,
+                token_hint: t.tokenHint,
+                project_id: t.projectId,
+                expires_at: t.expiresAt,
+                is_active: TRUE,
+                max_requests: t.maxRequests,
+                created_at: t.now
+              })
+            }`,
+            {
+              id: t.id,
+              tokenHash: t.tokenHash,
+              tokenHint: t.tokenHint,
+              projectId: t.projectId,
+              expiresAt: t.expiresAt,
+              isActive: true,
+              deactivatedAt: null,
+              requestCount: 0,
+              maxRequests: t.maxRequests,
+              cacheHitCount: 0,
+              promptTokens: 0,
+              completionTokens: 0,
+              createdAt: t.now,
+              lastUsedAt: null
+            } satisfies TokenRow
+          )
+        ),
+
+      listTokens: (f) => {
+        const conditions = [
+          ...(f.projectId !== undefined ? [sql`project_id = ${f.projectId}`] : []),
+          ...(f.activeOnly ? [sql`is_active = ${TRUE}`, sql`(expires_at IS NULL OR expires_at > ${f.now})`] : [])
+        ]
+        return wrap(
+          "listTokens",
+          Effect.map(
+            sql<Row>`SELECT * FROM tokens WHERE ${sql.and(conditions)} ORDER BY created_at DESC, id DESC`,
+            (rows) => rows.map(toToken)
+          )
+        )
+      },
+
+      getToken: (id) =>
+        wrap(
+          "getToken",
+          Effect.map(sql<Row>`SELECT * FROM tokens WHERE id = ${id}`, (rows) => Option.map(Option.fromNullable(rows[0]), toToken))
+        ),
+
+      getTokenByHash: (hash) =>
+        wrap(
+          "getTokenByHash",
+          Effect.map(
+            sql<Row>`SELECT * FROM tokens WHERE token_hash = ${hash}`,
+            (rows) => Option.map(Option.fromNullable(rows[0]), toToken)
+          )
+        ),
+
+      updateToken: (id, patch) => {
+        const sets = [
+          ...(patch.isActive === true ? [sql`is_active = ${TRUE}`, sql`deactivated_at = NULL`] : []),
+          ...(patch.isActive === false
+            ? [sql`is_active = ${FALSE}`, sql`deactivated_at = COALESCE(deactivated_at, ${patch.now})`]
+            : []),
+          ...(patch.maxRequests !== undefined ? [sql`max_requests = ${patch.maxRequests}`] : []),
+          ...(patch.expiresAt !== undefined ? [sql`expires_at = ${patch.expiresAt}`] : [])
+        ]
+        return wrap(
+          "updateToken",
+          sets.length === 0
+            ? store.getToken(id)
+            : Effect.map(
+              sql<Row>`UPDATE tokens SET ${sql.csv(sets)} WHERE id = ${id} RETURNING *`,
+              (rows) => Option.map(Option.fromNullable(rows[0]), toToken)
+            )
+        )
+      },
+
+      revokeToken: (id, now) =>
+        wrap(
+          "revokeToken",
+          Effect.map(
+            sql<Row>`UPDATE tokens SET is_active = ${FALSE}, deactivated_at = COALESCE(deactivated_at, ${now})
+              WHERE id = ${id} RETURNING id`,
+            (rows) => rows.length > 0
+          )
+        )
+    }
+    return store
+  })
+
+export const layer = (dialect: Dialect): Layer.Layer<Store, never, SqlClient.SqlClient> =>
+  Layer.effect(Store, make(dialect))

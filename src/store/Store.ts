@@ -1,0 +1,120 @@
+/**
+ * Store: the system of record for projects and tokens. One interface; SQLite and PostgreSQL layers implement it
+ * on @effect/sql (see SqlStore.ts), chosen in src/Layers.ts.
+ */
+import { Context, Effect, Option, Schema } from "effect"
+
+/** A storage failure. `message` is safe to log; the database's own text stays in `cause` and never reaches a client. */
+export class StoreError extends Schema.TaggedError<StoreError>()("StoreError", {
+  message: Schema.String,
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+export class DuplicateProjectName extends Schema.TaggedError<DuplicateProjectName>()("DuplicateProjectName", {
+  name: Schema.String
+}) {}
+
+export interface ProjectRow {
+  readonly id: string
+  readonly name: string
+  /** Stored form: `enc:v1:…` when ENCRYPTION_KEY is set, else plaintext. */
+  readonly apiKey: string
+  /** Obfuscated form computed at write time, so listing never decrypts. */
+  readonly apiKeyHint: string
+  readonly provider: string
+  readonly isActive: boolean
+  readonly deactivatedAt: string | null
+  readonly createdAt: string
+  readonly updatedAt: string
+}
+
+export interface TokenRow {
+  readonly id: string
+  readonly tokenHash: string
+  readonly tokenHint: string
+  readonly projectId: string
+  readonly expiresAt: string | null
+  readonly isActive: boolean
+  readonly deactivatedAt: string | null
+  readonly requestCount: number
+  readonly maxRequests: number | null
+  readonly cacheHitCount: number
+  readonly promptTokens: number
+  readonly completionTokens: number
+  readonly createdAt: string
+  readonly lastUsedAt: string | null
+}
+
+export interface NewProject {
+  readonly id: string
+  readonly name: string
+  readonly apiKey: string
+  readonly apiKeyHint: string
+  readonly provider: string
+  readonly now: string
+}
+
+export interface ProjectPatch {
+  readonly name?: string
+  readonly apiKey?: string
+  readonly apiKeyHint?: string
+  readonly provider?: string
+  readonly isActive?: boolean
+  /** Revoke every active token of the project in the same transaction. */
+  readonly revokeTokens?: boolean
+  readonly now: string
+}
+
+export interface NewToken {
+  readonly id: string
+  readonly tokenHash: string
+  readonly tokenHint: string
+  readonly projectId: string
+  readonly expiresAt: string
+  readonly maxRequests: number | null
+  readonly now: string
+}
+
+export interface TokenPatch {
+  readonly isActive?: boolean
+  readonly maxRequests?: number | null
+  readonly expiresAt?: string
+  readonly now: string
+}
+
+export interface BulkRevoke {
+  readonly revoked: number
+  readonly alreadyRevoked: number
+  readonly total: number
+}
+
+export interface TokenFilter {
+  readonly projectId?: string
+  /** Only active tokens that have not expired at `now`. */
+  readonly activeOnly?: boolean
+  readonly now: string
+}
+
+export interface StoreShape {
+  readonly dialect: "sqlite" | "postgres"
+  readonly ping: Effect.Effect<void, StoreError>
+  readonly listProjects: Effect.Effect<ReadonlyArray<ProjectRow>, StoreError>
+  readonly getProject: (id: string) => Effect.Effect<Option.Option<ProjectRow>, StoreError>
+  readonly createProject: (p: NewProject) => Effect.Effect<ProjectRow, StoreError | DuplicateProjectName>
+  /** None when the project does not exist. `revoked` counts tokens revoked by `revokeTokens`. */
+  readonly updateProject: (
+    id: string,
+    patch: ProjectPatch
+  ) => Effect.Effect<Option.Option<{ project: ProjectRow; revoked: number }>, StoreError | DuplicateProjectName>
+  /** None when the project does not exist. */
+  readonly revokeProjectTokens: (id: string, now: string) => Effect.Effect<Option.Option<BulkRevoke>, StoreError>
+  readonly createToken: (t: NewToken) => Effect.Effect<TokenRow, StoreError>
+  readonly listTokens: (filter: TokenFilter) => Effect.Effect<ReadonlyArray<TokenRow>, StoreError>
+  readonly getToken: (id: string) => Effect.Effect<Option.Option<TokenRow>, StoreError>
+  readonly getTokenByHash: (hash: string) => Effect.Effect<Option.Option<TokenRow>, StoreError>
+  readonly updateToken: (id: string, patch: TokenPatch) => Effect.Effect<Option.Option<TokenRow>, StoreError>
+  /** Idempotent; false when the token does not exist. */
+  readonly revokeToken: (id: string, now: string) => Effect.Effect<boolean, StoreError>
+}
+
+export class Store extends Context.Tag("llm-proxy/Store")<Store, StoreShape>() {}

@@ -1,0 +1,44 @@
+/** Starts a real `serve` stack in-process on an ephemeral loopback port, for integration tests. */
+import { Context, Effect, Exit, Layer, Option, Redacted, Scope } from "effect"
+import type { AppConfigShape, Database } from "../../src/config/AppConfig.js"
+import { parseEncryptionKey } from "../../src/crypto/KeyCipher.js"
+import { ServerAddress } from "../../src/http/Server.js"
+import { loggerLayer, serveLayer } from "../../src/Layers.js"
+
+export interface TestServer {
+  readonly url: string
+  readonly token: string
+  readonly close: () => Promise<void>
+}
+
+export const testConfig = (database: Database, overrides: Partial<AppConfigShape> = {}): AppConfigShape => ({
+  listen: { host: "127.0.0.1", port: 0 },
+  managementToken: Option.some(Redacted.make("test-management-token-" + crypto.randomUUID())),
+  managementTokenFile: "/nonexistent/management-token",
+  database,
+  encryptionKey: Option.none(),
+  requireEncryptionKey: false,
+  logLevel: "error",
+  logFormat: "json",
+  maxManagementBodyBytes: 2 * 1024 * 1024,
+  ...overrides
+})
+
+export const withEncryptionKey = (base64: string): Partial<AppConfigShape> => {
+  const parsed = parseEncryptionKey(base64)
+  if (parsed._tag === "Left") throw new Error(parsed.left)
+  return { encryptionKey: Option.some(Redacted.make(parsed.right)) }
+}
+
+export const startServer = async (config: AppConfigShape): Promise<TestServer> => {
+  const scope = Effect.runSync(Scope.make())
+  const layer = serveLayer(config).pipe(Layer.provide(loggerLayer(config)))
+  const ctx = await Effect.runPromise(Layer.buildWithScope(layer, scope))
+  const address = Context.get(ctx, ServerAddress)
+  const token = Option.match(config.managementToken, { onNone: () => "", onSome: Redacted.value })
+  return {
+    url: `http://127.0.0.1:${address.port}`,
+    token,
+    close: () => Effect.runPromise(Scope.close(scope, Exit.void))
+  }
+}
