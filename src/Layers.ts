@@ -24,15 +24,18 @@ export const migratedDatabaseLayer = (db: Database) =>
   databaseLayer(db).pipe(
     Layer.tap((ctx) =>
       migrateUp(dialectOf(db)).pipe(
-        Effect.tap((ran) => (ran.length > 0 ? Effect.logInfo("applied migrations", ran.join(", ")) : Effect.void)),
+        Effect.tap((ran) => (ran.length > 0 ? Effect.logInfo(`applied migrations: ${ran.join(", ")}`) : Effect.void)),
         Effect.provide(ctx)
       )
     )
   )
 
+// Module-level instances: the logger set is keyed by identity, so providing the layer twice cannot double lines.
+const jsonLogger = Logger.withConsoleLog(Logger.jsonLogger)
+
 export const loggerLayer = (config: Pick<AppConfigShape, "logFormat" | "logLevel">) =>
   Layer.merge(
-    Logger.replace(Logger.defaultLogger, config.logFormat === "json" ? Logger.jsonLogger : Logger.prettyLoggerDefault),
+    Logger.replace(Logger.defaultLogger, config.logFormat === "json" ? jsonLogger : Logger.prettyLoggerDefault),
     Logger.minimumLogLevel(
       { debug: LogLevel.Debug, info: LogLevel.Info, warn: LogLevel.Warning, error: LogLevel.Error }[config.logLevel]
     )

@@ -25,7 +25,6 @@ export interface AppConfigShape {
   readonly requireEncryptionKey: boolean
   readonly logLevel: "debug" | "info" | "warn" | "error"
   readonly logFormat: LogFormat
-  readonly maxManagementBodyBytes: number
 }
 
 export class AppConfig extends Context.Tag("llm-proxy/AppConfig")<AppConfig, AppConfigShape>() {}
@@ -144,8 +143,7 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   encryptionKey,
   requireEncryptionKey: bool("REQUIRE_ENCRYPTION_KEY", false),
   logLevel,
-  logFormat,
-  maxManagementBodyBytes: positiveInt("MAX_MANAGEMENT_BODY_SIZE", 2 * 1024 * 1024)
+  logFormat
 }).pipe(
   Config.mapOrFail((c) =>
     c.requireEncryptionKey && Option.isNone(c.encryptionKey)

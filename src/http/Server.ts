@@ -9,6 +9,7 @@ import { createServer } from "node:http"
 import type { AddressInfo } from "node:net"
 import { AppConfig } from "../config/AppConfig.js"
 import { makeApp } from "./App.js"
+import { MAX_BODY_BYTES } from "./body.js"
 
 export interface BoundAddress {
   readonly host: string
@@ -23,7 +24,7 @@ export const HttpServerLive = Layer.scoped(
   Effect.gen(function*() {
     const config = yield* AppConfig
     const app = yield* makeApp
-    const bounded = HttpIncomingMessage.withMaxBodySize(app, Option.some(config.maxManagementBodyBytes + 1))
+    const bounded = HttpIncomingMessage.withMaxBodySize(app, Option.some(MAX_BODY_BYTES + 1))
     const handler = yield* NodeHttpServer.makeHandler(bounded).pipe(Effect.provide(NodeHttpServer.layerContext))
     const server = createServer({ keepAliveTimeout: 65_000 }, handler)
     yield* Effect.async<void, Error>((resume) => {

@@ -82,6 +82,19 @@ export const make = (dialect: Dialect) =>
     const selectProject = (id: string) =>
       Effect.map(sql<Row>`SELECT * FROM projects WHERE id = ${id}`, (rows) => Option.map(Option.fromNullable(rows[0]), toProject))
 
+    /**
+     * The project, locked until the transaction ends on Postgres. FOR UPDATE also conflicts with the FOR KEY SHARE
+     * lock that inserting a token takes on its project (foreign-key check), so no token of the project can be
+     * created while the transaction counts and revokes them. (SQLite: the client runs one transaction at a time.)
+     */
+    const selectProjectForUpdate = (id: string) =>
+      dialect === "postgres"
+        ? Effect.map(
+          sql<Row>`SELECT * FROM projects WHERE id = ${id} FOR UPDATE`,
+          (rows) => Option.map(Option.fromNullable(rows[0]), toProject)
+        )
+        : selectProject(id)
+
     const revokeActiveTokens = (projectId: string, now: string) =>
       Effect.map(
         sql<Row>`UPDATE tokens SET is_active = ${FALSE}, deactivated_at = COALESCE(deactivated_at, ${now})
@@ -132,12 +145,7 @@ export const make = (dialect: Dialect) =>
           "updateProject",
           sql.withTransaction(
             Effect.gen(function*() {
-              const current = yield* (dialect === "postgres"
-                ? Effect.map(
-                  sql<Row>`SELECT * FROM projects WHERE id = ${id} FOR UPDATE`,
-                  (rows) => Option.map(Option.fromNullable(rows[0]), toProject)
-                )
-                : selectProject(id))
+              const current = yield* selectProjectForUpdate(id)
               if (Option.isNone(current)) return Option.none()
               const was = current.value
               const isActive = patch.isActive ?? was.isActive
@@ -175,7 +183,8 @@ export const make = (dialect: Dialect) =>
           "revokeProjectTokens",
           sql.withTransaction(
             Effect.gen(function*() {
-              const project = yield* selectProject(id)
+              // Locked: a token created between the count and the revocation made `alreadyRevoked` negative.
+              const project = yield* selectProjectForUpdate(id)
               if (Option.isNone(project)) return Option.none<BulkRevoke>()
               const [counts] = yield* sql<Row>`SELECT COUNT(*) AS total FROM tokens WHERE project_id = ${id}`
               const total = num(counts?.total ?? 0)

@@ -2,7 +2,7 @@
 import { SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
 import { SqliteClient } from "@effect/sql-sqlite-node"
-import { Effect, Layer, Redacted } from "effect"
+import { Cause, Effect, Layer, Redacted } from "effect"
 import { mkdirSync } from "node:fs"
 import { dirname } from "node:path"
 import * as SqlStore from "./SqlStore.js"
@@ -17,7 +17,14 @@ export const sqliteClient = (path: string) =>
   ).pipe(
     // Foreign keys are off by default in SQLite; the schema relies on them.
     Layer.tap((ctx) => Effect.asVoid(SqlClient.SqlClient.pipe(Effect.flatMap((sql) => sql`PRAGMA foreign_keys = ON`), Effect.provide(ctx)))),
-    Layer.mapError((cause) => new StoreError({ message: `cannot open SQLite database at ${path}`, cause }))
+    // better-sqlite3 throws synchronously while opening (e.g. "file is not a database" from the WAL pragma, or
+    // "unable to open database file"), and @effect/sql-sqlite-node lets that escape as a defect: turn failures
+    // and defects alike into a StoreError.
+    Layer.catchAllCause((cause) =>
+      Cause.isInterruptedOnly(cause)
+        ? Layer.failCause(cause as Cause.Cause<never>)
+        : Layer.fail(new StoreError({ message: `cannot open SQLite database at ${path}`, cause: Cause.squash(cause) }))
+    )
   )
 
 export const postgresClient = (url: Redacted.Redacted<string>, poolSize: number) =>

@@ -20,7 +20,6 @@ export const testConfig = (database: Database, overrides: Partial<AppConfigShape
   requireEncryptionKey: false,
   logLevel: "error",
   logFormat: "json",
-  maxManagementBodyBytes: 2 * 1024 * 1024,
   ...overrides
 })
 

@@ -1,0 +1,298 @@
+/**
+ * `llm-proxy manage …`: the management API from the shell, through the client derived from the same HttpApi
+ * definition the server implements (never hand-written requests).
+ */
+import { Args, Command, Options } from "@effect/cli"
+import { HttpApiClient, HttpClient, HttpClientRequest } from "@effect/platform"
+import { Config, Effect, Option, Redacted } from "effect"
+import { readFileSync } from "node:fs"
+import { ManagementApi } from "../api/ManagementApi.js"
+import type { Project, Token } from "../domain/models.js"
+import { CliFailure } from "./errors.js"
+import { orDash, record, show, table } from "./output.js"
+
+const common = {
+  baseUrl: Options.text("manage-api-base-url").pipe(
+    Options.withDescription("Management API base URL (env MANAGE_API_BASE_URL, default http://localhost:8080)"),
+    Options.withFallbackConfig(Config.string("MANAGE_API_BASE_URL").pipe(Config.withDefault("http://localhost:8080")))
+  ),
+  managementToken: Options.redacted("management-token").pipe(
+    Options.withDescription("Management token (env MANAGEMENT_TOKEN, else the file `serve` generated)"),
+    Options.optional
+  ),
+  json: Options.boolean("json").pipe(Options.withDescription("Print JSON instead of a table"))
+}
+
+interface Common {
+  readonly baseUrl: string
+  readonly managementToken: Option.Option<Redacted.Redacted<string>>
+  readonly json: boolean
+}
+
+const tokenFromFile = Effect.gen(function*() {
+  const file = yield* Config.string("MANAGEMENT_TOKEN_FILE").pipe(Config.withDefault("./data/management-token"))
+  return yield* Effect.try({
+    try: () => Redacted.make(readFileSync(file, "utf8").trim()),
+    catch: () =>
+      new CliFailure({
+        message: `no management token: pass --management-token, set MANAGEMENT_TOKEN, or run where \`serve\` stored ${file}`
+      })
+  })
+})
+
+const resolveToken = (o: Common) =>
+  Option.match(o.managementToken, {
+    onSome: Effect.succeed,
+    onNone: () =>
+      Config.option(Config.redacted("MANAGEMENT_TOKEN")).pipe(
+        Effect.orDie,
+        Effect.flatMap(Option.match({ onSome: Effect.succeed, onNone: () => tokenFromFile }))
+      )
+  })
+
+const client = (o: Common) =>
+  Effect.gen(function*() {
+    const token = yield* resolveToken(o)
+    return yield* HttpApiClient.make(ManagementApi, {
+      baseUrl: o.baseUrl.replace(/\/+$/, ""),
+      transformClient: HttpClient.mapRequest(HttpClientRequest.bearerToken(Redacted.value(token)))
+    })
+  })
+
+// ---- projects -------------------------------------------------------------------------------------------------
+
+const projectTable = (ps: ReadonlyArray<Project>) =>
+  table(
+    ["ID", "NAME", "PROVIDER", "API KEY", "ACTIVE", "CREATED"],
+    ps.map((p) => [p.id, p.name, p.provider, p.api_key, p.is_active ? "yes" : "no", p.created_at])
+  )
+
+const projectRecord = (p: Project) =>
+  record([
+    ["id", p.id],
+    ["name", p.name],
+    ["provider", p.provider],
+    ["api_key", p.api_key],
+    ["active", p.is_active ? "yes" : "no"],
+    ["deactivated_at", orDash(p.deactivated_at)],
+    ["created_at", p.created_at],
+    ["updated_at", p.updated_at]
+  ])
+
+const id = Args.text({ name: "id" }).pipe(Args.withDescription("UUID"))
+
+const projectList = Command.make("list", common, (o) =>
+  Effect.gen(function*() {
+    const projects = yield* (yield* client(o)).projects.list()
+    yield* show(o.json ? projects : projectTable(projects))
+  })).pipe(Command.withDescription("List projects, sorted by name"))
+
+const projectGet = Command.make("get", { ...common, id }, (o) =>
+  Effect.gen(function*() {
+    const project = yield* (yield* client(o)).projects.get({ path: { id: o.id } })
+    yield* show(o.json ? project : projectRecord(project))
+  })).pipe(Command.withDescription("Show one project"))
+
+const projectCreate = Command.make(
+  "create",
+  {
+    ...common,
+    name: Options.text("name").pipe(Options.withDescription("Unique project name")),
+    apiKey: Options.redacted("api-key").pipe(Options.withDescription("The provider API key (stored encrypted when ENCRYPTION_KEY is set)")),
+    provider: Options.text("provider").pipe(Options.withDescription("Provider name (default openai)"), Options.optional)
+  },
+  (o) =>
+    Effect.gen(function*() {
+      const project = yield* (yield* client(o)).projects.create({
+        payload: {
+          name: o.name,
+          api_key: Redacted.value(o.apiKey),
+          ...Option.match(o.provider, { onNone: () => ({}), onSome: (provider) => ({ provider }) })
+        }
+      })
+      yield* show(o.json ? project : projectRecord(project))
+    })
+).pipe(Command.withDescription("Create a project"))
+
+const activeFlags = {
+  active: Options.boolean("active").pipe(Options.withDescription("Activate")),
+  inactive: Options.boolean("inactive").pipe(Options.withDescription("Deactivate"))
+}
+
+const activeFrom = (o: { active: boolean; inactive: boolean }) =>
+  o.active && o.inactive
+    ? Effect.fail(new CliFailure({ message: "--active and --inactive cannot be combined" }))
+    : Effect.succeed(o.active ? { is_active: true } : o.inactive ? { is_active: false } : {})
+
+const projectUpdate = Command.make(
+  "update",
+  {
+    ...common,
+    id,
+    name: Options.text("name").pipe(Options.optional),
+    apiKey: Options.redacted("api-key").pipe(Options.withDescription("Rotate the provider key"), Options.optional),
+    provider: Options.text("provider").pipe(Options.optional),
+    ...activeFlags,
+    revokeTokens: Options.boolean("revoke-tokens").pipe(Options.withDescription("With --inactive: revoke all its tokens"))
+  },
+  (o) =>
+    Effect.gen(function*() {
+      const active = yield* activeFrom(o)
+      const payload = {
+        ...Option.match(o.name, { onNone: () => ({}), onSome: (name) => ({ name }) }),
+        ...Option.match(o.apiKey, { onNone: () => ({}), onSome: (k) => ({ api_key: Redacted.value(k) }) }),
+        ...Option.match(o.provider, { onNone: () => ({}), onSome: (provider) => ({ provider }) }),
+        ...active,
+        ...(o.revokeTokens ? { revoke_tokens: true } : {})
+      }
+      if (Object.keys(payload).length === 0) {
+        return yield* new CliFailure({ message: "nothing to update: pass --name, --api-key, --provider, --active or --inactive" })
+      }
+      const project = yield* (yield* client(o)).projects.update({ path: { id: o.id }, payload })
+      yield* show(o.json ? project : projectRecord(project))
+    })
+).pipe(Command.withDescription("Update a project (rename, rotate key, activate/deactivate)"))
+
+const projectRevokeTokens = Command.make("revoke-tokens", { ...common, id }, (o) =>
+  Effect.gen(function*() {
+    const result = yield* (yield* client(o)).projects.revokeTokens({ path: { id: o.id } })
+    yield* show(
+      o.json ? result : `revoked ${result.revoked_count} of ${result.total_tokens} tokens (${result.already_revoked_count} were already revoked)`
+    )
+  })).pipe(Command.withDescription("Revoke every token of a project"))
+
+const project = Command.make("project").pipe(
+  Command.withDescription("Manage projects"),
+  Command.withSubcommands([projectList, projectGet, projectCreate, projectUpdate, projectRevokeTokens])
+)
+
+// ---- tokens ---------------------------------------------------------------------------------------------------
+
+const usage = (t: Token) => `${t.request_count}/${t.max_requests === null ? "∞" : t.max_requests}`
+
+const tokenStatus = (t: Token, now = Date.now()) =>
+  !t.is_active ? "revoked" : t.expires_at !== null && Date.parse(t.expires_at) <= now ? "expired" : "active"
+
+const tokenTable = (ts: ReadonlyArray<Token>) =>
+  table(
+    ["ID", "PROJECT", "TOKEN", "STATUS", "EXPIRES", "REQUESTS", "LAST USED"],
+    ts.map((t) => [t.id, t.project_id, t.token, tokenStatus(t), orDash(t.expires_at), usage(t), orDash(t.last_used_at)])
+  )
+
+const tokenRecord = (t: Token) =>
+  record([
+    ["id", t.id],
+    ["project_id", t.project_id],
+    ["token", t.token],
+    ["status", tokenStatus(t)],
+    ["expires_at", orDash(t.expires_at)],
+    ["deactivated_at", orDash(t.deactivated_at)],
+    ["requests", usage(t)],
+    ["cache_hits", String(t.cache_hit_count)],
+    ["prompt_tokens", String(t.prompt_tokens)],
+    ["completion_tokens", String(t.completion_tokens)],
+    ["created_at", t.created_at],
+    ["last_used_at", orDash(t.last_used_at)]
+  ])
+
+const tokenGenerate = Command.make(
+  "generate",
+  {
+    ...common,
+    projectId: Options.text("project-id"),
+    duration: Options.integer("duration").pipe(
+      Options.withDescription("Lifetime in minutes (1..525600)"),
+      Options.withDefault(1440)
+    ),
+    maxRequests: Options.integer("max-requests").pipe(Options.withDescription("Request quota (0 = unlimited)"), Options.optional)
+  },
+  (o) =>
+    Effect.gen(function*() {
+      const created = yield* (yield* client(o)).tokens.create({
+        payload: {
+          project_id: o.projectId,
+          duration_minutes: o.duration,
+          ...Option.match(o.maxRequests, { onNone: () => ({}), onSome: (max_requests) => ({ max_requests }) })
+        }
+      })
+      yield* show(
+        o.json ? created : [
+          record([
+            ["token", created.token],
+            ["id", created.id],
+            ["project_id", created.project_id],
+            ["expires_at", created.expires_at],
+            ["max_requests", orDash(created.max_requests)]
+          ]),
+          "",
+          "Store the token now: it is not shown again."
+        ].join("\n")
+      )
+    })
+).pipe(Command.withDescription("Generate a withering token for a project (shown once)"))
+
+const tokenList = Command.make(
+  "list",
+  {
+    ...common,
+    projectId: Options.text("project-id").pipe(Options.optional),
+    activeOnly: Options.boolean("active-only").pipe(Options.withDescription("Only active, unexpired tokens"))
+  },
+  (o) =>
+    Effect.gen(function*() {
+      const tokens = yield* (yield* client(o)).tokens.list({
+        urlParams: {
+          ...Option.match(o.projectId, { onNone: () => ({}), onSome: (project_id) => ({ project_id }) }),
+          ...(o.activeOnly ? { active_only: "true" } : {})
+        }
+      })
+      yield* show(o.json ? tokens : tokenTable(tokens))
+    })
+).pipe(Command.withDescription("List tokens, newest first"))
+
+const tokenGet = Command.make("get", { ...common, id }, (o) =>
+  Effect.gen(function*() {
+    const token = yield* (yield* client(o)).tokens.get({ path: { id: o.id } })
+    yield* show(o.json ? token : tokenRecord(token))
+  })).pipe(Command.withDescription("Show one token (never the secret)"))
+
+const tokenUpdate = Command.make(
+  "update",
+  {
+    ...common,
+    id,
+    maxRequests: Options.integer("max-requests").pipe(Options.withDescription("New quota (0 = unlimited)"), Options.optional),
+    expiresAt: Options.text("expires-at").pipe(Options.withDescription("New expiry, RFC 3339"), Options.optional),
+    ...activeFlags
+  },
+  (o) =>
+    Effect.gen(function*() {
+      const active = yield* activeFrom(o)
+      const payload = {
+        ...active,
+        ...Option.match(o.maxRequests, { onNone: () => ({}), onSome: (n) => ({ max_requests: n }) }),
+        ...Option.match(o.expiresAt, { onNone: () => ({}), onSome: (expires_at) => ({ expires_at }) })
+      }
+      if (Object.keys(payload).length === 0) {
+        return yield* new CliFailure({ message: "nothing to update: pass --max-requests, --expires-at, --active or --inactive" })
+      }
+      const token = yield* (yield* client(o)).tokens.update({ path: { id: o.id }, payload })
+      yield* show(o.json ? token : tokenRecord(token))
+    })
+).pipe(Command.withDescription("Update a token (quota, expiry, reactivate/deactivate)"))
+
+const tokenRevoke = Command.make("revoke", { ...common, id }, (o) =>
+  Effect.gen(function*() {
+    yield* (yield* client(o)).tokens.revoke({ path: { id: o.id } })
+    yield* show(o.json ? { revoked: o.id } : `revoked ${o.id}`)
+  })).pipe(Command.withDescription("Revoke a token (idempotent)"))
+
+const token = Command.make("token").pipe(
+  Command.withDescription("Manage withering tokens"),
+  Command.withSubcommands([tokenGenerate, tokenList, tokenGet, tokenUpdate, tokenRevoke])
+)
+
+export const manage = Command.make("manage").pipe(
+  Command.withDescription("Manage projects and tokens through the management API"),
+  Command.withSubcommands([project, token])
+)

@@ -1,0 +1,268 @@
+/**
+ * The CLI as users run it: in-process through `runCli` (fast, counted in coverage) and as the built binary
+ * `bin/llm-proxy.js` in a fresh directory.
+ */
+import { Effect, Exit } from "effect"
+import { execFile, spawn, type ChildProcess } from "node:child_process"
+import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { runCli } from "../../src/cli/Cli.js"
+import { createTestDatabase, postgresUrl, withPgClient } from "../support/databases.js"
+import { startServer, testConfig, type TestServer } from "../support/server.js"
+
+interface Run {
+  readonly ok: boolean
+  readonly out: string
+  readonly err: string
+}
+
+/** Runs the CLI in-process with stdout/stderr captured. */
+const cli = async (...args: Array<string>): Promise<Run> => {
+  const out: Array<string> = []
+  const err: Array<string> = []
+  const capture = {
+    ...globalThis.console,
+    log: (...a: Array<unknown>) => void out.push(a.map(String).join(" ")),
+    error: (...a: Array<unknown>) => void err.push(a.map(String).join(" "))
+  }
+  const exit = await Effect.runPromiseExit(
+    runCli(["node", "llm-proxy", ...args]).pipe(
+      Effect.withConsole({
+        ...(await Effect.runPromise(Effect.console)),
+        log: (...a: ReadonlyArray<unknown>) => Effect.sync(() => capture.log(...a)),
+        error: (...a: ReadonlyArray<unknown>) => Effect.sync(() => capture.error(...a)),
+        unsafe: capture
+      } as never)
+    )
+  )
+  return { ok: Exit.isSuccess(exit), out: out.join("\n"), err: err.join("\n") }
+}
+
+describe("llm-proxy manage (in-process)", () => {
+  let server: TestServer
+  let auth: Array<string>
+  const dir = mkdtempSync(join(tmpdir(), "llm-proxy-cli-"))
+
+  beforeAll(async () => {
+    server = await startServer(testConfig({ _tag: "sqlite", path: join(dir, "cli.db") }))
+    auth = ["--manage-api-base-url", server.url, "--management-token", server.token]
+  })
+  afterAll(() => server.close())
+
+  it("creates, lists, shows, updates a project and never prints the key", async () => {
+    const created = await cli("manage", "project", "create", "--name", "cli-a", "--api-key", "sk-cli-secret-key-1234567890", "--json", ...auth)
+    expect(created.ok).toBe(true)
+    const project = JSON.parse(created.out)
+    expect(project).toMatchObject({ name: "cli-a", is_active: true, provider: "openai", api_key: "sk-cli-s...7890" })
+    expect(created.out).not.toContain("sk-cli-secret-key-1234567890")
+
+    const table = await cli("manage", "project", "list", ...auth)
+    expect(table.ok).toBe(true)
+    expect(table.out).toMatch(/^ID\s+NAME\s+PROVIDER\s+API KEY\s+ACTIVE\s+CREATED/)
+    expect(table.out).toContain("cli-a")
+
+    const shown = await cli("manage", "project", "get", project.id, ...auth)
+    expect(shown.out).toMatch(/name:\s+cli-a/)
+
+    const renamed = await cli("manage", "project", "update", project.id, "--name", "cli-b", "--inactive", "--json", ...auth)
+    expect(JSON.parse(renamed.out)).toMatchObject({ name: "cli-b", is_active: false })
+    const again = await cli("manage", "project", "update", project.id, "--active", ...auth)
+    expect(again.out).toMatch(/active:\s+yes/)
+  })
+
+  it("generates, lists, updates and revokes tokens", async () => {
+    const p = JSON.parse((await cli("manage", "project", "create", "--name", "cli-tokens", "--api-key", "sk-abcdefghijklmnop", "--json", ...auth)).out)
+    const generated = await cli("manage", "token", "generate", "--project-id", p.id, "--duration", "60", "--max-requests", "5", ...auth)
+    expect(generated.ok).toBe(true)
+    const secret = /token:\s+(sk-\S+)/.exec(generated.out)?.[1]
+    expect(secret).toMatch(/^sk-[A-Za-z0-9_-]{43}$/)
+    expect(generated.out).toContain("not shown again")
+    const id = /id:\s+(\S+)/.exec(generated.out)?.[1] ?? ""
+
+    const listed = await cli("manage", "token", "list", "--project-id", p.id, "--json", ...auth)
+    const tokens = JSON.parse(listed.out)
+    expect(tokens).toHaveLength(1)
+    expect(tokens[0]).toMatchObject({ id, max_requests: 5, is_active: true })
+    expect(listed.out).not.toContain(secret)
+
+    const updated = await cli("manage", "token", "update", id, "--max-requests", "0", "--json", ...auth)
+    expect(JSON.parse(updated.out).max_requests).toBeNull()
+
+    expect((await cli("manage", "token", "revoke", id, ...auth)).out).toBe(`revoked ${id}`)
+    const active = await cli("manage", "token", "list", "--project-id", p.id, "--active-only", ...auth)
+    expect(active.out).toBe("(none)")
+    const shown = await cli("manage", "token", "get", id, ...auth)
+    expect(shown.out).toMatch(/status:\s+revoked/)
+
+    const revokeAll = await cli("manage", "project", "revoke-tokens", p.id, ...auth)
+    expect(revokeAll.out).toBe("revoked 0 of 1 tokens (1 were already revoked)")
+  })
+
+  it("fails with one line and a non-zero exit on a wrong management token", async () => {
+    const r = await cli("manage", "project", "list", "--manage-api-base-url", server.url, "--management-token", "wrong")
+    expect(r.ok).toBe(false)
+    expect(r.err).toBe("llm-proxy: invalid management token")
+    expect(r.out).toBe("")
+  })
+
+  it("reports the server's validation errors and its own", async () => {
+    const missing = await cli("manage", "project", "get", "00000000-0000-4000-8000-000000000000", ...auth)
+    expect(missing).toMatchObject({ ok: false, err: "llm-proxy: project not found" })
+    const badDuration = await cli("manage", "token", "generate", "--project-id", "00000000-0000-4000-8000-000000000000", "--duration", "0", ...auth)
+    expect(badDuration.ok).toBe(false)
+    expect(badDuration.err).toMatch(/^llm-proxy: invalid input: duration_minutes/)
+    const nothing = await cli("manage", "token", "update", "00000000-0000-4000-8000-000000000000", ...auth)
+    expect(nothing.err).toMatch(/^llm-proxy: nothing to update/)
+    const both = await cli("manage", "project", "update", "00000000-0000-4000-8000-000000000000", "--active", "--inactive", ...auth)
+    expect(both.err).toBe("llm-proxy: --active and --inactive cannot be combined")
+    const unreachable = await cli("manage", "project", "list", "--manage-api-base-url", "http://127.0.0.1:9", "--management-token", "x")
+    expect(unreachable.err).toMatch(/^llm-proxy: cannot reach the management API at http:\/\/127\.0\.0\.1:9/)
+  })
+})
+
+describe("llm-proxy setup and migrate (in-process)", () => {
+  const dir = mkdtempSync(join(tmpdir(), "llm-proxy-setup-"))
+
+  it("writes MANAGEMENT_TOKEN and ENCRYPTION_KEY with mode 0600 and never replaces them", async () => {
+    const file = join(dir, ".env")
+    writeFileSync(file, "LOG_LEVEL=debug")
+    const first = await cli("setup", "--file", file)
+    expect(first.out).toContain("wrote MANAGEMENT_TOKEN and ENCRYPTION_KEY")
+    const text = readFileSync(file, "utf8")
+    expect(text).toMatch(/^LOG_LEVEL=debug\nMANAGEMENT_TOKEN=[A-Za-z0-9_-]{43}\nENCRYPTION_KEY=[A-Za-z0-9+/]{43}=\n$/)
+    expect(statSync(file).mode & 0o777).toBe(0o600)
+    const second = await cli("setup", "--file", file)
+    expect(second.out).toContain("nothing changed")
+    expect(readFileSync(file, "utf8")).toBe(text)
+  })
+
+  it("migrate up applies once, status lists the migrations", async () => {
+    const db = join(dir, "m.db")
+    expect((await cli("migrate", "up", "--db", db)).out).toBe("applied: 0001_projects_tokens")
+    expect((await cli("migrate", "up", "--db", db)).out).toBe("database is up to date")
+    const status = await cli("migrate", "status", "--db", db)
+    expect(status.out).toMatch(/0001\s+projects_tokens\s+\d{4}-\d\d-\d\dT/)
+  })
+
+  it("stops with one line naming a bad variable", async () => {
+    const r = await cli("migrate", "up", "--database-url", "mysql://nope")
+    expect(r.ok).toBe(false)
+    expect(r.err).toBe("llm-proxy: invalid configuration: DATABASE_URL: expected a postgres:// or postgresql:// URL")
+  })
+})
+
+// ---- the built binary -----------------------------------------------------------------------------------------
+
+const bin = join(import.meta.dirname, "../../bin/llm-proxy.js")
+const built = existsSync(join(import.meta.dirname, "../../dist/cli/main.js"))
+
+const run = (cwd: string, args: Array<string>, env: Record<string, string> = {}) =>
+  new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+    execFile(process.execPath, [bin, ...args], { cwd, env: { PATH: process.env.PATH ?? "", ...env }, timeout: 20_000 }, (error, stdout, stderr) => {
+      resolve({ code: error ? (typeof error.code === "number" ? error.code : 1) : 0, stdout, stderr })
+    })
+  })
+
+export const startBinary = (cwd: string, env: Record<string, string>) =>
+  new Promise<{ child: ChildProcess; url: string; output: () => string }>((resolve, reject) => {
+    const child = spawn(process.execPath, [bin, "serve"], { cwd, env: { PATH: process.env.PATH ?? "", LOG_FORMAT: "json", ...env } })
+    let output = ""
+    const onData = (d: Buffer) => {
+      output += d.toString()
+      const m = /listening on (http:\/\/[^"\s]+)/.exec(output)
+      if (m?.[1]) resolve({ child, url: m[1], output: () => output })
+    }
+    child.stdout.on("data", onData)
+    child.stderr.on("data", onData)
+    child.on("exit", (code) => reject(new Error(`serve exited with ${code}: ${output}`)))
+  })
+
+const stop = (child: ChildProcess) =>
+  new Promise<number | null>((resolve) => {
+    child.removeAllListeners("exit")
+    child.on("exit", (code) => resolve(code))
+    child.kill("SIGTERM")
+  })
+
+describe.skipIf(!built)("the built binary in an empty directory", () => {
+  it("serve comes up on SQLite with a generated management token, and the CLI uses it", async () => {
+    const cwd = mkdtempSync(join(tmpdir(), "llm-proxy-empty-"))
+    const { child, url } = await startBinary(cwd, { LISTEN_ADDR: "127.0.0.1:0" })
+    try {
+      const tokenFile = join(cwd, "data/management-token")
+      expect(statSync(tokenFile).mode & 0o777).toBe(0o600)
+      expect(readFileSync(tokenFile, "utf8").trim()).toMatch(/^[A-Za-z0-9_-]{43}$/)
+      expect(existsSync(join(cwd, "data/llm-proxy.db"))).toBe(true)
+      const health = await (await fetch(`${url}/health`)).json()
+      expect(health).toMatchObject({ status: "ok", checks: { database: { status: "up", driver: "sqlite" } } })
+
+      const created = await run(cwd, ["manage", "project", "create", "--name", "X", "--api-key", "sk-binary-key-123456789", "--json", "--manage-api-base-url", url])
+      expect(created.code).toBe(0)
+      expect(JSON.parse(created.stdout)).toMatchObject({ name: "X", api_key: "sk-binar...6789" })
+
+      const wrong = await run(cwd, ["manage", "project", "list", "--manage-api-base-url", url, "--management-token", "nope"])
+      expect(wrong.code).not.toBe(0)
+      expect(wrong.stderr.trim()).toBe("llm-proxy: invalid management token")
+      expect(wrong.stderr.trim().split("\n")).toHaveLength(1)
+    } finally {
+      expect(await stop(child)).toBe(0)
+    }
+    // A second start reuses the stored token.
+    const before = readFileSync(join(cwd, "data/management-token"), "utf8")
+    const second = await startBinary(cwd, { LISTEN_ADDR: "127.0.0.1:0" })
+    expect(second.output()).toContain("using the management token stored in")
+    await stop(second.child)
+    expect(readFileSync(join(cwd, "data/management-token"), "utf8")).toBe(before)
+  })
+
+  it("--help lists the commands and exits 0", async () => {
+    const r = await run(tmpdir(), ["--help"])
+    expect(r.code).toBe(0)
+    for (const c of ["serve", "manage project create", "manage token generate", "migrate up", "setup"]) expect(r.stdout).toContain(c)
+    const sub = await run(tmpdir(), ["manage", "token", "generate", "--help"])
+    expect(sub.code).toBe(0)
+    expect(sub.stdout).toContain("--max-requests")
+  })
+
+  it("a bad variable stops serve with one line naming it", async () => {
+    const r = await run(mkdtempSync(join(tmpdir(), "llm-proxy-bad-")), ["serve"], { LISTEN_ADDR: "nonsense" })
+    expect(r.code).not.toBe(0)
+    expect(r.stderr.trim()).toBe('llm-proxy: invalid configuration: LISTEN_ADDR: expected host:port or :port, got "nonsense"')
+  })
+})
+
+describe.skipIf(!built || !postgresUrl)(`serve against PostgreSQL${postgresUrl ? "" : " (skipped: DATABASE_URL not set)"}`, () => {
+  it("two instances starting at once apply the migrations exactly once and both serve", async () => {
+    const db = await createTestDatabase()
+    try {
+      const env = { LISTEN_ADDR: "127.0.0.1:0", DATABASE_URL: db.url, MANAGEMENT_TOKEN: "pg-startup-token" }
+      const [a, b] = await Promise.all([
+        startBinary(mkdtempSync(join(tmpdir(), "llm-proxy-pg-a-")), env),
+        startBinary(mkdtempSync(join(tmpdir(), "llm-proxy-pg-b-")), env)
+      ])
+      try {
+        for (const s of [a, b]) {
+          const health = await (await fetch(`${s.url}/health`)).json()
+          expect(health).toMatchObject({ status: "ok", checks: { database: { status: "up", driver: "postgres" } } })
+        }
+        const created = await fetch(`${a.url}/manage/projects`, {
+          method: "POST",
+          headers: { authorization: "Bearer pg-startup-token", "content-type": "application/json" },
+          body: JSON.stringify({ name: "pg", api_key: "sk-pg-key-1234567890" })
+        })
+        expect(created.status).toBe(201)
+        const viaB = await (await fetch(`${b.url}/manage/projects`, { headers: { authorization: "Bearer pg-startup-token" } })).json()
+        expect(viaB).toHaveLength(1)
+        const rows = await withPgClient(db.url, (c) => c.query<{ n: string }>("SELECT COUNT(*) AS n FROM schema_migrations"))
+        expect(Number(rows.rows[0]?.n)).toBe(readdirSync(join(import.meta.dirname, "../../migrations/postgres")).length)
+        expect([a.output(), b.output()].filter((o) => o.includes("applied migrations"))).toHaveLength(1)
+      } finally {
+        await Promise.all([stop(a.child), stop(b.child)])
+      }
+    } finally {
+      await db.drop()
+    }
+  })
+})
