@@ -39,6 +39,13 @@ export const configProvider = (flags: Record<string, Option.Option<string>>, dot
     )
   })
 
+/** `--db` and `--database-url` name the database outright, whatever the environment says. */
+const selectDatabase = (db: Option.Option<string>, url: Option.Option<string>) => ({
+  DATABASE_PATH: db,
+  DATABASE_URL: url,
+  DB_DRIVER: Option.isSome(url) ? Option.some("postgres") : Option.isSome(db) ? Option.some("sqlite") : Option.none()
+})
+
 const loadConfig = (flags: Record<string, Option.Option<string>>, dotenv: string) =>
   Effect.gen(function*() {
     const provider = yield* configProvider(flags, dotenv)
@@ -74,8 +81,7 @@ const runServe = (o: {
     const config: AppConfigShape = yield* loadConfig(
       {
         LISTEN_ADDR: o.addr,
-        DATABASE_PATH: o.db,
-        DATABASE_URL: o.databaseUrl,
+        ...selectDatabase(o.db, o.databaseUrl),
         LOG_LEVEL: o.logLevel,
         LOG_FORMAT: o.logFormat
       },
@@ -102,7 +108,7 @@ const withDatabase = <A, E, R>(
   f: (dialect: "sqlite" | "postgres") => Effect.Effect<A, E, R>
 ) =>
   Effect.gen(function*() {
-    const config = yield* loadConfig({ DATABASE_PATH: o.db, DATABASE_URL: o.databaseUrl }, o.env)
+    const config = yield* loadConfig(selectDatabase(o.db, o.databaseUrl), o.env)
     return yield* f(dialectOf(config.database)).pipe(
       Effect.provide(databaseLayer(config.database)),
       Effect.mapError(startupFailure)

@@ -212,7 +212,10 @@ export const parseTimestamp = (s: string): string | undefined => {
   const ms = Date.parse(s)
   if (Number.isNaN(ms)) return undefined
   const d = new Date(ms)
-  return d.getUTCFullYear() > 9999 ? undefined : d.toISOString()
+  // Years outside 1..9999 (after conversion to UTC) print as "-000001-…"/"+010000-…", which is not RFC 3339
+  // and which PostgreSQL rejects.
+  const year = d.getUTCFullYear()
+  return year < 1 || year > 9999 ? undefined : d.toISOString()
 }
 
 /** `active_only` query values accepted by `GET /manage/tokens`. */

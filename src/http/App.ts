@@ -4,6 +4,7 @@
  */
 import {
   HttpApiBuilder,
+  HttpApiError,
   HttpApiSwagger,
   type HttpApp,
   type HttpRouter,
@@ -12,6 +13,7 @@ import {
 } from "@effect/platform"
 import { Cause, Clock, Context, Effect, Layer, Predicate } from "effect"
 import { ManagementApi } from "../api/ManagementApi.js"
+import { BadRequest } from "../domain/errors.js"
 import { Store } from "../store/Store.js"
 import { ManagementAuthLive, ManagementToken } from "./auth.js"
 import { jsonError, managementFallback } from "./fallback.js"
@@ -24,7 +26,22 @@ type App = HttpApp.Default<never, HttpRouter.HttpRouter.DefaultServices>
 
 export class ManagementApp extends Context.Tag("llm-proxy/ManagementApp")<ManagementApp, App>() {}
 
+/**
+ * The platform answers input its schemas reject (e.g. a query parameter given twice) with its own
+ * `{"_tag":"HttpApiDecodeError","issues":…}` body; CONTRACT §4 wants `{"error": "..."}` for every error.
+ */
+const decodeErrorsAsBadRequest = HttpApiBuilder.middleware(ManagementApi, (app) =>
+  Effect.catchIf(
+    app as Effect.Effect<HttpServerResponse.HttpServerResponse, unknown, HttpServerRequest.HttpServerRequest>,
+    (e): e is HttpApiError.HttpApiDecodeError => e instanceof HttpApiError.HttpApiDecodeError,
+    (e) => {
+      const key = e.issues[0]?.path[0]
+      return Effect.fail(new BadRequest({ error: key === undefined ? "invalid request" : `invalid parameter "${String(key)}"` }))
+    }
+  ) as HttpApp.Default<BadRequest>)
+
 export const ManagementAppLive = Layer.effect(ManagementApp, HttpApiBuilder.httpApp).pipe(
+  Layer.provide(decodeErrorsAsBadRequest),
   Layer.provide(HttpApiSwagger.layer({ path: "/manage/docs" })),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/manage/openapi.json" })),
   Layer.provide(HttpApiBuilder.api(ManagementApi).pipe(Layer.provide([ProjectsLive, TokensLive]))),

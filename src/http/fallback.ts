@@ -12,8 +12,13 @@ export const jsonError = (status: number, error: string, extra?: Record<string, 
 type Known =
   | { readonly kind: "collection"; readonly allow: string }
   | { readonly kind: "project" }
-  | { readonly kind: "item"; readonly allow: string }
+  | { readonly kind: "item"; readonly allow: string; readonly invalidId: string }
   | { readonly kind: "bad-id"; readonly error: string }
+
+// The router matches these methods whenever the id segment is usable, so a request that reaches the fallback with
+// one of them has an id the router could not take (a malformed %-escape, or longer than its parameter limit):
+// that is a bad id, not a wrong method.
+const allows = (allow: string, method: string) => allow.split(", ").includes(method === "HEAD" ? "GET" : method)
 
 const classify = (path: string): Known | undefined => {
   const parts = path.split("/").slice(2) // ["projects", ...] after "", "manage"
@@ -23,11 +28,13 @@ const classify = (path: string): Known | undefined => {
   if (resource === "projects") {
     if (id === "") return { kind: "bad-id", error: "invalid project id" }
     if (rest.length === 0) return { kind: "project" }
-    if (rest.length === 2 && rest[0] === "tokens" && rest[1] === "revoke") return { kind: "item", allow: "POST" }
+    if (rest.length === 2 && rest[0] === "tokens" && rest[1] === "revoke") {
+      return { kind: "item", allow: "POST", invalidId: "invalid project id" }
+    }
     return { kind: "bad-id", error: "invalid path" }
   }
   if (id === "") return { kind: "bad-id", error: "token ID is required" }
-  if (rest.length === 0) return { kind: "item", allow: "GET, PATCH, DELETE" }
+  if (rest.length === 0) return { kind: "item", allow: "GET, PATCH, DELETE", invalidId: "invalid token id" }
   return { kind: "bad-id", error: "invalid token id" }
 }
 
@@ -41,11 +48,14 @@ export const managementFallback = Effect.gen(function*() {
     case "bad-id":
       return jsonError(400, known.error)
     case "project":
+      if (allows("GET, PATCH", request.method)) return jsonError(400, "invalid project id")
       return request.method === "DELETE"
         ? jsonError(405, "method not allowed", { message: "project deletion is not permitted" }, { allow: "GET, PATCH" })
         : jsonError(405, "method not allowed", undefined, { allow: "GET, PATCH" })
-    case "collection":
     case "item":
+      if (allows(known.allow, request.method)) return jsonError(400, known.invalidId)
+      return jsonError(405, "method not allowed", undefined, { allow: known.allow })
+    case "collection":
       return jsonError(405, "method not allowed", undefined, { allow: known.allow })
   }
 })

@@ -1,0 +1,459 @@
+/**
+ * Store behaviour, the same tests on SQLite (temp file) and PostgreSQL (fresh database; needs DATABASE_URL).
+ * Each suite shares one migrated database; tests keep out of each other's way with their own projects.
+ */
+import { SqlClient } from "@effect/sql"
+import { describe, expect, layer } from "@effect/vitest"
+import { Effect, Layer, Option, Redacted } from "effect"
+import { randomBytes, randomUUID } from "node:crypto"
+import { writeFileSync } from "node:fs"
+import { postgresStore, sqliteStore } from "../../src/store/layers.js"
+import type { Dialect } from "../../src/store/migrations.js"
+import {
+  DuplicateProjectName,
+  type NewProject,
+  type NewToken,
+  Store,
+  StoreError,
+  type TokenRow
+} from "../../src/store/Store.js"
+import { postgresUrl, withPgClient } from "../support/databases.js"
+import { freshStore, tempSqlitePath } from "./backends.js"
+
+// Timestamps with distinct milliseconds, so a backend that drops or rounds them is caught.
+const T0 = Date.parse("2024-05-06T07:08:09.123Z")
+/** T0 + `seconds`, as an ISO string with milliseconds. */
+const at = (seconds: number) => new Date(T0 + seconds * 1000).toISOString()
+const NOW = at(0)
+const LATER = at(60)
+const FUTURE = "2099-12-31T23:59:59.999Z"
+
+const newProject = (fields: Partial<NewProject> = {}): NewProject => ({
+  id: randomUUID(),
+  name: `project-${randomUUID()}`,
+  apiKey: "sk-provider-key",
+  apiKeyHint: "sk-p****-key",
+  provider: "openai",
+  now: NOW,
+  ...fields
+})
+
+const newToken = (projectId: string, fields: Partial<NewToken> = {}): NewToken => ({
+  id: randomUUID(),
+  tokenHash: randomBytes(32).toString("hex"),
+  tokenHint: "sk-abcd****wxyz",
+  projectId,
+  expiresAt: FUTURE,
+  maxRequests: null,
+  now: NOW,
+  ...fields
+})
+
+/** A project with `n` tokens created one second apart (oldest first). */
+const projectWithTokens = (n: number, fields: Partial<NewProject> = {}) =>
+  Effect.gen(function*() {
+    const store = yield* Store
+    const project = yield* store.createProject(newProject(fields))
+    const tokens: Array<TokenRow> = []
+    for (let i = 0; i < n; i++) tokens.push(yield* store.createToken(newToken(project.id, { now: at(i) })))
+    return { project, tokens }
+  })
+
+const getToken = (id: string) => Effect.flatMap(Store, (s) => s.getToken(id)).pipe(Effect.map(Option.getOrThrow))
+const getProject = (id: string) => Effect.flatMap(Store, (s) => s.getProject(id)).pipe(Effect.map(Option.getOrThrow))
+
+/** Makes every UPDATE of a token of `projectId` fail inside the database, to check transactions roll back. */
+const failTokenUpdates = (dialect: Dialect, projectId: string) =>
+  Effect.acquireRelease(
+    Effect.flatMap(SqlClient.SqlClient, (sql) =>
+      dialect === "sqlite"
+        ? sql.unsafe(`CREATE TRIGGER fail_token_updates BEFORE UPDATE ON tokens
+            WHEN OLD.project_id = '${projectId}' BEGIN SELECT RAISE(ABORT, 'injected failure'); END`)
+        : Effect.zipRight(
+          sql.unsafe(`CREATE FUNCTION fail_token_updates() RETURNS trigger LANGUAGE plpgsql
+            AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$`),
+          sql.unsafe(`CREATE TRIGGER fail_token_updates BEFORE UPDATE ON tokens FOR EACH ROW
+            WHEN (OLD.project_id = '${projectId}') EXECUTE FUNCTION fail_token_updates()`)
+        )),
+    () =>
+      Effect.flatMap(SqlClient.SqlClient, (sql) =>
+        dialect === "sqlite"
+          ? sql`DROP TRIGGER fail_token_updates`
+          : Effect.zipRight(sql`DROP TRIGGER fail_token_updates ON tokens`, sql`DROP FUNCTION fail_token_updates()`)).pipe(
+          Effect.orDie
+        )
+  )
+
+const storeSuite = (dialect: Dialect) =>
+  layer(freshStore(dialect), { excludeTestServices: true, timeout: "60 seconds" })((it) => {
+    describe("projects", () => {
+      it.effect("creates, gets and lists projects sorted by name", () =>
+        Effect.gen(function*() {
+          const store = yield* Store
+          const prefix = `list-${randomUUID()}`
+          const input = newProject({ name: `${prefix}-bravo`, provider: "anthropic" })
+          const created = yield* store.createProject(input)
+          expect(created).toEqual({
+            id: input.id,
+            name: input.name,
+            apiKey: input.apiKey,
+            apiKeyHint: input.apiKeyHint,
+            provider: "anthropic",
+            isActive: true,
+            deactivatedAt: null,
+            createdAt: NOW,
+            updatedAt: NOW
+          })
+          expect(yield* store.getProject(input.id)).toEqual(Option.some(created))
+          expect(yield* store.getProject(randomUUID())).toEqual(Option.none())
+
+          yield* store.createProject(newProject({ name: `${prefix}-charlie` }))
+          yield* store.createProject(newProject({ name: `${prefix}-alpha` }))
+          const names = (yield* store.listProjects).map((p) => p.name)
+          expect(names.filter((n) => n.startsWith(prefix))).toEqual([`${prefix}-alpha`, `${prefix}-bravo`, `${prefix}-charlie`])
+        }))
+
+      it.effect("rejects a duplicate name on create with DuplicateProjectName", () =>
+        Effect.gen(function*() {
+          const store = yield* Store
+          const first = yield* store.createProject(newProject())
+          const error = yield* Effect.flip(store.createProject(newProject({ name: first.name })))
+          expect(error).toBeInstanceOf(DuplicateProjectName)
+          expect(error).toMatchObject({ _tag: "DuplicateProjectName", name: first.name })
+        }))
+
+      it.effect("rejects renaming to a taken name with DuplicateProjectName and changes nothing", () =>
+        Effect.gen(function*() {
+          const store = yield* Store
+          const taken = yield* store.createProject(newProject())
+          const { project, tokens } = yield* projectWithTokens(1)
+          const error = yield* Effect.flip(
+            store.updateProject(project.id, { name: taken.name, isActive: false, revokeTokens: true, now: LATER })
+          )
+          expect(error).toMatchObject({ _tag: "DuplicateProjectName", name: taken.name })
+          expect(yield* getProject(project.id)).toEqual(project)
+          expect((yield* getToken(tokens[0]!.id)).isActive).toBe(true)
+
+          // Keeping its own name is not a conflict.
+          const same = yield* store.updateProject(project.id, { name: project.name, now: LATER })
+          expect(Option.getOrThrow(same).project.name).toBe(project.name)
+        }))
+
+      it.effect("updates only the given fields and stamps updatedAt", () =>
+        Effect.gen(function*() {
+          const store = yield* Store
+          const project = yield* store.createProject(newProject())
+          const updated = yield* store.updateProject(project.id, { apiKey: "sk-new", apiKeyHint: "sk-n****new", now: LATER })
+          const expected = { ...project, apiKey: "sk-new", apiKeyHint: "sk-n****new", updatedAt: LATER }
+          expect(updated).toEqual(Option.some({ project: expected, revoked: 0 }))
+          expect(yield* getProject(project.id)).toEqual(expected)
+
+          const renamed = `renamed-${randomUUID()}`
+          yield* store.updateProject(project.id, { name: renamed, provider: "anthropic", now: at(120) })
+          expect(yield* getProject(project.id)).toEqual({ ...expected, name: renamed, provider: "anthropic", updatedAt: at(120) })
+
+          expect(yield* store.updateProject(randomUUID(), { name: "nobody", now: LATER })).toEqual(Option.none())
+        }))
+
+      it.effect("deactivation sets deactivatedAt (kept when repeated), reactivation clears it", () =>
+        Effect.gen(function*() {
+          const store = yield* Store
+          const { project, tokens } = yield* projectWithTokens(1)
+
+          const off = Option.getOrThrow(yield* store.updateProject(project.id, { isActive: false, now: LATER }))
+          expect(off.project).toMatchObject({ isActive: false, deactivatedAt: LATER })
+          expect(off.revoked).toBe(0)
+          // Without revokeTokens the tokens are left alone.
+          expect((yield* getToken(tokens[0]!.id)).isActive).toBe(true)
+
+          yield* store.updateProject(project.id, { isActive: false, now: at(120) })
+          expect(yield* getProject(project.id)).toMatchObject({ isActive: false, deactivatedAt: LATER, updatedAt: at(120) })
+
+          const on = Option.getOrThrow(yield* store.updateProject(project.id, { isActive: true, now: at(180) }))
+          expect(on.project).toMatchObject({ isActive: true, deactivatedAt: null })
+          expect(yield* getProject(project.id)).toMatchObject({ isActive: true, deactivatedAt: null, updatedAt: at(180) })
+        }))
+
+      it.effect("revokeTokens on deactivation revokes the active tokens and returns the count", () =>
+        Effect.gen(function*() {
+          const store = yield* Store
+          const { project, tokens } = yield* projectWithTokens(3)
+          yield* store.revokeToken(tokens[0]!.id, NOW)
+
+          const result = Option.getOrThrow(
+            yield* store.updateProject(project.id, { isActive: false, revokeTokens: true, now: LATER })
+          )
+          expect(result.revoked).toBe(2)
+          expect(result.project).toMatchObject({ isActive: false, deactivatedAt: LATER })
+          expect(yield* getToken(tokens[0]!.id)).toMatchObject({ isActive: false, deactivatedAt: NOW })
+          for (const t of tokens.slice(1)) {
+            expect(yield* getToken(t.id)).toMatchObject({ isActive: false, deactivatedAt: LATER })
+          }
+        }))
+
+      it.effect("revokeTokens also applies when the project is already inactive", () =>
+        Effect.gen(function*() {
+          const store = yield* Store
+          const { project } = yield* projectWithTokens(0)
+          yield* store.updateProject(project.id, { isActive: false, now: NOW })
+          // Tokens created while the project is inactive.
+          const t1 = yield* store.createToken(newToken(project.id))
+          const t2 = yield* store.createToken(newToken(project.id))
+
+          const result = Option.getOrThrow(
+            yield* store.updateProject(project.id, { isActive: false, revokeTokens: true, now: LATER })
+          )
+          expect(result.revoked).toBe(2)
+          expect(result.project.deactivatedAt).toBe(NOW)
+          expect((yield* getToken(t1.id)).isActive).toBe(false)
+          expect((yield* getToken(t2.id)).isActive).toBe(false)
+        }))
+
+      it.scoped("deactivation and token revocation share one transaction", () =>
+        Effect.gen(function*() {
+          const store = yield* Store
+          const { project, tokens } = yield* projectWithTokens(2)
+          yield* failTokenUpdates(dialect, project.id)
+
+          const error = yield* Effect.flip(
+            store.updateProject(project.id, { isActive: false, revokeTokens: true, now: LATER })
+          )
+          expect(error).toBeInstanceOf(StoreError)
+          // The project update ran before the failing token update, and was rolled back with it.
+          expect(yield* getProject(project.id)).toEqual(project)
+          for (const t of tokens) expect((yield* getToken(t.id)).isActive).toBe(true)
+        }))
+
+      it.effect("revokeProjectTokens counts revoked, already revoked and total; None for an unknown project", () =>
+        Effect.gen(function*() {
+          const store = yield* Store
+          const { project, tokens } = yield* projectWithTokens(3)
+          yield* store.revokeToken(tokens[1]!.id, NOW)
+
+          expect(yield* store.revokeProjectTokens(project.id, LATER)).toEqual(
+            Option.some({ revoked: 2, alreadyRevoked: 1, total: 3 })
+          )
+          for (const t of tokens) expect((yield* getToken(t.id)).isActive).toBe(false)
+          expect((yield* getToken(tokens[1]!.id)).deactivatedAt).toBe(NOW)
+          expect((yield* getToken(tokens[0]!.id)).deactivatedAt).toBe(LATER)
+
+          expect(yield* store.revokeProjectTokens(project.id, at(120))).toEqual(
+            Option.some({ revoked: 0, alreadyRevoked: 3, total: 3 })
+          )
+          const { project: empty } = yield* projectWithTokens(0)
+          expect(yield* store.revokeProjectTokens(empty.id, LATER)).toEqual(
+            Option.some({ revoked: 0, alreadyRevoked: 0, total: 0 })
+          )
+          expect(yield* store.revokeProjectTokens(randomUUID(), LATER)).toEqual(Option.none())
+        }))
+
+      it.effect("revokeProjectTokens counts stay consistent while tokens are being created", () =>
+        Effect.gen(function*() {
+          const store = yield* Store
+          // Before the project row was locked, a token committed between the count and the revocation made
+          // `alreadyRevoked` negative on Postgres (~5% of these rounds).
+          for (let round = 0; round < 200; round++) {
+            const { project } = yield* projectWithTokens(1)
+            const create = Effect.suspend(() => store.createToken(newToken(project.id)))
+            const [result] = yield* Effect.all(
+              [store.revokeProjectTokens(project.id, LATER), Effect.all([create, create, create], { concurrency: 3 })],
+              { concurrency: 2 }
+            )
+            const counts = Option.getOrThrow(result)
+            expect(counts.alreadyRevoked).toBeGreaterThanOrEqual(0)
+            expect(counts.revoked + counts.alreadyRevoked).toBe(counts.total)
+          }
+        }))
+    })
+
+    describe("tokens", () => {
+      it.effect("creates a token and reads it back by id and by hash", () =>
+        Effect.gen(function*() {
+          const store = yield* Store
+          const { project } = yield* projectWithTokens(0)
+          const input = newToken(project.id, { maxRequests: 100 })
+          const created = yield* store.createToken(input)
+          expect(created).toEqual({
+            id: input.id,
+            tokenHash: input.tokenHash,
+            tokenHint: input.tokenHint,
+            projectId: project.id,
+            expiresAt: FUTURE,
+            isActive: true,
+            deactivatedAt: null,
+            requestCount: 0,
+            maxRequests: 100,
+            cacheHitCount: 0,
+            promptTokens: 0,
+            completionTokens: 0,
+            createdAt: NOW,
+            lastUsedAt: null
+          })
+          expect(yield* store.getToken(input.id)).toEqual(Option.some(created))
+          expect(yield* store.getTokenByHash(input.tokenHash)).toEqual(Option.some(created))
+          expect(yield* store.getToken(randomUUID())).toEqual(Option.none())
+          expect(yield* store.getTokenByHash(randomBytes(32).toString("hex"))).toEqual(Option.none())
+        }))
+
+      it.effect("listTokens filters by project and activeOnly, newest first", () =>
+        Effect.gen(function*() {
+          const store = yield* Store
+          const { project: a } = yield* projectWithTokens(0)
+          const { project: b } = yield* projectWithTokens(0)
+          const oldest = yield* store.createToken(newToken(a.id, { now: at(1) }))
+          const expired = yield* store.createToken(newToken(a.id, { now: at(2), expiresAt: at(30) }))
+          const revoked = yield* store.createToken(newToken(a.id, { now: at(3) }))
+          const newest = yield* store.createToken(newToken(a.id, { now: at(4), expiresAt: at(61) }))
+          const other = yield* store.createToken(newToken(b.id, { now: at(5) }))
+          yield* store.revokeToken(revoked.id, at(10))
+
+          const ids = (filter: Parameters<typeof store.listTokens>[0]) =>
+            Effect.map(store.listTokens(filter), (rows) => rows.map((t) => t.id))
+
+          expect(yield* ids({ projectId: a.id, now: LATER })).toEqual([newest.id, revoked.id, expired.id, oldest.id])
+          expect(yield* ids({ projectId: a.id, activeOnly: true, now: LATER })).toEqual([newest.id, oldest.id])
+          expect(yield* ids({ projectId: a.id, activeOnly: false, now: LATER })).toHaveLength(4)
+          // Expiry is exclusive: a token expiring exactly at `now` is no longer active.
+          expect(yield* ids({ projectId: a.id, activeOnly: true, now: at(61) })).toEqual([oldest.id])
+          expect(yield* ids({ projectId: b.id, now: LATER })).toEqual([other.id])
+
+          const all = yield* ids({ now: LATER })
+          expect(all).toEqual(expect.arrayContaining([other.id, newest.id, revoked.id, expired.id, oldest.id]))
+          const active = yield* ids({ activeOnly: true, now: LATER })
+          expect(active).toEqual(expect.arrayContaining([other.id, newest.id, oldest.id]))
+          expect(active).not.toContain(revoked.id)
+          expect(active).not.toContain(expired.id)
+          // Newest first across projects too.
+          const rows = yield* store.listTokens({ now: LATER })
+          const created = rows.map((t) => t.createdAt)
+          expect(created).toEqual([...created].sort().reverse())
+        }))
+
+      it.effect("updateToken: isActive false sets deactivatedAt (kept on repeat), true clears it", () =>
+        Effect.gen(function*() {
+          const store = yield* Store
+          const { tokens: [token] } = yield* projectWithTokens(1)
+          const id = token!.id
+
+          const off = yield* store.updateToken(id, { isActive: false, now: LATER })
+          expect(off).toEqual(Option.some({ ...token!, isActive: false, deactivatedAt: LATER }))
+          const again = yield* store.updateToken(id, { isActive: false, now: at(120) })
+          expect(Option.getOrThrow(again)).toMatchObject({ isActive: false, deactivatedAt: LATER })
+          const on = yield* store.updateToken(id, { isActive: true, now: at(180) })
+          expect(on).toEqual(Option.some({ ...token!, isActive: true, deactivatedAt: null }))
+          expect(yield* getToken(id)).toEqual(token)
+        }))
+
+      it.effect("updateToken: maxRequests (number / null), expiresAt, empty patch, unknown id", () =>
+        Effect.gen(function*() {
+          const store = yield* Store
+          const { tokens: [token] } = yield* projectWithTokens(1)
+          const id = token!.id
+
+          expect(Option.getOrThrow(yield* store.updateToken(id, { maxRequests: 5, now: LATER })).maxRequests).toBe(5)
+          expect((yield* getToken(id)).maxRequests).toBe(5)
+          expect(Option.getOrThrow(yield* store.updateToken(id, { maxRequests: null, now: LATER })).maxRequests).toBe(null)
+          expect((yield* getToken(id)).maxRequests).toBe(null)
+
+          const expiresAt = at(3600)
+          const moved = Option.getOrThrow(yield* store.updateToken(id, { expiresAt, maxRequests: 0, now: LATER }))
+          expect(moved).toEqual({ ...token!, expiresAt, maxRequests: 0 })
+          expect(yield* getToken(id)).toEqual(moved)
+
+          expect(yield* store.updateToken(id, { now: LATER })).toEqual(Option.some(moved))
+          expect(yield* store.updateToken(randomUUID(), { isActive: false, now: LATER })).toEqual(Option.none())
+          expect(yield* store.updateToken(randomUUID(), { now: LATER })).toEqual(Option.none())
+        }))
+
+      it.effect("revokeToken is idempotent and false for an unknown id", () =>
+        Effect.gen(function*() {
+          const store = yield* Store
+          const { tokens: [token] } = yield* projectWithTokens(1)
+          expect(yield* store.revokeToken(token!.id, LATER)).toBe(true)
+          expect(yield* getToken(token!.id)).toMatchObject({ isActive: false, deactivatedAt: LATER })
+          expect(yield* store.revokeToken(token!.id, at(120))).toBe(true)
+          expect(yield* getToken(token!.id)).toMatchObject({ isActive: false, deactivatedAt: LATER })
+          expect(yield* store.revokeToken(randomUUID(), LATER)).toBe(false)
+        }))
+    })
+
+    it.effect("timestamps round-trip as ISO strings with millisecond precision", () =>
+      Effect.gen(function*() {
+        const store = yield* Store
+        const stamps = ["2001-02-03T04:05:06.007Z", "2030-01-01T00:00:00.000Z", "1999-12-31T23:59:59.999Z"]
+        for (const stamp of stamps) {
+          const project = yield* store.createProject(newProject({ now: stamp }))
+          yield* store.updateProject(project.id, { isActive: false, now: stamp })
+          expect(yield* getProject(project.id)).toMatchObject({ createdAt: stamp, updatedAt: stamp, deactivatedAt: stamp })
+
+          const token = yield* store.createToken(newToken(project.id, { now: stamp, expiresAt: stamp }))
+          yield* store.revokeToken(token.id, stamp)
+          const read = yield* getToken(token.id)
+          expect(read).toMatchObject({ createdAt: stamp, expiresAt: stamp, deactivatedAt: stamp, lastUsedAt: null })
+          expect(typeof read.requestCount).toBe("number")
+        }
+      }))
+
+    describe("a broken database gives a StoreError (not a defect) without SQL parameters in its message", () => {
+      const secret = `secret-${randomUUID()}`
+      const expectStoreError = (error: unknown) => {
+        expect(error).toBeInstanceOf(StoreError)
+        const message = (error as StoreError).message
+        expect(message).not.toContain(secret)
+        // Nor SQL text: the operation name only.
+        expect(message).not.toMatch(/\b(SELECT|INSERT|UPDATE|DELETE|FROM|WHERE)\b/)
+        return message
+      }
+
+      it.effect("queries against dropped tables", () =>
+        Effect.gen(function*() {
+          const sql = yield* SqlClient.SqlClient
+          const store = yield* Store
+          yield* sql`DROP TABLE tokens`
+          yield* sql`DROP TABLE projects`
+          expect(expectStoreError(yield* Effect.flip(store.getTokenByHash(secret)))).toBe(
+            "database error during getTokenByHash"
+          )
+          expectStoreError(yield* Effect.flip(store.createToken(newToken(randomUUID(), { tokenHash: secret }))))
+          expectStoreError(yield* Effect.flip(store.listTokens({ projectId: secret, activeOnly: true, now: secret })))
+          expectStoreError(yield* Effect.flip(store.revokeProjectTokens(secret, secret)))
+          expectStoreError(yield* Effect.flip(store.createProject(newProject({ name: secret, apiKey: secret }))))
+          expectStoreError(yield* Effect.flip(store.updateProject(secret, { name: secret, now: secret })))
+        }).pipe(Effect.provide(freshStore(dialect))))
+
+      if (dialect === "sqlite") {
+        it.effect("SQLite file replaced by garbage", () =>
+          Effect.gen(function*() {
+            const path = yield* tempSqlitePath
+            writeFileSync(path, randomBytes(64 * 1024))
+            const error = yield* Effect.flip(Effect.provide(Effect.flatMap(Store, (s) => s.getTokenByHash(secret)), sqliteStore(path)))
+            expect(expectStoreError(error)).toBe(`cannot open SQLite database at ${path}`)
+          }).pipe(Effect.scoped))
+      } else {
+        it.effect("database dropped under the pool", () =>
+          Effect.gen(function*() {
+            const store = yield* Store
+            const sql = yield* SqlClient.SqlClient
+            const [{ name }] = (yield* sql<{ name: string }>`SELECT current_database() AS name`) as [{ name: string }]
+            yield* Effect.promise(() => withPgClient(postgresUrl!, (c) => c.query(`DROP DATABASE "${name}" WITH (FORCE)`)))
+            expectStoreError(yield* Effect.flip(store.getTokenByHash(secret)))
+            expectStoreError(yield* Effect.flip(store.getTokenByHash(secret)))
+          }).pipe(Effect.provide(freshStore(dialect))))
+
+        it.effect("server not reachable", () =>
+          Effect.gen(function*() {
+            const error = yield* Effect.flip(
+              Layer.build(postgresStore(Redacted.make(`postgres://postgres:${secret}@127.0.0.1:1/nowhere`), 1))
+            )
+            expect(expectStoreError(error)).toBe("cannot connect to PostgreSQL (DATABASE_URL)")
+          }).pipe(Effect.scoped))
+      }
+    })
+  })
+
+describe("Store on SQLite", () => storeSuite("sqlite"))
+
+describe.skipIf(!postgresUrl)(
+  postgresUrl ? "Store on PostgreSQL" : "Store on PostgreSQL (skipped: DATABASE_URL not set)",
+  () => storeSuite("postgres")
+)
