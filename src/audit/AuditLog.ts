@@ -94,9 +94,15 @@ export const toRecord = (entry: AuditEntry, nowMs: number): AuditRecord => ({
 
 const retryPolicy = Schedule.exponential("100 millis").pipe(Schedule.intersect(Schedule.recurs(4)))
 
-export const make = Effect.gen(function*() {
+export interface AuditLogOptions {
+  readonly capacity?: number
+  readonly batchSize?: number
+}
+
+export const make = (options: AuditLogOptions = {}) => Effect.gen(function*() {
   const sinks = yield* AuditSinks
-  const queue = yield* Queue.bounded<Item>(QUEUE_CAPACITY)
+  const batchSize = options.batchSize ?? BATCH_SIZE
+  const queue = yield* Queue.bounded<Item>(options.capacity ?? QUEUE_CAPACITY)
   const stats = { accepted: 0, written: 0, dropped: 0, failed: 0 }
   let closed = false
 
@@ -129,7 +135,7 @@ export const make = Effect.gen(function*() {
 
   // Each batch is written uninterruptibly: an event is off the queue only once it is in the sinks.
   const writer = Effect.uninterruptibleMask((restore) =>
-    restore(Queue.takeBetween(queue, 1, BATCH_SIZE)).pipe(Effect.flatMap(writeBatch))
+    restore(Queue.takeBetween(queue, 1, batchSize)).pipe(Effect.flatMap(writeBatch))
   ).pipe(Effect.repeat({ until: (stop) => stop }))
 
   const fiber = yield* Effect.forkScoped(writer)
@@ -179,7 +185,10 @@ export const make = Effect.gen(function*() {
 })
 
 /** The AuditLog writing to the sinks in context. */
-export const layer: Layer.Layer<AuditLog, never, AuditSinks> = Layer.scoped(AuditLog, make)
+export const layer: Layer.Layer<AuditLog, never, AuditSinks> = Layer.scoped(AuditLog, make())
+
+export const layerWith = (options: AuditLogOptions): Layer.Layer<AuditLog, never, AuditSinks> =>
+  Layer.scoped(AuditLog, make(options))
 
 /** AUDIT_ENABLED=false: nothing is recorded. `queryable` keeps earlier events listable. */
 export const disabled = (queryable: boolean): Layer.Layer<AuditLog> =>
