@@ -16,7 +16,7 @@ describe("mock upstream", () => {
       body: JSON.stringify({ model: "m" })
     })
     expect(r.status).toBe(200)
-    expect((await r.json()).usage.total_tokens).toBe(12)
+    expect(((await r.json()) as any).usage.total_tokens).toBe(12)
     expect(mock.requests[0]).toMatchObject({ method: "POST", path: "/v1/chat/completions", url: "/v1/chat/completions?x=1" })
     expect(mock.requests[0]!.headers.authorization).toBe("Bearer k")
     expect(JSON.parse(mock.requests[0]!.body)).toEqual({ model: "m" })
