@@ -5,11 +5,19 @@
 import { Context, Effect, Layer, Logger, LogLevel, Option } from "effect"
 import * as AuditLog from "./audit/AuditLog.js"
 import * as AuditRepo from "./audit/AuditRepo.js"
+import { makeTrustedProxies } from "./audit/clientIp.js"
 import { retentionLayer } from "./audit/retention.js"
 import { sinksLayer } from "./audit/sinks.js"
 import { AppConfig, type AppConfigShape, type Database } from "./config/AppConfig.js"
 import { resolveManagementToken } from "./config/managementToken.js"
 import { Providers } from "./config/Providers.js"
+import * as ProxyHandler from "./proxy/ProxyHandler.js"
+import { auditHooks } from "./proxy/auditHooks.js"
+import { ProxyHooks } from "./proxy/ProxyHooks.js"
+import * as Upstream from "./proxy/Upstream.js"
+import * as RateLimits from "./token/RateLimits.js"
+import * as TokenValidator from "./token/TokenValidator.js"
+import * as UsageRecorder from "./token/UsageRecorder.js"
 import { KeyCipher } from "./crypto/KeyCipher.js"
 import { ManagementAppLive } from "./http/App.js"
 import { ManagementToken } from "./http/auth.js"
@@ -58,8 +66,37 @@ export const loggerLayer = (config: Pick<AppConfigShape, "logFormat" | "logLevel
     )
   )
 
+/** Window rate limiter store: one instance in memory, or shared through Redis. */
+export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" | "redisUrl">) =>
+  config.rateLimitBackend === "redis" ? RateLimits.redis(config.redisUrl) : RateLimits.memory
+
+/**
+ * The data plane: TokenValidator (shared with the management handlers, which invalidate it), usage counters,
+ * rate limits, upstream pools, and the /v1 handler with its hooks.
+ */
+export const dataPlaneLayer = (config: AppConfigShape, hooks: Layer.Layer<ProxyHooks> = ProxyHooks.none) =>
+  ProxyHandler.layer.pipe(
+    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), withAuditHooks(config, hooks)))
+  )
+
+/** The given hooks plus the audit log's (proxy requests denied for an inactive project). */
+const withAuditHooks = (config: Pick<AppConfigShape, "trustedProxies">, hooks: Layer.Layer<ProxyHooks>) =>
+  Layer.effect(
+    ProxyHooks,
+    Effect.gen(function*() {
+      const given = yield* ProxyHooks
+      const audit = yield* auditHooks(makeTrustedProxies(config.trustedProxies))
+      return ProxyHooks.combine(given, audit)
+    })
+  ).pipe(Layer.provide(hooks))
+
+export interface ServeOptions {
+  /** What plugs into the data plane (cache, events, audit, metrics); none by default. */
+  readonly proxyHooks?: Layer.Layer<ProxyHooks>
+}
+
 /** Everything `serve` runs, for a given configuration. Provides the bound address (tests use port 0). */
-export const serveLayer = (config: AppConfigShape) =>
+export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =>
   Layer.unwrapEffect(
     Effect.gen(function*() {
       const resolved = yield* resolveManagementToken(config.managementToken, config.managementTokenFile)
@@ -72,11 +109,13 @@ export const serveLayer = (config: AppConfigShape) =>
       }
       return HttpServerLive.pipe(
         Layer.provide(ManagementAppLive),
+        Layer.provideMerge(dataPlaneLayer(config, options.proxyHooks)),
+        Layer.provideMerge(TokenValidator.layer),
         Layer.provideMerge(
           Layer.mergeAll(
             auditLayer(config).pipe(Layer.provideMerge(migratedDatabaseLayer(config.database))),
             KeyCipher.layer(config.encryptionKey),
-            Providers.builtIn,
+            Providers.load(Option.getOrUndefined(config.apiConfigPath), config.openaiApiUrl),
             Layer.succeed(ManagementToken, resolved.token),
             Layer.succeed(AppConfig, config)
           )

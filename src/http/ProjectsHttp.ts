@@ -9,6 +9,7 @@ import { AuditActions } from "../domain/audit.js"
 import { BadRequest, Conflict, InternalError, NotFound } from "../domain/errors.js"
 import { isUuid, validateCreateProject, validateUpdateProject } from "../domain/validation.js"
 import { Store, type StoreError } from "../store/Store.js"
+import { TokenValidator } from "../token/TokenValidator.js"
 import { audited } from "./auditing.js"
 import { readJson, validate } from "./body.js"
 import { projectJson } from "./present.js"
@@ -31,6 +32,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
     const store = yield* Store
     const cipher = yield* KeyCipher
     const providers = yield* Providers
+    const validator = yield* TokenValidator
 
     return handlers
       .handle("list", () =>
@@ -98,6 +100,8 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             now: yield* now
           })
           const updated = yield* Option.match(result, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed })
+          // After the commit: the next proxy request re-reads activation, key and provider.
+          validator.invalidateProject(id)
           note.details["project_name"] = updated.project.name
           note.details["is_active"] = updated.project.isActive
           if (input.revokeTokens) note.details["tokens_revoked"] = updated.revoked
@@ -120,6 +124,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
               revoked_count: counts.revoked,
               already_revoked_count: counts.alreadyRevoked
             })
+            validator.invalidateProject(id)
             return { revoked_count: counts.revoked, already_revoked_count: counts.alreadyRevoked, total_tokens: counts.total }
           }).pipe(Effect.catchTag("StoreError", internal("failed to revoke project tokens")))))
   }))

@@ -1,32 +1,27 @@
 /**
- * Benchmark: management API throughput with the audit log off, on (database sink), and on with the JSONL file
- * too (the default), on SQLite. The full server stack runs in this process on 127.0.0.1; an undici pool with
- * keep-alive drives it at a fixed concurrency. Rounds are interleaved (off, db, db+file, off, …) and the median
- * round is reported, so background load on the machine hits every mode alike.
+ * Benchmark: management API throughput with the audit log off, on (database sink only), and on with the JSONL
+ * file too (the default), on SQLite. Each mode is the built binary (`bin/llm-proxy.js serve`, pinned to core 1
+ * when `taskset` exists) on the same migrated database; an undici pool with keep-alive drives it at a fixed
+ * concurrency from this process. Rounds are interleaved (off, db, db+file, off, …) and the median round is
+ * reported, so background load on the machine hits every mode alike.
  *
- * Run with `npm run bench -- audit`. Not part of `npm test`. Optional environment: BENCH_SECONDS (3 per round),
- * BENCH_ROUNDS (3), BENCH_CONCURRENCY (16).
+ * Run with `npm run build && npm run bench -- audit`. Not part of `npm test`. Optional environment:
+ * BENCH_SECONDS (3 per round), BENCH_ROUNDS (3), BENCH_CONCURRENCY (16).
  */
-import { Context, Effect, Exit, Layer, Option, Redacted, Scope } from "effect"
-import { mkdtempSync, rmSync, statSync } from "node:fs"
+import { type ChildProcess, spawn, spawnSync } from "node:child_process"
+import { existsSync, mkdtempSync, rmSync, statSync } from "node:fs"
+import { createRequire } from "node:module"
+import { createServer } from "node:net"
 import { cpus, tmpdir } from "node:os"
 import { join } from "node:path"
-import { Pool } from "undici"
-import { AuditLog } from "../../src/audit/AuditLog.js"
-import type { AppConfigShape } from "../../src/config/AppConfig.js"
-import { AppConfig } from "../../src/config/AppConfig.js"
-import { Providers } from "../../src/config/Providers.js"
-import { KeyCipher } from "../../src/crypto/KeyCipher.js"
-import { ManagementAppLive } from "../../src/http/App.js"
-import { ManagementToken } from "../../src/http/auth.js"
-import { HttpServerLive, ServerAddress } from "../../src/http/Server.js"
-import { auditLayer, databaseLayer } from "../../src/Layers.js"
-import { migrateUp } from "../../src/store/migrations.js"
+import { Pool, request } from "undici"
 
 const SECONDS = Number(process.env["BENCH_SECONDS"] ?? 3)
 const ROUNDS = Number(process.env["BENCH_ROUNDS"] ?? 3)
 const CONCURRENCY = Number(process.env["BENCH_CONCURRENCY"] ?? 16)
 const TOKEN = "bench-management-token"
+const root = process.cwd()
+const hasTaskset = spawnSync("taskset", ["--version"]).status === 0
 
 type Mode = "off" | "db" | "db+file"
 const MODES: ReadonlyArray<Mode> = ["off", "db", "db+file"]
@@ -46,48 +41,66 @@ const SCENARIOS: ReadonlyArray<Scenario> = [
     path: (id) => `/manage/projects/${id}`,
     body: JSON.stringify({ is_active: true })
   },
-  { name: "GET /manage/tokens?project_id= (token.list)", method: "GET", path: (id) => `/manage/tokens?project_id=${id}` }
+  { name: "GET /manage/tokens?project_id= (token.list, 20 tokens)", method: "GET", path: (id) => `/manage/tokens?project_id=${id}` }
 ]
 
 const dir = mkdtempSync(join(tmpdir(), "llm-proxy-audit-bench-"))
+const dbPath = join(dir, "bench.db")
+const auditFile = join(dir, "audit.log")
 
-/** The `serve` stack (as src/Layers.ts serveLayer composes it) on an already migrated SQLite file. */
-const startServer = async (mode: Mode, dbPath: string, auditFile: string) => {
-  const config: AppConfigShape = {
-    listen: { host: "127.0.0.1", port: 0 },
-    managementToken: Option.some(Redacted.make(TOKEN)),
-    managementTokenFile: join(dir, "management-token"),
-    database: { _tag: "sqlite", path: dbPath },
-    encryptionKey: Option.none(),
-    requireEncryptionKey: false,
-    logLevel: "error",
-    logFormat: "json",
-    audit: {
-      enabled: mode !== "off",
-      file: mode === "db+file" ? Option.some(auditFile) : Option.none(),
-      storeInDb: true,
-      retentionDays: 0
-    },
-    trustedProxies: []
+const freePort = () =>
+  new Promise<number>((resolve, reject) => {
+    const s = createServer()
+    s.once("error", reject)
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port
+      s.close(() => resolve(port))
+    })
+  })
+
+const waitFor = async (url: string, ms = 20_000) => {
+  const until = Date.now() + ms
+  while (Date.now() < until) {
+    try {
+      const r = await request(url)
+      await r.body.dump()
+      if (r.statusCode === 200) return
+    } catch {
+      // not up yet
+    }
+    await new Promise((r) => setTimeout(r, 50))
   }
-  const layer = HttpServerLive.pipe(
-    Layer.provide(ManagementAppLive),
-    Layer.provideMerge(
-      Layer.mergeAll(
-        auditLayer(config).pipe(Layer.provideMerge(databaseLayer(config.database))),
-        KeyCipher.layer(config.encryptionKey),
-        Providers.builtIn,
-        Layer.succeed(ManagementToken, Redacted.make(TOKEN)),
-        Layer.succeed(AppConfig, config)
-      )
-    )
-  )
-  const scope = Effect.runSync(Scope.make())
-  const ctx = await Effect.runPromise(Layer.buildWithScope(layer, scope))
+  throw new Error(`${url} did not come up`)
+}
+
+/** `serve` as users run it, with the audit settings of `mode`; stops with SIGTERM (flushing the audit log). */
+const startServer = async (mode: Mode) => {
+  const bin = join(root, "bin/llm-proxy.js")
+  const port = await freePort()
+  const argv = hasTaskset ? ["taskset", "-c", "1", process.execPath, bin, "serve"] : [process.execPath, bin, "serve"]
+  const child: ChildProcess = spawn(argv[0]!, argv.slice(1), {
+    cwd: dir,
+    env: {
+      PATH: process.env["PATH"] ?? "",
+      LISTEN_ADDR: `127.0.0.1:${port}`,
+      MANAGEMENT_TOKEN: TOKEN,
+      DATABASE_PATH: dbPath,
+      LOG_LEVEL: "warn",
+      LOG_FORMAT: "json",
+      AUDIT_ENABLED: mode === "off" ? "false" : "true",
+      AUDIT_LOG_FILE: mode === "db+file" ? auditFile : ""
+    },
+    stdio: ["ignore", "inherit", "inherit"]
+  })
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()))
+  const url = `http://127.0.0.1:${port}`
+  await waitFor(`${url}/live`)
   return {
-    url: `http://127.0.0.1:${Context.get(ctx, ServerAddress).port}`,
-    audit: Context.get(ctx, AuditLog),
-    close: () => Effect.runPromise(Scope.close(scope, Exit.void))
+    url,
+    close: async () => {
+      child.kill("SIGTERM")
+      await exited
+    }
   }
 }
 
@@ -135,15 +148,9 @@ const drive = async (url: string, scenario: Scenario, projectId: string): Promis
 const median = (xs: ReadonlyArray<RoundResult>) => [...xs].sort((a, b) => a.rps - b.rps)[Math.floor(xs.length / 2)]!
 
 const main = async () => {
-  const dbPath = join(dir, "bench.db")
-  const auditFile = join(dir, "audit.log")
-  // Migrate once with the repository's migrations directory (the bundle cannot find it by itself).
-  const { sqliteClient } = await import("../../src/store/layers.js")
-  await Effect.runPromise(
-    Effect.scoped(Effect.provide(migrateUp("sqlite", join(process.cwd(), "migrations")), sqliteClient(dbPath)))
-  )
-  // A project with 20 tokens, made through the API of an unaudited server.
-  const setup = await startServer("off", dbPath, auditFile)
+  if (!existsSync(join(root, "dist/cli/main.js"))) throw new Error("dist/ is missing: run `npm run build` first")
+  // A project with 20 tokens, made through the API of an unaudited server (which also migrates the database).
+  const setup = await startServer("off")
   const auth = { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" }
   const project = await (await fetch(`${setup.url}/manage/projects`, {
     method: "POST",
@@ -163,14 +170,12 @@ const main = async () => {
     `management API throughput, audit off vs on — SQLite, concurrency ${CONCURRENCY}, ${ROUNDS} interleaved rounds of ` +
       `${SECONDS}s per mode (median round shown); node ${process.version}, ${cpus().length}× ${cpus()[0]?.model ?? "unknown CPU"}`
   )
-  const written: Record<Mode, number> = { off: 0, db: 0, "db+file": 0 }
   for (const scenario of SCENARIOS) {
     const results: Record<Mode, Array<RoundResult>> = { off: [], db: [], "db+file": [] }
     for (let round = 0; round < ROUNDS; round++) {
       for (const mode of MODES) {
-        const server = await startServer(mode, dbPath, auditFile)
+        const server = await startServer(mode)
         results[mode].push(await drive(server.url, scenario, project.id))
-        written[mode] += (await Effect.runPromise(server.audit.stats)).written
         await server.close()
       }
     }
@@ -188,10 +193,17 @@ const main = async () => {
     console.log(widths.map((w) => "-".repeat(w)).join("  "))
     for (const r of rows) console.log(line(r))
   }
+  const Database = createRequire(import.meta.url)("better-sqlite3") as new(p: string, o: object) => {
+    prepare(q: string): { get(): Record<string, unknown> | undefined }
+    close(): void
+  }
+  const db = new Database(dbPath, { readonly: true })
+  const rows = Number(db.prepare("SELECT COUNT(*) AS n FROM audit_events").get()?.["n"] ?? 0)
+  db.close()
   console.log("")
   console.log(
-    `audit events written: db ${written.db.toLocaleString("en-US")}, db+file ${written["db+file"].toLocaleString("en-US")} ` +
-      `(file ${(statSync(auditFile).size / 1e6).toFixed(1)} MB); off ${written.off}`
+    `audit events written: ${rows.toLocaleString("en-US")} rows; JSONL file ${(statSync(auditFile).size / 1e6).toFixed(1)} MB` +
+      (hasTaskset ? "; server pinned to core 1" : "")
   )
 }
 
