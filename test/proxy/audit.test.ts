@@ -1,7 +1,8 @@
 /**
- * The data plane's audit events (reference-system.md §14.2 scenario 66): a /v1 request refused because its
- * project is inactive is recorded once as `proxy_request` / `denied` / `project_inactive`, with the token's id,
- * the project, the request and correlation ids and the client IP; forwarded requests are not audit events.
+ * The data plane's audit events (reference-system.md §14.2 scenarios 66 and 121): a /v1 request refused because
+ * its project is inactive is recorded once as `proxy_request` / `denied` / `project_inactive`, one refused for its
+ * token as `token.validate` / `denied`, with the token's id, the project, the request and correlation ids and the
+ * client IP; forwarded requests are not audit events.
  */
 import { randomUUID } from "node:crypto"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -58,6 +59,29 @@ for (const backend of backends) {
       })
       expect(JSON.parse(String(events[0]!.metadata))).toMatchObject({ status: 403 })
       expect(JSON.stringify(await instance.rows("audit_events"))).not.toContain(t.token)
+    })
+
+    it("a refused proxy token is audited as token.validate / denied with its code, never the token (scenario 121)", async () => {
+      const t = await projectAndToken(stack.manage)
+      await stack.manage.delete(`/manage/tokens/${t.tokenId}`)
+      const cases = [
+        { token: t.token, code: "token_inactive", tokenId: t.tokenId },
+        { token: `sk-${"A".repeat(43)}`, code: "token_not_found", tokenId: undefined },
+        { token: "not-a-token", code: "invalid_token", tokenId: undefined }
+      ]
+      for (const c of cases) {
+        const requestId = `proxy-${randomUUID()}`
+        const r = await call(stack.server.url, "/v1/chat/completions", { token: c.token, body: chatBody(), headers: { "x-request-id": requestId } })
+        expect(r.status).toBe(401)
+        const events = await eventsOf(requestId)
+        expect(events).toHaveLength(1)
+        expect(events[0]).toMatchObject({ action: "token.validate", actor: "proxy", outcome: "denied", reason: c.code, client_ip: "127.0.0.1" })
+        expect(events[0]!.token_id).toBe(c.tokenId)
+        expect(JSON.stringify(events[0])).not.toContain(c.token)
+      }
+      const none = `proxy-${randomUUID()}`
+      expect((await call(stack.server.url, "/v1/chat/completions", { token: null, body: chatBody(), headers: { "x-request-id": none } })).status).toBe(401)
+      expect((await eventsOf(none))[0]).toMatchObject({ action: "token.validate", reason: "invalid_token" })
     })
 
     it("a forwarded request is not an audit event", async () => {
