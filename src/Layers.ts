@@ -110,7 +110,9 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
       return HttpServerLive.pipe(
         Layer.provide(ManagementAppLive),
         Layer.provideMerge(dataPlaneLayer(config, options.proxyHooks)),
-        Layer.provideMerge(TokenValidator.layer),
+        Layer.provideMerge(
+          config.invalidationBackend === "redis" ? TokenValidator.layerRedis(config.redisUrl) : TokenValidator.layer
+        ),
         Layer.provideMerge(
           Layer.mergeAll(
             auditLayer(config).pipe(Layer.provideMerge(migratedDatabaseLayer(config.database))),
