@@ -368,7 +368,7 @@ export const make = Effect.gen(function*() {
     if (!isProxyTokenFormat(credential)) return reply(f, Answers.malformedToken)
     const hash = hashProxyToken(credential)
     const warm = validator.cached(hash, Date.now())
-    if (warm !== undefined) return authorized(f, warm)
+    if (warm !== undefined) return warm === null ? reply(f, Answers.tokenNotFound) : authorized(f, warm)
     return validator.load(hash).then(
       (grant) => (grant === undefined ? reply(f, Answers.tokenNotFound) : guard(f, () => authorized(f, grant))),
       (e: unknown) => {

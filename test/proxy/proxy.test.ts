@@ -409,6 +409,27 @@ describe("the warm path", () => {
   })
 })
 
+describe("cold tokens", () => {
+  it("20 concurrent first requests with one token share a single lookup; an unknown token is looked up once", async () => {
+    const b = await backends[0]!.create()
+    const local = await startStack(b, { usageFlushIntervalMs: 60_000 })
+    try {
+      const u = await projectAndToken(local.manage)
+      const go = (token: string) => call(local.server.url, "/v1/chat/completions", { token, body: chatBody() })
+      const before = local.queries.count
+      const replies = await Promise.all(Array.from({ length: 20 }, () => go(u.token)))
+      expect(replies.map((r) => r.status)).toEqual(Array(20).fill(200))
+      expect(local.queries.count - before).toBe(1)
+      const unknown = "sk-" + "B".repeat(42) + "E"
+      for (let i = 0; i < 5; i++) expect((await go(unknown)).json.code).toBe("token_not_found")
+      expect(local.queries.count - before).toBe(2)
+    } finally {
+      await local.close()
+      await b.cleanup()
+    }
+  })
+})
+
 describe("the storage failing (42, 67)", () => {
   it("→ 503 service_unavailable with a generic message, never the database's text", async () => {
     const fresh = await createToken(stack.manage, t.projectId)
