@@ -5,6 +5,8 @@
  * zero-query warm path.
  */
 import { connect } from "node:net"
+import { Readable } from "node:stream"
+import { Pool } from "undici"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import { backends, type BackendInstance } from "../http/harness.js"
 import { chatChunks, hang, json, reset, sse } from "../support/mockUpstream.js"
@@ -226,6 +228,37 @@ describe("allow-lists and validation (43–49)", () => {
     const tooBig = "x".repeat(MAX_BODY + 1)
     const r = await post("/v1/audio/transcriptions", tooBig, t.token, { ...ct, "transfer-encoding": "chunked", "content-length": "" })
     expect(r.status).toBe(413)
+  })
+})
+
+describe("connection reuse", () => {
+  it("a refused chunked upload does not wedge its keep-alive connection", async () => {
+    const pool = new Pool(url, { connections: 1 })
+    try {
+      const upload = async function*() {
+        yield Buffer.from("--b\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n")
+        yield Buffer.alloc(64 * 1024, 1)
+        yield Buffer.from("\r\n--b--\r\n")
+      }
+      const refused = await pool.request({
+        path: "/v1/audio/transcriptions",
+        method: "POST",
+        headers: { authorization: "Bearer sk-" + "C".repeat(42) + "E", "content-type": "multipart/form-data; boundary=b" },
+        body: Readable.from(upload())
+      })
+      expect(refused.statusCode).toBe(401)
+      await refused.body.text()
+      const ok = await pool.request({
+        path: "/v1/chat/completions",
+        method: "POST",
+        headers: { authorization: `Bearer ${t.token}`, "content-type": "application/json" },
+        body: JSON.stringify(chatBody())
+      })
+      expect(ok.statusCode).toBe(200)
+      await ok.body.text()
+    } finally {
+      await pool.close()
+    }
   })
 })
 
