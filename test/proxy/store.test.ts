@@ -340,3 +340,22 @@ describe.skipIf(!redisUrl)("several instances with INVALIDATION_BACKEND=redis", 
     }
   })
 })
+
+describe("Redis unreachable", () => {
+  it("rate-limited requests are allowed (and logged) instead of failing or hanging; invalidation still applies locally", async () => {
+    const backend = await backends[0]!.create()
+    const s = await startStack(backend, { rateLimitBackend: "redis", invalidationBackend: "redis", redisUrl: "redis://127.0.0.1:1" })
+    try {
+      const t = await projectAndToken(s.manage)
+      await exec(backend, "UPDATE tokens SET rate_limit_requests = 1, rate_limit_window_seconds = 60 WHERE id = ?", [t.tokenId])
+      const go = () => call(s.server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })
+      expect((await go()).status).toBe(200)
+      expect((await go()).status).toBe(200)
+      expect((await s.manage.delete(`/manage/tokens/${t.tokenId}`)).status).toBe(204)
+      expect((await go()).json).toEqual(inactive)
+    } finally {
+      await s.close()
+      await backend.cleanup()
+    }
+  })
+})
