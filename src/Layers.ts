@@ -3,6 +3,9 @@
  * Programs (serve, migrate, …) are compositions of what is built here.
  */
 import { Context, Effect, Layer, Logger, LogLevel } from "effect"
+import * as MemoryCache from "./cache/MemoryCache.js"
+import * as RedisCache from "./cache/RedisCache.js"
+import * as ResponseCache from "./cache/ResponseCache.js"
 import { AppConfig, type AppConfigShape, type Database } from "./config/AppConfig.js"
 import { resolveManagementToken } from "./config/managementToken.js"
 import { Providers } from "./config/Providers.js"
@@ -29,6 +32,14 @@ export const migratedDatabaseLayer = (db: Database) =>
       )
     )
   )
+
+/** The response cache: off, in-memory (bounded LRU) or Redis, from HTTP_CACHE_ENABLED / HTTP_CACHE_BACKEND. */
+export const responseCacheLayer = (config: Pick<AppConfigShape, "cache" | "redisUrl">) =>
+  !config.cache.enabled
+    ? ResponseCache.disabled(config.cache)
+    : config.cache.backend === "redis"
+    ? RedisCache.layer(config.cache, { url: config.redisUrl })
+    : MemoryCache.layer(config.cache)
 
 // Module-level instances: the logger set is keyed by identity, so providing the layer twice cannot double lines.
 const jsonLogger = Logger.withConsoleLog(Logger.jsonLogger)
@@ -60,6 +71,7 @@ export const serveLayer = (config: AppConfigShape) =>
             migratedDatabaseLayer(config.database),
             KeyCipher.layer(config.encryptionKey),
             Providers.builtIn,
+            responseCacheLayer(config),
             Layer.succeed(ManagementToken, resolved.token),
             Layer.succeed(AppConfig, config)
           )

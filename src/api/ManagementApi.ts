@@ -16,6 +16,8 @@ import {
 } from "../domain/errors.js"
 import {
   BulkRevokeResult,
+  CachePurge,
+  CachePurgeResult,
   CreateProject,
   CreateToken,
   ListTokensParams,
@@ -88,9 +90,25 @@ export const TokensApi = HttpApiGroup.make("tokens")
   .middleware(ManagementAuth)
   .annotate(OpenApi.Title, "Tokens")
 
+export const CacheApi = HttpApiGroup.make("cache")
+  .add(
+    HttpApiEndpoint.post("purge", "/cache/purge")
+      .setPayload(CachePurge)
+      .addSuccess(CachePurgeResult)
+      .annotate(
+        OpenApi.Description,
+        "Delete response-cache entries: `{\"method\",\"url\"}` (every variant of that request), `{\"prefix\"}` " +
+          "(keys starting with it) or `{\"all\": true}`; any form may add `project_id`."
+      )
+  )
+  .prefix("/manage")
+  .middleware(ManagementAuth)
+  .annotate(OpenApi.Title, "Cache")
+
 export class ManagementApi extends HttpApi.make("llm-proxy")
   .add(ProjectsApi)
   .add(TokensApi)
+  .add(CacheApi)
   .addError(BadRequestWire)
   .addError(PayloadTooLargeWire)
   .addError(InternalErrorWire)
@@ -99,7 +117,7 @@ export class ManagementApi extends HttpApi.make("llm-proxy")
   .annotate(OpenApi.Version, "0.1.0")
   .annotate(
     OpenApi.Description,
-    "Projects and withering tokens. Every endpoint needs `Authorization: Bearer <MANAGEMENT_TOKEN>`. " +
+    "Projects, withering tokens and the response cache. Every endpoint needs `Authorization: Bearer <MANAGEMENT_TOKEN>`. " +
       "Errors are `{\"error\": \"...\", \"code\"?: \"...\"}`."
   )
 {}

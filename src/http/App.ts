@@ -16,6 +16,7 @@ import { ManagementApi } from "../api/ManagementApi.js"
 import { BadRequest } from "../domain/errors.js"
 import { Store } from "../store/Store.js"
 import { ManagementAuthLive, ManagementToken } from "./auth.js"
+import { CacheLive } from "./CacheHttp.js"
 import { jsonError, managementFallback } from "./fallback.js"
 import { ProjectsLive } from "./ProjectsHttp.js"
 import { TokensLive } from "./TokensHttp.js"
@@ -44,7 +45,7 @@ export const ManagementAppLive = Layer.effect(ManagementApp, HttpApiBuilder.http
   Layer.provide(decodeErrorsAsBadRequest),
   Layer.provide(HttpApiSwagger.layer({ path: "/manage/docs" })),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/manage/openapi.json" })),
-  Layer.provide(HttpApiBuilder.api(ManagementApi).pipe(Layer.provide([ProjectsLive, TokensLive]))),
+  Layer.provide(HttpApiBuilder.api(ManagementApi).pipe(Layer.provide([ProjectsLive, TokensLive, CacheLive]))),
   Layer.provide([HttpApiBuilder.Router.Live, HttpApiBuilder.Middleware.layer, ManagementAuthLive])
 )
 

@@ -23,6 +23,9 @@ const allows = (allow: string, method: string) => allow.split(", ").includes(met
 const classify = (path: string): Known | undefined => {
   const parts = path.split("/").slice(2) // ["projects", ...] after "", "manage"
   const [resource, id, ...rest] = parts
+  if (resource === "cache") {
+    return id === "purge" && rest.length === 0 ? { kind: "item", allow: "POST", invalidId: "invalid request" } : undefined
+  }
   if (resource !== "projects" && resource !== "tokens") return undefined
   if (id === undefined) return { kind: "collection", allow: "GET, POST" }
   if (resource === "projects") {
