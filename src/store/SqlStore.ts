@@ -286,6 +286,18 @@ export const make = (dialect: Dialect) =>
               WHERE id = ${id} RETURNING id`,
             (rows) => rows.length > 0
           )
+        ),
+
+      addCacheHits: (hits) =>
+        hits.length === 0 ? Effect.void : wrap(
+          "addCacheHits",
+          sql.withTransaction(
+            Effect.forEach(
+              hits,
+              ({ count, tokenId }) => sql`UPDATE tokens SET cache_hit_count = cache_hit_count + ${count} WHERE id = ${tokenId}`,
+              { discard: true }
+            )
+          )
         )
     }
     return store

@@ -115,6 +115,8 @@ export interface StoreShape {
   readonly updateToken: (id: string, patch: TokenPatch) => Effect.Effect<Option.Option<TokenRow>, StoreError>
   /** Idempotent; false when the token does not exist. */
   readonly revokeToken: (id: string, now: string) => Effect.Effect<boolean, StoreError>
+  /** Adds response-cache hits to tokens' `cache_hit_count`, in one transaction (batched by CacheHitCounter). */
+  readonly addCacheHits: (hits: ReadonlyArray<{ readonly tokenId: string; readonly count: number }>) => Effect.Effect<void, StoreError>
 }
 
 export class Store extends Context.Tag("llm-proxy/Store")<Store, StoreShape>() {}
