@@ -41,29 +41,33 @@ export const make = (config: CacheConfig) =>
 
     yield* Effect.forkScoped(Effect.repeat(sweep, Schedule.spaced(SWEEP_INTERVAL)))
 
+    const lookup = (key: string, now: number) => {
+      const entry = lru.get(key)
+      if (entry === undefined) return undefined
+      if (now >= entry.expiresAt) {
+        lru.delete(key)
+        counters.expired++
+        return undefined
+      }
+      return entry
+    }
+
+    const store = (key: string, entry: CachedResponse, now: number) => {
+      if (entry.expiresAt <= now || entrySize(entry) > config.maxObjectBytes) return false
+      lru.set(key, entry)
+      const stored = lru.peek(key) === entry
+      if (stored) counters.stores++
+      return stored
+    }
+
     const service: ResponseCacheShape & { readonly sweep: Effect.Effect<number> } = {
       enabled: true,
       backend: "in-memory",
       config,
-      get: (key) =>
-        Effect.map(Clock.currentTimeMillis, (now) => {
-          const entry = lru.get(key)
-          if (entry === undefined) return undefined
-          if (now >= entry.expiresAt) {
-            lru.delete(key)
-            counters.expired++
-            return undefined
-          }
-          return entry
-        }),
-      set: (key, entry) =>
-        Effect.map(Clock.currentTimeMillis, (now) => {
-          if (entry.expiresAt <= now || entrySize(entry) > config.maxObjectBytes) return false
-          lru.set(key, entry)
-          const stored = lru.peek(key) === entry
-          if (stored) counters.stores++
-          return stored
-        }),
+      get: (key) => Effect.map(Clock.currentTimeMillis, (now) => lookup(key, now)),
+      set: (key, entry) => Effect.map(Clock.currentTimeMillis, (now) => store(key, entry, now)),
+      lookup,
+      store: (key, entry, now) => void store(key, entry, now),
       delete: (key) => Effect.sync(() => lru.delete(key)),
       purge: (selector: PurgeSelector) => Effect.sync(() => deleteWhere((key) => purgeMatches(selector, key))),
       count: (event) => counters.count(event),

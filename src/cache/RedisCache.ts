@@ -7,7 +7,7 @@
  * time out after `commandTimeout`, every failure is counted, and the outage is logged once when it starts and
  * once when Redis answers again. Only purge reports it (503), because an operator waits for that answer.
  */
-import { Clock, Effect, Layer } from "effect"
+import { Clock, Effect, Layer, Runtime } from "effect"
 import { Redis } from "ioredis"
 import type { CacheConfig } from "../config/AppConfig.js"
 import {
@@ -156,27 +156,40 @@ export const make = (config: CacheConfig, options: RedisCacheOptions) =>
         return deleted
       })
 
+    const getAt = (key: string, now: number) =>
+      run("get", () => redis.getBuffer(prefix + key)).pipe(
+        Effect.map((buf) => {
+          if (buf === null) return undefined
+          const entry = decodeEntry(buf)
+          return entry === undefined || now >= entry.expiresAt ? undefined : entry
+        }),
+        Effect.orElseSucceed(() => undefined)
+      )
+
+    const setAt = (key: string, entry: CachedResponse, now: number) => {
+      const ttl = entry.expiresAt - now
+      if (ttl <= 0 || entrySize(entry) > config.maxObjectBytes) return Effect.succeed(false)
+      return run("set", () => redis.set(prefix + key, encodeEntry(entry), "PX", ttl)).pipe(
+        Effect.map(() => {
+          counters.stores++
+          return true
+        }),
+        Effect.orElseSucceed(() => false)
+      )
+    }
+
+    const runtime = yield* Effect.runtime<never>()
+    const runPromise = Runtime.runPromise(runtime)
+    const runFork = Runtime.runFork(runtime)
+
     const service: ResponseCacheShape = {
       enabled: true,
       backend: "redis",
       config,
-      get: (key) =>
-        Effect.gen(function*() {
-          const buf = yield* run("get", () => redis.getBuffer(prefix + key))
-          if (buf === null) return undefined
-          const entry = decodeEntry(buf)
-          const now = yield* Clock.currentTimeMillis
-          if (entry === undefined || now >= entry.expiresAt) return undefined
-          return entry
-        }).pipe(Effect.orElseSucceed(() => undefined)),
-      set: (key, entry) =>
-        Effect.gen(function*() {
-          const ttl = entry.expiresAt - (yield* Clock.currentTimeMillis)
-          if (ttl <= 0 || entrySize(entry) > config.maxObjectBytes) return false
-          yield* run("set", () => redis.set(prefix + key, encodeEntry(entry), "PX", ttl))
-          counters.stores++
-          return true
-        }).pipe(Effect.orElseSucceed(() => false)),
+      get: (key) => Effect.flatMap(Clock.currentTimeMillis, (now) => getAt(key, now)),
+      set: (key, entry) => Effect.flatMap(Clock.currentTimeMillis, (now) => setAt(key, entry, now)),
+      lookup: (key, now) => runPromise(getAt(key, now)),
+      store: (key, entry, now) => void runFork(setAt(key, entry, now)),
       delete: (key) =>
         run("delete", () => redis.unlink(prefix + key)).pipe(
           Effect.map((n) => n > 0),

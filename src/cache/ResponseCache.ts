@@ -81,6 +81,13 @@ export interface ResponseCacheShape {
   readonly delete: (key: string) => Effect.Effect<boolean>
   /** Deletes every selected entry; the number deleted. */
   readonly purge: (selector: PurgeSelector) => Effect.Effect<number, CacheUnavailable>
+  /**
+   * The data plane's lookup (no Effect per request): synchronous for the in-memory layer, a Promise for Redis.
+   * Never throws or rejects.
+   */
+  readonly lookup: (key: string, now: number) => CachedResponse | undefined | Promise<CachedResponse | undefined>
+  /** The data plane's store: fire and forget (a failure is counted, never raised). */
+  readonly store: (key: string, entry: CachedResponse, now: number) => void
   /** Counts what the request path decided (hit / miss / bypass). Synchronous and allocation-free. */
   readonly count: (event: CountedEvent) => void
   readonly stats: Effect.Effect<CacheStats>
@@ -100,6 +107,8 @@ export const disabled = (config: CacheConfig): Layer.Layer<ResponseCache> =>
       set: () => Effect.succeed(false),
       delete: () => Effect.succeed(false),
       purge: () => Effect.succeed(0),
+      lookup: () => undefined,
+      store: () => {},
       count: () => {},
       stats: Effect.sync(() => counters.snapshot("disabled", 0, 0))
     }

@@ -101,6 +101,17 @@ describe("in-memory ResponseCache", () => {
       expect(yield* cache.delete(keys[0]!)).toBe(false)
     }))
 
+  it.scoped("the data-plane lookup and store are synchronous and honour expiry", () =>
+    Effect.gen(function*() {
+      const cache = yield* MemoryCache.make(config)
+      const key = keyFor("/fast")
+      cache.store(key, entryOf(10, 1_000, 1_000), 1_500)
+      expect(cache.lookup(key, 1_999)).toMatchObject({ status: 200 })
+      expect(cache.lookup(key, 2_000)).toBeUndefined()
+      cache.store(key, entryOf(10, 1_000, 1_000), 2_500) // already expired: not stored
+      expect(cache.lookup(key, 1_500)).toBeUndefined()
+    }))
+
   it.scoped("counts what the request path reports", () =>
     Effect.gen(function*() {
       const cache = yield* MemoryCache.make(config)

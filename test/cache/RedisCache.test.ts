@@ -98,6 +98,18 @@ describe.skipIf(!redisUrl)("Redis ResponseCache (real Redis)", () => {
       expect(yield* b.delete(keys[0]!)).toBe(true)
     }))
 
+  it.scoped("the data-plane lookup and store work without an Effect per call", () =>
+    Effect.gen(function*() {
+      const cache = yield* RedisCache.make(config, { url: redisUrl! })
+      const key = keyFor("/fast")
+      const now = Date.now()
+      cache.store(key, entryAt(now), now)
+      let got: CachedResponse | undefined
+      for (let i = 0; i < 50 && got === undefined; i++) got = yield* Effect.promise(async () => cache.lookup(key, now))
+      expect(got?.status).toBe(203)
+      expect(yield* Effect.promise(async () => cache.lookup(key, now + 60_000))).toBeUndefined()
+    }))
+
   it.scoped("ignores a value it did not write", () =>
     Effect.gen(function*() {
       const cache = yield* RedisCache.make(config, { url: redisUrl! })
