@@ -68,6 +68,7 @@ export const make = (config: CacheConfig) =>
       set: (key, entry) => Effect.map(Clock.currentTimeMillis, (now) => store(key, entry, now)),
       lookup,
       store: (key, entry, now) => void store(key, entry, now),
+      remove: (key) => void lru.delete(key),
       delete: (key) => Effect.sync(() => lru.delete(key)),
       purge: (selector: PurgeSelector) => Effect.sync(() => deleteWhere((key) => purgeMatches(selector, key))),
       count: (event) => counters.count(event),

@@ -190,6 +190,7 @@ export const make = (config: CacheConfig, options: RedisCacheOptions) =>
       set: (key, entry) => Effect.flatMap(Clock.currentTimeMillis, (now) => setAt(key, entry, now)),
       lookup: (key, now) => runPromise(getAt(key, now)),
       store: (key, entry, now) => void runFork(setAt(key, entry, now)),
+      remove: (key) => void runFork(Effect.ignore(run("delete", () => redis.unlink(prefix + key)))),
       delete: (key) =>
         run("delete", () => redis.unlink(prefix + key)).pipe(
           Effect.map((n) => n > 0),

@@ -88,6 +88,8 @@ export interface ResponseCacheShape {
   readonly lookup: (key: string, now: number) => CachedResponse | undefined | Promise<CachedResponse | undefined>
   /** The data plane's store: fire and forget (a failure is counted, never raised). */
   readonly store: (key: string, entry: CachedResponse, now: number) => void
+  /** The data plane's delete: fire and forget. */
+  readonly remove: (key: string) => void
   /** Counts what the request path decided (hit / miss / bypass). Synchronous and allocation-free. */
   readonly count: (event: CountedEvent) => void
   readonly stats: Effect.Effect<CacheStats>
@@ -109,6 +111,7 @@ export const disabled = (config: CacheConfig): Layer.Layer<ResponseCache> =>
       purge: () => Effect.succeed(0),
       lookup: () => undefined,
       store: () => {},
+      remove: () => {},
       count: () => {},
       stats: Effect.sync(() => counters.snapshot("disabled", 0, 0))
     }

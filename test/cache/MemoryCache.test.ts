@@ -110,6 +110,9 @@ describe("in-memory ResponseCache", () => {
       expect(cache.lookup(key, 2_000)).toBeUndefined()
       cache.store(key, entryOf(10, 1_000, 1_000), 2_500) // already expired: not stored
       expect(cache.lookup(key, 1_500)).toBeUndefined()
+      cache.store(key, entryOf(10, 1_000, 1_000), 1_500)
+      cache.remove(key)
+      expect(cache.lookup(key, 1_500)).toBeUndefined()
     }))
 
   it.scoped("counts what the request path reports", () =>

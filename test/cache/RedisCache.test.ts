@@ -108,6 +108,10 @@ describe.skipIf(!redisUrl)("Redis ResponseCache (real Redis)", () => {
       for (let i = 0; i < 50 && got === undefined; i++) got = yield* Effect.promise(async () => cache.lookup(key, now))
       expect(got?.status).toBe(203)
       expect(yield* Effect.promise(async () => cache.lookup(key, now + 60_000))).toBeUndefined()
+      cache.remove(key)
+      let gone = false
+      for (let i = 0; i < 50 && !gone; i++) gone = (yield* Effect.promise(async () => cache.lookup(key, now))) === undefined
+      expect(gone).toBe(true)
     }))
 
   it.scoped("ignores a value it did not write", () =>
