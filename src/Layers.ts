@@ -10,7 +10,7 @@ import { AppConfig, type AppConfigShape, type Database } from "./config/AppConfi
 import { resolveManagementToken } from "./config/managementToken.js"
 import { Providers } from "./config/Providers.js"
 import * as ProxyHandler from "./proxy/ProxyHandler.js"
-import { ProxyHooks } from "./proxy/ProxyHooks.js"
+import * as CacheHooks from "./proxy/CacheHooks.js"
 import * as Upstream from "./proxy/Upstream.js"
 import * as RateLimits from "./token/RateLimits.js"
 import * as TokenValidator from "./token/TokenValidator.js"
@@ -68,7 +68,7 @@ export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" 
  */
 export const dataPlaneLayer = (config: AppConfigShape) =>
   ProxyHandler.layer.pipe(
-    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), ProxyHooks.none))
+    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), CacheHooks.layer))
   )
 
 /** Everything `serve` runs, for a given configuration. Provides the bound address (tests use port 0). */

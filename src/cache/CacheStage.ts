@@ -53,9 +53,9 @@ interface RequestState {
   store: { readonly ttlSeconds: number; readonly forced: boolean } | undefined
 }
 
-export interface CacheStageOptions {
+export interface CacheStageOptions<C extends StageContext> {
   /** Headers every proxy answer carries (X-Request-ID, Server-Timing, CORS), computed by the proxy. */
-  readonly commonHeaders: (ctx: StageContext) => OutgoingHttpHeaders
+  readonly commonHeaders: (ctx: C) => OutgoingHttpHeaders
   readonly now?: () => number
 }
 
@@ -74,13 +74,13 @@ const queryOf = (url: string) => {
   return i < 0 ? "" : url.slice(i + 1)
 }
 
-export const makeCacheStage = (cache: ResponseCacheShape, options: CacheStageOptions) => {
+export const makeCacheStage = <C extends StageContext>(cache: ResponseCacheShape, options: CacheStageOptions<C>) => {
   const now = options.now ?? Date.now
   const states = new WeakMap<StageContext, RequestState>()
   const policy = cache.config
 
   const serve = (
-    ctx: StageContext,
+    ctx: C,
     res: ServerResponse,
     state: RequestState,
     entry: CachedResponse,
@@ -99,7 +99,7 @@ export const makeCacheStage = (cache: ResponseCacheShape, options: CacheStageOpt
   }
 
   const decide = (
-    ctx: StageContext,
+    ctx: C,
     res: ServerResponse,
     state: RequestState,
     entry: CachedResponse | undefined,
@@ -127,7 +127,7 @@ export const makeCacheStage = (cache: ResponseCacheShape, options: CacheStageOpt
   }
 
   /** Step 7 of the proxy: true when the request was answered from the cache. */
-  const lookup = (ctx: StageContext, headers: IncomingHttpHeaders, res: ServerResponse): boolean | Promise<boolean> => {
+  const lookup = (ctx: C, headers: IncomingHttpHeaders, res: ServerResponse): boolean | Promise<boolean> => {
     if (!cache.enabled || ctx.projectId === undefined) return false
     const plan = planRequest({
       method: ctx.method,
@@ -156,13 +156,13 @@ export const makeCacheStage = (cache: ResponseCacheShape, options: CacheStageOpt
   }
 
   /** Validators to add to the upstream request, when this request revalidates an entry. */
-  const upstreamHeaders = (ctx: StageContext): Record<string, string> | undefined => states.get(ctx)?.validators
+  const upstreamHeaders = (ctx: C): Record<string, string> | undefined => states.get(ctx)?.validators
 
   /**
    * The upstream answered: true when the stage answered the client itself (our revalidation got a 304: the
    * entry is refreshed and the client gets the cached 200). The upstream body is then discarded.
    */
-  const intercept = (ctx: StageContext, status: number, upstream: Headers, body: Readable, res: ServerResponse): boolean => {
+  const intercept = (ctx: C, status: number, upstream: Headers, body: Readable, res: ServerResponse): boolean => {
     const state = states.get(ctx)
     if (state === undefined || status !== 304 || state.validators === undefined || state.revalidating === undefined) {
       if (state?.revalidating !== undefined) cache.count("miss")
@@ -178,7 +178,7 @@ export const makeCacheStage = (cache: ResponseCacheShape, options: CacheStageOpt
   }
 
   /** Adds the cache headers to a forwarded answer and decides whether its body is stored. */
-  const decorate = (ctx: StageContext, status: number, upstream: Headers, out: OutgoingHttpHeaders): void => {
+  const decorate = (ctx: C, status: number, upstream: Headers, out: OutgoingHttpHeaders): void => {
     const state = states.get(ctx)
     if (state === undefined) return
     const plan = planStore(ctx.method, state.forcedTtl, { status, headers: upstream }, policy)
@@ -193,7 +193,7 @@ export const makeCacheStage = (cache: ResponseCacheShape, options: CacheStageOpt
   }
 
   /** A Transform to put between the upstream body and the client when the answer is to be stored. */
-  const tee = (ctx: StageContext, status: number, upstream: Headers): Transform | undefined => {
+  const tee = (ctx: C, status: number, upstream: Headers): Transform | undefined => {
     const state = states.get(ctx)
     const plan = state?.store
     if (state === undefined || plan === undefined) return undefined
@@ -206,4 +206,4 @@ export const makeCacheStage = (cache: ResponseCacheShape, options: CacheStageOpt
   return { lookup, upstreamHeaders, intercept, decorate, tee }
 }
 
-export type CacheStage = ReturnType<typeof makeCacheStage>
+export type CacheStage<C extends StageContext> = ReturnType<typeof makeCacheStage<C>>

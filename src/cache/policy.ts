@@ -231,11 +231,13 @@ export const planStore = (
   const cc = parseCacheControl(res.headers["cache-control"])
   if (cc.noStore) return { _tag: "Skip", debug: "no-store" }
   if (cc.private) return { _tag: "Skip", debug: "private" }
-  // `no-cache` means "revalidate before every reuse": storing it under a client's forced TTL would serve it unchecked.
-  if (cc.noCache) return { _tag: "Skip", debug: "no-cache" }
   if (varyNames(res.headers)[0] === "*") return { _tag: "Skip", debug: "vary-star" }
   const streaming = isEventStream(res.headers)
   if (streaming && !config.streamResponses) return { _tag: "Skip", debug: "streaming-response" }
+  // `no-cache` means "revalidate before every reuse": storing it under a client's forced TTL would serve it
+  // unchecked. SSE servers send it by convention so that intermediaries do not buffer the live stream; with stream
+  // caching switched on by the operator and asked for by the client, it does not block a completed stream.
+  if (cc.noCache && !streaming) return { _tag: "Skip", debug: "no-cache" }
   const length = Number(headerText(res.headers["content-length"]) ?? "NaN")
   if (m !== "HEAD" && Number.isFinite(length) && length > config.maxObjectBytes) return { _tag: "Skip", debug: "too-large" }
   // The request always carried credentials (RFC 9111 §3.5): only `public`, `s-maxage` or `must-revalidate`

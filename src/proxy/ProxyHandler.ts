@@ -471,6 +471,10 @@ export const make = Effect.gen(function*() {
       ctx.requestId,
       f.body instanceof Buffer ? f.bodyLength : f.body === req ? f.bodyLength : undefined
     )
+    for (const hook of hooks.upstreamHeaders) {
+      const extra = hook(ctx)
+      if (extra !== undefined) Object.assign(headers, extra)
+    }
     const sentAt = performance.now()
     ctx.proxyMs = sentAt - ctx.startedAt
     target.pool.request({
@@ -505,6 +509,9 @@ export const make = Effect.gen(function*() {
       return
     }
     f.done = true
+    for (const hook of hooks.interceptResponse) {
+      if (hook(ctx, r.statusCode, r.headers, r.body, res)) return
+    }
     const out = downstreamHeaders(r.headers)
     out["x-request-id"] = ctx.requestId
     const timing = serverTiming(ctx.proxyMs!, ctx.upstreamMs)
@@ -535,8 +542,14 @@ export const make = Effect.gen(function*() {
         res.destroy()
       }
     }
-    if (capture !== undefined) pipeline(r.body, capture, res, done)
-    else pipeline(r.body, res, done)
+    const stages: Array<NodeJS.ReadWriteStream> = []
+    for (const hook of hooks.bodyTransforms) {
+      const t = hook(ctx, r.statusCode, r.headers)
+      if (t !== undefined) stages.push(t)
+    }
+    if (capture !== undefined) stages.push(capture)
+    if (stages.length === 0) pipeline(r.body, res, done)
+    else pipeline([r.body, ...stages, res], done)
   }
 
   const failed = (f: Flow, target: UpstreamTarget, e: NodeJS.ErrnoException) => {

@@ -207,6 +207,13 @@ describe("planStore: what is stored", () => {
         streamResponses: true
       })
     ).toEqual(store(60, true, true))
+    // SSE servers send no-cache by convention; it does not block a stream the operator and client opted into
+    expect(
+      planStore("GET", 60, { status: 200, headers: { "content-type": "text/event-stream", "cache-control": "no-cache" } }, {
+        ...config,
+        streamResponses: true
+      })
+    ).toEqual(store(60, true, true))
   })
 })
 
