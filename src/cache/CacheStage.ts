@@ -18,6 +18,7 @@ import {
   cacheStatusHeaders,
   type CachedResponse,
   conditionalMatches,
+  entrySize,
   hasClientConditional,
   type Headers,
   makeEntry,
@@ -68,6 +69,8 @@ const toOutgoing = (pairs: ReadonlyArray<readonly [string, string]>): OutgoingHt
   }
   return out
 }
+
+const EMPTY = new Uint8Array(0)
 
 const queryOf = (url: string) => {
   const i = url.indexOf("?")
@@ -197,9 +200,13 @@ export const makeCacheStage = <C extends StageContext>(cache: ResponseCacheShape
     const state = states.get(ctx)
     const plan = state?.store
     if (state === undefined || plan === undefined) return undefined
-    return new BodyCapture(policy.maxObjectBytes, (body) => {
+    const build = (body: Uint8Array, at: number) =>
+      makeEntry({ method: ctx.method, headers: state.headers }, { status, headers: upstream }, body, plan, at)
+    // The bound is on the whole entry: what the headers take leaves less room for the body.
+    const room = policy.maxObjectBytes - entrySize(build(EMPTY, 0))
+    return new BodyCapture(Math.max(0, room), (body) => {
       const at = now()
-      cache.store(state.key, makeEntry({ method: ctx.method, headers: state.headers }, { status, headers: upstream }, body, plan, at), at)
+      cache.store(state.key, build(body, at), at)
     })
   }
 
