@@ -10,7 +10,8 @@ import { AppConfig, type AppConfigShape, type Database } from "./config/AppConfi
 import { resolveManagementToken } from "./config/managementToken.js"
 import { Providers } from "./config/Providers.js"
 import * as ProxyHandler from "./proxy/ProxyHandler.js"
-import * as CacheHooks from "./proxy/CacheHooks.js"
+import { cacheHooks } from "./proxy/CacheHooks.js"
+import { ProxyHooks } from "./proxy/ProxyHooks.js"
 import * as Upstream from "./proxy/Upstream.js"
 import * as RateLimits from "./token/RateLimits.js"
 import * as TokenValidator from "./token/TokenValidator.js"
@@ -63,16 +64,35 @@ export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" 
   config.rateLimitBackend === "redis" ? RateLimits.redis(config.redisUrl) : RateLimits.memory
 
 /**
+ * What plugs into the data plane: the response cache first (its hits end the request before anything else runs),
+ * then any other hooks given (events, audit, metrics, tests).
+ */
+export const proxyHooksLayer = (extra?: Layer.Layer<ProxyHooks>): Layer.Layer<ProxyHooks, never, ResponseCache.ResponseCache> =>
+  Layer.scoped(
+    ProxyHooks,
+    Effect.gen(function*() {
+      const cache = yield* ResponseCache.ResponseCache
+      const more = extra === undefined ? [] : [Context.get(yield* Layer.build(extra), ProxyHooks)]
+      return ProxyHooks.combine(cacheHooks(cache), ...more)
+    })
+  )
+
+/**
  * The data plane: TokenValidator (shared with the management handlers, which invalidate it), usage counters,
  * rate limits, upstream pools, and the /v1 handler with its hooks.
  */
-export const dataPlaneLayer = (config: AppConfigShape) =>
+export const dataPlaneLayer = (config: AppConfigShape, hooks?: Layer.Layer<ProxyHooks>) =>
   ProxyHandler.layer.pipe(
-    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), CacheHooks.layer))
+    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), proxyHooksLayer(hooks)))
   )
 
+export interface ServeOptions {
+  /** What else plugs into the data plane (events, audit, metrics), after the response cache; none by default. */
+  readonly proxyHooks?: Layer.Layer<ProxyHooks>
+}
+
 /** Everything `serve` runs, for a given configuration. Provides the bound address (tests use port 0). */
-export const serveLayer = (config: AppConfigShape) =>
+export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =>
   Layer.unwrapEffect(
     Effect.gen(function*() {
       const resolved = yield* resolveManagementToken(config.managementToken, config.managementTokenFile)
@@ -85,8 +105,10 @@ export const serveLayer = (config: AppConfigShape) =>
       }
       return HttpServerLive.pipe(
         Layer.provide(ManagementAppLive),
-        Layer.provideMerge(dataPlaneLayer(config)),
-        Layer.provideMerge(TokenValidator.layer),
+        Layer.provideMerge(dataPlaneLayer(config, options.proxyHooks)),
+        Layer.provideMerge(
+          config.invalidationBackend === "redis" ? TokenValidator.layerRedis(config.redisUrl) : TokenValidator.layer
+        ),
         Layer.provideMerge(
           Layer.mergeAll(
             migratedDatabaseLayer(config.database),

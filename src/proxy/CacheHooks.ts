@@ -4,11 +4,10 @@
  * a revoked, expired or unknown token, or an inactive project, never gets a cached answer, and a hit counts in
  * the token's `cache_hit_count` (ProxyHandler sets it from `ctx.cacheHit`), not in `request_count`.
  */
-import { Effect, Layer } from "effect"
 import { makeCacheStage } from "../cache/CacheStage.js"
-import { ResponseCache, type ResponseCacheShape } from "../cache/ResponseCache.js"
+import type { ResponseCacheShape } from "../cache/ResponseCache.js"
 import { corsHeaders, serverTiming } from "./policy.js"
-import { ProxyHooks, type ProxyHooksShape, type ProxyRequestContext } from "./ProxyHooks.js"
+import type { ProxyHooksShape, ProxyRequestContext } from "./ProxyHooks.js"
 
 export const cacheHooks = (cache: ResponseCacheShape): Partial<ProxyHooksShape> => {
   if (!cache.enabled) return {}
@@ -27,9 +26,3 @@ export const cacheHooks = (cache: ResponseCacheShape): Partial<ProxyHooksShape> 
     bodyTransforms: [stage.tee]
   }
 }
-
-/** ProxyHooks with the response cache (and nothing else yet). */
-export const layer: Layer.Layer<ProxyHooks, never, ResponseCache> = Layer.effect(
-  ProxyHooks,
-  Effect.map(ResponseCache, (cache) => ProxyHooks.combine(cacheHooks(cache)))
-)
