@@ -179,7 +179,6 @@ export const make = (config: CacheConfig, options: RedisCacheOptions) =>
     }
 
     const runtime = yield* Effect.runtime<never>()
-    const runPromise = Runtime.runPromise(runtime)
     const runFork = Runtime.runFork(runtime)
 
     const service: ResponseCacheShape = {
@@ -188,8 +187,32 @@ export const make = (config: CacheConfig, options: RedisCacheOptions) =>
       config,
       get: (key) => Effect.flatMap(Clock.currentTimeMillis, (now) => getAt(key, now)),
       set: (key, entry) => Effect.flatMap(Clock.currentTimeMillis, (now) => setAt(key, entry, now)),
-      lookup: (key, now) => runPromise(getAt(key, now)),
-      store: (key, entry, now) => void runFork(setAt(key, entry, now)),
+      // The data plane talks to ioredis directly (no fiber per request); only a change of state is logged, through
+      // the same Effects as the control plane.
+      lookup: (key, now) =>
+        redis.getBuffer(prefix + key).then(
+          (buf) => {
+            if (down) runFork(succeeded)
+            if (buf === null) return undefined
+            const entry = decodeEntry(buf)
+            return entry === undefined || now >= entry.expiresAt ? undefined : entry
+          },
+          (e: unknown) => {
+            runFork(failed("get")(e))
+            return undefined
+          }
+        ),
+      store: (key, entry, now) => {
+        const ttl = entry.expiresAt - now
+        if (ttl <= 0 || entrySize(entry) > config.maxObjectBytes) return
+        redis.set(prefix + key, encodeEntry(entry), "PX", ttl).then(
+          () => {
+            counters.stores++
+            if (down) runFork(succeeded)
+          },
+          (e: unknown) => void runFork(failed("set")(e))
+        )
+      },
       remove: (key) => void runFork(Effect.ignore(run("delete", () => redis.unlink(prefix + key)))),
       delete: (key) =>
         run("delete", () => redis.unlink(prefix + key)).pipe(
