@@ -94,6 +94,12 @@ export const makeCacheStage = <C extends StageContext>(cache: ResponseCacheShape
     const status = outcome === "conditional-hit" ? 304 : entry.status
     const headers = toOutgoing(servedHeaders(entry, outcome, state.key, now()))
     Object.assign(headers, options.commonHeaders(ctx))
+    // A CORS answer depends on the Origin: say so, as the proxy does on forwarded answers.
+    if (headers["access-control-allow-origin"] !== undefined) {
+      const vary = headers["vary"]
+      const names = vary === undefined ? "" : Array.isArray(vary) ? vary.join(", ") : String(vary)
+      if (!/(^|,)\s*origin\s*(,|$)/i.test(names)) headers["vary"] = names === "" ? "Origin" : `${names}, Origin`
+    }
     const withBody = status !== 304 && ctx.method !== "HEAD"
     if (withBody) headers["content-length"] = entry.body.byteLength
     res.writeHead(status, headers)

@@ -313,6 +313,7 @@ describe("response cache through the proxy (in-memory)", () => {
     expect(Number(hit.headers["age"])).toBeGreaterThanOrEqual(1)
     expect(hit.headers["server-timing"]).toMatch(/^proxy;dur=/)
     expect(hit.headers["access-control-allow-origin"]).toBe("https://a.example")
+    expect(hit.headers["vary"]).toBe("Origin")
     const anonymous = await get(url)
     expect(anonymous.headers["x-request-id"]).toMatch(/^[0-9a-f-]{36}$/)
     expect(anonymous.headers["access-control-allow-origin"]).toBeUndefined()
