@@ -268,8 +268,9 @@ export interface CachedResponse {
   readonly storedAt: number
   readonly expiresAt: number
   /**
-   * The request's values of response-Vary headers that are not already in the key (name, value): a later request
-   * is served only when its values are the same.
+   * The request's values of response-Vary headers that are not already in the key (name, SHA-256 of the value —
+   * `Vary: Authorization` or `Cookie` must not put a credential into the cache): a later request is served only
+   * when its values are the same.
    */
   readonly vary: HeaderList
 }
@@ -355,9 +356,11 @@ export const makeEntry = (
   const keyed = new Set<string>(KEY_HEADERS)
   const vary = varyNames(res.headers)
     .filter((n) => !keyed.has(n))
-    .map((n) => [n, normalizedHeader(req.headers, n)] as const)
+    .map((n) => [n, varyDigest(normalizedHeader(req.headers, n))] as const)
   return { status: res.status, headers, body, storedAt: now, expiresAt: now + plan.ttlSeconds * 1000, vary }
 }
+
+const varyDigest = (value: string): string => (value === "" ? "" : sha256(`vary|${value}`).slice(0, 32))
 
 /** Bytes an entry costs: body, headers and a fixed overhead for the object itself. */
 export const entrySize = (e: CachedResponse): number => {
@@ -371,7 +374,7 @@ export const isFresh = (e: CachedResponse, now: number): boolean => now < e.expi
 
 /** A stored entry may serve this request only if the request agrees on every Vary header outside the key. */
 export const varyMatches = (e: CachedResponse, headers: Headers): boolean =>
-  e.vary.every(([name, value]) => normalizedHeader(headers, name) === value)
+  e.vary.every(([name, digest]) => varyDigest(normalizedHeader(headers, name)) === digest)
 
 export const entryHeader = (e: CachedResponse, name: string): string | undefined => {
   for (const [n, v] of e.headers) if (n === name) return v

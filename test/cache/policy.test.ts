@@ -288,11 +288,28 @@ describe("entries", () => {
   })
 
   it("records Vary headers outside the key and matches later requests on them", () => {
-    expect(entry.vary).toEqual([["x-tenant", "t1"]])
+    expect(entry.vary.map(([n]) => n)).toEqual(["x-tenant"])
+    expect(entry.vary[0]![1]).toMatch(/^[0-9a-f]{32}$/) // a digest, never the value itself
     expect(varyMatches(entry, { "x-tenant": "t1" })).toBe(true)
     expect(varyMatches(entry, { "x-tenant": "t2" })).toBe(false)
     expect(varyMatches(entry, {})).toBe(false)
     expect(varyNames({ vary: ["b", "A, b"] })).toEqual(["a", "b"])
+  })
+
+  it("a credential named by Vary is never stored, only its digest", () => {
+    const e = makeEntry({ method: "GET", headers: { authorization: "Bearer sk-secret-token" } }, {
+      status: 200,
+      headers: { vary: "Authorization" }
+    }, new Uint8Array(), { ttlSeconds: 1, forced: false }, now)
+    expect(JSON.stringify(e)).not.toContain("sk-secret-token")
+    expect(varyMatches(e, { authorization: "Bearer sk-secret-token" })).toBe(true)
+    expect(varyMatches(e, { authorization: "Bearer sk-other" })).toBe(false)
+    const absent = makeEntry({ method: "GET", headers: {} }, { status: 200, headers: { vary: "cookie" } }, new Uint8Array(), {
+      ttlSeconds: 1,
+      forced: false
+    }, now)
+    expect(varyMatches(absent, {})).toBe(true)
+    expect(varyMatches(absent, { cookie: "a=1" })).toBe(false)
   })
 
   it("HEAD entries keep the announced Content-Length", () => {
