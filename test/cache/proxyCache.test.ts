@@ -233,6 +233,34 @@ describe("response cache through the proxy (in-memory)", () => {
     expect(full.status).toBe(200)
   })
 
+  it("84c: an upstream 304 that forbids storing drops the entry; the client still gets the 200", async () => {
+    const url = fresh()
+    mock.route(pathOf(url), handler((req, res) => {
+      if (req.headers["if-none-match"] !== undefined) {
+        res.writeHead(304, { etag: "\"v3\"", "cache-control": "no-store" })
+        return res.end()
+      }
+      res.writeHead(200, { "content-type": "application/json", etag: "\"v3\"", "cache-control": "public, max-age=60" })
+      res.end("{\"v\":3}")
+    }))
+    await get(url)
+    const r = await get(url, a.token, { "cache-control": "no-cache" })
+    expect(r.status).toBe(200)
+    expect(r.json).toEqual({ v: 3 })
+    expect(r.headers["cache-status"]).toBe("llm-proxy; revalidated")
+    expect((await get(url)).headers["cache-status"]).toBe("llm-proxy; stored")
+  })
+
+  it("repeated upstream headers are replayed on a hit", async () => {
+    const url = fresh()
+    mock.route(pathOf(url), json(MODELS, { headers: { ...publicFor(60), link: ["<a>; rel=a", "<b>; rel=b"] } }))
+    const first = await get(url)
+    const hit = await get(url)
+    expect(hit.headers["cache-status"]).toBe("llm-proxy; hit")
+    expect(hit.headers["link"]).toBe(first.headers["link"])
+    expect(hit.headers["link"]).toContain("<b>; rel=b")
+  })
+
   it("85: hits are not counted against max_requests; cache_hit_count grows (batched)", async () => {
     const limited = await projectAndToken(stack.manage, { max_requests: 1 })
     const url = fresh()
