@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { backends, type BackendInstance } from "../http/harness.js"
-import { handler, json, sse, chatChunks, type MockUpstream, startMockUpstream } from "../support/mockUpstream.js"
+import { handler, json, reset, sse, chatChunks, type MockUpstream, startMockUpstream } from "../support/mockUpstream.js"
 import { testCacheConfig } from "../support/server.js"
 import { call, chatBody, eventually, type ProjectAndToken, projectAndToken, sleep, type Stack, startStack } from "../proxy/stack.js"
 
@@ -493,6 +493,15 @@ describe("response cache: bounds, streams and switches", () => {
       expect(again.headers["cache-status"]).not.toBe("llm-proxy; hit")
       expect(again.text).toBe(big.text)
       expect(upstreamCalls(mock, long)).toBe(2)
+
+      // an upstream that dies mid-stream leaves nothing in the cache
+      const cut = fresh()
+      mock.route(pathOf(cut), reset(chatChunks(["par", "tial"]).slice(0, 2)))
+      await call(stack.server.url, cut, { token: t.token, headers: optIn }).catch(() => undefined)
+      mock.route(pathOf(cut), sse(chatChunks(["whole"])))
+      const whole = await call(stack.server.url, cut, { token: t.token, headers: optIn })
+      expect(whole.headers["cache-status"]).toBe("llm-proxy; stored (forced)")
+      expect(whole.text).toContain("whole")
     } finally {
       await stack.close()
     }
