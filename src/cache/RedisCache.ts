@@ -82,6 +82,9 @@ export const scanPattern = (prefix: string, selector: PurgeSelector): string => 
   }
 }
 
+/** How long the data plane skips Redis after a failed command before one request tries again. */
+export const PROBE_INTERVAL_MS = 1000
+
 const KEY_LENGTH = URL_HASH_LENGTH + SCOPE_HASH_LENGTH + 32
 
 export const make = (config: CacheConfig, options: RedisCacheOptions) =>
@@ -121,15 +124,21 @@ export const make = (config: CacheConfig, options: RedisCacheOptions) =>
     })
 
     let down = false
+    // After a failure the data plane leaves Redis alone for PROBE_INTERVAL_MS (answering misses at once), then lets
+    // one request probe: a Redis that hangs instead of refusing costs one command timeout per interval, not one per
+    // request.
+    let skipUntil = 0
     const failed = (operation: string) => (cause: unknown) =>
       Effect.suspend(() => {
         counters.errors++
+        skipUntil = Date.now() + PROBE_INTERVAL_MS
         if (down) return Effect.void
         down = true
         const reason = cause instanceof Error ? cause.message : String(cause)
         return Effect.logWarning(`Redis response cache unavailable (${operation}: ${reason}); serving misses until it is back`)
       })
     const succeeded = Effect.suspend(() => {
+      skipUntil = 0
       if (!down) return Effect.void
       down = false
       return Effect.logInfo("Redis response cache is available again")
@@ -189,8 +198,12 @@ export const make = (config: CacheConfig, options: RedisCacheOptions) =>
       set: (key, entry) => Effect.flatMap(Clock.currentTimeMillis, (now) => setAt(key, entry, now)),
       // The data plane talks to ioredis directly (no fiber per request); only a change of state is logged, through
       // the same Effects as the control plane.
-      lookup: (key, now) =>
-        redis.getBuffer(prefix + key).then(
+      lookup: (key, now) => {
+        if (skipUntil !== 0) {
+          if (Date.now() < skipUntil) return undefined
+          skipUntil = Date.now() + PROBE_INTERVAL_MS
+        }
+        return redis.getBuffer(prefix + key).then(
           (buf) => {
             if (down) runFork(succeeded)
             if (buf === null) return undefined
@@ -201,10 +214,11 @@ export const make = (config: CacheConfig, options: RedisCacheOptions) =>
             runFork(failed("get")(e))
             return undefined
           }
-        ),
+        )
+      },
       store: (key, entry, now) => {
         const ttl = entry.expiresAt - now
-        if (ttl <= 0 || entrySize(entry) > config.maxObjectBytes) return
+        if (ttl <= 0 || entrySize(entry) > config.maxObjectBytes || (skipUntil !== 0 && Date.now() < skipUntil)) return
         redis.set(prefix + key, encodeEntry(entry), "PX", ttl).then(
           () => {
             counters.stores++
