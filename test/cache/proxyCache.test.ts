@@ -446,6 +446,22 @@ describe("response cache: bounds, streams and switches", () => {
     }
   })
 
+  it("HTTP_CACHE_DEFAULT_TTL is the lifetime of a public answer that names none", async () => {
+    const stack = await startStack(backend, { cache: testCacheConfig({ defaultTtlSeconds: 1 }) }, undefined, mock)
+    try {
+      const t = await projectAndToken(stack.manage)
+      const url = fresh()
+      mock.route(pathOf(url), json(MODELS, { headers: { "cache-control": "public" } }))
+      expect((await call(stack.server.url, url, { token: t.token })).headers["cache-status"]).toBe("llm-proxy; stored")
+      const hit = await call(stack.server.url, url, { token: t.token })
+      expect(hit.headers["cache-status"]).toBe("llm-proxy; hit")
+      await sleep(1_100)
+      expect((await call(stack.server.url, url, { token: t.token })).headers["cache-status"]).toBe("llm-proxy; stored")
+    } finally {
+      await stack.close()
+    }
+  })
+
   it("93: HTTP_CACHE_ENABLED=false → no cache headers, nothing cached", async () => {
     const stack = await startStack(backend, { cache: testCacheConfig({ enabled: false }) }, undefined, mock)
     try {
