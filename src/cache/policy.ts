@@ -112,11 +112,14 @@ export type RequestPlan =
 /** Headers always part of the key: they change the representation an LLM API returns. */
 export const KEY_HEADERS = ["accept", "accept-encoding", "accept-language"] as const
 
+/** No entry lives longer than a year, whatever a client or upstream asks for. */
+export const MAX_TTL_SECONDS = 31_536_000
+
 /** Client opt-in: `public` plus a positive `s-maxage` (preferred) or `max-age`. */
 export const clientForcedTtl = (cc: CacheControl): number | undefined => {
   if (!cc.public) return undefined
-  if (cc.sMaxAge !== undefined && cc.sMaxAge > 0) return cc.sMaxAge
-  if (cc.maxAge !== undefined && cc.maxAge > 0) return cc.maxAge
+  if (cc.sMaxAge !== undefined && cc.sMaxAge > 0) return Math.min(cc.sMaxAge, MAX_TTL_SECONDS)
+  if (cc.maxAge !== undefined && cc.maxAge > 0) return Math.min(cc.maxAge, MAX_TTL_SECONDS)
   return undefined
 }
 
@@ -251,7 +254,7 @@ export const planStore = (
       : cc.sMaxAge === undefined && cc.maxAge === undefined
       ? config.defaultTtlSeconds
       : 0
-    if (fromResponse > 0) return { _tag: "Store", ttlSeconds: fromResponse, forced: false, streaming }
+    if (fromResponse > 0) return { _tag: "Store", ttlSeconds: Math.min(fromResponse, MAX_TTL_SECONDS), forced: false, streaming }
   }
   if (forcedTtl !== undefined) return { _tag: "Store", ttlSeconds: forcedTtl, forced: true, streaming }
   return { _tag: "Skip", debug: "ttl-zero" }

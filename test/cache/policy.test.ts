@@ -107,7 +107,8 @@ describe("planRequest: what is looked up", () => {
     ["Pragma: no-cache without Cache-Control", { pragma: "no-cache" }, true, undefined],
     ["Pragma ignored when Cache-Control is present", { pragma: "no-cache", "cache-control": "public, max-age=5" }, false, 5],
     ["opt-in prefers s-maxage", { "cache-control": "public, max-age=10, s-maxage=20" }, false, 20],
-    ["max-age without public is no opt-in", { "cache-control": "max-age=10" }, false, undefined]
+    ["max-age without public is no opt-in", { "cache-control": "max-age=10" }, false, undefined],
+    ["opt-in lifetimes are capped at a year", { "cache-control": "public, max-age=9999999999" }, false, 31_536_000]
   ])("revalidate / forced TTL: %s", (_name, headers, revalidate, forcedTtl) => {
     const plan = planRequest(req({ headers }))
     expect(plan).toMatchObject({ _tag: "Lookup", revalidate, forcedTtl })
@@ -173,6 +174,7 @@ describe("planStore: what is stored", () => {
   const skip = (debug: string) => ({ _tag: "Skip", debug })
   it.each<[string, string, number | undefined, number, Headers, object]>([
     ["public max-age", "GET", undefined, 200, { "cache-control": "public, max-age=60" }, store(60)],
+    ["lifetimes are capped at a year", "GET", undefined, 200, { "cache-control": "public, s-maxage=99999999" }, store(31_536_000)],
     ["s-maxage wins over max-age", "GET", undefined, 200, { "cache-control": "max-age=10, s-maxage=20" }, store(20)],
     ["public without lifetime → HTTP_CACHE_DEFAULT_TTL", "GET", undefined, 200, { "cache-control": "public" }, store(300)],
     ["must-revalidate without lifetime → default", "GET", undefined, 200, { "cache-control": "must-revalidate" }, store(300)],
