@@ -87,6 +87,17 @@ class UpstreamAbort extends EventEmitter {
   }
 }
 
+/** For the log only (never an answer): the store's message and the driver's reason under it. */
+const storeDetail = (e: unknown): string => {
+  const parts: Array<string> = []
+  let cur = e as { message?: unknown; cause?: unknown } | undefined
+  for (let i = 0; i < 3 && cur !== undefined && cur !== null; i++) {
+    if (typeof cur.message === "string" && cur.message !== "") parts.push(cur.message)
+    cur = cur.cause as typeof cur
+  }
+  return parts.join(": ")
+}
+
 const isPromise = <A>(v: A | Promise<A>): v is Promise<A> => typeof (v as { then?: unknown })?.then === "function"
 
 const JSON_HEADERS = "application/json"
@@ -123,6 +134,11 @@ export const make = Effect.gen(function*() {
     if (f.done || res.headersSent || res.destroyed) return
     f.done = true
     ctx.code = answer.body.code
+    if (f.body instanceof Transform) {
+      // A counted upload that will not go upstream: drain it so the connection can be reused.
+      f.req.unpipe(f.body)
+      f.req.resume()
+    }
     const body = JSON.stringify(answer.body)
     const headers: OutgoingHttpHeaders = {
       "content-type": JSON_HEADERS,
@@ -368,11 +384,11 @@ export const make = Effect.gen(function*() {
     if (!isProxyTokenFormat(credential)) return reply(f, Answers.malformedToken)
     const hash = hashProxyToken(credential)
     const warm = validator.cached(hash, Date.now())
-    if (warm !== undefined) return authorized(f, warm)
+    if (warm !== undefined) return warm === null ? reply(f, Answers.tokenNotFound) : authorized(f, warm)
     return validator.load(hash).then(
       (grant) => (grant === undefined ? reply(f, Answers.tokenNotFound) : guard(f, () => authorized(f, grant))),
       (e: unknown) => {
-        log("error", "proxy: token lookup failed", f.ctx, (e as { cause?: { message?: string } }).cause?.message)
+        log("error", "proxy: token lookup failed", f.ctx, storeDetail((e as { cause?: unknown }).cause))
         f.ctx.error = "token lookup failed"
         reply(f, Answers.serviceUnavailable)
       }
@@ -458,7 +474,7 @@ export const make = Effect.gen(function*() {
     return runPromise(Effect.either(store.consumeQuota(g.tokenId, new Date().toISOString()))).then((r) => {
       if (f.done) return
       if (r._tag === "Left") {
-        log("error", "proxy: quota update failed", f.ctx, r.left.message)
+        log("error", "proxy: quota update failed", f.ctx, storeDetail(r.left))
         f.ctx.error = "quota update failed"
         return reply(f, Answers.serviceUnavailable)
       }
