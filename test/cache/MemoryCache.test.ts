@@ -1,6 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, TestClock } from "effect"
 import * as MemoryCache from "../../src/cache/MemoryCache.js"
+import * as ResponseCache from "../../src/cache/ResponseCache.js"
 import { type CachedResponse, entrySize, parsePurge, planRequest } from "../../src/cache/policy.js"
 import { testCacheConfig } from "../support/server.js"
 
@@ -124,4 +125,33 @@ describe("in-memory ResponseCache", () => {
       cache.count("bypass")
       expect(yield* cache.stats).toMatchObject({ backend: "in-memory", hits: 2, misses: 1, bypass: 1, errors: 0 })
     }))
+})
+
+describe("disabled ResponseCache (HTTP_CACHE_ENABLED=false)", () => {
+  it.effect("looks up nothing, stores nothing, counts nothing", () =>
+    Effect.gen(function*() {
+      const cache = yield* ResponseCache.ResponseCache
+      expect(cache.enabled).toBe(false)
+      const key = keyFor("/off")
+      expect(yield* cache.set(key, entryOf(10, 0))).toBe(false)
+      cache.store(key, entryOf(10, 0), 0)
+      cache.count("hit")
+      cache.remove(key)
+      expect(yield* cache.get(key)).toBeUndefined()
+      expect(cache.lookup(key, 0)).toBeUndefined()
+      expect(yield* cache.delete(key)).toBe(false)
+      expect(yield* cache.purge({ _tag: "All", scope: undefined })).toBe(0)
+      expect(yield* cache.stats).toEqual({
+        backend: "disabled",
+        hits: 0,
+        misses: 0,
+        bypass: 0,
+        stores: 0,
+        evictions: 0,
+        expired: 0,
+        bytes: 0,
+        entries: 0,
+        errors: 0
+      })
+    }).pipe(Effect.provide(ResponseCache.disabled(testCacheConfig({ enabled: false })))))
 })
