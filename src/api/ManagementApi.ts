@@ -4,6 +4,7 @@
  */
 import { HttpApi, HttpApiEndpoint, HttpApiGroup, HttpApiMiddleware, HttpApiSchema, HttpApiSecurity, OpenApi } from "@effect/platform"
 import { Schema } from "effect"
+import { AuditEvent, AuditPage, ListAuditParams } from "../domain/audit.js"
 import {
   BadRequestWire,
   ConflictWire,
@@ -105,9 +106,22 @@ export const CacheApi = HttpApiGroup.make("cache")
   .middleware(ManagementAuth)
   .annotate(OpenApi.Title, "Cache")
 
+export const AuditApi = HttpApiGroup.make("audit")
+  .add(
+    HttpApiEndpoint.get("list", "/audit")
+      .setUrlParams(ListAuditParams)
+      .addSuccess(AuditPage)
+      .annotate(OpenApi.Description, "Audit events matching every given filter, newest first, one page at a time")
+  )
+  .add(HttpApiEndpoint.get("get", "/audit/:id").setPath(IdPath).addSuccess(AuditEvent).addError(NotFoundWire))
+  .prefix("/manage")
+  .middleware(ManagementAuth)
+  .annotate(OpenApi.Title, "Audit")
+
 export class ManagementApi extends HttpApi.make("llm-proxy")
   .add(ProjectsApi)
   .add(TokensApi)
+  .add(AuditApi)
   .add(CacheApi)
   .addError(BadRequestWire)
   .addError(PayloadTooLargeWire)
@@ -117,7 +131,7 @@ export class ManagementApi extends HttpApi.make("llm-proxy")
   .annotate(OpenApi.Version, "0.1.0")
   .annotate(
     OpenApi.Description,
-    "Projects, withering tokens and the response cache. Every endpoint needs `Authorization: Bearer <MANAGEMENT_TOKEN>`. " +
+    "Projects, withering tokens, the response cache and the audit log. Every endpoint needs `Authorization: Bearer <MANAGEMENT_TOKEN>`. " +
       "Errors are `{\"error\": \"...\", \"code\"?: \"...\"}`."
   )
 {}

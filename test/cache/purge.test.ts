@@ -82,6 +82,18 @@ describe("cache purge API", () => {
     })
   })
 
+  it("every purge is audited as cache.purge, failures with their reason", async () => {
+    await purge(server, "{\"method\":\"GET\",\"url\":\"/v1/audited\",\"project_id\":\"11111111-1111-4111-8111-111111111111\"}")
+    await purge(server, "{\"method\":\"GET\"}")
+    const r = await fetch(`${server.url}/manage/audit?action=cache.purge&page_size=100`, {
+      headers: { authorization: `Bearer ${server.token}` }
+    }).then((x) => x.json() as Promise<{ events: Array<Record<string, string>> }>)
+    const ok = r.events.find((e) => e["metadata"]?.includes("/v1/audited"))
+    expect(ok).toMatchObject({ action: "cache.purge", outcome: "success", project_id: "11111111-1111-4111-8111-111111111111" })
+    expect(JSON.parse(ok!["metadata"]!)).toMatchObject({ purge_type: "exact", method: "GET", url: "/v1/audited", deleted: 0 })
+    expect(r.events.some((e) => e["outcome"] === "failure" && e["reason"] === "method and url are required")).toBe(true)
+  })
+
   it("is in the OpenAPI document", async () => {
     const doc = await fetch(`${server.url}/manage/openapi.json`).then((r) => r.json() as Promise<{ paths: object }>)
     expect(Object.keys(doc.paths)).toContain("/manage/cache/purge")
