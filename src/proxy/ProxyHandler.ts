@@ -20,7 +20,7 @@
 import { Context, Effect, Layer, Option, Redacted, Runtime } from "effect"
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http"
 import { EventEmitter } from "node:events"
-import { Transform } from "node:stream"
+import { type Readable, Transform } from "node:stream"
 import type { Dispatcher } from "undici"
 import { AppConfig } from "../config/AppConfig.js"
 import { type ProviderConfig, Providers } from "../config/Providers.js"
@@ -533,6 +533,10 @@ export const make = Effect.gen(function*() {
       ctx.requestId,
       f.body instanceof Buffer ? f.bodyLength : f.body === req ? f.bodyLength : undefined
     )
+    for (const hook of hooks.upstreamHeaders) {
+      const extra = hook(ctx)
+      if (extra !== undefined) Object.assign(headers, extra)
+    }
     const sentAt = performance.now()
     ctx.proxyMs = sentAt - ctx.startedAt
     target.pool.request({
@@ -567,6 +571,9 @@ export const make = Effect.gen(function*() {
       return
     }
     f.done = true
+    for (const hook of hooks.interceptResponse) {
+      if (hook(ctx, r.statusCode, r.headers, r.body, res)) return
+    }
     const out = downstreamHeaders(r.headers)
     out["x-request-id"] = ctx.requestId
     const timing = serverTiming(ctx.proxyMs!, ctx.upstreamMs)
@@ -600,12 +607,21 @@ export const make = Effect.gen(function*() {
       }
     }
     body.on("error", lost)
+    // Hooks' Transforms (the response cache's tee) sit between the upstream body and everything after it.
+    let source: Readable = body
+    for (const hook of hooks.bodyTransforms) {
+      const t = hook(ctx, r.statusCode, r.headers)
+      if (t !== undefined) {
+        t.on("error", lost)
+        source = source.pipe(t)
+      }
+    }
     if (mode === "sse") {
       // Streams: a Transform between upstream and client, chunk for chunk.
       const capture = new UsageCapture(mode, hooks.captureResponseBytes)
       f.capture = capture.reader
       capture.on("error", lost)
-      body.pipe(capture).pipe(res)
+      source.pipe(capture).pipe(res)
     } else {
       if (mode === "json" || hooks.captureResponseBytes > 0) {
         const reader = new UsageReader(mode, hooks.captureResponseBytes)
@@ -613,7 +629,7 @@ export const make = Effect.gen(function*() {
         body.on("data", (chunk: Buffer) => reader.observe(chunk))
         body.on("end", () => reader.finish())
       }
-      body.pipe(res)
+      source.pipe(res)
     }
   }
 
