@@ -177,7 +177,9 @@ export const makeCacheStage = <C extends StageContext>(cache: ResponseCacheShape
       if (state?.revalidating !== undefined) cache.count("miss")
       return false
     }
-    body.resume()
+    // A 304 has no body; whatever arrives is discarded, and a late error on it must not go unhandled.
+    body.on("error", () => {})
+    body.destroy()
     const at = now()
     const refreshed = refreshEntry(state.revalidating, upstream, at)
     if (refreshed !== undefined) cache.store(state.key, refreshed, at)
