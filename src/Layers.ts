@@ -13,11 +13,17 @@ import * as RateLimits from "./token/RateLimits.js"
 import * as TokenValidator from "./token/TokenValidator.js"
 import * as UsageRecorder from "./token/UsageRecorder.js"
 import { KeyCipher } from "./crypto/KeyCipher.js"
-import { ManagementAppLive } from "./http/App.js"
+import { ManagementAppLive, VERSION } from "./http/App.js"
 import { ManagementToken } from "./http/auth.js"
 import { HttpServerLive, ServerAddress } from "./http/Server.js"
 import { postgresStore, sqliteStore } from "./store/layers.js"
 import { migrateUp } from "./store/migrations.js"
+import { Store } from "./store/Store.js"
+import * as Health from "./observability/Health.js"
+import * as Metrics from "./observability/Metrics.js"
+import * as ProxyObservability from "./observability/ProxyObservability.js"
+import { redisCheck } from "./observability/redisCheck.js"
+import * as Tracing from "./observability/Tracing.js"
 
 export const dialectOf = (db: Database) => (db._tag === "sqlite" ? "sqlite" : "postgres") as "sqlite" | "postgres"
 
@@ -52,12 +58,64 @@ export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" 
   config.rateLimitBackend === "redis" ? RateLimits.redis(config.redisUrl) : RateLimits.memory
 
 /**
+ * Observability of the proxy itself: metrics registry, health checks and the tracer (OTLP when configured, off
+ * otherwise). Provided under everything else so every runtime built later carries the tracer setting.
+ */
+export const observabilityLayer = (config: AppConfigShape) =>
+  Layer.mergeAll(Metrics.layer, Health.layer(VERSION), Tracing.layer(config.otlp, VERSION))
+
+/** Health checks for the dependencies this configuration uses (the database always; Redis when a layer needs it). */
+export const healthChecksLayer = (config: AppConfigShape) =>
+  Layer.mergeAll(
+    Layer.effectDiscard(Effect.gen(function*() {
+      const health = yield* Health.Health
+      const store = yield* Store
+      health.register({ name: "database", required: true, check: Effect.as(store.ping, { driver: store.dialect }) })
+    })),
+    config.rateLimitBackend === "redis"
+      ? redisCheck(config.redisUrl, ["rate_limits"])
+      : Layer.empty
+  )
+
+/** The token cache with its hits, misses and invalidations counted (src/observability/Metrics.ts). */
+export const instrumentedTokenValidator = Layer.effect(
+  TokenValidator.TokenValidator,
+  Effect.gen(function*() {
+    const inner = yield* TokenValidator.make
+    const metrics = yield* Metrics.Metrics
+    metrics.attachTokenCache(inner.stats)
+    return {
+      ...inner,
+      invalidateToken: (id: string) => {
+        metrics.tokenCacheInvalidated("token")
+        inner.invalidateToken(id)
+      },
+      invalidateProject: (id: string) => {
+        metrics.tokenCacheInvalidated("project")
+        inner.invalidateProject(id)
+      },
+      invalidateAll: () => {
+        metrics.tokenCacheInvalidated("all")
+        inner.invalidateAll()
+      }
+    }
+  })
+)
+
+/** The data plane's hooks. Observability goes last: it reads the headers the other hooks set. */
+export const proxyHooksLayer = (config: AppConfigShape) =>
+  Layer.scoped(
+    ProxyHooks,
+    Effect.map(ProxyObservability.make({ accessLog: config.accessLog }), (observability) => ProxyHooks.combine(observability))
+  )
+
+/**
  * The data plane: TokenValidator (shared with the management handlers, which invalidate it), usage counters,
  * rate limits, upstream pools, and the /v1 handler with its hooks.
  */
 export const dataPlaneLayer = (config: AppConfigShape) =>
   ProxyHandler.layer.pipe(
-    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), ProxyHooks.none))
+    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), proxyHooksLayer(config)))
   )
 
 /** Everything `serve` runs, for a given configuration. Provides the bound address (tests use port 0). */
@@ -75,7 +133,8 @@ export const serveLayer = (config: AppConfigShape) =>
       return HttpServerLive.pipe(
         Layer.provide(ManagementAppLive),
         Layer.provideMerge(dataPlaneLayer(config)),
-        Layer.provideMerge(TokenValidator.layer),
+        Layer.provideMerge(instrumentedTokenValidator),
+        Layer.provideMerge(healthChecksLayer(config)),
         Layer.provideMerge(
           Layer.mergeAll(
             migratedDatabaseLayer(config.database),
@@ -85,6 +144,7 @@ export const serveLayer = (config: AppConfigShape) =>
             Layer.succeed(AppConfig, config)
           )
         ),
+        Layer.provideMerge(observabilityLayer(config)),
         Layer.tap((ctx) => {
           return Effect.logInfo(`llm-proxy listening on ${Context.get(ctx, ServerAddress).url}`)
         })

@@ -16,6 +16,15 @@ export type Database =
 
 export type LogFormat = "json" | "pretty"
 
+/** Where spans go (OTLP/HTTP JSON); see src/observability/Tracing.ts. */
+export interface OtlpConfig {
+  readonly tracesUrl: string
+  /** `OTEL_EXPORTER_OTLP_HEADERS` (often carries a vendor API key). */
+  readonly headers: Redacted.Redacted<Record<string, string>>
+  readonly serviceName: string
+  readonly exportIntervalMs: number
+}
+
 export interface AppConfigShape {
   readonly listen: ListenAddress
   readonly managementToken: Option.Option<Redacted.Redacted<string>>
@@ -42,6 +51,12 @@ export interface AppConfigShape {
   readonly usageFlushIntervalMs: number
   readonly rateLimitBackend: "in-memory" | "redis"
   readonly redisUrl: string
+  /** `GET /metrics`, `/metrics/json` and `/metrics/prometheus` answer (else 404). */
+  readonly enableMetrics: boolean
+  /** One access-log line per /v1 request at info level. */
+  readonly accessLog: boolean
+  /** Span export; none = tracing off (zero cost). */
+  readonly otlp: Option.Option<OtlpConfig>
 }
 
 export class AppConfig extends Context.Tag("llm-proxy/AppConfig")<AppConfig, AppConfigShape>() {}
@@ -123,6 +138,59 @@ const httpUrl = (name: string, fallback: string) =>
 
 const optionalString = (name: string) =>
   Config.option(Config.string(name)).pipe(Config.map(Option.filter((s) => s.trim() !== "")))
+
+/** `k1=v1,k2=v2` (values URL-decoded), the OpenTelemetry SDK format. */
+export const parseOtlpHeaders = (s: string): Either.Either<Record<string, string>, string> => {
+  const out: Record<string, string> = {}
+  for (const part of s.split(",")) {
+    if (part.trim() === "") continue
+    const eq = part.indexOf("=")
+    const key = eq > 0 ? part.slice(0, eq).trim() : ""
+    if (key === "" || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(key)) return Either.left("expected key=value pairs separated by commas")
+    try {
+      out[key.toLowerCase()] = decodeURIComponent(part.slice(eq + 1).trim())
+    } catch {
+      return Either.left(`the value of "${key}" is not URL-encoded correctly`)
+    }
+  }
+  return Either.right(out)
+}
+
+const otlpUrl = (name: string) =>
+  optionalString(name).pipe(
+    Config.mapOrFail((o) => {
+      if (Option.isNone(o)) return Either.right(Option.none<string>())
+      try {
+        const u = new URL(o.value.trim())
+        if (u.protocol === "http:" || u.protocol === "https:") return Either.right(Option.some(u.href))
+      } catch {
+        // fall through
+      }
+      return Either.left(invalid(name, `expected an http:// or https:// URL, got "${o.value}"`))
+    })
+  )
+
+const otlp = Config.all({
+  endpoint: otlpUrl("OTEL_EXPORTER_OTLP_ENDPOINT"),
+  traces: otlpUrl("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+  headers: Config.redacted("OTEL_EXPORTER_OTLP_HEADERS").pipe(Config.withDefault(Redacted.make(""))),
+  serviceName: Config.string("OTEL_SERVICE_NAME").pipe(Config.withDefault("llm-proxy")),
+  exportIntervalMs: duration("OTEL_EXPORT_INTERVAL", "5s")
+}).pipe(
+  Config.mapOrFail(({ endpoint, exportIntervalMs, headers, serviceName, traces }): Either.Either<Option.Option<OtlpConfig>, ConfigError.ConfigError> => {
+    // Like the OpenTelemetry SDKs: the generic endpoint gets `/v1/traces` appended, the signal-specific one is used as is.
+    const url = Option.orElse(traces, () => Option.map(endpoint, (e) => e.replace(/\/+$/, "") + "/v1/traces"))
+    if (Option.isNone(url)) return Either.right(Option.none())
+    const parsed = parseOtlpHeaders(Redacted.value(headers))
+    if (Either.isLeft(parsed)) return Either.left(invalid("OTEL_EXPORTER_OTLP_HEADERS", parsed.left))
+    return Either.right(Option.some({
+      tracesUrl: url.value,
+      headers: Redacted.make(parsed.right),
+      serviceName: serviceName.trim() === "" ? "llm-proxy" : serviceName.trim(),
+      exportIntervalMs
+    }))
+  })
+)
 
 const listen = Config.string("LISTEN_ADDR").pipe(
   Config.withDefault(":8080"),
@@ -221,7 +289,10 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
       }
       return Either.right(Option.isSome(addr) ? `redis://${addr.value}` : "redis://127.0.0.1:6379")
     })
-  )
+  ),
+  enableMetrics: bool("ENABLE_METRICS", true),
+  accessLog: bool("ACCESS_LOG", true),
+  otlp
 }).pipe(
   Config.mapOrFail((c) =>
     c.requireEncryptionKey && Option.isNone(c.encryptionKey)
