@@ -8,7 +8,7 @@
  *
  * These hooks must be combined LAST (src/Layers.ts) so `decorateResponse` sees the cache headers other hooks set.
  */
-import { Effect, Exit, Option, Queue, type Tracer } from "effect"
+import { Effect, Exit, FiberRef, LogLevel, Option, Queue, type Tracer } from "effect"
 import type { OutgoingHttpHeaders } from "node:http"
 import { Providers } from "../config/Providers.js"
 import type { ProxyHooksShape, ProxyRequestContext } from "../proxy/ProxyHooks.js"
@@ -85,12 +85,14 @@ export const make = (options: { readonly accessLog: boolean; readonly accessLogB
       return model
     }
 
-    // Access log: a bounded queue drained by one fiber; a full queue drops lines (counted in a warning).
+    // Access log: a bounded queue drained by one fiber; a full queue drops lines (counted in a warning). Nothing is
+    // queued when the minimum log level hides info lines.
+    const minimumLevel = yield* FiberRef.get(FiberRef.currentMinimumLogLevel)
+    const accessLog = options.accessLog && LogLevel.lessThanEqual(minimumLevel, LogLevel.Info)
     const queue = yield* Queue.dropping<AccessLogEntry>(options.accessLogBuffer ?? 10_000)
     let droppedLines = 0
-    if (options.accessLog) {
-      const writeBatch = Effect.gen(function*() {
-        const batch = yield* Queue.takeBetween(queue, 1, 1_000)
+    const writeLines = (batch: Iterable<AccessLogEntry>) =>
+      Effect.gen(function*() {
         for (const entry of batch) yield* Effect.annotateLogs(Effect.logInfo("access"), entry)
         if (droppedLines > 0) {
           const n = droppedLines
@@ -98,10 +100,12 @@ export const make = (options: { readonly accessLog: boolean; readonly accessLogB
           yield* Effect.logWarning(`access log: ${n} lines dropped (queue full)`)
         }
       })
-      yield* Effect.forkScoped(Effect.forever(writeBatch))
-      yield* Effect.addFinalizer(() =>
-        Effect.flatMap(Queue.takeAll(queue), (rest) => Effect.forEach(rest, (e) => Effect.annotateLogs(Effect.logInfo("access"), e), { discard: true }))
-      )
+    if (accessLog) {
+      // A batch taken from the queue is written whole, even when shutdown interrupts the fiber.
+      yield* Effect.forkScoped(Effect.forever(Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(restore(Queue.takeBetween(queue, 1, 1_000)), writeLines)
+      )))
+      yield* Effect.addFinalizer(() => Effect.flatMap(Queue.takeAll(queue), writeLines))
     }
 
     const span = (ctx: ProxyRequestContext, o: RequestObservation, model: string | undefined) => {
@@ -165,14 +169,14 @@ export const make = (options: { readonly accessLog: boolean; readonly accessLogB
           rejectedBy: ctx.rejectedBy
         }
         metrics.request(o)
-        if (options.accessLog) {
+        if (accessLog) {
           const entry: AccessLogEntry = {
             request_id: ctx.requestId,
             method: ctx.method,
             path: ctx.path,
             status: ctx.status,
             duration_ms: round(durationMs),
-            proxy_ms: round(overheadMs),
+            overhead_ms: round(overheadMs),
             upstream_ms: round(ctx.upstreamMs),
             provider: ctx.provider,
             project_id: ctx.projectId,
