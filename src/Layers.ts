@@ -106,7 +106,7 @@ export const instrumentedTokenValidator = Layer.effect(
 export const proxyHooksLayer = (config: AppConfigShape) =>
   Layer.scoped(
     ProxyHooks,
-    Effect.map(ProxyObservability.make({ accessLog: config.accessLog }), (observability) => ProxyHooks.combine(observability))
+    Effect.map(ProxyObservability.make({ metrics: config.enableMetrics, accessLog: config.accessLog, format: config.logFormat }), (observability) => ProxyHooks.combine(observability))
   )
 
 /**

@@ -2,24 +2,26 @@
  * What the data plane tells operators about each /v1 request, from the proxy's completion seam (ProxyHooks):
  * - one `Metrics.request` observation (counters and histograms, synchronous);
  * - one access-log line (request id, project id, token id — never the token —, status, durations, model, usage,
- *   cache status), enqueued and written by a background fiber so the request never waits for the logger;
- * - when tracing is on, a `proxy.request` server span with a `proxy.upstream` client child, built after the fact
- *   from the request's timestamps (no Effect runs per request; nothing at all when tracing is off).
+ *   cache status), buffered and written in batches off the request path;
+ * - when tracing is on, a `proxy.request` server span with a `proxy.upstream` child, recorded as one small object
+ *   from the request's timestamps and exported by src/observability/ProxySpans.ts (nothing at all when tracing is off).
  *
  * These hooks must be combined LAST (src/Layers.ts) so `decorateResponse` sees the cache headers other hooks set.
  */
-import { Effect, Exit, FiberRef, LogLevel, Option, Queue, type Tracer } from "effect"
+import { Effect, FiberRef, LogLevel, Option, Queue, Runtime } from "effect"
+import type { LogFormat } from "../config/AppConfig.js"
 import type { OutgoingHttpHeaders } from "node:http"
 import { Providers } from "../config/Providers.js"
 import type { ProxyHooksShape, ProxyRequestContext } from "../proxy/ProxyHooks.js"
 import { endpointAllowed } from "../proxy/policy.js"
 import { Metrics, type RequestObservation } from "./Metrics.js"
-import { TracingEnabled } from "./Tracing.js"
+import { ProxySpans, type ProxySpansShape } from "./ProxySpans.js"
 
 /** Distinct label values kept per label before new ones are folded into `other` (bounded cardinality). */
 export const MAX_MODELS = 200
 const MAX_ROUTES_CACHED = 2_000
 const MODEL_SCAN_BYTES = 8_192
+const ACCESS_LOG_FLUSH_MS = 50
 const MODEL_PATTERN = /"model"\s*:\s*"([^"\\]{1,128})"/
 
 /** The `model` of a JSON request body, read from its first 8 KiB without parsing the whole document. */
@@ -54,16 +56,21 @@ export interface AccessLogEntry {
 
 const round = (ms: number | undefined) => (ms === undefined ? undefined : Math.round(ms * 1000) / 1000)
 
-const toEpochNanos = (perfMs: number) => BigInt(Math.round((performance.timeOrigin + perfMs) * 1_000_000))
-
 /** The hooks, and the fiber that writes access-log lines. Scoped: the fiber drains what is queued on shutdown. */
-export const make = (options: { readonly accessLog: boolean; readonly accessLogBuffer?: number }) =>
+export const make = (options: {
+  /** Record Metrics observations (ENABLE_METRICS). */
+  readonly metrics: boolean
+  readonly accessLog: boolean
+  /** LOG_FORMAT: JSON access lines are written directly, pretty ones through the Effect logger. */
+  readonly format: LogFormat
+  readonly accessLogBuffer?: number
+  /** Where JSON access lines go (default process.stdout). */
+  readonly write?: (text: string) => void
+}) =>
   Effect.gen(function*() {
     const metrics = yield* Metrics
     const providers = yield* Providers
-    const tracing = yield* TracingEnabled
-    const tracer = yield* Effect.tracer
-    const spanContext = yield* Effect.context<never>()
+    const spans = Option.getOrUndefined(yield* ProxySpans)
     const after = new WeakMap<ProxyRequestContext, AfterHeaders>()
 
     // Route label: the longest allowed endpoint prefix of any provider (a bounded set), else "other".
@@ -85,62 +92,112 @@ export const make = (options: { readonly accessLog: boolean; readonly accessLogB
       return model
     }
 
-    // Access log: a bounded queue drained by one fiber; a full queue drops lines (counted in a warning). Nothing is
-    // queued when the minimum log level hides info lines.
+    // Access log. Nothing is queued when the minimum log level hides info lines. JSON lines (LOG_FORMAT=json, the
+    // production format) are written straight to stdout in batches, in the same shape as the JSON logger's lines:
+    // through the Effect logger each line cost ~15% of the proxy's CPU under saturation (docs/performance.md).
+    // Pretty lines (a developer's terminal) go through the Effect logger. Both are bounded; overflow is dropped
+    // and reported in one warning.
     const minimumLevel = yield* FiberRef.get(FiberRef.currentMinimumLogLevel)
     const accessLog = options.accessLog && LogLevel.lessThanEqual(minimumLevel, LogLevel.Info)
-    const queue = yield* Queue.dropping<AccessLogEntry>(options.accessLogBuffer ?? 10_000)
+    const maxPending = options.accessLogBuffer ?? 10_000
     let droppedLines = 0
-    const writeLines = (batch: Iterable<AccessLogEntry>) =>
-      Effect.gen(function*() {
-        for (const entry of batch) yield* Effect.annotateLogs(Effect.logInfo("access"), entry)
-        if (droppedLines > 0) {
-          const n = droppedLines
-          droppedLines = 0
-          yield* Effect.logWarning(`access log: ${n} lines dropped (queue full)`)
+    const reportDropped = Effect.suspend(() => {
+      if (droppedLines === 0) return Effect.void
+      const n = droppedLines
+      droppedLines = 0
+      return Effect.logWarning(`access log: ${n} lines dropped (buffer full)`)
+    })
+    let enqueue: (entry: AccessLogEntry) => void = () => {}
+    if (accessLog && options.format === "json") {
+      let pending: Array<{ readonly at: number; readonly entry: AccessLogEntry }> = []
+      const write = options.write ?? ((text: string) => void process.stdout.write(text))
+      const flushLines = () => {
+        const batch = pending
+        pending = []
+        let text = ""
+        for (const { at, entry } of batch) {
+          text += JSON.stringify({ message: "access", logLevel: "INFO", timestamp: new Date(at).toISOString(), annotations: entry }) + "\n"
         }
-      })
-    if (accessLog) {
+        if (text !== "") write(text)
+      }
+      const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+      let scheduled: ReturnType<typeof setTimeout> | undefined
+      enqueue = (entry) => {
+        if (pending.length >= maxPending) {
+          droppedLines++
+          return
+        }
+        pending.push({ at: Date.now(), entry })
+        scheduled ??= setTimeout(() => {
+          scheduled = undefined
+          flushLines()
+          if (droppedLines > 0) runFork(reportDropped)
+        }, ACCESS_LOG_FLUSH_MS)
+      }
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => {
+          if (scheduled !== undefined) clearTimeout(scheduled)
+          flushLines()
+        }).pipe(Effect.zipRight(reportDropped))
+      )
+    } else if (accessLog) {
+      const queue = yield* Queue.dropping<AccessLogEntry>(maxPending)
+      const writeLines = (batch: Iterable<AccessLogEntry>) =>
+        Effect.forEach(batch, (entry) => Effect.annotateLogs(Effect.logInfo("access"), entry), { discard: true }).pipe(
+          Effect.zipRight(reportDropped)
+        )
       // A batch taken from the queue is written whole, even when shutdown interrupts the fiber.
       yield* Effect.forkScoped(Effect.forever(Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(restore(Queue.takeBetween(queue, 1, 1_000)), writeLines)
       )))
       yield* Effect.addFinalizer(() => Effect.flatMap(Queue.takeAll(queue), writeLines))
+      enqueue = (entry) => {
+        if (!queue.unsafeOffer(entry)) droppedLines++
+      }
     }
 
-    const span = (ctx: ProxyRequestContext, o: RequestObservation, model: string | undefined) => {
-      const end = ctx.startedAt + (ctx.durationMs ?? 0)
-      const root = tracer.span("proxy.request", Option.none(), spanContext, [], toEpochNanos(ctx.startedAt), "server", {
-        captureStackTrace: false
-      } as Tracer.SpanOptions)
-      root.attribute("http.request.method", ctx.method)
-      root.attribute("http.route", o.route)
-      root.attribute("http.response.status_code", ctx.status)
-      root.attribute("llm_proxy.request_id", ctx.requestId)
-      root.attribute("llm_proxy.provider", o.provider)
-      root.attribute("llm_proxy.cache", o.cache)
-      if (model !== undefined) root.attribute("gen_ai.request.model", model)
-      if (ctx.projectId !== undefined) root.attribute("llm_proxy.project_id", ctx.projectId)
-      if (ctx.tokenId !== undefined) root.attribute("llm_proxy.token_id", ctx.tokenId)
-      if (ctx.code !== undefined) root.attribute("llm_proxy.error_code", ctx.code)
-      if (ctx.usage !== undefined) {
-        root.attribute("gen_ai.usage.input_tokens", ctx.usage.prompt_tokens)
-        root.attribute("gen_ai.usage.output_tokens", ctx.usage.completion_tokens)
-      }
-      if (ctx.forwarded && ctx.proxyMs !== undefined) {
-        const sentAt = ctx.startedAt + ctx.proxyMs
-        const up = tracer.span("proxy.upstream", Option.some(root), spanContext, [], toEpochNanos(sentAt), "client", {
-          captureStackTrace: false
-        } as Tracer.SpanOptions)
-        up.attribute("llm_proxy.provider", o.provider)
-        up.attribute("http.request.method", ctx.method)
-        up.attribute("http.route", o.route)
-        if (ctx.upstreamStatus !== undefined) up.attribute("http.response.status_code", ctx.upstreamStatus)
-        if (ctx.upstreamMs !== undefined) up.attribute("llm_proxy.upstream_headers_ms", round(ctx.upstreamMs))
-        up.end(toEpochNanos(end), ctx.upstreamStatus !== undefined && ctx.upstreamStatus < 500 ? Exit.void : Exit.fail(ctx.error ?? "upstream failed"))
-      }
-      root.end(toEpochNanos(end), ctx.status < 500 ? Exit.void : Exit.fail(ctx.code ?? "error"))
+    const span = (exporter: ProxySpansShape, ctx: ProxyRequestContext, o: RequestObservation, model: string | undefined) => {
+      const origin = performance.timeOrigin
+      const endMs = origin + ctx.startedAt + (ctx.durationMs ?? 0)
+      const sentAt = ctx.proxyMs === undefined ? undefined : origin + ctx.startedAt + ctx.proxyMs
+      exporter.record({
+        name: "proxy.request",
+        startMs: origin + ctx.startedAt,
+        endMs,
+        error: ctx.status >= 500,
+        attributes: {
+          "http.request.method": ctx.method,
+          "http.route": o.route,
+          "http.response.status_code": ctx.status,
+          "llm_proxy.request_id": ctx.requestId,
+          "llm_proxy.provider": o.provider,
+          "llm_proxy.cache": o.cache,
+          "gen_ai.request.model": model,
+          "llm_proxy.project_id": ctx.projectId,
+          "llm_proxy.token_id": ctx.tokenId,
+          "llm_proxy.error_code": ctx.code,
+          "gen_ai.usage.input_tokens": ctx.usage?.prompt_tokens,
+          "gen_ai.usage.output_tokens": ctx.usage?.completion_tokens
+        },
+        upstream: ctx.forwarded && sentAt !== undefined
+          ? {
+            startMs: sentAt,
+            endMs,
+            error: ctx.upstreamStatus === undefined || ctx.upstreamStatus >= 500,
+            attributes: {
+              "http.request.method": ctx.method,
+              "http.route": o.route,
+              "llm_proxy.provider": o.provider,
+              "http.response.status_code": ctx.upstreamStatus,
+              "llm_proxy.upstream_headers_ms": round(ctx.upstreamMs)
+            }
+          }
+          : undefined
+      })
     }
+
+    // Nothing to observe: no hooks at all, so the data plane does not even call them.
+    if (!options.metrics && !accessLog && spans === undefined) return {} satisfies Partial<ProxyHooksShape>
 
     const hooks: Partial<ProxyHooksShape> = {
       decorateResponse: [(ctx, _status, headers) => {
@@ -168,7 +225,7 @@ export const make = (options: { readonly accessLog: boolean; readonly accessLogB
           completionTokens: ctx.usage?.completion_tokens,
           rejectedBy: ctx.rejectedBy
         }
-        metrics.request(o)
+        if (options.metrics) metrics.request(o)
         if (accessLog) {
           const entry: AccessLogEntry = {
             request_id: ctx.requestId,
@@ -191,9 +248,9 @@ export const make = (options: { readonly accessLog: boolean; readonly accessLogB
             error: ctx.error
           }
           for (const k in entry) if (entry[k] === undefined) delete (entry as Record<string, unknown>)[k]
-          if (!queue.unsafeOffer(entry)) droppedLines++
+          enqueue(entry)
         }
-        if (tracing) span(ctx, o, model)
+        if (spans !== undefined) span(spans, ctx, o, model)
       }]
     }
     return hooks

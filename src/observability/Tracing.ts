@@ -1,26 +1,24 @@
 /**
  * Tracing: @effect/opentelemetry's OTLP/HTTP (JSON) span exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
  * `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; otherwise the Effect tracer is switched off, so `Effect.fn` /
- * `withSpan` / `sql.execute` spans are no-ops and the data plane builds none at all (`TracingEnabled` = false).
+ * `withSpan` / `sql.execute` spans are no-ops and the data plane builds none at all (`ProxySpans` = none).
  *
  * What is traced: the management API (`HttpMiddleware.tracer` in src/http/App.ts), every store query (@effect/sql's
  * `sql.execute` spans: statement text with placeholders, never the values), /v1 requests (`proxy.request` with a
- * `proxy.upstream` child, src/observability/ProxyObservability.ts) and whatever else runs `Effect.fn` spans
+ * `proxy.upstream` child, exported by the lean src/observability/ProxySpans.ts) and whatever else runs `Effect.fn` spans
  * (dispatcher batches). Trace context is never sent to providers: the data plane calls undici directly and strips
  * `traceparent`/`tracestate`/`b3` from what it forwards (src/proxy/policy.ts).
  */
 import * as OtlpSerialization from "@effect/opentelemetry/OtlpSerialization"
 import * as OtlpTracer from "@effect/opentelemetry/OtlpTracer"
 import { NodeHttpClient } from "@effect/platform-node"
-import { Context, Layer, Option, Redacted } from "effect"
+import { Layer, Option, Redacted } from "effect"
 import type { OtlpConfig } from "../config/AppConfig.js"
+import * as ProxySpans from "./ProxySpans.js"
 
-/** Whether spans are exported (the data plane skips building them otherwise). */
-export class TracingEnabled extends Context.Tag("llm-proxy/TracingEnabled")<TracingEnabled, boolean>() {}
-
-export const layer = (otlp: Option.Option<OtlpConfig>, serviceVersion: string): Layer.Layer<TracingEnabled> =>
+export const layer = (otlp: Option.Option<OtlpConfig>, serviceVersion: string): Layer.Layer<ProxySpans.ProxySpans> =>
   Option.match(otlp, {
-    onNone: () => Layer.merge(Layer.setTracerEnabled(false), Layer.succeed(TracingEnabled, false)),
+    onNone: () => Layer.merge(Layer.setTracerEnabled(false), ProxySpans.layer(otlp, serviceVersion)),
     onSome: (o) =>
       Layer.merge(
         OtlpTracer.layer({
@@ -30,6 +28,6 @@ export const layer = (otlp: Option.Option<OtlpConfig>, serviceVersion: string): 
           exportInterval: o.exportIntervalMs,
           shutdownTimeout: "3 seconds"
         }).pipe(Layer.provide([OtlpSerialization.layerJson, NodeHttpClient.layerUndici])),
-        Layer.succeed(TracingEnabled, true)
+        ProxySpans.layer(otlp, serviceVersion)
       )
   })
