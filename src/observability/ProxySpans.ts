@@ -50,7 +50,11 @@ const hex = (bytes: number) => {
   return bytes === 16 ? u : u.slice(0, bytes * 2)
 }
 
-const nanos = (ms: number) => BigInt(Math.round(ms * 1_000_000)).toString()
+/** Epoch ms (fractional) → ns as a decimal string, without losing precision past 2^53. */
+const nanos = (ms: number) => {
+  const whole = Math.floor(ms)
+  return (BigInt(whole) * 1_000_000n + BigInt(Math.round((ms - whole) * 1_000_000))).toString()
+}
 
 const attributes = (attrs: Record<string, string | number | boolean | undefined>) => {
   const out: Array<{ key: string; value: Record<string, unknown> }> = []
@@ -81,11 +85,6 @@ export const toOtlpSpans = (r: ProxySpanRecord) => {
     startTimeUnixNano: nanos(r.startMs),
     endTimeUnixNano: nanos(r.endMs),
     attributes: attributes(r.attributes),
-    droppedAttributesCount: 0,
-    events: [],
-    droppedEventsCount: 0,
-    links: [],
-    droppedLinksCount: 0,
     status: { code: r.error ? 2 : 1 }
   }
   if (r.upstream === undefined) return [root]
@@ -98,11 +97,6 @@ export const toOtlpSpans = (r: ProxySpanRecord) => {
     startTimeUnixNano: nanos(r.upstream.startMs),
     endTimeUnixNano: nanos(r.upstream.endMs),
     attributes: attributes(r.upstream.attributes),
-    droppedAttributesCount: 0,
-    events: [],
-    droppedEventsCount: 0,
-    links: [],
-    droppedLinksCount: 0,
     status: { code: r.upstream.error ? 2 : 1 }
   }]
 }
