@@ -77,11 +77,14 @@ export const healthChecksLayer = (config: AppConfigShape) =>
       : Layer.empty
   )
 
-/** The token cache with its hits, misses and invalidations counted (src/observability/Metrics.ts). */
+/**
+ * The token cache (whichever layer provides it) with its hits, misses and the invalidations this instance issues
+ * counted (src/observability/Metrics.ts).
+ */
 export const instrumentedTokenValidator = Layer.effect(
   TokenValidator.TokenValidator,
   Effect.gen(function*() {
-    const inner = yield* TokenValidator.make
+    const inner = yield* TokenValidator.TokenValidator
     const metrics = yield* Metrics.Metrics
     metrics.attachTokenCache(inner.stats)
     return {
@@ -102,24 +105,40 @@ export const instrumentedTokenValidator = Layer.effect(
   })
 )
 
-/** The data plane's hooks. Observability goes last: it reads the headers the other hooks set. */
-export const proxyHooksLayer = (config: AppConfigShape) =>
+/**
+ * The data plane's hooks: `others` (cache, events, audit) then observability, which goes last because it reads the
+ * headers the other hooks set.
+ */
+export const proxyHooksLayer = (config: AppConfigShape, others: Layer.Layer<ProxyHooks> = ProxyHooks.none) =>
   Layer.scoped(
     ProxyHooks,
-    Effect.map(ProxyObservability.make({ metrics: config.enableMetrics, accessLog: config.accessLog, format: config.logFormat }), (observability) => ProxyHooks.combine(observability))
-  )
+    Effect.gen(function*() {
+      const before = yield* ProxyHooks
+      const observability = yield* ProxyObservability.make({
+        metrics: config.enableMetrics,
+        accessLog: config.accessLog,
+        format: config.logFormat
+      })
+      return ProxyHooks.combine(before, observability)
+    })
+  ).pipe(Layer.provide(others))
 
 /**
  * The data plane: TokenValidator (shared with the management handlers, which invalidate it), usage counters,
  * rate limits, upstream pools, and the /v1 handler with its hooks.
  */
-export const dataPlaneLayer = (config: AppConfigShape) =>
+export const dataPlaneLayer = (config: AppConfigShape, hooks: Layer.Layer<ProxyHooks> = ProxyHooks.none) =>
   ProxyHandler.layer.pipe(
-    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), proxyHooksLayer(config)))
+    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), proxyHooksLayer(config, hooks)))
   )
 
+export interface ServeOptions {
+  /** What plugs into the data plane (cache, events, audit, metrics); none by default. */
+  readonly proxyHooks?: Layer.Layer<ProxyHooks>
+}
+
 /** Everything `serve` runs, for a given configuration. Provides the bound address (tests use port 0). */
-export const serveLayer = (config: AppConfigShape) =>
+export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =>
   Layer.unwrapEffect(
     Effect.gen(function*() {
       const resolved = yield* resolveManagementToken(config.managementToken, config.managementTokenFile)
@@ -132,8 +151,12 @@ export const serveLayer = (config: AppConfigShape) =>
       }
       return HttpServerLive.pipe(
         Layer.provide(ManagementAppLive),
-        Layer.provideMerge(dataPlaneLayer(config)),
-        Layer.provideMerge(instrumentedTokenValidator),
+        Layer.provideMerge(dataPlaneLayer(config, options.proxyHooks)),
+        Layer.provideMerge(
+          instrumentedTokenValidator.pipe(
+            Layer.provide(config.invalidationBackend === "redis" ? TokenValidator.layerRedis(config.redisUrl) : TokenValidator.layer)
+          )
+        ),
         Layer.provideMerge(healthChecksLayer(config)),
         Layer.provideMerge(
           Layer.mergeAll(
