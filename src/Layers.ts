@@ -64,6 +64,12 @@ export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" 
 export const observabilityLayer = (config: AppConfigShape) =>
   Layer.mergeAll(Metrics.layer, Health.layer(VERSION), Tracing.layer(config.otlp, VERSION))
 
+/** Which Redis-backed layers this configuration uses (named in the `redis` health check). */
+export const redisUsers = (config: AppConfigShape): ReadonlyArray<string> => [
+  ...(config.rateLimitBackend === "redis" ? ["rate_limits"] : []),
+  ...(config.invalidationBackend === "redis" ? ["token_invalidation"] : [])
+]
+
 /** Health checks for the dependencies this configuration uses (the database always; Redis when a layer needs it). */
 export const healthChecksLayer = (config: AppConfigShape) =>
   Layer.mergeAll(
@@ -72,9 +78,7 @@ export const healthChecksLayer = (config: AppConfigShape) =>
       const store = yield* Store
       health.register({ name: "database", required: true, check: Effect.as(store.ping, { driver: store.dialect }) })
     })),
-    config.rateLimitBackend === "redis"
-      ? redisCheck(config.redisUrl, ["rate_limits"])
-      : Layer.empty
+    redisUsers(config).length > 0 ? redisCheck(config.redisUrl, redisUsers(config)) : Layer.empty
   )
 
 /**

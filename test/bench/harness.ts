@@ -5,7 +5,7 @@
  */
 import autocannon from "autocannon"
 import { type ChildProcess, spawn, spawnSync } from "node:child_process"
-import { existsSync, mkdtempSync, rmSync } from "node:fs"
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -120,7 +120,18 @@ export const startLlmProxy = async (
 export const chatBody = (stream: boolean) =>
   JSON.stringify({ model: "gpt-4o-mini", stream, messages: [{ role: "user", content: "Say hello." }] })
 
+const CLOCK_TICK_MS = 1000 / Number(spawnSync("getconf", ["CLK_TCK"]).stdout?.toString().trim() || 100)
+
+/** CPU time (user + system) a process has used so far, ms (Linux /proc). */
+export const cpuMsOf = (pid: number): number => {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+  return (Number(fields[11]) + Number(fields[12])) * CLOCK_TICK_MS
+}
+
 export interface Saturation {
+  /** Requests completed in the run. */
+  readonly total: number
   readonly rps: number
   readonly p50: number
   readonly p99: number
@@ -143,6 +154,7 @@ export const saturate = async (
     duration: seconds
   })
   return {
+    total: result.requests.total,
     rps: result.requests.average,
     p50: result.latency.p50,
     p99: result.latency.p99,

@@ -3,6 +3,7 @@
  * below is exact; histogram assertions use only bounds the traffic guarantees (a 60 ms upstream cannot land in a
  * bucket below 0.05 s), never timing thresholds.
  */
+import { readFileSync } from "node:fs"
 import { createRequire } from "node:module"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { backends, type BackendInstance } from "../http/harness.js"
@@ -171,6 +172,17 @@ describe("GET /metrics after known traffic", () => {
     const p = await fetch(`${stack.server.url}/metrics/prometheus`)
     expect(p.headers.get("content-type")).toMatch(/^text\/plain; version=0\.0\.4/)
     expect(await p.text()).toContain("# TYPE llm_proxy_requests_total counter")
+  })
+
+  it("serves every series the Grafana dashboard in docs/ queries", async () => {
+    const dashboard = JSON.parse(readFileSync(new URL("../../docs/grafana-dashboard.json", import.meta.url), "utf8")) as {
+      panels: Array<{ targets?: Array<{ expr: string }> }>
+    }
+    const exprs = dashboard.panels.flatMap((p) => (p.targets ?? []).map((t) => t.expr))
+    expect(exprs.length).toBeGreaterThan(20)
+    const used = new Set(exprs.flatMap((e) => [...e.matchAll(/\b((?:llm_proxy|process|nodejs)_[a-z0-9_]+)/g)].map((m) => m[1]!)))
+    const served = new Set((await scrape(stack.server.url)).map((x) => x.name))
+    for (const name of used) expect(served.has(name), name).toBe(true)
   })
 
   it("folds routes outside the allow-list into one label value", async () => {
