@@ -23,6 +23,8 @@ export interface OtlpConfig {
   readonly headers: Redacted.Redacted<Record<string, string>>
   readonly serviceName: string
   readonly exportIntervalMs: number
+  /** Share of /v1 requests whose spans are exported (OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG), 0..1. */
+  readonly sampleRatio: number
 }
 
 export interface AppConfigShape {
@@ -183,14 +185,35 @@ const otlpUrl = (name: string) =>
     })
   )
 
+/** The OpenTelemetry SDK sampler variables, as the share of /v1 requests traced. */
+const sampler = Config.all({
+  name: Config.string("OTEL_TRACES_SAMPLER").pipe(Config.withDefault("parentbased_always_on")),
+  arg: optionalString("OTEL_TRACES_SAMPLER_ARG")
+}).pipe(
+  Config.mapOrFail(({ arg, name }): Either.Either<number, ConfigError.ConfigError> => {
+    const n = name.trim().toLowerCase().replace(/^parentbased_/, "")
+    if (n === "always_on" || n === "") return Either.right(1)
+    if (n === "always_off") return Either.right(0)
+    if (n !== "traceidratio") {
+      return Either.left(invalid("OTEL_TRACES_SAMPLER", `expected always_on, always_off or traceidratio (optionally parentbased_), got "${name}"`))
+    }
+    if (Option.isNone(arg)) return Either.right(1)
+    const r = Number(arg.value.trim())
+    return Number.isFinite(r) && r >= 0 && r <= 1
+      ? Either.right(r)
+      : Either.left(invalid("OTEL_TRACES_SAMPLER_ARG", `expected a ratio between 0 and 1, got "${arg.value}"`))
+  })
+)
+
 const otlp = Config.all({
   endpoint: otlpUrl("OTEL_EXPORTER_OTLP_ENDPOINT"),
   traces: otlpUrl("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
   headers: Config.redacted("OTEL_EXPORTER_OTLP_HEADERS").pipe(Config.withDefault(Redacted.make(""))),
   serviceName: Config.string("OTEL_SERVICE_NAME").pipe(Config.withDefault("llm-proxy")),
-  exportIntervalMs: duration("OTEL_EXPORT_INTERVAL", "5s")
+  exportIntervalMs: duration("OTEL_EXPORT_INTERVAL", "5s"),
+  sampleRatio: sampler
 }).pipe(
-  Config.mapOrFail(({ endpoint, exportIntervalMs, headers, serviceName, traces }): Either.Either<Option.Option<OtlpConfig>, ConfigError.ConfigError> => {
+  Config.mapOrFail(({ endpoint, exportIntervalMs, headers, sampleRatio, serviceName, traces }): Either.Either<Option.Option<OtlpConfig>, ConfigError.ConfigError> => {
     // Like the OpenTelemetry SDKs: the generic endpoint gets `/v1/traces` appended, the signal-specific one is used as is.
     const url = Option.orElse(traces, () => Option.map(endpoint, (e) => e.replace(/\/+$/, "") + "/v1/traces"))
     if (Option.isNone(url)) return Either.right(Option.none())
@@ -200,7 +223,8 @@ const otlp = Config.all({
       tracesUrl: url.value,
       headers: Redacted.make(parsed.right),
       serviceName: serviceName.trim() === "" ? "llm-proxy" : serviceName.trim(),
-      exportIntervalMs
+      exportIntervalMs,
+      sampleRatio
     }))
   })
 )

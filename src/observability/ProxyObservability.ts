@@ -119,7 +119,7 @@ export const make = (options: {
         pending = []
         let text = ""
         for (const { at, entry } of batch) {
-          text += JSON.stringify({ message: "access", logLevel: "INFO", timestamp: new Date(at).toISOString(), annotations: entry }) + "\n"
+          text += `{"message":"access","logLevel":"INFO","timestamp":"${new Date(at).toISOString()}","annotations":${JSON.stringify(entry)}}\n`
         }
         if (text !== "") write(text)
       }

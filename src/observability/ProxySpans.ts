@@ -10,6 +10,7 @@
  */
 import * as OtlpResource from "@effect/opentelemetry/OtlpResource"
 import { Context, Duration, Effect, Layer, Option, Redacted, Runtime } from "effect"
+import { randomBytes } from "node:crypto"
 import { request } from "undici"
 import type { OtlpConfig } from "../config/AppConfig.js"
 
@@ -44,61 +45,90 @@ export class ProxySpans extends Context.Tag("llm-proxy/ProxySpans")<ProxySpans, 
 export const MAX_BUFFERED = 20_000
 export const MAX_BATCH = 1_000
 
-const hex = (bytes: number) => {
-  // randomUUID is the cheapest source of good randomness in Node (it batches entropy).
-  const u = crypto.randomUUID().replaceAll("-", "")
-  return bytes === 16 ? u : u.slice(0, bytes * 2)
+// Ids come from a pool of random bytes refilled 4 KiB at a time (one getrandom call per ~170 requests).
+const POOL_BYTES = 4096
+let pool = randomBytes(POOL_BYTES)
+let poolAt = 0
+const hex = (bytes: number): string => {
+  if (poolAt + bytes > POOL_BYTES) {
+    pool = randomBytes(POOL_BYTES)
+    poolAt = 0
+  }
+  const s = pool.toString("hex", poolAt, poolAt + bytes)
+  poolAt += bytes
+  return s
 }
 
-/** Epoch ms (fractional) → ns as a decimal string, without losing precision past 2^53. */
-const nanos = (ms: number) => {
-  const whole = Math.floor(ms)
-  return (BigInt(whole) * 1_000_000n + BigInt(Math.round((ms - whole) * 1_000_000))).toString()
+/** Epoch ms (fractional) → ns as a decimal string, without floating-point loss past 2^53 and without BigInt. */
+export const nanos = (ms: number): string => {
+  let whole = Math.floor(ms)
+  let frac = Math.round((ms - whole) * 1_000_000)
+  if (frac >= 1_000_000) {
+    whole += 1
+    frac -= 1_000_000
+  }
+  return String(whole) + String(frac).padStart(6, "0")
 }
 
-const attributes = (attrs: Record<string, string | number | boolean | undefined>) => {
-  const out: Array<{ key: string; value: Record<string, unknown> }> = []
+type Attrs = Record<string, string | number | boolean | undefined>
+
+const keyPrefixes = new Map<string, string>()
+const keyPrefix = (key: string): string => {
+  let p = keyPrefixes.get(key)
+  if (p === undefined) {
+    p = `{"key":${JSON.stringify(key)},"value":`
+    if (keyPrefixes.size < 256) keyPrefixes.set(key, p)
+  }
+  return p
+}
+
+/** OTLP JSON `attributes` array, written as text (no intermediate objects: this runs for every exported span). */
+const attributesJson = (attrs: Attrs): string => {
+  let out = ""
   for (const key in attrs) {
     const v = attrs[key]
     if (v === undefined) continue
-    out.push({
-      key,
-      value: typeof v === "number"
-        ? Number.isInteger(v) ? { intValue: v } : { doubleValue: v }
-        : typeof v === "boolean"
-        ? { boolValue: v }
-        : { stringValue: v }
-    })
+    const value = typeof v === "number"
+      ? Number.isInteger(v) ? `{"intValue":${v}}` : `{"doubleValue":${v}}`
+      : typeof v === "boolean"
+      ? `{"boolValue":${v}}`
+      : `{"stringValue":${JSON.stringify(v)}}`
+    out += (out === "" ? keyPrefix(key) : "," + keyPrefix(key)) + value + "}"
   }
-  return out
+  return "[" + out + "]"
 }
 
-/** OTLP JSON span objects for one record (root first). */
-export const toOtlpSpans = (r: ProxySpanRecord) => {
+const spanJson = (
+  traceId: string,
+  spanId: string,
+  parentSpanId: string | undefined,
+  name: string,
+  kind: number,
+  startMs: number,
+  endMs: number,
+  attrs: Attrs,
+  error: boolean
+) =>
+  `{"traceId":"${traceId}","spanId":"${spanId}"${parentSpanId === undefined ? "" : `,"parentSpanId":"${parentSpanId}"`},` +
+  `"name":"${name}","kind":${kind},"startTimeUnixNano":"${nanos(startMs)}","endTimeUnixNano":"${nanos(endMs)}",` +
+  `"attributes":${attributesJson(attrs)},"status":{"code":${error ? 2 : 1}}}`
+
+/** The OTLP JSON of one record's spans (root first), comma-separated. */
+export const toOtlpSpansJson = (r: ProxySpanRecord): string => {
   const traceId = hex(16)
   const spanId = hex(8)
-  const root = {
-    traceId,
-    spanId,
-    name: r.name,
-    kind: 2, // SERVER
-    startTimeUnixNano: nanos(r.startMs),
-    endTimeUnixNano: nanos(r.endMs),
-    attributes: attributes(r.attributes),
-    status: { code: r.error ? 2 : 1 }
-  }
-  if (r.upstream === undefined) return [root]
-  return [root, {
-    traceId,
-    spanId: hex(8),
-    parentSpanId: spanId,
-    name: "proxy.upstream",
-    kind: 3, // CLIENT
-    startTimeUnixNano: nanos(r.upstream.startMs),
-    endTimeUnixNano: nanos(r.upstream.endMs),
-    attributes: attributes(r.upstream.attributes),
-    status: { code: r.upstream.error ? 2 : 1 }
-  }]
+  // kind 2 = SERVER, 3 = CLIENT
+  const root = spanJson(traceId, spanId, undefined, r.name, 2, r.startMs, r.endMs, r.attributes, r.error)
+  if (r.upstream === undefined) return root
+  const u = r.upstream
+  return root + "," + spanJson(traceId, hex(8), spanId, "proxy.upstream", 3, u.startMs, u.endMs, u.attributes, u.error)
+}
+
+/** The export body for a batch of records. */
+export const exportBody = (resource: unknown, scope: unknown, batch: ReadonlyArray<ProxySpanRecord>): string => {
+  let spans = ""
+  for (let i = 0; i < batch.length; i++) spans += (i === 0 ? "" : ",") + toOtlpSpansJson(batch[i]!)
+  return `{"resourceSpans":[{"resource":${JSON.stringify(resource)},"scopeSpans":[{"scope":${JSON.stringify(scope)},"spans":[${spans}]}]}]}`
 }
 
 export const make = (otlp: OtlpConfig, serviceVersion: string) =>
@@ -113,7 +143,7 @@ export const make = (otlp: OtlpConfig, serviceVersion: string) =>
     const send = (batch: ReadonlyArray<ProxySpanRecord>) =>
       Effect.tryPromise({
         try: async (signal) => {
-          const body = JSON.stringify({ resourceSpans: [{ resource, scopeSpans: [{ scope, spans: batch.flatMap(toOtlpSpans) }] }] })
+          const body = exportBody(resource, scope, batch)
           const r = await request(otlp.tracesUrl, { method: "POST", headers, body, signal, headersTimeout: 10_000, bodyTimeout: 10_000 })
           await r.body.dump()
           if (r.statusCode >= 300) throw new Error(`collector answered ${r.statusCode}`)
@@ -150,8 +180,10 @@ export const make = (otlp: OtlpConfig, serviceVersion: string) =>
       }).pipe(Effect.timeout(Duration.seconds(5)), Effect.ignore)
     )
 
+    const ratio = otlp.sampleRatio
     const service: ProxySpansShape = {
       record: (span) => {
+        if (ratio < 1 && Math.random() >= ratio) return
         if (buffer.length >= MAX_BUFFERED) {
           dropped++
           return

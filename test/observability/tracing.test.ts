@@ -61,7 +61,8 @@ describe("tracing over OTLP/HTTP", () => {
         tracesUrl: `http://127.0.0.1:${port}/v1/traces`,
         headers: Redacted.make({ "x-otlp-api-key": "otlp-secret-header-value" }),
         serviceName: "llm-proxy-test",
-        exportIntervalMs: 200
+        exportIntervalMs: 200,
+        sampleRatio: 1
       })
     })
     pt = await projectAndToken(stack.manage)

@@ -1,11 +1,11 @@
 /** Pure parts of observability, table-driven. */
-import { Either } from "effect"
+import { Cause, ConfigProvider, Effect, Either, Option, Redacted } from "effect"
 import { describe, expect, it } from "vitest"
-import { parseOtlpHeaders } from "../../src/config/AppConfig.js"
+import { appConfig, formatConfigError, parseOtlpHeaders } from "../../src/config/AppConfig.js"
 import { routeTemplate } from "../../src/http/Server.js"
 import { statusClass } from "../../src/observability/Metrics.js"
 import { cacheStatusOf, modelOf } from "../../src/observability/ProxyObservability.js"
-import { toOtlpSpans } from "../../src/observability/ProxySpans.js"
+import { exportBody, nanos, toOtlpSpansJson } from "../../src/observability/ProxySpans.js"
 
 describe("modelOf", () => {
   it.each([
@@ -65,14 +65,14 @@ describe("parseOtlpHeaders", () => {
 
 describe("toOtlpSpans", () => {
   it("builds a server span and a client child with typed attributes and error status", () => {
-    const [root, up] = toOtlpSpans({
+    const [root, up] = JSON.parse("[" + toOtlpSpansJson({
       name: "proxy.request",
       startMs: 1_700_000_000_000.5,
       endMs: 1_700_000_000_010,
       error: false,
       attributes: { a: "x", n: 3, d: 1.5, b: true, skip: undefined },
       upstream: { startMs: 1_700_000_000_001, endMs: 1_700_000_000_010, error: true, attributes: {} }
-    }) as Array<any>
+    }) + "]") as Array<any>
     expect(root.kind).toBe(2)
     expect(root.traceId).toMatch(/^[0-9a-f]{32}$/)
     expect(root.spanId).toMatch(/^[0-9a-f]{16}$/)
@@ -84,6 +84,81 @@ describe("toOtlpSpans", () => {
       { key: "b", value: { boolValue: true } }
     ])
     expect(root.status).toEqual({ code: 1 })
-    expect(up).toMatchObject({ kind: 3, traceId: root.traceId, parentSpanId: root.spanId, status: { code: 2 } })
+    expect(up).toMatchObject({ kind: 3, traceId: root.traceId, parentSpanId: root.spanId, status: { code: 2 }, attributes: [] })
+    expect(root.parentSpanId).toBeUndefined()
+  })
+
+  it("escapes string attributes and builds a valid export body", () => {
+    const body = JSON.parse(exportBody({ attributes: [] }, { name: "s" }, [{
+      name: "proxy.request",
+      startMs: 1,
+      endMs: 2,
+      error: true,
+      attributes: { "gen_ai.request.model": 'we"ird\\model\n' },
+      upstream: undefined
+    }]))
+    const spans = body.resourceSpans[0].scopeSpans[0].spans
+    expect(spans).toHaveLength(1)
+    expect(spans[0].attributes[0].value.stringValue).toBe('we"ird\\model\n')
+    expect(spans[0].status.code).toBe(2)
+  })
+
+  it.each([
+    [1000, "1000000000"],
+    [1.5, "1500000"],
+    [1_700_000_000_000.9999999, "1700000000001000000"],
+    [1_700_000_000_123.25, "1700000000123250000"]
+  ])("nanos(%d) = %s", (ms, ns) => expect(nanos(ms)).toBe(ns))
+})
+
+describe("observability configuration", () => {
+  const load = (env: Record<string, string>) =>
+    Effect.runSyncExit(Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map(Object.entries(env)))))
+  const ok = (env: Record<string, string>) => {
+    const exit = load(env)
+    if (exit._tag !== "Success") throw new Error(String(exit.cause))
+    return exit.value
+  }
+  const error = (env: Record<string, string>) => {
+    const exit = load(env)
+    if (exit._tag === "Success") throw new Error("expected a configuration error")
+    const failure = Cause.failureOption(exit.cause)
+    return failure._tag === "Some" ? formatConfigError(failure.value) : ""
+  }
+
+  it("is off without an endpoint; metrics and access log default on", () => {
+    const c = ok({})
+    expect(Option.isNone(c.otlp)).toBe(true)
+    expect([c.enableMetrics, c.accessLog]).toEqual([true, true])
+    expect([ok({ ENABLE_METRICS: "false", ACCESS_LOG: "0" }).enableMetrics, ok({ ACCESS_LOG: "0" }).accessLog]).toEqual([false, false])
+  })
+
+  it("appends /v1/traces to the generic endpoint; the traces endpoint is used as is", () => {
+    const a = Option.getOrThrow(ok({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318/" }).otlp)
+    expect(a).toMatchObject({ tracesUrl: "http://collector:4318/v1/traces", serviceName: "llm-proxy", exportIntervalMs: 5000, sampleRatio: 1 })
+    const b = Option.getOrThrow(ok({
+      OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318",
+      OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "https://vendor.example/otlp/traces",
+      OTEL_EXPORTER_OTLP_HEADERS: "api-key=s3cret",
+      OTEL_SERVICE_NAME: "gw-eu",
+      OTEL_EXPORT_INTERVAL: "1s",
+      OTEL_TRACES_SAMPLER: "parentbased_traceidratio",
+      OTEL_TRACES_SAMPLER_ARG: "0.25"
+    }).otlp)
+    expect(b).toMatchObject({ tracesUrl: "https://vendor.example/otlp/traces", serviceName: "gw-eu", exportIntervalMs: 1000, sampleRatio: 0.25 })
+    expect(Redacted.value(b.headers)).toEqual({ "api-key": "s3cret" })
+    expect(String(b.headers)).not.toContain("s3cret")
+    expect(Option.getOrThrow(ok({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4318", OTEL_TRACES_SAMPLER: "always_off" }).otlp).sampleRatio).toBe(0)
+  })
+
+  it.each([
+    [{ OTEL_EXPORTER_OTLP_ENDPOINT: "collector:4318" }, "OTEL_EXPORTER_OTLP_ENDPOINT"],
+    [{ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "ftp://x" }, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"],
+    [{ OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4318", OTEL_EXPORTER_OTLP_HEADERS: "nonsense" }, "OTEL_EXPORTER_OTLP_HEADERS"],
+    [{ OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4318", OTEL_TRACES_SAMPLER: "jaeger_remote" }, "OTEL_TRACES_SAMPLER"],
+    [{ OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4318", OTEL_TRACES_SAMPLER: "traceidratio", OTEL_TRACES_SAMPLER_ARG: "2" }, "OTEL_TRACES_SAMPLER_ARG"],
+    [{ ENABLE_METRICS: "maybe" }, "ENABLE_METRICS"]
+  ])("%j → one line naming %s", (env, variable) => {
+    expect(error(env)).toMatch(new RegExp(`^invalid configuration: ${variable}: `))
   })
 })
