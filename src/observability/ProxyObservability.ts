@@ -145,8 +145,13 @@ export const make = (options: {
       )
     } else if (accessLog) {
       const queue = yield* Queue.dropping<AccessLogEntry>(maxPending)
+      const defined = (entry: AccessLogEntry) => {
+        const out: Record<string, string | number | boolean> = {}
+        for (const k in entry) if (entry[k] !== undefined) out[k] = entry[k]!
+        return out
+      }
       const writeLines = (batch: Iterable<AccessLogEntry>) =>
-        Effect.forEach(batch, (entry) => Effect.annotateLogs(Effect.logInfo("access"), entry), { discard: true }).pipe(
+        Effect.forEach(batch, (entry) => Effect.annotateLogs(Effect.logInfo("access"), defined(entry)), { discard: true }).pipe(
           Effect.zipRight(reportDropped)
         )
       // A batch taken from the queue is written whole, even when shutdown interrupts the fiber.
@@ -248,7 +253,6 @@ export const make = (options: {
             code: ctx.code,
             error: ctx.error
           }
-          for (const k in entry) if (entry[k] === undefined) delete (entry as Record<string, unknown>)[k]
           enqueue(entry)
         }
         if (spans !== undefined) span(spans, ctx, o, model)
