@@ -3,9 +3,10 @@ import { Cause, ConfigProvider, Effect, Either, Option, Redacted } from "effect"
 import { describe, expect, it } from "vitest"
 import { appConfig, formatConfigError, parseOtlpHeaders } from "../../src/config/AppConfig.js"
 import { routeTemplate } from "../../src/http/Server.js"
-import { statusClass } from "../../src/observability/Metrics.js"
+import { make as makeMetrics, statusClass } from "../../src/observability/Metrics.js"
 import { cacheStatusOf, modelOf } from "../../src/observability/ProxyObservability.js"
 import { exportBody, nanos, toOtlpSpansJson } from "../../src/observability/ProxySpans.js"
+import { parsePrometheus, value } from "./prometheus.js"
 
 describe("modelOf", () => {
   it.each([
@@ -160,5 +161,38 @@ describe("observability configuration", () => {
     [{ ENABLE_METRICS: "maybe" }, "ENABLE_METRICS"]
   ])("%j → one line naming %s", (env, variable) => {
     expect(error(env)).toMatch(new RegExp(`^invalid configuration: ${variable}: `))
+  })
+})
+
+describe("Metrics sources read at scrape time", () => {
+  it("exposes the cache, bus and dispatcher counters they report; a failing or slow source leaves the last values", async () => {
+    const { json, text } = await Effect.runPromise(Effect.gen(function*() {
+      const m = yield* makeMetrics({ processMetrics: false })
+      let cacheHits = 5
+      m.attachCache(Effect.sync(() => ({ hits: cacheHits, misses: 7, bypass: 2, stores: 3, evictions: 1, expired: 4, bytes: 1234, entries: 9, errors: 0 })))
+      m.attachBus(Effect.succeed({ published: 11, dropped: 1, lag: 3 }))
+      m.attachDispatcher(Effect.succeed({ delivered: 10, retries: 2, deadLettered: 1, batches: 4, lag: 6 }))
+      m.attachTokenCache(() => ({ hits: 8, loads: 2, size: 2 }))
+      m.tokenCacheInvalidated("project")
+      yield* m.prometheus
+      cacheHits = 6
+      const text = yield* m.prometheus
+      // A source that fails keeps what was read last.
+      m.attachBus(Effect.fail(new Error("bus down")))
+      return { text: yield* m.prometheus, json: yield* m.json, first: text }
+    }))
+    const s = parsePrometheus(text)
+    expect(value(s, "llm_proxy_cache_hits_total")).toBe(6)
+    expect(value(s, "llm_proxy_cache_evictions_total")).toBe(1)
+    expect(value(s, "llm_proxy_cache_bytes")).toBe(1234)
+    expect(value(s, "llm_proxy_bus_published_total")).toBe(11)
+    expect(value(s, "llm_proxy_bus_lag_events")).toBe(3)
+    expect(value(s, "llm_proxy_dispatcher_delivered_total")).toBe(10)
+    expect(value(s, "llm_proxy_dispatcher_retries_total")).toBe(2)
+    expect(value(s, "llm_proxy_dispatcher_dead_lettered_total")).toBe(1)
+    expect(value(s, "llm_proxy_dispatcher_lag_events")).toBe(6)
+    expect(value(s, "llm_proxy_token_cache_hits_total")).toBe(8)
+    expect(value(s, "llm_proxy_token_cache_invalidations_total", { scope: "project" })).toBe(1)
+    expect(json).toMatchObject({ cache_hits: 6, cache_misses: 7, cache_bypass: 2, cache_stores: 3, request_count: 0, error_count: 0 })
   })
 })
