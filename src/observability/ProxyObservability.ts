@@ -255,7 +255,7 @@ export const make = (options: {
           }
           enqueue(entry)
         }
-        if (spans !== undefined) span(spans, ctx, o, model)
+        if (spans !== undefined && spans.sample()) span(spans, ctx, o, model)
       }]
     }
     return hooks

@@ -34,6 +34,8 @@ export interface ProxySpanRecord {
 }
 
 export interface ProxySpansShape {
+  /** The sampling decision for one request (OTEL_TRACES_SAMPLER / _ARG); ask before building a record. */
+  readonly sample: () => boolean
   readonly record: (span: ProxySpanRecord) => void
   /** Spans dropped because the buffer was full or an export failed. */
   readonly dropped: () => number
@@ -82,23 +84,24 @@ const keyPrefix = (key: string): string => {
   return p
 }
 
-/** OTLP JSON `attributes` array, written as text (no intermediate objects: this runs for every exported span). */
-const attributesJson = (attrs: Attrs): string => {
-  let out = ""
+/** Appends the OTLP JSON `attributes` array to `out` (text parts, joined once per batch: no intermediate objects). */
+const attributesJson = (out: Array<string>, attrs: Attrs): void => {
+  out.push("[")
+  let first = true
   for (const key in attrs) {
     const v = attrs[key]
     if (v === undefined) continue
-    const value = typeof v === "number"
-      ? Number.isInteger(v) ? `{"intValue":${v}}` : `{"doubleValue":${v}}`
-      : typeof v === "boolean"
-      ? `{"boolValue":${v}}`
-      : `{"stringValue":${JSON.stringify(v)}}`
-    out += (out === "" ? keyPrefix(key) : "," + keyPrefix(key)) + value + "}"
+    out.push(first ? keyPrefix(key) : "," + keyPrefix(key))
+    first = false
+    if (typeof v === "number") out.push(Number.isInteger(v) ? `{"intValue":${v}}}` : `{"doubleValue":${v}}}`)
+    else if (typeof v === "boolean") out.push(`{"boolValue":${v}}}`)
+    else out.push(`{"stringValue":${JSON.stringify(v)}}}`)
   }
-  return "[" + out + "]"
+  out.push("]")
 }
 
 const spanJson = (
+  out: Array<string>,
   traceId: string,
   spanId: string,
   parentSpanId: string | undefined,
@@ -108,27 +111,43 @@ const spanJson = (
   endMs: number,
   attrs: Attrs,
   error: boolean
-) =>
-  `{"traceId":"${traceId}","spanId":"${spanId}"${parentSpanId === undefined ? "" : `,"parentSpanId":"${parentSpanId}"`},` +
-  `"name":"${name}","kind":${kind},"startTimeUnixNano":"${nanos(startMs)}","endTimeUnixNano":"${nanos(endMs)}",` +
-  `"attributes":${attributesJson(attrs)},"status":{"code":${error ? 2 : 1}}}`
+): void => {
+  out.push(
+    `{"traceId":"${traceId}","spanId":"${spanId}"${parentSpanId === undefined ? "" : `,"parentSpanId":"${parentSpanId}"`},` +
+      `"name":"${name}","kind":${kind},"startTimeUnixNano":"${nanos(startMs)}","endTimeUnixNano":"${nanos(endMs)}","attributes":`
+  )
+  attributesJson(out, attrs)
+  out.push(`,"status":{"code":${error ? 2 : 1}}}`)
+}
 
-/** The OTLP JSON of one record's spans (root first), comma-separated. */
-export const toOtlpSpansJson = (r: ProxySpanRecord): string => {
+/** Appends the OTLP JSON of one record's spans (root first, comma-separated) to `out`. */
+const appendSpans = (out: Array<string>, r: ProxySpanRecord): void => {
   const traceId = hex(16)
   const spanId = hex(8)
   // kind 2 = SERVER, 3 = CLIENT
-  const root = spanJson(traceId, spanId, undefined, r.name, 2, r.startMs, r.endMs, r.attributes, r.error)
-  if (r.upstream === undefined) return root
+  spanJson(out, traceId, spanId, undefined, r.name, 2, r.startMs, r.endMs, r.attributes, r.error)
+  if (r.upstream === undefined) return
   const u = r.upstream
-  return root + "," + spanJson(traceId, hex(8), spanId, "proxy.upstream", 3, u.startMs, u.endMs, u.attributes, u.error)
+  out.push(",")
+  spanJson(out, traceId, hex(8), spanId, "proxy.upstream", 3, u.startMs, u.endMs, u.attributes, u.error)
+}
+
+/** The OTLP JSON of one record's spans (root first), comma-separated. */
+export const toOtlpSpansJson = (r: ProxySpanRecord): string => {
+  const out: Array<string> = []
+  appendSpans(out, r)
+  return out.join("")
 }
 
 /** The export body for a batch of records. */
 export const exportBody = (resource: unknown, scope: unknown, batch: ReadonlyArray<ProxySpanRecord>): string => {
-  let spans = ""
-  for (let i = 0; i < batch.length; i++) spans += (i === 0 ? "" : ",") + toOtlpSpansJson(batch[i]!)
-  return `{"resourceSpans":[{"resource":${JSON.stringify(resource)},"scopeSpans":[{"scope":${JSON.stringify(scope)},"spans":[${spans}]}]}]}`
+  const out: Array<string> = [`{"resourceSpans":[{"resource":${JSON.stringify(resource)},"scopeSpans":[{"scope":${JSON.stringify(scope)},"spans":[`]
+  for (let i = 0; i < batch.length; i++) {
+    if (i > 0) out.push(",")
+    appendSpans(out, batch[i]!)
+  }
+  out.push("]}]}]}")
+  return out.join("")
 }
 
 export const make = (otlp: OtlpConfig, serviceVersion: string) =>
@@ -182,8 +201,8 @@ export const make = (otlp: OtlpConfig, serviceVersion: string) =>
 
     const ratio = otlp.sampleRatio
     const service: ProxySpansShape = {
+      sample: ratio >= 1 ? () => true : ratio <= 0 ? () => false : () => Math.random() < ratio,
       record: (span) => {
-        if (ratio < 1 && Math.random() >= ratio) return
         if (buffer.length >= MAX_BUFFERED) {
           dropped++
           return

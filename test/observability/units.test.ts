@@ -5,7 +5,7 @@ import { appConfig, formatConfigError, parseOtlpHeaders } from "../../src/config
 import { routeTemplate } from "../../src/http/Server.js"
 import { make as makeMetrics, statusClass } from "../../src/observability/Metrics.js"
 import { cacheStatusOf, modelOf } from "../../src/observability/ProxyObservability.js"
-import { exportBody, nanos, toOtlpSpansJson } from "../../src/observability/ProxySpans.js"
+import { exportBody, make as makeProxySpans, nanos, toOtlpSpansJson } from "../../src/observability/ProxySpans.js"
 import { parsePrometheus, value } from "./prometheus.js"
 
 describe("modelOf", () => {
@@ -194,5 +194,23 @@ describe("Metrics sources read at scrape time", () => {
     expect(value(s, "llm_proxy_token_cache_hits_total")).toBe(8)
     expect(value(s, "llm_proxy_token_cache_invalidations_total", { scope: "project" })).toBe(1)
     expect(json).toMatchObject({ cache_hits: 6, cache_misses: 7, cache_bypass: 2, cache_stores: 3, request_count: 0, error_count: 0 })
+  })
+})
+
+describe("ProxySpans sampling", () => {
+  it.each([[0, false], [1, true]])("ratio %d → sample() %s", async (ratio, expected) => {
+    const sampled = await Effect.runPromise(Effect.scoped(Effect.map(
+      makeProxySpans({ tracesUrl: "http://127.0.0.1:9/v1/traces", headers: Redacted.make({}), serviceName: "t", exportIntervalMs: 60_000, sampleRatio: ratio }, "v"),
+      (s) => [s.sample(), s.sample(), s.sample()]
+    )))
+    expect(sampled).toEqual([expected, expected, expected])
+  })
+  it("a ratio of 0.5 samples some requests, not all", async () => {
+    const n = await Effect.runPromise(Effect.scoped(Effect.map(
+      makeProxySpans({ tracesUrl: "http://127.0.0.1:9/v1/traces", headers: Redacted.make({}), serviceName: "t", exportIntervalMs: 60_000, sampleRatio: 0.5 }, "v"),
+      (s) => Array.from({ length: 1000 }, () => s.sample()).filter(Boolean).length
+    )))
+    expect(n).toBeGreaterThan(300)
+    expect(n).toBeLessThan(700)
   })
 })
