@@ -2,9 +2,10 @@
  * What observability costs the data plane: llm-proxy saturated (closed loop, autocannon) with
  *   off       ENABLE_METRICS=false, no OTLP endpoint, ACCESS_LOG=false
  *   on        ENABLE_METRICS=true (+ a /metrics scrape every 5 s) and spans exported over OTLP/HTTP to a local sink
+ *   on, 10%   the same with OTEL_TRACES_SAMPLER=traceidratio, OTEL_TRACES_SAMPLER_ARG=0.1
  *   on + log  the same plus one access-log line per request (LOG_LEVEL=info, JSON, to /dev/null)
  * Each variant runs as its own process pinned to core 1 (upstream, sink and load generator share core 0), one at
- * a time, in the order off, on, on+log, off, on, on+log; ratios use the mean of each variant's two runs.
+ * a time, in the order off, on, on 10%, on+log, then again; ratios use the mean of each variant's two runs.
  * Besides throughput it reports the proxy process's CPU time per request (/proc/PID/stat around each run): on a
  * shared machine throughput swings with other load, CPU per request much less, and its ratio is the capacity ratio.
  *
@@ -43,6 +44,7 @@ const main = async () => {
   const variants: Record<string, Record<string, string>> = {
     off: { ENABLE_METRICS: "false", ACCESS_LOG: "false" },
     on: { ENABLE_METRICS: "true", ACCESS_LOG: "false", OTEL_EXPORTER_OTLP_ENDPOINT: sinkUrl },
+    "on, 10%": { ENABLE_METRICS: "true", ACCESS_LOG: "false", OTEL_EXPORTER_OTLP_ENDPOINT: sinkUrl, OTEL_TRACES_SAMPLER: "traceidratio", OTEL_TRACES_SAMPLER_ARG: "0.1" },
     "on + log": { ENABLE_METRICS: "true", ACCESS_LOG: "true", LOG_LEVEL: "info", OTEL_EXPORTER_OTLP_ENDPOINT: sinkUrl }
   }
   type Run = Saturation & { readonly cpuUsPerRequest: number }
@@ -84,7 +86,7 @@ const main = async () => {
   const cpu = (r: Run) => r.cpuUsPerRequest
   console.log("\nratios against off (mean of two runs each)")
   console.log("  throughput: RPS(variant) / RPS(off); CPU capacity: CPU µs per request(off) / CPU µs per request(variant)")
-  for (const name of ["on", "on + log"]) {
+  for (const name of ["on", "on, 10%", "on + log"]) {
     const r = results[name]!
     const off = results["off"]!
     console.log(
