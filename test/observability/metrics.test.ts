@@ -207,3 +207,33 @@ describe("ENABLE_METRICS=false", () => {
     }
   })
 })
+
+describe("response cache on /metrics", () => {
+  it("counts stores and hits, labels requests by cache status, and fills the JSON counters", async () => {
+    const backend = await sqlite.create()
+    const stack = await startStack(backend)
+    try {
+      const { token } = await projectAndToken(stack.manage)
+      stack.mock.route("/v1/models", json({ object: "list", data: [] }, { headers: { "cache-control": "public, max-age=60" } }))
+      const first = await call(stack.server.url, "/v1/models", { token })
+      const second = await call(stack.server.url, "/v1/models", { token })
+      expect([first.headers["x-proxy-cache"], second.headers["x-proxy-cache"]]).toEqual(["stored", "hit"])
+      stack.mock.route("/v1/embeddings", json({ data: [] }))
+      expect((await call(stack.server.url, "/v1/embeddings", { token, method: "GET" })).headers["cache-status"]).toBe("llm-proxy; miss")
+      const s = await scrape(stack.server.url)
+      expect(value(s, "llm_proxy_requests_total", { route: "/v1/models", cache: "stored" })).toBe(1)
+      expect(value(s, "llm_proxy_requests_total", { route: "/v1/models", cache: "hit" })).toBe(1)
+      expect(value(s, "llm_proxy_requests_total", { route: "/v1/embeddings", cache: "miss" })).toBe(1)
+      expect(value(s, "llm_proxy_cache_hits_total")).toBe(1)
+      expect(value(s, "llm_proxy_cache_stores_total")).toBe(1)
+      expect(value(s, "llm_proxy_cache_misses_total")).toBe(2)
+      expect(value(s, "llm_proxy_cache_entries")).toBe(1)
+      expect(value(s, "llm_proxy_cache_bytes")).toBeGreaterThan(0)
+      const j = await (await fetch(`${stack.server.url}/metrics/json`)).json() as Record<string, number>
+      expect(j).toMatchObject({ request_count: 3, cache_hits: 1, cache_stores: 1, cache_misses: 2 })
+    } finally {
+      await stack.close()
+      await backend.cleanup()
+    }
+  })
+})
