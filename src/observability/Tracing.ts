@@ -1,7 +1,8 @@
 /**
  * Tracing: @effect/opentelemetry's OTLP/HTTP (JSON) span exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
- * `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; otherwise the Effect tracer is switched off, so `Effect.fn` /
- * `withSpan` / `sql.execute` spans are no-ops and the data plane builds none at all (`ProxySpans` = none).
+ * `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; otherwise nothing is exported, the data plane builds no spans at all
+ * (`ProxySpans` = none) and the control plane's `Effect.fn` / `sql.execute` spans stay in Effect's in-process tracer
+ * as they would without this module.
  *
  * What is traced: the management API (`HttpMiddleware.tracer` in src/http/App.ts), every store query (@effect/sql's
  * `sql.execute` spans: statement text with placeholders, never the values), /v1 requests (`proxy.request` with a
@@ -18,7 +19,8 @@ import * as ProxySpans from "./ProxySpans.js"
 
 export const layer = (otlp: Option.Option<OtlpConfig>, serviceVersion: string): Layer.Layer<ProxySpans.ProxySpans> =>
   Option.match(otlp, {
-    onNone: () => Layer.merge(Layer.setTracerEnabled(false), ProxySpans.layer(otlp, serviceVersion)),
+    // Effect's own in-process tracer stays (it exports nothing; tests count store queries through it).
+    onNone: () => ProxySpans.layer(otlp, serviceVersion),
     onSome: (o) =>
       Layer.merge(
         OtlpTracer.layer({
