@@ -23,11 +23,17 @@ import * as RateLimits from "./token/RateLimits.js"
 import * as TokenValidator from "./token/TokenValidator.js"
 import * as UsageRecorder from "./token/UsageRecorder.js"
 import { KeyCipher } from "./crypto/KeyCipher.js"
-import { ManagementAppLive } from "./http/App.js"
+import { ManagementAppLive, VERSION } from "./http/App.js"
 import { ManagementToken } from "./http/auth.js"
 import { HttpServerLive, ServerAddress } from "./http/Server.js"
 import { postgresStore, sqliteStore } from "./store/layers.js"
 import { migrateUp } from "./store/migrations.js"
+import { Store } from "./store/Store.js"
+import * as Health from "./observability/Health.js"
+import * as Metrics from "./observability/Metrics.js"
+import * as ProxyObservability from "./observability/ProxyObservability.js"
+import { redisCheck } from "./observability/redisCheck.js"
+import * as Tracing from "./observability/Tracing.js"
 
 export const dialectOf = (db: Database) => (db._tag === "sqlite" ? "sqlite" : "postgres") as "sqlite" | "postgres"
 
@@ -82,6 +88,84 @@ export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" 
   config.rateLimitBackend === "redis" ? RateLimits.redis(config.redisUrl) : RateLimits.memory
 
 /**
+ * Observability of the proxy itself: metrics registry, health checks and the tracer (OTLP when configured, off
+ * otherwise). Provided under everything else so every runtime built later carries the tracer setting.
+ */
+export const observabilityLayer = (config: AppConfigShape) =>
+  Layer.mergeAll(Metrics.layer, Health.layer(VERSION), Tracing.layer(config.otlp, VERSION))
+
+/** Which Redis-backed layers this configuration uses (named in the `redis` health check). */
+export const redisUsers = (config: AppConfigShape): ReadonlyArray<string> => [
+  ...(config.cache.enabled && config.cache.backend === "redis" ? ["response_cache"] : []),
+  ...(config.rateLimitBackend === "redis" ? ["rate_limits"] : []),
+  ...(config.invalidationBackend === "redis" ? ["token_invalidation"] : [])
+]
+
+/** Health checks for the dependencies this configuration uses (the database always; Redis when a layer needs it). */
+export const healthChecksLayer = (config: AppConfigShape) =>
+  Layer.mergeAll(
+    Layer.effectDiscard(Effect.gen(function*() {
+      const health = yield* Health.Health
+      const store = yield* Store
+      health.register({ name: "database", required: true, check: Effect.as(store.ping, { driver: store.dialect }) })
+    })),
+    redisUsers(config).length > 0 ? redisCheck(config.redisUrl, redisUsers(config)) : Layer.empty
+  )
+
+/**
+ * The token cache (whichever layer provides it) with its hits, misses and the invalidations this instance issues
+ * counted (src/observability/Metrics.ts).
+ */
+export const instrumentedTokenValidator = Layer.effect(
+  TokenValidator.TokenValidator,
+  Effect.gen(function*() {
+    const inner = yield* TokenValidator.TokenValidator
+    const metrics = yield* Metrics.Metrics
+    metrics.attachTokenCache(inner.stats)
+    return {
+      ...inner,
+      invalidateToken: (id: string) => {
+        metrics.tokenCacheInvalidated("token")
+        inner.invalidateToken(id)
+      },
+      invalidateProject: (id: string) => {
+        metrics.tokenCacheInvalidated("project")
+        inner.invalidateProject(id)
+      },
+      invalidateAll: () => {
+        metrics.tokenCacheInvalidated("all")
+        inner.invalidateAll()
+      }
+    }
+  })
+)
+
+/** The response cache's counters on /metrics (read at scrape time). */
+export const cacheMetricsLayer = Layer.effectDiscard(Effect.gen(function*() {
+  const metrics = yield* Metrics.Metrics
+  const cache = yield* ResponseCache.ResponseCache
+  metrics.attachCache(cache.stats)
+}))
+
+/**
+ * `others` (cache, events, audit, …) then observability's hooks, which go last because they read the headers the
+ * other hooks set.
+ */
+export const observedHooksLayer = <R>(config: AppConfigShape, others: Layer.Layer<ProxyHooks, never, R>) =>
+  Layer.scoped(
+    ProxyHooks,
+    Effect.gen(function*() {
+      const before = yield* ProxyHooks
+      const observability = yield* ProxyObservability.make({
+        metrics: config.enableMetrics,
+        accessLog: config.accessLog,
+        format: config.logFormat
+      })
+      return ProxyHooks.combine(before, observability)
+    })
+  ).pipe(Layer.provide(others))
+
+/**
  * What plugs into the data plane: the response cache first (its hits end the request before anything else runs),
  * then any other hooks given (events, audit, metrics, tests).
  */
@@ -101,7 +185,14 @@ export const proxyHooksLayer = (extra?: Layer.Layer<ProxyHooks>): Layer.Layer<Pr
  */
 export const dataPlaneLayer = (config: AppConfigShape, hooks?: Layer.Layer<ProxyHooks>) =>
   ProxyHandler.layer.pipe(
-    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), withAuditHooks(config, proxyHooksLayer(hooks))))
+    Layer.provideMerge(
+      Layer.mergeAll(
+        UsageRecorder.layer,
+        Upstream.layer,
+        rateLimitsLayer(config),
+        observedHooksLayer(config, withAuditHooks(config, proxyHooksLayer(hooks)))
+      )
+    )
   )
 
 /** The given hooks plus the audit log's (proxy requests denied for an inactive project). */
@@ -136,8 +227,11 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
         Layer.provide(ManagementAppLive),
         Layer.provideMerge(dataPlaneLayer(config, options.proxyHooks)),
         Layer.provideMerge(
-          config.invalidationBackend === "redis" ? TokenValidator.layerRedis(config.redisUrl) : TokenValidator.layer
+          instrumentedTokenValidator.pipe(
+            Layer.provide(config.invalidationBackend === "redis" ? TokenValidator.layerRedis(config.redisUrl) : TokenValidator.layer)
+          )
         ),
+        Layer.provideMerge(Layer.merge(healthChecksLayer(config), cacheMetricsLayer)),
         Layer.provideMerge(
           Layer.mergeAll(
             auditLayer(config).pipe(Layer.provideMerge(migratedDatabaseLayer(config.database))),
@@ -148,6 +242,7 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
             Layer.succeed(AppConfig, config)
           )
         ),
+        Layer.provideMerge(observabilityLayer(config)),
         Layer.tap((ctx) => {
           return Effect.logInfo(`llm-proxy listening on ${Context.get(ctx, ServerAddress).url}`)
         })

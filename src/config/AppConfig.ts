@@ -17,6 +17,17 @@ export type Database =
 
 export type LogFormat = "json" | "pretty"
 
+/** Where spans go (OTLP/HTTP JSON); see src/observability/Tracing.ts. */
+export interface OtlpConfig {
+  readonly tracesUrl: string
+  /** `OTEL_EXPORTER_OTLP_HEADERS` (often carries a vendor API key). */
+  readonly headers: Redacted.Redacted<Record<string, string>>
+  readonly serviceName: string
+  readonly exportIntervalMs: number
+  /** Share of /v1 requests whose spans are exported (OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG), 0..1. */
+  readonly sampleRatio: number
+}
+
 /** The response cache (reference-system.md §6, CONTRACT §3). */
 export interface CacheConfig {
   readonly enabled: boolean
@@ -74,6 +85,12 @@ export interface AppConfigShape {
   readonly invalidationBackend: "in-memory" | "redis"
   /** `REDIS_URL` (or `REDIS_ADDR` as `host:port`): every Redis-backed layer connects here. */
   readonly redisUrl: string
+  /** `GET /metrics`, `/metrics/json` and `/metrics/prometheus` answer (else 404). */
+  readonly enableMetrics: boolean
+  /** One access-log line per /v1 request at info level. */
+  readonly accessLog: boolean
+  /** Span export; none = tracing off (zero cost). */
+  readonly otlp: Option.Option<OtlpConfig>
   readonly cache: CacheConfig
 }
 
@@ -177,6 +194,81 @@ const memoryOrRedis = (name: string) =>
 
 const optionalString = (name: string) =>
   Config.option(Config.string(name)).pipe(Config.map(Option.filter((s) => s.trim() !== "")))
+
+/** `k1=v1,k2=v2` (values URL-decoded), the OpenTelemetry SDK format. */
+export const parseOtlpHeaders = (s: string): Either.Either<Record<string, string>, string> => {
+  const out: Record<string, string> = {}
+  for (const part of s.split(",")) {
+    if (part.trim() === "") continue
+    const eq = part.indexOf("=")
+    const key = eq > 0 ? part.slice(0, eq).trim() : ""
+    if (key === "" || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(key)) return Either.left("expected key=value pairs separated by commas")
+    try {
+      out[key.toLowerCase()] = decodeURIComponent(part.slice(eq + 1).trim())
+    } catch {
+      return Either.left(`the value of "${key}" is not URL-encoded correctly`)
+    }
+  }
+  return Either.right(out)
+}
+
+const otlpUrl = (name: string) =>
+  optionalString(name).pipe(
+    Config.mapOrFail((o) => {
+      if (Option.isNone(o)) return Either.right(Option.none<string>())
+      try {
+        const u = new URL(o.value.trim())
+        if (u.protocol === "http:" || u.protocol === "https:") return Either.right(Option.some(u.href))
+      } catch {
+        // fall through
+      }
+      return Either.left(invalid(name, `expected an http:// or https:// URL, got "${o.value}"`))
+    })
+  )
+
+/** The OpenTelemetry SDK sampler variables, as the share of /v1 requests traced. */
+const sampler = Config.all({
+  name: Config.string("OTEL_TRACES_SAMPLER").pipe(Config.withDefault("parentbased_always_on")),
+  arg: optionalString("OTEL_TRACES_SAMPLER_ARG")
+}).pipe(
+  Config.mapOrFail(({ arg, name }): Either.Either<number, ConfigError.ConfigError> => {
+    const n = name.trim().toLowerCase().replace(/^parentbased_/, "")
+    if (n === "always_on" || n === "") return Either.right(1)
+    if (n === "always_off") return Either.right(0)
+    if (n !== "traceidratio") {
+      return Either.left(invalid("OTEL_TRACES_SAMPLER", `expected always_on, always_off or traceidratio (optionally parentbased_), got "${name}"`))
+    }
+    if (Option.isNone(arg)) return Either.right(1)
+    const r = Number(arg.value.trim())
+    return Number.isFinite(r) && r >= 0 && r <= 1
+      ? Either.right(r)
+      : Either.left(invalid("OTEL_TRACES_SAMPLER_ARG", `expected a ratio between 0 and 1, got "${arg.value}"`))
+  })
+)
+
+const otlp = Config.all({
+  endpoint: otlpUrl("OTEL_EXPORTER_OTLP_ENDPOINT"),
+  traces: otlpUrl("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+  headers: Config.redacted("OTEL_EXPORTER_OTLP_HEADERS").pipe(Config.withDefault(Redacted.make(""))),
+  serviceName: Config.string("OTEL_SERVICE_NAME").pipe(Config.withDefault("llm-proxy")),
+  exportIntervalMs: duration("OTEL_EXPORT_INTERVAL", "5s"),
+  sampleRatio: sampler
+}).pipe(
+  Config.mapOrFail(({ endpoint, exportIntervalMs, headers, sampleRatio, serviceName, traces }): Either.Either<Option.Option<OtlpConfig>, ConfigError.ConfigError> => {
+    // Like the OpenTelemetry SDKs: the generic endpoint gets `/v1/traces` appended, the signal-specific one is used as is.
+    const url = Option.orElse(traces, () => Option.map(endpoint, (e) => e.replace(/\/+$/, "") + "/v1/traces"))
+    if (Option.isNone(url)) return Either.right(Option.none())
+    const parsed = parseOtlpHeaders(Redacted.value(headers))
+    if (Either.isLeft(parsed)) return Either.left(invalid("OTEL_EXPORTER_OTLP_HEADERS", parsed.left))
+    return Either.right(Option.some({
+      tracesUrl: url.value,
+      headers: Redacted.make(parsed.right),
+      serviceName: serviceName.trim() === "" ? "llm-proxy" : serviceName.trim(),
+      exportIntervalMs,
+      sampleRatio
+    }))
+  })
+)
 
 const redisUrl = Config.all({ url: optionalString("REDIS_URL"), addr: optionalString("REDIS_ADDR") }).pipe(
   Config.mapOrFail(({ addr, url }): Either.Either<string, ConfigError.ConfigError> => {
@@ -321,7 +413,10 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   rateLimitBackend: memoryOrRedis("RATE_LIMIT_BACKEND"),
   invalidationBackend: memoryOrRedis("INVALIDATION_BACKEND"),
   redisUrl,
-  cache
+  cache,
+  enableMetrics: bool("ENABLE_METRICS", true),
+  accessLog: bool("ACCESS_LOG", true),
+  otlp
 }).pipe(
   Config.mapOrFail((c) =>
     c.requireEncryptionKey && Option.isNone(c.encryptionKey)

@@ -11,12 +11,14 @@ import {
   HttpServerRequest,
   HttpServerResponse
 } from "@effect/platform"
-import { Cause, Clock, Context, Effect, Layer, Predicate } from "effect"
+import { Cause, Context, Effect, Layer, Predicate } from "effect"
 import { ManagementApi } from "../api/ManagementApi.js"
 import type { AuditLog } from "../audit/AuditLog.js"
 import { makeTrustedProxies } from "../audit/clientIp.js"
 import { AppConfig } from "../config/AppConfig.js"
 import { BadRequest } from "../domain/errors.js"
+import { Health } from "../observability/Health.js"
+import { Metrics } from "../observability/Metrics.js"
 import { Store } from "../store/Store.js"
 import { AuditLive } from "./AuditHttp.js"
 import { currentRequestMeta, requestMetaOf } from "./auditing.js"
@@ -56,27 +58,13 @@ export const ManagementAppLive = Layer.effect(ManagementApp, HttpApiBuilder.http
 
 export { requestIdOf } from "./auditing.js"
 
-const health = Effect.gen(function*() {
-  const store = yield* Store
-  const started = yield* Clock.currentTimeMillis
-  const db = yield* Effect.either(Effect.timeout(store.ping, "2 seconds"))
-  const latency = (yield* Clock.currentTimeMillis) - started
-  const up = db._tag === "Right"
-  return {
-    up,
-    body: {
-      status: up ? "ok" : "degraded",
-      timestamp: new Date(started).toISOString(),
-      version: VERSION,
-      checks: { database: { status: up ? "up" : "down", driver: store.dialect, latency_ms: latency } }
-    }
-  }
-})
-
 export const makeApp = Effect.gen(function*() {
   const management = yield* ManagementApp
   const context = yield* Effect.context<Store | ManagementToken | AuditLog>()
   const trusted = makeTrustedProxies((yield* AppConfig).trustedProxies)
+  const health = yield* Health
+  const metrics = yield* Metrics
+  const { enableMetrics } = yield* AppConfig
 
   const route = Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
@@ -85,13 +73,21 @@ export const makeApp = Effect.gen(function*() {
       case "/live":
         return HttpServerResponse.text("alive")
       case "/ready": {
-        const h = yield* health
-        return h.up ? HttpServerResponse.text("ready") : HttpServerResponse.text("not ready", { status: 503 })
+        const h = yield* health.report
+        return h.ready ? HttpServerResponse.text("ready") : HttpServerResponse.text("not ready", { status: 503 })
       }
       case "/health": {
-        const h = yield* health
-        return HttpServerResponse.unsafeJson(h.body, { status: h.up ? 200 : 503 })
+        const h = yield* health.report
+        const { ready: _, ...body } = h
+        return HttpServerResponse.unsafeJson(body, { status: h.ready ? 200 : 503 })
       }
+      case "/metrics":
+      case "/metrics/prometheus":
+        if (!enableMetrics) break
+        return HttpServerResponse.text(yield* metrics.prometheus, { contentType: metrics.contentType })
+      case "/metrics/json":
+        if (!enableMetrics) break
+        return HttpServerResponse.unsafeJson(yield* metrics.json)
     }
     if (path === "/manage" || path.startsWith("/manage/")) {
       // The router ignores a trailing slash; `/manage/projects/` is an empty id, not the list (reference §2.3).

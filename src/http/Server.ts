@@ -2,7 +2,7 @@
  * The node:http listener. We own the server (rather than NodeHttpServer.layer) so the data plane can take
  * /v1/* requests as plain Node streams before the Effect app sees them (DESIGN.md "Two planes").
  */
-import { HttpIncomingMessage } from "@effect/platform"
+import { HttpIncomingMessage, HttpMiddleware, type HttpServerRequest } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Context, Effect, Layer, Option } from "effect"
 import { createServer } from "node:http"
@@ -21,13 +21,28 @@ export interface BoundAddress {
 
 export class ServerAddress extends Context.Tag("llm-proxy/ServerAddress")<ServerAddress, BoundAddress>() {}
 
+/** `/manage/projects/1f0c…/tokens` → `/manage/projects/:id/tokens`: span names stay a small set. */
+export const routeTemplate = (path: string): string =>
+  path.split("/").map((seg, i) => (i >= 3 && /\d/.test(seg) ? ":id" : seg)).join("/")
+
+const spanName = (req: HttpServerRequest.HttpServerRequest) => `${req.method} ${routeTemplate(req.url.split("?")[0] ?? "/")}`
+
+/** Probes and scrapes are not traced: they would drown the management API's spans. */
+const UNTRACED = new Set(["/health", "/ready", "/live", "/metrics", "/metrics/json", "/metrics/prometheus"])
+const untraced = (req: HttpServerRequest.HttpServerRequest) => UNTRACED.has(req.url.split("?")[0] ?? "/")
+
 export const HttpServerLive = Layer.scoped(
   ServerAddress,
   Effect.gen(function*() {
     const config = yield* AppConfig
     const app = yield* makeApp
     const bounded = HttpIncomingMessage.withMaxBodySize(app, Option.some(MAX_BODY_BYTES + 1))
-    const handler = yield* NodeHttpServer.makeHandler(bounded).pipe(Effect.provide(NodeHttpServer.layerContext))
+    // The platform wraps every request of the Effect app in a server span (HttpMiddleware.tracer); a no-op when tracing is off.
+    const handler = yield* NodeHttpServer.makeHandler(bounded).pipe(
+      Effect.provide(NodeHttpServer.layerContext),
+      Effect.provideService(HttpMiddleware.SpanNameGenerator, spanName),
+      Effect.locally(HttpMiddleware.currentTracerDisabledWhen, untraced)
+    )
     const proxy = yield* ProxyHandler
     // /v1/* never enters the Effect app: it is handled as plain Node streams (src/proxy/ProxyHandler.ts).
     const server = createServer(

@@ -478,11 +478,16 @@ export const make = Effect.gen(function*() {
     const limited = limits.check(g.tokenId, g.tokenRateLimit, g.projectId, g.projectRateLimit)
     if (isPromise(limited)) {
       return limited.then((ex) =>
-        ex !== undefined ? reply(f, Answers.rateLimited(ex.retryAfterSeconds, ex.scope)) : guard(f, () => quota(f, target))
+        ex !== undefined ? rateLimited(f, ex) : guard(f, () => quota(f, target))
       )
     }
-    if (limited !== undefined) return reply(f, Answers.rateLimited(limited.retryAfterSeconds, limited.scope))
+    if (limited !== undefined) return rateLimited(f, limited)
     return quota(f, target)
+  }
+
+  const rateLimited = (f: Flow, ex: { readonly scope: "token" | "project"; readonly retryAfterSeconds: number }) => {
+    f.ctx.rejectedBy = ex.scope === "token" ? "token_rate_limit" : "project_rate_limit"
+    return reply(f, Answers.rateLimited(ex.retryAfterSeconds, ex.scope))
   }
 
   const quota = (f: Flow, target: UpstreamTarget): void | Promise<void> => {
@@ -499,6 +504,7 @@ export const make = Effect.gen(function*() {
         case "ok":
           return guard(f, () => forward(f, target))
         case "exhausted":
+          f.ctx.rejectedBy = "quota"
           return reply(f, Answers.quotaExhausted)
         case "inactive":
           validator.invalidateToken(g.tokenId)

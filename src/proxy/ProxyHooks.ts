@@ -37,6 +37,8 @@ export class ProxyRequestContext {
   code: string | undefined = undefined
   /** Why the request was denied for policy reasons worth auditing (`project_inactive`). */
   denial: string | undefined = undefined
+  /** Which limit refused the request, when one did (metrics tell rate limits and quotas apart). */
+  rejectedBy: "token_rate_limit" | "project_rate_limit" | "quota" | undefined = undefined
   /** A hook answered from cache. */
   cacheHit = false
   /** The request passed every check and was (or was about to be) sent upstream. */

@@ -45,6 +45,9 @@ export const testConfig = (database: Database, overrides: Partial<AppConfigShape
   usageFlushIntervalMs: 200,
   rateLimitBackend: "in-memory",
   invalidationBackend: "in-memory",
+  enableMetrics: true,
+  accessLog: true,
+  otlp: Option.none(),
   redisUrl: process.env["REDIS_URL"] || "redis://127.0.0.1:6379",
   cache: testCacheConfig(),
   ...overrides

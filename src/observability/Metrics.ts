@@ -1,0 +1,291 @@
+/**
+ * Metrics: the proxy's own Prometheus metrics (prom-client, one Registry per service instance) and the reference's
+ * JSON counters (reference-system.md §2.1).
+ *
+ * Why prom-client and not Effect `Metric` + @effect/opentelemetry's Prometheus exporter: on the request path both
+ * cost the same (~1.4 µs for a 4-label counter + 2-label histogram, test/bench/metrics-exporter.bench.ts), but a
+ * scrape is ~4.6× cheaper, a registry is per instance (tests and several servers in one process do not share
+ * counters) and it ships the standard Node process metrics. docs/performance.md has the numbers.
+ *
+ * Two ways in:
+ * - push, on the request path: `request(...)` once per /v1 request (from the proxy's onComplete seam,
+ *   src/observability/ProxyObservability.ts) — synchronous: two Map lookups and a few array increments
+ *   (src/observability/series.ts; prom-client's own labelled inc/observe measured ~5 µs per request);
+ * - pull, at scrape time: modules that already count (response cache, event bus, dispatcher, token cache) are
+ *   attached with `attach*` and read only when /metrics or /metrics/json is asked for, so they cost nothing per request.
+ */
+import { Context, Effect, Layer } from "effect"
+import { collectDefaultMetrics, Counter, Gauge, Registry } from "prom-client"
+import { RequestSeries } from "./series.js"
+
+/** What the response cache reports (src/cache ResponseCache `stats`); every field optional so older layers fit. */
+export interface CacheStatsLike {
+  readonly hits?: number
+  readonly misses?: number
+  readonly bypass?: number
+  readonly stores?: number
+  readonly evictions?: number
+  readonly expired?: number
+  readonly bytes?: number
+  readonly entries?: number
+  readonly errors?: number
+}
+
+/** What an event bus reports (src/eventbus EventBus `stats`). */
+export interface BusStatsLike {
+  readonly published?: number
+  readonly dropped?: number
+  /** Events written but not yet consumed by every consumer group (Redis Streams), when known. */
+  readonly lag?: number | null
+}
+
+/** What a dispatcher reports (src/dispatcher DispatcherStats). */
+export interface DispatcherStatsLike {
+  readonly delivered?: number
+  readonly retries?: number
+  readonly deadLettered?: number
+  readonly batches?: number
+  readonly lag?: number | null
+}
+
+/** What the token validator reports (src/token TokenValidator `stats`). */
+export interface TokenCacheStatsLike {
+  readonly hits: number
+  readonly loads: number
+  readonly size?: number
+}
+
+export type StatsSource<A> = Effect.Effect<A, unknown>
+
+/** One finished /v1 request, as the proxy's completion seam sees it. */
+export interface RequestObservation {
+  readonly provider: string
+  readonly route: string
+  readonly status: number
+  /** hit | miss | stored | bypass | conditional-hit | none */
+  readonly cache: string
+  /** Time spent in the proxy itself: before forwarding plus between upstream headers and ours (seconds). */
+  readonly overheadSeconds: number
+  /** Upstream time to response headers (seconds); undefined when nothing was forwarded or it never answered. */
+  readonly upstreamSeconds: number | undefined
+  /** Arrival until the response ended (seconds). */
+  readonly durationSeconds: number
+  readonly model: string
+  readonly promptTokens: number | undefined
+  readonly completionTokens: number | undefined
+  /** Which limit refused the request, if one did. */
+  readonly rejectedBy: "token_rate_limit" | "project_rate_limit" | "quota" | undefined
+}
+
+/** The reference's `/metrics` JSON (now at `/metrics/json`). */
+export interface JsonCounters {
+  readonly uptime_seconds: number
+  readonly request_count: number
+  readonly error_count: number
+  readonly cache_hits: number
+  readonly cache_misses: number
+  readonly cache_bypass: number
+  readonly cache_stores: number
+}
+
+export interface MetricsShape {
+  readonly registry: Registry
+  readonly request: (o: RequestObservation) => void
+  readonly tokenCacheInvalidated: (scope: "token" | "project" | "all") => void
+  readonly attachCache: (stats: StatsSource<CacheStatsLike>) => void
+  readonly attachBus: (stats: StatsSource<BusStatsLike>) => void
+  readonly attachDispatcher: (stats: StatsSource<DispatcherStatsLike>) => void
+  readonly attachTokenCache: (stats: () => TokenCacheStatsLike) => void
+  /** Prometheus text exposition format. */
+  readonly prometheus: Effect.Effect<string>
+  readonly json: Effect.Effect<JsonCounters>
+  readonly contentType: string
+}
+
+export class Metrics extends Context.Tag("llm-proxy/Metrics")<Metrics, MetricsShape>() {}
+
+/** Buckets in seconds: proxy overhead lives in the sub-millisecond range, upstream latency in seconds. */
+export const OVERHEAD_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1]
+export const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
+
+export const statusClass = (status: number): string =>
+  status >= 100 && status < 600 ? `${Math.floor(status / 100)}xx` : "none"
+
+const n = (v: number | null | undefined) => (typeof v === "number" && Number.isFinite(v) ? v : 0)
+
+/** A counter whose value is read at scrape time from a cumulative source. */
+const pulledCounter = (registry: Registry, name: string, help: string) =>
+  new Counter({ name, help, registers: [registry] })
+
+const setCounter = (c: Counter, value: number) => {
+  c.reset()
+  if (value > 0) c.inc(value)
+}
+
+export const make = (options: { readonly processMetrics?: boolean } = {}) =>
+  Effect.sync((): MetricsShape => {
+    const registry = new Registry()
+    const startedAt = Date.now()
+    if (options.processMetrics !== false) collectDefaultMetrics({ register: registry })
+
+    new Gauge({
+      name: "llm_proxy_uptime_seconds",
+      help: "Seconds since this instance started",
+      registers: [registry],
+      collect() {
+        this.set((Date.now() - startedAt) / 1000)
+      }
+    })
+
+    // -- request path ---------------------------------------------------------------------------------------------
+    const series = new RequestSeries(registry, OVERHEAD_BUCKETS, LATENCY_BUCKETS)
+    const rateLimited = new Counter({
+      name: "llm_proxy_rate_limit_rejections_total",
+      help: "Requests refused by a window rate limit, by scope (token, project)",
+      labelNames: ["scope"] as const,
+      registers: [registry]
+    })
+    const quotaRejected = new Counter({
+      name: "llm_proxy_quota_rejections_total",
+      help: "Requests refused because the token's max_requests quota was used up",
+      registers: [registry]
+    })
+    rateLimited.inc({ scope: "token" }, 0)
+    rateLimited.inc({ scope: "project" }, 0)
+    quotaRejected.inc(0)
+    let requestCount = 0
+    let errorCount = 0
+
+    // -- token validator cache ------------------------------------------------------------------------------------
+    const tokenInvalidations = new Counter({
+      name: "llm_proxy_token_cache_invalidations_total",
+      help: "Token-validator cache invalidations by scope (token, project, all)",
+      labelNames: ["scope"] as const,
+      registers: [registry]
+    })
+    for (const scope of ["token", "project", "all"]) tokenInvalidations.inc({ scope }, 0)
+    const tokenHits = pulledCounter(registry, "llm_proxy_token_cache_hits_total", "Proxy tokens answered from the in-memory validator cache")
+    const tokenMisses = pulledCounter(
+      registry,
+      "llm_proxy_token_cache_misses_total",
+      "Proxy tokens not in the validator cache (read from the database)"
+    )
+    const tokenEntries = new Gauge({ name: "llm_proxy_token_cache_entries", help: "Entries in the token-validator cache", registers: [registry] })
+
+    // -- response cache -------------------------------------------------------------------------------------------
+    const cacheCounter = (what: string, help: string) => pulledCounter(registry, `llm_proxy_cache_${what}_total`, help)
+    const cacheHits = cacheCounter("hits", "Responses served from the response cache")
+    const cacheMisses = cacheCounter("misses", "Response-cache lookups that found nothing usable")
+    const cacheBypass = cacheCounter("bypass", "Requests the response cache did not look up or could not serve")
+    const cacheStores = cacheCounter("stores", "Responses stored in the response cache")
+    const cacheEvictions = cacheCounter("evictions", "Response-cache entries evicted to stay within HTTP_CACHE_MAX_BYTES")
+    const cacheExpired = cacheCounter("expired", "Response-cache entries dropped because their lifetime ended")
+    const cacheErrors = cacheCounter("errors", "Response-cache backend operations that failed")
+    const cacheBytes = new Gauge({ name: "llm_proxy_cache_bytes", help: "Bytes held by the in-memory response cache", registers: [registry] })
+    const cacheEntries = new Gauge({ name: "llm_proxy_cache_entries", help: "Entries held by the in-memory response cache", registers: [registry] })
+
+    // -- event bus and dispatcher ---------------------------------------------------------------------------------
+    const busPublished = pulledCounter(registry, "llm_proxy_bus_published_total", "Instrumentation events published to the event bus")
+    const busDropped = pulledCounter(
+      registry,
+      "llm_proxy_bus_dropped_total",
+      "Instrumentation events dropped because the bus buffer was full or the bus was unavailable"
+    )
+    const busLag = new Gauge({ name: "llm_proxy_bus_lag_events", help: "Events published but not yet consumed (when the bus knows)", registers: [registry] })
+    const dispDelivered = pulledCounter(registry, "llm_proxy_dispatcher_delivered_total", "Events the dispatcher delivered to its backend")
+    const dispRetried = pulledCounter(registry, "llm_proxy_dispatcher_retries_total", "Dispatcher batch retries after transient backend failures")
+    const dispDead = pulledCounter(registry, "llm_proxy_dispatcher_dead_lettered_total", "Events the backend rejected permanently (written to the dead-letter file)")
+    const dispBatches = pulledCounter(registry, "llm_proxy_dispatcher_batches_total", "Batches the dispatcher sent")
+    const dispLag = new Gauge({ name: "llm_proxy_dispatcher_lag_events", help: "Events waiting for the dispatcher", registers: [registry] })
+
+    let cacheSource: StatsSource<CacheStatsLike> | undefined
+    let busSource: StatsSource<BusStatsLike> | undefined
+    let dispatcherSource: StatsSource<DispatcherStatsLike> | undefined
+    let tokenSource: (() => TokenCacheStatsLike) | undefined
+    let lastCache: CacheStatsLike = {}
+
+    const read = <A>(source: StatsSource<A> | undefined): Effect.Effect<A | undefined> =>
+      source === undefined ? Effect.succeed(undefined) : Effect.orElseSucceed(Effect.timeout(source, "1 second"), () => undefined)
+
+    const refresh = Effect.gen(function*() {
+      const cache = yield* read(cacheSource)
+      if (cache !== undefined) {
+        lastCache = cache
+        setCounter(cacheHits, n(cache.hits))
+        setCounter(cacheMisses, n(cache.misses))
+        setCounter(cacheBypass, n(cache.bypass))
+        setCounter(cacheStores, n(cache.stores))
+        setCounter(cacheEvictions, n(cache.evictions))
+        setCounter(cacheExpired, n(cache.expired))
+        setCounter(cacheErrors, n(cache.errors))
+        cacheBytes.set(n(cache.bytes))
+        cacheEntries.set(n(cache.entries))
+      }
+      const bus = yield* read(busSource)
+      if (bus !== undefined) {
+        setCounter(busPublished, n(bus.published))
+        setCounter(busDropped, n(bus.dropped))
+        if (typeof bus.lag === "number") busLag.set(bus.lag)
+      }
+      const d = yield* read(dispatcherSource)
+      if (d !== undefined) {
+        setCounter(dispDelivered, n(d.delivered))
+        setCounter(dispRetried, n(d.retries))
+        setCounter(dispDead, n(d.deadLettered))
+        setCounter(dispBatches, n(d.batches))
+        if (typeof d.lag === "number") dispLag.set(d.lag)
+      }
+      if (tokenSource !== undefined) {
+        const t = tokenSource()
+        setCounter(tokenHits, t.hits)
+        setCounter(tokenMisses, t.loads)
+        tokenEntries.set(n(t.size))
+      }
+    })
+
+    const service: MetricsShape = {
+      registry,
+      contentType: registry.contentType,
+      request: (o) => {
+        requestCount++
+        if (o.status >= 400) errorCount++
+        const s = series.route(o.provider, o.route)
+        series.countRequest(s, statusClass(o.status), o.cache)
+        series.observeOverhead(s, o.overheadSeconds)
+        series.observeDuration(s, o.durationSeconds)
+        if (o.upstreamSeconds !== undefined) series.observeUpstream(s, o.upstreamSeconds)
+        if ((o.promptTokens ?? 0) > 0 || (o.completionTokens ?? 0) > 0) {
+          series.addTokens(o.provider, o.model, o.promptTokens ?? 0, o.completionTokens ?? 0)
+        }
+        if (o.rejectedBy === "quota") quotaRejected.inc()
+        else if (o.rejectedBy === "token_rate_limit") rateLimited.inc({ scope: "token" })
+        else if (o.rejectedBy === "project_rate_limit") rateLimited.inc({ scope: "project" })
+      },
+      tokenCacheInvalidated: (scope) => tokenInvalidations.inc({ scope }),
+      attachCache: (s) => {
+        cacheSource = s
+      },
+      attachBus: (s) => {
+        busSource = s
+      },
+      attachDispatcher: (s) => {
+        dispatcherSource = s
+      },
+      attachTokenCache: (s) => {
+        tokenSource = s
+      },
+      prometheus: Effect.zipRight(refresh, Effect.promise(() => registry.metrics())),
+      json: Effect.map(refresh, () => ({
+        uptime_seconds: (Date.now() - startedAt) / 1000,
+        request_count: requestCount,
+        error_count: errorCount,
+        cache_hits: n(lastCache.hits),
+        cache_misses: n(lastCache.misses),
+        cache_bypass: n(lastCache.bypass),
+        cache_stores: n(lastCache.stores)
+      }))
+    }
+    return service
+  })
+
+export const layer: Layer.Layer<Metrics> = Layer.effect(Metrics, make())

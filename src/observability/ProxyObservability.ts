@@ -1,0 +1,262 @@
+/**
+ * What the data plane tells operators about each /v1 request, from the proxy's completion seam (ProxyHooks):
+ * - one `Metrics.request` observation (counters and histograms, synchronous);
+ * - one access-log line (request id, project id, token id — never the token —, status, durations, model, usage,
+ *   cache status), buffered and written in batches off the request path;
+ * - when tracing is on, a `proxy.request` server span with a `proxy.upstream` child, recorded as one small object
+ *   from the request's timestamps and exported by src/observability/ProxySpans.ts (nothing at all when tracing is off).
+ *
+ * These hooks must be combined LAST (src/Layers.ts) so `decorateResponse` sees the cache headers other hooks set.
+ */
+import { Effect, FiberRef, LogLevel, Option, Queue, Runtime } from "effect"
+import type { LogFormat } from "../config/AppConfig.js"
+import type { OutgoingHttpHeaders } from "node:http"
+import { Providers } from "../config/Providers.js"
+import type { ProxyHooksShape, ProxyRequestContext } from "../proxy/ProxyHooks.js"
+import { endpointAllowed } from "../proxy/policy.js"
+import { Metrics, type RequestObservation } from "./Metrics.js"
+import { ProxySpans, type ProxySpansShape } from "./ProxySpans.js"
+
+/** Distinct label values kept per label before new ones are folded into `other` (bounded cardinality). */
+export const MAX_MODELS = 200
+const MAX_ROUTES_CACHED = 2_000
+const MODEL_SCAN_BYTES = 8_192
+const ACCESS_LOG_FLUSH_MS = 50
+const MODEL_KEY = Buffer.from('"model"')
+const MODEL_PATTERN = /^"model"\s*:\s*"([^"\\]{1,128})"/
+
+/** The `model` of a JSON request body, found with a native Buffer search in its first 8 KiB (no JSON parse). */
+export const modelOf = (body: Buffer | undefined): string | undefined => {
+  if (body === undefined || body.length === 0) return undefined
+  const at = (body.length > MODEL_SCAN_BYTES ? body.subarray(0, MODEL_SCAN_BYTES) : body).indexOf(MODEL_KEY)
+  if (at === -1) return undefined
+  const m = MODEL_PATTERN.exec(body.toString("latin1", at, Math.min(body.length, at + 160)))
+  return m?.[1]
+}
+
+const CACHE_STATUS = /llm-proxy;\s*([a-z-]+)/i
+const CACHE_VALUES = new Set(["hit", "miss", "stored", "bypass", "conditional-hit"])
+
+/** Cache status of a forwarded answer from the headers the cache hooks set (reference §6.6). */
+export const cacheStatusOf = (headers: OutgoingHttpHeaders): string => {
+  const x = headers["x-proxy-cache"]
+  if (typeof x === "string" && CACHE_VALUES.has(x.toLowerCase())) return x.toLowerCase()
+  const cs = headers["cache-status"]
+  const m = typeof cs === "string" ? CACHE_STATUS.exec(cs) : null
+  const v = m?.[1]?.toLowerCase().replace(/\s*\(.*$/, "")
+  return v !== undefined && CACHE_VALUES.has(v) ? v : "none"
+}
+
+interface AfterHeaders {
+  cache: string
+  /** performance.now() when our response headers were written. */
+  writtenAt: number
+}
+
+export interface AccessLogEntry {
+  readonly [key: string]: string | number | boolean | undefined
+}
+
+const round = (ms: number | undefined) => (ms === undefined ? undefined : Math.round(ms * 1000) / 1000)
+
+/** The hooks, and the fiber that writes access-log lines. Scoped: the fiber drains what is queued on shutdown. */
+export const make = (options: {
+  /** Record Metrics observations (ENABLE_METRICS). */
+  readonly metrics: boolean
+  readonly accessLog: boolean
+  /** LOG_FORMAT: JSON access lines are written directly, pretty ones through the Effect logger. */
+  readonly format: LogFormat
+  readonly accessLogBuffer?: number
+  /** Where JSON access lines go (default process.stdout). */
+  readonly write?: (text: string) => void
+}) =>
+  Effect.gen(function*() {
+    const metrics = yield* Metrics
+    const providers = yield* Providers
+    const spans = Option.getOrUndefined(yield* ProxySpans)
+    const after = new WeakMap<ProxyRequestContext, AfterHeaders>()
+
+    // Route label: the longest allowed endpoint prefix of any provider (a bounded set), else "other".
+    const endpoints = [...new Set(providers.all.flatMap((p) => p.allowedEndpoints))].sort((a, b) => b.length - a.length)
+    const routes = new Map<string, string>()
+    const routeOf = (path: string): string => {
+      const known = routes.get(path)
+      if (known !== undefined) return known
+      const route = endpoints.find((e) => endpointAllowed(path, [e])) ?? "other"
+      if (routes.size < MAX_ROUTES_CACHED) routes.set(path, route)
+      return route
+    }
+    const models = new Set<string>()
+    const modelLabel = (model: string | undefined): string => {
+      if (model === undefined) return "none"
+      if (models.has(model)) return model
+      if (models.size >= MAX_MODELS) return "other"
+      models.add(model)
+      return model
+    }
+
+    // Access log. Nothing is queued when the minimum log level hides info lines. JSON lines (LOG_FORMAT=json, the
+    // production format) are written straight to stdout in batches, in the same shape as the JSON logger's lines:
+    // through the Effect logger each line cost ~15% of the proxy's CPU under saturation (docs/performance.md).
+    // Pretty lines (a developer's terminal) go through the Effect logger. Both are bounded; overflow is dropped
+    // and reported in one warning.
+    const minimumLevel = yield* FiberRef.get(FiberRef.currentMinimumLogLevel)
+    const accessLog = options.accessLog && LogLevel.lessThanEqual(minimumLevel, LogLevel.Info)
+    const maxPending = options.accessLogBuffer ?? 10_000
+    let droppedLines = 0
+    const reportDropped = Effect.suspend(() => {
+      if (droppedLines === 0) return Effect.void
+      const n = droppedLines
+      droppedLines = 0
+      return Effect.logWarning(`access log: ${n} lines dropped (buffer full)`)
+    })
+    let enqueue: (entry: AccessLogEntry) => void = () => {}
+    if (accessLog && options.format === "json") {
+      let pending: Array<{ readonly at: number; readonly entry: AccessLogEntry }> = []
+      const write = options.write ?? ((text: string) => void process.stdout.write(text))
+      const flushLines = () => {
+        const batch = pending
+        pending = []
+        let text = ""
+        for (const { at, entry } of batch) {
+          text += `{"message":"access","logLevel":"INFO","timestamp":"${new Date(at).toISOString()}","annotations":${JSON.stringify(entry)}}\n`
+        }
+        if (text !== "") write(text)
+      }
+      const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+      let scheduled: ReturnType<typeof setTimeout> | undefined
+      enqueue = (entry) => {
+        if (pending.length >= maxPending) {
+          droppedLines++
+          return
+        }
+        pending.push({ at: Date.now(), entry })
+        scheduled ??= setTimeout(() => {
+          scheduled = undefined
+          flushLines()
+          if (droppedLines > 0) runFork(reportDropped)
+        }, ACCESS_LOG_FLUSH_MS)
+      }
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => {
+          if (scheduled !== undefined) clearTimeout(scheduled)
+          flushLines()
+        }).pipe(Effect.zipRight(reportDropped))
+      )
+    } else if (accessLog) {
+      const queue = yield* Queue.dropping<AccessLogEntry>(maxPending)
+      const defined = (entry: AccessLogEntry) => {
+        const out: Record<string, string | number | boolean> = {}
+        for (const k in entry) if (entry[k] !== undefined) out[k] = entry[k]!
+        return out
+      }
+      const writeLines = (batch: Iterable<AccessLogEntry>) =>
+        Effect.forEach(batch, (entry) => Effect.annotateLogs(Effect.logInfo("access"), defined(entry)), { discard: true }).pipe(
+          Effect.zipRight(reportDropped)
+        )
+      // A batch taken from the queue is written whole, even when shutdown interrupts the fiber.
+      yield* Effect.forkScoped(Effect.forever(Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(restore(Queue.takeBetween(queue, 1, 1_000)), writeLines)
+      )))
+      yield* Effect.addFinalizer(() => Effect.flatMap(Queue.takeAll(queue), writeLines))
+      enqueue = (entry) => {
+        if (!queue.unsafeOffer(entry)) droppedLines++
+      }
+    }
+
+    const span = (exporter: ProxySpansShape, ctx: ProxyRequestContext, o: RequestObservation, model: string | undefined) => {
+      const origin = performance.timeOrigin
+      const endMs = origin + ctx.startedAt + (ctx.durationMs ?? 0)
+      const sentAt = ctx.proxyMs === undefined ? undefined : origin + ctx.startedAt + ctx.proxyMs
+      exporter.record({
+        name: "proxy.request",
+        startMs: origin + ctx.startedAt,
+        endMs,
+        error: ctx.status >= 500,
+        attributes: {
+          "http.request.method": ctx.method,
+          "http.route": o.route,
+          "http.response.status_code": ctx.status,
+          "llm_proxy.request_id": ctx.requestId,
+          "llm_proxy.provider": o.provider,
+          "llm_proxy.cache": o.cache,
+          "gen_ai.request.model": model,
+          "llm_proxy.project_id": ctx.projectId,
+          "llm_proxy.token_id": ctx.tokenId,
+          "llm_proxy.error_code": ctx.code,
+          "gen_ai.usage.input_tokens": ctx.usage?.prompt_tokens,
+          "gen_ai.usage.output_tokens": ctx.usage?.completion_tokens
+        },
+        upstream: ctx.forwarded && sentAt !== undefined
+          ? {
+            startMs: sentAt,
+            endMs,
+            error: ctx.upstreamStatus === undefined || ctx.upstreamStatus >= 500,
+            attributes: {
+              "llm_proxy.provider": o.provider,
+              "http.response.status_code": ctx.upstreamStatus,
+              "llm_proxy.upstream_headers_ms": round(ctx.upstreamMs)
+            }
+          }
+          : undefined
+      })
+    }
+
+    // Nothing to observe: no hooks at all, so the data plane does not even call them.
+    if (!options.metrics && !accessLog && spans === undefined) return {} satisfies Partial<ProxyHooksShape>
+
+    const hooks: Partial<ProxyHooksShape> = {
+      decorateResponse: [(ctx, _status, headers) => {
+        after.set(ctx, { cache: cacheStatusOf(headers), writtenAt: performance.now() })
+      }],
+      onComplete: [(ctx) => {
+        const a = after.get(ctx)
+        const durationMs = ctx.durationMs ?? performance.now() - ctx.startedAt
+        let overheadMs: number
+        if (!ctx.forwarded || ctx.proxyMs === undefined) overheadMs = durationMs
+        else if (a !== undefined && ctx.upstreamMs !== undefined) {
+          overheadMs = ctx.proxyMs + Math.max(0, a.writtenAt - (ctx.startedAt + ctx.proxyMs + ctx.upstreamMs))
+        } else overheadMs = ctx.proxyMs
+        const model = modelOf(ctx.requestBody)
+        const o: RequestObservation = {
+          provider: ctx.provider ?? "none",
+          route: routeOf(ctx.path),
+          status: ctx.status,
+          cache: ctx.cacheHit ? "hit" : a?.cache ?? "none",
+          overheadSeconds: overheadMs / 1000,
+          upstreamSeconds: ctx.upstreamMs === undefined ? undefined : ctx.upstreamMs / 1000,
+          durationSeconds: durationMs / 1000,
+          model: modelLabel(model),
+          promptTokens: ctx.usage?.prompt_tokens,
+          completionTokens: ctx.usage?.completion_tokens,
+          rejectedBy: ctx.rejectedBy
+        }
+        if (options.metrics) metrics.request(o)
+        if (accessLog) {
+          const entry: AccessLogEntry = {
+            request_id: ctx.requestId,
+            method: ctx.method,
+            path: ctx.path,
+            status: ctx.status,
+            duration_ms: round(durationMs),
+            overhead_ms: round(overheadMs),
+            upstream_ms: round(ctx.upstreamMs),
+            provider: ctx.provider,
+            project_id: ctx.projectId,
+            token_id: ctx.tokenId,
+            model,
+            stream: ctx.stream,
+            cache: o.cache,
+            prompt_tokens: ctx.usage?.prompt_tokens,
+            completion_tokens: ctx.usage?.completion_tokens,
+            total_tokens: ctx.usage?.total_tokens,
+            code: ctx.code,
+            error: ctx.error
+          }
+          enqueue(entry)
+        }
+        if (spans !== undefined && spans.sample()) span(spans, ctx, o, model)
+      }]
+    }
+    return hooks
+  })

@@ -1,0 +1,35 @@
+/**
+ * Tracing: @effect/opentelemetry's OTLP/HTTP (JSON) span exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+ * `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; otherwise nothing is exported, the data plane builds no spans at all
+ * (`ProxySpans` = none) and the control plane's `Effect.fn` / `sql.execute` spans stay in Effect's in-process tracer
+ * as they would without this module.
+ *
+ * What is traced: the management API (`HttpMiddleware.tracer` in src/http/App.ts), every store query (@effect/sql's
+ * `sql.execute` spans: statement text with placeholders, never the values), /v1 requests (`proxy.request` with a
+ * `proxy.upstream` child, exported by the lean src/observability/ProxySpans.ts) and whatever else runs `Effect.fn` spans
+ * (dispatcher batches). Trace context is never sent to providers: the data plane calls undici directly and strips
+ * `traceparent`/`tracestate`/`b3` from what it forwards (src/proxy/policy.ts).
+ */
+import * as OtlpSerialization from "@effect/opentelemetry/OtlpSerialization"
+import * as OtlpTracer from "@effect/opentelemetry/OtlpTracer"
+import { NodeHttpClient } from "@effect/platform-node"
+import { Layer, Option, Redacted } from "effect"
+import type { OtlpConfig } from "../config/AppConfig.js"
+import * as ProxySpans from "./ProxySpans.js"
+
+export const layer = (otlp: Option.Option<OtlpConfig>, serviceVersion: string): Layer.Layer<ProxySpans.ProxySpans> =>
+  Option.match(otlp, {
+    // Effect's own in-process tracer stays (it exports nothing; tests count store queries through it).
+    onNone: () => ProxySpans.layer(otlp, serviceVersion),
+    onSome: (o) =>
+      Layer.merge(
+        OtlpTracer.layer({
+          url: o.tracesUrl,
+          resource: { serviceName: o.serviceName, serviceVersion },
+          headers: Redacted.value(o.headers),
+          exportInterval: o.exportIntervalMs,
+          shutdownTimeout: "3 seconds"
+        }).pipe(Layer.provide([OtlpSerialization.layerJson, NodeHttpClient.layerUndici])),
+        ProxySpans.layer(otlp, serviceVersion)
+      )
+  })

@@ -1,0 +1,184 @@
+/**
+ * The request-path series as plain nested Maps and Float64Arrays, exposed to prom-client as custom metric objects
+ * (`name`, `help`, `type`, `get()`), so a scrape renders them like any prom-client metric.
+ *
+ * Why: prom-client's own `inc(labels)` / `observe(labels, v)` hash the label object and look it up in a dictionary
+ * on every call; for one request's four series (requests counter, three histograms) that measured ~5 µs, here it is
+ * two Map lookups and three array increments (test/bench/observability-hooks.bench.ts, docs/performance.md).
+ */
+import type { Registry } from "prom-client"
+
+interface Histo {
+  /** Per-bucket (non-cumulative) counts; the last slot is +Inf. */
+  readonly counts: Float64Array
+  sum: number
+  count: number
+}
+
+const histo = (buckets: number): Histo => ({ counts: new Float64Array(buckets + 1), sum: 0, count: 0 })
+
+export interface RouteSeries {
+  readonly labels: { readonly provider: string; readonly route: string }
+  readonly overhead: Histo
+  readonly upstream: Histo
+  readonly duration: Histo
+  /** `status_class` + "\u0001" + `cache` → count */
+  readonly requests: Map<string, { readonly status_class: string; readonly cache: string; value: number }>
+}
+
+const bucketIndex = (bounds: ReadonlyArray<number>, v: number): number => {
+  for (let i = 0; i < bounds.length; i++) if (v <= bounds[i]!) return i
+  return bounds.length
+}
+
+interface MetricValue {
+  readonly labels: Record<string, string | number>
+  readonly value: number
+  readonly metricName?: string
+}
+
+/** A prom-client-compatible metric whose values come from `values()` at scrape time. */
+const register = (
+  registry: Registry,
+  name: string,
+  help: string,
+  type: "counter" | "histogram",
+  values: () => Array<MetricValue>
+) => {
+  const metric = {
+    name,
+    help,
+    type,
+    aggregator: "sum",
+    get: () => ({ name, help, type, aggregator: "sum", values: values() }),
+    reset: () => {}
+  }
+  registry.registerMetric(metric as never)
+}
+
+export class RequestSeries {
+  private readonly byProvider = new Map<string, Map<string, RouteSeries>>()
+  private readonly tokens = new Map<string, Map<string, { prompt: number; completion: number }>>()
+
+  constructor(
+    registry: Registry,
+    private readonly overheadBuckets: ReadonlyArray<number>,
+    private readonly latencyBuckets: ReadonlyArray<number>
+  ) {
+    register(
+      registry,
+      "llm_proxy_requests_total",
+      "Proxied /v1 requests by provider, route, status class and cache status (every request, rejected ones too)",
+      "counter",
+      () => this.all().flatMap((s) => [...s.requests.values()].map((r) => ({ labels: { ...s.labels, status_class: r.status_class, cache: r.cache }, value: r.value })))
+    )
+    const histogram = (name: string, help: string, pick: (s: RouteSeries) => Histo, bounds: ReadonlyArray<number>) =>
+      register(registry, name, help, "histogram", () =>
+        this.all().flatMap((s) => {
+          const h = pick(s)
+          const out: Array<MetricValue> = []
+          let cumulative = 0
+          for (let i = 0; i < bounds.length; i++) {
+            cumulative += h.counts[i]!
+            out.push({ metricName: `${name}_bucket`, labels: { ...s.labels, le: bounds[i]! }, value: cumulative })
+          }
+          out.push({ metricName: `${name}_bucket`, labels: { ...s.labels, le: "+Inf" }, value: h.count })
+          out.push({ metricName: `${name}_sum`, labels: s.labels, value: h.sum })
+          out.push({ metricName: `${name}_count`, labels: s.labels, value: h.count })
+          return out
+        }))
+    histogram(
+      "llm_proxy_proxy_overhead_seconds",
+      "Time spent in the proxy itself: before forwarding plus between the upstream's response headers and ours",
+      (s) => s.overhead,
+      overheadBuckets
+    )
+    histogram("llm_proxy_upstream_latency_seconds", "Upstream time to response headers", (s) => s.upstream, latencyBuckets)
+    histogram(
+      "llm_proxy_request_duration_seconds",
+      "Arrival of a /v1 request until its response ended (streams included)",
+      (s) => s.duration,
+      latencyBuckets
+    )
+    register(
+      registry,
+      "llm_proxy_tokens_total",
+      "LLM tokens reported by the upstream, by provider, model and kind (prompt, completion)",
+      "counter",
+      () =>
+        [...this.tokens.entries()].flatMap(([provider, models]) =>
+          [...models.entries()].flatMap(([model, t]) => [
+            { labels: { provider, model, kind: "prompt" }, value: t.prompt },
+            { labels: { provider, model, kind: "completion" }, value: t.completion }
+          ])
+        )
+    )
+  }
+
+  private all(): Array<RouteSeries> {
+    const out: Array<RouteSeries> = []
+    for (const routes of this.byProvider.values()) for (const s of routes.values()) out.push(s)
+    return out
+  }
+
+  /** The series of one provider and route (created on first use). */
+  route(provider: string, route: string): RouteSeries {
+    let routes = this.byProvider.get(provider)
+    if (routes === undefined) {
+      routes = new Map()
+      this.byProvider.set(provider, routes)
+    }
+    let s = routes.get(route)
+    if (s === undefined) {
+      s = {
+        labels: { provider, route },
+        overhead: histo(this.overheadBuckets.length),
+        upstream: histo(this.latencyBuckets.length),
+        duration: histo(this.latencyBuckets.length),
+        requests: new Map()
+      }
+      routes.set(route, s)
+    }
+    return s
+  }
+
+  countRequest(s: RouteSeries, statusClass: string, cache: string): void {
+    const key = statusClass + "\u0001" + cache
+    const r = s.requests.get(key)
+    if (r !== undefined) r.value++
+    else s.requests.set(key, { status_class: statusClass, cache, value: 1 })
+  }
+
+  observeOverhead(s: RouteSeries, seconds: number): void {
+    this.observe(s.overhead, this.overheadBuckets, seconds)
+  }
+
+  observeUpstream(s: RouteSeries, seconds: number): void {
+    this.observe(s.upstream, this.latencyBuckets, seconds)
+  }
+
+  observeDuration(s: RouteSeries, seconds: number): void {
+    this.observe(s.duration, this.latencyBuckets, seconds)
+  }
+
+  addTokens(provider: string, model: string, prompt: number, completion: number): void {
+    let models = this.tokens.get(provider)
+    if (models === undefined) {
+      models = new Map()
+      this.tokens.set(provider, models)
+    }
+    const t = models.get(model)
+    if (t !== undefined) {
+      t.prompt += prompt
+      t.completion += completion
+    } else models.set(model, { prompt, completion })
+  }
+
+  private observe(h: Histo, bounds: ReadonlyArray<number>, v: number): void {
+    if (!Number.isFinite(v)) return
+    const i = bucketIndex(bounds, v)
+    h.counts[i] = h.counts[i]! + 1
+    h.sum += v
+    h.count++
+  }
+}

@@ -1,0 +1,165 @@
+/**
+ * Shared helpers for benchmarks that drive the built `llm-proxy serve` (the same steps as proxy.bench.ts):
+ * free ports, child processes pinned with taskset, the llm-proxy target with a project and token, and a closed-loop
+ * saturation run with autocannon.
+ */
+import autocannon from "autocannon"
+import { type ChildProcess, spawn, spawnSync } from "node:child_process"
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { createServer } from "node:net"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { request } from "undici"
+
+export const root = process.cwd()
+export const hasTaskset = spawnSync("taskset", ["--version"]).status === 0
+export const children: Array<ChildProcess> = []
+
+export const freePort = () =>
+  new Promise<number>((resolve, reject) => {
+    const s = createServer()
+    s.once("error", reject)
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port
+      s.close(() => resolve(port))
+    })
+  })
+
+/** Starts `node script` (optionally pinned to a core) and resolves once it printed `{"port":N}`. */
+export const startJsonPort = (script: string, env: Record<string, string>, core?: number) =>
+  new Promise<{ port: number; pid: number }>((resolve, reject) => {
+    const argv = core !== undefined && hasTaskset ? ["taskset", "-c", String(core), process.execPath, script] : [process.execPath, script]
+    const child = spawn(argv[0]!, argv.slice(1), { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "inherit"] })
+    children.push(child)
+    child.once("exit", (code) => reject(new Error(`${script} exited with ${code}`)))
+    child.stdout!.once("data", (d: Buffer) => resolve({ port: JSON.parse(d.toString().split("\n")[0]!).port, pid: child.pid! }))
+  })
+
+export const waitFor = async (url: string, ms = 20_000) => {
+  const until = Date.now() + ms
+  while (Date.now() < until) {
+    try {
+      const r = await request(url)
+      await r.body.dump()
+      if (r.statusCode === 200) return
+    } catch {
+      // not up yet
+    }
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  throw new Error(`${url} did not come up`)
+}
+
+export interface LlmProxy {
+  readonly url: string
+  readonly pid: number
+  readonly token: string
+  readonly stop: () => Promise<void>
+}
+
+/** The built `serve` on core 1 with a project and a token; `env` is added to the benchmark defaults. */
+export const startLlmProxy = async (
+  upstream: string,
+  env: Record<string, string> = {},
+  nodeArgs: ReadonlyArray<string> = []
+): Promise<LlmProxy> => {
+  const bin = join(root, "bin/llm-proxy.js")
+  if (!existsSync(join(root, "dist/cli/main.js"))) throw new Error("dist/ is missing: run `npm run build` first")
+  const dir = mkdtempSync(join(tmpdir(), "llm-proxy-bench-"))
+  const port = await freePort()
+  const managementToken = "bench-management-token-" + crypto.randomUUID()
+  const node = [process.execPath, ...nodeArgs, bin, "serve"]
+  const argv = hasTaskset ? ["taskset", "-c", "1", ...node] : node
+  const child = spawn(argv[0]!, argv.slice(1), {
+    cwd: dir,
+    env: {
+      PATH: process.env["PATH"] ?? "",
+      LISTEN_ADDR: `127.0.0.1:${port}`,
+      MANAGEMENT_TOKEN: managementToken,
+      OPENAI_API_URL: upstream,
+      DATABASE_PATH: join(dir, "bench.db"),
+      LOG_LEVEL: "warn",
+      LOG_FORMAT: "json",
+      HTTP_CACHE_ENABLED: "false",
+      AUDIT_LOG_FILE: "",
+      ...env
+    },
+    // Logs go to /dev/null: the benchmark measures producing them, not a terminal drawing them.
+    stdio: ["ignore", "ignore", "inherit"]
+  })
+  children.push(child)
+  const url = `http://127.0.0.1:${port}`
+  await waitFor(`${url}/live`)
+  const manage = async (path: string, body: unknown) => {
+    const r = await request(`${url}${path}`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${managementToken}`, "content-type": "application/json" },
+      body: JSON.stringify(body)
+    })
+    const json = (await r.body.json()) as Record<string, unknown>
+    if (r.statusCode >= 300) throw new Error(`${path}: ${r.statusCode} ${JSON.stringify(json)}`)
+    return json
+  }
+  const project = await manage("/manage/projects", { name: "bench", api_key: "sk-upstream-key" })
+  const token = await manage("/manage/tokens", { project_id: project["id"], duration_minutes: 600 })
+  return {
+    url,
+    pid: child.pid!,
+    token: String(token["token"]),
+    stop: () =>
+      new Promise<void>((resolve) => {
+        child.once("exit", () => {
+          rmSync(dir, { recursive: true, force: true })
+          resolve()
+        })
+        child.kill("SIGTERM")
+      })
+  }
+}
+
+export const chatBody = (stream: boolean) =>
+  JSON.stringify({ model: "gpt-4o-mini", stream, messages: [{ role: "user", content: "Say hello." }] })
+
+const CLOCK_TICK_MS = 1000 / Number(spawnSync("getconf", ["CLK_TCK"]).stdout?.toString().trim() || 100)
+
+/** CPU time (user + system) a process has used so far, ms (Linux /proc). */
+export const cpuMsOf = (pid: number): number => {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+  return (Number(fields[11]) + Number(fields[12])) * CLOCK_TICK_MS
+}
+
+export interface Saturation {
+  /** Requests completed in the run. */
+  readonly total: number
+  readonly rps: number
+  readonly p50: number
+  readonly p99: number
+  readonly errors: number
+}
+
+export const saturate = async (
+  url: string,
+  headers: Record<string, string>,
+  stream: boolean,
+  seconds: number,
+  connections: number
+): Promise<Saturation> => {
+  const result = await autocannon({
+    url: `${url}/v1/chat/completions${stream ? "?chunks=20" : ""}`,
+    method: "POST",
+    headers: { ...headers, "content-type": "application/json" },
+    body: chatBody(stream),
+    connections,
+    duration: seconds
+  })
+  return {
+    total: result.requests.total,
+    rps: result.requests.average,
+    p50: result.latency.p50,
+    p99: result.latency.p99,
+    errors: result.errors + result.non2xx + result.timeouts
+  }
+}
+
+export const fmt = (n: number, d = 2) => (Number.isFinite(n) ? n.toFixed(d) : "—")
