@@ -34,7 +34,7 @@ try {
       platform: "node",
       format: "esm",
       target: "node20",
-      external: ["better-sqlite3", "pg-native"],
+      external: ["better-sqlite3", "pg-native", "gpt-tokenizer"],
       banner: {
         js: "import { createRequire as __llmProxyCreateRequire } from 'node:module'; const require = __llmProxyCreateRequire(import.meta.url);"
       },

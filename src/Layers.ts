@@ -2,8 +2,10 @@
  * The one place where configuration picks layers: SQLite or PostgreSQL, encryption on or off, log format.
  * Programs (serve, migrate, …) are compositions of what is built here.
  */
-import { Context, Effect, Layer, Logger, LogLevel } from "effect"
-import { AppConfig, type AppConfigShape, type Database } from "./config/AppConfig.js"
+import { NodeHttpClient } from "@effect/platform-node"
+import { Context, Effect, Layer, Logger, LogLevel, Option } from "effect"
+import { hostname } from "node:os"
+import { AppConfig, type AppConfigShape, type Database, type DispatcherConfig } from "./config/AppConfig.js"
 import { resolveManagementToken } from "./config/managementToken.js"
 import { Providers } from "./config/Providers.js"
 import { KeyCipher } from "./crypto/KeyCipher.js"
@@ -12,6 +14,11 @@ import { ManagementToken } from "./http/auth.js"
 import { HttpServerLive, ServerAddress } from "./http/Server.js"
 import { postgresStore, sqliteStore } from "./store/layers.js"
 import { migrateUp } from "./store/migrations.js"
+import { fileBackend, heliconeBackend, lunaryBackend } from "./dispatcher/backends.js"
+import * as Dispatcher from "./dispatcher/Dispatcher.js"
+import { TokenCounter } from "./dispatcher/tokens.js"
+import * as InMemoryBus from "./eventbus/InMemoryBus.js"
+import * as RedisStreamsBus from "./eventbus/RedisStreamsBus.js"
 
 export const dialectOf = (db: Database) => (db._tag === "sqlite" ? "sqlite" : "postgres") as "sqlite" | "postgres"
 
@@ -41,6 +48,79 @@ export const loggerLayer = (config: Pick<AppConfigShape, "logFormat" | "logLevel
     )
   )
 
+const redisStreamsOptions = (config: Pick<AppConfigShape, "redisUrl" | "events">): RedisStreamsBus.RedisStreamsOptions => ({
+  url: config.redisUrl,
+  streamKey: config.events.streamKey,
+  maxLen: config.events.streamMaxLen,
+  bufferSize: config.events.bufferSize,
+  claimIdleMs: config.events.claimIdleMs
+})
+
+/** The event bus chosen by `LLM_PROXY_EVENT_BUS`: both its publishing and its consuming side. */
+export const eventBusLayer = (config: Pick<AppConfigShape, "redisUrl" | "events">) =>
+  config.events.bus === "in-memory"
+    ? InMemoryBus.layer(config.events.bufferSize)
+    : RedisStreamsBus.layer(redisStreamsOptions(config))
+
+const defaultConsumer = (prefix: string) => `${prefix}-${hostname()}-${process.pid}`
+
+/**
+ * `serve --file-event-log PATH`: the file backend in-process. On Redis it reads with its own consumer group
+ * (`file-event-log`), so it never competes with separate dispatchers for events.
+ */
+export const fileEventLogLayer = (config: Pick<AppConfigShape, "redisUrl" | "events">) =>
+  Option.match(config.events.fileEventLog, {
+    onNone: () => Layer.empty,
+    onSome: (path) =>
+      Layer.scopedDiscard(
+        Dispatcher.start({
+          group: "file-event-log",
+          consumer: Option.getOrElse(config.events.consumerName, () => defaultConsumer("file-event-log")),
+          batchSize: 100,
+          flushIntervalMs: 1000,
+          buffer: 1000,
+          deadLetterPath: `${path}.dead-letter.jsonl`,
+          keepAliveMs: Math.max(100, Math.floor(config.events.claimIdleMs / 3)),
+          status: "off"
+        })
+      ).pipe(Layer.provide(Layer.merge(fileBackend(path), TokenCounter.layer)))
+  })
+
+/** The bus plus whatever consumes it inside `serve`. */
+export const eventsLayer = (config: Pick<AppConfigShape, "redisUrl" | "events">) =>
+  fileEventLogLayer(config).pipe(Layer.provideMerge(eventBusLayer(config)))
+
+/** `llm-proxy dispatcher`: the Redis Streams source, the chosen backend and the tokenizer. */
+export const dispatcherLayer = (config: DispatcherConfig, consumerName: Option.Option<string>) => {
+  const backend = config.service === "file"
+    ? fileBackend(config.endpoint)
+    : (config.service === "lunary" ? lunaryBackend : heliconeBackend)(
+      config.endpoint,
+      Option.getOrThrow(config.apiKey)
+    ).pipe(Layer.provide(NodeHttpClient.layerUndici))
+  const options = redisStreamsOptions(config)
+  return Layer.scopedDiscard(
+    Dispatcher.start({
+      group: config.group,
+      consumer: Option.getOrElse(consumerName, () => defaultConsumer(`dispatcher-${config.service}`)),
+      batchSize: config.batchSize,
+      flushIntervalMs: config.flushIntervalMs,
+      buffer: config.buffer,
+      deadLetterPath: config.deadLetterPath,
+      keepAliveMs: Math.max(100, Math.floor(config.events.claimIdleMs / 3)),
+      status: process.stderr.isTTY ? "tty" : "log",
+      maintenance: RedisStreamsBus.trimAcknowledged(config.redisUrl, config.events.streamKey)
+    }).pipe(
+      Effect.tap(() =>
+        Effect.logInfo(
+          `dispatcher ${config.service} reading ${config.events.streamKey} as group ${config.group}` +
+            (config.service === "file" ? `, writing ${config.endpoint}` : "")
+        )
+      )
+    )
+  ).pipe(Layer.provide(Layer.mergeAll(RedisStreamsBus.sourceLayer(options), backend, TokenCounter.layer)))
+}
+
 /** Everything `serve` runs, for a given configuration. Provides the bound address (tests use port 0). */
 export const serveLayer = (config: AppConfigShape) =>
   Layer.unwrapEffect(
@@ -61,7 +141,8 @@ export const serveLayer = (config: AppConfigShape) =>
             KeyCipher.layer(config.encryptionKey),
             Providers.builtIn,
             Layer.succeed(ManagementToken, resolved.token),
-            Layer.succeed(AppConfig, config)
+            Layer.succeed(AppConfig, config),
+            eventsLayer(config)
           )
         ),
         Layer.tap((ctx) => {
