@@ -72,8 +72,7 @@ export const fileEventLogLayer = (config: Pick<AppConfigShape, "redisUrl" | "eve
   Option.match(config.events.fileEventLog, {
     onNone: () => Layer.empty,
     onSome: (path) =>
-      Layer.scopedDiscard(
-        Dispatcher.start({
+      Dispatcher.layer({
           group: "file-event-log",
           consumer: Option.getOrElse(config.events.consumerName, () => defaultConsumer("file-event-log")),
           batchSize: 100,
@@ -82,8 +81,7 @@ export const fileEventLogLayer = (config: Pick<AppConfigShape, "redisUrl" | "eve
           deadLetterPath: `${path}.dead-letter.jsonl`,
           keepAliveMs: Math.max(100, Math.floor(config.events.claimIdleMs / 3)),
           status: "off"
-        })
-      ).pipe(Layer.provide(Layer.merge(fileBackend(path), TokenCounter.layer)))
+        }).pipe(Layer.provide(Layer.merge(fileBackend(path), TokenCounter.layer)))
   })
 
 /** The bus plus whatever consumes it inside `serve`. */
@@ -99,8 +97,7 @@ export const dispatcherLayer = (config: DispatcherConfig, consumerName: Option.O
       Option.getOrThrow(config.apiKey)
     ).pipe(Layer.provide(NodeHttpClient.layerUndici))
   const options = redisStreamsOptions(config)
-  return Layer.scopedDiscard(
-    Dispatcher.start({
+  return Dispatcher.layer({
       group: config.group,
       consumer: Option.getOrElse(consumerName, () => defaultConsumer(`dispatcher-${config.service}`)),
       batchSize: config.batchSize,
@@ -111,14 +108,13 @@ export const dispatcherLayer = (config: DispatcherConfig, consumerName: Option.O
       status: process.stderr.isTTY ? "tty" : "log",
       maintenance: RedisStreamsBus.trimAcknowledged(config.redisUrl, config.events.streamKey)
     }).pipe(
-      Effect.tap(() =>
+      Layer.tap(() =>
         Effect.logInfo(
           `dispatcher ${config.service} reading ${config.events.streamKey} as group ${config.group}` +
             (config.service === "file" ? `, writing ${config.endpoint}` : "")
         )
-      )
-    )
-  ).pipe(Layer.provide(Layer.mergeAll(RedisStreamsBus.sourceLayer(options), backend, TokenCounter.layer)))
+      ),
+      Layer.provide(Layer.mergeAll(RedisStreamsBus.sourceLayer(options), backend, TokenCounter.layer)))
 }
 
 /** Everything `serve` runs, for a given configuration. Provides the bound address (tests use port 0). */

@@ -8,7 +8,7 @@
  *   events acknowledged, so a dispatcher killed mid-batch loses nothing: its entries are redelivered.
  * - On shutdown (SIGTERM) reading stops, what was read is delivered and acknowledged, within a drain timeout.
  */
-import { Effect, Fiber, Queue, Schedule } from "effect"
+import { type Chunk, Context, Deferred, Effect, Fiber, Layer, Option, Queue, Schedule } from "effect"
 import type { DeliveredEvent } from "../domain/ProxyEvent.js"
 import { type BusError, type Delivery, EventSource, type Subscription } from "../eventbus/EventBus.js"
 import { Backend } from "./Backend.js"
@@ -93,6 +93,7 @@ export const start = (options: DispatcherOptions) =>
     }
     let stopping = false
     let busy = false
+    const stopSignal = yield* Deferred.make<void>()
 
     const reader = Effect.gen(function*() {
       while (!stopping) {
@@ -111,11 +112,16 @@ export const start = (options: DispatcherOptions) =>
 
     const nextBatch = Effect.gen(function*() {
       const batch: Array<Delivery> = [...(yield* Queue.takeBetween(queue, 1, options.batchSize))]
+      busy = true
       const deadline = Date.now() + options.flushIntervalMs
       while (batch.length < options.batchSize && !stopping) {
         const left = deadline - Date.now()
         if (left <= 0) break
-        const more = yield* Queue.takeBetween(queue, 1, options.batchSize - batch.length).pipe(Effect.timeoutOption(left))
+        // wait for more until the flush interval ends or shutdown begins
+        const more = yield* Queue.takeBetween(queue, 1, options.batchSize - batch.length).pipe(
+          Effect.timeoutOption(left),
+          Effect.raceFirst(Effect.as(Deferred.await(stopSignal), Option.none<Chunk.Chunk<Delivery>>()))
+        )
         if (more._tag === "None") break
         batch.push(...more.value)
       }
@@ -204,7 +210,6 @@ export const start = (options: DispatcherOptions) =>
     const writer = Effect.forever(
       Effect.gen(function*() {
         const batch = yield* nextBatch
-        busy = true
         yield* deliver(batch).pipe(Effect.ensuring(Effect.sync(() => (busy = false))))
       })
     )
@@ -216,7 +221,7 @@ export const start = (options: DispatcherOptions) =>
       stats.ratePerSecond = ((stats.delivered - lastDelivered) * 1000) / Math.max(1, now - lastAt)
       lastDelivered = stats.delivered
       lastAt = now
-      stats.buffered = yield* Queue.size(queue)
+      stats.buffered = Math.max(0, yield* Queue.size(queue))
       const lag = yield* Effect.either(sub.lag)
       if (lag._tag === "Right") {
         stats.lag = lag.right.undelivered
@@ -260,6 +265,7 @@ export const start = (options: DispatcherOptions) =>
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {
         stopping = true
+        yield* Deferred.succeed(stopSignal, undefined)
         const drained = Effect.gen(function*() {
           yield* Fiber.await(readerFiber)
           // an in-process bus has nowhere to keep what was not read yet: read it all
@@ -273,7 +279,8 @@ export const start = (options: DispatcherOptions) =>
           }
           while (busy || (yield* Queue.size(queue)) > 0) yield* Effect.sleep("20 millis")
         })
-        const finished = yield* drained.pipe(Effect.timeout(options.drainTimeoutMs ?? 10_000), Effect.option)
+        // finalizers are uninterruptible: without `interruptible` the timeout could not stop the drain
+        const finished = yield* Effect.interruptible(drained).pipe(Effect.timeout(options.drainTimeoutMs ?? 10_000), Effect.option)
         yield* refresh.pipe(Effect.ignore)
         if (options.status === "tty") process.stderr.write("\n")
         yield* Effect.logInfo(
@@ -285,3 +292,8 @@ export const start = (options: DispatcherOptions) =>
     )
     return stats
   })
+
+/** The running dispatcher's counters (for /metrics, tests and the status line). */
+export class DispatcherState extends Context.Tag("llm-proxy/dispatcher/DispatcherState")<DispatcherState, DispatcherStats>() {}
+
+export const layer = (options: DispatcherOptions) => Layer.scoped(DispatcherState, start(options))

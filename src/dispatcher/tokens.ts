@@ -1,8 +1,12 @@
 /**
  * Token counting when a response carries no `usage`: gpt-tokenizer (ranks ship inside the npm package, nothing is
  * downloaded at run time). o200k_base for the GPT-4o / 4.1 / 5 and o-series families, cl100k_base otherwise.
- * The encodings are large, so they are loaded on first use (the bundle keeps the package external).
+ * Each encoding costs ~0.5 s and ~50–90 MB to load, so it is loaded on first use (and the bundle keeps the package
+ * external): a process that always sees `usage` in responses never loads one.
  */
+import { Context, Layer } from "effect"
+import { createRequire } from "node:module"
+
 export type EncodingName = "o200k_base" | "cl100k_base"
 
 export const encodingForModel = (model: string | null | undefined): EncodingName => {
@@ -14,19 +18,27 @@ export const encodingForModel = (model: string | null | undefined): EncodingName
 
 export type CountTokens = (encoding: EncodingName, text: string) => number
 
-/** Loads both encodings and returns a synchronous counter. */
-export const loadTokenCounter = async (): Promise<CountTokens> => {
-  const [o200k, cl100k] = await Promise.all([
-    import("gpt-tokenizer/encoding/o200k_base"),
-    import("gpt-tokenizer/encoding/cl100k_base")
-  ])
-  return (encoding, text) =>
-    text === "" ? 0 : (encoding === "o200k_base" ? o200k.countTokens(text) : cl100k.countTokens(text))
+interface Encoding {
+  countTokens(text: string): number
 }
 
-import { Context, Effect, Layer } from "effect"
+/** A synchronous counter that loads each encoding the first time it is needed. */
+export const lazyTokenCounter = (): CountTokens => {
+  const require = createRequire(import.meta.url)
+  const loaded = new Map<EncodingName, Encoding>()
+  return (encoding, text) => {
+    if (text === "") return 0
+    let enc = loaded.get(encoding)
+    if (enc === undefined) {
+      enc = require(`gpt-tokenizer/encoding/${encoding}`) as Encoding
+      loaded.set(encoding, enc)
+    }
+    return enc.countTokens(text)
+  }
+}
+
+export const loadTokenCounter = async (): Promise<CountTokens> => lazyTokenCounter()
 
 export class TokenCounter extends Context.Tag("llm-proxy/dispatcher/TokenCounter")<TokenCounter, CountTokens>() {
-  /** gpt-tokenizer's o200k_base and cl100k_base, loaded once when the layer is built */
-  static readonly layer = Layer.effect(TokenCounter, Effect.promise(loadTokenCounter))
+  static readonly layer = Layer.sync(TokenCounter, lazyTokenCounter)
 }

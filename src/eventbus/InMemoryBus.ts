@@ -29,7 +29,7 @@ export const make = (capacity: number) =>
         dropped,
         written: published,
         failed: 0,
-        buffered: Option.getOrElse(pubsub.unsafeSize(), () => 0),
+        buffered: Math.max(0, Option.getOrElse(pubsub.unsafeSize(), () => 0)),
         maxLen: null
       }))
     })
@@ -49,7 +49,7 @@ export const make = (capacity: number) =>
             ),
           ack: () => Effect.void,
           keepAlive: () => Effect.void,
-          lag: Effect.map(Queue.size(queue), (n) => ({ undelivered: n, pending: 0 }))
+          lag: Effect.map(Queue.size(queue), (n) => ({ undelivered: Math.max(0, n), pending: 0 }))
         }))
     })
     return { bus, source }

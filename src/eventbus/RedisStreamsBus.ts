@@ -84,9 +84,10 @@ export const makePublisher = (options: RedisStreamsOptions) =>
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {
         const idle = Effect.suspend(() =>
-          Effect.flatMap(Queue.size(buffer), (n) => (n === 0 && inFlight === 0 ? Effect.void : Effect.fail("busy")))
+          Effect.flatMap(Queue.size(buffer), (n) => (n <= 0 && inFlight === 0 ? Effect.void : Effect.fail("busy")))
         ).pipe(Effect.retry(Schedule.spaced("20 millis")))
-        yield* idle.pipe(Effect.timeout("5 seconds"), Effect.ignore)
+        // finalizers are uninterruptible: `interruptible` lets the timeout end the wait
+        yield* Effect.interruptible(idle).pipe(Effect.timeout("5 seconds"), Effect.ignore)
       })
     )
     return EventBus.of({
@@ -105,7 +106,8 @@ export const makePublisher = (options: RedisStreamsOptions) =>
         dropped,
         written,
         failed,
-        buffered: Option.getOrElse(buffer.unsafeSize(), () => 0) + inFlight,
+        // a waiting taker shows as a negative size
+        buffered: Math.max(0, Option.getOrElse(buffer.unsafeSize(), () => 0)) + inFlight,
         maxLen: options.maxLen > 0 ? options.maxLen : null
       }))
     })
