@@ -3,11 +3,17 @@
  * Programs (serve, migrate, …) are compositions of what is built here.
  */
 import { NodeHttpClient } from "@effect/platform-node"
-import { Context, Effect, Layer, Logger, LogLevel, Option } from "effect"
+import { Context, Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
 import { hostname } from "node:os"
 import { AppConfig, type AppConfigShape, type Database, type DispatcherConfig } from "./config/AppConfig.js"
 import { resolveManagementToken } from "./config/managementToken.js"
 import { Providers } from "./config/Providers.js"
+import * as ProxyHandler from "./proxy/ProxyHandler.js"
+import { ProxyHooks } from "./proxy/ProxyHooks.js"
+import * as Upstream from "./proxy/Upstream.js"
+import * as RateLimits from "./token/RateLimits.js"
+import * as TokenValidator from "./token/TokenValidator.js"
+import * as UsageRecorder from "./token/UsageRecorder.js"
 import { KeyCipher } from "./crypto/KeyCipher.js"
 import { ManagementAppLive } from "./http/App.js"
 import { ManagementToken } from "./http/auth.js"
@@ -49,7 +55,7 @@ export const loggerLayer = (config: Pick<AppConfigShape, "logFormat" | "logLevel
   )
 
 const redisStreamsOptions = (config: Pick<AppConfigShape, "redisUrl" | "events">): RedisStreamsBus.RedisStreamsOptions => ({
-  url: config.redisUrl,
+  url: Redacted.make(config.redisUrl),
   streamKey: config.events.streamKey,
   maxLen: config.events.streamMaxLen,
   bufferSize: config.events.bufferSize,
@@ -106,7 +112,7 @@ export const dispatcherLayer = (config: DispatcherConfig, consumerName: Option.O
       deadLetterPath: config.deadLetterPath,
       keepAliveMs: Math.max(100, Math.floor(config.events.claimIdleMs / 3)),
       status: process.stderr.isTTY ? "tty" : "log",
-      maintenance: RedisStreamsBus.trimAcknowledged(config.redisUrl, config.events.streamKey)
+      maintenance: RedisStreamsBus.trimAcknowledged(Redacted.make(config.redisUrl), config.events.streamKey)
     }).pipe(
       Layer.tap(() =>
         Effect.logInfo(
@@ -117,8 +123,26 @@ export const dispatcherLayer = (config: DispatcherConfig, consumerName: Option.O
       Layer.provide(Layer.mergeAll(RedisStreamsBus.sourceLayer(options), backend, TokenCounter.layer)))
 }
 
+/** Window rate limiter store: one instance in memory, or shared through Redis. */
+export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" | "redisUrl">) =>
+  config.rateLimitBackend === "redis" ? RateLimits.redis(config.redisUrl) : RateLimits.memory
+
+/**
+ * The data plane: TokenValidator (shared with the management handlers, which invalidate it), usage counters,
+ * rate limits, upstream pools, and the /v1 handler with its hooks.
+ */
+export const dataPlaneLayer = (config: AppConfigShape, hooks: Layer.Layer<ProxyHooks> = ProxyHooks.none) =>
+  ProxyHandler.layer.pipe(
+    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), hooks))
+  )
+
+export interface ServeOptions {
+  /** What plugs into the data plane (cache, events, audit, metrics); none by default. */
+  readonly proxyHooks?: Layer.Layer<ProxyHooks>
+}
+
 /** Everything `serve` runs, for a given configuration. Provides the bound address (tests use port 0). */
-export const serveLayer = (config: AppConfigShape) =>
+export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =>
   Layer.unwrapEffect(
     Effect.gen(function*() {
       const resolved = yield* resolveManagementToken(config.managementToken, config.managementTokenFile)
@@ -131,11 +155,13 @@ export const serveLayer = (config: AppConfigShape) =>
       }
       return HttpServerLive.pipe(
         Layer.provide(ManagementAppLive),
+        Layer.provideMerge(dataPlaneLayer(config, options.proxyHooks)),
+        Layer.provideMerge(TokenValidator.layer),
         Layer.provideMerge(
           Layer.mergeAll(
             migratedDatabaseLayer(config.database),
             KeyCipher.layer(config.encryptionKey),
-            Providers.builtIn,
+            Providers.load(Option.getOrUndefined(config.apiConfigPath), config.openaiApiUrl),
             Layer.succeed(ManagementToken, resolved.token),
             Layer.succeed(AppConfig, config),
             eventsLayer(config)

@@ -45,7 +45,23 @@ export interface AppConfigShape {
   readonly requireEncryptionKey: boolean
   readonly logLevel: "debug" | "info" | "warn" | "error"
   readonly logFormat: LogFormat
-  readonly redisUrl: Redacted.Redacted<string>
+  /** Providers YAML (reference §5.1); none = the built-in `openai` provider at `openaiApiUrl`. */
+  readonly apiConfigPath: Option.Option<string>
+  readonly openaiApiUrl: string
+  /** Largest proxy request body, bytes (413 above). */
+  readonly maxRequestSize: number
+  /** Upstream response-header timeout, ms (504 after it); streams are never cut by it. */
+  readonly requestTimeoutMs: number
+  /** Consecutive 502/503/504 answers of one provider that open its circuit breaker. */
+  readonly circuitBreakerThreshold: number
+  /** How long an open breaker answers 503 before letting one probe through, ms. */
+  readonly circuitBreakerCooldownMs: number
+  /** How long a validated token may be served from memory before it is re-read, ms (safety net across instances). */
+  readonly tokenCacheTtlMs: number
+  /** How often batched usage counters are written to the database, ms. */
+  readonly usageFlushIntervalMs: number
+  readonly rateLimitBackend: "in-memory" | "redis"
+  readonly redisUrl: string
   readonly events: EventsConfig
 }
 
@@ -100,18 +116,38 @@ const nonNegativeInt = (name: string, fallback: number) =>
     )
   )
 
-/** `30s`, `500ms`, `2m`, `1h`, or a bare number of seconds → milliseconds. */
-export const parseDurationMs = (value: string): Either.Either<number, string> => {
-  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/.exec(value.trim())
-  if (!m) return Either.left(`expected a duration such as 30s, 500ms or 2m, got "${value}"`)
-  const n = Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? "s") as "ms" | "s" | "m" | "h"]
-  return n > 0 ? Either.right(Math.round(n)) : Either.left(`must be greater than zero, got "${value}"`)
+/** `120s`, `2m`, `500ms`, `1h`, or a bare number of seconds → milliseconds. */
+export const parseDuration = (s: string): number | undefined => {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(s.trim())
+  if (!m) return undefined
+  const n = Number(m[1])
+  const ms = n * ({ ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? "s") as "ms" | "s" | "m" | "h"])
+  return Number.isFinite(ms) ? Math.round(ms) : undefined
 }
 
-export const duration = (name: string, fallback: string) =>
+export const duration = (name: string, fallback: string, min = 1) =>
   Config.string(name).pipe(
     Config.withDefault(fallback),
-    Config.mapOrFail((s) => Either.mapLeft(parseDurationMs(s), (m) => invalid(name, m)))
+    Config.mapOrFail((s) => {
+      const ms = parseDuration(s)
+      return ms !== undefined && ms >= min
+        ? Either.right(ms)
+        : Either.left(invalid(name, `expected a duration such as 30s, 500ms or 2m, got "${s}"`))
+    })
+  )
+
+const httpUrl = (name: string, fallback: string) =>
+  Config.string(name).pipe(
+    Config.withDefault(fallback),
+    Config.mapOrFail((s) => {
+      try {
+        const u = new URL(s.trim())
+        if (u.protocol === "http:" || u.protocol === "https:") return Either.right(u.origin)
+      } catch {
+        // fall through
+      }
+      return Either.left(invalid(name, `expected an http:// or https:// URL, got "${s}"`))
+    })
   )
 
 export const optionalString = (name: string) =>
@@ -177,16 +213,17 @@ const logFormat = Config.option(Config.string("LOG_FORMAT")).pipe(
   })
 )
 
-/** `REDIS_URL`, else `REDIS_ADDR` (`host:port` or a URL), else the local default. */
+/** `REDIS_URL`, else `REDIS_ADDR` (`host:port`), else the local default. */
 const redisUrl = Config.all({ url: optionalString("REDIS_URL"), addr: optionalString("REDIS_ADDR") }).pipe(
-  Config.mapOrFail(({ addr, url }) => {
-    const value = Option.getOrElse(Option.orElse(url, () => addr), () => "redis://127.0.0.1:6379").trim()
-    const full = /^rediss?:\/\//.test(value) ? value : /^[^/:\s]+:\d+$/.test(value) ? `redis://${value}` : undefined
-    return full === undefined
-      ? Either.left(invalid(Option.isSome(url) ? "REDIS_URL" : "REDIS_ADDR", "expected redis://host:port or host:port"))
-      : Either.right(Redacted.make(full))
-  })
-)
+    Config.mapOrFail(({ addr, url }) => {
+      if (Option.isSome(url)) {
+        return /^rediss?:\/\//.test(url.value)
+          ? Either.right(url.value)
+          : Either.left(invalid("REDIS_URL", "expected a redis:// or rediss:// URL"))
+      }
+      return Either.right(Option.isSome(addr) ? `redis://${addr.value}` : "redis://127.0.0.1:6379")
+    })
+  )
 
 const eventBus = Config.string("LLM_PROXY_EVENT_BUS").pipe(
   Config.withDefault("in-memory"),
@@ -211,8 +248,6 @@ export const eventsConfig: Config.Config<EventsConfig> = Config.all({
   fileEventLog: optionalString("FILE_EVENT_LOG")
 })
 
-export const redisUrlConfig = redisUrl
-
 export const appConfig: Config.Config<AppConfigShape> = Config.all({
   listen,
   managementToken: Config.option(Config.redacted("MANAGEMENT_TOKEN")).pipe(
@@ -224,6 +259,23 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   requireEncryptionKey: bool("REQUIRE_ENCRYPTION_KEY", false),
   logLevel,
   logFormat,
+  apiConfigPath: optionalString("API_CONFIG_PATH"),
+  openaiApiUrl: httpUrl("OPENAI_API_URL", "https://api.openai.com"),
+  maxRequestSize: positiveInt("MAX_REQUEST_SIZE", 33_554_432),
+  requestTimeoutMs: duration("REQUEST_TIMEOUT", "120s"),
+  circuitBreakerThreshold: positiveInt("CIRCUIT_BREAKER_THRESHOLD", 5),
+  circuitBreakerCooldownMs: duration("CIRCUIT_BREAKER_COOLDOWN", "30s"),
+  tokenCacheTtlMs: duration("TOKEN_CACHE_TTL", "5s", 0),
+  usageFlushIntervalMs: duration("USAGE_FLUSH_INTERVAL", "1s"),
+  rateLimitBackend: Config.string("RATE_LIMIT_BACKEND").pipe(
+    Config.withDefault("in-memory"),
+    Config.mapOrFail((s): Either.Either<"in-memory" | "redis", ConfigError.ConfigError> => {
+      const v = s.trim().toLowerCase()
+      if (v === "in-memory" || v === "memory" || v === "") return Either.right("in-memory")
+      if (v === "redis") return Either.right("redis")
+      return Either.left(invalid("RATE_LIMIT_BACKEND", `expected in-memory or redis, got "${s}"`))
+    })
+  ),
   redisUrl,
   events: eventsConfig
 }).pipe(
@@ -268,7 +320,7 @@ export interface DispatcherConfig {
   readonly buffer: number
   readonly group: string
   readonly deadLetterPath: string
-  readonly redisUrl: Redacted.Redacted<string>
+  readonly redisUrl: string
   readonly events: EventsConfig
   readonly logLevel: AppConfigShape["logLevel"]
   readonly logFormat: LogFormat
