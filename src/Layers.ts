@@ -8,6 +8,7 @@ import { hostname } from "node:os"
 import { AppConfig, type AppConfigShape, type Database, type DispatcherConfig } from "./config/AppConfig.js"
 import { resolveManagementToken } from "./config/managementToken.js"
 import { Providers } from "./config/Providers.js"
+import * as EventCapture from "./proxy/EventCapture.js"
 import * as ProxyHandler from "./proxy/ProxyHandler.js"
 import { ProxyHooks } from "./proxy/ProxyHooks.js"
 import * as Upstream from "./proxy/Upstream.js"
@@ -131,7 +132,10 @@ export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" 
  * The data plane: TokenValidator (shared with the management handlers, which invalidate it), usage counters,
  * rate limits, upstream pools, and the /v1 handler with its hooks.
  */
-export const dataPlaneLayer = (config: AppConfigShape, hooks: Layer.Layer<ProxyHooks> = ProxyHooks.none) =>
+export const dataPlaneLayer = <E = never, R = never>(
+  config: AppConfigShape,
+  hooks: Layer.Layer<ProxyHooks, E, R> = ProxyHooks.none as Layer.Layer<ProxyHooks, E, R>
+) =>
   ProxyHandler.layer.pipe(
     Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), hooks))
   )
@@ -140,6 +144,19 @@ export interface ServeOptions {
   /** What plugs into the data plane (cache, events, audit, metrics); none by default. */
   readonly proxyHooks?: Layer.Layer<ProxyHooks>
 }
+
+/**
+ * What plugs into the data plane by default: instrumentation events (unless OBSERVABILITY_ENABLED=false).
+ * Further features add their part to the list; they run in the order given.
+ */
+export const proxyHooksLayer = (config: AppConfigShape) =>
+  Layer.effect(
+    ProxyHooks,
+    Effect.map(
+      Effect.all(config.events.enabled ? [EventCapture.eventHooks(config.events)] : []),
+      (parts) => ProxyHooks.combine(...parts)
+    )
+  )
 
 /** Everything `serve` runs, for a given configuration. Provides the bound address (tests use port 0). */
 export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =>
@@ -155,7 +172,7 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
       }
       return HttpServerLive.pipe(
         Layer.provide(ManagementAppLive),
-        Layer.provideMerge(dataPlaneLayer(config, options.proxyHooks)),
+        Layer.provideMerge(dataPlaneLayer(config, options.proxyHooks ?? proxyHooksLayer(config))),
         Layer.provideMerge(TokenValidator.layer),
         Layer.provideMerge(
           Layer.mergeAll(

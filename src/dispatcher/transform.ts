@@ -93,6 +93,9 @@ export const completionText = (body: unknown): string => {
   return parts.filter((p) => p !== "").join("\n")
 }
 
+const modelIn = (body: unknown): string | null =>
+  isObject(body) && typeof body["model"] === "string" ? body["model"] : null
+
 const isGenerationPath = (path: string) => /\/(chat\/completions|completions|responses|messages)$/.test(path)
 
 export const transformEvent = (event: ProxyEvent, count: CountTokens): DeliveredEvent => {
@@ -120,7 +123,7 @@ export const transformEvent = (event: ProxyEvent, count: CountTokens): Delivered
     status: event.status,
     duration_ms: event.duration_ms,
     upstream_ms: event.upstream_ms,
-    model: event.model,
+    model: event.model ?? modelIn(response) ?? modelIn(request),
     stream: event.stream,
     error: event.error,
     usage,

@@ -147,6 +147,12 @@ describe("usage", () => {
     expect(encodingForModel(model)).toBe(encoding)
   })
 
+  it("long runs without spaces are counted in pieces (BPE is quadratic in one word's length)", () => {
+    expect(count("o200k_base", "y".repeat(50_000))).toBe(12_500)
+    expect(count("cl100k_base", `start ${"ab".repeat(300)} end`)).toBeGreaterThan(2)
+    expect(count("o200k_base", "")).toBe(0)
+  })
+
   it("prompt and completion text of the common request and response shapes", () => {
     expect(promptText({ instructions: "Be brief", messages: [{ role: "user", content: [{ type: "text", text: "Hi" }] }] })).toBe("Be brief\nHi")
     expect(promptText({ prompt: ["a", "b"] })).toBe("a\nb")
