@@ -173,7 +173,9 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
       return HttpServerLive.pipe(
         Layer.provide(ManagementAppLive),
         Layer.provideMerge(dataPlaneLayer(config, options.proxyHooks ?? proxyHooksLayer(config))),
-        Layer.provideMerge(TokenValidator.layer),
+        Layer.provideMerge(
+          config.invalidationBackend === "redis" ? TokenValidator.layerRedis(config.redisUrl) : TokenValidator.layer
+        ),
         Layer.provideMerge(
           Layer.mergeAll(
             migratedDatabaseLayer(config.database),

@@ -61,6 +61,8 @@ export interface AppConfigShape {
   /** How often batched usage counters are written to the database, ms. */
   readonly usageFlushIntervalMs: number
   readonly rateLimitBackend: "in-memory" | "redis"
+  /** How token-cache invalidations reach other instances. */
+  readonly invalidationBackend: "in-memory" | "redis"
   readonly redisUrl: string
   readonly events: EventsConfig
 }
@@ -147,6 +149,17 @@ const httpUrl = (name: string, fallback: string) =>
         // fall through
       }
       return Either.left(invalid(name, `expected an http:// or https:// URL, got "${s}"`))
+    })
+  )
+
+const memoryOrRedis = (name: string) =>
+  Config.string(name).pipe(
+    Config.withDefault("in-memory"),
+    Config.mapOrFail((s): Either.Either<"in-memory" | "redis", ConfigError.ConfigError> => {
+      const v = s.trim().toLowerCase()
+      if (v === "in-memory" || v === "memory" || v === "") return Either.right("in-memory")
+      if (v === "redis") return Either.right("redis")
+      return Either.left(invalid(name, `expected in-memory or redis, got "${s}"`))
     })
   )
 
@@ -267,15 +280,8 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   circuitBreakerCooldownMs: duration("CIRCUIT_BREAKER_COOLDOWN", "30s"),
   tokenCacheTtlMs: duration("TOKEN_CACHE_TTL", "5s", 0),
   usageFlushIntervalMs: duration("USAGE_FLUSH_INTERVAL", "1s"),
-  rateLimitBackend: Config.string("RATE_LIMIT_BACKEND").pipe(
-    Config.withDefault("in-memory"),
-    Config.mapOrFail((s): Either.Either<"in-memory" | "redis", ConfigError.ConfigError> => {
-      const v = s.trim().toLowerCase()
-      if (v === "in-memory" || v === "memory" || v === "") return Either.right("in-memory")
-      if (v === "redis") return Either.right("redis")
-      return Either.left(invalid("RATE_LIMIT_BACKEND", `expected in-memory or redis, got "${s}"`))
-    })
-  ),
+  rateLimitBackend: memoryOrRedis("RATE_LIMIT_BACKEND"),
+  invalidationBackend: memoryOrRedis("INVALIDATION_BACKEND"),
   redisUrl,
   events: eventsConfig
 }).pipe(

@@ -178,6 +178,33 @@ describe.each(backends)("proxy on $name", (b) => {
     })
   })
 
+  describe("changes made by another instance (written straight to the database)", () => {
+    it("a limited token sees revocation and project deactivation on its next call (the quota update checks the rows)", async () => {
+      const t = await projectAndToken(stack.manage, { max_requests: 10 })
+      expect((await go(t.token)).status).toBe(200)
+      await exec(backend, "UPDATE projects SET is_active = '0' WHERE id = ?", [t.projectId])
+      expect((await go(t.token)).json).toEqual({ error: "Project is inactive", code: "project_inactive" })
+      await exec(backend, "UPDATE projects SET is_active = '1' WHERE id = ?", [t.projectId])
+      expect((await go(t.token)).status).toBe(200)
+      await exec(backend, "UPDATE tokens SET is_active = '0' WHERE id = ?", [t.tokenId])
+      expect((await go(t.token)).json).toEqual(inactive)
+    })
+
+    it("an unlimited token sees them after at most TOKEN_CACHE_TTL", async () => {
+      const quick = await startStack(backend, { tokenCacheTtlMs: 300 }, undefined, stack.mock)
+      try {
+        const t = await projectAndToken(quick.manage)
+        const once = () => call(quick.server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })
+        expect((await once()).status).toBe(200)
+        await exec(backend, "UPDATE tokens SET is_active = '0' WHERE id = ?", [t.tokenId])
+        await sleep(350)
+        expect((await once()).json).toEqual(inactive)
+      } finally {
+        await quick.close()
+      }
+    })
+  })
+
   describe("projects", () => {
     it("66/68 deactivating a project blocks its (cached) tokens with 403 project_inactive; reactivating restores them", async () => {
       const t = await projectAndToken(stack.manage)
@@ -260,6 +287,37 @@ describe.skipIf(!redisUrl)("window rate limits shared through Redis (RATE_LIMIT_
       const goOn = (s: Stack) => call(s.server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })
       const statuses = [await goOn(a), await goOn(b), await goOn(a), await goOn(b), await goOn(a)].map((r) => r.status)
       expect(statuses).toEqual([200, 200, 200, 429, 429])
+    } finally {
+      await b.close()
+      await a.close()
+      await backend.cleanup()
+    }
+  })
+})
+
+describe.skipIf(!redisUrl)("several instances with INVALIDATION_BACKEND=redis", () => {
+  it("63/69 revoking on one instance, deactivating or rotating the key reaches the other's cache at once", async () => {
+    const backend = await backends[0]!.create()
+    // A long cache lifetime: only the invalidation channel can explain instance B noticing the changes.
+    const options = { invalidationBackend: "redis" as const, redisUrl: redisUrl!, tokenCacheTtlMs: 600_000 }
+    const a = await startStack(backend, options)
+    const b = await startStack(backend, options, undefined, a.mock)
+    try {
+      const t = await projectAndToken(a.manage)
+      const viaB = () => call(b.server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })
+      expect((await viaB()).status).toBe(200)
+      const rotated = `sk-rotated-${crypto.randomUUID()}`
+      await a.manage.patch(`/manage/projects/${t.projectId}`, { api_key: rotated })
+      await eventually(async () => {
+        await viaB()
+        return a.mock.requests.at(-1)!.headers.authorization === `Bearer ${rotated}`
+      }, 2_000, 20)
+      await a.manage.patch(`/manage/projects/${t.projectId}`, { is_active: false })
+      await eventually(async () => (await viaB()).status === 403, 2_000, 20)
+      await a.manage.patch(`/manage/projects/${t.projectId}`, { is_active: true })
+      await eventually(async () => (await viaB()).status === 200, 2_000, 20)
+      expect((await a.manage.delete(`/manage/tokens/${t.tokenId}`)).status).toBe(204)
+      await eventually(async () => (await viaB()).status === 401, 2_000, 20)
     } finally {
       await b.close()
       await a.close()
