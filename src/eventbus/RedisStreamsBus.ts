@@ -7,7 +7,7 @@
  * then reads new ones, and every `claimIdle/2` takes over entries another consumer left pending for `claimIdle`
  * (`XAUTOCLAIM`). Entries are acknowledged only when the caller says so (after the backend accepted them).
  */
-import { Effect, Layer, Option, Queue, Redacted, Schedule } from "effect"
+import { Effect, Layer, Option, Queue, Redacted, Runtime, Schedule } from "effect"
 import { Redis } from "ioredis"
 import { decodeProxyEventJson, type ProxyEvent } from "../domain/ProxyEvent.js"
 import { BusError, type Delivery, EventBus, EventSource, type Subscription } from "./EventBus.js"
@@ -24,17 +24,51 @@ export interface RedisStreamsOptions {
   readonly publishBatch?: number
 }
 
+/** `host:port` of a Redis URL, never its credentials. */
+export const redisLocation = (url: Redacted.Redacted<string>) => {
+  try {
+    const u = new URL(Redacted.value(url))
+    return `${u.hostname}:${u.port || "6379"}`
+  } catch {
+    return "the configured Redis"
+  }
+}
+
+/**
+ * One ioredis connection. Commands wait while Redis is unreachable (ioredis reconnects); the outage is logged once
+ * when it starts and once when it ends, never per attempt.
+ */
 const connect = (url: Redacted.Redacted<string>, name: string) =>
-  Effect.acquireRelease(
-    Effect.sync(() => {
-      const redis = new Redis(Redacted.value(url), { lazyConnect: true, maxRetriesPerRequest: null, connectionName: name })
-      // errors surface through the commands; without a listener ioredis would print each reconnect attempt
-      redis.on("error", () => {})
-      void redis.connect().catch(() => {})
-      return redis
-    }),
-    (redis) => Effect.promise(() => redis.quit().catch(() => redis.disconnect()))
-  )
+  Effect.gen(function*() {
+    const runtime = yield* Effect.runtime<never>()
+    const log = (effect: Effect.Effect<void>) => void Runtime.runFork(runtime)(effect)
+    return yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        const redis = new Redis(Redacted.value(url), { lazyConnect: true, maxRetriesPerRequest: null, connectionName: name })
+        let down = false
+        redis.on("error", (e: Error) => {
+          if (down) return
+          down = true
+          log(Effect.logWarning(`event bus: Redis at ${redisLocation(url)} unreachable (${e.message}); retrying`))
+        })
+        redis.on("ready", () => {
+          if (!down) return
+          down = false
+          log(Effect.logInfo(`event bus: Redis at ${redisLocation(url)} reachable again`))
+        })
+        void redis.connect().catch(() => {})
+        return redis
+      }),
+      // quit() would wait for a connection that may never come: only a ready connection says goodbye
+      (redis) =>
+        redis.status === "ready"
+          ? Effect.promise(() => redis.quit().catch(() => redis.disconnect())).pipe(
+            Effect.interruptible,
+            Effect.timeoutTo({ duration: "2 seconds", onTimeout: () => redis.disconnect(), onSuccess: () => undefined })
+          )
+          : Effect.sync(() => redis.disconnect())
+    )
+  })
 
 const describe = (e: unknown) => (e instanceof Error ? e.message : String(e))
 const redisCall = <A>(what: string, f: () => Promise<A>) =>
@@ -140,7 +174,13 @@ export const makeSource = (options: RedisStreamsOptions) =>
           Effect.catchIf((e) => e.message.includes("BUSYGROUP"), () => Effect.void),
           Effect.asVoid
         )
-        yield* ensureGroup
+        // a consumer that cannot reach Redis at start says so instead of waiting silently
+        yield* ensureGroup.pipe(
+          Effect.timeoutFail({
+            duration: "15 seconds",
+            onTimeout: () => new BusError({ message: `cannot reach Redis at ${redisLocation(options.url)} (stream ${key})` })
+          })
+        )
         let ownPending = true
         let ownCursor = "0"
         let claimCursor = "0-0"
