@@ -122,6 +122,11 @@ export const makePublisher = (options: RedisStreamsOptions) =>
         ).pipe(Effect.retry(Schedule.spaced("20 millis")))
         // finalizers are uninterruptible: `interruptible` lets the timeout end the wait
         yield* Effect.interruptible(idle).pipe(Effect.timeout("5 seconds"), Effect.ignore)
+        const left = Math.max(0, Option.getOrElse(buffer.unsafeSize(), () => 0)) + inFlight
+        if (left > 0) {
+          dropped += left
+          yield* Effect.logWarning(`event bus: ${left} buffered events could not be written to Redis before shutdown`)
+        }
       })
     )
     return EventBus.of({
