@@ -1,7 +1,14 @@
 /** `llm-proxy dispatcher` and `serve --file-event-log` as users run them (in-process through runCli). */
-import { Effect, Exit } from "effect"
+import { Effect, Exit, Fiber, Redacted } from "effect"
+import { existsSync, mkdtempSync, readFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
 import { runCli } from "../../src/cli/Cli.js"
+import { EventBus } from "../../src/eventbus/EventBus.js"
+import * as RedisStreamsBus from "../../src/eventbus/RedisStreamsBus.js"
+import { flushRedisPrefix, redisUrl } from "../support/databases.js"
+import { buildLayer, makeEvent, waitFor } from "../support/events.js"
 
 const cli = async (...args: Array<string>) => {
   const out: Array<string> = []
@@ -56,5 +63,48 @@ describe("llm-proxy dispatcher", () => {
 
   it("serve --help shows --file-event-log", async () => {
     expect((await cli("serve", "--help")).out).toContain("--file-event-log")
+  })
+})
+
+describe.skipIf(!redisUrl)("llm-proxy dispatcher against Redis (in-process)", () => {
+  const prefix = `llm-proxy-test:cli-dispatcher:${process.pid}:${Date.now()}:`
+  afterEach(() => flushRedisPrefix(redisUrl!, prefix))
+
+  it("delivers to the file backend, and stops cleanly when interrupted (as on SIGTERM)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "llm-proxy-cli-dispatcher-"))
+    const path = join(dir, "out.jsonl")
+    const streamKey = `${prefix}events`
+    const publisher = await buildLayer(RedisStreamsBus.publisherLayer({
+      url: Redacted.make(redisUrl!),
+      streamKey,
+      maxLen: 0,
+      bufferSize: 100,
+      claimIdleMs: 30_000
+    }))
+    const events = Array.from({ length: 50 }, () => makeEvent())
+    for (const e of events) publisher.get(EventBus).publish(e)
+    await publisher.close()
+    process.env["LLM_PROXY_EVENT_BUS"] = "redis-streams"
+    process.env["LOG_LEVEL"] = "error"
+    const fiber = Effect.runFork(runCli([
+      "node",
+      "llm-proxy",
+      "dispatcher",
+      "--endpoint",
+      path,
+      "--redis-url",
+      redisUrl!,
+      "--stream-key",
+      streamKey,
+      "--flush-interval",
+      "100ms",
+      "--dead-letter",
+      join(dir, "dead.jsonl")
+    ]))
+    const count = () => (existsSync(path) ? readFileSync(path, "utf8").split("\n").filter((l) => l !== "").length : 0)
+    await waitFor(() => count() >= 50, 20_000, "50 lines")
+    const exit = await Effect.runPromise(Fiber.interrupt(fiber))
+    expect(Exit.isInterrupted(exit)).toBe(true)
+    expect(count()).toBe(50)
   })
 })
