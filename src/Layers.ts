@@ -2,7 +2,9 @@
  * The one place where configuration picks layers: SQLite or PostgreSQL, encryption on or off, log format.
  * Programs (serve, migrate, …) are compositions of what is built here.
  */
-import { Context, Effect, Layer, Logger, LogLevel, Option } from "effect"
+import { NodeHttpClient } from "@effect/platform-node"
+import { Context, Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
+import { hostname } from "node:os"
 import * as MemoryCache from "./cache/MemoryCache.js"
 import * as RedisCache from "./cache/RedisCache.js"
 import * as ResponseCache from "./cache/ResponseCache.js"
@@ -11,9 +13,10 @@ import * as AuditRepo from "./audit/AuditRepo.js"
 import { makeTrustedProxies } from "./audit/clientIp.js"
 import { retentionLayer } from "./audit/retention.js"
 import { sinksLayer } from "./audit/sinks.js"
-import { AppConfig, type AppConfigShape, type Database } from "./config/AppConfig.js"
+import { AppConfig, type AppConfigShape, type Database, type DispatcherConfig } from "./config/AppConfig.js"
 import { resolveManagementToken } from "./config/managementToken.js"
 import { Providers } from "./config/Providers.js"
+import * as EventCapture from "./proxy/EventCapture.js"
 import * as ProxyHandler from "./proxy/ProxyHandler.js"
 import { cacheHooks } from "./proxy/CacheHooks.js"
 import { auditHooks } from "./proxy/auditHooks.js"
@@ -34,6 +37,12 @@ import * as Metrics from "./observability/Metrics.js"
 import * as ProxyObservability from "./observability/ProxyObservability.js"
 import { redisCheck } from "./observability/redisCheck.js"
 import * as Tracing from "./observability/Tracing.js"
+
+import { fileBackend, heliconeBackend, lunaryBackend } from "./dispatcher/backends.js"
+import * as Dispatcher from "./dispatcher/Dispatcher.js"
+import { TokenCounter } from "./dispatcher/tokens.js"
+import * as InMemoryBus from "./eventbus/InMemoryBus.js"
+import * as RedisStreamsBus from "./eventbus/RedisStreamsBus.js"
 
 export const dialectOf = (db: Database) => (db._tag === "sqlite" ? "sqlite" : "postgres") as "sqlite" | "postgres"
 
@@ -82,6 +91,75 @@ export const loggerLayer = (config: Pick<AppConfigShape, "logFormat" | "logLevel
       { debug: LogLevel.Debug, info: LogLevel.Info, warn: LogLevel.Warning, error: LogLevel.Error }[config.logLevel]
     )
   )
+
+const redisStreamsOptions = (config: Pick<AppConfigShape, "redisUrl" | "events">): RedisStreamsBus.RedisStreamsOptions => ({
+  url: Redacted.make(config.redisUrl),
+  streamKey: config.events.streamKey,
+  maxLen: config.events.streamMaxLen,
+  bufferSize: config.events.bufferSize,
+  claimIdleMs: config.events.claimIdleMs
+})
+
+/** The event bus chosen by `LLM_PROXY_EVENT_BUS`: both its publishing and its consuming side. */
+export const eventBusLayer = (config: Pick<AppConfigShape, "redisUrl" | "events">) =>
+  config.events.bus === "in-memory"
+    ? InMemoryBus.layer(config.events.bufferSize)
+    : RedisStreamsBus.layer(redisStreamsOptions(config))
+
+const defaultConsumer = (prefix: string) => `${prefix}-${hostname()}-${process.pid}`
+
+/**
+ * `serve --file-event-log PATH`: the file backend in-process. On Redis it reads with its own consumer group
+ * (`file-event-log`), so it never competes with separate dispatchers for events.
+ */
+export const fileEventLogLayer = (config: Pick<AppConfigShape, "redisUrl" | "events">) =>
+  Option.match(config.events.fileEventLog, {
+    onNone: () => Layer.empty,
+    onSome: (path) =>
+      Dispatcher.layer({
+          group: "file-event-log",
+          consumer: Option.getOrElse(config.events.consumerName, () => defaultConsumer("file-event-log")),
+          batchSize: 100,
+          flushIntervalMs: 1000,
+          buffer: 1000,
+          deadLetterPath: `${path}.dead-letter.jsonl`,
+          keepAliveMs: Math.max(100, Math.floor(config.events.claimIdleMs / 3)),
+          status: "off"
+        }).pipe(Layer.provide(Layer.merge(fileBackend(path), TokenCounter.layer)))
+  })
+
+/** The bus plus whatever consumes it inside `serve`. */
+export const eventsLayer = (config: Pick<AppConfigShape, "redisUrl" | "events">) =>
+  fileEventLogLayer(config).pipe(Layer.provideMerge(eventBusLayer(config)))
+
+/** `llm-proxy dispatcher`: the Redis Streams source, the chosen backend and the tokenizer. */
+export const dispatcherLayer = (config: DispatcherConfig, consumerName: Option.Option<string>) => {
+  const backend = config.service === "file"
+    ? fileBackend(config.endpoint)
+    : (config.service === "lunary" ? lunaryBackend : heliconeBackend)(
+      config.endpoint,
+      Option.getOrThrow(config.apiKey)
+    ).pipe(Layer.provide(NodeHttpClient.layerUndici))
+  const options = redisStreamsOptions(config)
+  return Dispatcher.layer({
+      group: config.group,
+      consumer: Option.getOrElse(consumerName, () => defaultConsumer(`dispatcher-${config.service}`)),
+      batchSize: config.batchSize,
+      flushIntervalMs: config.flushIntervalMs,
+      buffer: config.buffer,
+      deadLetterPath: config.deadLetterPath,
+      keepAliveMs: Math.max(100, Math.floor(config.events.claimIdleMs / 3)),
+      status: process.stderr.isTTY ? "tty" : "log",
+      maintenance: RedisStreamsBus.trimAcknowledged(Redacted.make(config.redisUrl), config.events.streamKey)
+    }).pipe(
+      Layer.tap(() =>
+        Effect.logInfo(
+          `dispatcher ${config.service} reading ${config.events.streamKey} as group ${config.group}` +
+            (config.service === "file" ? `, writing ${config.endpoint}` : "")
+        )
+      ),
+      Layer.provide(Layer.mergeAll(RedisStreamsBus.sourceLayer(options), backend, TokenCounter.layer)))
+}
 
 /** Window rate limiter store: one instance in memory, or shared through Redis. */
 export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" | "redisUrl">) =>
@@ -151,7 +229,7 @@ export const cacheMetricsLayer = Layer.effectDiscard(Effect.gen(function*() {
  * `others` (cache, events, audit, …) then observability's hooks, which go last because they read the headers the
  * other hooks set.
  */
-export const observedHooksLayer = <R>(config: AppConfigShape, others: Layer.Layer<ProxyHooks, never, R>) =>
+export const observedHooksLayer = <E, R>(config: AppConfigShape, others: Layer.Layer<ProxyHooks, E, R>) =>
   Layer.scoped(
     ProxyHooks,
     Effect.gen(function*() {
@@ -169,7 +247,9 @@ export const observedHooksLayer = <R>(config: AppConfigShape, others: Layer.Laye
  * What plugs into the data plane: the response cache first (its hits end the request before anything else runs),
  * then any other hooks given (events, audit, metrics, tests).
  */
-export const proxyHooksLayer = (extra?: Layer.Layer<ProxyHooks>): Layer.Layer<ProxyHooks, never, ResponseCache.ResponseCache> =>
+export const proxyHooksLayer = <E = never, R = never>(
+  extra?: Layer.Layer<ProxyHooks, E, R>
+): Layer.Layer<ProxyHooks, E, ResponseCache.ResponseCache | R> =>
   Layer.scoped(
     ProxyHooks,
     Effect.gen(function*() {
@@ -183,7 +263,7 @@ export const proxyHooksLayer = (extra?: Layer.Layer<ProxyHooks>): Layer.Layer<Pr
  * The data plane: TokenValidator (shared with the management handlers, which invalidate it), usage counters,
  * rate limits, upstream pools, and the /v1 handler with its hooks.
  */
-export const dataPlaneLayer = (config: AppConfigShape, hooks?: Layer.Layer<ProxyHooks>) =>
+export const dataPlaneLayer = <E = never, R = never>(config: AppConfigShape, hooks?: Layer.Layer<ProxyHooks, E, R>) =>
   ProxyHandler.layer.pipe(
     Layer.provideMerge(
       Layer.mergeAll(
@@ -196,7 +276,7 @@ export const dataPlaneLayer = (config: AppConfigShape, hooks?: Layer.Layer<Proxy
   )
 
 /** The given hooks plus the audit log's (proxy requests denied for an inactive project). */
-const withAuditHooks = <R>(config: Pick<AppConfigShape, "trustedProxies">, hooks: Layer.Layer<ProxyHooks, never, R>) =>
+const withAuditHooks = <E, R>(config: Pick<AppConfigShape, "trustedProxies">, hooks: Layer.Layer<ProxyHooks, E, R>) =>
   Layer.effect(
     ProxyHooks,
     Effect.gen(function*() {
@@ -210,6 +290,20 @@ export interface ServeOptions {
   /** What else plugs into the data plane (events, audit, metrics), after the response cache; none by default. */
   readonly proxyHooks?: Layer.Layer<ProxyHooks>
 }
+
+/**
+ * Instrumentation events (unless OBSERVABILITY_ENABLED=false), then any hooks given (tests): they run after the
+ * response cache's, so a cache hit — which ends the request there — yields no event.
+ */
+export const eventHooksLayer = <E = never, R = never>(config: AppConfigShape, extra?: Layer.Layer<ProxyHooks, E, R>) =>
+  Layer.scoped(
+    ProxyHooks,
+    Effect.gen(function*() {
+      const events = config.events.enabled ? [yield* EventCapture.eventHooks(config.events)] : []
+      const more = extra === undefined ? [] : [Context.get(yield* Layer.build(extra), ProxyHooks)]
+      return ProxyHooks.combine(...events, ...more)
+    })
+  )
 
 /** Everything `serve` runs, for a given configuration. Provides the bound address (tests use port 0). */
 export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =>
@@ -225,7 +319,7 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
       }
       return HttpServerLive.pipe(
         Layer.provide(ManagementAppLive),
-        Layer.provideMerge(dataPlaneLayer(config, options.proxyHooks)),
+        Layer.provideMerge(dataPlaneLayer(config, eventHooksLayer(config, options.proxyHooks))),
         Layer.provideMerge(
           instrumentedTokenValidator.pipe(
             Layer.provide(config.invalidationBackend === "redis" ? TokenValidator.layerRedis(config.redisUrl) : TokenValidator.layer)
@@ -239,7 +333,8 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
             Providers.load(Option.getOrUndefined(config.apiConfigPath), config.openaiApiUrl),
             responseCacheLayer(config),
             Layer.succeed(ManagementToken, resolved.token),
-            Layer.succeed(AppConfig, config)
+            Layer.succeed(AppConfig, config),
+            eventsLayer(config)
           )
         ),
         Layer.provideMerge(observabilityLayer(config)),

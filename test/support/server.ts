@@ -50,6 +50,18 @@ export const testConfig = (database: Database, overrides: Partial<AppConfigShape
   otlp: Option.none(),
   redisUrl: process.env["REDIS_URL"] || "redis://127.0.0.1:6379",
   cache: testCacheConfig(),
+  events: {
+    bus: "in-memory",
+    enabled: true,
+    bufferSize: 10_000,
+    maxRequestBodyBytes: 65_536,
+    maxResponseBodyBytes: 262_144,
+    streamKey: `llm-proxy-test:${crypto.randomUUID()}:events`,
+    streamMaxLen: 0,
+    claimIdleMs: 30_000,
+    consumerName: Option.none(),
+    fileEventLog: Option.none()
+  },
   ...overrides
 })
 
