@@ -7,9 +7,11 @@ import { AppConfig, type AppConfigShape, type Database } from "./config/AppConfi
 import { resolveManagementToken } from "./config/managementToken.js"
 import { Providers } from "./config/Providers.js"
 import { KeyCipher } from "./crypto/KeyCipher.js"
+import { AdminAssetsLive } from "./http/AdminUi.js"
 import { ManagementAppLive } from "./http/App.js"
 import { ManagementToken } from "./http/auth.js"
 import { HttpServerLive, ServerAddress } from "./http/Server.js"
+import { AdminSessionsLive } from "./http/session.js"
 import { postgresStore, sqliteStore } from "./store/layers.js"
 import { migrateUp } from "./store/migrations.js"
 
@@ -61,6 +63,8 @@ export const serveLayer = (config: AppConfigShape) =>
             KeyCipher.layer(config.encryptionKey),
             Providers.builtIn,
             Layer.succeed(ManagementToken, resolved.token),
+            AdminSessionsLive(),
+            AdminAssetsLive(),
             Layer.succeed(AppConfig, config)
           )
         ),

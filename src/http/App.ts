@@ -18,7 +18,11 @@ import { Store } from "../store/Store.js"
 import { ManagementAuthLive, ManagementToken } from "./auth.js"
 import { jsonError, managementFallback } from "./fallback.js"
 import { ProjectsLive } from "./ProjectsHttp.js"
+import { AdminAssets, serveAdmin } from "./AdminUi.js"
+import { AdminSessions } from "./session.js"
+import { SessionLive } from "./SessionHttp.js"
 import { TokensLive } from "./TokensHttp.js"
+import { UsageLive } from "./UsageHttp.js"
 
 export const VERSION = "0.1.0"
 
@@ -44,7 +48,7 @@ export const ManagementAppLive = Layer.effect(ManagementApp, HttpApiBuilder.http
   Layer.provide(decodeErrorsAsBadRequest),
   Layer.provide(HttpApiSwagger.layer({ path: "/manage/docs" })),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/manage/openapi.json" })),
-  Layer.provide(HttpApiBuilder.api(ManagementApi).pipe(Layer.provide([ProjectsLive, TokensLive]))),
+  Layer.provide(HttpApiBuilder.api(ManagementApi).pipe(Layer.provide([ProjectsLive, TokensLive, UsageLive, SessionLive]))),
   Layer.provide([HttpApiBuilder.Router.Live, HttpApiBuilder.Middleware.layer, ManagementAuthLive])
 )
 
@@ -73,7 +77,14 @@ const health = Effect.gen(function*() {
 
 export const makeApp = Effect.gen(function*() {
   const management = yield* ManagementApp
-  const context = yield* Effect.context<Store | ManagementToken>()
+  const context = yield* Effect.context<Store | ManagementToken | AdminSessions | AdminAssets>()
+
+  const fallback = managementFallback.pipe(
+    Effect.catchTags({
+      Unauthorized: (e) => Effect.succeed(jsonError(401, e.error, e.code !== undefined ? { code: e.code } : undefined)),
+      Forbidden: (e) => Effect.succeed(jsonError(403, e.error, e.code !== undefined ? { code: e.code } : undefined))
+    })
+  )
 
   const route = Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
@@ -90,19 +101,16 @@ export const makeApp = Effect.gen(function*() {
         return HttpServerResponse.unsafeJson(h.body, { status: h.up ? 200 : 503 })
       }
     }
+    if (path === "/admin" || path.startsWith("/admin/")) return yield* serveAdmin(path)
     if (path === "/manage" || path.startsWith("/manage/")) {
       // The router ignores a trailing slash; `/manage/projects/` is an empty id, not the list (reference §2.3).
-      if (path.endsWith("/")) {
-        return yield* managementFallback.pipe(
-          Effect.catchTag("Unauthorized", (e) => Effect.succeed(jsonError(401, e.error)))
-        )
-      }
+      if (path.endsWith("/")) return yield* fallback
       // The router is typed as infallible but fails with RouteNotFound for paths it does not know.
       return yield* management.pipe(
         Effect.catchAllCause((cause) => {
           const failure = Cause.failureOption(cause as Cause.Cause<unknown>)
           return failure._tag === "Some" && Predicate.isTagged(failure.value, "RouteNotFound")
-            ? managementFallback.pipe(Effect.catchTag("Unauthorized", (e) => Effect.succeed(jsonError(401, e.error))))
+            ? fallback
             : Effect.failCause(cause)
         })
       )

@@ -6,7 +6,7 @@ import { Providers } from "../config/Providers.js"
 import { KeyCipher } from "../crypto/KeyCipher.js"
 import { obfuscateApiKey } from "../crypto/obfuscate.js"
 import { BadRequest, Conflict, InternalError, NotFound } from "../domain/errors.js"
-import { isUuid, validateCreateProject, validateUpdateProject } from "../domain/validation.js"
+import { isUuid, parsePageParam, validateCreateProject, validateUpdateProject } from "../domain/validation.js"
 import { Store, type StoreError } from "../store/Store.js"
 import { readJson, validate } from "./body.js"
 import { projectJson } from "./present.js"
@@ -31,11 +31,31 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
     const providers = yield* Providers
 
     return handlers
-      .handle("list", () =>
-        store.listProjects.pipe(
-          Effect.map((rows) => rows.map(projectJson)),
-          Effect.catchTag("StoreError", internal("failed to list projects"))
-        ))
+      .handle("list", ({ urlParams }) =>
+        Effect.gen(function*() {
+          const paged = urlParams.page !== undefined || urlParams.page_size !== undefined
+          const search = urlParams.search?.trim() ?? ""
+          if (!paged) {
+            if (search === "") return (yield* store.listProjects).map(projectJson)
+            const all = yield* store.listProjectsPage({ search, limit: 2_147_483_647, offset: 0 })
+            return all.rows.map(projectJson)
+          }
+          const page = yield* validate(parsePageParam("page", urlParams.page, 1, 1_000_000_000, 1))
+          const pageSize = yield* validate(parsePageParam("page_size", urlParams.page_size, 1, 100, 20))
+          const result = yield* store.listProjectsPage({ search, limit: pageSize, offset: (page - 1) * pageSize })
+          const totalPages = Math.ceil(result.total / pageSize)
+          return {
+            projects: result.rows.map(projectJson),
+            pagination: {
+              page,
+              page_size: pageSize,
+              total_count: result.total,
+              total_pages: totalPages,
+              has_next: page < totalPages,
+              has_prev: page > 1
+            }
+          }
+        }).pipe(Effect.catchTag("StoreError", internal("failed to list projects"))))
       .handleRaw("create", ({ request }) =>
         Effect.gen(function*() {
           const body = yield* readJson(request)

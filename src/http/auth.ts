@@ -1,15 +1,21 @@
-/** Management-token authentication (reference §2.2 messages, constant-time comparison). */
+/**
+ * Management authentication: `Authorization: Bearer <MANAGEMENT_TOKEN>` (reference §2.2 messages, constant-time
+ * comparison), or — for the admin UI — a session cookie, with the session's CSRF token required on every
+ * state-changing method.
+ */
 import { HttpServerRequest } from "@effect/platform"
-import { Context, Effect, Layer, Redacted } from "effect"
+import { Context, Effect, Layer, Option, Redacted } from "effect"
 import { ManagementAuth } from "../api/ManagementApi.js"
 import { constantTimeEqual } from "../crypto/constantTime.js"
-import { Unauthorized } from "../domain/errors.js"
+import { Forbidden, Unauthorized } from "../domain/errors.js"
+import { AdminSessions, CSRF_HEADER, SESSION_COOKIE } from "./session.js"
 
 export class ManagementToken extends Context.Tag("llm-proxy/ManagementToken")<ManagementToken, Redacted.Redacted<string>>() {}
 
 const PREFIX = "Bearer "
+const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"])
 
-/** The check itself, shared by the HttpApi middleware and the fallback that answers 405s. */
+/** The bearer check itself, shared by the HttpApi middleware and the fallback that answers 405s. */
 export const checkAuthorization = (
   header: string | undefined,
   expected: Redacted.Redacted<string>
@@ -25,15 +31,28 @@ export const checkAuthorization = (
 export const authorize = Effect.gen(function*() {
   const expected = yield* ManagementToken
   const request = yield* HttpServerRequest.HttpServerRequest
-  const failure = checkAuthorization(request.headers.authorization, expected)
+  const header = request.headers.authorization
+  const sessionId = request.cookies[SESSION_COOKIE]
+  // An explicit Authorization header always decides; the cookie is only the admin UI's way in.
+  if (header === undefined && sessionId !== undefined) {
+    const sessions = yield* AdminSessions
+    const session = yield* sessions.touch(sessionId)
+    if (Option.isNone(session)) {
+      return yield* new Unauthorized({ error: "session expired or invalid", code: "session_expired" })
+    }
+    if (SAFE_METHODS.has(request.method)) return
+    if (constantTimeEqual(request.headers[CSRF_HEADER] ?? "", session.value.csrf)) return
+    return yield* new Forbidden({ error: "missing or invalid CSRF token", code: "csrf_failed" })
+  }
+  const failure = checkAuthorization(header, expected)
   if (failure) return yield* failure
 })
 
 export const ManagementAuthLive = Layer.effect(
   ManagementAuth,
-  Effect.map(ManagementToken, (expected) =>
+  Effect.map(Effect.context<ManagementToken | AdminSessions>(), (context) =>
     ManagementAuth.of({
       // The platform's bearer decoder slices any header; we re-read it to tell "missing" from "wrong".
-      bearer: () => Effect.provideService(authorize, ManagementToken, expected)
+      bearer: () => Effect.provide(authorize, context)
     }))
 )

@@ -95,10 +95,54 @@ export interface TokenFilter {
   readonly now: string
 }
 
+/** Usage to add to one (hour, token) rollup row. `hour` is the ISO start of a UTC hour (see `hourOf`). */
+export interface UsageDelta {
+  readonly hour: string
+  readonly projectId: string
+  readonly tokenId: string
+  /** Every answered request, cache hits included. */
+  readonly requests: number
+  readonly cacheHits: number
+  /** Requests answered with status >= 400. */
+  readonly errors: number
+  readonly promptTokens: number
+  readonly completionTokens: number
+}
+
+export interface UsageQuery {
+  /** Inclusive ISO start (rounded down to its hour by the caller). */
+  readonly since: string
+  /** Exclusive ISO end. */
+  readonly until: string
+  readonly projectId?: string
+  readonly tokenId?: string
+}
+
+/** The sum over the matching rollup rows of one hour. */
+export interface UsagePoint {
+  readonly hour: string
+  readonly requests: number
+  readonly cacheHits: number
+  readonly errors: number
+  readonly promptTokens: number
+  readonly completionTokens: number
+}
+
+export interface ProjectPageQuery {
+  /** Case-insensitive substring of the name, or a full project id. */
+  readonly search?: string
+  readonly limit: number
+  readonly offset: number
+}
+
 export interface StoreShape {
   readonly dialect: "sqlite" | "postgres"
   readonly ping: Effect.Effect<void, StoreError>
   readonly listProjects: Effect.Effect<ReadonlyArray<ProjectRow>, StoreError>
+  /** One page of projects by name, and how many match in all. */
+  readonly listProjectsPage: (
+    q: ProjectPageQuery
+  ) => Effect.Effect<{ readonly rows: ReadonlyArray<ProjectRow>; readonly total: number }, StoreError>
   readonly getProject: (id: string) => Effect.Effect<Option.Option<ProjectRow>, StoreError>
   readonly createProject: (p: NewProject) => Effect.Effect<ProjectRow, StoreError | DuplicateProjectName>
   /** None when the project does not exist. `revoked` counts tokens revoked by `revokeTokens`. */
@@ -115,6 +159,10 @@ export interface StoreShape {
   readonly updateToken: (id: string, patch: TokenPatch) => Effect.Effect<Option.Option<TokenRow>, StoreError>
   /** Idempotent; false when the token does not exist. */
   readonly revokeToken: (id: string, now: string) => Effect.Effect<boolean, StoreError>
+  /** Adds to the per-hour rollups (one upsert per batch; deltas of the same hour and token are summed first). */
+  readonly addUsage: (deltas: ReadonlyArray<UsageDelta>) => Effect.Effect<void, StoreError>
+  /** Per-hour sums in [since, until), oldest first; hours without usage are absent. */
+  readonly usageSeries: (q: UsageQuery) => Effect.Effect<ReadonlyArray<UsagePoint>, StoreError>
 }
 
 export class Store extends Context.Tag("llm-proxy/Store")<Store, StoreShape>() {}

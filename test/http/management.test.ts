@@ -1153,7 +1153,15 @@ function managementSuite(backend: Backend) {
       expect(doc.openapi).toMatch(/^3\.1\./)
       expect(doc.info).toMatchObject({ title: expect.any(String), version: expect.any(String) })
       expect(Object.keys(doc.paths).sort()).toEqual(
-        ["/manage/projects", "/manage/projects/{id}", "/manage/projects/{id}/tokens/revoke", "/manage/tokens", "/manage/tokens/{id}"]
+        [
+          "/manage/projects",
+          "/manage/projects/{id}",
+          "/manage/projects/{id}/tokens/revoke",
+          "/manage/session",
+          "/manage/tokens",
+          "/manage/tokens/{id}",
+          "/manage/usage"
+        ]
       )
       expect(Object.keys(doc.paths["/manage/projects"]).sort()).toEqual(["get", "post"])
       expect(Object.keys(doc.paths["/manage/projects/{id}"]).sort()).toEqual(["get", "patch"])

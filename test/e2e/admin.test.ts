@@ -1,0 +1,376 @@
+/**
+ * The admin UI in real headless Chromium against a real in-process `serve` (SQLite): what an operator does, end to
+ * end. Any console error, uncaught exception or CSP violation fails the suite. With UPDATE_SCREENSHOTS=1 the run
+ * also writes docs/img/*.png.
+ */
+import { Effect } from "effect"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import type { Page } from "playwright-core"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { buildWeb } from "../../scripts/build-web.mjs"
+import { sqliteStore } from "../../src/store/layers.js"
+import { Store, type UsageDelta } from "../../src/store/Store.js"
+import { hourOf } from "../../src/store/usage.js"
+import { startServer, type TestServer, testConfig } from "../support/server.js"
+import { type Browser, hasChromium, launch, screenshot } from "./browser.js"
+
+const title = hasChromium ? "admin UI in Chromium" : "admin UI in Chromium (skipped: /usr/bin/chromium is not installed)"
+
+describe.skipIf(!hasChromium)(title, () => {
+  let dir: string
+  let dbPath: string
+  let server: TestServer
+  let browser: Browser
+  let page: Page
+
+  const api = async (method: string, path: string, body?: unknown) => {
+    const r = await fetch(server.url + path, {
+      method,
+      headers: { authorization: `Bearer ${server.token}`, ...(body !== undefined ? { "content-type": "application/json" } : {}) },
+      ...(body !== undefined ? { body: JSON.stringify(body) } : {})
+    })
+    return { status: r.status, json: r.status === 204 ? undefined : await r.json() }
+  }
+
+  const go = (path: string) => page.goto(server.url + path)
+  const h1 = (name: string | RegExp) => page.getByRole("heading", { level: 1, name })
+  const pathname = () => new URL(page.url()).pathname
+
+  /** Accepts (or dismisses) the app's confirmation dialog. */
+  const confirm = async (button: string | RegExp, accept = true) => {
+    const dialog = page.getByRole("dialog")
+    await dialog.waitFor()
+    await dialog.getByRole("button", { name: accept ? button : "Cancel" }).click()
+    await dialog.waitFor({ state: "detached" })
+  }
+
+  const seedUsage = (deltas: ReadonlyArray<UsageDelta>) =>
+    Effect.runPromise(Effect.flatMap(Store, (s) => s.addUsage(deltas)).pipe(Effect.provide(sqliteStore(dbPath))))
+
+  beforeAll(async () => {
+    await buildWeb()
+    dir = mkdtempSync(join(tmpdir(), "llm-proxy-e2e-"))
+    dbPath = join(dir, "e2e.db")
+    server = await startServer(testConfig({ _tag: "sqlite", path: dbPath }))
+    browser = await launch({ timezoneId: "Asia/Tokyo" })
+    page = browser.page
+  }, 120_000)
+
+  afterAll(async () => {
+    await browser?.close()
+    await server?.close()
+    if (dir) rmSync(dir, { recursive: true, force: true })
+  })
+
+  it("serves the app with a strict CSP, immutable hashed assets and no-cache HTML", async () => {
+    const index = await fetch(`${server.url}/admin/`)
+    expect(index.status).toBe(200)
+    const csp = index.headers.get("content-security-policy") ?? ""
+    expect(csp).toContain("default-src 'none'")
+    expect(csp).toContain("script-src 'self'")
+    expect(csp).not.toContain("unsafe-inline")
+    expect(csp).toContain("frame-ancestors 'none'")
+    expect(index.headers.get("cache-control")).toBe("no-cache")
+    const html = await index.text()
+    const asset = /\/admin\/assets\/app-[A-Z0-9]+\.js/.exec(html)?.[0]
+    expect(asset).toBeDefined()
+    expect(html).not.toMatch(/https?:\/\//) // nothing from a CDN
+    const js = await fetch(server.url + asset!, { headers: { "accept-encoding": "gzip" } })
+    expect(js.status).toBe(200)
+    expect(js.headers.get("cache-control")).toBe("public, max-age=31536000, immutable")
+    expect(js.headers.get("content-type")).toMatch(/^text\/javascript/)
+    expect((await fetch(`${server.url}/admin/assets/app-OLD.js`)).status).toBe(404)
+    // Deep links get the app.
+    const deep = await fetch(`${server.url}/admin/tokens/new`)
+    expect(deep.status).toBe(200)
+    expect(await deep.text()).toBe(html)
+  })
+
+  it("sends an unauthenticated visitor to the login screen and rejects a wrong token", async () => {
+    await go("/admin/projects")
+    await h1("Sign in").waitFor()
+    expect(pathname()).toBe("/admin/login")
+    await screenshot(page, "login")
+    await browser.expectingStatus([401], async () => {
+      await page.getByLabel("Management token").fill("not-the-token")
+      await page.getByRole("button", { name: "Sign in" }).click()
+      await page.getByRole("alert").filter({ hasText: "Invalid management token" }).waitFor()
+    })
+    expect(pathname()).toBe("/admin/login")
+    expect(await page.context().cookies()).toEqual([])
+  })
+
+  it("logs in with the management token into a session cookie that is HttpOnly and SameSite=Strict", async () => {
+    await page.getByLabel("Management token").fill(server.token)
+    await page.getByRole("button", { name: "Sign in" }).click()
+    // Back where the visitor wanted to go.
+    await h1("Projects").waitFor()
+    expect(pathname()).toBe("/admin/projects")
+    const cookies = await page.context().cookies()
+    expect(cookies).toHaveLength(1)
+    expect(cookies[0]).toMatchObject({ name: "llm_proxy_session", httpOnly: true, sameSite: "Strict", path: "/manage" })
+    expect(cookies[0]!.value).not.toContain(server.token)
+    const storage = await page.evaluate(() => localStorage.length + sessionStorage.length)
+    expect(storage).toBe(0)
+  })
+
+  it("refuses a state-changing API call that carries the cookie but no CSRF token", async () => {
+    const status = await page.evaluate(async () => {
+      const r = await fetch("/manage/projects", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ name: "csrf-victim", api_key: "sk-x" })
+      })
+      return r.status
+    }).catch(() => 0)
+    // The console reports the refused request; that is this test's point, not a problem.
+    browser.problems.splice(0, browser.problems.length, ...browser.problems.filter((p) => !p.includes("403")))
+    expect(status).toBe(403)
+    expect((await api("GET", "/manage/projects")).json.map((p: { name: string }) => p.name)).not.toContain("csrf-victim")
+  })
+
+  let projectId = ""
+  let tokenId = ""
+
+  it("creates a project", async () => {
+    await page.getByRole("link", { name: "New project" }).first().click()
+    await h1("New project").waitFor()
+    await page.getByLabel("Name").fill("Acme chat")
+    await page.getByLabel("Provider API key").fill("sk-upstream-secret-key-1234")
+    await screenshot(page, "project-new")
+    await page.getByRole("button", { name: "Create project" }).click()
+    await h1("Acme chat").waitFor()
+    projectId = pathname().split("/").pop()!
+    expect(projectId).toMatch(/^[0-9a-f-]{36}$/)
+    await page.getByRole("status").filter({ hasText: "created" }).waitFor()
+    // The key is shown obfuscated only.
+    expect(await page.content()).not.toContain("sk-upstream-secret-key-1234")
+    expect(await page.getByText("Provider").first().isVisible()).toBe(true)
+  })
+
+  it("generates a token shown once, with a copy button and snippets using the server's address", async () => {
+    await page.getByRole("link", { name: "Generate token" }).click()
+    await h1("Generate token").waitFor()
+    expect(await page.getByLabel("Project").inputValue()).toBe(projectId)
+    await page.getByLabel("Valid for").selectOption({ label: "7 days" })
+    await page.getByLabel("Request limit").fill("5")
+    await page.getByRole("button", { name: "Generate token" }).click()
+    await h1("Token created").waitFor()
+    const secret = await page.getByLabel("Token", { exact: true }).inputValue()
+    expect(secret).toMatch(/^sk-[A-Za-z0-9_-]{43}$/)
+    expect(await page.getByRole("button", { name: "Copy token" }).isVisible()).toBe(true)
+    const curl = await page.getByRole("region", { name: "curl example" }).or(page.locator("pre").first()).first().textContent()
+    expect(curl).toContain(`${server.url}/v1/chat/completions`)
+    expect(curl).toContain(`Bearer ${secret}`)
+    for (const name of ["Python", "Node.js"]) expect(await page.getByRole("heading", { name }).isVisible()).toBe(true)
+    await screenshot(page, "token-created")
+    await page.getByRole("link", { name: "View token" }).click()
+    await h1(/^Token sk-/).waitFor()
+    tokenId = pathname().split("/").pop()!
+    // Never again in full.
+    expect(await page.content()).not.toContain(secret)
+    await go("/admin/tokens")
+    await h1("Tokens").waitFor()
+    expect(await page.content()).not.toContain(secret)
+    expect(await page.locator("#request-count").count()).toBe(0)
+  })
+
+  it("shows the token's usage: requests made and the per-hour rollups", async () => {
+    await seedUsage([
+      { hour: hourOf(Date.now()), projectId, tokenId, requests: 3, cacheHits: 1, errors: 0, promptTokens: 120, completionTokens: 80 }
+    ])
+    await go(`/admin/tokens/${tokenId}`)
+    await h1(/^Token sk-/).waitFor()
+    const chart = page.getByRole("img", { name: /Requests, last 24 hours: 3 requests in total/ })
+    await chart.waitFor()
+    await screenshot(page, "token-detail")
+  })
+
+  it("regression: unticking Active on the token form revokes the token", async () => {
+    await page.getByRole("link", { name: "Edit" }).click()
+    await h1("Edit token").waitFor()
+    expect(await page.getByLabel("Request limit").inputValue()).toBe("5")
+    await page.getByLabel("Active").uncheck()
+    await screenshot(page, "token-edit")
+    await page.getByRole("button", { name: "Save" }).click()
+    await h1(/^Token sk-/).waitFor()
+    await page.getByText("Revoked", { exact: true }).first().waitFor()
+    const t = (await api("GET", `/manage/tokens/${tokenId}`)).json
+    expect(t.is_active).toBe(false)
+    expect(t.max_requests).toBe(5)
+  })
+
+  it("regression: reactivating keeps max_requests; dismissing a revoke keeps the token active", async () => {
+    await page.getByRole("button", { name: "Reactivate" }).click()
+    await confirm("Reactivate")
+    await page.getByRole("status").filter({ hasText: "reactivated" }).waitFor()
+    let t = (await api("GET", `/manage/tokens/${tokenId}`)).json
+    expect(t).toMatchObject({ is_active: true, max_requests: 5 })
+    await page.getByRole("button", { name: "Revoke" }).click()
+    await confirm("Revoke token", false)
+    t = (await api("GET", `/manage/tokens/${tokenId}`)).json
+    expect(t.is_active).toBe(true)
+  })
+
+  it("revokes the token from its page", async () => {
+    await page.getByRole("button", { name: "Revoke" }).click()
+    await confirm("Revoke token")
+    await page.getByRole("status").filter({ hasText: "Token revoked" }).waitFor()
+    expect((await api("GET", `/manage/tokens/${tokenId}`)).json.is_active).toBe(false)
+  })
+
+  it("regression: unticking Active on the project form deactivates it; Generate token is then disabled", async () => {
+    await go(`/admin/projects/${projectId}/edit`)
+    await h1("Edit Acme chat").waitFor()
+    await page.getByLabel("Active").uncheck()
+    await page.getByLabel("Also revoke all its tokens").waitFor()
+    await screenshot(page, "project-edit")
+    await page.getByRole("button", { name: "Save" }).click()
+    await h1("Acme chat").waitFor()
+    expect((await api("GET", `/manage/projects/${projectId}`)).json.is_active).toBe(false)
+    expect(await page.getByRole("button", { name: "Generate token (project inactive)" }).isDisabled()).toBe(true)
+    await page.getByRole("button", { name: "Activate" }).click()
+    await page.getByRole("status").filter({ hasText: "Project activated." }).waitFor()
+    expect((await api("GET", `/manage/projects/${projectId}`)).json.is_active).toBe(true)
+  })
+
+  it("deactivates the project from its page, revoking all its tokens", async () => {
+    const extra = (await api("POST", "/manage/tokens", { project_id: projectId, duration_minutes: 60 })).json
+    await go(`/admin/projects/${projectId}`)
+    await h1("Acme chat").waitFor()
+    await page.getByRole("button", { name: "Deactivate" }).click()
+    await page.getByRole("dialog").getByLabel(/Also revoke all 1 active tokens/).check()
+    await confirm("Deactivate")
+    await page.getByRole("status").filter({ hasText: "deactivated and its tokens revoked" }).waitFor()
+    await screenshot(page, "project-detail")
+    expect((await api("GET", `/manage/projects/${projectId}`)).json.is_active).toBe(false)
+    expect((await api("GET", `/manage/tokens/${extra.id}`)).json.is_active).toBe(false)
+  })
+
+  it("lists projects with server-side search and pagination", async () => {
+    for (let i = 1; i <= 24; i++) {
+      const r = await api("POST", "/manage/projects", { name: `team-${String(i).padStart(2, "0")}`, api_key: `sk-key-${i}` })
+      expect(r.status).toBe(201)
+    }
+    await go("/admin/projects")
+    await h1("Projects").waitFor()
+    await page.getByText("Page 1 of 2 · 25 projects").waitFor()
+    await screenshot(page, "projects")
+    await page.getByRole("link", { name: "Next →" }).click()
+    await page.getByText("Page 2 of 2 · 25 projects").waitFor()
+    await page.getByRole("searchbox", { name: "Search projects" }).fill("TEAM-1")
+    await page.getByRole("button", { name: "Search" }).click()
+    await page.getByText("Page 1 of 1 · 10 projects").waitFor()
+    expect(new URL(page.url()).searchParams.get("search")).toBe("TEAM-1")
+    expect(await page.getByRole("row").count()).toBe(11)
+  })
+
+  it("filters tokens by project and status", async () => {
+    const team = (await api("GET", "/manage/projects?search=team-01")).json[0]
+    await api("POST", "/manage/tokens", { project_id: team.id, duration_minutes: 60, max_requests: 10 })
+    await go(`/admin/tokens?project_id=${projectId}`)
+    await h1("Tokens").waitFor()
+    expect(await page.locator("tbody tr").count()).toBe(2)
+    await page.getByLabel("Status").selectOption("active")
+    await page.getByRole("button", { name: "Filter" }).click()
+    await page.getByText("No tokens match.").waitFor()
+    await page.getByLabel("Project").selectOption({ label: "All projects" })
+    await page.getByRole("button", { name: "Filter" }).click()
+    await page.locator("tbody tr").first().waitFor()
+    expect(await page.locator("tbody tr").count()).toBe(1)
+    expect(await page.getByText("0 / 10").isVisible()).toBe(true)
+    await page.getByRole("link", { name: "Clear" }).click()
+    await page.waitForURL(/\/admin\/tokens$/)
+    await page.locator("tbody tr").nth(2).waitFor()
+    await screenshot(page, "tokens")
+  })
+
+  it("shows the dashboard from the per-hour rollups, with times in the browser's time zone", async () => {
+    const hour = 3_600_000
+    const deltas: Array<UsageDelta> = []
+    for (let i = 0; i < 24 * 30; i += 5) {
+      deltas.push({
+        hour: hourOf(Date.now() - i * hour),
+        projectId,
+        tokenId,
+        requests: 5 + (i % 17),
+        cacheHits: i % 3,
+        errors: 0,
+        promptTokens: 400 + (i % 11) * 30,
+        completionTokens: 200 + (i % 7) * 20
+      })
+    }
+    await seedUsage(deltas)
+    await page.getByRole("link", { name: "Dashboard" }).click()
+    await h1("Dashboard").waitFor()
+    await page.getByText("Times in Asia/Tokyo.").waitFor()
+    expect(await page.getByRole("img", { name: /^Requests, last 30 days/ }).count()).toBe(1)
+    expect(await page.getByRole("img", { name: /^Tokens used, last 24 hours/ }).count()).toBe(1)
+    await page.getByText("Cache hit ratio (24 h)").waitFor()
+    await screenshot(page, "dashboard")
+    // A <time> shows local time and keeps the UTC instant.
+    await go(`/admin/projects/${projectId}`)
+    const created = page.locator("time[data-local-time]").first()
+    const iso = await created.getAttribute("datetime")
+    expect(iso).toMatch(/Z$/)
+    const text = await created.textContent()
+    const tokyo = new Intl.DateTimeFormat("en-US", { dateStyle: "medium", timeStyle: "short", timeZone: "Asia/Tokyo" })
+    expect(text).toBe(tokyo.format(new Date(iso!)))
+  })
+
+  it("is usable at phone width", async () => {
+    await page.setViewportSize({ width: 390, height: 844 })
+    await go("/admin/")
+    await h1("Dashboard").waitFor()
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth)
+    expect(overflow).toBeLessThanOrEqual(0)
+    await screenshot(page, "dashboard-phone")
+    await go("/admin/tokens")
+    await h1("Tokens").waitFor()
+    expect(await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth)).toBeLessThanOrEqual(0)
+    await screenshot(page, "tokens-phone")
+    await page.setViewportSize({ width: 1280, height: 800 })
+  })
+
+  it("can be driven by keyboard: focus moves to each new page's heading; skip link; visible focus ring", async () => {
+    await go("/admin/")
+    await h1("Dashboard").waitFor()
+    expect(await page.evaluate(() => document.activeElement?.tagName)).toBe("H1")
+    // Start from the top of the document, as a keyboard user arriving on the page does.
+    await page.evaluate(() => {
+      document.body.tabIndex = -1
+      document.body.focus()
+      document.body.removeAttribute("tabindex")
+    })
+    await page.keyboard.press("Tab")
+    expect(await page.evaluate(() => document.activeElement?.textContent)).toBe("Skip to content")
+    await page.keyboard.press("Tab") // brand
+    await page.keyboard.press("Tab")
+    const focused = await page.evaluate(() => {
+      const el = document.activeElement as HTMLElement
+      return { text: el.textContent, outline: getComputedStyle(el).outlineStyle }
+    })
+    expect(focused.text).toBe("Dashboard")
+    expect(focused.outline).toBe("solid")
+    await page.keyboard.press("Tab")
+    await page.keyboard.press("Enter")
+    await h1("Projects").waitFor()
+    expect(await page.evaluate(() => document.activeElement?.textContent)).toBe("Projects")
+  })
+
+  it("logs out: the session ends on the server and protected pages redirect to login again", async () => {
+    await page.getByRole("button", { name: "Sign out" }).click()
+    await h1("Sign in").waitFor()
+    await page.getByRole("status").filter({ hasText: "signed out" }).waitFor()
+    expect(await page.context().cookies()).toEqual([])
+    await go("/admin/tokens")
+    await h1("Sign in").waitFor()
+    expect(pathname()).toBe("/admin/login")
+  })
+
+  it("saw no console error, page error or CSP violation", () => {
+    expect(browser.problems).toEqual([])
+  })
+})
