@@ -6,6 +6,7 @@ import { constantTimeEqual } from "../crypto/constantTime.js"
 import { Unauthorized } from "../domain/errors.js"
 import type { SessionInfo } from "../domain/models.js"
 import { ManagementToken } from "./auth.js"
+import { readJson } from "./body.js"
 import { type AdminSession, AdminSessions, type AdminSessionsShape, SESSION_COOKIE } from "./session.js"
 
 const COOKIE_PATH = "/manage"
@@ -32,10 +33,12 @@ export const SessionLive = HttpApiBuilder.group(ManagementApi, "session", (handl
     const sessions = yield* AdminSessions
     const expected = yield* ManagementToken
     return handlers
-      .handle("login", ({ payload }) =>
+      .handleRaw("login", ({ request }) =>
         Effect.gen(function*() {
-          const request = yield* HttpServerRequest.HttpServerRequest
-          if (payload.token === "" || !constantTimeEqual(payload.token, Redacted.value(expected))) {
+          // Read by hand like the other JSON bodies, so a malformed body is a 400, never a 500.
+          const body = yield* readJson(request, 16 * 1024)
+          const token = (body as { token?: unknown } | null)?.token
+          if (typeof token !== "string" || token === "" || !constantTimeEqual(token, Redacted.value(expected))) {
             yield* auditSession("admin.login", "failure")
             return yield* new Unauthorized({ error: "invalid management token" })
           }

@@ -16,6 +16,13 @@ import { hourOf } from "../../src/store/usage.js"
 import { startServer, type TestServer, testConfig } from "../support/server.js"
 import { type Browser, hasChromium, launch, screenshot } from "./browser.js"
 
+// These run inside the page (page.evaluate); the test project itself has no DOM typings.
+declare const document: any
+declare const localStorage: { length: number }
+declare const sessionStorage: { length: number }
+declare const getComputedStyle: (el: unknown) => { outlineStyle: string }
+type HTMLElement = { textContent: string | null }
+
 const title = hasChromium ? "admin UI in Chromium" : "admin UI in Chromium (skipped: /usr/bin/chromium is not installed)"
 
 describe.skipIf(!hasChromium)(title, () => {
@@ -31,7 +38,7 @@ describe.skipIf(!hasChromium)(title, () => {
       headers: { authorization: `Bearer ${server.token}`, ...(body !== undefined ? { "content-type": "application/json" } : {}) },
       ...(body !== undefined ? { body: JSON.stringify(body) } : {})
     })
-    return { status: r.status, json: r.status === 204 ? undefined : await r.json() }
+    return { status: r.status, json: (r.status === 204 ? undefined : await r.json()) as any }
   }
 
   const go = (path: string) => page.goto(server.url + path)
