@@ -3,13 +3,14 @@ import { Command, ValidationError } from "@effect/cli"
 import { NodeContext, NodeHttpClient } from "@effect/platform-node"
 import { Console, Effect, Layer } from "effect"
 import { VERSION } from "../http/App.js"
+import { chat } from "./chat.js"
 import { describeError } from "./errors.js"
 import { manage } from "./manage.js"
 import { configProvider, migrate, serve, server, setup } from "./serve.js"
 
 export const root = Command.make("llm-proxy").pipe(
   Command.withDescription("LLM API gateway: withering tokens, streaming proxy, usage, audit"),
-  Command.withSubcommands([serve, server, manage, migrate, setup])
+  Command.withSubcommands([serve, server, manage, migrate, setup, chat])
 )
 
 const cli = Command.run(root, { name: "llm-proxy", version: VERSION })

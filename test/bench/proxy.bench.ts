@@ -1,0 +1,300 @@
+/**
+ * The data-plane benchmark: llm-proxy against a raw node:http + undici proxy (test/bench/raw-proxy.mjs) and against
+ * calling the upstream directly, all in one run, on the same fast stand-in upstream (test/bench/upstream.mjs).
+ *
+ * Layout on a 2-core machine: both proxies are pinned to core 1 with `taskset` (when it exists); the upstream and
+ * the load generator share core 0. Every number is relative to its siblings in the same run.
+ *
+ * Scenarios
+ *   1. non-streaming saturation (autocannon, closed loop): RPS, p50, p99
+ *   2. streaming saturation (20 SSE chunks per answer): streams/s, p50, p99
+ *   3. a 60 ms upstream at a fixed ~1,000 RPS (open loop): added latency p50/p99 over direct
+ *   4. time to first SSE byte (upstream sends the first chunk 20 ms after its headers): added p50/p99
+ *   5. 1,000 concurrent open streams for ~10 s: peak RSS of the proxy process
+ *
+ * Run: `npm run bench -- proxy` (needs `npm run build` first: it starts the built `bin/llm-proxy.js serve`).
+ * Environment: BENCH_SECONDS (10) per saturation run, BENCH_CONNECTIONS (64), BENCH_STREAMS (1000).
+ */
+import autocannon from "autocannon"
+import { type ChildProcess, spawn, spawnSync } from "node:child_process"
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { createServer } from "node:net"
+import { cpus, tmpdir } from "node:os"
+import { join } from "node:path"
+import { Agent, request } from "undici"
+
+const root = process.cwd()
+const seconds = Number(process.env["BENCH_SECONDS"] ?? 10)
+const connections = Number(process.env["BENCH_CONNECTIONS"] ?? 64)
+const openStreams = Number(process.env["BENCH_STREAMS"] ?? 1000)
+const hasTaskset = spawnSync("taskset", ["--version"]).status === 0
+const children: Array<ChildProcess> = []
+
+const freePort = () =>
+  new Promise<number>((resolve, reject) => {
+    const s = createServer()
+    s.once("error", reject)
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port
+      s.close(() => resolve(port))
+    })
+  })
+
+/** Starts `node script` (optionally pinned to a core) and resolves once it printed `{"port":N}`. */
+const startJsonPort = (script: string, env: Record<string, string>, core?: number) =>
+  new Promise<{ port: number; pid: number }>((resolve, reject) => {
+    const argv = core !== undefined && hasTaskset ? ["taskset", "-c", String(core), process.execPath, script] : [process.execPath, script]
+    const child = spawn(argv[0]!, argv.slice(1), { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "inherit"] })
+    children.push(child)
+    child.once("exit", (code) => reject(new Error(`${script} exited with ${code}`)))
+    child.stdout!.once("data", (d: Buffer) => resolve({ port: JSON.parse(d.toString().split("\n")[0]!).port, pid: child.pid! }))
+  })
+
+const waitFor = async (url: string, ms = 20_000) => {
+  const until = Date.now() + ms
+  while (Date.now() < until) {
+    try {
+      const r = await request(url)
+      await r.body.dump()
+      if (r.statusCode === 200) return
+    } catch {
+      // not up yet
+    }
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  throw new Error(`${url} did not come up`)
+}
+
+const startLlmProxy = async (upstream: string) => {
+  const bin = join(root, "bin/llm-proxy.js")
+  if (!existsSync(join(root, "dist/cli/main.js"))) throw new Error("dist/ is missing: run `npm run build` first")
+  const dir = mkdtempSync(join(tmpdir(), "llm-proxy-bench-"))
+  const port = await freePort()
+  const managementToken = "bench-management-token-" + crypto.randomUUID()
+  const argv = hasTaskset ? ["taskset", "-c", "1", process.execPath, bin, "serve"] : [process.execPath, bin, "serve"]
+  const child = spawn(argv[0]!, argv.slice(1), {
+    cwd: dir,
+    env: {
+      PATH: process.env["PATH"] ?? "",
+      LISTEN_ADDR: `127.0.0.1:${port}`,
+      MANAGEMENT_TOKEN: managementToken,
+      OPENAI_API_URL: upstream,
+      DATABASE_PATH: join(dir, "bench.db"),
+      LOG_LEVEL: "warn",
+      LOG_FORMAT: "json",
+      HTTP_CACHE_ENABLED: "false",
+      AUDIT_LOG_FILE: ""
+    },
+    stdio: ["ignore", "inherit", "inherit"]
+  })
+  children.push(child)
+  const url = `http://127.0.0.1:${port}`
+  await waitFor(`${url}/live`)
+  const manage = async (path: string, body: unknown) => {
+    const r = await request(`${url}${path}`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${managementToken}`, "content-type": "application/json" },
+      body: JSON.stringify(body)
+    })
+    const json = (await r.body.json()) as Record<string, unknown>
+    if (r.statusCode >= 300) throw new Error(`${path}: ${r.statusCode} ${JSON.stringify(json)}`)
+    return json
+  }
+  const project = await manage("/manage/projects", { name: "bench", api_key: "sk-upstream-key" })
+  const token = await manage("/manage/tokens", { project_id: project["id"], duration_minutes: 600 })
+  return { url, pid: child.pid!, token: String(token["token"]), cleanup: () => rmSync(dir, { recursive: true, force: true }) }
+}
+
+interface Target {
+  readonly name: string
+  readonly url: string
+  readonly headers: Record<string, string>
+  readonly pid?: number
+}
+
+const chatBody = (stream: boolean) =>
+  JSON.stringify({ model: "gpt-4o-mini", stream, messages: [{ role: "user", content: "Say hello." }] })
+
+const saturate = async (t: Target, stream: boolean) => {
+  const result = await autocannon({
+    url: `${t.url}/v1/chat/completions${stream ? "?chunks=20" : ""}`,
+    method: "POST",
+    headers: { ...t.headers, "content-type": "application/json" },
+    body: chatBody(stream),
+    connections,
+    duration: seconds
+  })
+  return {
+    rps: result.requests.average,
+    p50: result.latency.p50,
+    p99: result.latency.p99,
+    errors: result.errors + result.non2xx + result.timeouts
+  }
+}
+
+const percentile = (sorted: ReadonlyArray<number>, p: number) =>
+  sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!
+
+/** Open loop: `rate` requests per second for `secs` seconds, whatever the answers do; latency in ms (sub-ms). */
+const fixedRate = async (t: Target, rate: number, secs: number, path: string, stream: boolean) => {
+  const agent = new Agent({ connections: 512, keepAliveTimeout: 60_000 })
+  const latencies: Array<number> = []
+  let errors = 0
+  const inflight: Array<Promise<void>> = []
+  const one = async () => {
+    const start = process.hrtime.bigint()
+    try {
+      const r = await request(`${t.url}${path}`, {
+        method: "POST",
+        dispatcher: agent,
+        headers: { ...t.headers, "content-type": "application/json" },
+        body: chatBody(stream)
+      })
+      // Only answers that went through count towards the latency figures; anything else is an error.
+      const ok = r.statusCode === 200
+      if (!ok) errors++
+      if (stream) {
+        // time to the first body byte
+        for await (const _ of r.body) {
+          if (ok) latencies.push(Number(process.hrtime.bigint() - start) / 1e6)
+          break
+        }
+        await r.body.dump().catch(() => {})
+      } else {
+        await r.body.dump()
+        if (ok) latencies.push(Number(process.hrtime.bigint() - start) / 1e6)
+      }
+    } catch {
+      errors++
+    }
+  }
+  const total = rate * secs
+  const startedAt = performance.now()
+  for (let sent = 0; sent < total;) {
+    const due = Math.min(total, Math.floor(((performance.now() - startedAt) / 1000) * rate))
+    while (sent < due) {
+      inflight.push(one())
+      sent++
+    }
+    await new Promise((r) => setTimeout(r, 1))
+  }
+  await Promise.all(inflight)
+  await agent.close()
+  latencies.sort((a, b) => a - b)
+  return { p50: percentile(latencies, 50), p99: percentile(latencies, 99), errors, n: latencies.length }
+}
+
+const rssOf = (pid: number) => {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8")
+  const kb = (key: string) => Number(new RegExp(`${key}:\\s+(\\d+)`).exec(status)?.[1] ?? NaN)
+  return { rss: kb("VmRSS") / 1024, hwm: kb("VmHWM") / 1024 }
+}
+
+/** `n` streams open at once (each ~10 s long); peak RSS of the proxy process while they run. */
+const manyStreams = async (t: Target, n: number) => {
+  const agent = new Agent({ connections: n + 16, keepAliveTimeout: 60_000, headersTimeout: 60_000, bodyTimeout: 60_000 })
+  const before = t.pid !== undefined ? rssOf(t.pid).rss : NaN
+  let peak = before
+  const sampler = setInterval(() => {
+    if (t.pid !== undefined) peak = Math.max(peak, rssOf(t.pid).rss)
+  }, 200)
+  let ok = 0
+  await Promise.all(
+    Array.from({ length: n }, async () => {
+      try {
+        const r = await request(`${t.url}/v1/chat/completions?chunks=20&interval=500`, {
+          method: "POST",
+          dispatcher: agent,
+          headers: { ...t.headers, "content-type": "application/json" },
+          body: chatBody(true)
+        })
+        const text = await r.body.text()
+        if (r.statusCode === 200 && text.includes("[DONE]")) ok++
+      } catch {
+        // counted as not ok
+      }
+    })
+  )
+  clearInterval(sampler)
+  await agent.close()
+  return { before, peak, ok }
+}
+
+const fmt = (n: number, d = 2) => (Number.isFinite(n) ? n.toFixed(d) : "—")
+
+const main = async () => {
+  console.log(
+    `proxy benchmark — node ${process.version}, ${cpus()[0]?.model ?? "cpu"} ×${cpus().length}, ` +
+      `${hasTaskset ? "proxies pinned to core 1" : "no taskset: not pinned"}, ${seconds} s per saturation run, ` +
+      `${connections} connections`
+  )
+  const up = await startJsonPort(join(root, "test/bench/upstream.mjs"), {}, 0)
+  const upstream = `http://127.0.0.1:${up.port}`
+  const raw = await startJsonPort(join(root, "test/bench/raw-proxy.mjs"), { UPSTREAM: upstream }, 1)
+  const llm = await startLlmProxy(upstream)
+  const targets: Array<Target> = [
+    { name: "direct", url: upstream, headers: { authorization: "Bearer sk-upstream-key" } },
+    { name: "raw proxy", url: `http://127.0.0.1:${raw.port}`, headers: { authorization: "Bearer anything" }, pid: raw.pid },
+    { name: "llm-proxy", url: llm.url, headers: { authorization: `Bearer ${llm.token}` }, pid: llm.pid }
+  ]
+  try {
+    // warm-up: pools, JIT, the token cache
+    for (const t of targets) await fixedRate(t, 200, 2, "/v1/chat/completions", false)
+
+    console.log("\n1–2. saturation (closed loop)")
+    console.log("target      kind    RPS        p50 ms  p99 ms  errors")
+    const sat: Record<string, { json: Awaited<ReturnType<typeof saturate>>; sse: Awaited<ReturnType<typeof saturate>> }> = {}
+    for (const t of targets) {
+      const json = await saturate(t, false)
+      const sse = await saturate(t, true)
+      sat[t.name] = { json, sse }
+      for (const [kind, r] of [["json", json], ["sse", sse]] as const) {
+        console.log(`${t.name.padEnd(11)} ${kind.padEnd(7)} ${fmt(r.rps, 0).padStart(9)}  ${fmt(r.p50, 0).padStart(6)}  ${fmt(r.p99, 0).padStart(6)}  ${r.errors}`)
+      }
+    }
+
+    console.log("\n3. 60 ms upstream at 1,000 RPS for 10 s (open loop)")
+    console.log("target      p50 ms   p99 ms   added p50  added p99  errors")
+    const slow: Record<string, Awaited<ReturnType<typeof fixedRate>>> = {}
+    for (const t of targets) slow[t.name] = await fixedRate(t, 1000, 10, "/v1/chat/completions?latency=60", false)
+    for (const t of targets) {
+      const r = slow[t.name]!
+      console.log(`${t.name.padEnd(11)} ${fmt(r.p50, 3).padStart(7)}  ${fmt(r.p99, 3).padStart(7)}  ${fmt(r.p50 - slow["direct"]!.p50, 3).padStart(9)}  ${fmt(r.p99 - slow["direct"]!.p99, 3).padStart(9)}  ${r.errors}`)
+    }
+
+    console.log("\n4. time to first SSE byte (first chunk 20 ms after headers; 100 streams/s for 5 s)")
+    console.log("target      p50 ms   p99 ms   added p50  added p99")
+    const ttfb: Record<string, Awaited<ReturnType<typeof fixedRate>>> = {}
+    for (const t of targets) ttfb[t.name] = await fixedRate(t, 100, 5, "/v1/chat/completions?chunks=5&first=20", true)
+    for (const t of targets) {
+      const r = ttfb[t.name]!
+      console.log(`${t.name.padEnd(11)} ${fmt(r.p50, 3).padStart(7)}  ${fmt(r.p99, 3).padStart(7)}  ${fmt(r.p50 - ttfb["direct"]!.p50, 3).padStart(9)}  ${fmt(r.p99 - ttfb["direct"]!.p99, 3).padStart(9)}`)
+    }
+
+    console.log(`\n5. ${openStreams} concurrent open streams (~10 s each)`)
+    console.log("target      RSS before MB  peak RSS MB  completed")
+    for (const t of targets.slice(1)) {
+      const r = await manyStreams(t, openStreams)
+      console.log(`${t.name.padEnd(11)} ${fmt(r.before, 1).padStart(13)}  ${fmt(r.peak, 1).padStart(11)}  ${r.ok}/${openStreams}`)
+    }
+
+    const ratio = (a: number, b: number) => fmt(a / b, 2)
+    console.log("\nratios llm-proxy / raw proxy")
+    console.log(`  non-streaming throughput  ${ratio(sat["llm-proxy"]!.json.rps, sat["raw proxy"]!.json.rps)}×`)
+    console.log(`  streaming throughput      ${ratio(sat["llm-proxy"]!.sse.rps, sat["raw proxy"]!.sse.rps)}×`)
+    console.log(`  added p50 at 1,000 RPS    llm-proxy ${fmt(slow["llm-proxy"]!.p50 - slow["direct"]!.p50, 3)} ms, raw ${fmt(slow["raw proxy"]!.p50 - slow["direct"]!.p50, 3)} ms`)
+    console.log(`  first SSE byte added p50  llm-proxy ${fmt(ttfb["llm-proxy"]!.p50 - ttfb["direct"]!.p50, 3)} ms, raw ${fmt(ttfb["raw proxy"]!.p50 - ttfb["direct"]!.p50, 3)} ms`)
+  } finally {
+    for (const c of children) c.kill("SIGTERM")
+    llm.cleanup()
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (e) => {
+    console.error(e)
+    for (const c of children) c.kill("SIGKILL")
+    process.exit(1)
+  }
+)
