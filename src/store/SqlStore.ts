@@ -14,7 +14,7 @@ import {
   type TokenRow,
   type UsagePoint
 } from "./Store.js"
-import { mergeUsageDeltas } from "./usage.js"
+import { mergeHourlyUsage } from "./usage.js"
 
 type Dialect = StoreShape["dialect"]
 type Row = Record<string, unknown>
@@ -308,8 +308,8 @@ export const make = (dialect: Dialect) =>
           )
         ),
 
-      addUsage: (deltas) => {
-        const rows = mergeUsageDeltas(deltas).map((d) => ({
+      addHourlyUsage: (deltas) => {
+        const rows = mergeHourlyUsage(deltas).map((d) => ({
           hour: d.hour,
           project_id: d.projectId,
           token_id: d.tokenId,
@@ -321,7 +321,7 @@ export const make = (dialect: Dialect) =>
         }))
         if (rows.length === 0) return Effect.void
         return wrap(
-          "addUsage",
+          "addHourlyUsage",
           Effect.asVoid(
             sql`INSERT INTO usage_hourly ${sql.insert(rows)}
               ON CONFLICT (hour, token_id) DO UPDATE SET

@@ -96,7 +96,7 @@ export interface TokenFilter {
 }
 
 /** Usage to add to one (hour, token) rollup row. `hour` is the ISO start of a UTC hour (see `hourOf`). */
-export interface UsageDelta {
+export interface HourlyUsage {
   readonly hour: string
   readonly projectId: string
   readonly tokenId: string
@@ -160,7 +160,7 @@ export interface StoreShape {
   /** Idempotent; false when the token does not exist. */
   readonly revokeToken: (id: string, now: string) => Effect.Effect<boolean, StoreError>
   /** Adds to the per-hour rollups (one upsert per batch; deltas of the same hour and token are summed first). */
-  readonly addUsage: (deltas: ReadonlyArray<UsageDelta>) => Effect.Effect<void, StoreError>
+  readonly addHourlyUsage: (deltas: ReadonlyArray<HourlyUsage>) => Effect.Effect<void, StoreError>
   /** Per-hour sums in [since, until), oldest first; hours without usage are absent. */
   readonly usageSeries: (q: UsageQuery) => Effect.Effect<ReadonlyArray<UsagePoint>, StoreError>
 }

@@ -1,5 +1,5 @@
 /** Pure helpers for the per-hour usage rollups (table usage_hourly, migration 0004). */
-import type { UsageDelta } from "./Store.js"
+import type { HourlyUsage } from "./Store.js"
 
 const HOUR_MS = 3_600_000
 
@@ -10,8 +10,8 @@ export const hourOf = (ms: number): string => new Date(Math.floor(ms / HOUR_MS) 
  * Sums deltas with the same (hour, token). A batch must not upsert one row twice: Postgres rejects
  * `ON CONFLICT DO UPDATE` touching the same row twice in one statement.
  */
-export const mergeUsageDeltas = (deltas: ReadonlyArray<UsageDelta>): ReadonlyArray<UsageDelta> => {
-  const merged = new Map<string, UsageDelta>()
+export const mergeHourlyUsage = (deltas: ReadonlyArray<HourlyUsage>): ReadonlyArray<HourlyUsage> => {
+  const merged = new Map<string, HourlyUsage>()
   for (const d of deltas) {
     const key = `${d.hour}|${d.tokenId}`
     const seen = merged.get(key)
@@ -30,8 +30,8 @@ export const mergeUsageDeltas = (deltas: ReadonlyArray<UsageDelta>): ReadonlyArr
   return [...merged.values()]
 }
 
-/** One answered proxy request as a delta; feed a batch of these to `Store.addUsage`. */
-export const usageDeltaOf = (r: {
+/** One answered proxy request as a delta; feed a batch of these to `Store.addHourlyUsage`. */
+export const hourlyUsageOf = (r: {
   readonly timestampMs: number
   readonly projectId: string
   readonly tokenId: string
@@ -39,7 +39,7 @@ export const usageDeltaOf = (r: {
   readonly cacheHit: boolean
   readonly promptTokens: number
   readonly completionTokens: number
-}): UsageDelta => ({
+}): HourlyUsage => ({
   hour: hourOf(r.timestampMs),
   projectId: r.projectId,
   tokenId: r.tokenId,

@@ -11,7 +11,7 @@ import type { Page } from "playwright-core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { buildWeb } from "../../scripts/build-web.mjs"
 import { sqliteStore } from "../../src/store/layers.js"
-import { Store, type UsageDelta } from "../../src/store/Store.js"
+import { Store, type HourlyUsage } from "../../src/store/Store.js"
 import { hourOf } from "../../src/store/usage.js"
 import { startServer, type TestServer, testConfig } from "../support/server.js"
 import { type Browser, hasChromium, launch, screenshot } from "./browser.js"
@@ -53,8 +53,8 @@ describe.skipIf(!hasChromium)(title, () => {
     await dialog.waitFor({ state: "detached" })
   }
 
-  const seedUsage = (deltas: ReadonlyArray<UsageDelta>) =>
-    Effect.runPromise(Effect.flatMap(Store, (s) => s.addUsage(deltas)).pipe(Effect.provide(sqliteStore(dbPath))))
+  const seedUsage = (deltas: ReadonlyArray<HourlyUsage>) =>
+    Effect.runPromise(Effect.flatMap(Store, (s) => s.addHourlyUsage(deltas)).pipe(Effect.provide(sqliteStore(dbPath))))
 
   beforeAll(async () => {
     await buildWeb()
@@ -296,7 +296,7 @@ describe.skipIf(!hasChromium)(title, () => {
 
   it("shows the dashboard from the per-hour rollups, with times in the browser's time zone", async () => {
     const hour = 3_600_000
-    const deltas: Array<UsageDelta> = []
+    const deltas: Array<HourlyUsage> = []
     for (let i = 0; i < 24 * 30; i += 5) {
       deltas.push({
         hour: hourOf(Date.now() - i * hour),

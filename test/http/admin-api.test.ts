@@ -9,7 +9,7 @@ import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { loadAdminAssets } from "../../src/http/AdminUi.js"
 import { databaseLayer } from "../../src/Layers.js"
-import { Store, type UsageDelta } from "../../src/store/Store.js"
+import { Store, type HourlyUsage } from "../../src/store/Store.js"
 import { startServer, type TestServer, testConfig } from "../support/server.js"
 import { type Backend, backends, type BackendInstance, Client } from "./harness.js"
 
@@ -161,7 +161,7 @@ function adminSuite(backend: Backend) {
       projectId = (await api.post("/manage/projects", { name: `usage-${crypto.randomUUID()}`, api_key: "sk-u" })).json.id
       tokenA = (await api.post("/manage/tokens", { project_id: projectId, duration_minutes: 60 })).json.id
       tokenB = (await api.post("/manage/tokens", { project_id: projectId, duration_minutes: 60 })).json.id
-      const d = (tokenId: string, hour: string, requests: number): UsageDelta => ({
+      const d = (tokenId: string, hour: string, requests: number): HourlyUsage => ({
         hour,
         projectId,
         tokenId,
@@ -176,9 +176,9 @@ function adminSuite(backend: Backend) {
         Effect.gen(function*() {
           const store = yield* Store
           // Two deltas for the same row in one batch are summed, and later batches add to it.
-          yield* store.addUsage([d(tokenA, hour0, 2), d(tokenA, hour0, 3), d(tokenB, hour0, 4)])
-          yield* store.addUsage([d(tokenA, hour0, 1), d(tokenA, older, 100)])
-          yield* store.addUsage([])
+          yield* store.addHourlyUsage([d(tokenA, hour0, 2), d(tokenA, hour0, 3), d(tokenB, hour0, 4)])
+          yield* store.addHourlyUsage([d(tokenA, hour0, 1), d(tokenA, older, 100)])
+          yield* store.addHourlyUsage([])
         }).pipe(Effect.provide(databaseLayer(instance.database)))
       )
     })
