@@ -2,10 +2,16 @@
  * The one place where configuration picks layers: SQLite or PostgreSQL, encryption on or off, log format.
  * Programs (serve, migrate, …) are compositions of what is built here.
  */
-import { Context, Effect, Layer, Logger, LogLevel } from "effect"
+import { Context, Effect, Layer, Logger, LogLevel, Option } from "effect"
 import { AppConfig, type AppConfigShape, type Database } from "./config/AppConfig.js"
 import { resolveManagementToken } from "./config/managementToken.js"
 import { Providers } from "./config/Providers.js"
+import * as ProxyHandler from "./proxy/ProxyHandler.js"
+import { ProxyHooks } from "./proxy/ProxyHooks.js"
+import * as Upstream from "./proxy/Upstream.js"
+import * as RateLimits from "./token/RateLimits.js"
+import * as TokenValidator from "./token/TokenValidator.js"
+import * as UsageRecorder from "./token/UsageRecorder.js"
 import { KeyCipher } from "./crypto/KeyCipher.js"
 import { AdminAssetsLive } from "./http/AdminUi.js"
 import { ManagementAppLive } from "./http/App.js"
@@ -43,6 +49,19 @@ export const loggerLayer = (config: Pick<AppConfigShape, "logFormat" | "logLevel
     )
   )
 
+/** Window rate limiter store: one instance in memory, or shared through Redis. */
+export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" | "redisUrl">) =>
+  config.rateLimitBackend === "redis" ? RateLimits.redis(config.redisUrl) : RateLimits.memory
+
+/**
+ * The data plane: TokenValidator (shared with the management handlers, which invalidate it), usage counters,
+ * rate limits, upstream pools, and the /v1 handler with its hooks.
+ */
+export const dataPlaneLayer = (config: AppConfigShape) =>
+  ProxyHandler.layer.pipe(
+    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), ProxyHooks.none))
+  )
+
 /** Everything `serve` runs, for a given configuration. Provides the bound address (tests use port 0). */
 export const serveLayer = (config: AppConfigShape) =>
   Layer.unwrapEffect(
@@ -57,11 +76,13 @@ export const serveLayer = (config: AppConfigShape) =>
       }
       return HttpServerLive.pipe(
         Layer.provide(ManagementAppLive),
+        Layer.provideMerge(dataPlaneLayer(config)),
+        Layer.provideMerge(TokenValidator.layer),
         Layer.provideMerge(
           Layer.mergeAll(
             migratedDatabaseLayer(config.database),
             KeyCipher.layer(config.encryptionKey),
-            Providers.builtIn,
+            Providers.load(Option.getOrUndefined(config.apiConfigPath), config.openaiApiUrl),
             Layer.succeed(ManagementToken, resolved.token),
             AdminSessionsLive(),
             AdminAssetsLive(),

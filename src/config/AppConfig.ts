@@ -25,6 +25,23 @@ export interface AppConfigShape {
   readonly requireEncryptionKey: boolean
   readonly logLevel: "debug" | "info" | "warn" | "error"
   readonly logFormat: LogFormat
+  /** Providers YAML (reference §5.1); none = the built-in `openai` provider at `openaiApiUrl`. */
+  readonly apiConfigPath: Option.Option<string>
+  readonly openaiApiUrl: string
+  /** Largest proxy request body, bytes (413 above). */
+  readonly maxRequestSize: number
+  /** Upstream response-header timeout, ms (504 after it); streams are never cut by it. */
+  readonly requestTimeoutMs: number
+  /** Consecutive 502/503/504 answers of one provider that open its circuit breaker. */
+  readonly circuitBreakerThreshold: number
+  /** How long an open breaker answers 503 before letting one probe through, ms. */
+  readonly circuitBreakerCooldownMs: number
+  /** How long a validated token may be served from memory before it is re-read, ms (safety net across instances). */
+  readonly tokenCacheTtlMs: number
+  /** How often batched usage counters are written to the database, ms. */
+  readonly usageFlushIntervalMs: number
+  readonly rateLimitBackend: "in-memory" | "redis"
+  readonly redisUrl: string
 }
 
 export class AppConfig extends Context.Tag("llm-proxy/AppConfig")<AppConfig, AppConfigShape>() {}
@@ -68,6 +85,40 @@ const positiveInt = (name: string, fallback: number) =>
         ? Either.right(Number(s))
         : Either.left(invalid(name, `expected a positive integer, got "${s}"`))
     )
+  )
+
+/** `120s`, `2m`, `500ms`, `1h`, or a bare number of seconds → milliseconds. */
+export const parseDuration = (s: string): number | undefined => {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(s.trim())
+  if (!m) return undefined
+  const n = Number(m[1])
+  const ms = n * ({ ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? "s") as "ms" | "s" | "m" | "h"])
+  return Number.isFinite(ms) ? Math.round(ms) : undefined
+}
+
+const duration = (name: string, fallback: string, min = 1) =>
+  Config.string(name).pipe(
+    Config.withDefault(fallback),
+    Config.mapOrFail((s) => {
+      const ms = parseDuration(s)
+      return ms !== undefined && ms >= min
+        ? Either.right(ms)
+        : Either.left(invalid(name, `expected a duration such as 30s, 500ms or 2m, got "${s}"`))
+    })
+  )
+
+const httpUrl = (name: string, fallback: string) =>
+  Config.string(name).pipe(
+    Config.withDefault(fallback),
+    Config.mapOrFail((s) => {
+      try {
+        const u = new URL(s.trim())
+        if (u.protocol === "http:" || u.protocol === "https:") return Either.right(u.origin)
+      } catch {
+        // fall through
+      }
+      return Either.left(invalid(name, `expected an http:// or https:// URL, got "${s}"`))
+    })
   )
 
 const optionalString = (name: string) =>
@@ -143,7 +194,34 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   encryptionKey,
   requireEncryptionKey: bool("REQUIRE_ENCRYPTION_KEY", false),
   logLevel,
-  logFormat
+  logFormat,
+  apiConfigPath: optionalString("API_CONFIG_PATH"),
+  openaiApiUrl: httpUrl("OPENAI_API_URL", "https://api.openai.com"),
+  maxRequestSize: positiveInt("MAX_REQUEST_SIZE", 33_554_432),
+  requestTimeoutMs: duration("REQUEST_TIMEOUT", "120s"),
+  circuitBreakerThreshold: positiveInt("CIRCUIT_BREAKER_THRESHOLD", 5),
+  circuitBreakerCooldownMs: duration("CIRCUIT_BREAKER_COOLDOWN", "30s"),
+  tokenCacheTtlMs: duration("TOKEN_CACHE_TTL", "5s", 0),
+  usageFlushIntervalMs: duration("USAGE_FLUSH_INTERVAL", "1s"),
+  rateLimitBackend: Config.string("RATE_LIMIT_BACKEND").pipe(
+    Config.withDefault("in-memory"),
+    Config.mapOrFail((s): Either.Either<"in-memory" | "redis", ConfigError.ConfigError> => {
+      const v = s.trim().toLowerCase()
+      if (v === "in-memory" || v === "memory" || v === "") return Either.right("in-memory")
+      if (v === "redis") return Either.right("redis")
+      return Either.left(invalid("RATE_LIMIT_BACKEND", `expected in-memory or redis, got "${s}"`))
+    })
+  ),
+  redisUrl: Config.all({ url: optionalString("REDIS_URL"), addr: optionalString("REDIS_ADDR") }).pipe(
+    Config.mapOrFail(({ addr, url }) => {
+      if (Option.isSome(url)) {
+        return /^rediss?:\/\//.test(url.value)
+          ? Either.right(url.value)
+          : Either.left(invalid("REDIS_URL", "expected a redis:// or rediss:// URL"))
+      }
+      return Either.right(Option.isSome(addr) ? `redis://${addr.value}` : "redis://127.0.0.1:6379")
+    })
+  )
 }).pipe(
   Config.mapOrFail((c) =>
     c.requireEncryptionKey && Option.isNone(c.encryptionKey)

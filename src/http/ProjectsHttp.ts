@@ -8,6 +8,7 @@ import { obfuscateApiKey } from "../crypto/obfuscate.js"
 import { BadRequest, Conflict, InternalError, NotFound } from "../domain/errors.js"
 import { isUuid, parsePageParam, validateCreateProject, validateUpdateProject } from "../domain/validation.js"
 import { Store, type StoreError } from "../store/Store.js"
+import { TokenValidator } from "../token/TokenValidator.js"
 import { readJson, validate } from "./body.js"
 import { projectJson } from "./present.js"
 
@@ -29,6 +30,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
     const store = yield* Store
     const cipher = yield* KeyCipher
     const providers = yield* Providers
+    const validator = yield* TokenValidator
 
     return handlers
       .handle("list", ({ urlParams }) =>
@@ -97,6 +99,8 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             now: yield* now
           })
           const updated = yield* Option.match(result, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed })
+          // After the commit: the next proxy request re-reads activation, key and provider.
+          validator.invalidateProject(id)
           return projectJson(updated.project)
         }).pipe(
           Effect.catchTags({
@@ -109,6 +113,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
           const id = yield* projectId(path.id)
           const result = yield* store.revokeProjectTokens(id, yield* now)
           const counts = yield* Option.match(result, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed })
+          validator.invalidateProject(id)
           return { revoked_count: counts.revoked, already_revoked_count: counts.alreadyRevoked, total_tokens: counts.total }
         }).pipe(Effect.catchTag("StoreError", internal("failed to revoke project tokens"))))
   }))

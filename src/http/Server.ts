@@ -8,6 +8,8 @@ import { Context, Effect, Layer, Option } from "effect"
 import { createServer } from "node:http"
 import type { AddressInfo } from "node:net"
 import { AppConfig } from "../config/AppConfig.js"
+import { isProxyPath } from "../proxy/policy.js"
+import { ProxyHandler } from "../proxy/ProxyHandler.js"
 import { makeApp } from "./App.js"
 import { MAX_BODY_BYTES } from "./body.js"
 
@@ -26,7 +28,12 @@ export const HttpServerLive = Layer.scoped(
     const app = yield* makeApp
     const bounded = HttpIncomingMessage.withMaxBodySize(app, Option.some(MAX_BODY_BYTES + 1))
     const handler = yield* NodeHttpServer.makeHandler(bounded).pipe(Effect.provide(NodeHttpServer.layerContext))
-    const server = createServer({ keepAliveTimeout: 65_000 }, handler)
+    const proxy = yield* ProxyHandler
+    // /v1/* never enters the Effect app: it is handled as plain Node streams (src/proxy/ProxyHandler.ts).
+    const server = createServer(
+      { keepAliveTimeout: 65_000, requestTimeout: 0 },
+      (req, res) => (isProxyPath(req.url ?? "/") ? proxy(req, res) : handler(req, res))
+    )
     yield* Effect.async<void, Error>((resume) => {
       const onError = (e: Error) => resume(Effect.fail(new Error(`cannot listen on ${config.listen.host}:${config.listen.port}: ${e.message}`)))
       server.once("error", onError)

@@ -6,6 +6,7 @@ import { generateProxyToken, hashProxyToken, tokenHint } from "../crypto/ProxyTo
 import { BadRequest, Forbidden, NotFound } from "../domain/errors.js"
 import { isUuid, parseBooleanParam, validateCreateToken, validateUpdateToken } from "../domain/validation.js"
 import { Store } from "../store/Store.js"
+import { TokenValidator } from "../token/TokenValidator.js"
 import { readJson, validate } from "./body.js"
 import { tokenJson } from "./present.js"
 import { internal } from "./ProjectsHttp.js"
@@ -21,6 +22,7 @@ const orNotFound = <A>(o: Option.Option<A>) =>
 export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handlers) =>
   Effect.gen(function*() {
     const store = yield* Store
+    const validator = yield* TokenValidator
 
     return handlers
       .handle("list", ({ urlParams }) =>
@@ -81,6 +83,7 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             ...patch,
             now: new Date(yield* Clock.currentTimeMillis).toISOString()
           })
+          validator.invalidateToken(id)
           return tokenJson(yield* orNotFound(row))
         }).pipe(Effect.catchTag("StoreError", internal("failed to update token"))))
       .handle("revoke", ({ path }) =>
@@ -88,6 +91,7 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
           const id = yield* tokenId(path.id)
           const found = yield* store.revokeToken(id, new Date(yield* Clock.currentTimeMillis).toISOString())
           if (!found) return yield* tokenNotFound
+          validator.invalidateToken(id)
           return HttpServerResponse.empty({ status: 204 })
         }).pipe(Effect.catchTag("StoreError", internal("failed to revoke token"))))
   }))

@@ -11,6 +11,9 @@ import {
   Store,
   StoreError,
   type StoreShape,
+  type QuotaResult,
+  type RateLimitRow,
+  type TokenAuthRow,
   type TokenRow,
   type UsagePoint
 } from "./Store.js"
@@ -52,6 +55,25 @@ const toToken = (r: Row): TokenRow => ({
   completionTokens: num(r.completion_tokens),
   createdAt: iso(r.created_at),
   lastUsedAt: isoOrNull(r.last_used_at)
+})
+
+const rateLimit = (requests: unknown, windowSeconds: unknown): RateLimitRow | null => {
+  const r = numOrNull(requests)
+  const w = numOrNull(windowSeconds)
+  return r !== null && w !== null && r > 0 && w > 0 ? { requests: r, windowSeconds: w } : null
+}
+
+const toTokenAuth = (r: Row): TokenAuthRow => ({
+  tokenId: String(r.token_id),
+  projectId: String(r.project_id),
+  expiresAt: isoOrNull(r.expires_at),
+  isActive: bool(r.token_active),
+  maxRequests: numOrNull(r.max_requests),
+  tokenRateLimit: rateLimit(r.token_rl_requests, r.token_rl_window),
+  projectActive: bool(r.project_active),
+  apiKey: String(r.api_key),
+  provider: String(r.provider),
+  projectRateLimit: rateLimit(r.project_rl_requests, r.project_rl_window)
 })
 
 const isUniqueViolation = (e: SqlError.SqlError): boolean => {
@@ -305,6 +327,53 @@ export const make = (dialect: Dialect) =>
             sql<Row>`UPDATE tokens SET is_active = ${FALSE}, deactivated_at = COALESCE(deactivated_at, ${now})
               WHERE id = ${id} RETURNING id`,
             (rows) => rows.length > 0
+          )
+        ),
+
+      getTokenAuth: (hash) =>
+        wrap(
+          "getTokenAuth",
+          Effect.map(
+            sql<Row>`SELECT t.id AS token_id, t.project_id, t.expires_at, t.is_active AS token_active, t.max_requests,
+                t.rate_limit_requests AS token_rl_requests, t.rate_limit_window_seconds AS token_rl_window,
+                p.is_active AS project_active, p.api_key, p.provider,
+                p.rate_limit_requests AS project_rl_requests, p.rate_limit_window_seconds AS project_rl_window
+              FROM tokens t JOIN projects p ON p.id = t.project_id WHERE t.token_hash = ${hash}`,
+            (rows) => Option.map(Option.fromNullable(rows[0]), toTokenAuth)
+          )
+        ),
+
+      consumeQuota: (tokenId, now) =>
+        wrap(
+          "consumeQuota",
+          Effect.gen(function*() {
+            const updated = yield* sql<Row>`UPDATE tokens SET request_count = request_count + 1, last_used_at = ${now}
+              WHERE id = ${tokenId} AND is_active = ${TRUE} AND (expires_at IS NULL OR expires_at > ${now})
+                AND max_requests IS NOT NULL AND request_count < max_requests
+              RETURNING id`
+            if (updated.length > 0) return "ok" as QuotaResult
+            // Nothing updated: say why (the answer differs, the outcome — refused — does not).
+            const [row] = yield* sql<Row>`SELECT is_active, expires_at FROM tokens WHERE id = ${tokenId}`
+            if (row === undefined) return "not_found" as QuotaResult
+            if (!bool(row.is_active)) return "inactive" as QuotaResult
+            if (row.expires_at !== null && row.expires_at !== undefined && iso(row.expires_at) <= now) {
+              return "expired" as QuotaResult
+            }
+            return "exhausted" as QuotaResult
+          })
+        ),
+
+      addUsage: (deltas) =>
+        deltas.length === 0 ? Effect.void : wrap(
+          "addUsage",
+          sql.withTransaction(
+            Effect.forEach(deltas, (d) =>
+              sql`UPDATE tokens SET request_count = request_count + ${d.requests},
+                  prompt_tokens = prompt_tokens + ${d.promptTokens},
+                  completion_tokens = completion_tokens + ${d.completionTokens},
+                  cache_hit_count = cache_hit_count + ${d.cacheHits},
+                  last_used_at = COALESCE(${d.lastUsedAt}, last_used_at)
+                WHERE id = ${d.tokenId}`, { discard: true })
           )
         ),
 

@@ -95,6 +95,40 @@ export interface TokenFilter {
   readonly now: string
 }
 
+export interface RateLimitRow {
+  readonly requests: number
+  readonly windowSeconds: number
+}
+
+/** Everything the proxy needs to admit a request with a token, read in one query. */
+export interface TokenAuthRow {
+  readonly tokenId: string
+  readonly projectId: string
+  readonly expiresAt: string | null
+  readonly isActive: boolean
+  readonly maxRequests: number | null
+  readonly tokenRateLimit: RateLimitRow | null
+  readonly projectActive: boolean
+  /** Stored form (`enc:v1:…` or plaintext). */
+  readonly apiKey: string
+  readonly provider: string
+  readonly projectRateLimit: RateLimitRow | null
+}
+
+export type QuotaResult = "ok" | "exhausted" | "inactive" | "expired" | "not_found"
+
+/** Counters to add to one token (batched off the request path). */
+export interface UsageDelta {
+  readonly tokenId: string
+  /** Requests to add to `request_count` (0 for limited tokens: their quota update counted them already). */
+  readonly requests: number
+  readonly promptTokens: number
+  readonly completionTokens: number
+  readonly cacheHits: number
+  /** Latest use, or null to leave `last_used_at` alone. */
+  readonly lastUsedAt: string | null
+}
+
 /** Usage to add to one (hour, token) rollup row. `hour` is the ISO start of a UTC hour (see `hourOf`). */
 export interface HourlyUsage {
   readonly hour: string
@@ -159,6 +193,15 @@ export interface StoreShape {
   readonly updateToken: (id: string, patch: TokenPatch) => Effect.Effect<Option.Option<TokenRow>, StoreError>
   /** Idempotent; false when the token does not exist. */
   readonly revokeToken: (id: string, now: string) => Effect.Effect<boolean, StoreError>
+  /** The token with its project, by the token's SHA-256. */
+  readonly getTokenAuth: (hash: string) => Effect.Effect<Option.Option<TokenAuthRow>, StoreError>
+  /**
+   * One atomic conditional increment of `request_count` for a limited token: succeeds only while the token is
+   * active, unexpired and under `max_requests` (exactly K of N concurrent callers get "ok").
+   */
+  readonly consumeQuota: (tokenId: string, now: string) => Effect.Effect<QuotaResult, StoreError>
+  /** Adds batched counters, in one transaction. */
+  readonly addUsage: (deltas: ReadonlyArray<UsageDelta>) => Effect.Effect<void, StoreError>
   /** Adds to the per-hour rollups (one upsert per batch; deltas of the same hour and token are summed first). */
   readonly addHourlyUsage: (deltas: ReadonlyArray<HourlyUsage>) => Effect.Effect<void, StoreError>
   /** Per-hour sums in [since, until), oldest first; hours without usage are absent. */

@@ -29,23 +29,3 @@ export const mergeHourlyUsage = (deltas: ReadonlyArray<HourlyUsage>): ReadonlyAr
   }
   return [...merged.values()]
 }
-
-/** One answered proxy request as a delta; feed a batch of these to `Store.addHourlyUsage`. */
-export const hourlyUsageOf = (r: {
-  readonly timestampMs: number
-  readonly projectId: string
-  readonly tokenId: string
-  readonly status: number
-  readonly cacheHit: boolean
-  readonly promptTokens: number
-  readonly completionTokens: number
-}): HourlyUsage => ({
-  hour: hourOf(r.timestampMs),
-  projectId: r.projectId,
-  tokenId: r.tokenId,
-  requests: 1,
-  cacheHits: r.cacheHit ? 1 : 0,
-  errors: r.status >= 400 ? 1 : 0,
-  promptTokens: r.promptTokens,
-  completionTokens: r.completionTokens
-})

@@ -20,6 +20,16 @@ export const testConfig = (database: Database, overrides: Partial<AppConfigShape
   requireEncryptionKey: false,
   logLevel: "error",
   logFormat: "json",
+  apiConfigPath: Option.none(),
+  openaiApiUrl: "https://api.openai.com",
+  maxRequestSize: 33_554_432,
+  requestTimeoutMs: 120_000,
+  circuitBreakerThreshold: 5,
+  circuitBreakerCooldownMs: 30_000,
+  tokenCacheTtlMs: 5_000,
+  usageFlushIntervalMs: 200,
+  rateLimitBackend: "in-memory",
+  redisUrl: process.env["REDIS_URL"] ?? "redis://127.0.0.1:6379",
   ...overrides
 })
 

@@ -1,0 +1,94 @@
+/**
+ * The seam for features that plug into the data plane (response cache, instrumentation events, audit, metrics).
+ *
+ * Every /v1 request gets one `ProxyRequestContext`; the handler (ProxyHandler.ts) fills it stage by stage and,
+ * when the response is over (finished, failed, rejected or abandoned by the client), calls every `onComplete`
+ * hook exactly once with it. Hooks run on the request path: keep them synchronous and cheap — enqueue, don't
+ * write (DESIGN.md "Two planes"). A hook that throws is logged and ignored.
+ *
+ *   beforeUpstream     after authentication and the project checks, before window limits, quota and the upstream
+ *                      call. Return true (or a Promise of true) when the hook answered the request itself — a cache
+ *                      hit; set `ctx.cacheHit = true` then so the token's cache_hit_count (not its request_count)
+ *                      is counted.
+ *   decorateResponse   upstream headers arrived; may add/change the headers sent to the client (e.g. Cache-Status).
+ *   onComplete         once per request, including rejected ones; `ctx.responseBody` holds at most
+ *                      `captureResponseBytes` bytes (the largest value any provider of hooks asked for).
+ */
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http"
+import { Context, Layer } from "effect"
+import type { Usage } from "./usage.js"
+
+export class ProxyRequestContext {
+  /** Provider, token and project, once known. */
+  provider: string | undefined = undefined
+  tokenId: string | undefined = undefined
+  projectId: string | undefined = undefined
+  /** The buffered request body (JSON bodies only; others stream through and are not kept). */
+  requestBody: Buffer | undefined = undefined
+  /** Final status sent to the client; 499 when the client went away before an answer. */
+  status = 0
+  /** `code` of a locally produced error (`token_inactive`, `upstream_error`, …). */
+  code: string | undefined = undefined
+  /** Why the request was denied for policy reasons worth auditing (`project_inactive`). */
+  denial: string | undefined = undefined
+  /** A hook answered from cache. */
+  cacheHit = false
+  /** The request passed every check and was (or was about to be) sent upstream. */
+  forwarded = false
+  /** The answer was an SSE stream. */
+  stream = false
+  /** ms from arrival until the upstream request was sent. */
+  proxyMs: number | undefined = undefined
+  /** ms from sending upstream until the upstream's response headers. */
+  upstreamMs: number | undefined = undefined
+  /** ms from arrival until the response ended. */
+  durationMs: number | undefined = undefined
+  usage: Usage | undefined = undefined
+  /** Upstream status and headers, when the upstream answered. */
+  upstreamStatus: number | undefined = undefined
+  upstreamHeaders: Record<string, string | string[] | undefined> | undefined = undefined
+  /** First `captureResponseBytes` bytes of the upstream body, and whether more passed. */
+  responseBody: Buffer | undefined = undefined
+  responseTruncated = false
+  /** What went wrong (safe text, never a secret), when something did. */
+  error: string | undefined = undefined
+
+  constructor(
+    readonly requestId: string,
+    readonly method: string,
+    /** Path and query as received. */
+    readonly url: string,
+    readonly path: string,
+    readonly origin: string | undefined,
+    /** performance.now() at arrival. */
+    readonly startedAt: number,
+    /** Date.now() at arrival. */
+    readonly receivedAt: number
+  ) {}
+}
+
+export interface ProxyHooksShape {
+  readonly beforeUpstream: ReadonlyArray<
+    (ctx: ProxyRequestContext, req: IncomingMessage, res: ServerResponse) => boolean | Promise<boolean>
+  >
+  readonly decorateResponse: ReadonlyArray<(ctx: ProxyRequestContext, status: number, headers: OutgoingHttpHeaders) => void>
+  readonly onComplete: ReadonlyArray<(ctx: ProxyRequestContext) => void>
+  readonly captureResponseBytes: number
+}
+
+export class ProxyHooks extends Context.Tag("llm-proxy/ProxyHooks")<ProxyHooks, ProxyHooksShape>() {
+  static readonly none: Layer.Layer<ProxyHooks> = Layer.succeed(ProxyHooks, {
+    beforeUpstream: [],
+    decorateResponse: [],
+    onComplete: [],
+    captureResponseBytes: 0
+  })
+
+  /** Several providers of hooks as one (they run in the order given). */
+  static readonly combine = (...parts: ReadonlyArray<Partial<ProxyHooksShape>>): ProxyHooksShape => ({
+    beforeUpstream: parts.flatMap((p) => p.beforeUpstream ?? []),
+    decorateResponse: parts.flatMap((p) => p.decorateResponse ?? []),
+    onComplete: parts.flatMap((p) => p.onComplete ?? []),
+    captureResponseBytes: Math.max(0, ...parts.map((p) => p.captureResponseBytes ?? 0))
+  })
+}

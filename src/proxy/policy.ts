@@ -1,0 +1,326 @@
+/**
+ * Request policy of the data plane as pure functions (no I/O, no Effect): allow-lists on path-segment boundaries,
+ * origin rules, the parameter whitelist, CORS, header hygiene in both directions, and every locally produced
+ * answer. Table-tested in test/proxy/policy.test.ts.
+ */
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http"
+import type { ProviderConfig } from "../config/Providers.js"
+
+/** A locally produced answer: status + the JSON body of CONTRACT §4 (+ headers). */
+export interface LocalAnswer {
+  readonly status: number
+  readonly body: { readonly error: string; readonly code?: string; readonly description?: string }
+  readonly headers?: Readonly<Record<string, string>>
+}
+
+const answer = (status: number, error: string, code?: string, description?: string): LocalAnswer => ({
+  status,
+  body: {
+    error,
+    ...(description !== undefined ? { description } : {}),
+    ...(code !== undefined ? { code } : {})
+  }
+})
+
+/** Every error the proxy produces itself (docs/proxy.md lists them). */
+export const Answers = {
+  missingAuthorization: answer(401, "Invalid token", "invalid_token", "missing or invalid authorization header"),
+  malformedToken: answer(401, "Invalid token", "invalid_token", "invalid token format"),
+  tokenNotFound: answer(401, "Token not found", "token_not_found"),
+  tokenInactive: answer(401, "Token is inactive", "token_inactive"),
+  tokenExpired: answer(401, "Token has expired", "token_expired"),
+  quotaExhausted: answer(429, "Rate limit exceeded", "rate_limit_exceeded", "request quota (max_requests) exhausted"),
+  rateLimited: (retryAfterSeconds: number, scope: "token" | "project"): LocalAnswer => ({
+    ...answer(429, "Rate limit exceeded", "rate_limit_exceeded", `${scope} rate limit exceeded`),
+    headers: { "retry-after": String(retryAfterSeconds) }
+  }),
+  projectInactive: answer(403, "Project is inactive", "project_inactive"),
+  serviceUnavailable: answer(503, "Service temporarily unavailable", "service_unavailable"),
+  upstreamAuthError: answer(503, "Upstream authentication error", "upstream_auth_error", "failed to load upstream API key"),
+  providerNotConfigured: answer(503, "Provider is not configured", "provider_not_configured"),
+  circuitOpen: answer(503, "Upstream unavailable (circuit breaker open)", "upstream_unavailable"),
+  upstreamError: answer(502, "Proxy error", "upstream_error"),
+  timeout: answer(504, "Request timeout", "timeout"),
+  methodNotAllowed: (allow: ReadonlyArray<string>): LocalAnswer => ({
+    ...answer(405, "Method not allowed", "method_not_allowed"),
+    headers: { allow: allow.join(", ") }
+  }),
+  endpointNotFound: answer(404, "Endpoint not found", "endpoint_not_found"),
+  originRequired: answer(400, "Origin header required", "origin_required"),
+  originNotAllowed: answer(403, "Origin not allowed", "origin_not_allowed"),
+  requestTooLarge: answer(413, "Request body too large", "request_too_large"),
+  badRequestBody: answer(400, "Invalid request body", "invalid_request"),
+  paramNotAllowed: (param: string, value: string, patterns: ReadonlyArray<string>) =>
+    answer(400, `Parameter '${param}' value '${value}' is not allowed. Allowed patterns: [${patterns.join(" ")}]`, "param_not_allowed"),
+  internalError: answer(500, "Internal error", "internal_error")
+} as const
+
+// ---------------------------------------------------------------------------------------------------------------
+// Paths
+
+/** `/v1`, `/v1/…` and `/v1?…` are the data plane's. */
+export const isProxyPath = (url: string): boolean =>
+  url.startsWith("/v1") && (url.length === 3 || url[3] === "/" || url[3] === "?")
+
+export const splitUrl = (url: string): { readonly path: string; readonly query: string } => {
+  const q = url.indexOf("?")
+  return q === -1 ? { path: url, query: "" } : { path: url.slice(0, q), query: url.slice(q) }
+}
+
+// Dot segments, empty segments, backslashes and encoded separators/dots could make the upstream resolve a path the
+// allow-list never saw; nothing legitimate needs them.
+const UNSAFE_PATH = /\/\.{1,2}(?:\/|$)|\/\/|\\|%2e|%2f|%5c|%00|[\x00-\x20\x7f]/i
+
+export const isSafePath = (path: string): boolean => path.startsWith("/") && !UNSAFE_PATH.test(path)
+
+/** `/v1/models` admits `/v1/models` and `/v1/models/…`, never `/v1/modelsX`. */
+export const endpointAllowed = (path: string, endpoints: ReadonlyArray<string>): boolean => {
+  for (const e of endpoints) {
+    if (path === e || (path.startsWith(e) && (path[e.length] === "/" || e === "/"))) return true
+  }
+  return false
+}
+
+export const methodAllowed = (method: string, methods: ReadonlyArray<string>): boolean => methods.includes(method)
+
+// ---------------------------------------------------------------------------------------------------------------
+// Origin and CORS
+
+export const checkOrigin = (origin: string | undefined, provider: ProviderConfig): LocalAnswer | undefined => {
+  if (origin === undefined || origin === "") return provider.requireOrigin ? Answers.originRequired : undefined
+  if (provider.allowedOrigins.length > 0 && !provider.allowedOrigins.includes(origin)) return Answers.originNotAllowed
+  return undefined
+}
+
+export const EXPOSED_HEADERS = "X-Request-ID, Server-Timing, Retry-After, Cache-Status, X-PROXY-CACHE, X-PROXY-CACHE-KEY"
+const DEFAULT_ALLOW_HEADERS = "Authorization, Content-Type, X-Requested-With"
+
+/** Headers for a browser reading an answer (proxied or local) to a request that carried `Origin`. */
+export const corsHeaders = (origin: string | undefined): Record<string, string> =>
+  origin === undefined || origin === ""
+    ? {}
+    : { "access-control-allow-origin": origin, "access-control-expose-headers": EXPOSED_HEADERS, vary: "Origin" }
+
+/**
+ * Preflight (`OPTIONS`, no authentication): 204; CORS headers only when `Origin` is present and some provider
+ * admits it; the methods listed are the configured ones. Credentials are never allowed.
+ */
+export const preflight = (
+  origin: string | undefined,
+  requestHeaders: string | undefined,
+  providers: ReadonlyArray<ProviderConfig>
+): Record<string, string> => {
+  if (origin === undefined || origin === "") return {}
+  const admitting = providers.filter((p) => p.allowedOrigins.length === 0 || p.allowedOrigins.includes(origin))
+  if (admitting.length === 0) return {}
+  const methods = [...new Set(admitting.flatMap((p) => p.allowedMethods).concat("OPTIONS"))]
+  return {
+    "access-control-allow-origin": origin,
+    "access-control-allow-methods": methods.join(", "),
+    "access-control-allow-headers": requestHeaders !== undefined && requestHeaders.trim() !== ""
+      ? requestHeaders
+      : DEFAULT_ALLOW_HEADERS,
+    "access-control-expose-headers": EXPOSED_HEADERS,
+    "access-control-max-age": "86400",
+    vary: "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Parameter whitelist
+
+/** `application/json`, `application/json; charset=utf-8`, `application/vnd.x+json`, … */
+export const isJsonContentType = (contentType: string | undefined): boolean => {
+  if (contentType === undefined) return false
+  const semi = contentType.indexOf(";")
+  const type = (semi === -1 ? contentType : contentType.slice(0, semi)).trim().toLowerCase()
+  return type === "application/json" || (type.startsWith("application/") && type.endsWith("+json"))
+}
+
+const globCache = new Map<string, RegExp | null>()
+
+/**
+ * Go `path.Match` semantics: `*` any run of non-`/` characters, `?` one non-`/` character, `[...]` a class
+ * (`[^...]` negated, ranges), `\` escapes. A malformed pattern matches nothing.
+ */
+export const globToRegExp = (pattern: string): RegExp | null => {
+  const cached = globCache.get(pattern)
+  if (cached !== undefined) return cached
+  let re = "^"
+  let ok = true
+  for (let i = 0; i < pattern.length && ok; i++) {
+    const c = pattern[i]!
+    if (c === "*") re += "[^/]*"
+    else if (c === "?") re += "[^/]"
+    else if (c === "\\") {
+      const n = pattern[++i]
+      if (n === undefined) ok = false
+      else re += n.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&")
+    } else if (c === "[") {
+      const end = pattern.indexOf("]", i + 2)
+      if (end === -1) {
+        ok = false
+        break
+      }
+      let body = pattern.slice(i + 1, end)
+      const negate = body.startsWith("^")
+      if (negate) body = body.slice(1)
+      if (body === "") ok = false
+      re += `[${negate ? "^/" : ""}${body.replace(/[\]\\]/g, "\\$&")}]`
+      i = end
+    } else re += c.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&")
+  }
+  let result: RegExp | null = null
+  if (ok) {
+    try {
+      result = new RegExp(re + "$", "s")
+    } catch {
+      result = null
+    }
+  }
+  if (globCache.size < 10_000) globCache.set(pattern, result)
+  return result
+}
+
+const stringify = (v: unknown): string =>
+  typeof v === "string" ? v : typeof v === "number" || typeof v === "boolean" ? String(v) : JSON.stringify(v)
+
+/** Top-level parameters named in the whitelist must match one of their patterns; absent ones pass. */
+export const checkParams = (
+  body: unknown,
+  whitelist: ReadonlyMap<string, ReadonlyArray<string>>
+): LocalAnswer | undefined => {
+  if (whitelist.size === 0 || typeof body !== "object" || body === null || Array.isArray(body)) return undefined
+  for (const [param, patterns] of whitelist) {
+    if (!Object.hasOwn(body, param)) continue
+    const value = stringify((body as Record<string, unknown>)[param])
+    if (!patterns.some((p) => globToRegExp(p)?.test(value) === true)) {
+      return Answers.paramNotAllowed(param, value.length > 200 ? value.slice(0, 200) + "…" : value, patterns)
+    }
+  }
+  return undefined
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Authorization
+
+const BEARER = /^\s*bearer\s+(\S+)\s*$/i
+
+/** The credential of `Authorization: Bearer <x>` (scheme case-insensitive), else undefined. */
+export const bearerCredential = (header: string | undefined): string | undefined => {
+  if (header === undefined) return undefined
+  const m = BEARER.exec(header)
+  return m ? m[1] : undefined
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Request ids and timing
+
+const SAFE_REQUEST_ID = /^[A-Za-z0-9._:\-]{1,128}$/
+
+/** A client's X-Request-ID is kept when it is short and safe, else replaced. */
+export const requestIdOf = (header: string | undefined): string =>
+  header !== undefined && SAFE_REQUEST_ID.test(header) ? header : crypto.randomUUID()
+
+export const serverTiming = (proxyMs: number, upstreamMs: number | undefined): string =>
+  upstreamMs === undefined
+    ? `proxy;dur=${proxyMs.toFixed(2)}`
+    : `proxy;dur=${proxyMs.toFixed(2)}, upstream;dur=${upstreamMs.toFixed(2)}`
+
+// ---------------------------------------------------------------------------------------------------------------
+// Header hygiene (CONTRACT §4)
+
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade"
+])
+
+/** Never sent upstream: credentials, client addresses, trace context, our own ids and things we set ourselves. */
+const NOT_UPSTREAM = new Set([
+  ...HOP_BY_HOP,
+  "host",
+  "authorization",
+  "x-api-key",
+  "api-key",
+  "cookie",
+  "content-length",
+  "expect",
+  "accept-encoding",
+  "x-request-id",
+  "x-correlation-id",
+  "forwarded",
+  "x-forwarded-for",
+  "x-forwarded-host",
+  "x-forwarded-proto",
+  "x-forwarded-port",
+  "x-real-ip",
+  "x-client-ip",
+  "x-original-forwarded-for",
+  "true-client-ip",
+  "cf-connecting-ip",
+  "cf-ipcountry",
+  "fastly-client-ip",
+  "x-cluster-client-ip",
+  "traceparent",
+  "tracestate",
+  "baggage",
+  "b3",
+  "uber-trace-id",
+  "x-cloud-trace-context",
+  "x-amzn-trace-id",
+  "x-datadog-trace-id",
+  "x-datadog-parent-id",
+  "x-proxy-id",
+  "x-project-id"
+])
+
+const connectionTokens = (value: string | string[] | undefined): ReadonlyArray<string> =>
+  value === undefined ? [] : (Array.isArray(value) ? value.join(",") : value).split(",").map((t) => t.trim().toLowerCase())
+
+/**
+ * The headers sent upstream: the client's, minus everything in NOT_UPSTREAM, headers named by `Connection`,
+ * `x-b3-*` / `x-llm-proxy-*`; plus the project key in the provider's scheme, our request id, and
+ * `accept-encoding: identity` (usage is read from the bytes, which must not be compressed).
+ */
+export const upstreamRequestHeaders = (
+  client: IncomingHttpHeaders,
+  provider: ProviderConfig,
+  apiKey: string,
+  requestId: string,
+  contentLength: number | undefined
+): Record<string, string | string[]> => {
+  const named = client.connection !== undefined ? connectionTokens(client.connection) : []
+  const out: Record<string, string | string[]> = {}
+  for (const name in client) {
+    if (NOT_UPSTREAM.has(name) || name === provider.authHeader || name.startsWith("x-b3-") || name.startsWith("x-llm-proxy-")) {
+      continue
+    }
+    if (named.length > 0 && named.includes(name)) continue
+    const v = client[name]
+    if (v !== undefined) out[name] = v
+  }
+  out[provider.authHeader] = provider.authScheme === "" ? apiKey : `${provider.authScheme} ${apiKey}`
+  out["x-request-id"] = requestId
+  out["accept-encoding"] = "identity"
+  if (contentLength !== undefined) out["content-length"] = String(contentLength)
+  return out
+}
+
+/** Upstream response headers minus hop-by-hop ones (and those named by `Connection`). */
+export const downstreamHeaders = (upstream: Record<string, string | string[] | undefined>): OutgoingHttpHeaders => {
+  const named = upstream.connection !== undefined ? connectionTokens(upstream.connection) : []
+  const out: OutgoingHttpHeaders = {}
+  for (const name in upstream) {
+    if (HOP_BY_HOP.has(name) || (named.length > 0 && named.includes(name))) continue
+    const v = upstream[name]
+    if (v !== undefined) out[name] = v
+  }
+  return out
+}

@@ -1,0 +1,146 @@
+/**
+ * TokenValidator: what a proxy token grants, served from memory so a warm token costs no database query.
+ *
+ * - `cached(hash)` is synchronous: the hot path of a request with a warm token never awaits.
+ * - `load(hash)` reads token + project in one query (and decrypts the project's key once), then caches the result.
+ * - Every management mutation calls `invalidateToken` / `invalidateProject` after its commit, so the very next
+ *   request on this instance re-reads the row. A generation counter stops a load that raced with an invalidation
+ *   from caching the state it read before the change. Entries also expire after TOKEN_CACHE_TTL, the bound on how
+ *   stale another instance can be.
+ * - Verdicts (inactive, expired, project inactive) are decided per request from the cached entry and the clock.
+ */
+import { Context, Effect, Layer, Option, Redacted, Runtime } from "effect"
+import { AppConfig } from "../config/AppConfig.js"
+import { KeyCipher } from "../crypto/KeyCipher.js"
+import { type RateLimitRow, Store, type StoreError } from "../store/Store.js"
+
+export interface TokenGrant {
+  readonly tokenId: string
+  readonly projectId: string
+  /** ms since epoch; null = never expires. */
+  readonly expiresAtMs: number | null
+  readonly isActive: boolean
+  /** null = unlimited (counted in batches); a number = atomic quota per request. */
+  readonly maxRequests: number | null
+  readonly tokenRateLimit: RateLimitRow | null
+  readonly projectActive: boolean
+  readonly projectRateLimit: RateLimitRow | null
+  readonly provider: string
+  /** The decrypted provider key; None when it cannot be decrypted (answered 503 upstream_auth_error). */
+  readonly apiKey: Option.Option<Redacted.Redacted<string>>
+}
+
+interface Entry {
+  readonly grant: TokenGrant
+  readonly loadedAt: number
+}
+
+export interface TokenValidatorShape {
+  /** The cached grant for a token hash, if fresh. Synchronous. */
+  readonly cached: (hash: string, nowMs: number) => TokenGrant | undefined
+  /** Reads the grant from the store and caches it; undefined when no such token exists. */
+  readonly load: (hash: string) => Promise<TokenGrant | undefined>
+  readonly invalidateToken: (tokenId: string) => void
+  readonly invalidateProject: (projectId: string) => void
+  readonly invalidateAll: () => void
+  readonly stats: () => { readonly size: number; readonly hits: number; readonly loads: number }
+}
+
+export class TokenValidator extends Context.Tag("llm-proxy/TokenValidator")<TokenValidator, TokenValidatorShape>() {}
+
+export const MAX_ENTRIES = 10_000
+
+export class TokenLoadError extends Error {
+  constructor(override readonly cause: StoreError) {
+    super("token lookup failed")
+  }
+}
+
+export const make = Effect.gen(function*() {
+  const store = yield* Store
+  const cipher = yield* KeyCipher
+  const config = yield* AppConfig
+  const runtime = yield* Effect.runtime<never>()
+  const runPromise = Runtime.runPromise(runtime)
+  const ttl = config.tokenCacheTtlMs
+  const entries = new Map<string, Entry>()
+  let generation = 0
+  let hits = 0
+  let loads = 0
+
+  const drop = (predicate: (g: TokenGrant) => boolean) => {
+    generation++
+    for (const [hash, e] of entries) if (predicate(e.grant)) entries.delete(hash)
+  }
+
+  const loadEffect = (hash: string) =>
+    Effect.gen(function*() {
+      const row = yield* store.getTokenAuth(hash)
+      if (Option.isNone(row)) return undefined
+      const r = row.value
+      const key = yield* Effect.option(cipher.decrypt(r.apiKey))
+      const grant: TokenGrant = {
+        tokenId: r.tokenId,
+        projectId: r.projectId,
+        expiresAtMs: r.expiresAt === null ? null : Date.parse(r.expiresAt),
+        isActive: r.isActive,
+        maxRequests: r.maxRequests,
+        tokenRateLimit: r.tokenRateLimit,
+        projectActive: r.projectActive,
+        projectRateLimit: r.projectRateLimit,
+        provider: r.provider,
+        apiKey: Option.map(Option.filter(key, (k) => k !== ""), Redacted.make)
+      }
+      return grant
+    })
+
+  const service: TokenValidatorShape = {
+    cached: (hash, nowMs) => {
+      const e = entries.get(hash)
+      if (e === undefined) return undefined
+      if (nowMs - e.loadedAt >= ttl) {
+        entries.delete(hash)
+        return undefined
+      }
+      hits++
+      return e.grant
+    },
+    load: (hash) => {
+      const startedAt = generation
+      loads++
+      return runPromise(Effect.either(loadEffect(hash))).then((result) => {
+        if (result._tag === "Left") throw new TokenLoadError(result.left)
+        const grant = result.right
+        if (grant !== undefined && startedAt === generation && ttl > 0) {
+          if (entries.size >= MAX_ENTRIES) {
+            // Oldest first (insertion order).
+            const oldest = entries.keys().next()
+            if (!oldest.done) entries.delete(oldest.value)
+          }
+          entries.set(hash, { grant, loadedAt: Date.now() })
+        }
+        return grant
+      })
+    },
+    invalidateToken: (tokenId) => drop((g) => g.tokenId === tokenId),
+    invalidateProject: (projectId) => drop((g) => g.projectId === projectId),
+    invalidateAll: () => {
+      generation++
+      entries.clear()
+    },
+    stats: () => ({ size: entries.size, hits, loads })
+  }
+  return service
+})
+
+export const layer: Layer.Layer<TokenValidator, never, Store | KeyCipher | AppConfig> = Layer.effect(TokenValidator, make)
+
+/** The verdict on a grant at `nowMs`: undefined = admitted (so far), else why not. */
+export type Refusal = "token_inactive" | "token_expired" | "project_inactive"
+
+export const judge = (g: TokenGrant, nowMs: number): Refusal | undefined => {
+  if (!g.isActive) return "token_inactive"
+  if (g.expiresAtMs !== null && nowMs >= g.expiresAtMs) return "token_expired"
+  if (!g.projectActive) return "project_inactive"
+  return undefined
+}
