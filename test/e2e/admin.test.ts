@@ -13,6 +13,7 @@ import { buildWeb } from "../../scripts/build-web.mjs"
 import { sqliteStore } from "../../src/store/layers.js"
 import { Store, type HourlyUsage } from "../../src/store/Store.js"
 import { hourOf } from "../../src/store/usage.js"
+import { chatCompletion, json, type MockUpstream, startMockUpstream } from "../support/mockUpstream.js"
 import { startServer, type TestServer, testConfig } from "../support/server.js"
 import { type Browser, hasChromium, launch, screenshot } from "./browser.js"
 
@@ -29,6 +30,8 @@ describe.skipIf(!hasChromium)(title, () => {
   let dir: string
   let dbPath: string
   let server: TestServer
+  let mock: MockUpstream
+  let secret = ""
   let browser: Browser
   let page: Page
 
@@ -60,7 +63,9 @@ describe.skipIf(!hasChromium)(title, () => {
     await buildWeb()
     dir = mkdtempSync(join(tmpdir(), "llm-proxy-e2e-"))
     dbPath = join(dir, "e2e.db")
-    server = await startServer(testConfig({ _tag: "sqlite", path: dbPath }))
+    mock = await startMockUpstream()
+    mock.setDefault(json(chatCompletion("Hi there", { prompt_tokens: 12, completion_tokens: 5 })))
+    server = await startServer(testConfig({ _tag: "sqlite", path: dbPath }, { openaiApiUrl: mock.url, usageFlushIntervalMs: 100 }))
     browser = await launch({ timezoneId: "Asia/Tokyo" })
     page = browser.page
   }, 120_000)
@@ -68,6 +73,7 @@ describe.skipIf(!hasChromium)(title, () => {
   afterAll(async () => {
     await browser?.close()
     await server?.close()
+    await mock?.close()
     if (dir) rmSync(dir, { recursive: true, force: true })
   })
 
@@ -165,7 +171,7 @@ describe.skipIf(!hasChromium)(title, () => {
     await page.getByLabel("Request limit").fill("5")
     await page.getByRole("button", { name: "Generate token" }).click()
     await h1("Token created").waitFor()
-    const secret = await page.getByLabel("Token", { exact: true }).inputValue()
+    secret = await page.getByLabel("Token", { exact: true }).inputValue()
     expect(secret).toMatch(/^sk-[A-Za-z0-9_-]{43}$/)
     expect(await page.getByRole("button", { name: "Copy token" }).isVisible()).toBe(true)
     const curl = await page.getByRole("region", { name: "curl example" }).or(page.locator("pre").first()).first().textContent()
@@ -184,14 +190,31 @@ describe.skipIf(!hasChromium)(title, () => {
     expect(await page.locator("#request-count").count()).toBe(0)
   })
 
-  it("shows the token's usage: requests made and the per-hour rollups", async () => {
-    await seedUsage([
-      { hour: hourOf(Date.now()), projectId, tokenId, requests: 3, cacheHits: 1, errors: 0, promptTokens: 120, completionTokens: 80 }
-    ])
+  it("counts requests made with the token through the proxy on the token page, charts included", async () => {
     await go(`/admin/tokens/${tokenId}`)
     await h1(/^Token sk-/).waitFor()
-    const chart = page.getByRole("img", { name: /Requests, last 24 hours: 3 requests in total/ })
-    await chart.waitFor()
+    expect(await page.locator("#request-count").textContent()).toBe("0 requests made")
+    for (let i = 0; i < 3; i++) {
+      const r = await fetch(`${server.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${secret}`, "content-type": "application/json" },
+        body: JSON.stringify({ model: "gpt-4o-mini", messages: [{ role: "user", content: "Hello" }] })
+      })
+      expect(r.status, await r.text()).toBe(200)
+    }
+    expect(mock.requests).toHaveLength(3)
+    expect(mock.requests[0]!.headers.authorization).not.toContain(secret)
+    // The counters and rollups are written by the batched flush: refresh until they show.
+    for (let attempt = 0; ; attempt++) {
+      await page.getByRole("button", { name: "Refresh" }).click()
+      await h1(/^Token sk-/).waitFor()
+      const ready = (await page.getByRole("img", { name: /^Requests, last 24 hours: 3 requests/ }).count()) === 1
+      if (ready) break
+      if (attempt > 50) throw new Error("usage never showed up on the token page")
+      await page.waitForTimeout(100)
+    }
+    expect(await page.locator("#request-count").textContent()).toBe("3 requests made")
+    expect(await page.getByText("36 prompt + 15 completion").isVisible()).toBe(true)
     await screenshot(page, "token-detail")
   })
 
@@ -226,6 +249,13 @@ describe.skipIf(!hasChromium)(title, () => {
     await confirm("Revoke token")
     await page.getByRole("status").filter({ hasText: "Token revoked" }).waitFor()
     expect((await api("GET", `/manage/tokens/${tokenId}`)).json.is_active).toBe(false)
+    // The very next proxy request with it is refused.
+    const r = await fetch(`${server.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${secret}`, "content-type": "application/json" },
+      body: "{}"
+    })
+    expect(r.status).toBe(401)
   })
 
   it("regression: unticking Active on the project form deactivates it; Generate token is then disabled", async () => {

@@ -11,6 +11,7 @@ import { loadAdminAssets } from "../../src/http/AdminUi.js"
 import { databaseLayer } from "../../src/Layers.js"
 import { Store, type HourlyUsage } from "../../src/store/Store.js"
 import { startServer, type TestServer, testConfig } from "../support/server.js"
+import { chatCompletion, json, type MockUpstream, startMockUpstream } from "../support/mockUpstream.js"
 import { type Backend, backends, type BackendInstance, Client } from "./harness.js"
 
 const HOUR = 3_600_000
@@ -214,6 +215,47 @@ function adminSuite(backend: Backend) {
         expect(r.json.error).toMatch(message)
       }
       expect((await api.get("/manage/usage", { auth: null })).status).toBe(401)
+    })
+  })
+
+  describe("rollups written by the proxy's usage flush", () => {
+    let mock: MockUpstream
+    let proxied: TestServer
+    beforeAll(async () => {
+      mock = await startMockUpstream()
+      proxied = await startServer(testConfig(instance.database, { openaiApiUrl: mock.url, usageFlushIntervalMs: 50 }))
+    })
+    afterAll(async () => {
+      await proxied?.close()
+      await mock?.close()
+    })
+
+    it("counts every answered request per hour and token: limited and unlimited tokens, errors, tokens used", async () => {
+      const manage = new Client(proxied.url, proxied.token)
+      const projectId = (await manage.post("/manage/projects", { name: `flush-${crypto.randomUUID()}`, api_key: "sk-f" })).json.id
+      const limited = (await manage.post("/manage/tokens", { project_id: projectId, duration_minutes: 60, max_requests: 10 })).json
+      const unlimited = (await manage.post("/manage/tokens", { project_id: projectId, duration_minutes: 60 })).json
+      const call = (token: string) =>
+        fetch(`${proxied.url}/v1/chat/completions`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+          body: JSON.stringify({ model: "gpt-4o-mini", messages: [] })
+        }).then(async (r) => (await r.arrayBuffer(), r.status))
+      mock.setDefault(json(chatCompletion("ok", { prompt_tokens: 7, completion_tokens: 2 })))
+      expect(await call(limited.token)).toBe(200)
+      expect(await call(limited.token)).toBe(200)
+      expect(await call(unlimited.token)).toBe(200)
+      mock.setDefault(json({ error: { message: "overloaded" } }, { status: 503 }))
+      expect(await call(unlimited.token)).toBe(503)
+      let series: any
+      for (let i = 0; i < 100; i++) {
+        series = (await manage.get(`/manage/usage?project_id=${projectId}`)).json
+        if (series.totals.requests === 4) break
+        await new Promise((r) => setTimeout(r, 50))
+      }
+      expect(series.totals).toEqual({ requests: 4, cache_hits: 0, errors: 1, prompt_tokens: 21, completion_tokens: 6 })
+      expect(series.hours).toHaveLength(1)
+      expect((await manage.get(`/manage/usage?token_id=${limited.id}`)).json.totals.requests).toBe(2)
     })
   })
 
