@@ -3,6 +3,10 @@
  * Programs (serve, migrate, …) are compositions of what is built here.
  */
 import { Context, Effect, Layer, Logger, LogLevel, Option } from "effect"
+import * as AuditLog from "./audit/AuditLog.js"
+import * as AuditRepo from "./audit/AuditRepo.js"
+import { retentionLayer } from "./audit/retention.js"
+import { sinksLayer } from "./audit/sinks.js"
 import { AppConfig, type AppConfigShape, type Database } from "./config/AppConfig.js"
 import { resolveManagementToken } from "./config/managementToken.js"
 import { Providers } from "./config/Providers.js"
@@ -37,6 +41,19 @@ export const migratedDatabaseLayer = (db: Database) =>
       )
     )
   )
+
+/**
+ * The audit log for a configuration: off (AUDIT_ENABLED=false), or writing to the database
+ * (AUDIT_STORE_IN_DB) and/or the JSONL file (AUDIT_LOG_FILE), plus retention when AUDIT_RETENTION_DAYS > 0.
+ */
+export const auditLayer = (config: Pick<AppConfigShape, "audit" | "database">) => {
+  const { audit } = config
+  const log = audit.enabled
+    ? AuditLog.layer.pipe(Layer.provide(sinksLayer({ file: Option.getOrUndefined(audit.file), database: audit.storeInDb })))
+    : AuditLog.disabled(audit.storeInDb)
+  const retention = audit.retentionDays > 0 ? retentionLayer({ days: audit.retentionDays }) : Layer.empty
+  return Layer.merge(log, retention).pipe(Layer.provideMerge(AuditRepo.layer(dialectOf(config.database))))
+}
 
 // Module-level instances: the logger set is keyed by identity, so providing the layer twice cannot double lines.
 const jsonLogger = Logger.withConsoleLog(Logger.jsonLogger)
@@ -80,7 +97,7 @@ export const serveLayer = (config: AppConfigShape) =>
         Layer.provideMerge(TokenValidator.layer),
         Layer.provideMerge(
           Layer.mergeAll(
-            migratedDatabaseLayer(config.database),
+            auditLayer(config).pipe(Layer.provideMerge(migratedDatabaseLayer(config.database))),
             KeyCipher.layer(config.encryptionKey),
             Providers.load(Option.getOrUndefined(config.apiConfigPath), config.openaiApiUrl),
             Layer.succeed(ManagementToken, resolved.token),

@@ -4,6 +4,7 @@
  */
 import { Config, ConfigError, Context, Either, Layer, Option, Redacted } from "effect"
 import { parseEncryptionKey } from "../crypto/KeyCipher.js"
+import { parseTrustedProxies } from "./trustedProxies.js"
 
 export interface ListenAddress {
   readonly host: string
@@ -15,6 +16,15 @@ export type Database =
   | { readonly _tag: "postgres"; readonly url: Redacted.Redacted<string>; readonly poolSize: number }
 
 export type LogFormat = "json" | "pretty"
+
+export interface AuditConfig {
+  readonly enabled: boolean
+  /** JSONL sink; none = database only. */
+  readonly file: Option.Option<string>
+  readonly storeInDb: boolean
+  /** Events older than this many days are deleted; 0 keeps them forever. */
+  readonly retentionDays: number
+}
 
 export interface AppConfigShape {
   readonly listen: ListenAddress
@@ -42,6 +52,9 @@ export interface AppConfigShape {
   readonly usageFlushIntervalMs: number
   readonly rateLimitBackend: "in-memory" | "redis"
   readonly redisUrl: string
+  readonly audit: AuditConfig
+  /** IPs/CIDRs whose X-Forwarded-For is believed (audit client IPs). */
+  readonly trustedProxies: ReadonlyArray<string>
 }
 
 export class AppConfig extends Context.Tag("llm-proxy/AppConfig")<AppConfig, AppConfigShape>() {}
@@ -121,6 +134,16 @@ const httpUrl = (name: string, fallback: string) =>
     })
   )
 
+const nonNegativeInt = (name: string, fallback: number) =>
+  Config.string(name).pipe(
+    Config.withDefault(String(fallback)),
+    Config.mapOrFail((s) =>
+      /^\d{1,9}$/.test(s.trim())
+        ? Either.right(Number(s))
+        : Either.left(invalid(name, `expected a non-negative integer, got "${s}"`))
+    )
+  )
+
 const optionalString = (name: string) =>
   Config.option(Config.string(name)).pipe(Config.map(Option.filter((s) => s.trim() !== "")))
 
@@ -184,6 +207,21 @@ const logFormat = Config.option(Config.string("LOG_FORMAT")).pipe(
   })
 )
 
+const audit: Config.Config<AuditConfig> = Config.all({
+  enabled: bool("AUDIT_ENABLED", true),
+  file: Config.string("AUDIT_LOG_FILE").pipe(
+    Config.withDefault("./data/audit.log"),
+    Config.map((s) => (s.trim() === "" ? Option.none() : Option.some(s.trim())))
+  ),
+  storeInDb: bool("AUDIT_STORE_IN_DB", true),
+  retentionDays: nonNegativeInt("AUDIT_RETENTION_DAYS", 0)
+})
+
+const trustedProxies = Config.string("TRUSTED_PROXIES").pipe(
+  Config.withDefault(""),
+  Config.mapOrFail((s) => Either.mapLeft(parseTrustedProxies(s), (m) => invalid("TRUSTED_PROXIES", m)))
+)
+
 export const appConfig: Config.Config<AppConfigShape> = Config.all({
   listen,
   managementToken: Config.option(Config.redacted("MANAGEMENT_TOKEN")).pipe(
@@ -221,7 +259,9 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
       }
       return Either.right(Option.isSome(addr) ? `redis://${addr.value}` : "redis://127.0.0.1:6379")
     })
-  )
+  ),
+  audit,
+  trustedProxies
 }).pipe(
   Config.mapOrFail((c) =>
     c.requireEncryptionKey && Option.isNone(c.encryptionKey)

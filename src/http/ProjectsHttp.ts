@@ -5,10 +5,12 @@ import { ManagementApi } from "../api/ManagementApi.js"
 import { Providers } from "../config/Providers.js"
 import { KeyCipher } from "../crypto/KeyCipher.js"
 import { obfuscateApiKey } from "../crypto/obfuscate.js"
+import { AuditActions } from "../domain/audit.js"
 import { BadRequest, Conflict, InternalError, NotFound } from "../domain/errors.js"
 import { isUuid, parsePageParam, validateCreateProject, validateUpdateProject } from "../domain/validation.js"
 import { Store, type StoreError } from "../store/Store.js"
 import { TokenValidator } from "../token/TokenValidator.js"
+import { audited } from "./auditing.js"
 import { readJson, validate } from "./body.js"
 import { projectJson } from "./present.js"
 
@@ -34,31 +36,38 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
 
     return handlers
       .handle("list", ({ urlParams }) =>
-        Effect.gen(function*() {
-          const paged = urlParams.page !== undefined || urlParams.page_size !== undefined
-          const search = urlParams.search?.trim() ?? ""
-          if (!paged) {
-            if (search === "") return (yield* store.listProjects).map(projectJson)
-            const all = yield* store.listProjectsPage({ search, limit: 2_147_483_647, offset: 0 })
-            return all.rows.map(projectJson)
-          }
-          const page = yield* validate(parsePageParam("page", urlParams.page, 1, 1_000_000_000, 1))
-          const pageSize = yield* validate(parsePageParam("page_size", urlParams.page_size, 1, 100, 20))
-          const result = yield* store.listProjectsPage({ search, limit: pageSize, offset: (page - 1) * pageSize })
-          const totalPages = Math.ceil(result.total / pageSize)
-          return {
-            projects: result.rows.map(projectJson),
-            pagination: {
-              page,
-              page_size: pageSize,
-              total_count: result.total,
-              total_pages: totalPages,
-              has_next: page < totalPages,
-              has_prev: page > 1
+        audited(AuditActions.projectList, (note) =>
+          Effect.gen(function*() {
+            const paged = urlParams.page !== undefined || urlParams.page_size !== undefined
+            const search = urlParams.search?.trim() ?? ""
+            if (search !== "") note.details["search"] = search.slice(0, 128)
+            if (!paged) {
+              const rows = search === ""
+                ? yield* store.listProjects
+                : (yield* store.listProjectsPage({ search, limit: 2_147_483_647, offset: 0 })).rows
+              note.details["project_count"] = rows.length
+              return rows.map(projectJson)
             }
-          }
-        }).pipe(Effect.catchTag("StoreError", internal("failed to list projects"))))
+            const page = yield* validate(parsePageParam("page", urlParams.page, 1, 1_000_000_000, 1))
+            const pageSize = yield* validate(parsePageParam("page_size", urlParams.page_size, 1, 100, 20))
+            const result = yield* store.listProjectsPage({ search, limit: pageSize, offset: (page - 1) * pageSize })
+            const totalPages = Math.ceil(result.total / pageSize)
+            note.details["project_count"] = result.rows.length
+            note.details["page"] = page
+            return {
+              projects: result.rows.map(projectJson),
+              pagination: {
+                page,
+                page_size: pageSize,
+                total_count: result.total,
+                total_pages: totalPages,
+                has_next: page < totalPages,
+                has_prev: page > 1
+              }
+            }
+          }).pipe(Effect.catchTag("StoreError", internal("failed to list projects")))))
       .handleRaw("create", ({ request }) =>
+        audited(AuditActions.projectCreate, (note) =>
         Effect.gen(function*() {
           const body = yield* readJson(request)
           const input = yield* validate(validateCreateProject(body, providers.names, providers.defaultProvider))
@@ -70,24 +79,38 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             provider: input.provider,
             now: yield* now
           })
+          note.projectId = row.id
+          note.details["project_name"] = row.name
+          note.details["provider"] = row.provider
           return projectJson(row)
         }).pipe(
           Effect.catchTags({
             DuplicateProjectName: (e) => Effect.fail(conflict(e.name)),
             StoreError: internal("failed to create project")
           })
-        ))
+        )))
       .handle("get", ({ path }) =>
-        Effect.gen(function*() {
-          const id = yield* projectId(path.id)
-          const row = yield* store.getProject(id)
-          return projectJson(yield* Option.match(row, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed }))
-        }).pipe(Effect.catchTag("StoreError", internal("failed to get project"))))
+        audited(AuditActions.projectRead, (note) =>
+          Effect.gen(function*() {
+            const id = yield* projectId(path.id)
+            note.projectId = id
+            const row = yield* store.getProject(id)
+            return projectJson(yield* Option.match(row, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed }))
+          }).pipe(Effect.catchTag("StoreError", internal("failed to get project")))))
       .handleRaw("update", ({ path, request }) =>
+        audited(AuditActions.projectUpdate, (note) =>
         Effect.gen(function*() {
           const id = yield* projectId(path.id)
+          note.projectId = id
           const body = yield* readJson(request)
           const input = yield* validate(validateUpdateProject(body, providers.names))
+          note.details["updated_fields"] = [
+            ...(input.name !== undefined ? ["name"] : []),
+            ...(input.apiKey !== undefined ? ["api_key"] : []),
+            ...(input.provider !== undefined ? ["provider"] : []),
+            ...(input.isActive !== undefined ? ["is_active"] : []),
+            ...(input.revokeTokens ? ["revoke_tokens"] : [])
+          ]
           const result = yield* store.updateProject(id, {
             ...(input.name !== undefined ? { name: input.name } : {}),
             ...(input.apiKey !== undefined
@@ -101,19 +124,29 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
           const updated = yield* Option.match(result, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed })
           // After the commit: the next proxy request re-reads activation, key and provider.
           validator.invalidateProject(id)
+          note.details["project_name"] = updated.project.name
+          note.details["is_active"] = updated.project.isActive
+          if (input.revokeTokens) note.details["tokens_revoked"] = updated.revoked
           return projectJson(updated.project)
         }).pipe(
           Effect.catchTags({
             DuplicateProjectName: (e) => Effect.fail(conflict(e.name)),
             StoreError: internal("failed to update project")
           })
-        ))
+        )))
       .handle("revokeTokens", ({ path }) =>
-        Effect.gen(function*() {
-          const id = yield* projectId(path.id)
-          const result = yield* store.revokeProjectTokens(id, yield* now)
-          const counts = yield* Option.match(result, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed })
-          validator.invalidateProject(id)
-          return { revoked_count: counts.revoked, already_revoked_count: counts.alreadyRevoked, total_tokens: counts.total }
-        }).pipe(Effect.catchTag("StoreError", internal("failed to revoke project tokens"))))
+        audited(AuditActions.tokenRevokeBatch, (note) =>
+          Effect.gen(function*() {
+            const id = yield* projectId(path.id)
+            note.projectId = id
+            const result = yield* store.revokeProjectTokens(id, yield* now)
+            const counts = yield* Option.match(result, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed })
+            validator.invalidateProject(id)
+            Object.assign(note.details, {
+              total_tokens: counts.total,
+              revoked_count: counts.revoked,
+              already_revoked_count: counts.alreadyRevoked
+            })
+            return { revoked_count: counts.revoked, already_revoked_count: counts.alreadyRevoked, total_tokens: counts.total }
+          }).pipe(Effect.catchTag("StoreError", internal("failed to revoke project tokens")))))
   }))

@@ -5,6 +5,8 @@ import { ManagementApi } from "../api/ManagementApi.js"
 import { constantTimeEqual } from "../crypto/constantTime.js"
 import { Unauthorized } from "../domain/errors.js"
 import type { SessionInfo } from "../domain/models.js"
+import { AuditActions, AuditActors } from "../domain/audit.js"
+import { auditRequest } from "./auditing.js"
 import { ManagementToken } from "./auth.js"
 import { readJson } from "./body.js"
 import { type AdminSession, AdminSessions, type AdminSessionsShape, SESSION_COOKIE } from "./session.js"
@@ -21,12 +23,15 @@ const info = (sessions: AdminSessionsShape, s: AdminSession): SessionInfo => ({
 const isHttps = (request: HttpServerRequest.HttpServerRequest) =>
   (request.headers["x-forwarded-proto"] ?? "").split(",")[0]?.trim().toLowerCase() === "https"
 
-/**
- * Seam for the audit log (issue 6): login success/failure and logout. Until the AuditLog service is merged this
- * writes a structured log line without any secret.
- */
-export const auditSession = (action: "admin.login" | "admin.logout", outcome: "success" | "failure") =>
-  Effect.logInfo("admin session").pipe(Effect.annotateLogs({ action, outcome }))
+/** `admin.login` / `admin.logout` in the audit log (never with what was presented). */
+const auditSession = (action: "admin.login" | "admin.logout", outcome: "success" | "denied") =>
+  auditRequest({
+    action: action === "admin.login" ? AuditActions.adminLogin : AuditActions.adminLogout,
+    actor: outcome === "success" ? AuditActors.admin : AuditActors.anonymous,
+    outcome,
+    details: { origin: "admin-ui" },
+    ...(outcome === "denied" ? { reason: "invalid management token" } : {})
+  })
 
 export const SessionLive = HttpApiBuilder.group(ManagementApi, "session", (handlers) =>
   Effect.gen(function*() {
@@ -39,7 +44,7 @@ export const SessionLive = HttpApiBuilder.group(ManagementApi, "session", (handl
           const body = yield* readJson(request, 16 * 1024)
           const token = (body as { token?: unknown } | null)?.token
           if (typeof token !== "string" || token === "" || !constantTimeEqual(token, Redacted.value(expected))) {
-            yield* auditSession("admin.login", "failure")
+            yield* auditSession("admin.login", "denied")
             return yield* new Unauthorized({ error: "invalid management token" })
           }
           const session = yield* sessions.create
