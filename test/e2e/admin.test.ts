@@ -397,6 +397,58 @@ describe.skipIf(!hasChromium)(title, () => {
     expect(await page.evaluate(() => document.activeElement?.textContent)).toBe("Projects")
   })
 
+  it("searches the audit log for what was done: login (also the refused one), revoke, deactivation", async () => {
+    await page.getByRole("link", { name: "Audit" }).click()
+    await h1("Audit log").waitFor()
+    const headers = await page.locator("thead th").allTextContents()
+    expect(headers.map((t) => t.toLowerCase())).toEqual(["time", "action", "actor", "outcome", "ip address", "actions"])
+    await screenshot(page, "audit")
+    // Events are written by a background batch writer: search until they are there.
+    const searchFor = async (fill: () => Promise<void>, minRows: number) => {
+      for (let attempt = 0; ; attempt++) {
+        await fill()
+        await page.getByRole("button", { name: "Search" }).click()
+        await h1("Audit log").waitFor()
+        const rows = await page.locator("tbody tr").count()
+        if (rows >= minRows) return rows
+        if (attempt > 30) throw new Error("audit events never appeared")
+        await page.waitForTimeout(150)
+      }
+    }
+    await searchFor(() => page.getByRole("searchbox", { name: "Search" }).fill("token.revoke"), 1)
+    expect(new URL(page.url()).searchParams.get("search")).toBe("token.revoke")
+    expect(await page.locator("tbody").textContent()).toContain("token.revoke")
+    await page.getByRole("link", { name: "Clear" }).click()
+    await page.waitForURL(/\/admin\/audit$/)
+    await h1("Audit log").waitFor()
+    expect(await page.getByRole("searchbox", { name: "Search" }).inputValue()).toBe("")
+
+    const denied = await searchFor(async () => {
+      await page.getByLabel("Action").fill("admin.login")
+      await page.getByLabel("Outcome").selectOption("denied")
+    }, 1)
+    expect(denied).toBe(1)
+    await page.getByLabel("Outcome").selectOption("success")
+    expect(await searchFor(async () => {}, 1)).toBe(1)
+
+    // The deactivation: a project.update event for the project, with what changed.
+    await page.getByLabel("Outcome").selectOption("")
+    await page.getByLabel("Action").fill("project.update")
+    await page.getByLabel("Project ID").fill(projectId)
+    await searchFor(async () => {}, 1)
+    await page.getByRole("link", { name: /^Details/ }).first().click()
+    await h1("Audit event").waitFor()
+    for (const section of ["Basic information", "Network information", "Identifiers", "Additional details"]) {
+      await page.getByRole("heading", { level: 2, name: section }).waitFor()
+    }
+    const details = await page.getByRole("region", { name: "Details as JSON" }).or(page.locator("pre")).first().textContent()
+    expect(JSON.parse(details!)).toMatchObject({ is_active: false, origin: "admin-ui" })
+    expect(await page.locator("main").textContent()).not.toContain(server.token)
+    await screenshot(page, "audit-detail")
+    await page.getByRole("link", { name: "Back to list" }).click()
+    await h1("Audit log").waitFor()
+  })
+
   it("logs out: the session ends on the server and protected pages redirect to login again", async () => {
     await page.getByRole("button", { name: "Sign out" }).click()
     await h1("Sign in").waitFor()
@@ -405,6 +457,12 @@ describe.skipIf(!hasChromium)(title, () => {
     await go("/admin/tokens")
     await h1("Sign in").waitFor()
     expect(pathname()).toBe("/admin/login")
+    let events: Array<{ action: string; outcome: string; actor: string }> = []
+    for (let i = 0; i < 50 && events.length === 0; i++) {
+      events = (await api("GET", "/manage/audit?action=admin.logout")).json.events
+      if (events.length === 0) await new Promise((r) => setTimeout(r, 100))
+    }
+    expect(events).toMatchObject([{ action: "admin.logout", outcome: "success", actor: "admin" }])
   })
 
   it("saw no console error, page error or CSP violation", () => {

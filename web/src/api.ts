@@ -17,9 +17,11 @@ export const setCsrfToken = (token: string | undefined) => {
 
 const makeClient = HttpApiClient.make(ManagementApi, {
   baseUrl: location.origin,
-  transformClient: HttpClient.mapRequest((request) =>
-    csrfToken === undefined ? request : HttpClientRequest.setHeader(request, "x-csrf-token", csrfToken)
-  )
+  transformClient: HttpClient.mapRequest((request) => {
+    // X-Admin-Origin marks the audit events of these calls as coming from the admin UI.
+    const marked = HttpClientRequest.setHeader(request, "x-admin-origin", "1")
+    return csrfToken === undefined ? marked : HttpClientRequest.setHeader(marked, "x-csrf-token", csrfToken)
+  })
 }).pipe(Effect.provide(FetchHttpClient.layer))
 
 export type Client = Effect.Effect.Success<typeof makeClient>
