@@ -77,6 +77,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             apiKey: cipher.encrypt(input.apiKey),
             apiKeyHint: obfuscateApiKey(input.apiKey),
             provider: input.provider,
+            rateLimit: input.rateLimit,
             now: yield* now
           })
           note.projectId = row.id
@@ -109,6 +110,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             ...(input.apiKey !== undefined ? ["api_key"] : []),
             ...(input.provider !== undefined ? ["provider"] : []),
             ...(input.isActive !== undefined ? ["is_active"] : []),
+            ...(input.rateLimit !== undefined ? ["rate_limit"] : []),
             ...(input.revokeTokens ? ["revoke_tokens"] : [])
           ]
           const result = yield* store.updateProject(id, {
@@ -118,6 +120,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
               : {}),
             ...(input.provider !== undefined ? { provider: input.provider } : {}),
             ...(input.isActive !== undefined ? { isActive: input.isActive } : {}),
+            ...(input.rateLimit !== undefined ? { rateLimit: input.rateLimit } : {}),
             revokeTokens: input.revokeTokens,
             now: yield* now
           })

@@ -28,6 +28,12 @@ const num = (v: unknown): number => Number(v)
 const numOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v))
 const bool = (v: unknown): boolean => v === true || v === 1 || v === "1" || v === "t"
 
+const rateLimit = (requests: unknown, windowSeconds: unknown): RateLimitRow | null => {
+  const r = numOrNull(requests)
+  const w = numOrNull(windowSeconds)
+  return r !== null && w !== null && r > 0 && w > 0 ? { requests: r, windowSeconds: w } : null
+}
+
 const toProject = (r: Row): ProjectRow => ({
   id: String(r.id),
   name: String(r.name),
@@ -36,6 +42,7 @@ const toProject = (r: Row): ProjectRow => ({
   provider: String(r.provider),
   isActive: bool(r.is_active),
   deactivatedAt: isoOrNull(r.deactivated_at),
+  rateLimit: rateLimit(r.rate_limit_requests, r.rate_limit_window_seconds),
   createdAt: iso(r.created_at),
   updatedAt: iso(r.updated_at)
 })
@@ -50,18 +57,13 @@ const toToken = (r: Row): TokenRow => ({
   deactivatedAt: isoOrNull(r.deactivated_at),
   requestCount: num(r.request_count),
   maxRequests: numOrNull(r.max_requests),
+  rateLimit: rateLimit(r.rate_limit_requests, r.rate_limit_window_seconds),
   cacheHitCount: num(r.cache_hit_count),
   promptTokens: num(r.prompt_tokens),
   completionTokens: num(r.completion_tokens),
   createdAt: iso(r.created_at),
   lastUsedAt: isoOrNull(r.last_used_at)
 })
-
-const rateLimit = (requests: unknown, windowSeconds: unknown): RateLimitRow | null => {
-  const r = numOrNull(requests)
-  const w = numOrNull(windowSeconds)
-  return r !== null && w !== null && r > 0 && w > 0 ? { requests: r, windowSeconds: w } : null
-}
 
 const toTokenAuth = (r: Row): TokenAuthRow => ({
   tokenId: String(r.token_id),
@@ -163,6 +165,8 @@ export const make = (dialect: Dialect) =>
               api_key_hint: p.apiKeyHint,
               provider: p.provider,
               is_active: TRUE,
+              rate_limit_requests: p.rateLimit?.requests ?? null,
+              rate_limit_window_seconds: p.rateLimit?.windowSeconds ?? null,
               created_at: p.now,
               updated_at: p.now
             })
@@ -176,6 +180,7 @@ export const make = (dialect: Dialect) =>
               provider: p.provider,
               isActive: true,
               deactivatedAt: null,
+              rateLimit: p.rateLimit ?? null,
               createdAt: p.now,
               updatedAt: p.now
             })
@@ -200,6 +205,7 @@ export const make = (dialect: Dialect) =>
                 provider: patch.provider ?? was.provider,
                 isActive,
                 deactivatedAt,
+                rateLimit: patch.rateLimit !== undefined ? patch.rateLimit : was.rateLimit,
                 updatedAt: patch.now
               }
               yield* sql`UPDATE projects SET ${
@@ -210,6 +216,8 @@ export const make = (dialect: Dialect) =>
                   provider: next.provider,
                   is_active: b(next.isActive),
                   deactivated_at: next.deactivatedAt,
+                  rate_limit_requests: next.rateLimit?.requests ?? null,
+                  rate_limit_window_seconds: next.rateLimit?.windowSeconds ?? null,
                   updated_at: next.updatedAt
                 })
               } WHERE id = ${id}`.pipe(Effect.catchAll(duplicateName(next.name)))
@@ -249,6 +257,8 @@ export const make = (dialect: Dialect) =>
                 expires_at: t.expiresAt,
                 is_active: TRUE,
                 max_requests: t.maxRequests,
+                rate_limit_requests: t.rateLimit?.requests ?? null,
+                rate_limit_window_seconds: t.rateLimit?.windowSeconds ?? null,
                 created_at: t.now
               })
             }`,
@@ -262,6 +272,7 @@ export const make = (dialect: Dialect) =>
               deactivatedAt: null,
               requestCount: 0,
               maxRequests: t.maxRequests,
+              rateLimit: t.rateLimit ?? null,
               cacheHitCount: 0,
               promptTokens: 0,
               completionTokens: 0,
@@ -307,7 +318,13 @@ export const make = (dialect: Dialect) =>
             ? [sql`is_active = ${FALSE}`, sql`deactivated_at = COALESCE(deactivated_at, ${patch.now})`]
             : []),
           ...(patch.maxRequests !== undefined ? [sql`max_requests = ${patch.maxRequests}`] : []),
-          ...(patch.expiresAt !== undefined ? [sql`expires_at = ${patch.expiresAt}`] : [])
+          ...(patch.expiresAt !== undefined ? [sql`expires_at = ${patch.expiresAt}`] : []),
+          ...(patch.rateLimit !== undefined
+            ? [
+              sql`rate_limit_requests = ${patch.rateLimit?.requests ?? null}`,
+              sql`rate_limit_window_seconds = ${patch.rateLimit?.windowSeconds ?? null}`
+            ]
+            : [])
         ]
         return wrap(
           "updateToken",

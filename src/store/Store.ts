@@ -24,6 +24,8 @@ export interface ProjectRow {
   readonly provider: string
   readonly isActive: boolean
   readonly deactivatedAt: string | null
+  /** Window rate limit for all the project's tokens together; null = none. */
+  readonly rateLimit: RateLimitRow | null
   readonly createdAt: string
   readonly updatedAt: string
 }
@@ -38,6 +40,8 @@ export interface TokenRow {
   readonly deactivatedAt: string | null
   readonly requestCount: number
   readonly maxRequests: number | null
+  /** Window rate limit of this token; null = none. */
+  readonly rateLimit: RateLimitRow | null
   readonly cacheHitCount: number
   readonly promptTokens: number
   readonly completionTokens: number
@@ -51,6 +55,7 @@ export interface NewProject {
   readonly apiKey: string
   readonly apiKeyHint: string
   readonly provider: string
+  readonly rateLimit?: RateLimitRow | null
   readonly now: string
 }
 
@@ -60,6 +65,8 @@ export interface ProjectPatch {
   readonly apiKeyHint?: string
   readonly provider?: string
   readonly isActive?: boolean
+  /** null removes the limit. */
+  readonly rateLimit?: RateLimitRow | null
   /** Revoke every active token of the project in the same transaction. */
   readonly revokeTokens?: boolean
   readonly now: string
@@ -72,6 +79,7 @@ export interface NewToken {
   readonly projectId: string
   readonly expiresAt: string
   readonly maxRequests: number | null
+  readonly rateLimit?: RateLimitRow | null
   readonly now: string
 }
 
@@ -79,6 +87,8 @@ export interface TokenPatch {
   readonly isActive?: boolean
   readonly maxRequests?: number | null
   readonly expiresAt?: string
+  /** null removes the limit. */
+  readonly rateLimit?: RateLimitRow | null
   readonly now: string
 }
 

@@ -169,6 +169,8 @@ describe.skipIf(!hasChromium)(title, () => {
     expect(await page.getByLabel("Project").inputValue()).toBe(projectId)
     await page.getByLabel("Valid for").selectOption({ label: "7 days" })
     await page.getByLabel("Request limit").fill("5")
+    await page.getByLabel("Rate limit", { exact: true }).fill("100")
+    await page.getByLabel("Rate limit window").selectOption({ label: "per minute" })
     await page.getByRole("button", { name: "Generate token" }).click()
     await h1("Token created").waitFor()
     secret = await page.getByLabel("Token", { exact: true }).inputValue()
@@ -222,6 +224,7 @@ describe.skipIf(!hasChromium)(title, () => {
     await page.getByRole("link", { name: "Edit" }).click()
     await h1("Edit token").waitFor()
     expect(await page.getByLabel("Request limit").inputValue()).toBe("5")
+    expect(await page.getByLabel("Rate limit", { exact: true }).inputValue()).toBe("100")
     await page.getByLabel("Active").uncheck()
     await screenshot(page, "token-edit")
     await page.getByRole("button", { name: "Save" }).click()
@@ -230,6 +233,7 @@ describe.skipIf(!hasChromium)(title, () => {
     const t = (await api("GET", `/manage/tokens/${tokenId}`)).json
     expect(t.is_active).toBe(false)
     expect(t.max_requests).toBe(5)
+    expect(t.rate_limit).toEqual({ requests: 100, window_seconds: 60 })
   })
 
   it("regression: reactivating keeps max_requests; dismissing a revoke keeps the token active", async () => {
@@ -237,7 +241,8 @@ describe.skipIf(!hasChromium)(title, () => {
     await confirm("Reactivate")
     await page.getByRole("status").filter({ hasText: "reactivated" }).waitFor()
     let t = (await api("GET", `/manage/tokens/${tokenId}`)).json
-    expect(t).toMatchObject({ is_active: true, max_requests: 5 })
+    expect(t).toMatchObject({ is_active: true, max_requests: 5, rate_limit: { requests: 100, window_seconds: 60 } })
+    await page.getByText("100 requests per minute").waitFor()
     await page.getByRole("button", { name: "Revoke" }).click()
     await confirm("Revoke token", false)
     t = (await api("GET", `/manage/tokens/${tokenId}`)).json

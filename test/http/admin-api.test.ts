@@ -257,6 +257,89 @@ function adminSuite(backend: Backend) {
       expect(series.hours).toHaveLength(1)
       expect((await manage.get(`/manage/usage?token_id=${limited.id}`)).json.totals.requests).toBe(2)
     })
+
+    it("enforces a token's rate limit set through the API (429 with Retry-After)", async () => {
+      const manage = new Client(proxied.url, proxied.token)
+      mock.setDefault(json(chatCompletion("ok")))
+      const projectId = (await manage.post("/manage/projects", { name: `rl-${crypto.randomUUID()}`, api_key: "sk-f" })).json.id
+      const token = (await manage.post("/manage/tokens", {
+        project_id: projectId,
+        duration_minutes: 60,
+        rate_limit: { requests: 1, window_seconds: 3600 }
+      })).json
+      const call = () =>
+        fetch(`${proxied.url}/v1/chat/completions`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${token.token}`, "content-type": "application/json" },
+          body: "{}"
+        })
+      expect((await call()).status).toBe(200)
+      const limited = await call()
+      expect(limited.status).toBe(429)
+      expect(Number(limited.headers.get("retry-after"))).toBeGreaterThan(0)
+      expect(((await limited.json()) as { code: string }).code).toBe("rate_limit_exceeded")
+    })
+  })
+
+  describe("rate limits of tokens and projects", () => {
+    it("are stored on create, returned, replaced and removed by PATCH", async () => {
+      const project = await api.post("/manage/projects", {
+        name: `rl-${crypto.randomUUID()}`,
+        api_key: "sk-rl",
+        rate_limit: { requests: 100, window_seconds: 60 }
+      })
+      expect(project.status, project.text).toBe(201)
+      expect(project.json.rate_limit).toEqual({ requests: 100, window_seconds: 60 })
+      const plain = await api.post("/manage/projects", { name: `rl-${crypto.randomUUID()}`, api_key: "sk-rl" })
+      expect(plain.json.rate_limit).toBeNull()
+      const patched = await api.patch(`/manage/projects/${project.json.id}`, { rate_limit: null })
+      expect(patched.json.rate_limit).toBeNull()
+      expect((await api.patch(`/manage/projects/${project.json.id}`, { name: `${project.json.name}-x` })).json.rate_limit).toBeNull()
+
+      const created = await api.post("/manage/tokens", {
+        project_id: project.json.id,
+        duration_minutes: 60,
+        max_requests: 7,
+        rate_limit: { requests: 5, window_seconds: 1 }
+      })
+      expect(created.status, created.text).toBe(201)
+      expect(created.json.rate_limit).toEqual({ requests: 5, window_seconds: 1 })
+      const id = created.json.id
+      expect((await api.get(`/manage/tokens/${id}`)).json).toMatchObject({ max_requests: 7, rate_limit: { requests: 5, window_seconds: 1 } })
+      // Other fields leave it alone; reactivation keeps it (and max_requests).
+      await api.delete(`/manage/tokens/${id}`)
+      expect((await api.patch(`/manage/tokens/${id}`, { is_active: true })).json).toMatchObject({
+        is_active: true,
+        max_requests: 7,
+        rate_limit: { requests: 5, window_seconds: 1 }
+      })
+      expect((await api.patch(`/manage/tokens/${id}`, { rate_limit: { requests: 9, window_seconds: 3600 } })).json.rate_limit)
+        .toEqual({ requests: 9, window_seconds: 3600 })
+      expect((await api.patch(`/manage/tokens/${id}`, { rate_limit: null })).json.rate_limit).toBeNull()
+    })
+
+    it("rejects malformed limits with 400", async () => {
+      const project = (await api.post("/manage/projects", { name: `rl-${crypto.randomUUID()}`, api_key: "sk-rl" })).json
+      const bad = [
+        { requests: 0, window_seconds: 60 },
+        { requests: 1, window_seconds: 0 },
+        { requests: 1.5, window_seconds: 60 },
+        { requests: "1", window_seconds: 60 },
+        { requests: 1 },
+        { requests: 1, window_seconds: 60, burst: 3 },
+        [1, 60],
+        "10/min",
+        { requests: 2_000_000_000, window_seconds: 60 },
+        { requests: 1, window_seconds: 40_000_000 }
+      ]
+      for (const rate_limit of bad) {
+        const t = await api.post("/manage/tokens", { project_id: project.id, duration_minutes: 5, rate_limit })
+        expect(t.status, JSON.stringify(rate_limit)).toBe(400)
+        expect(t.json.error).toMatch(/^rate_limit/)
+        const p = await api.patch(`/manage/projects/${project.id}`, { rate_limit })
+        expect(p.status, JSON.stringify(rate_limit)).toBe(400)
+      }
+    })
   })
 
   describe("static files under /admin", () => {

@@ -147,3 +147,49 @@ export const withQuery = (path: string, params: Record<string, string | number |
   const s = q.toString()
   return s === "" ? path : `${path}?${s}`
 }
+
+const WINDOWS: ReadonlyArray<readonly [number, string]> = [
+  [1, "second"],
+  [60, "minute"],
+  [3600, "hour"],
+  [86400, "day"]
+]
+
+export const rateLimitText = (r: { requests: number; window_seconds: number } | null | undefined) => {
+  if (!r) return "None"
+  const unit = WINDOWS.find(([s]) => s === r.window_seconds)
+  return unit ? `${r.requests} requests per ${unit[1]}` : `${r.requests} requests per ${r.window_seconds} s`
+}
+
+/** "N requests per [second|minute|hour|day]" inputs; blank = no limit. */
+export const rateLimitFields = (current: { requests: number; window_seconds: number } | null | undefined, hint: string) => {
+  const requestsId = `rl-${Math.random().toString(36).slice(2)}`
+  const requests = h("input", {
+    id: requestsId,
+    name: "rate_limit_requests",
+    type: "number",
+    min: 1,
+    step: 1,
+    inputmode: "numeric",
+    placeholder: "No limit",
+    value: current ? String(current.requests) : "",
+    "aria-describedby": `${requestsId}-hint`
+  })
+  const known = current ? WINDOWS.some(([s]) => s === current.window_seconds) : true
+  const window = h(
+    "select",
+    { name: "rate_limit_window", "aria-label": "Rate limit window" },
+    WINDOWS.map(([s, label]) => h("option", { value: String(s), selected: current ? current.window_seconds === s : s === 60 }, `per ${label}`)),
+    !known && current ? h("option", { value: String(current.window_seconds), selected: true }, `per ${current.window_seconds} s`) : null
+  )
+  const element = h(
+    "div",
+    { class: "field" },
+    h("label", { for: requestsId }, "Rate limit"),
+    h("div", { class: "inline" }, requests, window),
+    h("small", { id: `${requestsId}-hint`, class: "hint" }, hint)
+  )
+  const value = (): { requests: number; window_seconds: number } | null =>
+    requests.value.trim() === "" ? null : { requests: Number(requests.value), window_seconds: Number(window.value) }
+  return { element, value }
+}

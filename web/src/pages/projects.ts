@@ -13,6 +13,8 @@ import {
   pageHeader,
   pagination,
   projectBadge,
+  rateLimitFields,
+  rateLimitText,
   submitting,
   table,
   withQuery
@@ -65,7 +67,14 @@ export const projectListPage = async (ctx: Ctx) => {
 const projectForm = (options: {
   project?: Project
   submitLabel: string
-  onSubmit: (values: { name: string; apiKey: string; provider: string; isActive: boolean; revokeTokens: boolean }) => Promise<void>
+  onSubmit: (values: {
+    name: string
+    apiKey: string
+    provider: string
+    isActive: boolean
+    revokeTokens: boolean
+    rateLimit: { requests: number; window_seconds: number } | null
+  }) => Promise<void>
 }) => {
   const p = options.project
   const name = h("input", { name: "name", required: true, maxlength: 255, value: p?.name ?? "", autocomplete: "off" })
@@ -78,6 +87,7 @@ const projectForm = (options: {
   })
   const provider = h("input", { name: "provider", value: p?.provider ?? "", placeholder: "openai", autocomplete: "off" })
   const active = h("input", { name: "is_active", checked: p?.is_active ?? true })
+  const rateLimit = rateLimitFields(p?.rate_limit, "For all the project's tokens together. Blank: none.")
   const revoke = h("input", { name: "revoke_tokens" })
   const revokeField = checkbox("Also revoke all its tokens", revoke, "Revoked tokens stay revoked when the project is activated again.")
   const syncRevoke = () => {
@@ -98,7 +108,8 @@ const projectForm = (options: {
             apiKey: apiKey.value,
             provider: provider.value.trim(),
             isActive: active.checked,
-            revokeTokens: revoke.checked
+            revokeTokens: revoke.checked,
+            rateLimit: rateLimit.value()
           }))
       }
     },
@@ -109,6 +120,7 @@ const projectForm = (options: {
       p ? `Current key: ${p.api_key}` : "Stored encrypted when ENCRYPTION_KEY is set; never shown again in full."
     ),
     field("Provider", provider, "A provider name from the server's configuration; blank means the default (openai)."),
+    rateLimit.element,
     p ? [checkbox("Active", active, "Inactive projects refuse every proxy request and cannot get new tokens."), revokeField] : null,
     error,
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, options.submitLabel), buttonLink(p ? `/admin/projects/${p.id}` : "/admin/projects", "Cancel"))
@@ -126,7 +138,9 @@ export const projectNewPage = (ctx: Ctx) =>
       submitLabel: "Create project",
       onSubmit: async (v) => {
         const created = await api((c) =>
-          c.projects.create({ payload: { name: v.name, api_key: v.apiKey, ...(v.provider ? { provider: v.provider } : {}) } })
+          c.projects.create({
+            payload: { name: v.name, api_key: v.apiKey, ...(v.provider ? { provider: v.provider } : {}), rate_limit: v.rateLimit }
+          })
         )
         ctx.navigate(`/admin/projects/${created.id}`, { flash: `Project “${created.name}” created.` })
       }
@@ -153,6 +167,7 @@ export const projectEditPage = async (ctx: Ctx) => {
               ...(v.apiKey !== "" ? { api_key: v.apiKey } : {}),
               ...(v.provider !== "" && v.provider !== project.provider ? { provider: v.provider } : {}),
               is_active: v.isActive,
+              rate_limit: v.rateLimit,
               ...(v.revokeTokens && !v.isActive ? { revoke_tokens: true } : {})
             }
           })
@@ -232,6 +247,7 @@ export const projectDetailPage = async (ctx: Ctx) => {
         ["Project ID", h("span", null, idCode, " ", copyButton("Copy ID", () => project.id, () => idCode))],
         ["Status", h("span", null, projectBadge(project.is_active), " ", project.is_active ? "The project and its tokens are active." : "The project is inactive: every API request with its tokens is refused.")],
         ["Provider", project.provider],
+        ["Rate limit", rateLimitText(project.rate_limit)],
         ["API key", h("code", null, project.api_key)],
         ["Created", time(project.created_at)],
         ["Last updated", time(project.updated_at)],

@@ -11,6 +11,8 @@ import {
   empty,
   link,
   pageHeader,
+  rateLimitFields,
+  rateLimitText,
   submitting,
   table,
   tokenBadge,
@@ -118,7 +120,8 @@ const createdView = (created: TokenCreated, project: Project | undefined) => {
       definitionList([
         ["Project", project ? link(`/admin/projects/${project.id}`, project.name) : "—"],
         ["Expires", time(created.expires_at)],
-        ["Request limit", created.max_requests === undefined ? "Unlimited" : formatNumber(created.max_requests)]
+        ["Request limit", created.max_requests === undefined ? "Unlimited" : formatNumber(created.max_requests)],
+        ["Rate limit", rateLimitText(created.rate_limit)]
       ]),
       h("h2", null, "Use it"),
       snippets(created.token).map(([name, code]) => {
@@ -147,6 +150,7 @@ export const tokenNewPage = async (ctx: Ctx) => {
     DURATIONS.map(([m, label]) => h("option", { value: String(m), selected: m === 24 * 60 }, label))
   )
   const maxRequests = h("input", { name: "max_requests", type: "number", min: 1, step: 1, inputmode: "numeric", placeholder: "Unlimited" })
+  const rateLimit = rateLimitFields(null, "Blank: none. Above it the proxy answers 429 with Retry-After; a project limit applies as well.")
   const error = h("div")
   const page = h("div")
   const form: HTMLFormElement = h(
@@ -162,7 +166,8 @@ export const tokenNewPage = async (ctx: Ctx) => {
               payload: {
                 project_id: projectSelect.value,
                 duration_minutes: Number(duration.value),
-                ...(limit !== "" ? { max_requests: Number(limit) } : {})
+                ...(limit !== "" ? { max_requests: Number(limit) } : {}),
+                rate_limit: rateLimit.value()
               }
             })
           )
@@ -175,6 +180,7 @@ export const tokenNewPage = async (ctx: Ctx) => {
     field("Project", projectSelect, "Inactive projects cannot get new tokens."),
     field("Valid for", duration),
     field("Request limit", maxRequests, "Blank: unlimited. The token is refused (429) once it has made this many requests."),
+    rateLimit.element,
     error,
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Generate token"), buttonLink("/admin/tokens", "Cancel"))
   )
@@ -239,6 +245,7 @@ export const tokenDetailPage = async (ctx: Ctx) => {
         ["Status", h("span", null, tokenBadge(token), status === "expired" ? " Expired: extend it under Edit to use it again." : "")],
         ["Requests", h("span", { id: "request-count" }, `${formatNumber(token.request_count)} requests made`)],
         ["Request limit", token.max_requests === null ? "Unlimited" : formatNumber(token.max_requests)],
+        ["Rate limit", rateLimitText(token.rate_limit)],
         ["Cache hits", formatNumber(token.cache_hit_count)],
         ["Tokens used", `${formatNumber(token.prompt_tokens)} prompt + ${formatNumber(token.completion_tokens)} completion`],
         ["Expires", time(token.expires_at, "Never")],
@@ -265,6 +272,7 @@ export const tokenEditPage = async (ctx: Ctx) => {
     value: token.max_requests === null ? "" : String(token.max_requests)
   })
   const expires = h("input", { name: "expires_at", type: "datetime-local", value: token.expires_at ? toLocalInput(token.expires_at) : "" })
+  const rateLimit = rateLimitFields(token.rate_limit, "Blank: none.")
   const error = h("div")
   const form: HTMLFormElement = h(
     "form",
@@ -283,6 +291,7 @@ export const tokenEditPage = async (ctx: Ctx) => {
               payload: {
                 is_active: active.checked,
                 max_requests: limit === "" ? null : Number(limit),
+                rate_limit: rateLimit.value(),
                 ...(changedExpiry ? { expires_at: newExpiry } : {})
               }
             })
@@ -297,6 +306,7 @@ export const tokenEditPage = async (ctx: Ctx) => {
     ]),
     checkbox("Active", active, "Unticking revokes the token; ticking reactivates it with its limits."),
     field("Request limit", maxRequests, "Blank: unlimited."),
+    rateLimit.element,
     field("Expires (your local time)", expires),
     error,
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Save"), buttonLink(`/admin/tokens/${id}`, "Cancel"))
