@@ -74,13 +74,18 @@ export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" 
  * The data plane: TokenValidator (shared with the management handlers, which invalidate it), usage counters,
  * rate limits, upstream pools, and the /v1 handler with its hooks.
  */
-export const dataPlaneLayer = (config: AppConfigShape) =>
+export const dataPlaneLayer = (config: AppConfigShape, hooks: Layer.Layer<ProxyHooks> = ProxyHooks.none) =>
   ProxyHandler.layer.pipe(
-    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), ProxyHooks.none))
+    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), hooks))
   )
 
+export interface ServeOptions {
+  /** What plugs into the data plane (cache, events, audit, metrics); none by default. */
+  readonly proxyHooks?: Layer.Layer<ProxyHooks>
+}
+
 /** Everything `serve` runs, for a given configuration. Provides the bound address (tests use port 0). */
-export const serveLayer = (config: AppConfigShape) =>
+export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =>
   Layer.unwrapEffect(
     Effect.gen(function*() {
       const resolved = yield* resolveManagementToken(config.managementToken, config.managementTokenFile)
@@ -93,8 +98,10 @@ export const serveLayer = (config: AppConfigShape) =>
       }
       return HttpServerLive.pipe(
         Layer.provide(ManagementAppLive),
-        Layer.provideMerge(dataPlaneLayer(config)),
-        Layer.provideMerge(TokenValidator.layer),
+        Layer.provideMerge(dataPlaneLayer(config, options.proxyHooks)),
+        Layer.provideMerge(
+          config.invalidationBackend === "redis" ? TokenValidator.layerRedis(config.redisUrl) : TokenValidator.layer
+        ),
         Layer.provideMerge(
           Layer.mergeAll(
             auditLayer(config).pipe(Layer.provideMerge(migratedDatabaseLayer(config.database))),

@@ -51,6 +51,8 @@ export interface AppConfigShape {
   /** How often batched usage counters are written to the database, ms. */
   readonly usageFlushIntervalMs: number
   readonly rateLimitBackend: "in-memory" | "redis"
+  /** How token-cache invalidations reach other instances. */
+  readonly invalidationBackend: "in-memory" | "redis"
   readonly redisUrl: string
   readonly audit: AuditConfig
   /** IPs/CIDRs whose X-Forwarded-For is believed (audit client IPs). */
@@ -142,6 +144,17 @@ const nonNegativeInt = (name: string, fallback: number) =>
         ? Either.right(Number(s))
         : Either.left(invalid(name, `expected a non-negative integer, got "${s}"`))
     )
+  )
+
+const memoryOrRedis = (name: string) =>
+  Config.string(name).pipe(
+    Config.withDefault("in-memory"),
+    Config.mapOrFail((s): Either.Either<"in-memory" | "redis", ConfigError.ConfigError> => {
+      const v = s.trim().toLowerCase()
+      if (v === "in-memory" || v === "memory" || v === "") return Either.right("in-memory")
+      if (v === "redis") return Either.right("redis")
+      return Either.left(invalid(name, `expected in-memory or redis, got "${s}"`))
+    })
   )
 
 const optionalString = (name: string) =>
@@ -241,15 +254,8 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   circuitBreakerCooldownMs: duration("CIRCUIT_BREAKER_COOLDOWN", "30s"),
   tokenCacheTtlMs: duration("TOKEN_CACHE_TTL", "5s", 0),
   usageFlushIntervalMs: duration("USAGE_FLUSH_INTERVAL", "1s"),
-  rateLimitBackend: Config.string("RATE_LIMIT_BACKEND").pipe(
-    Config.withDefault("in-memory"),
-    Config.mapOrFail((s): Either.Either<"in-memory" | "redis", ConfigError.ConfigError> => {
-      const v = s.trim().toLowerCase()
-      if (v === "in-memory" || v === "memory" || v === "") return Either.right("in-memory")
-      if (v === "redis") return Either.right("redis")
-      return Either.left(invalid("RATE_LIMIT_BACKEND", `expected in-memory or redis, got "${s}"`))
-    })
-  ),
+  rateLimitBackend: memoryOrRedis("RATE_LIMIT_BACKEND"),
+  invalidationBackend: memoryOrRedis("INVALIDATION_BACKEND"),
   redisUrl: Config.all({ url: optionalString("REDIS_URL"), addr: optionalString("REDIS_ADDR") }).pipe(
     Config.mapOrFail(({ addr, url }) => {
       if (Option.isSome(url)) {

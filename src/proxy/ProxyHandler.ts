@@ -452,6 +452,10 @@ export const make = Effect.gen(function*() {
           return reply(f, Answers.tokenInactive)
         case "expired":
           return reply(f, Answers.tokenExpired)
+        case "project_inactive":
+          validator.invalidateProject(g.projectId)
+          f.ctx.denial = "project_inactive"
+          return reply(f, Answers.projectInactive)
         case "not_found":
           validator.invalidateToken(g.tokenId)
           return reply(f, Answers.tokenNotFound)

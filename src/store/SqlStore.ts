@@ -367,12 +367,15 @@ export const make = (dialect: Dialect) =>
             const updated = yield* sql<Row>`UPDATE tokens SET request_count = request_count + 1, last_used_at = ${now}
               WHERE id = ${tokenId} AND is_active = ${TRUE} AND (expires_at IS NULL OR expires_at > ${now})
                 AND max_requests IS NOT NULL AND request_count < max_requests
+                AND EXISTS (SELECT 1 FROM projects p WHERE p.id = tokens.project_id AND p.is_active = ${TRUE})
               RETURNING id`
             if (updated.length > 0) return "ok" as QuotaResult
             // Nothing updated: say why (the answer differs, the outcome — refused — does not).
-            const [row] = yield* sql<Row>`SELECT is_active, expires_at FROM tokens WHERE id = ${tokenId}`
+            const [row] = yield* sql<Row>`SELECT t.is_active, t.expires_at, p.is_active AS project_active
+              FROM tokens t JOIN projects p ON p.id = t.project_id WHERE t.id = ${tokenId}`
             if (row === undefined) return "not_found" as QuotaResult
             if (!bool(row.is_active)) return "inactive" as QuotaResult
+            if (!bool(row.project_active)) return "project_inactive" as QuotaResult
             if (row.expires_at !== null && row.expires_at !== undefined && iso(row.expires_at) <= now) {
               return "expired" as QuotaResult
             }

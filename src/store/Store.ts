@@ -125,7 +125,7 @@ export interface TokenAuthRow {
   readonly projectRateLimit: RateLimitRow | null
 }
 
-export type QuotaResult = "ok" | "exhausted" | "inactive" | "expired" | "not_found"
+export type QuotaResult = "ok" | "exhausted" | "inactive" | "expired" | "project_inactive" | "not_found"
 
 /** Counters to add to one token (batched off the request path). */
 export interface UsageDelta {

@@ -10,6 +10,7 @@
  * - Verdicts (inactive, expired, project inactive) are decided per request from the cached entry and the clock.
  */
 import { Context, Effect, Layer, Option, Redacted, Runtime } from "effect"
+import { Redis } from "ioredis"
 import { AppConfig } from "../config/AppConfig.js"
 import { KeyCipher } from "../crypto/KeyCipher.js"
 import { type RateLimitRow, Store, type StoreError } from "../store/Store.js"
@@ -56,7 +57,21 @@ export class TokenLoadError extends Error {
   }
 }
 
-export const make = Effect.gen(function*() {
+/** How invalidations reach other instances: not at all (one instance), or a Redis pub/sub channel. */
+export interface InvalidationChannel {
+  readonly publish: (message: Invalidation) => void
+  /** Registers the handler for messages other instances published. */
+  readonly subscribe: (apply: (message: Invalidation) => void) => void
+}
+
+export type Invalidation =
+  | { readonly kind: "token"; readonly id: string }
+  | { readonly kind: "project"; readonly id: string }
+  | { readonly kind: "all" }
+
+const localOnly: InvalidationChannel = { publish: () => {}, subscribe: () => {} }
+
+export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(function*() {
   const store = yield* Store
   const cipher = yield* KeyCipher
   const config = yield* AppConfig
@@ -94,6 +109,16 @@ export const make = Effect.gen(function*() {
       return grant
     })
 
+  const apply = (m: Invalidation) => {
+    if (m.kind === "token") drop((g) => g.tokenId === m.id)
+    else if (m.kind === "project") drop((g) => g.projectId === m.id)
+    else {
+      generation++
+      entries.clear()
+    }
+  }
+  channel.subscribe(apply)
+
   const service: TokenValidatorShape = {
     cached: (hash, nowMs) => {
       const e = entries.get(hash)
@@ -122,18 +147,69 @@ export const make = Effect.gen(function*() {
         return grant
       })
     },
-    invalidateToken: (tokenId) => drop((g) => g.tokenId === tokenId),
-    invalidateProject: (projectId) => drop((g) => g.projectId === projectId),
+    invalidateToken: (tokenId) => {
+      apply({ kind: "token", id: tokenId })
+      channel.publish({ kind: "token", id: tokenId })
+    },
+    invalidateProject: (projectId) => {
+      apply({ kind: "project", id: projectId })
+      channel.publish({ kind: "project", id: projectId })
+    },
     invalidateAll: () => {
-      generation++
-      entries.clear()
+      apply({ kind: "all" })
+      channel.publish({ kind: "all" })
     },
     stats: () => ({ size: entries.size, hits, loads })
   }
   return service
 })
 
-export const layer: Layer.Layer<TokenValidator, never, Store | KeyCipher | AppConfig> = Layer.effect(TokenValidator, make)
+/** One instance: invalidations apply locally. */
+export const layer: Layer.Layer<TokenValidator, never, Store | KeyCipher | AppConfig> = Layer.effect(TokenValidator, make())
+
+const CHANNEL = "llm-proxy:token-invalidations"
+
+/**
+ * Several instances: every invalidation is also published on a Redis channel and applied by the other instances
+ * when it arrives (milliseconds); TOKEN_CACHE_TTL stays the bound if a message is lost. If Redis is unreachable the
+ * proxy keeps serving and logs a warning.
+ */
+export const layerRedis = (url: string): Layer.Layer<TokenValidator, never, Store | KeyCipher | AppConfig> =>
+  Layer.scoped(
+    TokenValidator,
+    Effect.gen(function*() {
+      const instance = crypto.randomUUID()
+      const options = { lazyConnect: false, maxRetriesPerRequest: 1, enableOfflineQueue: true }
+      const [pub, sub] = yield* Effect.acquireRelease(
+        Effect.sync(() => [new Redis(url, options), new Redis(url, options)] as const),
+        ([a, b]) => Effect.promise(() => Promise.all([a.quit().catch(() => a.disconnect()), b.quit().catch(() => b.disconnect())]))
+      )
+      const runtime = yield* Effect.runtime<never>()
+      const warn = (m: string) => Runtime.runFork(runtime)(Effect.logWarning(m))
+      let warned = false
+      const onError = (e: Error) => {
+        if (!warned) warn(`token invalidation channel (Redis): ${e.message}`)
+        warned = true
+      }
+      pub.on("error", onError)
+      sub.on("error", onError)
+      const channel: InvalidationChannel = {
+        publish: (m) => void pub.publish(CHANNEL, JSON.stringify({ ...m, from: instance })).catch(onError),
+        subscribe: (apply) => {
+          sub.on("message", (_c: string, text: string) => {
+            try {
+              const m = JSON.parse(text) as Invalidation & { from?: string }
+              if (m.from !== instance) apply(m)
+            } catch {
+              // not ours
+            }
+          })
+          void sub.subscribe(CHANNEL).catch(onError)
+        }
+      }
+      return yield* make(channel)
+    })
+  )
 
 /** The verdict on a grant at `nowMs`: undefined = admitted (so far), else why not. */
 export type Refusal = "token_inactive" | "token_expired" | "project_inactive"

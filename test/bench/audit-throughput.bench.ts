@@ -73,6 +73,7 @@ const startServer = async (mode: Mode, dbPath: string, auditFile: string) => {
     tokenCacheTtlMs: 5_000,
     usageFlushIntervalMs: 1_000,
     rateLimitBackend: "in-memory",
+    invalidationBackend: "in-memory",
     redisUrl: "redis://127.0.0.1:6379"
   }
   // serveLayer applies no migration to the already migrated file; it is the whole stack `serve` runs.

@@ -2,18 +2,57 @@
  * A real `serve` stack pointed at the in-process mock upstream, plus helpers to make projects and tokens through
  * the management API and to call /v1 as a client would (raw node:http, so nothing is normalised or hidden).
  */
-import { Option } from "effect"
+import { Context, Effect, Exit, Layer, Option, Redacted, Scope, Tracer } from "effect"
 import { mkdtempSync, writeFileSync } from "node:fs"
 import { request as httpRequest, type IncomingHttpHeaders } from "node:http"
+import { createRequire } from "node:module"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import type { AppConfigShape } from "../../src/config/AppConfig.js"
 import { type BackendInstance, Client, providerKey, uniqueName } from "../http/harness.js"
+import { withPgClient } from "../support/databases.js"
 import { type MockUpstream, startMockUpstream } from "../support/mockUpstream.js"
-import { startServer, testConfig, type TestServer } from "../support/server.js"
+import { ServerAddress } from "../../src/http/Server.js"
+import { loggerLayer, type ServeOptions, serveLayer } from "../../src/Layers.js"
+import { testConfig, type TestServer } from "../support/server.js"
+
+/** Counts the SQL statements the server runs (every @effect/sql query is one `sql.execute` span). */
+export class QueryCounter {
+  count = 0
+}
+
+const countingTracer = (counter: QueryCounter) =>
+  Layer.unwrapEffect(
+    Effect.map(Effect.tracer, (native) =>
+      Layer.setTracer(Tracer.make({
+        span: (name, parent, context, links, startTime, kind, options) => {
+          if (name === "sql.execute") counter.count++
+          return native.span(name, parent, context, links, startTime, kind, options)
+        },
+        context: (f, fiber) => native.context(f, fiber)
+      })))
+  )
+
+/** `startServer` of test/support/server.ts, with every SQL statement counted. */
+export const startServerCounting = async (
+  config: AppConfigShape,
+  counter: QueryCounter,
+  options: ServeOptions = {}
+): Promise<TestServer> => {
+  const scope = Effect.runSync(Scope.make())
+  const layer = serveLayer(config, options).pipe(Layer.provide(loggerLayer(config)), Layer.provide(countingTracer(counter)))
+  const ctx = await Effect.runPromise(Layer.buildWithScope(layer, scope))
+  const address = Context.get(ctx, ServerAddress)
+  return {
+    url: `http://127.0.0.1:${address.port}`,
+    token: Option.match(config.managementToken, { onNone: () => "", onSome: Redacted.value }),
+    close: () => Effect.runPromise(Scope.close(scope, Exit.void))
+  }
+}
 
 export interface Stack {
   readonly server: TestServer
+  readonly queries: QueryCounter
   readonly mock: MockUpstream
   readonly manage: Client
   readonly backend: BackendInstance
@@ -32,16 +71,19 @@ export const startStack = async (
   backend: BackendInstance,
   overrides: Partial<AppConfigShape> = {},
   providersYaml?: string,
-  mock?: MockUpstream
+  mock?: MockUpstream,
+  options: ServeOptions = {}
 ): Promise<Stack> => {
   const m = mock ?? (await startMockUpstream())
-  const server = await startServer(testConfig(backend.database, {
+  const queries = new QueryCounter()
+  const server = await startServerCounting(testConfig(backend.database, {
     openaiApiUrl: m.url,
     ...(providersYaml !== undefined ? { apiConfigPath: Option.some(writeProvidersYaml(providersYaml, m.url)) } : {}),
     ...overrides
-  }))
+  }), queries, options)
   return {
     server,
+    queries,
     mock: m,
     manage: new Client(server.url, server.token),
     backend,
@@ -115,6 +157,8 @@ export const call = (baseUrl: string, path: string, options: ProxyCall = {}): Pr
     headers["content-type"] ??= "application/json"
     headers["content-length"] ??= String(Buffer.byteLength(body))
   }
+  // An empty value means "do not send this header" (e.g. content-length for a chunked body).
+  for (const [k, v] of Object.entries(headers)) if (v === "") delete headers[k]
   return new Promise((resolve, reject) => {
     const req = httpRequest(
       { host: url.hostname, port: url.port, method: options.method ?? (body !== undefined ? "POST" : "GET"), path, headers, agent: false },
@@ -150,3 +194,30 @@ export const eventually = async (f: () => Promise<boolean> | boolean, timeoutMs 
     await sleep(stepMs)
   }
 }
+
+// better-sqlite3 / pg for writes the API does not offer (rate-limit columns, breaking the schema on purpose).
+interface SqliteDb {
+  prepare(sql: string): { run(...params: ReadonlyArray<unknown>): unknown }
+  close(): void
+}
+const SqliteDatabase = createRequire(import.meta.url)("better-sqlite3") as new(path: string) => SqliteDb
+
+/** Runs one statement directly against the backend's database (`?` placeholders on both dialects). */
+export const exec = async (backend: BackendInstance, statement: string, params: ReadonlyArray<unknown> = []) => {
+  const db = backend.database
+  if (db._tag === "sqlite") {
+    const conn = new SqliteDatabase(db.path)
+    try {
+      conn.prepare(statement).run(...params)
+    } finally {
+      conn.close()
+    }
+    return
+  }
+  let i = 0
+  const text = statement.replace(/\?/g, () => `$${++i}`)
+  await withPgClient(Redacted.value(db.url), (c) => c.query(text, params))
+}
+
+export const tokenRow = async (backend: BackendInstance, id: string) =>
+  (await backend.rows("tokens")).find((r) => r.id === id)!

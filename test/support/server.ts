@@ -29,6 +29,7 @@ export const testConfig = (database: Database, overrides: Partial<AppConfigShape
   tokenCacheTtlMs: 5_000,
   usageFlushIntervalMs: 200,
   rateLimitBackend: "in-memory",
+  invalidationBackend: "in-memory",
   redisUrl: process.env["REDIS_URL"] ?? "redis://127.0.0.1:6379",
   // No JSONL file by default: tests that want one name a temp path.
   audit: { enabled: true, file: Option.none(), storeInDb: true, retentionDays: 0 },

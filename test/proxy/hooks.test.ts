@@ -1,0 +1,137 @@
+/**
+ * The seam later features plug into (ProxyHooks): one completion per request — rejected, proxied, streamed,
+ * abandoned — with ids, status, timings, usage and the bounded response body; a beforeUpstream hook answering from
+ * "cache" (not counted toward the quota, counted as a cache hit); decorateResponse adding headers.
+ */
+import { Layer } from "effect"
+import { request as httpRequest } from "node:http"
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
+import { ProxyHooks, type ProxyRequestContext } from "../../src/proxy/ProxyHooks.js"
+import { backends } from "../http/harness.js"
+import { chatChunks, hang, sse } from "../support/mockUpstream.js"
+import { call, chatBody, eventually, projectAndToken, type ProjectAndToken, type Stack, startStack, tokenRow } from "./stack.js"
+
+const completed: Array<ProxyRequestContext> = []
+let serveFromCache = false
+
+const hooks = Layer.succeed(
+  ProxyHooks,
+  ProxyHooks.combine(
+    {
+      beforeUpstream: [(ctx, _req, res) => {
+        if (!serveFromCache) return false
+        ctx.cacheHit = true
+        res.writeHead(200, { "content-type": "application/json", "x-request-id": ctx.requestId, "cache-status": "llm-proxy; hit" })
+        res.end(JSON.stringify({ cached: true }))
+        return true
+      }],
+      decorateResponse: [(_ctx, status, headers) => void (headers["x-decorated"] = String(status))],
+      captureResponseBytes: 64
+    },
+    {
+      beforeUpstream: [() => Promise.resolve(false)],
+      onComplete: [(ctx) => void completed.push(ctx), () => {
+        throw new Error("a failing hook is ignored")
+      }],
+      captureResponseBytes: 16
+    }
+  )
+)
+
+let stack: Stack
+let t: ProjectAndToken
+beforeAll(async () => {
+  stack = await startStack(await backends[0]!.create(), {}, undefined, undefined, { proxyHooks: hooks })
+  t = await projectAndToken(stack.manage, { max_requests: 100 })
+})
+afterAll(() => stack.close())
+beforeEach(() => {
+  completed.length = 0
+  serveFromCache = false
+  stack.mock.reset()
+})
+
+const last = async () => {
+  await eventually(() => completed.length > 0)
+  return completed[completed.length - 1]!
+}
+
+describe("ProxyHooks", () => {
+  it("onComplete sees a proxied request: ids, status, timings, usage, bounded body", async () => {
+    const r = await call(stack.server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })
+    expect(r.headers["x-decorated"]).toBe("200")
+    const ctx = await last()
+    expect(ctx).toMatchObject({
+      requestId: r.headers["x-request-id"],
+      method: "POST",
+      path: "/v1/chat/completions",
+      tokenId: t.tokenId,
+      projectId: t.projectId,
+      provider: "openai",
+      status: 200,
+      upstreamStatus: 200,
+      forwarded: true,
+      stream: false,
+      usage: { prompt_tokens: 9, completion_tokens: 3, total_tokens: 12 },
+      responseTruncated: true
+    })
+    expect(ctx.responseBody!.length).toBe(64)
+    expect(r.text.startsWith(ctx.responseBody!.toString())).toBe(true)
+    expect(JSON.parse(ctx.requestBody!.toString())).toEqual(chatBody())
+    expect(ctx.proxyMs).toBeGreaterThanOrEqual(0)
+    expect(ctx.upstreamMs).toBeGreaterThanOrEqual(0)
+    expect(ctx.durationMs).toBeGreaterThanOrEqual(ctx.upstreamMs!)
+    expect(completed).toHaveLength(1)
+  })
+
+  it("onComplete sees rejected requests with their code (and the denial reason of an inactive project)", async () => {
+    await call(stack.server.url, "/v1/chat/completions", { body: chatBody() })
+    expect(await last()).toMatchObject({ status: 401, code: "invalid_token", tokenId: undefined, forwarded: false })
+    const p = await projectAndToken(stack.manage)
+    await stack.manage.patch(`/manage/projects/${p.projectId}`, { is_active: false })
+    await call(stack.server.url, "/v1/chat/completions", { token: p.token, body: chatBody() })
+    expect(await last()).toMatchObject({ status: 403, code: "project_inactive", denial: "project_inactive", projectId: p.projectId, tokenId: p.tokenId })
+    expect(completed).toHaveLength(2)
+  })
+
+  it("onComplete sees streams with their usage", async () => {
+    stack.mock.enqueue(sse(chatChunks(["x", "y"], { prompt_tokens: 4, completion_tokens: 2 })))
+    await call(stack.server.url, "/v1/chat/completions", { token: t.token, body: chatBody({ stream: true }) })
+    expect(await last()).toMatchObject({ stream: true, status: 200, usage: { total_tokens: 6 } })
+  })
+
+  it("onComplete sees a client that went away (499)", async () => {
+    stack.mock.enqueue(hang)
+    const u = new URL(stack.server.url)
+    const body = JSON.stringify(chatBody())
+    const req = httpRequest({
+      host: u.hostname,
+      port: u.port,
+      method: "POST",
+      path: "/v1/chat/completions",
+      headers: { authorization: `Bearer ${t.token}`, "content-type": "application/json", "content-length": body.length }
+    })
+    req.on("error", () => {})
+    req.end(body)
+    await stack.mock.waitForRequests(1)
+    req.destroy()
+    expect(await last()).toMatchObject({ status: 499, error: "client closed the connection" })
+  })
+
+  it("a beforeUpstream hook that answers skips quota and upstream and counts a cache hit", async () => {
+    const before = Number((await tokenRow(stack.backend, t.tokenId)).request_count)
+    serveFromCache = true
+    const r = await call(stack.server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })
+    expect(r.json).toEqual({ cached: true })
+    expect(stack.mock.requests).toHaveLength(0)
+    expect(await last()).toMatchObject({ cacheHit: true, forwarded: false, status: 200 })
+    await eventually(async () => Number((await tokenRow(stack.backend, t.tokenId)).cache_hit_count) === 1)
+    expect(Number((await tokenRow(stack.backend, t.tokenId)).request_count)).toBe(before)
+  })
+
+  it("hooks never see requests refused before authentication as cache hits", async () => {
+    serveFromCache = true
+    const r = await call(stack.server.url, "/v1/chat/completions", { token: "sk-" + "A".repeat(42) + "E", body: chatBody() })
+    expect(r.status).toBe(401)
+  })
+})
