@@ -5,12 +5,14 @@
 import { Context, Effect, Layer, Logger, LogLevel, Option } from "effect"
 import * as AuditLog from "./audit/AuditLog.js"
 import * as AuditRepo from "./audit/AuditRepo.js"
+import { makeTrustedProxies } from "./audit/clientIp.js"
 import { retentionLayer } from "./audit/retention.js"
 import { sinksLayer } from "./audit/sinks.js"
 import { AppConfig, type AppConfigShape, type Database } from "./config/AppConfig.js"
 import { resolveManagementToken } from "./config/managementToken.js"
 import { Providers } from "./config/Providers.js"
 import * as ProxyHandler from "./proxy/ProxyHandler.js"
+import { auditHooks } from "./proxy/auditHooks.js"
 import { ProxyHooks } from "./proxy/ProxyHooks.js"
 import * as Upstream from "./proxy/Upstream.js"
 import * as RateLimits from "./token/RateLimits.js"
@@ -76,8 +78,19 @@ export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" 
  */
 export const dataPlaneLayer = (config: AppConfigShape, hooks: Layer.Layer<ProxyHooks> = ProxyHooks.none) =>
   ProxyHandler.layer.pipe(
-    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), hooks))
+    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), withAuditHooks(config, hooks)))
   )
+
+/** The given hooks plus the audit log's (proxy requests denied for an inactive project). */
+const withAuditHooks = (config: Pick<AppConfigShape, "trustedProxies">, hooks: Layer.Layer<ProxyHooks>) =>
+  Layer.effect(
+    ProxyHooks,
+    Effect.gen(function*() {
+      const given = yield* ProxyHooks
+      const audit = yield* auditHooks(makeTrustedProxies(config.trustedProxies))
+      return ProxyHooks.combine(given, audit)
+    })
+  ).pipe(Layer.provide(hooks))
 
 export interface ServeOptions {
   /** What plugs into the data plane (cache, events, audit, metrics); none by default. */

@@ -22,6 +22,7 @@ export const AuditActions = {
   tokenUpdate: "token.update",
   tokenRevoke: "token.revoke",
   tokenRevokeBatch: "token.revoke_batch",
+  tokenValidate: "token.validate",
   auditList: "audit.list",
   auditShow: "audit.show",
   cachePurge: "cache.purge",

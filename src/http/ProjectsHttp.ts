@@ -150,6 +150,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
               revoked_count: counts.revoked,
               already_revoked_count: counts.alreadyRevoked
             })
+            validator.invalidateProject(id)
             return { revoked_count: counts.revoked, already_revoked_count: counts.alreadyRevoked, total_tokens: counts.total }
           }).pipe(Effect.catchTag("StoreError", internal("failed to revoke project tokens")))))
   }))
