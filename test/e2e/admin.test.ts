@@ -329,6 +329,32 @@ describe.skipIf(!hasChromium)(title, () => {
     await screenshot(page, "tokens")
   })
 
+  it("token limit: set to 10, cleared to unlimited (∞ in the list); Revoke all tokens asks first", async () => {
+    const team = (await api("GET", "/manage/projects?search=team-01")).json[0]
+    const token = (await api("GET", `/manage/tokens?project_id=${team.id}`)).json[0]
+    await go(`/admin/tokens/${token.id}/edit`)
+    await h1("Edit token").waitFor()
+    await page.getByLabel("Request limit").fill("")
+    await page.getByRole("button", { name: "Save" }).click()
+    await h1(/^Token sk-/).waitFor()
+    expect((await api("GET", `/manage/tokens/${token.id}`)).json.max_requests).toBeNull()
+    await go(`/admin/tokens?project_id=${team.id}`)
+    await page.getByText("0 / ∞").waitFor()
+
+    await go(`/admin/projects/${team.id}`)
+    await h1("team-01").waitFor()
+    await page.getByRole("button", { name: "Revoke all tokens" }).click()
+    const dialog = page.getByRole("dialog")
+    expect(await dialog.textContent()).toContain("revoke ALL tokens")
+    await confirm("Revoke all tokens", false)
+    expect((await api("GET", `/manage/tokens/${token.id}`)).json.is_active).toBe(true)
+    await page.getByRole("button", { name: "Revoke all tokens" }).click()
+    await confirm("Revoke all tokens")
+    await page.getByRole("status").filter({ hasText: "1 token revoked (0 were already revoked)." }).waitFor()
+    expect(pathname()).toBe(`/admin/projects/${team.id}`)
+    expect((await api("GET", `/manage/tokens/${token.id}`)).json.is_active).toBe(false)
+  })
+
   it("shows the dashboard from the per-hour rollups, with times in the browser's time zone", async () => {
     const hour = 3_600_000
     const deltas: Array<HourlyUsage> = []

@@ -224,7 +224,8 @@ export const projectDetailPage = async (ctx: Ctx) => {
       })
       if (!ok) return
       const r = await api((c) => c.projects.revokeTokens({ path: { id } }))
-      reload(`${r.revoked_count} tokens revoked (${r.already_revoked_count} were already revoked).`)
+      const n = (k: number, one: string, many: string) => `${k} ${k === 1 ? one : many}`
+      reload(`${n(r.revoked_count, "token", "tokens")} revoked (${n(r.already_revoked_count, "was", "were")} already revoked).`)
     }
   }, "Revoke all tokens")
 
