@@ -281,8 +281,17 @@ const NOT_UPSTREAM = new Set([
   "x-project-id"
 ])
 
-const connectionTokens = (value: string | string[] | undefined): ReadonlyArray<string> =>
-  value === undefined ? [] : (Array.isArray(value) ? value.join(",") : value).split(",").map((t) => t.trim().toLowerCase())
+const NONE: ReadonlyArray<string> = []
+
+/** Header names listed in `Connection` (beyond keep-alive/close, which are stripped anyway). */
+const connectionTokens = (value: string | string[] | undefined): ReadonlyArray<string> => {
+  if (value === undefined) return NONE
+  if (typeof value === "string") {
+    const v = value.length < 11 ? value.toLowerCase() : ""
+    if (v === "keep-alive" || v === "close") return NONE
+  }
+  return (Array.isArray(value) ? value.join(",") : value).split(",").map((t) => t.trim().toLowerCase())
+}
 
 /**
  * The headers sent upstream: the client's, minus everything in NOT_UPSTREAM, headers named by `Connection`,
@@ -296,7 +305,7 @@ export const upstreamRequestHeaders = (
   requestId: string,
   contentLength: number | undefined
 ): Record<string, string | string[]> => {
-  const named = client.connection !== undefined ? connectionTokens(client.connection) : []
+  const named = connectionTokens(client.connection)
   const out: Record<string, string | string[]> = {}
   for (const name in client) {
     if (NOT_UPSTREAM.has(name) || name === provider.authHeader || name.startsWith("x-b3-") || name.startsWith("x-llm-proxy-")) {
@@ -315,7 +324,7 @@ export const upstreamRequestHeaders = (
 
 /** Upstream response headers minus hop-by-hop ones (and those named by `Connection`). */
 export const downstreamHeaders = (upstream: Record<string, string | string[] | undefined>): OutgoingHttpHeaders => {
-  const named = upstream.connection !== undefined ? connectionTokens(upstream.connection) : []
+  const named = connectionTokens(upstream.connection)
   const out: OutgoingHttpHeaders = {}
   for (const name in upstream) {
     if (HOP_BY_HOP.has(name) || (named.length > 0 && named.includes(name))) continue

@@ -45,21 +45,26 @@ export const finishUsage = (acc: Partial): Usage | undefined =>
     total_tokens: (acc.prompt ?? 0) + (acc.completion ?? 0)
   }
 
-export class UsageCapture extends Transform {
-  /** Set once the stream has ended (undefined when the answer carried none). */
+/**
+ * The side reader: sees every chunk, keeps the first bytes, finds usage. Used by UsageCapture (SSE, as a Transform)
+ * and directly as a `data` listener for JSON answers (one stream hop less per request).
+ */
+export class UsageReader {
+  /** Set by finish() (undefined when the answer carried none). */
   usage: Usage | undefined
-  /** Bytes that passed through. */
+  /** Bytes seen. */
   bytes = 0
   private readonly parts: Array<Buffer> = []
   private kept = 0
   private readonly acc: Partial = {}
   private readonly decoder: StringDecoder | undefined
+  private readonly limit: number
   private line = ""
   private lineTooLong = false
 
   constructor(readonly mode: "json" | "sse" | "none", readonly captureLimit: number) {
-    super()
     this.decoder = mode === "sse" ? new StringDecoder("utf8") : undefined
+    this.limit = mode === "json" ? Math.max(captureLimit, JSON_USAGE_LIMIT) : captureLimit
   }
 
   /** The first `captureLimit` bytes (JSON: up to JSON_USAGE_LIMIT when larger). */
@@ -72,19 +77,17 @@ export class UsageCapture extends Transform {
     return this.bytes > this.kept
   }
 
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+  observe(chunk: Buffer): void {
     this.bytes += chunk.length
-    const limit = this.mode === "json" ? Math.max(this.captureLimit, JSON_USAGE_LIMIT) : this.captureLimit
-    if (this.kept < limit) {
-      const take = Math.min(chunk.length, limit - this.kept)
+    if (this.kept < this.limit) {
+      const take = Math.min(chunk.length, this.limit - this.kept)
       this.parts.push(take === chunk.length ? chunk : chunk.subarray(0, take))
       this.kept += take
     }
     if (this.decoder !== undefined) this.scan(this.decoder.write(chunk))
-    callback(null, chunk)
   }
 
-  override _flush(callback: TransformCallback): void {
+  finish(): void {
     if (this.decoder !== undefined) {
       this.scan(this.decoder.end() + "\n")
     } else if (this.mode === "json" && this.bytes > 0 && this.bytes <= JSON_USAGE_LIMIT) {
@@ -95,7 +98,6 @@ export class UsageCapture extends Transform {
       }
     }
     this.usage = finishUsage(this.acc)
-    callback()
   }
 
   private scan(text: string): void {
@@ -131,5 +133,38 @@ export class UsageCapture extends Transform {
     } catch {
       // A malformed event: ignore it, keep streaming.
     }
+  }
+}
+
+/** A Transform that passes every chunk through unchanged and feeds it to a UsageReader. */
+export class UsageCapture extends Transform {
+  readonly reader: UsageReader
+
+  constructor(mode: "json" | "sse" | "none", captureLimit: number) {
+    super()
+    this.reader = new UsageReader(mode, captureLimit)
+  }
+
+  get usage(): Usage | undefined {
+    return this.reader.usage
+  }
+  get bytes(): number {
+    return this.reader.bytes
+  }
+  get captured(): Buffer {
+    return this.reader.captured
+  }
+  get truncated(): boolean {
+    return this.reader.truncated
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.reader.observe(chunk)
+    callback(null, chunk)
+  }
+
+  override _flush(callback: TransformCallback): void {
+    this.reader.finish()
+    callback()
   }
 }
