@@ -4,7 +4,7 @@
  * sink (database, JSONL file — chosen in src/Layers.ts) and only then takes the next batch. Closing the layer's
  * scope stops intake, writes everything already accepted, then releases the sinks.
  */
-import { Cause, Chunk, Clock, Context, Deferred, Duration, Effect, Fiber, Layer, Queue, Schedule, Schema } from "effect"
+import { Cause, Chunk, Clock, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Queue, Schedule, Schema } from "effect"
 import type { AuditEntry, AuditRecord } from "../domain/audit.js"
 import { uuidv7 } from "./uuidv7.js"
 
@@ -52,11 +52,12 @@ export class AuditLog extends Context.Tag("llm-proxy/AuditLog")<AuditLog, AuditL
 export const QUEUE_CAPACITY = 10_000
 export const BATCH_SIZE = 500
 /**
- * After the first event of a batch, how long the writer waits for more before writing. Every database write is a
- * commit (an fsync on SQLite) holding the connection that requests also need, so a few ms of waiting buys far
- * fewer, larger commits under load (measured: test/bench/audit-throughput.bench.ts). A flush skips the wait.
+ * After the first event of a batch, how long the writer waits for more before writing. A database commit costs
+ * far more than a row (on SQLite ~1 ms of CPU, on the thread that also serves requests), so waiting a little buys
+ * fewer, larger commits under load (measured: test/bench/audit-throughput.bench.ts, docs/performance.md).
+ * A flush or shutdown cuts the wait short.
  */
-export const LINGER_MS = 10
+export const LINGER_MS = 50
 /** How long shutdown waits for the sinks before giving up (a sink that hangs must not hang the process). */
 const DRAIN_TIMEOUT = Duration.seconds(30)
 
@@ -113,6 +114,11 @@ export const make = (options: AuditLogOptions = {}) => Effect.gen(function*() {
   const queue = yield* Queue.bounded<Item>(options.capacity ?? QUEUE_CAPACITY)
   const stats = { accepted: 0, written: 0, dropped: 0, failed: 0 }
   let closed = false
+  // Completed by flush and shutdown to end the writer's linger early.
+  let wake: Deferred.Deferred<void> | undefined
+  const wakeWriter = () => {
+    if (wake !== undefined) Deferred.unsafeDone(wake, Exit.void)
+  }
 
   const writeSink = (sink: AuditSink, batch: ReadonlyArray<AuditRecord>) =>
     sink.write(batch).pipe(
@@ -144,10 +150,14 @@ export const make = (options: AuditLogOptions = {}) => Effect.gen(function*() {
   const lingered = (first: Chunk.Chunk<Item>) =>
     Chunk.size(first) >= batchSize || lingerMs <= 0 || Chunk.some(first, (i) => i._tag !== "event")
       ? Effect.succeed(first)
-      : Effect.sleep(lingerMs).pipe(
-        Effect.zipRight(Queue.takeUpTo(queue, batchSize - Chunk.size(first))),
-        Effect.map((more) => Chunk.appendAll(first, more))
-      )
+      : Effect.gen(function*() {
+        const w = yield* Deferred.make<void>()
+        wake = w
+        // The writer is uninterruptible here; the race's loser must not be, or the race would wait for it.
+        yield* Effect.raceFirst(Effect.interruptible(Effect.sleep(lingerMs)), Effect.interruptible(Deferred.await(w)))
+        wake = undefined
+        return Chunk.appendAll(first, yield* Queue.takeUpTo(queue, batchSize - Chunk.size(first)))
+      })
 
   // Each batch is written uninterruptibly: an event is off the queue only once it is in the sinks.
   const writer = Effect.uninterruptibleMask((restore) =>
@@ -160,6 +170,7 @@ export const make = (options: AuditLogOptions = {}) => Effect.gen(function*() {
     Effect.gen(function*() {
       closed = true
       yield* Queue.offer(queue, { _tag: "stop" })
+      wakeWriter()
       yield* Fiber.join(fiber)
       // Anything a racing caller managed to queue behind the stop marker.
       yield* writeBatch(yield* Queue.takeAll(queue))
@@ -193,6 +204,7 @@ export const make = (options: AuditLogOptions = {}) => Effect.gen(function*() {
       if (closed) return
       const done = yield* Deferred.make<void>()
       yield* Queue.offer(queue, { _tag: "flush", done })
+      wakeWriter()
       yield* Deferred.await(done)
     }),
     stats: Effect.sync(() => ({ ...stats }))

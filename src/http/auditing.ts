@@ -62,7 +62,7 @@ export const requestFields = Effect.map(FiberRef.get(currentRequestMeta), (m): P
     path: m.path
   })
 
-export interface AuditEvent {
+export interface RequestAuditEvent {
   readonly action: string
   readonly outcome: Outcome
   readonly actor?: string
@@ -73,7 +73,7 @@ export interface AuditEvent {
 }
 
 /** Records one event about the current request (request ids, client IP and user agent filled in). */
-export const auditRequest = (event: AuditEvent) =>
+export const auditRequest = (event: RequestAuditEvent) =>
   Effect.gen(function*() {
     const audit = yield* AuditLog
     const fields = yield* requestFields

@@ -135,6 +135,29 @@ describe("AuditLog", () => {
       yield* close
     }).pipe(Effect.timeout("20 seconds")))
 
+  it.live("the writer lingers to gather a batch; a flush or shutdown cuts the linger short", () =>
+    Effect.gen(function*() {
+      const memory = yield* memorySink()
+      const { close, log } = yield* logWith([memory.sink], { lingerMs: 300 })
+      // Three events a few ms apart land in one batch.
+      for (let i = 0; i < 3; i++) {
+        yield* log.record(entry(i))
+        yield* Effect.sleep(5)
+      }
+      while ((yield* memory.records).length < 3) yield* Effect.sleep(20)
+      expect((yield* Ref.get(memory.batches)).map((b) => b.length)).toEqual([3])
+      // With a linger far longer than the test's timeout, a flush still returns, and so does shutdown.
+      const slow = yield* logWith([memory.sink], { lingerMs: 600_000 })
+      yield* slow.log.record(entry(10))
+      yield* Effect.sleep(10) // the writer is now lingering
+      yield* slow.log.flush
+      yield* slow.log.record(entry(11))
+      yield* Effect.sleep(10)
+      yield* slow.close
+      expect((yield* memory.records).map((r) => r.requestId)).toEqual(["req-0", "req-1", "req-2", "req-10", "req-11"])
+      yield* close
+    }).pipe(Effect.timeout("20 seconds")))
+
   it.live("client-controlled fields are bounded", () =>
     Effect.gen(function*() {
       const memory = yield* memorySink()
