@@ -17,6 +17,8 @@ import {
 } from "../domain/errors.js"
 import {
   BulkRevokeResult,
+  CachePurge,
+  CachePurgeResult,
   CreateProject,
   CreateToken,
   ListProjectsParams,
@@ -126,6 +128,21 @@ export const SessionApi = HttpApiGroup.make("session")
   .prefix("/manage")
   .annotate(OpenApi.Title, "Admin session")
 
+export const CacheApi = HttpApiGroup.make("cache")
+  .add(
+    HttpApiEndpoint.post("purge", "/cache/purge")
+      .setPayload(CachePurge)
+      .addSuccess(CachePurgeResult)
+      .annotate(
+        OpenApi.Description,
+        "Delete response-cache entries: `{\"method\",\"url\"}` (every variant of that request), `{\"prefix\"}` " +
+          "(keys starting with it) or `{\"all\": true}`; any form may add `project_id`."
+      )
+  )
+  .prefix("/manage")
+  .middleware(ManagementAuth)
+  .annotate(OpenApi.Title, "Cache")
+
 export const AuditApi = HttpApiGroup.make("audit")
   .add(
     HttpApiEndpoint.get("list", "/audit")
@@ -144,6 +161,7 @@ export class ManagementApi extends HttpApi.make("llm-proxy")
   .add(UsageApi)
   .add(SessionApi)
   .add(AuditApi)
+  .add(CacheApi)
   .addError(BadRequestWire)
   .addError(PayloadTooLargeWire)
   .addError(InternalErrorWire)
@@ -152,7 +170,7 @@ export class ManagementApi extends HttpApi.make("llm-proxy")
   .annotate(OpenApi.Version, "0.1.0")
   .annotate(
     OpenApi.Description,
-    "Projects, withering tokens and the audit log. Every endpoint needs `Authorization: Bearer <MANAGEMENT_TOKEN>`. " +
+    "Projects, withering tokens, the response cache and the audit log. Every endpoint needs `Authorization: Bearer <MANAGEMENT_TOKEN>`. " +
       "Errors are `{\"error\": \"...\", \"code\"?: \"...\"}`."
   )
 {}

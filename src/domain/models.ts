@@ -180,3 +180,19 @@ export const SessionInfo = Schema.Struct({
   expires_at: Schema.optional(Timestamp.annotations({ description: "When the session ends unless used before (idle timeout)" }))
 }).annotations({ identifier: "SessionInfo" })
 export type SessionInfo = typeof SessionInfo.Type
+
+export const CachePurge = Schema.Struct({
+  method: Schema.optional(Schema.String.annotations({ description: "With url: purge every entry of that method and URL" })),
+  url: Schema.optional(Schema.String.annotations({ description: "Path (with query) or absolute URL, e.g. /v1/models" })),
+  prefix: Schema.optional(Schema.String.annotations({ description: "Purge keys starting with this (a prefix of X-PROXY-CACHE-KEY)" })),
+  all: Schema.optional(Schema.Boolean.annotations({ description: "true: purge everything (of project_id, when given)" })),
+  project_id: Schema.optional(Schema.String.annotations({ description: "Restrict any form to one project" }))
+}).annotations({ identifier: "CachePurge" })
+export type CachePurge = typeof CachePurge.Type
+
+export const CachePurgeResult = Schema.Struct({
+  deleted: Schema.Union(Schema.Boolean, Schema.Number).annotations({
+    description: "exact purge: whether anything was deleted; prefix / all: how many entries"
+  })
+}).annotations({ identifier: "CachePurgeResult" })
+export type CachePurgeResult = typeof CachePurgeResult.Type

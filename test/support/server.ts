@@ -1,6 +1,6 @@
 /** Starts a real `serve` stack in-process on an ephemeral loopback port, for integration tests. */
 import { Context, Effect, Exit, Layer, Option, Redacted, Scope } from "effect"
-import type { AppConfigShape, Database } from "../../src/config/AppConfig.js"
+import type { AppConfigShape, CacheConfig, Database } from "../../src/config/AppConfig.js"
 import { parseEncryptionKey } from "../../src/crypto/KeyCipher.js"
 import { ServerAddress } from "../../src/http/Server.js"
 import { loggerLayer, serveLayer } from "../../src/Layers.js"
@@ -11,6 +11,18 @@ export interface TestServer {
   readonly close: () => Promise<void>
 }
 
+/** The cache settings `serve` gets by default, with any field overridden. */
+export const testCacheConfig = (overrides: Partial<CacheConfig> = {}): CacheConfig => ({
+  enabled: true,
+  backend: "in-memory",
+  defaultTtlSeconds: 300,
+  maxObjectBytes: 1_048_576,
+  maxBytes: 67_108_864,
+  streamResponses: false,
+  redisKeyPrefix: "llmproxy:cache:",
+  ...overrides
+})
+
 export const testConfig = (database: Database, overrides: Partial<AppConfigShape> = {}): AppConfigShape => ({
   listen: { host: "127.0.0.1", port: 0 },
   managementToken: Option.some(Redacted.make("test-management-token-" + crypto.randomUUID())),
@@ -20,6 +32,9 @@ export const testConfig = (database: Database, overrides: Partial<AppConfigShape
   requireEncryptionKey: false,
   logLevel: "error",
   logFormat: "json",
+  // No JSONL file by default: tests that want one name a temp path.
+  audit: { enabled: true, file: Option.none(), storeInDb: true, retentionDays: 0 },
+  trustedProxies: [],
   apiConfigPath: Option.none(),
   openaiApiUrl: "https://api.openai.com",
   maxRequestSize: 33_554_432,
@@ -30,10 +45,8 @@ export const testConfig = (database: Database, overrides: Partial<AppConfigShape
   usageFlushIntervalMs: 200,
   rateLimitBackend: "in-memory",
   invalidationBackend: "in-memory",
-  redisUrl: process.env["REDIS_URL"] ?? "redis://127.0.0.1:6379",
-  // No JSONL file by default: tests that want one name a temp path.
-  audit: { enabled: true, file: Option.none(), storeInDb: true, retentionDays: 0 },
-  trustedProxies: [],
+  redisUrl: process.env["REDIS_URL"] || "redis://127.0.0.1:6379",
+  cache: testCacheConfig(),
   ...overrides
 })
 
