@@ -204,19 +204,31 @@ describe.skipIf(!hasChromium)(title, () => {
       })
       expect(r.status, await r.text()).toBe(200)
     }
-    expect(mock.requests).toHaveLength(3)
+    // The same completion twice with the client's cache opt-in: the second is answered from the response cache.
+    for (let i = 0; i < 2; i++) {
+      const r = await fetch(`${server.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${secret}`, "content-type": "application/json", "cache-control": "public, max-age=60" },
+        body: JSON.stringify({ model: "gpt-4o-mini", messages: [{ role: "user", content: "Cache me" }] })
+      })
+      expect(r.status, await r.text()).toBe(200)
+    }
+    expect(mock.requests).toHaveLength(4)
     expect(mock.requests[0]!.headers.authorization).not.toContain(secret)
     // The counters and rollups are written by the batched flush: refresh until they show.
     for (let attempt = 0; ; attempt++) {
       await page.getByRole("button", { name: "Refresh" }).click()
       await h1(/^Token sk-/).waitFor()
-      const ready = (await page.getByRole("img", { name: /^Requests, last 24 hours: 3 requests/ }).count()) === 1
+      const ready = (await page.getByRole("img", { name: /^Requests, last 24 hours: 5 requests/ }).count()) === 1
       if (ready) break
       if (attempt > 50) throw new Error("usage never showed up on the token page")
       await page.waitForTimeout(100)
     }
-    expect(await page.locator("#request-count").textContent()).toBe("3 requests made")
-    expect(await page.getByText("36 prompt + 15 completion").isVisible()).toBe(true)
+    // Four reached the provider (and count against the limit of 5); the cache hit is counted apart.
+    expect(await page.locator("#request-count").textContent()).toBe("4 requests made")
+    const cacheHits = page.locator("dt", { hasText: "Cache hits" }).locator("xpath=following-sibling::dd[1]")
+    expect(await cacheHits.textContent()).toBe("1")
+    expect(await page.getByText("48 prompt + 20 completion").isVisible()).toBe(true)
     await screenshot(page, "token-detail")
   })
 
