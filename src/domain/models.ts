@@ -11,15 +11,14 @@ export const API_KEY_MAX = 4096
 export const DURATION_MAX_MINUTES = 525_600
 export const MAX_REQUESTS_MAX = 2_147_483_647
 
-export const RateLimit = Schema.Struct({
-  requests: Schema.Number.annotations({ description: "At most this many requests…" }),
-  window_seconds: Schema.Number.annotations({ description: "…per this many seconds (sliding window)" })
-}).annotations({ identifier: "RateLimit" })
-export type RateLimit = typeof RateLimit.Type
+export const RATE_LIMIT_REQUESTS_MAX = 1_000_000_000
+export const RATE_LIMIT_WINDOW_MAX = 31_536_000
 
-const RateLimitField = Schema.optional(
-  Schema.NullOr(RateLimit).annotations({ description: "Window rate limit; null = none (429 rate_limit_exceeded with Retry-After)" })
-)
+export const RateLimit = Schema.Struct({
+  requests: Schema.Number.annotations({ description: `requests allowed per window, 1..${RATE_LIMIT_REQUESTS_MAX}` }),
+  window_seconds: Schema.Number.annotations({ description: `window length in seconds, 1..${RATE_LIMIT_WINDOW_MAX}` })
+}).annotations({ identifier: "RateLimit", description: "Window rate limit; null = none" })
+export type RateLimit = typeof RateLimit.Type
 
 export const Project = Schema.Struct({
   id: Schema.String.annotations({ description: "UUID" }),
@@ -28,7 +27,7 @@ export const Project = Schema.Struct({
   provider: Schema.String,
   is_active: Schema.Boolean,
   deactivated_at: Schema.optional(Timestamp),
-  rate_limit: RateLimitField,
+  rate_limit: Schema.NullOr(RateLimit),
   created_at: Timestamp,
   updated_at: Timestamp
 }).annotations({ identifier: "Project" })
@@ -38,7 +37,7 @@ export const CreateProject = Schema.Struct({
   name: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(NAME_MAX)),
   api_key: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(API_KEY_MAX)),
   provider: Schema.optional(Schema.String.annotations({ description: "Provider name from the configuration (default openai)" })),
-  rate_limit: RateLimitField
+  rate_limit: Schema.optional(Schema.NullOr(RateLimit))
 }).annotations({ identifier: "CreateProject" })
 export type CreateProject = typeof CreateProject.Type
 
@@ -48,8 +47,8 @@ export const UpdateProject = Schema.Struct({
     Schema.String.pipe(Schema.maxLength(API_KEY_MAX)).annotations({ description: "Empty string keeps the current key" })
   ),
   provider: Schema.optional(Schema.String),
+  rate_limit: Schema.optional(Schema.NullOr(RateLimit).annotations({ description: "null removes the limit" })),
   is_active: Schema.optional(Schema.Boolean),
-  rate_limit: RateLimitField,
   revoke_tokens: Schema.optional(
     Schema.Boolean.annotations({ description: "With is_active=false: revoke every active token of the project" })
   )
@@ -72,7 +71,7 @@ export const Token = Schema.Struct({
   deactivated_at: Schema.optional(Timestamp),
   request_count: Schema.Number,
   max_requests: Schema.NullOr(Schema.Number).annotations({ description: "null = unlimited" }),
-  rate_limit: RateLimitField,
+  rate_limit: Schema.NullOr(RateLimit),
   cache_hit_count: Schema.Number,
   prompt_tokens: Schema.Number,
   completion_tokens: Schema.Number,
@@ -86,8 +85,7 @@ export const TokenCreated = Schema.Struct({
   token: Schema.String.annotations({ description: "The secret. Store it now: it is never shown again." }),
   project_id: Schema.String,
   expires_at: Timestamp,
-  max_requests: Schema.optional(Schema.Number),
-  rate_limit: RateLimitField
+  max_requests: Schema.optional(Schema.Number)
 }).annotations({ identifier: "TokenCreated" })
 export type TokenCreated = typeof TokenCreated.Type
 
@@ -99,7 +97,7 @@ export const CreateToken = Schema.Struct({
   max_requests: Schema.optional(
     Schema.NullOr(Int.pipe(Schema.between(0, MAX_REQUESTS_MAX))).annotations({ description: "0 or null = unlimited" })
   ),
-  rate_limit: RateLimitField
+  rate_limit: Schema.optional(Schema.NullOr(RateLimit))
 }).annotations({ identifier: "CreateToken" })
 export type CreateToken = typeof CreateToken.Type
 
@@ -107,7 +105,7 @@ export const UpdateToken = Schema.Struct({
   is_active: Schema.optional(Schema.Boolean),
   max_requests: Schema.optional(Schema.NullOr(Int.pipe(Schema.between(0, MAX_REQUESTS_MAX)))),
   expires_at: Schema.optional(Timestamp),
-  rate_limit: RateLimitField
+  rate_limit: Schema.optional(Schema.NullOr(RateLimit).annotations({ description: "null removes the limit" }))
 }).annotations({ identifier: "UpdateToken" })
 export type UpdateToken = typeof UpdateToken.Type
 
@@ -116,6 +114,22 @@ export const ListTokensParams = Schema.Struct({
   projectId: Schema.optional(Schema.String.annotations({ description: "Legacy spelling of project_id" })),
   active_only: Schema.optional(Schema.String.annotations({ description: "true: only active, unexpired tokens" }))
 })
+
+export const CachePurge = Schema.Struct({
+  method: Schema.optional(Schema.String.annotations({ description: "With url: purge every entry of that method and URL" })),
+  url: Schema.optional(Schema.String.annotations({ description: "Path (with query) or absolute URL, e.g. /v1/models" })),
+  prefix: Schema.optional(Schema.String.annotations({ description: "Purge keys starting with this (a prefix of X-PROXY-CACHE-KEY)" })),
+  all: Schema.optional(Schema.Boolean.annotations({ description: "true: purge everything (of project_id, when given)" })),
+  project_id: Schema.optional(Schema.String.annotations({ description: "Restrict any form to one project" }))
+}).annotations({ identifier: "CachePurge" })
+export type CachePurge = typeof CachePurge.Type
+
+export const CachePurgeResult = Schema.Struct({
+  deleted: Schema.Union(Schema.Boolean, Schema.Number).annotations({
+    description: "exact purge: whether anything was deleted; prefix / all: how many entries"
+  })
+}).annotations({ identifier: "CachePurgeResult" })
+export type CachePurgeResult = typeof CachePurgeResult.Type
 
 export const ListProjectsParams = Schema.Struct({
   search: Schema.optional(Schema.String.annotations({ description: "Case-insensitive part of the name, or a project id" })),
@@ -180,19 +194,3 @@ export const SessionInfo = Schema.Struct({
   expires_at: Schema.optional(Timestamp.annotations({ description: "When the session ends unless used before (idle timeout)" }))
 }).annotations({ identifier: "SessionInfo" })
 export type SessionInfo = typeof SessionInfo.Type
-
-export const CachePurge = Schema.Struct({
-  method: Schema.optional(Schema.String.annotations({ description: "With url: purge every entry of that method and URL" })),
-  url: Schema.optional(Schema.String.annotations({ description: "Path (with query) or absolute URL, e.g. /v1/models" })),
-  prefix: Schema.optional(Schema.String.annotations({ description: "Purge keys starting with this (a prefix of X-PROXY-CACHE-KEY)" })),
-  all: Schema.optional(Schema.Boolean.annotations({ description: "true: purge everything (of project_id, when given)" })),
-  project_id: Schema.optional(Schema.String.annotations({ description: "Restrict any form to one project" }))
-}).annotations({ identifier: "CachePurge" })
-export type CachePurge = typeof CachePurge.Type
-
-export const CachePurgeResult = Schema.Struct({
-  deleted: Schema.Union(Schema.Boolean, Schema.Number).annotations({
-    description: "exact purge: whether anything was deleted; prefix / all: how many entries"
-  })
-}).annotations({ identifier: "CachePurgeResult" })
-export type CachePurgeResult = typeof CachePurgeResult.Type

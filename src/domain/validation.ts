@@ -3,7 +3,14 @@
  * parsed JSON of unknown shape; every rule here answers a 400 with one clear message and never throws.
  */
 import { Either } from "effect"
-import { API_KEY_MAX, DURATION_MAX_MINUTES, MAX_REQUESTS_MAX, NAME_MAX } from "./models.js"
+import {
+  API_KEY_MAX,
+  DURATION_MAX_MINUTES,
+  MAX_REQUESTS_MAX,
+  NAME_MAX,
+  RATE_LIMIT_REQUESTS_MAX,
+  RATE_LIMIT_WINDOW_MAX
+} from "./models.js"
 
 export type Invalid = string
 type Obj = Record<string, unknown>
@@ -14,6 +21,28 @@ const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 const CONTROL_RE = /[\u0000-\u001f\u007f-\u009f]/
 
 export const isUuid = (s: string): boolean => UUID_RE.test(s)
+
+export interface RateLimitInput {
+  readonly requests: number
+  readonly windowSeconds: number
+}
+
+/**
+ * `rate_limit`: absent → undefined (unchanged), null → null (none), `{"requests": N, "window_seconds": S}` →
+ * the limit; anything else → the message.
+ */
+export const parseRateLimit = (u: unknown): Either.Either<RateLimitInput | null | undefined, Invalid> => {
+  if (u === undefined) return Either.right(undefined)
+  if (u === null) return Either.right(null)
+  const bad = Either.left(
+    `rate_limit must be null or {"requests": 1..${RATE_LIMIT_REQUESTS_MAX}, "window_seconds": 1..${RATE_LIMIT_WINDOW_MAX}}`
+  )
+  if (!isObj(u) || Object.keys(u).some((k) => k !== "requests" && k !== "window_seconds")) return bad
+  const { requests, window_seconds } = u
+  if (!isInt(requests) || requests < 1 || requests > RATE_LIMIT_REQUESTS_MAX) return bad
+  if (!isInt(window_seconds) || window_seconds < 1 || window_seconds > RATE_LIMIT_WINDOW_MAX) return bad
+  return Either.right({ requests, windowSeconds: window_seconds })
+}
 
 const isObj = (u: unknown): u is Obj => typeof u === "object" && u !== null && !Array.isArray(u)
 
@@ -46,32 +75,6 @@ const checkApiKey = (key: string): Invalid | undefined => {
 const checkProvider = (provider: string, providers: ReadonlySet<string>): Invalid | undefined =>
   providers.has(provider) ? undefined : `unknown provider "${provider.slice(0, 64)}"`
 
-const isInt = (u: unknown): u is number => typeof u === "number" && Number.isSafeInteger(u)
-
-/** A window rate limit: at most `requests` per `windowSeconds`. */
-export interface RateLimitInput {
-  readonly requests: number
-  readonly windowSeconds: number
-}
-
-export const RATE_LIMIT_REQUESTS_MAX = 1_000_000_000
-export const RATE_LIMIT_WINDOW_MAX = 31_622_400 // 366 days
-
-const RATE_LIMIT_SHAPE = 'rate_limit must be null or {"requests": N, "window_seconds": S} with positive integers'
-
-/** `rate_limit` of a body: undefined = not given, null = none. */
-export const parseRateLimit = (u: unknown): Either.Either<RateLimitInput | null | undefined, Invalid> => {
-  if (u === undefined || u === null) return Either.right(u)
-  if (!isObj(u)) return Either.left(RATE_LIMIT_SHAPE)
-  const extra = Object.keys(u).find((k) => k !== "requests" && k !== "window_seconds")
-  if (extra !== undefined) return Either.left(RATE_LIMIT_SHAPE)
-  const { requests, window_seconds } = u
-  if (!isInt(requests) || !isInt(window_seconds) || requests < 1 || window_seconds < 1) return Either.left(RATE_LIMIT_SHAPE)
-  if (requests > RATE_LIMIT_REQUESTS_MAX) return Either.left(`rate_limit.requests must be <= ${RATE_LIMIT_REQUESTS_MAX}`)
-  if (window_seconds > RATE_LIMIT_WINDOW_MAX) return Either.left(`rate_limit.window_seconds must be <= ${RATE_LIMIT_WINDOW_MAX}`)
-  return Either.right({ requests, windowSeconds: window_seconds })
-}
-
 export interface NewProjectInput {
   readonly name: string
   readonly apiKey: string
@@ -94,19 +97,17 @@ export const validateCreateProject = (
   const provider = (body.provider as string | undefined) ?? defaultProvider
   const problem = checkName(name) ?? checkApiKey(apiKey) ?? checkProvider(provider, providers)
   if (problem) return Either.left(problem)
-  const rateLimit = parseRateLimit(body.rate_limit)
-  if (Either.isLeft(rateLimit)) return Either.left(rateLimit.left)
-  return Either.right({ name, apiKey, provider, rateLimit: rateLimit.right ?? null })
+  return Either.map(parseRateLimit(body.rate_limit), (rateLimit) => ({ name, apiKey, provider, rateLimit: rateLimit ?? null }))
 }
 
 export interface ProjectPatchInput {
   readonly name?: string
   readonly apiKey?: string
   readonly provider?: string
+  /** null removes the limit. */
+  readonly rateLimit?: RateLimitInput | null
   readonly isActive?: boolean
   readonly revokeTokens: boolean
-  /** null = remove the limit */
-  readonly rateLimit?: RateLimitInput | null
 }
 
 export const validateUpdateProject = (
@@ -137,11 +138,11 @@ export const validateUpdateProject = (
     (b.api_key ? checkApiKey(b.api_key) : undefined) ??
     (b.provider !== undefined ? checkProvider(b.provider, providers) : undefined)
   if (problem) return Either.left(problem)
-  const rateLimit = parseRateLimit((body as { rate_limit?: unknown }).rate_limit)
+  const rateLimit = parseRateLimit((body as Obj).rate_limit)
   if (Either.isLeft(rateLimit)) return Either.left(rateLimit.left)
   return Either.right({
-    ...(rateLimit.right !== undefined ? { rateLimit: rateLimit.right } : {}),
     ...(b.name !== undefined ? { name: b.name } : {}),
+    ...(rateLimit.right !== undefined ? { rateLimit: rateLimit.right } : {}),
     // An empty api_key means "keep the current key" (reference §2.3).
     ...(b.api_key ? { apiKey: b.api_key } : {}),
     ...(b.provider !== undefined ? { provider: b.provider } : {}),
@@ -150,6 +151,7 @@ export const validateUpdateProject = (
   })
 }
 
+const isInt = (u: unknown): u is number => typeof u === "number" && Number.isSafeInteger(u)
 
 export interface NewTokenInput {
   readonly projectId: string
@@ -187,14 +189,12 @@ export const validateCreateToken = (body: unknown): Either.Either<NewTokenInput,
   if (!isUuid(project_id)) return Either.left("invalid project_id")
   const maxProblem = checkMaxRequests(max_requests)
   if (maxProblem) return Either.left(maxProblem)
-  const rateLimit = parseRateLimit(body.rate_limit)
-  if (Either.isLeft(rateLimit)) return Either.left(rateLimit.left)
-  return Either.right({
+  return Either.map(parseRateLimit(body.rate_limit), (rateLimit) => ({
     projectId: project_id.toLowerCase(),
     durationMinutes: duration_minutes,
     maxRequests: typeof max_requests === "number" && max_requests > 0 ? max_requests : null,
-    rateLimit: rateLimit.right ?? null
-  })
+    rateLimit: rateLimit ?? null
+  }))
 }
 
 const checkMaxRequests = (u: unknown): Invalid | undefined => {
@@ -209,7 +209,7 @@ export interface TokenPatchInput {
   /** null = unlimited */
   readonly maxRequests?: number | null
   readonly expiresAt?: string
-  /** null = remove the limit */
+  /** null removes the limit. */
   readonly rateLimit?: RateLimitInput | null
 }
 

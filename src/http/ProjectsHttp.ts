@@ -119,8 +119,8 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
               ? { apiKey: cipher.encrypt(input.apiKey), apiKeyHint: obfuscateApiKey(input.apiKey) }
               : {}),
             ...(input.provider !== undefined ? { provider: input.provider } : {}),
-            ...(input.isActive !== undefined ? { isActive: input.isActive } : {}),
             ...(input.rateLimit !== undefined ? { rateLimit: input.rateLimit } : {}),
+            ...(input.isActive !== undefined ? { isActive: input.isActive } : {}),
             revokeTokens: input.revokeTokens,
             now: yield* now
           })
@@ -144,7 +144,6 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             note.projectId = id
             const result = yield* store.revokeProjectTokens(id, yield* now)
             const counts = yield* Option.match(result, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed })
-            validator.invalidateProject(id)
             Object.assign(note.details, {
               total_tokens: counts.total,
               revoked_count: counts.revoked,

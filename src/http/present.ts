@@ -1,11 +1,10 @@
 /** Rows → the JSON the API returns. Secrets never leave here whole: keys as their hint, tokens as theirs. */
 import type { StoredAuditEvent } from "../audit/AuditRepo.js"
 import type { AuditEvent } from "../domain/audit.js"
-import type { Project, RateLimit, Token } from "../domain/models.js"
+import type { Project, Token } from "../domain/models.js"
 import type { ProjectRow, RateLimitRow, TokenRow } from "../store/Store.js"
 
-export const rateLimitJson = (r: RateLimitRow | null): RateLimit | null =>
-  r === null ? null : { requests: r.requests, window_seconds: r.windowSeconds }
+const rateLimitJson = (r: RateLimitRow | null) => (r === null ? null : { requests: r.requests, window_seconds: r.windowSeconds })
 
 export const projectJson = (p: ProjectRow): Project => ({
   id: p.id,

@@ -98,6 +98,15 @@ const storeDetail = (e: unknown): string => {
   return parts.join(": ")
 }
 
+const ignore = () => {}
+
+/** Drops an upstream body we will not send. undici's body emits an AbortError when destroyed: without a listener that
+ * would be an uncaught exception. */
+const discard = (body: Dispatcher.ResponseData["body"]) => {
+  body.on("error", ignore)
+  body.destroy()
+}
+
 const isPromise = <A>(v: A | Promise<A>): v is Promise<A> => typeof (v as { then?: unknown })?.then === "function"
 
 const JSON_HEADERS = "application/json"
@@ -156,8 +165,11 @@ export const make = Effect.gen(function*() {
   const internal = (f: Flow, e: unknown) => {
     log("error", "proxy: unexpected failure", f.ctx, e instanceof Error ? e.stack ?? e.message : String(e))
     f.ctx.error = "internal error"
-    if (!f.res.headersSent) reply(f, Answers.internalError)
-    else f.res.destroy()
+    if (!f.res.headersSent && !f.res.destroyed) {
+      // Whatever stage failed may already have marked the flow done: the client still gets an answer.
+      f.done = false
+      reply(f, Answers.internalError)
+    } else f.res.destroy()
   }
 
   const guard = <A>(f: Flow, step: () => A): void => {
@@ -334,6 +346,9 @@ export const make = Effect.gen(function*() {
             } else cb(null, chunk)
           }
         })
+        // The limit can be crossed before undici reads the stream (while the token is checked): keep that error
+        // from being an uncaught one; undici then sees a destroyed body and failed() answers 413.
+        counter.on("error", ignore)
         req.pipe(counter)
         f.body = counter
       }
@@ -542,7 +557,7 @@ export const make = Effect.gen(function*() {
         try {
           respond(f, target, r, sentAt)
         } catch (e) {
-          r.body.destroy()
+          discard(r.body)
           internal(f, e)
         }
       },
@@ -557,7 +572,7 @@ export const make = Effect.gen(function*() {
     ctx.upstreamHeaders = r.headers
     target.breaker.record(isFailureStatus(r.statusCode))
     if (f.done || res.destroyed) {
-      r.body.destroy()
+      discard(r.body)
       return
     }
     f.done = true

@@ -203,9 +203,9 @@ export const make = (dialect: Dialect) =>
                 apiKey: patch.apiKey ?? was.apiKey,
                 apiKeyHint: patch.apiKeyHint ?? was.apiKeyHint,
                 provider: patch.provider ?? was.provider,
+                rateLimit: patch.rateLimit === undefined ? was.rateLimit : patch.rateLimit,
                 isActive,
                 deactivatedAt,
-                rateLimit: patch.rateLimit !== undefined ? patch.rateLimit : was.rateLimit,
                 updatedAt: patch.now
               }
               yield* sql`UPDATE projects SET ${
@@ -214,10 +214,10 @@ export const make = (dialect: Dialect) =>
                   api_key: next.apiKey,
                   api_key_hint: next.apiKeyHint,
                   provider: next.provider,
-                  is_active: b(next.isActive),
-                  deactivated_at: next.deactivatedAt,
                   rate_limit_requests: next.rateLimit?.requests ?? null,
                   rate_limit_window_seconds: next.rateLimit?.windowSeconds ?? null,
+                  is_active: b(next.isActive),
+                  deactivated_at: next.deactivatedAt,
                   updated_at: next.updatedAt
                 })
               } WHERE id = ${id}`.pipe(Effect.catchAll(duplicateName(next.name)))

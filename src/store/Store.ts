@@ -14,6 +14,11 @@ export class DuplicateProjectName extends Schema.TaggedError<DuplicateProjectNam
   name: Schema.String
 }) {}
 
+export interface RateLimitRow {
+  readonly requests: number
+  readonly windowSeconds: number
+}
+
 export interface ProjectRow {
   readonly id: string
   readonly name: string
@@ -24,7 +29,6 @@ export interface ProjectRow {
   readonly provider: string
   readonly isActive: boolean
   readonly deactivatedAt: string | null
-  /** Window rate limit for all the project's tokens together; null = none. */
   readonly rateLimit: RateLimitRow | null
   readonly createdAt: string
   readonly updatedAt: string
@@ -40,7 +44,6 @@ export interface TokenRow {
   readonly deactivatedAt: string | null
   readonly requestCount: number
   readonly maxRequests: number | null
-  /** Window rate limit of this token; null = none. */
   readonly rateLimit: RateLimitRow | null
   readonly cacheHitCount: number
   readonly promptTokens: number
@@ -64,9 +67,9 @@ export interface ProjectPatch {
   readonly apiKey?: string
   readonly apiKeyHint?: string
   readonly provider?: string
-  readonly isActive?: boolean
   /** null removes the limit. */
   readonly rateLimit?: RateLimitRow | null
+  readonly isActive?: boolean
   /** Revoke every active token of the project in the same transaction. */
   readonly revokeTokens?: boolean
   readonly now: string
@@ -103,11 +106,6 @@ export interface TokenFilter {
   /** Only active tokens that have not expired at `now`. */
   readonly activeOnly?: boolean
   readonly now: string
-}
-
-export interface RateLimitRow {
-  readonly requests: number
-  readonly windowSeconds: number
 }
 
 /** Everything the proxy needs to admit a request with a token, read in one query. */

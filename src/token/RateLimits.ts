@@ -1,11 +1,12 @@
 /**
  * Window rate limits per token and per project (the `rate_limit_*` columns; when both are set both apply), on the
- * @effect/experimental RateLimiter. The store is chosen in src/Layers.ts: in-memory (one instance; synchronous, so
- * the check costs no await) or Redis (`RATE_LIMIT_BACKEND=redis`, limits shared by every instance).
+ * @effect/experimental RateLimiter. The store is chosen in src/Layers.ts: its in-memory store (one instance;
+ * synchronous, so the check costs no await) or Redis (`RATE_LIMIT_BACKEND=redis`, limits shared by every instance;
+ * the experimental package's Redis script on a client owned here, see `redisStore`).
  */
 import { RateLimiter } from "@effect/experimental"
-import * as RedisRateLimiter from "@effect/experimental/RateLimiter/Redis"
 import { Context, Duration, Effect, Exit, Layer, Runtime } from "effect"
+import { Redis } from "ioredis"
 import type { RateLimitRow } from "../store/Store.js"
 
 export interface Exceeded {
@@ -67,7 +68,17 @@ const make = (mode: "sync" | "async") =>
       check: (tokenId, tokenLimit, projectId, projectLimit) => {
         if (tokenLimit === null && projectLimit === null) return undefined
         const effect = consumeBoth(limiter, tokenId, tokenLimit, projectId, projectLimit)
-        if (mode === "async") return runPromise(effect)
+        if (mode === "async") {
+          // A slow or unreachable Redis must not hold requests: after 250 ms the request is allowed (and logged).
+          return runPromise(effect.pipe(
+            Effect.timeoutTo({
+              duration: "250 millis",
+              onSuccess: (r) => Effect.succeed(r),
+              onTimeout: () => Effect.as(Effect.logWarning("rate limiter store timed out; request allowed"), undefined)
+            }),
+            Effect.flatten
+          ))
+        }
         const exit = runSyncExit(effect)
         return Exit.isSuccess(exit) ? exit.value : undefined
       }
@@ -80,23 +91,64 @@ export const memory: Layer.Layer<RateLimits> = Layer.effect(RateLimits, make("sy
   Layer.provide(RateLimiter.layerStoreMemory)
 )
 
+// The fixed-window script of @effect/experimental/RateLimiter/Redis, run on a client we own: that store's client has
+// no error listener (ioredis prints every reconnect failure) and is closed with `quit`, which waits forever behind
+// commands queued while Redis is down — so a Redis outage would spam stderr and hang shutdown.
+const FIXED_WINDOW = `
+local key = KEYS[1]
+local tokens = tonumber(ARGV[1])
+local refillms = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local current = tonumber(redis.call("GET", key))
+if not current then
+  local nextpttl = refillms * tokens
+  redis.call("SET", key, tokens, "PX", nextpttl)
+  return { tokens, nextpttl }
+end
+local currentpttl = tonumber(redis.call("PTTL", key) or "0")
+local next = current + tokens
+if limit and next > limit then
+  return { next, currentpttl }
+end
+local nextpttl = currentpttl + (refillms * tokens)
+redis.call("SET", key, next, "PX", nextpttl)
+return { next, nextpttl }
+`
+
+interface RedisWithFixedWindow extends Redis {
+  fixedWindow(key: string, tokens: number, refillMillis: number, limit?: number): Promise<[number, number]>
+}
+
+/** A RateLimiterStore on Redis (fixed window only, the algorithm RateLimits uses). */
+export const redisStore = (url: string, prefix: string): Layer.Layer<RateLimiter.RateLimiterStore> =>
+  Layer.scoped(
+    RateLimiter.RateLimiterStore,
+    Effect.gen(function*() {
+      const client = yield* Effect.acquireRelease(
+        Effect.sync(() => new Redis(url, { maxRetriesPerRequest: 1 }) as RedisWithFixedWindow),
+        (c) => Effect.sync(() => c.disconnect())
+      )
+      const runtime = yield* Effect.runtime<never>()
+      let down = false
+      client.on("error", (e: Error) => {
+        if (!down) Runtime.runFork(runtime)(Effect.logWarning(`rate limiter store (Redis): ${e.message}`))
+        down = true
+      })
+      client.on("ready", () => void (down = false))
+      client.defineCommand("fixedWindow", { lua: FIXED_WINDOW, numberOfKeys: 1, readOnly: false })
+      return RateLimiter.RateLimiterStore.of({
+        fixedWindow: (options) =>
+          Effect.tryPromise({
+            try: () => client.fixedWindow(`${prefix}${options.key}`, options.tokens, Duration.toMillis(options.refillRate), options.limit),
+            catch: (cause) => new RateLimiter.RateLimitStoreError({ message: "Redis fixed-window command failed", cause })
+          }),
+        tokenBucket: () => Effect.fail(new RateLimiter.RateLimitStoreError({ message: "token bucket is not used by llm-proxy" }))
+      })
+    })
+  )
+
 export const redis = (url: string, prefix = "llm-proxy:ratelimit:"): Layer.Layer<RateLimits> =>
   Layer.effect(RateLimits, make("async")).pipe(
     Layer.provide(RateLimiter.layer),
-    Layer.provide(
-      Layer.unwrapEffect(Effect.sync(() => {
-        const u = new URL(url)
-        return RedisRateLimiter.layerStore({
-          host: u.hostname,
-          port: Number(u.port || 6379),
-          ...(u.username ? { username: decodeURIComponent(u.username) } : {}),
-          ...(u.password ? { password: decodeURIComponent(u.password) } : {}),
-          ...(u.pathname.length > 1 ? { db: Number(u.pathname.slice(1)) } : {}),
-          ...(u.protocol === "rediss:" ? { tls: {} } : {}),
-          prefix,
-          maxRetriesPerRequest: 1,
-          enableOfflineQueue: true
-        })
-      }))
-    )
+    Layer.provide(redisStore(url, prefix))
   )

@@ -216,10 +216,20 @@ export const layerRedis = (url: string): Layer.Layer<TokenValidator, never, Stor
     TokenValidator,
     Effect.gen(function*() {
       const instance = crypto.randomUUID()
-      const options = { lazyConnect: false, maxRetriesPerRequest: 1, enableOfflineQueue: true }
+      // A message that cannot be published (Redis down) is lost; TOKEN_CACHE_TTL bounds the staleness then. The
+      // subscriber queues its SUBSCRIBE until connected and re-subscribes after reconnects.
       const [pub, sub] = yield* Effect.acquireRelease(
-        Effect.sync(() => [new Redis(url, options), new Redis(url, options)] as const),
-        ([a, b]) => Effect.promise(() => Promise.all([a.quit().catch(() => a.disconnect()), b.quit().catch(() => b.disconnect())]))
+        Effect.sync(() =>
+          [
+            new Redis(url, { maxRetriesPerRequest: 1 }),
+            new Redis(url, { maxRetriesPerRequest: null, enableOfflineQueue: true })
+          ] as const
+        ),
+        // disconnect, not quit: quit waits behind commands queued while Redis is unreachable, i.e. forever.
+        ([a, b]) => Effect.sync(() => {
+          a.disconnect()
+          b.disconnect()
+        })
       )
       const runtime = yield* Effect.runtime<never>()
       const warn = (m: string) => Runtime.runFork(runtime)(Effect.logWarning(m))

@@ -226,6 +226,11 @@ describe("allow-lists and validation (43–49)", () => {
     expect(stack.mock.requests[0]!.headers["content-length"]).toBe(String(form.length))
     expect((await post("/v1/audio/transcriptions", form, t.token, { ...ct, "transfer-encoding": "chunked", "content-length": "" })).status).toBe(200)
     expect(stack.mock.requests[1]!.body).toBe(form)
+    // A cold token: the upload crosses the limit while the token is being looked up.
+    const cold = await createToken(stack.manage, t.projectId)
+    const huge = "y".repeat(MAX_BODY * 3)
+    const r0 = await post("/v1/audio/transcriptions", huge, cold.token, { ...ct, "transfer-encoding": "chunked", "content-length": "" })
+    expect(r0.status).toBe(413)
     const tooBig = "x".repeat(MAX_BODY + 1)
     const r = await post("/v1/audio/transcriptions", tooBig, t.token, { ...ct, "transfer-encoding": "chunked", "content-length": "" })
     expect(r.status).toBe(413)

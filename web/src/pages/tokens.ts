@@ -106,7 +106,11 @@ const snippets = (token: string) => {
   ] as const
 }
 
-const createdView = (created: TokenCreated, project: Project | undefined) => {
+const createdView = (
+  created: TokenCreated,
+  project: Project | undefined,
+  rateLimit: { requests: number; window_seconds: number } | null
+) => {
   const tokenInput = h("input", { id: "new-token", readonly: true, value: created.token, class: "mono", "aria-describedby": "once-hint" })
   return h(
     "div",
@@ -121,7 +125,7 @@ const createdView = (created: TokenCreated, project: Project | undefined) => {
         ["Project", project ? link(`/admin/projects/${project.id}`, project.name) : "—"],
         ["Expires", time(created.expires_at)],
         ["Request limit", created.max_requests === undefined ? "Unlimited" : formatNumber(created.max_requests)],
-        ["Rate limit", rateLimitText(created.rate_limit)]
+        ["Rate limit", rateLimitText(rateLimit)]
       ]),
       h("h2", null, "Use it"),
       snippets(created.token).map(([name, code]) => {
@@ -161,18 +165,19 @@ export const tokenNewPage = async (ctx: Ctx) => {
         e.preventDefault()
         void submitting(form, error, async () => {
           const limit = maxRequests.value.trim()
+          const limitValue = rateLimit.value()
           const created = await api((c) =>
             c.tokens.create({
               payload: {
                 project_id: projectSelect.value,
                 duration_minutes: Number(duration.value),
                 ...(limit !== "" ? { max_requests: Number(limit) } : {}),
-                rate_limit: rateLimit.value()
+                rate_limit: limitValue
               }
             })
           )
           // The secret is rendered here and nowhere else: not in the URL, history or storage.
-          page.replaceChildren(createdView(created, projects.find((p) => p.id === created.project_id)))
+          page.replaceChildren(createdView(created, projects.find((p) => p.id === created.project_id), limitValue))
           page.querySelector("h1")?.focus()
         })
       }
