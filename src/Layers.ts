@@ -26,9 +26,11 @@ import * as RateLimits from "./token/RateLimits.js"
 import * as TokenValidator from "./token/TokenValidator.js"
 import * as UsageRecorder from "./token/UsageRecorder.js"
 import { KeyCipher } from "./crypto/KeyCipher.js"
+import { AdminAssetsLive } from "./http/AdminUi.js"
 import { ManagementAppLive, VERSION } from "./http/App.js"
 import { ManagementToken } from "./http/auth.js"
 import { HttpServerLive, ServerAddress } from "./http/Server.js"
+import { AdminSessionsLive } from "./http/session.js"
 import { postgresStore, sqliteStore } from "./store/layers.js"
 import { migrateUp } from "./store/migrations.js"
 import { Store } from "./store/Store.js"
@@ -333,6 +335,8 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
             Providers.load(Option.getOrUndefined(config.apiConfigPath), config.openaiApiUrl),
             responseCacheLayer(config),
             Layer.succeed(ManagementToken, resolved.token),
+            AdminSessionsLive(),
+            AdminAssetsLive(),
             Layer.succeed(AppConfig, config),
             eventsLayer(config)
           )

@@ -21,24 +21,41 @@ import {
   CachePurgeResult,
   CreateProject,
   CreateToken,
+  ListProjectsParams,
   ListTokensParams,
+  Login,
   Project,
+  ProjectPage,
+  SessionInfo,
   Token,
   TokenCreated,
   UpdateProject,
-  UpdateToken
+  UpdateToken,
+  UsageParams,
+  UsageSeries
 } from "../domain/models.js"
 
-/** `Authorization: Bearer <MANAGEMENT_TOKEN>` on every management endpoint. */
+/**
+ * `Authorization: Bearer <MANAGEMENT_TOKEN>` on every management endpoint — or the admin UI's session cookie, with
+ * `X-CSRF-Token` on state-changing requests (403 `csrf_failed` without it).
+ */
 export class ManagementAuth extends HttpApiMiddleware.Tag<ManagementAuth>()("ManagementAuth", {
-  failure: UnauthorizedWire,
+  failure: Schema.Union(UnauthorizedWire, ForbiddenWire),
   security: { bearer: HttpApiSecurity.bearer }
 }) {}
 
 const IdPath = Schema.Struct({ id: Schema.String })
 
 export const ProjectsApi = HttpApiGroup.make("projects")
-  .add(HttpApiEndpoint.get("list", "/projects").addSuccess(Schema.Array(Project)))
+  .add(
+    HttpApiEndpoint.get("list", "/projects")
+      .setUrlParams(ListProjectsParams)
+      .addSuccess(Schema.Union(Schema.Array(Project), ProjectPage))
+      .annotate(
+        OpenApi.Description,
+        "Without page/page_size: every (matching) project as an array, ordered by name. With either: one ProjectPage."
+      )
+  )
   .add(
     HttpApiEndpoint.post("create", "/projects")
       .setPayload(CreateProject)
@@ -91,6 +108,26 @@ export const TokensApi = HttpApiGroup.make("tokens")
   .middleware(ManagementAuth)
   .annotate(OpenApi.Title, "Tokens")
 
+export const UsageApi = HttpApiGroup.make("usage")
+  .add(HttpApiEndpoint.get("series", "/usage").setUrlParams(UsageParams).addSuccess(UsageSeries))
+  .prefix("/manage")
+  .middleware(ManagementAuth)
+  .annotate(OpenApi.Title, "Usage")
+  .annotate(OpenApi.Description, "Per-hour usage rollups (requests, cache hits, errors, tokens) for charts; at most 366 days at once")
+
+/** Admin UI login: exchanges the management token for a session cookie (see src/http/session.ts). */
+export const SessionApi = HttpApiGroup.make("session")
+  .add(
+    HttpApiEndpoint.post("login", "/session")
+      .setPayload(Login)
+      .addSuccess(SessionInfo)
+      .addError(UnauthorizedWire)
+  )
+  .add(HttpApiEndpoint.get("current", "/session").addSuccess(SessionInfo))
+  .add(HttpApiEndpoint.del("logout", "/session").addSuccess(HttpApiSchema.NoContent))
+  .prefix("/manage")
+  .annotate(OpenApi.Title, "Admin session")
+
 export const CacheApi = HttpApiGroup.make("cache")
   .add(
     HttpApiEndpoint.post("purge", "/cache/purge")
@@ -121,6 +158,8 @@ export const AuditApi = HttpApiGroup.make("audit")
 export class ManagementApi extends HttpApi.make("llm-proxy")
   .add(ProjectsApi)
   .add(TokensApi)
+  .add(UsageApi)
+  .add(SessionApi)
   .add(AuditApi)
   .add(CacheApi)
   .addError(BadRequestWire)

@@ -84,7 +84,9 @@ const id = Args.text({ name: "id" }).pipe(Args.withDescription("UUID"))
 
 const projectList = Command.make("list", common, (o) =>
   Effect.gen(function*() {
-    const projects = yield* (yield* client(o)).projects.list()
+    const answer = yield* (yield* client(o)).projects.list({ urlParams: {} })
+    // Without page parameters the server answers the plain array.
+    const projects = Array.isArray(answer) ? answer : (answer as { projects: ReadonlyArray<Project> }).projects
     yield* show(o.json ? projects : projectTable(projects))
   })).pipe(Command.withDescription("List projects, sorted by name"))
 

@@ -130,3 +130,67 @@ export const CachePurgeResult = Schema.Struct({
   })
 }).annotations({ identifier: "CachePurgeResult" })
 export type CachePurgeResult = typeof CachePurgeResult.Type
+
+export const ListProjectsParams = Schema.Struct({
+  search: Schema.optional(Schema.String.annotations({ description: "Case-insensitive part of the name, or a project id" })),
+  page: Schema.optional(Schema.String.annotations({ description: "1-based; with page or page_size the answer is a ProjectPage" })),
+  page_size: Schema.optional(Schema.String.annotations({ description: "1..100 (default 20)" }))
+})
+
+export const Pagination = Schema.Struct({
+  page: Schema.Number,
+  page_size: Schema.Number,
+  total_count: Schema.Number,
+  total_pages: Schema.Number,
+  has_next: Schema.Boolean,
+  has_prev: Schema.Boolean
+}).annotations({ identifier: "Pagination" })
+export type Pagination = typeof Pagination.Type
+
+export const ProjectPage = Schema.Struct({
+  projects: Schema.Array(Project),
+  pagination: Pagination
+}).annotations({ identifier: "ProjectPage" })
+export type ProjectPage = typeof ProjectPage.Type
+
+export const UsageParams = Schema.Struct({
+  since: Schema.optional(Timestamp.annotations({ description: "Inclusive start (default: 24 hours before until)" })),
+  until: Schema.optional(Timestamp.annotations({ description: "Exclusive end (default: now)" })),
+  project_id: Schema.optional(Schema.String),
+  token_id: Schema.optional(Schema.String)
+})
+
+export const UsageHour = Schema.Struct({
+  hour: Timestamp.annotations({ description: "Start of the UTC hour" }),
+  requests: Schema.Number,
+  cache_hits: Schema.Number,
+  errors: Schema.Number,
+  prompt_tokens: Schema.Number,
+  completion_tokens: Schema.Number
+}).annotations({ identifier: "UsageHour" })
+export type UsageHour = typeof UsageHour.Type
+
+export const UsageSeries = Schema.Struct({
+  since: Timestamp,
+  until: Timestamp,
+  hours: Schema.Array(UsageHour).annotations({ description: "Hours with usage, oldest first (hours without usage are absent)" }),
+  totals: Schema.Struct({
+    requests: Schema.Number,
+    cache_hits: Schema.Number,
+    errors: Schema.Number,
+    prompt_tokens: Schema.Number,
+    completion_tokens: Schema.Number
+  })
+}).annotations({ identifier: "UsageSeries" })
+export type UsageSeries = typeof UsageSeries.Type
+
+export const Login = Schema.Struct({
+  token: Schema.String.annotations({ description: "The management token" })
+}).annotations({ identifier: "Login" })
+
+export const SessionInfo = Schema.Struct({
+  authenticated: Schema.Boolean,
+  csrf_token: Schema.optional(Schema.String.annotations({ description: "Send as X-CSRF-Token on every state-changing request" })),
+  expires_at: Schema.optional(Timestamp.annotations({ description: "When the session ends unless used before (idle timeout)" }))
+}).annotations({ identifier: "SessionInfo" })
+export type SessionInfo = typeof SessionInfo.Type

@@ -276,3 +276,18 @@ export const parseBooleanParam = (s: string | undefined): Either.Either<boolean,
   }
   return Either.left("active_only must be true or false")
 }
+
+/** An integer query parameter within [min, max]; absent or empty → `fallback`. */
+export const parsePageParam = (
+  name: string,
+  s: string | undefined,
+  min: number,
+  max: number,
+  fallback: number
+): Either.Either<number, Invalid> => {
+  if (s === undefined || s === "") return Either.right(fallback)
+  const n = /^\d{1,10}$/.test(s) ? Number(s) : NaN
+  return Number.isInteger(n) && n >= min && n <= max
+    ? Either.right(n)
+    : Either.left(`${name} must be an integer between ${min} and ${max}`)
+}

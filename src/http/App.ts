@@ -26,7 +26,11 @@ import { ManagementAuthLive, ManagementToken } from "./auth.js"
 import { CacheLive } from "./CacheHttp.js"
 import { jsonError, managementFallback } from "./fallback.js"
 import { ProjectsLive } from "./ProjectsHttp.js"
+import { AdminAssets, serveAdmin } from "./AdminUi.js"
+import { AdminSessions } from "./session.js"
+import { SessionLive } from "./SessionHttp.js"
 import { TokensLive } from "./TokensHttp.js"
+import { UsageLive } from "./UsageHttp.js"
 
 export const VERSION = "0.1.0"
 
@@ -52,7 +56,9 @@ export const ManagementAppLive = Layer.effect(ManagementApp, HttpApiBuilder.http
   Layer.provide(decodeErrorsAsBadRequest),
   Layer.provide(HttpApiSwagger.layer({ path: "/manage/docs" })),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/manage/openapi.json" })),
-  Layer.provide(HttpApiBuilder.api(ManagementApi).pipe(Layer.provide([ProjectsLive, TokensLive, AuditLive, CacheLive]))),
+  Layer.provide(
+    HttpApiBuilder.api(ManagementApi).pipe(Layer.provide([ProjectsLive, TokensLive, UsageLive, SessionLive, AuditLive, CacheLive]))
+  ),
   Layer.provide([HttpApiBuilder.Router.Live, HttpApiBuilder.Middleware.layer, ManagementAuthLive])
 )
 
@@ -60,11 +66,18 @@ export { requestIdOf } from "./auditing.js"
 
 export const makeApp = Effect.gen(function*() {
   const management = yield* ManagementApp
-  const context = yield* Effect.context<Store | ManagementToken | AuditLog>()
+  const context = yield* Effect.context<Store | ManagementToken | AuditLog | AdminSessions | AdminAssets>()
   const trusted = makeTrustedProxies((yield* AppConfig).trustedProxies)
   const health = yield* Health
   const metrics = yield* Metrics
   const { enableMetrics } = yield* AppConfig
+
+  const fallback = managementFallback.pipe(
+    Effect.catchTags({
+      Unauthorized: (e) => Effect.succeed(jsonError(401, e.error, e.code !== undefined ? { code: e.code } : undefined)),
+      Forbidden: (e) => Effect.succeed(jsonError(403, e.error, e.code !== undefined ? { code: e.code } : undefined))
+    })
+  )
 
   const route = Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
@@ -89,19 +102,16 @@ export const makeApp = Effect.gen(function*() {
         if (!enableMetrics) break
         return HttpServerResponse.unsafeJson(yield* metrics.json)
     }
+    if (path === "/admin" || path.startsWith("/admin/")) return yield* serveAdmin(path)
     if (path === "/manage" || path.startsWith("/manage/")) {
       // The router ignores a trailing slash; `/manage/projects/` is an empty id, not the list (reference §2.3).
-      if (path.endsWith("/")) {
-        return yield* managementFallback.pipe(
-          Effect.catchTag("Unauthorized", (e) => Effect.succeed(jsonError(401, e.error)))
-        )
-      }
+      if (path.endsWith("/")) return yield* fallback
       // The router is typed as infallible but fails with RouteNotFound for paths it does not know.
       return yield* management.pipe(
         Effect.catchAllCause((cause) => {
           const failure = Cause.failureOption(cause as Cause.Cause<unknown>)
           return failure._tag === "Some" && Predicate.isTagged(failure.value, "RouteNotFound")
-            ? managementFallback.pipe(Effect.catchTag("Unauthorized", (e) => Effect.succeed(jsonError(401, e.error))))
+            ? fallback
             : Effect.failCause(cause)
         })
       )

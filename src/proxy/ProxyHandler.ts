@@ -216,10 +216,15 @@ export const make = Effect.gen(function*() {
         usage.record(grant.tokenId, {
           request: grant.maxRequests === null,
           ...(u !== undefined ? { promptTokens: u.prompt_tokens, completionTokens: u.completion_tokens } : {}),
-          at: ctx.receivedAt
+          at: ctx.receivedAt,
+          rollup: { projectId: grant.projectId, status: ctx.status }
         })
       } else if (ctx.cacheHit) {
-        usage.record(grant.tokenId, { cacheHit: true, at: ctx.receivedAt })
+        usage.record(grant.tokenId, {
+          cacheHit: true,
+          at: ctx.receivedAt,
+          rollup: { projectId: grant.projectId, status: ctx.status }
+        })
       }
     }
     for (const hook of hooks.onComplete) {

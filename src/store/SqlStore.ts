@@ -14,8 +14,10 @@ import {
   type QuotaResult,
   type RateLimitRow,
   type TokenAuthRow,
-  type TokenRow
+  type TokenRow,
+  type UsagePoint
 } from "./Store.js"
+import { mergeHourlyUsage } from "./usage.js"
 
 type Dialect = StoreShape["dialect"]
 type Row = Record<string, unknown>
@@ -131,6 +133,24 @@ export const make = (dialect: Dialect) =>
       ping: wrap("ping", Effect.asVoid(sql`SELECT 1`)),
 
       listProjects: wrap("listProjects", Effect.map(sql<Row>`SELECT * FROM projects ORDER BY name ASC`, (rows) => rows.map(toProject))),
+
+      listProjectsPage: (q) => {
+        const search = q.search?.trim() ?? ""
+        // LIKE wildcards in the user's text are matched literally.
+        const pattern = `%${search.toLowerCase().replace(/[\\%_]/g, (c) => `\\${c}`)}%`
+        const where = search === ""
+          ? sql`1 = 1`
+          : sql`(LOWER(name) LIKE ${pattern} ESCAPE '\\' OR id = ${search.toLowerCase()})`
+        return wrap(
+          "listProjectsPage",
+          Effect.gen(function*() {
+            const [count] = yield* sql<Row>`SELECT COUNT(*) AS total FROM projects WHERE ${where}`
+            const rows = yield* sql<Row>`SELECT * FROM projects WHERE ${where}
+              ORDER BY name ASC LIMIT ${q.limit} OFFSET ${q.offset}`
+            return { rows: rows.map(toProject), total: num(count?.total ?? 0) }
+          })
+        )
+      },
 
       getProject: (id) => wrap("getProject", selectProject(id)),
 
@@ -375,7 +395,59 @@ export const make = (dialect: Dialect) =>
                   last_used_at = COALESCE(${d.lastUsedAt}, last_used_at)
                 WHERE id = ${d.tokenId}`, { discard: true })
           )
+        ),
+
+      addHourlyUsage: (deltas) => {
+        const rows = mergeHourlyUsage(deltas).map((d) => ({
+          hour: d.hour,
+          project_id: d.projectId,
+          token_id: d.tokenId,
+          requests: d.requests,
+          cache_hits: d.cacheHits,
+          errors: d.errors,
+          prompt_tokens: d.promptTokens,
+          completion_tokens: d.completionTokens
+        }))
+        if (rows.length === 0) return Effect.void
+        return wrap(
+          "addHourlyUsage",
+          Effect.asVoid(
+            sql`INSERT INTO usage_hourly ${sql.insert(rows)}
+              ON CONFLICT (hour, token_id) DO UPDATE SET
+                requests = usage_hourly.requests + excluded.requests,
+                cache_hits = usage_hourly.cache_hits + excluded.cache_hits,
+                errors = usage_hourly.errors + excluded.errors,
+                prompt_tokens = usage_hourly.prompt_tokens + excluded.prompt_tokens,
+                completion_tokens = usage_hourly.completion_tokens + excluded.completion_tokens`
+          )
         )
+      },
+
+      usageSeries: (q) => {
+        const conditions = [
+          sql`hour >= ${q.since}`,
+          sql`hour < ${q.until}`,
+          ...(q.projectId !== undefined ? [sql`project_id = ${q.projectId}`] : []),
+          ...(q.tokenId !== undefined ? [sql`token_id = ${q.tokenId}`] : [])
+        ]
+        return wrap(
+          "usageSeries",
+          Effect.map(
+            sql<Row>`SELECT hour, SUM(requests) AS requests, SUM(cache_hits) AS cache_hits, SUM(errors) AS errors,
+                SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens
+              FROM usage_hourly WHERE ${sql.and(conditions)} GROUP BY hour ORDER BY hour`,
+            (rows) =>
+              rows.map((r): UsagePoint => ({
+                hour: iso(r.hour),
+                requests: num(r.requests),
+                cacheHits: num(r.cache_hits),
+                errors: num(r.errors),
+                promptTokens: num(r.prompt_tokens),
+                completionTokens: num(r.completion_tokens)
+              }))
+          )
+        )
+      }
     }
     return store
   })
