@@ -91,8 +91,9 @@ export const makeApp = Effect.gen(function*() {
       }
     }
     if (path === "/manage" || path.startsWith("/manage/")) {
-      // The router ignores a trailing slash; `/manage/projects/` is an empty id, not the list (reference §2.3).
-      if (path.endsWith("/")) {
+      // The router ignores a trailing slash and collapses `//`; `/manage/projects/` is an empty id, not the list
+      // (reference §2.3), and `/manage/projects/<id>//tokens/revoke` is not the revoke endpoint.
+      if (path.endsWith("/") || path.includes("//")) {
         return yield* managementFallback.pipe(
           Effect.catchTag("Unauthorized", (e) => Effect.succeed(jsonError(401, e.error)))
         )
