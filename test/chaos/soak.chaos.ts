@@ -15,7 +15,7 @@
  * event-loop p99 exceeds 1 s.
  */
 import { createHash } from "node:crypto"
-import { readFileSync, writeFileSync } from "node:fs"
+import { appendFileSync, readFileSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { describe, expect, it } from "vitest"
 import { chatChunks, handler, startMockUpstream } from "../support/mockUpstream.js"
@@ -48,6 +48,8 @@ const slope = (xs: ReadonlyArray<number>, ys: ReadonlyArray<number>) => {
   }
   return den === 0 ? 0 : num / den
 }
+
+const progress = (m: string) => appendFileSync(process.env["SOAK_PROGRESS_FILE"] ?? "/dev/null", `[soak] ${new Date().toISOString()} ${m}\n`)
 
 const mb = (b: number) => (b / 1048576).toFixed(1)
 
@@ -83,7 +85,9 @@ describe.skipIf(!built)("soak", () => {
     const serve = await startServe({
       MANAGEMENT_TOKEN: managementToken,
       OPENAI_API_URL: mock.url,
-      LOG_LEVEL: "warn",
+      // info: startServe waits for the "listening on" line; no access log, so the output stays small.
+      LOG_LEVEL: "info",
+      ACCESS_LOG: "false",
       USAGE_FLUSH_INTERVAL: "1s",
       HTTP_CACHE_ENABLED: "true",
       HTTP_CACHE_BACKEND: "in-memory",
@@ -94,6 +98,7 @@ describe.skipIf(!built)("soak", () => {
       SOAK_PROBE_FILE: probeFile,
       SOAK_PROBE_MS: String(PROBE_MS)
     }, ["--import", new URL("./soak-probe.mjs", import.meta.url).href])
+    progress(`serve up at ${serve.url}`)
     const auth = { authorization: `Bearer ${managementToken}`, "content-type": "application/json" }
     const stats = { sent: 0, ok: 0, refused: 0, serverErrors: 0, failures: 0, revokedAdmitted: 0, byKind: {} as Record<string, number> }
     const errors: Array<string> = []
@@ -114,7 +119,9 @@ describe.skipIf(!built)("soak", () => {
           if (revoked.length > 50) revoked.shift()
         }
       }
+      progress(`project ${project.id}`)
       for (let i = 0; i < 5; i++) await newToken()
+      progress("tokens made; traffic starts")
 
       const pick = <A>(xs: ReadonlyArray<A>) => xs[Math.floor(Math.random() * xs.length)]!
       const one = async () => {
@@ -160,6 +167,7 @@ describe.skipIf(!built)("soak", () => {
       const inflight = new Set<Promise<void>>()
       const started = Date.now()
       let churnAt = started + 2_000
+      let reportAt = started + 30_000
       let due = 0
       while (Date.now() - started < SECONDS * 1000) {
         // Fixed rate: as many requests as are due by now (an open-loop generator, not waiting on answers).
@@ -167,6 +175,10 @@ describe.skipIf(!built)("soak", () => {
         for (; due < target; due++) {
           const p: Promise<void> = one().then(record).finally(() => inflight.delete(p))
           inflight.add(p)
+        }
+        if (Date.now() >= reportAt) {
+          reportAt += 30_000
+          progress(`${((Date.now() - started) / 1000).toFixed(0)} s: ${stats.sent} sent, ${inflight.size} in flight, ${stats.serverErrors} 5xx, ${stats.failures} failed`)
         }
         if (Date.now() >= churnAt) {
           churnAt += 2_000
@@ -177,10 +189,14 @@ describe.skipIf(!built)("soak", () => {
         }
         await sleep(20)
       }
+      progress(`traffic done (${stats.sent} sent), waiting for ${inflight.size} in flight`)
       await Promise.all(inflight)
+      progress("all answered; one more probe sample")
       await sleep(PROBE_MS + 500)
     } finally {
+      progress("stopping serve")
       const code = await serve.stop()
+      progress(`serve exited with ${code}`)
       await mock.close()
       expect(code).toBe(0)
     }
