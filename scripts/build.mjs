@@ -2,6 +2,7 @@
 // with less memory than loading hundreds of modules from node_modules (see docs/performance.md).
 import { build } from "esbuild"
 import { rmSync } from "node:fs"
+import { buildWeb } from "./build-web.mjs"
 
 rmSync("dist", { recursive: true, force: true })
 await build({
@@ -19,3 +20,6 @@ await build({
   },
   logLevel: "warning"
 })
+
+// The admin UI, served by `serve` under /admin (src/http/AdminUi.ts).
+await buildWeb()

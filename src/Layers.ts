@@ -3,6 +3,9 @@
  * Programs (serve, migrate, …) are compositions of what is built here.
  */
 import { Context, Effect, Layer, Logger, LogLevel, Option } from "effect"
+import * as MemoryCache from "./cache/MemoryCache.js"
+import * as RedisCache from "./cache/RedisCache.js"
+import * as ResponseCache from "./cache/ResponseCache.js"
 import * as AuditLog from "./audit/AuditLog.js"
 import * as AuditRepo from "./audit/AuditRepo.js"
 import { makeTrustedProxies } from "./audit/clientIp.js"
@@ -12,6 +15,7 @@ import { AppConfig, type AppConfigShape, type Database } from "./config/AppConfi
 import { resolveManagementToken } from "./config/managementToken.js"
 import { Providers } from "./config/Providers.js"
 import * as ProxyHandler from "./proxy/ProxyHandler.js"
+import { cacheHooks } from "./proxy/CacheHooks.js"
 import { auditHooks } from "./proxy/auditHooks.js"
 import { ProxyHooks } from "./proxy/ProxyHooks.js"
 import * as Upstream from "./proxy/Upstream.js"
@@ -19,9 +23,11 @@ import * as RateLimits from "./token/RateLimits.js"
 import * as TokenValidator from "./token/TokenValidator.js"
 import * as UsageRecorder from "./token/UsageRecorder.js"
 import { KeyCipher } from "./crypto/KeyCipher.js"
+import { AdminAssetsLive } from "./http/AdminUi.js"
 import { ManagementAppLive } from "./http/App.js"
 import { ManagementToken } from "./http/auth.js"
 import { HttpServerLive, ServerAddress } from "./http/Server.js"
+import { AdminSessionsLive } from "./http/session.js"
 import { postgresStore, sqliteStore } from "./store/layers.js"
 import { migrateUp } from "./store/migrations.js"
 
@@ -42,6 +48,13 @@ export const migratedDatabaseLayer = (db: Database) =>
     )
   )
 
+/** The response cache: off, in-memory (bounded LRU) or Redis, from HTTP_CACHE_ENABLED / HTTP_CACHE_BACKEND. */
+export const responseCacheLayer = (config: Pick<AppConfigShape, "cache" | "redisUrl">) =>
+  !config.cache.enabled
+    ? ResponseCache.disabled(config.cache)
+    : config.cache.backend === "redis"
+    ? RedisCache.layer(config.cache, { url: config.redisUrl })
+    : MemoryCache.layer(config.cache)
 /**
  * The audit log for a configuration: off (AUDIT_ENABLED=false), or writing to the database
  * (AUDIT_STORE_IN_DB) and/or the JSONL file (AUDIT_LOG_FILE), plus retention when AUDIT_RETENTION_DAYS > 0.
@@ -71,16 +84,30 @@ export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" 
   config.rateLimitBackend === "redis" ? RateLimits.redis(config.redisUrl) : RateLimits.memory
 
 /**
+ * What plugs into the data plane: the response cache first (its hits end the request before anything else runs),
+ * then any other hooks given (events, audit, metrics, tests).
+ */
+export const proxyHooksLayer = (extra?: Layer.Layer<ProxyHooks>): Layer.Layer<ProxyHooks, never, ResponseCache.ResponseCache> =>
+  Layer.scoped(
+    ProxyHooks,
+    Effect.gen(function*() {
+      const cache = yield* ResponseCache.ResponseCache
+      const more = extra === undefined ? [] : [Context.get(yield* Layer.build(extra), ProxyHooks)]
+      return ProxyHooks.combine(cacheHooks(cache), ...more)
+    })
+  )
+
+/**
  * The data plane: TokenValidator (shared with the management handlers, which invalidate it), usage counters,
  * rate limits, upstream pools, and the /v1 handler with its hooks.
  */
-export const dataPlaneLayer = (config: AppConfigShape, hooks: Layer.Layer<ProxyHooks> = ProxyHooks.none) =>
+export const dataPlaneLayer = (config: AppConfigShape, hooks?: Layer.Layer<ProxyHooks>) =>
   ProxyHandler.layer.pipe(
-    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), withAuditHooks(config, hooks)))
+    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), withAuditHooks(config, proxyHooksLayer(hooks))))
   )
 
 /** The given hooks plus the audit log's (proxy requests denied for an inactive project). */
-const withAuditHooks = (config: Pick<AppConfigShape, "trustedProxies">, hooks: Layer.Layer<ProxyHooks>) =>
+const withAuditHooks = <R>(config: Pick<AppConfigShape, "trustedProxies">, hooks: Layer.Layer<ProxyHooks, never, R>) =>
   Layer.effect(
     ProxyHooks,
     Effect.gen(function*() {
@@ -91,7 +118,7 @@ const withAuditHooks = (config: Pick<AppConfigShape, "trustedProxies">, hooks: L
   ).pipe(Layer.provide(hooks))
 
 export interface ServeOptions {
-  /** What plugs into the data plane (cache, events, audit, metrics); none by default. */
+  /** What else plugs into the data plane (events, audit, metrics), after the response cache; none by default. */
   readonly proxyHooks?: Layer.Layer<ProxyHooks>
 }
 
@@ -118,7 +145,10 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
             auditLayer(config).pipe(Layer.provideMerge(migratedDatabaseLayer(config.database))),
             KeyCipher.layer(config.encryptionKey),
             Providers.load(Option.getOrUndefined(config.apiConfigPath), config.openaiApiUrl),
+            responseCacheLayer(config),
             Layer.succeed(ManagementToken, resolved.token),
+            AdminSessionsLive(),
+            AdminAssetsLive(),
             Layer.succeed(AppConfig, config)
           )
         ),

@@ -17,26 +17,45 @@ import {
 } from "../domain/errors.js"
 import {
   BulkRevokeResult,
+  CachePurge,
+  CachePurgeResult,
   CreateProject,
   CreateToken,
+  ListProjectsParams,
   ListTokensParams,
+  Login,
   Project,
+  ProjectPage,
+  SessionInfo,
   Token,
   TokenCreated,
   UpdateProject,
-  UpdateToken
+  UpdateToken,
+  UsageParams,
+  UsageSeries
 } from "../domain/models.js"
 
-/** `Authorization: Bearer <MANAGEMENT_TOKEN>` on every management endpoint. */
+/**
+ * `Authorization: Bearer <MANAGEMENT_TOKEN>` on every management endpoint — or the admin UI's session cookie, with
+ * `X-CSRF-Token` on state-changing requests (403 `csrf_failed` without it).
+ */
 export class ManagementAuth extends HttpApiMiddleware.Tag<ManagementAuth>()("ManagementAuth", {
-  failure: UnauthorizedWire,
+  failure: Schema.Union(UnauthorizedWire, ForbiddenWire),
   security: { bearer: HttpApiSecurity.bearer }
 }) {}
 
 const IdPath = Schema.Struct({ id: Schema.String })
 
 export const ProjectsApi = HttpApiGroup.make("projects")
-  .add(HttpApiEndpoint.get("list", "/projects").addSuccess(Schema.Array(Project)))
+  .add(
+    HttpApiEndpoint.get("list", "/projects")
+      .setUrlParams(ListProjectsParams)
+      .addSuccess(Schema.Union(Schema.Array(Project), ProjectPage))
+      .annotate(
+        OpenApi.Description,
+        "Without page/page_size: every (matching) project as an array, ordered by name. With either: one ProjectPage."
+      )
+  )
   .add(
     HttpApiEndpoint.post("create", "/projects")
       .setPayload(CreateProject)
@@ -89,6 +108,41 @@ export const TokensApi = HttpApiGroup.make("tokens")
   .middleware(ManagementAuth)
   .annotate(OpenApi.Title, "Tokens")
 
+export const UsageApi = HttpApiGroup.make("usage")
+  .add(HttpApiEndpoint.get("series", "/usage").setUrlParams(UsageParams).addSuccess(UsageSeries))
+  .prefix("/manage")
+  .middleware(ManagementAuth)
+  .annotate(OpenApi.Title, "Usage")
+  .annotate(OpenApi.Description, "Per-hour usage rollups (requests, cache hits, errors, tokens) for charts; at most 366 days at once")
+
+/** Admin UI login: exchanges the management token for a session cookie (see src/http/session.ts). */
+export const SessionApi = HttpApiGroup.make("session")
+  .add(
+    HttpApiEndpoint.post("login", "/session")
+      .setPayload(Login)
+      .addSuccess(SessionInfo)
+      .addError(UnauthorizedWire)
+  )
+  .add(HttpApiEndpoint.get("current", "/session").addSuccess(SessionInfo))
+  .add(HttpApiEndpoint.del("logout", "/session").addSuccess(HttpApiSchema.NoContent))
+  .prefix("/manage")
+  .annotate(OpenApi.Title, "Admin session")
+
+export const CacheApi = HttpApiGroup.make("cache")
+  .add(
+    HttpApiEndpoint.post("purge", "/cache/purge")
+      .setPayload(CachePurge)
+      .addSuccess(CachePurgeResult)
+      .annotate(
+        OpenApi.Description,
+        "Delete response-cache entries: `{\"method\",\"url\"}` (every variant of that request), `{\"prefix\"}` " +
+          "(keys starting with it) or `{\"all\": true}`; any form may add `project_id`."
+      )
+  )
+  .prefix("/manage")
+  .middleware(ManagementAuth)
+  .annotate(OpenApi.Title, "Cache")
+
 export const AuditApi = HttpApiGroup.make("audit")
   .add(
     HttpApiEndpoint.get("list", "/audit")
@@ -104,7 +158,10 @@ export const AuditApi = HttpApiGroup.make("audit")
 export class ManagementApi extends HttpApi.make("llm-proxy")
   .add(ProjectsApi)
   .add(TokensApi)
+  .add(UsageApi)
+  .add(SessionApi)
   .add(AuditApi)
+  .add(CacheApi)
   .addError(BadRequestWire)
   .addError(PayloadTooLargeWire)
   .addError(InternalErrorWire)
@@ -113,7 +170,7 @@ export class ManagementApi extends HttpApi.make("llm-proxy")
   .annotate(OpenApi.Version, "0.1.0")
   .annotate(
     OpenApi.Description,
-    "Projects, withering tokens and the audit log. Every endpoint needs `Authorization: Bearer <MANAGEMENT_TOKEN>`. " +
+    "Projects, withering tokens, the response cache and the audit log. Every endpoint needs `Authorization: Bearer <MANAGEMENT_TOKEN>`. " +
       "Errors are `{\"error\": \"...\", \"code\"?: \"...\"}`."
   )
 {}

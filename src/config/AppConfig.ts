@@ -17,6 +17,22 @@ export type Database =
 
 export type LogFormat = "json" | "pretty"
 
+/** The response cache (reference-system.md §6, CONTRACT §3). */
+export interface CacheConfig {
+  readonly enabled: boolean
+  readonly backend: "in-memory" | "redis"
+  /** Seconds; the lifetime of a `public` response that names none (`HTTP_CACHE_DEFAULT_TTL`). */
+  readonly defaultTtlSeconds: number
+  /** Largest entry (body + headers) that is stored (`HTTP_CACHE_MAX_OBJECT_BYTES`). */
+  readonly maxObjectBytes: number
+  /** Bound of the in-memory layer, all entries together (`HTTP_CACHE_MAX_BYTES`). */
+  readonly maxBytes: number
+  /** Store completed SSE streams on client opt-in (`HTTP_CACHE_STREAM_RESPONSES`). */
+  readonly streamResponses: boolean
+  /** Prefix of every key the Redis layer writes (`REDIS_CACHE_KEY_PREFIX`). */
+  readonly redisKeyPrefix: string
+}
+
 export interface AuditConfig {
   readonly enabled: boolean
   /** JSONL sink; none = database only. */
@@ -66,7 +82,9 @@ export interface AppConfigShape {
   readonly rateLimitBackend: "in-memory" | "redis"
   /** How token-cache invalidations reach other instances. */
   readonly invalidationBackend: "in-memory" | "redis"
+  /** `REDIS_URL` (or `REDIS_ADDR` as `host:port`): every Redis-backed layer connects here. */
   readonly redisUrl: string
+  readonly cache: CacheConfig
 }
 
 export class AppConfig extends Context.Tag("llm-proxy/AppConfig")<AppConfig, AppConfigShape>() {}
@@ -170,6 +188,50 @@ const memoryOrRedis = (name: string) =>
 const optionalString = (name: string) =>
   Config.option(Config.string(name)).pipe(Config.map(Option.filter((s) => s.trim() !== "")))
 
+const redisUrl = Config.all({ url: optionalString("REDIS_URL"), addr: optionalString("REDIS_ADDR") }).pipe(
+  Config.mapOrFail(({ addr, url }): Either.Either<string, ConfigError.ConfigError> => {
+    if (Option.isSome(url)) {
+      return /^rediss?:\/\/[^\s]*$/.test(url.value.trim())
+        ? Either.right(url.value.trim())
+        : Either.left(invalid("REDIS_URL", "expected a redis:// or rediss:// URL"))
+    }
+    if (Option.isSome(addr)) {
+      return /^[^\s/:]+:\d{1,5}$/.test(addr.value.trim())
+        ? Either.right(`redis://${addr.value.trim()}`)
+        : Either.left(invalid("REDIS_ADDR", `expected host:port, got "${addr.value}"`))
+    }
+    return Either.right("redis://127.0.0.1:6379")
+  })
+)
+
+const cacheBackend = Config.string("HTTP_CACHE_BACKEND").pipe(
+  Config.withDefault("in-memory"),
+  Config.mapOrFail((s): Either.Either<CacheConfig["backend"], ConfigError.ConfigError> => {
+    const b = s.trim().toLowerCase()
+    if (b === "in-memory" || b === "memory" || b === "") return Either.right("in-memory")
+    if (b === "redis") return Either.right("redis")
+    return Either.left(invalid("HTTP_CACHE_BACKEND", `expected in-memory or redis, got "${s}"`))
+  })
+)
+
+const cache: Config.Config<CacheConfig> = Config.all({
+  enabled: bool("HTTP_CACHE_ENABLED", true),
+  backend: cacheBackend,
+  defaultTtlSeconds: positiveInt("HTTP_CACHE_DEFAULT_TTL", 300),
+  maxObjectBytes: positiveInt("HTTP_CACHE_MAX_OBJECT_BYTES", 1_048_576),
+  maxBytes: positiveInt("HTTP_CACHE_MAX_BYTES", 67_108_864),
+  streamResponses: bool("HTTP_CACHE_STREAM_RESPONSES", false),
+  redisKeyPrefix: Config.string("REDIS_CACHE_KEY_PREFIX").pipe(Config.withDefault("llmproxy:cache:"))
+}).pipe(
+  Config.mapOrFail((c) =>
+    c.maxObjectBytes > c.maxBytes
+      ? Either.left(invalid("HTTP_CACHE_MAX_OBJECT_BYTES", `must not exceed HTTP_CACHE_MAX_BYTES (${c.maxBytes})`))
+      : c.redisKeyPrefix.trim() === ""
+      ? Either.left(invalid("REDIS_CACHE_KEY_PREFIX", "must not be empty"))
+      : Either.right(c)
+  )
+)
+
 const listen = Config.string("LISTEN_ADDR").pipe(
   Config.withDefault(":8080"),
   Config.mapOrFail((s) => Either.mapLeft(parseListenAddress(s), (m) => invalid("LISTEN_ADDR", m)))
@@ -270,16 +332,8 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   usageFlushIntervalMs: duration("USAGE_FLUSH_INTERVAL", "1s"),
   rateLimitBackend: memoryOrRedis("RATE_LIMIT_BACKEND"),
   invalidationBackend: memoryOrRedis("INVALIDATION_BACKEND"),
-  redisUrl: Config.all({ url: optionalString("REDIS_URL"), addr: optionalString("REDIS_ADDR") }).pipe(
-    Config.mapOrFail(({ addr, url }) => {
-      if (Option.isSome(url)) {
-        return /^rediss?:\/\//.test(url.value)
-          ? Either.right(url.value)
-          : Either.left(invalid("REDIS_URL", "expected a redis:// or rediss:// URL"))
-      }
-      return Either.right(Option.isSome(addr) ? `redis://${addr.value}` : "redis://127.0.0.1:6379")
-    })
-  )
+  redisUrl,
+  cache
 }).pipe(
   Config.mapOrFail((c) =>
     c.requireEncryptionKey && Option.isNone(c.encryptionKey)

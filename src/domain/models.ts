@@ -11,6 +11,16 @@ export const API_KEY_MAX = 4096
 export const DURATION_MAX_MINUTES = 525_600
 export const MAX_REQUESTS_MAX = 2_147_483_647
 
+export const RateLimit = Schema.Struct({
+  requests: Schema.Number.annotations({ description: "At most this many requests…" }),
+  window_seconds: Schema.Number.annotations({ description: "…per this many seconds (sliding window)" })
+}).annotations({ identifier: "RateLimit" })
+export type RateLimit = typeof RateLimit.Type
+
+const RateLimitField = Schema.optional(
+  Schema.NullOr(RateLimit).annotations({ description: "Window rate limit; null = none (429 rate_limit_exceeded with Retry-After)" })
+)
+
 export const Project = Schema.Struct({
   id: Schema.String.annotations({ description: "UUID" }),
   name: Schema.String,
@@ -18,6 +28,7 @@ export const Project = Schema.Struct({
   provider: Schema.String,
   is_active: Schema.Boolean,
   deactivated_at: Schema.optional(Timestamp),
+  rate_limit: RateLimitField,
   created_at: Timestamp,
   updated_at: Timestamp
 }).annotations({ identifier: "Project" })
@@ -26,7 +37,8 @@ export type Project = typeof Project.Type
 export const CreateProject = Schema.Struct({
   name: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(NAME_MAX)),
   api_key: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(API_KEY_MAX)),
-  provider: Schema.optional(Schema.String.annotations({ description: "Provider name from the configuration (default openai)" }))
+  provider: Schema.optional(Schema.String.annotations({ description: "Provider name from the configuration (default openai)" })),
+  rate_limit: RateLimitField
 }).annotations({ identifier: "CreateProject" })
 export type CreateProject = typeof CreateProject.Type
 
@@ -37,6 +49,7 @@ export const UpdateProject = Schema.Struct({
   ),
   provider: Schema.optional(Schema.String),
   is_active: Schema.optional(Schema.Boolean),
+  rate_limit: RateLimitField,
   revoke_tokens: Schema.optional(
     Schema.Boolean.annotations({ description: "With is_active=false: revoke every active token of the project" })
   )
@@ -59,6 +72,7 @@ export const Token = Schema.Struct({
   deactivated_at: Schema.optional(Timestamp),
   request_count: Schema.Number,
   max_requests: Schema.NullOr(Schema.Number).annotations({ description: "null = unlimited" }),
+  rate_limit: RateLimitField,
   cache_hit_count: Schema.Number,
   prompt_tokens: Schema.Number,
   completion_tokens: Schema.Number,
@@ -72,7 +86,8 @@ export const TokenCreated = Schema.Struct({
   token: Schema.String.annotations({ description: "The secret. Store it now: it is never shown again." }),
   project_id: Schema.String,
   expires_at: Timestamp,
-  max_requests: Schema.optional(Schema.Number)
+  max_requests: Schema.optional(Schema.Number),
+  rate_limit: RateLimitField
 }).annotations({ identifier: "TokenCreated" })
 export type TokenCreated = typeof TokenCreated.Type
 
@@ -83,14 +98,16 @@ export const CreateToken = Schema.Struct({
   duration_minutes: Int.pipe(Schema.between(1, DURATION_MAX_MINUTES)),
   max_requests: Schema.optional(
     Schema.NullOr(Int.pipe(Schema.between(0, MAX_REQUESTS_MAX))).annotations({ description: "0 or null = unlimited" })
-  )
+  ),
+  rate_limit: RateLimitField
 }).annotations({ identifier: "CreateToken" })
 export type CreateToken = typeof CreateToken.Type
 
 export const UpdateToken = Schema.Struct({
   is_active: Schema.optional(Schema.Boolean),
   max_requests: Schema.optional(Schema.NullOr(Int.pipe(Schema.between(0, MAX_REQUESTS_MAX)))),
-  expires_at: Schema.optional(Timestamp)
+  expires_at: Schema.optional(Timestamp),
+  rate_limit: RateLimitField
 }).annotations({ identifier: "UpdateToken" })
 export type UpdateToken = typeof UpdateToken.Type
 
@@ -99,3 +116,83 @@ export const ListTokensParams = Schema.Struct({
   projectId: Schema.optional(Schema.String.annotations({ description: "Legacy spelling of project_id" })),
   active_only: Schema.optional(Schema.String.annotations({ description: "true: only active, unexpired tokens" }))
 })
+
+export const ListProjectsParams = Schema.Struct({
+  search: Schema.optional(Schema.String.annotations({ description: "Case-insensitive part of the name, or a project id" })),
+  page: Schema.optional(Schema.String.annotations({ description: "1-based; with page or page_size the answer is a ProjectPage" })),
+  page_size: Schema.optional(Schema.String.annotations({ description: "1..100 (default 20)" }))
+})
+
+export const Pagination = Schema.Struct({
+  page: Schema.Number,
+  page_size: Schema.Number,
+  total_count: Schema.Number,
+  total_pages: Schema.Number,
+  has_next: Schema.Boolean,
+  has_prev: Schema.Boolean
+}).annotations({ identifier: "Pagination" })
+export type Pagination = typeof Pagination.Type
+
+export const ProjectPage = Schema.Struct({
+  projects: Schema.Array(Project),
+  pagination: Pagination
+}).annotations({ identifier: "ProjectPage" })
+export type ProjectPage = typeof ProjectPage.Type
+
+export const UsageParams = Schema.Struct({
+  since: Schema.optional(Timestamp.annotations({ description: "Inclusive start (default: 24 hours before until)" })),
+  until: Schema.optional(Timestamp.annotations({ description: "Exclusive end (default: now)" })),
+  project_id: Schema.optional(Schema.String),
+  token_id: Schema.optional(Schema.String)
+})
+
+export const UsageHour = Schema.Struct({
+  hour: Timestamp.annotations({ description: "Start of the UTC hour" }),
+  requests: Schema.Number,
+  cache_hits: Schema.Number,
+  errors: Schema.Number,
+  prompt_tokens: Schema.Number,
+  completion_tokens: Schema.Number
+}).annotations({ identifier: "UsageHour" })
+export type UsageHour = typeof UsageHour.Type
+
+export const UsageSeries = Schema.Struct({
+  since: Timestamp,
+  until: Timestamp,
+  hours: Schema.Array(UsageHour).annotations({ description: "Hours with usage, oldest first (hours without usage are absent)" }),
+  totals: Schema.Struct({
+    requests: Schema.Number,
+    cache_hits: Schema.Number,
+    errors: Schema.Number,
+    prompt_tokens: Schema.Number,
+    completion_tokens: Schema.Number
+  })
+}).annotations({ identifier: "UsageSeries" })
+export type UsageSeries = typeof UsageSeries.Type
+
+export const Login = Schema.Struct({
+  token: Schema.String.annotations({ description: "The management token" })
+}).annotations({ identifier: "Login" })
+
+export const SessionInfo = Schema.Struct({
+  authenticated: Schema.Boolean,
+  csrf_token: Schema.optional(Schema.String.annotations({ description: "Send as X-CSRF-Token on every state-changing request" })),
+  expires_at: Schema.optional(Timestamp.annotations({ description: "When the session ends unless used before (idle timeout)" }))
+}).annotations({ identifier: "SessionInfo" })
+export type SessionInfo = typeof SessionInfo.Type
+
+export const CachePurge = Schema.Struct({
+  method: Schema.optional(Schema.String.annotations({ description: "With url: purge every entry of that method and URL" })),
+  url: Schema.optional(Schema.String.annotations({ description: "Path (with query) or absolute URL, e.g. /v1/models" })),
+  prefix: Schema.optional(Schema.String.annotations({ description: "Purge keys starting with this (a prefix of X-PROXY-CACHE-KEY)" })),
+  all: Schema.optional(Schema.Boolean.annotations({ description: "true: purge everything (of project_id, when given)" })),
+  project_id: Schema.optional(Schema.String.annotations({ description: "Restrict any form to one project" }))
+}).annotations({ identifier: "CachePurge" })
+export type CachePurge = typeof CachePurge.Type
+
+export const CachePurgeResult = Schema.Struct({
+  deleted: Schema.Union(Schema.Boolean, Schema.Number).annotations({
+    description: "exact purge: whether anything was deleted; prefix / all: how many entries"
+  })
+}).annotations({ identifier: "CachePurgeResult" })
+export type CachePurgeResult = typeof CachePurgeResult.Type

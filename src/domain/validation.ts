@@ -51,10 +51,37 @@ const checkApiKey = (key: string): Invalid | undefined => {
 const checkProvider = (provider: string, providers: ReadonlySet<string>): Invalid | undefined =>
   providers.has(provider) ? undefined : `unknown provider "${provider.slice(0, 64)}"`
 
+const isInt = (u: unknown): u is number => typeof u === "number" && Number.isSafeInteger(u)
+
+/** A window rate limit: at most `requests` per `windowSeconds`. */
+export interface RateLimitInput {
+  readonly requests: number
+  readonly windowSeconds: number
+}
+
+export const RATE_LIMIT_REQUESTS_MAX = 1_000_000_000
+export const RATE_LIMIT_WINDOW_MAX = 31_622_400 // 366 days
+
+const RATE_LIMIT_SHAPE = 'rate_limit must be null or {"requests": N, "window_seconds": S} with positive integers'
+
+/** `rate_limit` of a body: undefined = not given, null = none. */
+export const parseRateLimit = (u: unknown): Either.Either<RateLimitInput | null | undefined, Invalid> => {
+  if (u === undefined || u === null) return Either.right(u)
+  if (!isObj(u)) return Either.left(RATE_LIMIT_SHAPE)
+  const extra = Object.keys(u).find((k) => k !== "requests" && k !== "window_seconds")
+  if (extra !== undefined) return Either.left(RATE_LIMIT_SHAPE)
+  const { requests, window_seconds } = u
+  if (!isInt(requests) || !isInt(window_seconds) || requests < 1 || window_seconds < 1) return Either.left(RATE_LIMIT_SHAPE)
+  if (requests > RATE_LIMIT_REQUESTS_MAX) return Either.left(`rate_limit.requests must be <= ${RATE_LIMIT_REQUESTS_MAX}`)
+  if (window_seconds > RATE_LIMIT_WINDOW_MAX) return Either.left(`rate_limit.window_seconds must be <= ${RATE_LIMIT_WINDOW_MAX}`)
+  return Either.right({ requests, windowSeconds: window_seconds })
+}
+
 export interface NewProjectInput {
   readonly name: string
   readonly apiKey: string
   readonly provider: string
+  readonly rateLimit: RateLimitInput | null
 }
 
 export const validateCreateProject = (
@@ -63,7 +90,7 @@ export const validateCreateProject = (
   defaultProvider: string
 ): Either.Either<NewProjectInput, Invalid> => {
   if (!isObj(body)) return Either.left(INVALID_BODY)
-  const unknown = unknownField(body, ["name", "api_key", "provider"])
+  const unknown = unknownField(body, ["name", "api_key", "provider", "rate_limit"])
   if (unknown) return Either.left(unknown)
   if (typeError(body, { name: "string", api_key: "string", provider: "string" })) return Either.left(INVALID_BODY)
   const name = body.name as string | undefined
@@ -71,7 +98,10 @@ export const validateCreateProject = (
   if (!name || !apiKey) return Either.left("name and api_key are required")
   const provider = (body.provider as string | undefined) ?? defaultProvider
   const problem = checkName(name) ?? checkApiKey(apiKey) ?? checkProvider(provider, providers)
-  return problem ? Either.left(problem) : Either.right({ name, apiKey, provider })
+  if (problem) return Either.left(problem)
+  const rateLimit = parseRateLimit(body.rate_limit)
+  if (Either.isLeft(rateLimit)) return Either.left(rateLimit.left)
+  return Either.right({ name, apiKey, provider, rateLimit: rateLimit.right ?? null })
 }
 
 export interface ProjectPatchInput {
@@ -80,6 +110,8 @@ export interface ProjectPatchInput {
   readonly provider?: string
   readonly isActive?: boolean
   readonly revokeTokens: boolean
+  /** null = remove the limit */
+  readonly rateLimit?: RateLimitInput | null
 }
 
 export const validateUpdateProject = (
@@ -87,7 +119,7 @@ export const validateUpdateProject = (
   providers: ReadonlySet<string>
 ): Either.Either<ProjectPatchInput, Invalid> => {
   if (!isObj(body)) return Either.left(INVALID_BODY)
-  const unknown = unknownField(body, ["name", "api_key", "provider", "is_active", "revoke_tokens"])
+  const unknown = unknownField(body, ["name", "api_key", "provider", "is_active", "revoke_tokens", "rate_limit"])
   if (unknown) return Either.left(unknown)
   if (
     typeError(body, {
@@ -110,7 +142,10 @@ export const validateUpdateProject = (
     (b.api_key ? checkApiKey(b.api_key) : undefined) ??
     (b.provider !== undefined ? checkProvider(b.provider, providers) : undefined)
   if (problem) return Either.left(problem)
+  const rateLimit = parseRateLimit((body as { rate_limit?: unknown }).rate_limit)
+  if (Either.isLeft(rateLimit)) return Either.left(rateLimit.left)
   return Either.right({
+    ...(rateLimit.right !== undefined ? { rateLimit: rateLimit.right } : {}),
     ...(b.name !== undefined ? { name: b.name } : {}),
     // An empty api_key means "keep the current key" (reference §2.3).
     ...(b.api_key ? { apiKey: b.api_key } : {}),
@@ -120,17 +155,17 @@ export const validateUpdateProject = (
   })
 }
 
-const isInt = (u: unknown): u is number => typeof u === "number" && Number.isSafeInteger(u)
 
 export interface NewTokenInput {
   readonly projectId: string
   readonly durationMinutes: number
   readonly maxRequests: number | null
+  readonly rateLimit: RateLimitInput | null
 }
 
 export const validateCreateToken = (body: unknown): Either.Either<NewTokenInput, Invalid> => {
   if (!isObj(body)) return Either.left(INVALID_BODY)
-  const unknown = unknownField(body, ["project_id", "duration_minutes", "max_requests"])
+  const unknown = unknownField(body, ["project_id", "duration_minutes", "max_requests", "rate_limit"])
   if (unknown) return Either.left(unknown)
   const { project_id, duration_minutes, max_requests } = body
   if (project_id !== undefined && typeof project_id !== "string") return Either.left(INVALID_BODY)
@@ -157,10 +192,13 @@ export const validateCreateToken = (body: unknown): Either.Either<NewTokenInput,
   if (!isUuid(project_id)) return Either.left("invalid project_id")
   const maxProblem = checkMaxRequests(max_requests)
   if (maxProblem) return Either.left(maxProblem)
+  const rateLimit = parseRateLimit(body.rate_limit)
+  if (Either.isLeft(rateLimit)) return Either.left(rateLimit.left)
   return Either.right({
     projectId: project_id.toLowerCase(),
     durationMinutes: duration_minutes,
-    maxRequests: typeof max_requests === "number" && max_requests > 0 ? max_requests : null
+    maxRequests: typeof max_requests === "number" && max_requests > 0 ? max_requests : null,
+    rateLimit: rateLimit.right ?? null
   })
 }
 
@@ -176,19 +214,21 @@ export interface TokenPatchInput {
   /** null = unlimited */
   readonly maxRequests?: number | null
   readonly expiresAt?: string
+  /** null = remove the limit */
+  readonly rateLimit?: RateLimitInput | null
 }
 
 export const validateUpdateToken = (body: unknown): Either.Either<TokenPatchInput, Invalid> => {
   if (!isObj(body)) return Either.left(INVALID_BODY)
-  const unknown = unknownField(body, ["is_active", "max_requests", "expires_at"])
+  const unknown = unknownField(body, ["is_active", "max_requests", "expires_at", "rate_limit"])
   if (unknown) return Either.left(unknown)
-  const { is_active, max_requests, expires_at } = body
+  const { is_active, max_requests, expires_at, rate_limit } = body
   if (is_active !== undefined && typeof is_active !== "boolean") return Either.left(INVALID_BODY)
   if (max_requests !== undefined && max_requests !== null && typeof max_requests !== "number") {
     return Either.left(INVALID_BODY)
   }
   if (expires_at !== undefined && typeof expires_at !== "string") return Either.left(INVALID_BODY)
-  if (is_active === undefined && max_requests === undefined && expires_at === undefined) {
+  if (is_active === undefined && max_requests === undefined && expires_at === undefined && rate_limit === undefined) {
     return Either.left("no fields to update")
   }
   if (typeof max_requests === "number" && !Number.isInteger(max_requests)) {
@@ -202,7 +242,10 @@ export const validateUpdateToken = (body: unknown): Either.Either<TokenPatchInpu
     if (parsed === undefined) return Either.left("expires_at must be an RFC 3339 timestamp")
     expiresAt = parsed
   }
+  const rateLimit = parseRateLimit(rate_limit)
+  if (Either.isLeft(rateLimit)) return Either.left(rateLimit.left)
   return Either.right({
+    ...(rateLimit.right !== undefined ? { rateLimit: rateLimit.right } : {}),
     ...(is_active !== undefined ? { isActive: is_active } : {}),
     ...(max_requests !== undefined ? { maxRequests: typeof max_requests === "number" && max_requests > 0 ? max_requests : null } : {}),
     ...(expiresAt !== undefined ? { expiresAt } : {})
@@ -237,4 +280,19 @@ export const parseBooleanParam = (s: string | undefined): Either.Either<boolean,
       return Either.right(false)
   }
   return Either.left("active_only must be true or false")
+}
+
+/** An integer query parameter within [min, max]; absent or empty → `fallback`. */
+export const parsePageParam = (
+  name: string,
+  s: string | undefined,
+  min: number,
+  max: number,
+  fallback: number
+): Either.Either<number, Invalid> => {
+  if (s === undefined || s === "") return Either.right(fallback)
+  const n = /^\d{1,10}$/.test(s) ? Number(s) : NaN
+  return Number.isInteger(n) && n >= min && n <= max
+    ? Either.right(n)
+    : Either.left(`${name} must be an integer between ${min} and ${max}`)
 }

@@ -21,9 +21,14 @@ import { Store } from "../store/Store.js"
 import { AuditLive } from "./AuditHttp.js"
 import { currentRequestMeta, requestMetaOf } from "./auditing.js"
 import { ManagementAuthLive, ManagementToken } from "./auth.js"
+import { CacheLive } from "./CacheHttp.js"
 import { jsonError, managementFallback } from "./fallback.js"
 import { ProjectsLive } from "./ProjectsHttp.js"
+import { AdminAssets, serveAdmin } from "./AdminUi.js"
+import { AdminSessions } from "./session.js"
+import { SessionLive } from "./SessionHttp.js"
 import { TokensLive } from "./TokensHttp.js"
+import { UsageLive } from "./UsageHttp.js"
 
 export const VERSION = "0.1.0"
 
@@ -49,7 +54,9 @@ export const ManagementAppLive = Layer.effect(ManagementApp, HttpApiBuilder.http
   Layer.provide(decodeErrorsAsBadRequest),
   Layer.provide(HttpApiSwagger.layer({ path: "/manage/docs" })),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/manage/openapi.json" })),
-  Layer.provide(HttpApiBuilder.api(ManagementApi).pipe(Layer.provide([ProjectsLive, TokensLive, AuditLive]))),
+  Layer.provide(
+    HttpApiBuilder.api(ManagementApi).pipe(Layer.provide([ProjectsLive, TokensLive, UsageLive, SessionLive, AuditLive, CacheLive]))
+  ),
   Layer.provide([HttpApiBuilder.Router.Live, HttpApiBuilder.Middleware.layer, ManagementAuthLive])
 )
 
@@ -74,8 +81,15 @@ const health = Effect.gen(function*() {
 
 export const makeApp = Effect.gen(function*() {
   const management = yield* ManagementApp
-  const context = yield* Effect.context<Store | ManagementToken | AuditLog>()
+  const context = yield* Effect.context<Store | ManagementToken | AuditLog | AdminSessions | AdminAssets>()
   const trusted = makeTrustedProxies((yield* AppConfig).trustedProxies)
+
+  const fallback = managementFallback.pipe(
+    Effect.catchTags({
+      Unauthorized: (e) => Effect.succeed(jsonError(401, e.error, e.code !== undefined ? { code: e.code } : undefined)),
+      Forbidden: (e) => Effect.succeed(jsonError(403, e.error, e.code !== undefined ? { code: e.code } : undefined))
+    })
+  )
 
   const route = Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
@@ -92,20 +106,17 @@ export const makeApp = Effect.gen(function*() {
         return HttpServerResponse.unsafeJson(h.body, { status: h.up ? 200 : 503 })
       }
     }
+    if (path === "/admin" || path.startsWith("/admin/")) return yield* serveAdmin(path)
     if (path === "/manage" || path.startsWith("/manage/")) {
       // The router ignores a trailing slash and collapses `//`; `/manage/projects/` is an empty id, not the list
       // (reference §2.3), and `/manage/projects/<id>//tokens/revoke` is not the revoke endpoint.
-      if (path.endsWith("/") || path.includes("//")) {
-        return yield* managementFallback.pipe(
-          Effect.catchTag("Unauthorized", (e) => Effect.succeed(jsonError(401, e.error)))
-        )
-      }
+      if (path.endsWith("/") || path.includes("//")) return yield* fallback
       // The router is typed as infallible but fails with RouteNotFound for paths it does not know.
       return yield* management.pipe(
         Effect.catchAllCause((cause) => {
           const failure = Cause.failureOption(cause as Cause.Cause<unknown>)
           return failure._tag === "Some" && Predicate.isTagged(failure.value, "RouteNotFound")
-            ? managementFallback.pipe(Effect.catchTag("Unauthorized", (e) => Effect.succeed(jsonError(401, e.error))))
+            ? fallback
             : Effect.failCause(cause)
         })
       )

@@ -7,7 +7,7 @@ import { KeyCipher } from "../crypto/KeyCipher.js"
 import { obfuscateApiKey } from "../crypto/obfuscate.js"
 import { AuditActions } from "../domain/audit.js"
 import { BadRequest, Conflict, InternalError, NotFound } from "../domain/errors.js"
-import { isUuid, validateCreateProject, validateUpdateProject } from "../domain/validation.js"
+import { isUuid, parsePageParam, validateCreateProject, validateUpdateProject } from "../domain/validation.js"
 import { Store, type StoreError } from "../store/Store.js"
 import { TokenValidator } from "../token/TokenValidator.js"
 import { audited } from "./auditing.js"
@@ -35,15 +35,37 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
     const validator = yield* TokenValidator
 
     return handlers
-      .handle("list", () =>
+      .handle("list", ({ urlParams }) =>
         audited(AuditActions.projectList, (note) =>
-          store.listProjects.pipe(
-            Effect.map((rows) => {
+          Effect.gen(function*() {
+            const paged = urlParams.page !== undefined || urlParams.page_size !== undefined
+            const search = urlParams.search?.trim() ?? ""
+            if (search !== "") note.details["search"] = search.slice(0, 128)
+            if (!paged) {
+              const rows = search === ""
+                ? yield* store.listProjects
+                : (yield* store.listProjectsPage({ search, limit: 2_147_483_647, offset: 0 })).rows
               note.details["project_count"] = rows.length
               return rows.map(projectJson)
-            }),
-            Effect.catchTag("StoreError", internal("failed to list projects"))
-          )))
+            }
+            const page = yield* validate(parsePageParam("page", urlParams.page, 1, 1_000_000_000, 1))
+            const pageSize = yield* validate(parsePageParam("page_size", urlParams.page_size, 1, 100, 20))
+            const result = yield* store.listProjectsPage({ search, limit: pageSize, offset: (page - 1) * pageSize })
+            const totalPages = Math.ceil(result.total / pageSize)
+            note.details["project_count"] = result.rows.length
+            note.details["page"] = page
+            return {
+              projects: result.rows.map(projectJson),
+              pagination: {
+                page,
+                page_size: pageSize,
+                total_count: result.total,
+                total_pages: totalPages,
+                has_next: page < totalPages,
+                has_prev: page > 1
+              }
+            }
+          }).pipe(Effect.catchTag("StoreError", internal("failed to list projects")))))
       .handleRaw("create", ({ request }) =>
         audited(AuditActions.projectCreate, (note) =>
         Effect.gen(function*() {
@@ -55,6 +77,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             apiKey: cipher.encrypt(input.apiKey),
             apiKeyHint: obfuscateApiKey(input.apiKey),
             provider: input.provider,
+            rateLimit: input.rateLimit,
             now: yield* now
           })
           note.projectId = row.id
@@ -87,6 +110,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             ...(input.apiKey !== undefined ? ["api_key"] : []),
             ...(input.provider !== undefined ? ["provider"] : []),
             ...(input.isActive !== undefined ? ["is_active"] : []),
+            ...(input.rateLimit !== undefined ? ["rate_limit"] : []),
             ...(input.revokeTokens ? ["revoke_tokens"] : [])
           ]
           const result = yield* store.updateProject(id, {
@@ -96,6 +120,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
               : {}),
             ...(input.provider !== undefined ? { provider: input.provider } : {}),
             ...(input.isActive !== undefined ? { isActive: input.isActive } : {}),
+            ...(input.rateLimit !== undefined ? { rateLimit: input.rateLimit } : {}),
             revokeTokens: input.revokeTokens,
             now: yield* now
           })
@@ -119,6 +144,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             note.projectId = id
             const result = yield* store.revokeProjectTokens(id, yield* now)
             const counts = yield* Option.match(result, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed })
+            validator.invalidateProject(id)
             Object.assign(note.details, {
               total_tokens: counts.total,
               revoked_count: counts.revoked,

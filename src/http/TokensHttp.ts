@@ -10,7 +10,7 @@ import { Store } from "../store/Store.js"
 import { TokenValidator } from "../token/TokenValidator.js"
 import { audited } from "./auditing.js"
 import { readJson, validate } from "./body.js"
-import { tokenJson } from "./present.js"
+import { rateLimitJson, tokenJson } from "./present.js"
 import { internal } from "./ProjectsHttp.js"
 
 const tokenNotFound = new NotFound({ error: "token not found" })
@@ -65,17 +65,20 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             projectId: input.projectId,
             expiresAt: new Date(nowMs + input.durationMinutes * 60_000).toISOString(),
             maxRequests: input.maxRequests,
+            rateLimit: input.rateLimit,
             now: new Date(nowMs).toISOString()
           })
           note.tokenId = row.id
           note.details["expires_at"] = row.expiresAt
           if (row.maxRequests !== null) note.details["max_requests"] = row.maxRequests
+          if (row.rateLimit !== null) note.details["rate_limit"] = rateLimitJson(row.rateLimit)
           return {
             id: row.id,
             token: secret,
             project_id: row.projectId,
             expires_at: row.expiresAt ?? "",
-            ...(row.maxRequests !== null ? { max_requests: row.maxRequests } : {})
+            ...(row.maxRequests !== null ? { max_requests: row.maxRequests } : {}),
+            ...(row.rateLimit !== null ? { rate_limit: rateLimitJson(row.rateLimit) } : {})
           }
         }).pipe(Effect.catchTag("StoreError", internal("failed to store token")))))
       .handle("get", ({ path }) =>
@@ -100,6 +103,7 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             if (patch.isActive !== undefined) note.details["updated_is_active"] = patch.isActive
             if (patch.maxRequests !== undefined) note.details["updated_max_requests"] = patch.maxRequests ?? "unlimited"
             if (patch.expiresAt !== undefined) note.details["updated_expires_at"] = patch.expiresAt
+            if (patch.rateLimit !== undefined) note.details["updated_rate_limit"] = rateLimitJson(patch.rateLimit)
             const row = yield* store.updateToken(id, {
               ...patch,
               now: new Date(yield* Clock.currentTimeMillis).toISOString()

@@ -1,8 +1,11 @@
 /** Rows → the JSON the API returns. Secrets never leave here whole: keys as their hint, tokens as theirs. */
 import type { StoredAuditEvent } from "../audit/AuditRepo.js"
 import type { AuditEvent } from "../domain/audit.js"
-import type { Project, Token } from "../domain/models.js"
-import type { ProjectRow, TokenRow } from "../store/Store.js"
+import type { Project, RateLimit, Token } from "../domain/models.js"
+import type { ProjectRow, RateLimitRow, TokenRow } from "../store/Store.js"
+
+export const rateLimitJson = (r: RateLimitRow | null): RateLimit | null =>
+  r === null ? null : { requests: r.requests, window_seconds: r.windowSeconds }
 
 export const projectJson = (p: ProjectRow): Project => ({
   id: p.id,
@@ -11,6 +14,7 @@ export const projectJson = (p: ProjectRow): Project => ({
   provider: p.provider,
   is_active: p.isActive,
   ...(p.deactivatedAt !== null ? { deactivated_at: p.deactivatedAt } : {}),
+  rate_limit: rateLimitJson(p.rateLimit),
   created_at: p.createdAt,
   updated_at: p.updatedAt
 })
@@ -24,6 +28,7 @@ export const tokenJson = (t: TokenRow): Token => ({
   ...(t.deactivatedAt !== null ? { deactivated_at: t.deactivatedAt } : {}),
   request_count: t.requestCount,
   max_requests: t.maxRequests,
+  rate_limit: rateLimitJson(t.rateLimit),
   cache_hit_count: t.cacheHitCount,
   prompt_tokens: t.promptTokens,
   completion_tokens: t.completionTokens,

@@ -14,8 +14,10 @@ import {
   type QuotaResult,
   type RateLimitRow,
   type TokenAuthRow,
-  type TokenRow
+  type TokenRow,
+  type UsagePoint
 } from "./Store.js"
+import { mergeHourlyUsage } from "./usage.js"
 
 type Dialect = StoreShape["dialect"]
 type Row = Record<string, unknown>
@@ -26,6 +28,12 @@ const num = (v: unknown): number => Number(v)
 const numOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v))
 const bool = (v: unknown): boolean => v === true || v === 1 || v === "1" || v === "t"
 
+const rateLimit = (requests: unknown, windowSeconds: unknown): RateLimitRow | null => {
+  const r = numOrNull(requests)
+  const w = numOrNull(windowSeconds)
+  return r !== null && w !== null && r > 0 && w > 0 ? { requests: r, windowSeconds: w } : null
+}
+
 const toProject = (r: Row): ProjectRow => ({
   id: String(r.id),
   name: String(r.name),
@@ -34,6 +42,7 @@ const toProject = (r: Row): ProjectRow => ({
   provider: String(r.provider),
   isActive: bool(r.is_active),
   deactivatedAt: isoOrNull(r.deactivated_at),
+  rateLimit: rateLimit(r.rate_limit_requests, r.rate_limit_window_seconds),
   createdAt: iso(r.created_at),
   updatedAt: iso(r.updated_at)
 })
@@ -48,18 +57,13 @@ const toToken = (r: Row): TokenRow => ({
   deactivatedAt: isoOrNull(r.deactivated_at),
   requestCount: num(r.request_count),
   maxRequests: numOrNull(r.max_requests),
+  rateLimit: rateLimit(r.rate_limit_requests, r.rate_limit_window_seconds),
   cacheHitCount: num(r.cache_hit_count),
   promptTokens: num(r.prompt_tokens),
   completionTokens: num(r.completion_tokens),
   createdAt: iso(r.created_at),
   lastUsedAt: isoOrNull(r.last_used_at)
 })
-
-const rateLimit = (requests: unknown, windowSeconds: unknown): RateLimitRow | null => {
-  const r = numOrNull(requests)
-  const w = numOrNull(windowSeconds)
-  return r !== null && w !== null && r > 0 && w > 0 ? { requests: r, windowSeconds: w } : null
-}
 
 const toTokenAuth = (r: Row): TokenAuthRow => ({
   tokenId: String(r.token_id),
@@ -130,6 +134,24 @@ export const make = (dialect: Dialect) =>
 
       listProjects: wrap("listProjects", Effect.map(sql<Row>`SELECT * FROM projects ORDER BY name ASC`, (rows) => rows.map(toProject))),
 
+      listProjectsPage: (q) => {
+        const search = q.search?.trim() ?? ""
+        // LIKE wildcards in the user's text are matched literally.
+        const pattern = `%${search.toLowerCase().replace(/[\\%_]/g, (c) => `\\${c}`)}%`
+        const where = search === ""
+          ? sql`1 = 1`
+          : sql`(LOWER(name) LIKE ${pattern} ESCAPE '\\' OR id = ${search.toLowerCase()})`
+        return wrap(
+          "listProjectsPage",
+          Effect.gen(function*() {
+            const [count] = yield* sql<Row>`SELECT COUNT(*) AS total FROM projects WHERE ${where}`
+            const rows = yield* sql<Row>`SELECT * FROM projects WHERE ${where}
+              ORDER BY name ASC LIMIT ${q.limit} OFFSET ${q.offset}`
+            return { rows: rows.map(toProject), total: num(count?.total ?? 0) }
+          })
+        )
+      },
+
       getProject: (id) => wrap("getProject", selectProject(id)),
 
       createProject: (p) =>
@@ -143,6 +165,8 @@ export const make = (dialect: Dialect) =>
               api_key_hint: p.apiKeyHint,
               provider: p.provider,
               is_active: TRUE,
+              rate_limit_requests: p.rateLimit?.requests ?? null,
+              rate_limit_window_seconds: p.rateLimit?.windowSeconds ?? null,
               created_at: p.now,
               updated_at: p.now
             })
@@ -156,6 +180,7 @@ export const make = (dialect: Dialect) =>
               provider: p.provider,
               isActive: true,
               deactivatedAt: null,
+              rateLimit: p.rateLimit ?? null,
               createdAt: p.now,
               updatedAt: p.now
             })
@@ -180,6 +205,7 @@ export const make = (dialect: Dialect) =>
                 provider: patch.provider ?? was.provider,
                 isActive,
                 deactivatedAt,
+                rateLimit: patch.rateLimit !== undefined ? patch.rateLimit : was.rateLimit,
                 updatedAt: patch.now
               }
               yield* sql`UPDATE projects SET ${
@@ -190,6 +216,8 @@ export const make = (dialect: Dialect) =>
                   provider: next.provider,
                   is_active: b(next.isActive),
                   deactivated_at: next.deactivatedAt,
+                  rate_limit_requests: next.rateLimit?.requests ?? null,
+                  rate_limit_window_seconds: next.rateLimit?.windowSeconds ?? null,
                   updated_at: next.updatedAt
                 })
               } WHERE id = ${id}`.pipe(Effect.catchAll(duplicateName(next.name)))
@@ -229,6 +257,8 @@ export const make = (dialect: Dialect) =>
                 expires_at: t.expiresAt,
                 is_active: TRUE,
                 max_requests: t.maxRequests,
+                rate_limit_requests: t.rateLimit?.requests ?? null,
+                rate_limit_window_seconds: t.rateLimit?.windowSeconds ?? null,
                 created_at: t.now
               })
             }`,
@@ -242,6 +272,7 @@ export const make = (dialect: Dialect) =>
               deactivatedAt: null,
               requestCount: 0,
               maxRequests: t.maxRequests,
+              rateLimit: t.rateLimit ?? null,
               cacheHitCount: 0,
               promptTokens: 0,
               completionTokens: 0,
@@ -287,7 +318,13 @@ export const make = (dialect: Dialect) =>
             ? [sql`is_active = ${FALSE}`, sql`deactivated_at = COALESCE(deactivated_at, ${patch.now})`]
             : []),
           ...(patch.maxRequests !== undefined ? [sql`max_requests = ${patch.maxRequests}`] : []),
-          ...(patch.expiresAt !== undefined ? [sql`expires_at = ${patch.expiresAt}`] : [])
+          ...(patch.expiresAt !== undefined ? [sql`expires_at = ${patch.expiresAt}`] : []),
+          ...(patch.rateLimit !== undefined
+            ? [
+              sql`rate_limit_requests = ${patch.rateLimit?.requests ?? null}`,
+              sql`rate_limit_window_seconds = ${patch.rateLimit?.windowSeconds ?? null}`
+            ]
+            : [])
         ]
         return wrap(
           "updateToken",
@@ -358,7 +395,59 @@ export const make = (dialect: Dialect) =>
                   last_used_at = COALESCE(${d.lastUsedAt}, last_used_at)
                 WHERE id = ${d.tokenId}`, { discard: true })
           )
+        ),
+
+      addHourlyUsage: (deltas) => {
+        const rows = mergeHourlyUsage(deltas).map((d) => ({
+          hour: d.hour,
+          project_id: d.projectId,
+          token_id: d.tokenId,
+          requests: d.requests,
+          cache_hits: d.cacheHits,
+          errors: d.errors,
+          prompt_tokens: d.promptTokens,
+          completion_tokens: d.completionTokens
+        }))
+        if (rows.length === 0) return Effect.void
+        return wrap(
+          "addHourlyUsage",
+          Effect.asVoid(
+            sql`INSERT INTO usage_hourly ${sql.insert(rows)}
+              ON CONFLICT (hour, token_id) DO UPDATE SET
+                requests = usage_hourly.requests + excluded.requests,
+                cache_hits = usage_hourly.cache_hits + excluded.cache_hits,
+                errors = usage_hourly.errors + excluded.errors,
+                prompt_tokens = usage_hourly.prompt_tokens + excluded.prompt_tokens,
+                completion_tokens = usage_hourly.completion_tokens + excluded.completion_tokens`
+          )
         )
+      },
+
+      usageSeries: (q) => {
+        const conditions = [
+          sql`hour >= ${q.since}`,
+          sql`hour < ${q.until}`,
+          ...(q.projectId !== undefined ? [sql`project_id = ${q.projectId}`] : []),
+          ...(q.tokenId !== undefined ? [sql`token_id = ${q.tokenId}`] : [])
+        ]
+        return wrap(
+          "usageSeries",
+          Effect.map(
+            sql<Row>`SELECT hour, SUM(requests) AS requests, SUM(cache_hits) AS cache_hits, SUM(errors) AS errors,
+                SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens
+              FROM usage_hourly WHERE ${sql.and(conditions)} GROUP BY hour ORDER BY hour`,
+            (rows) =>
+              rows.map((r): UsagePoint => ({
+                hour: iso(r.hour),
+                requests: num(r.requests),
+                cacheHits: num(r.cache_hits),
+                errors: num(r.errors),
+                promptTokens: num(r.prompt_tokens),
+                completionTokens: num(r.completion_tokens)
+              }))
+          )
+        )
+      }
     }
     return store
   })

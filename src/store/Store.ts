@@ -24,6 +24,8 @@ export interface ProjectRow {
   readonly provider: string
   readonly isActive: boolean
   readonly deactivatedAt: string | null
+  /** Window rate limit for all the project's tokens together; null = none. */
+  readonly rateLimit: RateLimitRow | null
   readonly createdAt: string
   readonly updatedAt: string
 }
@@ -38,6 +40,8 @@ export interface TokenRow {
   readonly deactivatedAt: string | null
   readonly requestCount: number
   readonly maxRequests: number | null
+  /** Window rate limit of this token; null = none. */
+  readonly rateLimit: RateLimitRow | null
   readonly cacheHitCount: number
   readonly promptTokens: number
   readonly completionTokens: number
@@ -51,6 +55,7 @@ export interface NewProject {
   readonly apiKey: string
   readonly apiKeyHint: string
   readonly provider: string
+  readonly rateLimit?: RateLimitRow | null
   readonly now: string
 }
 
@@ -60,6 +65,8 @@ export interface ProjectPatch {
   readonly apiKeyHint?: string
   readonly provider?: string
   readonly isActive?: boolean
+  /** null removes the limit. */
+  readonly rateLimit?: RateLimitRow | null
   /** Revoke every active token of the project in the same transaction. */
   readonly revokeTokens?: boolean
   readonly now: string
@@ -72,6 +79,7 @@ export interface NewToken {
   readonly projectId: string
   readonly expiresAt: string
   readonly maxRequests: number | null
+  readonly rateLimit?: RateLimitRow | null
   readonly now: string
 }
 
@@ -79,6 +87,8 @@ export interface TokenPatch {
   readonly isActive?: boolean
   readonly maxRequests?: number | null
   readonly expiresAt?: string
+  /** null removes the limit. */
+  readonly rateLimit?: RateLimitRow | null
   readonly now: string
 }
 
@@ -129,10 +139,54 @@ export interface UsageDelta {
   readonly lastUsedAt: string | null
 }
 
+/** Usage to add to one (hour, token) rollup row. `hour` is the ISO start of a UTC hour (see `hourOf`). */
+export interface HourlyUsage {
+  readonly hour: string
+  readonly projectId: string
+  readonly tokenId: string
+  /** Every answered request, cache hits included. */
+  readonly requests: number
+  readonly cacheHits: number
+  /** Requests answered with status >= 400. */
+  readonly errors: number
+  readonly promptTokens: number
+  readonly completionTokens: number
+}
+
+export interface UsageQuery {
+  /** Inclusive ISO start (rounded down to its hour by the caller). */
+  readonly since: string
+  /** Exclusive ISO end. */
+  readonly until: string
+  readonly projectId?: string
+  readonly tokenId?: string
+}
+
+/** The sum over the matching rollup rows of one hour. */
+export interface UsagePoint {
+  readonly hour: string
+  readonly requests: number
+  readonly cacheHits: number
+  readonly errors: number
+  readonly promptTokens: number
+  readonly completionTokens: number
+}
+
+export interface ProjectPageQuery {
+  /** Case-insensitive substring of the name, or a full project id. */
+  readonly search?: string
+  readonly limit: number
+  readonly offset: number
+}
+
 export interface StoreShape {
   readonly dialect: "sqlite" | "postgres"
   readonly ping: Effect.Effect<void, StoreError>
   readonly listProjects: Effect.Effect<ReadonlyArray<ProjectRow>, StoreError>
+  /** One page of projects by name, and how many match in all. */
+  readonly listProjectsPage: (
+    q: ProjectPageQuery
+  ) => Effect.Effect<{ readonly rows: ReadonlyArray<ProjectRow>; readonly total: number }, StoreError>
   readonly getProject: (id: string) => Effect.Effect<Option.Option<ProjectRow>, StoreError>
   readonly createProject: (p: NewProject) => Effect.Effect<ProjectRow, StoreError | DuplicateProjectName>
   /** None when the project does not exist. `revoked` counts tokens revoked by `revokeTokens`. */
@@ -158,6 +212,10 @@ export interface StoreShape {
   readonly consumeQuota: (tokenId: string, now: string) => Effect.Effect<QuotaResult, StoreError>
   /** Adds batched counters, in one transaction. */
   readonly addUsage: (deltas: ReadonlyArray<UsageDelta>) => Effect.Effect<void, StoreError>
+  /** Adds to the per-hour rollups (one upsert per batch; deltas of the same hour and token are summed first). */
+  readonly addHourlyUsage: (deltas: ReadonlyArray<HourlyUsage>) => Effect.Effect<void, StoreError>
+  /** Per-hour sums in [since, until), oldest first; hours without usage are absent. */
+  readonly usageSeries: (q: UsageQuery) => Effect.Effect<ReadonlyArray<UsagePoint>, StoreError>
 }
 
 export class Store extends Context.Tag("llm-proxy/Store")<Store, StoreShape>() {}

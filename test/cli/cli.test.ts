@@ -174,9 +174,11 @@ describe("llm-proxy setup and migrate (in-process)", () => {
     const applied = (await cli("migrate", "up", "--db", db)).out
     expect(applied).toMatch(/^applied: 0001_projects_tokens(, \d{4}_[a-z0-9_]+)*$/)
     expect(applied).toContain("0003_audit")
+    expect(applied).toContain("0004_usage_hourly")
     expect((await cli("migrate", "up", "--db", db)).out).toBe("database is up to date")
     const status = await cli("migrate", "status", "--db", db)
     expect(status.out).toMatch(/0001\s+projects_tokens\s+\d{4}-\d\d-\d\dT/)
+    expect(status.out).toMatch(/0004\s+usage_hourly\s+\d{4}-\d\d-\d\dT/)
   })
 
   it("stops with one line naming a bad variable", async () => {

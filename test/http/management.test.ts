@@ -209,6 +209,7 @@ function managementSuite(backend: Backend) {
         api_key: "sk-proj-...wxyz",
         provider: "openai",
         is_active: true,
+        rate_limit: null,
         created_at: expect.stringMatching(ISO_RE),
         updated_at: expect.stringMatching(ISO_RE)
       })
@@ -1152,9 +1153,10 @@ function managementSuite(backend: Backend) {
       const doc = r.json
       expect(doc.openapi).toMatch(/^3\.1\./)
       expect(doc.info).toMatchObject({ title: expect.any(String), version: expect.any(String) })
-      // Other groups (audit, cache, …) add their own paths; these are the projects and tokens ones.
+      // Other groups (audit, cache, …) add their own paths; these are the projects, tokens, usage and session ones.
       expect(Object.keys(doc.paths)).toEqual(expect.arrayContaining(
-        ["/manage/projects", "/manage/projects/{id}", "/manage/projects/{id}/tokens/revoke", "/manage/tokens", "/manage/tokens/{id}"]
+        ["/manage/projects", "/manage/projects/{id}", "/manage/projects/{id}/tokens/revoke", "/manage/tokens", "/manage/tokens/{id}",
+          "/manage/session", "/manage/usage"]
       ))
       expect(Object.keys(doc.paths["/manage/projects"]).sort()).toEqual(["get", "post"])
       expect(Object.keys(doc.paths["/manage/projects/{id}"]).sort()).toEqual(["get", "patch"])

@@ -54,6 +54,21 @@ describe.each(backends)("proxy on $name", (b) => {
       expect(Number((await tokenRow(backend, t.tokenId)).request_count)).toBe(5)
     })
 
+    it("57 with two instances: 20 concurrent calls split across them, max_requests 5 → exactly 5 pass", async () => {
+      const other = await startStack(backend, {}, undefined, stack.mock)
+      try {
+        const t = await projectAndToken(stack.manage, { max_requests: 5 })
+        stack.mock.setDefault(json({ ok: true }, { delayMs: 30 }))
+        const replies = await Promise.all(Array.from({ length: 20 }, (_, i) =>
+          call((i % 2 === 0 ? stack : other).server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })))
+        expect(replies.filter((r) => r.status === 200)).toHaveLength(5)
+        expect(replies.filter((r) => r.status === 429)).toHaveLength(15)
+        expect(stack.mock.requests).toHaveLength(5)
+      } finally {
+        await other.close()
+      }
+    })
+
     it("58 unlimited token: N calls → request_count = N and last_used_at set within 6 s", async () => {
       const t = await projectAndToken(stack.manage)
       for (let i = 0; i < 7; i++) expect((await go(t.token)).status).toBe(200)

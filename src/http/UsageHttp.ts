@@ -1,0 +1,62 @@
+/** `GET /manage/usage`: per-hour usage rollups for the dashboard and token charts. */
+import { HttpApiBuilder } from "@effect/platform"
+import { Clock, Effect } from "effect"
+import { ManagementApi } from "../api/ManagementApi.js"
+import { BadRequest } from "../domain/errors.js"
+import { isUuid } from "../domain/validation.js"
+import { Store } from "../store/Store.js"
+import { hourOf } from "../store/usage.js"
+import { internal } from "./ProjectsHttp.js"
+
+const DAY_MS = 86_400_000
+const MAX_RANGE_MS = 366 * DAY_MS
+
+const instant = (name: string, raw: string | undefined, fallback: number) => {
+  if (raw === undefined || raw === "") return Effect.succeed(fallback)
+  const ms = Date.parse(raw)
+  return Number.isFinite(ms) ? Effect.succeed(ms) : Effect.fail(new BadRequest({ error: `${name} must be an RFC 3339 timestamp` }))
+}
+
+const optionalId = (name: string, raw: string | undefined) => {
+  if (raw === undefined || raw === "") return Effect.succeed(undefined)
+  return isUuid(raw) ? Effect.succeed(raw.toLowerCase()) : Effect.fail(new BadRequest({ error: `invalid ${name}` }))
+}
+
+export const UsageLive = HttpApiBuilder.group(ManagementApi, "usage", (handlers) =>
+  Effect.gen(function*() {
+    const store = yield* Store
+    return handlers.handle("series", ({ urlParams }) =>
+      Effect.gen(function*() {
+        const until = yield* instant("until", urlParams.until, yield* Clock.currentTimeMillis)
+        const since = yield* instant("since", urlParams.since, until - DAY_MS)
+        if (since >= until) return yield* new BadRequest({ error: "since must be before until" })
+        if (until - since > MAX_RANGE_MS) return yield* new BadRequest({ error: "the range is limited to 366 days" })
+        const projectId = yield* optionalId("project_id", urlParams.project_id)
+        const tokenId = yield* optionalId("token_id", urlParams.token_id)
+        // The hour containing `since` is included whole: rollups cannot be split.
+        const q = {
+          since: hourOf(since),
+          until: new Date(until).toISOString(),
+          ...(projectId !== undefined ? { projectId } : {}),
+          ...(tokenId !== undefined ? { tokenId } : {})
+        }
+        const points = yield* store.usageSeries(q)
+        const hours = points.map((p) => ({
+          hour: p.hour,
+          requests: p.requests,
+          cache_hits: p.cacheHits,
+          errors: p.errors,
+          prompt_tokens: p.promptTokens,
+          completion_tokens: p.completionTokens
+        }))
+        const totals = { requests: 0, cache_hits: 0, errors: 0, prompt_tokens: 0, completion_tokens: 0 }
+        for (const h of hours) {
+          totals.requests += h.requests
+          totals.cache_hits += h.cache_hits
+          totals.errors += h.errors
+          totals.prompt_tokens += h.prompt_tokens
+          totals.completion_tokens += h.completion_tokens
+        }
+        return { since: q.since, until: q.until, hours, totals }
+      }).pipe(Effect.catchTag("StoreError", internal("failed to read usage"))))
+  }))
