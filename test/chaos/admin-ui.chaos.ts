@@ -105,7 +105,6 @@ describe("admin UI", () => {
     const writes: ReadonlyArray<readonly [string, string, string | undefined]> = [
       ["POST", "/manage/projects", body(uniqueName("csrf"))],
       ["POST", "/manage/tokens", JSON.stringify({ project_id: "00000000-0000-4000-8000-000000000000", duration_minutes: 5 })],
-      ["DELETE", "/manage/session", undefined],
       ["DELETE", "/manage/tokens/00000000-0000-4000-8000-000000000000", undefined],
       ["PATCH", "/manage/projects/00000000-0000-4000-8000-000000000000", "{}"]
     ]
@@ -113,21 +112,19 @@ describe("admin UI", () => {
       for (const headers of [[], [["X-CSRF-Token", ""]], [["X-CSRF-Token", csrf.slice(0, -1)]], [["X-CSRF-Token", `${csrf}x`]], [["X-CSRF-Token", csrf.toUpperCase()]]] as const) {
         tally(TITLE, `${method} with cookie, bad CSRF`)
         const r = await send(method, path, headers, text)
-        if (method === "DELETE" && path === "/manage/session") {
-          // Logout without CSRF must not end the session (a cross-site request could otherwise log the admin out).
-          expect([204, 403]).toContain(r.status)
-          if (r.status === 204) break
-          continue
-        }
         expect(r.status).toBe(403)
         expect(r.json.code).toBe("csrf_failed")
       }
     }
     expect((await stack.manage.get("/manage/projects")).json.length).toBe(before)
     const ok = await send("POST", "/manage/projects", [["X-CSRF-Token", csrf]], body(uniqueName("csrf-ok")))
-    // The session may have ended above (a logout that needed no CSRF token); then the check is that it is dead.
-    if (ok.status === 401) return
     expect(ok.status).toBe(201)
+    // Logout without the CSRF token: the SameSite=Strict cookie already keeps cross-site requests from carrying
+    // the session, so this is reported rather than failed (see docs/security.md).
+    const out = await send("DELETE", "/manage/session", [])
+    tally(TITLE, "DELETE /manage/session without CSRF")
+    console.log(`[chaos] admin UI: logout without a CSRF token answered ${out.status}${out.status === 204 ? " (accepted: no CSRF check on logout)" : ""}`)
+    expect([204, 403]).toContain(out.status)
   })
 
   it("fuzz: random session cookies and CSRF tokens never get in", async (ctx) => {

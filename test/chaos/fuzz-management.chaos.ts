@@ -13,7 +13,7 @@
  */
 import { Arbitrary, FastCheck as fc, Schema } from "effect"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
-import { CreateProject, CreateToken, UpdateProject, UpdateToken } from "../../src/domain/models.js"
+import { CachePurge, CreateProject, CreateToken, UpdateProject, UpdateToken } from "../../src/domain/models.js"
 import { backends, type BackendInstance } from "../http/harness.js"
 import { call, chatBody, projectAndToken, type ProjectAndToken, type Stack, startStack } from "../proxy/stack.js"
 import { printTally, rawHttp, type RawReply, runs, tally } from "./support.js"
@@ -61,14 +61,22 @@ const endpoints = (): ReadonlyArray<Endpoint> => [
   { method: "PATCH", path: () => `/manage/tokens/${live.tokenId}`, label: "PATCH /manage/tokens/:id", body: true },
   { method: "DELETE", path: () => `/manage/tokens/${live.tokenId}`, label: "DELETE /manage/tokens/:id", body: false },
   { method: "GET", path: () => "/manage/audit", label: "GET /manage/audit", body: false },
-  { method: "GET", path: () => "/manage/audit/1", label: "GET /manage/audit/:id", body: false }
+  { method: "GET", path: () => "/manage/audit/1", label: "GET /manage/audit/:id", body: false },
+  { method: "GET", path: () => "/manage/usage", label: "GET /manage/usage", body: false },
+  { method: "POST", path: () => "/manage/cache/purge", label: "POST /manage/cache/purge", body: true }
+]
+
+/** Endpoints that need no management token (the admin UI's login and session), fuzzed for their payloads only. */
+const sessionEndpoints: ReadonlyArray<Endpoint> = [
+  { method: "POST", path: () => "/manage/session", label: "POST /manage/session", body: true }
 ]
 
 const bodySchemas: Record<string, Schema.Schema<any, any, never>> = {
   "POST /manage/projects": CreateProject,
   "PATCH /manage/projects/:id": UpdateProject,
   "POST /manage/tokens": CreateToken,
-  "PATCH /manage/tokens/:id": UpdateToken
+  "PATCH /manage/tokens/:id": UpdateToken,
+  "POST /manage/cache/purge": CachePurge
 }
 
 const auth = (): readonly [string, string] => ["Authorization", `Bearer ${mt}`]
@@ -252,7 +260,7 @@ describe("management API under hostile input", () => {
 
   it("payloads: hostile JSON and non-JSON bodies get a 4xx and change nothing", async () => {
     const before = await snapshot()
-    const withBody = endpoints().filter((e) => e.body)
+    const withBody = [...endpoints().filter((e) => e.body), ...sessionEndpoints]
     const payload = fc.oneof(
       hostileJson.filter((d) => d !== undefined).map((d) => ({ raw: false, value: d as unknown })),
       hostileRaw.map((s) => ({ raw: true, value: s as unknown }))
@@ -333,12 +341,14 @@ describe("management API under hostile input", () => {
       "project_id", "projectId", "active_only", "page", "page_size", "limit", "__proto__", "project_id[]", "x",
       // GET /manage/audit's filters
       "action", "actor", "outcome", "token_id", "client_ip", "request_id", "correlation_id", "method", "path", "search",
-      "start_time", "end_time", "cursor", "order"
+      "start_time", "end_time", "cursor", "order",
+      // GET /manage/usage's
+      "since", "until"
     )
     const value = fc.oneof(hostileString.map(encodeURIComponent), fc.constantFrom(live.projectId, "true", "false", "1", "-1", "%", "%zz", "", "%25", "_", "%25%25%25", "'%20OR%201=1--", "2026-13-45T99:99:99Z", "1e309", "99999999999999999999"))
     const query = fc.array(fc.tuple(key, value), { maxLength: 5 }).map((pairs) => pairs.map(([k, v]) => `${k}=${v}`).join("&"))
     await fc.assert(
-      fc.asyncProperty(query, fc.constantFrom("/manage/tokens", "/manage/projects", "/manage/audit"), async (q, path) => {
+      fc.asyncProperty(query, fc.constantFrom("/manage/tokens", "/manage/projects", "/manage/audit", "/manage/usage"), async (q, path) => {
         tally(TITLE, `GET ${path}?query`)
         const r = await rawHttp(port, "GET", `${path}?${q}`, [auth()])
         if (r.status === 200) {
