@@ -11,8 +11,8 @@
  * up), the live heap's least-squares slope must stay under 16 KB/s and RSS may grow at most 64 MB. Noise measured
  * on this machine is a slope of a few KB/s either way; a leak of one retained request (a context, its headers and
  * body: ≥ 2 KB) per request at 40 rps is ≥ 80 KB/s, five times the bound; the bound catches ≥ ~400 B/request.
- * Also failures: any 5xx, any request that hangs (30 s), a revoked token that gets through, an interval whose
- * event-loop p99 exceeds 2 s (a stall; the lag itself is recorded, not judged).
+ * Also failures: any 5xx, any request that hangs (30 s), a revoked token that gets through, an interval after the
+ * warm-up whose event-loop p99 exceeds 2 s (a stall; the lag itself is recorded, not judged).
  */
 import { createHash } from "node:crypto"
 import { appendFileSync, readFileSync, writeFileSync } from "node:fs"
@@ -233,8 +233,9 @@ describe.skipIf(!built)("soak", () => {
     expect(stats.sent).toBeGreaterThanOrEqual(Math.floor(SECONDS * RPS * 0.95))
     expect(heapSlope).toBeLessThan(HEAP_SLOPE_BOUND)
     expect(rssGrowth).toBeLessThan(RSS_GROWTH_BOUND)
-    // A stall detector, not a latency target: the lag is recorded above; 2 s leaves room for a loaded CI machine.
-    expect(Math.max(...p99s)).toBeLessThan(2_000)
+    // A stall detector, not a latency target: the lag is recorded above; judged after the warm-up (the first
+    // interval holds start-up: module loading, migrations, JIT), with 2 s of room for a loaded CI machine.
+    expect(Math.max(...after.map((s) => s.lagP99))).toBeLessThan(2_000)
   })
 })
 
