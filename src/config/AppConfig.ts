@@ -92,6 +92,16 @@ export interface AppConfigShape {
   readonly maxRequestSize: number
   /** Upstream response-header timeout, ms (504 after it); streams are never cut by it. */
   readonly requestTimeoutMs: number
+  /**
+   * How long a client may take to send a request's headers, ms (408 and close after it): the slowloris bound.
+   * Bodies and responses are not limited by it.
+   */
+  readonly headersTimeoutMs: number
+  /**
+   * How long a client may take to send a whole request, headers and body, ms (408 and close after it): the
+   * slow-body bound. Responses (streams) are not limited by it.
+   */
+  readonly clientRequestTimeoutMs: number
   /** Consecutive 502/503/504 answers of one provider that open its circuit breaker. */
   readonly circuitBreakerThreshold: number
   /** How long an open breaker answers 503 before letting one probe through, ms. */
@@ -451,6 +461,8 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   openaiApiUrl: httpUrl("OPENAI_API_URL", "https://api.openai.com"),
   maxRequestSize: positiveInt("MAX_REQUEST_SIZE", 33_554_432),
   requestTimeoutMs: duration("REQUEST_TIMEOUT", "120s"),
+  headersTimeoutMs: duration("CLIENT_HEADERS_TIMEOUT", "30s"),
+  clientRequestTimeoutMs: duration("CLIENT_REQUEST_TIMEOUT", "10m"),
   circuitBreakerThreshold: positiveInt("CIRCUIT_BREAKER_THRESHOLD", 5),
   circuitBreakerCooldownMs: duration("CIRCUIT_BREAKER_COOLDOWN", "30s"),
   tokenCacheTtlMs: duration("TOKEN_CACHE_TTL", "5s", 0),

@@ -20,6 +20,9 @@ const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 // C0/C1 control characters make names unprintable in tables and logs.
 const CONTROL_RE = /[\u0000-\u001f\u007f-\u009f]/
 
+// A lone UTF-16 surrogate is not text: PostgreSQL refuses it (a 500 instead of a 400) and SQLite stores mojibake.
+const LONE_SURROGATE_RE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/
+
 export const isUuid = (s: string): boolean => UUID_RE.test(s)
 
 export interface RateLimitInput {
@@ -62,6 +65,7 @@ const checkName = (name: string): Invalid | undefined => {
   if (name.trim() === "") return "name must not be empty"
   if (name.length > NAME_MAX) return `name must be at most ${NAME_MAX} characters`
   if (CONTROL_RE.test(name)) return "name must not contain control characters"
+  if (LONE_SURROGATE_RE.test(name)) return "name must be valid Unicode text"
   return undefined
 }
 
@@ -69,6 +73,7 @@ const checkApiKey = (key: string): Invalid | undefined => {
   if (key.length > API_KEY_MAX) return `api_key must be at most ${API_KEY_MAX} characters`
   if (isObfuscated(key)) return "cannot save obfuscated API key - please provide the full API key"
   if (/\s/.test(key) || CONTROL_RE.test(key)) return "api_key must not contain whitespace or control characters"
+  if (LONE_SURROGATE_RE.test(key)) return "api_key must be valid Unicode text"
   return undefined
 }
 

@@ -104,8 +104,9 @@ export const makeApp = Effect.gen(function*() {
     }
     if (path === "/admin" || path.startsWith("/admin/")) return yield* serveAdmin(path)
     if (path === "/manage" || path.startsWith("/manage/")) {
-      // The router ignores a trailing slash; `/manage/projects/` is an empty id, not the list (reference §2.3).
-      if (path.endsWith("/")) return yield* fallback
+      // The router ignores a trailing slash and collapses `//`; `/manage/projects/` is an empty id, not the list
+      // (reference §2.3), and `/manage/projects/<id>//tokens/revoke` is not the revoke endpoint.
+      if (path.endsWith("/") || path.includes("//")) return yield* fallback
       // The router is typed as infallible but fails with RouteNotFound for paths it does not know.
       return yield* management.pipe(
         Effect.catchAllCause((cause) => {

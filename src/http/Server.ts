@@ -5,10 +5,11 @@
 import { HttpIncomingMessage, HttpMiddleware, type HttpServerRequest } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Context, Effect, Layer, Option } from "effect"
-import { createServer } from "node:http"
+import { createServer, type ServerResponse } from "node:http"
 import type { AddressInfo } from "node:net"
+import type { Duplex } from "node:stream"
 import { AppConfig } from "../config/AppConfig.js"
-import { isProxyPath } from "../proxy/policy.js"
+import { duplicateAuthorization, isProxyPath } from "../proxy/policy.js"
 import { ProxyHandler } from "../proxy/ProxyHandler.js"
 import { makeApp } from "./App.js"
 import { MAX_BODY_BYTES } from "./body.js"
@@ -31,6 +32,34 @@ const spanName = (req: HttpServerRequest.HttpServerRequest) => `${req.method} ${
 const UNTRACED = new Set(["/health", "/ready", "/live", "/metrics", "/metrics/json", "/metrics/prometheus"])
 const untraced = (req: HttpServerRequest.HttpServerRequest) => UNTRACED.has(req.url.split("?")[0] ?? "/")
 
+const DUPLICATE_AUTHORIZATION = JSON.stringify({ error: "more than one Authorization header" })
+
+const refuseDuplicateAuthorization = (res: ServerResponse) => {
+  res.writeHead(400, { "content-type": "application/json", "content-length": Buffer.byteLength(DUPLICATE_AUTHORIZATION) })
+  res.end(DUPLICATE_AUTHORIZATION)
+}
+
+/**
+ * Requests the HTTP parser refuses (malformed line, bad framing, headers too large, too slow) get Node's statuses
+ * with a JSON body like every other error, and the connection is closed.
+ */
+const answerClientError = (e: NodeJS.ErrnoException, socket: Duplex) => {
+  // A response already under way on this connection (pipelining) cannot be followed by another status line.
+  const inFlight = (socket as { _httpMessage?: { readonly headersSent?: boolean } })._httpMessage
+  if (e.code === "ECONNRESET" || !socket.writable || inFlight?.headersSent === true) return socket.destroy()
+  const [status, reason, error] = e.code === "HPE_HEADER_OVERFLOW"
+    ? [431, "Request Header Fields Too Large", "request headers too large"]
+    : e.code === "ERR_HTTP_REQUEST_TIMEOUT" || e.code === "HPE_HEADERS_TIMEOUT"
+    ? [408, "Request Timeout", "request timeout"]
+    : e.code === "HPE_CHUNK_EXTENSIONS_OVERFLOW"
+    ? [413, "Payload Too Large", "request too large"]
+    : [400, "Bad Request", "malformed HTTP request"]
+  const body = JSON.stringify({ error })
+  socket.end(
+    `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`
+  )
+}
+
 export const HttpServerLive = Layer.scoped(
   ServerAddress,
   Effect.gen(function*() {
@@ -45,10 +74,25 @@ export const HttpServerLive = Layer.scoped(
     )
     const proxy = yield* ProxyHandler
     // /v1/* never enters the Effect app: it is handled as plain Node streams (src/proxy/ProxyHandler.ts).
+    // Both client timeouts only cover receiving the request (responses and SSE streams are never cut by them).
+    // Without them (requestTimeout 0 turns headersTimeout off too) a client sending its headers or body one byte
+    // at a time (slowloris), or nothing at all, held a socket forever. Checked every second (default 30 s).
+    const requestTimeout = config.clientRequestTimeoutMs
     const server = createServer(
-      { keepAliveTimeout: 65_000 },
-      (req, res) => (isProxyPath(req.url ?? "/") ? proxy(req, res) : handler(req, res))
+      {
+        keepAliveTimeout: 65_000,
+        requestTimeout,
+        headersTimeout: Math.min(config.headersTimeoutMs, requestTimeout),
+        connectionsCheckingInterval: Math.min(1_000, config.headersTimeoutMs)
+      },
+      (req, res) => {
+        if (isProxyPath(req.url ?? "/")) return proxy(req, res)
+        // Node keeps the first of two Authorization headers and drops the other unseen; refuse the ambiguity.
+        if (duplicateAuthorization(req.rawHeaders)) return refuseDuplicateAuthorization(res)
+        return handler(req, res)
+      }
     )
+    server.on("clientError", answerClientError)
     yield* Effect.async<void, Error>((resume) => {
       const onError = (e: Error) => resume(Effect.fail(new Error(`cannot listen on ${config.listen.host}:${config.listen.port}: ${e.message}`)))
       server.once("error", onError)

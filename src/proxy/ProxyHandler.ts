@@ -37,6 +37,7 @@ import {
   checkParams,
   corsHeaders,
   downstreamHeaders,
+  duplicateAuthorization,
   endpointAllowed,
   isJsonContentType,
   isSafePath,
@@ -401,6 +402,7 @@ export const make = Effect.gen(function*() {
 
   const authenticate = (f: Flow) => {
     if (f.done) return
+    if (duplicateAuthorization(f.req.rawHeaders)) return reply(f, Answers.duplicateAuthorization)
     const credential = bearerCredential(f.req.headers.authorization)
     if (credential === undefined) return reply(f, Answers.missingAuthorization)
     if (!isProxyTokenFormat(credential)) return reply(f, Answers.malformedToken)

@@ -50,6 +50,7 @@ export const Answers = {
   originNotAllowed: answer(403, "Origin not allowed", "origin_not_allowed"),
   requestTooLarge: answer(413, "Request body too large", "request_too_large"),
   badRequestBody: answer(400, "Invalid request body", "invalid_request"),
+  duplicateAuthorization: answer(400, "Invalid token", "invalid_token", "more than one Authorization header"),
   paramNotAllowed: (param: string, value: string, patterns: ReadonlyArray<string>) =>
     answer(400, `Parameter '${param}' value '${value}' is not allowed. Allowed patterns: [${patterns.join(" ")}]`, "param_not_allowed"),
   internalError: answer(500, "Internal error", "internal_error")
@@ -211,6 +212,23 @@ export const bearerCredential = (header: string | undefined): string | undefined
   if (header === undefined) return undefined
   const m = BEARER.exec(header)
   return m ? m[1] : undefined
+}
+
+/**
+ * True when `Authorization` appears more than once in the raw header list. Which copy counts depends on who reads
+ * them (Node keeps the first, other proxies the last or a join), so a request carrying two is refused rather than
+ * letting a front proxy and this one disagree about who the caller is.
+ */
+export const duplicateAuthorization = (rawHeaders: ReadonlyArray<string>): boolean => {
+  let seen = false
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!
+    if (name.length === 13 && name.toLowerCase() === "authorization") {
+      if (seen) return true
+      seen = true
+    }
+  }
+  return false
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -39,6 +39,8 @@ export const testConfig = (database: Database, overrides: Partial<AppConfigShape
   openaiApiUrl: "https://api.openai.com",
   maxRequestSize: 33_554_432,
   requestTimeoutMs: 120_000,
+  headersTimeoutMs: 30_000,
+  clientRequestTimeoutMs: 600_000,
   circuitBreakerThreshold: 5,
   circuitBreakerCooldownMs: 30_000,
   tokenCacheTtlMs: 5_000,

@@ -1,0 +1,291 @@
+/**
+ * Fuzzing the /v1 data plane and the HTTP layer under it:
+ *
+ *   requests   random methods × paths (encoded traversal, `//`, dot segments, unicode look-alikes, absolute-form
+ *              targets) × query strings × headers × tokens (none, garbage, unknown, revoked, valid) → never a 5xx;
+ *              nothing reaches the provider without the valid token; what reaches it is exactly the path sent,
+ *              safe and allowed
+ *   raw HTTP   malformed bytes over node:net: random garbage, bad chunking, smuggling framings, pipelined garbage,
+ *              slowloris headers and trickled bodies → a 4xx or a closed connection, never a hang; the server keeps
+ *              answering everyone else meanwhile
+ */
+import { FastCheck as fc } from "effect"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { endpointAllowed, isSafePath } from "../../src/proxy/policy.js"
+import { backends, type BackendInstance } from "../http/harness.js"
+import { call, chatBody, createToken, projectAndToken, type ProjectAndToken, type Stack, startStack } from "../proxy/stack.js"
+import { printTally, rawExchange, rawHttp, runs, sleep, tally } from "./support.js"
+
+const TITLE = "proxy and HTTP-layer fuzzing"
+const ALLOWED = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/edits", "/v1/fine-tunes", "/v1/files", "/v1/images/generations", "/v1/audio/transcriptions", "/v1/moderations"]
+
+let backend: BackendInstance
+let stack: Stack
+let port: number
+let live: ProjectAndToken
+let revoked: string
+
+beforeAll(async () => {
+  backend = await backends[0]!.create()
+  // Short client timeouts so slowloris and trickled bodies are cut within the test.
+  stack = await startStack(backend, { headersTimeoutMs: 2_000, clientRequestTimeoutMs: 4_000 })
+  port = Number(new URL(stack.server.url).port)
+  live = await projectAndToken(stack.manage)
+  const r = await createToken(stack.manage, live.projectId)
+  await stack.manage.delete(`/manage/tokens/${r.tokenId}`)
+  revoked = r.token
+})
+afterAll(async () => {
+  printTally(TITLE)
+  await stack?.close()
+  await backend?.cleanup()
+})
+
+const healthy = async () => {
+  expect((await fetch(`${stack.server.url}/health`)).status).toBe(200)
+  const p = await call(stack.server.url, "/v1/chat/completions", { token: live.token, body: chatBody() })
+  expect(p.status).toBe(200)
+}
+
+describe("the /v1 data plane under hostile requests", () => {
+  it("requests: never a 5xx, never the provider without a valid token, only safe allowed paths upstream", async () => {
+    const segment = fc.oneof(
+      fc.constantFrom(
+        "v1", "chat", "completions", "models", "embeddings", "files", "manage", "projects", "admin",
+        "..", ".", "", "%2e%2e", "%2E%2e", ".%2e", "%2f", "%2F", "%5c", "\\", "%00", "%252e%252e", "%c0%ae",
+        "..;", "%09", "V1", "%76%31", "v1%2fchat", "ｖ１", "chat%2Fcompletions", "completions%3F", "completions#x",
+        "e\u0301", "\u212a", "models\u0000"
+      ),
+      fc.stringMatching(/^[A-Za-z0-9._~%-]{0,12}$/)
+    )
+    const path = fc.oneof(
+      fc.array(segment, { minLength: 1, maxLength: 5 }).map((s) => `/v1/${s.join("/")}`),
+      fc.array(segment, { minLength: 1, maxLength: 5 }).map((s) => `/${s.join("/")}`),
+      fc.constantFrom(
+        "/v1/chat/completions",
+        "/v1/chat/completions/",
+        "//v1/chat/completions",
+        "/v1//chat/completions",
+        "/v1/chat/completions/..",
+        "/v1/chat/../../manage/projects",
+        "/v1/%2e%2e/manage/projects",
+        "/v1/models%2f..%2f..%2fmanage",
+        "/./v1/chat/completions",
+        "/v1/chat/completionsX",
+        "/v1",
+        "/v1?x=1",
+        "http://evil.example/v1/chat/completions",
+        "http://127.0.0.1/v1/chat/completions",
+        "*",
+        "/V1/chat/completions",
+        "/v1/models/gpt-4o"
+      )
+    )
+    const query = fc.oneof(
+      fc.constant(""),
+      fc.array(fc.tuple(fc.stringMatching(/^[a-z_]{1,8}$/), fc.stringMatching(/^[A-Za-z0-9%._~-]{0,16}$/)), { maxLength: 3 })
+        .map((p) => "?" + p.map(([k, v]) => `${k}=${v}`).join("&")),
+      fc.constantFrom("?", "??", "?%", "?%zz", "?a=%00", "?__proto__[x]=1", "?url=http://evil.example", "?" + "a".repeat(2000))
+    )
+    const method = fc.constantFrom("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "FOO", "get")
+    const token = fc.constantFrom<"none" | "garbage" | "unknown" | "revoked" | "valid" | "management">(
+      "none", "garbage", "unknown", "revoked", "valid", "valid", "management"
+    )
+    const extra = fc.array(
+      fc.tuple(
+        fc.constantFrom("Host", "X-Forwarded-Host", "X-Forwarded-For", "Origin", "X-Request-ID", "Content-Type", "X-Api-Key", "Forwarded", "X-Original-URL", "X-Rewrite-URL"),
+        fc.oneof(fc.stringMatching(/^[ -~]{0,40}$/), fc.constantFrom("evil.example", "127.0.0.1:1", "http://evil.example", "../../", "application/json"))
+      ),
+      { maxLength: 3 }
+    )
+    const credentialOf = (t: string): Array<readonly [string, string]> => {
+      switch (t) {
+        case "none":
+          return []
+        case "garbage":
+          return [["Authorization", "Bearer not-a-token"]]
+        case "unknown":
+          return [["Authorization", `Bearer sk-${"A".repeat(43)}`]]
+        case "revoked":
+          return [["Authorization", `Bearer ${revoked}`]]
+        case "management":
+          return [["Authorization", `Bearer ${stack.server.token}`]]
+        default:
+          return [["Authorization", `Bearer ${live.token}`]]
+      }
+    }
+    await fc.assert(
+      fc.asyncProperty(method, path, query, token, extra, fc.boolean(), async (m, p, q, t, headers, withBody) => {
+        tally(TITLE, `/v1 requests (token: ${t})`)
+        const target = p === "*" ? "*" : p + q
+        const body = withBody ? JSON.stringify(chatBody()) : undefined
+        // The raw client sends its own Host; a generated Host goes first (Node keeps the first).
+        const h: Array<readonly [string, string]> = [
+          ...credentialOf(t),
+          ...headers.filter(([k]) => k !== "Host"),
+          ...(body !== undefined ? [["Content-Type", "application/json"] as const, ["Content-Length", String(body.length)] as const] : [])
+        ]
+        const seen = stack.mock.requests.length
+        const r = await rawHttp(port, m, target, h, body)
+        expect(r.timedOut).toBe(false)
+        if (!r.dropped && r.status >= 500) throw new Error(`${m} ${target} (${t}): ${r.status} ${r.body.slice(0, 200)}`)
+        const reached = stack.mock.requests.slice(seen)
+        if (reached.length === 0) return
+        if (t !== "valid") throw new Error(`${m} ${target} reached the provider with token "${t}"`)
+        for (const u of reached) {
+          expect(u.url).toBe(target)
+          expect(isSafePath(u.path)).toBe(true)
+          expect(endpointAllowed(u.path, ALLOWED)).toBe(true)
+          expect(u.headers.authorization).toBe(`Bearer ${live.apiKey}`)
+        }
+      }),
+      { numRuns: runs(1000) }
+    )
+    await healthy()
+  })
+})
+
+describe("malformed HTTP over raw sockets", () => {
+  const chat = JSON.stringify(chatBody())
+  const head = (extra: string, path = "/v1/chat/completions") =>
+    `POST ${path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${live.token}\r\nContent-Type: application/json\r\n${extra}`
+
+  const expectRefusedOrClosed = (r: { statuses: ReadonlyArray<number>; closed: boolean; timedOut: boolean; text: string }, what: string) => {
+    if (r.timedOut) throw new Error(`${what}: the connection hung`)
+    if (r.statuses.some((s) => s >= 500)) throw new Error(`${what}: ${r.text.slice(0, 200)}`)
+  }
+
+  it("garbage: random bytes, then a half-close, get a 400 or a close", async () => {
+    const seen = stack.mock.requests.length
+    await fc.assert(
+      fc.asyncProperty(
+        fc.oneof(
+          fc.uint8Array({ minLength: 1, maxLength: 300 }).map((b) => Buffer.from(b)),
+          fc.string({ maxLength: 200 }).map((s) => Buffer.from(s)),
+          fc.constantFrom(
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET /v1/models HTTP/9.9\r\nHost: x\r\n\r\n",
+            "GET /v1/models\r\n\r\n",
+            "\r\n\r\n\r\n",
+            "GET /v1/models HTTP/1.1\nHost: x\n\n",
+            "GET\t/v1/models HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /v1/mo dels HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /v1/models HTTP/1.1\r\nHost: x\r\n Folded: y\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n",
+            "GET /v1/models HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            "\u0016\u0003\u0001\u0000\u00a5\u0001\u0000\u0000\u00a1\u0003\u0003"
+          ).map((s) => Buffer.from(s, "latin1"))
+        ),
+        async (bytes) => {
+          tally(TITLE, "raw: garbage")
+          const r = await rawExchange(port, [bytes], { endWrite: true, timeoutMs: 8_000, idleMs: 2_000 })
+          expectRefusedOrClosed(r, JSON.stringify(bytes.toString("latin1").slice(0, 80)))
+        }
+      ),
+      { numRuns: runs(200) }
+    )
+    expect(stack.mock.requests.length).toBe(seen)
+    await healthy()
+  })
+
+  it("bad chunking and smuggling framings: a 4xx or a close, never a request upstream", async () => {
+    const seen = stack.mock.requests.length
+    const cases: ReadonlyArray<readonly [string, string]> = [
+      ["size not hex", head("Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")],
+      ["size larger than the data", head("Transfer-Encoding: chunked\r\n\r\nff\r\n{}\r\n0\r\n\r\n")],
+      ["size smaller than the data", head(`Transfer-Encoding: chunked\r\n\r\n2\r\n${chat}\r\n0\r\n\r\n`)],
+      ["missing CRLF after the data", head(`Transfer-Encoding: chunked\r\n\r\n${chat.length.toString(16)}\r\n${chat}0\r\n\r\n`)],
+      ["negative size", head("Transfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n")],
+      ["64-bit size", head("Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nhello\r\n0\r\n\r\n")],
+      ["huge chunk extension", head(`Transfer-Encoding: chunked\r\n\r\n2;${"x".repeat(20_000)}\r\n{}\r\n0\r\n\r\n`)],
+      ["CL and TE together", head(`Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n`)],
+      ["two Content-Lengths", head(`Content-Length: 2\r\nContent-Length: ${chat.length}\r\n\r\n${chat}`)],
+      ["TE chunked, identity", head(`Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n`)],
+      ["TE with obs-fold", head(`Transfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n`)],
+      ["TE xchunked", head(`Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n`)],
+      ["Content-Length with sign", head(`Content-Length: +${chat.length}\r\n\r\n${chat}`)],
+      ["Content-Length beyond MAX_REQUEST_SIZE", head(`Content-Length: 99999999999\r\n\r\n{}`)],
+      ["bare LF in a header value", head(`X-A: a\nb\r\nContent-Length: 2\r\n\r\n{}`)],
+      ["NUL in a header value", head(`X-A: a\u0000b\r\nContent-Length: 2\r\n\r\n{}`)],
+      ["space before the colon", head(`Content-Length : 2\r\n\r\n{}`)],
+      ["16 KB of headers", head(`X-Big: ${"a".repeat(17_000)}\r\nContent-Length: 2\r\n\r\n{}`)]
+    ]
+    for (const [name, bytes] of cases) {
+      tally(TITLE, "raw: framing")
+      const r = await rawExchange(port, [Buffer.from(bytes, "latin1")], { endWrite: true, timeoutMs: 8_000, idleMs: 1_000 })
+      expectRefusedOrClosed(r, name)
+      const first = r.statuses[0]
+      // A framing the parser accepts as something else (e.g. a short chunk) may reach the upstream only as a
+      // complete, valid request; the ones below must not.
+      if (first !== undefined && first < 400 && !["size smaller than the data"].includes(name)) {
+        throw new Error(`${name}: answered ${first}`)
+      }
+    }
+    // Smuggled second requests never surfaced upstream as their own request.
+    expect(stack.mock.requests.slice(seen).every((u) => u.path === "/v1/chat/completions")).toBe(true)
+    await healthy()
+  })
+
+  it("pipelining: valid requests are answered in order, garbage after them gets a 400 and a close", async () => {
+    const one = `GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${live.token}\r\n\r\n`
+    tally(TITLE, "raw: pipelined", 4)
+    const ten = await rawExchange(port, [Buffer.from(one.repeat(10))], { timeoutMs: 8_000, idleMs: 1_000 })
+    expect(ten.statuses).toEqual(Array(10).fill(200))
+    // Garbage in the same packet as valid requests: the parser fails on the packet, the connection gets a 400 and
+    // is closed (the requests before it are broken HTTP too).
+    const packed = await rawExchange(port, [Buffer.from(one + one + "GARBAGE / HTTP/1.1\r\n\r\n" + one)], { timeoutMs: 8_000, idleMs: 1_000 })
+    expect(packed.statuses.every((s) => s === 200 || s === 400)).toBe(true)
+    expect(packed.statuses.at(-1)).toBe(400)
+    expect(packed.closed).toBe(true)
+    // Garbage after the answers went out: those stand, then 400 and close.
+    const later = await rawExchange(port, [Buffer.from(one + one), { delayMs: 300 }, Buffer.from("GARBAGE / HTTP/1.1\r\n\r\n" + one)], { timeoutMs: 8_000, idleMs: 1_000 })
+    expect(later.statuses).toEqual([200, 200, 400])
+    expect(later.closed).toBe(true)
+    const unauth = await rawExchange(port, [Buffer.from("GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n".repeat(5))], { timeoutMs: 8_000, idleMs: 1_000 })
+    expect(unauth.statuses).toEqual(Array(5).fill(401))
+  })
+
+  it("slowloris: trickled headers and bodies get a 408 and a close; everyone else is served meanwhile", async () => {
+    const slowHeaders = Array.from({ length: 40 }, () =>
+      rawExchange(port, [
+        Buffer.from("POST /v1/chat/completions HTTP/1.1\r\n"),
+        ...Array.from({ length: 30 }, (_, i) => [{ delayMs: 250 }, Buffer.from(`X-${i}: y\r\n`)]).flat()
+      ], { timeoutMs: 15_000, idleMs: 15_000 })
+    )
+    const silent = Array.from({ length: 20 }, () => rawExchange(port, [], { timeoutMs: 15_000, idleMs: 15_000 }))
+    const slowBody = Array.from({ length: 20 }, () =>
+      rawExchange(port, [
+        Buffer.from(head(`Content-Length: ${chat.length}\r\n\r\n`)),
+        ...Array.from({ length: 40 }, (_, i) => [{ delayMs: 250 }, Buffer.from(chat[i] ?? " ")]).flat()
+      ], { timeoutMs: 15_000, idleMs: 15_000 })
+    )
+    tally(TITLE, "raw: slowloris headers", 40)
+    tally(TITLE, "raw: silent connections", 20)
+    tally(TITLE, "raw: trickled bodies", 20)
+    // Meanwhile the gateway answers normal traffic promptly.
+    const started = Date.now()
+    for (let i = 0; i < 20; i++) {
+      const r = await call(stack.server.url, "/v1/chat/completions", { token: live.token, body: chatBody() })
+      expect(r.status).toBe(200)
+    }
+    expect(Date.now() - started).toBeLessThan(10_000)
+    for (const r of await Promise.all(slowHeaders)) {
+      expect(r.timedOut).toBe(false)
+      expect(r.closed).toBe(true)
+      expect(r.statuses).toEqual([408])
+      expect(r.ms).toBeLessThan(6_000)
+    }
+    for (const r of await Promise.all(silent)) {
+      expect(r.timedOut).toBe(false)
+      expect(r.closed).toBe(true)
+    }
+    for (const r of await Promise.all(slowBody)) {
+      expect(r.timedOut).toBe(false)
+      expect(r.closed).toBe(true)
+      expect(r.statuses.every((s) => s === 408)).toBe(true)
+    }
+    await sleep(100)
+    await healthy()
+  })
+})
