@@ -48,8 +48,8 @@ export const loggerLayer = (config: Pick<AppConfigShape, "logFormat" | "logLevel
   )
 
 /** Window rate limiter store: one instance in memory, or shared through Redis. */
-export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" | "redisUrl">) =>
-  config.rateLimitBackend === "redis" ? RateLimits.redis(config.redisUrl) : RateLimits.memory
+export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" | "redisUrl" | "rateLimitFailureMode">) =>
+  config.rateLimitBackend === "redis" ? RateLimits.redis(config.redisUrl, config.rateLimitFailureMode) : RateLimits.memory
 
 /**
  * The data plane: TokenValidator (shared with the management handlers, which invalidate it), usage counters,

@@ -81,6 +81,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
           const updated = yield* Option.match(result, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed })
           // After the commit: the next proxy request re-reads activation, key and provider.
           validator.invalidateProject(id)
+          yield* Effect.promise(validator.settled)
           return projectJson(updated.project)
         }).pipe(
           Effect.catchTags({
@@ -94,6 +95,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
           const result = yield* store.revokeProjectTokens(id, yield* now)
           const counts = yield* Option.match(result, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed })
           validator.invalidateProject(id)
+          yield* Effect.promise(validator.settled)
           return { revoked_count: counts.revoked, already_revoked_count: counts.alreadyRevoked, total_tokens: counts.total }
         }).pipe(Effect.catchTag("StoreError", internal("failed to revoke project tokens"))))
   }))

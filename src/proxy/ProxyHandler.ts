@@ -26,7 +26,7 @@ import { AppConfig } from "../config/AppConfig.js"
 import { type ProviderConfig, Providers } from "../config/Providers.js"
 import { hashProxyToken, isProxyTokenFormat } from "../crypto/ProxyToken.js"
 import { Store } from "../store/Store.js"
-import { RateLimits } from "../token/RateLimits.js"
+import { type Exceeded, RateLimits, Unavailable } from "../token/RateLimits.js"
 import { judge, type TokenGrant, TokenValidator } from "../token/TokenValidator.js"
 import { UsageRecorder } from "../token/UsageRecorder.js"
 import { isFailureStatus } from "./CircuitBreaker.js"
@@ -443,13 +443,15 @@ export const make = Effect.gen(function*() {
     if (f.done) return
     const g = f.grant!
     const limited = limits.check(g.tokenId, g.tokenRateLimit, g.projectId, g.projectRateLimit)
-    if (isPromise(limited)) {
-      return limited.then((ex) =>
-        ex !== undefined ? reply(f, Answers.rateLimited(ex.retryAfterSeconds, ex.scope)) : guard(f, () => quota(f, target))
-      )
-    }
-    if (limited !== undefined) return reply(f, Answers.rateLimited(limited.retryAfterSeconds, limited.scope))
+    if (isPromise(limited)) return limited.then((v) => (v === undefined ? guard(f, () => quota(f, target)) : limitedBy(f, v)))
+    if (limited !== undefined) return limitedBy(f, limited)
     return quota(f, target)
+  }
+
+  const limitedBy = (f: Flow, v: Exceeded | typeof Unavailable) => {
+    if (v !== Unavailable) return reply(f, Answers.rateLimited(v.retryAfterSeconds, v.scope))
+    f.ctx.error = "rate limiter unavailable"
+    return reply(f, Answers.serviceUnavailable)
   }
 
   const quota = (f: Flow, target: UpstreamTarget): void | Promise<void> => {

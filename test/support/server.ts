@@ -27,8 +27,10 @@ export const testConfig = (database: Database, overrides: Partial<AppConfigShape
   circuitBreakerThreshold: 5,
   circuitBreakerCooldownMs: 30_000,
   tokenCacheTtlMs: 5_000,
+  tokenCacheStaleTtlMs: 60_000,
   usageFlushIntervalMs: 200,
   rateLimitBackend: "in-memory",
+  rateLimitFailureMode: "open",
   invalidationBackend: "in-memory",
   redisUrl: process.env["REDIS_URL"] ?? "redis://127.0.0.1:6379",
   ...overrides
