@@ -3,10 +3,16 @@
  * Programs (serve, migrate, …) are compositions of what is built here.
  */
 import { Context, Effect, Layer, Logger, LogLevel, Option } from "effect"
+import * as AuditLog from "./audit/AuditLog.js"
+import * as AuditRepo from "./audit/AuditRepo.js"
+import { makeTrustedProxies } from "./audit/clientIp.js"
+import { retentionLayer } from "./audit/retention.js"
+import { sinksLayer } from "./audit/sinks.js"
 import { AppConfig, type AppConfigShape, type Database } from "./config/AppConfig.js"
 import { resolveManagementToken } from "./config/managementToken.js"
 import { Providers } from "./config/Providers.js"
 import * as ProxyHandler from "./proxy/ProxyHandler.js"
+import { auditHooks } from "./proxy/auditHooks.js"
 import { ProxyHooks } from "./proxy/ProxyHooks.js"
 import * as Upstream from "./proxy/Upstream.js"
 import * as RateLimits from "./token/RateLimits.js"
@@ -36,6 +42,19 @@ export const migratedDatabaseLayer = (db: Database) =>
     )
   )
 
+/**
+ * The audit log for a configuration: off (AUDIT_ENABLED=false), or writing to the database
+ * (AUDIT_STORE_IN_DB) and/or the JSONL file (AUDIT_LOG_FILE), plus retention when AUDIT_RETENTION_DAYS > 0.
+ */
+export const auditLayer = (config: Pick<AppConfigShape, "audit" | "database">) => {
+  const { audit } = config
+  const log = audit.enabled
+    ? AuditLog.layer.pipe(Layer.provide(sinksLayer({ file: Option.getOrUndefined(audit.file), database: audit.storeInDb })))
+    : AuditLog.disabled(audit.storeInDb)
+  const retention = audit.retentionDays > 0 ? retentionLayer({ days: audit.retentionDays }) : Layer.empty
+  return Layer.merge(log, retention).pipe(Layer.provideMerge(AuditRepo.layer(dialectOf(config.database))))
+}
+
 // Module-level instances: the logger set is keyed by identity, so providing the layer twice cannot double lines.
 const jsonLogger = Logger.withConsoleLog(Logger.jsonLogger)
 
@@ -57,8 +76,19 @@ export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" 
  */
 export const dataPlaneLayer = (config: AppConfigShape, hooks: Layer.Layer<ProxyHooks> = ProxyHooks.none) =>
   ProxyHandler.layer.pipe(
-    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), hooks))
+    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), withAuditHooks(config, hooks)))
   )
+
+/** The given hooks plus the audit log's (proxy requests denied for an inactive project). */
+const withAuditHooks = (config: Pick<AppConfigShape, "trustedProxies">, hooks: Layer.Layer<ProxyHooks>) =>
+  Layer.effect(
+    ProxyHooks,
+    Effect.gen(function*() {
+      const given = yield* ProxyHooks
+      const audit = yield* auditHooks(makeTrustedProxies(config.trustedProxies))
+      return ProxyHooks.combine(given, audit)
+    })
+  ).pipe(Layer.provide(hooks))
 
 export interface ServeOptions {
   /** What plugs into the data plane (cache, events, audit, metrics); none by default. */
@@ -85,7 +115,7 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
         ),
         Layer.provideMerge(
           Layer.mergeAll(
-            migratedDatabaseLayer(config.database),
+            auditLayer(config).pipe(Layer.provideMerge(migratedDatabaseLayer(config.database))),
             KeyCipher.layer(config.encryptionKey),
             Providers.load(Option.getOrUndefined(config.apiConfigPath), config.openaiApiUrl),
             Layer.succeed(ManagementToken, resolved.token),

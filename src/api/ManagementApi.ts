@@ -4,6 +4,7 @@
  */
 import { HttpApi, HttpApiEndpoint, HttpApiGroup, HttpApiMiddleware, HttpApiSchema, HttpApiSecurity, OpenApi } from "@effect/platform"
 import { Schema } from "effect"
+import { AuditEvent, AuditPage, ListAuditParams } from "../domain/audit.js"
 import {
   BadRequestWire,
   ConflictWire,
@@ -88,9 +89,22 @@ export const TokensApi = HttpApiGroup.make("tokens")
   .middleware(ManagementAuth)
   .annotate(OpenApi.Title, "Tokens")
 
+export const AuditApi = HttpApiGroup.make("audit")
+  .add(
+    HttpApiEndpoint.get("list", "/audit")
+      .setUrlParams(ListAuditParams)
+      .addSuccess(AuditPage)
+      .annotate(OpenApi.Description, "Audit events matching every given filter, newest first, one page at a time")
+  )
+  .add(HttpApiEndpoint.get("get", "/audit/:id").setPath(IdPath).addSuccess(AuditEvent).addError(NotFoundWire))
+  .prefix("/manage")
+  .middleware(ManagementAuth)
+  .annotate(OpenApi.Title, "Audit")
+
 export class ManagementApi extends HttpApi.make("llm-proxy")
   .add(ProjectsApi)
   .add(TokensApi)
+  .add(AuditApi)
   .addError(BadRequestWire)
   .addError(PayloadTooLargeWire)
   .addError(InternalErrorWire)
@@ -99,7 +113,7 @@ export class ManagementApi extends HttpApi.make("llm-proxy")
   .annotate(OpenApi.Version, "0.1.0")
   .annotate(
     OpenApi.Description,
-    "Projects and withering tokens. Every endpoint needs `Authorization: Bearer <MANAGEMENT_TOKEN>`. " +
+    "Projects, withering tokens and the audit log. Every endpoint needs `Authorization: Bearer <MANAGEMENT_TOKEN>`. " +
       "Errors are `{\"error\": \"...\", \"code\"?: \"...\"}`."
   )
 {}

@@ -7,6 +7,7 @@ import { HttpApiClient, HttpClient, HttpClientRequest } from "@effect/platform"
 import { Config, Effect, Option, Redacted } from "effect"
 import { readFileSync } from "node:fs"
 import { ManagementApi } from "../api/ManagementApi.js"
+import type { AuditEvent, AuditPage } from "../domain/audit.js"
 import type { Project, Token } from "../domain/models.js"
 import { CliFailure } from "./errors.js"
 import { orDash, record, show, table } from "./output.js"
@@ -292,7 +293,105 @@ const token = Command.make("token").pipe(
   Command.withSubcommands([tokenGenerate, tokenList, tokenGet, tokenUpdate, tokenRevoke])
 )
 
+// ---- audit ----------------------------------------------------------------------------------------------------
+
+const auditFilters = {
+  action: Options.text("action").pipe(Options.withDescription("Exact action, e.g. token.create"), Options.optional),
+  actor: Options.text("actor").pipe(Options.withDescription("Exact actor"), Options.optional),
+  outcome: Options.text("outcome").pipe(Options.withDescription("success, failure, denied or error"), Options.optional),
+  projectId: Options.text("project-id").pipe(Options.optional),
+  tokenId: Options.text("token-id").pipe(Options.optional),
+  clientIp: Options.text("client-ip").pipe(Options.optional),
+  requestId: Options.text("request-id").pipe(Options.optional),
+  correlationId: Options.text("correlation-id").pipe(Options.optional),
+  method: Options.text("method").pipe(Options.withDescription("HTTP method"), Options.optional),
+  path: Options.text("path").pipe(Options.withDescription("Exact request path"), Options.optional),
+  search: Options.text("search").pipe(Options.withDescription("Substring of ids, IP, action, actor, method, path, reason or metadata"), Options.optional),
+  startTime: Options.text("start-time").pipe(Options.withDescription("RFC 3339; events at or after"), Options.optional),
+  endTime: Options.text("end-time").pipe(Options.withDescription("RFC 3339; events at or before"), Options.optional),
+  page: Options.integer("page").pipe(Options.withDescription("Page, from 1"), Options.optional),
+  pageSize: Options.integer("page-size").pipe(Options.withDescription("Events per page, 1..100 (default 20)"), Options.optional)
+}
+
+const AUDIT_PARAMS = {
+  action: "action",
+  actor: "actor",
+  outcome: "outcome",
+  projectId: "project_id",
+  tokenId: "token_id",
+  clientIp: "client_ip",
+  requestId: "request_id",
+  correlationId: "correlation_id",
+  method: "method",
+  path: "path",
+  search: "search",
+  startTime: "start_time",
+  endTime: "end_time",
+  page: "page",
+  pageSize: "page_size"
+} as const
+
+const auditTable = (page: AuditPage) => {
+  const p = page.pagination
+  const rows = page.events.map((e) => [
+    e.timestamp,
+    e.action,
+    e.actor,
+    e.outcome,
+    orDash(e.client_ip),
+    orDash(e.project_id),
+    orDash(e.reason),
+    e.id
+  ])
+  return [
+    table(["TIME", "ACTION", "ACTOR", "OUTCOME", "CLIENT IP", "PROJECT", "REASON", "ID"], rows),
+    "",
+    `page ${p.page} of ${Math.max(p.total_pages, 1)} (${p.total_count} events)${p.has_next ? `; next: --page ${p.page + 1}` : ""}`
+  ].join("\n")
+}
+
+const auditRecord = (e: AuditEvent) =>
+  record([
+    ["id", e.id],
+    ["timestamp", e.timestamp],
+    ["action", e.action],
+    ["actor", e.actor],
+    ["outcome", e.outcome],
+    ["reason", orDash(e.reason)],
+    ["project_id", orDash(e.project_id)],
+    ["token_id", orDash(e.token_id)],
+    ["request_id", orDash(e.request_id)],
+    ["correlation_id", orDash(e.correlation_id)],
+    ["client_ip", orDash(e.client_ip)],
+    ["method", orDash(e.method)],
+    ["path", orDash(e.path)],
+    ["user_agent", orDash(e.user_agent)],
+    ["metadata", orDash(e.metadata)]
+  ])
+
+const auditList = Command.make("list", { ...common, ...auditFilters }, (o) =>
+  Effect.gen(function*() {
+    const urlParams: Record<string, string> = {}
+    for (const [key, param] of Object.entries(AUDIT_PARAMS)) {
+      const value: Option.Option<string | number> = o[key as keyof typeof AUDIT_PARAMS]
+      if (Option.isSome(value)) urlParams[param] = String(value.value)
+    }
+    const page = yield* (yield* client(o)).audit.list({ urlParams })
+    yield* show(o.json ? page : auditTable(page))
+  })).pipe(Command.withDescription("List audit events, newest first, with filters"))
+
+const auditShow = Command.make("show", { ...common, id }, (o) =>
+  Effect.gen(function*() {
+    const event = yield* (yield* client(o)).audit.get({ path: { id: o.id } })
+    yield* show(o.json ? event : auditRecord(event))
+  })).pipe(Command.withDescription("Show one audit event"))
+
+const audit = Command.make("audit").pipe(
+  Command.withDescription("Read the audit log"),
+  Command.withSubcommands([auditList, auditShow])
+)
+
 export const manage = Command.make("manage").pipe(
-  Command.withDescription("Manage projects and tokens through the management API"),
-  Command.withSubcommands([project, token])
+  Command.withDescription("Manage projects and tokens and read the audit log through the management API"),
+  Command.withSubcommands([project, token, audit])
 )

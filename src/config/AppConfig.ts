@@ -4,6 +4,7 @@
  */
 import { Config, ConfigError, Context, Either, Layer, Option, Redacted } from "effect"
 import { parseEncryptionKey } from "../crypto/KeyCipher.js"
+import { parseTrustedProxies } from "./trustedProxies.js"
 
 export interface ListenAddress {
   readonly host: string
@@ -16,6 +17,15 @@ export type Database =
 
 export type LogFormat = "json" | "pretty"
 
+export interface AuditConfig {
+  readonly enabled: boolean
+  /** JSONL sink; none = database only. */
+  readonly file: Option.Option<string>
+  readonly storeInDb: boolean
+  /** Events older than this many days are deleted; 0 keeps them forever. */
+  readonly retentionDays: number
+}
+
 export interface AppConfigShape {
   readonly listen: ListenAddress
   readonly managementToken: Option.Option<Redacted.Redacted<string>>
@@ -25,6 +35,9 @@ export interface AppConfigShape {
   readonly requireEncryptionKey: boolean
   readonly logLevel: "debug" | "info" | "warn" | "error"
   readonly logFormat: LogFormat
+  readonly audit: AuditConfig
+  /** IPs/CIDRs whose X-Forwarded-For is believed (audit client IPs). */
+  readonly trustedProxies: ReadonlyArray<string>
   /** Providers YAML (reference §5.1); none = the built-in `openai` provider at `openaiApiUrl`. */
   readonly apiConfigPath: Option.Option<string>
   readonly openaiApiUrl: string
@@ -93,6 +106,16 @@ const positiveInt = (name: string, fallback: number) =>
       /^\d+$/.test(s.trim()) && Number(s) > 0
         ? Either.right(Number(s))
         : Either.left(invalid(name, `expected a positive integer, got "${s}"`))
+    )
+  )
+
+const nonNegativeInt = (name: string, fallback: number) =>
+  Config.string(name).pipe(
+    Config.withDefault(String(fallback)),
+    Config.mapOrFail((s) =>
+      /^\d{1,9}$/.test(s.trim())
+        ? Either.right(Number(s))
+        : Either.left(invalid(name, `expected a non-negative integer, got "${s}"`))
     )
   )
 
@@ -204,6 +227,21 @@ const logFormat = Config.option(Config.string("LOG_FORMAT")).pipe(
   })
 )
 
+const audit: Config.Config<AuditConfig> = Config.all({
+  enabled: bool("AUDIT_ENABLED", true),
+  file: Config.string("AUDIT_LOG_FILE").pipe(
+    Config.withDefault("./data/audit.log"),
+    Config.map((s) => (s.trim() === "" ? Option.none() : Option.some(s.trim())))
+  ),
+  storeInDb: bool("AUDIT_STORE_IN_DB", true),
+  retentionDays: nonNegativeInt("AUDIT_RETENTION_DAYS", 0)
+})
+
+const trustedProxies = Config.string("TRUSTED_PROXIES").pipe(
+  Config.withDefault(""),
+  Config.mapOrFail((s) => Either.mapLeft(parseTrustedProxies(s), (m) => invalid("TRUSTED_PROXIES", m)))
+)
+
 export const appConfig: Config.Config<AppConfigShape> = Config.all({
   listen,
   managementToken: Config.option(Config.redacted("MANAGEMENT_TOKEN")).pipe(
@@ -215,6 +253,8 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   requireEncryptionKey: bool("REQUIRE_ENCRYPTION_KEY", false),
   logLevel,
   logFormat,
+  audit,
+  trustedProxies,
   apiConfigPath: optionalString("API_CONFIG_PATH"),
   openaiApiUrl: httpUrl("OPENAI_API_URL", "https://api.openai.com"),
   maxRequestSize: positiveInt("MAX_REQUEST_SIZE", 33_554_432),

@@ -13,8 +13,13 @@ import {
 } from "@effect/platform"
 import { Cause, Clock, Context, Effect, Layer, Predicate } from "effect"
 import { ManagementApi } from "../api/ManagementApi.js"
+import type { AuditLog } from "../audit/AuditLog.js"
+import { makeTrustedProxies } from "../audit/clientIp.js"
+import { AppConfig } from "../config/AppConfig.js"
 import { BadRequest } from "../domain/errors.js"
 import { Store } from "../store/Store.js"
+import { AuditLive } from "./AuditHttp.js"
+import { currentRequestMeta, requestMetaOf } from "./auditing.js"
 import { ManagementAuthLive, ManagementToken } from "./auth.js"
 import { jsonError, managementFallback } from "./fallback.js"
 import { ProjectsLive } from "./ProjectsHttp.js"
@@ -44,15 +49,11 @@ export const ManagementAppLive = Layer.effect(ManagementApp, HttpApiBuilder.http
   Layer.provide(decodeErrorsAsBadRequest),
   Layer.provide(HttpApiSwagger.layer({ path: "/manage/docs" })),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/manage/openapi.json" })),
-  Layer.provide(HttpApiBuilder.api(ManagementApi).pipe(Layer.provide([ProjectsLive, TokensLive]))),
+  Layer.provide(HttpApiBuilder.api(ManagementApi).pipe(Layer.provide([ProjectsLive, TokensLive, AuditLive]))),
   Layer.provide([HttpApiBuilder.Router.Live, HttpApiBuilder.Middleware.layer, ManagementAuthLive])
 )
 
-const SAFE_REQUEST_ID = /^[A-Za-z0-9._:\-]{1,128}$/
-
-/** A client's X-Request-ID is kept when it is short and safe, else replaced. */
-export const requestIdOf = (header: string | undefined): string =>
-  header !== undefined && SAFE_REQUEST_ID.test(header) ? header : crypto.randomUUID()
+export { requestIdOf } from "./auditing.js"
 
 const health = Effect.gen(function*() {
   const store = yield* Store
@@ -73,7 +74,8 @@ const health = Effect.gen(function*() {
 
 export const makeApp = Effect.gen(function*() {
   const management = yield* ManagementApp
-  const context = yield* Effect.context<Store | ManagementToken>()
+  const context = yield* Effect.context<Store | ManagementToken | AuditLog>()
+  const trusted = makeTrustedProxies((yield* AppConfig).trustedProxies)
 
   const route = Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
@@ -112,8 +114,10 @@ export const makeApp = Effect.gen(function*() {
 
   const app: App = Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
-    const requestId = requestIdOf(request.headers["x-request-id"])
+    const meta = requestMetaOf(request, trusted)
+    const requestId = meta.requestId
     const response = yield* route.pipe(
+      Effect.locally(currentRequestMeta, meta),
       Effect.catchAllCause((cause) =>
         Cause.isInterruptedOnly(cause)
           ? Effect.failCause(cause)
@@ -123,7 +127,7 @@ export const makeApp = Effect.gen(function*() {
           )
       )
     )
-    return HttpServerResponse.setHeader(response, "x-request-id", requestId)
+    return HttpServerResponse.setHeaders(response, { "x-request-id": requestId, "x-correlation-id": meta.correlationId })
   })
   return app
 })

@@ -5,10 +5,12 @@ import { ManagementApi } from "../api/ManagementApi.js"
 import { Providers } from "../config/Providers.js"
 import { KeyCipher } from "../crypto/KeyCipher.js"
 import { obfuscateApiKey } from "../crypto/obfuscate.js"
+import { AuditActions } from "../domain/audit.js"
 import { BadRequest, Conflict, InternalError, NotFound } from "../domain/errors.js"
 import { isUuid, validateCreateProject, validateUpdateProject } from "../domain/validation.js"
 import { Store, type StoreError } from "../store/Store.js"
 import { TokenValidator } from "../token/TokenValidator.js"
+import { audited } from "./auditing.js"
 import { readJson, validate } from "./body.js"
 import { projectJson } from "./present.js"
 
@@ -34,11 +36,16 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
 
     return handlers
       .handle("list", () =>
-        store.listProjects.pipe(
-          Effect.map((rows) => rows.map(projectJson)),
-          Effect.catchTag("StoreError", internal("failed to list projects"))
-        ))
+        audited(AuditActions.projectList, (note) =>
+          store.listProjects.pipe(
+            Effect.map((rows) => {
+              note.details["project_count"] = rows.length
+              return rows.map(projectJson)
+            }),
+            Effect.catchTag("StoreError", internal("failed to list projects"))
+          )))
       .handleRaw("create", ({ request }) =>
+        audited(AuditActions.projectCreate, (note) =>
         Effect.gen(function*() {
           const body = yield* readJson(request)
           const input = yield* validate(validateCreateProject(body, providers.names, providers.defaultProvider))
@@ -50,24 +57,38 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             provider: input.provider,
             now: yield* now
           })
+          note.projectId = row.id
+          note.details["project_name"] = row.name
+          note.details["provider"] = row.provider
           return projectJson(row)
         }).pipe(
           Effect.catchTags({
             DuplicateProjectName: (e) => Effect.fail(conflict(e.name)),
             StoreError: internal("failed to create project")
           })
-        ))
+        )))
       .handle("get", ({ path }) =>
-        Effect.gen(function*() {
-          const id = yield* projectId(path.id)
-          const row = yield* store.getProject(id)
-          return projectJson(yield* Option.match(row, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed }))
-        }).pipe(Effect.catchTag("StoreError", internal("failed to get project"))))
+        audited(AuditActions.projectRead, (note) =>
+          Effect.gen(function*() {
+            const id = yield* projectId(path.id)
+            note.projectId = id
+            const row = yield* store.getProject(id)
+            return projectJson(yield* Option.match(row, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed }))
+          }).pipe(Effect.catchTag("StoreError", internal("failed to get project")))))
       .handleRaw("update", ({ path, request }) =>
+        audited(AuditActions.projectUpdate, (note) =>
         Effect.gen(function*() {
           const id = yield* projectId(path.id)
+          note.projectId = id
           const body = yield* readJson(request)
           const input = yield* validate(validateUpdateProject(body, providers.names))
+          note.details["updated_fields"] = [
+            ...(input.name !== undefined ? ["name"] : []),
+            ...(input.apiKey !== undefined ? ["api_key"] : []),
+            ...(input.provider !== undefined ? ["provider"] : []),
+            ...(input.isActive !== undefined ? ["is_active"] : []),
+            ...(input.revokeTokens ? ["revoke_tokens"] : [])
+          ]
           const result = yield* store.updateProject(id, {
             ...(input.name !== undefined ? { name: input.name } : {}),
             ...(input.apiKey !== undefined
@@ -82,20 +103,30 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
           // After the commit: the next proxy request re-reads activation, key and provider.
           validator.invalidateProject(id)
           yield* Effect.promise(validator.settled)
+          note.details["project_name"] = updated.project.name
+          note.details["is_active"] = updated.project.isActive
+          if (input.revokeTokens) note.details["tokens_revoked"] = updated.revoked
           return projectJson(updated.project)
         }).pipe(
           Effect.catchTags({
             DuplicateProjectName: (e) => Effect.fail(conflict(e.name)),
             StoreError: internal("failed to update project")
           })
-        ))
+        )))
       .handle("revokeTokens", ({ path }) =>
-        Effect.gen(function*() {
-          const id = yield* projectId(path.id)
-          const result = yield* store.revokeProjectTokens(id, yield* now)
-          const counts = yield* Option.match(result, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed })
-          validator.invalidateProject(id)
-          yield* Effect.promise(validator.settled)
-          return { revoked_count: counts.revoked, already_revoked_count: counts.alreadyRevoked, total_tokens: counts.total }
-        }).pipe(Effect.catchTag("StoreError", internal("failed to revoke project tokens"))))
+        audited(AuditActions.tokenRevokeBatch, (note) =>
+          Effect.gen(function*() {
+            const id = yield* projectId(path.id)
+            note.projectId = id
+            const result = yield* store.revokeProjectTokens(id, yield* now)
+            const counts = yield* Option.match(result, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed })
+            Object.assign(note.details, {
+              total_tokens: counts.total,
+              revoked_count: counts.revoked,
+              already_revoked_count: counts.alreadyRevoked
+            })
+            validator.invalidateProject(id)
+            yield* Effect.promise(validator.settled)
+            return { revoked_count: counts.revoked, already_revoked_count: counts.alreadyRevoked, total_tokens: counts.total }
+          }).pipe(Effect.catchTag("StoreError", internal("failed to revoke project tokens")))))
   }))

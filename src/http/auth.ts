@@ -1,9 +1,15 @@
-/** Management-token authentication (reference §2.2 messages, constant-time comparison). */
+/**
+ * Management-token authentication (reference §2.2 messages, constant-time comparison). Every refusal is audited
+ * as `management.auth` / `denied` with the client IP — never with what was presented.
+ */
 import { HttpServerRequest } from "@effect/platform"
 import { Context, Effect, Layer, Redacted } from "effect"
 import { ManagementAuth } from "../api/ManagementApi.js"
+import { AuditLog } from "../audit/AuditLog.js"
 import { constantTimeEqual } from "../crypto/constantTime.js"
+import { AuditActions, AuditActors } from "../domain/audit.js"
 import { Unauthorized } from "../domain/errors.js"
+import { auditRequest } from "./auditing.js"
 
 export class ManagementToken extends Context.Tag("llm-proxy/ManagementToken")<ManagementToken, Redacted.Redacted<string>>() {}
 
@@ -26,14 +32,25 @@ export const authorize = Effect.gen(function*() {
   const expected = yield* ManagementToken
   const request = yield* HttpServerRequest.HttpServerRequest
   const failure = checkAuthorization(request.headers.authorization, expected)
-  if (failure) return yield* failure
+  if (failure) {
+    yield* auditRequest({
+      action: AuditActions.managementAuth,
+      actor: AuditActors.anonymous,
+      outcome: "denied",
+      reason: failure.error
+    })
+    return yield* failure
+  }
 })
 
 export const ManagementAuthLive = Layer.effect(
   ManagementAuth,
-  Effect.map(ManagementToken, (expected) =>
-    ManagementAuth.of({
+  Effect.gen(function*() {
+    const expected = yield* ManagementToken
+    const audit = yield* AuditLog
+    return ManagementAuth.of({
       // The platform's bearer decoder slices any header; we re-read it to tell "missing" from "wrong".
-      bearer: () => Effect.provideService(authorize, ManagementToken, expected)
-    }))
+      bearer: () => authorize.pipe(Effect.provideService(ManagementToken, expected), Effect.provideService(AuditLog, audit))
+    })
+  })
 )

@@ -4,6 +4,9 @@
  */
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect } from "effect"
+import { AuditActions } from "../domain/audit.js"
+import { isUuid } from "../domain/validation.js"
+import { auditRequest } from "./auditing.js"
 import { authorize } from "./auth.js"
 
 export const jsonError = (status: number, error: string, extra?: Record<string, string>, headers?: Record<string, string>) =>
@@ -23,6 +26,12 @@ const allows = (allow: string, method: string) => allow.split(", ").includes(met
 const classify = (path: string): Known | undefined => {
   const parts = path.split("/").slice(2) // ["projects", ...] after "", "manage"
   const [resource, id, ...rest] = parts
+  if (resource === "audit") {
+    if (id === undefined) return { kind: "collection", allow: "GET" }
+    if (id === "") return { kind: "bad-id", error: "audit event ID is required" }
+    if (rest.length === 0) return { kind: "item", allow: "GET", invalidId: "invalid audit event id" }
+    return { kind: "bad-id", error: "invalid audit event id" }
+  }
   if (resource !== "projects" && resource !== "tokens") return undefined
   if (id === undefined) return { kind: "collection", allow: "GET, POST" }
   if (resource === "projects") {
@@ -49,9 +58,18 @@ export const managementFallback = Effect.gen(function*() {
       return jsonError(400, known.error)
     case "project":
       if (allows("GET, PATCH", request.method)) return jsonError(400, "invalid project id")
-      return request.method === "DELETE"
-        ? jsonError(405, "method not allowed", { message: "project deletion is not permitted" }, { allow: "GET, PATCH" })
-        : jsonError(405, "method not allowed", undefined, { allow: "GET, PATCH" })
+      if (request.method === "DELETE") {
+        const id = path.split("/")[3] ?? ""
+        yield* auditRequest({
+          action: AuditActions.projectDelete,
+          outcome: "failure",
+          reason: "project deletion is not permitted",
+          ...(isUuid(id) ? { projectId: id.toLowerCase() } : {}),
+          details: { error_type: "method not allowed" }
+        })
+        return jsonError(405, "method not allowed", { message: "project deletion is not permitted" }, { allow: "GET, PATCH" })
+      }
+      return jsonError(405, "method not allowed", undefined, { allow: "GET, PATCH" })
     case "item":
       if (allows(known.allow, request.method)) return jsonError(400, known.invalidId)
       return jsonError(405, "method not allowed", undefined, { allow: known.allow })

@@ -1,4 +1,6 @@
 /** Rows → the JSON the API returns. Secrets never leave here whole: keys as their hint, tokens as theirs. */
+import type { StoredAuditEvent } from "../audit/AuditRepo.js"
+import type { AuditEvent } from "../domain/audit.js"
 import type { Project, Token } from "../domain/models.js"
 import type { ProjectRow, TokenRow } from "../store/Store.js"
 
@@ -27,4 +29,25 @@ export const tokenJson = (t: TokenRow): Token => ({
   completion_tokens: t.completionTokens,
   created_at: t.createdAt,
   last_used_at: t.lastUsedAt
+})
+
+const optional = <K extends string>(key: K, value: string | null) =>
+  (value === null ? {} : { [key]: value }) as Partial<Record<K, string>>
+
+export const auditEventJson = (e: StoredAuditEvent): AuditEvent => ({
+  id: e.id,
+  timestamp: e.timestamp,
+  action: e.action,
+  actor: e.actor,
+  outcome: e.outcome,
+  ...optional("project_id", e.projectId),
+  ...optional("token_id", e.tokenId),
+  ...optional("request_id", e.requestId),
+  ...optional("correlation_id", e.correlationId),
+  ...optional("client_ip", e.clientIp),
+  ...optional("method", e.method),
+  ...optional("path", e.path),
+  ...optional("user_agent", e.userAgent),
+  ...optional("reason", e.reason),
+  ...optional("metadata", e.metadata)
 })

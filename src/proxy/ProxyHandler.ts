@@ -220,6 +220,8 @@ export const make = Effect.gen(function*() {
       startedAt,
       Date.now()
     )
+    ctx.peer = req.socket.remoteAddress
+    ctx.headers = req.headers
     const f: Flow = {
       ctx,
       req,

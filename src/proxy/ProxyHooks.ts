@@ -14,7 +14,7 @@
  *   onComplete         once per request, including rejected ones; `ctx.responseBody` holds at most
  *                      `captureResponseBytes` bytes (the largest value any provider of hooks asked for).
  */
-import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http"
+import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http"
 import { Context, Layer } from "effect"
 import type { Usage } from "./usage.js"
 
@@ -52,6 +52,9 @@ export class ProxyRequestContext {
   responseTruncated = false
   /** What went wrong (safe text, never a secret), when something did. */
   error: string | undefined = undefined
+  /** The socket peer and request headers at arrival (the audit hook works out the client IP from them). */
+  peer: string | undefined = undefined
+  headers: IncomingHttpHeaders | undefined = undefined
 
   constructor(
     readonly requestId: string,

@@ -100,6 +100,37 @@ describe("llm-proxy manage (in-process)", () => {
     expect(revokeAll.out).toBe("revoked 0 of 1 tokens (1 were already revoked)")
   })
 
+  it("audit list (table and --json, with filters) and audit show", async () => {
+    const created = await cli("manage", "project", "create", "--name", "cli-audit", "--api-key", "sk-cli-audit-key-1234567890", "--json", ...auth)
+    const projectId = JSON.parse(created.out).id
+    const listed = await cli("manage", "audit", "list", "--action", "project.create", "--project-id", projectId, "--json", ...auth)
+    expect(listed.ok).toBe(true)
+    const page = JSON.parse(listed.out)
+    expect(page.pagination).toMatchObject({ page: 1, page_size: 20, total_count: 1 })
+    expect(page.events[0]).toMatchObject({ action: "project.create", outcome: "success", project_id: projectId, actor: "management_api" })
+    expect(listed.out).not.toContain("sk-cli-audit-key-1234567890")
+
+    const table = await cli("manage", "audit", "list", "--project-id", projectId, "--search", "CREATE", "--page-size", "5", "--start-time", "2000-01-01T00:00:00Z", ...auth)
+    expect(table.ok).toBe(true)
+    const lines = table.out.split("\n")
+    expect(lines[0]).toMatch(/^TIME\s+ACTION\s+ACTOR\s+OUTCOME\s+CLIENT IP\s+PROJECT\s+REASON\s+ID$/)
+    expect(lines[2]).toContain("project.create")
+    expect(lines.at(-1)).toBe("page 1 of 1 (1 events)")
+
+    const shown = await cli("manage", "audit", "show", page.events[0].id, ...auth)
+    expect(shown.ok).toBe(true)
+    expect(shown.out).toMatch(/^id:\s+[0-9a-f-]{36}$/m)
+    expect(shown.out).toMatch(/^action:\s+project\.create$/m)
+    expect(shown.out).toContain(`"project_name":"cli-audit"`)
+    const shownJson = JSON.parse((await cli("manage", "audit", "show", page.events[0].id, "--json", ...auth)).out)
+    expect(shownJson).toEqual(page.events[0])
+
+    const bad = await cli("manage", "audit", "list", "--page-size", "0", ...auth)
+    expect(bad).toMatchObject({ ok: false, err: "llm-proxy: page_size must be an integer between 1 and 100" })
+    const missing = await cli("manage", "audit", "show", "00000000-0000-4000-8000-000000000000", ...auth)
+    expect(missing).toMatchObject({ ok: false, err: "llm-proxy: audit event not found" })
+  })
+
   it("fails with one line and a non-zero exit on a wrong management token", async () => {
     const r = await cli("manage", "project", "list", "--manage-api-base-url", server.url, "--management-token", "wrong")
     expect(r.ok).toBe(false)
@@ -140,7 +171,9 @@ describe("llm-proxy setup and migrate (in-process)", () => {
 
   it("migrate up applies once, status lists the migrations", async () => {
     const db = join(dir, "m.db")
-    expect((await cli("migrate", "up", "--db", db)).out).toBe("applied: 0001_projects_tokens")
+    const applied = (await cli("migrate", "up", "--db", db)).out
+    expect(applied).toMatch(/^applied: 0001_projects_tokens(, \d{4}_[a-z0-9_]+)*$/)
+    expect(applied).toContain("0003_audit")
     expect((await cli("migrate", "up", "--db", db)).out).toBe("database is up to date")
     const status = await cli("migrate", "status", "--db", db)
     expect(status.out).toMatch(/0001\s+projects_tokens\s+\d{4}-\d\d-\d\dT/)
@@ -220,7 +253,9 @@ describe.skipIf(!built)("the built binary in an empty directory", () => {
   it("--help lists the commands and exits 0", async () => {
     const r = await run(tmpdir(), ["--help"])
     expect(r.code).toBe(0)
-    for (const c of ["serve", "manage project create", "manage token generate", "migrate up", "setup"]) expect(r.stdout).toContain(c)
+    for (const c of ["serve", "manage project create", "manage token generate", "manage audit list", "migrate up", "setup"]) {
+      expect(r.stdout).toContain(c)
+    }
     const sub = await run(tmpdir(), ["manage", "token", "generate", "--help"])
     expect(sub.code).toBe(0)
     expect(sub.stdout).toContain("--max-requests")

@@ -1152,9 +1152,10 @@ function managementSuite(backend: Backend) {
       const doc = r.json
       expect(doc.openapi).toMatch(/^3\.1\./)
       expect(doc.info).toMatchObject({ title: expect.any(String), version: expect.any(String) })
-      expect(Object.keys(doc.paths).sort()).toEqual(
+      // Other groups (audit, cache, …) add their own paths; these are the projects and tokens ones.
+      expect(Object.keys(doc.paths)).toEqual(expect.arrayContaining(
         ["/manage/projects", "/manage/projects/{id}", "/manage/projects/{id}/tokens/revoke", "/manage/tokens", "/manage/tokens/{id}"]
-      )
+      ))
       expect(Object.keys(doc.paths["/manage/projects"]).sort()).toEqual(["get", "post"])
       expect(Object.keys(doc.paths["/manage/projects/{id}"]).sort()).toEqual(["get", "patch"])
       expect(Object.keys(doc.paths["/manage/projects/{id}/tokens/revoke"])).toEqual(["post"])

@@ -4,6 +4,7 @@
  * usage counters — run on every backend in store.test.ts), plus providers, header hygiene, timeouts and the
  * zero-query warm path.
  */
+import { Option } from "effect"
 import { connect } from "node:net"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import { backends, type BackendInstance } from "../http/harness.js"
@@ -390,8 +391,12 @@ describe("providers", () => {
 describe("the warm path", () => {
   it("a warm unlimited token costs zero database queries per request; its uses are written at shutdown", async () => {
     const b = await backends[0]!.create()
-    // Usage batches every 60 s: nothing but the requests themselves could query the database in this window.
-    const local = await startStack(b, { usageFlushIntervalMs: 60_000 })
+    // Usage batches every 60 s, and no audit log (the management calls below would be written in the background):
+    // nothing but the requests themselves could query the database in this window.
+    const local = await startStack(b, {
+      usageFlushIntervalMs: 60_000,
+      audit: { enabled: false, file: Option.none(), storeInDb: true, retentionDays: 0 }
+    })
     const u = await projectAndToken(local.manage)
     expect((await call(local.server.url, "/v1/chat/completions", { token: u.token, body: chatBody() })).status).toBe(200)
     const before = local.queries.count

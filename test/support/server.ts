@@ -20,6 +20,9 @@ export const testConfig = (database: Database, overrides: Partial<AppConfigShape
   requireEncryptionKey: false,
   logLevel: "error",
   logFormat: "json",
+  // No JSONL file by default: tests that want one name a temp path.
+  audit: { enabled: true, file: Option.none(), storeInDb: true, retentionDays: 0 },
+  trustedProxies: [],
   apiConfigPath: Option.none(),
   openaiApiUrl: "https://api.openai.com",
   maxRequestSize: 33_554_432,

@@ -1,0 +1,63 @@
+/** Handlers of the `audit` group (reference-system.md §2.5 with its gaps closed). */
+import { HttpApiBuilder } from "@effect/platform"
+import { Effect, Either, Option } from "effect"
+import { ManagementApi } from "../api/ManagementApi.js"
+import { AuditLog } from "../audit/AuditLog.js"
+import { AuditRepo } from "../audit/AuditRepo.js"
+import { AuditActions, validateAuditQuery } from "../domain/audit.js"
+import { BadRequest, NotFound, ServiceUnavailable } from "../domain/errors.js"
+import { audited } from "./auditing.js"
+import { internal } from "./ProjectsHttp.js"
+import { auditEventJson } from "./present.js"
+
+const notFound = new NotFound({ error: "audit event not found" })
+
+export const AuditLive = HttpApiBuilder.group(ManagementApi, "audit", (handlers) =>
+  Effect.gen(function*() {
+    const repo = yield* AuditRepo
+    const audit = yield* AuditLog
+
+    const available = (message: string) =>
+      audit.queryable ? Effect.void : Effect.fail(new ServiceUnavailable({ error: message }))
+
+    // Events recorded before this request (including the caller's own) are written before we read, so a
+    // client sees its own actions. Bounded, so a struggling sink cannot hold the request forever.
+    const caughtUp = audit.flush.pipe(Effect.timeout("2 seconds"), Effect.ignore)
+
+    return handlers
+      .handle("list", ({ urlParams }) =>
+        audited(AuditActions.auditList, (note) =>
+          Effect.gen(function*() {
+            yield* available("audit events not available")
+            const query = yield* Either.mapLeft(validateAuditQuery(urlParams), (error) => new BadRequest({ error }))
+            yield* caughtUp
+            const { events, total } = yield* repo.list(query)
+            const totalPages = Math.ceil(total / query.pageSize)
+            Object.assign(note.details, {
+              events_count: events.length,
+              page: query.page,
+              page_size: query.pageSize,
+              total_count: total
+            })
+            return {
+              events: events.map(auditEventJson),
+              pagination: {
+                page: query.page,
+                page_size: query.pageSize,
+                total_count: total,
+                total_pages: totalPages,
+                has_next: query.page < totalPages,
+                has_prev: query.page > 1
+              }
+            }
+          }).pipe(Effect.catchTag("StoreError", internal("failed to list audit events")))))
+      .handle("get", ({ path }) =>
+        audited(AuditActions.auditShow, (note) =>
+          Effect.gen(function*() {
+            note.details["audit_event_id"] = path.id.slice(0, 128)
+            yield* available("audit event not available")
+            yield* caughtUp
+            const found = yield* repo.get(path.id)
+            return auditEventJson(yield* Option.match(found, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed }))
+          }).pipe(Effect.catchTag("StoreError", internal("failed to get audit event")))))
+  }))

@@ -1,0 +1,50 @@
+/**
+ * The audit log's part of the data plane. A /v1 request refused because its token's project is inactive is
+ * recorded as `proxy_request` / `denied` / `project_inactive`; one refused for its token (missing, malformed,
+ * unknown, revoked, expired) as `token.validate` / `denied` with the error code as reason. Both carry the token's
+ * id when it is known (never the token), the project, the request and correlation ids and the client IP.
+ * `unsafeRecord` never waits: a full audit queue drops (and counts) the event rather than slow proxy traffic.
+ */
+import { Effect } from "effect"
+import { AuditLog } from "../audit/AuditLog.js"
+import { clientIpOf, type TrustedProxies } from "../audit/clientIp.js"
+import { AuditActions, AuditActors } from "../domain/audit.js"
+import type { ProxyHooksShape, ProxyRequestContext } from "./ProxyHooks.js"
+
+const SAFE_ID = /^[A-Za-z0-9._:\-]{1,128}$/
+
+/** Error codes of a refused proxy token (src/proxy/policy.ts Answers). */
+const TOKEN_REFUSALS = new Set(["invalid_token", "token_not_found", "token_inactive", "token_expired"])
+
+const header = (ctx: ProxyRequestContext, name: string): string | undefined => {
+  const v = ctx.headers?.[name]
+  return Array.isArray(v) ? v.join(", ") : v
+}
+
+export const auditHooks = (trusted: TrustedProxies) =>
+  Effect.map(AuditLog, (audit): Partial<ProxyHooksShape> =>
+    audit.enabled
+      ? {
+        onComplete: [(ctx) => {
+          const tokenRefused = ctx.denial === undefined && ctx.code !== undefined && TOKEN_REFUSALS.has(ctx.code)
+          if (ctx.denial === undefined && !tokenRefused) return
+          const viaTrusted = ctx.peer !== undefined && !trusted.isEmpty && trusted.contains(ctx.peer)
+          const correlation = header(ctx, "x-correlation-id")
+          audit.unsafeRecord({
+            action: tokenRefused ? AuditActions.tokenValidate : AuditActions.proxyRequest,
+            actor: AuditActors.proxy,
+            outcome: "denied",
+            reason: ctx.denial ?? ctx.code,
+            projectId: ctx.projectId,
+            tokenId: ctx.tokenId,
+            requestId: ctx.requestId,
+            correlationId: correlation !== undefined && SAFE_ID.test(correlation) ? correlation : ctx.requestId,
+            clientIp: clientIpOf(ctx.peer, header(ctx, "x-forwarded-for"), trusted),
+            method: ctx.method,
+            path: ctx.path,
+            userAgent: (viaTrusted ? header(ctx, "x-forwarded-user-agent") : undefined) ?? header(ctx, "user-agent"),
+            details: { status: ctx.status, ...(ctx.provider !== undefined ? { provider: ctx.provider } : {}) }
+          })
+        }]
+      }
+      : {})
