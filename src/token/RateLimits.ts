@@ -4,8 +4,8 @@
  * the check costs no await) or Redis (`RATE_LIMIT_BACKEND=redis`, limits shared by every instance).
  */
 import { RateLimiter } from "@effect/experimental"
-import * as RedisRateLimiter from "@effect/experimental/RateLimiter/Redis"
 import { Context, Duration, Effect, Exit, Layer, Runtime } from "effect"
+import { Redis } from "ioredis"
 import type { RateLimitRow } from "../store/Store.js"
 
 export interface Exceeded {
@@ -111,25 +111,73 @@ export const memory: Layer.Layer<RateLimits> = Layer.effect(RateLimits, make("sy
   Layer.provide(RateLimiter.layerStoreMemory)
 )
 
+/**
+ * The fixed-window script of @effect/experimental's Redis store (RateLimiter/Redis.ts), on a client of our own:
+ * theirs has no `error` listener, so while Redis is down ioredis writes "Unhandled error event" to stderr on every
+ * reconnection attempt, and its `quit()` on shutdown waits for a server that is not there.
+ */
+const FIXED_WINDOW = `
+local key = KEYS[1]
+local tokens = tonumber(ARGV[1])
+local refillms = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local current = tonumber(redis.call("GET", key))
+
+if not current then
+  local nextpttl = refillms * tokens
+  redis.call("SET", key, tokens, "PX", nextpttl)
+  return { tokens, nextpttl }
+end
+
+local currentpttl = tonumber(redis.call("PTTL", key) or "0")
+local next = current + tokens
+if limit and next > limit then
+  return { next, currentpttl }
+end
+
+local nextpttl = currentpttl + (refillms * tokens)
+redis.call("SET", key, next, "PX", nextpttl)
+return { next, nextpttl }
+`
+
+type FixedWindowClient = Redis & {
+  fixedWindow: (key: string, tokens: number, refillMs: number, limit: number | undefined) => Promise<[number, number]>
+}
+
+const redisStore = (url: string, prefix: string) =>
+  Layer.scoped(
+    RateLimiter.RateLimiterStore,
+    Effect.gen(function*() {
+      const client = yield* Effect.acquireRelease(
+        Effect.sync(() => {
+          const c = new Redis(url, {
+            maxRetriesPerRequest: 1,
+            enableOfflineQueue: true,
+            // A Redis that does not answer costs a request at most this long before the failure mode applies.
+            commandTimeout: 1000
+          }) as FixedWindowClient
+          // Failures surface (counted, logged) through the commands that fail; the connection's own errors are
+          // expected while Redis is down and retried by ioredis.
+          c.on("error", () => {})
+          c.defineCommand("fixedWindow", { lua: FIXED_WINDOW, numberOfKeys: 1, readOnly: false })
+          return c
+        }),
+        (c) => Effect.sync(() => c.disconnect())
+      )
+      const fail = (message: string, cause?: unknown) => new RateLimiter.RateLimitStoreError({ message, cause })
+      return RateLimiter.RateLimiterStore.of({
+        fixedWindow: (o) =>
+          Effect.tryPromise({
+            try: () => client.fixedWindow(`${prefix}${o.key}`, o.tokens, Duration.toMillis(o.refillRate), o.limit),
+            catch: (cause) => fail("rate limiter store (Redis) did not answer", cause)
+          }),
+        tokenBucket: () => Effect.fail(fail("token-bucket limits are not used"))
+      })
+    })
+  )
+
 export const redis = (url: string, failureMode: FailureMode = "open", prefix = "llm-proxy:ratelimit:"): Layer.Layer<RateLimits> =>
   Layer.effect(RateLimits, make("async", failureMode)).pipe(
     Layer.provide(RateLimiter.layer),
-    Layer.provide(
-      Layer.unwrapEffect(Effect.sync(() => {
-        const u = new URL(url)
-        return RedisRateLimiter.layerStore({
-          host: u.hostname,
-          port: Number(u.port || 6379),
-          ...(u.username ? { username: decodeURIComponent(u.username) } : {}),
-          ...(u.password ? { password: decodeURIComponent(u.password) } : {}),
-          ...(u.pathname.length > 1 ? { db: Number(u.pathname.slice(1)) } : {}),
-          ...(u.protocol === "rediss:" ? { tls: {} } : {}),
-          prefix,
-          maxRetriesPerRequest: 1,
-          enableOfflineQueue: true,
-          // A Redis that does not answer costs a request at most this long before the failure mode applies.
-          commandTimeout: 1000
-        })
-      }))
-    )
+    Layer.provide(redisStore(url, prefix))
   )

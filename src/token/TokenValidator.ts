@@ -230,7 +230,11 @@ export const layerRedis = (url: string): Layer.Layer<TokenValidator, never, Stor
       const options = { lazyConnect: false, maxRetriesPerRequest: 1, enableOfflineQueue: true }
       const [pub, sub] = yield* Effect.acquireRelease(
         Effect.sync(() => [new Redis(url, { ...options, commandTimeout: 1000 }), new Redis(url, options)] as const),
-        ([a, b]) => Effect.promise(() => Promise.all([a.quit().catch(() => a.disconnect()), b.quit().catch(() => b.disconnect())]))
+        // quit() waits for the server's answer: only when it is there to give one.
+        (clients) =>
+          Effect.promise(() =>
+            Promise.all(clients.map((c) => (c.status === "ready" ? c.quit().catch(() => c.disconnect()) : c.disconnect())))
+          )
       )
       const runtime = yield* Effect.runtime<never>()
       const log = (level: "warn" | "info", m: string) =>
