@@ -1,15 +1,17 @@
 /**
  * A bounded load test on loopback: three `serve` processes (the built binary) on this suite's own PostgreSQL and
  * Redis (shared rate limits and invalidation on), 200 concurrent clients for LOAD_SECONDS (default 60), 2/3 JSON
- * and 1/3 SSE against the in-process mock upstream answering after 60 ms. It asserts counts, never timings: no 5xx,
- * every request the mock saw is counted in `tokens.request_count` (and its usage in prompt/completion tokens), and
+ * and 1/3 SSE against the bench upstream (test/bench/upstream.mjs, its own process) answering after 60 ms. It asserts
+ * counts, never timings: no 5xx,
+ * every request the upstream saw is counted in `tokens.request_count` (and its usage in prompt/completion tokens), and
  * prints throughput and latency percentiles for docs/performance.md. Part of `npm run test:scale`.
  */
 import { createRequire } from "node:module"
-import { rmSync } from "node:fs"
+import { readFileSync, rmSync } from "node:fs"
 import { Agent, request } from "undici"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { chatChunks, chatCompletion, json, type MockUpstream, sse, startMockUpstream } from "../support/mockUpstream.js"
+import { spawn, type ChildProcess } from "node:child_process"
+import { join } from "node:path"
 import {
   built,
   haveServers,
@@ -37,13 +39,23 @@ const CLIENTS = Number(process.env["LOAD_CLIENTS"] ?? 200)
 const LATENCY_MS = 60
 const TOKENS = 40
 
+/** CPU seconds (user + system) and resident memory of a process, from /proc. */
+const usageOf = (pid: number) => {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+  const cpu = (Number(fields[11]) + Number(fields[12])) / 100
+  const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) / 1024
+  return { cpu, rssMb: Math.round(rss) }
+}
+
 const percentile = (sorted: ReadonlyArray<number>, p: number) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? 0
 
 describe.skipIf(!built || !haveServers())(`load: 3 instances, ${CLIENTS} clients, ${SECONDS} s, mixed JSON/SSE`, () => {
   let root: string
   let pg: Postgres
   let redis: RedisServer
-  let mock: MockUpstream
+  let upstream: ChildProcess
+  let upstreamUrl: string
   let instances: Array<Instance> = []
   const sql = async (statement: string) => {
     const c = new Client({ connectionString: pg.url })
@@ -59,16 +71,17 @@ describe.skipIf(!built || !haveServers())(`load: 3 instances, ${CLIENTS} clients
     root = tempRoot()
     pg = await startPostgres(root)
     redis = await startRedis(root)
-    mock = await startMockUpstream()
-    mock.setDefault(json(chatCompletion("Hello!", { prompt_tokens: 9, completion_tokens: 3 }), { delayMs: LATENCY_MS }))
-    mock.route("/v1/completions", sse(chatChunks(["Hel", "lo", "!"], { prompt_tokens: 5, completion_tokens: 3 }), { delayMs: LATENCY_MS }))
+    upstream = spawn(process.execPath, [join(import.meta.dirname, "../bench/upstream.mjs")], { stdio: ["ignore", "pipe", "inherit"] })
+    upstreamUrl = await new Promise<string>((resolve) =>
+      upstream.stdout!.once("data", (d: Buffer) => resolve(`http://127.0.0.1:${(JSON.parse(d.toString()) as { port: number }).port}`))
+    )
     const env = {
       DATABASE_URL: pg.url,
       REDIS_URL: redis.url,
       RATE_LIMIT_BACKEND: "redis",
       INVALIDATION_BACKEND: "redis",
       MANAGEMENT_TOKEN: MT,
-      OPENAI_API_URL: mock.url,
+      OPENAI_API_URL: upstreamUrl,
       LOG_LEVEL: "warn"
     }
     const first = await startInstance({ ...env, LOG_LEVEL: "info" })
@@ -77,13 +90,13 @@ describe.skipIf(!built || !haveServers())(`load: 3 instances, ${CLIENTS} clients
 
   afterAll(async () => {
     await Promise.all(instances.map((i) => i.stop()))
-    await mock?.close()
+    upstream?.kill("SIGTERM")
     await redis?.destroy()
     pg?.destroy()
     if (root) rmSync(root, { recursive: true, force: true })
   }, 60_000)
 
-  it("no 5xx; usage counters equal the requests the mock saw", async () => {
+  it("no 5xx; usage counters equal the requests the upstream saw", async () => {
     const m = management(instances[0]!.url, MT)
     const tokens: Array<string> = []
     for (let p = 0; p < 4; p++) {
@@ -108,7 +121,8 @@ describe.skipIf(!built || !haveServers())(`load: 3 instances, ${CLIENTS} clients
         const started = performance.now()
         sent++
         try {
-          const r = await request(`${base}/v1/${streaming ? "completions" : "chat/completions"}`, {
+          // The bench upstream takes its answer's shape from the query: 60 ms before the headers, 3 SSE chunks.
+          const r = await request(`${base}/v1/chat/completions?latency=${LATENCY_MS}&chunks=3`, {
             method: "POST",
             dispatcher: agent,
             headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
@@ -119,7 +133,7 @@ describe.skipIf(!built || !haveServers())(`load: 3 instances, ${CLIENTS} clients
             })
           })
           const text = await r.body.text()
-          if (r.statusCode === 200 && !(streaming ? text.includes("[DONE]") : text.includes("chatcmpl-mock"))) errors++
+          if (r.statusCode === 200 && !(streaming ? text.includes("[DONE]") : text.includes("chatcmpl-bench"))) errors++
           statuses.set(r.statusCode, (statuses.get(r.statusCode) ?? 0) + 1)
           latencies.push(performance.now() - started)
         } catch {
@@ -127,16 +141,21 @@ describe.skipIf(!built || !haveServers())(`load: 3 instances, ${CLIENTS} clients
         }
       }
     }
+    const cpuBefore = instances.map((i) => usageOf(i.child.pid!).cpu)
     const began = performance.now()
     await Promise.all(Array.from({ length: CLIENTS }, (_, c) => client(c)))
     const elapsed = (performance.now() - began) / 1000
+    const after = instances.map((i) => usageOf(i.child.pid!))
+    const cpuSeconds = after.reduce((a, u, k) => a + u.cpu - cpuBefore[k]!, 0)
     await agent.close()
     latencies.sort((a, b) => a - b)
     const ok = statuses.get(200) ?? 0
     const fivexx = [...statuses].filter(([s]) => s >= 500).reduce((a, [, n]) => a + n, 0)
-    const seen = mock.requests.length
-    const streamed = mock.requests.filter((r) => r.path === "/v1/completions").length
-    const expected = { requests: seen, prompt: (seen - streamed) * 9 + streamed * 5, completion: seen * 3 }
+    const stats = await (await fetch(`${upstreamUrl}/__stats`)).json() as { json: number; sse: number }
+    const seen = stats.json + stats.sse
+    const streamed = stats.sse
+    // test/bench/upstream.mjs: JSON usage 12 + 7, SSE 12 + one per chunk.
+    const expected = { requests: seen, prompt: seen * 12, completion: stats.json * 7 + stats.sse * 3 }
     let totals = { requests: -1, prompt: -1, completion: -1 }
     await waitFor("usage counters written", async () => {
       const row = (await sql("SELECT SUM(request_count) AS r, SUM(prompt_tokens) AS p, SUM(completion_tokens) AS c FROM tokens"))[0]!
@@ -158,7 +177,11 @@ describe.skipIf(!built || !haveServers())(`load: 3 instances, ${CLIENTS} clients
         p99: Math.round(percentile(latencies, 0.99)),
         max: Math.round(latencies.at(-1) ?? 0)
       },
-      counted: totals
+      counted: totals,
+      serve_cpu_ms_per_request: Number(((cpuSeconds * 1000) / Math.max(1, sent)).toFixed(3)),
+      serve_cpu_cores_used: Number((cpuSeconds / elapsed).toFixed(2)),
+      serve_rss_mb: after.map((u) => u.rssMb),
+      load_average: readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")
     }
     console.log(`LOAD RESULT ${JSON.stringify(summary)}`)
     expect(fivexx).toBe(0)
