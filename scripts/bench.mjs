@@ -4,8 +4,7 @@
 //   npm run bench -- token        only those whose file name contains "token"
 import { build } from "esbuild"
 import { spawnSync } from "node:child_process"
-import { mkdtempSync, readdirSync, rmSync, symlinkSync } from "node:fs"
-import { tmpdir } from "node:os"
+import { mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 
@@ -19,9 +18,11 @@ if (benches.length === 0) {
   process.exit(1)
 }
 
-const outdir = mkdtempSync(join(tmpdir(), "llm-proxy-bench-build-"))
-// External packages (better-sqlite3, pg-native) are resolved from the bundle's location: give it ours.
-symlinkSync(join(root, "node_modules"), join(outdir, "node_modules"), "dir")
+// Two levels below the repository root: bundled code that finds files relative to its own module
+// (migrations/ is `../../migrations` from src/store and from dist/cli) finds them, and external packages
+// (better-sqlite3, gpt-tokenizer) resolve from the repository's node_modules.
+mkdirSync(join(root, ".bench-build"), { recursive: true })
+const outdir = mkdtempSync(join(root, ".bench-build", "run-"))
 
 let failed = 0
 try {
@@ -34,7 +35,7 @@ try {
       platform: "node",
       format: "esm",
       target: "node20",
-      external: ["better-sqlite3", "pg-native"],
+      external: ["better-sqlite3", "pg-native", "gpt-tokenizer"],
       banner: {
         js: "import { createRequire as __llmProxyCreateRequire } from 'node:module'; const require = __llmProxyCreateRequire(import.meta.url);"
       },

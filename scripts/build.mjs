@@ -13,7 +13,7 @@ await build({
   target: "node20",
   sourcemap: "linked",
   // Native addons and optional drivers stay outside the bundle.
-  external: ["better-sqlite3", "pg-native"],
+  external: ["better-sqlite3", "pg-native", "gpt-tokenizer"],
   banner: {
     js: "import { createRequire as __llmProxyCreateRequire } from 'node:module'; const require = __llmProxyCreateRequire(import.meta.url);"
   },

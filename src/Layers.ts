@@ -2,15 +2,18 @@
  * The one place where configuration picks layers: SQLite or PostgreSQL, encryption on or off, log format.
  * Programs (serve, migrate, …) are compositions of what is built here.
  */
-import { Context, Effect, Layer, Logger, LogLevel, Option } from "effect"
+import { NodeHttpClient } from "@effect/platform-node"
+import { Context, Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
+import { hostname } from "node:os"
 import * as AuditLog from "./audit/AuditLog.js"
 import * as AuditRepo from "./audit/AuditRepo.js"
 import { makeTrustedProxies } from "./audit/clientIp.js"
 import { retentionLayer } from "./audit/retention.js"
 import { sinksLayer } from "./audit/sinks.js"
-import { AppConfig, type AppConfigShape, type Database } from "./config/AppConfig.js"
+import { AppConfig, type AppConfigShape, type Database, type DispatcherConfig } from "./config/AppConfig.js"
 import { resolveManagementToken } from "./config/managementToken.js"
 import { Providers } from "./config/Providers.js"
+import * as EventCapture from "./proxy/EventCapture.js"
 import * as ProxyHandler from "./proxy/ProxyHandler.js"
 import { auditHooks } from "./proxy/auditHooks.js"
 import { ProxyHooks } from "./proxy/ProxyHooks.js"
@@ -24,6 +27,11 @@ import { ManagementToken } from "./http/auth.js"
 import { HttpServerLive, ServerAddress } from "./http/Server.js"
 import { postgresStore, sqliteStore } from "./store/layers.js"
 import { migrateUp } from "./store/migrations.js"
+import { fileBackend, heliconeBackend, lunaryBackend } from "./dispatcher/backends.js"
+import * as Dispatcher from "./dispatcher/Dispatcher.js"
+import { TokenCounter } from "./dispatcher/tokens.js"
+import * as InMemoryBus from "./eventbus/InMemoryBus.js"
+import * as RedisStreamsBus from "./eventbus/RedisStreamsBus.js"
 
 export const dialectOf = (db: Database) => (db._tag === "sqlite" ? "sqlite" : "postgres") as "sqlite" | "postgres"
 
@@ -66,6 +74,75 @@ export const loggerLayer = (config: Pick<AppConfigShape, "logFormat" | "logLevel
     )
   )
 
+const redisStreamsOptions = (config: Pick<AppConfigShape, "redisUrl" | "events">): RedisStreamsBus.RedisStreamsOptions => ({
+  url: Redacted.make(config.redisUrl),
+  streamKey: config.events.streamKey,
+  maxLen: config.events.streamMaxLen,
+  bufferSize: config.events.bufferSize,
+  claimIdleMs: config.events.claimIdleMs
+})
+
+/** The event bus chosen by `LLM_PROXY_EVENT_BUS`: both its publishing and its consuming side. */
+export const eventBusLayer = (config: Pick<AppConfigShape, "redisUrl" | "events">) =>
+  config.events.bus === "in-memory"
+    ? InMemoryBus.layer(config.events.bufferSize)
+    : RedisStreamsBus.layer(redisStreamsOptions(config))
+
+const defaultConsumer = (prefix: string) => `${prefix}-${hostname()}-${process.pid}`
+
+/**
+ * `serve --file-event-log PATH`: the file backend in-process. On Redis it reads with its own consumer group
+ * (`file-event-log`), so it never competes with separate dispatchers for events.
+ */
+export const fileEventLogLayer = (config: Pick<AppConfigShape, "redisUrl" | "events">) =>
+  Option.match(config.events.fileEventLog, {
+    onNone: () => Layer.empty,
+    onSome: (path) =>
+      Dispatcher.layer({
+          group: "file-event-log",
+          consumer: Option.getOrElse(config.events.consumerName, () => defaultConsumer("file-event-log")),
+          batchSize: 100,
+          flushIntervalMs: 1000,
+          buffer: 1000,
+          deadLetterPath: `${path}.dead-letter.jsonl`,
+          keepAliveMs: Math.max(100, Math.floor(config.events.claimIdleMs / 3)),
+          status: "off"
+        }).pipe(Layer.provide(Layer.merge(fileBackend(path), TokenCounter.layer)))
+  })
+
+/** The bus plus whatever consumes it inside `serve`. */
+export const eventsLayer = (config: Pick<AppConfigShape, "redisUrl" | "events">) =>
+  fileEventLogLayer(config).pipe(Layer.provideMerge(eventBusLayer(config)))
+
+/** `llm-proxy dispatcher`: the Redis Streams source, the chosen backend and the tokenizer. */
+export const dispatcherLayer = (config: DispatcherConfig, consumerName: Option.Option<string>) => {
+  const backend = config.service === "file"
+    ? fileBackend(config.endpoint)
+    : (config.service === "lunary" ? lunaryBackend : heliconeBackend)(
+      config.endpoint,
+      Option.getOrThrow(config.apiKey)
+    ).pipe(Layer.provide(NodeHttpClient.layerUndici))
+  const options = redisStreamsOptions(config)
+  return Dispatcher.layer({
+      group: config.group,
+      consumer: Option.getOrElse(consumerName, () => defaultConsumer(`dispatcher-${config.service}`)),
+      batchSize: config.batchSize,
+      flushIntervalMs: config.flushIntervalMs,
+      buffer: config.buffer,
+      deadLetterPath: config.deadLetterPath,
+      keepAliveMs: Math.max(100, Math.floor(config.events.claimIdleMs / 3)),
+      status: process.stderr.isTTY ? "tty" : "log",
+      maintenance: RedisStreamsBus.trimAcknowledged(Redacted.make(config.redisUrl), config.events.streamKey)
+    }).pipe(
+      Layer.tap(() =>
+        Effect.logInfo(
+          `dispatcher ${config.service} reading ${config.events.streamKey} as group ${config.group}` +
+            (config.service === "file" ? `, writing ${config.endpoint}` : "")
+        )
+      ),
+      Layer.provide(Layer.mergeAll(RedisStreamsBus.sourceLayer(options), backend, TokenCounter.layer)))
+}
+
 /** Window rate limiter store: one instance in memory, or shared through Redis. */
 export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" | "redisUrl" | "rateLimitFailureMode">) =>
   config.rateLimitBackend === "redis" ? RateLimits.redis(config.redisUrl, config.rateLimitFailureMode) : RateLimits.memory
@@ -74,13 +151,16 @@ export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" 
  * The data plane: TokenValidator (shared with the management handlers, which invalidate it), usage counters,
  * rate limits, upstream pools, and the /v1 handler with its hooks.
  */
-export const dataPlaneLayer = (config: AppConfigShape, hooks: Layer.Layer<ProxyHooks> = ProxyHooks.none) =>
+export const dataPlaneLayer = <E = never, R = never>(
+  config: AppConfigShape,
+  hooks: Layer.Layer<ProxyHooks, E, R> = ProxyHooks.none as Layer.Layer<ProxyHooks, E, R>
+) =>
   ProxyHandler.layer.pipe(
     Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), withAuditHooks(config, hooks)))
   )
 
 /** The given hooks plus the audit log's (proxy requests denied for an inactive project). */
-const withAuditHooks = (config: Pick<AppConfigShape, "trustedProxies">, hooks: Layer.Layer<ProxyHooks>) =>
+const withAuditHooks = <E, R>(config: Pick<AppConfigShape, "trustedProxies">, hooks: Layer.Layer<ProxyHooks, E, R>) =>
   Layer.effect(
     ProxyHooks,
     Effect.gen(function*() {
@@ -94,6 +174,19 @@ export interface ServeOptions {
   /** What plugs into the data plane (cache, events, audit, metrics); none by default. */
   readonly proxyHooks?: Layer.Layer<ProxyHooks>
 }
+
+/**
+ * What plugs into the data plane by default: instrumentation events (unless OBSERVABILITY_ENABLED=false).
+ * Further features add their part to the list; they run in the order given.
+ */
+export const proxyHooksLayer = (config: AppConfigShape) =>
+  Layer.effect(
+    ProxyHooks,
+    Effect.map(
+      Effect.all(config.events.enabled ? [EventCapture.eventHooks(config.events)] : []),
+      (parts) => ProxyHooks.combine(...parts)
+    )
+  )
 
 /** Everything `serve` runs, for a given configuration. Provides the bound address (tests use port 0). */
 export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =>
@@ -109,7 +202,7 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
       }
       return HttpServerLive.pipe(
         Layer.provide(ManagementAppLive),
-        Layer.provideMerge(dataPlaneLayer(config, options.proxyHooks)),
+        Layer.provideMerge(dataPlaneLayer(config, options.proxyHooks ?? proxyHooksLayer(config))),
         Layer.provideMerge(
           config.invalidationBackend === "redis" ? TokenValidator.layerRedis(config.redisUrl) : TokenValidator.layer
         ),
@@ -119,7 +212,8 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
             KeyCipher.layer(config.encryptionKey),
             Providers.load(Option.getOrUndefined(config.apiConfigPath), config.openaiApiUrl),
             Layer.succeed(ManagementToken, resolved.token),
-            Layer.succeed(AppConfig, config)
+            Layer.succeed(AppConfig, config),
+            eventsLayer(config)
           )
         ),
         Layer.tap((ctx) => {

@@ -4,13 +4,14 @@ import { NodeContext, NodeHttpClient } from "@effect/platform-node"
 import { Console, Effect, Layer } from "effect"
 import { VERSION } from "../http/App.js"
 import { chat } from "./chat.js"
+import { dispatcher } from "./dispatcher.js"
 import { describeError } from "./errors.js"
 import { manage } from "./manage.js"
 import { configProvider, migrate, serve, server, setup } from "./serve.js"
 
 export const root = Command.make("llm-proxy").pipe(
   Command.withDescription("LLM API gateway: withering tokens, streaming proxy, usage, audit"),
-  Command.withSubcommands([serve, server, manage, migrate, setup, chat])
+  Command.withSubcommands([serve, server, dispatcher, manage, migrate, setup, chat])
 )
 
 const cli = Command.run(root, { name: "llm-proxy", version: VERSION })

@@ -66,7 +66,8 @@ const serveOptions = {
   addr: flag("addr", "LISTEN_ADDR", "Listen address, host:port or :port"),
   ...databaseFlags,
   logLevel: flag("log-level", "LOG_LEVEL", "debug, info, warn or error"),
-  logFormat: flag("log-format", "LOG_FORMAT", "json or pretty")
+  logFormat: flag("log-format", "LOG_FORMAT", "json or pretty"),
+  fileEventLog: flag("file-event-log", "FILE_EVENT_LOG", "Also write every instrumentation event to this JSONL file, in-process")
 }
 
 const runServe = (o: {
@@ -76,6 +77,7 @@ const runServe = (o: {
   env: string
   logLevel: Option.Option<string>
   logFormat: Option.Option<string>
+  fileEventLog: Option.Option<string>
 }) =>
   Effect.gen(function*() {
     const config: AppConfigShape = yield* loadConfig(
@@ -83,7 +85,8 @@ const runServe = (o: {
         LISTEN_ADDR: o.addr,
         ...selectDatabase(o.db, o.databaseUrl),
         LOG_LEVEL: o.logLevel,
-        LOG_FORMAT: o.logFormat
+        LOG_FORMAT: o.logFormat,
+        FILE_EVENT_LOG: o.fileEventLog
       },
       o.env
     )

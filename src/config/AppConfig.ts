@@ -17,6 +17,26 @@ export type Database =
 
 export type LogFormat = "json" | "pretty"
 
+export type EventBusKind = "in-memory" | "redis-streams"
+
+/** Instrumentation events (CONTRACT §6, docs/events.md). */
+export interface EventsConfig {
+  readonly bus: EventBusKind
+  /** OBSERVABILITY_ENABLED: false = the proxy publishes no events */
+  readonly enabled: boolean
+  /** local publish buffer (events); beyond it events are dropped and counted */
+  readonly bufferSize: number
+  readonly maxRequestBodyBytes: number
+  readonly maxResponseBodyBytes: number
+  readonly streamKey: string
+  /** 0 = the stream is never trimmed by length */
+  readonly streamMaxLen: number
+  readonly claimIdleMs: number
+  readonly consumerName: Option.Option<string>
+  /** `serve --file-event-log PATH`: run the file backend in-process */
+  readonly fileEventLog: Option.Option<string>
+}
+
 export interface AuditConfig {
   readonly enabled: boolean
   /** JSONL sink; none = database only. */
@@ -64,6 +84,7 @@ export interface AppConfigShape {
   /** How token-cache invalidations reach other instances. */
   readonly invalidationBackend: "in-memory" | "redis"
   readonly redisUrl: string
+  readonly events: EventsConfig
 }
 
 export class AppConfig extends Context.Tag("llm-proxy/AppConfig")<AppConfig, AppConfigShape>() {}
@@ -99,7 +120,7 @@ const bool = (name: string, fallback: boolean) =>
     })
   )
 
-const positiveInt = (name: string, fallback: number) =>
+export const positiveInt = (name: string, fallback: number) =>
   Config.string(name).pipe(
     Config.withDefault(String(fallback)),
     Config.mapOrFail((s) =>
@@ -128,7 +149,7 @@ export const parseDuration = (s: string): number | undefined => {
   return Number.isFinite(ms) ? Math.round(ms) : undefined
 }
 
-const duration = (name: string, fallback: string, min = 1) =>
+export const duration = (name: string, fallback: string, min = 1) =>
   Config.string(name).pipe(
     Config.withDefault(fallback),
     Config.mapOrFail((s) => {
@@ -164,7 +185,7 @@ const memoryOrRedis = (name: string) =>
     })
   )
 
-const optionalString = (name: string) =>
+export const optionalString = (name: string) =>
   Config.option(Config.string(name)).pipe(Config.map(Option.filter((s) => s.trim() !== "")))
 
 const listen = Config.string("LISTEN_ADDR").pipe(
@@ -227,6 +248,41 @@ const logFormat = Config.option(Config.string("LOG_FORMAT")).pipe(
   })
 )
 
+/** `REDIS_URL`, else `REDIS_ADDR` (`host:port`), else the local default. */
+const redisUrl = Config.all({ url: optionalString("REDIS_URL"), addr: optionalString("REDIS_ADDR") }).pipe(
+    Config.mapOrFail(({ addr, url }) => {
+      if (Option.isSome(url)) {
+        return /^rediss?:\/\//.test(url.value)
+          ? Either.right(url.value)
+          : Either.left(invalid("REDIS_URL", "expected a redis:// or rediss:// URL"))
+      }
+      return Either.right(Option.isSome(addr) ? `redis://${addr.value}` : "redis://127.0.0.1:6379")
+    })
+  )
+
+const eventBus = Config.string("LLM_PROXY_EVENT_BUS").pipe(
+  Config.withDefault("in-memory"),
+  Config.mapOrFail((s): Either.Either<EventBusKind, ConfigError.ConfigError> => {
+    const v = s.trim().toLowerCase()
+    if (v === "in-memory" || v === "memory" || v === "") return Either.right("in-memory")
+    if (v === "redis-streams" || v === "redis") return Either.right("redis-streams")
+    return Either.left(invalid("LLM_PROXY_EVENT_BUS", `expected in-memory or redis-streams, got "${s}"`))
+  })
+)
+
+export const eventsConfig: Config.Config<EventsConfig> = Config.all({
+  bus: eventBus,
+  enabled: bool("OBSERVABILITY_ENABLED", true),
+  bufferSize: positiveInt("OBSERVABILITY_BUFFER_SIZE", 10_000),
+  maxRequestBodyBytes: nonNegativeInt("OBSERVABILITY_MAX_REQUEST_BODY_BYTES", 65_536),
+  maxResponseBodyBytes: nonNegativeInt("OBSERVABILITY_MAX_RESPONSE_BODY_BYTES", 262_144),
+  streamKey: Config.string("REDIS_STREAM_KEY").pipe(Config.withDefault("llm-proxy:events")),
+  streamMaxLen: nonNegativeInt("REDIS_STREAM_MAX_LEN", 0),
+  claimIdleMs: duration("REDIS_STREAM_CLAIM_IDLE", "30s"),
+  consumerName: optionalString("REDIS_CONSUMER_NAME"),
+  fileEventLog: optionalString("FILE_EVENT_LOG")
+})
+
 const audit: Config.Config<AuditConfig> = Config.all({
   enabled: bool("AUDIT_ENABLED", true),
   file: Config.string("AUDIT_LOG_FILE").pipe(
@@ -275,16 +331,8 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
     })
   ),
   invalidationBackend: memoryOrRedis("INVALIDATION_BACKEND"),
-  redisUrl: Config.all({ url: optionalString("REDIS_URL"), addr: optionalString("REDIS_ADDR") }).pipe(
-    Config.mapOrFail(({ addr, url }) => {
-      if (Option.isSome(url)) {
-        return /^rediss?:\/\//.test(url.value)
-          ? Either.right(url.value)
-          : Either.left(invalid("REDIS_URL", "expected a redis:// or rediss:// URL"))
-      }
-      return Either.right(Option.isSome(addr) ? `redis://${addr.value}` : "redis://127.0.0.1:6379")
-    })
-  )
+  redisUrl,
+  events: eventsConfig
 }).pipe(
   Config.mapOrFail((c) =>
     c.requireEncryptionKey && Option.isNone(c.encryptionKey)
@@ -315,3 +363,82 @@ export const formatConfigError = (e: ConfigError.ConfigError): string => {
   walk(e)
   return `invalid configuration: ${lines[0] ?? String(e)}`
 }
+
+export type DispatcherService = "file" | "lunary" | "helicone"
+
+export interface DispatcherConfig {
+  readonly service: DispatcherService
+  readonly endpoint: string
+  readonly apiKey: Option.Option<Redacted.Redacted<string>>
+  readonly batchSize: number
+  readonly flushIntervalMs: number
+  readonly buffer: number
+  readonly group: string
+  readonly deadLetterPath: string
+  readonly redisUrl: string
+  readonly events: EventsConfig
+  readonly logLevel: AppConfigShape["logLevel"]
+  readonly logFormat: LogFormat
+}
+
+const DEFAULT_ENDPOINTS: Record<DispatcherService, string> = {
+  file: "./data/events.jsonl",
+  lunary: "https://api.lunary.ai/v1/runs/ingest",
+  helicone: "https://api.worker.helicone.ai/custom/v1/log"
+}
+
+/** `llm-proxy dispatcher`: its own settings plus the bus it reads. */
+export const dispatcherConfig: Config.Config<DispatcherConfig> = Config.all({
+  service: Config.string("DISPATCHER_SERVICE").pipe(
+    Config.withDefault("file"),
+    Config.mapOrFail((s): Either.Either<DispatcherService, ConfigError.ConfigError> => {
+      const v = s.trim().toLowerCase()
+      return v === "file" || v === "lunary" || v === "helicone"
+        ? Either.right(v)
+        : Either.left(invalid("DISPATCHER_SERVICE", `expected file, lunary or helicone, got "${s}"`))
+    })
+  ),
+  endpoint: optionalString("DISPATCHER_ENDPOINT"),
+  apiKey: Config.option(Config.redacted("LLM_PROXY_API_KEY")).pipe(
+    Config.map(Option.filter((r) => Redacted.value(r).trim() !== ""))
+  ),
+  batchSize: positiveInt("DISPATCHER_BATCH_SIZE", 100),
+  flushIntervalMs: duration("DISPATCHER_FLUSH_INTERVAL", "5s"),
+  buffer: positiveInt("DISPATCHER_BUFFER", 1000),
+  group: optionalString("DISPATCHER_CONSUMER_GROUP"),
+  deadLetter: optionalString("DISPATCHER_DEAD_LETTER"),
+  redisUrl,
+  events: eventsConfig,
+  logLevel,
+  logFormat
+}).pipe(
+  Config.mapOrFail((c): Either.Either<DispatcherConfig, ConfigError.ConfigError> => {
+    if (c.events.bus !== "redis-streams") {
+      return Either.left(invalid(
+        "LLM_PROXY_EVENT_BUS",
+        "the dispatcher runs as its own process and needs redis-streams (the in-memory bus lives inside serve: use serve --file-event-log)"
+      ))
+    }
+    if (c.service !== "file" && Option.isNone(c.apiKey)) {
+      return Either.left(invalid("LLM_PROXY_API_KEY", `required for the ${c.service} backend (--api-key)`))
+    }
+    const endpoint = Option.getOrElse(c.endpoint, () => DEFAULT_ENDPOINTS[c.service])
+    if (c.service !== "file" && !/^https?:\/\/\S+$/.test(endpoint)) {
+      return Either.left(invalid("DISPATCHER_ENDPOINT", `expected an http(s) URL, got "${endpoint}"`))
+    }
+    return Either.right({
+      service: c.service,
+      endpoint,
+      apiKey: c.apiKey,
+      batchSize: c.batchSize,
+      flushIntervalMs: c.flushIntervalMs,
+      buffer: c.buffer,
+      group: Option.getOrElse(c.group, () => `dispatcher-${c.service}`),
+      deadLetterPath: Option.getOrElse(c.deadLetter, () => `./data/dead-letter-${c.service}.jsonl`),
+      redisUrl: c.redisUrl,
+      events: c.events,
+      logLevel: c.logLevel,
+      logFormat: c.logFormat
+    })
+  })
+)

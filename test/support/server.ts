@@ -36,6 +36,18 @@ export const testConfig = (database: Database, overrides: Partial<AppConfigShape
   rateLimitFailureMode: "open",
   invalidationBackend: "in-memory",
   redisUrl: process.env["REDIS_URL"] ?? "redis://127.0.0.1:6379",
+  events: {
+    bus: "in-memory",
+    enabled: true,
+    bufferSize: 10_000,
+    maxRequestBodyBytes: 65_536,
+    maxResponseBodyBytes: 262_144,
+    streamKey: `llm-proxy-test:${crypto.randomUUID()}:events`,
+    streamMaxLen: 0,
+    claimIdleMs: 30_000,
+    consumerName: Option.none(),
+    fileEventLog: Option.none()
+  },
   ...overrides
 })
 

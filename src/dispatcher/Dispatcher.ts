@@ -1,0 +1,299 @@
+/**
+ * The dispatcher: bus → transform → batch → backend → acknowledge.
+ * - A reader fiber fills a bounded buffer (`--buffer`) from the subscription; when it is full the reader waits,
+ *   so memory is bounded and unread events stay in the bus.
+ * - The writer takes batches (`--batch-size`, or whatever arrived within `--flush-interval`), transforms them and
+ *   sends them. Transient failures are retried with exponential backoff and jitter, for as long as it takes (the
+ *   bus holds the events meanwhile); permanent rejections go to the dead-letter JSONL file. Only then are the
+ *   events acknowledged, so a dispatcher killed mid-batch loses nothing: its entries are redelivered.
+ * - On shutdown (SIGTERM) reading stops, what was read is delivered and acknowledged, within a drain timeout.
+ */
+import { type Chunk, Context, Deferred, Effect, Fiber, Layer, Option, Queue, Schedule } from "effect"
+import type { DeliveredEvent } from "../domain/ProxyEvent.js"
+import { type BusError, type Delivery, EventSource, type Subscription } from "../eventbus/EventBus.js"
+import { Backend } from "./Backend.js"
+import { makeJsonlWriter } from "./backends.js"
+import { TokenCounter } from "./tokens.js"
+import { transformEvent } from "./transform.js"
+
+export interface DispatcherOptions {
+  readonly group: string
+  readonly consumer: string
+  readonly batchSize: number
+  readonly flushIntervalMs: number
+  readonly buffer: number
+  readonly deadLetterPath: string
+  /** how often in-flight entries are refreshed so no other consumer reclaims them (Redis: claim idle / 3) */
+  readonly keepAliveMs: number
+  readonly retryBaseMs?: number
+  readonly retryMaxMs?: number
+  readonly drainTimeoutMs?: number
+  /** "tty": one status line rewritten in place on stderr; "log": a structured log line; "off" */
+  readonly status: "tty" | "log" | "off"
+  readonly statusIntervalMs?: number
+  /** periodic bus maintenance (Redis: trim entries every group acknowledged) */
+  readonly maintenance?: Effect.Effect<unknown, BusError>
+  readonly maintenanceIntervalMs?: number
+}
+
+export interface DispatcherStats {
+  received: number
+  redelivered: number
+  delivered: number
+  retries: number
+  deadLettered: number
+  invalid: number
+  batches: number
+  lastDeliveryAt: number | null
+  buffered: number
+  lag: number | null
+  pending: number | null
+  ratePerSecond: number
+}
+
+/** Backoff before retry `attempt` (0-based): base·2^attempt capped at max, with "equal jitter" (50–100 %). */
+export const backoffMs = (attempt: number, baseMs: number, maxMs: number, random: () => number = Math.random) => {
+  const ceiling = Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 30))
+  return Math.round(ceiling / 2 + (ceiling / 2) * random())
+}
+
+export const formatStatus = (s: DispatcherStats, service: string) =>
+  `dispatcher ${service}: ${s.delivered} delivered (${s.ratePerSecond.toFixed(1)}/s) · ` +
+  `${s.redelivered} redelivered · ${s.deadLettered} dead-lettered · ${s.retries} retries · ` +
+  `lag ${s.lag ?? "?"} · pending ${s.pending ?? "?"} · buffered ${s.buffered}`
+
+interface Item {
+  readonly delivery: Delivery
+  readonly event: DeliveredEvent
+}
+
+export const start = (options: DispatcherOptions) =>
+  Effect.gen(function*() {
+    const source = yield* EventSource
+    const backend = yield* Backend
+    const count = yield* TokenCounter
+    const sub: Subscription = yield* source.subscribe(options.group, options.consumer)
+    const deadLetter = yield* makeJsonlWriter(options.deadLetterPath)
+    const queue = yield* Effect.acquireRelease(Queue.bounded<Delivery>(options.buffer), Queue.shutdown)
+    const baseMs = options.retryBaseMs ?? 500
+    const maxMs = options.retryMaxMs ?? 30_000
+    const stats: DispatcherStats = {
+      received: 0,
+      redelivered: 0,
+      delivered: 0,
+      retries: 0,
+      deadLettered: 0,
+      invalid: 0,
+      batches: 0,
+      lastDeliveryAt: null,
+      buffered: 0,
+      lag: null,
+      pending: null,
+      ratePerSecond: 0
+    }
+    let stopping = false
+    let busy = false
+    const stopSignal = yield* Deferred.make<void>()
+
+    const reader = Effect.gen(function*() {
+      while (!stopping) {
+        const room = Math.max(1, Math.min(options.batchSize, options.buffer))
+        const got = yield* sub.take(room, 1000).pipe(
+          Effect.catchAll((e) =>
+            Effect.logWarning(`event bus read failed, retrying: ${e.message}`).pipe(Effect.zipRight(Effect.sleep("1 second")), Effect.as([]))
+          )
+        )
+        if (got.length === 0) continue
+        stats.received += got.length
+        stats.redelivered += got.filter((d) => d.redelivered).length
+        yield* Queue.offerAll(queue, got)
+      }
+    })
+
+    const nextBatch = Effect.gen(function*() {
+      const batch: Array<Delivery> = [...(yield* Queue.takeBetween(queue, 1, options.batchSize))]
+      busy = true
+      const deadline = Date.now() + options.flushIntervalMs
+      while (batch.length < options.batchSize && !stopping) {
+        const left = deadline - Date.now()
+        if (left <= 0) break
+        // wait for more until the flush interval ends or shutdown begins
+        const more = yield* Queue.takeBetween(queue, 1, options.batchSize - batch.length).pipe(
+          Effect.timeoutOption(left),
+          Effect.raceFirst(Effect.as(Deferred.await(stopSignal), Option.none<Chunk.Chunk<Delivery>>()))
+        )
+        if (more._tag === "None") break
+        batch.push(...more.value)
+      }
+      return batch
+    })
+
+    const writeDeadLetters = (entries: ReadonlyArray<{ readonly reason: string; readonly event: unknown; readonly id: string }>) =>
+      entries.length === 0
+        ? Effect.succeed(true)
+        : deadLetter(entries.map((d) => ({ time: new Date().toISOString(), service: backend.name, reason: d.reason, event: d.event })))
+          .pipe(
+            Effect.tap(() => Effect.sync(() => (stats.deadLettered += entries.length))),
+            Effect.as(true),
+            Effect.catchAll((e) => Effect.logError(`cannot write the dead-letter file ${options.deadLetterPath}: ${e}`).pipe(Effect.as(false)))
+          )
+
+    /** Delivers `items` until each is accepted or rejected; returns the ids that may be acknowledged. */
+    const sendWithRetry = (items: ReadonlyArray<Item>): Effect.Effect<Array<string>> =>
+      Effect.gen(function*() {
+        const done: Array<string> = []
+        let pending = items
+        for (let attempt = 0; pending.length > 0; attempt++) {
+          const outcomes = yield* backend.send(pending.map((i) => i.event))
+          if (backend.batched && pending.length > 1 && outcomes.every((o) => o._tag === "Rejected")) {
+            // one bad event can make a backend refuse the whole batch: find it by sending one at a time
+            for (const item of pending) done.push(...(yield* sendWithRetry([item])))
+            return done
+          }
+          const retryable: Array<Item> = []
+          const rejected: Array<{ reason: string; event: unknown; id: string }> = []
+          let lastReason = ""
+          pending.forEach((item, i) => {
+            const o = outcomes[i] ?? { _tag: "Retry", reason: "no outcome" }
+            if (o._tag === "Accepted") {
+              stats.delivered++
+              done.push(item.delivery.id)
+            } else if (o._tag === "Rejected") rejected.push({ reason: o.reason, event: item.event, id: item.delivery.id })
+            else {
+              lastReason = o.reason
+              retryable.push(item)
+            }
+          })
+          if (yield* writeDeadLetters(rejected)) done.push(...rejected.map((r) => r.id))
+          pending = retryable
+          if (pending.length > 0) {
+            stats.retries++
+            const wait = backoffMs(attempt, baseMs, maxMs)
+            yield* Effect.logWarning(`${backend.name} backend: ${pending.length} event(s) not accepted (${lastReason}); retrying in ${wait} ms`)
+            yield* Effect.sleep(wait)
+          }
+        }
+        return done
+      })
+
+    const deliver = (batch: ReadonlyArray<Delivery>) =>
+      Effect.gen(function*() {
+        const ids = batch.map((d) => d.id)
+        const heartbeat = yield* Effect.fork(
+          sub.keepAlive(ids).pipe(Effect.ignore, Effect.repeat(Schedule.spaced(options.keepAliveMs)), Effect.delay(options.keepAliveMs))
+        )
+        const items: Array<Item> = []
+        const invalid: Array<{ reason: string; event: unknown; id: string }> = []
+        for (const d of batch) {
+          if (d.event === undefined) {
+            invalid.push({ reason: "not a valid event", event: d.raw, id: d.id })
+            continue
+          }
+          try {
+            items.push({ delivery: d, event: transformEvent(d.event, count) })
+          } catch (e) {
+            invalid.push({ reason: `transform failed: ${(e as Error).message}`, event: d.event, id: d.id })
+          }
+        }
+        stats.invalid += invalid.length
+        const ackable = (yield* writeDeadLetters(invalid)) ? invalid.map((i) => i.id) : []
+        ackable.push(...(yield* sendWithRetry(items)))
+        yield* Fiber.interrupt(heartbeat)
+        yield* sub.ack(ackable).pipe(
+          Effect.retry(Schedule.exponential("200 millis").pipe(Schedule.compose(Schedule.recurs(5)))),
+          Effect.catchAll((e) => Effect.logWarning(`acknowledgement failed, these events will be redelivered: ${e.message}`))
+        )
+        stats.batches++
+        stats.lastDeliveryAt = Date.now()
+      })
+
+    const writer = Effect.forever(
+      Effect.gen(function*() {
+        const batch = yield* nextBatch
+        yield* deliver(batch).pipe(Effect.ensuring(Effect.sync(() => (busy = false))))
+      })
+    )
+
+    let lastDelivered = 0
+    let lastAt = Date.now()
+    const refresh = Effect.gen(function*() {
+      const now = Date.now()
+      stats.ratePerSecond = ((stats.delivered - lastDelivered) * 1000) / Math.max(1, now - lastAt)
+      lastDelivered = stats.delivered
+      lastAt = now
+      stats.buffered = Math.max(0, yield* Queue.size(queue))
+      const lag = yield* Effect.either(sub.lag)
+      if (lag._tag === "Right") {
+        stats.lag = lag.right.undelivered
+        stats.pending = lag.right.pending
+      }
+    })
+    const report = refresh.pipe(
+      Effect.zipRight(
+        Effect.suspend(() => {
+          if (options.status === "tty") return Effect.sync(() => process.stderr.write(`\r\x1b[2K${formatStatus(stats, backend.name)}`))
+          if (options.status === "log") {
+            return Effect.logInfo("dispatcher status").pipe(
+              Effect.annotateLogs({
+                service: backend.name,
+                delivered: stats.delivered,
+                rate_per_s: Math.round(stats.ratePerSecond * 10) / 10,
+                redelivered: stats.redelivered,
+                dead_lettered: stats.deadLettered,
+                retries: stats.retries,
+                lag: stats.lag,
+                pending: stats.pending,
+                buffered: stats.buffered
+              })
+            )
+          }
+          return Effect.void
+        })
+      )
+    )
+
+    const readerFiber = yield* Effect.forkScoped(reader)
+    yield* Effect.forkScoped(writer)
+    yield* Effect.forkScoped(Effect.repeat(report, Schedule.spaced(options.statusIntervalMs ?? 5000)).pipe(Effect.delay(options.statusIntervalMs ?? 5000)))
+    if (options.maintenance !== undefined) {
+      const every = options.maintenanceIntervalMs ?? 60_000
+      yield* Effect.forkScoped(
+        options.maintenance.pipe(Effect.ignore, Effect.repeat(Schedule.spaced(every)), Effect.delay(every))
+      )
+    }
+    // Added last, so it runs first on shutdown: stop reading, deliver what was read, then let the fibers go.
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function*() {
+        stopping = true
+        yield* Deferred.succeed(stopSignal, undefined)
+        const drained = Effect.gen(function*() {
+          yield* Fiber.await(readerFiber)
+          // an in-process bus has nowhere to keep what was not read yet: read it all
+          if (source.kind === "in-memory") {
+            for (;;) {
+              const rest = yield* Effect.orElseSucceed(sub.take(options.batchSize, 0), () => [])
+              if (rest.length === 0) break
+              stats.received += rest.length
+              yield* Queue.offerAll(queue, rest)
+            }
+          }
+          while (busy || (yield* Queue.size(queue)) > 0) yield* Effect.sleep("20 millis")
+        })
+        // finalizers are uninterruptible: without `interruptible` the timeout could not stop the drain
+        const finished = yield* Effect.interruptible(drained).pipe(Effect.timeout(options.drainTimeoutMs ?? 10_000), Effect.option)
+        yield* refresh.pipe(Effect.ignore)
+        if (options.status === "tty") process.stderr.write("\n")
+        yield* Effect.logInfo(
+          finished._tag === "Some"
+            ? "dispatcher drained"
+            : "dispatcher drain timed out; unacknowledged events will be redelivered"
+        ).pipe(Effect.annotateLogs({ delivered: stats.delivered, dead_lettered: stats.deadLettered, redelivered: stats.redelivered }))
+      })
+    )
+    return stats
+  })
+
+/** The running dispatcher's counters (for /metrics, tests and the status line). */
+export class DispatcherState extends Context.Tag("llm-proxy/dispatcher/DispatcherState")<DispatcherState, DispatcherStats>() {}
+
+export const layer = (options: DispatcherOptions) => Layer.scoped(DispatcherState, start(options))

@@ -1,0 +1,110 @@
+/** `llm-proxy dispatcher` and `serve --file-event-log` as users run them (in-process through runCli). */
+import { Effect, Exit, Fiber, Redacted } from "effect"
+import { existsSync, mkdtempSync, readFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { afterEach, describe, expect, it } from "vitest"
+import { runCli } from "../../src/cli/Cli.js"
+import { EventBus } from "../../src/eventbus/EventBus.js"
+import * as RedisStreamsBus from "../../src/eventbus/RedisStreamsBus.js"
+import { flushRedisPrefix, redisUrl } from "../support/databases.js"
+import { buildLayer, makeEvent, waitFor } from "../support/events.js"
+
+const cli = async (...args: Array<string>) => {
+  const out: Array<string> = []
+  const err: Array<string> = []
+  const capture = {
+    ...globalThis.console,
+    log: (...a: Array<unknown>) => void out.push(a.map(String).join(" ")),
+    error: (...a: Array<unknown>) => void err.push(a.map(String).join(" "))
+  }
+  const exit = await Effect.runPromiseExit(
+    runCli(["node", "llm-proxy", ...args]).pipe(
+      Effect.withConsole({
+        ...(await Effect.runPromise(Effect.console)),
+        log: (...a: ReadonlyArray<unknown>) => Effect.sync(() => capture.log(...a)),
+        error: (...a: ReadonlyArray<unknown>) => Effect.sync(() => capture.error(...a)),
+        unsafe: capture
+      } as never)
+    )
+  )
+  return { ok: Exit.isSuccess(exit), out: out.join("\n"), err: err.join("\n") }
+}
+
+const saved = { ...process.env }
+afterEach(() => {
+  for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k]
+  Object.assign(process.env, saved)
+})
+
+describe("llm-proxy dispatcher", () => {
+  it("--help lists its options", async () => {
+    const r = await cli("dispatcher", "--help")
+    for (const o of ["--service", "--endpoint", "--api-key", "--batch-size", "--flush-interval", "--buffer", "--consumer-group", "--dead-letter", "--claim-idle"]) {
+      expect(r.out).toContain(o)
+    }
+  })
+
+  it.each([
+    [[], {}, "LLM_PROXY_EVENT_BUS: the dispatcher runs as its own process and needs redis-streams"],
+    [["--service", "lunary"], { LLM_PROXY_EVENT_BUS: "redis-streams" }, "LLM_PROXY_API_KEY: required for the lunary backend"],
+    [["--batch-size", "0"], { LLM_PROXY_EVENT_BUS: "redis-streams" }, "DISPATCHER_BATCH_SIZE: expected a positive integer"],
+    [["--flush-interval", "soon"], { LLM_PROXY_EVENT_BUS: "redis-streams" }, "DISPATCHER_FLUSH_INTERVAL"],
+    [["--service", "helicone", "--api-key", "k", "--endpoint", "not a url"], { LLM_PROXY_EVENT_BUS: "redis-streams" }, "DISPATCHER_ENDPOINT: expected an http(s) URL"],
+    [[], { LLM_PROXY_EVENT_BUS: "kafka" }, "LLM_PROXY_EVENT_BUS: expected in-memory or redis-streams"]
+  ])("%j %j → one line naming the setting", async (args, env, message) => {
+    Object.assign(process.env, env)
+    const r = await cli("dispatcher", ...args)
+    expect(r.ok).toBe(false)
+    expect(r.err).toContain(message)
+    expect(r.err.split("\n")).toHaveLength(1)
+    expect(r.err).not.toContain("secret")
+  })
+
+  it("serve --help shows --file-event-log", async () => {
+    expect((await cli("serve", "--help")).out).toContain("--file-event-log")
+  })
+})
+
+describe.skipIf(!redisUrl)("llm-proxy dispatcher against Redis (in-process)", () => {
+  const prefix = `llm-proxy-test:cli-dispatcher:${process.pid}:${Date.now()}:`
+  afterEach(() => flushRedisPrefix(redisUrl!, prefix))
+
+  it("delivers to the file backend, and stops cleanly when interrupted (as on SIGTERM)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "llm-proxy-cli-dispatcher-"))
+    const path = join(dir, "out.jsonl")
+    const streamKey = `${prefix}events`
+    const publisher = await buildLayer(RedisStreamsBus.publisherLayer({
+      url: Redacted.make(redisUrl!),
+      streamKey,
+      maxLen: 0,
+      bufferSize: 100,
+      claimIdleMs: 30_000
+    }))
+    const events = Array.from({ length: 50 }, () => makeEvent())
+    for (const e of events) publisher.get(EventBus).publish(e)
+    await publisher.close()
+    process.env["LLM_PROXY_EVENT_BUS"] = "redis-streams"
+    process.env["LOG_LEVEL"] = "error"
+    const fiber = Effect.runFork(runCli([
+      "node",
+      "llm-proxy",
+      "dispatcher",
+      "--endpoint",
+      path,
+      "--redis-url",
+      redisUrl!,
+      "--stream-key",
+      streamKey,
+      "--flush-interval",
+      "100ms",
+      "--dead-letter",
+      join(dir, "dead.jsonl")
+    ]))
+    const count = () => (existsSync(path) ? readFileSync(path, "utf8").split("\n").filter((l) => l !== "").length : 0)
+    await waitFor(() => count() >= 50, 20_000, "50 lines")
+    const exit = await Effect.runPromise(Fiber.interrupt(fiber))
+    expect(Exit.isInterrupted(exit)).toBe(true)
+    expect(count()).toBe(50)
+  })
+})
