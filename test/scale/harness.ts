@@ -106,6 +106,8 @@ export interface RedisServer {
   readonly stop: () => Promise<void>
   readonly start: () => Promise<void>
   readonly destroy: () => Promise<void>
+  /** XLEN of a stream (0 when it does not exist or Redis does not answer). */
+  readonly xlen: (key: string) => number
 }
 
 export const startRedis = async (root: string): Promise<RedisServer> => {
@@ -129,7 +131,9 @@ export const startRedis = async (root: string): Promise<RedisServer> => {
     child = undefined
   }
   await start()
-  return { url: `redis://127.0.0.1:${port}`, port, start, stop, destroy: stop }
+  const xlen = (key: string) =>
+    Number(spawnSync("redis-cli", ["-h", "127.0.0.1", "-p", String(port), "xlen", key]).stdout?.toString().trim() || 0)
+  return { url: `redis://127.0.0.1:${port}`, port, start, stop, destroy: stop, xlen }
 }
 
 export interface Instance {

@@ -3,7 +3,8 @@
  * Redis (shared rate limits and invalidation on), 200 concurrent clients for LOAD_SECONDS (default 60), 2/3 JSON
  * and 1/3 SSE against the bench upstream (test/bench/upstream.mjs, its own process) answering after 60 ms. It asserts
  * counts, never timings: no 5xx,
- * every request the upstream saw is counted in `tokens.request_count` (and its usage in prompt/completion tokens), and
+ * every request the upstream saw is counted in `tokens.request_count` (and its usage in prompt/completion tokens),
+ * every request's event reaches a dispatcher worker's JSONL file (LLM_PROXY_EVENT_BUS=redis-streams), and
  * prints throughput and latency percentiles for docs/performance.md. Part of `npm run test:scale`.
  */
 import { createRequire } from "node:module"
@@ -13,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { spawn, type ChildProcess } from "node:child_process"
 import { join } from "node:path"
 import {
+  bin,
   built,
   haveServers,
   type Instance,
@@ -57,6 +59,15 @@ describe.skipIf(!built || !haveServers())(`load: 3 instances, ${CLIENTS} clients
   let upstream: ChildProcess
   let upstreamUrl: string
   let instances: Array<Instance> = []
+  let dispatcher: ChildProcess | undefined
+  let eventsFile = ""
+  const delivered = () => {
+    try {
+      return readFileSync(eventsFile, "utf8").split("\n").filter((l) => l.trim() !== "").length
+    } catch {
+      return 0
+    }
+  }
   const sql = async (statement: string) => {
     const c = new Client({ connectionString: pg.url })
     await c.connect()
@@ -82,21 +93,30 @@ describe.skipIf(!built || !haveServers())(`load: 3 instances, ${CLIENTS} clients
       INVALIDATION_BACKEND: "redis",
       MANAGEMENT_TOKEN: MT,
       OPENAI_API_URL: upstreamUrl,
+      LLM_PROXY_EVENT_BUS: "redis-streams",
       LOG_LEVEL: "warn"
     }
     const first = await startInstance({ ...env, LOG_LEVEL: "info" })
     instances = [first, ...(await Promise.all([startInstance({ ...env, LOG_LEVEL: "info" }), startInstance({ ...env, LOG_LEVEL: "info" })]))]
+    // One dispatcher worker delivering the stream to a JSONL file.
+    eventsFile = join(root, "events.jsonl")
+    dispatcher = spawn(process.execPath, [bin, "dispatcher", "--service", "file", "--endpoint", eventsFile, "--batch-size", "500", "--flush-interval", "200ms"], {
+      cwd: root,
+      env: { PATH: process.env.PATH ?? "", REDIS_URL: redis.url, LLM_PROXY_EVENT_BUS: "redis-streams", LOG_FORMAT: "json" },
+      stdio: ["ignore", "ignore", "inherit"]
+    })
   }, 120_000)
 
   afterAll(async () => {
     await Promise.all(instances.map((i) => i.stop()))
+    dispatcher?.kill("SIGTERM")
     upstream?.kill("SIGTERM")
     await redis?.destroy()
     pg?.destroy()
     if (root) rmSync(root, { recursive: true, force: true })
   }, 60_000)
 
-  it("no 5xx; usage counters equal the requests the upstream saw", async () => {
+  it("no 5xx; usage counters equal the requests the upstream saw; events delivered equal requests made", async () => {
     const m = management(instances[0]!.url, MT)
     const tokens: Array<string> = []
     for (let p = 0; p < 4; p++) {
@@ -162,6 +182,8 @@ describe.skipIf(!built || !haveServers())(`load: 3 instances, ${CLIENTS} clients
       totals = { requests: Number(row["r"]), prompt: Number(row["p"]), completion: Number(row["c"]) }
       return totals.requests === expected.requests && totals.prompt === expected.prompt
     }, 15_000).catch(() => {})
+    let events = 0
+    await waitFor("every event delivered", () => (events = delivered()) >= sent, 60_000).catch(() => {})
     const summary = {
       seconds: Number(elapsed.toFixed(1)),
       clients: CLIENTS,
@@ -178,6 +200,7 @@ describe.skipIf(!built || !haveServers())(`load: 3 instances, ${CLIENTS} clients
         max: Math.round(latencies.at(-1) ?? 0)
       },
       counted: totals,
+      events_delivered: events,
       serve_cpu_ms_per_request: Number(((cpuSeconds * 1000) / Math.max(1, sent)).toFixed(3)),
       serve_cpu_cores_used: Number((cpuSeconds / elapsed).toFixed(2)),
       serve_rss_mb: after.map((u) => u.rssMb),
@@ -189,5 +212,6 @@ describe.skipIf(!built || !haveServers())(`load: 3 instances, ${CLIENTS} clients
     expect(ok).toBe(sent)
     expect(seen).toBe(sent)
     expect(totals).toEqual(expected)
+    expect(events).toBe(sent)
   }, (SECONDS + 120) * 1000)
 })

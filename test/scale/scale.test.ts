@@ -68,6 +68,7 @@ describe.skipIf(!built || !haveServers())("several instances on PostgreSQL and R
       OPENAI_API_URL: mock.url,
       USAGE_FLUSH_INTERVAL: "200ms",
       TOKEN_CACHE_TTL: "10m",
+      LLM_PROXY_EVENT_BUS: "redis-streams",
       LOG_LEVEL: "info"
     }
     // One first, so the migrations run once; then the rest side by side.
@@ -166,21 +167,41 @@ describe.skipIf(!built || !haveServers())("several instances on PostgreSQL and R
         expect((await chat(i.url, revoked.token)).status).toBe(200)
       }
 
+      // Everything published so far has reached the stream (it stopped growing), so what comes after is the outage's.
+      let last = -1
+      await waitFor("the stream to settle", async () => {
+        const now = redis.xlen("llm-proxy:events")
+        const settled = now === last
+        last = now
+        await sleep(300)
+        return settled
+      })
       await redis.stop()
+      let during = 0 // /v1 calls while Redis is down: each one is an event waiting in its instance's buffer
+      const outage = (url: string, token: string) => {
+        during++
+        return chat(url, token)
+      }
       // Plain and limited tokens are served; the failing limiter admits (A, B) or refuses with 503 (D).
       for (let k = 0; k < 4; k++) {
-        expect((await chat(A.url, plain.token)).status).toBe(200)
-        expect((await chat(B.url, limitedToken.token)).status).toBe(200)
+        expect((await outage(A.url, plain.token)).status).toBe(200)
+        expect((await outage(B.url, limitedToken.token)).status).toBe(200)
       }
-      const closed = await chat(D.url, limitedToken.token)
+      const closed = await outage(D.url, limitedToken.token)
       expect([closed.status, closed.code]).toEqual([503, "service_unavailable"])
-      expect((await chat(D.url, plain.token)).status).toBe(200)
+      expect((await outage(D.url, plain.token)).status).toBe(200)
       // An invalidation cannot be delivered, so B must not trust what it cached: the revocation applies anyway.
       expect((await on(A).call("DELETE", `/manage/tokens/${revoked.id}`)).status).toBe(204)
-      expect((await chat(B.url, revoked.token)).code).toBe("token_inactive")
-      expect((await chat(D.url, revoked.token)).code).toBe("token_inactive")
+      expect((await outage(B.url, revoked.token)).code).toBe("token_inactive")
+      expect((await outage(D.url, revoked.token)).code).toBe("token_inactive")
 
       await redis.start()
+      // The events buffered during the outage reach the stream (the restarted Redis started empty).
+      let xlen = -1
+      await waitFor("buffered events written to the stream", () => (xlen = redis.xlen("llm-proxy:events")) === during, 20_000)
+        .catch((e: Error) => {
+          throw new Error(`${e.message}: XLEN ${xlen}, expected ${during}`)
+        })
       // Recovered: B trusts its cache again — a change written behind its back is not seen (served from memory) …
       let probe: { id: string; token: string } | undefined
       await waitFor("B to trust its token cache again", async () => {
