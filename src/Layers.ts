@@ -5,6 +5,9 @@
 import { NodeHttpClient } from "@effect/platform-node"
 import { Context, Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
 import { hostname } from "node:os"
+import * as MemoryCache from "./cache/MemoryCache.js"
+import * as RedisCache from "./cache/RedisCache.js"
+import * as ResponseCache from "./cache/ResponseCache.js"
 import * as AuditLog from "./audit/AuditLog.js"
 import * as AuditRepo from "./audit/AuditRepo.js"
 import { makeTrustedProxies } from "./audit/clientIp.js"
@@ -15,6 +18,7 @@ import { resolveManagementToken } from "./config/managementToken.js"
 import { Providers } from "./config/Providers.js"
 import * as EventCapture from "./proxy/EventCapture.js"
 import * as ProxyHandler from "./proxy/ProxyHandler.js"
+import { cacheHooks } from "./proxy/CacheHooks.js"
 import { auditHooks } from "./proxy/auditHooks.js"
 import { ProxyHooks } from "./proxy/ProxyHooks.js"
 import * as Upstream from "./proxy/Upstream.js"
@@ -50,6 +54,13 @@ export const migratedDatabaseLayer = (db: Database) =>
     )
   )
 
+/** The response cache: off, in-memory (bounded LRU) or Redis, from HTTP_CACHE_ENABLED / HTTP_CACHE_BACKEND. */
+export const responseCacheLayer = (config: Pick<AppConfigShape, "cache" | "redisUrl">) =>
+  !config.cache.enabled
+    ? ResponseCache.disabled(config.cache)
+    : config.cache.backend === "redis"
+    ? RedisCache.layer(config.cache, { url: config.redisUrl })
+    : MemoryCache.layer(config.cache)
 /**
  * The audit log for a configuration: off (AUDIT_ENABLED=false), or writing to the database
  * (AUDIT_STORE_IN_DB) and/or the JSONL file (AUDIT_LOG_FILE), plus retention when AUDIT_RETENTION_DAYS > 0.
@@ -148,15 +159,28 @@ export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" 
   config.rateLimitBackend === "redis" ? RateLimits.redis(config.redisUrl, config.rateLimitFailureMode) : RateLimits.memory
 
 /**
+ * What plugs into the data plane: the response cache first (its hits end the request before anything else runs),
+ * then any other hooks given (events, audit, metrics, tests).
+ */
+export const proxyHooksLayer = <E = never, R = never>(
+  extra?: Layer.Layer<ProxyHooks, E, R>
+): Layer.Layer<ProxyHooks, E, ResponseCache.ResponseCache | R> =>
+  Layer.scoped(
+    ProxyHooks,
+    Effect.gen(function*() {
+      const cache = yield* ResponseCache.ResponseCache
+      const more = extra === undefined ? [] : [Context.get(yield* Layer.build(extra), ProxyHooks)]
+      return ProxyHooks.combine(cacheHooks(cache), ...more)
+    })
+  )
+
+/**
  * The data plane: TokenValidator (shared with the management handlers, which invalidate it), usage counters,
  * rate limits, upstream pools, and the /v1 handler with its hooks.
  */
-export const dataPlaneLayer = <E = never, R = never>(
-  config: AppConfigShape,
-  hooks: Layer.Layer<ProxyHooks, E, R> = ProxyHooks.none as Layer.Layer<ProxyHooks, E, R>
-) =>
+export const dataPlaneLayer = <E = never, R = never>(config: AppConfigShape, hooks?: Layer.Layer<ProxyHooks, E, R>) =>
   ProxyHandler.layer.pipe(
-    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), withAuditHooks(config, hooks)))
+    Layer.provideMerge(Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), withAuditHooks(config, proxyHooksLayer(hooks))))
   )
 
 /** The given hooks plus the audit log's (proxy requests denied for an inactive project). */
@@ -171,21 +195,22 @@ const withAuditHooks = <E, R>(config: Pick<AppConfigShape, "trustedProxies">, ho
   ).pipe(Layer.provide(hooks))
 
 export interface ServeOptions {
-  /** What plugs into the data plane (cache, events, audit, metrics); none by default. */
+  /** What else plugs into the data plane (events, audit, metrics), after the response cache; none by default. */
   readonly proxyHooks?: Layer.Layer<ProxyHooks>
 }
 
 /**
- * What plugs into the data plane by default: instrumentation events (unless OBSERVABILITY_ENABLED=false).
- * Further features add their part to the list; they run in the order given.
+ * Instrumentation events (unless OBSERVABILITY_ENABLED=false), then any hooks given (tests): they run after the
+ * response cache's, so a cache hit — which ends the request there — yields no event.
  */
-export const proxyHooksLayer = (config: AppConfigShape) =>
-  Layer.effect(
+export const eventHooksLayer = <E = never, R = never>(config: AppConfigShape, extra?: Layer.Layer<ProxyHooks, E, R>) =>
+  Layer.scoped(
     ProxyHooks,
-    Effect.map(
-      Effect.all(config.events.enabled ? [EventCapture.eventHooks(config.events)] : []),
-      (parts) => ProxyHooks.combine(...parts)
-    )
+    Effect.gen(function*() {
+      const events = config.events.enabled ? [yield* EventCapture.eventHooks(config.events)] : []
+      const more = extra === undefined ? [] : [Context.get(yield* Layer.build(extra), ProxyHooks)]
+      return ProxyHooks.combine(...events, ...more)
+    })
   )
 
 /** Everything `serve` runs, for a given configuration. Provides the bound address (tests use port 0). */
@@ -202,7 +227,7 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
       }
       return HttpServerLive.pipe(
         Layer.provide(ManagementAppLive),
-        Layer.provideMerge(dataPlaneLayer(config, options.proxyHooks ?? proxyHooksLayer(config))),
+        Layer.provideMerge(dataPlaneLayer(config, eventHooksLayer(config, options.proxyHooks))),
         Layer.provideMerge(
           config.invalidationBackend === "redis" ? TokenValidator.layerRedis(config.redisUrl) : TokenValidator.layer
         ),
@@ -211,6 +236,7 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
             auditLayer(config).pipe(Layer.provideMerge(migratedDatabaseLayer(config.database))),
             KeyCipher.layer(config.encryptionKey),
             Providers.load(Option.getOrUndefined(config.apiConfigPath), config.openaiApiUrl),
+            responseCacheLayer(config),
             Layer.succeed(ManagementToken, resolved.token),
             Layer.succeed(AppConfig, config),
             eventsLayer(config)

@@ -17,6 +17,8 @@ import {
 } from "../domain/errors.js"
 import {
   BulkRevokeResult,
+  CachePurge,
+  CachePurgeResult,
   CreateProject,
   CreateToken,
   ListTokensParams,
@@ -89,6 +91,21 @@ export const TokensApi = HttpApiGroup.make("tokens")
   .middleware(ManagementAuth)
   .annotate(OpenApi.Title, "Tokens")
 
+export const CacheApi = HttpApiGroup.make("cache")
+  .add(
+    HttpApiEndpoint.post("purge", "/cache/purge")
+      .setPayload(CachePurge)
+      .addSuccess(CachePurgeResult)
+      .annotate(
+        OpenApi.Description,
+        "Delete response-cache entries: `{\"method\",\"url\"}` (every variant of that request), `{\"prefix\"}` " +
+          "(keys starting with it) or `{\"all\": true}`; any form may add `project_id`."
+      )
+  )
+  .prefix("/manage")
+  .middleware(ManagementAuth)
+  .annotate(OpenApi.Title, "Cache")
+
 export const AuditApi = HttpApiGroup.make("audit")
   .add(
     HttpApiEndpoint.get("list", "/audit")
@@ -105,6 +122,7 @@ export class ManagementApi extends HttpApi.make("llm-proxy")
   .add(ProjectsApi)
   .add(TokensApi)
   .add(AuditApi)
+  .add(CacheApi)
   .addError(BadRequestWire)
   .addError(PayloadTooLargeWire)
   .addError(InternalErrorWire)
@@ -113,7 +131,7 @@ export class ManagementApi extends HttpApi.make("llm-proxy")
   .annotate(OpenApi.Version, "0.1.0")
   .annotate(
     OpenApi.Description,
-    "Projects, withering tokens and the audit log. Every endpoint needs `Authorization: Bearer <MANAGEMENT_TOKEN>`. " +
+    "Projects, withering tokens, the response cache and the audit log. Every endpoint needs `Authorization: Bearer <MANAGEMENT_TOKEN>`. " +
       "Errors are `{\"error\": \"...\", \"code\"?: \"...\"}`."
   )
 {}

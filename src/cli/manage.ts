@@ -293,6 +293,44 @@ const token = Command.make("token").pipe(
   Command.withSubcommands([tokenGenerate, tokenList, tokenGet, tokenUpdate, tokenRevoke])
 )
 
+// ---- cache ----------------------------------------------------------------------------------------------------
+
+const cachePurge = Command.make(
+  "purge",
+  {
+    ...common,
+    method: Options.text("method").pipe(Options.withDescription("With --url: HTTP method of the cached request"), Options.optional),
+    url: Options.text("url").pipe(Options.withDescription("Path (and query) of the cached request, e.g. /v1/models"), Options.optional),
+    prefix: Options.text("prefix").pipe(Options.withDescription("Purge keys starting with this (from X-PROXY-CACHE-KEY)"), Options.optional),
+    all: Options.boolean("all").pipe(Options.withDescription("Purge every entry (of --project-id, when given)")),
+    projectId: Options.text("project-id").pipe(Options.withDescription("Only entries of this project"), Options.optional)
+  },
+  (o) =>
+    Effect.gen(function*() {
+      const forms = [Option.isSome(o.url) || Option.isSome(o.method), Option.isSome(o.prefix), o.all].filter(Boolean).length
+      if (forms !== 1) {
+        return yield* new CliFailure({ message: "pass exactly one of --method with --url, --prefix, or --all" })
+      }
+      const payload = {
+        ...Option.match(o.method, { onNone: () => ({}), onSome: (method) => ({ method }) }),
+        ...Option.match(o.url, { onNone: () => ({}), onSome: (url) => ({ url }) }),
+        ...Option.match(o.prefix, { onNone: () => ({}), onSome: (prefix) => ({ prefix }) }),
+        ...(o.all ? { all: true } : {}),
+        ...Option.match(o.projectId, { onNone: () => ({}), onSome: (project_id) => ({ project_id }) })
+      }
+      const result = yield* (yield* client(o)).cache.purge({ payload })
+      const text = typeof result.deleted === "boolean"
+        ? result.deleted ? "Cache entry deleted successfully" : "Cache entry was not found"
+        : `deleted ${result.deleted} cache ${result.deleted === 1 ? "entry" : "entries"}`
+      yield* show(o.json ? result : text)
+    })
+).pipe(Command.withDescription("Delete response-cache entries: one request (--method --url), by key prefix, or all"))
+
+const cache = Command.make("cache").pipe(
+  Command.withDescription("Manage the response cache"),
+  Command.withSubcommands([cachePurge])
+)
+
 // ---- audit ----------------------------------------------------------------------------------------------------
 
 const auditFilters = {
@@ -392,6 +430,6 @@ const audit = Command.make("audit").pipe(
 )
 
 export const manage = Command.make("manage").pipe(
-  Command.withDescription("Manage projects and tokens and read the audit log through the management API"),
-  Command.withSubcommands([project, token, audit])
+  Command.withDescription("Manage projects, tokens and the response cache, and read the audit log, through the management API"),
+  Command.withSubcommands([project, token, cache, audit])
 )

@@ -37,6 +37,22 @@ export interface EventsConfig {
   readonly fileEventLog: Option.Option<string>
 }
 
+/** The response cache (reference-system.md §6, CONTRACT §3). */
+export interface CacheConfig {
+  readonly enabled: boolean
+  readonly backend: "in-memory" | "redis"
+  /** Seconds; the lifetime of a `public` response that names none (`HTTP_CACHE_DEFAULT_TTL`). */
+  readonly defaultTtlSeconds: number
+  /** Largest entry (body + headers) that is stored (`HTTP_CACHE_MAX_OBJECT_BYTES`). */
+  readonly maxObjectBytes: number
+  /** Bound of the in-memory layer, all entries together (`HTTP_CACHE_MAX_BYTES`). */
+  readonly maxBytes: number
+  /** Store completed SSE streams on client opt-in (`HTTP_CACHE_STREAM_RESPONSES`). */
+  readonly streamResponses: boolean
+  /** Prefix of every key the Redis layer writes (`REDIS_CACHE_KEY_PREFIX`). */
+  readonly redisKeyPrefix: string
+}
+
 export interface AuditConfig {
   readonly enabled: boolean
   /** JSONL sink; none = database only. */
@@ -83,8 +99,10 @@ export interface AppConfigShape {
   readonly rateLimitFailureMode: "open" | "closed"
   /** How token-cache invalidations reach other instances. */
   readonly invalidationBackend: "in-memory" | "redis"
+  /** `REDIS_URL` (or `REDIS_ADDR` as `host:port`): every Redis-backed layer connects here. */
   readonly redisUrl: string
   readonly events: EventsConfig
+  readonly cache: CacheConfig
 }
 
 export class AppConfig extends Context.Tag("llm-proxy/AppConfig")<AppConfig, AppConfigShape>() {}
@@ -188,6 +206,50 @@ const memoryOrRedis = (name: string) =>
 export const optionalString = (name: string) =>
   Config.option(Config.string(name)).pipe(Config.map(Option.filter((s) => s.trim() !== "")))
 
+const redisUrl = Config.all({ url: optionalString("REDIS_URL"), addr: optionalString("REDIS_ADDR") }).pipe(
+  Config.mapOrFail(({ addr, url }): Either.Either<string, ConfigError.ConfigError> => {
+    if (Option.isSome(url)) {
+      return /^rediss?:\/\/[^\s]*$/.test(url.value.trim())
+        ? Either.right(url.value.trim())
+        : Either.left(invalid("REDIS_URL", "expected a redis:// or rediss:// URL"))
+    }
+    if (Option.isSome(addr)) {
+      return /^[^\s/:]+:\d{1,5}$/.test(addr.value.trim())
+        ? Either.right(`redis://${addr.value.trim()}`)
+        : Either.left(invalid("REDIS_ADDR", `expected host:port, got "${addr.value}"`))
+    }
+    return Either.right("redis://127.0.0.1:6379")
+  })
+)
+
+const cacheBackend = Config.string("HTTP_CACHE_BACKEND").pipe(
+  Config.withDefault("in-memory"),
+  Config.mapOrFail((s): Either.Either<CacheConfig["backend"], ConfigError.ConfigError> => {
+    const b = s.trim().toLowerCase()
+    if (b === "in-memory" || b === "memory" || b === "") return Either.right("in-memory")
+    if (b === "redis") return Either.right("redis")
+    return Either.left(invalid("HTTP_CACHE_BACKEND", `expected in-memory or redis, got "${s}"`))
+  })
+)
+
+const cache: Config.Config<CacheConfig> = Config.all({
+  enabled: bool("HTTP_CACHE_ENABLED", true),
+  backend: cacheBackend,
+  defaultTtlSeconds: positiveInt("HTTP_CACHE_DEFAULT_TTL", 300),
+  maxObjectBytes: positiveInt("HTTP_CACHE_MAX_OBJECT_BYTES", 1_048_576),
+  maxBytes: positiveInt("HTTP_CACHE_MAX_BYTES", 67_108_864),
+  streamResponses: bool("HTTP_CACHE_STREAM_RESPONSES", false),
+  redisKeyPrefix: Config.string("REDIS_CACHE_KEY_PREFIX").pipe(Config.withDefault("llmproxy:cache:"))
+}).pipe(
+  Config.mapOrFail((c) =>
+    c.maxObjectBytes > c.maxBytes
+      ? Either.left(invalid("HTTP_CACHE_MAX_OBJECT_BYTES", `must not exceed HTTP_CACHE_MAX_BYTES (${c.maxBytes})`))
+      : c.redisKeyPrefix.trim() === ""
+      ? Either.left(invalid("REDIS_CACHE_KEY_PREFIX", "must not be empty"))
+      : Either.right(c)
+  )
+)
+
 const listen = Config.string("LISTEN_ADDR").pipe(
   Config.withDefault(":8080"),
   Config.mapOrFail((s) => Either.mapLeft(parseListenAddress(s), (m) => invalid("LISTEN_ADDR", m)))
@@ -247,18 +309,6 @@ const logFormat = Config.option(Config.string("LOG_FORMAT")).pipe(
     return Either.left(invalid("LOG_FORMAT", `expected json or pretty, got "${o.value}"`))
   })
 )
-
-/** `REDIS_URL`, else `REDIS_ADDR` (`host:port`), else the local default. */
-const redisUrl = Config.all({ url: optionalString("REDIS_URL"), addr: optionalString("REDIS_ADDR") }).pipe(
-    Config.mapOrFail(({ addr, url }) => {
-      if (Option.isSome(url)) {
-        return /^rediss?:\/\//.test(url.value)
-          ? Either.right(url.value)
-          : Either.left(invalid("REDIS_URL", "expected a redis:// or rediss:// URL"))
-      }
-      return Either.right(Option.isSome(addr) ? `redis://${addr.value}` : "redis://127.0.0.1:6379")
-    })
-  )
 
 const eventBus = Config.string("LLM_PROXY_EVENT_BUS").pipe(
   Config.withDefault("in-memory"),
@@ -332,7 +382,8 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   ),
   invalidationBackend: memoryOrRedis("INVALIDATION_BACKEND"),
   redisUrl,
-  events: eventsConfig
+  events: eventsConfig,
+  cache
 }).pipe(
   Config.mapOrFail((c) =>
     c.requireEncryptionKey && Option.isNone(c.encryptionKey)

@@ -94,6 +94,9 @@ export const start = (options: DispatcherOptions) =>
     let stopping = false
     let busy = false
     const stopSignal = yield* Deferred.make<void>()
+    // Every entry read and not yet finished with (buffered or being delivered). They are refreshed together so
+    // that no consumer — this one included — reclaims an entry that is only waiting its turn here.
+    const held = new Set<string>()
 
     const reader = Effect.gen(function*() {
       while (!stopping) {
@@ -103,10 +106,12 @@ export const start = (options: DispatcherOptions) =>
             Effect.logWarning(`event bus read failed, retrying: ${e.message}`).pipe(Effect.zipRight(Effect.sleep("1 second")), Effect.as([]))
           )
         )
-        if (got.length === 0) continue
-        stats.received += got.length
-        stats.redelivered += got.filter((d) => d.redelivered).length
-        yield* Queue.offerAll(queue, got)
+        const fresh = got.filter((d) => !held.has(d.id))
+        if (fresh.length === 0) continue
+        for (const d of fresh) held.add(d.id)
+        stats.received += fresh.length
+        stats.redelivered += fresh.filter((d) => d.redelivered).length
+        yield* Queue.offerAll(queue, fresh)
       }
     })
 
@@ -178,10 +183,6 @@ export const start = (options: DispatcherOptions) =>
 
     const deliver = (batch: ReadonlyArray<Delivery>) =>
       Effect.gen(function*() {
-        const ids = batch.map((d) => d.id)
-        const heartbeat = yield* Effect.fork(
-          sub.keepAlive(ids).pipe(Effect.ignore, Effect.repeat(Schedule.spaced(options.keepAliveMs)), Effect.delay(options.keepAliveMs))
-        )
         const items: Array<Item> = []
         const invalid: Array<{ reason: string; event: unknown; id: string }> = []
         for (const d of batch) {
@@ -198,11 +199,12 @@ export const start = (options: DispatcherOptions) =>
         stats.invalid += invalid.length
         const ackable = (yield* writeDeadLetters(invalid)) ? invalid.map((i) => i.id) : []
         ackable.push(...(yield* sendWithRetry(items)))
-        yield* Fiber.interrupt(heartbeat)
         yield* sub.ack(ackable).pipe(
           Effect.retry(Schedule.exponential("200 millis").pipe(Schedule.compose(Schedule.recurs(5)))),
           Effect.catchAll((e) => Effect.logWarning(`acknowledgement failed, these events will be redelivered: ${e.message}`))
         )
+        // unacknowledged ones (a failed ack) are left to be reclaimed: stop refreshing them either way
+        for (const d of batch) held.delete(d.id)
         stats.batches++
         stats.lastDeliveryAt = Date.now()
       })
@@ -252,7 +254,16 @@ export const start = (options: DispatcherOptions) =>
       )
     )
 
+    const heartbeat = Effect.suspend(() => {
+      const ids = [...held]
+      const chunks = Array.from({ length: Math.ceil(ids.length / 1000) }, (_, i) => ids.slice(i * 1000, i * 1000 + 1000))
+      return Effect.forEach(chunks, (c) => Effect.ignore(sub.keepAlive(c)), { discard: true })
+    })
+
     const readerFiber = yield* Effect.forkScoped(reader)
+    yield* Effect.forkScoped(
+      heartbeat.pipe(Effect.repeat(Schedule.spaced(options.keepAliveMs)), Effect.delay(options.keepAliveMs))
+    )
     yield* Effect.forkScoped(writer)
     yield* Effect.forkScoped(Effect.repeat(report, Schedule.spaced(options.statusIntervalMs ?? 5000)).pipe(Effect.delay(options.statusIntervalMs ?? 5000)))
     if (options.maintenance !== undefined) {
@@ -274,6 +285,7 @@ export const start = (options: DispatcherOptions) =>
               const rest = yield* Effect.orElseSucceed(sub.take(options.batchSize, 0), () => [])
               if (rest.length === 0) break
               stats.received += rest.length
+              for (const d of rest) held.add(d.id)
               yield* Queue.offerAll(queue, rest)
             }
           }

@@ -11,6 +11,15 @@ export const API_KEY_MAX = 4096
 export const DURATION_MAX_MINUTES = 525_600
 export const MAX_REQUESTS_MAX = 2_147_483_647
 
+export const RATE_LIMIT_REQUESTS_MAX = 1_000_000_000
+export const RATE_LIMIT_WINDOW_MAX = 31_536_000
+
+export const RateLimit = Schema.Struct({
+  requests: Schema.Number.annotations({ description: `requests allowed per window, 1..${RATE_LIMIT_REQUESTS_MAX}` }),
+  window_seconds: Schema.Number.annotations({ description: `window length in seconds, 1..${RATE_LIMIT_WINDOW_MAX}` })
+}).annotations({ identifier: "RateLimit", description: "Window rate limit; null = none" })
+export type RateLimit = typeof RateLimit.Type
+
 export const Project = Schema.Struct({
   id: Schema.String.annotations({ description: "UUID" }),
   name: Schema.String,
@@ -18,6 +27,7 @@ export const Project = Schema.Struct({
   provider: Schema.String,
   is_active: Schema.Boolean,
   deactivated_at: Schema.optional(Timestamp),
+  rate_limit: Schema.NullOr(RateLimit),
   created_at: Timestamp,
   updated_at: Timestamp
 }).annotations({ identifier: "Project" })
@@ -26,7 +36,8 @@ export type Project = typeof Project.Type
 export const CreateProject = Schema.Struct({
   name: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(NAME_MAX)),
   api_key: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(API_KEY_MAX)),
-  provider: Schema.optional(Schema.String.annotations({ description: "Provider name from the configuration (default openai)" }))
+  provider: Schema.optional(Schema.String.annotations({ description: "Provider name from the configuration (default openai)" })),
+  rate_limit: Schema.optional(Schema.NullOr(RateLimit))
 }).annotations({ identifier: "CreateProject" })
 export type CreateProject = typeof CreateProject.Type
 
@@ -36,6 +47,7 @@ export const UpdateProject = Schema.Struct({
     Schema.String.pipe(Schema.maxLength(API_KEY_MAX)).annotations({ description: "Empty string keeps the current key" })
   ),
   provider: Schema.optional(Schema.String),
+  rate_limit: Schema.optional(Schema.NullOr(RateLimit).annotations({ description: "null removes the limit" })),
   is_active: Schema.optional(Schema.Boolean),
   revoke_tokens: Schema.optional(
     Schema.Boolean.annotations({ description: "With is_active=false: revoke every active token of the project" })
@@ -59,6 +71,7 @@ export const Token = Schema.Struct({
   deactivated_at: Schema.optional(Timestamp),
   request_count: Schema.Number,
   max_requests: Schema.NullOr(Schema.Number).annotations({ description: "null = unlimited" }),
+  rate_limit: Schema.NullOr(RateLimit),
   cache_hit_count: Schema.Number,
   prompt_tokens: Schema.Number,
   completion_tokens: Schema.Number,
@@ -83,14 +96,16 @@ export const CreateToken = Schema.Struct({
   duration_minutes: Int.pipe(Schema.between(1, DURATION_MAX_MINUTES)),
   max_requests: Schema.optional(
     Schema.NullOr(Int.pipe(Schema.between(0, MAX_REQUESTS_MAX))).annotations({ description: "0 or null = unlimited" })
-  )
+  ),
+  rate_limit: Schema.optional(Schema.NullOr(RateLimit))
 }).annotations({ identifier: "CreateToken" })
 export type CreateToken = typeof CreateToken.Type
 
 export const UpdateToken = Schema.Struct({
   is_active: Schema.optional(Schema.Boolean),
   max_requests: Schema.optional(Schema.NullOr(Int.pipe(Schema.between(0, MAX_REQUESTS_MAX)))),
-  expires_at: Schema.optional(Timestamp)
+  expires_at: Schema.optional(Timestamp),
+  rate_limit: Schema.optional(Schema.NullOr(RateLimit).annotations({ description: "null removes the limit" }))
 }).annotations({ identifier: "UpdateToken" })
 export type UpdateToken = typeof UpdateToken.Type
 
@@ -99,3 +114,19 @@ export const ListTokensParams = Schema.Struct({
   projectId: Schema.optional(Schema.String.annotations({ description: "Legacy spelling of project_id" })),
   active_only: Schema.optional(Schema.String.annotations({ description: "true: only active, unexpired tokens" }))
 })
+
+export const CachePurge = Schema.Struct({
+  method: Schema.optional(Schema.String.annotations({ description: "With url: purge every entry of that method and URL" })),
+  url: Schema.optional(Schema.String.annotations({ description: "Path (with query) or absolute URL, e.g. /v1/models" })),
+  prefix: Schema.optional(Schema.String.annotations({ description: "Purge keys starting with this (a prefix of X-PROXY-CACHE-KEY)" })),
+  all: Schema.optional(Schema.Boolean.annotations({ description: "true: purge everything (of project_id, when given)" })),
+  project_id: Schema.optional(Schema.String.annotations({ description: "Restrict any form to one project" }))
+}).annotations({ identifier: "CachePurge" })
+export type CachePurge = typeof CachePurge.Type
+
+export const CachePurgeResult = Schema.Struct({
+  deleted: Schema.Union(Schema.Boolean, Schema.Number).annotations({
+    description: "exact purge: whether anything was deleted; prefix / all: how many entries"
+  })
+}).annotations({ identifier: "CachePurgeResult" })
+export type CachePurgeResult = typeof CachePurgeResult.Type

@@ -3,7 +3,14 @@
  * parsed JSON of unknown shape; every rule here answers a 400 with one clear message and never throws.
  */
 import { Either } from "effect"
-import { API_KEY_MAX, DURATION_MAX_MINUTES, MAX_REQUESTS_MAX, NAME_MAX } from "./models.js"
+import {
+  API_KEY_MAX,
+  DURATION_MAX_MINUTES,
+  MAX_REQUESTS_MAX,
+  NAME_MAX,
+  RATE_LIMIT_REQUESTS_MAX,
+  RATE_LIMIT_WINDOW_MAX
+} from "./models.js"
 
 export type Invalid = string
 type Obj = Record<string, unknown>
@@ -14,6 +21,28 @@ const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 const CONTROL_RE = /[\u0000-\u001f\u007f-\u009f]/
 
 export const isUuid = (s: string): boolean => UUID_RE.test(s)
+
+export interface RateLimitInput {
+  readonly requests: number
+  readonly windowSeconds: number
+}
+
+/**
+ * `rate_limit`: absent → undefined (unchanged), null → null (none), `{"requests": N, "window_seconds": S}` →
+ * the limit; anything else → the message.
+ */
+export const parseRateLimit = (u: unknown): Either.Either<RateLimitInput | null | undefined, Invalid> => {
+  if (u === undefined) return Either.right(undefined)
+  if (u === null) return Either.right(null)
+  const bad = Either.left(
+    `rate_limit must be null or {"requests": 1..${RATE_LIMIT_REQUESTS_MAX}, "window_seconds": 1..${RATE_LIMIT_WINDOW_MAX}}`
+  )
+  if (!isObj(u) || Object.keys(u).some((k) => k !== "requests" && k !== "window_seconds")) return bad
+  const { requests, window_seconds } = u
+  if (!isInt(requests) || requests < 1 || requests > RATE_LIMIT_REQUESTS_MAX) return bad
+  if (!isInt(window_seconds) || window_seconds < 1 || window_seconds > RATE_LIMIT_WINDOW_MAX) return bad
+  return Either.right({ requests, windowSeconds: window_seconds })
+}
 
 const isObj = (u: unknown): u is Obj => typeof u === "object" && u !== null && !Array.isArray(u)
 
@@ -50,6 +79,7 @@ export interface NewProjectInput {
   readonly name: string
   readonly apiKey: string
   readonly provider: string
+  readonly rateLimit: RateLimitInput | null
 }
 
 export const validateCreateProject = (
@@ -58,7 +88,7 @@ export const validateCreateProject = (
   defaultProvider: string
 ): Either.Either<NewProjectInput, Invalid> => {
   if (!isObj(body)) return Either.left(INVALID_BODY)
-  const unknown = unknownField(body, ["name", "api_key", "provider"])
+  const unknown = unknownField(body, ["name", "api_key", "provider", "rate_limit"])
   if (unknown) return Either.left(unknown)
   if (typeError(body, { name: "string", api_key: "string", provider: "string" })) return Either.left(INVALID_BODY)
   const name = body.name as string | undefined
@@ -66,13 +96,16 @@ export const validateCreateProject = (
   if (!name || !apiKey) return Either.left("name and api_key are required")
   const provider = (body.provider as string | undefined) ?? defaultProvider
   const problem = checkName(name) ?? checkApiKey(apiKey) ?? checkProvider(provider, providers)
-  return problem ? Either.left(problem) : Either.right({ name, apiKey, provider })
+  if (problem) return Either.left(problem)
+  return Either.map(parseRateLimit(body.rate_limit), (rateLimit) => ({ name, apiKey, provider, rateLimit: rateLimit ?? null }))
 }
 
 export interface ProjectPatchInput {
   readonly name?: string
   readonly apiKey?: string
   readonly provider?: string
+  /** null removes the limit. */
+  readonly rateLimit?: RateLimitInput | null
   readonly isActive?: boolean
   readonly revokeTokens: boolean
 }
@@ -82,7 +115,7 @@ export const validateUpdateProject = (
   providers: ReadonlySet<string>
 ): Either.Either<ProjectPatchInput, Invalid> => {
   if (!isObj(body)) return Either.left(INVALID_BODY)
-  const unknown = unknownField(body, ["name", "api_key", "provider", "is_active", "revoke_tokens"])
+  const unknown = unknownField(body, ["name", "api_key", "provider", "is_active", "revoke_tokens", "rate_limit"])
   if (unknown) return Either.left(unknown)
   if (
     typeError(body, {
@@ -105,8 +138,11 @@ export const validateUpdateProject = (
     (b.api_key ? checkApiKey(b.api_key) : undefined) ??
     (b.provider !== undefined ? checkProvider(b.provider, providers) : undefined)
   if (problem) return Either.left(problem)
+  const rateLimit = parseRateLimit((body as Obj).rate_limit)
+  if (Either.isLeft(rateLimit)) return Either.left(rateLimit.left)
   return Either.right({
     ...(b.name !== undefined ? { name: b.name } : {}),
+    ...(rateLimit.right !== undefined ? { rateLimit: rateLimit.right } : {}),
     // An empty api_key means "keep the current key" (reference §2.3).
     ...(b.api_key ? { apiKey: b.api_key } : {}),
     ...(b.provider !== undefined ? { provider: b.provider } : {}),
@@ -121,11 +157,12 @@ export interface NewTokenInput {
   readonly projectId: string
   readonly durationMinutes: number
   readonly maxRequests: number | null
+  readonly rateLimit: RateLimitInput | null
 }
 
 export const validateCreateToken = (body: unknown): Either.Either<NewTokenInput, Invalid> => {
   if (!isObj(body)) return Either.left(INVALID_BODY)
-  const unknown = unknownField(body, ["project_id", "duration_minutes", "max_requests"])
+  const unknown = unknownField(body, ["project_id", "duration_minutes", "max_requests", "rate_limit"])
   if (unknown) return Either.left(unknown)
   const { project_id, duration_minutes, max_requests } = body
   if (project_id !== undefined && typeof project_id !== "string") return Either.left(INVALID_BODY)
@@ -152,11 +189,12 @@ export const validateCreateToken = (body: unknown): Either.Either<NewTokenInput,
   if (!isUuid(project_id)) return Either.left("invalid project_id")
   const maxProblem = checkMaxRequests(max_requests)
   if (maxProblem) return Either.left(maxProblem)
-  return Either.right({
+  return Either.map(parseRateLimit(body.rate_limit), (rateLimit) => ({
     projectId: project_id.toLowerCase(),
     durationMinutes: duration_minutes,
-    maxRequests: typeof max_requests === "number" && max_requests > 0 ? max_requests : null
-  })
+    maxRequests: typeof max_requests === "number" && max_requests > 0 ? max_requests : null,
+    rateLimit: rateLimit ?? null
+  }))
 }
 
 const checkMaxRequests = (u: unknown): Invalid | undefined => {
@@ -171,19 +209,21 @@ export interface TokenPatchInput {
   /** null = unlimited */
   readonly maxRequests?: number | null
   readonly expiresAt?: string
+  /** null removes the limit. */
+  readonly rateLimit?: RateLimitInput | null
 }
 
 export const validateUpdateToken = (body: unknown): Either.Either<TokenPatchInput, Invalid> => {
   if (!isObj(body)) return Either.left(INVALID_BODY)
-  const unknown = unknownField(body, ["is_active", "max_requests", "expires_at"])
+  const unknown = unknownField(body, ["is_active", "max_requests", "expires_at", "rate_limit"])
   if (unknown) return Either.left(unknown)
-  const { is_active, max_requests, expires_at } = body
+  const { is_active, max_requests, expires_at, rate_limit } = body
   if (is_active !== undefined && typeof is_active !== "boolean") return Either.left(INVALID_BODY)
   if (max_requests !== undefined && max_requests !== null && typeof max_requests !== "number") {
     return Either.left(INVALID_BODY)
   }
   if (expires_at !== undefined && typeof expires_at !== "string") return Either.left(INVALID_BODY)
-  if (is_active === undefined && max_requests === undefined && expires_at === undefined) {
+  if (is_active === undefined && max_requests === undefined && expires_at === undefined && rate_limit === undefined) {
     return Either.left("no fields to update")
   }
   if (typeof max_requests === "number" && !Number.isInteger(max_requests)) {
@@ -197,7 +237,10 @@ export const validateUpdateToken = (body: unknown): Either.Either<TokenPatchInpu
     if (parsed === undefined) return Either.left("expires_at must be an RFC 3339 timestamp")
     expiresAt = parsed
   }
+  const rateLimit = parseRateLimit(rate_limit)
+  if (Either.isLeft(rateLimit)) return Either.left(rateLimit.left)
   return Either.right({
+    ...(rateLimit.right !== undefined ? { rateLimit: rateLimit.right } : {}),
     ...(is_active !== undefined ? { isActive: is_active } : {}),
     ...(max_requests !== undefined ? { maxRequests: typeof max_requests === "number" && max_requests > 0 ? max_requests : null } : {}),
     ...(expiresAt !== undefined ? { expiresAt } : {})

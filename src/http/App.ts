@@ -21,6 +21,7 @@ import { Store } from "../store/Store.js"
 import { AuditLive } from "./AuditHttp.js"
 import { currentRequestMeta, requestMetaOf } from "./auditing.js"
 import { ManagementAuthLive, ManagementToken } from "./auth.js"
+import { CacheLive } from "./CacheHttp.js"
 import { jsonError, managementFallback } from "./fallback.js"
 import { ProjectsLive } from "./ProjectsHttp.js"
 import { TokensLive } from "./TokensHttp.js"
@@ -49,7 +50,7 @@ export const ManagementAppLive = Layer.effect(ManagementApp, HttpApiBuilder.http
   Layer.provide(decodeErrorsAsBadRequest),
   Layer.provide(HttpApiSwagger.layer({ path: "/manage/docs" })),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/manage/openapi.json" })),
-  Layer.provide(HttpApiBuilder.api(ManagementApi).pipe(Layer.provide([ProjectsLive, TokensLive, AuditLive]))),
+  Layer.provide(HttpApiBuilder.api(ManagementApi).pipe(Layer.provide([ProjectsLive, TokensLive, AuditLive, CacheLive]))),
   Layer.provide([HttpApiBuilder.Router.Live, HttpApiBuilder.Middleware.layer, ManagementAuthLive])
 )
 

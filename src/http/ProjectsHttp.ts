@@ -55,6 +55,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             apiKey: cipher.encrypt(input.apiKey),
             apiKeyHint: obfuscateApiKey(input.apiKey),
             provider: input.provider,
+            rateLimit: input.rateLimit,
             now: yield* now
           })
           note.projectId = row.id
@@ -95,6 +96,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
               ? { apiKey: cipher.encrypt(input.apiKey), apiKeyHint: obfuscateApiKey(input.apiKey) }
               : {}),
             ...(input.provider !== undefined ? { provider: input.provider } : {}),
+            ...(input.rateLimit !== undefined ? { rateLimit: input.rateLimit } : {}),
             ...(input.isActive !== undefined ? { isActive: input.isActive } : {}),
             revokeTokens: input.revokeTokens,
             now: yield* now

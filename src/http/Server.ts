@@ -31,7 +31,7 @@ export const HttpServerLive = Layer.scoped(
     const proxy = yield* ProxyHandler
     // /v1/* never enters the Effect app: it is handled as plain Node streams (src/proxy/ProxyHandler.ts).
     const server = createServer(
-      { keepAliveTimeout: 65_000, requestTimeout: 0 },
+      { keepAliveTimeout: 65_000 },
       (req, res) => (isProxyPath(req.url ?? "/") ? proxy(req, res) : handler(req, res))
     )
     yield* Effect.async<void, Error>((resume) => {

@@ -65,6 +65,7 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             projectId: input.projectId,
             expiresAt: new Date(nowMs + input.durationMinutes * 60_000).toISOString(),
             maxRequests: input.maxRequests,
+            rateLimit: input.rateLimit,
             now: new Date(nowMs).toISOString()
           })
           note.tokenId = row.id

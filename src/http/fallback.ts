@@ -26,6 +26,9 @@ const allows = (allow: string, method: string) => allow.split(", ").includes(met
 const classify = (path: string): Known | undefined => {
   const parts = path.split("/").slice(2) // ["projects", ...] after "", "manage"
   const [resource, id, ...rest] = parts
+  if (resource === "cache") {
+    return id === "purge" && rest.length === 0 ? { kind: "item", allow: "POST", invalidId: "invalid request" } : undefined
+  }
   if (resource === "audit") {
     if (id === undefined) return { kind: "collection", allow: "GET" }
     if (id === "") return { kind: "bad-id", error: "audit event ID is required" }

@@ -2,7 +2,9 @@
 import type { StoredAuditEvent } from "../audit/AuditRepo.js"
 import type { AuditEvent } from "../domain/audit.js"
 import type { Project, Token } from "../domain/models.js"
-import type { ProjectRow, TokenRow } from "../store/Store.js"
+import type { ProjectRow, RateLimitRow, TokenRow } from "../store/Store.js"
+
+const rateLimitJson = (r: RateLimitRow | null) => (r === null ? null : { requests: r.requests, window_seconds: r.windowSeconds })
 
 export const projectJson = (p: ProjectRow): Project => ({
   id: p.id,
@@ -11,6 +13,7 @@ export const projectJson = (p: ProjectRow): Project => ({
   provider: p.provider,
   is_active: p.isActive,
   ...(p.deactivatedAt !== null ? { deactivated_at: p.deactivatedAt } : {}),
+  rate_limit: rateLimitJson(p.rateLimit),
   created_at: p.createdAt,
   updated_at: p.updatedAt
 })
@@ -24,6 +27,7 @@ export const tokenJson = (t: TokenRow): Token => ({
   ...(t.deactivatedAt !== null ? { deactivated_at: t.deactivatedAt } : {}),
   request_count: t.requestCount,
   max_requests: t.maxRequests,
+  rate_limit: rateLimitJson(t.rateLimit),
   cache_hit_count: t.cacheHitCount,
   prompt_tokens: t.promptTokens,
   completion_tokens: t.completionTokens,

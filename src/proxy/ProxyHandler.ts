@@ -20,7 +20,7 @@
 import { Context, Effect, Layer, Option, Redacted, Runtime } from "effect"
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http"
 import { EventEmitter } from "node:events"
-import { Transform } from "node:stream"
+import { type Readable, Transform } from "node:stream"
 import type { Dispatcher } from "undici"
 import { AppConfig } from "../config/AppConfig.js"
 import { type ProviderConfig, Providers } from "../config/Providers.js"
@@ -87,6 +87,26 @@ class UpstreamAbort extends EventEmitter {
   }
 }
 
+/** For the log only (never an answer): the store's message and the driver's reason under it. */
+const storeDetail = (e: unknown): string => {
+  const parts: Array<string> = []
+  let cur = e as { message?: unknown; cause?: unknown } | undefined
+  for (let i = 0; i < 3 && cur !== undefined && cur !== null; i++) {
+    if (typeof cur.message === "string" && cur.message !== "") parts.push(cur.message)
+    cur = cur.cause as typeof cur
+  }
+  return parts.join(": ")
+}
+
+const ignore = () => {}
+
+/** Drops an upstream body we will not send. undici's body emits an AbortError when destroyed: without a listener that
+ * would be an uncaught exception. */
+const discard = (body: Dispatcher.ResponseData["body"]) => {
+  body.on("error", ignore)
+  body.destroy()
+}
+
 const isPromise = <A>(v: A | Promise<A>): v is Promise<A> => typeof (v as { then?: unknown })?.then === "function"
 
 const JSON_HEADERS = "application/json"
@@ -123,6 +143,11 @@ export const make = Effect.gen(function*() {
     if (f.done || res.headersSent || res.destroyed) return
     f.done = true
     ctx.code = answer.body.code
+    if (f.body instanceof Transform) {
+      // A counted upload that will not go upstream: drain it so the connection can be reused.
+      f.req.unpipe(f.body)
+      f.req.resume()
+    }
     const body = JSON.stringify(answer.body)
     const headers: OutgoingHttpHeaders = {
       "content-type": JSON_HEADERS,
@@ -140,8 +165,11 @@ export const make = Effect.gen(function*() {
   const internal = (f: Flow, e: unknown) => {
     log("error", "proxy: unexpected failure", f.ctx, e instanceof Error ? e.stack ?? e.message : String(e))
     f.ctx.error = "internal error"
-    if (!f.res.headersSent) reply(f, Answers.internalError)
-    else f.res.destroy()
+    if (!f.res.headersSent && !f.res.destroyed) {
+      // Whatever stage failed may already have marked the flow done: the client still gets an answer.
+      f.done = false
+      reply(f, Answers.internalError)
+    } else f.res.destroy()
   }
 
   const guard = <A>(f: Flow, step: () => A): void => {
@@ -313,6 +341,9 @@ export const make = Effect.gen(function*() {
             } else cb(null, chunk)
           }
         })
+        // The limit can be crossed before undici reads the stream (while the token is checked): keep that error
+        // from being an uncaught one; undici then sees a destroyed body and failed() answers 413.
+        counter.on("error", ignore)
         req.pipe(counter)
         f.body = counter
       }
@@ -370,11 +401,11 @@ export const make = Effect.gen(function*() {
     if (!isProxyTokenFormat(credential)) return reply(f, Answers.malformedToken)
     const hash = hashProxyToken(credential)
     const warm = validator.cached(hash, Date.now())
-    if (warm !== undefined) return authorized(f, warm)
+    if (warm !== undefined) return warm === null ? reply(f, Answers.tokenNotFound) : authorized(f, warm)
     return validator.load(hash).then(
       (grant) => (grant === undefined ? reply(f, Answers.tokenNotFound) : guard(f, () => authorized(f, grant))),
       (e: unknown) => {
-        log("error", "proxy: token lookup failed", f.ctx, (e as { cause?: { message?: string } }).cause?.message)
+        log("error", "proxy: token lookup failed", f.ctx, storeDetail((e as { cause?: unknown }).cause))
         f.ctx.error = "token lookup failed"
         reply(f, Answers.serviceUnavailable)
       }
@@ -462,7 +493,7 @@ export const make = Effect.gen(function*() {
     return runPromise(Effect.either(store.consumeQuota(g.tokenId, new Date().toISOString()))).then((r) => {
       if (f.done) return
       if (r._tag === "Left") {
-        log("error", "proxy: quota update failed", f.ctx, r.left.message)
+        log("error", "proxy: quota update failed", f.ctx, storeDetail(r.left))
         f.ctx.error = "quota update failed"
         return reply(f, Answers.serviceUnavailable)
       }
@@ -504,6 +535,10 @@ export const make = Effect.gen(function*() {
       ctx.requestId,
       f.body instanceof Buffer ? f.bodyLength : f.body === req ? f.bodyLength : undefined
     )
+    for (const hook of hooks.upstreamHeaders) {
+      const extra = hook(ctx)
+      if (extra !== undefined) Object.assign(headers, extra)
+    }
     const sentAt = performance.now()
     ctx.proxyMs = sentAt - ctx.startedAt
     target.pool.request({
@@ -519,7 +554,7 @@ export const make = Effect.gen(function*() {
         try {
           respond(f, target, r, sentAt)
         } catch (e) {
-          r.body.destroy()
+          discard(r.body)
           internal(f, e)
         }
       },
@@ -534,10 +569,13 @@ export const make = Effect.gen(function*() {
     ctx.upstreamHeaders = r.headers
     target.breaker.record(isFailureStatus(r.statusCode))
     if (f.done || res.destroyed) {
-      r.body.destroy()
+      discard(r.body)
       return
     }
     f.done = true
+    for (const hook of hooks.interceptResponse) {
+      if (hook(ctx, r.statusCode, r.headers, r.body, res)) return
+    }
     const out = downstreamHeaders(r.headers)
     out["x-request-id"] = ctx.requestId
     const timing = serverTiming(ctx.proxyMs!, ctx.upstreamMs)
@@ -571,12 +609,21 @@ export const make = Effect.gen(function*() {
       }
     }
     body.on("error", lost)
+    // Hooks' Transforms (the response cache's tee) sit between the upstream body and everything after it.
+    let source: Readable = body
+    for (const hook of hooks.bodyTransforms) {
+      const t = hook(ctx, r.statusCode, r.headers)
+      if (t !== undefined) {
+        t.on("error", lost)
+        source = source.pipe(t)
+      }
+    }
     if (mode === "sse") {
       // Streams: a Transform between upstream and client, chunk for chunk.
       const capture = new UsageCapture(mode, hooks.captureResponseBytes)
       f.capture = capture.reader
       capture.on("error", lost)
-      body.pipe(capture).pipe(res)
+      source.pipe(capture).pipe(res)
     } else {
       if (mode === "json" || hooks.captureResponseBytes > 0) {
         const reader = new UsageReader(mode, hooks.captureResponseBytes)
@@ -584,7 +631,7 @@ export const make = Effect.gen(function*() {
         body.on("data", (chunk: Buffer) => reader.observe(chunk))
         body.on("end", () => reader.finish())
       }
-      body.pipe(res)
+      source.pipe(res)
     }
   }
 

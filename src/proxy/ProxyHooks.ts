@@ -10,11 +10,17 @@
  *                      call. Return true (or a Promise of true) when the hook answered the request itself — a cache
  *                      hit; set `ctx.cacheHit = true` then so the token's cache_hit_count (not its request_count)
  *                      is counted.
+ *   upstreamHeaders    just before the upstream call: headers to add to the upstream request (the cache's
+ *                      validators when it revalidates an entry).
+ *   interceptResponse  upstream headers arrived: return true when the hook answered the client itself (the cache
+ *                      turning the upstream's 304 to its validators into the cached 200); the hook owns `body`.
  *   decorateResponse   upstream headers arrived; may add/change the headers sent to the client (e.g. Cache-Status).
+ *   bodyTransforms     a Transform to put between the upstream body and the client (the cache's tee), or none.
  *   onComplete         once per request, including rejected ones; `ctx.responseBody` holds at most
  *                      `captureResponseBytes` bytes (the largest value any provider of hooks asked for).
  */
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http"
+import type { Readable, Transform } from "node:stream"
 import { Context, Layer } from "effect"
 import type { Usage } from "./usage.js"
 
@@ -70,11 +76,18 @@ export class ProxyRequestContext {
   ) {}
 }
 
+export type UpstreamHeaders = Record<string, string | string[] | undefined>
+
 export interface ProxyHooksShape {
   readonly beforeUpstream: ReadonlyArray<
     (ctx: ProxyRequestContext, req: IncomingMessage, res: ServerResponse) => boolean | Promise<boolean>
   >
+  readonly upstreamHeaders: ReadonlyArray<(ctx: ProxyRequestContext) => Record<string, string> | undefined>
+  readonly interceptResponse: ReadonlyArray<
+    (ctx: ProxyRequestContext, status: number, headers: UpstreamHeaders, body: Readable, res: ServerResponse) => boolean
+  >
   readonly decorateResponse: ReadonlyArray<(ctx: ProxyRequestContext, status: number, headers: OutgoingHttpHeaders) => void>
+  readonly bodyTransforms: ReadonlyArray<(ctx: ProxyRequestContext, status: number, headers: UpstreamHeaders) => Transform | undefined>
   readonly onComplete: ReadonlyArray<(ctx: ProxyRequestContext) => void>
   readonly captureResponseBytes: number
 }
@@ -82,7 +95,10 @@ export interface ProxyHooksShape {
 export class ProxyHooks extends Context.Tag("llm-proxy/ProxyHooks")<ProxyHooks, ProxyHooksShape>() {
   static readonly none: Layer.Layer<ProxyHooks> = Layer.succeed(ProxyHooks, {
     beforeUpstream: [],
+    upstreamHeaders: [],
+    interceptResponse: [],
     decorateResponse: [],
+    bodyTransforms: [],
     onComplete: [],
     captureResponseBytes: 0
   })
@@ -90,7 +106,10 @@ export class ProxyHooks extends Context.Tag("llm-proxy/ProxyHooks")<ProxyHooks, 
   /** Several providers of hooks as one (they run in the order given). */
   static readonly combine = (...parts: ReadonlyArray<Partial<ProxyHooksShape>>): ProxyHooksShape => ({
     beforeUpstream: parts.flatMap((p) => p.beforeUpstream ?? []),
+    upstreamHeaders: parts.flatMap((p) => p.upstreamHeaders ?? []),
+    interceptResponse: parts.flatMap((p) => p.interceptResponse ?? []),
     decorateResponse: parts.flatMap((p) => p.decorateResponse ?? []),
+    bodyTransforms: parts.flatMap((p) => p.bodyTransforms ?? []),
     onComplete: parts.flatMap((p) => p.onComplete ?? []),
     captureResponseBytes: Math.max(0, ...parts.map((p) => p.captureResponseBytes ?? 0))
   })

@@ -26,6 +26,12 @@ const num = (v: unknown): number => Number(v)
 const numOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v))
 const bool = (v: unknown): boolean => v === true || v === 1 || v === "1" || v === "t"
 
+const rateLimit = (requests: unknown, windowSeconds: unknown): RateLimitRow | null => {
+  const r = numOrNull(requests)
+  const w = numOrNull(windowSeconds)
+  return r !== null && w !== null && r > 0 && w > 0 ? { requests: r, windowSeconds: w } : null
+}
+
 const toProject = (r: Row): ProjectRow => ({
   id: String(r.id),
   name: String(r.name),
@@ -34,6 +40,7 @@ const toProject = (r: Row): ProjectRow => ({
   provider: String(r.provider),
   isActive: bool(r.is_active),
   deactivatedAt: isoOrNull(r.deactivated_at),
+  rateLimit: rateLimit(r.rate_limit_requests, r.rate_limit_window_seconds),
   createdAt: iso(r.created_at),
   updatedAt: iso(r.updated_at)
 })
@@ -48,18 +55,13 @@ const toToken = (r: Row): TokenRow => ({
   deactivatedAt: isoOrNull(r.deactivated_at),
   requestCount: num(r.request_count),
   maxRequests: numOrNull(r.max_requests),
+  rateLimit: rateLimit(r.rate_limit_requests, r.rate_limit_window_seconds),
   cacheHitCount: num(r.cache_hit_count),
   promptTokens: num(r.prompt_tokens),
   completionTokens: num(r.completion_tokens),
   createdAt: iso(r.created_at),
   lastUsedAt: isoOrNull(r.last_used_at)
 })
-
-const rateLimit = (requests: unknown, windowSeconds: unknown): RateLimitRow | null => {
-  const r = numOrNull(requests)
-  const w = numOrNull(windowSeconds)
-  return r !== null && w !== null && r > 0 && w > 0 ? { requests: r, windowSeconds: w } : null
-}
 
 const toTokenAuth = (r: Row): TokenAuthRow => ({
   tokenId: String(r.token_id),
@@ -143,6 +145,8 @@ export const make = (dialect: Dialect) =>
               api_key_hint: p.apiKeyHint,
               provider: p.provider,
               is_active: TRUE,
+              rate_limit_requests: p.rateLimit?.requests ?? null,
+              rate_limit_window_seconds: p.rateLimit?.windowSeconds ?? null,
               created_at: p.now,
               updated_at: p.now
             })
@@ -156,6 +160,7 @@ export const make = (dialect: Dialect) =>
               provider: p.provider,
               isActive: true,
               deactivatedAt: null,
+              rateLimit: p.rateLimit ?? null,
               createdAt: p.now,
               updatedAt: p.now
             })
@@ -178,6 +183,7 @@ export const make = (dialect: Dialect) =>
                 apiKey: patch.apiKey ?? was.apiKey,
                 apiKeyHint: patch.apiKeyHint ?? was.apiKeyHint,
                 provider: patch.provider ?? was.provider,
+                rateLimit: patch.rateLimit === undefined ? was.rateLimit : patch.rateLimit,
                 isActive,
                 deactivatedAt,
                 updatedAt: patch.now
@@ -188,6 +194,8 @@ export const make = (dialect: Dialect) =>
                   api_key: next.apiKey,
                   api_key_hint: next.apiKeyHint,
                   provider: next.provider,
+                  rate_limit_requests: next.rateLimit?.requests ?? null,
+                  rate_limit_window_seconds: next.rateLimit?.windowSeconds ?? null,
                   is_active: b(next.isActive),
                   deactivated_at: next.deactivatedAt,
                   updated_at: next.updatedAt
@@ -229,6 +237,8 @@ export const make = (dialect: Dialect) =>
                 expires_at: t.expiresAt,
                 is_active: TRUE,
                 max_requests: t.maxRequests,
+                rate_limit_requests: t.rateLimit?.requests ?? null,
+                rate_limit_window_seconds: t.rateLimit?.windowSeconds ?? null,
                 created_at: t.now
               })
             }`,
@@ -242,6 +252,7 @@ export const make = (dialect: Dialect) =>
               deactivatedAt: null,
               requestCount: 0,
               maxRequests: t.maxRequests,
+              rateLimit: t.rateLimit ?? null,
               cacheHitCount: 0,
               promptTokens: 0,
               completionTokens: 0,
@@ -287,7 +298,13 @@ export const make = (dialect: Dialect) =>
             ? [sql`is_active = ${FALSE}`, sql`deactivated_at = COALESCE(deactivated_at, ${patch.now})`]
             : []),
           ...(patch.maxRequests !== undefined ? [sql`max_requests = ${patch.maxRequests}`] : []),
-          ...(patch.expiresAt !== undefined ? [sql`expires_at = ${patch.expiresAt}`] : [])
+          ...(patch.expiresAt !== undefined ? [sql`expires_at = ${patch.expiresAt}`] : []),
+          ...(patch.rateLimit !== undefined
+            ? [
+              sql`rate_limit_requests = ${patch.rateLimit?.requests ?? null}`,
+              sql`rate_limit_window_seconds = ${patch.rateLimit?.windowSeconds ?? null}`
+            ]
+            : [])
         ]
         return wrap(
           "updateToken",

@@ -14,6 +14,11 @@ export class DuplicateProjectName extends Schema.TaggedError<DuplicateProjectNam
   name: Schema.String
 }) {}
 
+export interface RateLimitRow {
+  readonly requests: number
+  readonly windowSeconds: number
+}
+
 export interface ProjectRow {
   readonly id: string
   readonly name: string
@@ -24,6 +29,7 @@ export interface ProjectRow {
   readonly provider: string
   readonly isActive: boolean
   readonly deactivatedAt: string | null
+  readonly rateLimit: RateLimitRow | null
   readonly createdAt: string
   readonly updatedAt: string
 }
@@ -38,6 +44,7 @@ export interface TokenRow {
   readonly deactivatedAt: string | null
   readonly requestCount: number
   readonly maxRequests: number | null
+  readonly rateLimit: RateLimitRow | null
   readonly cacheHitCount: number
   readonly promptTokens: number
   readonly completionTokens: number
@@ -51,6 +58,7 @@ export interface NewProject {
   readonly apiKey: string
   readonly apiKeyHint: string
   readonly provider: string
+  readonly rateLimit?: RateLimitRow | null
   readonly now: string
 }
 
@@ -59,6 +67,8 @@ export interface ProjectPatch {
   readonly apiKey?: string
   readonly apiKeyHint?: string
   readonly provider?: string
+  /** null removes the limit. */
+  readonly rateLimit?: RateLimitRow | null
   readonly isActive?: boolean
   /** Revoke every active token of the project in the same transaction. */
   readonly revokeTokens?: boolean
@@ -72,6 +82,7 @@ export interface NewToken {
   readonly projectId: string
   readonly expiresAt: string
   readonly maxRequests: number | null
+  readonly rateLimit?: RateLimitRow | null
   readonly now: string
 }
 
@@ -79,6 +90,8 @@ export interface TokenPatch {
   readonly isActive?: boolean
   readonly maxRequests?: number | null
   readonly expiresAt?: string
+  /** null removes the limit. */
+  readonly rateLimit?: RateLimitRow | null
   readonly now: string
 }
 
@@ -93,11 +106,6 @@ export interface TokenFilter {
   /** Only active tokens that have not expired at `now`. */
   readonly activeOnly?: boolean
   readonly now: string
-}
-
-export interface RateLimitRow {
-  readonly requests: number
-  readonly windowSeconds: number
 }
 
 /** Everything the proxy needs to admit a request with a token, read in one query. */

@@ -1,7 +1,8 @@
 /**
  * Window rate limits per token and per project (the `rate_limit_*` columns; when both are set both apply), on the
- * @effect/experimental RateLimiter. The store is chosen in src/Layers.ts: in-memory (one instance; synchronous, so
- * the check costs no await) or Redis (`RATE_LIMIT_BACKEND=redis`, limits shared by every instance).
+ * @effect/experimental RateLimiter. The store is chosen in src/Layers.ts: its in-memory store (one instance;
+ * synchronous, so the check costs no await) or Redis (`RATE_LIMIT_BACKEND=redis`, limits shared by every instance;
+ * the experimental package's Redis script on a client owned here, see `redisStore`).
  */
 import { RateLimiter } from "@effect/experimental"
 import { Context, Duration, Effect, Exit, Layer, Runtime } from "effect"
@@ -21,7 +22,7 @@ export type Verdict = Exceeded | typeof Unavailable | undefined
 export interface RateLimitsShape {
   /**
    * Consumes one request of each configured limit. undefined = allowed; a Promise only with the Redis store.
-   * A store failure (Redis down, 1 s command timeout) allows the request (fail-open, the default) or refuses it
+   * A store failure (Redis down, or no answer within 250 ms) allows the request (fail-open, the default) or refuses it
    * (`Unavailable`, fail-closed); either way it is counted and logged (at most one line per 10 s).
    */
   readonly check: (
@@ -97,7 +98,17 @@ const make = (mode: "sync" | "async", failureMode: FailureMode) =>
       check: (tokenId, tokenLimit, projectId, projectLimit) => {
         if (tokenLimit === null && projectLimit === null) return undefined
         const effect = consumeBoth(limiter, onStoreFailure, tokenId, tokenLimit, projectId, projectLimit)
-        if (mode === "async") return runPromise(effect)
+        if (mode === "async") {
+          // A slow or unreachable Redis must not hold requests: after 250 ms the failure mode applies.
+          return runPromise(effect.pipe(
+            Effect.timeoutTo({
+              duration: "250 millis",
+              onSuccess: (r) => Effect.succeed(r),
+              onTimeout: () => onStoreFailure({ message: "timed out after 250 ms" })
+            }),
+            Effect.flatten
+          ))
+        }
         const exit = runSyncExit(effect)
         return Exit.isSuccess(exit) ? exit.value : undefined
       },
@@ -111,67 +122,58 @@ export const memory: Layer.Layer<RateLimits> = Layer.effect(RateLimits, make("sy
   Layer.provide(RateLimiter.layerStoreMemory)
 )
 
-/**
- * The fixed-window script of @effect/experimental's Redis store (RateLimiter/Redis.ts), on a client of our own:
- * theirs has no `error` listener, so while Redis is down ioredis writes "Unhandled error event" to stderr on every
- * reconnection attempt, and its `quit()` on shutdown waits for a server that is not there.
- */
+// The fixed-window script of @effect/experimental/RateLimiter/Redis, run on a client we own: that store's client has
+// no error listener (ioredis prints every reconnect failure) and is closed with `quit`, which waits forever behind
+// commands queued while Redis is down — so a Redis outage would spam stderr and hang shutdown.
 const FIXED_WINDOW = `
 local key = KEYS[1]
 local tokens = tonumber(ARGV[1])
 local refillms = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
 local current = tonumber(redis.call("GET", key))
-
 if not current then
   local nextpttl = refillms * tokens
   redis.call("SET", key, tokens, "PX", nextpttl)
   return { tokens, nextpttl }
 end
-
 local currentpttl = tonumber(redis.call("PTTL", key) or "0")
 local next = current + tokens
 if limit and next > limit then
   return { next, currentpttl }
 end
-
 local nextpttl = currentpttl + (refillms * tokens)
 redis.call("SET", key, next, "PX", nextpttl)
 return { next, nextpttl }
 `
 
-type FixedWindowClient = Redis & {
-  fixedWindow: (key: string, tokens: number, refillMs: number, limit: number | undefined) => Promise<[number, number]>
+interface RedisWithFixedWindow extends Redis {
+  fixedWindow(key: string, tokens: number, refillMillis: number, limit?: number): Promise<[number, number]>
 }
 
-const redisStore = (url: string, prefix: string) =>
+/** A RateLimiterStore on Redis (fixed window only, the algorithm RateLimits uses). */
+export const redisStore = (url: string, prefix: string): Layer.Layer<RateLimiter.RateLimiterStore> =>
   Layer.scoped(
     RateLimiter.RateLimiterStore,
     Effect.gen(function*() {
       const client = yield* Effect.acquireRelease(
-        Effect.sync(() => {
-          const c = new Redis(url, {
-            maxRetriesPerRequest: 1,
-            enableOfflineQueue: true,
-            // A Redis that does not answer costs a request at most this long before the failure mode applies.
-            commandTimeout: 1000
-          }) as FixedWindowClient
-          // Failures surface (counted, logged) through the commands that fail; the connection's own errors are
-          // expected while Redis is down and retried by ioredis.
-          c.on("error", () => {})
-          c.defineCommand("fixedWindow", { lua: FIXED_WINDOW, numberOfKeys: 1, readOnly: false })
-          return c
-        }),
+        Effect.sync(() => new Redis(url, { maxRetriesPerRequest: 1 }) as RedisWithFixedWindow),
         (c) => Effect.sync(() => c.disconnect())
       )
-      const fail = (message: string, cause?: unknown) => new RateLimiter.RateLimitStoreError({ message, cause })
+      const runtime = yield* Effect.runtime<never>()
+      let down = false
+      client.on("error", (e: Error) => {
+        if (!down) Runtime.runFork(runtime)(Effect.logWarning(`rate limiter store (Redis): ${e.message}`))
+        down = true
+      })
+      client.on("ready", () => void (down = false))
+      client.defineCommand("fixedWindow", { lua: FIXED_WINDOW, numberOfKeys: 1, readOnly: false })
       return RateLimiter.RateLimiterStore.of({
-        fixedWindow: (o) =>
+        fixedWindow: (options) =>
           Effect.tryPromise({
-            try: () => client.fixedWindow(`${prefix}${o.key}`, o.tokens, Duration.toMillis(o.refillRate), o.limit),
-            catch: (cause) => fail("rate limiter store (Redis) did not answer", cause)
+            try: () => client.fixedWindow(`${prefix}${options.key}`, options.tokens, Duration.toMillis(options.refillRate), options.limit),
+            catch: (cause) => new RateLimiter.RateLimitStoreError({ message: "Redis fixed-window command failed", cause })
           }),
-        tokenBucket: () => Effect.fail(fail("token-bucket limits are not used"))
+        tokenBucket: () => Effect.fail(new RateLimiter.RateLimitStoreError({ message: "token bucket is not used by llm-proxy" }))
       })
     })
   )

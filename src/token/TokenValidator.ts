@@ -42,9 +42,15 @@ interface Entry {
 }
 
 export interface TokenValidatorShape {
-  /** The cached grant for a token hash, if fresh. Synchronous. */
-  readonly cached: (hash: string, nowMs: number) => TokenGrant | undefined
-  /** Reads the grant from the store and caches it; undefined when no such token exists. */
+  /**
+   * The cached grant for a token hash, if fresh; null when the hash is known not to exist (a token cannot be
+   * presented before it is created, so remembering misses is safe); undefined = ask `load`. Synchronous.
+   */
+  readonly cached: (hash: string, nowMs: number) => TokenGrant | null | undefined
+  /**
+   * Reads the grant from the store and caches it; undefined when no such token exists. Concurrent loads of one
+   * hash share a single query.
+   */
   readonly load: (hash: string) => Promise<TokenGrant | undefined>
   readonly invalidateToken: (tokenId: string) => void
   readonly invalidateProject: (projectId: string) => void
@@ -111,6 +117,9 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
   // database that does not answer.
   const keep = Math.max(ttl, config.tokenCacheStaleTtlMs)
   const entries = new Map<string, Entry>()
+  /** Hashes with no token, and when that was read (bounded like `entries`). */
+  const missing = new Map<string, number>()
+  const inflight = new Map<string, Promise<TokenGrant | undefined>>()
   let generation = 0
   let hits = 0
   let loads = 0
@@ -118,6 +127,8 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
 
   const drop = (predicate: (g: TokenGrant) => boolean) => {
     generation++
+    // Requests after an invalidation must not join a load that may have read the old row.
+    inflight.clear()
     for (const [hash, e] of entries) if (predicate(e.grant)) entries.delete(hash)
   }
 
@@ -142,12 +153,24 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
       return grant
     })
 
+  const remember = <V>(map: Map<string, V>, key: string, value: V) => {
+    map.delete(key)
+    if (map.size >= MAX_ENTRIES) {
+      // Oldest first (insertion order).
+      const oldest = map.keys().next()
+      if (!oldest.done) map.delete(oldest.value)
+    }
+    map.set(key, value)
+  }
+
   const apply = (m: Invalidation) => {
     if (m.kind === "token") drop((g) => g.tokenId === m.id)
     else if (m.kind === "project") drop((g) => g.projectId === m.id)
     else {
       generation++
+      inflight.clear()
       entries.clear()
+      missing.clear()
     }
   }
   channel.subscribe(apply, () => apply({ kind: "all" }))
@@ -156,7 +179,15 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
   const service: TokenValidatorShape = {
     cached: (hash, nowMs) => {
       const e = entries.get(hash)
-      if (e === undefined) return undefined
+      if (e === undefined) {
+        const m = missing.get(hash)
+        if (m === undefined) return undefined
+        if (nowMs - m >= ttl) {
+          missing.delete(hash)
+          return undefined
+        }
+        return null
+      }
       const age = nowMs - e.loadedAt
       if (age >= ttl || !live()) {
         if (age >= keep) entries.delete(hash)
@@ -166,9 +197,15 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
       return e.grant
     },
     load: (hash) => {
+      const pending = inflight.get(hash)
+      if (pending !== undefined) return pending
       const startedAt = generation
       loads++
-      return runPromise(Effect.either(loadEffect(hash))).then((result) => {
+      const settle = () => {
+        if (inflight.get(hash) === promise) inflight.delete(hash)
+      }
+      const promise: Promise<TokenGrant | undefined> = runPromise(Effect.either(loadEffect(hash))).then((result) => {
+        settle()
         if (result._tag === "Left") {
           // The database does not answer: a token validated recently (and not invalidated since) keeps working.
           const e = entries.get(hash)
@@ -180,17 +217,17 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
         }
         const grant = result.right
         if (grant === undefined) entries.delete(hash)
-        else if (startedAt === generation && ttl > 0) {
-          entries.delete(hash)
-          if (entries.size >= MAX_ENTRIES) {
-            // Oldest first (insertion order).
-            const oldest = entries.keys().next()
-            if (!oldest.done) entries.delete(oldest.value)
-          }
-          entries.set(hash, { grant, loadedAt: Date.now() })
+        if (ttl > 0 && startedAt === generation) {
+          if (grant === undefined) remember(missing, hash, Date.now())
+          else remember(entries, hash, { grant, loadedAt: Date.now() })
         }
         return grant
+      }, (e: unknown) => {
+        settle()
+        throw e
       })
+      inflight.set(hash, promise)
+      return promise
     },
     invalidateToken: (tokenId) => {
       apply({ kind: "token", id: tokenId })
@@ -227,14 +264,20 @@ export const layerRedis = (url: string): Layer.Layer<TokenValidator, never, Stor
     TokenValidator,
     Effect.gen(function*() {
       const instance = crypto.randomUUID()
-      const options = { lazyConnect: false, maxRetriesPerRequest: 1, enableOfflineQueue: true }
+      // The subscriber queues its SUBSCRIBE until connected and re-subscribes after reconnects; while it is not
+      // subscribed the cache is bypassed (`live`).
       const [pub, sub] = yield* Effect.acquireRelease(
-        Effect.sync(() => [new Redis(url, { ...options, commandTimeout: 1000 }), new Redis(url, options)] as const),
-        // quit() waits for the server's answer: only when it is there to give one.
-        (clients) =>
-          Effect.promise(() =>
-            Promise.all(clients.map((c) => (c.status === "ready" ? c.quit().catch(() => c.disconnect()) : c.disconnect())))
-          )
+        Effect.sync(() =>
+          [
+            new Redis(url, { maxRetriesPerRequest: 1, commandTimeout: 1000 }),
+            new Redis(url, { maxRetriesPerRequest: null, enableOfflineQueue: true })
+          ] as const
+        ),
+        // disconnect, not quit: quit waits behind commands queued while Redis is unreachable, i.e. forever.
+        ([a, b]) => Effect.sync(() => {
+          a.disconnect()
+          b.disconnect()
+        })
       )
       const runtime = yield* Effect.runtime<never>()
       const log = (level: "warn" | "info", m: string) =>

@@ -19,6 +19,9 @@ import * as Dispatcher from "../../src/dispatcher/Dispatcher.js"
 import { TokenCounter } from "../../src/dispatcher/tokens.js"
 import type { ProxyEvent } from "../../src/domain/ProxyEvent.js"
 import { EventBus } from "../../src/eventbus/EventBus.js"
+import * as InMemoryBus from "../../src/eventbus/InMemoryBus.js"
+import { toEvent } from "../../src/proxy/EventCapture.js"
+import { ProxyRequestContext } from "../../src/proxy/ProxyHooks.js"
 import * as RedisStreamsBus from "../../src/eventbus/RedisStreamsBus.js"
 import { ServerAddress } from "../../src/http/Server.js"
 import { loggerLayer, serveLayer } from "../../src/Layers.js"
@@ -125,23 +128,28 @@ const endToEnd = async () => {
     const path = join(dir, "backlog.jsonl")
     const t1 = performance.now()
     const dispatcher = await startDispatcher(options("e2e-a"), path)
-    await waitUntil(() => countLines(path) >= EVENTS)
+    // poll the counter, not the file: reading a growing file every few ms would be the bottleneck
+    const stateB = Context.get(dispatcher.ctx, Dispatcher.DispatcherState)
+    await waitUntil(() => stateB.delivered >= EVENTS)
     const drained = performance.now() - t1
     await dispatcher.close()
+    if (countLines(path) < EVENTS) throw new Error(`only ${countLines(path)} lines in ${path}`)
     console.log(`  dispatcher alone          ${rate(drained)} events/s read, transformed, written, fsync'ed, XACK'ed (batch 500)`)
   }
   // C: both at once, publish → line in the file
   {
     const path = join(dir, "e2e.jsonl")
     const dispatcher = await startDispatcher(options("e2e-c"), path)
+    const stateC = Context.get(dispatcher.ctx, Dispatcher.DispatcherState)
     const publisher = await build(RedisStreamsBus.publisherLayer(options("e2e-c")))
     const bus = Context.get(publisher.ctx, EventBus)
     const t0 = performance.now()
     for (const e of events) bus.publish(e)
-    await waitUntil(() => countLines(path) >= EVENTS)
+    await waitUntil(() => stateC.delivered >= EVENTS)
     const total = performance.now() - t0
     await publisher.close()
     await dispatcher.close()
+    if (countLines(path) < EVENTS) throw new Error(`only ${countLines(path)} lines in ${path}`)
     console.log(`  end to end, concurrently  ${rate(total)} events/s (${(total / 1000).toFixed(2)} s from the first publish to the last fsync)`)
   }
 }
@@ -190,7 +198,38 @@ const startProxy = async (name: string, events: Partial<AppConfigShape["events"]
 
 const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
 
+/** CPU the onComplete hook costs per request: build the event (bounded bodies, base64) and publish it. */
+const hookCost = async () => {
+  const scope = Effect.runSync(Scope.make())
+  const { bus } = await Effect.runPromise(Scope.extend(InMemoryBus.make(1_000_000), scope))
+  const measure = (name: string, requestBytes: number, responseBytes: number) => {
+    const ctx = new ProxyRequestContext("req-1", "POST", "/v1/chat/completions", "/v1/chat/completions", undefined, performance.now(), Date.now())
+    ctx.projectId = "p"
+    ctx.tokenId = "t"
+    ctx.status = 200
+    ctx.durationMs = 12.3
+    ctx.upstreamMs = 10.1
+    ctx.requestBody = Buffer.from(JSON.stringify({ model: "gpt-4o-mini", messages: [{ role: "user", content: "x".repeat(requestBytes) }] }))
+    ctx.responseBody = Buffer.from(JSON.stringify({ id: "c", choices: [{ message: { content: "y".repeat(responseBytes) } }] }))
+    ctx.upstreamHeaders = { "content-type": "application/json" }
+    const config = { maxRequestBodyBytes: 65_536, maxResponseBodyBytes: 262_144 }
+    const n = requestBytes > 10_000 ? 2_000 : 50_000
+    for (let i = 0; i < 1000; i++) bus.publish(toEvent(ctx, config))
+    const t0 = performance.now()
+    for (let i = 0; i < n; i++) bus.publish(toEvent(ctx, config))
+    console.log(`  ${name.padEnd(44)} ${((performance.now() - t0) * 1000 / n).toFixed(2)} µs`)
+  }
+  console.log("Request-path cost of an event (toEvent + publish, after the response has ended), per request:")
+  measure("typical chat (300 B request, 1 KiB response)", 300, 1_000)
+  measure("at the bounds (64 KiB request, 256 KiB response)", 70_000, 300_000)
+  const stats = await Effect.runPromise(bus.stats)
+  if (stats.published === 0) throw new Error("nothing was published")
+  await Effect.runPromise(Scope.close(scope, Exit.void))
+}
+
 const main = async () => {
+  await hookCost()
+  console.log("")
   const redis = await redisAnswers()
   if (redis) await endToEnd()
   else console.log(`Redis at ${REDIS} does not answer: end-to-end bus benchmark skipped`)

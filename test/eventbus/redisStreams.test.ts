@@ -11,7 +11,8 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import type { Backend } from "../../src/dispatcher/Backend.js"
-import { fileBackend } from "../../src/dispatcher/backends.js"
+import { NodeHttpClient } from "@effect/platform-node"
+import { fileBackend, lunaryBackend } from "../../src/dispatcher/backends.js"
 import * as Dispatcher from "../../src/dispatcher/Dispatcher.js"
 import { TokenCounter } from "../../src/dispatcher/tokens.js"
 import { EventBus } from "../../src/eventbus/EventBus.js"
@@ -145,6 +146,34 @@ describe.skipIf(!redisUrl)("Redis Streams bus", () => {
     expect(lines(path)).toHaveLength(events.length)
     expect(lines(o.deadLetterPath)).toMatchObject([{ reason: "not a valid event", event: "{not json" }])
     expect(state.invalid).toBe(1)
+  })
+
+  it("a slow backend: entries waiting in the dispatcher are kept alive, not reclaimed and delivered twice", async () => {
+    const bus = busOptions({ claimIdleMs: 600 })
+    const started = Date.now()
+    const accepted: Array<string> = []
+    const receiver = await startReceiver((r) => {
+      if (Date.now() - started < 2500) return 503
+      for (const e of (r.body as { events: Array<{ event: string; metadata: { request_id: string } }> }).events) {
+        if (e.event === "start") accepted.push(e.metadata.request_id)
+      }
+      return 200
+    })
+    try {
+      const events = await publish(bus, 60)
+      const d = await fileDispatcher(
+        bus,
+        dispatcherOptions("slow", { group: "slow", batchSize: 10, buffer: 40, keepAliveMs: 200, retryBaseMs: 200, retryMaxMs: 400 }),
+        lunaryBackend(`${receiver.url}/ingest`, Redacted.make("k")).pipe(Layer.provide(NodeHttpClient.layerUndici))
+      )
+      const state = d.get(Dispatcher.DispatcherState)
+      await waitFor(() => state.delivered >= 60, 30_000, "60 delivered")
+      await d.close()
+      expect(accepted.sort()).toEqual(events.map((e) => e.request_id).sort())
+      expect(state.redelivered).toBe(0)
+    } finally {
+      await receiver.close()
+    }
   })
 
   it.skipIf(!built)(

@@ -209,6 +209,7 @@ function managementSuite(backend: Backend) {
         api_key: "sk-proj-...wxyz",
         provider: "openai",
         is_active: true,
+        rate_limit: null,
         created_at: expect.stringMatching(ISO_RE),
         updated_at: expect.stringMatching(ISO_RE)
       })

@@ -128,6 +128,19 @@ describe("events from the proxy (in-memory bus, serve --file-event-log)", () => 
     expect(e).toMatchObject({ status: 401, token_id: null, project_id: null, error: "invalid_token", usage: null })
   })
 
+  it("a cache hit publishes no event (nothing reached the provider)", async () => {
+    const headers = { "cache-control": "public, max-age=60" }
+    const body = chatBody({ messages: [{ role: "user", content: "cache me" }] })
+    const first = await call(server.url, "/v1/chat/completions", { token: t.token, body, headers })
+    const second = await call(server.url, "/v1/chat/completions", { token: t.token, body, headers })
+    expect(second.headers["x-proxy-cache"]).toBe("hit")
+    await eventFor(first.headers["x-request-id"] as string)
+    // a later request's event arrives after where the hit's would have been
+    const third = await call(server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })
+    await eventFor(third.headers["x-request-id"] as string)
+    expect(lines(path).some((l) => l.request_id === second.headers["x-request-id"])).toBe(false)
+  })
+
   it("a gzip upstream answer is decoded; bodies beyond the bounds are cut and marked", async () => {
     const big = { ...chatBody(), messages: [{ role: "user", content: "x".repeat(10_000) }] }
     mock.enqueue(handler((_req, res) => {

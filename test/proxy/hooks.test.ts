@@ -13,19 +13,24 @@ import { call, chatBody, eventually, projectAndToken, type ProjectAndToken, type
 
 const completed: Array<ProxyRequestContext> = []
 let serveFromCache = false
+let failIn: "before" | "decorate" | undefined
 
 const hooks = Layer.succeed(
   ProxyHooks,
   ProxyHooks.combine(
     {
       beforeUpstream: [(ctx, _req, res) => {
+        if (failIn === "before") throw new Error("hook bug")
         if (!serveFromCache) return false
         ctx.cacheHit = true
         res.writeHead(200, { "content-type": "application/json", "x-request-id": ctx.requestId, "cache-status": "llm-proxy; hit" })
         res.end(JSON.stringify({ cached: true }))
         return true
       }],
-      decorateResponse: [(_ctx, status, headers) => void (headers["x-decorated"] = String(status))],
+      decorateResponse: [(_ctx, status, headers) => {
+        if (failIn === "decorate") throw new Error("hook bug")
+        headers["x-decorated"] = String(status)
+      }],
       captureResponseBytes: 64
     },
     {
@@ -48,6 +53,7 @@ afterAll(() => stack.close())
 beforeEach(() => {
   completed.length = 0
   serveFromCache = false
+  failIn = undefined
   stack.mock.reset()
 })
 
@@ -127,6 +133,17 @@ describe("ProxyHooks", () => {
     expect(await last()).toMatchObject({ cacheHit: true, forwarded: false, status: 200 })
     await eventually(async () => Number((await tokenRow(stack.backend, t.tokenId)).cache_hit_count) === 1)
     expect(Number((await tokenRow(stack.backend, t.tokenId)).request_count)).toBe(before)
+  })
+
+  it("a hook that throws → 500 internal_error (no details), before or after the upstream answered", async () => {
+    for (const where of ["before", "decorate"] as const) {
+      failIn = where
+      const r = await call(stack.server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })
+      expect(r.status).toBe(500)
+      expect(r.json).toEqual({ error: "Internal error", code: "internal_error" })
+      expect(r.text).not.toContain("hook bug")
+      expect(await last()).toMatchObject({ status: 500, error: "internal error" })
+    }
   })
 
   it("hooks never see requests refused before authentication as cache hits", async () => {

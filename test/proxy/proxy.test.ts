@@ -6,6 +6,8 @@
  */
 import { Option } from "effect"
 import { connect } from "node:net"
+import { Readable } from "node:stream"
+import { Pool } from "undici"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import { backends, type BackendInstance } from "../http/harness.js"
 import { chatChunks, hang, json, reset, sse } from "../support/mockUpstream.js"
@@ -224,9 +226,45 @@ describe("allow-lists and validation (43–49)", () => {
     expect(stack.mock.requests[0]!.headers["content-length"]).toBe(String(form.length))
     expect((await post("/v1/audio/transcriptions", form, t.token, { ...ct, "transfer-encoding": "chunked", "content-length": "" })).status).toBe(200)
     expect(stack.mock.requests[1]!.body).toBe(form)
+    // A cold token: the upload crosses the limit while the token is being looked up.
+    const cold = await createToken(stack.manage, t.projectId)
+    const huge = "y".repeat(MAX_BODY * 3)
+    const r0 = await post("/v1/audio/transcriptions", huge, cold.token, { ...ct, "transfer-encoding": "chunked", "content-length": "" })
+    expect(r0.status).toBe(413)
     const tooBig = "x".repeat(MAX_BODY + 1)
     const r = await post("/v1/audio/transcriptions", tooBig, t.token, { ...ct, "transfer-encoding": "chunked", "content-length": "" })
     expect(r.status).toBe(413)
+  })
+})
+
+describe("connection reuse", () => {
+  it("a refused chunked upload does not wedge its keep-alive connection", async () => {
+    const pool = new Pool(url, { connections: 1 })
+    try {
+      const upload = async function*() {
+        yield Buffer.from("--b\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n")
+        yield Buffer.alloc(64 * 1024, 1)
+        yield Buffer.from("\r\n--b--\r\n")
+      }
+      const refused = await pool.request({
+        path: "/v1/audio/transcriptions",
+        method: "POST",
+        headers: { authorization: "Bearer sk-" + "C".repeat(42) + "E", "content-type": "multipart/form-data; boundary=b" },
+        body: Readable.from(upload())
+      })
+      expect(refused.statusCode).toBe(401)
+      await refused.body.text()
+      const ok = await pool.request({
+        path: "/v1/chat/completions",
+        method: "POST",
+        headers: { authorization: `Bearer ${t.token}`, "content-type": "application/json" },
+        body: JSON.stringify(chatBody())
+      })
+      expect(ok.statusCode).toBe(200)
+      await ok.body.text()
+    } finally {
+      await pool.close()
+    }
   })
 })
 
@@ -411,6 +449,31 @@ describe("the warm path", () => {
     expect(Number(row.completion_tokens)).toBe(51 * 3)
     expect(row.last_used_at).not.toBeNull()
     await b.cleanup()
+  })
+})
+
+describe("cold tokens", () => {
+  it("20 concurrent first requests with one token share a single lookup; an unknown token is looked up once", async () => {
+    const b = await backends[0]!.create()
+    // No audit log: its background writes (token create, refused tokens) would be counted as queries too.
+    const local = await startStack(b, {
+      usageFlushIntervalMs: 60_000,
+      audit: { enabled: false, file: Option.none(), storeInDb: true, retentionDays: 0 }
+    })
+    try {
+      const u = await projectAndToken(local.manage)
+      const go = (token: string) => call(local.server.url, "/v1/chat/completions", { token, body: chatBody() })
+      const before = local.queries.count
+      const replies = await Promise.all(Array.from({ length: 20 }, () => go(u.token)))
+      expect(replies.map((r) => r.status)).toEqual(Array(20).fill(200))
+      expect(local.queries.count - before).toBe(1)
+      const unknown = "sk-" + "B".repeat(42) + "E"
+      for (let i = 0; i < 5; i++) expect((await go(unknown)).json.code).toBe("token_not_found")
+      expect(local.queries.count - before).toBe(2)
+    } finally {
+      await local.close()
+      await b.cleanup()
+    }
   })
 })
 

@@ -54,6 +54,21 @@ describe.each(backends)("proxy on $name", (b) => {
       expect(Number((await tokenRow(backend, t.tokenId)).request_count)).toBe(5)
     })
 
+    it("57 with two instances: 20 concurrent calls split across them, max_requests 5 → exactly 5 pass", async () => {
+      const other = await startStack(backend, {}, undefined, stack.mock)
+      try {
+        const t = await projectAndToken(stack.manage, { max_requests: 5 })
+        stack.mock.setDefault(json({ ok: true }, { delayMs: 30 }))
+        const replies = await Promise.all(Array.from({ length: 20 }, (_, i) =>
+          call((i % 2 === 0 ? stack : other).server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })))
+        expect(replies.filter((r) => r.status === 200)).toHaveLength(5)
+        expect(replies.filter((r) => r.status === 429)).toHaveLength(15)
+        expect(stack.mock.requests).toHaveLength(5)
+      } finally {
+        await other.close()
+      }
+    })
+
     it("58 unlimited token: N calls → request_count = N and last_used_at set within 6 s", async () => {
       const t = await projectAndToken(stack.manage)
       for (let i = 0; i < 7; i++) expect((await go(t.token)).status).toBe(200)
@@ -236,10 +251,11 @@ describe.each(backends)("proxy on $name", (b) => {
     })
   })
 
-  describe("window rate limits (rate_limit_* columns)", () => {
+  describe("window rate limits (rate_limit of tokens and projects)", () => {
     it("per token: limit 2 per 60 s → the 3rd call 429 rate_limit_exceeded with Retry-After", async () => {
       const t = await projectAndToken(stack.manage)
-      await exec(backend, "UPDATE tokens SET rate_limit_requests = 2, rate_limit_window_seconds = 60 WHERE id = ?", [t.tokenId])
+      const patched = await stack.manage.patch(`/manage/tokens/${t.tokenId}`, { rate_limit: { requests: 2, window_seconds: 60 } })
+      expect(patched.json.rate_limit).toEqual({ requests: 2, window_seconds: 60 })
       expect((await go(t.token)).status).toBe(200)
       expect((await go(t.token)).status).toBe(200)
       const r = await go(t.token)
@@ -253,8 +269,7 @@ describe.each(backends)("proxy on $name", (b) => {
     it("per project: the limit is shared by the project's tokens; a rate-limited call does not use the quota", async () => {
       const t = await projectAndToken(stack.manage, { max_requests: 100 })
       const second = await createToken(stack.manage, t.projectId)
-      await exec(backend, "UPDATE projects SET rate_limit_requests = 3, rate_limit_window_seconds = 60 WHERE id = ?", [t.projectId])
-      await stack.manage.patch(`/manage/projects/${t.projectId}`, { name: `renamed-${crypto.randomUUID()}` }) // re-read the project
+      await stack.manage.patch(`/manage/projects/${t.projectId}`, { rate_limit: { requests: 3, window_seconds: 60 } })
       expect((await go(t.token)).status).toBe(200)
       expect((await go(second.token)).status).toBe(200)
       expect((await go(t.token)).status).toBe(200)
@@ -265,13 +280,30 @@ describe.each(backends)("proxy on $name", (b) => {
       expect(Number((await tokenRow(backend, t.tokenId)).request_count)).toBe(2)
     })
 
-    it("the window passes → calls pass again", async () => {
+    it("the window passes → calls pass again; a limit set at creation applies; null removes it", async () => {
+      const p = await projectAndToken(stack.manage)
+      const created = await stack.manage.post("/manage/tokens", {
+        project_id: p.projectId,
+        duration_minutes: 5,
+        rate_limit: { requests: 1, window_seconds: 1 }
+      })
+      const token = created.json.token as string
+      expect((await go(token)).status).toBe(200)
+      expect((await go(token)).status).toBe(429)
+      await sleep(1100)
+      expect((await go(token)).status).toBe(200)
+      expect((await go(token)).status).toBe(429)
+      await stack.manage.patch(`/manage/tokens/${created.json.id}`, { rate_limit: null })
+      expect((await go(token)).status).toBe(200)
+      expect((await go(token)).status).toBe(200)
+    })
+
+    it("a rate limit written straight to the database (another instance) applies once the cache entry is re-read", async () => {
       const t = await projectAndToken(stack.manage)
-      await exec(backend, "UPDATE tokens SET rate_limit_requests = 1, rate_limit_window_seconds = 1 WHERE id = ?", [t.tokenId])
+      await exec(backend, "UPDATE tokens SET rate_limit_requests = 1, rate_limit_window_seconds = 60 WHERE id = ?", [t.tokenId])
+      await stack.manage.patch(`/manage/projects/${t.projectId}`, { name: `renamed-${crypto.randomUUID()}` }) // re-read
       expect((await go(t.token)).status).toBe(200)
       expect((await go(t.token)).status).toBe(429)
-      await sleep(1100)
-      expect((await go(t.token)).status).toBe(200)
     })
   })
 })
@@ -283,7 +315,7 @@ describe.skipIf(!redisUrl)("window rate limits shared through Redis (RATE_LIMIT_
     const b = await startStack(backend, { rateLimitBackend: "redis", redisUrl: redisUrl! }, undefined, a.mock)
     try {
       const t = await projectAndToken(a.manage)
-      await exec(backend, "UPDATE tokens SET rate_limit_requests = 3, rate_limit_window_seconds = 60 WHERE id = ?", [t.tokenId])
+      await a.manage.patch(`/manage/tokens/${t.tokenId}`, { rate_limit: { requests: 3, window_seconds: 60 } })
       const goOn = (s: Stack) => call(s.server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })
       const statuses = [await goOn(a), await goOn(b), await goOn(a), await goOn(b), await goOn(a)].map((r) => r.status)
       expect(statuses).toEqual([200, 200, 200, 429, 429])
@@ -321,6 +353,25 @@ describe.skipIf(!redisUrl)("several instances with INVALIDATION_BACKEND=redis", 
     } finally {
       await b.close()
       await a.close()
+      await backend.cleanup()
+    }
+  })
+})
+
+describe("Redis unreachable", () => {
+  it("rate-limited requests are allowed (and logged) instead of failing or hanging; invalidation still applies locally", async () => {
+    const backend = await backends[0]!.create()
+    const s = await startStack(backend, { rateLimitBackend: "redis", invalidationBackend: "redis", redisUrl: "redis://127.0.0.1:1" })
+    try {
+      const t = await projectAndToken(s.manage)
+      await s.manage.patch(`/manage/tokens/${t.tokenId}`, { rate_limit: { requests: 1, window_seconds: 60 } })
+      const go = () => call(s.server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })
+      expect((await go()).status).toBe(200)
+      expect((await go()).status).toBe(200)
+      expect((await s.manage.delete(`/manage/tokens/${t.tokenId}`)).status).toBe(204)
+      expect((await go()).json).toEqual(inactive)
+    } finally {
+      await s.close()
       await backend.cleanup()
     }
   })

@@ -101,6 +101,7 @@ const storeSuite = (dialect: Dialect) =>
             provider: "anthropic",
             isActive: true,
             deactivatedAt: null,
+            rateLimit: null,
             createdAt: NOW,
             updatedAt: NOW
           })
@@ -283,6 +284,7 @@ const storeSuite = (dialect: Dialect) =>
             deactivatedAt: null,
             requestCount: 0,
             maxRequests: 100,
+            rateLimit: null,
             cacheHitCount: 0,
             promptTokens: 0,
             completionTokens: 0,

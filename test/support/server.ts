@@ -1,6 +1,6 @@
 /** Starts a real `serve` stack in-process on an ephemeral loopback port, for integration tests. */
 import { Context, Effect, Exit, Layer, Option, Redacted, Scope } from "effect"
-import type { AppConfigShape, Database } from "../../src/config/AppConfig.js"
+import type { AppConfigShape, CacheConfig, Database } from "../../src/config/AppConfig.js"
 import { parseEncryptionKey } from "../../src/crypto/KeyCipher.js"
 import { ServerAddress } from "../../src/http/Server.js"
 import { loggerLayer, serveLayer } from "../../src/Layers.js"
@@ -10,6 +10,18 @@ export interface TestServer {
   readonly token: string
   readonly close: () => Promise<void>
 }
+
+/** The cache settings `serve` gets by default, with any field overridden. */
+export const testCacheConfig = (overrides: Partial<CacheConfig> = {}): CacheConfig => ({
+  enabled: true,
+  backend: "in-memory",
+  defaultTtlSeconds: 300,
+  maxObjectBytes: 1_048_576,
+  maxBytes: 67_108_864,
+  streamResponses: false,
+  redisKeyPrefix: "llmproxy:cache:",
+  ...overrides
+})
 
 export const testConfig = (database: Database, overrides: Partial<AppConfigShape> = {}): AppConfigShape => ({
   listen: { host: "127.0.0.1", port: 0 },
@@ -35,7 +47,8 @@ export const testConfig = (database: Database, overrides: Partial<AppConfigShape
   rateLimitBackend: "in-memory",
   rateLimitFailureMode: "open",
   invalidationBackend: "in-memory",
-  redisUrl: process.env["REDIS_URL"] ?? "redis://127.0.0.1:6379",
+  redisUrl: process.env["REDIS_URL"] || "redis://127.0.0.1:6379",
+  cache: testCacheConfig(),
   events: {
     bus: "in-memory",
     enabled: true,

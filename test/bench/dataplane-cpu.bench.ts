@@ -6,7 +6,7 @@
  * Each server runs in its own process; this process is the load generator (closed loop, undici Pool).
  * Rounds alternate raw/llm so background load hits both alike. Prints RPS, p50/p99 and llm/raw.
  *
- *   npm run bench -- proxy-smoke      (env: BENCH_SECONDS=5, BENCH_CONCURRENCY=32, BENCH_ROUNDS=2)
+ *   npm run bench -- dataplane-cpu     (env: BENCH_SECONDS=5, BENCH_CONCURRENCY=32, BENCH_ROUNDS=2)
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { mkdtempSync, readFileSync, rmSync } from "node:fs"

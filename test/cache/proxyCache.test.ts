@@ -1,0 +1,525 @@
+/**
+ * The response cache through the real proxy (serve stack on SQLite) and the in-process mock upstream:
+ * reference-system.md §14.2 scenarios 74–95 and 99–100, with the [improve] behaviour.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { backends, type BackendInstance } from "../http/harness.js"
+import { handler, json, reset, sse, chatChunks, type MockUpstream, startMockUpstream } from "../support/mockUpstream.js"
+import { testCacheConfig } from "../support/server.js"
+import { call, chatBody, eventually, type ProjectAndToken, projectAndToken, sleep, type Stack, startStack } from "../proxy/stack.js"
+
+const sqlite = backends.find((b) => b.name === "sqlite")!
+
+let seq = 0
+/** A path no other test uses (the mock routes by path, the cache keys by path and query). */
+const fresh = (base = "/v1/models") => `${base}?case=${++seq}`
+const pathOf = (url: string) => url.split("?")[0]!
+
+const upstreamCalls = (mock: MockUpstream, url: string) => mock.requests.filter((r) => r.url === url).length
+
+const MODELS = { object: "list", data: [{ id: "gpt-4o-mini", object: "model" }] }
+const publicFor = (seconds: number) => ({ "cache-control": `public, max-age=${seconds}` })
+
+describe("response cache through the proxy (in-memory)", () => {
+  let backend: BackendInstance
+  let stack: Stack
+  let mock: MockUpstream
+  let a: ProjectAndToken
+  let b: ProjectAndToken
+
+  beforeAll(async () => {
+    backend = await sqlite.create()
+    stack = await startStack(backend)
+    mock = stack.mock
+    a = await projectAndToken(stack.manage)
+    b = await projectAndToken(stack.manage)
+  })
+  afterAll(async () => {
+    await stack.close()
+    await backend.cleanup()
+  })
+
+  const get = (url: string, token = a.token, headers: Record<string, string> = {}) =>
+    call(stack.server.url, url, { token, headers })
+
+  it("74: a public response is stored, then served from the cache without calling the upstream", async () => {
+    const url = fresh()
+    mock.route(pathOf(url), json(MODELS, { headers: publicFor(60) }))
+    const first = await get(url)
+    expect(first.status).toBe(200)
+    expect(first.headers["cache-status"]).toBe("llm-proxy; stored")
+    expect(first.headers["x-proxy-cache"]).toBe("stored")
+    expect(first.headers["x-proxy-cache-key"]).toMatch(/^[0-9a-f]{80}$/)
+    const second = await get(url)
+    expect(second.status).toBe(200)
+    expect(second.headers["cache-status"]).toBe("llm-proxy; hit")
+    expect(second.headers["x-proxy-cache"]).toBe("hit")
+    expect(second.headers["x-proxy-cache-key"]).toBe(first.headers["x-proxy-cache-key"])
+    expect(second.headers["content-type"]).toBe("application/json")
+    expect(second.text).toBe(first.text)
+    expect(upstreamCalls(mock, url)).toBe(1)
+  })
+
+  it("75: no cache headers on either side → never stored, every answer a miss", async () => {
+    const url = fresh()
+    mock.route(pathOf(url), json(MODELS))
+    for (let i = 0; i < 2; i++) {
+      const r = await get(url)
+      expect(r.headers["cache-status"]).toBe("llm-proxy; miss")
+      expect(r.headers["x-proxy-cache"]).toBeUndefined()
+      expect(r.headers["x-cache-debug"]).toBe("ttl-zero")
+    }
+    expect(upstreamCalls(mock, url)).toBe(2)
+  })
+
+  it("76: client opt-in (public, max-age) stores a silent upstream's answer (forced), then hits", async () => {
+    const url = fresh()
+    mock.route(pathOf(url), json(MODELS))
+    const optIn = { "cache-control": "public, max-age=30" }
+    const first = await get(url, a.token, optIn)
+    expect(first.headers["cache-status"]).toBe("llm-proxy; stored (forced)")
+    expect(first.headers["x-proxy-cache"]).toBe("stored")
+    const second = await get(url, a.token, optIn)
+    expect(second.headers["cache-status"]).toBe("llm-proxy; hit")
+    expect(second.headers["cache-control"]).toBe("public, max-age=30")
+    expect(upstreamCalls(mock, url)).toBe(1)
+  })
+
+  it.each(["private", "no-store", "no-cache"])("77: opt-in, but the upstream says %s → not stored", async (cc) => {
+    const url = fresh()
+    mock.route(pathOf(url), json(MODELS, { headers: { "cache-control": cc } }))
+    const optIn = { "cache-control": "public, max-age=30" }
+    const first = await get(url, a.token, optIn)
+    expect(first.headers["cache-status"]).toBe("llm-proxy; miss")
+    expect(first.headers["x-cache-debug"]).toBe(cc)
+    await get(url, a.token, optIn)
+    expect(upstreamCalls(mock, url)).toBe(2)
+  })
+
+  it("78: POST without opt-in is never cached, whatever the upstream says", async () => {
+    const url = fresh("/v1/chat/completions")
+    mock.route(pathOf(url), json({ id: "x" }, { headers: publicFor(60) }))
+    for (let i = 0; i < 2; i++) {
+      const r = await call(stack.server.url, url, { token: a.token, body: chatBody() })
+      expect(r.status).toBe(200)
+      expect(r.headers["x-proxy-cache"]).toBeUndefined()
+    }
+    expect(upstreamCalls(mock, url)).toBe(2)
+  })
+
+  it("79: opted-in POST: same body → hit; other body → miss; other max-age → miss", async () => {
+    const url = fresh("/v1/chat/completions")
+    mock.route(pathOf(url), json({ id: "completion" }))
+    const post = (body: unknown, maxAge = 60) =>
+      call(stack.server.url, url, { token: a.token, body, headers: { "cache-control": `public, max-age=${maxAge}` } })
+    expect((await post(chatBody())).headers["cache-status"]).toBe("llm-proxy; stored (forced)")
+    expect((await post(chatBody())).headers["cache-status"]).toBe("llm-proxy; hit")
+    expect((await post(chatBody({ temperature: 0.5 }))).headers["cache-status"]).toBe("llm-proxy; stored (forced)")
+    expect((await post(chatBody(), 61)).headers["cache-status"]).toBe("llm-proxy; stored (forced)")
+    expect(upstreamCalls(mock, url)).toBe(3)
+  })
+
+  it("80: a 404 is not stored even when public", async () => {
+    const url = fresh()
+    mock.route(pathOf(url), json({ error: "nope" }, { status: 404, headers: publicFor(60) }))
+    const first = await get(url)
+    expect(first.status).toBe(404)
+    expect(first.headers["x-cache-debug"]).toBe("status-not-cacheable")
+    await get(url)
+    expect(upstreamCalls(mock, url)).toBe(2)
+  })
+
+  it("81: different Accept-Language values are separate entries", async () => {
+    const url = fresh()
+    mock.route(pathOf(url), handler((req, res) => {
+      const body = JSON.stringify({ lang: req.headers["accept-language"] })
+      res.writeHead(200, { "content-type": "application/json", "cache-control": "public, max-age=60", vary: "Accept-Language" })
+      res.end(body)
+    }))
+    const de = await get(url, a.token, { "accept-language": "de" })
+    const fr = await get(url, a.token, { "accept-language": "fr" })
+    expect([de.headers["cache-status"], fr.headers["cache-status"]]).toEqual(["llm-proxy; stored", "llm-proxy; stored"])
+    const de2 = await get(url, a.token, { "accept-language": "de" })
+    const fr2 = await get(url, a.token, { "accept-language": "fr" })
+    expect([de2.json, fr2.json]).toEqual([{ lang: "de" }, { lang: "fr" }])
+    expect([de2.headers["cache-status"], fr2.headers["cache-status"]]).toEqual(["llm-proxy; hit", "llm-proxy; hit"])
+    expect(upstreamCalls(mock, url)).toBe(2)
+  })
+
+  it("Vary on a header outside the key: a request that differs on it is not served the entry", async () => {
+    const url = fresh()
+    mock.route(pathOf(url), handler((req, res) => {
+      res.writeHead(200, { "content-type": "application/json", "cache-control": "public, max-age=60", vary: "OpenAI-Organization" })
+      res.end(JSON.stringify({ org: req.headers["openai-organization"] }))
+    }))
+    await get(url, a.token, { "openai-organization": "org-1" })
+    expect((await get(url, a.token, { "openai-organization": "org-1" })).headers["cache-status"]).toBe("llm-proxy; hit")
+    const other = await get(url, a.token, { "openai-organization": "org-2" })
+    expect(other.json).toEqual({ org: "org-2" })
+    expect(other.headers["cache-status"]).not.toBe("llm-proxy; hit")
+  })
+
+  it("82: an entry past its lifetime is a miss and is stored again", async () => {
+    const url = fresh()
+    mock.route(pathOf(url), json(MODELS, { headers: publicFor(1) }))
+    expect((await get(url)).headers["cache-status"]).toBe("llm-proxy; stored")
+    expect((await get(url)).headers["cache-status"]).toBe("llm-proxy; hit")
+    await sleep(1_100)
+    expect((await get(url)).headers["cache-status"]).toBe("llm-proxy; stored")
+    expect(upstreamCalls(mock, url)).toBe(2)
+  })
+
+  it("83: If-None-Match matching the stored ETag → 304 from the cache", async () => {
+    const url = fresh()
+    mock.route(pathOf(url), json(MODELS, { headers: { ...publicFor(60), etag: "\"abc\"" } }))
+    await get(url)
+    const r = await get(url, a.token, { "if-none-match": "\"abc\"" })
+    expect(r.status).toBe(304)
+    expect(r.text).toBe("")
+    expect(r.headers["cache-status"]).toBe("llm-proxy; conditional-hit")
+    expect(r.headers["x-proxy-cache"]).toBe("conditional-hit")
+    expect(r.headers["etag"]).toBe("\"abc\"")
+    const stale = await get(url, a.token, { "if-none-match": "\"old\"" })
+    expect(stale.status).toBe(200)
+    expect(stale.headers["cache-status"]).toBe("llm-proxy; hit")
+    const lm = fresh()
+    mock.route(pathOf(lm), json(MODELS, { headers: { ...publicFor(60), "last-modified": "Tue, 01 Dec 2026 10:00:00 GMT" } }))
+    await get(lm)
+    expect((await get(lm, a.token, { "if-modified-since": "Tue, 01 Dec 2026 10:00:00 GMT" })).status).toBe(304)
+    expect(upstreamCalls(mock, url)).toBe(1)
+    expect(upstreamCalls(mock, lm)).toBe(1)
+  })
+
+  it("84: client no-cache → revalidated upstream; the upstream's 304 refreshes the entry and the client gets the cached 200", async () => {
+    const url = fresh()
+    mock.route(pathOf(url), handler((req, res) => {
+      if (req.headers["if-none-match"] === "\"v1\"") {
+        res.writeHead(304, { etag: "\"v1\"", "cache-control": "public, max-age=60" })
+        return res.end()
+      }
+      res.writeHead(200, { "content-type": "application/json", etag: "\"v1\"", "cache-control": "public, max-age=1" })
+      res.end(JSON.stringify(MODELS))
+    }))
+    const first = await get(url)
+    expect(first.headers["cache-status"]).toBe("llm-proxy; stored")
+    const revalidated = await get(url, a.token, { "cache-control": "no-cache" })
+    expect(revalidated.status).toBe(200)
+    expect(revalidated.text).toBe(first.text)
+    expect(revalidated.headers["cache-status"]).toBe("llm-proxy; revalidated")
+    expect(mock.requests.filter((r) => r.url === url)[1]!.headers["if-none-match"]).toBe("\"v1\"")
+    // the 304 gave the entry a new lifetime of 60 s: still a hit after the original 1 s
+    await sleep(1_100)
+    const later = await get(url)
+    expect(later.headers["cache-status"]).toBe("llm-proxy; hit")
+    expect(later.text).toBe(first.text)
+    expect(upstreamCalls(mock, url)).toBe(2)
+  })
+
+  it("84b: a client's own conditional with no-cache gets the upstream's 304 unchanged", async () => {
+    const url = fresh()
+    mock.route(pathOf(url), handler((req, res) => {
+      if (req.headers["if-none-match"] !== undefined) {
+        res.writeHead(304, { etag: "\"v2\"" })
+        return res.end()
+      }
+      res.writeHead(200, { "content-type": "application/json", etag: "\"v2\"", "cache-control": "public, max-age=60" })
+      res.end("{}")
+    }))
+    await get(url)
+    const r = await get(url, a.token, { "cache-control": "no-cache", "if-none-match": "\"other\"" })
+    expect(r.status).toBe(304)
+    // and a revalidation the upstream answers with a full 200 replaces the entry
+    const full = await get(url, a.token, { "cache-control": "no-cache" })
+    expect(full.status).toBe(200)
+  })
+
+  it("84c: an upstream 304 that forbids storing drops the entry; the client still gets the 200", async () => {
+    const url = fresh()
+    mock.route(pathOf(url), handler((req, res) => {
+      if (req.headers["if-none-match"] !== undefined) {
+        res.writeHead(304, { etag: "\"v3\"", "cache-control": "no-store" })
+        return res.end()
+      }
+      res.writeHead(200, { "content-type": "application/json", etag: "\"v3\"", "cache-control": "public, max-age=60" })
+      res.end("{\"v\":3}")
+    }))
+    await get(url)
+    const r = await get(url, a.token, { "cache-control": "no-cache" })
+    expect(r.status).toBe(200)
+    expect(r.json).toEqual({ v: 3 })
+    expect(r.headers["cache-status"]).toBe("llm-proxy; revalidated")
+    expect((await get(url)).headers["cache-status"]).toBe("llm-proxy; stored")
+  })
+
+  it("repeated upstream headers are replayed on a hit", async () => {
+    const url = fresh()
+    mock.route(pathOf(url), json(MODELS, { headers: { ...publicFor(60), link: ["<a>; rel=a", "<b>; rel=b"] } }))
+    const first = await get(url)
+    const hit = await get(url)
+    expect(hit.headers["cache-status"]).toBe("llm-proxy; hit")
+    expect(hit.headers["link"]).toBe(first.headers["link"])
+    expect(hit.headers["link"]).toContain("<b>; rel=b")
+  })
+
+  it("85: hits are not counted against max_requests; cache_hit_count grows (batched)", async () => {
+    const limited = await projectAndToken(stack.manage, { max_requests: 1 })
+    const url = fresh()
+    mock.route(pathOf(url), json(MODELS, { headers: publicFor(60) }))
+    expect((await get(url, limited.token)).status).toBe(200)
+    for (let i = 0; i < 3; i++) {
+      const hit = await get(url, limited.token)
+      expect(hit.status).toBe(200)
+      expect(hit.headers["cache-status"]).toBe("llm-proxy; hit")
+    }
+    // the quota is spent: anything not in the cache is refused
+    expect((await get(fresh(), limited.token)).status).toBe(429)
+    await eventually(async () => (await stack.manage.get(`/manage/tokens/${limited.tokenId}`)).json.cache_hit_count === 3)
+    expect((await stack.manage.get(`/manage/tokens/${limited.tokenId}`)).json.request_count).toBe(1)
+    expect(upstreamCalls(mock, url)).toBe(1)
+  })
+
+  it("86: a cached URL with a revoked, expired or unknown token → 401, never the cached answer", async () => {
+    const t = await projectAndToken(stack.manage)
+    const url = fresh()
+    mock.route(pathOf(url), json(MODELS, { headers: publicFor(60) }))
+    await get(url, t.token)
+    expect((await get(url, t.token)).headers["cache-status"]).toBe("llm-proxy; hit")
+    const unknown = await get(url, `sk-${"A".repeat(43)}`)
+    expect(unknown.status).toBe(401)
+    expect(unknown.json.code).toBe("token_not_found")
+    expect(unknown.headers["cache-status"]).toBeUndefined()
+
+    const other = await stack.manage.post("/manage/tokens", { project_id: t.projectId, duration_minutes: 60 })
+    await get(url, other.json.token) // warm and a hit
+    expect((await stack.manage.patch(`/manage/tokens/${other.json.id}`, { expires_at: "2020-01-01T00:00:00Z" })).status).toBe(200)
+    const expired = await get(url, other.json.token)
+    expect(expired.status).toBe(401)
+    expect(expired.json.code).toBe("token_expired")
+
+    expect((await stack.manage.delete(`/manage/tokens/${t.tokenId}`)).status).toBe(204)
+    const revoked = await get(url, t.token)
+    expect(revoked.status).toBe(401)
+    expect(revoked.json.code).toBe("token_inactive")
+    expect(upstreamCalls(mock, url)).toBe(1)
+  })
+
+  it("hits still apply the project-active check", async () => {
+    const t = await projectAndToken(stack.manage)
+    const url = fresh()
+    mock.route(pathOf(url), json(MODELS, { headers: publicFor(60) }))
+    await get(url, t.token)
+    await stack.manage.patch(`/manage/projects/${t.projectId}`, { is_active: false })
+    const r = await get(url, t.token)
+    expect(r.status).toBe(403)
+    expect(r.json.code).toBe("project_inactive")
+  })
+
+  it("87: project B never sees project A's entry", async () => {
+    const url = fresh()
+    mock.route(pathOf(url), json(MODELS, { headers: publicFor(60) }))
+    const fromA = await get(url, a.token)
+    const fromB = await get(url, b.token)
+    expect(fromB.headers["cache-status"]).toBe("llm-proxy; stored")
+    expect(fromB.headers["x-proxy-cache-key"]).not.toBe(fromA.headers["x-proxy-cache-key"])
+    expect((await get(url, b.token)).headers["cache-status"]).toBe("llm-proxy; hit")
+    expect(upstreamCalls(mock, url)).toBe(2)
+  })
+
+  it("88: a hit has no Set-Cookie, a fresh Date and the new request's own X-Request-ID", async () => {
+    const url = fresh()
+    mock.route(pathOf(url), json(MODELS, {
+      headers: { ...publicFor(60), "set-cookie": "session=secret", date: "Mon, 01 Jan 2024 00:00:00 GMT" }
+    }))
+    const first = await get(url, a.token, { "x-request-id": "first-request" })
+    expect(first.headers["x-request-id"]).toBe("first-request")
+    await sleep(1_000)
+    const hit = await get(url, a.token, { "x-request-id": "second-request", origin: "https://a.example" })
+    expect(hit.headers["cache-status"]).toBe("llm-proxy; hit")
+    expect(hit.headers["set-cookie"]).toBeUndefined()
+    expect(hit.headers["x-request-id"]).toBe("second-request")
+    expect(Math.abs(Date.parse(hit.headers["date"]!) - Date.now())).toBeLessThan(5_000)
+    expect(Number(hit.headers["age"])).toBeGreaterThanOrEqual(1)
+    expect(hit.headers["server-timing"]).toMatch(/^proxy;dur=/)
+    expect(hit.headers["access-control-allow-origin"]).toBe("https://a.example")
+    expect(hit.headers["vary"]).toBe("Origin")
+    const anonymous = await get(url)
+    expect(anonymous.headers["x-request-id"]).toMatch(/^[0-9a-f-]{36}$/)
+    expect(anonymous.headers["access-control-allow-origin"]).toBeUndefined()
+  })
+
+  it("89: Vary: * is never stored", async () => {
+    const url = fresh()
+    mock.route(pathOf(url), json(MODELS, { headers: { ...publicFor(60), vary: "*" } }))
+    expect((await get(url)).headers["x-cache-debug"]).toBe("vary-star")
+    await get(url)
+    expect(upstreamCalls(mock, url)).toBe(2)
+  })
+
+  it("90: exact purge deletes the URL's entries (also those stored with Accept headers)", async () => {
+    const path = "/v1/models"
+    mock.route(path, json(MODELS, { headers: publicFor(60) }))
+    const accept = { accept: "application/json" }
+    expect((await get(path, a.token, accept)).headers["x-proxy-cache"]).toMatch(/stored|hit/)
+    expect((await get(path, a.token, accept)).headers["cache-status"]).toBe("llm-proxy; hit")
+    const purged = await stack.manage.post("/manage/cache/purge", { method: "GET", url: path })
+    expect(purged.json).toEqual({ deleted: true })
+    expect((await get(path, a.token, accept)).headers["cache-status"]).toBe("llm-proxy; stored")
+    expect((await stack.manage.post("/manage/cache/purge", { method: "GET", url: path, project_id: b.projectId })).json).toEqual({
+      deleted: false
+    })
+    expect((await stack.manage.post("/manage/cache/purge", { method: "GET", url: path })).json).toEqual({ deleted: true })
+    expect((await stack.manage.post("/manage/cache/purge", { method: "GET", url: path })).json).toEqual({ deleted: false })
+  })
+
+  it("91: prefix purge with the first characters of X-PROXY-CACHE-KEY", async () => {
+    const url = fresh()
+    mock.route(pathOf(url), json(MODELS, { headers: publicFor(60) }))
+    const key = (await get(url)).headers["x-proxy-cache-key"] as string
+    expect((await stack.manage.post("/manage/cache/purge", { prefix: key.slice(0, 40) })).json).toEqual({ deleted: 1 })
+    expect((await get(url)).headers["cache-status"]).toBe("llm-proxy; stored")
+  })
+
+  it("purge of everything a project stored, and of everything", async () => {
+    const url = fresh()
+    mock.route(pathOf(url), json(MODELS, { headers: publicFor(60) }))
+    await get(url, a.token)
+    await get(url, b.token)
+    expect((await stack.manage.post("/manage/cache/purge", { all: true, project_id: b.projectId })).json.deleted).toBeGreaterThanOrEqual(1)
+    expect((await get(url, a.token)).headers["cache-status"]).toBe("llm-proxy; hit")
+    expect((await get(url, b.token)).headers["cache-status"]).toBe("llm-proxy; stored")
+    expect((await stack.manage.post("/manage/cache/purge", { all: true })).json.deleted).toBeGreaterThanOrEqual(2)
+    expect((await get(url, a.token)).headers["cache-status"]).toBe("llm-proxy; stored")
+  })
+
+  it("methods that are never cached pass through untouched", async () => {
+    const url = fresh("/v1/files")
+    mock.route(pathOf(url), json({ deleted: true }, { headers: publicFor(60) }))
+    const r = await call(stack.server.url, url, { token: a.token, method: "DELETE" })
+    expect(r.status).toBe(200)
+    expect(r.headers["cache-status"]).toBeUndefined()
+  })
+
+  it("99 (flag off): an SSE answer is not cached even on opt-in", async () => {
+    const url = fresh()
+    mock.route(pathOf(url), sse(chatChunks(["a", "b"])))
+    const optIn = { "cache-control": "public, max-age=60" }
+    const first = await get(url, a.token, optIn)
+    expect(first.headers["content-type"]).toContain("text/event-stream")
+    expect(first.headers["x-cache-debug"]).toBe("streaming-response")
+    await get(url, a.token, optIn)
+    expect(upstreamCalls(mock, url)).toBe(2)
+  })
+})
+
+describe("response cache: bounds, streams and switches", () => {
+  let backend: BackendInstance
+  let mock: MockUpstream
+  beforeAll(async () => {
+    backend = await sqlite.create()
+    mock = await startMockUpstream()
+  })
+  afterAll(async () => {
+    await mock.close()
+    await backend.cleanup()
+  })
+
+  it("94: filled past HTTP_CACHE_MAX_BYTES, the oldest entries are evicted and the rest still hit", async () => {
+    const stack = await startStack(backend, { cache: testCacheConfig({ maxBytes: 8_192, maxObjectBytes: 2_048 }) }, undefined, mock)
+    try {
+      const t = await projectAndToken(stack.manage)
+      const body = { data: "x".repeat(1_000) }
+      const urls = Array.from({ length: 12 }, () => fresh())
+      for (const url of urls) {
+        mock.route(pathOf(url), json(body, { headers: publicFor(60) }))
+        expect((await call(stack.server.url, url, { token: t.token })).headers["cache-status"]).toBe("llm-proxy; stored")
+      }
+      const last = await call(stack.server.url, urls[11]!, { token: t.token })
+      expect(last.headers["cache-status"]).toBe("llm-proxy; hit")
+      const oldest = await call(stack.server.url, urls[0]!, { token: t.token })
+      expect(oldest.headers["cache-status"]).toBe("llm-proxy; stored")
+      // an answer over HTTP_CACHE_MAX_OBJECT_BYTES is not stored
+      const big = fresh()
+      mock.route(pathOf(big), json({ data: "y".repeat(3_000) }, { headers: publicFor(60) }))
+      expect((await call(stack.server.url, big, { token: t.token })).headers["x-cache-debug"]).toBe("too-large")
+    } finally {
+      await stack.close()
+    }
+  })
+
+  it("HTTP_CACHE_DEFAULT_TTL is the lifetime of a public answer that names none", async () => {
+    const stack = await startStack(backend, { cache: testCacheConfig({ defaultTtlSeconds: 1 }) }, undefined, mock)
+    try {
+      const t = await projectAndToken(stack.manage)
+      const url = fresh()
+      mock.route(pathOf(url), json(MODELS, { headers: { "cache-control": "public" } }))
+      expect((await call(stack.server.url, url, { token: t.token })).headers["cache-status"]).toBe("llm-proxy; stored")
+      const hit = await call(stack.server.url, url, { token: t.token })
+      expect(hit.headers["cache-status"]).toBe("llm-proxy; hit")
+      await sleep(1_100)
+      expect((await call(stack.server.url, url, { token: t.token })).headers["cache-status"]).toBe("llm-proxy; stored")
+    } finally {
+      await stack.close()
+    }
+  })
+
+  it("93: HTTP_CACHE_ENABLED=false → no cache headers, nothing cached", async () => {
+    const stack = await startStack(backend, { cache: testCacheConfig({ enabled: false }) }, undefined, mock)
+    try {
+      const t = await projectAndToken(stack.manage)
+      const url = fresh()
+      mock.route(pathOf(url), json(MODELS, { headers: publicFor(60) }))
+      for (let i = 0; i < 2; i++) {
+        const r = await call(stack.server.url, url, { token: t.token })
+        expect(r.status).toBe(200)
+        expect(r.headers["cache-status"]).toBeUndefined()
+        expect(r.headers["x-proxy-cache"]).toBeUndefined()
+      }
+      expect(upstreamCalls(mock, url)).toBe(2)
+    } finally {
+      await stack.close()
+    }
+  })
+
+  it("99/100: with HTTP_CACHE_STREAM_RESPONSES, a completed SSE stream is replayed byte-identical; one over the bound is not stored", async () => {
+    const stack = await startStack(
+      backend,
+      { cache: testCacheConfig({ streamResponses: true, maxObjectBytes: 4_096, maxBytes: 65_536 }) },
+      undefined,
+      mock
+    )
+    try {
+      const t = await projectAndToken(stack.manage)
+      const optIn = { "cache-control": "public, max-age=60" }
+      const url = fresh()
+      mock.route(pathOf(url), sse(chatChunks(["Hel", "lo", "!"]), { intervalMs: 20 }))
+      const first = await call(stack.server.url, url, { token: t.token, headers: optIn })
+      expect(first.headers["cache-status"]).toBe("llm-proxy; stored (forced)")
+      const second = await call(stack.server.url, url, { token: t.token, headers: optIn })
+      expect(second.headers["cache-status"]).toBe("llm-proxy; hit")
+      expect(second.headers["content-type"]).toContain("text/event-stream")
+      expect(second.text).toBe(first.text)
+      expect(second.text).toContain("data: [DONE]")
+      expect(upstreamCalls(mock, url)).toBe(1)
+
+      const long = fresh()
+      mock.route(pathOf(long), sse(Array.from({ length: 20 }, (_, i) => `data: ${"z".repeat(300)}${i}\n\n`)))
+      const big = await call(stack.server.url, long, { token: t.token, headers: optIn })
+      expect(big.text.length).toBeGreaterThan(4_096)
+      const again = await call(stack.server.url, long, { token: t.token, headers: optIn })
+      expect(again.headers["cache-status"]).not.toBe("llm-proxy; hit")
+      expect(again.text).toBe(big.text)
+      expect(upstreamCalls(mock, long)).toBe(2)
+
+      // an upstream that dies mid-stream leaves nothing in the cache
+      const cut = fresh()
+      mock.route(pathOf(cut), reset(chatChunks(["par", "tial"]).slice(0, 2)))
+      await call(stack.server.url, cut, { token: t.token, headers: optIn }).catch(() => undefined)
+      mock.route(pathOf(cut), sse(chatChunks(["whole"])))
+      const whole = await call(stack.server.url, cut, { token: t.token, headers: optIn })
+      expect(whole.headers["cache-status"]).toBe("llm-proxy; stored (forced)")
+      expect(whole.text).toContain("whole")
+    } finally {
+      await stack.close()
+    }
+  })
+})
