@@ -36,6 +36,16 @@ const { Client } = createRequire(import.meta.url)("pg") as { Client: new(o: { co
 
 const MT = "scale-suite-management-token"
 
+/** A chat completion with extra request headers (the cache opt-in). */
+const cached = async (url: string, token: string, headers: Record<string, string>) => {
+  const r = await fetch(`${url}/v1/chat/completions`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json", ...headers },
+    body: JSON.stringify({ model: "gpt-4o-mini", messages: [{ role: "user", content: "cache me" }] })
+  })
+  return { status: r.status, headers: r.headers, text: await r.text() }
+}
+
 describe.skipIf(!built || !haveServers())("several instances on PostgreSQL and Redis", () => {
   let root: string
   let pg: Postgres
@@ -69,6 +79,7 @@ describe.skipIf(!built || !haveServers())("several instances on PostgreSQL and R
       USAGE_FLUSH_INTERVAL: "200ms",
       TOKEN_CACHE_TTL: "10m",
       LLM_PROXY_EVENT_BUS: "redis-streams",
+      HTTP_CACHE_BACKEND: "redis",
       LOG_LEVEL: "info"
     }
     // One first, so the migrations run once; then the rest side by side.
@@ -155,6 +166,27 @@ describe.skipIf(!built || !haveServers())("several instances on PostgreSQL and R
     })
   })
 
+  describe("response cache on Redis", () => {
+    it("an entry stored through A is a hit through B (the upstream is not called again)", async () => {
+      const p = await on(A).project("cache")
+      const t = await on(A).token(p.id)
+      mock.reset()
+      const opt = { "cache-control": "public, max-age=60" }
+      const first = await cached(A.url, t.token, opt)
+      expect([first.status, first.headers.get("x-proxy-cache")]).toEqual([200, "stored"])
+      expect(mock.requests).toHaveLength(1)
+      let hit: Awaited<ReturnType<typeof cached>> | undefined
+      await waitFor("the entry to be visible through B", async () => {
+        hit = await cached(B.url, t.token, opt)
+        return hit.headers.get("x-proxy-cache") === "hit"
+      }, 10_000)
+      expect(hit!.text).toBe(first.text)
+      const seen = mock.requests.length
+      expect((await cached(C.url, t.token, opt)).headers.get("x-proxy-cache")).toBe("hit")
+      expect(mock.requests).toHaveLength(seen)
+    })
+  })
+
   describe("Redis stopped and restarted", () => {
     it("keeps serving (fail-open; D fail-closed answers 503), bypasses the token cache, and recovers every function", async () => {
       const p = await on(A).project("redis-outage")
@@ -190,6 +222,11 @@ describe.skipIf(!built || !haveServers())("several instances on PostgreSQL and R
       const closed = await outage(D.url, limitedToken.token)
       expect([closed.status, closed.code]).toEqual([503, "service_unavailable"])
       expect((await outage(D.url, plain.token)).status).toBe(200)
+      // The response cache is a miss (and the request goes upstream) while Redis is down.
+      const miss = await cached(B.url, plain.token, { "cache-control": "public, max-age=60" })
+      during++
+      expect(miss.status).toBe(200)
+      expect(miss.headers.get("x-proxy-cache")).not.toBe("hit")
       // An invalidation cannot be delivered, so B must not trust what it cached: the revocation applies anyway.
       expect((await on(A).call("DELETE", `/manage/tokens/${revoked.id}`)).status).toBe(204)
       expect((await outage(B.url, revoked.token)).code).toBe("token_inactive")
@@ -214,6 +251,11 @@ describe.skipIf(!built || !haveServers())("several instances on PostgreSQL and R
       // … and an invalidation from A reaches it again.
       expect((await on(A).call("DELETE", `/manage/tokens/${probe!.id}`)).status).toBe(204)
       expect((await chat(B.url, probe!.token)).code).toBe("token_inactive")
+      // The response cache answers again: stored through A, hit through B.
+      await waitFor("the cache to store again", async () => {
+        await cached(A.url, plain.token, { "cache-control": "public, max-age=61" })
+        return (await cached(B.url, plain.token, { "cache-control": "public, max-age=61" })).headers.get("x-proxy-cache") === "hit"
+      }, 20_000)
       // Window limits are enforced again, across instances.
       const again = await on(A).token(p.id)
       await sql("UPDATE tokens SET rate_limit_requests = 2, rate_limit_window_seconds = 60 WHERE id = $1", [again.id])
