@@ -9,6 +9,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import { ProxyHooks, type ProxyRequestContext } from "../../src/proxy/ProxyHooks.js"
 import { backends } from "../http/harness.js"
 import { chatChunks, hang, sse } from "../support/mockUpstream.js"
+import { testConfig } from "../support/server.js"
 import { call, chatBody, eventually, projectAndToken, type ProjectAndToken, type Stack, startStack, tokenRow } from "./stack.js"
 
 const completed: Array<ProxyRequestContext> = []
@@ -46,7 +47,10 @@ const hooks = Layer.succeed(
 let stack: Stack
 let t: ProjectAndToken
 beforeAll(async () => {
-  stack = await startStack(await backends[0]!.create(), {}, undefined, undefined, { proxyHooks: hooks })
+  const backend = await backends[0]!.create()
+  // only the hooks under test: instrumentation events (on by default) would ask for a larger response capture
+  const events = { ...testConfig(backend.database).events, enabled: false }
+  stack = await startStack(backend, { events }, undefined, undefined, { proxyHooks: hooks })
   t = await projectAndToken(stack.manage, { max_requests: 100 })
 })
 afterAll(() => stack.close())
