@@ -3,6 +3,8 @@ import { defineConfig } from "vitest/config"
 export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
+    // test/scale runs with `npm run test:scale` (its own servers and processes; vitest.scale.config.ts).
+    exclude: ["test/scale/**", "**/node_modules/**"],
     // Integration suites start servers and databases; keep them from starving each other on 2 cores.
     fileParallelism: true,
     maxWorkers: 2,

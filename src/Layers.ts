@@ -164,8 +164,8 @@ export const dispatcherLayer = (config: DispatcherConfig, consumerName: Option.O
 }
 
 /** Window rate limiter store: one instance in memory, or shared through Redis. */
-export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" | "redisUrl">) =>
-  config.rateLimitBackend === "redis" ? RateLimits.redis(config.redisUrl) : RateLimits.memory
+export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" | "redisUrl" | "rateLimitFailureMode">) =>
+  config.rateLimitBackend === "redis" ? RateLimits.redis(config.redisUrl, config.rateLimitFailureMode) : RateLimits.memory
 
 /**
  * Observability of the proxy itself: metrics registry, health checks and the tracer (OTLP when configured, off

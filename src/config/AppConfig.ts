@@ -108,9 +108,16 @@ export interface AppConfigShape {
   readonly circuitBreakerCooldownMs: number
   /** How long a validated token may be served from memory before it is re-read, ms (safety net across instances). */
   readonly tokenCacheTtlMs: number
+  /**
+   * While the database is unreachable, a token validated earlier keeps being served from memory until this long
+   * after it was loaded, ms (0 = refuse as soon as the normal TTL is over).
+   */
+  readonly tokenCacheStaleTtlMs: number
   /** How often batched usage counters are written to the database, ms. */
   readonly usageFlushIntervalMs: number
   readonly rateLimitBackend: "in-memory" | "redis"
+  /** What a request gets when the shared rate-limit store (Redis) fails: admitted (open) or 503 (closed). */
+  readonly rateLimitFailureMode: "open" | "closed"
   /** How token-cache invalidations reach other instances. */
   readonly invalidationBackend: "in-memory" | "redis"
   /** `REDIS_URL` (or `REDIS_ADDR` as `host:port`): every Redis-backed layer connects here. */
@@ -466,8 +473,18 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   circuitBreakerThreshold: positiveInt("CIRCUIT_BREAKER_THRESHOLD", 5),
   circuitBreakerCooldownMs: duration("CIRCUIT_BREAKER_COOLDOWN", "30s"),
   tokenCacheTtlMs: duration("TOKEN_CACHE_TTL", "5s", 0),
+  tokenCacheStaleTtlMs: duration("TOKEN_CACHE_STALE_TTL", "60s", 0),
   usageFlushIntervalMs: duration("USAGE_FLUSH_INTERVAL", "1s"),
   rateLimitBackend: memoryOrRedis("RATE_LIMIT_BACKEND"),
+  rateLimitFailureMode: Config.string("RATE_LIMIT_FAILURE_MODE").pipe(
+    Config.withDefault("open"),
+    Config.mapOrFail((s): Either.Either<"open" | "closed", ConfigError.ConfigError> => {
+      const v = s.trim().toLowerCase()
+      if (v === "open" || v === "") return Either.right("open")
+      if (v === "closed") return Either.right("closed")
+      return Either.left(invalid("RATE_LIMIT_FAILURE_MODE", `expected open or closed, got "${s}"`))
+    })
+  ),
   invalidationBackend: memoryOrRedis("INVALIDATION_BACKEND"),
   redisUrl,
   cache,

@@ -106,6 +106,7 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
               now: new Date(yield* Clock.currentTimeMillis).toISOString()
             })
             validator.invalidateToken(id)
+            yield* Effect.promise(validator.settled)
             return tokenJson(yield* orNotFound(row))
           }).pipe(Effect.catchTag("StoreError", internal("failed to update token")))))
       .handle("revoke", ({ path }) =>
@@ -119,6 +120,7 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             const found = yield* store.revokeToken(id, new Date(yield* Clock.currentTimeMillis).toISOString())
             if (!found) return yield* tokenNotFound
             validator.invalidateToken(id)
+            yield* Effect.promise(validator.settled)
             return HttpServerResponse.empty({ status: 204 })
           }).pipe(Effect.catchTag("StoreError", internal("failed to revoke token")))))
   }))

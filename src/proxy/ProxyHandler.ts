@@ -26,7 +26,7 @@ import { AppConfig } from "../config/AppConfig.js"
 import { type ProviderConfig, Providers } from "../config/Providers.js"
 import { hashProxyToken, isProxyTokenFormat } from "../crypto/ProxyToken.js"
 import { Store } from "../store/Store.js"
-import { RateLimits } from "../token/RateLimits.js"
+import { type Exceeded, RateLimits, Unavailable } from "../token/RateLimits.js"
 import { judge, type TokenGrant, TokenValidator } from "../token/TokenValidator.js"
 import { UsageRecorder } from "../token/UsageRecorder.js"
 import { isFailureStatus } from "./CircuitBreaker.js"
@@ -483,18 +483,18 @@ export const make = Effect.gen(function*() {
     if (f.done) return
     const g = f.grant!
     const limited = limits.check(g.tokenId, g.tokenRateLimit, g.projectId, g.projectRateLimit)
-    if (isPromise(limited)) {
-      return limited.then((ex) =>
-        ex !== undefined ? rateLimited(f, ex) : guard(f, () => quota(f, target))
-      )
-    }
-    if (limited !== undefined) return rateLimited(f, limited)
+    if (isPromise(limited)) return limited.then((v) => (v === undefined ? guard(f, () => quota(f, target)) : limitedBy(f, v)))
+    if (limited !== undefined) return limitedBy(f, limited)
     return quota(f, target)
   }
 
-  const rateLimited = (f: Flow, ex: { readonly scope: "token" | "project"; readonly retryAfterSeconds: number }) => {
-    f.ctx.rejectedBy = ex.scope === "token" ? "token_rate_limit" : "project_rate_limit"
-    return reply(f, Answers.rateLimited(ex.retryAfterSeconds, ex.scope))
+  const limitedBy = (f: Flow, v: Exceeded | typeof Unavailable) => {
+    if (v !== Unavailable) {
+      f.ctx.rejectedBy = v.scope === "token" ? "token_rate_limit" : "project_rate_limit"
+      return reply(f, Answers.rateLimited(v.retryAfterSeconds, v.scope))
+    }
+    f.ctx.error = "rate limiter unavailable"
+    return reply(f, Answers.serviceUnavailable)
   }
 
   const quota = (f: Flow, target: UpstreamTarget): void | Promise<void> => {

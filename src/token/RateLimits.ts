@@ -14,23 +14,32 @@ export interface Exceeded {
   readonly retryAfterSeconds: number
 }
 
+/** The store could not be asked and RATE_LIMIT_FAILURE_MODE=closed: the request is refused with 503. */
+export const Unavailable = "unavailable" as const
+
+export type Verdict = Exceeded | typeof Unavailable | undefined
+
 export interface RateLimitsShape {
   /**
    * Consumes one request of each configured limit. undefined = allowed; a Promise only with the Redis store.
-   * A store failure allows the request (and is logged): the limiter must not take the proxy down.
+   * A store failure (Redis down, or no answer within 250 ms) allows the request (fail-open, the default) or refuses it
+   * (`Unavailable`, fail-closed); either way it is counted and logged (at most one line per 10 s).
    */
   readonly check: (
     tokenId: string,
     tokenLimit: RateLimitRow | null,
     projectId: string,
     projectLimit: RateLimitRow | null
-  ) => Exceeded | undefined | Promise<Exceeded | undefined>
+  ) => Verdict | Promise<Verdict>
+  /** Checks that failed because the store did not answer, since start. */
+  readonly storeFailures: () => number
 }
 
 export class RateLimits extends Context.Tag("llm-proxy/RateLimits")<RateLimits, RateLimitsShape>() {}
 
 const consumeBoth = (
   limiter: RateLimiter.RateLimiter,
+  onStoreFailure: (e: { readonly message: string }) => Effect.Effect<Verdict>,
   tokenId: string,
   tokenLimit: RateLimitRow | null,
   projectId: string,
@@ -41,16 +50,17 @@ const consumeBoth = (
       Effect.as<Exceeded | undefined>(undefined),
       Effect.catchAll((e) =>
         e instanceof RateLimiter.RateLimitExceeded
-          ? Effect.succeed<Exceeded | undefined>({
+          ? Effect.succeed<Verdict>({
             scope,
             retryAfterSeconds: Math.max(1, Math.ceil(Duration.toMillis(e.retryAfter) / 1000))
           })
-          : Effect.as(Effect.logWarning("rate limiter store failed; request allowed", e.message), undefined)
+          : onStoreFailure(e)
       )
     )
-  return Effect.gen(function*(): Effect.fn.Return<Exceeded | undefined> {
+  return Effect.gen(function*(): Effect.fn.Return<Verdict> {
     if (tokenLimit !== null) {
       const t = yield* one("token", `token:${tokenId}`, tokenLimit)
+      // A store failure on the token's limit: the project's is not asked (the answer would be the same).
       if (t !== undefined) return t
     }
     if (projectLimit !== null) return yield* one("project", `project:${projectId}`, projectLimit)
@@ -58,35 +68,56 @@ const consumeBoth = (
   })
 }
 
-const make = (mode: "sync" | "async") =>
+export type FailureMode = "open" | "closed"
+
+const make = (mode: "sync" | "async", failureMode: FailureMode) =>
   Effect.gen(function*() {
     const limiter = yield* RateLimiter.RateLimiter
     const runtime = yield* Effect.runtime<never>()
     const runSyncExit = Runtime.runSyncExit(runtime)
     const runPromise = Runtime.runPromise(runtime)
+    let failures = 0
+    let loggedAt = 0
+    const onStoreFailure = (e: { readonly message: string }) =>
+      Effect.suspend(() => {
+        failures++
+        const verdict: Verdict = failureMode === "closed" ? Unavailable : undefined
+        const now = Date.now()
+        if (now - loggedAt < 10_000) return Effect.succeed(verdict)
+        loggedAt = now
+        return Effect.as(
+          Effect.logWarning(
+            `rate limiter store failed; requests are ${failureMode === "closed" ? "refused (503)" : "allowed"} while it fails`,
+            e.message,
+            `failures so far: ${failures}`
+          ),
+          verdict
+        )
+      })
     const service: RateLimitsShape = {
       check: (tokenId, tokenLimit, projectId, projectLimit) => {
         if (tokenLimit === null && projectLimit === null) return undefined
-        const effect = consumeBoth(limiter, tokenId, tokenLimit, projectId, projectLimit)
+        const effect = consumeBoth(limiter, onStoreFailure, tokenId, tokenLimit, projectId, projectLimit)
         if (mode === "async") {
-          // A slow or unreachable Redis must not hold requests: after 250 ms the request is allowed (and logged).
+          // A slow or unreachable Redis must not hold requests: after 250 ms the failure mode applies.
           return runPromise(effect.pipe(
             Effect.timeoutTo({
               duration: "250 millis",
               onSuccess: (r) => Effect.succeed(r),
-              onTimeout: () => Effect.as(Effect.logWarning("rate limiter store timed out; request allowed"), undefined)
+              onTimeout: () => onStoreFailure({ message: "timed out after 250 ms" })
             }),
             Effect.flatten
           ))
         }
         const exit = runSyncExit(effect)
         return Exit.isSuccess(exit) ? exit.value : undefined
-      }
+      },
+      storeFailures: () => failures
     }
     return service
   })
 
-export const memory: Layer.Layer<RateLimits> = Layer.effect(RateLimits, make("sync")).pipe(
+export const memory: Layer.Layer<RateLimits> = Layer.effect(RateLimits, make("sync", "open")).pipe(
   Layer.provide(RateLimiter.layer),
   Layer.provide(RateLimiter.layerStoreMemory)
 )
@@ -147,8 +178,8 @@ export const redisStore = (url: string, prefix: string): Layer.Layer<RateLimiter
     })
   )
 
-export const redis = (url: string, prefix = "llm-proxy:ratelimit:"): Layer.Layer<RateLimits> =>
-  Layer.effect(RateLimits, make("async")).pipe(
+export const redis = (url: string, failureMode: FailureMode = "open", prefix = "llm-proxy:ratelimit:"): Layer.Layer<RateLimits> =>
+  Layer.effect(RateLimits, make("async", failureMode)).pipe(
     Layer.provide(RateLimiter.layer),
     Layer.provide(redisStore(url, prefix))
   )

@@ -8,6 +8,11 @@
  *   from caching the state it read before the change. Entries also expire after TOKEN_CACHE_TTL, the bound on how
  *   stale another instance can be.
  * - Verdicts (inactive, expired, project inactive) are decided per request from the cached entry and the clock.
+ * - Across instances (layerRedis) the cache is trusted only while the invalidation subscription is live: while it
+ *   is down every request re-reads the database, and when it is back the whole cache is dropped (messages sent in
+ *   the gap are lost).
+ * - While the database is unreachable a token loaded less than TOKEN_CACHE_STALE_TTL ago keeps being served from
+ *   the entry it has (never one that was invalidated); tokens not in memory get 503.
  */
 import { Context, Effect, Layer, Option, Redacted, Runtime } from "effect"
 import { Redis } from "ioredis"
@@ -50,7 +55,20 @@ export interface TokenValidatorShape {
   readonly invalidateToken: (tokenId: string) => void
   readonly invalidateProject: (projectId: string) => void
   readonly invalidateAll: () => void
-  readonly stats: () => { readonly size: number; readonly hits: number; readonly loads: number }
+  /**
+   * Resolves when every invalidation issued so far has reached the shared channel (or failed, or 1 s passed).
+   * The management API awaits it before answering, so a client that then calls another instance finds it applied.
+   */
+  readonly settled: () => Promise<void>
+  /** False while cross-instance invalidations may be missed (Redis subscription down): the cache is not used. */
+  readonly trusted: () => boolean
+  readonly stats: () => {
+    readonly size: number
+    readonly hits: number
+    readonly loads: number
+    /** Requests answered from an entry past its TTL because the database failed. */
+    readonly staleServed: number
+  }
 }
 
 export class TokenValidator extends Context.Tag("llm-proxy/TokenValidator")<TokenValidator, TokenValidatorShape>() {}
@@ -66,8 +84,14 @@ export class TokenLoadError extends Error {
 /** How invalidations reach other instances: not at all (one instance), or a Redis pub/sub channel. */
 export interface InvalidationChannel {
   readonly publish: (message: Invalidation) => void
-  /** Registers the handler for messages other instances published. */
-  readonly subscribe: (apply: (message: Invalidation) => void) => void
+  /**
+   * Registers the handler for messages other instances published, and `reset`, called when the subscription is
+   * back after a gap (everything cached may be stale).
+   */
+  readonly subscribe: (apply: (message: Invalidation) => void, reset: () => void) => void
+  /** True while messages from other instances are being received. */
+  readonly live: () => boolean
+  readonly settled: () => Promise<void>
 }
 
 export type Invalidation =
@@ -75,7 +99,12 @@ export type Invalidation =
   | { readonly kind: "project"; readonly id: string }
   | { readonly kind: "all" }
 
-const localOnly: InvalidationChannel = { publish: () => {}, subscribe: () => {} }
+const localOnly: InvalidationChannel = {
+  publish: () => {},
+  subscribe: () => {},
+  live: () => true,
+  settled: () => Promise.resolve()
+}
 
 export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(function*() {
   const store = yield* Store
@@ -84,6 +113,9 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
   const runtime = yield* Effect.runtime<never>()
   const runPromise = Runtime.runPromise(runtime)
   const ttl = config.tokenCacheTtlMs
+  // Entries are kept past their TTL (but never served from `cached`) for as long as they may stand in for a
+  // database that does not answer.
+  const keep = Math.max(ttl, config.tokenCacheStaleTtlMs)
   const entries = new Map<string, Entry>()
   /** Hashes with no token, and when that was read (bounded like `entries`). */
   const missing = new Map<string, number>()
@@ -91,6 +123,7 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
   let generation = 0
   let hits = 0
   let loads = 0
+  let staleServed = 0
 
   const drop = (predicate: (g: TokenGrant) => boolean) => {
     generation++
@@ -121,6 +154,7 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
     })
 
   const remember = <V>(map: Map<string, V>, key: string, value: V) => {
+    map.delete(key)
     if (map.size >= MAX_ENTRIES) {
       // Oldest first (insertion order).
       const oldest = map.keys().next()
@@ -139,7 +173,8 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
       missing.clear()
     }
   }
-  channel.subscribe(apply)
+  channel.subscribe(apply, () => apply({ kind: "all" }))
+  const live = channel.live
 
   const service: TokenValidatorShape = {
     cached: (hash, nowMs) => {
@@ -153,8 +188,9 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
         }
         return null
       }
-      if (nowMs - e.loadedAt >= ttl) {
-        entries.delete(hash)
+      const age = nowMs - e.loadedAt
+      if (age >= ttl || !live()) {
+        if (age >= keep) entries.delete(hash)
         return undefined
       }
       hits++
@@ -170,8 +206,17 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
       }
       const promise: Promise<TokenGrant | undefined> = runPromise(Effect.either(loadEffect(hash))).then((result) => {
         settle()
-        if (result._tag === "Left") throw new TokenLoadError(result.left)
+        if (result._tag === "Left") {
+          // The database does not answer: a token validated recently (and not invalidated since) keeps working.
+          const e = entries.get(hash)
+          if (e !== undefined && Date.now() - e.loadedAt < config.tokenCacheStaleTtlMs) {
+            staleServed++
+            return e.grant
+          }
+          throw new TokenLoadError(result.left)
+        }
         const grant = result.right
+        if (grant === undefined) entries.delete(hash)
         if (ttl > 0 && startedAt === generation) {
           if (grant === undefined) remember(missing, hash, Date.now())
           else remember(entries, hash, { grant, loadedAt: Date.now() })
@@ -196,7 +241,9 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
       apply({ kind: "all" })
       channel.publish({ kind: "all" })
     },
-    stats: () => ({ size: entries.size, hits, loads })
+    settled: channel.settled,
+    trusted: live,
+    stats: () => ({ size: entries.size, hits, loads, staleServed })
   }
   return service
 })
@@ -208,20 +255,21 @@ const CHANNEL = "llm-proxy:token-invalidations"
 
 /**
  * Several instances: every invalidation is also published on a Redis channel and applied by the other instances
- * when it arrives (milliseconds); TOKEN_CACHE_TTL stays the bound if a message is lost. If Redis is unreachable the
- * proxy keeps serving and logs a warning.
+ * when it arrives (milliseconds). While the subscription is down (Redis unreachable, connection lost) the cache is
+ * not trusted — every request re-reads the database — and when it is back the whole cache is dropped, so no message
+ * lost in the gap can leave a stale grant. The proxy keeps serving throughout and logs the outage once.
  */
 export const layerRedis = (url: string): Layer.Layer<TokenValidator, never, Store | KeyCipher | AppConfig> =>
   Layer.scoped(
     TokenValidator,
     Effect.gen(function*() {
       const instance = crypto.randomUUID()
-      // A message that cannot be published (Redis down) is lost; TOKEN_CACHE_TTL bounds the staleness then. The
-      // subscriber queues its SUBSCRIBE until connected and re-subscribes after reconnects.
+      // The subscriber queues its SUBSCRIBE until connected and re-subscribes after reconnects; while it is not
+      // subscribed the cache is bypassed (`live`).
       const [pub, sub] = yield* Effect.acquireRelease(
         Effect.sync(() =>
           [
-            new Redis(url, { maxRetriesPerRequest: 1 }),
+            new Redis(url, { maxRetriesPerRequest: 1, commandTimeout: 1000 }),
             new Redis(url, { maxRetriesPerRequest: null, enableOfflineQueue: true })
           ] as const
         ),
@@ -232,17 +280,31 @@ export const layerRedis = (url: string): Layer.Layer<TokenValidator, never, Stor
         })
       )
       const runtime = yield* Effect.runtime<never>()
-      const warn = (m: string) => Runtime.runFork(runtime)(Effect.logWarning(m))
+      const log = (level: "warn" | "info", m: string) =>
+        Runtime.runFork(runtime)(level === "warn" ? Effect.logWarning(m) : Effect.logInfo(m))
       let warned = false
       const onError = (e: Error) => {
-        if (!warned) warn(`token invalidation channel (Redis): ${e.message}`)
+        if (!warned) log("warn", `token invalidation channel (Redis): ${e.message}; the token cache is bypassed until it is back`)
         warned = true
       }
       pub.on("error", onError)
       sub.on("error", onError)
+      let subscribed = false
+      let everSubscribed = false
+      const down = () => {
+        subscribed = false
+      }
+      sub.on("close", down)
+      sub.on("end", down)
+      sub.on("reconnecting", down)
+      const inflight = new Set<Promise<unknown>>()
       const channel: InvalidationChannel = {
-        publish: (m) => void pub.publish(CHANNEL, JSON.stringify({ ...m, from: instance })).catch(onError),
-        subscribe: (apply) => {
+        publish: (m) => {
+          const p = pub.publish(CHANNEL, JSON.stringify({ ...m, from: instance })).catch(onError)
+          inflight.add(p)
+          void p.finally(() => inflight.delete(p))
+        },
+        subscribe: (apply, reset) => {
           sub.on("message", (_c: string, text: string) => {
             try {
               const m = JSON.parse(text) as Invalidation & { from?: string }
@@ -251,7 +313,26 @@ export const layerRedis = (url: string): Layer.Layer<TokenValidator, never, Stor
               // not ours
             }
           })
-          void sub.subscribe(CHANNEL).catch(onError)
+          const join = () =>
+            void sub.subscribe(CHANNEL).then(() => {
+              if (everSubscribed) {
+                reset()
+                log("info", "token invalidation channel (Redis) is back; token cache cleared")
+              }
+              everSubscribed = true
+              warned = false
+              subscribed = true
+            }, onError)
+          // "ready" on the first connection and after every reconnection.
+          sub.on("ready", join)
+        },
+        live: () => subscribed,
+        settled: () => {
+          if (inflight.size === 0) return Promise.resolve()
+          return Promise.race([
+            Promise.all(inflight).then(() => undefined),
+            new Promise<void>((r) => setTimeout(r, 1000).unref())
+          ])
         }
       }
       return yield* make(channel)

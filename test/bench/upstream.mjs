@@ -21,7 +21,15 @@ const tail = (chunks) =>
 
 const later = (ms, f) => (ms > 0 ? setTimeout(f, ms) : f())
 
+// Requests answered so far, by kind: `GET /__stats` (not a proxy path) reports them for tests that compare counts.
+const stats = { json: 0, sse: 0 }
+
 const server = createServer((req, res) => {
+  if (req.url === "/__stats") {
+    res.writeHead(200, { "content-type": "application/json" })
+    res.end(JSON.stringify(stats))
+    return
+  }
   const body = []
   req.on("data", (c) => body.push(c))
   req.on("end", () => {
@@ -32,6 +40,8 @@ const server = createServer((req, res) => {
     const firstChunk = Number(q.get("first") ?? 0)
     const text = Buffer.concat(body).toString()
     const stream = text.includes('"stream":true') || text.includes('"stream": true')
+    if (stream) stats.sse++
+    else stats.json++
     later(latency, () => {
       if (!stream) {
         res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(completion) })

@@ -1,0 +1,94 @@
+/**
+ * What the data plane does when a dependency fails (docs/operations.md): the database stops answering (tokens
+ * validated recently keep working for TOKEN_CACHE_STALE_TTL, others get 503, recovery without restart), and the
+ * rate-limit store is unreachable (RATE_LIMIT_FAILURE_MODE open or closed, failures counted).
+ * The full picture with real servers stopped and restarted is test/scale (npm run test:scale).
+ */
+import { Effect } from "effect"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { backends, type BackendInstance } from "../http/harness.js"
+import { call, chatBody, exec, projectAndToken, sleep, type Stack, startStack } from "../proxy/stack.js"
+import * as RateLimits from "../../src/token/RateLimits.js"
+
+const sqlite = backends.find((b) => b.name === "sqlite")!
+
+describe("database outage (the tokens table made unreadable)", () => {
+  let backend: BackendInstance
+  let stack: Stack
+  let strict: Stack
+  beforeAll(async () => {
+    backend = await sqlite.create()
+    stack = await startStack(backend, { tokenCacheTtlMs: 200, tokenCacheStaleTtlMs: 60_000 })
+    strict = await startStack(backend, { tokenCacheTtlMs: 200, tokenCacheStaleTtlMs: 0 }, undefined, stack.mock)
+  })
+  afterAll(async () => {
+    await strict.close()
+    await stack.close()
+    await backend.cleanup()
+  })
+  const go = (s: Stack, token: string) => call(s.server.url, "/v1/chat/completions", { token, body: chatBody() })
+
+  it("a validated token keeps working past its TTL, a new one gets 503 service_unavailable, both work once it is back", async () => {
+    const warm = await projectAndToken(stack.manage)
+    const cold = await projectAndToken(stack.manage)
+    expect((await go(stack, warm.token)).status).toBe(200)
+    expect((await go(strict, warm.token)).status).toBe(200)
+    await sleep(300) // past TOKEN_CACHE_TTL
+    await exec(backend, "ALTER TABLE tokens RENAME TO tokens_away")
+    try {
+      expect((await go(stack, warm.token)).status).toBe(200)
+      expect((await go(stack, warm.token)).status).toBe(200)
+      const fresh = await go(stack, cold.token)
+      expect([fresh.status, fresh.json]).toEqual([503, { error: "Service temporarily unavailable", code: "service_unavailable" }])
+      // TOKEN_CACHE_STALE_TTL=0: nothing is served past the TTL.
+      expect((await go(strict, warm.token)).status).toBe(503)
+    } finally {
+      await exec(backend, "ALTER TABLE tokens_away RENAME TO tokens")
+    }
+    expect((await go(stack, cold.token)).status).toBe(200)
+    expect((await go(strict, warm.token)).status).toBe(200)
+  })
+
+  it("a token revoked before the outage is not brought back by the stale cache", async () => {
+    const t = await projectAndToken(stack.manage)
+    expect((await go(stack, t.token)).status).toBe(200)
+    expect((await stack.manage.delete(`/manage/tokens/${t.tokenId}`)).status).toBe(204)
+    await exec(backend, "ALTER TABLE tokens RENAME TO tokens_away")
+    try {
+      expect((await go(stack, t.token)).status).toBe(503)
+    } finally {
+      await exec(backend, "ALTER TABLE tokens_away RENAME TO tokens")
+    }
+    expect((await go(stack, t.token)).json).toMatchObject({ code: "token_inactive" })
+  })
+})
+
+describe("rate-limit store unreachable", () => {
+  const limit = { requests: 1, windowSeconds: 60 }
+  const checkTwice = (mode: RateLimits.FailureMode) =>
+    Effect.runPromise(
+      Effect.scoped(
+        Effect.gen(function*() {
+          const limits = yield* RateLimits.RateLimits
+          const first = yield* Effect.promise(async () => await limits.check("t", limit, "p", null))
+          const second = yield* Effect.promise(async () => await limits.check("t", null, "p", limit))
+          return { first, second, failures: limits.storeFailures() }
+        }).pipe(Effect.provide(RateLimits.redis("redis://127.0.0.1:1", mode)))
+      )
+    )
+
+  it("fail-open (default): requests are allowed and the failures counted", async () => {
+    expect(await checkTwice("open")).toEqual({ first: undefined, second: undefined, failures: 2 })
+  })
+
+  it("fail-closed: requests are refused (503 in the proxy) and the failures counted", async () => {
+    expect(await checkTwice("closed")).toEqual({ first: RateLimits.Unavailable, second: RateLimits.Unavailable, failures: 2 })
+  })
+
+  it("the memory store never fails", () => {
+    const r = Effect.runSync(Effect.scoped(Effect.map(RateLimits.RateLimits, (l) => [l.check("t", limit, "p", null), l.check("t", limit, "p", null), l.storeFailures()])).pipe(Effect.provide(RateLimits.memory)))
+    expect(r[0]).toBeUndefined()
+    expect(r[1]).toMatchObject({ scope: "token" })
+    expect(r[2]).toBe(0)
+  })
+})
