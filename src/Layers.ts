@@ -43,6 +43,7 @@ import * as Tracing from "./observability/Tracing.js"
 import { fileBackend, heliconeBackend, lunaryBackend } from "./dispatcher/backends.js"
 import * as Dispatcher from "./dispatcher/Dispatcher.js"
 import { TokenCounter } from "./dispatcher/tokens.js"
+import { EventBus } from "./eventbus/EventBus.js"
 import * as InMemoryBus from "./eventbus/InMemoryBus.js"
 import * as RedisStreamsBus from "./eventbus/RedisStreamsBus.js"
 
@@ -227,6 +228,13 @@ export const cacheMetricsLayer = Layer.effectDiscard(Effect.gen(function*() {
   metrics.attachCache(cache.stats)
 }))
 
+/** The event bus's publish counters (published, dropped) on /metrics, read at scrape time. */
+export const busMetricsLayer = Layer.effectDiscard(Effect.gen(function*() {
+  const metrics = yield* Metrics.Metrics
+  const bus = yield* EventBus
+  metrics.attachBus(bus.stats)
+}))
+
 /**
  * `others` (cache, events, audit, …) then observability's hooks, which go last because they read the headers the
  * other hooks set.
@@ -327,7 +335,7 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
             Layer.provide(config.invalidationBackend === "redis" ? TokenValidator.layerRedis(config.redisUrl) : TokenValidator.layer)
           )
         ),
-        Layer.provideMerge(Layer.merge(healthChecksLayer(config), cacheMetricsLayer)),
+        Layer.provideMerge(Layer.mergeAll(healthChecksLayer(config), cacheMetricsLayer, busMetricsLayer)),
         Layer.provideMerge(
           Layer.mergeAll(
             auditLayer(config).pipe(Layer.provideMerge(migratedDatabaseLayer(config.database))),

@@ -136,6 +136,13 @@ describe("GET /metrics after known traffic", () => {
     expect(value(s, "llm_proxy_token_cache_invalidations_total", { scope: "token" })).toBeGreaterThanOrEqual(1)
   })
 
+  it("counts every /v1 request above as an event published to the bus, none dropped", async () => {
+    const s = await scrape(stack.server.url)
+    // 3 JSON + 1 SSE + 1 upstream 500 + 1 unknown token + 2 quota + 2 rate limit: rejected requests are events too.
+    expect(value(s, "llm_proxy_bus_published_total")).toBe(10)
+    expect(value(s, "llm_proxy_bus_dropped_total")).toBe(0)
+  })
+
   it("exposes cache, bus and dispatcher series (zero until those layers report) and process metrics", async () => {
     const s = await scrape(stack.server.url)
     const names = new Set(s.map((x) => x.name))
