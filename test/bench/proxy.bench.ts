@@ -15,95 +15,15 @@
  * Run: `npm run bench -- proxy` (needs `npm run build` first: it starts the built `bin/llm-proxy.js serve`).
  * Environment: BENCH_SECONDS (10) per saturation run, BENCH_CONNECTIONS (64), BENCH_STREAMS (1000).
  */
-import autocannon from "autocannon"
-import { type ChildProcess, spawn, spawnSync } from "node:child_process"
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
-import { createServer } from "node:net"
-import { cpus, tmpdir } from "node:os"
+import { readFileSync } from "node:fs"
+import { cpus } from "node:os"
 import { join } from "node:path"
 import { Agent, request } from "undici"
+import { chatBody, children, fmt, hasTaskset, root, saturate as saturateAt, startJsonPort, startLlmProxy } from "./harness.js"
 
-const root = process.cwd()
 const seconds = Number(process.env["BENCH_SECONDS"] ?? 10)
 const connections = Number(process.env["BENCH_CONNECTIONS"] ?? 64)
 const openStreams = Number(process.env["BENCH_STREAMS"] ?? 1000)
-const hasTaskset = spawnSync("taskset", ["--version"]).status === 0
-const children: Array<ChildProcess> = []
-
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const s = createServer()
-    s.once("error", reject)
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port
-      s.close(() => resolve(port))
-    })
-  })
-
-/** Starts `node script` (optionally pinned to a core) and resolves once it printed `{"port":N}`. */
-const startJsonPort = (script: string, env: Record<string, string>, core?: number) =>
-  new Promise<{ port: number; pid: number }>((resolve, reject) => {
-    const argv = core !== undefined && hasTaskset ? ["taskset", "-c", String(core), process.execPath, script] : [process.execPath, script]
-    const child = spawn(argv[0]!, argv.slice(1), { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "inherit"] })
-    children.push(child)
-    child.once("exit", (code) => reject(new Error(`${script} exited with ${code}`)))
-    child.stdout!.once("data", (d: Buffer) => resolve({ port: JSON.parse(d.toString().split("\n")[0]!).port, pid: child.pid! }))
-  })
-
-const waitFor = async (url: string, ms = 20_000) => {
-  const until = Date.now() + ms
-  while (Date.now() < until) {
-    try {
-      const r = await request(url)
-      await r.body.dump()
-      if (r.statusCode === 200) return
-    } catch {
-      // not up yet
-    }
-    await new Promise((r) => setTimeout(r, 50))
-  }
-  throw new Error(`${url} did not come up`)
-}
-
-const startLlmProxy = async (upstream: string) => {
-  const bin = join(root, "bin/llm-proxy.js")
-  if (!existsSync(join(root, "dist/cli/main.js"))) throw new Error("dist/ is missing: run `npm run build` first")
-  const dir = mkdtempSync(join(tmpdir(), "llm-proxy-bench-"))
-  const port = await freePort()
-  const managementToken = "bench-management-token-" + crypto.randomUUID()
-  const argv = hasTaskset ? ["taskset", "-c", "1", process.execPath, bin, "serve"] : [process.execPath, bin, "serve"]
-  const child = spawn(argv[0]!, argv.slice(1), {
-    cwd: dir,
-    env: {
-      PATH: process.env["PATH"] ?? "",
-      LISTEN_ADDR: `127.0.0.1:${port}`,
-      MANAGEMENT_TOKEN: managementToken,
-      OPENAI_API_URL: upstream,
-      DATABASE_PATH: join(dir, "bench.db"),
-      LOG_LEVEL: "warn",
-      LOG_FORMAT: "json",
-      HTTP_CACHE_ENABLED: "false",
-      AUDIT_LOG_FILE: ""
-    },
-    stdio: ["ignore", "inherit", "inherit"]
-  })
-  children.push(child)
-  const url = `http://127.0.0.1:${port}`
-  await waitFor(`${url}/live`)
-  const manage = async (path: string, body: unknown) => {
-    const r = await request(`${url}${path}`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${managementToken}`, "content-type": "application/json" },
-      body: JSON.stringify(body)
-    })
-    const json = (await r.body.json()) as Record<string, unknown>
-    if (r.statusCode >= 300) throw new Error(`${path}: ${r.statusCode} ${JSON.stringify(json)}`)
-    return json
-  }
-  const project = await manage("/manage/projects", { name: "bench", api_key: "sk-upstream-key" })
-  const token = await manage("/manage/tokens", { project_id: project["id"], duration_minutes: 600 })
-  return { url, pid: child.pid!, token: String(token["token"]), cleanup: () => rmSync(dir, { recursive: true, force: true }) }
-}
 
 interface Target {
   readonly name: string
@@ -112,25 +32,7 @@ interface Target {
   readonly pid?: number
 }
 
-const chatBody = (stream: boolean) =>
-  JSON.stringify({ model: "gpt-4o-mini", stream, messages: [{ role: "user", content: "Say hello." }] })
-
-const saturate = async (t: Target, stream: boolean) => {
-  const result = await autocannon({
-    url: `${t.url}/v1/chat/completions${stream ? "?chunks=20" : ""}`,
-    method: "POST",
-    headers: { ...t.headers, "content-type": "application/json" },
-    body: chatBody(stream),
-    connections,
-    duration: seconds
-  })
-  return {
-    rps: result.requests.average,
-    p50: result.latency.p50,
-    p99: result.latency.p99,
-    errors: result.errors + result.non2xx + result.timeouts
-  }
-}
+const saturate = (t: Target, stream: boolean) => saturateAt(t.url, t.headers, stream, seconds, connections)
 
 const percentile = (sorted: ReadonlyArray<number>, p: number) =>
   sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!
@@ -220,8 +122,6 @@ const manyStreams = async (t: Target, n: number) => {
   return { before, peak, ok }
 }
 
-const fmt = (n: number, d = 2) => (Number.isFinite(n) ? n.toFixed(d) : "—")
-
 const main = async () => {
   console.log(
     `proxy benchmark — node ${process.version}, ${cpus()[0]?.model ?? "cpu"} ×${cpus().length}, ` +
@@ -285,8 +185,8 @@ const main = async () => {
     console.log(`  added p50 at 1,000 RPS    llm-proxy ${fmt(slow["llm-proxy"]!.p50 - slow["direct"]!.p50, 3)} ms, raw ${fmt(slow["raw proxy"]!.p50 - slow["direct"]!.p50, 3)} ms`)
     console.log(`  first SSE byte added p50  llm-proxy ${fmt(ttfb["llm-proxy"]!.p50 - ttfb["direct"]!.p50, 3)} ms, raw ${fmt(ttfb["raw proxy"]!.p50 - ttfb["direct"]!.p50, 3)} ms`)
   } finally {
+    await llm.stop()
     for (const c of children) c.kill("SIGTERM")
-    llm.cleanup()
   }
 }
 
