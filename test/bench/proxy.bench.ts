@@ -13,7 +13,8 @@
  *   5. 1,000 concurrent open streams for ~10 s: peak RSS of the proxy process
  *
  * Run: `npm run bench -- proxy` (needs `npm run build` first: it starts the built `bin/llm-proxy.js serve`).
- * Environment: BENCH_SECONDS (10) per saturation run, BENCH_CONNECTIONS (64), BENCH_STREAMS (1000).
+ * Environment: BENCH_SECONDS (10) per saturation run, BENCH_CONNECTIONS (64), BENCH_STREAMS (1000), BENCH_LOG_LEVEL
+ * (warn: no access log; info: the default configuration, one access-log line per request).
  */
 import { readFileSync } from "node:fs"
 import { cpus } from "node:os"
@@ -131,7 +132,8 @@ const main = async () => {
   const up = await startJsonPort(join(root, "test/bench/upstream.mjs"), {}, 0)
   const upstream = `http://127.0.0.1:${up.port}`
   const raw = await startJsonPort(join(root, "test/bench/raw-proxy.mjs"), { UPSTREAM: upstream }, 1)
-  const llm = await startLlmProxy(upstream)
+  // BENCH_LOG_LEVEL=info measures the default configuration (access log on); the default here is warn (off).
+  const llm = await startLlmProxy(upstream, { LOG_LEVEL: process.env["BENCH_LOG_LEVEL"] ?? "warn" })
   const targets: Array<Target> = [
     { name: "direct", url: upstream, headers: { authorization: "Bearer sk-upstream-key" } },
     { name: "raw proxy", url: `http://127.0.0.1:${raw.port}`, headers: { authorization: "Bearer anything" }, pid: raw.pid },
