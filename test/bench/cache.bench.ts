@@ -16,95 +16,21 @@
  * Run: `npm run build && npm run bench -- cache`. Environment: BENCH_SECONDS (10), BENCH_CONNECTIONS (64).
  */
 import autocannon from "autocannon"
-import { type ChildProcess, spawn, spawnSync } from "node:child_process"
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
-import { createServer } from "node:net"
-import { cpus, tmpdir } from "node:os"
+import { cpus } from "node:os"
 import { join } from "node:path"
 import { Agent, request } from "undici"
+import { children, cpuMsOf, hasTaskset, type LlmProxy, root, startJsonPort, startLlmProxy } from "./harness.js"
 
-const root = process.cwd()
 const seconds = Number(process.env["BENCH_SECONDS"] ?? 10)
 const connections = Number(process.env["BENCH_CONNECTIONS"] ?? 64)
 const redisUrl = process.env["REDIS_URL"] || undefined
-const hasTaskset = spawnSync("taskset", ["--version"]).status === 0
-const children: Array<ChildProcess> = []
-const cleanups: Array<() => void> = []
-const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"]).stdout?.toString().trim() || 100)
+const proxies: Array<LlmProxy> = []
 
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const s = createServer()
-    s.once("error", reject)
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port
-      s.close(() => resolve(port))
-    })
-  })
-
-const startJsonPort = (script: string, env: Record<string, string>, core?: number) =>
-  new Promise<{ port: number; pid: number }>((resolve, reject) => {
-    const argv = core !== undefined && hasTaskset ? ["taskset", "-c", String(core), process.execPath, script] : [process.execPath, script]
-    const child = spawn(argv[0]!, argv.slice(1), { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "inherit"] })
-    children.push(child)
-    child.once("exit", (code) => reject(new Error(`${script} exited with ${code}`)))
-    child.stdout!.once("data", (d: Buffer) => resolve({ port: JSON.parse(d.toString().split("\n")[0]!).port, pid: child.pid! }))
-  })
-
-const waitFor = async (url: string, ms = 20_000) => {
-  const until = Date.now() + ms
-  while (Date.now() < until) {
-    try {
-      const r = await request(url)
-      await r.body.dump()
-      if (r.statusCode === 200) return
-    } catch {
-      // not up yet
-    }
-    await new Promise((r) => setTimeout(r, 50))
-  }
-  throw new Error(`${url} did not come up`)
-}
-
-const startLlmProxy = async (upstream: string, env: Record<string, string>) => {
-  const bin = join(root, "bin/llm-proxy.js")
-  if (!existsSync(join(root, "dist/cli/main.js"))) throw new Error("dist/ is missing: run `npm run build` first")
-  const dir = mkdtempSync(join(tmpdir(), "llm-proxy-cache-bench-"))
-  cleanups.push(() => rmSync(dir, { recursive: true, force: true }))
-  const port = await freePort()
-  const managementToken = "bench-management-token-" + crypto.randomUUID()
-  const argv = hasTaskset ? ["taskset", "-c", "1", process.execPath, bin, "serve"] : [process.execPath, bin, "serve"]
-  const child = spawn(argv[0]!, argv.slice(1), {
-    cwd: dir,
-    env: {
-      PATH: process.env["PATH"] ?? "",
-      LISTEN_ADDR: `127.0.0.1:${port}`,
-      MANAGEMENT_TOKEN: managementToken,
-      OPENAI_API_URL: upstream,
-      DATABASE_PATH: join(dir, "bench.db"),
-      LOG_LEVEL: "warn",
-      LOG_FORMAT: "json",
-      AUDIT_LOG_FILE: "",
-      ...env
-    },
-    stdio: ["ignore", "inherit", "inherit"]
-  })
-  children.push(child)
-  const url = `http://127.0.0.1:${port}`
-  await waitFor(`${url}/live`)
-  const manage = async (path: string, body: unknown) => {
-    const r = await request(`${url}${path}`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${managementToken}`, "content-type": "application/json" },
-      body: JSON.stringify(body)
-    })
-    const json = (await r.body.json()) as Record<string, unknown>
-    if (r.statusCode >= 300) throw new Error(`${path}: ${r.statusCode} ${JSON.stringify(json)}`)
-    return json
-  }
-  const project = await manage("/manage/projects", { name: "bench", api_key: "sk-upstream-key" })
-  const token = await manage("/manage/tokens", { project_id: project["id"], duration_minutes: 600 })
-  return { url, pid: child.pid!, token: String(token["token"]) }
+/** The built `serve` (harness defaults: core 1, SQLite, no audit file) with a project and a token. */
+const startProxy = async (upstream: string, env: Record<string, string>) => {
+  const proxy = await startLlmProxy(upstream, env)
+  proxies.push(proxy)
+  return proxy
 }
 
 interface Target {
@@ -121,10 +47,7 @@ const PATH = "/v1/chat/completions"
 const OPT_IN = { "cache-control": "public, max-age=3600" }
 
 /** utime + stime of a process, in seconds. */
-const cpuOf = (pid: number) => {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
-  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK
-}
+const cpuOf = (pid: number) => cpuMsOf(pid) / 1000
 
 const saturate = async (t: Target) => {
   const before = cpuOf(t.pid)
@@ -214,8 +137,8 @@ const main = async () => {
   const up = await startJsonPort(join(root, "test/bench/upstream.mjs"), {}, 0)
   const upstream = `http://127.0.0.1:${up.port}`
   const raw = await startJsonPort(join(root, "test/bench/raw-proxy.mjs"), { UPSTREAM: upstream }, 1)
-  const memory = await startLlmProxy(upstream, { HTTP_CACHE_ENABLED: "true", HTTP_CACHE_BACKEND: "in-memory" })
-  const off = await startLlmProxy(upstream, { HTTP_CACHE_ENABLED: "false" })
+  const memory = await startProxy(upstream, { HTTP_CACHE_ENABLED: "true", HTTP_CACHE_BACKEND: "in-memory" })
+  const off = await startProxy(upstream, { HTTP_CACHE_ENABLED: "false" })
   const targets: Array<Target> = [
     { name: "raw proxy", url: `http://127.0.0.1:${raw.port}`, headers: { authorization: "Bearer anything" }, pid: raw.pid },
     { name: "llm-proxy cache off", url: off.url, headers: { authorization: `Bearer ${off.token}` }, pid: off.pid },
@@ -230,7 +153,7 @@ const main = async () => {
   ]
   if (redisUrl !== undefined) {
     const prefix = `llmproxy:bench:cache:${crypto.randomUUID()}:`
-    const redis = await startLlmProxy(upstream, { HTTP_CACHE_BACKEND: "redis", REDIS_URL: redisUrl, REDIS_CACHE_KEY_PREFIX: prefix })
+    const redis = await startProxy(upstream, { HTTP_CACHE_ENABLED: "true", HTTP_CACHE_BACKEND: "redis", REDIS_URL: redisUrl, REDIS_CACHE_KEY_PREFIX: prefix })
     targets.push({
       name: "llm-proxy hit (Redis)",
       url: redis.url,
@@ -275,8 +198,8 @@ const main = async () => {
     console.log(`\n${cheaper ? "PASS" : "FAIL"}: a cache hit costs ${cheaper ? "less" : "MORE"} proxy CPU than a proxied miss`)
     if (!cheaper) process.exitCode = 1
   } finally {
+    await Promise.all(proxies.map((p) => p.stop()))
     for (const c of children) c.kill("SIGTERM")
-    for (const f of cleanups) f()
   }
 }
 
