@@ -37,6 +37,8 @@ import { Store } from "./store/Store.js"
 import * as Health from "./observability/Health.js"
 import * as Metrics from "./observability/Metrics.js"
 import * as ProxyObservability from "./observability/ProxyObservability.js"
+import { busStats, dispatcherStats, registerBusCheck, registerDispatcherCheck } from "./observability/eventChecks.js"
+import { metricsEndpoint } from "./observability/MetricsEndpoint.js"
 import { redisCheck } from "./observability/redisCheck.js"
 import * as Tracing from "./observability/Tracing.js"
 
@@ -144,7 +146,14 @@ export const dispatcherLayer = (config: DispatcherConfig, consumerName: Option.O
       Option.getOrThrow(config.apiKey)
     ).pipe(Layer.provide(NodeHttpClient.layerUndici))
   const options = redisStreamsOptions(config)
-  return Dispatcher.layer({
+  const endpoint = Option.match(config.metricsAddr, {
+    onNone: () => Layer.empty,
+    onSome: (address) =>
+      Layer.merge(dispatcherObservabilityLayer(config), metricsEndpoint(address, `dispatcher ${config.service}`)).pipe(
+        Layer.provide(Layer.merge(Metrics.layer, Health.layer(VERSION)))
+      )
+  })
+  const dispatcher = Dispatcher.layer({
       group: config.group,
       consumer: Option.getOrElse(consumerName, () => defaultConsumer(`dispatcher-${config.service}`)),
       batchSize: config.batchSize,
@@ -162,7 +171,23 @@ export const dispatcherLayer = (config: DispatcherConfig, consumerName: Option.O
         )
       ),
       Layer.provide(Layer.mergeAll(RedisStreamsBus.sourceLayer(options), backend, TokenCounter.layer)))
+  return endpoint.pipe(Layer.provideMerge(dispatcher))
 }
+
+/**
+ * The standalone dispatcher's /metrics and /health (`--metrics-addr`): its counters and its group's lag; the bus
+ * (Redis) is required — without it nothing can be delivered.
+ */
+const dispatcherObservabilityLayer = (config: DispatcherConfig) =>
+  Layer.scopedDiscard(Effect.gen(function*() {
+    const metrics = yield* Metrics.Metrics
+    const health = yield* Health.Health
+    const info = yield* Dispatcher.DispatcherInfo
+    const backlog = yield* RedisStreamsBus.makeBacklogProbe(Redacted.make(config.redisUrl), config.events.streamKey)
+    metrics.attachDispatcher(dispatcherStats(info))
+    registerBusCheck(health, { required: true, kind: "redis-streams", stream: config.events.streamKey, backlog })
+    registerDispatcherCheck(health, { backlog, onlyGroup: config.group, dispatchers: [info] })
+  }))
 
 /** Window rate limiter store: one instance in memory, or shared through Redis. */
 export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" | "redisUrl" | "rateLimitFailureMode">) =>
@@ -182,7 +207,10 @@ export const redisUsers = (config: AppConfigShape): ReadonlyArray<string> => [
   ...(config.invalidationBackend === "redis" ? ["token_invalidation"] : [])
 ]
 
-/** Health checks for the dependencies this configuration uses (the database always; Redis when a layer needs it). */
+/**
+ * Health checks for the dependencies this configuration uses: the database always (required); Redis when a layer
+ * needs it (required only when rate limits fail closed without it: RATE_LIMIT_FAILURE_MODE=closed).
+ */
 export const healthChecksLayer = (config: AppConfigShape) =>
   Layer.mergeAll(
     Layer.effectDiscard(Effect.gen(function*() {
@@ -190,7 +218,13 @@ export const healthChecksLayer = (config: AppConfigShape) =>
       const store = yield* Store
       health.register({ name: "database", required: true, check: Effect.as(store.ping, { driver: store.dialect }) })
     })),
-    redisUsers(config).length > 0 ? redisCheck(config.redisUrl, redisUsers(config)) : Layer.empty
+    redisUsers(config).length > 0
+      ? redisCheck(
+        config.redisUrl,
+        redisUsers(config),
+        config.rateLimitBackend === "redis" && config.rateLimitFailureMode === "closed"
+      )
+      : Layer.empty
   )
 
 /**
@@ -228,12 +262,35 @@ export const cacheMetricsLayer = Layer.effectDiscard(Effect.gen(function*() {
   metrics.attachCache(cache.stats)
 }))
 
-/** The event bus's publish counters (published, dropped) on /metrics, read at scrape time. */
-export const busMetricsLayer = Layer.effectDiscard(Effect.gen(function*() {
-  const metrics = yield* Metrics.Metrics
-  const bus = yield* EventBus
-  metrics.attachBus(bus.stats)
-}))
+/**
+ * The event bus and an in-process dispatcher (`serve --file-event-log`) on /metrics and /health, read at scrape /
+ * health time: publish counters, the bus's backlog and each consumer group's lag, the dispatcher's counters.
+ * The bus is required for readiness only when events are on and it is Redis Streams (docs/observability.md).
+ */
+export const busObservabilityLayer = (config: Pick<AppConfigShape, "events">) =>
+  Layer.effectDiscard(Effect.gen(function*() {
+    const metrics = yield* Metrics.Metrics
+    const health = yield* Health.Health
+    const bus = yield* EventBus
+    // present only when serve runs the file backend in-process (Layers.fileEventLogLayer)
+    const dispatcher = yield* Effect.serviceOption(Dispatcher.DispatcherInfo)
+    const redis = bus.kind === "redis-streams"
+    metrics.attachBus(busStats(bus))
+    registerBusCheck(health, {
+      required: config.events.enabled && redis,
+      kind: bus.kind,
+      ...(redis ? { stream: config.events.streamKey } : {}),
+      backlog: bus.backlog,
+      stats: bus.stats
+    })
+    if (Option.isSome(dispatcher)) metrics.attachDispatcher(dispatcherStats(dispatcher.value))
+    if (redis || Option.isSome(dispatcher)) {
+      registerDispatcherCheck(health, {
+        ...(redis ? { backlog: bus.backlog } : {}),
+        dispatchers: Option.toArray(dispatcher)
+      })
+    }
+  }))
 
 /**
  * `others` (cache, events, audit, …) then observability's hooks, which go last because they read the headers the
@@ -335,7 +392,7 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
             Layer.provide(config.invalidationBackend === "redis" ? TokenValidator.layerRedis(config.redisUrl) : TokenValidator.layer)
           )
         ),
-        Layer.provideMerge(Layer.mergeAll(healthChecksLayer(config), cacheMetricsLayer, busMetricsLayer)),
+        Layer.provideMerge(Layer.mergeAll(healthChecksLayer(config), cacheMetricsLayer, busObservabilityLayer(config))),
         Layer.provideMerge(
           Layer.mergeAll(
             auditLayer(config).pipe(Layer.provideMerge(migratedDatabaseLayer(config.database))),

@@ -29,6 +29,11 @@ const options = {
   claimIdle: flag("claim-idle", "REDIS_STREAM_CLAIM_IDLE", "Take over another consumer's pending events after this idle time (default 30s)"),
   redisUrl: flag("redis-url", "REDIS_URL", "Redis server"),
   streamKey: flag("stream-key", "REDIS_STREAM_KEY", "Stream name (default llm-proxy:events)"),
+  metricsAddr: flag(
+    "metrics-addr",
+    "DISPATCHER_METRICS_ADDR",
+    "Serve GET /metrics and GET /health here: PORT or :PORT on 127.0.0.1, HOST:PORT as given (default: no listener)"
+  ),
   env: Options.file("env").pipe(Options.withDescription("dotenv file read after the environment"), Options.withDefault(".env")),
   logLevel: flag("log-level", "LOG_LEVEL", "debug, info, warn or error"),
   logFormat: flag("log-format", "LOG_FORMAT", "json or pretty")
@@ -51,7 +56,8 @@ export const dispatcher = Command.make("dispatcher", options, (o) =>
         REDIS_URL: o.redisUrl,
         REDIS_STREAM_KEY: o.streamKey,
         LOG_LEVEL: o.logLevel,
-        LOG_FORMAT: o.logFormat
+        LOG_FORMAT: o.logFormat,
+        DISPATCHER_METRICS_ADDR: o.metricsAddr
       },
       o.env
     )

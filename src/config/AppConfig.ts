@@ -538,7 +538,33 @@ export interface DispatcherConfig {
   readonly events: EventsConfig
   readonly logLevel: AppConfigShape["logLevel"]
   readonly logFormat: LogFormat
+  /** `--metrics-addr`: serve GET /metrics and GET /health here; none = no listener */
+  readonly metricsAddr: Option.Option<ListenAddress>
 }
+
+/**
+ * `DISPATCHER_METRICS_ADDR`: `PORT` or `:PORT` listen on loopback (127.0.0.1); `HOST:PORT` / `[v6]:PORT` as given
+ * (e.g. `0.0.0.0:9464` for a scraper on another machine).
+ */
+export const parseMetricsAddress = (value: string): Either.Either<ListenAddress, string> => {
+  const v = value.trim()
+  const loopback = /^:?(\d{1,5})$/.exec(v)
+  const parsed = parseListenAddress(loopback ? `127.0.0.1:${loopback[1]}` : v)
+  return Either.mapLeft(parsed, () => `expected PORT, :PORT or HOST:PORT (port 0..65535), got "${value}"`)
+}
+
+const metricsAddr = optionalString("DISPATCHER_METRICS_ADDR").pipe(
+  Config.mapOrFail((o) =>
+    Option.match(o, {
+      onNone: () => Either.right(Option.none<ListenAddress>()),
+      onSome: (s) =>
+        Either.match(parseMetricsAddress(s), {
+          onLeft: (m) => Either.left(invalid("DISPATCHER_METRICS_ADDR", m)),
+          onRight: (a) => Either.right(Option.some(a))
+        })
+    })
+  )
+)
 
 const DEFAULT_ENDPOINTS: Record<DispatcherService, string> = {
   file: "./data/events.jsonl",
@@ -569,7 +595,8 @@ export const dispatcherConfig: Config.Config<DispatcherConfig> = Config.all({
   redisUrl,
   events: eventsConfig,
   logLevel,
-  logFormat
+  logFormat,
+  metricsAddr
 }).pipe(
   Config.mapOrFail((c): Either.Either<DispatcherConfig, ConfigError.ConfigError> => {
     if (c.events.bus !== "redis-streams") {
@@ -597,7 +624,8 @@ export const dispatcherConfig: Config.Config<DispatcherConfig> = Config.all({
       redisUrl: c.redisUrl,
       events: c.events,
       logLevel: c.logLevel,
-      logFormat: c.logFormat
+      logFormat: c.logFormat,
+      metricsAddr: c.metricsAddr
     })
   })
 )

@@ -44,6 +44,7 @@ export interface DispatcherStats {
   deadLettered: number
   invalid: number
   batches: number
+  /** when the backend last accepted an event (epoch ms) */
   lastDeliveryAt: number | null
   buffered: number
   lag: number | null
@@ -162,6 +163,7 @@ export const start = (options: DispatcherOptions) =>
             const o = outcomes[i] ?? { _tag: "Retry", reason: "no outcome" }
             if (o._tag === "Accepted") {
               stats.delivered++
+              stats.lastDeliveryAt = Date.now()
               done.push(item.delivery.id)
             } else if (o._tag === "Rejected") rejected.push({ reason: o.reason, event: item.event, id: item.delivery.id })
             else {
@@ -206,7 +208,6 @@ export const start = (options: DispatcherOptions) =>
         // unacknowledged ones (a failed ack) are left to be reclaimed: stop refreshing them either way
         for (const d of batch) held.delete(d.id)
         stats.batches++
-        stats.lastDeliveryAt = Date.now()
       })
 
     const writer = Effect.forever(
@@ -302,10 +303,39 @@ export const start = (options: DispatcherOptions) =>
         ).pipe(Effect.annotateLogs({ delivered: stats.delivered, dead_lettered: stats.deadLettered, redelivered: stats.redelivered }))
       })
     )
-    return stats
+    const info: DispatcherInfoShape = {
+      backend: backend.name,
+      group: options.group,
+      stats,
+      // read but not finished counts too: in-memory entries have no pending list, this process holds them
+      lag: Effect.map(sub.lag, (l) => ({
+        lag: l.undelivered === null ? null : l.undelivered + Math.max(l.pending, held.size),
+        pending: Math.max(l.pending, held.size)
+      }))
+    }
+    return info
   })
 
 /** The running dispatcher's counters (for /metrics, tests and the status line). */
 export class DispatcherState extends Context.Tag("llm-proxy/dispatcher/DispatcherState")<DispatcherState, DispatcherStats>() {}
 
-export const layer = (options: DispatcherOptions) => Layer.scoped(DispatcherState, start(options))
+export interface DispatcherInfoShape {
+  /** the backend's name: file, lunary, helicone */
+  readonly backend: string
+  readonly group: string
+  /** the live counters (the same object as `DispatcherState`) */
+  readonly stats: DispatcherStats
+  /**
+   * Events the group has not acknowledged yet (not delivered to it + delivered and not finished), read now — one
+   * bus round trip, for scrapes and health checks. `pending`: read and not acknowledged.
+   */
+  readonly lag: Effect.Effect<{ readonly lag: number | null; readonly pending: number }, BusError>
+}
+
+/** Which dispatcher runs here, its counters and its lag (src/observability reads it at scrape / health time). */
+export class DispatcherInfo extends Context.Tag("llm-proxy/dispatcher/DispatcherInfo")<DispatcherInfo, DispatcherInfoShape>() {}
+
+export const layer = (options: DispatcherOptions) =>
+  Layer.scopedContext(
+    Effect.map(start(options), (info) => Context.make(DispatcherState, info.stats).pipe(Context.add(DispatcherInfo, info)))
+  )

@@ -27,11 +27,41 @@ export interface PublishStats {
   readonly maxLen: number | null
 }
 
+/** How far one consumer group (one kind of dispatcher) is behind (Redis: `XINFO GROUPS`). */
+export interface GroupBacklog {
+  readonly group: string
+  /** entries not yet delivered to the group (null when Redis cannot tell, e.g. after MAXLEN trimming) */
+  readonly undelivered: number | null
+  /** delivered to one of its consumers, not yet acknowledged */
+  readonly pending: number
+  readonly consumers: number
+  /** undelivered + pending: events the group has not acknowledged yet (null when undelivered is unknown) */
+  readonly lag: number | null
+}
+
+/** What is waiting in the bus, read on demand (scrape / health time), never on the request path. */
+export interface Backlog {
+  /**
+   * Events not yet consumed by the slowest consumer: Redis — the largest group `lag`, or the stream length when no
+   * group exists yet; in-memory — events not yet taken by the slowest subscriber. null when unknown.
+   */
+  readonly lag: number | null
+  /** Redis: `XLEN`; in-memory: events held by the bus */
+  readonly length: number
+  /** Redis: every consumer group of the stream; in-memory: none (subscribers have no names) */
+  readonly groups: ReadonlyArray<GroupBacklog>
+}
+
 export class EventBus extends Context.Tag("llm-proxy/EventBus")<EventBus, {
   readonly kind: BusKind
   /** Never blocks, never throws. false = dropped (buffer full or bus closed). */
   readonly publish: (event: ProxyEvent) => boolean
   readonly stats: Effect.Effect<PublishStats>
+  /**
+   * What is waiting to be consumed. Redis: one round trip on a connection of its own that fails at once (no
+   * queueing) while Redis is unreachable — so it doubles as the bus's reachability check.
+   */
+  readonly backlog: Effect.Effect<Backlog, BusError>
 }>() {}
 
 export class BusError extends Schema.TaggedError<BusError>()("BusError", {

@@ -13,6 +13,7 @@ export const make = (capacity: number) =>
     let published = 0
     let dropped = 0
     let sequence = 0
+    const held = () => Math.max(0, Option.getOrElse(pubsub.unsafeSize(), () => 0))
     const bus = EventBus.of({
       kind: "in-memory",
       publish: (event) => {
@@ -29,9 +30,11 @@ export const make = (capacity: number) =>
         dropped,
         written: published,
         failed: 0,
-        buffered: Math.max(0, Option.getOrElse(pubsub.unsafeSize(), () => 0)),
+        buffered: held(),
         maxLen: null
-      }))
+      })),
+      // the PubSub keeps an event until its slowest subscriber took it
+      backlog: Effect.sync(() => ({ lag: held(), length: held(), groups: [] }))
     })
     const source = EventSource.of({
       kind: "in-memory",

@@ -10,7 +10,7 @@
 import { Effect, Layer, Option, Queue, Redacted, Runtime, Schedule } from "effect"
 import { Redis } from "ioredis"
 import { decodeProxyEventJson, type ProxyEvent } from "../domain/ProxyEvent.js"
-import { BusError, type Delivery, EventBus, EventSource, type Subscription } from "./EventBus.js"
+import { type Backlog, BusError, type Delivery, EventBus, EventSource, type GroupBacklog, type Subscription } from "./EventBus.js"
 
 export interface RedisStreamsOptions {
   readonly url: Redacted.Redacted<string>
@@ -74,9 +74,84 @@ const describe = (e: unknown) => (e instanceof Error ? e.message : String(e))
 const redisCall = <A>(what: string, f: () => Promise<A>) =>
   Effect.tryPromise({ try: f, catch: (e) => new BusError({ message: `${what}: ${describe(e)}` }) })
 
+const flatInfo = (row: Array<unknown>): Record<string, unknown> => {
+  const out: Record<string, unknown> = {}
+  for (let i = 0; i + 1 < row.length; i += 2) out[String(row[i])] = row[i + 1]
+  return out
+}
+
+const count = (v: unknown) => (typeof v === "number" && Number.isFinite(v) ? v : 0)
+
+/** `XINFO GROUPS` rows → each group's backlog; the stream's lag is the largest (its length when no group exists). */
+export const backlogOf = (rows: ReadonlyArray<Array<unknown>>, length: number): Backlog => {
+  const groups = rows.map(flatInfo).map((g): GroupBacklog => {
+    const undelivered = typeof g["lag"] === "number" ? g["lag"] : null
+    const pending = count(g["pending"])
+    return {
+      group: String(g["name"]),
+      undelivered,
+      pending,
+      consumers: count(g["consumers"]),
+      lag: undelivered === null ? null : undelivered + pending
+    }
+  })
+  const known = groups.flatMap((g) => (g.lag === null ? [] : [g.lag]))
+  const lag = groups.length === 0 ? length : known.length === 0 ? null : Math.max(...known)
+  return { lag, length, groups }
+}
+
+/**
+ * A scoped reader of the stream's backlog for scrapes and health checks, on a connection of its own that never
+ * queues commands: while Redis is unreachable a call fails at once (`not connected`) instead of waiting, so it
+ * also tells whether the bus is reachable. Never used on the request path.
+ */
+export const makeBacklogProbe = (url: Redacted.Redacted<string>, key: string) =>
+  Effect.gen(function*() {
+    const redis = yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        const c = new Redis(Redacted.value(url), {
+          lazyConnect: true,
+          enableOfflineQueue: false,
+          maxRetriesPerRequest: 0,
+          connectTimeout: 2_000,
+          connectionName: "llm-proxy-probe",
+          retryStrategy: (times) => Math.min(times * 500, 5_000)
+        })
+        // the publisher and the consumers log outages; here a failure is the answer to the call
+        c.on("error", () => {})
+        c.connect().catch(() => {})
+        return c
+      }),
+      (c) => Effect.sync(() => c.disconnect())
+    )
+    const call = <A>(what: string, f: () => Promise<A>) =>
+      Effect.tryPromise({
+        try: f,
+        catch: (e) =>
+          new BusError({
+            message: redis.status === "ready"
+              ? `${what}: ${describe(e)}`
+              : `Redis at ${redisLocation(url)} not connected (${redis.status})`
+          })
+      })
+    return Effect.gen(function*() {
+      const [groups, length] = yield* call("XINFO GROUPS", () =>
+        Promise.all([
+          (redis.xinfo("GROUPS", key) as Promise<Array<Array<unknown>>>).catch((e: Error) => {
+            // no stream yet: nothing was published and no group was created
+            if (e.message.includes("no such key")) return []
+            throw e
+          }),
+          redis.xlen(key)
+        ]))
+      return backlogOf(groups, length)
+    })
+  })
+
 export const makePublisher = (options: RedisStreamsOptions) =>
   Effect.gen(function*() {
     const redis = yield* connect(options.url, "llm-proxy-publisher")
+    const backlog = yield* makeBacklogProbe(options.url, options.streamKey)
     const buffer = yield* Queue.dropping<ProxyEvent>(options.bufferSize)
     const batchSize = options.publishBatch ?? 256
     const trim = options.maxLen > 0 ? ["MAXLEN", "~", String(options.maxLen)] : []
@@ -148,7 +223,8 @@ export const makePublisher = (options: RedisStreamsOptions) =>
         // a waiting taker shows as a negative size
         buffered: Math.max(0, Option.getOrElse(buffer.unsafeSize(), () => 0)) + inFlight,
         maxLen: options.maxLen > 0 ? options.maxLen : null
-      }))
+      })),
+      backlog
     })
   })
 
@@ -159,12 +235,6 @@ const toDelivery = (redelivered: boolean) => ([id, fields]: Entry): Delivery => 
   for (let i = 0; i + 1 < (fields?.length ?? 0); i += 2) if (fields[i] === "data") raw = fields[i + 1]!
   const decoded = decodeProxyEventJson(raw)
   return { id, event: decoded._tag === "Right" ? decoded.right : undefined, raw, redelivered }
-}
-
-const flatInfo = (row: Array<unknown>): Record<string, unknown> => {
-  const out: Record<string, unknown> = {}
-  for (let i = 0; i + 1 < row.length; i += 2) out[String(row[i])] = row[i + 1]
-  return out
 }
 
 export const makeSource = (options: RedisStreamsOptions) =>

@@ -31,20 +31,29 @@ export interface CacheStatsLike {
   readonly errors?: number
 }
 
-/** What an event bus reports (src/eventbus EventBus `stats`). */
+/** What an event bus reports (src/eventbus EventBus `stats` and `backlog`). */
 export interface BusStatsLike {
   readonly published?: number
   readonly dropped?: number
-  /** Events written but not yet consumed by every consumer group (Redis Streams), when known. */
+  /** Events not yet consumed by the slowest consumer (group), when known. */
   readonly lag?: number | null
+  /** Redis Streams: each consumer group's lag (events it has not acknowledged), when known. */
+  readonly groups?: ReadonlyArray<{ readonly group: string; readonly lag: number | null }>
 }
 
-/** What a dispatcher reports (src/dispatcher DispatcherStats). */
+/** What a dispatcher reports (src/dispatcher DispatcherInfo). */
 export interface DispatcherStatsLike {
+  /** the backend (file, lunary, helicone): the `backend` label */
+  readonly backend?: string
+  /** its consumer group: the `group` label of the lag */
+  readonly group?: string
   readonly delivered?: number
   readonly retries?: number
   readonly deadLettered?: number
   readonly batches?: number
+  /** epoch ms of the last event the backend accepted */
+  readonly lastDeliveryAt?: number | null
+  /** events its group has not acknowledged yet, when known */
   readonly lag?: number | null
 }
 
@@ -122,6 +131,31 @@ const setCounter = (c: Counter, value: number) => {
   if (value > 0) c.inc(value)
 }
 
+type Labels = Readonly<Record<string, string>>
+
+/**
+ * A series whose samples are replaced at every scrape (labelled values read from a component). A value that is
+ * not known is simply absent — a plain prom-client gauge would show 0.
+ */
+const snapshotSeries = (registry: Registry, name: string, help: string, type: "counter" | "gauge") => {
+  let values: Array<{ readonly labels: Labels; readonly value: number }> = []
+  registry.registerMetric({
+    name,
+    help,
+    type,
+    aggregator: "sum",
+    get: () => ({ name, help, type, aggregator: "sum", values }),
+    reset: () => {
+      values = []
+    }
+  } as never)
+  return {
+    set: (next: Array<{ readonly labels: Labels; readonly value: number }>) => {
+      values = next
+    }
+  }
+}
+
 export const make = (options: { readonly processMetrics?: boolean } = {}) =>
   Effect.sync((): MetricsShape => {
     const registry = new Registry()
@@ -191,16 +225,37 @@ export const make = (options: { readonly processMetrics?: boolean } = {}) =>
       "llm_proxy_bus_dropped_total",
       "Instrumentation events dropped because the bus buffer was full or the bus was unavailable"
     )
-    const busLag = new Gauge({ name: "llm_proxy_bus_lag_events", help: "Events published but not yet consumed (when the bus knows)", registers: [registry] })
-    const dispDelivered = pulledCounter(registry, "llm_proxy_dispatcher_delivered_total", "Events the dispatcher delivered to its backend")
-    const dispRetried = pulledCounter(registry, "llm_proxy_dispatcher_retries_total", "Dispatcher batch retries after transient backend failures")
-    const dispDead = pulledCounter(registry, "llm_proxy_dispatcher_dead_lettered_total", "Events the backend rejected permanently (written to the dead-letter file)")
-    const dispBatches = pulledCounter(registry, "llm_proxy_dispatcher_batches_total", "Batches the dispatcher sent")
-    const dispLag = new Gauge({ name: "llm_proxy_dispatcher_lag_events", help: "Events waiting for the dispatcher", registers: [registry] })
+    const busLag = snapshotSeries(
+      registry,
+      "llm_proxy_bus_lag_events",
+      "Events in the bus not yet consumed by the slowest consumer group (absent when unknown)",
+      "gauge"
+    )
+    const dispDelivered = snapshotSeries(registry, "llm_proxy_dispatcher_delivered_total", "Events the dispatcher delivered to its backend, by backend", "counter")
+    const dispRetried = snapshotSeries(registry, "llm_proxy_dispatcher_retries_total", "Dispatcher delivery retries after transient backend failures, by backend", "counter")
+    const dispDead = snapshotSeries(
+      registry,
+      "llm_proxy_dispatcher_dead_lettered_total",
+      "Events the dispatcher wrote to its dead-letter file (rejected by the backend or undecodable), by backend",
+      "counter"
+    )
+    const dispBatches = snapshotSeries(registry, "llm_proxy_dispatcher_batches_total", "Batches the dispatcher finished, by backend", "counter")
+    const dispLastDelivery = snapshotSeries(
+      registry,
+      "llm_proxy_dispatcher_last_delivery_timestamp_seconds",
+      "When the backend last accepted an event (Unix time), by backend",
+      "gauge"
+    )
+    const dispLag = snapshotSeries(
+      registry,
+      "llm_proxy_dispatcher_lag_events",
+      "Events a dispatcher's consumer group has not acknowledged yet (not read + read and not finished), by group",
+      "gauge"
+    )
 
     let cacheSource: StatsSource<CacheStatsLike> | undefined
     let busSource: StatsSource<BusStatsLike> | undefined
-    let dispatcherSource: StatsSource<DispatcherStatsLike> | undefined
+    const dispatcherSources: Array<StatsSource<DispatcherStatsLike>> = []
     let tokenSource: (() => TokenCacheStatsLike) | undefined
     let lastCache: CacheStatsLike = {}
 
@@ -222,18 +277,29 @@ export const make = (options: { readonly processMetrics?: boolean } = {}) =>
         cacheEntries.set(n(cache.entries))
       }
       const bus = yield* read(busSource)
+      // a group's lag as the bus sees it, then as its dispatcher here sees it (the same number, read later)
+      const groupLag = new Map<string, number>()
       if (bus !== undefined) {
         setCounter(busPublished, n(bus.published))
         setCounter(busDropped, n(bus.dropped))
-        if (typeof bus.lag === "number") busLag.set(bus.lag)
+        busLag.set(typeof bus.lag === "number" ? [{ labels: {}, value: bus.lag }] : [])
+        for (const g of bus.groups ?? []) if (typeof g.lag === "number") groupLag.set(g.group, g.lag)
       }
-      const d = yield* read(dispatcherSource)
-      if (d !== undefined) {
-        setCounter(dispDelivered, n(d.delivered))
-        setCounter(dispRetried, n(d.retries))
-        setCounter(dispDead, n(d.deadLettered))
-        setCounter(dispBatches, n(d.batches))
-        if (typeof d.lag === "number") dispLag.set(d.lag)
+      if (dispatcherSources.length > 0) {
+        const all = (yield* Effect.all(dispatcherSources.map(read))).filter((d) => d !== undefined)
+        const byBackend = (pick: (d: DispatcherStatsLike) => number) =>
+          all.map((d) => ({ labels: { backend: d.backend ?? "unknown" }, value: pick(d) }))
+        dispDelivered.set(byBackend((d) => n(d.delivered)))
+        dispRetried.set(byBackend((d) => n(d.retries)))
+        dispDead.set(byBackend((d) => n(d.deadLettered)))
+        dispBatches.set(byBackend((d) => n(d.batches)))
+        dispLastDelivery.set(
+          all.flatMap((d) => (typeof d.lastDeliveryAt === "number" ? [{ labels: { backend: d.backend ?? "unknown" }, value: d.lastDeliveryAt / 1000 }] : []))
+        )
+        for (const d of all) if (typeof d.lag === "number") groupLag.set(d.group ?? "unknown", d.lag)
+      }
+      if (bus !== undefined || dispatcherSources.length > 0) {
+        dispLag.set([...groupLag].map(([group, value]) => ({ labels: { group }, value })))
       }
       if (tokenSource !== undefined) {
         const t = tokenSource()
@@ -269,7 +335,7 @@ export const make = (options: { readonly processMetrics?: boolean } = {}) =>
         busSource = s
       },
       attachDispatcher: (s) => {
-        dispatcherSource = s
+        dispatcherSources.push(s)
       },
       attachTokenCache: (s) => {
         tokenSource = s

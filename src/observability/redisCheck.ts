@@ -1,13 +1,14 @@
 /**
- * The `redis` health check: one small ioredis connection of its own that answers PING. Not required for
- * readiness — every Redis-backed layer degrades (rate limits allow, the cache misses, the bus buffers/drops) rather
- * than failing requests — so Redis being down shows as `degraded`, not `not ready`.
+ * The `redis` health check: one small ioredis connection of its own that answers PING. Required for readiness only
+ * when a layer that needs it fails requests without it (rate limits with RATE_LIMIT_FAILURE_MODE=closed); the others
+ * degrade (the cache misses, invalidations fall back to the TTL), so Redis being down then shows as `degraded`.
+ * The Redis Streams event bus has its own check (`event_bus`, src/observability/eventChecks.ts).
  */
 import { Effect, Layer } from "effect"
 import { Redis } from "ioredis"
 import { Health } from "./Health.js"
 
-export const redisCheck = (url: string, usedBy: ReadonlyArray<string>): Layer.Layer<never, never, Health> =>
+export const redisCheck = (url: string, usedBy: ReadonlyArray<string>, required = false): Layer.Layer<never, never, Health> =>
   Layer.scopedDiscard(Effect.gen(function*() {
     const health = yield* Health
     const client = yield* Effect.acquireRelease(
@@ -28,7 +29,7 @@ export const redisCheck = (url: string, usedBy: ReadonlyArray<string>): Layer.La
     )
     health.register({
       name: "redis",
-      required: false,
+      required,
       check: Effect.tryPromise({
         try: () => client.ping(),
         catch: () => new Error(client.status === "ready" ? "PING failed" : `not connected (${client.status})`)

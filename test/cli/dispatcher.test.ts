@@ -40,7 +40,7 @@ afterEach(() => {
 describe("llm-proxy dispatcher", () => {
   it("--help lists its options", async () => {
     const r = await cli("dispatcher", "--help")
-    for (const o of ["--service", "--endpoint", "--api-key", "--batch-size", "--flush-interval", "--buffer", "--consumer-group", "--dead-letter", "--claim-idle"]) {
+    for (const o of ["--service", "--endpoint", "--api-key", "--batch-size", "--flush-interval", "--buffer", "--consumer-group", "--dead-letter", "--claim-idle", "--metrics-addr"]) {
       expect(r.out).toContain(o)
     }
   })
@@ -51,7 +51,8 @@ describe("llm-proxy dispatcher", () => {
     [["--batch-size", "0"], { LLM_PROXY_EVENT_BUS: "redis-streams" }, "DISPATCHER_BATCH_SIZE: expected a positive integer"],
     [["--flush-interval", "soon"], { LLM_PROXY_EVENT_BUS: "redis-streams" }, "DISPATCHER_FLUSH_INTERVAL"],
     [["--service", "helicone", "--api-key", "k", "--endpoint", "not a url"], { LLM_PROXY_EVENT_BUS: "redis-streams" }, "DISPATCHER_ENDPOINT: expected an http(s) URL"],
-    [[], { LLM_PROXY_EVENT_BUS: "kafka" }, "LLM_PROXY_EVENT_BUS: expected in-memory or redis-streams"]
+    [[], { LLM_PROXY_EVENT_BUS: "kafka" }, "LLM_PROXY_EVENT_BUS: expected in-memory or redis-streams"],
+    [["--metrics-addr", "everywhere"], { LLM_PROXY_EVENT_BUS: "redis-streams" }, "DISPATCHER_METRICS_ADDR: expected PORT, :PORT or HOST:PORT"]
   ])("%j %j → one line naming the setting", async (args, env, message) => {
     Object.assign(process.env, env)
     const r = await cli("dispatcher", ...args)
