@@ -2,12 +2,13 @@
  * Health: per-dependency checks behind `GET /health` and `GET /ready`.
  *
  * Layers register a check for each dependency they bring (src/Layers.ts): the database always (required), Redis
- * when a Redis-backed layer is configured, the event bus and dispatcher lag when those layers exist. Checks run
+ * when a Redis-backed layer is configured (required when rate limits fail closed), the event bus (required with
+ * events on and the Redis bus) and the dispatcher lag when known (src/observability/eventChecks.ts). Checks run
  * concurrently with a 2 s timeout each, on request only (no background polling).
  *
  * - `/health`: 200 with every check's state and latency; 503 while a required dependency is down.
  * - `/ready`: 200 `ready`, or 503 `not ready` while a required dependency is down. An optional dependency being
- *   down (Redis for rate limits, the bus) leaves the instance ready but `degraded`: the proxy keeps serving.
+ *   down (Redis for the cache, a slow dispatcher) leaves the instance ready but `degraded`: the proxy keeps serving.
  */
 import { Clock, Context, Duration, Effect, Layer } from "effect"
 

@@ -103,6 +103,7 @@ export interface MetricsShape {
   readonly tokenCacheInvalidated: (scope: "token" | "project" | "all") => void
   readonly attachCache: (stats: StatsSource<CacheStatsLike>) => void
   readonly attachBus: (stats: StatsSource<BusStatsLike>) => void
+  /** Several may be attached (one per dispatcher in this process); their `backend` / `group` label them. */
   readonly attachDispatcher: (stats: StatsSource<DispatcherStatsLike>) => void
   readonly attachTokenCache: (stats: () => TokenCacheStatsLike) => void
   /** Prometheus text exposition format. */

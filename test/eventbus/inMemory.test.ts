@@ -16,8 +16,11 @@ describe("in-memory bus", () => {
       expect(accepted).toBe(100)
       expect(yield* bus.stats).toMatchObject({ kind: "in-memory", published: 100, dropped: 900, buffered: 100, maxLen: null })
       expect(yield* slow.lag).toEqual({ undelivered: 100, pending: 0 })
+      // the backlog (on /metrics and /health) is what the slowest subscriber has not taken
+      expect(yield* bus.backlog).toEqual({ lag: 100, length: 100, groups: [] })
       const got = yield* slow.take(1000, 100)
       expect(got).toHaveLength(100)
+      expect((yield* bus.backlog).lag).toBe(0)
       expect(got.every((d) => d.event !== undefined && !d.redelivered)).toBe(true)
       // caught up: publishing is accepted again, and an empty take times out with nothing
       expect(bus.publish(makeEvent())).toBe(true)

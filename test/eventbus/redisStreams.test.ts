@@ -66,6 +66,18 @@ const publish = async (bus: RedisStreamsBus.RedisStreamsOptions, count: number) 
   return events
 }
 
+describe("backlogOf (XINFO GROUPS rows)", () => {
+  it.each([
+    [[], 7, { lag: 7, length: 7 }],
+    [[["name", "g", "consumers", 1, "pending", 2, "last-delivered-id", "1-0", "entries-read", 3, "lag", 4]], 9, { lag: 6, length: 9 }],
+    // Redis cannot tell the lag (entries trimmed by MAXLEN): unknown, not 0
+    [[["name", "g", "consumers", 1, "pending", 2, "lag", null]], 9, { lag: null, length: 9 }],
+    [[["name", "a", "pending", 0, "lag", null], ["name", "b", "pending", 1, "lag", 1]], 3, { lag: 2, length: 3 }]
+  ])("%j, length %d → %j", (rows, length, expected) => {
+    expect(RedisStreamsBus.backlogOf(rows as Array<Array<unknown>>, length)).toMatchObject(expected)
+  })
+})
+
 describe.skipIf(!redisUrl)("Redis Streams bus", () => {
   let redis: Redis
   beforeAll(() => {
@@ -115,6 +127,34 @@ describe.skipIf(!redisUrl)("Redis Streams bus", () => {
     expect(await redis.xlen(bus.streamKey)).toBe(300)
     const removed = await Effect.runPromise(RedisStreamsBus.trimAcknowledged(bus.url, bus.streamKey))
     expect(removed).toBe(299)
+  })
+
+  it("the backlog probe: each group's lag (undelivered + pending), the slowest group's as the stream's", async () => {
+    const bus = busOptions()
+    const probe = await buildLayer(Layer.scoped(EventBus, RedisStreamsBus.makePublisher(bus)))
+    const backlog = () => Effect.runPromise(probe.get(EventBus).backlog)
+    try {
+      // no stream yet
+      await waitFor(async () => (await Effect.runPromise(Effect.either(probe.get(EventBus).backlog)))._tag === "Right", 5_000, "probe connected")
+      expect(await backlog()).toEqual({ lag: 0, length: 0, groups: [] })
+      await publish(bus, 5)
+      // no group: everything is unconsumed
+      expect(await backlog()).toEqual({ lag: 5, length: 5, groups: [] })
+      await redis.xgroup("CREATE", bus.streamKey, "fast", "0")
+      await redis.xgroup("CREATE", bus.streamKey, "slow", "0")
+      const read = (await redis.xreadgroup("GROUP", "fast", "c1", "COUNT", 5, "STREAMS", bus.streamKey, ">")) as Array<[string, Array<[string]>]>
+      await redis.xack(bus.streamKey, "fast", ...read[0]![1].slice(0, 3).map(([id]) => id))
+      expect(await backlog()).toEqual({
+        lag: 5,
+        length: 5,
+        groups: [
+          { group: "fast", undelivered: 0, pending: 2, consumers: 1, lag: 2 },
+          { group: "slow", undelivered: 5, pending: 0, consumers: 0, lag: 5 }
+        ]
+      })
+    } finally {
+      await probe.close()
+    }
   })
 
   it("two dispatchers in one group share the work, each event delivered once", async () => {
