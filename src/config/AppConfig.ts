@@ -17,9 +17,14 @@ export type Database =
 
 export type LogFormat = "json" | "pretty"
 
-/** Where spans go (OTLP/HTTP JSON); see src/observability/Tracing.ts. */
+/** OTLP/HTTP body encoding (`OTEL_EXPORTER_OTLP_PROTOCOL`); gRPC is not offered. */
+export type OtlpProtocol = "http/protobuf" | "http/json"
+
+/** Where spans go (OTLP/HTTP); see src/observability/Tracing.ts. */
 export interface OtlpConfig {
   readonly tracesUrl: string
+  /** `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` / `OTEL_EXPORTER_OTLP_PROTOCOL`; default http/protobuf, as in the OTel SDKs. */
+  readonly protocol: OtlpProtocol
   /** `OTEL_EXPORTER_OTLP_HEADERS` (often carries a vendor API key). */
   readonly headers: Redacted.Redacted<Record<string, string>>
   readonly serviceName: string
@@ -285,15 +290,27 @@ const sampler = Config.all({
   })
 )
 
+const otlpProtocol = (name: string) =>
+  optionalString(name).pipe(
+    Config.mapOrFail((o): Either.Either<Option.Option<OtlpProtocol>, ConfigError.ConfigError> => {
+      if (Option.isNone(o)) return Either.right(Option.none())
+      const v = o.value.trim().toLowerCase()
+      if (v === "http/protobuf" || v === "http/json") return Either.right(Option.some(v))
+      return Either.left(invalid(name, `expected http/protobuf or http/json (grpc is not supported), got "${o.value}"`))
+    })
+  )
+
 const otlp = Config.all({
   endpoint: otlpUrl("OTEL_EXPORTER_OTLP_ENDPOINT"),
+  protocol: otlpProtocol("OTEL_EXPORTER_OTLP_PROTOCOL"),
+  tracesProtocol: otlpProtocol("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
   traces: otlpUrl("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
   headers: Config.redacted("OTEL_EXPORTER_OTLP_HEADERS").pipe(Config.withDefault(Redacted.make(""))),
   serviceName: Config.string("OTEL_SERVICE_NAME").pipe(Config.withDefault("llm-proxy")),
   exportIntervalMs: duration("OTEL_EXPORT_INTERVAL", "5s"),
   sampleRatio: sampler
 }).pipe(
-  Config.mapOrFail(({ endpoint, exportIntervalMs, headers, sampleRatio, serviceName, traces }): Either.Either<Option.Option<OtlpConfig>, ConfigError.ConfigError> => {
+  Config.mapOrFail(({ endpoint, exportIntervalMs, headers, protocol, sampleRatio, serviceName, traces, tracesProtocol }): Either.Either<Option.Option<OtlpConfig>, ConfigError.ConfigError> => {
     // Like the OpenTelemetry SDKs: the generic endpoint gets `/v1/traces` appended, the signal-specific one is used as is.
     const url = Option.orElse(traces, () => Option.map(endpoint, (e) => e.replace(/\/+$/, "") + "/v1/traces"))
     if (Option.isNone(url)) return Either.right(Option.none())
@@ -301,6 +318,7 @@ const otlp = Config.all({
     if (Either.isLeft(parsed)) return Either.left(invalid("OTEL_EXPORTER_OTLP_HEADERS", parsed.left))
     return Either.right(Option.some({
       tracesUrl: url.value,
+      protocol: Option.getOrElse(Option.orElse(tracesProtocol, () => protocol), (): OtlpProtocol => "http/protobuf"),
       headers: Redacted.make(parsed.right),
       serviceName: serviceName.trim() === "" ? "llm-proxy" : serviceName.trim(),
       exportIntervalMs,

@@ -169,34 +169,28 @@ export const make = (options: {
       const endMs = origin + ctx.startedAt + (ctx.durationMs ?? 0)
       const sentAt = ctx.proxyMs === undefined ? undefined : origin + ctx.startedAt + ctx.proxyMs
       exporter.record({
-        name: "proxy.request",
         startMs: origin + ctx.startedAt,
         endMs,
         error: ctx.status >= 500,
-        attributes: {
-          "http.request.method": ctx.method,
-          "http.route": o.route,
-          "http.response.status_code": ctx.status,
-          "llm_proxy.request_id": ctx.requestId,
-          "llm_proxy.provider": o.provider,
-          "llm_proxy.cache": o.cache,
-          "gen_ai.request.model": model,
-          "llm_proxy.project_id": ctx.projectId,
-          "llm_proxy.token_id": ctx.tokenId,
-          "llm_proxy.error_code": ctx.code,
-          "gen_ai.usage.input_tokens": ctx.usage?.prompt_tokens,
-          "gen_ai.usage.output_tokens": ctx.usage?.completion_tokens
-        },
+        method: ctx.method,
+        route: o.route,
+        status: ctx.status,
+        requestId: ctx.requestId,
+        provider: o.provider,
+        cache: o.cache,
+        model,
+        projectId: ctx.projectId,
+        tokenId: ctx.tokenId,
+        errorCode: ctx.code,
+        inputTokens: ctx.usage?.prompt_tokens,
+        outputTokens: ctx.usage?.completion_tokens,
         upstream: ctx.forwarded && sentAt !== undefined
           ? {
             startMs: sentAt,
             endMs,
             error: ctx.upstreamStatus === undefined || ctx.upstreamStatus >= 500,
-            attributes: {
-              "llm_proxy.provider": o.provider,
-              "http.response.status_code": ctx.upstreamStatus,
-              "llm_proxy.upstream_headers_ms": round(ctx.upstreamMs)
-            }
+            status: ctx.upstreamStatus,
+            headersMs: round(ctx.upstreamMs)
           }
           : undefined
       })

@@ -1,37 +1,76 @@
 /**
- * ProxySpans: the data plane's spans (`proxy.request` + `proxy.upstream`), exported over OTLP/HTTP JSON to the same
- * endpoint as the rest of the tracing (src/observability/Tracing.ts).
+ * ProxySpans: the data plane's spans (`proxy.request` + `proxy.upstream`), exported over OTLP/HTTP (protobuf by
+ * default, JSON with OTEL_EXPORTER_OTLP_PROTOCOL=http/json) to the same endpoint as the rest of the tracing
+ * (src/observability/Tracing.ts).
  *
- * Why not `tracer.span(...)` from @effect/opentelemetry's OtlpTracer: measured under saturation
- * (docs/performance.md), building two Effect spans per request, converting them and serializing them cost ~10% of
- * the proxy's CPU. Here a request costs one small object pushed on an array; the OTLP JSON is built and sent by a
- * background fiber every export interval (or every 1,000 spans). The buffer is bounded: when the collector cannot keep
- * up, spans are dropped and counted, the request path never waits.
+ * Why not `tracer.span(...)` from @effect/opentelemetry's OtlpTracer: measured (docs/performance.md), building two
+ * Effect spans per request, converting them and serializing them cost ~10% of the proxy's CPU. Here a request's
+ * typed record is encoded at once into the current batch's bytes (src/observability/otlpProto.ts: no message
+ * objects, nothing retained but bytes), and a background fiber sends a batch every export interval or every 1,000
+ * requests. The buffer is bounded: when the collector cannot keep up, spans are dropped and counted, the request
+ * path never waits.
  */
 import * as OtlpResource from "@effect/opentelemetry/OtlpResource"
 import { Context, Duration, Effect, Layer, Option, Redacted, Runtime } from "effect"
 import { randomBytes } from "node:crypto"
 import { request } from "undici"
 import type { OtlpConfig } from "../config/AppConfig.js"
+import * as Proto from "./otlpProto.js"
 
-/** What the data plane records per request; turned into OTLP spans off the request path. */
+/** What the data plane records per traced request: a `proxy.request` span and, when forwarded, its `proxy.upstream`. */
 export interface ProxySpanRecord {
-  readonly name: "proxy.request"
   /** Epoch milliseconds (fractional). */
   readonly startMs: number
   readonly endMs: number
-  readonly attributes: Record<string, string | number | boolean | undefined>
+  /** Status ERROR (5xx). */
   readonly error: boolean
+  readonly method: string
+  /** Bounded route label (an allowed endpoint or `other`). */
+  readonly route: string
+  readonly status: number
+  readonly requestId: string
+  readonly provider: string
+  readonly cache: string
+  readonly model: string | undefined
+  readonly projectId: string | undefined
+  readonly tokenId: string | undefined
+  readonly errorCode: string | undefined
+  readonly inputTokens: number | undefined
+  readonly outputTokens: number | undefined
   /** The upstream call, when the request was forwarded. */
   readonly upstream:
     | {
       readonly startMs: number
       readonly endMs: number
-      readonly attributes: Record<string, string | number | boolean | undefined>
       readonly error: boolean
+      readonly status: number | undefined
+      /** Time to the upstream's response headers, ms. */
+      readonly headersMs: number | undefined
     }
     | undefined
 }
+
+/** The attributes of the two spans, in OpenTelemetry semantic-convention names where one exists. */
+export const requestAttributes = (r: ProxySpanRecord): Attrs => ({
+  "http.request.method": r.method,
+  "http.route": r.route,
+  "http.response.status_code": r.status,
+  "llm_proxy.request_id": r.requestId,
+  "llm_proxy.provider": r.provider,
+  "llm_proxy.cache": r.cache,
+  "gen_ai.request.model": r.model,
+  "llm_proxy.project_id": r.projectId,
+  "llm_proxy.token_id": r.tokenId,
+  "llm_proxy.error_code": r.errorCode,
+  "gen_ai.usage.input_tokens": r.inputTokens,
+  "gen_ai.usage.output_tokens": r.outputTokens
+})
+
+export const upstreamAttributes = (r: ProxySpanRecord, u: NonNullable<ProxySpanRecord["upstream"]>): Attrs => ({
+  "llm_proxy.provider": r.provider,
+  "http.response.status_code": u.status,
+  "llm_proxy.upstream_headers_ms": u.headersMs
+})
 
 export interface ProxySpansShape {
   /** The sampling decision for one request (OTEL_TRACES_SAMPLER / _ARG); ask before building a record. */
@@ -72,7 +111,7 @@ export const nanos = (ms: number): string => {
   return String(whole) + String(frac).padStart(6, "0")
 }
 
-type Attrs = Record<string, string | number | boolean | undefined>
+export type Attrs = Record<string, string | number | boolean | undefined>
 
 const keyPrefixes = new Map<string, string>()
 const keyPrefix = (key: string): string => {
@@ -125,11 +164,11 @@ const appendSpans = (out: Array<string>, r: ProxySpanRecord): void => {
   const traceId = hex(16)
   const spanId = hex(8)
   // kind 2 = SERVER, 3 = CLIENT
-  spanJson(out, traceId, spanId, undefined, r.name, 2, r.startMs, r.endMs, r.attributes, r.error)
+  spanJson(out, traceId, spanId, undefined, "proxy.request", 2, r.startMs, r.endMs, requestAttributes(r), r.error)
   if (r.upstream === undefined) return
   const u = r.upstream
   out.push(",")
-  spanJson(out, traceId, hex(8), spanId, "proxy.upstream", 3, u.startMs, u.endMs, u.attributes, u.error)
+  spanJson(out, traceId, hex(8), spanId, "proxy.upstream", 3, u.startMs, u.endMs, upstreamAttributes(r, u), u.error)
 }
 
 /** The OTLP JSON of one record's spans (root first), comma-separated. */
@@ -150,20 +189,124 @@ export const exportBody = (resource: unknown, scope: unknown, batch: ReadonlyArr
   return out.join("")
 }
 
+// Attribute keys and span names, encoded once (ProtoWriter.attr takes the key field as bytes).
+const K = {
+  requestName: "proxy.request",
+  upstreamName: "proxy.upstream",
+  method: Proto.keyField("http.request.method"),
+  route: Proto.keyField("http.route"),
+  status: Proto.keyField("http.response.status_code"),
+  requestId: Proto.keyField("llm_proxy.request_id"),
+  provider: Proto.keyField("llm_proxy.provider"),
+  cache: Proto.keyField("llm_proxy.cache"),
+  model: Proto.keyField("gen_ai.request.model"),
+  projectId: Proto.keyField("llm_proxy.project_id"),
+  tokenId: Proto.keyField("llm_proxy.token_id"),
+  errorCode: Proto.keyField("llm_proxy.error_code"),
+  inputTokens: Proto.keyField("gen_ai.usage.input_tokens"),
+  outputTokens: Proto.keyField("gen_ai.usage.output_tokens"),
+  headersMs: Proto.keyField("llm_proxy.upstream_headers_ms")
+} as const
+
+/** Encodes records into the current batch as they are recorded (nothing but bytes/strings is retained). */
+export interface Encoder {
+  readonly contentType: string
+  add(r: ProxySpanRecord): void
+  /** Records in the current batch. */
+  size(): number
+  /** The export body of the current batch; starts a new one. */
+  take(): string | Buffer
+}
+
+const jsonEncoder = (resource: unknown, scope: unknown): Encoder => {
+  let parts: Array<string> = []
+  const head = `{"resourceSpans":[{"resource":${JSON.stringify(resource)},"scopeSpans":[{"scope":${JSON.stringify(scope)},"spans":[`
+  return {
+    contentType: "application/json",
+    add: (r) => {
+      const out: Array<string> = []
+      appendSpans(out, r)
+      parts.push(out.join(""))
+    },
+    size: () => parts.length,
+    take: () => {
+      const body = head + parts.join(",") + "]}]}]}"
+      parts = []
+      return body
+    }
+  }
+}
+
+const protobufEncoder = (resource: { readonly attributes: ReadonlyArray<{ key: string; value: { stringValue?: string | null } }> }, scope: { name: string; version: string }): Encoder => {
+  const resourceBytes = Proto.encodeResource(resource.attributes)
+  const scopeBytes = Proto.encodeScope(scope.name, scope.version)
+  const w = new Proto.ProtoWriter(256 * 1024)
+  let n = 0
+  return {
+    contentType: "application/x-protobuf",
+    add: (r) => {
+      if (poolAt + 32 > POOL_BYTES) {
+        pool = randomBytes(POOL_BYTES)
+        poolAt = 0
+      }
+      const at = poolAt
+      poolAt += 32
+      // kind 2 = SERVER, 3 = CLIENT
+      const root = Proto.beginSpan(w, pool, at, pool, at + 16, undefined, 0, K.requestName, 2, r.startMs, r.endMs)
+      w.attr(K.method, r.method)
+      w.attr(K.route, r.route)
+      w.attr(K.status, r.status)
+      w.attr(K.requestId, r.requestId)
+      w.attr(K.provider, r.provider)
+      w.attr(K.cache, r.cache)
+      w.attr(K.model, r.model)
+      w.attr(K.projectId, r.projectId)
+      w.attr(K.tokenId, r.tokenId)
+      w.attr(K.errorCode, r.errorCode)
+      w.attr(K.inputTokens, r.inputTokens)
+      w.attr(K.outputTokens, r.outputTokens)
+      Proto.endSpan(w, root, r.error)
+      const u = r.upstream
+      if (u !== undefined) {
+        const child = Proto.beginSpan(w, pool, at, pool, at + 24, pool, at + 16, K.upstreamName, 3, u.startMs, u.endMs)
+        w.attr(K.provider, r.provider)
+        w.attr(K.status, u.status)
+        w.attr(K.headersMs, u.headersMs)
+        Proto.endSpan(w, child, u.error)
+      }
+      n++
+    },
+    size: () => n,
+    take: () => {
+      const body = Proto.exportRequest(resourceBytes, scopeBytes, w.view())
+      w.pos = 0
+      n = 0
+      return body
+    }
+  }
+}
+
+/** The batch encoder for `protocol`, for this service's resource. */
+export const makeEncoder = (protocol: OtlpConfig["protocol"], serviceName: string, serviceVersion: string): Encoder => {
+  const resource = OtlpResource.make({ serviceName, serviceVersion })
+  const scope = { name: "llm-proxy/proxy", version: serviceVersion }
+  return protocol === "http/json" ? jsonEncoder(resource, scope) : protobufEncoder(resource, scope)
+}
+
 export const make = (otlp: OtlpConfig, serviceVersion: string) =>
   Effect.gen(function*() {
-    const resource = OtlpResource.make({ serviceName: otlp.serviceName, serviceVersion })
-    const scope = { name: "llm-proxy/proxy", version: serviceVersion }
-    const headers = { "content-type": "application/json", ...Redacted.value(otlp.headers) }
-    let buffer: Array<ProxySpanRecord> = []
+    const encoder = makeEncoder(otlp.protocol, otlp.serviceName, serviceVersion)
+    const headers = { "content-type": encoder.contentType, ...Redacted.value(otlp.headers) }
+    // Full batches waiting for the exporter (each MAX_BATCH records), oldest first.
+    const ready: Array<{ readonly body: string | Buffer; readonly count: number }> = []
+    let queued = 0
     let dropped = 0
     let exporting = false
 
-    const send = (batch: ReadonlyArray<ProxySpanRecord>) =>
+    const send = (batch: { readonly body: string | Buffer; readonly count: number }) =>
       Effect.tryPromise({
         try: async (signal) => {
-          const body = exportBody(resource, scope, batch)
-          const r = await request(otlp.tracesUrl, { method: "POST", headers, body, signal, headersTimeout: 10_000, bodyTimeout: 10_000 })
+          const r = await request(otlp.tracesUrl, { method: "POST", headers, body: batch.body, signal, headersTimeout: 10_000, bodyTimeout: 10_000 })
           await r.body.dump()
           if (r.statusCode >= 300) throw new Error(`collector answered ${r.statusCode}`)
         },
@@ -171,31 +314,45 @@ export const make = (otlp: OtlpConfig, serviceVersion: string) =>
       }).pipe(
         Effect.timeout(Duration.seconds(15)),
         Effect.catchAll((e) =>
-          Effect.sync(() => (dropped += batch.length)).pipe(
-            Effect.zipRight(Effect.logDebug(`proxy spans: export of ${batch.length} spans failed`, String((e as Error)?.message ?? e)))
+          Effect.sync(() => (dropped += batch.count)).pipe(
+            Effect.zipRight(Effect.logDebug(`proxy spans: export of ${batch.count} spans failed`, String((e as Error)?.message ?? e)))
           )
         )
       )
 
+    const seal = () => {
+      const count = encoder.size()
+      if (count === 0) return
+      ready.push({ body: encoder.take(), count })
+    }
+
     const flush: Effect.Effect<void> = Effect.suspend(() => {
-      if (buffer.length === 0 || exporting) return Effect.void
-      const batch = buffer.splice(0, MAX_BATCH)
+      if (exporting) return Effect.void
+      const batch = ready.shift()
+      if (batch === undefined) return Effect.void
       exporting = true
       return send(batch).pipe(
-        Effect.ensuring(Effect.sync(() => (exporting = false))),
-        Effect.zipRight(Effect.suspend(() => (buffer.length >= MAX_BATCH ? flush : Effect.void)))
+        Effect.ensuring(Effect.sync(() => {
+          exporting = false
+          queued -= batch.count
+        })),
+        Effect.zipRight(flush)
       )
     })
 
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
-    yield* Effect.forkScoped(Effect.forever(Effect.zipRight(Effect.sleep(Duration.millis(otlp.exportIntervalMs)), flush)))
+    yield* Effect.forkScoped(Effect.forever(Effect.zipRight(
+      Effect.sleep(Duration.millis(otlp.exportIntervalMs)),
+      Effect.suspend(() => {
+        seal()
+        return flush
+      })
+    )))
     yield* Effect.addFinalizer(() =>
       Effect.suspend(() => {
-        const rest = buffer
-        buffer = []
-        const batches: Array<Array<ProxySpanRecord>> = []
-        for (let i = 0; i < rest.length; i += MAX_BATCH) batches.push(rest.slice(i, i + MAX_BATCH))
-        return Effect.forEach(batches, send, { discard: true })
+        seal()
+        const rest = ready.splice(0)
+        return Effect.forEach(rest, send, { discard: true })
       }).pipe(Effect.timeout(Duration.seconds(5)), Effect.ignore)
     )
 
@@ -203,12 +360,16 @@ export const make = (otlp: OtlpConfig, serviceVersion: string) =>
     const service: ProxySpansShape = {
       sample: ratio >= 1 ? () => true : ratio <= 0 ? () => false : () => Math.random() < ratio,
       record: (span) => {
-        if (buffer.length >= MAX_BUFFERED) {
+        if (queued >= MAX_BUFFERED) {
           dropped++
           return
         }
-        buffer.push(span)
-        if (buffer.length === MAX_BATCH && !exporting) runFork(flush)
+        queued++
+        encoder.add(span)
+        if (encoder.size() >= MAX_BATCH) {
+          seal()
+          if (!exporting) runFork(flush)
+        }
       },
       dropped: () => dropped
     }

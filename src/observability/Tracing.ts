@@ -1,5 +1,6 @@
 /**
- * Tracing: @effect/opentelemetry's OTLP/HTTP (JSON) span exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+ * Tracing: @effect/opentelemetry's OTLP/HTTP span exporter (protobuf by default, JSON with
+ * `OTEL_EXPORTER_OTLP_PROTOCOL=http/json`) when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
  * `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; otherwise nothing is exported, the data plane builds no spans at all
  * (`ProxySpans` = none) and the control plane's `Effect.fn` / `sql.execute` spans stay in Effect's in-process tracer
  * as they would without this module.
@@ -29,7 +30,7 @@ export const layer = (otlp: Option.Option<OtlpConfig>, serviceVersion: string): 
           headers: Redacted.value(o.headers),
           exportInterval: o.exportIntervalMs,
           shutdownTimeout: "3 seconds"
-        }).pipe(Layer.provide([OtlpSerialization.layerJson, NodeHttpClient.layerUndici])),
+        }).pipe(Layer.provide([o.protocol === "http/json" ? OtlpSerialization.layerJson : OtlpSerialization.layerProtobuf, NodeHttpClient.layerUndici])),
         ProxySpans.layer(otlp, serviceVersion)
       )
   })

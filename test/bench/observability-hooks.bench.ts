@@ -15,7 +15,7 @@ import { Effect, Exit, Layer, Logger, LogLevel, Option, Scope } from "effect"
 import { builtInOpenAi, Providers } from "../../src/config/Providers.js"
 import { Metrics, make as makeMetrics } from "../../src/observability/Metrics.js"
 import { make as makeHooks } from "../../src/observability/ProxyObservability.js"
-import { exportBody, ProxySpans, type ProxySpanRecord, type ProxySpansShape } from "../../src/observability/ProxySpans.js"
+import { makeEncoder, ProxySpans, type ProxySpansShape } from "../../src/observability/ProxySpans.js"
 import { ProxyRequestContext } from "../../src/proxy/ProxyHooks.js"
 
 const N = Number(process.env["BENCH_REQUESTS"] ?? 200_000)
@@ -39,11 +39,23 @@ const contexts = Array.from({ length: 1024 }, (_, i) => {
   return c
 })
 
-const measure = async (name: string, options: { metrics: boolean; tracing: boolean; accessLog: boolean; sample?: number }) => {
-  const records: Array<ProxySpanRecord> = []
+const measure = async (
+  name: string,
+  options: { metrics: boolean; tracing: boolean; accessLog: boolean; sample?: number; protocol?: "http/protobuf" | "http/json" }
+) => {
+  // The exporter's real encoder (what ProxySpans.record does), minus the network.
+  const encoder = makeEncoder(options.protocol ?? "http/protobuf", "bench", "0")
+  let exported = 0
   const ratio = options.sample ?? 1
   // Same sampling test as ProxySpans.
-  const spans: ProxySpansShape = { sample: () => ratio >= 1 || Math.random() < ratio, record: (r) => void records.push(r), dropped: () => 0 }
+  const spans: ProxySpansShape = {
+    sample: () => ratio >= 1 || Math.random() < ratio,
+    record: (r) => {
+      encoder.add(r)
+      if (encoder.size() >= 1000) exported += encoder.take().length
+    },
+    dropped: () => 0
+  }
   let written = 0
   const scope = Effect.runSync(Scope.make())
   const hooks = await Effect.runPromise(
@@ -71,11 +83,6 @@ const measure = async (name: string, options: { metrics: boolean; tracing: boole
       const c = contexts[i & 1023]!
       decorate?.(c, 200, headers)
       complete?.(c)
-      if (records.length >= 1000) {
-        // What ProxySpans' export does with them (minus the network).
-        exportBody({ attributes: [] }, { name: "bench" }, records)
-        records.length = 0
-      }
     }
   }
   await run(20_000)
@@ -84,16 +91,22 @@ const measure = async (name: string, options: { metrics: boolean; tracing: boole
   // Access lines are flushed on a timer; close the scope to flush (and count) what is left.
   await Effect.runPromise(Scope.close(scope, Exit.void))
   const ns = Number(process.hrtime.bigint() - start) / N
-  return { name, usPerRequest: ns / 1000, written }
+  return { name, usPerRequest: ns / 1000, written, exported }
 }
 
 const main = async () => {
-  const rows = [
-    ...(process.env["BENCH_ONLY_TRACING"] ? [] : [await measure("metrics", { metrics: true, tracing: false, accessLog: false })]),
-    await measure("metrics+tracing", { metrics: true, tracing: true, accessLog: false }),
-    await measure("metrics+tracing, 10% sampled", { metrics: true, tracing: true, accessLog: false, sample: 0.1 }),
-    await measure("all (+ access log)", { metrics: true, tracing: true, accessLog: true })
+  const variants: Array<[string, Parameters<typeof measure>[1]]> = [
+    ["metrics", { metrics: true, tracing: false, accessLog: false }],
+    ["metrics+tracing (protobuf)", { metrics: true, tracing: true, accessLog: false }],
+    ["metrics+tracing (http/json)", { metrics: true, tracing: true, accessLog: false, protocol: "http/json" }],
+    ["metrics+tracing, 10% sampled", { metrics: true, tracing: true, accessLog: false, sample: 0.1 }],
+    ["metrics + access log", { metrics: true, tracing: false, accessLog: true }],
+    ["all (metrics + tracing + access log)", { metrics: true, tracing: true, accessLog: true }]
   ]
+  // BENCH_ONLY=text: only the variants whose name contains it (for profiling one).
+  const only = process.env["BENCH_ONLY"]
+  const rows = []
+  for (const [name, options] of variants) if (only === undefined || name.includes(only)) rows.push(await measure(name, options))
   console.log(`requests per variant: ${N.toLocaleString("en-US")}\n`)
   console.log("| variant | µs per request | ratio at P = 75 µs | ratio at P = 150 µs |")
   console.log("|---|---|---|---|")

@@ -11,6 +11,7 @@ import { backends, type BackendInstance } from "../http/harness.js"
 import { call, chatBody, projectAndToken, type ProjectAndToken, startStack, type Stack } from "../proxy/stack.js"
 import { chatChunks, sse } from "../support/mockUpstream.js"
 import { withEncryptionKey } from "../support/server.js"
+import { decodeTraces } from "./otlpDecode.js"
 
 interface OtlpSpan {
   readonly traceId: string
@@ -29,9 +30,9 @@ const attr = (s: OtlpSpan, key: string) => {
 const sqlite = backends.find((b) => b.name === "sqlite")!
 const ENCRYPTION_KEY = Buffer.alloc(32, 7).toString("base64")
 
-describe("tracing over OTLP/HTTP", () => {
+describe.each(["http/protobuf", "http/json"] as const)("tracing over OTLP/HTTP (%s)", (protocol) => {
   let receiver: Server
-  const bodies: Array<string> = []
+  const bodies: Array<Buffer> = []
   const paths: Array<string> = []
   const headers: Array<Record<string, string | string[] | undefined>> = []
   let backend: BackendInstance
@@ -47,7 +48,7 @@ describe("tracing over OTLP/HTTP", () => {
       req.on("end", () => {
         paths.push(req.url ?? "")
         headers.push(req.headers)
-        bodies.push(Buffer.concat(parts).toString("utf8"))
+        bodies.push(Buffer.concat(parts))
         res.writeHead(200, { "content-type": "application/json" })
         res.end("{}")
       })
@@ -59,6 +60,7 @@ describe("tracing over OTLP/HTTP", () => {
       ...withEncryptionKey(ENCRYPTION_KEY),
       otlp: Option.some({
         tracesUrl: `http://127.0.0.1:${port}/v1/traces`,
+        protocol,
         headers: Redacted.make({ "x-otlp-api-key": "otlp-secret-header-value" }),
         serviceName: "llm-proxy-test",
         exportIntervalMs: 200,
@@ -80,8 +82,9 @@ describe("tracing over OTLP/HTTP", () => {
     await fetch(`${stack.server.url}/metrics`)
     // Closing the server flushes the exporter.
     await stack.close()
-    spans = bodies.flatMap((b) => {
-      const doc = JSON.parse(b) as {
+    spans = bodies.flatMap((b, i) => {
+      // Each export says how it is encoded; both exporters (management spans, proxy spans) follow `protocol`.
+      const doc = (headers[i]!["content-type"] === "application/x-protobuf" ? decodeTraces(b) : JSON.parse(b.toString("utf8"))) as {
         resourceSpans: Array<{ resource: { attributes: typeof resourceAttrs }; scopeSpans: Array<{ spans: Array<OtlpSpan> }> }>
       }
       resourceAttrs = doc.resourceSpans[0]?.resource.attributes ?? []
@@ -94,11 +97,13 @@ describe("tracing over OTLP/HTTP", () => {
     await backend?.cleanup()
   })
 
-  it("posts JSON to the traces endpoint with the configured headers and service name", () => {
+  it(`posts ${protocol} to the traces endpoint with the configured headers and service name`, () => {
     expect(bodies.length).toBeGreaterThan(0)
     expect(new Set(paths)).toEqual(new Set(["/v1/traces"]))
-    expect(headers[0]!["x-otlp-api-key"]).toBe("otlp-secret-header-value")
-    expect(headers[0]!["content-type"]).toMatch(/application\/json/)
+    for (const h of headers) {
+      expect(h["x-otlp-api-key"]).toBe("otlp-secret-header-value")
+      expect(h["content-type"]).toMatch(protocol === "http/json" ? /^application\/json/ : /^application\/x-protobuf$/)
+    }
     expect(resourceAttrs.find((a) => a.key === "service.name")?.value.stringValue).toBe("llm-proxy-test")
   })
 
@@ -141,7 +146,8 @@ describe("tracing over OTLP/HTTP", () => {
   })
 
   it("exports no secret: management token, provider key, proxy token, encryption key, OTLP headers", () => {
-    const all = bodies.join("\n")
+    // Protobuf strings are UTF-8 bytes in the body: a latin1 view finds them as they are.
+    const all = bodies.map((b) => b.toString("latin1")).join("\n")
     for (const secret of [stack.server.token, pt.apiKey, pt.token, ENCRYPTION_KEY, "otlp-secret-header-value", "vendor=secret"]) {
       expect(all.includes(secret), secret.slice(0, 6)).toBe(false)
     }

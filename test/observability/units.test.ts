@@ -5,7 +5,9 @@ import { appConfig, formatConfigError, parseOtlpHeaders } from "../../src/config
 import { routeTemplate } from "../../src/http/Server.js"
 import { make as makeMetrics, statusClass } from "../../src/observability/Metrics.js"
 import { cacheStatusOf, modelOf } from "../../src/observability/ProxyObservability.js"
-import { exportBody, make as makeProxySpans, nanos, toOtlpSpansJson } from "../../src/observability/ProxySpans.js"
+import { ProtoWriter } from "../../src/observability/otlpProto.js"
+import { make as makeProxySpans, makeEncoder, nanos, type ProxySpanRecord } from "../../src/observability/ProxySpans.js"
+import { decodeTraces } from "./otlpDecode.js"
 import { parsePrometheus, value } from "./prometheus.js"
 
 describe("modelOf", () => {
@@ -64,46 +66,140 @@ describe("parseOtlpHeaders", () => {
   it.each(["novalue", "=v", "bad key=v", "k=%E0%A4%A"])("rejects %s", (input) => expect(Either.isLeft(parseOtlpHeaders(input))).toBe(true))
 })
 
-describe("toOtlpSpans", () => {
-  it("builds a server span and a client child with typed attributes and error status", () => {
-    const [root, up] = JSON.parse("[" + toOtlpSpansJson({
-      name: "proxy.request",
-      startMs: 1_700_000_000_000.5,
-      endMs: 1_700_000_000_010,
-      error: false,
-      attributes: { a: "x", n: 3, d: 1.5, b: true, skip: undefined },
-      upstream: { startMs: 1_700_000_000_001, endMs: 1_700_000_000_010, error: true, attributes: {} }
-    }) + "]") as Array<any>
+const record = (over: Partial<ProxySpanRecord> = {}): ProxySpanRecord => ({
+  startMs: 1_700_000_000_000.5,
+  endMs: 1_700_000_000_010,
+  error: false,
+  method: "POST",
+  route: "/v1/chat/completions",
+  status: 200,
+  requestId: "req-1",
+  provider: "openai",
+  cache: "miss",
+  model: "gpt-4o-mini",
+  projectId: "p-1",
+  tokenId: "t-1",
+  errorCode: undefined,
+  inputTokens: 9,
+  outputTokens: 0,
+  upstream: { startMs: 1_700_000_000_001, endMs: 1_700_000_000_010, error: false, status: 200, headersMs: 1.25 },
+  ...over
+})
+
+/** Encodes records with the exporter's encoder for `protocol` and reads the export back in the OTLP/JSON shape. */
+const roundTrip = (protocol: "http/protobuf" | "http/json", records: ReadonlyArray<ProxySpanRecord>) => {
+  const encoder = makeEncoder(protocol, "svc", "1.2.3")
+  for (const r of records) encoder.add(r)
+  expect(encoder.size()).toBe(records.length)
+  const body = encoder.take()
+  expect(encoder.size()).toBe(0)
+  return (typeof body === "string" ? JSON.parse(body) : decodeTraces(body)) as {
+    resourceSpans: Array<{ resource: { attributes: Array<any> }; scopeSpans: Array<{ scope: any; spans: Array<any> }> }>
+  }
+}
+
+/** Attribute values as plain JS values (OTLP/JSON gives int64 as number or string). */
+const plain = (attrs: Array<{ key: string; value: Record<string, unknown> }>) =>
+  Object.fromEntries(attrs.map(({ key, value: v }) => [key, v["intValue"] !== undefined ? Number(v["intValue"]) : v["stringValue"] ?? v["doubleValue"] ?? v["boolValue"]]))
+
+describe.each(["http/protobuf", "http/json"] as const)("proxy span encoding (%s)", (protocol) => {
+  it("builds a server span and a client child in one trace, with typed attributes and status", () => {
+    const doc = roundTrip(protocol, [record({ upstream: { startMs: 1_700_000_000_001, endMs: 1_700_000_000_010, error: true, status: 503, headersMs: 1.25 } })])
+    expect(doc.resourceSpans).toHaveLength(1)
+    expect(plain(doc.resourceSpans[0]!.resource.attributes)).toMatchObject({ "service.name": "svc", "service.version": "1.2.3" })
+    const scope = doc.resourceSpans[0]!.scopeSpans[0]!
+    expect(scope.scope).toMatchObject({ name: "llm-proxy/proxy", version: "1.2.3" })
+    const [root, up] = scope.spans
+    expect(root.name).toBe("proxy.request")
     expect(root.kind).toBe(2)
     expect(root.traceId).toMatch(/^[0-9a-f]{32}$/)
     expect(root.spanId).toMatch(/^[0-9a-f]{16}$/)
-    expect(root.startTimeUnixNano).toBe("1700000000000500000")
-    expect(root.attributes).toEqual([
-      { key: "a", value: { stringValue: "x" } },
-      { key: "n", value: { intValue: 3 } },
-      { key: "d", value: { doubleValue: 1.5 } },
-      { key: "b", value: { boolValue: true } }
-    ])
-    expect(root.status).toEqual({ code: 1 })
-    expect(up).toMatchObject({ kind: 3, traceId: root.traceId, parentSpanId: root.spanId, status: { code: 2 }, attributes: [] })
     expect(root.parentSpanId).toBeUndefined()
+    expect(String(root.startTimeUnixNano)).toBe("1700000000000500000")
+    expect(String(root.endTimeUnixNano)).toBe("1700000000010000000")
+    expect(plain(root.attributes)).toEqual({
+      "http.request.method": "POST",
+      "http.route": "/v1/chat/completions",
+      "http.response.status_code": 200,
+      "llm_proxy.request_id": "req-1",
+      "llm_proxy.provider": "openai",
+      "llm_proxy.cache": "miss",
+      "gen_ai.request.model": "gpt-4o-mini",
+      "llm_proxy.project_id": "p-1",
+      "llm_proxy.token_id": "t-1",
+      "gen_ai.usage.input_tokens": 9,
+      "gen_ai.usage.output_tokens": 0
+    })
+    expect(root.status).toEqual({ code: 1 })
+    expect(up).toMatchObject({ name: "proxy.upstream", kind: 3, traceId: root.traceId, parentSpanId: root.spanId, status: { code: 2 } })
+    expect(up.spanId).not.toBe(root.spanId)
+    expect(plain(up.attributes)).toEqual({ "llm_proxy.provider": "openai", "http.response.status_code": 503, "llm_proxy.upstream_headers_ms": 1.25 })
   })
 
-  it("escapes string attributes and builds a valid export body", () => {
-    const body = JSON.parse(exportBody({ attributes: [] }, { name: "s" }, [{
-      name: "proxy.request",
-      startMs: 1,
-      endMs: 2,
-      error: true,
-      attributes: { "gen_ai.request.model": 'we"ird\\model\n' },
-      upstream: undefined
-    }]))
-    const spans = body.resourceSpans[0].scopeSpans[0].spans
-    expect(spans).toHaveLength(1)
-    expect(spans[0].attributes[0].value.stringValue).toBe('we"ird\\model\n')
-    expect(spans[0].status.code).toBe(2)
+  it("keeps unusual strings intact: quotes and newlines, non-ASCII, 200 bytes, 20 KB", () => {
+    const odd = ['we"ird\\model\n', "modèle-日本語-🙂", "m".repeat(200), "x".repeat(20_000)]
+    const doc = roundTrip(protocol, odd.map((model, i) => record({ model, requestId: `r-${i}`, upstream: undefined, error: true, status: 500 })))
+    const spans = doc.resourceSpans[0]!.scopeSpans[0]!.spans
+    expect(spans.map((s) => plain(s.attributes)["gen_ai.request.model"])).toEqual(odd)
+    expect(spans.map((s) => plain(s.attributes)["llm_proxy.request_id"])).toEqual(["r-0", "r-1", "r-2", "r-3"])
+    expect(spans.every((s) => s.status.code === 2 && s.name === "proxy.request")).toBe(true)
   })
 
+  it("encodes 1,000 requests in one body, each its own trace", () => {
+    const doc = roundTrip(protocol, Array.from({ length: 1000 }, (_, i) => record({ requestId: `r-${i}`, inputTokens: i * 1000 })))
+    const spans = doc.resourceSpans[0]!.scopeSpans[0]!.spans
+    expect(spans).toHaveLength(2000)
+    expect(new Set(spans.map((s) => s.traceId)).size).toBe(1000)
+    expect(spans.filter((s) => s.name === "proxy.request").map((s) => plain(s.attributes)["gen_ai.usage.input_tokens"]))
+      .toEqual(Array.from({ length: 1000 }, (_, i) => i * 1000))
+  })
+})
+
+describe("otlpProto", () => {
+  it("writes fixed64 nanoseconds exactly (against BigInt)", () => {
+    const w = new ProtoWriter(16)
+    for (let i = 0; i < 2000; i++) {
+      const ms = Math.floor(Math.random() * 4_102_444_800_000) + Math.round(Math.random() * 1e6) / 1e6
+      w.pos = 0
+      w.fixed64Nanos(0x39, ms)
+      const whole = Math.floor(ms)
+      let frac = Math.round((ms - whole) * 1e6)
+      const expected = BigInt(whole) * 1_000_000n + BigInt(frac)
+      expect(w.buf.readBigUInt64LE(1)).toBe(expected)
+      frac = 0
+    }
+  })
+
+  it.each([0, 1, 127, 128, 16_383, 16_384, 2 ** 31, 2 ** 32 + 5, Number.MAX_SAFE_INTEGER])("varint %d", (n) => {
+    const w = new ProtoWriter(4)
+    w.varint(n)
+    let v = 0n
+    for (let i = 0; i < w.pos; i++) v |= BigInt(w.buf[i]! & 0x7f) << BigInt(7 * i)
+    expect(v).toBe(BigInt(n))
+    expect(w.buf[w.pos - 1]! & 0x80).toBe(0)
+  })
+
+  it("grows its buffer and keeps what was written", () => {
+    const w = new ProtoWriter(8)
+    for (let i = 0; i < 100; i++) w.attribute(0x0a, `k${i}`, i % 3 === 0 ? `v${i}` : i % 3 === 1 ? i : -i - 0.5)
+    // ExportTraceServiceRequest { resource_spans { resource { attributes… } } }
+    const resource = Buffer.concat([Buffer.from([0x0a]), varint(w.pos), w.view()])
+    const attrs = decodeTraces(Buffer.concat([Buffer.from([0x0a]), varint(resource.length), resource])).resourceSpans[0]!.resource
+      .attributes as Array<any>
+    expect(attrs).toHaveLength(100)
+    expect(plain(attrs)["k99"]).toBe(99 % 3 === 0 ? "v99" : -99.5)
+    expect(plain(attrs)["k1"]).toBe(1)
+    expect(plain(attrs)["k2"]).toBe(-2.5)
+  })
+})
+
+const varint = (n: number) => {
+  const w = new ProtoWriter(8)
+  w.varint(n)
+  return Buffer.from(w.view())
+}
+
+describe("nanos", () => {
   it.each([
     [1000, "1000000000"],
     [1.5, "1500000"],
@@ -136,7 +232,7 @@ describe("observability configuration", () => {
 
   it("appends /v1/traces to the generic endpoint; the traces endpoint is used as is", () => {
     const a = Option.getOrThrow(ok({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318/" }).otlp)
-    expect(a).toMatchObject({ tracesUrl: "http://collector:4318/v1/traces", serviceName: "llm-proxy", exportIntervalMs: 5000, sampleRatio: 1 })
+    expect(a).toMatchObject({ tracesUrl: "http://collector:4318/v1/traces", protocol: "http/protobuf", serviceName: "llm-proxy", exportIntervalMs: 5000, sampleRatio: 1 })
     const b = Option.getOrThrow(ok({
       OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318",
       OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "https://vendor.example/otlp/traces",
@@ -152,13 +248,22 @@ describe("observability configuration", () => {
     expect(Option.getOrThrow(ok({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4318", OTEL_TRACES_SAMPLER: "always_off" }).otlp).sampleRatio).toBe(0)
   })
 
+  it("takes the protocol from OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, then OTEL_EXPORTER_OTLP_PROTOCOL, else protobuf", () => {
+    const protocol = (env: Record<string, string>) => Option.getOrThrow(ok({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4318", ...env }).otlp).protocol
+    expect(protocol({})).toBe("http/protobuf")
+    expect(protocol({ OTEL_EXPORTER_OTLP_PROTOCOL: "HTTP/JSON" })).toBe("http/json")
+    expect(protocol({ OTEL_EXPORTER_OTLP_PROTOCOL: "http/json", OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: "http/protobuf" })).toBe("http/protobuf")
+  })
+
   it.each([
     [{ OTEL_EXPORTER_OTLP_ENDPOINT: "collector:4318" }, "OTEL_EXPORTER_OTLP_ENDPOINT"],
     [{ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "ftp://x" }, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"],
     [{ OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4318", OTEL_EXPORTER_OTLP_HEADERS: "nonsense" }, "OTEL_EXPORTER_OTLP_HEADERS"],
     [{ OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4318", OTEL_TRACES_SAMPLER: "jaeger_remote" }, "OTEL_TRACES_SAMPLER"],
     [{ OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4318", OTEL_TRACES_SAMPLER: "traceidratio", OTEL_TRACES_SAMPLER_ARG: "2" }, "OTEL_TRACES_SAMPLER_ARG"],
-    [{ ENABLE_METRICS: "maybe" }, "ENABLE_METRICS"]
+    [{ ENABLE_METRICS: "maybe" }, "ENABLE_METRICS"],
+    [{ OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4318", OTEL_EXPORTER_OTLP_PROTOCOL: "grpc" }, "OTEL_EXPORTER_OTLP_PROTOCOL"],
+    [{ OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4318", OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: "thrift" }, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"]
   ])("%j → one line naming %s", (env, variable) => {
     expect(error(env)).toMatch(new RegExp(`^invalid configuration: ${variable}: `))
   })
@@ -200,14 +305,14 @@ describe("Metrics sources read at scrape time", () => {
 describe("ProxySpans sampling", () => {
   it.each([[0, false], [1, true]])("ratio %d → sample() %s", async (ratio, expected) => {
     const sampled = await Effect.runPromise(Effect.scoped(Effect.map(
-      makeProxySpans({ tracesUrl: "http://127.0.0.1:9/v1/traces", headers: Redacted.make({}), serviceName: "t", exportIntervalMs: 60_000, sampleRatio: ratio }, "v"),
+      makeProxySpans({ tracesUrl: "http://127.0.0.1:9/v1/traces", headers: Redacted.make({}), serviceName: "t", protocol: "http/json", exportIntervalMs: 60_000, sampleRatio: ratio }, "v"),
       (s) => [s.sample(), s.sample(), s.sample()]
     )))
     expect(sampled).toEqual([expected, expected, expected])
   })
   it("a ratio of 0.5 samples some requests, not all", async () => {
     const n = await Effect.runPromise(Effect.scoped(Effect.map(
-      makeProxySpans({ tracesUrl: "http://127.0.0.1:9/v1/traces", headers: Redacted.make({}), serviceName: "t", exportIntervalMs: 60_000, sampleRatio: 0.5 }, "v"),
+      makeProxySpans({ tracesUrl: "http://127.0.0.1:9/v1/traces", headers: Redacted.make({}), serviceName: "t", protocol: "http/json", exportIntervalMs: 60_000, sampleRatio: 0.5 }, "v"),
       (s) => Array.from({ length: 1000 }, () => s.sample()).filter(Boolean).length
     )))
     expect(n).toBeGreaterThan(300)
