@@ -71,7 +71,7 @@ export const dispatcher = Command.make("dispatcher", options, (o) =>
   })).pipe(
     Command.withDescription(
       "Deliver instrumentation events from the Redis Streams bus to a backend (file, lunary, helicone); " +
-        "acknowledges only what the backend accepted, drains on SIGTERM"
+        "acknowledges only what the backend accepted, drains on SIGTERM; with --metrics-addr it serves GET /metrics and GET /health"
     )
   )
 
