@@ -44,6 +44,7 @@ export const redactQuery = (query: string): string =>
   query
     .split("&")
     .map((part) => {
+      if (part === "") return part
       const eq = part.indexOf("=")
       const name = decode(eq === -1 ? part : part.slice(0, eq))
       if (DECLARED.has(name)) return part

@@ -27,14 +27,14 @@
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
-import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs"
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs"
 import { createServer, type IncomingHttpHeaders } from "node:http"
 import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Redis } from "ioredis"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { flushRedisPrefix, redisUrl } from "../support/databases.js"
+import { flushRedisPrefix, postgresUrl, redisUrl, withPgClient } from "../support/databases.js"
 import { chatChunks, json, type MockUpstream, reset, sse, startMockUpstream } from "../support/mockUpstream.js"
 
 const root = join(import.meta.dirname, "../..")
@@ -168,13 +168,181 @@ const filesUnder = (dir: string): Array<string> =>
     : []
 
 // ---------------------------------------------------------------------------------------------------------------
+// The ledger: the secrets a run used, everything it collected, and the grep
+
+interface Output {
+  readonly where: string
+  readonly text: string
+  /** Secrets this output legitimately shows (a token creation shows its token once). */
+  readonly allowed?: ReadonlyArray<string | undefined>
+}
+
+const makeLedger = () => {
+  const secrets: Array<Secret> = []
+  const outputs: Array<Output> = []
+  return {
+    secrets,
+    outputs,
+    secret: (name: string, value: string, head = 0, tail = 0) => {
+      secrets.push({ name, value, head, tail })
+      return value
+    },
+    collect: (where: string, text: string) => void outputs.push({ where, text }),
+    shownOnce: (where: string, text: string, allowed: ReadonlyArray<string | undefined>) => void outputs.push({ where, text, allowed }),
+    text: (where: RegExp) => outputs.filter((o) => where.test(o.where)).map((o) => o.text).join("\n"),
+    /** `where: secret name (form)` for every form of every secret found in an output that may not show it. */
+    findings: () => {
+      const found: Array<string> = []
+      for (const s of secrets) {
+        const looks = forms(s)
+        for (const o of outputs) {
+          if (o.allowed?.includes(s.value)) continue
+          for (const f of looks) if (o.text.includes(f.text)) found.push(`${o.where}: ${s.name} (${f.form})`)
+        }
+      }
+      if (process.env["SECRETS_TEST_DUMP"]) writeFileSync(process.env["SECRETS_TEST_DUMP"], found.join("\n"), { flag: "a" })
+      return found
+    }
+  }
+}
+type Ledger = ReturnType<typeof makeLedger>
+
+interface Sent {
+  readonly status: number
+  readonly text: string
+  readonly headers: Headers
+  readonly json: any
+}
+
+/** A client of one server whose every response (status, headers, body) goes into the ledger. */
+const clientOf = (url: string, managementToken: string, ledger: Ledger) => {
+  const send = async (
+    method: string,
+    path: string,
+    o: {
+      readonly auth?: string | null
+      readonly body?: unknown
+      readonly headers?: Record<string, string>
+      /** The secrets this response may show (token creation, session login). */
+      readonly shows?: (r: Sent) => ReadonlyArray<string | undefined>
+    } = {}
+  ): Promise<Sent> => {
+    const headers: Record<string, string> = { ...o.headers }
+    if (o.auth !== null) headers["authorization"] = o.auth ?? `Bearer ${managementToken}`
+    const body = o.body === undefined ? undefined : typeof o.body === "string" ? o.body : JSON.stringify(o.body)
+    if (body !== undefined) headers["content-type"] ??= "application/json"
+    let sent: Sent
+    try {
+      const r = await fetch(url + path, { method, headers, ...(body !== undefined ? { body } : {}) })
+      const text = await r.text().catch((e: Error) => `(body cut: ${e.message})`)
+      let parsed: unknown
+      try {
+        parsed = JSON.parse(text)
+      } catch {
+        parsed = undefined
+      }
+      sent = { status: r.status, text, headers: r.headers, json: parsed }
+    } catch (e) {
+      sent = { status: 0, text: `(failed: ${(e as Error).message})`, headers: new Headers(), json: undefined }
+    }
+    // What the client received (its own request is not output of the product); the label has no query string,
+    // so it cannot carry the secret it reports.
+    const label = `response to ${method} ${path.replace(/\?.*/, "?…")}`
+    const record = `${sent.status} ${JSON.stringify([...sent.headers.entries()])}\n${sent.text}`
+    if (o.shows) ledger.shownOnce(label, record, o.shows(sent))
+    else ledger.collect(label, record)
+    return sent
+  }
+  const chat = (extra: Record<string, unknown> = {}) => ({ model: "gpt-4o-mini", messages: [{ role: "user", content: "Hi" }], ...extra })
+  const v1 = (token: string, o: { body?: unknown; headers?: Record<string, string>; path?: string } = {}) =>
+    send("POST", o.path ?? "/v1/chat/completions", { auth: `Bearer ${token}`, body: o.body ?? chat(), ...(o.headers ? { headers: o.headers } : {}) })
+  const project = async (name: string, provider: string, apiKey: string, extra: Record<string, unknown> = {}) => {
+    const r = await send("POST", "/manage/projects", { body: { name, api_key: apiKey, provider, ...extra } })
+    expect(r.status).toBe(201)
+    return r.json.id as string
+  }
+  const token = async (label: string, projectId: string, extra: Record<string, unknown> = {}) => {
+    const r = await send("POST", "/manage/tokens", { body: { project_id: projectId, duration_minutes: 10, ...extra }, shows: (r) => [r.json?.token] })
+    expect(r.status).toBe(201)
+    return { id: r.json.id as string, token: ledger.secret(`proxy token (${label})`, r.json.token as string, 7, 4) }
+  }
+  /** Admin UI login with the management token: the session id and CSRF token become secrets of the run. */
+  const login = async () => {
+    const cookieOf = (r: Sent) => /llm_proxy_session=([^;]+)/.exec(r.headers.get("set-cookie") ?? "")?.[1]
+    const r = await send("POST", "/manage/session", { auth: null, body: { token: managementToken }, shows: (r) => [r.json?.csrf_token, cookieOf(r)] })
+    expect(r.status).toBe(200)
+    return {
+      cookie: { cookie: `llm_proxy_session=${ledger.secret("admin session id (cookie)", cookieOf(r)!)}` },
+      csrf: ledger.secret("admin session CSRF token", r.json.csrf_token as string)
+    }
+  }
+  return { send, chat, v1, project, token, login }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+/** The upstream's 401, as OpenAI words it: the key shown as its first 8 and last 4 characters. */
+const invalidKey = (key: string) =>
+  json({
+    error: {
+      message: `Incorrect API key provided: ${maskedLikeOpenAI(key)}. You can find your API key at https://platform.openai.com/account/api-keys.`,
+      type: "invalid_request_error",
+      param: null,
+      code: "invalid_api_key"
+    }
+  }, { status: 401 })
+
+const providersYaml = (upstream: string) =>
+  [
+    "default_api: openai",
+    "apis:",
+    "  openai:",
+    `    base_url: ${upstream}`,
+    "    allowed_endpoints: [/v1/chat/completions, /v1/models]",
+    "    allowed_methods: [GET, POST]",
+    "  anthropic:",
+    `    base_url: ${upstream}`,
+    "    allowed_endpoints: [/v1/messages]",
+    "    allowed_methods: [POST]",
+    "    auth_header: x-api-key",
+    "    auth_scheme: \"\"",
+    "  azure:",
+    `    base_url: ${upstream}`,
+    "    allowed_endpoints: [/v1/chat/completions]",
+    "    allowed_methods: [POST]",
+    "    auth_header: api-key",
+    "    auth_scheme: \"\"",
+    ""
+  ].join("\n")
+
+/** Every request the upstream received, minus the one header that legitimately carries its project's key. */
+const collectUpstream = (ledger: Ledger, mock: MockUpstream, keys: Record<string, ReadonlyArray<string>>) => {
+  for (const r of mock.requests) {
+    const pairs: Array<string> = []
+    for (let i = 0; i < r.rawHeaders.length; i += 2) {
+      const [k, v] = [r.rawHeaders[i]!, r.rawHeaders[i + 1]!]
+      if (!keys[k.toLowerCase()]?.includes(v)) pairs.push(`${k}: ${v}`)
+    }
+    ledger.collect(`upstream request ${r.method} ${r.path}`, `${r.url}\n${pairs.join("\n")}\n${r.body}`)
+  }
+}
 
 describe.skipIf(!built)("secrets in everything the built binary writes", () => {
+  const dirs: Array<string> = []
+  const tempDir = (name: string) => {
+    const d = mkdtempSync(join(tmpdir(), `llm-proxy-secrets-${name}-`))
+    dirs.push(d)
+    return d
+  }
   let mock: MockUpstream
   let otlp: Awaited<ReturnType<typeof startReceiver>>
   let backends: Awaited<ReturnType<typeof startReceiver>>
   const prefix = `llm-proxy-test:secrets:${process.pid}:${Date.now()}:`
   beforeAll(async () => {
+    // dist/ is what runs: say so when it is older than the sources (`npm test` does not rebuild it).
+    const builtAt = statSync(join(root, "dist/cli/main.js")).mtimeMs
+    const newer = filesUnder(join(root, "src")).filter((f) => statSync(f).mtimeMs > builtAt)
+    if (newer.length > 0) console.warn(`[secrets] dist/ is older than ${newer.length} file(s) in src/ (e.g. ${newer[0]}): run npm run build`)
     mock = await startMockUpstream()
     otlp = await startReceiver()
     backends = await startReceiver()
@@ -184,16 +352,15 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
     await otlp?.close()
     await backends?.close()
     if (redisUrl) await flushRedisPrefix(redisUrl, prefix)
+    for (const d of dirs) rmSync(d, { recursive: true, force: true })
   })
 
   it("one run with everything on: no secret in any output, file, export, scrape or response", async () => {
-    const cwd = mkdtempSync(join(tmpdir(), "llm-proxy-secrets-"))
+    mock.reset()
+    const cwd = tempDir("json")
     const marker = `secrets-marker-${b64url(6)}`
-    const secrets: Array<Secret> = []
-    const secret = (name: string, value: string, head = 0, tail = 0) => {
-      secrets.push({ name, value, head, tail })
-      return value
-    }
+    const ledger = makeLedger()
+    const { secret, collect, shownOnce } = ledger
     const managementToken = secret("MANAGEMENT_TOKEN", b64url(32))
     const wrongManagementToken = secret("a wrong management token (near miss)", `${managementToken.slice(0, -4)}${b64url(3)}`)
     const encryptionKey = secret("ENCRYPTION_KEY", randomBytes(32).toString("base64"))
@@ -224,32 +391,9 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
       probe.disconnect()
     }
 
-    writeFileSync(
-      join(cwd, "providers.yaml"),
-      [
-        "default_api: openai",
-        "apis:",
-        "  openai:",
-        `    base_url: ${mock.url}`,
-        "    allowed_endpoints: [/v1/chat/completions, /v1/models]",
-        "    allowed_methods: [GET, POST]",
-        "  anthropic:",
-        `    base_url: ${mock.url}`,
-        "    allowed_endpoints: [/v1/messages]",
-        "    allowed_methods: [POST]",
-        "    auth_header: x-api-key",
-        "    auth_scheme: \"\"",
-        "  azure:",
-        `    base_url: ${mock.url}`,
-        "    allowed_endpoints: [/v1/chat/completions]",
-        "    allowed_methods: [POST]",
-        "    auth_header: api-key",
-        "    auth_scheme: \"\"",
-        ""
-      ].join("\n")
-    )
+    writeFileSync(join(cwd, "providers.yaml"), providersYaml(mock.url))
     const streamKey = `${prefix}events`
-    const env: Record<string, string> = {
+    const serve = await startServe(cwd, {
       LISTEN_ADDR: "127.0.0.1:0",
       MANAGEMENT_TOKEN: managementToken,
       ENCRYPTION_KEY: encryptionKey,
@@ -276,13 +420,12 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
           REDIS_CACHE_KEY_PREFIX: `${prefix}cache:`
         }
         : {})
-    }
-    const serve = await startServe(cwd, env)
+    })
     const programs: Array<Program> = [serve]
     const dispatcherDirs: Array<string> = []
     if (redis) {
       for (const service of ["file", "lunary", "helicone"] as const) {
-        const dir = mkdtempSync(join(tmpdir(), `llm-proxy-secrets-${service}-`))
+        const dir = tempDir(service)
         dispatcherDirs.push(dir)
         programs.push(run(`dispatcher --service ${service}`, [
           "dispatcher",
@@ -305,73 +448,10 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
         }))
       }
     }
-
-    // What may legitimately carry a secret, and which.
-    const haystacks: Array<{ readonly where: string; readonly text: string; readonly allowed?: ReadonlyArray<string> }> = []
-    const shownOnce = (where: string, text: string, ...allowed: ReadonlyArray<string>) => haystacks.push({ where, text, allowed })
-    const collect = (where: string, text: string) => haystacks.push({ where, text })
-
-    interface Sent {
-      readonly status: number
-      readonly text: string
-      readonly headers: Headers
-      readonly json: any
-    }
-    const send = async (
-      method: string,
-      path: string,
-      o: {
-        readonly auth?: string | null
-        readonly body?: unknown
-        readonly headers?: Record<string, string>
-        readonly shows?: (r: Sent) => ReadonlyArray<string>
-      } = {}
-    ): Promise<Sent> => {
-      const headers: Record<string, string> = { ...o.headers }
-      if (o.auth !== null) headers["authorization"] = o.auth ?? `Bearer ${managementToken}`
-      const body = o.body === undefined ? undefined : typeof o.body === "string" ? o.body : JSON.stringify(o.body)
-      if (body !== undefined) headers["content-type"] ??= "application/json"
-      let sent: Sent
-      try {
-        const r = await fetch(serve.url + path, { method, headers, ...(body !== undefined ? { body } : {}) })
-        const text = await r.text().catch((e: Error) => `(body cut: ${e.message})`)
-        let parsed: unknown
-        try {
-          parsed = JSON.parse(text)
-        } catch {
-          parsed = undefined
-        }
-        sent = { status: r.status, text, headers: r.headers, json: parsed }
-      } catch (e) {
-        sent = { status: 0, text: `(failed: ${(e as Error).message})`, headers: new Headers(), json: undefined }
-      }
-      // Labels name the request without its query: a label must not carry the secret it reports.
-      const label = `response to ${method} ${path.replace(/\?.*/, "?…")}`
-      // What the client received (its own request is not output of the product).
-      const record = `${sent.status} ${JSON.stringify([...sent.headers.entries()])}\n${sent.text}`
-      if (o.shows) shownOnce(label, record, ...o.shows(sent))
-      else collect(label, record)
-      return sent
-    }
-    const chat = (extra: Record<string, unknown> = {}) => ({ model: "gpt-4o-mini", messages: [{ role: "user", content: "Hi" }], ...extra })
-    const v1 = (token: string, o: { body?: unknown; headers?: Record<string, string>; path?: string } = {}) =>
-      send("POST", o.path ?? "/v1/chat/completions", { auth: `Bearer ${token}`, body: o.body ?? chat(), ...(o.headers ? { headers: o.headers } : {}) })
-    const newToken = async (label: string, projectId: string, extra: Record<string, unknown> = {}) => {
-      const r = await send("POST", "/manage/tokens", {
-        body: { project_id: projectId, duration_minutes: 10, ...extra },
-        shows: (r) => [r.json?.token]
-      })
-      expect(r.status).toBe(201)
-      return { id: r.json.id as string, token: secret(`proxy token (${label})`, r.json.token as string, 7, 4) }
-    }
+    const { send, chat, v1, project, token, login } = clientOf(serve.url, managementToken, ledger)
 
     try {
       // ---- management: projects, with the errors that quote input
-      const project = async (name: string, provider: string, apiKey: string, extra: Record<string, unknown> = {}) => {
-        const r = await send("POST", "/manage/projects", { body: { name, api_key: apiKey, provider, ...extra } })
-        expect(r.status).toBe(201)
-        return r.json.id as string
-      }
       const openai = await project("secrets-openai", "openai", openaiKey)
       const anthropic = await project("secrets-anthropic", "anthropic", anthropicKey)
       const azure = await project("secrets-azure", "azure", azureKey, { rate_limit: { requests: 2, window_seconds: 600 } })
@@ -382,12 +462,12 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
       expect((await send("PATCH", `/manage/projects/${anthropic}`, { body: { api_key: maskedLikeOpenAI(anthropicKey).replace(/\*+/, "...") } })).status).toBe(400)
 
       // ---- tokens of every state
-      const valid = await newToken("valid", openai)
-      const anthropicToken = await newToken("anthropic project", anthropic)
-      const azureToken = await newToken("azure project, rate-limited", azure)
-      const quota = await newToken("max_requests 1", openai, { max_requests: 1 })
-      const revoked = await newToken("revoked", openai)
-      const expired = await newToken("expired", openai, { max_requests: 100 })
+      const valid = await token("valid", openai)
+      const anthropicToken = await token("anthropic project", anthropic)
+      const azureToken = await token("azure project, rate-limited", azure)
+      const quota = await token("max_requests 1", openai, { max_requests: 1 })
+      const revoked = await token("revoked", openai)
+      const expired = await token("expired", openai, { max_requests: 100 })
       expect((await send("DELETE", `/manage/tokens/${revoked.id}`)).status).toBeLessThan(300)
       expect((await send("PATCH", `/manage/tokens/${expired.id}`, { body: { expires_at: "2020-01-01T00:00:00Z" } })).status).toBe(200)
 
@@ -397,15 +477,7 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
       expect((await send("GET", `/manage/projects?token=${managementToken}`, { auth: null })).status).toBe(401)
       expect((await send("GET", "/manage/projects", { auth: `Basic ${Buffer.from(`admin:${managementToken}`).toString("base64")}` })).status).toBe(401)
       expect((await send("POST", "/manage/session", { auth: null, body: { token: wrongManagementToken } })).status).toBe(401)
-      const login = await send("POST", "/manage/session", {
-        auth: null,
-        body: { token: managementToken },
-        shows: (r) => [r.json?.csrf_token, /llm_proxy_session=([^;]+)/.exec(r.headers.get("set-cookie") ?? "")?.[1]]
-      })
-      expect(login.status).toBe(200)
-      const sessionId = secret("admin session id (cookie)", /llm_proxy_session=([^;]+)/.exec(login.headers.get("set-cookie") ?? "")![1]!)
-      const csrf = secret("admin session CSRF token", login.json.csrf_token as string)
-      const cookie = { cookie: `llm_proxy_session=${sessionId}` }
+      const { cookie, csrf } = await login()
       expect((await send("GET", "/manage/projects", { auth: null, headers: cookie })).status).toBe(200)
       expect((await send("GET", "/manage/session", { auth: null, headers: cookie, shows: () => [csrf] })).status).toBe(200)
       expect((await send("POST", "/manage/tokens", { auth: null, headers: cookie, body: { project_id: openai, duration_minutes: 5 } })).status).toBe(403)
@@ -431,7 +503,7 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
       const generated = await runToEnd(["manage", "token", "generate", "--project-id", openai, "--duration", "5", "--json"], cwd, cliEnv)
       expect(generated.code).toBe(0)
       const cliToken = secret("proxy token (manage token generate)", JSON.parse(generated.output).token as string, 7, 4)
-      shownOnce("manage token generate output", generated.output, cliToken)
+      shownOnce("manage token generate output", generated.output, [cliToken])
       const wrongCli = await runToEnd(["manage", "token", "list"], cwd, { ...cliEnv, MANAGEMENT_TOKEN: wrongManagementToken })
       expect(wrongCli.code).not.toBe(0)
       collect("manage token list output (wrong token)", wrongCli.output)
@@ -440,20 +512,12 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
       expect((await v1(valid.token)).status).toBe(200)
       expect((await v1(cliToken)).status).toBe(200)
       mock.enqueue(sse(chatChunks(["Hel", "lo"])))
-      const streamed = await v1(valid.token, { body: chat({ stream: true }) })
-      expect(streamed.text).toContain("[DONE]")
+      expect((await v1(valid.token, { body: chat({ stream: true }) })).text).toContain("[DONE]")
       mock.route("/v1/models", json({ object: "list", data: [{ id: "gpt-4o-mini" }] }, { headers: { "cache-control": "public, max-age=60" } }))
       const models = () => send("GET", "/v1/models", { auth: `Bearer ${valid.token}` })
       expect((await models()).status).toBe(200)
-      expect((await models()).headers.get("x-proxy-cache")).toBe("hit")
-      mock.enqueue(json({
-        error: {
-          message: `Incorrect API key provided: ${maskedLikeOpenAI(openaiKey)}. You can find your API key at https://platform.openai.com/account/api-keys.`,
-          type: "invalid_request_error",
-          param: null,
-          code: "invalid_api_key"
-        }
-      }, { status: 401 }))
+      await waitFor("a cache hit", async () => (await models()).headers.get("x-proxy-cache") === "hit", 5_000)
+      mock.enqueue(invalidKey(openaiKey))
       expect((await v1(valid.token)).status).toBe(401)
       mock.enqueue(reset())
       expect((await v1(valid.token)).status).toBe(502)
@@ -471,14 +535,14 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
       for (const t of [revoked.token, expired.token, unknownToken, malformedToken, managementToken, openaiKey]) {
         expect((await v1(t)).status).toBe(401)
       }
-      const refused = [
+      const misplaced = [
         { auth: null, headers: { "x-api-key": valid.token } },
         { auth: null, headers: { "api-key": valid.token } },
         { auth: `Basic ${Buffer.from(`user:${valid.token}`).toString("base64")}` },
         { auth: valid.token },
         { auth: null, headers: { cookie: `token=${valid.token}` } }
       ] as const
-      for (const o of refused) expect((await send("POST", "/v1/chat/completions", { ...o, body: chat() })).status).toBe(401)
+      for (const o of misplaced) expect((await send("POST", "/v1/chat/completions", { ...o, body: chat() })).status).toBe(401)
       expect((await send("POST", `/v1/chat/completions?key=${valid.token}`, { auth: null, body: chat() })).status).toBe(401)
       expect((await send("POST", `/v1/chat/completions?api-key=${encodeURIComponent(valid.token)}`, { auth: null, body: chat() })).status).toBe(401)
 
@@ -523,19 +587,11 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
       expect(authorization).toBe(`Bearer ${dispatcherKey}`)
       collect(`${r.url} delivery`, `${r.url} ${JSON.stringify(rest)}\n${r.body}`)
     }
-    const keyOf: Record<string, ReadonlyArray<string>> = {
+    collectUpstream(ledger, mock, {
       authorization: [`Bearer ${openaiKey}`, `Bearer ${openaiRotated}`],
       "x-api-key": [anthropicKey],
       "api-key": [azureKey]
-    }
-    for (const r of mock.requests) {
-      const pairs: Array<string> = []
-      for (let i = 0; i < r.rawHeaders.length; i += 2) {
-        const [k, v] = [r.rawHeaders[i]!, r.rawHeaders[i + 1]!]
-        if (!keyOf[k.toLowerCase()]?.includes(v)) pairs.push(`${k}: ${v}`)
-      }
-      collect(`upstream request ${r.method} ${r.path}`, `${r.url}\n${pairs.join("\n")}\n${r.body}`)
-    }
+    })
     if (redis) {
       const client = new Redis(redis)
       try {
@@ -555,9 +611,8 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
     }
 
     // ---- the collection is not trivial: a grep of nothing proves nothing
-    const text = (where: RegExp) => haystacks.filter((h) => where.test(h.where)).map((h) => h.text).join("\n")
-    const has = (where: RegExp, needle: string) => expect(text(where).includes(needle), `${where} contains ${needle}`).toBe(true)
-    const lines = (where: RegExp) => text(where).split("\n").filter((l) => l.includes("request_id")).length
+    const has = (where: RegExp, needle: string) => expect(ledger.text(where).includes(needle), `${where} contains ${needle}`).toBe(true)
+    const lines = (where: RegExp) => ledger.text(where).split("\n").filter((l) => l.includes("request_id")).length
     const serveLines = serve.output().split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { message?: unknown; logLevel?: string })
     expect(serveLines.filter((l) => l.message === "access").length).toBeGreaterThanOrEqual(25)
     expect(serveLines.some((l) => l.logLevel === "WARN")).toBe(true)
@@ -568,7 +623,7 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
     has(/^OTLP/, `"key":"url.query","value":{"stringValue":"token=REDACTED"}`)
     has(/^OTLP/, `"key":"http.request.header.x-csrf-token","value":{"stringValue":"<redacted>"}`)
     for (const span of ["proxy.request", "proxy.upstream", "POST /manage/projects", "POST /manage/session", "sql.execute"]) has(/^OTLP/, `"name":"${span}"`)
-    has(/GET \/metrics$/, "# TYPE")
+    has(/GET \/metrics\?…$|GET \/metrics$/, "# TYPE")
     has(/GET \/metrics\/json$/, "{")
     has(/GET \/health$/, "database")
     has(/llm-proxy\.db$/, "enc:v1:")
@@ -578,19 +633,117 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
       has(/^\/helicone/, marker)
       has(/^Redis stream/, marker)
     }
-    const bytes = haystacks.reduce((n, h) => n + h.text.length, 0)
-    console.log(`[secrets] ${secrets.length} secrets × ${haystacks.length} outputs (${(bytes / 1024).toFixed(0)} KiB): ${files.length} files, ${otlp.requests.length} OTLP exports, ${backends.requests.length} backend deliveries, ${mock.requests.length} upstream requests${redis ? "" : " (no REDIS_URL: no dispatchers, no Redis stream or cache)"}`)
+    const bytes = ledger.outputs.reduce((n, o) => n + o.text.length, 0)
+    console.log(`[secrets] json run: ${ledger.secrets.length} secrets × ${ledger.outputs.length} outputs (${(bytes / 1024).toFixed(0)} KiB): ${files.length} files, ${otlp.requests.length} OTLP exports, ${backends.requests.length} backend deliveries, ${mock.requests.length} upstream requests${redis ? "" : " (no REDIS_URL: no dispatchers, no Redis stream or cache)"}`)
 
     // ---- the grep
-    const findings: Array<string> = []
-    for (const s of secrets) {
-      const looks = forms(s)
-      for (const h of haystacks) {
-        if (h.allowed?.includes(s.value)) continue
-        for (const f of looks) if (h.text.includes(f.text)) findings.push(`${h.where}: ${s.name} (${f.form})`)
+    expect(ledger.findings()).toEqual([])
+  }, 90_000)
+
+  it("a pretty-format run (on PostgreSQL with a password of its own when DATABASE_URL is set): the same grep", async () => {
+    mock.reset()
+    const cwd = tempDir("pretty")
+    const ledger = makeLedger()
+    const { secret } = ledger
+    const managementToken = secret("MANAGEMENT_TOKEN", b64url(32))
+    const encryptionKey = secret("ENCRYPTION_KEY", randomBytes(32).toString("base64"))
+    const openaiKey = secret("provider key (openai)", `sk-proj-${b64url(36)}`, 8, 4)
+    const otlpHeader = secret("OTEL_EXPORTER_OTLP_HEADERS value", b64url(24))
+
+    // A role and database of this test's own, so the password in DATABASE_URL is a secret nothing else uses.
+    let database: { url: string; drop: () => Promise<void>; dump: () => Promise<string> } | undefined
+    if (postgresUrl) {
+      const name = `llmproxy_secrets_${randomBytes(6).toString("hex")}`
+      const password = secret("PostgreSQL password in DATABASE_URL", b64url(18))
+      await withPgClient(postgresUrl, async (c) => {
+        await c.query(`CREATE ROLE ${name} LOGIN PASSWORD '${password}'`)
+        await c.query(`CREATE DATABASE ${name} OWNER ${name}`)
+      })
+      const u = new URL(postgresUrl)
+      u.username = name
+      u.password = password
+      u.pathname = `/${name}`
+      database = {
+        url: u.toString(),
+        drop: () =>
+          withPgClient(postgresUrl!, async (c) => {
+            await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+            await c.query(`DROP ROLE IF EXISTS ${name}`)
+          }),
+        // Every row of every table, as JSON: PostgreSQL's counterpart of grepping the SQLite file.
+        dump: () =>
+          withPgClient(u.toString(), async (c) => {
+            const tables = await c.query<{ table_name: string }>("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+            const out: Array<string> = []
+            for (const t of tables.rows) out.push(t.table_name, JSON.stringify((await c.query(`SELECT * FROM "${t.table_name}"`)).rows))
+            return out.join("\n")
+          })
       }
     }
-    if (process.env["SECRETS_TEST_DUMP"]) writeFileSync(process.env["SECRETS_TEST_DUMP"], findings.join("\n"))
-    expect(findings).toEqual([])
-  }, 90_000)
+    try {
+      const serve = await startServe(cwd, {
+        LISTEN_ADDR: "127.0.0.1:0",
+        MANAGEMENT_TOKEN: managementToken,
+        ENCRYPTION_KEY: encryptionKey,
+        OPENAI_API_URL: mock.url,
+        LOG_LEVEL: "debug",
+        LOG_FORMAT: "pretty",
+        AUDIT_LOG_FILE: "./data/audit.log",
+        FILE_EVENT_LOG: "./data/events.jsonl",
+        OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url,
+        OTEL_EXPORTER_OTLP_HEADERS: `x-otlp-key=${otlpHeader}`,
+        OTEL_EXPORT_INTERVAL: "200ms",
+        ...(database ? { DATABASE_URL: database.url } : {})
+      })
+      const { send, chat, v1, project, token, login } = clientOf(serve.url, managementToken, ledger)
+      const seenBefore = otlp.requests.length
+      try {
+        const id = await project("secrets-pretty", "openai", openaiKey)
+        const valid = await token("valid", id)
+        const revoked = await token("revoked", id)
+        expect((await send("DELETE", `/manage/tokens/${revoked.id}`)).status).toBeLessThan(300)
+        expect((await send("GET", "/manage/projects", { auth: `Bearer ${managementToken.slice(0, -1)}x` })).status).toBe(401)
+        expect((await send("GET", `/manage/tokens?project_id=${id}&api_key=${openaiKey}`)).status).toBe(200)
+        const { cookie, csrf } = await login()
+        expect((await send("PATCH", `/manage/projects/${id}`, { auth: null, headers: { ...cookie, "x-csrf-token": csrf }, body: { name: "secrets-pretty-2" } })).status).toBe(200)
+        expect((await v1(valid.token)).status).toBe(200)
+        mock.enqueue(sse(chatChunks(["a", "b"])))
+        expect((await v1(valid.token, { body: chat({ stream: true }) })).text).toContain("[DONE]")
+        mock.enqueue(invalidKey(openaiKey))
+        expect((await v1(valid.token)).status).toBe(401)
+        mock.enqueue(reset())
+        expect((await v1(valid.token)).status).toBe(502)
+        expect((await v1(revoked.token)).status).toBe(401)
+        expect((await send("POST", `/v1/chat/completions?key=${valid.token}`, { auth: null, body: chat() })).status).toBe(401)
+        for (const path of ["/manage/tokens", "/manage/audit?page_size=100", "/health", "/ready", "/metrics", "/metrics/json"]) {
+          expect((await send("GET", path)).status).toBe(200)
+        }
+        const eventsFile = join(cwd, "data/events.jsonl")
+        await waitFor("five events", () => existsSync(eventsFile) && readFileSync(eventsFile, "utf8").split("\n").length > 5)
+        await waitFor("proxy spans at the OTLP receiver", () => otlp.requests.slice(seenBefore).some((r) => r.body.includes("proxy.request")))
+      } finally {
+        expect(await serve.stop(), "serve exit code").toBe(0)
+      }
+      ledger.collect("serve stdout+stderr", serve.output())
+      for (const f of filesUnder(cwd)) ledger.collect(`file ${f}`, readFileSync(f).toString("latin1"))
+      for (const r of otlp.requests.slice(seenBefore)) {
+        const { "x-otlp-key": _, ...rest } = r.headers
+        ledger.collect(`OTLP export ${r.url}`, `${r.url} ${JSON.stringify(rest)}\n${r.body}`)
+      }
+      collectUpstream(ledger, mock, { authorization: [`Bearer ${openaiKey}`] })
+      if (database) ledger.collect("PostgreSQL rows", await database.dump())
+
+      // Not trivial: pretty lines (not JSON), one access line per request, the key stored encrypted.
+      const out = serve.output()
+      expect(out.split("\n").some((l) => l.startsWith("{"))).toBe(false)
+      expect(out.match(/access/g)?.length ?? 0).toBeGreaterThanOrEqual(6)
+      expect(ledger.text(/audit\.log$/).includes("admin.login")).toBe(true)
+      expect(ledger.text(/^OTLP/).includes("\"name\":\"proxy.request\"")).toBe(true)
+      expect(ledger.text(database ? /^PostgreSQL rows$/ : /llm-proxy\.db$/).includes("enc:v1:")).toBe(true)
+      console.log(`[secrets] pretty run${database ? " on PostgreSQL" : ""}: ${ledger.secrets.length} secrets × ${ledger.outputs.length} outputs`)
+      expect(ledger.findings()).toEqual([])
+    } finally {
+      await database?.drop()
+    }
+  }, 60_000)
 })
