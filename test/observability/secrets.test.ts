@@ -23,7 +23,11 @@
  * header and the Lunary/Helicone receivers the dispatcher's API key as `Authorization` — those headers only.
  * Each of these is still checked for every *other* secret.
  *
- * Like the other tests of the built binary it needs `npm run build` first (dist/ is not rebuilt by `npm test`).
+ * A second, shorter run does the same with `LOG_FORMAT=pretty` and, when DATABASE_URL is set, on PostgreSQL as a role
+ * of its own whose password (in DATABASE_URL) is one more secret; every row of every table is grepped there.
+ *
+ * Like the other tests of the built binary it needs `npm run build` first (dist/ is not rebuilt by `npm test`);
+ * it warns when dist/ is older than src/. SECRETS_TEST_DUMP=file appends the findings there (names, never values).
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
