@@ -38,6 +38,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Redis } from "ioredis"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { decodeTraces } from "./otlpDecode.js"
 import { flushRedisPrefix, postgresUrl, redisUrl, withPgClient } from "../support/databases.js"
 import { chatChunks, json, type MockUpstream, reset, sse, startMockUpstream } from "../support/mockUpstream.js"
 
@@ -116,7 +117,12 @@ const startReceiver = async () => {
     const chunks: Array<Buffer> = []
     req.on("data", (c: Buffer) => chunks.push(c))
     req.on("end", () => {
-      requests.push({ method: req.method ?? "", url: req.url ?? "", headers: req.headers, body: Buffer.concat(chunks).toString("utf8") })
+      const raw = Buffer.concat(chunks)
+      // OTLP protobuf (the default): grep the raw bytes and their decoded OTLP/JSON form.
+      const body = req.headers["content-type"] === "application/x-protobuf"
+        ? `${raw.toString("latin1")}\n${JSON.stringify(decodeTraces(raw))}`
+        : raw.toString("utf8")
+      requests.push({ method: req.method ?? "", url: req.url ?? "", headers: req.headers, body })
       res.writeHead(200, { "content-type": "application/json" }).end("{}")
     })
   })
@@ -695,6 +701,8 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
         AUDIT_LOG_FILE: "./data/audit.log",
         FILE_EVENT_LOG: "./data/events.jsonl",
         OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url,
+        // The first run exports protobuf (the default); this one OTLP/JSON.
+        OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
         OTEL_EXPORTER_OTLP_HEADERS: `x-otlp-key=${otlpHeader}`,
         OTEL_EXPORT_INTERVAL: "200ms",
         ...(database ? { DATABASE_URL: database.url } : {})
