@@ -49,9 +49,15 @@ export const parseRateLimit = (u: unknown): Either.Either<RateLimitInput | null 
 
 const isObj = (u: unknown): u is Obj => typeof u === "object" && u !== null && !Array.isArray(u)
 
+/**
+ * A name worth quoting back: letters, `_` and `-`, at most 40. Anything else a client sent as a name (a pasted API
+ * key or token, typically long and with digits) is not repeated in errors, and so not in the audit log either.
+ */
+export const isPlainName = (name: string): boolean => /^[A-Za-z_-]{1,40}$/.test(name)
+
 const unknownField = (body: Obj, allowed: ReadonlyArray<string>): Invalid | undefined => {
   for (const key of Object.keys(body)) {
-    if (!allowed.includes(key)) return `unknown field "${key.length > 64 ? key.slice(0, 64) + "…" : key}"`
+    if (!allowed.includes(key)) return isPlainName(key) ? `unknown field "${key}"` : "unknown field"
   }
   return undefined
 }

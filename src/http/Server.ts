@@ -2,7 +2,7 @@
  * The node:http listener. We own the server (rather than NodeHttpServer.layer) so the data plane can take
  * /v1/* requests as plain Node streams before the Effect app sees them (DESIGN.md "Two planes").
  */
-import { HttpIncomingMessage, HttpMiddleware, type HttpServerRequest } from "@effect/platform"
+import { Headers, HttpIncomingMessage, HttpMiddleware, type HttpServerRequest } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Context, Effect, Layer, Option } from "effect"
 import { createServer, type ServerResponse } from "node:http"
@@ -13,6 +13,7 @@ import { duplicateAuthorization, isProxyPath } from "../proxy/policy.js"
 import { ProxyHandler } from "../proxy/ProxyHandler.js"
 import { makeApp } from "./App.js"
 import { MAX_BODY_BYTES } from "./body.js"
+import { REDACTED_HEADER_NAMES, redactQueryInSpan } from "./spanRedaction.js"
 
 export interface BoundAddress {
   readonly host: string
@@ -65,12 +66,14 @@ export const HttpServerLive = Layer.scoped(
   Effect.gen(function*() {
     const config = yield* AppConfig
     const app = yield* makeApp
-    const bounded = HttpIncomingMessage.withMaxBodySize(app, Option.some(MAX_BODY_BYTES + 1))
-    // The platform wraps every request of the Effect app in a server span (HttpMiddleware.tracer); a no-op when tracing is off.
+    const bounded = HttpIncomingMessage.withMaxBodySize(redactQueryInSpan(app), Option.some(MAX_BODY_BYTES + 1))
+    // The platform wraps every request of the Effect app in a server span (HttpMiddleware.tracer); a no-op when tracing
+    // is off. Credentials in its URL and headers are redacted (spanRedaction.ts).
     const handler = yield* NodeHttpServer.makeHandler(bounded).pipe(
       Effect.provide(NodeHttpServer.layerContext),
       Effect.provideService(HttpMiddleware.SpanNameGenerator, spanName),
-      Effect.locally(HttpMiddleware.currentTracerDisabledWhen, untraced)
+      Effect.locally(HttpMiddleware.currentTracerDisabledWhen, untraced),
+      Effect.locally(Headers.currentRedactedNames, REDACTED_HEADER_NAMES)
     )
     const proxy = yield* ProxyHandler
     // /v1/* never enters the Effect app: it is handled as plain Node streams (src/proxy/ProxyHandler.ts).

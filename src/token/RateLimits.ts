@@ -117,9 +117,61 @@ const make = (mode: "sync" | "async", failureMode: FailureMode) =>
     return service
   })
 
+/**
+ * The in-memory fixed-window store: the same counting as @effect/experimental's `layerStoreMemory`, whose map keeps
+ * every key it ever saw (one per rate-limited token and project, for the life of the process). Here windows that
+ * ended are swept every `SWEEP_MS`, which changes no answer: an ended window counts as a fresh one anyway.
+ */
+export const SWEEP_MS = 60_000
+
+export const makeMemoryStore = () => {
+  const windows = new Map<string, { count: number; expiresAt: number }>()
+  const fallback = Effect.runSync(Effect.map(Layer.build(RateLimiter.layerStoreMemory), Context.get(RateLimiter.RateLimiterStore)).pipe(Effect.scoped))
+  const store = RateLimiter.RateLimiterStore.of({
+    fixedWindow: (options) =>
+      Effect.clockWith((clock) =>
+        Effect.sync(() => {
+          const refillMs = Duration.toMillis(options.refillRate)
+          const now = clock.unsafeCurrentTimeMillis()
+          let w = windows.get(options.key)
+          if (w === undefined || w.expiresAt <= now) {
+            w = { count: 0, expiresAt: now }
+            windows.set(options.key, w)
+          }
+          if (options.limit !== undefined && w.count + options.tokens > options.limit) {
+            return [w.count + options.tokens, w.expiresAt - now] as const
+          }
+          w.count += options.tokens
+          w.expiresAt += refillMs * options.tokens
+          return [w.count, w.expiresAt - now] as const
+        })
+      ),
+    // Not used by RateLimits (fixed windows only); kept working for completeness.
+    tokenBucket: (options) => fallback.tokenBucket(options)
+  })
+  /** Drops the windows that ended by `now`; returns how many are left. */
+  const sweep = (now: number): number => {
+    for (const [key, w] of windows) if (w.expiresAt <= now) windows.delete(key)
+    return windows.size
+  }
+  return { store, sweep, size: () => windows.size }
+}
+
+const memoryStore = Layer.scoped(
+  RateLimiter.RateLimiterStore,
+  Effect.gen(function*() {
+    const { store, sweep } = makeMemoryStore()
+    yield* Effect.forkScoped(Effect.forever(Effect.zipRight(
+      Effect.sleep(Duration.millis(SWEEP_MS)),
+      Effect.clockWith((clock) => Effect.sync(() => sweep(clock.unsafeCurrentTimeMillis())))
+    )))
+    return store
+  })
+)
+
 export const memory: Layer.Layer<RateLimits> = Layer.effect(RateLimits, make("sync", "open")).pipe(
   Layer.provide(RateLimiter.layer),
-  Layer.provide(RateLimiter.layerStoreMemory)
+  Layer.provide(memoryStore)
 )
 
 // The fixed-window script of @effect/experimental/RateLimiter/Redis, run on a client we own: that store's client has

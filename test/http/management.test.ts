@@ -692,6 +692,8 @@ function managementSuite(backend: Backend) {
         { method: "POST", path: P, body: { ...ok, is_active: false }, error: "unknown field \"is_active\"" },
         { method: "POST", path: P, body: `{"name":"${ok.name}","api_key":"${ok.api_key}","__proto__":{"x":1}}`, error: "unknown field \"__proto__\"" },
         { method: "POST", path: P, body: { ...ok, constructor: "x" }, error: "unknown field \"constructor\"" },
+        // A key pasted as a field name is not quoted back (errors are audited).
+        { method: "POST", path: P, body: { ...ok, "sk-proj-AbC123xyz789QwErTy456UiOp0": "" }, error: "unknown field" },
         { method: "POST", path: P, body: { ...ok, ["k".repeat(10_000)]: 1 } },
         { method: "POST", path: P, body: { ...ok, name: "n".repeat(1024 * 1024) }, error: "name must be at most 255 characters" },
         { method: "POST", path: P, body: { ...ok, name: "n".repeat(256) }, error: "name must be at most 255 characters" },

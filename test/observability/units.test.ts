@@ -4,7 +4,8 @@ import { describe, expect, it } from "vitest"
 import { appConfig, formatConfigError, parseOtlpHeaders } from "../../src/config/AppConfig.js"
 import { routeTemplate } from "../../src/http/Server.js"
 import { make as makeMetrics, statusClass } from "../../src/observability/Metrics.js"
-import { cacheStatusOf, modelOf } from "../../src/observability/ProxyObservability.js"
+import { accessEntry, accessJson, cacheStatusOf, modelOf } from "../../src/observability/ProxyObservability.js"
+import { ProxyRequestContext } from "../../src/proxy/ProxyHooks.js"
 import { ProtoWriter } from "../../src/observability/otlpProto.js"
 import { make as makeProxySpans, makeEncoder, nanos, type ProxySpanRecord } from "../../src/observability/ProxySpans.js"
 import { decodeTraces } from "./otlpDecode.js"
@@ -93,7 +94,7 @@ const roundTrip = (protocol: "http/protobuf" | "http/json", records: ReadonlyArr
   expect(encoder.size()).toBe(records.length)
   const body = encoder.take()
   expect(encoder.size()).toBe(0)
-  return (typeof body === "string" ? JSON.parse(body) : decodeTraces(body)) as {
+  return (protocol === "http/json" ? JSON.parse(body.toString("utf8")) : decodeTraces(body)) as {
     resourceSpans: Array<{ resource: { attributes: Array<any> }; scopeSpans: Array<{ scope: any; spans: Array<any> }> }>
   }
 }
@@ -152,6 +153,31 @@ describe.each(["http/protobuf", "http/json"] as const)("proxy span encoding (%s)
     expect(new Set(spans.map((s) => s.traceId)).size).toBe(1000)
     expect(spans.filter((s) => s.name === "proxy.request").map((s) => plain(s.attributes)["gen_ai.usage.input_tokens"]))
       .toEqual(Array.from({ length: 1000 }, (_, i) => i * 1000))
+  })
+})
+
+describe("access line JSON", () => {
+  const ctx = (over: Partial<ProxyRequestContext>) => {
+    const c = new ProxyRequestContext("req-\"1\"", "POST", "/v1/chat/completions", "/v1/chat/completions", undefined, 1, Date.now())
+    Object.assign(c, over)
+    return c
+  }
+  it.each([
+    ["a bare local error", ctx({ status: 401, code: "invalid_token", error: "token not found" }), { durationMs: 0.1234567, overheadMs: 0.1, model: undefined, cache: "none" }],
+    ["a forwarded stream with usage", ctx({
+      status: 200,
+      provider: "openai",
+      projectId: "p",
+      tokenId: "t",
+      stream: true,
+      forwarded: true,
+      upstreamMs: 12.3456,
+      usage: { prompt_tokens: 9, completion_tokens: 3, total_tokens: 12 }
+    }), { durationMs: 20, overheadMs: 0.5, model: "gpt-4o-mini", cache: "miss" }],
+    ["odd strings", ctx({ status: 502, error: 'upstream "x"\n\u2028 lost', provider: "é" }), { durationMs: 1, overheadMs: 1, model: "m\\\"\u0000", cache: "bypass" }]
+  ])("%s: the same text as JSON.stringify of the entry", (_, c, f) => {
+    expect(accessJson(c, f)).toBe(JSON.stringify(accessEntry(c, f)))
+    expect(JSON.parse(accessJson(c, f))).toEqual(JSON.parse(JSON.stringify(accessEntry(c, f))))
   })
 })
 
