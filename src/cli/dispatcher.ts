@@ -3,6 +3,8 @@ import { Command, Options } from "@effect/cli"
 import { Effect, Layer } from "effect"
 import { dispatcherConfig } from "../config/AppConfig.js"
 import { dispatcherLayer, loggerLayer } from "../Layers.js"
+import { VERSION } from "../http/App.js"
+import * as Tracing from "../observability/Tracing.js"
 import { CliFailure, describeError } from "./errors.js"
 import { configProvider } from "./serve.js"
 
@@ -65,6 +67,7 @@ export const dispatcher = Command.make("dispatcher", options, (o) =>
       Effect.mapError((e) => new CliFailure({ message: describeError(e) }))
     )
     return yield* Layer.launch(dispatcherLayer(config, config.events.consumerName)).pipe(
+      Effect.provide(Tracing.tracerLayer(config.otlp, VERSION)),
       Effect.provide(loggerLayer(config)),
       Effect.mapError((e) => new CliFailure({ message: describeError(e) }))
     )

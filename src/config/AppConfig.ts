@@ -558,6 +558,8 @@ export interface DispatcherConfig {
   readonly logFormat: LogFormat
   /** `--metrics-addr`: serve GET /metrics and GET /health here; none = no listener */
   readonly metricsAddr: Option.Option<ListenAddress>
+  /** Spans of its batches, exported like serve's (OTEL_EXPORTER_OTLP_*). */
+  readonly otlp: Option.Option<OtlpConfig>
 }
 
 /**
@@ -614,7 +616,8 @@ export const dispatcherConfig: Config.Config<DispatcherConfig> = Config.all({
   events: eventsConfig,
   logLevel,
   logFormat,
-  metricsAddr
+  metricsAddr,
+  otlp
 }).pipe(
   Config.mapOrFail((c): Either.Either<DispatcherConfig, ConfigError.ConfigError> => {
     if (c.events.bus !== "redis-streams") {
@@ -643,7 +646,8 @@ export const dispatcherConfig: Config.Config<DispatcherConfig> = Config.all({
       events: c.events,
       logLevel: c.logLevel,
       logFormat: c.logFormat,
-      metricsAddr: c.metricsAddr
+      metricsAddr: c.metricsAddr,
+      otlp: c.otlp
     })
   })
 )

@@ -213,7 +213,22 @@ export const start = (options: DispatcherOptions) =>
     const writer = Effect.forever(
       Effect.gen(function*() {
         const batch = yield* nextBatch
-        yield* deliver(batch).pipe(Effect.ensuring(Effect.sync(() => (busy = false))))
+        const before = { delivered: stats.delivered, retries: stats.retries, deadLettered: stats.deadLettered, invalid: stats.invalid }
+        // One span per batch (exported when OTEL_EXPORTER_OTLP_ENDPOINT is set): what it held and what became of it.
+        yield* deliver(batch).pipe(
+          Effect.tap(() =>
+            Effect.annotateCurrentSpan({
+              "llm_proxy.dispatcher.delivered": stats.delivered - before.delivered,
+              "llm_proxy.dispatcher.retries": stats.retries - before.retries,
+              "llm_proxy.dispatcher.dead_lettered": stats.deadLettered - before.deadLettered + stats.invalid - before.invalid
+            })
+          ),
+          Effect.withSpan("dispatcher.batch", {
+            kind: "consumer",
+            attributes: { "llm_proxy.dispatcher.backend": backend.name, "llm_proxy.dispatcher.group": options.group, "llm_proxy.dispatcher.events": batch.length }
+          }),
+          Effect.ensuring(Effect.sync(() => (busy = false)))
+        )
       })
     )
 

@@ -18,19 +18,21 @@ import { Layer, Option, Redacted } from "effect"
 import type { OtlpConfig } from "../config/AppConfig.js"
 import * as ProxySpans from "./ProxySpans.js"
 
-export const layer = (otlp: Option.Option<OtlpConfig>, serviceVersion: string): Layer.Layer<ProxySpans.ProxySpans> =>
+/** Effect's tracer over OTLP (management API, store queries, dispatcher batches), or nothing when not configured. */
+export const tracerLayer = (otlp: Option.Option<OtlpConfig>, serviceVersion: string): Layer.Layer<never> =>
   Option.match(otlp, {
     // Effect's own in-process tracer stays (it exports nothing; tests count store queries through it).
-    onNone: () => ProxySpans.layer(otlp, serviceVersion),
+    onNone: () => Layer.empty,
     onSome: (o) =>
-      Layer.merge(
-        OtlpTracer.layer({
-          url: o.tracesUrl,
-          resource: { serviceName: o.serviceName, serviceVersion },
-          headers: Redacted.value(o.headers),
-          exportInterval: o.exportIntervalMs,
-          shutdownTimeout: "3 seconds"
-        }).pipe(Layer.provide([o.protocol === "http/json" ? OtlpSerialization.layerJson : OtlpSerialization.layerProtobuf, NodeHttpClient.layerUndici])),
-        ProxySpans.layer(otlp, serviceVersion)
-      )
+      OtlpTracer.layer({
+        url: o.tracesUrl,
+        resource: { serviceName: o.serviceName, serviceVersion },
+        headers: Redacted.value(o.headers),
+        exportInterval: o.exportIntervalMs,
+        shutdownTimeout: "3 seconds"
+      }).pipe(Layer.provide([o.protocol === "http/json" ? OtlpSerialization.layerJson : OtlpSerialization.layerProtobuf, NodeHttpClient.layerUndici]))
   })
+
+/** serve: the Effect tracer plus the data plane's lean span exporter. */
+export const layer = (otlp: Option.Option<OtlpConfig>, serviceVersion: string): Layer.Layer<ProxySpans.ProxySpans> =>
+  Layer.merge(tracerLayer(otlp, serviceVersion), ProxySpans.layer(otlp, serviceVersion))

@@ -3,11 +3,14 @@ import { Effect, Exit, Fiber, Redacted } from "effect"
 import { existsSync, mkdtempSync, readFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { createServer } from "node:http"
+import type { AddressInfo } from "node:net"
 import { afterEach, describe, expect, it } from "vitest"
 import { runCli } from "../../src/cli/Cli.js"
 import { EventBus } from "../../src/eventbus/EventBus.js"
 import * as RedisStreamsBus from "../../src/eventbus/RedisStreamsBus.js"
 import { flushRedisPrefix, redisUrl } from "../support/databases.js"
+import { decodeTraces } from "../observability/otlpDecode.js"
 import { buildLayer, makeEvent, waitFor } from "../support/events.js"
 
 const cli = async (...args: Array<string>) => {
@@ -107,5 +110,53 @@ describe.skipIf(!redisUrl)("llm-proxy dispatcher against Redis (in-process)", ()
     const exit = await Effect.runPromise(Fiber.interrupt(fiber))
     expect(Exit.isInterrupted(exit)).toBe(true)
     expect(count()).toBe(50)
+  })
+
+  it("exports a dispatcher.batch span per batch over OTLP: events, delivered, backend", async () => {
+    const bodies: Array<Buffer> = []
+    const receiver = createServer((req, res) => {
+      const parts: Array<Buffer> = []
+      req.on("data", (d: Buffer) => parts.push(d))
+      req.on("end", () => {
+        bodies.push(Buffer.concat(parts))
+        res.writeHead(200).end()
+      })
+    })
+    await new Promise<void>((r) => receiver.listen(0, "127.0.0.1", r))
+    try {
+      const dir = mkdtempSync(join(tmpdir(), "llm-proxy-cli-dispatcher-"))
+      const path = join(dir, "out.jsonl")
+      const streamKey = `${prefix}traced`
+      const publisher = await buildLayer(RedisStreamsBus.publisherLayer({
+        url: Redacted.make(redisUrl!),
+        streamKey,
+        maxLen: 0,
+        bufferSize: 100,
+        claimIdleMs: 30_000
+      }))
+      for (let i = 0; i < 30; i++) publisher.get(EventBus).publish(makeEvent())
+      await publisher.close()
+      process.env["LLM_PROXY_EVENT_BUS"] = "redis-streams"
+      process.env["LOG_LEVEL"] = "error"
+      process.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}`
+      process.env["OTEL_EXPORT_INTERVAL"] = "100ms"
+      const fiber = Effect.runFork(runCli(
+        ["node", "llm-proxy", "dispatcher", "--endpoint", path, "--redis-url", redisUrl!, "--stream-key", streamKey, "--batch-size", "10", "--flush-interval", "50ms"]
+      ))
+      const count = () => (existsSync(path) ? readFileSync(path, "utf8").split("\n").filter((l) => l !== "").length : 0)
+      await waitFor(() => count() >= 30, 20_000, "30 lines")
+      await Effect.runPromise(Fiber.interrupt(fiber))
+      const spans = bodies.flatMap((b) => decodeTraces(b).resourceSpans.flatMap((r) => r.scopeSpans.flatMap((s: any) => s.spans as Array<any>)))
+      const batches = spans.filter((s) => s.name === "dispatcher.batch")
+      const attr = (s: any, key: string) => s.attributes.find((a: any) => a.key === key)?.value
+      expect(batches.length).toBeGreaterThanOrEqual(3)
+      const sum = (key: string) => batches.reduce((n, s) => n + Number(attr(s, key)?.intValue ?? 0), 0)
+      expect(sum("llm_proxy.dispatcher.events")).toBe(30)
+      expect(sum("llm_proxy.dispatcher.delivered")).toBe(30)
+      expect(sum("llm_proxy.dispatcher.dead_lettered")).toBe(0)
+      expect(batches.every((s) => attr(s, "llm_proxy.dispatcher.backend")?.stringValue === "file" && s.kind === 5)).toBe(true)
+    } finally {
+      await new Promise((r) => receiver.close(r))
+    }
   })
 })

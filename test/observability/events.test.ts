@@ -121,6 +121,7 @@ describe.skipIf(!redisUrl)("serve with the Redis Streams bus", () => {
     service: "file",
     endpoint: join(dir, `${group}.jsonl`),
     apiKey: Option.none(),
+    otlp: Option.none(),
     batchSize: 100,
     flushIntervalMs: 50,
     buffer: 1000,
