@@ -66,8 +66,7 @@ export const requestAttributes = (r: ProxySpanRecord): Attrs => ({
   "gen_ai.usage.output_tokens": r.outputTokens
 })
 
-export const upstreamAttributes = (r: ProxySpanRecord, u: NonNullable<ProxySpanRecord["upstream"]>): Attrs => ({
-  "llm_proxy.provider": r.provider,
+export const upstreamAttributes = (_r: ProxySpanRecord, u: NonNullable<ProxySpanRecord["upstream"]>): Attrs => ({
   "http.response.status_code": u.status,
   "llm_proxy.upstream_headers_ms": u.headersMs
 })
@@ -85,6 +84,8 @@ export class ProxySpans extends Context.Tag("llm-proxy/ProxySpans")<ProxySpans, 
 
 export const MAX_BUFFERED = 20_000
 export const MAX_BATCH = 1_000
+/** Distinct (method, route, status, provider, cache, model) combinations whose encoded attributes are kept. */
+const MAX_COMBINATIONS = 4_096
 
 // Ids come from a pool of random bytes refilled 4 KiB at a time (one getrandom call per ~170 requests).
 const POOL_BYTES = 4096
@@ -249,6 +250,8 @@ const protobufEncoder = (resource: { readonly attributes: ReadonlyArray<{ key: s
   const resourceBytes = Proto.encodeResource(resource.attributes)
   const scopeBytes = Proto.encodeScope(scope.name, scope.version)
   const w = new Proto.ProtoWriter(256 * 1024)
+  const scratch = new Proto.ProtoWriter(1024)
+  const repeatedAttributes = new Map<string, Buffer>()
   let n = 0
   return {
     contentType: "application/x-protobuf",
@@ -261,13 +264,22 @@ const protobufEncoder = (resource: { readonly attributes: ReadonlyArray<{ key: s
       poolAt += 32
       // kind 2 = SERVER, 3 = CLIENT
       const root = Proto.beginSpan(w, pool, at, pool, at + 16, undefined, 0, K.requestName, 2, r.startMs, r.endMs)
-      w.attr(K.method, r.method)
-      w.attr(K.route, r.route)
-      w.attr(K.status, r.status)
+      // The attributes that repeat from request to request, encoded once per combination.
+      const combination = `${r.method}\n${r.route}\n${r.status}\n${r.provider}\n${r.cache}\n${r.model ?? ""}\n${r.model === undefined}`
+      let repeated = repeatedAttributes.get(combination)
+      if (repeated === undefined) {
+        scratch.pos = 0
+        scratch.attr(K.method, r.method)
+        scratch.attr(K.route, r.route)
+        scratch.attr(K.status, r.status)
+        scratch.attr(K.provider, r.provider)
+        scratch.attr(K.cache, r.cache)
+        scratch.attr(K.model, r.model)
+        repeated = Buffer.from(scratch.view())
+        if (repeatedAttributes.size < MAX_COMBINATIONS) repeatedAttributes.set(combination, repeated)
+      }
+      w.raw(repeated)
       w.attr(K.requestId, r.requestId)
-      w.attr(K.provider, r.provider)
-      w.attr(K.cache, r.cache)
-      w.attr(K.model, r.model)
       w.attr(K.projectId, r.projectId)
       w.attr(K.tokenId, r.tokenId)
       w.attr(K.errorCode, r.errorCode)
@@ -277,7 +289,6 @@ const protobufEncoder = (resource: { readonly attributes: ReadonlyArray<{ key: s
       const u = r.upstream
       if (u !== undefined) {
         const child = Proto.beginSpan(w, pool, at, pool, at + 24, pool, at + 16, K.upstreamName, 3, u.startMs, u.endMs)
-        w.attr(K.provider, r.provider)
         w.attr(K.status, u.status)
         w.attr(K.headersMs, u.headersMs)
         Proto.endSpan(w, child, u.error)

@@ -264,6 +264,13 @@ export class ProtoWriter {
     this.end(kv)
   }
 
+  /** Bytes encoded earlier (e.g. a cached run of attributes), as they are. */
+  raw(bytes: Buffer): void {
+    this.ensure(bytes.length)
+    bytes.copy(this.buf, this.pos)
+    this.pos += bytes.length
+  }
+
   /** The bytes written so far (a view; copy it before writing on). */
   view(): Buffer {
     return this.buf.subarray(0, this.pos)

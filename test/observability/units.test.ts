@@ -134,7 +134,7 @@ describe.each(["http/protobuf", "http/json"] as const)("proxy span encoding (%s)
     expect(root.status).toEqual({ code: 1 })
     expect(up).toMatchObject({ name: "proxy.upstream", kind: 3, traceId: root.traceId, parentSpanId: root.spanId, status: { code: 2 } })
     expect(up.spanId).not.toBe(root.spanId)
-    expect(plain(up.attributes)).toEqual({ "llm_proxy.provider": "openai", "http.response.status_code": 503, "llm_proxy.upstream_headers_ms": 1.25 })
+    expect(plain(up.attributes)).toEqual({ "http.response.status_code": 503, "llm_proxy.upstream_headers_ms": 1.25 })
   })
 
   it("keeps unusual strings intact: quotes and newlines, non-ASCII, 200 bytes, 20 KB", () => {
