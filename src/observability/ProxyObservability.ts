@@ -47,12 +47,6 @@ export const cacheStatusOf = (headers: OutgoingHttpHeaders): string => {
   return v !== undefined && CACHE_VALUES.has(v) ? v : "none"
 }
 
-interface AfterHeaders {
-  cache: string
-  /** performance.now() when our response headers were written. */
-  writtenAt: number
-}
-
 export interface AccessLogEntry {
   readonly [key: string]: string | number | boolean | undefined
 }
@@ -121,7 +115,6 @@ export const make = (options: {
     const metrics = yield* Metrics
     const providers = yield* Providers
     const spans = Option.getOrUndefined(yield* ProxySpans)
-    const after = new WeakMap<ProxyRequestContext, AfterHeaders>()
 
     // Route label: the longest allowed endpoint prefix of any provider (a bounded set), else "other".
     const endpoints = [...new Set(providers.all.flatMap((p) => p.allowedEndpoints))].sort((a, b) => b.length - a.length)
@@ -269,22 +262,23 @@ export const make = (options: {
 
     const hooks: Partial<ProxyHooksShape> = {
       decorateResponse: [(ctx, _status, headers) => {
-        after.set(ctx, { cache: cacheStatusOf(headers), writtenAt: performance.now() })
+        ctx.responseCacheStatus = cacheStatusOf(headers)
+        ctx.headersWrittenAt = performance.now()
       }],
       onComplete: [(ctx) => {
-        const a = after.get(ctx)
+        const writtenAt = ctx.headersWrittenAt
         const durationMs = ctx.durationMs ?? performance.now() - ctx.startedAt
         let overheadMs: number
         if (!ctx.forwarded || ctx.proxyMs === undefined) overheadMs = durationMs
-        else if (a !== undefined && ctx.upstreamMs !== undefined) {
-          overheadMs = ctx.proxyMs + Math.max(0, a.writtenAt - (ctx.startedAt + ctx.proxyMs + ctx.upstreamMs))
+        else if (writtenAt !== undefined && ctx.upstreamMs !== undefined) {
+          overheadMs = ctx.proxyMs + Math.max(0, writtenAt - (ctx.startedAt + ctx.proxyMs + ctx.upstreamMs))
         } else overheadMs = ctx.proxyMs
         const model = modelOf(ctx.requestBody)
         const o: RequestObservation = {
           provider: ctx.provider ?? "none",
           route: routeOf(ctx.path),
           status: ctx.status,
-          cache: ctx.cacheHit ? "hit" : a?.cache ?? "none",
+          cache: ctx.cacheHit ? "hit" : ctx.responseCacheStatus ?? "none",
           overheadSeconds: overheadMs / 1000,
           upstreamSeconds: ctx.upstreamMs === undefined ? undefined : ctx.upstreamMs / 1000,
           durationSeconds: durationMs / 1000,

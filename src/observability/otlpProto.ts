@@ -265,9 +265,10 @@ export class ProtoWriter {
   }
 
   /** Bytes encoded earlier (e.g. a cached run of attributes), as they are. */
-  raw(bytes: Buffer): void {
+  raw(bytes: Uint8Array): void {
     this.ensure(bytes.length)
-    bytes.copy(this.buf, this.pos)
+    // TypedArray#set: cheaper than Buffer#copy's argument checks for the short runs copied here.
+    this.buf.set(bytes, this.pos)
     this.pos += bytes.length
   }
 

@@ -60,6 +60,13 @@ export class ProxyRequestContext {
   responseTruncated = false
   /** What went wrong (safe text, never a secret), when something did. */
   error: string | undefined = undefined
+  /**
+   * When a forwarded answer's headers were written (performance.now()) and the cache status they carried; set by
+   * the observability hooks' `decorateResponse` (fields rather than a side table: a WeakMap entry per request cost
+   * more than everything else those hooks do).
+   */
+  headersWrittenAt: number | undefined = undefined
+  responseCacheStatus: string | undefined = undefined
   /** The socket peer and request headers at arrival (the audit hook works out the client IP from them). */
   peer: string | undefined = undefined
   headers: IncomingHttpHeaders | undefined = undefined

@@ -1,0 +1,173 @@
+/**
+ * What share of the proxy's CPU goes to observing itself, read from a CPU profile of the real `serve` under
+ * saturation, per variant:
+ *   metrics            ENABLE_METRICS=true (a /metrics scrape every 5 s)
+ *   metrics+tracing    + every request's spans exported over OTLP/HTTP protobuf to a local sink
+ *   … + access log     + one JSON access-log line per request (LOG_LEVEL=info, to /dev/null)
+ *
+ * Why a profile: on the shared VM this runs on, the whole machine speeds up and slows down by 20–50 % within
+ * minutes (every function, native hashing included, takes longer together), so two runs of different settings
+ * measured one after the other differ by more than the few percent observability costs. A profile's *shares* are
+ * taken within one run and do not move with the machine's speed.
+ *
+ * A sample is counted as observability when any frame of its stack is code from src/observability/ (the bundle's
+ * `// src/...` module markers map lines to files): the metrics series, the hooks, span encoding, the exporter's
+ * HTTP calls, the access log, scrapes. Garbage collection is not attributed to anyone (it is reported apart). The
+ * throughput ratio on ÷ off that this predicts is 1 − share.
+ *
+ * Run: `npm run build && npm run bench -- observability-profile` (BENCH_REQUESTS per variant, default 100,000;
+ * BENCH_SSE=1 for streamed answers; BENCH_ONLY=name one variant; BENCH_TOP=n items listed, default 6).
+ */
+import autocannon from "autocannon"
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
+import { createServer } from "node:http"
+import type { AddressInfo } from "node:net"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { request } from "undici"
+import { chatBody, children, cpuMsOf, fmt, pinSelfToCore0, root, startJsonPort, startLlmProxy } from "./harness.js"
+
+const requests = Number(process.env["BENCH_REQUESTS"] ?? 100_000)
+const stream = process.env["BENCH_SSE"] === "1"
+
+interface ProfileNode {
+  readonly id: number
+  readonly callFrame: { readonly functionName: string; readonly url: string; readonly lineNumber: number }
+  readonly children?: ReadonlyArray<number>
+}
+interface Profile {
+  readonly startTime: number
+  readonly endTime: number
+  readonly nodes: ReadonlyArray<ProfileNode>
+  readonly samples: ReadonlyArray<number>
+  readonly timeDeltas: ReadonlyArray<number>
+}
+
+// Module of each line of the bundle, from esbuild's `// path` markers.
+const bundle = readFileSync(join(root, "dist/cli/main.js"), "utf8").split("\n")
+const markers: Array<readonly [number, string]> = []
+bundle.forEach((line, i) => {
+  const m = /^\/\/ (\S+\.(?:ts|js|mjs|cjs))$/.exec(line)
+  if (m) markers.push([i, m[1]!])
+})
+const moduleAt = (line: number): string => {
+  let lo = 0
+  let hi = markers.length - 1
+  let found = ""
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1
+    if (markers[mid]![0] <= line) {
+      found = markers[mid]![1]
+      lo = mid + 1
+    } else hi = mid - 1
+  }
+  return found
+}
+
+/** Shares over the samples taken between `fromUs` and `toUs` (profile clock, µs). */
+const analyse = (p: Profile, fromUs: number, toUs: number) => {
+  const byId = new Map(p.nodes.map((n) => [n.id, n]))
+  const parent = new Map<number, number>()
+  for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id)
+  const observing = new Map<number, boolean>()
+  const isObserving = (id: number): boolean => {
+    const known = observing.get(id)
+    if (known !== undefined) return known
+    const n = byId.get(id)!
+    const own = n.callFrame.url.endsWith("dist/cli/main.js") && moduleAt(n.callFrame.lineNumber).startsWith("src/observability/")
+    const up = parent.get(id)
+    const result = own || (up !== undefined && isObserving(up))
+    observing.set(id, result)
+    return result
+  }
+  let busy = 0
+  let obs = 0
+  let gc = 0
+  const topObs = new Map<string, number>()
+  let at = p.startTime
+  for (let i = 0; i < p.samples.length; i++) {
+    const us = p.timeDeltas[i] ?? 0
+    at += us
+    if (at < fromUs || at > toUs) continue
+    const n = byId.get(p.samples[i]!)!
+    const name = n.callFrame.functionName
+    if (name === "(idle)") continue
+    busy += us
+    if (name === "(garbage collector)") gc += us
+    else if (isObserving(n.id)) {
+      obs += us
+      const key = `${name || "(anonymous)"} ${n.callFrame.url.endsWith("main.js") ? moduleAt(n.callFrame.lineNumber) : n.callFrame.url.split("/").pop()}`
+      topObs.set(key, (topObs.get(key) ?? 0) + us)
+    }
+  }
+  return { busy, obs, gc, top: [...topObs].sort((a, b) => b[1] - a[1]).slice(0, Number(process.env["BENCH_TOP"] ?? 6)) }
+}
+
+const main = async () => {
+  pinSelfToCore0()
+  const sink = createServer((req, res) => {
+    req.resume()
+    req.on("end", () => res.writeHead(200, { "content-type": "application/json" }).end("{}"))
+  })
+  await new Promise<void>((r) => sink.listen(0, "127.0.0.1", r))
+  const sinkUrl = `http://127.0.0.1:${(sink.address() as AddressInfo).port}`
+  const up = await startJsonPort(join(root, "test/bench/upstream.mjs"), {}, 0)
+  const only = process.env["BENCH_ONLY"]
+  const variants: Array<readonly [string, Record<string, string>]> = ([
+    ["metrics", { ENABLE_METRICS: "true", ACCESS_LOG: "false" }],
+    ["metrics+tracing", { ENABLE_METRICS: "true", ACCESS_LOG: "false", OTEL_EXPORTER_OTLP_ENDPOINT: sinkUrl }],
+    ["… + access log", { ENABLE_METRICS: "true", ACCESS_LOG: "true", LOG_LEVEL: "info", OTEL_EXPORTER_OTLP_ENDPOINT: sinkUrl }]
+  ] as const).filter(([name]) => only === undefined || name === only)
+  console.log(`observability share of serve's CPU — ${requests.toLocaleString("en-US")} ${stream ? "SSE" : "JSON"} requests per variant, 64 connections\n`)
+  console.log("| variant | CPU µs/request | observability share | GC share | predicted on ÷ off | largest observability items |")
+  console.log("|---|---|---|---|---|---|")
+  for (const [name, env] of variants) {
+    const dir = mkdtempSync(join(tmpdir(), "llm-proxy-prof-"))
+    const proxy = await startLlmProxy(`http://127.0.0.1:${up.port}`, env, ["--cpu-prof", `--cpu-prof-dir=${dir}`])
+    const scrape = env["ENABLE_METRICS"] === "true"
+      ? setInterval(() => void request(`${proxy.url}/metrics`).then((r) => r.body.dump(), () => {}), 5_000)
+      : undefined
+    const load = (amount: number) =>
+      autocannon({
+        url: `${proxy.url}/v1/chat/completions${stream ? "?chunks=20" : ""}`,
+        method: "POST",
+        headers: { authorization: `Bearer ${proxy.token}`, "content-type": "application/json" },
+        body: chatBody(stream),
+        connections: 64,
+        amount
+      })
+    await load(Math.min(20_000, requests))
+    const before = cpuMsOf(proxy.pid)
+    const t0 = performance.now()
+    const r = await load(requests)
+    const t1 = performance.now()
+    const cpuUs = ((cpuMsOf(proxy.pid) - before) * 1000) / Math.max(1, r.requests.total)
+    if (scrape) clearInterval(scrape)
+    await proxy.stop()
+    const t2 = performance.now()
+    const file = readdirSync(dir).find((f) => f.endsWith(".cpuprofile"))
+    if (file === undefined) throw new Error(`no profile written for ${name}`)
+    const profile = JSON.parse(readFileSync(join(dir, file), "utf8")) as Profile
+    // The measured load, in the profile's clock: the profile ends when the process exits (≈ t2).
+    const a = analyse(profile, profile.endTime - (t2 - t0) * 1000, profile.endTime - (t2 - t1) * 1000)
+    rmSync(dir, { recursive: true, force: true })
+    const share = a.obs / a.busy
+    console.log(
+      `| ${name} | ${fmt(cpuUs, 1)} | ${fmt(100 * share, 1)} % | ${fmt((100 * a.gc) / a.busy, 1)} % | ${fmt(1 - share, 3)} | ` +
+        `${a.top.map(([k, us]) => `${k} ${fmt((100 * us) / a.busy, 1)} %`).join("; ")} |`
+    )
+  }
+  sink.close()
+}
+
+main().then(
+  () => {
+    for (const c of children) c.kill("SIGTERM")
+    process.exit(0)
+  },
+  (e) => {
+    console.error(e)
+    for (const c of children) c.kill("SIGKILL")
+    process.exit(1)
+  }
+)
