@@ -22,6 +22,8 @@ export const MAX_MODELS = 200
 const MAX_ROUTES_CACHED = 2_000
 const MODEL_SCAN_BYTES = 8_192
 const ACCESS_LOG_FLUSH_MS = 50
+/** Epoch ms of performance.now() = 0; read once (the getter is a call into the runtime each time). */
+const TIME_ORIGIN = performance.timeOrigin
 const MODEL_KEY = Buffer.from('"model"')
 const MODEL_PATTERN = /^"model"\s*:\s*"([^"\\]{1,128})"/
 
@@ -226,7 +228,7 @@ export const make = (options: {
     }
 
     const span = (exporter: ProxySpansShape, ctx: ProxyRequestContext, o: RequestObservation, model: string | undefined) => {
-      const origin = performance.timeOrigin
+      const origin = TIME_ORIGIN
       const endMs = origin + ctx.startedAt + (ctx.durationMs ?? 0)
       const sentAt = ctx.proxyMs === undefined ? undefined : origin + ctx.startedAt + ctx.proxyMs
       exporter.record({

@@ -255,6 +255,8 @@ const protobufEncoder = (resource: { readonly attributes: ReadonlyArray<{ key: s
   const scratch = new Proto.ProtoWriter(1024)
   const repeatedAttributes = new Map<string, Buffer>()
   const tokenAttributes = new Map<string, { readonly projectId: string | undefined; readonly bytes: Buffer }>()
+  let last: ProxySpanRecord | undefined
+  let lastBytes: Buffer | undefined
   let n = 0
   return {
     contentType: "application/x-protobuf",
@@ -267,21 +269,31 @@ const protobufEncoder = (resource: { readonly attributes: ReadonlyArray<{ key: s
       poolAt += 32
       // kind 2 = SERVER, 3 = CLIENT
       const root = Proto.beginSpan(w, pool, at, pool, at + 16, undefined, 0, K.requestName, 2, r.startMs, r.endMs)
-      // The attributes that repeat from request to request, encoded once per combination.
-      const combination = `${r.method}\n${r.route}\n${r.status}\n${r.provider}\n${r.cache}\n${r.model ?? ""}\n${r.model === undefined}`
-      let repeated = repeatedAttributes.get(combination)
-      if (repeated === undefined) {
-        scratch.pos = 0
-        scratch.attr(K.method, r.method)
-        scratch.attr(K.route, r.route)
-        scratch.attr(K.status, r.status)
-        scratch.attr(K.provider, r.provider)
-        scratch.attr(K.cache, r.cache)
-        scratch.attr(K.model, r.model)
-        repeated = Buffer.from(scratch.view())
-        if (repeatedAttributes.size < MAX_COMBINATIONS) repeatedAttributes.set(combination, repeated)
+      // The attributes that repeat from request to request, encoded once per combination; consecutive requests
+      // usually share theirs, which a field-by-field comparison finds without building a key.
+      let repeated: Buffer | undefined
+      if (
+        last !== undefined && r.status === last.status && r.route === last.route && r.model === last.model &&
+        r.cache === last.cache && r.provider === last.provider && r.method === last.method
+      ) repeated = lastBytes
+      else {
+        const combination = `${r.method}\n${r.route}\n${r.status}\n${r.provider}\n${r.cache}\n${r.model ?? ""}\n${r.model === undefined}`
+        repeated = repeatedAttributes.get(combination)
+        if (repeated === undefined) {
+          scratch.pos = 0
+          scratch.attr(K.method, r.method)
+          scratch.attr(K.route, r.route)
+          scratch.attr(K.status, r.status)
+          scratch.attr(K.provider, r.provider)
+          scratch.attr(K.cache, r.cache)
+          scratch.attr(K.model, r.model)
+          repeated = Buffer.from(scratch.view())
+          if (repeatedAttributes.size < MAX_COMBINATIONS) repeatedAttributes.set(combination, repeated)
+        }
+        last = r
+        lastBytes = repeated
       }
-      w.raw(repeated)
+      w.raw(repeated!)
       w.attr(K.requestId, r.requestId)
       // A token's project and token ids, encoded once per token.
       if (r.tokenId !== undefined) {

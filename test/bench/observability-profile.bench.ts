@@ -3,6 +3,8 @@
  * saturation, per variant:
  *   metrics            ENABLE_METRICS=true (a /metrics scrape every 5 s)
  *   metrics+tracing    + every request's spans exported over OTLP/HTTP protobuf to a local sink
+ *   … 10% sampled      OTEL_TRACES_SAMPLER=traceidratio, OTEL_TRACES_SAMPLER_ARG=0.1
+ *   … http/json        OTEL_EXPORTER_OTLP_PROTOCOL=http/json
  *   … + access log     + one JSON access-log line per request (LOG_LEVEL=info, to /dev/null)
  *
  * Why a profile: on the shared VM this runs on, the whole machine speeds up and slows down by 20–50 % within
@@ -116,6 +118,14 @@ const main = async () => {
   const variants: Array<readonly [string, Record<string, string>]> = ([
     ["metrics", { ENABLE_METRICS: "true", ACCESS_LOG: "false" }],
     ["metrics+tracing", { ENABLE_METRICS: "true", ACCESS_LOG: "false", OTEL_EXPORTER_OTLP_ENDPOINT: sinkUrl }],
+    ["… 10% sampled", {
+      ENABLE_METRICS: "true",
+      ACCESS_LOG: "false",
+      OTEL_EXPORTER_OTLP_ENDPOINT: sinkUrl,
+      OTEL_TRACES_SAMPLER: "traceidratio",
+      OTEL_TRACES_SAMPLER_ARG: "0.1"
+    }],
+    ["… http/json", { ENABLE_METRICS: "true", ACCESS_LOG: "false", OTEL_EXPORTER_OTLP_ENDPOINT: sinkUrl, OTEL_EXPORTER_OTLP_PROTOCOL: "http/json" }],
     ["… + access log", { ENABLE_METRICS: "true", ACCESS_LOG: "true", LOG_LEVEL: "info", OTEL_EXPORTER_OTLP_ENDPOINT: sinkUrl }]
   ] as const).filter(([name]) => only === undefined || name === only)
   console.log(`observability share of serve's CPU — ${requests.toLocaleString("en-US")} ${stream ? "SSE" : "JSON"} requests per variant, 64 connections\n`)
