@@ -171,3 +171,17 @@ export const saturate = async (
 }
 
 export const fmt = (n: number, d = 2) => (Number.isFinite(n) ? n.toFixed(d) : "—")
+
+/** Runs a benchmark's `main`, then stops every child process it started and exits (1 with the error on failure). */
+export const runBench = (main: () => Promise<void>): void =>
+  void main().then(
+    () => {
+      for (const c of children) c.kill("SIGTERM")
+      process.exit(0)
+    },
+    (e) => {
+      console.error(e)
+      for (const c of children) c.kill("SIGKILL")
+      process.exit(1)
+    }
+  )

@@ -27,7 +27,7 @@ import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { request } from "undici"
-import { chatBody, children, cpuMsOf, fmt, pinSelfToCore0, root, startJsonPort, startLlmProxy } from "./harness.js"
+import { chatBody, cpuMsOf, fmt, pinSelfToCore0, root, startJsonPort, startLlmProxy, runBench } from "./harness.js"
 
 const requests = Number(process.env["BENCH_REQUESTS"] ?? 100_000)
 const stream = process.env["BENCH_SSE"] === "1"
@@ -170,14 +170,4 @@ const main = async () => {
   sink.close()
 }
 
-main().then(
-  () => {
-    for (const c of children) c.kill("SIGTERM")
-    process.exit(0)
-  },
-  (e) => {
-    console.error(e)
-    for (const c of children) c.kill("SIGKILL")
-    process.exit(1)
-  }
-)
+runBench(main)

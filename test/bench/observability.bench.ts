@@ -23,7 +23,7 @@ import type { AddressInfo } from "node:net"
 import { cpus } from "node:os"
 import { join } from "node:path"
 import { request } from "undici"
-import { children, cpuMsOf, fmt, hasTaskset, type LlmProxy, pinSelfToCore0, root, saturate, startJsonPort, startLlmProxy } from "./harness.js"
+import { cpuMsOf, fmt, hasTaskset, type LlmProxy, pinSelfToCore0, root, saturate, startJsonPort, startLlmProxy, runBench } from "./harness.js"
 
 const rounds = Number(process.env["BENCH_ROUNDS"] ?? 8)
 const seconds = Number(process.env["BENCH_SECONDS"] ?? 3)
@@ -120,14 +120,4 @@ const main = async () => {
   sink.close()
 }
 
-main().then(
-  () => {
-    for (const c of children) c.kill("SIGTERM")
-    process.exit(0)
-  },
-  (e) => {
-    console.error(e)
-    for (const c of children) c.kill("SIGKILL")
-    process.exit(1)
-  }
-)
+runBench(main)

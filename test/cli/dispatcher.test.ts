@@ -70,6 +70,19 @@ describe("llm-proxy dispatcher", () => {
   })
 })
 
+/** Publishes `n` events to the Redis stream `streamKey`, as serve would. */
+const publishEvents = async (streamKey: string, n: number) => {
+  const publisher = await buildLayer(RedisStreamsBus.publisherLayer({
+    url: Redacted.make(redisUrl!),
+    streamKey,
+    maxLen: 0,
+    bufferSize: 100,
+    claimIdleMs: 30_000
+  }))
+  for (let i = 0; i < n; i++) publisher.get(EventBus).publish(makeEvent())
+  await publisher.close()
+}
+
 describe.skipIf(!redisUrl)("llm-proxy dispatcher against Redis (in-process)", () => {
   const prefix = `llm-proxy-test:cli-dispatcher:${process.pid}:${Date.now()}:`
   afterEach(() => flushRedisPrefix(redisUrl!, prefix))
@@ -78,16 +91,7 @@ describe.skipIf(!redisUrl)("llm-proxy dispatcher against Redis (in-process)", ()
     const dir = mkdtempSync(join(tmpdir(), "llm-proxy-cli-dispatcher-"))
     const path = join(dir, "out.jsonl")
     const streamKey = `${prefix}events`
-    const publisher = await buildLayer(RedisStreamsBus.publisherLayer({
-      url: Redacted.make(redisUrl!),
-      streamKey,
-      maxLen: 0,
-      bufferSize: 100,
-      claimIdleMs: 30_000
-    }))
-    const events = Array.from({ length: 50 }, () => makeEvent())
-    for (const e of events) publisher.get(EventBus).publish(e)
-    await publisher.close()
+    await publishEvents(streamKey, 50)
     process.env["LLM_PROXY_EVENT_BUS"] = "redis-streams"
     process.env["LOG_LEVEL"] = "error"
     const fiber = Effect.runFork(runCli([
@@ -127,15 +131,7 @@ describe.skipIf(!redisUrl)("llm-proxy dispatcher against Redis (in-process)", ()
       const dir = mkdtempSync(join(tmpdir(), "llm-proxy-cli-dispatcher-"))
       const path = join(dir, "out.jsonl")
       const streamKey = `${prefix}traced`
-      const publisher = await buildLayer(RedisStreamsBus.publisherLayer({
-        url: Redacted.make(redisUrl!),
-        streamKey,
-        maxLen: 0,
-        bufferSize: 100,
-        claimIdleMs: 30_000
-      }))
-      for (let i = 0; i < 30; i++) publisher.get(EventBus).publish(makeEvent())
-      await publisher.close()
+      await publishEvents(streamKey, 30)
       process.env["LLM_PROXY_EVENT_BUS"] = "redis-streams"
       process.env["LOG_LEVEL"] = "error"
       process.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}`
