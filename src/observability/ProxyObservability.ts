@@ -25,15 +25,50 @@ const ACCESS_LOG_FLUSH_MS = 50
 /** Epoch ms of performance.now() = 0; read once (the getter is a call into the runtime each time). */
 const TIME_ORIGIN = performance.timeOrigin
 const MODEL_KEY = Buffer.from('"model"')
-const MODEL_PATTERN = /^"model"\s*:\s*"([^"\\]{1,128})"/
 
-/** The `model` of a JSON request body, found with a native Buffer search in its first 8 KiB (no JSON parse). */
+const isSpace = (c: number) => c === 0x20 || (c >= 0x09 && c <= 0x0d) || c === 0xa0
+
+/** Position of `"model"` in body[from, to), by a byte loop (cheaper than a native call for the first few hundred bytes). */
+const findModelKey = (b: Buffer, from: number, to: number): number => {
+  for (let i = from; i + 7 <= to; i++) {
+    if (
+      b[i] === 0x22 && b[i + 1] === 0x6d && b[i + 2] === 0x6f && b[i + 3] === 0x64 && b[i + 4] === 0x65 && b[i + 5] === 0x6c &&
+      b[i + 6] === 0x22
+    ) return i
+  }
+  return -1
+}
+
+const MODEL_LOOP_BYTES = 512
+
+/**
+ * The `model` of a JSON request body: the first `"model"` key in its first 8 KiB followed by `: "value"` (1–128
+ * characters, no quote or backslash, read as latin1) — no JSON parse. Same answers as matching
+ * `/^"model"\s*:\s*"([^"\\]{1,128})"/` at that key (test/observability/units.test.ts compares them).
+ */
 export const modelOf = (body: Buffer | undefined): string | undefined => {
   if (body === undefined || body.length === 0) return undefined
-  const at = (body.length > MODEL_SCAN_BYTES ? body.subarray(0, MODEL_SCAN_BYTES) : body).indexOf(MODEL_KEY)
+  const end = Math.min(body.length, MODEL_SCAN_BYTES)
+  let at = findModelKey(body, 0, Math.min(end, MODEL_LOOP_BYTES))
+  if (at === -1 && end > MODEL_LOOP_BYTES) {
+    const rest = body.subarray(MODEL_LOOP_BYTES - 6, end).indexOf(MODEL_KEY)
+    if (rest !== -1) at = MODEL_LOOP_BYTES - 6 + rest
+  }
   if (at === -1) return undefined
-  const m = MODEL_PATTERN.exec(body.toString("latin1", at, Math.min(body.length, at + 160)))
-  return m?.[1]
+  let i = at + 7
+  // The value must end within 160 bytes of the key.
+  const n = Math.min(body.length, at + 160)
+  while (i < n && isSpace(body[i]!)) i++
+  if (body[i] !== 0x3a) return undefined
+  i++
+  while (i < n && isSpace(body[i]!)) i++
+  if (body[i] !== 0x22) return undefined
+  const start = ++i
+  const limit = Math.min(n, start + 129)
+  while (i < limit && body[i] !== 0x22 && body[i] !== 0x5c) i++
+  const length = i - start
+  if (i >= n || body[i] !== 0x22 || length === 0 || length > 128) return undefined
+  return body.toString("latin1", start, i)
 }
 
 const CACHE_STATUS = /llm-proxy;\s*([a-z-]+)/i

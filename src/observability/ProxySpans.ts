@@ -251,7 +251,15 @@ const jsonEncoder = (resource: unknown, scope: unknown): Encoder => {
 const protobufEncoder = (resource: { readonly attributes: ReadonlyArray<{ key: string; value: { stringValue?: string | null } }> }, scope: { name: string; version: string }): Encoder => {
   const resourceBytes = Proto.encodeResource(resource.attributes)
   const scopeBytes = Proto.encodeScope(scope.name, scope.version)
-  const w = new Proto.ProtoWriter(256 * 1024)
+  // The batch's spans are written after room for the export's header, which is put in front of them when the batch
+  // is sealed: the body is sent from this buffer as it is (no copy), and the next batch gets a new one.
+  const room = Proto.exportHeaderRoom(resourceBytes, scopeBytes)
+  const fresh = (size: number) => {
+    const writer = new Proto.ProtoWriter(size)
+    writer.pos = room
+    return writer
+  }
+  let w = fresh(256 * 1024)
   const scratch = new Proto.ProtoWriter(1024)
   const repeatedAttributes = new Map<string, Buffer>()
   const tokenAttributes = new Map<string, { readonly projectId: string | undefined; readonly bytes: Buffer }>()
@@ -322,8 +330,11 @@ const protobufEncoder = (resource: { readonly attributes: ReadonlyArray<{ key: s
     },
     size: () => n,
     take: () => {
-      const body = Proto.exportRequest(resourceBytes, scopeBytes, w.view())
-      w.pos = 0
+      const header = Proto.exportHeader(resourceBytes, scopeBytes, w.pos - room)
+      const start = room - header.length
+      w.buf.set(header, start)
+      const body = w.buf.subarray(start, w.pos)
+      w = fresh(Math.max(256 * 1024, w.buf.length))
       n = 0
       return body
     }

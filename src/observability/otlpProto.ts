@@ -335,24 +335,25 @@ export const encodeScope = (name: string, version: string): Buffer => {
 }
 
 /**
- * The whole `ExportTraceServiceRequest` for encoded spans (concatenated `writeSpan` output): one ResourceSpans with
- * one ScopeSpans.
+ * The start of an `ExportTraceServiceRequest` (one ResourceSpans with one ScopeSpans) whose spans — concatenated
+ * `beginSpan`/`endSpan` output — follow it and are `spansLength` bytes long.
  */
-export const exportRequest = (resource: Buffer, scope: Buffer, spans: Buffer): Buffer => {
-  const scopeSpansLen = 1 + varintSize(scope.length) + scope.length + spans.length
+export const exportHeader = (resource: Buffer, scope: Buffer, spansLength: number): Buffer => {
+  const scopeSpansLen = 1 + varintSize(scope.length) + scope.length + spansLength
   const resourceSpansLen = 1 + varintSize(resource.length) + resource.length + 1 + varintSize(scopeSpansLen) + scopeSpansLen
   const w = new ProtoWriter(32 + resource.length + scope.length)
   w.buf[w.pos++] = T.resourceSpans
   w.varint(resourceSpansLen)
   w.buf[w.pos++] = T.resource
   w.varint(resource.length)
-  resource.copy(w.buf, w.pos)
-  w.pos += resource.length
+  w.raw(resource)
   w.buf[w.pos++] = T.scopeSpans
   w.varint(scopeSpansLen)
   w.buf[w.pos++] = T.scope
   w.varint(scope.length)
-  scope.copy(w.buf, w.pos)
-  w.pos += scope.length
-  return Buffer.concat([w.view(), spans])
+  w.raw(scope)
+  return Buffer.from(w.view())
 }
+
+/** Room `exportHeader` needs at most for this resource and scope. */
+export const exportHeaderRoom = (resource: Buffer, scope: Buffer): number => 32 + resource.length + scope.length

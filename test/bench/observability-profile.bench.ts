@@ -160,7 +160,8 @@ const main = async () => {
     const profile = JSON.parse(readFileSync(join(dir, file), "utf8")) as Profile
     // The measured load, in the profile's clock: the profile ends when the process exits (≈ t2).
     const a = analyse(profile, profile.endTime - (t2 - t0) * 1000, profile.endTime - (t2 - t1) * 1000)
-    rmSync(dir, { recursive: true, force: true })
+    if (process.env["BENCH_KEEP_PROFILE"] === undefined) rmSync(dir, { recursive: true, force: true })
+    else console.log(`profile kept in ${dir}`)
     const share = a.obs / a.busy
     console.log(
       `| ${name} | ${fmt(cpuUs, 1)} | ${fmt(100 * share, 1)} % | ${fmt((100 * a.gc) / a.busy, 1)} % | ${fmt(1 - share, 3)} | ` +
