@@ -15,6 +15,7 @@ import { Providers } from "../config/Providers.js"
 import type { ProxyHooksShape, ProxyRequestContext } from "../proxy/ProxyHooks.js"
 import { endpointAllowed } from "../proxy/policy.js"
 import { Metrics, type RequestObservation } from "./Metrics.js"
+import { ProtoWriter } from "./otlpProto.js"
 import { ProxySpans, type ProxySpansShape } from "./ProxySpans.js"
 
 /** Distinct label values kept per label before new ones are folded into `other` (bounded cardinality). */
@@ -193,28 +194,17 @@ export const make = (options: {
       // outlives the request (retained line strings cost more in garbage collection than building them); a
       // timestamp string is made once per millisecond.
       const LINES_BUFFER = 256 * 1024
-      let bytes = Buffer.allocUnsafe(LINES_BUFFER)
-      let used = 0
+      let pending = new ProtoWriter(LINES_BUFFER)
       let lines = 0
       let lastMs = 0
       let lastTimestamp = ""
       const write = options.write ?? ((chunk: Buffer) => void process.stdout.write(chunk))
       const flushLines = () => {
-        if (used === 0) return
-        const chunk = bytes.subarray(0, used)
-        bytes = Buffer.allocUnsafe(LINES_BUFFER)
-        used = 0
+        if (lines === 0) return
+        const chunk = pending.view()
+        pending = new ProtoWriter(LINES_BUFFER)
         lines = 0
         write(chunk)
-      }
-      const append = (line: string) => {
-        if (used + 3 * line.length > bytes.length) {
-          const grown = Buffer.allocUnsafe(Math.max(2 * bytes.length, used + 3 * line.length))
-          bytes.copy(grown, 0, 0, used)
-          bytes = grown
-        }
-        used += bytes.write(line, used, "utf8")
-        lines++
       }
       const runFork = Runtime.runFork(yield* Effect.runtime<never>())
       let scheduled: ReturnType<typeof setTimeout> | undefined
@@ -228,7 +218,8 @@ export const make = (options: {
           lastMs = now
           lastTimestamp = new Date(now).toISOString()
         }
-        append(`{"message":"access","logLevel":"INFO","timestamp":"${lastTimestamp}","annotations":${accessJson(ctx, f)}}\n`)
+        lines++
+        pending.text(`{"message":"access","logLevel":"INFO","timestamp":"${lastTimestamp}","annotations":${accessJson(ctx, f)}}\n`)
         scheduled ??= setTimeout(() => {
           scheduled = undefined
           flushLines()

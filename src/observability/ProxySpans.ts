@@ -4,11 +4,10 @@
  * (src/observability/Tracing.ts).
  *
  * Why not `tracer.span(...)` from @effect/opentelemetry's OtlpTracer: measured (docs/performance.md), building two
- * Effect spans per request, converting them and serializing them cost ~10% of the proxy's CPU. Here a request's
- * typed record is encoded at once into the current batch's bytes (src/observability/otlpProto.ts: no message
- * objects, nothing retained but bytes), and a background fiber sends a batch every export interval or every 1,000
- * requests. The buffer is bounded: when the collector cannot keep up, spans are dropped and counted, the request
- * path never waits.
+ * Effect spans per request, converting them and serializing them cost ~10% of the proxy's CPU. Here a request costs
+ * one small typed record pushed on an array; a batch of them (1,000, or whatever came in an export interval) is
+ * encoded in one loop (src/observability/otlpProto.ts: no message objects) and sent by a background fiber. The
+ * buffer is bounded: when the collector cannot keep up, spans are dropped and counted, the request path never waits.
  */
 import * as OtlpResource from "@effect/opentelemetry/OtlpResource"
 import { Context, Duration, Effect, Layer, Option, Redacted, Runtime } from "effect"
@@ -50,8 +49,8 @@ export interface ProxySpanRecord {
     | undefined
 }
 
-/** The attributes of the two spans, in OpenTelemetry semantic-convention names where one exists. */
-export const requestAttributes = (r: ProxySpanRecord): Attrs => ({
+/** The attributes of the two spans as OTLP/JSON writes them, in semantic-convention names where one exists. */
+const requestAttributes = (r: ProxySpanRecord): Attrs => ({
   "http.request.method": r.method,
   "http.route": r.route,
   "http.response.status_code": r.status,
@@ -66,7 +65,7 @@ export const requestAttributes = (r: ProxySpanRecord): Attrs => ({
   "gen_ai.usage.output_tokens": r.outputTokens
 })
 
-export const upstreamAttributes = (_r: ProxySpanRecord, u: NonNullable<ProxySpanRecord["upstream"]>): Attrs => ({
+const upstreamAttributes = (u: NonNullable<ProxySpanRecord["upstream"]>): Attrs => ({
   "http.response.status_code": u.status,
   "llm_proxy.upstream_headers_ms": u.headersMs
 })
@@ -93,14 +92,19 @@ const MAX_TOKENS = 10_000
 const POOL_BYTES = 4096
 let pool = randomBytes(POOL_BYTES)
 let poolAt = 0
-const hex = (bytes: number): string => {
+/** Reserves `bytes` random bytes; they are `pool[at, at + bytes)` (read `pool` after the call: it may be refilled). */
+const takeRandom = (bytes: number): number => {
   if (poolAt + bytes > POOL_BYTES) {
     pool = randomBytes(POOL_BYTES)
     poolAt = 0
   }
-  const s = pool.toString("hex", poolAt, poolAt + bytes)
+  const at = poolAt
   poolAt += bytes
-  return s
+  return at
+}
+const hex = (bytes: number): string => {
+  const at = takeRandom(bytes)
+  return pool.toString("hex", at, at + bytes)
 }
 
 /** Epoch ms (fractional) → ns as a decimal string, without floating-point loss past 2^53 and without BigInt. */
@@ -114,7 +118,7 @@ export const nanos = (ms: number): string => {
   return String(whole) + String(frac).padStart(6, "0")
 }
 
-export type Attrs = Record<string, string | number | boolean | undefined>
+type Attrs = Record<string, string | number | boolean | undefined>
 
 const keyPrefixes = new Map<string, string>()
 const keyPrefix = (key: string): string => {
@@ -171,25 +175,7 @@ const appendSpans = (out: Array<string>, r: ProxySpanRecord): void => {
   if (r.upstream === undefined) return
   const u = r.upstream
   out.push(",")
-  spanJson(out, traceId, hex(8), spanId, "proxy.upstream", 3, u.startMs, u.endMs, upstreamAttributes(r, u), u.error)
-}
-
-/** The OTLP JSON of one record's spans (root first), comma-separated. */
-export const toOtlpSpansJson = (r: ProxySpanRecord): string => {
-  const out: Array<string> = []
-  appendSpans(out, r)
-  return out.join("")
-}
-
-/** The export body for a batch of records. */
-export const exportBody = (resource: unknown, scope: unknown, batch: ReadonlyArray<ProxySpanRecord>): string => {
-  const out: Array<string> = [`{"resourceSpans":[{"resource":${JSON.stringify(resource)},"scopeSpans":[{"scope":${JSON.stringify(scope)},"spans":[`]
-  for (let i = 0; i < batch.length; i++) {
-    if (i > 0) out.push(",")
-    appendSpans(out, batch[i]!)
-  }
-  out.push("]}]}]}")
-  return out.join("")
+  spanJson(out, traceId, hex(8), spanId, "proxy.upstream", 3, u.startMs, u.endMs, upstreamAttributes(u), u.error)
 }
 
 // Attribute keys and span names, encoded once (ProtoWriter.attr takes the key field as bytes).
@@ -211,7 +197,7 @@ const K = {
   headersMs: Proto.keyField("llm_proxy.upstream_headers_ms")
 } as const
 
-/** Encodes records into the current batch as they are recorded (nothing but bytes/strings is retained). */
+/** Encodes records into the bytes of the current batch (only bytes are kept, no per-record objects). */
 export interface Encoder {
   readonly contentType: string
   add(r: ProxySpanRecord): void
@@ -233,9 +219,7 @@ const jsonEncoder = (resource: unknown, scope: unknown): Encoder => {
     add: (r) => {
       const out: Array<string> = n === 0 ? [] : [","]
       appendSpans(out, r)
-      const text = out.join("")
-      w.ensure(3 * text.length)
-      w.pos += w.buf.write(text, w.pos, "utf8")
+      w.text(out.join(""))
       n++
     },
     size: () => n,
@@ -269,12 +253,8 @@ const protobufEncoder = (resource: { readonly attributes: ReadonlyArray<{ key: s
   return {
     contentType: "application/x-protobuf",
     add: (r) => {
-      if (poolAt + 32 > POOL_BYTES) {
-        pool = randomBytes(POOL_BYTES)
-        poolAt = 0
-      }
-      const at = poolAt
-      poolAt += 32
+      // trace id (16 bytes), the request's span id, the upstream's span id (8 each)
+      const at = takeRandom(32)
       // kind 2 = SERVER, 3 = CLIENT
       const root = Proto.beginSpan(w, pool, at, pool, at + 16, undefined, 0, K.requestName, 2, r.startMs, r.endMs)
       // The attributes that repeat from request to request, encoded once per combination; consecutive requests

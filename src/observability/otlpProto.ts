@@ -76,7 +76,7 @@ const encodeVarint = (n: number): Buffer => {
   return Buffer.from(w.view())
 }
 
-/** A growable byte buffer with protobuf writers. */
+/** A growable byte buffer with protobuf writers (and `text` for bodies that are not protobuf). */
 export class ProtoWriter {
   buf: Buffer
   pos = 0
@@ -264,6 +264,12 @@ export class ProtoWriter {
     this.end(kv)
   }
 
+  /** A string's UTF-8 bytes, as they are (no tag, no length): for text bodies built in the same buffer. */
+  text(s: string): void {
+    this.ensure(3 * s.length)
+    this.pos += this.buf.write(s, this.pos, "utf8")
+  }
+
   /** Bytes encoded earlier (e.g. a cached run of attributes), as they are. */
   raw(bytes: Uint8Array): void {
     this.ensure(bytes.length)
@@ -341,7 +347,7 @@ export const encodeScope = (name: string, version: string): Buffer => {
 export const exportHeader = (resource: Buffer, scope: Buffer, spansLength: number): Buffer => {
   const scopeSpansLen = 1 + varintSize(scope.length) + scope.length + spansLength
   const resourceSpansLen = 1 + varintSize(resource.length) + resource.length + 1 + varintSize(scopeSpansLen) + scopeSpansLen
-  const w = new ProtoWriter(32 + resource.length + scope.length)
+  const w = new ProtoWriter(exportHeaderRoom(resource, scope))
   w.buf[w.pos++] = T.resourceSpans
   w.varint(resourceSpansLen)
   w.buf[w.pos++] = T.resource
@@ -355,5 +361,7 @@ export const exportHeader = (resource: Buffer, scope: Buffer, spansLength: numbe
   return Buffer.from(w.view())
 }
 
-/** Room `exportHeader` needs at most for this resource and scope. */
-export const exportHeaderRoom = (resource: Buffer, scope: Buffer): number => 32 + resource.length + scope.length
+/** Room `exportHeader` needs at most for this resource and scope: 4 tags and 4 length varints fit in 32 bytes. */
+export function exportHeaderRoom(resource: Buffer, scope: Buffer): number {
+  return 32 + resource.length + scope.length
+}
