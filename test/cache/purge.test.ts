@@ -1,28 +1,12 @@
 /** `POST /manage/cache/purge` and `llm-proxy manage cache purge` against a real server (SQLite). */
-import { Effect, Exit } from "effect"
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { runCli } from "../../src/cli/Cli.js"
+import { cli } from "../support/cli.js"
 import { startServer, testCacheConfig, testConfig, type TestServer } from "../support/server.js"
 
 const dir = mkdtempSync(join(tmpdir(), "llm-proxy-purge-"))
-
-const cli = async (...args: Array<string>) => {
-  const out: Array<string> = []
-  const err: Array<string> = []
-  const exit = await Effect.runPromiseExit(
-    runCli(["node", "llm-proxy", ...args]).pipe(
-      Effect.withConsole({
-        ...(await Effect.runPromise(Effect.console)),
-        log: (...a: ReadonlyArray<unknown>) => Effect.sync(() => void out.push(a.map(String).join(" "))),
-        error: (...a: ReadonlyArray<unknown>) => Effect.sync(() => void err.push(a.map(String).join(" ")))
-      } as never)
-    )
-  )
-  return { ok: Exit.isSuccess(exit), out: out.join("\n"), err: err.join("\n") }
-}
 
 const purge = (server: TestServer, body: string, init: { method?: string; auth?: boolean } = {}) =>
   fetch(`${server.url}/manage/cache/purge`, {

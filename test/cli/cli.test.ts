@@ -2,43 +2,14 @@
  * The CLI as users run it: in-process through `runCli` (fast, counted in coverage) and as the built binary
  * `bin/llm-proxy.js` in a fresh directory.
  */
-import { Effect, Exit } from "effect"
 import { execFile, spawn, type ChildProcess } from "node:child_process"
 import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { runCli } from "../../src/cli/Cli.js"
+import { cli } from "../support/cli.js"
 import { createTestDatabase, postgresUrl, withPgClient } from "../support/databases.js"
 import { startServer, testConfig, type TestServer } from "../support/server.js"
-
-interface Run {
-  readonly ok: boolean
-  readonly out: string
-  readonly err: string
-}
-
-/** Runs the CLI in-process with stdout/stderr captured. */
-const cli = async (...args: Array<string>): Promise<Run> => {
-  const out: Array<string> = []
-  const err: Array<string> = []
-  const capture = {
-    ...globalThis.console,
-    log: (...a: Array<unknown>) => void out.push(a.map(String).join(" ")),
-    error: (...a: Array<unknown>) => void err.push(a.map(String).join(" "))
-  }
-  const exit = await Effect.runPromiseExit(
-    runCli(["node", "llm-proxy", ...args]).pipe(
-      Effect.withConsole({
-        ...(await Effect.runPromise(Effect.console)),
-        log: (...a: ReadonlyArray<unknown>) => Effect.sync(() => capture.log(...a)),
-        error: (...a: ReadonlyArray<unknown>) => Effect.sync(() => capture.error(...a)),
-        unsafe: capture
-      } as never)
-    )
-  )
-  return { ok: Exit.isSuccess(exit), out: out.join("\n"), err: err.join("\n") }
-}
 
 describe("llm-proxy manage (in-process)", () => {
   let server: TestServer

@@ -7,32 +7,12 @@ import { createServer } from "node:http"
 import type { AddressInfo } from "node:net"
 import { afterEach, describe, expect, it } from "vitest"
 import { runCli } from "../../src/cli/Cli.js"
+import { cli } from "../support/cli.js"
 import { EventBus } from "../../src/eventbus/EventBus.js"
 import * as RedisStreamsBus from "../../src/eventbus/RedisStreamsBus.js"
 import { flushRedisPrefix, redisUrl } from "../support/databases.js"
 import { decodeTraces } from "../observability/otlpDecode.js"
 import { buildLayer, makeEvent, waitFor } from "../support/events.js"
-
-const cli = async (...args: Array<string>) => {
-  const out: Array<string> = []
-  const err: Array<string> = []
-  const capture = {
-    ...globalThis.console,
-    log: (...a: Array<unknown>) => void out.push(a.map(String).join(" ")),
-    error: (...a: Array<unknown>) => void err.push(a.map(String).join(" "))
-  }
-  const exit = await Effect.runPromiseExit(
-    runCli(["node", "llm-proxy", ...args]).pipe(
-      Effect.withConsole({
-        ...(await Effect.runPromise(Effect.console)),
-        log: (...a: ReadonlyArray<unknown>) => Effect.sync(() => capture.log(...a)),
-        error: (...a: ReadonlyArray<unknown>) => Effect.sync(() => capture.error(...a)),
-        unsafe: capture
-      } as never)
-    )
-  )
-  return { ok: Exit.isSuccess(exit), out: out.join("\n"), err: err.join("\n") }
-}
 
 const saved = { ...process.env }
 afterEach(() => {
