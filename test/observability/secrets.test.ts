@@ -39,6 +39,7 @@ import { join } from "node:path"
 import { Redis } from "ioredis"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { decodeTraces } from "./otlpDecode.js"
+import { stopProcess } from "../support/processes.js"
 import { flushRedisPrefix, postgresUrl, redisUrl, withPgClient } from "../support/databases.js"
 import { chatChunks, json, type MockUpstream, reset, sse, startMockUpstream } from "../support/mockUpstream.js"
 
@@ -62,15 +63,12 @@ const run = (name: string, args: ReadonlyArray<string>, cwd: string, env: Record
   let output = ""
   child.stdout!.on("data", (d: Buffer) => (output += d.toString()))
   child.stderr!.on("data", (d: Buffer) => (output += d.toString()))
-  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)))
   return {
     name,
     child,
     output: () => output,
-    stop: () => {
-      if (child.exitCode === null) child.kill("SIGTERM")
-      return exited
-    }
+    /** SIGTERM; killed after 15 s (then -1), so that nothing outlives the test. */
+    stop: () => stopProcess(child).then((e) => (e.killed ? -1 : e.code))
   }
 }
 
@@ -579,8 +577,11 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
       }
       await waitFor("proxy spans at the OTLP receiver", () => otlp.requests.some((r) => r.body.includes("proxy.request")))
     } finally {
-      for (const p of programs.slice(1)) expect(await p.stop(), `${p.name} exit code`).toBe(0)
-      expect(await serve.stop(), "serve exit code").toBe(0)
+      // Every program is stopped (killed after a grace period) before any exit code is asserted.
+      const codes = await Promise.all(programs.slice(1).map((p) => p.stop()))
+      const serveCode = await serve.stop()
+      programs.slice(1).forEach((p, i) => expect(codes[i], `${p.name} exit code`).toBe(0))
+      expect(serveCode, "serve exit code").toBe(0)
     }
 
     // ---- collect everything

@@ -8,6 +8,7 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, wri
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { stopProcess } from "../support/processes.js"
 
 export const bin = join(import.meta.dirname, "../../bin/llm-proxy.js")
 export const built = existsSync(join(import.meta.dirname, "../../dist/cli/main.js"))
@@ -153,7 +154,6 @@ export const startInstance = (env: Record<string, string>) =>
     })
     let output = ""
     let done = false
-    const exited = new Promise<void>((r) => child.once("exit", () => r()))
     const onData = (d: Buffer) => {
       output += d.toString()
       if (output.length > 1_000_000) output = output.slice(-500_000)
@@ -165,8 +165,7 @@ export const startInstance = (env: Record<string, string>) =>
           child,
           output: () => output,
           stop: async (signal = "SIGTERM") => {
-            if (child.exitCode === null && child.signalCode === null) child.kill(signal)
-            await exited
+            await stopProcess(child, { signal })
             rmSync(cwd, { recursive: true, force: true })
           }
         })

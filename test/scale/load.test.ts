@@ -13,6 +13,7 @@ import { Agent, request } from "undici"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { spawn, type ChildProcess } from "node:child_process"
 import { join } from "node:path"
+import { stopAll } from "../support/processes.js"
 import {
   bin,
   built,
@@ -108,9 +109,10 @@ describe.skipIf(!built || !haveServers())(`load: 3 instances, ${CLIENTS} clients
   }, 120_000)
 
   afterAll(async () => {
+    // The dispatcher first, while Redis is still there to shut down against; nothing may outlive the suite.
+    await stopAll([dispatcher])
     await Promise.all(instances.map((i) => i.stop()))
-    dispatcher?.kill("SIGTERM")
-    upstream?.kill("SIGTERM")
+    await stopAll([upstream])
     await redis?.destroy()
     pg?.destroy()
     if (root) rmSync(root, { recursive: true, force: true })
