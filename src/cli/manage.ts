@@ -378,13 +378,14 @@ const auditTable = (page: AuditPage) => {
     e.action,
     e.actor,
     e.outcome,
+    String(e.count ?? 1),
     orDash(e.client_ip),
     orDash(e.project_id),
     orDash(e.reason),
     e.id
   ])
   return [
-    table(["TIME", "ACTION", "ACTOR", "OUTCOME", "CLIENT IP", "PROJECT", "REASON", "ID"], rows),
+    table(["TIME", "ACTION", "ACTOR", "OUTCOME", "COUNT", "CLIENT IP", "PROJECT", "REASON", "ID"], rows),
     "",
     `page ${p.page} of ${Math.max(p.total_pages, 1)} (${p.total_count} events)${p.has_next ? `; next: --page ${p.page + 1}` : ""}`
   ].join("\n")
@@ -397,6 +398,7 @@ const auditRecord = (e: AuditEvent) =>
     ["action", e.action],
     ["actor", e.actor],
     ["outcome", e.outcome],
+    ["count", String(e.count ?? 1)],
     ["reason", orDash(e.reason)],
     ["project_id", orDash(e.project_id)],
     ["token_id", orDash(e.token_id)],

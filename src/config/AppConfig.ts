@@ -129,6 +129,14 @@ export interface AppConfigShape {
   readonly redisUrl: string
   /** `GET /metrics`, `/metrics/json` and `/metrics/prometheus` answer (else 404). */
   readonly enableMetrics: boolean
+  /** `METRICS_TOKEN`: the metrics need `Authorization: Bearer <it>` from anywhere (else: loopback clients only). */
+  readonly metricsToken: Option.Option<Redacted.Redacted<string>>
+  /** `METRICS_ADDR`: the metrics are served on their own listener here, and not on the main one. */
+  readonly metricsAddr: Option.Option<ListenAddress>
+  /** Failed management authentications one client IP may make per window before it gets 429s. */
+  readonly managementAuthMaxFailures: number
+  /** That window, ms (`MANAGEMENT_AUTH_WINDOW`). */
+  readonly managementAuthWindowMs: number
   /** One access-log line per /v1 request at info level. */
   readonly accessLog: boolean
   /** Span export; none = tracing off (zero cost). */
@@ -371,6 +379,31 @@ const cache: Config.Config<CacheConfig> = Config.all({
   )
 )
 
+/**
+ * `METRICS_ADDR` and `DISPATCHER_METRICS_ADDR`: `PORT` or `:PORT` listen on loopback (127.0.0.1); `HOST:PORT` /
+ * `[v6]:PORT` as given (e.g. `0.0.0.0:9464` for a scraper on another machine).
+ */
+export const parseMetricsAddress = (value: string): Either.Either<ListenAddress, string> => {
+  const v = value.trim()
+  const loopback = /^:?(\d{1,5})$/.exec(v)
+  const parsed = parseListenAddress(loopback ? `127.0.0.1:${loopback[1]}` : v)
+  return Either.mapLeft(parsed, () => `expected PORT, :PORT or HOST:PORT (port 0..65535), got "${value}"`)
+}
+
+const listenAddressOption = (name: string) =>
+  optionalString(name).pipe(
+    Config.mapOrFail((o) =>
+      Option.match(o, {
+        onNone: () => Either.right(Option.none<ListenAddress>()),
+        onSome: (s) =>
+          Either.match(parseMetricsAddress(s), {
+            onLeft: (m) => Either.left(invalid(name, m)),
+            onRight: (a) => Either.right(Option.some(a))
+          })
+      })
+    )
+  )
+
 const listen = Config.string("LISTEN_ADDR").pipe(
   Config.withDefault(":8080"),
   Config.mapOrFail((s) => Either.mapLeft(parseListenAddress(s), (m) => invalid("LISTEN_ADDR", m)))
@@ -507,6 +540,12 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   redisUrl,
   cache,
   enableMetrics: bool("ENABLE_METRICS", true),
+  metricsToken: Config.option(Config.redacted("METRICS_TOKEN")).pipe(
+    Config.map(Option.filter((r) => Redacted.value(r).trim() !== ""))
+  ),
+  metricsAddr: listenAddressOption("METRICS_ADDR"),
+  managementAuthMaxFailures: positiveInt("MANAGEMENT_AUTH_MAX_FAILURES", 10),
+  managementAuthWindowMs: duration("MANAGEMENT_AUTH_WINDOW", "1m", 1000),
   accessLog: bool("ACCESS_LOG", true),
   otlp,
   events: eventsConfig
@@ -562,29 +601,7 @@ export interface DispatcherConfig {
   readonly otlp: Option.Option<OtlpConfig>
 }
 
-/**
- * `DISPATCHER_METRICS_ADDR`: `PORT` or `:PORT` listen on loopback (127.0.0.1); `HOST:PORT` / `[v6]:PORT` as given
- * (e.g. `0.0.0.0:9464` for a scraper on another machine).
- */
-export const parseMetricsAddress = (value: string): Either.Either<ListenAddress, string> => {
-  const v = value.trim()
-  const loopback = /^:?(\d{1,5})$/.exec(v)
-  const parsed = parseListenAddress(loopback ? `127.0.0.1:${loopback[1]}` : v)
-  return Either.mapLeft(parsed, () => `expected PORT, :PORT or HOST:PORT (port 0..65535), got "${value}"`)
-}
-
-const metricsAddr = optionalString("DISPATCHER_METRICS_ADDR").pipe(
-  Config.mapOrFail((o) =>
-    Option.match(o, {
-      onNone: () => Either.right(Option.none<ListenAddress>()),
-      onSome: (s) =>
-        Either.match(parseMetricsAddress(s), {
-          onLeft: (m) => Either.left(invalid("DISPATCHER_METRICS_ADDR", m)),
-          onRight: (a) => Either.right(Option.some(a))
-        })
-    })
-  )
-)
+const metricsAddr = listenAddressOption("DISPATCHER_METRICS_ADDR")
 
 const DEFAULT_ENDPOINTS: Record<DispatcherService, string> = {
   file: "./data/events.jsonl",

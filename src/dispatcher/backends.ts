@@ -1,9 +1,9 @@
 /** The three backends of CONTRACT §6: file (JSONL), lunary and helicone (their ingestion formats). */
 import { HttpClient, HttpClientRequest } from "@effect/platform"
 import { Effect, Layer, Redacted } from "effect"
-import { mkdirSync } from "node:fs"
 import { open } from "node:fs/promises"
 import { dirname } from "node:path"
+import { ensurePrivateDir, tightenPrivateFile } from "../config/privateFiles.js"
 import type { DeliveredEvent } from "../domain/ProxyEvent.js"
 import { accepted, Backend, type Outcome, outcomeOfStatus, retry } from "./Backend.js"
 import { heliconeLog, lunaryBody } from "./formats.js"
@@ -11,16 +11,19 @@ import { heliconeLog, lunaryBody } from "./formats.js"
 export const DEFAULT_LUNARY_ENDPOINT = "https://api.lunary.ai/v1/runs/ingest"
 export const DEFAULT_HELICONE_ENDPOINT = "https://api.worker.helicone.ai/custom/v1/log"
 
-/** Appends one JSON line per event; the batch is fsync'ed before it counts as accepted. */
+/**
+ * Appends one JSON line per event; the batch is fsync'ed before it counts as accepted. Events hold whole prompts and
+ * answers: the file is created 0600 in a 0700 directory, looser modes found are tightened with a warning.
+ */
 export const makeJsonlWriter = (path: string) =>
   Effect.acquireRelease(
     Effect.tryPromise({
       try: async () => {
-        mkdirSync(dirname(path), { recursive: true })
-        return await open(path, "a", 0o644)
+        const warnings = [...ensurePrivateDir(dirname(path)), ...tightenPrivateFile(path)]
+        return { handle: await open(path, "a", 0o600), warnings }
       },
       catch: (e) => new Error(`cannot open ${path}: ${(e as Error).message}`)
-    }),
+    }).pipe(Effect.tap(({ warnings }) => Effect.forEach(warnings, (w) => Effect.logWarning(w))), Effect.map(({ handle }) => handle)),
     (handle) => Effect.promise(() => handle.close().catch(() => {}))
   ).pipe(
     Effect.map((handle) => (lines: ReadonlyArray<unknown>) =>

@@ -12,6 +12,12 @@ export const outcomeBadge = (outcome: string) =>
 
 const actionBadge = (action: string) => h("span", { class: "badge info" }, action)
 
+/** Denials are aggregated per client IP, reason and minute: one row can stand for many requests. */
+const countCell = (e: AuditEvent) => {
+  const n = e.count ?? 1
+  return n > 1 ? h("strong", { title: `${n} requests in this minute from this address` }, `× ${n}`) : "1"
+}
+
 export const auditListPage = async (ctx: Ctx) => {
   const values = Object.fromEntries(FILTERS.map((f) => [f, ctx.query.get(f) ?? ""])) as Record<Filter, string>
   const page = ctx.query.get("page") ?? "1"
@@ -80,6 +86,7 @@ export const auditListPage = async (ctx: Ctx) => {
     actionBadge(e.action),
     e.actor,
     outcomeBadge(e.outcome),
+    countCell(e),
     e.client_ip ?? "—",
     link(`/admin/audit/${encodeURIComponent(e.id)}`, "Details", h("span", { class: "visually-hidden" }, ` of ${e.action} at ${e.timestamp}`))
   ])
@@ -92,7 +99,7 @@ export const auditListPage = async (ctx: Ctx) => {
     rows.length === 0
       ? empty(anyFilter ? "No audit events match." : "No audit events yet.")
       : [
-        table("Audit events", ["Time", "Action", "Actor", "Outcome", "IP address", "Actions"], rows),
+        table("Audit events", ["Time", "Action", "Actor", "Outcome", "Count", "IP address", "Actions"], rows),
         pagination(p, (n) => withQuery("/admin/audit", { ...current(), page: n }), "events")
       ]
   )
@@ -124,7 +131,8 @@ export const auditDetailPage = async (ctx: Ctx) => {
         ["Timestamp", time(e.timestamp)],
         ["Action", actionBadge(e.action)],
         ["Actor", e.actor],
-        ["Outcome", outcomeBadge(e.outcome)]
+        ["Outcome", outcomeBadge(e.outcome)],
+        ["Requests", (e.count ?? 1) > 1 ? `${e.count} (aggregated: the fields below are those of the first request)` : "1"]
       ])
     ),
     section(
