@@ -109,7 +109,7 @@ export const makeAdminSessions = (options: SessionOptions = defaultSessionOption
     yield* Clock.currentTimeMillis.pipe(
       Effect.flatMap(prune),
       Effect.catchAll((e) => Effect.logWarning("could not delete expired admin sessions; retrying later", e.message)),
-      Effect.repeat(Schedule.spaced(Duration.millis(options.pruneIntervalMs))),
+      Effect.repeat(Schedule.fixed(Duration.millis(options.pruneIntervalMs))),
       Effect.forkScoped
     )
     return sessions

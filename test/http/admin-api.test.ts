@@ -90,9 +90,21 @@ function adminSuite(backend: Backend) {
       expect((await api.get("/manage/projects", { auth: "Bearer wrong", headers: { cookie: pair } })).status).toBe(401)
     })
 
+    it("logout needs the session's CSRF token: without it (another site's request) the session lives on", async () => {
+      const { pair, csrf } = await login()
+      const other = await login()
+      for (const headers of [{ cookie: pair }, { cookie: pair, "x-csrf-token": other.csrf }, { cookie: pair, "x-csrf-token": "" }]) {
+        const refused = await api.delete("/manage/session", { auth: null, headers })
+        expect(refused.status).toBe(403)
+        expect(refused.json).toEqual({ error: "missing or invalid CSRF token", code: "csrf_failed" })
+        expect(cookieOf(refused)).toBeUndefined()
+      }
+      expect((await api.get("/manage/session", { auth: null, headers: { cookie: pair } })).json).toMatchObject({ authenticated: true, csrf_token: csrf })
+    })
+
     it("logout ends the session on the server: the old cookie is refused afterwards", async () => {
       const { pair, csrf } = await login()
-      const out = await api.delete("/manage/session", { auth: null, headers: { cookie: pair } })
+      const out = await api.delete("/manage/session", { auth: null, headers: { cookie: pair, "x-csrf-token": csrf } })
       expect(out.status).toBe(204)
       expect(cookieOf(out)).toMatch(/Max-Age=0|Expires=Thu, 01 Jan 1970/)
       const after = await api.get("/manage/projects", { auth: null, headers: { cookie: pair, "x-csrf-token": csrf } })
