@@ -79,7 +79,7 @@ export const MAX_PENDING_DENIALS = 10_000
 const DENIAL_LIMITS: Partial<Record<keyof AuditEntry, number>> = { path: 256, userAgent: 256 }
 const MINUTE_MS = 60_000
 /** How often aggregated denials of minutes that ended are handed to the writer. */
-const DENIAL_TICK = Duration.seconds(5)
+const DENIAL_TICK = 5_000
 /** How long shutdown waits for the sinks before giving up (a sink that hangs must not hang the process). */
 const DRAIN_TIMEOUT = Duration.seconds(30)
 
@@ -158,6 +158,8 @@ export interface AuditLogOptions {
   readonly maxPendingDenials?: number
   /** The clock of `recordDenial` and of closing minutes (tests move it). */
   readonly now?: () => number
+  /** How often minutes that ended are looked for, ms. */
+  readonly denialTickMs?: number
 }
 
 export const make = (options: AuditLogOptions = {}) => Effect.gen(function*() {
@@ -238,7 +240,7 @@ export const make = (options: AuditLogOptions = {}) => Effect.gen(function*() {
 
   // Hands over the denials of minutes that have ended. Waits for room like `record`: nothing counted is lost.
   yield* Effect.suspend(() => offerAll(takeDenials(Math.floor(clock() / MINUTE_MS)))).pipe(
-    Effect.repeat(Schedule.spaced(DENIAL_TICK)),
+    Effect.repeat(Schedule.spaced(options.denialTickMs ?? DENIAL_TICK)),
     Effect.forkScoped
   )
 
