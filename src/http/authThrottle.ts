@@ -5,7 +5,8 @@
  * that began with its first failure ends, before the token is even compared. Successes do not count.
  *
  * With `RATE_LIMIT_BACKEND=redis` the counts live in Redis (`llm-proxy:mgmt-auth:<ip>`), shared by every instance;
- * while Redis does not answer (250 ms), this instance's own counts apply. Otherwise they are per instance, in a map of
+ * while Redis is unreachable or does not answer within 250 ms, this instance's own counts apply (start-up waits up to
+ * 2 s for the first connection). Otherwise they are per instance, in a map of
  * at most MAX_TRACKED addresses (windows that ended are swept first, then the oldest entry goes).
  */
 import { Clock, Context, Effect, Layer, Runtime } from "effect"
@@ -94,7 +95,8 @@ export const redis = (url: string, options: AuthThrottleOptions, prefix = REDIS_
     Effect.gen(function*() {
       const local = makeMemoryThrottle(options)
       const client = yield* Effect.acquireRelease(
-        Effect.sync(() => new Redis(url, { maxRetriesPerRequest: 1 }) as ThrottleRedis),
+        // No offline queue: while Redis is away a command fails at once and the local counts apply.
+        Effect.sync(() => new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: false }) as ThrottleRedis),
         (c) => Effect.sync(() => c.disconnect())
       )
       const runtime = yield* Effect.runtime<never>()
@@ -108,6 +110,16 @@ export const redis = (url: string, options: AuthThrottleOptions, prefix = REDIS_
         )
       }
       client.on("error", (e: Error) => warn(e.message))
+      // Commands fail at once while disconnected; give the first connection a moment so start-up counts in Redis.
+      yield* Effect.async<void>((resume) => {
+        const done = () => {
+          clearTimeout(timer)
+          client.off("ready", done)
+          resume(Effect.void)
+        }
+        const timer = setTimeout(done, 2_000)
+        client.once("ready", done)
+      })
       client.defineCommand("authFailed", { lua: FAILED, numberOfKeys: 1 })
       client.defineCommand("authRetryAfter", { lua: RETRY_AFTER, numberOfKeys: 1, readOnly: true })
       const ask = <A>(call: () => Promise<A>, fallback: Effect.Effect<A>) =>
