@@ -48,18 +48,23 @@ export const inlinePageCsp = (html: string): string => {
     .replace("style-src 'self'", `style-src ${["'self'", ...styles].join(" ")}`)
 }
 
-let docsCsp: string | undefined
+let docsPage: { readonly html: string; readonly csp: string } | undefined
 
-/** `/manage/docs` with the headers of /admin; its policy is computed once from the page itself. */
+/**
+ * `/manage/docs` with the headers of /admin; its policy is computed once from the page itself. The page also gets the
+ * admin UI's icon, so the browser does not ask for a /favicon.ico that does not exist.
+ */
 export const secureDocs = (response: HttpServerResponse.HttpServerResponse): HttpServerResponse.HttpServerResponse => {
   const body = response.body
   if (response.status !== 200 || body._tag !== "Uint8Array") return response
-  docsCsp ??= inlinePageCsp(new TextDecoder().decode(body.body))
-  return HttpServerResponse.setHeaders(response, {
-    ...SECURITY_HEADERS,
-    "content-security-policy": docsCsp,
-    "cache-control": "no-cache"
-  })
+  if (docsPage === undefined) {
+    const html = new TextDecoder().decode(body.body)
+      .replace("<head>", `<head>\n  <link rel="icon" href="/admin/favicon.svg" type="image/svg+xml" />`)
+    docsPage = { html, csp: inlinePageCsp(html) }
+  }
+  return HttpServerResponse.html(docsPage.html).pipe(
+    HttpServerResponse.setHeaders({ ...SECURITY_HEADERS, "content-security-policy": docsPage.csp, "cache-control": "no-cache" })
+  )
 }
 
 const TYPES: Record<string, string> = {
