@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { cli } from "../support/cli.js"
 import { createTestDatabase, postgresUrl, withPgClient } from "../support/databases.js"
 import { startServer, testConfig, type TestServer } from "../support/server.js"
+import { newManagementToken } from "../support/managementToken.js"
 
 describe("llm-proxy manage (in-process)", () => {
   let server: TestServer
@@ -245,7 +246,7 @@ describe.skipIf(!built || !postgresUrl)(`serve against PostgreSQL${postgresUrl ?
   it("two instances starting at once apply the migrations exactly once and both serve", async () => {
     const db = await createTestDatabase()
     try {
-      const env = { LISTEN_ADDR: "127.0.0.1:0", DATABASE_URL: db.url, MANAGEMENT_TOKEN: "pg-startup-token" }
+      const env = { LISTEN_ADDR: "127.0.0.1:0", DATABASE_URL: db.url, MANAGEMENT_TOKEN: newManagementToken("pg-startup") }
       const [a, b] = await Promise.all([
         startBinary(mkdtempSync(join(tmpdir(), "llm-proxy-pg-a-")), env),
         startBinary(mkdtempSync(join(tmpdir(), "llm-proxy-pg-b-")), env)

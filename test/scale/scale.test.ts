@@ -26,6 +26,7 @@ import {
   tempRoot,
   waitFor
 } from "./harness.js"
+import { newManagementToken } from "../support/managementToken.js"
 
 interface PgClient {
   connect(): Promise<void>
@@ -34,7 +35,7 @@ interface PgClient {
 }
 const { Client } = createRequire(import.meta.url)("pg") as { Client: new(o: { connectionString: string }) => PgClient }
 
-const MT = "scale-suite-management-token"
+const MT = newManagementToken("scale-suite")
 
 /** A chat completion with extra request headers (the cache opt-in). */
 const cached = async (url: string, token: string, headers: Record<string, string>) => {

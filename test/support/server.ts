@@ -4,6 +4,7 @@ import type { AppConfigShape, CacheConfig, Database } from "../../src/config/App
 import { parseEncryptionKey } from "../../src/crypto/KeyCipher.js"
 import { ServerAddress } from "../../src/http/Server.js"
 import { loggerLayer, serveLayer } from "../../src/Layers.js"
+import { newManagementToken } from "./managementToken.js"
 
 export interface TestServer {
   readonly url: string
@@ -25,7 +26,7 @@ export const testCacheConfig = (overrides: Partial<CacheConfig> = {}): CacheConf
 
 export const testConfig = (database: Database, overrides: Partial<AppConfigShape> = {}): AppConfigShape => ({
   listen: { host: "127.0.0.1", port: 0 },
-  managementToken: Option.some(Redacted.make("test-management-token-" + crypto.randomUUID())),
+  managementToken: Option.some(Redacted.make(newManagementToken())),
   managementTokenFile: "/nonexistent/management-token",
   database,
   encryptionKey: Option.none(),
