@@ -574,6 +574,23 @@ describe.skipIf(!hasChromium)(title, () => {
     expect(await page.locator(".opblock").count()).toBeGreaterThan(10)
   })
 
+  it("after 10 wrong tokens the sign-in screen says to wait (429), even for the right token", async () => {
+    // Last, as it locks this address out of the management API for a minute.
+    for (let i = 0; i < 10; i++) {
+      const r = await fetch(`${server.url}/manage/session`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ token: `guess-${i}` }) })
+      expect(r.status).toBe(401)
+    }
+    await go("/admin/login")
+    await h1("Sign in").waitFor()
+    await browser.expectingStatus([429], async () => {
+      await page.getByLabel("Management token").fill(server.token)
+      await page.getByRole("button", { name: "Sign in" }).click()
+      await page.getByRole("alert").filter({ hasText: "Too many failed sign-ins from your address" }).waitFor()
+    })
+    expect(pathname()).toBe("/admin/login")
+    expect(await page.context().cookies()).toEqual([])
+  })
+
   it("saw no console error, page error or CSP violation", () => {
     expect(browser.problems).toEqual([])
   })
