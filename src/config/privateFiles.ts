@@ -5,10 +5,12 @@
  * found with a looser mode is tightened, and each one tightened is named in a warning the caller logs.
  *
  * A directory is left alone when tightening it would break something else: a shared sticky directory such as /tmp
- * (the files in it are private anyway), the filesystem root, the working directory or the home directory (the
- * caller gets a warning that says so), or one owned by another user.
+ * (the files in it are private anyway), the filesystem root, the working directory or the home directory, one owned
+ * by another user, or one that holds other directories — a data directory holds files, while /var/lib or /var/log
+ * (where DATABASE_PATH=/var/lib/x.db would point, and which a process running as root could change) hold directories.
+ * Each of those but the sticky one gets a warning that says so.
  */
-import { chmodSync, closeSync, mkdirSync, openSync, statSync } from "node:fs"
+import { chmodSync, closeSync, mkdirSync, openSync, readdirSync, statSync } from "node:fs"
 import { homedir } from "node:os"
 import { resolve } from "node:path"
 
@@ -16,6 +18,14 @@ export const PRIVATE_DIR_MODE = 0o700
 export const PRIVATE_FILE_MODE = 0o600
 
 const octal = (mode: number) => `0${(mode & 0o777).toString(8)}`
+
+const holdsDirectories = (dir: string) => {
+  try {
+    return readdirSync(dir, { withFileTypes: true }).some((e) => e.isDirectory())
+  } catch {
+    return true
+  }
+}
 
 const statOrUndefined = (path: string) => {
   try {
@@ -50,6 +60,12 @@ export const ensurePrivateDir = (dir: string): Array<string> => {
   }
   if (!ownedByUs(existing.uid)) {
     return [`${dir} (mode ${octal(existing.mode)}) holds secret files but belongs to another user; make it 0700`]
+  }
+  if (holdsDirectories(dir)) {
+    return [
+      `${dir} (mode ${octal(existing.mode)}) holds secret files but is not tightened because it also holds other ` +
+      "directories; give the data files a directory of their own"
+    ]
   }
   try {
     chmodSync(dir, PRIVATE_DIR_MODE)

@@ -42,6 +42,16 @@ describe("private files", () => {
     expect(tightenPrivateFile(join(dir, "missing"))).toEqual([])
   })
 
+  it("leaves a directory that holds other directories (like /var/lib) as it is, with a warning", () => {
+    const parent = join(root, "lib")
+    mkdirSync(join(parent, "someone-else"), { recursive: true })
+    chmodSync(parent, 0o755)
+    expect(ensurePrivateDir(parent)).toEqual([
+      `${parent} (mode 0755) holds secret files but is not tightened because it also holds other directories; give the data files a directory of their own`
+    ])
+    expect(mode(parent)).toBe(0o755)
+  })
+
   it("leaves a shared sticky directory (like /tmp) alone, and says why it leaves the working directory", () => {
     const shared = join(root, "shared")
     mkdirSync(shared)
