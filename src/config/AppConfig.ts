@@ -123,8 +123,11 @@ export interface AppConfigShape {
   readonly rateLimitBackend: "in-memory" | "redis"
   /** What a request gets when the shared rate-limit store (Redis) fails: admitted (open) or 503 (closed). */
   readonly rateLimitFailureMode: "open" | "closed"
-  /** How token-cache invalidations reach other instances. */
-  readonly invalidationBackend: "in-memory" | "redis"
+  /**
+   * How token-cache invalidations reach other instances, resolved from INVALIDATION_BACKEND (default `auto`:
+   * `postgres` on PostgreSQL, `in-memory` on SQLite).
+   */
+  readonly invalidationBackend: InvalidationBackend
   /** `REDIS_URL` (or `REDIS_ADDR` as `host:port`): every Redis-backed layer connects here. */
   readonly redisUrl: string
   /** `GET /metrics`, `/metrics/json` and `/metrics/prometheus` answer (else 404). */
@@ -371,6 +374,34 @@ const cache: Config.Config<CacheConfig> = Config.all({
   )
 )
 
+export type InvalidationBackend = "in-memory" | "redis" | "postgres"
+
+/**
+ * INVALIDATION_BACKEND: `auto` (default) lets the database every instance shares carry the invalidations on
+ * PostgreSQL (LISTEN/NOTIFY) and keeps them in-process on SQLite (one instance by nature); `postgres` needs a
+ * PostgreSQL database.
+ */
+const invalidationBackend = Config.all({
+  setting: Config.string("INVALIDATION_BACKEND").pipe(Config.withDefault("auto")),
+  driver: optionalString("DB_DRIVER"),
+  url: optionalString("DATABASE_URL")
+}).pipe(
+  Config.mapOrFail(({ driver, setting, url }): Either.Either<InvalidationBackend, ConfigError.ConfigError> => {
+    // The same rule as `database` below: a DATABASE_URL means PostgreSQL unless DB_DRIVER says sqlite.
+    const postgres = Option.isSome(url) && Option.getOrUndefined(driver)?.toLowerCase() !== "sqlite"
+    const v = setting.trim().toLowerCase()
+    if (v === "auto" || v === "") return Either.right(postgres ? "postgres" : "in-memory")
+    if (v === "in-memory" || v === "memory") return Either.right("in-memory")
+    if (v === "redis") return Either.right("redis")
+    if (v === "postgres" || v === "postgresql") {
+      return postgres
+        ? Either.right("postgres")
+        : Either.left(invalid("INVALIDATION_BACKEND", "postgres needs a PostgreSQL database (DATABASE_URL)"))
+    }
+    return Either.left(invalid("INVALIDATION_BACKEND", `expected auto, in-memory, redis or postgres, got "${setting}"`))
+  })
+)
+
 const listen = Config.string("LISTEN_ADDR").pipe(
   Config.withDefault(":8080"),
   Config.mapOrFail((s) => Either.mapLeft(parseListenAddress(s), (m) => invalid("LISTEN_ADDR", m)))
@@ -503,7 +534,7 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
       return Either.left(invalid("RATE_LIMIT_FAILURE_MODE", `expected open or closed, got "${s}"`))
     })
   ),
-  invalidationBackend: memoryOrRedis("INVALIDATION_BACKEND"),
+  invalidationBackend,
   redisUrl,
   cache,
   enableMetrics: bool("ENABLE_METRICS", true),
