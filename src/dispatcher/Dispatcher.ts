@@ -173,6 +173,7 @@ export const start = (options: DispatcherOptions) =>
           const retryable: Array<Item> = []
           const rejected: Array<{ reason: string; event: unknown; id: string }> = []
           let lastReason = ""
+          let transient = 0
           let refused: string | undefined
           pending.forEach((item, i) => {
             const o = outcomes[i] ?? retry("no outcome")
@@ -191,6 +192,7 @@ export const start = (options: DispatcherOptions) =>
                 rejected.push({ reason: `${o.reason} (${n} attempts)`, event: item.event, id: item.delivery.id })
               } else {
                 lastReason = o.reason
+                transient++
                 retryable.push(item)
               }
             }
@@ -204,7 +206,8 @@ export const start = (options: DispatcherOptions) =>
           if (yield* writeDeadLetters(rejected)) done.push(...rejected.map((r) => r.id))
           pending = retryable
           if (pending.length > 0) {
-            stats.retries++
+            // a refused key is counted as such, not as a transient failure
+            if (transient > 0) stats.retries++
             const wait = backoffMs(attempt, baseMs, maxMs)
             if (refused !== undefined) {
               stats.credentialFailures++
