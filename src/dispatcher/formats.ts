@@ -264,7 +264,11 @@ export const HELICONE_MAX_BODY_CHARS = 10 * 1024 * 1024
 
 export type HeliconeProvider = "openai" | "anthropic"
 
-/** Each provider's log route: Helicone computes tokens and cost by it (as @helicone/helpers' manual logger does). */
+/**
+ * Each provider's log route (apiRouter.ts: `logAsync(…, "OPENAI" | "ANTHROPIC")`): Helicone parses and prices the
+ * log as that provider's; `/custom/v1/log` has no provider, hence no cost. Helicone's own loggers post by provider
+ * the same way (Helicone/helicone helicone-python/helicone/async_logger/async_logger.py).
+ */
 export const HELICONE_ROUTES: Record<HeliconeProvider, string> = { openai: "/oai/v1/log", anthropic: "/anthropic/v1/log" }
 
 /** Anthropic's Messages API (`/v1/messages`, or an answer of `type: "message"`); everything else is OpenAI-style. */

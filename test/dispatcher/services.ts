@@ -247,6 +247,7 @@ export interface Helicone extends Listener {
   readonly posts: Array<{ route: string; status: number | "hung"; id?: string; body?: Json }>
 }
 
+/** The log routes and the provider each stands for (worker/src/routers/api/apiRouter.ts `logAsync(…, provider)`). */
 const ROUTES: Record<string, HeliconeRequest["provider"]> = {
   "/oai/v1/log": "OPENAI",
   "/anthropic/v1/log": "ANTHROPIC",
