@@ -620,7 +620,7 @@ const metricsAddr = optionalString("DISPATCHER_METRICS_ADDR").pipe(
 const DEFAULT_ENDPOINTS: Record<DispatcherService, string> = {
   file: "./data/events.jsonl",
   lunary: "https://api.lunary.ai/v1/runs/ingest",
-  helicone: "https://api.worker.helicone.ai/custom/v1/log"
+  helicone: "https://api.worker.helicone.ai"
 }
 
 /** `llm-proxy dispatcher`: its own settings plus the bus it reads. */
