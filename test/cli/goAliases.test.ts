@@ -2,6 +2,7 @@
  * The Go llm-proxy's environment names and command-line flags that have a counterpart here: they work, and each
  * use prints a warning naming the new one.
  */
+import { NodeContext } from "@effect/platform-node"
 import { Effect } from "effect"
 import { execFile } from "node:child_process"
 import { existsSync, mkdtempSync } from "node:fs"
@@ -45,7 +46,11 @@ describe("Go environment names", () => {
 
   it("the dispatcher reads REDIS_STREAM_CLAIM_TIME and REDIS_CONSUMER_GROUP; its own names win", async () => {
     const load = () =>
-      Effect.runPromise(Effect.flatMap(configProvider({}, "/nonexistent/.env"), (p) => Effect.withConfigProvider(dispatcherConfig, p)))
+      Effect.runPromise(
+        Effect.flatMap(configProvider({}, "/nonexistent/.env"), (p) => Effect.withConfigProvider(dispatcherConfig, p)).pipe(
+          Effect.provide(NodeContext.layer)
+        )
+      )
     const c = await withEnv(
       { LLM_PROXY_EVENT_BUS: "redis-streams", REDIS_STREAM_CLAIM_TIME: "45s", REDIS_CONSUMER_GROUP: "llm-proxy-dispatchers" },
       load
