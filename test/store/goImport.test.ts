@@ -357,17 +357,34 @@ describe.each(sources)("migrate import from a Go $name database", (src) => {
       "INSERT INTO audit_events (id, timestamp, action, actor, outcome) VALUES (?, ?, ?, ?, ?)",
       [randomUUID(), source.time(at(0)), "token.revoke", "management_api", "success"]
     )
+    // A project renamed, another's key rotated, and a row that is no Go token at all.
+    await source.exec("UPDATE projects SET name = ? WHERE id = ?", ["beta-renamed", seeded.beta])
+    await source.exec("UPDATE projects SET api_key = ? WHERE id = ?", [`${seeded.alphaKey}-rotated`, seeded.alpha])
+    const junk = randomUUID()
+    await source.exec(
+      "INSERT INTO tokens (id, token, project_id, is_active, request_count, created_at, cache_hit_count) VALUES (?, ?, ?, ?, ?, ?, ?)",
+      [junk, "not-a-go-token", seeded.alpha, true, 0, source.time(at(0)), 0]
+    )
     const manage = { authorization: `Bearer ${server!.token}`, "content-type": "application/json" }
     expect((await fetch(`${server!.url}/manage/tokens/${seeded.expired.id}`, { method: "DELETE", headers: manage })).status).toBeLessThan(300)
 
     const r = await importJson(source.from, target)
-    expect(r).toMatchObject({ tokens: { imported: 1, updated: 1 }, audit: { imported: 1, unchanged: 3 }, projects: { unchanged: 3 } })
+    expect(r).toMatchObject({
+      tokens: { imported: 1, updated: 1, skipped: 1 },
+      audit: { imported: 1, unchanged: 3 },
+      projects: { imported: 0, updated: 2, unchanged: 1 }
+    })
+    expect(r.skipped).toEqual([{ kind: "token", id: junk, reason: "not a Go llm-proxy token (nor its SHA-256)" }])
+    const projects = byId(await target.rows("projects"))
+    expect(projects.get(seeded.beta)!.name).toBe("beta-renamed")
+    expect(decryptHere(projects.get(seeded.alpha)!.api_key)).toBe(`${seeded.alphaKey}-rotated`)
     const tokens = byId(await target.rows("tokens"))
     expect(Boolean(Number(tokens.get(seeded.used.id)!.is_active))).toBe(false)
     expect(Number(tokens.get(seeded.used.id)!.request_count)).toBe(50)
     expect(Boolean(Number(tokens.get(seeded.expired.id)!.is_active))).toBe(false)
-    // The revocation reaches the running proxy with its cache TTL; the new token works at once.
+    // The revocation reaches the running proxy with its cache TTL; the new token works at once, with the new key.
     expect((await proxy(server!, fresh.token)).status).toBe(200)
+    expect(mock.requests.at(-1)!.headers.authorization).toBe(`Bearer ${seeded.alphaKey}-rotated`)
   })
 })
 
@@ -462,6 +479,12 @@ describe("migrate import: the source's keys, names and shapes", () => {
     } finally {
       await other.cleanup()
     }
+    const empty = join(mkdtempSync(join(tmpdir(), "llm-proxy-go-")), "empty.db")
+    const emptyDb = new Sqlite(empty)
+    emptyDb.exec("CREATE TABLE notes (id TEXT)")
+    emptyDb.close()
+    const notGo = await cli("migrate", "import", "--from", empty, ...targetArgs(target), "--env", KEYS)
+    expect(notGo.err).toBe("llm-proxy: the source is not a Go llm-proxy database (no projects and tokens tables)")
     const garbage = join(mkdtempSync(join(tmpdir(), "llm-proxy-go-")), "x.db")
     writeFileSync(garbage, "not a database at all".repeat(100))
     const bad = await cli("migrate", "import", "--from", garbage, ...targetArgs(target), "--env", KEYS)
