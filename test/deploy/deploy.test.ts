@@ -303,3 +303,18 @@ describe("deploy/kubernetes", () => {
     expect([secret.stringData.MANAGEMENT_TOKEN, secret.stringData.ENCRYPTION_KEY].every((v: string) => v.startsWith("change-me"))).toBe(true)
   })
 })
+
+describe("deploy/llm-proxy.env.example and the systemd units", () => {
+  const example = readEnvFile(join(DEPLOY, "llm-proxy.env.example"))
+  const unitEnv = (unit: string) =>
+    Object.fromEntries([...readFileSync(join(DEPLOY, unit), "utf8").matchAll(/^Environment=(\w+)=(\S*)$/gm)].map((m) => [m[1]!, m[2]!]))
+
+  it("set only variables the gateway reads, with values it accepts", () => {
+    expect(unknown(example)).toEqual([])
+    for (const unit of ["llm-proxy@.service", "llm-proxy-dispatcher@.service"]) expect(unknown(unitEnv(unit)), unit).toEqual([])
+    const env: Record<string, string> = { ...example, ENCRYPTION_KEY: Buffer.alloc(32).toString("base64"), ...unitEnv("llm-proxy@.service") }
+    expect(env.LISTEN_ADDR).toBe("127.0.0.1:%i")
+    expect(Either.isRight(loadFrom(appConfig, { ...env, LISTEN_ADDR: "127.0.0.1:8081" }))).toBe(true)
+    expect(Either.isRight(loadFrom(dispatcherConfig, env))).toBe(true)
+  })
+})

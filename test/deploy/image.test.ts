@@ -152,7 +152,7 @@ describe.skipIf(!built)("the image's file tree (deploy/Dockerfile's final stage,
 
     expect((await stopProcess(serve.child)).code).toBe(0)
     expect(treeState(tree, image.volumes.map((v) => join(tree, v)))).toEqual(before)
-  })
+  }, 90_000)
 
   it("the bundle's external packages load from the image's node_modules (better-sqlite3's addon, gpt-tokenizer)", async () => {
     const load = await run(image, ["node", "-e", [
@@ -163,7 +163,7 @@ describe.skipIf(!built)("the image's file tree (deploy/Dockerfile's final stage,
       "process.stdout.write('ok')"
     ].join(";"), "/app/dist/cli/main.js"], {}, join(tree, "data"))
     expect([await exitCode(load), load.output()]).toEqual([0, "ok"])
-  })
+  }, 60_000)
 
   describe.skipIf(!postgresUrl || !redisUrl)("deploy/compose.yaml's services from the image's tree (PostgreSQL, Redis)", () => {
     let db: TestDatabase
@@ -233,7 +233,7 @@ describe.skipIf(!built)("the image's file tree (deploy/Dockerfile's final stage,
       expect((await stopProcess(serve.child)).code).toBe(0)
       expect((await stopProcess(dispatcher.child)).code).toBe(0)
       expect(treeState(tree, image.volumes.map((v) => join(tree, v)))).toEqual(before)
-    })
+    }, 120_000)
   })
 })
 
