@@ -164,7 +164,10 @@ export const readGoDatabase = (dialect: Dialect) =>
     const tokenRows = yield* select(
       tokenColumns,
       "tokens",
-      ["id", "token", "project_id", "expires_at", "is_active", "deactivated_at", "request_count", "max_requests", "cache_hit_count", "created_at", "last_used_at"],
+      [
+        "id", "token", "project_id", "expires_at", "is_active", "deactivated_at", "request_count", "max_requests",
+        "cache_hit_count", "created_at", "last_used_at"
+      ],
       tokenTimes,
       "created_at, token"
     )
@@ -387,7 +390,9 @@ export const importGoDatabase = (dialect: Dialect, source: GoDatabase, options: 
         }
         const currentKey = yield* options.targetCipher.decrypt(String(current.api_key)).pipe(
           Effect.mapError(() =>
-            new ImportError({ message: `cannot decrypt the provider key of project ${id} here: is ENCRYPTION_KEY the one it was stored with?` })
+            new ImportError({
+              message: `cannot decrypt the provider key of project ${id} here: is ENCRYPTION_KEY the one it was stored with?`
+            })
           )
         )
         const wasActive = truthy(current.is_active)
@@ -425,7 +430,8 @@ export const importGoDatabase = (dialect: Dialect, source: GoDatabase, options: 
         const label = t.id ?? "(a token without id)"
         const projectId = projectIds.get(t.projectId)
         if (projectId === undefined) {
-          skip("token", label, goProjects.has(t.projectId) ? `its project ${t.projectId} was skipped` : `its project ${t.projectId} does not exist`)
+          const why = goProjects.has(t.projectId) ? "was skipped" : "does not exist"
+          skip("token", label, `its project ${t.projectId} ${why}`)
           continue
         }
         const plain = isGoTokenFormat(t.token)
@@ -590,6 +596,7 @@ export const encryptProviderKeys = (cipher: KeyCipherService, dryRun: boolean) =
       return { dryRun, encrypted, alreadyEncrypted } satisfies EncryptReport
     })
     return yield* sql.withTransaction(work).pipe(
-      Effect.catchTag("SqlError", (cause) => Effect.fail(new ImportError({ message: "encrypting the provider keys failed; nothing was written", cause })))
+      Effect.catchTag("SqlError", (cause) =>
+        Effect.fail(new ImportError({ message: "encrypting the provider keys failed; nothing was written", cause })))
     )
   })

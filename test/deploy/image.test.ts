@@ -207,10 +207,13 @@ describe.skipIf(!built)("the image's file tree (deploy/Dockerfile's final stage,
       const url = `http://127.0.0.1:${port}`
       expect((await fetch(`${url}/ready`)).status).toBe(200)
       const manage = { authorization: `Bearer ${secrets.MANAGEMENT_TOKEN}`, "content-type": "application/json" }
-      const project = await (await fetch(`${url}/manage/projects`, { method: "POST", headers: manage, body: JSON.stringify({ name: "compose", api_key: "sk-compose-upstream-1" }) })).json() as { id: string }
-      const token = await (await fetch(`${url}/manage/tokens`, { method: "POST", headers: manage, body: JSON.stringify({ project_id: project.id, duration_minutes: 5 }) })).json() as { token: string }
+      const post = async (path: string, body: unknown) =>
+        (await fetch(`${url}${path}`, { method: "POST", headers: manage, body: JSON.stringify(body) })).json()
+      const project = await post("/manage/projects", { name: "compose", api_key: "sk-compose-upstream-1" }) as { id: string }
+      const token = await post("/manage/tokens", { project_id: project.id, duration_minutes: 5 }) as { token: string }
       // An answer without `usage`: the dispatcher counts the tokens itself.
-      mock.enqueue(json({ id: "c1", model: "gpt-4o-mini", choices: [{ index: 0, message: { role: "assistant", content: "hello there" }, finish_reason: "stop" }] }))
+      const message = { role: "assistant", content: "hello there" }
+      mock.enqueue(json({ id: "c1", model: "gpt-4o-mini", choices: [{ index: 0, message, finish_reason: "stop" }] }))
       const r = await fetch(`${url}/v1/chat/completions`, {
         method: "POST",
         headers: { authorization: `Bearer ${token.token}`, "content-type": "application/json" },
