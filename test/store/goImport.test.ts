@@ -469,6 +469,9 @@ describe("migrate import: the source's keys, names and shapes", () => {
   it("refuses what is not a Go llm-proxy database, a missing file, and its own database, with one line", async () => {
     const missing = await cli("migrate", "import", "--from", "/nonexistent/go.db", ...targetArgs(target), "--env", KEYS)
     expect([missing.ok, missing.err]).toEqual([false, "llm-proxy: no such file: /nonexistent/go.db"])
+    // A PostgreSQL source that does not answer: the message never shows its URL (it may hold a password).
+    const down = await cli("migrate", "import", "--from", "postgres://go:s3cret-go-pw@127.0.0.1:1/go", ...targetArgs(target), "--env", KEYS)
+    expect([down.ok, down.err]).toEqual([false, "llm-proxy: cannot connect to the Go llm-proxy's PostgreSQL (--from)"])
     const other = await backends[0]!.create()
     try {
       expect((await cli("migrate", "up", ...targetArgs(other))).ok).toBe(true)
