@@ -682,3 +682,56 @@ export const dispatcherConfig: Config.Config<DispatcherConfig> = Config.all({
     })
   })
 )
+
+/**
+ * `llm-proxy migrate import`: the Go proxy's ENCRYPTION_KEY, to read the provider keys it stored encrypted, when it
+ * is not this gateway's ENCRYPTION_KEY (which is tried when this is unset).
+ */
+export const importEncryptionKey = optionalString("IMPORT_ENCRYPTION_KEY").pipe(
+  Config.mapOrFail((o) =>
+    Option.match(o, {
+      onNone: () => Either.right(Option.none<Redacted.Redacted<Uint8Array>>()),
+      onSome: (s) =>
+        Either.match(parseEncryptionKey(s), {
+          onLeft: (m) => Either.left(invalid("IMPORT_ENCRYPTION_KEY", m)),
+          onRight: (bytes) => Either.right(Option.some(Redacted.make(bytes)))
+        })
+    })
+  )
+)
+
+/**
+ * Environment names of the Go llm-proxy that have a counterpart here: [Go name, name here]. They are read when the
+ * name here is not set, with a warning naming it (docs/configuration.md, docs/migrating-from-go.md).
+ */
+export const GO_ENV_ALIASES: ReadonlyArray<readonly [string, string]> = [
+  ["REDIS_STREAM_CLAIM_TIME", "REDIS_STREAM_CLAIM_IDLE"],
+  ["REDIS_CONSUMER_GROUP", "DISPATCHER_CONSUMER_GROUP"],
+  ["MANAGEMENT_API_BASE_URL", "MANAGE_API_BASE_URL"],
+  ["PROXY_URL", "LLM_PROXY_URL"],
+  ["PROXY_TOKEN", "LLM_PROXY_TOKEN"]
+]
+
+/**
+ * The values the Go names supply (under the names here) and one warning per Go name in use. `lookup` answers
+ * what is set (flags, environment, dotenv file); an empty value counts as unset.
+ */
+export const resolveGoEnvAliases = (lookup: (name: string) => string | undefined) => {
+  const values = new Map<string, string>()
+  const warnings: Array<string> = []
+  const set = (name: string) => {
+    const v = lookup(name)
+    return v !== undefined && v.trim() !== "" ? v : undefined
+  }
+  for (const [goName, name] of GO_ENV_ALIASES) {
+    const v = set(goName)
+    if (v === undefined) continue
+    if (set(name) !== undefined) {
+      warnings.push(`${goName} (the Go llm-proxy's name) is ignored: ${name} is set`)
+      continue
+    }
+    values.set(name, v)
+    warnings.push(`${goName} is the Go llm-proxy's name; use ${name}`)
+  }
+  return { values, warnings }
+}

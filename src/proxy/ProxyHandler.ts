@@ -24,7 +24,7 @@ import { type Readable, Transform } from "node:stream"
 import type { Dispatcher } from "undici"
 import { AppConfig } from "../config/AppConfig.js"
 import { type ProviderConfig, Providers } from "../config/Providers.js"
-import { hashProxyToken, isProxyTokenFormat } from "../crypto/ProxyToken.js"
+import { hashProxyToken, isAcceptedTokenFormat } from "../crypto/ProxyToken.js"
 import { Store } from "../store/Store.js"
 import { type Exceeded, RateLimits, Unavailable } from "../token/RateLimits.js"
 import { judge, type TokenGrant, TokenValidator } from "../token/TokenValidator.js"
@@ -405,7 +405,7 @@ export const make = Effect.gen(function*() {
     if (duplicateAuthorization(f.req.rawHeaders)) return reply(f, Answers.duplicateAuthorization)
     const credential = bearerCredential(f.req.headers.authorization)
     if (credential === undefined) return reply(f, Answers.missingAuthorization)
-    if (!isProxyTokenFormat(credential)) return reply(f, Answers.malformedToken)
+    if (!isAcceptedTokenFormat(credential)) return reply(f, Answers.malformedToken)
     const hash = hashProxyToken(credential)
     const warm = validator.cached(hash, Date.now())
     if (warm !== undefined) return warm === null ? reply(f, Answers.tokenNotFound) : authorized(f, warm)
