@@ -184,7 +184,7 @@ describe("deploy/compose.yaml", () => {
     const serve = Either.getOrThrow(loadFrom(appConfig, { ...envOfService(services.serve), ENCRYPTION_KEY: Buffer.alloc(32).toString("base64") }))
     expect(serve.database._tag).toBe("postgres")
     expect([serve.rateLimitBackend, serve.invalidationBackend, serve.cache.backend, serve.events.bus, serve.redisUrl])
-      .toEqual(["redis", "redis", "redis", "redis-streams", "redis://redis:6379"])
+      .toEqual(["redis", "postgres", "redis", "redis-streams", "redis://redis:6379"])
     const dispatcher = Either.getOrThrow(loadFrom(dispatcherConfig, envOfService(services.dispatcher)))
     expect(dispatcher.redisUrl).toBe("redis://redis:6379")
   })
@@ -244,7 +244,7 @@ describe("deploy/kubernetes", () => {
     })
     const s = Either.getOrThrow(loadFrom(appConfig, env(serve)))
     expect([s.database._tag, s.rateLimitBackend, s.invalidationBackend, s.events.bus, s.audit.file._tag]).toEqual([
-      "postgres", "redis", "redis", "redis-streams", "None"
+      "postgres", "redis", "postgres", "redis-streams", "None"
     ])
     expect(Either.isRight(loadFrom(dispatcherConfig, env(dispatcher)))).toBe(true)
   })
