@@ -37,10 +37,11 @@ export interface ProviderConfig {
   readonly authHeader: string
   /** `Bearer` by default; "" sends the bare key. */
   readonly authScheme: string
-  /** Lower-case names of the client headers sent upstream: FORWARDED_HEADERS plus `forward_headers`. */
-  readonly forwardHeaders: ReadonlySet<string>
-  /** Lower-case name prefixes of client headers sent upstream (`x-stainless-`, `forward_headers` entries `x-…-*`). */
-  readonly forwardPrefixes: ReadonlyArray<string>
+  /**
+   * Whether a client header (lower-case name) is sent upstream: FORWARDED_HEADERS, FORWARDED_PREFIXES and the
+   * provider's `forward_headers` (names and `x-…-*` prefixes).
+   */
+  readonly forwardsHeader: (name: string) => boolean
   /** `headers`: fixed values sent upstream, replacing any client value (lower-case names). */
   readonly fixedHeaders: ReadonlyArray<readonly [string, string]>
   /** Response-header timeout for this provider (ms); undefined = REQUEST_TIMEOUT. */
@@ -201,11 +202,27 @@ const NEVER_FROM_CLIENTS = new Set([
 ])
 const neverFromClients = (h: string) => PROXY_SET.has(h) || NEVER_FROM_CLIENTS.has(h) || h.startsWith("x-forwarded-")
 
+/**
+ * The allow-list as one function, memoised: it runs for every header of every request, and one Map lookup of a
+ * name seen before costs less than the set lookup plus prefix comparisons (bounded: header names come from clients).
+ */
+export const headerForwarder = (names: ReadonlySet<string>, prefixes: ReadonlyArray<string>): (name: string) => boolean => {
+  const memo = new Map<string, boolean>()
+  return (name) => {
+    let ok = memo.get(name)
+    if (ok === undefined) {
+      ok = names.has(name) || prefixes.some((p) => name.startsWith(p))
+      if (memo.size < 1_024) memo.set(name, ok)
+    }
+    return ok
+  }
+}
+
 const forwardingOf = (
   name: string,
   authHeader: string,
   list: ReadonlyArray<string> | undefined
-): Either.Either<{ names: ReadonlySet<string>; prefixes: ReadonlyArray<string> }, string> => {
+): Either.Either<(name: string) => boolean, string> => {
   const names = new Set(FORWARDED_HEADERS)
   const prefixes = [...FORWARDED_PREFIXES]
   for (const [i, raw] of (list ?? []).entries()) {
@@ -224,7 +241,7 @@ const forwardingOf = (
     if (star) prefixes.push(base)
     else names.add(h)
   }
-  return Either.right({ names, prefixes })
+  return Either.right(headerForwarder(names, prefixes))
 }
 
 // A header value: visible ASCII, spaces and tabs (no CR/LF/NUL, which Node would refuse at request time).
@@ -274,8 +291,7 @@ const build = (name: string, p: typeof ProviderYaml.Type): Either.Either<Provide
     requireOrigin: (p.required_headers ?? []).some((h) => h.trim().toLowerCase() === "origin"),
     authHeader,
     authScheme: p.auth_scheme ?? "Bearer",
-    forwardHeaders: forwarding.names,
-    forwardPrefixes: forwarding.prefixes,
+    forwardsHeader: forwarding,
     fixedHeaders: fixed,
     responseHeaderTimeoutMs: p.timeouts?.response_header !== undefined ? parseDuration(p.timeouts.response_header) : undefined,
     idleConnectionMs: p.timeouts?.idle_connection !== undefined
@@ -323,8 +339,7 @@ export const builtInOpenAi = (baseUrl: string): ProvidersShape =>
     requireOrigin: false,
     authHeader: "authorization",
     authScheme: "Bearer",
-    forwardHeaders: new Set(FORWARDED_HEADERS),
-    forwardPrefixes: FORWARDED_PREFIXES,
+    forwardsHeader: headerForwarder(new Set(FORWARDED_HEADERS), FORWARDED_PREFIXES),
     fixedHeaders: [],
     responseHeaderTimeoutMs: undefined,
     idleConnectionMs: DEFAULT_IDLE_MS,

@@ -381,14 +381,8 @@ const connectionTokens = (value: string | string[] | undefined): ReadonlyArray<s
   return (Array.isArray(value) ? value.join(",") : value).split(",").map((t) => t.trim().toLowerCase())
 }
 
-const forwardedByPrefix = (name: string, prefixes: ReadonlyArray<string>): boolean => {
-  for (let i = 0; i < prefixes.length; i++) if (name.startsWith(prefixes[i]!)) return true
-  return false
-}
-
 /**
- * The headers sent upstream, an allow-list: the client's headers the provider forwards (`forwardHeaders`,
- * `forwardPrefixes`: content type, accept, user agent, provider version/beta headers, idempotency keys,
+ * The headers sent upstream, an allow-list: the client's headers the provider forwards (`forwardsHeader`: content type, accept, user agent, provider version/beta headers, idempotency keys,
  * `x-stainless-*`, plus the YAML's `forward_headers`) unless `Connection` names them; then the provider's fixed
  * `headers`; then the project key in the provider's scheme, our request id, `accept-encoding: identity` (usage is
  * read from the bytes, which must not be compressed) and the body's length. Credentials, cookies, the billed
@@ -402,11 +396,10 @@ export const upstreamRequestHeaders = (
   contentLength: number | undefined
 ): Record<string, string | string[]> => {
   const named = connectionTokens(client.connection)
-  const allow = provider.forwardHeaders
-  const prefixes = provider.forwardPrefixes
+  const forwards = provider.forwardsHeader
   const out: Record<string, string | string[]> = {}
   for (const name in client) {
-    if (!allow.has(name) && !forwardedByPrefix(name, prefixes)) continue
+    if (!forwards(name)) continue
     if (named.length > 0 && named.includes(name)) continue
     const v = client[name]
     if (v !== undefined) out[name] = v
