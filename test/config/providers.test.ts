@@ -170,6 +170,11 @@ describe("providers YAML (reference §5.1 + auth_header/auth_scheme)", () => {
       /forward_headers\.0: expected a header name/
     ],
     [
+      "a bad fixed header name",
+      "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n    headers: { \"a b\": x }\n",
+      /apis\.a\.headers: "a b" is not a header name/
+    ],
+    [
       "a fixed auth header",
       "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n    headers: { Authorization: Bearer x }\n",
       /apis\.a\.headers\.Authorization: set by the proxy itself/
