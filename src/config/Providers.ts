@@ -198,7 +198,8 @@ const PROXY_SET = new Set([
 // Never taken from a client, whatever forward_headers says: credentials, the billed account, the client's address.
 const NEVER_FROM_CLIENTS = new Set([
   "authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "openai-organization", "openai-project",
-  "forwarded", "x-real-ip"
+  "forwarded", "x-real-ip", "x-client-ip", "true-client-ip", "cf-connecting-ip", "fastly-client-ip",
+  "x-cluster-client-ip", "x-original-forwarded-for"
 ])
 const neverFromClients = (h: string) => PROXY_SET.has(h) || NEVER_FROM_CLIENTS.has(h) || h.startsWith("x-forwarded-")
 

@@ -165,6 +165,11 @@ describe("providers YAML (reference §5.1 + auth_header/auth_scheme)", () => {
       /forward_headers\.0/
     ],
     [
+      "forwarding a client address",
+      "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n    forward_headers: [CF-Connecting-IP]\n",
+      /forward_headers\.0: "cf-connecting-ip" is never taken from clients/
+    ],
+    [
       "a bad header name",
       "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n    forward_headers: [\"a b\"]\n",
       /forward_headers\.0: expected a header name/
