@@ -83,20 +83,12 @@ describe("docs/proxy.md error table", () => {
   const rows = (table?.rows ?? []).map((r) => ({ status: Number(r[0]), code: code(r[1]) }))
   const policy = sources.get("src/proxy/policy.ts") ?? ""
 
-  /** The proxy's own answers (`Answers` in policy.ts): key → status and code. */
+  /** The proxy's own answers (`Answers` in policy.ts): status and code of every `answer(…)` call, however wrapped. */
   const answers = (() => {
-    const out: Array<{ key: string; status: number; code: string }> = []
-    let key = ""
-    const block = policy.slice(policy.indexOf("export const Answers"))
-    for (const line of block.split("\n")) {
-      const k = /^ {2}(\w+): /.exec(line)
-      if (k) key = k[1]!
-      const a = /answer\((\d{3}),(.*)$/.exec(line)
-      const c = a && /"([a-z_]+)"/.exec(a[2]!)
-      if (a && c) out.push({ key, status: Number(a[1]), code: c[1]! })
-      if (line.startsWith("} as const")) break
-    }
-    return out
+    const start = policy.indexOf("export const Answers")
+    const block = policy.slice(start, policy.indexOf("} as const", start)).replace(/\s+/g, " ")
+    const entry = /(\w+): (?:\([^)]*\)(?:: \w+)? => (?:\(\{ \.\.\.)?)?answer\( ?(\d{3}),.*?"([a-z_]+)"/g
+    return [...block.matchAll(entry)].map((m) => ({ key: m[1]!, status: Number(m[2]), code: m[3]! }))
   })()
 
   it("parses (sanity)", () => {
