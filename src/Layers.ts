@@ -24,6 +24,7 @@ import { ProxyHooks } from "./proxy/ProxyHooks.js"
 import * as Upstream from "./proxy/Upstream.js"
 import * as RateLimits from "./token/RateLimits.js"
 import * as TokenValidator from "./token/TokenValidator.js"
+import { layerPostgres as postgresInvalidation } from "./token/PostgresInvalidation.js"
 import * as UsageRecorder from "./token/UsageRecorder.js"
 import { KeyCipher } from "./crypto/KeyCipher.js"
 import { AdminAssetsLive } from "./http/AdminUi.js"
@@ -283,6 +284,57 @@ export const instrumentedTokenValidator = Layer.effect(
   })
 )
 
+/**
+ * The token cache for INVALIDATION_BACKEND: in-process only, PostgreSQL LISTEN/NOTIFY, or Redis pub/sub. A setting
+ * that leaves several instances on one PostgreSQL database without invalidations is logged as a warning at start-up.
+ */
+export const invalidationLayer = (config: AppConfigShape) => {
+  const validator = config.invalidationBackend === "redis"
+    ? TokenValidator.layerRedis(config.redisUrl)
+    : config.invalidationBackend === "postgres" && config.database._tag === "postgres"
+    ? postgresInvalidation(config.database.url)
+    : TokenValidator.layer
+  return validator.pipe(Layer.tap(() => {
+    if (config.invalidationBackend !== "in-memory") {
+      return Effect.logInfo(
+        config.invalidationBackend === "postgres"
+          ? "token invalidations: PostgreSQL LISTEN/NOTIFY (every instance on this database applies them)"
+          : "token invalidations: Redis pub/sub (every instance on this Redis applies them)"
+      )
+    }
+    // Nothing cached (TOKEN_CACHE_TTL=0s) means nothing to invalidate; SQLite is one instance.
+    if (config.database._tag !== "postgres" || config.tokenCacheTtlMs === 0) return Effect.void
+    return Effect.logWarning(
+      `INVALIDATION_BACKEND=in-memory on PostgreSQL: a token revoked, a project deactivated or a key rotated through ` +
+        `one instance keeps working on the other instances of this database for up to TOKEN_CACHE_TTL ` +
+        `(${config.tokenCacheTtlMs / 1000} s). Unset INVALIDATION_BACKEND (auto: postgres) or set it to postgres or ` +
+        `redis unless this is the only instance.`
+    )
+  }))
+}
+
+/**
+ * `token_invalidation` in /health when invalidations cross instances: up while this instance receives them, down
+ * (not required: the cache is bypassed and every request reads the database) while it does not.
+ */
+export const invalidationCheckLayer = (config: Pick<AppConfigShape, "invalidationBackend">) =>
+  config.invalidationBackend === "in-memory"
+    ? Layer.empty
+    : Layer.effectDiscard(Effect.gen(function*() {
+      const health = yield* Health.Health
+      const validator = yield* TokenValidator.TokenValidator
+      const channel = config.invalidationBackend === "postgres" ? "postgres-listen" : "redis-pubsub"
+      health.register({
+        name: "token_invalidation",
+        required: false,
+        check: Effect.suspend(() =>
+          validator.trusted()
+            ? Effect.succeed({ channel })
+            : Effect.fail(new Error(`${channel} not receiving; the token cache is bypassed (every request reads the database)`))
+        )
+      })
+    }))
+
 /** The response cache's counters on /metrics (read at scrape time). */
 export const cacheMetricsLayer = Layer.effectDiscard(Effect.gen(function*() {
   const metrics = yield* Metrics.Metrics
@@ -417,8 +469,8 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
         Layer.provide(ManagementAppLive),
         Layer.provideMerge(dataPlaneLayer(config, eventHooksLayer(config, options.proxyHooks))),
         Layer.provideMerge(
-          instrumentedTokenValidator.pipe(
-            Layer.provide(config.invalidationBackend === "redis" ? TokenValidator.layerRedis(config.redisUrl) : TokenValidator.layer)
+          invalidationCheckLayer(config).pipe(
+            Layer.provideMerge(instrumentedTokenValidator.pipe(Layer.provide(invalidationLayer(config))))
           )
         ),
         Layer.provideMerge(Layer.mergeAll(healthChecksLayer(config), cacheMetricsLayer, busObservabilityLayer(config))),

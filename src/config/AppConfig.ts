@@ -123,8 +123,11 @@ export interface AppConfigShape {
   readonly rateLimitBackend: "in-memory" | "redis"
   /** What a request gets when the shared rate-limit store (Redis) fails: admitted (open) or 503 (closed). */
   readonly rateLimitFailureMode: "open" | "closed"
-  /** How token-cache invalidations reach other instances. */
-  readonly invalidationBackend: "in-memory" | "redis"
+  /**
+   * How token-cache invalidations reach other instances, resolved from INVALIDATION_BACKEND (default `auto`:
+   * `postgres` on PostgreSQL, `in-memory` on SQLite).
+   */
+  readonly invalidationBackend: InvalidationBackend
   /** `REDIS_URL` (or `REDIS_ADDR` as `host:port`): every Redis-backed layer connects here. */
   readonly redisUrl: string
   /** `GET /metrics`, `/metrics/json` and `/metrics/prometheus` answer (else 404). */
@@ -404,6 +407,34 @@ const listenAddressOption = (name: string) =>
     )
   )
 
+export type InvalidationBackend = "in-memory" | "redis" | "postgres"
+
+/**
+ * INVALIDATION_BACKEND: `auto` (default) lets the database every instance shares carry the invalidations on
+ * PostgreSQL (LISTEN/NOTIFY) and keeps them in-process on SQLite (one instance by nature); `postgres` needs a
+ * PostgreSQL database.
+ */
+const invalidationBackend = Config.all({
+  setting: Config.string("INVALIDATION_BACKEND").pipe(Config.withDefault("auto")),
+  driver: optionalString("DB_DRIVER"),
+  url: optionalString("DATABASE_URL")
+}).pipe(
+  Config.mapOrFail(({ driver, setting, url }): Either.Either<InvalidationBackend, ConfigError.ConfigError> => {
+    // The same rule as `database` below: a DATABASE_URL means PostgreSQL unless DB_DRIVER says sqlite.
+    const postgres = Option.isSome(url) && Option.getOrUndefined(driver)?.toLowerCase() !== "sqlite"
+    const v = setting.trim().toLowerCase()
+    if (v === "auto" || v === "") return Either.right(postgres ? "postgres" : "in-memory")
+    if (v === "in-memory" || v === "memory") return Either.right("in-memory")
+    if (v === "redis") return Either.right("redis")
+    if (v === "postgres" || v === "postgresql") {
+      return postgres
+        ? Either.right("postgres")
+        : Either.left(invalid("INVALIDATION_BACKEND", "postgres needs a PostgreSQL database (DATABASE_URL)"))
+    }
+    return Either.left(invalid("INVALIDATION_BACKEND", `expected auto, in-memory, redis or postgres, got "${setting}"`))
+  })
+)
+
 const listen = Config.string("LISTEN_ADDR").pipe(
   Config.withDefault(":8080"),
   Config.mapOrFail((s) => Either.mapLeft(parseListenAddress(s), (m) => invalid("LISTEN_ADDR", m)))
@@ -536,7 +567,7 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
       return Either.left(invalid("RATE_LIMIT_FAILURE_MODE", `expected open or closed, got "${s}"`))
     })
   ),
-  invalidationBackend: memoryOrRedis("INVALIDATION_BACKEND"),
+  invalidationBackend,
   redisUrl,
   cache,
   enableMetrics: bool("ENABLE_METRICS", true),
@@ -606,7 +637,7 @@ const metricsAddr = listenAddressOption("DISPATCHER_METRICS_ADDR")
 const DEFAULT_ENDPOINTS: Record<DispatcherService, string> = {
   file: "./data/events.jsonl",
   lunary: "https://api.lunary.ai/v1/runs/ingest",
-  helicone: "https://api.worker.helicone.ai/custom/v1/log"
+  helicone: "https://api.worker.helicone.ai"
 }
 
 /** `llm-proxy dispatcher`: its own settings plus the bus it reads. */
@@ -668,3 +699,56 @@ export const dispatcherConfig: Config.Config<DispatcherConfig> = Config.all({
     })
   })
 )
+
+/**
+ * `llm-proxy migrate import`: the Go proxy's ENCRYPTION_KEY, to read the provider keys it stored encrypted, when it
+ * is not this gateway's ENCRYPTION_KEY (which is tried when this is unset).
+ */
+export const importEncryptionKey = optionalString("IMPORT_ENCRYPTION_KEY").pipe(
+  Config.mapOrFail((o) =>
+    Option.match(o, {
+      onNone: () => Either.right(Option.none<Redacted.Redacted<Uint8Array>>()),
+      onSome: (s) =>
+        Either.match(parseEncryptionKey(s), {
+          onLeft: (m) => Either.left(invalid("IMPORT_ENCRYPTION_KEY", m)),
+          onRight: (bytes) => Either.right(Option.some(Redacted.make(bytes)))
+        })
+    })
+  )
+)
+
+/**
+ * Environment names of the Go llm-proxy that have a counterpart here: [Go name, name here]. They are read when the
+ * name here is not set, with a warning naming it (docs/configuration.md, docs/migrating-from-go.md).
+ */
+export const GO_ENV_ALIASES: ReadonlyArray<readonly [string, string]> = [
+  ["REDIS_STREAM_CLAIM_TIME", "REDIS_STREAM_CLAIM_IDLE"],
+  ["REDIS_CONSUMER_GROUP", "DISPATCHER_CONSUMER_GROUP"],
+  ["MANAGEMENT_API_BASE_URL", "MANAGE_API_BASE_URL"],
+  ["PROXY_URL", "LLM_PROXY_URL"],
+  ["PROXY_TOKEN", "LLM_PROXY_TOKEN"]
+]
+
+/**
+ * The values the Go names supply (under the names here) and one warning per Go name in use. `lookup` answers
+ * what is set (flags, environment, dotenv file); an empty value counts as unset.
+ */
+export const resolveGoEnvAliases = (lookup: (name: string) => string | undefined) => {
+  const values = new Map<string, string>()
+  const warnings: Array<string> = []
+  const set = (name: string) => {
+    const v = lookup(name)
+    return v !== undefined && v.trim() !== "" ? v : undefined
+  }
+  for (const [goName, name] of GO_ENV_ALIASES) {
+    const v = set(goName)
+    if (v === undefined) continue
+    if (set(name) !== undefined) {
+      warnings.push(`${goName} (the Go llm-proxy's name) is ignored: ${name} is set`)
+      continue
+    }
+    values.set(name, v)
+    warnings.push(`${goName} is the Go llm-proxy's name; use ${name}`)
+  }
+  return { values, warnings }
+}

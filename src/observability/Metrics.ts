@@ -55,6 +55,12 @@ export interface DispatcherStatsLike {
   readonly lastDeliveryAt?: number | null
   /** events its group has not acknowledged yet, when known */
   readonly lag?: number | null
+  /** delivery rounds the backend refused our credentials */
+  readonly credentialFailures?: number
+  /** delivery is paused because the backend refuses our credentials */
+  readonly paused?: boolean
+  /** captured bodies left out of events because they decompressed to more than the limit */
+  readonly bodiesTooLarge?: number
 }
 
 /** What the token validator reports (src/token TokenValidator `stats`). */
@@ -241,6 +247,24 @@ export const make = (options: { readonly processMetrics?: boolean } = {}) =>
       "counter"
     )
     const dispBatches = snapshotSeries(registry, "llm_proxy_dispatcher_batches_total", "Batches the dispatcher finished, by backend", "counter")
+    const dispCredentials = snapshotSeries(
+      registry,
+      "llm_proxy_dispatcher_credential_failures_total",
+      "Delivery rounds the backend refused the dispatcher's API key (delivery pauses and retries), by backend",
+      "counter"
+    )
+    const dispPaused = snapshotSeries(
+      registry,
+      "llm_proxy_dispatcher_paused",
+      "1 while delivery is paused because the backend refuses the dispatcher's API key, by backend",
+      "gauge"
+    )
+    const dispBodiesTooLarge = snapshotSeries(
+      registry,
+      "llm_proxy_dispatcher_bodies_too_large_total",
+      "Captured bodies left out of delivered events because they decompressed to more than 8 MiB, by backend",
+      "counter"
+    )
     const dispLastDelivery = snapshotSeries(
       registry,
       "llm_proxy_dispatcher_last_delivery_timestamp_seconds",
@@ -294,6 +318,9 @@ export const make = (options: { readonly processMetrics?: boolean } = {}) =>
         dispRetried.set(byBackend((d) => n(d.retries)))
         dispDead.set(byBackend((d) => n(d.deadLettered)))
         dispBatches.set(byBackend((d) => n(d.batches)))
+        dispCredentials.set(byBackend((d) => n(d.credentialFailures)))
+        dispPaused.set(byBackend((d) => (d.paused === true ? 1 : 0)))
+        dispBodiesTooLarge.set(byBackend((d) => n(d.bodiesTooLarge)))
         dispLastDelivery.set(
           all.flatMap((d) => (typeof d.lastDeliveryAt === "number" ? [{ labels: { backend: d.backend ?? "unknown" }, value: d.lastDeliveryAt / 1000 }] : []))
         )

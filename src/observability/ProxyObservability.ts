@@ -13,7 +13,7 @@ import type { LogFormat } from "../config/AppConfig.js"
 import type { OutgoingHttpHeaders } from "node:http"
 import { Providers } from "../config/Providers.js"
 import type { ProxyHooksShape, ProxyRequestContext } from "../proxy/ProxyHooks.js"
-import { endpointAllowed } from "../proxy/policy.js"
+import { endpointMatches } from "../proxy/policy.js"
 import { Metrics, type RequestObservation } from "./Metrics.js"
 import { ProtoWriter } from "./otlpProto.js"
 import { ProxySpans, type ProxySpansShape } from "./ProxySpans.js"
@@ -154,13 +154,14 @@ export const make = (options: {
     const providers = yield* Providers
     const spans = Option.getOrUndefined(yield* ProxySpans)
 
-    // Route label: the longest allowed endpoint prefix of any provider (a bounded set), else "other".
-    const endpoints = [...new Set(providers.all.flatMap((p) => p.allowedEndpoints))].sort((a, b) => b.length - a.length)
+    // Route label: the path of the longest allowed endpoint of any provider that matches (a bounded set, e.g.
+    // `/v1/models/{id}`), else "other".
+    const endpoints = providers.all.flatMap((p) => p.allowedEndpoints).sort((a, b) => b.path.length - a.path.length)
     const routes = new Map<string, string>()
     const routeOf = (path: string): string => {
       const known = routes.get(path)
       if (known !== undefined) return known
-      const route = endpoints.find((e) => endpointAllowed(path, [e])) ?? "other"
+      const route = endpoints.find((e) => endpointMatches(path, e))?.path ?? "other"
       if (routes.size < MAX_ROUTES_CACHED) routes.set(path, route)
       return route
     }

@@ -3,7 +3,8 @@
  *
  * Stages, in order (each answers locally and stops on failure; docs/proxy.md has the table):
  *   1. preflight        OPTIONS → 204 with CORS headers, no authentication
- *   2. route            safe path, method and endpoint allow-lists (any provider that could serve it)
+ *   2. route            safe path, no credential in the query, method + endpoint allow-list (any provider that
+ *                       could serve it; policy.ts routeOf)
  *   3. origin           required / allowed origins
  *   4. body             size (413 from Content-Length before reading; bounded read of JSON bodies) and the
  *                       parameter whitelist for any JSON content type
@@ -24,7 +25,7 @@ import { type Readable, Transform } from "node:stream"
 import type { Dispatcher } from "undici"
 import { AppConfig } from "../config/AppConfig.js"
 import { type ProviderConfig, Providers } from "../config/Providers.js"
-import { hashProxyToken, isProxyTokenFormat } from "../crypto/ProxyToken.js"
+import { hashProxyToken, isAcceptedTokenFormat } from "../crypto/ProxyToken.js"
 import { Store } from "../store/Store.js"
 import { type Exceeded, RateLimits, Unavailable } from "../token/RateLimits.js"
 import { judge, type TokenGrant, TokenValidator } from "../token/TokenValidator.js"
@@ -38,13 +39,14 @@ import {
   corsHeaders,
   downstreamHeaders,
   duplicateAuthorization,
-  endpointAllowed,
+  hasQueryCredential,
   isJsonContentType,
   isSafePath,
   type LocalAnswer,
-  methodAllowed,
   preflight,
   requestIdOf,
+  routeOf,
+  routeRefusal,
   serverTiming,
   splitUrl,
   upstreamRequestHeaders
@@ -126,7 +128,6 @@ export const make = Effect.gen(function*() {
   const runFork = Runtime.runFork(runtime)
   const maxBody = config.maxRequestSize
   const allProviders = providers.all
-  const allMethods = [...new Set(allProviders.flatMap((p) => p.allowedMethods))]
   const anyWhitelist = allProviders.some((p) => p.paramWhitelist.size > 0)
   const single = allProviders.length === 1 ? allProviders[0] : undefined
 
@@ -282,29 +283,32 @@ export const make = Effect.gen(function*() {
       res.writeHead(204, {
         "x-request-id": ctx.requestId,
         "server-timing": serverTiming(performance.now() - ctx.startedAt, undefined),
-        ...preflight(ctx.origin, req.headers["access-control-request-headers"] as string | undefined, allProviders)
+        ...preflight(
+          ctx.origin,
+          req.headers["access-control-request-method"] as string | undefined,
+          ctx.path,
+          req.headers["access-control-request-headers"] as string | undefined,
+          allProviders
+        )
       })
       res.end()
       return
     }
-    if (!allMethods.includes(ctx.method)) return reply(f, Answers.methodNotAllowed(allMethods))
     if (!isSafePath(ctx.path)) return reply(f, Answers.endpointNotFound)
+    if (ctx.url.length !== ctx.path.length && hasQueryCredential(ctx.url.slice(ctx.path.length))) {
+      return reply(f, Answers.credentialInQuery)
+    }
     if (single !== undefined) {
       // One provider (the common case): the same rules without the candidate lists.
-      if (!endpointAllowed(ctx.path, single.allowedEndpoints)) return reply(f, Answers.endpointNotFound)
-      if (!methodAllowed(ctx.method, single.allowedMethods)) return reply(f, Answers.methodNotAllowed(allMethods))
+      const r = routeOf(ctx.method, ctx.path, single)
+      if (r !== undefined) return reply(f, r)
       const o = checkOrigin(ctx.origin, single)
       if (o !== undefined) return reply(f, o)
       return readBody(f)
     }
-    let candidates = allProviders.filter((p) => methodAllowed(ctx.method, p.allowedMethods))
-    const byPath = candidates.filter((p) => endpointAllowed(ctx.path, p.allowedEndpoints))
-    if (byPath.length === 0) {
-      // Known path, other method → 405; unknown path → 404.
-      const pathOk = allProviders.some((p) => endpointAllowed(ctx.path, p.allowedEndpoints))
-      return reply(f, pathOk ? Answers.methodNotAllowed(allMethods) : Answers.endpointNotFound)
-    }
-    candidates = byPath
+    // Known path, other method → 405 naming what any provider admits there; unknown path → 404.
+    const candidates = allProviders.filter((p) => routeOf(ctx.method, ctx.path, p) === undefined)
+    if (candidates.length === 0) return reply(f, routeRefusal(ctx.path, allProviders))
     let originAnswer: LocalAnswer | undefined
     const byOrigin = candidates.filter((p) => {
       const a = checkOrigin(ctx.origin, p)
@@ -405,7 +409,7 @@ export const make = Effect.gen(function*() {
     if (duplicateAuthorization(f.req.rawHeaders)) return reply(f, Answers.duplicateAuthorization)
     const credential = bearerCredential(f.req.headers.authorization)
     if (credential === undefined) return reply(f, Answers.missingAuthorization)
-    if (!isProxyTokenFormat(credential)) return reply(f, Answers.malformedToken)
+    if (!isAcceptedTokenFormat(credential)) return reply(f, Answers.malformedToken)
     const hash = hashProxyToken(credential)
     const warm = validator.cached(hash, Date.now())
     if (warm !== undefined) return warm === null ? reply(f, Answers.tokenNotFound) : authorized(f, warm)
@@ -439,10 +443,8 @@ export const make = Effect.gen(function*() {
     const p = target.provider
     // The project's own provider decides (the pre-auth checks admitted the request for some provider).
     if (f.candidates.length !== 1 || f.candidates[0] !== p) {
-      if (!methodAllowed(ctx.method, p.allowedMethods)) {
-        return reply(f, endpointAllowed(ctx.path, p.allowedEndpoints) ? Answers.methodNotAllowed(p.allowedMethods) : Answers.endpointNotFound)
-      }
-      if (!endpointAllowed(ctx.path, p.allowedEndpoints)) return reply(f, Answers.endpointNotFound)
+      const r = routeOf(ctx.method, ctx.path, p)
+      if (r !== undefined) return reply(f, r)
       const o = checkOrigin(ctx.origin, p)
       if (o !== undefined) return reply(f, o)
       if (p.paramWhitelist.size > 0 && f.json !== undefined) {

@@ -1,10 +1,10 @@
 /**
- * Request policy of the data plane as pure functions (no I/O, no Effect): allow-lists on path-segment boundaries,
- * origin rules, the parameter whitelist, CORS, header hygiene in both directions, and every locally produced
+ * Request policy of the data plane as pure functions (no I/O, no Effect): the route (allow-listed path + method),
+ * path and query safety, origin rules, the parameter whitelist, CORS, header hygiene in both directions, and every locally produced
  * answer. Table-tested in test/proxy/policy.test.ts.
  */
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http"
-import type { ProviderConfig } from "../config/Providers.js"
+import type { Endpoint, ProviderConfig } from "../config/Providers.js"
 
 /** A locally produced answer: status + the JSON body of CONTRACT §4 (+ headers). */
 export interface LocalAnswer {
@@ -50,6 +50,12 @@ export const Answers = {
   originNotAllowed: answer(403, "Origin not allowed", "origin_not_allowed"),
   requestTooLarge: answer(413, "Request body too large", "request_too_large"),
   badRequestBody: answer(400, "Invalid request body", "invalid_request"),
+  credentialInQuery: answer(
+    400,
+    "Credentials are not accepted in the query string",
+    "credential_in_query",
+    "send the token in the Authorization header"
+  ),
   duplicateAuthorization: answer(400, "Invalid token", "invalid_token", "more than one Authorization header"),
   paramNotAllowed: (param: string, value: string, patterns: ReadonlyArray<string>) =>
     answer(400, `Parameter '${param}' value '${value}' is not allowed. Allowed patterns: [${patterns.join(" ")}]`, "param_not_allowed"),
@@ -69,20 +75,114 @@ export const splitUrl = (url: string): { readonly path: string; readonly query: 
 }
 
 // Dot segments, empty segments, backslashes and encoded separators/dots could make the upstream resolve a path the
-// allow-list never saw; nothing legitimate needs them.
-const UNSAFE_PATH = /\/\.{1,2}(?:\/|$)|\/\/|\\|%2e|%2f|%5c|%00|[\x00-\x20\x7f]/i
+// allow-list never saw; `;` (matrix parameters, `/v1/models/..;/files`) and `#` are read as separators by some
+// servers. Nothing legitimate needs them.
+const UNSAFE_PATH = /\/\.{1,2}(?:\/|$)|\/\/|\\|%2e|%2f|%5c|%00|%3b|[;#]|[\x00-\x20\x7f]/i
 
 export const isSafePath = (path: string): boolean => path.startsWith("/") && !UNSAFE_PATH.test(path)
 
-/** `/v1/models` admits `/v1/models` and `/v1/models/…`, never `/v1/modelsX`. */
-export const endpointAllowed = (path: string, endpoints: ReadonlyArray<string>): boolean => {
-  for (const e of endpoints) {
-    if (path === e || (path.startsWith(e) && (path[e.length] === "/" || e === "/"))) return true
+/** One segment-wise comparison: `null` segments match any one non-empty segment; no allocation. */
+const segmentsMatch = (path: string, segments: ReadonlyArray<string | null>, prefix: boolean): boolean => {
+  let i = 1
+  for (const s of segments) {
+    if (i > path.length) return false
+    let end = path.indexOf("/", i)
+    if (end === -1) end = path.length
+    if (end === i) return false
+    if (s !== null && (end - i !== s.length || !path.startsWith(s, i))) return false
+    i = end + 1
+  }
+  return i > path.length || prefix
+}
+
+/**
+ * Whether `path` is the endpoint's (exact) or under it on segment boundaries (prefix): `/v1/models` as a prefix
+ * admits `/v1/models` and `/v1/models/…`, never `/v1/modelsX`.
+ */
+export const endpointMatches = (path: string, e: Endpoint): boolean => {
+  if (e.segments !== undefined) return segmentsMatch(path, e.segments, e.prefix)
+  const p = e.path
+  if (path === p) return true
+  return e.prefix && path.startsWith(p) && (path[p.length] === "/" || p === "/")
+}
+
+/** The methods the provider admits on `path` (the union of its matching entries, in configuration order). */
+export const methodsFor = (path: string, provider: ProviderConfig): ReadonlyArray<string> => {
+  const out: Array<string> = []
+  for (const e of provider.allowedEndpoints) {
+    if (!endpointMatches(path, e)) continue
+    for (const m of e.methods) if (!out.includes(m)) out.push(m)
+  }
+  return out
+}
+
+/**
+ * The route stage for one provider: undefined when an entry of `allowed_endpoints` matching the path lists the
+ * method; else 405 with `Allow` naming the methods of the entries that match the path, or 404. The path must have
+ * passed isSafePath.
+ */
+export const routeOf = (method: string, path: string, provider: ProviderConfig): LocalAnswer | undefined => {
+  let known = false
+  for (const e of provider.allowedEndpoints) {
+    if (!endpointMatches(path, e)) continue
+    if (e.methods.includes(method)) return undefined
+    known = true
+  }
+  return known ? Answers.methodNotAllowed(methodsFor(path, provider)) : Answers.endpointNotFound
+}
+
+/** The answer when no provider admits the request: 405 naming what any of them admits on the path, else 404. */
+export const routeRefusal = (path: string, providers: ReadonlyArray<ProviderConfig>): LocalAnswer => {
+  const allow: Array<string> = []
+  for (const p of providers) for (const m of methodsFor(path, p)) if (!allow.includes(m)) allow.push(m)
+  return allow.length > 0 ? Answers.methodNotAllowed(allow) : Answers.endpointNotFound
+}
+
+/**
+ * Query parameters that carry credentials (compared case-insensitively, after percent-decoding). A request naming
+ * one is refused rather than stripped: the query is forwarded as received, never rewritten.
+ */
+export const QUERY_CREDENTIALS: ReadonlySet<string> = new Set([
+  "key",
+  "apikey",
+  "api-key",
+  "api_key",
+  "x-api-key",
+  "access_token",
+  "access-token",
+  "id_token",
+  "token",
+  "auth",
+  "authorization",
+  "bearer",
+  "password",
+  "secret",
+  "client_secret",
+  "sig"
+])
+
+const decodeName = (s: string): string => {
+  if (!s.includes("%") && !s.includes("+")) return s
+  try {
+    return decodeURIComponent(s.replace(/\+/g, " "))
+  } catch {
+    return s
+  }
+}
+
+/** True when the query (with or without its `?`) names a credential parameter; `&` and `;` both separate. */
+export const hasQueryCredential = (query: string): boolean => {
+  let start = query.startsWith("?") ? 1 : 0
+  while (start < query.length) {
+    let end = start
+    while (end < query.length && query[end] !== "&" && query[end] !== ";") end++
+    const eq = query.indexOf("=", start)
+    const name = query.slice(start, eq === -1 || eq > end ? end : eq)
+    if (name !== "" && QUERY_CREDENTIALS.has(decodeName(name).trim().toLowerCase())) return true
+    start = end + 1
   }
   return false
 }
-
-export const methodAllowed = (method: string, methods: ReadonlyArray<string>): boolean => methods.includes(method)
 
 // ---------------------------------------------------------------------------------------------------------------
 // Origin and CORS
@@ -103,18 +203,27 @@ export const corsHeaders = (origin: string | undefined): Record<string, string> 
     : { "access-control-allow-origin": origin, "access-control-expose-headers": EXPOSED_HEADERS, vary: "Origin" }
 
 /**
- * Preflight (`OPTIONS`, no authentication): 204; CORS headers only when `Origin` is present and some provider
- * admits it; the methods listed are the configured ones. Credentials are never allowed.
+ * Preflight (`OPTIONS`, no authentication): 204; CORS headers only when `Origin` and `Access-Control-Request-Method`
+ * are present and some provider admits the origin, the path and that method; the methods listed are what those
+ * providers admit on the path. Credentials are never allowed.
  */
 export const preflight = (
   origin: string | undefined,
+  requestMethod: string | undefined,
+  path: string,
   requestHeaders: string | undefined,
   providers: ReadonlyArray<ProviderConfig>
 ): Record<string, string> => {
-  if (origin === undefined || origin === "") return {}
-  const admitting = providers.filter((p) => p.allowedOrigins.length === 0 || p.allowedOrigins.includes(origin))
-  if (admitting.length === 0) return {}
-  const methods = [...new Set(admitting.flatMap((p) => p.allowedMethods).concat("OPTIONS"))]
+  if (origin === undefined || origin === "" || requestMethod === undefined || !isSafePath(path)) return {}
+  const method = requestMethod.trim().toUpperCase()
+  const methods: Array<string> = []
+  for (const p of providers) {
+    if (p.allowedOrigins.length > 0 && !p.allowedOrigins.includes(origin)) continue
+    const admitted = methodsFor(path, p)
+    if (!admitted.includes(method)) continue
+    for (const m of admitted) if (!methods.includes(m)) methods.push(m)
+  }
+  if (methods.length === 0) return {}
   return {
     "access-control-allow-origin": origin,
     "access-control-allow-methods": methods.join(", "),
@@ -260,45 +369,6 @@ const HOP_BY_HOP = new Set([
   "upgrade"
 ])
 
-/** Never sent upstream: credentials, client addresses, trace context, our own ids and things we set ourselves. */
-const NOT_UPSTREAM = new Set([
-  ...HOP_BY_HOP,
-  "host",
-  "authorization",
-  "x-api-key",
-  "api-key",
-  "cookie",
-  "content-length",
-  "expect",
-  "accept-encoding",
-  "x-request-id",
-  "x-correlation-id",
-  "forwarded",
-  "x-forwarded-for",
-  "x-forwarded-host",
-  "x-forwarded-proto",
-  "x-forwarded-port",
-  "x-real-ip",
-  "x-client-ip",
-  "x-original-forwarded-for",
-  "true-client-ip",
-  "cf-connecting-ip",
-  "cf-ipcountry",
-  "fastly-client-ip",
-  "x-cluster-client-ip",
-  "traceparent",
-  "tracestate",
-  "baggage",
-  "b3",
-  "uber-trace-id",
-  "x-cloud-trace-context",
-  "x-amzn-trace-id",
-  "x-datadog-trace-id",
-  "x-datadog-parent-id",
-  "x-proxy-id",
-  "x-project-id"
-])
-
 const NONE: ReadonlyArray<string> = []
 
 /** Header names listed in `Connection` (beyond keep-alive/close, which are stripped anyway). */
@@ -312,9 +382,11 @@ const connectionTokens = (value: string | string[] | undefined): ReadonlyArray<s
 }
 
 /**
- * The headers sent upstream: the client's, minus everything in NOT_UPSTREAM, headers named by `Connection`,
- * `x-b3-*` / `x-llm-proxy-*`; plus the project key in the provider's scheme, our request id, and
- * `accept-encoding: identity` (usage is read from the bytes, which must not be compressed).
+ * The headers sent upstream, an allow-list: the client's headers the provider forwards (`forwardsHeader`: content type, accept, user agent, provider version/beta headers, idempotency keys,
+ * `x-stainless-*`, plus the YAML's `forward_headers`) unless `Connection` names them; then the provider's fixed
+ * `headers`; then the project key in the provider's scheme, our request id, `accept-encoding: identity` (usage is
+ * read from the bytes, which must not be compressed) and the body's length. Credentials, cookies, the billed
+ * account (`OpenAI-Organization`, `OpenAI-Project`), client addresses and trace context are never forwarded.
  */
 export const upstreamRequestHeaders = (
   client: IncomingHttpHeaders,
@@ -324,15 +396,16 @@ export const upstreamRequestHeaders = (
   contentLength: number | undefined
 ): Record<string, string | string[]> => {
   const named = connectionTokens(client.connection)
+  const forwards = provider.forwardsHeader
   const out: Record<string, string | string[]> = {}
   for (const name in client) {
-    if (NOT_UPSTREAM.has(name) || name === provider.authHeader || name.startsWith("x-b3-") || name.startsWith("x-llm-proxy-")) {
-      continue
-    }
+    if (!forwards(name)) continue
     if (named.length > 0 && named.includes(name)) continue
     const v = client[name]
     if (v !== undefined) out[name] = v
   }
+  const fixed = provider.fixedHeaders
+  for (let i = 0; i < fixed.length; i++) out[fixed[i]![0]] = fixed[i]![1]
   out[provider.authHeader] = provider.authScheme === "" ? apiKey : `${provider.authScheme} ${apiKey}`
   out["x-request-id"] = requestId
   out["accept-encoding"] = "identity"

@@ -8,9 +8,9 @@
  *   from caching the state it read before the change. Entries also expire after TOKEN_CACHE_TTL, the bound on how
  *   stale another instance can be.
  * - Verdicts (inactive, expired, project inactive) are decided per request from the cached entry and the clock.
- * - Across instances (layerRedis) the cache is trusted only while the invalidation subscription is live: while it
- *   is down every request re-reads the database, and when it is back the whole cache is dropped (messages sent in
- *   the gap are lost).
+ * - Across instances (PostgreSQL LISTEN/NOTIFY in PostgresInvalidation.ts, or Redis pub/sub here) the cache is
+ *   trusted only while the invalidation subscription is live: while it is down every request re-reads the
+ *   database, and when it is back the whole cache is dropped (messages sent in the gap are lost).
  * - While the database is unreachable a token loaded less than TOKEN_CACHE_STALE_TTL ago keeps being served from
  *   the entry it has (never one that was invalidated); tokens not in memory get 503.
  */
@@ -81,7 +81,10 @@ export class TokenLoadError extends Error {
   }
 }
 
-/** How invalidations reach other instances: not at all (one instance), or a Redis pub/sub channel. */
+/**
+ * How invalidations reach other instances: not at all (one instance), PostgreSQL LISTEN/NOTIFY or a Redis pub/sub
+ * channel.
+ */
 export interface InvalidationChannel {
   readonly publish: (message: Invalidation) => void
   /**
@@ -98,6 +101,27 @@ export type Invalidation =
   | { readonly kind: "token"; readonly id: string }
   | { readonly kind: "project"; readonly id: string }
   | { readonly kind: "all" }
+
+/**
+ * The publishes still on their way, for `settled`: it resolves when every one issued so far has been taken by the
+ * shared channel (or failed), or after `waitMs` at most.
+ */
+export const pendingPublishes = (waitMs = 1000) => {
+  const inflight = new Set<Promise<unknown>>()
+  return {
+    add: (p: Promise<unknown>) => {
+      inflight.add(p)
+      void p.finally(() => inflight.delete(p))
+    },
+    settled: (): Promise<void> => {
+      if (inflight.size === 0) return Promise.resolve()
+      return Promise.race([
+        Promise.all(inflight).then(() => undefined),
+        new Promise<void>((r) => setTimeout(r, waitMs).unref())
+      ])
+    }
+  }
+}
 
 const localOnly: InvalidationChannel = {
   publish: () => {},
@@ -297,13 +321,9 @@ export const layerRedis = (url: string): Layer.Layer<TokenValidator, never, Stor
       sub.on("close", down)
       sub.on("end", down)
       sub.on("reconnecting", down)
-      const inflight = new Set<Promise<unknown>>()
+      const pending = pendingPublishes()
       const channel: InvalidationChannel = {
-        publish: (m) => {
-          const p = pub.publish(CHANNEL, JSON.stringify({ ...m, from: instance })).catch(onError)
-          inflight.add(p)
-          void p.finally(() => inflight.delete(p))
-        },
+        publish: (m) => pending.add(pub.publish(CHANNEL, JSON.stringify({ ...m, from: instance })).catch(onError)),
         subscribe: (apply, reset) => {
           sub.on("message", (_c: string, text: string) => {
             try {
@@ -327,13 +347,7 @@ export const layerRedis = (url: string): Layer.Layer<TokenValidator, never, Stor
           sub.on("ready", join)
         },
         live: () => subscribed,
-        settled: () => {
-          if (inflight.size === 0) return Promise.resolve()
-          return Promise.race([
-            Promise.all(inflight).then(() => undefined),
-            new Promise<void>((r) => setTimeout(r, 1000).unref())
-          ])
-        }
+        settled: pending.settled
       }
       return yield* make(channel)
     })

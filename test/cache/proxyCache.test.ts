@@ -149,13 +149,13 @@ describe("response cache through the proxy (in-memory)", () => {
   it("Vary on a header outside the key: a request that differs on it is not served the entry", async () => {
     const url = fresh()
     mock.route(pathOf(url), handler((req, res) => {
-      res.writeHead(200, { "content-type": "application/json", "cache-control": "public, max-age=60", vary: "OpenAI-Organization" })
-      res.end(JSON.stringify({ org: req.headers["openai-organization"] }))
+      res.writeHead(200, { "content-type": "application/json", "cache-control": "public, max-age=60", vary: "OpenAI-Beta" })
+      res.end(JSON.stringify({ beta: req.headers["openai-beta"] }))
     }))
-    await get(url, a.token, { "openai-organization": "org-1" })
-    expect((await get(url, a.token, { "openai-organization": "org-1" })).headers["cache-status"]).toBe("llm-proxy; hit")
-    const other = await get(url, a.token, { "openai-organization": "org-2" })
-    expect(other.json).toEqual({ org: "org-2" })
+    await get(url, a.token, { "openai-beta": "assistants=v1" })
+    expect((await get(url, a.token, { "openai-beta": "assistants=v1" })).headers["cache-status"]).toBe("llm-proxy; hit")
+    const other = await get(url, a.token, { "openai-beta": "assistants=v2" })
+    expect(other.json).toEqual({ beta: "assistants=v2" })
     expect(other.headers["cache-status"]).not.toBe("llm-proxy; hit")
   })
 
@@ -391,10 +391,10 @@ describe("response cache through the proxy (in-memory)", () => {
     expect((await get(url, a.token)).headers["cache-status"]).toBe("llm-proxy; stored")
   })
 
-  it("methods that are never cached pass through untouched", async () => {
-    const url = fresh("/v1/files")
-    mock.route(pathOf(url), json({ deleted: true }, { headers: publicFor(60) }))
-    const r = await call(stack.server.url, url, { token: a.token, method: "DELETE" })
+  it("requests that are never looked up (a POST without opt-in) pass through untouched", async () => {
+    const url = fresh("/v1/embeddings")
+    mock.route(pathOf(url), json({ data: [] }, { headers: publicFor(60) }))
+    const r = await call(stack.server.url, url, { token: a.token, body: { input: "x" } })
     expect(r.status).toBe(200)
     expect(r.headers["cache-status"]).toBeUndefined()
   })

@@ -4,20 +4,25 @@
  *   requests   random methods × paths (encoded traversal, `//`, dot segments, unicode look-alikes, absolute-form
  *              targets) × query strings × headers × tokens (none, garbage, unknown, revoked, valid) → never a 5xx;
  *              nothing reaches the provider without the valid token; what reaches it is exactly the path sent,
- *              safe and allowed
+ *              safe, and a method + path the built-in provider admits, with no credential in its query and none of
+ *              the client's OpenAI-Organization / OpenAI-Project / X-Forwarded-* / non-allow-listed headers
  *   raw HTTP   malformed bytes over node:net: random garbage, bad chunking, smuggling framings, pipelined garbage,
  *              slowloris headers and trickled bodies → a 4xx or a closed connection, never a hang; the server keeps
  *              answering everyone else meanwhile
  */
 import { FastCheck as fc } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { endpointAllowed, isSafePath } from "../../src/proxy/policy.js"
+import { builtInOpenAi } from "../../src/config/Providers.js"
+import { hasQueryCredential, isSafePath, routeOf, splitUrl } from "../../src/proxy/policy.js"
 import { backends, type BackendInstance } from "../http/harness.js"
 import { call, chatBody, createToken, projectAndToken, type ProjectAndToken, type Stack, startStack } from "../proxy/stack.js"
 import { printTally, rawExchange, rawHttp, runs, sleep, tally } from "./support.js"
 
 const TITLE = "proxy and HTTP-layer fuzzing"
-const ALLOWED = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/edits", "/v1/fine-tunes", "/v1/files", "/v1/images/generations", "/v1/audio/transcriptions", "/v1/moderations"]
+const BUILT_IN = builtInOpenAi("http://upstream.invalid").get("openai")!
+/** Client headers the built-in provider may forward (the rest of what the mock sees is set by the proxy or Node). */
+const FORWARDABLE = /^(content-type|accept|accept-language|if-none-match|if-modified-since|user-agent|origin|idempotency-key|openai-beta|anthropic-version|anthropic-beta|anthropic-dangerous-direct-browser-access|x-stainless-.*)$/
+const PROXY_SET = new Set(["host", "connection", "content-length", "transfer-encoding", "authorization", "x-request-id", "accept-encoding"])
 
 let backend: BackendInstance
 let stack: Stack
@@ -59,6 +64,11 @@ describe("the /v1 data plane under hostile requests", () => {
       fc.stringMatching(/^[A-Za-z0-9._~%-]{0,12}$/)
     )
     const path = fc.oneof(
+      // Paths the built-in provider admits (for some method), so that the upstream invariants below get exercised.
+      {
+        arbitrary: fc.constantFrom("/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/models", "/v1/models/gpt-4o", "/v1/audio/speech"),
+        weight: 2
+      },
       fc.array(segment, { minLength: 1, maxLength: 5 }).map((s) => `/v1/${s.join("/")}`),
       fc.array(segment, { minLength: 1, maxLength: 5 }).map((s) => `/${s.join("/")}`),
       fc.constantFrom(
@@ -78,22 +88,35 @@ describe("the /v1 data plane under hostile requests", () => {
         "http://127.0.0.1/v1/chat/completions",
         "*",
         "/V1/chat/completions",
-        "/v1/models/gpt-4o"
+        "/v1/models/gpt-4o",
+        "/v1/files/file-x/content",
+        "/v1/models/..;/files",
+        "/v1/responses",
+        "/v1/audio/speech"
       )
     )
     const query = fc.oneof(
       fc.constant(""),
       fc.array(fc.tuple(fc.stringMatching(/^[a-z_]{1,8}$/), fc.stringMatching(/^[A-Za-z0-9%._~-]{0,16}$/)), { maxLength: 3 })
         .map((p) => "?" + p.map(([k, v]) => `${k}=${v}`).join("&")),
-      fc.constantFrom("?", "??", "?%", "?%zz", "?a=%00", "?__proto__[x]=1", "?url=http://evil.example", "?" + "a".repeat(2000))
+      fc.constantFrom("?", "??", "?%", "?%zz", "?a=%00", "?__proto__[x]=1", "?url=http://evil.example", "?" + "a".repeat(2000)),
+      fc.tuple(
+        fc.constantFrom("key", "KEY", "api-key", "api_key", "Api_Key", "apikey", "access_token", "token", "auth", "%6Bey", "limit", "after"),
+        fc.constantFrom("=AIza-secret", "=", "", "=x;y=1"),
+        fc.constantFrom("", "&a=1", ";b=2")
+      ).map(([k, v, rest]) => `?${k}${v}${rest}`)
     )
-    const method = fc.constantFrom("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "FOO", "get")
+    const method = fc.constantFrom("GET", "POST", "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "FOO", "get")
     const token = fc.constantFrom<"none" | "garbage" | "unknown" | "revoked" | "valid" | "management">(
       "none", "garbage", "unknown", "revoked", "valid", "valid", "management"
     )
     const extra = fc.array(
       fc.tuple(
-        fc.constantFrom("Host", "X-Forwarded-Host", "X-Forwarded-For", "Origin", "X-Request-ID", "Content-Type", "X-Api-Key", "Forwarded", "X-Original-URL", "X-Rewrite-URL"),
+        fc.constantFrom(
+          "Host", "X-Forwarded-Host", "X-Forwarded-For", "Origin", "X-Request-ID", "Content-Type", "X-Api-Key", "Forwarded",
+          "X-Original-URL", "X-Rewrite-URL", "OpenAI-Organization", "OpenAI-Project", "X-Forwarded-User-Agent",
+          "X-Forwarded-Server", "Proxy-Status", "Cookie", "Traceparent", "X-Stainless-Lang", "OpenAI-Beta", "X-Custom"
+        ),
         fc.oneof(fc.stringMatching(/^[ -~]{0,40}$/), fc.constantFrom("evil.example", "127.0.0.1:1", "http://evil.example", "../../", "application/json"))
       ),
       { maxLength: 3 }
@@ -133,10 +156,15 @@ describe("the /v1 data plane under hostile requests", () => {
         if (reached.length === 0) return
         if (t !== "valid") throw new Error(`${m} ${target} reached the provider with token "${t}"`)
         for (const u of reached) {
+          tally(TITLE, "/v1 requests that reached the provider")
           expect(u.url).toBe(target)
           expect(isSafePath(u.path)).toBe(true)
-          expect(endpointAllowed(u.path, ALLOWED)).toBe(true)
+          expect(routeOf(u.method, u.path, BUILT_IN), `${u.method} ${u.path}`).toBeUndefined()
+          expect(hasQueryCredential(splitUrl(u.url).query), u.url).toBe(false)
           expect(u.headers.authorization).toBe(`Bearer ${live.apiKey}`)
+          for (const name of Object.keys(u.headers)) {
+            if (!PROXY_SET.has(name) && !FORWARDABLE.test(name)) throw new Error(`${m} ${target}: client header ${name} reached the provider`)
+          }
         }
       }),
       { numRuns: runs(1000) }

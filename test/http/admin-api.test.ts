@@ -216,6 +216,11 @@ function adminSuite(backend: Backend) {
       const cases: Array<[string, RegExp]> = [
         ["since=yesterday", /since must be an RFC 3339 timestamp/],
         ["until=2020-13-45", /until must be an RFC 3339 timestamp/],
+        // what Date.parse takes but RFC 3339 is not: a date alone, an HTTP date, a time without offset, epoch ms
+        ["since=2026-12-01", /since must be an RFC 3339 timestamp/],
+        [`since=${encodeURIComponent("Tue, 01 Dec 2026 12:00:00 GMT")}`, /since must be an RFC 3339 timestamp/],
+        ["until=2026-12-01T12:00:00", /until must be an RFC 3339 timestamp/],
+        ["until=1796126400000", /until must be an RFC 3339 timestamp/],
         [`since=${new Date(now).toISOString()}&until=${new Date(now - HOUR).toISOString()}`, /since must be before until/],
         [`since=${new Date(now - 400 * 24 * HOUR).toISOString()}`, /limited to 366 days/],
         ["project_id=nope", /invalid project_id/],
@@ -226,6 +231,10 @@ function adminSuite(backend: Backend) {
         expect(r.status, q).toBe(400)
         expect(r.json.error).toMatch(message)
       }
+      // RFC 3339 with an offset (an encoded "+") and lower-case separators are fine
+      const offset = new Date(now - 2 * HOUR).toISOString().replace("Z", "+00:00")
+      expect((await api.get(`/manage/usage?since=${encodeURIComponent(offset)}`)).status).toBe(200)
+      expect((await api.get(`/manage/usage?until=${new Date(now).toISOString().toLowerCase()}`)).status).toBe(200)
       expect((await api.get("/manage/usage", { auth: null })).status).toBe(401)
     })
   })

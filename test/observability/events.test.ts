@@ -280,7 +280,7 @@ describe.skipIf(!redisUrl || !built)("the built dispatcher binary with --metrics
   it("serves /metrics with exact delivered / retried / dead-lettered counts and /health with the bus and the backend", async () => {
     const seen = new Map<string, number>()
     receiver = await startReceiver((r) => {
-      const id = (r.body as { providerRequest?: { meta?: Record<string, string> } }).providerRequest?.meta?.["request_id"] ?? ""
+      const id = (r.body as { providerRequest?: { meta?: Record<string, string> } }).providerRequest?.meta?.["Helicone-Property-Request-Id"] ?? ""
       const n = (seen.get(id) ?? 0) + 1
       seen.set(id, n)
       if (id === "flaky" && n <= 2) return 500

@@ -1,8 +1,8 @@
 /**
  * A bounded load test on loopback: three `serve` processes (the built binary) on this suite's own PostgreSQL and
- * Redis (shared rate limits and invalidation on), 200 concurrent clients for LOAD_SECONDS (default 60), 2/3 JSON
- * and 1/3 SSE against the bench upstream (test/bench/upstream.mjs, its own process) answering after 60 ms. It asserts
- * counts, never timings: no 5xx,
+ * Redis (shared rate limits; token invalidations over PostgreSQL, the default), 200 concurrent clients for
+ * LOAD_SECONDS (default 60), 2/3 JSON and 1/3 SSE against the bench upstream (test/bench/upstream.mjs, its own
+ * process) answering after 60 ms. It asserts counts, never timings: no 5xx,
  * every request the upstream saw is counted in `tokens.request_count` (and its usage in prompt/completion tokens),
  * every request's event reaches a dispatcher worker's JSONL file (LLM_PROXY_EVENT_BUS=redis-streams), and
  * prints throughput and latency percentiles for docs/performance.md. Part of `npm run test:scale`.
@@ -92,7 +92,6 @@ describe.skipIf(!built || !haveServers())(`load: 3 instances, ${CLIENTS} clients
       DATABASE_URL: pg.url,
       REDIS_URL: redis.url,
       RATE_LIMIT_BACKEND: "redis",
-      INVALIDATION_BACKEND: "redis",
       MANAGEMENT_TOKEN: MT,
       OPENAI_API_URL: upstreamUrl,
       LLM_PROXY_EVENT_BUS: "redis-streams",

@@ -1,11 +1,14 @@
 /**
  * Several `serve` processes (the built binary) on one PostgreSQL and one Redis, all started by this suite on
- * loopback: cross-instance invalidation, shared quotas and window limits, and what happens when Redis or
- * PostgreSQL stops and comes back. `npm run test:scale` (not part of `npm test`).
+ * loopback with the environment of docs/deployment.md (no INVALIDATION_BACKEND: its default carries invalidations
+ * over PostgreSQL): cross-instance invalidation, shared quotas and window limits, and what happens when Redis or
+ * PostgreSQL stops and comes back. `npm run test:scale` (not part of `npm test`). The same without Redis:
+ * postgresOnly.test.ts.
  *
  *   A, B  TOKEN_CACHE_TTL=10m: a cached token would be served for minutes without the invalidation channel
  *   C     TOKEN_CACHE_TTL=1s, TOKEN_CACHE_STALE_TTL=60s: for the database outage
  *   D     RATE_LIMIT_FAILURE_MODE=closed
+ *   R1, R2 INVALIDATION_BACKEND=redis, for the Redis outage (started in that test)
  */
 import { createRequire } from "node:module"
 import { rmSync } from "node:fs"
@@ -53,6 +56,7 @@ describe.skipIf(!built || !haveServers())("several instances on PostgreSQL and R
   let redis: RedisServer
   let mock: MockUpstream
   let A: Instance, B: Instance, C: Instance, D: Instance
+  let env: Record<string, string>
   const sql = async (statement: string, params: ReadonlyArray<unknown> = []) => {
     const c = new Client({ connectionString: pg.url })
     await c.connect()
@@ -70,12 +74,12 @@ describe.skipIf(!built || !haveServers())("several instances on PostgreSQL and R
     pg = await startPostgres(root)
     redis = await startRedis(root)
     mock = await startMockUpstream()
-    const env = {
+    env = {
       DATABASE_URL: pg.url,
       REDIS_URL: redis.url,
       RATE_LIMIT_BACKEND: "redis",
-      INVALIDATION_BACKEND: "redis",
       MANAGEMENT_TOKEN: MT,
+      ENCRYPTION_KEY: Buffer.alloc(32, 7).toString("base64"),
       OPENAI_API_URL: mock.url,
       USAGE_FLUSH_INTERVAL: "200ms",
       TOKEN_CACHE_TTL: "10m",
@@ -189,81 +193,101 @@ describe.skipIf(!built || !haveServers())("several instances on PostgreSQL and R
   })
 
   describe("Redis stopped and restarted", () => {
-    it("keeps serving (fail-open; D fail-closed answers 503), bypasses the token cache, and recovers every function", async () => {
-      const p = await on(A).project("redis-outage")
-      const limitedToken = await on(A).token(p.id)
-      await sql("UPDATE tokens SET rate_limit_requests = 2, rate_limit_window_seconds = 60 WHERE id = $1", [limitedToken.id])
-      const plain = await on(A).token(p.id)
-      const revoked = await on(A).token(p.id)
-      for (const i of [A, B, D]) {
-        expect((await chat(i.url, plain.token)).status).toBe(200)
-        expect((await chat(i.url, revoked.token)).status).toBe(200)
-      }
+    it("keeps serving (fail-open; D fail-closed answers 503), invalidations still cross instances, and recovers every function", async () => {
+      // R1, R2 carry invalidations over Redis (INVALIDATION_BACKEND=redis): the outage takes their channel away.
+      const [R1, R2] = await Promise.all([
+        startInstance({ ...env, INVALIDATION_BACKEND: "redis" }),
+        startInstance({ ...env, INVALIDATION_BACKEND: "redis" })
+      ])
+      try {
+        const p = await on(A).project("redis-outage")
+        const limitedToken = await on(A).token(p.id)
+        await sql("UPDATE tokens SET rate_limit_requests = 2, rate_limit_window_seconds = 60 WHERE id = $1", [limitedToken.id])
+        const plain = await on(A).token(p.id)
+        const revoked = await on(A).token(p.id)
+        const revokedOnRedis = await on(A).token(p.id)
+        const behindBack = await on(A).token(p.id)
+        for (const i of [A, B, D]) {
+          expect((await chat(i.url, plain.token)).status).toBe(200)
+          expect((await chat(i.url, revoked.token)).status).toBe(200)
+        }
+        expect((await chat(B.url, behindBack.token)).status).toBe(200)
+        expect((await chat(R2.url, revokedOnRedis.token)).status).toBe(200)
 
-      // Everything published so far has reached the stream (it stopped growing), so what comes after is the outage's.
-      let last = -1
-      await waitFor("the stream to settle", async () => {
-        const now = redis.xlen("llm-proxy:events")
-        const settled = now === last
-        last = now
-        await sleep(300)
-        return settled
-      })
-      await redis.stop()
-      let during = 0 // /v1 calls while Redis is down: each one is an event waiting in its instance's buffer
-      const outage = (url: string, token: string) => {
-        during++
-        return chat(url, token)
-      }
-      // Plain and limited tokens are served; the failing limiter admits (A, B) or refuses with 503 (D).
-      for (let k = 0; k < 4; k++) {
-        expect((await outage(A.url, plain.token)).status).toBe(200)
-        expect((await outage(B.url, limitedToken.token)).status).toBe(200)
-      }
-      const closed = await outage(D.url, limitedToken.token)
-      expect([closed.status, closed.code]).toEqual([503, "service_unavailable"])
-      expect((await outage(D.url, plain.token)).status).toBe(200)
-      // The response cache is a miss (and the request goes upstream) while Redis is down.
-      const miss = await cached(B.url, plain.token, { "cache-control": "public, max-age=60" })
-      during++
-      expect(miss.status).toBe(200)
-      expect(miss.headers.get("x-proxy-cache")).not.toBe("hit")
-      // An invalidation cannot be delivered, so B must not trust what it cached: the revocation applies anyway.
-      expect((await on(A).call("DELETE", `/manage/tokens/${revoked.id}`)).status).toBe(204)
-      expect((await outage(B.url, revoked.token)).code).toBe("token_inactive")
-      expect((await outage(D.url, revoked.token)).code).toBe("token_inactive")
-
-      await redis.start()
-      // The events buffered during the outage reach the stream (the restarted Redis started empty).
-      let xlen = -1
-      await waitFor("buffered events written to the stream", () => (xlen = redis.xlen("llm-proxy:events")) === during, 20_000)
-        .catch((e: Error) => {
-          throw new Error(`${e.message}: XLEN ${xlen}, expected ${during}`)
+        // Everything published so far has reached the stream (it stopped growing), so what comes after is the outage's.
+        let last = -1
+        await waitFor("the stream to settle", async () => {
+          const now = redis.xlen("llm-proxy:events")
+          const settled = now === last
+          last = now
+          await sleep(300)
+          return settled
         })
-      // Recovered: B trusts its cache again — a change written behind its back is not seen (served from memory) …
-      let probe: { id: string; token: string } | undefined
-      await waitFor("B to trust its token cache again", async () => {
-        const t = await on(A).token(p.id)
-        if ((await chat(B.url, t.token)).status !== 200) return false
-        await sql("UPDATE tokens SET is_active = false WHERE id = $1", [t.id])
-        probe = t
-        return (await chat(B.url, t.token)).status === 200
-      }, 30_000)
-      // … and an invalidation from A reaches it again.
-      expect((await on(A).call("DELETE", `/manage/tokens/${probe!.id}`)).status).toBe(204)
-      expect((await chat(B.url, probe!.token)).code).toBe("token_inactive")
-      // The response cache answers again: stored through A, hit through B.
-      await waitFor("the cache to store again", async () => {
-        await cached(A.url, plain.token, { "cache-control": "public, max-age=61" })
-        return (await cached(B.url, plain.token, { "cache-control": "public, max-age=61" })).headers.get("x-proxy-cache") === "hit"
-      }, 20_000)
-      // Window limits are enforced again, across instances.
-      const again = await on(A).token(p.id)
-      await sql("UPDATE tokens SET rate_limit_requests = 2, rate_limit_window_seconds = 60 WHERE id = $1", [again.id])
-      await waitFor("the limiter to answer again", async () => (await chat(D.url, plain.token)).status === 200 && (await chat(D.url, again.token)).status === 200)
-      const rest = [await chat(A.url, again.token), await chat(B.url, again.token), await chat(C.url, again.token)]
-      expect(rest.map((r) => r.status)).toEqual([200, 429, 429])
-    }, 90_000)
+        await redis.stop()
+        let during = 0 // /v1 calls while Redis is down: each one is an event waiting in its instance's buffer
+        const outage = (url: string, token: string) => {
+          during++
+          return chat(url, token)
+        }
+        // Plain and limited tokens are served; the failing limiter admits (A, B) or refuses with 503 (D).
+        for (let k = 0; k < 4; k++) {
+          expect((await outage(A.url, plain.token)).status).toBe(200)
+          expect((await outage(B.url, limitedToken.token)).status).toBe(200)
+        }
+        const closed = await outage(D.url, limitedToken.token)
+        expect([closed.status, closed.code]).toEqual([503, "service_unavailable"])
+        expect((await outage(D.url, plain.token)).status).toBe(200)
+        // The response cache is a miss (and the request goes upstream) while Redis is down.
+        const miss = await cached(B.url, plain.token, { "cache-control": "public, max-age=60" })
+        during++
+        expect(miss.status).toBe(200)
+        expect(miss.headers.get("x-proxy-cache")).not.toBe("hit")
+        // Invalidations travel through PostgreSQL: a revocation through A reaches B and D, and B keeps trusting
+        // its token cache (a change written behind its back is not seen: no database read per request).
+        expect((await on(A).call("DELETE", `/manage/tokens/${revoked.id}`)).status).toBe(204)
+        expect((await outage(B.url, revoked.token)).code).toBe("token_inactive")
+        expect((await outage(D.url, revoked.token)).code).toBe("token_inactive")
+        await sql("UPDATE tokens SET is_active = false WHERE id = $1", [behindBack.id])
+        expect((await outage(B.url, behindBack.token)).status).toBe(200)
+        // Over Redis an invalidation cannot be delivered, so R2 must not trust what it cached: the revocation
+        // through R1 applies anyway.
+        expect((await on(R1).call("DELETE", `/manage/tokens/${revokedOnRedis.id}`)).status).toBe(204)
+        expect((await outage(R2.url, revokedOnRedis.token)).code).toBe("token_inactive")
+
+        await redis.start()
+        // The events buffered during the outage reach the stream (the restarted Redis started empty).
+        let xlen = -1
+        await waitFor("buffered events written to the stream", () => (xlen = redis.xlen("llm-proxy:events")) === during, 20_000)
+          .catch((e: Error) => {
+            throw new Error(`${e.message}: XLEN ${xlen}, expected ${during}`)
+          })
+        // Recovered: R2 trusts its cache again — a change written behind its back is not seen (served from memory) …
+        let probe: { id: string; token: string } | undefined
+        await waitFor("R2 to trust its token cache again", async () => {
+          const t = await on(R1).token(p.id)
+          if ((await chat(R2.url, t.token)).status !== 200) return false
+          await sql("UPDATE tokens SET is_active = false WHERE id = $1", [t.id])
+          probe = t
+          return (await chat(R2.url, t.token)).status === 200
+        }, 30_000)
+        // … and an invalidation from R1 reaches it again.
+        expect((await on(R1).call("DELETE", `/manage/tokens/${probe!.id}`)).status).toBe(204)
+        expect((await chat(R2.url, probe!.token)).code).toBe("token_inactive")
+        // The response cache answers again: stored through A, hit through B.
+        await waitFor("the cache to store again", async () => {
+          await cached(A.url, plain.token, { "cache-control": "public, max-age=61" })
+          return (await cached(B.url, plain.token, { "cache-control": "public, max-age=61" })).headers.get("x-proxy-cache") === "hit"
+        }, 20_000)
+        // Window limits are enforced again, across instances.
+        const again = await on(A).token(p.id)
+        await sql("UPDATE tokens SET rate_limit_requests = 2, rate_limit_window_seconds = 60 WHERE id = $1", [again.id])
+        await waitFor("the limiter to answer again", async () => (await chat(D.url, plain.token)).status === 200 && (await chat(D.url, again.token)).status === 200)
+        const rest = [await chat(A.url, again.token), await chat(B.url, again.token), await chat(C.url, again.token)]
+        expect(rest.map((r) => r.status)).toEqual([200, 429, 429])
+      } finally {
+        await Promise.all([R1.stop(), R2.stop()])
+      }
+    }, 120_000)
   })
 
   describe("PostgreSQL stopped and restarted", () => {
@@ -315,16 +339,15 @@ describe.skipIf(!built || !haveServers())("several instances on PostgreSQL and R
 
   describe("an instance killed", () => {
     it("SIGKILL mid-stream: the quota was counted once, the row is intact, other instances serve the token", async () => {
-      const env = {
+      const E = await startInstance({
         DATABASE_URL: pg.url,
         REDIS_URL: redis.url,
         RATE_LIMIT_BACKEND: "redis",
-        INVALIDATION_BACKEND: "redis",
         MANAGEMENT_TOKEN: MT,
+        ENCRYPTION_KEY: env["ENCRYPTION_KEY"]!,
         OPENAI_API_URL: mock.url,
         USAGE_FLUSH_INTERVAL: "200ms"
-      }
-      const E = await startInstance(env)
+      })
       const p = await on(A).project("killed")
       const limited = await on(A).token(p.id, { max_requests: 5 })
       const plain = await on(A).token(p.id)
