@@ -97,7 +97,7 @@ describe("the brute-force limit over HTTP", () => {
 
   it.live("successes do not count; a missing header is no attempt; the limit and window are settings", () =>
     Effect.promise(async () => {
-      const db = serverFor({ managementAuthMaxFailures: 3, managementAuthWindowMs: 2_000 })
+      const db = serverFor({ managementAuthMaxFailures: 3, managementAuthWindowMs: 30_000 })
       const server = await db.start()
       try {
         const api = new Client(server.url, server.token)
@@ -111,9 +111,9 @@ describe("the brute-force limit over HTTP", () => {
         expect((await api.get("/manage/projects", { auth: "Bearer nope-3", headers: from })).status).toBe(401)
         const blocked = await api.get("/manage/projects", { headers: from })
         expect(blocked.status).toBe(429)
-        expect(Number(blocked.headers.get("retry-after"))).toBeLessThanOrEqual(2)
-        await new Promise((r) => setTimeout(r, 2_100))
-        expect((await api.get("/manage/projects", { headers: from })).status).toBe(200)
+        // The window is the setting's (its end is tested on the clock above).
+        expect(Number(blocked.headers.get("retry-after"))).toBeGreaterThan(10)
+        expect(Number(blocked.headers.get("retry-after"))).toBeLessThanOrEqual(30)
       } finally {
         await server.close()
         db.cleanup()
