@@ -53,6 +53,8 @@ export const Answers = {
   duplicateAuthorization: answer(400, "Invalid token", "invalid_token", "more than one Authorization header"),
   paramNotAllowed: (param: string, value: string, patterns: ReadonlyArray<string>) =>
     answer(400, `Parameter '${param}' value '${value}' is not allowed. Allowed patterns: [${patterns.join(" ")}]`, "param_not_allowed"),
+  /** A whitelisted parameter whose value is not matched at all (too long, too deep): `reason` follows "value". */
+  paramRefused: (param: string, reason: string) => answer(400, `Parameter '${param}' value ${reason}`, "param_not_allowed"),
   internalError: answer(500, "Internal error", "internal_error")
 } as const
 
@@ -138,55 +140,206 @@ export const isJsonContentType = (contentType: string | undefined): boolean => {
   return type === "application/json" || (type.startsWith("application/") && type.endsWith("+json"))
 }
 
-const globCache = new Map<string, RegExp | null>()
+/** One position of a glob chunk: a literal code point, `?`, or a class (`ranges` holds lo, hi pairs). */
+type Atom =
+  | { readonly kind: "char"; readonly cp: number }
+  | { readonly kind: "any" }
+  | { readonly kind: "class"; readonly negated: boolean; readonly ranges: ReadonlyArray<number> }
+
+/** A run of atoms after any number of `*` (`star`). Every atom matches exactly one character. */
+interface Chunk {
+  readonly star: boolean
+  readonly atoms: ReadonlyArray<Atom>
+}
+
+/** A compiled glob: `test(value)` runs in O(value length × pattern length), with no backtracking beyond a chunk. */
+export interface Glob {
+  readonly test: (value: string) => boolean
+}
+
+const SLASH = 0x2f
+const cpLength = (cp: number) => (cp > 0xffff ? 2 : 1)
+
+/** Go's getEsc: one class character (`\` escapes), which must be followed by more of the pattern. */
+const classChar = (p: string, i: number): { readonly cp: number; readonly next: number } | undefined => {
+  if (i >= p.length || p[i] === "-" || p[i] === "]") return undefined
+  if (p[i] === "\\") {
+    i++
+    if (i >= p.length) return undefined
+  }
+  const cp = p.codePointAt(i)!
+  const next = i + cpLength(cp)
+  return next >= p.length ? undefined : { cp, next }
+}
+
+/** Parses a pattern into chunks, as Go's `path.Match` reads it; undefined when it is malformed. */
+const parseGlob = (p: string): ReadonlyArray<Chunk> | undefined => {
+  const chunks: Array<Chunk> = []
+  let i = 0
+  while (i < p.length) {
+    let star = false
+    while (p[i] === "*") {
+      star = true
+      i++
+    }
+    const atoms: Array<Atom> = []
+    while (i < p.length && p[i] !== "*") {
+      const c = p[i]!
+      if (c === "?") {
+        atoms.push({ kind: "any" })
+        i++
+      } else if (c === "\\") {
+        if (i + 1 >= p.length) return undefined
+        const cp = p.codePointAt(i + 1)!
+        atoms.push({ kind: "char", cp })
+        i += 1 + cpLength(cp)
+      } else if (c === "[") {
+        i++
+        const negated = p[i] === "^"
+        if (negated) i++
+        const ranges: Array<number> = []
+        for (;;) {
+          if (p[i] === "]" && ranges.length > 0) {
+            i++
+            break
+          }
+          const lo = classChar(p, i)
+          if (lo === undefined) return undefined
+          let hi = lo
+          if (p[lo.next] === "-") {
+            const h = classChar(p, lo.next + 1)
+            if (h === undefined) return undefined
+            hi = h
+          }
+          ranges.push(lo.cp, hi.cp)
+          i = hi.next
+        }
+        atoms.push({ kind: "class", negated, ranges })
+      } else {
+        const cp = p.codePointAt(i)!
+        atoms.push({ kind: "char", cp })
+        i += cpLength(cp)
+      }
+    }
+    chunks.push({ star, atoms })
+  }
+  return chunks
+}
+
+/** Where `atoms` matched starting at `at` in `s` end, or -1. */
+const matchChunk = (atoms: ReadonlyArray<Atom>, s: string, at: number): number => {
+  for (const a of atoms) {
+    if (at >= s.length) return -1
+    const cp = s.codePointAt(at)!
+    if (a.kind === "char") {
+      if (cp !== a.cp) return -1
+    } else if (a.kind === "any") {
+      if (cp === SLASH) return -1
+    } else {
+      let inside = false
+      for (let r = 0; r < a.ranges.length && !inside; r += 2) inside = a.ranges[r]! <= cp && cp <= a.ranges[r + 1]!
+      if (inside === a.negated) return -1
+    }
+    at += cpLength(cp)
+  }
+  return at
+}
+
+/**
+ * Go's `path.Match` algorithm: each chunk after a `*` takes its leftmost match (chunks have a fixed length, so the
+ * leftmost one leaves the most for what follows and no earlier choice is ever revisited); the last chunk must end
+ * the value. A `*` never skips a `/`.
+ */
+const matchChunks = (chunks: ReadonlyArray<Chunk>, s: string): boolean => {
+  let at = 0
+  for (let c = 0; c < chunks.length; c++) {
+    const { atoms, star } = chunks[c]!
+    const last = c === chunks.length - 1
+    if (star && atoms.length === 0) return s.indexOf("/", at) === -1
+    const end = matchChunk(atoms, s, at)
+    if (end !== -1 && (!last || end === s.length)) {
+      at = end
+      continue
+    }
+    if (!star) return false
+    let found = -1
+    for (let i = at; i < s.length && found === -1;) {
+      const cp = s.codePointAt(i)!
+      if (cp === SLASH) break
+      i += cpLength(cp)
+      const e = matchChunk(atoms, s, i)
+      if (e !== -1 && (!last || e === s.length)) found = e
+    }
+    if (found === -1) return false
+    at = found
+  }
+  return at === s.length
+}
+
+const globCache = new Map<string, Glob | null>()
 
 /**
  * Go `path.Match` semantics: `*` any run of non-`/` characters, `?` one non-`/` character, `[...]` a class
- * (`[^...]` negated, ranges), `\` escapes. A malformed pattern matches nothing.
+ * (`[^...]` negated, ranges `a-z`, `\` escapes inside), `\` escapes. A malformed pattern (unclosed or empty class,
+ * trailing `\`, a range missing an end) matches nothing: null.
  */
-export const globToRegExp = (pattern: string): RegExp | null => {
+export const compileGlob = (pattern: string): Glob | null => {
   const cached = globCache.get(pattern)
   if (cached !== undefined) return cached
-  let re = "^"
-  let ok = true
-  for (let i = 0; i < pattern.length && ok; i++) {
-    const c = pattern[i]!
-    if (c === "*") re += "[^/]*"
-    else if (c === "?") re += "[^/]"
-    else if (c === "\\") {
-      const n = pattern[++i]
-      if (n === undefined) ok = false
-      else re += n.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&")
-    } else if (c === "[") {
-      const end = pattern.indexOf("]", i + 2)
-      if (end === -1) {
-        ok = false
-        break
-      }
-      let body = pattern.slice(i + 1, end)
-      const negate = body.startsWith("^")
-      if (negate) body = body.slice(1)
-      if (body === "") ok = false
-      re += `[${negate ? "^/" : ""}${body.replace(/[\]\\]/g, "\\$&")}]`
-      i = end
-    } else re += c.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&")
-  }
-  let result: RegExp | null = null
-  if (ok) {
-    try {
-      result = new RegExp(re + "$", "s")
-    } catch {
-      result = null
-    }
-  }
-  if (globCache.size < 10_000) globCache.set(pattern, result)
-  return result
+  const chunks = parseGlob(pattern)
+  const glob = chunks === undefined ? null : { test: (value: string) => matchChunks(chunks, value) }
+  if (globCache.size < 10_000) globCache.set(pattern, glob)
+  return glob
 }
 
-const stringify = (v: unknown): string =>
-  typeof v === "string" ? v : typeof v === "number" || typeof v === "boolean" ? String(v) : JSON.stringify(v)
+/** Longest parameter value (as matched: strings as they are, other values as JSON) the whitelist looks at. */
+export const MAX_PARAM_VALUE_LENGTH = 4096
+/** Deepest nesting of arrays and objects in a whitelisted parameter's value. */
+const MAX_PARAM_DEPTH = 32
 
-/** Top-level parameters named in the whitelist must match one of their patterns; absent ones pass. */
+/**
+ * `JSON.stringify(v)` for a value of `JSON.parse`, or undefined as soon as the text passes `max` characters or the
+ * nesting passes MAX_PARAM_DEPTH (a recursive `JSON.stringify` of a deeply nested value overflows the stack).
+ */
+const boundedJson = (v: unknown, max: number): string | undefined => {
+  let out = ""
+  const walk = (x: unknown, depth: number): boolean => {
+    if (depth > MAX_PARAM_DEPTH) return false
+    if (x === null || x === undefined) out += "null"
+    else if (typeof x === "string") {
+      if (x.length > max) return false
+      out += JSON.stringify(x)
+    } else if (typeof x === "number") out += Number.isFinite(x) ? String(x) : "null"
+    else if (typeof x === "boolean") out += x ? "true" : "false"
+    else if (Array.isArray(x)) {
+      out += "["
+      for (let i = 0; i < x.length; i++) {
+        if (i > 0) out += ","
+        if (!walk(x[i], depth + 1) || out.length > max) return false
+      }
+      out += "]"
+    } else if (typeof x === "object") {
+      out += "{"
+      let first = true
+      for (const k in x) {
+        if (!Object.hasOwn(x, k)) continue
+        out += (first ? "" : ",") + JSON.stringify(k) + ":"
+        first = false
+        if (!walk((x as Record<string, unknown>)[k], depth + 1) || out.length > max) return false
+      }
+      out += "}"
+    } else out += "null"
+    return out.length <= max
+  }
+  return walk(v, 0) ? out : undefined
+}
+
+const shown = (value: string) => (value.length > 200 ? value.slice(0, 200) + "…" : value)
+
+/**
+ * Top-level parameters named in the whitelist must match one of their patterns; absent ones pass. A value longer
+ * than MAX_PARAM_VALUE_LENGTH, or nested too deeply to read, is refused (400) without being matched.
+ */
 export const checkParams = (
   body: unknown,
   whitelist: ReadonlyMap<string, ReadonlyArray<string>>
@@ -194,9 +347,20 @@ export const checkParams = (
   if (whitelist.size === 0 || typeof body !== "object" || body === null || Array.isArray(body)) return undefined
   for (const [param, patterns] of whitelist) {
     if (!Object.hasOwn(body, param)) continue
-    const value = stringify((body as Record<string, unknown>)[param])
-    if (!patterns.some((p) => globToRegExp(p)?.test(value) === true)) {
-      return Answers.paramNotAllowed(param, value.length > 200 ? value.slice(0, 200) + "…" : value, patterns)
+    const raw = (body as Record<string, unknown>)[param]
+    if (typeof raw === "string" && raw.length > MAX_PARAM_VALUE_LENGTH) {
+      return Answers.paramRefused(param, `'${raw.slice(0, 64)}…' is longer than ${MAX_PARAM_VALUE_LENGTH} characters`)
+    }
+    const value = typeof raw === "string"
+      ? raw
+      : typeof raw === "number" || typeof raw === "boolean"
+      ? String(raw)
+      : boundedJson(raw, MAX_PARAM_VALUE_LENGTH)
+    if (value === undefined) {
+      return Answers.paramRefused(param, `is longer than ${MAX_PARAM_VALUE_LENGTH} characters or nested too deeply`)
+    }
+    if (!patterns.some((p) => compileGlob(p)?.test(value) === true)) {
+      return Answers.paramNotAllowed(param, shown(value), patterns)
     }
   }
   return undefined
