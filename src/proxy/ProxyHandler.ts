@@ -40,8 +40,8 @@ import { isFailureStatus } from "./CircuitBreaker.js"
 import {
   Answers,
   bearerCredential,
+  checkBodyParams,
   checkOrigin,
-  checkParams,
   corsHeaders,
   downstreamHeaders,
   duplicateAuthorization,
@@ -454,14 +454,9 @@ export const make = Effect.gen(function*() {
     if (f.done) return
     const whitelist = f.target!.provider.paramWhitelist
     if (whitelist.size > 0 && f.ctx.requestBody !== undefined) {
-      let json: unknown
-      try {
-        json = JSON.parse(f.ctx.requestBody.toString("utf8"))
-      } catch {
-        // Not JSON after all: the whitelist has nothing to check (the upstream answers the syntax error).
-        json = undefined
-      }
-      const a = checkParams(json, whitelist)
+      // Only the whitelisted values are parsed (a body that is not a JSON object has nothing to check; the upstream
+      // answers a syntax error).
+      const a = checkBodyParams(f.ctx.requestBody, whitelist)
       if (a !== undefined) return reply(f, a)
     }
     return admit(f)

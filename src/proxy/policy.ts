@@ -336,6 +336,23 @@ const boundedJson = (v: unknown, max: number): string | undefined => {
 
 const shown = (value: string) => (value.length > 200 ? value.slice(0, 200) + "…" : value)
 
+/** One whitelisted parameter's value against its patterns. */
+const checkParam = (param: string, raw: unknown, patterns: ReadonlyArray<string>): LocalAnswer | undefined => {
+  if (typeof raw === "string" && raw.length > MAX_PARAM_VALUE_LENGTH) {
+    return Answers.paramRefused(param, `'${raw.slice(0, 64)}…' is longer than ${MAX_PARAM_VALUE_LENGTH} characters`)
+  }
+  const value = typeof raw === "string"
+    ? raw
+    : typeof raw === "number" || typeof raw === "boolean"
+    ? String(raw)
+    : boundedJson(raw, MAX_PARAM_VALUE_LENGTH)
+  if (value === undefined) return Answers.paramRefused(param, TOO_LONG_OR_DEEP)
+  if (!patterns.some((p) => compileGlob(p)?.test(value) === true)) return Answers.paramNotAllowed(param, shown(value), patterns)
+  return undefined
+}
+
+const TOO_LONG_OR_DEEP = `is longer than ${MAX_PARAM_VALUE_LENGTH} characters or nested too deeply`
+
 /**
  * Top-level parameters named in the whitelist must match one of their patterns; absent ones pass. A value longer
  * than MAX_PARAM_VALUE_LENGTH, or nested too deeply to read, is refused (400) without being matched.
@@ -347,23 +364,122 @@ export const checkParams = (
   if (whitelist.size === 0 || typeof body !== "object" || body === null || Array.isArray(body)) return undefined
   for (const [param, patterns] of whitelist) {
     if (!Object.hasOwn(body, param)) continue
-    const raw = (body as Record<string, unknown>)[param]
-    if (typeof raw === "string" && raw.length > MAX_PARAM_VALUE_LENGTH) {
-      return Answers.paramRefused(param, `'${raw.slice(0, 64)}…' is longer than ${MAX_PARAM_VALUE_LENGTH} characters`)
-    }
-    const value = typeof raw === "string"
-      ? raw
-      : typeof raw === "number" || typeof raw === "boolean"
-      ? String(raw)
-      : boundedJson(raw, MAX_PARAM_VALUE_LENGTH)
-    if (value === undefined) {
-      return Answers.paramRefused(param, `is longer than ${MAX_PARAM_VALUE_LENGTH} characters or nested too deeply`)
-    }
-    if (!patterns.some((p) => compileGlob(p)?.test(value) === true)) {
-      return Answers.paramNotAllowed(param, shown(value), patterns)
-    }
+    const a = checkParam(param, (body as Record<string, unknown>)[param], patterns)
+    if (a !== undefined) return a
   }
   return undefined
+}
+
+const QUOTE = 0x22
+const BACKSLASH = 0x5c
+const isJsonSpace = (c: number | undefined) => c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09
+
+const skipSpace = (b: Buffer, i: number): number => {
+  while (isJsonSpace(b[i])) i++
+  return i
+}
+
+/** Index just past the JSON string starting at `b[i]` (a quote), or -1. Quotes are found natively (memchr). */
+const stringEnd = (b: Buffer, i: number): number => {
+  for (let from = i + 1;;) {
+    const q = b.indexOf(QUOTE, from)
+    if (q === -1) return -1
+    let k = q - 1
+    while (b[k] === BACKSLASH) k--
+    if ((q - 1 - k) % 2 === 0) return q + 1
+    from = q + 1
+  }
+}
+
+/**
+ * Index just past the JSON value starting at `b[i]`, or -1 when the body ends first; `depth` gets its deepest
+ * nesting. Not a validator: it only has to find where a well-formed value ends (a malformed body is the upstream's
+ * to refuse). A loop with a counter, never recursion.
+ */
+const valueEnd = (b: Buffer, i: number, depth: { max: number }): number => {
+  const c = b[i]
+  if (c === QUOTE) return stringEnd(b, i)
+  if (c === 0x7b || c === 0x5b) {
+    let d = 0
+    for (; i < b.length; i++) {
+      const x = b[i]!
+      if (x === QUOTE) {
+        const e = stringEnd(b, i)
+        if (e === -1) return -1
+        i = e - 1
+      } else if (x === 0x7b || x === 0x5b) {
+        if (++d > depth.max) depth.max = d
+      } else if (x === 0x7d || x === 0x5d) {
+        if (--d === 0) return i + 1
+      }
+    }
+    return -1
+  }
+  // A number, true, false or null: up to the next delimiter.
+  while (i < b.length && b[i] !== 0x2c && b[i] !== 0x7d && b[i] !== 0x5d && !isJsonSpace(b[i])) i++
+  return i
+}
+
+/** Bytes a whitelisted value's JSON text may take before it is refused unread (a character can take 6: `\u0041`). */
+const MAX_PARAM_SLICE = MAX_PARAM_VALUE_LENGTH * 6 + 2
+
+/**
+ * `checkParams` on a JSON request body without parsing all of it: the top-level object is scanned once (strings are
+ * skipped with a native search, nesting with a counter), and only the values of whitelisted parameters are parsed —
+ * each bounded in size and depth before it is. A parse of the whole body (it may be MAX_REQUEST_SIZE) would stall
+ * the event loop: 30 MB take half a second, 100,000 levels of nesting as long. Every occurrence of a parameter is
+ * checked (a parser downstream may keep either of two). A body that is not a JSON object has nothing to check; a
+ * malformed one is checked as far as it can be read (the upstream refuses the rest).
+ */
+export const checkBodyParams = (
+  body: Buffer,
+  whitelist: ReadonlyMap<string, ReadonlyArray<string>>
+): LocalAnswer | undefined => {
+  if (whitelist.size === 0) return undefined
+  let maxKeyBytes = 2
+  for (const name of whitelist.keys()) maxKeyBytes = Math.max(maxKeyBytes, name.length * 6 + 2)
+  let i = skipSpace(body, 0)
+  if (body[i] !== 0x7b) return undefined
+  i = skipSpace(body, i + 1)
+  if (body[i] === 0x7d) return undefined
+  for (;;) {
+    if (body[i] !== QUOTE) return undefined
+    const keyEnd = stringEnd(body, i)
+    if (keyEnd === -1) return undefined
+    // A key longer than any whitelisted name can be, however it is encoded, is not decoded at all.
+    let key: string | undefined
+    if (keyEnd - i <= maxKeyBytes) {
+      if (body.subarray(i, keyEnd).includes(BACKSLASH)) {
+        try {
+          key = JSON.parse(body.toString("utf8", i, keyEnd)) as string
+        } catch {
+          return undefined
+        }
+      } else key = body.toString("utf8", i + 1, keyEnd - 1)
+    }
+    i = skipSpace(body, keyEnd)
+    if (body[i] !== 0x3a) return undefined
+    i = skipSpace(body, i + 1)
+    const patterns = key === undefined ? undefined : whitelist.get(key)
+    const depth = { max: 0 }
+    const end = valueEnd(body, i, depth)
+    if (end === -1 || end === i) return patterns === undefined ? undefined : Answers.paramRefused(key!, "is not valid JSON")
+    if (patterns !== undefined && key !== undefined) {
+      if (end - i > MAX_PARAM_SLICE || depth.max > MAX_PARAM_DEPTH) return Answers.paramRefused(key, TOO_LONG_OR_DEEP)
+      let value: unknown
+      try {
+        value = JSON.parse(body.toString("utf8", i, end))
+      } catch {
+        return Answers.paramRefused(key, "is not valid JSON")
+      }
+      const a = checkParam(key, value, patterns)
+      if (a !== undefined) return a
+    }
+    i = skipSpace(body, end)
+    if (body[i] === 0x7d) return undefined
+    if (body[i] !== 0x2c) return undefined
+    i = skipSpace(body, i + 1)
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

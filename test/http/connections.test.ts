@@ -170,3 +170,18 @@ describe("configuration", () => {
     expect(Either.isLeft(bad) && formatConfigError(bad.left)).toBe('invalid configuration: MAX_CONNECTIONS_PER_IP: expected a non-negative integer, got "lots"')
   })
 })
+
+describe("Expect: 100-continue outside /v1", () => {
+  it("the management API sends 100 Continue at once (the proxy alone defers it until the token passed)", async () => {
+    const port = await start({})
+    const body = JSON.stringify({ name: `continue-${Date.now()}`, api_key: "sk-abcdefghijklmnopqrstuvwx" })
+    const [c] = await openMany(port, 1)
+    c!.socket.write(
+      `POST /manage/projects HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${stack!.server.token}\r\n` +
+        `Content-Type: application/json\r\nContent-Length: ${body.length}\r\nExpect: 100-continue\r\n\r\n`
+    )
+    await eventually(() => c!.text().startsWith("HTTP/1.1 100 Continue\r\n\r\n"))
+    c!.socket.write(body)
+    await eventually(() => /HTTP\/1\.1 201 /.test(c!.text()))
+  })
+})

@@ -1,10 +1,11 @@
 /**
  * The parameter whitelist's glob matcher and value checks (src/proxy/policy.ts `compileGlob`, `checkParams`):
  * Go `path.Match` semantics without a regular expression, compared on generated inputs with the RegExp translation
- * it replaced; hostile values (long, deeply nested, wide) are refused with a 400, never thrown.
+ * it replaced; hostile values (long, deeply nested, wide) are refused with a 400, never thrown; `checkBodyParams`
+ * (the body scanned, only whitelisted values parsed) answers as `checkParams` on the parsed body does.
  */
 import { describe, expect, it } from "vitest"
-import { checkParams, compileGlob, MAX_PARAM_VALUE_LENGTH } from "../../src/proxy/policy.js"
+import { checkBodyParams, checkParams, compileGlob, MAX_PARAM_VALUE_LENGTH } from "../../src/proxy/policy.js"
 
 /** The previous implementation (a glob translated to a RegExp), kept here as the reference for small inputs. */
 const legacyGlob = (pattern: string): RegExp | null => {
@@ -161,5 +162,61 @@ describe("checkParams on hostile values", () => {
     expect(checkParams({ model: { a: [1, "x", null, true] } }, new Map([["model", ['{"a":\\[1,"x",null,true]}']]]))).toBeUndefined()
     expect(checkParams({ model: { b: 1, a: 2, "1": 3 } }, new Map([["model", ['{"1":3,"b":1,"a":2}']]]))).toBeUndefined()
     expect(checkParams({ model: [[[[1]]]] }, new Map([["model", ["\\[\\[\\[\\[1]]]]"]]]))).toBeUndefined()
+  })
+})
+
+describe("checkBodyParams (the body scanned, only whitelisted values parsed)", () => {
+  const whitelist = new Map([["model", ["gpt-*", "o?"]], ["n", ["1", "2"]], ["tools", ["\\[*"]]])
+  const check = (text: string) => checkBodyParams(Buffer.from(text), whitelist)
+
+  it("answers as checkParams(JSON.parse(body)) on 5,000 generated bodies, compact and pretty-printed", () => {
+    const r = prng(21)
+    const pick = <A>(xs: ReadonlyArray<A>): A => xs[Math.floor(r() * xs.length)]!
+    const leaf = (): unknown => pick<unknown>(["gpt-4o", "o1", "claude", "", 1, 2, 3.5, true, null, "a\"b", "é😀", "gpt-\\x", "[x]"])
+    const value = (depth: number): unknown => {
+      const k = r()
+      if (depth > 3 || k < 0.5) return leaf()
+      if (k < 0.75) return Array.from({ length: Math.floor(r() * 4) }, () => value(depth + 1))
+      return Object.fromEntries(Array.from({ length: Math.floor(r() * 4) }, () => [pick(["model", "n", "x", "tools", "m\"o"]), value(depth + 1)]))
+    }
+    let refused = 0
+    for (let i = 0; i < 5_000; i++) {
+      const keys = ["model", "n", "tools", "messages", "x", "__proto__", "mode", "model2"].filter(() => r() < 0.5)
+      const body: Record<string, unknown> = {}
+      for (const k of keys) Object.defineProperty(body, k, { value: value(0), enumerable: true, configurable: true, writable: true })
+      const text = r() < 0.5 ? JSON.stringify(body) : JSON.stringify(body, null, Math.floor(r() * 4))
+      const want = checkParams(JSON.parse(text), whitelist)
+      if (want !== undefined) refused++
+      expect(check(text), text).toEqual(want)
+    }
+    expect(refused).toBeGreaterThan(1_000)
+  })
+
+  it.each([
+    ["escaped key", '{"mod\\u0065l":"claude"}', "param_not_allowed"],
+    ["duplicate key, the second disallowed", '{"model":"gpt-4o","model":"claude"}', "param_not_allowed"],
+    ["duplicate key, the first disallowed", '{"model":"claude","model":"gpt-4o"}', "param_not_allowed"],
+    ["model only inside a string", '{"x":"\\"model\\":\\"claude\\"","model":"gpt-4o"}', undefined],
+    ["model only nested", '{"x":{"model":"claude"},"y":[{"model":"claude"}]}', undefined],
+    ["escaped backslashes before a quote", '{"x":"a\\\\","model":"claude"}', "param_not_allowed"],
+    ["not an object", '["model","claude"]', undefined],
+    ["empty object", "{}", undefined],
+    ["invalid after the model", '{"model":"gpt-4o", oops', undefined],
+    ["invalid before the model", '{oops, "model":"claude"}', undefined],
+    ["a model that is not JSON", '{"model":gpt}', "param_not_allowed"],
+    ["a model with no value", '{"model":}', "param_not_allowed"],
+    ["an unterminated model string", '{"model":"gpt-4o', "param_not_allowed"],
+    ["a byte order mark (not JSON)", '\ufeff{"model":"claude"}', undefined]
+  ])("%s → %s", (_n, text, code) => expect(check(text)?.body.code).toBe(code))
+
+  it("hostile bodies are refused or passed without being parsed whole", () => {
+    expect(check(`{"model":${"[".repeat(200_000)}${"]".repeat(200_000)}}`)?.body.error).toBe(
+      `Parameter 'model' value is longer than ${MAX_PARAM_VALUE_LENGTH} characters or nested too deeply`
+    )
+    expect(check(`{"model":"${"gp".repeat(500_000)}"}`)?.body.code).toBe("param_not_allowed")
+    // an unlisted parameter may be anything (the upstream judges it), and the model after it is still checked
+    expect(check(`{"messages":${"[".repeat(200_000)}${"]".repeat(200_000)},"model":"gpt-4o"}`)).toBeUndefined()
+    expect(check(`{"messages":"${"x".repeat(5_000_000)}","model":"claude"}`)?.body.code).toBe("param_not_allowed")
+    expect(check(`{"${"k".repeat(100_000)}":1,"model":"gpt-4o"}`)).toBeUndefined()
   })
 })
