@@ -629,7 +629,8 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
     expect(serveLines.some((l) => l.logLevel === "WARN")).toBe(true)
     has(/audit\.log$/, "admin.login")
     has(/audit\.log$/, "management.auth")
-    expect(lines(/events\.jsonl$/)).toBeGreaterThanOrEqual(25)
+    // (requests without a valid token publish no event: only the token holders' ones are here)
+    expect(lines(/events\.jsonl$/)).toBeGreaterThanOrEqual(15)
     // The credentials that reached traced requests were there and redacted (not merely untraced).
     has(/^OTLP/, `"key":"url.query","value":{"stringValue":"token=REDACTED"}`)
     has(/^OTLP/, `"key":"http.request.header.x-csrf-token","value":{"stringValue":"<redacted>"}`)
@@ -639,7 +640,7 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
     has(/GET \/health$/, "database")
     has(/llm-proxy\.db$/, "enc:v1:")
     if (redis) {
-      expect(lines(/delivered\.jsonl$/)).toBeGreaterThanOrEqual(25)
+      expect(lines(/delivered\.jsonl$/)).toBeGreaterThanOrEqual(15)
       has(/^\/lunary/, marker)
       has(/^\/helicone/, marker)
       has(/^Redis stream/, marker)
@@ -732,7 +733,8 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
           expect((await send("GET", path)).status).toBe(200)
         }
         const eventsFile = join(cwd, "data/events.jsonl")
-        await waitFor("five events", () => existsSync(eventsFile) && readFileSync(eventsFile, "utf8").split("\n").length > 5)
+        // the token holder's four requests (the revoked token and the token in the query publish none)
+        await waitFor("four events", () => existsSync(eventsFile) && readFileSync(eventsFile, "utf8").split("\n").length > 4)
         await waitFor("proxy spans at the OTLP receiver", () => otlp.requests.slice(seenBefore).some((r) => r.body.includes("proxy.request")))
       } finally {
         expect(await serve.stop(), "serve exit code").toBe(0)
