@@ -83,6 +83,12 @@ const once = () => new Promise((resolve) => {
 })()
 `
 
+/** CPU time (user + system) the process used so far, ms. */
+const cpuMs = (pid: number) => {
+  const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
+  return (Number(f[11]) + Number(f[12])) * 10
+}
+
 const rssMb = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? NaN) / 1024
 
 const YAML = `
@@ -156,19 +162,25 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
     await mock?.close()
   })
 
-  it("50 anonymous 30 MB uploads: each a 401 within 100 ms, RSS grows < 20 MB, every connection closed by the server", async () => {
+  it("50 anonymous 30 MB uploads (twice): each a 401 within 100 ms, RSS grows < 20 MB, every connection closed by the server", async () => {
     const pid = serve.child.pid!
+    const declared = 30 * 1024 * 1024
+    const upload = async (n: number) => {
+      // The uploaders run in their own process, so what is measured is not this process's event loop.
+      const uploaders = spawn(process.execPath, ["-e", UPLOADERS, String(serve.port), String(n), String(declared)], { stdio: ["ignore", "pipe", "inherit"] })
+      let out = ""
+      uploaders.stdout.on("data", (d: Buffer) => (out += d.toString()))
+      await new Promise((resolve) => uploaders.once("exit", resolve))
+      return JSON.parse(out) as Array<{ status: number; ms: number; closedMs: number }>
+    }
     const before = rssMb(pid)
     let peak = before
     const sampler = setInterval(() => (peak = Math.max(peak, rssMb(pid))), 20)
-    const declared = 30 * 1024 * 1024
-    // The 50 uploaders run in their own process, so what is measured is not this process's event loop.
-    const uploaders = spawn(process.execPath, ["-e", UPLOADERS, String(serve.port), "50", String(declared)], { stdio: ["ignore", "pipe", "inherit"] })
-    let uploadOut = ""
-    uploaders.stdout.on("data", (d: Buffer) => (uploadOut += d.toString()))
-    const uploaded = new Promise<Array<{ status: number; ms: number; closedMs: number }>>((resolve) =>
-      uploaders.once("exit", () => resolve(JSON.parse(uploadOut) as Array<{ status: number; ms: number; closedMs: number }>))
-    )
+    // A first round compiles the refusal path (and its lingering close); the second one's latencies are measured.
+    // RSS is watched through both.
+    expect((await upload(50)).every((r) => r.status === 401)).toBe(true)
+    const cpuBefore = cpuMs(pid)
+    const uploaded = upload(50)
     // Meanwhile a token holder is served.
     const served = (async () => {
       let ok = 0
@@ -176,13 +188,13 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
       return ok
     })()
     const results = await uploaded
-    tally(TITLE, "anonymous 30 MB uploads", 50)
+    tally(TITLE, "anonymous 30 MB uploads", 100)
     expect(await served).toBe(20)
     await sleep(500)
     clearInterval(sampler)
     const slow = results.filter((r) => r.ms > 100)
     console.log(
-      `[chaos] 50 × 30 MB anonymous: RSS ${before.toFixed(1)} → peak ${peak.toFixed(1)} MB; answer ms max ` +
+      `[chaos] 50 × 30 MB anonymous: serve CPU ${cpuMs(pid) - cpuBefore} ms (with 20 token requests); RSS ${before.toFixed(1)} → peak ${peak.toFixed(1)} MB; answer ms max ` +
         `${Math.max(...results.map((r) => r.ms)).toFixed(1)}; closed by the server after ms max ${Math.max(...results.map((r) => r.closedMs)).toFixed(0)}`
     )
     expect(results.map((r) => r.status)).toEqual(Array(50).fill(401))
@@ -194,13 +206,6 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
   })
 
   it("1 MB hostile model values against a `*gpt*` whitelist: 400 / 401, and /live answers within 50 ms throughout", async () => {
-    // The probe runs in its own process: this one is busy sending megabytes, and its event loop would add its own
-    // delays to what is measured.
-    const probe = spawn(process.execPath, ["-e", PROBE, serve.url], { stdio: ["ignore", "pipe", "inherit"] })
-    let probeOut = ""
-    probe.stdout.on("data", (d: Buffer) => (probeOut += d.toString()))
-    const probeDone = new Promise<void>((resolve) => probe.once("exit", () => resolve()))
-    while (!probeOut.includes("ready")) await sleep(10)
     const hostile = [
       JSON.stringify({ model: "gp".repeat(512 * 1024), messages: [] }),
       JSON.stringify({ model: "g" + "p".repeat(1024 * 1024) + "g", messages: [] }),
@@ -209,6 +214,15 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
       `{"model":${"[".repeat(100_000)}${"]".repeat(100_000)}}`,
       JSON.stringify({ model: Array.from({ length: 50_000 }, (_, i) => `gp-${i}`) })
     ]
+    // Warm-up: the first refusals compile the scanner and the refusal path.
+    for (const body of hostile) for (const r of await Promise.all([chat(token, body), chat(undefined, body)])) await r.text()
+    // The probe runs in its own process: this one is busy sending megabytes, and its event loop would add its own
+    // delays to what is measured.
+    const probe = spawn(process.execPath, ["-e", PROBE, serve.url], { stdio: ["ignore", "pipe", "inherit"] })
+    let probeOut = ""
+    probe.stdout.on("data", (d: Buffer) => (probeOut += d.toString()))
+    const probeDone = new Promise<void>((resolve) => probe.once("exit", () => resolve()))
+    while (!probeOut.includes("ready")) await sleep(10)
     const statuses: Array<number> = []
     for (let round = 0; round < 6; round++) {
       for (const body of hostile) {
@@ -224,7 +238,7 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
     probe.kill("SIGTERM")
     await probeDone
     const lags = probeOut.split("\n").filter((l) => /^\d/.test(l)).map(Number).sort((a, b) => a - b)
-    console.log(`[chaos] /live during hostile whitelist values: ${lags.length} probes, p50 ${lags[lags.length >> 1]!.toFixed(1)} ms, max ${lags.at(-1)!.toFixed(1)} ms`)
+    console.log(`[chaos] /live during hostile whitelist values: ${lags.length} probes, p50 ${lags[lags.length >> 1]!.toFixed(1)} ms, slowest ${lags.slice(-5).map((l) => l.toFixed(1)).join(", ")} ms`)
     expect(new Set(statuses)).toEqual(new Set([400, 401]))
     expect(statuses.filter((s) => s === 400)).toHaveLength(6 * hostile.length)
     expect(lags.length).toBeGreaterThan(10)
