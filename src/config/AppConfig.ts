@@ -65,6 +65,8 @@ export interface CacheConfig {
   readonly maxBytes: number
   /** Store completed SSE streams on client opt-in (`HTTP_CACHE_STREAM_RESPONSES`). */
   readonly streamResponses: boolean
+  /** Longest lifetime a client's `Cache-Control: public, max-age=N` opt-in may force, seconds; 0 = none (`HTTP_CACHE_CLIENT_MAX_TTL`). */
+  readonly clientMaxTtlSeconds: number
   /** Prefix of every key the Redis layer writes (`REDIS_CACHE_KEY_PREFIX`). */
   readonly redisKeyPrefix: string
 }
@@ -107,6 +109,13 @@ export interface AppConfigShape {
    * slow-body bound. Responses (streams) are not limited by it.
    */
   readonly clientRequestTimeoutMs: number
+  /** Open client connections on the listener at most; beyond it new ones get 503 and are closed (0 = unlimited). */
+  readonly maxConnections: number
+  /**
+   * Open client connections per socket peer address at most; beyond it new ones get 429 and are closed (0 =
+   * unlimited). Peers in `trustedProxies` are exempt: they carry many clients.
+   */
+  readonly maxConnectionsPerIp: number
   /** Consecutive 502/503/504 answers of one provider that open its circuit breaker. */
   readonly circuitBreakerThreshold: number
   /** How long an open breaker answers 503 before letting one probe through, ms. */
@@ -371,6 +380,7 @@ const cache: Config.Config<CacheConfig> = Config.all({
   maxObjectBytes: positiveInt("HTTP_CACHE_MAX_OBJECT_BYTES", 1_048_576),
   maxBytes: positiveInt("HTTP_CACHE_MAX_BYTES", 67_108_864),
   streamResponses: bool("HTTP_CACHE_STREAM_RESPONSES", false),
+  clientMaxTtlSeconds: nonNegativeInt("HTTP_CACHE_CLIENT_MAX_TTL", 300),
   redisKeyPrefix: Config.string("REDIS_CACHE_KEY_PREFIX").pipe(Config.withDefault("llmproxy:cache:"))
 }).pipe(
   Config.mapOrFail((c) =>
@@ -552,6 +562,8 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   requestTimeoutMs: duration("REQUEST_TIMEOUT", "120s"),
   headersTimeoutMs: duration("CLIENT_HEADERS_TIMEOUT", "30s"),
   clientRequestTimeoutMs: duration("CLIENT_REQUEST_TIMEOUT", "10m"),
+  maxConnections: nonNegativeInt("MAX_CONNECTIONS", 10_000),
+  maxConnectionsPerIp: nonNegativeInt("MAX_CONNECTIONS_PER_IP", 1_000),
   circuitBreakerThreshold: positiveInt("CIRCUIT_BREAKER_THRESHOLD", 5),
   circuitBreakerCooldownMs: duration("CIRCUIT_BREAKER_COOLDOWN", "30s"),
   tokenCacheTtlMs: duration("TOKEN_CACHE_TTL", "5s", 0),

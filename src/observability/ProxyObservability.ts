@@ -302,7 +302,8 @@ export const make = (options: {
         else if (writtenAt !== undefined && ctx.upstreamMs !== undefined) {
           overheadMs = ctx.proxyMs + Math.max(0, writtenAt - (ctx.startedAt + ctx.proxyMs + ctx.upstreamMs))
         } else overheadMs = ctx.proxyMs
-        const model = modelOf(ctx.requestBody)
+        // Label values read from a body come only from authenticated traffic: a stranger cannot fill the label set.
+        const model = ctx.authenticated ? modelOf(ctx.requestBody) : undefined
         const o: RequestObservation = {
           provider: ctx.provider ?? "none",
           route: routeOf(ctx.path),

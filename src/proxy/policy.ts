@@ -59,6 +59,8 @@ export const Answers = {
   duplicateAuthorization: answer(400, "Invalid token", "invalid_token", "more than one Authorization header"),
   paramNotAllowed: (param: string, value: string, patterns: ReadonlyArray<string>) =>
     answer(400, `Parameter '${param}' value '${value}' is not allowed. Allowed patterns: [${patterns.join(" ")}]`, "param_not_allowed"),
+  /** A whitelisted parameter whose value is not matched at all (too long, too deep): `reason` follows "value". */
+  paramRefused: (param: string, reason: string) => answer(400, `Parameter '${param}' value ${reason}`, "param_not_allowed"),
   internalError: answer(500, "Internal error", "internal_error")
 } as const
 
@@ -247,55 +249,223 @@ export const isJsonContentType = (contentType: string | undefined): boolean => {
   return type === "application/json" || (type.startsWith("application/") && type.endsWith("+json"))
 }
 
-const globCache = new Map<string, RegExp | null>()
+/** One position of a glob chunk: a literal code point, `?`, or a class (`ranges` holds lo, hi pairs). */
+type Atom =
+  | { readonly kind: "char"; readonly cp: number }
+  | { readonly kind: "any" }
+  | { readonly kind: "class"; readonly negated: boolean; readonly ranges: ReadonlyArray<number> }
+
+/** A run of atoms after any number of `*` (`star`). Every atom matches exactly one character. */
+interface Chunk {
+  readonly star: boolean
+  readonly atoms: ReadonlyArray<Atom>
+}
+
+/** A compiled glob: `test(value)` runs in O(value length × pattern length), with no backtracking beyond a chunk. */
+export interface Glob {
+  readonly test: (value: string) => boolean
+}
+
+const SLASH = 0x2f
+const cpLength = (cp: number) => (cp > 0xffff ? 2 : 1)
+
+/** Go's getEsc: one class character (`\` escapes), which must be followed by more of the pattern. */
+const classChar = (p: string, i: number): { readonly cp: number; readonly next: number } | undefined => {
+  if (i >= p.length || p[i] === "-" || p[i] === "]") return undefined
+  if (p[i] === "\\") {
+    i++
+    if (i >= p.length) return undefined
+  }
+  const cp = p.codePointAt(i)!
+  const next = i + cpLength(cp)
+  return next >= p.length ? undefined : { cp, next }
+}
+
+/** Parses a pattern into chunks, as Go's `path.Match` reads it; undefined when it is malformed. */
+const parseGlob = (p: string): ReadonlyArray<Chunk> | undefined => {
+  const chunks: Array<Chunk> = []
+  let i = 0
+  while (i < p.length) {
+    let star = false
+    while (p[i] === "*") {
+      star = true
+      i++
+    }
+    const atoms: Array<Atom> = []
+    while (i < p.length && p[i] !== "*") {
+      const c = p[i]!
+      if (c === "?") {
+        atoms.push({ kind: "any" })
+        i++
+      } else if (c === "\\") {
+        if (i + 1 >= p.length) return undefined
+        const cp = p.codePointAt(i + 1)!
+        atoms.push({ kind: "char", cp })
+        i += 1 + cpLength(cp)
+      } else if (c === "[") {
+        i++
+        const negated = p[i] === "^"
+        if (negated) i++
+        const ranges: Array<number> = []
+        for (;;) {
+          if (p[i] === "]" && ranges.length > 0) {
+            i++
+            break
+          }
+          const lo = classChar(p, i)
+          if (lo === undefined) return undefined
+          let hi = lo
+          if (p[lo.next] === "-") {
+            const h = classChar(p, lo.next + 1)
+            if (h === undefined) return undefined
+            hi = h
+          }
+          ranges.push(lo.cp, hi.cp)
+          i = hi.next
+        }
+        atoms.push({ kind: "class", negated, ranges })
+      } else {
+        const cp = p.codePointAt(i)!
+        atoms.push({ kind: "char", cp })
+        i += cpLength(cp)
+      }
+    }
+    chunks.push({ star, atoms })
+  }
+  return chunks
+}
+
+/** Where `atoms` matched starting at `at` in `s` end, or -1. */
+const matchChunk = (atoms: ReadonlyArray<Atom>, s: string, at: number): number => {
+  for (const a of atoms) {
+    if (at >= s.length) return -1
+    const cp = s.codePointAt(at)!
+    if (a.kind === "char") {
+      if (cp !== a.cp) return -1
+    } else if (a.kind === "any") {
+      if (cp === SLASH) return -1
+    } else {
+      let inside = false
+      for (let r = 0; r < a.ranges.length && !inside; r += 2) inside = a.ranges[r]! <= cp && cp <= a.ranges[r + 1]!
+      if (inside === a.negated) return -1
+    }
+    at += cpLength(cp)
+  }
+  return at
+}
+
+/**
+ * Go's `path.Match` algorithm: each chunk after a `*` takes its leftmost match (chunks have a fixed length, so the
+ * leftmost one leaves the most for what follows and no earlier choice is ever revisited); the last chunk must end
+ * the value. A `*` never skips a `/`.
+ */
+const matchChunks = (chunks: ReadonlyArray<Chunk>, s: string): boolean => {
+  let at = 0
+  for (let c = 0; c < chunks.length; c++) {
+    const { atoms, star } = chunks[c]!
+    const last = c === chunks.length - 1
+    if (star && atoms.length === 0) return s.indexOf("/", at) === -1
+    const end = matchChunk(atoms, s, at)
+    if (end !== -1 && (!last || end === s.length)) {
+      at = end
+      continue
+    }
+    if (!star) return false
+    let found = -1
+    for (let i = at; i < s.length && found === -1;) {
+      const cp = s.codePointAt(i)!
+      if (cp === SLASH) break
+      i += cpLength(cp)
+      const e = matchChunk(atoms, s, i)
+      if (e !== -1 && (!last || e === s.length)) found = e
+    }
+    if (found === -1) return false
+    at = found
+  }
+  return at === s.length
+}
+
+const globCache = new Map<string, Glob | null>()
 
 /**
  * Go `path.Match` semantics: `*` any run of non-`/` characters, `?` one non-`/` character, `[...]` a class
- * (`[^...]` negated, ranges), `\` escapes. A malformed pattern matches nothing.
+ * (`[^...]` negated, ranges `a-z`, `\` escapes inside), `\` escapes. A malformed pattern (unclosed or empty class,
+ * trailing `\`, a range missing an end) matches nothing: null.
  */
-export const globToRegExp = (pattern: string): RegExp | null => {
+export const compileGlob = (pattern: string): Glob | null => {
   const cached = globCache.get(pattern)
   if (cached !== undefined) return cached
-  let re = "^"
-  let ok = true
-  for (let i = 0; i < pattern.length && ok; i++) {
-    const c = pattern[i]!
-    if (c === "*") re += "[^/]*"
-    else if (c === "?") re += "[^/]"
-    else if (c === "\\") {
-      const n = pattern[++i]
-      if (n === undefined) ok = false
-      else re += n.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&")
-    } else if (c === "[") {
-      const end = pattern.indexOf("]", i + 2)
-      if (end === -1) {
-        ok = false
-        break
-      }
-      let body = pattern.slice(i + 1, end)
-      const negate = body.startsWith("^")
-      if (negate) body = body.slice(1)
-      if (body === "") ok = false
-      re += `[${negate ? "^/" : ""}${body.replace(/[\]\\]/g, "\\$&")}]`
-      i = end
-    } else re += c.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&")
-  }
-  let result: RegExp | null = null
-  if (ok) {
-    try {
-      result = new RegExp(re + "$", "s")
-    } catch {
-      result = null
-    }
-  }
-  if (globCache.size < 10_000) globCache.set(pattern, result)
-  return result
+  const chunks = parseGlob(pattern)
+  const glob = chunks === undefined ? null : { test: (value: string) => matchChunks(chunks, value) }
+  if (globCache.size < 10_000) globCache.set(pattern, glob)
+  return glob
 }
 
-const stringify = (v: unknown): string =>
-  typeof v === "string" ? v : typeof v === "number" || typeof v === "boolean" ? String(v) : JSON.stringify(v)
+/** Longest parameter value (as matched: strings as they are, other values as JSON) the whitelist looks at. */
+export const MAX_PARAM_VALUE_LENGTH = 4096
+/** Deepest nesting of arrays and objects in a whitelisted parameter's value. */
+const MAX_PARAM_DEPTH = 32
 
-/** Top-level parameters named in the whitelist must match one of their patterns; absent ones pass. */
+/**
+ * `JSON.stringify(v)` for a value of `JSON.parse`, or undefined as soon as the text passes `max` characters or the
+ * nesting passes MAX_PARAM_DEPTH (a recursive `JSON.stringify` of a deeply nested value overflows the stack).
+ */
+const boundedJson = (v: unknown, max: number): string | undefined => {
+  let out = ""
+  const walk = (x: unknown, depth: number): boolean => {
+    if (depth > MAX_PARAM_DEPTH) return false
+    if (x === null || x === undefined) out += "null"
+    else if (typeof x === "string") {
+      if (x.length > max) return false
+      out += JSON.stringify(x)
+    } else if (typeof x === "number") out += Number.isFinite(x) ? String(x) : "null"
+    else if (typeof x === "boolean") out += x ? "true" : "false"
+    else if (Array.isArray(x)) {
+      out += "["
+      for (let i = 0; i < x.length; i++) {
+        if (i > 0) out += ","
+        if (!walk(x[i], depth + 1) || out.length > max) return false
+      }
+      out += "]"
+    } else if (typeof x === "object") {
+      out += "{"
+      let first = true
+      for (const k in x) {
+        if (!Object.hasOwn(x, k)) continue
+        out += (first ? "" : ",") + JSON.stringify(k) + ":"
+        first = false
+        if (!walk((x as Record<string, unknown>)[k], depth + 1) || out.length > max) return false
+      }
+      out += "}"
+    } else out += "null"
+    return out.length <= max
+  }
+  return walk(v, 0) ? out : undefined
+}
+
+const shown = (value: string) => (value.length > 200 ? value.slice(0, 200) + "…" : value)
+
+/** One whitelisted parameter's value against its patterns. */
+const checkParam = (param: string, raw: unknown, patterns: ReadonlyArray<string>): LocalAnswer | undefined => {
+  if (typeof raw === "string" && raw.length > MAX_PARAM_VALUE_LENGTH) {
+    return Answers.paramRefused(param, `'${raw.slice(0, 64)}…' is longer than ${MAX_PARAM_VALUE_LENGTH} characters`)
+  }
+  const value = typeof raw === "string"
+    ? raw
+    : typeof raw === "number" || typeof raw === "boolean"
+    ? String(raw)
+    : boundedJson(raw, MAX_PARAM_VALUE_LENGTH)
+  if (value === undefined) return Answers.paramRefused(param, TOO_LONG_OR_DEEP)
+  if (!patterns.some((p) => compileGlob(p)?.test(value) === true)) return Answers.paramNotAllowed(param, shown(value), patterns)
+  return undefined
+}
+
+const TOO_LONG_OR_DEEP = `is longer than ${MAX_PARAM_VALUE_LENGTH} characters or nested too deeply`
+
+/**
+ * Top-level parameters named in the whitelist must match one of their patterns; absent ones pass. A value longer
+ * than MAX_PARAM_VALUE_LENGTH, or nested too deeply to read, is refused (400) without being matched.
+ */
 export const checkParams = (
   body: unknown,
   whitelist: ReadonlyMap<string, ReadonlyArray<string>>
@@ -303,12 +473,122 @@ export const checkParams = (
   if (whitelist.size === 0 || typeof body !== "object" || body === null || Array.isArray(body)) return undefined
   for (const [param, patterns] of whitelist) {
     if (!Object.hasOwn(body, param)) continue
-    const value = stringify((body as Record<string, unknown>)[param])
-    if (!patterns.some((p) => globToRegExp(p)?.test(value) === true)) {
-      return Answers.paramNotAllowed(param, value.length > 200 ? value.slice(0, 200) + "…" : value, patterns)
-    }
+    const a = checkParam(param, (body as Record<string, unknown>)[param], patterns)
+    if (a !== undefined) return a
   }
   return undefined
+}
+
+const QUOTE = 0x22
+const BACKSLASH = 0x5c
+const isJsonSpace = (c: number | undefined) => c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09
+
+const skipSpace = (b: Buffer, i: number): number => {
+  while (isJsonSpace(b[i])) i++
+  return i
+}
+
+/** Index just past the JSON string starting at `b[i]` (a quote), or -1. Quotes are found natively (memchr). */
+const stringEnd = (b: Buffer, i: number): number => {
+  for (let from = i + 1;;) {
+    const q = b.indexOf(QUOTE, from)
+    if (q === -1) return -1
+    let k = q - 1
+    while (b[k] === BACKSLASH) k--
+    if ((q - 1 - k) % 2 === 0) return q + 1
+    from = q + 1
+  }
+}
+
+/**
+ * Index just past the JSON value starting at `b[i]`, or -1 when the body ends first; `depth` gets its deepest
+ * nesting. Not a validator: it only has to find where a well-formed value ends (a malformed body is the upstream's
+ * to refuse). A loop with a counter, never recursion.
+ */
+const valueEnd = (b: Buffer, i: number, depth: { max: number }): number => {
+  const c = b[i]
+  if (c === QUOTE) return stringEnd(b, i)
+  if (c === 0x7b || c === 0x5b) {
+    let d = 0
+    for (; i < b.length; i++) {
+      const x = b[i]!
+      if (x === QUOTE) {
+        const e = stringEnd(b, i)
+        if (e === -1) return -1
+        i = e - 1
+      } else if (x === 0x7b || x === 0x5b) {
+        if (++d > depth.max) depth.max = d
+      } else if (x === 0x7d || x === 0x5d) {
+        if (--d === 0) return i + 1
+      }
+    }
+    return -1
+  }
+  // A number, true, false or null: up to the next delimiter.
+  while (i < b.length && b[i] !== 0x2c && b[i] !== 0x7d && b[i] !== 0x5d && !isJsonSpace(b[i])) i++
+  return i
+}
+
+/** Bytes a whitelisted value's JSON text may take before it is refused unread (a character can take 6: `\u0041`). */
+const MAX_PARAM_SLICE = MAX_PARAM_VALUE_LENGTH * 6 + 2
+
+/**
+ * `checkParams` on a JSON request body without parsing all of it: the top-level object is scanned once (strings are
+ * skipped with a native search, nesting with a counter), and only the values of whitelisted parameters are parsed —
+ * each bounded in size and depth before it is. A parse of the whole body (it may be MAX_REQUEST_SIZE) would stall
+ * the event loop: 30 MB take half a second, 100,000 levels of nesting as long. Every occurrence of a parameter is
+ * checked (a parser downstream may keep either of two). A body that is not a JSON object has nothing to check; a
+ * malformed one is checked as far as it can be read (the upstream refuses the rest).
+ */
+export const checkBodyParams = (
+  body: Buffer,
+  whitelist: ReadonlyMap<string, ReadonlyArray<string>>
+): LocalAnswer | undefined => {
+  if (whitelist.size === 0) return undefined
+  let maxKeyBytes = 2
+  for (const name of whitelist.keys()) maxKeyBytes = Math.max(maxKeyBytes, name.length * 6 + 2)
+  let i = skipSpace(body, 0)
+  if (body[i] !== 0x7b) return undefined
+  i = skipSpace(body, i + 1)
+  if (body[i] === 0x7d) return undefined
+  for (;;) {
+    if (body[i] !== QUOTE) return undefined
+    const keyEnd = stringEnd(body, i)
+    if (keyEnd === -1) return undefined
+    // A key longer than any whitelisted name can be, however it is encoded, is not decoded at all.
+    let key: string | undefined
+    if (keyEnd - i <= maxKeyBytes) {
+      if (body.subarray(i, keyEnd).includes(BACKSLASH)) {
+        try {
+          key = JSON.parse(body.toString("utf8", i, keyEnd)) as string
+        } catch {
+          return undefined
+        }
+      } else key = body.toString("utf8", i + 1, keyEnd - 1)
+    }
+    i = skipSpace(body, keyEnd)
+    if (body[i] !== 0x3a) return undefined
+    i = skipSpace(body, i + 1)
+    const patterns = key === undefined ? undefined : whitelist.get(key)
+    const depth = { max: 0 }
+    const end = valueEnd(body, i, depth)
+    if (end === -1 || end === i) return patterns === undefined ? undefined : Answers.paramRefused(key!, "is not valid JSON")
+    if (patterns !== undefined && key !== undefined) {
+      if (end - i > MAX_PARAM_SLICE || depth.max > MAX_PARAM_DEPTH) return Answers.paramRefused(key, TOO_LONG_OR_DEEP)
+      let value: unknown
+      try {
+        value = JSON.parse(body.toString("utf8", i, end))
+      } catch {
+        return Answers.paramRefused(key, "is not valid JSON")
+      }
+      const a = checkParam(key, value, patterns)
+      if (a !== undefined) return a
+    }
+    i = skipSpace(body, end)
+    if (body[i] === 0x7d) return undefined
+    if (body[i] !== 0x2c) return undefined
+    i = skipSpace(body, i + 1)
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

