@@ -1,7 +1,7 @@
 /**
  * Tracing: @effect/opentelemetry's OTLP/HTTP span exporter (protobuf by default, JSON with
  * `OTEL_EXPORTER_OTLP_PROTOCOL=http/json`) when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
- * `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; otherwise nothing is exported, the data plane builds no spans at all
+ * `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set and `OTEL_SDK_DISABLED` is not; otherwise nothing is exported, the data plane builds no spans at all
  * (`ProxySpans` = none) and the control plane's `Effect.fn` / `sql.execute` spans stay in Effect's in-process tracer
  * as they would without this module.
  *
@@ -13,10 +13,48 @@
  */
 import * as OtlpSerialization from "@effect/opentelemetry/OtlpSerialization"
 import * as OtlpTracer from "@effect/opentelemetry/OtlpTracer"
+import { HttpClient, HttpClientRequest } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
-import { Layer, Option, Redacted } from "effect"
+import { ConfigProvider, Effect, Layer, Option, Redacted } from "effect"
+import { promisify } from "node:util"
+import { gzip } from "node:zlib"
+import { Agent } from "undici"
 import type { OtlpConfig } from "../config/AppConfig.js"
 import * as ProxySpans from "./ProxySpans.js"
+
+const gzipAsync = promisify(gzip)
+
+/**
+ * The HTTP client of Effect's exporter: each export request bounded by OTEL_EXPORTER_OTLP_TIMEOUT (connect, headers,
+ * body) and, with OTEL_EXPORTER_OTLP_COMPRESSION=gzip, its body compressed (in libuv's thread pool, off the main
+ * thread) and sent with `Content-Encoding: gzip`.
+ */
+const exportClient = (o: OtlpConfig): Layer.Layer<HttpClient.HttpClient> =>
+  Layer.scoped(
+    HttpClient.HttpClient,
+    Effect.map(
+      Effect.acquireRelease(
+        Effect.sync(() => new Agent({ connectTimeout: o.timeoutMs, headersTimeout: o.timeoutMs, bodyTimeout: o.timeoutMs })),
+        (agent) => Effect.promise(() => agent.close().catch(() => undefined))
+      ),
+      (agent) => {
+        const client = NodeHttpClient.makeUndici(agent)
+        if (o.compression !== "gzip") return client
+        return HttpClient.mapRequestEffect(client, (request) => {
+          const body = request.body
+          if (body._tag !== "Uint8Array") return Effect.succeed(request)
+          return Effect.map(
+            Effect.promise(() => gzipAsync(body.body)),
+            (zipped) =>
+              request.pipe(
+                HttpClientRequest.bodyUint8Array(zipped, body.contentType),
+                HttpClientRequest.setHeader("content-encoding", "gzip")
+              )
+          )
+        })
+      }
+    )
+  )
 
 /** Effect's tracer over OTLP (management API, store queries, dispatcher batches), or nothing when not configured. */
 export const tracerLayer = (otlp: Option.Option<OtlpConfig>, serviceVersion: string): Layer.Layer<never> =>
@@ -26,11 +64,17 @@ export const tracerLayer = (otlp: Option.Option<OtlpConfig>, serviceVersion: str
     onSome: (o) =>
       OtlpTracer.layer({
         url: o.tracesUrl,
-        resource: { serviceName: o.serviceName, serviceVersion },
+        resource: { serviceName: o.serviceName, serviceVersion, attributes: o.resourceAttributes },
         headers: Redacted.value(o.headers),
         exportInterval: o.exportIntervalMs,
+        maxBatchSize: o.maxExportBatchSize,
         shutdownTimeout: "3 seconds"
-      }).pipe(Layer.provide([o.protocol === "http/json" ? OtlpSerialization.layerJson : OtlpSerialization.layerProtobuf, NodeHttpClient.layerUndici]))
+      }).pipe(
+        Layer.provide([o.protocol === "http/json" ? OtlpSerialization.layerJson : OtlpSerialization.layerProtobuf, exportClient(o)]),
+        // The resource comes from our configuration alone: the exporter would otherwise read OTEL_RESOURCE_ATTRIBUTES
+        // again with a parser of its own (no URL-decoding, a second `service.name`).
+        Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map())))
+      )
   })
 
 /** serve: the Effect tracer plus the data plane's lean span exporter. */

@@ -56,14 +56,38 @@ const register = (
   registry.registerMetric(metric as never)
 }
 
+/** Per provider and model: time to first token, and output tokens per second by `stream` (true / false). */
+interface ModelSeries {
+  readonly labels: { readonly provider: string; readonly model: string }
+  readonly firstToken: Histo
+  readonly tokensPerSecond: { readonly stream: Histo; readonly json: Histo }
+}
+
+/** Histogram samples (cumulative buckets, +Inf, sum, count) of `h` under `labels`. */
+const histogramValues = (name: string, labels: Record<string, string>, h: Histo, bounds: ReadonlyArray<number>): Array<MetricValue> => {
+  const out: Array<MetricValue> = []
+  let cumulative = 0
+  for (let i = 0; i < bounds.length; i++) {
+    cumulative += h.counts[i]!
+    out.push({ metricName: `${name}_bucket`, labels: { ...labels, le: bounds[i]! }, value: cumulative })
+  }
+  out.push({ metricName: `${name}_bucket`, labels: { ...labels, le: "+Inf" }, value: h.count })
+  out.push({ metricName: `${name}_sum`, labels, value: h.sum })
+  out.push({ metricName: `${name}_count`, labels, value: h.count })
+  return out
+}
+
 export class RequestSeries {
   private readonly byProvider = new Map<string, Map<string, RouteSeries>>()
   private readonly tokens = new Map<string, Map<string, { prompt: number; completion: number }>>()
+  private readonly byModel = new Map<string, Map<string, ModelSeries>>()
 
   constructor(
     registry: Registry,
     private readonly overheadBuckets: ReadonlyArray<number>,
-    private readonly latencyBuckets: ReadonlyArray<number>
+    private readonly latencyBuckets: ReadonlyArray<number>,
+    private readonly firstTokenBuckets: ReadonlyArray<number> = [],
+    private readonly tokensPerSecondBuckets: ReadonlyArray<number> = []
   ) {
     register(
       registry,
@@ -73,20 +97,7 @@ export class RequestSeries {
       () => this.all().flatMap((s) => [...s.requests.values()].map((r) => ({ labels: { ...s.labels, status_class: r.status_class, cache: r.cache }, value: r.value })))
     )
     const histogram = (name: string, help: string, pick: (s: RouteSeries) => Histo, bounds: ReadonlyArray<number>) =>
-      register(registry, name, help, "histogram", () =>
-        this.all().flatMap((s) => {
-          const h = pick(s)
-          const out: Array<MetricValue> = []
-          let cumulative = 0
-          for (let i = 0; i < bounds.length; i++) {
-            cumulative += h.counts[i]!
-            out.push({ metricName: `${name}_bucket`, labels: { ...s.labels, le: bounds[i]! }, value: cumulative })
-          }
-          out.push({ metricName: `${name}_bucket`, labels: { ...s.labels, le: "+Inf" }, value: h.count })
-          out.push({ metricName: `${name}_sum`, labels: s.labels, value: h.sum })
-          out.push({ metricName: `${name}_count`, labels: s.labels, value: h.count })
-          return out
-        }))
+      register(registry, name, help, "histogram", () => this.all().flatMap((s) => histogramValues(name, s.labels, pick(s), bounds)))
     histogram(
       "llm_proxy_proxy_overhead_seconds",
       "Time spent in the proxy itself: before forwarding plus between the upstream's response headers and ours",
@@ -102,6 +113,24 @@ export class RequestSeries {
     )
     register(
       registry,
+      "llm_proxy_time_to_first_token_seconds",
+      "Streamed answers: arrival of the request until the first chunk of the upstream's answer, by provider and model",
+      "histogram",
+      () => this.models().flatMap((m) => m.firstToken.count === 0 ? [] : histogramValues("llm_proxy_time_to_first_token_seconds", m.labels, m.firstToken, firstTokenBuckets))
+    )
+    register(
+      registry,
+      "llm_proxy_output_tokens_per_second",
+      "Completion tokens per second of generation, by provider, model and stream (streams: after the first chunk; JSON: the whole upstream wait)",
+      "histogram",
+      () =>
+        this.models().flatMap((m) => [
+          ...(m.tokensPerSecond.stream.count === 0 ? [] : histogramValues("llm_proxy_output_tokens_per_second", { ...m.labels, stream: "true" }, m.tokensPerSecond.stream, tokensPerSecondBuckets)),
+          ...(m.tokensPerSecond.json.count === 0 ? [] : histogramValues("llm_proxy_output_tokens_per_second", { ...m.labels, stream: "false" }, m.tokensPerSecond.json, tokensPerSecondBuckets))
+        ])
+    )
+    register(
+      registry,
       "llm_proxy_tokens_total",
       "LLM tokens reported by the upstream, by provider, model and kind (prompt, completion)",
       "counter",
@@ -113,6 +142,12 @@ export class RequestSeries {
           ])
         )
     )
+  }
+
+  private models(): Array<ModelSeries> {
+    const out: Array<ModelSeries> = []
+    for (const models of this.byModel.values()) for (const m of models.values()) out.push(m)
+    return out
   }
 
   private all(): Array<RouteSeries> {
@@ -172,6 +207,33 @@ export class RequestSeries {
       t.prompt += prompt
       t.completion += completion
     } else models.set(model, { prompt, completion })
+  }
+
+  private model(provider: string, model: string): ModelSeries {
+    let models = this.byModel.get(provider)
+    if (models === undefined) {
+      models = new Map()
+      this.byModel.set(provider, models)
+    }
+    let m = models.get(model)
+    if (m === undefined) {
+      m = {
+        labels: { provider, model },
+        firstToken: histo(this.firstTokenBuckets.length),
+        tokensPerSecond: { stream: histo(this.tokensPerSecondBuckets.length), json: histo(this.tokensPerSecondBuckets.length) }
+      }
+      models.set(model, m)
+    }
+    return m
+  }
+
+  observeFirstToken(provider: string, model: string, seconds: number): void {
+    this.observe(this.model(provider, model).firstToken, this.firstTokenBuckets, seconds)
+  }
+
+  observeTokensPerSecond(provider: string, model: string, stream: boolean, value: number): void {
+    const t = this.model(provider, model).tokensPerSecond
+    this.observe(stream ? t.stream : t.json, this.tokensPerSecondBuckets, value)
   }
 
   private observe(h: Histo, bounds: ReadonlyArray<number>, v: number): void {
