@@ -324,11 +324,13 @@ export const make = (options: { readonly processMetrics?: boolean } = {}) =>
         series.observeOverhead(s, o.overheadSeconds)
         series.observeDuration(s, o.durationSeconds)
         if (o.upstreamSeconds !== undefined) series.observeUpstream(s, o.upstreamSeconds)
-        if ((o.promptTokens ?? 0) > 0 || (o.completionTokens ?? 0) > 0) {
-          series.addTokens(o.provider, o.model, o.promptTokens ?? 0, o.completionTokens ?? 0)
+        const tokens = (o.promptTokens ?? 0) > 0 || (o.completionTokens ?? 0) > 0
+        if (tokens || o.firstTokenSeconds !== undefined || o.outputTokensPerSecond !== undefined) {
+          const m = series.model(o.provider, o.model)
+          if (tokens) series.addTokens(m, o.promptTokens ?? 0, o.completionTokens ?? 0)
+          if (o.firstTokenSeconds !== undefined) series.observeFirstToken(m, o.firstTokenSeconds)
+          if (o.outputTokensPerSecond !== undefined) series.observeTokensPerSecond(m, o.stream === true, o.outputTokensPerSecond)
         }
-        if (o.firstTokenSeconds !== undefined) series.observeFirstToken(o.provider, o.model, o.firstTokenSeconds)
-        if (o.outputTokensPerSecond !== undefined) series.observeTokensPerSecond(o.provider, o.model, o.stream === true, o.outputTokensPerSecond)
         if (o.rejectedBy === "quota") quotaRejected.inc()
         else if (o.rejectedBy === "token_rate_limit") rateLimited.inc({ scope: "token" })
         else if (o.rejectedBy === "project_rate_limit") rateLimited.inc({ scope: "project" })

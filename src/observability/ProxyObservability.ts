@@ -236,32 +236,30 @@ export const accessJson = (ctx: ProxyRequestContext, f: AccessFacts): string => 
 
 const round = (ms: number | undefined) => (ms === undefined ? undefined : Math.round(ms * 1000) / 1000)
 
-const NO_TIMINGS = { stream: false, firstTokenSeconds: undefined, outputTokensPerSecond: undefined } as const
+/** A successful forwarded answer: the only ones whose timings say something about generation. */
+const answered = (ctx: ProxyRequestContext) => ctx.forwarded && ctx.status >= 200 && ctx.status < 300 && ctx.proxyMs !== undefined
 
 /**
- * Time to first token and output tokens per second of a successful forwarded answer (metrics):
- * - time to first token, streamed (SSE) answers only: the request's arrival until the first chunk of the upstream's
- *   body arrived (a JSON answer has no first token apart from its end);
- * - output tokens per second, answers that report completion tokens: for streams, the tokens over the time from the
- *   first chunk to the end (the generation, without the wait for the first token); for JSON answers, over the time
- *   from sending the request upstream to the end (the whole wait: when generation began is not visible). Answers
- *   whose tokens all came within 1 ms (one chunk) are not counted.
+ * Time to first token (metrics), streamed (SSE) answers only: the request's arrival until the first chunk of the
+ * upstream's body arrived. A JSON answer has no first token apart from its end, so it is not observed.
  */
-export const streamTimings = (ctx: ProxyRequestContext, durationMs: number): {
-  readonly stream: boolean
-  readonly firstTokenSeconds: number | undefined
-  readonly outputTokensPerSecond: number | undefined
-} => {
-  if (!ctx.forwarded || ctx.status < 200 || ctx.status >= 300 || ctx.proxyMs === undefined) return NO_TIMINGS
+export const firstTokenSeconds = (ctx: ProxyRequestContext): number | undefined => {
   const first = ctx.answer?.firstChunkAt
+  return ctx.stream && first !== undefined && answered(ctx) ? Math.max(0, first - ctx.startedAt) / 1000 : undefined
+}
+
+/**
+ * Output tokens per second (metrics), answers that report completion tokens: for streams, the tokens over the time
+ * from the first chunk to the end (the generation, without the wait for the first token); for JSON answers, over the
+ * time from sending the request upstream to the end (the whole wait: when generation began is not visible). Answers
+ * whose tokens all came within 1 ms (one chunk) are not counted.
+ */
+export const outputTokensPerSecond = (ctx: ProxyRequestContext, durationMs: number): number | undefined => {
   const tokens = ctx.usage?.completion_tokens ?? 0
-  const endAt = ctx.startedAt + durationMs
-  const generationMs = ctx.stream ? (first === undefined ? 0 : endAt - first) : durationMs - ctx.proxyMs
-  return {
-    stream: ctx.stream,
-    firstTokenSeconds: ctx.stream && first !== undefined ? Math.max(0, first - ctx.startedAt) / 1000 : undefined,
-    outputTokensPerSecond: tokens > 0 && generationMs >= 1 ? tokens / (generationMs / 1000) : undefined
-  }
+  if (tokens <= 0 || !answered(ctx)) return undefined
+  const first = ctx.answer?.firstChunkAt
+  const generationMs = ctx.stream ? (first === undefined ? 0 : ctx.startedAt + durationMs - first) : durationMs - ctx.proxyMs!
+  return generationMs >= 1 ? tokens / (generationMs / 1000) : undefined
 }
 
 /** The hooks, and the fiber that writes access-log lines. Scoped: the fiber drains what is queued on shutdown. */
@@ -489,7 +487,9 @@ export const make = (options: {
           promptTokens: ctx.usage?.prompt_tokens,
           completionTokens: ctx.usage?.completion_tokens,
           rejectedBy: ctx.rejectedBy,
-          ...streamTimings(ctx, durationMs)
+          stream: ctx.stream,
+          firstTokenSeconds: firstTokenSeconds(ctx),
+          outputTokensPerSecond: outputTokensPerSecond(ctx, durationMs)
         }
         if (options.metrics) metrics.request(o)
         if (accessLog) enqueue(ctx, { durationMs, overheadMs, model, cache: o.cache })

@@ -509,24 +509,29 @@ export const make = (otlp: OtlpConfig, serviceVersion: string) =>
     let dropped = 0
     let exporting = false
 
-    const send = (batch: { readonly body: Buffer; readonly count: number }) =>
-      Effect.tryPromise({
-        try: async (signal) => {
-          const body = compress ? await gzipBody(batch.body) : batch.body
-          const r = await request(otlp.tracesUrl, { method: "POST", headers, body, signal, headersTimeout: timeoutMs, bodyTimeout: timeoutMs })
-          await r.body.dump()
-          if (r.statusCode >= 300) throw new Error(`collector answered ${r.statusCode}`)
-        },
-        catch: (e) => e
-      }).pipe(
+    type Batch = { readonly body: Buffer; readonly count: number }
+    /**
+     * One export request, as a plain Promise that settles within the timeout and never rejects (the reason of a
+     * failure, else undefined): it is not tied to a fiber, so the export under way at shutdown is awaited by the
+     * finalizer instead of being cut off.
+     */
+    const post = async (batch: Batch): Promise<string | undefined> => {
+      try {
+        const body = compress ? await gzipBody(batch.body) : batch.body
         // OTEL_EXPORTER_OTLP_TIMEOUT bounds the whole export request.
-        Effect.timeout(Duration.millis(timeoutMs)),
-        Effect.catchAll((e) =>
-          Effect.sync(() => (dropped += batch.count)).pipe(
-            Effect.zipRight(Effect.logDebug(`proxy spans: export of ${batch.count} spans failed`, String((e as Error)?.message ?? e)))
-          )
-        )
-      )
+        const signal = AbortSignal.timeout(timeoutMs)
+        const r = await request(otlp.tracesUrl, { method: "POST", headers, body, signal, headersTimeout: timeoutMs, bodyTimeout: timeoutMs })
+        await r.body.dump()
+        return r.statusCode >= 300 ? `collector answered ${r.statusCode}` : undefined
+      } catch (e) {
+        return String((e as Error)?.message ?? e)
+      }
+    }
+    const send = (batch: Batch) =>
+      Effect.flatMap(Effect.promise(() => post(batch)), (failure) =>
+        failure === undefined ? Effect.void : Effect.sync(() => (dropped += batch.count)).pipe(
+          Effect.zipRight(Effect.logDebug(`proxy spans: export of ${batch.count} spans failed`, failure))
+        ))
 
     // Records wait as they are and are encoded together when a batch is sealed: one tight loop over 1,000 records
     // runs hot (JIT, caches) and costs much less per record than encoding each in the middle of its request.
@@ -539,22 +544,24 @@ export const make = (otlp: OtlpConfig, serviceVersion: string) =>
       ready.push({ body: encoder.take(), count: batch.length })
     }
 
+    const runtime = yield* Effect.runtime<never>()
+    const runPromise = Runtime.runPromise(runtime)
+    const runFork = Runtime.runFork(runtime)
+    let inFlight: Promise<unknown> | undefined
     const flush: Effect.Effect<void> = Effect.suspend(() => {
       if (exporting) return Effect.void
       const batch = ready.shift()
       if (batch === undefined) return Effect.void
       exporting = true
-      // Uninterruptible: at shutdown the export under way finishes (bounded by the timeout) instead of being lost.
-      return Effect.uninterruptible(send(batch)).pipe(
-        Effect.ensuring(Effect.sync(() => {
-          exporting = false
-          queued -= batch.count
-        })),
-        Effect.zipRight(flush)
-      )
+      const sent = runPromise(send(batch)).finally(() => {
+        exporting = false
+        inFlight = undefined
+        queued -= batch.count
+      })
+      inFlight = sent
+      return Effect.zipRight(Effect.promise(() => sent), flush)
     })
 
-    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
     yield* Effect.forkScoped(Effect.forever(Effect.zipRight(
       Effect.sleep(Duration.millis(otlp.exportIntervalMs)),
       Effect.suspend(() => {
@@ -562,11 +569,12 @@ export const make = (otlp: OtlpConfig, serviceVersion: string) =>
         return flush
       })
     )))
+    // At shutdown: the export under way, then everything still buffered (5 s in all).
     yield* Effect.addFinalizer(() =>
       Effect.suspend(() => {
         seal()
         const rest = ready.splice(0)
-        return Effect.forEach(rest, send, { discard: true })
+        return Effect.zipRight(Effect.promise(() => inFlight ?? Promise.resolve()), Effect.forEach(rest, send, { discard: true }))
       }).pipe(Effect.timeout(Duration.seconds(5)), Effect.ignore)
     )
 

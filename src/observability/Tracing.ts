@@ -1,15 +1,17 @@
 /**
  * Tracing: @effect/opentelemetry's OTLP/HTTP span exporter (protobuf by default, JSON with
  * `OTEL_EXPORTER_OTLP_PROTOCOL=http/json`) when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
- * `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set and `OTEL_SDK_DISABLED` is not; otherwise nothing is exported, the data plane builds no spans at all
- * (`ProxySpans` = none) and the control plane's `Effect.fn` / `sql.execute` spans stay in Effect's in-process tracer
- * as they would without this module.
+ * `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set and `OTEL_SDK_DISABLED` is not; otherwise nothing is exported, the
+ * data plane builds no spans at all (`ProxySpans` = none) and the control plane's `Effect.fn` / `sql.execute` spans
+ * stay in Effect's in-process tracer as they would without this module.
  *
  * What is traced: the management API (`HttpMiddleware.tracer` in src/http/App.ts), every store query (@effect/sql's
- * `sql.execute` spans: statement text with placeholders, never the values), /v1 requests (`proxy.request` with a
- * `proxy.upstream` child, exported by the lean src/observability/ProxySpans.ts) and whatever else runs `Effect.fn` spans
- * (dispatcher batches). Trace context is never sent to providers: the data plane calls undici directly and strips
- * `traceparent`/`tracestate`/`b3` from what it forwards (src/proxy/policy.ts).
+ * `sql.execute` spans: statement text with placeholders, never the values), /v1 requests (a server span with the
+ * upstream call's client span — the GenAI span on GenAI routes —, exported by the lean src/observability/ProxySpans.ts)
+ * and whatever else runs `Effect.fn` spans (dispatcher batches). Trace context is never sent to providers: the data
+ * plane calls undici directly and strips `traceparent`/`tracestate`/`b3` from what it forwards (src/proxy/policy.ts)
+ * and adds none of its own. A caller's trace context is only followed with TRUST_INCOMING_TRACE_CONTEXT
+ * (src/http/Server.ts drops it from management requests otherwise; the data plane reads `traceparent` only then).
  */
 import * as OtlpSerialization from "@effect/opentelemetry/OtlpSerialization"
 import * as OtlpTracer from "@effect/opentelemetry/OtlpTracer"

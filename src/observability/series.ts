@@ -56,11 +56,17 @@ const register = (
   registry.registerMetric(metric as never)
 }
 
-/** Per provider and model: time to first token, and output tokens per second by `stream` (true / false). */
+/**
+ * Per provider and model (one lookup per request for all of them): the token counters, time to first token, and
+ * output tokens per second of streamed and of JSON answers.
+ */
 interface ModelSeries {
   readonly labels: { readonly provider: string; readonly model: string }
+  prompt: number
+  completion: number
   readonly firstToken: Histo
-  readonly tokensPerSecond: { readonly stream: Histo; readonly json: Histo }
+  readonly streamTokensPerSecond: Histo
+  readonly jsonTokensPerSecond: Histo
 }
 
 /** Histogram samples (cumulative buckets, +Inf, sum, count) of `h` under `labels`. */
@@ -79,7 +85,6 @@ const histogramValues = (name: string, labels: Record<string, string>, h: Histo,
 
 export class RequestSeries {
   private readonly byProvider = new Map<string, Map<string, RouteSeries>>()
-  private readonly tokens = new Map<string, Map<string, { prompt: number; completion: number }>>()
   private readonly byModel = new Map<string, Map<string, ModelSeries>>()
 
   constructor(
@@ -125,8 +130,8 @@ export class RequestSeries {
       "histogram",
       () =>
         this.models().flatMap((m) => [
-          ...(m.tokensPerSecond.stream.count === 0 ? [] : histogramValues("llm_proxy_output_tokens_per_second", { ...m.labels, stream: "true" }, m.tokensPerSecond.stream, tokensPerSecondBuckets)),
-          ...(m.tokensPerSecond.json.count === 0 ? [] : histogramValues("llm_proxy_output_tokens_per_second", { ...m.labels, stream: "false" }, m.tokensPerSecond.json, tokensPerSecondBuckets))
+          ...(m.streamTokensPerSecond.count === 0 ? [] : histogramValues("llm_proxy_output_tokens_per_second", { ...m.labels, stream: "true" }, m.streamTokensPerSecond, tokensPerSecondBuckets)),
+          ...(m.jsonTokensPerSecond.count === 0 ? [] : histogramValues("llm_proxy_output_tokens_per_second", { ...m.labels, stream: "false" }, m.jsonTokensPerSecond, tokensPerSecondBuckets))
         ])
     )
     register(
@@ -135,11 +140,11 @@ export class RequestSeries {
       "LLM tokens reported by the upstream, by provider, model and kind (prompt, completion)",
       "counter",
       () =>
-        [...this.tokens.entries()].flatMap(([provider, models]) =>
-          [...models.entries()].flatMap(([model, t]) => [
-            { labels: { provider, model, kind: "prompt" }, value: t.prompt },
-            { labels: { provider, model, kind: "completion" }, value: t.completion }
-          ])
+        this.models().flatMap((m) =>
+          m.prompt === 0 && m.completion === 0 ? [] : [
+            { labels: { ...m.labels, kind: "prompt" }, value: m.prompt },
+            { labels: { ...m.labels, kind: "completion" }, value: m.completion }
+          ]
         )
     )
   }
@@ -196,20 +201,8 @@ export class RequestSeries {
     this.observe(s.duration, this.latencyBuckets, seconds)
   }
 
-  addTokens(provider: string, model: string, prompt: number, completion: number): void {
-    let models = this.tokens.get(provider)
-    if (models === undefined) {
-      models = new Map()
-      this.tokens.set(provider, models)
-    }
-    const t = models.get(model)
-    if (t !== undefined) {
-      t.prompt += prompt
-      t.completion += completion
-    } else models.set(model, { prompt, completion })
-  }
-
-  private model(provider: string, model: string): ModelSeries {
+  /** The series of one provider and model (created on first use). */
+  model(provider: string, model: string): ModelSeries {
     let models = this.byModel.get(provider)
     if (models === undefined) {
       models = new Map()
@@ -219,21 +212,28 @@ export class RequestSeries {
     if (m === undefined) {
       m = {
         labels: { provider, model },
+        prompt: 0,
+        completion: 0,
         firstToken: histo(this.firstTokenBuckets.length),
-        tokensPerSecond: { stream: histo(this.tokensPerSecondBuckets.length), json: histo(this.tokensPerSecondBuckets.length) }
+        streamTokensPerSecond: histo(this.tokensPerSecondBuckets.length),
+        jsonTokensPerSecond: histo(this.tokensPerSecondBuckets.length)
       }
       models.set(model, m)
     }
     return m
   }
 
-  observeFirstToken(provider: string, model: string, seconds: number): void {
-    this.observe(this.model(provider, model).firstToken, this.firstTokenBuckets, seconds)
+  addTokens(m: ModelSeries, prompt: number, completion: number): void {
+    m.prompt += prompt
+    m.completion += completion
   }
 
-  observeTokensPerSecond(provider: string, model: string, stream: boolean, value: number): void {
-    const t = this.model(provider, model).tokensPerSecond
-    this.observe(stream ? t.stream : t.json, this.tokensPerSecondBuckets, value)
+  observeFirstToken(m: ModelSeries, seconds: number): void {
+    this.observe(m.firstToken, this.firstTokenBuckets, seconds)
+  }
+
+  observeTokensPerSecond(m: ModelSeries, stream: boolean, value: number): void {
+    this.observe(stream ? m.streamTokensPerSecond : m.jsonTokensPerSecond, this.tokensPerSecondBuckets, value)
   }
 
   private observe(h: Histo, bounds: ReadonlyArray<number>, v: number): void {

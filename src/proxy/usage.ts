@@ -7,7 +7,8 @@
  * In the same pass it notes what the answer says about itself (`AnswerFacts`: the model that answered, the answer's
  * id, why generation stopped, cached input tokens, when the first bytes came) for the GenAI span attributes and the
  * time-to-first-token metric. No extra parse for JSON (the same document); for SSE, besides the lines that carry
- * usage, only the first `data:` line (id and model) and lines with a `finish_reason` value are parsed.
+ * usage, the first `data:` line (id and model) and lines with a `finish_reason` value are kept and parsed only when
+ * the facts are asked for (a traced request).
  */
 import { StringDecoder } from "node:string_decoder"
 import { Transform, type TransformCallback } from "node:stream"
@@ -164,6 +165,8 @@ export class UsageReader implements AnswerFacts {
   private readonly acc: Partial = {}
   private readonly facts: Facts = {}
   private sawData = false
+  /** SSE lines kept for their facts only (the first event, ends of choices): parsed when a fact is asked for. */
+  private deferred: Array<string> | undefined = undefined
   private readonly decoder: StringDecoder | undefined
   private readonly limit: number
   private line = ""
@@ -185,13 +188,29 @@ export class UsageReader implements AnswerFacts {
   }
 
   get responseModel(): string | undefined {
-    return this.facts.model
+    return this.resolved().model
   }
   get responseId(): string | undefined {
-    return this.facts.id
+    return this.resolved().id
   }
   get finishReasons(): ReadonlyArray<string> | undefined {
-    return this.facts.finish
+    return this.resolved().finish
+  }
+
+  /** The facts, with the deferred SSE lines parsed (once, and only when someone asks: a traced request). */
+  private resolved(): Facts {
+    const lines = this.deferred
+    if (lines !== undefined) {
+      this.deferred = undefined
+      for (const line of lines) {
+        try {
+          mergeAnswer(this.facts, JSON.parse(line.slice(5)))
+        } catch {
+          // A malformed event: no facts from it.
+        }
+      }
+    }
+    return this.facts
   }
   get cacheReadTokens(): number | undefined {
     return this.acc.cacheRead
@@ -258,17 +277,21 @@ export class UsageReader implements AnswerFacts {
   private onLine(raw: string): void {
     const line = raw.endsWith("\r") ? raw.slice(0, -1) : raw
     if (!line.startsWith("data:")) return
-    // Only lines that can carry usage, the first event (id, model) and the ends of choices are parsed: most chunks
-    // are content deltas.
+    // Only lines that can carry usage are parsed: most chunks are content deltas. The first event (id, model) and the
+    // ends of choices (finish reasons) are kept as they are and parsed only if a span asks for them.
     const first = !this.sawData
     this.sawData = true
-    if (!first && !line.includes("_tokens") && !hasFinishReason(line)) return
-    try {
-      const doc: unknown = JSON.parse(line.slice(5))
-      mergeUsage(this.acc, doc)
-      mergeAnswer(this.facts, doc)
-    } catch {
-      // A malformed event: ignore it, keep streaming.
+    if (line.includes("_tokens")) {
+      try {
+        const doc: unknown = JSON.parse(line.slice(5))
+        mergeUsage(this.acc, doc)
+        mergeAnswer(this.facts, doc)
+      } catch {
+        // A malformed event: ignore it, keep streaming.
+      }
+    } else if (first || hasFinishReason(line)) {
+      const kept = (this.deferred ??= [])
+      if (kept.length <= MAX_CHOICES) kept.push(line)
     }
   }
 }

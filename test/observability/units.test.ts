@@ -1,5 +1,7 @@
 /** Pure parts of observability, table-driven. */
 import { Cause, ConfigProvider, Effect, Either, Option, Redacted } from "effect"
+import { createServer } from "node:http"
+import type { AddressInfo } from "node:net"
 import { describe, expect, it } from "vitest"
 import { appConfig, formatConfigError, type OtlpConfig, parseOtlpHeaders, parseResourceAttributes } from "../../src/config/AppConfig.js"
 import { routeTemplate } from "../../src/http/Server.js"
@@ -572,6 +574,68 @@ const spansConfig = (over: Partial<OtlpConfig> = {}): OtlpConfig => ({
   parentBased: true,
   trustIncomingTrace: false,
   ...over
+})
+
+describe("ProxySpans exporter", () => {
+  /** A collector that answers after `delayMs` (never, for Infinity) and counts what it received. */
+  const collector = async (delayMs: number) => {
+    const received: Array<Buffer> = []
+    const server = createServer((req, res) => {
+      const parts: Array<Buffer> = []
+      req.on("data", (d: Buffer) => parts.push(d))
+      req.on("end", () => {
+        received.push(Buffer.concat(parts))
+        if (Number.isFinite(delayMs)) setTimeout(() => res.writeHead(200).end("{}"), delayMs)
+      })
+    })
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r))
+    return {
+      url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/traces`,
+      received,
+      close: () => {
+        server.closeAllConnections()
+        return new Promise<void>((r) => server.close(() => r()))
+      }
+    }
+  }
+
+  it("gives an export up after OTEL_EXPORTER_OTLP_TIMEOUT and counts its spans as dropped", async () => {
+    const c = await collector(Infinity)
+    try {
+      const dropped = await Effect.runPromise(Effect.scoped(Effect.gen(function*() {
+        const spans = yield* makeProxySpans(spansConfig({ tracesUrl: c.url, timeoutMs: 200, maxExportBatchSize: 1 }), "v")
+        // A full batch (1 record) is sent at once.
+        spans.record(record())
+        yield* Effect.sleep("600 millis")
+        return spans.dropped()
+      })))
+      expect(c.received).toHaveLength(1)
+      expect(dropped).toBe(1)
+    } finally {
+      await c.close()
+    }
+  })
+
+  it("finishes the export under way at shutdown, and sends what is still buffered", async () => {
+    const c = await collector(300)
+    try {
+      const dropped = await Effect.runPromise(Effect.scoped(Effect.gen(function*() {
+        const spans = yield* makeProxySpans(spansConfig({ tracesUrl: c.url, maxExportBatchSize: 2 }), "v")
+        spans.record(record({ requestId: "a" }))
+        spans.record(record({ requestId: "b" }))
+        // the export of a and b is under way; c waits in the buffer when the scope closes
+        spans.record(record({ requestId: "c" }))
+        yield* Effect.sleep("50 millis")
+        return spans
+      }))).then((s) => s.dropped())
+      expect(dropped).toBe(0)
+      const ids = c.received.flatMap((b) => (JSON.parse(b.toString("utf8")) as { resourceSpans: Array<{ scopeSpans: Array<{ spans: Array<any> }> }> })
+        .resourceSpans[0]!.scopeSpans[0]!.spans.filter((s) => s.kind === 2).map((s) => plain(s.attributes)["llm_proxy.request_id"]))
+      expect(ids).toEqual(["a", "b", "c"])
+    } finally {
+      await c.close()
+    }
+  })
 })
 
 describe("ProxySpans sampling", () => {
