@@ -50,7 +50,7 @@ interface Partial {
 }
 
 /** Facts read so far (ids and reasons are bounded: they come from the upstream). */
-interface Facts {
+export interface Facts {
   model?: string | undefined
   id?: string | undefined
   finish?: Array<string>
@@ -134,6 +134,78 @@ export const mergeAnswer = (f: Facts, doc: unknown): void => {
   if (typeof d.delta === "object" && d.delta !== null) addFinish(f, 0, d.delta.stop_reason)
 }
 
+const isBlank = (c: number) => c === 0x20 || c === 0x09
+
+/**
+ * The position just after `"key"` and its colon at or after `from` (before `to`), or -1. JSON whitespace around the
+ * colon is allowed.
+ */
+const afterKey = (line: string, key: string, from: number, to: number): number => {
+  const at = line.indexOf(key, from)
+  if (at === -1 || at >= to) return -1
+  let i = at + key.length
+  while (i < to && isBlank(line.charCodeAt(i))) i++
+  if (line.charCodeAt(i) !== 0x3a) return -1
+  i++
+  while (i < to && isBlank(line.charCodeAt(i))) i++
+  return i
+}
+
+/** A JSON string value starting at `i` (its quote): the text, or undefined when it is not one without escapes. */
+const plainString = (line: string, i: number): string | undefined => {
+  if (line.charCodeAt(i) !== 0x22) return undefined
+  const end = line.indexOf('"', i + 1)
+  if (end === -1) return undefined
+  const v = line.slice(i + 1, end)
+  return v.includes("\\") ? undefined : v
+}
+
+/**
+ * The facts of an OpenAI chunk line (`data: {"id":…,"model":…,"choices":[{"index":0,…,"finish_reason":"stop"}]}`)
+ * read without parsing it: `id` and `model` before `"choices"` (top level), then each choice's `finish_reason` string
+ * with the `index` before it. Returns false — the caller parses the line — for anything else: no `"choices"`, a
+ * value with escapes, a key whose value is not what is expected (test/proxy/usage.test.ts compares with JSON.parse).
+ */
+export const chunkFacts = (f: Facts, line: string): boolean => {
+  const choices = line.indexOf('"choices"')
+  if (choices === -1) return false
+  let id: string | undefined
+  let model: string | undefined
+  const idAt = afterKey(line, '"id"', 0, choices)
+  if (idAt !== -1) {
+    id = plainString(line, idAt)
+    if (id === undefined) return false
+  }
+  const modelAt = afterKey(line, '"model"', 0, choices)
+  if (modelAt !== -1) {
+    model = plainString(line, modelAt)
+    if (model === undefined) return false
+  }
+  const reasons: Array<readonly [number, string]> = []
+  // A reason after an array inside the choices (tool calls, logprobs: indexes of their own) is left to the parser.
+  const nested = line.indexOf("[", line.indexOf("[", choices) + 1)
+  let from = choices
+  for (;;) {
+    const at = afterKey(line, '"finish_reason"', from, line.length)
+    if (at === -1) break
+    from = at
+    if (line.startsWith("null", at)) continue
+    const reason = plainString(line, at)
+    // The choice's index: the last `"index": N` between the start of the choices and this reason.
+    const indexKey = line.lastIndexOf('"index"', at)
+    if (reason === undefined || indexKey < choices || (nested !== -1 && nested < at)) return false
+    const n = afterKey(line, '"index"', indexKey, at)
+    let end = n
+    while (end < at && line.charCodeAt(end) >= 0x30 && line.charCodeAt(end) <= 0x39) end++
+    if (n === -1 || end === n) return false
+    reasons.push([Number(line.slice(n, end)), reason])
+  }
+  f.id ??= fact(id)
+  f.model ??= fact(model)
+  for (const [i, r] of reasons) addFinish(f, i, r)
+  return true
+}
+
 /** True when an SSE line carries a `finish_reason` with a value (not `null`): a compact or spaced JSON key. */
 const hasFinishReason = (line: string): boolean => {
   const at = line.indexOf("finish_reason\"")
@@ -203,6 +275,7 @@ export class UsageReader implements AnswerFacts {
     if (lines !== undefined) {
       this.deferred = undefined
       for (const line of lines) {
+        if (chunkFacts(this.facts, line)) continue
         try {
           mergeAnswer(this.facts, JSON.parse(line.slice(5)))
         } catch {

@@ -166,6 +166,7 @@ describe("llm-proxy benchmark through a running serve", () => {
   })
 
   it("is listed in --help with its options", async () => {
+    expect((await cli("--help")).out).toContain("benchmark")
     const run = await cli("benchmark", "--help")
     for (const flag of ["--url", "--token", "--requests", "--concurrency", "--stream", "--model", "--timeout", "--json"]) expect(run.out, flag).toContain(flag)
   })

@@ -1,7 +1,7 @@
 import { Readable, Writable } from "node:stream"
 import { pipeline } from "node:stream/promises"
 import { describe, expect, it } from "vitest"
-import { finishUsage, mergeUsage, UsageCapture } from "../../src/proxy/usage.js"
+import { chunkFacts, type Facts, finishUsage, mergeAnswer, mergeUsage, UsageCapture } from "../../src/proxy/usage.js"
 import { chatChunks } from "../support/mockUpstream.js"
 
 const run = async (capture: UsageCapture, chunks: ReadonlyArray<string | Buffer>) => {
@@ -171,5 +171,63 @@ describe("AnswerFacts read on the side", () => {
     await run(c, [])
     expect(c.reader.firstChunkAt).toBeUndefined()
     expect(facts(c)).toEqual({ model: undefined, id: undefined, finish: undefined, input: undefined, cacheRead: undefined, cacheCreation: undefined })
+  })
+})
+
+describe("chunkFacts (an OpenAI chunk's facts without parsing it)", () => {
+  const viaParse = (line: string): Facts => {
+    const f: Facts = {}
+    mergeAnswer(f, JSON.parse(line.slice(5)))
+    return f
+  }
+  const viaScan = (line: string): Facts | undefined => {
+    const f: Facts = {}
+    return chunkFacts(f, line) ? f : undefined
+  }
+
+  it("reads the usual chunks itself", () => {
+    for (const doc of [
+      { id: "chatcmpl-1", object: "chat.completion.chunk", created: 1, model: "gpt-4o-mini", choices: [{ index: 0, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }] },
+      { id: "chatcmpl-1", object: "chat.completion.chunk", created: 1, model: "gpt-4o-mini", system_fingerprint: "fp_1", choices: [{ index: 0, delta: {}, logprobs: null, finish_reason: "stop" }] },
+      { id: "c", model: "m", choices: [{ index: 1, delta: {}, finish_reason: "length" }, { index: 0, delta: {}, finish_reason: "stop" }] }
+    ]) {
+      const line = `data: ${JSON.stringify(doc)}`
+      expect(viaScan(line), line).toEqual(viaParse(line))
+    }
+  })
+
+  it("gives the same facts as JSON.parse on 3,000 generated lines, or leaves them to it", () => {
+    let seed = 7
+    const rand = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2147483648
+      return seed % n
+    }
+    const pick = <A>(xs: ReadonlyArray<A>): A => xs[rand(xs.length)]!
+    let scanned = 0
+    for (let k = 0; k < 3000; k++) {
+      const choices = Array.from({ length: rand(3) }, (_, i) => ({
+        index: pick([i, i + 1, 0]),
+        delta: pick([{}, { content: "x" }, { tool_calls: [{ index: rand(3), id: "call_1", function: { name: "f" } }] }]),
+        ...(rand(2) === 0 ? { logprobs: pick([null, { content: [{ token: "a" }] }]) } : {}),
+        finish_reason: pick([null, "stop", "length", "tool_calls", 'we"ird', "back\\slash"])
+      }))
+      const doc: Record<string, unknown> = {}
+      for (const key of [pick(["id", "x"]), "object", pick(["model", "y"]), "choices"]) {
+        doc[key] = key === "choices" ? choices : pick(["chatcmpl-1", "", 'q"uote', "gpt-4o", "ü-model"])
+      }
+      if (rand(4) === 0) doc["usage"] = null
+      const json = JSON.stringify(doc)
+      const line = `data: ${rand(3) === 0 ? json.replaceAll('":', '": ') : json}`
+      const scan = viaScan(line)
+      if (scan === undefined) continue
+      scanned++
+      expect(scan, line).toEqual(viaParse(line))
+    }
+    // Most lines take the fast path.
+    expect(scanned).toBeGreaterThan(1000)
+  })
+
+  it("leaves lines without choices to the parser", () => {
+    expect(viaScan('data: {"type":"message_delta","delta":{"stop_reason":"end_turn"}}')).toBeUndefined()
   })
 })
