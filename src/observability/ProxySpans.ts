@@ -503,13 +503,13 @@ export const make = (otlp: OtlpConfig, serviceVersion: string) =>
     const maxBuffered = otlp.maxQueueSize
     const maxBatch = otlp.maxExportBatchSize
     const timeoutMs = otlp.timeoutMs
+    type Batch = { readonly body: Buffer; readonly count: number }
     // Full batches waiting for the exporter (each maxBatch records), oldest first.
-    const ready: Array<{ readonly body: Buffer; readonly count: number }> = []
+    const ready: Array<Batch> = []
     let queued = 0
     let dropped = 0
     let exporting = false
 
-    type Batch = { readonly body: Buffer; readonly count: number }
     /**
      * One export request, as a plain Promise that settles within the timeout and never rejects (the reason of a
      * failure, else undefined): it is not tied to a fiber, so the export under way at shutdown is awaited by the

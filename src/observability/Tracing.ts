@@ -64,18 +64,22 @@ export const tracerLayer = (otlp: Option.Option<OtlpConfig>, serviceVersion: str
     // Effect's own in-process tracer stays (it exports nothing; tests count store queries through it).
     onNone: () => Layer.empty,
     onSome: (o) =>
-      OtlpTracer.layer({
-        url: o.tracesUrl,
-        resource: { serviceName: o.serviceName, serviceVersion, attributes: o.resourceAttributes },
-        headers: Redacted.value(o.headers),
-        exportInterval: o.exportIntervalMs,
-        maxBatchSize: o.maxExportBatchSize,
-        shutdownTimeout: "3 seconds"
-      }).pipe(
-        Layer.provide([o.protocol === "http/json" ? OtlpSerialization.layerJson : OtlpSerialization.layerProtobuf, exportClient(o)]),
-        // The resource comes from our configuration alone: the exporter would otherwise read OTEL_RESOURCE_ATTRIBUTES
-        // again with a parser of its own (no URL-decoding, a second `service.name`).
-        Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map())))
+      Layer.unwrapScoped(Effect.map(
+        OtlpTracer.make({
+          url: o.tracesUrl,
+          resource: { serviceName: o.serviceName, serviceVersion, attributes: o.resourceAttributes },
+          headers: Redacted.value(o.headers),
+          exportInterval: o.exportIntervalMs,
+          maxBatchSize: o.maxExportBatchSize,
+          shutdownTimeout: "3 seconds"
+        }).pipe(
+          // The resource comes from our configuration alone: the exporter would otherwise read OTEL_RESOURCE_ATTRIBUTES
+          // again with a parser of its own (no URL-decoding, a second `service.name`).
+          Effect.withConfigProvider(ConfigProvider.fromMap(new Map()))
+        ),
+        Layer.setTracer
+      )).pipe(
+        Layer.provide([o.protocol === "http/json" ? OtlpSerialization.layerJson : OtlpSerialization.layerProtobuf, exportClient(o)])
       )
   })
 

@@ -48,6 +48,7 @@ const sqlite = backends.find((b) => b.name === "sqlite")!
 const ENCRYPTION_KEY = Buffer.alloc(32, 7).toString("base64")
 const CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
 const CLIENT_SPAN = "b7ad6b7169203331"
+const RESOURCE_ATTRIBUTES = "deployment.environment.name=ci,team=ai%20gateway,service.name=ignored"
 
 /** The tracing settings `serve` would read from these environment variables. */
 const otlpFromEnv = (env: Record<string, string>): Option.Option<OtlpConfig> =>
@@ -99,6 +100,8 @@ describe.each(["http/protobuf", "http/json"] as const)("tracing over OTLP/HTTP (
   beforeAll(async () => {
     receiver = await startReceiver()
     backend = await sqlite.create()
+    // As in a deployment, the variable is in the environment too: nothing may read it a second time on its own.
+    process.env["OTEL_RESOURCE_ATTRIBUTES"] = RESOURCE_ATTRIBUTES
     stack = await startStack(backend, {
       ...withEncryptionKey(ENCRYPTION_KEY),
       otlp: otlpFromEnv({
@@ -107,7 +110,7 @@ describe.each(["http/protobuf", "http/json"] as const)("tracing over OTLP/HTTP (
         OTEL_EXPORTER_OTLP_HEADERS: "x-otlp-api-key=otlp-secret-header-value",
         OTEL_EXPORTER_OTLP_COMPRESSION: "gzip",
         OTEL_SERVICE_NAME: "llm-proxy-test",
-        OTEL_RESOURCE_ATTRIBUTES: "deployment.environment.name=ci,team=ai%20gateway,service.name=ignored",
+        OTEL_RESOURCE_ATTRIBUTES: RESOURCE_ATTRIBUTES,
         OTEL_BSP_SCHEDULE_DELAY: "200"
       })
     })
@@ -158,6 +161,7 @@ describe.each(["http/protobuf", "http/json"] as const)("tracing over OTLP/HTTP (
   }, 60_000)
 
   afterAll(async () => {
+    delete process.env["OTEL_RESOURCE_ATTRIBUTES"]
     await receiver?.close()
     await backend?.cleanup()
   })
