@@ -297,6 +297,22 @@ export const make = (options: {
       return [p.name, { origin: p.origin, genAiProvider: genAiProviderOf(p), address: u.hostname, port }] as const
     }))
     const trustIncomingTrace = options.trustIncomingTrace === true
+    // The upstream URL of a path without a query, one string per origin and path (bounded like the routes): the
+    // span encoder compares it with the previous request's, which is cheapest on the same string.
+    const urls = new Map<string, Map<string, string>>()
+    const urlOf = (origin: string, path: string): string => {
+      let byPath = urls.get(origin)
+      if (byPath === undefined) {
+        byPath = new Map()
+        urls.set(origin, byPath)
+      }
+      let url = byPath.get(path)
+      if (url === undefined) {
+        url = origin + path
+        if (byPath.size < MAX_ROUTES_CACHED) byPath.set(path, url)
+      }
+      return url
+    }
     const models = new Set<string>()
     const modelLabel = (model: string | undefined): string => {
       if (model === undefined) return "none"
@@ -410,7 +426,7 @@ export const make = (options: {
         genAiProvider: target?.genAiProvider ?? ctx.provider ?? "unknown",
         serverAddress: target?.address ?? "",
         serverPort: target?.port ?? 0,
-        urlFull: (target?.origin ?? "") + ctx.path + (ctx.url.length > ctx.path.length ? redactedQuery(ctx.url) : ""),
+        urlFull: ctx.url.length > ctx.path.length ? (target?.origin ?? "") + ctx.path + redactedQuery(ctx.url) : urlOf(target?.origin ?? "", ctx.path),
         requestModel: model,
         responseModel: a?.responseModel,
         responseId: a?.responseId,

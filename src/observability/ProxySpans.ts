@@ -87,23 +87,31 @@ export const serverSpanName = (method: string, route: string): string => (route 
 export const clientSpanName = (u: UpstreamSpanRecord, method: string): string =>
   u.operation === undefined ? method : u.requestModel === undefined ? u.operation : `${u.operation} ${u.requestModel}`
 
-/** The attributes of the two spans as OTLP/JSON writes them (semantic-convention names where one exists). */
-const requestAttributes = (r: ProxySpanRecord): Attrs => ({
+/**
+ * The attributes of the two spans as OTLP/JSON writes them (semantic-convention names where one exists), in two
+ * parts: those that repeat from request to request (encoded once per combination, see `Repeats`) and each request's
+ * own. The protobuf encoder writes the same attributes field by field (test/observability/units.test.ts compares).
+ */
+const serverRepeatedAttributes = (r: ProxySpanRecord): Attrs => ({
   "http.request.method": r.method,
   "url.scheme": "http",
   "http.route": r.route === "other" ? undefined : r.route,
+  "url.path": r.path === r.route ? r.route : undefined,
   "http.response.status_code": r.status,
-  "error.type": r.error ? String(r.status) : undefined,
+  "error.type": r.status >= 500 ? String(r.status) : undefined,
   "llm_proxy.provider": r.provider,
-  "llm_proxy.cache": r.cache,
+  "llm_proxy.cache": r.cache
+})
+
+const serverOwnAttributes = (r: ProxySpanRecord): Attrs => ({
   "llm_proxy.request_id": r.requestId,
-  "url.path": r.path,
+  "url.path": r.path === r.route ? undefined : r.path,
   "llm_proxy.project_id": r.projectId,
   "llm_proxy.token_id": r.tokenId,
   "llm_proxy.error_code": r.errorCode
 })
 
-const upstreamAttributes = (u: UpstreamSpanRecord, method: string): Attrs => ({
+const clientRepeatedAttributes = (u: UpstreamSpanRecord, method: string): Attrs => ({
   "http.request.method": method,
   "server.address": u.serverAddress,
   "server.port": u.serverPort,
@@ -114,7 +122,10 @@ const upstreamAttributes = (u: UpstreamSpanRecord, method: string): Attrs => ({
   "gen_ai.response.model": u.responseModel,
   "http.response.status_code": u.status,
   "error.type": u.error ? u.errorType ?? "_OTHER" : undefined,
-  "gen_ai.response.finish_reasons": u.finishReasons,
+  "gen_ai.response.finish_reasons": u.finishReasons
+})
+
+const clientOwnAttributes = (u: UpstreamSpanRecord): Attrs => ({
   "gen_ai.response.id": u.responseId,
   "gen_ai.usage.input_tokens": u.inputTokens,
   "gen_ai.usage.output_tokens": u.outputTokens,
@@ -123,6 +134,65 @@ const upstreamAttributes = (u: UpstreamSpanRecord, method: string): Attrs => ({
   "gen_ai.response.time_to_first_chunk": u.firstChunkSeconds,
   "llm_proxy.upstream_headers_ms": u.headersMs
 })
+
+const sameReasons = (a: ReadonlyArray<string> | undefined, b: ReadonlyArray<string> | undefined): boolean => {
+  if (a === b) return true
+  if (a === undefined || b === undefined || a.length !== b.length) return false
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false
+  return true
+}
+
+const sameServer = (a: ProxySpanRecord, b: ProxySpanRecord): boolean =>
+  a.status === b.status && a.route === b.route && a.cache === b.cache && a.provider === b.provider && a.method === b.method &&
+  (a.path === a.route) === (b.path === b.route)
+
+const serverKey = (r: ProxySpanRecord): string => `${r.method}\n${r.route}\n${r.status}\n${r.provider}\n${r.cache}\n${r.path === r.route}`
+
+/** Compares the upstream spans of two records that have one. */
+const sameClient = (a: ProxySpanRecord, b: ProxySpanRecord): boolean => {
+  const u = a.upstream!
+  const l = b.upstream!
+  return u.status === l.status && u.urlFull === l.urlFull && u.requestModel === l.requestModel &&
+    u.responseModel === l.responseModel && u.error === l.error && u.errorType === l.errorType &&
+    u.operation === l.operation && u.genAiProvider === l.genAiProvider && a.method === b.method &&
+    sameReasons(u.finishReasons, l.finishReasons)
+}
+
+const clientKey = (r: ProxySpanRecord): string => {
+  const u = r.upstream!
+  return `${r.method}\n${u.urlFull}\n${u.status}\n${u.error}\n${u.errorType}\n${u.operation}\n${u.genAiProvider}\n` +
+    `${u.requestModel === undefined ? "\u0000" : u.requestModel}\n${u.responseModel === undefined ? "\u0000" : u.responseModel}\n` +
+    `${u.finishReasons === undefined ? "\u0000" : u.finishReasons.join("\u0001")}`
+}
+
+/**
+ * The encoded attributes that repeat from request to request, once per combination (at most MAX_COMBINATIONS kept):
+ * consecutive requests usually share theirs, which a field-by-field comparison finds without building a key.
+ */
+class Repeats<A> {
+  private last: ProxySpanRecord | undefined = undefined
+  private lastValue: A | undefined = undefined
+  private readonly known = new Map<string, A>()
+
+  constructor(
+    private readonly same: (a: ProxySpanRecord, b: ProxySpanRecord) => boolean,
+    private readonly key: (r: ProxySpanRecord) => string,
+    private readonly build: (r: ProxySpanRecord) => A
+  ) {}
+
+  get(r: ProxySpanRecord): A {
+    if (this.last !== undefined && this.same(r, this.last)) return this.lastValue!
+    const key = this.key(r)
+    let value = this.known.get(key)
+    if (value === undefined) {
+      value = this.build(r)
+      if (this.known.size < MAX_COMBINATIONS) this.known.set(key, value)
+    }
+    this.last = r
+    this.lastValue = value
+    return value
+  }
+}
 
 /** Attributes whose values are always doubles (an integral value must not turn into an intValue). */
 const DOUBLE_KEYS = new Set(["gen_ai.response.time_to_first_chunk", "llm_proxy.upstream_headers_ms"])
@@ -191,10 +261,8 @@ const keyPrefix = (key: string): string => {
   return p
 }
 
-/** Appends the OTLP JSON `attributes` array to `out` (text parts, joined once per record: no intermediate objects). */
-const attributesJson = (out: Array<string>, attrs: Attrs): void => {
-  out.push("[")
-  let first = true
+/** Appends the OTLP JSON of `attrs` to `out` (entries only, each after a comma unless `first`); true if any. */
+const attributesJson = (out: Array<string>, attrs: Attrs, first: boolean): boolean => {
   for (const key in attrs) {
     const v = attrs[key]
     if (v === undefined) continue
@@ -206,7 +274,19 @@ const attributesJson = (out: Array<string>, attrs: Attrs): void => {
     else if (typeof v === "string") out.push(`{"stringValue":${JSON.stringify(v)}}}`)
     else out.push(`{"arrayValue":{"values":[${v.map((x) => `{"stringValue":${JSON.stringify(x)}}`).join(",")}]}}}`)
   }
-  out.push("]")
+  return !first
+}
+
+/** Repeated attributes as OTLP/JSON text, with the (JSON-escaped) name of the span they go with. */
+interface RepeatedJson {
+  readonly nameJson: string
+  readonly text: string
+}
+
+const repeatedJson = (name: string, attrs: Attrs): RepeatedJson => {
+  const out: Array<string> = []
+  attributesJson(out, attrs, true)
+  return { nameJson: JSON.stringify(name), text: out.join("") }
 }
 
 const spanJson = (
@@ -214,32 +294,20 @@ const spanJson = (
   traceId: string,
   spanId: string,
   parentSpanId: string | undefined,
-  name: string,
+  repeated: RepeatedJson,
   kind: number,
   startMs: number,
   endMs: number,
-  attrs: Attrs,
+  own: Attrs,
   error: boolean
 ): void => {
   out.push(
     `{"traceId":"${traceId}","spanId":"${spanId}"${parentSpanId === undefined ? "" : `,"parentSpanId":"${parentSpanId}"`},` +
-      `"name":${JSON.stringify(name)},"kind":${kind},"startTimeUnixNano":"${nanos(startMs)}","endTimeUnixNano":"${nanos(endMs)}","attributes":`
+      `"name":${repeated.nameJson},"kind":${kind},"startTimeUnixNano":"${nanos(startMs)}","endTimeUnixNano":"${nanos(endMs)}","attributes":[`,
+    repeated.text
   )
-  attributesJson(out, attrs)
-  out.push(`,"status":{"code":${error ? 2 : 1}}}`)
-}
-
-/** Appends the OTLP JSON of one record's spans (root first, comma-separated) to `out`. */
-const appendSpans = (out: Array<string>, r: ProxySpanRecord): void => {
-  const traceId = r.parent?.traceId ?? hex(16)
-  const spanId = hex(8)
-  // kind 2 = SERVER, 3 = CLIENT
-  const name = serverSpanName(r.method, r.route)
-  spanJson(out, traceId, spanId, r.parent?.spanId, name, 2, r.startMs, r.endMs, requestAttributes(r), r.error)
-  if (r.upstream === undefined) return
-  const u = r.upstream
-  out.push(",")
-  spanJson(out, traceId, hex(8), spanId, clientSpanName(u, r.method), 3, u.startMs, u.endMs, upstreamAttributes(u, r.method), u.error)
+  attributesJson(out, own, repeated.text === "")
+  out.push(`],"status":{"code":${error ? 2 : 1}}}`)
 }
 
 // Attribute keys and span names, encoded once (ProtoWriter.attr takes the key field as bytes).
@@ -291,12 +359,22 @@ const jsonEncoder = (resource: Resource, scope: unknown): Encoder => {
   const head = Buffer.from(`{"resourceSpans":[{"resource":${JSON.stringify(resource)},"scopeSpans":[{"scope":${JSON.stringify(scope)},"spans":[`)
   const tail = Buffer.from("]}]}]}")
   const w = new Proto.ProtoWriter(256 * 1024)
+  const server = new Repeats(sameServer, serverKey, (r) => repeatedJson(serverSpanName(r.method, r.route), serverRepeatedAttributes(r)))
+  const client = new Repeats(sameClient, clientKey, (r) => repeatedJson(clientSpanName(r.upstream!, r.method), clientRepeatedAttributes(r.upstream!, r.method)))
   let n = 0
   return {
     contentType: "application/json",
     add: (r) => {
       const out: Array<string> = n === 0 ? [] : [","]
-      appendSpans(out, r)
+      const traceId = r.parent?.traceId ?? hex(16)
+      const spanId = hex(8)
+      // kind 2 = SERVER, 3 = CLIENT
+      spanJson(out, traceId, spanId, r.parent?.spanId, server.get(r), 2, r.startMs, r.endMs, serverOwnAttributes(r), r.error)
+      const u = r.upstream
+      if (u !== undefined) {
+        out.push(",")
+        spanJson(out, traceId, hex(8), spanId, client.get(r), 3, u.startMs, u.endMs, clientOwnAttributes(u), u.error)
+      }
       w.text(out.join(""))
       n++
     },
@@ -316,13 +394,6 @@ interface Repeated {
   readonly bytes: Buffer
 }
 
-const sameReasons = (a: ReadonlyArray<string> | undefined, b: ReadonlyArray<string> | undefined): boolean => {
-  if (a === b) return true
-  if (a === undefined || b === undefined || a.length !== b.length) return false
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false
-  return true
-}
-
 const protobufEncoder = (resource: Resource, scope: { name: string; version: string }): Encoder => {
   const resourceBytes = Proto.encodeResource(resource.attributes)
   const scopeBytes = Proto.encodeScope(scope.name, scope.version)
@@ -337,79 +408,42 @@ const protobufEncoder = (resource: Resource, scope: { name: string; version: str
   let w = fresh(256 * 1024)
   const scratch = new Proto.ProtoWriter(1024)
   const seal = (name: string): Repeated => ({ name, bytes: Buffer.from(scratch.view()) })
-  const serverRepeated = new Map<string, Repeated>()
-  const clientRepeated = new Map<string, Repeated>()
   const tokenAttributes = new Map<string, { readonly projectId: string | undefined; readonly bytes: Buffer }>()
-  let lastServer: ProxySpanRecord | undefined
-  let lastServerBytes: Repeated | undefined
-  let lastClient: UpstreamSpanRecord | undefined
-  let lastClientMethod = ""
-  let lastClientBytes: Repeated | undefined
   let ids: Buffer | undefined
   let n = 0
 
-  // The attributes that repeat from request to request, encoded once per combination; consecutive requests usually
-  // share theirs, which a field-by-field comparison finds without building a key.
-  const serverAttributes = (r: ProxySpanRecord): Repeated => {
-    const l = lastServer
-    if (
-      l !== undefined && r.status === l.status && r.route === l.route && r.cache === l.cache && r.provider === l.provider &&
-      r.method === l.method
-    ) return lastServerBytes!
-    const key = `${r.method}\n${r.route}\n${r.status}\n${r.provider}\n${r.cache}`
-    let rep = serverRepeated.get(key)
-    if (rep === undefined) {
-      scratch.pos = 0
-      scratch.attr(K.method, r.method)
-      scratch.attr(K.scheme, "http")
-      if (r.route !== "other") scratch.attr(K.route, r.route)
-      scratch.attr(K.status, r.status)
-      if (r.status >= 500) scratch.attr(K.errorType, String(r.status))
-      scratch.attr(K.provider, r.provider)
-      scratch.attr(K.cache, r.cache)
-      rep = seal(serverSpanName(r.method, r.route))
-      if (serverRepeated.size < MAX_COMBINATIONS) serverRepeated.set(key, rep)
-    }
-    lastServer = r
-    lastServerBytes = rep
-    return rep
-  }
+  // `url.path` is usually the route itself (`/v1/chat/completions`): then it is one of the repeated attributes.
+  const server = new Repeats<Repeated>(sameServer, serverKey, (r) => {
+    scratch.pos = 0
+    scratch.attr(K.method, r.method)
+    scratch.attr(K.scheme, "http")
+    if (r.route !== "other") scratch.attr(K.route, r.route)
+    if (r.path === r.route) scratch.attr(K.path, r.route)
+    scratch.attr(K.status, r.status)
+    if (r.status >= 500) scratch.attr(K.errorType, String(r.status))
+    scratch.attr(K.provider, r.provider)
+    scratch.attr(K.cache, r.cache)
+    return seal(serverSpanName(r.method, r.route))
+  })
 
-  const clientAttributes = (u: UpstreamSpanRecord, method: string): Repeated => {
-    const l = lastClient
-    if (
-      l !== undefined && u.status === l.status && u.urlFull === l.urlFull && u.requestModel === l.requestModel &&
-      u.responseModel === l.responseModel && u.error === l.error && u.errorType === l.errorType &&
-      u.operation === l.operation && u.genAiProvider === l.genAiProvider && method === lastClientMethod &&
-      sameReasons(u.finishReasons, l.finishReasons)
-    ) return lastClientBytes!
-    const key = `${method}\n${u.urlFull}\n${u.status}\n${u.error}\n${u.errorType}\n${u.operation}\n${u.genAiProvider}\n` +
-      `${u.requestModel === undefined ? "\u0000" : u.requestModel}\n${u.responseModel === undefined ? "\u0000" : u.responseModel}\n` +
-      `${u.finishReasons === undefined ? "\u0000" : u.finishReasons.join("\u0001")}`
-    let rep = clientRepeated.get(key)
-    if (rep === undefined) {
-      scratch.pos = 0
-      scratch.attr(K.method, method)
-      scratch.attr(K.serverAddress, u.serverAddress)
-      scratch.attr(K.serverPort, u.serverPort)
-      scratch.attr(K.urlFull, u.urlFull)
-      if (u.operation !== undefined) {
-        scratch.attr(K.operation, u.operation)
-        scratch.attr(K.genAiProvider, u.genAiProvider)
-      }
-      scratch.attr(K.requestModel, u.requestModel)
-      scratch.attr(K.responseModel, u.responseModel)
-      scratch.attr(K.status, u.status)
-      if (u.error) scratch.attr(K.errorType, u.errorType ?? "_OTHER")
-      if (u.finishReasons !== undefined) scratch.attrStrings(K.finishReasons, u.finishReasons)
-      rep = seal(clientSpanName(u, method))
-      if (clientRepeated.size < MAX_COMBINATIONS) clientRepeated.set(key, rep)
+  const client = new Repeats<Repeated>(sameClient, clientKey, (r) => {
+    const u = r.upstream!
+    scratch.pos = 0
+    scratch.attr(K.method, r.method)
+    scratch.attr(K.serverAddress, u.serverAddress)
+    scratch.attr(K.serverPort, u.serverPort)
+    scratch.attr(K.urlFull, u.urlFull)
+    if (u.operation !== undefined) {
+      scratch.attr(K.operation, u.operation)
+      scratch.attr(K.genAiProvider, u.genAiProvider)
     }
-    lastClient = u
-    lastClientMethod = method
-    lastClientBytes = rep
-    return rep
-  }
+    scratch.attr(K.requestModel, u.requestModel)
+    scratch.attr(K.responseModel, u.responseModel)
+    scratch.attr(K.status, u.status)
+    if (u.error) scratch.attr(K.errorType, u.errorType ?? "_OTHER")
+    if (u.finishReasons !== undefined) scratch.attrStrings(K.finishReasons, u.finishReasons)
+    return seal(clientSpanName(u, r.method))
+  })
 
   return {
     contentType: "application/x-protobuf",
@@ -426,12 +460,12 @@ const protobufEncoder = (resource: Resource, scope: { name: string; version: str
         traceAt = 0
         parentIds = ids
       }
-      const server = serverAttributes(r)
+      const repeated = server.get(r)
       // kind 2 = SERVER, 3 = CLIENT
-      const root = Proto.beginSpan(w, traceIds, traceAt, pool, at + 16, parentIds, 16, server.name, 2, r.startMs, r.endMs)
-      w.raw(server.bytes)
+      const root = Proto.beginSpan(w, traceIds, traceAt, pool, at + 16, parentIds, 16, repeated.name, 2, r.startMs, r.endMs)
+      w.raw(repeated.bytes)
       w.attr(K.requestId, r.requestId)
-      w.attr(K.path, r.path)
+      if (r.path !== r.route) w.attr(K.path, r.path)
       // A token's project and token ids, encoded once per token.
       if (r.tokenId !== undefined) {
         let t = tokenAttributes.get(r.tokenId)
@@ -448,9 +482,9 @@ const protobufEncoder = (resource: Resource, scope: { name: string; version: str
       Proto.endSpan(w, root, r.error)
       const u = r.upstream
       if (u !== undefined) {
-        const client = clientAttributes(u, r.method)
-        const child = Proto.beginSpan(w, traceIds, traceAt, pool, at + 24, pool, at + 16, client.name, 3, u.startMs, u.endMs)
-        w.raw(client.bytes)
+        const rep = client.get(r)
+        const child = Proto.beginSpan(w, traceIds, traceAt, pool, at + 24, pool, at + 16, rep.name, 3, u.startMs, u.endMs)
+        w.raw(rep.bytes)
         w.attr(K.responseId, u.responseId)
         w.attr(K.inputTokens, u.inputTokens)
         w.attr(K.outputTokens, u.outputTokens)
