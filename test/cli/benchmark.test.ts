@@ -165,6 +165,26 @@ describe("llm-proxy benchmark through a running serve", () => {
     }
   })
 
+  it("on a terminal, draws a progress bar on stderr that ends at N/N", async () => {
+    stack.mock.reset()
+    const written: Array<string> = []
+    const stderr = process.stderr as { isTTY?: boolean | undefined; write: typeof process.stderr.write }
+    const { isTTY, write } = stderr
+    stderr.isTTY = true
+    stderr.write = ((chunk: string) => written.push(String(chunk)) > 0) as typeof process.stderr.write
+    try {
+      const run = await cli("benchmark", "--url", stack.server.url, "--token", pt.token, "--requests", "3", "--concurrency", "1")
+      expect(run.ok, run.err).toBe(true)
+      // No plain progress lines then.
+      expect(run.err).not.toContain("benchmark: ")
+    } finally {
+      stderr.isTTY = isTTY
+      stderr.write = write
+    }
+    expect(written.at(-1)).toMatch(/^\r\[#{30}\] 3\/3 {2}[\d.]+ req\/s\n$/)
+    expect(written.every((x) => x.startsWith("\r["))).toBe(true)
+  })
+
   it("is listed in --help with its options", async () => {
     expect((await cli("--help")).out).toContain("benchmark")
     const run = await cli("benchmark", "--help")

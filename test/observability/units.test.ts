@@ -16,7 +16,7 @@ import {
   redactedQuery
 } from "../../src/observability/ProxyObservability.js"
 import { ProxyRequestContext } from "../../src/proxy/ProxyHooks.js"
-import { ProtoWriter } from "../../src/observability/otlpProto.js"
+import { encodeResource, encodeScope, exportHeader, keyField, ProtoWriter } from "../../src/observability/otlpProto.js"
 import { make as makeProxySpans, makeEncoder, nanos, type ProxySpanRecord, type UpstreamSpanRecord } from "../../src/observability/ProxySpans.js"
 import { decodeTraces } from "./otlpDecode.js"
 import { parsePrometheus, value } from "./prometheus.js"
@@ -383,6 +383,28 @@ describe("otlpProto", () => {
     for (let i = 0; i < w.pos; i++) v |= BigInt(w.buf[i]! & 0x7f) << BigInt(7 * i)
     expect(v).toBe(BigInt(n))
     expect(w.buf[w.pos - 1]! & 0x80).toBe(0)
+  })
+
+  it("writes doubles as doubles, integral ones and long keys included, and string arrays", () => {
+    const long = "k".repeat(200)
+    const w = new ProtoWriter(8)
+    // A span: name, then the attributes, decoded by the independent reader.
+    const at = w.begin(0x12)
+    w.string(0x2a, "s")
+    w.attrDouble(keyField("short"), 2)
+    w.attrDouble(keyField(long), 0.25)
+    w.attrDouble(keyField("absent"), undefined)
+    w.attrStrings(keyField("reasons"), ["stop", "länge", ""])
+    w.end(at)
+    const header = exportHeader(encodeResource([]), encodeScope("t", "1"), w.pos)
+    const doc = decodeTraces(Buffer.concat([header, w.view()]))
+    const scopeSpans = doc.resourceSpans[0]!.scopeSpans as Array<{ spans: Array<{ attributes: Array<{ key: string; value: unknown }> }> }>
+    const attributes = scopeSpans[0]!.spans[0]!.attributes
+    expect(attributes).toEqual([
+      { key: "short", value: { doubleValue: 2 } },
+      { key: long, value: { doubleValue: 0.25 } },
+      { key: "reasons", value: { arrayValue: { values: [{ stringValue: "stop" }, { stringValue: "länge" }, { stringValue: "" }] } } }
+    ])
   })
 
   it("grows its buffer and keeps what was written", () => {
