@@ -88,7 +88,7 @@ export interface RequestObservation {
   readonly stream?: boolean
   /** Streamed answers: arrival until the first chunk of the answer (seconds). */
   readonly firstTokenSeconds?: number | undefined
-  /** Completion tokens per second of generation (src/observability/ProxyObservability.ts `streamTimings`). */
+  /** Completion tokens per second of generation (src/observability/ProxyObservability.ts `outputTokensPerSecond`). */
   readonly outputTokensPerSecond?: number | undefined
 }
 
