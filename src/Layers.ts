@@ -384,7 +384,8 @@ export const observedHooksLayer = <E, R>(config: AppConfigShape, others: Layer.L
       const observability = yield* ProxyObservability.make({
         metrics: config.enableMetrics,
         accessLog: config.accessLog,
-        format: config.logFormat
+        format: config.logFormat,
+        trustIncomingTrace: Option.exists(config.otlp, (o) => o.trustIncomingTrace)
       })
       return ProxyHooks.combine(before, observability)
     })

@@ -3,6 +3,7 @@ import { Command, HelpDoc, ValidationError } from "@effect/cli"
 import { NodeContext, NodeHttpClient } from "@effect/platform-node"
 import { Console, Effect, Layer } from "effect"
 import { VERSION } from "../http/App.js"
+import { benchmark } from "./benchmark.js"
 import { chat } from "./chat.js"
 import { dispatcher } from "./dispatcher.js"
 import { describeError } from "./errors.js"
@@ -11,7 +12,7 @@ import { configProvider, migrate, serve, server, setup } from "./serve.js"
 
 export const root = Command.make("llm-proxy").pipe(
   Command.withDescription("LLM API gateway: withering tokens, streaming proxy, usage, audit"),
-  Command.withSubcommands([serve, server, dispatcher, manage, migrate, setup, chat])
+  Command.withSubcommands([serve, server, dispatcher, manage, migrate, setup, chat, benchmark])
 )
 
 const cli = Command.run(root, { name: "llm-proxy", version: VERSION })

@@ -28,9 +28,27 @@ export interface OtlpConfig {
   /** `OTEL_EXPORTER_OTLP_HEADERS` (often carries a vendor API key). */
   readonly headers: Redacted.Redacted<Record<string, string>>
   readonly serviceName: string
+  /** `OTEL_RESOURCE_ATTRIBUTES` without `service.name` / `service.version` (those are set apart). */
+  readonly resourceAttributes: Readonly<Record<string, string>>
+  /** `OTEL_BSP_SCHEDULE_DELAY` (ms) or `OTEL_EXPORT_INTERVAL` (a duration). */
   readonly exportIntervalMs: number
+  /** `OTEL_BSP_MAX_QUEUE_SIZE`: /v1 spans held for export before new ones are dropped. */
+  readonly maxQueueSize: number
+  /** `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`: spans per export request (and a full batch is sent at once). */
+  readonly maxExportBatchSize: number
+  /** `OTEL_EXPORTER_OTLP_TRACES_COMPRESSION` / `OTEL_EXPORTER_OTLP_COMPRESSION`. */
+  readonly compression: "gzip" | "none"
+  /** `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` / `OTEL_EXPORTER_OTLP_TIMEOUT`: one export request, ms. */
+  readonly timeoutMs: number
   /** Share of /v1 requests whose spans are exported (OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG), 0..1. */
   readonly sampleRatio: number
+  /** `parentbased_*` sampler: a trusted incoming trace's sampled flag decides instead of the ratio. */
+  readonly parentBased: boolean
+  /**
+   * `TRUST_INCOMING_TRACE_CONTEXT`: an incoming `traceparent` (or B3) continues the caller's trace. Off by default:
+   * anyone who can reach the listener would otherwise choose the trace ids of our spans.
+   */
+  readonly trustIncomingTrace: boolean
 }
 
 export type EventBusKind = "in-memory" | "redis-streams"
@@ -259,8 +277,8 @@ const memoryOrRedis = (name: string) =>
 export const optionalString = (name: string) =>
   Config.option(Config.string(name)).pipe(Config.map(Option.filter((s) => s.trim() !== "")))
 
-/** `k1=v1,k2=v2` (values URL-decoded), the OpenTelemetry SDK format. */
-export const parseOtlpHeaders = (s: string): Either.Either<Record<string, string>, string> => {
+/** `k1=v1,k2=v2` (values URL-decoded), the OpenTelemetry SDK format of headers and resource attributes. */
+const parseKeyValues = (s: string, lowerCaseKeys: boolean): Either.Either<Record<string, string>, string> => {
   const out: Record<string, string> = {}
   for (const part of s.split(",")) {
     if (part.trim() === "") continue
@@ -268,13 +286,19 @@ export const parseOtlpHeaders = (s: string): Either.Either<Record<string, string
     const key = eq > 0 ? part.slice(0, eq).trim() : ""
     if (key === "" || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(key)) return Either.left("expected key=value pairs separated by commas")
     try {
-      out[key.toLowerCase()] = decodeURIComponent(part.slice(eq + 1).trim())
+      out[lowerCaseKeys ? key.toLowerCase() : key] = decodeURIComponent(part.slice(eq + 1).trim())
     } catch {
       return Either.left(`the value of "${key}" is not URL-encoded correctly`)
     }
   }
   return Either.right(out)
 }
+
+/** `OTEL_EXPORTER_OTLP_HEADERS`: header names are case-insensitive (kept lower case). */
+export const parseOtlpHeaders = (s: string): Either.Either<Record<string, string>, string> => parseKeyValues(s, true)
+
+/** `OTEL_RESOURCE_ATTRIBUTES`: keys as written (attribute names are case-sensitive). */
+export const parseResourceAttributes = (s: string): Either.Either<Record<string, string>, string> => parseKeyValues(s, false)
 
 const otlpUrl = (name: string) =>
   optionalString(name).pipe(
@@ -295,19 +319,50 @@ const sampler = Config.all({
   name: Config.string("OTEL_TRACES_SAMPLER").pipe(Config.withDefault("parentbased_always_on")),
   arg: optionalString("OTEL_TRACES_SAMPLER_ARG")
 }).pipe(
-  Config.mapOrFail(({ arg, name }): Either.Either<number, ConfigError.ConfigError> => {
-    const n = name.trim().toLowerCase().replace(/^parentbased_/, "")
-    if (n === "always_on" || n === "") return Either.right(1)
-    if (n === "always_off") return Either.right(0)
+  Config.mapOrFail(({ arg, name }): Either.Either<{ readonly ratio: number; readonly parentBased: boolean }, ConfigError.ConfigError> => {
+    const lower = name.trim().toLowerCase()
+    const parentBased = lower.startsWith("parentbased_")
+    const n = lower.replace(/^parentbased_/, "")
+    if (n === "always_on" || n === "") return Either.right({ ratio: 1, parentBased })
+    if (n === "always_off") return Either.right({ ratio: 0, parentBased })
     if (n !== "traceidratio") {
       return Either.left(invalid("OTEL_TRACES_SAMPLER", `expected always_on, always_off or traceidratio (optionally parentbased_), got "${name}"`))
     }
-    if (Option.isNone(arg)) return Either.right(1)
+    if (Option.isNone(arg)) return Either.right({ ratio: 1, parentBased })
     const r = Number(arg.value.trim())
     return Number.isFinite(r) && r >= 0 && r <= 1
-      ? Either.right(r)
+      ? Either.right({ ratio: r, parentBased })
       : Either.left(invalid("OTEL_TRACES_SAMPLER_ARG", `expected a ratio between 0 and 1, got "${arg.value}"`))
   })
+)
+
+/** An OpenTelemetry SDK integer variable (milliseconds, sizes): none when unset or empty. */
+const optionalCount = (name: string, min: number) =>
+  optionalString(name).pipe(
+    Config.mapOrFail((o): Either.Either<Option.Option<number>, ConfigError.ConfigError> => {
+      if (Option.isNone(o)) return Either.right(Option.none())
+      const v = o.value.trim()
+      return /^\d{1,9}$/.test(v) && Number(v) >= min
+        ? Either.right(Option.some(Number(v)))
+        : Either.left(invalid(name, `expected an integer of at least ${min}, got "${o.value}"`))
+    })
+  )
+
+const otlpCompression = (name: string) =>
+  optionalString(name).pipe(
+    Config.mapOrFail((o): Either.Either<Option.Option<"gzip" | "none">, ConfigError.ConfigError> => {
+      if (Option.isNone(o)) return Either.right(Option.none())
+      const v = o.value.trim().toLowerCase()
+      if (v === "gzip" || v === "none") return Either.right(Option.some(v))
+      return Either.left(invalid(name, `expected gzip or none, got "${o.value}"`))
+    })
+  )
+
+const resourceAttributes = Config.string("OTEL_RESOURCE_ATTRIBUTES").pipe(
+  Config.withDefault(""),
+  Config.mapOrFail((s) =>
+    Either.mapLeft(parseResourceAttributes(s), (e) => invalid("OTEL_RESOURCE_ATTRIBUTES", e))
+  )
 )
 
 const otlpProtocol = (name: string) =>
@@ -320,29 +375,62 @@ const otlpProtocol = (name: string) =>
     })
   )
 
+/**
+ * Tracing, from the OpenTelemetry SDK environment variables (the project's older names stay as aliases; the standard
+ * name wins when both are set): none when no endpoint is given or `OTEL_SDK_DISABLED=true`.
+ */
 const otlp = Config.all({
+  disabled: bool("OTEL_SDK_DISABLED", false),
   endpoint: otlpUrl("OTEL_EXPORTER_OTLP_ENDPOINT"),
   protocol: otlpProtocol("OTEL_EXPORTER_OTLP_PROTOCOL"),
   tracesProtocol: otlpProtocol("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
   traces: otlpUrl("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
   headers: Config.redacted("OTEL_EXPORTER_OTLP_HEADERS").pipe(Config.withDefault(Redacted.make(""))),
-  serviceName: Config.string("OTEL_SERVICE_NAME").pipe(Config.withDefault("llm-proxy")),
+  serviceName: optionalString("OTEL_SERVICE_NAME"),
+  resourceAttributes,
+  scheduleDelayMs: optionalCount("OTEL_BSP_SCHEDULE_DELAY", 1),
   exportIntervalMs: duration("OTEL_EXPORT_INTERVAL", "5s"),
-  sampleRatio: sampler
+  maxQueueSize: optionalCount("OTEL_BSP_MAX_QUEUE_SIZE", 1),
+  maxExportBatchSize: optionalCount("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 1),
+  compression: otlpCompression("OTEL_EXPORTER_OTLP_COMPRESSION"),
+  tracesCompression: otlpCompression("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION"),
+  timeoutMs: optionalCount("OTEL_EXPORTER_OTLP_TIMEOUT", 1),
+  tracesTimeoutMs: optionalCount("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", 1),
+  sampler,
+  trustIncomingTrace: bool("TRUST_INCOMING_TRACE_CONTEXT", false)
 }).pipe(
-  Config.mapOrFail(({ endpoint, exportIntervalMs, headers, protocol, sampleRatio, serviceName, traces, tracesProtocol }): Either.Either<Option.Option<OtlpConfig>, ConfigError.ConfigError> => {
+  Config.mapOrFail((c): Either.Either<Option.Option<OtlpConfig>, ConfigError.ConfigError> => {
+    if (c.disabled) return Either.right(Option.none())
     // Like the OpenTelemetry SDKs: the generic endpoint gets `/v1/traces` appended, the signal-specific one is used as is.
-    const url = Option.orElse(traces, () => Option.map(endpoint, (e) => e.replace(/\/+$/, "") + "/v1/traces"))
+    const url = Option.orElse(c.traces, () => Option.map(c.endpoint, (e) => e.replace(/\/+$/, "") + "/v1/traces"))
     if (Option.isNone(url)) return Either.right(Option.none())
-    const parsed = parseOtlpHeaders(Redacted.value(headers))
+    const parsed = parseOtlpHeaders(Redacted.value(c.headers))
     if (Either.isLeft(parsed)) return Either.left(invalid("OTEL_EXPORTER_OTLP_HEADERS", parsed.left))
+    const maxQueueSize = Option.getOrElse(c.maxQueueSize, () => 20_000)
+    const maxExportBatchSize = Option.getOrElse(c.maxExportBatchSize, () => Math.min(1_000, maxQueueSize))
+    if (maxExportBatchSize > maxQueueSize) {
+      return Either.left(invalid("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", `must not exceed OTEL_BSP_MAX_QUEUE_SIZE (${maxQueueSize})`))
+    }
+    // OTEL_SERVICE_NAME wins over a `service.name` in OTEL_RESOURCE_ATTRIBUTES; the version is always this build's.
+    const { "service.name": resourceServiceName, "service.version": _version, ...resourceAttributes } = c.resourceAttributes
+    const serviceName = Option.getOrElse(
+      Option.map(c.serviceName, (s) => s.trim()),
+      () => resourceServiceName?.trim() || "llm-proxy"
+    )
     return Either.right(Option.some({
       tracesUrl: url.value,
-      protocol: Option.getOrElse(Option.orElse(tracesProtocol, () => protocol), (): OtlpProtocol => "http/protobuf"),
+      protocol: Option.getOrElse(Option.orElse(c.tracesProtocol, () => c.protocol), (): OtlpProtocol => "http/protobuf"),
       headers: Redacted.make(parsed.right),
-      serviceName: serviceName.trim() === "" ? "llm-proxy" : serviceName.trim(),
-      exportIntervalMs,
-      sampleRatio
+      serviceName,
+      resourceAttributes,
+      exportIntervalMs: Option.getOrElse(c.scheduleDelayMs, () => c.exportIntervalMs),
+      maxQueueSize,
+      maxExportBatchSize,
+      compression: Option.getOrElse(Option.orElse(c.tracesCompression, () => c.compression), () => "none" as const),
+      timeoutMs: Option.getOrElse(Option.orElse(c.tracesTimeoutMs, () => c.timeoutMs), () => 10_000),
+      sampleRatio: c.sampler.ratio,
+      parentBased: c.sampler.parentBased,
+      trustIncomingTrace: c.trustIncomingTrace
     }))
   })
 )

@@ -5,7 +5,7 @@
 import { Headers, HttpIncomingMessage, HttpMiddleware, type HttpServerRequest } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Context, Effect, Layer, Option, Runtime } from "effect"
-import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
+import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from "node:http"
 import type { AddressInfo, Socket } from "node:net"
 import type { Duplex } from "node:stream"
 import { makeTrustedProxies, normalizeIp } from "../audit/clientIp.js"
@@ -35,6 +35,14 @@ const spanName = (req: HttpServerRequest.HttpServerRequest) => `${req.method} ${
 /** Probes and scrapes are not traced: they would drown the management API's spans. */
 const UNTRACED = new Set(["/health", "/ready", "/live", "/metrics", "/metrics/json", "/metrics/prometheus"])
 const untraced = (req: HttpServerRequest.HttpServerRequest) => UNTRACED.has(req.url.split("?")[0] ?? "/")
+
+/** Headers from which the platform's tracer would take a caller's trace (W3C Trace Context and B3). */
+const TRACE_HEADERS = ["traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags"]
+
+/** Without TRUST_INCOMING_TRACE_CONTEXT a caller must not choose our trace ids: its trace headers are dropped. */
+const dropTraceContext = (headers: IncomingHttpHeaders) => {
+  for (const h of TRACE_HEADERS) if (headers[h] !== undefined) delete headers[h]
+}
 
 const DUPLICATE_AUTHORIZATION = JSON.stringify({ error: "more than one Authorization header" })
 
@@ -109,6 +117,7 @@ export const HttpServerLive = Layer.scoped(
     // Without them (requestTimeout 0 turns headersTimeout off too) a client sending its headers or body one byte
     // at a time (slowloris), or nothing at all, held a socket forever. Checked every second (default 30 s).
     const requestTimeout = config.clientRequestTimeoutMs
+    const untrustedTrace = Option.exists(config.otlp, (o) => !o.trustIncomingTrace)
     const server = createServer(
       {
         keepAliveTimeout: 65_000,
@@ -169,6 +178,7 @@ export const HttpServerLive = Layer.scoped(
       if (isProxyPath(req.url ?? "/")) return proxy(req, res)
       // Node keeps the first of two Authorization headers and drops the other unseen; refuse the ambiguity.
       if (duplicateAuthorization(req.rawHeaders)) return refuseDuplicateAuthorization(res)
+      if (untrustedTrace) dropTraceContext(req.headers)
       return handler(req, res)
     }
     // `Expect: 100-continue`: the proxy sends `100 Continue` itself once the token is checked and it reads the body

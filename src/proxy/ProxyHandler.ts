@@ -222,6 +222,7 @@ export const make = Effect.gen(function*() {
     const capture = f.capture
     if (capture !== undefined) {
       ctx.usage = capture.usage
+      ctx.answer = capture
       if (hooks.captureResponseBytes > 0) {
         ctx.responseBody = capture.captured.subarray(0, hooks.captureResponseBytes)
         ctx.responseTruncated = capture.bytes > hooks.captureResponseBytes
@@ -693,6 +694,7 @@ export const make = Effect.gen(function*() {
       return tooLarge(f)
     }
     target.breaker.record(true)
+    ctx.upstreamErrorType = e.code === "UND_ERR_HEADERS_TIMEOUT" ? "timeout" : e.code ?? e.name
     if (e.code === "UND_ERR_HEADERS_TIMEOUT") {
       ctx.error = "upstream response headers timed out"
       return reply(f, Answers.timeout)

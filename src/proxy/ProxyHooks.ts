@@ -24,7 +24,7 @@
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http"
 import type { Readable, Transform } from "node:stream"
 import { Context, Layer } from "effect"
-import type { Usage } from "./usage.js"
+import type { AnswerFacts, Usage } from "./usage.js"
 
 export class ProxyRequestContext {
   /** Provider, token and project, once known. */
@@ -59,6 +59,10 @@ export class ProxyRequestContext {
   /** ms from arrival until the response ended. */
   durationMs: number | undefined = undefined
   usage: Usage | undefined = undefined
+  /** What the upstream's answer said about itself (model, id, finish reasons, first bytes), read with its usage. */
+  answer: AnswerFacts | undefined = undefined
+  /** Why the upstream call failed without an answer: `timeout`, or the client library's code (`ECONNREFUSED`, …). */
+  upstreamErrorType: string | undefined = undefined
   /** Upstream status and headers, when the upstream answered. */
   upstreamStatus: number | undefined = undefined
   upstreamHeaders: Record<string, string | string[] | undefined> | undefined = undefined

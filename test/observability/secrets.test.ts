@@ -604,7 +604,7 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
         await waitFor("Lunary and Helicone to receive the marker", () =>
           ["/lunary", "/helicone/"].every((p) => backends.requests.some((r) => r.url.startsWith(p) && r.body.includes(marker))))
       }
-      await waitFor("proxy spans at the OTLP receiver", () => otlp.requests.some((r) => r.body.includes("proxy.request")))
+      await waitFor("proxy spans at the OTLP receiver", () => otlp.requests.some((r) => r.body.includes("POST /v1/chat/completions")))
     } finally {
       // Every program is stopped (killed after a grace period) before any exit code is asserted.
       const codes = await Promise.all(programs.slice(1).map((p) => p.stop()))
@@ -663,7 +663,9 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
     // The credentials that reached traced requests were there and redacted (not merely untraced).
     has(/^OTLP/, `"key":"url.query","value":{"stringValue":"token=REDACTED"}`)
     has(/^OTLP/, `"key":"http.request.header.x-csrf-token","value":{"stringValue":"<redacted>"}`)
-    for (const span of ["proxy.request", "proxy.upstream", "POST /manage/projects", "POST /manage/session", "sql.execute"]) has(/^OTLP/, `"name":"${span}"`)
+    for (const span of ["POST /v1/chat/completions", "chat gpt-4o-mini", "chat claude-3-5-haiku", "POST /manage/projects", "POST /manage/session", "sql.execute"]) {
+      has(/^OTLP/, `"name":"${span}"`)
+    }
     has(/GET \/metrics\?…$|GET \/metrics$/, "# TYPE")
     has(/GET \/metrics\/json$/, "{")
     has(/GET \/health$/, "database")
@@ -779,7 +781,7 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
         const eventsFile = join(cwd, "data/events.jsonl")
         // the token holder's four requests (the revoked token and the token in the query publish none)
         await waitFor("four events", () => existsSync(eventsFile) && readFileSync(eventsFile, "utf8").split("\n").length > 4)
-        await waitFor("proxy spans at the OTLP receiver", () => otlp.requests.slice(seenBefore).some((r) => r.body.includes("proxy.request")))
+        await waitFor("proxy spans at the OTLP receiver", () => otlp.requests.slice(seenBefore).some((r) => r.body.includes("POST /v1/chat/completions")))
       } finally {
         expect(await serve.stop(), "serve exit code").toBe(0)
       }
@@ -797,7 +799,7 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
       expect(out.split("\n").some((l) => l.startsWith("{"))).toBe(false)
       expect(out.match(/access/g)?.length ?? 0).toBeGreaterThanOrEqual(6)
       expect(ledger.text(/audit\.log$/).includes("admin.login")).toBe(true)
-      expect(ledger.text(/^OTLP/).includes("\"name\":\"proxy.request\"")).toBe(true)
+      expect(ledger.text(/^OTLP/).includes("\"name\":\"POST /v1/chat/completions\"")).toBe(true)
       expect(ledger.text(database ? /^PostgreSQL rows$/ : /llm-proxy\.db$/).includes("enc:v1:")).toBe(true)
       if (database) expect(/admin_sessions\n\[\{"id_hash":"[0-9a-f]{64}"/.test(ledger.text(/^PostgreSQL rows$/))).toBe(true)
       console.log(`[secrets] pretty run${database ? " on PostgreSQL" : ""}: ${ledger.secrets.length} secrets × ${ledger.outputs.length} outputs`)
