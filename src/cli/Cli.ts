@@ -1,7 +1,7 @@
 /** The `llm-proxy` command line (@effect/cli). Every failure ends as one line on stderr and a non-zero exit. */
 import { Command, HelpDoc, ValidationError } from "@effect/cli"
 import { NodeContext, NodeHttpClient } from "@effect/platform-node"
-import { Console, Effect, Layer } from "effect"
+import { Console, Context, Effect, Layer, Option } from "effect"
 import { VERSION } from "../http/App.js"
 import { benchmark } from "./benchmark.js"
 import { chat } from "./chat.js"
@@ -15,7 +15,15 @@ export const root = Command.make("llm-proxy").pipe(
   Command.withSubcommands([serve, server, dispatcher, manage, migrate, setup, chat, benchmark])
 )
 
-const cli = Command.run(root, { name: "llm-proxy", version: VERSION })
+/** The console the CLI was started with, given back to the commands themselves (see `runCli`). */
+class CommandConsole extends Context.Tag("llm-proxy/CommandConsole")<CommandConsole, Console.Console>() {}
+
+const cli = Command.run(
+  Command.transformHandler(root, (handler) =>
+    Effect.flatMap(Effect.serviceOption(CommandConsole), (console) =>
+      Option.isSome(console) ? Effect.withConsole(handler, console.value) : handler)),
+  { name: "llm-proxy", version: VERSION }
+)
 
 /** A usage error of @effect/cli (unknown option, missing value, unknown command …) as one line of plain text. */
 export const usageMessage = (e: ValidationError.ValidationError): string =>
@@ -24,12 +32,17 @@ export const usageMessage = (e: ValidationError.ValidationError): string =>
 /**
  * Runs the CLI on `argv` (as process.argv: node, script, ...args). Exposed for in-process tests. Every failure —
  * usage errors too — ends as one line `llm-proxy: …` on stderr: @effect/cli prints its usage errors itself (several
- * lines with colours, through the console's `error`), so that is silenced while it parses and the line printed here.
+ * lines with colours, through the console's `error`), so that is silenced while it parses and the line printed here;
+ * the commands' own handlers get the real console back (their warnings on stderr are not silenced).
  */
 export const runCli = (argv: ReadonlyArray<string>) =>
   Effect.gen(function*() {
     const provider = yield* configProvider({}, ".env")
-    const quiet = Effect.consoleWith((console) => Effect.withConsole(cli(argv), { ...console, error: () => Effect.void }))
+    const quiet = Effect.consoleWith((console) =>
+      Effect.withConsole(cli(argv), { ...console, error: () => Effect.void }).pipe(
+        Effect.provideService(CommandConsole, console)
+      )
+    )
     return yield* Effect.withConfigProvider(quiet, provider)
   }).pipe(
     Effect.tapError((e) =>
