@@ -6,7 +6,10 @@
  * Nothing here does I/O or reads a clock: time comes in as `now` (epoch milliseconds). Hashing uses node:crypto,
  * which is a pure computation.
  */
+import { Either } from "effect"
 import { createHash } from "node:crypto"
+import { CachePurge, PURGE_METHOD_AND_URL_REQUIRED, PURGE_PREFIX_INVALID } from "../domain/models.js"
+import { decodePayload } from "../domain/validation.js"
 
 export type HeaderValue = string | ReadonlyArray<string> | undefined
 /** Lower-case header names, as node:http and undici give them. */
@@ -508,46 +511,34 @@ export const purgeMatches = (selector: PurgeSelector, key: string): boolean => {
   }
 }
 
-export interface PurgeRequest {
-  readonly method?: unknown
-  readonly url?: unknown
-  readonly prefix?: unknown
-  readonly all?: unknown
-  readonly project_id?: unknown
-}
-
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 const METHOD = /^[A-Za-z]{1,16}$/
 
 export type PurgeKind = "exact" | "prefix" | "all"
 
-/** Validates a purge body (§2.6 messages); a Left is the 400 error text. */
+const decodePurge = decodePayload(CachePurge)
+
+/**
+ * A purge body: the types of its fields and the project id are the CachePurge Schema's (src/domain/models.ts); then
+ * the form — `all: true`, else a non-empty `prefix`, else `method` and `url` — and that form's own rules (§2.6
+ * messages). `ok: false` carries the 400 error text.
+ */
 export const parsePurge = (
   body: unknown
 ): { readonly ok: true; readonly kind: PurgeKind; readonly selector: PurgeSelector } | {
   readonly ok: false
   readonly error: string
 } => {
-  if (typeof body !== "object" || body === null || Array.isArray(body)) return { ok: false, error: "invalid JSON" }
-  const b = body as PurgeRequest
-  let scope: string | undefined
-  if (b.project_id !== undefined && b.project_id !== null && b.project_id !== "") {
-    if (typeof b.project_id !== "string" || !UUID.test(b.project_id)) return { ok: false, error: "invalid project_id" }
-    scope = scopeHash(b.project_id.toLowerCase())
-  }
-  if (b.all !== undefined && b.all !== false) {
-    if (b.all !== true) return { ok: false, error: "all must be true or false" }
-    return { ok: true, kind: "all", selector: { _tag: "All", scope } }
-  }
-  if (b.prefix !== undefined && b.prefix !== null && b.prefix !== "") {
-    if (typeof b.prefix !== "string" || !/^[0-9a-f]{1,80}$/i.test(b.prefix)) {
-      return { ok: false, error: "prefix must be 1 to 80 hexadecimal characters (a prefix of X-PROXY-CACHE-KEY)" }
-    }
+  const decoded = decodePurge(body)
+  if (Either.isLeft(decoded)) return { ok: false, error: decoded.left }
+  const b = decoded.right
+  // null and "" mean absent, as for `prefix`, `method` and `url`.
+  const scope = b.project_id ? scopeHash(b.project_id.toLowerCase()) : undefined
+  if (b.all === true) return { ok: true, kind: "all", selector: { _tag: "All", scope } }
+  if (b.prefix) {
+    if (!/^[0-9a-f]{1,80}$/i.test(b.prefix)) return { ok: false, error: PURGE_PREFIX_INVALID }
     return { ok: true, kind: "prefix", selector: { _tag: "Prefix", prefix: b.prefix.toLowerCase(), scope } }
   }
-  if (typeof b.method !== "string" || b.method === "" || typeof b.url !== "string" || b.url === "") {
-    return { ok: false, error: "method and url are required" }
-  }
+  if (!b.method || !b.url) return { ok: false, error: PURGE_METHOD_AND_URL_REQUIRED }
   if (!METHOD.test(b.method)) return { ok: false, error: "invalid method" }
   let parsed: URL
   try {

@@ -1,8 +1,29 @@
 /**
  * What the management API returns and accepts. Field names follow reference-system.md §2.3–2.4 (snake_case) so
  * clients of the system we replace keep working. Timestamps are RFC 3339 strings in UTC.
+ *
+ * The payload Schemas (CreateProject, UpdateProject, CreateToken, UpdateToken, CachePurge, Login) are the
+ * validators: the handlers decode request bodies with them, `/manage/openapi.json` is generated from them and the
+ * CLI client encodes with them. Each rule carries the message a client gets (validation.ts explains how one is
+ * picked). Adding a validated field is one entry in its struct, e.g.
+ *
+ *   name: Schema.optional(Text.pipe(Schema.maxLength(NAME_MAX, answer(`name must be at most ${NAME_MAX} characters`))))
  */
 import { Schema } from "effect"
+import {
+  answer,
+  closedPayload,
+  hasControlCharacters,
+  INVALID_BODY,
+  isUnicodeText,
+  isUuid,
+  NO_CONTROL_PATTERN,
+  parseTimestamp,
+  required,
+  rule,
+  UUID_PATTERN,
+  wholeNumber
+} from "./validation.js"
 
 export const Timestamp = Schema.String.annotations({ description: "RFC 3339 timestamp (UTC)", format: "date-time" })
 
@@ -20,6 +41,57 @@ export const RateLimit = Schema.Struct({
 }).annotations({ identifier: "RateLimit", description: "Window rate limit; null = none" })
 export type RateLimit = typeof RateLimit.Type
 
+// ---- building blocks of the payloads ----------------------------------------------------------------------------
+
+/** A JSON string, number or boolean; any other JSON type is "invalid request body". */
+const Text = Schema.String.annotations(answer(INVALID_BODY))
+const Numeric = Schema.Number.annotations(answer(INVALID_BODY))
+const Flag = Schema.Boolean.annotations(answer(INVALID_BODY))
+
+export const RATE_LIMIT_INVALID =
+  `rate_limit must be null or {"requests": 1..${RATE_LIMIT_REQUESTS_MAX}, "window_seconds": 1..${RATE_LIMIT_WINDOW_MAX}}`
+// Whatever is wrong inside `rate_limit` (type, missing or extra key, bound), the answer is this one message.
+const rateLimitRefused = { message: () => ({ message: RATE_LIMIT_INVALID, override: true }) }
+
+/** `rate_limit` in a payload: null (none) or both bounds. */
+export const RateLimitSetting = Schema.NullOr(
+  Schema.Struct({
+    requests: Schema.Number.pipe(Schema.int(), Schema.between(1, RATE_LIMIT_REQUESTS_MAX)).annotations({
+      description: "requests allowed per window"
+    }),
+    window_seconds: Schema.Number.pipe(Schema.int(), Schema.between(1, RATE_LIMIT_WINDOW_MAX)).annotations({
+      description: "window length in seconds"
+    })
+  }).annotations({ identifier: "RateLimitSetting", parseOptions: { onExcessProperty: "error" }, ...rateLimitRefused })
+).annotations({ description: "Window rate limit; null = none", ...rateLimitRefused })
+
+export const NAME_AND_KEY_REQUIRED = "name and api_key are required"
+export const OBFUSCATED_KEY = "cannot save obfuscated API key - please provide the full API key"
+
+const isObfuscated = (key: string) => key.includes("...") || key.includes("****")
+
+/** A project name's rules, in the order they are reported. */
+const projectName = (self: Schema.Schema<string>) =>
+  self.pipe(
+    rule((s: string) => s.trim() !== "", "name must not be empty", { pattern: "\\S" }),
+    Schema.maxLength(NAME_MAX, answer(`name must be at most ${NAME_MAX} characters`)),
+    rule((s: string) => !hasControlCharacters(s), "name must not contain control characters", { pattern: NO_CONTROL_PATTERN }),
+    rule(isUnicodeText, "name must be valid Unicode text")
+  ).annotations({ description: `1..${NAME_MAX} characters, not blank, no control characters` })
+
+/** A provider key's rules, in the order they are reported. */
+const providerKey = (self: Schema.Schema<string>) =>
+  self.pipe(
+    Schema.maxLength(API_KEY_MAX, answer(`api_key must be at most ${API_KEY_MAX} characters`)),
+    rule((k: string) => !isObfuscated(k), OBFUSCATED_KEY),
+    rule(
+      (k: string) => !/\s/.test(k) && !hasControlCharacters(k),
+      "api_key must not contain whitespace or control characters",
+      { pattern: "^[^\\s\\u0000-\\u001f\\u007f-\\u009f]*$" }
+    ),
+    rule(isUnicodeText, "api_key must be valid Unicode text")
+  )
+
 export const Project = Schema.Struct({
   id: Schema.String.annotations({ description: "UUID" }),
   name: Schema.String,
@@ -34,25 +106,35 @@ export const Project = Schema.Struct({
 export type Project = typeof Project.Type
 
 export const CreateProject = Schema.Struct({
-  name: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(NAME_MAX)),
-  api_key: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(API_KEY_MAX)),
-  provider: Schema.optional(Schema.String.annotations({ description: "Provider name from the configuration (default openai)" })),
-  rate_limit: Schema.optional(Schema.NullOr(RateLimit))
-}).annotations({ identifier: "CreateProject" })
+  name: required(projectName(Text.pipe(Schema.minLength(1, answer(NAME_AND_KEY_REQUIRED)))), NAME_AND_KEY_REQUIRED),
+  api_key: required(
+    providerKey(Text.pipe(Schema.minLength(1, answer(NAME_AND_KEY_REQUIRED)))).annotations({
+      description: `The provider key, 1..${API_KEY_MAX} characters without whitespace; an obfuscated one (with "..." or "****") is refused`
+    }),
+    NAME_AND_KEY_REQUIRED
+  ),
+  provider: Schema.optional(
+    Text.annotations({ description: "Provider name from the configuration (default openai); an unknown one is refused" })
+  ),
+  rate_limit: Schema.optional(RateLimitSetting)
+}).annotations({ identifier: "CreateProject", ...closedPayload() })
 export type CreateProject = typeof CreateProject.Type
 
+export const REVOKE_NEEDS_INACTIVE = "revoke_tokens requires is_active=false"
+
 export const UpdateProject = Schema.Struct({
-  name: Schema.optional(Schema.String.pipe(Schema.minLength(1), Schema.maxLength(NAME_MAX))),
-  api_key: Schema.optional(
-    Schema.String.pipe(Schema.maxLength(API_KEY_MAX)).annotations({ description: "Empty string keeps the current key" })
-  ),
-  provider: Schema.optional(Schema.String),
-  rate_limit: Schema.optional(Schema.NullOr(RateLimit).annotations({ description: "null removes the limit" })),
-  is_active: Schema.optional(Schema.Boolean),
+  name: Schema.optional(projectName(Text)),
+  api_key: Schema.optional(providerKey(Text).annotations({ description: "Rotate the provider key; empty string keeps the current key" })),
+  provider: Schema.optional(Text.annotations({ description: "Provider name from the configuration" })),
+  rate_limit: Schema.optional(RateLimitSetting.annotations({ description: "null removes the limit" })),
+  is_active: Schema.optional(Flag),
   revoke_tokens: Schema.optional(
-    Schema.Boolean.annotations({ description: "With is_active=false: revoke every active token of the project" })
+    Flag.annotations({ description: "With is_active=false (only): revoke every active token of the project" })
   )
-}).annotations({ identifier: "UpdateProject" })
+}).annotations(closedPayload()).pipe(
+  rule((p: { readonly is_active?: boolean | undefined; readonly revoke_tokens?: boolean | undefined }) =>
+    p.revoke_tokens !== true || p.is_active === false, REVOKE_NEEDS_INACTIVE)
+).annotations({ identifier: "UpdateProject" })
 export type UpdateProject = typeof UpdateProject.Type
 
 export const BulkRevokeResult = Schema.Struct({
@@ -89,24 +171,59 @@ export const TokenCreated = Schema.Struct({
 }).annotations({ identifier: "TokenCreated" })
 export type TokenCreated = typeof TokenCreated.Type
 
-const Int = Schema.Number.pipe(Schema.int())
+export const DURATION_REQUIRED = "project_id and duration_minutes are required"
+export const PROJECT_ID_REQUIRED = "project_id is required"
+
+const MaxRequests = Schema.NullOr(
+  Numeric.pipe(
+    wholeNumber("max_requests must be an integer"),
+    Schema.greaterThanOrEqualTo(0, answer("max_requests must be >= 0")),
+    Schema.lessThanOrEqualTo(MAX_REQUESTS_MAX, answer(`max_requests must be <= ${MAX_REQUESTS_MAX}`))
+  )
+).annotations({ description: "0 or null = unlimited" })
 
 export const CreateToken = Schema.Struct({
-  project_id: Schema.String,
-  duration_minutes: Int.pipe(Schema.between(1, DURATION_MAX_MINUTES)),
-  max_requests: Schema.optional(
-    Schema.NullOr(Int.pipe(Schema.between(0, MAX_REQUESTS_MAX))).annotations({ description: "0 or null = unlimited" })
+  duration_minutes: required(
+    // null is answered as a missing duration, any other type as a malformed body.
+    Schema.Number.annotations({
+      message: (issue) => issue._tag === "Type" && issue.actual === null ? DURATION_REQUIRED : INVALID_BODY
+    }).pipe(
+      wholeNumber("duration_minutes must be an integer"),
+      Schema.greaterThanOrEqualTo(1, answer(DURATION_REQUIRED)),
+      Schema.lessThanOrEqualTo(DURATION_MAX_MINUTES, answer("duration_minutes exceeds maximum allowed"))
+    ).annotations({ description: "Lifetime in minutes" }),
+    DURATION_REQUIRED
   ),
-  rate_limit: Schema.optional(Schema.NullOr(RateLimit))
-}).annotations({ identifier: "CreateToken" })
+  project_id: required(
+    Text.pipe(Schema.minLength(1, answer(PROJECT_ID_REQUIRED)), Schema.pattern(UUID_PATTERN, answer("invalid project_id")))
+      .annotations({ description: "UUID of an active project" }),
+    PROJECT_ID_REQUIRED
+  ),
+  max_requests: Schema.optional(MaxRequests),
+  rate_limit: Schema.optional(RateLimitSetting)
+}).annotations({ identifier: "CreateToken", ...closedPayload() })
 export type CreateToken = typeof CreateToken.Type
 
+export const EXPIRES_AT_INVALID = "expires_at must be an RFC 3339 timestamp"
+
 export const UpdateToken = Schema.Struct({
-  is_active: Schema.optional(Schema.Boolean),
-  max_requests: Schema.optional(Schema.NullOr(Int.pipe(Schema.between(0, MAX_REQUESTS_MAX)))),
-  expires_at: Schema.optional(Timestamp),
-  rate_limit: Schema.optional(Schema.NullOr(RateLimit).annotations({ description: "null removes the limit" }))
-}).annotations({ identifier: "UpdateToken" })
+  is_active: Schema.optional(Flag),
+  max_requests: Schema.optional(MaxRequests),
+  expires_at: Schema.optional(
+    Text.pipe(
+      Schema.filter((s: string) => parseTimestamp(s) !== undefined, {
+        ...answer(EXPIRES_AT_INVALID),
+        jsonSchema: { format: "date-time" },
+        // Random strings are hardly ever timestamps: generated ones are drawn from 2000..2100.
+        arbitrary: () => (fc) =>
+          fc.integer({ min: Date.UTC(2000, 0, 1), max: Date.UTC(2100, 0, 1) }).map((ms) => new Date(ms).toISOString())
+      })
+    ).annotations({ description: "RFC 3339 timestamp, any offset (stored in UTC)" })
+  ),
+  rate_limit: Schema.optional(RateLimitSetting.annotations({ description: "null removes the limit" }))
+}).annotations(closedPayload()).pipe(
+  rule((p: object) => Object.keys(p).length > 0, "no fields to update", { minProperties: 1 })
+).annotations({ identifier: "UpdateToken" })
 export type UpdateToken = typeof UpdateToken.Type
 
 export const ListTokensParams = Schema.Struct({
@@ -115,13 +232,43 @@ export const ListTokensParams = Schema.Struct({
   active_only: Schema.optional(Schema.String.annotations({ description: "true: only active, unexpired tokens" }))
 })
 
+export const PURGE_METHOD_AND_URL_REQUIRED = "method and url are required"
+export const PURGE_PREFIX_INVALID = "prefix must be 1 to 80 hexadecimal characters (a prefix of X-PROXY-CACHE-KEY)"
+
+/**
+ * The fields of a purge, each checked for its type when present (null and "" mean absent); which form applies and
+ * its own rules (a hex prefix, a method and URL) are src/cache/policy.ts `parsePurge`'s. Other fields are ignored.
+ */
 export const CachePurge = Schema.Struct({
-  method: Schema.optional(Schema.String.annotations({ description: "With url: purge every entry of that method and URL" })),
-  url: Schema.optional(Schema.String.annotations({ description: "Path (with query) or absolute URL, e.g. /v1/models" })),
-  prefix: Schema.optional(Schema.String.annotations({ description: "Purge keys starting with this (a prefix of X-PROXY-CACHE-KEY)" })),
-  all: Schema.optional(Schema.Boolean.annotations({ description: "true: purge everything (of project_id, when given)" })),
-  project_id: Schema.optional(Schema.String.annotations({ description: "Restrict any form to one project" }))
-}).annotations({ identifier: "CachePurge" })
+  project_id: Schema.optional(
+    Schema.NullOr(
+      Schema.String.annotations(answer("invalid project_id")).pipe(
+        rule((s: string) => s === "" || isUuid(s), "invalid project_id", { pattern: `^$|${UUID_PATTERN.source}` })
+      )
+    ).annotations({ description: "Restrict any form to one project (UUID)" })
+  ),
+  all: Schema.optional(
+    Schema.Boolean.annotations({
+      ...answer("all must be true or false"),
+      description: "true: purge everything (of project_id, when given)"
+    })
+  ),
+  prefix: Schema.optional(
+    Schema.NullOr(Schema.String.annotations(answer(PURGE_PREFIX_INVALID))).annotations({
+      description: "Purge keys starting with this: 1 to 80 hexadecimal characters, a prefix of X-PROXY-CACHE-KEY"
+    })
+  ),
+  method: Schema.optional(
+    Schema.NullOr(Schema.String.annotations(answer(PURGE_METHOD_AND_URL_REQUIRED))).annotations({
+      description: "With url: purge every entry of that method and URL"
+    })
+  ),
+  url: Schema.optional(
+    Schema.NullOr(Schema.String.annotations(answer(PURGE_METHOD_AND_URL_REQUIRED))).annotations({
+      description: "Path (with query) or absolute http(s) URL, e.g. /v1/models"
+    })
+  )
+}).annotations({ identifier: "CachePurge", ...answer("invalid JSON"), jsonSchema: { additionalProperties: true } })
 export type CachePurge = typeof CachePurge.Type
 
 export const CachePurgeResult = Schema.Struct({
@@ -184,9 +331,10 @@ export const UsageSeries = Schema.Struct({
 }).annotations({ identifier: "UsageSeries" })
 export type UsageSeries = typeof UsageSeries.Type
 
+/** Anything else than a string `token` is a wrong token (401), like a wrong string; other fields are ignored. */
 export const Login = Schema.Struct({
   token: Schema.String.annotations({ description: "The management token" })
-}).annotations({ identifier: "Login" })
+}).annotations({ identifier: "Login", jsonSchema: { additionalProperties: true } })
 
 export const SessionInfo = Schema.Struct({
   authenticated: Schema.Boolean,

@@ -7,12 +7,13 @@ import { KeyCipher } from "../crypto/KeyCipher.js"
 import { obfuscateApiKey } from "../crypto/obfuscate.js"
 import { AuditActions } from "../domain/audit.js"
 import { BadRequest, Conflict, InternalError, NotFound } from "../domain/errors.js"
-import { isUuid, parsePageParam, validateCreateProject, validateUpdateProject } from "../domain/validation.js"
+import { CreateProject, UpdateProject } from "../domain/models.js"
+import { isUuid, parsePageParam } from "../domain/validation.js"
 import { Store, type StoreError } from "../store/Store.js"
 import { TokenValidator } from "../token/TokenValidator.js"
 import { audited } from "./auditing.js"
-import { readJson, validate } from "./body.js"
-import { projectJson } from "./present.js"
+import { readPayload, validate } from "./body.js"
+import { projectJson, rateLimitRow } from "./present.js"
 
 const now = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms).toISOString())
 
@@ -27,12 +28,20 @@ const notFound = new NotFound({ error: "project not found" })
 const conflict = (name: string) =>
   new Conflict({ error: `a project named "${name.slice(0, 64)}" already exists`, code: "duplicate_name" })
 
+const readCreateProject = readPayload(CreateProject)
+const readUpdateProject = readPayload(UpdateProject)
+
 export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (handlers) =>
   Effect.gen(function*() {
     const store = yield* Store
     const cipher = yield* KeyCipher
     const providers = yield* Providers
     const validator = yield* TokenValidator
+    // The configured providers are known at run time only: checked after the payload's own rules.
+    const knownProvider = (provider: string) =>
+      providers.names.has(provider)
+        ? Effect.void
+        : Effect.fail(new BadRequest({ error: `unknown provider "${provider.slice(0, 64)}"` }))
 
     return handlers
       .handle("list", ({ urlParams }) =>
@@ -69,15 +78,16 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
       .handleRaw("create", ({ request }) =>
         audited(AuditActions.projectCreate, (note) =>
         Effect.gen(function*() {
-          const body = yield* readJson(request)
-          const input = yield* validate(validateCreateProject(body, providers.names, providers.defaultProvider))
+          const input = yield* readCreateProject(request)
+          const provider = input.provider ?? providers.defaultProvider
+          yield* knownProvider(provider)
           const row = yield* store.createProject({
             id: crypto.randomUUID(),
             name: input.name,
-            apiKey: cipher.encrypt(input.apiKey),
-            apiKeyHint: obfuscateApiKey(input.apiKey),
-            provider: input.provider,
-            rateLimit: input.rateLimit,
+            apiKey: cipher.encrypt(input.api_key),
+            apiKeyHint: obfuscateApiKey(input.api_key),
+            provider,
+            rateLimit: rateLimitRow(input.rate_limit ?? null),
             now: yield* now
           })
           note.projectId = row.id
@@ -103,25 +113,26 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
         Effect.gen(function*() {
           const id = yield* projectId(path.id)
           note.projectId = id
-          const body = yield* readJson(request)
-          const input = yield* validate(validateUpdateProject(body, providers.names))
+          const input = yield* readUpdateProject(request)
+          if (input.provider !== undefined) yield* knownProvider(input.provider)
+          // An empty api_key keeps the current key.
+          const apiKey = input.api_key === "" ? undefined : input.api_key
+          const revokeTokens = input.revoke_tokens === true
           note.details["updated_fields"] = [
             ...(input.name !== undefined ? ["name"] : []),
-            ...(input.apiKey !== undefined ? ["api_key"] : []),
+            ...(apiKey !== undefined ? ["api_key"] : []),
             ...(input.provider !== undefined ? ["provider"] : []),
-            ...(input.isActive !== undefined ? ["is_active"] : []),
-            ...(input.rateLimit !== undefined ? ["rate_limit"] : []),
-            ...(input.revokeTokens ? ["revoke_tokens"] : [])
+            ...(input.is_active !== undefined ? ["is_active"] : []),
+            ...(input.rate_limit !== undefined ? ["rate_limit"] : []),
+            ...(revokeTokens ? ["revoke_tokens"] : [])
           ]
           const result = yield* store.updateProject(id, {
             ...(input.name !== undefined ? { name: input.name } : {}),
-            ...(input.apiKey !== undefined
-              ? { apiKey: cipher.encrypt(input.apiKey), apiKeyHint: obfuscateApiKey(input.apiKey) }
-              : {}),
+            ...(apiKey !== undefined ? { apiKey: cipher.encrypt(apiKey), apiKeyHint: obfuscateApiKey(apiKey) } : {}),
             ...(input.provider !== undefined ? { provider: input.provider } : {}),
-            ...(input.rateLimit !== undefined ? { rateLimit: input.rateLimit } : {}),
-            ...(input.isActive !== undefined ? { isActive: input.isActive } : {}),
-            revokeTokens: input.revokeTokens,
+            ...(input.rate_limit !== undefined ? { rateLimit: rateLimitRow(input.rate_limit) } : {}),
+            ...(input.is_active !== undefined ? { isActive: input.is_active } : {}),
+            revokeTokens,
             now: yield* now
           })
           const updated = yield* Option.match(result, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed })
@@ -130,7 +141,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
           yield* Effect.promise(validator.settled)
           note.details["project_name"] = updated.project.name
           note.details["is_active"] = updated.project.isActive
-          if (input.revokeTokens) note.details["tokens_revoked"] = updated.revoked
+          if (revokeTokens) note.details["tokens_revoked"] = updated.revoked
           return projectJson(updated.project)
         }).pipe(
           Effect.catchTags({

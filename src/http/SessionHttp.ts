@@ -4,18 +4,21 @@
  * session needs its CSRF token, like every other state-changing request.
  */
 import { HttpApiBuilder, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Effect, Option, Redacted } from "effect"
+import { Effect, Either, Option, Redacted } from "effect"
 import { ManagementApi } from "../api/ManagementApi.js"
 import { constantTimeEqual } from "../crypto/constantTime.js"
 import { Forbidden, Unauthorized } from "../domain/errors.js"
-import type { SessionInfo } from "../domain/models.js"
+import { Login, type SessionInfo } from "../domain/models.js"
 import { AuditActions, AuditActors } from "../domain/audit.js"
+import { decodePayload } from "../domain/validation.js"
 import { auditDenial, auditRequest } from "./auditing.js"
 import { failedAttempt, ManagementToken } from "./auth.js"
 import { readJson } from "./body.js"
 import { type AdminSession, AdminSessions, type AdminSessionsShape, CSRF_HEADER, SESSION_COOKIE } from "./session.js"
 
 const COOKIE_PATH = "/manage"
+
+const decodeLogin = decodePayload(Login)
 
 const info = (sessions: AdminSessionsShape, s: AdminSession): SessionInfo => ({
   authenticated: true,
@@ -43,10 +46,11 @@ export const SessionLive = HttpApiBuilder.group(ManagementApi, "session", (handl
     return handlers
       .handleRaw("login", ({ request }) =>
         Effect.gen(function*() {
-          // Read by hand like the other JSON bodies, so a malformed body is a 400, never a 500.
+          // Read by hand like the other JSON bodies, so a malformed body is a 400, never a 500. Any JSON is a login
+          // attempt: one without a string `token` is a wrong token, and counts as one.
           const body = yield* readJson(request, 16 * 1024)
-          const token = (body as { token?: unknown } | null)?.token
-          if (typeof token !== "string" || token === "" || !constantTimeEqual(token, Redacted.value(expected))) {
+          const token = Either.getOrUndefined(decodeLogin(body))?.token
+          if (token === undefined || token === "" || !constantTimeEqual(token, Redacted.value(expected))) {
             yield* failedAttempt(AuditActions.adminLogin, "invalid management token")
             return yield* new Unauthorized({ error: "invalid management token" })
           }

@@ -1,16 +1,17 @@
 /** Handlers of the `tokens` group (reference-system.md §2.4 with the CONTRACT §4 changes). */
 import { HttpApiBuilder, HttpServerResponse } from "@effect/platform"
-import { Clock, Effect, Either, Option } from "effect"
+import { Clock, Effect, Option } from "effect"
 import { ManagementApi } from "../api/ManagementApi.js"
 import { generateProxyToken, hashProxyToken, tokenHint } from "../crypto/ProxyToken.js"
 import { AuditActions } from "../domain/audit.js"
 import { BadRequest, Forbidden, NotFound } from "../domain/errors.js"
-import { isUuid, parseBooleanParam, validateCreateToken, validateUpdateToken } from "../domain/validation.js"
+import { CreateToken, UpdateToken } from "../domain/models.js"
+import { isUuid, parseBooleanParam, parseTimestamp } from "../domain/validation.js"
 import { Store } from "../store/Store.js"
 import { TokenValidator } from "../token/TokenValidator.js"
 import { audited } from "./auditing.js"
-import { readJson, validate } from "./body.js"
-import { tokenJson } from "./present.js"
+import { decodeBody, readJson, readPayload, validate } from "./body.js"
+import { quotaRow, rateLimitRow, tokenJson } from "./present.js"
 import { internal } from "./ProjectsHttp.js"
 
 const tokenNotFound = new NotFound({ error: "token not found" })
@@ -20,6 +21,9 @@ const tokenId = (raw: string) =>
 
 const orNotFound = <A>(o: Option.Option<A>) =>
   Option.match(o, { onNone: () => Effect.fail(tokenNotFound), onSome: Effect.succeed })
+
+const readCreateToken = readPayload(CreateToken)
+const decodeUpdateToken = decodeBody(UpdateToken)
 
 export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handlers) =>
   Effect.gen(function*() {
@@ -47,11 +51,11 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
       .handleRaw("create", ({ request }) =>
         audited(AuditActions.tokenCreate, (note) =>
         Effect.gen(function*() {
-          const body = yield* readJson(request)
-          const input = yield* validate(validateCreateToken(body))
-          note.projectId = input.projectId
-          note.details["duration_minutes"] = input.durationMinutes
-          const project = yield* store.getProject(input.projectId)
+          const input = yield* readCreateToken(request)
+          const projectId = input.project_id.toLowerCase()
+          note.projectId = projectId
+          note.details["duration_minutes"] = input.duration_minutes
+          const project = yield* store.getProject(projectId)
           if (Option.isNone(project)) return yield* new NotFound({ error: "project not found" })
           if (!project.value.isActive) {
             return yield* new Forbidden({ error: "cannot create tokens for inactive projects", code: "project_inactive" })
@@ -62,10 +66,10 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             id: crypto.randomUUID(),
             tokenHash: hashProxyToken(secret),
             tokenHint: tokenHint(secret),
-            projectId: input.projectId,
-            expiresAt: new Date(nowMs + input.durationMinutes * 60_000).toISOString(),
-            maxRequests: input.maxRequests,
-            rateLimit: input.rateLimit,
+            projectId,
+            expiresAt: new Date(nowMs + input.duration_minutes * 60_000).toISOString(),
+            maxRequests: quotaRow(input.max_requests ?? null),
+            rateLimit: rateLimitRow(input.rate_limit ?? null),
             now: new Date(nowMs).toISOString()
           })
           note.tokenId = row.id
@@ -97,7 +101,14 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             // Existence is checked before the fields, as the reference does.
             const current = yield* orNotFound(yield* store.getToken(id))
             note.projectId = current.projectId
-            const patch = yield* Either.mapLeft(validateUpdateToken(body), (error) => new BadRequest({ error }))
+            const input = yield* decodeUpdateToken(body)
+            const expiresAt = input.expires_at === undefined ? undefined : parseTimestamp(input.expires_at)
+            const patch = {
+              ...(input.is_active !== undefined ? { isActive: input.is_active } : {}),
+              ...(input.max_requests !== undefined ? { maxRequests: quotaRow(input.max_requests) } : {}),
+              ...(expiresAt !== undefined ? { expiresAt } : {}),
+              ...(input.rate_limit !== undefined ? { rateLimit: rateLimitRow(input.rate_limit) } : {})
+            }
             if (patch.isActive !== undefined) note.details["updated_is_active"] = patch.isActive
             if (patch.maxRequests !== undefined) note.details["updated_max_requests"] = patch.maxRequests ?? "unlimited"
             if (patch.expiresAt !== undefined) note.details["updated_expires_at"] = patch.expiresAt

@@ -1,10 +1,20 @@
-/** Rows → the JSON the API returns. Secrets never leave here whole: keys as their hint, tokens as theirs. */
+/**
+ * Rows → the JSON the API returns (and the few payload fields the other way). Secrets never leave here whole: keys
+ * as their hint, tokens as theirs.
+ */
 import type { StoredAuditEvent } from "../audit/AuditRepo.js"
 import type { AuditEvent } from "../domain/audit.js"
-import type { Project, Token } from "../domain/models.js"
+import type { Project, RateLimitSetting, Token } from "../domain/models.js"
 import type { ProjectRow, RateLimitRow, TokenRow } from "../store/Store.js"
 
 const rateLimitJson = (r: RateLimitRow | null) => (r === null ? null : { requests: r.requests, window_seconds: r.windowSeconds })
+
+/** A decoded payload's `rate_limit` (null removes the limit) as the store keeps it. */
+export const rateLimitRow = (r: typeof RateLimitSetting.Type): RateLimitRow | null =>
+  r === null ? null : { requests: r.requests, windowSeconds: r.window_seconds }
+
+/** A decoded payload's `max_requests`: 0 and null both mean unlimited (null in the store). */
+export const quotaRow = (n: number | null): number | null => (n === null || n === 0 ? null : n)
 
 export const projectJson = (p: ProjectRow): Project => ({
   id: p.id,
