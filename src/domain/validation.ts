@@ -38,11 +38,12 @@ export const answer = (message: string) => ({ message: () => message })
 
 /**
  * A rule on a value: refused with `message`; `jsonSchema` says the same in `/manage/openapi.json` where JSON
- * Schema can (a pattern, a bound), else the rule shows only in the field's description.
+ * Schema can (a pattern, a bound), else the rule shows only in the field's description. (Without any `jsonSchema`
+ * annotation the OpenAPI generator would skip this node, and the description put on it with it.)
  */
-export const rule = <A>(predicate: (a: A) => boolean, message: string, jsonSchema?: object) =>
+export const rule = <A>(predicate: (a: A) => boolean, message: string, jsonSchema: object = {}) =>
 <S extends Schema.Schema<A, any, never>>(self: S): Schema.filter<S> =>
-  self.pipe(Schema.filter<S>(predicate, { ...answer(message), ...(jsonSchema !== undefined ? { jsonSchema } : {}) }))
+  self.pipe(Schema.filter<S>(predicate, { ...answer(message), jsonSchema }))
 
 /**
  * A whole number, refused with `message` (not JSON Schema's "integer" alone: 1e20 is whole, and is then refused by

@@ -115,6 +115,29 @@ describe("llm-proxy manage (in-process)", () => {
     expect(missing).toMatchObject({ ok: false, err: "llm-proxy: audit event not found" })
   })
 
+  it("checks a payload with the server's own Schema before sending it: same rules, same message, nothing sent", async () => {
+    const p = JSON.parse((await cli("manage", "project", "create", "--name", "cli-schemas", "--api-key", "sk-cli-schemas-1234567890", "--json", ...auth)).out)
+    const t = JSON.parse((await cli("manage", "token", "generate", "--project-id", p.id, "--json", ...auth)).out)
+    expect(await cli("manage", "token", "generate", "--project-id", "not-a-uuid", ...auth)).toMatchObject({
+      ok: false,
+      err: "llm-proxy: invalid input: project_id: invalid project_id"
+    })
+    expect((await cli("manage", "project", "create", "--name", "   ", "--api-key", "sk-x", ...auth)).err).toBe(
+      "llm-proxy: invalid input: name: name must not be empty"
+    )
+    expect((await cli("manage", "token", "update", t.id, "--expires-at", "tomorrow", ...auth)).err).toBe(
+      "llm-proxy: invalid input: expires_at: expires_at must be an RFC 3339 timestamp"
+    )
+    // The server never saw them: no refusal was audited.
+    const failures = await cli("manage", "audit", "list", "--outcome", "failure", "--page-size", "100", "--json", ...auth)
+    const reasons = (JSON.parse(failures.out).events as Array<{ reason?: string }>).map((e) => e.reason)
+    expect(reasons).not.toContain("invalid project_id")
+    expect(reasons).not.toContain("name must not be empty")
+    // What the Schema accepts, the server accepts.
+    const moved = await cli("manage", "token", "update", t.id, "--expires-at", "2030-01-01T00:00:00+01:00", "--json", ...auth)
+    expect(JSON.parse(moved.out).expires_at).toBe("2029-12-31T23:00:00.000Z")
+  })
+
   it("fails with one line and a non-zero exit on a wrong management token", async () => {
     const r = await cli("manage", "project", "list", "--manage-api-base-url", server.url, "--management-token", "wrong")
     expect(r.ok).toBe(false)
