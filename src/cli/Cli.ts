@@ -6,14 +6,17 @@ import { VERSION } from "../http/App.js"
 import { benchmark } from "./benchmark.js"
 import { chat } from "./chat.js"
 import { dispatcher } from "./dispatcher.js"
-import { describeError } from "./errors.js"
+import { CliFailure, describeError } from "./errors.js"
 import { manage } from "./manage.js"
 import { configProvider, migrate, serve, server, setup } from "./serve.js"
+import { commandTree, missingOptions, walkArguments } from "./unknownArguments.js"
 
 export const root = Command.make("llm-proxy").pipe(
   Command.withDescription("LLM API gateway: withering tokens, streaming proxy, usage, audit"),
   Command.withSubcommands([serve, server, dispatcher, manage, migrate, setup, chat, benchmark])
 )
+
+const tree = commandTree(root)
 
 /** The console the CLI was started with, given back to the commands themselves (see `runCli`). */
 class CommandConsole extends Context.Tag("llm-proxy/CommandConsole")<CommandConsole, Console.Console>() {}
@@ -33,10 +36,13 @@ export const usageMessage = (e: ValidationError.ValidationError): string =>
  * Runs the CLI on `argv` (as process.argv: node, script, ...args). Exposed for in-process tests. Every failure —
  * usage errors too — ends as one line `llm-proxy: …` on stderr: @effect/cli prints its usage errors itself (several
  * lines with colours, through the console's `error`), so that is silenced while it parses and the line printed here;
- * the commands' own handlers get the real console back (their warnings on stderr are not silenced).
+ * the commands' own handlers get the real console back (their warnings on stderr are not silenced). An unknown flag
+ * or subcommand is found before parsing (unknownArguments.ts), so that the line names it.
  */
-export const runCli = (argv: ReadonlyArray<string>) =>
-  Effect.gen(function*() {
+export const runCli = (argv: ReadonlyArray<string>) => {
+  const walked = walkArguments(tree, argv.slice(2))
+  return Effect.gen(function*() {
+    if (walked.problem !== undefined) return yield* new CliFailure({ message: walked.problem })
     const provider = yield* configProvider({}, ".env")
     const quiet = Effect.consoleWith((console) =>
       Effect.withConsole(cli(argv), { ...console, error: () => Effect.void }).pipe(
@@ -46,8 +52,11 @@ export const runCli = (argv: ReadonlyArray<string>) =>
     return yield* Effect.withConfigProvider(quiet, provider)
   }).pipe(
     Effect.tapError((e) =>
-      Console.error(`llm-proxy: ${ValidationError.isValidationError(e) ? usageMessage(e) : describeError(e)}`)
+      Console.error(
+        `llm-proxy: ${ValidationError.isValidationError(e) ? missingOptions(usageMessage(e), walked.path) : describeError(e)}`
+      )
     ),
     Effect.provide(Layer.mergeAll(NodeContext.layer, NodeHttpClient.layerUndici))
   )
+}
 
