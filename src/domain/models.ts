@@ -8,6 +8,11 @@
  * picked). Adding a validated field is one entry in its struct, e.g.
  *
  *   name: Schema.optional(Text.pipe(Schema.maxLength(NAME_MAX, answer(`name must be at most ${NAME_MAX} characters`))))
+ *
+ * with `Text`/`Numeric`/`Flag` (a wrong JSON type is "invalid request body"), the filters of effect/Schema or
+ * `rule(predicate, message, jsonSchema?)` for the rules, `required(schema, message)` for a field that must be there,
+ * and `oneAnswer(message)` for a field whose every problem has one message (like `rate_limit`). Unknown fields are
+ * refused by `closedPayload()` on the struct; OpenAPI and the CLI follow by themselves.
  */
 import { Schema } from "effect"
 import {
@@ -18,6 +23,7 @@ import {
   isUnicodeText,
   isUuid,
   NO_CONTROL_PATTERN,
+  oneAnswer,
   parseTimestamp,
   required,
   rule,
@@ -51,7 +57,7 @@ const Flag = Schema.Boolean.annotations(answer(INVALID_BODY))
 export const RATE_LIMIT_INVALID =
   `rate_limit must be null or {"requests": 1..${RATE_LIMIT_REQUESTS_MAX}, "window_seconds": 1..${RATE_LIMIT_WINDOW_MAX}}`
 // Whatever is wrong inside `rate_limit` (type, missing or extra key, bound), the answer is this one message.
-const rateLimitRefused = { message: () => ({ message: RATE_LIMIT_INVALID, override: true }) }
+const rateLimitRefused = oneAnswer(RATE_LIMIT_INVALID)
 
 /** `rate_limit` in a payload: null (none) or both bounds. */
 export const RateLimitSetting = Schema.NullOr(

@@ -37,6 +37,12 @@ export const isPlainName = (name: string): boolean => /^[A-Za-z_-]{1,40}$/.test(
 export const answer = (message: string) => ({ message: () => message })
 
 /**
+ * The annotation that makes `message` the answer to whatever is wrong anywhere inside this schema (its type, a
+ * missing or extra key of a nested struct, a bound): for a field answered with one message, like `rate_limit`.
+ */
+export const oneAnswer = (message: string) => ({ message: () => ({ message, override: true }) })
+
+/**
  * A rule on a value: refused with `message`; `jsonSchema` says the same in `/manage/openapi.json` where JSON
  * Schema can (a pattern, a bound), else the rule shows only in the field's description. (Without any `jsonSchema`
  * annotation the OpenAPI generator would skip this node, and the description put on it with it.)
