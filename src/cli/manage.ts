@@ -4,11 +4,11 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import { HttpApiClient, HttpClient, HttpClientRequest } from "@effect/platform"
-import { Config, Effect, Option, Redacted } from "effect"
+import { Config, Console, Effect, Option, Redacted } from "effect"
 import { readFileSync } from "node:fs"
 import { ManagementApi } from "../api/ManagementApi.js"
 import type { AuditEvent, AuditPage } from "../domain/audit.js"
-import type { Project, Token } from "../domain/models.js"
+import type { Project, Token, TokenPage } from "../domain/models.js"
 import { CliFailure } from "./errors.js"
 import { orDash, record, show, table } from "./output.js"
 
@@ -171,6 +171,8 @@ const project = Command.make("project").pipe(
 
 // ---- tokens ---------------------------------------------------------------------------------------------------
 
+const TOKEN_LIST_LIMIT = 10_000
+
 const usage = (t: Token) => `${t.request_count}/${t.max_requests === null ? "∞" : t.max_requests}`
 
 const tokenStatus = (t: Token, now = Date.now()) =>
@@ -239,17 +241,39 @@ const tokenList = Command.make(
   {
     ...common,
     projectId: Options.text("project-id").pipe(Options.optional),
-    activeOnly: Options.boolean("active-only").pipe(Options.withDescription("Only active, unexpired tokens"))
+    activeOnly: Options.boolean("active-only").pipe(Options.withDescription("Only active, unexpired tokens")),
+    status: Options.choice("status", ["active", "expired", "revoked"]).pipe(Options.optional),
+    search: Options.text("search").pipe(Options.withDescription("The start of the token id"), Options.optional),
+    limit: Options.integer("limit").pipe(
+      Options.withDescription("Most tokens to list (default 10000)"),
+      Options.withDefault(TOKEN_LIST_LIMIT)
+    )
   },
   (o) =>
     Effect.gen(function*() {
-      const tokens = yield* (yield* client(o)).tokens.list({
-        urlParams: {
-          ...Option.match(o.projectId, { onNone: () => ({}), onSome: (project_id) => ({ project_id }) }),
-          ...(o.activeOnly ? { active_only: "true" } : {})
-        }
-      })
+      if (o.limit < 1) return yield* new CliFailure({ message: "--limit must be at least 1" })
+      const api = yield* client(o)
+      const filters = {
+        ...Option.match(o.projectId, { onNone: () => ({}), onSome: (project_id) => ({ project_id }) }),
+        ...(o.activeOnly ? { active_only: "true" } : {}),
+        ...Option.match(o.status, { onNone: () => ({}), onSome: (status) => ({ status }) }),
+        ...Option.match(o.search, { onNone: () => ({}), onSome: (search) => ({ search }) })
+      }
+      // Page by page (newest first), so a large installation never sends one huge answer.
+      const tokens: Array<Token> = []
+      let cursor: string | undefined
+      let more = true
+      while (more && tokens.length < o.limit) {
+        const page = (yield* api.tokens.list({
+          urlParams: { ...filters, page_size: "100", ...(cursor !== undefined ? { cursor } : {}) }
+        })) as TokenPage
+        tokens.push(...page.tokens.slice(0, o.limit - tokens.length))
+        more = page.pagination.has_next
+        cursor = page.pagination.next_cursor ?? undefined
+        if (cursor === undefined) more = false
+      }
       yield* show(o.json ? tokens : tokenTable(tokens))
+      if (more) yield* Console.error(`more tokens match; raise --limit (listed ${tokens.length})`)
     })
 ).pipe(Command.withDescription("List tokens, newest first"))
 

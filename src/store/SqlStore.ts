@@ -2,10 +2,12 @@
  * Store on @effect/sql. The SQL is shared by both dialects; the differences (booleans, timestamp and bigint
  * decoding, unique-violation codes) are handled at the edges of this file.
  */
-import { SqlClient, SqlError } from "@effect/sql"
+import { SqlClient, SqlError, type Statement } from "@effect/sql"
 import { Effect, Layer, Option } from "effect"
+import { boundedCount, keysetPage } from "./keyset.js"
 import {
   type BulkRevoke,
+  COUNT_CAP,
   DuplicateProjectName,
   type ProjectRow,
   Store,
@@ -14,6 +16,8 @@ import {
   type QuotaResult,
   type RateLimitRow,
   type TokenAuthRow,
+  type TokenCount,
+  type TokenFilter,
   type TokenRow,
   type UsagePoint
 } from "./Store.js"
@@ -83,6 +87,25 @@ const isUniqueViolation = (e: SqlError.SqlError): boolean => {
   return code === "23505" || code === "SQLITE_CONSTRAINT_UNIQUE"
 }
 
+/** What a token id can start with: token ids are lowercase UUIDs. */
+const ID_PREFIX = /^[0-9a-f-]{1,36}$/
+
+const HEX = "0123456789abcdef"
+
+/**
+ * An upper bound for the ids starting with `prefix` (an id prefix): the next hex prefix, ignoring dashes — ids
+ * have theirs at fixed places, so this holds whether the database's collation orders dashes or ignores them.
+ * Undefined when there is none (`ffff`).
+ */
+export const idPrefixEnd = (prefix: string): string | undefined => {
+  for (let i = prefix.length - 1; i >= 0; i--) {
+    const at = HEX.indexOf(prefix[i]!)
+    // a dash is skipped, an `f` carries into the character before it
+    if (at >= 0 && at < HEX.length - 1) return prefix.slice(0, i) + HEX[at + 1]
+  }
+  return undefined
+}
+
 const storeError = (operation: string) => (cause: SqlError.SqlError) =>
   new StoreError({ message: `database error during ${operation}`, cause })
 
@@ -121,6 +144,63 @@ export const make = (dialect: Dialect) =>
         )
         : selectProject(id)
 
+    // SQLite's unary + keeps a column from choosing the index (PostgreSQL plans from its statistics instead).
+    const unindexed = (column: string) => (dialect === "sqlite" ? sql.literal(`+${column}`) : sql(column))
+    // A literal, so SQLite can use the partial index of revoked tokens (it cannot prove a bound parameter is 0).
+    const REVOKED = sql.literal(dialect === "sqlite" ? "is_active = 0" : "NOT is_active")
+
+    /**
+     * What a token search matches, one predicate per searched field, combined with OR: today the id prefix. A
+     * prefix of three characters or more is searched through the primary key (at most 1/4096 of the ids start
+     * with it, so sorting them is cheap); a shorter one is a filter on the listing's own order.
+     */
+    const tokenSearch = (search: string): ReadonlyArray<Statement.Fragment> => [
+      ...(ID_PREFIX.test(search)
+        ? [
+          search.length >= 3
+            ? sql.and([
+              sql`id >= ${search}`,
+              ...Option.toArray(Option.map(Option.fromNullable(idPrefixEnd(search)), (end) => sql`id < ${end}`)),
+              sql`id LIKE ${`${search}%`}`
+            ])
+            : sql`id LIKE ${`${search}%`}`
+        ]
+        : [])
+    ]
+
+    const tokenConditions = (f: TokenFilter): ReadonlyArray<Statement.Fragment> => {
+      const search = f.search ?? ""
+      const matches = search === "" ? [] : tokenSearch(search)
+      // Searching by a long id prefix: the primary key range must drive the query, not the project or status index.
+      const byId = matches.length === 1 && ID_PREFIX.test(search) && search.length >= 3
+      const column = (name: string) => (byId ? unindexed(name) : sql(name))
+      return [
+        ...(f.projectId !== undefined ? [sql`${column("project_id")} = ${f.projectId}`] : []),
+        ...(f.status === "active"
+          ? [sql`${column("is_active")} = ${TRUE}`, sql`(expires_at IS NULL OR expires_at > ${f.now})`]
+          : f.status === "expired"
+          ? [sql`${column("is_active")} = ${TRUE}`, sql`expires_at <= ${f.now}`]
+          : f.status === "revoked"
+          ? [sql`${column("is_active")} = ${FALSE}`]
+          : []),
+        ...(search === "" ? [] : matches.length === 0 ? [sql`1 = 0`] : [sql.or(matches)])
+      ]
+    }
+
+    /**
+     * Counts up to `cap` tokens, reading them in the order where they usually sit (active tokens are the newest,
+     * expired ones the oldest), so the count stops early.
+     */
+    const cappedTokenCount = (conditions: ReadonlyArray<Statement.Fragment>, order: "ASC" | "DESC", cap: number) =>
+      Effect.map(
+        sql<Row>`SELECT COUNT(*) AS n FROM (SELECT 1 AS one FROM tokens WHERE ${sql.and(conditions)}
+          ORDER BY created_at ${sql.literal(order)} LIMIT ${cap + 1}) AS matching`,
+        (rows): TokenCount => {
+          const n = num(rows[0]?.n ?? 0)
+          return n > cap ? { count: cap, exact: false } : { count: n, exact: true }
+        }
+      )
+
     const revokeActiveTokens = (projectId: string, now: string) =>
       Effect.map(
         sql<Row>`UPDATE tokens SET is_active = ${FALSE}, deactivated_at = COALESCE(deactivated_at, ${now})
@@ -144,10 +224,15 @@ export const make = (dialect: Dialect) =>
         return wrap(
           "listProjectsPage",
           Effect.gen(function*() {
-            const [count] = yield* sql<Row>`SELECT COUNT(*) AS total FROM projects WHERE ${where}`
             const rows = yield* sql<Row>`SELECT * FROM projects WHERE ${where}
-              ORDER BY name ASC LIMIT ${q.limit} OFFSET ${q.offset}`
-            return { rows: rows.map(toProject), total: num(count?.total ?? 0) }
+              ORDER BY name ASC LIMIT ${q.limit + 1} OFFSET ${q.offset}`
+            const count = yield* boundedCount(sql, "projects", [where], COUNT_CAP)
+            return {
+              rows: rows.slice(0, q.limit).map(toProject),
+              hasNext: rows.length > q.limit,
+              total: count.count,
+              totalExact: count.exact
+            }
           })
         )
       },
@@ -282,19 +367,41 @@ export const make = (dialect: Dialect) =>
           )
         ),
 
-      listTokens: (f) => {
-        const conditions = [
-          ...(f.projectId !== undefined ? [sql`project_id = ${f.projectId}`] : []),
-          ...(f.activeOnly ? [sql`is_active = ${TRUE}`, sql`(expires_at IS NULL OR expires_at > ${f.now})`] : [])
-        ]
-        return wrap(
+      listTokens: (f, page) =>
+        wrap(
           "listTokens",
+          keysetPage(sql, {
+            table: "tokens",
+            timeColumn: "created_at",
+            idColumn: "id",
+            where: tokenConditions(f),
+            decode: toToken
+          }, page)
+        ),
+
+      countTokens: (now, cap) =>
+        wrap(
+          "countTokens",
+          Effect.all({
+            active: cappedTokenCount(tokenConditions({ status: "active", now }), "DESC", cap),
+            expired: cappedTokenCount(tokenConditions({ status: "expired", now }), "ASC", cap),
+            revoked: cappedTokenCount(tokenConditions({ status: "revoked", now }), "DESC", cap)
+          })
+        ),
+
+      pruneTokens: (before, limit) =>
+        wrap(
+          "pruneTokens",
           Effect.map(
-            sql<Row>`SELECT * FROM tokens WHERE ${sql.and(conditions)} ORDER BY created_at DESC, id DESC`,
-            (rows) => rows.map(toToken)
+            sql<Row>`DELETE FROM tokens WHERE id IN (
+                SELECT id FROM tokens WHERE expires_at < ${before}
+                UNION ALL
+                SELECT id FROM tokens WHERE ${REVOKED} AND deactivated_at < ${before}
+                LIMIT ${limit}
+              ) RETURNING id`,
+            (rows) => rows.length
           )
-        )
-      },
+        ),
 
       getToken: (id) =>
         wrap(

@@ -9,6 +9,7 @@ import { randomBytes, randomUUID } from "node:crypto"
 import { writeFileSync } from "node:fs"
 import { postgresStore, sqliteStore } from "../../src/store/layers.js"
 import type { Dialect } from "../../src/store/migrations.js"
+import { firstPage } from "../../src/store/keyset.js"
 import {
   DuplicateProjectName,
   type NewProject,
@@ -297,7 +298,7 @@ const storeSuite = (dialect: Dialect) =>
           expect(yield* store.getTokenByHash(randomBytes(32).toString("hex"))).toEqual(Option.none())
         }))
 
-      it.effect("listTokens filters by project and activeOnly, newest first", () =>
+      it.effect("listTokens filters by project and status, newest first", () =>
         Effect.gen(function*() {
           const store = yield* Store
           const { project: a } = yield* projectWithTokens(0)
@@ -309,24 +310,32 @@ const storeSuite = (dialect: Dialect) =>
           const other = yield* store.createToken(newToken(b.id, { now: at(5) }))
           yield* store.revokeToken(revoked.id, at(10))
 
+          const all = (filter: Parameters<typeof store.listTokens>[0]) =>
+            Effect.map(store.listTokens(filter, { limit: 1000, position: firstPage }), (page) => page.rows)
           const ids = (filter: Parameters<typeof store.listTokens>[0]) =>
-            Effect.map(store.listTokens(filter), (rows) => rows.map((t) => t.id))
+            Effect.map(all(filter), (rows) => rows.map((t) => t.id))
 
           expect(yield* ids({ projectId: a.id, now: LATER })).toEqual([newest.id, revoked.id, expired.id, oldest.id])
-          expect(yield* ids({ projectId: a.id, activeOnly: true, now: LATER })).toEqual([newest.id, oldest.id])
-          expect(yield* ids({ projectId: a.id, activeOnly: false, now: LATER })).toHaveLength(4)
+          expect(yield* ids({ projectId: a.id, status: "active", now: LATER })).toEqual([newest.id, oldest.id])
+          expect(yield* ids({ projectId: a.id, status: "expired", now: LATER })).toEqual([expired.id])
+          expect(yield* ids({ projectId: a.id, status: "revoked", now: LATER })).toEqual([revoked.id])
           // Expiry is exclusive: a token expiring exactly at `now` is no longer active.
-          expect(yield* ids({ projectId: a.id, activeOnly: true, now: at(61) })).toEqual([oldest.id])
+          expect(yield* ids({ projectId: a.id, status: "active", now: at(61) })).toEqual([oldest.id])
+          expect(yield* ids({ projectId: a.id, status: "expired", now: at(61) })).toEqual([newest.id, expired.id])
           expect(yield* ids({ projectId: b.id, now: LATER })).toEqual([other.id])
+          expect(yield* ids({ projectId: a.id, search: newest.id.slice(0, 8), now: LATER })).toEqual([newest.id])
+          expect(yield* ids({ projectId: a.id, search: newest.id, now: LATER })).toEqual([newest.id])
+          expect(yield* ids({ projectId: b.id, search: newest.id.slice(0, 8), now: LATER })).toEqual([])
+          expect(yield* ids({ projectId: a.id, search: "not-an-id", now: LATER })).toEqual([])
 
-          const all = yield* ids({ now: LATER })
-          expect(all).toEqual(expect.arrayContaining([other.id, newest.id, revoked.id, expired.id, oldest.id]))
-          const active = yield* ids({ activeOnly: true, now: LATER })
+          const everything = yield* ids({ now: LATER })
+          expect(everything).toEqual(expect.arrayContaining([other.id, newest.id, revoked.id, expired.id, oldest.id]))
+          const active = yield* ids({ status: "active", now: LATER })
           expect(active).toEqual(expect.arrayContaining([other.id, newest.id, oldest.id]))
           expect(active).not.toContain(revoked.id)
           expect(active).not.toContain(expired.id)
           // Newest first across projects too.
-          const rows = yield* store.listTokens({ now: LATER })
+          const rows = yield* all({ now: LATER })
           const created = rows.map((t) => t.createdAt)
           expect(created).toEqual([...created].sort().reverse())
         }))
@@ -417,7 +426,11 @@ const storeSuite = (dialect: Dialect) =>
             "database error during getTokenByHash"
           )
           expectStoreError(yield* Effect.flip(store.createToken(newToken(randomUUID(), { tokenHash: secret }))))
-          expectStoreError(yield* Effect.flip(store.listTokens({ projectId: secret, activeOnly: true, now: secret })))
+          expectStoreError(
+            yield* Effect.flip(store.listTokens({ projectId: secret, status: "active", now: secret }, { limit: 10, position: firstPage }))
+          )
+          expectStoreError(yield* Effect.flip(store.countTokens(secret, 10)))
+          expectStoreError(yield* Effect.flip(store.pruneTokens(secret, 10)))
           expectStoreError(yield* Effect.flip(store.revokeProjectTokens(secret, secret)))
           expectStoreError(yield* Effect.flip(store.createProject(newProject({ name: secret, apiKey: secret }))))
           expectStoreError(yield* Effect.flip(store.updateProject(secret, { name: secret, now: secret })))
