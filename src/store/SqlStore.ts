@@ -226,7 +226,7 @@ export const make = (dialect: Dialect) =>
           Effect.gen(function*() {
             const rows = yield* sql<Row>`SELECT * FROM projects WHERE ${where}
               ORDER BY name ASC LIMIT ${q.limit + 1} OFFSET ${q.offset}`
-            const count = yield* boundedCount(sql, "projects", [where], COUNT_CAP)
+            const count = yield* boundedCount(sql, "projects", [where], q.countCap ?? COUNT_CAP)
             return {
               rows: rows.slice(0, q.limit).map(toProject),
               hasNext: rows.length > q.limit,

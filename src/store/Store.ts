@@ -193,6 +193,8 @@ export interface ProjectPageQuery {
   readonly search?: string
   readonly limit: number
   readonly offset: number
+  /** Count at most this many (default COUNT_CAP). */
+  readonly countCap?: number
 }
 
 /** Counts beyond this are not read to the end: a listing's `total_count` is exact up to it. */
