@@ -34,6 +34,7 @@ import { HttpServerLive, ServerAddress } from "./http/Server.js"
 import { AdminSessionsLive } from "./http/session.js"
 import { postgresStore, sqliteStore } from "./store/layers.js"
 import { migrateUp } from "./store/migrations.js"
+import { tokenRetentionLayer } from "./store/retention.js"
 import { Store } from "./store/Store.js"
 import * as Health from "./observability/Health.js"
 import * as Metrics from "./observability/Metrics.js"
@@ -86,6 +87,10 @@ export const auditLayer = (config: Pick<AppConfigShape, "audit" | "database">) =
   const retention = audit.retentionDays > 0 ? retentionLayer({ days: audit.retentionDays }) : Layer.empty
   return Layer.merge(log, retention).pipe(Layer.provideMerge(AuditRepo.layer(dialectOf(config.database))))
 }
+
+/** Token retention when TOKEN_RETENTION_DAYS > 0 (src/store/retention.ts). */
+export const tokenRetentionFor = (config: Pick<AppConfigShape, "tokenRetentionDays">) =>
+  config.tokenRetentionDays > 0 ? tokenRetentionLayer({ days: config.tokenRetentionDays }) : Layer.empty
 
 // Module-level instances: the logger set is keyed by identity, so providing the layer twice cannot double lines.
 const jsonLogger = Logger.withConsoleLog(Logger.jsonLogger)
@@ -447,7 +452,9 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
         Layer.provideMerge(Layer.mergeAll(healthChecksLayer(config), cacheMetricsLayer, busObservabilityLayer(config))),
         Layer.provideMerge(
           Layer.mergeAll(
-            auditLayer(config).pipe(Layer.provideMerge(migratedDatabaseLayer(config.database))),
+            Layer.merge(auditLayer(config), tokenRetentionFor(config)).pipe(
+              Layer.provideMerge(migratedDatabaseLayer(config.database))
+            ),
             KeyCipher.layer(config.encryptionKey),
             Providers.load(Option.getOrUndefined(config.apiConfigPath), config.openaiApiUrl),
             responseCacheLayer(config),

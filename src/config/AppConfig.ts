@@ -118,6 +118,8 @@ export interface AppConfigShape {
    * after it was loaded, ms (0 = refuse as soon as the normal TTL is over).
    */
   readonly tokenCacheStaleTtlMs: number
+  /** Tokens expired or revoked more than this many days ago are deleted (their usage rollups stay); 0 keeps them. */
+  readonly tokenRetentionDays: number
   /** How often batched usage counters are written to the database, ms. */
   readonly usageFlushIntervalMs: number
   readonly rateLimitBackend: "in-memory" | "redis"
@@ -523,6 +525,7 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   circuitBreakerCooldownMs: duration("CIRCUIT_BREAKER_COOLDOWN", "30s"),
   tokenCacheTtlMs: duration("TOKEN_CACHE_TTL", "5s", 0),
   tokenCacheStaleTtlMs: duration("TOKEN_CACHE_STALE_TTL", "60s", 0),
+  tokenRetentionDays: nonNegativeInt("TOKEN_RETENTION_DAYS", 30),
   usageFlushIntervalMs: duration("USAGE_FLUSH_INTERVAL", "1s"),
   rateLimitBackend: memoryOrRedis("RATE_LIMIT_BACKEND"),
   rateLimitFailureMode: Config.string("RATE_LIMIT_FAILURE_MODE").pipe(

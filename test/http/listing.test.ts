@@ -179,6 +179,27 @@ function listingSuite(backend: Backend) {
     })
   })
 
+  it("serve prunes tokens expired longer than TOKEN_RETENTION_DAYS at start; 0 keeps them", async () => {
+    const p = await createProject()
+    const old = await createToken(p.id)
+    const fresh = await createToken(p.id)
+    expect((await api.patch(`/manage/tokens/${old.id}`, { expires_at: "2001-01-01T00:00:00Z" })).status).toBe(200)
+    const restart = async (tokenRetentionDays: number) => {
+      await server.close()
+      server = await startServer(testConfig(instance.database, { tokenRetentionDays }))
+      api = new Client(server.url, server.token)
+    }
+    const listed = async () =>
+      ((await api.get(`/manage/tokens?project_id=${p.id}`)).json as Array<Listed>).map((t) => t.id).sort()
+    await restart(0)
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    expect(await listed()).toEqual([old.id, fresh.id].sort())
+    await restart(30)
+    const until = Date.now() + 10_000
+    while ((await listed()).length !== 1 && Date.now() < until) await new Promise((resolve) => setTimeout(resolve, 50))
+    expect(await listed()).toEqual([fresh.id])
+  })
+
   // Its own database: ten thousand tokens would cap the counts of the other tests.
   describe("at ten thousand tokens", () => {
     beforeAll(async () => {

@@ -156,7 +156,7 @@ const walk = <A>(
   })
 
 const suite = (dialect: Dialect) =>
-  layer(freshStore(dialect), { timeout: "60 seconds" })((it) => {
+  layer(freshStore(dialect), { excludeTestServices: true, timeout: "60 seconds" })((it) => {
     it.effect.prop(
       "token and project listings page through exactly the rows of the naive reference",
       [datasetArb],
