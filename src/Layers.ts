@@ -55,7 +55,7 @@ export const dialectOf = (db: Database) => (db._tag === "sqlite" ? "sqlite" : "p
 
 /** Store + SqlClient for the configured database. */
 export const databaseLayer = (db: Database) =>
-  db._tag === "sqlite" ? sqliteStore(db.path) : postgresStore(db.url, db.poolSize)
+  db._tag === "sqlite" ? sqliteStore(db.path, db.synchronous) : postgresStore(db.url, db.poolSize)
 
 /** The database with every pending migration applied (safe when several instances start at once). */
 export const migratedDatabaseLayer = (db: Database) =>

@@ -12,7 +12,12 @@ export interface ListenAddress {
 }
 
 export type Database =
-  | { readonly _tag: "sqlite"; readonly path: string }
+  | {
+    readonly _tag: "sqlite"
+    readonly path: string
+    /** SQLITE_SYNCHRONOUS: absent = `normal` (see src/store/layers.ts). */
+    readonly synchronous?: "full"
+  }
   | { readonly _tag: "postgres"; readonly url: Redacted.Redacted<string>; readonly poolSize: number }
 
 export type LogFormat = "json" | "pretty"
@@ -413,9 +418,14 @@ const database = Config.all({
   url: optionalString("DATABASE_URL"),
   driver: optionalString("DB_DRIVER"),
   path: Config.string("DATABASE_PATH").pipe(Config.withDefault("./data/llm-proxy.db")),
-  poolSize: positiveInt("DATABASE_POOL_SIZE", 10)
+  poolSize: positiveInt("DATABASE_POOL_SIZE", 10),
+  synchronous: Config.string("SQLITE_SYNCHRONOUS").pipe(Config.withDefault("normal"))
 }).pipe(
-  Config.mapOrFail(({ driver, path, poolSize, url }): Either.Either<Database, ConfigError.ConfigError> => {
+  Config.mapOrFail(({ driver, path, poolSize, synchronous, url }): Either.Either<Database, ConfigError.ConfigError> => {
+    const sync = synchronous.trim().toLowerCase()
+    if (sync !== "normal" && sync !== "full" && sync !== "") {
+      return Either.left(invalid("SQLITE_SYNCHRONOUS", `expected normal or full, got "${synchronous}"`))
+    }
     const d = Option.getOrUndefined(driver)?.toLowerCase()
     if (d !== undefined && d !== "sqlite" && d !== "postgres") {
       return Either.left(invalid("DB_DRIVER", `expected sqlite or postgres, got "${d}"`))
@@ -427,7 +437,7 @@ const database = Config.all({
       return Either.right({ _tag: "postgres", url: Redacted.make(url.value), poolSize })
     }
     if (d === "postgres") return Either.left(invalid("DATABASE_URL", "required when DB_DRIVER=postgres"))
-    return Either.right({ _tag: "sqlite", path })
+    return Either.right({ _tag: "sqlite", path, ...(sync === "full" ? { synchronous: "full" as const } : {}) })
   })
 )
 

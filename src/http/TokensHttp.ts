@@ -129,14 +129,10 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
           const input = yield* validate(validateCreateToken(body))
           note.projectId = input.projectId
           note.details["duration_minutes"] = input.durationMinutes
-          const project = yield* store.getProject(input.projectId)
-          if (Option.isNone(project)) return yield* new NotFound({ error: "project not found" })
-          if (!project.value.isActive) {
-            return yield* new Forbidden({ error: "cannot create tokens for inactive projects", code: "project_inactive" })
-          }
           const nowMs = yield* Clock.currentTimeMillis
           const secret = generateProxyToken()
-          const row = yield* store.createToken({
+          // One statement checks the project (exists, active) and inserts the token.
+          const result = yield* store.createTokenForProject({
             id: crypto.randomUUID(),
             tokenHash: hashProxyToken(secret),
             tokenHint: tokenHint(secret),
@@ -146,6 +142,11 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             rateLimit: input.rateLimit,
             now: new Date(nowMs).toISOString()
           })
+          if (result._tag === "project_not_found") return yield* new NotFound({ error: "project not found" })
+          if (result._tag === "project_inactive") {
+            return yield* new Forbidden({ error: "cannot create tokens for inactive projects", code: "project_inactive" })
+          }
+          const row = result.token
           note.tokenId = row.id
           note.details["expires_at"] = row.expiresAt
           if (row.maxRequests !== null) note.details["max_requests"] = row.maxRequests

@@ -3,11 +3,12 @@
  * decoding, unique-violation codes) are handled at the edges of this file.
  */
 import { SqlClient, SqlError, type Statement } from "@effect/sql"
-import { Effect, Layer, Option } from "effect"
+import { Deferred, Effect, Exit, Layer, Option, Queue, type Scope } from "effect"
 import { boundedCount, keysetPage } from "./keyset.js"
 import {
   type BulkRevoke,
   COUNT_CAP,
+  type CreateTokenResult,
   DuplicateProjectName,
   type ProjectRow,
   Store,
@@ -17,6 +18,7 @@ import {
   type RateLimitRow,
   type TokenAuthRow,
   type TokenCount,
+  type NewToken,
   type TokenFilter,
   type TokenRow,
   type UsagePoint
@@ -109,7 +111,28 @@ export const idPrefixEnd = (prefix: string): string | undefined => {
 const storeError = (operation: string) => (cause: SqlError.SqlError) =>
   new StoreError({ message: `database error during ${operation}`, cause })
 
-export const make = (dialect: Dialect) =>
+/** The most token creations one group commit takes. */
+export const CREATE_BATCH_MAX = 256
+
+const newTokenRow = (t: NewToken): TokenRow => ({
+  id: t.id,
+  tokenHash: t.tokenHash,
+  tokenHint: t.tokenHint,
+  projectId: t.projectId,
+  expiresAt: t.expiresAt,
+  isActive: true,
+  deactivatedAt: null,
+  requestCount: 0,
+  maxRequests: t.maxRequests,
+  rateLimit: t.rateLimit ?? null,
+  cacheHitCount: 0,
+  promptTokens: 0,
+  completionTokens: 0,
+  createdAt: t.now,
+  lastUsedAt: null
+})
+
+export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClient.SqlClient | Scope.Scope> =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     // better-sqlite3 cannot bind booleans; Postgres wants real ones.
@@ -200,6 +223,63 @@ export const make = (dialect: Dialect) =>
           return n > cap ? { count: cap, exact: false } : { count: n, exact: true }
         }
       )
+
+    const tokenColumns = (t: NewToken) => ({
+      id: t.id,
+      token_hash: t.tokenHash,
+      token_hint: t.tokenHint,
+      project_id: t.projectId,
+      expires_at: t.expiresAt,
+      is_active: TRUE,
+      max_requests: t.maxRequests,
+      rate_limit_requests: t.rateLimit?.requests ?? null,
+      rate_limit_window_seconds: t.rateLimit?.windowSeconds ?? null,
+      created_at: t.now
+    })
+
+    /** The token, inserted only while its project exists and is active; else which of the two it is not. */
+    const insertForProject = (t: NewToken): Effect.Effect<CreateTokenResult, SqlError.SqlError> =>
+      Effect.gen(function*() {
+        const c = tokenColumns(t)
+        const inserted = yield* sql<Row>`INSERT INTO tokens (id, token_hash, token_hint, project_id, expires_at,
+            is_active, max_requests, rate_limit_requests, rate_limit_window_seconds, created_at)
+          SELECT ${c.id}, ${c.token_hash}, ${c.token_hint}, ${c.project_id}, ${c.expires_at}, ${c.is_active},
+            ${c.max_requests}, ${c.rate_limit_requests}, ${c.rate_limit_window_seconds}, ${c.created_at}
+          FROM projects WHERE id = ${t.projectId} AND is_active = ${TRUE}
+          RETURNING id`
+        if (inserted.length > 0) return { _tag: "created", token: newTokenRow(t) }
+        const [project] = yield* sql<Row>`SELECT is_active FROM projects WHERE id = ${t.projectId}`
+        return project === undefined ? { _tag: "project_not_found" } : { _tag: "project_inactive" }
+      })
+
+    /**
+     * SQLite group commit: creations queue up while the one connection is busy and the writer commits whatever is
+     * waiting in one transaction — one WAL append (and, with SQLITE_SYNCHRONOUS=full, one fsync) per batch instead of
+     * per token. A batch that fails as a whole is retried token by token, so one bad row fails only its own request.
+     */
+    type Pending = { readonly token: NewToken; readonly done: Deferred.Deferred<CreateTokenResult, SqlError.SqlError> }
+    const pending = yield* Queue.unbounded<Pending>()
+    const commitBatch = (batch: ReadonlyArray<Pending>) =>
+      sql.withTransaction(Effect.forEach(batch, (p) => insertForProject(p.token))).pipe(
+        Effect.flatMap((results) =>
+          Effect.sync(() => batch.forEach((p, i) => Deferred.unsafeDone(p.done, Exit.succeed(results[i]!))))
+        ),
+        Effect.catchAll(() =>
+          Effect.forEach(batch, (p) => Effect.exit(insertForProject(p.token)).pipe(Effect.flatMap((exit) => Deferred.done(p.done, exit))), {
+            discard: true
+          })
+        )
+      )
+    // A batch once taken is committed and answered even while the layer closes.
+    yield* Effect.uninterruptibleMask((restore) =>
+      restore(Queue.takeBetween(pending, 1, CREATE_BATCH_MAX)).pipe(Effect.flatMap((chunk) => commitBatch(Array.from(chunk))))
+    ).pipe(Effect.forever, Effect.forkScoped)
+    const groupCommitted = (token: NewToken) =>
+      Effect.gen(function*() {
+        const done = yield* Deferred.make<CreateTokenResult, SqlError.SqlError>()
+        yield* Queue.offer(pending, { token, done })
+        return yield* Deferred.await(done)
+      })
 
     const revokeActiveTokens = (projectId: string, now: string) =>
       Effect.map(
@@ -332,40 +412,11 @@ export const make = (dialect: Dialect) =>
       createToken: (t) =>
         wrap(
           "createToken",
-          Effect.as(
-            sql`INSERT INTO tokens ${
-              sql.insert({
-                id: t.id,
-                token_hash: t.tokenHash,
-                token_hint: t.tokenHint,
-                project_id: t.projectId,
-                expires_at: t.expiresAt,
-                is_active: TRUE,
-                max_requests: t.maxRequests,
-                rate_limit_requests: t.rateLimit?.requests ?? null,
-                rate_limit_window_seconds: t.rateLimit?.windowSeconds ?? null,
-                created_at: t.now
-              })
-            }`,
-            {
-              id: t.id,
-              tokenHash: t.tokenHash,
-              tokenHint: t.tokenHint,
-              projectId: t.projectId,
-              expiresAt: t.expiresAt,
-              isActive: true,
-              deactivatedAt: null,
-              requestCount: 0,
-              maxRequests: t.maxRequests,
-              rateLimit: t.rateLimit ?? null,
-              cacheHitCount: 0,
-              promptTokens: 0,
-              completionTokens: 0,
-              createdAt: t.now,
-              lastUsedAt: null
-            } satisfies TokenRow
-          )
+          Effect.as(sql`INSERT INTO tokens ${sql.insert(tokenColumns(t))}`, newTokenRow(t))
         ),
+
+      createTokenForProject: (t) =>
+        wrap("createToken", dialect === "sqlite" ? groupCommitted(t) : insertForProject(t)),
 
       listTokens: (f, page) =>
         wrap(
@@ -560,4 +611,4 @@ export const make = (dialect: Dialect) =>
   })
 
 export const layer = (dialect: Dialect): Layer.Layer<Store, never, SqlClient.SqlClient> =>
-  Layer.effect(Store, make(dialect))
+  Layer.scoped(Store, make(dialect))

@@ -87,6 +87,12 @@ export interface NewToken {
   readonly now: string
 }
 
+/** What creating a token for a project came to: the token, or why the project refused it. */
+export type CreateTokenResult =
+  | { readonly _tag: "created"; readonly token: TokenRow }
+  | { readonly _tag: "project_not_found" }
+  | { readonly _tag: "project_inactive" }
+
 export interface TokenPatch {
   readonly isActive?: boolean
   readonly maxRequests?: number | null
@@ -227,6 +233,11 @@ export interface StoreShape {
   /** None when the project does not exist. */
   readonly revokeProjectTokens: (id: string, now: string) => Effect.Effect<Option.Option<BulkRevoke>, StoreError>
   readonly createToken: (t: NewToken) => Effect.Effect<TokenRow, StoreError>
+  /**
+   * Creates the token only if its project exists and is active, in one statement. On SQLite, concurrent calls
+   * are committed together (one transaction per batch: a group commit).
+   */
+  readonly createTokenForProject: (t: NewToken) => Effect.Effect<CreateTokenResult, StoreError>
   /** One page of the matching tokens, newest first (created_at, then id), read through an index (keyset). */
   readonly listTokens: (filter: TokenFilter, page: PageRequest) => Effect.Effect<KeysetPage<TokenRow>, StoreError>
   /** Tokens per state at `now`, each counted up to `cap`. */

@@ -8,7 +8,15 @@ import { dirname } from "node:path"
 import * as SqlStore from "./SqlStore.js"
 import { StoreError } from "./Store.js"
 
-export const sqliteClient = (path: string) =>
+/**
+ * SQLite's `synchronous` setting under WAL. `normal` (the default): a commit is durable once the process has
+ * written it — a crash of llm-proxy loses nothing — but the last commits before a power loss or kernel crash may
+ * be rolled back (the file stays consistent); there is no fsync per commit, only at checkpoints. `full`: an fsync
+ * per commit, which holds the event loop for its duration (milliseconds on most disks). See docs/performance.md.
+ */
+export type SqliteSynchronous = "normal" | "full"
+
+export const sqliteClient = (path: string, synchronous: SqliteSynchronous = "normal") =>
   Layer.unwrapEffect(
     Effect.sync(() => {
       if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true })
@@ -17,6 +25,14 @@ export const sqliteClient = (path: string) =>
   ).pipe(
     // Foreign keys are off by default in SQLite; the schema relies on them.
     Layer.tap((ctx) => Effect.asVoid(SqlClient.SqlClient.pipe(Effect.flatMap((sql) => sql`PRAGMA foreign_keys = ON`), Effect.provide(ctx)))),
+    Layer.tap((ctx) =>
+      Effect.asVoid(
+        SqlClient.SqlClient.pipe(
+          Effect.flatMap((sql) => sql.unsafe(`PRAGMA synchronous = ${synchronous === "full" ? "FULL" : "NORMAL"}`)),
+          Effect.provide(ctx)
+        )
+      )
+    ),
     // better-sqlite3 throws synchronously while opening (e.g. "file is not a database" from the WAL pragma, or
     // "unable to open database file"), and @effect/sql-sqlite-node lets that escape as a defect: turn failures
     // and defects alike into a StoreError.
@@ -32,7 +48,8 @@ export const postgresClient = (url: Redacted.Redacted<string>, poolSize: number)
     Layer.mapError((cause) => new StoreError({ message: "cannot connect to PostgreSQL (DATABASE_URL)", cause }))
   )
 
-export const sqliteStore = (path: string) => SqlStore.layer("sqlite").pipe(Layer.provideMerge(sqliteClient(path)))
+export const sqliteStore = (path: string, synchronous?: SqliteSynchronous) =>
+  SqlStore.layer("sqlite").pipe(Layer.provideMerge(sqliteClient(path, synchronous)))
 
 export const postgresStore = (url: Redacted.Redacted<string>, poolSize: number) =>
   SqlStore.layer("postgres").pipe(Layer.provideMerge(postgresClient(url, poolSize)))

@@ -4,7 +4,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, layer } from "@effect/vitest"
-import { Effect, Layer, Option, Redacted } from "effect"
+import { Effect, Either, Layer, Option, Redacted } from "effect"
 import { randomBytes, randomUUID } from "node:crypto"
 import { writeFileSync } from "node:fs"
 import { postgresStore, sqliteStore } from "../../src/store/layers.js"
@@ -269,6 +269,52 @@ const storeSuite = (dialect: Dialect) =>
     })
 
     describe("tokens", () => {
+      it.effect("createTokenForProject: created for an active project, refused for an unknown or inactive one", () =>
+        Effect.gen(function*() {
+          const store = yield* Store
+          const { project } = yield* projectWithTokens(0)
+          const input = newToken(project.id, { maxRequests: 5, rateLimit: { requests: 2, windowSeconds: 60 } })
+          const created = yield* store.createTokenForProject(input)
+          expect(created._tag).toBe("created")
+          const stored = yield* store.getToken(input.id)
+          expect(created).toEqual({ _tag: "created", token: Option.getOrThrow(stored) })
+
+          const unknown = newToken(randomUUID())
+          expect(yield* store.createTokenForProject(unknown)).toEqual({ _tag: "project_not_found" })
+          yield* store.updateProject(project.id, { isActive: false, now: LATER })
+          const refused = newToken(project.id)
+          expect(yield* store.createTokenForProject(refused)).toEqual({ _tag: "project_inactive" })
+          expect(yield* store.getToken(unknown.id)).toEqual(Option.none())
+          expect(yield* store.getToken(refused.id)).toEqual(Option.none())
+        }))
+
+      it.effect("createTokenForProject: concurrent creations all land (group commit); a bad row fails only itself", () =>
+        Effect.gen(function*() {
+          const store = yield* Store
+          const { project: active } = yield* projectWithTokens(0)
+          const { project: inactive } = yield* projectWithTokens(0)
+          yield* store.updateProject(inactive.id, { isActive: false, now: LATER })
+          const taken = yield* store.createToken(newToken(active.id))
+          const inputs = Array.from({ length: 60 }, (_, i) =>
+            i % 10 === 3
+              ? newToken(inactive.id)
+              : i % 10 === 7
+              ? newToken(active.id, { tokenHash: taken.tokenHash }) // duplicate hash: the database refuses it
+              : newToken(active.id))
+          const results = yield* Effect.all(inputs.map((t) => Effect.either(store.createTokenForProject(t))), {
+            concurrency: "unbounded"
+          })
+          results.forEach((r, i) => {
+            if (i % 10 === 3) expect(r).toEqual(Either.right({ _tag: "project_inactive" }))
+            else if (i % 10 === 7) expect(r._tag === "Left" && r.left).toBeInstanceOf(StoreError)
+            else expect(r._tag === "Right" && r.right._tag).toBe("created")
+          })
+          const page = yield* store.listTokens({ projectId: active.id, now: NOW }, { limit: 100, position: firstPage })
+          expect(page.rows.map((t) => t.id).sort()).toEqual(
+            [taken.id, ...inputs.filter((_, i) => i % 10 !== 3 && i % 10 !== 7).map((t) => t.id)].sort()
+          )
+        }))
+
       it.effect("creates a token and reads it back by id and by hash", () =>
         Effect.gen(function*() {
           const store = yield* Store
