@@ -29,6 +29,7 @@ import {
   SessionInfo,
   Token,
   TokenCounts,
+  TokenCountsParams,
   TokenCreated,
   TokenPage,
   UpdateProject,
@@ -96,6 +97,7 @@ export const TokensApi = HttpApiGroup.make("tokens")
   )
   .add(
     HttpApiEndpoint.get("counts", "/tokens/counts")
+      .setUrlParams(TokenCountsParams)
       .addSuccess(TokenCounts)
       .annotate(OpenApi.Description, "How many tokens are active, expired and revoked now (each counted up to 10000)")
   )

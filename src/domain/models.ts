@@ -141,6 +141,10 @@ export const TokenPage = Schema.Struct({
 }).annotations({ identifier: "TokenPage" })
 export type TokenPage = typeof TokenPage.Type
 
+export const TokenCountsParams = Schema.Struct({
+  project_id: Schema.optional(Schema.String.annotations({ description: "Only this project's tokens" }))
+})
+
 const Count = Schema.Struct({
   count: Schema.Number,
   exact: Schema.Boolean.annotations({ description: "false: at least `count` (counting stops there)" })

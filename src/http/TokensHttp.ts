@@ -114,11 +114,15 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             }
           }
         }).pipe(Effect.catchTag("StoreError", internal("failed to list tokens")))))
-      .handle("counts", () =>
+      .handle("counts", ({ urlParams }) =>
         audited(AuditActions.tokenList, (note) =>
           Effect.gen(function*() {
+            const raw = urlParams.project_id
+            if (raw !== undefined && raw !== "" && !isUuid(raw)) return yield* new BadRequest({ error: "invalid project_id" })
+            const projectId = raw ? raw.toLowerCase() : undefined
+            if (projectId !== undefined) note.projectId = projectId
             const now = new Date(yield* Clock.currentTimeMillis).toISOString()
-            const counts = yield* store.countTokens(now, COUNT_CAP)
+            const counts = yield* store.countTokens(now, COUNT_CAP, projectId)
             note.details["counts"] = true
             return counts
           }).pipe(Effect.catchTag("StoreError", internal("failed to count tokens")))))

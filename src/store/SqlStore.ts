@@ -20,6 +20,7 @@ import {
   type TokenCount,
   type NewToken,
   type TokenFilter,
+  type TokenStatus,
   type TokenRow,
   type UsagePoint
 } from "./Store.js"
@@ -430,15 +431,18 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
           }, page)
         ),
 
-      countTokens: (now, cap) =>
-        wrap(
+      countTokens: (now, cap, projectId) => {
+        const of = (status: TokenStatus) =>
+          tokenConditions({ status, now, ...(projectId !== undefined ? { projectId } : {}) })
+        return wrap(
           "countTokens",
           Effect.all({
-            active: cappedTokenCount(tokenConditions({ status: "active", now }), "DESC", cap),
-            expired: cappedTokenCount(tokenConditions({ status: "expired", now }), "ASC", cap),
-            revoked: cappedTokenCount(tokenConditions({ status: "revoked", now }), "DESC", cap)
+            active: cappedTokenCount(of("active"), "DESC", cap),
+            expired: cappedTokenCount(of("expired"), "ASC", cap),
+            revoked: cappedTokenCount(of("revoked"), "DESC", cap)
           })
-        ),
+        )
+      },
 
       pruneTokens: (before, limit) =>
         wrap(

@@ -240,8 +240,8 @@ export interface StoreShape {
   readonly createTokenForProject: (t: NewToken) => Effect.Effect<CreateTokenResult, StoreError>
   /** One page of the matching tokens, newest first (created_at, then id), read through an index (keyset). */
   readonly listTokens: (filter: TokenFilter, page: PageRequest) => Effect.Effect<KeysetPage<TokenRow>, StoreError>
-  /** Tokens per state at `now`, each counted up to `cap`. */
-  readonly countTokens: (now: string, cap: number) => Effect.Effect<TokenCounts, StoreError>
+  /** Tokens (of one project, or all) per state at `now`, each counted up to `cap`. */
+  readonly countTokens: (now: string, cap: number, projectId?: string) => Effect.Effect<TokenCounts, StoreError>
   readonly getToken: (id: string) => Effect.Effect<Option.Option<TokenRow>, StoreError>
   readonly getTokenByHash: (hash: string) => Effect.Effect<Option.Option<TokenRow>, StoreError>
   readonly updateToken: (id: string, patch: TokenPatch) => Effect.Effect<Option.Option<TokenRow>, StoreError>

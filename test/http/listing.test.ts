@@ -177,6 +177,12 @@ function listingSuite(backend: Backend) {
       expired: { count: before.expired.count + 1, exact: true },
       revoked: { count: before.revoked.count + 1, exact: true }
     })
+    expect((await api.get(`/manage/tokens/counts?project_id=${p.id.toUpperCase()}`)).json).toEqual({
+      active: { count: 2, exact: true },
+      expired: { count: 1, exact: true },
+      revoked: { count: 1, exact: true }
+    })
+    expectError(await api.get("/manage/tokens/counts?project_id=nope"), 400, "invalid project_id")
   })
 
   it("serve prunes tokens expired longer than TOKEN_RETENTION_DAYS at start; 0 keeps them", async () => {

@@ -237,6 +237,13 @@ const suite = (dialect: Dialect) =>
           for (const status of ["active", "expired", "revoked"] as const) {
             expect(counts[status]).toEqual({ count: ref.filter((t) => statusOf(t) === status).length, exact: true })
           }
+          for (let i = 0; i <= PROJECTS; i++) {
+            const mine = ref.filter((t) => t.projectId === projectIdOf(i))
+            const perProject = yield* store.countTokens(NOW, COUNT_CAP, projectIdOf(i))
+            for (const status of ["active", "expired", "revoked"] as const) {
+              expect(perProject[status]).toEqual({ count: mine.filter((t) => statusOf(t) === status).length, exact: true })
+            }
+          }
           const capped = yield* store.countTokens(NOW, 2)
           for (const status of ["active", "expired", "revoked"] as const) {
             const n = ref.filter((t) => statusOf(t) === status).length
