@@ -374,7 +374,11 @@ const auditFilters = {
   startTime: Options.text("start-time").pipe(Options.withDescription("RFC 3339; events at or after"), Options.optional),
   endTime: Options.text("end-time").pipe(Options.withDescription("RFC 3339; events at or before"), Options.optional),
   page: Options.integer("page").pipe(Options.withDescription("Page, from 1"), Options.optional),
-  pageSize: Options.integer("page-size").pipe(Options.withDescription("Events per page, 1..100 (default 20)"), Options.optional)
+  pageSize: Options.integer("page-size").pipe(Options.withDescription("Events per page, 1..100 (default 20)"), Options.optional),
+  cursor: Options.text("cursor").pipe(
+    Options.withDescription("Page by cursor instead of number: a cursor printed by an earlier page, or `last`"),
+    Options.optional
+  )
 }
 
 const AUDIT_PARAMS = {
@@ -392,7 +396,8 @@ const AUDIT_PARAMS = {
   startTime: "start_time",
   endTime: "end_time",
   page: "page",
-  pageSize: "page_size"
+  pageSize: "page_size",
+  cursor: "cursor"
 } as const
 
 const auditTable = (page: AuditPage) => {
@@ -407,11 +412,14 @@ const auditTable = (page: AuditPage) => {
     orDash(e.reason),
     e.id
   ])
-  return [
-    table(["TIME", "ACTION", "ACTOR", "OUTCOME", "CLIENT IP", "PROJECT", "REASON", "ID"], rows),
-    "",
-    `page ${p.page} of ${Math.max(p.total_pages, 1)} (${p.total_count} events)${p.has_next ? `; next: --page ${p.page + 1}` : ""}`
-  ].join("\n")
+  const footer = "page" in p
+    ? p.total_exact === false
+      ? `page ${p.page} (more than ${p.total_count} events)${p.has_next ? `; next: --page ${p.page + 1}` : ""}`
+      : `page ${p.page} of ${Math.max(p.total_pages, 1)} (${p.total_count} events)${p.has_next ? `; next: --page ${p.page + 1}` : ""}`
+    : `${page.events.length} events${p.next_cursor !== null ? `; older: --cursor ${p.next_cursor}` : ""}${
+      p.prev_cursor !== null ? `; newer: --cursor ${p.prev_cursor}` : ""
+    }`
+  return [table(["TIME", "ACTION", "ACTOR", "OUTCOME", "CLIENT IP", "PROJECT", "REASON", "ID"], rows), "", footer].join("\n")
 }
 
 const auditRecord = (e: AuditEvent) =>

@@ -550,6 +550,50 @@ describe.skipIf(!hasChromium)(title, () => {
     await h1("Audit log").waitFor()
   })
 
+  it("pages the audit log by cursor on the server: older, newer, oldest", async () => {
+    await Effect.runPromise(
+      Effect.flatMap(SqlClient.SqlClient, (sql) =>
+        sql`WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60)
+          INSERT INTO audit_events (id, timestamp, action, actor, outcome, request_id)
+          SELECT printf('00000000-0000-7000-8000-%012d', i), strftime('%Y-%m-%dT%H:%M:%fZ', '2021-06-01', '+' || i || ' minutes'),
+            'bulk.event', 'bulk-actor', 'success', printf('bulk-%02d', i) FROM n`
+      ).pipe(Effect.provide(sqliteStore(dbPath)))
+    )
+    const listings: Array<URL> = []
+    const record = (request: { url: () => string }) => {
+      const url = new URL(request.url())
+      if (url.pathname === "/manage/audit") listings.push(url)
+    }
+    page.on("request", record)
+    try {
+      await go("/admin/audit?actor=bulk-actor")
+      await h1("Audit log").waitFor()
+      await page.getByText("25 events, newest first").waitFor()
+      const row = (which: "first" | "last", n: number) =>
+        page.locator(`tbody tr:${which}-child a[href$="${String(n).padStart(12, "0")}"]`).waitFor()
+      await row("first", 60)
+      await page.getByRole("link", { name: "Older →" }).click()
+      await row("first", 35)
+      expect(new URL(page.url()).searchParams.get("cursor")).not.toBeNull()
+      await page.getByRole("link", { name: "Oldest »" }).click()
+      await row("last", 1)
+      await row("first", 25)
+      expect(await page.getByRole("link", { name: "Older →" }).count()).toBe(0)
+      await page.getByRole("link", { name: "← Newer" }).click()
+      await row("first", 50)
+      await page.getByRole("link", { name: "« Newest" }).click()
+      await row("first", 60)
+      expect(await page.getByRole("link", { name: "← Newer" }).count()).toBe(0)
+    } finally {
+      page.off("request", record)
+    }
+    expect(listings.length).toBeGreaterThanOrEqual(5)
+    for (const u of listings) {
+      expect(u.searchParams.get("page_size")).toBe("25")
+      expect(u.searchParams.has("cursor")).toBe(true)
+    }
+  })
+
   it("returns to the sign-in screen when the session ends on the server, then back to the page", async () => {
     await go(`/admin/projects/${projectId}`)
     await h1("Acme chat").waitFor()

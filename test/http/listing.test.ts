@@ -185,6 +185,34 @@ function listingSuite(backend: Backend) {
     expectError(await api.get("/manage/tokens/counts?project_id=nope"), 400, "invalid project_id")
   })
 
+  it("GET /manage/audit with cursor: pages of events newest first through next_cursor, back through prev_cursor", async () => {
+    const correlation = `listing-${crypto.randomUUID()}`
+    const p = await createProject()
+    for (let i = 0; i < 7; i++) {
+      expect((await api.get(`/manage/projects/${p.id}`, { headers: { "x-correlation-id": correlation } })).status).toBe(200)
+    }
+    const all = (await api.get(`/manage/audit?correlation_id=${correlation}&page_size=100`)).json
+    expect(all.events).toHaveLength(7)
+    const ids = all.events.map((e: { id: string }) => e.id)
+    const audit = async (query: string) => {
+      const r = await api.get(`/manage/audit?correlation_id=${correlation}&page_size=3&${query}`)
+      expect(r.status, r.text).toBe(200)
+      return r.json as { events: Array<{ id: string }>; pagination: Page["pagination"] }
+    }
+    const first = await audit("cursor=")
+    expect(first.events.map((e) => e.id)).toEqual(ids.slice(0, 3))
+    expect(first.pagination).toEqual({ page_size: 3, has_next: true, has_prev: false, next_cursor: expect.any(String), prev_cursor: null })
+    const second = await audit(`cursor=${first.pagination.next_cursor}`)
+    expect(second.events.map((e) => e.id)).toEqual(ids.slice(3, 6))
+    const back = await audit(`cursor=${second.pagination.prev_cursor}`)
+    expect(back.events.map((e) => e.id)).toEqual(ids.slice(0, 3))
+    const last = await audit("cursor=last")
+    expect(last.events.map((e) => e.id)).toEqual(ids.slice(4))
+    expect(last.pagination).toMatchObject({ has_next: false, has_prev: true, next_cursor: null })
+    expectError(await api.get("/manage/audit?page=2&cursor="), 400, "page and cursor cannot be combined")
+    expectError(await api.get("/manage/audit?cursor=bogus"), 400, "invalid cursor")
+  })
+
   it("serve prunes tokens expired longer than TOKEN_RETENTION_DAYS at start; 0 keeps them", async () => {
     const p = await createProject()
     const old = await createToken(p.id)

@@ -7,13 +7,12 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, layer } from "@effect/vitest"
-import { Effect, Either, FastCheck as fc } from "effect"
-import { decodeCursor, encodeCursor } from "../../src/http/cursor.js"
-import { type KeysetPage, type PagePosition, type PageRequest, type RowKey } from "../../src/store/keyset.js"
+import { Effect, FastCheck as fc } from "effect"
 import type { Dialect } from "../../src/store/migrations.js"
 import { COUNT_CAP, Store, type TokenFilter, type TokenRow, type TokenStatus } from "../../src/store/Store.js"
 import { postgresUrl } from "../support/databases.js"
 import { freshStore } from "./backends.js"
+import { walk } from "./paging.js"
 
 const T0_US = Date.parse("2024-05-06T07:08:09.123Z") * 1000
 const NOW_US = T0_US + 3_000_000
@@ -99,61 +98,6 @@ const statusOf = (t: RefToken): TokenStatus =>
 /** Newest first: creation time, then id, both descending. */
 const byKeyDesc = (a: RefToken, b: RefToken) =>
   b.createdUs - a.createdUs || (a.id < b.id ? 1 : a.id > b.id ? -1 : 0)
-
-const roundTrip = (direction: "after" | "before", key: RowKey): PagePosition => {
-  // Through the wire form, so a cursor of each database's own time text is accepted back.
-  const decoded = decodeCursor(encodeCursor(direction, key))
-  if (Either.isLeft(decoded)) throw new Error(`cursor of ${JSON.stringify(key)} refused: ${decoded.left}`)
-  return decoded.right
-}
-
-const checkPage = <A>(
-  page: KeysetPage<A>,
-  expected: { readonly rows: ReadonlyArray<string>; readonly hasNext: boolean; readonly hasPrev: boolean },
-  idOf: (a: A) => string,
-  label: string
-) => {
-  expect({ rows: page.rows.map(idOf), hasNext: page.hasNext, hasPrev: page.hasPrev }, label).toEqual(expected)
-}
-
-/** Reads every page forwards from the first, backwards from the last, and past both ends; compares to `ref`. */
-const walk = <A>(
-  list: (request: PageRequest) => Effect.Effect<KeysetPage<A>, unknown>,
-  ref: ReadonlyArray<string>,
-  size: number,
-  idOf: (a: A) => string,
-  label: string
-) =>
-  Effect.gen(function*() {
-    const n = ref.length
-    // forwards
-    let position: PagePosition = { _tag: "first" }
-    let lastPage: KeysetPage<A> | undefined
-    for (let start = 0;; start += size) {
-      const page: KeysetPage<A> = yield* list({ limit: size, position })
-      checkPage(page, { rows: ref.slice(start, start + size), hasNext: start + size < n, hasPrev: start > 0 }, idOf, `${label} forwards from ${start}`)
-      lastPage = page
-      if (!page.hasNext) break
-      position = roundTrip("after", page.lastKey!)
-    }
-    // past the end: after the last row, before the first
-    if (n > 0) {
-      const end = yield* list({ limit: size, position: roundTrip("after", lastPage.lastKey!) })
-      checkPage(end, { rows: [], hasNext: false, hasPrev: true }, idOf, `${label} after the last row`)
-      const first = yield* list({ limit: size, position: { _tag: "first" } })
-      const start = yield* list({ limit: size, position: roundTrip("before", first.firstKey!) })
-      checkPage(start, { rows: [], hasNext: true, hasPrev: false }, idOf, `${label} before the first row`)
-    }
-    // backwards from the last page
-    position = { _tag: "last" }
-    for (let end = n;; end -= size) {
-      const from = Math.max(0, end - size)
-      const page: KeysetPage<A> = yield* list({ limit: size, position })
-      checkPage(page, { rows: ref.slice(from, end), hasNext: end < n, hasPrev: from > 0 }, idOf, `${label} backwards to ${end}`)
-      if (!page.hasPrev) break
-      position = roundTrip("before", page.firstKey!)
-    }
-  })
 
 const suite = (dialect: Dialect) =>
   layer(freshStore(dialect), { excludeTestServices: true, timeout: "60 seconds" })((it) => {
