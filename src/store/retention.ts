@@ -15,8 +15,8 @@ export interface TokenRetentionOptions {
   readonly pause?: Duration.DurationInput
 }
 
-/** Measured on a million tokens (docs/performance.md): a batch of 200 holds SQLite for tens of milliseconds. */
-export const BATCH_SIZE = 200
+/** Measured on a million tokens (docs/performance.md): a batch of 100 holds SQLite for a few milliseconds. */
+export const BATCH_SIZE = 100
 export const PAUSE = Duration.millis(50)
 
 /**
