@@ -30,9 +30,11 @@ import { KeyCipher } from "./crypto/KeyCipher.js"
 import { AdminAssetsLive } from "./http/AdminUi.js"
 import { ManagementAppLive, VERSION } from "./http/App.js"
 import { ManagementToken } from "./http/auth.js"
+import * as AuthThrottle from "./http/authThrottle.js"
 import { HttpServerLive, ServerAddress } from "./http/Server.js"
 import { AdminSessionsLive } from "./http/session.js"
 import { postgresStore, sqliteStore } from "./store/layers.js"
+import * as AdminSessionStore from "./store/sessions.js"
 import { migrateUp } from "./store/migrations.js"
 import { tokenRetentionLayer } from "./store/retention.js"
 import { Store } from "./store/Store.js"
@@ -194,6 +196,32 @@ const dispatcherObservabilityLayer = (config: DispatcherConfig) =>
     registerBusCheck(health, { required: true, kind: "redis-streams", stream: config.events.streamKey, backlog })
     registerDispatcherCheck(health, { backlog, onlyGroup: config.group, dispatchers: [info] })
   }))
+
+/**
+ * The brute-force limit on management authentication (src/http/authThrottle.ts): shared through Redis when the rate
+ * limits are, per instance otherwise.
+ */
+export const authThrottleLayer = (
+  config: Pick<AppConfigShape, "rateLimitBackend" | "redisUrl" | "managementAuthMaxFailures" | "managementAuthWindowMs">
+) => {
+  const options = { maxFailures: config.managementAuthMaxFailures, windowMs: config.managementAuthWindowMs }
+  return config.rateLimitBackend === "redis" ? AuthThrottle.redis(config.redisUrl, options) : AuthThrottle.memory(options)
+}
+
+/** Admin UI sessions, in the database so every instance shares them (src/http/session.ts). */
+export const adminSessionsLayer = AdminSessionsLive().pipe(Layer.provide(AdminSessionStore.layer))
+
+/**
+ * `METRICS_ADDR`: /metrics, /metrics/json and /health on a listener of their own (the main listener then answers
+ * 404 for the metrics), with METRICS_TOKEN required there too when it is set.
+ */
+export const serveMetricsListenerLayer = (config: Pick<AppConfigShape, "enableMetrics" | "metricsAddr" | "metricsToken">) =>
+  config.enableMetrics && Option.isSome(config.metricsAddr)
+    ? metricsEndpoint(config.metricsAddr.value, "serve", {
+      json: true,
+      ...(Option.isSome(config.metricsToken) ? { token: config.metricsToken.value } : {})
+    })
+    : Layer.empty
 
 /** Window rate limiter store: one instance in memory, or shared through Redis. */
 export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" | "redisUrl" | "rateLimitFailureMode">) =>
@@ -361,7 +389,8 @@ export const observedHooksLayer = <E, R>(config: AppConfigShape, others: Layer.L
       const observability = yield* ProxyObservability.make({
         metrics: config.enableMetrics,
         accessLog: config.accessLog,
-        format: config.logFormat
+        format: config.logFormat,
+        trustIncomingTrace: Option.exists(config.otlp, (o) => o.trustIncomingTrace)
       })
       return ProxyHooks.combine(before, observability)
     })
@@ -434,6 +463,7 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
   Layer.unwrapEffect(
     Effect.gen(function*() {
       const resolved = yield* resolveManagementToken(config.managementToken, config.managementTokenFile)
+      for (const warning of resolved.warnings) yield* Effect.logWarning(warning)
       if (resolved.source !== "environment") {
         yield* Effect.logInfo(
           resolved.source === "generated"
@@ -441,7 +471,7 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
             : `using the management token stored in ${config.managementTokenFile}`
         )
       }
-      return HttpServerLive.pipe(
+      return Layer.merge(HttpServerLive, serveMetricsListenerLayer(config)).pipe(
         Layer.provide(ManagementAppLive),
         Layer.provideMerge(dataPlaneLayer(config, eventHooksLayer(config, options.proxyHooks))),
         Layer.provideMerge(
@@ -452,14 +482,14 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
         Layer.provideMerge(Layer.mergeAll(healthChecksLayer(config), cacheMetricsLayer, busObservabilityLayer(config))),
         Layer.provideMerge(
           Layer.mergeAll(
-            Layer.merge(auditLayer(config), tokenRetentionFor(config)).pipe(
+            Layer.mergeAll(auditLayer(config), adminSessionsLayer, tokenRetentionFor(config)).pipe(
               Layer.provideMerge(migratedDatabaseLayer(config.database))
             ),
             KeyCipher.layer(config.encryptionKey),
             Providers.load(Option.getOrUndefined(config.apiConfigPath), config.openaiApiUrl),
             responseCacheLayer(config),
             Layer.succeed(ManagementToken, resolved.token),
-            AdminSessionsLive(),
+            authThrottleLayer(config),
             AdminAssetsLive(),
             Layer.succeed(AppConfig, config),
             eventsLayer(config)

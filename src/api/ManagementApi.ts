@@ -13,6 +13,7 @@ import {
   NotFoundWire,
   PayloadTooLargeWire,
   ServiceUnavailableWire,
+  TooManyRequestsWire,
   UnauthorizedWire
 } from "../domain/errors.js"
 import {
@@ -142,7 +143,12 @@ export const SessionApi = HttpApiGroup.make("session")
       .addError(UnauthorizedWire)
   )
   .add(HttpApiEndpoint.get("current", "/session").addSuccess(SessionInfo))
-  .add(HttpApiEndpoint.del("logout", "/session").addSuccess(HttpApiSchema.NoContent))
+  .add(
+    HttpApiEndpoint.del("logout", "/session")
+      .addSuccess(HttpApiSchema.NoContent)
+      .addError(ForbiddenWire)
+      .annotate(OpenApi.Description, "Ends the session of the cookie; a live session needs its `X-CSRF-Token` (403 `csrf_failed` without)")
+  )
   .prefix("/manage")
   .annotate(OpenApi.Title, "Admin session")
 
@@ -182,6 +188,7 @@ export class ManagementApi extends HttpApi.make("llm-proxy")
   .add(CacheApi)
   .addError(BadRequestWire)
   .addError(PayloadTooLargeWire)
+  .addError(TooManyRequestsWire)
   .addError(InternalErrorWire)
   .addError(ServiceUnavailableWire)
   .annotate(OpenApi.Title, "llm-proxy management API")

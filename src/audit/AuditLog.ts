@@ -3,6 +3,12 @@
  * and returns; one background fiber takes whatever is queued (up to BATCH_SIZE events), hands the batch to every
  * sink (database, JSONL file — chosen in src/Layers.ts) and only then takes the next batch. Closing the layer's
  * scope stops intake, writes everything already accepted, then releases the sinks.
+ *
+ * Denials that anyone can cause without a credential (a /v1 request with a bad token, a failed management login)
+ * go through `recordDenial` instead: they are folded into one event per (action, reason, client IP, token, project,
+ * minute) carrying a `count`, written when its minute is over (or at `flush` / shutdown), so a flood adds a bounded
+ * number of rows. At most MAX_PENDING_DENIALS such events wait at once; denials beyond that are folded into one event
+ * per (action, reason, minute) without a client IP, marked `overflow`.
  */
 import { Cause, Chunk, Clock, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Queue, Schedule, Schema } from "effect"
 import type { AuditEntry, AuditRecord } from "../domain/audit.js"
@@ -32,6 +38,10 @@ export interface AuditStats {
   readonly dropped: number
   /** Events a sink could not write after retrying (they may have reached the other sinks). */
   readonly failed: number
+  /** Denials counted into an aggregated event (`recordDenial`), the first of each included. */
+  readonly denials: number
+  /** Of those, denials folded into an overflow event because MAX_PENDING_DENIALS keys were already waiting. */
+  readonly overflowed: number
 }
 
 export interface AuditLogShape {
@@ -42,6 +52,11 @@ export interface AuditLogShape {
   readonly record: (entry: AuditEntry) => Effect.Effect<void>
   /** For plain Node code on the data plane: queues the event if there is room, never waits. */
   readonly unsafeRecord: (entry: AuditEntry) => boolean
+  /**
+   * Counts a denial into its aggregated event (one per action, reason, client IP, token, project and minute); the
+   * first denial's request fields stand for the others. Synchronous and never waits.
+   */
+  readonly recordDenial: (entry: AuditEntry) => void
   /** Completes once every event accepted before it has been handed to the sinks. */
   readonly flush: Effect.Effect<void>
   readonly stats: Effect.Effect<AuditStats>
@@ -58,6 +73,13 @@ export const BATCH_SIZE = 500
  * A flush or shutdown cuts the wait short.
  */
 export const LINGER_MS = 50
+/** Aggregated denials waiting for their minute to end, at most (memory stays bounded under a flood of addresses). */
+export const MAX_PENDING_DENIALS = 10_000
+/** Client-chosen strings kept in an aggregated denial are shorter than in other events. */
+const DENIAL_LIMITS: Partial<Record<keyof AuditEntry, number>> = { path: 256, userAgent: 256 }
+const MINUTE_MS = 60_000
+/** How often aggregated denials of minutes that ended are handed to the writer. */
+const DENIAL_TICK = 5_000
 /** How long shutdown waits for the sinks before giving up (a sink that hangs must not hang the process). */
 const DRAIN_TIMEOUT = Duration.seconds(30)
 
@@ -81,9 +103,9 @@ const LIMITS: Partial<Record<keyof AuditEntry, number>> = {
   reason: 1024
 }
 
-const bounded = (entry: AuditEntry): AuditEntry => {
+const bounded = (entry: AuditEntry, limits: Partial<Record<keyof AuditEntry, number>> = LIMITS): AuditEntry => {
   let out: Record<string, unknown> | undefined
-  for (const [key, max] of Object.entries(LIMITS) as Array<[keyof AuditEntry, number]>) {
+  for (const [key, max] of Object.entries(limits) as Array<[keyof AuditEntry, number]>) {
     const value = entry[key]
     if (typeof value === "string" && value.length > max) {
       out ??= { ...entry }
@@ -101,10 +123,43 @@ export const toRecord = (entry: AuditEntry, nowMs: number): AuditRecord => ({
 
 const retryPolicy = Schedule.exponential("100 millis").pipe(Schedule.intersect(Schedule.recurs(4)))
 
+interface PendingDenial {
+  readonly entry: AuditEntry
+  readonly firstMs: number
+  lastMs: number
+  count: number
+}
+
+/** What the overflow event of an action and reason keeps: nothing that belongs to one client. */
+const overflowEntry = (entry: AuditEntry): AuditEntry =>
+  bounded(bounded({
+    action: entry.action,
+    actor: entry.actor,
+    outcome: entry.outcome,
+    reason: entry.reason,
+    method: entry.method,
+    path: entry.path,
+    details: { ...entry.details, overflow: true }
+  }), DENIAL_LIMITS)
+
+/** The event an aggregate stands for: the first denial's fields, its time, and how many there were. */
+const denialRecord = (p: PendingDenial): AuditRecord => ({
+  ...p.entry,
+  ...(p.count > 1 ? { details: { ...p.entry.details, last_seen: new Date(p.lastMs).toISOString() } } : {}),
+  count: p.count,
+  id: uuidv7(p.firstMs),
+  timestamp: new Date(p.firstMs).toISOString()
+})
+
 export interface AuditLogOptions {
   readonly capacity?: number
   readonly batchSize?: number
   readonly lingerMs?: number
+  readonly maxPendingDenials?: number
+  /** The clock of `recordDenial` and of closing minutes (tests move it). */
+  readonly now?: () => number
+  /** How often minutes that ended are looked for, ms. */
+  readonly denialTickMs?: number
 }
 
 export const make = (options: AuditLogOptions = {}) => Effect.gen(function*() {
@@ -112,7 +167,11 @@ export const make = (options: AuditLogOptions = {}) => Effect.gen(function*() {
   const batchSize = options.batchSize ?? BATCH_SIZE
   const lingerMs = options.lingerMs ?? LINGER_MS
   const queue = yield* Queue.bounded<Item>(options.capacity ?? QUEUE_CAPACITY)
-  const stats = { accepted: 0, written: 0, dropped: 0, failed: 0 }
+  const stats = { accepted: 0, written: 0, dropped: 0, failed: 0, denials: 0, overflowed: 0 }
+  const maxPending = options.maxPendingDenials ?? MAX_PENDING_DENIALS
+  // Wall-clock time, like `unsafeRecord`: recordDenial is plain synchronous code on the data plane.
+  const clock = options.now ?? Date.now
+  const pending = new Map<string, PendingDenial>()
   let closed = false
   // Completed by flush and shutdown to end the writer's linger early.
   let wake: Deferred.Deferred<void> | undefined
@@ -166,9 +225,29 @@ export const make = (options: AuditLogOptions = {}) => Effect.gen(function*() {
 
   const fiber = yield* Effect.forkScoped(writer)
 
+  /** Takes the aggregated denials of minutes before `beforeMinute` (all of them when undefined) off `pending`. */
+  const takeDenials = (beforeMinute: number | undefined): Array<Item> => {
+    const items: Array<Item> = []
+    for (const [key, p] of pending) {
+      if (beforeMinute !== undefined && Math.floor(p.firstMs / MINUTE_MS) >= beforeMinute) continue
+      pending.delete(key)
+      stats.accepted++
+      items.push({ _tag: "event", record: denialRecord(p) })
+    }
+    return items
+  }
+  const offerAll = (items: Array<Item>) => (items.length === 0 ? Effect.void : Queue.offerAll(queue, items))
+
+  // Hands over the denials of minutes that have ended. Waits for room like `record`: nothing counted is lost.
+  yield* Effect.suspend(() => offerAll(takeDenials(Math.floor(clock() / MINUTE_MS)))).pipe(
+    Effect.repeat(Schedule.spaced(options.denialTickMs ?? DENIAL_TICK)),
+    Effect.forkScoped
+  )
+
   yield* Effect.addFinalizer(() =>
     Effect.gen(function*() {
       closed = true
+      yield* offerAll(takeDenials(undefined))
       yield* Queue.offer(queue, { _tag: "stop" })
       wakeWriter()
       yield* Fiber.join(fiber)
@@ -200,8 +279,33 @@ export const make = (options: AuditLogOptions = {}) => Effect.gen(function*() {
       else stats.dropped++
       return ok
     },
+    recordDenial: (entry) => {
+      if (closed) return
+      const now = clock()
+      const minute = Math.floor(now / MINUTE_MS)
+      let key = `${minute}\u0000${entry.action}\u0000${entry.actor}\u0000${entry.reason}\u0000${entry.clientIp}\u0000${entry.tokenId}\u0000${entry.projectId}`
+      let p = pending.get(key)
+      stats.denials++
+      if (p === undefined && pending.size >= maxPending) {
+        // The overflow event of this action and reason stands for every address that found no room.
+        stats.overflowed++
+        key = `${minute}\u0000${entry.action}\u0000${entry.actor}\u0000${entry.reason}\u0000*`
+        p = pending.get(key)
+        if (p === undefined) {
+          p = { entry: overflowEntry(entry), firstMs: now, lastMs: now, count: 0 }
+          pending.set(key, p)
+        }
+      } else if (p === undefined) {
+        p = { entry: bounded(bounded(entry), DENIAL_LIMITS), firstMs: now, lastMs: now, count: 0 }
+        pending.set(key, p)
+      }
+      p.count++
+      p.lastMs = now
+    },
     flush: Effect.gen(function*() {
       if (closed) return
+      // Aggregated denials so far are written too (later ones of the same minute start a new event).
+      yield* offerAll(takeDenials(undefined))
       const done = yield* Deferred.make<void>()
       yield* Queue.offer(queue, { _tag: "flush", done })
       wakeWriter()
@@ -225,6 +329,7 @@ export const disabled = (queryable: boolean): Layer.Layer<AuditLog> =>
     queryable,
     record: () => Effect.void,
     unsafeRecord: () => false,
+    recordDenial: () => {},
     flush: Effect.void,
-    stats: Effect.succeed({ accepted: 0, written: 0, dropped: 0, failed: 0 })
+    stats: Effect.succeed({ accepted: 0, written: 0, dropped: 0, failed: 0, denials: 0, overflowed: 0 })
   })

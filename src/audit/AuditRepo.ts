@@ -26,6 +26,8 @@ export interface StoredAuditEvent {
   readonly userAgent: string | null
   readonly reason: string | null
   readonly metadata: string | null
+  /** How many requests the event stands for (aggregated denials); 1 for every other event. */
+  readonly count: number
 }
 
 export interface AuditRepoShape {
@@ -72,7 +74,8 @@ const toEvent = (r: Row): StoredAuditEvent => ({
   path: str(r.path),
   userAgent: str(r.user_agent),
   reason: str(r.reason),
-  metadata: str(r.metadata)
+  metadata: str(r.metadata),
+  count: r.count === null || r.count === undefined ? 1 : Number(r.count)
 })
 
 /** Column values of a record; details become the JSON `metadata` (absent when there are none). */
@@ -91,7 +94,8 @@ export const toColumns = (r: AuditRecord) => ({
   path: r.path ?? null,
   user_agent: r.userAgent ?? null,
   reason: r.reason ?? null,
-  metadata: r.details !== undefined && Object.keys(r.details).length > 0 ? JSON.stringify(r.details) : null
+  metadata: r.details !== undefined && Object.keys(r.details).length > 0 ? JSON.stringify(r.details) : null,
+  count: r.count ?? 1
 })
 
 const SEARCHED = ["request_id", "correlation_id", "client_ip", "action", "actor", "method", "path", "reason", "metadata"]

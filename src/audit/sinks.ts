@@ -3,8 +3,9 @@
  * fsync'd before the writer takes the next one. Which of them run is decided in src/Layers.ts.
  */
 import { Effect, Layer } from "effect"
-import { mkdir, open } from "node:fs/promises"
+import { open } from "node:fs/promises"
 import { dirname } from "node:path"
+import { ensurePrivateDir, tightenPrivateFile } from "../config/privateFiles.js"
 import type { AuditRecord } from "../domain/audit.js"
 import { type AuditSink, AuditSinkError, AuditSinks } from "./AuditLog.js"
 import { AuditRepo } from "./AuditRepo.js"
@@ -36,16 +37,22 @@ export const fileLine = (r: AuditRecord): string =>
     path: r.path,
     user_agent: r.userAgent,
     reason: r.reason,
-    details: r.details !== undefined && Object.keys(r.details).length > 0 ? r.details : undefined
+    details: r.details !== undefined && Object.keys(r.details).length > 0 ? r.details : undefined,
+    // Only aggregated denials carry it (every other line stands for one event).
+    count: r.count
   }) + "\n"
 
-/** Appends to `path` (created with mode 0600, parent directories too); never truncates. */
+/**
+ * Appends to `path` (created with mode 0600, missing directories 0700; looser modes found are tightened with a
+ * warning); never truncates.
+ */
 export const fileSink = (path: string) =>
   Effect.gen(function*() {
+    const warnings: Array<string> = []
     const handle = yield* Effect.acquireRelease(
       Effect.tryPromise({
         try: async () => {
-          await mkdir(dirname(path), { recursive: true })
+          warnings.push(...ensurePrivateDir(dirname(path)), ...tightenPrivateFile(path))
           const h = await open(path, "a+", 0o600)
           // A previous process that died mid-write may have left a partial last line: start on a fresh one.
           const { size } = await h.stat()
@@ -60,6 +67,7 @@ export const fileSink = (path: string) =>
       }),
       (h) => Effect.promise(() => h.close().catch(() => undefined))
     )
+    for (const warning of warnings) yield* Effect.logWarning(warning)
     const sink: AuditSink = {
       name: "file",
       queryable: false,

@@ -2,8 +2,9 @@
  * The response cache as a stage of the data plane. The proxy (src/proxy/ProxyHandler.ts) calls it at four points,
  * all synchronous Node code (no Effect per request):
  *
- *   lookup      after authentication and the project checks, before rate limits / quota / upstream: answers a hit
- *               (200 from cache, 304 to a satisfied conditional) or notes a miss / revalidation.
+ *   lookup      after authentication, the project and body checks and the window rate limits, before the quota and
+ *               the upstream: finds a hit (200 from cache, 304 to a satisfied conditional) and returns the function
+ *               that serves it — the proxy calls it once the token's quota is taken — or notes a miss / revalidation.
  *   upstreamHeaders   validators to add to the upstream request when the client asked to revalidate (`no-cache`).
  *   intercept   the upstream answered 304 to our validators: refresh the entry and send the client the cached 200.
  *   decorate + tee    a miss: add `Cache-Status` & co and, when storable, tee the body into the cache while it
@@ -40,9 +41,10 @@ export interface StageContext {
   readonly requestId: string
   projectId: string | undefined
   requestBody: Buffer | undefined
-  /** Set when the answer came from the cache without an upstream call. */
-  cacheHit: boolean
 }
+
+/** Writes a cached answer to the client; the proxy calls it once the request is admitted. */
+export type ServeCached = (res: ServerResponse) => void
 
 interface RequestState {
   readonly key: string
@@ -55,6 +57,8 @@ interface RequestState {
 }
 
 export interface CacheStageOptions<C extends StageContext> {
+  /** Longest lifetime a client's opt-in may ask for, seconds (`HTTP_CACHE_CLIENT_MAX_TTL`; 0 = no opt-in). */
+  readonly clientMaxTtlSeconds?: number
   /** Headers every proxy answer carries (X-Request-ID, Server-Timing, CORS), computed by the proxy. */
   readonly commonHeaders: (ctx: C) => OutgoingHttpHeaders
   readonly now?: () => number
@@ -81,6 +85,7 @@ export const makeCacheStage = <C extends StageContext>(cache: ResponseCacheShape
   const now = options.now ?? Date.now
   const states = new WeakMap<StageContext, RequestState>()
   const policy = cache.config
+  const clientMaxTtl = options.clientMaxTtlSeconds ?? cache.config.clientMaxTtlSeconds
 
   const serve = (
     ctx: C,
@@ -109,35 +114,31 @@ export const makeCacheStage = <C extends StageContext>(cache: ResponseCacheShape
 
   const decide = (
     ctx: C,
-    res: ServerResponse,
     state: RequestState,
     entry: CachedResponse | undefined,
     revalidate: boolean
-  ): boolean => {
+  ): ServeCached | undefined => {
     if (entry === undefined || !varyMatches(entry, state.headers)) {
       cache.count("miss")
-      return false
+      return undefined
     }
-    if (conditionalMatches(entry, ctx.method, state.headers)) {
-      ctx.cacheHit = true
-      serve(ctx, res, state, entry, "conditional-hit")
-      return true
-    }
+    if (conditionalMatches(entry, ctx.method, state.headers)) return (res) => serve(ctx, res, state, entry, "conditional-hit")
     if (revalidate) {
       state.revalidating = entry
       const validators = revalidationHeaders(entry)
       // A client conditional of its own goes upstream unchanged, and the upstream's 304 is its answer.
       if (!hasClientConditional(state.headers) && Object.keys(validators).length > 0) state.validators = validators
-      return false
+      return undefined
     }
-    ctx.cacheHit = true
-    serve(ctx, res, state, entry, "hit")
-    return true
+    return (res) => serve(ctx, res, state, entry, "hit")
   }
 
-  /** Step 7 of the proxy: true when the request was answered from the cache. */
-  const lookup = (ctx: C, headers: IncomingHttpHeaders, res: ServerResponse): boolean | Promise<boolean> => {
-    if (!cache.enabled || ctx.projectId === undefined) return false
+  /**
+   * The proxy's cache stage: the function serving a hit (the proxy calls it once the request is admitted, and
+   * counts the request as a cache hit), or undefined to go upstream.
+   */
+  const lookup = (ctx: C, headers: IncomingHttpHeaders): ServeCached | undefined | Promise<ServeCached | undefined> => {
+    if (!cache.enabled || ctx.projectId === undefined) return undefined
     const plan = planRequest({
       method: ctx.method,
       path: ctx.path,
@@ -145,10 +146,10 @@ export const makeCacheStage = <C extends StageContext>(cache: ResponseCacheShape
       headers,
       projectId: ctx.projectId,
       body: ctx.requestBody
-    })
+    }, clientMaxTtl)
     if (plan._tag === "Bypass") {
       cache.count("bypass")
-      return false
+      return undefined
     }
     const state: RequestState = {
       key: plan.key,
@@ -160,8 +161,8 @@ export const makeCacheStage = <C extends StageContext>(cache: ResponseCacheShape
     }
     states.set(ctx, state)
     const found = cache.lookup(plan.key, now())
-    if (found instanceof Promise) return found.then((entry) => decide(ctx, res, state, entry, plan.revalidate))
-    return decide(ctx, res, state, found, plan.revalidate)
+    if (found instanceof Promise) return found.then((entry) => decide(ctx, state, entry, plan.revalidate))
+    return decide(ctx, state, found, plan.revalidate)
   }
 
   /** Validators to add to the upstream request, when this request revalidates an entry. */

@@ -115,11 +115,16 @@ export const KEY_HEADERS = ["accept", "accept-encoding", "accept-language"] as c
 /** No entry lives longer than a year, whatever a client or upstream asks for. */
 export const MAX_TTL_SECONDS = 31_536_000
 
-/** Client opt-in: `public` plus a positive `s-maxage` (preferred) or `max-age`. */
-export const clientForcedTtl = (cc: CacheControl): number | undefined => {
-  if (!cc.public) return undefined
-  if (cc.sMaxAge !== undefined && cc.sMaxAge > 0) return Math.min(cc.sMaxAge, MAX_TTL_SECONDS)
-  if (cc.maxAge !== undefined && cc.maxAge > 0) return Math.min(cc.maxAge, MAX_TTL_SECONDS)
+/**
+ * Client opt-in: `public` plus a positive `s-maxage` (preferred) or `max-age`, capped at `maxTtl` seconds (the
+ * operator's `HTTP_CACHE_CLIENT_MAX_TTL`: a client may shorten a lifetime, never lengthen it past that; 0 = clients
+ * cannot force caching at all).
+ */
+export const clientForcedTtl = (cc: CacheControl, maxTtl: number = MAX_TTL_SECONDS): number | undefined => {
+  const cap = Math.min(maxTtl, MAX_TTL_SECONDS)
+  if (!cc.public || cap <= 0) return undefined
+  if (cc.sMaxAge !== undefined && cc.sMaxAge > 0) return Math.min(cc.sMaxAge, cap)
+  if (cc.maxAge !== undefined && cc.maxAge > 0) return Math.min(cc.maxAge, cap)
   return undefined
 }
 
@@ -173,13 +178,16 @@ const wantsRevalidation = (headers: Headers, cc: CacheControl): boolean =>
   cc.noCache || cc.maxAge === 0 ||
   (headers["cache-control"] === undefined && /(^|,)\s*no-cache\s*(,|$)/i.test(headerText(headers["pragma"]) ?? ""))
 
-/** Decides whether a request is looked up in the cache, and under which key. */
-export const planRequest = (req: CacheRequest): RequestPlan => {
+/**
+ * Decides whether a request is looked up in the cache, and under which key. `clientMaxTtl`: the longest lifetime a
+ * client's opt-in may ask for (seconds; 0 = no opt-in, so no POST is ever cached).
+ */
+export const planRequest = (req: CacheRequest, clientMaxTtl: number = MAX_TTL_SECONDS): RequestPlan => {
   const method = req.method.toUpperCase()
   const cc = parseCacheControl(req.headers["cache-control"])
   if (method !== "GET" && method !== "HEAD" && method !== "POST") return { _tag: "Bypass", reason: "method" }
   if (cc.noStore) return { _tag: "Bypass", reason: "no-store" }
-  const forcedTtl = clientForcedTtl(cc)
+  const forcedTtl = clientForcedTtl(cc, clientMaxTtl)
   if (method === "POST") {
     if (forcedTtl === undefined) return { _tag: "Bypass", reason: "post-without-opt-in" }
     if (req.body === undefined) return { _tag: "Bypass", reason: "body-unavailable" }

@@ -1,8 +1,9 @@
 /** The `llm-proxy` command line (@effect/cli). Every failure ends as one line on stderr and a non-zero exit. */
-import { Command, ValidationError } from "@effect/cli"
+import { Command, HelpDoc, ValidationError } from "@effect/cli"
 import { NodeContext, NodeHttpClient } from "@effect/platform-node"
-import { Console, Effect, Layer } from "effect"
+import { Console, Context, Effect, Layer, Option } from "effect"
 import { VERSION } from "../http/App.js"
+import { benchmark } from "./benchmark.js"
 import { chat } from "./chat.js"
 import { dispatcher } from "./dispatcher.js"
 import { describeError } from "./errors.js"
@@ -11,20 +12,41 @@ import { configProvider, migrate, serve, server, setup } from "./serve.js"
 
 export const root = Command.make("llm-proxy").pipe(
   Command.withDescription("LLM API gateway: withering tokens, streaming proxy, usage, audit"),
-  Command.withSubcommands([serve, server, dispatcher, manage, migrate, setup, chat])
+  Command.withSubcommands([serve, server, dispatcher, manage, migrate, setup, chat, benchmark])
 )
 
-const cli = Command.run(root, { name: "llm-proxy", version: VERSION })
+/** The console the CLI was started with, given back to the commands themselves (see `runCli`). */
+class CommandConsole extends Context.Tag("llm-proxy/CommandConsole")<CommandConsole, Console.Console>() {}
 
-/** Runs the CLI on `argv` (as process.argv: node, script, ...args). Exposed for in-process tests. */
+const cli = Command.run(
+  Command.transformHandler(root, (handler) =>
+    Effect.flatMap(Effect.serviceOption(CommandConsole), (console) =>
+      Option.isSome(console) ? Effect.withConsole(handler, console.value) : handler)),
+  { name: "llm-proxy", version: VERSION }
+)
+
+/** A usage error of @effect/cli (unknown option, missing value, unknown command …) as one line of plain text. */
+export const usageMessage = (e: ValidationError.ValidationError): string =>
+  HelpDoc.toAnsiText(e.error).replace(/\x1b\[[0-9;]*m/g, "").replace(/\s+/g, " ").trim() || e._tag
+
+/**
+ * Runs the CLI on `argv` (as process.argv: node, script, ...args). Exposed for in-process tests. Every failure —
+ * usage errors too — ends as one line `llm-proxy: …` on stderr: @effect/cli prints its usage errors itself (several
+ * lines with colours, through the console's `error`), so that is silenced while it parses and the line printed here;
+ * the commands' own handlers get the real console back (their warnings on stderr are not silenced).
+ */
 export const runCli = (argv: ReadonlyArray<string>) =>
   Effect.gen(function*() {
     const provider = yield* configProvider({}, ".env")
-    return yield* Effect.withConfigProvider(cli(argv), provider)
+    const quiet = Effect.consoleWith((console) =>
+      Effect.withConsole(cli(argv), { ...console, error: () => Effect.void }).pipe(
+        Effect.provideService(CommandConsole, console)
+      )
+    )
+    return yield* Effect.withConfigProvider(quiet, provider)
   }).pipe(
     Effect.tapError((e) =>
-      // @effect/cli has already printed its own usage errors.
-      ValidationError.isValidationError(e) ? Effect.void : Console.error(`llm-proxy: ${describeError(e)}`)
+      Console.error(`llm-proxy: ${ValidationError.isValidationError(e) ? usageMessage(e) : describeError(e)}`)
     ),
     Effect.provide(Layer.mergeAll(NodeContext.layer, NodeHttpClient.layerUndici))
   )

@@ -19,7 +19,7 @@ const options = {
   endpoint: flag(
     "endpoint",
     "DISPATCHER_ENDPOINT",
-    "file: the JSONL path (default ./data/events.jsonl); lunary/helicone: the ingestion URL (default: the service's)"
+    "file: the JSONL path (default ./data/events.jsonl); lunary: the ingestion URL; helicone: the worker's base URL (default: the service's)"
   ),
   apiKey: flag("api-key", "LLM_PROXY_API_KEY", "API key of the lunary or helicone backend"),
   batchSize: flag("batch-size", "DISPATCHER_BATCH_SIZE", "Events per delivery (default 100)"),

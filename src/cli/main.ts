@@ -1,5 +1,8 @@
 /** Entry point of the bundle (dist/cli/main.js); everything testable lives in Cli.ts. */
 import { NodeRuntime } from "@effect/platform-node"
 import { runCli } from "./Cli.js"
+import { rewriteGoArguments } from "./goAliases.js"
 
-NodeRuntime.runMain(runCli(process.argv), { disableErrorReporting: true, disablePrettyLogger: true })
+const { argv, warnings } = rewriteGoArguments(process.argv)
+for (const w of warnings) process.stderr.write(`llm-proxy: warning: ${w}\n`)
+NodeRuntime.runMain(runCli(argv), { disableErrorReporting: true, disablePrettyLogger: true })

@@ -407,6 +407,7 @@ const auditTable = (page: AuditPage) => {
     e.action,
     e.actor,
     e.outcome,
+    String(e.count ?? 1),
     orDash(e.client_ip),
     orDash(e.project_id),
     orDash(e.reason),
@@ -419,7 +420,7 @@ const auditTable = (page: AuditPage) => {
     : `${page.events.length} events${p.next_cursor !== null ? `; older: --cursor ${p.next_cursor}` : ""}${
       p.prev_cursor !== null ? `; newer: --cursor ${p.prev_cursor}` : ""
     }`
-  return [table(["TIME", "ACTION", "ACTOR", "OUTCOME", "CLIENT IP", "PROJECT", "REASON", "ID"], rows), "", footer].join("\n")
+  return [table(["TIME", "ACTION", "ACTOR", "OUTCOME", "COUNT", "CLIENT IP", "PROJECT", "REASON", "ID"], rows), "", footer].join("\n")
 }
 
 const auditRecord = (e: AuditEvent) =>
@@ -429,6 +430,7 @@ const auditRecord = (e: AuditEvent) =>
     ["action", e.action],
     ["actor", e.actor],
     ["outcome", e.outcome],
+    ["count", String(e.count ?? 1)],
     ["reason", orDash(e.reason)],
     ["project_id", orDash(e.project_id)],
     ["token_id", orDash(e.token_id)],

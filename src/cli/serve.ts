@@ -1,13 +1,20 @@
 /** `serve` (alias `server`), `migrate up|status` and `setup`: the programs that run or prepare a gateway. */
 import { Command, Options } from "@effect/cli"
 import { PlatformConfigProvider } from "@effect/platform"
-import { Console, ConfigProvider, Effect, Layer, Option } from "effect"
+import { Config, Console, ConfigProvider, Effect, Layer, Option } from "effect"
 import { randomBytes } from "node:crypto"
 import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs"
-import { appConfig, type AppConfigShape } from "../config/AppConfig.js"
+import {
+  appConfig,
+  type AppConfigShape,
+  GO_ENV_ALIASES,
+  importEncryptionKey,
+  resolveGoEnvAliases
+} from "../config/AppConfig.js"
 import { dialectOf, databaseLayer, loggerLayer, serveLayer } from "../Layers.js"
 import { migrateUp, migrationStatus } from "../store/migrations.js"
 import { CliFailure, describeError } from "./errors.js"
+import { encryptOptions, importOptions, runEncrypt, runImport } from "./migrate.js"
 import { show, table } from "./output.js"
 
 const flag = (name: string, variable: string, description: string) =>
@@ -33,11 +40,30 @@ export const configProvider = (flags: Record<string, Option.Option<string>>, dot
         Effect.mapError(() => new CliFailure({ message: `cannot read ${dotenv}` }))
       )
       : ConfigProvider.fromMap(new Map())
-    return ConfigProvider.fromMap(new Map(set)).pipe(
+    const given = ConfigProvider.fromMap(new Map(set)).pipe(
       ConfigProvider.orElse(() => ConfigProvider.fromEnv()),
       ConfigProvider.orElse(() => fromDotEnv)
     )
+    // The Go llm-proxy's names, last: a name of this gateway always wins.
+    const seen = new Map<string, string>()
+    for (const name of GO_ENV_ALIASES.flat()) {
+      const v = yield* Effect.option(given.load(Config.string(name)))
+      if (Option.isSome(v)) seen.set(name, v.value)
+    }
+    const aliases = resolveGoEnvAliases((name) => seen.get(name))
+    yield* warnOnce(aliases.warnings)
+    return aliases.values.size === 0 ? given : given.pipe(ConfigProvider.orElse(() => ConfigProvider.fromMap(aliases.values)))
   })
+
+const warned = new Set<string>()
+
+/** Each warning once per process (the provider is built more than once by some commands). */
+const warnOnce = (warnings: ReadonlyArray<string>) =>
+  Effect.forEach(warnings, (w) => {
+    if (warned.has(w)) return Effect.void
+    warned.add(w)
+    return Console.error(`llm-proxy: warning: ${w}`)
+  }, { discard: true })
 
 /** `--db` and `--database-url` name the database outright, whatever the environment says. */
 const selectDatabase = (db: Option.Option<string>, url: Option.Option<string>) => ({
@@ -50,6 +76,14 @@ const loadConfig = (flags: Record<string, Option.Option<string>>, dotenv: string
   Effect.gen(function*() {
     const provider = yield* configProvider(flags, dotenv)
     return yield* Effect.withConfigProvider(appConfig, provider).pipe(
+      Effect.mapError((e) => new CliFailure({ message: describeError(e) }))
+    )
+  })
+
+const loadConfigOf = <A>(config: Config.Config<A>, flags: Record<string, Option.Option<string>>, dotenv: string) =>
+  Effect.gen(function*() {
+    const provider = yield* configProvider(flags, dotenv)
+    return yield* Effect.withConfigProvider(config, provider).pipe(
       Effect.mapError((e) => new CliFailure({ message: describeError(e) }))
     )
   })
@@ -132,9 +166,31 @@ const migrateStatusCommand = Command.make("status", databaseFlags, (o) =>
     Command.withDescription("Show applied and pending migrations")
   )
 
+const migrateImportCommand = Command.make("import", { ...databaseFlags, ...importOptions }, (o) =>
+  Effect.gen(function*() {
+    const flags = selectDatabase(o.db, o.databaseUrl)
+    const config = yield* loadConfig(flags, o.env)
+    const sourceKey = yield* loadConfigOf(importEncryptionKey, flags, o.env)
+    return yield* runImport(o, config, sourceKey).pipe(
+      Effect.provide(databaseLayer(config.database)),
+      Effect.mapError(startupFailure)
+    )
+  })).pipe(
+    Command.withDescription(
+      "Import projects, tokens (they stay valid), counters and audit events from a Go llm-proxy database " +
+        "(SQLite file or postgres:// URL); idempotent. IMPORT_ENCRYPTION_KEY: the Go proxy's key, if not ENCRYPTION_KEY"
+    )
+  )
+
+const migrateEncryptCommand = Command.make("encrypt", { ...databaseFlags, ...encryptOptions }, (o) =>
+  Effect.gen(function*() {
+    const config = yield* loadConfig(selectDatabase(o.db, o.databaseUrl), o.env)
+    return yield* runEncrypt(o, config).pipe(Effect.provide(databaseLayer(config.database)), Effect.mapError(startupFailure))
+  })).pipe(Command.withDescription("Encrypt plaintext provider keys with ENCRYPTION_KEY (idempotent)"))
+
 export const migrate = Command.make("migrate").pipe(
-  Command.withDescription("Database migrations (SQLite and PostgreSQL)"),
-  Command.withSubcommands([migrateUpCommand, migrateStatusCommand])
+  Command.withDescription("Database migrations (SQLite and PostgreSQL), import from the Go llm-proxy, key encryption"),
+  Command.withSubcommands([migrateUpCommand, migrateStatusCommand, migrateImportCommand, migrateEncryptCommand])
 )
 
 /** Adds MANAGEMENT_TOKEN and ENCRYPTION_KEY to a dotenv file; existing values are never replaced. */

@@ -33,9 +33,27 @@ export interface OtlpConfig {
   /** `OTEL_EXPORTER_OTLP_HEADERS` (often carries a vendor API key). */
   readonly headers: Redacted.Redacted<Record<string, string>>
   readonly serviceName: string
+  /** `OTEL_RESOURCE_ATTRIBUTES` without `service.name` / `service.version` (those are set apart). */
+  readonly resourceAttributes: Readonly<Record<string, string>>
+  /** `OTEL_BSP_SCHEDULE_DELAY` (ms) or `OTEL_EXPORT_INTERVAL` (a duration). */
   readonly exportIntervalMs: number
+  /** `OTEL_BSP_MAX_QUEUE_SIZE`: /v1 spans held for export before new ones are dropped. */
+  readonly maxQueueSize: number
+  /** `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`: spans per export request (and a full batch is sent at once). */
+  readonly maxExportBatchSize: number
+  /** `OTEL_EXPORTER_OTLP_TRACES_COMPRESSION` / `OTEL_EXPORTER_OTLP_COMPRESSION`. */
+  readonly compression: "gzip" | "none"
+  /** `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` / `OTEL_EXPORTER_OTLP_TIMEOUT`: one export request, ms. */
+  readonly timeoutMs: number
   /** Share of /v1 requests whose spans are exported (OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG), 0..1. */
   readonly sampleRatio: number
+  /** `parentbased_*` sampler: a trusted incoming trace's sampled flag decides instead of the ratio. */
+  readonly parentBased: boolean
+  /**
+   * `TRUST_INCOMING_TRACE_CONTEXT`: an incoming `traceparent` (or B3) continues the caller's trace. Off by default:
+   * anyone who can reach the listener would otherwise choose the trace ids of our spans.
+   */
+  readonly trustIncomingTrace: boolean
 }
 
 export type EventBusKind = "in-memory" | "redis-streams"
@@ -70,6 +88,8 @@ export interface CacheConfig {
   readonly maxBytes: number
   /** Store completed SSE streams on client opt-in (`HTTP_CACHE_STREAM_RESPONSES`). */
   readonly streamResponses: boolean
+  /** Longest lifetime a client's `Cache-Control: public, max-age=N` opt-in may force, seconds; 0 = none (`HTTP_CACHE_CLIENT_MAX_TTL`). */
+  readonly clientMaxTtlSeconds: number
   /** Prefix of every key the Redis layer writes (`REDIS_CACHE_KEY_PREFIX`). */
   readonly redisKeyPrefix: string
 }
@@ -112,6 +132,13 @@ export interface AppConfigShape {
    * slow-body bound. Responses (streams) are not limited by it.
    */
   readonly clientRequestTimeoutMs: number
+  /** Open client connections on the listener at most; beyond it new ones get 503 and are closed (0 = unlimited). */
+  readonly maxConnections: number
+  /**
+   * Open client connections per socket peer address at most; beyond it new ones get 429 and are closed (0 =
+   * unlimited). Peers in `trustedProxies` are exempt: they carry many clients.
+   */
+  readonly maxConnectionsPerIp: number
   /** Consecutive 502/503/504 answers of one provider that open its circuit breaker. */
   readonly circuitBreakerThreshold: number
   /** How long an open breaker answers 503 before letting one probe through, ms. */
@@ -139,6 +166,14 @@ export interface AppConfigShape {
   readonly redisUrl: string
   /** `GET /metrics`, `/metrics/json` and `/metrics/prometheus` answer (else 404). */
   readonly enableMetrics: boolean
+  /** `METRICS_TOKEN`: the metrics need `Authorization: Bearer <it>` from anywhere (else: loopback clients only). */
+  readonly metricsToken: Option.Option<Redacted.Redacted<string>>
+  /** `METRICS_ADDR`: the metrics are served on their own listener here, and not on the main one. */
+  readonly metricsAddr: Option.Option<ListenAddress>
+  /** Failed management authentications one client IP may make per window before it gets 429s. */
+  readonly managementAuthMaxFailures: number
+  /** That window, ms (`MANAGEMENT_AUTH_WINDOW`). */
+  readonly managementAuthWindowMs: number
   /** One access-log line per /v1 request at info level. */
   readonly accessLog: boolean
   /** Span export; none = tracing off (zero cost). */
@@ -249,8 +284,8 @@ const memoryOrRedis = (name: string) =>
 export const optionalString = (name: string) =>
   Config.option(Config.string(name)).pipe(Config.map(Option.filter((s) => s.trim() !== "")))
 
-/** `k1=v1,k2=v2` (values URL-decoded), the OpenTelemetry SDK format. */
-export const parseOtlpHeaders = (s: string): Either.Either<Record<string, string>, string> => {
+/** `k1=v1,k2=v2` (values URL-decoded), the OpenTelemetry SDK format of headers and resource attributes. */
+const parseKeyValues = (s: string, lowerCaseKeys: boolean): Either.Either<Record<string, string>, string> => {
   const out: Record<string, string> = {}
   for (const part of s.split(",")) {
     if (part.trim() === "") continue
@@ -258,13 +293,19 @@ export const parseOtlpHeaders = (s: string): Either.Either<Record<string, string
     const key = eq > 0 ? part.slice(0, eq).trim() : ""
     if (key === "" || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(key)) return Either.left("expected key=value pairs separated by commas")
     try {
-      out[key.toLowerCase()] = decodeURIComponent(part.slice(eq + 1).trim())
+      out[lowerCaseKeys ? key.toLowerCase() : key] = decodeURIComponent(part.slice(eq + 1).trim())
     } catch {
       return Either.left(`the value of "${key}" is not URL-encoded correctly`)
     }
   }
   return Either.right(out)
 }
+
+/** `OTEL_EXPORTER_OTLP_HEADERS`: header names are case-insensitive (kept lower case). */
+export const parseOtlpHeaders = (s: string): Either.Either<Record<string, string>, string> => parseKeyValues(s, true)
+
+/** `OTEL_RESOURCE_ATTRIBUTES`: keys as written (attribute names are case-sensitive). */
+export const parseResourceAttributes = (s: string): Either.Either<Record<string, string>, string> => parseKeyValues(s, false)
 
 const otlpUrl = (name: string) =>
   optionalString(name).pipe(
@@ -285,19 +326,50 @@ const sampler = Config.all({
   name: Config.string("OTEL_TRACES_SAMPLER").pipe(Config.withDefault("parentbased_always_on")),
   arg: optionalString("OTEL_TRACES_SAMPLER_ARG")
 }).pipe(
-  Config.mapOrFail(({ arg, name }): Either.Either<number, ConfigError.ConfigError> => {
-    const n = name.trim().toLowerCase().replace(/^parentbased_/, "")
-    if (n === "always_on" || n === "") return Either.right(1)
-    if (n === "always_off") return Either.right(0)
+  Config.mapOrFail(({ arg, name }): Either.Either<{ readonly ratio: number; readonly parentBased: boolean }, ConfigError.ConfigError> => {
+    const lower = name.trim().toLowerCase()
+    const parentBased = lower.startsWith("parentbased_")
+    const n = lower.replace(/^parentbased_/, "")
+    if (n === "always_on" || n === "") return Either.right({ ratio: 1, parentBased })
+    if (n === "always_off") return Either.right({ ratio: 0, parentBased })
     if (n !== "traceidratio") {
       return Either.left(invalid("OTEL_TRACES_SAMPLER", `expected always_on, always_off or traceidratio (optionally parentbased_), got "${name}"`))
     }
-    if (Option.isNone(arg)) return Either.right(1)
+    if (Option.isNone(arg)) return Either.right({ ratio: 1, parentBased })
     const r = Number(arg.value.trim())
     return Number.isFinite(r) && r >= 0 && r <= 1
-      ? Either.right(r)
+      ? Either.right({ ratio: r, parentBased })
       : Either.left(invalid("OTEL_TRACES_SAMPLER_ARG", `expected a ratio between 0 and 1, got "${arg.value}"`))
   })
+)
+
+/** An OpenTelemetry SDK integer variable (milliseconds, sizes): none when unset or empty. */
+const optionalCount = (name: string, min: number) =>
+  optionalString(name).pipe(
+    Config.mapOrFail((o): Either.Either<Option.Option<number>, ConfigError.ConfigError> => {
+      if (Option.isNone(o)) return Either.right(Option.none())
+      const v = o.value.trim()
+      return /^\d{1,9}$/.test(v) && Number(v) >= min
+        ? Either.right(Option.some(Number(v)))
+        : Either.left(invalid(name, `expected an integer of at least ${min}, got "${o.value}"`))
+    })
+  )
+
+const otlpCompression = (name: string) =>
+  optionalString(name).pipe(
+    Config.mapOrFail((o): Either.Either<Option.Option<"gzip" | "none">, ConfigError.ConfigError> => {
+      if (Option.isNone(o)) return Either.right(Option.none())
+      const v = o.value.trim().toLowerCase()
+      if (v === "gzip" || v === "none") return Either.right(Option.some(v))
+      return Either.left(invalid(name, `expected gzip or none, got "${o.value}"`))
+    })
+  )
+
+const resourceAttributes = Config.string("OTEL_RESOURCE_ATTRIBUTES").pipe(
+  Config.withDefault(""),
+  Config.mapOrFail((s) =>
+    Either.mapLeft(parseResourceAttributes(s), (e) => invalid("OTEL_RESOURCE_ATTRIBUTES", e))
+  )
 )
 
 const otlpProtocol = (name: string) =>
@@ -310,29 +382,62 @@ const otlpProtocol = (name: string) =>
     })
   )
 
+/**
+ * Tracing, from the OpenTelemetry SDK environment variables (the project's older names stay as aliases; the standard
+ * name wins when both are set): none when no endpoint is given or `OTEL_SDK_DISABLED=true`.
+ */
 const otlp = Config.all({
+  disabled: bool("OTEL_SDK_DISABLED", false),
   endpoint: otlpUrl("OTEL_EXPORTER_OTLP_ENDPOINT"),
   protocol: otlpProtocol("OTEL_EXPORTER_OTLP_PROTOCOL"),
   tracesProtocol: otlpProtocol("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
   traces: otlpUrl("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
   headers: Config.redacted("OTEL_EXPORTER_OTLP_HEADERS").pipe(Config.withDefault(Redacted.make(""))),
-  serviceName: Config.string("OTEL_SERVICE_NAME").pipe(Config.withDefault("llm-proxy")),
+  serviceName: optionalString("OTEL_SERVICE_NAME"),
+  resourceAttributes,
+  scheduleDelayMs: optionalCount("OTEL_BSP_SCHEDULE_DELAY", 1),
   exportIntervalMs: duration("OTEL_EXPORT_INTERVAL", "5s"),
-  sampleRatio: sampler
+  maxQueueSize: optionalCount("OTEL_BSP_MAX_QUEUE_SIZE", 1),
+  maxExportBatchSize: optionalCount("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 1),
+  compression: otlpCompression("OTEL_EXPORTER_OTLP_COMPRESSION"),
+  tracesCompression: otlpCompression("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION"),
+  timeoutMs: optionalCount("OTEL_EXPORTER_OTLP_TIMEOUT", 1),
+  tracesTimeoutMs: optionalCount("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", 1),
+  sampler,
+  trustIncomingTrace: bool("TRUST_INCOMING_TRACE_CONTEXT", false)
 }).pipe(
-  Config.mapOrFail(({ endpoint, exportIntervalMs, headers, protocol, sampleRatio, serviceName, traces, tracesProtocol }): Either.Either<Option.Option<OtlpConfig>, ConfigError.ConfigError> => {
+  Config.mapOrFail((c): Either.Either<Option.Option<OtlpConfig>, ConfigError.ConfigError> => {
+    if (c.disabled) return Either.right(Option.none())
     // Like the OpenTelemetry SDKs: the generic endpoint gets `/v1/traces` appended, the signal-specific one is used as is.
-    const url = Option.orElse(traces, () => Option.map(endpoint, (e) => e.replace(/\/+$/, "") + "/v1/traces"))
+    const url = Option.orElse(c.traces, () => Option.map(c.endpoint, (e) => e.replace(/\/+$/, "") + "/v1/traces"))
     if (Option.isNone(url)) return Either.right(Option.none())
-    const parsed = parseOtlpHeaders(Redacted.value(headers))
+    const parsed = parseOtlpHeaders(Redacted.value(c.headers))
     if (Either.isLeft(parsed)) return Either.left(invalid("OTEL_EXPORTER_OTLP_HEADERS", parsed.left))
+    const maxQueueSize = Option.getOrElse(c.maxQueueSize, () => 20_000)
+    const maxExportBatchSize = Option.getOrElse(c.maxExportBatchSize, () => Math.min(1_000, maxQueueSize))
+    if (maxExportBatchSize > maxQueueSize) {
+      return Either.left(invalid("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", `must not exceed OTEL_BSP_MAX_QUEUE_SIZE (${maxQueueSize})`))
+    }
+    // OTEL_SERVICE_NAME wins over a `service.name` in OTEL_RESOURCE_ATTRIBUTES; the version is always this build's.
+    const { "service.name": resourceServiceName, "service.version": _version, ...resourceAttributes } = c.resourceAttributes
+    const serviceName = Option.getOrElse(
+      Option.map(c.serviceName, (s) => s.trim()),
+      () => resourceServiceName?.trim() || "llm-proxy"
+    )
     return Either.right(Option.some({
       tracesUrl: url.value,
-      protocol: Option.getOrElse(Option.orElse(tracesProtocol, () => protocol), (): OtlpProtocol => "http/protobuf"),
+      protocol: Option.getOrElse(Option.orElse(c.tracesProtocol, () => c.protocol), (): OtlpProtocol => "http/protobuf"),
       headers: Redacted.make(parsed.right),
-      serviceName: serviceName.trim() === "" ? "llm-proxy" : serviceName.trim(),
-      exportIntervalMs,
-      sampleRatio
+      serviceName,
+      resourceAttributes,
+      exportIntervalMs: Option.getOrElse(c.scheduleDelayMs, () => c.exportIntervalMs),
+      maxQueueSize,
+      maxExportBatchSize,
+      compression: Option.getOrElse(Option.orElse(c.tracesCompression, () => c.compression), () => "none" as const),
+      timeoutMs: Option.getOrElse(Option.orElse(c.tracesTimeoutMs, () => c.timeoutMs), () => 10_000),
+      sampleRatio: c.sampler.ratio,
+      parentBased: c.sampler.parentBased,
+      trustIncomingTrace: c.trustIncomingTrace
     }))
   })
 )
@@ -370,6 +475,7 @@ const cache: Config.Config<CacheConfig> = Config.all({
   maxObjectBytes: positiveInt("HTTP_CACHE_MAX_OBJECT_BYTES", 1_048_576),
   maxBytes: positiveInt("HTTP_CACHE_MAX_BYTES", 67_108_864),
   streamResponses: bool("HTTP_CACHE_STREAM_RESPONSES", false),
+  clientMaxTtlSeconds: nonNegativeInt("HTTP_CACHE_CLIENT_MAX_TTL", 300),
   redisKeyPrefix: Config.string("REDIS_CACHE_KEY_PREFIX").pipe(Config.withDefault("llmproxy:cache:"))
 }).pipe(
   Config.mapOrFail((c) =>
@@ -380,6 +486,31 @@ const cache: Config.Config<CacheConfig> = Config.all({
       : Either.right(c)
   )
 )
+
+/**
+ * `METRICS_ADDR` and `DISPATCHER_METRICS_ADDR`: `PORT` or `:PORT` listen on loopback (127.0.0.1); `HOST:PORT` /
+ * `[v6]:PORT` as given (e.g. `0.0.0.0:9464` for a scraper on another machine).
+ */
+export const parseMetricsAddress = (value: string): Either.Either<ListenAddress, string> => {
+  const v = value.trim()
+  const loopback = /^:?(\d{1,5})$/.exec(v)
+  const parsed = parseListenAddress(loopback ? `127.0.0.1:${loopback[1]}` : v)
+  return Either.mapLeft(parsed, () => `expected PORT, :PORT or HOST:PORT (port 0..65535), got "${value}"`)
+}
+
+const listenAddressOption = (name: string) =>
+  optionalString(name).pipe(
+    Config.mapOrFail((o) =>
+      Option.match(o, {
+        onNone: () => Either.right(Option.none<ListenAddress>()),
+        onSome: (s) =>
+          Either.match(parseMetricsAddress(s), {
+            onLeft: (m) => Either.left(invalid(name, m)),
+            onRight: (a) => Either.right(Option.some(a))
+          })
+      })
+    )
+  )
 
 export type InvalidationBackend = "in-memory" | "redis" | "postgres"
 
@@ -531,6 +662,8 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   requestTimeoutMs: duration("REQUEST_TIMEOUT", "120s"),
   headersTimeoutMs: duration("CLIENT_HEADERS_TIMEOUT", "30s"),
   clientRequestTimeoutMs: duration("CLIENT_REQUEST_TIMEOUT", "10m"),
+  maxConnections: nonNegativeInt("MAX_CONNECTIONS", 10_000),
+  maxConnectionsPerIp: nonNegativeInt("MAX_CONNECTIONS_PER_IP", 1_000),
   circuitBreakerThreshold: positiveInt("CIRCUIT_BREAKER_THRESHOLD", 5),
   circuitBreakerCooldownMs: duration("CIRCUIT_BREAKER_COOLDOWN", "30s"),
   tokenCacheTtlMs: duration("TOKEN_CACHE_TTL", "5s", 0),
@@ -551,6 +684,12 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   redisUrl,
   cache,
   enableMetrics: bool("ENABLE_METRICS", true),
+  metricsToken: Config.option(Config.redacted("METRICS_TOKEN")).pipe(
+    Config.map(Option.filter((r) => Redacted.value(r).trim() !== ""))
+  ),
+  metricsAddr: listenAddressOption("METRICS_ADDR"),
+  managementAuthMaxFailures: positiveInt("MANAGEMENT_AUTH_MAX_FAILURES", 10),
+  managementAuthWindowMs: duration("MANAGEMENT_AUTH_WINDOW", "1m", 1000),
   accessLog: bool("ACCESS_LOG", true),
   otlp,
   events: eventsConfig
@@ -606,34 +745,12 @@ export interface DispatcherConfig {
   readonly otlp: Option.Option<OtlpConfig>
 }
 
-/**
- * `DISPATCHER_METRICS_ADDR`: `PORT` or `:PORT` listen on loopback (127.0.0.1); `HOST:PORT` / `[v6]:PORT` as given
- * (e.g. `0.0.0.0:9464` for a scraper on another machine).
- */
-export const parseMetricsAddress = (value: string): Either.Either<ListenAddress, string> => {
-  const v = value.trim()
-  const loopback = /^:?(\d{1,5})$/.exec(v)
-  const parsed = parseListenAddress(loopback ? `127.0.0.1:${loopback[1]}` : v)
-  return Either.mapLeft(parsed, () => `expected PORT, :PORT or HOST:PORT (port 0..65535), got "${value}"`)
-}
-
-const metricsAddr = optionalString("DISPATCHER_METRICS_ADDR").pipe(
-  Config.mapOrFail((o) =>
-    Option.match(o, {
-      onNone: () => Either.right(Option.none<ListenAddress>()),
-      onSome: (s) =>
-        Either.match(parseMetricsAddress(s), {
-          onLeft: (m) => Either.left(invalid("DISPATCHER_METRICS_ADDR", m)),
-          onRight: (a) => Either.right(Option.some(a))
-        })
-    })
-  )
-)
+const metricsAddr = listenAddressOption("DISPATCHER_METRICS_ADDR")
 
 const DEFAULT_ENDPOINTS: Record<DispatcherService, string> = {
   file: "./data/events.jsonl",
   lunary: "https://api.lunary.ai/v1/runs/ingest",
-  helicone: "https://api.worker.helicone.ai/custom/v1/log"
+  helicone: "https://api.worker.helicone.ai"
 }
 
 /** `llm-proxy dispatcher`: its own settings plus the bus it reads. */
@@ -695,3 +812,56 @@ export const dispatcherConfig: Config.Config<DispatcherConfig> = Config.all({
     })
   })
 )
+
+/**
+ * `llm-proxy migrate import`: the Go proxy's ENCRYPTION_KEY, to read the provider keys it stored encrypted, when it
+ * is not this gateway's ENCRYPTION_KEY (which is tried when this is unset).
+ */
+export const importEncryptionKey = optionalString("IMPORT_ENCRYPTION_KEY").pipe(
+  Config.mapOrFail((o) =>
+    Option.match(o, {
+      onNone: () => Either.right(Option.none<Redacted.Redacted<Uint8Array>>()),
+      onSome: (s) =>
+        Either.match(parseEncryptionKey(s), {
+          onLeft: (m) => Either.left(invalid("IMPORT_ENCRYPTION_KEY", m)),
+          onRight: (bytes) => Either.right(Option.some(Redacted.make(bytes)))
+        })
+    })
+  )
+)
+
+/**
+ * Environment names of the Go llm-proxy that have a counterpart here: [Go name, name here]. They are read when the
+ * name here is not set, with a warning naming it (docs/configuration.md, docs/migrating-from-go.md).
+ */
+export const GO_ENV_ALIASES: ReadonlyArray<readonly [string, string]> = [
+  ["REDIS_STREAM_CLAIM_TIME", "REDIS_STREAM_CLAIM_IDLE"],
+  ["REDIS_CONSUMER_GROUP", "DISPATCHER_CONSUMER_GROUP"],
+  ["MANAGEMENT_API_BASE_URL", "MANAGE_API_BASE_URL"],
+  ["PROXY_URL", "LLM_PROXY_URL"],
+  ["PROXY_TOKEN", "LLM_PROXY_TOKEN"]
+]
+
+/**
+ * The values the Go names supply (under the names here) and one warning per Go name in use. `lookup` answers
+ * what is set (flags, environment, dotenv file); an empty value counts as unset.
+ */
+export const resolveGoEnvAliases = (lookup: (name: string) => string | undefined) => {
+  const values = new Map<string, string>()
+  const warnings: Array<string> = []
+  const set = (name: string) => {
+    const v = lookup(name)
+    return v !== undefined && v.trim() !== "" ? v : undefined
+  }
+  for (const [goName, name] of GO_ENV_ALIASES) {
+    const v = set(goName)
+    if (v === undefined) continue
+    if (set(name) !== undefined) {
+      warnings.push(`${goName} (the Go llm-proxy's name) is ignored: ${name} is set`)
+      continue
+    }
+    values.set(name, v)
+    warnings.push(`${goName} is the Go llm-proxy's name; use ${name}`)
+  }
+  return { values, warnings }
+}

@@ -8,14 +8,26 @@ import { readFileSync } from "node:fs"
 import { parse as parseYaml } from "yaml"
 import { parseDuration } from "./AppConfig.js"
 
+/**
+ * One `allowed_endpoints` entry: a path, exact or a prefix on segment boundaries, and the methods it admits. Several
+ * entries may name the same path; a request is admitted when any entry matching its path lists its method.
+ */
+export interface Endpoint {
+  /** Normalised: leading `/`, no trailing slash (except `/` itself); `{name}` segments match any one segment. */
+  readonly path: string
+  /** false: the path itself only; true: the path and everything under it (`/v1/audio` admits `/v1/audio/speech`). */
+  readonly prefix: boolean
+  /** Upper case. */
+  readonly methods: ReadonlyArray<string>
+  /** The path's segments with `null` for a `{name}` one; undefined when the path has no `{name}` segment. */
+  readonly segments: ReadonlyArray<string | null> | undefined
+}
+
 export interface ProviderConfig {
   readonly name: string
   /** Scheme + host (+ port) of `base_url`; any path in `base_url` is ignored, as the reference does. */
   readonly origin: string
-  /** Normalised path prefixes (no trailing slash), matched on segment boundaries. */
-  readonly allowedEndpoints: ReadonlyArray<string>
-  /** Upper case. */
-  readonly allowedMethods: ReadonlyArray<string>
+  readonly allowedEndpoints: ReadonlyArray<Endpoint>
   /** Glob patterns per top-level JSON parameter. */
   readonly paramWhitelist: ReadonlyMap<string, ReadonlyArray<string>>
   /** Exact origins; empty = any origin. */
@@ -25,6 +37,13 @@ export interface ProviderConfig {
   readonly authHeader: string
   /** `Bearer` by default; "" sends the bare key. */
   readonly authScheme: string
+  /**
+   * Whether a client header (lower-case name) is sent upstream: FORWARDED_HEADERS, FORWARDED_PREFIXES and the
+   * provider's `forward_headers` (names and `x-…-*` prefixes).
+   */
+  readonly forwardsHeader: (name: string) => boolean
+  /** `headers`: fixed values sent upstream, replacing any client value (lower-case names). */
+  readonly fixedHeaders: ReadonlyArray<readonly [string, string]>
   /** Response-header timeout for this provider (ms); undefined = REQUEST_TIMEOUT. */
   readonly responseHeaderTimeoutMs: number | undefined
   /** How long an idle keep-alive connection is kept (ms). */
@@ -44,6 +63,8 @@ export class ProvidersError extends Schema.TaggedError<ProvidersError>()("Provid
   message: Schema.String
 }) {}
 
+const HEADER_NAME = /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/
+
 const Duration = Schema.String.pipe(
   Schema.filter((s) => parseDuration(s) !== undefined || "expected a duration such as 30s or 500ms")
 )
@@ -51,8 +72,9 @@ const StringList = Schema.Array(Schema.String)
 
 const ProviderYaml = Schema.Struct({
   base_url: Schema.String,
-  allowed_endpoints: StringList.pipe(Schema.minItems(1)),
-  allowed_methods: StringList.pipe(Schema.minItems(1)),
+  // Strings (prefixes, methods from allowed_methods) or { path, methods?, match? }; checked by endpointsOf.
+  allowed_endpoints: Schema.Array(Schema.Unknown).pipe(Schema.minItems(1)),
+  allowed_methods: Schema.optional(StringList.pipe(Schema.minItems(1))),
   timeouts: Schema.optional(Schema.Struct({
     request: Schema.optional(Duration),
     response_header: Schema.optional(Duration),
@@ -67,8 +89,10 @@ const ProviderYaml = Schema.Struct({
   param_whitelist: Schema.optional(Schema.Record({ key: Schema.String, value: StringList })),
   allowed_origins: Schema.optional(StringList),
   required_headers: Schema.optional(StringList),
-  auth_header: Schema.optional(Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/))),
-  auth_scheme: Schema.optional(Schema.String)
+  auth_header: Schema.optional(Schema.String.pipe(Schema.pattern(HEADER_NAME))),
+  auth_scheme: Schema.optional(Schema.String),
+  forward_headers: Schema.optional(StringList),
+  headers: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.String }))
 })
 
 const ProvidersYaml = Schema.Struct({
@@ -80,6 +104,164 @@ const normaliseEndpoint = (e: string): string => {
   const trimmed = e.trim()
   const withSlash = trimmed.startsWith("/") ? trimmed : `/${trimmed}`
   return withSlash.length > 1 ? withSlash.replace(/\/+$/, "") : withSlash
+}
+
+const PARAM_SEGMENT = /^\{[A-Za-z0-9_]+\}$/
+
+/** An endpoint from a normalised path; `{name}` segments become wildcards. */
+export const endpoint = (path: string, methods: ReadonlyArray<string>, prefix: boolean): Endpoint => {
+  const parts = path === "/" ? [] : path.slice(1).split("/")
+  const templated = parts.some((s) => PARAM_SEGMENT.test(s))
+  return {
+    path,
+    prefix,
+    methods: [...new Set(methods)],
+    segments: templated ? parts.map((s) => (PARAM_SEGMENT.test(s) ? null : s)) : undefined
+  }
+}
+
+const METHOD = /^[A-Za-z]+$/
+
+/**
+ * `allowed_endpoints`: a string keeps its old meaning (a prefix on segment boundaries, methods from
+ * `allowed_methods`); `{ path, methods?, match? }` is exact unless `match: prefix`, with its own methods (default
+ * `allowed_methods`). Every problem names the entry.
+ */
+const endpointsOf = (
+  name: string,
+  entries: ReadonlyArray<unknown>,
+  methods: ReadonlyArray<string> | undefined
+): Either.Either<ReadonlyArray<Endpoint>, string> => {
+  const out: Array<Endpoint> = []
+  const defaults = methods?.map((m) => m.trim().toUpperCase())
+  const missing = `${name}.allowed_methods: is missing (entries of allowed_endpoints without their own methods use it)`
+  for (let i = 0; i < entries.length; i++) {
+    const at = `${name}.allowed_endpoints.${i}`
+    const e = entries[i]
+    if (typeof e === "string") {
+      if (e.trim() === "") return Either.left(`${at}: expected a path`)
+      if (defaults === undefined) return Either.left(missing)
+      out.push(endpoint(normaliseEndpoint(e), defaults, true))
+      continue
+    }
+    if (typeof e !== "object" || e === null || Array.isArray(e)) {
+      return Either.left(`${at}: expected a path or { path, methods, match }`)
+    }
+    const o = e as Record<string, unknown>
+    const unknown = Object.keys(o).find((k) => k !== "path" && k !== "methods" && k !== "match")
+    // A misspelt key (`method:`) would otherwise widen the entry to allowed_methods.
+    if (unknown !== undefined) return Either.left(`${at}: unknown key "${unknown}" (path, methods, match)`)
+    if (typeof o["path"] !== "string" || o["path"].trim() === "") return Either.left(`${at}.path: expected a path`)
+    const match = o["match"] ?? "exact"
+    if (match !== "exact" && match !== "prefix") return Either.left(`${at}.match: expected exact or prefix`)
+    let own: ReadonlyArray<string> | undefined
+    if (o["methods"] !== undefined) {
+      const ms = o["methods"]
+      if (!Array.isArray(ms) || ms.length === 0 || !ms.every((m) => typeof m === "string" && METHOD.test(m.trim()))) {
+        return Either.left(`${at}.methods: expected a non-empty list of HTTP methods`)
+      }
+      own = ms.map((m: string) => m.trim().toUpperCase())
+    }
+    const list = own ?? defaults
+    if (list === undefined) return Either.left(missing)
+    out.push(endpoint(normaliseEndpoint(o["path"]), list, match === "prefix"))
+  }
+  return Either.right(out)
+}
+
+/**
+ * Client headers sent upstream by every provider (plus `x-stainless-*`, the OpenAI and Anthropic SDKs' client
+ * metadata): content negotiation, a client's own conditional GET, the user agent, the origin, the providers' API version and beta switches, and
+ * idempotency keys. Anything else needs the provider's `forward_headers`.
+ */
+export const FORWARDED_HEADERS: ReadonlyArray<string> = [
+  "content-type",
+  "accept",
+  "accept-language",
+  "if-none-match",
+  "if-modified-since",
+  "user-agent",
+  "origin",
+  "idempotency-key",
+  "openai-beta",
+  "anthropic-version",
+  "anthropic-beta",
+  "anthropic-dangerous-direct-browser-access"
+]
+export const FORWARDED_PREFIXES: ReadonlyArray<string> = ["x-stainless-"]
+
+// Set by the proxy itself or framing the connection: neither forwarded from clients nor settable in `headers`.
+const PROXY_SET = new Set([
+  "host", "content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection", "te", "trailer",
+  "upgrade", "expect", "accept-encoding", "x-request-id"
+])
+// Never taken from a client, whatever forward_headers says: credentials, the billed account, the client's address.
+const NEVER_FROM_CLIENTS = new Set([
+  "authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "openai-organization", "openai-project",
+  "forwarded", "x-real-ip", "x-client-ip", "true-client-ip", "cf-connecting-ip", "fastly-client-ip",
+  "x-cluster-client-ip", "x-original-forwarded-for"
+])
+const neverFromClients = (h: string) => PROXY_SET.has(h) || NEVER_FROM_CLIENTS.has(h) || h.startsWith("x-forwarded-")
+
+/**
+ * The allow-list as one function, memoised: it runs for every header of every request, and one Map lookup of a
+ * name seen before costs less than the set lookup plus prefix comparisons (bounded: header names come from clients).
+ */
+export const headerForwarder = (names: ReadonlySet<string>, prefixes: ReadonlyArray<string>): (name: string) => boolean => {
+  const memo = new Map<string, boolean>()
+  return (name) => {
+    let ok = memo.get(name)
+    if (ok === undefined) {
+      ok = names.has(name) || prefixes.some((p) => name.startsWith(p))
+      if (memo.size < 1_024) memo.set(name, ok)
+    }
+    return ok
+  }
+}
+
+const forwardingOf = (
+  name: string,
+  authHeader: string,
+  list: ReadonlyArray<string> | undefined
+): Either.Either<(name: string) => boolean, string> => {
+  const names = new Set(FORWARDED_HEADERS)
+  const prefixes = [...FORWARDED_PREFIXES]
+  for (const [i, raw] of (list ?? []).entries()) {
+    const h = raw.trim().toLowerCase()
+    const star = h.endsWith("*")
+    const base = star ? h.slice(0, -1) : h
+    if (!HEADER_NAME.test(base) || base.includes("*") || (star && base.length < 3)) {
+      return Either.left(`${name}.forward_headers.${i}: expected a header name, or a prefix such as x-my-*`)
+    }
+    const refused = star
+      ? [...PROXY_SET, ...NEVER_FROM_CLIENTS, authHeader, "x-forwarded-"].find((n) => n.startsWith(base))
+      : neverFromClients(h) || h === authHeader ? h : undefined
+    if (refused !== undefined) {
+      return Either.left(`${name}.forward_headers.${i}: "${refused}" is never taken from clients (a fixed value can go under headers)`)
+    }
+    if (star) prefixes.push(base)
+    else names.add(h)
+  }
+  return Either.right(headerForwarder(names, prefixes))
+}
+
+// A header value: visible ASCII, spaces and tabs (no CR/LF/NUL, which Node would refuse at request time).
+const HEADER_VALUE = /^[\t\x20-\x7e]*$/
+
+const fixedHeadersOf = (
+  name: string,
+  authHeader: string,
+  headers: Readonly<Record<string, string>> | undefined
+): Either.Either<ReadonlyArray<readonly [string, string]>, string> => {
+  const out: Array<readonly [string, string]> = []
+  for (const [k, v] of Object.entries(headers ?? {})) {
+    const h = k.trim().toLowerCase()
+    if (!HEADER_NAME.test(h)) return Either.left(`${name}.headers: "${k}" is not a header name`)
+    if (PROXY_SET.has(h) || h === authHeader) return Either.left(`${name}.headers.${k}: set by the proxy itself`)
+    if (!HEADER_VALUE.test(v)) return Either.left(`${name}.headers.${k}: the value has characters a header cannot carry`)
+    out.push([h, v.trim()])
+  }
+  return Either.right(out)
 }
 
 const originOf = (name: string, baseUrl: string): Either.Either<string, string> => {
@@ -94,23 +276,31 @@ const originOf = (name: string, baseUrl: string): Either.Either<string, string> 
 
 export const DEFAULT_IDLE_MS = 90_000
 
-const build = (name: string, p: typeof ProviderYaml.Type): Either.Either<ProviderConfig, string> =>
-  Either.map(originOf(name, p.base_url), (origin) => ({
+const build = (name: string, p: typeof ProviderYaml.Type): Either.Either<ProviderConfig, string> => {
+  const authHeader = (p.auth_header ?? "Authorization").toLowerCase()
+  return Either.all({
+    origin: originOf(name, p.base_url),
+    endpoints: endpointsOf(name, p.allowed_endpoints, p.allowed_methods),
+    forwarding: forwardingOf(name, authHeader, p.forward_headers),
+    fixed: fixedHeadersOf(name, authHeader, p.headers)
+  }).pipe(Either.map(({ endpoints, fixed, forwarding, origin }) => ({
     name,
     origin,
-    allowedEndpoints: p.allowed_endpoints.map(normaliseEndpoint),
-    allowedMethods: p.allowed_methods.map((m) => m.trim().toUpperCase()),
+    allowedEndpoints: endpoints,
     paramWhitelist: new Map(Object.entries(p.param_whitelist ?? {})),
     allowedOrigins: p.allowed_origins ?? [],
     requireOrigin: (p.required_headers ?? []).some((h) => h.trim().toLowerCase() === "origin"),
-    authHeader: (p.auth_header ?? "Authorization").toLowerCase(),
+    authHeader,
     authScheme: p.auth_scheme ?? "Bearer",
+    forwardsHeader: forwarding,
+    fixedHeaders: fixed,
     responseHeaderTimeoutMs: p.timeouts?.response_header !== undefined ? parseDuration(p.timeouts.response_header) : undefined,
     idleConnectionMs: p.timeouts?.idle_connection !== undefined
       ? parseDuration(p.timeouts.idle_connection) ?? DEFAULT_IDLE_MS
       : DEFAULT_IDLE_MS,
     maxConnections: p.connection?.max_conns_per_host
-  }))
+  })))
+}
 
 const shapeOf = (providers: ReadonlyArray<ProviderConfig>, defaultProvider: string): ProvidersShape => {
   const byName = new Map(providers.map((p) => [p.name, p]))
@@ -122,29 +312,36 @@ const shapeOf = (providers: ReadonlyArray<ProviderConfig>, defaultProvider: stri
   }
 }
 
-/** The built-in provider when no YAML is given (reference §5.1 fallback list). */
+/**
+ * What the built-in `openai` provider admits: OpenAI's inference API and the model list, nothing that reads stored
+ * data (listing stored chat completions, file contents) or deletes anything — those are opt-in through a providers
+ * YAML (docs/proxy.md has the snippet).
+ */
+export const BUILT_IN_OPENAI_ENDPOINTS: ReadonlyArray<Endpoint> = [
+  endpoint("/v1/responses", ["POST"], false),
+  endpoint("/v1/chat/completions", ["POST"], false),
+  endpoint("/v1/completions", ["POST"], false),
+  endpoint("/v1/embeddings", ["POST"], false),
+  endpoint("/v1/moderations", ["POST"], false),
+  endpoint("/v1/audio", ["POST"], true),
+  endpoint("/v1/images", ["POST"], true),
+  endpoint("/v1/models", ["GET"], false),
+  endpoint("/v1/models/{id}", ["GET"], false)
+]
+
+/** The built-in provider when no YAML is given. */
 export const builtInOpenAi = (baseUrl: string): ProvidersShape =>
   shapeOf([{
     name: "openai",
     origin: new URL(baseUrl).origin,
-    allowedEndpoints: [
-      "/v1/chat/completions",
-      "/v1/completions",
-      "/v1/embeddings",
-      "/v1/models",
-      "/v1/edits",
-      "/v1/fine-tunes",
-      "/v1/files",
-      "/v1/images/generations",
-      "/v1/audio/transcriptions",
-      "/v1/moderations"
-    ],
-    allowedMethods: ["GET", "POST", "DELETE"],
+    allowedEndpoints: BUILT_IN_OPENAI_ENDPOINTS,
     paramWhitelist: new Map(),
     allowedOrigins: [],
     requireOrigin: false,
     authHeader: "authorization",
     authScheme: "Bearer",
+    forwardsHeader: headerForwarder(new Set(FORWARDED_HEADERS), FORWARDED_PREFIXES),
+    fixedHeaders: [],
     responseHeaderTimeoutMs: undefined,
     idleConnectionMs: DEFAULT_IDLE_MS,
     maxConnections: undefined

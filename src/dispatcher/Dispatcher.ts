@@ -6,12 +6,14 @@
  *   sends them. Transient failures are retried with exponential backoff and jitter, for as long as it takes (the
  *   bus holds the events meanwhile); permanent rejections go to the dead-letter JSONL file. Only then are the
  *   events acknowledged, so a dispatcher killed mid-batch loses nothing: its entries are redelivered.
+ * - A backend that refuses the API key pauses delivery: the batch is retried with the same backoff, loudly logged
+ *   and counted (`credentialFailures`, `pausedSince`), and nothing is dead-lettered for it — the events are fine.
  * - On shutdown (SIGTERM) reading stops, what was read is delivered and acknowledged, within a drain timeout.
  */
 import { type Chunk, Context, Deferred, Effect, Fiber, Layer, Option, Queue, Schedule } from "effect"
 import type { DeliveredEvent } from "../domain/ProxyEvent.js"
 import { type BusError, type Delivery, EventSource, type Subscription } from "../eventbus/EventBus.js"
-import { Backend } from "./Backend.js"
+import { Backend, retry } from "./Backend.js"
 import { makeJsonlWriter } from "./backends.js"
 import { TokenCounter } from "./tokens.js"
 import { transformEvent } from "./transform.js"
@@ -44,6 +46,12 @@ export interface DispatcherStats {
   deadLettered: number
   invalid: number
   batches: number
+  /** delivery rounds the backend refused our credentials (401/403, Lunary also 402/404) */
+  credentialFailures: number
+  /** since when delivery is paused because the backend refuses our credentials (epoch ms); null when it is not */
+  pausedSince: number | null
+  /** captured bodies left out because they decompressed to more than MAX_DECODED_BODY_BYTES */
+  bodiesTooLarge: number
   /** when the backend last accepted an event (epoch ms) */
   lastDeliveryAt: number | null
   buffered: number
@@ -61,7 +69,8 @@ export const backoffMs = (attempt: number, baseMs: number, maxMs: number, random
 export const formatStatus = (s: DispatcherStats, service: string) =>
   `dispatcher ${service}: ${s.delivered} delivered (${s.ratePerSecond.toFixed(1)}/s) · ` +
   `${s.redelivered} redelivered · ${s.deadLettered} dead-lettered · ${s.retries} retries · ` +
-  `lag ${s.lag ?? "?"} · pending ${s.pending ?? "?"} · buffered ${s.buffered}`
+  `lag ${s.lag ?? "?"} · pending ${s.pending ?? "?"} · buffered ${s.buffered}` +
+  (s.pausedSince === null ? "" : ` · PAUSED: ${service} refuses the API key`)
 
 interface Item {
   readonly delivery: Delivery
@@ -86,6 +95,9 @@ export const start = (options: DispatcherOptions) =>
       deadLettered: 0,
       invalid: 0,
       batches: 0,
+      credentialFailures: 0,
+      pausedSince: null,
+      bodiesTooLarge: 0,
       lastDeliveryAt: null,
       buffered: 0,
       lag: null,
@@ -149,6 +161,8 @@ export const start = (options: DispatcherOptions) =>
       Effect.gen(function*() {
         const done: Array<string> = []
         let pending = items
+        // failures of single events the backend reported (an outcome with `attempts`), by delivery id
+        const failures = new Map<string, number>()
         for (let attempt = 0; pending.length > 0; attempt++) {
           const outcomes = yield* backend.send(pending.map((i) => i.event))
           if (backend.batched && pending.length > 1 && outcomes.every((o) => o._tag === "Rejected")) {
@@ -159,24 +173,53 @@ export const start = (options: DispatcherOptions) =>
           const retryable: Array<Item> = []
           const rejected: Array<{ reason: string; event: unknown; id: string }> = []
           let lastReason = ""
+          let transient = 0
+          let refused: string | undefined
           pending.forEach((item, i) => {
-            const o = outcomes[i] ?? { _tag: "Retry", reason: "no outcome" }
+            const o = outcomes[i] ?? retry("no outcome")
             if (o._tag === "Accepted") {
               stats.delivered++
               stats.lastDeliveryAt = Date.now()
               done.push(item.delivery.id)
             } else if (o._tag === "Rejected") rejected.push({ reason: o.reason, event: item.event, id: item.delivery.id })
-            else {
-              lastReason = o.reason
+            else if (o._tag === "Unauthorized") {
+              refused = o.reason
               retryable.push(item)
+            } else {
+              const n = (failures.get(item.delivery.id) ?? 0) + 1
+              failures.set(item.delivery.id, n)
+              if (o.attempts !== undefined && n >= o.attempts) {
+                rejected.push({ reason: `${o.reason} (${n} attempts)`, event: item.event, id: item.delivery.id })
+              } else {
+                lastReason = o.reason
+                transient++
+                retryable.push(item)
+              }
             }
           })
+          if (refused === undefined && stats.pausedSince !== null) {
+            yield* Effect.logWarning(
+              `${backend.name} backend accepts the API key again: delivery resumed after ${Math.round((Date.now() - stats.pausedSince) / 1000)} s`
+            )
+            stats.pausedSince = null
+          }
           if (yield* writeDeadLetters(rejected)) done.push(...rejected.map((r) => r.id))
           pending = retryable
           if (pending.length > 0) {
-            stats.retries++
+            // a refused key is counted as such, not as a transient failure
+            if (transient > 0) stats.retries++
             const wait = backoffMs(attempt, baseMs, maxMs)
-            yield* Effect.logWarning(`${backend.name} backend: ${pending.length} event(s) not accepted (${lastReason}); retrying in ${wait} ms`)
+            if (refused !== undefined) {
+              stats.credentialFailures++
+              stats.pausedSince ??= Date.now()
+              yield* Effect.logError(
+                `${backend.name} backend refuses the API key (${refused}): delivery is PAUSED, ${pending.length} event(s) ` +
+                  `wait in the bus and nothing is dead-lettered. Check --api-key / LLM_PROXY_API_KEY and --endpoint; ` +
+                  `retrying in ${wait} ms`
+              )
+            } else {
+              yield* Effect.logWarning(`${backend.name} backend: ${pending.length} event(s) not accepted (${lastReason}); retrying in ${wait} ms`)
+            }
             yield* Effect.sleep(wait)
           }
         }
@@ -193,7 +236,7 @@ export const start = (options: DispatcherOptions) =>
             continue
           }
           try {
-            items.push({ delivery: d, event: transformEvent(d.event, count) })
+            items.push({ delivery: d, event: transformEvent(d.event, count, () => stats.bodiesTooLarge++) })
           } catch (e) {
             invalid.push({ reason: `transform failed: ${(e as Error).message}`, event: d.event, id: d.id })
           }
@@ -259,6 +302,9 @@ export const start = (options: DispatcherOptions) =>
                 redelivered: stats.redelivered,
                 dead_lettered: stats.deadLettered,
                 retries: stats.retries,
+                paused: stats.pausedSince !== null,
+                credential_failures: stats.credentialFailures,
+                bodies_too_large: stats.bodiesTooLarge,
                 lag: stats.lag,
                 pending: stats.pending,
                 buffered: stats.buffered

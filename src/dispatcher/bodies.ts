@@ -5,27 +5,42 @@
  */
 import { brotliDecompressSync, constants, gunzipSync, inflateSync } from "node:zlib"
 
-/** Decompresses by `Content-Encoding`; a truncated stream yields the bytes decoded so far. */
-export const decodeContent = (bytes: Buffer, encoding: string | undefined): { bytes: Buffer; decoded: boolean } => {
+/**
+ * The most a captured body may decompress to. A capture is bounded (`OBSERVABILITY_MAX_RESPONSE_BODY_BYTES`), but a
+ * few KiB of gzip or brotli can expand to gigabytes: past this, decoding stops and the body is left out of the event
+ * (docs/events.md). Typical JSON compresses 5–10×, so a full 256 KiB capture stays well below it.
+ */
+export const MAX_DECODED_BODY_BYTES = 8 * 1024 * 1024
+
+export type Decoded =
+  | { readonly bytes: Buffer; readonly decoded: true }
+  | { readonly bytes: Buffer; readonly decoded: false; readonly tooLarge: boolean }
+
+/**
+ * Decompresses by `Content-Encoding`; a truncated stream yields the bytes decoded so far. More than `maxBytes` of
+ * output (a zip bomb) is not decodable: zlib stops at the limit (`maxOutputLength`) instead of allocating the rest.
+ */
+export const decodeContent = (bytes: Buffer, encoding: string | undefined, maxBytes = MAX_DECODED_BODY_BYTES): Decoded => {
   const e = (encoding ?? "").trim().toLowerCase()
   if (e === "" || e === "identity") return { bytes, decoded: true }
   try {
     switch (e) {
       case "gzip":
       case "x-gzip":
-        return { bytes: gunzipSync(bytes, { finishFlush: constants.Z_SYNC_FLUSH }), decoded: true }
+        return { bytes: gunzipSync(bytes, { finishFlush: constants.Z_SYNC_FLUSH, maxOutputLength: maxBytes }), decoded: true }
       case "deflate":
-        return { bytes: inflateSync(bytes, { finishFlush: constants.Z_SYNC_FLUSH }), decoded: true }
+        return { bytes: inflateSync(bytes, { finishFlush: constants.Z_SYNC_FLUSH, maxOutputLength: maxBytes }), decoded: true }
       case "br":
         return {
-          bytes: brotliDecompressSync(bytes, { finishFlush: constants.BROTLI_OPERATION_FLUSH }),
+          bytes: brotliDecompressSync(bytes, { finishFlush: constants.BROTLI_OPERATION_FLUSH, maxOutputLength: maxBytes }),
           decoded: true
         }
     }
-  } catch {
-    // fall through: undecodable
+  } catch (err) {
+    // ERR_BUFFER_TOO_LARGE: the output would exceed maxBytes; anything else: not a valid stream of that encoding
+    return { bytes, decoded: false, tooLarge: (err as { code?: unknown }).code === "ERR_BUFFER_TOO_LARGE" }
   }
-  return { bytes, decoded: false }
+  return { bytes, decoded: false, tooLarge: false }
 }
 
 const utf8 = new TextDecoder("utf-8", { fatal: true })
@@ -215,6 +230,8 @@ export const reassembleSse = (text: string): unknown => {
 export interface InterpretedBody {
   readonly value: unknown
   readonly sse: boolean
+  /** left out because it decompressed to more than `MAX_DECODED_BODY_BYTES` */
+  readonly tooLarge?: true
 }
 
 /** Bytes → the most useful JSON value: parsed JSON, the reassembled stream, a string, or a placeholder. */
@@ -224,8 +241,17 @@ export const interpretBody = (
 ): InterpretedBody => {
   const ct = (options.contentType ?? "").toLowerCase()
   if (ct.startsWith("multipart/")) return { value: `<multipart body omitted, ${raw.length} bytes>`, sse: false }
-  const { bytes, decoded } = decodeContent(raw, options.contentEncoding)
-  if (!decoded) return { value: `<undecodable ${options.contentEncoding} body omitted, ${raw.length} bytes>`, sse: false }
+  const content = decodeContent(raw, options.contentEncoding)
+  if (!content.decoded) {
+    return content.tooLarge
+      ? {
+        value: `<${options.contentEncoding} body omitted: decompresses to more than ${MAX_DECODED_BODY_BYTES} bytes>`,
+        sse: false,
+        tooLarge: true
+      }
+      : { value: `<undecodable ${options.contentEncoding} body omitted, ${raw.length} bytes>`, sse: false }
+  }
+  const bytes = content.bytes
   if (/^(image|audio|video)\/|octet-stream/.test(ct)) return { value: `<binary body omitted, ${bytes.length} bytes>`, sse: false }
   const text = asText(bytes, options.truncated)
   if (text === undefined) return { value: `<binary body omitted, ${bytes.length} bytes>`, sse: false }

@@ -10,15 +10,16 @@ import { type CountTokens, encodingForModel } from "./tokens.js"
 type Json = Record<string, unknown>
 const isObject = (v: unknown): v is Json => typeof v === "object" && v !== null && !Array.isArray(v)
 
-const decodeCaptured = (body: CapturedBody | null): unknown => {
-  if (body === null) return null
+const decodeCaptured = (body: CapturedBody | null): { readonly value: unknown; readonly tooLarge: boolean } => {
+  if (body === null) return { value: null, tooLarge: false }
   const raw = Buffer.from(body.base64, "base64")
-  if (raw.length === 0) return null
-  return interpretBody(raw, {
+  if (raw.length === 0) return { value: null, tooLarge: false }
+  const interpreted = interpretBody(raw, {
     contentType: body.content_type,
     contentEncoding: body.content_encoding,
     truncated: body.truncated
-  }).value
+  })
+  return { value: interpreted.value, tooLarge: interpreted.tooLarge === true }
 }
 
 const num = (v: unknown): number | undefined => (typeof v === "number" && Number.isFinite(v) ? v : undefined)
@@ -98,12 +99,20 @@ const modelIn = (body: unknown): string | null =>
 
 const isGenerationPath = (path: string) => /\/(chat\/completions|completions|responses|messages)$/.test(path)
 
-export const transformEvent = (event: ProxyEvent, count: CountTokens): DeliveredEvent => {
-  const request = decodeCaptured(event.request_body)
-  const response = decodeCaptured(event.response_body)
+/**
+ * `onBodyTooLarge` is told of each body left out because it decompressed to more than `MAX_DECODED_BODY_BYTES`
+ * (the event is delivered without it).
+ */
+export const transformEvent = (event: ProxyEvent, count: CountTokens, onBodyTooLarge?: () => void): DeliveredEvent => {
+  const decodedRequest = decodeCaptured(event.request_body)
+  const decodedResponse = decodeCaptured(event.response_body)
+  for (const d of [decodedRequest, decodedResponse]) if (d.tooLarge) onBodyTooLarge?.()
+  const request = decodedRequest.value
+  const response = decodedResponse.value
   let usage: Usage | null = usageFromResponse(response) ?? event.usage
   let source: DeliveredEvent["usage_source"] = usage === null ? null : "response"
-  if (usage === null && event.status >= 200 && event.status < 300 && isGenerationPath(event.path)) {
+  // an answer left out is not an answer of zero tokens: without it nothing is counted
+  if (usage === null && event.status >= 200 && event.status < 300 && isGenerationPath(event.path) && !decodedResponse.tooLarge) {
     const model = event.model ?? (isObject(response) && typeof response["model"] === "string" ? response["model"] : null)
     const encoding = encodingForModel(model)
     const prompt = count(encoding, promptText(request))

@@ -64,6 +64,8 @@ export interface AuditEntry {
 export interface AuditRecord extends AuditEntry {
   readonly id: string
   readonly timestamp: string
+  /** How many denials an aggregated event stands for (AuditLog.recordDenial); absent = 1. */
+  readonly count?: number | undefined
 }
 
 export const AuditEvent = Schema.Struct({
@@ -81,7 +83,10 @@ export const AuditEvent = Schema.Struct({
   path: Schema.optional(Schema.String),
   user_agent: Schema.optional(Schema.String),
   reason: Schema.optional(Schema.String),
-  metadata: Schema.optional(Schema.String.annotations({ description: "JSON text of the action's details" }))
+  metadata: Schema.optional(Schema.String.annotations({ description: "JSON text of the action's details" })),
+  count: Schema.optional(Schema.Number.annotations({
+    description: "How many requests the event stands for: denials are aggregated per client IP, reason and minute; 1 for every other event"
+  }))
 }).annotations({ identifier: "AuditEvent" })
 export type AuditEvent = typeof AuditEvent.Type
 

@@ -19,6 +19,7 @@ export class Forbidden extends Schema.TaggedError<Forbidden>()("Forbidden", fiel
 export class NotFound extends Schema.TaggedError<NotFound>()("NotFound", fields) {}
 export class Conflict extends Schema.TaggedError<Conflict>()("Conflict", fields) {}
 export class PayloadTooLarge extends Schema.TaggedError<PayloadTooLarge>()("PayloadTooLarge", fields) {}
+export class TooManyRequests extends Schema.TaggedError<TooManyRequests>()("TooManyRequests", fields) {}
 export class InternalError extends Schema.TaggedError<InternalError>()("InternalError", fields) {}
 export class ServiceUnavailable extends Schema.TaggedError<ServiceUnavailable>()("ServiceUnavailable", fields) {}
 
@@ -38,6 +39,11 @@ export const ForbiddenWire = wire(Forbidden, 403, "Forbidden")
 export const NotFoundWire = wire(NotFound, 404, "Not found")
 export const ConflictWire = wire(Conflict, 409, "Conflict")
 export const PayloadTooLargeWire = wire(PayloadTooLarge, 413, "Request body too large")
+export const TooManyRequestsWire = wire(
+  TooManyRequests,
+  429,
+  "Too many failed authentication attempts from this client IP (code too_many_attempts); retry after `Retry-After` seconds"
+)
 export const InternalErrorWire = wire(InternalError, 500, "Internal error (details are logged, never returned)")
 export const ServiceUnavailableWire = wire(ServiceUnavailable, 503, "A dependency is unavailable")
 
@@ -48,6 +54,7 @@ export type HttpError =
   | NotFound
   | Conflict
   | PayloadTooLarge
+  | TooManyRequests
   | InternalError
   | ServiceUnavailable
 
@@ -65,6 +72,8 @@ export const statusOf = (e: HttpError): number => {
       return 409
     case "PayloadTooLarge":
       return 413
+    case "TooManyRequests":
+      return 429
     case "InternalError":
       return 500
     case "ServiceUnavailable":

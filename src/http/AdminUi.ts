@@ -6,6 +6,7 @@
  */
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Context, Effect, Layer } from "effect"
+import { createHash } from "node:crypto"
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs"
 import { extname, join } from "node:path"
 import { fileURLToPath } from "node:url"
@@ -30,6 +31,40 @@ const SECURITY_HEADERS = {
   "referrer-policy": "no-referrer",
   "x-frame-options": "DENY",
   "cross-origin-opener-policy": "same-origin"
+}
+
+const sha256 = (text: string) => `'sha256-${createHash("sha256").update(text, "utf8").digest("base64")}'`
+
+/**
+ * The policy of a page whose only code is inline (the Swagger UI page of `/manage/docs`, which the platform renders
+ * as one document): ADMIN_CSP with its inline scripts and styles admitted by their hashes — nothing else inline, no
+ * eval, no other origin. Data blocks (`<script type="application/json">`) are not scripts and need no hash.
+ */
+export const inlinePageCsp = (html: string): string => {
+  const scripts = [...html.matchAll(/<script>([\s\S]*?)<\/script>/g)].map((m) => sha256(m[1]!))
+  const styles = [...html.matchAll(/<style>([\s\S]*?)<\/style>/g)].map((m) => sha256(m[1]!))
+  return ADMIN_CSP
+    .replace("script-src 'self'", `script-src ${["'self'", ...scripts].join(" ")}`)
+    .replace("style-src 'self'", `style-src ${["'self'", ...styles].join(" ")}`)
+}
+
+let docsPage: { readonly html: string; readonly csp: string } | undefined
+
+/**
+ * `/manage/docs` with the headers of /admin; its policy is computed once from the page itself. The page also gets the
+ * admin UI's icon, so the browser does not ask for a /favicon.ico that does not exist.
+ */
+export const secureDocs = (response: HttpServerResponse.HttpServerResponse): HttpServerResponse.HttpServerResponse => {
+  const body = response.body
+  if (response.status !== 200 || body._tag !== "Uint8Array") return response
+  if (docsPage === undefined) {
+    const html = new TextDecoder().decode(body.body)
+      .replace("<head>", `<head>\n  <link rel="icon" href="/admin/favicon.svg" type="image/svg+xml" />`)
+    docsPage = { html, csp: inlinePageCsp(html) }
+  }
+  return HttpServerResponse.html(docsPage.html).pipe(
+    HttpServerResponse.setHeaders({ ...SECURITY_HEADERS, "content-security-policy": docsPage.csp, "cache-control": "no-cache" })
+  )
 }
 
 const TYPES: Record<string, string> = {

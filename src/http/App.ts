@@ -1,6 +1,11 @@
 /**
- * The HTTP application on one listener: health probes, the management API (+ OpenAPI and Swagger UI) and, as
- * later issues land, the proxy and admin UI. Unexpected failures are logged and answered with a generic 500.
+ * The HTTP application on one listener: health probes, metrics, the management API (+ OpenAPI and Swagger UI) and
+ * the admin UI. Unexpected failures are logged and answered with a generic 500.
+ *
+ * The metrics (`/metrics`, `/metrics/prometheus`, `/metrics/json`) say a lot about traffic, so by default they are
+ * answered only to loopback clients (a direct socket peer on 127.0.0.0/8 or ::1 whose request names no forwarding
+ * header — a reverse proxy on the same host does not make its clients local). `METRICS_TOKEN` requires that bearer
+ * from anywhere instead; with `METRICS_ADDR` they are served on a listener of their own (Layers.ts) and 404 here.
  */
 import {
   HttpApiBuilder,
@@ -11,22 +16,25 @@ import {
   HttpServerRequest,
   HttpServerResponse
 } from "@effect/platform"
-import { Cause, Context, Effect, Layer, Predicate } from "effect"
+import { Cause, Context, Effect, Layer, Option, Predicate, Redacted } from "effect"
 import { ManagementApi } from "../api/ManagementApi.js"
 import type { AuditLog } from "../audit/AuditLog.js"
-import { makeTrustedProxies } from "../audit/clientIp.js"
+import { makeTrustedProxies, normalizeIp } from "../audit/clientIp.js"
 import { AppConfig } from "../config/AppConfig.js"
+import { constantTimeEqual } from "../crypto/constantTime.js"
+import { AuditActions } from "../domain/audit.js"
 import { BadRequest } from "../domain/errors.js"
 import { Health } from "../observability/Health.js"
 import { Metrics } from "../observability/Metrics.js"
 import { Store } from "../store/Store.js"
 import { AuditLive } from "./AuditHttp.js"
 import { currentRequestMeta, requestMetaOf } from "./auditing.js"
-import { ManagementAuthLive, ManagementToken } from "./auth.js"
+import { ManagementAuthLive, ManagementToken, throttled } from "./auth.js"
+import type { AuthThrottle } from "./authThrottle.js"
 import { CacheLive } from "./CacheHttp.js"
 import { jsonError, managementFallback } from "./fallback.js"
 import { ProjectsLive } from "./ProjectsHttp.js"
-import { AdminAssets, serveAdmin } from "./AdminUi.js"
+import { AdminAssets, secureDocs, serveAdmin } from "./AdminUi.js"
 import { AdminSessions } from "./session.js"
 import { SessionLive } from "./SessionHttp.js"
 import { TokensLive } from "./TokensHttp.js"
@@ -64,13 +72,49 @@ export const ManagementAppLive = Layer.effect(ManagementApp, HttpApiBuilder.http
 
 export { requestIdOf } from "./auditing.js"
 
+/** 127.0.0.0/8, ::1 and their IPv4-mapped forms. */
+export const isLoopback = (address: string): boolean => {
+  const ip = normalizeIp(address)
+  return ip === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(ip)
+}
+
+const FORWARDING_HEADERS = ["x-forwarded-for", "forwarded", "x-real-ip"]
+
+/** undefined when the metrics may be read by this request, else the answer (see the module comment). */
+export const metricsRefusal = (
+  request: HttpServerRequest.HttpServerRequest,
+  token: Option.Option<Redacted.Redacted<string>>
+): HttpServerResponse.HttpServerResponse | undefined => {
+  if (Option.isSome(token)) {
+    const header = request.headers.authorization ?? ""
+    const presented = header.startsWith("Bearer ") ? header.slice("Bearer ".length) : ""
+    if (presented !== "" && constantTimeEqual(presented, Redacted.value(token.value))) return undefined
+    return jsonError(401, "missing or invalid metrics token", { code: "unauthorized" }, { "www-authenticate": "Bearer realm=\"metrics\"" })
+  }
+  const peer = Option.getOrUndefined(request.remoteAddress)
+  if (peer !== undefined && isLoopback(peer) && FORWARDING_HEADERS.every((h) => request.headers[h] === undefined)) return undefined
+  return jsonError(
+    403,
+    "metrics are served to loopback clients only; set METRICS_TOKEN or METRICS_ADDR to scrape them from elsewhere",
+    { code: "metrics_loopback_only" }
+  )
+}
+
 export const makeApp = Effect.gen(function*() {
   const management = yield* ManagementApp
-  const context = yield* Effect.context<Store | ManagementToken | AuditLog | AdminSessions | AdminAssets>()
+  const context = yield* Effect.context<Store | ManagementToken | AuditLog | AdminSessions | AdminAssets | AuthThrottle>()
   const trusted = makeTrustedProxies((yield* AppConfig).trustedProxies)
   const health = yield* Health
   const metrics = yield* Metrics
-  const { enableMetrics } = yield* AppConfig
+  const { enableMetrics, metricsAddr, metricsToken } = yield* AppConfig
+  // On this listener unless METRICS_ADDR moved them.
+  const metricsHere = enableMetrics && Option.isNone(metricsAddr)
+  if (metricsHere && Option.isNone(metricsToken)) {
+    yield* Effect.logInfo(
+      "/metrics and /metrics/json answer loopback clients only; set METRICS_TOKEN to require a bearer from anywhere " +
+        "instead, or METRICS_ADDR to serve them on a listener of their own"
+    )
+  }
 
   const fallback = managementFallback.pipe(
     Effect.catchTags({
@@ -96,19 +140,26 @@ export const makeApp = Effect.gen(function*() {
       }
       case "/metrics":
       case "/metrics/prometheus":
-        if (!enableMetrics) break
-        return HttpServerResponse.text(yield* metrics.prometheus, { contentType: metrics.contentType })
+        if (!metricsHere) break
+        return metricsRefusal(request, metricsToken) ??
+          HttpServerResponse.text(yield* metrics.prometheus, { contentType: metrics.contentType })
       case "/metrics/json":
-        if (!enableMetrics) break
-        return HttpServerResponse.unsafeJson(yield* metrics.json)
+        if (!metricsHere) break
+        return metricsRefusal(request, metricsToken) ?? HttpServerResponse.unsafeJson(yield* metrics.json)
     }
     if (path === "/admin" || path.startsWith("/admin/")) return yield* serveAdmin(path)
     if (path === "/manage" || path.startsWith("/manage/")) {
+      // A client over the brute-force limit gets 429 before any token is compared (auth.ts, authThrottle.ts).
+      const login = path === "/manage/session" && request.method === "POST"
+      if (login || request.headers.authorization !== undefined) {
+        const refused = yield* throttled(login ? AuditActions.adminLogin : AuditActions.managementAuth)
+        if (refused !== undefined) return refused
+      }
       // The router ignores a trailing slash and collapses `//`; `/manage/projects/` is an empty id, not the list
       // (reference §2.3), and `/manage/projects/<id>//tokens/revoke` is not the revoke endpoint.
       if (path.endsWith("/") || path.includes("//")) return yield* fallback
       // The router is typed as infallible but fails with RouteNotFound for paths it does not know.
-      return yield* management.pipe(
+      const answer = yield* management.pipe(
         Effect.catchAllCause((cause) => {
           const failure = Cause.failureOption(cause as Cause.Cause<unknown>)
           return failure._tag === "Some" && Predicate.isTagged(failure.value, "RouteNotFound")
@@ -116,6 +167,8 @@ export const makeApp = Effect.gen(function*() {
             : Effect.failCause(cause)
         })
       )
+      // Swagger UI: the same security headers as /admin, with a policy that admits its own inline code only.
+      return path === "/manage/docs" ? secureDocs(answer) : answer
     }
     return jsonError(404, "not found")
   }).pipe(Effect.provide(context))

@@ -4,15 +4,18 @@
  */
 import { Headers, HttpIncomingMessage, HttpMiddleware, type HttpServerRequest } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import { Context, Effect, Layer, Option } from "effect"
-import { createServer, type ServerResponse } from "node:http"
-import type { AddressInfo } from "node:net"
+import { Context, Effect, Layer, Option, Runtime } from "effect"
+import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from "node:http"
+import type { AddressInfo, Socket } from "node:net"
 import type { Duplex } from "node:stream"
+import { makeTrustedProxies, normalizeIp } from "../audit/clientIp.js"
 import { AppConfig } from "../config/AppConfig.js"
 import { duplicateAuthorization, isProxyPath } from "../proxy/policy.js"
 import { ProxyHandler } from "../proxy/ProxyHandler.js"
 import { makeApp } from "./App.js"
 import { MAX_BODY_BYTES } from "./body.js"
+import { ConnectionLimiter, type ConnectionVerdict } from "./connections.js"
+import { closeLingering, LINGER_MS } from "./linger.js"
 import { REDACTED_HEADER_NAMES, redactQueryInSpan } from "./spanRedaction.js"
 
 export interface BoundAddress {
@@ -33,12 +36,44 @@ const spanName = (req: HttpServerRequest.HttpServerRequest) => `${req.method} ${
 const UNTRACED = new Set(["/health", "/ready", "/live", "/metrics", "/metrics/json", "/metrics/prometheus"])
 const untraced = (req: HttpServerRequest.HttpServerRequest) => UNTRACED.has(req.url.split("?")[0] ?? "/")
 
+/** Headers from which the platform's tracer would take a caller's trace (W3C Trace Context and B3). */
+const TRACE_HEADERS = ["traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags"]
+
+/** Without TRUST_INCOMING_TRACE_CONTEXT a caller must not choose our trace ids: its trace headers are dropped. */
+const dropTraceContext = (headers: IncomingHttpHeaders) => {
+  for (const h of TRACE_HEADERS) if (headers[h] !== undefined) delete headers[h]
+}
+
 const DUPLICATE_AUTHORIZATION = JSON.stringify({ error: "more than one Authorization header" })
 
 const refuseDuplicateAuthorization = (res: ServerResponse) => {
   res.writeHead(400, { "content-type": "application/json", "content-length": Buffer.byteLength(DUPLICATE_AUTHORIZATION) })
   res.end(DUPLICATE_AUTHORIZATION)
 }
+
+const OVER_LIMIT = {
+  total: { status: 503, body: JSON.stringify({ error: "Too many connections", code: "too_many_connections" }) },
+  per_ip: {
+    status: 429,
+    body: JSON.stringify({ error: "Too many connections from this address", code: "too_many_connections_per_ip" })
+  }
+} as const
+
+/** A connection over a limit: its request is answered without being read, and the connection closed (lingering). */
+const refuseConnection = (req: IncomingMessage, res: ServerResponse, verdict: Exclude<ConnectionVerdict, "ok">) => {
+  const { body, status } = OVER_LIMIT[verdict]
+  closeLingering(req, res)
+  res.writeHead(status, {
+    "content-type": "application/json",
+    "content-length": Buffer.byteLength(body),
+    "retry-after": "1",
+    connection: "close"
+  })
+  res.end(body)
+}
+
+/** Connections over a limit that wait for their answer, at most; beyond it they are closed at once, unanswered. */
+const MAX_REFUSING = 1_024
 
 /**
  * Requests the HTTP parser refuses (malformed line, bad framing, headers too large, too slow) get Node's statuses
@@ -76,11 +111,13 @@ export const HttpServerLive = Layer.scoped(
       Effect.locally(Headers.currentRedactedNames, REDACTED_HEADER_NAMES)
     )
     const proxy = yield* ProxyHandler
+    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
     // /v1/* never enters the Effect app: it is handled as plain Node streams (src/proxy/ProxyHandler.ts).
     // Both client timeouts only cover receiving the request (responses and SSE streams are never cut by them).
     // Without them (requestTimeout 0 turns headersTimeout off too) a client sending its headers or body one byte
     // at a time (slowloris), or nothing at all, held a socket forever. Checked every second (default 30 s).
     const requestTimeout = config.clientRequestTimeoutMs
+    const untrustedTrace = Option.exists(config.otlp, (o) => !o.trustIncomingTrace)
     const server = createServer(
       {
         keepAliveTimeout: 65_000,
@@ -88,13 +125,68 @@ export const HttpServerLive = Layer.scoped(
         headersTimeout: Math.min(config.headersTimeoutMs, requestTimeout),
         connectionsCheckingInterval: Math.min(1_000, config.headersTimeoutMs)
       },
-      (req, res) => {
-        if (isProxyPath(req.url ?? "/")) return proxy(req, res)
-        // Node keeps the first of two Authorization headers and drops the other unseen; refuse the ambiguity.
-        if (duplicateAuthorization(req.rawHeaders)) return refuseDuplicateAuthorization(res)
-        return handler(req, res)
-      }
+      (req, res) => dispatch(req, res)
     )
+    // Connection limits: counted from `connection` to `close`. A connection over a limit is not counted; its first
+    // request gets 503 (total) / 429 (per peer address) and the connection is closed.
+    const trusted = makeTrustedProxies(config.trustedProxies)
+    const limiter = new ConnectionLimiter(config.maxConnections, config.maxConnectionsPerIp, (ip) => trusted.contains(ip))
+    const refused = new WeakMap<Socket, { readonly verdict: Exclude<ConnectionVerdict, "ok">; readonly timer: NodeJS.Timeout }>()
+    let refusing = 0
+    let refusedSinceLog = 0
+    let lastLog = 0
+    const reportRefused = (verdict: Exclude<ConnectionVerdict, "ok">) => {
+      refusedSinceLog++
+      const now = Date.now()
+      if (now - lastLog < 10_000) return
+      lastLog = now
+      const n = refusedSinceLog
+      refusedSinceLog = 0
+      runFork(Effect.logWarning(
+        verdict === "total"
+          ? `connections refused: MAX_CONNECTIONS (${config.maxConnections}) reached (${n} since the last warning)`
+          : `connections refused: a peer address reached MAX_CONNECTIONS_PER_IP (${config.maxConnectionsPerIp}) (${n} since the last warning)`
+      ))
+    }
+    if (config.maxConnections > 0 || config.maxConnectionsPerIp > 0) {
+      server.on("connection", (socket: Socket) => {
+        const ip = normalizeIp(socket.remoteAddress ?? "")
+        const verdict = limiter.open(ip)
+        if (verdict === "ok") {
+          socket.once("close", () => limiter.close(ip))
+          return
+        }
+        reportRefused(verdict)
+        if (refusing >= MAX_REFUSING) return socket.destroy()
+        refusing++
+        // It has a moment to send its request (then it is answered); else it is closed.
+        const timer = setTimeout(() => socket.destroy(), LINGER_MS)
+        timer.unref()
+        refused.set(socket, { verdict, timer })
+        socket.once("close", () => {
+          refusing--
+          clearTimeout(timer)
+        })
+      })
+    }
+    const dispatch = (req: IncomingMessage, res: ServerResponse) => {
+      const over = refused.get(req.socket)
+      if (over !== undefined) {
+        clearTimeout(over.timer)
+        return refuseConnection(req, res, over.verdict)
+      }
+      if (isProxyPath(req.url ?? "/")) return proxy(req, res)
+      // Node keeps the first of two Authorization headers and drops the other unseen; refuse the ambiguity.
+      if (duplicateAuthorization(req.rawHeaders)) return refuseDuplicateAuthorization(res)
+      if (untrustedTrace) dropTraceContext(req.headers)
+      return handler(req, res)
+    }
+    // `Expect: 100-continue`: the proxy sends `100 Continue` itself once the token is checked and it reads the body
+    // (a refused request's body is never sent); everything else gets it at once, as Node would send it.
+    server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => {
+      if (refused.get(req.socket) === undefined && !isProxyPath(req.url ?? "/")) res.writeContinue()
+      dispatch(req, res)
+    })
     server.on("clientError", answerClientError)
     yield* Effect.async<void, Error>((resume) => {
       const onError = (e: Error) => resume(Effect.fail(new Error(`cannot listen on ${config.listen.host}:${config.listen.port}: ${e.message}`)))

@@ -3,7 +3,7 @@ import { HttpApiBuilder } from "@effect/platform"
 import { Clock, Effect } from "effect"
 import { ManagementApi } from "../api/ManagementApi.js"
 import { BadRequest } from "../domain/errors.js"
-import { isUuid } from "../domain/validation.js"
+import { isUuid, parseTimestamp } from "../domain/validation.js"
 import { Store } from "../store/Store.js"
 import { hourOf } from "../store/usage.js"
 import { internal } from "./ProjectsHttp.js"
@@ -11,10 +11,13 @@ import { internal } from "./ProjectsHttp.js"
 const DAY_MS = 86_400_000
 const MAX_RANGE_MS = 366 * DAY_MS
 
+/** RFC 3339 only (as documented): `Date.parse` alone would also take `2026-12-01`, `Tue, 01 Dec 2026 …` and more. */
 const instant = (name: string, raw: string | undefined, fallback: number) => {
   if (raw === undefined || raw === "") return Effect.succeed(fallback)
-  const ms = Date.parse(raw)
-  return Number.isFinite(ms) ? Effect.succeed(ms) : Effect.fail(new BadRequest({ error: `${name} must be an RFC 3339 timestamp` }))
+  const parsed = parseTimestamp(raw)
+  return parsed !== undefined
+    ? Effect.succeed(Date.parse(parsed))
+    : Effect.fail(new BadRequest({ error: `${name} must be an RFC 3339 timestamp` }))
 }
 
 const optionalId = (name: string, raw: string | undefined) => {

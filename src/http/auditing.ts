@@ -91,6 +91,29 @@ export const auditRequest = (event: RequestAuditEvent) =>
     })
   })
 
+/**
+ * Counts a refused authentication of the current request into its aggregated audit event (one per client IP, reason
+ * and minute, with a count: src/audit/AuditLog.ts `recordDenial`), so a stranger cannot grow the log at will.
+ */
+export const auditDenial = (event: Omit<RequestAuditEvent, "outcome">) =>
+  Effect.gen(function*() {
+    const audit = yield* AuditLog
+    const fields = yield* requestFields
+    const meta = yield* FiberRef.get(currentRequestMeta)
+    const details = meta?.fromAdminUi ? { ...event.details, origin: "admin-ui" } : event.details
+    audit.recordDenial({
+      ...fields,
+      actor: event.actor ?? AuditActors.anonymous,
+      action: event.action,
+      outcome: "denied",
+      ...(event.reason !== undefined ? { reason: event.reason } : {}),
+      ...(details !== undefined ? { details } : {})
+    })
+  })
+
+/** The current request's client IP, as the audit log records it ("unknown" when there is no peer address). */
+export const currentClientIp = Effect.map(FiberRef.get(currentRequestMeta), (m) => m?.clientIp ?? "unknown")
+
 /** What a handler learns while it runs and wants in its event. */
 export interface AuditNote {
   projectId?: string

@@ -53,5 +53,6 @@ export const auditEventJson = (e: StoredAuditEvent): AuditEvent => ({
   ...optional("path", e.path),
   ...optional("user_agent", e.userAgent),
   ...optional("reason", e.reason),
-  ...optional("metadata", e.metadata)
+  ...optional("metadata", e.metadata),
+  count: e.count
 })

@@ -55,6 +55,12 @@ export interface DispatcherStatsLike {
   readonly lastDeliveryAt?: number | null
   /** events its group has not acknowledged yet, when known */
   readonly lag?: number | null
+  /** delivery rounds the backend refused our credentials */
+  readonly credentialFailures?: number
+  /** delivery is paused because the backend refuses our credentials */
+  readonly paused?: boolean
+  /** captured bodies left out of events because they decompressed to more than the limit */
+  readonly bodiesTooLarge?: number
 }
 
 /** What the token validator reports (src/token TokenValidator `stats`). */
@@ -84,6 +90,12 @@ export interface RequestObservation {
   readonly completionTokens: number | undefined
   /** Which limit refused the request, if one did. */
   readonly rejectedBy: "token_rate_limit" | "project_rate_limit" | "quota" | undefined
+  /** The answer was streamed (SSE). */
+  readonly stream?: boolean
+  /** Streamed answers: arrival until the first chunk of the answer (seconds). */
+  readonly firstTokenSeconds?: number | undefined
+  /** Completion tokens per second of generation (src/observability/ProxyObservability.ts `outputTokensPerSecond`). */
+  readonly outputTokensPerSecond?: number | undefined
 }
 
 /** The reference's `/metrics` JSON (now at `/metrics/json`). */
@@ -117,6 +129,9 @@ export class Metrics extends Context.Tag("llm-proxy/Metrics")<Metrics, MetricsSh
 /** Buckets in seconds: proxy overhead lives in the sub-millisecond range, upstream latency in seconds. */
 export const OVERHEAD_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1]
 export const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
+/** Time to first token lives between tens of milliseconds and a minute; generation speed between 1 and 1,000 tokens/s. */
+export const FIRST_TOKEN_BUCKETS = [0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60]
+export const TOKENS_PER_SECOND_BUCKETS = [1, 5, 10, 20, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000]
 
 export const statusClass = (status: number): string =>
   status >= 100 && status < 600 ? `${Math.floor(status / 100)}xx` : "none"
@@ -163,17 +178,11 @@ export const make = (options: { readonly processMetrics?: boolean } = {}) =>
     const startedAt = Date.now()
     if (options.processMetrics !== false) collectDefaultMetrics({ register: registry })
 
-    new Gauge({
-      name: "llm_proxy_uptime_seconds",
-      help: "Seconds since this instance started",
-      registers: [registry],
-      collect() {
-        this.set((Date.now() - startedAt) / 1000)
-      }
-    })
+    // No uptime gauge: prom-client's `process_start_time_seconds` says the same (`time() - process_start_time_seconds`),
+    // and a scrape carries one series per quantity. /metrics/json keeps `uptime_seconds` for the reference's users.
 
     // -- request path ---------------------------------------------------------------------------------------------
-    const series = new RequestSeries(registry, OVERHEAD_BUCKETS, LATENCY_BUCKETS)
+    const series = new RequestSeries(registry, OVERHEAD_BUCKETS, LATENCY_BUCKETS, FIRST_TOKEN_BUCKETS, TOKENS_PER_SECOND_BUCKETS)
     const rateLimited = new Counter({
       name: "llm_proxy_rate_limit_rejections_total",
       help: "Requests refused by a window rate limit, by scope (token, project)",
@@ -241,6 +250,24 @@ export const make = (options: { readonly processMetrics?: boolean } = {}) =>
       "counter"
     )
     const dispBatches = snapshotSeries(registry, "llm_proxy_dispatcher_batches_total", "Batches the dispatcher finished, by backend", "counter")
+    const dispCredentials = snapshotSeries(
+      registry,
+      "llm_proxy_dispatcher_credential_failures_total",
+      "Delivery rounds the backend refused the dispatcher's API key (delivery pauses and retries), by backend",
+      "counter"
+    )
+    const dispPaused = snapshotSeries(
+      registry,
+      "llm_proxy_dispatcher_paused",
+      "1 while delivery is paused because the backend refuses the dispatcher's API key, by backend",
+      "gauge"
+    )
+    const dispBodiesTooLarge = snapshotSeries(
+      registry,
+      "llm_proxy_dispatcher_bodies_too_large_total",
+      "Captured bodies left out of delivered events because they decompressed to more than 8 MiB, by backend",
+      "counter"
+    )
     const dispLastDelivery = snapshotSeries(
       registry,
       "llm_proxy_dispatcher_last_delivery_timestamp_seconds",
@@ -294,6 +321,9 @@ export const make = (options: { readonly processMetrics?: boolean } = {}) =>
         dispRetried.set(byBackend((d) => n(d.retries)))
         dispDead.set(byBackend((d) => n(d.deadLettered)))
         dispBatches.set(byBackend((d) => n(d.batches)))
+        dispCredentials.set(byBackend((d) => n(d.credentialFailures)))
+        dispPaused.set(byBackend((d) => (d.paused === true ? 1 : 0)))
+        dispBodiesTooLarge.set(byBackend((d) => n(d.bodiesTooLarge)))
         dispLastDelivery.set(
           all.flatMap((d) => (typeof d.lastDeliveryAt === "number" ? [{ labels: { backend: d.backend ?? "unknown" }, value: d.lastDeliveryAt / 1000 }] : []))
         )
@@ -321,8 +351,12 @@ export const make = (options: { readonly processMetrics?: boolean } = {}) =>
         series.observeOverhead(s, o.overheadSeconds)
         series.observeDuration(s, o.durationSeconds)
         if (o.upstreamSeconds !== undefined) series.observeUpstream(s, o.upstreamSeconds)
-        if ((o.promptTokens ?? 0) > 0 || (o.completionTokens ?? 0) > 0) {
-          series.addTokens(o.provider, o.model, o.promptTokens ?? 0, o.completionTokens ?? 0)
+        const tokens = (o.promptTokens ?? 0) > 0 || (o.completionTokens ?? 0) > 0
+        if (tokens || o.firstTokenSeconds !== undefined || o.outputTokensPerSecond !== undefined) {
+          const m = series.model(o.provider, o.model)
+          if (tokens) series.addTokens(m, o.promptTokens ?? 0, o.completionTokens ?? 0)
+          if (o.firstTokenSeconds !== undefined) series.observeFirstToken(m, o.firstTokenSeconds)
+          if (o.outputTokensPerSecond !== undefined) series.observeTokensPerSecond(m, o.stream === true, o.outputTokensPerSecond)
         }
         if (o.rejectedBy === "quota") quotaRejected.inc()
         else if (o.rejectedBy === "token_rate_limit") rateLimited.inc({ scope: "token" })

@@ -3,20 +3,21 @@
  * - one `Metrics.request` observation (counters and histograms, synchronous);
  * - one access-log line (request id, project id, token id — never the token —, status, durations, model, usage,
  *   cache status), buffered and written in batches off the request path;
- * - when tracing is on, a `proxy.request` server span with a `proxy.upstream` child, recorded as one small object
- *   from the request's timestamps and exported by src/observability/ProxySpans.ts (nothing at all when tracing is off).
+ * - when tracing is on, a server span with a client child for the upstream call (the GenAI span on GenAI routes),
+ *   recorded as one small object from the request's timestamps and what the answer said about itself (model, id,
+ *   finish reasons, usage) and exported by src/observability/ProxySpans.ts (nothing at all when tracing is off).
  *
  * These hooks must be combined LAST (src/Layers.ts) so `decorateResponse` sees the cache headers other hooks set.
  */
 import { Effect, FiberRef, LogLevel, Option, Queue, Runtime } from "effect"
 import type { LogFormat } from "../config/AppConfig.js"
 import type { OutgoingHttpHeaders } from "node:http"
-import { Providers } from "../config/Providers.js"
+import { type ProviderConfig, Providers } from "../config/Providers.js"
 import type { ProxyHooksShape, ProxyRequestContext } from "../proxy/ProxyHooks.js"
-import { endpointAllowed } from "../proxy/policy.js"
+import { endpointMatches } from "../proxy/policy.js"
 import { Metrics, type RequestObservation } from "./Metrics.js"
 import { ProtoWriter } from "./otlpProto.js"
-import { ProxySpans, type ProxySpansShape } from "./ProxySpans.js"
+import { ProxySpans, type ProxySpansShape, type UpstreamSpanRecord } from "./ProxySpans.js"
 
 /** Distinct label values kept per label before new ones are folded into `other` (bounded cardinality). */
 export const MAX_MODELS = 200
@@ -70,6 +71,103 @@ export const modelOf = (body: Buffer | undefined): string | undefined => {
   const length = i - start
   if (i >= n || body[i] !== 0x22 || length === 0 || length > 128) return undefined
   return body.toString("latin1", start, i)
+}
+
+/** `gen_ai.operation.name` of the paths that are GenAI operations; other forwarded calls get a plain HTTP client span. */
+const OPERATIONS: ReadonlyMap<string, string> = new Map([
+  ["/v1/chat/completions", "chat"],
+  ["/v1/messages", "chat"],
+  ["/v1/responses", "chat"],
+  ["/v1/completions", "text_completion"],
+  ["/v1/embeddings", "embeddings"]
+])
+
+/** The well-known `gen_ai.provider.name` values (GenAI semantic conventions). */
+const GEN_AI_PROVIDERS = new Set([
+  "openai",
+  "anthropic",
+  "aws.bedrock",
+  "azure.ai.inference",
+  "azure.ai.openai",
+  "cohere",
+  "deepseek",
+  "gcp.gemini",
+  "gcp.gen_ai",
+  "gcp.vertex_ai",
+  "groq",
+  "ibm.watsonx.ai",
+  "mistral_ai",
+  "perplexity",
+  "x_ai"
+])
+const PROVIDER_NAMES: ReadonlyArray<readonly [RegExp, string]> = [
+  [/^(azure|azure[-_]openai)$/, "azure.ai.openai"],
+  [/^(mistral|mistralai)$/, "mistral_ai"],
+  [/^(xai|grok)$/, "x_ai"],
+  [/^gemini$/, "gcp.gemini"],
+  [/^(vertex|vertexai|vertex_ai)$/, "gcp.vertex_ai"],
+  [/^bedrock$/, "aws.bedrock"]
+]
+const PROVIDER_HOSTS: ReadonlyArray<readonly [RegExp, string]> = [
+  [/(^|\.)openai\.com$/, "openai"],
+  [/(^|\.)anthropic\.com$/, "anthropic"],
+  [/\.openai\.azure\.com$/, "azure.ai.openai"],
+  [/\.(services|inference)\.ai\.azure\.com$/, "azure.ai.inference"],
+  [/^generativelanguage\.googleapis\.com$/, "gcp.gemini"],
+  [/aiplatform\.googleapis\.com$/, "gcp.vertex_ai"],
+  [/^bedrock-runtime\..*\.amazonaws\.com$/, "aws.bedrock"],
+  [/(^|\.)mistral\.ai$/, "mistral_ai"],
+  [/(^|\.)groq\.com$/, "groq"],
+  [/(^|\.)deepseek\.com$/, "deepseek"],
+  [/(^|\.)x\.ai$/, "x_ai"],
+  [/(^|\.)perplexity\.ai$/, "perplexity"],
+  [/(^|\.)cohere\.(com|ai)$/, "cohere"]
+]
+
+/**
+ * `gen_ai.provider.name` of a configured provider: its name when that is a well-known value (or a common spelling
+ * of one), else the well-known value of its upstream host, else its configured name.
+ */
+export const genAiProviderOf = (p: Pick<ProviderConfig, "name" | "origin">): string => {
+  const name = p.name.toLowerCase()
+  if (GEN_AI_PROVIDERS.has(name)) return name
+  for (const [re, v] of PROVIDER_NAMES) if (re.test(name)) return v
+  const host = new URL(p.origin).hostname.toLowerCase()
+  for (const [re, v] of PROVIDER_HOSTS) if (re.test(host)) return v
+  return p.name
+}
+
+const HEX = /^[0-9a-f]+$/
+
+/**
+ * A W3C `traceparent` header's trace id, parent span id and sampled flag; undefined when it is absent, repeated or
+ * malformed (all-zero ids, version ff, upper-case hex), as the Trace Context specification asks.
+ */
+export const parseTraceparent = (
+  h: string | ReadonlyArray<string> | undefined
+): { readonly traceId: string; readonly spanId: string; readonly sampled: boolean } | undefined => {
+  if (typeof h !== "string") return undefined
+  const v = h.trim()
+  if (v.length < 55 || v[2] !== "-" || v[35] !== "-" || v[52] !== "-") return undefined
+  const version = v.slice(0, 2)
+  if (!HEX.test(version) || version === "ff" || (version === "00" ? v.length !== 55 : v.length > 55 && v[55] !== "-")) return undefined
+  const traceId = v.slice(3, 35)
+  const spanId = v.slice(36, 52)
+  const flags = v.slice(53, 55)
+  if (!HEX.test(traceId) || !HEX.test(spanId) || !HEX.test(flags)) return undefined
+  if (/^0+$/.test(traceId) || /^0+$/.test(spanId)) return undefined
+  return { traceId, spanId, sampled: (parseInt(flags, 16) & 1) === 1 }
+}
+
+/** `?a=REDACTED&b=REDACTED`: the query's parameter names, never its values (they may carry keys or signatures). */
+export const redactedQuery = (url: string): string => {
+  const q = url.indexOf("?")
+  if (q === -1) return ""
+  const parts = url.slice(q + 1).split("&").filter((p) => p !== "")
+  return parts.length === 0 ? "" : "?" + parts.map((p) => {
+    const eq = p.indexOf("=")
+    return eq === -1 ? p : `${p.slice(0, eq)}=REDACTED`
+  }).join("&")
 }
 
 const CACHE_STATUS = /llm-proxy;\s*([a-z-]+)/i
@@ -138,6 +236,32 @@ export const accessJson = (ctx: ProxyRequestContext, f: AccessFacts): string => 
 
 const round = (ms: number | undefined) => (ms === undefined ? undefined : Math.round(ms * 1000) / 1000)
 
+/** A successful forwarded answer: the only ones whose timings say something about generation. */
+const answered = (ctx: ProxyRequestContext) => ctx.forwarded && ctx.status >= 200 && ctx.status < 300 && ctx.proxyMs !== undefined
+
+/**
+ * Time to first token (metrics), streamed (SSE) answers only: the request's arrival until the first chunk of the
+ * upstream's body arrived. A JSON answer has no first token apart from its end, so it is not observed.
+ */
+export const firstTokenSeconds = (ctx: ProxyRequestContext): number | undefined => {
+  const first = ctx.answer?.firstChunkAt
+  return ctx.stream && first !== undefined && answered(ctx) ? Math.max(0, first - ctx.startedAt) / 1000 : undefined
+}
+
+/**
+ * Output tokens per second (metrics), answers that report completion tokens: for streams, the tokens over the time
+ * from the first chunk to the end (the generation, without the wait for the first token); for JSON answers, over the
+ * time from sending the request upstream to the end (the whole wait: when generation began is not visible). Answers
+ * whose tokens all came within 1 ms (one chunk) are not counted.
+ */
+export const outputTokensPerSecond = (ctx: ProxyRequestContext, durationMs: number): number | undefined => {
+  const tokens = ctx.usage?.completion_tokens ?? 0
+  if (tokens <= 0 || !answered(ctx)) return undefined
+  const first = ctx.answer?.firstChunkAt
+  const generationMs = ctx.stream ? (first === undefined ? 0 : ctx.startedAt + durationMs - first) : durationMs - ctx.proxyMs!
+  return generationMs >= 1 ? tokens / (generationMs / 1000) : undefined
+}
+
 /** The hooks, and the fiber that writes access-log lines. Scoped: the fiber drains what is queued on shutdown. */
 export const make = (options: {
   /** Record Metrics observations (ENABLE_METRICS). */
@@ -148,21 +272,47 @@ export const make = (options: {
   readonly accessLogBuffer?: number
   /** Where JSON access lines go, a batch of whole lines at a time (default process.stdout). */
   readonly write?: (chunk: Buffer) => void
+  /** TRUST_INCOMING_TRACE_CONTEXT: a client's `traceparent` continues its trace (else our spans start their own). */
+  readonly trustIncomingTrace?: boolean
 }) =>
   Effect.gen(function*() {
     const metrics = yield* Metrics
     const providers = yield* Providers
     const spans = Option.getOrUndefined(yield* ProxySpans)
 
-    // Route label: the longest allowed endpoint prefix of any provider (a bounded set), else "other".
-    const endpoints = [...new Set(providers.all.flatMap((p) => p.allowedEndpoints))].sort((a, b) => b.length - a.length)
+    // Route label: the path of the longest allowed endpoint of any provider that matches (a bounded set, e.g.
+    // `/v1/models/{id}`), else "other".
+    const endpoints = providers.all.flatMap((p) => p.allowedEndpoints).sort((a, b) => b.path.length - a.path.length)
     const routes = new Map<string, string>()
     const routeOf = (path: string): string => {
       const known = routes.get(path)
       if (known !== undefined) return known
-      const route = endpoints.find((e) => endpointAllowed(path, [e])) ?? "other"
+      const route = endpoints.find((e) => endpointMatches(path, e))?.path ?? "other"
       if (routes.size < MAX_ROUTES_CACHED) routes.set(path, route)
       return route
+    }
+    // What the client span says about each upstream (computed once per provider).
+    const upstreams = new Map(providers.all.map((p) => {
+      const u = new URL(p.origin)
+      const port = u.port !== "" ? Number(u.port) : u.protocol === "https:" ? 443 : 80
+      return [p.name, { origin: p.origin, genAiProvider: genAiProviderOf(p), address: u.hostname, port }] as const
+    }))
+    const trustIncomingTrace = options.trustIncomingTrace === true
+    // The upstream URL of a path without a query, one string per origin and path (bounded like the routes): the
+    // span encoder compares it with the previous request's, which is cheapest on the same string.
+    const urls = new Map<string, Map<string, string>>()
+    const urlOf = (origin: string, path: string): string => {
+      let byPath = urls.get(origin)
+      if (byPath === undefined) {
+        byPath = new Map()
+        urls.set(origin, byPath)
+      }
+      let url = byPath.get(path)
+      if (url === undefined) {
+        url = origin + path
+        if (byPath.size < MAX_ROUTES_CACHED) byPath.set(path, url)
+      }
+      return url
     }
     const models = new Set<string>()
     const modelLabel = (model: string | undefined): string => {
@@ -253,7 +403,52 @@ export const make = (options: {
       }
     }
 
-    const span = (exporter: ProxySpansShape, ctx: ProxyRequestContext, o: RequestObservation, model: string | undefined) => {
+    /** The upstream call's client span: GenAI attributes from the request and what the answer said. */
+    const upstreamSpan = (ctx: ProxyRequestContext, sentAt: number, endMs: number, model: string | undefined): UpstreamSpanRecord => {
+      const target = upstreams.get(ctx.provider ?? "")
+      const a = ctx.answer
+      const status = ctx.upstreamStatus
+      // Failed: a 5xx, no answer at all (timeout, connection refused or reset), or an answer that broke off.
+      const errorType = status !== undefined && status >= 500
+        ? String(status)
+        : status === undefined
+        ? ctx.upstreamErrorType ?? (ctx.status === 499 ? "cancelled" : undefined)
+        : ctx.error === "upstream connection lost mid-response"
+        ? "response_incomplete"
+        : undefined
+      return {
+        startMs: sentAt,
+        endMs,
+        error: errorType !== undefined || status === undefined,
+        errorType,
+        status,
+        headersMs: round(ctx.upstreamMs),
+        operation: OPERATIONS.get(ctx.path),
+        genAiProvider: target?.genAiProvider ?? ctx.provider ?? "unknown",
+        serverAddress: target?.address ?? "",
+        serverPort: target?.port ?? 0,
+        urlFull: ctx.url.length > ctx.path.length ? (target?.origin ?? "") + ctx.path + redactedQuery(ctx.url) : urlOf(target?.origin ?? "", ctx.path),
+        requestModel: model,
+        responseModel: a?.responseModel,
+        responseId: a?.responseId,
+        finishReasons: a?.finishReasons,
+        inputTokens: a?.inputTokens ?? ctx.usage?.prompt_tokens,
+        outputTokens: ctx.usage?.completion_tokens,
+        cacheReadTokens: a?.cacheReadTokens,
+        cacheCreationTokens: a?.cacheCreationTokens,
+        firstChunkSeconds: ctx.stream && a?.firstChunkAt !== undefined
+          ? Math.max(0, a.firstChunkAt - (ctx.startedAt + (ctx.proxyMs ?? 0))) / 1000
+          : undefined
+      }
+    }
+
+    const span = (
+      exporter: ProxySpansShape,
+      ctx: ProxyRequestContext,
+      o: RequestObservation,
+      model: string | undefined,
+      parent: ReturnType<typeof parseTraceparent>
+    ) => {
       const origin = TIME_ORIGIN
       const endMs = origin + ctx.startedAt + (ctx.durationMs ?? 0)
       const sentAt = ctx.proxyMs === undefined ? undefined : origin + ctx.startedAt + ctx.proxyMs
@@ -263,27 +458,22 @@ export const make = (options: {
         error: ctx.status >= 500,
         method: ctx.method,
         route: o.route,
+        path: ctx.path,
         status: ctx.status,
         requestId: ctx.requestId,
         provider: o.provider,
         cache: o.cache,
-        model,
         projectId: ctx.projectId,
         tokenId: ctx.tokenId,
         errorCode: ctx.code,
-        inputTokens: ctx.usage?.prompt_tokens,
-        outputTokens: ctx.usage?.completion_tokens,
-        upstream: ctx.forwarded && sentAt !== undefined
-          ? {
-            startMs: sentAt,
-            endMs,
-            error: ctx.upstreamStatus === undefined || ctx.upstreamStatus >= 500,
-            status: ctx.upstreamStatus,
-            headersMs: round(ctx.upstreamMs)
-          }
-          : undefined
+        parent,
+        upstream: ctx.forwarded && sentAt !== undefined ? upstreamSpan(ctx, sentAt, endMs, model) : undefined
       })
     }
+
+    /** A trusted caller's trace this request continues, if any (only asked when tracing is on). */
+    const parentOf = (ctx: ProxyRequestContext): ReturnType<typeof parseTraceparent> =>
+      trustIncomingTrace ? parseTraceparent(ctx.headers?.["traceparent"]) : undefined
 
     // Nothing to observe: no hooks at all, so the data plane does not even call them.
     if (!options.metrics && !accessLog && spans === undefined) return {} satisfies Partial<ProxyHooksShape>
@@ -301,7 +491,8 @@ export const make = (options: {
         else if (writtenAt !== undefined && ctx.upstreamMs !== undefined) {
           overheadMs = ctx.proxyMs + Math.max(0, writtenAt - (ctx.startedAt + ctx.proxyMs + ctx.upstreamMs))
         } else overheadMs = ctx.proxyMs
-        const model = modelOf(ctx.requestBody)
+        // Label values read from a body come only from authenticated traffic: a stranger cannot fill the label set.
+        const model = ctx.authenticated ? modelOf(ctx.requestBody) : undefined
         const o: RequestObservation = {
           provider: ctx.provider ?? "none",
           route: routeOf(ctx.path),
@@ -313,11 +504,17 @@ export const make = (options: {
           model: modelLabel(model),
           promptTokens: ctx.usage?.prompt_tokens,
           completionTokens: ctx.usage?.completion_tokens,
-          rejectedBy: ctx.rejectedBy
+          rejectedBy: ctx.rejectedBy,
+          stream: ctx.stream,
+          firstTokenSeconds: firstTokenSeconds(ctx),
+          outputTokensPerSecond: outputTokensPerSecond(ctx, durationMs)
         }
         if (options.metrics) metrics.request(o)
         if (accessLog) enqueue(ctx, { durationMs, overheadMs, model, cache: o.cache })
-        if (spans !== undefined && spans.sample()) span(spans, ctx, o, model)
+        if (spans !== undefined) {
+          const parent = parentOf(ctx)
+          if (spans.sample(parent?.sampled)) span(spans, ctx, o, model, parent)
+        }
       }]
     }
     return hooks

@@ -39,7 +39,10 @@ export const dispatcherStats = (d: DispatcherInfoShape): StatsSource<DispatcherS
     deadLettered: d.stats.deadLettered,
     batches: d.stats.batches,
     lastDeliveryAt: d.stats.lastDeliveryAt,
-    lag: lag._tag === "Some" ? lag.value.lag : null
+    lag: lag._tag === "Some" ? lag.value.lag : null,
+    credentialFailures: d.stats.credentialFailures,
+    paused: d.stats.pausedSince !== null,
+    bodiesTooLarge: d.stats.bodiesTooLarge
   }))
 
 /**
@@ -110,7 +113,10 @@ export const registerDispatcherCheck = (
           delivered: d.stats.delivered,
           retries: d.stats.retries,
           dead_lettered: d.stats.deadLettered,
-          last_delivery_at: iso(d.stats.lastDeliveryAt)
+          last_delivery_at: iso(d.stats.lastDeliveryAt),
+          // the backend refuses our API key: delivery waits (docs/events.md "Failures")
+          paused_since: iso(d.stats.pausedSince),
+          credential_failures: d.stats.credentialFailures
         }
       }
       const known = Object.values(groups).flatMap((g) => (g.lag === null ? [] : [g.lag]))

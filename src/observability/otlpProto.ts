@@ -13,7 +13,8 @@
  *                   start_time_unix_nano = 7 (fixed64), end_time_unix_nano = 8 (fixed64), attributes = 9, status = 15
  *   Status          code = 3
  *   KeyValue        key = 1, value = 2
- *   AnyValue        string_value = 1, bool_value = 2, int_value = 3, double_value = 4
+ *   AnyValue        string_value = 1, bool_value = 2, int_value = 3, double_value = 4, array_value = 5
+ *   ArrayValue      values = 1
  *   Resource        attributes = 1
  *   InstrumentationScope name = 1, version = 2
  */
@@ -41,6 +42,8 @@ const T = {
   boolValue: 0x10,
   intValue: 0x18,
   doubleValue: 0x21,
+  arrayValue: 0x2a,
+  arrayValues: 0x0a,
   resourceAttribute: 0x0a,
   scopeName: 0x0a,
   scopeVersion: 0x12
@@ -260,6 +263,55 @@ export class ProtoWriter {
       this.buf.writeDoubleLE(v, this.pos)
       this.pos += 8
     }
+    this.end(any)
+    this.end(kv)
+  }
+
+  /** One `KeyValue` whose value is always a double (an integral number stays a double); undefined is skipped. */
+  attrDouble(k: Buffer, v: number | undefined, tag: number = T.attribute): void {
+    if (v === undefined) return
+    // tag, length, key, value tag, length (11: double tag + 8 bytes + ...), double tag, 8 bytes: all lengths < 0x80
+    // for the short keys used here; longer keys take the general path.
+    if (k.length + 11 >= 0x80) {
+      const kv = this.begin(tag)
+      this.ensure(k.length)
+      k.copy(this.buf, this.pos)
+      this.pos += k.length
+      const any = this.begin(T.kvValue)
+      this.ensure(9)
+      this.buf[this.pos++] = T.doubleValue
+      this.buf.writeDoubleLE(v, this.pos)
+      this.pos += 8
+      this.end(any)
+      this.end(kv)
+      return
+    }
+    this.ensure(k.length + 13)
+    const b = this.buf
+    b[this.pos++] = tag
+    b[this.pos++] = k.length + 11
+    for (let i = 0; i < k.length; i++) b[this.pos++] = k[i]!
+    b[this.pos++] = T.kvValue
+    b[this.pos++] = 9
+    b[this.pos++] = T.doubleValue
+    b.writeDoubleLE(v, this.pos)
+    this.pos += 8
+  }
+
+  /** One `KeyValue` whose value is an array of strings (`ArrayValue`). */
+  attrStrings(k: Buffer, values: ReadonlyArray<string>, tag: number = T.attribute): void {
+    const kv = this.begin(tag)
+    this.ensure(k.length)
+    k.copy(this.buf, this.pos)
+    this.pos += k.length
+    const any = this.begin(T.kvValue)
+    const array = this.begin(T.arrayValue)
+    for (const v of values) {
+      const item = this.begin(T.arrayValues)
+      this.string(T.stringValue, v)
+      this.end(item)
+    }
+    this.end(array)
     this.end(any)
     this.end(kv)
   }

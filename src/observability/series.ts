@@ -56,14 +56,43 @@ const register = (
   registry.registerMetric(metric as never)
 }
 
+/**
+ * Per provider and model (one lookup per request for all of them): the token counters, time to first token, and
+ * output tokens per second of streamed and of JSON answers.
+ */
+interface ModelSeries {
+  readonly labels: { readonly provider: string; readonly model: string }
+  prompt: number
+  completion: number
+  readonly firstToken: Histo
+  readonly streamTokensPerSecond: Histo
+  readonly jsonTokensPerSecond: Histo
+}
+
+/** Histogram samples (cumulative buckets, +Inf, sum, count) of `h` under `labels`. */
+const histogramValues = (name: string, labels: Record<string, string>, h: Histo, bounds: ReadonlyArray<number>): Array<MetricValue> => {
+  const out: Array<MetricValue> = []
+  let cumulative = 0
+  for (let i = 0; i < bounds.length; i++) {
+    cumulative += h.counts[i]!
+    out.push({ metricName: `${name}_bucket`, labels: { ...labels, le: bounds[i]! }, value: cumulative })
+  }
+  out.push({ metricName: `${name}_bucket`, labels: { ...labels, le: "+Inf" }, value: h.count })
+  out.push({ metricName: `${name}_sum`, labels, value: h.sum })
+  out.push({ metricName: `${name}_count`, labels, value: h.count })
+  return out
+}
+
 export class RequestSeries {
   private readonly byProvider = new Map<string, Map<string, RouteSeries>>()
-  private readonly tokens = new Map<string, Map<string, { prompt: number; completion: number }>>()
+  private readonly byModel = new Map<string, Map<string, ModelSeries>>()
 
   constructor(
     registry: Registry,
     private readonly overheadBuckets: ReadonlyArray<number>,
-    private readonly latencyBuckets: ReadonlyArray<number>
+    private readonly latencyBuckets: ReadonlyArray<number>,
+    private readonly firstTokenBuckets: ReadonlyArray<number> = [],
+    private readonly tokensPerSecondBuckets: ReadonlyArray<number> = []
   ) {
     register(
       registry,
@@ -73,20 +102,7 @@ export class RequestSeries {
       () => this.all().flatMap((s) => [...s.requests.values()].map((r) => ({ labels: { ...s.labels, status_class: r.status_class, cache: r.cache }, value: r.value })))
     )
     const histogram = (name: string, help: string, pick: (s: RouteSeries) => Histo, bounds: ReadonlyArray<number>) =>
-      register(registry, name, help, "histogram", () =>
-        this.all().flatMap((s) => {
-          const h = pick(s)
-          const out: Array<MetricValue> = []
-          let cumulative = 0
-          for (let i = 0; i < bounds.length; i++) {
-            cumulative += h.counts[i]!
-            out.push({ metricName: `${name}_bucket`, labels: { ...s.labels, le: bounds[i]! }, value: cumulative })
-          }
-          out.push({ metricName: `${name}_bucket`, labels: { ...s.labels, le: "+Inf" }, value: h.count })
-          out.push({ metricName: `${name}_sum`, labels: s.labels, value: h.sum })
-          out.push({ metricName: `${name}_count`, labels: s.labels, value: h.count })
-          return out
-        }))
+      register(registry, name, help, "histogram", () => this.all().flatMap((s) => histogramValues(name, s.labels, pick(s), bounds)))
     histogram(
       "llm_proxy_proxy_overhead_seconds",
       "Time spent in the proxy itself: before forwarding plus between the upstream's response headers and ours",
@@ -102,17 +118,41 @@ export class RequestSeries {
     )
     register(
       registry,
+      "llm_proxy_time_to_first_token_seconds",
+      "Streamed answers: arrival of the request until the first chunk of the upstream's answer, by provider and model",
+      "histogram",
+      () => this.models().flatMap((m) => m.firstToken.count === 0 ? [] : histogramValues("llm_proxy_time_to_first_token_seconds", m.labels, m.firstToken, firstTokenBuckets))
+    )
+    register(
+      registry,
+      "llm_proxy_output_tokens_per_second",
+      "Completion tokens per second of generation, by provider, model and stream (streams: after the first chunk; JSON: the whole upstream wait)",
+      "histogram",
+      () =>
+        this.models().flatMap((m) => [
+          ...(m.streamTokensPerSecond.count === 0 ? [] : histogramValues("llm_proxy_output_tokens_per_second", { ...m.labels, stream: "true" }, m.streamTokensPerSecond, tokensPerSecondBuckets)),
+          ...(m.jsonTokensPerSecond.count === 0 ? [] : histogramValues("llm_proxy_output_tokens_per_second", { ...m.labels, stream: "false" }, m.jsonTokensPerSecond, tokensPerSecondBuckets))
+        ])
+    )
+    register(
+      registry,
       "llm_proxy_tokens_total",
       "LLM tokens reported by the upstream, by provider, model and kind (prompt, completion)",
       "counter",
       () =>
-        [...this.tokens.entries()].flatMap(([provider, models]) =>
-          [...models.entries()].flatMap(([model, t]) => [
-            { labels: { provider, model, kind: "prompt" }, value: t.prompt },
-            { labels: { provider, model, kind: "completion" }, value: t.completion }
-          ])
+        this.models().flatMap((m) =>
+          m.prompt === 0 && m.completion === 0 ? [] : [
+            { labels: { ...m.labels, kind: "prompt" }, value: m.prompt },
+            { labels: { ...m.labels, kind: "completion" }, value: m.completion }
+          ]
         )
     )
+  }
+
+  private models(): Array<ModelSeries> {
+    const out: Array<ModelSeries> = []
+    for (const models of this.byModel.values()) for (const m of models.values()) out.push(m)
+    return out
   }
 
   private all(): Array<RouteSeries> {
@@ -161,17 +201,39 @@ export class RequestSeries {
     this.observe(s.duration, this.latencyBuckets, seconds)
   }
 
-  addTokens(provider: string, model: string, prompt: number, completion: number): void {
-    let models = this.tokens.get(provider)
+  /** The series of one provider and model (created on first use). */
+  model(provider: string, model: string): ModelSeries {
+    let models = this.byModel.get(provider)
     if (models === undefined) {
       models = new Map()
-      this.tokens.set(provider, models)
+      this.byModel.set(provider, models)
     }
-    const t = models.get(model)
-    if (t !== undefined) {
-      t.prompt += prompt
-      t.completion += completion
-    } else models.set(model, { prompt, completion })
+    let m = models.get(model)
+    if (m === undefined) {
+      m = {
+        labels: { provider, model },
+        prompt: 0,
+        completion: 0,
+        firstToken: histo(this.firstTokenBuckets.length),
+        streamTokensPerSecond: histo(this.tokensPerSecondBuckets.length),
+        jsonTokensPerSecond: histo(this.tokensPerSecondBuckets.length)
+      }
+      models.set(model, m)
+    }
+    return m
+  }
+
+  addTokens(m: ModelSeries, prompt: number, completion: number): void {
+    m.prompt += prompt
+    m.completion += completion
+  }
+
+  observeFirstToken(m: ModelSeries, seconds: number): void {
+    this.observe(m.firstToken, this.firstTokenBuckets, seconds)
+  }
+
+  observeTokensPerSecond(m: ModelSeries, stream: boolean, value: number): void {
+    this.observe(stream ? m.streamTokensPerSecond : m.jsonTokensPerSecond, this.tokensPerSecondBuckets, value)
   }
 
   private observe(h: Histo, bounds: ReadonlyArray<number>, v: number): void {

@@ -1,8 +1,9 @@
 /**
  * The response cache plugged into the data plane through ProxyHooks (src/cache/CacheStage.ts does the work).
- * Hits are answered after authentication and the project checks, before rate limits, the quota and the upstream:
- * a revoked, expired or unknown token, or an inactive project, never gets a cached answer, and a hit counts in
- * the token's `cache_hit_count` (ProxyHandler sets it from `ctx.cacheHit`), not in `request_count`.
+ * The lookup runs after authentication, the project and body checks and the window rate limits; a hit is served
+ * only once the proxy took the token's quota, as for a forwarded request. A revoked, expired or unknown token, or
+ * an inactive project, never gets a cached answer, and a rate or quota limit applies to hits too. A hit counts in
+ * the token's `request_count` and `cache_hit_count` (ProxyHandler, from `ctx.cacheHit`).
  */
 import { makeCacheStage } from "../cache/CacheStage.js"
 import type { ResponseCacheShape } from "../cache/ResponseCache.js"
@@ -19,7 +20,7 @@ export const cacheHooks = (cache: ResponseCacheShape): Partial<ProxyHooksShape> 
     })
   })
   return {
-    beforeUpstream: [(ctx, req, res) => stage.lookup(ctx, req.headers, res)],
+    beforeUpstream: [(ctx, req) => stage.lookup(ctx, req.headers)],
     upstreamHeaders: [stage.upstreamHeaders],
     interceptResponse: [stage.intercept],
     decorateResponse: [(ctx, status, out) => stage.decorate(ctx, status, ctx.upstreamHeaders ?? {}, out)],

@@ -1,6 +1,9 @@
 /**
  * Instrumentation events from the data plane: an `onComplete` hook (ProxyHooks.ts) that turns each finished /v1
- * request — rejected ones included, cache hits excluded — into a `ProxyEvent` and hands it to the EventBus.
+ * request of an authenticated caller — refused ones included, cache hits excluded — into a `ProxyEvent` and hands
+ * it to the EventBus. A request without a valid token (missing, malformed, unknown, revoked, expired, inactive
+ * project) publishes nothing: strangers feed nothing into the operator's pipelines. A refused request's event
+ * carries no request body.
  * It runs after the response has ended, does no I/O and never waits: bodies are cut to their bounds (no copy),
  * base64-encoded, and `publish` only enqueues (a full buffer drops the event and counts it).
  */
@@ -64,7 +67,8 @@ export const toEvent = (ctx: ProxyRequestContext, config: Pick<EventsConfig, "ma
   model: modelOf(ctx.requestBody),
   stream: ctx.stream,
   usage: ctx.usage ?? null,
-  request_body: captureBody(ctx.requestBody, config.maxRequestBodyBytes, false, "application/json"),
+  // Only a request that went upstream carries its body (a refused one is not the operator's traffic to record).
+  request_body: ctx.forwarded ? captureBody(ctx.requestBody, config.maxRequestBodyBytes, false, "application/json") : null,
   response_body: captureBody(
     ctx.responseBody,
     config.maxResponseBodyBytes,
@@ -81,7 +85,7 @@ export const eventHooks = (config: EventsConfig) =>
     captureResponseBytes: config.maxResponseBodyBytes,
     onComplete: [
       (ctx) => {
-        if (ctx.cacheHit) return
+        if (ctx.cacheHit || !ctx.authenticated) return
         bus.publish(toEvent(ctx, config))
       }
     ]

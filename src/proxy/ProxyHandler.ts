@@ -3,16 +3,23 @@
  *
  * Stages, in order (each answers locally and stops on failure; docs/proxy.md has the table):
  *   1. preflight        OPTIONS → 204 with CORS headers, no authentication
- *   2. route            safe path, method and endpoint allow-lists (any provider that could serve it)
+ *   2. route            safe path, no credential in the query, method + endpoint allow-list (any provider that
+ *                       could serve it; policy.ts routeOf)
  *   3. origin           required / allowed origins
- *   4. body             size (413 from Content-Length before reading; bounded read of JSON bodies) and the
- *                       parameter whitelist for any JSON content type
- *   5. authenticate     bearer token: format, existence, active, expiry (TokenValidator; warm = no I/O)
- *   6. project          project active, its provider's policy, its key
- *   7. hooks            beforeUpstream (response cache lookup)
- *   8. admit            window rate limits (token, project), then the atomic quota for limited tokens
- *   9. forward          circuit breaker, undici request, stream the answer back through UsageCapture
+ *   4. authenticate     bearer token: format, existence, active, expiry (TokenValidator; warm = no I/O)
+ *   5. project          project active, its provider's policy, its key
+ *   6. body             size (413 from Content-Length before reading; bounded read of JSON bodies) and the
+ *                       parameter whitelist of the project's provider
+ *   7. admit            window rate limits (token, project)
+ *   8. hooks            beforeUpstream (response cache lookup); a hit is served after the quota is taken (9)
+ *   9. forward          circuit breaker, then the atomic quota of a limited token (taken only for a request that is
+ *                       answered: forwarded, or served by a hook), undici request, the answer streamed back through
+ *                       UsageCapture
  *  10. complete         once per request on `close`: usage counters, onComplete hooks
+ *
+ * Stages 1–5 read nothing but the headers: nothing is done for a caller before its token is checked. An answer
+ * given while a declared body is still unread (every refusal in 1–5, and a 413) closes the connection lingering
+ * (src/http/linger.ts) instead of reading the body.
  *
  * The hot path is synchronous up to the upstream call when the token is warm and unlimited: no DB, no await,
  * no Effect per request. Effects run only on a cache miss (token load), for quotas and with the Redis limiter.
@@ -24,7 +31,8 @@ import { type Readable, Transform } from "node:stream"
 import type { Dispatcher } from "undici"
 import { AppConfig } from "../config/AppConfig.js"
 import { type ProviderConfig, Providers } from "../config/Providers.js"
-import { hashProxyToken, isProxyTokenFormat } from "../crypto/ProxyToken.js"
+import { hashProxyToken, isAcceptedTokenFormat } from "../crypto/ProxyToken.js"
+import { closeLingering } from "../http/linger.js"
 import { Store } from "../store/Store.js"
 import { type Exceeded, RateLimits, Unavailable } from "../token/RateLimits.js"
 import { judge, type TokenGrant, TokenValidator } from "../token/TokenValidator.js"
@@ -33,23 +41,24 @@ import { isFailureStatus } from "./CircuitBreaker.js"
 import {
   Answers,
   bearerCredential,
+  checkBodyParams,
   checkOrigin,
-  checkParams,
   corsHeaders,
   downstreamHeaders,
   duplicateAuthorization,
-  endpointAllowed,
+  hasQueryCredential,
   isJsonContentType,
   isSafePath,
   type LocalAnswer,
-  methodAllowed,
   preflight,
   requestIdOf,
+  routeOf,
+  routeRefusal,
   serverTiming,
   splitUrl,
   upstreamRequestHeaders
 } from "./policy.js"
-import { ProxyHooks, ProxyRequestContext } from "./ProxyHooks.js"
+import { type HookAnswer, ProxyHooks, ProxyRequestContext } from "./ProxyHooks.js"
 import { Upstream, type UpstreamTarget } from "./Upstream.js"
 import { UsageCapture, UsageReader } from "./usage.js"
 
@@ -63,12 +72,17 @@ interface Flow {
   readonly req: IncomingMessage
   readonly res: ServerResponse
   candidates: ReadonlyArray<ProviderConfig>
-  /** Parsed JSON body, when a whitelist needed it. */
-  json: unknown
+  /** The project's provider, once the project stage passed. */
+  target: UpstreamTarget | undefined
   /** What goes upstream as the body. */
   body: Buffer | IncomingMessage | Transform | undefined
   bodyLength: number | undefined
   bodyTooLarge: boolean
+  /**
+   * The request declared a body (a Content-Length above 0, or chunked) that no stage has taken on: an answer now
+   * does not read it but closes the connection lingering.
+   */
+  unread: boolean
   grant: TokenGrant | undefined
   abort: UpstreamAbort | undefined
   capture: UsageReader | undefined
@@ -112,6 +126,9 @@ const isPromise = <A>(v: A | Promise<A>): v is Promise<A> => typeof (v as { then
 
 const JSON_HEADERS = "application/json"
 
+/** Node's own test for a client waiting for `100 Continue` before it sends its body. */
+const EXPECT_CONTINUE = /(?:^|\W)100-continue(?:$|\W)/i
+
 export const make = Effect.gen(function*() {
   const providers = yield* Providers
   const config = yield* AppConfig
@@ -126,8 +143,6 @@ export const make = Effect.gen(function*() {
   const runFork = Runtime.runFork(runtime)
   const maxBody = config.maxRequestSize
   const allProviders = providers.all
-  const allMethods = [...new Set(allProviders.flatMap((p) => p.allowedMethods))]
-  const anyWhitelist = allProviders.some((p) => p.paramWhitelist.size > 0)
   const single = allProviders.length === 1 ? allProviders[0] : undefined
 
   const log = (level: "warn" | "error", message: string, ctx: ProxyRequestContext, detail?: string) =>
@@ -149,6 +164,8 @@ export const make = Effect.gen(function*() {
       f.req.unpipe(f.body)
       f.req.resume()
     }
+    // A body nobody read (a stranger's, or one over the limit) is not read now either.
+    if (f.unread && !f.req.complete) closeLingering(f.req, res)
     const body = JSON.stringify(answer.body)
     const headers: OutgoingHttpHeaders = {
       "content-type": JSON_HEADERS,
@@ -205,28 +222,23 @@ export const make = Effect.gen(function*() {
     const capture = f.capture
     if (capture !== undefined) {
       ctx.usage = capture.usage
+      ctx.answer = capture
       if (hooks.captureResponseBytes > 0) {
         ctx.responseBody = capture.captured.subarray(0, hooks.captureResponseBytes)
         ctx.responseTruncated = capture.bytes > hooks.captureResponseBytes
       }
     }
     const grant = f.grant
-    if (grant !== undefined) {
-      if (ctx.forwarded) {
-        const u = ctx.usage
-        usage.record(grant.tokenId, {
-          request: grant.maxRequests === null,
-          ...(u !== undefined ? { promptTokens: u.prompt_tokens, completionTokens: u.completion_tokens } : {}),
-          at: ctx.receivedAt,
-          rollup: { projectId: grant.projectId, status: ctx.status }
-        })
-      } else if (ctx.cacheHit) {
-        usage.record(grant.tokenId, {
-          cacheHit: true,
-          at: ctx.receivedAt,
-          rollup: { projectId: grant.projectId, status: ctx.status }
-        })
-      }
+    if (grant !== undefined && (ctx.forwarded || ctx.cacheHit)) {
+      // Every answered request counts (limited tokens already did, in their quota update); a hit also as a hit.
+      const u = ctx.usage
+      usage.record(grant.tokenId, {
+        request: grant.maxRequests === null,
+        ...(ctx.cacheHit ? { cacheHit: true } : {}),
+        ...(u !== undefined ? { promptTokens: u.prompt_tokens, completionTokens: u.completion_tokens } : {}),
+        at: ctx.receivedAt,
+        rollup: { projectId: grant.projectId, status: ctx.status }
+      })
     }
     for (const hook of hooks.onComplete) {
       try {
@@ -256,15 +268,17 @@ export const make = Effect.gen(function*() {
     )
     ctx.peer = req.socket.remoteAddress
     ctx.headers = req.headers
+    const cl = req.headers["content-length"]
     const f: Flow = {
       ctx,
       req,
       res,
       candidates: allProviders,
-      json: undefined,
+      target: undefined,
       body: undefined,
       bodyLength: undefined,
       bodyTooLarge: false,
+      unread: req.headers["transfer-encoding"] !== undefined || (cl !== undefined && cl !== "0"),
       grant: undefined,
       abort: undefined,
       capture: undefined,
@@ -282,29 +296,32 @@ export const make = Effect.gen(function*() {
       res.writeHead(204, {
         "x-request-id": ctx.requestId,
         "server-timing": serverTiming(performance.now() - ctx.startedAt, undefined),
-        ...preflight(ctx.origin, req.headers["access-control-request-headers"] as string | undefined, allProviders)
+        ...preflight(
+          ctx.origin,
+          req.headers["access-control-request-method"] as string | undefined,
+          ctx.path,
+          req.headers["access-control-request-headers"] as string | undefined,
+          allProviders
+        )
       })
       res.end()
       return
     }
-    if (!allMethods.includes(ctx.method)) return reply(f, Answers.methodNotAllowed(allMethods))
     if (!isSafePath(ctx.path)) return reply(f, Answers.endpointNotFound)
+    if (ctx.url.length !== ctx.path.length && hasQueryCredential(ctx.url.slice(ctx.path.length))) {
+      return reply(f, Answers.credentialInQuery)
+    }
     if (single !== undefined) {
       // One provider (the common case): the same rules without the candidate lists.
-      if (!endpointAllowed(ctx.path, single.allowedEndpoints)) return reply(f, Answers.endpointNotFound)
-      if (!methodAllowed(ctx.method, single.allowedMethods)) return reply(f, Answers.methodNotAllowed(allMethods))
+      const r = routeOf(ctx.method, ctx.path, single)
+      if (r !== undefined) return reply(f, r)
       const o = checkOrigin(ctx.origin, single)
       if (o !== undefined) return reply(f, o)
-      return readBody(f)
+      return authenticate(f)
     }
-    let candidates = allProviders.filter((p) => methodAllowed(ctx.method, p.allowedMethods))
-    const byPath = candidates.filter((p) => endpointAllowed(ctx.path, p.allowedEndpoints))
-    if (byPath.length === 0) {
-      // Known path, other method → 405; unknown path → 404.
-      const pathOk = allProviders.some((p) => endpointAllowed(ctx.path, p.allowedEndpoints))
-      return reply(f, pathOk ? Answers.methodNotAllowed(allMethods) : Answers.endpointNotFound)
-    }
-    candidates = byPath
+    // Known path, other method → 405 naming what any provider admits there; unknown path → 404.
+    const candidates = allProviders.filter((p) => routeOf(ctx.method, ctx.path, p) === undefined)
+    if (candidates.length === 0) return reply(f, routeRefusal(ctx.path, allProviders))
     let originAnswer: LocalAnswer | undefined
     const byOrigin = candidates.filter((p) => {
       const a = checkOrigin(ctx.origin, p)
@@ -313,24 +330,82 @@ export const make = Effect.gen(function*() {
     })
     if (byOrigin.length === 0) return reply(f, originAnswer ?? Answers.originNotAllowed)
     f.candidates = byOrigin
+    return authenticate(f)
+  }
+
+  // -- 4. authenticate ------------------------------------------------------------------------------------------
+
+  const authenticate = (f: Flow) => {
+    if (f.done) return
+    if (duplicateAuthorization(f.req.rawHeaders)) return reply(f, Answers.duplicateAuthorization)
+    const credential = bearerCredential(f.req.headers.authorization)
+    if (credential === undefined) return reply(f, Answers.missingAuthorization)
+    if (!isAcceptedTokenFormat(credential)) return reply(f, Answers.malformedToken)
+    const hash = hashProxyToken(credential)
+    const warm = validator.cached(hash, Date.now())
+    if (warm !== undefined) return warm === null ? reply(f, Answers.tokenNotFound) : authorized(f, warm)
+    return validator.load(hash).then(
+      (grant) => (grant === undefined ? reply(f, Answers.tokenNotFound) : guard(f, () => authorized(f, grant))),
+      (e: unknown) => {
+        log("error", "proxy: token lookup failed", f.ctx, storeDetail((e as { cause?: unknown }).cause))
+        f.ctx.error = "token lookup failed"
+        reply(f, Answers.serviceUnavailable)
+      }
+    )
+  }
+
+  // -- 5. project -----------------------------------------------------------------------------------------------
+
+  const authorized = (f: Flow, grant: TokenGrant) => {
+    if (f.done) return
+    const { ctx } = f
+    ctx.tokenId = grant.tokenId
+    ctx.projectId = grant.projectId
+    ctx.provider = grant.provider
+    const refusal = judge(grant, Date.now())
+    if (refusal === "token_inactive") return reply(f, Answers.tokenInactive)
+    if (refusal === "token_expired") return reply(f, Answers.tokenExpired)
+    if (refusal === "project_inactive") {
+      ctx.denial = "project_inactive"
+      return reply(f, Answers.projectInactive)
+    }
+    ctx.authenticated = true
+    const target = upstream.target(grant.provider)
+    if (target === undefined) return reply(f, Answers.providerNotConfigured)
+    const p = target.provider
+    // The project's own provider decides (the route stage admitted the request for some provider).
+    if (f.candidates.length !== 1 || f.candidates[0] !== p) {
+      const r = routeOf(ctx.method, ctx.path, p)
+      if (r !== undefined) return reply(f, r)
+      const o = checkOrigin(ctx.origin, p)
+      if (o !== undefined) return reply(f, o)
+    }
+    if (Option.isNone(grant.apiKey)) return reply(f, Answers.upstreamAuthError)
+    f.grant = grant
+    f.target = target
     return readBody(f)
   }
 
-  // -- 4. body --------------------------------------------------------------------------------------------------
+  // -- 6. body --------------------------------------------------------------------------------------------------
 
   const tooLarge = (f: Flow) => {
     f.bodyTooLarge = true
-    // The rest of the body is not read: close the connection after answering.
+    // The rest of the body is not read: the connection closes (lingering) after the answer.
+    f.unread = true
     reply(f, Answers.requestTooLarge, { connection: "close" })
   }
 
   const readBody = (f: Flow) => {
     const { req } = f
+    if (!f.unread) return afterBody(f)
     const cl = req.headers["content-length"]
     const chunked = req.headers["transfer-encoding"] !== undefined
     const declared = cl === undefined ? undefined : Number(cl)
     if (declared !== undefined && declared > maxBody) return tooLarge(f)
-    if (!chunked && (declared === undefined || declared === 0)) return authenticate(f)
+    // A client that waits for `100 Continue` sends its body only now (src/http/Server.ts leaves it to us).
+    const expect = req.headers.expect
+    if (expect !== undefined && EXPECT_CONTINUE.test(expect)) f.res.writeContinue()
+    f.unread = false
     if (!isJsonContentType(req.headers["content-type"])) {
       // Streamed through untouched (uploads); a chunked body is counted on the way.
       if (!chunked && declared !== undefined) {
@@ -347,13 +422,13 @@ export const make = Effect.gen(function*() {
             } else cb(null, chunk)
           }
         })
-        // The limit can be crossed before undici reads the stream (while the token is checked): keep that error
-        // from being an uncaught one; undici then sees a destroyed body and failed() answers 413.
+        // The limit can be crossed before undici reads the stream (during a quota update): keep that error from
+        // being an uncaught one; undici then sees a destroyed body and failed() answers 413.
         counter.on("error", ignore)
         req.pipe(counter)
         f.body = counter
       }
-      return authenticate(f)
+      return afterBody(f)
     }
     const parts: Array<Buffer> = []
     let size = 0
@@ -364,7 +439,6 @@ export const make = Effect.gen(function*() {
       if (size > maxBody) {
         over = true
         parts.length = 0
-        req.pause()
         return tooLarge(f)
       }
       parts.push(chunk)
@@ -380,112 +454,26 @@ export const make = Effect.gen(function*() {
   }
 
   const afterBody = (f: Flow) => {
-    if (anyWhitelist && f.ctx.requestBody !== undefined) {
-      try {
-        f.json = JSON.parse(f.ctx.requestBody.toString("utf8"))
-      } catch {
-        // Not JSON after all: the whitelist has nothing to check (the upstream answers the syntax error).
-        f.json = undefined
-      }
-      let paramAnswer: LocalAnswer | undefined
-      const byParams = f.candidates.filter((p) => {
-        const a = checkParams(f.json, p.paramWhitelist)
-        paramAnswer ??= a
-        return a === undefined
-      })
-      if (byParams.length === 0 && paramAnswer !== undefined) return reply(f, paramAnswer)
-    }
-    return authenticate(f)
-  }
-
-  // -- 5. authenticate ------------------------------------------------------------------------------------------
-
-  const authenticate = (f: Flow) => {
     if (f.done) return
-    if (duplicateAuthorization(f.req.rawHeaders)) return reply(f, Answers.duplicateAuthorization)
-    const credential = bearerCredential(f.req.headers.authorization)
-    if (credential === undefined) return reply(f, Answers.missingAuthorization)
-    if (!isProxyTokenFormat(credential)) return reply(f, Answers.malformedToken)
-    const hash = hashProxyToken(credential)
-    const warm = validator.cached(hash, Date.now())
-    if (warm !== undefined) return warm === null ? reply(f, Answers.tokenNotFound) : authorized(f, warm)
-    return validator.load(hash).then(
-      (grant) => (grant === undefined ? reply(f, Answers.tokenNotFound) : guard(f, () => authorized(f, grant))),
-      (e: unknown) => {
-        log("error", "proxy: token lookup failed", f.ctx, storeDetail((e as { cause?: unknown }).cause))
-        f.ctx.error = "token lookup failed"
-        reply(f, Answers.serviceUnavailable)
-      }
-    )
+    const whitelist = f.target!.provider.paramWhitelist
+    if (whitelist.size > 0 && f.ctx.requestBody !== undefined) {
+      // Only the whitelisted values are parsed (a body that is not a JSON object has nothing to check; the upstream
+      // answers a syntax error).
+      const a = checkBodyParams(f.ctx.requestBody, whitelist)
+      if (a !== undefined) return reply(f, a)
+    }
+    return admit(f)
   }
 
-  // -- 6. project -----------------------------------------------------------------------------------------------
+  // -- 7. admit -------------------------------------------------------------------------------------------------
 
-  const authorized = (f: Flow, grant: TokenGrant) => {
-    if (f.done) return
-    const { ctx } = f
-    ctx.tokenId = grant.tokenId
-    ctx.projectId = grant.projectId
-    ctx.provider = grant.provider
-    const refusal = judge(grant, Date.now())
-    if (refusal === "token_inactive") return reply(f, Answers.tokenInactive)
-    if (refusal === "token_expired") return reply(f, Answers.tokenExpired)
-    if (refusal === "project_inactive") {
-      ctx.denial = "project_inactive"
-      return reply(f, Answers.projectInactive)
-    }
-    const target = upstream.target(grant.provider)
-    if (target === undefined) return reply(f, Answers.providerNotConfigured)
-    const p = target.provider
-    // The project's own provider decides (the pre-auth checks admitted the request for some provider).
-    if (f.candidates.length !== 1 || f.candidates[0] !== p) {
-      if (!methodAllowed(ctx.method, p.allowedMethods)) {
-        return reply(f, endpointAllowed(ctx.path, p.allowedEndpoints) ? Answers.methodNotAllowed(p.allowedMethods) : Answers.endpointNotFound)
-      }
-      if (!endpointAllowed(ctx.path, p.allowedEndpoints)) return reply(f, Answers.endpointNotFound)
-      const o = checkOrigin(ctx.origin, p)
-      if (o !== undefined) return reply(f, o)
-      if (p.paramWhitelist.size > 0 && f.json !== undefined) {
-        const a = checkParams(f.json, p.paramWhitelist)
-        if (a !== undefined) return reply(f, a)
-      }
-    }
-    if (Option.isNone(grant.apiKey)) return reply(f, Answers.upstreamAuthError)
-    f.grant = grant
-    if (hooks.beforeUpstream.length > 0) return runHooks(f, target, 0)
-    return admit(f, target)
-  }
-
-  // -- 7. hooks -------------------------------------------------------------------------------------------------
-
-  const runHooks = (f: Flow, target: UpstreamTarget, i: number): void | Promise<void> => {
-    for (; i < hooks.beforeUpstream.length; i++) {
-      if (f.done) return
-      const answered = hooks.beforeUpstream[i]!(f.ctx, f.req, f.res)
-      if (isPromise(answered)) {
-        const next = i + 1
-        return answered.then((a) => {
-          if (a) f.done = true
-          else guard(f, () => runHooks(f, target, next))
-        })
-      }
-      if (answered) {
-        f.done = true
-        return
-      }
-    }
-    return admit(f, target)
-  }
-
-  // -- 8. admit -------------------------------------------------------------------------------------------------
-
-  const admit = (f: Flow, target: UpstreamTarget): void | Promise<void> => {
+  const admit = (f: Flow): void | Promise<void> => {
     if (f.done) return
     const g = f.grant!
     const limited = limits.check(g.tokenId, g.tokenRateLimit, g.projectId, g.projectRateLimit)
-    if (isPromise(limited)) return limited.then((v) => (v === undefined ? guard(f, () => quota(f, target)) : limitedBy(f, v)))
+    if (isPromise(limited)) return limited.then((v) => (v === undefined ? guard(f, () => lookup(f)) : limitedBy(f, v)))
     if (limited !== undefined) return limitedBy(f, limited)
-    return quota(f, target)
+    return lookup(f)
   }
 
   const limitedBy = (f: Flow, v: Exceeded | typeof Unavailable) => {
@@ -497,58 +485,106 @@ export const make = Effect.gen(function*() {
     return reply(f, Answers.serviceUnavailable)
   }
 
-  const quota = (f: Flow, target: UpstreamTarget): void | Promise<void> => {
-    const g = f.grant!
-    if (g.maxRequests === null) return forward(f, target)
-    return runPromise(Effect.either(store.consumeQuota(g.tokenId, new Date().toISOString()))).then((r) => {
+  // -- 8. hooks -------------------------------------------------------------------------------------------------
+
+  const lookup = (f: Flow): void | Promise<void> => (hooks.beforeUpstream.length > 0 ? runHooks(f, 0) : forward(f))
+
+  const runHooks = (f: Flow, i: number): void | Promise<void> => {
+    for (; i < hooks.beforeUpstream.length; i++) {
       if (f.done) return
+      const answer = hooks.beforeUpstream[i]!(f.ctx, f.req)
+      if (isPromise(answer)) {
+        const next = i + 1
+        return answer.then((a) => guard(f, () => (a !== undefined ? fromHook(f, a) : runHooks(f, next))))
+      }
+      if (answer !== undefined) return fromHook(f, answer)
+    }
+    return forward(f)
+  }
+
+  /** A hook (the cache) answers: the quota is taken as for a forwarded request, then the hook writes the answer. */
+  const fromHook = (f: Flow, answer: HookAnswer) =>
+    quota(f, () => {
+      f.done = true
+      f.ctx.cacheHit = true
+      answer(f.res)
+    })
+
+  // -- 9. forward -----------------------------------------------------------------------------------------------
+
+  const forward = (f: Flow): void | Promise<void> => {
+    if (f.done) return
+    const target = f.target!
+    const breaker = target.breaker
+    if (!breaker.admit()) return reply(f, Answers.circuitOpen)
+    // The quota after the breaker: a request the breaker refuses uses none.
+    return quota(f, () => send(f, target), () => breaker.release())
+  }
+
+  /**
+   * Takes one request of a limited token's quota (one atomic UPDATE), then `next()`; `undo()` when the request is
+   * not going ahead after all (refused, or the client left meanwhile). Unlimited tokens go straight on.
+   */
+  const quota = (f: Flow, next: () => void, undo?: () => void): void | Promise<void> => {
+    const g = f.grant!
+    if (g.maxRequests === null) return next()
+    return runPromise(Effect.either(store.consumeQuota(g.tokenId, new Date().toISOString()))).then((r) => {
+      if (f.done) return undo?.()
       if (r._tag === "Left") {
+        undo?.()
         log("error", "proxy: quota update failed", f.ctx, storeDetail(r.left))
         f.ctx.error = "quota update failed"
         return reply(f, Answers.serviceUnavailable)
       }
+      if (r.right === "ok") return guard(f, next)
+      undo?.()
       switch (r.right) {
-        case "ok":
-          return guard(f, () => forward(f, target))
         case "exhausted":
           f.ctx.rejectedBy = "quota"
           return reply(f, Answers.quotaExhausted)
         case "inactive":
           validator.invalidateToken(g.tokenId)
+          f.ctx.authenticated = false
           return reply(f, Answers.tokenInactive)
         case "expired":
+          f.ctx.authenticated = false
           return reply(f, Answers.tokenExpired)
         case "project_inactive":
           validator.invalidateProject(g.projectId)
+          f.ctx.authenticated = false
           f.ctx.denial = "project_inactive"
           return reply(f, Answers.projectInactive)
         case "not_found":
           validator.invalidateToken(g.tokenId)
+          f.ctx.authenticated = false
           return reply(f, Answers.tokenNotFound)
       }
     })
   }
 
-  // -- 9. forward -----------------------------------------------------------------------------------------------
-
-  const forward = (f: Flow, target: UpstreamTarget) => {
-    if (f.done) return
+  const send = (f: Flow, target: UpstreamTarget) => {
+    if (f.done) return target.breaker.release()
     const { ctx, req } = f
-    const breaker = target.breaker
-    if (!breaker.admit()) return reply(f, Answers.circuitOpen)
     ctx.forwarded = true
     const abort = new UpstreamAbort()
     f.abort = abort
-    const headers = upstreamRequestHeaders(
-      req.headers,
-      target.provider,
-      Redacted.value(Option.getOrThrow(f.grant!.apiKey)),
-      ctx.requestId,
-      f.body instanceof Buffer ? f.bodyLength : f.body === req ? f.bodyLength : undefined
-    )
-    for (const hook of hooks.upstreamHeaders) {
-      const extra = hook(ctx)
-      if (extra !== undefined) Object.assign(headers, extra)
+    let headers: Record<string, string | string[]>
+    try {
+      headers = upstreamRequestHeaders(
+        req.headers,
+        target.provider,
+        Redacted.value(Option.getOrThrow(f.grant!.apiKey)),
+        ctx.requestId,
+        f.body instanceof Buffer ? f.bodyLength : f.body === req ? f.bodyLength : undefined
+      )
+      for (const hook of hooks.upstreamHeaders) {
+        const extra = hook(ctx)
+        if (extra !== undefined) Object.assign(headers, extra)
+      }
+    } catch (e) {
+      // Admitted by the breaker but never sent: free a half-open probe slot.
+      target.breaker.release()
+      throw e
     }
     const sentAt = performance.now()
     ctx.proxyMs = sentAt - ctx.startedAt
@@ -658,6 +694,7 @@ export const make = Effect.gen(function*() {
       return tooLarge(f)
     }
     target.breaker.record(true)
+    ctx.upstreamErrorType = e.code === "UND_ERR_HEADERS_TIMEOUT" ? "timeout" : e.code ?? e.name
     if (e.code === "UND_ERR_HEADERS_TIMEOUT") {
       ctx.error = "upstream response headers timed out"
       return reply(f, Answers.timeout)

@@ -6,10 +6,12 @@
  * hook exactly once with it. Hooks run on the request path: keep them synchronous and cheap — enqueue, don't
  * write (DESIGN.md "Two planes"). A hook that throws is logged and ignored.
  *
- *   beforeUpstream     after authentication and the project checks, before window limits, quota and the upstream
- *                      call. Return true (or a Promise of true) when the hook answered the request itself — a cache
- *                      hit; set `ctx.cacheHit = true` then so the token's cache_hit_count (not its request_count)
- *                      is counted.
+ *   beforeUpstream     after authentication, the project checks, the body checks and the window rate limits,
+ *                      before the quota and the upstream call. Return a `HookAnswer` (or a Promise of one) when the
+ *                      hook can answer the request itself — a cache hit: the handler takes the quota of a limited
+ *                      token as for a forwarded request, then calls it (or refuses the request, 429, when the quota
+ *                      is spent), sets `ctx.cacheHit` and counts the answer in the token's request_count and
+ *                      cache_hit_count. Return undefined to let the request go on.
  *   upstreamHeaders    just before the upstream call: headers to add to the upstream request (the cache's
  *                      validators when it revalidates an entry).
  *   interceptResponse  upstream headers arrived: return true when the hook answered the client itself (the cache
@@ -22,7 +24,7 @@
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http"
 import type { Readable, Transform } from "node:stream"
 import { Context, Layer } from "effect"
-import type { Usage } from "./usage.js"
+import type { AnswerFacts, Usage } from "./usage.js"
 
 export class ProxyRequestContext {
   /** Provider, token and project, once known. */
@@ -41,6 +43,11 @@ export class ProxyRequestContext {
   rejectedBy: "token_rate_limit" | "project_rate_limit" | "quota" | undefined = undefined
   /** A hook answered from cache. */
   cacheHit = false
+  /**
+   * The request carries a valid token of an active project (set once the token and project checks passed). Nothing
+   * read from a request that is not authenticated — its body, a model name — reaches events or metric labels.
+   */
+  authenticated = false
   /** The request passed every check and was (or was about to be) sent upstream. */
   forwarded = false
   /** The answer was an SSE stream. */
@@ -52,6 +59,10 @@ export class ProxyRequestContext {
   /** ms from arrival until the response ended. */
   durationMs: number | undefined = undefined
   usage: Usage | undefined = undefined
+  /** What the upstream's answer said about itself (model, id, finish reasons, first bytes), read with its usage. */
+  answer: AnswerFacts | undefined = undefined
+  /** Why the upstream call failed without an answer: `timeout`, or the client library's code (`ECONNREFUSED`, …). */
+  upstreamErrorType: string | undefined = undefined
   /** Upstream status and headers, when the upstream answered. */
   upstreamStatus: number | undefined = undefined
   upstreamHeaders: Record<string, string | string[] | undefined> | undefined = undefined
@@ -87,9 +98,12 @@ export class ProxyRequestContext {
 
 export type UpstreamHeaders = Record<string, string | string[] | undefined>
 
+/** A hook's own answer to a request (a cache hit), written when the handler calls it. */
+export type HookAnswer = (res: ServerResponse) => void
+
 export interface ProxyHooksShape {
   readonly beforeUpstream: ReadonlyArray<
-    (ctx: ProxyRequestContext, req: IncomingMessage, res: ServerResponse) => boolean | Promise<boolean>
+    (ctx: ProxyRequestContext, req: IncomingMessage) => HookAnswer | undefined | Promise<HookAnswer | undefined>
   >
   readonly upstreamHeaders: ReadonlyArray<(ctx: ProxyRequestContext) => Record<string, string> | undefined>
   readonly interceptResponse: ReadonlyArray<

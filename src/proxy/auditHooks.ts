@@ -3,7 +3,11 @@
  * recorded as `proxy_request` / `denied` / `project_inactive`; one refused for its token (missing, malformed,
  * unknown, revoked, expired) as `token.validate` / `denied` with the error code as reason. Both carry the token's
  * id when it is known (never the token), the project, the request and correlation ids and the client IP.
- * `unsafeRecord` never waits: a full audit queue drops (and counts) the event rather than slow proxy traffic.
+ *
+ * Anyone can send such requests, as fast as they like: they are aggregated (`recordDenial`) into one event per
+ * client IP, reason, token, project and minute with a `count`, the first request's ids and path standing for the
+ * rest. Counting is synchronous and never waits, so a flood costs a map update per request and a bounded number of
+ * rows (src/audit/AuditLog.ts).
  */
 import { Effect } from "effect"
 import { AuditLog } from "../audit/AuditLog.js"
@@ -30,7 +34,7 @@ export const auditHooks = (trusted: TrustedProxies) =>
           if (ctx.denial === undefined && !tokenRefused) return
           const viaTrusted = ctx.peer !== undefined && !trusted.isEmpty && trusted.contains(ctx.peer)
           const correlation = header(ctx, "x-correlation-id")
-          audit.unsafeRecord({
+          audit.recordDenial({
             action: tokenRefused ? AuditActions.tokenValidate : AuditActions.proxyRequest,
             actor: AuditActors.proxy,
             outcome: "denied",

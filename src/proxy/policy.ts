@@ -1,10 +1,10 @@
 /**
- * Request policy of the data plane as pure functions (no I/O, no Effect): allow-lists on path-segment boundaries,
- * origin rules, the parameter whitelist, CORS, header hygiene in both directions, and every locally produced
+ * Request policy of the data plane as pure functions (no I/O, no Effect): the route (allow-listed path + method),
+ * path and query safety, origin rules, the parameter whitelist, CORS, header hygiene in both directions, and every locally produced
  * answer. Table-tested in test/proxy/policy.test.ts.
  */
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http"
-import type { ProviderConfig } from "../config/Providers.js"
+import type { Endpoint, ProviderConfig } from "../config/Providers.js"
 
 /** A locally produced answer: status + the JSON body of CONTRACT §4 (+ headers). */
 export interface LocalAnswer {
@@ -50,9 +50,17 @@ export const Answers = {
   originNotAllowed: answer(403, "Origin not allowed", "origin_not_allowed"),
   requestTooLarge: answer(413, "Request body too large", "request_too_large"),
   badRequestBody: answer(400, "Invalid request body", "invalid_request"),
+  credentialInQuery: answer(
+    400,
+    "Credentials are not accepted in the query string",
+    "credential_in_query",
+    "send the token in the Authorization header"
+  ),
   duplicateAuthorization: answer(400, "Invalid token", "invalid_token", "more than one Authorization header"),
   paramNotAllowed: (param: string, value: string, patterns: ReadonlyArray<string>) =>
     answer(400, `Parameter '${param}' value '${value}' is not allowed. Allowed patterns: [${patterns.join(" ")}]`, "param_not_allowed"),
+  /** A whitelisted parameter whose value is not matched at all (too long, too deep): `reason` follows "value". */
+  paramRefused: (param: string, reason: string) => answer(400, `Parameter '${param}' value ${reason}`, "param_not_allowed"),
   internalError: answer(500, "Internal error", "internal_error")
 } as const
 
@@ -69,20 +77,114 @@ export const splitUrl = (url: string): { readonly path: string; readonly query: 
 }
 
 // Dot segments, empty segments, backslashes and encoded separators/dots could make the upstream resolve a path the
-// allow-list never saw; nothing legitimate needs them.
-const UNSAFE_PATH = /\/\.{1,2}(?:\/|$)|\/\/|\\|%2e|%2f|%5c|%00|[\x00-\x20\x7f]/i
+// allow-list never saw; `;` (matrix parameters, `/v1/models/..;/files`) and `#` are read as separators by some
+// servers. Nothing legitimate needs them.
+const UNSAFE_PATH = /\/\.{1,2}(?:\/|$)|\/\/|\\|%2e|%2f|%5c|%00|%3b|[;#]|[\x00-\x20\x7f]/i
 
 export const isSafePath = (path: string): boolean => path.startsWith("/") && !UNSAFE_PATH.test(path)
 
-/** `/v1/models` admits `/v1/models` and `/v1/models/…`, never `/v1/modelsX`. */
-export const endpointAllowed = (path: string, endpoints: ReadonlyArray<string>): boolean => {
-  for (const e of endpoints) {
-    if (path === e || (path.startsWith(e) && (path[e.length] === "/" || e === "/"))) return true
+/** One segment-wise comparison: `null` segments match any one non-empty segment; no allocation. */
+const segmentsMatch = (path: string, segments: ReadonlyArray<string | null>, prefix: boolean): boolean => {
+  let i = 1
+  for (const s of segments) {
+    if (i > path.length) return false
+    let end = path.indexOf("/", i)
+    if (end === -1) end = path.length
+    if (end === i) return false
+    if (s !== null && (end - i !== s.length || !path.startsWith(s, i))) return false
+    i = end + 1
+  }
+  return i > path.length || prefix
+}
+
+/**
+ * Whether `path` is the endpoint's (exact) or under it on segment boundaries (prefix): `/v1/models` as a prefix
+ * admits `/v1/models` and `/v1/models/…`, never `/v1/modelsX`.
+ */
+export const endpointMatches = (path: string, e: Endpoint): boolean => {
+  if (e.segments !== undefined) return segmentsMatch(path, e.segments, e.prefix)
+  const p = e.path
+  if (path === p) return true
+  return e.prefix && path.startsWith(p) && (path[p.length] === "/" || p === "/")
+}
+
+/** The methods the provider admits on `path` (the union of its matching entries, in configuration order). */
+export const methodsFor = (path: string, provider: ProviderConfig): ReadonlyArray<string> => {
+  const out: Array<string> = []
+  for (const e of provider.allowedEndpoints) {
+    if (!endpointMatches(path, e)) continue
+    for (const m of e.methods) if (!out.includes(m)) out.push(m)
+  }
+  return out
+}
+
+/**
+ * The route stage for one provider: undefined when an entry of `allowed_endpoints` matching the path lists the
+ * method; else 405 with `Allow` naming the methods of the entries that match the path, or 404. The path must have
+ * passed isSafePath.
+ */
+export const routeOf = (method: string, path: string, provider: ProviderConfig): LocalAnswer | undefined => {
+  let known = false
+  for (const e of provider.allowedEndpoints) {
+    if (!endpointMatches(path, e)) continue
+    if (e.methods.includes(method)) return undefined
+    known = true
+  }
+  return known ? Answers.methodNotAllowed(methodsFor(path, provider)) : Answers.endpointNotFound
+}
+
+/** The answer when no provider admits the request: 405 naming what any of them admits on the path, else 404. */
+export const routeRefusal = (path: string, providers: ReadonlyArray<ProviderConfig>): LocalAnswer => {
+  const allow: Array<string> = []
+  for (const p of providers) for (const m of methodsFor(path, p)) if (!allow.includes(m)) allow.push(m)
+  return allow.length > 0 ? Answers.methodNotAllowed(allow) : Answers.endpointNotFound
+}
+
+/**
+ * Query parameters that carry credentials (compared case-insensitively, after percent-decoding). A request naming
+ * one is refused rather than stripped: the query is forwarded as received, never rewritten.
+ */
+export const QUERY_CREDENTIALS: ReadonlySet<string> = new Set([
+  "key",
+  "apikey",
+  "api-key",
+  "api_key",
+  "x-api-key",
+  "access_token",
+  "access-token",
+  "id_token",
+  "token",
+  "auth",
+  "authorization",
+  "bearer",
+  "password",
+  "secret",
+  "client_secret",
+  "sig"
+])
+
+const decodeName = (s: string): string => {
+  if (!s.includes("%") && !s.includes("+")) return s
+  try {
+    return decodeURIComponent(s.replace(/\+/g, " "))
+  } catch {
+    return s
+  }
+}
+
+/** True when the query (with or without its `?`) names a credential parameter; `&` and `;` both separate. */
+export const hasQueryCredential = (query: string): boolean => {
+  let start = query.startsWith("?") ? 1 : 0
+  while (start < query.length) {
+    let end = start
+    while (end < query.length && query[end] !== "&" && query[end] !== ";") end++
+    const eq = query.indexOf("=", start)
+    const name = query.slice(start, eq === -1 || eq > end ? end : eq)
+    if (name !== "" && QUERY_CREDENTIALS.has(decodeName(name).trim().toLowerCase())) return true
+    start = end + 1
   }
   return false
 }
-
-export const methodAllowed = (method: string, methods: ReadonlyArray<string>): boolean => methods.includes(method)
 
 // ---------------------------------------------------------------------------------------------------------------
 // Origin and CORS
@@ -103,18 +205,27 @@ export const corsHeaders = (origin: string | undefined): Record<string, string> 
     : { "access-control-allow-origin": origin, "access-control-expose-headers": EXPOSED_HEADERS, vary: "Origin" }
 
 /**
- * Preflight (`OPTIONS`, no authentication): 204; CORS headers only when `Origin` is present and some provider
- * admits it; the methods listed are the configured ones. Credentials are never allowed.
+ * Preflight (`OPTIONS`, no authentication): 204; CORS headers only when `Origin` and `Access-Control-Request-Method`
+ * are present and some provider admits the origin, the path and that method; the methods listed are what those
+ * providers admit on the path. Credentials are never allowed.
  */
 export const preflight = (
   origin: string | undefined,
+  requestMethod: string | undefined,
+  path: string,
   requestHeaders: string | undefined,
   providers: ReadonlyArray<ProviderConfig>
 ): Record<string, string> => {
-  if (origin === undefined || origin === "") return {}
-  const admitting = providers.filter((p) => p.allowedOrigins.length === 0 || p.allowedOrigins.includes(origin))
-  if (admitting.length === 0) return {}
-  const methods = [...new Set(admitting.flatMap((p) => p.allowedMethods).concat("OPTIONS"))]
+  if (origin === undefined || origin === "" || requestMethod === undefined || !isSafePath(path)) return {}
+  const method = requestMethod.trim().toUpperCase()
+  const methods: Array<string> = []
+  for (const p of providers) {
+    if (p.allowedOrigins.length > 0 && !p.allowedOrigins.includes(origin)) continue
+    const admitted = methodsFor(path, p)
+    if (!admitted.includes(method)) continue
+    for (const m of admitted) if (!methods.includes(m)) methods.push(m)
+  }
+  if (methods.length === 0) return {}
   return {
     "access-control-allow-origin": origin,
     "access-control-allow-methods": methods.join(", "),
@@ -138,55 +249,223 @@ export const isJsonContentType = (contentType: string | undefined): boolean => {
   return type === "application/json" || (type.startsWith("application/") && type.endsWith("+json"))
 }
 
-const globCache = new Map<string, RegExp | null>()
+/** One position of a glob chunk: a literal code point, `?`, or a class (`ranges` holds lo, hi pairs). */
+type Atom =
+  | { readonly kind: "char"; readonly cp: number }
+  | { readonly kind: "any" }
+  | { readonly kind: "class"; readonly negated: boolean; readonly ranges: ReadonlyArray<number> }
+
+/** A run of atoms after any number of `*` (`star`). Every atom matches exactly one character. */
+interface Chunk {
+  readonly star: boolean
+  readonly atoms: ReadonlyArray<Atom>
+}
+
+/** A compiled glob: `test(value)` runs in O(value length × pattern length), with no backtracking beyond a chunk. */
+export interface Glob {
+  readonly test: (value: string) => boolean
+}
+
+const SLASH = 0x2f
+const cpLength = (cp: number) => (cp > 0xffff ? 2 : 1)
+
+/** Go's getEsc: one class character (`\` escapes), which must be followed by more of the pattern. */
+const classChar = (p: string, i: number): { readonly cp: number; readonly next: number } | undefined => {
+  if (i >= p.length || p[i] === "-" || p[i] === "]") return undefined
+  if (p[i] === "\\") {
+    i++
+    if (i >= p.length) return undefined
+  }
+  const cp = p.codePointAt(i)!
+  const next = i + cpLength(cp)
+  return next >= p.length ? undefined : { cp, next }
+}
+
+/** Parses a pattern into chunks, as Go's `path.Match` reads it; undefined when it is malformed. */
+const parseGlob = (p: string): ReadonlyArray<Chunk> | undefined => {
+  const chunks: Array<Chunk> = []
+  let i = 0
+  while (i < p.length) {
+    let star = false
+    while (p[i] === "*") {
+      star = true
+      i++
+    }
+    const atoms: Array<Atom> = []
+    while (i < p.length && p[i] !== "*") {
+      const c = p[i]!
+      if (c === "?") {
+        atoms.push({ kind: "any" })
+        i++
+      } else if (c === "\\") {
+        if (i + 1 >= p.length) return undefined
+        const cp = p.codePointAt(i + 1)!
+        atoms.push({ kind: "char", cp })
+        i += 1 + cpLength(cp)
+      } else if (c === "[") {
+        i++
+        const negated = p[i] === "^"
+        if (negated) i++
+        const ranges: Array<number> = []
+        for (;;) {
+          if (p[i] === "]" && ranges.length > 0) {
+            i++
+            break
+          }
+          const lo = classChar(p, i)
+          if (lo === undefined) return undefined
+          let hi = lo
+          if (p[lo.next] === "-") {
+            const h = classChar(p, lo.next + 1)
+            if (h === undefined) return undefined
+            hi = h
+          }
+          ranges.push(lo.cp, hi.cp)
+          i = hi.next
+        }
+        atoms.push({ kind: "class", negated, ranges })
+      } else {
+        const cp = p.codePointAt(i)!
+        atoms.push({ kind: "char", cp })
+        i += cpLength(cp)
+      }
+    }
+    chunks.push({ star, atoms })
+  }
+  return chunks
+}
+
+/** Where `atoms` matched starting at `at` in `s` end, or -1. */
+const matchChunk = (atoms: ReadonlyArray<Atom>, s: string, at: number): number => {
+  for (const a of atoms) {
+    if (at >= s.length) return -1
+    const cp = s.codePointAt(at)!
+    if (a.kind === "char") {
+      if (cp !== a.cp) return -1
+    } else if (a.kind === "any") {
+      if (cp === SLASH) return -1
+    } else {
+      let inside = false
+      for (let r = 0; r < a.ranges.length && !inside; r += 2) inside = a.ranges[r]! <= cp && cp <= a.ranges[r + 1]!
+      if (inside === a.negated) return -1
+    }
+    at += cpLength(cp)
+  }
+  return at
+}
+
+/**
+ * Go's `path.Match` algorithm: each chunk after a `*` takes its leftmost match (chunks have a fixed length, so the
+ * leftmost one leaves the most for what follows and no earlier choice is ever revisited); the last chunk must end
+ * the value. A `*` never skips a `/`.
+ */
+const matchChunks = (chunks: ReadonlyArray<Chunk>, s: string): boolean => {
+  let at = 0
+  for (let c = 0; c < chunks.length; c++) {
+    const { atoms, star } = chunks[c]!
+    const last = c === chunks.length - 1
+    if (star && atoms.length === 0) return s.indexOf("/", at) === -1
+    const end = matchChunk(atoms, s, at)
+    if (end !== -1 && (!last || end === s.length)) {
+      at = end
+      continue
+    }
+    if (!star) return false
+    let found = -1
+    for (let i = at; i < s.length && found === -1;) {
+      const cp = s.codePointAt(i)!
+      if (cp === SLASH) break
+      i += cpLength(cp)
+      const e = matchChunk(atoms, s, i)
+      if (e !== -1 && (!last || e === s.length)) found = e
+    }
+    if (found === -1) return false
+    at = found
+  }
+  return at === s.length
+}
+
+const globCache = new Map<string, Glob | null>()
 
 /**
  * Go `path.Match` semantics: `*` any run of non-`/` characters, `?` one non-`/` character, `[...]` a class
- * (`[^...]` negated, ranges), `\` escapes. A malformed pattern matches nothing.
+ * (`[^...]` negated, ranges `a-z`, `\` escapes inside), `\` escapes. A malformed pattern (unclosed or empty class,
+ * trailing `\`, a range missing an end) matches nothing: null.
  */
-export const globToRegExp = (pattern: string): RegExp | null => {
+export const compileGlob = (pattern: string): Glob | null => {
   const cached = globCache.get(pattern)
   if (cached !== undefined) return cached
-  let re = "^"
-  let ok = true
-  for (let i = 0; i < pattern.length && ok; i++) {
-    const c = pattern[i]!
-    if (c === "*") re += "[^/]*"
-    else if (c === "?") re += "[^/]"
-    else if (c === "\\") {
-      const n = pattern[++i]
-      if (n === undefined) ok = false
-      else re += n.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&")
-    } else if (c === "[") {
-      const end = pattern.indexOf("]", i + 2)
-      if (end === -1) {
-        ok = false
-        break
-      }
-      let body = pattern.slice(i + 1, end)
-      const negate = body.startsWith("^")
-      if (negate) body = body.slice(1)
-      if (body === "") ok = false
-      re += `[${negate ? "^/" : ""}${body.replace(/[\]\\]/g, "\\$&")}]`
-      i = end
-    } else re += c.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&")
-  }
-  let result: RegExp | null = null
-  if (ok) {
-    try {
-      result = new RegExp(re + "$", "s")
-    } catch {
-      result = null
-    }
-  }
-  if (globCache.size < 10_000) globCache.set(pattern, result)
-  return result
+  const chunks = parseGlob(pattern)
+  const glob = chunks === undefined ? null : { test: (value: string) => matchChunks(chunks, value) }
+  if (globCache.size < 10_000) globCache.set(pattern, glob)
+  return glob
 }
 
-const stringify = (v: unknown): string =>
-  typeof v === "string" ? v : typeof v === "number" || typeof v === "boolean" ? String(v) : JSON.stringify(v)
+/** Longest parameter value (as matched: strings as they are, other values as JSON) the whitelist looks at. */
+export const MAX_PARAM_VALUE_LENGTH = 4096
+/** Deepest nesting of arrays and objects in a whitelisted parameter's value. */
+const MAX_PARAM_DEPTH = 32
 
-/** Top-level parameters named in the whitelist must match one of their patterns; absent ones pass. */
+/**
+ * `JSON.stringify(v)` for a value of `JSON.parse`, or undefined as soon as the text passes `max` characters or the
+ * nesting passes MAX_PARAM_DEPTH (a recursive `JSON.stringify` of a deeply nested value overflows the stack).
+ */
+const boundedJson = (v: unknown, max: number): string | undefined => {
+  let out = ""
+  const walk = (x: unknown, depth: number): boolean => {
+    if (depth > MAX_PARAM_DEPTH) return false
+    if (x === null || x === undefined) out += "null"
+    else if (typeof x === "string") {
+      if (x.length > max) return false
+      out += JSON.stringify(x)
+    } else if (typeof x === "number") out += Number.isFinite(x) ? String(x) : "null"
+    else if (typeof x === "boolean") out += x ? "true" : "false"
+    else if (Array.isArray(x)) {
+      out += "["
+      for (let i = 0; i < x.length; i++) {
+        if (i > 0) out += ","
+        if (!walk(x[i], depth + 1) || out.length > max) return false
+      }
+      out += "]"
+    } else if (typeof x === "object") {
+      out += "{"
+      let first = true
+      for (const k in x) {
+        if (!Object.hasOwn(x, k)) continue
+        out += (first ? "" : ",") + JSON.stringify(k) + ":"
+        first = false
+        if (!walk((x as Record<string, unknown>)[k], depth + 1) || out.length > max) return false
+      }
+      out += "}"
+    } else out += "null"
+    return out.length <= max
+  }
+  return walk(v, 0) ? out : undefined
+}
+
+const shown = (value: string) => (value.length > 200 ? value.slice(0, 200) + "…" : value)
+
+/** One whitelisted parameter's value against its patterns. */
+const checkParam = (param: string, raw: unknown, patterns: ReadonlyArray<string>): LocalAnswer | undefined => {
+  if (typeof raw === "string" && raw.length > MAX_PARAM_VALUE_LENGTH) {
+    return Answers.paramRefused(param, `'${raw.slice(0, 64)}…' is longer than ${MAX_PARAM_VALUE_LENGTH} characters`)
+  }
+  const value = typeof raw === "string"
+    ? raw
+    : typeof raw === "number" || typeof raw === "boolean"
+    ? String(raw)
+    : boundedJson(raw, MAX_PARAM_VALUE_LENGTH)
+  if (value === undefined) return Answers.paramRefused(param, TOO_LONG_OR_DEEP)
+  if (!patterns.some((p) => compileGlob(p)?.test(value) === true)) return Answers.paramNotAllowed(param, shown(value), patterns)
+  return undefined
+}
+
+const TOO_LONG_OR_DEEP = `is longer than ${MAX_PARAM_VALUE_LENGTH} characters or nested too deeply`
+
+/**
+ * Top-level parameters named in the whitelist must match one of their patterns; absent ones pass. A value longer
+ * than MAX_PARAM_VALUE_LENGTH, or nested too deeply to read, is refused (400) without being matched.
+ */
 export const checkParams = (
   body: unknown,
   whitelist: ReadonlyMap<string, ReadonlyArray<string>>
@@ -194,12 +473,122 @@ export const checkParams = (
   if (whitelist.size === 0 || typeof body !== "object" || body === null || Array.isArray(body)) return undefined
   for (const [param, patterns] of whitelist) {
     if (!Object.hasOwn(body, param)) continue
-    const value = stringify((body as Record<string, unknown>)[param])
-    if (!patterns.some((p) => globToRegExp(p)?.test(value) === true)) {
-      return Answers.paramNotAllowed(param, value.length > 200 ? value.slice(0, 200) + "…" : value, patterns)
-    }
+    const a = checkParam(param, (body as Record<string, unknown>)[param], patterns)
+    if (a !== undefined) return a
   }
   return undefined
+}
+
+const QUOTE = 0x22
+const BACKSLASH = 0x5c
+const isJsonSpace = (c: number | undefined) => c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09
+
+const skipSpace = (b: Buffer, i: number): number => {
+  while (isJsonSpace(b[i])) i++
+  return i
+}
+
+/** Index just past the JSON string starting at `b[i]` (a quote), or -1. Quotes are found natively (memchr). */
+const stringEnd = (b: Buffer, i: number): number => {
+  for (let from = i + 1;;) {
+    const q = b.indexOf(QUOTE, from)
+    if (q === -1) return -1
+    let k = q - 1
+    while (b[k] === BACKSLASH) k--
+    if ((q - 1 - k) % 2 === 0) return q + 1
+    from = q + 1
+  }
+}
+
+/**
+ * Index just past the JSON value starting at `b[i]`, or -1 when the body ends first; `depth` gets its deepest
+ * nesting. Not a validator: it only has to find where a well-formed value ends (a malformed body is the upstream's
+ * to refuse). A loop with a counter, never recursion.
+ */
+const valueEnd = (b: Buffer, i: number, depth: { max: number }): number => {
+  const c = b[i]
+  if (c === QUOTE) return stringEnd(b, i)
+  if (c === 0x7b || c === 0x5b) {
+    let d = 0
+    for (; i < b.length; i++) {
+      const x = b[i]!
+      if (x === QUOTE) {
+        const e = stringEnd(b, i)
+        if (e === -1) return -1
+        i = e - 1
+      } else if (x === 0x7b || x === 0x5b) {
+        if (++d > depth.max) depth.max = d
+      } else if (x === 0x7d || x === 0x5d) {
+        if (--d === 0) return i + 1
+      }
+    }
+    return -1
+  }
+  // A number, true, false or null: up to the next delimiter.
+  while (i < b.length && b[i] !== 0x2c && b[i] !== 0x7d && b[i] !== 0x5d && !isJsonSpace(b[i])) i++
+  return i
+}
+
+/** Bytes a whitelisted value's JSON text may take before it is refused unread (a character can take 6: `\u0041`). */
+const MAX_PARAM_SLICE = MAX_PARAM_VALUE_LENGTH * 6 + 2
+
+/**
+ * `checkParams` on a JSON request body without parsing all of it: the top-level object is scanned once (strings are
+ * skipped with a native search, nesting with a counter), and only the values of whitelisted parameters are parsed —
+ * each bounded in size and depth before it is. A parse of the whole body (it may be MAX_REQUEST_SIZE) would stall
+ * the event loop: 30 MB take half a second, 100,000 levels of nesting as long. Every occurrence of a parameter is
+ * checked (a parser downstream may keep either of two). A body that is not a JSON object has nothing to check; a
+ * malformed one is checked as far as it can be read (the upstream refuses the rest).
+ */
+export const checkBodyParams = (
+  body: Buffer,
+  whitelist: ReadonlyMap<string, ReadonlyArray<string>>
+): LocalAnswer | undefined => {
+  if (whitelist.size === 0) return undefined
+  let maxKeyBytes = 2
+  for (const name of whitelist.keys()) maxKeyBytes = Math.max(maxKeyBytes, name.length * 6 + 2)
+  let i = skipSpace(body, 0)
+  if (body[i] !== 0x7b) return undefined
+  i = skipSpace(body, i + 1)
+  if (body[i] === 0x7d) return undefined
+  for (;;) {
+    if (body[i] !== QUOTE) return undefined
+    const keyEnd = stringEnd(body, i)
+    if (keyEnd === -1) return undefined
+    // A key longer than any whitelisted name can be, however it is encoded, is not decoded at all.
+    let key: string | undefined
+    if (keyEnd - i <= maxKeyBytes) {
+      if (body.subarray(i, keyEnd).includes(BACKSLASH)) {
+        try {
+          key = JSON.parse(body.toString("utf8", i, keyEnd)) as string
+        } catch {
+          return undefined
+        }
+      } else key = body.toString("utf8", i + 1, keyEnd - 1)
+    }
+    i = skipSpace(body, keyEnd)
+    if (body[i] !== 0x3a) return undefined
+    i = skipSpace(body, i + 1)
+    const patterns = key === undefined ? undefined : whitelist.get(key)
+    const depth = { max: 0 }
+    const end = valueEnd(body, i, depth)
+    if (end === -1 || end === i) return patterns === undefined ? undefined : Answers.paramRefused(key!, "is not valid JSON")
+    if (patterns !== undefined && key !== undefined) {
+      if (end - i > MAX_PARAM_SLICE || depth.max > MAX_PARAM_DEPTH) return Answers.paramRefused(key, TOO_LONG_OR_DEEP)
+      let value: unknown
+      try {
+        value = JSON.parse(body.toString("utf8", i, end))
+      } catch {
+        return Answers.paramRefused(key, "is not valid JSON")
+      }
+      const a = checkParam(key, value, patterns)
+      if (a !== undefined) return a
+    }
+    i = skipSpace(body, end)
+    if (body[i] === 0x7d) return undefined
+    if (body[i] !== 0x2c) return undefined
+    i = skipSpace(body, i + 1)
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -260,45 +649,6 @@ const HOP_BY_HOP = new Set([
   "upgrade"
 ])
 
-/** Never sent upstream: credentials, client addresses, trace context, our own ids and things we set ourselves. */
-const NOT_UPSTREAM = new Set([
-  ...HOP_BY_HOP,
-  "host",
-  "authorization",
-  "x-api-key",
-  "api-key",
-  "cookie",
-  "content-length",
-  "expect",
-  "accept-encoding",
-  "x-request-id",
-  "x-correlation-id",
-  "forwarded",
-  "x-forwarded-for",
-  "x-forwarded-host",
-  "x-forwarded-proto",
-  "x-forwarded-port",
-  "x-real-ip",
-  "x-client-ip",
-  "x-original-forwarded-for",
-  "true-client-ip",
-  "cf-connecting-ip",
-  "cf-ipcountry",
-  "fastly-client-ip",
-  "x-cluster-client-ip",
-  "traceparent",
-  "tracestate",
-  "baggage",
-  "b3",
-  "uber-trace-id",
-  "x-cloud-trace-context",
-  "x-amzn-trace-id",
-  "x-datadog-trace-id",
-  "x-datadog-parent-id",
-  "x-proxy-id",
-  "x-project-id"
-])
-
 const NONE: ReadonlyArray<string> = []
 
 /** Header names listed in `Connection` (beyond keep-alive/close, which are stripped anyway). */
@@ -312,9 +662,11 @@ const connectionTokens = (value: string | string[] | undefined): ReadonlyArray<s
 }
 
 /**
- * The headers sent upstream: the client's, minus everything in NOT_UPSTREAM, headers named by `Connection`,
- * `x-b3-*` / `x-llm-proxy-*`; plus the project key in the provider's scheme, our request id, and
- * `accept-encoding: identity` (usage is read from the bytes, which must not be compressed).
+ * The headers sent upstream, an allow-list: the client's headers the provider forwards (`forwardsHeader`: content type, accept, user agent, provider version/beta headers, idempotency keys,
+ * `x-stainless-*`, plus the YAML's `forward_headers`) unless `Connection` names them; then the provider's fixed
+ * `headers`; then the project key in the provider's scheme, our request id, `accept-encoding: identity` (usage is
+ * read from the bytes, which must not be compressed) and the body's length. Credentials, cookies, the billed
+ * account (`OpenAI-Organization`, `OpenAI-Project`), client addresses and trace context are never forwarded.
  */
 export const upstreamRequestHeaders = (
   client: IncomingHttpHeaders,
@@ -324,15 +676,16 @@ export const upstreamRequestHeaders = (
   contentLength: number | undefined
 ): Record<string, string | string[]> => {
   const named = connectionTokens(client.connection)
+  const forwards = provider.forwardsHeader
   const out: Record<string, string | string[]> = {}
   for (const name in client) {
-    if (NOT_UPSTREAM.has(name) || name === provider.authHeader || name.startsWith("x-b3-") || name.startsWith("x-llm-proxy-")) {
-      continue
-    }
+    if (!forwards(name)) continue
     if (named.length > 0 && named.includes(name)) continue
     const v = client[name]
     if (v !== undefined) out[name] = v
   }
+  const fixed = provider.fixedHeaders
+  for (let i = 0; i < fixed.length; i++) out[fixed[i]![0]] = fixed[i]![1]
   out[provider.authHeader] = provider.authScheme === "" ? apiKey : `${provider.authScheme} ${apiKey}`
   out["x-request-id"] = requestId
   out["accept-encoding"] = "identity"

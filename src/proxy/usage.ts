@@ -3,6 +3,12 @@
  * side, reads `usage` from the answer — from the whole body for JSON, from `data:` lines for SSE (OpenAI's final
  * usage chunk, Anthropic's `message_start` / `message_delta`). It also keeps the first `captureLimit` bytes for
  * whoever wants the response body (instrumentation events), never more.
+ *
+ * In the same pass it notes what the answer says about itself (`AnswerFacts`: the model that answered, the answer's
+ * id, why generation stopped, cached input tokens, when the first bytes came) for the GenAI span attributes and the
+ * time-to-first-token metric. No extra parse for JSON (the same document); for SSE, besides the lines that carry
+ * usage, the first `data:` line (id and model) and lines with a `finish_reason` value are kept and parsed only when
+ * the facts are asked for (a traced request).
  */
 import { StringDecoder } from "node:string_decoder"
 import { Transform, type TransformCallback } from "node:stream"
@@ -17,10 +23,41 @@ export interface Usage {
 export const JSON_USAGE_LIMIT = 1024 * 1024
 const MAX_SSE_LINE = 1024 * 1024
 
+/** What an answer says about itself, read on the side with its usage (GenAI span attributes, metrics). */
+export interface AnswerFacts {
+  /** The model that answered (`model`; may name a dated version of the requested one). */
+  readonly responseModel: string | undefined
+  /** The answer's id (`id`: chatcmpl-…, msg_…, resp_…). */
+  readonly responseId: string | undefined
+  /** Why generation stopped, one entry per choice (OpenAI `finish_reason`, Anthropic `stop_reason`). */
+  readonly finishReasons: ReadonlyArray<string> | undefined
+  /** Input tokens served from the provider's prompt cache, and written to it (Anthropic), when reported. */
+  readonly cacheReadTokens: number | undefined
+  readonly cacheCreationTokens: number | undefined
+  /** Input tokens with cached ones included (Anthropic counts them apart from `input_tokens`), when reported. */
+  readonly inputTokens: number | undefined
+  /** performance.now() when the first bytes of the answer's body arrived. */
+  readonly firstChunkAt: number | undefined
+}
+
 interface Partial {
   prompt?: number
   completion?: number
+  cacheRead?: number
+  cacheCreation?: number
+  /** Anthropic: `input_tokens` excludes the cached input tokens. */
+  cacheApart?: boolean
 }
+
+/** Facts read so far (ids and reasons are bounded: they come from the upstream). */
+export interface Facts {
+  model?: string | undefined
+  id?: string | undefined
+  finish?: Array<string>
+}
+
+const MAX_FACT_LENGTH = 256
+const MAX_CHOICES = 16
 
 const num = (v: unknown): number | undefined => (typeof v === "number" && Number.isFinite(v) && v >= 0 ? v : undefined)
 
@@ -35,7 +72,147 @@ export const mergeUsage = (acc: Partial, doc: unknown): void => {
     const completion = num(x.completion_tokens) ?? num(x.output_tokens)
     if (prompt !== undefined) acc.prompt = prompt
     if (completion !== undefined) acc.completion = completion
+    // Cached input: OpenAI `prompt_tokens_details` / `input_tokens_details` (included in the prompt count);
+    // Anthropic `cache_read_input_tokens` / `cache_creation_input_tokens` (not included in `input_tokens`).
+    const details = (x.prompt_tokens_details ?? x.input_tokens_details) as { cached_tokens?: unknown } | null | undefined
+    const cached = typeof details === "object" && details !== null ? num(details.cached_tokens) : undefined
+    if (cached !== undefined) acc.cacheRead = cached
+    const read = num(x.cache_read_input_tokens)
+    const created = num(x.cache_creation_input_tokens)
+    if (read !== undefined || created !== undefined) {
+      acc.cacheApart = true
+      if (read !== undefined) acc.cacheRead = read
+      if (created !== undefined) acc.cacheCreation = created
+    }
   }
+}
+
+const fact = (v: unknown): string | undefined =>
+  typeof v === "string" && v !== "" ? (v.length > MAX_FACT_LENGTH ? v.slice(0, MAX_FACT_LENGTH) : v) : undefined
+
+const addFinish = (f: Facts, index: unknown, reason: unknown) => {
+  const r = fact(reason)
+  if (r === undefined) return
+  if (typeof index !== "number" || !Number.isInteger(index) || index < 0 || index >= MAX_CHOICES) return
+  const i = index
+  f.finish ??= []
+  // Choices finish in any order (n > 1); each keeps its place, gaps are filled when their reason arrives.
+  while (f.finish.length < i) f.finish.push("")
+  f.finish[i] = r
+}
+
+/**
+ * Reads the answer's id, model and finish reasons into `f`: OpenAI chat / completions (JSON and chunks), Anthropic
+ * messages (JSON, `message_start`, `message_delta`), OpenAI responses (`response.*` events). The first id and model
+ * seen are kept.
+ */
+export const mergeAnswer = (f: Facts, doc: unknown): void => {
+  if (typeof doc !== "object" || doc === null) return
+  const d = doc as {
+    id?: unknown
+    model?: unknown
+    choices?: unknown
+    stop_reason?: unknown
+    message?: { id?: unknown; model?: unknown; stop_reason?: unknown } | null
+    delta?: { stop_reason?: unknown } | null
+    response?: { id?: unknown; model?: unknown } | null
+  }
+  const inner = typeof d.message === "object" && d.message !== null
+    ? d.message
+    : typeof d.response === "object" && d.response !== null
+    ? d.response
+    : undefined
+  f.id ??= fact(d.id) ?? fact(inner?.id)
+  f.model ??= fact(d.model) ?? fact(inner?.model)
+  if (Array.isArray(d.choices)) {
+    for (let i = 0; i < d.choices.length && i < MAX_CHOICES; i++) {
+      const c = d.choices[i] as { index?: unknown; finish_reason?: unknown } | null
+      if (typeof c === "object" && c !== null) addFinish(f, c.index ?? i, c.finish_reason)
+    }
+  }
+  addFinish(f, 0, d.stop_reason)
+  if (typeof d.delta === "object" && d.delta !== null) addFinish(f, 0, d.delta.stop_reason)
+}
+
+const isBlank = (c: number) => c === 0x20 || c === 0x09
+
+/**
+ * The position just after `"key"` and its colon at or after `from` (before `to`), or -1. JSON whitespace around the
+ * colon is allowed.
+ */
+const afterKey = (line: string, key: string, from: number, to: number): number => {
+  const at = line.indexOf(key, from)
+  if (at === -1 || at >= to) return -1
+  let i = at + key.length
+  while (i < to && isBlank(line.charCodeAt(i))) i++
+  if (line.charCodeAt(i) !== 0x3a) return -1
+  i++
+  while (i < to && isBlank(line.charCodeAt(i))) i++
+  return i
+}
+
+/** A JSON string value starting at `i` (its quote): the text, or undefined when it is not one without escapes. */
+const plainString = (line: string, i: number): string | undefined => {
+  if (line.charCodeAt(i) !== 0x22) return undefined
+  const end = line.indexOf('"', i + 1)
+  if (end === -1) return undefined
+  const v = line.slice(i + 1, end)
+  return v.includes("\\") ? undefined : v
+}
+
+/**
+ * The facts of an OpenAI chunk line (`data: {"id":…,"model":…,"choices":[{"index":0,…,"finish_reason":"stop"}]}`)
+ * read without parsing it: `id` and `model` before `"choices"` (top level), then each choice's `finish_reason` string
+ * with the `index` before it. Returns false — the caller parses the line — for anything else: no `"choices"`, a
+ * value with escapes, a key whose value is not what is expected (test/proxy/usage.test.ts compares with JSON.parse).
+ */
+export const chunkFacts = (f: Facts, line: string): boolean => {
+  const choices = line.indexOf('"choices"')
+  if (choices === -1) return false
+  let id: string | undefined
+  let model: string | undefined
+  const idAt = afterKey(line, '"id"', 0, choices)
+  if (idAt !== -1) {
+    id = plainString(line, idAt)
+    if (id === undefined) return false
+  }
+  const modelAt = afterKey(line, '"model"', 0, choices)
+  if (modelAt !== -1) {
+    model = plainString(line, modelAt)
+    if (model === undefined) return false
+  }
+  const reasons: Array<readonly [number, string]> = []
+  // A reason after an array inside the choices (tool calls, logprobs: indexes of their own) is left to the parser.
+  const nested = line.indexOf("[", line.indexOf("[", choices) + 1)
+  let from = choices
+  for (;;) {
+    const at = afterKey(line, '"finish_reason"', from, line.length)
+    if (at === -1) break
+    from = at
+    if (line.startsWith("null", at)) continue
+    const reason = plainString(line, at)
+    // The choice's index: the last `"index": N` between the start of the choices and this reason.
+    const indexKey = line.lastIndexOf('"index"', at)
+    if (reason === undefined || indexKey < choices || (nested !== -1 && nested < at)) return false
+    const n = afterKey(line, '"index"', indexKey, at)
+    let end = n
+    while (end < at && line.charCodeAt(end) >= 0x30 && line.charCodeAt(end) <= 0x39) end++
+    if (n === -1 || end === n) return false
+    reasons.push([Number(line.slice(n, end)), reason])
+  }
+  f.id ??= fact(id)
+  f.model ??= fact(model)
+  for (const [i, r] of reasons) addFinish(f, i, r)
+  return true
+}
+
+/** True when an SSE line carries a `finish_reason` with a value (not `null`): a compact or spaced JSON key. */
+const hasFinishReason = (line: string): boolean => {
+  const at = line.indexOf("finish_reason\"")
+  if (at === -1) return false
+  let i = at + 14
+  while (i < line.length && (line.charCodeAt(i) === 0x20 || line.charCodeAt(i) === 0x3a)) i++
+  return line.charCodeAt(i) === 0x22
 }
 
 export const finishUsage = (acc: Partial): Usage | undefined =>
@@ -49,14 +226,19 @@ export const finishUsage = (acc: Partial): Usage | undefined =>
  * The side reader: sees every chunk, keeps the first bytes, finds usage. Used by UsageCapture (SSE, as a Transform)
  * and directly as a `data` listener for JSON answers (one stream hop less per request).
  */
-export class UsageReader {
+export class UsageReader implements AnswerFacts {
   /** Set by finish() (undefined when the answer carried none). */
   usage: Usage | undefined
   /** Bytes seen. */
   bytes = 0
+  firstChunkAt: number | undefined = undefined
   private readonly parts: Array<Buffer> = []
   private kept = 0
   private readonly acc: Partial = {}
+  private readonly facts: Facts = {}
+  private sawData = false
+  /** SSE lines kept for their facts only (the first event, ends of choices): parsed when a fact is asked for. */
+  private deferred: Array<string> | undefined = undefined
   private readonly decoder: StringDecoder | undefined
   private readonly limit: number
   private line = ""
@@ -77,7 +259,46 @@ export class UsageReader {
     return this.bytes > this.kept
   }
 
+  get responseModel(): string | undefined {
+    return this.resolved().model
+  }
+  get responseId(): string | undefined {
+    return this.resolved().id
+  }
+  get finishReasons(): ReadonlyArray<string> | undefined {
+    return this.resolved().finish
+  }
+
+  /** The facts, with the deferred SSE lines parsed (once, and only when someone asks: a traced request). */
+  private resolved(): Facts {
+    const lines = this.deferred
+    if (lines !== undefined) {
+      this.deferred = undefined
+      for (const line of lines) {
+        if (chunkFacts(this.facts, line)) continue
+        try {
+          mergeAnswer(this.facts, JSON.parse(line.slice(5)))
+        } catch {
+          // A malformed event: no facts from it.
+        }
+      }
+    }
+    return this.facts
+  }
+  get cacheReadTokens(): number | undefined {
+    return this.acc.cacheRead
+  }
+  get cacheCreationTokens(): number | undefined {
+    return this.acc.cacheCreation
+  }
+  get inputTokens(): number | undefined {
+    const a = this.acc
+    if (a.prompt === undefined) return undefined
+    return a.cacheApart === true ? a.prompt + (a.cacheRead ?? 0) + (a.cacheCreation ?? 0) : a.prompt
+  }
+
   observe(chunk: Buffer): void {
+    if (this.bytes === 0 && chunk.length > 0) this.firstChunkAt = performance.now()
     this.bytes += chunk.length
     if (this.kept < this.limit) {
       const take = Math.min(chunk.length, this.limit - this.kept)
@@ -92,7 +313,9 @@ export class UsageReader {
       this.scan(this.decoder.end() + "\n")
     } else if (this.mode === "json" && this.bytes > 0 && this.bytes <= JSON_USAGE_LIMIT) {
       try {
-        mergeUsage(this.acc, JSON.parse(this.captured.toString("utf8")))
+        const doc: unknown = JSON.parse(this.captured.toString("utf8"))
+        mergeUsage(this.acc, doc)
+        mergeAnswer(this.facts, doc)
       } catch {
         // Not JSON after all: no usage.
       }
@@ -126,12 +349,22 @@ export class UsageReader {
 
   private onLine(raw: string): void {
     const line = raw.endsWith("\r") ? raw.slice(0, -1) : raw
-    // Only lines that can carry usage are parsed: most chunks are content deltas.
-    if (!line.startsWith("data:") || !line.includes("_tokens")) return
-    try {
-      mergeUsage(this.acc, JSON.parse(line.slice(5)))
-    } catch {
-      // A malformed event: ignore it, keep streaming.
+    if (!line.startsWith("data:")) return
+    // Only lines that can carry usage are parsed: most chunks are content deltas. The first event (id, model) and the
+    // ends of choices (finish reasons) are kept as they are and parsed only if a span asks for them.
+    const first = !this.sawData
+    this.sawData = true
+    if (line.includes("_tokens")) {
+      try {
+        const doc: unknown = JSON.parse(line.slice(5))
+        mergeUsage(this.acc, doc)
+        mergeAnswer(this.facts, doc)
+      } catch {
+        // A malformed event: ignore it, keep streaming.
+      }
+    } else if (first || hasFinishReason(line)) {
+      const kept = (this.deferred ??= [])
+      if (kept.length <= MAX_CHOICES) kept.push(line)
     }
   }
 }

@@ -3,8 +3,8 @@ import { SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Cause, Effect, Layer, Redacted } from "effect"
-import { mkdirSync } from "node:fs"
 import { dirname } from "node:path"
+import { ensurePrivateFile, tightenPrivateFile } from "../config/privateFiles.js"
 import * as SqlStore from "./SqlStore.js"
 import { StoreError } from "./Store.js"
 
@@ -16,12 +16,22 @@ import { StoreError } from "./Store.js"
  */
 export type SqliteSynchronous = "normal" | "full"
 
+/**
+ * The database file may hold provider keys in plain text (without ENCRYPTION_KEY): its directory is made 0700 and the
+ * file is created 0600 before SQLite opens it (SQLite gives its -wal and -shm files the database file's mode); looser
+ * modes found on them are tightened with a warning (src/config/privateFiles.ts).
+ */
+const preparePrivateDatabase = (path: string) =>
+  Effect.gen(function*() {
+    if (path === ":memory:") return
+    const warnings = ensurePrivateFile(path, dirname(path))
+    for (const suffix of ["-wal", "-shm", "-journal"]) warnings.push(...tightenPrivateFile(path + suffix))
+    for (const warning of warnings) yield* Effect.logWarning(warning)
+  })
+
 export const sqliteClient = (path: string, synchronous: SqliteSynchronous = "normal") =>
   Layer.unwrapEffect(
-    Effect.sync(() => {
-      if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true })
-      return SqliteClient.layer({ filename: path })
-    })
+    Effect.as(preparePrivateDatabase(path), SqliteClient.layer({ filename: path }))
   ).pipe(
     // Foreign keys are off by default in SQLite; the schema relies on them.
     Layer.tap((ctx) => Effect.asVoid(SqlClient.SqlClient.pipe(Effect.flatMap((sql) => sql`PRAGMA foreign_keys = ON`), Effect.provide(ctx)))),

@@ -63,7 +63,7 @@ describe("AuditLog", () => {
       expect([...records.map((r) => r.id)].sort()).toEqual(records.map((r) => r.id))
       expect(records.every((r) => Math.abs(Date.parse(r.timestamp) - Date.now()) < 60_000)).toBe(true)
       expect(Math.max(...(yield* Ref.get(memory.batches)).map((b) => b.length))).toBeLessThanOrEqual(50)
-      expect(yield* log.stats).toEqual({ accepted: 120, written: 120, dropped: 0, failed: 0 })
+      expect(yield* log.stats).toEqual({ accepted: 120, written: 120, dropped: 0, failed: 0, denials: 0, overflowed: 0 })
       expect(log.queryable).toBe(true)
       yield* close
     }))
@@ -171,14 +171,111 @@ describe("AuditLog", () => {
       yield* close
     }))
 
+  describe("aggregated denials", () => {
+    const denial = (clientIp: string, reason: string, requestId: string, fields: Partial<AuditEntry> = {}): AuditEntry => ({
+      action: "token.validate",
+      actor: "proxy",
+      outcome: "denied",
+      reason,
+      clientIp,
+      requestId,
+      method: "POST",
+      path: "/v1/chat/completions",
+      details: { status: 401 },
+      ...fields
+    })
+    const MINUTE = 60_000
+    const T0 = Date.parse("2030-01-01T10:00:00.000Z")
+
+    it.live("one event per (action, reason, client IP, token, project, minute) with a count; the first request's fields", () =>
+      Effect.gen(function*() {
+        let now = T0 + 1_000
+        const memory = yield* memorySink()
+        const { close, log } = yield* logWith([memory.sink], { now: () => now })
+        for (let i = 0; i < 1000; i++) log.recordDenial(denial("203.0.113.1", "token_not_found", `a-${i}`))
+        for (let i = 0; i < 5; i++) log.recordDenial(denial("203.0.113.2", "token_not_found", `b-${i}`))
+        for (let i = 0; i < 3; i++) log.recordDenial(denial("203.0.113.1", "invalid_token", `c-${i}`))
+        log.recordDenial(denial("203.0.113.1", "token_inactive", "d-0", { tokenId: "t-1" }))
+        log.recordDenial(denial("203.0.113.1", "token_inactive", "e-0", { tokenId: "t-2" }))
+        now = T0 + 59_999
+        log.recordDenial(denial("203.0.113.1", "token_not_found", "a-last"))
+        now = T0 + MINUTE + 5
+        log.recordDenial(denial("203.0.113.1", "token_not_found", "f-0"))
+        log.recordDenial(denial("203.0.113.1", "token_not_found", "f-1"))
+        yield* log.flush
+        const records = yield* memory.records
+        const summary = records.map((r) => [r.clientIp, r.reason, r.tokenId, r.count, r.requestId, r.timestamp])
+        expect(summary).toEqual([
+          ["203.0.113.1", "token_not_found", undefined, 1001, "a-0", "2030-01-01T10:00:01.000Z"],
+          ["203.0.113.2", "token_not_found", undefined, 5, "b-0", "2030-01-01T10:00:01.000Z"],
+          ["203.0.113.1", "invalid_token", undefined, 3, "c-0", "2030-01-01T10:00:01.000Z"],
+          ["203.0.113.1", "token_inactive", "t-1", 1, "d-0", "2030-01-01T10:00:01.000Z"],
+          ["203.0.113.1", "token_inactive", "t-2", 1, "e-0", "2030-01-01T10:00:01.000Z"],
+          ["203.0.113.1", "token_not_found", undefined, 2, "f-0", "2030-01-01T10:01:00.005Z"]
+        ])
+        expect(records[0]!.details).toEqual({ status: 401, last_seen: "2030-01-01T10:00:59.999Z" })
+        expect(records[3]!.details).toEqual({ status: 401 })
+        expect(yield* log.stats).toMatchObject({ accepted: 6, written: 6, denials: 1013, overflowed: 0 })
+        yield* close
+      }))
+
+    it.live("a minute that ended is written without a flush; shutdown writes what is still counting", () =>
+      Effect.gen(function*() {
+        let now = T0
+        const memory = yield* memorySink()
+        const { close, log } = yield* logWith([memory.sink], { now: () => now, denialTickMs: 20 })
+        log.recordDenial(denial("198.51.100.7", "invalid_token", "x-0"))
+        log.recordDenial(denial("198.51.100.7", "invalid_token", "x-1"))
+        yield* Effect.sleep(100)
+        expect(yield* memory.records).toEqual([])
+        now = T0 + MINUTE
+        log.recordDenial(denial("198.51.100.7", "invalid_token", "y-0"))
+        while ((yield* memory.records).length < 1) yield* Effect.sleep(20)
+        expect((yield* memory.records).map((r) => [r.requestId, r.count])).toEqual([["x-0", 2]])
+        yield* close
+        expect((yield* memory.records).map((r) => [r.requestId, r.count])).toEqual([["x-0", 2], ["y-0", 1]])
+        // After shutdown nothing more is counted.
+        log.recordDenial(denial("198.51.100.7", "invalid_token", "z-0"))
+        expect(yield* log.stats).toMatchObject({ denials: 3 })
+      }).pipe(Effect.timeout("20 seconds")))
+
+    it.live("bounded: beyond maxPendingDenials, new addresses fold into one overflow event per reason", () =>
+      Effect.gen(function*() {
+        const memory = yield* memorySink()
+        const { close, log } = yield* logWith([memory.sink], { maxPendingDenials: 3 })
+        for (let i = 0; i < 10; i++) {
+          log.recordDenial(denial(`192.0.2.${i}`, "token_not_found", `r-${i}`, { userAgent: "u".repeat(1000), path: "/v1/" + "p".repeat(3000) }))
+        }
+        log.recordDenial(denial("192.0.2.0", "token_not_found", "again"))
+        yield* log.flush
+        const records = yield* memory.records
+        expect(records.map((r) => [r.clientIp, r.count])).toEqual([
+          ["192.0.2.0", 2],
+          ["192.0.2.1", 1],
+          ["192.0.2.2", 1],
+          [undefined, 7]
+        ])
+        const overflow = records[3]!
+        expect(overflow).toMatchObject({ action: "token.validate", reason: "token_not_found", details: { status: 401, overflow: true } })
+        expect(overflow.requestId).toBeUndefined()
+        expect(overflow.userAgent).toBeUndefined()
+        // Client-chosen strings kept in aggregated events are short.
+        expect(records[1]!.userAgent).toHaveLength(256)
+        expect(records[1]!.path).toHaveLength(256)
+        expect(yield* log.stats).toMatchObject({ denials: 11, overflowed: 7 })
+        yield* close
+      }))
+  })
+
   it.effect("disabled: records nothing", () =>
     Effect.gen(function*() {
       const log = yield* AuditLog.AuditLog
       yield* log.record(entry(0))
       expect(log.unsafeRecord(entry(1))).toBe(false)
+      log.recordDenial(entry(2, { outcome: "denied" }))
       yield* log.flush
       expect(log.enabled).toBe(false)
-      expect(yield* log.stats).toEqual({ accepted: 0, written: 0, dropped: 0, failed: 0 })
+      expect(yield* log.stats).toEqual({ accepted: 0, written: 0, dropped: 0, failed: 0, denials: 0, overflowed: 0 })
     }).pipe(Effect.provide(AuditLog.disabled(true))))
 })
 

@@ -59,8 +59,9 @@ const repoSuite = (dialect: Dialect) =>
           reason: "cannot create tokens for inactive projects",
           details: { duration_minutes: 60, nested: { a: [1, 2] } }
         })
+        const aggregated = { ...full, count: 7 }
         const bare = event(actor, 1)
-        yield* insert([full, bare])
+        yield* insert([aggregated, bare])
         const repo = yield* AuditRepo.AuditRepo
         const got = Option.getOrThrow(yield* repo.get(full.id))
         expect(got).toEqual({
@@ -78,10 +79,11 @@ const repoSuite = (dialect: Dialect) =>
           path: "/manage/tokens",
           userAgent: "curl/8",
           reason: "cannot create tokens for inactive projects",
-          metadata: JSON.stringify(full.details)
+          metadata: JSON.stringify(full.details),
+          count: 7
         })
         const minimal = Option.getOrThrow(yield* repo.get(bare.id))
-        expect(minimal).toMatchObject({ projectId: null, tokenId: null, metadata: null, reason: null })
+        expect(minimal).toMatchObject({ projectId: null, tokenId: null, metadata: null, reason: null, count: 1 })
         expect(Option.isNone(yield* repo.get(randomUUID()))).toBe(true)
       }))
 

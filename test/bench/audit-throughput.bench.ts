@@ -16,11 +16,12 @@ import { createServer } from "node:net"
 import { cpus, loadavg, tmpdir } from "node:os"
 import { join } from "node:path"
 import { Pool, request } from "undici"
+import { newManagementToken } from "../support/managementToken.js"
 
 const SECONDS = Number(process.env["BENCH_SECONDS"] ?? 2)
 const ROUNDS = Number(process.env["BENCH_ROUNDS"] ?? 8)
 const CONCURRENCY = Number(process.env["BENCH_CONCURRENCY"] ?? 16)
-const TOKEN = "bench-management-token"
+const TOKEN = newManagementToken("bench")
 
 type Mode = "off" | "db" | "db+file"
 const MODES: ReadonlyArray<Mode> = ["off", "db", "db+file"]

@@ -7,6 +7,9 @@
  * Rounds alternate raw/llm so background load hits both alike. Prints RPS, p50/p99 and llm/raw.
  *
  *   npm run bench -- dataplane-cpu     (env: BENCH_SECONDS=5, BENCH_CONCURRENCY=32, BENCH_ROUNDS=2)
+ *
+ * BENCH_BASELINE=/path/to/other/bin/llm-proxy.js adds a "baseline" target (another build, e.g. main's, with its
+ * own dist/ next to it) measured in the same rounds: a before/after comparison under the same background load.
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { mkdtempSync, readFileSync, rmSync } from "node:fs"
@@ -133,26 +136,46 @@ const main = async () => {
     children.push(llm.child)
     const llmUrl = `http://127.0.0.1:${llm.match[1]}`
     const auth = { authorization: `Bearer ${mt}`, "content-type": "application/json" }
-    const project = await (await fetch(`${llmUrl}/manage/projects`, {
-      method: "POST",
-      headers: auth,
-      body: JSON.stringify({ name: "bench", api_key: "sk-upstream-key-0123456789" })
-    })).json() as { id: string }
-    const token = await (await fetch(`${llmUrl}/manage/tokens`, {
-      method: "POST",
-      headers: auth,
-      body: JSON.stringify({ project_id: project.id, duration_minutes: 60 })
-    })).json() as { token: string }
-    const headers = { "content-type": "application/json", authorization: `Bearer ${token.token}` }
+    const tokenFor = async (url: string) => {
+      const project = await (await fetch(`${url}/manage/projects`, {
+        method: "POST",
+        headers: auth,
+        body: JSON.stringify({ name: "bench", api_key: "sk-upstream-key-0123456789" })
+      })).json() as { id: string }
+      const token = await (await fetch(`${url}/manage/tokens`, {
+        method: "POST",
+        headers: auth,
+        body: JSON.stringify({ project_id: project.id, duration_minutes: 60 })
+      })).json() as { token: string }
+      return { "content-type": "application/json", authorization: `Bearer ${token.token}` }
+    }
+    const headers = await tokenFor(llmUrl)
+    const baselineBin = process.env["BENCH_BASELINE"]
+    let baseline: { url: string; pid: number | undefined; headers: Record<string, string> } | undefined
+    if (baselineBin !== undefined && baselineBin !== "") {
+      const b = await start([baselineBin, "serve", "--addr", "127.0.0.1:0", "--db", join(dir, "baseline.sqlite")], {
+        MANAGEMENT_TOKEN: mt,
+        OPENAI_API_URL: upstream,
+        LOG_LEVEL: "info",
+        LOG_FORMAT: "json"
+      }, /listening on http:\/\/[^:]+:(\d+)/)
+      children.push(b.child)
+      const url = `http://127.0.0.1:${b.match[1]}`
+      baseline = { url, pid: b.child.pid, headers: await tokenFor(url) }
+    }
 
     console.log(`non-streaming POST /v1/chat/completions, ${CONCURRENCY} concurrent, ${SECONDS} s per run, ${ROUNDS} rounds\n`)
     await load(llmUrl, headers) // warm-up (JIT, pools, token cache)
+    if (baseline !== undefined) await load(baseline.url, baseline.headers)
     await load(`http://127.0.0.1:${raw.match[1]}`, headers)
     const rows: Array<[string, Result]> = []
     rows.push(["direct", await load(upstream, headers, mock.child.pid)])
     for (let i = 0; i < ROUNDS; i++) {
       rows.push(["raw", await load(`http://127.0.0.1:${raw.match[1]}`, headers, raw.child.pid)])
+      // With a baseline, the two alternate which goes first.
+      if (baseline !== undefined && i % 2 === 1) rows.push(["baseline", await load(baseline.url, baseline.headers, baseline.pid)])
       rows.push(["llm-proxy", await load(llmUrl, headers, llm.child.pid)])
+      if (baseline !== undefined && i % 2 === 0) rows.push(["baseline", await load(baseline.url, baseline.headers, baseline.pid)])
     }
     console.log("target      RPS       p50 ms   p99 ms   errors   server CPU µs/request")
     for (const [name, r] of rows) {
@@ -167,6 +190,10 @@ const main = async () => {
     console.log(`\nllm-proxy / raw throughput: ${(avg("llm-proxy", (r) => r.rps) / avg("raw", (r) => r.rps)).toFixed(2)}`)
     console.log(`llm-proxy - raw p50: ${(avg("llm-proxy", (r) => r.p50) - avg("raw", (r) => r.p50)).toFixed(2)} ms`)
     console.log(`llm-proxy / raw CPU per request: ${(avg("llm-proxy", (r) => r.cpuUs) / avg("raw", (r) => r.cpuUs)).toFixed(2)}`)
+    if (baseline !== undefined) {
+      console.log(`llm-proxy / baseline throughput: ${(avg("llm-proxy", (r) => r.rps) / avg("baseline", (r) => r.rps)).toFixed(2)}`)
+      console.log(`llm-proxy / baseline CPU per request: ${(avg("llm-proxy", (r) => r.cpuUs) / avg("baseline", (r) => r.cpuUs)).toFixed(2)}`)
+    }
   } finally {
     for (const c of children) c.kill("SIGINT")
     await new Promise((r) => setTimeout(r, 1500))

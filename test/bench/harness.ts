@@ -90,6 +90,9 @@ export const startLlmProxy = async (
       LOG_FORMAT: "json",
       HTTP_CACHE_ENABLED: "false",
       AUDIT_LOG_FILE: "",
+      // Every benchmark client connects from 127.0.0.1, thousands of streams at once: no connection limits.
+      MAX_CONNECTIONS: "0",
+      MAX_CONNECTIONS_PER_IP: "0",
       ...env
     },
     // Logs go to /dev/null: the benchmark measures producing them, not a terminal drawing them.

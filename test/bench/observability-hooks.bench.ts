@@ -36,6 +36,16 @@ const contexts = Array.from({ length: 1024 }, (_, i) => {
   c.durationMs = 1.5
   c.upstreamStatus = c.status
   c.usage = { prompt_tokens: 9, completion_tokens: 3, total_tokens: 12 }
+  // What the usage reader found in the answer (the GenAI span's response attributes).
+  c.answer = {
+    responseModel: "gpt-4o-mini-2024-07-18",
+    responseId: `chatcmpl-${crypto.randomUUID()}`,
+    finishReasons: ["stop"],
+    cacheReadTokens: undefined,
+    cacheCreationTokens: undefined,
+    inputTokens: 9,
+    firstChunkAt: undefined
+  }
   return c
 })
 

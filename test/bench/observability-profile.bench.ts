@@ -15,7 +15,9 @@
  * A sample is counted as observability when any frame of its stack is code from src/observability/ (the bundle's
  * `// src/...` module markers map lines to files): the metrics series, the hooks, span encoding, the exporter's
  * HTTP calls, the access log, scrapes. Garbage collection is not attributed to anyone (it is reported apart). The
- * throughput ratio on ÷ off that this predicts is 1 − share.
+ * throughput ratio on ÷ off that this predicts is 1 − share. The usage reader (src/proxy/usage.ts: usage for the
+ * token counters and, on the side, the answer's model, id and finish reasons for the spans) is reported apart: it
+ * is data-plane code that runs whatever observability is on.
  *
  * Run: `npm run build && npm run bench -- observability-profile` (BENCH_REQUESTS per variant, default 100,000;
  * BENCH_SSE=1 for streamed answers; BENCH_ONLY=name one variant; BENCH_TOP=n items listed, default 6).
@@ -71,19 +73,28 @@ const analyse = (p: Profile, fromUs: number, toUs: number) => {
   const byId = new Map(p.nodes.map((n) => [n.id, n]))
   const parent = new Map<number, number>()
   for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id)
-  const observing = new Map<number, boolean>()
-  const isObserving = (id: number): boolean => {
-    const known = observing.get(id)
-    if (known !== undefined) return known
-    const n = byId.get(id)!
-    const own = n.callFrame.url.endsWith("dist/cli/main.js") && moduleAt(n.callFrame.lineNumber).startsWith("src/observability/")
-    const up = parent.get(id)
-    const result = own || (up !== undefined && isObserving(up))
-    observing.set(id, result)
-    return result
+  /** Whether any frame from the node up to the root is code of a module whose path starts with `prefix`. */
+  const under = (prefix: string) => {
+    const known = new Map<number, boolean>()
+    const test = (id: number): boolean => {
+      const k = known.get(id)
+      if (k !== undefined) return k
+      const n = byId.get(id)!
+      const own = n.callFrame.url.endsWith("dist/cli/main.js") && moduleAt(n.callFrame.lineNumber).startsWith(prefix)
+      const up = parent.get(id)
+      const result = own || (up !== undefined && test(up))
+      known.set(id, result)
+      return result
+    }
+    return test
   }
+  const isObserving = under("src/observability/")
+  // The usage reader (src/proxy/usage.ts) reads usage for billing and, on the side, the answer's facts for the spans
+  // and metrics: reported apart (it is data-plane code and runs with observability off too).
+  const isReading = under("src/proxy/usage.ts")
   let busy = 0
   let obs = 0
+  let reader = 0
   let gc = 0
   const topObs = new Map<string, number>()
   let at = p.startTime
@@ -100,9 +111,9 @@ const analyse = (p: Profile, fromUs: number, toUs: number) => {
       obs += us
       const key = `${name || "(anonymous)"} ${n.callFrame.url.endsWith("main.js") ? moduleAt(n.callFrame.lineNumber) : n.callFrame.url.split("/").pop()}`
       topObs.set(key, (topObs.get(key) ?? 0) + us)
-    }
+    } else if (isReading(n.id)) reader += us
   }
-  return { busy, obs, gc, top: [...topObs].sort((a, b) => b[1] - a[1]).slice(0, Number(process.env["BENCH_TOP"] ?? 6)) }
+  return { busy, obs, reader, gc, top: [...topObs].sort((a, b) => b[1] - a[1]).slice(0, Number(process.env["BENCH_TOP"] ?? 6)) }
 }
 
 const main = async () => {
@@ -129,8 +140,8 @@ const main = async () => {
     ["… + access log", { ENABLE_METRICS: "true", ACCESS_LOG: "true", LOG_LEVEL: "info", OTEL_EXPORTER_OTLP_ENDPOINT: sinkUrl }]
   ] as const).filter(([name]) => only === undefined || name === only)
   console.log(`observability share of serve's CPU — ${requests.toLocaleString("en-US")} ${stream ? "SSE" : "JSON"} requests per variant, 64 connections\n`)
-  console.log("| variant | CPU µs/request | observability share | GC share | predicted on ÷ off | largest observability items |")
-  console.log("|---|---|---|---|---|---|")
+  console.log("| variant | CPU µs/request | observability share | usage reader share | GC share | predicted on ÷ off | largest observability items |")
+  console.log("|---|---|---|---|---|---|---|")
   for (const [name, env] of variants) {
     const dir = mkdtempSync(join(tmpdir(), "llm-proxy-prof-"))
     const proxy = await startLlmProxy(`http://127.0.0.1:${up.port}`, env, ["--cpu-prof", `--cpu-prof-dir=${dir}`])
@@ -164,7 +175,7 @@ const main = async () => {
     else console.log(`profile kept in ${dir}`)
     const share = a.obs / a.busy
     console.log(
-      `| ${name} | ${fmt(cpuUs, 1)} | ${fmt(100 * share, 1)} % | ${fmt((100 * a.gc) / a.busy, 1)} % | ${fmt(1 - share, 3)} | ` +
+      `| ${name} | ${fmt(cpuUs, 1)} | ${fmt(100 * share, 1)} % | ${fmt((100 * a.reader) / a.busy, 1)} % | ${fmt((100 * a.gc) / a.busy, 1)} % | ${fmt(1 - share, 3)} | ` +
         `${a.top.map(([k, us]) => `${k} ${fmt((100 * us) / a.busy, 1)} %`).join("; ")} |`
     )
   }

@@ -149,13 +149,13 @@ describe("response cache through the proxy (in-memory)", () => {
   it("Vary on a header outside the key: a request that differs on it is not served the entry", async () => {
     const url = fresh()
     mock.route(pathOf(url), handler((req, res) => {
-      res.writeHead(200, { "content-type": "application/json", "cache-control": "public, max-age=60", vary: "OpenAI-Organization" })
-      res.end(JSON.stringify({ org: req.headers["openai-organization"] }))
+      res.writeHead(200, { "content-type": "application/json", "cache-control": "public, max-age=60", vary: "OpenAI-Beta" })
+      res.end(JSON.stringify({ beta: req.headers["openai-beta"] }))
     }))
-    await get(url, a.token, { "openai-organization": "org-1" })
-    expect((await get(url, a.token, { "openai-organization": "org-1" })).headers["cache-status"]).toBe("llm-proxy; hit")
-    const other = await get(url, a.token, { "openai-organization": "org-2" })
-    expect(other.json).toEqual({ org: "org-2" })
+    await get(url, a.token, { "openai-beta": "assistants=v1" })
+    expect((await get(url, a.token, { "openai-beta": "assistants=v1" })).headers["cache-status"]).toBe("llm-proxy; hit")
+    const other = await get(url, a.token, { "openai-beta": "assistants=v2" })
+    expect(other.json).toEqual({ beta: "assistants=v2" })
     expect(other.headers["cache-status"]).not.toBe("llm-proxy; hit")
   })
 
@@ -261,21 +261,87 @@ describe("response cache through the proxy (in-memory)", () => {
     expect(hit.headers["link"]).toContain("<b>; rel=b")
   })
 
-  it("85: hits are not counted against max_requests; cache_hit_count grows (batched)", async () => {
-    const limited = await projectAndToken(stack.manage, { max_requests: 1 })
+  it("85: a hit takes quota like a forwarded request; request_count counts every answer, cache_hit_count the hits", async () => {
+    const limited = await projectAndToken(stack.manage, { max_requests: 3 })
     const url = fresh()
     mock.route(pathOf(url), json(MODELS, { headers: publicFor(60) }))
-    expect((await get(url, limited.token)).status).toBe(200)
-    for (let i = 0; i < 3; i++) {
+    expect((await get(url, limited.token)).headers["cache-status"]).toBe("llm-proxy; stored")
+    for (let i = 0; i < 2; i++) {
       const hit = await get(url, limited.token)
       expect(hit.status).toBe(200)
       expect(hit.headers["cache-status"]).toBe("llm-proxy; hit")
     }
-    // the quota is spent: anything not in the cache is refused
-    expect((await get(fresh(), limited.token)).status).toBe(429)
-    await eventually(async () => (await stack.manage.get(`/manage/tokens/${limited.tokenId}`)).json.cache_hit_count === 3)
-    expect((await stack.manage.get(`/manage/tokens/${limited.tokenId}`)).json.request_count).toBe(1)
+    // the quota is spent: the cached URL is refused like any other
+    for (const u of [url, fresh()]) {
+      const r = await get(u, limited.token)
+      expect(r.status).toBe(429)
+      expect(r.json.description).toBe("request quota (max_requests) exhausted")
+      expect(r.headers["cache-status"]).toBeUndefined()
+    }
+    await eventually(async () => (await stack.manage.get(`/manage/tokens/${limited.tokenId}`)).json.cache_hit_count === 2)
+    expect((await stack.manage.get(`/manage/tokens/${limited.tokenId}`)).json.request_count).toBe(3)
     expect(upstreamCalls(mock, url)).toBe(1)
+  })
+
+  it("85: an unlimited token's request_count counts its hits too", async () => {
+    const t = await projectAndToken(stack.manage)
+    const url = fresh()
+    mock.route(pathOf(url), json(MODELS, { headers: publicFor(60) }))
+    for (let i = 0; i < 3; i++) expect((await get(url, t.token)).status).toBe(200)
+    await eventually(async () => {
+      const row = (await stack.manage.get(`/manage/tokens/${t.tokenId}`)).json
+      return row.request_count === 3 && row.cache_hit_count === 2
+    })
+  })
+
+  it("max_requests=2: exactly two 200s, then 429s, however the cache is used (forced POST, GET hits, conditionals)", async () => {
+    const limited = await projectAndToken(stack.manage, { max_requests: 2 })
+    const url = fresh("/v1/chat/completions")
+    mock.route(pathOf(url), json({ id: "c", object: "chat.completion" }, { headers: { etag: '"v1"' } }))
+    const forced = { "cache-control": "public, max-age=31536000" }
+    const post = () => call(stack.server.url, url, { token: limited.token, body: chatBody(), headers: forced })
+    const statuses: Array<number> = []
+    const first = await post()
+    statuses.push(first.status)
+    expect(first.headers["cache-status"]).toBe("llm-proxy; stored (forced)")
+    const second = await post()
+    statuses.push(second.status)
+    expect(second.headers["cache-status"]).toBe("llm-proxy; hit")
+    for (let i = 0; i < 3; i++) statuses.push((await post()).status)
+    const models = fresh()
+    mock.route(pathOf(models), json(MODELS, { headers: { ...publicFor(60), etag: '"m"' } }))
+    statuses.push((await get(models, limited.token)).status)
+    statuses.push((await get(models, limited.token, { "if-none-match": '"m"' })).status)
+    expect(statuses).toEqual([200, 200, 429, 429, 429, 429, 429])
+    expect(mock.requests.filter((r) => r.url === url || r.url === models)).toHaveLength(1)
+  })
+
+  it("window rate limits apply to hits: the third request in the window is a 429, not a hit", async () => {
+    const t = await projectAndToken(stack.manage)
+    expect((await stack.manage.patch(`/manage/tokens/${t.tokenId}`, { rate_limit: { requests: 2, window_seconds: 60 } })).status).toBe(200)
+    const url = fresh()
+    mock.route(pathOf(url), json(MODELS, { headers: publicFor(60) }))
+    expect((await get(url, t.token)).headers["cache-status"]).toBe("llm-proxy; stored")
+    expect((await get(url, t.token)).headers["cache-status"]).toBe("llm-proxy; hit")
+    const third = await get(url, t.token)
+    expect(third.status).toBe(429)
+    expect(third.json.description).toBe("token rate limit exceeded")
+    expect(third.headers["retry-after"]).toMatch(/^\d+$/)
+  })
+
+  it("a client-forced lifetime is capped by HTTP_CACHE_CLIENT_MAX_TTL (default 300 s)", async () => {
+    const url = fresh()
+    mock.route(pathOf(url), json(MODELS))
+    const year = { "cache-control": "public, max-age=31536000" }
+    expect((await get(url, a.token, year)).headers["cache-status"]).toBe("llm-proxy; stored (forced)")
+    const hit = await get(url, a.token, year)
+    expect(hit.headers["cache-status"]).toBe("llm-proxy; hit")
+    expect(hit.headers["cache-control"]).toBe("public, max-age=300")
+    // a shorter one is kept as asked
+    const short = fresh()
+    mock.route(pathOf(short), json(MODELS))
+    await get(short, a.token, { "cache-control": "public, max-age=30" })
+    expect((await get(short, a.token, { "cache-control": "public, max-age=30" })).headers["cache-control"]).toBe("public, max-age=30")
   })
 
   it("86: a cached URL with a revoked, expired or unknown token → 401, never the cached answer", async () => {
@@ -391,10 +457,10 @@ describe("response cache through the proxy (in-memory)", () => {
     expect((await get(url, a.token)).headers["cache-status"]).toBe("llm-proxy; stored")
   })
 
-  it("methods that are never cached pass through untouched", async () => {
-    const url = fresh("/v1/files")
-    mock.route(pathOf(url), json({ deleted: true }, { headers: publicFor(60) }))
-    const r = await call(stack.server.url, url, { token: a.token, method: "DELETE" })
+  it("requests that are never looked up (a POST without opt-in) pass through untouched", async () => {
+    const url = fresh("/v1/embeddings")
+    mock.route(pathOf(url), json({ data: [] }, { headers: publicFor(60) }))
+    const r = await call(stack.server.url, url, { token: a.token, body: { input: "x" } })
     expect(r.status).toBe(200)
     expect(r.headers["cache-status"]).toBeUndefined()
   })
@@ -459,6 +525,49 @@ describe("response cache: bounds, streams and switches", () => {
       expect((await call(stack.server.url, url, { token: t.token })).headers["cache-status"]).toBe("llm-proxy; stored")
     } finally {
       await stack.close()
+    }
+  })
+
+  it("HTTP_CACHE_CLIENT_MAX_TTL: a forced one-year entry lives at most the cap; 0 = clients cannot force caching", async () => {
+    const capped = await startStack(backend, { cache: testCacheConfig({ clientMaxTtlSeconds: 1 }) }, undefined, mock)
+    try {
+      const t = await projectAndToken(capped.manage)
+      const url = fresh()
+      mock.route(pathOf(url), json(MODELS))
+      const year = { "cache-control": "public, max-age=31536000" }
+      expect((await call(capped.server.url, url, { token: t.token, headers: year })).headers["cache-status"]).toBe("llm-proxy; stored (forced)")
+      const hit = await call(capped.server.url, url, { token: t.token, headers: year })
+      expect(hit.headers["cache-status"]).toBe("llm-proxy; hit")
+      expect(hit.headers["cache-control"]).toBe("public, max-age=1")
+      await sleep(1_100)
+      expect((await call(capped.server.url, url, { token: t.token, headers: year })).headers["cache-status"]).toBe("llm-proxy; stored (forced)")
+      expect(upstreamCalls(mock, url)).toBe(2)
+    } finally {
+      await capped.close()
+    }
+    const off = await startStack(backend, { cache: testCacheConfig({ clientMaxTtlSeconds: 0 }) }, undefined, mock)
+    try {
+      const t = await projectAndToken(off.manage)
+      const url = fresh()
+      mock.route(pathOf(url), json(MODELS))
+      const year = { "cache-control": "public, max-age=31536000" }
+      for (let i = 0; i < 2; i++) {
+        expect((await call(off.server.url, url, { token: t.token, headers: year })).headers["x-cache-debug"]).toBe("ttl-zero")
+      }
+      const chat = fresh("/v1/chat/completions")
+      mock.route(pathOf(chat), json({ id: "c" }))
+      for (let i = 0; i < 2; i++) {
+        const r = await call(off.server.url, chat, { token: t.token, body: chatBody(), headers: year })
+        expect(r.headers["cache-status"]).toBeUndefined()
+      }
+      expect(upstreamCalls(mock, url) + upstreamCalls(mock, chat)).toBe(4)
+      // the upstream's own lifetime still counts
+      const pub = fresh()
+      mock.route(pathOf(pub), json(MODELS, { headers: publicFor(60) }))
+      await call(off.server.url, pub, { token: t.token })
+      expect((await call(off.server.url, pub, { token: t.token })).headers["cache-status"]).toBe("llm-proxy; hit")
+    } finally {
+      await off.close()
     }
   })
 

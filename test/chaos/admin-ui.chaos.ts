@@ -6,11 +6,15 @@
  *              (Secure behind X-Forwarded-Proto: https) that is not the management token, and a CSRF token
  *   CSRF       with the cookie alone, reads work and every state-changing request is refused (403) unless it
  *              carries the session's CSRF token; random cookies and CSRF tokens (fuzzed) never get in
- *   logout     the cookie is dead afterwards
+ *   logout     needs the session's CSRF token (403 without, the session lives on); the cookie is dead afterwards,
+ *              on every instance
+ *   sessions   rows of the database: a session made on one instance works on a second one of the same database and
+ *              after a restart; the table holds no session id and no CSRF token
+ *   brute force  fuzzed wrong login tokens from one address: 401 × 10, then 429 (the right token too), no cookie
  *
  * Skipped while the server has no /admin (before the `ui` branch lands).
  */
-import { FastCheck as fc } from "effect"
+import { FastCheck as fc, Option, Redacted } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { backends, type BackendInstance, uniqueName } from "../http/harness.js"
 import { type Stack, startStack } from "../proxy/stack.js"
@@ -119,12 +123,14 @@ describe("admin UI", () => {
     expect((await stack.manage.get("/manage/projects")).json.length).toBe(before)
     const ok = await send("POST", "/manage/projects", [["X-CSRF-Token", csrf]], body(uniqueName("csrf-ok")))
     expect(ok.status).toBe(201)
-    // Logout without the CSRF token: the SameSite=Strict cookie already keeps cross-site requests from carrying
-    // the session, so this is reported rather than failed (see docs/security.md).
-    const out = await send("DELETE", "/manage/session", [])
-    tally(TITLE, "DELETE /manage/session without CSRF")
-    console.log(`[chaos] admin UI: logout without a CSRF token answered ${out.status}${out.status === 204 ? " (accepted: no CSRF check on logout)" : ""}`)
-    expect([204, 403]).toContain(out.status)
+    // Logout is state-changing too: without the session's CSRF token it is refused and the session lives on.
+    for (const headers of [[], [["X-CSRF-Token", ""]], [["X-CSRF-Token", csrf.slice(0, -1)]], [["X-CSRF-Token", `${csrf}x`]]] as const) {
+      tally(TITLE, "DELETE /manage/session with cookie, bad CSRF")
+      const out = await send("DELETE", "/manage/session", headers)
+      expect(out.status).toBe(403)
+      expect(out.json.code).toBe("csrf_failed")
+    }
+    expect((await send("GET", "/manage/projects", [])).status).toBe(200)
   })
 
   it("fuzz: random session cookies and CSRF tokens never get in", async (ctx) => {
@@ -156,13 +162,84 @@ describe("admin UI", () => {
     expect((await stack.manage.get("/manage/projects")).json.length).toBe(before)
   })
 
-  it("logout: the cookie is dead afterwards", async (ctx) => {
+  it("sessions live in the database: another instance and a restart know them; logout ends them everywhere", async (ctx) => {
     if (!hasUi) return ctx.skip()
-    const s = await login(stack.server.token)
-    const cookie = cookieValue(s.cookie!)
-    tally(TITLE, "DELETE /manage/session")
-    const out = await rawHttp(port, "DELETE", "/manage/session", [["Cookie", cookie], ["X-CSRF-Token", s.json.csrf_token]])
-    expect(out.status).toBe(204)
-    expect((await rawHttp(port, "GET", "/manage/projects", [["Cookie", cookie]])).status).toBe(401)
+    const second = await startStack(backend, { managementToken: Option.some(Redacted.make(stack.server.token)) })
+    try {
+      const secondPort = Number(new URL(second.server.url).port)
+      const s = await login(stack.server.token)
+      const cookie = cookieValue(s.cookie!)
+      const csrf = s.json.csrf_token as string
+      tally(TITLE, "session used on a second instance")
+      expect((await rawHttp(secondPort, "GET", "/manage/projects", [["Cookie", cookie]])).status).toBe(200)
+      const body = JSON.stringify({ name: uniqueName("second"), api_key: "sk-second-instance-0123456789" })
+      const write = await rawHttp(secondPort, "POST", "/manage/projects", [
+        ["Cookie", cookie],
+        ["X-CSRF-Token", csrf],
+        ["Content-Type", "application/json"],
+        ["Content-Length", String(body.length)]
+      ], body)
+      expect(write.status).toBe(201)
+      // What the table holds signs nobody in.
+      const rows = JSON.stringify(await backend.rows("admin_sessions"))
+      expect(rows).not.toContain(cookie.split("=")[1]!)
+      expect(rows).not.toContain(csrf)
+      // Restart the first instance: the session is still there.
+      await stack.close()
+      stack = await startStack(backend, { managementToken: Option.some(Redacted.make(second.server.token)) })
+      port = Number(new URL(stack.server.url).port)
+      tally(TITLE, "session used after a restart")
+      expect((await rawHttp(port, "GET", "/manage/projects", [["Cookie", cookie]])).status).toBe(200)
+      tally(TITLE, "DELETE /manage/session")
+      const out = await rawHttp(port, "DELETE", "/manage/session", [["Cookie", cookie], ["X-CSRF-Token", csrf]])
+      expect(out.status).toBe(204)
+      expect((await rawHttp(port, "GET", "/manage/projects", [["Cookie", cookie]])).status).toBe(401)
+      expect((await rawHttp(secondPort, "GET", "/manage/projects", [["Cookie", cookie]])).status).toBe(401)
+    } finally {
+      await second.close()
+    }
+  })
+
+  it("brute force: fuzzed wrong login tokens from one address get 401 × 10, then 429 — the right token too — and no cookie", async (ctx) => {
+    if (!hasUi) return ctx.skip()
+    const guarded = await startStack(backend, { trustedProxies: ["127.0.0.1"] })
+    try {
+      const from = { "x-forwarded-for": "198.18.2.1" }
+      const statuses: Array<number> = []
+      await fc.assert(
+        fc.asyncProperty(fc.string({ maxLength: 80 }), async (guess) => {
+          tally(TITLE, "POST /manage/session with a fuzzed token")
+          const r = await fetch(`${guarded.server.url}/manage/session`, {
+            method: "POST",
+            headers: { "content-type": "application/json", ...from },
+            body: JSON.stringify({ token: guess })
+          })
+          await r.arrayBuffer()
+          statuses.push(r.status)
+          expect(r.headers.get("set-cookie")).toBeNull()
+        }),
+        { numRuns: runs(60) }
+      )
+      // Every wrong token counts, the empty one too.
+      const counted = statuses
+      expect(counted.slice(0, 10).every((s) => s === 401)).toBe(true)
+      expect(counted.slice(10).every((s) => s === 429)).toBe(true)
+      const right = await fetch(`${guarded.server.url}/manage/session`, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...from },
+        body: JSON.stringify({ token: guarded.server.token })
+      })
+      expect(right.status).toBe(counted.length >= 10 ? 429 : 200)
+      expect(Number(right.headers.get("retry-after") ?? "1")).toBeGreaterThan(0)
+      // Another address signs in at once.
+      const other = await fetch(`${guarded.server.url}/manage/session`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ token: guarded.server.token })
+      })
+      expect(other.status).toBe(200)
+    } finally {
+      await guarded.close()
+    }
   })
 })

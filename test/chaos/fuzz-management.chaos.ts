@@ -1,7 +1,8 @@
 /**
  * Fuzzing the management API over raw sockets (so header bytes, duplicates and paths go out exactly as generated):
  *
- *   auth       every endpoint, random and near-miss Authorization headers (duplicates too) → 401/400, data unchanged
+ *   auth       every endpoint, random and near-miss Authorization headers (duplicates too) → 401/400, or 429 once
+ *              the sending address has failed 10 times (the brute-force limit), data unchanged
  *   payloads   every endpoint with a body, hostile JSON / non-JSON / wrong types / huge / deep → 4xx, data unchanged
  *   ids        hostile path segments (encoded traversal, `//`, unicode, over-long) → 4xx, data unchanged
  *   query      GET /manage/tokens with hostile query strings → 200 or 4xx, data unchanged
@@ -26,9 +27,15 @@ let port: number
 let live: ProjectAndToken
 let mt: string
 
+// Wrong credentials count against the sending address's brute-force limit (10 a minute). The fuzzer sends them as
+// a pool of addresses behind a trusted proxy (X-Forwarded-For), so that they exercise the endpoints' own checks as
+// well as the limit, while the suite's own calls (127.0.0.1) stay below it.
+const ATTACKERS = Array.from({ length: 25 }, (_, i) => `198.18.0.${i + 1}`)
+const fromAttacker = fc.constantFrom(...ATTACKERS).map((ip) => ["X-Forwarded-For", ip] as const)
+
 beforeAll(async () => {
   backend = await backends[0]!.create()
-  stack = await startStack(backend)
+  stack = await startStack(backend, { trustedProxies: ["127.0.0.1"] })
   port = Number(new URL(stack.server.url).port)
   mt = stack.server.token
 })
@@ -243,18 +250,51 @@ describe("management API under hostile input", () => {
       nearMiss.map((v) => [["Authorization", v] as const, auth()]),
       nearMiss.map((v) => [auth(), ["authorization", v] as const])
     )
+    const seen = new Map<number, number>()
     await fc.assert(
-      fc.asyncProperty(fc.constantFrom(...endpoints()), headerSets, fc.option(hostileJson), async (e, headers, body) => {
+      fc.asyncProperty(fc.constantFrom(...endpoints()), headerSets, fc.option(hostileJson), fromAttacker, async (e, headers, body, from) => {
         tally(TITLE, e.label)
         const text = e.body && body !== null ? JSON.stringify(body) : undefined
-        const h = [...headers, ...(text !== undefined ? [["Content-Type", "application/json"] as const, ["Content-Length", String(Buffer.byteLength(text))] as const] : [])]
+        const h = [from, ...headers, ...(text !== undefined ? [["Content-Type", "application/json"] as const, ["Content-Length", String(Buffer.byteLength(text))] as const] : [])]
         const r = await rawHttp(port, e.method, e.path(), h, text)
         expect4xx(r, `${e.label} with ${JSON.stringify(headers).slice(0, 200)}`)
-        if (r.status !== 401 && r.status !== 400) throw new Error(`${e.label}: unauthenticated request got ${r.status}`)
+        if (r.status !== 401 && r.status !== 400 && r.status !== 429) throw new Error(`${e.label}: unauthenticated request got ${r.status}`)
+        if (r.status === 429) {
+          expect(r.json.code).toBe("too_many_attempts")
+          expect(Number(r.headers["retry-after"])).toBeGreaterThan(0)
+        }
+        seen.set(r.status, (seen.get(r.status) ?? 0) + 1)
       }),
       { numRuns: runs(400) }
     )
+    console.log(`[chaos] management auth fuzz: answers by status ${JSON.stringify(Object.fromEntries(seen))}`)
+    // Both the endpoints' own refusals and the limit were exercised.
+    expect(seen.get(401) ?? 0).toBeGreaterThan(0)
+    expect(seen.get(429) ?? 0).toBeGreaterThan(0)
     expect(await snapshot()).toEqual(before)
+    await expectHealthy()
+  })
+
+  it("brute force: past 10 failures an address gets 429 on every endpoint, the right token included, and nothing else", async () => {
+    const ip = "198.18.1.1"
+    const from = ["X-Forwarded-For", ip] as const
+    for (let i = 0; i < 10; i++) {
+      tally(TITLE, "wrong bearer (counted)")
+      expect((await rawHttp(port, "GET", "/manage/projects", [from, ["Authorization", `Bearer guess-${i}`]])).status).toBe(401)
+    }
+    await fc.assert(
+      fc.asyncProperty(fc.constantFrom(...endpoints()), fc.boolean(), async (e, right) => {
+        tally(TITLE, `${e.label} after the limit`)
+        const r = await rawHttp(port, e.method, e.path(), [from, ["Authorization", right ? `Bearer ${mt}` : "Bearer guess"]])
+        expect(r.status).toBe(429)
+        expect(r.json).toEqual({ error: "too many failed authentication attempts", code: "too_many_attempts" })
+      }),
+      { numRuns: runs(100) }
+    )
+    const login = JSON.stringify({ token: mt })
+    const r = await rawHttp(port, "POST", "/manage/session", [from, ["Content-Type", "application/json"], ["Content-Length", String(login.length)]], login)
+    expect(r.status).toBe(429)
+    expect(r.headers["set-cookie"]).toBeUndefined()
     await expectHealthy()
   })
 
@@ -275,7 +315,9 @@ describe("management API under hostile input", () => {
           ? [["Transfer-Encoding", "chunked"]]
           : [["Content-Length", String(bytes.length)]]
         const body = chunked ? Buffer.concat([Buffer.from(`${bytes.length.toString(16)}\r\n`), bytes, Buffer.from("\r\n0\r\n\r\n")]) : bytes
-        const h: Array<readonly [string, string]> = [auth(), ...framing, ...(ct === "" ? [] : [["Content-Type", ct] as const])]
+        // A wrong login counts against the address: those come from the fuzzer's pool.
+        const from = e.label === "POST /manage/session" ? [["X-Forwarded-For", ATTACKERS[Math.floor(Math.random() * ATTACKERS.length)]!] as const] : []
+        const h: Array<readonly [string, string]> = [auth(), ...from, ...framing, ...(ct === "" ? [] : [["Content-Type", ct] as const])]
         const r = await rawHttp(port, e.method, e.path(), h, body)
         expect4xx(r, `${e.label} ${text.slice(0, 120)}`)
       }),

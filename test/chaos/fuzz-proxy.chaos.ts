@@ -4,20 +4,28 @@
  *   requests   random methods × paths (encoded traversal, `//`, dot segments, unicode look-alikes, absolute-form
  *              targets) × query strings × headers × tokens (none, garbage, unknown, revoked, valid) → never a 5xx;
  *              nothing reaches the provider without the valid token; what reaches it is exactly the path sent,
- *              safe and allowed
+ *              safe, and a method + path the built-in provider admits, with no credential in its query and none of
+ *              the client's OpenAI-Organization / OpenAI-Project / X-Forwarded-* / non-allow-listed headers
+ *   strangers  requests without a valid token, any body framing (Content-Length up to far beyond MAX_REQUEST_SIZE,
+ *              chunked, `Expect: 100-continue`) with the body only partly sent → a 401 (never a body-dependent answer,
+ *              never `100 Continue`) before the body is complete, then the connection is closed
  *   raw HTTP   malformed bytes over node:net: random garbage, bad chunking, smuggling framings, pipelined garbage,
  *              slowloris headers and trickled bodies → a 4xx or a closed connection, never a hang; the server keeps
  *              answering everyone else meanwhile
  */
 import { FastCheck as fc } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { endpointAllowed, isSafePath } from "../../src/proxy/policy.js"
+import { builtInOpenAi } from "../../src/config/Providers.js"
+import { hasQueryCredential, isSafePath, routeOf, splitUrl } from "../../src/proxy/policy.js"
 import { backends, type BackendInstance } from "../http/harness.js"
 import { call, chatBody, createToken, projectAndToken, type ProjectAndToken, type Stack, startStack } from "../proxy/stack.js"
 import { printTally, rawExchange, rawHttp, runs, sleep, tally } from "./support.js"
 
 const TITLE = "proxy and HTTP-layer fuzzing"
-const ALLOWED = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/edits", "/v1/fine-tunes", "/v1/files", "/v1/images/generations", "/v1/audio/transcriptions", "/v1/moderations"]
+const BUILT_IN = builtInOpenAi("http://upstream.invalid").get("openai")!
+/** Client headers the built-in provider may forward (the rest of what the mock sees is set by the proxy or Node). */
+const FORWARDABLE = /^(content-type|accept|accept-language|if-none-match|if-modified-since|user-agent|origin|idempotency-key|openai-beta|anthropic-version|anthropic-beta|anthropic-dangerous-direct-browser-access|x-stainless-.*)$/
+const PROXY_SET = new Set(["host", "connection", "content-length", "transfer-encoding", "authorization", "x-request-id", "accept-encoding"])
 
 let backend: BackendInstance
 let stack: Stack
@@ -59,6 +67,11 @@ describe("the /v1 data plane under hostile requests", () => {
       fc.stringMatching(/^[A-Za-z0-9._~%-]{0,12}$/)
     )
     const path = fc.oneof(
+      // Paths the built-in provider admits (for some method), so that the upstream invariants below get exercised.
+      {
+        arbitrary: fc.constantFrom("/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/models", "/v1/models/gpt-4o", "/v1/audio/speech"),
+        weight: 2
+      },
       fc.array(segment, { minLength: 1, maxLength: 5 }).map((s) => `/v1/${s.join("/")}`),
       fc.array(segment, { minLength: 1, maxLength: 5 }).map((s) => `/${s.join("/")}`),
       fc.constantFrom(
@@ -78,22 +91,35 @@ describe("the /v1 data plane under hostile requests", () => {
         "http://127.0.0.1/v1/chat/completions",
         "*",
         "/V1/chat/completions",
-        "/v1/models/gpt-4o"
+        "/v1/models/gpt-4o",
+        "/v1/files/file-x/content",
+        "/v1/models/..;/files",
+        "/v1/responses",
+        "/v1/audio/speech"
       )
     )
     const query = fc.oneof(
       fc.constant(""),
       fc.array(fc.tuple(fc.stringMatching(/^[a-z_]{1,8}$/), fc.stringMatching(/^[A-Za-z0-9%._~-]{0,16}$/)), { maxLength: 3 })
         .map((p) => "?" + p.map(([k, v]) => `${k}=${v}`).join("&")),
-      fc.constantFrom("?", "??", "?%", "?%zz", "?a=%00", "?__proto__[x]=1", "?url=http://evil.example", "?" + "a".repeat(2000))
+      fc.constantFrom("?", "??", "?%", "?%zz", "?a=%00", "?__proto__[x]=1", "?url=http://evil.example", "?" + "a".repeat(2000)),
+      fc.tuple(
+        fc.constantFrom("key", "KEY", "api-key", "api_key", "Api_Key", "apikey", "access_token", "token", "auth", "%6Bey", "limit", "after"),
+        fc.constantFrom("=AIza-secret", "=", "", "=x;y=1"),
+        fc.constantFrom("", "&a=1", ";b=2")
+      ).map(([k, v, rest]) => `?${k}${v}${rest}`)
     )
-    const method = fc.constantFrom("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "FOO", "get")
+    const method = fc.constantFrom("GET", "POST", "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "FOO", "get")
     const token = fc.constantFrom<"none" | "garbage" | "unknown" | "revoked" | "valid" | "management">(
       "none", "garbage", "unknown", "revoked", "valid", "valid", "management"
     )
     const extra = fc.array(
       fc.tuple(
-        fc.constantFrom("Host", "X-Forwarded-Host", "X-Forwarded-For", "Origin", "X-Request-ID", "Content-Type", "X-Api-Key", "Forwarded", "X-Original-URL", "X-Rewrite-URL"),
+        fc.constantFrom(
+          "Host", "X-Forwarded-Host", "X-Forwarded-For", "Origin", "X-Request-ID", "Content-Type", "X-Api-Key", "Forwarded",
+          "X-Original-URL", "X-Rewrite-URL", "OpenAI-Organization", "OpenAI-Project", "X-Forwarded-User-Agent",
+          "X-Forwarded-Server", "Proxy-Status", "Cookie", "Traceparent", "X-Stainless-Lang", "OpenAI-Beta", "X-Custom"
+        ),
         fc.oneof(fc.stringMatching(/^[ -~]{0,40}$/), fc.constantFrom("evil.example", "127.0.0.1:1", "http://evil.example", "../../", "application/json"))
       ),
       { maxLength: 3 }
@@ -133,14 +159,57 @@ describe("the /v1 data plane under hostile requests", () => {
         if (reached.length === 0) return
         if (t !== "valid") throw new Error(`${m} ${target} reached the provider with token "${t}"`)
         for (const u of reached) {
+          tally(TITLE, "/v1 requests that reached the provider")
           expect(u.url).toBe(target)
           expect(isSafePath(u.path)).toBe(true)
-          expect(endpointAllowed(u.path, ALLOWED)).toBe(true)
+          expect(routeOf(u.method, u.path, BUILT_IN), `${u.method} ${u.path}`).toBeUndefined()
+          expect(hasQueryCredential(splitUrl(u.url).query), u.url).toBe(false)
           expect(u.headers.authorization).toBe(`Bearer ${live.apiKey}`)
+          for (const name of Object.keys(u.headers)) {
+            if (!PROXY_SET.has(name) && !FORWARDABLE.test(name)) throw new Error(`${m} ${target}: client header ${name} reached the provider`)
+          }
         }
       }),
       { numRuns: runs(1000) }
     )
+    await healthy()
+  })
+})
+
+describe("strangers' bodies are never read", () => {
+  it("any framing, any size, only partly sent: 401 before the body is complete, no 100 Continue, connection closed", async () => {
+    const seen = stack.mock.requests.length
+    const credential = fc.constantFrom<string | undefined>(undefined, "Bearer not-a-token", `Bearer sk-${"A".repeat(43)}`, "Basic eDp5")
+    const framing = fc.oneof(
+      fc.integer({ min: 1, max: 2 ** 36 }).map((n) => ({ header: `Content-Length: ${n}\r\n`, declared: n, chunked: false })),
+      fc.constant({ header: "Transfer-Encoding: chunked\r\n", declared: Infinity, chunked: true })
+    )
+    await fc.assert(
+      fc.asyncProperty(
+        credential,
+        framing,
+        fc.boolean(),
+        fc.constantFrom("application/json", "multipart/form-data; boundary=x", "text/plain"),
+        fc.constantFrom("/v1/chat/completions", "/v1/audio/transcriptions", "/v1/embeddings"),
+        fc.integer({ min: 0, max: 4_000 }),
+        async (auth, f, expectContinue, contentType, path, sent) => {
+          tally(TITLE, "strangers' partial bodies")
+          const head = `POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Type: ${contentType}\r\n${f.header}` +
+            (auth !== undefined ? `Authorization: ${auth}\r\n` : "") + (expectContinue ? "Expect: 100-continue\r\n" : "") + "\r\n"
+          // Strictly less than declared: the request is never complete.
+          const n = Math.min(sent, Number.isFinite(f.declared) ? f.declared - 1 : sent)
+          const body = f.chunked ? (n > 0 ? `${n.toString(16)}\r\n${"x".repeat(n)}\r\n` : "") : "x".repeat(n)
+          const r = await rawExchange(port, [Buffer.from(head + body, "latin1")], { timeoutMs: 8_000, idleMs: 8_000 })
+          expect(r.timedOut, head).toBe(false)
+          expect(r.statuses, head).toEqual([401])
+          expect(r.text).not.toContain("100 Continue")
+          expect(r.text).toMatch(/\r\nConnection: close\r\n/i)
+          expect(r.closed).toBe(true)
+        }
+      ),
+      { numRuns: runs(60) }
+    )
+    expect(stack.mock.requests.length).toBe(seen)
     await healthy()
   })
 })
@@ -260,9 +329,17 @@ describe("malformed HTTP over raw sockets", () => {
         ...Array.from({ length: 40 }, (_, i) => [{ delayMs: 250 }, Buffer.from(chat[i] ?? " ")]).flat()
       ], { timeoutMs: 15_000, idleMs: 15_000 })
     )
+    // Without a token a trickled body is not waited for: 401 at once, the connection closed after a short linger.
+    const strangerBody = Array.from({ length: 20 }, () =>
+      rawExchange(port, [
+        Buffer.from(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${chat.length}\r\n\r\n`),
+        ...Array.from({ length: 40 }, (_, i) => [{ delayMs: 250 }, Buffer.from(chat[i] ?? " ")]).flat()
+      ], { timeoutMs: 15_000, idleMs: 15_000 })
+    )
     tally(TITLE, "raw: slowloris headers", 40)
     tally(TITLE, "raw: silent connections", 20)
     tally(TITLE, "raw: trickled bodies", 20)
+    tally(TITLE, "raw: trickled bodies without a token", 20)
     // Meanwhile the gateway answers normal traffic promptly.
     const started = Date.now()
     for (let i = 0; i < 20; i++) {
@@ -284,6 +361,13 @@ describe("malformed HTTP over raw sockets", () => {
       expect(r.timedOut).toBe(false)
       expect(r.closed).toBe(true)
       expect(r.statuses.every((s) => s === 408)).toBe(true)
+    }
+    for (const r of await Promise.all(strangerBody)) {
+      expect(r.timedOut).toBe(false)
+      expect(r.closed).toBe(true)
+      expect(r.statuses).toEqual([401])
+      // answered long before CLIENT_REQUEST_TIMEOUT (4 s here) would have cut it
+      expect(r.ms).toBeLessThan(3_500)
     }
     await sleep(100)
     await healthy()

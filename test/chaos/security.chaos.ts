@@ -18,7 +18,8 @@ import { readdirSync, readFileSync, statSync } from "node:fs"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { checkAuthorization } from "../../src/http/auth.js"
-import { endpointAllowed, isSafePath } from "../../src/proxy/policy.js"
+import { builtInOpenAi } from "../../src/config/Providers.js"
+import { isSafePath, routeOf } from "../../src/proxy/policy.js"
 import { backends, type BackendInstance } from "../http/harness.js"
 import { type MockUpstream, reset, sse, chatChunks, startMockUpstream } from "../support/mockUpstream.js"
 import { call, chatBody, createToken, projectAndToken, type ProjectAndToken, type Stack, startStack } from "../proxy/stack.js"
@@ -386,10 +387,10 @@ describe("requests cannot choose their upstream or skip authentication", () => {
       await rawHttp(port, "POST", p, [["Authorization", `Bearer ${t.token}`]])
       for (const u of stack.mock.requests.slice(seen)) expect(u.url).toBe(p)
     }
-    const allowed = ["/v1/chat/completions", "/v1/models"]
+    const openai = builtInOpenAi("http://upstream.invalid").get("openai")!
     for (const u of stack.mock.requests) {
       expect(isSafePath(u.path)).toBe(true)
-      expect(endpointAllowed(u.path, allowed)).toBe(true)
+      expect(routeOf(u.method, u.path, openai)).toBeUndefined()
     }
     await call(stack.server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })
   })

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { cli } from "../support/cli.js"
 import { createTestDatabase, postgresUrl, withPgClient } from "../support/databases.js"
 import { startServer, testConfig, type TestServer } from "../support/server.js"
+import { newManagementToken } from "../support/managementToken.js"
 
 describe("llm-proxy manage (in-process)", () => {
   let server: TestServer
@@ -108,7 +109,7 @@ describe("llm-proxy manage (in-process)", () => {
     const table = await cli("manage", "audit", "list", "--project-id", projectId, "--search", "CREATE", "--page-size", "5", "--start-time", "2000-01-01T00:00:00Z", ...auth)
     expect(table.ok).toBe(true)
     const lines = table.out.split("\n")
-    expect(lines[0]).toMatch(/^TIME\s+ACTION\s+ACTOR\s+OUTCOME\s+CLIENT IP\s+PROJECT\s+REASON\s+ID$/)
+    expect(lines[0]).toMatch(/^TIME\s+ACTION\s+ACTOR\s+OUTCOME\s+COUNT\s+CLIENT IP\s+PROJECT\s+REASON\s+ID$/)
     expect(lines[2]).toContain("project.create")
     expect(lines.at(-1)).toBe("page 1 of 1 (1 events)")
 
@@ -116,6 +117,7 @@ describe("llm-proxy manage (in-process)", () => {
     expect(shown.ok).toBe(true)
     expect(shown.out).toMatch(/^id:\s+[0-9a-f-]{36}$/m)
     expect(shown.out).toMatch(/^action:\s+project\.create$/m)
+    expect(shown.out).toMatch(/^count:\s+1$/m)
     expect(shown.out).toContain(`"project_name":"cli-audit"`)
     const shownJson = JSON.parse((await cli("manage", "audit", "show", page.events[0].id, "--json", ...auth)).out)
     expect(shownJson).toEqual(page.events[0])
@@ -125,6 +127,16 @@ describe("llm-proxy manage (in-process)", () => {
     const lastJson = JSON.parse((await cli("manage", "audit", "list", "--project-id", projectId, "--cursor", "last", "--json", ...auth)).out)
     expect(lastJson.pagination).toEqual({ page_size: 20, has_next: false, has_prev: false, next_cursor: null, prev_cursor: null })
     expect(await cli("manage", "audit", "list", "--cursor", "nope", ...auth)).toMatchObject({ ok: false, err: "llm-proxy: invalid cursor" })
+    // Refused management tokens are aggregated: the COUNT column (and `count`) says how many requests a row stands for.
+    const refusals = async () => {
+      const r = await cli("manage", "audit", "list", "--action", "management.auth", "--outcome", "denied", "--page-size", "100", "--json", ...auth)
+      return (JSON.parse(r.out).events as Array<{ count: number }>).reduce((n, e) => n + e.count, 0)
+    }
+    const before = await refusals()
+    for (let i = 0; i < 3; i++) expect((await fetch(`${server.url}/manage/projects`, { headers: { authorization: `Bearer wrong-${i}` } })).status).toBe(401)
+    expect(await refusals()).toBe(before + 3)
+    const denied = await cli("manage", "audit", "list", "--action", "management.auth", ...auth)
+    expect(denied.out.split("\n")[2]).toMatch(/management\.auth\s+anonymous\s+denied\s+\d+\s+127\.0\.0\.1/)
 
     const bad = await cli("manage", "audit", "list", "--page-size", "0", ...auth)
     expect(bad).toMatchObject({ ok: false, err: "llm-proxy: page_size must be an integer between 1 and 100" })
@@ -275,7 +287,8 @@ describe.skipIf(!built || !postgresUrl)(`serve against PostgreSQL${postgresUrl ?
   it("two instances starting at once apply the migrations exactly once and both serve", async () => {
     const db = await createTestDatabase()
     try {
-      const env = { LISTEN_ADDR: "127.0.0.1:0", DATABASE_URL: db.url, MANAGEMENT_TOKEN: "pg-startup-token" }
+      const mt = newManagementToken("pg-startup")
+      const env = { LISTEN_ADDR: "127.0.0.1:0", DATABASE_URL: db.url, MANAGEMENT_TOKEN: mt }
       const [a, b] = await Promise.all([
         startBinary(mkdtempSync(join(tmpdir(), "llm-proxy-pg-a-")), env),
         startBinary(mkdtempSync(join(tmpdir(), "llm-proxy-pg-b-")), env)
@@ -287,11 +300,11 @@ describe.skipIf(!built || !postgresUrl)(`serve against PostgreSQL${postgresUrl ?
         }
         const created = await fetch(`${a.url}/manage/projects`, {
           method: "POST",
-          headers: { authorization: "Bearer pg-startup-token", "content-type": "application/json" },
+          headers: { authorization: `Bearer ${mt}`, "content-type": "application/json" },
           body: JSON.stringify({ name: "pg", api_key: "sk-pg-key-1234567890" })
         })
         expect(created.status).toBe(201)
-        const viaB = await (await fetch(`${b.url}/manage/projects`, { headers: { authorization: "Bearer pg-startup-token" } })).json()
+        const viaB = await (await fetch(`${b.url}/manage/projects`, { headers: { authorization: `Bearer ${mt}` } })).json()
         expect(viaB).toHaveLength(1)
         const rows = await withPgClient(db.url, (c) => c.query<{ n: string }>("SELECT COUNT(*) AS n FROM schema_migrations"))
         expect(Number(rows.rows[0]?.n)).toBe(readdirSync(join(import.meta.dirname, "../../migrations/postgres")).length)

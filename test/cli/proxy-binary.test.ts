@@ -9,6 +9,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { type MockUpstream, startMockUpstream } from "../support/mockUpstream.js"
+import { newManagementToken } from "../support/managementToken.js"
 
 const bin = join(import.meta.dirname, "../../bin/llm-proxy.js")
 const built = existsSync(join(import.meta.dirname, "../../dist/cli/main.js"))
@@ -42,7 +43,7 @@ describe.skipIf(!built)("the built binary's proxy", () => {
 
   it("proxies /v1 to OPENAI_API_URL with the project key and writes usage at shutdown", async () => {
     const cwd = mkdtempSync(join(tmpdir(), "llm-proxy-bin-proxy-"))
-    const mt = "binary-proxy-management-token"
+    const mt = newManagementToken("binary-proxy")
     // A long flush interval: only the shutdown flush can write the counters.
     const { child, url } = await start(cwd, { LISTEN_ADDR: "127.0.0.1:0", MANAGEMENT_TOKEN: mt, OPENAI_API_URL: mock.url, USAGE_FLUSH_INTERVAL: "10m" })
     const auth = { authorization: `Bearer ${mt}`, "content-type": "application/json" }
@@ -82,7 +83,7 @@ describe.skipIf(!built)("the built binary's proxy", () => {
     const r = await new Promise<{ code: number; stderr: string }>((resolve) =>
       execFile(process.execPath, [bin, "serve"], {
         cwd,
-        env: { PATH: process.env.PATH ?? "", LISTEN_ADDR: "127.0.0.1:0", MANAGEMENT_TOKEN: "x", API_CONFIG_PATH: "providers.yaml", LOG_LEVEL: "error" },
+        env: { PATH: process.env.PATH ?? "", LISTEN_ADDR: "127.0.0.1:0", MANAGEMENT_TOKEN: newManagementToken(), API_CONFIG_PATH: "providers.yaml", LOG_LEVEL: "error" },
         timeout: 20_000
       }, (error, _stdout, stderr) => resolve({ code: error ? 1 : 0, stderr })))
     expect(r.code).not.toBe(0)

@@ -18,6 +18,7 @@ describe("cache configuration", () => {
       maxObjectBytes: 1_048_576,
       maxBytes: 67_108_864,
       streamResponses: false,
+      clientMaxTtlSeconds: 300,
       redisKeyPrefix: "llmproxy:cache:"
     })
     expect(Either.isRight(c) && c.right.redisUrl).toBe("redis://127.0.0.1:6379")
@@ -34,6 +35,8 @@ describe("cache configuration", () => {
       maxBytes: 100
     }],
     [{ HTTP_CACHE_STREAM_RESPONSES: "1" }, { streamResponses: true }],
+    [{ HTTP_CACHE_CLIENT_MAX_TTL: "0" }, { clientMaxTtlSeconds: 0 }],
+    [{ HTTP_CACHE_CLIENT_MAX_TTL: "86400" }, { clientMaxTtlSeconds: 86_400 }],
     [{ REDIS_CACHE_KEY_PREFIX: "x:" }, { redisKeyPrefix: "x:" }]
   ])("%j", (env, expected) => {
     const c = load(env)
@@ -55,6 +58,7 @@ describe("cache configuration", () => {
     [{ HTTP_CACHE_BACKEND: "memcached" }, "HTTP_CACHE_BACKEND: expected in-memory or redis, got \"memcached\""],
     [{ HTTP_CACHE_DEFAULT_TTL: "0" }, "HTTP_CACHE_DEFAULT_TTL: expected a positive integer, got \"0\""],
     [{ HTTP_CACHE_MAX_BYTES: "1MB" }, "HTTP_CACHE_MAX_BYTES: expected a positive integer, got \"1MB\""],
+    [{ HTTP_CACHE_CLIENT_MAX_TTL: "5m" }, "HTTP_CACHE_CLIENT_MAX_TTL: expected a non-negative integer, got \"5m\""],
     [{ HTTP_CACHE_MAX_OBJECT_BYTES: "200", HTTP_CACHE_MAX_BYTES: "100" }, "HTTP_CACHE_MAX_OBJECT_BYTES: must not exceed HTTP_CACHE_MAX_BYTES (100)"],
     [{ REDIS_CACHE_KEY_PREFIX: " " }, "REDIS_CACHE_KEY_PREFIX: must not be empty"],
     [{ REDIS_URL: "http://x" }, "REDIS_URL: expected a redis:// or rediss:// URL"],

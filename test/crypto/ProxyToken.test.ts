@@ -1,5 +1,15 @@
 import { describe, expect, it } from "@effect/vitest"
-import { generateProxyToken, hashProxyToken, isProxyTokenFormat, tokenHint } from "../../src/crypto/ProxyToken.js"
+import { createHash } from "node:crypto"
+import {
+  generateProxyToken,
+  hashProxyToken,
+  IMPORTED_HASH_PREFIX,
+  importedHashOfGoHash,
+  isAcceptedTokenFormat,
+  isGoTokenFormat,
+  isProxyTokenFormat,
+  tokenHint
+} from "../../src/crypto/ProxyToken.js"
 
 const TOKEN_RE = /^sk-[A-Za-z0-9_-]{43}$/
 const VALID_LAST = "AEIMQUYcgkosw048"
@@ -61,5 +71,38 @@ describe("tokenHint", () => {
     const hint = tokenHint(t)
     expect(hint).toMatch(/^sk-[A-Za-z0-9_-]{4}\*{4}[A-Za-z0-9_-]{4}$/)
     expect(hint).toBe(`sk-${t.slice(3, 7)}****${t.slice(-4)}`)
+  })
+})
+
+describe("the Go llm-proxy's token format (imported tokens)", () => {
+  const goBody = "AZRr3Wc8dK2b1hG9xq0T_w"
+
+  it("accepts sk- + 22 base64url characters, whatever the last one", () => {
+    for (const last of "AzZ09-_") {
+      const t = `sk-${goBody.slice(0, 21)}${last}`
+      expect(isGoTokenFormat(t)).toBe(true)
+      expect(isAcceptedTokenFormat(t)).toBe(true)
+    }
+  })
+
+  it.each([
+    ["21 characters", `sk-${goBody.slice(1)}`],
+    ["23 characters", `sk-${goBody}A`],
+    ["a + in the body", `sk-+${goBody.slice(1)}`],
+    ["padding", `sk-${goBody.slice(0, 20)}==`],
+    ["wrong prefix", `pk-${goBody}`]
+  ])("refuses %s", (_label, s) => {
+    expect(isGoTokenFormat(s)).toBe(false)
+    expect(isAcceptedTokenFormat(s)).toBe(false)
+  })
+
+  it("hashes into its own namespace: a Go-format string can never equal a native token's stored hash", () => {
+    const go = `sk-${goBody}`
+    expect(hashProxyToken(go)).toBe(IMPORTED_HASH_PREFIX + createHash("sha256").update(go).digest("hex"))
+    expect(importedHashOfGoHash(createHash("sha256").update(go).digest("hex").toUpperCase())).toBe(hashProxyToken(go))
+    const native = generateProxyToken()
+    expect(isAcceptedTokenFormat(native)).toBe(true)
+    expect(isGoTokenFormat(native)).toBe(false)
+    expect(hashProxyToken(native).startsWith(IMPORTED_HASH_PREFIX)).toBe(false)
   })
 })

@@ -1,19 +1,22 @@
 /**
  * The dispatcher with each backend, fed by the in-memory bus, against real files and a local HTTP receiver that
- * checks the ingestion format and answers 500 (retried), 200 (accepted) or 400 (dead letter).
+ * checks the ingestion format and answers 500 (retried), 200 (accepted) or 400 (dead letter). The services' own
+ * rules (per-event results, stream parsing, credentials, body limits) are applied in services.test.ts.
  */
 import { NodeHttpClient } from "@effect/platform-node"
 import { Layer, Redacted } from "effect"
 import { existsSync, mkdtempSync, readFileSync } from "node:fs"
+import { gzipSync } from "node:zlib"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
 import { fileBackend, heliconeBackend, lunaryBackend } from "../../src/dispatcher/backends.js"
+import { MAX_DECODED_BODY_BYTES } from "../../src/dispatcher/bodies.js"
 import * as Dispatcher from "../../src/dispatcher/Dispatcher.js"
 import { TokenCounter } from "../../src/dispatcher/tokens.js"
 import { EventBus } from "../../src/eventbus/EventBus.js"
 import * as InMemoryBus from "../../src/eventbus/InMemoryBus.js"
-import { buildLayer, makeEvent, type Receiver, startReceiver, waitFor } from "../support/events.js"
+import { body, buildLayer, makeEvent, type Receiver, startReceiver, waitFor } from "../support/events.js"
 
 const dir = mkdtempSync(join(tmpdir(), "llm-proxy-dispatch-"))
 const lines = (path: string) =>
@@ -69,6 +72,22 @@ describe("dispatcher backends", () => {
     })
   })
 
+  it("file: an event whose captured body is a zip bomb is delivered without that body, and counted", async () => {
+    const path = join(dir, "events", "bomb.jsonl")
+    const built = await buildLayer(dispatcherWith(fileBackend(path), options("bomb")))
+    const state = built.get(Dispatcher.DispatcherState)
+    const bomb = body(gzipSync(Buffer.alloc(64 * 1024 * 1024)), { content_type: "application/json", content_encoding: "gzip" })
+    built.get(EventBus).publish(makeEvent({ request_id: "bomb", response_body: bomb }))
+    built.get(EventBus).publish(makeEvent({ request_id: "fine" }))
+    await waitFor(() => lines(path).length >= 2, 10_000, "both events")
+    await built.close()
+    expect(lines(path).map((l) => [l.request_id, l.response_body])).toEqual([
+      ["bomb", `<gzip body omitted: decompresses to more than ${MAX_DECODED_BODY_BYTES} bytes>`],
+      ["fine", expect.objectContaining({ object: "chat.completion" })]
+    ])
+    expect(state).toMatchObject({ delivered: 2, deadLettered: 0, invalid: 0, bodiesTooLarge: 1 })
+  })
+
   it("lunary: batches in its format, retries 500, isolates and dead-letters what it rejects with 400", async () => {
     const bad = makeEvent({ request_id: "rejected-one" })
     let calls = 0
@@ -104,10 +123,15 @@ describe("dispatcher backends", () => {
   it("helicone: one log per event in its format; 500 then 200 is retried, 400 is dead-lettered", async () => {
     const seen = new Map<string, number>()
     receiver = await startReceiver((r) => {
-      const b = r.body as { providerRequest?: { url?: string; json?: unknown; meta?: Record<string, string> }; providerResponse?: { status?: number; json?: unknown }; timing?: { startTime?: { seconds?: number } } }
-      if (r.headers.authorization !== "Bearer helicone-key" || r.url !== "/custom/v1/log") return 401
+      const b = r.body as {
+        providerRequest?: { url?: string; json?: unknown; meta?: Record<string, string> }
+        providerResponse?: { status?: number; json?: unknown }
+        timing?: { startTime?: { seconds?: number } }
+      }
+      if (r.headers.authorization !== "Bearer helicone-key") return 401
+      if (r.url !== "/oai/v1/log") return 404
       if (typeof b.providerRequest?.url !== "string" || typeof b.providerResponse?.status !== "number" || typeof b.timing?.startTime?.seconds !== "number") return 422
-      const id = b.providerRequest.meta?.["request_id"] ?? ""
+      const id = b.providerRequest.meta?.["Helicone-Property-Request-Id"] ?? ""
       const n = (seen.get(id) ?? 0) + 1
       seen.set(id, n)
       if (id.startsWith("flaky") && n === 1) return 500
@@ -116,7 +140,7 @@ describe("dispatcher backends", () => {
     })
     const o = options("helicone")
     const built = await buildLayer(dispatcherWith(
-      heliconeBackend(`${receiver.url}/custom/v1/log`, Redacted.make("helicone-key")).pipe(Layer.provide(NodeHttpClient.layerUndici)),
+      heliconeBackend(receiver.url, Redacted.make("helicone-key")).pipe(Layer.provide(NodeHttpClient.layerUndici)),
       o
     ))
     const state = built.get(Dispatcher.DispatcherState)

@@ -1,10 +1,19 @@
-import { brotliCompressSync, gzipSync } from "node:zlib"
+import { brotliCompressSync, deflateSync, gzipSync } from "node:zlib"
 import { describe, expect, it } from "vitest"
 import { parseDuration } from "../../src/config/AppConfig.js"
 import { outcomeOfStatus } from "../../src/dispatcher/Backend.js"
-import { asText, decodeContent, interpretBody, mergeOpenAiChunks, parseSse, reassembleSse } from "../../src/dispatcher/bodies.js"
+import {
+  asText,
+  decodeContent,
+  interpretBody,
+  MAX_DECODED_BODY_BYTES,
+  mergeOpenAiChunks,
+  parseSse,
+  reassembleSse
+} from "../../src/dispatcher/bodies.js"
+import { LUNARY_CREDENTIAL_STATUSES } from "../../src/dispatcher/backends.js"
+import type * as Dispatcher from "../../src/dispatcher/Dispatcher.js"
 import { backoffMs, formatStatus } from "../../src/dispatcher/Dispatcher.js"
-import { heliconeLog, lunaryBody, runIdFor } from "../../src/dispatcher/formats.js"
 import { encodingForModel, loadTokenCounter } from "../../src/dispatcher/tokens.js"
 import { completionText, promptText, transformEvent, usageFromResponse } from "../../src/dispatcher/transform.js"
 import { body, makeEvent, sse } from "../support/events.js"
@@ -115,6 +124,54 @@ describe("body decoding", () => {
     expect(decodeContent(Buffer.from("abc"), "zstd").decoded).toBe(false)
   })
 
+  describe("zip bombs: a body that decompresses past MAX_DECODED_BODY_BYTES is left out, never fully inflated", () => {
+    // 64 MiB of zeros is ~64 KiB of gzip / a few hundred bytes of brotli: 8 times the limit
+    const zeros = Buffer.alloc(8 * MAX_DECODED_BODY_BYTES)
+    it.each([
+      ["gzip", gzipSync(zeros)],
+      ["deflate", deflateSync(zeros)],
+      ["br", brotliCompressSync(zeros)]
+    ])("%s", (encoding, bomb) => {
+      expect(bomb.length).toBeLessThan(128 * 1024)
+      const before = process.memoryUsage().arrayBuffers
+      const body = interpretBody(bomb, { contentEncoding: encoding, contentType: "application/json", truncated: false })
+      expect(body).toEqual({
+        value: `<${encoding} body omitted: decompresses to more than ${MAX_DECODED_BODY_BYTES} bytes>`,
+        sse: false,
+        tooLarge: true
+      })
+      // zlib stopped at the limit instead of allocating the 64 MiB
+      expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(4 * MAX_DECODED_BODY_BYTES)
+    })
+
+    it("the limit is 8 MiB; exactly the limit still decodes, one byte more does not", () => {
+      expect(MAX_DECODED_BODY_BYTES).toBe(8 * 1024 * 1024)
+      const text = gzipSync("x".repeat(1000))
+      expect(decodeContent(text, "gzip", 1000)).toMatchObject({ decoded: true })
+      expect(decodeContent(text, "gzip", 999)).toMatchObject({ decoded: false, tooLarge: true })
+      // not a zip bomb, just not gzip: undecodable, and not counted as too large
+      expect(decodeContent(Buffer.from("not gzip"), "gzip")).toMatchObject({ decoded: false, tooLarge: false })
+    })
+
+    it("the event is still delivered, without that body, and the omission is reported", () => {
+      let tooLarge = 0
+      const e = transformEvent(
+        makeEvent({
+          response_body: body(gzipSync(zeros), { content_type: "application/json", content_encoding: "gzip", truncated: false })
+        }),
+        count,
+        () => tooLarge++
+      )
+      expect(tooLarge).toBe(1)
+      expect(e).toMatchObject({
+        status: 200,
+        request_body: { messages: [{ role: "user", content: "Hello there" }] },
+        response_body: `<gzip body omitted: decompresses to more than ${MAX_DECODED_BODY_BYTES} bytes>`,
+        usage: null
+      })
+    })
+  })
+
   it("a multi-byte character cut by truncation is dropped, not fatal", () => {
     const cut = Buffer.from("héllo é").subarray(0, 8)
     expect(asText(cut, true)).toBe("héllo ")
@@ -194,45 +251,28 @@ describe("usage", () => {
   })
 })
 
-describe("backend formats", () => {
-  const e = transformEvent(makeEvent({ request_id: "abc" }), count)
-
-  it("lunary: start and end events with one run id, usage and params", () => {
-    const { events } = lunaryBody([e])
-    expect(events).toHaveLength(2)
-    expect(events[0]).toMatchObject({ type: "llm", event: "start", runId: runIdFor("abc"), name: "gpt-4o-mini", input: [{ role: "user", content: "Hello there" }], metadata: { request_id: "abc" } })
-    expect(events[1]).toMatchObject({ type: "llm", event: "end", runId: runIdFor("abc"), output: { role: "assistant", content: "Hi!" }, tokensUsage: { prompt: 9, completion: 2 }, timestamp: "2026-12-01T12:00:00.120Z" })
-    expect(runIdFor("abc")).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/)
-    const failed = lunaryBody([{ ...e, status: 502, error: "upstream_error" }]).events[1]
-    expect(failed).toMatchObject({ event: "error", error: { message: "upstream_error" } })
-  })
-
-  it("helicone: providerRequest / providerResponse / timing", () => {
-    expect(heliconeLog(e)).toMatchObject({
-      providerRequest: { url: "/v1/chat/completions", json: { model: "gpt-4o-mini" }, meta: { request_id: "abc", "Helicone-Provider": "openai" } },
-      providerResponse: { status: 200, headers: {}, json: { usage: { prompt_tokens: 9, completion_tokens: 2, total_tokens: 11 } } },
-      timing: { startTime: { seconds: 1796126400, milliseconds: 0 }, endTime: { seconds: 1796126400, milliseconds: 120 } }
-    })
-    expect(heliconeLog({ ...e, response_body: "plain", request_body: null, error: "x" })).toMatchObject({
-      providerRequest: { json: { body: null }, meta: { error: "x" } },
-      providerResponse: { textBody: "plain" }
-    })
-  })
-})
-
 describe("delivery policy", () => {
   it.each([
     [200, "Accepted"],
     [204, "Accepted"],
     [400, "Rejected"],
-    [401, "Rejected"],
+    [401, "Unauthorized"],
+    [403, "Unauthorized"],
+    [404, "Rejected"],
     [413, "Rejected"],
+    [422, "Rejected"],
     [408, "Retry"],
     [429, "Retry"],
     [500, "Retry"],
     [503, "Retry"]
   ])("HTTP %i → %s", (status, tag) => {
     expect(outcomeOfStatus(status, "")._tag).toBe(tag)
+  })
+
+  it("each service says which statuses mean a refused key (Lunary: 401, 402, 403, 404)", () => {
+    expect([401, 402, 403, 404, 400].map((status) => outcomeOfStatus(status, "", LUNARY_CREDENTIAL_STATUSES)._tag))
+      .toEqual(["Unauthorized", "Unauthorized", "Unauthorized", "Unauthorized", "Rejected"])
+    expect(outcomeOfStatus(401, "{\"message\":\"Invalid API key\"}")).toEqual({ _tag: "Unauthorized", reason: "HTTP 401: {\"message\":\"Invalid API key\"}" })
   })
 
   it("exponential backoff with jitter, capped", () => {
@@ -252,7 +292,26 @@ describe("delivery policy", () => {
   })
 
   it("status line", () => {
-    expect(formatStatus({ received: 0, redelivered: 1, delivered: 10, retries: 2, deadLettered: 3, invalid: 0, batches: 1, lastDeliveryAt: null, buffered: 4, lag: 5, pending: 6, ratePerSecond: 2.5 }, "file"))
+    const stats: Dispatcher.DispatcherStats = {
+      received: 0,
+      redelivered: 1,
+      delivered: 10,
+      retries: 2,
+      deadLettered: 3,
+      invalid: 0,
+      batches: 1,
+      credentialFailures: 0,
+      pausedSince: null,
+      bodiesTooLarge: 0,
+      lastDeliveryAt: null,
+      buffered: 4,
+      lag: 5,
+      pending: 6,
+      ratePerSecond: 2.5
+    }
+    expect(formatStatus(stats, "file"))
       .toBe("dispatcher file: 10 delivered (2.5/s) · 1 redelivered · 3 dead-lettered · 2 retries · lag 5 · pending 6 · buffered 4")
+    expect(formatStatus({ ...stats, credentialFailures: 3, pausedSince: 1 }, "lunary"))
+      .toBe("dispatcher lunary: 10 delivered (2.5/s) · 1 redelivered · 3 dead-lettered · 2 retries · lag 5 · pending 6 · buffered 4 · PAUSED: lunary refuses the API key")
   })
 })

@@ -4,7 +4,7 @@
  * also writes docs/img/*.png.
  */
 import { SqlClient } from "@effect/sql"
-import { Effect } from "effect"
+import { Effect, Option, Redacted } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -225,8 +225,9 @@ describe.skipIf(!hasChromium)(title, () => {
       cacheHits: await cacheHits.textContent(),
       tokens: await page.getByText("48 prompt + 20 completion").count()
     })
-    // Four reached the provider (and count against the limit of 5); the cache hit is counted apart.
-    const expected = { chart: 1, requests: "4 requests made", cacheHits: "1", tokens: 1 }
+    // Five answered (four by the provider, one from the cache): all five count against the limit of 5, and the
+    // cache hit is also counted as a hit.
+    const expected = { chart: 1, requests: "5 requests made", cacheHits: "1", tokens: 1 }
     for (let attempt = 0; ; attempt++) {
       await page.getByRole("button", { name: "Refresh" }).click()
       await h1(/^Token sk-/).waitFor()
@@ -502,7 +503,7 @@ describe.skipIf(!hasChromium)(title, () => {
     await page.getByRole("link", { name: "Audit" }).click()
     await h1("Audit log").waitFor()
     const headers = await page.locator("thead th").allTextContents()
-    expect(headers.map((t) => t.toLowerCase())).toEqual(["time", "action", "actor", "outcome", "ip address", "actions"])
+    expect(headers.map((t) => t.toLowerCase())).toEqual(["time", "action", "actor", "outcome", "count", "ip address", "actions"])
     await screenshot(page, "audit")
     // Events are written by a background batch writer: search until they are there.
     const searchFor = async (fill: () => Promise<void>, minRows: number) => {
@@ -529,6 +530,8 @@ describe.skipIf(!hasChromium)(title, () => {
       await page.getByLabel("Outcome").selectOption("denied")
     }, 1)
     expect(denied).toBe(1)
+    // Refused logins are aggregated per address and minute: the row says how many it stands for.
+    expect(await page.locator("tbody tr td").nth(4).textContent()).toMatch(/^(1|× \d+)$/)
     await page.getByLabel("Outcome").selectOption("success")
     expect(await searchFor(async () => {}, 1)).toBe(1)
 
@@ -597,9 +600,11 @@ describe.skipIf(!hasChromium)(title, () => {
   it("returns to the sign-in screen when the session ends on the server, then back to the page", async () => {
     await go(`/admin/projects/${projectId}`)
     await h1("Acme chat").waitFor()
-    // End the session behind the page's back, as the idle timeout or a restart would.
+    // End the session behind the page's back, as the idle timeout would (logging out needs the session's CSRF token).
     const cookie = (await page.context().cookies()).find((c) => c.name === "llm_proxy_session")!
-    const out = await fetch(`${server.url}/manage/session`, { method: "DELETE", headers: { cookie: `${cookie.name}=${cookie.value}` } })
+    const pair = `${cookie.name}=${cookie.value}`
+    const csrf = ((await (await fetch(`${server.url}/manage/session`, { headers: { cookie: pair } })).json()) as { csrf_token: string }).csrf_token
+    const out = await fetch(`${server.url}/manage/session`, { method: "DELETE", headers: { cookie: pair, "x-csrf-token": csrf } })
     expect(out.status).toBe(204)
     await browser.expectingStatus([401], async () => {
       await page.getByRole("link", { name: "Edit" }).click()
@@ -611,9 +616,32 @@ describe.skipIf(!hasChromium)(title, () => {
     await h1("Edit Acme chat").waitFor()
   })
 
+  it("a restart of the server does not sign the user out (sessions live in the database)", async () => {
+    await go("/admin/tokens")
+    await h1("Tokens").waitFor()
+    const port = Number(new URL(server.url).port)
+    await server.close()
+    server = await startServer(testConfig({ _tag: "sqlite", path: dbPath }, {
+      listen: { host: "127.0.0.1", port },
+      managementToken: Option.some(Redacted.make(server.token)),
+      openaiApiUrl: mock.url,
+      usageFlushIntervalMs: 100
+    }))
+    await go("/admin/projects")
+    await h1("Projects").waitFor()
+    expect(pathname()).toBe("/admin/projects")
+  })
+
   it("logs out: the session ends on the server and protected pages redirect to login again", async () => {
+    const cookie = (await page.context().cookies()).find((c) => c.name === "llm_proxy_session")!
+    // The page sends its CSRF token with the logout, as with every state-changing request.
+    const logoutRequest = page.waitForRequest((r) => r.url().endsWith("/manage/session") && r.method() === "DELETE")
     await page.getByRole("button", { name: "Sign out" }).click()
+    expect((await logoutRequest).headers()["x-csrf-token"]).toMatch(/^[A-Za-z0-9_-]{43}$/)
     await h1("Sign in").waitFor()
+    // The old cookie no longer opens anything.
+    const replay = await fetch(`${server.url}/manage/projects`, { headers: { cookie: `${cookie.name}=${cookie.value}` } })
+    expect(replay.status).toBe(401)
     await page.getByRole("status").filter({ hasText: "signed out" }).waitFor()
     expect(await page.context().cookies()).toEqual([])
     await go("/admin/tokens")
@@ -629,6 +657,36 @@ describe.skipIf(!hasChromium)(title, () => {
       { action: "admin.logout", outcome: "success", actor: "admin" },
       { action: "admin.logout", outcome: "success", actor: "admin" }
     ])
+  })
+
+  it("shows the API documentation (Swagger UI) under its strict policy, framing refused", async () => {
+    const r = await page.goto(`${server.url}/manage/docs`)
+    expect(r?.headers()["x-frame-options"]).toBe("DENY")
+    expect(r?.headers()["content-security-policy"]).not.toContain("unsafe-inline")
+    await page.locator(".swagger-ui .info .title").filter({ hasText: "llm-proxy management API" }).waitFor()
+    // The operations are rendered and one opens.
+    const list = page.locator(".opblock-summary-path").filter({ hasText: /^\/manage\/projects$/ }).first()
+    await list.waitFor()
+    await list.click()
+    await page.locator(".opblock-body").first().waitFor()
+    expect(await page.locator(".opblock").count()).toBeGreaterThan(10)
+  })
+
+  it("after 10 wrong tokens the sign-in screen says to wait (429), even for the right token", async () => {
+    // Last, as it locks this address out of the management API for a minute.
+    for (let i = 0; i < 10; i++) {
+      const r = await fetch(`${server.url}/manage/session`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ token: `guess-${i}` }) })
+      expect(r.status).toBe(401)
+    }
+    await go("/admin/login")
+    await h1("Sign in").waitFor()
+    await browser.expectingStatus([429], async () => {
+      await page.getByLabel("Management token").fill(server.token)
+      await page.getByRole("button", { name: "Sign in" }).click()
+      await page.getByRole("alert").filter({ hasText: "Too many failed sign-ins from your address" }).waitFor()
+    })
+    expect(pathname()).toBe("/admin/login")
+    expect(await page.context().cookies()).toEqual([])
   })
 
   it("saw no console error, page error or CSP violation", () => {

@@ -90,9 +90,21 @@ function adminSuite(backend: Backend) {
       expect((await api.get("/manage/projects", { auth: "Bearer wrong", headers: { cookie: pair } })).status).toBe(401)
     })
 
+    it("logout needs the session's CSRF token: without it (another site's request) the session lives on", async () => {
+      const { pair, csrf } = await login()
+      const other = await login()
+      for (const headers of [{ cookie: pair }, { cookie: pair, "x-csrf-token": other.csrf }, { cookie: pair, "x-csrf-token": "" }]) {
+        const refused = await api.delete("/manage/session", { auth: null, headers })
+        expect(refused.status).toBe(403)
+        expect(refused.json).toEqual({ error: "missing or invalid CSRF token", code: "csrf_failed" })
+        expect(cookieOf(refused)).toBeUndefined()
+      }
+      expect((await api.get("/manage/session", { auth: null, headers: { cookie: pair } })).json).toMatchObject({ authenticated: true, csrf_token: csrf })
+    })
+
     it("logout ends the session on the server: the old cookie is refused afterwards", async () => {
       const { pair, csrf } = await login()
-      const out = await api.delete("/manage/session", { auth: null, headers: { cookie: pair } })
+      const out = await api.delete("/manage/session", { auth: null, headers: { cookie: pair, "x-csrf-token": csrf } })
       expect(out.status).toBe(204)
       expect(cookieOf(out)).toMatch(/Max-Age=0|Expires=Thu, 01 Jan 1970/)
       const after = await api.get("/manage/projects", { auth: null, headers: { cookie: pair, "x-csrf-token": csrf } })
@@ -212,6 +224,11 @@ function adminSuite(backend: Backend) {
       const cases: Array<[string, RegExp]> = [
         ["since=yesterday", /since must be an RFC 3339 timestamp/],
         ["until=2020-13-45", /until must be an RFC 3339 timestamp/],
+        // what Date.parse takes but RFC 3339 is not: a date alone, an HTTP date, a time without offset, epoch ms
+        ["since=2026-12-01", /since must be an RFC 3339 timestamp/],
+        [`since=${encodeURIComponent("Tue, 01 Dec 2026 12:00:00 GMT")}`, /since must be an RFC 3339 timestamp/],
+        ["until=2026-12-01T12:00:00", /until must be an RFC 3339 timestamp/],
+        ["until=1796126400000", /until must be an RFC 3339 timestamp/],
         [`since=${new Date(now).toISOString()}&until=${new Date(now - HOUR).toISOString()}`, /since must be before until/],
         [`since=${new Date(now - 400 * 24 * HOUR).toISOString()}`, /limited to 366 days/],
         ["project_id=nope", /invalid project_id/],
@@ -222,6 +239,10 @@ function adminSuite(backend: Backend) {
         expect(r.status, q).toBe(400)
         expect(r.json.error).toMatch(message)
       }
+      // RFC 3339 with an offset (an encoded "+") and lower-case separators are fine
+      const offset = new Date(now - 2 * HOUR).toISOString().replace("Z", "+00:00")
+      expect((await api.get(`/manage/usage?since=${encodeURIComponent(offset)}`)).status).toBe(200)
+      expect((await api.get(`/manage/usage?until=${new Date(now).toISOString().toLowerCase()}`)).status).toBe(200)
       expect((await api.get("/manage/usage", { auth: null })).status).toBe(401)
     })
   })

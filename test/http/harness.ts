@@ -28,7 +28,7 @@ const Database = createRequire(import.meta.url)("better-sqlite3") as new(
 export interface BackendInstance {
   readonly database: DatabaseConfig
   /** Every row of `table`, read directly from the database (not through the API). */
-  readonly rows: (table: "projects" | "tokens" | "audit_events") => Promise<ReadonlyArray<Row>>
+  readonly rows: (table: "projects" | "tokens" | "audit_events" | "admin_sessions") => Promise<ReadonlyArray<Row>>
   readonly cleanup: () => Promise<void>
 }
 

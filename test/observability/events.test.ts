@@ -17,6 +17,7 @@ import { dispatcherLayer } from "../../src/Layers.js"
 import { backends, type BackendInstance } from "../http/harness.js"
 import { call, chatBody, projectAndToken, startStack, type Stack } from "../proxy/stack.js"
 import { flushRedisPrefix, redisUrl } from "../support/databases.js"
+import { chatChunks, sse } from "../support/mockUpstream.js"
 import { buildLayer, makeEvent, type Receiver, startReceiver, waitFor } from "../support/events.js"
 import { testConfig } from "../support/server.js"
 import { parsePrometheus, type Sample, value } from "./prometheus.js"
@@ -50,7 +51,10 @@ describe("serve --file-event-log (in-memory bus, dispatcher in-process)", () => 
     backend = await sqlite.create()
     stack = await startStack(backend, { events: { ...defaultEvents, fileEventLog: Option.some(path) } })
     const { token } = await projectAndToken(stack.manage)
-    for (let i = 0; i < 4; i++) expect((await call(stack.server.url, CHAT, { token, body: chatBody() })).status).toBe(200)
+    for (let i = 0; i < 3; i++) expect((await call(stack.server.url, CHAT, { token, body: chatBody() })).status).toBe(200)
+    // and a streamed one (time to first token, streamed tokens per second)
+    stack.mock.enqueue(sse(chatChunks(["a", "b"]), { intervalMs: 10 }))
+    expect((await call(stack.server.url, CHAT, { token, body: chatBody({ stream: true }) })).status).toBe(200)
     // the in-process file backend flushes every second
     await waitFor(() => lines(path) >= 4, 20_000, "4 events in the file")
   }, 60_000)
@@ -280,7 +284,7 @@ describe.skipIf(!redisUrl || !built)("the built dispatcher binary with --metrics
   it("serves /metrics with exact delivered / retried / dead-lettered counts and /health with the bus and the backend", async () => {
     const seen = new Map<string, number>()
     receiver = await startReceiver((r) => {
-      const id = (r.body as { providerRequest?: { meta?: Record<string, string> } }).providerRequest?.meta?.["request_id"] ?? ""
+      const id = (r.body as { providerRequest?: { meta?: Record<string, string> } }).providerRequest?.meta?.["Helicone-Property-Request-Id"] ?? ""
       const n = (seen.get(id) ?? 0) + 1
       seen.set(id, n)
       if (id === "flaky" && n <= 2) return 500

@@ -46,8 +46,8 @@ describe("GET /metrics after known traffic", () => {
       mock.enqueue(json({ id: "x", model: "gpt-4o-mini", choices: [], usage: { prompt_tokens: 9, completion_tokens: 3, total_tokens: 12 } }, { delayMs: 60 }))
       expect((await call(url, CHAT, { token: a.token, body: chatBody() })).status).toBe(200)
     }
-    // 1 × SSE with usage 5/2, model gpt-4.1.
-    mock.enqueue(sse(chatChunks(["Hel", "lo"])))
+    // 1 × SSE with usage 5/2, model gpt-4.1, its 5 chunks 20 ms apart.
+    mock.enqueue(sse(chatChunks(["Hel", "lo"]), { intervalMs: 20 }))
     expect((await call(url, CHAT, { token: a.token, body: chatBody({ model: "gpt-4.1", stream: true }) })).status).toBe(200)
     // 1 × upstream 500.
     mock.enqueue(json({ error: { message: "boom" } }, { status: 500 }))
@@ -120,6 +120,42 @@ describe("GET /metrics after known traffic", () => {
     expect(value(s, "llm_proxy_tokens_total", { provider: "openai", model: "gpt-4.1", kind: "completion" })).toBe(2)
   })
 
+  it("observes time to first token for the streamed answer only", async () => {
+    const s = await scrape(stack.server.url)
+    expect(value(before, "llm_proxy_time_to_first_token_seconds_count")).toBe(0)
+    expect(value(s, "llm_proxy_time_to_first_token_seconds_count")).toBe(1)
+    expect(value(s, "llm_proxy_time_to_first_token_seconds_count", { provider: "openai", model: "gpt-4.1" })).toBe(1)
+    expect(buckets(s, "llm_proxy_time_to_first_token_seconds", { model: "gpt-4.1" }).get("+Inf")).toBe(1)
+    // The first chunk came before the stream's end (4 more chunks, 20 ms apart).
+    const ttft = value(s, "llm_proxy_time_to_first_token_seconds_sum")
+    expect(ttft).toBeGreaterThan(0)
+    expect(ttft).toBeLessThan(value(s, "llm_proxy_request_duration_seconds_sum"))
+  })
+
+  it("observes output tokens per second for every successful answer with completion tokens, by stream", async () => {
+    const s = await scrape(stack.server.url)
+    // JSON: 3 slow answers + quota's and rate limit's first requests (all gpt-4o-mini, 3 completion tokens each).
+    expect(value(s, "llm_proxy_output_tokens_per_second_count", { model: "gpt-4o-mini", stream: "false" })).toBe(5)
+    // 3 tokens over at least the 60 ms the upstream waited: at most 50 tokens/s.
+    expect(buckets(s, "llm_proxy_output_tokens_per_second", { model: "gpt-4o-mini", stream: "false" }).get("50")).toBeGreaterThanOrEqual(3)
+    // The stream: 2 tokens over the ≥ 80 ms between its first and last chunk: at most 25 tokens/s.
+    expect(value(s, "llm_proxy_output_tokens_per_second_count", { model: "gpt-4.1", stream: "true" })).toBe(1)
+    expect(buckets(s, "llm_proxy_output_tokens_per_second", { model: "gpt-4.1", stream: "true" }).get("30")).toBe(1)
+    // The 500 and the rejected requests are not observed.
+    expect(value(s, "llm_proxy_output_tokens_per_second_count")).toBe(6)
+  })
+
+  it("has one series per quantity: no family declared twice, no sample repeated, no uptime gauge beside the process start time", async () => {
+    const text = await (await fetch(`${stack.server.url}/metrics`)).text()
+    const families = [...text.matchAll(/^# TYPE (\S+) /gm)].map((m) => m[1]!)
+    expect(families.length).toBeGreaterThan(30)
+    expect(families.filter((f, i) => families.indexOf(f) !== i)).toEqual([])
+    const samples = parsePrometheus(text).map((x) => `${x.name}${JSON.stringify(Object.entries(x.labels).sort())}`)
+    expect(samples.filter((k, i) => samples.indexOf(k) !== i)).toEqual([])
+    expect(families).toContain("process_start_time_seconds")
+    expect(families).not.toContain("llm_proxy_uptime_seconds")
+  })
+
   it("counts rate-limit and quota rejections apart", async () => {
     const s = await scrape(stack.server.url)
     expect(value(s, "llm_proxy_quota_rejections_total")).toBe(1)
@@ -138,8 +174,9 @@ describe("GET /metrics after known traffic", () => {
 
   it("counts every /v1 request above as an event published to the bus, none dropped", async () => {
     const s = await scrape(stack.server.url)
-    // 3 JSON + 1 SSE + 1 upstream 500 + 1 unknown token + 2 quota + 2 rate limit: rejected requests are events too.
-    expect(value(s, "llm_proxy_bus_published_total")).toBe(10)
+    // 3 JSON + 1 SSE + 1 upstream 500 + 2 quota + 2 rate limit: a token holder's refused requests are events too;
+    // the unknown token's is not (strangers publish nothing).
+    expect(value(s, "llm_proxy_bus_published_total")).toBe(9)
     expect(value(s, "llm_proxy_bus_dropped_total")).toBe(0)
   })
 
@@ -158,7 +195,7 @@ describe("GET /metrics after known traffic", () => {
       "llm_proxy_bus_dropped_total",
       // the in-memory bus: nothing waiting
       "llm_proxy_bus_lag_events",
-      "llm_proxy_uptime_seconds",
+      "process_start_time_seconds",
       "process_cpu_seconds_total",
       "process_resident_memory_bytes",
       "nodejs_heap_size_used_bytes",
@@ -231,12 +268,12 @@ describe("response cache on /metrics", () => {
       const first = await call(stack.server.url, "/v1/models", { token })
       const second = await call(stack.server.url, "/v1/models", { token })
       expect([first.headers["x-proxy-cache"], second.headers["x-proxy-cache"]]).toEqual(["stored", "hit"])
-      stack.mock.route("/v1/embeddings", json({ data: [] }))
-      expect((await call(stack.server.url, "/v1/embeddings", { token, method: "GET" })).headers["cache-status"]).toBe("llm-proxy; miss")
+      stack.mock.route("/v1/models/gpt-4o", json({ id: "gpt-4o" }))
+      expect((await call(stack.server.url, "/v1/models/gpt-4o", { token })).headers["cache-status"]).toBe("llm-proxy; miss")
       const s = await scrape(stack.server.url)
       expect(value(s, "llm_proxy_requests_total", { route: "/v1/models", cache: "stored" })).toBe(1)
       expect(value(s, "llm_proxy_requests_total", { route: "/v1/models", cache: "hit" })).toBe(1)
-      expect(value(s, "llm_proxy_requests_total", { route: "/v1/embeddings", cache: "miss" })).toBe(1)
+      expect(value(s, "llm_proxy_requests_total", { route: "/v1/models/{id}", cache: "miss" })).toBe(1)
       expect(value(s, "llm_proxy_cache_hits_total")).toBe(1)
       expect(value(s, "llm_proxy_cache_stores_total")).toBe(1)
       expect(value(s, "llm_proxy_cache_misses_total")).toBe(2)

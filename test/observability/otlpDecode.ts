@@ -63,6 +63,9 @@ const anyValue = (b: Uint8Array): Record<string, unknown> => {
       return { intValue: String(f.value) }
     case 4:
       return { doubleValue: new DataView(new BigUint64Array([f.value as bigint]).buffer).getFloat64(0, true) }
+    case 5:
+      // ArrayValue { repeated AnyValue values = 1 }
+      return { arrayValue: { values: fields(bytesOf(f)).filter((v) => v.no === 1).map((v) => anyValue(bytesOf(v))) } }
     default:
       return { unknown: f.no }
   }

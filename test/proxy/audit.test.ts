@@ -4,7 +4,7 @@
  * token as `token.validate` / `denied`, with the token's id, the project, the request and correlation ids and the
  * client IP; forwarded requests are not audit events.
  */
-import { randomUUID } from "node:crypto"
+import { randomBytes, randomUUID } from "node:crypto"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { backends, type BackendInstance } from "../http/harness.js"
 import { json } from "../support/mockUpstream.js"
@@ -82,6 +82,40 @@ for (const backend of backends) {
       const none = `proxy-${randomUUID()}`
       expect((await call(stack.server.url, "/v1/chat/completions", { token: null, body: chatBody(), headers: { "x-request-id": none } })).status).toBe(401)
       expect((await eventsOf(none))[0]).toMatchObject({ action: "token.validate", reason: "invalid_token" })
+    })
+
+    it("a flood of refused requests is aggregated: one event per client IP, reason and minute, with the count", async () => {
+      const attackers = ["198.51.100.101", "198.51.100.102", "198.51.100.103"]
+      const before = (await instance.rows("audit_events")).length
+      const send = (ip: string, i: number) =>
+        call(stack.server.url, "/v1/chat/completions", {
+          token: `sk-${randomBytes(32).toString("base64url")}`,
+          body: chatBody(),
+          headers: { "x-forwarded-for": ip, "x-request-id": `flood-${ip}-${i}` }
+        })
+      for (let round = 0; round < 20; round++) {
+        const replies = await Promise.all(attackers.flatMap((ip, a) => Array.from({ length: 10 * (a + 1) }, (_, i) => send(ip, round * 100 + i))))
+        expect(replies.filter((r) => r.status !== 401).map((r) => [r.status, r.text])).toEqual([])
+      }
+      // Listing writes the events counted so far; a request whose completion is counted after that starts a new one.
+      const eventsOfIp = async (ip: string) => {
+        const r = await stack.manage.get(`/manage/audit?client_ip=${ip}&action=token.validate`)
+        return r.json.events as Array<{ count: number; reason: string; request_id: string }>
+      }
+      for (const [a, ip] of attackers.entries()) {
+        let events = await eventsOfIp(ip)
+        for (let i = 0; i < 50 && events.reduce((sum, e) => sum + e.count, 0) < 200 * (a + 1); i++) {
+          await new Promise((r) => setTimeout(r, 50))
+          events = await eventsOfIp(ip)
+        }
+        expect(events.reduce((sum, e) => sum + e.count, 0)).toBe(200 * (a + 1))
+        // One event, or a few when the flood crossed a minute boundary or a listing.
+        expect(events.length).toBeLessThanOrEqual(4)
+        expect(events.filter((e) => e.reason !== "token_not_found" || !e.request_id.startsWith(`flood-${ip}-`))).toEqual([])
+      }
+      // 1,200 refused requests added a handful of rows (their events and the listings' own audit.list events).
+      const added = (await instance.rows("audit_events")).length - before
+      expect(added).toBeLessThan(30)
     })
 
     it("a forwarded request is not an audit event", async () => {

@@ -121,11 +121,31 @@ describe("events from the proxy (in-memory bus, serve --file-event-log)", () => 
     expect(e).toMatchObject({ stream: true, usage_source: "tokenizer", usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 } })
   })
 
-  it("rejected requests have events too, with the local status and error code", async () => {
-    const r = await call(server.url, "/v1/chat/completions", { token: null, body: chatBody() })
-    expect(r.status).toBe(401)
-    const e = await eventFor(r.headers["x-request-id"] as string)
-    expect(e).toMatchObject({ status: 401, token_id: null, project_id: null, error: "invalid_token", usage: null })
+  it("a refused request of a token holder has an event with the local status and error code, but not its body", async () => {
+    const one = await projectAndToken(server.manage, { max_requests: 1 })
+    expect((await call(server.url, "/v1/chat/completions", { token: one.token, body: chatBody() })).status).toBe(200)
+    const refused = await call(server.url, "/v1/chat/completions", { token: one.token, body: chatBody({ model: "refused-model" }) })
+    expect(refused.status).toBe(429)
+    const e = await eventFor(refused.headers["x-request-id"] as string)
+    expect(e).toMatchObject({ status: 429, token_id: one.tokenId, project_id: one.projectId, error: "rate_limit_exceeded", request_body: null, usage: null })
+  })
+
+  it("a request without a valid token publishes no event at all", async () => {
+    const p = await projectAndToken(server.manage)
+    await server.manage.patch(`/manage/projects/${p.projectId}`, { is_active: false })
+    const anonymous = [
+      await call(server.url, "/v1/chat/completions", { token: null, body: chatBody({ model: "stranger-1" }) }),
+      await call(server.url, "/v1/chat/completions", { token: "not-a-token", body: chatBody() }),
+      await call(server.url, "/v1/chat/completions", { token: "sk-" + "A".repeat(42) + "E", body: chatBody() }),
+      await call(server.url, "/v1/chat/completions", { token: p.token, body: chatBody() })
+    ]
+    expect(anonymous.map((r) => r.status)).toEqual([401, 401, 401, 403])
+    // a later request's event arrives after where theirs would have been
+    const later = await call(server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })
+    await eventFor(later.headers["x-request-id"] as string)
+    const ids = new Set(anonymous.map((r) => r.headers["x-request-id"]))
+    expect(lines(path).filter((l) => ids.has(l.request_id))).toEqual([])
+    expect(readFileSync(path, "utf8")).not.toContain("stranger-1")
   })
 
   it("a cache hit publishes no event (nothing reached the provider)", async () => {

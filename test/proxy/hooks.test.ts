@@ -1,7 +1,7 @@
 /**
  * The seam later features plug into (ProxyHooks): one completion per request — rejected, proxied, streamed,
  * abandoned — with ids, status, timings, usage and the bounded response body; a beforeUpstream hook answering from
- * "cache" (not counted toward the quota, counted as a cache hit); decorateResponse adding headers.
+ * "cache" (after the quota is taken; counted as a request and a cache hit); decorateResponse adding headers.
  */
 import { Layer } from "effect"
 import { request as httpRequest } from "node:http"
@@ -20,13 +20,13 @@ const hooks = Layer.succeed(
   ProxyHooks,
   ProxyHooks.combine(
     {
-      beforeUpstream: [(ctx, _req, res) => {
+      beforeUpstream: [(ctx) => {
         if (failIn === "before") throw new Error("hook bug")
-        if (!serveFromCache) return false
-        ctx.cacheHit = true
-        res.writeHead(200, { "content-type": "application/json", "x-request-id": ctx.requestId, "cache-status": "llm-proxy; hit" })
-        res.end(JSON.stringify({ cached: true }))
-        return true
+        if (!serveFromCache) return undefined
+        return (res) => {
+          res.writeHead(200, { "content-type": "application/json", "x-request-id": ctx.requestId, "cache-status": "llm-proxy; hit" })
+          res.end(JSON.stringify({ cached: true }))
+        }
       }],
       decorateResponse: [(_ctx, status, headers) => {
         if (failIn === "decorate") throw new Error("hook bug")
@@ -35,7 +35,7 @@ const hooks = Layer.succeed(
       captureResponseBytes: 64
     },
     {
-      beforeUpstream: [() => Promise.resolve(false)],
+      beforeUpstream: [() => Promise.resolve(undefined)],
       onComplete: [(ctx) => void completed.push(ctx), () => {
         throw new Error("a failing hook is ignored")
       }],
@@ -128,7 +128,7 @@ describe("ProxyHooks", () => {
     expect(await last()).toMatchObject({ status: 499, error: "client closed the connection" })
   })
 
-  it("a beforeUpstream hook that answers skips quota and upstream and counts a cache hit", async () => {
+  it("a beforeUpstream hook that answers skips the upstream; the answer takes quota and counts a cache hit", async () => {
     const before = Number((await tokenRow(stack.backend, t.tokenId)).request_count)
     serveFromCache = true
     const r = await call(stack.server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })
@@ -136,7 +136,17 @@ describe("ProxyHooks", () => {
     expect(stack.mock.requests).toHaveLength(0)
     expect(await last()).toMatchObject({ cacheHit: true, forwarded: false, status: 200 })
     await eventually(async () => Number((await tokenRow(stack.backend, t.tokenId)).cache_hit_count) === 1)
-    expect(Number((await tokenRow(stack.backend, t.tokenId)).request_count)).toBe(before)
+    expect(Number((await tokenRow(stack.backend, t.tokenId)).request_count)).toBe(before + 1)
+  })
+
+  it("a hook's answer is not given when the quota is spent: 429, not a cache hit", async () => {
+    const one = await projectAndToken(stack.manage, { max_requests: 1 })
+    serveFromCache = true
+    expect((await call(stack.server.url, "/v1/chat/completions", { token: one.token, body: chatBody() })).json).toEqual({ cached: true })
+    const r = await call(stack.server.url, "/v1/chat/completions", { token: one.token, body: chatBody() })
+    expect(r.status).toBe(429)
+    expect(r.json.description).toBe("request quota (max_requests) exhausted")
+    expect(await last()).toMatchObject({ cacheHit: false, rejectedBy: "quota", status: 429 })
   })
 
   it("a hook that throws → 500 internal_error (no details), before or after the upstream answered", async () => {

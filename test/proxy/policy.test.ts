@@ -1,20 +1,25 @@
 import { describe, expect, it } from "vitest"
+import { Either } from "effect"
 import type { ProviderConfig } from "../../src/config/Providers.js"
-import { builtInOpenAi } from "../../src/config/Providers.js"
+import { builtInOpenAi, endpoint, parseProvidersYaml } from "../../src/config/Providers.js"
 import {
   Answers,
   bearerCredential,
   checkOrigin,
   checkParams,
+  compileGlob,
   corsHeaders,
   downstreamHeaders,
-  endpointAllowed,
-  globToRegExp,
+  endpointMatches,
+  hasQueryCredential,
   isJsonContentType,
   isProxyPath,
   isSafePath,
+  methodsFor,
   preflight,
   requestIdOf,
+  routeOf,
+  routeRefusal,
   serverTiming,
   splitUrl,
   upstreamRequestHeaders
@@ -22,6 +27,9 @@ import {
 
 const base = builtInOpenAi("http://upstream.test").all[0]!
 const provider = (over: Partial<ProviderConfig> = {}): ProviderConfig => ({ ...base, ...over })
+/** A provider from one providers-YAML entry (the keys under `apis.p`). */
+const fromYaml = (entry: string): ProviderConfig =>
+  Either.getOrThrow(parseProvidersYaml(`apis:\n  p:\n    base_url: http://upstream.test\n${entry.replace(/^/gm, "    ")}\n`)).get("p")!
 
 describe("paths", () => {
   it.each([
@@ -57,7 +65,14 @@ describe("paths", () => {
     ["v1/models", false]
   ])("isSafePath(%s) = %s", (path, expected) => expect(isSafePath(path)).toBe(expected))
 
-  const endpoints = ["/v1/models", "/v1/chat/completions"]
+  it.each([
+    ["/v1/models/..;/files", false],
+    ["/v1/models;a=b", false],
+    ["/v1/models/%3B", false],
+    ["/v1/chat/completions#x", false]
+  ])("isSafePath(%s) = %s: `;` and `#` are refused", (path, expected) => expect(isSafePath(path)).toBe(expected))
+
+  const prefixes = [endpoint("/v1/models", ["GET"], true), endpoint("/v1/chat/completions", ["POST"], true)]
   it.each([
     ["/v1/models", true],
     ["/v1/models/", true],
@@ -68,9 +83,133 @@ describe("paths", () => {
     ["/v1/chat/completionsfoo", false],
     ["/v1/chat", false],
     ["/v1/fine_tuning/jobs", false]
-  ])("endpointAllowed(%s) on segment boundaries = %s", (path, expected) => expect(endpointAllowed(path, endpoints)).toBe(expected))
+  ])("prefix endpoints match %s on segment boundaries = %s", (path, expected) =>
+    expect(prefixes.some((e) => endpointMatches(path, e))).toBe(expected))
 
-  it("a '/' endpoint admits everything", () => expect(endpointAllowed("/v1/anything", ["/"])).toBe(true))
+  it.each([
+    ["/v1/responses", endpoint("/v1/responses", ["POST"], false), true],
+    ["/v1/responses/resp_1", endpoint("/v1/responses", ["POST"], false), false],
+    ["/v1/responses/", endpoint("/v1/responses", ["POST"], false), false],
+    ["/v1/models/gpt-4o", endpoint("/v1/models/{id}", ["GET"], false), true],
+    ["/v1/models/ft:gpt-4o:org:x", endpoint("/v1/models/{id}", ["GET"], false), true],
+    ["/v1/models", endpoint("/v1/models/{id}", ["GET"], false), false],
+    ["/v1/models/", endpoint("/v1/models/{id}", ["GET"], false), false],
+    ["/v1/models/a/b", endpoint("/v1/models/{id}", ["GET"], false), false],
+    ["/v1/modelsX/a", endpoint("/v1/models/{id}", ["GET"], false), false],
+    ["/v1/files/f1/content", endpoint("/v1/files/{id}/content", ["GET"], false), true],
+    ["/v1/files/f1/contents", endpoint("/v1/files/{id}/content", ["GET"], false), false],
+    ["/v1/files/f1/content/x", endpoint("/v1/files/{id}", ["GET"], true), true],
+    ["/v1/files/f1", endpoint("/v1/files/{id}", ["GET"], true), true],
+    ["/v1/files", endpoint("/v1/files/{id}", ["GET"], true), false]
+  ])("exact, prefix and {id} matching: %s against %o = %s", (path, e, expected) => expect(endpointMatches(path, e)).toBe(expected))
+
+  it("a '/' prefix admits everything", () => expect(endpointMatches("/v1/anything", endpoint("/", ["GET"], true))).toBe(true))
+})
+
+describe("the route: path + method", () => {
+  const notAllowed = (...allow: Array<string>) => Answers.methodNotAllowed(allow)
+  it.each([
+    // the inference API
+    ["POST", "/v1/responses", undefined],
+    ["POST", "/v1/chat/completions", undefined],
+    ["POST", "/v1/completions", undefined],
+    ["POST", "/v1/embeddings", undefined],
+    ["POST", "/v1/moderations", undefined],
+    ["POST", "/v1/audio/transcriptions", undefined],
+    ["POST", "/v1/audio/speech", undefined],
+    ["POST", "/v1/images/generations", undefined],
+    ["POST", "/v1/images/edits", undefined],
+    ["GET", "/v1/models", undefined],
+    ["GET", "/v1/models/gpt-4o", undefined],
+    // reading stored data, deleting, retired endpoints
+    ["GET", "/v1/chat/completions", notAllowed("POST")],
+    ["GET", "/v1/chat/completions/chatcmpl-1", Answers.endpointNotFound],
+    ["GET", "/v1/responses/resp_1", Answers.endpointNotFound],
+    ["GET", "/v1/files/file-1/content", Answers.endpointNotFound],
+    ["DELETE", "/v1/files/file-1", Answers.endpointNotFound],
+    ["DELETE", "/v1/models/ft:gpt-4o:org:x", notAllowed("GET")],
+    ["POST", "/v1/models", notAllowed("GET")],
+    ["GET", "/v1/audio/speech", notAllowed("POST")],
+    ["POST", "/v1/edits", Answers.endpointNotFound],
+    ["POST", "/v1/fine-tunes", Answers.endpointNotFound],
+    ["POST", "/v1/fine_tuning/jobs", Answers.endpointNotFound],
+    ["POST", "/v1/files", Answers.endpointNotFound],
+    ["PUT", "/v1/chat/completions", notAllowed("POST")],
+    ["POST", "/v1/chat/completions/", Answers.endpointNotFound]
+  ])("built-in provider: %s %s → %o", (method, path, expected) => expect(routeOf(method, path, base)).toEqual(expected))
+
+  it("the built-in provider's 405 names the methods of the matched endpoint", () =>
+    expect(routeOf("DELETE", "/v1/models/x", base)?.headers).toEqual({ allow: "GET" }))
+
+  const yaml = fromYaml(`allowed_methods: [GET, POST, DELETE]
+allowed_endpoints:
+  - /v1/chat/completions
+  - { path: /v1/responses, methods: [POST] }
+  - { path: /v1/audio/, match: prefix, methods: [POST] }
+  - { path: "/v1/models/{id}", methods: [GET] }
+  - { path: "/v1/models/{id}", methods: [DELETE] }
+  - { path: /v1/files, match: prefix }`)
+  it.each([
+    ["GET", "/v1/chat/completions", undefined],
+    ["DELETE", "/v1/chat/completions/c1", undefined],
+    ["POST", "/v1/responses", undefined],
+    ["GET", "/v1/responses", notAllowed("POST")],
+    ["POST", "/v1/responses/r1", Answers.endpointNotFound],
+    ["POST", "/v1/audio/speech", undefined],
+    ["GET", "/v1/audio/speech", notAllowed("POST")],
+    ["GET", "/v1/models/m", undefined],
+    ["DELETE", "/v1/models/ft:m", undefined],
+    ["POST", "/v1/models/m", notAllowed("GET", "DELETE")],
+    ["GET", "/v1/models", Answers.endpointNotFound],
+    ["GET", "/v1/files/f/content", undefined],
+    ["DELETE", "/v1/files/f", undefined]
+  ])("YAML entries with their own methods: %s %s → %o", (method, path, expected) => expect(routeOf(method, path, yaml)).toEqual(expected))
+
+  it("methodsFor is the union of the matching entries", () => {
+    expect(methodsFor("/v1/models/m", yaml)).toEqual(["GET", "DELETE"])
+    expect(methodsFor("/v1/nope", yaml)).toEqual([])
+  })
+
+  it("several providers: 405 names what any of them admits on the path, else 404", () => {
+    const anthropic = fromYaml("allowed_endpoints: [/v1/messages]\nallowed_methods: [POST]")
+    expect(routeRefusal("/v1/models/m", [base, anthropic, yaml])).toEqual(notAllowed("GET", "DELETE"))
+    expect(routeRefusal("/v1/messages", [base, anthropic])).toEqual(notAllowed("POST"))
+    expect(routeRefusal("/v1/nope", [base, anthropic])).toEqual(Answers.endpointNotFound)
+  })
+})
+
+describe("credentials in the query", () => {
+  it.each([
+    ["?key=abc", true],
+    ["?KEY=abc", true],
+    ["?api-key=abc", true],
+    ["?api_key=abc", true],
+    ["?apikey=", true],
+    ["?access_token=abc", true],
+    ["?token=abc", true],
+    ["?auth=abc", true],
+    ["?a=1&Key=abc", true],
+    ["?a=1;key=abc", true],
+    ["?%6Bey=abc", true],
+    ["?api%5Fkey=abc", true],
+    ["?key", true],
+    ["?key+=abc", true],
+    ["key=abc", true],
+    ["?", false],
+    ["", false],
+    ["?limit=10&after=x", false],
+    ["?keyword=abc", false],
+    ["?monkey=abc", false],
+    ["?api-version=2024-10-21", false],
+    ["?x=key", false],
+    ["?x=1&&y=token", false],
+    ["?%zz=1", false]
+  ])("hasQueryCredential(%s) = %s", (query, expected) => expect(hasQueryCredential(query)).toBe(expected))
+
+  it("the answer never echoes the value", () => {
+    expect(Answers.credentialInQuery.status).toBe(400)
+    expect(Answers.credentialInQuery.body.code).toBe("credential_in_query")
+  })
 })
 
 describe("origin rules", () => {
@@ -86,26 +225,48 @@ describe("origin rules", () => {
 })
 
 describe("CORS", () => {
-  it("preflight without Origin has no CORS headers", () => expect(preflight(undefined, "authorization", [base])).toEqual({}))
+  const chat = "/v1/chat/completions"
+  it("preflight without Origin or without Access-Control-Request-Method has no CORS headers", () => {
+    expect(preflight(undefined, "POST", chat, "authorization", [base])).toEqual({})
+    expect(preflight("https://a.example", undefined, chat, "authorization", [base])).toEqual({})
+  })
 
-  it("preflight echoes an admitted origin, the configured methods and the requested headers", () => {
-    const h = preflight("https://a.example", "authorization,content-type", [base])
+  it("preflight echoes an admitted origin and the requested headers; lists the methods admitted on the path", () => {
+    const h = preflight("https://a.example", "POST", chat, "authorization,content-type", [base])
     expect(h).toMatchObject({
       "access-control-allow-origin": "https://a.example",
-      "access-control-allow-methods": "GET, POST, DELETE, OPTIONS",
+      "access-control-allow-methods": "POST",
       "access-control-allow-headers": "authorization,content-type",
       "access-control-max-age": "86400"
     })
     expect(h["access-control-allow-credentials"]).toBeUndefined()
+    expect(preflight("https://a.example", "get", "/v1/models/gpt-4o", undefined, [base])["access-control-allow-methods"]).toBe("GET")
   })
 
+  it.each([
+    ["a method the path does not admit", "GET", chat],
+    ["a path no provider admits", "POST", "/v1/files"],
+    ["an unsafe path", "POST", "/v1/models/..;/files"],
+    ["DELETE on a model", "DELETE", "/v1/models/ft:x"]
+  ])("preflight for %s has no CORS headers", (_n, method, path) =>
+    expect(preflight("https://a.example", method, path, undefined, [base])).toEqual({}))
+
   it("preflight defaults the allowed headers", () =>
-    expect(preflight("https://a.example", undefined, [base])["access-control-allow-headers"]).toBe(
+    expect(preflight("https://a.example", "POST", chat, undefined, [base])["access-control-allow-headers"]).toBe(
       "Authorization, Content-Type, X-Requested-With"
     ))
 
   it("preflight for an origin no provider admits has no CORS headers", () =>
-    expect(preflight("https://evil.example", undefined, [provider({ allowedOrigins: ["https://a.example"] })])).toEqual({}))
+    expect(preflight("https://evil.example", "POST", chat, undefined, [provider({ allowedOrigins: ["https://a.example"] })])).toEqual({}))
+
+  it("a provider without allowed_origins opens preflights only for what it admits", () => {
+    const openai = provider({ allowedOrigins: ["https://a.example"] })
+    const anthropic = fromYaml("allowed_endpoints: [/v1/messages]\nallowed_methods: [POST]")
+    expect(preflight("https://evil.example", "POST", chat, undefined, [openai, anthropic])).toEqual({})
+    expect(preflight("https://evil.example", "POST", "/v1/messages", undefined, [openai, anthropic])["access-control-allow-origin"])
+      .toBe("https://evil.example")
+    expect(preflight("https://a.example", "POST", chat, undefined, [openai, anthropic])["access-control-allow-methods"]).toBe("POST")
+  })
 
   it("answers echo the origin, expose X-Request-ID and vary on Origin", () => {
     expect(corsHeaders(undefined)).toEqual({})
@@ -142,9 +303,9 @@ describe("parameter whitelist", () => {
     ["a\\*", "ab", false],
     ["a.b", "aXb", false],
     ["(x)", "(x)", true]
-  ])("glob %s matches %s = %s", (pattern, value, expected) => expect(globToRegExp(pattern)?.test(value) === true).toBe(expected))
+  ])("glob %s matches %s = %s", (pattern, value, expected) => expect(compileGlob(pattern)?.test(value) === true).toBe(expected))
 
-  it.each([["[abc"], ["x\\"], ["[]"]])("malformed pattern %s matches nothing", (pattern) => expect(globToRegExp(pattern)).toBeNull())
+  it.each([["[abc"], ["x\\"], ["[]"]])("malformed pattern %s matches nothing", (pattern) => expect(compileGlob(pattern)).toBeNull())
 
   const whitelist = new Map([["model", ["gpt-4o", "gpt-4o-*"]]])
   it.each([
@@ -207,6 +368,7 @@ describe("header hygiene", () => {
     host: "proxy.example",
     authorization: "Bearer sk-client-token",
     "x-api-key": "sk-client-token",
+    "api-key": "sk-client-token",
     cookie: "session=1",
     connection: "keep-alive, x-drop-me",
     "x-drop-me": "1",
@@ -214,6 +376,10 @@ describe("header hygiene", () => {
     "transfer-encoding": "chunked",
     "content-length": "999",
     "x-forwarded-for": "1.2.3.4",
+    "x-forwarded-user-agent": "1.2.3.4",
+    "x-forwarded-server": "1.2.3.4",
+    "proxy-authorization": "Basic x",
+    "proxy-x": "1",
     "x-real-ip": "1.2.3.4",
     "cf-connecting-ip": "1.2.3.4",
     "x-client-ip": "1.2.3.4",
@@ -224,22 +390,53 @@ describe("header hygiene", () => {
     "x-request-id": "client-id",
     "x-proxy-id": "project",
     "accept-encoding": "gzip, br",
-    "content-type": "application/json",
+    "content-encoding": "gzip",
     "openai-organization": "org-1",
-    "user-agent": "test"
+    "openai-project": "proj-1",
+    "x-custom": "1",
+    "content-type": "application/json",
+    accept: "application/json",
+    "accept-language": "de",
+    "if-none-match": "\"v1\"",
+    "user-agent": "OpenAI/JS 4.0",
+    origin: "https://a.example",
+    "idempotency-key": "stainless-node-retry-1",
+    "openai-beta": "assistants=v2",
+    "anthropic-version": "2023-06-01",
+    "anthropic-beta": "x",
+    "x-stainless-lang": "js",
+    "x-stainless-retry-count": "0"
+  }
+  const forwarded = {
+    "content-type": "application/json",
+    accept: "application/json",
+    "accept-language": "de",
+    "if-none-match": "\"v1\"",
+    "user-agent": "OpenAI/JS 4.0",
+    origin: "https://a.example",
+    "idempotency-key": "stainless-node-retry-1",
+    "openai-beta": "assistants=v2",
+    "anthropic-version": "2023-06-01",
+    "anthropic-beta": "x",
+    "x-stainless-lang": "js",
+    "x-stainless-retry-count": "0"
   }
 
-  it("sends the provider key in its scheme and nothing the client should not leak", () => {
+  it("forwards only the allow-listed client headers, plus the provider key in its scheme and what the proxy sets", () => {
     const h = upstreamRequestHeaders(client, base, "sk-real", "rid-1", 42)
     expect(h).toEqual({
+      ...forwarded,
       authorization: "Bearer sk-real",
       "x-request-id": "rid-1",
       "accept-encoding": "identity",
-      "content-length": "42",
-      "content-type": "application/json",
-      "openai-organization": "org-1",
-      "user-agent": "test"
+      "content-length": "42"
     })
+  })
+
+  it("a header named by Connection is not forwarded even when allow-listed", () => {
+    const h = upstreamRequestHeaders({ connection: "user-agent", "user-agent": "x", accept: "y" }, base, "k", "r", undefined)
+    expect(h["user-agent"]).toBeUndefined()
+    expect(h.accept).toBe("y")
   })
 
   it("x-api-key providers get the bare key and no Authorization", () => {
@@ -247,6 +444,24 @@ describe("header hygiene", () => {
     expect(h["x-api-key"]).toBe("sk-ant")
     expect(h.authorization).toBeUndefined()
     expect(h["content-length"]).toBeUndefined()
+  })
+
+  it("forward_headers adds names and prefixes; headers sets fixed values that replace the client's", () => {
+    const p = fromYaml(`allowed_endpoints: [/v1]
+allowed_methods: [POST]
+forward_headers: [X-Custom, "x-my-*"]
+headers: { OpenAI-Organization: org-fixed, OpenAI-Beta: assistants=v1 }`)
+    const h = upstreamRequestHeaders({ ...client, "x-my-a": "1", "x-myb": "2" }, p, "sk", "rid", undefined)
+    expect(h).toEqual({
+      ...forwarded,
+      "x-custom": "1",
+      "x-my-a": "1",
+      "openai-organization": "org-fixed",
+      "openai-beta": "assistants=v1",
+      authorization: "Bearer sk",
+      "x-request-id": "rid",
+      "accept-encoding": "identity"
+    })
   })
 
   it("strips hop-by-hop headers from the answer", () => {

@@ -113,9 +113,12 @@ describe("authentication (36–42)", () => {
     expect(r.status).toBe(200)
   })
 
-  it("41 token in X-API-Key or ?token= → 401 (and never forwarded)", async () => {
+  it("41 token in X-API-Key → 401, in ?token= → 400 credential_in_query (never forwarded)", async () => {
     expectLocal(await post("/v1/chat/completions", chatBody(), null, { "x-api-key": t.token }), 401, invalid)
-    expectLocal(await post(`/v1/chat/completions?token=${t.token}`, chatBody(), null), 401, invalid)
+    const inQuery = await post(`/v1/chat/completions?token=${t.token}`, chatBody(), null)
+    expect(inQuery.json.code).toBe("credential_in_query")
+    expect(inQuery.text).not.toContain(t.token)
+    expect(stack.mock.requests).toHaveLength(0)
     const r = await post("/v1/chat/completions", chatBody(), t.token, { "x-api-key": t.token })
     expect(r.status).toBe(200)
     expect(stack.mock.requests[0]!.headers["x-api-key"]).toBeUndefined()
@@ -164,8 +167,8 @@ describe("allow-lists and validation (43–49)", () => {
     expect(stack.mock.requests).toHaveLength(2)
   })
 
-  it("47 the whitelist is checked before authentication (as the reference orders it)", async () => {
-    expect((await post("/v1/chat/completions", chatBody({ model: "gpt-3.5-turbo" }), null)).status).toBe(400)
+  it("47 the whitelist is checked after authentication: an anonymous request gets 401 whatever its body", async () => {
+    expect((await post("/v1/chat/completions", chatBody({ model: "gpt-3.5-turbo" }), null)).json.code).toBe("invalid_token")
   })
 
   it("48 the whitelist applies to any JSON content type", async () => {
@@ -269,15 +272,19 @@ describe("connection reuse", () => {
 })
 
 describe("CORS (50–55)", () => {
-  it("50 preflight → 204, echoes an allowed origin and the requested headers, configured methods, no auth", async () => {
+  it("50 preflight → 204, echoes an allowed origin and the requested headers, the path's methods, no auth", async () => {
     const r = await call(url, "/v1/chat/completions", {
       method: "OPTIONS",
-      headers: { origin: "https://a.example", "access-control-request-headers": "authorization,content-type" }
+      headers: {
+        origin: "https://a.example",
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization,content-type"
+      }
     })
     expect(r.status).toBe(204)
     expect(r.headers["access-control-allow-origin"]).toBe("https://a.example")
     expect(r.headers["access-control-allow-headers"]).toBe("authorization,content-type")
-    expect(r.headers["access-control-allow-methods"]).toBe("GET, POST, DELETE, OPTIONS")
+    expect(r.headers["access-control-allow-methods"]).toBe("GET, POST, DELETE")
     expect(r.headers["access-control-max-age"]).toBe("86400")
     expect(r.headers["access-control-allow-credentials"]).toBeUndefined()
     expect(r.headers["x-request-id"]).toBeDefined()
@@ -365,15 +372,32 @@ describe("headers and ids (102–104)", () => {
       tracestate: "a=b",
       cookie: "session=secret",
       "x-proxy-id": t.projectId,
-      "openai-organization": "org-keep",
+      "x-forwarded-user-agent": "1.2.3.4",
+      "x-forwarded-server": "1.2.3.4",
+      "proxy-client-ip": "1.2.3.4",
       connection: "x-hop",
       "x-hop": "1"
     })
     const h = stack.mock.requests[0]!.headers
-    for (const name of ["x-forwarded-for", "x-real-ip", "cf-connecting-ip", "x-client-ip", "forwarded", "traceparent", "tracestate", "cookie", "x-proxy-id", "x-hop"]) {
+    for (
+      const name of [
+        "x-forwarded-for",
+        "x-real-ip",
+        "cf-connecting-ip",
+        "x-client-ip",
+        "forwarded",
+        "traceparent",
+        "tracestate",
+        "cookie",
+        "x-proxy-id",
+        "x-hop",
+        "x-forwarded-user-agent",
+        "x-forwarded-server",
+        "proxy-client-ip"
+      ]
+    ) {
       expect(h[name], name).toBeUndefined()
     }
-    expect(h["openai-organization"]).toBe("org-keep")
     expect(JSON.stringify(h)).not.toContain("1.2.3.4")
   })
 

@@ -28,6 +28,7 @@ import {
   tempRoot,
   waitFor
 } from "./harness.js"
+import { newManagementToken } from "../support/managementToken.js"
 
 interface PgClient {
   connect(): Promise<void>
@@ -36,7 +37,7 @@ interface PgClient {
 }
 const { Client } = createRequire(import.meta.url)("pg") as { Client: new(o: { connectionString: string }) => PgClient }
 
-const MT = "scale-load-management-token"
+const MT = newManagementToken("scale-load")
 const SECONDS = Number(process.env["LOAD_SECONDS"] ?? 60)
 const CLIENTS = Number(process.env["LOAD_CLIENTS"] ?? 200)
 const LATENCY_MS = 60

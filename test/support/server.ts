@@ -4,6 +4,7 @@ import type { AppConfigShape, CacheConfig, Database } from "../../src/config/App
 import { parseEncryptionKey } from "../../src/crypto/KeyCipher.js"
 import { ServerAddress } from "../../src/http/Server.js"
 import { loggerLayer, serveLayer } from "../../src/Layers.js"
+import { newManagementToken } from "./managementToken.js"
 
 export interface TestServer {
   readonly url: string
@@ -19,13 +20,14 @@ export const testCacheConfig = (overrides: Partial<CacheConfig> = {}): CacheConf
   maxObjectBytes: 1_048_576,
   maxBytes: 67_108_864,
   streamResponses: false,
+  clientMaxTtlSeconds: 300,
   redisKeyPrefix: "llmproxy:cache:",
   ...overrides
 })
 
 export const testConfig = (database: Database, overrides: Partial<AppConfigShape> = {}): AppConfigShape => ({
   listen: { host: "127.0.0.1", port: 0 },
-  managementToken: Option.some(Redacted.make("test-management-token-" + crypto.randomUUID())),
+  managementToken: Option.some(Redacted.make(newManagementToken())),
   managementTokenFile: "/nonexistent/management-token",
   database,
   encryptionKey: Option.none(),
@@ -41,6 +43,8 @@ export const testConfig = (database: Database, overrides: Partial<AppConfigShape
   requestTimeoutMs: 120_000,
   headersTimeoutMs: 30_000,
   clientRequestTimeoutMs: 600_000,
+  maxConnections: 10_000,
+  maxConnectionsPerIp: 1_000,
   circuitBreakerThreshold: 5,
   circuitBreakerCooldownMs: 30_000,
   tokenCacheTtlMs: 5_000,
@@ -51,6 +55,10 @@ export const testConfig = (database: Database, overrides: Partial<AppConfigShape
   rateLimitFailureMode: "open",
   invalidationBackend: "in-memory",
   enableMetrics: true,
+  metricsToken: Option.none(),
+  metricsAddr: Option.none(),
+  managementAuthMaxFailures: 10,
+  managementAuthWindowMs: 60_000,
   accessLog: true,
   otlp: Option.none(),
   redisUrl: process.env["REDIS_URL"] || "redis://127.0.0.1:6379",

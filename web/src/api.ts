@@ -42,6 +42,7 @@ const STATUS: Record<string, number> = {
   NotFound: 404,
   Conflict: 409,
   PayloadTooLarge: 413,
+  TooManyRequests: 429,
   InternalError: 500,
   ServiceUnavailable: 503
 }

@@ -13,6 +13,12 @@ export const outcomeBadge = (outcome: string) =>
 
 const actionBadge = (action: string) => h("span", { class: "badge info" }, action)
 
+/** Denials are aggregated per client IP, reason and minute: one row can stand for many requests. */
+const countCell = (e: AuditEvent) => {
+  const n = e.count ?? 1
+  return n > 1 ? h("strong", { title: `${n} requests in this minute from this address` }, `× ${n}`) : "1"
+}
+
 export const auditListPage = async (ctx: Ctx) => {
   const values = Object.fromEntries(FILTERS.map((f) => [f, ctx.query.get(f) ?? ""])) as Record<Filter, string>
   // Paged by cursor on the server: any page costs the same, at a million events too.
@@ -82,6 +88,7 @@ export const auditListPage = async (ctx: Ctx) => {
     actionBadge(e.action),
     e.actor,
     outcomeBadge(e.outcome),
+    countCell(e),
     e.client_ip ?? "—",
     link(`/admin/audit/${encodeURIComponent(e.id)}`, "Details", h("span", { class: "visually-hidden" }, ` of ${e.action} at ${e.timestamp}`))
   ])
@@ -94,7 +101,7 @@ export const auditListPage = async (ctx: Ctx) => {
     rows.length === 0
       ? empty(anyFilter ? "No audit events match." : "No audit events yet.")
       : [
-        table("Audit events", ["Time", "Action", "Actor", "Outcome", "IP address", "Actions"], rows),
+        table("Audit events", ["Time", "Action", "Actor", "Outcome", "Count", "IP address", "Actions"], rows),
         cursorPagination(p, (next) => withQuery("/admin/audit", { ...current(), cursor: next }), `${rows.length} events, newest first`)
       ]
   )
@@ -126,7 +133,8 @@ export const auditDetailPage = async (ctx: Ctx) => {
         ["Timestamp", time(e.timestamp)],
         ["Action", actionBadge(e.action)],
         ["Actor", e.actor],
-        ["Outcome", outcomeBadge(e.outcome)]
+        ["Outcome", outcomeBadge(e.outcome)],
+        ["Requests", (e.count ?? 1) > 1 ? `${e.count} (aggregated: the fields below are those of the first request)` : "1"]
       ])
     ),
     section(

@@ -41,7 +41,13 @@ export const loginPage = (ctx: Ctx, session: SessionState) => {
         } catch (err) {
           const status = (err as { status?: number }).status
           error.replaceChildren(
-            errorBox(status === 401 ? "Invalid management token. Check it and try again." : (err as Error).message)
+            errorBox(
+              status === 401
+                ? "Invalid management token. Check it and try again."
+                : status === 429
+                ? "Too many failed sign-ins from your address. Wait a minute, then try again."
+                : (err as Error).message
+            )
           )
           input.select()
           input.focus()
