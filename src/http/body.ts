@@ -1,8 +1,8 @@
 /** Reading a management JSON body: bounded, and every failure a 4xx with a JSON error instead of a defect. */
 import { HttpServerRequest } from "@effect/platform"
 import { NodeHttpServerRequest } from "@effect/platform-node"
-import { Effect, Either, Stream } from "effect"
-import { IncomingMessage } from "node:http"
+import { Effect, Either } from "effect"
+import type { IncomingMessage } from "node:http"
 import { BadRequest, PayloadTooLarge } from "../domain/errors.js"
 
 export const MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -53,16 +53,6 @@ const readNode = (source: IncomingMessage, maxBytes: number) =>
     })
   })
 
-const readStream = (request: HttpServerRequest.HttpServerRequest, maxBytes: number) =>
-  Effect.mapError(
-    Stream.runFold(request.stream, { parts: [] as Array<Uint8Array>, bytes: 0 }, (acc, chunk) => {
-      acc.bytes += chunk.byteLength
-      if (acc.bytes <= maxBytes) acc.parts.push(chunk)
-      return acc
-    }),
-    () => invalid
-  )
-
 const utf8 = new TextDecoder("utf-8", { fatal: false })
 
 export const readJson = (request: HttpServerRequest.HttpServerRequest, maxBytes = MAX_BODY_BYTES) =>
@@ -71,8 +61,7 @@ export const readJson = (request: HttpServerRequest.HttpServerRequest, maxBytes 
     if (declared > maxBytes) return yield* tooLarge
     // Read to the end, keeping at most maxBytes. (`request.arrayBuffer` destroys the socket when the limit is
     // exceeded, so a client streaming a chunked body got a connection reset instead of the 413.)
-    const source = NodeHttpServerRequest.toIncomingMessage(request) as unknown
-    const read = yield* (source instanceof IncomingMessage ? readNode(source, maxBytes) : readStream(request, maxBytes))
+    const read = yield* readNode(NodeHttpServerRequest.toIncomingMessage(request), maxBytes)
     if (read.bytes > maxBytes) return yield* tooLarge
     const text = utf8.decode(Buffer.concat(read.parts))
     return yield* Either.try({ try: () => JSON.parse(text) as unknown, catch: () => invalid })
