@@ -3,8 +3,13 @@
  * nothing else to see each other's revocations, deactivations and key rotations before their next request.
  *
  * - Sending is `SELECT pg_notify(…)` on the store's pool, so it works whatever state this instance's listening
- *   connection is in. PostgreSQL hands the notification to every listener when that statement commits, and
- *   `settled()` (awaited by the management API before it answers) resolves then.
+ *   connection is in. PostgreSQL hands the notification to every listener when that statement commits.
+ * - Every instance that applies an announcement acknowledges it (a NOTIFY on a second channel, addressed to the
+ *   sender), and `settled()` — awaited by the management API before it answers — resolves once every instance that
+ *   was listening on this database when the announcement was sent (their listening connections, named
+ *   `llm-proxy invalidations pid <pid> <instance>` in `pg_stat_activity`) has acknowledged it, or after 1 s. So a
+ *   client that calls another instance right after the management API answered cannot overtake the announcement.
+ *   An instance that is not listening does not use its token cache at all, so it needs no acknowledgement.
  * - Receiving is one connection of its own (a pooled one is lent to other queries) that runs LISTEN. The token cache
  *   is trusted only while it listens. When it ends (server restart, `pg_terminate_backend`, network) it is opened
  *   again with backoff, and once it listens again the whole cache is dropped: notifications sent in the gap are lost.
@@ -21,6 +26,12 @@ import { type Invalidation, type InvalidationChannel, make, pendingPublishes, To
 
 /** The notification channel (one per database). */
 export const CHANNEL = "llm_proxy_token_invalidations"
+
+/** The longest wait for other instances' acknowledgements of one announcement. */
+const ACK_TIMEOUT_MS = 1_000
+
+/** Acknowledgements: `{"to": sender, "n": announcement, "from": acknowledging instance}`. */
+export const ACK_CHANNEL = "llm_proxy_token_invalidation_acks"
 
 /** `application_name` of the listening connection, as `pg_stat_activity` shows it (with the process id). */
 export const APPLICATION_NAME = "llm-proxy invalidations"
@@ -53,7 +64,9 @@ const makeListener = (url: Redacted.Redacted<string>, options: ListenerOptions) 
     const pingIntervalMs = options.pingIntervalMs ?? 10_000
     const pingTimeoutMs = options.pingTimeoutMs ?? 5_000
     const maxBackoffMs = options.maxBackoffMs ?? 2_000
-    const instance = crypto.randomUUID()
+    // Short: application_name holds at most 63 bytes.
+    const instance = crypto.randomUUID().replaceAll("-", "").slice(0, 12)
+    const applicationName = `${APPLICATION_NAME} pid ${process.pid} ${instance}`
 
     let handlers: { readonly apply: (m: Invalidation) => void; readonly reset: () => void } | undefined
     let client: Pg.Client | undefined
@@ -64,14 +77,46 @@ const makeListener = (url: Redacted.Redacted<string>, options: ListenerOptions) 
     let warned = false
     let retry: ReturnType<typeof setTimeout> | undefined
 
-    const receive = (text: string) => {
+    /** Announcements of ours waiting for acknowledgements: nonce → who still has to answer, and what to call then. */
+    const awaiting = new Map<string, { readonly missing: Set<string>; readonly done: () => void }>()
+    let nonces = 0
+
+    const receive = (c: Pg.Client, channelName: string, text: string) => {
+      let m: (Invalidation & { from?: string; n?: string; to?: string }) | undefined
       try {
-        const m = JSON.parse(text) as Invalidation & { from?: string }
-        if (m.from !== instance) handlers?.apply(m)
+        m = JSON.parse(text) as typeof m
       } catch {
-        // not ours
+        return // not ours
+      }
+      if (m === undefined || typeof m.from !== "string") return
+      if (channelName === ACK_CHANNEL) {
+        if (m.to !== instance || m.n === undefined) return
+        const w = awaiting.get(m.n)
+        if (w !== undefined && w.missing.delete(m.from) && w.missing.size === 0) w.done()
+        return
+      }
+      if (m.from === instance) return
+      handlers?.apply(m)
+      // Applied: tell the sender, on the listening connection itself (idle but for pings).
+      if (m.n !== undefined) {
+        c.query("SELECT pg_notify($1, $2)", [ACK_CHANNEL, JSON.stringify({ to: m.from, n: m.n, from: instance })])
+          .catch(() => {}) // the connection's own error handling reconnects; the sender stops waiting after 1 s
       }
     }
+
+    /** The other instances listening on this database now (their listening connections' names). */
+    const peers = (): Promise<Set<string>> =>
+      runPromise(
+        sql<{ name: string }>`SELECT application_name AS name FROM pg_stat_activity
+          WHERE datname = current_database() AND application_name LIKE ${`${APPLICATION_NAME} pid %`}`
+      ).then((rows) => {
+        const ids = new Set<string>()
+        for (const r of rows) {
+          const id = r.name.split(" ").at(-1)
+          if (id !== undefined && id !== instance) ids.add(id)
+        }
+        return ids
+      })
 
     /** The connection `c` is gone (or never opened): stop trusting the cache and open a new one after a pause. */
     const lost = (c: Pg.Client, e: unknown) => {
@@ -95,7 +140,7 @@ const makeListener = (url: Redacted.Redacted<string>, options: ListenerOptions) 
       if (closed) return Promise.resolve()
       const c = new Pg.Client({
         connectionString: Redacted.value(url),
-        application_name: `${APPLICATION_NAME} pid ${process.pid}`,
+        application_name: applicationName,
         connectionTimeoutMillis: 5_000,
         keepAlive: true,
         keepAliveInitialDelayMillis: 10_000
@@ -105,9 +150,11 @@ const makeListener = (url: Redacted.Redacted<string>, options: ListenerOptions) 
       c.on("error", (e) => lost(c, e))
       c.on("end", () => lost(c, new Error("connection closed")))
       c.on("notification", (n) => {
-        if (client === c && n.channel === CHANNEL && n.payload !== undefined) receive(n.payload)
+        if (client === c && (n.channel === CHANNEL || n.channel === ACK_CHANNEL) && n.payload !== undefined) {
+          receive(c, n.channel, n.payload)
+        }
       })
-      return c.connect().then(() => c.query(`LISTEN ${CHANNEL}`)).then(() => {
+      return c.connect().then(() => c.query(`LISTEN ${CHANNEL}; LISTEN ${ACK_CHANNEL}`)).then(() => {
         if (client !== c || closed) return
         // Drop what was cached before trusting the cache again: changes made while we were not listening were
         // announced to nobody here. A load that started before this point does not cache (generation counter).
@@ -135,16 +182,33 @@ const makeListener = (url: Redacted.Redacted<string>, options: ListenerOptions) 
 
     const pending = pendingPublishes()
     const channel: InvalidationChannel = {
-      publish: (m) =>
+      publish: (m) => {
+        const n = String(++nonces)
+        const sent = peers().then((missing) => {
+          // Registered before sending: an acknowledgement cannot arrive before it is awaited.
+          const acked = missing.size === 0 ? Promise.resolve() : new Promise<void>((resolve) => {
+            // An instance that does not answer within ACK_TIMEOUT_MS (hung, or gone since it was listed) is not
+            // waited for any longer.
+            const timer = setTimeout(done, ACK_TIMEOUT_MS)
+            timer.unref()
+            function done() {
+              clearTimeout(timer)
+              resolve()
+            }
+            awaiting.set(n, { missing, done })
+          })
+          return runPromise(sql`SELECT pg_notify(${CHANNEL}, ${JSON.stringify({ ...m, from: instance, n })})`).then(() => acked)
+        })
         pending.add(
-          runPromise(sql`SELECT pg_notify(${CHANNEL}, ${JSON.stringify({ ...m, from: instance })})`).catch((e: unknown) =>
+          sent.catch((e: unknown) =>
             log(
               "warn",
               `token invalidation not sent to other instances (PostgreSQL NOTIFY failed: ${message(e)}); ` +
                 "they apply it when their cache entry expires (TOKEN_CACHE_TTL)"
             )
-          )
-        ),
+          ).finally(() => awaiting.delete(n))
+        )
+      },
       subscribe: (apply, reset) => {
         handlers = { apply, reset }
       },

@@ -118,8 +118,8 @@ describe.skipIf(!built || !haveServers())("two instances on PostgreSQL only (no 
     // … and B's listening connection is terminated by the server: whether B is still reconnecting (cache not
     // trusted) or already listening again (cache cleared), its next request reads the database.
     const killed = await sql(
-      "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE application_name = $1",
-      [`llm-proxy invalidations pid ${B.child.pid}`]
+      "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE application_name LIKE $1",
+      [`llm-proxy invalidations pid ${B.child.pid} %`]
     )
     expect(killed).toEqual([{ ok: true }])
     const r = await chat(B.url, t.token)

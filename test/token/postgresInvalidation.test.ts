@@ -6,6 +6,7 @@
  */
 import { Context, Effect, Exit, Layer, Option, Redacted, Scope } from "effect"
 import { connect, createServer, type Server, type Socket } from "node:net"
+import pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { AppConfig } from "../../src/config/AppConfig.js"
 import { KeyCipher } from "../../src/crypto/KeyCipher.js"
@@ -152,6 +153,37 @@ describe.skipIf(!postgresUrl)("token invalidations over PostgreSQL LISTEN/NOTIFY
         "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND application_name LIKE $2",
         [db.name, `${APPLICATION_NAME}%`]
       )).rows[0]!.n))
+
+  it("A's settled() resolves only once its own announcement came back: B has applied it by then (20 in a row)", async () => {
+    const a = await instance()
+    const b = await instance()
+    for (let i = 0; i < 20; i++) {
+      const t = await projectAndToken(a.store)
+      await warm(b, t.hash)
+      a.validator.invalidateToken(t.tokenId)
+      await a.validator.settled()
+      // No waiting here: what the management API answers after settled() must already hold on B.
+      expect(b.validator.cached(t.hash, Date.now()), `round ${i}`).toBeUndefined()
+    }
+  })
+
+  it("settled() waits for every instance listening on the database: one that never acknowledges holds it for ~1 s", async () => {
+    const a = await instance()
+    const t = await projectAndToken(a.store)
+    // A connection that looks like another instance's listener (by its name) but acknowledges nothing.
+    const silent = new pg.Client({ connectionString: db.url, application_name: `${APPLICATION_NAME} pid 1 0123456789ab` })
+    silent.on("error", () => {})
+    await silent.connect()
+    try {
+      const started = performance.now()
+      a.validator.invalidateToken(t.tokenId)
+      await a.validator.settled()
+      const waited = performance.now() - started
+      expect(waited).toBeGreaterThan(900)
+    } finally {
+      await silent.end()
+    }
+  })
 
   it("a revocation, a deactivation and a key rotation announced by A reach B's cache (10 min TTL) at once", async () => {
     const a = await instance()
