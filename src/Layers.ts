@@ -28,7 +28,7 @@ import { layerPostgres as postgresInvalidation } from "./token/PostgresInvalidat
 import * as UsageRecorder from "./token/UsageRecorder.js"
 import { KeyCipher } from "./crypto/KeyCipher.js"
 import { AdminAssetsLive } from "./http/AdminUi.js"
-import { ManagementAppLive, VERSION } from "./http/App.js"
+import { ManagementAppLive } from "./http/App.js"
 import { ManagementToken } from "./http/auth.js"
 import * as AuthThrottle from "./http/authThrottle.js"
 import { HttpServerLive, ServerAddress } from "./http/Server.js"
@@ -44,6 +44,7 @@ import { busStats, dispatcherStats, registerBusCheck, registerDispatcherCheck } 
 import { metricsEndpoint } from "./observability/MetricsEndpoint.js"
 import { redisCheck } from "./observability/redisCheck.js"
 import * as Tracing from "./observability/Tracing.js"
+import { VERSION } from "./version.js"
 
 import { fileBackend, heliconeBackend, lunaryBackend } from "./dispatcher/backends.js"
 import * as Dispatcher from "./dispatcher/Dispatcher.js"
