@@ -269,7 +269,8 @@ export const instrumentedTokenValidator = Layer.effect(
     metrics.attachTokenCache(inner.stats)
     const service: TokenValidator.TokenValidatorShape = {
       ...inner,
-      invalidate: (what) => Effect.zipRight(Effect.sync(() => metrics.tokenCacheInvalidated(what.kind)), inner.invalidate(what)),
+      invalidate: (what) =>
+        Effect.zipRight(Effect.sync(() => metrics.tokenCacheInvalidated(what.kind)), inner.invalidate(what)),
       unsafeInvalidate: (what) => {
         metrics.tokenCacheInvalidated(what.kind)
         inner.unsafeInvalidate(what)

@@ -222,7 +222,11 @@ const wordSetting = <const W extends Readonly<Record<string, string>>>(
 ) => Config.string(name).pipe(Config.withDefault(fallback), Config.mapOrFail(oneOf(name, words, expected)))
 
 /** A word setting (`oneOf`), none when unset or empty. */
-const optionalWordSetting = <const W extends Readonly<Record<string, string>>>(name: string, words: W, expected: string) =>
+const optionalWordSetting = <const W extends Readonly<Record<string, string>>>(
+  name: string,
+  words: W,
+  expected: string
+) =>
   optionalString(name).pipe(
     Config.mapOrFail((o): Either.Either<Option.Option<W[keyof W]>, ConfigError.ConfigError> =>
       Option.isNone(o) ? Either.right(Option.none()) : Either.map(oneOf(name, words, expected)(o.value), Option.some)

@@ -6,9 +6,9 @@
  *   It is an Effect that fails with `TokenLoadError`; the data plane runs it through its one runtime bridge
  *   (src/proxy/ProxyHandler.ts) only on a cache miss.
  * - Every management mutation yields `invalidate` (a token, or a project's tokens) after its commit, so the very
- *   next request on this instance re-reads the row (the data plane uses the synchronous `unsafeInvalidate`). A generation counter stops a load that raced with an invalidation
- *   from caching the state it read before the change. Entries also expire after TOKEN_CACHE_TTL, the bound on how
- *   stale another instance can be.
+ *   next request on this instance re-reads the row (the data plane uses the synchronous `unsafeInvalidate`). A
+ *   generation counter stops a load that raced with an invalidation from caching the state it read before the change.
+ *   Entries also expire after TOKEN_CACHE_TTL, the bound on how stale another instance can be.
  * - Verdicts (inactive, expired, project inactive) are decided per request from the cached entry and the clock.
  * - Across instances (PostgreSQL LISTEN/NOTIFY in PostgresInvalidation.ts, or Redis pub/sub here) the cache is
  *   trusted only while the invalidation subscription is live: while it is down every request re-reads the
