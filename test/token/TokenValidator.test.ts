@@ -2,11 +2,11 @@
  * The token cache on a real SQLite store (src/token/TokenValidator.ts): `load` reads and caches a grant (concurrent
  * loads of one token share one query), `cached` then answers from memory; an invalidation drops what it names; a
  * database that does not answer is a typed `TokenLoadError` carrying the driver's reason for the log, unless a
- * recent grant can stand in.
+ * recent grant can stand in. The management side's calls are traced.
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, layer } from "@effect/vitest"
-import { Effect, Exit, Layer, Option, Redacted } from "effect"
+import { Effect, Exit, Layer, Option, Redacted, Tracer } from "effect"
 import { AppConfig } from "../../src/config/AppConfig.js"
 import { KeyCipher } from "../../src/crypto/KeyCipher.js"
 import { Store } from "../../src/store/Store.js"
@@ -86,6 +86,22 @@ describe("TokenValidator", () => {
         expect(tokens.cached(b.hash, Date.now())).toMatchObject({ tokenId: b.tokenId })
         tokens.unsafeInvalidate({ kind: "project", id: b.projectId })
         expect(tokens.cached(b.hash, Date.now())).toBeUndefined()
+      }))
+
+    it.effect("the management side's calls are spans (TokenValidator.invalidate, TokenValidator.settled)", () =>
+      Effect.gen(function*() {
+        const tokens = yield* TokenValidator.TokenValidator
+        const names: Array<string> = []
+        const native = yield* Effect.tracer
+        const recording = Tracer.make({
+          span: (name, ...rest) => {
+            names.push(name)
+            return native.span(name, ...rest)
+          },
+          context: (f, fiber) => native.context(f, fiber)
+        })
+        yield* Effect.withTracer(Effect.zipRight(tokens.invalidate({ kind: "all" }), tokens.settled), recording)
+        expect(names).toEqual(["TokenValidator.invalidate", "TokenValidator.settled"])
       }))
 
     it.effect("a database that fails: TokenLoadError with the driver's reason for the log; a recent grant stands in", () =>
