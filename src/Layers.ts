@@ -36,6 +36,7 @@ import { AdminSessionsLive } from "./http/session.js"
 import { postgresStore, sqliteStore } from "./store/layers.js"
 import * as AdminSessionStore from "./store/sessions.js"
 import { migrateUp } from "./store/migrations.js"
+import { tokenRetentionLayer } from "./store/retention.js"
 import { Store } from "./store/Store.js"
 import * as Health from "./observability/Health.js"
 import * as Metrics from "./observability/Metrics.js"
@@ -57,7 +58,7 @@ export const dialectOf = (db: Database) => (db._tag === "sqlite" ? "sqlite" : "p
 
 /** Store + SqlClient for the configured database. */
 export const databaseLayer = (db: Database) =>
-  db._tag === "sqlite" ? sqliteStore(db.path) : postgresStore(db.url, db.poolSize)
+  db._tag === "sqlite" ? sqliteStore(db.path, db.synchronous) : postgresStore(db.url, db.poolSize)
 
 /** The database with every pending migration applied (safe when several instances start at once). */
 export const migratedDatabaseLayer = (db: Database) =>
@@ -89,6 +90,10 @@ export const auditLayer = (config: Pick<AppConfigShape, "audit" | "database">) =
   const retention = audit.retentionDays > 0 ? retentionLayer({ days: audit.retentionDays }) : Layer.empty
   return Layer.merge(log, retention).pipe(Layer.provideMerge(AuditRepo.layer(dialectOf(config.database))))
 }
+
+/** Token retention when TOKEN_RETENTION_DAYS > 0 (src/store/retention.ts). */
+export const tokenRetentionFor = (config: Pick<AppConfigShape, "tokenRetentionDays">) =>
+  config.tokenRetentionDays > 0 ? tokenRetentionLayer({ days: config.tokenRetentionDays }) : Layer.empty
 
 // Module-level instances: the logger set is keyed by identity, so providing the layer twice cannot double lines.
 const jsonLogger = Logger.withConsoleLog(Logger.jsonLogger)
@@ -433,7 +438,9 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
         Layer.provideMerge(Layer.mergeAll(healthChecksLayer(config), cacheMetricsLayer, busObservabilityLayer(config))),
         Layer.provideMerge(
           Layer.mergeAll(
-            Layer.merge(auditLayer(config), adminSessionsLayer).pipe(Layer.provideMerge(migratedDatabaseLayer(config.database))),
+            Layer.mergeAll(auditLayer(config), adminSessionsLayer, tokenRetentionFor(config)).pipe(
+              Layer.provideMerge(migratedDatabaseLayer(config.database))
+            ),
             KeyCipher.layer(config.encryptionKey),
             Providers.load(Option.getOrUndefined(config.apiConfigPath), config.openaiApiUrl),
             responseCacheLayer(config),

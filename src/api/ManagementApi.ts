@@ -29,7 +29,10 @@ import {
   ProjectPage,
   SessionInfo,
   Token,
+  TokenCounts,
+  TokenCountsParams,
   TokenCreated,
+  TokenPage,
   UpdateProject,
   UpdateToken,
   UsageParams,
@@ -84,7 +87,22 @@ export const ProjectsApi = HttpApiGroup.make("projects")
   .annotate(OpenApi.Title, "Projects")
 
 export const TokensApi = HttpApiGroup.make("tokens")
-  .add(HttpApiEndpoint.get("list", "/tokens").setUrlParams(ListTokensParams).addSuccess(Schema.Array(Token)))
+  .add(
+    HttpApiEndpoint.get("list", "/tokens")
+      .setUrlParams(ListTokensParams)
+      .addSuccess(Schema.Union(Schema.Array(Token), TokenPage))
+      .annotate(
+        OpenApi.Description,
+        "Newest first. With page_size or cursor: one TokenPage. Without: an array of at most 10000 tokens " +
+          "(`X-Truncated: true` when more match; page through them with page_size and cursor)."
+      )
+  )
+  .add(
+    HttpApiEndpoint.get("counts", "/tokens/counts")
+      .setUrlParams(TokenCountsParams)
+      .addSuccess(TokenCounts)
+      .annotate(OpenApi.Description, "How many tokens are active, expired and revoked now (each counted up to 10000)")
+  )
   .add(
     HttpApiEndpoint.post("create", "/tokens")
       .setPayload(CreateToken)

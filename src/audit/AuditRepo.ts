@@ -6,7 +6,8 @@
 import { SqlClient, type SqlError, type Statement } from "@effect/sql"
 import { Context, Effect, Layer, Option } from "effect"
 import type { AuditQuery, AuditRecord, Outcome } from "../domain/audit.js"
-import { StoreError } from "../store/Store.js"
+import { boundedCount, type KeysetPage, keysetPage, type PageRequest } from "../store/keyset.js"
+import { COUNT_CAP, StoreError } from "../store/Store.js"
 
 /** An event as stored: the details are the JSON text of `metadata`. */
 export interface StoredAuditEvent {
@@ -31,10 +32,21 @@ export interface StoredAuditEvent {
 
 export interface AuditRepoShape {
   readonly insert: (records: ReadonlyArray<AuditRecord>) => Effect.Effect<void, StoreError>
-  /** One page, newest first, and the number of events matching the query. */
-  readonly list: (
-    query: AuditQuery
-  ) => Effect.Effect<{ readonly events: ReadonlyArray<StoredAuditEvent>; readonly total: number }, StoreError>
+  /**
+   * One page by number, newest first, whether another follows, and how many events match — counted up to
+   * COUNT_CAP (`totalExact` false beyond it). A deep page walks the rows before it (OFFSET): see `listPage`.
+   */
+  readonly list: (query: AuditQuery) => Effect.Effect<
+    {
+      readonly events: ReadonlyArray<StoredAuditEvent>
+      readonly total: number
+      readonly totalExact: boolean
+      readonly hasNext: boolean
+    },
+    StoreError
+  >
+  /** One page by cursor (keyset on timestamp, id), newest first: any page costs what the first does. */
+  readonly listPage: (query: AuditQuery, page: PageRequest) => Effect.Effect<KeysetPage<StoredAuditEvent>, StoreError>
   readonly get: (id: string) => Effect.Effect<Option.Option<StoredAuditEvent>, StoreError>
   /** Deletes up to `limit` of the oldest events older than `before`; returns how many it deleted. */
   readonly pruneBefore: (before: string, limit: number) => Effect.Effect<number, StoreError>
@@ -128,11 +140,22 @@ export const make = (dialect: "sqlite" | "postgres") =>
           "list",
           Effect.gen(function*() {
             const condition = where(q)
-            const [count] = yield* sql<Row>`SELECT COUNT(*) AS n FROM audit_events WHERE ${condition}`
             const rows = yield* sql<Row>`SELECT * FROM audit_events WHERE ${condition}
-              ORDER BY "timestamp" DESC, id DESC LIMIT ${q.pageSize} OFFSET ${(q.page - 1) * q.pageSize}`
-            return { events: rows.map(toEvent), total: Number(count?.n ?? 0) }
+              ORDER BY "timestamp" DESC, id DESC LIMIT ${q.pageSize + 1} OFFSET ${(q.page - 1) * q.pageSize}`
+            const count = yield* boundedCount(sql, "audit_events", [condition], COUNT_CAP)
+            return {
+              events: rows.slice(0, q.pageSize).map(toEvent),
+              total: count.count,
+              totalExact: count.exact,
+              hasNext: rows.length > q.pageSize
+            }
           })
+        ),
+
+      listPage: (q, page) =>
+        wrap(
+          "list",
+          keysetPage(sql, { table: "audit_events", timeColumn: "timestamp", idColumn: "id", where: [where(q)], decode: toEvent }, page)
         ),
 
       get: (id) =>

@@ -4,11 +4,11 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import { HttpApiClient, HttpClient, HttpClientRequest } from "@effect/platform"
-import { Config, Effect, Option, Redacted } from "effect"
+import { Config, Console, Effect, Option, Redacted } from "effect"
 import { readFileSync } from "node:fs"
 import { ManagementApi } from "../api/ManagementApi.js"
 import type { AuditEvent, AuditPage } from "../domain/audit.js"
-import type { Project, Token } from "../domain/models.js"
+import type { Project, Token, TokenPage } from "../domain/models.js"
 import { CliFailure } from "./errors.js"
 import { orDash, record, show, table } from "./output.js"
 
@@ -171,6 +171,8 @@ const project = Command.make("project").pipe(
 
 // ---- tokens ---------------------------------------------------------------------------------------------------
 
+const TOKEN_LIST_LIMIT = 10_000
+
 const usage = (t: Token) => `${t.request_count}/${t.max_requests === null ? "∞" : t.max_requests}`
 
 const tokenStatus = (t: Token, now = Date.now()) =>
@@ -239,17 +241,39 @@ const tokenList = Command.make(
   {
     ...common,
     projectId: Options.text("project-id").pipe(Options.optional),
-    activeOnly: Options.boolean("active-only").pipe(Options.withDescription("Only active, unexpired tokens"))
+    activeOnly: Options.boolean("active-only").pipe(Options.withDescription("Only active, unexpired tokens")),
+    status: Options.choice("status", ["active", "expired", "revoked"]).pipe(Options.optional),
+    search: Options.text("search").pipe(Options.withDescription("The start of the token id"), Options.optional),
+    limit: Options.integer("limit").pipe(
+      Options.withDescription("Most tokens to list (default 10000)"),
+      Options.withDefault(TOKEN_LIST_LIMIT)
+    )
   },
   (o) =>
     Effect.gen(function*() {
-      const tokens = yield* (yield* client(o)).tokens.list({
-        urlParams: {
-          ...Option.match(o.projectId, { onNone: () => ({}), onSome: (project_id) => ({ project_id }) }),
-          ...(o.activeOnly ? { active_only: "true" } : {})
-        }
-      })
+      if (o.limit < 1) return yield* new CliFailure({ message: "--limit must be at least 1" })
+      const api = yield* client(o)
+      const filters = {
+        ...Option.match(o.projectId, { onNone: () => ({}), onSome: (project_id) => ({ project_id }) }),
+        ...(o.activeOnly ? { active_only: "true" } : {}),
+        ...Option.match(o.status, { onNone: () => ({}), onSome: (status) => ({ status }) }),
+        ...Option.match(o.search, { onNone: () => ({}), onSome: (search) => ({ search }) })
+      }
+      // Page by page (newest first), so a large installation never sends one huge answer.
+      const tokens: Array<Token> = []
+      let cursor: string | undefined
+      let more = true
+      while (more && tokens.length < o.limit) {
+        const page = (yield* api.tokens.list({
+          urlParams: { ...filters, page_size: "100", ...(cursor !== undefined ? { cursor } : {}) }
+        })) as TokenPage
+        tokens.push(...page.tokens.slice(0, o.limit - tokens.length))
+        more = page.pagination.has_next
+        cursor = page.pagination.next_cursor ?? undefined
+        if (cursor === undefined) more = false
+      }
       yield* show(o.json ? tokens : tokenTable(tokens))
+      if (more) yield* Console.error(`more tokens match; raise --limit (listed ${tokens.length})`)
     })
 ).pipe(Command.withDescription("List tokens, newest first"))
 
@@ -350,7 +374,11 @@ const auditFilters = {
   startTime: Options.text("start-time").pipe(Options.withDescription("RFC 3339; events at or after"), Options.optional),
   endTime: Options.text("end-time").pipe(Options.withDescription("RFC 3339; events at or before"), Options.optional),
   page: Options.integer("page").pipe(Options.withDescription("Page, from 1"), Options.optional),
-  pageSize: Options.integer("page-size").pipe(Options.withDescription("Events per page, 1..100 (default 20)"), Options.optional)
+  pageSize: Options.integer("page-size").pipe(Options.withDescription("Events per page, 1..100 (default 20)"), Options.optional),
+  cursor: Options.text("cursor").pipe(
+    Options.withDescription("Page by cursor instead of number: a cursor printed by an earlier page, or `last`"),
+    Options.optional
+  )
 }
 
 const AUDIT_PARAMS = {
@@ -368,7 +396,8 @@ const AUDIT_PARAMS = {
   startTime: "start_time",
   endTime: "end_time",
   page: "page",
-  pageSize: "page_size"
+  pageSize: "page_size",
+  cursor: "cursor"
 } as const
 
 const auditTable = (page: AuditPage) => {
@@ -384,11 +413,14 @@ const auditTable = (page: AuditPage) => {
     orDash(e.reason),
     e.id
   ])
-  return [
-    table(["TIME", "ACTION", "ACTOR", "OUTCOME", "COUNT", "CLIENT IP", "PROJECT", "REASON", "ID"], rows),
-    "",
-    `page ${p.page} of ${Math.max(p.total_pages, 1)} (${p.total_count} events)${p.has_next ? `; next: --page ${p.page + 1}` : ""}`
-  ].join("\n")
+  const footer = "page" in p
+    ? p.total_exact === false
+      ? `page ${p.page} (more than ${p.total_count} events)${p.has_next ? `; next: --page ${p.page + 1}` : ""}`
+      : `page ${p.page} of ${Math.max(p.total_pages, 1)} (${p.total_count} events)${p.has_next ? `; next: --page ${p.page + 1}` : ""}`
+    : `${page.events.length} events${p.next_cursor !== null ? `; older: --cursor ${p.next_cursor}` : ""}${
+      p.prev_cursor !== null ? `; newer: --cursor ${p.prev_cursor}` : ""
+    }`
+  return [table(["TIME", "ACTION", "ACTOR", "OUTCOME", "COUNT", "CLIENT IP", "PROJECT", "REASON", "ID"], rows), "", footer].join("\n")
 }
 
 const auditRecord = (e: AuditEvent) =>

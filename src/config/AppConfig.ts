@@ -13,7 +13,12 @@ export interface ListenAddress {
 }
 
 export type Database =
-  | { readonly _tag: "sqlite"; readonly path: string }
+  | {
+    readonly _tag: "sqlite"
+    readonly path: string
+    /** SQLITE_SYNCHRONOUS: absent = `normal` (see src/store/layers.ts). */
+    readonly synchronous?: "full"
+  }
   | { readonly _tag: "postgres"; readonly url: Redacted.Redacted<string>; readonly poolSize: number }
 
 export type LogFormat = "json" | "pretty"
@@ -146,6 +151,8 @@ export interface AppConfigShape {
    * after it was loaded, ms (0 = refuse as soon as the normal TTL is over).
    */
   readonly tokenCacheStaleTtlMs: number
+  /** Tokens expired or revoked more than this many days ago are deleted (their usage rollups stay); 0 keeps them. */
+  readonly tokenRetentionDays: number
   /** How often batched usage counters are written to the database, ms. */
   readonly usageFlushIntervalMs: number
   readonly rateLimitBackend: "in-memory" | "redis"
@@ -537,9 +544,14 @@ const database = Config.all({
   url: optionalString("DATABASE_URL"),
   driver: optionalString("DB_DRIVER"),
   path: Config.string("DATABASE_PATH").pipe(Config.withDefault("./data/llm-proxy.db")),
-  poolSize: positiveInt("DATABASE_POOL_SIZE", 10)
+  poolSize: positiveInt("DATABASE_POOL_SIZE", 10),
+  synchronous: Config.string("SQLITE_SYNCHRONOUS").pipe(Config.withDefault("normal"))
 }).pipe(
-  Config.mapOrFail(({ driver, path, poolSize, url }): Either.Either<Database, ConfigError.ConfigError> => {
+  Config.mapOrFail(({ driver, path, poolSize, synchronous, url }): Either.Either<Database, ConfigError.ConfigError> => {
+    const sync = synchronous.trim().toLowerCase()
+    if (sync !== "normal" && sync !== "full" && sync !== "") {
+      return Either.left(invalid("SQLITE_SYNCHRONOUS", `expected normal or full, got "${synchronous}"`))
+    }
     const d = Option.getOrUndefined(driver)?.toLowerCase()
     if (d !== undefined && d !== "sqlite" && d !== "postgres") {
       return Either.left(invalid("DB_DRIVER", `expected sqlite or postgres, got "${d}"`))
@@ -551,7 +563,7 @@ const database = Config.all({
       return Either.right({ _tag: "postgres", url: Redacted.make(url.value), poolSize })
     }
     if (d === "postgres") return Either.left(invalid("DATABASE_URL", "required when DB_DRIVER=postgres"))
-    return Either.right({ _tag: "sqlite", path })
+    return Either.right({ _tag: "sqlite", path, ...(sync === "full" ? { synchronous: "full" as const } : {}) })
   })
 )
 
@@ -642,6 +654,7 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   circuitBreakerCooldownMs: duration("CIRCUIT_BREAKER_COOLDOWN", "30s"),
   tokenCacheTtlMs: duration("TOKEN_CACHE_TTL", "5s", 0),
   tokenCacheStaleTtlMs: duration("TOKEN_CACHE_STALE_TTL", "60s", 0),
+  tokenRetentionDays: nonNegativeInt("TOKEN_RETENTION_DAYS", 30),
   usageFlushIntervalMs: duration("USAGE_FLUSH_INTERVAL", "1s"),
   rateLimitBackend: memoryOrRedis("RATE_LIMIT_BACKEND"),
   rateLimitFailureMode: wordSetting("RATE_LIMIT_FAILURE_MODE", "open", { open: "open", "": "open", closed: "closed" }, "open or closed"),

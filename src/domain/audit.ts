@@ -3,7 +3,7 @@
  * wire shapes of `GET /manage/audit` (field names of reference-system.md §2.5 so existing clients keep working).
  */
 import { Either, Schema } from "effect"
-import { Timestamp } from "./models.js"
+import { CursorPagination, Pagination, Timestamp } from "./models.js"
 import { parseTimestamp } from "./validation.js"
 
 export const OUTCOMES = ["success", "failure", "denied", "error"] as const
@@ -90,18 +90,13 @@ export const AuditEvent = Schema.Struct({
 }).annotations({ identifier: "AuditEvent" })
 export type AuditEvent = typeof AuditEvent.Type
 
-export const Pagination = Schema.Struct({
-  page: Schema.Number,
-  page_size: Schema.Number,
-  total_count: Schema.Number,
-  total_pages: Schema.Number,
-  has_next: Schema.Boolean,
-  has_prev: Schema.Boolean
-}).annotations({ identifier: "Pagination" })
+export { Pagination }
 
 export const AuditPage = Schema.Struct({
   events: Schema.Array(AuditEvent),
-  pagination: Pagination
+  pagination: Schema.Union(Pagination, CursorPagination).annotations({
+    description: "Pagination with `page`; CursorPagination with `cursor`"
+  })
 }).annotations({ identifier: "AuditPage" })
 export type AuditPage = typeof AuditPage.Type
 
@@ -123,7 +118,8 @@ export const ListAuditParams = Schema.Struct({
   start_time: param("RFC 3339; events at or after"),
   end_time: param("RFC 3339; events at or before"),
   page: param("1-based page (default 1)"),
-  page_size: param("1..100 (default 20)")
+  page_size: param("1..100 (default 20)"),
+  cursor: param("next_cursor or prev_cursor of an earlier page, `last` for the last page, empty for the first: cursor paging")
 })
 export type ListAuditParams = typeof ListAuditParams.Type
 

@@ -112,8 +112,50 @@ export type UpdateToken = typeof UpdateToken.Type
 export const ListTokensParams = Schema.Struct({
   project_id: Schema.optional(Schema.String),
   projectId: Schema.optional(Schema.String.annotations({ description: "Legacy spelling of project_id" })),
-  active_only: Schema.optional(Schema.String.annotations({ description: "true: only active, unexpired tokens" }))
+  active_only: Schema.optional(Schema.String.annotations({ description: "true: only active, unexpired tokens" })),
+  status: Schema.optional(
+    Schema.String.annotations({ description: "active (not revoked, not expired), expired (not revoked) or revoked" })
+  ),
+  search: Schema.optional(Schema.String.annotations({ description: "The start of the token's id (case-insensitive)" })),
+  page_size: Schema.optional(
+    Schema.String.annotations({ description: "1..100 (default 20); with page_size or cursor the answer is a TokenPage" })
+  ),
+  cursor: Schema.optional(
+    Schema.String.annotations({ description: "next_cursor or prev_cursor of a TokenPage, or `last` for the last page" })
+  )
 })
+
+/** The paging of a keyset listing: no page numbers, a cursor to each neighbouring page. */
+export const CursorPagination = Schema.Struct({
+  page_size: Schema.Number,
+  has_next: Schema.Boolean.annotations({ description: "Older entries follow" }),
+  has_prev: Schema.Boolean.annotations({ description: "Newer entries precede" }),
+  next_cursor: Schema.NullOr(Schema.String).annotations({ description: "cursor of the next (older) page" }),
+  prev_cursor: Schema.NullOr(Schema.String).annotations({ description: "cursor of the previous (newer) page" })
+}).annotations({ identifier: "CursorPagination" })
+export type CursorPagination = typeof CursorPagination.Type
+
+export const TokenPage = Schema.Struct({
+  tokens: Schema.Array(Token),
+  pagination: CursorPagination
+}).annotations({ identifier: "TokenPage" })
+export type TokenPage = typeof TokenPage.Type
+
+export const TokenCountsParams = Schema.Struct({
+  project_id: Schema.optional(Schema.String.annotations({ description: "Only this project's tokens" }))
+})
+
+const Count = Schema.Struct({
+  count: Schema.Number,
+  exact: Schema.Boolean.annotations({ description: "false: at least `count` (counting stops there)" })
+})
+
+export const TokenCounts = Schema.Struct({
+  active: Count,
+  expired: Count,
+  revoked: Count
+}).annotations({ identifier: "TokenCounts", description: "Tokens per state now, each counted up to 10000" })
+export type TokenCounts = typeof TokenCounts.Type
 
 export const CachePurge = Schema.Struct({
   method: Schema.optional(Schema.String.annotations({ description: "With url: purge every entry of that method and URL" })),
@@ -140,10 +182,13 @@ export const ListProjectsParams = Schema.Struct({
 export const Pagination = Schema.Struct({
   page: Schema.Number,
   page_size: Schema.Number,
-  total_count: Schema.Number,
+  total_count: Schema.Number.annotations({ description: "Counted up to 10000 (see total_exact)" }),
   total_pages: Schema.Number,
   has_next: Schema.Boolean,
-  has_prev: Schema.Boolean
+  has_prev: Schema.Boolean,
+  total_exact: Schema.optional(
+    Schema.Boolean.annotations({ description: "false: more than total_count match (counting stops at 10000)" })
+  )
 }).annotations({ identifier: "Pagination" })
 export type Pagination = typeof Pagination.Type
 

@@ -8,6 +8,7 @@ import { AuditActions, validateAuditQuery } from "../domain/audit.js"
 import { BadRequest, NotFound, ServiceUnavailable } from "../domain/errors.js"
 import { audited } from "./auditing.js"
 import { internal } from "./ProjectsHttp.js"
+import { decodeCursor, encodeCursor } from "./cursor.js"
 import { auditEventJson } from "./present.js"
 
 const notFound = new NotFound({ error: "audit event not found" })
@@ -30,8 +31,27 @@ export const AuditLive = HttpApiBuilder.group(ManagementApi, "audit", (handlers)
           Effect.gen(function*() {
             yield* available("audit events not available")
             const query = yield* Either.mapLeft(validateAuditQuery(urlParams), (error) => new BadRequest({ error }))
+            if (urlParams.cursor !== undefined) {
+              if (urlParams.page !== undefined && urlParams.page !== "") {
+                return yield* new BadRequest({ error: "page and cursor cannot be combined" })
+              }
+              const position = yield* Either.mapLeft(decodeCursor(urlParams.cursor), (error) => new BadRequest({ error }))
+              yield* caughtUp
+              const page = yield* repo.listPage(query, { limit: query.pageSize, position })
+              Object.assign(note.details, { events_count: page.rows.length, page_size: query.pageSize, cursor: true })
+              return {
+                events: page.rows.map(auditEventJson),
+                pagination: {
+                  page_size: query.pageSize,
+                  has_next: page.hasNext,
+                  has_prev: page.hasPrev,
+                  next_cursor: page.hasNext && page.lastKey !== undefined ? encodeCursor("after", page.lastKey) : null,
+                  prev_cursor: page.hasPrev && page.firstKey !== undefined ? encodeCursor("before", page.firstKey) : null
+                }
+              }
+            }
             yield* caughtUp
-            const { events, total } = yield* repo.list(query)
+            const { events, hasNext, total, totalExact } = yield* repo.list(query)
             const totalPages = Math.ceil(total / query.pageSize)
             Object.assign(note.details, {
               events_count: events.length,
@@ -46,8 +66,10 @@ export const AuditLive = HttpApiBuilder.group(ManagementApi, "audit", (handlers)
                 page_size: query.pageSize,
                 total_count: total,
                 total_pages: totalPages,
-                has_next: query.page < totalPages,
-                has_prev: query.page > 1
+                // Past the counting cap the total is a lower bound: whether a next page exists comes from the rows.
+                has_next: hasNext,
+                has_prev: query.page > 1,
+                total_exact: totalExact
               }
             }
           }).pipe(Effect.catchTag("StoreError", internal("failed to list audit events")))))

@@ -51,6 +51,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             const page = yield* validate(parsePageParam("page", urlParams.page, 1, 1_000_000_000, 1))
             const pageSize = yield* validate(parsePageParam("page_size", urlParams.page_size, 1, 100, 20))
             const result = yield* store.listProjectsPage({ search, limit: pageSize, offset: (page - 1) * pageSize })
+            // Past COUNT_CAP the total is a lower bound, so has_next comes from the rows themselves.
             const totalPages = Math.ceil(result.total / pageSize)
             note.details["project_count"] = result.rows.length
             note.details["page"] = page
@@ -61,8 +62,9 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
                 page_size: pageSize,
                 total_count: result.total,
                 total_pages: totalPages,
-                has_next: page < totalPages,
-                has_prev: page > 1
+                has_next: result.hasNext,
+                has_prev: page > 1,
+                total_exact: result.totalExact
               }
             }
           }).pipe(Effect.catchTag("StoreError", internal("failed to list projects")))))

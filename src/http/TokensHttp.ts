@@ -5,15 +5,67 @@ import { ManagementApi } from "../api/ManagementApi.js"
 import { generateProxyToken, hashProxyToken, tokenHint } from "../crypto/ProxyToken.js"
 import { AuditActions } from "../domain/audit.js"
 import { BadRequest, Forbidden, NotFound } from "../domain/errors.js"
-import { isUuid, parseBooleanParam, validateCreateToken, validateUpdateToken } from "../domain/validation.js"
-import { Store } from "../store/Store.js"
+import type { ListTokensParams } from "../domain/models.js"
+import {
+  isUuid,
+  parseBooleanParam,
+  parsePageParam,
+  validateCreateToken,
+  validateUpdateToken
+} from "../domain/validation.js"
+import { firstPage, type PagePosition } from "../store/keyset.js"
+import { COUNT_CAP, Store, type TokenFilter, type TokenStatus } from "../store/Store.js"
 import { TokenValidator } from "../token/TokenValidator.js"
 import { audited } from "./auditing.js"
 import { readJson, validate } from "./body.js"
+import { decodeCursor, encodeCursor } from "./cursor.js"
 import { tokenJson } from "./present.js"
 import { internal } from "./ProjectsHttp.js"
 
 const tokenNotFound = new NotFound({ error: "token not found" })
+
+/** The most tokens the unpaged (array) form of `GET /manage/tokens` returns. */
+export const LIST_MAX = 10_000
+
+const STATUSES: ReadonlyArray<TokenStatus> = ["active", "expired", "revoked"]
+
+export interface TokenListQuery {
+  readonly projectId: string | undefined
+  readonly filter: Omit<TokenFilter, "now">
+  /** Present with page_size or cursor: the answer is one TokenPage. */
+  readonly paged: { readonly pageSize: number; readonly position: PagePosition } | undefined
+}
+
+/** The query of `GET /manage/tokens`, validated. */
+export const parseTokenListQuery = (p: typeof ListTokensParams.Type): Either.Either<TokenListQuery, string> =>
+  Either.gen(function*() {
+    const activeOnly = yield* parseBooleanParam(p.active_only)
+    const raw = p.project_id ?? p.projectId
+    if (raw !== undefined && raw !== "" && !isUuid(raw)) return yield* Either.left("invalid project_id")
+    const projectId = raw ? raw.toLowerCase() : undefined
+    const statusText = p.status?.trim().toLowerCase() ?? ""
+    if (statusText !== "" && !(STATUSES as ReadonlyArray<string>).includes(statusText)) {
+      return yield* Either.left("status must be active, expired or revoked")
+    }
+    if (activeOnly && statusText !== "" && statusText !== "active") {
+      return yield* Either.left("active_only=true conflicts with status")
+    }
+    const status = activeOnly ? "active" : statusText === "" ? undefined : (statusText as TokenStatus)
+    const search = p.search?.trim().toLowerCase() ?? ""
+    if (search.length > 128) return yield* Either.left("search must be at most 128 characters")
+    const paged = p.page_size !== undefined || p.cursor !== undefined
+    const pageSize = yield* parsePageParam("page_size", p.page_size, 1, 100, 20)
+    const position = yield* decodeCursor(p.cursor)
+    return {
+      projectId,
+      filter: {
+        ...(projectId !== undefined ? { projectId } : {}),
+        ...(status !== undefined ? { status } : {}),
+        ...(search !== "" ? { search } : {})
+      },
+      paged: paged ? { pageSize, position } : undefined
+    }
+  })
 
 const tokenId = (raw: string) =>
   isUuid(raw) ? Effect.succeed(raw.toLowerCase()) : Effect.fail(new BadRequest({ error: "invalid token id" }))
@@ -30,20 +82,50 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
       .handle("list", ({ urlParams }) =>
         audited(AuditActions.tokenList, (note) =>
         Effect.gen(function*() {
-          const activeOnly = yield* validate(parseBooleanParam(urlParams.active_only))
-          const raw = urlParams.project_id ?? urlParams.projectId
-          if (raw !== undefined && raw !== "" && !isUuid(raw)) {
-            return yield* new BadRequest({ error: "invalid project_id" })
-          }
-          if (raw) note.projectId = raw.toLowerCase()
-          const rows = yield* store.listTokens({
-            ...(raw ? { projectId: raw.toLowerCase() } : {}),
-            activeOnly,
-            now: new Date(yield* Clock.currentTimeMillis).toISOString()
+          const query = yield* validate(parseTokenListQuery(urlParams))
+          if (query.projectId !== undefined) note.projectId = query.projectId
+          const nowMs = yield* Clock.currentTimeMillis
+          const filter = { ...query.filter, now: new Date(nowMs).toISOString() }
+          Object.assign(note.details, {
+            filtered_by_project: query.projectId !== undefined,
+            active_only: query.filter.status === "active",
+            ...(query.filter.status !== undefined ? { status: query.filter.status } : {}),
+            ...(query.filter.search !== undefined ? { search: query.filter.search } : {})
           })
-          Object.assign(note.details, { token_count: rows.length, filtered_by_project: !!raw, active_only: activeOnly })
-          return rows.map(tokenJson)
+          if (query.paged === undefined) {
+            // The legacy array: the newest LIST_MAX, with a header saying when more match.
+            const page = yield* store.listTokens(filter, { limit: LIST_MAX, position: firstPage })
+            note.details["token_count"] = page.rows.length
+            const body = page.rows.map(tokenJson)
+            return page.hasNext ? HttpServerResponse.unsafeJson(body, { headers: { "x-truncated": "true" } }) : body
+          }
+          const { pageSize, position } = query.paged
+          const page = yield* store.listTokens(filter, { limit: pageSize, position })
+          note.details["token_count"] = page.rows.length
+          note.details["page_size"] = pageSize
+          return {
+            tokens: page.rows.map(tokenJson),
+            pagination: {
+              page_size: pageSize,
+              has_next: page.hasNext,
+              has_prev: page.hasPrev,
+              next_cursor: page.hasNext && page.lastKey !== undefined ? encodeCursor("after", page.lastKey) : null,
+              prev_cursor: page.hasPrev && page.firstKey !== undefined ? encodeCursor("before", page.firstKey) : null
+            }
+          }
         }).pipe(Effect.catchTag("StoreError", internal("failed to list tokens")))))
+      .handle("counts", ({ urlParams }) =>
+        audited(AuditActions.tokenList, (note) =>
+          Effect.gen(function*() {
+            const raw = urlParams.project_id
+            if (raw !== undefined && raw !== "" && !isUuid(raw)) return yield* new BadRequest({ error: "invalid project_id" })
+            const projectId = raw ? raw.toLowerCase() : undefined
+            if (projectId !== undefined) note.projectId = projectId
+            const now = new Date(yield* Clock.currentTimeMillis).toISOString()
+            const counts = yield* store.countTokens(now, COUNT_CAP, projectId)
+            note.details["counts"] = true
+            return counts
+          }).pipe(Effect.catchTag("StoreError", internal("failed to count tokens")))))
       .handleRaw("create", ({ request }) =>
         audited(AuditActions.tokenCreate, (note) =>
         Effect.gen(function*() {
@@ -51,14 +133,10 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
           const input = yield* validate(validateCreateToken(body))
           note.projectId = input.projectId
           note.details["duration_minutes"] = input.durationMinutes
-          const project = yield* store.getProject(input.projectId)
-          if (Option.isNone(project)) return yield* new NotFound({ error: "project not found" })
-          if (!project.value.isActive) {
-            return yield* new Forbidden({ error: "cannot create tokens for inactive projects", code: "project_inactive" })
-          }
           const nowMs = yield* Clock.currentTimeMillis
           const secret = generateProxyToken()
-          const row = yield* store.createToken({
+          // One statement checks the project (exists, active) and inserts the token.
+          const result = yield* store.createTokenForProject({
             id: crypto.randomUUID(),
             tokenHash: hashProxyToken(secret),
             tokenHint: tokenHint(secret),
@@ -68,6 +146,11 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             rateLimit: input.rateLimit,
             now: new Date(nowMs).toISOString()
           })
+          if (result._tag === "project_not_found") return yield* new NotFound({ error: "project not found" })
+          if (result._tag === "project_inactive") {
+            return yield* new Forbidden({ error: "cannot create tokens for inactive projects", code: "project_inactive" })
+          }
+          const row = result.token
           note.tokenId = row.id
           note.details["expires_at"] = row.expiresAt
           if (row.maxRequests !== null) note.details["max_requests"] = row.maxRequests

@@ -2,10 +2,13 @@
  * Store on @effect/sql. The SQL is shared by both dialects; the differences (booleans, timestamp and bigint
  * decoding, unique-violation codes) are handled at the edges of this file.
  */
-import { SqlClient, SqlError } from "@effect/sql"
-import { Effect, Layer, Option } from "effect"
+import { SqlClient, SqlError, type Statement } from "@effect/sql"
+import { Deferred, Effect, Exit, Layer, Option, Queue, type Scope } from "effect"
+import { boundedCount, keysetPage } from "./keyset.js"
 import {
   type BulkRevoke,
+  COUNT_CAP,
+  type CreateTokenResult,
   DuplicateProjectName,
   type ProjectRow,
   Store,
@@ -14,6 +17,10 @@ import {
   type QuotaResult,
   type RateLimitRow,
   type TokenAuthRow,
+  type TokenCount,
+  type NewToken,
+  type TokenFilter,
+  type TokenStatus,
   type TokenRow,
   type UsagePoint
 } from "./Store.js"
@@ -83,10 +90,50 @@ const isUniqueViolation = (e: SqlError.SqlError): boolean => {
   return code === "23505" || code === "SQLITE_CONSTRAINT_UNIQUE"
 }
 
+/** What a token id can start with: token ids are lowercase UUIDs. */
+const ID_PREFIX = /^[0-9a-f-]{1,36}$/
+
+const HEX = "0123456789abcdef"
+
+/**
+ * An upper bound for the ids starting with `prefix` (an id prefix): the next hex prefix, ignoring dashes — ids
+ * have theirs at fixed places, so this holds whether the database's collation orders dashes or ignores them.
+ * Undefined when there is none (`ffff`).
+ */
+export const idPrefixEnd = (prefix: string): string | undefined => {
+  for (let i = prefix.length - 1; i >= 0; i--) {
+    const at = HEX.indexOf(prefix[i]!)
+    // a dash is skipped, an `f` carries into the character before it
+    if (at >= 0 && at < HEX.length - 1) return prefix.slice(0, i) + HEX[at + 1]
+  }
+  return undefined
+}
+
 const storeError = (operation: string) => (cause: SqlError.SqlError) =>
   new StoreError({ message: `database error during ${operation}`, cause })
 
-export const make = (dialect: Dialect) =>
+/** The most token creations one group commit takes. */
+export const CREATE_BATCH_MAX = 256
+
+const newTokenRow = (t: NewToken): TokenRow => ({
+  id: t.id,
+  tokenHash: t.tokenHash,
+  tokenHint: t.tokenHint,
+  projectId: t.projectId,
+  expiresAt: t.expiresAt,
+  isActive: true,
+  deactivatedAt: null,
+  requestCount: 0,
+  maxRequests: t.maxRequests,
+  rateLimit: t.rateLimit ?? null,
+  cacheHitCount: 0,
+  promptTokens: 0,
+  completionTokens: 0,
+  createdAt: t.now,
+  lastUsedAt: null
+})
+
+export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClient.SqlClient | Scope.Scope> =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     // better-sqlite3 cannot bind booleans; Postgres wants real ones.
@@ -121,6 +168,120 @@ export const make = (dialect: Dialect) =>
         )
         : selectProject(id)
 
+    // SQLite's unary + keeps a column from choosing the index (PostgreSQL plans from its statistics instead).
+    const unindexed = (column: string) => (dialect === "sqlite" ? sql.literal(`+${column}`) : sql(column))
+    // A literal, so SQLite can use the partial index of revoked tokens (it cannot prove a bound parameter is 0).
+    const REVOKED = sql.literal(dialect === "sqlite" ? "is_active = 0" : "NOT is_active")
+
+    /**
+     * What a token search matches, one predicate per searched field, combined with OR: today the id prefix. A
+     * prefix of three characters or more is searched through the primary key (at most 1/4096 of the ids start
+     * with it, so sorting them is cheap); a shorter one is a filter on the listing's own order.
+     */
+    const tokenSearch = (search: string): ReadonlyArray<Statement.Fragment> => [
+      ...(ID_PREFIX.test(search)
+        ? [
+          search.length >= 3
+            ? sql.and([
+              sql`id >= ${search}`,
+              ...Option.toArray(Option.map(Option.fromNullable(idPrefixEnd(search)), (end) => sql`id < ${end}`)),
+              sql`id LIKE ${`${search}%`}`
+            ])
+            : sql`id LIKE ${`${search}%`}`
+        ]
+        : [])
+    ]
+
+    const tokenConditions = (f: TokenFilter): ReadonlyArray<Statement.Fragment> => {
+      const search = f.search ?? ""
+      const matches = search === "" ? [] : tokenSearch(search)
+      // Searching by a long id prefix: the primary key range must drive the query, not the project or status index.
+      const byId = matches.length === 1 && ID_PREFIX.test(search) && search.length >= 3
+      const column = (name: string) => (byId ? unindexed(name) : sql(name))
+      return [
+        ...(f.projectId !== undefined ? [sql`${column("project_id")} = ${f.projectId}`] : []),
+        ...(f.status === "active"
+          ? [sql`${column("is_active")} = ${TRUE}`, sql`(expires_at IS NULL OR expires_at > ${f.now})`]
+          : f.status === "expired"
+          ? [sql`${column("is_active")} = ${TRUE}`, sql`expires_at <= ${f.now}`]
+          : f.status === "revoked"
+          ? [sql`${column("is_active")} = ${FALSE}`]
+          : []),
+        ...(search === "" ? [] : matches.length === 0 ? [sql`1 = 0`] : [sql.or(matches)])
+      ]
+    }
+
+    /**
+     * Counts up to `cap` tokens, reading them in the order where they usually sit (active tokens are the newest,
+     * expired ones the oldest), so the count stops early.
+     */
+    const cappedTokenCount = (conditions: ReadonlyArray<Statement.Fragment>, order: "ASC" | "DESC", cap: number) =>
+      Effect.map(
+        sql<Row>`SELECT COUNT(*) AS n FROM (SELECT 1 AS one FROM tokens WHERE ${sql.and(conditions)}
+          ORDER BY created_at ${sql.literal(order)} LIMIT ${cap + 1}) AS matching`,
+        (rows): TokenCount => {
+          const n = num(rows[0]?.n ?? 0)
+          return n > cap ? { count: cap, exact: false } : { count: n, exact: true }
+        }
+      )
+
+    const tokenColumns = (t: NewToken) => ({
+      id: t.id,
+      token_hash: t.tokenHash,
+      token_hint: t.tokenHint,
+      project_id: t.projectId,
+      expires_at: t.expiresAt,
+      is_active: TRUE,
+      max_requests: t.maxRequests,
+      rate_limit_requests: t.rateLimit?.requests ?? null,
+      rate_limit_window_seconds: t.rateLimit?.windowSeconds ?? null,
+      created_at: t.now
+    })
+
+    /** The token, inserted only while its project exists and is active; else which of the two it is not. */
+    const insertForProject = (t: NewToken): Effect.Effect<CreateTokenResult, SqlError.SqlError> =>
+      Effect.gen(function*() {
+        const c = tokenColumns(t)
+        const inserted = yield* sql<Row>`INSERT INTO tokens (id, token_hash, token_hint, project_id, expires_at,
+            is_active, max_requests, rate_limit_requests, rate_limit_window_seconds, created_at)
+          SELECT ${c.id}, ${c.token_hash}, ${c.token_hint}, ${c.project_id}, ${c.expires_at}, ${c.is_active},
+            ${c.max_requests}, ${c.rate_limit_requests}, ${c.rate_limit_window_seconds}, ${c.created_at}
+          FROM projects WHERE id = ${t.projectId} AND is_active = ${TRUE}
+          RETURNING id`
+        if (inserted.length > 0) return { _tag: "created", token: newTokenRow(t) }
+        const [project] = yield* sql<Row>`SELECT is_active FROM projects WHERE id = ${t.projectId}`
+        return project === undefined ? { _tag: "project_not_found" } : { _tag: "project_inactive" }
+      })
+
+    /**
+     * SQLite group commit: creations queue up while the one connection is busy and the writer commits whatever is
+     * waiting in one transaction — one WAL append (and, with SQLITE_SYNCHRONOUS=full, one fsync) per batch instead of
+     * per token. A batch that fails as a whole is retried token by token, so one bad row fails only its own request.
+     */
+    type Pending = { readonly token: NewToken; readonly done: Deferred.Deferred<CreateTokenResult, SqlError.SqlError> }
+    const pending = yield* Queue.unbounded<Pending>()
+    const commitBatch = (batch: ReadonlyArray<Pending>) =>
+      sql.withTransaction(Effect.forEach(batch, (p) => insertForProject(p.token))).pipe(
+        Effect.flatMap((results) =>
+          Effect.sync(() => batch.forEach((p, i) => Deferred.unsafeDone(p.done, Exit.succeed(results[i]!))))
+        ),
+        Effect.catchAll(() =>
+          Effect.forEach(batch, (p) => Effect.exit(insertForProject(p.token)).pipe(Effect.flatMap((exit) => Deferred.done(p.done, exit))), {
+            discard: true
+          })
+        )
+      )
+    // A batch once taken is committed and answered even while the layer closes.
+    yield* Effect.uninterruptibleMask((restore) =>
+      restore(Queue.takeBetween(pending, 1, CREATE_BATCH_MAX)).pipe(Effect.flatMap((chunk) => commitBatch(Array.from(chunk))))
+    ).pipe(Effect.forever, Effect.forkScoped)
+    const groupCommitted = (token: NewToken) =>
+      Effect.gen(function*() {
+        const done = yield* Deferred.make<CreateTokenResult, SqlError.SqlError>()
+        yield* Queue.offer(pending, { token, done })
+        return yield* Deferred.await(done)
+      })
+
     const revokeActiveTokens = (projectId: string, now: string) =>
       Effect.map(
         sql<Row>`UPDATE tokens SET is_active = ${FALSE}, deactivated_at = COALESCE(deactivated_at, ${now})
@@ -144,10 +305,15 @@ export const make = (dialect: Dialect) =>
         return wrap(
           "listProjectsPage",
           Effect.gen(function*() {
-            const [count] = yield* sql<Row>`SELECT COUNT(*) AS total FROM projects WHERE ${where}`
             const rows = yield* sql<Row>`SELECT * FROM projects WHERE ${where}
-              ORDER BY name ASC LIMIT ${q.limit} OFFSET ${q.offset}`
-            return { rows: rows.map(toProject), total: num(count?.total ?? 0) }
+              ORDER BY name ASC LIMIT ${q.limit + 1} OFFSET ${q.offset}`
+            const count = yield* boundedCount(sql, "projects", [where], q.countCap ?? COUNT_CAP)
+            return {
+              rows: rows.slice(0, q.limit).map(toProject),
+              hasNext: rows.length > q.limit,
+              total: count.count,
+              totalExact: count.exact
+            }
           })
         )
       },
@@ -247,54 +413,50 @@ export const make = (dialect: Dialect) =>
       createToken: (t) =>
         wrap(
           "createToken",
-          Effect.as(
-            sql`INSERT INTO tokens ${
-              sql.insert({
-                id: t.id,
-                token_hash: t.tokenHash,
-                token_hint: t.tokenHint,
-                project_id: t.projectId,
-                expires_at: t.expiresAt,
-                is_active: TRUE,
-                max_requests: t.maxRequests,
-                rate_limit_requests: t.rateLimit?.requests ?? null,
-                rate_limit_window_seconds: t.rateLimit?.windowSeconds ?? null,
-                created_at: t.now
-              })
-            }`,
-            {
-              id: t.id,
-              tokenHash: t.tokenHash,
-              tokenHint: t.tokenHint,
-              projectId: t.projectId,
-              expiresAt: t.expiresAt,
-              isActive: true,
-              deactivatedAt: null,
-              requestCount: 0,
-              maxRequests: t.maxRequests,
-              rateLimit: t.rateLimit ?? null,
-              cacheHitCount: 0,
-              promptTokens: 0,
-              completionTokens: 0,
-              createdAt: t.now,
-              lastUsedAt: null
-            } satisfies TokenRow
-          )
+          Effect.as(sql`INSERT INTO tokens ${sql.insert(tokenColumns(t))}`, newTokenRow(t))
         ),
 
-      listTokens: (f) => {
-        const conditions = [
-          ...(f.projectId !== undefined ? [sql`project_id = ${f.projectId}`] : []),
-          ...(f.activeOnly ? [sql`is_active = ${TRUE}`, sql`(expires_at IS NULL OR expires_at > ${f.now})`] : [])
-        ]
-        return wrap(
+      createTokenForProject: (t) =>
+        wrap("createToken", dialect === "sqlite" ? groupCommitted(t) : insertForProject(t)),
+
+      listTokens: (f, page) =>
+        wrap(
           "listTokens",
-          Effect.map(
-            sql<Row>`SELECT * FROM tokens WHERE ${sql.and(conditions)} ORDER BY created_at DESC, id DESC`,
-            (rows) => rows.map(toToken)
-          )
+          keysetPage(sql, {
+            table: "tokens",
+            timeColumn: "created_at",
+            idColumn: "id",
+            where: tokenConditions(f),
+            decode: toToken
+          }, page)
+        ),
+
+      countTokens: (now, cap, projectId) => {
+        const of = (status: TokenStatus) =>
+          tokenConditions({ status, now, ...(projectId !== undefined ? { projectId } : {}) })
+        return wrap(
+          "countTokens",
+          Effect.all({
+            active: cappedTokenCount(of("active"), "DESC", cap),
+            expired: cappedTokenCount(of("expired"), "ASC", cap),
+            revoked: cappedTokenCount(of("revoked"), "DESC", cap)
+          })
         )
       },
+
+      pruneTokens: (before, limit) =>
+        wrap(
+          "pruneTokens",
+          Effect.map(
+            sql<Row>`DELETE FROM tokens WHERE id IN (
+                SELECT id FROM tokens WHERE expires_at < ${before}
+                UNION ALL
+                SELECT id FROM tokens WHERE ${REVOKED} AND deactivated_at < ${before}
+                LIMIT ${limit}
+              ) RETURNING id`,
+            (rows) => rows.length
+          )
+        ),
 
       getToken: (id) =>
         wrap(
@@ -453,4 +615,4 @@ export const make = (dialect: Dialect) =>
   })
 
 export const layer = (dialect: Dialect): Layer.Layer<Store, never, SqlClient.SqlClient> =>
-  Layer.effect(Store, make(dialect))
+  Layer.scoped(Store, make(dialect))

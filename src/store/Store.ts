@@ -3,6 +3,7 @@
  * on @effect/sql (see SqlStore.ts), chosen in src/Layers.ts.
  */
 import { Context, Effect, Option, Schema } from "effect"
+import type { KeysetPage, PageRequest } from "./keyset.js"
 
 /** A storage failure. `message` is safe to log; the database's own text stays in `cause` and never reaches a client. */
 export class StoreError extends Schema.TaggedError<StoreError>()("StoreError", {
@@ -98,6 +99,12 @@ export interface NewToken {
   readonly now: string
 }
 
+/** What creating a token for a project came to: the token, or why the project refused it. */
+export type CreateTokenResult =
+  | { readonly _tag: "created"; readonly token: TokenRow }
+  | { readonly _tag: "project_not_found" }
+  | { readonly _tag: "project_inactive" }
+
 export interface TokenPatch {
   readonly isActive?: boolean
   readonly maxRequests?: number | null
@@ -113,11 +120,28 @@ export interface BulkRevoke {
   readonly total: number
 }
 
+/** A token's state at a moment: revoked (`is_active` false), else expired (`expires_at` ≤ now), else active. */
+export type TokenStatus = "active" | "expired" | "revoked"
+
 export interface TokenFilter {
   readonly projectId?: string
-  /** Only active tokens that have not expired at `now`. */
-  readonly activeOnly?: boolean
+  /** Only tokens in this state at `now`. */
+  readonly status?: TokenStatus
+  /** Lowercase text the token's id starts with (searched fields may grow: see `tokenSearch` in SqlStore.ts). */
+  readonly search?: string
   readonly now: string
+}
+
+export interface TokenCount {
+  readonly count: number
+  /** false when more tokens match than were counted (the count is then the cap). */
+  readonly exact: boolean
+}
+
+export interface TokenCounts {
+  readonly active: TokenCount
+  readonly expired: TokenCount
+  readonly revoked: TokenCount
 }
 
 /** Everything the proxy needs to admit a request with a token, read in one query. */
@@ -187,16 +211,30 @@ export interface ProjectPageQuery {
   readonly search?: string
   readonly limit: number
   readonly offset: number
+  /** Count at most this many (default COUNT_CAP). */
+  readonly countCap?: number
 }
+
+/** Counts beyond this are not read to the end: a listing's `total_count` is exact up to it. */
+export const COUNT_CAP = 10_000
 
 export interface StoreShape {
   readonly dialect: "sqlite" | "postgres"
   readonly ping: Effect.Effect<void, StoreError>
   readonly listProjects: Effect.Effect<ReadonlyArray<ProjectRow>, StoreError>
-  /** One page of projects by name, and how many match in all. */
-  readonly listProjectsPage: (
-    q: ProjectPageQuery
-  ) => Effect.Effect<{ readonly rows: ReadonlyArray<ProjectRow>; readonly total: number }, StoreError>
+  /**
+   * One page of projects by name, whether more follow, and how many match in all — counted up to COUNT_CAP
+   * (`totalExact` false beyond it).
+   */
+  readonly listProjectsPage: (q: ProjectPageQuery) => Effect.Effect<
+    {
+      readonly rows: ReadonlyArray<ProjectRow>
+      readonly hasNext: boolean
+      readonly total: number
+      readonly totalExact: boolean
+    },
+    StoreError
+  >
   readonly getProject: (id: string) => Effect.Effect<Option.Option<ProjectRow>, StoreError>
   readonly createProject: (p: NewProject) => Effect.Effect<ProjectRow, StoreError | DuplicateProjectName>
   /** None when the project does not exist. `revoked` counts tokens revoked by `revokeTokens`. */
@@ -207,10 +245,23 @@ export interface StoreShape {
   /** None when the project does not exist. */
   readonly revokeProjectTokens: (id: string, now: string) => Effect.Effect<Option.Option<BulkRevoke>, StoreError>
   readonly createToken: (t: NewToken) => Effect.Effect<TokenRow, StoreError>
-  readonly listTokens: (filter: TokenFilter) => Effect.Effect<ReadonlyArray<TokenRow>, StoreError>
+  /**
+   * Creates the token only if its project exists and is active, in one statement. On SQLite, concurrent calls
+   * are committed together (one transaction per batch: a group commit).
+   */
+  readonly createTokenForProject: (t: NewToken) => Effect.Effect<CreateTokenResult, StoreError>
+  /** One page of the matching tokens, newest first (created_at, then id), read through an index (keyset). */
+  readonly listTokens: (filter: TokenFilter, page: PageRequest) => Effect.Effect<KeysetPage<TokenRow>, StoreError>
+  /** Tokens (of one project, or all) per state at `now`, each counted up to `cap`. */
+  readonly countTokens: (now: string, cap: number, projectId?: string) => Effect.Effect<TokenCounts, StoreError>
   readonly getToken: (id: string) => Effect.Effect<Option.Option<TokenRow>, StoreError>
   readonly getTokenByHash: (hash: string) => Effect.Effect<Option.Option<TokenRow>, StoreError>
   readonly updateToken: (id: string, patch: TokenPatch) => Effect.Effect<Option.Option<TokenRow>, StoreError>
+  /**
+   * Retention: deletes up to `limit` tokens that expired, or were revoked, before `before`, in one short
+   * transaction; returns how many. Their usage rollups (usage_hourly) and audit events stay.
+   */
+  readonly pruneTokens: (before: string, limit: number) => Effect.Effect<number, StoreError>
   /** Idempotent; false when the token does not exist. */
   readonly revokeToken: (id: string, now: string) => Effect.Effect<boolean, StoreError>
   /** The token with its project, by the token's SHA-256. */

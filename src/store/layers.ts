@@ -9,6 +9,14 @@ import * as SqlStore from "./SqlStore.js"
 import { StoreError } from "./Store.js"
 
 /**
+ * SQLite's `synchronous` setting under WAL. `normal` (the default): a commit is durable once the process has
+ * written it — a crash of llm-proxy loses nothing — but the last commits before a power loss or kernel crash may
+ * be rolled back (the file stays consistent); there is no fsync per commit, only at checkpoints. `full`: an fsync
+ * per commit, which holds the event loop for its duration (milliseconds on most disks). See docs/performance.md.
+ */
+export type SqliteSynchronous = "normal" | "full"
+
+/**
  * The database file may hold provider keys in plain text (without ENCRYPTION_KEY): its directory is made 0700 and the
  * file is created 0600 before SQLite opens it (SQLite gives its -wal and -shm files the database file's mode); looser
  * modes found on them are tightened with a warning (src/config/privateFiles.ts).
@@ -21,12 +29,20 @@ const preparePrivateDatabase = (path: string) =>
     for (const warning of warnings) yield* Effect.logWarning(warning)
   })
 
-export const sqliteClient = (path: string) =>
+export const sqliteClient = (path: string, synchronous: SqliteSynchronous = "normal") =>
   Layer.unwrapEffect(
     Effect.as(preparePrivateDatabase(path), SqliteClient.layer({ filename: path }))
   ).pipe(
     // Foreign keys are off by default in SQLite; the schema relies on them.
     Layer.tap((ctx) => Effect.asVoid(SqlClient.SqlClient.pipe(Effect.flatMap((sql) => sql`PRAGMA foreign_keys = ON`), Effect.provide(ctx)))),
+    Layer.tap((ctx) =>
+      Effect.asVoid(
+        SqlClient.SqlClient.pipe(
+          Effect.flatMap((sql) => sql.unsafe(`PRAGMA synchronous = ${synchronous === "full" ? "FULL" : "NORMAL"}`)),
+          Effect.provide(ctx)
+        )
+      )
+    ),
     // better-sqlite3 throws synchronously while opening (e.g. "file is not a database" from the WAL pragma, or
     // "unable to open database file"), and @effect/sql-sqlite-node lets that escape as a defect: turn failures
     // and defects alike into a StoreError.
@@ -42,7 +58,8 @@ export const postgresClient = (url: Redacted.Redacted<string>, poolSize: number)
     Layer.mapError((cause) => new StoreError({ message: "cannot connect to PostgreSQL (DATABASE_URL)", cause }))
   )
 
-export const sqliteStore = (path: string) => SqlStore.layer("sqlite").pipe(Layer.provideMerge(sqliteClient(path)))
+export const sqliteStore = (path: string, synchronous?: SqliteSynchronous) =>
+  SqlStore.layer("sqlite").pipe(Layer.provideMerge(sqliteClient(path, synchronous)))
 
 export const postgresStore = (url: Redacted.Redacted<string>, poolSize: number) =>
   SqlStore.layer("postgres").pipe(Layer.provideMerge(postgresClient(url, poolSize)))

@@ -72,6 +72,30 @@ describe("llm-proxy manage (in-process)", () => {
     expect(revokeAll.out).toBe("revoked 0 of 1 tokens (1 were already revoked)")
   })
 
+  it("token list pages through the API: --status, --search, --limit (with a note when more match)", async () => {
+    const p = JSON.parse((await cli("manage", "project", "create", "--name", "cli-many", "--api-key", "sk-abcdefghijklmnop", "--json", ...auth)).out)
+    const ids: Array<string> = []
+    for (let i = 0; i < 105; i++) {
+      const r = await fetch(`${server.url}/manage/tokens`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${server.token}`, "content-type": "application/json" },
+        body: JSON.stringify({ project_id: p.id, duration_minutes: 60 })
+      })
+      ids.unshift(((await r.json()) as { id: string }).id)
+    }
+    // More than one page of 100: all of them, newest first.
+    const all = await cli("manage", "token", "list", "--project-id", p.id, "--json", ...auth)
+    expect(JSON.parse(all.out).map((t: { id: string }) => t.id)).toEqual(ids)
+    const limited = await cli("manage", "token", "list", "--project-id", p.id, "--limit", "3", ...auth)
+    expect(limited.out.split("\n")).toHaveLength(5) // header, rule, 3 tokens
+    expect(limited.err).toBe("more tokens match; raise --limit (listed 3)")
+    const found = await cli("manage", "token", "list", "--search", ids[7]!.slice(0, 13).toUpperCase(), "--json", ...auth)
+    expect(JSON.parse(found.out).map((t: { id: string }) => t.id)).toEqual([ids[7]])
+    const revoked = await cli("manage", "token", "list", "--project-id", p.id, "--status", "revoked", ...auth)
+    expect(revoked.out).toBe("(none)")
+    expect(await cli("manage", "token", "list", "--limit", "0", ...auth)).toMatchObject({ ok: false, err: "llm-proxy: --limit must be at least 1" })
+  })
+
   it("audit list (table and --json, with filters) and audit show", async () => {
     const created = await cli("manage", "project", "create", "--name", "cli-audit", "--api-key", "sk-cli-audit-key-1234567890", "--json", ...auth)
     const projectId = JSON.parse(created.out).id
@@ -98,6 +122,11 @@ describe("llm-proxy manage (in-process)", () => {
     const shownJson = JSON.parse((await cli("manage", "audit", "show", page.events[0].id, "--json", ...auth)).out)
     expect(shownJson).toEqual(page.events[0])
 
+    const byCursor = await cli("manage", "audit", "list", "--project-id", projectId, "--cursor", "", "--page-size", "1", ...auth)
+    expect(byCursor.out.split("\n").at(-1)).toBe("1 events")
+    const lastJson = JSON.parse((await cli("manage", "audit", "list", "--project-id", projectId, "--cursor", "last", "--json", ...auth)).out)
+    expect(lastJson.pagination).toEqual({ page_size: 20, has_next: false, has_prev: false, next_cursor: null, prev_cursor: null })
+    expect(await cli("manage", "audit", "list", "--cursor", "nope", ...auth)).toMatchObject({ ok: false, err: "llm-proxy: invalid cursor" })
     // Refused management tokens are aggregated: the COUNT column (and `count`) says how many requests a row stands for.
     const refusals = async () => {
       const r = await cli("manage", "audit", "list", "--action", "management.auth", "--outcome", "denied", "--page-size", "100", "--json", ...auth)

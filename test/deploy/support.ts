@@ -219,10 +219,13 @@ export const stageImage = (stages: ReadonlyArray<Stage>, root: string, owner: { 
         break
       }
       case "RUN": {
-        const m = /^mkdir -p (\S+) && chown \S+ (\S+)$/.exec(i.text)
-        if (m === null || m[1] !== m[2]) throw new Error(`the staging does not interpret RUN ${i.text}`)
+        const m = /^mkdir -p (\S+) && chown \S+ (\S+)(?: && chmod ([0-7]{3,4}) (\S+))?$/.exec(i.text)
+        if (m === null || m[1] !== m[2] || (m[4] !== undefined && m[4] !== m[1])) {
+          throw new Error(`the staging does not interpret RUN ${i.text}`)
+        }
         mkdirSync(at(m[1]!), { recursive: true })
         chownSync(at(m[1]!), owner.uid, owner.gid)
+        if (m[3] !== undefined) chmodSync(at(m[1]!), parseInt(m[3], 8))
         break
       }
       case "USER":

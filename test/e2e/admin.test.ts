@@ -3,6 +3,7 @@
  * end. Any console error, uncaught exception or CSP violation fails the suite. With UPDATE_SCREENSHOTS=1 the run
  * also writes docs/img/*.png.
  */
+import { SqlClient } from "@effect/sql"
 import { Effect, Option, Redacted } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -347,6 +348,58 @@ describe.skipIf(!hasChromium)(title, () => {
     await screenshot(page, "tokens")
   })
 
+  it("pages 5,000 tokens from the server: older, newer, oldest, search by id; no request loads every token", async () => {
+    const bulk = (await api("POST", "/manage/projects", { name: "bulk-sessions", api_key: "sk-bulk-key" })).json
+    // Written straight into the database, a second apart and older than everything else.
+    await Effect.runPromise(
+      Effect.flatMap(SqlClient.SqlClient, (sql) =>
+        sql`WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+          INSERT INTO tokens (id, token_hash, token_hint, project_id, expires_at, created_at)
+          SELECT printf('%08x-0000-4000-8000-%012d', i, i), 'bulk-' || i, 'sk-bulk****' || printf('%04d', i), ${bulk.id},
+            '2099-01-01T00:00:00.000Z', strftime('%Y-%m-%dT%H:%M:%fZ', '2020-01-01', '+' || i || ' seconds') FROM n`
+      ).pipe(Effect.provide(sqliteStore(dbPath)))
+    )
+    const listings: Array<URL> = []
+    const record = (request: { url: () => string }) => {
+      const url = new URL(request.url())
+      if (url.pathname.startsWith("/manage/tokens") && !/\/manage\/tokens\/[0-9a-f-]{36}$/.test(url.pathname)) listings.push(url)
+    }
+    page.on("request", record)
+    try {
+      await go(`/admin/tokens?project_id=${bulk.id}`)
+      await h1("Tokens").waitFor()
+      await page.getByText("25 tokens, newest first").waitFor()
+      expect(await page.locator("tbody tr").count()).toBe(25)
+      expect(await page.locator("tbody tr").first().textContent()).toContain("sk-bulk****5000")
+      await page.getByRole("link", { name: "Older →" }).click()
+      await page.locator("tbody tr").first().filter({ hasText: "sk-bulk****4975" }).waitFor()
+      expect(new URL(page.url()).searchParams.get("cursor")).not.toBeNull()
+      await page.getByRole("link", { name: "← Newer" }).click()
+      await page.locator("tbody tr").first().filter({ hasText: "sk-bulk****5000" }).waitFor()
+      await page.getByRole("link", { name: "Oldest »" }).click()
+      await page.locator("tbody tr").last().filter({ hasText: "sk-bulk****0001" }).waitFor()
+      expect(await page.getByRole("link", { name: "Older →" }).count()).toBe(0)
+      await page.getByRole("link", { name: "« Newest" }).click()
+      await page.locator("tbody tr").first().filter({ hasText: "sk-bulk****5000" }).waitFor()
+      await page.getByLabel("Token ID").fill("00000abc-")
+      await page.getByRole("button", { name: "Filter" }).click()
+      await page.getByText("1 token, newest first").waitFor()
+      expect(await page.locator("tbody").textContent()).toContain("sk-bulk****2748") // 0xabc
+      await screenshot(page, "tokens-paged")
+
+      await page.getByRole("link", { name: "Dashboard" }).click()
+      await h1("Dashboard").waitFor()
+      await page.getByText(/^\d[\d,]*\+? expired · \d[\d,]*\+? revoked$/).waitFor()
+    } finally {
+      page.off("request", record)
+    }
+    // Every token listing asked for one page; the dashboard asked for counts only.
+    const lists = listings.filter((u) => u.pathname === "/manage/tokens")
+    expect(lists.length).toBeGreaterThanOrEqual(6)
+    for (const u of lists) expect(u.searchParams.get("page_size")).toBe("25")
+    expect(listings.some((u) => u.pathname === "/manage/tokens/counts")).toBe(true)
+  })
+
   it("token limit: set to 10, cleared to unlimited (∞ in the list); Revoke all tokens asks first", async () => {
     const team = (await api("GET", "/manage/projects?search=team-01")).json[0]
     const token = (await api("GET", `/manage/tokens?project_id=${team.id}`)).json[0]
@@ -498,6 +551,50 @@ describe.skipIf(!hasChromium)(title, () => {
     await screenshot(page, "audit-detail")
     await page.getByRole("link", { name: "Back to list" }).click()
     await h1("Audit log").waitFor()
+  })
+
+  it("pages the audit log by cursor on the server: older, newer, oldest", async () => {
+    await Effect.runPromise(
+      Effect.flatMap(SqlClient.SqlClient, (sql) =>
+        sql`WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60)
+          INSERT INTO audit_events (id, timestamp, action, actor, outcome, request_id)
+          SELECT printf('00000000-0000-7000-8000-%012d', i), strftime('%Y-%m-%dT%H:%M:%fZ', '2021-06-01', '+' || i || ' minutes'),
+            'bulk.event', 'bulk-actor', 'success', printf('bulk-%02d', i) FROM n`
+      ).pipe(Effect.provide(sqliteStore(dbPath)))
+    )
+    const listings: Array<URL> = []
+    const record = (request: { url: () => string }) => {
+      const url = new URL(request.url())
+      if (url.pathname === "/manage/audit") listings.push(url)
+    }
+    page.on("request", record)
+    try {
+      await go("/admin/audit?actor=bulk-actor")
+      await h1("Audit log").waitFor()
+      await page.getByText("25 events, newest first").waitFor()
+      const row = (which: "first" | "last", n: number) =>
+        page.locator(`tbody tr:${which}-child a[href$="${String(n).padStart(12, "0")}"]`).waitFor()
+      await row("first", 60)
+      await page.getByRole("link", { name: "Older →" }).click()
+      await row("first", 35)
+      expect(new URL(page.url()).searchParams.get("cursor")).not.toBeNull()
+      await page.getByRole("link", { name: "Oldest »" }).click()
+      await row("last", 1)
+      await row("first", 25)
+      expect(await page.getByRole("link", { name: "Older →" }).count()).toBe(0)
+      await page.getByRole("link", { name: "← Newer" }).click()
+      await row("first", 50)
+      await page.getByRole("link", { name: "« Newest" }).click()
+      await row("first", 60)
+      expect(await page.getByRole("link", { name: "← Newer" }).count()).toBe(0)
+    } finally {
+      page.off("request", record)
+    }
+    expect(listings.length).toBeGreaterThanOrEqual(5)
+    for (const u of listings) {
+      expect(u.searchParams.get("page_size")).toBe("25")
+      expect(u.searchParams.has("cursor")).toBe(true)
+    }
   })
 
   it("returns to the sign-in screen when the session ends on the server, then back to the page", async () => {

@@ -145,7 +145,15 @@ function adminSuite(backend: Backend) {
       const first = await api.get(`/manage/projects?search=${prefix}&page_size=3`)
       expect(first.status).toBe(200)
       expect(first.json.projects).toHaveLength(3)
-      expect(first.json.pagination).toEqual({ page: 1, page_size: 3, total_count: 7, total_pages: 3, has_next: true, has_prev: false })
+      expect(first.json.pagination).toEqual({
+        page: 1,
+        page_size: 3,
+        total_count: 7,
+        total_pages: 3,
+        has_next: true,
+        has_prev: false,
+        total_exact: true
+      })
       const last = await api.get(`/manage/projects?search=${prefix}&page=3&page_size=3`)
       expect(last.json.projects.map((p: { name: string }) => p.name)).toEqual([`${prefix}-7`])
       expect(last.json.pagination).toMatchObject({ page: 3, has_next: false, has_prev: true })

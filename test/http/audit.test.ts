@@ -439,9 +439,25 @@ function auditSuite(backend: Backend) {
       const correlation = `c-${randomUUID()}`
       await makeEvents(correlation)
       const p1 = await eventsOf(api, `correlation_id=${correlation}&page_size=2`)
-      expect(p1.pagination).toEqual({ page: 1, page_size: 2, total_count: 5, total_pages: 3, has_next: true, has_prev: false })
+      expect(p1.pagination).toEqual({
+        page: 1,
+        page_size: 2,
+        total_count: 5,
+        total_pages: 3,
+        has_next: true,
+        has_prev: false,
+        total_exact: true
+      })
       const p3 = await eventsOf(api, `correlation_id=${correlation}&page_size=2&page=3`)
-      expect(p3.pagination).toEqual({ page: 3, page_size: 2, total_count: 5, total_pages: 3, has_next: false, has_prev: true })
+      expect(p3.pagination).toEqual({
+        page: 3,
+        page_size: 2,
+        total_count: 5,
+        total_pages: 3,
+        has_next: false,
+        has_prev: true,
+        total_exact: true
+      })
       const p2 = await eventsOf(api, `correlation_id=${correlation}&page_size=2&page=2`)
       const ids = [...p1.events, ...p2.events, ...p3.events].map((e) => e.id)
       expect(new Set(ids).size).toBe(5)
@@ -449,7 +465,10 @@ function auditSuite(backend: Backend) {
       expect(beyond.events).toEqual([])
       expect(beyond.pagination).toMatchObject({ total_count: 5, has_next: false, has_prev: true })
       const none = await eventsOf(api, `correlation_id=nothing-${randomUUID()}`)
-      expect(none).toEqual({ events: [], pagination: { page: 1, page_size: 20, total_count: 0, total_pages: 0, has_next: false, has_prev: false } })
+      expect(none).toEqual({
+        events: [],
+        pagination: { page: 1, page_size: 20, total_count: 0, total_pages: 0, has_next: false, has_prev: false, total_exact: true }
+      })
     })
 
     it.each([

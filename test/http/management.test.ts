@@ -1172,7 +1172,8 @@ function managementSuite(backend: Backend) {
       expect(doc.paths["/manage/tokens"].post.responses).toHaveProperty("201")
       expect(doc.paths["/manage/tokens/{id}"].delete.responses).toHaveProperty("204")
       const listParams = (doc.paths["/manage/tokens"].get.parameters as Array<{ name: string }>).map((p) => p.name).sort()
-      expect(listParams).toEqual(["active_only", "projectId", "project_id"])
+      expect(listParams).toEqual(["active_only", "cursor", "page_size", "projectId", "project_id", "search", "status"])
+      expect(Object.keys(doc.paths["/manage/tokens/counts"])).toEqual(["get"])
       expect(doc.components.securitySchemes).toMatchObject({ bearer: { type: "http", scheme: "bearer" } })
       for (const schema of ["Project", "Token", "CreateProject", "UpdateProject", "CreateToken", "UpdateToken", "BulkRevokeResult"]) {
         expect(doc.components.schemas).toHaveProperty(schema)

@@ -4,11 +4,12 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, layer } from "@effect/vitest"
-import { Effect, Layer, Option, Redacted } from "effect"
+import { Effect, Either, Layer, Option, Redacted } from "effect"
 import { randomBytes, randomUUID } from "node:crypto"
 import { writeFileSync } from "node:fs"
 import { postgresStore, sqliteStore } from "../../src/store/layers.js"
 import type { Dialect } from "../../src/store/migrations.js"
+import { firstPage } from "../../src/store/keyset.js"
 import {
   DuplicateProjectName,
   type NewProject,
@@ -268,6 +269,52 @@ const storeSuite = (dialect: Dialect) =>
     })
 
     describe("tokens", () => {
+      it.effect("createTokenForProject: created for an active project, refused for an unknown or inactive one", () =>
+        Effect.gen(function*() {
+          const store = yield* Store
+          const { project } = yield* projectWithTokens(0)
+          const input = newToken(project.id, { maxRequests: 5, rateLimit: { requests: 2, windowSeconds: 60 } })
+          const created = yield* store.createTokenForProject(input)
+          expect(created._tag).toBe("created")
+          const stored = yield* store.getToken(input.id)
+          expect(created).toEqual({ _tag: "created", token: Option.getOrThrow(stored) })
+
+          const unknown = newToken(randomUUID())
+          expect(yield* store.createTokenForProject(unknown)).toEqual({ _tag: "project_not_found" })
+          yield* store.updateProject(project.id, { isActive: false, now: LATER })
+          const refused = newToken(project.id)
+          expect(yield* store.createTokenForProject(refused)).toEqual({ _tag: "project_inactive" })
+          expect(yield* store.getToken(unknown.id)).toEqual(Option.none())
+          expect(yield* store.getToken(refused.id)).toEqual(Option.none())
+        }))
+
+      it.effect("createTokenForProject: concurrent creations all land (group commit); a bad row fails only itself", () =>
+        Effect.gen(function*() {
+          const store = yield* Store
+          const { project: active } = yield* projectWithTokens(0)
+          const { project: inactive } = yield* projectWithTokens(0)
+          yield* store.updateProject(inactive.id, { isActive: false, now: LATER })
+          const taken = yield* store.createToken(newToken(active.id))
+          const inputs = Array.from({ length: 60 }, (_, i) =>
+            i % 10 === 3
+              ? newToken(inactive.id)
+              : i % 10 === 7
+              ? newToken(active.id, { tokenHash: taken.tokenHash }) // duplicate hash: the database refuses it
+              : newToken(active.id))
+          const results = yield* Effect.all(inputs.map((t) => Effect.either(store.createTokenForProject(t))), {
+            concurrency: "unbounded"
+          })
+          results.forEach((r, i) => {
+            if (i % 10 === 3) expect(r).toEqual(Either.right({ _tag: "project_inactive" }))
+            else if (i % 10 === 7) expect(r._tag === "Left" && r.left).toBeInstanceOf(StoreError)
+            else expect(r._tag === "Right" && r.right._tag).toBe("created")
+          })
+          const page = yield* store.listTokens({ projectId: active.id, now: NOW }, { limit: 100, position: firstPage })
+          expect(page.rows.map((t) => t.id).sort()).toEqual(
+            [taken.id, ...inputs.filter((_, i) => i % 10 !== 3 && i % 10 !== 7).map((t) => t.id)].sort()
+          )
+        }))
+
       it.effect("creates a token and reads it back by id and by hash", () =>
         Effect.gen(function*() {
           const store = yield* Store
@@ -297,7 +344,7 @@ const storeSuite = (dialect: Dialect) =>
           expect(yield* store.getTokenByHash(randomBytes(32).toString("hex"))).toEqual(Option.none())
         }))
 
-      it.effect("listTokens filters by project and activeOnly, newest first", () =>
+      it.effect("listTokens filters by project and status, newest first", () =>
         Effect.gen(function*() {
           const store = yield* Store
           const { project: a } = yield* projectWithTokens(0)
@@ -309,24 +356,32 @@ const storeSuite = (dialect: Dialect) =>
           const other = yield* store.createToken(newToken(b.id, { now: at(5) }))
           yield* store.revokeToken(revoked.id, at(10))
 
+          const all = (filter: Parameters<typeof store.listTokens>[0]) =>
+            Effect.map(store.listTokens(filter, { limit: 1000, position: firstPage }), (page) => page.rows)
           const ids = (filter: Parameters<typeof store.listTokens>[0]) =>
-            Effect.map(store.listTokens(filter), (rows) => rows.map((t) => t.id))
+            Effect.map(all(filter), (rows) => rows.map((t) => t.id))
 
           expect(yield* ids({ projectId: a.id, now: LATER })).toEqual([newest.id, revoked.id, expired.id, oldest.id])
-          expect(yield* ids({ projectId: a.id, activeOnly: true, now: LATER })).toEqual([newest.id, oldest.id])
-          expect(yield* ids({ projectId: a.id, activeOnly: false, now: LATER })).toHaveLength(4)
+          expect(yield* ids({ projectId: a.id, status: "active", now: LATER })).toEqual([newest.id, oldest.id])
+          expect(yield* ids({ projectId: a.id, status: "expired", now: LATER })).toEqual([expired.id])
+          expect(yield* ids({ projectId: a.id, status: "revoked", now: LATER })).toEqual([revoked.id])
           // Expiry is exclusive: a token expiring exactly at `now` is no longer active.
-          expect(yield* ids({ projectId: a.id, activeOnly: true, now: at(61) })).toEqual([oldest.id])
+          expect(yield* ids({ projectId: a.id, status: "active", now: at(61) })).toEqual([oldest.id])
+          expect(yield* ids({ projectId: a.id, status: "expired", now: at(61) })).toEqual([newest.id, expired.id])
           expect(yield* ids({ projectId: b.id, now: LATER })).toEqual([other.id])
+          expect(yield* ids({ projectId: a.id, search: newest.id.slice(0, 8), now: LATER })).toEqual([newest.id])
+          expect(yield* ids({ projectId: a.id, search: newest.id, now: LATER })).toEqual([newest.id])
+          expect(yield* ids({ projectId: b.id, search: newest.id.slice(0, 8), now: LATER })).toEqual([])
+          expect(yield* ids({ projectId: a.id, search: "not-an-id", now: LATER })).toEqual([])
 
-          const all = yield* ids({ now: LATER })
-          expect(all).toEqual(expect.arrayContaining([other.id, newest.id, revoked.id, expired.id, oldest.id]))
-          const active = yield* ids({ activeOnly: true, now: LATER })
+          const everything = yield* ids({ now: LATER })
+          expect(everything).toEqual(expect.arrayContaining([other.id, newest.id, revoked.id, expired.id, oldest.id]))
+          const active = yield* ids({ status: "active", now: LATER })
           expect(active).toEqual(expect.arrayContaining([other.id, newest.id, oldest.id]))
           expect(active).not.toContain(revoked.id)
           expect(active).not.toContain(expired.id)
           // Newest first across projects too.
-          const rows = yield* store.listTokens({ now: LATER })
+          const rows = yield* all({ now: LATER })
           const created = rows.map((t) => t.createdAt)
           expect(created).toEqual([...created].sort().reverse())
         }))
@@ -417,7 +472,11 @@ const storeSuite = (dialect: Dialect) =>
             "database error during getTokenByHash"
           )
           expectStoreError(yield* Effect.flip(store.createToken(newToken(randomUUID(), { tokenHash: secret }))))
-          expectStoreError(yield* Effect.flip(store.listTokens({ projectId: secret, activeOnly: true, now: secret })))
+          expectStoreError(
+            yield* Effect.flip(store.listTokens({ projectId: secret, status: "active", now: secret }, { limit: 10, position: firstPage }))
+          )
+          expectStoreError(yield* Effect.flip(store.countTokens(secret, 10)))
+          expectStoreError(yield* Effect.flip(store.pruneTokens(secret, 10)))
           expectStoreError(yield* Effect.flip(store.revokeProjectTokens(secret, secret)))
           expectStoreError(yield* Effect.flip(store.createProject(newProject({ name: secret, apiKey: secret }))))
           expectStoreError(yield* Effect.flip(store.updateProject(secret, { name: secret, now: secret })))

@@ -49,6 +49,7 @@ export const testConfig = (database: Database, overrides: Partial<AppConfigShape
   circuitBreakerCooldownMs: 30_000,
   tokenCacheTtlMs: 5_000,
   tokenCacheStaleTtlMs: 60_000,
+  tokenRetentionDays: 30,
   usageFlushIntervalMs: 200,
   rateLimitBackend: "in-memory",
   rateLimitFailureMode: "open",

@@ -1,6 +1,7 @@
 /** Shared building blocks of the screens: headings, badges, tables, copy buttons, confirmation dialogs. */
 import type { Token } from "../../src/domain/models.js"
 import { type Child, h } from "./dom.js"
+import { formatNumber } from "./format.js"
 
 export interface Ctx {
   readonly params: ReadonlyArray<string>
@@ -129,17 +130,43 @@ export const submitting = async (form: HTMLFormElement, errorSlot: HTMLElement, 
 }
 
 export const pagination = (
-  p: { page: number; total_pages: number; total_count: number; has_next: boolean; has_prev: boolean },
+  p: { page: number; total_pages: number; total_count: number; has_next: boolean; has_prev: boolean; total_exact?: boolean | undefined },
   hrefFor: (page: number) => string,
   noun: string
+) => {
+  // Counting stops at a cap (total_exact false): say "more than", and page on while there is a next page.
+  const exact = p.total_exact !== false
+  const total = exact ? `${p.total_count} ${noun}` : `more than ${formatNumber(p.total_count)} ${noun}`
+  return h(
+    "nav",
+    { class: "pagination", "aria-label": "Pagination" },
+    p.has_prev ? h("a", { href: hrefFor(p.page - 1), rel: "prev", class: "button secondary small" }, "← Previous") : null,
+    h("span", null, exact ? `Page ${p.page} of ${Math.max(1, p.total_pages)} · ${total}` : `Page ${p.page} · ${total}`),
+    p.has_next ? h("a", { href: hrefFor(p.page + 1), rel: "next", class: "button secondary small" }, "Next →") : null
+  )
+}
+
+/**
+ * Paging by cursor (token and audit lists): newest, newer, older, oldest. `hrefFor(undefined)` is the first page;
+ * `last` the oldest.
+ */
+export const cursorPagination = (
+  p: { has_next: boolean; has_prev: boolean; next_cursor: string | null; prev_cursor: string | null },
+  hrefFor: (cursor: string | undefined) => string,
+  shown: string
 ) =>
   h(
     "nav",
     { class: "pagination", "aria-label": "Pagination" },
-    p.has_prev ? h("a", { href: hrefFor(p.page - 1), rel: "prev", class: "button secondary small" }, "← Previous") : null,
-    h("span", null, `Page ${p.page} of ${Math.max(1, p.total_pages)} · ${p.total_count} ${noun}`),
-    p.has_next ? h("a", { href: hrefFor(p.page + 1), rel: "next", class: "button secondary small" }, "Next →") : null
+    p.has_prev ? h("a", { href: hrefFor(undefined), class: "button secondary small" }, "« Newest") : null,
+    p.prev_cursor !== null ? h("a", { href: hrefFor(p.prev_cursor), rel: "prev", class: "button secondary small" }, "← Newer") : null,
+    h("span", null, shown),
+    p.next_cursor !== null ? h("a", { href: hrefFor(p.next_cursor), rel: "next", class: "button secondary small" }, "Older →") : null,
+    p.has_next ? h("a", { href: hrefFor("last"), class: "button secondary small" }, "Oldest »") : null
   )
+
+/** A count that may have stopped at its cap. */
+export const countText = (c: { count: number; exact: boolean }) => (c.exact ? formatNumber(c.count) : `${formatNumber(c.count)}+`)
 
 export const withQuery = (path: string, params: Record<string, string | number | undefined>) => {
   const q = new URLSearchParams()

@@ -2,7 +2,8 @@ import { AuditActions, type AuditEvent, OUTCOMES } from "../../../src/domain/aud
 import { api } from "../api.js"
 import { type Child, field, h } from "../dom.js"
 import { fromLocalInput, time, toLocalInput } from "../format.js"
-import { badge, buttonLink, type Ctx, definitionList, empty, link, pageHeader, pagination, table, withQuery } from "../ui.js"
+import type { CursorPagination } from "../../../src/domain/models.js"
+import { badge, buttonLink, type Ctx, cursorPagination, definitionList, empty, link, pageHeader, table, withQuery } from "../ui.js"
 
 const FILTERS = ["search", "action", "outcome", "actor", "project_id", "token_id", "client_ip", "start_time", "end_time"] as const
 type Filter = (typeof FILTERS)[number]
@@ -20,8 +21,9 @@ const countCell = (e: AuditEvent) => {
 
 export const auditListPage = async (ctx: Ctx) => {
   const values = Object.fromEntries(FILTERS.map((f) => [f, ctx.query.get(f) ?? ""])) as Record<Filter, string>
-  const page = ctx.query.get("page") ?? "1"
-  const params = Object.fromEntries(Object.entries({ ...values, page, page_size: "25" }).filter(([, v]) => v !== ""))
+  // Paged by cursor on the server: any page costs the same, at a million events too.
+  const cursor = ctx.query.get("cursor") ?? ""
+  const params = { ...Object.fromEntries(Object.entries(values).filter(([, v]) => v !== "")), page_size: "25", cursor }
   const result = await api((c) => c.audit.list({ urlParams: params }))
 
   const search = h("input", {
@@ -90,7 +92,7 @@ export const auditListPage = async (ctx: Ctx) => {
     e.client_ip ?? "—",
     link(`/admin/audit/${encodeURIComponent(e.id)}`, "Details", h("span", { class: "visually-hidden" }, ` of ${e.action} at ${e.timestamp}`))
   ])
-  const p = result.pagination
+  const p = result.pagination as CursorPagination
   return h(
     "div",
     null,
@@ -100,7 +102,7 @@ export const auditListPage = async (ctx: Ctx) => {
       ? empty(anyFilter ? "No audit events match." : "No audit events yet.")
       : [
         table("Audit events", ["Time", "Action", "Actor", "Outcome", "Count", "IP address", "Actions"], rows),
-        pagination(p, (n) => withQuery("/admin/audit", { ...current(), page: n }), "events")
+        cursorPagination(p, (next) => withQuery("/admin/audit", { ...current(), cursor: next }), `${rows.length} events, newest first`)
       ]
   )
 }

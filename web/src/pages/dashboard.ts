@@ -1,9 +1,9 @@
-import type { Project, Token, UsageHour } from "../../../src/domain/models.js"
+import type { Project, UsageHour } from "../../../src/domain/models.js"
 import { api } from "../api.js"
 import { barChart, dailyBars, hourlyBars } from "../chart.js"
 import { h } from "../dom.js"
 import { formatNumber, timeZone } from "../format.js"
-import { buttonLink, type Ctx, pageHeader, tokenStatus } from "../ui.js"
+import { buttonLink, countText, type Ctx, pageHeader } from "../ui.js"
 
 const DAY = 86_400_000
 
@@ -46,15 +46,12 @@ export const usageCharts = async (scope: { project_id?: string; token_id?: strin
 }
 
 export const dashboardPage = async (_ctx: Ctx) => {
-  const [projects, tokens, usage] = await Promise.all([
+  // Token counts come from the server (each counted up to a cap), never from loading every token.
+  const [projects, counts, usage] = await Promise.all([
     api((c) => c.projects.list({ urlParams: {} })) as Promise<ReadonlyArray<Project>>,
-    api((c) => c.tokens.list({ urlParams: {} })) as Promise<ReadonlyArray<Token>>,
+    api((c) => c.tokens.counts({ urlParams: {} })),
     usageCharts({})
   ])
-  const statuses = tokens.map((t) => tokenStatus(t))
-  const active = statuses.filter((s) => s === "active").length
-  const expired = statuses.filter((s) => s === "expired").length
-  const revoked = statuses.filter((s) => s === "revoked").length
   const activeProjects = projects.filter((p) => p.is_active).length
   return h(
     "div",
@@ -64,7 +61,7 @@ export const dashboardPage = async (_ctx: Ctx) => {
       "section",
       { class: "stats", "aria-label": "Summary" },
       card("Projects", formatNumber(projects.length), `${activeProjects} active`),
-      card("Active tokens", formatNumber(active), `${expired} expired · ${revoked} revoked`),
+      card("Active tokens", countText(counts.active), `${countText(counts.expired)} expired · ${countText(counts.revoked)} revoked`),
       card("Requests (24 h)", formatNumber(usage.day.requests), `${formatNumber(usage.month.requests)} in 30 days`),
       card("Tokens used (24 h)", formatNumber(usage.day.tokens), `${formatNumber(usage.month.tokens)} in 30 days`),
       card("Cache hit ratio (24 h)", ratio(usage.day.cacheHits, usage.day.requests), `${ratio(usage.month.cacheHits, usage.month.requests)} in 30 days`)

@@ -1,4 +1,4 @@
-import type { Project, ProjectPage, Token } from "../../../src/domain/models.js"
+import type { Project, ProjectPage } from "../../../src/domain/models.js"
 import { api } from "../api.js"
 import { checkbox, field, h } from "../dom.js"
 import { time } from "../format.js"
@@ -6,6 +6,7 @@ import {
   buttonLink,
   confirmDialog,
   copyButton,
+  countText,
   type Ctx,
   definitionList,
   empty,
@@ -180,13 +181,15 @@ export const projectEditPage = async (ctx: Ctx) => {
 
 export const projectDetailPage = async (ctx: Ctx) => {
   const id = ctx.params[0]!
-  const [project, tokens, usage] = await Promise.all([
+  const [project, counts, usage] = await Promise.all([
     api((c) => c.projects.get({ path: { id } })),
-    api((c) => c.tokens.list({ urlParams: { project_id: id } })) as Promise<ReadonlyArray<Token>>,
+    api((c) => c.tokens.counts({ urlParams: { project_id: id } })),
     usageCharts({ project_id: id })
   ])
   const reload = (flash: string) => ctx.navigate(`/admin/projects/${id}`, { replace: true, flash })
-  const activeTokens = tokens.filter((t) => t.is_active).length
+  // Revoking takes every token not yet revoked; the dialog names the active (unexpired) ones.
+  const activeTokens = countText(counts.active)
+  const revocable = counts.active.count + counts.expired.count
 
   const toggle = h("button", {
     type: "button",
@@ -214,7 +217,7 @@ export const projectDetailPage = async (ctx: Ctx) => {
   const revokeAll = h("button", {
     type: "button",
     class: "danger",
-    disabled: activeTokens === 0,
+    disabled: revocable === 0,
     onclick: async () => {
       const ok = await confirmDialog({
         title: "Revoke all tokens?",
@@ -259,7 +262,12 @@ export const projectDetailPage = async (ctx: Ctx) => {
       "section",
       { "aria-label": "Tokens" },
       h("h2", null, "Tokens"),
-      h("p", null, `${tokens.length} tokens, ${activeTokens} active. `, link(`/admin/tokens?project_id=${id}`, "View this project's tokens")),
+      h(
+        "p",
+        null,
+        `${activeTokens} active, ${countText(counts.expired)} expired, ${countText(counts.revoked)} revoked. `,
+        link(`/admin/tokens?project_id=${id}`, "View this project's tokens")
+      ),
       h("div", { class: "actions" }, revokeAll)
     ),
     h("section", { "aria-label": "Usage" }, h("h2", null, "Usage"), usage.charts)

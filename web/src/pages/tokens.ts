@@ -1,4 +1,4 @@
-import type { Project, Token, TokenCreated } from "../../../src/domain/models.js"
+import type { Project, Token, TokenCreated, TokenPage } from "../../../src/domain/models.js"
 import { api } from "../api.js"
 import { checkbox, field, h } from "../dom.js"
 import { formatNumber, fromLocalInput, time, toLocalInput } from "../format.js"
@@ -7,6 +7,7 @@ import {
   confirmDialog,
   copyButton,
   type Ctx,
+  cursorPagination,
   definitionList,
   empty,
   link,
@@ -25,17 +26,30 @@ const listProjects = () => api((c) => c.projects.list({ urlParams: {} })) as Pro
 
 const limitText = (t: Token) => `${formatNumber(t.request_count)} / ${t.max_requests === null ? "∞" : formatNumber(t.max_requests)}`
 
+const PAGE_SIZE = 25
+
 export const tokenListPage = async (ctx: Ctx) => {
   const projectId = ctx.query.get("project_id") ?? ""
   const status = ctx.query.get("status") ?? ""
-  const [projects, tokens] = await Promise.all([
+  const search = ctx.query.get("search") ?? ""
+  const cursor = ctx.query.get("cursor") ?? ""
+  const filters = { project_id: projectId, status, search }
+  // One page from the server (newest first, filtered there): the list never loads every token.
+  const [projects, page] = await Promise.all([
     listProjects(),
     api((c) =>
-      c.tokens.list({ urlParams: { ...(projectId ? { project_id: projectId } : {}), ...(status === "active" ? { active_only: "true" } : {}) } })
-    ) as Promise<ReadonlyArray<Token>>
+      c.tokens.list({
+        urlParams: {
+          ...(projectId ? { project_id: projectId } : {}),
+          ...(status ? { status } : {}),
+          ...(search ? { search } : {}),
+          ...(cursor ? { cursor } : {}),
+          page_size: String(PAGE_SIZE)
+        }
+      })
+    ) as Promise<TokenPage>
   ])
   const names = new Map(projects.map((p) => [p.id, p.name]))
-  const shown = status === "" ? tokens : tokens.filter((t) => tokenStatus(t) === status)
   const projectSelect = h(
     "select",
     { name: "project_id" },
@@ -49,15 +63,23 @@ export const tokenListPage = async (ctx: Ctx) => {
       h("option", { value: v!, selected: v === status }, label!)
     )
   )
-  const apply = () => ctx.navigate(withQuery("/admin/tokens", { project_id: projectSelect.value, status: statusSelect.value }))
+  const searchInput = h("input", { type: "search", name: "search", value: search, placeholder: "Start of the token ID", autocomplete: "off" })
+  const apply = () =>
+    ctx.navigate(withQuery("/admin/tokens", { project_id: projectSelect.value, status: statusSelect.value, search: searchInput.value.trim() }))
   const form = h(
     "form",
     { class: "filters", "aria-label": "Filter tokens", onsubmit: (e: SubmitEvent) => (e.preventDefault(), apply()) },
     field("Project", projectSelect),
     field("Status", statusSelect),
-    h("div", { class: "actions" }, h("button", { type: "submit", class: "secondary" }, "Filter"), projectId || status ? buttonLink("/admin/tokens", "Clear") : null)
+    field("Token ID", searchInput),
+    h(
+      "div",
+      { class: "actions" },
+      h("button", { type: "submit", class: "secondary" }, "Filter"),
+      projectId || status || search ? buttonLink("/admin/tokens", "Clear") : null
+    )
   )
-  const rows = shown.map((t) => [
+  const rows = page.tokens.map((t) => [
     link(`/admin/tokens/${t.id}`, h("code", null, t.token)),
     names.has(t.project_id) ? link(`/admin/projects/${t.project_id}`, names.get(t.project_id)!) : t.project_id,
     tokenBadge(t),
@@ -67,15 +89,23 @@ export const tokenListPage = async (ctx: Ctx) => {
     time(t.last_used_at, "Never"),
     time(t.created_at)
   ])
+  const p = page.pagination
   return h(
     "div",
     null,
     pageHeader("Tokens", buttonLink(withQuery("/admin/tokens/new", { project_id: projectId }), "Generate token", "primary")),
     projectId && names.has(projectId) ? h("p", null, "Showing tokens of project ", link(`/admin/projects/${projectId}`, names.get(projectId)!), ".") : null,
     form,
-    rows.length === 0
+    rows.length === 0 && !p.has_prev && !p.has_next
       ? empty("No tokens match.", buttonLink(withQuery("/admin/tokens/new", { project_id: projectId }), "Generate a token", "primary"))
-      : table("Tokens", ["Token", "Project", "Status", "Requests / limit", "Cache hits", "Expires", "Last used", "Created"], rows)
+      : [
+        table("Tokens", ["Token", "Project", "Status", "Requests / limit", "Cache hits", "Expires", "Last used", "Created"], rows),
+        cursorPagination(
+          p,
+          (next) => withQuery("/admin/tokens", { ...filters, cursor: next }),
+          `${rows.length} ${rows.length === 1 ? "token" : "tokens"}, newest first`
+        )
+      ]
   )
 }
 
