@@ -545,13 +545,9 @@ const database = Config.all({
   driver: optionalString("DB_DRIVER"),
   path: Config.string("DATABASE_PATH").pipe(Config.withDefault("./data/llm-proxy.db")),
   poolSize: positiveInt("DATABASE_POOL_SIZE", 10),
-  synchronous: Config.string("SQLITE_SYNCHRONOUS").pipe(Config.withDefault("normal"))
+  synchronous: wordSetting("SQLITE_SYNCHRONOUS", "normal", { normal: "normal", "": "normal", full: "full" }, "normal or full")
 }).pipe(
   Config.mapOrFail(({ driver, path, poolSize, synchronous, url }): Either.Either<Database, ConfigError.ConfigError> => {
-    const sync = synchronous.trim().toLowerCase()
-    if (sync !== "normal" && sync !== "full" && sync !== "") {
-      return Either.left(invalid("SQLITE_SYNCHRONOUS", `expected normal or full, got "${synchronous}"`))
-    }
     const d = Option.getOrUndefined(driver)?.toLowerCase()
     if (d !== undefined && d !== "sqlite" && d !== "postgres") {
       return Either.left(invalid("DB_DRIVER", `expected sqlite or postgres, got "${d}"`))
@@ -563,7 +559,7 @@ const database = Config.all({
       return Either.right({ _tag: "postgres", url: Redacted.make(url.value), poolSize })
     }
     if (d === "postgres") return Either.left(invalid("DATABASE_URL", "required when DB_DRIVER=postgres"))
-    return Either.right({ _tag: "sqlite", path, ...(sync === "full" ? { synchronous: "full" as const } : {}) })
+    return Either.right({ _tag: "sqlite", path, ...(synchronous === "full" ? { synchronous } : {}) })
   })
 )
 
