@@ -20,7 +20,7 @@ import * as EventCapture from "./proxy/EventCapture.js"
 import * as ProxyHandler from "./proxy/ProxyHandler.js"
 import { cacheHooks } from "./proxy/CacheHooks.js"
 import { auditHooks } from "./proxy/auditHooks.js"
-import { ProxyHooks } from "./proxy/ProxyHooks.js"
+import { ProxyHooks, type ProxyHooksShape } from "./proxy/ProxyHooks.js"
 import * as Upstream from "./proxy/Upstream.js"
 import * as RateLimits from "./token/RateLimits.js"
 import * as TokenValidator from "./token/TokenValidator.js"
@@ -28,7 +28,7 @@ import { layerPostgres as postgresInvalidation } from "./token/PostgresInvalidat
 import * as UsageRecorder from "./token/UsageRecorder.js"
 import { KeyCipher } from "./crypto/KeyCipher.js"
 import { AdminAssetsLive } from "./http/AdminUi.js"
-import { ManagementAppLive, VERSION } from "./http/App.js"
+import { ManagementAppLive } from "./http/App.js"
 import { ManagementToken } from "./http/auth.js"
 import * as AuthThrottle from "./http/authThrottle.js"
 import { HttpServerLive, ServerAddress } from "./http/Server.js"
@@ -45,6 +45,7 @@ import { busStats, dispatcherStats, registerBusCheck, registerDispatcherCheck } 
 import { metricsEndpoint } from "./observability/MetricsEndpoint.js"
 import { redisCheck } from "./observability/redisCheck.js"
 import * as Tracing from "./observability/Tracing.js"
+import { VERSION } from "./version.js"
 
 import { fileBackend, heliconeBackend, lunaryBackend } from "./dispatcher/backends.js"
 import * as Dispatcher from "./dispatcher/Dispatcher.js"
@@ -271,21 +272,16 @@ export const instrumentedTokenValidator = Layer.effect(
     const inner = yield* TokenValidator.TokenValidator
     const metrics = yield* Metrics.Metrics
     metrics.attachTokenCache(inner.stats)
-    return {
+    const service: TokenValidator.TokenValidatorShape = {
       ...inner,
-      invalidateToken: (id: string) => {
-        metrics.tokenCacheInvalidated("token")
-        inner.invalidateToken(id)
-      },
-      invalidateProject: (id: string) => {
-        metrics.tokenCacheInvalidated("project")
-        inner.invalidateProject(id)
-      },
-      invalidateAll: () => {
-        metrics.tokenCacheInvalidated("all")
-        inner.invalidateAll()
+      invalidate: (what) =>
+        Effect.zipRight(Effect.sync(() => metrics.tokenCacheInvalidated(what.kind)), inner.invalidate(what)),
+      unsafeInvalidate: (what) => {
+        metrics.tokenCacheInvalidated(what.kind)
+        inner.unsafeInvalidate(what)
       }
     }
+    return service
   })
 )
 
@@ -378,37 +374,27 @@ export const busObservabilityLayer = (config: Pick<AppConfigShape, "events">) =>
   }))
 
 /**
- * `others` (cache, events, audit, …) then observability's hooks, which go last because they read the headers the
- * other hooks set.
+ * Everything that plugs into the data plane (src/proxy/ProxyHooks.ts), in the order the hooks run:
+ *   1. the response cache: first, its hit ends the request before any other hook's `beforeUpstream`;
+ *   2. instrumentation events (unless OBSERVABILITY_ENABLED=false): after the cache, so a hit yields no event;
+ *   3. `extra`, the hooks given to `serveLayer` (tests);
+ *   4. the audit log's (requests refused for their token, or for an inactive project);
+ *   5. observability (metrics, access log, spans): last, because it reads the headers the others set.
  */
-export const observedHooksLayer = <E, R>(config: AppConfigShape, others: Layer.Layer<ProxyHooks, E, R>) =>
+export const proxyHooksLayer = (config: AppConfigShape, extra: Partial<ProxyHooksShape> = {}) =>
   Layer.scoped(
     ProxyHooks,
     Effect.gen(function*() {
-      const before = yield* ProxyHooks
+      const cache = cacheHooks(yield* ResponseCache.ResponseCache)
+      const events = config.events.enabled ? yield* EventCapture.eventHooks(config.events) : {}
+      const audit = yield* auditHooks(makeTrustedProxies(config.trustedProxies))
       const observability = yield* ProxyObservability.make({
         metrics: config.enableMetrics,
         accessLog: config.accessLog,
         format: config.logFormat,
         trustIncomingTrace: Option.exists(config.otlp, (o) => o.trustIncomingTrace)
       })
-      return ProxyHooks.combine(before, observability)
-    })
-  ).pipe(Layer.provide(others))
-
-/**
- * What plugs into the data plane: the response cache first (its hits end the request before anything else runs),
- * then any other hooks given (events, audit, metrics, tests).
- */
-export const proxyHooksLayer = <E = never, R = never>(
-  extra?: Layer.Layer<ProxyHooks, E, R>
-): Layer.Layer<ProxyHooks, E, ResponseCache.ResponseCache | R> =>
-  Layer.scoped(
-    ProxyHooks,
-    Effect.gen(function*() {
-      const cache = yield* ResponseCache.ResponseCache
-      const more = extra === undefined ? [] : [Context.get(yield* Layer.build(extra), ProxyHooks)]
-      return ProxyHooks.combine(cacheHooks(cache), ...more)
+      return ProxyHooks.combine(cache, events, extra, audit, observability)
     })
   )
 
@@ -416,47 +402,17 @@ export const proxyHooksLayer = <E = never, R = never>(
  * The data plane: TokenValidator (shared with the management handlers, which invalidate it), usage counters,
  * rate limits, upstream pools, and the /v1 handler with its hooks.
  */
-export const dataPlaneLayer = <E = never, R = never>(config: AppConfigShape, hooks?: Layer.Layer<ProxyHooks, E, R>) =>
+export const dataPlaneLayer = (config: AppConfigShape, extraHooks?: Partial<ProxyHooksShape>) =>
   ProxyHandler.layer.pipe(
     Layer.provideMerge(
-      Layer.mergeAll(
-        UsageRecorder.layer,
-        Upstream.layer,
-        rateLimitsLayer(config),
-        observedHooksLayer(config, withAuditHooks(config, proxyHooksLayer(hooks)))
-      )
+      Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), proxyHooksLayer(config, extraHooks))
     )
   )
 
-/** The given hooks plus the audit log's (proxy requests denied for an inactive project). */
-const withAuditHooks = <E, R>(config: Pick<AppConfigShape, "trustedProxies">, hooks: Layer.Layer<ProxyHooks, E, R>) =>
-  Layer.effect(
-    ProxyHooks,
-    Effect.gen(function*() {
-      const given = yield* ProxyHooks
-      const audit = yield* auditHooks(makeTrustedProxies(config.trustedProxies))
-      return ProxyHooks.combine(given, audit)
-    })
-  ).pipe(Layer.provide(hooks))
-
 export interface ServeOptions {
-  /** What else plugs into the data plane (events, audit, metrics), after the response cache; none by default. */
-  readonly proxyHooks?: Layer.Layer<ProxyHooks>
+  /** More hooks for the data plane (tests), run after the response cache's and the events' (`proxyHooksLayer`). */
+  readonly proxyHooks?: Partial<ProxyHooksShape>
 }
-
-/**
- * Instrumentation events (unless OBSERVABILITY_ENABLED=false), then any hooks given (tests): they run after the
- * response cache's, so a cache hit — which ends the request there — yields no event.
- */
-export const eventHooksLayer = <E = never, R = never>(config: AppConfigShape, extra?: Layer.Layer<ProxyHooks, E, R>) =>
-  Layer.scoped(
-    ProxyHooks,
-    Effect.gen(function*() {
-      const events = config.events.enabled ? [yield* EventCapture.eventHooks(config.events)] : []
-      const more = extra === undefined ? [] : [Context.get(yield* Layer.build(extra), ProxyHooks)]
-      return ProxyHooks.combine(...events, ...more)
-    })
-  )
 
 /** Everything `serve` runs, for a given configuration. Provides the bound address (tests use port 0). */
 export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =>
@@ -473,7 +429,7 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
       }
       return Layer.merge(HttpServerLive, serveMetricsListenerLayer(config)).pipe(
         Layer.provide(ManagementAppLive),
-        Layer.provideMerge(dataPlaneLayer(config, eventHooksLayer(config, options.proxyHooks))),
+        Layer.provideMerge(dataPlaneLayer(config, options.proxyHooks)),
         Layer.provideMerge(
           invalidationCheckLayer(config).pipe(
             Layer.provideMerge(instrumentedTokenValidator.pipe(Layer.provide(invalidationLayer(config))))

@@ -38,6 +38,7 @@ import {
   UsageParams,
   UsageSeries
 } from "../domain/models.js"
+import { VERSION } from "../version.js"
 
 /**
  * `Authorization: Bearer <MANAGEMENT_TOKEN>` on every management endpoint — or the admin UI's session cookie, with
@@ -192,7 +193,7 @@ export class ManagementApi extends HttpApi.make("llm-proxy")
   .addError(InternalErrorWire)
   .addError(ServiceUnavailableWire)
   .annotate(OpenApi.Title, "llm-proxy management API")
-  .annotate(OpenApi.Version, "0.1.0")
+  .annotate(OpenApi.Version, VERSION)
   .annotate(
     OpenApi.Description,
     "Projects, withering tokens, the response cache and the audit log. Every endpoint needs `Authorization: Bearer <MANAGEMENT_TOKEN>`. " +

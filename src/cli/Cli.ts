@@ -2,7 +2,7 @@
 import { Command, HelpDoc, ValidationError } from "@effect/cli"
 import { NodeContext, NodeHttpClient } from "@effect/platform-node"
 import { Console, Context, Effect, Layer, Option } from "effect"
-import { VERSION } from "../http/App.js"
+import { VERSION } from "../version.js"
 import { benchmark } from "./benchmark.js"
 import { chat } from "./chat.js"
 import { dispatcher } from "./dispatcher.js"

@@ -4,6 +4,7 @@
  */
 import { Config, ConfigError, Context, Either, Layer, Option, Redacted } from "effect"
 import { parseEncryptionKey } from "../crypto/KeyCipher.js"
+import { parseBoolean } from "./parse.js"
 import { parseTrustedProxies } from "./trustedProxies.js"
 
 export interface ListenAddress {
@@ -201,19 +202,42 @@ const bool = (name: string, fallback: boolean) =>
   Config.string(name).pipe(
     Config.withDefault(String(fallback)),
     Config.mapOrFail((s) => {
-      switch (s.trim().toLowerCase()) {
-        case "true":
-        case "1":
-        case "yes":
-          return Either.right(true)
-        case "false":
-        case "0":
-        case "no":
-        case "":
-          return Either.right(false)
-      }
-      return Either.left(invalid(name, `expected true or false, got "${s}"`))
+      const b = parseBoolean(s.trim())
+      return b === undefined ? Either.left(invalid(name, `expected true or false, got "${s}"`)) : Either.right(b)
     })
+  )
+
+/**
+ * The one parser of settings that take one of a few words: case-insensitive, surrounding spaces ignored. `words` maps
+ * every accepted word (aliases, and "" when an empty value means the default) to its meaning; anything else is an
+ * error naming the setting, `expected` and the value given.
+ */
+const oneOf = <const W extends Readonly<Record<string, string>>>(name: string, words: W, expected: string) =>
+(s: string): Either.Either<W[keyof W], ConfigError.ConfigError> => {
+  const word = s.trim().toLowerCase()
+  return Object.hasOwn(words, word)
+    ? Either.right(words[word] as W[keyof W])
+    : Either.left(invalid(name, `expected ${expected}, got "${s}"`))
+}
+
+/** A word setting (`oneOf`), `fallback` when unset. */
+const wordSetting = <const W extends Readonly<Record<string, string>>>(
+  name: string,
+  fallback: string,
+  words: W,
+  expected: string
+) => Config.string(name).pipe(Config.withDefault(fallback), Config.mapOrFail(oneOf(name, words, expected)))
+
+/** A word setting (`oneOf`), none when unset or empty. */
+const optionalWordSetting = <const W extends Readonly<Record<string, string>>>(
+  name: string,
+  words: W,
+  expected: string
+) =>
+  optionalString(name).pipe(
+    Config.mapOrFail((o): Either.Either<Option.Option<W[keyof W]>, ConfigError.ConfigError> =>
+      Option.isNone(o) ? Either.right(Option.none()) : Either.map(oneOf(name, words, expected)(o.value), Option.some)
+    )
   )
 
 export const positiveInt = (name: string, fallback: number) =>
@@ -271,15 +295,7 @@ const httpUrl = (name: string, fallback: string) =>
   )
 
 const memoryOrRedis = (name: string) =>
-  Config.string(name).pipe(
-    Config.withDefault("in-memory"),
-    Config.mapOrFail((s): Either.Either<"in-memory" | "redis", ConfigError.ConfigError> => {
-      const v = s.trim().toLowerCase()
-      if (v === "in-memory" || v === "memory" || v === "") return Either.right("in-memory")
-      if (v === "redis") return Either.right("redis")
-      return Either.left(invalid(name, `expected in-memory or redis, got "${s}"`))
-    })
-  )
+  wordSetting(name, "in-memory", { "in-memory": "in-memory", memory: "in-memory", "": "in-memory", redis: "redis" }, "in-memory or redis")
 
 export const optionalString = (name: string) =>
   Config.option(Config.string(name)).pipe(Config.map(Option.filter((s) => s.trim() !== "")))
@@ -355,15 +371,7 @@ const optionalCount = (name: string, min: number) =>
     })
   )
 
-const otlpCompression = (name: string) =>
-  optionalString(name).pipe(
-    Config.mapOrFail((o): Either.Either<Option.Option<"gzip" | "none">, ConfigError.ConfigError> => {
-      if (Option.isNone(o)) return Either.right(Option.none())
-      const v = o.value.trim().toLowerCase()
-      if (v === "gzip" || v === "none") return Either.right(Option.some(v))
-      return Either.left(invalid(name, `expected gzip or none, got "${o.value}"`))
-    })
-  )
+const otlpCompression = (name: string) => optionalWordSetting(name, { gzip: "gzip", none: "none" }, "gzip or none")
 
 const resourceAttributes = Config.string("OTEL_RESOURCE_ATTRIBUTES").pipe(
   Config.withDefault(""),
@@ -373,13 +381,10 @@ const resourceAttributes = Config.string("OTEL_RESOURCE_ATTRIBUTES").pipe(
 )
 
 const otlpProtocol = (name: string) =>
-  optionalString(name).pipe(
-    Config.mapOrFail((o): Either.Either<Option.Option<OtlpProtocol>, ConfigError.ConfigError> => {
-      if (Option.isNone(o)) return Either.right(Option.none())
-      const v = o.value.trim().toLowerCase()
-      if (v === "http/protobuf" || v === "http/json") return Either.right(Option.some(v))
-      return Either.left(invalid(name, `expected http/protobuf or http/json (grpc is not supported), got "${o.value}"`))
-    })
+  optionalWordSetting(
+    name,
+    { "http/protobuf": "http/protobuf", "http/json": "http/json" },
+    "http/protobuf or http/json (grpc is not supported)"
   )
 
 /**
@@ -458,19 +463,9 @@ const redisUrl = Config.all({ url: optionalString("REDIS_URL"), addr: optionalSt
   })
 )
 
-const cacheBackend = Config.string("HTTP_CACHE_BACKEND").pipe(
-  Config.withDefault("in-memory"),
-  Config.mapOrFail((s): Either.Either<CacheConfig["backend"], ConfigError.ConfigError> => {
-    const b = s.trim().toLowerCase()
-    if (b === "in-memory" || b === "memory" || b === "") return Either.right("in-memory")
-    if (b === "redis") return Either.right("redis")
-    return Either.left(invalid("HTTP_CACHE_BACKEND", `expected in-memory or redis, got "${s}"`))
-  })
-)
-
 const cache: Config.Config<CacheConfig> = Config.all({
   enabled: bool("HTTP_CACHE_ENABLED", true),
-  backend: cacheBackend,
+  backend: memoryOrRedis("HTTP_CACHE_BACKEND"),
   defaultTtlSeconds: positiveInt("HTTP_CACHE_DEFAULT_TTL", 300),
   maxObjectBytes: positiveInt("HTTP_CACHE_MAX_OBJECT_BYTES", 1_048_576),
   maxBytes: positiveInt("HTTP_CACHE_MAX_BYTES", 67_108_864),
@@ -520,23 +515,23 @@ export type InvalidationBackend = "in-memory" | "redis" | "postgres"
  * PostgreSQL database.
  */
 const invalidationBackend = Config.all({
-  setting: Config.string("INVALIDATION_BACKEND").pipe(Config.withDefault("auto")),
+  setting: wordSetting(
+    "INVALIDATION_BACKEND",
+    "auto",
+    { auto: "auto", "": "auto", "in-memory": "in-memory", memory: "in-memory", redis: "redis", postgres: "postgres", postgresql: "postgres" },
+    "auto, in-memory, redis or postgres"
+  ),
   driver: optionalString("DB_DRIVER"),
   url: optionalString("DATABASE_URL")
 }).pipe(
   Config.mapOrFail(({ driver, setting, url }): Either.Either<InvalidationBackend, ConfigError.ConfigError> => {
     // The same rule as `database` below: a DATABASE_URL means PostgreSQL unless DB_DRIVER says sqlite.
     const postgres = Option.isSome(url) && Option.getOrUndefined(driver)?.toLowerCase() !== "sqlite"
-    const v = setting.trim().toLowerCase()
-    if (v === "auto" || v === "") return Either.right(postgres ? "postgres" : "in-memory")
-    if (v === "in-memory" || v === "memory") return Either.right("in-memory")
-    if (v === "redis") return Either.right("redis")
-    if (v === "postgres" || v === "postgresql") {
-      return postgres
-        ? Either.right("postgres")
-        : Either.left(invalid("INVALIDATION_BACKEND", "postgres needs a PostgreSQL database (DATABASE_URL)"))
+    if (setting === "auto") return Either.right(postgres ? "postgres" : "in-memory")
+    if (setting === "postgres" && !postgres) {
+      return Either.left(invalid("INVALIDATION_BACKEND", "postgres needs a PostgreSQL database (DATABASE_URL)"))
     }
-    return Either.left(invalid("INVALIDATION_BACKEND", `expected auto, in-memory, redis or postgres, got "${setting}"`))
+    return Either.right(setting)
   })
 )
 
@@ -550,13 +545,9 @@ const database = Config.all({
   driver: optionalString("DB_DRIVER"),
   path: Config.string("DATABASE_PATH").pipe(Config.withDefault("./data/llm-proxy.db")),
   poolSize: positiveInt("DATABASE_POOL_SIZE", 10),
-  synchronous: Config.string("SQLITE_SYNCHRONOUS").pipe(Config.withDefault("normal"))
+  synchronous: wordSetting("SQLITE_SYNCHRONOUS", "normal", { normal: "normal", "": "normal", full: "full" }, "normal or full")
 }).pipe(
   Config.mapOrFail(({ driver, path, poolSize, synchronous, url }): Either.Either<Database, ConfigError.ConfigError> => {
-    const sync = synchronous.trim().toLowerCase()
-    if (sync !== "normal" && sync !== "full" && sync !== "") {
-      return Either.left(invalid("SQLITE_SYNCHRONOUS", `expected normal or full, got "${synchronous}"`))
-    }
     const d = Option.getOrUndefined(driver)?.toLowerCase()
     if (d !== undefined && d !== "sqlite" && d !== "postgres") {
       return Either.left(invalid("DB_DRIVER", `expected sqlite or postgres, got "${d}"`))
@@ -568,7 +559,7 @@ const database = Config.all({
       return Either.right({ _tag: "postgres", url: Redacted.make(url.value), poolSize })
     }
     if (d === "postgres") return Either.left(invalid("DATABASE_URL", "required when DB_DRIVER=postgres"))
-    return Either.right({ _tag: "sqlite", path, ...(sync === "full" ? { synchronous: "full" as const } : {}) })
+    return Either.right({ _tag: "sqlite", path, ...(synchronous === "full" ? { synchronous } : {}) })
   })
 )
 
@@ -585,34 +576,25 @@ const encryptionKey = optionalString("ENCRYPTION_KEY").pipe(
   )
 )
 
-const logLevel = Config.string("LOG_LEVEL").pipe(
-  Config.withDefault("info"),
-  Config.mapOrFail((s): Either.Either<AppConfigShape["logLevel"], ConfigError.ConfigError> => {
-    const l = s.trim().toLowerCase()
-    return l === "debug" || l === "info" || l === "warn" || l === "error"
-      ? Either.right(l)
-      : Either.left(invalid("LOG_LEVEL", `expected debug, info, warn or error, got "${s}"`))
-  })
+const logLevel = wordSetting(
+  "LOG_LEVEL",
+  "info",
+  { debug: "debug", info: "info", warn: "warn", error: "error" },
+  "debug, info, warn or error"
 )
 
-const logFormat = Config.option(Config.string("LOG_FORMAT")).pipe(
-  Config.mapOrFail((o): Either.Either<LogFormat, ConfigError.ConfigError> => {
-    if (Option.isNone(o) || o.value.trim() === "") return Either.right(process.stdout.isTTY ? "pretty" : "json")
-    const f = o.value.trim().toLowerCase()
-    if (f === "json") return Either.right("json")
-    if (f === "pretty" || f === "text" || f === "console") return Either.right("pretty")
-    return Either.left(invalid("LOG_FORMAT", `expected json or pretty, got "${o.value}"`))
-  })
-)
+/** Unset or empty: pretty on a terminal, JSON otherwise. */
+const logFormat = optionalWordSetting(
+  "LOG_FORMAT",
+  { json: "json", pretty: "pretty", text: "pretty", console: "pretty" },
+  "json or pretty"
+).pipe(Config.map(Option.getOrElse((): LogFormat => (process.stdout.isTTY ? "pretty" : "json"))))
 
-const eventBus = Config.string("LLM_PROXY_EVENT_BUS").pipe(
-  Config.withDefault("in-memory"),
-  Config.mapOrFail((s): Either.Either<EventBusKind, ConfigError.ConfigError> => {
-    const v = s.trim().toLowerCase()
-    if (v === "in-memory" || v === "memory" || v === "") return Either.right("in-memory")
-    if (v === "redis-streams" || v === "redis") return Either.right("redis-streams")
-    return Either.left(invalid("LLM_PROXY_EVENT_BUS", `expected in-memory or redis-streams, got "${s}"`))
-  })
+const eventBus: Config.Config<EventBusKind> = wordSetting(
+  "LLM_PROXY_EVENT_BUS",
+  "in-memory",
+  { "in-memory": "in-memory", memory: "in-memory", "": "in-memory", "redis-streams": "redis-streams", redis: "redis-streams" },
+  "in-memory or redis-streams"
 )
 
 export const eventsConfig: Config.Config<EventsConfig> = Config.all({
@@ -671,15 +653,7 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   tokenRetentionDays: nonNegativeInt("TOKEN_RETENTION_DAYS", 30),
   usageFlushIntervalMs: duration("USAGE_FLUSH_INTERVAL", "1s"),
   rateLimitBackend: memoryOrRedis("RATE_LIMIT_BACKEND"),
-  rateLimitFailureMode: Config.string("RATE_LIMIT_FAILURE_MODE").pipe(
-    Config.withDefault("open"),
-    Config.mapOrFail((s): Either.Either<"open" | "closed", ConfigError.ConfigError> => {
-      const v = s.trim().toLowerCase()
-      if (v === "open" || v === "") return Either.right("open")
-      if (v === "closed") return Either.right("closed")
-      return Either.left(invalid("RATE_LIMIT_FAILURE_MODE", `expected open or closed, got "${s}"`))
-    })
-  ),
+  rateLimitFailureMode: wordSetting("RATE_LIMIT_FAILURE_MODE", "open", { open: "open", "": "open", closed: "closed" }, "open or closed"),
   invalidationBackend,
   redisUrl,
   cache,
@@ -755,15 +729,7 @@ const DEFAULT_ENDPOINTS: Record<DispatcherService, string> = {
 
 /** `llm-proxy dispatcher`: its own settings plus the bus it reads. */
 export const dispatcherConfig: Config.Config<DispatcherConfig> = Config.all({
-  service: Config.string("DISPATCHER_SERVICE").pipe(
-    Config.withDefault("file"),
-    Config.mapOrFail((s): Either.Either<DispatcherService, ConfigError.ConfigError> => {
-      const v = s.trim().toLowerCase()
-      return v === "file" || v === "lunary" || v === "helicone"
-        ? Either.right(v)
-        : Either.left(invalid("DISPATCHER_SERVICE", `expected file, lunary or helicone, got "${s}"`))
-    })
-  ),
+  service: wordSetting("DISPATCHER_SERVICE", "file", { file: "file", lunary: "lunary", helicone: "helicone" }, "file, lunary or helicone"),
   endpoint: optionalString("DISPATCHER_ENDPOINT"),
   apiKey: Config.option(Config.redacted("LLM_PROXY_API_KEY")).pipe(
     Config.map(Option.filter((r) => Redacted.value(r).trim() !== ""))

@@ -40,8 +40,6 @@ import { SessionLive } from "./SessionHttp.js"
 import { TokensLive } from "./TokensHttp.js"
 import { UsageLive } from "./UsageHttp.js"
 
-export const VERSION = "0.1.0"
-
 type App = HttpApp.Default<never, HttpRouter.HttpRouter.DefaultServices>
 
 export class ManagementApp extends Context.Tag("llm-proxy/ManagementApp")<ManagementApp, App>() {}

@@ -139,8 +139,8 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
           })
           const updated = yield* Option.match(result, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed })
           // After the commit: the next proxy request re-reads activation, key and provider.
-          validator.invalidateProject(id)
-          yield* Effect.promise(validator.settled)
+          yield* validator.invalidate({ kind: "project", id })
+          yield* validator.settled
           note.details["project_name"] = updated.project.name
           note.details["is_active"] = updated.project.isActive
           if (revokeTokens) note.details["tokens_revoked"] = updated.revoked
@@ -163,8 +163,8 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
               revoked_count: counts.revoked,
               already_revoked_count: counts.alreadyRevoked
             })
-            validator.invalidateProject(id)
-            yield* Effect.promise(validator.settled)
+            yield* validator.invalidate({ kind: "project", id })
+            yield* validator.settled
             return { revoked_count: counts.revoked, already_revoked_count: counts.alreadyRevoked, total_tokens: counts.total }
           }).pipe(Effect.catchTag("StoreError", internal("failed to revoke project tokens")))))
   }))

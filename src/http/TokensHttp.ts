@@ -192,8 +192,8 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
               ...patch,
               now: new Date(yield* Clock.currentTimeMillis).toISOString()
             })
-            validator.invalidateToken(id)
-            yield* Effect.promise(validator.settled)
+            yield* validator.invalidate({ kind: "token", id })
+            yield* validator.settled
             return tokenJson(yield* orNotFound(row))
           }).pipe(Effect.catchTag("StoreError", internal("failed to update token")))))
       .handle("revoke", ({ path }) =>
@@ -206,8 +206,8 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             note.details["already_revoked"] = !before.isActive
             const found = yield* store.revokeToken(id, new Date(yield* Clock.currentTimeMillis).toISOString())
             if (!found) return yield* tokenNotFound
-            validator.invalidateToken(id)
-            yield* Effect.promise(validator.settled)
+            yield* validator.invalidate({ kind: "token", id })
+            yield* validator.settled
             return HttpServerResponse.empty({ status: 204 })
           }).pipe(Effect.catchTag("StoreError", internal("failed to revoke token")))))
   }))

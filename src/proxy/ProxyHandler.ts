@@ -22,9 +22,11 @@
  * (src/http/linger.ts) instead of reading the body.
  *
  * The hot path is synchronous up to the upstream call when the token is warm and unlimited: no DB, no await,
- * no Effect per request. Effects run only on a cache miss (token load), for quotas and with the Redis limiter.
+ * no Effect per request. Effects run only on a cache miss (token load), for quotas and with the Redis limiter, all
+ * through one runtime bridge (`run` below) that hands the stage the value or the typed failure.
  */
-import { Context, Effect, Layer, Option, Redacted, Runtime } from "effect"
+import { Cause, Context, Effect, Exit, Layer, Option, Redacted, Runtime } from "effect"
+import { absurd } from "effect/Function"
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http"
 import { EventEmitter } from "node:events"
 import { type Readable, Transform } from "node:stream"
@@ -102,17 +104,6 @@ class UpstreamAbort extends EventEmitter {
   }
 }
 
-/** For the log only (never an answer): the store's message and the driver's reason under it. */
-const storeDetail = (e: unknown): string => {
-  const parts: Array<string> = []
-  let cur = e as { message?: unknown; cause?: unknown } | undefined
-  for (let i = 0; i < 3 && cur !== undefined && cur !== null; i++) {
-    if (typeof cur.message === "string" && cur.message !== "") parts.push(cur.message)
-    cur = cur.cause as typeof cur
-  }
-  return parts.join(": ")
-}
-
 const ignore = () => {}
 
 /** Drops an upstream body we will not send. undici's body emits an AbortError when destroyed: without a listener that
@@ -139,7 +130,7 @@ export const make = Effect.gen(function*() {
   const hooks = yield* ProxyHooks
   const store = yield* Store
   const runtime = yield* Effect.runtime<never>()
-  const runPromise = Runtime.runPromise(runtime)
+  const runCallback = Runtime.runCallback(runtime)
   const runFork = Runtime.runFork(runtime)
   const maxBody = config.maxRequestSize
   const allProviders = providers.all
@@ -197,6 +188,29 @@ export const make = Effect.gen(function*() {
     } catch (e) {
       internal(f, e)
     }
+  }
+
+  // -- the runtime bridge ---------------------------------------------------------------------------------------
+
+  /**
+   * The one place where a stage runs an Effect (a token-cache miss, a quota update, the Redis rate limiter): its
+   * value goes to `onSuccess`, its typed failure to `onFailure` (both guarded); a defect or an interruption is an
+   * internal error (500). An Effect that completes synchronously (SQLite) calls back before `run` returns.
+   */
+  const run = <A, E>(
+    f: Flow,
+    effect: Effect.Effect<A, E>,
+    onSuccess: (a: A) => unknown,
+    onFailure: (e: E) => unknown
+  ): void => {
+    runCallback(effect, {
+      onExit: (exit) => {
+        if (Exit.isSuccess(exit)) return guard(f, () => onSuccess(exit.value))
+        const failure = Cause.failureOption(exit.cause)
+        if (Option.isSome(failure)) return guard(f, () => onFailure(failure.value))
+        internal(f, Cause.squash(exit.cause))
+      }
+    })
   }
 
   // -- 10. complete ---------------------------------------------------------------------------------------------
@@ -344,10 +358,12 @@ export const make = Effect.gen(function*() {
     const hash = hashProxyToken(credential)
     const warm = validator.cached(hash, Date.now())
     if (warm !== undefined) return warm === null ? reply(f, Answers.tokenNotFound) : authorized(f, warm)
-    return validator.load(hash).then(
-      (grant) => (grant === undefined ? reply(f, Answers.tokenNotFound) : guard(f, () => authorized(f, grant))),
-      (e: unknown) => {
-        log("error", "proxy: token lookup failed", f.ctx, storeDetail((e as { cause?: unknown }).cause))
+    return run(
+      f,
+      validator.load(hash),
+      (grant) => (grant === undefined ? reply(f, Answers.tokenNotFound) : authorized(f, grant)),
+      (e) => {
+        log("error", "proxy: token lookup failed", f.ctx, e.cause.detail)
         f.ctx.error = "token lookup failed"
         reply(f, Answers.serviceUnavailable)
       }
@@ -470,10 +486,10 @@ export const make = Effect.gen(function*() {
   const admit = (f: Flow): void | Promise<void> => {
     if (f.done) return
     const g = f.grant!
-    const limited = limits.check(g.tokenId, g.tokenRateLimit, g.projectId, g.projectRateLimit)
-    if (isPromise(limited)) return limited.then((v) => (v === undefined ? guard(f, () => lookup(f)) : limitedBy(f, v)))
-    if (limited !== undefined) return limitedBy(f, limited)
-    return lookup(f)
+    const verdict = limits.unsafeCheck(g.tokenId, g.tokenRateLimit, g.projectId, g.projectRateLimit)
+    if (verdict === undefined) return lookup(f)
+    if (Effect.isEffect(verdict)) return run(f, verdict, (v) => (v === undefined ? lookup(f) : limitedBy(f, v)), absurd)
+    return limitedBy(f, verdict)
   }
 
   const limitedBy = (f: Flow, v: Exceeded | typeof Unavailable) => {
@@ -525,40 +541,40 @@ export const make = Effect.gen(function*() {
    * Takes one request of a limited token's quota (one atomic UPDATE), then `next()`; `undo()` when the request is
    * not going ahead after all (refused, or the client left meanwhile). Unlimited tokens go straight on.
    */
-  const quota = (f: Flow, next: () => void, undo?: () => void): void | Promise<void> => {
+  const quota = (f: Flow, next: () => void, undo?: () => void): void => {
     const g = f.grant!
     if (g.maxRequests === null) return next()
-    return runPromise(Effect.either(store.consumeQuota(g.tokenId, new Date().toISOString()))).then((r) => {
+    return run(f, store.consumeQuota(g.tokenId, new Date().toISOString()), (result) => {
       if (f.done) return undo?.()
-      if (r._tag === "Left") {
-        undo?.()
-        log("error", "proxy: quota update failed", f.ctx, storeDetail(r.left))
-        f.ctx.error = "quota update failed"
-        return reply(f, Answers.serviceUnavailable)
-      }
-      if (r.right === "ok") return guard(f, next)
+      if (result === "ok") return next()
       undo?.()
-      switch (r.right) {
+      switch (result) {
         case "exhausted":
           f.ctx.rejectedBy = "quota"
           return reply(f, Answers.quotaExhausted)
         case "inactive":
-          validator.invalidateToken(g.tokenId)
+          validator.unsafeInvalidate({ kind: "token", id: g.tokenId })
           f.ctx.authenticated = false
           return reply(f, Answers.tokenInactive)
         case "expired":
           f.ctx.authenticated = false
           return reply(f, Answers.tokenExpired)
         case "project_inactive":
-          validator.invalidateProject(g.projectId)
+          validator.unsafeInvalidate({ kind: "project", id: g.projectId })
           f.ctx.authenticated = false
           f.ctx.denial = "project_inactive"
           return reply(f, Answers.projectInactive)
         case "not_found":
-          validator.invalidateToken(g.tokenId)
+          validator.unsafeInvalidate({ kind: "token", id: g.tokenId })
           f.ctx.authenticated = false
           return reply(f, Answers.tokenNotFound)
       }
+    }, (e) => {
+      undo?.()
+      if (f.done) return
+      log("error", "proxy: quota update failed", f.ctx, e.detail)
+      f.ctx.error = "quota update failed"
+      reply(f, Answers.serviceUnavailable)
     })
   }
 

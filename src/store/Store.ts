@@ -9,7 +9,19 @@ import type { KeysetPage, PageRequest } from "./keyset.js"
 export class StoreError extends Schema.TaggedError<StoreError>()("StoreError", {
   message: Schema.String,
   cause: Schema.optional(Schema.Defect)
-}) {}
+}) {
+  /** For the log only (never an answer): the message, then the client's and the driver's reasons under it. */
+  get detail(): string {
+    const parts = [this.message]
+    let cur: unknown = this.cause
+    for (let i = 0; i < 2 && typeof cur === "object" && cur !== null; i++) {
+      const { cause, message } = cur as { readonly message?: unknown; readonly cause?: unknown }
+      if (typeof message === "string" && message !== "") parts.push(message)
+      cur = cause
+    }
+    return parts.join(": ")
+  }
+}
 
 export class DuplicateProjectName extends Schema.TaggedError<DuplicateProjectName>()("DuplicateProjectName", {
   name: Schema.String

@@ -21,16 +21,26 @@ export type Verdict = Exceeded | typeof Unavailable | undefined
 
 export interface RateLimitsShape {
   /**
-   * Consumes one request of each configured limit. undefined = allowed; a Promise only with the Redis store.
-   * A store failure (Redis down, or no answer within 250 ms) allows the request (fail-open, the default) or refuses it
-   * (`Unavailable`, fail-closed); either way it is counted and logged (at most one line per 10 s).
+   * Consumes one request of each configured limit: the verdict, undefined = allowed. A store failure (Redis down, or
+   * no answer within 250 ms) allows the request (fail-open, the default) or refuses it (`Unavailable`, fail-closed);
+   * either way it is counted and logged (at most one line per 10 s). It never fails.
    */
   readonly check: (
     tokenId: string,
     tokenLimit: RateLimitRow | null,
     projectId: string,
     projectLimit: RateLimitRow | null
-  ) => Verdict | Promise<Verdict>
+  ) => Effect.Effect<Verdict>
+  /**
+   * For plain Node code on the data plane: the verdict now when it is known without waiting (no limit set, or the
+   * in-memory store), else the Effect that finds it (the Redis store), which the caller runs.
+   */
+  readonly unsafeCheck: (
+    tokenId: string,
+    tokenLimit: RateLimitRow | null,
+    projectId: string,
+    projectLimit: RateLimitRow | null
+  ) => Verdict | Effect.Effect<Verdict>
   /** Checks that failed because the store did not answer, since start. */
   readonly storeFailures: () => number
 }
@@ -73,9 +83,7 @@ export type FailureMode = "open" | "closed"
 const make = (mode: "sync" | "async", failureMode: FailureMode) =>
   Effect.gen(function*() {
     const limiter = yield* RateLimiter.RateLimiter
-    const runtime = yield* Effect.runtime<never>()
-    const runSyncExit = Runtime.runSyncExit(runtime)
-    const runPromise = Runtime.runPromise(runtime)
+    const runSyncExit = Runtime.runSyncExit(yield* Effect.runtime<never>())
     let failures = 0
     let loggedAt = 0
     const onStoreFailure = (e: { readonly message: string }) =>
@@ -94,21 +102,25 @@ const make = (mode: "sync" | "async", failureMode: FailureMode) =>
           verdict
         )
       })
+    const check: RateLimitsShape["check"] = (tokenId, tokenLimit, projectId, projectLimit) => {
+      const effect = consumeBoth(limiter, onStoreFailure, tokenId, tokenLimit, projectId, projectLimit)
+      return mode === "sync" ? effect : effect.pipe(
+        // A slow or unreachable Redis must not hold requests: after 250 ms the failure mode applies.
+        Effect.timeoutTo({
+          duration: "250 millis",
+          onSuccess: (r) => Effect.succeed(r),
+          onTimeout: () => onStoreFailure({ message: "timed out after 250 ms" })
+        }),
+        Effect.flatten
+      )
+    }
     const service: RateLimitsShape = {
-      check: (tokenId, tokenLimit, projectId, projectLimit) => {
+      check,
+      unsafeCheck: (tokenId, tokenLimit, projectId, projectLimit) => {
         if (tokenLimit === null && projectLimit === null) return undefined
-        const effect = consumeBoth(limiter, onStoreFailure, tokenId, tokenLimit, projectId, projectLimit)
-        if (mode === "async") {
-          // A slow or unreachable Redis must not hold requests: after 250 ms the failure mode applies.
-          return runPromise(effect.pipe(
-            Effect.timeoutTo({
-              duration: "250 millis",
-              onSuccess: (r) => Effect.succeed(r),
-              onTimeout: () => onStoreFailure({ message: "timed out after 250 ms" })
-            }),
-            Effect.flatten
-          ))
-        }
+        const effect = check(tokenId, tokenLimit, projectId, projectLimit)
+        if (mode === "async") return effect
+        // The memory store answers synchronously, so the request goes on without waiting.
         const exit = runSyncExit(effect)
         return Exit.isSuccess(exit) ? exit.value : undefined
       },
@@ -126,48 +138,46 @@ export const SWEEP_MS = 60_000
 
 export const makeMemoryStore = () => {
   const windows = new Map<string, { count: number; expiresAt: number }>()
-  const fallback = Effect.runSync(Effect.map(Layer.build(RateLimiter.layerStoreMemory), Context.get(RateLimiter.RateLimiterStore)).pipe(Effect.scoped))
-  const store = RateLimiter.RateLimiterStore.of({
-    fixedWindow: (options) =>
-      Effect.clockWith((clock) =>
-        Effect.sync(() => {
-          const refillMs = Duration.toMillis(options.refillRate)
-          const now = clock.unsafeCurrentTimeMillis()
-          let w = windows.get(options.key)
-          if (w === undefined || w.expiresAt <= now) {
-            w = { count: 0, expiresAt: now }
-            windows.set(options.key, w)
-          }
-          if (options.limit !== undefined && w.count + options.tokens > options.limit) {
-            return [w.count + options.tokens, w.expiresAt - now] as const
-          }
-          w.count += options.tokens
-          w.expiresAt += refillMs * options.tokens
-          return [w.count, w.expiresAt - now] as const
-        })
-      ),
-    // Not used by RateLimits (fixed windows only); kept working for completeness.
-    tokenBucket: (options) => fallback.tokenBucket(options)
-  })
+  const fixedWindow: RateLimiter.RateLimiterStore["Type"]["fixedWindow"] = (options) =>
+    Effect.clockWith((clock) =>
+      Effect.sync(() => {
+        const refillMs = Duration.toMillis(options.refillRate)
+        const now = clock.unsafeCurrentTimeMillis()
+        let w = windows.get(options.key)
+        if (w === undefined || w.expiresAt <= now) {
+          w = { count: 0, expiresAt: now }
+          windows.set(options.key, w)
+        }
+        if (options.limit !== undefined && w.count + options.tokens > options.limit) {
+          return [w.count + options.tokens, w.expiresAt - now] as const
+        }
+        w.count += options.tokens
+        w.expiresAt += refillMs * options.tokens
+        return [w.count, w.expiresAt - now] as const
+      })
+    )
   /** Drops the windows that ended by `now`; returns how many are left. */
   const sweep = (now: number): number => {
     for (const [key, w] of windows) if (w.expiresAt <= now) windows.delete(key)
     return windows.size
   }
-  return { store, sweep, size: () => windows.size }
+  return { fixedWindow, sweep, size: () => windows.size }
 }
 
 const memoryStore = Layer.scoped(
   RateLimiter.RateLimiterStore,
   Effect.gen(function*() {
-    const { store, sweep } = makeMemoryStore()
+    // @effect/experimental's own memory store, provided below (so it lives exactly as long as this one): its token
+    // bucket stands in for ours, which RateLimits never uses (fixed windows only).
+    const experimental = yield* RateLimiter.RateLimiterStore
+    const { fixedWindow, sweep } = makeMemoryStore()
     yield* Effect.forkScoped(Effect.forever(Effect.zipRight(
       Effect.sleep(Duration.millis(SWEEP_MS)),
       Effect.clockWith((clock) => Effect.sync(() => sweep(clock.unsafeCurrentTimeMillis())))
     )))
-    return store
+    return RateLimiter.RateLimiterStore.of({ fixedWindow, tokenBucket: experimental.tokenBucket })
   })
-)
+).pipe(Layer.provide(RateLimiter.layerStoreMemory))
 
 export const memory: Layer.Layer<RateLimits> = Layer.effect(RateLimits, make("sync", "open")).pipe(
   Layer.provide(RateLimiter.layer),

@@ -3,10 +3,12 @@
  *
  * - `cached(hash)` is synchronous: the hot path of a request with a warm token never awaits.
  * - `load(hash)` reads token + project in one query (and decrypts the project's key once), then caches the result.
- * - Every management mutation calls `invalidateToken` / `invalidateProject` after its commit, so the very next
- *   request on this instance re-reads the row. A generation counter stops a load that raced with an invalidation
- *   from caching the state it read before the change. Entries also expire after TOKEN_CACHE_TTL, the bound on how
- *   stale another instance can be.
+ *   It is an Effect that fails with `TokenLoadError`; the data plane runs it through its one runtime bridge
+ *   (src/proxy/ProxyHandler.ts) only on a cache miss.
+ * - Every management mutation yields `invalidate` (a token, or a project's tokens) after its commit, so the very
+ *   next request on this instance re-reads the row (the data plane uses the synchronous `unsafeInvalidate`). A
+ *   generation counter stops a load that raced with an invalidation from caching the state it read before the change.
+ *   Entries also expire after TOKEN_CACHE_TTL, the bound on how stale another instance can be.
  * - Verdicts (inactive, expired, project inactive) are decided per request from the cached entry and the clock.
  * - Across instances (PostgreSQL LISTEN/NOTIFY in PostgresInvalidation.ts, or Redis pub/sub here) the cache is
  *   trusted only while the invalidation subscription is live: while it is down every request re-reads the
@@ -14,11 +16,11 @@
  * - While the database is unreachable a token loaded less than TOKEN_CACHE_STALE_TTL ago keeps being served from
  *   the entry it has (never one that was invalidated); tokens not in memory get 503.
  */
-import { Context, Effect, Layer, Option, Redacted, Runtime } from "effect"
+import { Context, Effect, Fiber, Layer, Option, Redacted, Runtime, Schema } from "effect"
 import { Redis } from "ioredis"
 import { AppConfig } from "../config/AppConfig.js"
 import { KeyCipher } from "../crypto/KeyCipher.js"
-import { type RateLimitRow, Store, type StoreError } from "../store/Store.js"
+import { type RateLimitRow, Store, StoreError } from "../store/Store.js"
 
 export interface TokenGrant {
   readonly tokenId: string
@@ -44,22 +46,28 @@ interface Entry {
 export interface TokenValidatorShape {
   /**
    * The cached grant for a token hash, if fresh; null when the hash is known not to exist (a token cannot be
-   * presented before it is created, so remembering misses is safe); undefined = ask `load`. Synchronous.
+   * presented before it is created, so remembering misses is safe); undefined = ask `load`. Synchronous: the data
+   * plane's fast path.
    */
   readonly cached: (hash: string, nowMs: number) => TokenGrant | null | undefined
   /**
    * Reads the grant from the store and caches it; undefined when no such token exists. Concurrent loads of one
-   * hash share a single query.
+   * hash share a single query. While the database fails, a grant loaded less than TOKEN_CACHE_STALE_TTL ago (and
+   * not invalidated since) is the answer; otherwise `TokenLoadError`.
    */
-  readonly load: (hash: string) => Promise<TokenGrant | undefined>
-  readonly invalidateToken: (tokenId: string) => void
-  readonly invalidateProject: (projectId: string) => void
-  readonly invalidateAll: () => void
+  readonly load: (hash: string) => Effect.Effect<TokenGrant | undefined, TokenLoadError>
   /**
-   * Resolves when every invalidation issued so far has reached the shared channel (or failed, or 1 s passed).
-   * The management API awaits it before answering, so a client that then calls another instance finds it applied.
+   * Drops what is cached of a token, of a project's tokens or of everything here at once, and announces it to the
+   * other instances (`settled` waits until the announcement is out).
    */
-  readonly settled: () => Promise<void>
+  readonly invalidate: (what: Invalidation) => Effect.Effect<void>
+  /** For plain Node code on the data plane (a quota update found the token or project changed): `invalidate`, now. */
+  readonly unsafeInvalidate: (what: Invalidation) => void
+  /**
+   * Completes when every invalidation issued so far has reached the shared channel (or failed, or 1 s passed).
+   * The management API waits for it before answering, so a client that then calls another instance finds it applied.
+   */
+  readonly settled: Effect.Effect<void>
   /** False while cross-instance invalidations may be missed (Redis subscription down): the cache is not used. */
   readonly trusted: () => boolean
   readonly stats: () => {
@@ -75,9 +83,12 @@ export class TokenValidator extends Context.Tag("llm-proxy/TokenValidator")<Toke
 
 export const MAX_ENTRIES = 10_000
 
-export class TokenLoadError extends Error {
-  constructor(override readonly cause: StoreError) {
-    super("token lookup failed")
+/** The store did not answer a token lookup (and no recent grant could stand in). `cause` is for the log only. */
+export class TokenLoadError extends Schema.TaggedError<TokenLoadError>()("TokenLoadError", {
+  cause: StoreError
+}) {
+  override get message() {
+    return "token lookup failed"
   }
 }
 
@@ -94,6 +105,7 @@ export interface InvalidationChannel {
   readonly subscribe: (apply: (message: Invalidation) => void, reset: () => void) => void
   /** True while messages from other instances are being received. */
   readonly live: () => boolean
+  /** Resolves when every publish so far is done (see `pendingPublishes`); never rejects. */
   readonly settled: () => Promise<void>
 }
 
@@ -102,14 +114,17 @@ export type Invalidation =
   | { readonly kind: "project"; readonly id: string }
   | { readonly kind: "all" }
 
+const ignore = () => undefined
+
 /**
  * The publishes still on their way, for `settled`: it resolves when every one issued so far has been taken by the
- * shared channel (or failed), or after `waitMs` at most.
+ * shared channel (or failed), or after `waitMs` at most. It never rejects.
  */
 export const pendingPublishes = (waitMs = 1000) => {
   const inflight = new Set<Promise<unknown>>()
   return {
-    add: (p: Promise<unknown>) => {
+    add: (publish: Promise<unknown>) => {
+      const p = publish.then(ignore, ignore)
       inflight.add(p)
       void p.finally(() => inflight.delete(p))
     },
@@ -134,8 +149,7 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
   const store = yield* Store
   const cipher = yield* KeyCipher
   const config = yield* AppConfig
-  const runtime = yield* Effect.runtime<never>()
-  const runPromise = Runtime.runPromise(runtime)
+  const runFork = Runtime.runFork(yield* Effect.runtime<never>())
   const ttl = config.tokenCacheTtlMs
   // Entries are kept past their TTL (but never served from `cached`) for as long as they may stand in for a
   // database that does not answer.
@@ -143,7 +157,8 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
   const entries = new Map<string, Entry>()
   /** Hashes with no token, and when that was read (bounded like `entries`). */
   const missing = new Map<string, number>()
-  const inflight = new Map<string, Promise<TokenGrant | undefined>>()
+  /** One load per hash at a time: it runs in a fiber of its own, which every caller for that hash joins. */
+  const inflight = new Map<string, Fiber.RuntimeFiber<TokenGrant | undefined, TokenLoadError>>()
   let generation = 0
   let hits = 0
   let loads = 0
@@ -156,7 +171,7 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
     for (const [hash, e] of entries) if (predicate(e.grant)) entries.delete(hash)
   }
 
-  const loadEffect = (hash: string) =>
+  const read = (hash: string) =>
     Effect.gen(function*() {
       const row = yield* store.getTokenAuth(hash)
       if (Option.isNone(row)) return undefined
@@ -187,6 +202,34 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
     map.set(key, value)
   }
 
+  /** Reads the grant and caches it, unless an invalidation came in meanwhile (generation counter). */
+  const readAndCache = (hash: string): Effect.Effect<TokenGrant | undefined, TokenLoadError> =>
+    Effect.suspend(() => {
+      const startedAt = generation
+      loads++
+      return Effect.matchEffect(read(hash), {
+        // The database does not answer: a token validated recently (and not invalidated since) keeps working.
+        onFailure: (cause) =>
+          Effect.suspend(() => {
+            const e = entries.get(hash)
+            if (e !== undefined && Date.now() - e.loadedAt < config.tokenCacheStaleTtlMs) {
+              staleServed++
+              return Effect.succeed(e.grant)
+            }
+            return Effect.fail(new TokenLoadError({ cause }))
+          }),
+        onSuccess: (grant) =>
+          Effect.sync(() => {
+            if (grant === undefined) entries.delete(hash)
+            if (ttl > 0 && startedAt === generation) {
+              if (grant === undefined) remember(missing, hash, Date.now())
+              else remember(entries, hash, { grant, loadedAt: Date.now() })
+            }
+            return grant
+          })
+      })
+    })
+
   const apply = (m: Invalidation) => {
     if (m.kind === "token") drop((g) => g.tokenId === m.id)
     else if (m.kind === "project") drop((g) => g.projectId === m.id)
@@ -199,6 +242,11 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
   }
   channel.subscribe(apply, () => apply({ kind: "all" }))
   const live = channel.live
+
+  const unsafeInvalidate = (m: Invalidation) => {
+    apply(m)
+    channel.publish(m)
+  }
 
   const service: TokenValidatorShape = {
     cached: (hash, nowMs) => {
@@ -220,52 +268,27 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
       hits++
       return e.grant
     },
-    load: (hash) => {
-      const pending = inflight.get(hash)
-      if (pending !== undefined) return pending
-      const startedAt = generation
-      loads++
-      const settle = () => {
-        if (inflight.get(hash) === promise) inflight.delete(hash)
-      }
-      const promise: Promise<TokenGrant | undefined> = runPromise(Effect.either(loadEffect(hash))).then((result) => {
-        settle()
-        if (result._tag === "Left") {
-          // The database does not answer: a token validated recently (and not invalidated since) keeps working.
-          const e = entries.get(hash)
-          if (e !== undefined && Date.now() - e.loadedAt < config.tokenCacheStaleTtlMs) {
-            staleServed++
-            return e.grant
-          }
-          throw new TokenLoadError(result.left)
+    load: (hash) =>
+      Effect.suspend(() => {
+        const pending = inflight.get(hash)
+        if (pending !== undefined) return Fiber.join(pending)
+        // The fiber starts at once and may even finish before runFork returns (SQLite answers synchronously).
+        const fiber = runFork(readAndCache(hash))
+        if (fiber.unsafePoll() === null) {
+          inflight.set(hash, fiber)
+          fiber.addObserver(() => {
+            if (inflight.get(hash) === fiber) inflight.delete(hash)
+          })
         }
-        const grant = result.right
-        if (grant === undefined) entries.delete(hash)
-        if (ttl > 0 && startedAt === generation) {
-          if (grant === undefined) remember(missing, hash, Date.now())
-          else remember(entries, hash, { grant, loadedAt: Date.now() })
-        }
-        return grant
-      }, (e: unknown) => {
-        settle()
-        throw e
-      })
-      inflight.set(hash, promise)
-      return promise
-    },
-    invalidateToken: (tokenId) => {
-      apply({ kind: "token", id: tokenId })
-      channel.publish({ kind: "token", id: tokenId })
-    },
-    invalidateProject: (projectId) => {
-      apply({ kind: "project", id: projectId })
-      channel.publish({ kind: "project", id: projectId })
-    },
-    invalidateAll: () => {
-      apply({ kind: "all" })
-      channel.publish({ kind: "all" })
-    },
-    settled: channel.settled,
+        return Fiber.join(fiber)
+      }),
+    invalidate: Effect.fn("TokenValidator.invalidate")(function*(what: Invalidation) {
+      yield* Effect.annotateCurrentSpan("llm_proxy.token_cache.invalidation", what.kind)
+      unsafeInvalidate(what)
+    }),
+    unsafeInvalidate,
+    // The channel's promise never rejects (publish failures are logged, and it gives up after 1 s).
+    settled: Effect.promise(channel.settled).pipe(Effect.withSpan("TokenValidator.settled")),
     trusted: live,
     stats: () => ({ size: entries.size, hits, loads, staleServed })
   }

@@ -7,11 +7,10 @@
  *   · invalid SSE (pass-through, no crash) · a slow-reading client (back-pressure: what the upstream can push and
  *   the process's memory stay bounded)
  */
-import { Layer } from "effect"
 import { createHash } from "node:crypto"
 import { request as httpRequest } from "node:http"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
-import { ProxyHooks, type ProxyRequestContext } from "../../src/proxy/ProxyHooks.js"
+import type { ProxyRequestContext } from "../../src/proxy/ProxyHooks.js"
 import { backends, type BackendInstance } from "../http/harness.js"
 import { chatChunks, handler, hang, json, reset, sse } from "../support/mockUpstream.js"
 import { call, chatBody, eventually, projectAndToken, type ProjectAndToken, sleep, type Stack, startStack, tokenRow } from "../proxy/stack.js"
@@ -27,7 +26,7 @@ let requests = 0
 
 beforeAll(async () => {
   backend = await backends[0]!.create()
-  const hooks = Layer.succeed(ProxyHooks, ProxyHooks.combine({ onComplete: [(ctx) => void completed.push(ctx)] }))
+  const hooks = { onComplete: [(ctx: ProxyRequestContext) => void completed.push(ctx)] }
   stack = await startStack(backend, { requestTimeoutMs: 1_000, circuitBreakerThreshold: 1_000 }, undefined, undefined, { proxyHooks: hooks })
   t = await projectAndToken(stack.manage)
 })

@@ -2,7 +2,7 @@ import { Effect, Either, Layer } from "effect"
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { describe, expect, it } from "vitest"
+import { describe, expect, it } from "@effect/vitest"
 import { parseDuration } from "../../src/config/AppConfig.js"
 import { builtInOpenAi, parseProvidersYaml, type ProviderConfig, Providers } from "../../src/config/Providers.js"
 import { routeOf } from "../../src/proxy/policy.js"
@@ -277,21 +277,22 @@ apis:
     for (const b of blocks) expect(Either.getLeft(parseProvidersYaml(b))._tag, b.slice(0, 80)).toBe("None")
   })
 
-  it("load reads the file, and names the variable when it cannot", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "providers-"))
-    const path = join(dir, "p.yaml")
-    writeFileSync(path, SHIPPED)
-    const get = (l: Layer.Layer<Providers, unknown>) => Effect.runPromise(Effect.either(Effect.provide(Providers, l)))
-    const ok = await get(Providers.load(path, "http://x"))
-    expect(Either.isRight(ok) && [...ok.right.names]).toEqual(["openai", "anthropic"])
-    const builtIn = await get(Providers.load(undefined, "http://x:1"))
-    expect(Either.isRight(builtIn) && builtIn.right.get("openai")?.origin).toBe("http://x:1")
-    const missing = await get(Providers.load(join(dir, "missing.yaml"), "http://x"))
-    expect(Either.isLeft(missing) && (missing.left as { message: string }).message).toMatch(/^API_CONFIG_PATH: cannot read .*ENOENT/)
-    writeFileSync(path, "apis: {}")
-    const bad = await get(Providers.load(path, "http://x"))
-    expect(Either.isLeft(bad) && (bad.left as { message: string }).message).toMatch(/^API_CONFIG_PATH \(.*\): apis: at least one provider/)
-  })
+  it.effect("load reads the file, and names the variable when it cannot", () =>
+    Effect.gen(function*() {
+      const dir = mkdtempSync(join(tmpdir(), "providers-"))
+      const path = join(dir, "p.yaml")
+      writeFileSync(path, SHIPPED)
+      const get = (l: Layer.Layer<Providers, unknown>) => Effect.either(Effect.provide(Providers, l))
+      const ok = yield* get(Providers.load(path, "http://x"))
+      expect(Either.isRight(ok) && [...ok.right.names]).toEqual(["openai", "anthropic"])
+      const builtIn = yield* get(Providers.load(undefined, "http://x:1"))
+      expect(Either.isRight(builtIn) && builtIn.right.get("openai")?.origin).toBe("http://x:1")
+      const missing = yield* get(Providers.load(join(dir, "missing.yaml"), "http://x"))
+      expect(Either.isLeft(missing) && (missing.left as { message: string }).message).toMatch(/^API_CONFIG_PATH: cannot read .*ENOENT/)
+      writeFileSync(path, "apis: {}")
+      const bad = yield* get(Providers.load(path, "http://x"))
+      expect(Either.isLeft(bad) && (bad.left as { message: string }).message).toMatch(/^API_CONFIG_PATH \(.*\): apis: at least one provider/)
+    }))
 
   it.each([
     ["120s", 120_000],

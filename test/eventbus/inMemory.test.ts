@@ -1,13 +1,13 @@
+import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { describe, expect, it } from "vitest"
 import * as InMemoryBus from "../../src/eventbus/InMemoryBus.js"
 import { makeEvent } from "../support/events.js"
 
-const run = <A, E>(self: Effect.Effect<A, E, import("effect").Scope.Scope>) => Effect.runPromise(Effect.scoped(self))
+// The real clock: `take` waits for events up to a timeout.
 
 describe("in-memory bus", () => {
-  it("a slow subscriber never slows publishers: overflow is dropped and counted", () =>
-    run(Effect.gen(function*() {
+  it.scopedLive("a slow subscriber never slows publishers: overflow is dropped and counted", () =>
+    Effect.gen(function*() {
       const { bus, source } = yield* InMemoryBus.make(100)
       const slow = yield* source.subscribe("g", "slow")
       // publish is synchronous: 1,000 calls complete without the subscriber reading anything
@@ -28,10 +28,10 @@ describe("in-memory bus", () => {
       expect(yield* slow.take(10, 20)).toHaveLength(0)
       yield* slow.ack(["1"])
       yield* slow.keepAlive(["1"])
-    })))
+    }))
 
-  it("every subscription receives every event; without subscribers nothing accumulates", () =>
-    run(Effect.gen(function*() {
+  it.scopedLive("every subscription receives every event; without subscribers nothing accumulates", () =>
+    Effect.gen(function*() {
       const { bus, source } = yield* InMemoryBus.make(10)
       for (let i = 0; i < 50; i++) bus.publish(makeEvent())
       expect((yield* bus.stats).buffered).toBe(0)
@@ -42,5 +42,5 @@ describe("in-memory bus", () => {
       const ids = (d: ReadonlyArray<{ event: { request_id: string } | undefined }>) => d.map((x) => x.event?.request_id)
       expect(ids(yield* a.take(10, 50))).toEqual(events.map((e) => e.request_id))
       expect(ids(yield* b.take(10, 50))).toEqual(events.map((e) => e.request_id))
-    })))
+    }))
 })

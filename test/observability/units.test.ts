@@ -2,7 +2,7 @@
 import { Cause, ConfigProvider, Effect, Either, Option, Redacted } from "effect"
 import { createServer } from "node:http"
 import type { AddressInfo } from "node:net"
-import { describe, expect, it } from "vitest"
+import { describe, expect, it } from "@effect/vitest"
 import { appConfig, formatConfigError, type OtlpConfig, parseOtlpHeaders, parseResourceAttributes } from "../../src/config/AppConfig.js"
 import { routeTemplate } from "../../src/http/Server.js"
 import { make as makeMetrics, statusClass } from "../../src/observability/Metrics.js"
@@ -549,8 +549,8 @@ describe("observability configuration", () => {
 })
 
 describe("Metrics sources read at scrape time", () => {
-  it("exposes the cache, bus and dispatcher counters they report; a failing or slow source leaves the last values", async () => {
-    const { json, text } = await Effect.runPromise(Effect.gen(function*() {
+  it.effect("exposes the cache, bus and dispatcher counters they report; a failing or slow source leaves the last values", () =>
+    Effect.gen(function*() {
       const m = yield* makeMetrics({ processMetrics: false })
       let cacheHits = 5
       m.attachCache(Effect.sync(() => ({ hits: cacheHits, misses: 7, bypass: 2, stores: 3, evictions: 1, expired: 4, bytes: 1234, entries: 9, errors: 0 })))
@@ -560,25 +560,24 @@ describe("Metrics sources read at scrape time", () => {
       m.tokenCacheInvalidated("project")
       yield* m.prometheus
       cacheHits = 6
-      const text = yield* m.prometheus
+      yield* m.prometheus
       // A source that fails keeps what was read last.
       m.attachBus(Effect.fail(new Error("bus down")))
-      return { text: yield* m.prometheus, json: yield* m.json, first: text }
+      const s = parsePrometheus(yield* m.prometheus)
+      const json = yield* m.json
+      expect(value(s, "llm_proxy_cache_hits_total")).toBe(6)
+      expect(value(s, "llm_proxy_cache_evictions_total")).toBe(1)
+      expect(value(s, "llm_proxy_cache_bytes")).toBe(1234)
+      expect(value(s, "llm_proxy_bus_published_total")).toBe(11)
+      expect(value(s, "llm_proxy_bus_lag_events")).toBe(3)
+      expect(value(s, "llm_proxy_dispatcher_delivered_total")).toBe(10)
+      expect(value(s, "llm_proxy_dispatcher_retries_total")).toBe(2)
+      expect(value(s, "llm_proxy_dispatcher_dead_lettered_total")).toBe(1)
+      expect(value(s, "llm_proxy_dispatcher_lag_events")).toBe(6)
+      expect(value(s, "llm_proxy_token_cache_hits_total")).toBe(8)
+      expect(value(s, "llm_proxy_token_cache_invalidations_total", { scope: "project" })).toBe(1)
+      expect(json).toMatchObject({ cache_hits: 6, cache_misses: 7, cache_bypass: 2, cache_stores: 3, request_count: 0, error_count: 0 })
     }))
-    const s = parsePrometheus(text)
-    expect(value(s, "llm_proxy_cache_hits_total")).toBe(6)
-    expect(value(s, "llm_proxy_cache_evictions_total")).toBe(1)
-    expect(value(s, "llm_proxy_cache_bytes")).toBe(1234)
-    expect(value(s, "llm_proxy_bus_published_total")).toBe(11)
-    expect(value(s, "llm_proxy_bus_lag_events")).toBe(3)
-    expect(value(s, "llm_proxy_dispatcher_delivered_total")).toBe(10)
-    expect(value(s, "llm_proxy_dispatcher_retries_total")).toBe(2)
-    expect(value(s, "llm_proxy_dispatcher_dead_lettered_total")).toBe(1)
-    expect(value(s, "llm_proxy_dispatcher_lag_events")).toBe(6)
-    expect(value(s, "llm_proxy_token_cache_hits_total")).toBe(8)
-    expect(value(s, "llm_proxy_token_cache_invalidations_total", { scope: "project" })).toBe(1)
-    expect(json).toMatchObject({ cache_hits: 6, cache_misses: 7, cache_bypass: 2, cache_stores: 3, request_count: 0, error_count: 0 })
-  })
 })
 
 const spansConfig = (over: Partial<OtlpConfig> = {}): OtlpConfig => ({
@@ -621,27 +620,28 @@ describe("ProxySpans exporter", () => {
     }
   }
 
-  it("gives an export up after OTEL_EXPORTER_OTLP_TIMEOUT and counts its spans as dropped", async () => {
-    const c = await collector(Infinity)
-    try {
-      const dropped = await Effect.runPromise(Effect.scoped(Effect.gen(function*() {
+  /** `collector`, closed with the test's scope. */
+  const scopedCollector = (delayMs: number) => Effect.acquireRelease(Effect.promise(() => collector(delayMs)), (c) => Effect.promise(c.close))
+
+  // The real clock: exports go to a real collector over HTTP.
+  it.scopedLive("gives an export up after OTEL_EXPORTER_OTLP_TIMEOUT and counts its spans as dropped", () =>
+    Effect.gen(function*() {
+      const c = yield* scopedCollector(Infinity)
+      const dropped = yield* Effect.scoped(Effect.gen(function*() {
         const spans = yield* makeProxySpans(spansConfig({ tracesUrl: c.url, timeoutMs: 200, maxExportBatchSize: 1 }), "v")
         // A full batch (1 record) is sent at once.
         spans.record(record())
         yield* Effect.sleep("600 millis")
         return spans.dropped()
-      })))
+      }))
       expect(c.received).toHaveLength(1)
       expect(dropped).toBe(1)
-    } finally {
-      await c.close()
-    }
-  })
+    }))
 
-  it("finishes the export under way at shutdown, and sends what is still buffered", async () => {
-    const c = await collector(300)
-    try {
-      const dropped = await Effect.runPromise(Effect.scoped(Effect.gen(function*() {
+  it.scopedLive("finishes the export under way at shutdown, and sends what is still buffered", () =>
+    Effect.gen(function*() {
+      const c = yield* scopedCollector(300)
+      const spans = yield* Effect.scoped(Effect.gen(function*() {
         const spans = yield* makeProxySpans(spansConfig({ tracesUrl: c.url, maxExportBatchSize: 2 }), "v")
         spans.record(record({ requestId: "a" }))
         spans.record(record({ requestId: "b" }))
@@ -649,45 +649,35 @@ describe("ProxySpans exporter", () => {
         spans.record(record({ requestId: "c" }))
         yield* Effect.sleep("50 millis")
         return spans
-      }))).then((s) => s.dropped())
-      expect(dropped).toBe(0)
+      }))
+      expect(spans.dropped()).toBe(0)
       const ids = c.received.flatMap((b) => (JSON.parse(b.toString("utf8")) as { resourceSpans: Array<{ scopeSpans: Array<{ spans: Array<any> }> }> })
         .resourceSpans[0]!.scopeSpans[0]!.spans.filter((s) => s.kind === 2).map((s) => plain(s.attributes)["llm_proxy.request_id"]))
       expect(ids).toEqual(["a", "b", "c"])
-    } finally {
-      await c.close()
-    }
-  })
+    }))
 })
 
 describe("ProxySpans sampling", () => {
-  it.each([
+  it.scoped.each<readonly [boolean, number, boolean | undefined, boolean]>([
     [true, 0, true, true],
     [true, 1, false, false],
     [true, 0, undefined, false],
     [false, 0, true, false],
     [false, 1, false, true]
-  ])("parentBased %s, ratio %d, parent sampled %s → %s", async (parentBased, ratio, parentSampled, expected) => {
-    const sampled = await Effect.runPromise(Effect.scoped(Effect.map(
-      makeProxySpans(spansConfig({ sampleRatio: ratio, parentBased }), "v"),
-      (s) => s.sample(parentSampled)
-    )))
-    expect(sampled).toBe(expected)
-  })
+  ])("parentBased %s, ratio %d, parent sampled %s → %s", ([parentBased, ratio, parentSampled, expected]) =>
+    Effect.map(makeProxySpans(spansConfig({ sampleRatio: ratio, parentBased }), "v"), (s) => {
+      expect(s.sample(parentSampled)).toBe(expected)
+    }))
 
-  it.each([[0, false], [1, true]])("ratio %d → sample() %s", async (ratio, expected) => {
-    const sampled = await Effect.runPromise(Effect.scoped(Effect.map(
-      makeProxySpans(spansConfig({ sampleRatio: ratio }), "v"),
-      (s) => [s.sample(), s.sample(), s.sample()]
-    )))
-    expect(sampled).toEqual([expected, expected, expected])
-  })
-  it("a ratio of 0.5 samples some requests, not all", async () => {
-    const n = await Effect.runPromise(Effect.scoped(Effect.map(
-      makeProxySpans(spansConfig({ sampleRatio: 0.5 }), "v"),
-      (s) => Array.from({ length: 1000 }, () => s.sample()).filter(Boolean).length
-    )))
-    expect(n).toBeGreaterThan(300)
-    expect(n).toBeLessThan(700)
-  })
+  it.scoped.each<readonly [number, boolean]>([[0, false], [1, true]])("ratio %d → sample() %s", ([ratio, expected]) =>
+    Effect.map(makeProxySpans(spansConfig({ sampleRatio: ratio }), "v"), (s) => {
+      expect([s.sample(), s.sample(), s.sample()]).toEqual([expected, expected, expected])
+    }))
+
+  it.scoped("a ratio of 0.5 samples some requests, not all", () =>
+    Effect.map(makeProxySpans(spansConfig({ sampleRatio: 0.5 }), "v"), (s) => {
+      const n = Array.from({ length: 1000 }, () => s.sample()).filter(Boolean).length
+      expect(n).toBeGreaterThan(300)
+      expect(n).toBeLessThan(700)
+    }))
 })

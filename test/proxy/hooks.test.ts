@@ -1,12 +1,21 @@
 /**
  * The seam later features plug into (ProxyHooks): one completion per request — rejected, proxied, streamed,
  * abandoned — with ids, status, timings, usage and the bounded response body; a beforeUpstream hook answering from
- * "cache" (after the quota is taken; counted as a request and a cache hit); decorateResponse adding headers.
+ * "cache" (after the quota is taken; counted as a request and a cache hit); decorateResponse adding headers; and the
+ * order every part's hooks run in (src/Layers.ts `proxyHooksLayer`).
  */
-import { Layer } from "effect"
+import { layer } from "@effect/vitest"
+import { Effect, Layer, Option } from "effect"
 import { request as httpRequest } from "node:http"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
-import { ProxyHooks, type ProxyRequestContext } from "../../src/proxy/ProxyHooks.js"
+import * as AuditLog from "../../src/audit/AuditLog.js"
+import { Providers } from "../../src/config/Providers.js"
+import { EventBus } from "../../src/eventbus/EventBus.js"
+import * as InMemoryBus from "../../src/eventbus/InMemoryBus.js"
+import { proxyHooksLayer, responseCacheLayer } from "../../src/Layers.js"
+import * as Metrics from "../../src/observability/Metrics.js"
+import * as ProxySpans from "../../src/observability/ProxySpans.js"
+import { ProxyHooks, type ProxyHooksShape, ProxyRequestContext } from "../../src/proxy/ProxyHooks.js"
 import { backends } from "../http/harness.js"
 import { chatChunks, hang, sse } from "../support/mockUpstream.js"
 import { testConfig } from "../support/server.js"
@@ -15,33 +24,33 @@ import { call, chatBody, eventually, projectAndToken, type ProjectAndToken, type
 const completed: Array<ProxyRequestContext> = []
 let serveFromCache = false
 let failIn: "before" | "decorate" | undefined
+/** What the given decorateResponse hook saw: the cache's header set, observability's stamp not yet. */
+const decorated: Array<{ cacheStatus: unknown; headersWrittenAt: number | undefined }> = []
 
-const hooks = Layer.succeed(
-  ProxyHooks,
-  ProxyHooks.combine(
-    {
-      beforeUpstream: [(ctx) => {
-        if (failIn === "before") throw new Error("hook bug")
-        if (!serveFromCache) return undefined
-        return (res) => {
-          res.writeHead(200, { "content-type": "application/json", "x-request-id": ctx.requestId, "cache-status": "llm-proxy; hit" })
-          res.end(JSON.stringify({ cached: true }))
-        }
-      }],
-      decorateResponse: [(_ctx, status, headers) => {
-        if (failIn === "decorate") throw new Error("hook bug")
-        headers["x-decorated"] = String(status)
-      }],
-      captureResponseBytes: 64
-    },
-    {
-      beforeUpstream: [() => Promise.resolve(undefined)],
-      onComplete: [(ctx) => void completed.push(ctx), () => {
-        throw new Error("a failing hook is ignored")
-      }],
-      captureResponseBytes: 16
-    }
-  )
+const hooks = ProxyHooks.combine(
+  {
+    beforeUpstream: [(ctx) => {
+      if (failIn === "before") throw new Error("hook bug")
+      if (!serveFromCache) return undefined
+      return (res) => {
+        res.writeHead(200, { "content-type": "application/json", "x-request-id": ctx.requestId, "cache-status": "llm-proxy; hit" })
+        res.end(JSON.stringify({ cached: true }))
+      }
+    }],
+    decorateResponse: [(ctx, status, headers) => {
+      if (failIn === "decorate") throw new Error("hook bug")
+      decorated.push({ cacheStatus: headers["cache-status"], headersWrittenAt: ctx.headersWrittenAt })
+      headers["x-decorated"] = String(status)
+    }],
+    captureResponseBytes: 64
+  },
+  {
+    beforeUpstream: [() => Promise.resolve(undefined)],
+    onComplete: [(ctx) => void completed.push(ctx), () => {
+      throw new Error("a failing hook is ignored")
+    }],
+    captureResponseBytes: 16
+  }
 )
 
 let stack: Stack
@@ -56,6 +65,7 @@ beforeAll(async () => {
 afterAll(() => stack.close())
 beforeEach(() => {
   completed.length = 0
+  decorated.length = 0
   serveFromCache = false
   failIn = undefined
   stack.mock.reset()
@@ -164,5 +174,72 @@ describe("ProxyHooks", () => {
     serveFromCache = true
     const r = await call(stack.server.url, "/v1/chat/completions", { token: "sk-" + "A".repeat(42) + "E", body: chatBody() })
     expect(r.status).toBe(401)
+  })
+
+  it("hooks given to serve run after the response cache's and before observability's", async () => {
+    // A request the cache looks at (a miss: its body is new), so the cache's decorateResponse sets Cache-Status.
+    const r = await call(stack.server.url, "/v1/chat/completions", {
+      token: t.token,
+      body: chatBody({ user: crypto.randomUUID() }),
+      headers: { "cache-control": "public, max-age=30" }
+    })
+    // The cache's Cache-Status was there when ours ran; observability's stamp came after ours.
+    expect(r.headers["cache-status"]).toMatch(/^llm-proxy;/)
+    expect(decorated).toEqual([{ cacheStatus: r.headers["cache-status"], headersWrittenAt: undefined }])
+    expect((await last()).headersWrittenAt).toBeGreaterThan(0)
+  })
+})
+
+describe("proxyHooksLayer", () => {
+  const config = testConfig({ _tag: "sqlite", path: ":memory:" }, { accessLog: false })
+  const order: Array<string> = []
+  const givenLookup: ProxyHooksShape["beforeUpstream"][number] = () => undefined
+  const given: Partial<ProxyHooksShape> = { beforeUpstream: [givenLookup], onComplete: [() => void order.push("given")] }
+  const parts = Layer.mergeAll(
+    responseCacheLayer(config),
+    InMemoryBus.layer(100),
+    AuditLog.layer.pipe(Layer.provide(Layer.succeed(AuditLog.AuditSinks, []))),
+    Metrics.layer,
+    Providers.load(undefined, "http://127.0.0.1:1"),
+    ProxySpans.layer(Option.none(), "test")
+  )
+
+  // The real clock: the audit log and the access log flush on timers when the layer closes.
+  layer(proxyHooksLayer(config, given).pipe(Layer.provideMerge(parts)), { excludeTestServices: true })((it) => {
+    it.effect("the hooks run in the documented order: cache, events, the given hooks, audit, observability", () =>
+      Effect.gen(function*() {
+        const hooks = yield* ProxyHooks
+        const bus = yield* EventBus
+        const audit = yield* AuditLog.AuditLog
+        const metrics = yield* Metrics.Metrics
+        // The cache's lookup comes first: its hit ends the request before any other hook looks at it.
+        expect(hooks.beforeUpstream).toHaveLength(2)
+        expect(hooks.beforeUpstream[1]).toBe(givenLookup)
+        // What each part leaves behind when its onComplete ran: an event published, a denial counted, a request
+        // counted in the metrics.
+        const traces = Effect.all([
+          Effect.map(bus.stats, (s) => s.published),
+          Effect.map(audit.stats, (s) => s.denials),
+          Effect.map(metrics.json, (j) => j.request_count)
+        ])
+        // A request every part acts on: authenticated (events), refused for its project (audit), finished (metrics).
+        const ctx = new ProxyRequestContext("req-order", "POST", "/v1/chat/completions", "/v1/chat/completions", undefined, performance.now(), Date.now())
+        ctx.authenticated = true
+        ctx.denial = "project_inactive"
+        ctx.code = "project_inactive"
+        ctx.status = 403
+        ctx.tokenId = "token-1"
+        ctx.projectId = "project-1"
+        ctx.provider = "openai"
+        for (const hook of hooks.onComplete) {
+          const before = yield* traces
+          hook(ctx)
+          const after = yield* traces
+          ;(["events", "audit", "observability"] as const).forEach((part, i) => {
+            if (after[i] !== before[i]) order.push(part)
+          })
+        }
+        expect(order).toEqual(["events", "given", "audit", "observability"])
+      }))
   })
 })

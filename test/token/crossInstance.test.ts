@@ -4,8 +4,9 @@
  * tokens for ten minutes; `/health` shows the channel; a setting that cannot reach other instances is a warning at
  * start-up. (The same with the built binary, several processes and Redis: test/scale.)
  */
-import { Context, Effect, Exit, Layer, Logger, LogLevel, Option, Redacted, Scope } from "effect"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "@effect/vitest"
+import { Context, Effect, Layer, Logger, LogLevel, Option, Redacted, type Scope } from "effect"
+import { afterAll, beforeAll } from "vitest"
 import { AppConfig, type AppConfigShape } from "../../src/config/AppConfig.js"
 import { KeyCipher } from "../../src/crypto/KeyCipher.js"
 import { invalidationCheckLayer, invalidationLayer, migratedDatabaseLayer } from "../../src/Layers.js"
@@ -80,80 +81,70 @@ describe.skipIf(!postgresUrl)("the token_invalidation check and the start-up lin
   })
   afterAll(() => backend?.cleanup())
 
-  /** Builds `layer` on the real database with the log lines captured; returns the lines and the built context. */
-  const build = async <A>(config: AppConfigShape, layer: Layer.Layer<A, never, any>) => {
-    const lines: Array<{ level: string; message: string }> = []
-    const capture = Logger.replace(
-      Logger.defaultLogger,
-      Logger.make(({ logLevel, message }) => void lines.push({ level: logLevel.label, message: String(message) }))
-    )
-    const scope = Effect.runSync(Scope.make())
-    const deps = Layer.mergeAll(
-      migratedDatabaseLayer(config.database),
-      KeyCipher.layer(Option.none()),
-      Layer.succeed(AppConfig, config),
-      Health.layer("test")
-    )
-    const full = layer.pipe(Layer.provideMerge(deps), Layer.provide(Layer.merge(capture, Logger.minimumLogLevel(LogLevel.Info))))
-    const ctx = await Effect.runPromise(Layer.buildWithScope(full, scope) as Effect.Effect<Context.Context<A | Health.Health>>)
-    return { lines, ctx, close: () => Effect.runPromise(Scope.close(scope, Exit.void)) }
-  }
+  /**
+   * Builds `layer` on the real database, for as long as the test runs, with the log lines captured; returns the
+   * lines and the built context.
+   */
+  const build = <A>(config: AppConfigShape, layer: Layer.Layer<A, never, any>) =>
+    Effect.gen(function*() {
+      const lines: Array<{ level: string; message: string }> = []
+      const capture = Logger.replace(
+        Logger.defaultLogger,
+        Logger.make(({ logLevel, message }) => void lines.push({ level: logLevel.label, message: String(message) }))
+      )
+      const deps = Layer.mergeAll(
+        migratedDatabaseLayer(config.database),
+        KeyCipher.layer(Option.none()),
+        Layer.succeed(AppConfig, config),
+        Health.layer("test")
+      )
+      const full = layer.pipe(Layer.provideMerge(deps), Layer.provide(Layer.merge(capture, Logger.minimumLogLevel(LogLevel.Info))))
+      const ctx = yield* (Layer.build(full) as Effect.Effect<Context.Context<A | Health.Health>, never, Scope.Scope>)
+      return { lines, ctx }
+    })
 
-  it("INVALIDATION_BACKEND=in-memory on PostgreSQL: a WARN naming the consequence and the fix", async () => {
-    const config = testConfig(backend.database, { invalidationBackend: "in-memory" })
-    const built = await build(config, invalidationLayer(config))
-    try {
+  it.scopedLive("INVALIDATION_BACKEND=in-memory on PostgreSQL: a WARN naming the consequence and the fix", () =>
+    Effect.gen(function*() {
+      const config = testConfig(backend.database, { invalidationBackend: "in-memory" })
+      const built = yield* build(config, invalidationLayer(config))
       const warn = built.lines.find((l) => l.level === "WARN")
       expect(warn?.message).toContain("INVALIDATION_BACKEND=in-memory on PostgreSQL")
       expect(warn?.message).toContain("keeps working on the other instances")
       expect(warn?.message).toContain("Unset INVALIDATION_BACKEND")
-    } finally {
-      await built.close()
-    }
-  })
+    }))
 
-  it("nothing cached (TOKEN_CACHE_TTL=0s) or SQLite: no warning", async () => {
-    for (const config of [
+  it.live("nothing cached (TOKEN_CACHE_TTL=0s) or SQLite: no warning", () =>
+    Effect.forEach([
       testConfig(backend.database, { invalidationBackend: "in-memory", tokenCacheTtlMs: 0 }),
       testConfig({ _tag: "sqlite", path: ":memory:" }, { invalidationBackend: "in-memory" })
-    ]) {
-      const built = await build(config, invalidationLayer(config))
-      try {
+    ], (config) =>
+      Effect.scoped(Effect.gen(function*() {
+        const built = yield* build(config, invalidationLayer(config))
         expect(built.lines.filter((l) => l.level === "WARN")).toEqual([])
-      } finally {
-        await built.close()
-      }
-    }
-  })
+      }))))
 
-  it("postgres: the channel is named at start-up, and no warning", async () => {
-    const config = testConfig(backend.database, { invalidationBackend: "postgres" })
-    const built = await build(config, invalidationLayer(config))
-    try {
+  it.scopedLive("postgres: the channel is named at start-up, and no warning", () =>
+    Effect.gen(function*() {
+      const config = testConfig(backend.database, { invalidationBackend: "postgres" })
+      const built = yield* build(config, invalidationLayer(config))
       expect(built.lines).toContainEqual({
         level: "INFO",
         message: "token invalidations: PostgreSQL LISTEN/NOTIFY (every instance on this database applies them)"
       })
       expect(built.lines.filter((l) => l.level === "WARN")).toEqual([])
-    } finally {
-      await built.close()
-    }
-  })
+    }))
 
-  it("a listening connection that cannot be opened: token_invalidation is down (not required), the instance still starts", async () => {
-    const config = testConfig(backend.database, { invalidationBackend: "postgres" })
-    // The store works; only the listening connection points at a closed port.
-    const validator = layerPostgres(Redacted.make("postgres://postgres@127.0.0.1:1/nowhere"))
-    const built = await build(config, invalidationCheckLayer(config).pipe(Layer.provideMerge(validator)))
-    try {
+  it.scopedLive("a listening connection that cannot be opened: token_invalidation is down (not required), the instance still starts", () =>
+    Effect.gen(function*() {
+      const config = testConfig(backend.database, { invalidationBackend: "postgres" })
+      // The store works; only the listening connection points at a closed port.
+      const validator = layerPostgres(Redacted.make("postgres://postgres@127.0.0.1:1/nowhere"))
+      const built = yield* build(config, invalidationCheckLayer(config).pipe(Layer.provideMerge(validator)))
       expect(Context.get(built.ctx, TokenValidator).trusted()).toBe(false)
-      const report = await Effect.runPromise(Context.get(built.ctx, Health.Health).report)
+      const report = yield* Context.get(built.ctx, Health.Health).report
       expect(report.checks["token_invalidation"]).toMatchObject({ status: "down", required: false })
       expect(report.checks["token_invalidation"]!.error).toContain("the token cache is bypassed")
       expect(report.ready).toBe(true)
       expect(built.lines.some((l) => l.level === "WARN" && l.message.startsWith("token invalidation channel (PostgreSQL LISTEN)"))).toBe(true)
-    } finally {
-      await built.close()
-    }
-  })
+    }))
 })

@@ -4,8 +4,9 @@
  * rate-limit store is unreachable (RATE_LIMIT_FAILURE_MODE open or closed, failures counted).
  * The full picture with real servers stopped and restarted is test/scale (npm run test:scale).
  */
+import { it } from "@effect/vitest"
 import { Effect } from "effect"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { afterAll, beforeAll, describe, expect } from "vitest"
 import { backends, type BackendInstance } from "../http/harness.js"
 import { call, chatBody, exec, projectAndToken, sleep, type Stack, startStack } from "../proxy/stack.js"
 import * as RateLimits from "../../src/token/RateLimits.js"
@@ -65,30 +66,37 @@ describe("database outage (the tokens table made unreadable)", () => {
 
 describe("rate-limit store unreachable", () => {
   const limit = { requests: 1, windowSeconds: 60 }
-  const checkTwice = (mode: RateLimits.FailureMode) =>
-    Effect.runPromise(
-      Effect.scoped(
-        Effect.gen(function*() {
-          const limits = yield* RateLimits.RateLimits
-          const first = yield* Effect.promise(async () => await limits.check("t", limit, "p", null))
-          const second = yield* Effect.promise(async () => await limits.check("t", null, "p", limit))
-          return { first, second, failures: limits.storeFailures() }
-        }).pipe(Effect.provide(RateLimits.redis("redis://127.0.0.1:1", mode)))
-      )
-    )
-
-  it("fail-open (default): requests are allowed and the failures counted", async () => {
-    expect(await checkTwice("open")).toEqual({ first: undefined, second: undefined, failures: 2 })
+  const checkTwice = Effect.gen(function*() {
+    const limits = yield* RateLimits.RateLimits
+    const first = yield* limits.check("t", limit, "p", null)
+    const second = yield* limits.check("t", null, "p", limit)
+    return { first, second, failures: limits.storeFailures() }
   })
+  // The real clock: the 250 ms timeout and the Redis client's reconnects run on it.
+  const redisDown = (mode: RateLimits.FailureMode) => Effect.provide(checkTwice, RateLimits.redis("redis://127.0.0.1:1", mode))
 
-  it("fail-closed: requests are refused (503 in the proxy) and the failures counted", async () => {
-    expect(await checkTwice("closed")).toEqual({ first: RateLimits.Unavailable, second: RateLimits.Unavailable, failures: 2 })
-  })
+  it.live("fail-open (default): requests are allowed and the failures counted", () =>
+    Effect.map(redisDown("open"), (r) => expect(r).toEqual({ first: undefined, second: undefined, failures: 2 })))
 
-  it("the memory store never fails", () => {
-    const r = Effect.runSync(Effect.scoped(Effect.map(RateLimits.RateLimits, (l) => [l.check("t", limit, "p", null), l.check("t", limit, "p", null), l.storeFailures()])).pipe(Effect.provide(RateLimits.memory)))
-    expect(r[0]).toBeUndefined()
-    expect(r[1]).toMatchObject({ scope: "token" })
-    expect(r[2]).toBe(0)
-  })
+  it.live("fail-closed: requests are refused (503 in the proxy) and the failures counted", () =>
+    Effect.map(redisDown("closed"), (r) =>
+      expect(r).toEqual({ first: RateLimits.Unavailable, second: RateLimits.Unavailable, failures: 2 })))
+
+  it.live("the data plane gets the Redis store's verdict as an Effect to run, never a value it would wait for", () =>
+    Effect.gen(function*() {
+      const limits = yield* RateLimits.RateLimits
+      const pending = limits.unsafeCheck("t", limit, "p", null)
+      if (!Effect.isEffect(pending)) return expect.fail("expected an Effect")
+      expect(yield* pending).toBe(RateLimits.Unavailable)
+      // No limit set: allowed at once, nothing to run.
+      expect(limits.unsafeCheck("t", null, "p", null)).toBeUndefined()
+    }).pipe(Effect.provide(RateLimits.redis("redis://127.0.0.1:1", "closed"))))
+
+  it.effect("the memory store never fails", () =>
+    Effect.gen(function*() {
+      const limits = yield* RateLimits.RateLimits
+      expect(yield* limits.check("t", limit, "p", null)).toBeUndefined()
+      expect(yield* limits.check("t", limit, "p", null)).toMatchObject({ scope: "token" })
+      expect(limits.storeFailures()).toBe(0)
+    }).pipe(Effect.provide(RateLimits.memory)))
 })
