@@ -5,6 +5,7 @@
  */
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http"
 import type { Endpoint, ProviderConfig } from "../config/Providers.js"
+import { BACKSLASH, QUOTE, skipSpace, stringEnd, valueEnd } from "./jsonBody.js"
 
 /** A locally produced answer: status + the JSON body of CONTRACT §4 (+ headers). */
 export interface LocalAnswer {
@@ -477,56 +478,6 @@ export const checkParams = (
     if (a !== undefined) return a
   }
   return undefined
-}
-
-const QUOTE = 0x22
-const BACKSLASH = 0x5c
-const isJsonSpace = (c: number | undefined) => c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09
-
-const skipSpace = (b: Buffer, i: number): number => {
-  while (isJsonSpace(b[i])) i++
-  return i
-}
-
-/** Index just past the JSON string starting at `b[i]` (a quote), or -1. Quotes are found natively (memchr). */
-const stringEnd = (b: Buffer, i: number): number => {
-  for (let from = i + 1;;) {
-    const q = b.indexOf(QUOTE, from)
-    if (q === -1) return -1
-    let k = q - 1
-    while (b[k] === BACKSLASH) k--
-    if ((q - 1 - k) % 2 === 0) return q + 1
-    from = q + 1
-  }
-}
-
-/**
- * Index just past the JSON value starting at `b[i]`, or -1 when the body ends first; `depth` gets its deepest
- * nesting. Not a validator: it only has to find where a well-formed value ends (a malformed body is the upstream's
- * to refuse). A loop with a counter, never recursion.
- */
-const valueEnd = (b: Buffer, i: number, depth: { max: number }): number => {
-  const c = b[i]
-  if (c === QUOTE) return stringEnd(b, i)
-  if (c === 0x7b || c === 0x5b) {
-    let d = 0
-    for (; i < b.length; i++) {
-      const x = b[i]!
-      if (x === QUOTE) {
-        const e = stringEnd(b, i)
-        if (e === -1) return -1
-        i = e - 1
-      } else if (x === 0x7b || x === 0x5b) {
-        if (++d > depth.max) depth.max = d
-      } else if (x === 0x7d || x === 0x5d) {
-        if (--d === 0) return i + 1
-      }
-    }
-    return -1
-  }
-  // A number, true, false or null: up to the next delimiter.
-  while (i < b.length && b[i] !== 0x2c && b[i] !== 0x7d && b[i] !== 0x5d && !isJsonSpace(b[i])) i++
-  return i
 }
 
 /** Bytes a whitelisted value's JSON text may take before it is refused unread (a character can take 6: `\u0041`). */
