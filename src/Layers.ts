@@ -2,7 +2,7 @@
  * The one place where configuration picks layers: SQLite or PostgreSQL, encryption on or off, log format.
  * Programs (serve, migrate, …) are compositions of what is built here.
  */
-import { NodeHttpClient } from "@effect/platform-node"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { Context, Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
 import { hostname } from "node:os"
 import * as MemoryCache from "./cache/MemoryCache.js"

@@ -1,5 +1,5 @@
 /** Entry point of the bundle (dist/cli/main.js); everything testable lives in Cli.ts. */
-import { NodeRuntime } from "@effect/platform-node"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { runCli } from "./Cli.js"
 import { rewriteGoArguments } from "./goAliases.js"
 
