@@ -45,6 +45,7 @@ import { busStats, dispatcherStats, registerBusCheck, registerDispatcherCheck } 
 import { metricsEndpoint } from "./observability/MetricsEndpoint.js"
 import { redisCheck } from "./observability/redisCheck.js"
 import * as Tracing from "./observability/Tracing.js"
+import { releaseYoungGeneration } from "./startupMemory.js"
 import { VERSION } from "./version.js"
 
 import { fileBackend, heliconeBackend, lunaryBackend } from "./dispatcher/backends.js"
@@ -453,6 +454,8 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
         ),
         Layer.provideMerge(observabilityLayer(config)),
         Layer.tap((ctx) => {
+          // Started: from here on the young generation may grow with traffic again (src/startupMemory.ts).
+          releaseYoungGeneration()
           return Effect.logInfo(`llm-proxy listening on ${Context.get(ctx, ServerAddress).url}`)
         })
       )
