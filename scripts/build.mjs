@@ -5,6 +5,7 @@
 // memory for as long as it runs.
 import { build } from "esbuild"
 import { readFileSync, rmSync } from "node:fs"
+import { pathToFileURL } from "node:url"
 import { buildWeb } from "./build-web.mjs"
 
 // A module re-exported by a package's index is placed by esbuild in the chunk every entry shares as soon as one
@@ -24,31 +25,41 @@ const dropReExports = {
   }
 }
 
-rmSync("dist", { recursive: true, force: true })
-await build({
-  entryPoints: { "cli/main": "src/cli/main.ts" },
-  outdir: "dist",
-  bundle: true,
-  splitting: true,
-  // Next to main.js, so `import.meta.url`-relative paths (migrations, web/dist) are the same from every chunk.
-  chunkNames: "cli/[name]-[hash]",
-  platform: "node",
-  format: "esm",
-  target: "node20",
-  sourcemap: "linked",
-  // Comments and whitespace out: V8 keeps the source of every loaded module in memory, twice as large when one
-  // comment holds a non-ASCII character. Names are kept, so stack traces stay readable without the source map.
-  minifyWhitespace: true,
-  minifySyntax: true,
-  legalComments: "none",
-  // Native addons and optional drivers stay outside the bundle.
-  external: ["better-sqlite3", "pg-native", "gpt-tokenizer"],
-  banner: {
-    js: "import { createRequire as __llmProxyCreateRequire } from 'node:module'; const require = __llmProxyCreateRequire(import.meta.url);"
-  },
-  plugins: [dropReExports],
-  logLevel: "warning"
-})
+/**
+ * The CLI bundle into `outdir` (which must sit directly under the repository root: the bundle finds migrations/ and
+ * web/dist at `../../` from `outdir/cli`). `readable` (benchmarks that map CPU profiles to modules) keeps one
+ * unminified file with esbuild's `// path` module markers.
+ */
+export const buildCli = async (outdir = "dist", { readable = false } = {}) => {
+  rmSync(outdir, { recursive: true, force: true })
+  await build({
+    entryPoints: { "cli/main": "src/cli/main.ts" },
+    outdir,
+    bundle: true,
+    splitting: !readable,
+    // Next to main.js, so `import.meta.url`-relative paths (migrations, web/dist) are the same from every chunk.
+    chunkNames: "cli/[name]-[hash]",
+    platform: "node",
+    format: "esm",
+    target: "node20",
+    sourcemap: "linked",
+    // Comments and whitespace out: V8 keeps the source of every loaded module in memory, twice as large when one
+    // comment holds a non-ASCII character. Names are kept, so stack traces stay readable without the source map.
+    minifyWhitespace: !readable,
+    minifySyntax: !readable,
+    legalComments: "none",
+    // Native addons and optional drivers stay outside the bundle.
+    external: ["better-sqlite3", "pg-native", "gpt-tokenizer"],
+    banner: {
+      js: "import { createRequire as __llmProxyCreateRequire } from 'node:module'; const require = __llmProxyCreateRequire(import.meta.url);"
+    },
+    plugins: [dropReExports],
+    logLevel: "warning"
+  })
+}
 
-// The admin UI, served by `serve` under /admin (src/http/AdminUi.ts).
-await buildWeb()
+if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
+  await buildCli()
+  // The admin UI, served by `serve` under /admin (src/http/AdminUi.ts).
+  await buildWeb()
+}
