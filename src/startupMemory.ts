@@ -6,7 +6,8 @@
  * initial size while starting; `serve` releases it once it listens, where traffic makes a large young generation
  * pay off again (fewer scavenges, fewer short-lived objects promoted), and every other command right away.
  *
- * Node documents changing V8 flags at run time as "use with care"; this one is only read when new space grows.
+ * Node documents changing V8 flags at run time as "use with care" (it starts V8 with --no-freeze-flags-after-init
+ * for `setFlagsFromString`'s sake); this one is only read when new space grows.
  */
 import { setFlagsFromString } from "node:v8"
 
