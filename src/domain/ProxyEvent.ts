@@ -37,7 +37,13 @@ const common = {
   upstream_ms: Schema.NullOr(Schema.Number).annotations({ description: "time to upstream response headers" }),
   model: Schema.NullOr(Schema.String),
   stream: Schema.Boolean,
-  error: Schema.NullOr(Schema.String)
+  error: Schema.NullOr(Schema.String),
+  // The token's labels (absent when it has none, and on events of versions before them).
+  token_name: Schema.optional(Schema.String.annotations({ description: "the token's name" })),
+  user: Schema.optional(Schema.String.annotations({ description: "the end user the token was minted for" })),
+  token_metadata: Schema.optional(
+    Schema.Record({ key: Schema.String, value: Schema.String }).annotations({ description: "the token's metadata" })
+  )
 }
 
 export const ProxyEvent = Schema.Struct({

@@ -20,6 +20,7 @@ import { Context, Effect, Fiber, Layer, Option, Redacted, Runtime, Schema } from
 import { Redis } from "ioredis"
 import { AppConfig } from "../config/AppConfig.js"
 import { KeyCipher } from "../crypto/KeyCipher.js"
+import { type ModelScope, modelScopeOf } from "../proxy/modelScope.js"
 import { type RateLimitRow, Store, StoreError } from "../store/Store.js"
 
 export interface TokenGrant {
@@ -36,6 +37,12 @@ export interface TokenGrant {
   readonly provider: string
   /** The decrypted provider key; None when it cannot be decrypted (answered 503 upstream_auth_error). */
   readonly apiKey: Option.Option<Redacted.Redacted<string>>
+  /** The models the project's and the token's `allowed_models` both admit, compiled; null = any (no check at all). */
+  readonly models: ModelScope | null
+  /** The token's labels, for events, the access log and `inject_user`. */
+  readonly name: string | null
+  readonly user: string | null
+  readonly metadata: Readonly<Record<string, string>> | null
 }
 
 interface Entry {
@@ -63,6 +70,11 @@ export interface TokenValidatorShape {
   readonly invalidate: (what: Invalidation) => Effect.Effect<void>
   /** For plain Node code on the data plane (a quota update found the token or project changed): `invalidate`, now. */
   readonly unsafeInvalidate: (what: Invalidation) => void
+  /**
+   * Registers a listener called with every invalidation applied here, this instance's own and the other instances'
+   * (before a PostgreSQL acknowledgement is sent): other credential caches (project keys) ride the same channel.
+   */
+  readonly onInvalidation: (listener: (what: Invalidation) => void) => void
   /**
    * Completes when every invalidation issued so far has reached the shared channel (or failed, or 1 s passed).
    * The management API waits for it before answering, so a client that then calls another instance finds it applied.
@@ -112,6 +124,8 @@ export interface InvalidationChannel {
 export type Invalidation =
   | { readonly kind: "token"; readonly id: string }
   | { readonly kind: "project"; readonly id: string }
+  /** A project key was revoked (src/token/ProjectKeys.ts); no token grant depends on it. */
+  | { readonly kind: "project_key"; readonly id: string }
   | { readonly kind: "all" }
 
 const ignore = () => undefined
@@ -187,7 +201,11 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
         projectActive: r.projectActive,
         projectRateLimit: r.projectRateLimit,
         provider: r.provider,
-        apiKey: Option.map(Option.filter(key, (k) => k !== ""), Redacted.make)
+        apiKey: Option.map(Option.filter(key, (k) => k !== ""), Redacted.make),
+        models: modelScopeOf(r.projectAllowedModels, r.tokenAllowedModels),
+        name: r.name,
+        user: r.user,
+        metadata: r.metadata
       }
       return grant
     })
@@ -230,15 +248,18 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
       })
     })
 
+  const listeners: Array<(m: Invalidation) => void> = []
   const apply = (m: Invalidation) => {
     if (m.kind === "token") drop((g) => g.tokenId === m.id)
     else if (m.kind === "project") drop((g) => g.projectId === m.id)
-    else {
+    // "all", or a kind this version does not know (sent by a newer instance): drop everything.
+    else if (m.kind !== "project_key") {
       generation++
       inflight.clear()
       entries.clear()
       missing.clear()
     }
+    for (const listener of listeners) listener(m)
   }
   channel.subscribe(apply, () => apply({ kind: "all" }))
   const live = channel.live
@@ -287,6 +308,7 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
       unsafeInvalidate(what)
     }),
     unsafeInvalidate,
+    onInvalidation: (listener) => void listeners.push(listener),
     // The channel's promise never rejects (publish failures are logged, and it gives up after 1 s).
     settled: Effect.promise(channel.settled).pipe(Effect.withSpan("TokenValidator.settled")),
     trusted: live,
