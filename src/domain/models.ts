@@ -161,17 +161,22 @@ export const METADATA_INVALID = `metadata must be null or an object of at most $
 /** `metadata`: at most 16 keys, keys and values strings of at most 256 characters. */
 const TokenMetadata = Schema.NullOr(
   Schema.Record({
-    key: Schema.String.pipe(
-      Schema.minLength(1, answer("metadata keys must not be empty")),
-      Schema.maxLength(METADATA_TEXT_MAX, answer(`metadata keys must be at most ${METADATA_TEXT_MAX} characters`))
-    ),
+    // Keys are checked by rules on the object: a key refused by a key Schema is reported like an unknown field.
+    key: Schema.String,
     value: Schema.String.annotations(answer("metadata values must be strings")).pipe(
       Schema.maxLength(METADATA_TEXT_MAX, answer(`metadata values must be at most ${METADATA_TEXT_MAX} characters`))
     )
   }).annotations(answer(METADATA_INVALID)).pipe(
     rule((o: { readonly [x: string]: string }) => Object.keys(o).length <= METADATA_KEYS_MAX, `metadata must have at most ${METADATA_KEYS_MAX} keys`, {
       maxProperties: METADATA_KEYS_MAX
-    })
+    }),
+    rule((o: { readonly [x: string]: string }) => !Object.hasOwn(o, ""), "metadata keys must not be empty", {
+      propertyNames: { minLength: 1, maxLength: METADATA_TEXT_MAX }
+    }),
+    rule(
+      (o: { readonly [x: string]: string }) => Object.keys(o).every((k) => k.length <= METADATA_TEXT_MAX),
+      `metadata keys must be at most ${METADATA_TEXT_MAX} characters`
+    )
   )
 ).annotations({
   description: `Your own key/value labels: at most ${METADATA_KEYS_MAX} keys, keys and values strings of at most ` +
@@ -320,14 +325,14 @@ export const CreateToken = Schema.Struct({
     ).annotations({ description: "Lifetime in minutes" }),
     DURATION_REQUIRED
   ),
-  // Optional in the Schema because a project key may leave it out (its own project); with the management token the
-  // handler answers PROJECT_ID_REQUIRED when it is missing.
-  project_id: Schema.optional(
+  // A project key may leave it out: the handler fills in the key's own project before this Schema judges the body.
+  project_id: required(
     Text.pipe(Schema.minLength(1, answer(PROJECT_ID_REQUIRED)), Schema.pattern(UUID_PATTERN, answer("invalid project_id")))
       .annotations({
-        description: "UUID of an active project. Required with the management token; with a project key it may be " +
-          "left out (the key's project) and any other project is 403"
-      })
+        description: "UUID of an active project. A project key may leave it out (the key's own project); any other " +
+          "project is 403 for it"
+      }),
+    PROJECT_ID_REQUIRED
   ),
   max_requests: Schema.optional(MaxRequests),
   rate_limit: Schema.optional(RateLimitSetting),

@@ -9,7 +9,7 @@ import { ManagementApi } from "../api/ManagementApi.js"
 import { generateProxyToken, hashProxyToken, tokenHint } from "../crypto/ProxyToken.js"
 import { AuditActions } from "../domain/audit.js"
 import { BadRequest, Forbidden, NotFound } from "../domain/errors.js"
-import { CreateToken, type ListTokensParams, PROJECT_ID_REQUIRED, UpdateToken, USER_MAX } from "../domain/models.js"
+import { CreateToken, type ListTokensParams, UpdateToken, USER_MAX } from "../domain/models.js"
 import { isUuid, parseBooleanParam, parsePageParam, parseTimestamp } from "../domain/validation.js"
 import { firstPage, type PagePosition } from "../store/keyset.js"
 import { COUNT_CAP, type ProjectRow, Store, type TokenFilter, type TokenLabels, type TokenStatus } from "../store/Store.js"
@@ -185,7 +185,6 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             ? { ...body, project_id: who.projectId }
             : body
           const input = yield* decodeCreateToken(filled)
-          if (input.project_id === undefined) return yield* new BadRequest({ error: PROJECT_ID_REQUIRED })
           const projectId = input.project_id.toLowerCase()
           note.projectId = projectId
           note.details["duration_minutes"] = input.duration_minutes
