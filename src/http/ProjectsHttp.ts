@@ -14,7 +14,6 @@ import { BadRequest, Conflict, InternalError, NotFound } from "../domain/errors.
 import { CreateProject, CreateProjectKey, UpdateProject } from "../domain/models.js"
 import { isUuid, parsePageParam } from "../domain/validation.js"
 import { Store, type StoreError } from "../store/Store.js"
-import { ProjectKeys } from "../token/ProjectKeys.js"
 import { TokenValidator } from "../token/TokenValidator.js"
 import { audited } from "./auditing.js"
 import { readPayload, validate } from "./body.js"
@@ -46,7 +45,6 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
     const cipher = yield* KeyCipher
     const providers = yield* Providers
     const validator = yield* TokenValidator
-    const projectKeys = yield* ProjectKeys
     // The configured providers are known at run time only: checked after the payload's own rules.
     const knownProvider = (provider: string) =>
       providers.names.has(provider)
@@ -230,9 +228,9 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             note.details["key_id"] = keyId
             const revoked = yield* store.revokeProjectKey(id, keyId, yield* now)
             const row = yield* Option.match(revoked, { onNone: () => Effect.fail(keyNotFound), onSome: Effect.succeed })
+            // Keys are read from the database on every request (src/token/ProjectKeys.ts): its next request is
+            // refused, whichever instance it reaches.
             note.details["key_name"] = row.name
-            // Every instance drops the key before this is answered: its next request is refused wherever it goes.
-            yield* projectKeys.revoked(keyId)
             return HttpServerResponse.empty({ status: 204 })
           }).pipe(Effect.catchTag("StoreError", internal("failed to revoke project key")))))
   }))

@@ -112,7 +112,7 @@ export interface JsonCounters {
 export interface MetricsShape {
   readonly registry: Registry
   readonly request: (o: RequestObservation) => void
-  readonly tokenCacheInvalidated: (scope: "token" | "project" | "project_key" | "all") => void
+  readonly tokenCacheInvalidated: (scope: "token" | "project" | "all") => void
   readonly attachCache: (stats: StatsSource<CacheStatsLike>) => void
   readonly attachBus: (stats: StatsSource<BusStatsLike>) => void
   /** Several may be attached (one per dispatcher in this process); their `backend` / `group` label them. */
@@ -203,11 +203,11 @@ export const make = (options: { readonly processMetrics?: boolean } = {}) =>
     // -- token validator cache ------------------------------------------------------------------------------------
     const tokenInvalidations = new Counter({
       name: "llm_proxy_token_cache_invalidations_total",
-      help: "Token-validator cache invalidations by scope (token, project, project_key, all)",
+      help: "Token-validator cache invalidations by scope (token, project, all)",
       labelNames: ["scope"] as const,
       registers: [registry]
     })
-    for (const scope of ["token", "project", "project_key", "all"]) tokenInvalidations.inc({ scope }, 0)
+    for (const scope of ["token", "project", "all"]) tokenInvalidations.inc({ scope }, 0)
     const tokenHits = pulledCounter(registry, "llm_proxy_token_cache_hits_total", "Proxy tokens answered from the in-memory validator cache")
     const tokenMisses = pulledCounter(
       registry,

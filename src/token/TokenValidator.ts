@@ -71,11 +71,6 @@ export interface TokenValidatorShape {
   /** For plain Node code on the data plane (a quota update found the token or project changed): `invalidate`, now. */
   readonly unsafeInvalidate: (what: Invalidation) => void
   /**
-   * Registers a listener called with every invalidation applied here, this instance's own and the other instances'
-   * (before a PostgreSQL acknowledgement is sent): other credential caches (project keys) ride the same channel.
-   */
-  readonly onInvalidation: (listener: (what: Invalidation) => void) => void
-  /**
    * Completes when every invalidation issued so far has reached the shared channel (or failed, or 1 s passed).
    * The management API waits for it before answering, so a client that then calls another instance finds it applied.
    */
@@ -124,8 +119,6 @@ export interface InvalidationChannel {
 export type Invalidation =
   | { readonly kind: "token"; readonly id: string }
   | { readonly kind: "project"; readonly id: string }
-  /** A project key was revoked (src/token/ProjectKeys.ts); no token grant depends on it. */
-  | { readonly kind: "project_key"; readonly id: string }
   | { readonly kind: "all" }
 
 const ignore = () => undefined
@@ -248,18 +241,15 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
       })
     })
 
-  const listeners: Array<(m: Invalidation) => void> = []
   const apply = (m: Invalidation) => {
     if (m.kind === "token") drop((g) => g.tokenId === m.id)
     else if (m.kind === "project") drop((g) => g.projectId === m.id)
-    // "all", or a kind this version does not know (sent by a newer instance): drop everything.
-    else if (m.kind !== "project_key") {
+    else {
       generation++
       inflight.clear()
       entries.clear()
       missing.clear()
     }
-    for (const listener of listeners) listener(m)
   }
   channel.subscribe(apply, () => apply({ kind: "all" }))
   const live = channel.live
@@ -308,7 +298,6 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
       unsafeInvalidate(what)
     }),
     unsafeInvalidate,
-    onInvalidation: (listener) => void listeners.push(listener),
     // The channel's promise never rejects (publish failures are logged, and it gives up after 1 s).
     settled: Effect.promise(channel.settled).pipe(Effect.withSpan("TokenValidator.settled")),
     trusted: live,
