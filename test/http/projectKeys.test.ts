@@ -210,6 +210,22 @@ function projectKeySuite(backend: Backend) {
     expect(login.headers.get("set-cookie")).toBeNull()
   })
 
+  it("/manage/openapi.json states each operation's scopes", async () => {
+    const doc = (await new Client(server.url, "").get("/manage/openapi.json", { auth: null })).json
+    const documented = new Map<string, ReadonlyArray<string>>()
+    for (const [path, operations] of Object.entries(doc.paths as Record<string, Record<string, any>>)) {
+      for (const [method, op] of Object.entries(operations)) {
+        documented.set(`${method.toUpperCase()} ${path.replace(/\{(\w+)\}/g, ":$1")}`, op["x-llm-proxy-scopes"])
+      }
+    }
+    for (const e of endpoints().filter((x) => !x.path.startsWith("/manage/session"))) {
+      const expected = e.projectKey ? ["management_token", "project_key"] : ["management_token"]
+      expect(documented.get(`${e.method} ${e.path}`), `${e.method} ${e.path}`).toEqual(expected)
+    }
+    expect(doc.paths["/manage/tokens"].post.description).toContain("Scopes: the management token, or a project key for")
+    expect(doc.paths["/manage/audit"].get.description).toContain("Scopes: the management token only")
+  })
+
   it("max_token_minutes and max_token_requests bound what a project key mints (400), not the management token", async () => {
     const p = await api.post("/manage/projects", {
       name: uniqueName("bounded"),
