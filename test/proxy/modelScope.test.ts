@@ -8,7 +8,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import { backends, type BackendInstance } from "../http/harness.js"
 import { json } from "../support/mockUpstream.js"
 import { proxyError } from "../support/proxyErrors.js"
-import { call, createProject, type Stack, startStack } from "./stack.js"
+import { call, createProject, eventually, type Stack, startStack } from "./stack.js"
 
 const YAML = `
 default_api: openai
@@ -68,8 +68,23 @@ const expectRefused = async (reply: Promise<{ status: number; json: any }>, mode
 
 describe("allowed_models", () => {
   it("an exact name: that model passes to the upstream, any other is 403 model_not_allowed before the upstream", async () => {
-    const token = await scoped(null, ["gpt-4o-mini"])
+    const { projectId } = await createProject(stack.manage)
+    const minted = await stack.manage.post("/manage/tokens", {
+      project_id: projectId,
+      duration_minutes: 60,
+      allowed_models: ["gpt-4o-mini"],
+      user: "user-77"
+    })
+    const token = minted.json.token as string
     await expectRefused(chat(token, "gpt-4o"), "gpt-4o")
+    // The refusal is an audit event of the token, with its end user.
+    await eventually(async () => {
+      const r = await stack.manage.get(`/manage/audit?action=proxy_request&token_id=${minted.json.id}`)
+      return r.json.events.length === 1
+    })
+    const audited = (await stack.manage.get(`/manage/audit?action=proxy_request&token_id=${minted.json.id}`)).json.events[0]
+    expect(audited).toMatchObject({ outcome: "denied", reason: "model_not_allowed", actor: "proxy", project_id: projectId })
+    expect(JSON.parse(audited.metadata)).toMatchObject({ user: "user-77", status: 403 })
     await expectRefused(chat(token, "gpt-4o-mini-2024"), "gpt-4o-mini-2024")
     const ok = await chat(token, "gpt-4o-mini")
     expect(ok.status).toBe(200)
