@@ -148,6 +148,16 @@ describe("allowed_models", () => {
     expect((await chat(token, "gpt-4o")).status).toBe(200)
   })
 
+  it("PATCH of a project's allowed_models applies to the next request of its warm tokens", async () => {
+    const { projectId } = await createProject(stack.manage)
+    const token = await mint(projectId)
+    expect((await chat(token, "gpt-4o")).status).toBe(200)
+    expect((await stack.manage.patch(`/manage/projects/${projectId}`, { allowed_models: ["o1*"] })).status).toBe(200)
+    stack.mock.reset()
+    await expectRefused(chat(token, "gpt-4o"), "gpt-4o")
+    expect((await chat(token, "o1-mini")).status).toBe(200)
+  })
+
   it("GET /v1/models/{id} is checked like a request naming that model", async () => {
     const token = await scoped(null, ["gpt-4o-mini"])
     stack.mock.route("/v1/models/gpt-4o-mini", json({ id: "gpt-4o-mini", object: "model" }))
