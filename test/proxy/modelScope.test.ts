@@ -191,6 +191,23 @@ describe("allowed_models", () => {
     expect(unscoped.json).toEqual(list)
   })
 
+  it("a scoped model list the proxy cannot read whole is not sent (502); an upstream error passes as it came", async () => {
+    const token = await scoped(null, ["gpt-4o-mini"])
+    const huge = { object: "list", data: [{ id: "gpt-4o", pad: "x".repeat(9 * 1024 * 1024) }] }
+    stack.mock.route("/v1/models", json(huge))
+    const tooBig = await call(stack.server.url, "/v1/models", { token })
+    expect(tooBig.status).toBe(502)
+    expect(proxyError(tooBig.json).code).toBe("upstream_error")
+    expect(tooBig.text).not.toContain("gpt-4o")
+    const refused = { error: { message: "nope", type: "invalid_request_error" } }
+    stack.mock.route("/v1/models", json(refused, { status: 401 }))
+    const r = await call(stack.server.url, "/v1/models", { token })
+    expect({ status: r.status, body: r.json }).toEqual({ status: 401, body: refused })
+    const other = { models: ["gpt-4o", "gpt-4o-mini"] }
+    stack.mock.route("/v1/models", json(other))
+    expect((await call(stack.server.url, "/v1/models", { token })).json).toEqual(other)
+  })
+
   it("allowed_models is validated: 400 with a clear message, nothing created", async () => {
     const { projectId } = await createProject(stack.manage)
     const bad = async (allowed: unknown, message: string) => {
