@@ -294,3 +294,36 @@ function projectKeySuite(backend: Backend) {
 }
 
 for (const backend of backends) describe(`project keys on ${backend.name}`, () => projectKeySuite(backend))
+
+describe("wrong project keys", () => {
+  it("count towards the client's brute-force limit like wrong management tokens, and are audited without the key", async () => {
+    const instance = await backends[0]!.create()
+    const server = await startServer(testConfig(instance.database, { managementAuthMaxFailures: 3 }))
+    const wrong = `lpk-${"A".repeat(42)}A`
+    let live = ""
+    try {
+      const admin = new Client(server.url, server.token)
+      const p = await admin.post("/manage/projects", { name: uniqueName("throttled"), api_key: providerKey() })
+      live = (await admin.post(`/manage/projects/${p.json.id}/keys`, { name: "backend" })).json.key
+      expect((await new Client(server.url, live).get("/manage/tokens")).status).toBe(200)
+      for (let i = 0; i < 3; i++) {
+        const r = await new Client(server.url, wrong).get("/manage/tokens")
+        expect({ status: r.status, code: r.json.code }).toEqual({ status: 401, code: "invalid_project_key" })
+      }
+      const locked = await new Client(server.url, live).get("/manage/tokens")
+      expect({ status: locked.status, code: locked.json.code }).toEqual({ status: 429, code: "too_many_attempts" })
+    } finally {
+      // Aggregated denials are written when their minute ends or at shutdown.
+      await server.close()
+    }
+    try {
+      const rows = await instance.rows("audit_events")
+      const denial = rows.find((r) => r["action"] === "management.auth" && r["reason"] === "invalid or revoked project key")
+      expect(denial).toMatchObject({ outcome: "denied", count: 3 })
+      expect(JSON.stringify(rows)).not.toContain(wrong)
+      expect(JSON.stringify(rows)).not.toContain(live)
+    } finally {
+      await instance.cleanup()
+    }
+  })
+})
