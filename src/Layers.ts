@@ -23,6 +23,7 @@ import { auditHooks } from "./proxy/auditHooks.js"
 import { ProxyHooks, type ProxyHooksShape } from "./proxy/ProxyHooks.js"
 import * as Upstream from "./proxy/Upstream.js"
 import * as RateLimits from "./token/RateLimits.js"
+import * as ProjectKeys from "./token/ProjectKeys.js"
 import * as TokenValidator from "./token/TokenValidator.js"
 import { layerPostgres as postgresInvalidation } from "./token/PostgresInvalidation.js"
 import * as UsageRecorder from "./token/UsageRecorder.js"
@@ -430,6 +431,7 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
       }
       return Layer.merge(HttpServerLive, serveMetricsListenerLayer(config)).pipe(
         Layer.provide(ManagementAppLive),
+        Layer.provideMerge(ProjectKeys.layer),
         Layer.provideMerge(dataPlaneLayer(config, options.proxyHooks)),
         Layer.provideMerge(
           invalidationCheckLayer(config).pipe(

@@ -8,7 +8,7 @@ import { Config, Console, Effect, Option, Redacted } from "effect"
 import { readFileSync } from "node:fs"
 import { ManagementApi } from "../api/ManagementApi.js"
 import type { AuditEvent, AuditPage } from "../domain/audit.js"
-import type { Project, Token, TokenPage } from "../domain/models.js"
+import type { Project, ProjectKey, Token, TokenPage } from "../domain/models.js"
 import { CliFailure } from "./errors.js"
 import { orDash, record, show, table } from "./output.js"
 
@@ -18,7 +18,10 @@ const common = {
     Options.withFallbackConfig(Config.string("MANAGE_API_BASE_URL").pipe(Config.withDefault("http://localhost:8080")))
   ),
   managementToken: Options.redacted("management-token").pipe(
-    Options.withDescription("Management token (env MANAGEMENT_TOKEN, else the file `serve` generated)"),
+    Options.withDescription(
+      "Management token, or a project key (lpk-…) for the token commands of its project (env MANAGEMENT_TOKEN, else " +
+        "the file `serve` generated)"
+    ),
     Options.optional
   ),
   json: Options.boolean("json").pipe(Options.withDescription("Print JSON instead of a table"))
@@ -76,11 +79,43 @@ const projectRecord = (p: Project) =>
     ["api_key", p.api_key],
     ["active", p.is_active ? "yes" : "no"],
     ["deactivated_at", orDash(p.deactivated_at)],
+    ["allowed_models", p.allowed_models === null ? "any" : p.allowed_models.join(", ")],
+    ["max_token_minutes", orDash(p.max_token_minutes)],
+    ["max_token_requests", orDash(p.max_token_requests)],
     ["created_at", p.created_at],
     ["updated_at", p.updated_at]
   ])
 
 const id = Args.text({ name: "id" }).pipe(Args.withDescription("UUID"))
+
+const allowedModel = Options.text("allowed-model").pipe(
+  Options.withDescription("A model name or glob the tokens may use (repeat for several; both the project's and the token's apply)"),
+  Options.repeated
+)
+
+/** Scope and delegation bounds of a project, as far as given. */
+const projectScopeFlags = {
+  allowedModel,
+  anyModel: Options.boolean("any-model").pipe(Options.withDescription("Remove the model scope (any model)")),
+  maxTokenMinutes: Options.integer("max-token-minutes").pipe(
+    Options.withDescription("Longest lifetime a project key may give a token (minutes)"),
+    Options.optional
+  ),
+  maxTokenRequests: Options.integer("max-token-requests").pipe(
+    Options.withDescription("Largest max_requests a project key may give a token"),
+    Options.optional
+  )
+}
+
+const scopeFrom = (o: { allowedModel: ReadonlyArray<string>; anyModel: boolean }) =>
+  o.anyModel && o.allowedModel.length > 0
+    ? Effect.fail(new CliFailure({ message: "--any-model and --allowed-model cannot be combined" }))
+    : Effect.succeed(o.anyModel ? { allowed_models: null } : o.allowedModel.length > 0 ? { allowed_models: o.allowedModel } : {})
+
+const projectBounds = (o: { maxTokenMinutes: Option.Option<number>; maxTokenRequests: Option.Option<number> }) => ({
+  ...Option.match(o.maxTokenMinutes, { onNone: () => ({}), onSome: (max_token_minutes) => ({ max_token_minutes }) }),
+  ...Option.match(o.maxTokenRequests, { onNone: () => ({}), onSome: (max_token_requests) => ({ max_token_requests }) })
+})
 
 const projectList = Command.make("list", common, (o) =>
   Effect.gen(function*() {
@@ -102,15 +137,19 @@ const projectCreate = Command.make(
     ...common,
     name: Options.text("name").pipe(Options.withDescription("Unique project name")),
     apiKey: Options.redacted("api-key").pipe(Options.withDescription("The provider API key (stored encrypted when ENCRYPTION_KEY is set)")),
-    provider: Options.text("provider").pipe(Options.withDescription("Provider name (default openai)"), Options.optional)
+    provider: Options.text("provider").pipe(Options.withDescription("Provider name (default openai)"), Options.optional),
+    ...projectScopeFlags
   },
   (o) =>
     Effect.gen(function*() {
+      const scope = yield* scopeFrom(o)
       const project = yield* (yield* client(o)).projects.create({
         payload: {
           name: o.name,
           api_key: Redacted.value(o.apiKey),
-          ...Option.match(o.provider, { onNone: () => ({}), onSome: (provider) => ({ provider }) })
+          ...Option.match(o.provider, { onNone: () => ({}), onSome: (provider) => ({ provider }) }),
+          ...scope,
+          ...projectBounds(o)
         }
       })
       yield* show(o.json ? project : projectRecord(project))
@@ -136,12 +175,16 @@ const projectUpdate = Command.make(
     apiKey: Options.redacted("api-key").pipe(Options.withDescription("Rotate the provider key"), Options.optional),
     provider: Options.text("provider").pipe(Options.optional),
     ...activeFlags,
-    revokeTokens: Options.boolean("revoke-tokens").pipe(Options.withDescription("With --inactive: revoke all its tokens"))
+    revokeTokens: Options.boolean("revoke-tokens").pipe(Options.withDescription("With --inactive: revoke all its tokens")),
+    ...projectScopeFlags
   },
   (o) =>
     Effect.gen(function*() {
       const active = yield* activeFrom(o)
+      const scope = yield* scopeFrom(o)
       const payload = {
+        ...scope,
+        ...projectBounds(o),
         ...Option.match(o.name, { onNone: () => ({}), onSome: (name) => ({ name }) }),
         ...Option.match(o.apiKey, { onNone: () => ({}), onSome: (k) => ({ api_key: Redacted.value(k) }) }),
         ...Option.match(o.provider, { onNone: () => ({}), onSome: (provider) => ({ provider }) }),
@@ -149,7 +192,10 @@ const projectUpdate = Command.make(
         ...(o.revokeTokens ? { revoke_tokens: true } : {})
       }
       if (Object.keys(payload).length === 0) {
-        return yield* new CliFailure({ message: "nothing to update: pass --name, --api-key, --provider, --active or --inactive" })
+        return yield* new CliFailure({
+          message: "nothing to update: pass --name, --api-key, --provider, --allowed-model, --any-model, " +
+            "--max-token-minutes, --max-token-requests, --active or --inactive"
+        })
       }
       const project = yield* (yield* client(o)).projects.update({ path: { id: o.id }, payload })
       yield* show(o.json ? project : projectRecord(project))
@@ -164,9 +210,62 @@ const projectRevokeTokens = Command.make("revoke-tokens", { ...common, id }, (o)
     )
   })).pipe(Command.withDescription("Revoke every token of a project"))
 
+// ---- project keys ---------------------------------------------------------------------------------------------
+
+const keyTable = (ks: ReadonlyArray<ProjectKey>) =>
+  table(
+    ["ID", "NAME", "KEY", "ACTIVE", "CREATED", "LAST USED"],
+    ks.map((k) => [k.id, k.name, k.key, k.is_active ? "yes" : "no", k.created_at, orDash(k.last_used_at)])
+  )
+
+const projectId = Args.text({ name: "project-id" }).pipe(Args.withDescription("UUID of the project"))
+
+const keyCreate = Command.make(
+  "create",
+  { ...common, projectId, name: Options.text("name").pipe(Options.withDescription("What the key is for (the app backend holding it)")) },
+  (o) =>
+    Effect.gen(function*() {
+      const created = yield* (yield* client(o)).projects.createKey({ path: { id: o.projectId }, payload: { name: o.name } })
+      yield* show(
+        o.json ? created : [
+          record([
+            ["key", created.key],
+            ["id", created.id],
+            ["name", created.name],
+            ["project_id", created.project_id],
+            ["created_at", created.created_at]
+          ]),
+          "",
+          "Store the key now: it is not shown again. It may mint and manage this project's tokens, nothing else."
+        ].join("\n")
+      )
+    })
+).pipe(Command.withDescription("Create a project key for an app backend (shown once)"))
+
+const keyList = Command.make("list", { ...common, projectId }, (o) =>
+  Effect.gen(function*() {
+    const keys = yield* (yield* client(o)).projects.listKeys({ path: { id: o.projectId } })
+    yield* show(o.json ? keys : keyTable(keys))
+  })).pipe(Command.withDescription("List a project's keys (obfuscated), newest first"))
+
+const keyRevoke = Command.make(
+  "revoke",
+  { ...common, projectId, keyId: Args.text({ name: "key-id" }).pipe(Args.withDescription("UUID of the key")) },
+  (o) =>
+    Effect.gen(function*() {
+      yield* (yield* client(o)).projects.revokeKey({ path: { id: o.projectId, key_id: o.keyId } })
+      yield* show(o.json ? { revoked: o.keyId } : `revoked ${o.keyId}`)
+    })
+).pipe(Command.withDescription("Revoke a project key (idempotent; refused from its next request on)"))
+
+const projectKey = Command.make("key").pipe(
+  Command.withDescription("Manage project keys (delegated token minting)"),
+  Command.withSubcommands([keyCreate, keyList, keyRevoke])
+)
+
 const project = Command.make("project").pipe(
   Command.withDescription("Manage projects"),
-  Command.withSubcommands([projectList, projectGet, projectCreate, projectUpdate, projectRevokeTokens])
+  Command.withSubcommands([projectList, projectGet, projectCreate, projectUpdate, projectRevokeTokens, projectKey])
 )
 
 // ---- tokens ---------------------------------------------------------------------------------------------------
@@ -189,6 +288,11 @@ const tokenRecord = (t: Token) =>
     ["id", t.id],
     ["project_id", t.project_id],
     ["token", t.token],
+    ["name", orDash(t.name)],
+    ["user", orDash(t.user)],
+    ["metadata", t.metadata === null ? "-" : JSON.stringify(t.metadata)],
+    ["allowed_models", t.allowed_models === null ? "any" : t.allowed_models.join(", ")],
+    ["created_by", t.created_by],
     ["status", tokenStatus(t)],
     ["expires_at", orDash(t.expires_at)],
     ["deactivated_at", orDash(t.deactivated_at)],
@@ -200,6 +304,38 @@ const tokenRecord = (t: Token) =>
     ["last_used_at", orDash(t.last_used_at)]
   ])
 
+/** `key=value` pairs of `--metadata`, as the API's object. */
+const metadataFrom = (pairs: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const out: Record<string, string> = {}
+    for (const pair of pairs) {
+      const eq = pair.indexOf("=")
+      if (eq <= 0) return yield* new CliFailure({ message: `--metadata takes key=value, not "${pair.slice(0, 40)}"` })
+      out[pair.slice(0, eq)] = pair.slice(eq + 1)
+    }
+    return out
+  })
+
+const labelFlags = {
+  name: Options.text("name").pipe(Options.withDescription("What the token is for (1..100 characters)"), Options.optional),
+  user: Options.text("user").pipe(Options.withDescription("The end user it is for (1..256 characters)"), Options.optional),
+  metadata: Options.text("metadata").pipe(Options.withDescription("A label key=value (repeat, at most 16)"), Options.repeated),
+  allowedModel
+}
+
+const labelsFrom = (o: {
+  name: Option.Option<string>
+  user: Option.Option<string>
+  metadata: ReadonlyArray<string>
+  allowedModel: ReadonlyArray<string>
+}) =>
+  Effect.map(metadataFrom(o.metadata), (metadata) => ({
+    ...Option.match(o.name, { onNone: () => ({}), onSome: (name) => ({ name }) }),
+    ...Option.match(o.user, { onNone: () => ({}), onSome: (user) => ({ user }) }),
+    ...(o.metadata.length > 0 ? { metadata } : {}),
+    ...(o.allowedModel.length > 0 ? { allowed_models: o.allowedModel } : {})
+  }))
+
 const tokenGenerate = Command.make(
   "generate",
   {
@@ -209,15 +345,18 @@ const tokenGenerate = Command.make(
       Options.withDescription("Lifetime in minutes (1..525600)"),
       Options.withDefault(1440)
     ),
-    maxRequests: Options.integer("max-requests").pipe(Options.withDescription("Request quota (0 = unlimited)"), Options.optional)
+    maxRequests: Options.integer("max-requests").pipe(Options.withDescription("Request quota (0 = unlimited)"), Options.optional),
+    ...labelFlags
   },
   (o) =>
     Effect.gen(function*() {
+      const labels = yield* labelsFrom(o)
       const created = yield* (yield* client(o)).tokens.create({
         payload: {
           project_id: o.projectId,
           duration_minutes: o.duration,
-          ...Option.match(o.maxRequests, { onNone: () => ({}), onSome: (max_requests) => ({ max_requests }) })
+          ...Option.match(o.maxRequests, { onNone: () => ({}), onSome: (max_requests) => ({ max_requests }) }),
+          ...labels
         }
       })
       yield* show(
@@ -227,7 +366,8 @@ const tokenGenerate = Command.make(
             ["id", created.id],
             ["project_id", created.project_id],
             ["expires_at", created.expires_at],
-            ["max_requests", orDash(created.max_requests)]
+            ["max_requests", orDash(created.max_requests)],
+            ["user", orDash(created.user)]
           ]),
           "",
           "Store the token now: it is not shown again."
@@ -243,7 +383,12 @@ const tokenList = Command.make(
     projectId: Options.text("project-id").pipe(Options.optional),
     activeOnly: Options.boolean("active-only").pipe(Options.withDescription("Only active, unexpired tokens")),
     status: Options.choice("status", ["active", "expired", "revoked"]).pipe(Options.optional),
-    search: Options.text("search").pipe(Options.withDescription("The start of the token id"), Options.optional),
+    search: Options.text("search").pipe(
+      Options.withDescription("The start of the token id, or exactly its user or name"),
+      Options.optional
+    ),
+    user: Options.text("user").pipe(Options.withDescription("Only the tokens of this end user"), Options.optional),
+    name: Options.text("name").pipe(Options.withDescription("Only the tokens of this name"), Options.optional),
     limit: Options.integer("limit").pipe(
       Options.withDescription("Most tokens to list (default 10000)"),
       Options.withDefault(TOKEN_LIST_LIMIT)
@@ -257,7 +402,9 @@ const tokenList = Command.make(
         ...Option.match(o.projectId, { onNone: () => ({}), onSome: (project_id) => ({ project_id }) }),
         ...(o.activeOnly ? { active_only: "true" } : {}),
         ...Option.match(o.status, { onNone: () => ({}), onSome: (status) => ({ status }) }),
-        ...Option.match(o.search, { onNone: () => ({}), onSome: (search) => ({ search }) })
+        ...Option.match(o.search, { onNone: () => ({}), onSome: (search) => ({ search }) }),
+        ...Option.match(o.user, { onNone: () => ({}), onSome: (user) => ({ user }) }),
+        ...Option.match(o.name, { onNone: () => ({}), onSome: (name) => ({ name }) })
       }
       // Page by page (newest first), so a large installation never sends one huge answer.
       const tokens: Array<Token> = []
@@ -290,18 +437,24 @@ const tokenUpdate = Command.make(
     id,
     maxRequests: Options.integer("max-requests").pipe(Options.withDescription("New quota (0 = unlimited)"), Options.optional),
     expiresAt: Options.text("expires-at").pipe(Options.withDescription("New expiry, RFC 3339"), Options.optional),
-    ...activeFlags
+    ...activeFlags,
+    ...labelFlags
   },
   (o) =>
     Effect.gen(function*() {
       const active = yield* activeFrom(o)
+      const labels = yield* labelsFrom(o)
       const payload = {
         ...active,
+        ...labels,
         ...Option.match(o.maxRequests, { onNone: () => ({}), onSome: (n) => ({ max_requests: n }) }),
         ...Option.match(o.expiresAt, { onNone: () => ({}), onSome: (expires_at) => ({ expires_at }) })
       }
       if (Object.keys(payload).length === 0) {
-        return yield* new CliFailure({ message: "nothing to update: pass --max-requests, --expires-at, --active or --inactive" })
+        return yield* new CliFailure({
+          message: "nothing to update: pass --max-requests, --expires-at, --name, --user, --metadata, --allowed-model, " +
+            "--active or --inactive"
+        })
       }
       const token = yield* (yield* client(o)).tokens.update({ path: { id: o.id }, payload })
       yield* show(o.json ? token : tokenRecord(token))

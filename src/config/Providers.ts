@@ -50,6 +50,11 @@ export interface ProviderConfig {
   readonly idleConnectionMs: number
   /** Connections per pool; undefined = unbounded. */
   readonly maxConnections: number | undefined
+  /**
+   * `inject_user`: JSON requests of a token minted for an end user get that user as their OpenAI `user`
+   * (`safety_identifier` for the Responses API) when they do not set it (src/proxy/modelScope.ts `injectUser`).
+   */
+  readonly injectUser: boolean
 }
 
 export interface ProvidersShape {
@@ -92,7 +97,8 @@ const ProviderYaml = Schema.Struct({
   auth_header: Schema.optional(Schema.String.pipe(Schema.pattern(HEADER_NAME))),
   auth_scheme: Schema.optional(Schema.String),
   forward_headers: Schema.optional(StringList),
-  headers: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.String }))
+  headers: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.String })),
+  inject_user: Schema.optional(Schema.Boolean)
 })
 
 const ProvidersYaml = Schema.Struct({
@@ -298,7 +304,8 @@ const build = (name: string, p: typeof ProviderYaml.Type): Either.Either<Provide
     idleConnectionMs: p.timeouts?.idle_connection !== undefined
       ? parseDuration(p.timeouts.idle_connection) ?? DEFAULT_IDLE_MS
       : DEFAULT_IDLE_MS,
-    maxConnections: p.connection?.max_conns_per_host
+    maxConnections: p.connection?.max_conns_per_host,
+    injectUser: p.inject_user === true
   })))
 }
 
@@ -344,7 +351,8 @@ export const builtInOpenAi = (baseUrl: string): ProvidersShape =>
     fixedHeaders: [],
     responseHeaderTimeoutMs: undefined,
     idleConnectionMs: DEFAULT_IDLE_MS,
-    maxConnections: undefined
+    maxConnections: undefined,
+    injectUser: false
   }], "openai")
 
 /** Parses and validates the YAML text; every problem is one line naming the key. */

@@ -102,6 +102,8 @@ const metadata = (e: DeliveredEvent) => {
   }
   if (e.project_id !== null) m["project_id"] = e.project_id
   if (e.token_id !== null) m["token_id"] = e.token_id
+  if (e.token_name !== undefined) m["token_name"] = e.token_name
+  if (e.user !== undefined) m["user"] = e.user
   if (e.upstream_ms !== null) m["upstream_ms"] = e.upstream_ms
   if (e.usage_source !== null) m["usage_source"] = e.usage_source
   return m
@@ -132,7 +134,8 @@ export const lunaryTokens = (e: DeliveredEvent): Json | undefined => {
 
 /**
  * A `start` and an `end` (or `error`) event per request, with the same `runId` (`eventId`): `input` and `output` as
- * chat messages (chat.ts), `userId` the project (Lunary's "user"), `name` the model (what Lunary prices).
+ * chat messages (chat.ts), `userId` the token's end user, else the project (Lunary's "user"), `name` the model (what
+ * Lunary prices).
  */
 export const lunaryEvents = (e: DeliveredEvent): [Json, Json] => {
   const runId = eventId(e)
@@ -151,7 +154,8 @@ export const lunaryEvents = (e: DeliveredEvent): [Json, Json] => {
     metadata: metadata(e),
     tags: ["llm-proxy"]
   }
-  if (e.project_id !== null) start["userId"] = e.project_id
+  const userId = e.user ?? e.project_id
+  if (userId !== null) start["userId"] = userId
   const end: Json = { type: "llm", event: failed(e) ? "error" : "end", runId, name, timestamp: endTime(e), metadata: metadata(e) }
   if (failed(e)) {
     end["error"] = { message: errorMessage(e), stack: isObject(e.response_body) ? JSON.stringify(e.response_body) : undefined }
@@ -287,12 +291,14 @@ export const headerValue = (v: string): string =>
 /** What Helicone shows about the request besides the bodies (worker/src/lib/models/HeliconeHeaders.ts). */
 export const heliconeMeta = (e: DeliveredEvent): Record<string, string> => {
   const meta: Record<string, string> = { "Helicone-Request-Id": eventId(e) }
-  if (e.project_id !== null) meta["Helicone-User-Id"] = headerValue(e.project_id)
+  const userId = e.user ?? e.project_id
+  if (userId !== null) meta["Helicone-User-Id"] = headerValue(userId)
   const property = (name: string, value: string | null) => {
     if (value !== null && value !== "") meta[`Helicone-Property-${name}`] = headerValue(value)
   }
   property("Project", e.project_id)
   property("Token", e.token_id)
+  property("Token-Name", e.token_name ?? null)
   property("Path", e.path)
   property("Request-Id", e.request_id)
   if (e.stream) property("Stream", "true")

@@ -141,6 +141,9 @@ export const transformEvent = (event: ProxyEvent, count: CountTokens, onBodyTooL
     request_body: request,
     response_body: response,
     request_body_truncated: event.request_body?.truncated ?? false,
-    response_body_truncated: event.response_body?.truncated ?? false
+    response_body_truncated: event.response_body?.truncated ?? false,
+    ...(event.token_name !== undefined ? { token_name: event.token_name } : {}),
+    ...(event.user !== undefined ? { user: event.user } : {}),
+    ...(event.token_metadata !== undefined ? { token_metadata: event.token_metadata } : {})
   }
 }

@@ -40,7 +40,13 @@ const common = {
   }),
   model: Schema.NullOr(Schema.String),
   stream: Schema.Boolean,
-  error: Schema.NullOr(Schema.String)
+  error: Schema.NullOr(Schema.String),
+  // The token's labels (absent when it has none, and on events of versions before them).
+  token_name: Schema.optional(Schema.String.annotations({ description: "the token's name" })),
+  user: Schema.optional(Schema.String.annotations({ description: "the end user the token was minted for" })),
+  token_metadata: Schema.optional(
+    Schema.Record({ key: Schema.String, value: Schema.String }).annotations({ description: "the token's metadata" })
+  )
 }
 
 export const ProxyEvent = Schema.Struct({

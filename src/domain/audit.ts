@@ -16,6 +16,9 @@ export const AuditActions = {
   projectRead: "project.read",
   projectUpdate: "project.update",
   projectDelete: "project.delete",
+  projectKeyCreate: "project_key.create",
+  projectKeyList: "project_key.list",
+  projectKeyRevoke: "project_key.revoke",
   tokenCreate: "token.create",
   tokenList: "token.list",
   tokenRead: "token.read",
@@ -39,6 +42,9 @@ export const AuditActors = {
   proxy: "proxy",
   system: "system"
 } as const
+
+/** The actor of what a project key did: `project_key:<its id>`. */
+export const projectKeyActor = (keyId: string) => `project_key:${keyId}`
 
 /** What a caller records. `id` and `timestamp` are assigned by the AuditLog. Never put a secret in here. */
 export interface AuditEntry {
@@ -72,7 +78,11 @@ export const AuditEvent = Schema.Struct({
   id: Schema.String,
   timestamp: Timestamp,
   action: Schema.String,
-  actor: Schema.String,
+  actor: Schema.String.annotations({
+    description: "Who acted: `management_api` (the management token, or the admin UI signed in with it), " +
+      "`project_key:<id>` (a project key), `admin` (sign-in and sign-out), `anonymous` (a refused credential), " +
+      "`proxy` (the data plane), `system`"
+  }),
   outcome: Schema.Literal(...OUTCOMES),
   project_id: Schema.optional(Schema.String),
   token_id: Schema.optional(Schema.String.annotations({ description: "The token's id (joinable), never the secret" })),

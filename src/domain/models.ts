@@ -15,6 +15,7 @@
  * refused by `closedPayload()` on the struct; OpenAPI and the CLI follow by themselves.
  */
 import { Schema } from "effect"
+import { compileGlob } from "../proxy/glob.js"
 import {
   answer,
   closedPayload,
@@ -98,6 +99,110 @@ const providerKey = (self: Schema.Schema<string>) =>
     rule(isUnicodeText, "api_key must be valid Unicode text")
   )
 
+// ---- scopes and labels (docs/untrusted-clients.md) ---------------------------------------------------------------
+
+export const MODELS_MAX = 100
+export const MODEL_PATTERN_MAX = 128
+export const ALLOWED_MODELS_INVALID = "allowed_models must be null or a list of model names or globs"
+
+const modelPattern = Schema.String.annotations(answer(ALLOWED_MODELS_INVALID)).pipe(
+  Schema.minLength(1, answer("allowed_models entries must not be empty")),
+  Schema.maxLength(MODEL_PATTERN_MAX, answer(`allowed_models entries must be at most ${MODEL_PATTERN_MAX} characters`)),
+  rule((s: string) => !hasControlCharacters(s), "allowed_models entries must not contain control characters", {
+    pattern: NO_CONTROL_PATTERN
+  }),
+  rule(isUnicodeText, "allowed_models entries must be valid Unicode text"),
+  rule(
+    (s: string) => compileGlob(s) !== null,
+    "allowed_models entries must be model names or globs (* and ? do not match /; [...] must be closed)"
+  )
+)
+
+/** `allowed_models` in a payload: null (any model) or 1..MODELS_MAX names or globs. */
+export const AllowedModels = Schema.NullOr(
+  Schema.Array(modelPattern).annotations(answer(ALLOWED_MODELS_INVALID)).pipe(
+    Schema.minItems(1, answer("allowed_models must list at least one model (null: any model)")),
+    Schema.maxItems(MODELS_MAX, answer(`allowed_models must list at most ${MODELS_MAX} models`))
+  )
+).annotations({
+  description: "Model names or globs (`gpt-4o-mini`, `claude-3-5-*`; `*` and `?` do not match `/`) a request may name; " +
+    "null = any. A project's and its token's lists both apply."
+})
+
+/** The models a project or token admits, as the API shows them. */
+const ModelList = Schema.NullOr(Schema.Array(Schema.String)).annotations({ description: "null = any model" })
+
+export const TOKEN_NAME_MAX = 100
+export const USER_MAX = 256
+export const METADATA_KEYS_MAX = 16
+export const METADATA_TEXT_MAX = 256
+
+/** A token's label (`name`, `user`): 1..max characters of printable text; null removes it. */
+const label = (field: string, max: number, description: string) =>
+  Schema.NullOr(
+    Text.pipe(
+      Schema.minLength(1, answer(`${field} must not be empty (null removes it)`)),
+      Schema.maxLength(max, answer(`${field} must be at most ${max} characters`)),
+      rule((s: string) => !hasControlCharacters(s), `${field} must not contain control characters`, { pattern: NO_CONTROL_PATTERN }),
+      rule(isUnicodeText, `${field} must be valid Unicode text`)
+    )
+  ).annotations({ description })
+
+const TokenName = label("name", TOKEN_NAME_MAX, `What the token is for, 1..${TOKEN_NAME_MAX} characters; null = none`)
+const TokenUser = label(
+  "user",
+  USER_MAX,
+  `The end user the token is for (your own id for them), 1..${USER_MAX} characters; null = none. Carried on events, ` +
+    "audit events and the access log; sent upstream as the OpenAI `user` where the provider sets `inject_user`"
+)
+
+export const METADATA_INVALID = `metadata must be null or an object of at most ${METADATA_KEYS_MAX} string keys with string values`
+
+/** `metadata`: at most 16 keys, keys and values strings of at most 256 characters. */
+const TokenMetadata = Schema.NullOr(
+  Schema.Record({
+    // Keys are checked by rules on the object: a key refused by a key Schema is reported like an unknown field.
+    key: Schema.String,
+    value: Schema.String.annotations(answer("metadata values must be strings")).pipe(
+      Schema.maxLength(METADATA_TEXT_MAX, answer(`metadata values must be at most ${METADATA_TEXT_MAX} characters`))
+    )
+  }).annotations(answer(METADATA_INVALID)).pipe(
+    rule((o: { readonly [x: string]: string }) => Object.keys(o).length <= METADATA_KEYS_MAX, `metadata must have at most ${METADATA_KEYS_MAX} keys`, {
+      maxProperties: METADATA_KEYS_MAX
+    }),
+    rule((o: { readonly [x: string]: string }) => !Object.hasOwn(o, ""), "metadata keys must not be empty", {
+      propertyNames: { minLength: 1, maxLength: METADATA_TEXT_MAX }
+    }),
+    rule(
+      (o: { readonly [x: string]: string }) => Object.keys(o).every((k) => k.length <= METADATA_TEXT_MAX),
+      `metadata keys must be at most ${METADATA_TEXT_MAX} characters`
+    )
+  )
+).annotations({
+  description: `Your own key/value labels: at most ${METADATA_KEYS_MAX} keys, keys and values strings of at most ` +
+    `${METADATA_TEXT_MAX} characters; null = none (PATCH replaces the whole object)`
+})
+
+const ShownMetadata = Schema.NullOr(Schema.Record({ key: Schema.String, value: Schema.String }))
+
+export const MAX_TOKEN_MINUTES_INVALID = `max_token_minutes must be null or an integer between 1 and ${DURATION_MAX_MINUTES}`
+export const MAX_TOKEN_REQUESTS_INVALID = `max_token_requests must be null or an integer between 1 and ${MAX_REQUESTS_MAX}`
+
+const MaxTokenMinutes = Schema.NullOr(
+  Schema.Number.pipe(Schema.int(), Schema.between(1, DURATION_MAX_MINUTES))
+).annotations({
+  ...oneAnswer(MAX_TOKEN_MINUTES_INVALID),
+  description: "The longest lifetime (minutes) a project key may give a token of this project; null = no bound but the global one"
+})
+
+const MaxTokenRequests = Schema.NullOr(
+  Schema.Number.pipe(Schema.int(), Schema.between(1, MAX_REQUESTS_MAX))
+).annotations({
+  ...oneAnswer(MAX_TOKEN_REQUESTS_INVALID),
+  description: "The largest max_requests a project key may give a token of this project (its tokens then cannot be " +
+    "unlimited); null = no bound"
+})
+
 export const Project = Schema.Struct({
   id: Schema.String.annotations({ description: "UUID" }),
   name: Schema.String,
@@ -106,6 +211,9 @@ export const Project = Schema.Struct({
   is_active: Schema.Boolean,
   deactivated_at: Schema.optional(Timestamp),
   rate_limit: Schema.NullOr(RateLimit),
+  allowed_models: ModelList,
+  max_token_minutes: Schema.NullOr(Schema.Number).annotations({ description: "null = no bound for project keys" }),
+  max_token_requests: Schema.NullOr(Schema.Number).annotations({ description: "null = no bound for project keys" }),
   created_at: Timestamp,
   updated_at: Timestamp
 }).annotations({ identifier: "Project" })
@@ -122,7 +230,10 @@ export const CreateProject = Schema.Struct({
   provider: Schema.optional(
     Text.annotations({ description: "Provider name from the configuration (default openai); an unknown one is refused" })
   ),
-  rate_limit: Schema.optional(RateLimitSetting)
+  rate_limit: Schema.optional(RateLimitSetting),
+  allowed_models: Schema.optional(AllowedModels),
+  max_token_minutes: Schema.optional(MaxTokenMinutes),
+  max_token_requests: Schema.optional(MaxTokenRequests)
 }).annotations({ identifier: "CreateProject", ...closedPayload() })
 export type CreateProject = typeof CreateProject.Type
 
@@ -133,6 +244,9 @@ export const UpdateProject = Schema.Struct({
   api_key: Schema.optional(providerKey(Text).annotations({ description: "Rotate the provider key; empty string keeps the current key" })),
   provider: Schema.optional(Text.annotations({ description: "Provider name from the configuration" })),
   rate_limit: Schema.optional(RateLimitSetting.annotations({ description: "null removes the limit" })),
+  allowed_models: Schema.optional(AllowedModels),
+  max_token_minutes: Schema.optional(MaxTokenMinutes),
+  max_token_requests: Schema.optional(MaxTokenRequests),
   is_active: Schema.optional(Flag),
   revoke_tokens: Schema.optional(
     Flag.annotations({ description: "With is_active=false (only): revoke every active token of the project" })
@@ -164,7 +278,14 @@ export const Token = Schema.Struct({
   prompt_tokens: Schema.Number,
   completion_tokens: Schema.Number,
   created_at: Timestamp,
-  last_used_at: Schema.NullOr(Timestamp)
+  last_used_at: Schema.NullOr(Timestamp),
+  name: Schema.NullOr(Schema.String),
+  user: Schema.NullOr(Schema.String).annotations({ description: "The end user the token was minted for" }),
+  metadata: ShownMetadata,
+  allowed_models: ModelList.annotations({ description: "null = any model (the project's scope applies as well)" }),
+  created_by: Schema.String.annotations({
+    description: "Who minted it: `management_api` (the management token) or `project_key:<id>`"
+  })
 }).annotations({ identifier: "Token" })
 export type Token = typeof Token.Type
 
@@ -173,7 +294,11 @@ export const TokenCreated = Schema.Struct({
   token: Schema.String.annotations({ description: "The secret. Store it now: it is never shown again." }),
   project_id: Schema.String,
   expires_at: Timestamp,
-  max_requests: Schema.optional(Schema.Number)
+  max_requests: Schema.optional(Schema.Number),
+  name: Schema.optional(Schema.String),
+  user: Schema.optional(Schema.String),
+  metadata: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.String })),
+  allowed_models: Schema.optional(Schema.Array(Schema.String))
 }).annotations({ identifier: "TokenCreated" })
 export type TokenCreated = typeof TokenCreated.Type
 
@@ -200,13 +325,21 @@ export const CreateToken = Schema.Struct({
     ).annotations({ description: "Lifetime in minutes" }),
     DURATION_REQUIRED
   ),
+  // A project key may leave it out: the handler fills in the key's own project before this Schema judges the body.
   project_id: required(
     Text.pipe(Schema.minLength(1, answer(PROJECT_ID_REQUIRED)), Schema.pattern(UUID_PATTERN, answer("invalid project_id")))
-      .annotations({ description: "UUID of an active project" }),
+      .annotations({
+        description: "UUID of an active project. A project key may leave it out (the key's own project); any other " +
+          "project is 403 for it"
+      }),
     PROJECT_ID_REQUIRED
   ),
   max_requests: Schema.optional(MaxRequests),
-  rate_limit: Schema.optional(RateLimitSetting)
+  rate_limit: Schema.optional(RateLimitSetting),
+  name: Schema.optional(TokenName),
+  user: Schema.optional(TokenUser),
+  metadata: Schema.optional(TokenMetadata),
+  allowed_models: Schema.optional(AllowedModels)
 }).annotations({ identifier: "CreateToken", ...closedPayload() })
 export type CreateToken = typeof CreateToken.Type
 
@@ -226,7 +359,11 @@ export const UpdateToken = Schema.Struct({
       })
     ).annotations({ description: "RFC 3339 timestamp, any offset (stored in UTC)" })
   ),
-  rate_limit: Schema.optional(RateLimitSetting.annotations({ description: "null removes the limit" }))
+  rate_limit: Schema.optional(RateLimitSetting.annotations({ description: "null removes the limit" })),
+  name: Schema.optional(TokenName),
+  user: Schema.optional(TokenUser),
+  metadata: Schema.optional(TokenMetadata),
+  allowed_models: Schema.optional(AllowedModels)
 }).annotations(closedPayload()).pipe(
   rule((p: object) => Object.keys(p).length > 0, "no fields to update", { minProperties: 1 })
 ).annotations({ identifier: "UpdateToken" })
@@ -239,7 +376,11 @@ export const ListTokensParams = Schema.Struct({
   status: Schema.optional(
     Schema.String.annotations({ description: "active (not revoked, not expired), expired (not revoked) or revoked" })
   ),
-  search: Schema.optional(Schema.String.annotations({ description: "The start of the token's id (case-insensitive)" })),
+  search: Schema.optional(
+    Schema.String.annotations({ description: "The start of the token's id (case-insensitive), or its exact user or name" })
+  ),
+  user: Schema.optional(Schema.String.annotations({ description: "Only the tokens of this end user (exactly)" })),
+  name: Schema.optional(Schema.String.annotations({ description: "Only the tokens of this name (exactly)" })),
   page_size: Schema.optional(
     Schema.String.annotations({ description: "1..100 (default 20); with page_size or cursor the answer is a TokenPage" })
   ),
@@ -355,7 +496,10 @@ export const UsageParams = Schema.Struct({
   since: Schema.optional(Timestamp.annotations({ description: "Inclusive start (default: 24 hours before until)" })),
   until: Schema.optional(Timestamp.annotations({ description: "Exclusive end (default: now)" })),
   project_id: Schema.optional(Schema.String),
-  token_id: Schema.optional(Schema.String)
+  token_id: Schema.optional(Schema.String),
+  user: Schema.optional(Schema.String.annotations({
+    description: "Only the usage of this end user's tokens, summed (tokens deleted by TOKEN_RETENTION_DAYS no longer count)"
+  }))
 })
 
 export const UsageHour = Schema.Struct({
@@ -381,6 +525,46 @@ export const UsageSeries = Schema.Struct({
   })
 }).annotations({ identifier: "UsageSeries" })
 export type UsageSeries = typeof UsageSeries.Type
+
+// ---- project keys ------------------------------------------------------------------------------------------------
+
+export const PROJECT_KEY_NAME_MAX = 100
+export const PROJECT_KEY_NAME_REQUIRED = "name is required"
+
+export const CreateProjectKey = Schema.Struct({
+  name: required(
+    Text.pipe(
+      Schema.minLength(1, answer(PROJECT_KEY_NAME_REQUIRED)),
+      rule((s: string) => s.trim() !== "", "name must not be empty", { pattern: "\\S" }),
+      Schema.maxLength(PROJECT_KEY_NAME_MAX, answer(`name must be at most ${PROJECT_KEY_NAME_MAX} characters`)),
+      rule((s: string) => !hasControlCharacters(s), "name must not contain control characters", { pattern: NO_CONTROL_PATTERN }),
+      rule(isUnicodeText, "name must be valid Unicode text")
+    ).annotations({ description: `What the key is for (e.g. the app backend holding it), 1..${PROJECT_KEY_NAME_MAX} characters` }),
+    PROJECT_KEY_NAME_REQUIRED
+  )
+}).annotations({ identifier: "CreateProjectKey", ...closedPayload() })
+export type CreateProjectKey = typeof CreateProjectKey.Type
+
+export const ProjectKeyCreated = Schema.Struct({
+  id: Schema.String,
+  name: Schema.String,
+  key: Schema.String.annotations({ description: "lpk- + 43 characters. Store it now: it is never shown again." }),
+  project_id: Schema.String,
+  created_at: Timestamp
+}).annotations({ identifier: "ProjectKeyCreated" })
+export type ProjectKeyCreated = typeof ProjectKeyCreated.Type
+
+export const ProjectKey = Schema.Struct({
+  id: Schema.String,
+  name: Schema.String,
+  key: Schema.String.annotations({ description: "lpk- + first 4 + **** + last 4; the key itself is shown only once" }),
+  project_id: Schema.String,
+  is_active: Schema.Boolean.annotations({ description: "false once revoked" }),
+  created_at: Timestamp,
+  last_used_at: Schema.NullOr(Timestamp).annotations({ description: "Updated at most once a minute" }),
+  revoked_at: Schema.optional(Timestamp)
+}).annotations({ identifier: "ProjectKey" })
+export type ProjectKey = typeof ProjectKey.Type
 
 /** Anything else than a string `token` is a wrong token (401), like a wrong string; other fields are ignored. */
 export const Login = Schema.Struct({

@@ -26,6 +26,7 @@ import { BadRequest } from "../domain/errors.js"
 import { Health } from "../observability/Health.js"
 import { Metrics } from "../observability/Metrics.js"
 import { Store } from "../store/Store.js"
+import type { ProjectKeys } from "../token/ProjectKeys.js"
 import { AuditLive } from "./AuditHttp.js"
 import { currentRequestMeta, requestMetaOf } from "./auditing.js"
 import { ManagementAuthLive, ManagementToken, throttled } from "./auth.js"
@@ -98,7 +99,9 @@ export const metricsRefusal = (
 
 export const makeApp = Effect.gen(function*() {
   const management = yield* ManagementApp
-  const context = yield* Effect.context<Store | ManagementToken | AuditLog | AdminSessions | AdminAssets | AuthThrottle>()
+  const context = yield* Effect.context<
+    Store | ManagementToken | AuditLog | AdminSessions | AdminAssets | AuthThrottle | ProjectKeys
+  >()
   const trusted = makeTrustedProxies((yield* AppConfig).trustedProxies)
   const health = yield* Health
   const metrics = yield* Metrics

@@ -1,19 +1,24 @@
-/** Handlers of the `projects` group (reference-system.md §2.3 with the CONTRACT §4 changes). */
-import { HttpApiBuilder } from "@effect/platform"
+/**
+ * Handlers of the `projects` group (reference-system.md §2.3 with the CONTRACT §4 changes) and of its project keys
+ * (`/manage/projects/{id}/keys`). A project key may read its own project here, nothing else.
+ */
+import { HttpApiBuilder, HttpServerResponse } from "@effect/platform"
 import { Clock, Effect, Option } from "effect"
 import { ManagementApi } from "../api/ManagementApi.js"
 import { Providers } from "../config/Providers.js"
 import { KeyCipher } from "../crypto/KeyCipher.js"
 import { obfuscateApiKey } from "../crypto/obfuscate.js"
+import { generateProjectKey, hashProjectKey, projectKeyHint } from "../crypto/ProjectKey.js"
 import { AuditActions } from "../domain/audit.js"
 import { BadRequest, Conflict, InternalError, NotFound } from "../domain/errors.js"
-import { CreateProject, UpdateProject } from "../domain/models.js"
+import { CreateProject, CreateProjectKey, UpdateProject } from "../domain/models.js"
 import { isUuid, parsePageParam } from "../domain/validation.js"
 import { Store, type StoreError } from "../store/Store.js"
 import { TokenValidator } from "../token/TokenValidator.js"
 import { audited } from "./auditing.js"
 import { readPayload, validate } from "./body.js"
-import { projectJson, rateLimitRow } from "./present.js"
+import { caller, ownProjectOnly } from "./callers.js"
+import { projectJson, projectKeyJson, rateLimitRow } from "./present.js"
 
 const now = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms).toISOString())
 
@@ -30,6 +35,9 @@ const conflict = (name: string) =>
 
 const readCreateProject = readPayload(CreateProject)
 const readUpdateProject = readPayload(UpdateProject)
+const readCreateProjectKey = readPayload(CreateProjectKey)
+
+const keyNotFound = new NotFound({ error: "project key not found" })
 
 export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (handlers) =>
   Effect.gen(function*() {
@@ -90,9 +98,13 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             apiKeyHint: obfuscateApiKey(input.api_key),
             provider,
             rateLimit: rateLimitRow(input.rate_limit ?? null),
+            allowedModels: input.allowed_models ?? null,
+            maxTokenMinutes: input.max_token_minutes ?? null,
+            maxTokenRequests: input.max_token_requests ?? null,
             now: yield* now
           })
           note.projectId = row.id
+          if (row.allowedModels !== null) note.details["allowed_models"] = row.allowedModels
           note.details["project_name"] = row.name
           note.details["provider"] = row.provider
           return projectJson(row)
@@ -107,6 +119,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
           Effect.gen(function*() {
             const id = yield* projectId(path.id)
             note.projectId = id
+            yield* ownProjectOnly(yield* caller, id)
             const row = yield* store.getProject(id)
             return projectJson(yield* Option.match(row, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed }))
           }).pipe(Effect.catchTag("StoreError", internal("failed to get project")))))
@@ -126,6 +139,9 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             ...(input.provider !== undefined ? ["provider"] : []),
             ...(input.is_active !== undefined ? ["is_active"] : []),
             ...(input.rate_limit !== undefined ? ["rate_limit"] : []),
+            ...(input.allowed_models !== undefined ? ["allowed_models"] : []),
+            ...(input.max_token_minutes !== undefined ? ["max_token_minutes"] : []),
+            ...(input.max_token_requests !== undefined ? ["max_token_requests"] : []),
             ...(revokeTokens ? ["revoke_tokens"] : [])
           ]
           const result = yield* store.updateProject(id, {
@@ -133,6 +149,9 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             ...(apiKey !== undefined ? { apiKey: cipher.encrypt(apiKey), apiKeyHint: obfuscateApiKey(apiKey) } : {}),
             ...(input.provider !== undefined ? { provider: input.provider } : {}),
             ...(input.rate_limit !== undefined ? { rateLimit: rateLimitRow(input.rate_limit) } : {}),
+            ...(input.allowed_models !== undefined ? { allowedModels: input.allowed_models } : {}),
+            ...(input.max_token_minutes !== undefined ? { maxTokenMinutes: input.max_token_minutes } : {}),
+            ...(input.max_token_requests !== undefined ? { maxTokenRequests: input.max_token_requests } : {}),
             ...(input.is_active !== undefined ? { isActive: input.is_active } : {}),
             revokeTokens,
             now: yield* now
@@ -167,4 +186,51 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             yield* validator.settled
             return { revoked_count: counts.revoked, already_revoked_count: counts.alreadyRevoked, total_tokens: counts.total }
           }).pipe(Effect.catchTag("StoreError", internal("failed to revoke project tokens")))))
+      .handle("listKeys", ({ path }) =>
+        audited(AuditActions.projectKeyList, (note) =>
+          Effect.gen(function*() {
+            const id = yield* projectId(path.id)
+            note.projectId = id
+            if (Option.isNone(yield* store.getProject(id))) return yield* notFound
+            const keys = yield* store.listProjectKeys(id)
+            note.details["key_count"] = keys.length
+            return keys.map(projectKeyJson)
+          }).pipe(Effect.catchTag("StoreError", internal("failed to list project keys")))))
+      .handleRaw("createKey", ({ path, request }) =>
+        audited(AuditActions.projectKeyCreate, (note) =>
+          Effect.gen(function*() {
+            const id = yield* projectId(path.id)
+            note.projectId = id
+            const input = yield* readCreateProjectKey(request)
+            const key = generateProjectKey()
+            const created = yield* store.createProjectKey({
+              id: crypto.randomUUID(),
+              projectId: id,
+              name: input.name,
+              keyHash: hashProjectKey(key),
+              keyHint: projectKeyHint(key),
+              now: yield* now
+            })
+            const row = yield* Option.match(created, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed })
+            Object.assign(note.details, { key_id: row.id, key_name: row.name })
+            return HttpServerResponse.unsafeJson(
+              { id: row.id, name: row.name, key, project_id: row.projectId, created_at: row.createdAt },
+              { status: 201 }
+            )
+          }).pipe(Effect.catchTag("StoreError", internal("failed to create project key")))))
+      .handle("revokeKey", ({ path }) =>
+        audited(AuditActions.projectKeyRevoke, (note) =>
+          Effect.gen(function*() {
+            const id = yield* projectId(path.id)
+            note.projectId = id
+            if (!isUuid(path.key_id)) return yield* new BadRequest({ error: "invalid project key id" })
+            const keyId = path.key_id.toLowerCase()
+            note.details["key_id"] = keyId
+            const revoked = yield* store.revokeProjectKey(id, keyId, yield* now)
+            const row = yield* Option.match(revoked, { onNone: () => Effect.fail(keyNotFound), onSome: Effect.succeed })
+            // Keys are read from the database on every request (src/token/ProjectKeys.ts): its next request is
+            // refused, whichever instance it reaches.
+            note.details["key_name"] = row.name
+            return HttpServerResponse.empty({ status: 204 })
+          }).pipe(Effect.catchTag("StoreError", internal("failed to revoke project key")))))
   }))

@@ -1,18 +1,20 @@
 /**
  * `/manage/session`: admin UI login, current session, logout (design in session.ts). A wrong token at login counts
  * against the client IP's brute-force limit (authThrottle.ts; App.ts answers 429 once it is reached); logout of a live
- * session needs its CSRF token, like every other state-changing request.
+ * session needs its CSRF token, like every other state-changing request. Only the management token signs in: a
+ * project key — as the login's token or in `Authorization` on any of these — is 403 `forbidden`.
  */
 import { HttpApiBuilder, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect, Either, Option, Redacted } from "effect"
+import { PROJECT_KEY_PREFIX } from "../crypto/ProjectKey.js"
 import { ManagementApi } from "../api/ManagementApi.js"
 import { constantTimeEqual } from "../crypto/constantTime.js"
 import { Forbidden, Unauthorized } from "../domain/errors.js"
 import { Login, type SessionInfo } from "../domain/models.js"
-import { AuditActions, AuditActors } from "../domain/audit.js"
+import { AuditActions, AuditActors, projectKeyActor } from "../domain/audit.js"
 import { decodePayload } from "../domain/validation.js"
 import { auditDenial, auditRequest } from "./auditing.js"
-import { failedAttempt, ManagementToken } from "./auth.js"
+import { authenticateProjectKey, failedAttempt, forbidden, ManagementToken, presentedProjectKey } from "./auth.js"
 import { readJson } from "./body.js"
 import { type AdminSession, AdminSessions, type AdminSessionsShape, CSRF_HEADER, SESSION_COOKIE } from "./session.js"
 
@@ -39,6 +41,24 @@ const auditSession = (action: "admin.login" | "admin.logout") =>
     details: { origin: "admin-ui" }
   })
 
+const NO_SIGN_IN = "a project key cannot sign in to the admin UI"
+
+/** A live project key presented for the admin UI: 403 (audited under the key); a dead one is a failed attempt (401). */
+const refuseProjectKey = (key: string, action: string) =>
+  Effect.gen(function*() {
+    const who = yield* authenticateProjectKey(key)
+    yield* auditDenial({ action, actor: projectKeyActor(who.keyId), reason: NO_SIGN_IN })
+    return yield* forbidden(NO_SIGN_IN)
+  })
+
+/** The session endpoints answer the admin UI only: `Authorization: Bearer lpk-…` on them is refused. */
+const noProjectKeyHeader = (action: string) =>
+  Effect.gen(function*() {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const key = presentedProjectKey(request.headers.authorization)
+    if (key !== undefined) return yield* refuseProjectKey(key, action)
+  })
+
 export const SessionLive = HttpApiBuilder.group(ManagementApi, "session", (handlers) =>
   Effect.gen(function*() {
     const sessions = yield* AdminSessions
@@ -46,10 +66,12 @@ export const SessionLive = HttpApiBuilder.group(ManagementApi, "session", (handl
     return handlers
       .handleRaw("login", ({ request }) =>
         Effect.gen(function*() {
+          yield* noProjectKeyHeader(AuditActions.adminLogin)
           // Read by hand like the other JSON bodies, so a malformed body is a 400, never a 500. Any JSON is a login
           // attempt: one without a string `token` is a wrong token, and counts as one.
           const body = yield* readJson(request, 16 * 1024)
           const token = Either.getOrUndefined(decodeLogin(body))?.token
+          if (token !== undefined && token.startsWith(PROJECT_KEY_PREFIX)) yield* refuseProjectKey(token, AuditActions.adminLogin)
           if (token === undefined || token === "" || !constantTimeEqual(token, Redacted.value(expected))) {
             yield* failedAttempt(AuditActions.adminLogin, "invalid management token")
             return yield* new Unauthorized({ error: "invalid management token" })
@@ -68,6 +90,7 @@ export const SessionLive = HttpApiBuilder.group(ManagementApi, "session", (handl
         }))
       .handle("current", () =>
         Effect.gen(function*() {
+          yield* noProjectKeyHeader(AuditActions.managementAuth)
           const request = yield* HttpServerRequest.HttpServerRequest
           const id = request.cookies[SESSION_COOKIE]
           const session = id === undefined ? Option.none() : yield* Effect.orDie(sessions.touch(id))
@@ -79,6 +102,7 @@ export const SessionLive = HttpApiBuilder.group(ManagementApi, "session", (handl
         }))
       .handle("logout", () =>
         Effect.gen(function*() {
+          yield* noProjectKeyHeader(AuditActions.adminLogout)
           const request = yield* HttpServerRequest.HttpServerRequest
           const id = request.cookies[SESSION_COOKIE]
           if (id !== undefined) {

@@ -1,17 +1,23 @@
-/** Handlers of the `tokens` group (reference-system.md §2.4 with the CONTRACT §4 changes). */
+/**
+ * Handlers of the `tokens` group (reference-system.md §2.4 with the CONTRACT §4 changes). A project key may call every
+ * one of them for its own project's tokens (callers.ts), within the project's bounds on what it mints
+ * (delegation.ts).
+ */
 import { HttpApiBuilder, HttpServerResponse } from "@effect/platform"
 import { Clock, Effect, Either, Option } from "effect"
 import { ManagementApi } from "../api/ManagementApi.js"
 import { generateProxyToken, hashProxyToken, tokenHint } from "../crypto/ProxyToken.js"
 import { AuditActions } from "../domain/audit.js"
 import { BadRequest, Forbidden, NotFound } from "../domain/errors.js"
-import { CreateToken, type ListTokensParams, UpdateToken } from "../domain/models.js"
+import { CreateToken, type ListTokensParams, UpdateToken, USER_MAX } from "../domain/models.js"
 import { isUuid, parseBooleanParam, parsePageParam, parseTimestamp } from "../domain/validation.js"
 import { firstPage, type PagePosition } from "../store/keyset.js"
-import { COUNT_CAP, Store, type TokenFilter, type TokenStatus } from "../store/Store.js"
+import { COUNT_CAP, type ProjectRow, Store, type TokenFilter, type TokenLabels, type TokenStatus } from "../store/Store.js"
 import { TokenValidator } from "../token/TokenValidator.js"
-import { audited } from "./auditing.js"
-import { decodeBody, readJson, readPayload, validate } from "./body.js"
+import { type AuditNote, audited } from "./auditing.js"
+import { decodeBody, readJson, validate } from "./body.js"
+import { caller, isProjectKey, ownProjectOnly, projectScope } from "./callers.js"
+import { checkDelegation, type DelegatedToken } from "./delegation.js"
 import { decodeCursor, encodeCursor } from "./cursor.js"
 import { quotaRow, rateLimitRow, tokenJson } from "./present.js"
 import { internal } from "./ProjectsHttp.js"
@@ -45,8 +51,16 @@ export const parseTokenListQuery = (p: typeof ListTokensParams.Type): Either.Eit
       return yield* Either.left("active_only=true conflicts with status")
     }
     const status = activeOnly ? "active" : statusText === "" ? undefined : (statusText as TokenStatus)
-    const search = p.search?.trim().toLowerCase() ?? ""
-    if (search.length > 128) return yield* Either.left("search must be at most 128 characters")
+    // Not lower-cased: an id prefix matches in any case, a user or name exactly.
+    const search = p.search?.trim() ?? ""
+    if (search.length > USER_MAX) return yield* Either.left(`search must be at most ${USER_MAX} characters`)
+    const exact = (name: "user" | "name") => {
+      const v = p[name]
+      if (v === undefined || v === "") return Either.right(undefined)
+      return v.length > USER_MAX ? Either.left(`${name} must be at most ${USER_MAX} characters`) : Either.right(v)
+    }
+    const user = yield* exact("user")
+    const name = yield* exact("name")
     const paged = p.page_size !== undefined || p.cursor !== undefined
     const pageSize = yield* parsePageParam("page_size", p.page_size, 1, 100, 20)
     const position = yield* decodeCursor(p.cursor)
@@ -55,7 +69,9 @@ export const parseTokenListQuery = (p: typeof ListTokensParams.Type): Either.Eit
       filter: {
         ...(projectId !== undefined ? { projectId } : {}),
         ...(status !== undefined ? { status } : {}),
-        ...(search !== "" ? { search } : {})
+        ...(search !== "" ? { search } : {}),
+        ...(user !== undefined ? { user } : {}),
+        ...(name !== undefined ? { name } : {})
       },
       paged: paged ? { pageSize, position } : undefined
     }
@@ -67,8 +83,35 @@ const tokenId = (raw: string) =>
 const orNotFound = <A>(o: Option.Option<A>) =>
   Option.match(o, { onNone: () => Effect.fail(tokenNotFound), onSome: Effect.succeed })
 
-const readCreateToken = readPayload(CreateToken)
+const decodeCreateToken = decodeBody(CreateToken)
 const decodeUpdateToken = decodeBody(UpdateToken)
+
+/** A payload's labels (name, user, metadata, allowed_models) as the store keeps them; absent fields stay absent. */
+const labelsOf = (p: {
+  readonly name?: string | null | undefined
+  readonly user?: string | null | undefined
+  readonly metadata?: { readonly [x: string]: string } | null | undefined
+  readonly allowed_models?: ReadonlyArray<string> | null | undefined
+}): TokenLabels => ({
+  ...(p.name !== undefined ? { name: p.name } : {}),
+  ...(p.user !== undefined ? { user: p.user } : {}),
+  ...(p.metadata !== undefined ? { metadata: p.metadata } : {}),
+  ...(p.allowed_models !== undefined ? { allowedModels: p.allowed_models } : {})
+})
+
+/** What of the labels goes into an audit event (the audit log is where "who minted this for whom" is looked up). */
+const noteLabels = (note: AuditNote, labels: TokenLabels, prefix = "") => {
+  if (labels.name !== undefined) note.details[`${prefix}name`] = labels.name
+  if (labels.user !== undefined) note.details[`${prefix}user`] = labels.user
+  if (labels.metadata !== undefined) note.details[`${prefix}metadata`] = labels.metadata
+  if (labels.allowedModels !== undefined) note.details[`${prefix}allowed_models`] = labels.allowedModels
+}
+
+/** A project key's request against its project's bounds (delegation.ts): the 400, or what it gets by default. */
+const delegated = (token: DelegatedToken, project: ProjectRow) => {
+  const verdict = checkDelegation(token, project)
+  return verdict._tag === "refused" ? Effect.fail(new BadRequest({ error: verdict.message })) : Effect.succeed(verdict.defaults)
+}
 
 export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handlers) =>
   Effect.gen(function*() {
@@ -80,14 +123,22 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
         audited(AuditActions.tokenList, (note) =>
         Effect.gen(function*() {
           const query = yield* validate(parseTokenListQuery(urlParams))
-          if (query.projectId !== undefined) note.projectId = query.projectId
+          // A project key lists its own project's tokens, whether or not it names the project.
+          const projectId = yield* projectScope(yield* caller, query.projectId)
+          if (projectId !== undefined) note.projectId = projectId
           const nowMs = yield* Clock.currentTimeMillis
-          const filter = { ...query.filter, now: new Date(nowMs).toISOString() }
+          const filter = {
+            ...query.filter,
+            ...(projectId !== undefined ? { projectId } : {}),
+            now: new Date(nowMs).toISOString()
+          }
           Object.assign(note.details, {
-            filtered_by_project: query.projectId !== undefined,
+            filtered_by_project: projectId !== undefined,
             active_only: query.filter.status === "active",
             ...(query.filter.status !== undefined ? { status: query.filter.status } : {}),
-            ...(query.filter.search !== undefined ? { search: query.filter.search } : {})
+            ...(query.filter.search !== undefined ? { search: query.filter.search } : {}),
+            ...(query.filter.user !== undefined ? { user: query.filter.user } : {}),
+            ...(query.filter.name !== undefined ? { name: query.filter.name } : {})
           })
           if (query.paged === undefined) {
             // The legacy array: the newest LIST_MAX, with a header saying when more match.
@@ -116,7 +167,7 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
           Effect.gen(function*() {
             const raw = urlParams.project_id
             if (raw !== undefined && raw !== "" && !isUuid(raw)) return yield* new BadRequest({ error: "invalid project_id" })
-            const projectId = raw ? raw.toLowerCase() : undefined
+            const projectId = yield* projectScope(yield* caller, raw ? raw.toLowerCase() : undefined)
             if (projectId !== undefined) note.projectId = projectId
             const now = new Date(yield* Clock.currentTimeMillis).toISOString()
             const counts = yield* store.countTokens(now, COUNT_CAP, projectId)
@@ -126,10 +177,30 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
       .handleRaw("create", ({ request }) =>
         audited(AuditActions.tokenCreate, (note) =>
         Effect.gen(function*() {
-          const input = yield* readCreateToken(request)
+          const who = yield* caller
+          const body = yield* readJson(request)
+          // A project key may leave project_id out: its own project. Filled in before the Schema judges the body.
+          const filled = isProjectKey(who) && typeof body === "object" && body !== null && !Array.isArray(body) &&
+              !("project_id" in body)
+            ? { ...body, project_id: who.projectId }
+            : body
+          const input = yield* decodeCreateToken(filled)
           const projectId = input.project_id.toLowerCase()
           note.projectId = projectId
           note.details["duration_minutes"] = input.duration_minutes
+          yield* ownProjectOnly(who, projectId)
+          let maxRequests = input.max_requests
+          if (isProjectKey(who)) {
+            // Bounded by what the project lets its keys mint. (One read more than the management token's path.)
+            const project = yield* Option.match(yield* store.getProject(projectId), {
+              onNone: () => Effect.fail(new NotFound({ error: "project not found" })),
+              onSome: Effect.succeed
+            })
+            const defaults = yield* delegated({ payload: input, lifetimeMinutes: input.duration_minutes, creating: true }, project)
+            maxRequests ??= defaults["max_requests"]
+          }
+          const labels = labelsOf(input)
+          noteLabels(note, labels)
           const nowMs = yield* Clock.currentTimeMillis
           const secret = generateProxyToken()
           // One statement checks the project (exists, active) and inserts the token.
@@ -139,8 +210,10 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             tokenHint: tokenHint(secret),
             projectId,
             expiresAt: new Date(nowMs + input.duration_minutes * 60_000).toISOString(),
-            maxRequests: quotaRow(input.max_requests ?? null),
+            maxRequests: quotaRow(maxRequests ?? null),
             rateLimit: rateLimitRow(input.rate_limit ?? null),
+            ...labels,
+            ...(isProjectKey(who) ? { projectKeyId: who.keyId } : {}),
             now: new Date(nowMs).toISOString()
           })
           if (result._tag === "project_not_found") return yield* new NotFound({ error: "project not found" })
@@ -156,7 +229,11 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             token: secret,
             project_id: row.projectId,
             expires_at: row.expiresAt ?? "",
-            ...(row.maxRequests !== null ? { max_requests: row.maxRequests } : {})
+            ...(row.maxRequests !== null ? { max_requests: row.maxRequests } : {}),
+            ...(row.name !== null ? { name: row.name } : {}),
+            ...(row.user !== null ? { user: row.user } : {}),
+            ...(row.metadata !== null ? { metadata: row.metadata } : {}),
+            ...(row.allowedModels !== null ? { allowed_models: row.allowedModels } : {})
           }
         }).pipe(Effect.catchTag("StoreError", internal("failed to store token")))))
       .handle("get", ({ path }) =>
@@ -166,6 +243,7 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             note.tokenId = id
             const token = yield* orNotFound(yield* store.getToken(id))
             note.projectId = token.projectId
+            yield* ownProjectOnly(yield* caller, token.projectId)
             return tokenJson(token)
           }).pipe(Effect.catchTag("StoreError", internal("failed to get token")))))
       .handleRaw("update", ({ path, request }) =>
@@ -177,21 +255,31 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             // Existence is checked before the fields, as the reference does.
             const current = yield* orNotFound(yield* store.getToken(id))
             note.projectId = current.projectId
+            const who = yield* caller
+            yield* ownProjectOnly(who, current.projectId)
             const input = yield* decodeUpdateToken(body)
             const expiresAt = input.expires_at === undefined ? undefined : parseTimestamp(input.expires_at)
+            const nowMs = yield* Clock.currentTimeMillis
+            if (isProjectKey(who)) {
+              const project = yield* store.getProject(current.projectId)
+              if (Option.isSome(project)) {
+                const lifetimeMinutes = expiresAt === undefined ? undefined : (Date.parse(expiresAt) - nowMs) / 60_000
+                yield* delegated({ payload: input, lifetimeMinutes, creating: false }, project.value)
+              }
+            }
+            const labels = labelsOf(input)
+            noteLabels(note, labels, "updated_")
             const patch = {
               ...(input.is_active !== undefined ? { isActive: input.is_active } : {}),
               ...(input.max_requests !== undefined ? { maxRequests: quotaRow(input.max_requests) } : {}),
               ...(expiresAt !== undefined ? { expiresAt } : {}),
-              ...(input.rate_limit !== undefined ? { rateLimit: rateLimitRow(input.rate_limit) } : {})
+              ...(input.rate_limit !== undefined ? { rateLimit: rateLimitRow(input.rate_limit) } : {}),
+              ...labels
             }
             if (patch.isActive !== undefined) note.details["updated_is_active"] = patch.isActive
             if (patch.maxRequests !== undefined) note.details["updated_max_requests"] = patch.maxRequests ?? "unlimited"
             if (patch.expiresAt !== undefined) note.details["updated_expires_at"] = patch.expiresAt
-            const row = yield* store.updateToken(id, {
-              ...patch,
-              now: new Date(yield* Clock.currentTimeMillis).toISOString()
-            })
+            const row = yield* store.updateToken(id, { ...patch, now: new Date(nowMs).toISOString() })
             yield* validator.invalidate({ kind: "token", id })
             yield* validator.settled
             return tokenJson(yield* orNotFound(row))
@@ -203,6 +291,7 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             note.tokenId = id
             const before = yield* orNotFound(yield* store.getToken(id))
             note.projectId = before.projectId
+            yield* ownProjectOnly(yield* caller, before.projectId)
             note.details["already_revoked"] = !before.isActive
             const found = yield* store.revokeToken(id, new Date(yield* Clock.currentTimeMillis).toISOString())
             if (!found) return yield* tokenNotFound

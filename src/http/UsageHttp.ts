@@ -1,11 +1,16 @@
-/** `GET /manage/usage`: per-hour usage rollups for the dashboard and token charts. */
+/**
+ * `GET /manage/usage`: per-hour usage rollups for the dashboard and token charts, of everything, one project, one
+ * token or one end user's tokens. A project key reads its own project's only.
+ */
 import { HttpApiBuilder } from "@effect/platform"
 import { Clock, Effect } from "effect"
 import { ManagementApi } from "../api/ManagementApi.js"
 import { BadRequest } from "../domain/errors.js"
+import { USER_MAX } from "../domain/models.js"
 import { isUuid, parseTimestamp } from "../domain/validation.js"
 import { Store } from "../store/Store.js"
 import { hourOf } from "../store/usage.js"
+import { caller, projectScope } from "./callers.js"
 import { internal } from "./ProjectsHttp.js"
 
 const DAY_MS = 86_400_000
@@ -34,14 +39,19 @@ export const UsageLive = HttpApiBuilder.group(ManagementApi, "usage", (handlers)
         const since = yield* instant("since", urlParams.since, until - DAY_MS)
         if (since >= until) return yield* new BadRequest({ error: "since must be before until" })
         if (until - since > MAX_RANGE_MS) return yield* new BadRequest({ error: "the range is limited to 366 days" })
-        const projectId = yield* optionalId("project_id", urlParams.project_id)
+        const projectId = yield* projectScope(yield* caller, yield* optionalId("project_id", urlParams.project_id))
         const tokenId = yield* optionalId("token_id", urlParams.token_id)
+        const user = urlParams.user === undefined || urlParams.user === "" ? undefined : urlParams.user
+        if (user !== undefined && user.length > USER_MAX) {
+          return yield* new BadRequest({ error: `user must be at most ${USER_MAX} characters` })
+        }
         // The hour containing `since` is included whole: rollups cannot be split.
         const q = {
           since: hourOf(since),
           until: new Date(until).toISOString(),
           ...(projectId !== undefined ? { projectId } : {}),
-          ...(tokenId !== undefined ? { tokenId } : {})
+          ...(tokenId !== undefined ? { tokenId } : {}),
+          ...(user !== undefined ? { user } : {})
         }
         const points = yield* store.usageSeries(q)
         const hours = points.map((p) => ({

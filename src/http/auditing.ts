@@ -10,9 +10,10 @@
  */
 import { HttpServerRequest } from "@effect/platform"
 import { Cause, Effect, Exit, FiberRef, Option, Predicate } from "effect"
+import { CurrentCaller } from "../api/ManagementApi.js"
 import { AuditLog } from "../audit/AuditLog.js"
 import { clientIpOf, type TrustedProxies } from "../audit/clientIp.js"
-import { AuditActors, type AuditEntry, type Outcome } from "../domain/audit.js"
+import { AuditActors, type AuditEntry, type Outcome, projectKeyActor } from "../domain/audit.js"
 
 export interface RequestMeta {
   readonly requestId: string
@@ -72,6 +73,15 @@ export interface RequestAuditEvent {
   readonly details?: Record<string, unknown>
 }
 
+/** Who acted, as the audit log names them: the caller the management auth identified (`management_api` without one). */
+export const currentActor = Effect.map(
+  Effect.serviceOption(CurrentCaller),
+  (caller) =>
+    Option.isSome(caller) && caller.value._tag === "project_key"
+      ? projectKeyActor(caller.value.keyId)
+      : AuditActors.managementApi
+)
+
 /** Records one event about the current request (request ids, client IP and user agent filled in). */
 export const auditRequest = (event: RequestAuditEvent) =>
   Effect.gen(function*() {
@@ -81,7 +91,7 @@ export const auditRequest = (event: RequestAuditEvent) =>
     const details = meta?.fromAdminUi ? { ...event.details, origin: "admin-ui" } : event.details
     yield* audit.record({
       ...fields,
-      actor: event.actor ?? AuditActors.managementApi,
+      actor: event.actor ?? (yield* currentActor),
       action: event.action,
       outcome: event.outcome,
       ...(event.reason !== undefined ? { reason: event.reason } : {}),

@@ -1,20 +1,27 @@
 /**
  * Management authentication: `Authorization: Bearer <MANAGEMENT_TOKEN>` (reference §2.2 messages, constant-time
  * comparison), or — for the admin UI — a session cookie, with the session's CSRF token required on every
- * state-changing method. Every refusal is audited as `management.auth` / `denied` with the client IP — never with
- * what was presented — aggregated per client IP, reason and minute (src/audit/AuditLog.ts `recordDenial`).
+ * state-changing method, or a project key (`Bearer lpk-…`, src/token/ProjectKeys.ts). Every refusal is audited as
+ * `management.auth` / `denied` with the client IP — never with what was presented — aggregated per client IP, reason
+ * and minute (src/audit/AuditLog.ts `recordDenial`).
  *
- * A wrong `Authorization` header counts against the client IP's brute-force limit (authThrottle.ts); an address over
- * the limit is answered 429 by `throttled` before any comparison (App.ts calls it first for every request that could
- * reach one).
+ * The middleware provides who is calling (`CurrentCaller`). A project key passes only on the endpoints the API
+ * definition annotates with `ProjectKeyAccess` (the handlers then keep it to its own project); anywhere else it is
+ * 403 `forbidden` before the handler runs.
+ *
+ * A wrong `Authorization` header — management token or project key — counts against the client IP's brute-force limit
+ * (authThrottle.ts); an address over the limit is answered 429 by `throttled` before any comparison (App.ts calls it
+ * first for every request that could reach one).
  */
-import { HttpServerRequest } from "@effect/platform"
+import { HttpRouter, HttpServerRequest } from "@effect/platform"
 import { Context, Effect, Layer, Option, Redacted } from "effect"
-import { ManagementAuth } from "../api/ManagementApi.js"
+import { type Caller, ManagementApi, ManagementAuth, projectKeyScopes, routeKey } from "../api/ManagementApi.js"
 import { AuditLog } from "../audit/AuditLog.js"
 import { constantTimeEqual } from "../crypto/constantTime.js"
-import { AuditActions } from "../domain/audit.js"
+import { PROJECT_KEY_PREFIX } from "../crypto/ProjectKey.js"
+import { AuditActions, projectKeyActor } from "../domain/audit.js"
 import { Forbidden, Unauthorized } from "../domain/errors.js"
+import { ProjectKeys } from "../token/ProjectKeys.js"
 import { auditDenial, currentClientIp } from "./auditing.js"
 import { AuthThrottle } from "./authThrottle.js"
 import { jsonError } from "./fallback.js"
@@ -26,6 +33,20 @@ const PREFIX = "Bearer "
 const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"])
 
 export const TOO_MANY_ATTEMPTS = "too many failed authentication attempts"
+export const INVALID_PROJECT_KEY = "invalid or revoked project key"
+export const PROJECT_KEY_FORBIDDEN = "a project key may only manage the tokens of its own project"
+
+/** The 403 of whatever a project key may not do. */
+export const forbidden = (error: string = PROJECT_KEY_FORBIDDEN) => new Forbidden({ error, code: "forbidden" })
+
+const MANAGEMENT: Caller = { _tag: "management" }
+
+/** The project key in `Authorization: Bearer lpk-…`, or undefined when the header carries anything else. */
+export const presentedProjectKey = (header: string | undefined): string | undefined => {
+  if (header === undefined || !header.startsWith(PREFIX)) return undefined
+  const credential = header.slice(PREFIX.length).trim()
+  return credential.startsWith(PROJECT_KEY_PREFIX) ? credential : undefined
+}
 
 /** The bearer check itself, shared by the HttpApi middleware and the fallback that answers 405s. */
 export const checkAuthorization = (
@@ -61,13 +82,33 @@ export const throttled = (action: string) =>
     return jsonError(429, TOO_MANY_ATTEMPTS, { code: "too_many_attempts" }, { "retry-after": String(wait) })
   })
 
-export const authorize = Effect.gen(function*() {
+const deny = <E extends Unauthorized | Forbidden>(failure: E) =>
+  Effect.zipRight(auditDenial({ action: AuditActions.managementAuth, reason: failure.error }), Effect.fail(failure))
+
+/** A wrong credential presented: counted towards the client IP's brute-force limit. */
+const countFailure = Effect.flatMap(AuthThrottle, (t) => Effect.flatMap(currentClientIp, t.failed))
+
+/**
+ * The live project key `key` is, or a refusal counted like a wrong management token (401, and towards the brute-force
+ * limit). A database failure is a 500, not a refusal.
+ */
+export const authenticateProjectKey = (key: string) =>
+  Effect.gen(function*() {
+    const keys = yield* ProjectKeys
+    const grant = yield* Effect.orDie(keys.authenticate(key))
+    if (Option.isSome(grant)) {
+      return { _tag: "project_key", keyId: grant.value.keyId, projectId: grant.value.projectId } satisfies Caller
+    }
+    yield* countFailure
+    return yield* deny(new Unauthorized({ error: INVALID_PROJECT_KEY, code: "invalid_project_key" }))
+  })
+
+/** Who presents this request: the management token (or a live admin session), or a project key. */
+export const authenticate = Effect.gen(function*() {
   const expected = yield* ManagementToken
   const request = yield* HttpServerRequest.HttpServerRequest
   const header = request.headers.authorization
   const sessionId = request.cookies[SESSION_COOKIE]
-  const deny = <E extends Unauthorized | Forbidden>(failure: E) =>
-    Effect.zipRight(auditDenial({ action: AuditActions.managementAuth, reason: failure.error }), Effect.fail(failure))
   // An explicit Authorization header always decides; the cookie is only the admin UI's way in.
   if (header === undefined && sessionId !== undefined) {
     const sessions = yield* AdminSessions
@@ -76,20 +117,42 @@ export const authorize = Effect.gen(function*() {
     if (Option.isNone(session)) {
       return yield* deny(new Unauthorized({ error: "session expired or invalid", code: "session_expired" }))
     }
-    if (SAFE_METHODS.has(request.method)) return
-    if (constantTimeEqual(request.headers[CSRF_HEADER] ?? "", session.value.csrf)) return
+    if (SAFE_METHODS.has(request.method)) return MANAGEMENT
+    if (constantTimeEqual(request.headers[CSRF_HEADER] ?? "", session.value.csrf)) return MANAGEMENT
     return yield* deny(new Forbidden({ error: "missing or invalid CSRF token", code: "csrf_failed" }))
   }
+  const projectKey = presentedProjectKey(header)
+  if (projectKey !== undefined) return yield* authenticateProjectKey(projectKey)
   const failure = checkAuthorization(header, expected)
-  if (failure === undefined) return
+  if (failure === undefined) return MANAGEMENT
   // A missing header is no guess; anything presented that is wrong counts towards the limit.
-  if (header !== undefined) yield* Effect.flatMap(AuthThrottle, (t) => Effect.flatMap(currentClientIp, t.failed))
+  if (header !== undefined) yield* countFailure
   return yield* deny(failure)
+})
+
+/** What a project key may do where: read from the API definition (`ProjectKeyAccess`), once. */
+const scopes = projectKeyScopes(ManagementApi)
+
+/** A project key on an endpoint it may not call: 403, counted into the aggregated `management.auth` denials. */
+const refuseOutOfScope = (caller: Extract<Caller, { _tag: "project_key" }>) =>
+  Effect.zipRight(
+    auditDenial({ action: AuditActions.managementAuth, actor: projectKeyActor(caller.keyId), reason: PROJECT_KEY_FORBIDDEN }),
+    Effect.fail(forbidden())
+  )
+
+/** The middleware: who is calling, and — for a project key — whether this endpoint admits one at all. */
+export const authorize = Effect.gen(function*() {
+  const caller = yield* authenticate
+  if (caller._tag === "management") return caller
+  const route = yield* Effect.serviceOption(HttpRouter.RouteContext)
+  const scope = Option.flatMap(route, (r) => Option.flatten(Option.fromNullable(scopes.get(routeKey(r.route.method, r.route.path)))))
+  if (Option.isNone(scope)) return yield* refuseOutOfScope(caller)
+  return caller
 })
 
 export const ManagementAuthLive = Layer.effect(
   ManagementAuth,
-  Effect.map(Effect.context<ManagementToken | AdminSessions | AuditLog | AuthThrottle>(), (context) =>
+  Effect.map(Effect.context<ManagementToken | AdminSessions | AuditLog | AuthThrottle | ProjectKeys>(), (context) =>
     ManagementAuth.of({
       // The platform's bearer decoder slices any header; we re-read it to tell "missing" from "wrong".
       bearer: () => Effect.provide(authorize, context)

@@ -43,6 +43,10 @@ const classify = (path: string): Known | undefined => {
     if (rest.length === 2 && rest[0] === "tokens" && rest[1] === "revoke") {
       return { kind: "item", allow: "POST", invalidId: "invalid project id" }
     }
+    if (rest.length === 1 && rest[0] === "keys") return { kind: "item", allow: "GET, POST", invalidId: "invalid project id" }
+    if (rest.length === 2 && rest[0] === "keys" && rest[1] !== "") {
+      return { kind: "item", allow: "DELETE", invalidId: "invalid project key id" }
+    }
     return { kind: "bad-id", error: "invalid path" }
   }
   if (id === "") return { kind: "bad-id", error: "token ID is required" }

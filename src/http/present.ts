@@ -3,9 +3,9 @@
  * as their hint, tokens as theirs.
  */
 import type { StoredAuditEvent } from "../audit/AuditRepo.js"
-import type { AuditEvent } from "../domain/audit.js"
-import type { Project, RateLimitSetting, Token } from "../domain/models.js"
-import type { ProjectRow, RateLimitRow, TokenRow } from "../store/Store.js"
+import { AuditActors, type AuditEvent, projectKeyActor } from "../domain/audit.js"
+import type { Project, ProjectKey, RateLimitSetting, Token } from "../domain/models.js"
+import type { ProjectKeyRow, ProjectRow, RateLimitRow, TokenRow } from "../store/Store.js"
 
 const rateLimitJson = (r: RateLimitRow | null) => (r === null ? null : { requests: r.requests, window_seconds: r.windowSeconds })
 
@@ -24,6 +24,9 @@ export const projectJson = (p: ProjectRow): Project => ({
   is_active: p.isActive,
   ...(p.deactivatedAt !== null ? { deactivated_at: p.deactivatedAt } : {}),
   rate_limit: rateLimitJson(p.rateLimit),
+  allowed_models: p.allowedModels,
+  max_token_minutes: p.maxTokenMinutes,
+  max_token_requests: p.maxTokenRequests,
   created_at: p.createdAt,
   updated_at: p.updatedAt
 })
@@ -42,7 +45,23 @@ export const tokenJson = (t: TokenRow): Token => ({
   prompt_tokens: t.promptTokens,
   completion_tokens: t.completionTokens,
   created_at: t.createdAt,
-  last_used_at: t.lastUsedAt
+  last_used_at: t.lastUsedAt,
+  name: t.name,
+  user: t.user,
+  metadata: t.metadata,
+  allowed_models: t.allowedModels,
+  created_by: t.projectKeyId === null ? AuditActors.managementApi : projectKeyActor(t.projectKeyId)
+})
+
+export const projectKeyJson = (k: ProjectKeyRow): ProjectKey => ({
+  id: k.id,
+  name: k.name,
+  key: k.keyHint,
+  project_id: k.projectId,
+  is_active: k.revokedAt === null,
+  created_at: k.createdAt,
+  last_used_at: k.lastUsedAt,
+  ...(k.revokedAt !== null ? { revoked_at: k.revokedAt } : {})
 })
 
 const optional = <K extends string>(key: K, value: string | null) =>

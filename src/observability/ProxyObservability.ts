@@ -1,8 +1,8 @@
 /**
  * What the data plane tells operators about each /v1 request, from the proxy's completion seam (ProxyHooks):
  * - one `Metrics.request` observation (counters and histograms, synchronous);
- * - one access-log line (request id, project id, token id — never the token —, status, durations, model, usage,
- *   cache status), buffered and written in batches off the request path;
+ * - one access-log line (request id, project id, token id — never the token — and the token's name, end user and
+ *   metadata, status, durations, model, usage, cache status), buffered and written in batches off the request path;
  * - when tracing is on, a server span with a client child for the upstream call (the GenAI span on GenAI routes),
  *   recorded as one small object from the request's timestamps and what the answer said about itself (model, id,
  *   finish reasons, usage) and exported by src/observability/ProxySpans.ts (nothing at all when tracing is off).
@@ -184,7 +184,7 @@ export const cacheStatusOf = (headers: OutgoingHttpHeaders): string => {
 }
 
 export interface AccessLogEntry {
-  readonly [key: string]: string | number | boolean | undefined
+  readonly [key: string]: string | number | boolean | Readonly<Record<string, string>> | undefined
 }
 
 /** What one access line says, besides the request context. */
@@ -207,6 +207,9 @@ export const accessEntry = (ctx: ProxyRequestContext, f: AccessFacts): AccessLog
   provider: ctx.provider,
   project_id: ctx.projectId,
   token_id: ctx.tokenId,
+  token_name: ctx.tokenName ?? undefined,
+  user: ctx.user ?? undefined,
+  token_metadata: ctx.tokenMetadata ?? undefined,
   model: f.model,
   stream: ctx.stream,
   cache: f.cache,
@@ -229,7 +232,8 @@ export const accessJson = (ctx: ProxyRequestContext, f: AccessFacts): string => 
   return `{"request_id":${JSON.stringify(ctx.requestId)},"method":${JSON.stringify(ctx.method)},"path":${JSON.stringify(ctx.path)}` +
     `,"status":${ctx.status},"duration_ms":${round(f.durationMs)},"overhead_ms":${round(f.overheadMs)}` +
     num("upstream_ms", round(ctx.upstreamMs)) + str("provider", ctx.provider) + str("project_id", ctx.projectId) +
-    str("token_id", ctx.tokenId) + str("model", f.model) + `,"stream":${ctx.stream},"cache":${JSON.stringify(f.cache)}` +
+    str("token_id", ctx.tokenId) + str("token_name", ctx.tokenName ?? undefined) + str("user", ctx.user ?? undefined) +
+    (ctx.tokenMetadata === null ? "" : `,"token_metadata":${JSON.stringify(ctx.tokenMetadata)}`) + str("model", f.model) + `,"stream":${ctx.stream},"cache":${JSON.stringify(f.cache)}` +
     num("prompt_tokens", u?.prompt_tokens) + num("completion_tokens", u?.completion_tokens) + num("total_tokens", u?.total_tokens) +
     str("code", ctx.code) + str("error", ctx.error) + "}"
 }
@@ -385,7 +389,7 @@ export const make = (options: {
     } else if (accessLog) {
       const queue = yield* Queue.dropping<AccessLogEntry>(maxPending)
       const defined = (entry: AccessLogEntry) => {
-        const out: Record<string, string | number | boolean> = {}
+        const out: Record<string, string | number | boolean | Readonly<Record<string, string>>> = {}
         for (const k in entry) if (entry[k] !== undefined) out[k] = entry[k]!
         return out
       }

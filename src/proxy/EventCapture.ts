@@ -77,7 +77,10 @@ export const toEvent = (ctx: ProxyRequestContext, config: Pick<EventsConfig, "ma
     header(ctx.upstreamHeaders, "content-type"),
     header(ctx.upstreamHeaders, "content-encoding")
   ),
-  error: ctx.error ?? ctx.code ?? null
+  error: ctx.error ?? ctx.code ?? null,
+  ...(ctx.tokenName !== null ? { token_name: ctx.tokenName } : {}),
+  ...(ctx.user !== null ? { user: ctx.user } : {}),
+  ...(ctx.tokenMetadata !== null ? { token_metadata: ctx.tokenMetadata } : {})
 })
 
 /** The hooks that publish one event per request. */

@@ -8,8 +8,10 @@
  *   3. origin           required / allowed origins
  *   4. authenticate     bearer token: format, existence, active, expiry (TokenValidator; warm = no I/O)
  *   5. project          project active, its provider's policy, its key
- *   6. body             size (413 from Content-Length before reading; bounded read of JSON bodies) and the
- *                       parameter whitelist of the project's provider
+ *   6. body             size (413 from Content-Length before reading; bounded read of JSON bodies), the model
+ *                       scope (`allowed_models` of project and token: the body's `model`, `/v1/models/{id}`; a
+ *                       scoped `GET /v1/models` is answered filtered), the parameter whitelist of the project's
+ *                       provider, and the token's end user as `user` where the provider says `inject_user`
  *   7. admit            window rate limits (token, project)
  *   8. hooks            beforeUpstream (response cache lookup); a hit is served after the quota is taken (9)
  *   9. forward          circuit breaker, then the atomic quota of a limited token (taken only for a request that is
@@ -60,6 +62,15 @@ import {
   splitUrl,
   upstreamRequestHeaders
 } from "./policy.js"
+import {
+  filterModelList,
+  injectUser,
+  MODEL_LIST_MAX_BYTES,
+  type ModelScope,
+  modelOfPath,
+  requestModel,
+  USER_FIELDS
+} from "./modelScope.js"
 import { type HookAnswer, ProxyHooks, ProxyRequestContext } from "./ProxyHooks.js"
 import { Upstream, type UpstreamTarget } from "./Upstream.js"
 import { UsageCapture, UsageReader } from "./usage.js"
@@ -88,6 +99,8 @@ interface Flow {
   grant: TokenGrant | undefined
   abort: UpstreamAbort | undefined
   capture: UsageReader | undefined
+  /** A scoped `GET /v1/models`: the answer's list is filtered to what the scope admits (never from the cache). */
+  filterModels: ModelScope | undefined
   done: boolean
 }
 
@@ -296,6 +309,7 @@ export const make = Effect.gen(function*() {
       grant: undefined,
       abort: undefined,
       capture: undefined,
+      filterModels: undefined,
       done: false
     }
     req.on("error", () => {})
@@ -378,6 +392,9 @@ export const make = Effect.gen(function*() {
     ctx.tokenId = grant.tokenId
     ctx.projectId = grant.projectId
     ctx.provider = grant.provider
+    ctx.tokenName = grant.name
+    ctx.user = grant.user
+    ctx.tokenMetadata = grant.metadata
     const refusal = judge(grant, Date.now())
     if (refusal === "token_inactive") return reply(f, Answers.tokenInactive)
     if (refusal === "token_expired") return reply(f, Answers.tokenExpired)
@@ -471,14 +488,56 @@ export const make = Effect.gen(function*() {
 
   const afterBody = (f: Flow) => {
     if (f.done) return
-    const whitelist = f.target!.provider.paramWhitelist
+    const grant = f.grant!
+    // Tokens and projects without `allowed_models` skip this entirely (no scan of the body).
+    if (grant.models !== null) {
+      const a = modelRefusal(f, grant.models)
+      if (a !== undefined) {
+        f.ctx.denial = "model_not_allowed"
+        return reply(f, a)
+      }
+    }
+    const provider = f.target!.provider
+    const whitelist = provider.paramWhitelist
     if (whitelist.size > 0 && f.ctx.requestBody !== undefined) {
       // Only the whitelisted values are parsed (a body that is not a JSON object has nothing to check; the upstream
       // answers a syntax error).
       const a = checkBodyParams(f.ctx.requestBody, whitelist)
       if (a !== undefined) return reply(f, a)
     }
+    if (provider.injectUser && grant.user !== null && f.ctx.requestBody !== undefined) withUser(f, grant.user)
     return admit(f)
+  }
+
+  /**
+   * The model scope: a JSON body's one string `model`, or the id of `/v1/models/{id}`, must be admitted; a body the
+   * proxy cannot read a model from (not JSON, no model, twice, not a string) is refused. Bodyless requests elsewhere
+   * name no model; `GET /v1/models` is answered filtered.
+   */
+  const modelRefusal = (f: Flow, scope: ModelScope): LocalAnswer | undefined => {
+    const { ctx } = f
+    if (ctx.requestBody !== undefined) {
+      const m = requestModel(ctx.requestBody)
+      if (m._tag === "unchecked") return Answers.modelUnchecked(m.why)
+      return scope.allows(m.model) ? undefined : Answers.modelNotAllowed(m.model)
+    }
+    if (f.body !== undefined) return Answers.modelUnchecked("its body is not JSON")
+    const id = modelOfPath(ctx.path)
+    if (id !== undefined) return scope.allows(id) ? undefined : Answers.modelNotAllowed(id)
+    if (ctx.path === "/v1/models") f.filterModels = scope
+    return undefined
+  }
+
+  /** `inject_user`: the token's end user as the request's `user` / `safety_identifier`, unless the client set one. */
+  const withUser = (f: Flow, user: string) => {
+    const field = USER_FIELDS.get(f.ctx.path)
+    const body = f.ctx.requestBody
+    if (field === undefined || body === undefined) return
+    const edited = injectUser(body, field, user)
+    if (edited === body) return
+    f.ctx.requestBody = edited
+    f.body = edited
+    f.bodyLength = edited.length
   }
 
   // -- 7. admit -------------------------------------------------------------------------------------------------
@@ -503,7 +562,10 @@ export const make = Effect.gen(function*() {
 
   // -- 8. hooks -------------------------------------------------------------------------------------------------
 
-  const lookup = (f: Flow): void | Promise<void> => (hooks.beforeUpstream.length > 0 ? runHooks(f, 0) : forward(f))
+  // A filtered model list is neither served from nor stored in the response cache: the cache holds the project's
+  // whole list, which another token of the project may be allowed to see.
+  const lookup = (f: Flow): void | Promise<void> =>
+    hooks.beforeUpstream.length > 0 && f.filterModels === undefined ? runHooks(f, 0) : forward(f)
 
   const runHooks = (f: Flow, i: number): void | Promise<void> => {
     for (; i < hooks.beforeUpstream.length; i++) {
@@ -658,6 +720,9 @@ export const make = Effect.gen(function*() {
       : "none"
     ctx.stream = mode === "sse"
     for (const hook of hooks.decorateResponse) hook(ctx, r.statusCode, out)
+    if (f.filterModels !== undefined && r.statusCode >= 200 && r.statusCode < 300 && mode !== "sse") {
+      return respondFiltered(f, f.filterModels, r.statusCode, out, r.body)
+    }
     res.writeHead(r.statusCode, out)
     // SSE: the client sees the headers now, not with the first event.
     if (mode === "sse") res.flushHeaders()
@@ -696,6 +761,49 @@ export const make = Effect.gen(function*() {
       }
       source.pipe(res)
     }
+  }
+
+  /** A scoped model list: read whole (bounded), the `data` entries the scope does not admit taken out, then sent. */
+  const respondFiltered = (
+    f: Flow,
+    scope: ModelScope,
+    status: number,
+    out: OutgoingHttpHeaders,
+    body: Dispatcher.ResponseData["body"]
+  ) => {
+    const { ctx, res } = f
+    const parts: Array<Buffer> = []
+    let size = 0
+    let refused = false
+    const refuse = (error: string) => {
+      if (refused) return
+      refused = true
+      if (res.headersSent) return void res.destroy()
+      f.done = false
+      ctx.error = error
+      reply(f, Answers.upstreamError)
+    }
+    body.on("error", () => refuse("upstream connection lost mid-response"))
+    body.on("data", (chunk: Buffer) => {
+      size += chunk.length
+      if (size <= MODEL_LIST_MAX_BYTES) return void parts.push(chunk)
+      discard(body)
+      refuse(`model list larger than ${MODEL_LIST_MAX_BYTES} bytes: not filtered, not sent`)
+    })
+    body.on("end", () =>
+      guard(f, () => {
+        if (refused || res.destroyed) return
+        const raw = Buffer.concat(parts, size)
+        const answer = filterModelList(raw, scope) ?? raw
+        if (answer !== raw) delete out["etag"]
+        out["content-length"] = answer.length
+        const reader = new UsageReader("json", hooks.captureResponseBytes)
+        f.capture = reader
+        reader.observe(answer)
+        reader.finish()
+        res.writeHead(status, out)
+        res.end(answer)
+      }))
   }
 
   const failed = (f: Flow, target: UpstreamTarget, e: NodeJS.ErrnoException) => {

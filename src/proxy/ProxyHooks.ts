@@ -31,13 +31,17 @@ export class ProxyRequestContext {
   provider: string | undefined = undefined
   tokenId: string | undefined = undefined
   projectId: string | undefined = undefined
+  /** The token's labels, once it is known (never read from the request). */
+  tokenName: string | null = null
+  user: string | null = null
+  tokenMetadata: Readonly<Record<string, string>> | null = null
   /** The buffered request body (JSON bodies only; others stream through and are not kept). */
   requestBody: Buffer | undefined = undefined
   /** Final status sent to the client; 499 when the client went away before an answer. */
   status = 0
   /** `code` of a locally produced error (`token_inactive`, `upstream_error`, …). */
   code: string | undefined = undefined
-  /** Why the request was denied for policy reasons worth auditing (`project_inactive`). */
+  /** Why the request was denied for policy reasons worth auditing (`project_inactive`, `model_not_allowed`). */
   denial: string | undefined = undefined
   /** Which limit refused the request, when one did (metrics tell rate limits and quotas apart). */
   rejectedBy: "token_rate_limit" | "project_rate_limit" | "quota" | undefined = undefined

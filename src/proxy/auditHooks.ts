@@ -1,8 +1,9 @@
 /**
  * The audit log's part of the data plane. A /v1 request refused because its token's project is inactive is
  * recorded as `proxy_request` / `denied` / `project_inactive`; one refused for its token (missing, malformed,
- * unknown, revoked, expired) as `token.validate` / `denied` with the error code as reason. Both carry the token's
- * id when it is known (never the token), the project, the request and correlation ids and the client IP.
+ * unknown, revoked, expired) as `token.validate` / `denied` with the error code as reason; one refused for its model
+ * (outside `allowed_models`) as `proxy_request` / `denied` / `model_not_allowed`. They carry the token's id when it
+ * is known (never the token) and its end user, the project, the request and correlation ids and the client IP.
  *
  * Anyone can send such requests, as fast as they like: they are aggregated (`recordDenial`) into one event per
  * client IP, reason, token, project and minute with a `count`, the first request's ids and path standing for the
@@ -47,7 +48,12 @@ export const auditHooks = (trusted: TrustedProxies) =>
             method: ctx.method,
             path: ctx.path,
             userAgent: (viaTrusted ? header(ctx, "x-forwarded-user-agent") : undefined) ?? header(ctx, "user-agent"),
-            details: { status: ctx.status, ...(ctx.provider !== undefined ? { provider: ctx.provider } : {}) }
+            details: {
+              status: ctx.status,
+              ...(ctx.provider !== undefined ? { provider: ctx.provider } : {}),
+              ...(ctx.user !== null ? { user: ctx.user } : {}),
+              ...(ctx.tokenName !== null ? { token_name: ctx.tokenName } : {})
+            }
           })
         }]
       }

@@ -19,6 +19,7 @@ import {
   type TokenAuthRow,
   type TokenCount,
   type NewToken,
+  type ProjectKeyRow,
   type TokenFilter,
   type TokenStatus,
   type TokenRow,
@@ -35,6 +36,24 @@ const num = (v: unknown): number => Number(v)
 const numOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v))
 const bool = (v: unknown): boolean => v === true || v === 1 || v === "1" || v === "t"
 
+/** A JSON column: the value when it is the expected shape, else null (a row written by hand is not trusted). */
+const jsonColumn = <A>(v: unknown, is: (x: unknown) => x is A): A | null => {
+  if (v === null || v === undefined) return null
+  try {
+    const parsed: unknown = typeof v === "string" ? JSON.parse(v) : v
+    return is(parsed) ? parsed : null
+  } catch {
+    return null
+  }
+}
+const isStringList = (x: unknown): x is ReadonlyArray<string> => Array.isArray(x) && x.every((e) => typeof e === "string")
+const isStringRecord = (x: unknown): x is Readonly<Record<string, string>> =>
+  typeof x === "object" && x !== null && !Array.isArray(x) && Object.values(x).every((e) => typeof e === "string")
+const models = (v: unknown) => jsonColumn(v, isStringList)
+const strOrNull = (v: unknown): string | null => (v === null || v === undefined ? null : String(v))
+/** What a JSON column stores for a value (null stays NULL). */
+const jsonText = (v: unknown): string | null => (v === null || v === undefined ? null : JSON.stringify(v))
+
 const rateLimit = (requests: unknown, windowSeconds: unknown): RateLimitRow | null => {
   const r = numOrNull(requests)
   const w = numOrNull(windowSeconds)
@@ -50,6 +69,9 @@ const toProject = (r: Row): ProjectRow => ({
   isActive: bool(r.is_active),
   deactivatedAt: isoOrNull(r.deactivated_at),
   rateLimit: rateLimit(r.rate_limit_requests, r.rate_limit_window_seconds),
+  allowedModels: models(r.allowed_models),
+  maxTokenMinutes: numOrNull(r.max_token_minutes),
+  maxTokenRequests: numOrNull(r.max_token_requests),
   createdAt: iso(r.created_at),
   updatedAt: iso(r.updated_at)
 })
@@ -69,7 +91,23 @@ const toToken = (r: Row): TokenRow => ({
   promptTokens: num(r.prompt_tokens),
   completionTokens: num(r.completion_tokens),
   createdAt: iso(r.created_at),
-  lastUsedAt: isoOrNull(r.last_used_at)
+  lastUsedAt: isoOrNull(r.last_used_at),
+  allowedModels: models(r.allowed_models),
+  name: strOrNull(r.name),
+  user: strOrNull(r.end_user),
+  metadata: jsonColumn(r.metadata, isStringRecord),
+  projectKeyId: strOrNull(r.project_key_id)
+})
+
+const toProjectKey = (r: Row): ProjectKeyRow => ({
+  id: String(r.id),
+  projectId: String(r.project_id),
+  name: String(r.name),
+  keyHash: String(r.key_hash),
+  keyHint: String(r.key_hint),
+  createdAt: iso(r.created_at),
+  lastUsedAt: isoOrNull(r.last_used_at),
+  revokedAt: isoOrNull(r.revoked_at)
 })
 
 const toTokenAuth = (r: Row): TokenAuthRow => ({
@@ -82,7 +120,12 @@ const toTokenAuth = (r: Row): TokenAuthRow => ({
   projectActive: bool(r.project_active),
   apiKey: String(r.api_key),
   provider: String(r.provider),
-  projectRateLimit: rateLimit(r.project_rl_requests, r.project_rl_window)
+  projectRateLimit: rateLimit(r.project_rl_requests, r.project_rl_window),
+  tokenAllowedModels: models(r.token_models),
+  projectAllowedModels: models(r.project_models),
+  name: strOrNull(r.name),
+  user: strOrNull(r.end_user),
+  metadata: jsonColumn(r.metadata, isStringRecord)
 })
 
 const isUniqueViolation = (e: SqlError.SqlError): boolean => {
@@ -130,7 +173,12 @@ const newTokenRow = (t: NewToken): TokenRow => ({
   promptTokens: 0,
   completionTokens: 0,
   createdAt: t.now,
-  lastUsedAt: null
+  lastUsedAt: null,
+  allowedModels: t.allowedModels ?? null,
+  name: t.name ?? null,
+  user: t.user ?? null,
+  metadata: t.metadata ?? null,
+  projectKeyId: t.projectKeyId ?? null
 })
 
 export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClient.SqlClient | Scope.Scope> =>
@@ -174,31 +222,40 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
     const REVOKED = sql.literal(dialect === "sqlite" ? "is_active = 0" : "NOT is_active")
 
     /**
-     * What a token search matches, one predicate per searched field, combined with OR: today the id prefix. A
-     * prefix of three characters or more is searched through the primary key (at most 1/4096 of the ids start
-     * with it, so sorting them is cheap); a shorter one is a filter on the listing's own order.
+     * What a token search matches, one predicate per searched field, combined with OR: the id prefix (any case), the
+     * exact end user, the exact name. An id prefix of three characters or more is searched through the primary key
+     * (at most 1/4096 of the ids start with it, so sorting them is cheap); a shorter one is a filter on the listing's
+     * own order. User and name are read through their indexes.
      */
-    const tokenSearch = (search: string): ReadonlyArray<Statement.Fragment> => [
-      ...(ID_PREFIX.test(search)
-        ? [
-          search.length >= 3
-            ? sql.and([
-              sql`id >= ${search}`,
-              ...Option.toArray(Option.map(Option.fromNullable(idPrefixEnd(search)), (end) => sql`id < ${end}`)),
-              sql`id LIKE ${`${search}%`}`
-            ])
-            : sql`id LIKE ${`${search}%`}`
-        ]
-        : [])
-    ]
+    const tokenSearch = (search: string): ReadonlyArray<Statement.Fragment> => {
+      const id = search.toLowerCase()
+      return [
+        ...(ID_PREFIX.test(id)
+          ? [
+            id.length >= 3
+              ? sql.and([
+                sql`id >= ${id}`,
+                ...Option.toArray(Option.map(Option.fromNullable(idPrefixEnd(id)), (end) => sql`id < ${end}`)),
+                sql`id LIKE ${`${id}%`}`
+              ])
+              : sql`id LIKE ${`${id}%`}`
+          ]
+          : []),
+        sql`end_user = ${search}`,
+        sql`name = ${search}`
+      ]
+    }
 
     const tokenConditions = (f: TokenFilter): ReadonlyArray<Statement.Fragment> => {
       const search = f.search ?? ""
       const matches = search === "" ? [] : tokenSearch(search)
-      // Searching by a long id prefix: the primary key range must drive the query, not the project or status index.
-      const byId = matches.length === 1 && ID_PREFIX.test(search) && search.length >= 3
-      const column = (name: string) => (byId ? unindexed(name) : sql(name))
+      // A search (or a user / name filter) is selective: its own indexes must drive the query, not the project or
+      // status index.
+      const selective = search !== "" || f.user !== undefined || f.name !== undefined
+      const column = (name: string) => (selective ? unindexed(name) : sql(name))
       return [
+        ...(f.user !== undefined ? [sql`end_user = ${f.user}`] : []),
+        ...(f.name !== undefined ? [sql`name = ${f.name}`] : []),
         ...(f.projectId !== undefined ? [sql`${column("project_id")} = ${f.projectId}`] : []),
         ...(f.status === "active"
           ? [sql`${column("is_active")} = ${TRUE}`, sql`(expires_at IS NULL OR expires_at > ${f.now})`]
@@ -207,7 +264,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
           : f.status === "revoked"
           ? [sql`${column("is_active")} = ${FALSE}`]
           : []),
-        ...(search === "" ? [] : matches.length === 0 ? [sql`1 = 0`] : [sql.or(matches)])
+        ...(search === "" ? [] : [sql.or(matches)])
       ]
     }
 
@@ -235,7 +292,12 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
       max_requests: t.maxRequests,
       rate_limit_requests: t.rateLimit?.requests ?? null,
       rate_limit_window_seconds: t.rateLimit?.windowSeconds ?? null,
-      created_at: t.now
+      created_at: t.now,
+      allowed_models: jsonText(t.allowedModels),
+      name: t.name ?? null,
+      end_user: t.user ?? null,
+      metadata: jsonText(t.metadata),
+      project_key_id: t.projectKeyId ?? null
     })
 
     /** The token, inserted only while its project exists and is active; else which of the two it is not. */
@@ -243,9 +305,11 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
       Effect.gen(function*() {
         const c = tokenColumns(t)
         const inserted = yield* sql<Row>`INSERT INTO tokens (id, token_hash, token_hint, project_id, expires_at,
-            is_active, max_requests, rate_limit_requests, rate_limit_window_seconds, created_at)
+            is_active, max_requests, rate_limit_requests, rate_limit_window_seconds, created_at, allowed_models, name,
+            end_user, metadata, project_key_id)
           SELECT ${c.id}, ${c.token_hash}, ${c.token_hint}, ${c.project_id}, ${c.expires_at}, ${c.is_active},
-            ${c.max_requests}, ${c.rate_limit_requests}, ${c.rate_limit_window_seconds}, ${c.created_at}
+            ${c.max_requests}, ${c.rate_limit_requests}, ${c.rate_limit_window_seconds}, ${c.created_at},
+            ${c.allowed_models}, ${c.name}, ${c.end_user}, ${c.metadata}, ${c.project_key_id}
           FROM projects WHERE id = ${t.projectId} AND is_active = ${TRUE}
           RETURNING id`
         if (inserted.length > 0) return { _tag: "created", token: newTokenRow(t) }
@@ -333,6 +397,9 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
               is_active: TRUE,
               rate_limit_requests: p.rateLimit?.requests ?? null,
               rate_limit_window_seconds: p.rateLimit?.windowSeconds ?? null,
+              allowed_models: jsonText(p.allowedModels),
+              max_token_minutes: p.maxTokenMinutes ?? null,
+              max_token_requests: p.maxTokenRequests ?? null,
               created_at: p.now,
               updated_at: p.now
             })
@@ -347,6 +414,9 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
               isActive: true,
               deactivatedAt: null,
               rateLimit: p.rateLimit ?? null,
+              allowedModels: p.allowedModels ?? null,
+              maxTokenMinutes: p.maxTokenMinutes ?? null,
+              maxTokenRequests: p.maxTokenRequests ?? null,
               createdAt: p.now,
               updatedAt: p.now
             })
@@ -370,6 +440,9 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
                 apiKeyHint: patch.apiKeyHint ?? was.apiKeyHint,
                 provider: patch.provider ?? was.provider,
                 rateLimit: patch.rateLimit === undefined ? was.rateLimit : patch.rateLimit,
+                allowedModels: patch.allowedModels === undefined ? was.allowedModels : patch.allowedModels,
+                maxTokenMinutes: patch.maxTokenMinutes === undefined ? was.maxTokenMinutes : patch.maxTokenMinutes,
+                maxTokenRequests: patch.maxTokenRequests === undefined ? was.maxTokenRequests : patch.maxTokenRequests,
                 isActive,
                 deactivatedAt,
                 updatedAt: patch.now
@@ -382,6 +455,9 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
                   provider: next.provider,
                   rate_limit_requests: next.rateLimit?.requests ?? null,
                   rate_limit_window_seconds: next.rateLimit?.windowSeconds ?? null,
+                  allowed_models: jsonText(next.allowedModels),
+                  max_token_minutes: next.maxTokenMinutes,
+                  max_token_requests: next.maxTokenRequests,
                   is_active: b(next.isActive),
                   deactivated_at: next.deactivatedAt,
                   updated_at: next.updatedAt
@@ -486,7 +562,11 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
               sql`rate_limit_requests = ${patch.rateLimit?.requests ?? null}`,
               sql`rate_limit_window_seconds = ${patch.rateLimit?.windowSeconds ?? null}`
             ]
-            : [])
+            : []),
+          ...(patch.allowedModels !== undefined ? [sql`allowed_models = ${jsonText(patch.allowedModels)}`] : []),
+          ...(patch.name !== undefined ? [sql`name = ${patch.name}`] : []),
+          ...(patch.user !== undefined ? [sql`end_user = ${patch.user}`] : []),
+          ...(patch.metadata !== undefined ? [sql`metadata = ${jsonText(patch.metadata)}`] : [])
         ]
         return wrap(
           "updateToken",
@@ -516,7 +596,8 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
             sql<Row>`SELECT t.id AS token_id, t.project_id, t.expires_at, t.is_active AS token_active, t.max_requests,
                 t.rate_limit_requests AS token_rl_requests, t.rate_limit_window_seconds AS token_rl_window,
                 p.is_active AS project_active, p.api_key, p.provider,
-                p.rate_limit_requests AS project_rl_requests, p.rate_limit_window_seconds AS project_rl_window
+                p.rate_limit_requests AS project_rl_requests, p.rate_limit_window_seconds AS project_rl_window,
+                t.allowed_models AS token_models, p.allowed_models AS project_models, t.name, t.end_user, t.metadata
               FROM tokens t JOIN projects p ON p.id = t.project_id WHERE t.token_hash = ${hash}`,
             (rows) => Option.map(Option.fromNullable(rows[0]), toTokenAuth)
           )
@@ -590,7 +671,8 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
           sql`hour >= ${q.since}`,
           sql`hour < ${q.until}`,
           ...(q.projectId !== undefined ? [sql`project_id = ${q.projectId}`] : []),
-          ...(q.tokenId !== undefined ? [sql`token_id = ${q.tokenId}`] : [])
+          ...(q.tokenId !== undefined ? [sql`token_id = ${q.tokenId}`] : []),
+          ...(q.user !== undefined ? [sql`token_id IN (SELECT id FROM tokens WHERE end_user = ${q.user})`] : [])
         ]
         return wrap(
           "usageSeries",
@@ -609,7 +691,55 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
               }))
           )
         )
-      }
+      },
+
+      createProjectKey: (k) =>
+        wrap(
+          "createProjectKey",
+          Effect.map(
+            sql<Row>`INSERT INTO project_keys (id, project_id, name, key_hash, key_hint, created_at)
+              SELECT ${k.id}, ${k.projectId}, ${k.name}, ${k.keyHash}, ${k.keyHint}, ${k.now}
+              FROM projects WHERE id = ${k.projectId} RETURNING *`,
+            (rows) => Option.map(Option.fromNullable(rows[0]), toProjectKey)
+          )
+        ),
+
+      listProjectKeys: (projectId) =>
+        wrap(
+          "listProjectKeys",
+          Effect.map(
+            sql<Row>`SELECT * FROM project_keys WHERE project_id = ${projectId} ORDER BY created_at DESC, id DESC`,
+            (rows) => rows.map(toProjectKey)
+          )
+        ),
+
+      getProjectKeyByHash: (hash) =>
+        wrap(
+          "getProjectKeyByHash",
+          Effect.map(
+            sql<Row>`SELECT * FROM project_keys WHERE key_hash = ${hash}`,
+            (rows) => Option.map(Option.fromNullable(rows[0]), toProjectKey)
+          )
+        ),
+
+      revokeProjectKey: (projectId, keyId, now) =>
+        wrap(
+          "revokeProjectKey",
+          Effect.map(
+            sql<Row>`UPDATE project_keys SET revoked_at = COALESCE(revoked_at, ${now})
+              WHERE id = ${keyId} AND project_id = ${projectId} RETURNING *`,
+            (rows) => Option.map(Option.fromNullable(rows[0]), toProjectKey)
+          )
+        ),
+
+      touchProjectKey: (id, now, notBefore) =>
+        wrap(
+          "touchProjectKey",
+          Effect.asVoid(
+            sql`UPDATE project_keys SET last_used_at = ${now}
+              WHERE id = ${id} AND (last_used_at IS NULL OR last_used_at < ${notBefore})`
+          )
+        )
     }
     return store
   })

@@ -43,6 +43,12 @@ export interface ProjectRow {
   readonly isActive: boolean
   readonly deactivatedAt: string | null
   readonly rateLimit: RateLimitRow | null
+  /** Model names or globs a request may name; null = any. */
+  readonly allowedModels: ReadonlyArray<string> | null
+  /** The longest lifetime a project key may give a token; null = no bound but the global one. */
+  readonly maxTokenMinutes: number | null
+  /** The largest `max_requests` a project key may give a token; null = no bound. */
+  readonly maxTokenRequests: number | null
   readonly createdAt: string
   readonly updatedAt: string
 }
@@ -63,6 +69,22 @@ export interface TokenRow {
   readonly completionTokens: number
   readonly createdAt: string
   readonly lastUsedAt: string | null
+  /** Model names or globs a request may name; null = any (the project's scope applies as well). */
+  readonly allowedModels: ReadonlyArray<string> | null
+  readonly name: string | null
+  /** The end user the token was minted for. */
+  readonly user: string | null
+  readonly metadata: Readonly<Record<string, string>> | null
+  /** The project key that minted it; null when the management token did. */
+  readonly projectKeyId: string | null
+}
+
+/** A token's descriptive fields (name, user, metadata) and its model scope; null = none. */
+export interface TokenLabels {
+  readonly allowedModels?: ReadonlyArray<string> | null
+  readonly name?: string | null
+  readonly user?: string | null
+  readonly metadata?: Readonly<Record<string, string>> | null
 }
 
 export interface NewProject {
@@ -72,6 +94,9 @@ export interface NewProject {
   readonly apiKeyHint: string
   readonly provider: string
   readonly rateLimit?: RateLimitRow | null
+  readonly allowedModels?: ReadonlyArray<string> | null
+  readonly maxTokenMinutes?: number | null
+  readonly maxTokenRequests?: number | null
   readonly now: string
 }
 
@@ -82,13 +107,17 @@ export interface ProjectPatch {
   readonly provider?: string
   /** null removes the limit. */
   readonly rateLimit?: RateLimitRow | null
+  /** null removes the bound (or the scope). */
+  readonly allowedModels?: ReadonlyArray<string> | null
+  readonly maxTokenMinutes?: number | null
+  readonly maxTokenRequests?: number | null
   readonly isActive?: boolean
   /** Revoke every active token of the project in the same transaction. */
   readonly revokeTokens?: boolean
   readonly now: string
 }
 
-export interface NewToken {
+export interface NewToken extends TokenLabels {
   readonly id: string
   readonly tokenHash: string
   readonly tokenHint: string
@@ -96,6 +125,8 @@ export interface NewToken {
   readonly expiresAt: string
   readonly maxRequests: number | null
   readonly rateLimit?: RateLimitRow | null
+  /** The project key that mints it (absent: the management token). */
+  readonly projectKeyId?: string | null
   readonly now: string
 }
 
@@ -105,7 +136,8 @@ export type CreateTokenResult =
   | { readonly _tag: "project_not_found" }
   | { readonly _tag: "project_inactive" }
 
-export interface TokenPatch {
+/** Absent fields are kept; a label set to null is removed. */
+export interface TokenPatch extends TokenLabels {
   readonly isActive?: boolean
   readonly maxRequests?: number | null
   readonly expiresAt?: string
@@ -127,8 +159,15 @@ export interface TokenFilter {
   readonly projectId?: string
   /** Only tokens in this state at `now`. */
   readonly status?: TokenStatus
-  /** Lowercase text the token's id starts with (searched fields may grow: see `tokenSearch` in SqlStore.ts). */
+  /**
+   * What the token's id starts with (any case), or its exact `user` or `name` (the searched fields: `tokenSearch` in
+   * SqlStore.ts).
+   */
   readonly search?: string
+  /** Exactly this end user. */
+  readonly user?: string
+  /** Exactly this name. */
+  readonly name?: string
   readonly now: string
 }
 
@@ -157,6 +196,11 @@ export interface TokenAuthRow {
   readonly apiKey: string
   readonly provider: string
   readonly projectRateLimit: RateLimitRow | null
+  readonly tokenAllowedModels: ReadonlyArray<string> | null
+  readonly projectAllowedModels: ReadonlyArray<string> | null
+  readonly name: string | null
+  readonly user: string | null
+  readonly metadata: Readonly<Record<string, string>> | null
 }
 
 export type QuotaResult = "ok" | "exhausted" | "inactive" | "expired" | "project_inactive" | "not_found"
@@ -194,6 +238,8 @@ export interface UsageQuery {
   readonly until: string
   readonly projectId?: string
   readonly tokenId?: string
+  /** Every token minted for this end user (tokens deleted by retention no longer count). */
+  readonly user?: string
 }
 
 /** The sum over the matching rollup rows of one hour. */
@@ -213,6 +259,29 @@ export interface ProjectPageQuery {
   readonly offset: number
   /** Count at most this many (default COUNT_CAP). */
   readonly countCap?: number
+}
+
+/** A project key: mints and manages the tokens of one project (src/token/ProjectKeys.ts). */
+export interface ProjectKeyRow {
+  readonly id: string
+  readonly projectId: string
+  readonly name: string
+  /** SHA-256 of the key. */
+  readonly keyHash: string
+  /** `lpk-` + first 4 + `****` + last 4. */
+  readonly keyHint: string
+  readonly createdAt: string
+  readonly lastUsedAt: string | null
+  readonly revokedAt: string | null
+}
+
+export interface NewProjectKey {
+  readonly id: string
+  readonly projectId: string
+  readonly name: string
+  readonly keyHash: string
+  readonly keyHint: string
+  readonly now: string
 }
 
 /** Counts beyond this are not read to the end: a listing's `total_count` is exact up to it. */
@@ -277,6 +346,20 @@ export interface StoreShape {
   readonly addHourlyUsage: (deltas: ReadonlyArray<HourlyUsage>) => Effect.Effect<void, StoreError>
   /** Per-hour sums in [since, until), oldest first; hours without usage are absent. */
   readonly usageSeries: (q: UsageQuery) => Effect.Effect<ReadonlyArray<UsagePoint>, StoreError>
+  /** None when the project does not exist. */
+  readonly createProjectKey: (k: NewProjectKey) => Effect.Effect<Option.Option<ProjectKeyRow>, StoreError>
+  /** The project's keys, newest first, revoked ones included. */
+  readonly listProjectKeys: (projectId: string) => Effect.Effect<ReadonlyArray<ProjectKeyRow>, StoreError>
+  /** The key with this SHA-256, revoked or not. */
+  readonly getProjectKeyByHash: (hash: string) => Effect.Effect<Option.Option<ProjectKeyRow>, StoreError>
+  /** Revokes the key if it is the project's (idempotent: `revoked_at` is kept); None when it is not. */
+  readonly revokeProjectKey: (
+    projectId: string,
+    keyId: string,
+    now: string
+  ) => Effect.Effect<Option.Option<ProjectKeyRow>, StoreError>
+  /** Sets `last_used_at` to `now` unless it is already at or after `notBefore` (so one write a minute at most). */
+  readonly touchProjectKey: (id: string, now: string, notBefore: string) => Effect.Effect<void, StoreError>
 }
 
 export class Store extends Context.Tag("llm-proxy/Store")<Store, StoreShape>() {}

@@ -20,6 +20,7 @@ import { Context, Effect, Fiber, Layer, Option, Redacted, Runtime, Schema } from
 import { Redis } from "ioredis"
 import { AppConfig } from "../config/AppConfig.js"
 import { KeyCipher } from "../crypto/KeyCipher.js"
+import { type ModelScope, modelScopeOf } from "../proxy/modelScope.js"
 import { type RateLimitRow, Store, StoreError } from "../store/Store.js"
 
 export interface TokenGrant {
@@ -36,6 +37,12 @@ export interface TokenGrant {
   readonly provider: string
   /** The decrypted provider key; None when it cannot be decrypted (answered 503 upstream_auth_error). */
   readonly apiKey: Option.Option<Redacted.Redacted<string>>
+  /** The models the project's and the token's `allowed_models` both admit, compiled; null = any (no check at all). */
+  readonly models: ModelScope | null
+  /** The token's labels, for events, the access log and `inject_user`. */
+  readonly name: string | null
+  readonly user: string | null
+  readonly metadata: Readonly<Record<string, string>> | null
 }
 
 interface Entry {
@@ -187,7 +194,11 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
         projectActive: r.projectActive,
         projectRateLimit: r.projectRateLimit,
         provider: r.provider,
-        apiKey: Option.map(Option.filter(key, (k) => k !== ""), Redacted.make)
+        apiKey: Option.map(Option.filter(key, (k) => k !== ""), Redacted.make),
+        models: modelScopeOf(r.projectAllowedModels, r.tokenAllowedModels),
+        name: r.name,
+        user: r.user,
+        metadata: r.metadata
       }
       return grant
     })

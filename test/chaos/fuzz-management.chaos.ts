@@ -14,7 +14,7 @@
  */
 import { Arbitrary, FastCheck as fc, Schema } from "effect"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
-import { CachePurge, CreateProject, CreateToken, UpdateProject, UpdateToken } from "../../src/domain/models.js"
+import { CachePurge, CreateProject, CreateProjectKey, CreateToken, UpdateProject, UpdateToken } from "../../src/domain/models.js"
 import { backends, type BackendInstance } from "../http/harness.js"
 import { call, chatBody, projectAndToken, type ProjectAndToken, type Stack, startStack } from "../proxy/stack.js"
 import { printTally, rawHttp, type RawReply, runs, tally } from "./support.js"
@@ -63,6 +63,14 @@ const endpoints = (): ReadonlyArray<Endpoint> => [
     label: "POST /manage/projects/:id/tokens/revoke",
     body: false
   },
+  { method: "GET", path: () => `/manage/projects/${live.projectId}/keys`, label: "GET /manage/projects/:id/keys", body: false },
+  { method: "POST", path: () => `/manage/projects/${live.projectId}/keys`, label: "POST /manage/projects/:id/keys", body: true },
+  {
+    method: "DELETE",
+    path: () => `/manage/projects/${live.projectId}/keys/${crypto.randomUUID()}`,
+    label: "DELETE /manage/projects/:id/keys/:key_id",
+    body: false
+  },
   { method: "GET", path: () => "/manage/tokens", label: "GET /manage/tokens", body: false },
   { method: "POST", path: () => "/manage/tokens", label: "POST /manage/tokens", body: true },
   { method: "GET", path: () => `/manage/tokens/${live.tokenId}`, label: "GET /manage/tokens/:id", body: false },
@@ -82,6 +90,7 @@ const sessionEndpoints: ReadonlyArray<Endpoint> = [
 const bodySchemas: Record<string, Schema.Schema<any, any, never>> = {
   "POST /manage/projects": CreateProject,
   "PATCH /manage/projects/:id": UpdateProject,
+  "POST /manage/projects/:id/keys": CreateProjectKey,
   "POST /manage/tokens": CreateToken,
   "PATCH /manage/tokens/:id": UpdateToken,
   "POST /manage/cache/purge": CachePurge
@@ -169,7 +178,7 @@ const wrongValue = fc.oneof(
   fc.dictionary(fc.string({ maxLength: 5 }), fc.jsonValue(), { maxKeys: 3 })
 )
 
-const fieldNames = ["name", "api_key", "provider", "is_active", "revoke_tokens", "project_id", "duration_minutes", "max_requests", "expires_at", "__proto__", "constructor"]
+const fieldNames = ["name", "api_key", "provider", "is_active", "revoke_tokens", "project_id", "duration_minutes", "max_requests", "expires_at", "user", "metadata", "allowed_models", "max_token_minutes", "__proto__", "constructor"]
 
 /** JSON documents shaped like the payloads but with wrong types, plus any JSON at all. */
 const hostileJson = fc.oneof(

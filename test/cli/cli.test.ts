@@ -72,6 +72,56 @@ describe("llm-proxy manage (in-process)", () => {
     expect(revokeAll.out).toBe("revoked 0 of 1 tokens (1 were already revoked)")
   })
 
+  it("project key create|list|revoke, and every token command with a project key as --management-token", async () => {
+    const p = JSON.parse((await cli(
+      "manage", "project", "create", "--name", "cli-keys", "--api-key", "sk-abcdefghijklmnop", "--allowed-model", "gpt-4o-mini",
+      "--allowed-model", "claude-3-5-*", "--max-token-minutes", "30", "--json", ...auth
+    )).out)
+    expect(p).toMatchObject({ allowed_models: ["gpt-4o-mini", "claude-3-5-*"], max_token_minutes: 30 })
+    const created = await cli("manage", "project", "key", "create", p.id, "--name", "app backend", ...auth)
+    expect(created.ok, created.err).toBe(true)
+    const key = /key:\s+(lpk-\S+)/.exec(created.out)?.[1] ?? ""
+    expect(key).toMatch(/^lpk-[A-Za-z0-9_-]{43}$/)
+    expect(created.out).toContain("not shown again")
+    const keyId = /id:\s+(\S+)/.exec(created.out)?.[1] ?? ""
+
+    const listedKeys = await cli("manage", "project", "key", "list", p.id, ...auth)
+    expect(listedKeys.out).toMatch(/^ID\s+NAME\s+KEY\s+ACTIVE\s+CREATED\s+LAST USED/)
+    expect(listedKeys.out).toContain(`lpk-${key.slice(4, 8)}****${key.slice(-4)}`)
+    expect(listedKeys.out).not.toContain(key)
+
+    const asKey = ["--manage-api-base-url", server.url, "--management-token", key]
+    const generated = await cli(
+      "manage", "token", "generate", "--project-id", p.id, "--duration", "20", "--user", "user-8812", "--name", "web",
+      "--metadata", "plan=pro", "--allowed-model", "gpt-4o-mini", "--json", ...asKey
+    )
+    expect(generated.ok, generated.err).toBe(true)
+    const token = JSON.parse(generated.out)
+    expect(token).toMatchObject({ user: "user-8812", name: "web", metadata: { plan: "pro" }, allowed_models: ["gpt-4o-mini"] })
+    const tooLong = await cli("manage", "token", "generate", "--project-id", p.id, "--duration", "31", ...asKey)
+    expect(tooLong.ok).toBe(false)
+    expect(tooLong.err).toContain("at most 30 minutes")
+    const byUser = await cli("manage", "token", "list", "--user", "user-8812", "--json", ...asKey)
+    expect(JSON.parse(byUser.out).map((t: { id: string }) => t.id)).toEqual([token.id])
+    const shown = await cli("manage", "token", "get", token.id, ...asKey)
+    expect(shown.out).toMatch(/user:\s+user-8812/)
+    expect(shown.out).toMatch(new RegExp(`created_by:\\s+project_key:${keyId}`))
+    const updated = await cli("manage", "token", "update", token.id, "--user", "user-9", "--json", ...asKey)
+    expect(JSON.parse(updated.out).user).toBe("user-9")
+    expect((await cli("manage", "token", "revoke", token.id, ...asKey)).out).toBe(`revoked ${token.id}`)
+    const refused = await cli("manage", "project", "list", ...asKey)
+    expect(refused.ok).toBe(false)
+    expect(refused.err.trim().split("\n")).toHaveLength(1)
+    expect(refused.err).toContain("a project key may only manage the tokens of its own project")
+
+    expect((await cli("manage", "project", "key", "revoke", p.id, keyId, ...auth)).out).toBe(`revoked ${keyId}`)
+    const afterRevoke = await cli("manage", "token", "list", ...asKey)
+    expect(afterRevoke.ok).toBe(false)
+    expect(afterRevoke.err).toContain("invalid or revoked project key")
+    const badMetadata = await cli("manage", "token", "generate", "--project-id", p.id, "--metadata", "novalue", ...auth)
+    expect(badMetadata.err).toContain("--metadata takes key=value")
+  })
+
   it("token list pages through the API: --status, --search, --limit (with a note when more match)", async () => {
     const p = JSON.parse((await cli("manage", "project", "create", "--name", "cli-many", "--api-key", "sk-abcdefghijklmnop", "--json", ...auth)).out)
     const ids: Array<string> = []

@@ -257,6 +257,27 @@ describe("Lunary events", () => {
   })
 })
 
+describe("a token's labels in the dispatcher's formats", () => {
+  const labelled = delivered({ token_name: "web session", user: "user-8812", token_metadata: { plan: "pro" } })
+
+  it("are on the delivered event", () => {
+    expect(labelled).toMatchObject({ token_name: "web session", user: "user-8812", token_metadata: { plan: "pro" } })
+    expect(Object.keys(delivered())).not.toContain("user")
+  })
+
+  it("Lunary: the end user is the userId (else the project), name and user in the metadata", () => {
+    const [start, end] = lunaryEvents(labelled)
+    expect(start).toMatchObject({ userId: "user-8812", metadata: { token_name: "web session", user: "user-8812" } })
+    expect(end).toMatchObject({ metadata: { token_name: "web session", user: "user-8812" } })
+    expect(lunaryEvents(delivered())[0]).toMatchObject({ userId: labelled.project_id })
+  })
+
+  it("Helicone: the end user is Helicone-User-Id, the name a property", () => {
+    const meta = (heliconeLog(labelled).body as { providerRequest: { meta: Record<string, string> } }).providerRequest.meta
+    expect(meta).toMatchObject({ "Helicone-User-Id": "user-8812", "Helicone-Property-Token-Name": "web session" })
+  })
+})
+
 describe("Helicone log", () => {
   const streamed = delivered({
     stream: true,

@@ -348,6 +348,37 @@ describe.skipIf(!hasChromium)(title, () => {
     await screenshot(page, "tokens")
   })
 
+  it("finds tokens by end user or name, and shows their labels", async () => {
+    const team = (await api("POST", "/manage/projects", { name: "labelled-sessions", api_key: "sk-labels-key" })).json
+    const user = `user-${crypto.randomUUID().slice(0, 8)}`
+    const mine = (await api("POST", "/manage/tokens", {
+      project_id: team.id,
+      duration_minutes: 60,
+      user,
+      name: "mobile session",
+      metadata: { plan: "pro" },
+      allowed_models: ["gpt-4o-mini"]
+    })).json
+    await api("POST", "/manage/tokens", { project_id: team.id, duration_minutes: 60, user: `${user}-other`, name: "web session" })
+    await go("/admin/tokens")
+    await h1("Tokens").waitFor()
+    await page.getByLabel("Search").fill(user)
+    await page.getByRole("button", { name: "Filter" }).click()
+    await page.getByText("1 token, newest first").waitFor()
+    expect(await page.locator("tbody").textContent()).toContain(`${user} · mobile session`)
+    await page.getByLabel("Search").fill("web session")
+    await page.getByRole("button", { name: "Filter" }).click()
+    await page.locator("tbody tr").filter({ hasText: `${user}-other` }).waitFor()
+    expect(await page.locator("tbody tr").count()).toBe(1)
+    await go(`/admin/tokens/${mine.id}`)
+    await page.getByText("plan: pro").waitFor()
+    const details = await page.locator("dl").first().textContent()
+    expect(details).toContain(user)
+    expect(details).toContain("mobile session")
+    expect(details).toContain("gpt-4o-mini")
+    expect(details).toContain("Management token")
+  })
+
   it("pages 5,000 tokens from the server: older, newer, oldest, search by id; no request loads every token", async () => {
     const bulk = (await api("POST", "/manage/projects", { name: "bulk-sessions", api_key: "sk-bulk-key" })).json
     // Written straight into the database, a second apart and older than everything else.
@@ -381,7 +412,7 @@ describe.skipIf(!hasChromium)(title, () => {
       expect(await page.getByRole("link", { name: "Older →" }).count()).toBe(0)
       await page.getByRole("link", { name: "« Newest" }).click()
       await page.locator("tbody tr").first().filter({ hasText: "sk-bulk****5000" }).waitFor()
-      await page.getByLabel("Token ID").fill("00000abc-")
+      await page.getByLabel("Search").fill("00000abc-")
       await page.getByRole("button", { name: "Filter" }).click()
       await page.getByText("1 token, newest first").waitFor()
       expect(await page.locator("tbody").textContent()).toContain("sk-bulk****2748") // 0xabc

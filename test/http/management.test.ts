@@ -212,6 +212,9 @@ function managementSuite(backend: Backend) {
         provider: "openai",
         is_active: true,
         rate_limit: null,
+        allowed_models: null,
+        max_token_minutes: null,
+        max_token_requests: null,
         created_at: expect.stringMatching(ISO_RE),
         updated_at: expect.stringMatching(ISO_RE)
       })
@@ -1172,7 +1175,7 @@ function managementSuite(backend: Backend) {
       expect(doc.paths["/manage/tokens"].post.responses).toHaveProperty("201")
       expect(doc.paths["/manage/tokens/{id}"].delete.responses).toHaveProperty("204")
       const listParams = (doc.paths["/manage/tokens"].get.parameters as Array<{ name: string }>).map((p) => p.name).sort()
-      expect(listParams).toEqual(["active_only", "cursor", "page_size", "projectId", "project_id", "search", "status"])
+      expect(listParams).toEqual(["active_only", "cursor", "name", "page_size", "projectId", "project_id", "search", "status", "user"])
       expect(Object.keys(doc.paths["/manage/tokens/counts"])).toEqual(["get"])
       expect(doc.components.securitySchemes).toMatchObject({ bearer: { type: "http", scheme: "bearer" } })
       for (const schema of ["Project", "Token", "CreateProject", "UpdateProject", "CreateToken", "UpdateToken", "BulkRevokeResult"]) {

@@ -354,10 +354,27 @@ describe("access line JSON", () => {
       upstreamMs: 12.3456,
       usage: { prompt_tokens: 9, completion_tokens: 3, total_tokens: 12 }
     }), { durationMs: 20, overheadMs: 0.5, model: "gpt-4o-mini", cache: "miss" }],
-    ["odd strings", ctx({ status: 502, error: 'upstream "x"\n\u2028 lost', provider: "é" }), { durationMs: 1, overheadMs: 1, model: "m\\\"\u0000", cache: "bypass" }]
+    ["odd strings", ctx({ status: 502, error: 'upstream "x"\n\u2028 lost', provider: "é" }), { durationMs: 1, overheadMs: 1, model: "m\\\"\u0000", cache: "bypass" }],
+    ["a token with a name, an end user and metadata", ctx({
+      status: 200,
+      tokenId: "t",
+      tokenName: "checkout \"beta\"",
+      user: "user-8812",
+      tokenMetadata: { plan: "pro", "odd\nkey": "v\u2028" }
+    }), { durationMs: 2, overheadMs: 0.2, model: "gpt-4o-mini", cache: "none" }]
   ])("%s: the same text as JSON.stringify of the entry", (_, c, f) => {
     expect(accessJson(c, f)).toBe(JSON.stringify(accessEntry(c, f)))
     expect(JSON.parse(accessJson(c, f))).toEqual(JSON.parse(JSON.stringify(accessEntry(c, f))))
+  })
+
+  it("carries the token's name, end user and metadata", () => {
+    const c = ctx({ status: 200, tokenId: "t", tokenName: "n", user: "u-1", tokenMetadata: { plan: "pro" } })
+    expect(JSON.parse(accessJson(c, { durationMs: 1, overheadMs: 1, model: undefined, cache: "none" }))).toMatchObject({
+      token_id: "t",
+      token_name: "n",
+      user: "u-1",
+      token_metadata: { plan: "pro" }
+    })
   })
 })
 

@@ -92,6 +92,29 @@ describe("events from the proxy (in-memory bus, serve --file-event-log)", () => 
     // the proxy token and the provider key never appear in an event
     expect(JSON.stringify(e)).not.toContain(t.token)
     expect(JSON.stringify(e)).not.toContain(t.apiKey)
+    // a token without labels: none of their fields
+    expect(Object.keys(e)).not.toEqual(expect.arrayContaining(["token_name"]))
+    expect(Object.keys(e).filter((k) => ["token_name", "user", "token_metadata"].includes(k))).toEqual([])
+  })
+
+  it("a token's name, end user and metadata are carried on its events", async () => {
+    const created = await server.manage.post("/manage/tokens", {
+      project_id: t.projectId,
+      duration_minutes: 5,
+      name: "checkout session",
+      user: "user-8812",
+      metadata: { plan: "pro", region: "eu" }
+    })
+    expect(created.status, created.text).toBe(201)
+    const r = await call(server.url, "/v1/chat/completions", { token: created.json.token, body: chatBody() })
+    expect(r.status).toBe(200)
+    const e = await eventFor(r.headers["x-request-id"] as string)
+    expect(e).toMatchObject({
+      token_id: created.json.id,
+      token_name: "checkout session",
+      user: "user-8812",
+      token_metadata: { plan: "pro", region: "eu" }
+    })
   })
 
   it("an SSE request: the stream reassembled into the final message, usage from the usage chunk", async () => {

@@ -103,6 +103,9 @@ const storeSuite = (dialect: Dialect) =>
             isActive: true,
             deactivatedAt: null,
             rateLimit: null,
+            allowedModels: null,
+            maxTokenMinutes: null,
+            maxTokenRequests: null,
             createdAt: NOW,
             updatedAt: NOW
           })
@@ -336,10 +339,30 @@ const storeSuite = (dialect: Dialect) =>
             promptTokens: 0,
             completionTokens: 0,
             createdAt: NOW,
-            lastUsedAt: null
+            lastUsedAt: null,
+            name: null,
+            user: null,
+            metadata: null,
+            allowedModels: null,
+            projectKeyId: null
           })
           expect(yield* store.getToken(input.id)).toEqual(Option.some(created))
           expect(yield* store.getTokenByHash(input.tokenHash)).toEqual(Option.some(created))
+          // Labels and scope are stored as given and read back alike (metadata and models as JSON text).
+          const labelled = newToken(project.id, {
+            name: "web session",
+            user: "user-ü-1",
+            metadata: { plan: "pro", "k\"ey": "v\u2028" },
+            allowedModels: ["gpt-4o-mini", "claude-3-5-*"]
+          })
+          const withLabels = yield* store.createToken(labelled)
+          expect(withLabels).toMatchObject({
+            name: "web session",
+            user: "user-ü-1",
+            metadata: { plan: "pro", "k\"ey": "v\u2028" },
+            allowedModels: ["gpt-4o-mini", "claude-3-5-*"]
+          })
+          expect(yield* store.getTokenByHash(labelled.tokenHash)).toEqual(Option.some(withLabels))
           expect(yield* store.getToken(randomUUID())).toEqual(Option.none())
           expect(yield* store.getTokenByHash(randomBytes(32).toString("hex"))).toEqual(Option.none())
         }))
@@ -467,6 +490,7 @@ const storeSuite = (dialect: Dialect) =>
           const sql = yield* SqlClient.SqlClient
           const store = yield* Store
           yield* sql`DROP TABLE tokens`
+          yield* sql`DROP TABLE project_keys`
           yield* sql`DROP TABLE projects`
           expect(expectStoreError(yield* Effect.flip(store.getTokenByHash(secret)))).toBe(
             "database error during getTokenByHash"

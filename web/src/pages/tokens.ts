@@ -28,6 +28,12 @@ const limitText = (t: Token) => `${formatNumber(t.request_count)} / ${t.max_requ
 
 const PAGE_SIZE = 25
 
+/** A token's end user and name, as far as it has them (the list's search finds either exactly). */
+const labelsCell = (t: Token) =>
+  t.user === null && t.name === null
+    ? "—"
+    : h("span", null, t.user ?? "", t.user !== null && t.name !== null ? " · " : "", t.name === null ? "" : h("span", { class: "muted" }, t.name))
+
 export const tokenListPage = async (ctx: Ctx) => {
   const projectId = ctx.query.get("project_id") ?? ""
   const status = ctx.query.get("status") ?? ""
@@ -63,7 +69,13 @@ export const tokenListPage = async (ctx: Ctx) => {
       h("option", { value: v!, selected: v === status }, label!)
     )
   )
-  const searchInput = h("input", { type: "search", name: "search", value: search, placeholder: "Start of the token ID", autocomplete: "off" })
+  const searchInput = h("input", {
+    type: "search",
+    name: "search",
+    value: search,
+    placeholder: "Start of the token ID, or a user or name",
+    autocomplete: "off"
+  })
   const apply = () =>
     ctx.navigate(withQuery("/admin/tokens", { project_id: projectSelect.value, status: statusSelect.value, search: searchInput.value.trim() }))
   const form = h(
@@ -71,7 +83,7 @@ export const tokenListPage = async (ctx: Ctx) => {
     { class: "filters", "aria-label": "Filter tokens", onsubmit: (e: SubmitEvent) => (e.preventDefault(), apply()) },
     field("Project", projectSelect),
     field("Status", statusSelect),
-    field("Token ID", searchInput),
+    field("Search", searchInput),
     h(
       "div",
       { class: "actions" },
@@ -82,6 +94,7 @@ export const tokenListPage = async (ctx: Ctx) => {
   const rows = page.tokens.map((t) => [
     link(`/admin/tokens/${t.id}`, h("code", null, t.token)),
     names.has(t.project_id) ? link(`/admin/projects/${t.project_id}`, names.get(t.project_id)!) : t.project_id,
+    labelsCell(t),
     tokenBadge(t),
     h("span", { class: "nowrap" }, limitText(t)),
     formatNumber(t.cache_hit_count),
@@ -99,7 +112,7 @@ export const tokenListPage = async (ctx: Ctx) => {
     rows.length === 0 && !p.has_prev && !p.has_next
       ? empty("No tokens match.", buttonLink(withQuery("/admin/tokens/new", { project_id: projectId }), "Generate a token", "primary"))
       : [
-        table("Tokens", ["Token", "Project", "Status", "Requests / limit", "Cache hits", "Expires", "Last used", "Created"], rows),
+        table("Tokens", ["Token", "Project", "User / name", "Status", "Requests / limit", "Cache hits", "Expires", "Last used", "Created"], rows),
         cursorPagination(
           p,
           (next) => withQuery("/admin/tokens", { ...filters, cursor: next }),
@@ -277,6 +290,11 @@ export const tokenDetailPage = async (ctx: Ctx) => {
       definitionList([
         ["Token ID", h("span", null, idCode, " ", copyButton("Copy ID", () => token.id, () => idCode))],
         ["Project", project ? link(`/admin/projects/${project.id}`, project.name) : token.project_id],
+        ["Name", token.name ?? "—"],
+        ["User", token.user ?? "—"],
+        ["Metadata", token.metadata === null ? "—" : Object.entries(token.metadata).map(([k, v]) => `${k}: ${v}`).join(", ")],
+        ["Models", token.allowed_models === null ? "Any the project allows" : token.allowed_models.join(", ")],
+        ["Created by", token.created_by === "management_api" ? "Management token" : token.created_by],
         ["Status", h("span", null, tokenBadge(token), status === "expired" ? " Expired: extend it under Edit to use it again." : "")],
         ["Requests", h("span", { id: "request-count" }, `${formatNumber(token.request_count)} requests made`)],
         ["Request limit", token.max_requests === null ? "Unlimited" : formatNumber(token.max_requests)],
