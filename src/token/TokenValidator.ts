@@ -20,6 +20,7 @@ import { Context, Effect, Fiber, Layer, Option, Redacted, Runtime, Schema } from
 import { Redis } from "ioredis"
 import { AppConfig } from "../config/AppConfig.js"
 import { KeyCipher } from "../crypto/KeyCipher.js"
+import type { KeyState, RoutedKey } from "../proxy/keys.js"
 import { type RateLimitRow, Store, StoreError } from "../store/Store.js"
 
 export interface TokenGrant {
@@ -34,8 +35,16 @@ export interface TokenGrant {
   readonly projectActive: boolean
   readonly projectRateLimit: RateLimitRow | null
   readonly provider: string
-  /** The decrypted provider key; None when it cannot be decrypted (answered 503 upstream_auth_error). */
-  readonly apiKey: Option.Option<Redacted.Redacted<string>>
+  /**
+   * The project's keys that decrypt, in their order (a key that does not is left out and logged; none at all is
+   * answered 503 upstream_auth_error).
+   */
+  readonly keys: ReadonlyArray<GrantKey>
+}
+
+/** A decrypted project key, as the data plane routes over it (src/proxy/keys.ts). */
+export interface GrantKey extends RoutedKey {
+  readonly apiKey: Redacted.Redacted<string>
 }
 
 interface Entry {
@@ -176,7 +185,24 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
       const row = yield* store.getTokenAuth(hash)
       if (Option.isNone(row)) return undefined
       const r = row.value
-      const key = yield* Effect.option(cipher.decrypt(r.apiKey))
+      const keys: Array<GrantKey> = []
+      for (let index = 0; index < r.apiKeys.length; index++) {
+        const stored = r.apiKeys[index]!
+        const key = yield* Effect.option(cipher.decrypt(stored.key))
+        if (Option.isNone(key) || key.value === "") {
+          yield* Effect.logWarning(`project ${r.projectId}: its key ${index} cannot be decrypted (wrong ENCRYPTION_KEY?)`)
+          continue
+        }
+        keys.push({
+          id: stored.id,
+          index,
+          slot: keys.length,
+          provider: stored.provider ?? r.provider,
+          weight: stored.weight,
+          apiKey: Redacted.make(key.value),
+          state: undefined as KeyState | undefined
+        })
+      }
       const grant: TokenGrant = {
         tokenId: r.tokenId,
         projectId: r.projectId,
@@ -187,7 +213,7 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
         projectActive: r.projectActive,
         projectRateLimit: r.projectRateLimit,
         provider: r.provider,
-        apiKey: Option.map(Option.filter(key, (k) => k !== ""), Redacted.make)
+        keys
       }
       return grant
     })
