@@ -13,7 +13,7 @@ import { Effect, FiberRef, LogLevel, Option, Queue, Runtime } from "effect"
 import type { LogFormat } from "../config/AppConfig.js"
 import type { OutgoingHttpHeaders } from "node:http"
 import { type ProviderConfig, Providers } from "../config/Providers.js"
-import type { ProxyHooksShape, ProxyRequestContext } from "../proxy/ProxyHooks.js"
+import type { ProxyHooksShape, ProxyRequestContext, UpstreamAttempt } from "../proxy/ProxyHooks.js"
 import { endpointMatches } from "../proxy/policy.js"
 import { Metrics, type RequestObservation } from "./Metrics.js"
 import { ProtoWriter } from "./otlpProto.js"
@@ -214,8 +214,16 @@ export const accessEntry = (ctx: ProxyRequestContext, f: AccessFacts): AccessLog
   completion_tokens: ctx.usage?.completion_tokens,
   total_tokens: ctx.usage?.total_tokens,
   code: ctx.code,
-  error: ctx.error
+  error: ctx.error,
+  attempts: ctx.attemptCount === 0 ? undefined : ctx.attemptCount,
+  key_index: ctx.keyIndex,
+  upstream_request_id: ctx.upstreamRequestId,
+  retried: ctx.retried === undefined ? undefined : ctx.retried.map(describeAttempt).join("; ")
 })
+
+/** One earlier attempt of a retried request, as the access log and traces show it. */
+export const describeAttempt = (a: UpstreamAttempt): string =>
+  `key ${a.keyIndex} (${a.provider}): ${a.status ?? a.error ?? "failed"} in ${Math.round(a.durationMs * 1000) / 1000} ms`
 
 const str = (key: string, v: string | undefined): string => (v === undefined ? "" : `,"${key}":${JSON.stringify(v)}`)
 const num = (key: string, v: number | undefined): string => (v === undefined ? "" : `,"${key}":${v}`)
@@ -231,7 +239,9 @@ export const accessJson = (ctx: ProxyRequestContext, f: AccessFacts): string => 
     num("upstream_ms", round(ctx.upstreamMs)) + str("provider", ctx.provider) + str("project_id", ctx.projectId) +
     str("token_id", ctx.tokenId) + str("model", f.model) + `,"stream":${ctx.stream},"cache":${JSON.stringify(f.cache)}` +
     num("prompt_tokens", u?.prompt_tokens) + num("completion_tokens", u?.completion_tokens) + num("total_tokens", u?.total_tokens) +
-    str("code", ctx.code) + str("error", ctx.error) + "}"
+    str("code", ctx.code) + str("error", ctx.error) + (ctx.attemptCount === 0 ? "" : num("attempts", ctx.attemptCount)) +
+    num("key_index", ctx.keyIndex) + str("upstream_request_id", ctx.upstreamRequestId) +
+    str("retried", ctx.retried === undefined ? undefined : ctx.retried.map(describeAttempt).join("; ")) + "}"
 }
 
 const round = (ms: number | undefined) => (ms === undefined ? undefined : Math.round(ms * 1000) / 1000)
@@ -438,7 +448,11 @@ export const make = (options: {
         cacheCreationTokens: a?.cacheCreationTokens,
         firstChunkSeconds: ctx.stream && a?.firstChunkAt !== undefined
           ? Math.max(0, a.firstChunkAt - (ctx.startedAt + (ctx.proxyMs ?? 0))) / 1000
-          : undefined
+          : undefined,
+        attempts: ctx.attemptCount,
+        keyIndex: ctx.keyIndex,
+        upstreamRequestId: ctx.upstreamRequestId,
+        retried: ctx.retried?.map(describeAttempt)
       }
     }
 

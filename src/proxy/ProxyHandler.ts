@@ -728,7 +728,9 @@ export const make = Effect.gen(function*() {
       discard(r.body)
       return
     }
-    if (coolsKey(status)) {
+    // A project's only key never cools down: there is no other key to send its requests to, so the upstream's own
+    // answer (and the key's breaker) tells the client more than a local 503 would.
+    if (coolsKey(status) && f.grant!.keys.length > 1) {
       const now = Date.now()
       coolDown(state, now, retryAfterMs(r.headers, now), upstream.cooling, String(status))
       // Nothing was sent to the client yet: another key may answer instead.
@@ -829,7 +831,7 @@ export const make = Effect.gen(function*() {
     const timeout = e.code === "UND_ERR_HEADERS_TIMEOUT"
     const reason = timeout ? "timeout" : e.code ?? e.name
     // A key that cannot be reached cools down; a slow answer is the provider's, not the key's (the breaker counts it).
-    if (!timeout) coolDown(state, Date.now(), undefined, upstream.cooling, reason)
+    if (!timeout && f.grant!.keys.length > 1) coolDown(state, Date.now(), undefined, upstream.cooling, reason)
     if (mayRetry(f, notSent(e.code))) {
       const next = retryKey(f, key, sentAt, undefined, reason)
       if (next !== undefined) return attempt(f, next)
