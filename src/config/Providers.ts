@@ -323,8 +323,17 @@ const smallest = (...values: ReadonlyArray<number | undefined>): number | undefi
   return set.length === 0 ? undefined : Math.min(...set)
 }
 
+/**
+ * `timeouts.flush_interval` is refused rather than ignored: the proxy writes every chunk of an answer to the client
+ * as it arrives (nothing is buffered to flush), so no interval could change what it does.
+ */
+export const FLUSH_INTERVAL_REFUSED =
+  "timeouts.flush_interval is not supported: the proxy writes every chunk to the client as it arrives (nothing is " +
+  "buffered); remove it"
+
 const build = (name: string, p: typeof ProviderYaml.Type): Either.Either<ProviderConfig, string> => {
   const authHeader = (p.auth_header ?? "Authorization").toLowerCase()
+  if (p.timeouts?.flush_interval !== undefined) return Either.left(`${name}.${FLUSH_INTERVAL_REFUSED}`)
   return Either.all({
     base: baseOf(name, p.base_url),
     endpoints: endpointsOf(name, p.allowed_endpoints, p.allowed_methods),

@@ -305,7 +305,9 @@ export const make = (options: {
     const upstreams = new Map(providers.all.map((p) => {
       const u = new URL(p.origin)
       const port = u.port !== "" ? Number(u.port) : u.protocol === "https:" ? 443 : 80
-      return [p.name, { origin: p.origin, genAiProvider: genAiProviderOf(p), address: u.hostname, port }] as const
+      // A base_url with a path: the upstream URL's path is that path + the request path after `/v1`.
+      const origin = p.basePath === "" ? p.origin : p.origin + p.basePath
+      return [p.name, { origin, strip: p.basePath === "" ? 0 : 3, genAiProvider: genAiProviderOf(p), address: u.hostname, port }] as const
     }))
     const trustIncomingTrace = options.trustIncomingTrace === true
     // The upstream URL of a path without a query, one string per origin and path (bounded like the routes): the
@@ -415,7 +417,8 @@ export const make = (options: {
 
     /** The upstream call's client span: GenAI attributes from the request and what the answer said. */
     const upstreamSpan = (ctx: ProxyRequestContext, sentAt: number, endMs: number, model: string | undefined): UpstreamSpanRecord => {
-      const target = upstreams.get(ctx.provider ?? "")
+      const target = upstreams.get(ctx.upstreamProvider ?? ctx.provider ?? "")
+      const path = target === undefined || target.strip === 0 ? ctx.path : ctx.path.slice(target.strip)
       const a = ctx.answer
       const status = ctx.upstreamStatus
       // Failed: a 5xx, no answer at all (timeout, connection refused or reset), or an answer that broke off.
@@ -437,7 +440,7 @@ export const make = (options: {
         genAiProvider: target?.genAiProvider ?? ctx.provider ?? "unknown",
         serverAddress: target?.address ?? "",
         serverPort: target?.port ?? 0,
-        urlFull: ctx.url.length > ctx.path.length ? (target?.origin ?? "") + ctx.path + redactedQuery(ctx.url) : urlOf(target?.origin ?? "", ctx.path),
+        urlFull: ctx.url.length > ctx.path.length ? (target?.origin ?? "") + path + redactedQuery(ctx.url) : urlOf(target?.origin ?? "", path),
         requestModel: model,
         responseModel: a?.responseModel,
         responseId: a?.responseId,
