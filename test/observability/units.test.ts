@@ -372,10 +372,35 @@ describe("access line JSON", () => {
       upstreamMs: 12.3456,
       usage: { prompt_tokens: 9, completion_tokens: 3, total_tokens: 12 }
     }), { durationMs: 20, overheadMs: 0.5, model: "gpt-4o-mini", cache: "miss" }],
+    ["a request retried on a second key", ctx({
+      status: 200,
+      provider: "openai",
+      forwarded: true,
+      upstreamMs: 40,
+      attemptCount: 2,
+      keyIndex: 1,
+      upstreamRequestId: "req_\"b\"",
+      retried: [{ keyIndex: 0, provider: "openai", status: 429, error: undefined, startMs: 1, durationMs: 3.25, upstreamRequestId: undefined }]
+    }), { durationMs: 50, overheadMs: 1, model: undefined, cache: "none" }],
     ["odd strings", ctx({ status: 502, error: 'upstream "x"\n\u2028 lost', provider: "é" }), { durationMs: 1, overheadMs: 1, model: "m\\\"\u0000", cache: "bypass" }]
   ])("%s: the same text as JSON.stringify of the entry", (_, c, f) => {
     expect(accessJson(c, f)).toBe(JSON.stringify(accessEntry(c, f)))
     expect(JSON.parse(accessJson(c, f))).toEqual(JSON.parse(JSON.stringify(accessEntry(c, f))))
+  })
+
+  it("a retried request's line names every attempt", () => {
+    const c = ctx({
+      status: 200,
+      forwarded: true,
+      attemptCount: 2,
+      keyIndex: 1,
+      retried: [{ keyIndex: 0, provider: "openai", status: 429, error: undefined, startMs: 1, durationMs: 3.25, upstreamRequestId: undefined }]
+    })
+    expect(JSON.parse(accessJson(c, { durationMs: 5, overheadMs: 1, model: undefined, cache: "none" }))).toMatchObject({
+      attempts: 2,
+      key_index: 1,
+      retried: "key 0 (openai): 429 in 3.25 ms"
+    })
   })
 })
 
