@@ -91,6 +91,31 @@ describe("authentication (36–42)", () => {
     expect(stack.mock.requests).toHaveLength(0)
   })
 
+  it("the refusal has OpenAI's error shape on OpenAI's paths, Anthropic's on Anthropic's; x-should-retry: false", async () => {
+    const openai = await post("/v1/chat/completions", chatBody(), null)
+    expect(openai.json).toEqual({
+      error: {
+        message: "Invalid token",
+        type: "authentication_error",
+        code: "invalid_token",
+        param: null,
+        description: "missing or invalid authorization header"
+      }
+    })
+    expect(openai.headers["x-should-retry"]).toBe("false")
+    const anthropic = await post("/v1/messages", { model: "claude", messages: [] }, null)
+    expect(anthropic.status).toBe(401)
+    expect(anthropic.json).toEqual({
+      type: "error",
+      error: {
+        type: "authentication_error",
+        message: "Invalid token",
+        code: "invalid_token",
+        description: "missing or invalid authorization header"
+      }
+    })
+  })
+
   it("37 Basic credentials → the same 401", async () => {
     expectLocal(await post("/v1/chat/completions", chatBody(), null, { authorization: "Basic abc" }), 401, invalid)
   })

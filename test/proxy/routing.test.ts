@@ -6,10 +6,10 @@
 import { randomBytes } from "node:crypto"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import { backends, type BackendInstance } from "../http/harness.js"
-import { chatChunks, hang, json, reset, sse } from "../support/mockUpstream.js"
+import { chatChunks, json, reset, sse, startMockUpstream } from "../support/mockUpstream.js"
 import { proxyError } from "../support/proxyErrors.js"
 import { withEncryptionKey } from "../support/server.js"
-import { call, chatBody, createToken, type Stack, startStack } from "./stack.js"
+import { call, chatBody, createToken, eventually, projectAndToken, type Stack, startStack } from "./stack.js"
 
 const ENDPOINTS = "[/v1/chat/completions, /v1/models, /v1/embeddings]"
 const YAML = `
@@ -297,5 +297,35 @@ describe("providers reached through base_url paths, auth headers, fixed headers 
       "/openai/v1/models?limit=2&api-version=preview",
       "/openai/v1/models?api-version=2024-10-21"
     ])
+  })
+})
+
+describe("connection: max_idle_conns", () => {
+  it("idle keep-alive connections beyond the bound are closed (the others stay open for reuse)", async () => {
+    const mock = await startMockUpstream()
+    const own = await startStack(backend, {}, `
+apis:
+  openai:
+    base_url: {{MOCK}}
+    allowed_endpoints: [/v1/chat/completions]
+    allowed_methods: [POST]
+    connection:
+      max_idle_conns: 10
+      max_idle_conns_per_host: 2
+`, mock)
+    try {
+      const t = await projectAndToken(own.manage)
+      mock.setDefault(json({ id: "slow" }, { delayMs: 150 }))
+      // Six at once: six upstream connections.
+      const answers = await Promise.all(Array.from({ length: 6 }, () => call(own.server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })))
+      expect(answers.map((a) => a.status)).toEqual([200, 200, 200, 200, 200, 200])
+      expect(mock.openConnections()).toBe(6)
+      // Within a couple of sweeps, the smaller bound (2) is what stays idle.
+      await eventually(() => mock.openConnections() === 2, 5_000)
+      expect(mock.openConnections()).toBe(2)
+    } finally {
+      await own.close()
+      await mock.close()
+    }
   })
 })
