@@ -134,6 +134,9 @@ const isPromise = <A>(v: A | Promise<A>): v is Promise<A> => typeof (v as { then
 
 const JSON_HEADERS = "application/json"
 
+const anthropicKey = (v: string | ReadonlyArray<string> | undefined): string | undefined =>
+  typeof v === "string" && v !== "" ? v : undefined
+
 /** On answers no retry can change (SDKs read it before their own rules). */
 const SHOULD_NOT_RETRY = { "x-should-retry": "false" } as const
 
@@ -384,7 +387,14 @@ export const make = Effect.gen(function*() {
   const authenticate = (f: Flow) => {
     if (f.done) return
     if (duplicateAuthorization(f.req.rawHeaders)) return reply(f, Answers.duplicateAuthorization)
-    const credential = bearerCredential(f.req.headers.authorization)
+    const authorization = f.req.headers.authorization
+    // On Anthropic's own paths the token may come in `x-api-key`, where Anthropic's SDKs send their `apiKey` (only
+    // without an Authorization header; it is never forwarded). Elsewhere only `Authorization: Bearer` counts.
+    const credential = authorization !== undefined
+      ? bearerCredential(authorization)
+      : errorShapeOf(f.ctx.path) === "anthropic"
+      ? anthropicKey(f.req.headers["x-api-key"])
+      : undefined
     if (credential === undefined) return reply(f, Answers.missingAuthorization)
     if (!isAcceptedTokenFormat(credential)) return reply(f, Answers.malformedToken)
     const hash = hashProxyToken(credential)

@@ -161,6 +161,17 @@ describe("authentication (36–42)", () => {
     expect(r.status).toBe(200)
     expect(stack.mock.requests[0]!.headers["x-api-key"]).toBeUndefined()
   })
+
+  it("on Anthropic's paths the token may come in x-api-key (Anthropic's SDKs), never forwarded; Authorization wins", async () => {
+    const a = await projectAndToken(stack.manage, { provider: "anthropic" })
+    const r = await post("/v1/messages", { model: "claude", messages: [] }, null, { "x-api-key": a.token })
+    expect(r.status).toBe(200)
+    // The upstream gets the project's key in its x-api-key, not the token.
+    expect(stack.mock.requests[0]!.headers["x-api-key"]).toBe(a.apiKey)
+    const both = await post("/v1/messages", { model: "claude", messages: [] }, "not-a-token", { "x-api-key": a.token })
+    expect(both.status).toBe(401)
+    expect((await post("/v1/messages", {}, null, { "x-api-key": "nope" })).status).toBe(401)
+  })
 })
 
 describe("allow-lists and validation (43–49)", () => {
