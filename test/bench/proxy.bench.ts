@@ -11,6 +11,7 @@
  *   3. a 60 ms upstream at a fixed ~1,000 RPS (open loop): added latency p50/p99 over direct
  *   4. time to first SSE byte (upstream sends the first chunk 20 ms after its headers): added p50/p99
  *   5. 1,000 concurrent open streams for ~10 s: peak RSS of the proxy process
+ *   6. saturation again with a project of three provider keys, as a ratio to the one-key project
  *
  * Run: `npm run bench -- proxy` (needs `npm run build` first: it starts the built `bin/llm-proxy.js serve`).
  * Environment: BENCH_SECONDS (10) per saturation run, BENCH_CONNECTIONS (64), BENCH_STREAMS (1000), BENCH_LOG_LEVEL
@@ -180,11 +181,20 @@ const main = async () => {
       console.log(`${t.name.padEnd(11)} ${fmt(r.before, 1).padStart(13)}  ${fmt(r.peak, 1).padStart(11)}  ${r.ok}/${openStreams}`)
     }
 
+    // The same instance, a project with three keys (spread by weight): routing over keys must not cost throughput.
+    console.log("\n6. llm-proxy, a project with three keys against one key (saturation, same instance)")
+    const threeKeys: Target = { name: "3 keys", url: llm.url, headers: { authorization: `Bearer ${llm.threeKeysToken}` }, pid: llm.pid }
+    const three = { json: await saturate(threeKeys, false), sse: await saturate(threeKeys, true) }
+    for (const [kind, r] of [["json", three.json], ["sse", three.sse]] as const) {
+      console.log(`${"3 keys".padEnd(11)} ${kind.padEnd(7)} ${fmt(r.rps, 0).padStart(9)}  ${fmt(r.p50, 0).padStart(6)}  ${fmt(r.p99, 0).padStart(6)}  ${r.errors}`)
+    }
+
     const ratio = (a: number, b: number) => fmt(a / b, 2)
     console.log("\nratios llm-proxy / raw proxy")
     console.log(`  non-streaming throughput  ${ratio(sat["llm-proxy"]!.json.rps, sat["raw proxy"]!.json.rps)}×`)
     console.log(`  streaming throughput      ${ratio(sat["llm-proxy"]!.sse.rps, sat["raw proxy"]!.sse.rps)}×`)
     console.log(`  added p50 at 1,000 RPS    llm-proxy ${fmt(slow["llm-proxy"]!.p50 - slow["direct"]!.p50, 3)} ms, raw ${fmt(slow["raw proxy"]!.p50 - slow["direct"]!.p50, 3)} ms`)
+    console.log(`  three keys / one key      non-streaming ${ratio(three.json.rps, sat["llm-proxy"]!.json.rps)}×, streaming ${ratio(three.sse.rps, sat["llm-proxy"]!.sse.rps)}×`)
     console.log(`  first SSE byte added p50  llm-proxy ${fmt(ttfb["llm-proxy"]!.p50 - ttfb["direct"]!.p50, 3)} ms, raw ${fmt(ttfb["raw proxy"]!.p50 - ttfb["direct"]!.p50, 3)} ms`)
   } finally {
     await llm.stop()
