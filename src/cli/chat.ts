@@ -49,12 +49,15 @@ export const parseSseLine = (line: string): { readonly delta?: string; readonly 
 /** The proxy's (or provider's) JSON error as one line. */
 const describeHttpError = (status: number, body: unknown): string => {
   const b = body as { error?: unknown; code?: unknown } | undefined
+  // The proxy's and OpenAI's `{"error": {"message", "code"}}`, or a flat `{"error", "code"}`.
+  const inner = b?.error !== null && typeof b?.error === "object" ? (b.error as { message?: unknown; code?: unknown }) : undefined
   const error = typeof b?.error === "string"
     ? b.error
-    : typeof (b?.error as { message?: unknown } | undefined)?.message === "string"
-    ? String((b!.error as { message: string }).message)
+    : typeof inner?.message === "string"
+    ? inner.message
     : `HTTP ${status}`
-  return typeof b?.code === "string" ? `${error} (${b.code}, HTTP ${status})` : `${error} (HTTP ${status})`
+  const code = typeof inner?.code === "string" ? inner.code : typeof b?.code === "string" ? b.code : undefined
+  return code !== undefined ? `${error} (${code}, HTTP ${status})` : `${error} (HTTP ${status})`
 }
 
 /** Sends the conversation, writes the answer as it streams, and returns it with the usage the stream reported. */

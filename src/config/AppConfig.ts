@@ -144,6 +144,12 @@ export interface AppConfigShape {
   readonly circuitBreakerThreshold: number
   /** How long an open breaker answers 503 before letting one probe through, ms. */
   readonly circuitBreakerCooldownMs: number
+  /** Retries of a failed upstream attempt on another key, at most (UPSTREAM_RETRIES). */
+  readonly upstreamRetries: number
+  /** First cool-down of a key that failed without a Retry-After, ms; doubles with each failure in a row. */
+  readonly upstreamKeyCooldownMs: number
+  /** Longest cool-down of a key, Retry-After included, ms. */
+  readonly upstreamKeyCooldownMaxMs: number
   /** How long a validated token may be served from memory before it is re-read, ms (safety net across instances). */
   readonly tokenCacheTtlMs: number
   /**
@@ -648,6 +654,9 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   maxConnectionsPerIp: nonNegativeInt("MAX_CONNECTIONS_PER_IP", 1_000),
   circuitBreakerThreshold: positiveInt("CIRCUIT_BREAKER_THRESHOLD", 5),
   circuitBreakerCooldownMs: duration("CIRCUIT_BREAKER_COOLDOWN", "30s"),
+  upstreamRetries: nonNegativeInt("UPSTREAM_RETRIES", 2),
+  upstreamKeyCooldownMs: duration("UPSTREAM_KEY_COOLDOWN", "1s"),
+  upstreamKeyCooldownMaxMs: duration("UPSTREAM_KEY_COOLDOWN_MAX", "60s"),
   tokenCacheTtlMs: duration("TOKEN_CACHE_TTL", "5s", 0),
   tokenCacheStaleTtlMs: duration("TOKEN_CACHE_STALE_TTL", "60s", 0),
   tokenRetentionDays: nonNegativeInt("TOKEN_RETENTION_DAYS", 30),

@@ -2,6 +2,7 @@
  * Providers: the upstream APIs projects may name. Either the YAML file of reference-system.md §5.1
  * (`API_CONFIG_PATH`, decoded with Schema; plus per provider `auth_header` / `auth_scheme`, CONTRACT §3) or, when
  * no file is given, the built-in `openai` provider at `OPENAI_API_URL`. Upstream base URLs come only from here.
+ * Every key of the file has an effect; a key the format does not have is refused at start-up (docs/proxy.md).
  */
 import { Context, Effect, Either, Layer, ParseResult, Schema } from "effect"
 import { readFileSync } from "node:fs"
@@ -25,8 +26,15 @@ export interface Endpoint {
 
 export interface ProviderConfig {
   readonly name: string
-  /** Scheme + host (+ port) of `base_url`; any path in `base_url` is ignored, as the reference does. */
+  /** Scheme + host (+ port) of `base_url`. */
   readonly origin: string
+  /**
+   * The path of `base_url` without a trailing `/` ("" when it has none): when set, it replaces the request path's
+   * `/v1` (`/v1beta/openai` + `/v1/chat/completions` → `/v1beta/openai/chat/completions`).
+   */
+  readonly basePath: string
+  /** `query`: parameters added to the upstream URL when the client's query does not name them (see upstreamPath). */
+  readonly fixedQuery: ReadonlyArray<QueryParameter>
   readonly allowedEndpoints: ReadonlyArray<Endpoint>
   /** Glob patterns per top-level JSON parameter. */
   readonly paramWhitelist: ReadonlyMap<string, ReadonlyArray<string>>
@@ -46,6 +54,11 @@ export interface ProviderConfig {
   readonly fixedHeaders: ReadonlyArray<readonly [string, string]>
   /** Response-header timeout for this provider (ms); undefined = REQUEST_TIMEOUT. */
   readonly responseHeaderTimeoutMs: number | undefined
+  /**
+   * `timeouts.request`: the bound on all of a request's upstream attempts together, from the first one's start to
+   * the answer's headers (ms); undefined = the response-header timeout. Streams are never cut by it.
+   */
+  readonly requestTimeoutMs: number | undefined
   /** How long an idle keep-alive connection is kept (ms). */
   readonly idleConnectionMs: number
   /** Connections per pool; undefined = unbounded. */
@@ -55,6 +68,17 @@ export interface ProviderConfig {
    * (`safety_identifier` for the Responses API) when they do not set it (src/proxy/modelScope.ts `injectUser`).
    */
   readonly injectUser: boolean
+  /**
+   * Idle keep-alive connections kept open at most (`max_idle_conns`, `max_idle_conns_per_host`: a provider is one
+   * host, so the smaller); undefined = no bound but `idle_connection`.
+   */
+  readonly maxIdleConnections: number | undefined
+}
+
+/** One fixed query parameter: its name as compared with the client's, and `name=value` percent-encoded. */
+export interface QueryParameter {
+  readonly name: string
+  readonly pair: string
 }
 
 export interface ProvidersShape {
@@ -98,7 +122,8 @@ const ProviderYaml = Schema.Struct({
   auth_scheme: Schema.optional(Schema.String),
   forward_headers: Schema.optional(StringList),
   headers: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.String })),
-  inject_user: Schema.optional(Schema.Boolean)
+  inject_user: Schema.optional(Schema.Boolean),
+  query: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.String }))
 })
 
 const ProvidersYaml = Schema.Struct({
@@ -270,28 +295,62 @@ const fixedHeadersOf = (
   return Either.right(out)
 }
 
-const originOf = (name: string, baseUrl: string): Either.Either<string, string> => {
+/** `base_url`: its origin and its path ("" for none); a query, fragment or credentials in it are refused. */
+const baseOf = (name: string, baseUrl: string): Either.Either<{ readonly origin: string; readonly path: string }, string> => {
+  let u: URL
   try {
-    const u = new URL(baseUrl)
-    if (u.protocol !== "http:" && u.protocol !== "https:") return Either.left(`${name}.base_url must be http:// or https://`)
-    return Either.right(u.origin)
+    u = new URL(baseUrl)
   } catch {
     return Either.left(`${name}.base_url is not a URL: "${baseUrl}"`)
   }
+  if (u.protocol !== "http:" && u.protocol !== "https:") return Either.left(`${name}.base_url must be http:// or https://`)
+  if (u.search !== "" || u.hash !== "") return Either.left(`${name}.base_url: a query goes under query, not in the URL`)
+  if (u.username !== "" || u.password !== "") return Either.left(`${name}.base_url must not carry credentials`)
+  return Either.right({ origin: u.origin, path: u.pathname.replace(/\/+$/, "") })
+}
+
+/** `query`: names and values as given, percent-encoded once here. */
+const fixedQueryOf = (
+  name: string,
+  query: Readonly<Record<string, string>> | undefined
+): Either.Either<ReadonlyArray<QueryParameter>, string> => {
+  const out: Array<QueryParameter> = []
+  for (const [k, v] of Object.entries(query ?? {})) {
+    if (k.trim() === "") return Either.left(`${name}.query: a parameter needs a name`)
+    out.push({ name: k, pair: `${encodeURIComponent(k)}=${encodeURIComponent(v)}` })
+  }
+  return Either.right(out)
 }
 
 export const DEFAULT_IDLE_MS = 90_000
 
+const smallest = (...values: ReadonlyArray<number | undefined>): number | undefined => {
+  const set = values.filter((v): v is number => v !== undefined)
+  return set.length === 0 ? undefined : Math.min(...set)
+}
+
+/**
+ * `timeouts.flush_interval` is refused rather than ignored: the proxy writes every chunk of an answer to the client
+ * as it arrives (nothing is buffered to flush), so no interval could change what it does.
+ */
+export const FLUSH_INTERVAL_REFUSED =
+  "timeouts.flush_interval is not supported: the proxy writes every chunk to the client as it arrives (nothing is " +
+  "buffered); remove it"
+
 const build = (name: string, p: typeof ProviderYaml.Type): Either.Either<ProviderConfig, string> => {
   const authHeader = (p.auth_header ?? "Authorization").toLowerCase()
+  if (p.timeouts?.flush_interval !== undefined) return Either.left(`${name}.${FLUSH_INTERVAL_REFUSED}`)
   return Either.all({
-    origin: originOf(name, p.base_url),
+    base: baseOf(name, p.base_url),
     endpoints: endpointsOf(name, p.allowed_endpoints, p.allowed_methods),
     forwarding: forwardingOf(name, authHeader, p.forward_headers),
-    fixed: fixedHeadersOf(name, authHeader, p.headers)
-  }).pipe(Either.map(({ endpoints, fixed, forwarding, origin }) => ({
+    fixed: fixedHeadersOf(name, authHeader, p.headers),
+    query: fixedQueryOf(name, p.query)
+  }).pipe(Either.map(({ base, endpoints, fixed, forwarding, query }) => ({
     name,
-    origin,
+    origin: base.origin,
+    basePath: base.path,
+    fixedQuery: query,
     allowedEndpoints: endpoints,
     paramWhitelist: new Map(Object.entries(p.param_whitelist ?? {})),
     allowedOrigins: p.allowed_origins ?? [],
@@ -301,11 +360,13 @@ const build = (name: string, p: typeof ProviderYaml.Type): Either.Either<Provide
     forwardsHeader: forwarding,
     fixedHeaders: fixed,
     responseHeaderTimeoutMs: p.timeouts?.response_header !== undefined ? parseDuration(p.timeouts.response_header) : undefined,
+    requestTimeoutMs: p.timeouts?.request !== undefined ? parseDuration(p.timeouts.request) : undefined,
     idleConnectionMs: p.timeouts?.idle_connection !== undefined
       ? parseDuration(p.timeouts.idle_connection) ?? DEFAULT_IDLE_MS
       : DEFAULT_IDLE_MS,
     maxConnections: p.connection?.max_conns_per_host,
-    injectUser: p.inject_user === true
+    injectUser: p.inject_user === true,
+    maxIdleConnections: smallest(p.connection?.max_idle_conns, p.connection?.max_idle_conns_per_host)
   })))
 }
 
@@ -341,6 +402,8 @@ export const builtInOpenAi = (baseUrl: string): ProvidersShape =>
   shapeOf([{
     name: "openai",
     origin: new URL(baseUrl).origin,
+    basePath: "",
+    fixedQuery: [],
     allowedEndpoints: BUILT_IN_OPENAI_ENDPOINTS,
     paramWhitelist: new Map(),
     allowedOrigins: [],
@@ -350,10 +413,25 @@ export const builtInOpenAi = (baseUrl: string): ProvidersShape =>
     forwardsHeader: headerForwarder(new Set(FORWARDED_HEADERS), FORWARDED_PREFIXES),
     fixedHeaders: [],
     responseHeaderTimeoutMs: undefined,
+    requestTimeoutMs: undefined,
     idleConnectionMs: DEFAULT_IDLE_MS,
     maxConnections: undefined,
-    injectUser: false
+    injectUser: false,
+    maxIdleConnections: undefined
   }], "openai")
+
+/** The keys that may stand where `path` (an unknown key) does, for the message refusing it. */
+const knownKeys = (path: ReadonlyArray<PropertyKey>): string => {
+  const section = path.length === 4 ? path[2] : path.length === 3 ? "provider" : "document"
+  const keys = section === "timeouts"
+    ? ["request", "response_header", "idle_connection", "flush_interval"]
+    : section === "connection"
+    ? ["max_idle_conns", "max_idle_conns_per_host", "max_conns_per_host"]
+    : section === "provider"
+    ? Object.keys(ProviderYaml.fields)
+    : Object.keys(ProvidersYaml.fields)
+  return `expected one of ${keys.join(", ")}`
+}
 
 /** Parses and validates the YAML text; every problem is one line naming the key. */
 export const parseProvidersYaml = (text: string): Either.Either<ProvidersShape, string> => {
@@ -363,10 +441,14 @@ export const parseProvidersYaml = (text: string): Either.Either<ProvidersShape, 
   } catch (e) {
     return Either.left(`not valid YAML: ${(e as Error).message.split("\n")[0]}`)
   }
-  const decoded = Schema.decodeUnknownEither(ProvidersYaml)(raw, { onExcessProperty: "ignore" })
+  // A key the format does not have is refused: a misspelt one (`timeout:`, `max_conn_per_host:`) would otherwise be
+  // a setting that silently does nothing.
+  const decoded = Schema.decodeUnknownEither(ProvidersYaml)(raw, { onExcessProperty: "error" })
   if (Either.isLeft(decoded)) {
     const issue = ParseResult.ArrayFormatter.formatErrorSync(decoded.left)[0]
-    return Either.left(issue ? `${issue.path.join(".") || "document"}: ${issue.message}` : "invalid document")
+    if (issue === undefined) return Either.left("invalid document")
+    const at = issue.path.join(".") || "document"
+    return Either.left(issue._tag === "Unexpected" ? `${at}: unknown key (${knownKeys(issue.path)})` : `${at}: ${issue.message}`)
   }
   const doc = decoded.right
   const entries = Object.entries(doc.apis)

@@ -136,6 +136,8 @@ export const transformEvent = (event: ProxyEvent, count: CountTokens, onBodyTooL
     model: event.model ?? modelIn(response) ?? modelIn(request),
     stream: event.stream,
     error: event.error,
+    ...(event.upstream_request_id !== undefined ? { upstream_request_id: event.upstream_request_id } : {}),
+    ...(event.attempts !== undefined ? { attempts: event.attempts } : {}),
     usage,
     usage_source: source,
     request_body: request,

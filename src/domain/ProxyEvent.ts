@@ -25,6 +25,15 @@ export const CapturedBody = Schema.Struct({
 }).annotations({ identifier: "CapturedBody" })
 export type CapturedBody = typeof CapturedBody.Type
 
+/** One upstream attempt of a forwarded request. */
+export const UpstreamAttempt = Schema.Struct({
+  key_index: Schema.Number.annotations({ description: "the key's index in the project's api_keys" }),
+  provider: Schema.String,
+  status: Schema.NullOr(Schema.Number),
+  error: Schema.NullOr(Schema.String).annotations({ description: "why it failed without an answer (timeout, ECONNREFUSED, …)" }),
+  duration_ms: Schema.Number
+}).annotations({ identifier: "UpstreamAttempt" })
+
 const common = {
   request_id: Schema.String,
   timestamp: Schema.String.annotations({ description: "RFC 3339 time the request arrived (UTC)" }),
@@ -46,7 +55,13 @@ const common = {
   user: Schema.optional(Schema.String.annotations({ description: "the end user the token was minted for" })),
   token_metadata: Schema.optional(
     Schema.Record({ key: Schema.String, value: Schema.String }).annotations({ description: "the token's metadata" })
-  )
+  ),
+  upstream_request_id: Schema.optional(Schema.String).annotations({
+    description: "the upstream's own id of its answer (its x-request-id), as sent on in X-Upstream-Request-ID"
+  }),
+  attempts: Schema.optional(Schema.Array(UpstreamAttempt)).annotations({
+    description: "every upstream attempt, in order (more than one when the request was retried on another key)"
+  })
 }
 
 export const ProxyEvent = Schema.Struct({

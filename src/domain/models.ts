@@ -86,17 +86,17 @@ const projectName = (self: Schema.Schema<string>) =>
     rule(isUnicodeText, "name must be valid Unicode text")
   ).annotations({ description: `1..${NAME_MAX} characters, not blank, no control characters` })
 
-/** A provider key's rules, in the order they are reported. */
-const providerKey = (self: Schema.Schema<string>) =>
+/** A provider key's rules, in the order they are reported; `field` names it in the messages. */
+const providerKey = (self: Schema.Schema<string>, field = "api_key") =>
   self.pipe(
-    Schema.maxLength(API_KEY_MAX, answer(`api_key must be at most ${API_KEY_MAX} characters`)),
+    Schema.maxLength(API_KEY_MAX, answer(`${field} must be at most ${API_KEY_MAX} characters`)),
     rule((k: string) => !isObfuscated(k), OBFUSCATED_KEY),
     rule(
       (k: string) => !/\s/.test(k) && !hasControlCharacters(k),
-      "api_key must not contain whitespace or control characters",
+      `${field} must not contain whitespace or control characters`,
       { pattern: "^[^\\s\\u0000-\\u001f\\u007f-\\u009f]*$" }
     ),
-    rule(isUnicodeText, "api_key must be valid Unicode text")
+    rule(isUnicodeText, `${field} must be valid Unicode text`)
   )
 
 // ---- scopes and labels (docs/untrusted-clients.md) ---------------------------------------------------------------
@@ -203,10 +203,62 @@ const MaxTokenRequests = Schema.NullOr(
     "unlimited); null = no bound"
 })
 
+export const API_KEYS_MAX = 16
+export const KEY_WEIGHT_MAX = 1_000
+export const KEY_OR_KEYS = "give api_key or api_keys, not both"
+export const API_KEYS_INVALID =
+  `api_keys must be a list of 1 to ${API_KEYS_MAX} keys, each {"key": "...", "weight": 1..${KEY_WEIGHT_MAX}, "provider": "..."} (weight and provider optional)`
+export const KEY_WEIGHT_INVALID = `api_keys weight must be an integer from 1 to ${KEY_WEIGHT_MAX}`
+
+/** One entry of `api_keys` in a payload. */
+export const UpstreamKeyInput = Schema.Struct({
+  key: required(
+    providerKey(Text.pipe(Schema.minLength(1, answer(API_KEYS_INVALID))), "api_keys key").annotations({
+      description: `The provider key, 1..${API_KEY_MAX} characters without whitespace`
+    }),
+    API_KEYS_INVALID
+  ),
+  weight: Schema.optional(
+    Numeric.pipe(wholeNumber(KEY_WEIGHT_INVALID), Schema.between(1, KEY_WEIGHT_MAX, answer(KEY_WEIGHT_INVALID))).annotations({
+      description: `Share of the requests, relative to the other keys of its provider (default 1)`
+    })
+  ),
+  provider: Schema.optional(
+    Text.annotations({
+      description: "Provider of this key (default: the project's); keys of other providers take requests only while " +
+        "every key of the project's provider is cooling down"
+    })
+  )
+}).annotations({ identifier: "UpstreamKeyInput", parseOptions: { onExcessProperty: "error" }, ...answer(API_KEYS_INVALID) })
+export type UpstreamKeyInput = typeof UpstreamKeyInput.Type
+
+const ApiKeysInput = Schema.Array(UpstreamKeyInput).annotations(answer(API_KEYS_INVALID)).pipe(
+  Schema.minItems(1, answer(API_KEYS_INVALID)),
+  Schema.maxItems(API_KEYS_MAX, answer(API_KEYS_INVALID))
+).annotations({
+  description: `1..${API_KEYS_MAX} provider keys; requests are spread over them by weight, and retried on the next ` +
+    "one when a key fails (docs/proxy.md)"
+})
+
+/** A key as answers show it: obfuscated, with its place, weight, provider and this instance's view of its state. */
+export const UpstreamKey = Schema.Struct({
+  index: Schema.Number,
+  key: Schema.String.annotations({ description: "Obfuscated; never returned whole" }),
+  weight: Schema.Number,
+  provider: Schema.String,
+  state: Schema.Literal("ok", "cooling_down", "circuit_open").annotations({
+    description: "On the instance that answers: ok, cooling_down (after a 429, 401, 403, 5xx or connection failure) " +
+      "or circuit_open (its circuit breaker)"
+  }),
+  until: Schema.optional(Timestamp.annotations({ description: "When a cooling key (or open breaker) takes requests again" }))
+}).annotations({ identifier: "UpstreamKey" })
+export type UpstreamKey = typeof UpstreamKey.Type
+
 export const Project = Schema.Struct({
   id: Schema.String.annotations({ description: "UUID" }),
   name: Schema.String,
-  api_key: Schema.String.annotations({ description: "The provider key, obfuscated; never returned whole" }),
+  api_key: Schema.String.annotations({ description: "The provider key (the first of api_keys), obfuscated; never returned whole" }),
+  api_keys: Schema.Array(UpstreamKey),
   provider: Schema.String,
   is_active: Schema.Boolean,
   deactivated_at: Schema.optional(Timestamp),
@@ -219,14 +271,15 @@ export const Project = Schema.Struct({
 }).annotations({ identifier: "Project" })
 export type Project = typeof Project.Type
 
-export const CreateProject = Schema.Struct({
+const CreateProjectFields = Schema.Struct({
   name: required(projectName(Text.pipe(Schema.minLength(1, answer(NAME_AND_KEY_REQUIRED)))), NAME_AND_KEY_REQUIRED),
-  api_key: required(
+  api_key: Schema.optional(
     providerKey(Text.pipe(Schema.minLength(1, answer(NAME_AND_KEY_REQUIRED)))).annotations({
-      description: `The provider key, 1..${API_KEY_MAX} characters without whitespace; an obfuscated one (with "..." or "****") is refused`
-    }),
-    NAME_AND_KEY_REQUIRED
+      description: `The provider key, 1..${API_KEY_MAX} characters without whitespace; an obfuscated one (with "..." or ` +
+        `"****") is refused. Required unless api_keys is given (the same as api_keys with this one key)`
+    })
   ),
+  api_keys: Schema.optional(ApiKeysInput),
   provider: Schema.optional(
     Text.annotations({ description: "Provider name from the configuration (default openai); an unknown one is refused" })
   ),
@@ -234,14 +287,24 @@ export const CreateProject = Schema.Struct({
   allowed_models: Schema.optional(AllowedModels),
   max_token_minutes: Schema.optional(MaxTokenMinutes),
   max_token_requests: Schema.optional(MaxTokenRequests)
-}).annotations({ identifier: "CreateProject", ...closedPayload() })
+}).annotations(closedPayload())
+
+export const CreateProject = CreateProjectFields.pipe(
+  rule((p: typeof CreateProjectFields.Type) => p.api_key !== undefined || p.api_keys !== undefined, NAME_AND_KEY_REQUIRED),
+  rule((p: typeof CreateProjectFields.Type) => p.api_key === undefined || p.api_keys === undefined, KEY_OR_KEYS)
+).annotations({ identifier: "CreateProject" })
 export type CreateProject = typeof CreateProject.Type
 
 export const REVOKE_NEEDS_INACTIVE = "revoke_tokens requires is_active=false"
 
 export const UpdateProject = Schema.Struct({
   name: Schema.optional(projectName(Text)),
-  api_key: Schema.optional(providerKey(Text).annotations({ description: "Rotate the provider key; empty string keeps the current key" })),
+  api_key: Schema.optional(
+    providerKey(Text).annotations({
+      description: "Rotate the provider key: the project's keys become this one; empty string keeps the current keys"
+    })
+  ),
+  api_keys: Schema.optional(ApiKeysInput.annotations({ description: "Replace every key of the project" })),
   provider: Schema.optional(Text.annotations({ description: "Provider name from the configuration" })),
   rate_limit: Schema.optional(RateLimitSetting.annotations({ description: "null removes the limit" })),
   allowed_models: Schema.optional(AllowedModels),
@@ -253,7 +316,9 @@ export const UpdateProject = Schema.Struct({
   )
 }).annotations(closedPayload()).pipe(
   rule((p: { readonly is_active?: boolean | undefined; readonly revoke_tokens?: boolean | undefined }) =>
-    p.revoke_tokens !== true || p.is_active === false, REVOKE_NEEDS_INACTIVE)
+    p.revoke_tokens !== true || p.is_active === false, REVOKE_NEEDS_INACTIVE),
+  rule((p: { readonly api_key?: string | undefined; readonly api_keys?: ReadonlyArray<UpstreamKeyInput> | undefined }) =>
+    p.api_key === undefined || p.api_key === "" || p.api_keys === undefined, KEY_OR_KEYS)
 ).annotations({ identifier: "UpdateProject" })
 export type UpdateProject = typeof UpdateProject.Type
 

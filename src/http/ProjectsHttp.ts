@@ -11,14 +11,15 @@ import { obfuscateApiKey } from "../crypto/obfuscate.js"
 import { generateProjectKey, hashProjectKey, projectKeyHint } from "../crypto/ProjectKey.js"
 import { AuditActions } from "../domain/audit.js"
 import { BadRequest, Conflict, InternalError, NotFound } from "../domain/errors.js"
-import { CreateProject, CreateProjectKey, UpdateProject } from "../domain/models.js"
+import { CreateProject, CreateProjectKey, UpdateProject, type UpstreamKeyInput } from "../domain/models.js"
 import { isUuid, parsePageParam } from "../domain/validation.js"
-import { Store, type StoreError } from "../store/Store.js"
+import { Upstream } from "../proxy/Upstream.js"
+import { Store, type StoreError, type StoredKey } from "../store/Store.js"
 import { TokenValidator } from "../token/TokenValidator.js"
 import { audited } from "./auditing.js"
 import { readPayload, validate } from "./body.js"
 import { caller, ownProjectOnly } from "./callers.js"
-import { projectJson, projectKeyJson, rateLimitRow } from "./present.js"
+import { type KeyStateView, projectJson, projectKeyJson, rateLimitRow } from "./present.js"
 
 const now = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms).toISOString())
 
@@ -45,11 +46,39 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
     const cipher = yield* KeyCipher
     const providers = yield* Providers
     const validator = yield* TokenValidator
+    const upstream = yield* Upstream
     // The configured providers are known at run time only: checked after the payload's own rules.
     const knownProvider = (provider: string) =>
       providers.names.has(provider)
         ? Effect.void
         : Effect.fail(new BadRequest({ error: `unknown provider "${provider.slice(0, 64)}"` }))
+
+    /** `api_key` (one key) or `api_keys` as stored: encrypted, obfuscated, each under a new id. */
+    const storedKeys = (apiKey: string | undefined, apiKeys: ReadonlyArray<UpstreamKeyInput> | undefined) =>
+      Effect.gen(function*() {
+        const given = apiKeys ?? [{ key: apiKey! }]
+        for (const k of given) if (k.provider !== undefined) yield* knownProvider(k.provider)
+        return given.map((k): StoredKey => ({
+          id: crypto.randomUUID(),
+          key: cipher.encrypt(k.key),
+          hint: obfuscateApiKey(k.key),
+          weight: k.weight ?? 1,
+          provider: k.provider ?? null
+        }))
+      })
+
+    /** This instance's view of a key: cooling down or its breaker open until when, else ok. */
+    const keyState: KeyStateView = (id) => {
+      const s = upstream.keys.peek(id)
+      if (s === undefined) return { state: "ok" }
+      const now = Date.now()
+      const breakerUntil = now + s.breaker.retryInMs()
+      if (s.coolUntil <= now && breakerUntil <= now) return { state: "ok" }
+      return breakerUntil >= s.coolUntil
+        ? { state: "circuit_open", until: new Date(breakerUntil).toISOString() }
+        : { state: "cooling_down", until: new Date(s.coolUntil).toISOString() }
+    }
+    const present = (row: Parameters<typeof projectJson>[0]) => projectJson(row, keyState)
 
     return handlers
       .handle("list", ({ urlParams }) =>
@@ -63,7 +92,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
                 ? yield* store.listProjects
                 : (yield* store.listProjectsPage({ search, limit: 2_147_483_647, offset: 0 })).rows
               note.details["project_count"] = rows.length
-              return rows.map(projectJson)
+              return rows.map(present)
             }
             const page = yield* validate(parsePageParam("page", urlParams.page, 1, 1_000_000_000, 1))
             const pageSize = yield* validate(parsePageParam("page_size", urlParams.page_size, 1, 100, 20))
@@ -73,7 +102,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             note.details["project_count"] = result.rows.length
             note.details["page"] = page
             return {
-              projects: result.rows.map(projectJson),
+              projects: result.rows.map(present),
               pagination: {
                 page,
                 page_size: pageSize,
@@ -91,11 +120,11 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
           const input = yield* readCreateProject(request)
           const provider = input.provider ?? providers.defaultProvider
           yield* knownProvider(provider)
+          const apiKeys = yield* storedKeys(input.api_key, input.api_keys)
           const row = yield* store.createProject({
             id: crypto.randomUUID(),
             name: input.name,
-            apiKey: cipher.encrypt(input.api_key),
-            apiKeyHint: obfuscateApiKey(input.api_key),
+            apiKeys,
             provider,
             rateLimit: rateLimitRow(input.rate_limit ?? null),
             allowedModels: input.allowed_models ?? null,
@@ -107,7 +136,8 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
           if (row.allowedModels !== null) note.details["allowed_models"] = row.allowedModels
           note.details["project_name"] = row.name
           note.details["provider"] = row.provider
-          return projectJson(row)
+          note.details["key_count"] = apiKeys.length
+          return present(row)
         }).pipe(
           Effect.catchTags({
             DuplicateProjectName: (e) => Effect.fail(conflict(e.name)),
@@ -121,7 +151,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             note.projectId = id
             yield* ownProjectOnly(yield* caller, id)
             const row = yield* store.getProject(id)
-            return projectJson(yield* Option.match(row, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed }))
+            return present(yield* Option.match(row, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed }))
           }).pipe(Effect.catchTag("StoreError", internal("failed to get project")))))
       .handleRaw("update", ({ path, request }) =>
         audited(AuditActions.projectUpdate, (note) =>
@@ -130,12 +160,16 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
           note.projectId = id
           const input = yield* readUpdateProject(request)
           if (input.provider !== undefined) yield* knownProvider(input.provider)
-          // An empty api_key keeps the current key.
+          // An empty api_key keeps the current keys.
           const apiKey = input.api_key === "" ? undefined : input.api_key
+          const apiKeys = apiKey !== undefined || input.api_keys !== undefined
+            ? yield* storedKeys(apiKey, input.api_keys)
+            : undefined
           const revokeTokens = input.revoke_tokens === true
           note.details["updated_fields"] = [
             ...(input.name !== undefined ? ["name"] : []),
             ...(apiKey !== undefined ? ["api_key"] : []),
+            ...(input.api_keys !== undefined ? ["api_keys"] : []),
             ...(input.provider !== undefined ? ["provider"] : []),
             ...(input.is_active !== undefined ? ["is_active"] : []),
             ...(input.rate_limit !== undefined ? ["rate_limit"] : []),
@@ -146,7 +180,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
           ]
           const result = yield* store.updateProject(id, {
             ...(input.name !== undefined ? { name: input.name } : {}),
-            ...(apiKey !== undefined ? { apiKey: cipher.encrypt(apiKey), apiKeyHint: obfuscateApiKey(apiKey) } : {}),
+            ...(apiKeys !== undefined ? { apiKeys } : {}),
             ...(input.provider !== undefined ? { provider: input.provider } : {}),
             ...(input.rate_limit !== undefined ? { rateLimit: rateLimitRow(input.rate_limit) } : {}),
             ...(input.allowed_models !== undefined ? { allowedModels: input.allowed_models } : {}),
@@ -163,7 +197,8 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
           note.details["project_name"] = updated.project.name
           note.details["is_active"] = updated.project.isActive
           if (revokeTokens) note.details["tokens_revoked"] = updated.revoked
-          return projectJson(updated.project)
+          if (apiKeys !== undefined) note.details["key_count"] = apiKeys.length
+          return present(updated.project)
         }).pipe(
           Effect.catchTags({
             DuplicateProjectName: (e) => Effect.fail(conflict(e.name)),

@@ -4,7 +4,7 @@
  */
 import type { StoredAuditEvent } from "../audit/AuditRepo.js"
 import { AuditActors, type AuditEvent, projectKeyActor } from "../domain/audit.js"
-import type { Project, ProjectKey, RateLimitSetting, Token } from "../domain/models.js"
+import type { Project, ProjectKey, RateLimitSetting, Token, UpstreamKey } from "../domain/models.js"
 import type { ProjectKeyRow, ProjectRow, RateLimitRow, TokenRow } from "../store/Store.js"
 
 const rateLimitJson = (r: RateLimitRow | null) => (r === null ? null : { requests: r.requests, window_seconds: r.windowSeconds })
@@ -16,10 +16,22 @@ export const rateLimitRow = (r: typeof RateLimitSetting.Type): RateLimitRow | nu
 /** A decoded payload's `max_requests`: 0 and null both mean unlimited (null in the store). */
 export const quotaRow = (n: number | null): number | null => (n === null || n === 0 ? null : n)
 
-export const projectJson = (p: ProjectRow): Project => ({
+/** What this instance knows of a key's state (src/proxy/keys.ts), by the key's id. */
+export type KeyStateView = (id: string) => Pick<UpstreamKey, "state" | "until">
+
+const fine: KeyStateView = () => ({ state: "ok" })
+
+export const projectJson = (p: ProjectRow, keyState: KeyStateView = fine): Project => ({
   id: p.id,
   name: p.name,
   api_key: p.apiKeyHint,
+  api_keys: p.apiKeys.map((k, index) => ({
+    index,
+    key: k.hint,
+    weight: k.weight,
+    provider: k.provider ?? p.provider,
+    ...keyState(k.id)
+  })),
   provider: p.provider,
   is_active: p.isActive,
   ...(p.deactivatedAt !== null ? { deactivated_at: p.deactivatedAt } : {}),

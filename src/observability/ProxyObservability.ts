@@ -13,7 +13,7 @@ import { Effect, FiberRef, LogLevel, Option, Queue, Runtime } from "effect"
 import type { LogFormat } from "../config/AppConfig.js"
 import type { OutgoingHttpHeaders } from "node:http"
 import { type ProviderConfig, Providers } from "../config/Providers.js"
-import type { ProxyHooksShape, ProxyRequestContext } from "../proxy/ProxyHooks.js"
+import type { ProxyHooksShape, ProxyRequestContext, UpstreamAttempt } from "../proxy/ProxyHooks.js"
 import { endpointMatches } from "../proxy/policy.js"
 import { Metrics, type RequestObservation } from "./Metrics.js"
 import { ProtoWriter } from "./otlpProto.js"
@@ -217,8 +217,16 @@ export const accessEntry = (ctx: ProxyRequestContext, f: AccessFacts): AccessLog
   completion_tokens: ctx.usage?.completion_tokens,
   total_tokens: ctx.usage?.total_tokens,
   code: ctx.code,
-  error: ctx.error
+  error: ctx.error,
+  attempts: ctx.attemptCount === 0 ? undefined : ctx.attemptCount,
+  key_index: ctx.keyIndex,
+  upstream_request_id: ctx.upstreamRequestId,
+  retried: ctx.retried === undefined ? undefined : ctx.retried.map(describeAttempt).join("; ")
 })
+
+/** One earlier attempt of a retried request, as the access log and traces show it. */
+export const describeAttempt = (a: UpstreamAttempt): string =>
+  `key ${a.keyIndex} (${a.provider}): ${a.status ?? a.error ?? "failed"} in ${Math.round(a.durationMs * 1000) / 1000} ms`
 
 const str = (key: string, v: string | undefined): string => (v === undefined ? "" : `,"${key}":${JSON.stringify(v)}`)
 const num = (key: string, v: number | undefined): string => (v === undefined ? "" : `,"${key}":${v}`)
@@ -235,7 +243,9 @@ export const accessJson = (ctx: ProxyRequestContext, f: AccessFacts): string => 
     str("token_id", ctx.tokenId) + str("token_name", ctx.tokenName ?? undefined) + str("user", ctx.user ?? undefined) +
     (ctx.tokenMetadata === null ? "" : `,"token_metadata":${JSON.stringify(ctx.tokenMetadata)}`) + str("model", f.model) + `,"stream":${ctx.stream},"cache":${JSON.stringify(f.cache)}` +
     num("prompt_tokens", u?.prompt_tokens) + num("completion_tokens", u?.completion_tokens) + num("total_tokens", u?.total_tokens) +
-    str("code", ctx.code) + str("error", ctx.error) + "}"
+    str("code", ctx.code) + str("error", ctx.error) + (ctx.attemptCount === 0 ? "" : num("attempts", ctx.attemptCount)) +
+    num("key_index", ctx.keyIndex) + str("upstream_request_id", ctx.upstreamRequestId) +
+    str("retried", ctx.retried === undefined ? undefined : ctx.retried.map(describeAttempt).join("; ")) + "}"
 }
 
 const round = (ms: number | undefined) => (ms === undefined ? undefined : Math.round(ms * 1000) / 1000)
@@ -299,7 +309,9 @@ export const make = (options: {
     const upstreams = new Map(providers.all.map((p) => {
       const u = new URL(p.origin)
       const port = u.port !== "" ? Number(u.port) : u.protocol === "https:" ? 443 : 80
-      return [p.name, { origin: p.origin, genAiProvider: genAiProviderOf(p), address: u.hostname, port }] as const
+      // A base_url with a path: the upstream URL's path is that path + the request path after `/v1`.
+      const origin = p.basePath === "" ? p.origin : p.origin + p.basePath
+      return [p.name, { origin, strip: p.basePath === "" ? 0 : 3, genAiProvider: genAiProviderOf(p), address: u.hostname, port }] as const
     }))
     const trustIncomingTrace = options.trustIncomingTrace === true
     // The upstream URL of a path without a query, one string per origin and path (bounded like the routes): the
@@ -409,7 +421,8 @@ export const make = (options: {
 
     /** The upstream call's client span: GenAI attributes from the request and what the answer said. */
     const upstreamSpan = (ctx: ProxyRequestContext, sentAt: number, endMs: number, model: string | undefined): UpstreamSpanRecord => {
-      const target = upstreams.get(ctx.provider ?? "")
+      const target = upstreams.get(ctx.upstreamProvider ?? ctx.provider ?? "")
+      const path = target === undefined || target.strip === 0 ? ctx.path : ctx.path.slice(target.strip)
       const a = ctx.answer
       const status = ctx.upstreamStatus
       // Failed: a 5xx, no answer at all (timeout, connection refused or reset), or an answer that broke off.
@@ -431,7 +444,7 @@ export const make = (options: {
         genAiProvider: target?.genAiProvider ?? ctx.provider ?? "unknown",
         serverAddress: target?.address ?? "",
         serverPort: target?.port ?? 0,
-        urlFull: ctx.url.length > ctx.path.length ? (target?.origin ?? "") + ctx.path + redactedQuery(ctx.url) : urlOf(target?.origin ?? "", ctx.path),
+        urlFull: ctx.url.length > ctx.path.length ? (target?.origin ?? "") + path + redactedQuery(ctx.url) : urlOf(target?.origin ?? "", path),
         requestModel: model,
         responseModel: a?.responseModel,
         responseId: a?.responseId,
@@ -442,7 +455,11 @@ export const make = (options: {
         cacheCreationTokens: a?.cacheCreationTokens,
         firstChunkSeconds: ctx.stream && a?.firstChunkAt !== undefined
           ? Math.max(0, a.firstChunkAt - (ctx.startedAt + (ctx.proxyMs ?? 0))) / 1000
-          : undefined
+          : undefined,
+        attempts: ctx.attemptCount,
+        keyIndex: ctx.keyIndex,
+        upstreamRequestId: ctx.upstreamRequestId,
+        retried: ctx.retried?.map(describeAttempt)
       }
     }
 

@@ -50,6 +50,14 @@ export interface UpstreamSpanRecord {
   readonly cacheCreationTokens: number | undefined
   /** Streamed answers: seconds from sending the request upstream to the first chunk. */
   readonly firstChunkSeconds: number | undefined
+  /** Upstream attempts (more than 1 when the request was retried on another key). */
+  readonly attempts: number
+  /** The index in the project's `api_keys` of the key the answer came from. */
+  readonly keyIndex: number | undefined
+  /** The upstream's own id of its answer (X-Upstream-Request-ID). */
+  readonly upstreamRequestId: string | undefined
+  /** The attempts before the last one, each `key <index> (<provider>): <status or error> in <ms> ms`. */
+  readonly retried: ReadonlyArray<string> | undefined
 }
 
 /**
@@ -132,7 +140,11 @@ const clientOwnAttributes = (u: UpstreamSpanRecord): Attrs => ({
   "gen_ai.usage.cache_read.input_tokens": u.cacheReadTokens,
   "gen_ai.usage.cache_creation.input_tokens": u.cacheCreationTokens,
   "gen_ai.response.time_to_first_chunk": u.firstChunkSeconds,
-  "llm_proxy.upstream_headers_ms": u.headersMs
+  "llm_proxy.upstream_headers_ms": u.headersMs,
+  "llm_proxy.upstream_attempts": u.attempts,
+  "llm_proxy.key_index": u.keyIndex,
+  "llm_proxy.upstream_request_id": u.upstreamRequestId,
+  "llm_proxy.retried_attempts": u.retried
 })
 
 const sameReasons = (a: ReadonlyArray<string> | undefined, b: ReadonlyArray<string> | undefined): boolean => {
@@ -338,7 +350,11 @@ const K = {
   cacheRead: Proto.keyField("gen_ai.usage.cache_read.input_tokens"),
   cacheCreation: Proto.keyField("gen_ai.usage.cache_creation.input_tokens"),
   firstChunk: Proto.keyField("gen_ai.response.time_to_first_chunk"),
-  headersMs: Proto.keyField("llm_proxy.upstream_headers_ms")
+  headersMs: Proto.keyField("llm_proxy.upstream_headers_ms"),
+  attempts: Proto.keyField("llm_proxy.upstream_attempts"),
+  keyIndex: Proto.keyField("llm_proxy.key_index"),
+  upstreamRequestId: Proto.keyField("llm_proxy.upstream_request_id"),
+  retried: Proto.keyField("llm_proxy.retried_attempts")
 } as const
 
 /** Encodes records into the bytes of the current batch (only bytes are kept, no per-record objects). */
@@ -492,6 +508,10 @@ const protobufEncoder = (resource: Resource, scope: { name: string; version: str
         w.attr(K.cacheCreation, u.cacheCreationTokens)
         w.attrDouble(K.firstChunk, u.firstChunkSeconds)
         w.attrDouble(K.headersMs, u.headersMs)
+        w.attr(K.attempts, u.attempts)
+        w.attr(K.keyIndex, u.keyIndex)
+        w.attr(K.upstreamRequestId, u.upstreamRequestId)
+        if (u.retried !== undefined) w.attrStrings(K.retried, u.retried)
         Proto.endSpan(w, child, u.error)
       }
       n++

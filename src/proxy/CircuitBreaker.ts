@@ -1,5 +1,5 @@
 /**
- * One circuit breaker per provider. `threshold` consecutive failures (upstream 502/503/504, connection errors,
+ * One circuit breaker per provider key (src/proxy/keys.ts). `threshold` consecutive failures (upstream 502/503/504, connection errors,
  * header timeouts) open it: requests are answered locally with 503 for `cooldownMs`; then exactly one probe is let
  * through (half-open). A good probe closes the breaker, a failed one opens it again. Any non-failure answer resets
  * the count. Synchronous and clock-injected, so it is table-tested without waiting.
@@ -29,6 +29,18 @@ export class CircuitBreaker {
     if (this.probeInFlight) return false
     this.probeInFlight = true
     return true
+  }
+
+  /** Would `admit` let a request through now? Changes nothing. */
+  wouldAdmit(): boolean {
+    if (this.state === "closed") return true
+    if (this.state === "open" && this.now() - this.openedAt < this.cooldownMs) return false
+    return !(this.state === "half-open" && this.probeInFlight)
+  }
+
+  /** How long until the breaker lets a probe through, ms; 0 when it is not open. */
+  retryInMs(): number {
+    return this.state === "open" ? Math.max(0, this.cooldownMs - (this.now() - this.openedAt)) : 0
   }
 
   /** The outcome of an admitted request: true when it counts as an upstream failure. */

@@ -11,7 +11,7 @@ import { Effect } from "effect"
 import type { EventsConfig } from "../config/AppConfig.js"
 import type { CapturedBody, ProxyEvent } from "../domain/ProxyEvent.js"
 import { EventBus } from "../eventbus/EventBus.js"
-import type { ProxyHooksShape, ProxyRequestContext } from "./ProxyHooks.js"
+import { attemptsOf, type ProxyHooksShape, type ProxyRequestContext } from "./ProxyHooks.js"
 
 const header = (headers: ProxyRequestContext["upstreamHeaders"], name: string): string | undefined => {
   const v = headers?.[name]
@@ -80,7 +80,19 @@ export const toEvent = (ctx: ProxyRequestContext, config: Pick<EventsConfig, "ma
   error: ctx.error ?? ctx.code ?? null,
   ...(ctx.tokenName !== null ? { token_name: ctx.tokenName } : {}),
   ...(ctx.user !== null ? { user: ctx.user } : {}),
-  ...(ctx.tokenMetadata !== null ? { token_metadata: ctx.tokenMetadata } : {})
+  ...(ctx.tokenMetadata !== null ? { token_metadata: ctx.tokenMetadata } : {}),
+  ...(ctx.upstreamRequestId !== undefined ? { upstream_request_id: ctx.upstreamRequestId } : {}),
+  ...(ctx.attemptCount > 0
+    ? {
+      attempts: attemptsOf(ctx).map((a) => ({
+        key_index: a.keyIndex,
+        provider: a.provider,
+        status: a.status ?? null,
+        error: a.error ?? null,
+        duration_ms: ms(a.durationMs) ?? 0
+      }))
+    }
+    : {})
 })
 
 /** The hooks that publish one event per request. */

@@ -39,17 +39,30 @@ import { hashProxyToken, isAcceptedTokenFormat } from "../crypto/ProxyToken.js"
 import { closeLingering } from "../http/linger.js"
 import { Store } from "../store/Store.js"
 import { type Exceeded, RateLimits, Unavailable } from "../token/RateLimits.js"
-import { judge, type TokenGrant, TokenValidator } from "../token/TokenValidator.js"
+import { type GrantKey, judge, type TokenGrant, TokenValidator } from "../token/TokenValidator.js"
 import { UsageRecorder } from "../token/UsageRecorder.js"
 import { isFailureStatus } from "./CircuitBreaker.js"
 import {
+  coolDown,
+  coolsKey,
+  isIdempotent,
+  notSent,
+  notStarted,
+  pickKey,
+  recovered,
+  retryAfterMs,
+  unavailability
+} from "./keys.js"
+import {
   Answers,
   bearerCredential,
+  bodyOf,
   checkBodyParams,
   checkOrigin,
   corsHeaders,
   downstreamHeaders,
   duplicateAuthorization,
+  errorShapeOf,
   hasQueryCredential,
   isJsonContentType,
   isSafePath,
@@ -60,6 +73,7 @@ import {
   routeRefusal,
   serverTiming,
   splitUrl,
+  upstreamPath,
   upstreamRequestHeaders
 } from "./policy.js"
 import {
@@ -97,6 +111,9 @@ interface Flow {
    */
   unread: boolean
   grant: TokenGrant | undefined
+  /** Keys this request has tried (bit = the key's slot), and when all its attempts must have their answer. */
+  tried: number
+  deadline: number
   abort: UpstreamAbort | undefined
   capture: UsageReader | undefined
   /** A scoped `GET /v1/models`: the answer's list is filtered to what the scope admits (never from the cache). */
@@ -130,6 +147,19 @@ const isPromise = <A>(v: A | Promise<A>): v is Promise<A> => typeof (v as { then
 
 const JSON_HEADERS = "application/json"
 
+const anthropicKey = (v: string | ReadonlyArray<string> | undefined): string | undefined =>
+  typeof v === "string" && v !== "" ? v : undefined
+
+/** On answers no retry can change (SDKs read it before their own rules). */
+const SHOULD_NOT_RETRY = { "x-should-retry": "false" } as const
+
+/** The upstream's own id of an answer: `x-request-id` (OpenAI and most), else `request-id` (Anthropic). */
+const upstreamRequestIdOf = (headers: Dispatcher.ResponseData["headers"]): string | undefined => {
+  const v = headers["x-request-id"] ?? headers["request-id"]
+  const id = Array.isArray(v) ? v[0] : v
+  return id !== undefined && id.length <= 256 ? id : undefined
+}
+
 /** Node's own test for a client waiting for `100 Continue` before it sends its body. */
 const EXPECT_CONTINUE = /(?:^|\W)100-continue(?:$|\W)/i
 
@@ -140,6 +170,8 @@ export const make = Effect.gen(function*() {
   const usage = yield* UsageRecorder
   const limits = yield* RateLimits
   const upstream = yield* Upstream
+  const keyStates = upstream.keys
+  const retries = upstream.retries
   const hooks = yield* ProxyHooks
   const store = yield* Store
   const runtime = yield* Effect.runtime<never>()
@@ -162,7 +194,7 @@ export const make = Effect.gen(function*() {
     const { ctx, res } = f
     if (f.done || res.headersSent || res.destroyed) return
     f.done = true
-    ctx.code = answer.body.code
+    ctx.code = answer.code
     if (f.body instanceof Transform) {
       // A counted upload that will not go upstream: drain it so the connection can be reused.
       f.req.unpipe(f.body)
@@ -170,12 +202,13 @@ export const make = Effect.gen(function*() {
     }
     // A body nobody read (a stranger's, or one over the limit) is not read now either.
     if (f.unread && !f.req.complete) closeLingering(f.req, res)
-    const body = JSON.stringify(answer.body)
+    const body = bodyOf(answer, errorShapeOf(ctx.path))
     const headers: OutgoingHttpHeaders = {
       "content-type": JSON_HEADERS,
       "content-length": Buffer.byteLength(body),
       "x-request-id": ctx.requestId,
-      "server-timing": serverTiming(performance.now() - ctx.startedAt, ctx.upstreamMs),
+      "server-timing": serverTiming(ctx.proxyMs ?? performance.now() - ctx.startedAt, ctx.upstreamMs, ctx.attemptCount),
+      ...(answer.final ? SHOULD_NOT_RETRY : {}),
       ...corsHeaders(ctx.origin),
       ...answer.headers,
       ...extra
@@ -307,6 +340,8 @@ export const make = Effect.gen(function*() {
       bodyTooLarge: false,
       unread: req.headers["transfer-encoding"] !== undefined || (cl !== undefined && cl !== "0"),
       grant: undefined,
+      tried: 0,
+      deadline: 0,
       abort: undefined,
       capture: undefined,
       filterModels: undefined,
@@ -366,7 +401,14 @@ export const make = Effect.gen(function*() {
   const authenticate = (f: Flow) => {
     if (f.done) return
     if (duplicateAuthorization(f.req.rawHeaders)) return reply(f, Answers.duplicateAuthorization)
-    const credential = bearerCredential(f.req.headers.authorization)
+    const authorization = f.req.headers.authorization
+    // On Anthropic's own paths the token may come in `x-api-key`, where Anthropic's SDKs send their `apiKey` (only
+    // without an Authorization header; it is never forwarded). Elsewhere only `Authorization: Bearer` counts.
+    const credential = authorization !== undefined
+      ? bearerCredential(authorization)
+      : errorShapeOf(f.ctx.path) === "anthropic"
+      ? anthropicKey(f.req.headers["x-api-key"])
+      : undefined
     if (credential === undefined) return reply(f, Answers.missingAuthorization)
     if (!isAcceptedTokenFormat(credential)) return reply(f, Answers.malformedToken)
     const hash = hashProxyToken(credential)
@@ -413,7 +455,7 @@ export const make = Effect.gen(function*() {
       const o = checkOrigin(ctx.origin, p)
       if (o !== undefined) return reply(f, o)
     }
-    if (Option.isNone(grant.apiKey)) return reply(f, Answers.upstreamAuthError)
+    if (grant.keys.length === 0) return reply(f, Answers.upstreamAuthError)
     f.grant = grant
     f.target = target
     return readBody(f)
@@ -592,11 +634,29 @@ export const make = Effect.gen(function*() {
 
   const forward = (f: Flow): void | Promise<void> => {
     if (f.done) return
-    const target = f.target!
-    const breaker = target.breaker
-    if (!breaker.admit()) return reply(f, Answers.circuitOpen)
-    // The quota after the breaker: a request the breaker refuses uses none.
-    return quota(f, () => send(f, target), () => breaker.release())
+    const g = f.grant!
+    const key = pickKey(g.keys, g.provider, keyStates, Date.now(), 0, fallbackAdmits, f)
+    if (key === undefined) return unavailable(f)
+    // The quota after the key's breaker: a request no key takes uses none.
+    return quota(f, () => attempt(f, key), () => key.state!.breaker.release())
+  }
+
+  /** No key can take the request now: 503, and when one will again. */
+  const unavailable = (f: Flow) => {
+    const u = unavailability(f.grant!.keys, keyStates, Date.now())
+    f.ctx.error = u.breakersOpen ? "every key's circuit breaker is open" : "every key is cooling down"
+    return reply(f, u.breakersOpen ? Answers.circuitOpen(u.retryAfterSeconds) : Answers.keysCoolingDown(u.retryAfterSeconds))
+  }
+
+  /**
+   * Whether a key of another provider may take this request (the project's own provider admitted it): that provider
+   * admits the method and path, the origin and the body's whitelisted parameters.
+   */
+  const fallbackAdmits = (provider: string, f: Flow): boolean => {
+    const p = providers.get(provider)
+    const { ctx } = f
+    if (p === undefined || routeOf(ctx.method, ctx.path, p) !== undefined || checkOrigin(ctx.origin, p) !== undefined) return false
+    return p.paramWhitelist.size === 0 || ctx.requestBody === undefined || checkBodyParams(ctx.requestBody, p.paramWhitelist) === undefined
   }
 
   /**
@@ -640,9 +700,45 @@ export const make = Effect.gen(function*() {
     })
   }
 
-  const send = (f: Flow, target: UpstreamTarget) => {
-    if (f.done) return target.breaker.release()
+  /**
+   * May the attempt that just failed be sent again on another key? Only while nothing went to the client (the caller
+   * checks), within UPSTREAM_RETRIES and the request's time bound, with a body that can be sent again (buffered JSON
+   * or none: a streamed upload is sent once), and when the method is idempotent or the provider cannot have started
+   * the work (`safe`).
+   */
+  const mayRetry = (f: Flow, safe: boolean): boolean =>
+    f.ctx.attemptCount <= retries && performance.now() < f.deadline &&
+    (f.body === undefined || f.body instanceof Buffer) && (safe || isIdempotent(f.ctx.method))
+
+  /** The key for the next attempt, the failed one remembered; undefined when there is none. */
+  const retryKey = (f: Flow, failed: GrantKey, sentAt: number, status: number | undefined, error: string | undefined, id?: string) => {
+    const g = f.grant!
+    const next = pickKey(g.keys, g.provider, keyStates, Date.now(), f.tried, fallbackAdmits, f)
+    if (next === undefined) return undefined
+    ;(f.ctx.retried ??= []).push({
+      keyIndex: failed.index,
+      provider: failed.provider,
+      status,
+      error,
+      startMs: sentAt,
+      durationMs: performance.now() - sentAt,
+      upstreamRequestId: id
+    })
+    return next
+  }
+
+  /** One upstream attempt with `key` (its breaker's admission taken). */
+  const attempt = (f: Flow, key: GrantKey) => {
+    const state = key.state!
+    if (f.done) return state.breaker.release()
     const { ctx, req } = f
+    const own = f.target!
+    const target = key.provider === own.provider.name ? own : upstream.target(key.provider)
+    if (target === undefined) {
+      // A fallback key of a provider the configuration no longer has.
+      state.breaker.release()
+      return reply(f, Answers.providerNotConfigured)
+    }
     ctx.forwarded = true
     const abort = new UpstreamAbort()
     f.abort = abort
@@ -651,7 +747,7 @@ export const make = Effect.gen(function*() {
       headers = upstreamRequestHeaders(
         req.headers,
         target.provider,
-        Redacted.value(Option.getOrThrow(f.grant!.apiKey)),
+        Redacted.value(key.apiKey),
         ctx.requestId,
         f.body instanceof Buffer ? f.bodyLength : f.body === req ? f.bodyLength : undefined
       )
@@ -661,49 +757,80 @@ export const make = Effect.gen(function*() {
       }
     } catch (e) {
       // Admitted by the breaker but never sent: free a half-open probe slot.
-      target.breaker.release()
+      state.breaker.release()
       throw e
     }
     const sentAt = performance.now()
-    ctx.proxyMs = sentAt - ctx.startedAt
+    if (ctx.attemptCount === 0) {
+      ctx.proxyMs = sentAt - ctx.startedAt
+      f.deadline = sentAt + own.totalTimeoutMs
+    }
+    ctx.attemptCount++
+    ctx.lastAttemptAt = sentAt
+    ctx.keyIndex = key.index
+    ctx.upstreamProvider = key.provider
+    f.tried |= 1 << key.slot
     target.pool.request({
-      path: ctx.url,
+      path: upstreamPath(target.provider, ctx.url, ctx.path),
       method: ctx.method as Dispatcher.HttpMethod,
       headers,
       body: f.body ?? null,
       signal: abort,
-      headersTimeout: target.headersTimeoutMs,
+      headersTimeout: Math.max(1, Math.min(target.headersTimeoutMs, f.deadline - sentAt)),
       bodyTimeout: 0
     }).then(
       (r) => {
         try {
-          respond(f, target, r, sentAt)
+          respond(f, key, r, sentAt)
         } catch (e) {
           discard(r.body)
           internal(f, e)
         }
       },
-      (e: NodeJS.ErrnoException) => failed(f, target, e)
+      (e: NodeJS.ErrnoException) => failed(f, key, target, e, sentAt)
     )
   }
 
-  const respond = (f: Flow, target: UpstreamTarget, r: Dispatcher.ResponseData, sentAt: number) => {
+  const respond = (f: Flow, key: GrantKey, r: Dispatcher.ResponseData, sentAt: number) => {
     const { ctx, res } = f
-    ctx.upstreamMs = performance.now() - sentAt
-    ctx.upstreamStatus = r.statusCode
-    ctx.upstreamHeaders = r.headers
-    target.breaker.record(isFailureStatus(r.statusCode))
+    const status = r.statusCode
+    const state = key.state!
+    state.breaker.record(isFailureStatus(status))
     if (f.done || res.destroyed) {
       discard(r.body)
       return
     }
+    // A project's only key never cools down: there is no other key to send its requests to, so the upstream's own
+    // answer (and the key's breaker) tells the client more than a local 503 would.
+    if (coolsKey(status) && f.grant!.keys.length > 1) {
+      const now = Date.now()
+      coolDown(state, now, retryAfterMs(r.headers, now), upstream.cooling, String(status))
+      // Nothing was sent to the client yet: another key may answer instead.
+      if (mayRetry(f, notStarted(status))) {
+        const next = retryKey(f, key, sentAt, status, undefined, upstreamRequestIdOf(r.headers))
+        if (next !== undefined) {
+          discard(r.body)
+          return attempt(f, next)
+        }
+      }
+    } else recovered(state)
+    const now = performance.now()
+    ctx.upstreamMs = now - (ctx.startedAt + ctx.proxyMs!)
+    ctx.lastAttemptMs = now - sentAt
+    ctx.upstreamStatus = status
+    ctx.upstreamHeaders = r.headers
     f.done = true
     for (const hook of hooks.interceptResponse) {
-      if (hook(ctx, r.statusCode, r.headers, r.body, res)) return
+      if (hook(ctx, status, r.headers, r.body, res)) return
     }
     const out = downstreamHeaders(r.headers)
+    const upstreamId = upstreamRequestIdOf(r.headers)
+    if (upstreamId !== undefined) {
+      ctx.upstreamRequestId = upstreamId
+      out["x-upstream-request-id"] = upstreamId
+    }
     out["x-request-id"] = ctx.requestId
-    const timing = serverTiming(ctx.proxyMs!, ctx.upstreamMs)
+    const timing = serverTiming(ctx.proxyMs!, ctx.upstreamMs, ctx.attemptCount)
     const theirs = r.headers["server-timing"]
     out["server-timing"] = theirs === undefined ? timing : `${timing}, ${Array.isArray(theirs) ? theirs.join(", ") : theirs}`
     if (ctx.origin !== undefined) {
@@ -719,11 +846,11 @@ export const make = Effect.gen(function*() {
       ? "json"
       : "none"
     ctx.stream = mode === "sse"
-    for (const hook of hooks.decorateResponse) hook(ctx, r.statusCode, out)
-    if (f.filterModels !== undefined && r.statusCode >= 200 && r.statusCode < 300 && mode !== "sse") {
-      return respondFiltered(f, f.filterModels, r.statusCode, out, r.body)
+    for (const hook of hooks.decorateResponse) hook(ctx, status, out)
+    if (f.filterModels !== undefined && status >= 200 && status < 300 && mode !== "sse") {
+      return respondFiltered(f, f.filterModels, status, out, r.body)
     }
-    res.writeHead(r.statusCode, out)
+    res.writeHead(status, out)
     // SSE: the client sees the headers now, not with the first event.
     if (mode === "sse") res.flushHeaders()
     const body = r.body
@@ -740,7 +867,7 @@ export const make = Effect.gen(function*() {
     // Hooks' Transforms (the response cache's tee) sit between the upstream body and everything after it.
     let source: Readable = body
     for (const hook of hooks.bodyTransforms) {
-      const t = hook(ctx, r.statusCode, r.headers)
+      const t = hook(ctx, status, r.headers)
       if (t !== undefined) {
         t.on("error", lost)
         source = source.pipe(t)
@@ -806,25 +933,35 @@ export const make = Effect.gen(function*() {
       }))
   }
 
-  const failed = (f: Flow, target: UpstreamTarget, e: NodeJS.ErrnoException) => {
+  const failed = (f: Flow, key: GrantKey, target: UpstreamTarget, e: NodeJS.ErrnoException, sentAt: number) => {
     const { ctx } = f
+    const state = key.state!
     if (f.abort?.aborted || f.done) {
-      target.breaker.release()
+      state.breaker.release()
       return
     }
     if (f.bodyTooLarge) {
-      target.breaker.release()
+      state.breaker.release()
       ctx.forwarded = false
       return tooLarge(f)
     }
-    target.breaker.record(true)
-    ctx.upstreamErrorType = e.code === "UND_ERR_HEADERS_TIMEOUT" ? "timeout" : e.code ?? e.name
-    if (e.code === "UND_ERR_HEADERS_TIMEOUT") {
+    state.breaker.record(true)
+    const timeout = e.code === "UND_ERR_HEADERS_TIMEOUT"
+    const reason = timeout ? "timeout" : e.code ?? e.name
+    // A key that cannot be reached cools down; a slow answer is the provider's, not the key's (the breaker counts it).
+    if (!timeout && f.grant!.keys.length > 1) coolDown(state, Date.now(), undefined, upstream.cooling, reason)
+    if (mayRetry(f, notSent(e.code))) {
+      const next = retryKey(f, key, sentAt, undefined, reason)
+      if (next !== undefined) return attempt(f, next)
+    }
+    ctx.lastAttemptMs = performance.now() - sentAt
+    ctx.upstreamErrorType = reason
+    if (timeout) {
       ctx.error = "upstream response headers timed out"
       return reply(f, Answers.timeout)
     }
-    ctx.error = `upstream request failed (${e.code ?? e.name})`
-    log("warn", "proxy: upstream request failed", ctx, `${target.provider.name}: ${e.code ?? e.name}`)
+    ctx.error = `upstream request failed (${reason})`
+    log("warn", "proxy: upstream request failed", ctx, `${target.provider.name} key ${key.index}: ${reason}`)
     return reply(f, Answers.upstreamError)
   }
 

@@ -56,10 +56,25 @@ export class ProxyRequestContext {
   forwarded = false
   /** The answer was an SSE stream. */
   stream = false
-  /** ms from arrival until the upstream request was sent. */
+  /** ms from arrival until the (first) upstream request was sent. */
   proxyMs: number | undefined = undefined
-  /** ms from sending upstream until the upstream's response headers. */
+  /** ms from sending the first attempt upstream until the answer's headers (every attempt included). */
   upstreamMs: number | undefined = undefined
+  /** Upstream attempts made: 0 = none, 1 = sent once, more = retried on other keys (src/proxy/keys.ts). */
+  attemptCount = 0
+  /** performance.now() when the last attempt was sent, and ms until its headers or its failure. */
+  lastAttemptAt: number | undefined = undefined
+  lastAttemptMs: number | undefined = undefined
+  /** The key of the last attempt: its index in the project's `api_keys`, and its provider. */
+  keyIndex: number | undefined = undefined
+  upstreamProvider: string | undefined = undefined
+  /**
+   * The attempts before the last one, when the request was retried (undefined on the usual one-attempt path; see
+   * `attemptsOf` for all of them).
+   */
+  retried: Array<UpstreamAttempt> | undefined = undefined
+  /** The upstream's own id of its answer (`x-request-id`, or Anthropic's `request-id`), sent on as X-Upstream-Request-ID. */
+  upstreamRequestId: string | undefined = undefined
   /** ms from arrival until the response ended. */
   durationMs: number | undefined = undefined
   usage: Usage | undefined = undefined
@@ -98,6 +113,39 @@ export class ProxyRequestContext {
     /** Date.now() at arrival. */
     readonly receivedAt: number
   ) {}
+}
+
+/** One upstream attempt: the key it used, what came of it, and how long it took (ms). */
+export interface UpstreamAttempt {
+  readonly keyIndex: number
+  readonly provider: string
+  /** The upstream's status, when it answered. */
+  readonly status: number | undefined
+  /** Why it failed without an answer (`timeout`, `ECONNREFUSED`, …). */
+  readonly error: string | undefined
+  /** performance.now() when it was sent. */
+  readonly startMs: number
+  /** Until its answer's headers, or its failure. */
+  readonly durationMs: number
+  readonly upstreamRequestId: string | undefined
+}
+
+/**
+ * Every attempt of a forwarded request, the last one from the context's own fields (status, timings); empty when
+ * the request did not go upstream. Builds the list: call it off the request path (events, logs, spans).
+ */
+export const attemptsOf = (ctx: ProxyRequestContext): ReadonlyArray<UpstreamAttempt> => {
+  if (ctx.attemptCount === 0 || ctx.lastAttemptAt === undefined) return []
+  const last: UpstreamAttempt = {
+    keyIndex: ctx.keyIndex ?? 0,
+    provider: ctx.upstreamProvider ?? ctx.provider ?? "",
+    status: ctx.upstreamStatus,
+    error: ctx.upstreamStatus === undefined ? ctx.upstreamErrorType ?? (ctx.status === 499 ? "cancelled" : undefined) : undefined,
+    startMs: ctx.lastAttemptAt,
+    durationMs: ctx.lastAttemptMs ?? Math.max(0, ctx.startedAt + (ctx.durationMs ?? 0) - ctx.lastAttemptAt),
+    upstreamRequestId: ctx.upstreamRequestId
+  }
+  return ctx.retried === undefined ? [last] : [...ctx.retried, last]
 }
 
 export type UpstreamHeaders = Record<string, string | string[] | undefined>

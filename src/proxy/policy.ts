@@ -8,21 +8,102 @@ import type { Endpoint, ProviderConfig } from "../config/Providers.js"
 import { compileGlob as compileGlobOf } from "./glob.js"
 import { BACKSLASH, QUOTE, skipSpace, stringEnd, valueEnd } from "./jsonBody.js"
 
-/** A locally produced answer: status + the JSON body of CONTRACT §4 (+ headers). */
+/**
+ * A locally produced answer: status, message, code (+ description) and headers, with its body serialised once in
+ * each wire shape (`bodyOf`). On `/v1` the body takes the shape of the API the path belongs to, so that SDKs read
+ * `code` and `type` as they do from the provider: OpenAI's `{"error": {"message", "type", "code", "param"}}`, or on
+ * Anthropic's paths (`/v1/messages…`, `/v1/complete`) `{"type": "error", "error": {"type", "message"}}`; the
+ * description, when there is one, is an extra member of the inner `error` object.
+ */
 export interface LocalAnswer {
   readonly status: number
-  readonly body: { readonly error: string; readonly code?: string; readonly description?: string }
+  readonly message: string
+  readonly code: string
+  readonly description: string | undefined
+  /** The OpenAI error `type` (the Anthropic one is derived from the status, see `anthropicType`). */
+  readonly type: string
+  /** No retry can change this answer (the token, the quota, the budget, the request itself): `x-should-retry: false`. */
+  readonly final: boolean
+  readonly headers?: Readonly<Record<string, string>>
+  readonly openai: string
+  readonly anthropic: string
+}
+
+export type ErrorShape = "openai" | "anthropic"
+
+/** The paths of Anthropic's own API: answered in its error shape. */
+export const errorShapeOf = (path: string): ErrorShape =>
+  path.startsWith("/v1/messages") && (path.length === 12 || path[12] === "/") || path === "/v1/complete"
+    ? "anthropic"
+    : "openai"
+
+export const bodyOf = (a: LocalAnswer, shape: ErrorShape): string => (shape === "anthropic" ? a.anthropic : a.openai)
+
+/** OpenAI's error `type` for a status. */
+export const openAiType = (status: number): string =>
+  status === 401
+    ? "authentication_error"
+    : status === 403
+    ? "permission_error"
+    : status === 429
+    ? "rate_limit_error"
+    : status >= 500
+    ? "api_error"
+    : "invalid_request_error"
+
+/** Anthropic's error `type` for a status (its documented types). */
+export const anthropicType = (status: number): string =>
+  status === 401
+    ? "authentication_error"
+    : status === 403
+    ? "permission_error"
+    : status === 404
+    ? "not_found_error"
+    : status === 413
+    ? "request_too_large"
+    : status === 429
+    ? "rate_limit_error"
+    : status >= 500
+    ? "api_error"
+    : "invalid_request_error"
+
+/**
+ * Codes, beyond the client errors, that no retry can fix: a used-up quota or budget. (Client errors other than 408
+ * and 429 are final whatever their code; a window rate limit is not: it passes.)
+ */
+const FINAL_CODES: ReadonlySet<string> = new Set(["budget_exceeded"])
+/** OpenAI's own type for a quota that is used up (its SDKs expose it as `error.type`). */
+const QUOTA_TYPE = "insufficient_quota"
+
+export interface AnswerOptions {
+  /** OpenAI error type, when the status's default does not fit (`insufficient_quota`). */
+  readonly type?: string
+  /** Overrides the default: client errors (except 408, 429) and FINAL_CODES are final. */
+  readonly final?: boolean
   readonly headers?: Readonly<Record<string, string>>
 }
 
-const answer = (status: number, error: string, code?: string, description?: string): LocalAnswer => ({
-  status,
-  body: {
-    error,
-    ...(description !== undefined ? { description } : {}),
-    ...(code !== undefined ? { code } : {})
+export const answer = (
+  status: number,
+  message: string,
+  code: string,
+  description?: string,
+  options: AnswerOptions = {}
+): LocalAnswer => {
+  const type = options.type ?? (code === "budget_exceeded" ? QUOTA_TYPE : openAiType(status))
+  const extra = description !== undefined ? { description } : {}
+  return {
+    status,
+    message,
+    code,
+    description,
+    type,
+    final: options.final ?? ((status >= 400 && status < 500 && status !== 408 && status !== 429) || FINAL_CODES.has(code)),
+    ...(options.headers !== undefined ? { headers: options.headers } : {}),
+    openai: JSON.stringify({ error: { message, type, code, param: null, ...extra } }),
+    anthropic: JSON.stringify({ type: "error", error: { type: anthropicType(status), message, code, ...extra } })
   }
-})
+}
 
 /** Every error the proxy produces itself (docs/proxy.md lists them). */
 export const Answers = {
@@ -31,22 +112,33 @@ export const Answers = {
   tokenNotFound: answer(401, "Token not found", "token_not_found"),
   tokenInactive: answer(401, "Token is inactive", "token_inactive"),
   tokenExpired: answer(401, "Token has expired", "token_expired"),
-  quotaExhausted: answer(429, "Rate limit exceeded", "rate_limit_exceeded", "request quota (max_requests) exhausted"),
-  rateLimited: (retryAfterSeconds: number, scope: "token" | "project"): LocalAnswer => ({
-    ...answer(429, "Rate limit exceeded", "rate_limit_exceeded", `${scope} rate limit exceeded`),
-    headers: { "retry-after": String(retryAfterSeconds) }
+  quotaExhausted: answer(429, "Rate limit exceeded", "rate_limit_exceeded", "request quota (max_requests) exhausted", {
+    type: QUOTA_TYPE,
+    final: true
   }),
+  rateLimited: (retryAfterSeconds: number, scope: "token" | "project"): LocalAnswer =>
+    answer(429, "Rate limit exceeded", "rate_limit_exceeded", `${scope} rate limit exceeded`, {
+      headers: { "retry-after": String(retryAfterSeconds) }
+    }),
   projectInactive: answer(403, "Project is inactive", "project_inactive"),
   serviceUnavailable: answer(503, "Service temporarily unavailable", "service_unavailable"),
-  upstreamAuthError: answer(503, "Upstream authentication error", "upstream_auth_error", "failed to load upstream API key"),
-  providerNotConfigured: answer(503, "Provider is not configured", "provider_not_configured"),
-  circuitOpen: answer(503, "Upstream unavailable (circuit breaker open)", "upstream_unavailable"),
+  // A configuration problem: only the operator can fix it.
+  upstreamAuthError: answer(503, "Upstream authentication error", "upstream_auth_error", "failed to load upstream API key", {
+    final: true
+  }),
+  providerNotConfigured: answer(503, "Provider is not configured", "provider_not_configured", undefined, { final: true }),
+  circuitOpen: (retryAfterSeconds: number): LocalAnswer =>
+    answer(503, "Upstream unavailable (circuit breaker open)", "upstream_unavailable", undefined, {
+      headers: { "retry-after": String(retryAfterSeconds) }
+    }),
+  keysCoolingDown: (retryAfterSeconds: number): LocalAnswer =>
+    answer(503, "Upstream unavailable (every key is cooling down)", "upstream_unavailable", undefined, {
+      headers: { "retry-after": String(retryAfterSeconds) }
+    }),
   upstreamError: answer(502, "Proxy error", "upstream_error"),
   timeout: answer(504, "Request timeout", "timeout"),
-  methodNotAllowed: (allow: ReadonlyArray<string>): LocalAnswer => ({
-    ...answer(405, "Method not allowed", "method_not_allowed"),
-    headers: { allow: allow.join(", ") }
-  }),
+  methodNotAllowed: (allow: ReadonlyArray<string>): LocalAnswer =>
+    answer(405, "Method not allowed", "method_not_allowed", undefined, { headers: { allow: allow.join(", ") } }),
   endpointNotFound: answer(404, "Endpoint not found", "endpoint_not_found"),
   originRequired: answer(400, "Origin header required", "origin_required"),
   originNotAllowed: answer(403, "Origin not allowed", "origin_not_allowed"),
@@ -193,6 +285,44 @@ export const hasQueryCredential = (query: string): boolean => {
   return false
 }
 
+/** The names a query (with its `?`) uses, decoded (the same reading as hasQueryCredential). */
+const queryNames = (query: string): ReadonlyArray<string> => {
+  const names: Array<string> = []
+  let start = query.startsWith("?") ? 1 : 0
+  while (start < query.length) {
+    let end = start
+    while (end < query.length && query[end] !== "&" && query[end] !== ";") end++
+    const eq = query.indexOf("=", start)
+    const name = query.slice(start, eq === -1 || eq > end ? end : eq)
+    if (name !== "") names.push(decodeName(name))
+    start = end + 1
+  }
+  return names
+}
+
+/**
+ * The path and query sent upstream for a request's `url` (its `path` is the part before `?`, starting with `/v1`):
+ * as received when the provider's `base_url` has no path and it sets no `query` (the common case: the same string,
+ * nothing built). A `base_url` path replaces the `/v1` (`/v1beta/openai` + `/v1/chat/completions?x=1` →
+ * `/v1beta/openai/chat/completions?x=1`). The client's query is kept as received, first; the provider's `query`
+ * parameters follow, each unless the client's query names it already.
+ */
+export const upstreamPath = (provider: ProviderConfig, url: string, path: string): string => {
+  const base = provider.basePath
+  const fixed = provider.fixedQuery
+  if (base === "" && fixed.length === 0) return url
+  const target = base === "" ? path : base + path.slice(3)
+  let query = url.length > path.length ? url.slice(path.length) : ""
+  if (fixed.length > 0) {
+    const named = query.length > 1 ? queryNames(query) : []
+    for (const q of fixed) {
+      if (named.includes(q.name)) continue
+      query = query === "" || query === "?" ? `?${q.pair}` : query.endsWith("&") ? `${query}${q.pair}` : `${query}&${q.pair}`
+    }
+  }
+  return target + query
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Origin and CORS
 
@@ -202,7 +332,8 @@ export const checkOrigin = (origin: string | undefined, provider: ProviderConfig
   return undefined
 }
 
-export const EXPOSED_HEADERS = "X-Request-ID, Server-Timing, Retry-After, Cache-Status, X-PROXY-CACHE, X-PROXY-CACHE-KEY"
+export const EXPOSED_HEADERS =
+  "X-Request-ID, X-Upstream-Request-ID, Server-Timing, Retry-After, X-Should-Retry, Cache-Status, X-PROXY-CACHE, X-PROXY-CACHE-KEY"
 const DEFAULT_ALLOW_HEADERS = "Authorization, Content-Type, X-Requested-With"
 
 /** Headers for a browser reading an answer (proxied or local) to a request that carried `Origin`. */
@@ -436,10 +567,16 @@ const SAFE_REQUEST_ID = /^[A-Za-z0-9._:\-]{1,128}$/
 export const requestIdOf = (header: string | undefined): string =>
   header !== undefined && SAFE_REQUEST_ID.test(header) ? header : crypto.randomUUID()
 
-export const serverTiming = (proxyMs: number, upstreamMs: number | undefined): string =>
-  upstreamMs === undefined
-    ? `proxy;dur=${proxyMs.toFixed(2)}`
-    : `proxy;dur=${proxyMs.toFixed(2)}, upstream;dur=${upstreamMs.toFixed(2)}`
+/**
+ * `proxy;dur=<ms before the first upstream attempt>`, then `upstream;dur=<ms from the first attempt until the
+ * answer's headers, every attempt included>` once an upstream answered, and `attempts;desc=<upstream attempts>` once
+ * the request went upstream.
+ */
+export const serverTiming = (proxyMs: number, upstreamMs: number | undefined, attempts = 0): string => {
+  const proxy = `proxy;dur=${proxyMs.toFixed(2)}`
+  const timed = upstreamMs === undefined ? proxy : `${proxy}, upstream;dur=${upstreamMs.toFixed(2)}`
+  return attempts === 0 ? timed : `${timed}, attempts;desc=${attempts}`
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Header hygiene (CONTRACT §4)

@@ -16,6 +16,7 @@ import {
   type StoreShape,
   type QuotaResult,
   type RateLimitRow,
+  type StoredKey,
   type TokenAuthRow,
   type TokenCount,
   type NewToken,
@@ -60,11 +61,43 @@ const rateLimit = (requests: unknown, windowSeconds: unknown): RateLimitRow | nu
   return r !== null && w !== null && r > 0 && w > 0 ? { requests: r, windowSeconds: w } : null
 }
 
+/**
+ * `projects.api_keys` (JSON) as keys; NULL — a project saved before keys were lists — is its one `api_key`, under the
+ * project's id.
+ */
+export const storedKeys = (json: unknown, apiKey: unknown, hint: unknown, projectId: unknown): ReadonlyArray<StoredKey> => {
+  if (typeof json === "string" && json !== "") {
+    try {
+      const parsed = JSON.parse(json) as ReadonlyArray<Record<string, unknown>>
+      if (Array.isArray(parsed) && parsed.length > 0) {
+        return parsed.map((k) => ({
+          id: String(k["id"]),
+          key: String(k["key"]),
+          hint: String(k["hint"]),
+          weight: typeof k["weight"] === "number" ? k["weight"] : 1,
+          provider: typeof k["provider"] === "string" ? k["provider"] : null
+        }))
+      }
+    } catch {
+      // not ours: the one key below
+    }
+  }
+  return [{ id: String(projectId), key: String(apiKey), hint: String(hint), weight: 1, provider: null }]
+}
+
+/** The columns that hold a project's keys: the list, and its first key where rows before lists keep it. */
+const keyColumns = (keys: ReadonlyArray<StoredKey>) => ({
+  api_key: keys[0]!.key,
+  api_key_hint: keys[0]!.hint,
+  api_keys: JSON.stringify(keys.map((k) => ({ id: k.id, key: k.key, hint: k.hint, weight: k.weight, provider: k.provider })))
+})
+
 const toProject = (r: Row): ProjectRow => ({
   id: String(r.id),
   name: String(r.name),
   apiKey: String(r.api_key),
   apiKeyHint: String(r.api_key_hint),
+  apiKeys: storedKeys(r.api_keys, r.api_key, r.api_key_hint, r.id),
   provider: String(r.provider),
   isActive: bool(r.is_active),
   deactivatedAt: isoOrNull(r.deactivated_at),
@@ -118,7 +151,7 @@ const toTokenAuth = (r: Row): TokenAuthRow => ({
   maxRequests: numOrNull(r.max_requests),
   tokenRateLimit: rateLimit(r.token_rl_requests, r.token_rl_window),
   projectActive: bool(r.project_active),
-  apiKey: String(r.api_key),
+  apiKeys: storedKeys(r.api_keys, r.api_key, r.api_key_hint, r.project_id),
   provider: String(r.provider),
   projectRateLimit: rateLimit(r.project_rl_requests, r.project_rl_window),
   tokenAllowedModels: models(r.token_models),
@@ -391,8 +424,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
             sql.insert({
               id: p.id,
               name: p.name,
-              api_key: p.apiKey,
-              api_key_hint: p.apiKeyHint,
+              ...keyColumns(p.apiKeys),
               provider: p.provider,
               is_active: TRUE,
               rate_limit_requests: p.rateLimit?.requests ?? null,
@@ -408,8 +440,9 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
             Effect.as<ProjectRow>({
               id: p.id,
               name: p.name,
-              apiKey: p.apiKey,
-              apiKeyHint: p.apiKeyHint,
+              apiKey: p.apiKeys[0]!.key,
+              apiKeyHint: p.apiKeys[0]!.hint,
+              apiKeys: p.apiKeys,
               provider: p.provider,
               isActive: true,
               deactivatedAt: null,
@@ -436,8 +469,9 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
               const next: ProjectRow = {
                 ...was,
                 name: patch.name ?? was.name,
-                apiKey: patch.apiKey ?? was.apiKey,
-                apiKeyHint: patch.apiKeyHint ?? was.apiKeyHint,
+                apiKey: patch.apiKeys?.[0]?.key ?? was.apiKey,
+                apiKeyHint: patch.apiKeys?.[0]?.hint ?? was.apiKeyHint,
+                apiKeys: patch.apiKeys ?? was.apiKeys,
                 provider: patch.provider ?? was.provider,
                 rateLimit: patch.rateLimit === undefined ? was.rateLimit : patch.rateLimit,
                 allowedModels: patch.allowedModels === undefined ? was.allowedModels : patch.allowedModels,
@@ -450,8 +484,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
               yield* sql`UPDATE projects SET ${
                 sql.update({
                   name: next.name,
-                  api_key: next.apiKey,
-                  api_key_hint: next.apiKeyHint,
+                  ...(patch.apiKeys !== undefined ? keyColumns(patch.apiKeys) : {}),
                   provider: next.provider,
                   rate_limit_requests: next.rateLimit?.requests ?? null,
                   rate_limit_window_seconds: next.rateLimit?.windowSeconds ?? null,
@@ -595,7 +628,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
           Effect.map(
             sql<Row>`SELECT t.id AS token_id, t.project_id, t.expires_at, t.is_active AS token_active, t.max_requests,
                 t.rate_limit_requests AS token_rl_requests, t.rate_limit_window_seconds AS token_rl_window,
-                p.is_active AS project_active, p.api_key, p.provider,
+                p.is_active AS project_active, p.api_key, p.api_key_hint, p.api_keys, p.provider,
                 p.rate_limit_requests AS project_rl_requests, p.rate_limit_window_seconds AS project_rl_window,
                 t.allowed_models AS token_models, p.allowed_models AS project_models, t.name, t.end_user, t.metadata
               FROM tokens t JOIN projects p ON p.id = t.project_id WHERE t.token_hash = ${hash}`,

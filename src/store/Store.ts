@@ -32,13 +32,29 @@ export interface RateLimitRow {
   readonly windowSeconds: number
 }
 
+/** One provider key of a project, as stored (`projects.api_keys`). */
+export interface StoredKey {
+  /** Random id given when the key was saved (the project's id for the key of a project saved before): what the
+   * data plane keeps the key's state (cool-down, breaker) under. */
+  readonly id: string
+  /** Stored form: `enc:v1:…` when ENCRYPTION_KEY is set, else plaintext. */
+  readonly key: string
+  /** Obfuscated form computed at write time, so listing never decrypts. */
+  readonly hint: string
+  readonly weight: number
+  /** null = the project's provider. */
+  readonly provider: string | null
+}
+
 export interface ProjectRow {
   readonly id: string
   readonly name: string
-  /** Stored form: `enc:v1:…` when ENCRYPTION_KEY is set, else plaintext. */
+  /** The first key's stored form: `enc:v1:…` when ENCRYPTION_KEY is set, else plaintext. */
   readonly apiKey: string
-  /** Obfuscated form computed at write time, so listing never decrypts. */
+  /** The first key, obfuscated at write time, so listing never decrypts. */
   readonly apiKeyHint: string
+  /** Every key, the first one included (a project saved before keys were lists: its one key). */
+  readonly apiKeys: ReadonlyArray<StoredKey>
   readonly provider: string
   readonly isActive: boolean
   readonly deactivatedAt: string | null
@@ -90,8 +106,8 @@ export interface TokenLabels {
 export interface NewProject {
   readonly id: string
   readonly name: string
-  readonly apiKey: string
-  readonly apiKeyHint: string
+  /** At least one. */
+  readonly apiKeys: ReadonlyArray<StoredKey>
   readonly provider: string
   readonly rateLimit?: RateLimitRow | null
   readonly allowedModels?: ReadonlyArray<string> | null
@@ -102,8 +118,8 @@ export interface NewProject {
 
 export interface ProjectPatch {
   readonly name?: string
-  readonly apiKey?: string
-  readonly apiKeyHint?: string
+  /** Replaces every key (at least one). */
+  readonly apiKeys?: ReadonlyArray<StoredKey>
   readonly provider?: string
   /** null removes the limit. */
   readonly rateLimit?: RateLimitRow | null
@@ -192,8 +208,8 @@ export interface TokenAuthRow {
   readonly maxRequests: number | null
   readonly tokenRateLimit: RateLimitRow | null
   readonly projectActive: boolean
-  /** Stored form (`enc:v1:…` or plaintext). */
-  readonly apiKey: string
+  /** Every key of the project, in stored form (`enc:v1:…` or plaintext). */
+  readonly apiKeys: ReadonlyArray<StoredKey>
   readonly provider: string
   readonly projectRateLimit: RateLimitRow | null
   readonly tokenAllowedModels: ReadonlyArray<string> | null

@@ -402,6 +402,8 @@ export const importGoDatabase = (dialect: Dialect, source: GoDatabase, options: 
         if (currentKey !== plain) {
           changes.api_key = options.targetCipher.encrypt(plain)
           changes.api_key_hint = obfuscateApiKey(plain)
+          // The imported key replaces the project's whole list (api_keys NULL: the one key in api_key).
+          changes.api_keys = null
         }
         if (wasActive && !isActive) {
           changes.is_active = b(false)

@@ -21,6 +21,7 @@ import { Redis } from "ioredis"
 import { AppConfig } from "../config/AppConfig.js"
 import { KeyCipher } from "../crypto/KeyCipher.js"
 import { type ModelScope, modelScopeOf } from "../proxy/modelScope.js"
+import type { KeyState, RoutedKey } from "../proxy/keys.js"
 import { type RateLimitRow, Store, StoreError } from "../store/Store.js"
 
 export interface TokenGrant {
@@ -35,14 +36,22 @@ export interface TokenGrant {
   readonly projectActive: boolean
   readonly projectRateLimit: RateLimitRow | null
   readonly provider: string
-  /** The decrypted provider key; None when it cannot be decrypted (answered 503 upstream_auth_error). */
-  readonly apiKey: Option.Option<Redacted.Redacted<string>>
+  /**
+   * The project's keys that decrypt, in their order (a key that does not is left out and logged; none at all is
+   * answered 503 upstream_auth_error).
+   */
+  readonly keys: ReadonlyArray<GrantKey>
   /** The models the project's and the token's `allowed_models` both admit, compiled; null = any (no check at all). */
   readonly models: ModelScope | null
   /** The token's labels, for events, the access log and `inject_user`. */
   readonly name: string | null
   readonly user: string | null
   readonly metadata: Readonly<Record<string, string>> | null
+}
+
+/** A decrypted project key, as the data plane routes over it (src/proxy/keys.ts). */
+export interface GrantKey extends RoutedKey {
+  readonly apiKey: Redacted.Redacted<string>
 }
 
 interface Entry {
@@ -183,7 +192,24 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
       const row = yield* store.getTokenAuth(hash)
       if (Option.isNone(row)) return undefined
       const r = row.value
-      const key = yield* Effect.option(cipher.decrypt(r.apiKey))
+      const keys: Array<GrantKey> = []
+      for (let index = 0; index < r.apiKeys.length; index++) {
+        const stored = r.apiKeys[index]!
+        const key = yield* Effect.option(cipher.decrypt(stored.key))
+        if (Option.isNone(key) || key.value === "") {
+          yield* Effect.logWarning(`project ${r.projectId}: its key ${index} cannot be decrypted (wrong ENCRYPTION_KEY?)`)
+          continue
+        }
+        keys.push({
+          id: stored.id,
+          index,
+          slot: keys.length,
+          provider: stored.provider ?? r.provider,
+          weight: stored.weight,
+          apiKey: Redacted.make(key.value),
+          state: undefined as KeyState | undefined
+        })
+      }
       const grant: TokenGrant = {
         tokenId: r.tokenId,
         projectId: r.projectId,
@@ -194,7 +220,7 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
         projectActive: r.projectActive,
         projectRateLimit: r.projectRateLimit,
         provider: r.provider,
-        apiKey: Option.map(Option.filter(key, (k) => k !== ""), Redacted.make),
+        keys,
         models: modelScopeOf(r.projectAllowedModels, r.tokenAllowedModels),
         name: r.name,
         user: r.user,

@@ -62,6 +62,8 @@ export interface LlmProxy {
   readonly url: string
   readonly pid: number
   readonly token: string
+  /** A token of a second project with three provider keys (`api_keys`): requests spread over them. */
+  readonly threeKeysToken: string
   readonly stop: () => Promise<void>
 }
 
@@ -113,10 +115,16 @@ export const startLlmProxy = async (
   }
   const project = await manage("/manage/projects", { name: "bench", api_key: "sk-upstream-key" })
   const token = await manage("/manage/tokens", { project_id: project["id"], duration_minutes: 600 })
+  const three = await manage("/manage/projects", {
+    name: "bench-three-keys",
+    api_keys: [{ key: "sk-upstream-key" }, { key: "sk-upstream-key-2" }, { key: "sk-upstream-key-3" }]
+  })
+  const threeToken = await manage("/manage/tokens", { project_id: three["id"], duration_minutes: 600 })
   return {
     url,
     pid: child.pid!,
     token: String(token["token"]),
+    threeKeysToken: String(threeToken["token"]),
     stop: () =>
       new Promise<void>((resolve) => {
         child.once("exit", () => {

@@ -12,6 +12,7 @@
  *   4. time to first SSE byte (upstream sends the first chunk 20 ms after its headers): added p50/p99
  *   5. 8,000 concurrent open streams for ~10 s (opened over ~2 s): peak RSS of the proxy process, memory per open
  *      stream, completions and failures
+ *   6. saturation again with a project of three provider keys, as a ratio to the one-key project
  * Memory of both proxies (VmRSS from /proc): idle (3 s after start, before any traffic), the peak during the
  * saturation runs (sampled every 200 ms), and scenario 5's.
  *
@@ -167,6 +168,7 @@ const main = async () => {
     { name: "raw proxy", url: `http://127.0.0.1:${raw.port}`, headers: { authorization: "Bearer anything" }, pid: raw.pid },
     { name: "llm-proxy", url: llm.url, headers: { authorization: `Bearer ${llm.token}` }, pid: llm.pid }
   ]
+  const llmTarget = targets[2]!
   try {
     // warm-up: pools, JIT, the token cache
     for (const t of targets) await fixedRate(t, 200, 2, "/v1/chat/completions", false)
@@ -221,11 +223,31 @@ const main = async () => {
       console.log(`${name.padEnd(11)} ${fmt(idle[key], 1).padStart(5)}  ${fmt(satRss[name]!, 1).padStart(15)}  ${fmt(streams[name]!.peak, 1).padStart(17)}`)
     }
 
+    // The same instance, a project with three keys (spread by weight): routing over keys must not cost throughput.
+    console.log("\n6. llm-proxy, a project with three keys against one key (saturation, same instance)")
+    const threeKeys: Target = { name: "3 keys", url: llm.url, headers: { authorization: `Bearer ${llm.threeKeysToken}` }, pid: llm.pid }
+    // Measured again back to back, alternating (one, three, three, one) so that drift in the run (GC, the machine)
+    // does not favour either; each figure is the mean of its two runs.
+    const oneKey = llmTarget
+    const pair = async (stream: boolean) => {
+      const runs = [await saturate(oneKey, stream), await saturate(threeKeys, stream), await saturate(threeKeys, stream), await saturate(oneKey, stream)]
+      const mean = (a: Awaited<ReturnType<typeof saturate>>, b: Awaited<ReturnType<typeof saturate>>) => (a.rps + b.rps) / 2
+      return { one: mean(runs[0]!, runs[3]!), three: mean(runs[1]!, runs[2]!) }
+    }
+    const keysJson = await pair(false)
+    const keysSse = await pair(true)
+    console.log("keys    kind    RPS (mean of 2)")
+    for (const [kind, r] of [["json", keysJson], ["sse", keysSse]] as const) {
+      console.log(`1 key   ${kind.padEnd(7)} ${fmt(r.one, 0).padStart(9)}`)
+      console.log(`3 keys  ${kind.padEnd(7)} ${fmt(r.three, 0).padStart(9)}`)
+    }
+
     const ratio = (a: number, b: number) => fmt(a / b, 2)
     console.log("\nratios llm-proxy / raw proxy")
     console.log(`  non-streaming throughput  ${ratio(sat["llm-proxy"]!.json.rps, sat["raw proxy"]!.json.rps)}×`)
     console.log(`  streaming throughput      ${ratio(sat["llm-proxy"]!.sse.rps, sat["raw proxy"]!.sse.rps)}×`)
     console.log(`  added p50 at 1,000 RPS    llm-proxy ${fmt(slow["llm-proxy"]!.p50 - slow["direct"]!.p50, 3)} ms, raw ${fmt(slow["raw proxy"]!.p50 - slow["direct"]!.p50, 3)} ms`)
+    console.log(`  three keys / one key      non-streaming ${ratio(keysJson.three, keysJson.one)}×, streaming ${ratio(keysSse.three, keysSse.one)}×`)
     console.log(`  first SSE byte added p50  llm-proxy ${fmt(ttfb["llm-proxy"]!.p50 - ttfb["direct"]!.p50, 3)} ms, raw ${fmt(ttfb["raw proxy"]!.p50 - ttfb["direct"]!.p50, 3)} ms`)
     console.log(`  idle RSS                  ${ratio(idle.llm, idle.raw)}× (llm-proxy ${fmt(idle.llm, 1)} MB; target ≤ 100 MB)`)
     console.log(`  saturation RSS            ${ratio(satRss["llm-proxy"]!, satRss["raw proxy"]!)}× (target ≤ 1.3×)`)

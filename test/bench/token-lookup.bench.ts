@@ -89,7 +89,13 @@ const program = Effect.gen(function*() {
     for (let p = 0; p < 10; p++) {
       const id = randomUUID()
       projects.push(id)
-      yield* store.createProject({ id, name: `bench-${p}`, apiKey: "k", apiKeyHint: "k", provider: "openai", now: stamp })
+      yield* store.createProject({
+        id,
+        name: `bench-${p}`,
+        apiKeys: [{ id: randomUUID(), key: "k", hint: "k", weight: 1, provider: null }],
+        provider: "openai",
+        now: stamp
+      })
     }
     for (let i = 0; i < TOKENS; i++) {
       const tokenHash = randomBytes(32).toString("hex")

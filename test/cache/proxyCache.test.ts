@@ -7,6 +7,7 @@ import { backends, type BackendInstance } from "../http/harness.js"
 import { handler, json, reset, sse, chatChunks, type MockUpstream, startMockUpstream } from "../support/mockUpstream.js"
 import { testCacheConfig } from "../support/server.js"
 import { call, chatBody, eventually, type ProjectAndToken, projectAndToken, sleep, type Stack, startStack } from "../proxy/stack.js"
+import { proxyError } from "../support/proxyErrors.js"
 
 const sqlite = backends.find((b) => b.name === "sqlite")!
 
@@ -275,7 +276,7 @@ describe("response cache through the proxy (in-memory)", () => {
     for (const u of [url, fresh()]) {
       const r = await get(u, limited.token)
       expect(r.status).toBe(429)
-      expect(r.json.description).toBe("request quota (max_requests) exhausted")
+      expect(proxyError(r.json).description).toBe("request quota (max_requests) exhausted")
       expect(r.headers["cache-status"]).toBeUndefined()
     }
     await eventually(async () => (await stack.manage.get(`/manage/tokens/${limited.tokenId}`)).json.cache_hit_count === 2)
@@ -325,7 +326,7 @@ describe("response cache through the proxy (in-memory)", () => {
     expect((await get(url, t.token)).headers["cache-status"]).toBe("llm-proxy; hit")
     const third = await get(url, t.token)
     expect(third.status).toBe(429)
-    expect(third.json.description).toBe("token rate limit exceeded")
+    expect(proxyError(third.json).description).toBe("token rate limit exceeded")
     expect(third.headers["retry-after"]).toMatch(/^\d+$/)
   })
 
@@ -352,7 +353,7 @@ describe("response cache through the proxy (in-memory)", () => {
     expect((await get(url, t.token)).headers["cache-status"]).toBe("llm-proxy; hit")
     const unknown = await get(url, `sk-${"A".repeat(43)}`)
     expect(unknown.status).toBe(401)
-    expect(unknown.json.code).toBe("token_not_found")
+    expect(proxyError(unknown.json).code).toBe("token_not_found")
     expect(unknown.headers["cache-status"]).toBeUndefined()
 
     const other = await stack.manage.post("/manage/tokens", { project_id: t.projectId, duration_minutes: 60 })
@@ -360,12 +361,12 @@ describe("response cache through the proxy (in-memory)", () => {
     expect((await stack.manage.patch(`/manage/tokens/${other.json.id}`, { expires_at: "2020-01-01T00:00:00Z" })).status).toBe(200)
     const expired = await get(url, other.json.token)
     expect(expired.status).toBe(401)
-    expect(expired.json.code).toBe("token_expired")
+    expect(proxyError(expired.json).code).toBe("token_expired")
 
     expect((await stack.manage.delete(`/manage/tokens/${t.tokenId}`)).status).toBe(204)
     const revoked = await get(url, t.token)
     expect(revoked.status).toBe(401)
-    expect(revoked.json.code).toBe("token_inactive")
+    expect(proxyError(revoked.json).code).toBe("token_inactive")
     expect(upstreamCalls(mock, url)).toBe(1)
   })
 
@@ -377,7 +378,7 @@ describe("response cache through the proxy (in-memory)", () => {
     await stack.manage.patch(`/manage/projects/${t.projectId}`, { is_active: false })
     const r = await get(url, t.token)
     expect(r.status).toBe(403)
-    expect(r.json.code).toBe("project_inactive")
+    expect(proxyError(r.json).code).toBe("project_inactive")
   })
 
   it("87: project B never sees project A's entry", async () => {

@@ -15,6 +15,7 @@ import { backends, type BackendInstance } from "../http/harness.js"
 import { chatChunks, handler, hang, json, reset, sse } from "../support/mockUpstream.js"
 import { call, chatBody, eventually, projectAndToken, type ProjectAndToken, sleep, type Stack, startStack, tokenRow } from "../proxy/stack.js"
 import { printTally, tally } from "./support.js"
+import { proxyError } from "../support/proxyErrors.js"
 
 const TITLE = "faults injected"
 
@@ -111,7 +112,7 @@ describe("faults at the upstream", () => {
     requests++
     const r = await call(stack.server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })
     expect(r.status).toBe(502)
-    expect(r.json.code).toBe("upstream_error")
+    expect(proxyError(r.json).code).toBe("upstream_error")
     const c = await lastCompleted()
     expect(c.status).toBe(502)
     expect(c.error).toMatch(/upstream request failed/)
@@ -152,7 +153,7 @@ describe("faults at the upstream", () => {
     const started = Date.now()
     const r = await call(stack.server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })
     expect(r.status).toBe(504)
-    expect(r.json.code).toBe("timeout")
+    expect(proxyError(r.json).code).toBe("timeout")
     expect(Date.now() - started).toBeLessThan(5_000)
     await stack.mock.requests[0]!.closed
     expect((await lastCompleted()).status).toBe(504)

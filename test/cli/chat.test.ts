@@ -34,7 +34,7 @@ beforeAll(async () => {
     seen.push({ authorization: req.headers.authorization, body })
     if (req.headers.authorization !== "Bearer sk-good") {
       res.writeHead(401, { "content-type": "application/json" })
-      res.end(JSON.stringify({ error: "Token not found", code: "token_not_found" }))
+      res.end(JSON.stringify({ error: { message: "Token not found", type: "authentication_error", code: "token_not_found", param: null } }))
       return
     }
     const last = body.messages[body.messages.length - 1]!.content

@@ -18,7 +18,6 @@ apis:
       request: 120s
       response_header: 30s
       idle_connection: 90s
-      flush_interval: 10ms
     connection:
       max_idle_conns: 100
       max_idle_conns_per_host: 20
@@ -26,7 +25,6 @@ apis:
       model: [gpt-4o, "gpt-4o-*"]
     allowed_origins: [https://www.example.com]
     required_headers: [Origin]
-    some_future_key: ignored
   anthropic:
     base_url: https://api.anthropic.com
     allowed_endpoints: [/v1/messages]
@@ -44,13 +42,16 @@ describe("providers YAML (reference §5.1 + auth_header/auth_scheme)", () => {
     const methods = ["GET", "POST", "OPTIONS"]
     expect(openai).toMatchObject({
       origin: "https://api.openai.com",
+      basePath: "/some/path",
       allowedEndpoints: ["/v1/chat/completions", "/v1/models", "/v1/embeddings"].map((path) => ({ path, prefix: true, methods })),
       allowedOrigins: ["https://www.example.com"],
       requireOrigin: true,
       authHeader: "authorization",
       authScheme: "Bearer",
       responseHeaderTimeoutMs: 30_000,
-      idleConnectionMs: 90_000
+      requestTimeoutMs: 120_000,
+      idleConnectionMs: 90_000,
+      maxIdleConnections: 20
     })
     expect(openai.paramWhitelist.get("model")).toEqual(["gpt-4o", "gpt-4o-*"])
     expect(p.get("anthropic")).toMatchObject({ authHeader: "x-api-key", authScheme: "", requireOrigin: false, allowedOrigins: [] })
@@ -143,6 +144,29 @@ describe("providers YAML (reference §5.1 + auth_header/auth_scheme)", () => {
       /apis\.a\.allowed_methods: is missing/
     ],
     ["a misspelt key in an entry", "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [{ path: /v1, method: [GET] }]\n", /apis\.a\.allowed_endpoints\.0: unknown key "method"/],
+    [
+      "an unknown key in a provider (a misspelling would otherwise do nothing)",
+      "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n    timeout: 10s\n",
+      /^apis\.a\.timeout: unknown key \(expected one of base_url, .*timeouts/
+    ],
+    [
+      "an unknown key under timeouts",
+      "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n    timeouts:\n      headers: 10s\n",
+      /^apis\.a\.timeouts\.headers: unknown key \(expected one of request, response_header, idle_connection/
+    ],
+    [
+      "an unknown key under connection",
+      "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n    connection:\n      max_conn_per_host: 3\n",
+      /^apis\.a\.connection\.max_conn_per_host: unknown key \(expected one of max_idle_conns/
+    ],
+    ["an unknown top-level key", "apiz: {}\napis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n", /^apiz: unknown key/],
+    [
+      "flush_interval (every chunk is written as it arrives)",
+      "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n    timeouts:\n      flush_interval: 10ms\n",
+      /^apis\.a\.timeouts\.flush_interval is not supported: the proxy writes every chunk .* remove it$/
+    ],
+    ["a query in base_url", "apis:\n  a:\n    base_url: http://a/x?v=1\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n", /apis\.a\.base_url: a query goes under query/],
+    ["credentials in base_url", "apis:\n  a:\n    base_url: http://u:p@a/x\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n", /apis\.a\.base_url must not carry credentials/],
     ["an entry without path", "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [{ methods: [GET] }]\n", /allowed_endpoints\.0\.path/],
     ["an empty path", "apis:\n  a:\n    base_url: http://a\n    allowed_methods: [GET]\n    allowed_endpoints: [\"\"]\n", /allowed_endpoints\.0: expected a path/],
     ["a number entry", "apis:\n  a:\n    base_url: http://a\n    allowed_methods: [GET]\n    allowed_endpoints: [/v1, 3]\n", /allowed_endpoints\.1: expected a path or/],

@@ -13,6 +13,7 @@ import { Store, type HourlyUsage } from "../../src/store/Store.js"
 import { startServer, type TestServer, testConfig } from "../support/server.js"
 import { chatCompletion, json, type MockUpstream, startMockUpstream } from "../support/mockUpstream.js"
 import { type Backend, backends, type BackendInstance, Client } from "./harness.js"
+import { proxyError } from "../support/proxyErrors.js"
 
 const HOUR = 3_600_000
 
@@ -306,7 +307,7 @@ function adminSuite(backend: Backend) {
       const limited = await call()
       expect(limited.status).toBe(429)
       expect(Number(limited.headers.get("retry-after"))).toBeGreaterThan(0)
-      expect(((await limited.json()) as { code: string }).code).toBe("rate_limit_exceeded")
+      expect(proxyError(await limited.json()).code).toBe("rate_limit_exceeded")
     })
   })
 

@@ -170,7 +170,7 @@ function auditSuite(backend: Backend) {
       expect(rename.reply.status).toBe(200)
       const e = await onlyEvent(api, rename.requestId)
       expect(e).toMatchObject({ action: "project.update", outcome: "success", project_id: p.id, method: "PATCH" })
-      expect(meta(e)).toEqual({ updated_fields: ["name", "api_key"], project_name: `${p.name}-renamed`, is_active: true })
+      expect(meta(e)).toEqual({ updated_fields: ["name", "api_key"], project_name: `${p.name}-renamed`, is_active: true, key_count: 1 })
 
       const off = await send(api, "PATCH", `/manage/projects/${p.id}`, { is_active: false, revoke_tokens: true })
       expect(off.reply.status).toBe(200)

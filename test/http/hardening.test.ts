@@ -10,6 +10,7 @@ import { appConfig, formatConfigError } from "../../src/config/AppConfig.js"
 import { rawExchange, rawHttp } from "../chaos/support.js"
 import { call, chatBody, projectAndToken, type ProjectAndToken, type Stack, startStack } from "../proxy/stack.js"
 import { backends, type BackendInstance } from "./harness.js"
+import { proxyError } from "../support/proxyErrors.js"
 
 let backend: BackendInstance
 let stack: Stack
@@ -94,7 +95,7 @@ describe("two Authorization headers", () => {
     stack.mock.reset()
     const r = await rawHttp(port, "GET", "/v1/models", [["Authorization", `Bearer ${t.token}`], ["authorization", `Bearer ${t.token}`]])
     expect(r.status).toBe(400)
-    expect(r.json).toEqual({ error: "Invalid token", description: "more than one Authorization header", code: "invalid_token" })
+    expect(proxyError(r.json)).toMatchObject({ message: "Invalid token", code: "invalid_token", description: "more than one Authorization header" })
     expect(stack.mock.requests).toHaveLength(0)
     expect((await call(stack.server.url, "/v1/models", { token: t.token })).status).toBe(200)
   })

@@ -209,6 +209,7 @@ function managementSuite(backend: Backend) {
         id: expect.stringMatching(UUID_RE),
         name,
         api_key: "sk-proj-...wxyz",
+        api_keys: [{ index: 0, key: "sk-proj-...wxyz", weight: 1, provider: "openai", state: "ok" }],
         provider: "openai",
         is_active: true,
         rate_limit: null,

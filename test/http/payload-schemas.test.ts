@@ -199,9 +199,13 @@ describe("payload Schemas are the validators", () => {
     expect(s.UpdateToken).toMatchObject({ required: [], additionalProperties: false, minProperties: 1 })
     expect(s.UpdateToken.properties.expires_at).toMatchObject({ type: "string", format: "date-time" })
     expect(s.CreateProject).toMatchObject({
-      required: ["name", "api_key"],
+      required: ["name"],
       additionalProperties: false,
-      properties: { name: { minLength: 1, maxLength: 255 }, api_key: { minLength: 1, maxLength: 4096 } }
+      properties: {
+        name: { minLength: 1, maxLength: 255 },
+        api_key: { minLength: 1, maxLength: 4096 },
+        api_keys: { type: "array", minItems: 1, maxItems: 16 }
+      }
     })
     expect(s.UpdateProject).toMatchObject({ required: [], additionalProperties: false })
     expect(s.RateLimitSetting).toMatchObject({

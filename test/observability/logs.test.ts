@@ -151,8 +151,11 @@ describe("logs under real traffic (LOG_LEVEL=debug)", () => {
         project_id: jsonRun.ids.projectId,
         provider: "openai",
         model: "gpt-4o-mini",
-        cache: "none"
+        cache: "none",
+        attempts: 1,
+        key_index: 0
       })
+      expect(a["retried"]).toBeUndefined()
       expect(typeof a["request_id"]).toBe("string")
       expect(typeof a["duration_ms"]).toBe("number")
       expect(typeof a["overhead_ms"]).toBe("number")

@@ -245,7 +245,9 @@ describe.each(["http/protobuf", "http/json"] as const)("tracing over OTLP/HTTP (
       "gen_ai.usage.input_tokens": 9,
       "gen_ai.usage.output_tokens": 3,
       "gen_ai.usage.cache_read.input_tokens": 4,
-      "llm_proxy.upstream_headers_ms": attr(span, "llm_proxy.upstream_headers_ms")
+      "llm_proxy.upstream_headers_ms": attr(span, "llm_proxy.upstream_headers_ms"),
+      "llm_proxy.upstream_attempts": 1,
+      "llm_proxy.key_index": 0
     })
     expect(attr(span, "llm_proxy.upstream_headers_ms")).toBeGreaterThan(0)
   })

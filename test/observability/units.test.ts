@@ -124,6 +124,10 @@ const upstream = (over: Partial<UpstreamSpanRecord> = {}): UpstreamSpanRecord =>
   cacheReadTokens: undefined,
   cacheCreationTokens: undefined,
   firstChunkSeconds: undefined,
+  attempts: 1,
+  keyIndex: 0,
+  upstreamRequestId: undefined,
+  retried: undefined,
   ...over
 })
 
@@ -170,7 +174,17 @@ const typeOf = (attrs: Array<{ key: string; value: Record<string, unknown> }>, k
 
 describe.each(["http/protobuf", "http/json"] as const)("proxy span encoding (%s)", (protocol) => {
   it("builds a server span named by method and route and a GenAI client child named by operation and model", () => {
-    const doc = roundTrip(protocol, [record({ upstream: upstream({ firstChunkSeconds: 2, cacheReadTokens: 4, outputTokens: 3 }) })], {
+    const doc = roundTrip(protocol, [record({
+      upstream: upstream({
+        firstChunkSeconds: 2,
+        cacheReadTokens: 4,
+        outputTokens: 3,
+        attempts: 2,
+        keyIndex: 1,
+        upstreamRequestId: "req_up_1",
+        retried: ["key 0 (openai): 429 in 3.5 ms"]
+      })
+    })], {
       "deployment.environment.name": "staging"
     })
     expect(doc.resourceSpans).toHaveLength(1)
@@ -220,7 +234,11 @@ describe.each(["http/protobuf", "http/json"] as const)("proxy span encoding (%s)
       "gen_ai.usage.output_tokens": 3,
       "gen_ai.usage.cache_read.input_tokens": 4,
       "gen_ai.response.time_to_first_chunk": 2,
-      "llm_proxy.upstream_headers_ms": 1.25
+      "llm_proxy.upstream_headers_ms": 1.25,
+      "llm_proxy.upstream_attempts": 2,
+      "llm_proxy.key_index": 1,
+      "llm_proxy.upstream_request_id": "req_up_1",
+      "llm_proxy.retried_attempts": ["key 0 (openai): 429 in 3.5 ms"]
     })
     // Integral seconds stay a double, token counts are integers.
     expect(typeOf(up.attributes, "gen_ai.response.time_to_first_chunk")).toBe("doubleValue")
@@ -354,6 +372,16 @@ describe("access line JSON", () => {
       upstreamMs: 12.3456,
       usage: { prompt_tokens: 9, completion_tokens: 3, total_tokens: 12 }
     }), { durationMs: 20, overheadMs: 0.5, model: "gpt-4o-mini", cache: "miss" }],
+    ["a request retried on a second key", ctx({
+      status: 200,
+      provider: "openai",
+      forwarded: true,
+      upstreamMs: 40,
+      attemptCount: 2,
+      keyIndex: 1,
+      upstreamRequestId: "req_\"b\"",
+      retried: [{ keyIndex: 0, provider: "openai", status: 429, error: undefined, startMs: 1, durationMs: 3.25, upstreamRequestId: undefined }]
+    }), { durationMs: 50, overheadMs: 1, model: undefined, cache: "none" }],
     ["odd strings", ctx({ status: 502, error: 'upstream "x"\n\u2028 lost', provider: "é" }), { durationMs: 1, overheadMs: 1, model: "m\\\"\u0000", cache: "bypass" }],
     ["a token with a name, an end user and metadata", ctx({
       status: 200,
@@ -374,6 +402,21 @@ describe("access line JSON", () => {
       token_name: "n",
       user: "u-1",
       token_metadata: { plan: "pro" }
+    })
+  })
+
+  it("a retried request's line names every attempt", () => {
+    const c = ctx({
+      status: 200,
+      forwarded: true,
+      attemptCount: 2,
+      keyIndex: 1,
+      retried: [{ keyIndex: 0, provider: "openai", status: 429, error: undefined, startMs: 1, durationMs: 3.25, upstreamRequestId: undefined }]
+    })
+    expect(JSON.parse(accessJson(c, { durationMs: 5, overheadMs: 1, model: undefined, cache: "none" }))).toMatchObject({
+      attempts: 2,
+      key_index: 1,
+      retried: "key 0 (openai): 429 in 3.25 ms"
     })
   })
 })

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { backends, type BackendInstance } from "../http/harness.js"
 import { json } from "../support/mockUpstream.js"
 import { call, chatBody, projectAndToken, type Stack, startStack } from "./stack.js"
+import { proxyError } from "../support/proxyErrors.js"
 
 for (const backend of backends) {
   describe(`proxy audit events on ${backend.name}`, () => {
@@ -40,7 +41,7 @@ for (const backend of backends) {
         headers: { "x-request-id": requestId, "x-correlation-id": "flow-42", "x-forwarded-for": "198.51.100.7", "user-agent": "sdk/1" }
       })
       expect(r.status).toBe(403)
-      expect(r.json).toMatchObject({ code: "project_inactive" })
+      expect(proxyError(r.json).code).toBe("project_inactive")
       const events = await eventsOf(requestId)
       expect(events).toHaveLength(1)
       expect(events[0]).toMatchObject({

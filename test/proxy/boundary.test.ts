@@ -14,6 +14,7 @@ import { backends, type BackendInstance } from "../http/harness.js"
 import { parsePrometheus, value } from "../observability/prometheus.js"
 import { json } from "../support/mockUpstream.js"
 import { call, chatBody, eventually, projectAndToken, type ProjectAndToken, type Stack, startStack, tokenRow } from "./stack.js"
+import { proxyError } from "../support/proxyErrors.js"
 
 const YAML = `
 apis:
@@ -111,7 +112,7 @@ describe("nothing before the token", () => {
     // 10 of 1,000,000 declared bytes: the answer cannot have waited for the body.
     const r = await exchange(port, post("Content-Length: 1000000\r\n"), { body: '{"model":"' })
     expect(statusOf(r.text)).toBe(401)
-    expect(bodyOf(r.text)).toEqual({ error: "Invalid token", description: "missing or invalid authorization header", code: "invalid_token" })
+    expect(proxyError(bodyOf(r.text))).toMatchObject({ message: "Invalid token", code: "invalid_token", description: "missing or invalid authorization header" })
     expect(headerOf(r.text, "connection")).toBe("close")
     expect(r.closed).toBe(true)
     expect(stack.mock.requests).toHaveLength(0)
@@ -123,12 +124,12 @@ describe("nothing before the token", () => {
   ])("an %s token with a body over MAX_REQUEST_SIZE gets its 401 (not 413): the size is not looked at first", async (_n, auth, code) => {
     const r = await exchange(port, post(`Authorization: ${auth}\r\nContent-Length: ${MAX_BODY * 300}\r\n`), { body: "{" })
     expect(statusOf(r.text)).toBe(401)
-    expect(bodyOf(r.text).code).toBe(code)
+    expect(proxyError(bodyOf(r.text)).code).toBe(code)
   })
 
   it("an anonymous request with a disallowed model gets 401, not the whitelist's 400", async () => {
     const r = await call(stack.server.url, "/v1/chat/completions", { body: chatBody({ model: "claude" }) })
-    expect(r.json.code).toBe("invalid_token")
+    expect(proxyError(r.json).code).toBe("invalid_token")
   })
 
   it("Expect: 100-continue — a stranger never gets `100 Continue` (its body is never sent); a token holder does", async () => {
@@ -175,7 +176,7 @@ describe("a 413 the client can read (lingering close)", () => {
     expect(attempts).toHaveLength(10)
     for (const a of attempts) {
       expect({ status: a.status, error: a.status === 413 ? null : a.error }).toEqual({ status: 413, error: null })
-      expect(JSON.parse(a.body)).toEqual({ error: "Request body too large", code: "request_too_large" })
+      expect(proxyError(JSON.parse(a.body))).toMatchObject({ message: "Request body too large", code: "request_too_large" })
     }
     expect(stack.mock.requests).toHaveLength(0)
   })
@@ -195,7 +196,7 @@ describe("hostile whitelist values (a token holder)", () => {
   it("a 1 MB model against a `*gpt*` whitelist → 400 param_not_allowed, echoing at most a prefix", async () => {
     const r = await call(stack.server.url, "/v1/chat/completions", { token: t.token, body: chatBody({ model: "gp".repeat(45_000) }) })
     expect(r.status).toBe(400)
-    expect(r.json.code).toBe("param_not_allowed")
+    expect(proxyError(r.json).code).toBe("param_not_allowed")
     expect(r.text.length).toBeLessThan(300)
   })
 
@@ -203,8 +204,8 @@ describe("hostile whitelist values (a token holder)", () => {
     const nested = `{"model":${"[".repeat(40_000)}${"]".repeat(40_000)}}`
     const r = await call(stack.server.url, "/v1/chat/completions", { token: t.token, body: nested })
     expect(r.status).toBe(400)
-    expect(r.json).toEqual({
-      error: "Parameter 'model' value is longer than 4096 characters or nested too deeply",
+    expect(proxyError(r.json)).toMatchObject({
+      message: "Parameter 'model' value is longer than 4096 characters or nested too deeply",
       code: "param_not_allowed"
     })
     expect(stack.mock.requests).toHaveLength(0)
@@ -219,7 +220,7 @@ describe("the quota is taken only for answered requests", () => {
       local.mock.enqueue(json({}, { status: 503 }))
       const go = () => call(local.server.url, "/v1/chat/completions", { token: l.token, body: chatBody() })
       expect((await go()).status).toBe(503)
-      for (let i = 0; i < 3; i++) expect((await go()).json.code).toBe("upstream_unavailable")
+      for (let i = 0; i < 3; i++) expect(proxyError((await go()).json).code).toBe("upstream_unavailable")
       expect(local.mock.requests).toHaveLength(1)
       expect(Number((await tokenRow(local.backend, l.tokenId)).request_count)).toBe(1)
     } finally {

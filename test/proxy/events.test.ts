@@ -117,6 +117,31 @@ describe("events from the proxy (in-memory bus, serve --file-event-log)", () => 
     })
   })
 
+  it("a request retried on the project's second key: every attempt (key index, status, duration) and the upstream's request id", async () => {
+    const created = await server.manage.post("/manage/projects", {
+      name: `events-keys-${crypto.randomUUID()}`,
+      api_keys: [{ key: `sk-first-${crypto.randomUUID()}` }, { key: `sk-second-${crypto.randomUUID()}` }]
+    })
+    const token = await server.manage.post("/manage/tokens", { project_id: created.json.id, duration_minutes: 5 })
+    mock.enqueue(
+      json({ error: { message: "slow down" } }, { status: 429, headers: { "retry-after": "10" } }),
+      json({ id: "chatcmpl-b", object: "chat.completion", choices: [] }, { headers: { "x-request-id": "req_second" } })
+    )
+    const r = await call(server.url, "/v1/chat/completions", { token: token.json.token, body: chatBody() })
+    expect(r.status).toBe(200)
+    const e = await eventFor(r.headers["x-request-id"] as string)
+    expect(e.upstream_request_id).toBe("req_second")
+    expect(e.attempts).toEqual([
+      { key_index: 0, provider: "openai", status: 429, error: null, duration_ms: expect.any(Number) },
+      { key_index: 1, provider: "openai", status: 200, error: null, duration_ms: expect.any(Number) }
+    ])
+    // One attempt, no upstream id: attempts has the one, upstream_request_id is absent.
+    const plain = await call(server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })
+    const one = await eventFor(plain.headers["x-request-id"] as string)
+    expect(one.attempts).toEqual([{ key_index: 0, provider: "openai", status: 200, error: null, duration_ms: expect.any(Number) }])
+    expect(one.upstream_request_id).toBeUndefined()
+  })
+
   it("an SSE request: the stream reassembled into the final message, usage from the usage chunk", async () => {
     mock.enqueue(sse(chatChunks(["Hel", "lo ", "world"])))
     const r = await call(server.url, "/v1/chat/completions", { token: t.token, body: chatBody({ stream: true }) })

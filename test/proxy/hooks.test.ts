@@ -20,6 +20,7 @@ import { backends } from "../http/harness.js"
 import { chatChunks, hang, sse } from "../support/mockUpstream.js"
 import { testConfig } from "../support/server.js"
 import { call, chatBody, eventually, projectAndToken, type ProjectAndToken, type Stack, startStack, tokenRow } from "./stack.js"
+import { proxyError } from "../support/proxyErrors.js"
 
 const completed: Array<ProxyRequestContext> = []
 let serveFromCache = false
@@ -155,7 +156,7 @@ describe("ProxyHooks", () => {
     expect((await call(stack.server.url, "/v1/chat/completions", { token: one.token, body: chatBody() })).json).toEqual({ cached: true })
     const r = await call(stack.server.url, "/v1/chat/completions", { token: one.token, body: chatBody() })
     expect(r.status).toBe(429)
-    expect(r.json.description).toBe("request quota (max_requests) exhausted")
+    expect(proxyError(r.json).description).toBe("request quota (max_requests) exhausted")
     expect(await last()).toMatchObject({ cacheHit: false, rejectedBy: "quota", status: 429 })
   })
 
@@ -164,7 +165,7 @@ describe("ProxyHooks", () => {
       failIn = where
       const r = await call(stack.server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })
       expect(r.status).toBe(500)
-      expect(r.json).toEqual({ error: "Internal error", code: "internal_error" })
+      expect(proxyError(r.json)).toMatchObject({ message: "Internal error", code: "internal_error" })
       expect(r.text).not.toContain("hook bug")
       expect(await last()).toMatchObject({ status: 500, error: "internal error" })
     }

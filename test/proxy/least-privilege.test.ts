@@ -10,6 +10,7 @@ import { join } from "node:path"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import { backends, type BackendInstance } from "../http/harness.js"
 import { call, chatBody, projectAndToken, type ProjectAndToken, type Stack, startStack } from "./stack.js"
+import { proxyError } from "../support/proxyErrors.js"
 
 /** The "Opt-in: stored data and DELETE" snippet of docs/proxy.md, as a user would paste it. */
 const optInSnippet = (): string => {
@@ -60,7 +61,7 @@ describe("the built-in provider", () => {
     ]
     for (const [method, path, status, allow] of refused) {
       const r = await send(method, path)
-      expect({ what: `${method} ${path}`, status: r.status, code: r.json?.code, allow: r.headers.allow }).toEqual({
+      expect({ what: `${method} ${path}`, status: r.status, code: proxyError(r.json).code, allow: r.headers.allow }).toEqual({
         what: `${method} ${path}`,
         status,
         code: status === 405 ? "method_not_allowed" : "endpoint_not_found",
@@ -129,7 +130,7 @@ describe("the built-in provider", () => {
     for (const query of [`?key=${secret}`, `?api-key=${secret}`, `?API_KEY=${secret}`, `?limit=1;key=${secret}`, `?%6Bey=${secret}`, "?key="]) {
       for (const token of [t.token, null]) {
         const r = await send("GET", `/v1/models${query}`, { token })
-        expect({ query, status: r.status, code: r.json?.code }).toEqual({ query, status: 400, code: "credential_in_query" })
+        expect({ query, status: r.status, code: proxyError(r.json).code }).toEqual({ query, status: 400, code: "credential_in_query" })
         expect(r.text).not.toContain(secret)
       }
     }
@@ -142,7 +143,7 @@ describe("the built-in provider", () => {
     for (const path of ["/v1/models/..;/files", "/v1/models;x=y", "/v1/models/gpt-4o;v=1", "/v1/chat/completions;a=b", "/v1/models/%3B"]) {
       const method = path.startsWith("/v1/chat") ? "POST" : "GET"
       const r = await send(method, path)
-      expect({ path, status: r.status, code: r.json?.code }).toEqual({ path, status: 404, code: "endpoint_not_found" })
+      expect({ path, status: r.status, code: proxyError(r.json).code }).toEqual({ path, status: 404, code: "endpoint_not_found" })
     }
     expect(stack.mock.requests).toHaveLength(0)
   })

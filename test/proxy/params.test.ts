@@ -136,9 +136,9 @@ describe("checkParams on hostile values", () => {
     const value = "gpt" + "x".repeat(1_000_000)
     const a = checkParams({ model: value }, whitelist)!
     expect(a.status).toBe(400)
-    expect(a.body.code).toBe("param_not_allowed")
-    expect(a.body.error).toContain(`longer than ${MAX_PARAM_VALUE_LENGTH} characters`)
-    expect(a.body.error.length).toBeLessThan(200)
+    expect(a.code).toBe("param_not_allowed")
+    expect(a.message).toContain(`longer than ${MAX_PARAM_VALUE_LENGTH} characters`)
+    expect(a.message.length).toBeLessThan(200)
     // exactly at the limit it is matched
     expect(checkParams({ model: "gpt" + "x".repeat(MAX_PARAM_VALUE_LENGTH - 3) }, whitelist)).toBeUndefined()
   })
@@ -148,14 +148,14 @@ describe("checkParams on hostile values", () => {
     expect(() => JSON.stringify(deep)).toThrow()
     const a = checkParams({ model: deep }, whitelist)!
     expect(a.status).toBe(400)
-    expect(a.body.code).toBe("param_not_allowed")
-    expect(a.body.error).toBe(`Parameter 'model' value is longer than ${MAX_PARAM_VALUE_LENGTH} characters or nested too deeply`)
+    expect(a.code).toBe("param_not_allowed")
+    expect(a.message).toBe(`Parameter 'model' value is longer than ${MAX_PARAM_VALUE_LENGTH} characters or nested too deeply`)
   })
 
   it("a wide object or array over the length cap → 400", () => {
     const wide = JSON.parse(`{${Array.from({ length: 50_000 }, (_, i) => `"k${i}":${i}`).join(",")}}`)
-    expect(checkParams({ model: wide }, whitelist)?.body.code).toBe("param_not_allowed")
-    expect(checkParams({ model: Array(10_000).fill("gpt") }, whitelist)?.body.code).toBe("param_not_allowed")
+    expect(checkParams({ model: wide }, whitelist)?.code).toBe("param_not_allowed")
+    expect(checkParams({ model: Array(10_000).fill("gpt") }, whitelist)?.code).toBe("param_not_allowed")
   })
 
   it("small structured values are matched as their JSON text, as before", () => {
@@ -207,16 +207,16 @@ describe("checkBodyParams (the body scanned, only whitelisted values parsed)", (
     ["a model with no value", '{"model":}', "param_not_allowed"],
     ["an unterminated model string", '{"model":"gpt-4o', "param_not_allowed"],
     ["a byte order mark (not JSON)", '\ufeff{"model":"claude"}', undefined]
-  ])("%s → %s", (_n, text, code) => expect(check(text)?.body.code).toBe(code))
+  ])("%s → %s", (_n, text, code) => expect(check(text)?.code).toBe(code))
 
   it("hostile bodies are refused or passed without being parsed whole", () => {
-    expect(check(`{"model":${"[".repeat(200_000)}${"]".repeat(200_000)}}`)?.body.error).toBe(
+    expect(check(`{"model":${"[".repeat(200_000)}${"]".repeat(200_000)}}`)?.message).toBe(
       `Parameter 'model' value is longer than ${MAX_PARAM_VALUE_LENGTH} characters or nested too deeply`
     )
-    expect(check(`{"model":"${"gp".repeat(500_000)}"}`)?.body.code).toBe("param_not_allowed")
+    expect(check(`{"model":"${"gp".repeat(500_000)}"}`)?.code).toBe("param_not_allowed")
     // an unlisted parameter may be anything (the upstream judges it), and the model after it is still checked
     expect(check(`{"messages":${"[".repeat(200_000)}${"]".repeat(200_000)},"model":"gpt-4o"}`)).toBeUndefined()
-    expect(check(`{"messages":"${"x".repeat(5_000_000)}","model":"claude"}`)?.body.code).toBe("param_not_allowed")
+    expect(check(`{"messages":"${"x".repeat(5_000_000)}","model":"claude"}`)?.code).toBe("param_not_allowed")
     expect(check(`{"${"k".repeat(100_000)}":1,"model":"gpt-4o"}`)).toBeUndefined()
   })
 })

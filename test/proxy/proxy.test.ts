@@ -11,6 +11,7 @@ import { Pool } from "undici"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import { backends, type BackendInstance } from "../http/harness.js"
 import { chatChunks, hang, json, reset, sse } from "../support/mockUpstream.js"
+import { proxyError } from "../support/proxyErrors.js"
 import {
   call,
   chatBody,
@@ -27,7 +28,7 @@ const YAML = `
 default_api: openai
 apis:
   openai:
-    base_url: {{MOCK}}/ignored/path
+    base_url: {{MOCK}}/
     allowed_endpoints: [/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /v1/files, /v1/audio/transcriptions]
     allowed_methods: [GET, POST, DELETE]
     param_whitelist:
@@ -63,8 +64,20 @@ beforeEach(() => stack.mock.reset())
 const post = (path: string, body: unknown, token: string | null = t.token, headers: Record<string, string> = {}) =>
   call(url, path, { token, body, headers })
 
-const expectLocal = (r: { status: number; headers: Record<string, unknown>; json: any }, status: number, body: unknown) => {
-  expect({ status: r.status, body: r.json }).toEqual({ status, body })
+/** A local `/v1` answer: `body` is `{ error: message, code, description? }`, read from OpenAI's error shape. */
+const expectLocal = (
+  r: { status: number; headers: Record<string, unknown>; json: any },
+  status: number,
+  body: { error: string; code: string; description?: string }
+) => {
+  const e = proxyError(r.json)
+  expect({ status: r.status, error: e.message, code: e.code, description: e.description }).toEqual({
+    status,
+    description: undefined,
+    ...body
+  })
+  expect(r.json.error.param).toBeNull()
+  expect(typeof r.json.error.type).toBe("string")
   expect(r.headers["content-type"]).toBe("application/json")
   expect(r.headers["x-request-id"]).toMatch(/^[\w.:-]{1,128}$/)
   expect(r.headers["server-timing"]).toMatch(/^proxy;dur=\d+\.\d\d/)
@@ -76,6 +89,31 @@ describe("authentication (36–42)", () => {
   it("36 no Authorization → 401 invalid_token, upstream not called", async () => {
     expectLocal(await post("/v1/chat/completions", chatBody(), null), 401, invalid)
     expect(stack.mock.requests).toHaveLength(0)
+  })
+
+  it("the refusal has OpenAI's error shape on OpenAI's paths, Anthropic's on Anthropic's; x-should-retry: false", async () => {
+    const openai = await post("/v1/chat/completions", chatBody(), null)
+    expect(openai.json).toEqual({
+      error: {
+        message: "Invalid token",
+        type: "authentication_error",
+        code: "invalid_token",
+        param: null,
+        description: "missing or invalid authorization header"
+      }
+    })
+    expect(openai.headers["x-should-retry"]).toBe("false")
+    const anthropic = await post("/v1/messages", { model: "claude", messages: [] }, null)
+    expect(anthropic.status).toBe(401)
+    expect(anthropic.json).toEqual({
+      type: "error",
+      error: {
+        type: "authentication_error",
+        message: "Invalid token",
+        code: "invalid_token",
+        description: "missing or invalid authorization header"
+      }
+    })
   })
 
   it("37 Basic credentials → the same 401", async () => {
@@ -116,12 +154,23 @@ describe("authentication (36–42)", () => {
   it("41 token in X-API-Key → 401, in ?token= → 400 credential_in_query (never forwarded)", async () => {
     expectLocal(await post("/v1/chat/completions", chatBody(), null, { "x-api-key": t.token }), 401, invalid)
     const inQuery = await post(`/v1/chat/completions?token=${t.token}`, chatBody(), null)
-    expect(inQuery.json.code).toBe("credential_in_query")
+    expect(proxyError(inQuery.json).code).toBe("credential_in_query")
     expect(inQuery.text).not.toContain(t.token)
     expect(stack.mock.requests).toHaveLength(0)
     const r = await post("/v1/chat/completions", chatBody(), t.token, { "x-api-key": t.token })
     expect(r.status).toBe(200)
     expect(stack.mock.requests[0]!.headers["x-api-key"]).toBeUndefined()
+  })
+
+  it("on Anthropic's paths the token may come in x-api-key (Anthropic's SDKs), never forwarded; Authorization wins", async () => {
+    const a = await projectAndToken(stack.manage, { provider: "anthropic" })
+    const r = await post("/v1/messages", { model: "claude", messages: [] }, null, { "x-api-key": a.token })
+    expect(r.status).toBe(200)
+    // The upstream gets the project's key in its x-api-key, not the token.
+    expect(stack.mock.requests[0]!.headers["x-api-key"]).toBe(a.apiKey)
+    const both = await post("/v1/messages", { model: "claude", messages: [] }, "not-a-token", { "x-api-key": a.token })
+    expect(both.status).toBe(401)
+    expect((await post("/v1/messages", {}, null, { "x-api-key": "nope" })).status).toBe(401)
   })
 })
 
@@ -168,13 +217,13 @@ describe("allow-lists and validation (43–49)", () => {
   })
 
   it("47 the whitelist is checked after authentication: an anonymous request gets 401 whatever its body", async () => {
-    expect((await post("/v1/chat/completions", chatBody({ model: "gpt-3.5-turbo" }), null)).json.code).toBe("invalid_token")
+    expect(proxyError((await post("/v1/chat/completions", chatBody({ model: "gpt-3.5-turbo" }), null)).json).code).toBe("invalid_token")
   })
 
   it("48 the whitelist applies to any JSON content type", async () => {
     for (const ct of ["application/json; charset=utf-8", "application/vnd.custom+json"]) {
       const r = await post("/v1/chat/completions", chatBody({ model: "gpt-3.5-turbo" }), t.token, { "content-type": ct })
-      expect(r.json.code).toBe("param_not_allowed")
+      expect(proxyError(r.json).code).toBe("param_not_allowed")
     }
     expect(stack.mock.requests).toHaveLength(0)
   })
@@ -206,7 +255,7 @@ describe("allow-lists and validation (43–49)", () => {
       })
     })
     expect(r.status).toBe(413)
-    expect(JSON.parse(r.body)).toEqual({ error: "Request body too large", code: "request_too_large" })
+    expect(proxyError(r.body)).toMatchObject({ message: "Request body too large", code: "request_too_large" })
     expect(r.headers.connection).toBe("close")
     expect(Date.now() - started).toBeLessThan(5_000)
     expect(stack.mock.requests).toHaveLength(0)
@@ -347,7 +396,8 @@ describe("headers and ids (102–104)", () => {
   it("102 the upstream sees the response's X-Request-ID; a safe client id is kept, an unsafe one replaced", async () => {
     const r = await post("/v1/chat/completions", chatBody())
     expect(stack.mock.requests[0]!.headers["x-request-id"]).toBe(r.headers["x-request-id"])
-    expect(r.headers["server-timing"]).toMatch(/^proxy;dur=\d+\.\d\d, upstream;dur=\d+\.\d\d$/)
+    expect(r.headers["server-timing"]).toMatch(/^proxy;dur=\d+\.\d\d, upstream;dur=\d+\.\d\d, attempts;desc=1$/)
+    expect(r.headers["x-upstream-request-id"]).toBeUndefined()
     const kept = await post("/v1/chat/completions", chatBody(), t.token, { "x-request-id": "client-abc.1" })
     expect(kept.headers["x-request-id"]).toBe("client-abc.1")
     expect(stack.mock.requests[1]!.headers["x-request-id"]).toBe("client-abc.1")
@@ -358,7 +408,17 @@ describe("headers and ids (102–104)", () => {
   it("an upstream Server-Timing is kept after ours", async () => {
     stack.mock.enqueue(json({}, { headers: { "server-timing": "db;dur=5" } }))
     const r = await post("/v1/chat/completions", chatBody())
-    expect(r.headers["server-timing"]).toMatch(/^proxy;dur=[\d.]+, upstream;dur=[\d.]+, db;dur=5$/)
+    expect(r.headers["server-timing"]).toMatch(/^proxy;dur=[\d.]+, upstream;dur=[\d.]+, attempts;desc=1, db;dur=5$/)
+  })
+
+  it("the upstream's x-request-id is passed on as X-Upstream-Request-ID; the proxy's own id stays in X-Request-ID", async () => {
+    stack.mock.enqueue(json({}, { headers: { "x-request-id": "req_upstream_123" } }))
+    const r = await post("/v1/chat/completions", chatBody(), t.token, { "x-request-id": "mine-1" })
+    expect(r.headers["x-upstream-request-id"]).toBe("req_upstream_123")
+    expect(r.headers["x-request-id"]).toBe("mine-1")
+    // Browsers may read it.
+    const cors = await post("/v1/chat/completions", chatBody(), t.token, { origin: "https://a.example" })
+    expect(String(cors.headers["access-control-expose-headers"])).toContain("X-Upstream-Request-ID")
   })
 
   it("103/104 client addresses, trace context, cookies and hop-by-hop headers are not forwarded", async () => {
@@ -433,9 +493,9 @@ describe("providers", () => {
     expect(stack.mock.requests).toHaveLength(0)
   })
 
-  it("the upstream URL comes from base_url's origin only (its path is ignored, the request's path is kept)", async () => {
-    await post("/v1/completions", { model: "gpt-4o", prompt: "x" })
-    expect(stack.mock.requests[0]!.url).toBe("/v1/completions")
+  it("a base_url without a path (or only `/`) keeps the request's path and query as received", async () => {
+    await post("/v1/completions?a=1&b", { model: "gpt-4o", prompt: "x" })
+    expect(stack.mock.requests[0]!.url).toBe("/v1/completions?a=1&b")
   })
 
   it("unknown providers are rejected on project create and update (400); known ones accepted", async () => {
@@ -492,7 +552,7 @@ describe("cold tokens", () => {
       expect(replies.map((r) => r.status)).toEqual(Array(20).fill(200))
       expect(local.queries.count - before).toBe(1)
       const unknown = "sk-" + "B".repeat(42) + "E"
-      for (let i = 0; i < 5; i++) expect((await go(unknown)).json.code).toBe("token_not_found")
+      for (let i = 0; i < 5; i++) expect(proxyError((await go(unknown)).json).code).toBe("token_not_found")
       expect(local.queries.count - before).toBe(2)
     } finally {
       await local.close()

@@ -9,8 +9,9 @@ import { backends, type BackendInstance } from "../http/harness.js"
 import { redisUrl } from "../support/databases.js"
 import { chatChunks, json, sse } from "../support/mockUpstream.js"
 import { call, chatBody, createToken, eventually, exec, projectAndToken, sleep, type Stack, startStack, tokenRow } from "./stack.js"
+import { proxyError } from "../support/proxyErrors.js"
 
-const inactive = { error: "Token is inactive", code: "token_inactive" }
+const inactive = { message: "Token is inactive", code: "token_inactive" }
 
 describe.each(backends)("proxy on $name", (b) => {
   let backend: BackendInstance
@@ -35,7 +36,9 @@ describe.each(backends)("proxy on $name", (b) => {
       expect((await go(t.token)).status).toBe(200)
       const third = await go(t.token)
       expect(third.status).toBe(429)
-      expect(third.json).toMatchObject({ error: "Rate limit exceeded", code: "rate_limit_exceeded" })
+      // A used-up quota is final: SDKs read x-should-retry before their own retry rules, and OpenAI's quota type.
+      expect(proxyError(third.json)).toMatchObject({ message: "Rate limit exceeded", code: "rate_limit_exceeded", type: "insufficient_quota" })
+      expect(third.headers["x-should-retry"]).toBe("false")
       expect(stack.mock.requests).toHaveLength(2)
       await stack.manage.get(`/manage/tokens/${t.tokenId}`)
       await eventually(async () => Number((await tokenRow(backend, t.tokenId)).request_count) === 2)
@@ -132,10 +135,12 @@ describe.each(backends)("proxy on $name", (b) => {
       const t = await projectAndToken(stack.manage)
       expect((await go(t.token)).status).toBe(200)
       await stack.manage.patch(`/manage/tokens/${t.tokenId}`, { expires_at: new Date(Date.now() - 1000).toISOString() })
-      expect((await go(t.token)).json).toEqual({ error: "Token has expired", code: "token_expired" })
+      const expired = await go(t.token)
+      expect(proxyError(expired.json)).toMatchObject({ message: "Token has expired", code: "token_expired", type: "authentication_error" })
+      expect(expired.headers["x-should-retry"]).toBe("false")
       const limited = await projectAndToken(stack.manage, { max_requests: 5 })
       await stack.manage.patch(`/manage/tokens/${limited.tokenId}`, { expires_at: new Date(Date.now() - 1000).toISOString() })
-      expect((await go(limited.token)).json.code).toBe("token_expired")
+      expect(proxyError((await go(limited.token)).json).code).toBe("token_expired")
     })
 
     it("a token that expires while cached is refused at its expiry, without any management call", async () => {
@@ -143,21 +148,21 @@ describe.each(backends)("proxy on $name", (b) => {
       await stack.manage.patch(`/manage/tokens/${t.tokenId}`, { expires_at: new Date(Date.now() + 1500).toISOString() })
       expect((await go(t.token)).status).toBe(200)
       await sleep(1600)
-      expect((await go(t.token)).json.code).toBe("token_expired")
+      expect(proxyError((await go(t.token)).json).code).toBe("token_expired")
     })
 
     it("62 revoking a limited token → the very next call 401 token_inactive", async () => {
       const t = await projectAndToken(stack.manage, { max_requests: 100 })
       expect((await go(t.token)).status).toBe(200)
       expect((await stack.manage.delete(`/manage/tokens/${t.tokenId}`)).status).toBe(204)
-      expect((await go(t.token)).json).toEqual(inactive)
+      expect(proxyError((await go(t.token)).json)).toMatchObject(inactive)
     })
 
     it("63 revoking an unlimited token that was just used (cached) → the very next call 401 token_inactive", async () => {
       const t = await projectAndToken(stack.manage)
       for (let i = 0; i < 3; i++) expect((await go(t.token)).status).toBe(200)
       expect((await stack.manage.delete(`/manage/tokens/${t.tokenId}`)).status).toBe(204)
-      expect((await go(t.token)).json).toEqual(inactive)
+      expect(proxyError((await go(t.token)).json)).toMatchObject(inactive)
       expect(stack.mock.requests).toHaveLength(3)
     })
 
@@ -165,7 +170,7 @@ describe.each(backends)("proxy on $name", (b) => {
       const t = await projectAndToken(stack.manage)
       expect((await go(t.token)).status).toBe(200)
       await stack.manage.patch(`/manage/tokens/${t.tokenId}`, { is_active: false })
-      expect((await go(t.token)).json).toEqual(inactive)
+      expect(proxyError((await go(t.token)).json)).toMatchObject(inactive)
       await stack.manage.patch(`/manage/tokens/${t.tokenId}`, { is_active: true })
       expect((await go(t.token)).status).toBe(200)
     })
@@ -177,11 +182,11 @@ describe.each(backends)("proxy on $name", (b) => {
       expect((await go(second.token)).status).toBe(200)
       const r = await stack.manage.post(`/manage/projects/${t.projectId}/tokens/revoke`)
       expect(r.json.revoked_count).toBe(2)
-      expect((await go(t.token)).json).toEqual(inactive)
-      expect((await go(second.token)).json).toEqual(inactive)
+      expect(proxyError((await go(t.token)).json)).toMatchObject(inactive)
+      expect(proxyError((await go(second.token)).json)).toMatchObject(inactive)
       await stack.manage.patch(`/manage/tokens/${t.tokenId}`, { is_active: true })
       expect((await go(t.token)).status).toBe(200)
-      expect((await go(second.token)).json).toEqual(inactive)
+      expect(proxyError((await go(second.token)).json)).toMatchObject(inactive)
     })
 
     it("18 deactivating with revoke_tokens revokes every token at once", async () => {
@@ -189,7 +194,7 @@ describe.each(backends)("proxy on $name", (b) => {
       expect((await go(t.token)).status).toBe(200)
       await stack.manage.patch(`/manage/projects/${t.projectId}`, { is_active: false, revoke_tokens: true })
       await stack.manage.patch(`/manage/projects/${t.projectId}`, { is_active: true })
-      expect((await go(t.token)).json).toEqual(inactive)
+      expect(proxyError((await go(t.token)).json)).toMatchObject(inactive)
     })
   })
 
@@ -198,11 +203,11 @@ describe.each(backends)("proxy on $name", (b) => {
       const t = await projectAndToken(stack.manage, { max_requests: 10 })
       expect((await go(t.token)).status).toBe(200)
       await exec(backend, "UPDATE projects SET is_active = '0' WHERE id = ?", [t.projectId])
-      expect((await go(t.token)).json).toEqual({ error: "Project is inactive", code: "project_inactive" })
+      expect(proxyError((await go(t.token)).json)).toMatchObject({ message: "Project is inactive", code: "project_inactive" })
       await exec(backend, "UPDATE projects SET is_active = '1' WHERE id = ?", [t.projectId])
       expect((await go(t.token)).status).toBe(200)
       await exec(backend, "UPDATE tokens SET is_active = '0' WHERE id = ?", [t.tokenId])
-      expect((await go(t.token)).json).toEqual(inactive)
+      expect(proxyError((await go(t.token)).json)).toMatchObject(inactive)
     })
 
     it("an unlimited token sees them after at most TOKEN_CACHE_TTL", async () => {
@@ -213,7 +218,7 @@ describe.each(backends)("proxy on $name", (b) => {
         expect((await once()).status).toBe(200)
         await exec(backend, "UPDATE tokens SET is_active = '0' WHERE id = ?", [t.tokenId])
         await sleep(350)
-        expect((await once()).json).toEqual(inactive)
+        expect(proxyError((await once()).json)).toMatchObject(inactive)
       } finally {
         await quick.close()
       }
@@ -230,7 +235,7 @@ describe.each(backends)("proxy on $name", (b) => {
       for (const token of [t.token, limited.token]) {
         const r = await go(token)
         expect(r.status).toBe(403)
-        expect(r.json).toEqual({ error: "Project is inactive", code: "project_inactive" })
+        expect(proxyError(r.json)).toMatchObject({ message: "Project is inactive", code: "project_inactive" })
       }
       expect(stack.mock.requests).toHaveLength(2)
       await stack.manage.patch(`/manage/projects/${t.projectId}`, { is_active: true })
@@ -260,7 +265,9 @@ describe.each(backends)("proxy on $name", (b) => {
       expect((await go(t.token)).status).toBe(200)
       const r = await go(t.token)
       expect(r.status).toBe(429)
-      expect(r.json).toMatchObject({ code: "rate_limit_exceeded", description: "token rate limit exceeded" })
+      expect(proxyError(r.json)).toMatchObject({ code: "rate_limit_exceeded", description: "token rate limit exceeded", type: "rate_limit_error" })
+      // A window limit passes: retrying later can succeed.
+      expect(r.headers["x-should-retry"]).toBeUndefined()
       expect(Number(r.headers["retry-after"])).toBeGreaterThanOrEqual(1)
       expect(Number(r.headers["retry-after"])).toBeLessThanOrEqual(60)
       expect(stack.mock.requests).toHaveLength(2)
@@ -275,7 +282,7 @@ describe.each(backends)("proxy on $name", (b) => {
       expect((await go(t.token)).status).toBe(200)
       const r = await go(second.token)
       expect(r.status).toBe(429)
-      expect(r.json.description).toBe("project rate limit exceeded")
+      expect(proxyError(r.json).description).toBe("project rate limit exceeded")
       expect((await go(t.token)).status).toBe(429)
       expect(Number((await tokenRow(backend, t.tokenId)).request_count)).toBe(2)
     })
@@ -369,7 +376,7 @@ describe("Redis unreachable", () => {
       expect((await go()).status).toBe(200)
       expect((await go()).status).toBe(200)
       expect((await s.manage.delete(`/manage/tokens/${t.tokenId}`)).status).toBe(204)
-      expect((await go()).json).toEqual(inactive)
+      expect(proxyError((await go()).json)).toMatchObject(inactive)
     } finally {
       await s.close()
       await backend.cleanup()

@@ -9,6 +9,7 @@ import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { stopProcess } from "../support/processes.js"
+import { proxyError } from "../support/proxyErrors.js"
 
 export const bin = join(import.meta.dirname, "../../bin/llm-proxy.js")
 export const built = existsSync(join(import.meta.dirname, "../../dist/cli/main.js"))
@@ -215,7 +216,7 @@ export const chat = async (url: string, token: string, body: Record<string, unkn
   const text = await r.text()
   let code: string | undefined
   try {
-    code = (JSON.parse(text) as { code?: string }).code
+    code = proxyError(text).code
   } catch {
     code = undefined
   }

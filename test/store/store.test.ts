@@ -13,6 +13,7 @@ import { firstPage } from "../../src/store/keyset.js"
 import {
   DuplicateProjectName,
   type NewProject,
+  type StoredKey,
   type NewToken,
   Store,
   StoreError,
@@ -29,11 +30,12 @@ const NOW = at(0)
 const LATER = at(60)
 const FUTURE = "2099-12-31T23:59:59.999Z"
 
+const oneKey = (key: string, hint: string): ReadonlyArray<StoredKey> => [{ id: randomUUID(), key, hint, weight: 1, provider: null }]
+
 const newProject = (fields: Partial<NewProject> = {}): NewProject => ({
   id: randomUUID(),
   name: `project-${randomUUID()}`,
-  apiKey: "sk-provider-key",
-  apiKeyHint: "sk-p****-key",
+  apiKeys: oneKey("sk-provider-key", "sk-p****-key"),
   provider: "openai",
   now: NOW,
   ...fields
@@ -97,8 +99,9 @@ const storeSuite = (dialect: Dialect) =>
           expect(created).toEqual({
             id: input.id,
             name: input.name,
-            apiKey: input.apiKey,
-            apiKeyHint: input.apiKeyHint,
+            apiKey: "sk-provider-key",
+            apiKeyHint: "sk-p****-key",
+            apiKeys: input.apiKeys,
             provider: "anthropic",
             isActive: true,
             deactivatedAt: null,
@@ -148,8 +151,9 @@ const storeSuite = (dialect: Dialect) =>
         Effect.gen(function*() {
           const store = yield* Store
           const project = yield* store.createProject(newProject())
-          const updated = yield* store.updateProject(project.id, { apiKey: "sk-new", apiKeyHint: "sk-n****new", now: LATER })
-          const expected = { ...project, apiKey: "sk-new", apiKeyHint: "sk-n****new", updatedAt: LATER }
+          const apiKeys = oneKey("sk-new", "sk-n****new")
+          const updated = yield* store.updateProject(project.id, { apiKeys, now: LATER })
+          const expected = { ...project, apiKey: "sk-new", apiKeyHint: "sk-n****new", apiKeys, updatedAt: LATER }
           expect(updated).toEqual(Option.some({ project: expected, revoked: 0 }))
           expect(yield* getProject(project.id)).toEqual(expected)
 
@@ -502,7 +506,7 @@ const storeSuite = (dialect: Dialect) =>
           expectStoreError(yield* Effect.flip(store.countTokens(secret, 10)))
           expectStoreError(yield* Effect.flip(store.pruneTokens(secret, 10)))
           expectStoreError(yield* Effect.flip(store.revokeProjectTokens(secret, secret)))
-          expectStoreError(yield* Effect.flip(store.createProject(newProject({ name: secret, apiKey: secret }))))
+          expectStoreError(yield* Effect.flip(store.createProject(newProject({ name: secret, apiKeys: oneKey(secret, secret) }))))
           expectStoreError(yield* Effect.flip(store.updateProject(secret, { name: secret, now: secret })))
         }).pipe(Effect.provide(freshStore(dialect))))
 

@@ -1,8 +1,9 @@
 /**
  * Reading an error the proxy produced itself on `/v1`, whatever its wire shape: today's
- * `{"error": "...", "code": "...", "description"?: "..."}` or the provider's (OpenAI's)
- * `{"error": {"message": "...", "type": "...", "code": "...", "param": null}}`. Tests that assert a `/v1` refusal
- * read it through this, so they hold for both.
+ * `{"error": "...", "code": "...", "description"?: "..."}`, OpenAI's
+ * `{"error": {"message": "...", "type": "...", "code": "...", "param": null, "description"?: "..."}}` or, on
+ * Anthropic's paths, `{"type": "error", "error": {"type": "...", "message": "...", "code": "..."}}`. Tests that
+ * assert a `/v1` refusal read it through this, so they hold for every shape.
  */
 export interface ProxyError {
   readonly message: string
@@ -20,7 +21,11 @@ export const proxyError = (body: unknown): ProxyError => {
       message: String(o["message"] ?? ""),
       code: typeof o["code"] === "string" ? o["code"] : undefined,
       type: typeof o["type"] === "string" ? o["type"] : undefined,
-      description: typeof b?.["description"] === "string" ? (b["description"] as string) : undefined
+      description: typeof o["description"] === "string"
+        ? o["description"]
+        : typeof b?.["description"] === "string"
+        ? (b["description"] as string)
+        : undefined
     }
   }
   return {

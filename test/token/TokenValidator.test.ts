@@ -27,7 +27,13 @@ const projectAndToken = Effect.gen(function*() {
   const projectId = crypto.randomUUID()
   const tokenId = crypto.randomUUID()
   const hash = `hash-${tokenId}`
-  yield* store.createProject({ id: projectId, name: `p-${projectId}`, apiKey: "sk-key", apiKeyHint: "sk-...", provider: "openai", now })
+  yield* store.createProject({
+    id: projectId,
+    name: `p-${projectId}`,
+    apiKeys: [{ id: crypto.randomUUID(), key: "sk-key", hint: "sk-...", weight: 1, provider: null }],
+    provider: "openai",
+    now
+  })
   yield* store.createToken({
     id: tokenId,
     tokenHash: hash,
@@ -62,7 +68,7 @@ describe("TokenValidator", () => {
         expect(tokens.stats().loads).toBe(loadsBefore + 1)
         expect(grants[0]).toMatchObject({ tokenId: t.tokenId, projectId: t.projectId, isActive: true, projectActive: true })
         expect(grants[1]).toBe(grants[0])
-        expect(Option.map(grants[0]!.apiKey, Redacted.value)).toEqual(Option.some("sk-key"))
+        expect(grants[0]!.keys.map((k) => Redacted.value(k.apiKey))).toEqual(["sk-key"])
         expect(tokens.cached(t.hash, Date.now())).toBe(grants[0])
       }))
 

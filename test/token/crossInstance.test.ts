@@ -17,6 +17,7 @@ import { backends, type BackendInstance } from "../http/harness.js"
 import { call, chatBody, projectAndToken, type Stack, startStack } from "../proxy/stack.js"
 import { postgresUrl } from "../support/databases.js"
 import { testConfig } from "../support/server.js"
+import { proxyError } from "../support/proxyErrors.js"
 
 const postgres = backends.find((b) => b.name === "postgres")
 
@@ -44,7 +45,7 @@ describe.skipIf(!postgresUrl)("two instances on PostgreSQL, INVALIDATION_BACKEND
     expect((await viaB(t.token)).status).toBe(200)
     expect((await a.manage.delete(`/manage/tokens/${t.tokenId}`)).status).toBe(204)
     const r = await viaB(t.token)
-    expect([r.status, r.json?.code]).toEqual([401, "token_inactive"])
+    expect([r.status, proxyError(r.json).code]).toEqual([401, "token_inactive"])
   })
 
   it("project deactivation through A: B's very next request is 403 project_inactive; reactivation too", async () => {
@@ -52,7 +53,7 @@ describe.skipIf(!postgresUrl)("two instances on PostgreSQL, INVALIDATION_BACKEND
     expect((await viaB(t.token)).status).toBe(200)
     expect((await a.manage.patch(`/manage/projects/${t.projectId}`, { is_active: false })).status).toBe(200)
     const r = await viaB(t.token)
-    expect([r.status, r.json?.code]).toEqual([403, "project_inactive"])
+    expect([r.status, proxyError(r.json).code]).toEqual([403, "project_inactive"])
     expect((await a.manage.patch(`/manage/projects/${t.projectId}`, { is_active: true })).status).toBe(200)
     expect((await viaB(t.token)).status).toBe(200)
   })

@@ -120,7 +120,13 @@ describe.skipIf(!postgresUrl)("token invalidations over PostgreSQL LISTEN/NOTIFY
       const projectId = crypto.randomUUID()
       const tokenId = crypto.randomUUID()
       const hash = `hash-${tokenId}`
-      yield* store.createProject({ id: projectId, name: `p-${projectId}`, apiKey, apiKeyHint: "sk-...", provider: "openai", now: now() })
+      yield* store.createProject({
+        id: projectId,
+        name: `p-${projectId}`,
+        apiKeys: [{ id: crypto.randomUUID(), key: apiKey, hint: "sk-...", weight: 1, provider: null }],
+        provider: "openai",
+        now: now()
+      })
       yield* store.createToken({
         id: tokenId,
         tokenHash: hash,
@@ -195,11 +201,14 @@ describe.skipIf(!postgresUrl)("token invalidations over PostgreSQL LISTEN/NOTIFY
       const t = yield* projectAndToken(a.store)
 
       // key rotation
-      expect(Option.map((yield* warm(b, t.hash)).apiKey, Redacted.value)).toEqual(Option.some("sk-before"))
-      yield* a.store.updateProject(t.projectId, { apiKey: "sk-after", apiKeyHint: "sk-...", now: now() })
+      expect((yield* warm(b, t.hash)).keys.map((k) => Redacted.value(k.apiKey))).toEqual(["sk-before"])
+      yield* a.store.updateProject(t.projectId, {
+        apiKeys: [{ id: crypto.randomUUID(), key: "sk-after", hint: "sk-...", weight: 1, provider: null }],
+        now: now()
+      })
       yield* announce(a, { kind: "project", id: t.projectId })
       yield* until("B to drop the project's grant", dropped(b, t.hash), 2_000)
-      expect(Option.map((yield* warm(b, t.hash)).apiKey, Redacted.value)).toEqual(Option.some("sk-after"))
+      expect((yield* warm(b, t.hash)).keys.map((k) => Redacted.value(k.apiKey))).toEqual(["sk-after"])
 
       // deactivation
       yield* a.store.updateProject(t.projectId, { isActive: false, now: now() })
