@@ -12,12 +12,13 @@
  */
 import { spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs"
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { startMockUpstream, type MockUpstream } from "../support/mockUpstream.js"
 import { stopProcess } from "../support/processes.js"
+import { jsonLines } from "../support/events.js"
 import { built, printTally, type Serve, sleep, startServe, tally } from "./support.js"
 
 const TITLE = "boundary"
@@ -263,7 +264,7 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
     expect(mine.status).toBe(200)
     const id = mine.headers.get("x-request-id")!
     const lines = () =>
-      existsSync(eventsPath) ? readFileSync(eventsPath, "utf8").split("\n").filter((l) => l !== "").map((l) => JSON.parse(l) as { request_id: string }) : []
+      jsonLines<{ request_id: string }>(eventsPath)
     for (let i = 0; i < 200 && !lines().some((l) => l.request_id === id); i++) await sleep(50)
     expect(lines().some((l) => l.request_id === id)).toBe(true)
     expect(lines().filter((l) => ids.has(l.request_id))).toEqual([])

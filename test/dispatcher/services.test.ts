@@ -8,7 +8,7 @@ import type { HttpClient } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
 import { Effect, Layer, Logger, Redacted } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
-import { existsSync, mkdtempSync, readFileSync } from "node:fs"
+import { existsSync, mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, afterEach, describe, expect, it } from "vitest"
@@ -25,13 +25,13 @@ import * as RedisStreamsBus from "../../src/eventbus/RedisStreamsBus.js"
 import { dispatcherStats } from "../../src/observability/eventChecks.js"
 import { make as makeMetrics } from "../../src/observability/Metrics.js"
 import { flushRedisPrefix, redisUrl } from "../support/databases.js"
-import { body, buildLayer, makeEvent, sse, startReceiver, waitFor } from "../support/events.js"
+import { body, buildLayer, jsonLines, makeEvent, sse, startReceiver, waitFor } from "../support/events.js"
 import { stopProcess } from "../support/processes.js"
 import { type Helicone, type Lunary, LUNARY_TEST_PRICES, startHelicone, startLunary } from "./services.js"
 
 const dir = mkdtempSync(join(tmpdir(), "llm-proxy-services-"))
 const lines = (path: string): Array<Record<string, any>> =>
-  existsSync(path) ? readFileSync(path, "utf8").split("\n").filter((l) => l !== "").map((l) => JSON.parse(l)) : []
+  jsonLines(path)
 const json = (value: unknown) => body(JSON.stringify(value), { content_type: "application/json" })
 
 const LUNARY_KEY = "0d9ae2c1-3c4b-4f0a-9d55-5c1f4b8f7e21"

@@ -18,7 +18,7 @@ import { backends, type BackendInstance } from "../http/harness.js"
 import { call, chatBody, projectAndToken, startStack, type Stack } from "../proxy/stack.js"
 import { flushRedisPrefix, redisUrl } from "../support/databases.js"
 import { chatChunks, sse } from "../support/mockUpstream.js"
-import { buildLayer, makeEvent, type Receiver, startReceiver, waitFor } from "../support/events.js"
+import { buildLayer, completeLines, makeEvent, type Receiver, startReceiver, waitFor } from "../support/events.js"
 import { testConfig } from "../support/server.js"
 import { parsePrometheus, type Sample, value } from "./prometheus.js"
 
@@ -40,7 +40,7 @@ const ready = async (url: string) => (await fetch(`${url}/ready`)).status
 
 const defaultEvents = testConfig({ _tag: "sqlite", path: ":memory:" }).events
 const dir = mkdtempSync(join(tmpdir(), "llm-proxy-obs-events-"))
-const lines = (path: string) => (existsSync(path) ? readFileSync(path, "utf8").split("\n").filter((l) => l !== "").length : 0)
+const lines = (path: string) => completeLines(path).length
 
 describe("serve --file-event-log (in-memory bus, dispatcher in-process)", () => {
   let backend: BackendInstance

@@ -4,7 +4,7 @@
  * full never slows or fails requests; with Redis, 1,000 events published by serve all reach the dispatcher's file.
  */
 import { Context, Effect, Exit, Layer, Option, Redacted, Scope } from "effect"
-import { existsSync, mkdtempSync, readFileSync } from "node:fs"
+import { mkdtempSync, readFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { gzipSync } from "node:zlib"
@@ -19,14 +19,13 @@ import { ServerAddress } from "../../src/http/Server.js"
 import { loggerLayer, serveLayer } from "../../src/Layers.js"
 import { Client } from "../http/harness.js"
 import { flushRedisPrefix, redisUrl } from "../support/databases.js"
-import { buildLayer, waitFor } from "../support/events.js"
+import { buildLayer, jsonLines, waitFor } from "../support/events.js"
 import { chatChunks, handler, json, type MockUpstream, sse, startMockUpstream } from "../support/mockUpstream.js"
 import { testConfig } from "../support/server.js"
 import { call, chatBody, projectAndToken, type ProjectAndToken } from "./stack.js"
 
 const dir = mkdtempSync(join(tmpdir(), "llm-proxy-events-"))
-const lines = (path: string): Array<Record<string, any>> =>
-  existsSync(path) ? readFileSync(path, "utf8").split("\n").filter((l) => l !== "").map((l) => JSON.parse(l)) : []
+const lines = (path: string): Array<Record<string, any>> => jsonLines(path)
 
 let n = 0
 const start = async (mock: MockUpstream, events: Partial<EventsConfig>, extra: Partial<AppConfigShape> = {}) => {

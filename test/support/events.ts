@@ -1,6 +1,7 @@
 /** Fixtures for instrumentation-event tests: events, SSE bodies, a local HTTP receiver, in-process layers. */
 import { Context, Effect, Exit, Layer, Scope } from "effect"
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
+import { existsSync, readFileSync } from "node:fs"
 import type { AddressInfo } from "node:net"
 import type { CapturedBody, ProxyEvent } from "../../src/domain/ProxyEvent.js"
 
@@ -113,3 +114,17 @@ export const waitFor = async (check: () => boolean | Promise<boolean>, timeoutMs
   }
   throw new Error(`timed out waiting for ${what}`)
 }
+
+/**
+ * The complete lines of a JSON Lines file another process is appending to: a line still being written (no newline
+ * yet) is left for the next read, so a poll never parses half a line.
+ */
+export const completeLines = (path: string): Array<string> => {
+  if (!existsSync(path)) return []
+  const text = readFileSync(path, "utf8")
+  return text.slice(0, text.lastIndexOf("\n") + 1).split("\n").filter((l) => l.trim() !== "")
+}
+
+/** The complete lines of a JSON Lines file, parsed. */
+export const jsonLines = <A = Record<string, any>>(path: string): Array<A> =>
+  completeLines(path).map((l) => JSON.parse(l) as A)
