@@ -13,7 +13,7 @@ import { Store, type StoreError } from "../store/Store.js"
 import { TokenValidator } from "../token/TokenValidator.js"
 import { audited } from "./auditing.js"
 import { readPayload, validate } from "./body.js"
-import { projectJson, rateLimitRow } from "./present.js"
+import { budgetPatch, budgetRow, projectJson, rateLimitRow } from "./present.js"
 
 const now = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms).toISOString())
 
@@ -55,7 +55,8 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
                 ? yield* store.listProjects
                 : (yield* store.listProjectsPage({ search, limit: 2_147_483_647, offset: 0 })).rows
               note.details["project_count"] = rows.length
-              return rows.map(projectJson)
+              const nowMs = yield* Clock.currentTimeMillis
+              return rows.map((r) => projectJson(r, nowMs))
             }
             const page = yield* validate(parsePageParam("page", urlParams.page, 1, 1_000_000_000, 1))
             const pageSize = yield* validate(parsePageParam("page_size", urlParams.page_size, 1, 100, 20))
@@ -64,8 +65,9 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             const totalPages = Math.ceil(result.total / pageSize)
             note.details["project_count"] = result.rows.length
             note.details["page"] = page
+            const nowMs = yield* Clock.currentTimeMillis
             return {
-              projects: result.rows.map(projectJson),
+              projects: result.rows.map((r) => projectJson(r, nowMs)),
               pagination: {
                 page,
                 page_size: pageSize,
@@ -90,12 +92,15 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             apiKeyHint: obfuscateApiKey(input.api_key),
             provider,
             rateLimit: rateLimitRow(input.rate_limit ?? null),
+            budget: budgetRow(input),
             now: yield* now
           })
           note.projectId = row.id
           note.details["project_name"] = row.name
           note.details["provider"] = row.provider
-          return projectJson(row)
+          if (row.budget.maxCostUsd !== null) note.details["max_cost_usd"] = row.budget.maxCostUsd
+          if (row.budget.maxTokens !== null) note.details["max_tokens"] = row.budget.maxTokens
+          return projectJson(row, yield* Clock.currentTimeMillis)
         }).pipe(
           Effect.catchTags({
             DuplicateProjectName: (e) => Effect.fail(conflict(e.name)),
@@ -108,7 +113,10 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             const id = yield* projectId(path.id)
             note.projectId = id
             const row = yield* store.getProject(id)
-            return projectJson(yield* Option.match(row, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed }))
+            return projectJson(
+              yield* Option.match(row, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed }),
+              yield* Clock.currentTimeMillis
+            )
           }).pipe(Effect.catchTag("StoreError", internal("failed to get project")))))
       .handleRaw("update", ({ path, request }) =>
         audited(AuditActions.projectUpdate, (note) =>
@@ -126,13 +134,18 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             ...(input.provider !== undefined ? ["provider"] : []),
             ...(input.is_active !== undefined ? ["is_active"] : []),
             ...(input.rate_limit !== undefined ? ["rate_limit"] : []),
+            ...(input.max_cost_usd !== undefined ? ["max_cost_usd"] : []),
+            ...(input.max_tokens !== undefined ? ["max_tokens"] : []),
+            ...(input.budget_period !== undefined ? ["budget_period"] : []),
             ...(revokeTokens ? ["revoke_tokens"] : [])
           ]
+          const budget = budgetPatch(input)
           const result = yield* store.updateProject(id, {
             ...(input.name !== undefined ? { name: input.name } : {}),
             ...(apiKey !== undefined ? { apiKey: cipher.encrypt(apiKey), apiKeyHint: obfuscateApiKey(apiKey) } : {}),
             ...(input.provider !== undefined ? { provider: input.provider } : {}),
             ...(input.rate_limit !== undefined ? { rateLimit: rateLimitRow(input.rate_limit) } : {}),
+            ...(budget !== undefined ? { budget } : {}),
             ...(input.is_active !== undefined ? { isActive: input.is_active } : {}),
             revokeTokens,
             now: yield* now
@@ -144,7 +157,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
           note.details["project_name"] = updated.project.name
           note.details["is_active"] = updated.project.isActive
           if (revokeTokens) note.details["tokens_revoked"] = updated.revoked
-          return projectJson(updated.project)
+          return projectJson(updated.project, yield* Clock.currentTimeMillis)
         }).pipe(
           Effect.catchTags({
             DuplicateProjectName: (e) => Effect.fail(conflict(e.name)),

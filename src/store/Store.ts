@@ -27,9 +27,61 @@ export class DuplicateProjectName extends Schema.TaggedError<DuplicateProjectNam
   name: Schema.String
 }) {}
 
+/** A window rate limit: requests and/or LLM tokens per window (at least one of the two is set). */
 export interface RateLimitRow {
-  readonly requests: number
+  /** Requests per window; null = not limited by count. */
+  readonly requests: number | null
+  /** LLM tokens (input + output) per window; null or absent = not limited by tokens. */
+  readonly tokens?: number | null | undefined
   readonly windowSeconds: number
+}
+
+export type BudgetPeriod = "total" | "day" | "month"
+
+/** A token's or project's budget; both limits null = none. */
+export interface BudgetRow {
+  readonly maxCostUsd: number | null
+  /** Input + output tokens. */
+  readonly maxTokens: number | null
+  readonly period: BudgetPeriod
+}
+
+export const NO_BUDGET: BudgetRow = { maxCostUsd: null, maxTokens: null, period: "total" }
+
+/**
+ * What a token or project spent: over its whole life, and in the UTC day and month starting at `dayStart` /
+ * `monthStart` (epoch ms; null = never). A start older than the current period's means nothing spent in it yet.
+ */
+export interface SpendRow {
+  readonly spentUsd: number
+  readonly tokensUsed: number
+  readonly dayStart: number | null
+  readonly dayCostUsd: number
+  readonly dayTokens: number
+  readonly monthStart: number | null
+  readonly monthCostUsd: number
+  readonly monthTokens: number
+}
+
+export const NOTHING_SPENT: SpendRow = {
+  spentUsd: 0,
+  tokensUsed: 0,
+  dayStart: null,
+  dayCostUsd: 0,
+  dayTokens: 0,
+  monthStart: null,
+  monthCostUsd: 0,
+  monthTokens: 0
+}
+
+/** Spend to add to one token or project, for the UTC day and month that start at `dayStart` / `monthStart`. */
+export interface SpendDelta {
+  readonly scope: "token" | "project"
+  readonly id: string
+  readonly costUsd: number
+  readonly tokens: number
+  readonly dayStart: number
+  readonly monthStart: number
 }
 
 export interface ProjectRow {
@@ -43,6 +95,8 @@ export interface ProjectRow {
   readonly isActive: boolean
   readonly deactivatedAt: string | null
   readonly rateLimit: RateLimitRow | null
+  readonly budget: BudgetRow
+  readonly spend: SpendRow
   readonly createdAt: string
   readonly updatedAt: string
 }
@@ -61,6 +115,8 @@ export interface TokenRow {
   readonly cacheHitCount: number
   readonly promptTokens: number
   readonly completionTokens: number
+  readonly budget: BudgetRow
+  readonly spend: SpendRow
   readonly createdAt: string
   readonly lastUsedAt: string | null
 }
@@ -72,6 +128,7 @@ export interface NewProject {
   readonly apiKeyHint: string
   readonly provider: string
   readonly rateLimit?: RateLimitRow | null
+  readonly budget?: BudgetRow
   readonly now: string
 }
 
@@ -82,6 +139,8 @@ export interface ProjectPatch {
   readonly provider?: string
   /** null removes the limit. */
   readonly rateLimit?: RateLimitRow | null
+  /** The fields given replace the current ones (null removes a limit). */
+  readonly budget?: BudgetPatch
   readonly isActive?: boolean
   /** Revoke every active token of the project in the same transaction. */
   readonly revokeTokens?: boolean
@@ -96,7 +155,15 @@ export interface NewToken {
   readonly expiresAt: string
   readonly maxRequests: number | null
   readonly rateLimit?: RateLimitRow | null
+  readonly budget?: BudgetRow
   readonly now: string
+}
+
+/** A budget change: each field given replaces the current one. */
+export interface BudgetPatch {
+  readonly maxCostUsd?: number | null
+  readonly maxTokens?: number | null
+  readonly period?: BudgetPeriod
 }
 
 /** What creating a token for a project came to: the token, or why the project refused it. */
@@ -111,6 +178,7 @@ export interface TokenPatch {
   readonly expiresAt?: string
   /** null removes the limit. */
   readonly rateLimit?: RateLimitRow | null
+  readonly budget?: BudgetPatch
   readonly now: string
 }
 
@@ -157,6 +225,8 @@ export interface TokenAuthRow {
   readonly apiKey: string
   readonly provider: string
   readonly projectRateLimit: RateLimitRow | null
+  readonly tokenBudget: BudgetRow
+  readonly projectBudget: BudgetRow
 }
 
 export type QuotaResult = "ok" | "exhausted" | "inactive" | "expired" | "project_inactive" | "not_found"
@@ -185,6 +255,8 @@ export interface HourlyUsage {
   readonly errors: number
   readonly promptTokens: number
   readonly completionTokens: number
+  /** USD; answers of models without a price count 0. */
+  readonly costUsd?: number
 }
 
 export interface UsageQuery {
@@ -204,6 +276,7 @@ export interface UsagePoint {
   readonly errors: number
   readonly promptTokens: number
   readonly completionTokens: number
+  readonly costUsd: number
 }
 
 export interface ProjectPageQuery {
@@ -277,6 +350,12 @@ export interface StoreShape {
   readonly addHourlyUsage: (deltas: ReadonlyArray<HourlyUsage>) => Effect.Effect<void, StoreError>
   /** Per-hour sums in [since, until), oldest first; hours without usage are absent. */
   readonly usageSeries: (q: UsageQuery) => Effect.Effect<ReadonlyArray<UsagePoint>, StoreError>
+  /** What a token and its project spent, read in one query (budgets); None when the token does not exist. */
+  readonly spendOf: (
+    tokenId: string
+  ) => Effect.Effect<Option.Option<{ readonly token: SpendRow; readonly project: SpendRow }>, StoreError>
+  /** Adds spend to tokens and projects, in one transaction, in the order given (older periods first). */
+  readonly addSpend: (deltas: ReadonlyArray<SpendDelta>) => Effect.Effect<void, StoreError>
 }
 
 export class Store extends Context.Tag("llm-proxy/Store")<Store, StoreShape>() {}

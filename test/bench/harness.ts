@@ -62,6 +62,8 @@ export interface LlmProxy {
   readonly url: string
   readonly pid: number
   readonly token: string
+  /** A management API call (POST, or `method`) with the instance's management token; the JSON answer. */
+  readonly manage: (path: string, body: unknown, method?: string) => Promise<Record<string, unknown>>
   readonly stop: () => Promise<void>
 }
 
@@ -101,9 +103,9 @@ export const startLlmProxy = async (
   children.push(child)
   const url = `http://127.0.0.1:${port}`
   await waitFor(`${url}/live`)
-  const manage = async (path: string, body: unknown) => {
+  const manage = async (path: string, body: unknown, method = "POST") => {
     const r = await request(`${url}${path}`, {
-      method: "POST",
+      method: method as "POST",
       headers: { authorization: `Bearer ${managementToken}`, "content-type": "application/json" },
       body: JSON.stringify(body)
     })
@@ -117,6 +119,7 @@ export const startLlmProxy = async (
     url,
     pid: child.pid!,
     token: String(token["token"]),
+    manage,
     stop: () =>
       new Promise<void>((resolve) => {
         child.once("exit", () => {
