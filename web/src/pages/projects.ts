@@ -18,7 +18,8 @@ import {
   rateLimitText,
   submitting,
   table,
-  withQuery
+  withQuery,
+  type RateLimitValue
 } from "../ui.js"
 import { usageCharts } from "./dashboard.js"
 
@@ -74,7 +75,7 @@ const projectForm = (options: {
     provider: string
     isActive: boolean
     revokeTokens: boolean
-    rateLimit: { requests: number; window_seconds: number } | null
+    rateLimit: RateLimitValue | null
   }) => Promise<void>
 }) => {
   const p = options.project

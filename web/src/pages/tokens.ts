@@ -18,7 +18,8 @@ import {
   table,
   tokenBadge,
   tokenStatus,
-  withQuery
+  withQuery,
+  type RateLimitValue
 } from "../ui.js"
 import { usageCharts } from "./dashboard.js"
 
@@ -139,7 +140,7 @@ const snippets = (token: string) => {
 const createdView = (
   created: TokenCreated,
   project: Project | undefined,
-  rateLimit: { requests: number; window_seconds: number } | null
+  rateLimit: RateLimitValue | null
 ) => {
   const tokenInput = h("input", { id: "new-token", readonly: true, value: created.token, class: "mono", "aria-describedby": "once-hint" })
   return h(
