@@ -8,7 +8,7 @@ import { Config, Console, Effect, Option, Redacted } from "effect"
 import { readFileSync } from "node:fs"
 import { ManagementApi } from "../api/ManagementApi.js"
 import type { AuditEvent, AuditPage } from "../domain/audit.js"
-import type { Project, Token, TokenPage } from "../domain/models.js"
+import type { Project, Token, TokenPage, UsageSeries } from "../domain/models.js"
 import { CliFailure } from "./errors.js"
 import { orDash, record, show, table } from "./output.js"
 
@@ -62,6 +62,12 @@ const client = (o: Common) =>
 
 // ---- projects -------------------------------------------------------------------------------------------------
 
+/** What a token or project spent (`spent_usd`, `tokens_used`) and its budget, as record lines. */
+const spendEntries = (x: Project | Token): ReadonlyArray<readonly [string, string]> => [
+  ["spent_usd", usd(x.spent_usd)],
+  ["tokens_used", String(x.tokens_used)]
+]
+
 const projectTable = (ps: ReadonlyArray<Project>) =>
   table(
     ["ID", "NAME", "PROVIDER", "API KEY", "ACTIVE", "CREATED"],
@@ -76,6 +82,7 @@ const projectRecord = (p: Project) =>
     ["api_key", p.api_key],
     ["active", p.is_active ? "yes" : "no"],
     ["deactivated_at", orDash(p.deactivated_at)],
+    ...spendEntries(p),
     ["created_at", p.created_at],
     ["updated_at", p.updated_at]
   ])
@@ -196,6 +203,7 @@ const tokenRecord = (t: Token) =>
     ["cache_hits", String(t.cache_hit_count)],
     ["prompt_tokens", String(t.prompt_tokens)],
     ["completion_tokens", String(t.completion_tokens)],
+    ...spendEntries(t),
     ["created_at", t.created_at],
     ["last_used_at", orDash(t.last_used_at)]
   ])
@@ -465,7 +473,54 @@ const audit = Command.make("audit").pipe(
   Command.withSubcommands([auditList, auditShow])
 )
 
+// ---- usage ----------------------------------------------------------------------------------------------------
+
+/** USD with enough digits for small answers (a cent is not the smallest amount worth seeing). */
+export const usd = (n: number): string => `$${n >= 100 ? n.toFixed(2) : n >= 1 ? n.toFixed(4) : n.toFixed(6)}`
+
+const usageTable = (u: UsageSeries) => {
+  const row = (label: string, h: UsageSeries["totals"]) => [
+    label,
+    String(h.requests),
+    String(h.cache_hits),
+    String(h.errors),
+    String(h.prompt_tokens),
+    String(h.completion_tokens),
+    usd(h.cost_usd)
+  ]
+  return [
+    table(
+      ["HOUR", "REQUESTS", "CACHE HITS", "ERRORS", "PROMPT TOKENS", "COMPLETION TOKENS", "COST"],
+      [...u.hours.map((h) => row(h.hour, h)), row("total", u.totals)]
+    ),
+    "",
+    `from ${u.since} to ${u.until}`
+  ].join("\n")
+}
+
+const usageList = Command.make(
+  "usage",
+  {
+    ...common,
+    since: Options.text("since").pipe(Options.withDescription("RFC 3339 (default: 24 hours before --until)"), Options.optional),
+    until: Options.text("until").pipe(Options.withDescription("RFC 3339 (default: now)"), Options.optional),
+    projectId: Options.text("project-id").pipe(Options.withDescription("Only this project's tokens"), Options.optional),
+    tokenId: Options.text("token-id").pipe(Options.withDescription("Only this token"), Options.optional)
+  },
+  (o) =>
+    Effect.gen(function*() {
+      const urlParams = {
+        ...Option.match(o.since, { onNone: () => ({}), onSome: (since) => ({ since }) }),
+        ...Option.match(o.until, { onNone: () => ({}), onSome: (until) => ({ until }) }),
+        ...Option.match(o.projectId, { onNone: () => ({}), onSome: (project_id) => ({ project_id }) }),
+        ...Option.match(o.tokenId, { onNone: () => ({}), onSome: (token_id) => ({ token_id }) })
+      }
+      const series = yield* (yield* client(o)).usage.series({ urlParams })
+      yield* show(o.json ? series : usageTable(series))
+    })
+).pipe(Command.withDescription("Usage per hour and in total: requests, errors, tokens and cost (USD)"))
+
 export const manage = Command.make("manage").pipe(
-  Command.withDescription("Manage projects, tokens and the response cache, and read the audit log, through the management API"),
-  Command.withSubcommands([project, token, cache, audit])
+  Command.withDescription("Manage projects, tokens and the response cache, read usage and the audit log, through the management API"),
+  Command.withSubcommands([project, token, cache, usageList, audit])
 )

@@ -135,6 +135,7 @@ export const transformEvent = (event: ProxyEvent, count: CountTokens, onBodyTooL
     model: event.model ?? modelIn(response) ?? modelIn(request),
     stream: event.stream,
     error: event.error,
+    ...(event.cost_usd !== undefined ? { cost_usd: event.cost_usd } : {}),
     usage,
     usage_source: source,
     request_body: request,

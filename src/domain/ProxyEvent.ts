@@ -37,7 +37,10 @@ const common = {
   upstream_ms: Schema.NullOr(Schema.Number).annotations({ description: "time to upstream response headers" }),
   model: Schema.NullOr(Schema.String),
   stream: Schema.Boolean,
-  error: Schema.NullOr(Schema.String)
+  error: Schema.NullOr(Schema.String),
+  cost_usd: Schema.optional(Schema.NullOr(Schema.Number)).annotations({
+    description: "What the answer cost in USD from its usage and the model's price (docs/spend.md); null when unknown"
+  })
 }
 
 export const ProxyEvent = Schema.Struct({

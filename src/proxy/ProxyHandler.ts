@@ -35,6 +35,8 @@ import { AppConfig } from "../config/AppConfig.js"
 import { type ProviderConfig, Providers } from "../config/Providers.js"
 import { hashProxyToken, isAcceptedTokenFormat } from "../crypto/ProxyToken.js"
 import { closeLingering } from "../http/linger.js"
+import { chargeOf } from "../spend/charge.js"
+import { makePrices, Prices } from "../spend/prices.js"
 import { Store } from "../store/Store.js"
 import { type Exceeded, RateLimits, Unavailable } from "../token/RateLimits.js"
 import { judge, type TokenGrant, TokenValidator } from "../token/TokenValidator.js"
@@ -129,6 +131,10 @@ export const make = Effect.gen(function*() {
   const upstream = yield* Upstream
   const hooks = yield* ProxyHooks
   const store = yield* Store
+  // Layers that do not configure prices (tests of other features) price with the built-in table.
+  const prices = Option.getOrElse(yield* Effect.serviceOption(Prices), () => makePrices([]))
+  /** Models without a price already warned about (one warning per model; bounded). */
+  const unpricedWarned = new Set<string>()
   const runtime = yield* Effect.runtime<never>()
   const runCallback = Runtime.runCallback(runtime)
   const runFork = Runtime.runFork(runtime)
@@ -235,6 +241,8 @@ export const make = Effect.gen(function*() {
     }
     const capture = f.capture
     if (capture !== undefined) {
+      // An answer cut short (client gone, upstream broke off): what usage was read so far is its usage.
+      if (!res.writableEnded) capture.settle()
       ctx.usage = capture.usage
       ctx.answer = capture
       if (hooks.captureResponseBytes > 0) {
@@ -243,6 +251,21 @@ export const make = Effect.gen(function*() {
       }
     }
     const grant = f.grant
+    // What the answer is charged (a cache hit costs nothing: no upstream answer was read).
+    const detail = grant !== undefined && ctx.forwarded ? capture?.detail : undefined
+    if (detail !== undefined) {
+      const charge = chargeOf(prices, detail, capture!.responseModel, ctx.requestBody)
+      ctx.tokensUsed = charge.tokens
+      ctx.costUsd = charge.costUsd
+      if (charge.costUsd === undefined) {
+        const model = charge.model ?? "unknown"
+        ctx.unpriced = model
+        if (!unpricedWarned.has(model) && unpricedWarned.size < 1_000) {
+          unpricedWarned.add(model)
+          log("warn", "spend: a model without a price answered; its answers count 0 USD (add it to PRICES_PATH)", ctx, model)
+        }
+      }
+    }
     if (grant !== undefined && (ctx.forwarded || ctx.cacheHit)) {
       // Every answered request counts (limited tokens already did, in their quota update); a hit also as a hit.
       const u = ctx.usage
@@ -250,6 +273,7 @@ export const make = Effect.gen(function*() {
         request: grant.maxRequests === null,
         ...(ctx.cacheHit ? { cacheHit: true } : {}),
         ...(u !== undefined ? { promptTokens: u.prompt_tokens, completionTokens: u.completion_tokens } : {}),
+        ...(ctx.tokensUsed !== undefined ? { spend: { costUsd: ctx.costUsd ?? 0, tokens: ctx.tokensUsed } } : {}),
         at: ctx.receivedAt,
         rollup: { projectId: grant.projectId, status: ctx.status }
       })
