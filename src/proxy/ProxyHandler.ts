@@ -35,7 +35,10 @@ import { AppConfig } from "../config/AppConfig.js"
 import { type ProviderConfig, Providers } from "../config/Providers.js"
 import { hashProxyToken, isAcceptedTokenFormat } from "../crypto/ProxyToken.js"
 import { closeLingering } from "../http/linger.js"
+import { lazyTokenCounter } from "../dispatcher/tokens.js"
 import { chargeOf } from "../spend/charge.js"
+import { modelOf } from "./EventCapture.js"
+import { askForUsage, estimateCutShort } from "../spend/streamUsage.js"
 import { makePrices, Prices } from "../spend/prices.js"
 import { Store } from "../store/Store.js"
 import { type Exceeded, RateLimits, Unavailable } from "../token/RateLimits.js"
@@ -90,6 +93,8 @@ interface Flow {
   grant: TokenGrant | undefined
   abort: UpstreamAbort | undefined
   capture: UsageReader | undefined
+  /** The proxy asked the upstream for usage the client did not ask for: its usage-only chunk is removed. */
+  stripUsage: boolean
   done: boolean
 }
 
@@ -119,6 +124,9 @@ const isPromise = <A>(v: A | Promise<A>): v is Promise<A> => typeof (v as { then
 
 const JSON_HEADERS = "application/json"
 
+/** Paths whose streams generate text (a stream of one cut short is charged by counting it). */
+const GENERATION = /\/(?:chat\/completions|completions|responses|messages)$/
+
 /** Node's own test for a client waiting for `100 Continue` before it sends its body. */
 const EXPECT_CONTINUE = /(?:^|\W)100-continue(?:$|\W)/i
 
@@ -135,6 +143,8 @@ export const make = Effect.gen(function*() {
   const prices = Option.getOrElse(yield* Effect.serviceOption(Prices), () => makePrices([]))
   /** Models without a price already warned about (one warning per model; bounded). */
   const unpricedWarned = new Set<string>()
+  // The tokenizer counts what a stream cut short had generated (loaded on first use).
+  const countTokens = lazyTokenCounter()
   const runtime = yield* Effect.runtime<never>()
   const runCallback = Runtime.runCallback(runtime)
   const runFork = Runtime.runFork(runtime)
@@ -252,7 +262,18 @@ export const make = Effect.gen(function*() {
     }
     const grant = f.grant
     // What the answer is charged (a cache hit costs nothing: no upstream answer was read).
-    const detail = grant !== undefined && ctx.forwarded ? capture?.detail : undefined
+    let detail = grant !== undefined && ctx.forwarded ? capture?.detail : undefined
+    if (grant !== undefined && ctx.forwarded && capture !== undefined && !res.writableEnded && !capture.usageFinal) {
+      // A stream cut short before its final usage: charged what it reported, the input counted from the request
+      // when it reported none, and the output counted from the text streamed.
+      const streamed = capture.streamedText()
+      if (streamed !== undefined && (detail !== undefined || streamed.text.length + streamed.overflowChars > 0)) {
+        const model = capture.responseModel ?? modelOf(ctx.requestBody) ?? undefined
+        detail = estimateCutShort(countTokens, model, detail, streamed, ctx.requestBody)
+        const prompt = detail.cacheApart ? detail.prompt + detail.cacheRead + detail.cacheWrite : detail.prompt
+        ctx.usage = { prompt_tokens: prompt, completion_tokens: detail.completion, total_tokens: prompt + detail.completion }
+      }
+    }
     if (detail !== undefined) {
       const charge = chargeOf(prices, detail, capture!.responseModel, ctx.requestBody)
       ctx.tokensUsed = charge.tokens
@@ -320,6 +341,7 @@ export const make = Effect.gen(function*() {
       grant: undefined,
       abort: undefined,
       capture: undefined,
+      stripUsage: false,
       done: false
     }
     req.on("error", () => {})
@@ -501,6 +523,15 @@ export const make = Effect.gen(function*() {
       // answers a syntax error).
       const a = checkBodyParams(f.ctx.requestBody, whitelist)
       if (a !== undefined) return reply(f, a)
+    }
+    // A streamed OpenAI-style request always asks for usage: what it costs is read from the answer.
+    if (f.ctx.requestBody !== undefined && f.body instanceof Buffer) {
+      const asked = askForUsage(f.ctx.path, f.body)
+      if (asked !== undefined) {
+        f.body = asked.body
+        f.bodyLength = asked.body.length
+        f.stripUsage = asked.strip
+      }
     }
     return admit(f)
   }
@@ -707,7 +738,8 @@ export const make = Effect.gen(function*() {
     }
     if (mode === "sse") {
       // Streams: a Transform between upstream and client, chunk for chunk.
-      const capture = new UsageCapture(mode, hooks.captureResponseBytes)
+      // Generated text is kept (until the final usage arrives) so that a stream cut short can be charged.
+      const capture = new UsageCapture(mode, hooks.captureResponseBytes, GENERATION.test(ctx.path), f.stripUsage)
       f.capture = capture.reader
       capture.on("error", lost)
       source.pipe(capture).pipe(res)

@@ -130,8 +130,81 @@ describe.each(backends)("spend on $name", (b) => {
       req.end(body)
       setTimeout(() => reject(new Error("no answer")), 5_000)
     })
-    // 30 input + 1 output token so far: 30 × 1 + 1 × 2 = 32 millionths.
-    await eventually(async () => (await stack.manage.get(`/manage/tokens/${t.tokenId}`)).json.tokens_used === 31)
-    expect((await stack.manage.get(`/manage/tokens/${t.tokenId}`)).json.spent_usd).toBeCloseTo(32e-6, 12)
+    // 30 input tokens as reported; output: at least the 1 reported, or more as counted from the text streamed.
+    await eventually(async () => (await stack.manage.get(`/manage/tokens/${t.tokenId}`)).json.tokens_used >= 31)
+    const token = (await stack.manage.get(`/manage/tokens/${t.tokenId}`)).json
+    expect(token.prompt_tokens).toBe(30)
+    expect(token.completion_tokens).toBeGreaterThanOrEqual(1)
+    expect(token.spent_usd).toBeCloseTo((30 * 1 + token.completion_tokens * 2) / 1e6, 12)
+  })
+
+  /** A streamed request read to its end: the status, the text the client got, the upstream's copy of the body. */
+  const stream = async (token: string, extra: Record<string, unknown>, chunks: ReadonlyArray<string>) => {
+    stack.mock.enqueue(sse(chunks))
+    const r = await go(token, { stream: true, ...extra })
+    return { status: r.status, text: r.text, upstream: JSON.parse(stack.mock.requests.at(-1)!.body) as Record<string, any> }
+  }
+
+  it("a stream whose client did not ask for usage: the upstream is asked, the client sees no usage chunk, the token is charged", async () => {
+    const t = await projectAndToken(stack.manage)
+    const chunks = chatChunks(["Hel", "lo"], { prompt_tokens: 7, completion_tokens: 2 })
+    const r = await stream(t.token, {}, chunks)
+    expect(r.status).toBe(200)
+    expect(r.upstream.stream_options).toEqual({ include_usage: true })
+    // Every chunk but the usage-only one, byte for byte.
+    expect(r.text).toBe(chunks.filter((c) => !c.includes('"usage":{')).join(""))
+    expect(r.text).toContain("data: [DONE]")
+    await eventually(async () => (await stack.manage.get(`/manage/tokens/${t.tokenId}`)).json.tokens_used === 9)
+    // 7 × 1 + 2 × 2 = 11 millionths
+    expect((await stack.manage.get(`/manage/tokens/${t.tokenId}`)).json.spent_usd).toBeCloseTo(11e-6, 12)
+  })
+
+  it("a client that asked for usage gets the usage chunk and its body unchanged; other stream_options are kept", async () => {
+    const t = await projectAndToken(stack.manage)
+    const chunks = chatChunks(["a"], { prompt_tokens: 3, completion_tokens: 1 })
+    const asked = await stream(t.token, { stream_options: { include_usage: true } }, chunks)
+    expect(asked.text).toBe(chunks.join(""))
+    expect(stack.mock.requests.at(-1)!.body).toBe(JSON.stringify(chatBody({ stream: true, stream_options: { include_usage: true } })))
+    const other = await stream(t.token, { stream_options: { include_obfuscation: false } }, chunks)
+    expect(other.upstream.stream_options).toEqual({ include_obfuscation: false, include_usage: true })
+    expect(other.text).not.toContain('"usage":{')
+    const declined = await stream(t.token, { stream_options: { include_usage: false } }, chunks)
+    expect(declined.upstream.stream_options).toEqual({ include_usage: true })
+    expect(declined.text).not.toContain('"usage":{')
+    // A request that does not stream is sent byte for byte.
+    stack.mock.enqueue(json(chatCompletion()))
+    expect((await go(t.token)).status).toBe(200)
+    expect(stack.mock.requests.at(-1)!.body).toBe(JSON.stringify(chatBody()))
+  })
+
+  it("an OpenAI stream abandoned before its usage: input counted from the request, output from the text streamed", async () => {
+    const t = await projectAndToken(stack.manage)
+    const words = Array.from({ length: 60 }, (_, i) => `word${i} `)
+    const chunks = chatChunks(words, { prompt_tokens: 999, completion_tokens: 999 })
+    stack.mock.enqueue(sse(chunks, { intervalMs: 30 }))
+    const url = new URL(stack.server.url)
+    await new Promise<void>((resolve, reject) => {
+      const body = JSON.stringify(chatBody({ stream: true, messages: [{ role: "user", content: "Tell me a long story about the sea" }] }))
+      const req = request(
+        { host: url.hostname, port: url.port, method: "POST", path: "/v1/chat/completions", headers: { authorization: `Bearer ${t.token}`, "content-type": "application/json", "content-length": String(Buffer.byteLength(body)) } },
+        (res) => {
+          res.once("data", () => setTimeout(() => {
+            req.destroy()
+            resolve()
+          }, 200))
+        }
+      )
+      req.on("error", () => {})
+      req.end(body)
+      setTimeout(() => reject(new Error("no answer")), 5_000)
+    })
+    await eventually(async () => (await stack.manage.get(`/manage/tokens/${t.tokenId}`)).json.tokens_used > 0)
+    const token = (await stack.manage.get(`/manage/tokens/${t.tokenId}`)).json
+    // Not the 999 + 999 the upstream would have reported at the end: the stream never got there.
+    expect(token.prompt_tokens).toBeGreaterThan(0)
+    expect(token.prompt_tokens).toBeLessThan(50)
+    expect(token.completion_tokens).toBeGreaterThan(0)
+    expect(token.completion_tokens).toBeLessThan(200)
+    expect(token.spent_usd).toBeCloseTo((token.prompt_tokens * 1 + token.completion_tokens * 2) / 1e6, 12)
   })
 })
