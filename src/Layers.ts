@@ -22,6 +22,7 @@ import { cacheHooks } from "./proxy/CacheHooks.js"
 import { auditHooks } from "./proxy/auditHooks.js"
 import { ProxyHooks, type ProxyHooksShape } from "./proxy/ProxyHooks.js"
 import * as Upstream from "./proxy/Upstream.js"
+import * as Budgets from "./spend/Budgets.js"
 import * as Prices from "./spend/prices.js"
 import * as RateLimits from "./token/RateLimits.js"
 import * as TokenValidator from "./token/TokenValidator.js"
@@ -406,7 +407,13 @@ export const proxyHooksLayer = (config: AppConfigShape, extra: Partial<ProxyHook
 export const dataPlaneLayer = (config: AppConfigShape, extraHooks?: Partial<ProxyHooksShape>) =>
   ProxyHandler.layer.pipe(
     Layer.provideMerge(
-      Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), proxyHooksLayer(config, extraHooks))
+      Layer.mergeAll(
+        UsageRecorder.layer,
+        Budgets.layer,
+        Upstream.layer,
+        rateLimitsLayer(config),
+        proxyHooksLayer(config, extraHooks)
+      )
     ),
     Layer.provideMerge(Prices.layer(Option.getOrUndefined(config.pricesPath)))
   )

@@ -118,7 +118,7 @@ const MaxTokens = Schema.NullOr(
 ).annotations({ description: "Input + output tokens that may be used per budget_period; null = none" })
 
 const BudgetPeriodSetting = Schema.Literal(...BUDGET_PERIODS).annotations({
-  ...answer(BUDGET_PERIOD_INVALID),
+  ...oneAnswer(BUDGET_PERIOD_INVALID),
   description: "What the budget counts: total (since creation, the default), day or month (UTC calendar)"
 })
 

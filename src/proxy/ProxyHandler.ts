@@ -36,6 +36,7 @@ import { type ProviderConfig, Providers } from "../config/Providers.js"
 import { hashProxyToken, isAcceptedTokenFormat } from "../crypto/ProxyToken.js"
 import { closeLingering } from "../http/linger.js"
 import { lazyTokenCounter } from "../dispatcher/tokens.js"
+import { type BudgetExceeded, Budgets } from "../spend/Budgets.js"
 import { chargeOf } from "../spend/charge.js"
 import { modelOf } from "./EventCapture.js"
 import { askForUsage, estimateCutShort } from "../spend/streamUsage.js"
@@ -145,6 +146,7 @@ export const make = Effect.gen(function*() {
   const unpricedWarned = new Set<string>()
   // The tokenizer counts what a stream cut short had generated (loaded on first use).
   const countTokens = lazyTokenCounter()
+  const budgets = Option.getOrUndefined(yield* Effect.serviceOption(Budgets))
   const runtime = yield* Effect.runtime<never>()
   const runCallback = Runtime.runCallback(runtime)
   const runFork = Runtime.runFork(runtime)
@@ -287,6 +289,10 @@ export const make = Effect.gen(function*() {
         }
       }
     }
+    // A budgeted token's answer is charged at once (every instance's next check sees it), not in the next batch.
+    const charged = grant !== undefined && ctx.tokensUsed !== undefined && budgets !== undefined &&
+      budgets.applies(grant.tokenBudget, grant.projectBudget)
+    if (charged) budgets!.charge(grant!.tokenId, grant!.projectId, ctx.costUsd ?? 0, ctx.tokensUsed!, ctx.receivedAt)
     if (grant !== undefined && (ctx.forwarded || ctx.cacheHit)) {
       // Every answered request counts (limited tokens already did, in their quota update); a hit also as a hit.
       const u = ctx.usage
@@ -294,7 +300,7 @@ export const make = Effect.gen(function*() {
         request: grant.maxRequests === null,
         ...(ctx.cacheHit ? { cacheHit: true } : {}),
         ...(u !== undefined ? { promptTokens: u.prompt_tokens, completionTokens: u.completion_tokens } : {}),
-        ...(ctx.tokensUsed !== undefined ? { spend: { costUsd: ctx.costUsd ?? 0, tokens: ctx.tokensUsed } } : {}),
+        ...(ctx.tokensUsed !== undefined ? { spend: { costUsd: ctx.costUsd ?? 0, tokens: ctx.tokensUsed, written: charged } } : {}),
         at: ctx.receivedAt,
         rollup: { projectId: grant.projectId, status: ctx.status }
       })
@@ -542,9 +548,34 @@ export const make = Effect.gen(function*() {
     if (f.done) return
     const g = f.grant!
     const verdict = limits.unsafeCheck(g.tokenId, g.tokenRateLimit, g.projectId, g.projectRateLimit)
-    if (verdict === undefined) return lookup(f)
-    if (Effect.isEffect(verdict)) return run(f, verdict, (v) => (v === undefined ? lookup(f) : limitedBy(f, v)), absurd)
+    if (verdict === undefined) return checkBudget(f)
+    if (Effect.isEffect(verdict)) return run(f, verdict, (v) => (v === undefined ? checkBudget(f) : limitedBy(f, v)), absurd)
     return limitedBy(f, verdict)
+  }
+
+  /** Budgets: only a token with one (or whose project has one) reads what it spent (one query). */
+  const checkBudget = (f: Flow): void | Promise<void> => {
+    const g = f.grant!
+    if (budgets === undefined || !budgets.applies(g.tokenBudget, g.projectBudget)) return lookup(f)
+    return run(
+      f,
+      budgets.check(g.tokenId, g.tokenBudget, g.projectId, g.projectBudget, Date.now()),
+      (v) => (v === undefined ? lookup(f) : overBudget(f, v)),
+      (e) => {
+        // What was spent cannot be read: a budget that cannot be checked is not a budget, so the request waits.
+        log("error", "proxy: budget check failed", f.ctx, e.message)
+        f.ctx.error = "budget check failed"
+        return reply(f, Answers.serviceUnavailable)
+      }
+    )
+  }
+
+  const overBudget = (f: Flow, v: BudgetExceeded) => {
+    f.ctx.denial = "budget_exceeded"
+    const b = v.budget
+    const amount = v.limit === "max_cost_usd" ? `max_cost_usd ${b.maxCostUsd} USD` : `max_tokens ${b.maxTokens}`
+    const per = b.period === "total" ? "in total" : `per ${b.period} (UTC)`
+    return reply(f, Answers.budgetExceeded(`${v.scope} budget used up: ${amount} ${per}`))
   }
 
   const limitedBy = (f: Flow, v: Exceeded | typeof Unavailable) => {

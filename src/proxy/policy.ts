@@ -35,6 +35,11 @@ export const Answers = {
     ...answer(429, "Rate limit exceeded", "rate_limit_exceeded", `${scope} rate limit exceeded`),
     headers: { "retry-after": String(retryAfterSeconds) }
   }),
+  /** A budget is used up: SDKs must not retry (`x-should-retry: false`); `which` names it. */
+  budgetExceeded: (which: string): LocalAnswer => ({
+    ...answer(429, "Budget exceeded", "budget_exceeded", which),
+    headers: { "x-should-retry": "false" }
+  }),
   projectInactive: answer(403, "Project is inactive", "project_inactive"),
   serviceUnavailable: answer(503, "Service temporarily unavailable", "service_unavailable"),
   upstreamAuthError: answer(503, "Upstream authentication error", "upstream_auth_error", "failed to load upstream API key"),

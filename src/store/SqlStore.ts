@@ -50,6 +50,10 @@ const rateLimit = (requests: unknown, windowSeconds: unknown, tokens?: unknown):
   return w !== null && (r !== null || t !== null) ? { requests: r, tokens: t, windowSeconds: w } : null
 }
 
+/** A limit as a read gives it back (absent counts are null). */
+const normalLimit = (l: RateLimitRow | null | undefined): RateLimitRow | null =>
+  l === null || l === undefined ? null : { requests: l.requests ?? null, tokens: l.tokens ?? null, windowSeconds: l.windowSeconds }
+
 const PERIODS: ReadonlyArray<BudgetPeriod> = ["total", "day", "month"]
 
 const budget = (r: Row, prefix = ""): BudgetRow => {
@@ -181,7 +185,7 @@ const newTokenRow = (t: NewToken): TokenRow => ({
   deactivatedAt: null,
   requestCount: 0,
   maxRequests: t.maxRequests,
-  rateLimit: t.rateLimit ?? null,
+  rateLimit: normalLimit(t.rateLimit),
   cacheHitCount: 0,
   promptTokens: 0,
   completionTokens: 0,
@@ -410,7 +414,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
               provider: p.provider,
               isActive: true,
               deactivatedAt: null,
-              rateLimit: p.rateLimit ?? null,
+              rateLimit: normalLimit(p.rateLimit),
               budget: p.budget ?? NO_BUDGET_ROW,
               spend: NOTHING_SPENT_ROW,
               createdAt: p.now,
@@ -435,7 +439,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
                 apiKey: patch.apiKey ?? was.apiKey,
                 apiKeyHint: patch.apiKeyHint ?? was.apiKeyHint,
                 provider: patch.provider ?? was.provider,
-                rateLimit: patch.rateLimit === undefined ? was.rateLimit : patch.rateLimit,
+                rateLimit: patch.rateLimit === undefined ? was.rateLimit : normalLimit(patch.rateLimit),
                 budget: patch.budget === undefined ? was.budget : {
                   maxCostUsd: patch.budget.maxCostUsd === undefined ? was.budget.maxCostUsd : patch.budget.maxCostUsd,
                   maxTokens: patch.budget.maxTokens === undefined ? was.budget.maxTokens : patch.budget.maxTokens,

@@ -20,7 +20,7 @@ import { Context, Effect, Fiber, Layer, Option, Redacted, Runtime, Schema } from
 import { Redis } from "ioredis"
 import { AppConfig } from "../config/AppConfig.js"
 import { KeyCipher } from "../crypto/KeyCipher.js"
-import { type RateLimitRow, Store, StoreError } from "../store/Store.js"
+import { type BudgetRow, type RateLimitRow, Store, StoreError } from "../store/Store.js"
 
 export interface TokenGrant {
   readonly tokenId: string
@@ -33,6 +33,9 @@ export interface TokenGrant {
   readonly tokenRateLimit: RateLimitRow | null
   readonly projectActive: boolean
   readonly projectRateLimit: RateLimitRow | null
+  /** Budgets of the token and its project (absent: none). */
+  readonly tokenBudget?: BudgetRow
+  readonly projectBudget?: BudgetRow
   readonly provider: string
   /** The decrypted provider key; None when it cannot be decrypted (answered 503 upstream_auth_error). */
   readonly apiKey: Option.Option<Redacted.Redacted<string>>
@@ -186,6 +189,8 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
         tokenRateLimit: r.tokenRateLimit,
         projectActive: r.projectActive,
         projectRateLimit: r.projectRateLimit,
+        tokenBudget: r.tokenBudget,
+        projectBudget: r.projectBudget,
         provider: r.provider,
         apiKey: Option.map(Option.filter(key, (k) => k !== ""), Redacted.make)
       }

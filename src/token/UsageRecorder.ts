@@ -27,7 +27,12 @@ export interface UsageUpdate {
   /** The answered request, for the per-hour rollups (and the project that `spend` is added to). */
   readonly rollup?: { readonly projectId: string; readonly status: number }
   /** What the answer cost (USD; 0 for a model without a price) and its LLM tokens. */
-  readonly spend?: { readonly costUsd: number; readonly tokens: number }
+  readonly spend?: {
+    readonly costUsd: number
+    readonly tokens: number
+    /** Already charged to the token and project (budgets, src/spend/Budgets.ts): counted in the rollups only. */
+    readonly written?: boolean
+  }
 }
 
 export interface UsageRecorderShape {
@@ -226,7 +231,7 @@ export const make = Effect.gen(function*() {
           costUsd: u.spend?.costUsd ?? 0
         })
       }
-      if (u.spend !== undefined && u.rollup !== undefined) {
+      if (u.spend !== undefined && u.spend.written !== true && u.rollup !== undefined) {
         addSpending(deltaOf("token", tokenId, u.spend.costUsd, u.spend.tokens, u.at))
         addSpending(deltaOf("project", u.rollup.projectId, u.spend.costUsd, u.spend.tokens, u.at))
       }

@@ -212,6 +212,14 @@ function managementSuite(backend: Backend) {
         provider: "openai",
         is_active: true,
         rate_limit: null,
+        max_cost_usd: null,
+        max_tokens: null,
+        budget_period: "total",
+        spent_usd: 0,
+        tokens_used: 0,
+        period_spent_usd: 0,
+        period_tokens_used: 0,
+        period_ends_at: null,
         created_at: expect.stringMatching(ISO_RE),
         updated_at: expect.stringMatching(ISO_RE)
       })

@@ -14,6 +14,8 @@ import {
   DuplicateProjectName,
   type NewProject,
   type NewToken,
+  NO_BUDGET,
+  NOTHING_SPENT,
   Store,
   StoreError,
   type TokenRow
@@ -103,6 +105,8 @@ const storeSuite = (dialect: Dialect) =>
             isActive: true,
             deactivatedAt: null,
             rateLimit: null,
+            budget: NO_BUDGET,
+            spend: NOTHING_SPENT,
             createdAt: NOW,
             updatedAt: NOW
           })
@@ -332,6 +336,8 @@ const storeSuite = (dialect: Dialect) =>
             requestCount: 0,
             maxRequests: 100,
             rateLimit: null,
+            budget: NO_BUDGET,
+            spend: NOTHING_SPENT,
             cacheHitCount: 0,
             promptTokens: 0,
             completionTokens: 0,
