@@ -41,7 +41,7 @@ import { chargeOf } from "../spend/charge.js"
 import { modelOf } from "./EventCapture.js"
 import { askForUsage, estimateCutShort } from "../spend/streamUsage.js"
 import { makePrices, Prices } from "../spend/prices.js"
-import { Store } from "../store/Store.js"
+import { type BudgetRow, Store } from "../store/Store.js"
 import { type Exceeded, RateLimits, Unavailable } from "../token/RateLimits.js"
 import { judge, type TokenGrant, TokenValidator } from "../token/TokenValidator.js"
 import { UsageRecorder } from "../token/UsageRecorder.js"
@@ -125,6 +125,8 @@ const isPromise = <A>(v: A | Promise<A>): v is Promise<A> => typeof (v as { then
 
 const JSON_HEADERS = "application/json"
 
+const usdBudget = (b: BudgetRow | undefined) => b !== undefined && b.maxCostUsd !== null
+
 /** Paths whose streams generate text (a stream of one cut short is charged by counting it). */
 const GENERATION = /\/(?:chat\/completions|completions|responses|messages)$/
 
@@ -147,6 +149,7 @@ export const make = Effect.gen(function*() {
   // The tokenizer counts what a stream cut short had generated (loaded on first use).
   const countTokens = lazyTokenCounter()
   const budgets = Option.getOrUndefined(yield* Effect.serviceOption(Budgets))
+  const allowUnpriced = config.unpricedModels === "allow"
   const runtime = yield* Effect.runtime<never>()
   const runCallback = Runtime.runCallback(runtime)
   const runFork = Runtime.runFork(runtime)
@@ -557,6 +560,14 @@ export const make = Effect.gen(function*() {
   const checkBudget = (f: Flow): void | Promise<void> => {
     const g = f.grant!
     if (budgets === undefined || !budgets.applies(g.tokenBudget, g.projectBudget)) return lookup(f)
+    // A USD budget cannot count a model without a price: refused unless UNPRICED_MODELS=allow.
+    if (!allowUnpriced && (usdBudget(g.tokenBudget) || usdBudget(g.projectBudget))) {
+      const model = modelOf(f.ctx.requestBody)
+      if (model !== null && prices.lookup(model) === undefined) {
+        f.ctx.denial = "model_not_priced"
+        return reply(f, Answers.modelNotPriced)
+      }
+    }
     return run(
       f,
       budgets.check(g.tokenId, g.tokenBudget, g.projectId, g.projectBudget, Date.now()),

@@ -40,6 +40,13 @@ export const Answers = {
     ...answer(429, "Budget exceeded", "budget_exceeded", which),
     headers: { "x-should-retry": "false" }
   }),
+  /** A model without a price, for a token or project with a USD budget (UNPRICED_MODELS=refuse). */
+  modelNotPriced: answer(
+    403,
+    "Model has no price",
+    "model_not_priced",
+    "this token or its project has a USD budget and the model has no price (PRICES_PATH)"
+  ),
   projectInactive: answer(403, "Project is inactive", "project_inactive"),
   serviceUnavailable: answer(503, "Service temporarily unavailable", "service_unavailable"),
   upstreamAuthError: answer(503, "Upstream authentication error", "upstream_auth_error", "failed to load upstream API key"),

@@ -120,6 +120,19 @@ describe.each(backends)("budgets on $name", (b) => {
     }
   })
 
+  it("a model without a price: 403 model_not_priced with a USD budget, forwarded with a token budget only or none", async () => {
+    const t = await projectAndToken(stack.manage)
+    const mystery = () => call(stack.server.url, "/v1/chat/completions", { token: t.token, body: chatBody({ model: "mystery-2" }) })
+    expect((await stack.manage.patch(`/manage/projects/${t.projectId}`, { max_cost_usd: 5 })).status).toBe(200)
+    const refused = await mystery()
+    expect(refused.status).toBe(403)
+    expect(proxyError(refused.json).code).toBe("model_not_priced")
+    expect(stack.mock.requests).toHaveLength(0)
+    expect((await go(stack.server.url, t.token)).status).toBe(200) // a priced model goes through
+    expect((await stack.manage.patch(`/manage/projects/${t.projectId}`, { max_cost_usd: null, max_tokens: 100000 })).status).toBe(200)
+    expect((await mystery()).status).toBe(200)
+  })
+
   it("budget fields are validated: bad values are refused with the field's message and change nothing", async () => {
     const t = await projectAndToken(stack.manage)
     for (const [body, message] of [
@@ -188,4 +201,23 @@ effectDescribe.each(dialects)("budget periods roll over (%s)", (dialect) => {
       const stored = Option.getOrThrow(yield* (yield* Store).spendOf(tokenId))
       effectExpect(stored.token).toMatchObject({ spentUsd: 2, tokensUsed: 120, dayCostUsd: 0.5, dayTokens: 10, monthTokens: 10 })
     }).pipe(Effect.provide(layer)))
+})
+
+describe("UNPRICED_MODELS=allow", () => {
+  it("forwards a model without a price even with a USD budget (counted 0 USD)", async () => {
+    const backend = await backends[0]!.create()
+    const stack = await startStack(backend, { pricesPath: Option.some(pricesPath), unpricedModels: "allow" })
+    try {
+      const t = await projectAndToken(stack.manage)
+      expect((await stack.manage.patch(`/manage/tokens/${t.tokenId}`, { max_cost_usd: 1 })).status).toBe(200)
+      stack.mock.enqueue(json({ ...chatCompletion(), model: "mystery-3" }))
+      const r = await call(stack.server.url, "/v1/chat/completions", { token: t.token, body: chatBody({ model: "mystery-3" }) })
+      expect(r.status).toBe(200)
+      await eventually(async () => (await stack.manage.get(`/manage/tokens/${t.tokenId}`)).json.tokens_used === 12)
+      expect((await stack.manage.get(`/manage/tokens/${t.tokenId}`)).json.spent_usd).toBe(0)
+    } finally {
+      await stack.close()
+      await backend.cleanup()
+    }
+  })
 })
