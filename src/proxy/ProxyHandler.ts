@@ -295,6 +295,10 @@ export const make = Effect.gen(function*() {
     // A budgeted token's answer is charged at once (every instance's next check sees it), not in the next batch.
     const charged = grant !== undefined && ctx.tokensUsed !== undefined && budgets !== undefined &&
       budgets.applies(grant.tokenBudget, grant.projectBudget)
+    // Token-per-minute windows (`rate_limit.tokens`) are debited once the answer's tokens are known.
+    if (grant !== undefined && ctx.tokensUsed !== undefined) {
+      limits.debitTokens(grant.tokenId, grant.tokenRateLimit, grant.projectId, grant.projectRateLimit, ctx.tokensUsed)
+    }
     if (charged) budgets!.charge(grant!.tokenId, grant!.projectId, ctx.costUsd ?? 0, ctx.tokensUsed!, ctx.receivedAt)
     if (grant !== undefined && (ctx.forwarded || ctx.cacheHit)) {
       // Every answered request counts (limited tokens already did, in their quota update); a hit also as a hit.
