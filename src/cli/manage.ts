@@ -65,8 +65,51 @@ const client = (o: Common) =>
 /** What a token or project spent (`spent_usd`, `tokens_used`) and its budget, as record lines. */
 const spendEntries = (x: Project | Token): ReadonlyArray<readonly [string, string]> => [
   ["spent_usd", usd(x.spent_usd)],
-  ["tokens_used", String(x.tokens_used)]
+  ["tokens_used", String(x.tokens_used)],
+  ["max_cost_usd", x.max_cost_usd === null ? "-" : usd(x.max_cost_usd)],
+  ["max_tokens", orDash(x.max_tokens)],
+  ["budget_period", x.budget_period],
+  ["period_spent_usd", usd(x.period_spent_usd)],
+  ["period_tokens_used", String(x.period_tokens_used)]
 ]
+
+/** Budget flags of create and update: a number, or `none` to remove the budget (update). */
+const budgetFlags = {
+  maxCostUsd: Options.text("max-cost-usd").pipe(
+    Options.withDescription("USD budget per --budget-period (a number > 0; `none` removes it)"),
+    Options.optional
+  ),
+  maxTokens: Options.text("max-tokens").pipe(
+    Options.withDescription("Input + output token budget per --budget-period (an integer > 0; `none` removes it)"),
+    Options.optional
+  ),
+  budgetPeriod: Options.choice("budget-period", ["total", "day", "month"]).pipe(
+    Options.withDescription("What budgets count: total (default), day or month (UTC)"),
+    Options.optional
+  )
+}
+
+const budgetNumber = (flag: string, raw: string) => {
+  if (raw === "none") return Effect.succeed(null)
+  const n = Number(raw)
+  return raw.trim() !== "" && Number.isFinite(n)
+    ? Effect.succeed(n)
+    : Effect.fail(new CliFailure({ message: `--${flag} must be a number or none` }))
+}
+
+/** The budget fields of a payload from the flags given (the server validates the values). */
+const budgetPayload = (o: {
+  maxCostUsd: Option.Option<string>
+  maxTokens: Option.Option<string>
+  budgetPeriod: Option.Option<"total" | "day" | "month">
+}) =>
+  Effect.gen(function*() {
+    const out: { max_cost_usd?: number | null; max_tokens?: number | null; budget_period?: "total" | "day" | "month" } = {}
+    if (Option.isSome(o.maxCostUsd)) out.max_cost_usd = yield* budgetNumber("max-cost-usd", o.maxCostUsd.value)
+    if (Option.isSome(o.maxTokens)) out.max_tokens = yield* budgetNumber("max-tokens", o.maxTokens.value)
+    if (Option.isSome(o.budgetPeriod)) out.budget_period = o.budgetPeriod.value
+    return out
+  })
 
 const projectTable = (ps: ReadonlyArray<Project>) =>
   table(
@@ -109,15 +152,18 @@ const projectCreate = Command.make(
     ...common,
     name: Options.text("name").pipe(Options.withDescription("Unique project name")),
     apiKey: Options.redacted("api-key").pipe(Options.withDescription("The provider API key (stored encrypted when ENCRYPTION_KEY is set)")),
-    provider: Options.text("provider").pipe(Options.withDescription("Provider name (default openai)"), Options.optional)
+    provider: Options.text("provider").pipe(Options.withDescription("Provider name (default openai)"), Options.optional),
+    ...budgetFlags
   },
   (o) =>
     Effect.gen(function*() {
+      const budget = yield* budgetPayload(o)
       const project = yield* (yield* client(o)).projects.create({
         payload: {
           name: o.name,
           api_key: Redacted.value(o.apiKey),
-          ...Option.match(o.provider, { onNone: () => ({}), onSome: (provider) => ({ provider }) })
+          ...Option.match(o.provider, { onNone: () => ({}), onSome: (provider) => ({ provider }) }),
+          ...budget
         }
       })
       yield* show(o.json ? project : projectRecord(project))
@@ -143,12 +189,14 @@ const projectUpdate = Command.make(
     apiKey: Options.redacted("api-key").pipe(Options.withDescription("Rotate the provider key"), Options.optional),
     provider: Options.text("provider").pipe(Options.optional),
     ...activeFlags,
-    revokeTokens: Options.boolean("revoke-tokens").pipe(Options.withDescription("With --inactive: revoke all its tokens"))
+    revokeTokens: Options.boolean("revoke-tokens").pipe(Options.withDescription("With --inactive: revoke all its tokens")),
+    ...budgetFlags
   },
   (o) =>
     Effect.gen(function*() {
       const active = yield* activeFrom(o)
       const payload = {
+        ...(yield* budgetPayload(o)),
         ...Option.match(o.name, { onNone: () => ({}), onSome: (name) => ({ name }) }),
         ...Option.match(o.apiKey, { onNone: () => ({}), onSome: (k) => ({ api_key: Redacted.value(k) }) }),
         ...Option.match(o.provider, { onNone: () => ({}), onSome: (provider) => ({ provider }) }),
@@ -156,7 +204,7 @@ const projectUpdate = Command.make(
         ...(o.revokeTokens ? { revoke_tokens: true } : {})
       }
       if (Object.keys(payload).length === 0) {
-        return yield* new CliFailure({ message: "nothing to update: pass --name, --api-key, --provider, --active or --inactive" })
+        return yield* new CliFailure({ message: "nothing to update: pass --name, --api-key, --provider, a budget flag, --active or --inactive" })
       }
       const project = yield* (yield* client(o)).projects.update({ path: { id: o.id }, payload })
       yield* show(o.json ? project : projectRecord(project))
@@ -217,15 +265,18 @@ const tokenGenerate = Command.make(
       Options.withDescription("Lifetime in minutes (1..525600)"),
       Options.withDefault(1440)
     ),
-    maxRequests: Options.integer("max-requests").pipe(Options.withDescription("Request quota (0 = unlimited)"), Options.optional)
+    maxRequests: Options.integer("max-requests").pipe(Options.withDescription("Request quota (0 = unlimited)"), Options.optional),
+    ...budgetFlags
   },
   (o) =>
     Effect.gen(function*() {
+      const budget = yield* budgetPayload(o)
       const created = yield* (yield* client(o)).tokens.create({
         payload: {
           project_id: o.projectId,
           duration_minutes: o.duration,
-          ...Option.match(o.maxRequests, { onNone: () => ({}), onSome: (max_requests) => ({ max_requests }) })
+          ...Option.match(o.maxRequests, { onNone: () => ({}), onSome: (max_requests) => ({ max_requests }) }),
+          ...budget
         }
       })
       yield* show(
@@ -298,23 +349,25 @@ const tokenUpdate = Command.make(
     id,
     maxRequests: Options.integer("max-requests").pipe(Options.withDescription("New quota (0 = unlimited)"), Options.optional),
     expiresAt: Options.text("expires-at").pipe(Options.withDescription("New expiry, RFC 3339"), Options.optional),
-    ...activeFlags
+    ...activeFlags,
+    ...budgetFlags
   },
   (o) =>
     Effect.gen(function*() {
       const active = yield* activeFrom(o)
       const payload = {
         ...active,
+        ...(yield* budgetPayload(o)),
         ...Option.match(o.maxRequests, { onNone: () => ({}), onSome: (n) => ({ max_requests: n }) }),
         ...Option.match(o.expiresAt, { onNone: () => ({}), onSome: (expires_at) => ({ expires_at }) })
       }
       if (Object.keys(payload).length === 0) {
-        return yield* new CliFailure({ message: "nothing to update: pass --max-requests, --expires-at, --active or --inactive" })
+        return yield* new CliFailure({ message: "nothing to update: pass --max-requests, --expires-at, a budget flag, --active or --inactive" })
       }
       const token = yield* (yield* client(o)).tokens.update({ path: { id: o.id }, payload })
       yield* show(o.json ? token : tokenRecord(token))
     })
-).pipe(Command.withDescription("Update a token (quota, expiry, reactivate/deactivate)"))
+).pipe(Command.withDescription("Update a token (quota, expiry, budget, reactivate/deactivate)"))
 
 const tokenRevoke = Command.make("revoke", { ...common, id }, (o) =>
   Effect.gen(function*() {
