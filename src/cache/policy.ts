@@ -472,7 +472,7 @@ const NOT_MODIFIED_HEADERS = new Set(["cache-control", "content-location", "etag
 
 /**
  * Headers of a response served from the cache: the stored ones, a fresh `Date`, `Age` and the cache headers.
- * (The proxy adds the request's own `X-Request-ID`, CORS and `X-Proxy` like on any response.)
+ * (The proxy adds the request's own `X-Request-ID` and CORS headers like on any response.)
  */
 export const servedHeaders = (
   e: CachedResponse,

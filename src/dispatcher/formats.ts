@@ -358,7 +358,9 @@ export const heliconeLog = (e: DeliveredEvent): HeliconeLog => {
       startTime: timing(start),
       endTime: timing(start + Math.max(0, Math.round(e.duration_ms))),
       // time to the upstream's response headers: for a stream, when its first bytes arrived
-      ...(e.stream && e.upstream_ms !== null ? { timeToFirstToken: Math.round(e.upstream_ms) } : {})
+      ...(e.stream && (e.first_chunk_ms ?? e.upstream_ms) !== null
+        ? { timeToFirstToken: Math.round((e.first_chunk_ms ?? e.upstream_ms)!) }
+        : {})
     }
   }
   const chars = JSON.stringify(body).length

@@ -132,6 +132,7 @@ export const transformEvent = (event: ProxyEvent, count: CountTokens, onBodyTooL
     status: event.status,
     duration_ms: event.duration_ms,
     upstream_ms: event.upstream_ms,
+    first_chunk_ms: event.first_chunk_ms ?? null,
     model: event.model ?? modelIn(response) ?? modelIn(request),
     stream: event.stream,
     error: event.error,

@@ -35,6 +35,9 @@ const common = {
   status: Schema.Number,
   duration_ms: Schema.Number,
   upstream_ms: Schema.NullOr(Schema.Number).annotations({ description: "time to upstream response headers" }),
+  first_chunk_ms: Schema.optional(Schema.NullOr(Schema.Number)).annotations({
+    description: "a stream's time from arrival to the upstream's first body bytes (time to first token); absent from events of older versions"
+  }),
   model: Schema.NullOr(Schema.String),
   stream: Schema.Boolean,
   error: Schema.NullOr(Schema.String),

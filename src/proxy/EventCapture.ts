@@ -64,6 +64,7 @@ export const toEvent = (ctx: ProxyRequestContext, config: Pick<EventsConfig, "ma
   status: ctx.status,
   duration_ms: ms(ctx.durationMs) ?? 0,
   upstream_ms: ms(ctx.upstreamMs),
+  first_chunk_ms: ctx.stream && ctx.answer?.firstChunkAt !== undefined ? ms(ctx.answer.firstChunkAt - ctx.startedAt) : null,
   model: modelOf(ctx.requestBody),
   stream: ctx.stream,
   usage: ctx.usage ?? null,

@@ -297,6 +297,11 @@ describe("Helicone log", () => {
     })
   })
 
+  it("timeToFirstToken is the stream's first body bytes when the event has them (older events: the response headers)", () => {
+    expect(heliconeLog({ ...streamed, first_chunk_ms: 401.6 }).body).toMatchObject({ timing: { timeToFirstToken: 402 } })
+    expect(heliconeLog({ ...streamed, first_chunk_ms: null }).body).toMatchObject({ timing: { timeToFirstToken: 312 } })
+  })
+
   it("Anthropic on /anthropic/v1/log; usage counted by us is added in the provider's words", () => {
     const anthropic = delivered({
       path: "/v1/messages",

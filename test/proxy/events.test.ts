@@ -99,6 +99,9 @@ describe("events from the proxy (in-memory bus, serve --file-event-log)", () => 
     const r = await call(server.url, "/v1/chat/completions", { token: t.token, body: chatBody({ stream: true }) })
     expect(r.status).toBe(200)
     const e = await eventFor(r.headers["x-request-id"] as string)
+    // The time to the first body bytes (time to first token): after the headers arrived, within the request.
+    expect(e.first_chunk_ms).toBeGreaterThanOrEqual(e.upstream_ms!)
+    expect(e.first_chunk_ms).toBeLessThanOrEqual(e.duration_ms)
     expect(e).toMatchObject({
       stream: true,
       status: 200,
