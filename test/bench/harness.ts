@@ -62,6 +62,7 @@ export interface LlmProxy {
   readonly url: string
   readonly pid: number
   readonly token: string
+  readonly tokenId: string
   /** A management API call (POST, or `method`) with the instance's management token; the JSON answer. */
   readonly manage: (path: string, body: unknown, method?: string) => Promise<Record<string, unknown>>
   readonly stop: () => Promise<void>
@@ -119,6 +120,7 @@ export const startLlmProxy = async (
     url,
     pid: child.pid!,
     token: String(token["token"]),
+    tokenId: String(token["id"]),
     manage,
     stop: () =>
       new Promise<void>((resolve) => {
