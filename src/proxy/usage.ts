@@ -23,8 +23,11 @@ export interface Usage {
 /** JSON bodies larger than this are passed through without looking for usage. */
 export const JSON_USAGE_LIMIT = 1024 * 1024
 const MAX_SSE_LINE = 1024 * 1024
-/** Characters of a stream's generated text kept for counting (beyond: counted by length). */
-export const MAX_STREAMED_TEXT = 4 * 1024 * 1024
+/**
+ * Characters of a stream's `data:` lines kept until its final usage arrives, so that an answer cut short can be
+ * counted (beyond: estimated from their length). Bounded: thousands of streams may be open at once.
+ */
+export const MAX_STREAMED_TEXT = 256 * 1024
 
 const TEXT_KEYS = ['"content"', '"text"', '"arguments"', '"partial_json"', '"thinking"', '"refusal"', '"reasoning_content"', '"delta"']
 
@@ -318,7 +321,13 @@ export class UsageReader implements AnswerFacts {
    * generated past the bound of what is kept (MAX_STREAMED_TEXT) and not kept.
    */
   streamedText(): { readonly text: string; readonly overflowChars: number } | undefined {
-    return this.pieces === undefined ? undefined : { text: this.pieces.join(""), overflowChars: this.textOverflow }
+    if (this.pieces === undefined) return undefined
+    const texts: Array<string> = []
+    for (const line of this.pieces) UsageReader.textOf(line, texts)
+    const text = texts.join("")
+    // Lines not kept hold text in the proportion of those kept (JSON around it is most of a chunk).
+    const overflowChars = this.textOverflow === 0 ? 0 : Math.ceil(this.textOverflow * (text.length / Math.max(1, this.textChars)))
+    return { text, overflowChars }
   }
 
   /** An answer that ended early (the client went away, the upstream broke off): what was read so far is its usage. */
@@ -425,12 +434,13 @@ export class UsageReader implements AnswerFacts {
   }
 
   /**
-   * Keeps the generated text of one event, found without parsing it: the string values of the keys that carry
-   * generated text in OpenAI chunks (`content`, `text`, `arguments`, `refusal`, `reasoning_content`), Anthropic's
+   * The generated text of one event, found without parsing it: the string values of the keys that carry generated
+   * text in OpenAI chunks (`content`, `text`, `arguments`, `refusal`, `reasoning_content`), Anthropic's
    * `content_block_delta` (`text`, `partial_json`, `thinking`) and the Responses API's `*.delta` events (`delta`).
-   * The Responses API's other events repeat the whole text (`*.done`) and are skipped.
+   * The Responses API's other events repeat the whole text (`*.done`) and are skipped. Run only for an answer cut
+   * short: while streaming, lines are only kept.
    */
-  private collect(line: string): void {
+  private static textOf(line: string, out: Array<string>): void {
     if (line.includes('"response.') && !line.includes('.delta"')) return
     for (const key of TEXT_KEYS) {
       let from = 5
@@ -452,13 +462,17 @@ export class UsageReader implements AnswerFacts {
             continue
           }
         }
-        if (text === "") continue
-        if (this.textChars + text.length > MAX_STREAMED_TEXT) this.textOverflow += text.length
-        else {
-          this.textChars += text.length
-          this.pieces!.push(text)
-        }
+        if (text !== "") out.push(text)
       }
+    }
+  }
+
+  /** Keeps a `data:` line (up to MAX_STREAMED_TEXT characters; beyond, only its length). */
+  private keep(line: string): void {
+    if (this.textChars + line.length > MAX_STREAMED_TEXT) this.textOverflow += line.length
+    else {
+      this.textChars += line.length
+      this.pieces!.push(line)
     }
   }
 
@@ -469,7 +483,7 @@ export class UsageReader implements AnswerFacts {
     // ends of choices (finish reasons) are kept as they are and parsed only if a span asks for them.
     const first = !this.sawData
     this.sawData = true
-    if (this.pieces !== undefined) this.collect(line)
+    if (this.pieces !== undefined) this.keep(line)
     if (line.includes("_tokens")) {
       try {
         const doc: unknown = JSON.parse(line.slice(5))

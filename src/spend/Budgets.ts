@@ -9,8 +9,9 @@
  *
  * Overshoot: a request is admitted while the budget is not used up, and its cost is known only when its answer ends.
  * The requests that can overshoot a budget are those already admitted when it is reached — the requests in flight,
- * on every instance — plus, on other instances, those admitted in the few milliseconds its last charge takes to be
- * written. docs/spend.md says so.
+ * on every instance — plus, on other instances, those admitted before they see its last charge: while it is being
+ * written (charges are written in groups, one write at a time) and for up to READ_TTL_MS after (a read of what was
+ * spent serves the checks of that long). docs/spend.md says so.
  */
 import { Context, Duration, Effect, Layer, Option, Runtime, Schedule } from "effect"
 import { type BudgetRow, NOTHING_SPENT, type SpendDelta, type SpendRow, Store, type StoreError } from "../store/Store.js"
@@ -38,6 +39,9 @@ export interface BudgetsShape {
   /** Charges written so far are visible to every instance; this waits for those pending here (tests, shutdown). */
   readonly settled: Effect.Effect<void>
 }
+
+/** How long a read of what was spent serves further checks (other instances' charges show after at most this). */
+export const READ_TTL_MS = 50
 
 export class Budgets extends Context.Tag("llm-proxy/Budgets")<Budgets, BudgetsShape>() {}
 
@@ -68,9 +72,22 @@ export const make = Effect.gen(function*() {
     if (list.length === 0) pending.delete(key)
   }
 
-  const check: BudgetsShape["check"] = (tokenId, tokenBudget, projectId, projectBudget, nowMs) =>
-    Effect.map(store.spendOf(tokenId), (found) => {
+  // What a token and its project spent, as last read, for READ_TTL_MS: at a high rate of requests one query serves
+  // many. Cleared whenever this instance's charges are written (they are then in the database, no longer pending).
+  const reads = new Map<string, { readonly at: number; readonly spent: { token: SpendRow; project: SpendRow } }>()
+  const read = (tokenId: string, nowMs: number) => {
+    const seen = reads.get(tokenId)
+    if (seen !== undefined && nowMs - seen.at < READ_TTL_MS && nowMs >= seen.at) return Effect.succeed(seen.spent)
+    return Effect.map(store.spendOf(tokenId), (found) => {
       const spent = Option.getOrElse(found, () => ({ token: NOTHING_SPENT, project: NOTHING_SPENT }))
+      if (reads.size >= 10_000) reads.clear()
+      reads.set(tokenId, { at: nowMs, spent })
+      return spent
+    })
+  }
+
+  const check: BudgetsShape["check"] = (tokenId, tokenBudget, projectId, projectBudget, nowMs) =>
+    Effect.map(read(tokenId, nowMs), (spent) => {
       if (tokenBudget !== undefined && hasBudget(tokenBudget)) {
         const used = spentIn(withPending(`token:${tokenId}`, spent.token), tokenBudget.period, nowMs)
         const limit = exhausted(tokenBudget, used)
@@ -84,6 +101,51 @@ export const make = Effect.gen(function*() {
       return undefined
     })
 
+  // Charges are written in groups: one write at a time, of everything charged since the previous one began (so at
+  // a high rate of answers the database sees one transaction per write, not one per answer).
+  type Entry = { readonly costUsd: number; readonly tokens: number; readonly atMs: number }
+  let queued: Array<{ readonly keys: ReadonlyArray<string>; readonly entry: Entry; readonly deltas: ReadonlyArray<SpendDelta> }> = []
+
+  const wake = () => {
+    const waiters = idle
+    idle = []
+    for (const w of waiters) w()
+  }
+
+  const writeQueued = (): void => {
+    const batch = queued
+    queued = []
+    writing = 1
+    // Deltas of one token or project and day are summed: one UPDATE each.
+    const merged = new Map<string, { -readonly [K in keyof SpendDelta]: SpendDelta[K] }>()
+    for (const q of batch) {
+      for (const d of q.deltas) {
+        const key = `${d.scope}:${d.id}:${d.dayStart}`
+        const seen = merged.get(key)
+        if (seen === undefined) merged.set(key, { ...d })
+        else {
+          seen.costUsd += d.costUsd
+          seen.tokens += d.tokens
+        }
+      }
+    }
+    const deltas = [...merged.values()].sort((a, b) => a.dayStart - b.dayStart)
+    runFork(
+      store.addSpend(deltas).pipe(
+        // Kept pending (so still counted here) while the database does not take it; given up after about a minute.
+        Effect.retry(Schedule.intersect(Schedule.exponential(Duration.millis(50)), Schedule.recurs(10))),
+        Effect.catchAll((e) => Effect.logError("spend of answers not written (budgets)", e.message)),
+        Effect.ensuring(Effect.sync(() => {
+          reads.clear()
+          for (const q of batch) for (const key of q.keys) unpend(key, q.entry)
+          if (queued.length > 0) return writeQueued()
+          writing = 0
+          wake()
+        }))
+      )
+    )
+  }
+
   const charge: BudgetsShape["charge"] = (tokenId, projectId, costUsd, tokens, atMs) => {
     if (costUsd <= 0 && tokens <= 0) return
     const entry = { costUsd, tokens, atMs }
@@ -93,27 +155,12 @@ export const make = Effect.gen(function*() {
       if (list === undefined) pending.set(key, [entry])
       else list.push(entry)
     }
-    const deltas: ReadonlyArray<SpendDelta> = [
-      deltaOf("token", tokenId, costUsd, tokens, atMs),
-      deltaOf("project", projectId, costUsd, tokens, atMs)
-    ]
-    writing++
-    runFork(
-      store.addSpend(deltas).pipe(
-        // Kept pending (so still counted here) while the database does not take it; given up after about a minute.
-        Effect.retry(Schedule.intersect(Schedule.exponential(Duration.millis(50)), Schedule.recurs(10))),
-        Effect.catchAll((e) => Effect.logError("spend of an answer not written (budgets)", e.message)),
-        Effect.ensuring(Effect.sync(() => {
-          for (const key of keys) unpend(key, entry)
-          writing--
-          if (writing === 0) {
-            const waiters = idle
-            idle = []
-            for (const w of waiters) w()
-          }
-        }))
-      )
-    )
+    queued.push({
+      keys,
+      entry,
+      deltas: [deltaOf("token", tokenId, costUsd, tokens, atMs), deltaOf("project", projectId, costUsd, tokens, atMs)]
+    })
+    if (writing === 0) writeQueued()
   }
 
   const settled = Effect.async<void>((resume) => {
