@@ -42,6 +42,8 @@ export interface BudgetsShape {
 
 /** How long a read of what was spent serves further checks (other instances' charges show after at most this). */
 export const READ_TTL_MS = 50
+/** How long written charges are kept to be added to reads that began before their write (well above READ_TTL_MS). */
+const RECENT_MS = 2_000
 
 export class Budgets extends Context.Tag("llm-proxy/Budgets")<Budgets, BudgetsShape>() {}
 
@@ -56,45 +58,69 @@ export const make = Effect.gen(function*() {
   let writing = 0
   let idle: Array<() => void> = []
 
-  const withPending = (key: string, s: SpendRow): SpendRow => {
-    const mine = pending.get(key)
-    if (mine === undefined) return s
+  /**
+   * Charges written, per key, with the number of the write that took them (`seq`): a read that began before that
+   * write may not hold them, so they are added to it. Kept for RECENT_MS (reads serve READ_TTL_MS).
+   */
+  const recent = new Map<string, Array<{ costUsd: number; tokens: number; atMs: number; seq: number; writtenAt: number }>>()
+  let seq = 0
+
+  /** `s` as read when `readSeq` writes were done, plus what this instance charged since (written or not). */
+  const withPending = (key: string, s: SpendRow, readSeq: number): SpendRow => {
     let out = s
-    for (const c of mine) out = addSpent(out, c.costUsd, c.tokens, c.atMs)
+    const mine = pending.get(key)
+    if (mine !== undefined) for (const c of mine) out = addSpent(out, c.costUsd, c.tokens, c.atMs)
+    const done = recent.get(key)
+    if (done !== undefined) for (const c of done) if (c.seq > readSeq) out = addSpent(out, c.costUsd, c.tokens, c.atMs)
     return out
   }
 
-  const unpend = (key: string, entry: { costUsd: number; tokens: number; atMs: number }) => {
+  const unpend = (key: string, entry: { costUsd: number; tokens: number; atMs: number }, doneSeq: number, now: number) => {
     const list = pending.get(key)
     if (list === undefined) return
     const i = list.indexOf(entry)
     if (i !== -1) list.splice(i, 1)
     if (list.length === 0) pending.delete(key)
+    const done = recent.get(key)
+    const item = { ...entry, seq: doneSeq, writtenAt: now }
+    if (done === undefined) recent.set(key, [item])
+    else done.push(item)
+  }
+
+  const pruneRecent = (now: number) => {
+    for (const [key, list] of recent) {
+      const kept = list.filter((c) => now - c.writtenAt < RECENT_MS)
+      if (kept.length === 0) recent.delete(key)
+      else if (kept.length !== list.length) recent.set(key, kept)
+    }
   }
 
   // What a token and its project spent, as last read, for READ_TTL_MS: at a high rate of requests one query serves
-  // many. Cleared whenever this instance's charges are written (they are then in the database, no longer pending).
-  const reads = new Map<string, { readonly at: number; readonly spent: { token: SpendRow; project: SpendRow } }>()
-  const read = (tokenId: string, nowMs: number) => {
+  // many. What this instance charged since the read began is added to it (pending, or written since: `recent`).
+  type Read = { readonly at: number; readonly seq: number; readonly spent: { token: SpendRow; project: SpendRow } }
+  const reads = new Map<string, Read>()
+  const read = (tokenId: string, nowMs: number): Effect.Effect<Read, StoreError> => {
     const seen = reads.get(tokenId)
-    if (seen !== undefined && nowMs - seen.at < READ_TTL_MS && nowMs >= seen.at) return Effect.succeed(seen.spent)
+    if (seen !== undefined && nowMs - seen.at < READ_TTL_MS && nowMs >= seen.at) return Effect.succeed(seen)
+    const startSeq = seq
     return Effect.map(store.spendOf(tokenId), (found) => {
       const spent = Option.getOrElse(found, () => ({ token: NOTHING_SPENT, project: NOTHING_SPENT }))
       if (reads.size >= 10_000) reads.clear()
-      reads.set(tokenId, { at: nowMs, spent })
-      return spent
+      const r = { at: nowMs, seq: startSeq, spent }
+      reads.set(tokenId, r)
+      return r
     })
   }
 
   const check: BudgetsShape["check"] = (tokenId, tokenBudget, projectId, projectBudget, nowMs) =>
-    Effect.map(read(tokenId, nowMs), (spent) => {
+    Effect.map(read(tokenId, nowMs), ({ seq: readSeq, spent }) => {
       if (tokenBudget !== undefined && hasBudget(tokenBudget)) {
-        const used = spentIn(withPending(`token:${tokenId}`, spent.token), tokenBudget.period, nowMs)
+        const used = spentIn(withPending(`token:${tokenId}`, spent.token, readSeq), tokenBudget.period, nowMs)
         const limit = exhausted(tokenBudget, used)
         if (limit !== undefined) return { scope: "token" as const, limit, budget: tokenBudget }
       }
       if (projectBudget !== undefined && hasBudget(projectBudget)) {
-        const used = spentIn(withPending(`project:${projectId}`, spent.project), projectBudget.period, nowMs)
+        const used = spentIn(withPending(`project:${projectId}`, spent.project, readSeq), projectBudget.period, nowMs)
         const limit = exhausted(projectBudget, used)
         if (limit !== undefined) return { scope: "project" as const, limit, budget: projectBudget }
       }
@@ -136,8 +162,10 @@ export const make = Effect.gen(function*() {
         Effect.retry(Schedule.intersect(Schedule.exponential(Duration.millis(50)), Schedule.recurs(10))),
         Effect.catchAll((e) => Effect.logError("spend of answers not written (budgets)", e.message)),
         Effect.ensuring(Effect.sync(() => {
-          reads.clear()
-          for (const q of batch) for (const key of q.keys) unpend(key, q.entry)
+          const done = ++seq
+          const now = Date.now()
+          pruneRecent(now)
+          for (const q of batch) for (const key of q.keys) unpend(key, q.entry, done, now)
           if (queued.length > 0) return writeQueued()
           writing = 0
           wake()
