@@ -43,7 +43,7 @@ export interface BudgetsShape {
 /** How long a read of what was spent serves further checks (other instances' charges show after at most this). */
 export const READ_TTL_MS = 50
 /** How long written charges are kept to be added to reads that began before their write (well above READ_TTL_MS). */
-const RECENT_MS = 2_000
+const RECENT_MS = 500
 
 export class Budgets extends Context.Tag("llm-proxy/Budgets")<Budgets, BudgetsShape>() {}
 
@@ -53,45 +53,75 @@ const applies = (t: BudgetRow | undefined, p: BudgetRow | undefined) =>
 export const make = Effect.gen(function*() {
   const store = yield* Store
   const runFork = Runtime.runFork(yield* Effect.runtime<never>())
-  /** Charges not written yet, per `token:<id>` / `project:<id>`, each with the time it was spent. */
-  const pending = new Map<string, Array<{ costUsd: number; tokens: number; atMs: number }>>()
+  /**
+   * Charges not written yet, per `token:<id>` / `project:<id>` and UTC day (first instant): summed, so that a check
+   * costs the same however many answers are pending.
+   */
+  type Sum = { costUsd: number; tokens: number; count: number }
+  const pending = new Map<string, Map<number, Sum>>()
   let writing = 0
   let idle: Array<() => void> = []
-
   /**
-   * Charges written, per key, with the number of the write that took them (`seq`): a read that began before that
-   * write may not hold them, so they are added to it. Kept for RECENT_MS (reads serve READ_TTL_MS).
+   * Charges written, per key, one entry per write and day with the number of the write (`seq`): a read that began
+   * before that write may not hold them, so they are added to it. Kept for RECENT_MS (reads serve READ_TTL_MS).
    */
-  const recent = new Map<string, Array<{ costUsd: number; tokens: number; atMs: number; seq: number; writtenAt: number }>>()
+  const recent = new Map<string, Array<{ day: number; costUsd: number; tokens: number; seq: number; writtenAt: number }>>()
   let seq = 0
 
   /** `s` as read when `readSeq` writes were done, plus what this instance charged since (written or not). */
   const withPending = (key: string, s: SpendRow, readSeq: number): SpendRow => {
     let out = s
     const mine = pending.get(key)
-    if (mine !== undefined) for (const c of mine) out = addSpent(out, c.costUsd, c.tokens, c.atMs)
+    if (mine !== undefined) for (const [day, c] of mine) out = addSpent(out, c.costUsd, c.tokens, day)
     const done = recent.get(key)
-    if (done !== undefined) for (const c of done) if (c.seq > readSeq) out = addSpent(out, c.costUsd, c.tokens, c.atMs)
+    if (done !== undefined) for (const c of done) if (c.seq > readSeq) out = addSpent(out, c.costUsd, c.tokens, c.day)
     return out
   }
 
-  const unpend = (key: string, entry: { costUsd: number; tokens: number; atMs: number }, doneSeq: number, now: number) => {
-    const list = pending.get(key)
-    if (list === undefined) return
-    const i = list.indexOf(entry)
-    if (i !== -1) list.splice(i, 1)
-    if (list.length === 0) pending.delete(key)
-    const done = recent.get(key)
-    const item = { ...entry, seq: doneSeq, writtenAt: now }
-    if (done === undefined) recent.set(key, [item])
-    else done.push(item)
+  const pend = (key: string, day: number, costUsd: number, tokens: number) => {
+    let days = pending.get(key)
+    if (days === undefined) pending.set(key, days = new Map())
+    const sum = days.get(day)
+    if (sum === undefined) days.set(day, { costUsd, tokens, count: 1 })
+    else {
+      sum.costUsd += costUsd
+      sum.tokens += tokens
+      sum.count++
+    }
   }
 
-  const pruneRecent = (now: number) => {
+  /** A written batch: its charges leave `pending` for `recent`. */
+  const written = (batch: ReadonlyArray<{ readonly keys: ReadonlyArray<string>; readonly day: number; readonly costUsd: number; readonly tokens: number }>, doneSeq: number, now: number) => {
+    const sums = new Map<string, { key: string; day: number; costUsd: number; tokens: number }>()
+    for (const q of batch) {
+      for (const key of q.keys) {
+        const days = pending.get(key)
+        const sum = days?.get(q.day)
+        if (sum !== undefined) {
+          sum.costUsd -= q.costUsd
+          sum.tokens -= q.tokens
+          if (--sum.count === 0) days!.delete(q.day)
+          if (days!.size === 0) pending.delete(key)
+        }
+        const id = `${key}|${q.day}`
+        const agg = sums.get(id)
+        if (agg === undefined) sums.set(id, { key, day: q.day, costUsd: q.costUsd, tokens: q.tokens })
+        else {
+          agg.costUsd += q.costUsd
+          agg.tokens += q.tokens
+        }
+      }
+    }
     for (const [key, list] of recent) {
       const kept = list.filter((c) => now - c.writtenAt < RECENT_MS)
       if (kept.length === 0) recent.delete(key)
       else if (kept.length !== list.length) recent.set(key, kept)
+    }
+    for (const a of sums.values()) {
+      const item = { day: a.day, costUsd: a.costUsd, tokens: a.tokens, seq: doneSeq, writtenAt: now }
+      const list = recent.get(a.key)
+      if (list === undefined) recent.set(a.key, [item])
+      else list.push(item)
     }
   }
 
@@ -129,8 +159,13 @@ export const make = Effect.gen(function*() {
 
   // Charges are written in groups: one write at a time, of everything charged since the previous one began (so at
   // a high rate of answers the database sees one transaction per write, not one per answer).
-  type Entry = { readonly costUsd: number; readonly tokens: number; readonly atMs: number }
-  let queued: Array<{ readonly keys: ReadonlyArray<string>; readonly entry: Entry; readonly deltas: ReadonlyArray<SpendDelta> }> = []
+  let queued: Array<{
+    readonly keys: ReadonlyArray<string>
+    readonly day: number
+    readonly costUsd: number
+    readonly tokens: number
+    readonly deltas: ReadonlyArray<SpendDelta>
+  }> = []
 
   const wake = () => {
     const waiters = idle
@@ -162,10 +197,7 @@ export const make = Effect.gen(function*() {
         Effect.retry(Schedule.intersect(Schedule.exponential(Duration.millis(50)), Schedule.recurs(10))),
         Effect.catchAll((e) => Effect.logError("spend of answers not written (budgets)", e.message)),
         Effect.ensuring(Effect.sync(() => {
-          const done = ++seq
-          const now = Date.now()
-          pruneRecent(now)
-          for (const q of batch) for (const key of q.keys) unpend(key, q.entry, done, now)
+          written(batch, ++seq, Date.now())
           if (queued.length > 0) return writeQueued()
           writing = 0
           wake()
@@ -176,18 +208,10 @@ export const make = Effect.gen(function*() {
 
   const charge: BudgetsShape["charge"] = (tokenId, projectId, costUsd, tokens, atMs) => {
     if (costUsd <= 0 && tokens <= 0) return
-    const entry = { costUsd, tokens, atMs }
     const keys = [`token:${tokenId}`, `project:${projectId}`]
-    for (const key of keys) {
-      const list = pending.get(key)
-      if (list === undefined) pending.set(key, [entry])
-      else list.push(entry)
-    }
-    queued.push({
-      keys,
-      entry,
-      deltas: [deltaOf("token", tokenId, costUsd, tokens, atMs), deltaOf("project", projectId, costUsd, tokens, atMs)]
-    })
+    const token = deltaOf("token", tokenId, costUsd, tokens, atMs)
+    for (const key of keys) pend(key, token.dayStart, costUsd, tokens)
+    queued.push({ keys, day: token.dayStart, costUsd, tokens, deltas: [token, deltaOf("project", projectId, costUsd, tokens, atMs)] })
     if (writing === 0) writeQueued()
   }
 
