@@ -2,7 +2,7 @@
  * The one place where configuration picks layers: SQLite or PostgreSQL, encryption on or off, log format.
  * Programs (serve, migrate, …) are compositions of what is built here.
  */
-import { NodeHttpClient } from "@effect/platform-node"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { Context, Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
 import { hostname } from "node:os"
 import * as MemoryCache from "./cache/MemoryCache.js"
@@ -47,6 +47,7 @@ import { busStats, dispatcherStats, registerBusCheck, registerDispatcherCheck } 
 import { metricsEndpoint } from "./observability/MetricsEndpoint.js"
 import { redisCheck } from "./observability/redisCheck.js"
 import * as Tracing from "./observability/Tracing.js"
+import { releaseYoungGeneration } from "./startupMemory.js"
 import { VERSION } from "./version.js"
 
 import { fileBackend, heliconeBackend, lunaryBackend } from "./dispatcher/backends.js"
@@ -462,6 +463,8 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
         ),
         Layer.provideMerge(observabilityLayer(config)),
         Layer.tap((ctx) => {
+          // Started: from here on the young generation may grow with traffic again (src/startupMemory.ts).
+          releaseYoungGeneration()
           return Effect.logInfo(`llm-proxy listening on ${Context.get(ctx, ServerAddress).url}`)
         })
       )

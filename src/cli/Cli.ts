@@ -1,6 +1,7 @@
 /** The `llm-proxy` command line (@effect/cli). Every failure ends as one line on stderr and a non-zero exit. */
 import { Command, HelpDoc, ValidationError } from "@effect/cli"
-import { NodeContext, NodeHttpClient } from "@effect/platform-node"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { Console, Context, Effect, Layer, Option } from "effect"
 import { VERSION } from "../version.js"
 import { benchmark } from "./benchmark.js"

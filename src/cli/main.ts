@@ -1,8 +1,10 @@
-/** Entry point of the bundle (dist/cli/main.js); everything testable lives in Cli.ts. */
-import { NodeRuntime } from "@effect/platform-node"
-import { runCli } from "./Cli.js"
-import { rewriteGoArguments } from "./goAliases.js"
+/**
+ * Entry point of the bundle (dist/cli/main.js); everything testable lives in Cli.ts. The rest of the bundle is
+ * loaded by `import()` after the young generation is held at its initial size (src/startupMemory.ts): a static
+ * import would evaluate every module before this file's first line.
+ */
+import { holdYoungGeneration, releaseYoungGeneration } from "../startupMemory.js"
 
-const { argv, warnings } = rewriteGoArguments(process.argv)
-for (const w of warnings) process.stderr.write(`llm-proxy: warning: ${w}\n`)
-NodeRuntime.runMain(runCli(argv), { disableErrorReporting: true, disablePrettyLogger: true })
+holdYoungGeneration()
+const { run } = await import("./run.js")
+run(process.argv, releaseYoungGeneration)

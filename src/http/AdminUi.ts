@@ -117,7 +117,23 @@ export const loadAdminAssets = (dir: string = defaultDistDir): AdminAssetsShape 
   return { built: true, files }
 }
 
-export const AdminAssetsLive = (dir?: string) => Layer.sync(AdminAssets, () => loadAdminAssets(dir))
+/**
+ * Read (and gzipped) on the first request under /admin, not at start-up: an instance nobody administers through
+ * the browser does not keep the UI's ~0.8 MB in memory.
+ */
+export const AdminAssetsLive = (dir?: string) =>
+  Layer.sync(AdminAssets, (): AdminAssetsShape => {
+    let loaded: AdminAssetsShape | undefined
+    const assets = () => (loaded ??= loadAdminAssets(dir))
+    return {
+      get built() {
+        return assets().built
+      },
+      get files() {
+        return assets().files
+      }
+    }
+  })
 
 const send = (asset: Asset, request: HttpServerRequest.HttpServerRequest, status = 200) => {
   const gzip = asset.gzip !== undefined && /\bgzip\b/.test(request.headers["accept-encoding"] ?? "")

@@ -10,7 +10,6 @@
 import {
   HttpApiBuilder,
   HttpApiError,
-  HttpApiSwagger,
   type HttpApp,
   type HttpRouter,
   HttpServerRequest,
@@ -60,7 +59,6 @@ const decodeErrorsAsBadRequest = HttpApiBuilder.middleware(ManagementApi, (app) 
 
 export const ManagementAppLive = Layer.effect(ManagementApp, HttpApiBuilder.httpApp).pipe(
   Layer.provide(decodeErrorsAsBadRequest),
-  Layer.provide(HttpApiSwagger.layer({ path: "/manage/docs" })),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/manage/openapi.json" })),
   Layer.provide(
     HttpApiBuilder.api(ManagementApi).pipe(Layer.provide([ProjectsLive, TokensLive, UsageLive, SessionLive, AuditLive, CacheLive]))
@@ -156,6 +154,11 @@ export const makeApp = Effect.gen(function*() {
       // The router ignores a trailing slash and collapses `//`; `/manage/projects/` is an empty id, not the list
       // (reference §2.3), and `/manage/projects/<id>//tokens/revoke` is not the revoke endpoint.
       if (path.endsWith("/") || path.includes("//")) return yield* fallback
+      // Swagger UI, loaded on first use (src/http/swaggerDocs.ts), with the same security headers as /admin and a
+      // policy that admits its own inline code only.
+      if (path === "/manage/docs" && request.method === "GET") {
+        return secureDocs(yield* Effect.flatMap(Effect.promise(() => import("./swaggerDocs.js")), (m) => m.swaggerPage))
+      }
       // The router is typed as infallible but fails with RouteNotFound for paths it does not know.
       const answer = yield* management.pipe(
         Effect.catchAllCause((cause) => {
@@ -165,8 +168,7 @@ export const makeApp = Effect.gen(function*() {
             : Effect.failCause(cause)
         })
       )
-      // Swagger UI: the same security headers as /admin, with a policy that admits its own inline code only.
-      return path === "/manage/docs" ? secureDocs(answer) : answer
+      return answer
     }
     return jsonError(404, "not found")
   }).pipe(Effect.provide(context))

@@ -3,7 +3,7 @@
  * /v1/* requests as plain Node streams before the Effect app sees them (DESIGN.md "Two planes").
  */
 import { Headers, HttpIncomingMessage, HttpMiddleware, type HttpServerRequest } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Context, Effect, Layer, Option, Runtime } from "effect"
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from "node:http"
 import type { AddressInfo, Socket } from "node:net"

@@ -5,7 +5,7 @@
  * inside the handler, so a refusal is audited like any other, and after a lookup where that must come first.
  */
 import { HttpServerRequest } from "@effect/platform"
-import { NodeHttpServerRequest } from "@effect/platform-node"
+import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
 import { Effect, Either, type Schema } from "effect"
 import type { IncomingMessage } from "node:http"
 import { BadRequest, PayloadTooLarge } from "../domain/errors.js"

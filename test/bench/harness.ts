@@ -72,9 +72,9 @@ export interface LlmProxy {
 export const startLlmProxy = async (
   upstream: string,
   env: Record<string, string> = {},
-  nodeArgs: ReadonlyArray<string> = []
+  nodeArgs: ReadonlyArray<string> = [],
+  bin = join(root, "bin/llm-proxy.js")
 ): Promise<LlmProxy> => {
-  const bin = join(root, "bin/llm-proxy.js")
   if (!existsSync(join(root, "dist/cli/main.js"))) throw new Error("dist/ is missing: run `npm run build` first")
   const dir = mkdtempSync(join(tmpdir(), "llm-proxy-bench-"))
   const port = await freePort()

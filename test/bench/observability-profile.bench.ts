@@ -12,8 +12,8 @@
  * measured one after the other differ by more than the few percent observability costs. A profile's *shares* are
  * taken within one run and do not move with the machine's speed.
  *
- * A sample is counted as observability when any frame of its stack is code from src/observability/ (the bundle's
- * `// src/...` module markers map lines to files): the metrics series, the hooks, span encoding, the exporter's
+ * A sample is counted as observability when any frame of its stack is code from src/observability/ (the `// src/...`
+ * module markers of a readable bundle built for this benchmark, .bench-dist/cli/main.js, map lines to files): the metrics series, the hooks, span encoding, the exporter's
  * HTTP calls, the access log, scrapes. Garbage collection is not attributed to anyone (it is reported apart). The
  * throughput ratio on ÷ off that this predicts is 1 − share. The usage reader (src/proxy/usage.ts: usage for the
  * token counters and, on the side, the answer's model, id and finish reasons for the spans) is reported apart: it
@@ -23,6 +23,7 @@
  * BENCH_SSE=1 for streamed answers; BENCH_ONLY=name one variant; BENCH_TOP=n items listed, default 6).
  */
 import autocannon from "autocannon"
+import { spawnSync } from "node:child_process"
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
 import { createServer } from "node:http"
 import type { AddressInfo } from "node:net"
@@ -47,8 +48,18 @@ interface Profile {
   readonly timeDeltas: ReadonlyArray<number>
 }
 
+// The shipped bundle is split and minified; the profile is taken of one unminified file with esbuild's `// path`
+// markers, built the same way otherwise (scripts/build.mjs `buildCli`), under the repository root like dist/.
+const readable = join(root, ".bench-dist/cli/main.js")
+const built = spawnSync(process.execPath, [
+  "--input-type=module",
+  "-e",
+  "const { buildCli } = await import('./scripts/build.mjs'); await buildCli('.bench-dist', { readable: true })"
+], { cwd: root, stdio: "inherit" })
+if (built.status !== 0) throw new Error("building .bench-dist failed")
+
 // Module of each line of the bundle, from esbuild's `// path` markers.
-const bundle = readFileSync(join(root, "dist/cli/main.js"), "utf8").split("\n")
+const bundle = readFileSync(readable, "utf8").split("\n")
 const markers: Array<readonly [number, string]> = []
 bundle.forEach((line, i) => {
   const m = /^\/\/ (\S+\.(?:ts|js|mjs|cjs))$/.exec(line)
@@ -80,7 +91,7 @@ const analyse = (p: Profile, fromUs: number, toUs: number) => {
       const k = known.get(id)
       if (k !== undefined) return k
       const n = byId.get(id)!
-      const own = n.callFrame.url.endsWith("dist/cli/main.js") && moduleAt(n.callFrame.lineNumber).startsWith(prefix)
+      const own = n.callFrame.url.endsWith(".bench-dist/cli/main.js") && moduleAt(n.callFrame.lineNumber).startsWith(prefix)
       const up = parent.get(id)
       const result = own || (up !== undefined && test(up))
       known.set(id, result)
@@ -144,7 +155,7 @@ const main = async () => {
   console.log("|---|---|---|---|---|---|---|")
   for (const [name, env] of variants) {
     const dir = mkdtempSync(join(tmpdir(), "llm-proxy-prof-"))
-    const proxy = await startLlmProxy(`http://127.0.0.1:${up.port}`, env, ["--cpu-prof", `--cpu-prof-dir=${dir}`])
+    const proxy = await startLlmProxy(`http://127.0.0.1:${up.port}`, env, ["--cpu-prof", `--cpu-prof-dir=${dir}`], readable)
     const scrape = env["ENABLE_METRICS"] === "true"
       ? setInterval(() => void request(`${proxy.url}/metrics`).then((r) => r.body.dump(), () => {}), 5_000)
       : undefined

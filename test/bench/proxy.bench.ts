@@ -10,10 +10,13 @@
  *   2. streaming saturation (20 SSE chunks per answer): streams/s, p50, p99
  *   3. a 60 ms upstream at a fixed ~1,000 RPS (open loop): added latency p50/p99 over direct
  *   4. time to first SSE byte (upstream sends the first chunk 20 ms after its headers): added p50/p99
- *   5. 1,000 concurrent open streams for ~10 s: peak RSS of the proxy process
+ *   5. 8,000 concurrent open streams for ~10 s (opened over ~2 s): peak RSS of the proxy process, memory per open
+ *      stream, completions and failures
+ * Memory of both proxies (VmRSS from /proc): idle (3 s after start, before any traffic), the peak during the
+ * saturation runs (sampled every 200 ms), and scenario 5's.
  *
  * Run: `npm run bench -- proxy` (needs `npm run build` first: it starts the built `bin/llm-proxy.js serve`).
- * Environment: BENCH_SECONDS (10) per saturation run, BENCH_CONNECTIONS (64), BENCH_STREAMS (1000), BENCH_LOG_LEVEL
+ * Environment: BENCH_SECONDS (10) per saturation run, BENCH_CONNECTIONS (64), BENCH_STREAMS (8000), BENCH_LOG_LEVEL
  * (warn: no access log; info: the default configuration, one access-log line per request), BENCH_SPEND=1 (the token
  * gets a USD budget, a token budget and a token-per-minute limit, none of them reached: what spend control costs).
  */
@@ -25,7 +28,7 @@ import { chatBody, children, fmt, hasTaskset, root, saturate as saturateAt, star
 
 const seconds = Number(process.env["BENCH_SECONDS"] ?? 10)
 const connections = Number(process.env["BENCH_CONNECTIONS"] ?? 64)
-const openStreams = Number(process.env["BENCH_STREAMS"] ?? 1000)
+const openStreams = Number(process.env["BENCH_STREAMS"] ?? 8000)
 
 interface Target {
   readonly name: string
@@ -94,7 +97,25 @@ const rssOf = (pid: number) => {
   return { rss: kb("VmRSS") / 1024, hwm: kb("VmHWM") / 1024 }
 }
 
-/** `n` streams open at once (each ~10 s long); peak RSS of the proxy process while they run. */
+/** Runs `f` while sampling the RSS of `pid` every 200 ms; the peak (MB) with `f`'s result. */
+const peakRssDuring = async <A>(pid: number | undefined, f: () => Promise<A>) => {
+  let peak = pid !== undefined ? rssOf(pid).rss : NaN
+  const sampler = setInterval(() => {
+    if (pid !== undefined) peak = Math.max(peak, rssOf(pid).rss)
+  }, 200)
+  try {
+    const result = await f()
+    if (pid !== undefined) peak = Math.max(peak, rssOf(pid).rss)
+    return { peak, result }
+  } finally {
+    clearInterval(sampler)
+  }
+}
+
+/**
+ * `n` streams open at once (each ~10 s long); peak RSS of the proxy process while they run. They are opened in
+ * batches over ~2 s, so listen backlogs and connect timeouts do not turn a burst of SYNs into failures.
+ */
 const manyStreams = async (t: Target, n: number) => {
   const agent = new Agent({ connections: n + 16, keepAliveTimeout: 60_000, headersTimeout: 60_000, bodyTimeout: 60_000 })
   const before = t.pid !== undefined ? rssOf(t.pid).rss : NaN
@@ -103,8 +124,11 @@ const manyStreams = async (t: Target, n: number) => {
     if (t.pid !== undefined) peak = Math.max(peak, rssOf(t.pid).rss)
   }, 200)
   let ok = 0
+  const failures = new Map<string, number>()
+  const batch = Math.max(1, Math.ceil(n / 20))
   await Promise.all(
-    Array.from({ length: n }, async () => {
+    Array.from({ length: n }, async (_, i) => {
+      if (i >= batch) await new Promise((r) => setTimeout(r, Math.floor(i / batch) * 100))
       try {
         const r = await request(`${t.url}/v1/chat/completions?chunks=20&interval=500`, {
           method: "POST",
@@ -114,14 +138,16 @@ const manyStreams = async (t: Target, n: number) => {
         })
         const text = await r.body.text()
         if (r.statusCode === 200 && text.includes("[DONE]")) ok++
-      } catch {
-        // counted as not ok
+        else failures.set(`HTTP ${r.statusCode}`, (failures.get(`HTTP ${r.statusCode}`) ?? 0) + 1)
+      } catch (e) {
+        const why = (e as { code?: string }).code ?? String(e)
+        failures.set(why, (failures.get(why) ?? 0) + 1)
       }
     })
   )
   clearInterval(sampler)
   await agent.close()
-  return { before, peak, ok }
+  return { before, peak, ok, failures: [...failures].map(([why, count]) => `${why} ×${count}`).join(", ") }
 }
 
 const main = async () => {
@@ -144,6 +170,8 @@ const main = async () => {
     }, "PATCH")
     console.log("BENCH_SPEND=1: the token has a USD budget, a token budget and a token-per-minute limit")
   }
+  await new Promise((r) => setTimeout(r, 3000))
+  const idle = { raw: rssOf(raw.pid).rss, llm: rssOf(llm.pid).rss }
   const targets: Array<Target> = [
     { name: "direct", url: upstream, headers: { authorization: "Bearer sk-upstream-key" } },
     { name: "raw proxy", url: `http://127.0.0.1:${raw.port}`, headers: { authorization: "Bearer anything" }, pid: raw.pid },
@@ -156,10 +184,11 @@ const main = async () => {
     console.log("\n1–2. saturation (closed loop)")
     console.log("target      kind    RPS        p50 ms  p99 ms  errors")
     const sat: Record<string, { json: Awaited<ReturnType<typeof saturate>>; sse: Awaited<ReturnType<typeof saturate>> }> = {}
+    const satRss: Record<string, number> = {}
     for (const t of targets) {
-      const json = await saturate(t, false)
-      const sse = await saturate(t, true)
+      const { peak, result: [json, sse] } = await peakRssDuring(t.pid, async () => [await saturate(t, false), await saturate(t, true)] as const)
       sat[t.name] = { json, sse }
+      satRss[t.name] = peak
       for (const [kind, r] of [["json", json], ["sse", sse]] as const) {
         console.log(`${t.name.padEnd(11)} ${kind.padEnd(7)} ${fmt(r.rps, 0).padStart(9)}  ${fmt(r.p50, 0).padStart(6)}  ${fmt(r.p99, 0).padStart(6)}  ${r.errors}`)
       }
@@ -184,10 +213,22 @@ const main = async () => {
     }
 
     console.log(`\n5. ${openStreams} concurrent open streams (~10 s each)`)
-    console.log("target      RSS before MB  peak RSS MB  completed")
+    console.log("target      RSS before MB  peak RSS MB  KB / stream  completed  failed")
+    const streams: Record<string, Awaited<ReturnType<typeof manyStreams>>> = {}
     for (const t of targets.slice(1)) {
       const r = await manyStreams(t, openStreams)
-      console.log(`${t.name.padEnd(11)} ${fmt(r.before, 1).padStart(13)}  ${fmt(r.peak, 1).padStart(11)}  ${r.ok}/${openStreams}`)
+      streams[t.name] = r
+      console.log(
+        `${t.name.padEnd(11)} ${fmt(r.before, 1).padStart(13)}  ${fmt(r.peak, 1).padStart(11)}  ` +
+          `${fmt(((r.peak - r.before) * 1024) / openStreams, 1).padStart(11)}  ${String(r.ok).padStart(9)}  ${openStreams - r.ok}` +
+          (r.failures !== "" ? ` (${r.failures})` : "")
+      )
+    }
+
+    console.log("\nmemory (VmRSS, MB)")
+    console.log("target      idle    saturation peak  open streams peak")
+    for (const [name, key] of [["raw proxy", "raw"], ["llm-proxy", "llm"]] as const) {
+      console.log(`${name.padEnd(11)} ${fmt(idle[key], 1).padStart(5)}  ${fmt(satRss[name]!, 1).padStart(15)}  ${fmt(streams[name]!.peak, 1).padStart(17)}`)
     }
 
     const ratio = (a: number, b: number) => fmt(a / b, 2)
@@ -196,6 +237,10 @@ const main = async () => {
     console.log(`  streaming throughput      ${ratio(sat["llm-proxy"]!.sse.rps, sat["raw proxy"]!.sse.rps)}×`)
     console.log(`  added p50 at 1,000 RPS    llm-proxy ${fmt(slow["llm-proxy"]!.p50 - slow["direct"]!.p50, 3)} ms, raw ${fmt(slow["raw proxy"]!.p50 - slow["direct"]!.p50, 3)} ms`)
     console.log(`  first SSE byte added p50  llm-proxy ${fmt(ttfb["llm-proxy"]!.p50 - ttfb["direct"]!.p50, 3)} ms, raw ${fmt(ttfb["raw proxy"]!.p50 - ttfb["direct"]!.p50, 3)} ms`)
+    console.log(`  idle RSS                  ${ratio(idle.llm, idle.raw)}× (llm-proxy ${fmt(idle.llm, 1)} MB; target ≤ 100 MB)`)
+    console.log(`  saturation RSS            ${ratio(satRss["llm-proxy"]!, satRss["raw proxy"]!)}× (target ≤ 1.3×)`)
+    const perStream = (name: string) => ((streams[name]!.peak - streams[name]!.before) * 1024) / openStreams
+    console.log(`  memory per open stream    llm-proxy ${fmt(perStream("llm-proxy"), 1)} KB, raw ${fmt(perStream("raw proxy"), 1)} KB (target ≤ 40 KB)`)
   } finally {
     await llm.stop()
     for (const c of children) c.kill("SIGTERM")

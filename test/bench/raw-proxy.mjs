@@ -5,7 +5,8 @@ import { createServer } from "node:http"
 import { Agent, request } from "undici"
 
 const upstream = process.env.UPSTREAM
-const agent = new Agent({ keepAliveTimeout: 60_000, connections: 512, pipelining: 1 })
+// Enough upstream connections for the benchmark's 8,000 concurrent streams (llm-proxy's pools are unbounded by default).
+const agent = new Agent({ keepAliveTimeout: 60_000, connections: 16_384, pipelining: 1 })
 const hop = new Set(["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "host"])
 
 const server = createServer((req, res) => {

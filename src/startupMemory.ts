@@ -1,0 +1,30 @@
+/**
+ * V8 doubles the young generation (new space) whenever a scavenge finds most of it still alive. Starting the
+ * gateway — evaluating the bundle's modules, building the layers — is exactly that, every time: left alone the
+ * young generation grows to its maximum (2 × 16 MB) during start-up, and an idle `serve` keeps those pages
+ * resident, ~30 MB of its idle footprint (docs/performance.md). The entry point (src/cli/main.ts) holds it at its
+ * initial size while starting; `serve` releases it once it listens, where traffic makes a large young generation
+ * pay off again (fewer scavenges, fewer short-lived objects promoted), and every other command right away.
+ *
+ * Node documents changing V8 flags at run time as "use with care" (it starts V8 with --no-freeze-flags-after-init
+ * for `setFlagsFromString`'s sake); this one is only read when new space grows.
+ */
+import { setFlagsFromString } from "node:v8"
+
+/** V8's default `--semi-space-growth-factor`. */
+const DEFAULT_GROWTH_FACTOR = 2
+
+let held = false
+
+/** Keeps new space at its current size until `releaseYoungGeneration`. */
+export const holdYoungGeneration = (): void => {
+  setFlagsFromString("--semi-space-growth-factor=1")
+  held = true
+}
+
+/** Lets new space grow again (a no-op unless held: tests build `serve` in-process, nothing is held there). */
+export const releaseYoungGeneration = (): void => {
+  if (!held) return
+  held = false
+  setFlagsFromString(`--semi-space-growth-factor=${DEFAULT_GROWTH_FACTOR}`)
+}
