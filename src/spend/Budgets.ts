@@ -43,7 +43,7 @@ export interface BudgetsShape {
 /** How long a read of what was spent serves further checks (other instances' charges show after at most this). */
 export const READ_TTL_MS = 50
 /** How long written charges are kept to be added to reads that began before their write (well above READ_TTL_MS). */
-const RECENT_MS = 500
+const RECENT_MS = 250
 
 export class Budgets extends Context.Tag("llm-proxy/Budgets")<Budgets, BudgetsShape>() {}
 
@@ -74,7 +74,25 @@ export const make = Effect.gen(function*() {
     const mine = pending.get(key)
     if (mine !== undefined) for (const [day, c] of mine) out = addSpent(out, c.costUsd, c.tokens, day)
     const done = recent.get(key)
-    if (done !== undefined) for (const c of done) if (c.seq > readSeq) out = addSpent(out, c.costUsd, c.tokens, c.day)
+    if (done !== undefined) {
+      // Newest first, up to the read: summed per day before they are added (writes come every millisecond or so).
+      let day = -1
+      let cost = 0
+      let tokens = 0
+      for (let i = done.length - 1; i >= 0; i--) {
+        const c = done[i]!
+        if (c.seq <= readSeq) break
+        if (c.day !== day) {
+          if (day !== -1) out = addSpent(out, cost, tokens, day)
+          day = c.day
+          cost = 0
+          tokens = 0
+        }
+        cost += c.costUsd
+        tokens += c.tokens
+      }
+      if (day !== -1) out = addSpent(out, cost, tokens, day)
+    }
     return out
   }
 
