@@ -22,6 +22,8 @@ import { cacheHooks } from "./proxy/CacheHooks.js"
 import { auditHooks } from "./proxy/auditHooks.js"
 import { ProxyHooks, type ProxyHooksShape } from "./proxy/ProxyHooks.js"
 import * as Upstream from "./proxy/Upstream.js"
+import * as Budgets from "./spend/Budgets.js"
+import * as Prices from "./spend/prices.js"
 import * as RateLimits from "./token/RateLimits.js"
 import * as ProjectKeys from "./token/ProjectKeys.js"
 import * as TokenValidator from "./token/TokenValidator.js"
@@ -407,8 +409,15 @@ export const proxyHooksLayer = (config: AppConfigShape, extra: Partial<ProxyHook
 export const dataPlaneLayer = (config: AppConfigShape, extraHooks?: Partial<ProxyHooksShape>) =>
   ProxyHandler.layer.pipe(
     Layer.provideMerge(
-      Layer.mergeAll(UsageRecorder.layer, Upstream.layer, rateLimitsLayer(config), proxyHooksLayer(config, extraHooks))
-    )
+      Layer.mergeAll(
+        UsageRecorder.layer,
+        Budgets.layer,
+        Upstream.layer,
+        rateLimitsLayer(config),
+        proxyHooksLayer(config, extraHooks)
+      )
+    ),
+    Layer.provideMerge(Prices.layer(Option.getOrUndefined(config.pricesPath)))
   )
 
 export interface ServeOptions {

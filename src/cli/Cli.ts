@@ -9,12 +9,13 @@ import { chat } from "./chat.js"
 import { dispatcher } from "./dispatcher.js"
 import { CliFailure, describeError } from "./errors.js"
 import { manage } from "./manage.js"
+import { prices } from "./prices.js"
 import { configProvider, migrate, serve, server, setup } from "./serve.js"
 import { commandTree, missingOptions, walkArguments } from "./unknownArguments.js"
 
 export const root = Command.make("llm-proxy").pipe(
   Command.withDescription("LLM API gateway: withering tokens, streaming proxy, usage, audit"),
-  Command.withSubcommands([serve, server, dispatcher, manage, migrate, setup, chat, benchmark])
+  Command.withSubcommands([serve, server, dispatcher, manage, migrate, setup, chat, benchmark, prices])
 )
 
 const tree = commandTree(root)

@@ -8,7 +8,7 @@ import { Config, Console, Effect, Option, Redacted } from "effect"
 import { readFileSync } from "node:fs"
 import { ManagementApi } from "../api/ManagementApi.js"
 import type { AuditEvent, AuditPage } from "../domain/audit.js"
-import type { Project, ProjectKey, Token, TokenPage } from "../domain/models.js"
+import type { Project, ProjectKey, Token, TokenPage, UsageSeries } from "../domain/models.js"
 import { CliFailure } from "./errors.js"
 import { orDash, record, show, table } from "./output.js"
 
@@ -65,6 +65,55 @@ const client = (o: Common) =>
 
 // ---- projects -------------------------------------------------------------------------------------------------
 
+/** What a token or project spent (`spent_usd`, `tokens_used`) and its budget, as record lines. */
+const spendEntries = (x: Project | Token): ReadonlyArray<readonly [string, string]> => [
+  ["spent_usd", usd(x.spent_usd)],
+  ["tokens_used", String(x.tokens_used)],
+  ["max_cost_usd", x.max_cost_usd === null ? "-" : usd(x.max_cost_usd)],
+  ["max_tokens", orDash(x.max_tokens)],
+  ["budget_period", x.budget_period],
+  ["period_spent_usd", usd(x.period_spent_usd)],
+  ["period_tokens_used", String(x.period_tokens_used)]
+]
+
+/** Budget flags of create and update: a number, or `none` to remove the budget (update). */
+const budgetFlags = {
+  maxCostUsd: Options.text("max-cost-usd").pipe(
+    Options.withDescription("USD budget per --budget-period (a number > 0; `none` removes it)"),
+    Options.optional
+  ),
+  maxTokens: Options.text("max-tokens").pipe(
+    Options.withDescription("Input + output token budget per --budget-period (an integer > 0; `none` removes it)"),
+    Options.optional
+  ),
+  budgetPeriod: Options.choice("budget-period", ["total", "day", "month"]).pipe(
+    Options.withDescription("What budgets count: total (default), day or month (UTC)"),
+    Options.optional
+  )
+}
+
+const budgetNumber = (flag: string, raw: string) => {
+  if (raw === "none") return Effect.succeed(null)
+  const n = Number(raw)
+  return raw.trim() !== "" && Number.isFinite(n)
+    ? Effect.succeed(n)
+    : Effect.fail(new CliFailure({ message: `--${flag} must be a number or none` }))
+}
+
+/** The budget fields of a payload from the flags given (the server validates the values). */
+const budgetPayload = (o: {
+  maxCostUsd: Option.Option<string>
+  maxTokens: Option.Option<string>
+  budgetPeriod: Option.Option<"total" | "day" | "month">
+}) =>
+  Effect.gen(function*() {
+    const out: { max_cost_usd?: number | null; max_tokens?: number | null; budget_period?: "total" | "day" | "month" } = {}
+    if (Option.isSome(o.maxCostUsd)) out.max_cost_usd = yield* budgetNumber("max-cost-usd", o.maxCostUsd.value)
+    if (Option.isSome(o.maxTokens)) out.max_tokens = yield* budgetNumber("max-tokens", o.maxTokens.value)
+    if (Option.isSome(o.budgetPeriod)) out.budget_period = o.budgetPeriod.value
+    return out
+  })
+
 const projectTable = (ps: ReadonlyArray<Project>) =>
   table(
     ["ID", "NAME", "PROVIDER", "API KEY", "ACTIVE", "CREATED"],
@@ -82,6 +131,7 @@ const projectRecord = (p: Project) =>
     ["allowed_models", p.allowed_models === null ? "any" : p.allowed_models.join(", ")],
     ["max_token_minutes", orDash(p.max_token_minutes)],
     ["max_token_requests", orDash(p.max_token_requests)],
+    ...spendEntries(p),
     ["created_at", p.created_at],
     ["updated_at", p.updated_at]
   ])
@@ -138,18 +188,21 @@ const projectCreate = Command.make(
     name: Options.text("name").pipe(Options.withDescription("Unique project name")),
     apiKey: Options.redacted("api-key").pipe(Options.withDescription("The provider API key (stored encrypted when ENCRYPTION_KEY is set)")),
     provider: Options.text("provider").pipe(Options.withDescription("Provider name (default openai)"), Options.optional),
-    ...projectScopeFlags
+    ...projectScopeFlags,
+    ...budgetFlags
   },
   (o) =>
     Effect.gen(function*() {
       const scope = yield* scopeFrom(o)
+      const budget = yield* budgetPayload(o)
       const project = yield* (yield* client(o)).projects.create({
         payload: {
           name: o.name,
           api_key: Redacted.value(o.apiKey),
           ...Option.match(o.provider, { onNone: () => ({}), onSome: (provider) => ({ provider }) }),
           ...scope,
-          ...projectBounds(o)
+          ...projectBounds(o),
+          ...budget
         }
       })
       yield* show(o.json ? project : projectRecord(project))
@@ -176,7 +229,8 @@ const projectUpdate = Command.make(
     provider: Options.text("provider").pipe(Options.optional),
     ...activeFlags,
     revokeTokens: Options.boolean("revoke-tokens").pipe(Options.withDescription("With --inactive: revoke all its tokens")),
-    ...projectScopeFlags
+    ...projectScopeFlags,
+    ...budgetFlags
   },
   (o) =>
     Effect.gen(function*() {
@@ -185,6 +239,7 @@ const projectUpdate = Command.make(
       const payload = {
         ...scope,
         ...projectBounds(o),
+        ...(yield* budgetPayload(o)),
         ...Option.match(o.name, { onNone: () => ({}), onSome: (name) => ({ name }) }),
         ...Option.match(o.apiKey, { onNone: () => ({}), onSome: (k) => ({ api_key: Redacted.value(k) }) }),
         ...Option.match(o.provider, { onNone: () => ({}), onSome: (provider) => ({ provider }) }),
@@ -194,7 +249,7 @@ const projectUpdate = Command.make(
       if (Object.keys(payload).length === 0) {
         return yield* new CliFailure({
           message: "nothing to update: pass --name, --api-key, --provider, --allowed-model, --any-model, " +
-            "--max-token-minutes, --max-token-requests, --active or --inactive"
+            "--max-token-minutes, --max-token-requests, a budget flag, --active or --inactive"
         })
       }
       const project = yield* (yield* client(o)).projects.update({ path: { id: o.id }, payload })
@@ -300,6 +355,7 @@ const tokenRecord = (t: Token) =>
     ["cache_hits", String(t.cache_hit_count)],
     ["prompt_tokens", String(t.prompt_tokens)],
     ["completion_tokens", String(t.completion_tokens)],
+    ...spendEntries(t),
     ["created_at", t.created_at],
     ["last_used_at", orDash(t.last_used_at)]
   ])
@@ -346,17 +402,20 @@ const tokenGenerate = Command.make(
       Options.withDefault(1440)
     ),
     maxRequests: Options.integer("max-requests").pipe(Options.withDescription("Request quota (0 = unlimited)"), Options.optional),
-    ...labelFlags
+    ...labelFlags,
+    ...budgetFlags
   },
   (o) =>
     Effect.gen(function*() {
       const labels = yield* labelsFrom(o)
+      const budget = yield* budgetPayload(o)
       const created = yield* (yield* client(o)).tokens.create({
         payload: {
           project_id: o.projectId,
           duration_minutes: o.duration,
           ...Option.match(o.maxRequests, { onNone: () => ({}), onSome: (max_requests) => ({ max_requests }) }),
-          ...labels
+          ...labels,
+          ...budget
         }
       })
       yield* show(
@@ -438,7 +497,8 @@ const tokenUpdate = Command.make(
     maxRequests: Options.integer("max-requests").pipe(Options.withDescription("New quota (0 = unlimited)"), Options.optional),
     expiresAt: Options.text("expires-at").pipe(Options.withDescription("New expiry, RFC 3339"), Options.optional),
     ...activeFlags,
-    ...labelFlags
+    ...labelFlags,
+    ...budgetFlags
   },
   (o) =>
     Effect.gen(function*() {
@@ -447,19 +507,20 @@ const tokenUpdate = Command.make(
       const payload = {
         ...active,
         ...labels,
+        ...(yield* budgetPayload(o)),
         ...Option.match(o.maxRequests, { onNone: () => ({}), onSome: (n) => ({ max_requests: n }) }),
         ...Option.match(o.expiresAt, { onNone: () => ({}), onSome: (expires_at) => ({ expires_at }) })
       }
       if (Object.keys(payload).length === 0) {
         return yield* new CliFailure({
           message: "nothing to update: pass --max-requests, --expires-at, --name, --user, --metadata, --allowed-model, " +
-            "--active or --inactive"
+            "a budget flag, --active or --inactive"
         })
       }
       const token = yield* (yield* client(o)).tokens.update({ path: { id: o.id }, payload })
       yield* show(o.json ? token : tokenRecord(token))
     })
-).pipe(Command.withDescription("Update a token (quota, expiry, reactivate/deactivate)"))
+).pipe(Command.withDescription("Update a token (quota, expiry, budget, reactivate/deactivate)"))
 
 const tokenRevoke = Command.make("revoke", { ...common, id }, (o) =>
   Effect.gen(function*() {
@@ -618,7 +679,54 @@ const audit = Command.make("audit").pipe(
   Command.withSubcommands([auditList, auditShow])
 )
 
+// ---- usage ----------------------------------------------------------------------------------------------------
+
+/** USD with enough digits for small answers (a cent is not the smallest amount worth seeing). */
+export const usd = (n: number): string => `$${n >= 100 ? n.toFixed(2) : n >= 1 ? n.toFixed(4) : n.toFixed(6)}`
+
+const usageTable = (u: UsageSeries) => {
+  const row = (label: string, h: UsageSeries["totals"]) => [
+    label,
+    String(h.requests),
+    String(h.cache_hits),
+    String(h.errors),
+    String(h.prompt_tokens),
+    String(h.completion_tokens),
+    usd(h.cost_usd)
+  ]
+  return [
+    table(
+      ["HOUR", "REQUESTS", "CACHE HITS", "ERRORS", "PROMPT TOKENS", "COMPLETION TOKENS", "COST"],
+      [...u.hours.map((h) => row(h.hour, h)), row("total", u.totals)]
+    ),
+    "",
+    `from ${u.since} to ${u.until}`
+  ].join("\n")
+}
+
+const usageList = Command.make(
+  "usage",
+  {
+    ...common,
+    since: Options.text("since").pipe(Options.withDescription("RFC 3339 (default: 24 hours before --until)"), Options.optional),
+    until: Options.text("until").pipe(Options.withDescription("RFC 3339 (default: now)"), Options.optional),
+    projectId: Options.text("project-id").pipe(Options.withDescription("Only this project's tokens"), Options.optional),
+    tokenId: Options.text("token-id").pipe(Options.withDescription("Only this token"), Options.optional)
+  },
+  (o) =>
+    Effect.gen(function*() {
+      const urlParams = {
+        ...Option.match(o.since, { onNone: () => ({}), onSome: (since) => ({ since }) }),
+        ...Option.match(o.until, { onNone: () => ({}), onSome: (until) => ({ until }) }),
+        ...Option.match(o.projectId, { onNone: () => ({}), onSome: (project_id) => ({ project_id }) }),
+        ...Option.match(o.tokenId, { onNone: () => ({}), onSome: (token_id) => ({ token_id }) })
+      }
+      const series = yield* (yield* client(o)).usage.series({ urlParams })
+      yield* show(o.json ? series : usageTable(series))
+    })
+).pipe(Command.withDescription("Usage per hour and in total: requests, errors, tokens and cost (USD)"))
+
 export const manage = Command.make("manage").pipe(
-  Command.withDescription("Manage projects, tokens and the response cache, and read the audit log, through the management API"),
-  Command.withSubcommands([project, token, cache, audit])
+  Command.withDescription("Manage projects, tokens and the response cache, read usage and the audit log, through the management API"),
+  Command.withSubcommands([project, token, cache, usageList, audit])
 )

@@ -162,6 +162,10 @@ export interface AppConfigShape {
   /** How often batched usage counters are written to the database, ms. */
   readonly usageFlushIntervalMs: number
   readonly rateLimitBackend: "in-memory" | "redis"
+  /** PRICES_PATH: a YAML of model prices that adds to or overrides the built-in table (docs/spend.md). */
+  readonly pricesPath: Option.Option<string>
+  /** UNPRICED_MODELS: a model without a price on a token or project with a USD budget is refused, or allowed. */
+  readonly unpricedModels?: "refuse" | "allow"
   /** What a request gets when the shared rate-limit store (Redis) fails: admitted (open) or 503 (closed). */
   readonly rateLimitFailureMode: "open" | "closed"
   /**
@@ -662,6 +666,8 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   tokenRetentionDays: nonNegativeInt("TOKEN_RETENTION_DAYS", 30),
   usageFlushIntervalMs: duration("USAGE_FLUSH_INTERVAL", "1s"),
   rateLimitBackend: memoryOrRedis("RATE_LIMIT_BACKEND"),
+  pricesPath: optionalString("PRICES_PATH"),
+  unpricedModels: wordSetting("UNPRICED_MODELS", "refuse", { refuse: "refuse", "": "refuse", allow: "allow" }, "refuse or allow"),
   rateLimitFailureMode: wordSetting("RATE_LIMIT_FAILURE_MODE", "open", { open: "open", "": "open", closed: "closed" }, "open or closed"),
   invalidationBackend,
   redisUrl,

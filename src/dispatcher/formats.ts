@@ -106,6 +106,7 @@ const metadata = (e: DeliveredEvent) => {
   if (e.user !== undefined) m["user"] = e.user
   if (e.upstream_ms !== null) m["upstream_ms"] = e.upstream_ms
   if (e.usage_source !== null) m["usage_source"] = e.usage_source
+  if (e.cost_usd !== undefined && e.cost_usd !== null) m["cost_usd"] = e.cost_usd
   return m
 }
 

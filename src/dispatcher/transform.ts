@@ -138,6 +138,7 @@ export const transformEvent = (event: ProxyEvent, count: CountTokens, onBodyTooL
     error: event.error,
     ...(event.upstream_request_id !== undefined ? { upstream_request_id: event.upstream_request_id } : {}),
     ...(event.attempts !== undefined ? { attempts: event.attempts } : {}),
+    ...(event.cost_usd !== undefined ? { cost_usd: event.cost_usd } : {}),
     usage,
     usage_source: source,
     request_body: request,

@@ -61,6 +61,9 @@ const common = {
   }),
   attempts: Schema.optional(Schema.Array(UpstreamAttempt)).annotations({
     description: "every upstream attempt, in order (more than one when the request was retried on another key)"
+  }),
+  cost_usd: Schema.optional(Schema.NullOr(Schema.Number)).annotations({
+    description: "What the answer cost in USD from its usage and the model's price (docs/spend.md); null when unknown"
   })
 }
 

@@ -40,12 +40,20 @@ export const DURATION_MAX_MINUTES = 525_600
 export const MAX_REQUESTS_MAX = 2_147_483_647
 
 export const RATE_LIMIT_REQUESTS_MAX = 1_000_000_000
+export const RATE_LIMIT_TOKENS_MAX = 1_000_000_000_000
 export const RATE_LIMIT_WINDOW_MAX = 31_536_000
 
 export const RateLimit = Schema.Struct({
-  requests: Schema.Number.annotations({ description: `requests allowed per window, 1..${RATE_LIMIT_REQUESTS_MAX}` }),
+  requests: Schema.optional(
+    Schema.Number.annotations({ description: `requests allowed per window, 1..${RATE_LIMIT_REQUESTS_MAX}; absent = not limited by count` })
+  ),
+  tokens: Schema.optional(
+    Schema.Number.annotations({
+      description: `LLM tokens (input + output) allowed per window, 1..${RATE_LIMIT_TOKENS_MAX}; absent = not limited by tokens`
+    })
+  ),
   window_seconds: Schema.Number.annotations({ description: `window length in seconds, 1..${RATE_LIMIT_WINDOW_MAX}` })
-}).annotations({ identifier: "RateLimit", description: "Window rate limit; null = none" })
+}).annotations({ identifier: "RateLimit", description: "Window rate limit (requests, tokens or both); null = none" })
 export type RateLimit = typeof RateLimit.Type
 
 // ---- building blocks of the payloads ----------------------------------------------------------------------------
@@ -55,22 +63,84 @@ const Text = Schema.String.annotations(answer(INVALID_BODY))
 const Numeric = Schema.Number.annotations(answer(INVALID_BODY))
 const Flag = Schema.Boolean.annotations(answer(INVALID_BODY))
 
-export const RATE_LIMIT_INVALID =
-  `rate_limit must be null or {"requests": 1..${RATE_LIMIT_REQUESTS_MAX}, "window_seconds": 1..${RATE_LIMIT_WINDOW_MAX}}`
+export const RATE_LIMIT_INVALID = `rate_limit must be null or {"requests": 1..${RATE_LIMIT_REQUESTS_MAX}, "tokens": ` +
+  `1..${RATE_LIMIT_TOKENS_MAX}, "window_seconds": 1..${RATE_LIMIT_WINDOW_MAX}} with requests, tokens or both`
 // Whatever is wrong inside `rate_limit` (type, missing or extra key, bound), the answer is this one message.
 const rateLimitRefused = oneAnswer(RATE_LIMIT_INVALID)
 
-/** `rate_limit` in a payload: null (none) or both bounds. */
+/** `rate_limit` in a payload: null (none), or a window with a request count, a token count or both. */
 export const RateLimitSetting = Schema.NullOr(
   Schema.Struct({
-    requests: Schema.Number.pipe(Schema.int(), Schema.between(1, RATE_LIMIT_REQUESTS_MAX)).annotations({
+    requests: Schema.optional(Schema.Number.pipe(Schema.int(), Schema.between(1, RATE_LIMIT_REQUESTS_MAX)).annotations({
       description: "requests allowed per window"
-    }),
+    })),
+    tokens: Schema.optional(Schema.Number.pipe(Schema.int(), Schema.between(1, RATE_LIMIT_TOKENS_MAX)).annotations({
+      description: "LLM tokens (input + output) allowed per window, debited when an answer's usage is known"
+    })),
     window_seconds: Schema.Number.pipe(Schema.int(), Schema.between(1, RATE_LIMIT_WINDOW_MAX)).annotations({
       description: "window length in seconds"
     })
-  }).annotations({ identifier: "RateLimitSetting", parseOptions: { onExcessProperty: "error" }, ...rateLimitRefused })
-).annotations({ description: "Window rate limit; null = none", ...rateLimitRefused })
+  }).annotations({ identifier: "RateLimitSetting", parseOptions: { onExcessProperty: "error" }, ...rateLimitRefused }).pipe(
+    rule(
+      (r: { readonly requests?: number | undefined; readonly tokens?: number | undefined; readonly window_seconds: number }) =>
+        r.requests !== undefined || r.tokens !== undefined,
+      RATE_LIMIT_INVALID,
+      { minProperties: 2 }
+    )
+  ).annotations(rateLimitRefused)
+).annotations({ description: "Window rate limit (requests, tokens or both); null = none", ...rateLimitRefused })
+
+// ---- budgets ---------------------------------------------------------------------------------------------------
+
+export const MAX_COST_USD_MAX = 1_000_000_000
+export const MAX_TOKENS_MAX = 1_000_000_000_000_000
+export const BUDGET_PERIODS = ["total", "day", "month"] as const
+export type BudgetPeriod = (typeof BUDGET_PERIODS)[number]
+
+export const MAX_COST_USD_INVALID = `max_cost_usd must be null or a number > 0 and <= ${MAX_COST_USD_MAX}`
+export const MAX_TOKENS_INVALID = `max_tokens must be null or an integer from 1 to ${MAX_TOKENS_MAX}`
+export const BUDGET_PERIOD_INVALID = "budget_period must be total, day or month"
+
+/** `max_cost_usd` in a payload: USD the token or project may spend per period; null = no USD budget. */
+const MaxCostUsd = Schema.NullOr(
+  Numeric.pipe(
+    Schema.greaterThan(0, answer(MAX_COST_USD_INVALID)),
+    Schema.lessThanOrEqualTo(MAX_COST_USD_MAX, answer(MAX_COST_USD_INVALID))
+  )
+).annotations({ description: "USD that may be spent per budget_period; null = none" })
+
+/** `max_tokens` in a payload: input + output tokens per period; null = no token budget. */
+const MaxTokens = Schema.NullOr(
+  Numeric.pipe(
+    wholeNumber(MAX_TOKENS_INVALID),
+    Schema.greaterThanOrEqualTo(1, answer(MAX_TOKENS_INVALID)),
+    Schema.lessThanOrEqualTo(MAX_TOKENS_MAX, answer(MAX_TOKENS_INVALID))
+  )
+).annotations({ description: "Input + output tokens that may be used per budget_period; null = none" })
+
+const BudgetPeriodSetting = Schema.Literal(...BUDGET_PERIODS).annotations({
+  ...oneAnswer(BUDGET_PERIOD_INVALID),
+  description: "What the budget counts: total (since creation, the default), day or month (UTC calendar)"
+})
+
+/** The budget fields of create and PATCH payloads. */
+const budgetFields = {
+  max_cost_usd: Schema.optional(MaxCostUsd),
+  max_tokens: Schema.optional(MaxTokens),
+  budget_period: Schema.optional(BudgetPeriodSetting)
+}
+
+/** What a token or project spent and may spend, as every read shows it. */
+const spendFields = {
+  max_cost_usd: Schema.NullOr(Schema.Number).annotations({ description: "USD budget per budget_period; null = none" }),
+  max_tokens: Schema.NullOr(Schema.Number).annotations({ description: "Token budget per budget_period; null = none" }),
+  budget_period: Schema.Literal(...BUDGET_PERIODS),
+  spent_usd: Schema.Number.annotations({ description: "USD spent since creation (answers of models without a price count 0)" }),
+  tokens_used: Schema.Number.annotations({ description: "Input + output tokens used since creation" }),
+  period_spent_usd: Schema.Number.annotations({ description: "USD spent in the current budget_period" }),
+  period_tokens_used: Schema.Number.annotations({ description: "Tokens used in the current budget_period" }),
+  period_ends_at: Schema.NullOr(Timestamp).annotations({ description: "When the current day or month ends (UTC); null for total" })
+}
 
 export const NAME_AND_KEY_REQUIRED = "name and api_key are required"
 export const OBFUSCATED_KEY = "cannot save obfuscated API key - please provide the full API key"
@@ -266,6 +336,7 @@ export const Project = Schema.Struct({
   allowed_models: ModelList,
   max_token_minutes: Schema.NullOr(Schema.Number).annotations({ description: "null = no bound for project keys" }),
   max_token_requests: Schema.NullOr(Schema.Number).annotations({ description: "null = no bound for project keys" }),
+  ...spendFields,
   created_at: Timestamp,
   updated_at: Timestamp
 }).annotations({ identifier: "Project" })
@@ -286,7 +357,8 @@ const CreateProjectFields = Schema.Struct({
   rate_limit: Schema.optional(RateLimitSetting),
   allowed_models: Schema.optional(AllowedModels),
   max_token_minutes: Schema.optional(MaxTokenMinutes),
-  max_token_requests: Schema.optional(MaxTokenRequests)
+  max_token_requests: Schema.optional(MaxTokenRequests),
+  ...budgetFields
 }).annotations(closedPayload())
 
 export const CreateProject = CreateProjectFields.pipe(
@@ -310,6 +382,7 @@ export const UpdateProject = Schema.Struct({
   allowed_models: Schema.optional(AllowedModels),
   max_token_minutes: Schema.optional(MaxTokenMinutes),
   max_token_requests: Schema.optional(MaxTokenRequests),
+  ...budgetFields,
   is_active: Schema.optional(Flag),
   revoke_tokens: Schema.optional(
     Flag.annotations({ description: "With is_active=false (only): revoke every active token of the project" })
@@ -342,6 +415,7 @@ export const Token = Schema.Struct({
   cache_hit_count: Schema.Number,
   prompt_tokens: Schema.Number,
   completion_tokens: Schema.Number,
+  ...spendFields,
   created_at: Timestamp,
   last_used_at: Schema.NullOr(Timestamp),
   name: Schema.NullOr(Schema.String),
@@ -404,7 +478,8 @@ export const CreateToken = Schema.Struct({
   name: Schema.optional(TokenName),
   user: Schema.optional(TokenUser),
   metadata: Schema.optional(TokenMetadata),
-  allowed_models: Schema.optional(AllowedModels)
+  allowed_models: Schema.optional(AllowedModels),
+  ...budgetFields
 }).annotations({ identifier: "CreateToken", ...closedPayload() })
 export type CreateToken = typeof CreateToken.Type
 
@@ -428,7 +503,8 @@ export const UpdateToken = Schema.Struct({
   name: Schema.optional(TokenName),
   user: Schema.optional(TokenUser),
   metadata: Schema.optional(TokenMetadata),
-  allowed_models: Schema.optional(AllowedModels)
+  allowed_models: Schema.optional(AllowedModels),
+  ...budgetFields
 }).annotations(closedPayload()).pipe(
   rule((p: object) => Object.keys(p).length > 0, "no fields to update", { minProperties: 1 })
 ).annotations({ identifier: "UpdateToken" })
@@ -573,7 +649,8 @@ export const UsageHour = Schema.Struct({
   cache_hits: Schema.Number,
   errors: Schema.Number,
   prompt_tokens: Schema.Number,
-  completion_tokens: Schema.Number
+  completion_tokens: Schema.Number,
+  cost_usd: Schema.Number.annotations({ description: "USD the hour's answers cost (models without a price count 0)" })
 }).annotations({ identifier: "UsageHour" })
 export type UsageHour = typeof UsageHour.Type
 
@@ -586,7 +663,8 @@ export const UsageSeries = Schema.Struct({
     cache_hits: Schema.Number,
     errors: Schema.Number,
     prompt_tokens: Schema.Number,
-    completion_tokens: Schema.Number
+    completion_tokens: Schema.Number,
+    cost_usd: Schema.Number
   })
 }).annotations({ identifier: "UsageSeries" })
 export type UsageSeries = typeof UsageSeries.Type

@@ -19,7 +19,7 @@ import { TokenValidator } from "../token/TokenValidator.js"
 import { audited } from "./auditing.js"
 import { readPayload, validate } from "./body.js"
 import { caller, ownProjectOnly } from "./callers.js"
-import { type KeyStateView, projectJson, projectKeyJson, rateLimitRow } from "./present.js"
+import { budgetPatch, budgetRow, type KeyStateView, projectJson, projectKeyJson, rateLimitRow } from "./present.js"
 
 const now = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms).toISOString())
 
@@ -78,7 +78,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
         ? { state: "circuit_open", until: new Date(breakerUntil).toISOString() }
         : { state: "cooling_down", until: new Date(s.coolUntil).toISOString() }
     }
-    const present = (row: Parameters<typeof projectJson>[0]) => projectJson(row, keyState)
+    const present = (row: Parameters<typeof projectJson>[0], nowMs: number) => projectJson(row, keyState, nowMs)
 
     return handlers
       .handle("list", ({ urlParams }) =>
@@ -92,7 +92,8 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
                 ? yield* store.listProjects
                 : (yield* store.listProjectsPage({ search, limit: 2_147_483_647, offset: 0 })).rows
               note.details["project_count"] = rows.length
-              return rows.map(present)
+              const nowMs = yield* Clock.currentTimeMillis
+              return rows.map((r) => present(r, nowMs))
             }
             const page = yield* validate(parsePageParam("page", urlParams.page, 1, 1_000_000_000, 1))
             const pageSize = yield* validate(parsePageParam("page_size", urlParams.page_size, 1, 100, 20))
@@ -101,8 +102,9 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             const totalPages = Math.ceil(result.total / pageSize)
             note.details["project_count"] = result.rows.length
             note.details["page"] = page
+            const nowMs = yield* Clock.currentTimeMillis
             return {
-              projects: result.rows.map(present),
+              projects: result.rows.map((r) => present(r, nowMs)),
               pagination: {
                 page,
                 page_size: pageSize,
@@ -130,6 +132,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             allowedModels: input.allowed_models ?? null,
             maxTokenMinutes: input.max_token_minutes ?? null,
             maxTokenRequests: input.max_token_requests ?? null,
+            budget: budgetRow(input),
             now: yield* now
           })
           note.projectId = row.id
@@ -137,7 +140,9 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
           note.details["project_name"] = row.name
           note.details["provider"] = row.provider
           note.details["key_count"] = apiKeys.length
-          return present(row)
+          if (row.budget.maxCostUsd !== null) note.details["max_cost_usd"] = row.budget.maxCostUsd
+          if (row.budget.maxTokens !== null) note.details["max_tokens"] = row.budget.maxTokens
+          return present(row, yield* Clock.currentTimeMillis)
         }).pipe(
           Effect.catchTags({
             DuplicateProjectName: (e) => Effect.fail(conflict(e.name)),
@@ -151,7 +156,10 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             note.projectId = id
             yield* ownProjectOnly(yield* caller, id)
             const row = yield* store.getProject(id)
-            return present(yield* Option.match(row, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed }))
+            return present(
+              yield* Option.match(row, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed }),
+              yield* Clock.currentTimeMillis
+            )
           }).pipe(Effect.catchTag("StoreError", internal("failed to get project")))))
       .handleRaw("update", ({ path, request }) =>
         audited(AuditActions.projectUpdate, (note) =>
@@ -176,8 +184,12 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             ...(input.allowed_models !== undefined ? ["allowed_models"] : []),
             ...(input.max_token_minutes !== undefined ? ["max_token_minutes"] : []),
             ...(input.max_token_requests !== undefined ? ["max_token_requests"] : []),
+            ...(input.max_cost_usd !== undefined ? ["max_cost_usd"] : []),
+            ...(input.max_tokens !== undefined ? ["max_tokens"] : []),
+            ...(input.budget_period !== undefined ? ["budget_period"] : []),
             ...(revokeTokens ? ["revoke_tokens"] : [])
           ]
+          const budget = budgetPatch(input)
           const result = yield* store.updateProject(id, {
             ...(input.name !== undefined ? { name: input.name } : {}),
             ...(apiKeys !== undefined ? { apiKeys } : {}),
@@ -186,6 +198,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
             ...(input.allowed_models !== undefined ? { allowedModels: input.allowed_models } : {}),
             ...(input.max_token_minutes !== undefined ? { maxTokenMinutes: input.max_token_minutes } : {}),
             ...(input.max_token_requests !== undefined ? { maxTokenRequests: input.max_token_requests } : {}),
+            ...(budget !== undefined ? { budget } : {}),
             ...(input.is_active !== undefined ? { isActive: input.is_active } : {}),
             revokeTokens,
             now: yield* now
@@ -198,7 +211,7 @@ export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (han
           note.details["is_active"] = updated.project.isActive
           if (revokeTokens) note.details["tokens_revoked"] = updated.revoked
           if (apiKeys !== undefined) note.details["key_count"] = apiKeys.length
-          return present(updated.project)
+          return present(updated.project, yield* Clock.currentTimeMillis)
         }).pipe(
           Effect.catchTags({
             DuplicateProjectName: (e) => Effect.fail(conflict(e.name)),

@@ -19,7 +19,7 @@ import { decodeBody, readJson, validate } from "./body.js"
 import { caller, isProjectKey, ownProjectOnly, projectScope } from "./callers.js"
 import { checkDelegation, type DelegatedToken } from "./delegation.js"
 import { decodeCursor, encodeCursor } from "./cursor.js"
-import { quotaRow, rateLimitRow, tokenJson } from "./present.js"
+import { budgetPatch, budgetRow, quotaRow, rateLimitRow, tokenJson } from "./present.js"
 import { internal } from "./ProjectsHttp.js"
 
 const tokenNotFound = new NotFound({ error: "token not found" })
@@ -144,7 +144,7 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             // The legacy array: the newest LIST_MAX, with a header saying when more match.
             const page = yield* store.listTokens(filter, { limit: LIST_MAX, position: firstPage })
             note.details["token_count"] = page.rows.length
-            const body = page.rows.map(tokenJson)
+            const body = page.rows.map((r) => tokenJson(r, nowMs))
             return page.hasNext ? HttpServerResponse.unsafeJson(body, { headers: { "x-truncated": "true" } }) : body
           }
           const { pageSize, position } = query.paged
@@ -152,7 +152,7 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
           note.details["token_count"] = page.rows.length
           note.details["page_size"] = pageSize
           return {
-            tokens: page.rows.map(tokenJson),
+            tokens: page.rows.map((r) => tokenJson(r, nowMs)),
             pagination: {
               page_size: pageSize,
               has_next: page.hasNext,
@@ -214,6 +214,7 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             rateLimit: rateLimitRow(input.rate_limit ?? null),
             ...labels,
             ...(isProjectKey(who) ? { projectKeyId: who.keyId } : {}),
+            budget: budgetRow(input),
             now: new Date(nowMs).toISOString()
           })
           if (result._tag === "project_not_found") return yield* new NotFound({ error: "project not found" })
@@ -224,6 +225,8 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
           note.tokenId = row.id
           note.details["expires_at"] = row.expiresAt
           if (row.maxRequests !== null) note.details["max_requests"] = row.maxRequests
+          if (row.budget.maxCostUsd !== null) note.details["max_cost_usd"] = row.budget.maxCostUsd
+          if (row.budget.maxTokens !== null) note.details["max_tokens"] = row.budget.maxTokens
           return {
             id: row.id,
             token: secret,
@@ -244,7 +247,7 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             const token = yield* orNotFound(yield* store.getToken(id))
             note.projectId = token.projectId
             yield* ownProjectOnly(yield* caller, token.projectId)
-            return tokenJson(token)
+            return tokenJson(token, yield* Clock.currentTimeMillis)
           }).pipe(Effect.catchTag("StoreError", internal("failed to get token")))))
       .handleRaw("update", ({ path, request }) =>
         audited(AuditActions.tokenUpdate, (note) =>
@@ -269,20 +272,25 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             }
             const labels = labelsOf(input)
             noteLabels(note, labels, "updated_")
+            const budget = budgetPatch(input)
             const patch = {
               ...(input.is_active !== undefined ? { isActive: input.is_active } : {}),
               ...(input.max_requests !== undefined ? { maxRequests: quotaRow(input.max_requests) } : {}),
               ...(expiresAt !== undefined ? { expiresAt } : {}),
               ...(input.rate_limit !== undefined ? { rateLimit: rateLimitRow(input.rate_limit) } : {}),
-              ...labels
+              ...labels,
+              ...(budget !== undefined ? { budget } : {})
             }
             if (patch.isActive !== undefined) note.details["updated_is_active"] = patch.isActive
             if (patch.maxRequests !== undefined) note.details["updated_max_requests"] = patch.maxRequests ?? "unlimited"
             if (patch.expiresAt !== undefined) note.details["updated_expires_at"] = patch.expiresAt
+            if (budget?.maxCostUsd !== undefined) note.details["updated_max_cost_usd"] = budget.maxCostUsd ?? "none"
+            if (budget?.maxTokens !== undefined) note.details["updated_max_tokens"] = budget.maxTokens ?? "none"
+            if (budget?.period !== undefined) note.details["updated_budget_period"] = budget.period
             const row = yield* store.updateToken(id, { ...patch, now: new Date(nowMs).toISOString() })
             yield* validator.invalidate({ kind: "token", id })
             yield* validator.settled
-            return tokenJson(yield* orNotFound(row))
+            return tokenJson(yield* orNotFound(row), yield* Clock.currentTimeMillis)
           }).pipe(Effect.catchTag("StoreError", internal("failed to update token")))))
       .handle("revoke", ({ path }) =>
         audited(AuditActions.tokenRevoke, (note) =>

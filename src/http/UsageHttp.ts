@@ -60,15 +60,17 @@ export const UsageLive = HttpApiBuilder.group(ManagementApi, "usage", (handlers)
           cache_hits: p.cacheHits,
           errors: p.errors,
           prompt_tokens: p.promptTokens,
-          completion_tokens: p.completionTokens
+          completion_tokens: p.completionTokens,
+          cost_usd: p.costUsd
         }))
-        const totals = { requests: 0, cache_hits: 0, errors: 0, prompt_tokens: 0, completion_tokens: 0 }
+        const totals = { requests: 0, cache_hits: 0, errors: 0, prompt_tokens: 0, completion_tokens: 0, cost_usd: 0 }
         for (const h of hours) {
           totals.requests += h.requests
           totals.cache_hits += h.cache_hits
           totals.errors += h.errors
           totals.prompt_tokens += h.prompt_tokens
           totals.completion_tokens += h.completion_tokens
+          totals.cost_usd += h.cost_usd
         }
         return { since: q.since, until: q.until, hours, totals }
       }).pipe(Effect.catchTag("StoreError", internal("failed to read usage"))))

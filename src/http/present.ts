@@ -4,14 +4,57 @@
  */
 import type { StoredAuditEvent } from "../audit/AuditRepo.js"
 import { AuditActors, type AuditEvent, projectKeyActor } from "../domain/audit.js"
-import type { Project, ProjectKey, RateLimitSetting, Token, UpstreamKey } from "../domain/models.js"
-import type { ProjectKeyRow, ProjectRow, RateLimitRow, TokenRow } from "../store/Store.js"
+import type { BudgetPeriod, Project, ProjectKey, RateLimitSetting, Token, UpstreamKey } from "../domain/models.js"
+import { periodEndOf, spentIn } from "../spend/periods.js"
+import type { BudgetPatch, BudgetRow, ProjectKeyRow, ProjectRow, RateLimitRow, SpendRow, TokenRow } from "../store/Store.js"
 
-const rateLimitJson = (r: RateLimitRow | null) => (r === null ? null : { requests: r.requests, window_seconds: r.windowSeconds })
+const rateLimitJson = (r: RateLimitRow | null) =>
+  r === null ? null : {
+    ...(r.requests !== null ? { requests: r.requests } : {}),
+    ...(r.tokens !== null && r.tokens !== undefined ? { tokens: r.tokens } : {}),
+    window_seconds: r.windowSeconds
+  }
 
 /** A decoded payload's `rate_limit` (null removes the limit) as the store keeps it. */
 export const rateLimitRow = (r: typeof RateLimitSetting.Type): RateLimitRow | null =>
-  r === null ? null : { requests: r.requests, windowSeconds: r.window_seconds }
+  r === null ? null : { requests: r.requests ?? null, tokens: r.tokens ?? null, windowSeconds: r.window_seconds }
+
+interface BudgetInput {
+  readonly max_cost_usd?: number | null | undefined
+  readonly max_tokens?: number | null | undefined
+  readonly budget_period?: BudgetPeriod | undefined
+}
+
+/** A create payload's budget fields as the store keeps them. */
+export const budgetRow = (p: BudgetInput): BudgetRow => ({
+  maxCostUsd: p.max_cost_usd ?? null,
+  maxTokens: p.max_tokens ?? null,
+  period: p.budget_period ?? "total"
+})
+
+/** A PATCH payload's budget fields (those given), or undefined when it has none. */
+export const budgetPatch = (p: BudgetInput): BudgetPatch | undefined =>
+  p.max_cost_usd === undefined && p.max_tokens === undefined && p.budget_period === undefined ? undefined : {
+    ...(p.max_cost_usd !== undefined ? { maxCostUsd: p.max_cost_usd } : {}),
+    ...(p.max_tokens !== undefined ? { maxTokens: p.max_tokens } : {}),
+    ...(p.budget_period !== undefined ? { period: p.budget_period } : {})
+  }
+
+/** The budget and what was spent, as every read shows it, at `nowMs`. */
+const spendJson = (b: BudgetRow, s: SpendRow, nowMs: number) => {
+  const used = spentIn(s, b.period, nowMs)
+  const end = periodEndOf(b.period, nowMs)
+  return {
+    max_cost_usd: b.maxCostUsd,
+    max_tokens: b.maxTokens,
+    budget_period: b.period,
+    spent_usd: s.spentUsd,
+    tokens_used: s.tokensUsed,
+    period_spent_usd: used.costUsd,
+    period_tokens_used: used.tokens,
+    period_ends_at: end === undefined ? null : new Date(end).toISOString()
+  }
+}
 
 /** A decoded payload's `max_requests`: 0 and null both mean unlimited (null in the store). */
 export const quotaRow = (n: number | null): number | null => (n === null || n === 0 ? null : n)
@@ -21,7 +64,7 @@ export type KeyStateView = (id: string) => Pick<UpstreamKey, "state" | "until">
 
 const fine: KeyStateView = () => ({ state: "ok" })
 
-export const projectJson = (p: ProjectRow, keyState: KeyStateView = fine): Project => ({
+export const projectJson = (p: ProjectRow, keyState: KeyStateView = fine, nowMs: number = Date.now()): Project => ({
   id: p.id,
   name: p.name,
   api_key: p.apiKeyHint,
@@ -39,11 +82,12 @@ export const projectJson = (p: ProjectRow, keyState: KeyStateView = fine): Proje
   allowed_models: p.allowedModels,
   max_token_minutes: p.maxTokenMinutes,
   max_token_requests: p.maxTokenRequests,
+  ...spendJson(p.budget, p.spend, nowMs),
   created_at: p.createdAt,
   updated_at: p.updatedAt
 })
 
-export const tokenJson = (t: TokenRow): Token => ({
+export const tokenJson = (t: TokenRow, nowMs: number = Date.now()): Token => ({
   id: t.id,
   token: t.tokenHint,
   project_id: t.projectId,
@@ -56,6 +100,7 @@ export const tokenJson = (t: TokenRow): Token => ({
   cache_hit_count: t.cacheHitCount,
   prompt_tokens: t.promptTokens,
   completion_tokens: t.completionTokens,
+  ...spendJson(t.budget, t.spend, nowMs),
   created_at: t.createdAt,
   last_used_at: t.lastUsedAt,
   name: t.name,

@@ -96,6 +96,10 @@ export interface RequestObservation {
   readonly firstTokenSeconds?: number | undefined
   /** Completion tokens per second of generation (src/observability/ProxyObservability.ts `outputTokensPerSecond`). */
   readonly outputTokensPerSecond?: number | undefined
+  /** What the answer cost (USD, docs/spend.md), when its model has a price. */
+  readonly costUsd?: number | undefined
+  /** The answer reported usage but its model has no price. */
+  readonly unpriced?: boolean | undefined
 }
 
 /** The reference's `/metrics` JSON (now at `/metrics/json`). */
@@ -352,9 +356,11 @@ export const make = (options: { readonly processMetrics?: boolean } = {}) =>
         series.observeDuration(s, o.durationSeconds)
         if (o.upstreamSeconds !== undefined) series.observeUpstream(s, o.upstreamSeconds)
         const tokens = (o.promptTokens ?? 0) > 0 || (o.completionTokens ?? 0) > 0
-        if (tokens || o.firstTokenSeconds !== undefined || o.outputTokensPerSecond !== undefined) {
+        if (tokens || o.firstTokenSeconds !== undefined || o.outputTokensPerSecond !== undefined || o.costUsd !== undefined || o.unpriced === true) {
           const m = series.model(o.provider, o.model)
           if (tokens) series.addTokens(m, o.promptTokens ?? 0, o.completionTokens ?? 0)
+          if (o.costUsd !== undefined) series.addCost(m, o.costUsd)
+          if (o.unpriced === true) series.countUnpriced(m)
           if (o.firstTokenSeconds !== undefined) series.observeFirstToken(m, o.firstTokenSeconds)
           if (o.outputTokensPerSecond !== undefined) series.observeTokensPerSecond(m, o.stream === true, o.outputTokensPerSecond)
         }

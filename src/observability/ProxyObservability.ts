@@ -528,7 +528,9 @@ export const make = (options: {
           rejectedBy: ctx.rejectedBy,
           stream: ctx.stream,
           firstTokenSeconds: firstTokenSeconds(ctx),
-          outputTokensPerSecond: outputTokensPerSecond(ctx, durationMs)
+          outputTokensPerSecond: outputTokensPerSecond(ctx, durationMs),
+          costUsd: ctx.costUsd,
+          unpriced: ctx.unpriced !== undefined
         }
         if (options.metrics) metrics.request(o)
         if (accessLog) enqueue(ctx, { durationMs, overheadMs, model, cache: o.cache })

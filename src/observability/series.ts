@@ -64,6 +64,10 @@ interface ModelSeries {
   readonly labels: { readonly provider: string; readonly model: string }
   prompt: number
   completion: number
+  /** USD the answers cost (priced models). */
+  cost: number
+  /** Answers with usage whose model has no price. */
+  unpriced: number
   readonly firstToken: Histo
   readonly streamTokensPerSecond: Histo
   readonly jsonTokensPerSecond: Histo
@@ -147,6 +151,20 @@ export class RequestSeries {
           ]
         )
     )
+    register(
+      registry,
+      "llm_proxy_cost_usd_total",
+      "What answers cost in USD, from their usage and the model's price (docs/spend.md), by provider and model",
+      "counter",
+      () => this.models().flatMap((m) => (m.cost === 0 ? [] : [{ labels: m.labels, value: m.cost }]))
+    )
+    register(
+      registry,
+      "llm_proxy_unpriced_answers_total",
+      "Answers with usage whose model has no price (counted 0 USD; add the model to PRICES_PATH), by provider and model",
+      "counter",
+      () => this.models().flatMap((m) => (m.unpriced === 0 ? [] : [{ labels: m.labels, value: m.unpriced }]))
+    )
   }
 
   private models(): Array<ModelSeries> {
@@ -214,6 +232,8 @@ export class RequestSeries {
         labels: { provider, model },
         prompt: 0,
         completion: 0,
+        cost: 0,
+        unpriced: 0,
         firstToken: histo(this.firstTokenBuckets.length),
         streamTokensPerSecond: histo(this.tokensPerSecondBuckets.length),
         jsonTokensPerSecond: histo(this.tokensPerSecondBuckets.length)
@@ -226,6 +246,14 @@ export class RequestSeries {
   addTokens(m: ModelSeries, prompt: number, completion: number): void {
     m.prompt += prompt
     m.completion += completion
+  }
+
+  addCost(m: ModelSeries, usd: number): void {
+    m.cost += usd
+  }
+
+  countUnpriced(m: ModelSeries): void {
+    m.unpriced++
   }
 
   observeFirstToken(m: ModelSeries, seconds: number): void {

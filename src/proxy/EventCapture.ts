@@ -68,6 +68,7 @@ export const toEvent = (ctx: ProxyRequestContext, config: Pick<EventsConfig, "ma
   model: modelOf(ctx.requestBody),
   stream: ctx.stream,
   usage: ctx.usage ?? null,
+  cost_usd: ctx.costUsd ?? null,
   // Only a request that went upstream carries its body (a refused one is not the operator's traffic to record).
   request_body: ctx.forwarded ? captureBody(ctx.requestBody, config.maxRequestBodyBytes, false, "application/json") : null,
   response_body: captureBody(

@@ -37,7 +37,13 @@ import { AppConfig } from "../config/AppConfig.js"
 import { type ProviderConfig, Providers } from "../config/Providers.js"
 import { hashProxyToken, isAcceptedTokenFormat } from "../crypto/ProxyToken.js"
 import { closeLingering } from "../http/linger.js"
-import { Store } from "../store/Store.js"
+import { lazyTokenCounter } from "../dispatcher/tokens.js"
+import { type BudgetExceeded, Budgets } from "../spend/Budgets.js"
+import { chargeOf } from "../spend/charge.js"
+import { modelOf } from "./EventCapture.js"
+import { askForUsage, estimateCutShort } from "../spend/streamUsage.js"
+import { makePrices, Prices } from "../spend/prices.js"
+import { type BudgetRow, Store } from "../store/Store.js"
 import { type Exceeded, RateLimits, Unavailable } from "../token/RateLimits.js"
 import { type GrantKey, judge, type TokenGrant, TokenValidator } from "../token/TokenValidator.js"
 import { UsageRecorder } from "../token/UsageRecorder.js"
@@ -118,6 +124,8 @@ interface Flow {
   capture: UsageReader | undefined
   /** A scoped `GET /v1/models`: the answer's list is filtered to what the scope admits (never from the cache). */
   filterModels: ModelScope | undefined
+  /** The proxy asked the upstream for usage the client did not ask for: its usage-only chunk is removed. */
+  stripUsage: boolean
   done: boolean
 }
 
@@ -160,6 +168,11 @@ const upstreamRequestIdOf = (headers: Dispatcher.ResponseData["headers"]): strin
   return id !== undefined && id.length <= 256 ? id : undefined
 }
 
+const usdBudget = (b: BudgetRow | undefined) => b !== undefined && b.maxCostUsd !== null
+
+/** Paths whose streams generate text (a stream of one cut short is charged by counting it). */
+const GENERATION = /\/(?:chat\/completions|completions|responses|messages)$/
+
 /** Node's own test for a client waiting for `100 Continue` before it sends its body. */
 const EXPECT_CONTINUE = /(?:^|\W)100-continue(?:$|\W)/i
 
@@ -174,6 +187,14 @@ export const make = Effect.gen(function*() {
   const retries = upstream.retries
   const hooks = yield* ProxyHooks
   const store = yield* Store
+  // Layers that do not configure prices (tests of other features) price with the built-in table.
+  const prices = Option.getOrElse(yield* Effect.serviceOption(Prices), () => makePrices([]))
+  /** Models without a price already warned about (one warning per model; bounded). */
+  const unpricedWarned = new Set<string>()
+  // The tokenizer counts what a stream cut short had generated (loaded on first use).
+  const countTokens = lazyTokenCounter()
+  const budgets = Option.getOrUndefined(yield* Effect.serviceOption(Budgets))
+  const allowUnpriced = config.unpricedModels === "allow"
   const runtime = yield* Effect.runtime<never>()
   const runCallback = Runtime.runCallback(runtime)
   const runFork = Runtime.runFork(runtime)
@@ -281,6 +302,8 @@ export const make = Effect.gen(function*() {
     }
     const capture = f.capture
     if (capture !== undefined) {
+      // An answer cut short (client gone, upstream broke off): what usage was read so far is its usage.
+      if (!res.writableEnded) capture.settle()
       ctx.usage = capture.usage
       ctx.answer = capture
       if (hooks.captureResponseBytes > 0) {
@@ -289,6 +312,40 @@ export const make = Effect.gen(function*() {
       }
     }
     const grant = f.grant
+    // What the answer is charged (a cache hit costs nothing: no upstream answer was read).
+    let detail = grant !== undefined && ctx.forwarded ? capture?.detail : undefined
+    if (grant !== undefined && ctx.forwarded && capture !== undefined && !res.writableEnded && !capture.usageFinal) {
+      // A stream cut short before its final usage: charged what it reported, the input counted from the request
+      // when it reported none, and the output counted from the text streamed.
+      const streamed = capture.streamedText()
+      if (streamed !== undefined && (detail !== undefined || streamed.text.length + streamed.overflowChars > 0)) {
+        const model = capture.responseModel ?? modelOf(ctx.requestBody) ?? undefined
+        detail = estimateCutShort(countTokens, model, detail, streamed, ctx.requestBody)
+        const prompt = detail.cacheApart ? detail.prompt + detail.cacheRead + detail.cacheWrite : detail.prompt
+        ctx.usage = { prompt_tokens: prompt, completion_tokens: detail.completion, total_tokens: prompt + detail.completion }
+      }
+    }
+    if (detail !== undefined) {
+      const charge = chargeOf(prices, detail, capture!.responseModel, ctx.requestBody)
+      ctx.tokensUsed = charge.tokens
+      ctx.costUsd = charge.costUsd
+      if (charge.costUsd === undefined) {
+        const model = charge.model ?? "unknown"
+        ctx.unpriced = model
+        if (!unpricedWarned.has(model) && unpricedWarned.size < 1_000) {
+          unpricedWarned.add(model)
+          log("warn", "spend: a model without a price answered; its answers count 0 USD (add it to PRICES_PATH)", ctx, model)
+        }
+      }
+    }
+    // A budgeted token's answer is charged at once (every instance's next check sees it), not in the next batch.
+    const charged = grant !== undefined && ctx.tokensUsed !== undefined && budgets !== undefined &&
+      budgets.applies(grant.tokenBudget, grant.projectBudget)
+    // Token-per-minute windows (`rate_limit.tokens`) are debited once the answer's tokens are known.
+    if (grant !== undefined && ctx.tokensUsed !== undefined) {
+      limits.debitTokens(grant.tokenId, grant.tokenRateLimit, grant.projectId, grant.projectRateLimit, ctx.tokensUsed)
+    }
+    if (charged) budgets!.charge(grant!.tokenId, grant!.projectId, ctx.costUsd ?? 0, ctx.tokensUsed!, ctx.receivedAt)
     if (grant !== undefined && (ctx.forwarded || ctx.cacheHit)) {
       // Every answered request counts (limited tokens already did, in their quota update); a hit also as a hit.
       const u = ctx.usage
@@ -296,6 +353,7 @@ export const make = Effect.gen(function*() {
         request: grant.maxRequests === null,
         ...(ctx.cacheHit ? { cacheHit: true } : {}),
         ...(u !== undefined ? { promptTokens: u.prompt_tokens, completionTokens: u.completion_tokens } : {}),
+        ...(ctx.tokensUsed !== undefined ? { spend: { costUsd: ctx.costUsd ?? 0, tokens: ctx.tokensUsed, written: charged } } : {}),
         at: ctx.receivedAt,
         rollup: { projectId: grant.projectId, status: ctx.status }
       })
@@ -345,6 +403,7 @@ export const make = Effect.gen(function*() {
       abort: undefined,
       capture: undefined,
       filterModels: undefined,
+      stripUsage: false,
       done: false
     }
     req.on("error", () => {})
@@ -548,6 +607,15 @@ export const make = Effect.gen(function*() {
       if (a !== undefined) return reply(f, a)
     }
     if (provider.injectUser && grant.user !== null && f.ctx.requestBody !== undefined) withUser(f, grant.user)
+    // A streamed OpenAI-style request always asks for usage: what it costs is read from the answer.
+    if (f.ctx.requestBody !== undefined && f.body instanceof Buffer) {
+      const asked = askForUsage(f.ctx.path, f.body)
+      if (asked !== undefined) {
+        f.body = asked.body
+        f.bodyLength = asked.body.length
+        f.stripUsage = asked.strip
+      }
+    }
     return admit(f)
   }
 
@@ -588,9 +656,42 @@ export const make = Effect.gen(function*() {
     if (f.done) return
     const g = f.grant!
     const verdict = limits.unsafeCheck(g.tokenId, g.tokenRateLimit, g.projectId, g.projectRateLimit)
-    if (verdict === undefined) return lookup(f)
-    if (Effect.isEffect(verdict)) return run(f, verdict, (v) => (v === undefined ? lookup(f) : limitedBy(f, v)), absurd)
+    if (verdict === undefined) return checkBudget(f)
+    if (Effect.isEffect(verdict)) return run(f, verdict, (v) => (v === undefined ? checkBudget(f) : limitedBy(f, v)), absurd)
     return limitedBy(f, verdict)
+  }
+
+  /** Budgets: only a token with one (or whose project has one) reads what it spent (one query). */
+  const checkBudget = (f: Flow): void | Promise<void> => {
+    const g = f.grant!
+    if (budgets === undefined || !budgets.applies(g.tokenBudget, g.projectBudget)) return lookup(f)
+    // A USD budget cannot count a model without a price: refused unless UNPRICED_MODELS=allow.
+    if (!allowUnpriced && (usdBudget(g.tokenBudget) || usdBudget(g.projectBudget))) {
+      const model = modelOf(f.ctx.requestBody)
+      if (model !== null && prices.lookup(model) === undefined) {
+        f.ctx.denial = "model_not_priced"
+        return reply(f, Answers.modelNotPriced)
+      }
+    }
+    return run(
+      f,
+      budgets.check(g.tokenId, g.tokenBudget, g.projectId, g.projectBudget, Date.now()),
+      (v) => (v === undefined ? lookup(f) : overBudget(f, v)),
+      (e) => {
+        // What was spent cannot be read: a budget that cannot be checked is not a budget, so the request waits.
+        log("error", "proxy: budget check failed", f.ctx, e.message)
+        f.ctx.error = "budget check failed"
+        return reply(f, Answers.serviceUnavailable)
+      }
+    )
+  }
+
+  const overBudget = (f: Flow, v: BudgetExceeded) => {
+    f.ctx.denial = "budget_exceeded"
+    const b = v.budget
+    const amount = v.limit === "max_cost_usd" ? `max_cost_usd ${b.maxCostUsd} USD` : `max_tokens ${b.maxTokens}`
+    const per = b.period === "total" ? "in total" : `per ${b.period} (UTC)`
+    return reply(f, Answers.budgetExceeded(`${v.scope} budget used up: ${amount} ${per}`))
   }
 
   const limitedBy = (f: Flow, v: Exceeded | typeof Unavailable) => {
@@ -875,7 +976,8 @@ export const make = Effect.gen(function*() {
     }
     if (mode === "sse") {
       // Streams: a Transform between upstream and client, chunk for chunk.
-      const capture = new UsageCapture(mode, hooks.captureResponseBytes)
+      // Generated text is kept (until the final usage arrives) so that a stream cut short can be charged.
+      const capture = new UsageCapture(mode, hooks.captureResponseBytes, GENERATION.test(ctx.path), f.stripUsage)
       f.capture = capture.reader
       capture.on("error", lost)
       source.pipe(capture).pipe(res)

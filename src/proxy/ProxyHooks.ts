@@ -78,6 +78,15 @@ export class ProxyRequestContext {
   /** ms from arrival until the response ended. */
   durationMs: number | undefined = undefined
   usage: Usage | undefined = undefined
+  /**
+   * What the answer cost (USD), from its usage and the model's price (src/spend); undefined when the answer reported
+   * no usage or its model has no price (`unpriced` then names the model).
+   */
+  costUsd: number | undefined = undefined
+  /** The model of an answer with usage that has no price. */
+  unpriced: string | undefined = undefined
+  /** LLM tokens the answer used (input, cached included, + output): what token budgets and TPM limits count. */
+  tokensUsed: number | undefined = undefined
   /** What the upstream's answer said about itself (model, id, finish reasons, first bytes), read with its usage. */
   answer: AnswerFacts | undefined = undefined
   /** Why the upstream call failed without an answer: `timeout`, or the client library's code (`ECONNREFUSED`, …). */

@@ -120,6 +120,16 @@ export const Answers = {
     answer(429, "Rate limit exceeded", "rate_limit_exceeded", `${scope} rate limit exceeded`, {
       headers: { "retry-after": String(retryAfterSeconds) }
     }),
+  /** A budget is used up: SDKs must not retry (`x-should-retry: false`); `which` names it. */
+  budgetExceeded: (which: string): LocalAnswer =>
+    answer(429, "Budget exceeded", "budget_exceeded", which, { type: QUOTA_TYPE, final: true }),
+  /** A model without a price, for a token or project with a USD budget (UNPRICED_MODELS=refuse). */
+  modelNotPriced: answer(
+    403,
+    "Model has no price",
+    "model_not_priced",
+    "this token or its project has a USD budget and the model has no price (PRICES_PATH)"
+  ),
   projectInactive: answer(403, "Project is inactive", "project_inactive"),
   serviceUnavailable: answer(503, "Service temporarily unavailable", "service_unavailable"),
   // A configuration problem: only the operator can fix it.

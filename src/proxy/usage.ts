@@ -12,6 +12,7 @@
  */
 import { StringDecoder } from "node:string_decoder"
 import { Transform, type TransformCallback } from "node:stream"
+import type { UsageDetail } from "../spend/cost.js"
 
 export interface Usage {
   readonly prompt_tokens: number
@@ -22,6 +23,25 @@ export interface Usage {
 /** JSON bodies larger than this are passed through without looking for usage. */
 export const JSON_USAGE_LIMIT = 1024 * 1024
 const MAX_SSE_LINE = 1024 * 1024
+/**
+ * Characters of a stream's `data:` lines kept until its final usage arrives, so that an answer cut short can be
+ * counted (beyond: estimated from their length). Bounded: thousands of streams may be open at once.
+ */
+export const MAX_STREAMED_TEXT = 256 * 1024
+
+const TEXT_KEYS = ['"content"', '"text"', '"arguments"', '"partial_json"', '"thinking"', '"refusal"', '"reasoning_content"', '"delta"']
+
+/** Index just past the JSON string starting at `s[i]` (a quote), or -1. */
+const stringEndIn = (s: string, i: number): number => {
+  for (let from = i + 1;;) {
+    const q = s.indexOf('"', from)
+    if (q === -1) return -1
+    let k = q - 1
+    while (s.charCodeAt(k) === 0x5c) k--
+    if ((q - 1 - k) % 2 === 0) return q + 1
+    from = q + 1
+  }
+}
 
 /** What an answer says about itself, read on the side with its usage (GenAI span attributes, metrics). */
 export interface AnswerFacts {
@@ -45,8 +65,15 @@ interface Partial {
   completion?: number
   cacheRead?: number
   cacheCreation?: number
+  /** Of `cacheCreation`, the tokens written for one hour (Anthropic `cache_creation.ephemeral_1h_input_tokens`). */
+  cacheCreation1h?: number
   /** Anthropic: `input_tokens` excludes the cached input tokens. */
   cacheApart?: boolean
+  /**
+   * The usage read is the answer's last word: a JSON answer's, OpenAI's usage chunk, Anthropic's `message_delta`,
+   * the Responses API's `response.completed`. Anthropic's `message_start` (input tokens, a first output token) is not.
+   */
+  final?: boolean
 }
 
 /** Facts read so far (ids and reasons are bounded: they come from the upstream). */
@@ -65,8 +92,11 @@ const num = (v: unknown): number | undefined => (typeof v === "number" && Number
 export const mergeUsage = (acc: Partial, doc: unknown): void => {
   if (typeof doc !== "object" || doc === null) return
   const d = doc as { usage?: unknown; message?: { usage?: unknown }; response?: { usage?: unknown } }
-  for (const u of [d.usage, d.message?.usage, d.response?.usage]) {
+  const places = [d.usage, d.message?.usage, d.response?.usage]
+  for (let i = 0; i < places.length; i++) {
+    const u = places[i]
     if (typeof u !== "object" || u === null) continue
+    if (i !== 1) acc.final = true
     const x = u as Record<string, unknown>
     const prompt = num(x.prompt_tokens) ?? num(x.input_tokens)
     const completion = num(x.completion_tokens) ?? num(x.output_tokens)
@@ -74,15 +104,24 @@ export const mergeUsage = (acc: Partial, doc: unknown): void => {
     if (completion !== undefined) acc.completion = completion
     // Cached input: OpenAI `prompt_tokens_details` / `input_tokens_details` (included in the prompt count);
     // Anthropic `cache_read_input_tokens` / `cache_creation_input_tokens` (not included in `input_tokens`).
-    const details = (x.prompt_tokens_details ?? x.input_tokens_details) as { cached_tokens?: unknown } | null | undefined
+    // From GPT-5.6 on OpenAI also reports the input tokens written to the cache (`cache_write_tokens`, included too).
+    const details = (x.prompt_tokens_details ?? x.input_tokens_details) as
+      | { cached_tokens?: unknown; cache_write_tokens?: unknown }
+      | null
+      | undefined
     const cached = typeof details === "object" && details !== null ? num(details.cached_tokens) : undefined
     if (cached !== undefined) acc.cacheRead = cached
+    const written = typeof details === "object" && details !== null ? num(details.cache_write_tokens) : undefined
+    if (written !== undefined) acc.cacheCreation = written
     const read = num(x.cache_read_input_tokens)
     const created = num(x.cache_creation_input_tokens)
     if (read !== undefined || created !== undefined) {
       acc.cacheApart = true
       if (read !== undefined) acc.cacheRead = read
       if (created !== undefined) acc.cacheCreation = created
+      const lifetimes = x.cache_creation as { ephemeral_1h_input_tokens?: unknown } | null | undefined
+      const hour = typeof lifetimes === "object" && lifetimes !== null ? num(lifetimes.ephemeral_1h_input_tokens) : undefined
+      if (hour !== undefined) acc.cacheCreation1h = hour
     }
   }
 }
@@ -243,10 +282,57 @@ export class UsageReader implements AnswerFacts {
   private readonly limit: number
   private line = ""
   private lineTooLong = false
+  /**
+   * What the stream generated so far (content, tool arguments, thinking), kept until its final usage arrives: an
+   * answer cut short is charged by counting it. Undefined when not collected or no longer needed.
+   */
+  private pieces: Array<string> | undefined
+  private textChars = 0
+  private textOverflow = 0
 
-  constructor(readonly mode: "json" | "sse" | "none", readonly captureLimit: number) {
+  /** `collectText`: SSE only, keep the generated text until the final usage is read (generation endpoints). */
+  constructor(readonly mode: "json" | "sse" | "none", readonly captureLimit: number, collectText = false) {
     this.decoder = mode === "sse" ? new StringDecoder("utf8") : undefined
     this.limit = mode === "json" ? Math.max(captureLimit, JSON_USAGE_LIMIT) : captureLimit
+    this.pieces = collectText && mode === "sse" ? [] : undefined
+  }
+
+  /** True once the answer's final usage was read (see `Partial.final`); a JSON answer's usage is always final. */
+  get usageFinal(): boolean {
+    return this.acc.final === true || (this.mode === "json" && this.usage !== undefined)
+  }
+
+  /** The usage read so far in the detail the cost needs (cache reads and writes); undefined when none was read. */
+  get detail(): UsageDetail | undefined {
+    const a = this.acc
+    if (a.prompt === undefined && a.completion === undefined) return undefined
+    return {
+      prompt: a.prompt ?? 0,
+      completion: a.completion ?? 0,
+      cacheRead: a.cacheRead ?? 0,
+      cacheWrite: a.cacheCreation ?? 0,
+      cacheWrite1h: a.cacheCreation1h ?? 0,
+      cacheApart: a.cacheApart === true
+    }
+  }
+
+  /**
+   * The text streamed so far, when it was collected and no final usage made it useless: `overflowChars` were
+   * generated past the bound of what is kept (MAX_STREAMED_TEXT) and not kept.
+   */
+  streamedText(): { readonly text: string; readonly overflowChars: number } | undefined {
+    if (this.pieces === undefined) return undefined
+    const texts: Array<string> = []
+    for (const line of this.pieces) UsageReader.textOf(line, texts)
+    const text = texts.join("")
+    // Lines not kept hold text in the proportion of those kept (JSON around it is most of a chunk).
+    const overflowChars = this.textOverflow === 0 ? 0 : Math.ceil(this.textOverflow * (text.length / Math.max(1, this.textChars)))
+    return { text, overflowChars }
+  }
+
+  /** An answer that ended early (the client went away, the upstream broke off): what was read so far is its usage. */
+  settle(): void {
+    this.usage ??= finishUsage(this.acc)
   }
 
   /** The first `captureLimit` bytes (JSON: up to JSON_USAGE_LIMIT when larger). */
@@ -347,6 +433,49 @@ export class UsageReader implements AnswerFacts {
     }
   }
 
+  /**
+   * The generated text of one event, found without parsing it: the string values of the keys that carry generated
+   * text in OpenAI chunks (`content`, `text`, `arguments`, `refusal`, `reasoning_content`), Anthropic's
+   * `content_block_delta` (`text`, `partial_json`, `thinking`) and the Responses API's `*.delta` events (`delta`).
+   * The Responses API's other events repeat the whole text (`*.done`) and are skipped. Run only for an answer cut
+   * short: while streaming, lines are only kept.
+   */
+  private static textOf(line: string, out: Array<string>): void {
+    if (line.includes('"response.') && !line.includes('.delta"')) return
+    for (const key of TEXT_KEYS) {
+      let from = 5
+      for (;;) {
+        const at = line.indexOf(key, from)
+        if (at === -1) break
+        from = at + key.length
+        const v = afterKey(line, key, at, line.length)
+        if (v === -1 || line.charCodeAt(v) !== 0x22) continue
+        const end = stringEndIn(line, v)
+        if (end === -1) break
+        from = end
+        const raw = line.slice(v + 1, end - 1)
+        let text = raw
+        if (raw.includes("\\")) {
+          try {
+            text = JSON.parse(line.slice(v, end)) as string
+          } catch {
+            continue
+          }
+        }
+        if (text !== "") out.push(text)
+      }
+    }
+  }
+
+  /** Keeps a `data:` line (up to MAX_STREAMED_TEXT characters; beyond, only its length). */
+  private keep(line: string): void {
+    if (this.textChars + line.length > MAX_STREAMED_TEXT) this.textOverflow += line.length
+    else {
+      this.textChars += line.length
+      this.pieces!.push(line)
+    }
+  }
+
   private onLine(raw: string): void {
     const line = raw.endsWith("\r") ? raw.slice(0, -1) : raw
     if (!line.startsWith("data:")) return
@@ -354,11 +483,14 @@ export class UsageReader implements AnswerFacts {
     // ends of choices (finish reasons) are kept as they are and parsed only if a span asks for them.
     const first = !this.sawData
     this.sawData = true
+    if (this.pieces !== undefined) this.keep(line)
     if (line.includes("_tokens")) {
       try {
         const doc: unknown = JSON.parse(line.slice(5))
         mergeUsage(this.acc, doc)
         mergeAnswer(this.facts, doc)
+        // The final usage is in: the text will not be counted.
+        if (this.acc.final === true) this.pieces = undefined
       } catch {
         // A malformed event: ignore it, keep streaming.
       }
@@ -369,13 +501,62 @@ export class UsageReader implements AnswerFacts {
   }
 }
 
-/** A Transform that passes every chunk through unchanged and feeds it to a UsageReader. */
+const USAGE_KEY = Buffer.from('"usage"')
+const NL = 0x0a
+
+/**
+ * Where the usage-only event of an OpenAI stream (`data: {…, "choices": [], "usage": {…}}` — what
+ * `stream_options.include_usage` adds) is in `out` (whole lines), as [start, end) including the blank line after it
+ * when that is in `out`; `blankPending` when the blank line is still to come. Undefined when `out` has none.
+ */
+export const usageEventIn = (
+  out: Buffer
+): { readonly start: number; readonly end: number; readonly blankPending: boolean } | undefined => {
+  for (let from = 0;;) {
+    const at = out.indexOf(USAGE_KEY, from)
+    if (at === -1) return undefined
+    from = at + USAGE_KEY.length
+    let i = from
+    while (out[i] === 0x20 || out[i] === 0x09) i++
+    if (out[i] !== 0x3a) continue
+    i++
+    while (out[i] === 0x20 || out[i] === 0x09) i++
+    if (out[i] !== 0x7b) continue // `"usage": null` on every other chunk
+    const start = out.lastIndexOf(NL, at) + 1
+    const lineEnd = out.indexOf(NL, at)
+    if (lineEnd === -1) return undefined
+    const text = out.toString("utf8", start, out[lineEnd - 1] === 0x0d ? lineEnd - 1 : lineEnd)
+    if (!text.startsWith("data:")) continue
+    let doc: { choices?: unknown; usage?: unknown } | null
+    try {
+      doc = JSON.parse(text.slice(5)) as typeof doc
+    } catch {
+      continue
+    }
+    // Only an event that carries nothing but usage can go: a chunk with content keeps its usage field.
+    if (doc === null || !Array.isArray(doc.choices) || doc.choices.length > 0 || typeof doc.usage !== "object") continue
+    let end = lineEnd + 1
+    if (out[end] === NL) end++
+    else if (out[end] === 0x0d && out[end + 1] === NL) end += 2
+    return { start, end, blankPending: end === out.length && end === lineEnd + 1 }
+  }
+}
+
+/**
+ * A Transform that passes every chunk through unchanged and feeds it to a UsageReader. With `stripUsage` (the proxy
+ * asked an OpenAI upstream for usage the client did not ask for) it removes the usage-only event from what the
+ * client gets and passes every other byte through as it came; it then holds back the bytes of an unfinished line
+ * until its end arrives (upstreams send whole events, so this is rarely anything).
+ */
 export class UsageCapture extends Transform {
   readonly reader: UsageReader
+  private held: Buffer | undefined = undefined
+  private dropBlank = false
+  private stripped = false
 
-  constructor(mode: "json" | "sse" | "none", captureLimit: number) {
+  constructor(mode: "json" | "sse" | "none", captureLimit: number, collectText = false, readonly stripUsage = false) {
     super()
-    this.reader = new UsageReader(mode, captureLimit)
+    this.reader = new UsageReader(mode, captureLimit, collectText)
   }
 
   get usage(): Usage | undefined {
@@ -393,11 +574,38 @@ export class UsageCapture extends Transform {
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     this.reader.observe(chunk)
-    callback(null, chunk)
+    if (!this.stripUsage || (this.stripped && !this.dropBlank && this.held === undefined)) return callback(null, chunk)
+    const buf = this.held === undefined ? chunk : Buffer.concat([this.held, chunk])
+    const last = buf.lastIndexOf(NL)
+    if (last === -1) {
+      this.held = buf
+      return callback()
+    }
+    this.held = last + 1 < buf.length ? Buffer.from(buf.subarray(last + 1)) : undefined
+    const out = this.withoutUsage(last + 1 === buf.length ? buf : buf.subarray(0, last + 1))
+    callback(null, out.length > 0 ? out : undefined)
   }
 
   override _flush(callback: TransformCallback): void {
     this.reader.finish()
-    callback()
+    const rest = this.held
+    this.held = undefined
+    callback(null, rest !== undefined && rest.length > 0 ? rest : undefined)
+  }
+
+  private withoutUsage(out: Buffer): Buffer {
+    if (this.dropBlank) {
+      this.dropBlank = false
+      if (out[0] === NL) out = out.subarray(1)
+      else if (out[0] === 0x0d && out[1] === NL) out = out.subarray(2)
+    }
+    if (this.stripped) return out
+    const found = usageEventIn(out)
+    if (found === undefined) return out
+    this.stripped = true
+    this.dropBlank = found.blankPending
+    if (found.start === 0) return out.subarray(found.end)
+    if (found.end === out.length) return out.subarray(0, found.start)
+    return Buffer.concat([out.subarray(0, found.start), out.subarray(found.end)])
   }
 }

@@ -6,6 +6,8 @@ import { SqlClient, SqlError, type Statement } from "@effect/sql"
 import { Deferred, Effect, Exit, Layer, Option, Queue, type Scope } from "effect"
 import { boundedCount, keysetPage } from "./keyset.js"
 import {
+  type BudgetPeriod,
+  type BudgetRow,
   type BulkRevoke,
   COUNT_CAP,
   type CreateTokenResult,
@@ -17,6 +19,7 @@ import {
   type QuotaResult,
   type RateLimitRow,
   type StoredKey,
+  type SpendRow,
   type TokenAuthRow,
   type TokenCount,
   type NewToken,
@@ -55,10 +58,61 @@ const strOrNull = (v: unknown): string | null => (v === null || v === undefined 
 /** What a JSON column stores for a value (null stays NULL). */
 const jsonText = (v: unknown): string | null => (v === null || v === undefined ? null : JSON.stringify(v))
 
-const rateLimit = (requests: unknown, windowSeconds: unknown): RateLimitRow | null => {
-  const r = numOrNull(requests)
-  const w = numOrNull(windowSeconds)
-  return r !== null && w !== null && r > 0 && w > 0 ? { requests: r, windowSeconds: w } : null
+const positiveOrNull = (v: unknown): number | null => {
+  const n = numOrNull(v)
+  return n !== null && n > 0 ? n : null
+}
+
+const rateLimit = (requests: unknown, windowSeconds: unknown, tokens?: unknown): RateLimitRow | null => {
+  const r = positiveOrNull(requests)
+  const t = positiveOrNull(tokens)
+  const w = positiveOrNull(windowSeconds)
+  return w !== null && (r !== null || t !== null) ? { requests: r, tokens: t, windowSeconds: w } : null
+}
+
+/** A limit as a read gives it back (absent counts are null). */
+const normalLimit = (l: RateLimitRow | null | undefined): RateLimitRow | null =>
+  l === null || l === undefined ? null : { requests: l.requests ?? null, tokens: l.tokens ?? null, windowSeconds: l.windowSeconds }
+
+const PERIODS: ReadonlyArray<BudgetPeriod> = ["total", "day", "month"]
+
+const budget = (r: Row, prefix = ""): BudgetRow => {
+  const period = String(r[`${prefix}budget_period`] ?? "total")
+  return {
+    maxCostUsd: positiveOrNull(r[`${prefix}max_cost_usd`]),
+    maxTokens: positiveOrNull(r[`${prefix}max_tokens`]),
+    period: (PERIODS as ReadonlyArray<string>).includes(period) ? (period as BudgetPeriod) : "total"
+  }
+}
+
+/** The spend columns (tokens_used / spent_usd and the day_* / month_* ones) of a row, optionally prefixed. */
+const spend = (r: Row, prefix = ""): SpendRow => ({
+  spentUsd: Number(r[`${prefix}spent_usd`] ?? 0),
+  tokensUsed: Number(r[`${prefix}tokens_used`] ?? 0),
+  dayStart: numOrNull(r[`${prefix}day_start`]),
+  dayCostUsd: Number(r[`${prefix}day_cost_usd`] ?? 0),
+  dayTokens: Number(r[`${prefix}day_tokens`] ?? 0),
+  monthStart: numOrNull(r[`${prefix}month_start`]),
+  monthCostUsd: Number(r[`${prefix}month_cost_usd`] ?? 0),
+  monthTokens: Number(r[`${prefix}month_tokens`] ?? 0)
+})
+
+const budgetColumns = (b: BudgetRow | undefined) => ({
+  max_cost_usd: b?.maxCostUsd ?? null,
+  max_tokens: b?.maxTokens ?? null,
+  budget_period: b?.period ?? "total"
+})
+
+const NO_BUDGET_ROW: BudgetRow = { maxCostUsd: null, maxTokens: null, period: "total" }
+const NOTHING_SPENT_ROW: SpendRow = {
+  spentUsd: 0,
+  tokensUsed: 0,
+  dayStart: null,
+  dayCostUsd: 0,
+  dayTokens: 0,
+  monthStart: null,
+  monthCostUsd: 0,
+  monthTokens: 0
 }
 
 /**
@@ -101,10 +155,12 @@ const toProject = (r: Row): ProjectRow => ({
   provider: String(r.provider),
   isActive: bool(r.is_active),
   deactivatedAt: isoOrNull(r.deactivated_at),
-  rateLimit: rateLimit(r.rate_limit_requests, r.rate_limit_window_seconds),
+  rateLimit: rateLimit(r.rate_limit_requests, r.rate_limit_window_seconds, r.rate_limit_tokens),
   allowedModels: models(r.allowed_models),
   maxTokenMinutes: numOrNull(r.max_token_minutes),
   maxTokenRequests: numOrNull(r.max_token_requests),
+  budget: budget(r),
+  spend: spend(r),
   createdAt: iso(r.created_at),
   updatedAt: iso(r.updated_at)
 })
@@ -119,10 +175,12 @@ const toToken = (r: Row): TokenRow => ({
   deactivatedAt: isoOrNull(r.deactivated_at),
   requestCount: num(r.request_count),
   maxRequests: numOrNull(r.max_requests),
-  rateLimit: rateLimit(r.rate_limit_requests, r.rate_limit_window_seconds),
+  rateLimit: rateLimit(r.rate_limit_requests, r.rate_limit_window_seconds, r.rate_limit_tokens),
   cacheHitCount: num(r.cache_hit_count),
   promptTokens: num(r.prompt_tokens),
   completionTokens: num(r.completion_tokens),
+  budget: budget(r),
+  spend: spend(r),
   createdAt: iso(r.created_at),
   lastUsedAt: isoOrNull(r.last_used_at),
   allowedModels: models(r.allowed_models),
@@ -149,16 +207,18 @@ const toTokenAuth = (r: Row): TokenAuthRow => ({
   expiresAt: isoOrNull(r.expires_at),
   isActive: bool(r.token_active),
   maxRequests: numOrNull(r.max_requests),
-  tokenRateLimit: rateLimit(r.token_rl_requests, r.token_rl_window),
+  tokenRateLimit: rateLimit(r.token_rl_requests, r.token_rl_window, r.token_rl_tokens),
   projectActive: bool(r.project_active),
   apiKeys: storedKeys(r.api_keys, r.api_key, r.api_key_hint, r.project_id),
   provider: String(r.provider),
-  projectRateLimit: rateLimit(r.project_rl_requests, r.project_rl_window),
+  projectRateLimit: rateLimit(r.project_rl_requests, r.project_rl_window, r.project_rl_tokens),
   tokenAllowedModels: models(r.token_models),
   projectAllowedModels: models(r.project_models),
   name: strOrNull(r.name),
   user: strOrNull(r.end_user),
-  metadata: jsonColumn(r.metadata, isStringRecord)
+  metadata: jsonColumn(r.metadata, isStringRecord),
+  tokenBudget: budget(r, "t_"),
+  projectBudget: budget(r, "p_")
 })
 
 const isUniqueViolation = (e: SqlError.SqlError): boolean => {
@@ -201,10 +261,12 @@ const newTokenRow = (t: NewToken): TokenRow => ({
   deactivatedAt: null,
   requestCount: 0,
   maxRequests: t.maxRequests,
-  rateLimit: t.rateLimit ?? null,
+  rateLimit: normalLimit(t.rateLimit),
   cacheHitCount: 0,
   promptTokens: 0,
   completionTokens: 0,
+  budget: t.budget ?? NO_BUDGET_ROW,
+  spend: NOTHING_SPENT_ROW,
   createdAt: t.now,
   lastUsedAt: null,
   allowedModels: t.allowedModels ?? null,
@@ -325,6 +387,8 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
       max_requests: t.maxRequests,
       rate_limit_requests: t.rateLimit?.requests ?? null,
       rate_limit_window_seconds: t.rateLimit?.windowSeconds ?? null,
+      rate_limit_tokens: t.rateLimit?.tokens ?? null,
+      ...budgetColumns(t.budget),
       created_at: t.now,
       allowed_models: jsonText(t.allowedModels),
       name: t.name ?? null,
@@ -338,10 +402,11 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
       Effect.gen(function*() {
         const c = tokenColumns(t)
         const inserted = yield* sql<Row>`INSERT INTO tokens (id, token_hash, token_hint, project_id, expires_at,
-            is_active, max_requests, rate_limit_requests, rate_limit_window_seconds, created_at, allowed_models, name,
-            end_user, metadata, project_key_id)
+            is_active, max_requests, rate_limit_requests, rate_limit_window_seconds, rate_limit_tokens, max_cost_usd,
+            max_tokens, budget_period, created_at, allowed_models, name, end_user, metadata, project_key_id)
           SELECT ${c.id}, ${c.token_hash}, ${c.token_hint}, ${c.project_id}, ${c.expires_at}, ${c.is_active},
-            ${c.max_requests}, ${c.rate_limit_requests}, ${c.rate_limit_window_seconds}, ${c.created_at},
+            ${c.max_requests}, ${c.rate_limit_requests}, ${c.rate_limit_window_seconds}, ${c.rate_limit_tokens},
+            ${c.max_cost_usd}, ${c.max_tokens}, ${c.budget_period}, ${c.created_at},
             ${c.allowed_models}, ${c.name}, ${c.end_user}, ${c.metadata}, ${c.project_key_id}
           FROM projects WHERE id = ${t.projectId} AND is_active = ${TRUE}
           RETURNING id`
@@ -432,6 +497,8 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
               allowed_models: jsonText(p.allowedModels),
               max_token_minutes: p.maxTokenMinutes ?? null,
               max_token_requests: p.maxTokenRequests ?? null,
+              rate_limit_tokens: p.rateLimit?.tokens ?? null,
+              ...budgetColumns(p.budget),
               created_at: p.now,
               updated_at: p.now
             })
@@ -446,10 +513,12 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
               provider: p.provider,
               isActive: true,
               deactivatedAt: null,
-              rateLimit: p.rateLimit ?? null,
+              rateLimit: normalLimit(p.rateLimit),
               allowedModels: p.allowedModels ?? null,
               maxTokenMinutes: p.maxTokenMinutes ?? null,
               maxTokenRequests: p.maxTokenRequests ?? null,
+              budget: p.budget ?? NO_BUDGET_ROW,
+              spend: NOTHING_SPENT_ROW,
               createdAt: p.now,
               updatedAt: p.now
             })
@@ -473,10 +542,15 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
                 apiKeyHint: patch.apiKeys?.[0]?.hint ?? was.apiKeyHint,
                 apiKeys: patch.apiKeys ?? was.apiKeys,
                 provider: patch.provider ?? was.provider,
-                rateLimit: patch.rateLimit === undefined ? was.rateLimit : patch.rateLimit,
+                rateLimit: patch.rateLimit === undefined ? was.rateLimit : normalLimit(patch.rateLimit),
                 allowedModels: patch.allowedModels === undefined ? was.allowedModels : patch.allowedModels,
                 maxTokenMinutes: patch.maxTokenMinutes === undefined ? was.maxTokenMinutes : patch.maxTokenMinutes,
                 maxTokenRequests: patch.maxTokenRequests === undefined ? was.maxTokenRequests : patch.maxTokenRequests,
+                budget: patch.budget === undefined ? was.budget : {
+                  maxCostUsd: patch.budget.maxCostUsd === undefined ? was.budget.maxCostUsd : patch.budget.maxCostUsd,
+                  maxTokens: patch.budget.maxTokens === undefined ? was.budget.maxTokens : patch.budget.maxTokens,
+                  period: patch.budget.period ?? was.budget.period
+                },
                 isActive,
                 deactivatedAt,
                 updatedAt: patch.now
@@ -491,6 +565,8 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
                   allowed_models: jsonText(next.allowedModels),
                   max_token_minutes: next.maxTokenMinutes,
                   max_token_requests: next.maxTokenRequests,
+                  rate_limit_tokens: next.rateLimit?.tokens ?? null,
+                  ...budgetColumns(next.budget),
                   is_active: b(next.isActive),
                   deactivated_at: next.deactivatedAt,
                   updated_at: next.updatedAt
@@ -593,13 +669,17 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
           ...(patch.rateLimit !== undefined
             ? [
               sql`rate_limit_requests = ${patch.rateLimit?.requests ?? null}`,
-              sql`rate_limit_window_seconds = ${patch.rateLimit?.windowSeconds ?? null}`
+              sql`rate_limit_window_seconds = ${patch.rateLimit?.windowSeconds ?? null}`,
+              sql`rate_limit_tokens = ${patch.rateLimit?.tokens ?? null}`
             ]
             : []),
           ...(patch.allowedModels !== undefined ? [sql`allowed_models = ${jsonText(patch.allowedModels)}`] : []),
           ...(patch.name !== undefined ? [sql`name = ${patch.name}`] : []),
           ...(patch.user !== undefined ? [sql`end_user = ${patch.user}`] : []),
-          ...(patch.metadata !== undefined ? [sql`metadata = ${jsonText(patch.metadata)}`] : [])
+          ...(patch.metadata !== undefined ? [sql`metadata = ${jsonText(patch.metadata)}`] : []),
+          ...(patch.budget?.maxCostUsd !== undefined ? [sql`max_cost_usd = ${patch.budget.maxCostUsd}`] : []),
+          ...(patch.budget?.maxTokens !== undefined ? [sql`max_tokens = ${patch.budget.maxTokens}`] : []),
+          ...(patch.budget?.period !== undefined ? [sql`budget_period = ${patch.budget.period}`] : [])
         ]
         return wrap(
           "updateToken",
@@ -628,8 +708,12 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
           Effect.map(
             sql<Row>`SELECT t.id AS token_id, t.project_id, t.expires_at, t.is_active AS token_active, t.max_requests,
                 t.rate_limit_requests AS token_rl_requests, t.rate_limit_window_seconds AS token_rl_window,
+                t.rate_limit_tokens AS token_rl_tokens, t.max_cost_usd AS t_max_cost_usd, t.max_tokens AS t_max_tokens,
+                t.budget_period AS t_budget_period,
                 p.is_active AS project_active, p.api_key, p.api_key_hint, p.api_keys, p.provider,
                 p.rate_limit_requests AS project_rl_requests, p.rate_limit_window_seconds AS project_rl_window,
+                p.rate_limit_tokens AS project_rl_tokens, p.max_cost_usd AS p_max_cost_usd, p.max_tokens AS p_max_tokens,
+                p.budget_period AS p_budget_period,
                 t.allowed_models AS token_models, p.allowed_models AS project_models, t.name, t.end_user, t.metadata
               FROM tokens t JOIN projects p ON p.id = t.project_id WHERE t.token_hash = ${hash}`,
             (rows) => Option.map(Option.fromNullable(rows[0]), toTokenAuth)
@@ -682,7 +766,8 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
           cache_hits: d.cacheHits,
           errors: d.errors,
           prompt_tokens: d.promptTokens,
-          completion_tokens: d.completionTokens
+          completion_tokens: d.completionTokens,
+          cost_usd: d.costUsd ?? 0
         }))
         if (rows.length === 0) return Effect.void
         return wrap(
@@ -694,7 +779,8 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
                 cache_hits = usage_hourly.cache_hits + excluded.cache_hits,
                 errors = usage_hourly.errors + excluded.errors,
                 prompt_tokens = usage_hourly.prompt_tokens + excluded.prompt_tokens,
-                completion_tokens = usage_hourly.completion_tokens + excluded.completion_tokens`
+                completion_tokens = usage_hourly.completion_tokens + excluded.completion_tokens,
+                cost_usd = usage_hourly.cost_usd + excluded.cost_usd`
           )
         )
       },
@@ -711,7 +797,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
           "usageSeries",
           Effect.map(
             sql<Row>`SELECT hour, SUM(requests) AS requests, SUM(cache_hits) AS cache_hits, SUM(errors) AS errors,
-                SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens
+                SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, SUM(cost_usd) AS cost_usd
               FROM usage_hourly WHERE ${sql.and(conditions)} GROUP BY hour ORDER BY hour`,
             (rows) =>
               rows.map((r): UsagePoint => ({
@@ -720,7 +806,8 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
                 cacheHits: num(r.cache_hits),
                 errors: num(r.errors),
                 promptTokens: num(r.prompt_tokens),
-                completionTokens: num(r.completion_tokens)
+                completionTokens: num(r.completion_tokens),
+                costUsd: Number(r.cost_usd ?? 0)
               }))
           )
         )
@@ -771,6 +858,46 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
           Effect.asVoid(
             sql`UPDATE project_keys SET last_used_at = ${now}
               WHERE id = ${id} AND (last_used_at IS NULL OR last_used_at < ${notBefore})`
+          )
+        ),
+
+      spendOf: (tokenId) =>
+        wrap(
+          "spendOf",
+          Effect.map(
+            sql<Row>`SELECT t.spent_usd AS t_spent_usd, t.tokens_used AS t_tokens_used, t.day_start AS t_day_start,
+                t.day_cost_usd AS t_day_cost_usd, t.day_tokens AS t_day_tokens, t.month_start AS t_month_start,
+                t.month_cost_usd AS t_month_cost_usd, t.month_tokens AS t_month_tokens,
+                p.spent_usd AS p_spent_usd, p.tokens_used AS p_tokens_used, p.day_start AS p_day_start,
+                p.day_cost_usd AS p_day_cost_usd, p.day_tokens AS p_day_tokens, p.month_start AS p_month_start,
+                p.month_cost_usd AS p_month_cost_usd, p.month_tokens AS p_month_tokens
+              FROM tokens t JOIN projects p ON p.id = t.project_id WHERE t.id = ${tokenId}`,
+            (rows) => Option.map(Option.fromNullable(rows[0]), (r) => ({ token: spend(r, "t_"), project: spend(r, "p_") }))
+          )
+        ),
+
+      addSpend: (deltas) =>
+        deltas.length === 0 ? Effect.void : wrap(
+          "addSpend",
+          sql.withTransaction(
+            Effect.forEach(deltas, (d) => {
+              const table = sql(d.scope === "token" ? "tokens" : "projects")
+              // A period that began after the stored one starts from this delta; a delta of a period older than
+              // the stored one (late) counts only in the totals.
+              return sql`UPDATE ${table} SET spent_usd = spent_usd + ${d.costUsd}, tokens_used = tokens_used + ${d.tokens},
+                  day_cost_usd = CASE WHEN day_start = ${d.dayStart} THEN day_cost_usd + ${d.costUsd}
+                    WHEN day_start IS NULL OR day_start < ${d.dayStart} THEN ${d.costUsd} ELSE day_cost_usd END,
+                  day_tokens = CASE WHEN day_start = ${d.dayStart} THEN day_tokens + ${d.tokens}
+                    WHEN day_start IS NULL OR day_start < ${d.dayStart} THEN ${d.tokens} ELSE day_tokens END,
+                  day_start = CASE WHEN day_start IS NULL OR day_start < ${d.dayStart} THEN ${d.dayStart} ELSE day_start END,
+                  month_cost_usd = CASE WHEN month_start = ${d.monthStart} THEN month_cost_usd + ${d.costUsd}
+                    WHEN month_start IS NULL OR month_start < ${d.monthStart} THEN ${d.costUsd} ELSE month_cost_usd END,
+                  month_tokens = CASE WHEN month_start = ${d.monthStart} THEN month_tokens + ${d.tokens}
+                    WHEN month_start IS NULL OR month_start < ${d.monthStart} THEN ${d.tokens} ELSE month_tokens END,
+                  month_start = CASE WHEN month_start IS NULL OR month_start < ${d.monthStart} THEN ${d.monthStart}
+                    ELSE month_start END
+                WHERE id = ${d.id}`
+            }, { discard: true })
           )
         )
     }

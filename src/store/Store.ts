@@ -27,8 +27,12 @@ export class DuplicateProjectName extends Schema.TaggedError<DuplicateProjectNam
   name: Schema.String
 }) {}
 
+/** A window rate limit: requests and/or LLM tokens per window (at least one of the two is set). */
 export interface RateLimitRow {
-  readonly requests: number
+  /** Requests per window; null = not limited by count. */
+  readonly requests: number | null
+  /** LLM tokens (input + output) per window; null or absent = not limited by tokens. */
+  readonly tokens?: number | null | undefined
   readonly windowSeconds: number
 }
 
@@ -44,6 +48,54 @@ export interface StoredKey {
   readonly weight: number
   /** null = the project's provider. */
   readonly provider: string | null
+}
+
+export type BudgetPeriod = "total" | "day" | "month"
+
+/** A token's or project's budget; both limits null = none. */
+export interface BudgetRow {
+  readonly maxCostUsd: number | null
+  /** Input + output tokens. */
+  readonly maxTokens: number | null
+  readonly period: BudgetPeriod
+}
+
+export const NO_BUDGET: BudgetRow = { maxCostUsd: null, maxTokens: null, period: "total" }
+
+/**
+ * What a token or project spent: over its whole life, and in the UTC day and month starting at `dayStart` /
+ * `monthStart` (epoch ms; null = never). A start older than the current period's means nothing spent in it yet.
+ */
+export interface SpendRow {
+  readonly spentUsd: number
+  readonly tokensUsed: number
+  readonly dayStart: number | null
+  readonly dayCostUsd: number
+  readonly dayTokens: number
+  readonly monthStart: number | null
+  readonly monthCostUsd: number
+  readonly monthTokens: number
+}
+
+export const NOTHING_SPENT: SpendRow = {
+  spentUsd: 0,
+  tokensUsed: 0,
+  dayStart: null,
+  dayCostUsd: 0,
+  dayTokens: 0,
+  monthStart: null,
+  monthCostUsd: 0,
+  monthTokens: 0
+}
+
+/** Spend to add to one token or project, for the UTC day and month that start at `dayStart` / `monthStart`. */
+export interface SpendDelta {
+  readonly scope: "token" | "project"
+  readonly id: string
+  readonly costUsd: number
+  readonly tokens: number
+  readonly dayStart: number
+  readonly monthStart: number
 }
 
 export interface ProjectRow {
@@ -65,6 +117,8 @@ export interface ProjectRow {
   readonly maxTokenMinutes: number | null
   /** The largest `max_requests` a project key may give a token; null = no bound. */
   readonly maxTokenRequests: number | null
+  readonly budget: BudgetRow
+  readonly spend: SpendRow
   readonly createdAt: string
   readonly updatedAt: string
 }
@@ -83,6 +137,8 @@ export interface TokenRow {
   readonly cacheHitCount: number
   readonly promptTokens: number
   readonly completionTokens: number
+  readonly budget: BudgetRow
+  readonly spend: SpendRow
   readonly createdAt: string
   readonly lastUsedAt: string | null
   /** Model names or globs a request may name; null = any (the project's scope applies as well). */
@@ -113,6 +169,7 @@ export interface NewProject {
   readonly allowedModels?: ReadonlyArray<string> | null
   readonly maxTokenMinutes?: number | null
   readonly maxTokenRequests?: number | null
+  readonly budget?: BudgetRow
   readonly now: string
 }
 
@@ -127,6 +184,8 @@ export interface ProjectPatch {
   readonly allowedModels?: ReadonlyArray<string> | null
   readonly maxTokenMinutes?: number | null
   readonly maxTokenRequests?: number | null
+  /** The fields given replace the current ones (null removes a limit). */
+  readonly budget?: BudgetPatch
   readonly isActive?: boolean
   /** Revoke every active token of the project in the same transaction. */
   readonly revokeTokens?: boolean
@@ -143,7 +202,15 @@ export interface NewToken extends TokenLabels {
   readonly rateLimit?: RateLimitRow | null
   /** The project key that mints it (absent: the management token). */
   readonly projectKeyId?: string | null
+  readonly budget?: BudgetRow
   readonly now: string
+}
+
+/** A budget change: each field given replaces the current one. */
+export interface BudgetPatch {
+  readonly maxCostUsd?: number | null
+  readonly maxTokens?: number | null
+  readonly period?: BudgetPeriod
 }
 
 /** What creating a token for a project came to: the token, or why the project refused it. */
@@ -159,6 +226,7 @@ export interface TokenPatch extends TokenLabels {
   readonly expiresAt?: string
   /** null removes the limit. */
   readonly rateLimit?: RateLimitRow | null
+  readonly budget?: BudgetPatch
   readonly now: string
 }
 
@@ -217,6 +285,8 @@ export interface TokenAuthRow {
   readonly name: string | null
   readonly user: string | null
   readonly metadata: Readonly<Record<string, string>> | null
+  readonly tokenBudget: BudgetRow
+  readonly projectBudget: BudgetRow
 }
 
 export type QuotaResult = "ok" | "exhausted" | "inactive" | "expired" | "project_inactive" | "not_found"
@@ -245,6 +315,8 @@ export interface HourlyUsage {
   readonly errors: number
   readonly promptTokens: number
   readonly completionTokens: number
+  /** USD; answers of models without a price count 0. */
+  readonly costUsd?: number
 }
 
 export interface UsageQuery {
@@ -266,6 +338,7 @@ export interface UsagePoint {
   readonly errors: number
   readonly promptTokens: number
   readonly completionTokens: number
+  readonly costUsd: number
 }
 
 export interface ProjectPageQuery {
@@ -376,6 +449,12 @@ export interface StoreShape {
   ) => Effect.Effect<Option.Option<ProjectKeyRow>, StoreError>
   /** Sets `last_used_at` to `now` unless it is already at or after `notBefore` (so one write a minute at most). */
   readonly touchProjectKey: (id: string, now: string, notBefore: string) => Effect.Effect<void, StoreError>
+  /** What a token and its project spent, read in one query (budgets); None when the token does not exist. */
+  readonly spendOf: (
+    tokenId: string
+  ) => Effect.Effect<Option.Option<{ readonly token: SpendRow; readonly project: SpendRow }>, StoreError>
+  /** Adds spend to tokens and projects, in one transaction, in the order given (older periods first). */
+  readonly addSpend: (deltas: ReadonlyArray<SpendDelta>) => Effect.Effect<void, StoreError>
 }
 
 export class Store extends Context.Tag("llm-proxy/Store")<Store, StoreShape>() {}

@@ -3,6 +3,11 @@
  * @effect/experimental RateLimiter. The store is chosen in src/Layers.ts: its in-memory store (one instance;
  * synchronous, so the check costs no await) or Redis (`RATE_LIMIT_BACKEND=redis`, limits shared by every instance;
  * the experimental package's Redis script on a client owned here, see `redisStore`).
+ *
+ * Token-per-minute limits (`rate_limit.tokens`) are windows of LLM tokens aligned to multiples of the window's
+ * length: a request is refused while its window's tokens are used up, and an answer's tokens are debited from the
+ * current window when its usage is known (`debitTokens`, never waiting). They live in the same store: a Map here, or
+ * Redis keys read with one MGET per request and increased with INCRBY.
  */
 import { RateLimiter } from "@effect/experimental"
 import { Context, Duration, Effect, Exit, Layer, Runtime } from "effect"
@@ -41,8 +46,91 @@ export interface RateLimitsShape {
     projectId: string,
     projectLimit: RateLimitRow | null
   ) => Verdict | Effect.Effect<Verdict>
+  /**
+   * Debits an answer's LLM tokens from the token-per-minute windows of the token and its project (those with
+   * `rate_limit.tokens`). Synchronous on the memory store; on Redis it sends the increments and returns. Never fails
+   * (a store failure is counted and logged like a check's).
+   */
+  readonly debitTokens: (
+    tokenId: string,
+    tokenLimit: RateLimitRow | null,
+    projectId: string,
+    projectLimit: RateLimitRow | null,
+    tokens: number
+  ) => void
   /** Checks that failed because the store did not answer, since start. */
   readonly storeFailures: () => number
+}
+
+/** Where token-per-minute windows are kept. */
+export interface TokenWindows {
+  /** Tokens used in the current window of each key (0 when it has none), synchronously or as an Effect. */
+  readonly used: (
+    keys: ReadonlyArray<string>,
+    windowIndexes: ReadonlyArray<number>
+  ) => ReadonlyArray<number> | Effect.Effect<ReadonlyArray<number>, { readonly message: string }>
+  /** Adds tokens to the current windows; `ttlMs` each window's key may live. */
+  readonly add: (
+    entries: ReadonlyArray<{ readonly key: string; readonly index: number; readonly tokens: number; readonly ttlMs: number }>
+  ) => void | Promise<void>
+}
+
+/** An in-memory TokenWindows: one entry per key, swept when its window ended. */
+export const memoryTokenWindows = () => {
+  const windows = new Map<string, { index: number; used: number; endsAt: number }>()
+  const windows_: TokenWindows = {
+    used: (keys, indexes) =>
+      keys.map((key, i) => {
+        const w = windows.get(key)
+        return w !== undefined && w.index === indexes[i] ? w.used : 0
+      }),
+    add: (entries) => {
+      for (const e of entries) {
+        const w = windows.get(e.key)
+        if (w !== undefined && w.index === e.index) w.used += e.tokens
+        else if (w === undefined || w.index < e.index) windows.set(e.key, { index: e.index, used: e.tokens, endsAt: 0 })
+      }
+    }
+  }
+  /** Drops windows older than the one containing `now` for their length (stored as `key|windowMs`). */
+  const sweep = (now: number): number => {
+    for (const [key, w] of windows) {
+      const windowMs = Number(key.slice(key.lastIndexOf("|") + 1))
+      if (!(windowMs > 0) || w.index < Math.floor(now / windowMs)) windows.delete(key)
+    }
+    return windows.size
+  }
+  return { windows: windows_, sweep, size: () => windows.size }
+}
+
+/** The window keys, indexes and Retry-After of a scope's token limit at `now`. */
+const tokenWindow = (scope: "token" | "project", id: string, l: RateLimitRow, now: number) => {
+  const windowMs = l.windowSeconds * 1000
+  const index = Math.floor(now / windowMs)
+  return {
+    scope,
+    key: `tpm:${scope}:${id}|${windowMs}`,
+    index,
+    limit: l.tokens!,
+    ttlMs: windowMs * 2,
+    retryAfterSeconds: Math.max(1, Math.ceil(((index + 1) * windowMs - now) / 1000))
+  }
+}
+
+const tokenLimited = (l: RateLimitRow | null): l is RateLimitRow => l !== null && l.tokens !== null && l.tokens !== undefined
+
+const windowsOf = (tokenId: string, tokenLimit: RateLimitRow | null, projectId: string, projectLimit: RateLimitRow | null, now: number) => [
+  ...(tokenLimited(tokenLimit) ? [tokenWindow("token", tokenId, tokenLimit, now)] : []),
+  ...(tokenLimited(projectLimit) ? [tokenWindow("project", projectId, projectLimit, now)] : [])
+]
+
+/** The first window (token before project) whose tokens are used up, as a verdict. */
+const tokensVerdict = (ws: ReturnType<typeof windowsOf>, used: ReadonlyArray<number>): Exceeded | undefined => {
+  for (let i = 0; i < ws.length; i++) {
+    const w = ws[i]!
+    if ((used[i] ?? 0) >= w.limit) return { scope: w.scope, retryAfterSeconds: w.retryAfterSeconds }
+  }
+  return undefined
 }
 
 export class RateLimits extends Context.Tag("llm-proxy/RateLimits")<RateLimits, RateLimitsShape>() {}
@@ -55,7 +143,7 @@ const consumeBoth = (
   projectId: string,
   projectLimit: RateLimitRow | null
 ) => {
-  const one = (scope: "token" | "project", key: string, l: RateLimitRow) =>
+  const one = (scope: "token" | "project", key: string, l: RateLimitRow & { readonly requests: number }) =>
     limiter.consume({ key, limit: l.requests, window: Duration.seconds(l.windowSeconds), algorithm: "fixed-window" }).pipe(
       Effect.as<Exceeded | undefined>(undefined),
       Effect.catchAll((e) =>
@@ -68,22 +156,29 @@ const consumeBoth = (
       )
     )
   return Effect.gen(function*(): Effect.fn.Return<Verdict> {
-    if (tokenLimit !== null) {
-      const t = yield* one("token", `token:${tokenId}`, tokenLimit)
+    if (tokenLimit !== null && tokenLimit.requests !== null) {
+      const t = yield* one("token", `token:${tokenId}`, { ...tokenLimit, requests: tokenLimit.requests })
       // A store failure on the token's limit: the project's is not asked (the answer would be the same).
       if (t !== undefined) return t
     }
-    if (projectLimit !== null) return yield* one("project", `project:${projectId}`, projectLimit)
+    if (projectLimit !== null && projectLimit.requests !== null) {
+      return yield* one("project", `project:${projectId}`, { ...projectLimit, requests: projectLimit.requests })
+    }
     return undefined
   })
 }
 
+const requestLimited = (l: RateLimitRow | null) => l !== null && l.requests !== null
+
 export type FailureMode = "open" | "closed"
 
-const make = (mode: "sync" | "async", failureMode: FailureMode) =>
+const make = (mode: "sync" | "async", failureMode: FailureMode, windows: TokenWindows) =>
   Effect.gen(function*() {
     const limiter = yield* RateLimiter.RateLimiter
-    const runSyncExit = Runtime.runSyncExit(yield* Effect.runtime<never>())
+    const clock = yield* Effect.clock
+    const runtime = yield* Effect.runtime<never>()
+    const runSyncExit = Runtime.runSyncExit(runtime)
+    const runFork = Runtime.runFork(runtime)
     let failures = 0
     let loggedAt = 0
     const onStoreFailure = (e: { readonly message: string }) =>
@@ -102,8 +197,22 @@ const make = (mode: "sync" | "async", failureMode: FailureMode) =>
           verdict
         )
       })
+    /** The token-per-minute verdict (before any request is counted: a request refused for tokens uses none). */
+    const tokensCheck = (ws: ReturnType<typeof windowsOf>): Verdict | Effect.Effect<Verdict> => {
+      if (ws.length === 0) return undefined
+      const used = windows.used(ws.map((w) => w.key), ws.map((w) => w.index))
+      if (!Effect.isEffect(used)) return tokensVerdict(ws, used as ReadonlyArray<number>)
+      return Effect.matchEffect(used, { onFailure: onStoreFailure, onSuccess: (u) => Effect.succeed(tokensVerdict(ws, u)) })
+    }
     const check: RateLimitsShape["check"] = (tokenId, tokenLimit, projectId, projectLimit) => {
-      const effect = consumeBoth(limiter, onStoreFailure, tokenId, tokenLimit, projectId, projectLimit)
+      const consume = requestLimited(tokenLimit) || requestLimited(projectLimit)
+        ? consumeBoth(limiter, onStoreFailure, tokenId, tokenLimit, projectId, projectLimit)
+        : Effect.succeed<Verdict>(undefined)
+      const effect = Effect.suspend(() => {
+        const t = tokensCheck(windowsOf(tokenId, tokenLimit, projectId, projectLimit, clock.unsafeCurrentTimeMillis()))
+        if (!Effect.isEffect(t)) return t === undefined ? consume : Effect.succeed(t)
+        return Effect.flatMap(t, (v) => (v === undefined ? consume : Effect.succeed(v)))
+      })
       return mode === "sync" ? effect : effect.pipe(
         // A slow or unreachable Redis must not hold requests: after 250 ms the failure mode applies.
         Effect.timeoutTo({
@@ -118,11 +227,22 @@ const make = (mode: "sync" | "async", failureMode: FailureMode) =>
       check,
       unsafeCheck: (tokenId, tokenLimit, projectId, projectLimit) => {
         if (tokenLimit === null && projectLimit === null) return undefined
-        const effect = check(tokenId, tokenLimit, projectId, projectLimit)
-        if (mode === "async") return effect
-        // The memory store answers synchronously, so the request goes on without waiting.
-        const exit = runSyncExit(effect)
+        if (mode === "async") return check(tokenId, tokenLimit, projectId, projectLimit)
+        // The memory store answers synchronously, so the request goes on without waiting; token windows are read
+        // without running an Effect.
+        const t = tokensCheck(windowsOf(tokenId, tokenLimit, projectId, projectLimit, clock.unsafeCurrentTimeMillis()))
+        if (t !== undefined) return t
+        if (!requestLimited(tokenLimit) && !requestLimited(projectLimit)) return undefined
+        const exit = runSyncExit(consumeBoth(limiter, onStoreFailure, tokenId, tokenLimit, projectId, projectLimit))
         return Exit.isSuccess(exit) ? exit.value : undefined
+      },
+      debitTokens: (tokenId, tokenLimit, projectId, projectLimit, tokens) => {
+        if (tokens <= 0 || (!tokenLimited(tokenLimit) && !tokenLimited(projectLimit))) return
+        const ws = windowsOf(tokenId, tokenLimit, projectId, projectLimit, clock.unsafeCurrentTimeMillis())
+        const done = windows.add(ws.map((w) => ({ key: w.key, index: w.index, tokens, ttlMs: w.ttlMs })))
+        if (done !== undefined) {
+          done.catch((e: Error) => runFork(Effect.asVoid(onStoreFailure({ message: `token window update failed: ${e.message}` }))))
+        }
       },
       storeFailures: () => failures
     }
@@ -179,7 +299,17 @@ const memoryStore = Layer.scoped(
   })
 ).pipe(Layer.provide(RateLimiter.layerStoreMemory))
 
-export const memory: Layer.Layer<RateLimits> = Layer.effect(RateLimits, make("sync", "open")).pipe(
+export const memory: Layer.Layer<RateLimits> = Layer.scoped(
+  RateLimits,
+  Effect.gen(function*() {
+    const { sweep, windows } = memoryTokenWindows()
+    yield* Effect.forkScoped(Effect.forever(Effect.zipRight(
+      Effect.sleep(Duration.millis(SWEEP_MS)),
+      Effect.clockWith((clock) => Effect.sync(() => sweep(clock.unsafeCurrentTimeMillis())))
+    )))
+    return yield* make("sync", "open", windows)
+  })
+).pipe(
   Layer.provide(RateLimiter.layer),
   Layer.provide(memoryStore)
 )
@@ -212,6 +342,44 @@ interface RedisWithFixedWindow extends Redis {
   fixedWindow(key: string, tokens: number, refillMillis: number, limit?: number): Promise<[number, number]>
 }
 
+/** Token windows on Redis: `<prefix><key>:<window index>`, read with one MGET, added to with INCRBY + PEXPIRE. */
+export const redisTokenWindows = (client: Redis, prefix: string): TokenWindows => ({
+  used: (keys, indexes) =>
+    Effect.tryPromise({
+      try: () => client.mget(...keys.map((k, i) => `${prefix}${k}:${indexes[i]}`)),
+      catch: (e) => ({ message: `Redis MGET failed: ${(e as Error).message}` })
+    }).pipe(Effect.map((values) => values.map((v) => (v === null ? 0 : Number(v) || 0)))),
+  add: (entries) => {
+    const pipeline = client.pipeline()
+    for (const e of entries) {
+      const key = `${prefix}${e.key}:${e.index}`
+      pipeline.incrby(key, Math.round(e.tokens))
+      pipeline.pexpire(key, e.ttlMs)
+    }
+    return pipeline.exec().then((results) => {
+      const failed = results?.find(([err]) => err !== null)
+      if (failed !== undefined) throw failed[0]
+    })
+  }
+})
+
+/** A Redis client that logs its first failure and keeps quiet until it is back. */
+const quietRedis = (url: string, what: string) =>
+  Effect.gen(function*() {
+    const client = yield* Effect.acquireRelease(
+      Effect.sync(() => new Redis(url, { maxRetriesPerRequest: 1 })),
+      (c) => Effect.sync(() => c.disconnect())
+    )
+    const runtime = yield* Effect.runtime<never>()
+    let down = false
+    client.on("error", (e: Error) => {
+      if (!down) Runtime.runFork(runtime)(Effect.logWarning(`${what} (Redis): ${e.message}`))
+      down = true
+    })
+    client.on("ready", () => void (down = false))
+    return client
+  })
+
 /** A RateLimiterStore on Redis (fixed window only, the algorithm RateLimits uses). */
 export const redisStore = (url: string, prefix: string): Layer.Layer<RateLimiter.RateLimiterStore> =>
   Layer.scoped(
@@ -241,7 +409,10 @@ export const redisStore = (url: string, prefix: string): Layer.Layer<RateLimiter
   )
 
 export const redis = (url: string, failureMode: FailureMode = "open", prefix = "llm-proxy:ratelimit:"): Layer.Layer<RateLimits> =>
-  Layer.effect(RateLimits, make("async", failureMode)).pipe(
+  Layer.scoped(
+    RateLimits,
+    Effect.flatMap(quietRedis(url, "token rate limits"), (client) => make("async", failureMode, redisTokenWindows(client, prefix)))
+  ).pipe(
     Layer.provide(RateLimiter.layer),
     Layer.provide(redisStore(url, prefix))
   )

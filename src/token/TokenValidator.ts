@@ -22,7 +22,7 @@ import { AppConfig } from "../config/AppConfig.js"
 import { KeyCipher } from "../crypto/KeyCipher.js"
 import { type ModelScope, modelScopeOf } from "../proxy/modelScope.js"
 import type { KeyState, RoutedKey } from "../proxy/keys.js"
-import { type RateLimitRow, Store, StoreError } from "../store/Store.js"
+import { type BudgetRow, type RateLimitRow, Store, StoreError } from "../store/Store.js"
 
 export interface TokenGrant {
   readonly tokenId: string
@@ -35,6 +35,9 @@ export interface TokenGrant {
   readonly tokenRateLimit: RateLimitRow | null
   readonly projectActive: boolean
   readonly projectRateLimit: RateLimitRow | null
+  /** Budgets of the token and its project (absent: none). */
+  readonly tokenBudget?: BudgetRow
+  readonly projectBudget?: BudgetRow
   readonly provider: string
   /**
    * The project's keys that decrypt, in their order (a key that does not is left out and logged; none at all is
@@ -219,6 +222,8 @@ export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(fun
         tokenRateLimit: r.tokenRateLimit,
         projectActive: r.projectActive,
         projectRateLimit: r.projectRateLimit,
+        tokenBudget: r.tokenBudget,
+        projectBudget: r.projectBudget,
         provider: r.provider,
         keys,
         models: modelScopeOf(r.projectAllowedModels, r.tokenAllowedModels),

@@ -6,10 +6,14 @@
  *
  * Updates that carry `rollup` also feed the per-hour usage rollups (table usage_hourly, read by the dashboard):
  * every answered request — limited, unlimited or cache hit — counts there, written by the same flush.
+ *
+ * Updates that carry `spend` (an answer's cost and LLM tokens, src/spend) add to what the token and its project spent
+ * (`spent_usd`, `tokens_used` and the UTC day's and month's counters budgets read), in the same flush.
  */
 import { Context, Duration, Effect, Layer, Schedule } from "effect"
 import { AppConfig } from "../config/AppConfig.js"
-import { type HourlyUsage, Store, type UsageDelta } from "../store/Store.js"
+import { deltaOf } from "../spend/periods.js"
+import { type HourlyUsage, type SpendDelta, Store, type UsageDelta } from "../store/Store.js"
 import { hourOf } from "../store/usage.js"
 
 export interface UsageUpdate {
@@ -20,8 +24,15 @@ export interface UsageUpdate {
   readonly cacheHit?: boolean
   /** ms since epoch of the use. */
   readonly at: number
-  /** The answered request, for the per-hour rollups. */
+  /** The answered request, for the per-hour rollups (and the project that `spend` is added to). */
   readonly rollup?: { readonly projectId: string; readonly status: number }
+  /** What the answer cost (USD; 0 for a model without a price) and its LLM tokens. */
+  readonly spend?: {
+    readonly costUsd: number
+    readonly tokens: number
+    /** Already charged to the token and project (budgets, src/spend/Budgets.ts): counted in the rollups only. */
+    readonly written?: boolean
+  }
 }
 
 export interface UsageRecorderShape {
@@ -54,6 +65,8 @@ export const make = Effect.gen(function*() {
   let hourly = new Map<string, Map<string, Mutable<HourlyUsage>>>()
   let hourlySize = 0
   let dropped = 0
+  // scope:id:day → spend to add (one entry per token and project and UTC day).
+  let spending = new Map<string, { -readonly [K in keyof SpendDelta]: SpendDelta[K] }>()
   let lastHourStart = -1
   let lastHourIso = ""
   let lastHourMap: Map<string, Mutable<HourlyUsage>> | undefined
@@ -93,6 +106,22 @@ export const make = Effect.gen(function*() {
     seen.errors += h.errors
     seen.promptTokens += h.promptTokens
     seen.completionTokens += h.completionTokens
+    seen.costUsd = (seen.costUsd ?? 0) + (h.costUsd ?? 0)
+  }
+
+  const addSpending = (d: SpendDelta) => {
+    const key = `${d.scope}:${d.id}:${d.dayStart}`
+    const seen = spending.get(key)
+    if (seen !== undefined) {
+      seen.costUsd += d.costUsd
+      seen.tokens += d.tokens
+      return
+    }
+    if (spending.size >= MAX_PENDING) {
+      dropped++
+      return
+    }
+    spending.set(key, { ...d })
   }
 
   const merge = (tokenId: string, requests: number, prompt: number, completion: number, cacheHits: number, at: number) => {
@@ -156,7 +185,22 @@ export const make = Effect.gen(function*() {
     )
   })
 
-  const flush = Effect.zipRight(flushTokens, flushHourly)
+  const flushSpend = Effect.suspend(() => {
+    if (spending.size === 0) return Effect.void
+    // Older days first: a period's counters restart with the first delta of a newer one.
+    const batch = [...spending.values()].sort((a, b) => a.dayStart - b.dayStart)
+    spending = new Map()
+    return store.addSpend(batch).pipe(
+      Effect.catchAll((e) =>
+        Effect.zipRight(
+          Effect.logWarning("spend not written; retrying with the next batch", e.message),
+          Effect.sync(() => batch.forEach(addSpending))
+        )
+      )
+    )
+  })
+
+  const flush = Effect.zipRight(Effect.zipRight(flushTokens, flushSpend), flushHourly)
 
   yield* Effect.forkScoped(
     Effect.repeat(flush, Schedule.spaced(Duration.millis(config.usageFlushIntervalMs)))
@@ -183,13 +227,18 @@ export const make = Effect.gen(function*() {
           cacheHits: u.cacheHit === true ? 1 : 0,
           errors: u.rollup.status >= 400 ? 1 : 0,
           promptTokens: u.promptTokens ?? 0,
-          completionTokens: u.completionTokens ?? 0
+          completionTokens: u.completionTokens ?? 0,
+          costUsd: u.spend?.costUsd ?? 0
         })
+      }
+      if (u.spend !== undefined && u.spend.written !== true && u.rollup !== undefined) {
+        addSpending(deltaOf("token", tokenId, u.spend.costUsd, u.spend.tokens, u.at))
+        addSpending(deltaOf("project", u.rollup.projectId, u.spend.costUsd, u.spend.tokens, u.at))
       }
     },
     flush,
     dropped: () => dropped,
-    pending: () => pending.size
+    pending: () => pending.size + spending.size
   }
   return service
 })

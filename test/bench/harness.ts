@@ -64,6 +64,9 @@ export interface LlmProxy {
   readonly token: string
   /** A token of a second project with three provider keys (`api_keys`): requests spread over them. */
   readonly threeKeysToken: string
+  readonly tokenId: string
+  /** A management API call (POST, or `method`) with the instance's management token; the JSON answer. */
+  readonly manage: (path: string, body: unknown, method?: string) => Promise<Record<string, unknown>>
   readonly stop: () => Promise<void>
 }
 
@@ -103,9 +106,9 @@ export const startLlmProxy = async (
   children.push(child)
   const url = `http://127.0.0.1:${port}`
   await waitFor(`${url}/live`)
-  const manage = async (path: string, body: unknown) => {
+  const manage = async (path: string, body: unknown, method = "POST") => {
     const r = await request(`${url}${path}`, {
-      method: "POST",
+      method: method as "POST",
       headers: { authorization: `Bearer ${managementToken}`, "content-type": "application/json" },
       body: JSON.stringify(body)
     })
@@ -125,6 +128,8 @@ export const startLlmProxy = async (
     pid: child.pid!,
     token: String(token["token"]),
     threeKeysToken: String(threeToken["token"]),
+    tokenId: String(token["id"]),
+    manage,
     stop: () =>
       new Promise<void>((resolve) => {
         child.once("exit", () => {

@@ -18,7 +18,8 @@
  *
  * Run: `npm run bench -- proxy` (needs `npm run build` first: it starts the built `bin/llm-proxy.js serve`).
  * Environment: BENCH_SECONDS (10) per saturation run, BENCH_CONNECTIONS (64), BENCH_STREAMS (8000), BENCH_LOG_LEVEL
- * (warn: no access log; info: the default configuration, one access-log line per request).
+ * (warn: no access log; info: the default configuration, one access-log line per request), BENCH_SPEND=1 (the token
+ * gets a USD budget, a token budget and a token-per-minute limit, none of them reached: what spend control costs).
  */
 import { readFileSync } from "node:fs"
 import { cpus } from "node:os"
@@ -161,6 +162,15 @@ const main = async () => {
   const raw = await startJsonPort(join(root, "test/bench/raw-proxy.mjs"), { UPSTREAM: upstream }, 1)
   // BENCH_LOG_LEVEL=info measures the default configuration (access log on); the default here is warn (off).
   const llm = await startLlmProxy(upstream, { LOG_LEVEL: process.env["BENCH_LOG_LEVEL"] ?? "warn" })
+  if (process.env["BENCH_SPEND"] === "1") {
+    await llm.manage(`/manage/tokens/${llm.tokenId}`, {
+      max_cost_usd: 1_000_000,
+      max_tokens: 1_000_000_000_000,
+      budget_period: "month",
+      rate_limit: { tokens: 1_000_000_000_000, window_seconds: 60 }
+    }, "PATCH")
+    console.log("BENCH_SPEND=1: the token has a USD budget, a token budget and a token-per-minute limit")
+  }
   await new Promise((r) => setTimeout(r, 3000))
   const idle = { raw: rssOf(raw.pid).rss, llm: rssOf(llm.pid).rss }
   const targets: Array<Target> = [

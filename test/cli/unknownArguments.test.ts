@@ -23,7 +23,7 @@ describe("unknown flags and subcommands", () => {
     expect(r.ok).toBe(false)
     expect(oneLine(r.err)).toBe(
       "llm-proxy: unknown option --bogus-flag for \"manage project create\" " +
-        "(its options: --manage-api-base-url, --management-token, --json, --name, --api-key, --provider, --allowed-model, --any-model, --max-token-minutes, --max-token-requests)"
+        "(its options: --manage-api-base-url, --management-token, --json, --name, --api-key, --provider, --allowed-model, --any-model, --max-token-minutes, --max-token-requests, --max-cost-usd, --max-tokens, --budget-period)"
     )
     expect(r.out).toBe("")
   })
@@ -50,7 +50,7 @@ describe("unknown flags and subcommands", () => {
       "llm-proxy: unknown command \"revok\" for \"manage token\" (did you mean revoke?)"
     )
     expect((await cli("frobnicate")).err).toBe(
-      "llm-proxy: unknown command \"frobnicate\" (one of: serve, server, dispatcher, manage, migrate, setup, chat, benchmark)"
+      "llm-proxy: unknown command \"frobnicate\" (one of: serve, server, dispatcher, manage, migrate, setup, chat, benchmark, prices)"
     )
   })
 
@@ -132,7 +132,7 @@ describe.skipIf(!existsSync(join(import.meta.dirname, "../../dist/cli/main.js"))
     expect(r.code).toBe(1)
     expect(r.stderr).toBe(
       "llm-proxy: unknown option --bogus-flag for \"manage project create\" " +
-        "(its options: --manage-api-base-url, --management-token, --json, --name, --api-key, --provider, --allowed-model, --any-model, --max-token-minutes, --max-token-requests)\n"
+        "(its options: --manage-api-base-url, --management-token, --json, --name, --api-key, --provider, --allowed-model, --any-model, --max-token-minutes, --max-token-requests, --max-cost-usd, --max-tokens, --budget-period)\n"
     )
     const go = await run(["manage", "project", "create", "--name", "n", "--openai-key", "sk-x", "--manage-api-base-url", "http://127.0.0.1:9", "--management-token", "t"])
     expect(go.code).toBe(1)

@@ -289,7 +289,8 @@ describe.skipIf(!hasChromium)(title, () => {
     await page.getByLabel("Also revoke all its tokens").waitFor()
     await screenshot(page, "project-edit")
     await page.getByRole("button", { name: "Save" }).click()
-    await h1("Acme chat").waitFor()
+    // The exact heading: "Edit Acme chat" would match a substring.
+    await h1(/^Acme chat$/).waitFor()
     expect((await api("GET", `/manage/projects/${projectId}`)).json.is_active).toBe(false)
     expect(await page.getByRole("button", { name: "Generate token (project inactive)" }).isDisabled()).toBe(true)
     await page.getByRole("button", { name: "Activate" }).click()
@@ -661,6 +662,43 @@ describe.skipIf(!hasChromium)(title, () => {
     await go("/admin/projects")
     await h1("Projects").waitFor()
     expect(pathname()).toBe("/admin/projects")
+  })
+
+  it("spend: a budget set on the token form, bars that fill as answers are charged, the spend chart", async () => {
+    const project = (await api("POST", "/manage/projects", { name: "spend-e2e", api_key: "sk-spend-e2e-0123456789abcdef" })).json
+    const created = (await api("POST", "/manage/tokens", { project_id: project.id, duration_minutes: 60 })).json
+    await go(`/admin/tokens/${created.id}/edit`)
+    await h1("Edit token").waitFor()
+    // gpt-4o-mini at the built-in $0.15 / $0.60 per million: 12 prompt + 5 completion tokens = $0.0000048 an answer.
+    await page.getByLabel("Budget (USD)").fill("0.000009")
+    await page.getByLabel("Budget period").selectOption("day")
+    await page.getByRole("button", { name: "Save" }).click()
+    await h1(/^Token sk-/).waitFor()
+    expect((await api("GET", `/manage/tokens/${created.id}`)).json).toMatchObject({ max_cost_usd: 0.000009, budget_period: "day" })
+    const statuses: Array<number> = []
+    for (let i = 0; i < 3; i++) {
+      const r = await fetch(`${server.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${created.token}`, "content-type": "application/json" },
+        body: JSON.stringify({ model: "gpt-4o-mini", messages: [{ role: "user", content: "Spend" }] })
+      })
+      statuses.push(r.status)
+      await r.arrayBuffer()
+      // A budgeted token's charge is written at once, in the background: let it land before the next request.
+      for (let k = 0; k < 50 && (await api("GET", `/manage/tokens/${created.id}`)).json.tokens_used < 17 * Math.min(i + 1, 2); k++) {
+        await page.waitForTimeout(20)
+      }
+    }
+    expect(statuses).toEqual([200, 200, 429])
+    await go(`/admin/tokens/${created.id}`)
+    await h1(/^Token sk-/).waitFor()
+    const bar = page.getByRole("progressbar", { name: "USD budget used" })
+    await bar.waitFor()
+    expect(await bar.getAttribute("value")).toBe("0.000009")
+    await page.getByText("$0.000010 of $0.000009 today (UTC) — used up: requests are refused").waitFor()
+    await page.getByText("$0.000010 · 34 tokens since creation").waitFor()
+    await go("/admin")
+    await page.getByRole("img", { name: /^Spend \(USD\), last 24 hours: \$0\.0000\d\d  ?in total/ }).first().waitFor()
   })
 
   it("logs out: the session ends on the server and protected pages redirect to login again", async () => {

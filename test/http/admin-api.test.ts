@@ -209,9 +209,9 @@ function adminSuite(backend: Backend) {
       const all = await api.get(`/manage/usage?project_id=${projectId}`)
       expect(all.status, all.text).toBe(200)
       expect(all.json.hours).toEqual([
-        { hour: hour0, requests: 10, cache_hits: 4, errors: 4, prompt_tokens: 100, completion_tokens: 10 }
+        { hour: hour0, requests: 10, cache_hits: 4, errors: 4, prompt_tokens: 100, completion_tokens: 10, cost_usd: 0 }
       ])
-      expect(all.json.totals).toEqual({ requests: 10, cache_hits: 4, errors: 4, prompt_tokens: 100, completion_tokens: 10 })
+      expect(all.json.totals).toEqual({ requests: 10, cache_hits: 4, errors: 4, prompt_tokens: 100, completion_tokens: 10, cost_usd: 0 })
       const a = await api.get(`/manage/usage?token_id=${tokenA}`)
       expect(a.json.totals.requests).toBe(6)
       const month = await api.get(`/manage/usage?token_id=${tokenA}&since=${new Date(now - 60 * 24 * HOUR).toISOString()}`)
@@ -283,7 +283,15 @@ function adminSuite(backend: Backend) {
         if (series.totals.requests === 4) break
         await new Promise((r) => setTimeout(r, 50))
       }
-      expect(series.totals).toEqual({ requests: 4, cache_hits: 0, errors: 1, prompt_tokens: 21, completion_tokens: 6 })
+      // gpt-4o-mini at the built-in $0.15 / $0.60 per million: 3 answers × (7 × 0.15 + 2 × 0.6) = 6.75 millionths.
+      expect(series.totals).toEqual({
+        requests: 4,
+        cache_hits: 0,
+        errors: 1,
+        prompt_tokens: 21,
+        completion_tokens: 6,
+        cost_usd: expect.closeTo(6.75e-6, 12)
+      })
       expect(series.hours).toHaveLength(1)
       expect((await manage.get(`/manage/usage?token_id=${limited.id}`)).json.totals.requests).toBe(2)
     })

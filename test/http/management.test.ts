@@ -216,6 +216,14 @@ function managementSuite(backend: Backend) {
         allowed_models: null,
         max_token_minutes: null,
         max_token_requests: null,
+        max_cost_usd: null,
+        max_tokens: null,
+        budget_period: "total",
+        spent_usd: 0,
+        tokens_used: 0,
+        period_spent_usd: 0,
+        period_tokens_used: 0,
+        period_ends_at: null,
         created_at: expect.stringMatching(ISO_RE),
         updated_at: expect.stringMatching(ISO_RE)
       })

@@ -19,7 +19,8 @@ const payloadOf = (group: string, endpoint: string): Schema.Schema<unknown, unkn
   return Option.getOrThrow(e.payloadSchema) as Schema.Schema<unknown, unknown, never>
 }
 
-const RATE_LIMIT = "rate_limit must be null or {\"requests\": 1..1000000000, \"window_seconds\": 1..31536000}"
+const RATE_LIMIT = "rate_limit must be null or {\"requests\": 1..1000000000, \"tokens\": 1..1000000000000, " +
+  "\"window_seconds\": 1..31536000} with requests, tokens or both"
 
 describe("payload Schemas are the validators", () => {
   let backend: BackendInstance
@@ -209,10 +210,11 @@ describe("payload Schemas are the validators", () => {
     })
     expect(s.UpdateProject).toMatchObject({ required: [], additionalProperties: false })
     expect(s.RateLimitSetting).toMatchObject({
-      required: ["requests", "window_seconds"],
+      required: ["window_seconds"],
       additionalProperties: false,
       properties: {
         requests: { type: "integer", minimum: 1, maximum: 1_000_000_000 },
+        tokens: { type: "integer", minimum: 1, maximum: 1_000_000_000_000 },
         window_seconds: { type: "integer", minimum: 1, maximum: 31_536_000 }
       }
     })

@@ -18,8 +18,11 @@ beforeAll(async () => {
 afterAll(() => stack.close())
 beforeEach(() => stack.mock.reset())
 
-/** Opens a streaming request and resolves with the response as soon as its headers arrive. */
-const open = (body: unknown = chatBody({ stream: true })) =>
+/**
+ * Opens a streaming request and resolves with the response as soon as its headers arrive. The client asks for usage
+ * (as the OpenAI SDKs do when told to): a client that does not gets the stream without its usage chunk (spend.test.ts).
+ */
+const open = (body: unknown = chatBody({ stream: true, stream_options: { include_usage: true } })) =>
   new Promise<{ res: IncomingMessage; destroy: () => void }>((resolve, reject) => {
     const u = new URL(stack.server.url)
     const text = JSON.stringify(body)

@@ -132,7 +132,7 @@ const suite = (dialect: Dialect) =>
         yield* pruneTokensOnce(30)
         expect(yield* store.getToken(ids.expiredLongAgo).pipe(Effect.map((o) => o._tag))).toBe("None")
         const series = yield* store.usageSeries({ since: hour, until: new Date().toISOString(), tokenId: ids.expiredLongAgo })
-        expect(series).toEqual([{ hour, requests: 7, cacheHits: 1, errors: 2, promptTokens: 100, completionTokens: 50 }])
+        expect(series).toEqual([{ hour, requests: 7, cacheHits: 1, errors: 2, promptTokens: 100, completionTokens: 50, costUsd: 0 }])
         const events = yield* sql<{ id: string }>`SELECT id FROM audit_events WHERE token_id = ${ids.expiredLongAgo}`
         expect(events.map((e) => e.id)).toEqual([auditId])
       }))

@@ -15,6 +15,8 @@ import {
   type NewProject,
   type StoredKey,
   type NewToken,
+  NO_BUDGET,
+  NOTHING_SPENT,
   Store,
   StoreError,
   type TokenRow
@@ -109,6 +111,8 @@ const storeSuite = (dialect: Dialect) =>
             allowedModels: null,
             maxTokenMinutes: null,
             maxTokenRequests: null,
+            budget: NO_BUDGET,
+            spend: NOTHING_SPENT,
             createdAt: NOW,
             updatedAt: NOW
           })
@@ -339,6 +343,8 @@ const storeSuite = (dialect: Dialect) =>
             requestCount: 0,
             maxRequests: 100,
             rateLimit: null,
+            budget: NO_BUDGET,
+            spend: NOTHING_SPENT,
             cacheHitCount: 0,
             promptTokens: 0,
             completionTokens: 0,

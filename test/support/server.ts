@@ -56,6 +56,7 @@ export const testConfig = (database: Database, overrides: Partial<AppConfigShape
   usageFlushIntervalMs: 200,
   rateLimitBackend: "in-memory",
   rateLimitFailureMode: "open",
+  pricesPath: Option.none(),
   invalidationBackend: "in-memory",
   enableMetrics: true,
   metricsToken: Option.none(),

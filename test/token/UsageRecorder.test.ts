@@ -30,16 +30,16 @@ describe("UsageRecorder rollups", () => {
       Effect.gen(function*() {
         const usage = yield* UsageRecorder
         const rollup = { projectId: "p1", status: 200 }
-        usage.record("t1", { request: true, promptTokens: 10, completionTokens: 2, at: T0 + 1, rollup })
-        usage.record("t1", { request: false, promptTokens: 5, completionTokens: 1, at: T0 + 2, rollup })
+        usage.record("t1", { request: true, promptTokens: 10, completionTokens: 2, spend: { costUsd: 0.5, tokens: 12 }, at: T0 + 1, rollup })
+        usage.record("t1", { request: false, promptTokens: 5, completionTokens: 1, spend: { costUsd: 0.25, tokens: 6 }, at: T0 + 2, rollup })
         usage.record("t1", { cacheHit: true, at: T0 + 3, rollup })
         usage.record("t1", { request: true, at: T0 + HOUR + 5, rollup: { projectId: "p1", status: 502 } })
         usage.record("t2", { request: true, at: T0 + 4, rollup })
         usage.record("t2", { request: true, at: T0 + 4 }) // no rollup: counters only
         yield* usage.flush
         expect(yield* series("t1")).toEqual([
-          { hour: new Date(T0).toISOString(), requests: 3, cacheHits: 1, errors: 0, promptTokens: 15, completionTokens: 3 },
-          { hour: new Date(T0 + HOUR).toISOString(), requests: 1, cacheHits: 0, errors: 1, promptTokens: 0, completionTokens: 0 }
+          { hour: new Date(T0).toISOString(), requests: 3, cacheHits: 1, errors: 0, promptTokens: 15, completionTokens: 3, costUsd: 0.75 },
+          { hour: new Date(T0 + HOUR).toISOString(), requests: 1, cacheHits: 0, errors: 1, promptTokens: 0, completionTokens: 0, costUsd: 0 }
         ])
         expect((yield* series("t2")).map((p) => p.requests)).toEqual([1])
         expect(usage.pending()).toBe(0)
@@ -58,7 +58,7 @@ describe("UsageRecorder rollups", () => {
         yield* sql`DROP TRIGGER refuse_usage`
         yield* usage.flush
         expect(yield* series("t3")).toEqual([
-          { hour: new Date(T0).toISOString(), requests: 2, cacheHits: 0, errors: 0, promptTokens: 2, completionTokens: 0 }
+          { hour: new Date(T0).toISOString(), requests: 2, cacheHits: 0, errors: 0, promptTokens: 2, completionTokens: 0, costUsd: 0 }
         ])
         yield* usage.flush
         expect((yield* series("t3"))[0]!.requests).toBe(2)

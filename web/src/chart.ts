@@ -33,7 +33,7 @@ export const dailyBuckets = (hours: ReadonlyArray<UsageHour>, count: number, now
     d.setDate(d.getDate() - (count - 1 - i))
     return d.getTime()
   })
-  const sums = starts.map((start) => ({ start, requests: 0, tokens: 0, cacheHits: 0 }))
+  const sums = starts.map((start) => ({ start, requests: 0, tokens: 0, cacheHits: 0, cost: 0 }))
   for (const p of hours) {
     const t = Date.parse(p.hour)
     for (let i = sums.length - 1; i >= 0; i--) {
@@ -41,6 +41,7 @@ export const dailyBuckets = (hours: ReadonlyArray<UsageHour>, count: number, now
         sums[i]!.requests += p.requests
         sums[i]!.tokens += p.prompt_tokens + p.completion_tokens
         sums[i]!.cacheHits += p.cache_hits
+        sums[i]!.cost += p.cost_usd
         break
       }
     }
@@ -48,20 +49,26 @@ export const dailyBuckets = (hours: ReadonlyArray<UsageHour>, count: number, now
   return sums
 }
 
-export const hourlyBars = (hours: ReadonlyArray<UsageHour>, metric: (p: UsageHour) => number, unit: string): Array<Bar> =>
+export const hourlyBars = (
+  hours: ReadonlyArray<UsageHour>,
+  metric: (p: UsageHour) => number,
+  unit: string,
+  format: (n: number) => string = formatNumber
+): Array<Bar> =>
   hourlyBuckets(hours, 24).map(({ start, point }) => {
     const value = point ? metric(point) : 0
-    return { label: formatHour(start), title: `${formatHour(start)}: ${formatNumber(value)} ${unit}`, value }
+    return { label: formatHour(start), title: `${formatHour(start)}: ${format(value)} ${unit}`.trimEnd(), value }
   })
 
 export const dailyBars = (
   hours: ReadonlyArray<UsageHour>,
-  metric: "requests" | "tokens",
-  unit: string
+  metric: "requests" | "tokens" | "cost",
+  unit: string,
+  format: (n: number) => string = formatNumber
 ): Array<Bar> =>
   dailyBuckets(hours, 30).map((d) => ({
     label: formatDay(d.start),
-    title: `${formatDay(d.start)}: ${formatNumber(d[metric])} ${unit}`,
+    title: `${formatDay(d.start)}: ${format(d[metric])} ${unit}`.trimEnd(),
     value: d[metric]
   }))
 
@@ -70,15 +77,22 @@ const H = 160
 const PAD_BOTTOM = 22
 const PAD_LEFT = 36
 
-export const barChart = (title: string, bars: ReadonlyArray<Bar>, unit: string): HTMLElement => {
-  const max = Math.max(1, ...bars.map((b) => b.value))
+export const barChart = (
+  title: string,
+  bars: ReadonlyArray<Bar>,
+  unit: string,
+  format: (n: number) => string = formatNumber,
+  /** The smallest top of the scale (1 for counts; amounts of money can be far smaller). */
+  floor = 1
+): HTMLElement => {
+  const max = Math.max(floor, ...bars.map((b) => b.value))
   const total = bars.reduce((s, b) => s + b.value, 0)
   const slot = (W - PAD_LEFT) / Math.max(1, bars.length)
   const plot = H - PAD_BOTTOM
   const labelEvery = Math.ceil(bars.length / 8)
   const children: Array<Child> = [
     svg("line", { x1: PAD_LEFT, y1: plot, x2: W, y2: plot, class: "axis" }),
-    svg("text", { x: PAD_LEFT - 6, y: 12, class: "tick", "text-anchor": "end" }, formatNumber(max)),
+    svg("text", { x: PAD_LEFT - 6, y: 12, class: "tick", "text-anchor": "end" }, format(max)),
     svg("text", { x: PAD_LEFT - 6, y: plot, class: "tick", "text-anchor": "end" }, "0")
   ]
   bars.forEach((b, i) => {
@@ -95,11 +109,11 @@ export const barChart = (title: string, bars: ReadonlyArray<Bar>, unit: string):
       children.push(svg("text", { x: (x + slot * 0.35).toFixed(1), y: H - 6, class: "tick", "text-anchor": "middle" }, b.label))
     }
   })
-  const summary = `${title}: ${formatNumber(total)} ${unit} in total, at most ${formatNumber(max)} per bar`
+  const summary = `${title}: ${format(total)} ${unit} in total, at most ${format(max)} per bar`.replace(/ {2,}/g, " ")
   return h(
     "figure",
     { class: "chart" },
-    h("figcaption", null, title, " ", h("span", { class: "muted" }, `(${formatNumber(total)} ${unit})`)),
+    h("figcaption", null, title, " ", h("span", { class: "muted" }, `(${format(total)} ${unit})`.replace(" )", ")"))),
     svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": summary, preserveAspectRatio: "none" }, children)
   )
 }

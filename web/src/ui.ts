@@ -182,14 +182,21 @@ const WINDOWS: ReadonlyArray<readonly [number, string]> = [
   [86400, "day"]
 ]
 
-export const rateLimitText = (r: { requests: number; window_seconds: number } | null | undefined) => {
+/** A window rate limit as the API shows it: a request count, an LLM-token count or both. */
+export type RateLimitValue = { readonly requests?: number | undefined; readonly tokens?: number | undefined; readonly window_seconds: number }
+
+export const rateLimitText = (r: RateLimitValue | null | undefined) => {
   if (!r) return "None"
   const unit = WINDOWS.find(([s]) => s === r.window_seconds)
-  return unit ? `${r.requests} requests per ${unit[1]}` : `${r.requests} requests per ${r.window_seconds} s`
+  const counts = [
+    r.requests !== undefined ? `${r.requests} requests` : undefined,
+    r.tokens !== undefined ? `${r.tokens} tokens` : undefined
+  ].filter((x) => x !== undefined).join(", ")
+  return unit ? `${counts} per ${unit[1]}` : `${counts} per ${r.window_seconds} s`
 }
 
 /** "N requests per [second|minute|hour|day]" inputs; blank = no limit. */
-export const rateLimitFields = (current: { requests: number; window_seconds: number } | null | undefined, hint: string) => {
+export const rateLimitFields = (current: RateLimitValue | null | undefined, hint: string) => {
   const requestsId = `rl-${Math.random().toString(36).slice(2)}`
   const requests = h("input", {
     id: requestsId,
@@ -199,7 +206,7 @@ export const rateLimitFields = (current: { requests: number; window_seconds: num
     step: 1,
     inputmode: "numeric",
     placeholder: "No limit",
-    value: current ? String(current.requests) : "",
+    value: current?.requests !== undefined ? String(current.requests) : "",
     "aria-describedby": `${requestsId}-hint`
   })
   const known = current ? WINDOWS.some(([s]) => s === current.window_seconds) : true
@@ -216,7 +223,12 @@ export const rateLimitFields = (current: { requests: number; window_seconds: num
     h("div", { class: "inline" }, requests, window),
     h("small", { id: `${requestsId}-hint`, class: "hint" }, hint)
   )
-  const value = (): { requests: number; window_seconds: number } | null =>
-    requests.value.trim() === "" ? null : { requests: Number(requests.value), window_seconds: Number(window.value) }
+  // A token-per-minute count set through the API is kept as it is (the form edits the request count only).
+  const value = (): RateLimitValue | null => {
+    const n = requests.value.trim() === "" ? undefined : Number(requests.value)
+    const tokens = current?.tokens
+    if (n === undefined && tokens === undefined) return null
+    return { ...(n !== undefined ? { requests: n } : {}), ...(tokens !== undefined ? { tokens } : {}), window_seconds: Number(window.value) }
+  }
   return { element, value }
 }

@@ -2,6 +2,7 @@ import type { Project, UsageHour } from "../../../src/domain/models.js"
 import { api } from "../api.js"
 import { barChart, dailyBars, hourlyBars } from "../chart.js"
 import { h } from "../dom.js"
+import { formatUsd } from "../spend.js"
 import { formatNumber, timeZone } from "../format.js"
 import { buttonLink, countText, type Ctx, pageHeader } from "../ui.js"
 
@@ -13,13 +14,14 @@ const card = (label: string, value: string, note?: string) =>
 const ratio = (hits: number, requests: number) => (requests === 0 ? "—" : `${((hits / requests) * 100).toFixed(1)} %`)
 
 const sum = (hours: ReadonlyArray<UsageHour>, since: number) => {
-  const t = { requests: 0, tokens: 0, cacheHits: 0, errors: 0 }
+  const t = { requests: 0, tokens: 0, cacheHits: 0, errors: 0, cost: 0 }
   for (const p of hours) {
     if (Date.parse(p.hour) < since) continue
     t.requests += p.requests
     t.tokens += p.prompt_tokens + p.completion_tokens
     t.cacheHits += p.cache_hits
     t.errors += p.errors
+    t.cost += p.cost_usd
   }
   return t
 }
@@ -40,7 +42,9 @@ export const usageCharts = async (scope: { project_id?: string; token_id?: strin
       barChart("Requests, last 24 hours", hourlyBars(series.hours, (p) => p.requests, "requests"), "requests"),
       barChart("Tokens used, last 24 hours", hourlyBars(series.hours, (p) => p.prompt_tokens + p.completion_tokens, "tokens"), "tokens"),
       barChart("Requests, last 30 days", dailyBars(series.hours, "requests", "requests"), "requests"),
-      barChart("Tokens used, last 30 days", dailyBars(series.hours, "tokens", "tokens"), "tokens")
+      barChart("Tokens used, last 30 days", dailyBars(series.hours, "tokens", "tokens"), "tokens"),
+      barChart("Spend (USD), last 24 hours", hourlyBars(series.hours, (p) => p.cost_usd, "", formatUsd), "", formatUsd, 1e-6),
+      barChart("Spend (USD), last 30 days", dailyBars(series.hours, "cost", "", formatUsd), "", formatUsd, 1e-6)
     )
   }
 }
@@ -64,6 +68,7 @@ export const dashboardPage = async (_ctx: Ctx) => {
       card("Active tokens", countText(counts.active), `${countText(counts.expired)} expired · ${countText(counts.revoked)} revoked`),
       card("Requests (24 h)", formatNumber(usage.day.requests), `${formatNumber(usage.month.requests)} in 30 days`),
       card("Tokens used (24 h)", formatNumber(usage.day.tokens), `${formatNumber(usage.month.tokens)} in 30 days`),
+      card("Spend (24 h)", formatUsd(usage.day.cost), `${formatUsd(usage.month.cost)} in 30 days`),
       card("Cache hit ratio (24 h)", ratio(usage.day.cacheHits, usage.day.requests), `${ratio(usage.month.cacheHits, usage.month.requests)} in 30 days`)
     ),
     h("section", { "aria-label": "Usage" }, h("h2", null, "Usage"), h("p", { class: "muted" }, `Times in ${timeZone}.`), usage.charts)

@@ -18,8 +18,10 @@ import {
   rateLimitText,
   submitting,
   table,
-  withQuery
+  withQuery,
+  type RateLimitValue
 } from "../ui.js"
+import { type BudgetValue, budgetFields, spendRows } from "../spend.js"
 import { usageCharts } from "./dashboard.js"
 
 const PAGE_SIZE = 20
@@ -74,7 +76,8 @@ const projectForm = (options: {
     provider: string
     isActive: boolean
     revokeTokens: boolean
-    rateLimit: { requests: number; window_seconds: number } | null
+    rateLimit: RateLimitValue | null
+    budget: BudgetValue
   }) => Promise<void>
 }) => {
   const p = options.project
@@ -89,6 +92,7 @@ const projectForm = (options: {
   const provider = h("input", { name: "provider", value: p?.provider ?? "", placeholder: "openai", autocomplete: "off" })
   const active = h("input", { name: "is_active", checked: p?.is_active ?? true })
   const rateLimit = rateLimitFields(p?.rate_limit, "For all the project's tokens together. Blank: none.")
+  const budget = budgetFields(p)
   const revoke = h("input", { name: "revoke_tokens" })
   const revokeField = checkbox("Also revoke all its tokens", revoke, "Revoked tokens stay revoked when the project is activated again.")
   const syncRevoke = () => {
@@ -110,7 +114,8 @@ const projectForm = (options: {
             provider: provider.value.trim(),
             isActive: active.checked,
             revokeTokens: revoke.checked,
-            rateLimit: rateLimit.value()
+            rateLimit: rateLimit.value(),
+            budget: budget.value()
           }))
       }
     },
@@ -122,6 +127,7 @@ const projectForm = (options: {
     ),
     field("Provider", provider, "A provider name from the server's configuration; blank means the default (openai)."),
     rateLimit.element,
+    budget.element,
     p ? [checkbox("Active", active, "Inactive projects refuse every proxy request and cannot get new tokens."), revokeField] : null,
     error,
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, options.submitLabel), buttonLink(p ? `/admin/projects/${p.id}` : "/admin/projects", "Cancel"))
@@ -140,7 +146,7 @@ export const projectNewPage = (ctx: Ctx) =>
       onSubmit: async (v) => {
         const created = await api((c) =>
           c.projects.create({
-            payload: { name: v.name, api_key: v.apiKey, ...(v.provider ? { provider: v.provider } : {}), rate_limit: v.rateLimit }
+            payload: { name: v.name, api_key: v.apiKey, ...(v.provider ? { provider: v.provider } : {}), rate_limit: v.rateLimit, ...v.budget }
           })
         )
         ctx.navigate(`/admin/projects/${created.id}`, { flash: `Project “${created.name}” created.` })
@@ -169,6 +175,7 @@ export const projectEditPage = async (ctx: Ctx) => {
               ...(v.provider !== "" && v.provider !== project.provider ? { provider: v.provider } : {}),
               is_active: v.isActive,
               rate_limit: v.rateLimit,
+              ...v.budget,
               ...(v.revokeTokens && !v.isActive ? { revoke_tokens: true } : {})
             }
           })
@@ -252,6 +259,7 @@ export const projectDetailPage = async (ctx: Ctx) => {
         ["Status", h("span", null, projectBadge(project.is_active), " ", project.is_active ? "The project and its tokens are active." : "The project is inactive: every API request with its tokens is refused.")],
         ["Provider", project.provider],
         ["Rate limit", rateLimitText(project.rate_limit)],
+        ...spendRows(project),
         ["API key", h("code", null, project.api_key)],
         ["Created", time(project.created_at)],
         ["Last updated", time(project.updated_at)],

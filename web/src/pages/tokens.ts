@@ -18,8 +18,10 @@ import {
   table,
   tokenBadge,
   tokenStatus,
-  withQuery
+  withQuery,
+  type RateLimitValue
 } from "../ui.js"
+import { budgetFields, spendRows } from "../spend.js"
 import { usageCharts } from "./dashboard.js"
 
 const listProjects = () => api((c) => c.projects.list({ urlParams: {} })) as Promise<ReadonlyArray<Project>>
@@ -152,7 +154,7 @@ const snippets = (token: string) => {
 const createdView = (
   created: TokenCreated,
   project: Project | undefined,
-  rateLimit: { requests: number; window_seconds: number } | null
+  rateLimit: RateLimitValue | null
 ) => {
   const tokenInput = h("input", { id: "new-token", readonly: true, value: created.token, class: "mono", "aria-describedby": "once-hint" })
   return h(
@@ -198,6 +200,7 @@ export const tokenNewPage = async (ctx: Ctx) => {
   )
   const maxRequests = h("input", { name: "max_requests", type: "number", min: 1, step: 1, inputmode: "numeric", placeholder: "Unlimited" })
   const rateLimit = rateLimitFields(null, "Blank: none. Above it the proxy answers 429 with Retry-After; a project limit applies as well.")
+  const budget = budgetFields(undefined)
   const error = h("div")
   const page = h("div")
   const form: HTMLFormElement = h(
@@ -215,7 +218,8 @@ export const tokenNewPage = async (ctx: Ctx) => {
                 project_id: projectSelect.value,
                 duration_minutes: Number(duration.value),
                 ...(limit !== "" ? { max_requests: Number(limit) } : {}),
-                rate_limit: limitValue
+                rate_limit: limitValue,
+                ...budget.value()
               }
             })
           )
@@ -229,6 +233,7 @@ export const tokenNewPage = async (ctx: Ctx) => {
     field("Valid for", duration),
     field("Request limit", maxRequests, "Blank: unlimited. The token is refused (429) once it has made this many requests."),
     rateLimit.element,
+    budget.element,
     error,
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Generate token"), buttonLink("/admin/tokens", "Cancel"))
   )
@@ -301,6 +306,7 @@ export const tokenDetailPage = async (ctx: Ctx) => {
         ["Rate limit", rateLimitText(token.rate_limit)],
         ["Cache hits", formatNumber(token.cache_hit_count)],
         ["Tokens used", `${formatNumber(token.prompt_tokens)} prompt + ${formatNumber(token.completion_tokens)} completion`],
+        ...spendRows(token),
         ["Expires", time(token.expires_at, "Never")],
         ["Created", time(token.created_at)],
         ["Last used", time(token.last_used_at, "Never")],
@@ -326,6 +332,7 @@ export const tokenEditPage = async (ctx: Ctx) => {
   })
   const expires = h("input", { name: "expires_at", type: "datetime-local", value: token.expires_at ? toLocalInput(token.expires_at) : "" })
   const rateLimit = rateLimitFields(token.rate_limit, "Blank: none.")
+  const budget = budgetFields(token)
   const error = h("div")
   const form: HTMLFormElement = h(
     "form",
@@ -345,6 +352,7 @@ export const tokenEditPage = async (ctx: Ctx) => {
                 is_active: active.checked,
                 max_requests: limit === "" ? null : Number(limit),
                 rate_limit: rateLimit.value(),
+                ...budget.value(),
                 ...(changedExpiry ? { expires_at: newExpiry } : {})
               }
             })
@@ -360,6 +368,7 @@ export const tokenEditPage = async (ctx: Ctx) => {
     checkbox("Active", active, "Unticking revokes the token; ticking reactivates it with its limits."),
     field("Request limit", maxRequests, "Blank: unlimited."),
     rateLimit.element,
+    budget.element,
     field("Expires (your local time)", expires),
     error,
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Save"), buttonLink(`/admin/tokens/${id}`, "Cancel"))
