@@ -67,12 +67,23 @@ export const make = Effect.gen(function*() {
    */
   const recent = new Map<string, Array<{ day: number; costUsd: number; tokens: number; seq: number; writtenAt: number }>>()
   let seq = 0
+  /** The charges of the write in flight (number seq + 1), per key and day: still in `pending` until it ends. */
+  let inflight = new Map<string, Map<number, { costUsd: number; tokens: number }>>()
 
   /** `s` as read when `readSeq` writes were done, plus what this instance charged since (written or not). */
   const withPending = (key: string, s: SpendRow, readSeq: number): SpendRow => {
     let out = s
     const mine = pending.get(key)
-    if (mine !== undefined) for (const [day, c] of mine) out = addSpent(out, c.costUsd, c.tokens, day)
+    if (mine !== undefined) {
+      // The write in flight is left out when the read is taken to have seen it (see `read`).
+      const seen = readSeq > seq ? inflight.get(key) : undefined
+      for (const [day, c] of mine) {
+        const f = seen?.get(day)
+        const cost = f === undefined ? c.costUsd : c.costUsd - f.costUsd
+        const tokens = f === undefined ? c.tokens : c.tokens - f.tokens
+        if (cost > 0 || tokens > 0) out = addSpent(out, cost, tokens, day)
+      }
+    }
     const done = recent.get(key)
     if (done !== undefined) {
       // Newest first, up to the read: summed per day before they are added (writes come every millisecond or so).
@@ -150,7 +161,11 @@ export const make = Effect.gen(function*() {
   const read = (tokenId: string, nowMs: number): Effect.Effect<Read, StoreError> => {
     const seen = reads.get(tokenId)
     if (seen !== undefined && nowMs - seen.at < READ_TTL_MS && nowMs >= seen.at) return Effect.succeed(seen)
-    const startSeq = seq
+    // A write in flight when the read begins is taken as seen by it (its number is seq + 1): on a database with a
+    // pool of connections it may commit first, and counting it again would refuse requests the budget admits. When
+    // it commits after the read instead, that one write's charges are missed by this read: the overshoot the
+    // header allows for charges "while it is being written".
+    const startSeq = seq + writing
     return Effect.map(store.spendOf(tokenId), (found) => {
       const spent = Option.getOrElse(found, () => ({ token: NOTHING_SPENT, project: NOTHING_SPENT }))
       if (reads.size >= 10_000) reads.clear()
@@ -195,6 +210,19 @@ export const make = Effect.gen(function*() {
     const batch = queued
     queued = []
     writing = 1
+    inflight = new Map()
+    for (const q of batch) {
+      for (const key of q.keys) {
+        let days = inflight.get(key)
+        if (days === undefined) inflight.set(key, days = new Map())
+        const sum = days.get(q.day)
+        if (sum === undefined) days.set(q.day, { costUsd: q.costUsd, tokens: q.tokens })
+        else {
+          sum.costUsd += q.costUsd
+          sum.tokens += q.tokens
+        }
+      }
+    }
     // Deltas of one token or project and day are summed: one UPDATE each.
     const merged = new Map<string, { -readonly [K in keyof SpendDelta]: SpendDelta[K] }>()
     for (const q of batch) {
@@ -216,6 +244,7 @@ export const make = Effect.gen(function*() {
         Effect.catchAll((e) => Effect.logError("spend of answers not written (budgets)", e.message)),
         Effect.ensuring(Effect.sync(() => {
           written(batch, ++seq, Date.now())
+          inflight = new Map()
           if (queued.length > 0) return writeQueued()
           writing = 0
           wake()

@@ -150,7 +150,7 @@ function labelsSuite(backend: Backend) {
     )
     const r = await api.get(`/manage/usage?user=${encodeURIComponent(user)}`)
     expect(r.status, r.text).toBe(200)
-    expect(r.json.totals).toEqual({ requests: 5, cache_hits: 0, errors: 0, prompt_tokens: 50, completion_tokens: 5 })
+    expect(r.json.totals).toEqual({ requests: 5, cost_usd: 0, cache_hits: 0, errors: 0, prompt_tokens: 50, completion_tokens: 5 })
     const none = await api.get(`/manage/usage?user=nobody-${crypto.randomUUID()}`)
     expect(none.json.totals.requests).toBe(0)
   })
