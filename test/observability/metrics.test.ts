@@ -55,7 +55,10 @@ describe("GET /metrics after known traffic", () => {
     // 1 × unknown token (rejected before any provider is known).
     expect((await call(url, CHAT, { token: "sk-" + "A".repeat(43), body: chatBody() })).status).toBe(401)
     // Quota: max_requests 1 → 200 then 429.
+    // (Their answers come 5 ms late: an answer within 1 ms has no measurable generation time, and is not observed.)
+    const usage93 = { id: "x", model: "gpt-4o-mini", choices: [], usage: { prompt_tokens: 9, completion_tokens: 3, total_tokens: 12 } }
     const q = await projectAndToken(manage, { max_requests: 1 })
+    mock.enqueue(json(usage93, { delayMs: 5 }))
     expect((await call(url, CHAT, { token: q.token, body: chatBody() })).status).toBe(200)
     expect((await call(url, CHAT, { token: q.token, body: chatBody() })).status).toBe(429)
     // Window rate limit on a token (set in the database before its first use): 200 then 429.
@@ -64,6 +67,7 @@ describe("GET /metrics after known traffic", () => {
     const db = new Database((backend.database as { path: string }).path)
     db.prepare("UPDATE tokens SET rate_limit_requests = 1, rate_limit_window_seconds = 3600 WHERE id = ?").run(r.tokenId)
     db.close()
+    mock.enqueue(json(usage93, { delayMs: 5 }))
     expect((await call(url, CHAT, { token: r.token, body: chatBody() })).status).toBe(200)
     expect((await call(url, CHAT, { token: r.token, body: chatBody() })).status).toBe(429)
     // Revoking a token invalidates the validator cache.
