@@ -67,23 +67,21 @@ export const make = Effect.gen(function*() {
    */
   const recent = new Map<string, Array<{ day: number; costUsd: number; tokens: number; seq: number; writtenAt: number }>>()
   let seq = 0
-  /** The charges of the write in flight (number seq + 1), per key and day: still in `pending` until it ends. */
-  let inflight = new Map<string, Map<number, { costUsd: number; tokens: number }>>()
+  /**
+   * Reads of what was spent and writes of charges never overlap on this instance (many reads at once, or one write):
+   * a read then knows exactly which writes it saw — those done before it began (`seq`) — so nothing this instance
+   * charged is counted twice or missed, whatever order the database runs concurrent statements in. A write waiting
+   * for reads to end holds back new reads (and a read waiting for a write, the next write), so neither starves.
+   */
+  let readers = 0
+  let writeWaiting = false
+  let readWaiters: Array<() => void> = []
 
   /** `s` as read when `readSeq` writes were done, plus what this instance charged since (written or not). */
   const withPending = (key: string, s: SpendRow, readSeq: number): SpendRow => {
     let out = s
     const mine = pending.get(key)
-    if (mine !== undefined) {
-      // The write in flight is left out when the read is taken to have seen it (see `read`).
-      const seen = readSeq > seq ? inflight.get(key) : undefined
-      for (const [day, c] of mine) {
-        const f = seen?.get(day)
-        const cost = f === undefined ? c.costUsd : c.costUsd - f.costUsd
-        const tokens = f === undefined ? c.tokens : c.tokens - f.tokens
-        if (cost > 0 || tokens > 0) out = addSpent(out, cost, tokens, day)
-      }
-    }
+    if (mine !== undefined) for (const [day, c] of mine) out = addSpent(out, c.costUsd, c.tokens, day)
     const done = recent.get(key)
     if (done !== undefined) {
       // Newest first, up to the read: summed per day before they are added (writes come every millisecond or so).
@@ -156,17 +154,33 @@ export const make = Effect.gen(function*() {
 
   // What a token and its project spent, as last read, for READ_TTL_MS: at a high rate of requests one query serves
   // many. What this instance charged since the read began is added to it (pending, or written since: `recent`).
+  /** Waits while a write is in flight or waiting, then counts this read (released with `endRead`). */
+  const startRead = Effect.async<void>((resume) => {
+    if (writing === 0 && !writeWaiting) {
+      readers++
+      return resume(Effect.void)
+    }
+    // Counted by the write that releases it.
+    readWaiters.push(() => resume(Effect.void))
+  })
+  const endRead = Effect.sync(() => {
+    if (--readers === 0 && writeWaiting) {
+      writeWaiting = false
+      writeQueued()
+    }
+  })
+
   type Read = { readonly at: number; readonly seq: number; readonly spent: { token: SpendRow; project: SpendRow } }
   const reads = new Map<string, Read>()
   const read = (tokenId: string, nowMs: number): Effect.Effect<Read, StoreError> => {
     const seen = reads.get(tokenId)
     if (seen !== undefined && nowMs - seen.at < READ_TTL_MS && nowMs >= seen.at) return Effect.succeed(seen)
-    // A write in flight when the read begins is taken as seen by it (its number is seq + 1): on a database with a
-    // pool of connections it may commit first, and counting it again would refuse requests the budget admits. When
-    // it commits after the read instead, that one write's charges are missed by this read: the overshoot the
-    // header allows for charges "while it is being written".
-    const startSeq = seq + writing
-    return Effect.map(store.spendOf(tokenId), (found) => {
+    let startSeq = 0
+    const query = Effect.suspend(() => {
+      startSeq = seq
+      return store.spendOf(tokenId)
+    })
+    return Effect.map(Effect.acquireUseRelease(startRead, () => query, () => endRead), (found) => {
       const spent = Option.getOrElse(found, () => ({ token: NOTHING_SPENT, project: NOTHING_SPENT }))
       if (reads.size >= 10_000) reads.clear()
       const r = { at: nowMs, seq: startSeq, spent }
@@ -210,19 +224,6 @@ export const make = Effect.gen(function*() {
     const batch = queued
     queued = []
     writing = 1
-    inflight = new Map()
-    for (const q of batch) {
-      for (const key of q.keys) {
-        let days = inflight.get(key)
-        if (days === undefined) inflight.set(key, days = new Map())
-        const sum = days.get(q.day)
-        if (sum === undefined) days.set(q.day, { costUsd: q.costUsd, tokens: q.tokens })
-        else {
-          sum.costUsd += q.costUsd
-          sum.tokens += q.tokens
-        }
-      }
-    }
     // Deltas of one token or project and day are summed: one UPDATE each.
     const merged = new Map<string, { -readonly [K in keyof SpendDelta]: SpendDelta[K] }>()
     for (const q of batch) {
@@ -244,9 +245,18 @@ export const make = Effect.gen(function*() {
         Effect.catchAll((e) => Effect.logError("spend of answers not written (budgets)", e.message)),
         Effect.ensuring(Effect.sync(() => {
           written(batch, ++seq, Date.now())
-          inflight = new Map()
-          if (queued.length > 0) return writeQueued()
           writing = 0
+          if (readWaiters.length > 0) {
+            // Reads held back by this write go first; the next write waits for them.
+            const waiters = readWaiters
+            readWaiters = []
+            readers += waiters.length
+            if (queued.length > 0) writeWaiting = true
+            for (const w of waiters) w()
+            if (!writeWaiting) wake()
+            return
+          }
+          if (queued.length > 0) return writeQueued()
           wake()
         }))
       )
@@ -259,11 +269,14 @@ export const make = Effect.gen(function*() {
     const token = deltaOf("token", tokenId, costUsd, tokens, atMs)
     for (const key of keys) pend(key, token.dayStart, costUsd, tokens)
     queued.push({ keys, day: token.dayStart, costUsd, tokens, deltas: [token, deltaOf("project", projectId, costUsd, tokens, atMs)] })
-    if (writing === 0) writeQueued()
+    if (writing === 0 && !writeWaiting) {
+      if (readers > 0) writeWaiting = true
+      else writeQueued()
+    }
   }
 
   const settled = Effect.async<void>((resume) => {
-    if (writing === 0) return resume(Effect.void)
+    if (writing === 0 && !writeWaiting) return resume(Effect.void)
     idle.push(() => resume(Effect.void))
   })
 

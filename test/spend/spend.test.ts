@@ -131,7 +131,12 @@ describe.each(backends)("spend on $name", (b) => {
       setTimeout(() => reject(new Error("no answer")), 5_000)
     })
     // 30 input tokens as reported; output: at least the 1 reported, or more as counted from the text streamed.
-    await eventually(async () => (await stack.manage.get(`/manage/tokens/${t.tokenId}`)).json.tokens_used >= 31)
+    // Usage counts (prompt_tokens, completion_tokens) are written in batches, spend at once: wait for both.
+    const charged = async () => {
+      const j = (await stack.manage.get(`/manage/tokens/${t.tokenId}`)).json
+      return j.prompt_tokens > 0 && j.tokens_used === j.prompt_tokens + j.completion_tokens
+    }
+    await eventually(charged)
     const token = (await stack.manage.get(`/manage/tokens/${t.tokenId}`)).json
     expect(token.prompt_tokens).toBe(30)
     expect(token.completion_tokens).toBeGreaterThanOrEqual(1)
@@ -198,7 +203,11 @@ describe.each(backends)("spend on $name", (b) => {
       req.end(body)
       setTimeout(() => reject(new Error("no answer")), 5_000)
     })
-    await eventually(async () => (await stack.manage.get(`/manage/tokens/${t.tokenId}`)).json.tokens_used > 0)
+    // Usage counts (prompt_tokens, completion_tokens) are written in batches, spend at once: wait for both.
+    await eventually(async () => {
+      const j = (await stack.manage.get(`/manage/tokens/${t.tokenId}`)).json
+      return j.prompt_tokens > 0 && j.tokens_used === j.prompt_tokens + j.completion_tokens
+    })
     const token = (await stack.manage.get(`/manage/tokens/${t.tokenId}`)).json
     // Not the 999 + 999 the upstream would have reported at the end: the stream never got there.
     expect(token.prompt_tokens).toBeGreaterThan(0)
