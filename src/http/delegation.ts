@@ -2,10 +2,7 @@
  * What a project key may give the tokens it mints or changes: never more than the project allows. Each bound is one
  * rule — the token field, the project's limit on it — checked in order on `POST /manage/tokens` and
  * `PATCH /manage/tokens/{id}` by a project key (the management token is not bound by them); the first one broken is
- * the 400. A new bound (a budget, say) is one more entry in DELEGATION_RULES:
- *
- *   { field: "max_cost_usd", projectField: "max_cost_usd", limit: (p) => p.maxCostUsd,
- *     requested: (t) => numberOrNull(t.payload["max_cost_usd"]) }
+ * the 400. A new bound is one more entry in DELEGATION_RULES (the budgets are two).
  *
  * A token field left out on creation is within any bound unless its rule says `defaultToLimit` (the token then gets
  * the project's limit); `null` (none / unlimited) passes unless the rule says `unlimitedExceeds` (a per-token quota:
@@ -62,6 +59,20 @@ export const DELEGATION_RULES: ReadonlyArray<DelegationRule> = [
     defaultToLimit: true,
     unlimitedExceeds: true,
     message: (limit) => `max_requests must be between 1 and ${limit} for a token a project key mints (the project's max_token_requests)`
+  },
+  // A token's own budget may be smaller than its project's, never larger (whatever the two periods: the project's
+  // budget applies to the token as well). A token without one is under the project's.
+  {
+    field: "max_cost_usd",
+    projectField: "max_cost_usd",
+    limit: (p) => p.budget.maxCostUsd,
+    requested: (t) => numberOrNull(t.payload["max_cost_usd"])
+  },
+  {
+    field: "max_tokens",
+    projectField: "max_tokens",
+    limit: (p) => p.budget.maxTokens,
+    requested: (t) => numberOrNull(t.payload["max_tokens"])
   }
 ]
 

@@ -272,6 +272,45 @@ function projectKeySuite(backend: Backend) {
     })
   })
 
+  it("a token a project key mints or changes cannot have a larger budget than its project's (400); a smaller one or none is fine", async () => {
+    const p = await api.post("/manage/projects", {
+      name: uniqueName("budgeted"),
+      api_key: providerKey(),
+      max_cost_usd: 10,
+      max_tokens: 100_000,
+      budget_period: "month"
+    })
+    expect(p.status, p.text).toBe(201)
+    const k = await api.post(`/manage/projects/${p.json.id}/keys`, { name: "budgeted backend" })
+    const bounded = new Client(server.url, k.json.key)
+    const tooRich = await bounded.post("/manage/tokens", { duration_minutes: 30, max_cost_usd: 10.01 })
+    expect({ status: tooRich.status, error: tooRich.json.error }).toEqual({
+      status: 400,
+      error: "max_cost_usd must be at most 10 for a token a project key mints (the project's max_cost_usd)"
+    })
+    const tooManyTokens = await bounded.post("/manage/tokens", { duration_minutes: 30, max_tokens: 100_001 })
+    expect({ status: tooManyTokens.status, error: tooManyTokens.json.error }).toEqual({
+      status: 400,
+      error: "max_tokens must be at most 100000 for a token a project key mints (the project's max_tokens)"
+    })
+    expect((await api.get(`/manage/tokens?project_id=${p.json.id}`)).json).toEqual([])
+
+    const ok = await bounded.post("/manage/tokens", { duration_minutes: 30, max_cost_usd: 2, max_tokens: 5_000, budget_period: "day" })
+    expect(ok.status, ok.text).toBe(201)
+    const none = await bounded.post("/manage/tokens", { duration_minutes: 30 })
+    expect(none.status, none.text).toBe(201)
+    const raised = await bounded.patch(`/manage/tokens/${ok.json.id}`, { max_cost_usd: 20 })
+    expect({ status: raised.status, error: raised.json.error }).toEqual({
+      status: 400,
+      error: "max_cost_usd must be at most 10 for a token a project key mints (the project's max_cost_usd)"
+    })
+    expect((await api.get(`/manage/tokens/${ok.json.id}`)).json).toMatchObject({ max_cost_usd: 2, max_tokens: 5_000 })
+    expect((await bounded.patch(`/manage/tokens/${ok.json.id}`, { max_cost_usd: 10 })).json.max_cost_usd).toBe(10)
+    // The management token is not bound by them.
+    const admin = await api.post("/manage/tokens", { project_id: p.json.id, duration_minutes: 30, max_cost_usd: 50 })
+    expect(admin.status, admin.text).toBe(201)
+  })
+
   it("a revoked key is refused at its next request, on this instance and on a second one of the same database", async () => {
     const k = await api.post(`/manage/projects/${projectId}/keys`, { name: "short-lived" })
     const here = new Client(server.url, k.json.key)
