@@ -5,7 +5,7 @@
  *              its headers, serve's RSS grows by less than 20 MB (nothing is buffered), every connection is closed
  *              by the server within a few seconds (lingering close), and the proxy keeps serving meanwhile
  *   whitelist  1 MB hostile `model` values against a `*gpt*` whitelist, from a token holder and from strangers:
- *              400 / 401, and `/live` answers within 50 ms throughout (no backtracking, no stalled event loop)
+ *              400 / 401, and `/live` answers within 100 ms throughout (no backtracking, no stalled event loop)
  *   events     a flood of anonymous requests (no token, garbage, unknown, revoked, inactive project) publishes no
  *              event; the token holder's request right after does; nothing of the strangers' bodies is written,
  *              and nothing they sent leaves a stack trace in the log
@@ -206,7 +206,7 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
     expect(mock.requests.filter((r) => r.headers["content-length"] === String(declared))).toEqual([])
   })
 
-  it("1 MB hostile model values against a `*gpt*` whitelist: 400 / 401, and /live answers within 50 ms throughout", async () => {
+  it("1 MB hostile model values against a `*gpt*` whitelist: 400 / 401, and /live answers within 100 ms throughout", async () => {
     const hostile = [
       JSON.stringify({ model: "gp".repeat(512 * 1024), messages: [] }),
       JSON.stringify({ model: "g" + "p".repeat(1024 * 1024) + "g", messages: [] }),
@@ -243,7 +243,8 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
     expect(new Set(statuses)).toEqual(new Set([400, 401]))
     expect(statuses.filter((s) => s === 400)).toHaveLength(6 * hostile.length)
     expect(lags.length).toBeGreaterThan(10)
-    expect(lags.at(-1)!).toBeLessThan(50)
+    // A backtracking pattern stalled the loop for seconds; 100 ms leaves room for a busy 2-core machine.
+    expect(lags.at(-1)!).toBeLessThan(100)
     expect(serve.output()).not.toMatch(/RangeError|Maximum call stack|\n\s+at /)
   })
 
