@@ -84,7 +84,7 @@ export const fileSink = (path: string) =>
   })
 
 /** The sinks for a configuration; `file` undefined = no file, `database` false = no rows. */
-export const sinksLayer = (options: { readonly file: string | undefined; readonly database: boolean }) =>
+export const layer = (options: { readonly file: string | undefined; readonly database: boolean }) =>
   Layer.scoped(
     AuditSinks,
     Effect.gen(function*() {

@@ -13,7 +13,7 @@ import { auditEventJson } from "./present.js"
 
 const notFound = new NotFound({ error: "audit event not found" })
 
-export const AuditLive = HttpApiBuilder.group(ManagementApi, "audit", (handlers) =>
+export const layer = HttpApiBuilder.group(ManagementApi, "audit", (handlers) =>
   Effect.gen(function*() {
     const repo = yield* AuditRepo
     const audit = yield* AuditLog

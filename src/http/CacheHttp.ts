@@ -24,7 +24,7 @@ const described = (body: unknown): Record<string, unknown> => {
   return out
 }
 
-export const CacheLive = HttpApiBuilder.group(ManagementApi, "cache", (handlers) =>
+export const layer = HttpApiBuilder.group(ManagementApi, "cache", (handlers) =>
   Effect.gen(function*() {
     const cache = yield* ResponseCache
     return handlers.handleRaw("purge", ({ request }) =>

@@ -40,7 +40,7 @@ const readCreateProjectKey = readPayload(CreateProjectKey)
 
 const keyNotFound = new NotFound({ error: "project key not found" })
 
-export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (handlers) =>
+export const layer = HttpApiBuilder.group(ManagementApi, "projects", (handlers) =>
   Effect.gen(function*() {
     const store = yield* Store
     const cipher = yield* KeyCipher

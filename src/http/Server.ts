@@ -96,7 +96,7 @@ const answerClientError = (e: NodeJS.ErrnoException, socket: Duplex) => {
   )
 }
 
-export const HttpServerLive = Layer.scoped(
+export const layer = Layer.scoped(
   ServerAddress,
   Effect.gen(function*() {
     const config = yield* AppConfig

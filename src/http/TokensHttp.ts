@@ -113,7 +113,7 @@ const delegated = (token: DelegatedToken, project: ProjectRow) => {
   return verdict._tag === "refused" ? Effect.fail(new BadRequest({ error: verdict.message })) : Effect.succeed(verdict.defaults)
 }
 
-export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handlers) =>
+export const layer = HttpApiBuilder.group(ManagementApi, "tokens", (handlers) =>
   Effect.gen(function*() {
     const store = yield* Store
     const validator = yield* TokenValidator

@@ -150,7 +150,7 @@ export const authorize = Effect.gen(function*() {
   return caller
 })
 
-export const ManagementAuthLive = Layer.effect(
+export const layer = Layer.effect(
   ManagementAuth,
   Effect.map(Effect.context<ManagementToken | AdminSessions | AuditLog | AuthThrottle | ProjectKeys>(), (context) =>
     ManagementAuth.of({

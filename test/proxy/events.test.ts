@@ -290,7 +290,7 @@ describe.skipIf(!redisUrl)("events from serve through Redis Streams", () => {
         keepAliveMs: 10_000,
         status: "off"
       }).pipe(Layer.provide(Layer.mergeAll(
-        RedisStreamsBus.sourceLayer({ url: Redacted.make(redisUrl!), streamKey, maxLen: 0, bufferSize: 1000, claimIdleMs: 30_000 }),
+        RedisStreamsBus.layerSource({ url: Redacted.make(redisUrl!), streamKey, maxLen: 0, bufferSize: 1000, claimIdleMs: 30_000 }),
         fileBackend(path),
         TokenCounter.layer
       )))
