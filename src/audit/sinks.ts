@@ -18,7 +18,7 @@ export const databaseSink = Effect.map(AuditRepo, (repo): AuditSink => ({
 }))
 
 /**
- * One JSON object per line, in the reference's file format: `result` is the outcome and `details` the
+ * One JSON object per line, in the file format of docs/audit.md ("The file"): `result` is the outcome and `details` the
  * action's facts as an object (the database stores them as the `metadata` text).
  */
 export const fileLine = (r: AuditRecord): string =>

@@ -1,5 +1,5 @@
 /**
- * AppConfig: every setting of CONTRACT §3 this build uses, read through effect `Config` so one provider chain
+ * AppConfig: every setting of docs/configuration.md, read through effect `Config` so one provider chain
  * (flags > environment > .env) feeds them all. A bad value fails start-up with one line naming the variable.
  */
 import { Config, ConfigError, Context, Either, Layer, Option, Redacted } from "effect"
@@ -59,7 +59,7 @@ export interface OtlpConfig {
 
 export type EventBusKind = "in-memory" | "redis-streams"
 
-/** Instrumentation events (CONTRACT §6, docs/events.md). */
+/** Instrumentation events (docs/events.md). */
 export interface EventsConfig {
   readonly bus: EventBusKind
   /** OBSERVABILITY_ENABLED: false = the proxy publishes no events */
@@ -77,7 +77,7 @@ export interface EventsConfig {
   readonly fileEventLog: Option.Option<string>
 }
 
-/** The response cache (reference-system.md §6, CONTRACT §3). */
+/** The response cache (docs/cache.md). */
 export interface CacheConfig {
   readonly enabled: boolean
   readonly backend: "in-memory" | "redis"
@@ -116,7 +116,7 @@ export interface AppConfigShape {
   readonly audit: AuditConfig
   /** IPs/CIDRs whose X-Forwarded-For is believed (audit client IPs). */
   readonly trustedProxies: ReadonlyArray<string>
-  /** Providers YAML (reference §5.1); none = the built-in `openai` provider at `openaiApiUrl`. */
+  /** Providers YAML (docs/proxy.md "Providers"); none = the built-in `openai` provider at `openaiApiUrl`. */
   readonly apiConfigPath: Option.Option<string>
   readonly openaiApiUrl: string
   /** Largest proxy request body, bytes (413 above). */

@@ -46,7 +46,8 @@ export class ManagementApp extends Context.Tag("llm-proxy/ManagementApp")<Manage
 
 /**
  * The platform answers input its schemas reject (e.g. a query parameter given twice) with its own
- * `{"_tag":"HttpApiDecodeError","issues":…}` body; CONTRACT §4 wants `{"error": "..."}` for every error.
+ * `{"_tag":"HttpApiDecodeError","issues":…}` body; every management error is `{"error": "..."}`
+ * (docs/management-api.md).
  */
 const decodeErrorsAsBadRequest = HttpApiBuilder.middleware(ManagementApi, (app) =>
   Effect.catchIf(
@@ -164,7 +165,7 @@ export const makeApp = Effect.gen(function*() {
         if (refused !== undefined) return refused
       }
       // The router ignores a trailing slash and collapses `//`; `/manage/projects/` is an empty id, not the list
-      // (reference §2.3), and `/manage/projects/<id>//tokens/revoke` is not the revoke endpoint.
+      // (docs/behaviour.md #13), and `/manage/projects/<id>//tokens/revoke` is not the revoke endpoint.
       if (path.endsWith("/") || path.includes("//")) return yield* fallback
       // Swagger UI, loaded on first use (src/http/swaggerDocs.ts), with the same security headers as /admin and a
       // policy that admits its own inline code only.

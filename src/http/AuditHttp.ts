@@ -1,4 +1,4 @@
-/** Handlers of the `audit` group (reference-system.md §2.5 with its gaps closed). */
+/** Handlers of the `audit` group (docs/audit.md "Reading the log", docs/management-api.md "Audit"). */
 import { HttpApiBuilder } from "@effect/platform"
 import { Effect, Either, Option } from "effect"
 import { ManagementApi } from "../api/ManagementApi.js"

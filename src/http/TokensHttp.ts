@@ -1,5 +1,5 @@
 /**
- * Handlers of the `tokens` group (reference-system.md §2.4 with the CONTRACT §4 changes). A project key may call every
+ * Handlers of the `tokens` group (docs/management-api.md "Tokens"). A project key may call every
  * one of them for its own project's tokens (callers.ts), within the project's bounds on what it mints
  * (delegation.ts).
  */
@@ -255,7 +255,8 @@ export const layer = HttpApiBuilder.group(ManagementApi, "tokens", (handlers) =>
             const id = yield* tokenId(path.id)
             note.tokenId = id
             const body = yield* readJson(request)
-            // Existence is checked before the fields, as the reference does.
+            // Existence is checked before the fields: an unknown id is 404 even with an empty body
+            // (docs/behaviour.md #32).
             const current = yield* orNotFound(yield* store.getToken(id))
             note.projectId = current.projectId
             const who = yield* caller
