@@ -11,8 +11,8 @@ import * as ResponseCache from "./cache/ResponseCache.js"
 import * as AuditLog from "./audit/AuditLog.js"
 import * as AuditRepo from "./audit/AuditRepo.js"
 import { makeTrustedProxies } from "./audit/clientIp.js"
-import { retentionLayer } from "./audit/retention.js"
-import { sinksLayer } from "./audit/sinks.js"
+import * as AuditRetention from "./audit/retention.js"
+import * as AuditSinks from "./audit/sinks.js"
 import { AppConfig, type AppConfigShape, type Database, type DispatcherConfig } from "./config/AppConfig.js"
 import { resolveManagementToken } from "./config/managementToken.js"
 import { Providers } from "./config/Providers.js"
@@ -30,16 +30,16 @@ import * as TokenValidator from "./token/TokenValidator.js"
 import { layerPostgres as postgresInvalidation } from "./token/PostgresInvalidation.js"
 import * as UsageRecorder from "./token/UsageRecorder.js"
 import { KeyCipher } from "./crypto/KeyCipher.js"
-import { AdminAssetsLive } from "./http/AdminUi.js"
-import { ManagementAppLive } from "./http/App.js"
+import * as AdminUi from "./http/AdminUi.js"
+import * as ManagementApp from "./http/App.js"
 import { ManagementToken } from "./http/auth.js"
 import * as AuthThrottle from "./http/authThrottle.js"
-import { HttpServerLive, ServerAddress } from "./http/Server.js"
-import { AdminSessionsLive } from "./http/session.js"
+import * as HttpServer from "./http/Server.js"
+import * as AdminSessions from "./http/session.js"
 import { postgresStore, sqliteStore } from "./store/layers.js"
 import * as AdminSessionStore from "./store/sessions.js"
 import { migrateUp } from "./store/migrations.js"
-import { tokenRetentionLayer } from "./store/retention.js"
+import * as TokenRetention from "./store/retention.js"
 import { Store } from "./store/Store.js"
 import * as Health from "./observability/Health.js"
 import * as Metrics from "./observability/Metrics.js"
@@ -78,7 +78,7 @@ export const migratedDatabaseLayer = (db: Database) =>
 /** The response cache: off, in-memory (bounded LRU) or Redis, from HTTP_CACHE_ENABLED / HTTP_CACHE_BACKEND. */
 export const responseCacheLayer = (config: Pick<AppConfigShape, "cache" | "redisUrl">) =>
   !config.cache.enabled
-    ? ResponseCache.disabled(config.cache)
+    ? ResponseCache.layerDisabled(config.cache)
     : config.cache.backend === "redis"
     ? RedisCache.layer(config.cache, { url: config.redisUrl })
     : MemoryCache.layer(config.cache)
@@ -89,15 +89,15 @@ export const responseCacheLayer = (config: Pick<AppConfigShape, "cache" | "redis
 export const auditLayer = (config: Pick<AppConfigShape, "audit" | "database">) => {
   const { audit } = config
   const log = audit.enabled
-    ? AuditLog.layer.pipe(Layer.provide(sinksLayer({ file: Option.getOrUndefined(audit.file), database: audit.storeInDb })))
-    : AuditLog.disabled(audit.storeInDb)
-  const retention = audit.retentionDays > 0 ? retentionLayer({ days: audit.retentionDays }) : Layer.empty
+    ? AuditLog.layer.pipe(Layer.provide(AuditSinks.layer({ file: Option.getOrUndefined(audit.file), database: audit.storeInDb })))
+    : AuditLog.layerDisabled(audit.storeInDb)
+  const retention = audit.retentionDays > 0 ? AuditRetention.layer({ days: audit.retentionDays }) : Layer.empty
   return Layer.merge(log, retention).pipe(Layer.provideMerge(AuditRepo.layer(dialectOf(config.database))))
 }
 
 /** Token retention when TOKEN_RETENTION_DAYS > 0 (src/store/retention.ts). */
-export const tokenRetentionFor = (config: Pick<AppConfigShape, "tokenRetentionDays">) =>
-  config.tokenRetentionDays > 0 ? tokenRetentionLayer({ days: config.tokenRetentionDays }) : Layer.empty
+export const tokenRetentionLayer = (config: Pick<AppConfigShape, "tokenRetentionDays">) =>
+  config.tokenRetentionDays > 0 ? TokenRetention.layer({ days: config.tokenRetentionDays }) : Layer.empty
 
 // Module-level instances: the logger set is keyed by identity, so providing the layer twice cannot double lines.
 const jsonLogger = Logger.withConsoleLog(Logger.jsonLogger)
@@ -183,7 +183,7 @@ export const dispatcherLayer = (config: DispatcherConfig, consumerName: Option.O
             (config.service === "file" ? `, writing ${config.endpoint}` : "")
         )
       ),
-      Layer.provide(Layer.mergeAll(RedisStreamsBus.sourceLayer(options), backend, TokenCounter.layer)))
+      Layer.provide(Layer.mergeAll(RedisStreamsBus.layerSource(options), backend, TokenCounter.layer)))
   return endpoint.pipe(Layer.provideMerge(dispatcher))
 }
 
@@ -210,11 +210,11 @@ export const authThrottleLayer = (
   config: Pick<AppConfigShape, "rateLimitBackend" | "redisUrl" | "managementAuthMaxFailures" | "managementAuthWindowMs">
 ) => {
   const options = { maxFailures: config.managementAuthMaxFailures, windowMs: config.managementAuthWindowMs }
-  return config.rateLimitBackend === "redis" ? AuthThrottle.redis(config.redisUrl, options) : AuthThrottle.memory(options)
+  return config.rateLimitBackend === "redis" ? AuthThrottle.layerRedis(config.redisUrl, options) : AuthThrottle.layerMemory(options)
 }
 
 /** Admin UI sessions, in the database so every instance shares them (src/http/session.ts). */
-export const adminSessionsLayer = AdminSessionsLive().pipe(Layer.provide(AdminSessionStore.layer))
+export const adminSessionsLayer = AdminSessions.layer().pipe(Layer.provide(AdminSessionStore.layer))
 
 /**
  * `METRICS_ADDR`: /metrics, /metrics/json and /health on a listener of their own (the main listener then answers
@@ -230,7 +230,7 @@ export const serveMetricsListenerLayer = (config: Pick<AppConfigShape, "enableMe
 
 /** Window rate limiter store: one instance in memory, or shared through Redis. */
 export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" | "redisUrl" | "rateLimitFailureMode">) =>
-  config.rateLimitBackend === "redis" ? RateLimits.redis(config.redisUrl, config.rateLimitFailureMode) : RateLimits.memory
+  config.rateLimitBackend === "redis" ? RateLimits.layerRedis(config.redisUrl, config.rateLimitFailureMode) : RateLimits.layerMemory
 
 /**
  * Observability of the proxy itself: metrics registry, health checks and the tracer (OTLP when configured, off
@@ -270,7 +270,7 @@ export const healthChecksLayer = (config: AppConfigShape) =>
  * The token cache (whichever layer provides it) with its hits, misses and the invalidations this instance issues
  * counted (src/observability/Metrics.ts).
  */
-export const instrumentedTokenValidator = Layer.effect(
+export const instrumentedTokenValidatorLayer = Layer.effect(
   TokenValidator.TokenValidator,
   Effect.gen(function*() {
     const inner = yield* TokenValidator.TokenValidator
@@ -438,19 +438,19 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
             : `using the management token stored in ${config.managementTokenFile}`
         )
       }
-      return Layer.merge(HttpServerLive, serveMetricsListenerLayer(config)).pipe(
-        Layer.provide(ManagementAppLive),
+      return Layer.merge(HttpServer.layer, serveMetricsListenerLayer(config)).pipe(
+        Layer.provide(ManagementApp.layer),
         Layer.provideMerge(ProjectKeys.layer),
         Layer.provideMerge(dataPlaneLayer(config, options.proxyHooks)),
         Layer.provideMerge(
           invalidationCheckLayer(config).pipe(
-            Layer.provideMerge(instrumentedTokenValidator.pipe(Layer.provide(invalidationLayer(config))))
+            Layer.provideMerge(instrumentedTokenValidatorLayer.pipe(Layer.provide(invalidationLayer(config))))
           )
         ),
         Layer.provideMerge(Layer.mergeAll(healthChecksLayer(config), cacheMetricsLayer, busObservabilityLayer(config))),
         Layer.provideMerge(
           Layer.mergeAll(
-            Layer.mergeAll(auditLayer(config), adminSessionsLayer, tokenRetentionFor(config)).pipe(
+            Layer.mergeAll(auditLayer(config), adminSessionsLayer, tokenRetentionLayer(config)).pipe(
               Layer.provideMerge(migratedDatabaseLayer(config.database))
             ),
             KeyCipher.layer(config.encryptionKey),
@@ -458,7 +458,7 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
             responseCacheLayer(config),
             Layer.succeed(ManagementToken, resolved.token),
             authThrottleLayer(config),
-            AdminAssetsLive(),
+            AdminUi.layer(),
             Layer.succeed(AppConfig, config),
             eventsLayer(config)
           )
@@ -467,7 +467,7 @@ export const serveLayer = (config: AppConfigShape, options: ServeOptions = {}) =
         Layer.tap((ctx) => {
           // Started: from here on the young generation may grow with traffic again (src/startupMemory.ts).
           releaseYoungGeneration()
-          return Effect.logInfo(`llm-proxy listening on ${Context.get(ctx, ServerAddress).url}`)
+          return Effect.logInfo(`llm-proxy listening on ${Context.get(ctx, HttpServer.ServerAddress).url}`)
         })
       )
     })

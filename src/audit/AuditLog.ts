@@ -323,7 +323,7 @@ export const layerWith = (options: AuditLogOptions): Layer.Layer<AuditLog, never
   Layer.scoped(AuditLog, make(options))
 
 /** AUDIT_ENABLED=false: nothing is recorded. `queryable` keeps earlier events listable. */
-export const disabled = (queryable: boolean): Layer.Layer<AuditLog> =>
+export const layerDisabled = (queryable: boolean): Layer.Layer<AuditLog> =>
   Layer.succeed(AuditLog, {
     enabled: false,
     queryable,

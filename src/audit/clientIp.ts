@@ -1,8 +1,8 @@
 /**
  * Who is on the other end of a request: the socket peer, unless the peer is one of `TRUSTED_PROXIES`, in which
  * case `X-Forwarded-For` is read from the right, skipping trusted proxies, and the first address that is not one
- * is the client. (Reading the leftmost entry, as the reference does, lets any client behind a proxy that appends
- * to the header claim any address.)
+ * is the client. (Reading the leftmost entry, as the Go llm-proxy did, lets any client behind a proxy that appends
+ * to the header claim any address: docs/audit.md "Client IP and `TRUSTED_PROXIES`".)
  */
 import { BlockList, isIP } from "node:net"
 

@@ -24,7 +24,7 @@ export const pruneOnce = (days: number, batchSize = 1000, pause: Duration.Durati
     return yield* pruneInBatches((limit) => repo.pruneBefore(cutoff, limit), batchSize, pause)
   })
 
-export const retentionLayer = (options: RetentionOptions): Layer.Layer<never, never, AuditRepo> =>
+export const layer = (options: RetentionOptions): Layer.Layer<never, never, AuditRepo> =>
   Layer.scopedDiscard(
     pruneOnce(options.days, options.batchSize, options.pause).pipe(
       Effect.tap((n) => (n > 0 ? Effect.logInfo(`audit retention: deleted ${n} events older than ${options.days} days`) : Effect.void)),

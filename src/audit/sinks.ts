@@ -18,7 +18,7 @@ export const databaseSink = Effect.map(AuditRepo, (repo): AuditSink => ({
 }))
 
 /**
- * One JSON object per line, in the reference's file format: `result` is the outcome and `details` the
+ * One JSON object per line, in the file format of docs/audit.md ("The file"): `result` is the outcome and `details` the
  * action's facts as an object (the database stores them as the `metadata` text).
  */
 export const fileLine = (r: AuditRecord): string =>
@@ -84,7 +84,7 @@ export const fileSink = (path: string) =>
   })
 
 /** The sinks for a configuration; `file` undefined = no file, `database` false = no rows. */
-export const sinksLayer = (options: { readonly file: string | undefined; readonly database: boolean }) =>
+export const layer = (options: { readonly file: string | undefined; readonly database: boolean }) =>
   Layer.scoped(
     AuditSinks,
     Effect.gen(function*() {

@@ -98,7 +98,7 @@ export interface ResponseCacheShape {
 export class ResponseCache extends Context.Tag("llm-proxy/ResponseCache")<ResponseCache, ResponseCacheShape>() {}
 
 /** `HTTP_CACHE_ENABLED=false`: nothing is looked up or stored; purge answers "caching is disabled". */
-export const disabled = (config: CacheConfig): Layer.Layer<ResponseCache> =>
+export const layerDisabled = (config: CacheConfig): Layer.Layer<ResponseCache> =>
   Layer.sync(ResponseCache, (): ResponseCacheShape => {
     const counters = new CacheCounters()
     return {

@@ -1,7 +1,8 @@
 /**
  * Teeing a response body into the cache while it streams to the client: chunks pass through unchanged and are
  * copied until `maxBytes`; the copy is handed over only when the body ended normally within the bound. An
- * aborted, failed or oversized body is never stored (reference-system.md §6.4 stored truncated captures).
+ * aborted, failed or oversized body is never stored (docs/behaviour.md #100; the Go llm-proxy stored truncated
+ * captures, docs/cache.md).
  */
 import { Transform, type TransformCallback } from "node:stream"
 

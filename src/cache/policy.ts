@@ -1,5 +1,5 @@
 /**
- * Response-cache policy (reference-system.md §6 with its [improve] fixes), as pure functions: what is looked up,
+ * Response-cache policy (docs/cache.md), as pure functions: what is looked up,
  * under which key, what is stored for how long, which headers are kept, and what a hit looks like on the wire.
  * Storage lives elsewhere (MemoryCache / RedisCache); the proxy calls these at its cache seam.
  *
@@ -459,7 +459,10 @@ export const refreshEntry = (e: CachedResponse, notModified: Headers, now: numbe
 
 export type CacheOutcome = "hit" | "conditional-hit" | "revalidated" | "stored" | "stored (forced)" | "miss" | "bypass"
 
-/** `Cache-Status` / `X-PROXY-CACHE` / `X-PROXY-CACHE-KEY` (§6.6). `X-PROXY-CACHE` is absent on a plain miss. */
+/**
+ * `Cache-Status` / `X-PROXY-CACHE` / `X-PROXY-CACHE-KEY` (docs/cache.md "Headers reported"). `X-PROXY-CACHE` is
+ * absent on a plain miss.
+ */
 export const cacheStatusHeaders = (outcome: CacheOutcome, key: string | undefined): Array<[string, string]> => {
   const out: Array<[string, string]> = [["cache-status", `llm-proxy; ${outcome}`]]
   if (outcome !== "miss") out.push(["x-proxy-cache", outcome === "stored (forced)" ? "stored" : outcome])
@@ -519,8 +522,8 @@ const decodePurge = decodePayload(CachePurge)
 
 /**
  * A purge body: the types of its fields and the project id are the CachePurge Schema's (src/domain/models.ts); then
- * the form — `all: true`, else a non-empty `prefix`, else `method` and `url` — and that form's own rules (§2.6
- * messages). `ok: false` carries the 400 error text.
+ * the form — `all: true`, else a non-empty `prefix`, else `method` and `url` — and that form's own rules (the
+ * messages of docs/management-api.md "Response cache"). `ok: false` carries the 400 error text.
  */
 export const parsePurge = (
   body: unknown

@@ -67,7 +67,7 @@ export const dispatcher = Command.make("dispatcher", options, (o) =>
       Effect.mapError((e) => new CliFailure({ message: describeError(e) }))
     )
     return yield* Layer.launch(dispatcherLayer(config, config.events.consumerName)).pipe(
-      Effect.provide(Tracing.tracerLayer(config.otlp, VERSION)),
+      Effect.provide(Tracing.layerTracer(config.otlp, VERSION)),
       Effect.provide(loggerLayer(config)),
       Effect.mapError((e) => new CliFailure({ message: describeError(e) }))
     )

@@ -1,5 +1,5 @@
 /**
- * AppConfig: every setting of CONTRACT §3 this build uses, read through effect `Config` so one provider chain
+ * AppConfig: every setting of docs/configuration.md, read through effect `Config` so one provider chain
  * (flags > environment > .env) feeds them all. A bad value fails start-up with one line naming the variable.
  */
 import { Config, ConfigError, Context, Either, Layer, Option, Redacted } from "effect"
@@ -59,7 +59,7 @@ export interface OtlpConfig {
 
 export type EventBusKind = "in-memory" | "redis-streams"
 
-/** Instrumentation events (CONTRACT §6, docs/events.md). */
+/** Instrumentation events (docs/events.md). */
 export interface EventsConfig {
   readonly bus: EventBusKind
   /** OBSERVABILITY_ENABLED: false = the proxy publishes no events */
@@ -77,7 +77,7 @@ export interface EventsConfig {
   readonly fileEventLog: Option.Option<string>
 }
 
-/** The response cache (reference-system.md §6, CONTRACT §3). */
+/** The response cache (docs/cache.md). */
 export interface CacheConfig {
   readonly enabled: boolean
   readonly backend: "in-memory" | "redis"
@@ -116,7 +116,7 @@ export interface AppConfigShape {
   readonly audit: AuditConfig
   /** IPs/CIDRs whose X-Forwarded-For is believed (audit client IPs). */
   readonly trustedProxies: ReadonlyArray<string>
-  /** Providers YAML (reference §5.1); none = the built-in `openai` provider at `openaiApiUrl`. */
+  /** Providers YAML (docs/proxy.md "Providers"); none = the built-in `openai` provider at `openaiApiUrl`. */
   readonly apiConfigPath: Option.Option<string>
   readonly openaiApiUrl: string
   /** Largest proxy request body, bytes (413 above). */
@@ -519,6 +519,9 @@ const listenAddressOption = (name: string) =>
 
 export type InvalidationBackend = "in-memory" | "redis" | "postgres"
 
+/** DB_DRIVER, read the same way by the database and the invalidation backend: none when unset or empty. */
+const dbDriver = optionalWordSetting("DB_DRIVER", { sqlite: "sqlite", postgres: "postgres" }, "sqlite or postgres")
+
 /**
  * INVALIDATION_BACKEND: `auto` (default) lets the database every instance shares carry the invalidations on
  * PostgreSQL (LISTEN/NOTIFY) and keeps them in-process on SQLite (one instance by nature); `postgres` needs a
@@ -531,12 +534,12 @@ const invalidationBackend = Config.all({
     { auto: "auto", "": "auto", "in-memory": "in-memory", memory: "in-memory", redis: "redis", postgres: "postgres", postgresql: "postgres" },
     "auto, in-memory, redis or postgres"
   ),
-  driver: optionalString("DB_DRIVER"),
+  driver: dbDriver,
   url: optionalString("DATABASE_URL")
 }).pipe(
   Config.mapOrFail(({ driver, setting, url }): Either.Either<InvalidationBackend, ConfigError.ConfigError> => {
     // The same rule as `database` below: a DATABASE_URL means PostgreSQL unless DB_DRIVER says sqlite.
-    const postgres = Option.isSome(url) && Option.getOrUndefined(driver)?.toLowerCase() !== "sqlite"
+    const postgres = Option.isSome(url) && Option.getOrUndefined(driver) !== "sqlite"
     if (setting === "auto") return Either.right(postgres ? "postgres" : "in-memory")
     if (setting === "postgres" && !postgres) {
       return Either.left(invalid("INVALIDATION_BACKEND", "postgres needs a PostgreSQL database (DATABASE_URL)"))
@@ -552,16 +555,13 @@ const listen = Config.string("LISTEN_ADDR").pipe(
 
 const database = Config.all({
   url: optionalString("DATABASE_URL"),
-  driver: optionalString("DB_DRIVER"),
+  driver: dbDriver,
   path: Config.string("DATABASE_PATH").pipe(Config.withDefault("./data/llm-proxy.db")),
   poolSize: positiveInt("DATABASE_POOL_SIZE", 10),
   synchronous: wordSetting("SQLITE_SYNCHRONOUS", "normal", { normal: "normal", "": "normal", full: "full" }, "normal or full")
 }).pipe(
   Config.mapOrFail(({ driver, path, poolSize, synchronous, url }): Either.Either<Database, ConfigError.ConfigError> => {
-    const d = Option.getOrUndefined(driver)?.toLowerCase()
-    if (d !== undefined && d !== "sqlite" && d !== "postgres") {
-      return Either.left(invalid("DB_DRIVER", `expected sqlite or postgres, got "${d}"`))
-    }
+    const d = Option.getOrUndefined(driver)
     if (Option.isSome(url) && d !== "sqlite") {
       if (!/^postgres(ql)?:\/\//.test(url.value)) {
         return Either.left(invalid("DATABASE_URL", "expected a postgres:// or postgresql:// URL"))

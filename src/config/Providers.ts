@@ -1,6 +1,6 @@
 /**
- * Providers: the upstream APIs projects may name. Either the YAML file of reference-system.md §5.1
- * (`API_CONFIG_PATH`, decoded with Schema; plus per provider `auth_header` / `auth_scheme`, CONTRACT §3) or, when
+ * Providers: the upstream APIs projects may name. Either the YAML file of docs/proxy.md "Providers"
+ * (`API_CONFIG_PATH`, decoded with Schema, per provider `auth_header` / `auth_scheme` included) or, when
  * no file is given, the built-in `openai` provider at `OPENAI_API_URL`. Upstream base URLs come only from here.
  * Every key of the file has an effect; a key the format does not have is refused at start-up (docs/proxy.md).
  */

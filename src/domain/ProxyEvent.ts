@@ -1,5 +1,5 @@
 /**
- * Instrumentation events (CONTRACT §6). Two shapes:
+ * Instrumentation events (docs/events.md). Two shapes:
  * - `ProxyEvent` is what the proxy publishes on the bus: cheap to build on the request path, bodies are the first
  *   bytes as they crossed the wire (base64; possibly gzip/br, possibly SSE), `usage` only when the proxy saw it.
  * - `DeliveredEvent` is what backends and the JSONL file receive: the same fields after the transformer decoded the

@@ -1,6 +1,6 @@
 /**
  * The audit log's model: what a recorded event holds (AuditRecord), what callers hand in (AuditEntry), and the
- * wire shapes of `GET /manage/audit` (field names of reference-system.md §2.5 so existing clients keep working).
+ * wire shapes of `GET /manage/audit` (the Go llm-proxy's field names, so existing clients keep working: docs/audit.md).
  */
 import { Either, Schema } from "effect"
 import { CursorPagination, Pagination, Timestamp } from "./models.js"

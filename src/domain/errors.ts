@@ -1,6 +1,7 @@
 /**
- * HTTP-facing errors. On the wire every error is `{"error": "...", "code"?: "..."}` (CONTRACT §4); inside the
- * program they are tagged errors so handlers can `yield*` them and the HttpApi knows each one's status.
+ * HTTP-facing errors. On the wire every error is `{"error": "...", "code"?: "..."}` (docs/management-api.md,
+ * docs/proxy.md "Errors"); inside the program they are tagged errors so handlers can `yield*` them and the HttpApi
+ * knows each one's status.
  */
 import { HttpApiSchema } from "@effect/platform"
 import { Schema } from "effect"

@@ -1,6 +1,6 @@
 /**
- * What the management API returns and accepts. Field names follow reference-system.md §2.3–2.4 (snake_case) so
- * clients of the system we replace keep working. Timestamps are RFC 3339 strings in UTC.
+ * What the management API returns and accepts. Field names are those of the Go llm-proxy (snake_case) so its
+ * clients keep working (docs/management-api.md). Timestamps are RFC 3339 strings in UTC.
  *
  * The payload Schemas (CreateProject, UpdateProject, CreateToken, UpdateToken, CachePurge, Login) are the
  * validators: the handlers decode request bodies with them, `/manage/openapi.json` is generated from them and the

@@ -380,6 +380,6 @@ export const trimAcknowledged = (url: Redacted.Redacted<string>, key: string) =>
     })
   )
 
-export const publisherLayer = (options: RedisStreamsOptions) => Layer.scoped(EventBus, makePublisher(options))
-export const sourceLayer = (options: RedisStreamsOptions) => Layer.scoped(EventSource, makeSource(options))
-export const layer = (options: RedisStreamsOptions) => Layer.merge(publisherLayer(options), sourceLayer(options))
+export const layerPublisher = (options: RedisStreamsOptions) => Layer.scoped(EventBus, makePublisher(options))
+export const layerSource = (options: RedisStreamsOptions) => Layer.scoped(EventSource, makeSource(options))
+export const layer = (options: RedisStreamsOptions) => Layer.merge(layerPublisher(options), layerSource(options))

@@ -121,7 +121,7 @@ export const loadAdminAssets = (dir: string = defaultDistDir): AdminAssetsShape 
  * Read (and gzipped) on the first request under /admin, not at start-up: an instance nobody administers through
  * the browser does not keep the UI's ~0.8 MB in memory.
  */
-export const AdminAssetsLive = (dir?: string) =>
+export const layer = (dir?: string) =>
   Layer.sync(AdminAssets, (): AdminAssetsShape => {
     let loaded: AdminAssetsShape | undefined
     const assets = () => (loaded ??= loadAdminAssets(dir))

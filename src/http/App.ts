@@ -27,18 +27,18 @@ import { Health } from "../observability/Health.js"
 import { Metrics } from "../observability/Metrics.js"
 import { Store } from "../store/Store.js"
 import type { ProjectKeys } from "../token/ProjectKeys.js"
-import { AuditLive } from "./AuditHttp.js"
+import * as AuditHttp from "./AuditHttp.js"
 import { currentRequestMeta, requestMetaOf } from "./auditing.js"
-import { ManagementAuthLive, ManagementToken, throttled } from "./auth.js"
+import * as Auth from "./auth.js"
 import type { AuthThrottle } from "./authThrottle.js"
-import { CacheLive } from "./CacheHttp.js"
+import * as CacheHttp from "./CacheHttp.js"
 import { jsonError, managementFallback } from "./fallback.js"
-import { ProjectsLive } from "./ProjectsHttp.js"
+import * as ProjectsHttp from "./ProjectsHttp.js"
 import { AdminAssets, secureDocs, serveAdmin } from "./AdminUi.js"
 import { AdminSessions } from "./session.js"
-import { SessionLive } from "./SessionHttp.js"
-import { TokensLive } from "./TokensHttp.js"
-import { UsageLive } from "./UsageHttp.js"
+import * as SessionHttp from "./SessionHttp.js"
+import * as TokensHttp from "./TokensHttp.js"
+import * as UsageHttp from "./UsageHttp.js"
 
 type App = HttpApp.Default<never, HttpRouter.HttpRouter.DefaultServices>
 
@@ -46,7 +46,8 @@ export class ManagementApp extends Context.Tag("llm-proxy/ManagementApp")<Manage
 
 /**
  * The platform answers input its schemas reject (e.g. a query parameter given twice) with its own
- * `{"_tag":"HttpApiDecodeError","issues":…}` body; CONTRACT §4 wants `{"error": "..."}` for every error.
+ * `{"_tag":"HttpApiDecodeError","issues":…}` body; every management error is `{"error": "..."}`
+ * (docs/management-api.md).
  */
 const decodeErrorsAsBadRequest = HttpApiBuilder.middleware(ManagementApi, (app) =>
   Effect.catchIf(
@@ -58,13 +59,22 @@ const decodeErrorsAsBadRequest = HttpApiBuilder.middleware(ManagementApi, (app) 
     }
   ) as HttpApp.Default<BadRequest>)
 
-export const ManagementAppLive = Layer.effect(ManagementApp, HttpApiBuilder.httpApp).pipe(
+export const layer = Layer.effect(ManagementApp, HttpApiBuilder.httpApp).pipe(
   Layer.provide(decodeErrorsAsBadRequest),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/manage/openapi.json" })),
   Layer.provide(
-    HttpApiBuilder.api(ManagementApi).pipe(Layer.provide([ProjectsLive, TokensLive, UsageLive, SessionLive, AuditLive, CacheLive]))
+    HttpApiBuilder.api(ManagementApi).pipe(
+      Layer.provide([
+        ProjectsHttp.layer,
+        TokensHttp.layer,
+        UsageHttp.layer,
+        SessionHttp.layer,
+        AuditHttp.layer,
+        CacheHttp.layer
+      ])
+    )
   ),
-  Layer.provide([HttpApiBuilder.Router.Live, HttpApiBuilder.Middleware.layer, ManagementAuthLive])
+  Layer.provide([HttpApiBuilder.Router.Live, HttpApiBuilder.Middleware.layer, Auth.layer])
 )
 
 export { requestIdOf } from "./auditing.js"
@@ -100,7 +110,7 @@ export const metricsRefusal = (
 export const makeApp = Effect.gen(function*() {
   const management = yield* ManagementApp
   const context = yield* Effect.context<
-    Store | ManagementToken | AuditLog | AdminSessions | AdminAssets | AuthThrottle | ProjectKeys
+    Store | Auth.ManagementToken | AuditLog | AdminSessions | AdminAssets | AuthThrottle | ProjectKeys
   >()
   const trusted = makeTrustedProxies((yield* AppConfig).trustedProxies)
   const health = yield* Health
@@ -151,11 +161,11 @@ export const makeApp = Effect.gen(function*() {
       // A client over the brute-force limit gets 429 before any token is compared (auth.ts, authThrottle.ts).
       const login = path === "/manage/session" && request.method === "POST"
       if (login || request.headers.authorization !== undefined) {
-        const refused = yield* throttled(login ? AuditActions.adminLogin : AuditActions.managementAuth)
+        const refused = yield* Auth.throttled(login ? AuditActions.adminLogin : AuditActions.managementAuth)
         if (refused !== undefined) return refused
       }
       // The router ignores a trailing slash and collapses `//`; `/manage/projects/` is an empty id, not the list
-      // (reference §2.3), and `/manage/projects/<id>//tokens/revoke` is not the revoke endpoint.
+      // (docs/behaviour.md #13), and `/manage/projects/<id>//tokens/revoke` is not the revoke endpoint.
       if (path.endsWith("/") || path.includes("//")) return yield* fallback
       // Swagger UI, loaded on first use (src/http/swaggerDocs.ts), with the same security headers as /admin and a
       // policy that admits its own inline code only.

@@ -1,4 +1,4 @@
-/** Handlers of the `audit` group (reference-system.md §2.5 with its gaps closed). */
+/** Handlers of the `audit` group (docs/audit.md "Reading the log", docs/management-api.md "Audit"). */
 import { HttpApiBuilder } from "@effect/platform"
 import { Effect, Either, Option } from "effect"
 import { ManagementApi } from "../api/ManagementApi.js"
@@ -13,7 +13,7 @@ import { auditEventJson } from "./present.js"
 
 const notFound = new NotFound({ error: "audit event not found" })
 
-export const AuditLive = HttpApiBuilder.group(ManagementApi, "audit", (handlers) =>
+export const layer = HttpApiBuilder.group(ManagementApi, "audit", (handlers) =>
   Effect.gen(function*() {
     const repo = yield* AuditRepo
     const audit = yield* AuditLog

@@ -1,5 +1,5 @@
 /**
- * Handlers of the `cache` group: `POST /manage/cache/purge` (reference-system.md §2.6, widened). Every call is
+ * Handlers of the `cache` group: `POST /manage/cache/purge` (docs/management-api.md, docs/cache.md). Every call is
  * audited as `cache.purge` (details `purge_type`, `method`/`url` or `prefix`, `project_id`, `deleted`).
  */
 import { HttpApiBuilder } from "@effect/platform"
@@ -24,7 +24,7 @@ const described = (body: unknown): Record<string, unknown> => {
   return out
 }
 
-export const CacheLive = HttpApiBuilder.group(ManagementApi, "cache", (handlers) =>
+export const layer = HttpApiBuilder.group(ManagementApi, "cache", (handlers) =>
   Effect.gen(function*() {
     const cache = yield* ResponseCache
     return handlers.handleRaw("purge", ({ request }) =>

@@ -1,5 +1,5 @@
 /**
- * Handlers of the `projects` group (reference-system.md §2.3 with the CONTRACT §4 changes) and of its project keys
+ * Handlers of the `projects` group (docs/management-api.md "Projects") and of its project keys
  * (`/manage/projects/{id}/keys`). A project key may read its own project here, nothing else.
  */
 import { HttpApiBuilder, HttpServerResponse } from "@effect/platform"
@@ -40,7 +40,7 @@ const readCreateProjectKey = readPayload(CreateProjectKey)
 
 const keyNotFound = new NotFound({ error: "project key not found" })
 
-export const ProjectsLive = HttpApiBuilder.group(ManagementApi, "projects", (handlers) =>
+export const layer = HttpApiBuilder.group(ManagementApi, "projects", (handlers) =>
   Effect.gen(function*() {
     const store = yield* Store
     const cipher = yield* KeyCipher

@@ -1,6 +1,7 @@
 /**
  * The node:http listener. We own the server (rather than NodeHttpServer.layer) so the data plane can take
- * /v1/* requests as plain Node streams before the Effect app sees them (DESIGN.md "Two planes").
+ * /v1/* requests as plain Node streams before the Effect app sees them (docs/architecture.md "Two planes, one
+ * listener").
  */
 import { Headers, HttpIncomingMessage, HttpMiddleware, type HttpServerRequest } from "@effect/platform"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
@@ -96,7 +97,7 @@ const answerClientError = (e: NodeJS.ErrnoException, socket: Duplex) => {
   )
 }
 
-export const HttpServerLive = Layer.scoped(
+export const layer = Layer.scoped(
   ServerAddress,
   Effect.gen(function*() {
     const config = yield* AppConfig

@@ -59,7 +59,7 @@ const noProjectKeyHeader = (action: string) =>
     if (key !== undefined) return yield* refuseProjectKey(key, action)
   })
 
-export const SessionLive = HttpApiBuilder.group(ManagementApi, "session", (handlers) =>
+export const layer = HttpApiBuilder.group(ManagementApi, "session", (handlers) =>
   Effect.gen(function*() {
     const sessions = yield* AdminSessions
     const expected = yield* ManagementToken

@@ -1,5 +1,5 @@
 /**
- * Handlers of the `tokens` group (reference-system.md §2.4 with the CONTRACT §4 changes). A project key may call every
+ * Handlers of the `tokens` group (docs/management-api.md "Tokens"). A project key may call every
  * one of them for its own project's tokens (callers.ts), within the project's bounds on what it mints
  * (delegation.ts).
  */
@@ -113,7 +113,7 @@ const delegated = (token: DelegatedToken, project: ProjectRow) => {
   return verdict._tag === "refused" ? Effect.fail(new BadRequest({ error: verdict.message })) : Effect.succeed(verdict.defaults)
 }
 
-export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handlers) =>
+export const layer = HttpApiBuilder.group(ManagementApi, "tokens", (handlers) =>
   Effect.gen(function*() {
     const store = yield* Store
     const validator = yield* TokenValidator
@@ -255,7 +255,8 @@ export const TokensLive = HttpApiBuilder.group(ManagementApi, "tokens", (handler
             const id = yield* tokenId(path.id)
             note.tokenId = id
             const body = yield* readJson(request)
-            // Existence is checked before the fields, as the reference does.
+            // Existence is checked before the fields: an unknown id is 404 even with an empty body
+            // (docs/behaviour.md #32).
             const current = yield* orNotFound(yield* store.getToken(id))
             note.projectId = current.projectId
             const who = yield* caller

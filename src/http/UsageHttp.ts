@@ -30,7 +30,7 @@ const optionalId = (name: string, raw: string | undefined) => {
   return isUuid(raw) ? Effect.succeed(raw.toLowerCase()) : Effect.fail(new BadRequest({ error: `invalid ${name}` }))
 }
 
-export const UsageLive = HttpApiBuilder.group(ManagementApi, "usage", (handlers) =>
+export const layer = HttpApiBuilder.group(ManagementApi, "usage", (handlers) =>
   Effect.gen(function*() {
     const store = yield* Store
     return handlers.handle("series", ({ urlParams }) =>

@@ -151,7 +151,7 @@ const outcomeOf = (error: unknown): { outcome: Outcome; reason: string; validati
 
 /**
  * Runs `body` and records exactly one `action` event for it: `success`, or `failure` / `denied` / `error` with the
- * client-facing error message as `reason` (400s also as `details.validation_error`, as the reference does).
+ * client-facing error message as `reason` (400s also as `details.validation_error`, docs/behaviour.md #111).
  */
 export const audited = <A, E, R>(action: string, body: (note: AuditNote) => Effect.Effect<A, E, R>) =>
   Effect.suspend(() => {

@@ -1,6 +1,6 @@
 /**
- * Management authentication: `Authorization: Bearer <MANAGEMENT_TOKEN>` (reference §2.2 messages, constant-time
- * comparison), or — for the admin UI — a session cookie, with the session's CSRF token required on every
+ * Management authentication: `Authorization: Bearer <MANAGEMENT_TOKEN>` (constant-time comparison, the messages of
+ * docs/management-api.md), or — for the admin UI — a session cookie, with the session's CSRF token required on every
  * state-changing method, or a project key (`Bearer lpk-…`, src/token/ProjectKeys.ts). Every refusal is audited as
  * `management.auth` / `denied` with the client IP — never with what was presented — aggregated per client IP, reason
  * and minute (src/audit/AuditLog.ts `recordDenial`).
@@ -150,7 +150,7 @@ export const authorize = Effect.gen(function*() {
   return caller
 })
 
-export const ManagementAuthLive = Layer.effect(
+export const layer = Layer.effect(
   ManagementAuth,
   Effect.map(Effect.context<ManagementToken | AdminSessions | AuditLog | AuthThrottle | ProjectKeys>(), (context) =>
     ManagementAuth.of({

@@ -63,7 +63,7 @@ export const makeMemoryThrottle = (options: AuthThrottleOptions, maxTracked = MA
   }
 }
 
-export const memory = (options: AuthThrottleOptions): Layer.Layer<AuthThrottle> =>
+export const layerMemory = (options: AuthThrottleOptions): Layer.Layer<AuthThrottle> =>
   Layer.sync(AuthThrottle, () => makeMemoryThrottle(options))
 
 // One failure: count it, starting the window with the first. Returns nothing the caller needs.
@@ -89,7 +89,7 @@ interface ThrottleRedis extends Redis {
 
 export const REDIS_PREFIX = "llm-proxy:mgmt-auth:"
 
-export const redis = (url: string, options: AuthThrottleOptions, prefix = REDIS_PREFIX): Layer.Layer<AuthThrottle> =>
+export const layerRedis = (url: string, options: AuthThrottleOptions, prefix = REDIS_PREFIX): Layer.Layer<AuthThrottle> =>
   Layer.scoped(
     AuthThrottle,
     Effect.gen(function*() {

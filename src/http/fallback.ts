@@ -1,6 +1,6 @@
 /**
  * What the HttpApi router does not match under /manage: known resources with the wrong method get 405 (after
- * authentication, as the reference does), malformed ids get 400, anything else 404 without authentication.
+ * authentication, docs/behaviour.md #4), malformed ids get 400, anything else 404 without authentication.
  */
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect } from "effect"

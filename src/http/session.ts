@@ -116,5 +116,5 @@ export const makeAdminSessions = (options: SessionOptions = defaultSessionOption
   })
 
 /** Needs the admin session table (src/store/sessions.ts) on the SqlClient in context. */
-export const AdminSessionsLive = (options?: Partial<SessionOptions>) =>
+export const layer = (options?: Partial<SessionOptions>) =>
   Layer.scoped(AdminSessions, makeAdminSessions({ ...defaultSessionOptions, ...options }))

@@ -1,6 +1,6 @@
 /**
- * Metrics: the proxy's own Prometheus metrics (prom-client, one Registry per service instance) and the reference's
- * JSON counters (reference-system.md §2.1).
+ * Metrics: the proxy's own Prometheus metrics (prom-client, one Registry per service instance) and the Go llm-proxy's
+ * JSON counters, kept at /metrics/json (docs/observability.md).
  *
  * Why prom-client and not Effect `Metric` + @effect/opentelemetry's Prometheus exporter: on the request path both
  * cost the same (~1.4 µs for a 4-label counter + 2-label histogram, test/bench/metrics-exporter.bench.ts), but a
@@ -102,7 +102,7 @@ export interface RequestObservation {
   readonly unpriced?: boolean | undefined
 }
 
-/** The reference's `/metrics` JSON (now at `/metrics/json`). */
+/** The Go llm-proxy's `/metrics` JSON (now at `/metrics/json`, docs/observability.md). */
 export interface JsonCounters {
   readonly uptime_seconds: number
   readonly request_count: number
@@ -183,7 +183,7 @@ export const make = (options: { readonly processMetrics?: boolean } = {}) =>
     if (options.processMetrics !== false) collectDefaultMetrics({ register: registry })
 
     // No uptime gauge: prom-client's `process_start_time_seconds` says the same (`time() - process_start_time_seconds`),
-    // and a scrape carries one series per quantity. /metrics/json keeps `uptime_seconds` for the reference's users.
+    // and a scrape carries one series per quantity. /metrics/json keeps `uptime_seconds` for the Go llm-proxy's users.
 
     // -- request path ---------------------------------------------------------------------------------------------
     const series = new RequestSeries(registry, OVERHEAD_BUCKETS, LATENCY_BUCKETS, FIRST_TOKEN_BUCKETS, TOKENS_PER_SECOND_BUCKETS)

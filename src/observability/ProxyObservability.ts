@@ -173,7 +173,7 @@ export const redactedQuery = (url: string): string => {
 const CACHE_STATUS = /llm-proxy;\s*([a-z-]+)/i
 const CACHE_VALUES = new Set(["hit", "miss", "stored", "bypass", "conditional-hit"])
 
-/** Cache status of a forwarded answer from the headers the cache hooks set (reference §6.6). */
+/** Cache status of a forwarded answer from the headers the cache hooks set (docs/cache.md "Headers reported"). */
 export const cacheStatusOf = (headers: OutgoingHttpHeaders): string => {
   const x = headers["x-proxy-cache"]
   if (typeof x === "string" && CACHE_VALUES.has(x.toLowerCase())) return x.toLowerCase()

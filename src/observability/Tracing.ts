@@ -59,7 +59,7 @@ const exportClient = (o: OtlpConfig): Layer.Layer<HttpClient.HttpClient> =>
   )
 
 /** Effect's tracer over OTLP (management API, store queries, dispatcher batches), or nothing when not configured. */
-export const tracerLayer = (otlp: Option.Option<OtlpConfig>, serviceVersion: string): Layer.Layer<never> =>
+export const layerTracer = (otlp: Option.Option<OtlpConfig>, serviceVersion: string): Layer.Layer<never> =>
   Option.match(otlp, {
     // Effect's own in-process tracer stays (it exports nothing; tests count store queries through it).
     onNone: () => Layer.empty,
@@ -85,4 +85,4 @@ export const tracerLayer = (otlp: Option.Option<OtlpConfig>, serviceVersion: str
 
 /** serve: the Effect tracer plus the data plane's lean span exporter. */
 export const layer = (otlp: Option.Option<OtlpConfig>, serviceVersion: string): Layer.Layer<ProxySpans.ProxySpans> =>
-  Layer.merge(tracerLayer(otlp, serviceVersion), ProxySpans.layer(otlp, serviceVersion))
+  Layer.merge(layerTracer(otlp, serviceVersion), ProxySpans.layer(otlp, serviceVersion))

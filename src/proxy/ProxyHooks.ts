@@ -4,7 +4,7 @@
  * Every /v1 request gets one `ProxyRequestContext`; the handler (ProxyHandler.ts) fills it stage by stage and,
  * when the response is over (finished, failed, rejected or abandoned by the client), calls every `onComplete`
  * hook exactly once with it. Hooks run on the request path: keep them synchronous and cheap — enqueue, don't
- * write (DESIGN.md "Two planes"). A hook that throws is logged and ignored.
+ * write (docs/architecture.md "Two planes, one listener"). A hook that throws is logged and ignored.
  *
  *   beforeUpstream     after authentication, the project checks, the body checks and the window rate limits,
  *                      before the quota and the upstream call. Return a `HookAnswer` (or a Promise of one) when the

@@ -589,7 +589,7 @@ export const serverTiming = (proxyMs: number, upstreamMs: number | undefined, at
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Header hygiene (CONTRACT §4)
+// Header hygiene (docs/proxy.md "Headers")
 
 const HOP_BY_HOP = new Set([
   "connection",

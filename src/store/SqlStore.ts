@@ -572,7 +572,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
                   updated_at: next.updatedAt
                 })
               } WHERE id = ${id}`.pipe(Effect.catchAll(duplicateName(next.name)))
-              // Revoking applies whether or not the project was already inactive (reference §14.2 #19).
+              // Revoking applies whether or not the project was already inactive (docs/behaviour.md #19).
               const revoked = patch.revokeTokens === true && !isActive ? yield* revokeActiveTokens(id, patch.now) : 0
               return Option.some({ project: next, revoked })
             })

@@ -50,7 +50,7 @@ export const pruneTokensOnce = (
     return yield* pruneInBatches((limit) => store.pruneTokens(cutoff, limit), batchSize, pause)
   })
 
-export const tokenRetentionLayer = (options: TokenRetentionOptions): Layer.Layer<never, never, Store> =>
+export const layer = (options: TokenRetentionOptions): Layer.Layer<never, never, Store> =>
   Layer.scopedDiscard(
     pruneTokensOnce(options.days, options.batchSize, options.pause).pipe(
       Effect.tap((n) =>

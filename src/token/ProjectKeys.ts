@@ -50,17 +50,16 @@ export const make = Effect.gen(function*() {
   }
 
   const service: ProjectKeysShape = {
-    authenticate: (key) =>
-      Effect.gen(function*() {
-        if (!isProjectKeyFormat(key)) return Option.none()
-        const row = yield* store.getProjectKeyByHash(hashProjectKey(key))
-        const grant = Option.map(
-          Option.filter(row, (k) => k.revokedAt === null),
-          (k): ProjectKeyGrant => ({ keyId: k.id, projectId: k.projectId })
-        )
-        if (Option.isSome(grant)) yield* touch(grant.value, yield* Clock.currentTimeMillis)
-        return grant
-      })
+    authenticate: Effect.fn("ProjectKeys.authenticate")(function*(key: string) {
+      if (!isProjectKeyFormat(key)) return Option.none<ProjectKeyGrant>()
+      const row = yield* store.getProjectKeyByHash(hashProjectKey(key))
+      const grant = Option.map(
+        Option.filter(row, (k) => k.revokedAt === null),
+        (k): ProjectKeyGrant => ({ keyId: k.id, projectId: k.projectId })
+      )
+      if (Option.isSome(grant)) yield* touch(grant.value, yield* Clock.currentTimeMillis)
+      return grant
+    })
   }
   return service
 })

@@ -2,7 +2,7 @@
  * Window rate limits per token and per project (the `rate_limit_*` columns; when both are set both apply), on the
  * @effect/experimental RateLimiter. The store is chosen in src/Layers.ts: its in-memory store (one instance;
  * synchronous, so the check costs no await) or Redis (`RATE_LIMIT_BACKEND=redis`, limits shared by every instance;
- * the experimental package's Redis script on a client owned here, see `redisStore`).
+ * the experimental package's Redis script on a client owned here, see `layerRedisStore`).
  *
  * Token-per-minute limits (`rate_limit.tokens`) are windows of LLM tokens aligned to multiples of the window's
  * length: a request is refused while its window's tokens are used up, and an answer's tokens are debited from the
@@ -299,7 +299,7 @@ const memoryStore = Layer.scoped(
   })
 ).pipe(Layer.provide(RateLimiter.layerStoreMemory))
 
-export const memory: Layer.Layer<RateLimits> = Layer.scoped(
+export const layerMemory: Layer.Layer<RateLimits> = Layer.scoped(
   RateLimits,
   Effect.gen(function*() {
     const { sweep, windows } = memoryTokenWindows()
@@ -381,7 +381,7 @@ const quietRedis = (url: string, what: string) =>
   })
 
 /** A RateLimiterStore on Redis (fixed window only, the algorithm RateLimits uses). */
-export const redisStore = (url: string, prefix: string): Layer.Layer<RateLimiter.RateLimiterStore> =>
+export const layerRedisStore = (url: string, prefix: string): Layer.Layer<RateLimiter.RateLimiterStore> =>
   Layer.scoped(
     RateLimiter.RateLimiterStore,
     Effect.gen(function*() {
@@ -408,11 +408,11 @@ export const redisStore = (url: string, prefix: string): Layer.Layer<RateLimiter
     })
   )
 
-export const redis = (url: string, failureMode: FailureMode = "open", prefix = "llm-proxy:ratelimit:"): Layer.Layer<RateLimits> =>
+export const layerRedis = (url: string, failureMode: FailureMode = "open", prefix = "llm-proxy:ratelimit:"): Layer.Layer<RateLimits> =>
   Layer.scoped(
     RateLimits,
     Effect.flatMap(quietRedis(url, "token rate limits"), (client) => make("async", failureMode, redisTokenWindows(client, prefix)))
   ).pipe(
     Layer.provide(RateLimiter.layer),
-    Layer.provide(redisStore(url, prefix))
+    Layer.provide(layerRedisStore(url, prefix))
   )

@@ -200,7 +200,12 @@ export const make = Effect.gen(function*() {
     )
   })
 
-  const flush = Effect.zipRight(Effect.zipRight(flushTokens, flushSpend), flushHourly)
+  // A span only when there is something to write: an idle instance does not trace a flush every interval.
+  const flush = Effect.suspend(() =>
+    pending.size + spending.size + hourlySize === 0
+      ? Effect.void
+      : Effect.zipRight(Effect.zipRight(flushTokens, flushSpend), flushHourly).pipe(Effect.withSpan("UsageRecorder.flush"))
+  )
 
   yield* Effect.forkScoped(
     Effect.repeat(flush, Schedule.spaced(Duration.millis(config.usageFlushIntervalMs)))

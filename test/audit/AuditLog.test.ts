@@ -276,7 +276,7 @@ describe("AuditLog", () => {
       yield* log.flush
       expect(log.enabled).toBe(false)
       expect(yield* log.stats).toEqual({ accepted: 0, written: 0, dropped: 0, failed: 0, denials: 0, overflowed: 0 })
-    }).pipe(Effect.provide(AuditLog.disabled(true))))
+    }).pipe(Effect.provide(AuditLog.layerDisabled(true))))
 })
 
 describe("JSONL file sink", () => {

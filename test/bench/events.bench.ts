@@ -93,7 +93,7 @@ const startDispatcher = (options: RedisStreamsBus.RedisStreamsOptions, path: str
       deadLetterPath: join(dir, "dead.jsonl"),
       keepAliveMs: 10_000,
       status: "off"
-    }).pipe(Layer.provide(Layer.mergeAll(RedisStreamsBus.sourceLayer(options), fileBackend(path), TokenCounter.layer)))
+    }).pipe(Layer.provide(Layer.mergeAll(RedisStreamsBus.layerSource(options), fileBackend(path), TokenCounter.layer)))
   )
 
 const waitUntil = async (f: () => Promise<boolean> | boolean) => {
@@ -114,7 +114,7 @@ const endToEnd = async () => {
 
   // A: publishing alone
   {
-    const publisher = await build(RedisStreamsBus.publisherLayer(options("e2e-a")))
+    const publisher = await build(RedisStreamsBus.layerPublisher(options("e2e-a")))
     const bus = Context.get(publisher.ctx, EventBus)
     const t0 = performance.now()
     for (const e of events) bus.publish(e)
@@ -141,7 +141,7 @@ const endToEnd = async () => {
     const path = join(dir, "e2e.jsonl")
     const dispatcher = await startDispatcher(options("e2e-c"), path)
     const stateC = Context.get(dispatcher.ctx, Dispatcher.DispatcherState)
-    const publisher = await build(RedisStreamsBus.publisherLayer(options("e2e-c")))
+    const publisher = await build(RedisStreamsBus.layerPublisher(options("e2e-c")))
     const bus = Context.get(publisher.ctx, EventBus)
     const t0 = performance.now()
     for (const e of events) bus.publish(e)

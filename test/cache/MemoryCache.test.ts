@@ -153,5 +153,5 @@ describe("disabled ResponseCache (HTTP_CACHE_ENABLED=false)", () => {
         entries: 0,
         errors: 0
       })
-    }).pipe(Effect.provide(ResponseCache.disabled(testCacheConfig({ enabled: false })))))
+    }).pipe(Effect.provide(ResponseCache.layerDisabled(testCacheConfig({ enabled: false })))))
 })

@@ -1,6 +1,6 @@
 /**
  * The response cache through the real proxy (serve stack on SQLite) and the in-process mock upstream:
- * reference-system.md §14.2 scenarios 74–95 and 99–100, with the [improve] behaviour.
+ * docs/behaviour.md scenarios 74–95 and 99–100.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { backends, type BackendInstance } from "../http/harness.js"

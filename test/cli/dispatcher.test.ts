@@ -52,7 +52,7 @@ describe("llm-proxy dispatcher", () => {
 
 /** Publishes `n` events to the Redis stream `streamKey`, as serve would. */
 const publishEvents = async (streamKey: string, n: number) => {
-  const publisher = await buildLayer(RedisStreamsBus.publisherLayer({
+  const publisher = await buildLayer(RedisStreamsBus.layerPublisher({
     url: Redacted.make(redisUrl!),
     streamKey,
     maxLen: 0,

@@ -1,4 +1,4 @@
-/** The cache variables of CONTRACT §3: defaults, accepted spellings, and one clear line for a bad value. */
+/** The cache variables of docs/cache.md ("Settings"): defaults, accepted spellings, and one clear line for a bad value. */
 import { ConfigProvider, Effect, Either } from "effect"
 import { describe, expect, it } from "vitest"
 import { appConfig, formatConfigError } from "../../src/config/AppConfig.js"

@@ -33,7 +33,7 @@ apis:
     auth_scheme: ""
 `
 
-describe("providers YAML (reference §5.1 + auth_header/auth_scheme)", () => {
+describe("providers YAML (docs/proxy.md \"Providers\", auth_header/auth_scheme included)", () => {
   it("decodes every key", () => {
     const p = Either.getOrThrow(parseProvidersYaml(SHIPPED))
     expect([...p.names]).toEqual(["openai", "anthropic"])

@@ -463,7 +463,7 @@ describe.skipIf(!redisUrl || !built)("a dispatcher killed mid-batch, then anothe
   const bus = () => ({ url: Redacted.make(redisUrl!), streamKey: `${prefix}${++n}`, maxLen: 0, bufferSize: 10_000, claimIdleMs: 30_000 })
 
   const publish = async (options: RedisStreamsBus.RedisStreamsOptions, events: Array<ProxyEvent>) => {
-    const publisher = await buildLayer(RedisStreamsBus.publisherLayer(options))
+    const publisher = await buildLayer(RedisStreamsBus.layerPublisher(options))
     for (const e of events) expect(publisher.get(EventBus).publish(e)).toBe(true)
     await publisher.close()
   }

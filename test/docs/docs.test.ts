@@ -1,5 +1,5 @@
 /**
- * The reference docs checked against the code, where that is cheap (tables are parsed, never line numbers):
+ * The docs/ pages checked against the code, where that is cheap (tables are parsed, never line numbers):
  * - configuration.md: every variable in its tables is read by the code, every variable the config reads is
  *   documented, every flag named in a `flag` column exists;
  * - proxy.md: every (status, code) of the error table is an answer the proxy has, and every answer the proxy uses

@@ -54,11 +54,11 @@ const dispatcherOptions = (name: string, extra: Partial<Dispatcher.DispatcherOpt
 
 const fileDispatcher = <E>(bus: RedisStreamsBus.RedisStreamsOptions, o: Dispatcher.DispatcherOptions, backend: Layer.Layer<Backend, E>) =>
   buildLayer(
-    Dispatcher.layer(o).pipe(Layer.provide(Layer.mergeAll(RedisStreamsBus.sourceLayer(bus), backend, TokenCounter.layer)))
+    Dispatcher.layer(o).pipe(Layer.provide(Layer.mergeAll(RedisStreamsBus.layerSource(bus), backend, TokenCounter.layer)))
   )
 
 const publish = async (bus: RedisStreamsBus.RedisStreamsOptions, count: number) => {
-  const publisher = await buildLayer(RedisStreamsBus.publisherLayer(bus))
+  const publisher = await buildLayer(RedisStreamsBus.layerPublisher(bus))
   const events = Array.from({ length: count }, () => makeEvent())
   for (const e of events) expect(publisher.get(EventBus).publish(e)).toBe(true)
   // closing the publisher flushes its buffer to Redis
@@ -90,7 +90,7 @@ describe.skipIf(!redisUrl)("Redis Streams bus", () => {
 
   it("events published all arrive in the dispatcher's file, and the publisher reports what it wrote", async () => {
     const bus = busOptions()
-    const publisher = await buildLayer(RedisStreamsBus.publisherLayer(bus))
+    const publisher = await buildLayer(RedisStreamsBus.layerPublisher(bus))
     const events = Array.from({ length: 500 }, () => makeEvent())
     for (const e of events) publisher.get(EventBus).publish(e)
     const path = join(dir, "all.jsonl")

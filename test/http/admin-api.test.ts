@@ -112,7 +112,7 @@ function adminSuite(backend: Backend) {
       expect(after.status).toBe(401)
       expect(after.json).toEqual({ error: "session expired or invalid", code: "session_expired" })
       expect((await api.get("/manage/session", { auth: null, headers: { cookie: pair } })).json).toEqual({ authenticated: false })
-      // Without any cookie: still the reference's message.
+      // Without any cookie: still the message of a missing Authorization header (docs/behaviour.md #1).
       expect((await api.get("/manage/projects", { auth: null })).json).toEqual({ error: "missing or invalid Authorization header" })
       expect((await api.delete("/manage/session", { auth: null })).status).toBe(204)
     })

@@ -1,6 +1,6 @@
 /**
  * The audit log as a user sees it over HTTP, on SQLite and on PostgreSQL (when DATABASE_URL is set): every
- * management action yields exactly one event with the documented fields (reference-system.md §8, §14.2
+ * management action yields exactly one event with the documented fields (docs/audit.md, docs/behaviour.md
  * scenarios 6, 18, 109–121), failed authentication is audited without the secret, `GET /manage/audit` filters,
  * searches, pages and validates, and the configuration switches (TRUSTED_PROXIES, AUDIT_ENABLED,
  * AUDIT_STORE_IN_DB, AUDIT_LOG_FILE) behave, including a clean shutdown right after a burst of requests.

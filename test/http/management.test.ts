@@ -1,9 +1,10 @@
 /**
  * The management API as a user sees it over HTTP, on SQLite and on PostgreSQL (when DATABASE_URL is set).
  *
- * Covers reference-system.md §14.2 scenarios 1–35 (management side only; the proxy halves of 6 and 33 arrive with
- * the audit log and the data plane), the CONTRACT §4/§5 changes, hostile input, a property test that throws random
- * payloads at every endpoint, health/OpenAPI, and how secrets are stored at rest.
+ * Covers docs/behaviour.md scenarios 1–35 on the management side (their audit events are in test/http/audit.test.ts,
+ * their proxy halves in test/proxy/store.test.ts), the error shape and fields of docs/management-api.md, hostile
+ * input, a property test that throws random payloads at every endpoint, health/OpenAPI, and how secrets are stored
+ * at rest.
  */
 import { FastCheck as fc } from "effect"
 import { createHash, randomBytes } from "node:crypto"
@@ -32,7 +33,7 @@ const WRONG_AUTH = "invalid management token"
 const OBFUSCATED_KEY = "cannot save obfuscated API key - please provide the full API key"
 const UNKNOWN_UUID = "3f1c2a4e-9b7d-4c2e-8f00-123456789abc"
 
-/** An error as CONTRACT §4 shapes it: JSON content type, `{"error": string, "code"?: string}`. */
+/** An error as docs/management-api.md shapes it: JSON content type, `{"error": string, "code"?: string}`. */
 const expectError = (r: Reply, status: number, error?: string) => {
   expect({ status: r.status, body: r.text }).toMatchObject({ status })
   expect(r.headers.get("content-type") ?? "").toMatch(/^application\/json/)
@@ -116,7 +117,7 @@ function managementSuite(backend: Backend) {
     expect(tokens.json).toEqual([])
   })
 
-  describe("management auth (§14.2 #1–6)", () => {
+  describe("management auth (#1–6)", () => {
     // Every management endpoint, plus paths the router does not match (405s, trailing slashes).
     const endpoints: ReadonlyArray<readonly [string, string]> = [
       ["GET", "/manage/projects"],
@@ -175,7 +176,7 @@ function managementSuite(backend: Backend) {
       expectError(await api.get("/manage/does-not-exist"), 404)
     })
 
-    it("#6 a wrong token and tokens sharing a long prefix with the real one → 401 invalid management token (audit half: issue 6)", async () => {
+    it("#6 a wrong token and tokens sharing a long prefix with the real one → 401 invalid management token (audited: test/http/audit.test.ts)", async () => {
       const real = server.token
       const candidates = [
         "x".repeat(real.length),
@@ -195,7 +196,7 @@ function managementSuite(backend: Backend) {
     })
   })
 
-  describe("projects (§14.2 #7–22)", () => {
+  describe("projects (#7–22)", () => {
     it("#7 POST /manage/projects → 201 with a UUID, is_active, timestamps and the key obfuscated (never whole)", async () => {
       const name = uniqueName("seven")
       const key = "sk-proj-1234567890abcdefghijklmnopqrstuvwxyz"
@@ -378,7 +379,7 @@ function managementSuite(backend: Backend) {
       expect((await api.get(`/manage/projects/${p.id}`)).json.is_active).toBe(true)
     })
 
-    it("#18 PATCH {is_active:false, revoke_tokens:true} revokes both active tokens (audit half: issue 6)", async () => {
+    it("#18 PATCH {is_active:false, revoke_tokens:true} revokes both active tokens (audited: test/http/audit.test.ts)", async () => {
       const p = await createProject()
       const [a, b] = [await createToken(p.id), await createToken(p.id)]
       const r = await api.patch(`/manage/projects/${p.id}`, { is_active: false, revoke_tokens: true })
@@ -401,7 +402,7 @@ function managementSuite(backend: Backend) {
       expect((await getToken(t.id)).is_active).toBe(false)
     })
 
-    it("#20 DELETE /manage/projects/{id} → 405, Allow: GET, PATCH, the reference body; the project stays", async () => {
+    it("#20 DELETE /manage/projects/{id} → 405, Allow: GET, PATCH, error and message in the body; the project stays", async () => {
       const p = await createProject()
       const r = await api.delete(`/manage/projects/${p.id}`)
       expectError(r, 405, "method not allowed")
@@ -442,7 +443,7 @@ function managementSuite(backend: Backend) {
     })
   })
 
-  describe("tokens (§14.2 #23–35)", () => {
+  describe("tokens (#23–35)", () => {
     let project: Awaited<ReturnType<typeof createProject>>
     beforeAll(async () => {
       project = await createProject()
@@ -491,7 +492,7 @@ function managementSuite(backend: Backend) {
       for (const body of [{ project_id: project.id }, { project_id: project.id, duration_minutes: 0 }]) {
         expectError(await api.post("/manage/tokens", body), 400, "project_id and duration_minutes are required")
       }
-      // Duration is checked before project_id, as in the reference.
+      // Duration is checked before project_id: an empty body gets #26's message, not #27's "project_id is required".
       expectError(await api.post("/manage/tokens", {}), 400, "project_id and duration_minutes are required")
       expectError(
         await api.post("/manage/tokens", { project_id: project.id, duration_minutes: 525601 }),
@@ -521,7 +522,7 @@ function managementSuite(backend: Backend) {
       expect((await api.get(`/manage/tokens?project_id=${p.id}`)).json).toEqual([])
     })
 
-    it("#29 GET /manage/tokens: never a raw token, sk-XXXX****XXXX, newest first, the reference fields", async () => {
+    it("#29 GET /manage/tokens: never a raw token, sk-XXXX****XXXX, newest first, every listed field of #29", async () => {
       const p = await createProject()
       const created: Array<{ id: string; token: string }> = []
       for (let i = 0; i < 3; i++) {
@@ -610,12 +611,12 @@ function managementSuite(backend: Backend) {
       expect(r.json.token).toMatch(TOKEN_HINT_RE)
       expect(await getToken(t.id)).toEqual(r.json)
       expectError(await api.patch(`/manage/tokens/${t.id}`, { expires_at: "tomorrow" }), 400, "expires_at must be an RFC 3339 timestamp")
-      // Existence is checked before the fields (reference order).
+      // Existence is checked before the fields (#32).
       expectError(await api.patch(`/manage/tokens/${UNKNOWN_UUID}`, {}), 404, "token not found")
       expectError(await api.patch(`/manage/tokens/${UNKNOWN_UUID}`, { max_requests: 1 }), 404, "token not found")
     })
 
-    it("#33 PATCH is_active false then true round-trips on the management side (the proxy half comes with the data plane)", async () => {
+    it("#33 PATCH is_active false then true round-trips on the management side (the proxy half: test/proxy/store.test.ts)", async () => {
       const t = await createToken(project.id)
       const off = await api.patch(`/manage/tokens/${t.id}`, { is_active: false })
       expect(off.status).toBe(200)

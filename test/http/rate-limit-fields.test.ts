@@ -1,5 +1,5 @@
 /**
- * The `rate_limit` field of projects and tokens in the management API (CONTRACT §5): `{"requests": N,
+ * The `rate_limit` field of projects and tokens in the management API (docs/management-api.md): `{"requests": N,
  * "window_seconds": S}` or null, on create and PATCH, shown on every read, validated with a 400.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest"

@@ -7,7 +7,7 @@ import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
 import { Context, Duration, Effect, Layer, Option, TestClock } from "effect"
 import { createHash } from "node:crypto"
-import { AdminSessions, AdminSessionsLive, csrfTokenOf, type SessionOptions } from "../../src/http/session.js"
+import { AdminSessions, csrfTokenOf, layer as adminSessionsLayer, type SessionOptions } from "../../src/http/session.js"
 import { type Dialect, migrateUp } from "../../src/store/migrations.js"
 import * as AdminSessionStore from "../../src/store/sessions.js"
 import { postgresUrl } from "../support/databases.js"
@@ -31,7 +31,7 @@ const sessionsOn = (dialect: Dialect, overrides: Partial<SessionOptions> = {}) =
     const client = yield* Layer.build(clientFor(dialect, location))
     yield* Effect.provide(migrateUp(dialect), client)
     const ctx = yield* Layer.build(
-      AdminSessionsLive(options(overrides)).pipe(Layer.provide(AdminSessionStore.layer), Layer.provide(Layer.succeedContext(client)))
+      adminSessionsLayer(options(overrides)).pipe(Layer.provide(AdminSessionStore.layer), Layer.provide(Layer.succeedContext(client)))
     )
     const sql = Context.get(client, SqlClient.SqlClient)
     const rows = sql<{ id_hash: string; created_ms: unknown; last_seen_ms: unknown }>`SELECT * FROM admin_sessions ORDER BY created_ms`.pipe(

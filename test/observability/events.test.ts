@@ -290,7 +290,7 @@ describe.skipIf(!redisUrl || !built)("the built dispatcher binary with --metrics
       if (id === "flaky" && n <= 2) return 500
       return id === "bad" ? 400 : 200
     })
-    const publisher = await buildLayer(RedisStreamsBus.publisherLayer({
+    const publisher = await buildLayer(RedisStreamsBus.layerPublisher({
       url: Redacted.make(redisUrl!),
       streamKey,
       maxLen: 0,

@@ -207,7 +207,7 @@ describe("GET /metrics after known traffic", () => {
     ]) expect(names.has(n), n).toBe(true)
   })
 
-  it("keeps the reference's JSON counters at /metrics/json and the text at /metrics/prometheus", async () => {
+  it("keeps the Go llm-proxy's JSON counters at /metrics/json and the text at /metrics/prometheus", async () => {
     const r = await fetch(`${stack.server.url}/metrics/json`)
     expect(r.status).toBe(200)
     const body = await r.json() as Record<string, number>

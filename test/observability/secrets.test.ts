@@ -18,8 +18,8 @@
  * name: itself, base64, base64url, URL-encoded, and slices of the part the contract never shows (provider keys may
  * show their first 8 and last 4 characters, proxy tokens `sk-` + 4 and the last 4, everything else nothing).
  *
- * Exclusions, exactly: a token creation response (and `manage token generate`) shows the new token once (CONTRACT
- * §5); the session login and `GET /manage/session` answers carry the session's CSRF token and (login) its cookie;
+ * Exclusions, exactly: a token creation response (and `manage token generate`) shows the new token once
+ * (docs/management-api.md "Tokens"); the session login and `GET /manage/session` answers carry the session's CSRF token and (login) its cookie;
  * the upstream sees its project's provider key in the provider's auth header; the OTLP receiver sees the export
  * header and the Lunary/Helicone receivers the dispatcher's API key as `Authorization` — those headers only.
  * Each of these is still checked for every *other* secret.

@@ -1,5 +1,5 @@
 /**
- * The data plane's audit events (reference-system.md §14.2 scenarios 66 and 121): a /v1 request refused because
+ * The data plane's audit events (docs/behaviour.md scenarios 66 and 121): a /v1 request refused because
  * its project is inactive is recorded once as `proxy_request` / `denied` / `project_inactive`, one refused for its
  * token as `token.validate` / `denied`, with the token's id, the project, the request and correlation ids and the
  * client IP; forwarded requests are not audit events.

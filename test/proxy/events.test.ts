@@ -1,6 +1,6 @@
 /**
  * Instrumentation events through the real proxy (serve stack + mock upstream): one event per request with the
- * CONTRACT §6 fields, for JSON and SSE answers, rejected requests, compressed and oversized bodies; a bus that is
+ * fields of docs/events.md, for JSON and SSE answers, rejected requests, compressed and oversized bodies; a bus that is
  * full never slows or fails requests; with Redis, 1,000 events published by serve all reach the dispatcher's file.
  */
 import { Context, Effect, Exit, Layer, Option, Redacted, Scope } from "effect"
@@ -64,7 +64,7 @@ describe("events from the proxy (in-memory bus, serve --file-event-log)", () => 
     await mock.close()
   })
 
-  it("a JSON request: every CONTRACT §6 field", async () => {
+  it("a JSON request: every field of docs/events.md", async () => {
     const r = await call(server.url, "/v1/chat/completions?trace=1", { token: t.token, body: chatBody() })
     expect(r.status).toBe(200)
     const e = await eventFor(r.headers["x-request-id"] as string)
@@ -290,7 +290,7 @@ describe.skipIf(!redisUrl)("events from serve through Redis Streams", () => {
         keepAliveMs: 10_000,
         status: "off"
       }).pipe(Layer.provide(Layer.mergeAll(
-        RedisStreamsBus.sourceLayer({ url: Redacted.make(redisUrl!), streamKey, maxLen: 0, bufferSize: 1000, claimIdleMs: 30_000 }),
+        RedisStreamsBus.layerSource({ url: Redacted.make(redisUrl!), streamKey, maxLen: 0, bufferSize: 1000, claimIdleMs: 30_000 }),
         fileBackend(path),
         TokenCounter.layer
       )))

@@ -1,6 +1,6 @@
 /**
  * The /v1 proxy as a client and the upstream see it, against the in-process mock upstream, on SQLite:
- * reference-system.md §14.2 scenarios 36–55, 66–73 and 102–104 (the store-dependent ones — quotas, revocation,
+ * docs/behaviour.md scenarios 36–55, 66–73 and 102–104 (the store-dependent ones — quotas, revocation,
  * usage counters — run on every backend in store.test.ts), plus providers, header hygiene, timeouts and the
  * zero-query warm path.
  */

@@ -1,5 +1,5 @@
 /**
- * Streaming through the proxy (reference §14.2 scenarios 96–98): chunk-by-chunk delivery proven without timing
+ * Streaming through the proxy (docs/behaviour.md scenarios 96–98): chunk-by-chunk delivery proven without timing
  * (the mock writes the next chunk only after the client has received the previous one), a client going away
  * aborts the upstream request, and — SLOW, ~90 s — a 90-second stream completes.
  */

@@ -1,10 +1,10 @@
 /**
  * The usage flush's per-hour rollups on a real SQLite store: every recorded request lands in its (hour, token) row,
- * and a failed write is retried with the next batch without losing or doubling anything.
+ * and a failed write is retried with the next batch without losing or doubling anything. A flush that writes is traced.
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, layer } from "@effect/vitest"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Tracer } from "effect"
 import { AppConfig } from "../../src/config/AppConfig.js"
 import { Store } from "../../src/store/Store.js"
 import { UsageRecorder, layer as usageRecorderLayer } from "../../src/token/UsageRecorder.js"
@@ -62,6 +62,30 @@ describe("UsageRecorder rollups", () => {
         ])
         yield* usage.flush
         expect((yield* series("t3"))[0]!.requests).toBe(2)
+      }))
+
+    it.effect("a flush that writes is one UsageRecorder.flush span over its store writes; an idle flush traces nothing", () =>
+      Effect.gen(function*() {
+        const usage = yield* UsageRecorder
+        const spans: Array<{ name: string; parent: string | undefined }> = []
+        const native = yield* Effect.tracer
+        const recording = Tracer.make({
+          span: (name, parent, ...rest) => {
+            spans.push({ name, parent: parent._tag === "Some" && parent.value._tag === "Span" ? parent.value.name : undefined })
+            return native.span(name, parent, ...rest)
+          },
+          context: (f, fiber) => native.context(f, fiber)
+        })
+        const stores = () => spans.filter((s) => !s.name.startsWith("sql."))
+        yield* Effect.withTracer(usage.flush, recording)
+        expect(stores()).toEqual([])
+        usage.record("t4", { request: true, at: T0 + 30, rollup: { projectId: "p1", status: 200 } })
+        yield* Effect.withTracer(usage.flush, recording)
+        expect(stores()).toEqual([
+          { name: "UsageRecorder.flush", parent: undefined },
+          { name: "Store.addUsage", parent: "UsageRecorder.flush" },
+          { name: "Store.addHourlyUsage", parent: "UsageRecorder.flush" }
+        ])
       }))
   })
 })

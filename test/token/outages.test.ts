@@ -74,7 +74,7 @@ describe("rate-limit store unreachable", () => {
     return { first, second, failures: limits.storeFailures() }
   })
   // The real clock: the 250 ms timeout and the Redis client's reconnects run on it.
-  const redisDown = (mode: RateLimits.FailureMode) => Effect.provide(checkTwice, RateLimits.redis("redis://127.0.0.1:1", mode))
+  const redisDown = (mode: RateLimits.FailureMode) => Effect.provide(checkTwice, RateLimits.layerRedis("redis://127.0.0.1:1", mode))
 
   it.live("fail-open (default): requests are allowed and the failures counted", () =>
     Effect.map(redisDown("open"), (r) => expect(r).toEqual({ first: undefined, second: undefined, failures: 2 })))
@@ -91,7 +91,7 @@ describe("rate-limit store unreachable", () => {
       expect(yield* pending).toBe(RateLimits.Unavailable)
       // No limit set: allowed at once, nothing to run.
       expect(limits.unsafeCheck("t", null, "p", null)).toBeUndefined()
-    }).pipe(Effect.provide(RateLimits.redis("redis://127.0.0.1:1", "closed"))))
+    }).pipe(Effect.provide(RateLimits.layerRedis("redis://127.0.0.1:1", "closed"))))
 
   it.effect("the memory store never fails", () =>
     Effect.gen(function*() {
@@ -99,5 +99,5 @@ describe("rate-limit store unreachable", () => {
       expect(yield* limits.check("t", limit, "p", null)).toBeUndefined()
       expect(yield* limits.check("t", limit, "p", null)).toMatchObject({ scope: "token" })
       expect(limits.storeFailures()).toBe(0)
-    }).pipe(Effect.provide(RateLimits.memory)))
+    }).pipe(Effect.provide(RateLimits.layerMemory)))
 })

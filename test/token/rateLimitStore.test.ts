@@ -41,7 +41,7 @@ describe("memory rate-limit store", () => {
       expect((yield* fixedWindow({ key: "token:7", tokens: 1, refillRate: Duration.seconds(1), limit: 10 }))[0]).toBe(1)
     }))
 
-  it.scoped("RateLimits.memory keeps limiting across its periodic sweep", () =>
+  it.scoped("RateLimits.layerMemory keeps limiting across its periodic sweep", () =>
     Effect.gen(function*() {
       const limits = yield* RateLimits.RateLimits
       const limit = { requests: 1, windowSeconds: 600 }
@@ -52,7 +52,7 @@ describe("memory rate-limit store", () => {
       expect(yield* limits.check("t", limit, "p", null)).toMatchObject({ scope: "token" })
       yield* TestClock.adjust(Duration.minutes(10))
       expect(yield* limits.check("t", limit, "p", null)).toBeUndefined()
-    }).pipe(Effect.provide(RateLimits.memory)))
+    }).pipe(Effect.provide(RateLimits.layerMemory)))
 
   it.scoped("the data plane's unsafeCheck answers the memory store's verdict synchronously, sharing its windows", () =>
     Effect.gen(function*() {
@@ -66,5 +66,5 @@ describe("memory rate-limit store", () => {
       expect(limits.unsafeCheck("t", null, "p", limit)).toBeUndefined()
       expect(limits.unsafeCheck("t", null, "p", limit)).toBeUndefined()
       expect(limits.unsafeCheck("t", null, "p", limit)).toMatchObject({ scope: "project" })
-    }).pipe(Effect.provide(RateLimits.memory)))
+    }).pipe(Effect.provide(RateLimits.layerMemory)))
 })

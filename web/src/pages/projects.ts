@@ -165,7 +165,7 @@ export const projectEditPage = async (ctx: Ctx) => {
       project,
       submitLabel: "Save",
       onSubmit: async (v) => {
-        // is_active is always sent: unticking "Active" must deactivate (the reference's form sent nothing).
+        // is_active is always sent: unticking "Active" must deactivate (docs/admin.md).
         await api((c) =>
           c.projects.update({
             path: { id },

@@ -273,7 +273,7 @@ export const tokenDetailPage = async (ctx: Ctx) => {
         confirm: "Reactivate"
       })
       if (!ok) return
-      // Only is_active is sent, so the token keeps its max_requests (the reference's form cleared it).
+      // Only is_active is sent, so the token keeps its max_requests (docs/admin.md: Reactivate keeps the request limit).
       await api((c) => c.tokens.update({ path: { id }, payload: { is_active: true } }))
       reload("Token reactivated.")
     }
