@@ -200,7 +200,7 @@ const invalid = (name: string, message: string) => ConfigError.InvalidData([name
 
 /** `host:port`, `:port` or `[v6]:port`. Port 0 asks the OS for a free port (tests). */
 export const parseListenAddress = (value: string): Either.Either<ListenAddress, string> => {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s\[\]]*)):(\d{1,5})$/.exec(value.trim())
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s[\]]*)):(\d{1,5})$/.exec(value.trim())
   if (!m) return Either.left(`expected host:port or :port, got "${value}"`)
   const port = Number(m[3])
   if (port > 65535) return Either.left(`port must be 0..65535, got ${port}`)

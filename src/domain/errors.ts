@@ -24,6 +24,7 @@ export class TooManyRequests extends Schema.TaggedError<TooManyRequests>()("TooM
 export class InternalError extends Schema.TaggedError<InternalError>()("InternalError", fields) {}
 export class ServiceUnavailable extends Schema.TaggedError<ServiceUnavailable>()("ServiceUnavailable", fields) {}
 
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- a Schema's encoded type is invariant: any admits every encoding
 type ErrorClass<A extends ErrorBody> = Schema.Schema<A, any> & (new(props: { error: string; code?: string }) => A)
 
 /** The wire form of an error class: the `_tag` stays inside the program, the body is the contract's shape. */

@@ -48,6 +48,7 @@ export const oneAnswer = (message: string) => ({ message: () => ({ message, over
  * annotation the OpenAPI generator would skip this node, and the description put on it with it.)
  */
 export const rule = <A>(predicate: (a: A) => boolean, message: string, jsonSchema: object = {}) =>
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- a Schema's encoded type is invariant: any admits every encoding
 <S extends Schema.Schema<A, any, never>>(self: S): Schema.filter<S> =>
   self.pipe(Schema.filter<S>(predicate, { ...answer(message), jsonSchema }))
 
@@ -55,6 +56,7 @@ export const rule = <A>(predicate: (a: A) => boolean, message: string, jsonSchem
  * A whole number, refused with `message` (not JSON Schema's "integer" alone: 1e20 is whole, and is then refused by
  * the field's bound with that bound's message).
  */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- a Schema's encoded type is invariant: any admits every encoding
 export const wholeNumber = (message: string) => <S extends Schema.Schema<number, any, never>>(self: S): Schema.filter<S> =>
   self.pipe(Schema.filter<S>(Number.isInteger, { ...answer(message), jsonSchema: { type: "integer" } }))
 

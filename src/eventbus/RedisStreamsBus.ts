@@ -238,7 +238,7 @@ const toDelivery = (redelivered: boolean) => ([id, fields]: Entry): Delivery => 
 }
 
 export const makeSource = (options: RedisStreamsOptions) =>
-  Effect.gen(function*() {
+  Effect.sync(() => {
     const key = options.streamKey
     const subscribe = (group: string, consumer: string) =>
       Effect.gen(function*() {

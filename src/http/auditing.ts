@@ -28,7 +28,7 @@ export interface RequestMeta {
 
 export const currentRequestMeta = FiberRef.unsafeMake<RequestMeta | undefined>(undefined)
 
-const SAFE_ID = /^[A-Za-z0-9._:\-]{1,128}$/
+const SAFE_ID = /^[A-Za-z0-9._:-]{1,128}$/
 
 /** A client's X-Request-ID / X-Correlation-ID is kept when it is short and safe, else replaced. */
 export const requestIdOf = (header: string | undefined): string =>

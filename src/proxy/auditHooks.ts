@@ -16,7 +16,7 @@ import { clientIpOf, type TrustedProxies } from "../audit/clientIp.js"
 import { AuditActions, AuditActors } from "../domain/audit.js"
 import type { ProxyHooksShape, ProxyRequestContext } from "./ProxyHooks.js"
 
-const SAFE_ID = /^[A-Za-z0-9._:\-]{1,128}$/
+const SAFE_ID = /^[A-Za-z0-9._:-]{1,128}$/
 
 /** Error codes of a refused proxy token (src/proxy/policy.ts Answers). */
 const TOKEN_REFUSALS = new Set(["invalid_token", "token_not_found", "token_inactive", "token_expired"])

@@ -571,7 +571,7 @@ export const duplicateAuthorization = (rawHeaders: ReadonlyArray<string>): boole
 // ---------------------------------------------------------------------------------------------------------------
 // Request ids and timing
 
-const SAFE_REQUEST_ID = /^[A-Za-z0-9._:\-]{1,128}$/
+const SAFE_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
 
 /** A client's X-Request-ID is kept when it is short and safe, else replaced. */
 export const requestIdOf = (header: string | undefined): string =>

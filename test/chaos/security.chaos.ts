@@ -222,7 +222,11 @@ const timeGuesses = (compare: (guess: string) => unknown, far: string, near: str
     for (let i = 0; i < perBatch; i++) compare(guess)
     return Number(process.hrtime.bigint() - t0)
   }
-  for (let i = 0; i < 50; i++) (batch(far), batch(near)) // warm-up: JIT both paths
+  // warm-up: JIT both paths
+  for (let i = 0; i < 50; i++) {
+    batch(far)
+    batch(near)
+  }
   for (let r = 0; r < rounds; r++) {
     if (Math.random() < 0.5) {
       a.push(batch(far))

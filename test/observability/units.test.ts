@@ -475,7 +475,7 @@ describe("otlpProto", () => {
     const attrs = decodeTraces(Buffer.concat([Buffer.from([0x0a]), varint(resource.length), resource])).resourceSpans[0]!.resource
       .attributes as Array<any>
     expect(attrs).toHaveLength(100)
-    expect(plain(attrs)["k99"]).toBe(99 % 3 === 0 ? "v99" : -99.5)
+    expect(plain(attrs)["k99"]).toBe("v99") // 99 is a multiple of 3: a string
     expect(plain(attrs)["k1"]).toBe(1)
     expect(plain(attrs)["k2"]).toBe(-2.5)
   })
@@ -491,7 +491,7 @@ describe("nanos", () => {
   it.each([
     [1000, "1000000000"],
     [1.5, "1500000"],
-    [1_700_000_000_000.9999999, "1700000000001000000"],
+    [1_700_000_000_000 + 0.9999999, "1700000000001000000"],
     [1_700_000_000_123.25, "1700000000123250000"]
   ])("nanos(%d) = %s", (ms, ns) => expect(nanos(ms)).toBe(ns))
 })

@@ -4,7 +4,8 @@
  */
 export type Child = Node | string | number | null | undefined | false | ReadonlyArray<Child>
 
-type Handler = (event: any) => void
+/** A listener of any event type (a method's parameters are bivariant, so `(e: KeyboardEvent) => void` fits). */
+type Handler = { handle(event: Event): void }["handle"]
 export type Attrs = Record<string, string | number | boolean | Handler | null | undefined>
 
 const append = (parent: Node, child: Child): void => {
@@ -22,13 +23,13 @@ const apply = (el: Element, attrs: Attrs | undefined) => {
   if (!attrs) return
   for (const [key, value] of Object.entries(attrs)) {
     if (value === null || value === undefined || value === false) {
-      if (PROPS.has(key)) (el as any)[key] = key === "value" ? "" : false
+      if (PROPS.has(key)) (el as unknown as Record<string, unknown>)[key] = key === "value" ? "" : false
       continue
     }
     if (typeof value === "function") {
       el.addEventListener(key.slice(2).toLowerCase(), value)
     } else if (PROPS.has(key)) {
-      ;(el as any)[key] = value
+      ;(el as unknown as Record<string, unknown>)[key] = value
     } else {
       el.setAttribute(key, value === true ? "" : String(value))
     }
