@@ -7,7 +7,7 @@
 import { SqlClient, type SqlError, SqlSchema, type Statement } from "@effect/sql"
 import { Context, Effect, Layer, type Option, ParseResult, Schema } from "effect"
 import { type AuditQuery, type AuditRecord, type Outcome, OUTCOMES } from "../domain/audit.js"
-import { decodeRows, rowError, SqlNumber, sqlRow, SqlTimestamp } from "../store/columns.js"
+import { decodeRows, nullable, oneOf, rowError, SqlNumber, sqlRow, SqlText, SqlTimestamp } from "../store/columns.js"
 import { boundedCount, type KeysetPage, keysetPage, type PageRequest } from "../store/keyset.js"
 import { COUNT_CAP, StoreError } from "../store/Store.js"
 
@@ -56,15 +56,15 @@ export interface AuditRepoShape {
 
 export class AuditRepo extends Context.Tag("llm-proxy/AuditRepo")<AuditRepo, AuditRepoShape>() {}
 
-const Text = Schema.NullOr(Schema.String)
+const Text = nullable(SqlText)
 
 /** `SELECT * FROM audit_events`. */
 const EventFromRow = sqlRow("StoredAuditEvent", {
-  id: Schema.String,
+  id: SqlText,
   timestamp: SqlTimestamp,
-  action: Schema.String,
-  actor: Schema.String,
-  outcome: Schema.Literal(...OUTCOMES),
+  action: SqlText,
+  actor: SqlText,
+  outcome: oneOf(OUTCOMES),
   project_id: Text,
   token_id: Text,
   request_id: Text,

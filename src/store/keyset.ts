@@ -9,7 +9,7 @@
  */
 import type { SqlClient, SqlError, Statement } from "@effect/sql"
 import { Effect, Option, type ParseResult, Schema } from "effect"
-import { CountRow, decodeFirst, sqlRow } from "./columns.js"
+import { CountRow, decodeFirst, sqlRow, SqlText } from "./columns.js"
 
 /** The sort key of a row: its time column as text, and its id. */
 export interface RowKey {
@@ -45,7 +45,7 @@ export interface KeysetPage<A> {
 export const firstPage: PagePosition = { _tag: "first" }
 
 /** The key of a page row, selected under these aliases next to the row's own columns. */
-const RowKeyFromRow = sqlRow("RowKey", { keyset_time: Schema.String, keyset_id: Schema.String }, (r): RowKey => ({
+const RowKeyFromRow = sqlRow("RowKey", { keyset_time: SqlText, keyset_id: SqlText }, (r): RowKey => ({
   time: r.keyset_time,
   id: r.keyset_id
 }))

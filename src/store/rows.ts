@@ -5,11 +5,14 @@
  */
 import { Schema } from "effect"
 import {
+  nullable,
   prefixed,
+  type RowColumns,
   SqlBool,
   SqlJson,
   SqlNumber,
   sqlRow,
+  SqlText,
   SqlTimestamp,
   unprefixed,
   withFallback
@@ -26,9 +29,9 @@ import type {
   UsagePoint
 } from "./Store.js"
 
-const NullableNumber = Schema.NullOr(SqlNumber)
-const NullableTimestamp = Schema.NullOr(SqlTimestamp)
-const NullableText = Schema.NullOr(Schema.String)
+const NullableNumber = nullable(SqlNumber)
+const NullableTimestamp = nullable(SqlTimestamp)
+const NullableText = nullable(SqlText)
 
 /** Model names or globs (`allowed_models`). */
 const ModelList = SqlJson(Schema.Array(Schema.String))
@@ -40,13 +43,13 @@ const StoredKeyJson = Schema.Struct({
   id: Schema.String,
   key: Schema.String,
   hint: Schema.String,
-  weight: withFallback(Schema.Number, 1),
-  provider: withFallback(Schema.NullOr(Schema.String), null)
+  weight: withFallback(Schema.Number, 1).schema,
+  provider: withFallback(Schema.NullOr(Schema.String), null).schema
 })
 
 const KeyColumns = {
-  api_key: Schema.String,
-  api_key_hint: Schema.String,
+  api_key: SqlText,
+  api_key_hint: SqlText,
   api_keys: SqlJson(Schema.Array(StoredKeyJson))
 }
 
@@ -54,7 +57,7 @@ const KeyColumns = {
  * `projects.api_keys` as keys; NULL — a project saved before keys were lists —, an empty list or one written by hand
  * that is not a list of keys: its one `api_key`, under the project's id.
  */
-const storedKeys = (c: Schema.Struct.Type<typeof KeyColumns>, projectId: string): ReadonlyArray<StoredKey> =>
+const storedKeys = (c: RowColumns<typeof KeyColumns>, projectId: string): ReadonlyArray<StoredKey> =>
   c.api_keys !== null && c.api_keys.length > 0
     ? c.api_keys
     : [{ id: projectId, key: c.api_key, hint: c.api_key_hint, weight: 1, provider: null }]
@@ -82,7 +85,7 @@ const BudgetColumns = {
   budget_period: withFallback(Schema.Literal("total", "day", "month"), "total")
 }
 
-const budget = (c: Schema.Struct.Type<typeof BudgetColumns>): BudgetRow => ({
+const budget = (c: RowColumns<typeof BudgetColumns>): BudgetRow => ({
   maxCostUsd: positiveOrNull(c.max_cost_usd),
   maxTokens: positiveOrNull(c.max_tokens),
   period: c.budget_period
@@ -99,7 +102,7 @@ const SpendColumns = {
   month_tokens: SqlNumber
 }
 
-const spend = (c: Schema.Struct.Type<typeof SpendColumns>): SpendRow => ({
+const spend = (c: RowColumns<typeof SpendColumns>): SpendRow => ({
   spentUsd: c.spent_usd,
   tokensUsed: c.tokens_used,
   dayStart: c.day_start,
@@ -112,10 +115,10 @@ const spend = (c: Schema.Struct.Type<typeof SpendColumns>): SpendRow => ({
 
 /** `SELECT * FROM projects`. */
 export const ProjectFromRow = sqlRow("ProjectRow", {
-  id: Schema.String,
-  name: Schema.String,
+  id: SqlText,
+  name: SqlText,
   ...KeyColumns,
-  provider: Schema.String,
+  provider: SqlText,
   is_active: SqlBool,
   deactivated_at: NullableTimestamp,
   ...RateLimitColumns,
@@ -147,10 +150,10 @@ export const ProjectFromRow = sqlRow("ProjectRow", {
 
 /** `SELECT * FROM tokens`. */
 export const TokenFromRow = sqlRow("TokenRow", {
-  id: Schema.String,
-  token_hash: Schema.String,
-  token_hint: Schema.String,
-  project_id: Schema.String,
+  id: SqlText,
+  token_hash: SqlText,
+  token_hint: SqlText,
+  project_id: SqlText,
   expires_at: NullableTimestamp,
   is_active: SqlBool,
   deactivated_at: NullableTimestamp,
@@ -196,8 +199,8 @@ export const TokenFromRow = sqlRow("TokenRow", {
 
 /** The token with its project (`getTokenAuth`'s join): the token's budget under `t_`, the project's under `p_`. */
 export const TokenAuthFromRow = sqlRow("TokenAuthRow", {
-  token_id: Schema.String,
-  project_id: Schema.String,
+  token_id: SqlText,
+  project_id: SqlText,
   expires_at: NullableTimestamp,
   token_active: SqlBool,
   max_requests: NullableNumber,
@@ -207,7 +210,7 @@ export const TokenAuthFromRow = sqlRow("TokenAuthRow", {
   ...prefixed("t_", BudgetColumns),
   project_active: SqlBool,
   ...KeyColumns,
-  provider: Schema.String,
+  provider: SqlText,
   project_rl_requests: NullableNumber,
   project_rl_window: NullableNumber,
   project_rl_tokens: NullableNumber,
@@ -239,11 +242,11 @@ export const TokenAuthFromRow = sqlRow("TokenAuthRow", {
 
 /** `SELECT * FROM project_keys`. */
 export const ProjectKeyFromRow = sqlRow("ProjectKeyRow", {
-  id: Schema.String,
-  project_id: Schema.String,
-  name: Schema.String,
-  key_hash: Schema.String,
-  key_hint: Schema.String,
+  id: SqlText,
+  project_id: SqlText,
+  name: SqlText,
+  key_hash: SqlText,
+  key_hint: SqlText,
   created_at: SqlTimestamp,
   last_used_at: NullableTimestamp,
   revoked_at: NullableTimestamp

@@ -5,7 +5,7 @@
  */
 import { SqlClient, type SqlError, SqlSchema } from "@effect/sql"
 import { Context, Effect, Layer, type Option, ParseResult, Schema } from "effect"
-import { rowError, SqlNumber, sqlRow } from "./columns.js"
+import { rowError, SqlNumber, sqlRow, SqlText } from "./columns.js"
 import { StoreError } from "./Store.js"
 
 export interface SessionRow {
@@ -29,7 +29,7 @@ export class AdminSessionStore extends Context.Tag("llm-proxy/AdminSessionStore"
 
 /** The times are BIGINTs: text to PostgreSQL's driver. */
 const SessionFromRow = sqlRow("SessionRow", {
-  id_hash: Schema.String,
+  id_hash: SqlText,
   created_ms: SqlNumber,
   last_seen_ms: SqlNumber
 }, (r): SessionRow => ({ idHash: r.id_hash, createdMs: r.created_ms, lastSeenMs: r.last_seen_ms }))
