@@ -104,12 +104,22 @@ export const SqlJson = <A, I>(schema: Schema.Schema<A, I>): Column<unknown, A | 
   })
 }
 
-type Columns = Readonly<Record<string, Column<any, any>>>
+/** Any column (what a row's columns have in common). */
+interface SomeColumn {
+  readonly name: string
+  readonly is: (u: unknown) => boolean
+  readonly decode: (v: never) => unknown
+}
+type Columns = Readonly<Record<string, SomeColumn>>
 
 /** What the drivers give for a row of `C`. */
-export type RowEncoded<C extends Columns> = { readonly [K in keyof C]: C[K] extends Column<infer I, any> ? I : never }
+export type RowEncoded<C extends Columns> = {
+  readonly [K in keyof C]: C[K] extends { readonly is: (u: unknown) => u is infer I } ? I : never
+}
 /** The decoded columns of a row of `C`. */
-export type RowColumns<C extends Columns> = { readonly [K in keyof C]: C[K] extends Column<any, infer A> ? A : never }
+export type RowColumns<C extends Columns> = {
+  readonly [K in keyof C]: C[K] extends { readonly decode: (v: never) => infer A } ? Exclude<A, undefined> : never
+}
 
 /** `columns` with `prefix` before each name: a group of columns selected under aliases (`t_max_tokens`). */
 export type Prefixed<P extends string, C> = { readonly [K in keyof C & string as `${P}${K}`]: C[K] }
@@ -148,7 +158,8 @@ export const sqlRow = <C extends Columns, A>(
         const out: Record<string, unknown> = {}
         for (const [name, c] of entries) {
           const v = (row as Record<string, unknown>)[name]
-          const a = c.is(v) ? c.decode(v) : undefined
+          // `is` narrowed the value to what `decode` takes.
+          const a = c.is(v) ? (c.decode as (v: unknown) => unknown)(v) : undefined
           if (a === undefined) return ParseResult.fail(new ParseResult.Pointer(name, row, notA(ast, c.name, v)))
           out[name] = a
         }
