@@ -1,8 +1,8 @@
 /**
- * AuditRepo: the `audit_events` table on @effect/sql, the same SQL on SQLite and PostgreSQL (the differences —
- * case-insensitive LIKE here, timestamps in the row schema's column schemas, src/store/columns.ts — are handled at
- * the edges). The AuditLog's database sink writes through it;
- * `GET /manage/audit` and the retention fiber read and prune through it.
+ * AuditRepo: the `audit_events` table on @effect/sql, the same SQL on SQLite and PostgreSQL (the differences are
+ * handled at the edges: case-insensitive LIKE here, timestamps by the row schema's column schemas of
+ * src/store/columns.ts). The AuditLog's database sink writes through it; `GET /manage/audit` and the retention fiber
+ * read and prune through it.
  */
 import { SqlClient, type SqlError, SqlSchema, type Statement } from "@effect/sql"
 import { Context, Effect, Layer, type Option, ParseResult, Schema } from "effect"

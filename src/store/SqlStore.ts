@@ -151,7 +151,8 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
         R
       >
 
-    const project = SqlSchema.findOne({
+    // Queries by one key, and decoders of results, with their row schemas (rows.ts).
+    const selectProject = SqlSchema.findOne({
       Request: Schema.String,
       Result: ProjectFromRow,
       execute: (id) => sql`SELECT * FROM projects WHERE id = ${id}`
@@ -192,8 +193,6 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
     const duplicateName = (name: string) =>
     (e: SqlError.SqlError): Effect.Effect<never, SqlError.SqlError | DuplicateProjectName> =>
       isUniqueViolation(e) ? Effect.fail(new DuplicateProjectName({ name })) : Effect.fail(e)
-
-    const selectProject = project
 
     /**
      * The project, locked until the transaction ends on Postgres. FOR UPDATE also conflicts with the FOR KEY SHARE
