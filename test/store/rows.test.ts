@@ -4,11 +4,12 @@
  * store writes, values that are not of their column's type at all — read back the same on SQLite and PostgreSQL.
  */
 import { SqlClient } from "@effect/sql"
-import { describe, expect, layer } from "@effect/vitest"
-import { Effect, Layer, Option } from "effect"
+import { describe, expect, it, layer } from "@effect/vitest"
+import { Effect, Either, Layer, Option, Schema } from "effect"
 import { randomBytes, randomUUID } from "node:crypto"
 import * as AuditRepo from "../../src/audit/AuditRepo.js"
 import { uuidv7 } from "../../src/audit/uuidv7.js"
+import { nullable, rowError, SqlBool, SqlJson, SqlNumber, SqlTimestamp } from "../../src/store/columns.js"
 import { firstPage } from "../../src/store/keyset.js"
 import type { Dialect } from "../../src/store/migrations.js"
 import { type NewToken, Store, StoreError } from "../../src/store/Store.js"
@@ -213,3 +214,32 @@ describe.skipIf(!postgresUrl)(
   postgresUrl ? "rows on PostgreSQL" : "rows on PostgreSQL (skipped: DATABASE_URL not set)",
   () => rowsSuite("postgres")
 )
+
+describe("column schemas on their own", () => {
+  const decode = <A, I>(schema: Schema.Schema<A, I>) => Schema.decodeUnknownEither(schema)
+
+  it("read what either driver gives as the same value, and refuse anything else with no value in the message", () => {
+    const cases: ReadonlyArray<readonly [Schema.Schema<any, any>, ReadonlyArray<unknown>, unknown]> = [
+      [SqlBool.schema, [true, 1], true],
+      [SqlBool.schema, [false, 0, 2], false],
+      [SqlNumber.schema, [BIG, String(BIG)], BIG],
+      [SqlNumber.schema, [0.25, "0.25"], 0.25],
+      [SqlTimestamp.schema, [new Date(NOW), NOW, "2024-05-06T09:08:09.123+02:00"], NOW],
+      [nullable(SqlTimestamp).schema, [null], null],
+      [SqlJson(Schema.Array(Schema.String)).schema, ["[\"a\"]", ["a"]], ["a"]],
+      [SqlJson(Schema.Array(Schema.String)).schema, [null, "[", "{}", 7], null]
+    ]
+    for (const [schema, given, value] of cases) {
+      for (const v of given) expect(Either.getOrThrow(decode(schema)(v))).toEqual(value)
+    }
+    const secret = `secret-${randomUUID()}`
+    const strict: ReadonlyArray<Schema.Schema<any, any>> = [SqlNumber.schema, SqlTimestamp.schema, SqlBool.schema, nullable(SqlNumber).schema]
+    for (const schema of strict) {
+      for (const v of [secret, "", undefined, {}]) {
+        const result = decode(schema)(v)
+        expect(Either.isLeft(result)).toBe(true)
+        if (Either.isLeft(result)) expect(rowError("m", result.left).detail).not.toContain(secret)
+      }
+    }
+  })
+})
