@@ -1,11 +1,13 @@
 /**
- * AuditRepo: the `audit_events` table on @effect/sql, the same SQL on SQLite and PostgreSQL (the differences —
- * timestamp decoding, case-insensitive LIKE — are handled here). The AuditLog's database sink writes through it;
- * `GET /manage/audit` and the retention fiber read and prune through it.
+ * AuditRepo: the `audit_events` table on @effect/sql, the same SQL on SQLite and PostgreSQL (the differences are
+ * handled at the edges: case-insensitive LIKE here, timestamps by the row schema's column schemas of
+ * src/store/columns.ts). The AuditLog's database sink writes through it; `GET /manage/audit` and the retention fiber
+ * read and prune through it.
  */
-import { SqlClient, type SqlError, type Statement } from "@effect/sql"
-import { Context, Effect, Layer, Option } from "effect"
-import type { AuditQuery, AuditRecord, Outcome } from "../domain/audit.js"
+import { SqlClient, type SqlError, SqlSchema, type Statement } from "@effect/sql"
+import { Context, Effect, Layer, type Option, ParseResult, Schema } from "effect"
+import { type AuditQuery, type AuditRecord, type Outcome, OUTCOMES } from "../domain/audit.js"
+import { decodeRows, nullable, oneOf, rowError, SqlNumber, sqlRow, SqlText, SqlTimestamp } from "../store/columns.js"
 import { boundedCount, type KeysetPage, keysetPage, type PageRequest } from "../store/keyset.js"
 import { COUNT_CAP, StoreError } from "../store/Store.js"
 
@@ -54,29 +56,45 @@ export interface AuditRepoShape {
 
 export class AuditRepo extends Context.Tag("llm-proxy/AuditRepo")<AuditRepo, AuditRepoShape>() {}
 
-type Row = Record<string, unknown>
+const Text = nullable(SqlText)
 
-const iso = (v: unknown): string => (v instanceof Date ? v.toISOString() : new Date(String(v)).toISOString())
-const str = (v: unknown): string | null => (v === null || v === undefined ? null : String(v))
-
-const toEvent = (r: Row): StoredAuditEvent => ({
-  id: String(r.id),
-  timestamp: iso(r.timestamp),
-  action: String(r.action),
-  actor: String(r.actor),
-  outcome: String(r.outcome) as Outcome,
-  projectId: str(r.project_id),
-  tokenId: str(r.token_id),
-  requestId: str(r.request_id),
-  correlationId: str(r.correlation_id),
-  clientIp: str(r.client_ip),
-  method: str(r.method),
-  path: str(r.path),
-  userAgent: str(r.user_agent),
-  reason: str(r.reason),
-  metadata: str(r.metadata),
-  count: r.count === null || r.count === undefined ? 1 : Number(r.count)
-})
+/** `SELECT * FROM audit_events`. */
+const EventFromRow = sqlRow("StoredAuditEvent", {
+  id: SqlText,
+  timestamp: SqlTimestamp,
+  action: SqlText,
+  actor: SqlText,
+  outcome: oneOf(OUTCOMES),
+  project_id: Text,
+  token_id: Text,
+  request_id: Text,
+  correlation_id: Text,
+  client_ip: Text,
+  method: Text,
+  path: Text,
+  user_agent: Text,
+  reason: Text,
+  metadata: Text,
+  count: SqlNumber
+}, (r): StoredAuditEvent => ({
+  id: r.id,
+  timestamp: r.timestamp,
+  action: r.action,
+  actor: r.actor,
+  outcome: r.outcome,
+  projectId: r.project_id,
+  tokenId: r.token_id,
+  requestId: r.request_id,
+  correlationId: r.correlation_id,
+  clientIp: r.client_ip,
+  method: r.method,
+  path: r.path,
+  userAgent: r.user_agent,
+  reason: r.reason,
+  metadata: r.metadata,
+  count: r.count
+}))
+const events = decodeRows(EventFromRow)
 
 /** Column values of a record; details become the JSON `metadata` (absent when there are none). */
 export const toColumns = (r: AuditRecord) => ({
@@ -107,11 +125,21 @@ export const make = (dialect: "sqlite" | "postgres") =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
 
-    const wrap = <A, R>(operation: string, effect: Effect.Effect<A, SqlError.SqlError, R>) =>
+    // A database error, or a row that does not decode (written by hand), is a StoreError.
+    const wrap = <A, R>(operation: string, effect: Effect.Effect<A, SqlError.SqlError | ParseResult.ParseError, R>) =>
       effect.pipe(
-        Effect.mapError((cause) => new StoreError({ message: `database error during audit ${operation}`, cause })),
+        Effect.mapError((cause) => {
+          const message = `database error during audit ${operation}`
+          return ParseResult.isParseError(cause) ? rowError(message, cause) : new StoreError({ message, cause })
+        }),
         Effect.withSpan(`AuditRepo.${operation}`)
       )
+
+    const event = SqlSchema.findOne({
+      Request: Schema.String,
+      Result: EventFromRow,
+      execute: (id) => sql`SELECT * FROM audit_events WHERE id = ${id}`
+    })
 
     // SQLite's LIKE ignores ASCII case already; PostgreSQL's does not.
     const like = dialect === "postgres" ? sql.literal("ILIKE") : sql.literal("LIKE")
@@ -140,11 +168,11 @@ export const make = (dialect: "sqlite" | "postgres") =>
           "list",
           Effect.gen(function*() {
             const condition = where(q)
-            const rows = yield* sql<Row>`SELECT * FROM audit_events WHERE ${condition}
+            const rows = yield* sql`SELECT * FROM audit_events WHERE ${condition}
               ORDER BY "timestamp" DESC, id DESC LIMIT ${q.pageSize + 1} OFFSET ${(q.page - 1) * q.pageSize}`
             const count = yield* boundedCount(sql, "audit_events", [condition], COUNT_CAP)
             return {
-              events: rows.slice(0, q.pageSize).map(toEvent),
+              events: yield* events(rows.slice(0, q.pageSize)),
               total: count.count,
               totalExact: count.exact,
               hasNext: rows.length > q.pageSize
@@ -155,20 +183,16 @@ export const make = (dialect: "sqlite" | "postgres") =>
       listPage: (q, page) =>
         wrap(
           "list",
-          keysetPage(sql, { table: "audit_events", timeColumn: "timestamp", idColumn: "id", where: [where(q)], decode: toEvent }, page)
+          keysetPage(sql, { table: "audit_events", timeColumn: "timestamp", idColumn: "id", where: [where(q)], row: EventFromRow }, page)
         ),
 
-      get: (id) =>
-        wrap(
-          "get",
-          Effect.map(sql<Row>`SELECT * FROM audit_events WHERE id = ${id}`, (rows) => Option.map(Option.fromNullable(rows[0]), toEvent))
-        ),
+      get: (id) => wrap("get", event(id)),
 
       pruneBefore: (before, limit) =>
         wrap(
           "prune",
           Effect.map(
-            sql<Row>`DELETE FROM audit_events WHERE id IN (
+            sql`DELETE FROM audit_events WHERE id IN (
               SELECT id FROM audit_events WHERE "timestamp" < ${before} ORDER BY "timestamp" LIMIT ${limit}
             ) RETURNING id`,
             (rows) => rows.length

@@ -1,12 +1,22 @@
 /**
- * Store on @effect/sql. The SQL is shared by both dialects; the differences (booleans, timestamp and bigint
- * decoding, unique-violation codes) are handled at the edges of this file.
+ * Store on @effect/sql. The SQL is shared by both dialects; the differences are handled at the edges: rows are
+ * decoded by the schemas of rows.ts (booleans, timestamps and bigints as either driver returns them), and
+ * unique-violation codes and boolean parameters here.
  */
-import { SqlClient, SqlError, type Statement } from "@effect/sql"
-import { Deferred, Effect, Exit, Layer, Option, Queue, type Scope } from "effect"
+import { SqlClient, SqlError, SqlSchema, type Statement } from "@effect/sql"
+import { Deferred, Effect, Exit, Layer, Option, ParseResult, Queue, Schema, type Scope } from "effect"
+import { CountRow, decodeFirst, decodeRows, rowError } from "./columns.js"
 import { boundedCount, keysetPage } from "./keyset.js"
 import {
-  type BudgetPeriod,
+  ProjectFromRow,
+  ProjectKeyFromRow,
+  QuotaStateFromRow,
+  SpendPairFromRow,
+  TokenAuthFromRow,
+  TokenFromRow,
+  UsagePointFromRow
+} from "./rows.js"
+import {
   type BudgetRow,
   type BulkRevoke,
   COUNT_CAP,
@@ -20,82 +30,22 @@ import {
   type RateLimitRow,
   type StoredKey,
   type SpendRow,
-  type TokenAuthRow,
   type TokenCount,
   type NewToken,
-  type ProjectKeyRow,
   type TokenFilter,
   type TokenStatus,
-  type TokenRow,
-  type UsagePoint
+  type TokenRow
 } from "./Store.js"
 import { mergeHourlyUsage } from "./usage.js"
 
 type Dialect = StoreShape["dialect"]
-type Row = Record<string, unknown>
 
-const iso = (v: unknown): string => (v instanceof Date ? v.toISOString() : new Date(String(v)).toISOString())
-const isoOrNull = (v: unknown): string | null => (v === null || v === undefined ? null : iso(v))
-const num = (v: unknown): number => Number(v)
-const numOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v))
-const bool = (v: unknown): boolean => v === true || v === 1 || v === "1" || v === "t"
-
-/** A JSON column: the value when it is the expected shape, else null (a row written by hand is not trusted). */
-const jsonColumn = <A>(v: unknown, is: (x: unknown) => x is A): A | null => {
-  if (v === null || v === undefined) return null
-  try {
-    const parsed: unknown = typeof v === "string" ? JSON.parse(v) : v
-    return is(parsed) ? parsed : null
-  } catch {
-    return null
-  }
-}
-const isStringList = (x: unknown): x is ReadonlyArray<string> => Array.isArray(x) && x.every((e) => typeof e === "string")
-const isStringRecord = (x: unknown): x is Readonly<Record<string, string>> =>
-  typeof x === "object" && x !== null && !Array.isArray(x) && Object.values(x).every((e) => typeof e === "string")
-const models = (v: unknown) => jsonColumn(v, isStringList)
-const strOrNull = (v: unknown): string | null => (v === null || v === undefined ? null : String(v))
 /** What a JSON column stores for a value (null stays NULL). */
 const jsonText = (v: unknown): string | null => (v === null || v === undefined ? null : JSON.stringify(v))
-
-const positiveOrNull = (v: unknown): number | null => {
-  const n = numOrNull(v)
-  return n !== null && n > 0 ? n : null
-}
-
-const rateLimit = (requests: unknown, windowSeconds: unknown, tokens?: unknown): RateLimitRow | null => {
-  const r = positiveOrNull(requests)
-  const t = positiveOrNull(tokens)
-  const w = positiveOrNull(windowSeconds)
-  return w !== null && (r !== null || t !== null) ? { requests: r, tokens: t, windowSeconds: w } : null
-}
 
 /** A limit as a read gives it back (absent counts are null). */
 const normalLimit = (l: RateLimitRow | null | undefined): RateLimitRow | null =>
   l === null || l === undefined ? null : { requests: l.requests ?? null, tokens: l.tokens ?? null, windowSeconds: l.windowSeconds }
-
-const PERIODS: ReadonlyArray<BudgetPeriod> = ["total", "day", "month"]
-
-const budget = (r: Row, prefix = ""): BudgetRow => {
-  const period = String(r[`${prefix}budget_period`] ?? "total")
-  return {
-    maxCostUsd: positiveOrNull(r[`${prefix}max_cost_usd`]),
-    maxTokens: positiveOrNull(r[`${prefix}max_tokens`]),
-    period: (PERIODS as ReadonlyArray<string>).includes(period) ? (period as BudgetPeriod) : "total"
-  }
-}
-
-/** The spend columns (tokens_used / spent_usd and the day_* / month_* ones) of a row, optionally prefixed. */
-const spend = (r: Row, prefix = ""): SpendRow => ({
-  spentUsd: Number(r[`${prefix}spent_usd`] ?? 0),
-  tokensUsed: Number(r[`${prefix}tokens_used`] ?? 0),
-  dayStart: numOrNull(r[`${prefix}day_start`]),
-  dayCostUsd: Number(r[`${prefix}day_cost_usd`] ?? 0),
-  dayTokens: Number(r[`${prefix}day_tokens`] ?? 0),
-  monthStart: numOrNull(r[`${prefix}month_start`]),
-  monthCostUsd: Number(r[`${prefix}month_cost_usd`] ?? 0),
-  monthTokens: Number(r[`${prefix}month_tokens`] ?? 0)
-})
 
 const budgetColumns = (b: BudgetRow | undefined) => ({
   max_cost_usd: b?.maxCostUsd ?? null,
@@ -115,110 +65,11 @@ const NOTHING_SPENT_ROW: SpendRow = {
   monthTokens: 0
 }
 
-/**
- * `projects.api_keys` (JSON) as keys; NULL — a project saved before keys were lists — is its one `api_key`, under the
- * project's id.
- */
-export const storedKeys = (json: unknown, apiKey: unknown, hint: unknown, projectId: unknown): ReadonlyArray<StoredKey> => {
-  if (typeof json === "string" && json !== "") {
-    try {
-      const parsed = JSON.parse(json) as ReadonlyArray<Record<string, unknown>>
-      if (Array.isArray(parsed) && parsed.length > 0) {
-        return parsed.map((k) => ({
-          id: String(k["id"]),
-          key: String(k["key"]),
-          hint: String(k["hint"]),
-          weight: typeof k["weight"] === "number" ? k["weight"] : 1,
-          provider: typeof k["provider"] === "string" ? k["provider"] : null
-        }))
-      }
-    } catch {
-      // not ours: the one key below
-    }
-  }
-  return [{ id: String(projectId), key: String(apiKey), hint: String(hint), weight: 1, provider: null }]
-}
-
 /** The columns that hold a project's keys: the list, and its first key where rows before lists keep it. */
 const keyColumns = (keys: ReadonlyArray<StoredKey>) => ({
   api_key: keys[0]!.key,
   api_key_hint: keys[0]!.hint,
   api_keys: JSON.stringify(keys.map((k) => ({ id: k.id, key: k.key, hint: k.hint, weight: k.weight, provider: k.provider })))
-})
-
-const toProject = (r: Row): ProjectRow => ({
-  id: String(r.id),
-  name: String(r.name),
-  apiKey: String(r.api_key),
-  apiKeyHint: String(r.api_key_hint),
-  apiKeys: storedKeys(r.api_keys, r.api_key, r.api_key_hint, r.id),
-  provider: String(r.provider),
-  isActive: bool(r.is_active),
-  deactivatedAt: isoOrNull(r.deactivated_at),
-  rateLimit: rateLimit(r.rate_limit_requests, r.rate_limit_window_seconds, r.rate_limit_tokens),
-  allowedModels: models(r.allowed_models),
-  maxTokenMinutes: numOrNull(r.max_token_minutes),
-  maxTokenRequests: numOrNull(r.max_token_requests),
-  budget: budget(r),
-  spend: spend(r),
-  createdAt: iso(r.created_at),
-  updatedAt: iso(r.updated_at)
-})
-
-const toToken = (r: Row): TokenRow => ({
-  id: String(r.id),
-  tokenHash: String(r.token_hash),
-  tokenHint: String(r.token_hint),
-  projectId: String(r.project_id),
-  expiresAt: isoOrNull(r.expires_at),
-  isActive: bool(r.is_active),
-  deactivatedAt: isoOrNull(r.deactivated_at),
-  requestCount: num(r.request_count),
-  maxRequests: numOrNull(r.max_requests),
-  rateLimit: rateLimit(r.rate_limit_requests, r.rate_limit_window_seconds, r.rate_limit_tokens),
-  cacheHitCount: num(r.cache_hit_count),
-  promptTokens: num(r.prompt_tokens),
-  completionTokens: num(r.completion_tokens),
-  budget: budget(r),
-  spend: spend(r),
-  createdAt: iso(r.created_at),
-  lastUsedAt: isoOrNull(r.last_used_at),
-  allowedModels: models(r.allowed_models),
-  name: strOrNull(r.name),
-  user: strOrNull(r.end_user),
-  metadata: jsonColumn(r.metadata, isStringRecord),
-  projectKeyId: strOrNull(r.project_key_id)
-})
-
-const toProjectKey = (r: Row): ProjectKeyRow => ({
-  id: String(r.id),
-  projectId: String(r.project_id),
-  name: String(r.name),
-  keyHash: String(r.key_hash),
-  keyHint: String(r.key_hint),
-  createdAt: iso(r.created_at),
-  lastUsedAt: isoOrNull(r.last_used_at),
-  revokedAt: isoOrNull(r.revoked_at)
-})
-
-const toTokenAuth = (r: Row): TokenAuthRow => ({
-  tokenId: String(r.token_id),
-  projectId: String(r.project_id),
-  expiresAt: isoOrNull(r.expires_at),
-  isActive: bool(r.token_active),
-  maxRequests: numOrNull(r.max_requests),
-  tokenRateLimit: rateLimit(r.token_rl_requests, r.token_rl_window, r.token_rl_tokens),
-  projectActive: bool(r.project_active),
-  apiKeys: storedKeys(r.api_keys, r.api_key, r.api_key_hint, r.project_id),
-  provider: String(r.provider),
-  projectRateLimit: rateLimit(r.project_rl_requests, r.project_rl_window, r.project_rl_tokens),
-  tokenAllowedModels: models(r.token_models),
-  projectAllowedModels: models(r.project_models),
-  name: strOrNull(r.name),
-  user: strOrNull(r.end_user),
-  metadata: jsonColumn(r.metadata, isStringRecord),
-  tokenBudget: budget(r, "t_"),
-  projectBudget: budget(r, "p_")
 })
 
 const isUniqueViolation = (e: SqlError.SqlError): boolean => {
@@ -284,19 +135,64 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
     const TRUE = b(true)
     const FALSE = b(false)
 
-    const wrap = <A, E, R>(operation: string, effect: Effect.Effect<A, E | SqlError.SqlError, R>) =>
+    // A database error, or a row that does not decode (written by hand), is a StoreError.
+    const wrap = <A, E, R>(operation: string, effect: Effect.Effect<A, E | SqlError.SqlError | ParseResult.ParseError, R>) =>
       Effect.catchIf(
         effect,
-        (e): e is SqlError.SqlError => e instanceof SqlError.SqlError,
-        (e) => Effect.fail(storeError(operation)(e))
-      ).pipe(Effect.withSpan(`Store.${operation}`)) as Effect.Effect<A, Exclude<E, SqlError.SqlError> | StoreError, R>
+        (e): e is SqlError.SqlError | ParseResult.ParseError =>
+          e instanceof SqlError.SqlError || ParseResult.isParseError(e),
+        (e) =>
+          Effect.fail(
+            ParseResult.isParseError(e) ? rowError(`database error during ${operation}`, e) : storeError(operation)(e)
+          )
+      ).pipe(Effect.withSpan(`Store.${operation}`)) as Effect.Effect<
+        A,
+        Exclude<E, SqlError.SqlError | ParseResult.ParseError> | StoreError,
+        R
+      >
+
+    // Queries by one key, and decoders of results, with their row schemas (rows.ts).
+    const selectProject = SqlSchema.findOne({
+      Request: Schema.String,
+      Result: ProjectFromRow,
+      execute: (id) => sql`SELECT * FROM projects WHERE id = ${id}`
+    })
+    const projects = decodeRows(ProjectFromRow)
+    const firstToken = decodeFirst(TokenFromRow)
+    const token = SqlSchema.findOne({
+      Request: Schema.String,
+      Result: TokenFromRow,
+      execute: (id) => sql`SELECT * FROM tokens WHERE id = ${id}`
+    })
+    const tokenByHash = SqlSchema.findOne({
+      Request: Schema.String,
+      Result: TokenFromRow,
+      execute: (hash) => sql`SELECT * FROM tokens WHERE token_hash = ${hash}`
+    })
+    const firstProjectKey = decodeFirst(ProjectKeyFromRow)
+    const tokenAuth = SqlSchema.findOne({
+      Request: Schema.String,
+      Result: TokenAuthFromRow,
+      execute: (hash) =>
+        sql`SELECT t.id AS token_id, t.project_id, t.expires_at, t.is_active AS token_active, t.max_requests,
+            t.rate_limit_requests AS token_rl_requests, t.rate_limit_window_seconds AS token_rl_window,
+            t.rate_limit_tokens AS token_rl_tokens, t.max_cost_usd AS t_max_cost_usd, t.max_tokens AS t_max_tokens,
+            t.budget_period AS t_budget_period,
+            p.is_active AS project_active, p.api_key, p.api_key_hint, p.api_keys, p.provider,
+            p.rate_limit_requests AS project_rl_requests, p.rate_limit_window_seconds AS project_rl_window,
+            p.rate_limit_tokens AS project_rl_tokens, p.max_cost_usd AS p_max_cost_usd, p.max_tokens AS p_max_tokens,
+            p.budget_period AS p_budget_period,
+            t.allowed_models AS token_models, p.allowed_models AS project_models, t.name, t.end_user, t.metadata
+          FROM tokens t JOIN projects p ON p.id = t.project_id WHERE t.token_hash = ${hash}`
+    })
+    const quotaState = decodeFirst(QuotaStateFromRow)
+    const usagePoints = decodeRows(UsagePointFromRow)
+    const projectKeys = decodeRows(ProjectKeyFromRow)
+    const spendPair = decodeFirst(SpendPairFromRow)
 
     const duplicateName = (name: string) =>
     (e: SqlError.SqlError): Effect.Effect<never, SqlError.SqlError | DuplicateProjectName> =>
       isUniqueViolation(e) ? Effect.fail(new DuplicateProjectName({ name })) : Effect.fail(e)
-
-    const selectProject = (id: string) =>
-      Effect.map(sql<Row>`SELECT * FROM projects WHERE id = ${id}`, (rows) => Option.map(Option.fromNullable(rows[0]), toProject))
 
     /**
      * The project, locked until the transaction ends on Postgres. FOR UPDATE also conflicts with the FOR KEY SHARE
@@ -305,10 +201,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
      */
     const selectProjectForUpdate = (id: string) =>
       dialect === "postgres"
-        ? Effect.map(
-          sql<Row>`SELECT * FROM projects WHERE id = ${id} FOR UPDATE`,
-          (rows) => Option.map(Option.fromNullable(rows[0]), toProject)
-        )
+        ? Effect.flatMap(sql`SELECT * FROM projects WHERE id = ${id} FOR UPDATE`, decodeFirst(ProjectFromRow))
         : selectProject(id)
 
     // SQLite's unary + keeps a column from choosing the index (PostgreSQL plans from its statistics instead).
@@ -367,15 +260,12 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
      * Counts up to `cap` tokens, reading them in the order where they usually sit (active tokens are the newest,
      * expired ones the oldest), so the count stops early.
      */
-    const cappedTokenCount = (conditions: ReadonlyArray<Statement.Fragment>, order: "ASC" | "DESC", cap: number) =>
-      Effect.map(
-        sql<Row>`SELECT COUNT(*) AS n FROM (SELECT 1 AS one FROM tokens WHERE ${sql.and(conditions)}
-          ORDER BY created_at ${sql.literal(order)} LIMIT ${cap + 1}) AS matching`,
-        (rows): TokenCount => {
-          const n = num(rows[0]?.n ?? 0)
-          return n > cap ? { count: cap, exact: false } : { count: n, exact: true }
-        }
-      )
+    const cappedTokenCount = (
+      conditions: ReadonlyArray<Statement.Fragment>,
+      order: "ASC" | "DESC",
+      cap: number
+    ): Effect.Effect<TokenCount, SqlError.SqlError | ParseResult.ParseError> =>
+      boundedCount(sql, "tokens", conditions, cap, sql`ORDER BY created_at ${sql.literal(order)}`)
 
     const tokenColumns = (t: NewToken) => ({
       id: t.id,
@@ -401,7 +291,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
     const insertForProject = (t: NewToken): Effect.Effect<CreateTokenResult, SqlError.SqlError> =>
       Effect.gen(function*() {
         const c = tokenColumns(t)
-        const inserted = yield* sql<Row>`INSERT INTO tokens (id, token_hash, token_hint, project_id, expires_at,
+        const inserted = yield* sql`INSERT INTO tokens (id, token_hash, token_hint, project_id, expires_at,
             is_active, max_requests, rate_limit_requests, rate_limit_window_seconds, rate_limit_tokens, max_cost_usd,
             max_tokens, budget_period, created_at, allowed_models, name, end_user, metadata, project_key_id)
           SELECT ${c.id}, ${c.token_hash}, ${c.token_hint}, ${c.project_id}, ${c.expires_at}, ${c.is_active},
@@ -411,8 +301,8 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
           FROM projects WHERE id = ${t.projectId} AND is_active = ${TRUE}
           RETURNING id`
         if (inserted.length > 0) return { _tag: "created", token: newTokenRow(t) }
-        const [project] = yield* sql<Row>`SELECT is_active FROM projects WHERE id = ${t.projectId}`
-        return project === undefined ? { _tag: "project_not_found" } : { _tag: "project_inactive" }
+        const found = yield* sql`SELECT 1 AS found FROM projects WHERE id = ${t.projectId}`
+        return found.length === 0 ? { _tag: "project_not_found" } : { _tag: "project_inactive" }
       })
 
     /**
@@ -446,7 +336,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
 
     const revokeActiveTokens = (projectId: string, now: string) =>
       Effect.map(
-        sql<Row>`UPDATE tokens SET is_active = ${FALSE}, deactivated_at = COALESCE(deactivated_at, ${now})
+        sql`UPDATE tokens SET is_active = ${FALSE}, deactivated_at = COALESCE(deactivated_at, ${now})
           WHERE project_id = ${projectId} AND is_active = ${TRUE} RETURNING id`,
         (rows) => rows.length
       )
@@ -455,7 +345,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
       dialect,
       ping: wrap("ping", Effect.asVoid(sql`SELECT 1`)),
 
-      listProjects: wrap("listProjects", Effect.map(sql<Row>`SELECT * FROM projects ORDER BY name ASC`, (rows) => rows.map(toProject))),
+      listProjects: wrap("listProjects", Effect.flatMap(sql`SELECT * FROM projects ORDER BY name ASC`, projects)),
 
       listProjectsPage: (q) => {
         const search = q.search?.trim() ?? ""
@@ -467,11 +357,11 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
         return wrap(
           "listProjectsPage",
           Effect.gen(function*() {
-            const rows = yield* sql<Row>`SELECT * FROM projects WHERE ${where}
+            const rows = yield* sql`SELECT * FROM projects WHERE ${where}
               ORDER BY name ASC LIMIT ${q.limit + 1} OFFSET ${q.offset}`
             const count = yield* boundedCount(sql, "projects", [where], q.countCap ?? COUNT_CAP)
             return {
-              rows: rows.slice(0, q.limit).map(toProject),
+              rows: yield* projects(rows.slice(0, q.limit)),
               hasNext: rows.length > q.limit,
               total: count.count,
               totalExact: count.exact
@@ -587,8 +477,11 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
               // Locked: a token created between the count and the revocation made `alreadyRevoked` negative.
               const project = yield* selectProjectForUpdate(id)
               if (Option.isNone(project)) return Option.none<BulkRevoke>()
-              const [counts] = yield* sql<Row>`SELECT COUNT(*) AS total FROM tokens WHERE project_id = ${id}`
-              const total = num(counts?.total ?? 0)
+              const counted = yield* Effect.flatMap(
+                sql`SELECT COUNT(*) AS n FROM tokens WHERE project_id = ${id}`,
+                decodeFirst(CountRow)
+              )
+              const total = Option.getOrElse(counted, () => 0)
               const revoked = yield* revokeActiveTokens(id, now)
               return Option.some({ revoked, alreadyRevoked: total - revoked, total })
             })
@@ -612,7 +505,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
             timeColumn: "created_at",
             idColumn: "id",
             where: tokenConditions(f),
-            decode: toToken
+            row: TokenFromRow
           }, page)
         ),
 
@@ -633,7 +526,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
         wrap(
           "pruneTokens",
           Effect.map(
-            sql<Row>`DELETE FROM tokens WHERE id IN (
+            sql`DELETE FROM tokens WHERE id IN (
                 SELECT id FROM tokens WHERE expires_at < ${before}
                 UNION ALL
                 SELECT id FROM tokens WHERE ${REVOKED} AND deactivated_at < ${before}
@@ -643,20 +536,9 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
           )
         ),
 
-      getToken: (id) =>
-        wrap(
-          "getToken",
-          Effect.map(sql<Row>`SELECT * FROM tokens WHERE id = ${id}`, (rows) => Option.map(Option.fromNullable(rows[0]), toToken))
-        ),
+      getToken: (id) => wrap("getToken", token(id)),
 
-      getTokenByHash: (hash) =>
-        wrap(
-          "getTokenByHash",
-          Effect.map(
-            sql<Row>`SELECT * FROM tokens WHERE token_hash = ${hash}`,
-            (rows) => Option.map(Option.fromNullable(rows[0]), toToken)
-          )
-        ),
+      getTokenByHash: (hash) => wrap("getTokenByHash", tokenByHash(hash)),
 
       updateToken: (id, patch) => {
         const sets = [
@@ -685,10 +567,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
           "updateToken",
           sets.length === 0
             ? store.getToken(id)
-            : Effect.map(
-              sql<Row>`UPDATE tokens SET ${sql.csv(sets)} WHERE id = ${id} RETURNING *`,
-              (rows) => Option.map(Option.fromNullable(rows[0]), toToken)
-            )
+            : Effect.flatMap(sql`UPDATE tokens SET ${sql.csv(sets)} WHERE id = ${id} RETURNING *`, firstToken)
         )
       },
 
@@ -696,49 +575,35 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
         wrap(
           "revokeToken",
           Effect.map(
-            sql<Row>`UPDATE tokens SET is_active = ${FALSE}, deactivated_at = COALESCE(deactivated_at, ${now})
+            sql`UPDATE tokens SET is_active = ${FALSE}, deactivated_at = COALESCE(deactivated_at, ${now})
               WHERE id = ${id} RETURNING id`,
             (rows) => rows.length > 0
           )
         ),
 
-      getTokenAuth: (hash) =>
-        wrap(
-          "getTokenAuth",
-          Effect.map(
-            sql<Row>`SELECT t.id AS token_id, t.project_id, t.expires_at, t.is_active AS token_active, t.max_requests,
-                t.rate_limit_requests AS token_rl_requests, t.rate_limit_window_seconds AS token_rl_window,
-                t.rate_limit_tokens AS token_rl_tokens, t.max_cost_usd AS t_max_cost_usd, t.max_tokens AS t_max_tokens,
-                t.budget_period AS t_budget_period,
-                p.is_active AS project_active, p.api_key, p.api_key_hint, p.api_keys, p.provider,
-                p.rate_limit_requests AS project_rl_requests, p.rate_limit_window_seconds AS project_rl_window,
-                p.rate_limit_tokens AS project_rl_tokens, p.max_cost_usd AS p_max_cost_usd, p.max_tokens AS p_max_tokens,
-                p.budget_period AS p_budget_period,
-                t.allowed_models AS token_models, p.allowed_models AS project_models, t.name, t.end_user, t.metadata
-              FROM tokens t JOIN projects p ON p.id = t.project_id WHERE t.token_hash = ${hash}`,
-            (rows) => Option.map(Option.fromNullable(rows[0]), toTokenAuth)
-          )
-        ),
+      getTokenAuth: (hash) => wrap("getTokenAuth", tokenAuth(hash)),
 
       consumeQuota: (tokenId, now) =>
         wrap(
           "consumeQuota",
           Effect.gen(function*() {
-            const updated = yield* sql<Row>`UPDATE tokens SET request_count = request_count + 1, last_used_at = ${now}
+            const updated = yield* sql`UPDATE tokens SET request_count = request_count + 1, last_used_at = ${now}
               WHERE id = ${tokenId} AND is_active = ${TRUE} AND (expires_at IS NULL OR expires_at > ${now})
                 AND max_requests IS NOT NULL AND request_count < max_requests
                 AND EXISTS (SELECT 1 FROM projects p WHERE p.id = tokens.project_id AND p.is_active = ${TRUE})
               RETURNING id`
             if (updated.length > 0) return "ok" as QuotaResult
             // Nothing updated: say why (the answer differs, the outcome — refused — does not).
-            const [row] = yield* sql<Row>`SELECT t.is_active, t.expires_at, p.is_active AS project_active
-              FROM tokens t JOIN projects p ON p.id = t.project_id WHERE t.id = ${tokenId}`
-            if (row === undefined) return "not_found" as QuotaResult
-            if (!bool(row.is_active)) return "inactive" as QuotaResult
-            if (!bool(row.project_active)) return "project_inactive" as QuotaResult
-            if (row.expires_at !== null && row.expires_at !== undefined && iso(row.expires_at) <= now) {
-              return "expired" as QuotaResult
-            }
+            const state = yield* Effect.flatMap(
+              sql`SELECT t.is_active, t.expires_at, p.is_active AS project_active
+                FROM tokens t JOIN projects p ON p.id = t.project_id WHERE t.id = ${tokenId}`,
+              quotaState
+            )
+            if (Option.isNone(state)) return "not_found" as QuotaResult
+            const row = state.value
+            if (!row.isActive) return "inactive" as QuotaResult
+            if (!row.projectActive) return "project_inactive" as QuotaResult
+            if (row.expiresAt !== null && row.expiresAt <= now) return "expired" as QuotaResult
             return "exhausted" as QuotaResult
           })
         ),
@@ -795,20 +660,11 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
         ]
         return wrap(
           "usageSeries",
-          Effect.map(
-            sql<Row>`SELECT hour, SUM(requests) AS requests, SUM(cache_hits) AS cache_hits, SUM(errors) AS errors,
+          Effect.flatMap(
+            sql`SELECT hour, SUM(requests) AS requests, SUM(cache_hits) AS cache_hits, SUM(errors) AS errors,
                 SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, SUM(cost_usd) AS cost_usd
               FROM usage_hourly WHERE ${sql.and(conditions)} GROUP BY hour ORDER BY hour`,
-            (rows) =>
-              rows.map((r): UsagePoint => ({
-                hour: iso(r.hour),
-                requests: num(r.requests),
-                cacheHits: num(r.cache_hits),
-                errors: num(r.errors),
-                promptTokens: num(r.prompt_tokens),
-                completionTokens: num(r.completion_tokens),
-                costUsd: Number(r.cost_usd ?? 0)
-              }))
+            usagePoints
           )
         )
       },
@@ -816,39 +672,36 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
       createProjectKey: (k) =>
         wrap(
           "createProjectKey",
-          Effect.map(
-            sql<Row>`INSERT INTO project_keys (id, project_id, name, key_hash, key_hint, created_at)
+          Effect.flatMap(
+            sql`INSERT INTO project_keys (id, project_id, name, key_hash, key_hint, created_at)
               SELECT ${k.id}, ${k.projectId}, ${k.name}, ${k.keyHash}, ${k.keyHint}, ${k.now}
               FROM projects WHERE id = ${k.projectId} RETURNING *`,
-            (rows) => Option.map(Option.fromNullable(rows[0]), toProjectKey)
+            firstProjectKey
           )
         ),
 
       listProjectKeys: (projectId) =>
         wrap(
           "listProjectKeys",
-          Effect.map(
-            sql<Row>`SELECT * FROM project_keys WHERE project_id = ${projectId} ORDER BY created_at DESC, id DESC`,
-            (rows) => rows.map(toProjectKey)
+          Effect.flatMap(
+            sql`SELECT * FROM project_keys WHERE project_id = ${projectId} ORDER BY created_at DESC, id DESC`,
+            projectKeys
           )
         ),
 
       getProjectKeyByHash: (hash) =>
         wrap(
           "getProjectKeyByHash",
-          Effect.map(
-            sql<Row>`SELECT * FROM project_keys WHERE key_hash = ${hash}`,
-            (rows) => Option.map(Option.fromNullable(rows[0]), toProjectKey)
-          )
+          Effect.flatMap(sql`SELECT * FROM project_keys WHERE key_hash = ${hash}`, firstProjectKey)
         ),
 
       revokeProjectKey: (projectId, keyId, now) =>
         wrap(
           "revokeProjectKey",
-          Effect.map(
-            sql<Row>`UPDATE project_keys SET revoked_at = COALESCE(revoked_at, ${now})
+          Effect.flatMap(
+            sql`UPDATE project_keys SET revoked_at = COALESCE(revoked_at, ${now})
               WHERE id = ${keyId} AND project_id = ${projectId} RETURNING *`,
-            (rows) => Option.map(Option.fromNullable(rows[0]), toProjectKey)
+            firstProjectKey
           )
         ),
 
@@ -864,15 +717,15 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
       spendOf: (tokenId) =>
         wrap(
           "spendOf",
-          Effect.map(
-            sql<Row>`SELECT t.spent_usd AS t_spent_usd, t.tokens_used AS t_tokens_used, t.day_start AS t_day_start,
+          Effect.flatMap(
+            sql`SELECT t.spent_usd AS t_spent_usd, t.tokens_used AS t_tokens_used, t.day_start AS t_day_start,
                 t.day_cost_usd AS t_day_cost_usd, t.day_tokens AS t_day_tokens, t.month_start AS t_month_start,
                 t.month_cost_usd AS t_month_cost_usd, t.month_tokens AS t_month_tokens,
                 p.spent_usd AS p_spent_usd, p.tokens_used AS p_tokens_used, p.day_start AS p_day_start,
                 p.day_cost_usd AS p_day_cost_usd, p.day_tokens AS p_day_tokens, p.month_start AS p_month_start,
                 p.month_cost_usd AS p_month_cost_usd, p.month_tokens AS p_month_tokens
               FROM tokens t JOIN projects p ON p.id = t.project_id WHERE t.id = ${tokenId}`,
-            (rows) => Option.map(Option.fromNullable(rows[0]), (r) => ({ token: spend(r, "t_"), project: spend(r, "p_") }))
+            spendPair
           )
         ),
 

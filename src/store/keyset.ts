@@ -8,7 +8,8 @@
  * wire are that position, base64url-encoded (src/http/cursor.ts).
  */
 import type { SqlClient, SqlError, Statement } from "@effect/sql"
-import { Effect } from "effect"
+import { Effect, Option, type ParseResult, Schema } from "effect"
+import { CountRow, decodeFirst, sqlRow, SqlText } from "./columns.js"
 
 /** The sort key of a row: its time column as text, and its id. */
 export interface RowKey {
@@ -43,43 +44,49 @@ export interface KeysetPage<A> {
 
 export const firstPage: PagePosition = { _tag: "first" }
 
-type Row = Record<string, unknown>
+/** The key of a page row, selected under these aliases next to the row's own columns. */
+const RowKeyFromRow = sqlRow("RowKey", { keyset_time: SqlText, keyset_id: SqlText }, (r): RowKey => ({
+  time: r.keyset_time,
+  id: r.keyset_id
+}))
+const rowKey = Schema.decodeUnknown(RowKeyFromRow)
 
-export interface KeysetQuery<A> {
+export interface KeysetQuery<A, I> {
   readonly table: string
   /** The time column and the id column: the listing is ordered by both, descending. */
   readonly timeColumn: string
   readonly idColumn: string
   /** The listing's filters (combined with AND). */
   readonly where: ReadonlyArray<Statement.Fragment>
-  readonly decode: (row: Row) => A
+  /** The rows' schema (columns.ts). */
+  readonly row: Schema.Schema<A, I>
 }
 
 /**
  * One page. Reads at most `limit + 1` rows through the (time, id) order, plus one existence probe for the side it
  * came from; the row values `(time, id) < (?, ?)` are what both SQLite and PostgreSQL turn into an index range.
  */
-export const keysetPage = <A>(
+export const keysetPage = <A, I>(
   sql: SqlClient.SqlClient,
-  q: KeysetQuery<A>,
+  q: KeysetQuery<A, I>,
   request: PageRequest
-): Effect.Effect<KeysetPage<A>, SqlError.SqlError> => {
+): Effect.Effect<KeysetPage<A>, SqlError.SqlError | ParseResult.ParseError> => {
   const time = sql(q.timeColumn)
   const id = sql(q.idColumn)
   const key = sql`(${time}, ${id})`
   // The key as the database prints it: the text of the time column keeps its full precision for the next cursor.
   const select = (conditions: ReadonlyArray<Statement.Fragment>, descending: boolean, limit: number) =>
-    sql<Row>`SELECT *, CAST(${time} AS TEXT) AS keyset_time FROM ${sql(q.table)} WHERE ${sql.and(conditions)}
+    sql`SELECT *, CAST(${time} AS TEXT) AS keyset_time, ${id} AS keyset_id FROM ${sql(q.table)} WHERE ${sql.and(conditions)}
       ORDER BY ${time} ${sql.literal(descending ? "DESC" : "ASC")}, ${id} ${sql.literal(descending ? "DESC" : "ASC")}
       LIMIT ${limit}`
   const older = (k: RowKey, orSame = false) => sql`${key} ${sql.literal(orSame ? "<=" : "<")} (${k.time}, ${k.id})`
   const newer = (k: RowKey, orSame = false) => sql`${key} ${sql.literal(orSame ? ">=" : ">")} (${k.time}, ${k.id})`
   const exists = (condition: Statement.Fragment) =>
     Effect.map(
-      sql<Row>`SELECT 1 AS found FROM ${sql(q.table)} WHERE ${sql.and([...q.where, condition])} LIMIT 1`,
+      sql`SELECT 1 AS found FROM ${sql(q.table)} WHERE ${sql.and([...q.where, condition])} LIMIT 1`,
       (rows) => rows.length > 0
     )
-  const rowKey = (r: Row): RowKey => ({ time: String(r.keyset_time), id: String(r[q.idColumn]) })
+  const decodeRows = Schema.decodeUnknown(Schema.Array(q.row))
   const n = request.limit
   const position = request.position
 
@@ -94,28 +101,38 @@ export const keysetPage = <A>(
     const more = fetched.length > n
     const page = fetched.slice(0, n)
     if (!forward) page.reverse()
-    const firstKey = page.length > 0 ? rowKey(page[0]!) : undefined
-    const lastKey = page.length > 0 ? rowKey(page[page.length - 1]!) : undefined
+    const firstKey = page.length > 0 ? yield* rowKey(page[0]) : undefined
+    const lastKey = page.length > 0 ? yield* rowKey(page[page.length - 1]) : undefined
     let hasNext = forward ? more : false
     let hasPrev = forward ? false : more
     // What precedes an empty page is the cursor's own row and anything before it.
     if (position._tag === "after") hasPrev = yield* exists(firstKey ? newer(firstKey) : newer(position.key, true))
     if (position._tag === "before") hasNext = yield* exists(lastKey ? older(lastKey) : older(position.key, true))
-    return { rows: page.map(q.decode), firstKey, lastKey, hasNext, hasPrev }
+    return { rows: yield* decodeRows(page), firstKey, lastKey, hasNext, hasPrev }
   })
 }
 
-/** Counts the matching rows, but reads at most `cap + 1` of them: the count is exact below `cap`. */
+const firstCount = decodeFirst(CountRow)
+
+/**
+ * Counts the matching rows, but reads at most `cap + 1` of them: the count is exact below `cap`. `orderBy` reads them
+ * in the order where they usually sit, so the count stops early.
+ */
 export const boundedCount = (
   sql: SqlClient.SqlClient,
   table: string,
   where: ReadonlyArray<Statement.Fragment>,
-  cap: number
-): Effect.Effect<{ readonly count: number; readonly exact: boolean }, SqlError.SqlError> =>
+  cap: number,
+  orderBy?: Statement.Fragment
+): Effect.Effect<{ readonly count: number; readonly exact: boolean }, SqlError.SqlError | ParseResult.ParseError> =>
   Effect.map(
-    sql<Row>`SELECT COUNT(*) AS n FROM (SELECT 1 AS one FROM ${sql(table)} WHERE ${sql.and(where)} LIMIT ${cap + 1}) AS matching`,
-    (rows) => {
-      const n = Number(rows[0]?.n ?? 0)
+    Effect.flatMap(
+      sql`SELECT COUNT(*) AS n FROM (SELECT 1 AS one FROM ${sql(table)} WHERE ${sql.and(where)}
+        ${orderBy ?? sql.literal("")} LIMIT ${cap + 1}) AS matching`,
+      firstCount
+    ),
+    (count) => {
+      const n = Option.getOrElse(count, () => 0)
       return n > cap ? { count: cap, exact: false } : { count: n, exact: true }
     }
   )

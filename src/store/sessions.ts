@@ -3,8 +3,9 @@
  * by the SHA-256 of the session id; the lifetime rules (idle, absolute, how often `last_seen_ms` is refreshed) live
  * in src/http/session.ts, which is the only user.
  */
-import { SqlClient, type SqlError } from "@effect/sql"
-import { Context, Effect, Layer, Option } from "effect"
+import { SqlClient, type SqlError, SqlSchema } from "@effect/sql"
+import { Context, Effect, Layer, type Option, ParseResult, Schema } from "effect"
+import { rowError, SqlNumber, sqlRow, SqlText } from "./columns.js"
 import { StoreError } from "./Store.js"
 
 export interface SessionRow {
@@ -26,15 +27,28 @@ export interface AdminSessionStoreShape {
 
 export class AdminSessionStore extends Context.Tag("llm-proxy/AdminSessionStore")<AdminSessionStore, AdminSessionStoreShape>() {}
 
-type Row = Record<string, unknown>
+/** The times are BIGINTs: text to PostgreSQL's driver. */
+const SessionFromRow = sqlRow("SessionRow", {
+  id_hash: SqlText,
+  created_ms: SqlNumber,
+  last_seen_ms: SqlNumber
+}, (r): SessionRow => ({ idHash: r.id_hash, createdMs: r.created_ms, lastSeenMs: r.last_seen_ms }))
 
 export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
-  const wrap = <A>(operation: string, effect: Effect.Effect<A, SqlError.SqlError>) =>
+  const wrap = <A>(operation: string, effect: Effect.Effect<A, SqlError.SqlError | ParseResult.ParseError>) =>
     effect.pipe(
-      Effect.mapError((cause) => new StoreError({ message: `database error during admin session ${operation}`, cause })),
+      Effect.mapError((cause) => {
+        const message = `database error during admin session ${operation}`
+        return ParseResult.isParseError(cause) ? rowError(message, cause) : new StoreError({ message, cause })
+      }),
       Effect.withSpan(`AdminSessionStore.${operation}`)
     )
+  const session = SqlSchema.findOne({
+    Request: Schema.String,
+    Result: SessionFromRow,
+    execute: (idHash) => sql`SELECT id_hash, created_ms, last_seen_ms FROM admin_sessions WHERE id_hash = ${idHash}`
+  })
   const store: AdminSessionStoreShape = {
     insert: (row) =>
       wrap(
@@ -43,19 +57,7 @@ export const make = Effect.gen(function*() {
           sql.insert({ id_hash: row.idHash, created_ms: row.createdMs, last_seen_ms: row.lastSeenMs })
         }`)
       ),
-    get: (idHash) =>
-      wrap(
-        "get",
-        Effect.map(
-          sql<Row>`SELECT id_hash, created_ms, last_seen_ms FROM admin_sessions WHERE id_hash = ${idHash}`,
-          (rows) =>
-            Option.map(Option.fromNullable(rows[0]), (r) => ({
-              idHash: String(r.id_hash),
-              createdMs: Number(r.created_ms),
-              lastSeenMs: Number(r.last_seen_ms)
-            }))
-        )
-      ),
+    get: (idHash) => wrap("get", session(idHash)),
     touch: (idHash, lastSeenMs) =>
       wrap(
         "touch",
@@ -68,7 +70,7 @@ export const make = Effect.gen(function*() {
       wrap(
         "prune",
         Effect.map(
-          sql<Row>`DELETE FROM admin_sessions WHERE last_seen_ms <= ${idleBefore} OR created_ms <= ${createdBefore}
+          sql`DELETE FROM admin_sessions WHERE last_seen_ms <= ${idleBefore} OR created_ms <= ${createdBefore}
             RETURNING id_hash`,
           (rows) => rows.length
         )
