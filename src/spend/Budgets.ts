@@ -4,16 +4,19 @@
  *
  * Only tokens with a budget, or whose project has one, come here: the path of every other token stays as it was
  * (synchronous, no database). For those that do, the check reads what the token and its project spent (one query,
- * src/store: `spendOf`) and adds what this instance charged but has not written yet; the charge of an answer is
- * written at once (not batched) so that every instance sees it.
+ * src/store: `spendOf`, which serves the checks of READ_TTL_MS: between reads the check is synchronous,
+ * `unsafeCheck`) and adds what this instance charged but has not written yet; the charge of an answer is written
+ * right away, not with the batched usage counters, so that every instance sees it: one write at a time, of every
+ * charge since the previous write, and while answers end continuously at most one write per WRITE_GAP_MS (a write
+ * per answer cost more than the proxying itself at saturation: docs/performance.md).
  *
  * Overshoot: a request is admitted while the budget is not used up, and its cost is known only when its answer ends.
  * The requests that can overshoot a budget are those already admitted when it is reached — the requests in flight,
- * on every instance — plus, on other instances, those admitted before they see its last charge: while it is being
- * written (charges are written in groups, one write at a time) and for up to READ_TTL_MS after (a read of what was
- * spent serves the checks of that long). docs/spend.md says so.
+ * on every instance — plus, on other instances, those admitted before they see its last charge: while it waits for
+ * its write (up to WRITE_GAP_MS) and is written, and for up to READ_TTL_MS after (a read of what was spent serves
+ * the checks of that long). docs/spend.md says so.
  */
-import { Context, Duration, Effect, Layer, Option, Runtime, Schedule } from "effect"
+import { Context, Deferred, Duration, Effect, FiberId, Layer, Option, Runtime, Schedule } from "effect"
 import { type BudgetRow, NOTHING_SPENT, type SpendDelta, type SpendRow, Store, type StoreError } from "../store/Store.js"
 import { addSpent, deltaOf, exhausted, hasBudget, spentIn } from "./periods.js"
 
@@ -34,6 +37,17 @@ export interface BudgetsShape {
     projectBudget: BudgetRow | undefined,
     nowMs: number
   ) => Effect.Effect<BudgetExceeded | undefined, StoreError>
+  /**
+   * For plain Node code on the data plane: `check`'s verdict now when a read of what was spent serves it (one
+   * READ_TTL_MS old at most), else the Effect that reads it, which the caller runs.
+   */
+  readonly unsafeCheck: (
+    tokenId: string,
+    tokenBudget: BudgetRow | undefined,
+    projectId: string,
+    projectBudget: BudgetRow | undefined,
+    nowMs: number
+  ) => BudgetExceeded | undefined | Effect.Effect<BudgetExceeded | undefined, StoreError>
   /** Charges an answer to a token and its project at once (written in the background, retried; never fails). */
   readonly charge: (tokenId: string, projectId: string, costUsd: number, tokens: number, atMs: number) => void
   /** Charges written so far are visible to every instance; this waits for those pending here (tests, shutdown). */
@@ -42,8 +56,16 @@ export interface BudgetsShape {
 
 /** How long a read of what was spent serves further checks (other instances' charges show after at most this). */
 export const READ_TTL_MS = 50
+/**
+ * The least time between the starts of two writes of charges: while answers end continuously, their charges are
+ * written together every WRITE_GAP_MS; a charge after a quiet spell is written at once.
+ */
+export const WRITE_GAP_MS = 50
 /** How long written charges are kept to be added to reads that began before their write (well above READ_TTL_MS). */
 const RECENT_MS = 250
+
+/** A write the database did not take is tried again (built once: building it per write showed in profiles). */
+const retrySchedule = Schedule.intersect(Schedule.exponential(Duration.millis(50)), Schedule.recurs(10))
 
 export class Budgets extends Context.Tag("llm-proxy/Budgets")<Budgets, BudgetsShape>() {}
 
@@ -67,22 +89,13 @@ export const make = Effect.gen(function*() {
    */
   const recent = new Map<string, Array<{ day: number; costUsd: number; tokens: number; seq: number; writtenAt: number }>>()
   let seq = 0
-  /** The charges of the write in flight (number seq + 1), per key and day: still in `pending` until it ends. */
-  let inflight = new Map<string, Map<number, { costUsd: number; tokens: number }>>()
 
   /** `s` as read when `readSeq` writes were done, plus what this instance charged since (written or not). */
   const withPending = (key: string, s: SpendRow, readSeq: number): SpendRow => {
     let out = s
     const mine = pending.get(key)
     if (mine !== undefined) {
-      // The write in flight is left out when the read is taken to have seen it (see `read`).
-      const seen = readSeq > seq ? inflight.get(key) : undefined
-      for (const [day, c] of mine) {
-        const f = seen?.get(day)
-        const cost = f === undefined ? c.costUsd : c.costUsd - f.costUsd
-        const tokens = f === undefined ? c.tokens : c.tokens - f.tokens
-        if (cost > 0 || tokens > 0) out = addSpent(out, cost, tokens, day)
-      }
+      for (const [day, c] of mine) if (c.costUsd > 0 || c.tokens > 0) out = addSpent(out, c.costUsd, c.tokens, day)
     }
     const done = recent.get(key)
     if (done !== undefined) {
@@ -158,40 +171,104 @@ export const make = Effect.gen(function*() {
   // many. What this instance charged since the read began is added to it (pending, or written since: `recent`).
   type Read = { readonly at: number; readonly seq: number; readonly spent: { token: SpendRow; project: SpendRow } }
   const reads = new Map<string, Read>()
-  const read = (tokenId: string, nowMs: number): Effect.Effect<Read, StoreError> => {
-    const seen = reads.get(tokenId)
-    if (seen !== undefined && nowMs - seen.at < READ_TTL_MS && nowMs >= seen.at) return Effect.succeed(seen)
-    // A write in flight when the read begins is taken as seen by it (its number is seq + 1): on a database with a
-    // pool of connections it may commit first, and counting it again would refuse requests the budget admits. When
-    // it commits after the read instead, that one write's charges are missed by this read: the overshoot the
-    // header allows for charges "while it is being written".
-    const startSeq = seq + writing
-    return Effect.map(store.spendOf(tokenId), (found) => {
-      const spent = Option.getOrElse(found, () => ({ token: NOTHING_SPENT, project: NOTHING_SPENT }))
-      if (reads.size >= 10_000) reads.clear()
-      const r = { at: nowMs, seq: startSeq, spent }
-      reads.set(tokenId, r)
-      return r
+  /** Reads under way, per token: the checks that miss meanwhile wait for the same query instead of each sending one. */
+  const reading = new Map<string, Deferred.Deferred<Read, StoreError>>()
+  /**
+   * Reads and writes of this instance take turns: reads (any number at once) wait while a write is in flight or
+   * due (`writeWanted`: a write waits for the reads in flight, and new reads wait for it, so neither starves).
+   */
+  let readsInFlight = 0
+  let readWaiters: Array<() => void> = []
+  let writeWanted = false
+  const readTurn = Effect.async<void>((resume) => {
+    if (writing === 0 && !writeWanted) {
+      readsInFlight++
+      return resume(Effect.void)
+    }
+    const go = () => resume(Effect.void)
+    readWaiters.push(go)
+    // Interrupted while waiting: not counted in flight, never started.
+    return Effect.sync(() => {
+      readWaiters = readWaiters.filter((w) => w !== go)
     })
+  })
+  const readDone = Effect.sync(() => {
+    if (--readsInFlight === 0 && writeWanted) {
+      writeWanted = false
+      schedule()
+    }
+  })
+
+  const fresh = (tokenId: string, nowMs: number): Read | undefined => {
+    const seen = reads.get(tokenId)
+    return seen !== undefined && nowMs - seen.at < READ_TTL_MS && nowMs >= seen.at ? seen : undefined
+  }
+  const read = (tokenId: string, nowMs: number): Effect.Effect<Read, StoreError> =>
+    Effect.suspend(() => {
+      const seen = fresh(tokenId, nowMs)
+      if (seen !== undefined) return Effect.succeed(seen)
+      const under = reading.get(tokenId)
+      if (under !== undefined) return Deferred.await(under)
+      const done = Deferred.unsafeMake<Read, StoreError>(FiberId.none)
+      reading.set(tokenId, done)
+      return Effect.acquireUseRelease(
+        readTurn,
+        () =>
+          Effect.suspend(() => {
+            // No write of this instance is in flight while a read is (`readTurn`): the read holds exactly the writes
+            // numbered up to `seq` — on a database with a pool of connections, a write in flight could commit before
+            // or after a read's snapshot, and either guess would count its charges twice or not at all.
+            const startSeq = seq
+            return Effect.map(store.spendOf(tokenId), (found) => {
+              const spent = Option.getOrElse(found, () => ({ token: NOTHING_SPENT, project: NOTHING_SPENT }))
+              if (reads.size >= 10_000) reads.clear()
+              const r = { at: nowMs, seq: startSeq, spent }
+              reads.set(tokenId, r)
+              return r
+            })
+          }),
+        () => readDone
+      ).pipe(Effect.onExit((exit) =>
+        Effect.sync(() => {
+          if (reading.get(tokenId) === done) reading.delete(tokenId)
+          Deferred.unsafeDone(done, exit)
+        })
+      ))
+    })
+
+  const verdict = (
+    { seq: readSeq, spent }: Read,
+    tokenId: string,
+    tokenBudget: BudgetRow | undefined,
+    projectId: string,
+    projectBudget: BudgetRow | undefined,
+    nowMs: number
+  ): BudgetExceeded | undefined => {
+    if (tokenBudget !== undefined && hasBudget(tokenBudget)) {
+      const used = spentIn(withPending(`token:${tokenId}`, spent.token, readSeq), tokenBudget.period, nowMs)
+      const limit = exhausted(tokenBudget, used)
+      if (limit !== undefined) return { scope: "token" as const, limit, budget: tokenBudget }
+    }
+    if (projectBudget !== undefined && hasBudget(projectBudget)) {
+      const used = spentIn(withPending(`project:${projectId}`, spent.project, readSeq), projectBudget.period, nowMs)
+      const limit = exhausted(projectBudget, used)
+      if (limit !== undefined) return { scope: "project" as const, limit, budget: projectBudget }
+    }
+    return undefined
+  }
+
+  const unsafeCheck: BudgetsShape["unsafeCheck"] = (tokenId, tokenBudget, projectId, projectBudget, nowMs) => {
+    const seen = fresh(tokenId, nowMs)
+    if (seen !== undefined) return verdict(seen, tokenId, tokenBudget, projectId, projectBudget, nowMs)
+    return Effect.map(read(tokenId, nowMs), (r) => verdict(r, tokenId, tokenBudget, projectId, projectBudget, nowMs))
   }
 
   const check: BudgetsShape["check"] = (tokenId, tokenBudget, projectId, projectBudget, nowMs) =>
-    Effect.map(read(tokenId, nowMs), ({ seq: readSeq, spent }) => {
-      if (tokenBudget !== undefined && hasBudget(tokenBudget)) {
-        const used = spentIn(withPending(`token:${tokenId}`, spent.token, readSeq), tokenBudget.period, nowMs)
-        const limit = exhausted(tokenBudget, used)
-        if (limit !== undefined) return { scope: "token" as const, limit, budget: tokenBudget }
-      }
-      if (projectBudget !== undefined && hasBudget(projectBudget)) {
-        const used = spentIn(withPending(`project:${projectId}`, spent.project, readSeq), projectBudget.period, nowMs)
-        const limit = exhausted(projectBudget, used)
-        if (limit !== undefined) return { scope: "project" as const, limit, budget: projectBudget }
-      }
-      return undefined
-    })
+    Effect.map(read(tokenId, nowMs), (r) => verdict(r, tokenId, tokenBudget, projectId, projectBudget, nowMs))
 
-  // Charges are written in groups: one write at a time, of everything charged since the previous one began (so at
-  // a high rate of answers the database sees one transaction per write, not one per answer).
+  // Charges are written in groups: one write at a time, of everything charged since the previous one began, and
+  // while answers end continuously one write per WRITE_GAP_MS at most (so at a high rate of answers the database
+  // sees a few transactions a second, not one per answer: each costs far more CPU than the checks).
   let queued: Array<{
     readonly keys: ReadonlyArray<string>
     readonly day: number
@@ -206,23 +283,45 @@ export const make = Effect.gen(function*() {
     for (const w of waiters) w()
   }
 
+  /** When the last write began (performance.now()), and the timer of the next while it waits for WRITE_GAP_MS. */
+  let lastWriteAt = -Infinity
+  let timer: ReturnType<typeof setTimeout> | undefined
+  /** Set by `settled`: what is queued is written without waiting for WRITE_GAP_MS, until nothing is left. */
+  let flushing = false
+
+  /**
+   * Writes what is queued now, or when WRITE_GAP_MS have passed since the last write began (at once for `settled`),
+   * once the reads in flight are done.
+   */
+  function schedule(): void {
+    if (writing !== 0 || queued.length === 0) return
+    if (!flushing) {
+      if (timer !== undefined) return
+      const wait = lastWriteAt + WRITE_GAP_MS - performance.now()
+      if (wait > 0) {
+        timer = setTimeout(() => {
+          timer = undefined
+          schedule()
+        }, wait)
+        return
+      }
+    }
+    if (readsInFlight > 0) {
+      writeWanted = true
+      return
+    }
+    writeQueued()
+  }
+
   const writeQueued = (): void => {
+    if (timer !== undefined) {
+      clearTimeout(timer)
+      timer = undefined
+    }
     const batch = queued
     queued = []
     writing = 1
-    inflight = new Map()
-    for (const q of batch) {
-      for (const key of q.keys) {
-        let days = inflight.get(key)
-        if (days === undefined) inflight.set(key, days = new Map())
-        const sum = days.get(q.day)
-        if (sum === undefined) days.set(q.day, { costUsd: q.costUsd, tokens: q.tokens })
-        else {
-          sum.costUsd += q.costUsd
-          sum.tokens += q.tokens
-        }
-      }
-    }
+    lastWriteAt = performance.now()
     // Deltas of one token or project and day are summed: one UPDATE each.
     const merged = new Map<string, { -readonly [K in keyof SpendDelta]: SpendDelta[K] }>()
     for (const q of batch) {
@@ -240,13 +339,19 @@ export const make = Effect.gen(function*() {
     runFork(
       store.addSpend(deltas).pipe(
         // Kept pending (so still counted here) while the database does not take it; given up after about a minute.
-        Effect.retry(Schedule.intersect(Schedule.exponential(Duration.millis(50)), Schedule.recurs(10))),
+        Effect.retry(retrySchedule),
         Effect.catchAll((e) => Effect.logError("spend of answers not written (budgets)", e.message)),
         Effect.ensuring(Effect.sync(() => {
           written(batch, ++seq, Date.now())
-          inflight = new Map()
-          if (queued.length > 0) return writeQueued()
           writing = 0
+          // The reads that waited for this write go first (in flight from now, so the next write waits for them).
+          const waiting = readWaiters
+          readWaiters = []
+          readsInFlight += waiting.length
+          for (const go of waiting) go()
+          // What was charged meanwhile waits for its turn; `settled` waiters wait for it too.
+          if (queued.length > 0) return schedule()
+          flushing = false
           wake()
         }))
       )
@@ -259,16 +364,18 @@ export const make = Effect.gen(function*() {
     const token = deltaOf("token", tokenId, costUsd, tokens, atMs)
     for (const key of keys) pend(key, token.dayStart, costUsd, tokens)
     queued.push({ keys, day: token.dayStart, costUsd, tokens, deltas: [token, deltaOf("project", projectId, costUsd, tokens, atMs)] })
-    if (writing === 0) writeQueued()
+    schedule()
   }
 
   const settled = Effect.async<void>((resume) => {
-    if (writing === 0) return resume(Effect.void)
+    if (writing === 0 && queued.length === 0) return resume(Effect.void)
     idle.push(() => resume(Effect.void))
+    flushing = true
+    schedule()
   })
 
   yield* Effect.addFinalizer(() => settled)
-  return { applies, check, charge, settled } satisfies BudgetsShape
+  return { applies, check, unsafeCheck, charge, settled } satisfies BudgetsShape
 })
 
 export const layer: Layer.Layer<Budgets, never, Store> = Layer.scoped(Budgets, make)
