@@ -18,7 +18,7 @@
  */
 import { Context, Deferred, Duration, Effect, FiberId, Layer, Option, Runtime, Schedule } from "effect"
 import { type BudgetRow, NOTHING_SPENT, type SpendDelta, type SpendRow, Store, type StoreError } from "../store/Store.js"
-import { addSpent, deltaOf, exhausted, hasBudget, spentIn } from "./periods.js"
+import { addSpent, dayStartOf, deltaOf, exhausted, hasBudget, spentIn } from "./periods.js"
 
 export interface BudgetExceeded {
   readonly scope: "token" | "project"
@@ -120,9 +120,10 @@ export const make = Effect.gen(function*() {
     return out
   }
 
-  const pend = (key: string, day: number, costUsd: number, tokens: number) => {
-    let days = pending.get(key)
-    if (days === undefined) pending.set(key, days = new Map())
+  /** Adds a charge to the sums of `key` and `day` in `into` (`pending`, or the charges waiting for their write). */
+  const pend = (into: Map<string, Map<number, Sum>>, key: string, day: number, costUsd: number, tokens: number) => {
+    let days = into.get(key)
+    if (days === undefined) into.set(key, days = new Map())
     const sum = days.get(day)
     if (sum === undefined) days.set(day, { costUsd, tokens, count: 1 })
     else {
@@ -132,38 +133,30 @@ export const make = Effect.gen(function*() {
     }
   }
 
-  /** A written batch: its charges leave `pending` for `recent`. */
-  const written = (batch: ReadonlyArray<{ readonly keys: ReadonlyArray<string>; readonly day: number; readonly costUsd: number; readonly tokens: number }>, doneSeq: number, now: number) => {
-    const sums = new Map<string, { key: string; day: number; costUsd: number; tokens: number }>()
-    for (const q of batch) {
-      for (const key of q.keys) {
-        const days = pending.get(key)
-        const sum = days?.get(q.day)
-        if (sum !== undefined) {
-          sum.costUsd -= q.costUsd
-          sum.tokens -= q.tokens
-          if (--sum.count === 0) days!.delete(q.day)
-          if (days!.size === 0) pending.delete(key)
-        }
-        const id = `${key}|${q.day}`
-        const agg = sums.get(id)
-        if (agg === undefined) sums.set(id, { key, day: q.day, costUsd: q.costUsd, tokens: q.tokens })
-        else {
-          agg.costUsd += q.costUsd
-          agg.tokens += q.tokens
-        }
-      }
-    }
+  /** A written batch (sums per key and day): its charges leave `pending` for `recent`. */
+  const written = (batch: Map<string, Map<number, Sum>>, doneSeq: number, now: number) => {
     for (const [key, list] of recent) {
       const kept = list.filter((c) => now - c.writtenAt < RECENT_MS)
       if (kept.length === 0) recent.delete(key)
       else if (kept.length !== list.length) recent.set(key, kept)
     }
-    for (const a of sums.values()) {
-      const item = { day: a.day, costUsd: a.costUsd, tokens: a.tokens, seq: doneSeq, writtenAt: now }
-      const list = recent.get(a.key)
-      if (list === undefined) recent.set(a.key, [item])
-      else list.push(item)
+    for (const [key, days] of batch) {
+      const mine = pending.get(key)
+      for (const [day, q] of days) {
+        const sum = mine?.get(day)
+        if (sum !== undefined) {
+          sum.costUsd -= q.costUsd
+          sum.tokens -= q.tokens
+          // Counted, not compared with 0: sums of floating-point costs need not come back to exactly 0.
+          sum.count -= q.count
+          if (sum.count === 0) mine!.delete(day)
+          if (mine!.size === 0) pending.delete(key)
+        }
+        const item = { day, costUsd: q.costUsd, tokens: q.tokens, seq: doneSeq, writtenAt: now }
+        const list = recent.get(key)
+        if (list === undefined) recent.set(key, [item])
+        else list.push(item)
+      }
     }
   }
 
@@ -269,13 +262,8 @@ export const make = Effect.gen(function*() {
   // Charges are written in groups: one write at a time, of everything charged since the previous one began, and
   // while answers end continuously one write per WRITE_GAP_MS at most (so at a high rate of answers the database
   // sees a few transactions a second, not one per answer: each costs far more CPU than the checks).
-  let queued: Array<{
-    readonly keys: ReadonlyArray<string>
-    readonly day: number
-    readonly costUsd: number
-    readonly tokens: number
-    readonly deltas: ReadonlyArray<SpendDelta>
-  }> = []
+  // Summed per `token:<id>` / `project:<id>` and day, like `pending` (one UPDATE each).
+  let queued = new Map<string, Map<number, Sum>>()
 
   const wake = () => {
     const waiters = idle
@@ -294,7 +282,7 @@ export const make = Effect.gen(function*() {
    * once the reads in flight are done.
    */
   function schedule(): void {
-    if (writing !== 0 || queued.length === 0) return
+    if (writing !== 0 || queued.size === 0) return
     if (!flushing) {
       if (timer !== undefined) return
       const wait = lastWriteAt + WRITE_GAP_MS - performance.now()
@@ -319,23 +307,16 @@ export const make = Effect.gen(function*() {
       timer = undefined
     }
     const batch = queued
-    queued = []
+    queued = new Map()
     writing = 1
     lastWriteAt = performance.now()
-    // Deltas of one token or project and day are summed: one UPDATE each.
-    const merged = new Map<string, { -readonly [K in keyof SpendDelta]: SpendDelta[K] }>()
-    for (const q of batch) {
-      for (const d of q.deltas) {
-        const key = `${d.scope}:${d.id}:${d.dayStart}`
-        const seen = merged.get(key)
-        if (seen === undefined) merged.set(key, { ...d })
-        else {
-          seen.costUsd += d.costUsd
-          seen.tokens += d.tokens
-        }
-      }
+    const deltas: Array<SpendDelta> = []
+    for (const [key, days] of batch) {
+      const colon = key.indexOf(":")
+      const scope = key.slice(0, colon) as SpendDelta["scope"]
+      for (const [day, q] of days) deltas.push(deltaOf(scope, key.slice(colon + 1), q.costUsd, q.tokens, day))
     }
-    const deltas = [...merged.values()].sort((a, b) => a.dayStart - b.dayStart)
+    deltas.sort((a, b) => a.dayStart - b.dayStart)
     runFork(
       store.addSpend(deltas).pipe(
         // Kept pending (so still counted here) while the database does not take it; given up after about a minute.
@@ -350,7 +331,7 @@ export const make = Effect.gen(function*() {
           readsInFlight += waiting.length
           for (const go of waiting) go()
           // What was charged meanwhile waits for its turn; `settled` waiters wait for it too.
-          if (queued.length > 0) return schedule()
+          if (queued.size > 0) return schedule()
           flushing = false
           wake()
         }))
@@ -360,15 +341,18 @@ export const make = Effect.gen(function*() {
 
   const charge: BudgetsShape["charge"] = (tokenId, projectId, costUsd, tokens, atMs) => {
     if (costUsd <= 0 && tokens <= 0) return
-    const keys = [`token:${tokenId}`, `project:${projectId}`]
-    const token = deltaOf("token", tokenId, costUsd, tokens, atMs)
-    for (const key of keys) pend(key, token.dayStart, costUsd, tokens)
-    queued.push({ keys, day: token.dayStart, costUsd, tokens, deltas: [token, deltaOf("project", projectId, costUsd, tokens, atMs)] })
+    const day = dayStartOf(atMs)
+    const tokenKey = `token:${tokenId}`
+    const projectKey = `project:${projectId}`
+    pend(pending, tokenKey, day, costUsd, tokens)
+    pend(pending, projectKey, day, costUsd, tokens)
+    pend(queued, tokenKey, day, costUsd, tokens)
+    pend(queued, projectKey, day, costUsd, tokens)
     schedule()
   }
 
   const settled = Effect.async<void>((resume) => {
-    if (writing === 0 && queued.length === 0) return resume(Effect.void)
+    if (writing === 0 && queued.size === 0) return resume(Effect.void)
     idle.push(() => resume(Effect.void))
     flushing = true
     schedule()
