@@ -8,7 +8,9 @@
  * `unsafeCheck`) and adds what this instance charged but has not written yet; the charge of an answer is written
  * right away, not with the batched usage counters, so that every instance sees it: one write at a time, of every
  * charge since the previous write, and while answers end continuously at most one write per WRITE_GAP_MS (a write
- * per answer cost more than the proxying itself at saturation: docs/performance.md).
+ * per answer cost more than the proxying itself at saturation: docs/performance.md). This instance's reads and writes
+ * take turns (`readTurn`), so a read holds exactly the writes done before it began: its charges are neither missed nor
+ * counted twice.
  *
  * Overshoot: a request is admitted while the budget is not used up, and its cost is known only when its answer ends.
  * The requests that can overshoot a budget are those already admitted when it is reached — the requests in flight,
@@ -99,7 +101,7 @@ export const make = Effect.gen(function*() {
     }
     const done = recent.get(key)
     if (done !== undefined) {
-      // Newest first, up to the read: summed per day before they are added (writes come every millisecond or so).
+      // Newest first, up to the read: summed per day before they are added (a read may be older than several writes).
       let day = -1
       let cost = 0
       let tokens = 0
