@@ -1,9 +1,9 @@
 /**
  * What spend control costs on the data plane: one `serve`, two tokens (of two projects), one plain and one with a USD
  * budget, a token budget and a token-per-minute limit (none of them reached), loaded in turn at saturation
- * (closed loop, autocannon). The runs alternate (plain, spend, spend, plain) so that drift in the shared machine's
- * speed favours neither; each figure is the mean of its two runs, and the ratios are spend ÷ plain within the run.
- * CPU per request of the `serve` process (from /proc) is reported too: it moves less with the machine than RPS.
+ * (closed loop, autocannon). The runs alternate (plain, spend, spend, plain, …) so that drift in the shared
+ * machine's speed favours neither; each figure is the mean of its BENCH_ROUNDS runs, and the ratios are spend ÷ plain
+ * within the run. CPU per request of the `serve` process (from /proc) is reported too.
  *
  * Layout as in proxy.bench.ts: `serve` pinned to core 1, the upstream and the load generator on core 0.
  *
