@@ -661,7 +661,7 @@ export const make = Effect.gen(function*() {
     return limitedBy(f, verdict)
   }
 
-  /** Budgets: only a token with one (or whose project has one) reads what it spent (one query). */
+  /** Budgets: only a token with one (or whose project has one) reads what it spent (one query per READ_TTL_MS). */
   const checkBudget = (f: Flow): void | Promise<void> => {
     const g = f.grant!
     if (budgets === undefined || !budgets.applies(g.tokenBudget, g.projectBudget)) return lookup(f)
@@ -673,9 +673,12 @@ export const make = Effect.gen(function*() {
         return reply(f, Answers.modelNotPriced)
       }
     }
+    // Synchronous while a read of what was spent is fresh (READ_TTL_MS); the read itself through `run`.
+    const verdict = budgets.unsafeCheck(g.tokenId, g.tokenBudget, g.projectId, g.projectBudget, Date.now())
+    if (!Effect.isEffect(verdict)) return verdict === undefined ? lookup(f) : overBudget(f, verdict)
     return run(
       f,
-      budgets.check(g.tokenId, g.tokenBudget, g.projectId, g.projectBudget, Date.now()),
+      verdict,
       (v) => (v === undefined ? lookup(f) : overBudget(f, v)),
       (e) => {
         // What was spent cannot be read: a budget that cannot be checked is not a budget, so the request waits.

@@ -10,10 +10,18 @@ const DAY_MS = 86_400_000
 /** First instant (epoch ms) of the UTC day containing `ms`. */
 export const dayStartOf = (ms: number): number => ms - (((ms % DAY_MS) + DAY_MS) % DAY_MS)
 
+/** The last day asked about and its month: checks and charges ask about the same day all day (no Date each time). */
+let lastDay = NaN
+let lastMonth = NaN
+
 /** First instant (epoch ms) of the UTC month containing `ms`. */
 export const monthStartOf = (ms: number): number => {
+  const day = dayStartOf(ms)
+  if (day === lastDay) return lastMonth
   const d = new Date(ms)
-  return Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), 1)
+  lastMonth = Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), 1)
+  lastDay = day
+  return lastMonth
 }
 
 /** First instant after the period containing `ms`; undefined for `total`. */

@@ -203,6 +203,46 @@ effectDescribe.each(dialects)("budget periods roll over (%s)", (dialect) => {
       const stored = Option.getOrThrow(yield* (yield* Store).spendOf(tokenId))
       effectExpect(stored.token).toMatchObject({ spentUsd: 2, tokensUsed: 120, dayCostUsd: 0.5, dayTokens: 10, monthTokens: 10 })
     }).pipe(Effect.provide(layer)))
+
+  effectIt.live("a check while a charge is being written counts it exactly once: neither missed nor twice (20 rounds)", () =>
+    Effect.gen(function*() {
+      const budgets = yield* Budgets.Budgets
+      // Missed, the project's $0.5 budget would not be used up; counted twice, the token's $0.75 would be.
+      const token = { maxCostUsd: 0.75, maxTokens: null, period: "total" as const }
+      const project = { maxCostUsd: 0.5, maxTokens: null, period: "total" as const }
+      for (let i = 0; i < 20; i++) {
+        const { tokenId, projectId } = yield* setup
+        // After a quiet spell a charge is written at once: its write is in flight when the check reads.
+        yield* Effect.sleep(Budgets.WRITE_GAP_MS + 5)
+        const now = Date.now()
+        budgets.charge(tokenId, projectId, 0.5, 10, now)
+        effectExpect(yield* budgets.check(tokenId, token, projectId, project, now)).toMatchObject({ scope: "project", limit: "max_cost_usd" })
+      }
+    }).pipe(Effect.provide(layer)))
+
+  effectIt.live("500 charges in a burst: counted by the next check at once, all written together in the background", () =>
+    Effect.gen(function*() {
+      const budgets = yield* Budgets.Budgets
+      const store = yield* Store
+      const { tokenId, projectId } = yield* setup
+      for (let i = 0; i < 500; i++) budgets.charge(tokenId, projectId, 0.001, 3, Date.now())
+      const limit = (maxTokens: number) => ({ maxCostUsd: null, maxTokens, period: "total" as const })
+      effectExpect(yield* budgets.check(tokenId, limit(1500), projectId, undefined, Date.now())).toMatchObject({ limit: "max_tokens" })
+      effectExpect(yield* budgets.check(tokenId, limit(1501), projectId, limit(1501), Date.now())).toBeUndefined()
+      // Without `settled`: the writes land on their own.
+      let stored = Option.getOrThrow(yield* store.spendOf(tokenId))
+      for (let k = 0; k < 200 && (stored.token.tokensUsed < 1500 || stored.project.tokensUsed < 1500); k++) {
+        yield* Effect.sleep(10)
+        stored = Option.getOrThrow(yield* store.spendOf(tokenId))
+      }
+      effectExpect(stored.token.tokensUsed).toBe(1500)
+      effectExpect(stored.project.tokensUsed).toBe(1500)
+      effectExpect(stored.token.spentUsd).toBeCloseTo(0.5, 9)
+      // Read again after the writes: still counted once.
+      yield* Effect.sleep(Budgets.READ_TTL_MS + 5)
+      effectExpect(yield* budgets.check(tokenId, limit(1501), projectId, limit(1501), Date.now())).toBeUndefined()
+      effectExpect(yield* budgets.check(tokenId, limit(1500), projectId, undefined, Date.now())).toMatchObject({ limit: "max_tokens" })
+    }).pipe(Effect.provide(layer)))
 })
 
 describe("UNPRICED_MODELS=allow", () => {
