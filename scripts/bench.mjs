@@ -37,7 +37,8 @@ try {
       target: "node20",
       external: ["better-sqlite3", "pg-native", "gpt-tokenizer"],
       banner: {
-        js: "import { createRequire as __llmProxyCreateRequire } from 'node:module'; const require = __llmProxyCreateRequire(import.meta.url);"
+        js:
+          "import { createRequire as __llmProxyCreateRequire } from 'node:module'; const require = __llmProxyCreateRequire(import.meta.url);"
       },
       logLevel: "warning"
     })

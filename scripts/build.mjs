@@ -51,7 +51,8 @@ export const buildCli = async (outdir = "dist", { readable = false } = {}) => {
     // Native addons and optional drivers stay outside the bundle.
     external: ["better-sqlite3", "pg-native", "gpt-tokenizer"],
     banner: {
-      js: "import { createRequire as __llmProxyCreateRequire } from 'node:module'; const require = __llmProxyCreateRequire(import.meta.url);"
+      js:
+        "import { createRequire as __llmProxyCreateRequire } from 'node:module'; const require = __llmProxyCreateRequire(import.meta.url);"
     },
     plugins: [dropReExports],
     logLevel: "warning"

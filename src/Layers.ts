@@ -5,30 +5,17 @@
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { Context, Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
 import { hostname } from "node:os"
-import * as MemoryCache from "./cache/MemoryCache.js"
-import * as RedisCache from "./cache/RedisCache.js"
-import * as ResponseCache from "./cache/ResponseCache.js"
 import * as AuditLog from "./audit/AuditLog.js"
 import * as AuditRepo from "./audit/AuditRepo.js"
 import { makeTrustedProxies } from "./audit/clientIp.js"
 import * as AuditRetention from "./audit/retention.js"
 import * as AuditSinks from "./audit/sinks.js"
+import * as MemoryCache from "./cache/MemoryCache.js"
+import * as RedisCache from "./cache/RedisCache.js"
+import * as ResponseCache from "./cache/ResponseCache.js"
 import { AppConfig, type AppConfigShape, type Database, type DispatcherConfig } from "./config/AppConfig.js"
 import { resolveManagementToken } from "./config/managementToken.js"
 import { Providers } from "./config/Providers.js"
-import * as EventCapture from "./proxy/EventCapture.js"
-import * as ProxyHandler from "./proxy/ProxyHandler.js"
-import { cacheHooks } from "./proxy/CacheHooks.js"
-import { auditHooks } from "./proxy/auditHooks.js"
-import { ProxyHooks, type ProxyHooksShape } from "./proxy/ProxyHooks.js"
-import * as Upstream from "./proxy/Upstream.js"
-import * as Budgets from "./spend/Budgets.js"
-import * as Prices from "./spend/prices.js"
-import * as RateLimits from "./token/RateLimits.js"
-import * as ProjectKeys from "./token/ProjectKeys.js"
-import * as TokenValidator from "./token/TokenValidator.js"
-import { layerPostgres as postgresInvalidation } from "./token/PostgresInvalidation.js"
-import * as UsageRecorder from "./token/UsageRecorder.js"
 import { KeyCipher } from "./crypto/KeyCipher.js"
 import * as AdminUi from "./http/AdminUi.js"
 import * as ManagementApp from "./http/App.js"
@@ -36,19 +23,32 @@ import { ManagementToken } from "./http/auth.js"
 import * as AuthThrottle from "./http/authThrottle.js"
 import * as HttpServer from "./http/Server.js"
 import * as AdminSessions from "./http/session.js"
-import { postgresStore, sqliteStore } from "./store/layers.js"
-import * as AdminSessionStore from "./store/sessions.js"
-import { migrateUp } from "./store/migrations.js"
-import * as TokenRetention from "./store/retention.js"
-import { Store } from "./store/Store.js"
+import { busStats, dispatcherStats, registerBusCheck, registerDispatcherCheck } from "./observability/eventChecks.js"
 import * as Health from "./observability/Health.js"
 import * as Metrics from "./observability/Metrics.js"
-import * as ProxyObservability from "./observability/ProxyObservability.js"
-import { busStats, dispatcherStats, registerBusCheck, registerDispatcherCheck } from "./observability/eventChecks.js"
 import { metricsEndpoint } from "./observability/MetricsEndpoint.js"
+import * as ProxyObservability from "./observability/ProxyObservability.js"
 import { redisCheck } from "./observability/redisCheck.js"
 import * as Tracing from "./observability/Tracing.js"
+import { auditHooks } from "./proxy/auditHooks.js"
+import { cacheHooks } from "./proxy/CacheHooks.js"
+import * as EventCapture from "./proxy/EventCapture.js"
+import * as ProxyHandler from "./proxy/ProxyHandler.js"
+import { ProxyHooks, type ProxyHooksShape } from "./proxy/ProxyHooks.js"
+import * as Upstream from "./proxy/Upstream.js"
+import * as Budgets from "./spend/Budgets.js"
+import * as Prices from "./spend/prices.js"
 import { releaseYoungGeneration } from "./startupMemory.js"
+import { postgresStore, sqliteStore } from "./store/layers.js"
+import { migrateUp } from "./store/migrations.js"
+import * as TokenRetention from "./store/retention.js"
+import * as AdminSessionStore from "./store/sessions.js"
+import { Store } from "./store/Store.js"
+import { layerPostgres as postgresInvalidation } from "./token/PostgresInvalidation.js"
+import * as ProjectKeys from "./token/ProjectKeys.js"
+import * as RateLimits from "./token/RateLimits.js"
+import * as TokenValidator from "./token/TokenValidator.js"
+import * as UsageRecorder from "./token/UsageRecorder.js"
 import { VERSION } from "./version.js"
 
 import { fileBackend, heliconeBackend, lunaryBackend } from "./dispatcher/backends.js"
@@ -89,7 +89,9 @@ export const responseCacheLayer = (config: Pick<AppConfigShape, "cache" | "redis
 export const auditLayer = (config: Pick<AppConfigShape, "audit" | "database">) => {
   const { audit } = config
   const log = audit.enabled
-    ? AuditLog.layer.pipe(Layer.provide(AuditSinks.layer({ file: Option.getOrUndefined(audit.file), database: audit.storeInDb })))
+    ? AuditLog.layer.pipe(
+      Layer.provide(AuditSinks.layer({ file: Option.getOrUndefined(audit.file), database: audit.storeInDb }))
+    )
     : AuditLog.layerDisabled(audit.storeInDb)
   const retention = audit.retentionDays > 0 ? AuditRetention.layer({ days: audit.retentionDays }) : Layer.empty
   return Layer.merge(log, retention).pipe(Layer.provideMerge(AuditRepo.layer(dialectOf(config.database))))
@@ -110,7 +112,9 @@ export const loggerLayer = (config: Pick<AppConfigShape, "logFormat" | "logLevel
     )
   )
 
-const redisStreamsOptions = (config: Pick<AppConfigShape, "redisUrl" | "events">): RedisStreamsBus.RedisStreamsOptions => ({
+const redisStreamsOptions = (
+  config: Pick<AppConfigShape, "redisUrl" | "events">
+): RedisStreamsBus.RedisStreamsOptions => ({
   url: Redacted.make(config.redisUrl),
   streamKey: config.events.streamKey,
   maxLen: config.events.streamMaxLen,
@@ -135,15 +139,15 @@ export const fileEventLogLayer = (config: Pick<AppConfigShape, "redisUrl" | "eve
     onNone: () => Layer.empty,
     onSome: (path) =>
       Dispatcher.layer({
-          group: "file-event-log",
-          consumer: Option.getOrElse(config.events.consumerName, () => defaultConsumer("file-event-log")),
-          batchSize: 100,
-          flushIntervalMs: 1000,
-          buffer: 1000,
-          deadLetterPath: `${path}.dead-letter.jsonl`,
-          keepAliveMs: Math.max(100, Math.floor(config.events.claimIdleMs / 3)),
-          status: "off"
-        }).pipe(Layer.provide(Layer.merge(fileBackend(path), TokenCounter.layer)))
+        group: "file-event-log",
+        consumer: Option.getOrElse(config.events.consumerName, () => defaultConsumer("file-event-log")),
+        batchSize: 100,
+        flushIntervalMs: 1000,
+        buffer: 1000,
+        deadLetterPath: `${path}.dead-letter.jsonl`,
+        keepAliveMs: Math.max(100, Math.floor(config.events.claimIdleMs / 3)),
+        status: "off"
+      }).pipe(Layer.provide(Layer.merge(fileBackend(path), TokenCounter.layer)))
   })
 
 /** The bus plus whatever consumes it inside `serve`. */
@@ -167,23 +171,24 @@ export const dispatcherLayer = (config: DispatcherConfig, consumerName: Option.O
       )
   })
   const dispatcher = Dispatcher.layer({
-      group: config.group,
-      consumer: Option.getOrElse(consumerName, () => defaultConsumer(`dispatcher-${config.service}`)),
-      batchSize: config.batchSize,
-      flushIntervalMs: config.flushIntervalMs,
-      buffer: config.buffer,
-      deadLetterPath: config.deadLetterPath,
-      keepAliveMs: Math.max(100, Math.floor(config.events.claimIdleMs / 3)),
-      status: process.stderr.isTTY ? "tty" : "log",
-      maintenance: RedisStreamsBus.trimAcknowledged(Redacted.make(config.redisUrl), config.events.streamKey)
-    }).pipe(
-      Layer.tap(() =>
-        Effect.logInfo(
-          `dispatcher ${config.service} reading ${config.events.streamKey} as group ${config.group}` +
-            (config.service === "file" ? `, writing ${config.endpoint}` : "")
-        )
-      ),
-      Layer.provide(Layer.mergeAll(RedisStreamsBus.layerSource(options), backend, TokenCounter.layer)))
+    group: config.group,
+    consumer: Option.getOrElse(consumerName, () => defaultConsumer(`dispatcher-${config.service}`)),
+    batchSize: config.batchSize,
+    flushIntervalMs: config.flushIntervalMs,
+    buffer: config.buffer,
+    deadLetterPath: config.deadLetterPath,
+    keepAliveMs: Math.max(100, Math.floor(config.events.claimIdleMs / 3)),
+    status: process.stderr.isTTY ? "tty" : "log",
+    maintenance: RedisStreamsBus.trimAcknowledged(Redacted.make(config.redisUrl), config.events.streamKey)
+  }).pipe(
+    Layer.tap(() =>
+      Effect.logInfo(
+        `dispatcher ${config.service} reading ${config.events.streamKey} as group ${config.group}` +
+          (config.service === "file" ? `, writing ${config.endpoint}` : "")
+      )
+    ),
+    Layer.provide(Layer.mergeAll(RedisStreamsBus.layerSource(options), backend, TokenCounter.layer))
+  )
   return endpoint.pipe(Layer.provideMerge(dispatcher))
 }
 
@@ -210,7 +215,9 @@ export const authThrottleLayer = (
   config: Pick<AppConfigShape, "rateLimitBackend" | "redisUrl" | "managementAuthMaxFailures" | "managementAuthWindowMs">
 ) => {
   const options = { maxFailures: config.managementAuthMaxFailures, windowMs: config.managementAuthWindowMs }
-  return config.rateLimitBackend === "redis" ? AuthThrottle.layerRedis(config.redisUrl, options) : AuthThrottle.layerMemory(options)
+  return config.rateLimitBackend === "redis"
+    ? AuthThrottle.layerRedis(config.redisUrl, options)
+    : AuthThrottle.layerMemory(options)
 }
 
 /** Admin UI sessions, in the database so every instance shares them (src/http/session.ts). */
@@ -220,7 +227,9 @@ export const adminSessionsLayer = AdminSessions.layer().pipe(Layer.provide(Admin
  * `METRICS_ADDR`: /metrics, /metrics/json and /health on a listener of their own (the main listener then answers
  * 404 for the metrics), with METRICS_TOKEN required there too when it is set.
  */
-export const serveMetricsListenerLayer = (config: Pick<AppConfigShape, "enableMetrics" | "metricsAddr" | "metricsToken">) =>
+export const serveMetricsListenerLayer = (
+  config: Pick<AppConfigShape, "enableMetrics" | "metricsAddr" | "metricsToken">
+) =>
   config.enableMetrics && Option.isSome(config.metricsAddr)
     ? metricsEndpoint(config.metricsAddr.value, "serve", {
       json: true,
@@ -229,8 +238,12 @@ export const serveMetricsListenerLayer = (config: Pick<AppConfigShape, "enableMe
     : Layer.empty
 
 /** Window rate limiter store: one instance in memory, or shared through Redis. */
-export const rateLimitsLayer = (config: Pick<AppConfigShape, "rateLimitBackend" | "redisUrl" | "rateLimitFailureMode">) =>
-  config.rateLimitBackend === "redis" ? RateLimits.layerRedis(config.redisUrl, config.rateLimitFailureMode) : RateLimits.layerMemory
+export const rateLimitsLayer = (
+  config: Pick<AppConfigShape, "rateLimitBackend" | "redisUrl" | "rateLimitFailureMode">
+) =>
+  config.rateLimitBackend === "redis"
+    ? RateLimits.layerRedis(config.redisUrl, config.rateLimitFailureMode)
+    : RateLimits.layerMemory
 
 /**
  * Observability of the proxy itself: metrics registry, health checks and the tracer (OTLP when configured, off
@@ -335,7 +348,9 @@ export const invalidationCheckLayer = (config: Pick<AppConfigShape, "invalidatio
         check: Effect.suspend(() =>
           validator.trusted()
             ? Effect.succeed({ channel })
-            : Effect.fail(new Error(`${channel} not receiving; the token cache is bypassed (every request reads the database)`))
+            : Effect.fail(
+              new Error(`${channel} not receiving; the token cache is bypassed (every request reads the database)`)
+            )
         )
       })
     }))

@@ -130,7 +130,10 @@ export const ProjectsApi = HttpApiGroup.make("projects")
       .setPath(IdPath)
       .addSuccess(Schema.Array(ProjectKey))
       .addError(NotFoundWire)
-      .annotate(OpenApi.Description, "The project's keys, newest first, revoked ones included; never the keys themselves")
+      .annotate(
+        OpenApi.Description,
+        "The project's keys, newest first, revoked ones included; never the keys themselves"
+      )
   )
   .add(
     HttpApiEndpoint.post("createKey", "/projects/:id/keys")
@@ -202,7 +205,10 @@ export const TokensApi = HttpApiGroup.make("tokens")
       .setPayload(UpdateToken)
       .addSuccess(Token)
       .addError(NotFoundWire)
-      .annotate(ProjectKeyAccess, "its own project's tokens only, within the project's max_token_minutes and max_token_requests")
+      .annotate(
+        ProjectKeyAccess,
+        "its own project's tokens only, within the project's max_token_minutes and max_token_requests"
+      )
   )
   .add(
     HttpApiEndpoint.del("revoke", "/tokens/:id")
@@ -225,7 +231,10 @@ export const UsageApi = HttpApiGroup.make("usage")
   .prefix("/manage")
   .middleware(ManagementAuth)
   .annotate(OpenApi.Title, "Usage")
-  .annotate(OpenApi.Description, "Per-hour usage rollups (requests, cache hits, errors, tokens) for charts; at most 366 days at once")
+  .annotate(
+    OpenApi.Description,
+    "Per-hour usage rollups (requests, cache hits, errors, tokens) for charts; at most 366 days at once"
+  )
 
 /** Admin UI login: exchanges the management token for a session cookie (see src/http/session.ts). */
 export const SessionApi = HttpApiGroup.make("session")
@@ -235,15 +244,25 @@ export const SessionApi = HttpApiGroup.make("session")
       .addSuccess(SessionInfo)
       .addError(UnauthorizedWire)
       .addError(ForbiddenWire)
-      .annotate(OpenApi.Description, "The management token only: a project key is 403 `forbidden` (in the body or in `Authorization`)")
+      .annotate(
+        OpenApi.Description,
+        "The management token only: a project key is 403 `forbidden` (in the body or in `Authorization`)"
+      )
   )
-  .add(HttpApiEndpoint.get("current", "/session").addSuccess(SessionInfo).addError(UnauthorizedWire).addError(ForbiddenWire))
+  .add(
+    HttpApiEndpoint.get("current", "/session").addSuccess(SessionInfo).addError(UnauthorizedWire).addError(
+      ForbiddenWire
+    )
+  )
   .add(
     HttpApiEndpoint.del("logout", "/session")
       .addSuccess(HttpApiSchema.NoContent)
       .addError(UnauthorizedWire)
       .addError(ForbiddenWire)
-      .annotate(OpenApi.Description, "Ends the session of the cookie; a live session needs its `X-CSRF-Token` (403 `csrf_failed` without)")
+      .annotate(
+        OpenApi.Description,
+        "Ends the session of the cookie; a live session needs its `X-CSRF-Token` (403 `csrf_failed` without)"
+      )
   )
   .prefix("/manage")
   .annotate(OpenApi.Title, "Admin session")
@@ -320,7 +339,9 @@ export const projectKeyScopes = (definition: HttpApi.HttpApi.Any): ReadonlyMap<s
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- the OpenAPI document as generated, changed in place
 const documentScopes = (spec: Record<string, any>): Record<string, any> => {
   const scopes = projectKeyScopes(api)
-  for (const [path, operations] of Object.entries(spec.paths as Record<string, Record<string, Record<string, unknown>>>)) {
+  for (
+    const [path, operations] of Object.entries(spec.paths as Record<string, Record<string, Record<string, unknown>>>)
+  ) {
     for (const [method, op] of Object.entries(operations)) {
       const scope = scopes.get(routeKey(method, path.replace(/\{(\w+)\}/g, ":$1")))
       if (scope === undefined) continue

@@ -10,7 +10,21 @@
  * number of rows. At most MAX_PENDING_DENIALS such events wait at once; denials beyond that are folded into one event
  * per (action, reason, minute) without a client IP, marked `overflow`.
  */
-import { Cause, Chunk, Clock, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Queue, Schedule, Schema } from "effect"
+import {
+  Cause,
+  Chunk,
+  Clock,
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Queue,
+  Schedule,
+  Schema
+} from "effect"
 import type { AuditEntry, AuditRecord } from "../domain/audit.js"
 import { uuidv7 } from "./uuidv7.js"
 
@@ -132,15 +146,18 @@ interface PendingDenial {
 
 /** What the overflow event of an action and reason keeps: nothing that belongs to one client. */
 const overflowEntry = (entry: AuditEntry): AuditEntry =>
-  bounded(bounded({
-    action: entry.action,
-    actor: entry.actor,
-    outcome: entry.outcome,
-    reason: entry.reason,
-    method: entry.method,
-    path: entry.path,
-    details: { ...entry.details, overflow: true }
-  }), DENIAL_LIMITS)
+  bounded(
+    bounded({
+      action: entry.action,
+      actor: entry.actor,
+      outcome: entry.outcome,
+      reason: entry.reason,
+      method: entry.method,
+      path: entry.path,
+      details: { ...entry.details, overflow: true }
+    }),
+    DENIAL_LIMITS
+  )
 
 /** The event an aggregate stands for: the first denial's fields, its time, and how many there were. */
 const denialRecord = (p: PendingDenial): AuditRecord => ({
@@ -162,159 +179,163 @@ export interface AuditLogOptions {
   readonly denialTickMs?: number
 }
 
-export const make = (options: AuditLogOptions = {}) => Effect.gen(function*() {
-  const sinks = yield* AuditSinks
-  const batchSize = options.batchSize ?? BATCH_SIZE
-  const lingerMs = options.lingerMs ?? LINGER_MS
-  const queue = yield* Queue.bounded<Item>(options.capacity ?? QUEUE_CAPACITY)
-  const stats = { accepted: 0, written: 0, dropped: 0, failed: 0, denials: 0, overflowed: 0 }
-  const maxPending = options.maxPendingDenials ?? MAX_PENDING_DENIALS
-  // Wall-clock time, like `unsafeRecord`: recordDenial is plain synchronous code on the data plane.
-  const clock = options.now ?? Date.now
-  const pending = new Map<string, PendingDenial>()
-  let closed = false
-  // Completed by flush and shutdown to end the writer's linger early.
-  let wake: Deferred.Deferred<void> | undefined
-  const wakeWriter = () => {
-    if (wake !== undefined) Deferred.unsafeDone(wake, Exit.void)
-  }
-
-  const writeSink = (sink: AuditSink, batch: ReadonlyArray<AuditRecord>) =>
-    sink.write(batch).pipe(
-      Effect.retry(retryPolicy),
-      Effect.catchAllCause((cause) => {
-        stats.failed += batch.length
-        return Effect.logError(`audit sink ${sink.name} lost ${batch.length} events`, Cause.pretty(cause))
-      })
-    )
-
-  const writeBatch = (items: Iterable<Item>) =>
-    Effect.gen(function*() {
-      const batch: Array<AuditRecord> = []
-      const waiting: Array<Deferred.Deferred<void>> = []
-      let stop = false
-      for (const item of items) {
-        if (item._tag === "event") batch.push(item.record)
-        else if (item._tag === "flush") waiting.push(item.done)
-        else stop = true
-      }
-      if (batch.length > 0) {
-        yield* Effect.forEach(sinks, (sink) => writeSink(sink, batch), { concurrency: "unbounded", discard: true })
-        stats.written += batch.length
-      }
-      for (const done of waiting) yield* Deferred.succeed(done, undefined)
-      return stop
-    })
-
-  const lingered = (first: Chunk.Chunk<Item>) =>
-    Chunk.size(first) >= batchSize || lingerMs <= 0 || Chunk.some(first, (i) => i._tag !== "event")
-      ? Effect.succeed(first)
-      : Effect.gen(function*() {
-        const w = yield* Deferred.make<void>()
-        wake = w
-        // The writer is uninterruptible here; the race's loser must not be, or the race would wait for it.
-        yield* Effect.raceFirst(Effect.interruptible(Effect.sleep(lingerMs)), Effect.interruptible(Deferred.await(w)))
-        wake = undefined
-        return Chunk.appendAll(first, yield* Queue.takeUpTo(queue, batchSize - Chunk.size(first)))
-      })
-
-  // Each batch is written uninterruptibly: an event is off the queue only once it is in the sinks.
-  const writer = Effect.uninterruptibleMask((restore) =>
-    restore(Queue.takeBetween(queue, 1, batchSize)).pipe(Effect.flatMap(lingered), Effect.flatMap(writeBatch))
-  ).pipe(Effect.repeat({ until: (stop) => stop }))
-
-  const fiber = yield* Effect.forkScoped(writer)
-
-  /** Takes the aggregated denials of minutes before `beforeMinute` (all of them when undefined) off `pending`. */
-  const takeDenials = (beforeMinute: number | undefined): Array<Item> => {
-    const items: Array<Item> = []
-    for (const [key, p] of pending) {
-      if (beforeMinute !== undefined && Math.floor(p.firstMs / MINUTE_MS) >= beforeMinute) continue
-      pending.delete(key)
-      stats.accepted++
-      items.push({ _tag: "event", record: denialRecord(p) })
+export const make = (options: AuditLogOptions = {}) =>
+  Effect.gen(function*() {
+    const sinks = yield* AuditSinks
+    const batchSize = options.batchSize ?? BATCH_SIZE
+    const lingerMs = options.lingerMs ?? LINGER_MS
+    const queue = yield* Queue.bounded<Item>(options.capacity ?? QUEUE_CAPACITY)
+    const stats = { accepted: 0, written: 0, dropped: 0, failed: 0, denials: 0, overflowed: 0 }
+    const maxPending = options.maxPendingDenials ?? MAX_PENDING_DENIALS
+    // Wall-clock time, like `unsafeRecord`: recordDenial is plain synchronous code on the data plane.
+    const clock = options.now ?? Date.now
+    const pending = new Map<string, PendingDenial>()
+    let closed = false
+    // Completed by flush and shutdown to end the writer's linger early.
+    let wake: Deferred.Deferred<void> | undefined
+    const wakeWriter = () => {
+      if (wake !== undefined) Deferred.unsafeDone(wake, Exit.void)
     }
-    return items
-  }
-  const offerAll = (items: Array<Item>) => (items.length === 0 ? Effect.void : Queue.offerAll(queue, items))
 
-  // Hands over the denials of minutes that have ended. Waits for room like `record`: nothing counted is lost.
-  yield* Effect.suspend(() => offerAll(takeDenials(Math.floor(clock() / MINUTE_MS)))).pipe(
-    Effect.repeat(Schedule.spaced(options.denialTickMs ?? DENIAL_TICK)),
-    Effect.forkScoped
-  )
+    const writeSink = (sink: AuditSink, batch: ReadonlyArray<AuditRecord>) =>
+      sink.write(batch).pipe(
+        Effect.retry(retryPolicy),
+        Effect.catchAllCause((cause) => {
+          stats.failed += batch.length
+          return Effect.logError(`audit sink ${sink.name} lost ${batch.length} events`, Cause.pretty(cause))
+        })
+      )
 
-  yield* Effect.addFinalizer(() =>
-    Effect.gen(function*() {
-      closed = true
-      yield* offerAll(takeDenials(undefined))
-      yield* Queue.offer(queue, { _tag: "stop" })
-      wakeWriter()
-      yield* Fiber.join(fiber)
-      // Anything a racing caller managed to queue behind the stop marker.
-      yield* writeBatch(yield* Queue.takeAll(queue))
-    }).pipe(
-      Effect.timeoutFail({ duration: DRAIN_TIMEOUT, onTimeout: () => "timeout" as const }),
-      Effect.catchAllCause((cause) => Effect.logError("audit log: could not write every event at shutdown", Cause.pretty(cause)))
+    const writeBatch = (items: Iterable<Item>) =>
+      Effect.gen(function*() {
+        const batch: Array<AuditRecord> = []
+        const waiting: Array<Deferred.Deferred<void>> = []
+        let stop = false
+        for (const item of items) {
+          if (item._tag === "event") batch.push(item.record)
+          else if (item._tag === "flush") waiting.push(item.done)
+          else stop = true
+        }
+        if (batch.length > 0) {
+          yield* Effect.forEach(sinks, (sink) => writeSink(sink, batch), { concurrency: "unbounded", discard: true })
+          stats.written += batch.length
+        }
+        for (const done of waiting) yield* Deferred.succeed(done, undefined)
+        return stop
+      })
+
+    const lingered = (first: Chunk.Chunk<Item>) =>
+      Chunk.size(first) >= batchSize || lingerMs <= 0 || Chunk.some(first, (i) => i._tag !== "event")
+        ? Effect.succeed(first)
+        : Effect.gen(function*() {
+          const w = yield* Deferred.make<void>()
+          wake = w
+          // The writer is uninterruptible here; the race's loser must not be, or the race would wait for it.
+          yield* Effect.raceFirst(Effect.interruptible(Effect.sleep(lingerMs)), Effect.interruptible(Deferred.await(w)))
+          wake = undefined
+          return Chunk.appendAll(first, yield* Queue.takeUpTo(queue, batchSize - Chunk.size(first)))
+        })
+
+    // Each batch is written uninterruptibly: an event is off the queue only once it is in the sinks.
+    const writer = Effect.uninterruptibleMask((restore) =>
+      restore(Queue.takeBetween(queue, 1, batchSize)).pipe(Effect.flatMap(lingered), Effect.flatMap(writeBatch))
+    ).pipe(Effect.repeat({ until: (stop) => stop }))
+
+    const fiber = yield* Effect.forkScoped(writer)
+
+    /** Takes the aggregated denials of minutes before `beforeMinute` (all of them when undefined) off `pending`. */
+    const takeDenials = (beforeMinute: number | undefined): Array<Item> => {
+      const items: Array<Item> = []
+      for (const [key, p] of pending) {
+        if (beforeMinute !== undefined && Math.floor(p.firstMs / MINUTE_MS) >= beforeMinute) continue
+        pending.delete(key)
+        stats.accepted++
+        items.push({ _tag: "event", record: denialRecord(p) })
+      }
+      return items
+    }
+    const offerAll = (items: Array<Item>) => (items.length === 0 ? Effect.void : Queue.offerAll(queue, items))
+
+    // Hands over the denials of minutes that have ended. Waits for room like `record`: nothing counted is lost.
+    yield* Effect.suspend(() => offerAll(takeDenials(Math.floor(clock() / MINUTE_MS)))).pipe(
+      Effect.repeat(Schedule.spaced(options.denialTickMs ?? DENIAL_TICK)),
+      Effect.forkScoped
     )
-  )
 
-  const accept = (record: AuditRecord) => {
-    stats.accepted++
-    return { _tag: "event", record } as const
-  }
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function*() {
+        closed = true
+        yield* offerAll(takeDenials(undefined))
+        yield* Queue.offer(queue, { _tag: "stop" })
+        wakeWriter()
+        yield* Fiber.join(fiber)
+        // Anything a racing caller managed to queue behind the stop marker.
+        yield* writeBatch(yield* Queue.takeAll(queue))
+      }).pipe(
+        Effect.timeoutFail({ duration: DRAIN_TIMEOUT, onTimeout: () => "timeout" as const }),
+        Effect.catchAllCause((cause) =>
+          Effect.logError("audit log: could not write every event at shutdown", Cause.pretty(cause))
+        )
+      )
+    )
 
-  const log: AuditLogShape = {
-    enabled: true,
-    queryable: sinks.some((s) => s.queryable),
-    record: (entry) =>
-      Effect.suspend(() => {
-        if (closed) return Effect.logWarning(`audit event ${entry.action} after shutdown was not recorded`)
-        return Effect.flatMap(Clock.currentTimeMillis, (now) => Queue.offer(queue, accept(toRecord(entry, now))))
-      }).pipe(Effect.asVoid),
-    unsafeRecord: (entry) => {
-      if (closed) return false
-      const ok = queue.unsafeOffer({ _tag: "event", record: toRecord(entry, Date.now()) })
-      if (ok) stats.accepted++
-      else stats.dropped++
-      return ok
-    },
-    recordDenial: (entry) => {
-      if (closed) return
-      const now = clock()
-      const minute = Math.floor(now / MINUTE_MS)
-      let key = `${minute}\u0000${entry.action}\u0000${entry.actor}\u0000${entry.reason}\u0000${entry.clientIp}\u0000${entry.tokenId}\u0000${entry.projectId}`
-      let p = pending.get(key)
-      stats.denials++
-      if (p === undefined && pending.size >= maxPending) {
-        // The overflow event of this action and reason stands for every address that found no room.
-        stats.overflowed++
-        key = `${minute}\u0000${entry.action}\u0000${entry.actor}\u0000${entry.reason}\u0000*`
-        p = pending.get(key)
-        if (p === undefined) {
-          p = { entry: overflowEntry(entry), firstMs: now, lastMs: now, count: 0 }
+    const accept = (record: AuditRecord) => {
+      stats.accepted++
+      return { _tag: "event", record } as const
+    }
+
+    const log: AuditLogShape = {
+      enabled: true,
+      queryable: sinks.some((s) => s.queryable),
+      record: (entry) =>
+        Effect.suspend(() => {
+          if (closed) return Effect.logWarning(`audit event ${entry.action} after shutdown was not recorded`)
+          return Effect.flatMap(Clock.currentTimeMillis, (now) => Queue.offer(queue, accept(toRecord(entry, now))))
+        }).pipe(Effect.asVoid),
+      unsafeRecord: (entry) => {
+        if (closed) return false
+        const ok = queue.unsafeOffer({ _tag: "event", record: toRecord(entry, Date.now()) })
+        if (ok) stats.accepted++
+        else stats.dropped++
+        return ok
+      },
+      recordDenial: (entry) => {
+        if (closed) return
+        const now = clock()
+        const minute = Math.floor(now / MINUTE_MS)
+        let key =
+          `${minute}\u0000${entry.action}\u0000${entry.actor}\u0000${entry.reason}\u0000${entry.clientIp}\u0000${entry.tokenId}\u0000${entry.projectId}`
+        let p = pending.get(key)
+        stats.denials++
+        if (p === undefined && pending.size >= maxPending) {
+          // The overflow event of this action and reason stands for every address that found no room.
+          stats.overflowed++
+          key = `${minute}\u0000${entry.action}\u0000${entry.actor}\u0000${entry.reason}\u0000*`
+          p = pending.get(key)
+          if (p === undefined) {
+            p = { entry: overflowEntry(entry), firstMs: now, lastMs: now, count: 0 }
+            pending.set(key, p)
+          }
+        } else if (p === undefined) {
+          p = { entry: bounded(bounded(entry), DENIAL_LIMITS), firstMs: now, lastMs: now, count: 0 }
           pending.set(key, p)
         }
-      } else if (p === undefined) {
-        p = { entry: bounded(bounded(entry), DENIAL_LIMITS), firstMs: now, lastMs: now, count: 0 }
-        pending.set(key, p)
-      }
-      p.count++
-      p.lastMs = now
-    },
-    flush: Effect.gen(function*() {
-      if (closed) return
-      // Aggregated denials so far are written too (later ones of the same minute start a new event).
-      yield* offerAll(takeDenials(undefined))
-      const done = yield* Deferred.make<void>()
-      yield* Queue.offer(queue, { _tag: "flush", done })
-      wakeWriter()
-      yield* Deferred.await(done)
-    }),
-    stats: Effect.sync(() => ({ ...stats }))
-  }
-  return log
-})
+        p.count++
+        p.lastMs = now
+      },
+      flush: Effect.gen(function*() {
+        if (closed) return
+        // Aggregated denials so far are written too (later ones of the same minute start a new event).
+        yield* offerAll(takeDenials(undefined))
+        const done = yield* Deferred.make<void>()
+        yield* Queue.offer(queue, { _tag: "flush", done })
+        wakeWriter()
+        yield* Deferred.await(done)
+      }),
+      stats: Effect.sync(() => ({ ...stats }))
+    }
+    return log
+  })
 
 /** The AuditLog writing to the sinks in context. */
 export const layer: Layer.Layer<AuditLog, never, AuditSinks> = Layer.scoped(AuditLog, make())

@@ -116,7 +116,17 @@ export const toColumns = (r: AuditRecord) => ({
   count: r.count ?? 1
 })
 
-const SEARCHED = ["request_id", "correlation_id", "client_ip", "action", "actor", "method", "path", "reason", "metadata"]
+const SEARCHED = [
+  "request_id",
+  "correlation_id",
+  "client_ip",
+  "action",
+  "actor",
+  "method",
+  "path",
+  "reason",
+  "metadata"
+]
 
 /** `%`, `_` and the escape character itself match literally. */
 const likePattern = (s: string) => `%${s.replace(/[\\%_]/g, (c) => `\\${c}`)}%`
@@ -183,7 +193,13 @@ export const make = (dialect: "sqlite" | "postgres") =>
       listPage: (q, page) =>
         wrap(
           "list",
-          keysetPage(sql, { table: "audit_events", timeColumn: "timestamp", idColumn: "id", where: [where(q)], row: EventFromRow }, page)
+          keysetPage(sql, {
+            table: "audit_events",
+            timeColumn: "timestamp",
+            idColumn: "id",
+            where: [where(q)],
+            row: EventFromRow
+          }, page)
         ),
 
       get: (id) => wrap("get", event(id)),

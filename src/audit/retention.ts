@@ -27,7 +27,10 @@ export const pruneOnce = (days: number, batchSize = 1000, pause: Duration.Durati
 export const layer = (options: RetentionOptions): Layer.Layer<never, never, AuditRepo> =>
   Layer.scopedDiscard(
     pruneOnce(options.days, options.batchSize, options.pause).pipe(
-      Effect.tap((n) => (n > 0 ? Effect.logInfo(`audit retention: deleted ${n} events older than ${options.days} days`) : Effect.void)),
+      Effect.tap((n) => (n > 0
+        ? Effect.logInfo(`audit retention: deleted ${n} events older than ${options.days} days`)
+        : Effect.void)
+      ),
       Effect.catchAllCause((cause) => Effect.logWarning("audit retention failed; retrying later", Cause.pretty(cause))),
       Effect.repeat(Schedule.spaced(options.interval ?? Duration.hours(1))),
       Effect.forkScoped

@@ -16,8 +16,8 @@ import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerResponse } from "n
 import type { Readable, Transform } from "node:stream"
 import { BodyCapture } from "./capture.js"
 import {
-  cacheStatusHeaders,
   type CachedResponse,
+  cacheStatusHeaders,
   conditionalMatches,
   entrySize,
   hasClientConditional,
@@ -122,7 +122,9 @@ export const makeCacheStage = <C extends StageContext>(cache: ResponseCacheShape
       cache.count("miss")
       return undefined
     }
-    if (conditionalMatches(entry, ctx.method, state.headers)) return (res) => serve(ctx, res, state, entry, "conditional-hit")
+    if (conditionalMatches(entry, ctx.method, state.headers)) {
+      return (res) => serve(ctx, res, state, entry, "conditional-hit")
+    }
     if (revalidate) {
       state.revalidating = entry
       const validators = revalidationHeaders(entry)

@@ -78,5 +78,4 @@ export const make = (config: CacheConfig) =>
     return service
   })
 
-export const layer = (config: CacheConfig): Layer.Layer<ResponseCache> =>
-  Layer.scoped(ResponseCache, make(config))
+export const layer = (config: CacheConfig): Layer.Layer<ResponseCache> => Layer.scoped(ResponseCache, make(config))

@@ -49,7 +49,8 @@ export const encodeEntry = (e: CachedResponse): Buffer => {
 }
 
 const isPairs = (v: unknown): v is HeaderList =>
-  Array.isArray(v) && v.every((p) => Array.isArray(p) && p.length === 2 && typeof p[0] === "string" && typeof p[1] === "string")
+  Array.isArray(v) &&
+  v.every((p) => Array.isArray(p) && p.length === 2 && typeof p[0] === "string" && typeof p[1] === "string")
 
 /** The entry, or undefined for a value this program did not write (it is then ignored and overwritten). */
 export const decodeEntry = (buf: Buffer): CachedResponse | undefined => {
@@ -58,7 +59,9 @@ export const decodeEntry = (buf: Buffer): CachedResponse | undefined => {
   if (4 + n > buf.length) return undefined
   try {
     const m = JSON.parse(buf.subarray(4, 4 + n).toString("utf8")) as Partial<Meta>
-    if (typeof m.s !== "number" || typeof m.t !== "number" || typeof m.x !== "number" || !isPairs(m.h) || !isPairs(m.v)) {
+    if (
+      typeof m.s !== "number" || typeof m.t !== "number" || typeof m.x !== "number" || !isPairs(m.h) || !isPairs(m.v)
+    ) {
       return undefined
     }
     return { status: m.s, headers: m.h, storedAt: m.t, expiresAt: m.x, vary: m.v, body: buf.subarray(4 + n) }
@@ -135,7 +138,9 @@ export const make = (config: CacheConfig, options: RedisCacheOptions) =>
         if (down) return Effect.void
         down = true
         const reason = cause instanceof Error ? cause.message : String(cause)
-        return Effect.logWarning(`Redis response cache unavailable (${operation}: ${reason}); serving misses until it is back`)
+        return Effect.logWarning(
+          `Redis response cache unavailable (${operation}: ${reason}); serving misses until it is back`
+        )
       })
     const succeeded = Effect.suspend(() => {
       skipUntil = 0
@@ -146,7 +151,10 @@ export const make = (config: CacheConfig, options: RedisCacheOptions) =>
     if (!ready) yield* failed("connect")(new Error(`no connection to ${new URL(options.url).host}`))
 
     const run = <A>(operation: string, f: () => Promise<A>) =>
-      Effect.tryPromise({ try: f, catch: (e) => e }).pipe(Effect.tap(() => succeeded), Effect.tapError(failed(operation)))
+      Effect.tryPromise({ try: f, catch: (e) => e }).pipe(
+        Effect.tap(() => succeeded),
+        Effect.tapError(failed(operation))
+      )
 
     const scanKeys = (selector: PurgeSelector) =>
       Effect.gen(function*() {

@@ -253,7 +253,9 @@ export const planStore = (
   // caching switched on by the operator and asked for by the client, it does not block a completed stream.
   if (cc.noCache && !streaming) return { _tag: "Skip", debug: "no-cache" }
   const length = Number(headerText(res.headers["content-length"]) ?? "NaN")
-  if (m !== "HEAD" && Number.isFinite(length) && length > config.maxObjectBytes) return { _tag: "Skip", debug: "too-large" }
+  if (m !== "HEAD" && Number.isFinite(length) && length > config.maxObjectBytes) {
+    return { _tag: "Skip", debug: "too-large" }
+  }
   // The request always carried credentials (RFC 9111 §3.5): only `public`, `s-maxage` or `must-revalidate`
   // responses may be stored by a shared cache on the upstream's word alone.
   const sharedOk = cc.public || cc.sMaxAge !== undefined || cc.mustRevalidate
@@ -265,7 +267,9 @@ export const planStore = (
       : cc.sMaxAge === undefined && cc.maxAge === undefined
       ? config.defaultTtlSeconds
       : 0
-    if (fromResponse > 0) return { _tag: "Store", ttlSeconds: Math.min(fromResponse, MAX_TTL_SECONDS), forced: false, streaming }
+    if (fromResponse > 0) {
+      return { _tag: "Store", ttlSeconds: Math.min(fromResponse, MAX_TTL_SECONDS), forced: false, streaming }
+    }
   }
   if (forcedTtl !== undefined) return { _tag: "Store", ttlSeconds: forcedTtl, forced: true, streaming }
   return { _tag: "Skip", debug: "ttl-zero" }
@@ -366,7 +370,9 @@ export const makeEntry = (
   if (plan.forced) headers = withHeader(headers, "cache-control", `public, max-age=${plan.ttlSeconds}`)
   // A HEAD response has no body to measure: keep the length the upstream announced for the GET representation.
   const length = headerText(res.headers["content-length"])
-  if (req.method.toUpperCase() === "HEAD" && length !== undefined) headers = withHeader(headers, "content-length", length)
+  if (req.method.toUpperCase() === "HEAD" && length !== undefined) {
+    headers = withHeader(headers, "content-length", length)
+  }
   const keyed = new Set<string>(KEY_HEADERS)
   const vary = varyNames(res.headers)
     .filter((n) => !keyed.has(n))

@@ -24,9 +24,14 @@ const tree = commandTree(root)
 class CommandConsole extends Context.Tag("llm-proxy/CommandConsole")<CommandConsole, Console.Console>() {}
 
 const cli = Command.run(
-  Command.transformHandler(root, (handler) =>
-    Effect.flatMap(Effect.serviceOption(CommandConsole), (console) =>
-      Option.isSome(console) ? Effect.withConsole(handler, console.value) : handler)),
+  Command.transformHandler(
+    root,
+    (handler) =>
+      Effect.flatMap(
+        Effect.serviceOption(CommandConsole),
+        (console) => Option.isSome(console) ? Effect.withConsole(handler, console.value) : handler
+      )
+  ),
   { name: "llm-proxy", version: VERSION }
 )
 
@@ -55,10 +60,11 @@ export const runCli = (argv: ReadonlyArray<string>) => {
   }).pipe(
     Effect.tapError((e) =>
       Console.error(
-        `llm-proxy: ${ValidationError.isValidationError(e) ? missingOptions(usageMessage(e), walked.path) : describeError(e)}`
+        `llm-proxy: ${
+          ValidationError.isValidationError(e) ? missingOptions(usageMessage(e), walked.path) : describeError(e)
+        }`
       )
     ),
     Effect.provide(Layer.mergeAll(NodeContext.layer, NodeHttpClient.layerUndici))
   )
 }
-

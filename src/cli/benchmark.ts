@@ -82,7 +82,9 @@ export const distribution = (values: ReadonlyArray<number>): Distribution | null
 export const progressBar = (done: number, total: number, elapsedMs: number, width = 30): string => {
   const filled = total === 0 ? width : Math.min(width, Math.floor((done / total) * width))
   const rate = elapsedMs > 0 ? (done / elapsedMs) * 1000 : 0
-  return `[${"#".repeat(filled)}${".".repeat(width - filled)}] ${String(done).padStart(String(total).length)}/${total}  ${rate.toFixed(1)} req/s`
+  return `[${"#".repeat(filled)}${".".repeat(width - filled)}] ${
+    String(done).padStart(String(total).length)
+  }/${total}  ${rate.toFixed(1)} req/s`
 }
 
 interface Outcome {
@@ -102,7 +104,14 @@ const requestBody = (o: BenchmarkOptions): string =>
   })
 
 /** One request: status, timings and usage, or the network error that ended it. */
-const one = async (pool: Pool, path: string, headers: Record<string, string>, body: string, stream: boolean, signal: AbortSignal): Promise<Outcome> => {
+const one = async (
+  pool: Pool,
+  path: string,
+  headers: Record<string, string>,
+  body: string,
+  stream: boolean,
+  signal: AbortSignal
+): Promise<Outcome> => {
   const start = performance.now()
   let status: number | undefined
   let firstTokenMs: number | undefined
@@ -140,7 +149,14 @@ const one = async (pool: Pool, path: string, headers: Record<string, string>, bo
         }
       }
     }
-    return { status, error: ok ? undefined : String(status), latencyMs: performance.now() - start, firstTokenMs, promptTokens: prompt, completionTokens: completion }
+    return {
+      status,
+      error: ok ? undefined : String(status),
+      latencyMs: performance.now() - start,
+      firstTokenMs,
+      promptTokens: prompt,
+      completionTokens: completion
+    }
   } catch (e) {
     const err = e as { code?: string; name?: string }
     // A stream that broke off after a 2xx is a failure too, named by the network error.
@@ -217,7 +233,9 @@ const report = (o: BenchmarkOptions, outcomes: ReadonlyArray<Outcome>, elapsedMs
     status_counts: count(outcomes.flatMap((x) => (x.status === undefined ? [] : [String(x.status)]))),
     errors: count(outcomes.flatMap((x) => (x.error === undefined ? [] : [x.error]))),
     latency_ms: distribution(outcomes.flatMap((x) => (x.status === undefined ? [] : [x.latencyMs]))),
-    time_to_first_token_ms: o.stream ? distribution(ok.flatMap((x) => (x.firstTokenMs === undefined ? [] : [x.firstTokenMs]))) : null,
+    time_to_first_token_ms: o.stream
+      ? distribution(ok.flatMap((x) => (x.firstTokenMs === undefined ? [] : [x.firstTokenMs])))
+      : null,
     tokens: { prompt: ok.reduce((n, x) => n + x.promptTokens, 0), completion },
     output_tokens_per_second: seconds > 0 ? Math.round((completion / seconds) * 10) / 10 : 0
   }
@@ -241,21 +259,28 @@ export const formatReport = (r: BenchmarkReport): string =>
       ["failed", String(r.failed)],
       ["latency", ms(r.latency_ms)],
       ...(r.stream ? [["time to first token", ms(r.time_to_first_token_ms)] as const] : []),
-      ["tokens", `${r.tokens.prompt} prompt, ${r.tokens.completion} completion (${r.output_tokens_per_second} completion tokens/s)`],
+      [
+        "tokens",
+        `${r.tokens.prompt} prompt, ${r.tokens.completion} completion (${r.output_tokens_per_second} completion tokens/s)`
+      ],
       ["statuses", counts(r.status_counts)],
       ["errors", counts(r.errors)]
     ])
   ].join("\n")
 
 const positive = (name: string, n: number) =>
-  Number.isInteger(n) && n >= 1 ? Effect.succeed(n) : Effect.fail(new CliFailure({ message: `--${name} must be a positive integer, got ${n}` }))
+  Number.isInteger(n) && n >= 1
+    ? Effect.succeed(n)
+    : Effect.fail(new CliFailure({ message: `--${name} must be a positive integer, got ${n}` }))
 
 export const benchmark = Command.make(
   "benchmark",
   {
     url: Options.text("url").pipe(
       Options.withAlias("base-url"),
-      Options.withDescription("Gateway base URL (env LLM_PROXY_URL, default http://localhost:8080); requests go to <url>/v1/chat/completions"),
+      Options.withDescription(
+        "Gateway base URL (env LLM_PROXY_URL, default http://localhost:8080); requests go to <url>/v1/chat/completions"
+      ),
       Options.withFallbackConfig(Config.string("LLM_PROXY_URL").pipe(Config.withDefault("http://localhost:8080")))
     ),
     token: Options.redacted("token").pipe(
@@ -272,8 +297,13 @@ export const benchmark = Command.make(
       Options.withDescription("How many at a time, each on a keep-alive connection of its own (default 10)"),
       Options.withDefault(10)
     ),
-    stream: Options.boolean("stream").pipe(Options.withDescription("Ask for streamed answers (SSE) and measure the time to first token")),
-    model: Options.text("model").pipe(Options.withDescription("Model named in the request body (default gpt-4o-mini)"), Options.withDefault("gpt-4o-mini")),
+    stream: Options.boolean("stream").pipe(
+      Options.withDescription("Ask for streamed answers (SSE) and measure the time to first token")
+    ),
+    model: Options.text("model").pipe(
+      Options.withDescription("Model named in the request body (default gpt-4o-mini)"),
+      Options.withDefault("gpt-4o-mini")
+    ),
     timeout: Options.text("timeout").pipe(
       Options.withDescription("Per request: connecting, the answer's headers, each pause in its body (default 60s)"),
       Options.withDefault("60s")
@@ -286,7 +316,9 @@ export const benchmark = Command.make(
       const concurrency = yield* positive("concurrency", o.concurrency)
       const timeoutMs = parseDuration(o.timeout)
       if (timeoutMs === undefined || timeoutMs < 1) {
-        return yield* Effect.fail(new CliFailure({ message: `--timeout: expected a duration such as 30s or 500ms, got "${o.timeout}"` }))
+        return yield* Effect.fail(
+          new CliFailure({ message: `--timeout: expected a duration such as 30s or 500ms, got "${o.timeout}"` })
+        )
       }
       const url = yield* Effect.try({
         try: () => {
@@ -295,9 +327,18 @@ export const benchmark = Command.make(
           if (u.username !== "" || u.password !== "") throw new Error()
           return u.href
         },
-        catch: () => new CliFailure({ message: `--url: expected an http:// or https:// URL without credentials, got "${o.url}"` })
+        catch: () =>
+          new CliFailure({ message: `--url: expected an http:// or https:// URL without credentials, got "${o.url}"` })
       })
-      const options: BenchmarkOptions = { url, token: o.token, requests, concurrency, stream: o.stream, model: o.model, timeoutMs }
+      const options: BenchmarkOptions = {
+        url,
+        token: o.token,
+        requests,
+        concurrency,
+        stream: o.stream,
+        model: o.model,
+        timeoutMs
+      }
       // Progress on stderr: a bar redrawn in place on a terminal, a line per tenth otherwise.
       const console = yield* Effect.console
       const tty = process.stderr.isTTY === true
@@ -314,13 +355,19 @@ export const benchmark = Command.make(
         const tenth = Math.floor((done * 10) / requests)
         if (tenth > lastTenth) {
           lastTenth = tenth
-          console.unsafe.error(`benchmark: ${done}/${requests} requests (${((done / Math.max(1, elapsedMs)) * 1000).toFixed(1)} req/s)`)
+          console.unsafe.error(
+            `benchmark: ${done}/${requests} requests (${((done / Math.max(1, elapsedMs)) * 1000).toFixed(1)} req/s)`
+          )
         }
       }
       const result = yield* runBenchmark(options, progress)
       yield* show(o.json ? result : formatReport(result))
       if (result.failed > 0) {
-        return yield* Effect.fail(new CliFailure({ message: `${result.failed} of ${result.requests} requests failed (${counts(result.errors)})` }))
+        return yield* Effect.fail(
+          new CliFailure({
+            message: `${result.failed} of ${result.requests} requests failed (${counts(result.errors)})`
+          })
+        )
       }
     })
 ).pipe(

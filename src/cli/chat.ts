@@ -30,7 +30,9 @@ export interface Usage {
 const failure = (message: string) => new CliFailure({ message })
 
 /** The text a `data:` line of an OpenAI chat stream adds, and its usage when it carries one. */
-export const parseSseLine = (line: string): { readonly delta?: string; readonly usage?: Usage; readonly done?: true } => {
+export const parseSseLine = (
+  line: string
+): { readonly delta?: string; readonly usage?: Usage; readonly done?: true } => {
   if (!line.startsWith("data:")) return {}
   const data = line.slice(5).trim()
   if (data === "[DONE]") return { done: true }
@@ -50,7 +52,9 @@ export const parseSseLine = (line: string): { readonly delta?: string; readonly 
 const describeHttpError = (status: number, body: unknown): string => {
   const b = body as { error?: unknown; code?: unknown } | undefined
   // The proxy's and OpenAI's `{"error": {"message", "code"}}`, or a flat `{"error", "code"}`.
-  const inner = b?.error !== null && typeof b?.error === "object" ? (b.error as { message?: unknown; code?: unknown }) : undefined
+  const inner = b?.error !== null && typeof b?.error === "object"
+    ? (b.error as { message?: unknown; code?: unknown })
+    : undefined
   const error = typeof b?.error === "string"
     ? b.error
     : typeof inner?.message === "string"

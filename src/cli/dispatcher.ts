@@ -3,8 +3,8 @@ import { Command, Options } from "@effect/cli"
 import { Effect, Layer } from "effect"
 import { dispatcherConfig } from "../config/AppConfig.js"
 import { dispatcherLayer, loggerLayer } from "../Layers.js"
-import { VERSION } from "../version.js"
 import * as Tracing from "../observability/Tracing.js"
+import { VERSION } from "../version.js"
 import { CliFailure, describeError } from "./errors.js"
 import { configProvider } from "./serve.js"
 
@@ -23,12 +23,32 @@ const options = {
   ),
   apiKey: flag("api-key", "LLM_PROXY_API_KEY", "API key of the lunary or helicone backend"),
   batchSize: flag("batch-size", "DISPATCHER_BATCH_SIZE", "Events per delivery (default 100)"),
-  flushInterval: flag("flush-interval", "DISPATCHER_FLUSH_INTERVAL", "Longest wait to fill a batch, e.g. 5s, 500ms (default 5s)"),
+  flushInterval: flag(
+    "flush-interval",
+    "DISPATCHER_FLUSH_INTERVAL",
+    "Longest wait to fill a batch, e.g. 5s, 500ms (default 5s)"
+  ),
   buffer: flag("buffer", "DISPATCHER_BUFFER", "Events read ahead of delivery (default 1000)"),
-  consumerGroup: flag("consumer-group", "DISPATCHER_CONSUMER_GROUP", "Redis consumer group (default dispatcher-<service>)"),
-  consumerName: flag("consumer-name", "REDIS_CONSUMER_NAME", "Consumer name within the group (default dispatcher-<service>-<host>-<pid>)"),
-  deadLetter: flag("dead-letter", "DISPATCHER_DEAD_LETTER", "JSONL file for rejected events (default ./data/dead-letter-<service>.jsonl)"),
-  claimIdle: flag("claim-idle", "REDIS_STREAM_CLAIM_IDLE", "Take over another consumer's pending events after this idle time (default 30s)"),
+  consumerGroup: flag(
+    "consumer-group",
+    "DISPATCHER_CONSUMER_GROUP",
+    "Redis consumer group (default dispatcher-<service>)"
+  ),
+  consumerName: flag(
+    "consumer-name",
+    "REDIS_CONSUMER_NAME",
+    "Consumer name within the group (default dispatcher-<service>-<host>-<pid>)"
+  ),
+  deadLetter: flag(
+    "dead-letter",
+    "DISPATCHER_DEAD_LETTER",
+    "JSONL file for rejected events (default ./data/dead-letter-<service>.jsonl)"
+  ),
+  claimIdle: flag(
+    "claim-idle",
+    "REDIS_STREAM_CLAIM_IDLE",
+    "Take over another consumer's pending events after this idle time (default 30s)"
+  ),
   redisUrl: flag("redis-url", "REDIS_URL", "Redis server"),
   streamKey: flag("stream-key", "REDIS_STREAM_KEY", "Stream name (default llm-proxy:events)"),
   metricsAddr: flag(
@@ -36,7 +56,10 @@ const options = {
     "DISPATCHER_METRICS_ADDR",
     "Serve GET /metrics and GET /health here: PORT or :PORT on 127.0.0.1, HOST:PORT as given (default: no listener)"
   ),
-  env: Options.file("env").pipe(Options.withDescription("dotenv file read after the environment"), Options.withDefault(".env")),
+  env: Options.file("env").pipe(
+    Options.withDescription("dotenv file read after the environment"),
+    Options.withDefault(".env")
+  ),
   logLevel: flag("log-level", "LOG_LEVEL", "debug, info, warn or error"),
   logFormat: flag("log-format", "LOG_FORMAT", "json or pretty")
 }
@@ -77,5 +100,3 @@ export const dispatcher = Command.make("dispatcher", options, (o) =>
         "acknowledges only what the backend accepted, drains on SIGTERM; with --metrics-addr it serves GET /metrics and GET /health"
     )
   )
-
-

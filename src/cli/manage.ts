@@ -39,7 +39,8 @@ const tokenFromFile = Effect.gen(function*() {
     try: () => Redacted.make(readFileSync(file, "utf8").trim()),
     catch: () =>
       new CliFailure({
-        message: `no management token: pass --management-token, set MANAGEMENT_TOKEN, or run where \`serve\` stored ${file}`
+        message:
+          `no management token: pass --management-token, set MANAGEMENT_TOKEN, or run where \`serve\` stored ${file}`
       })
   })
 })
@@ -107,7 +108,8 @@ const budgetPayload = (o: {
   budgetPeriod: Option.Option<"total" | "day" | "month">
 }) =>
   Effect.gen(function*() {
-    const out: { max_cost_usd?: number | null; max_tokens?: number | null; budget_period?: "total" | "day" | "month" } = {}
+    const out: { max_cost_usd?: number | null; max_tokens?: number | null; budget_period?: "total" | "day" | "month" } =
+      {}
     if (Option.isSome(o.maxCostUsd)) out.max_cost_usd = yield* budgetNumber("max-cost-usd", o.maxCostUsd.value)
     if (Option.isSome(o.maxTokens)) out.max_tokens = yield* budgetNumber("max-tokens", o.maxTokens.value)
     if (Option.isSome(o.budgetPeriod)) out.budget_period = o.budgetPeriod.value
@@ -139,7 +141,9 @@ const projectRecord = (p: Project) =>
 const id = Args.text({ name: "id" }).pipe(Args.withDescription("UUID"))
 
 const allowedModel = Options.text("allowed-model").pipe(
-  Options.withDescription("A model name or glob the tokens may use (repeat for several; both the project's and the token's apply)"),
+  Options.withDescription(
+    "A model name or glob the tokens may use (repeat for several; both the project's and the token's apply)"
+  ),
   Options.repeated
 )
 
@@ -160,7 +164,9 @@ const projectScopeFlags = {
 const scopeFrom = (o: { allowedModel: ReadonlyArray<string>; anyModel: boolean }) =>
   o.anyModel && o.allowedModel.length > 0
     ? Effect.fail(new CliFailure({ message: "--any-model and --allowed-model cannot be combined" }))
-    : Effect.succeed(o.anyModel ? { allowed_models: null } : o.allowedModel.length > 0 ? { allowed_models: o.allowedModel } : {})
+    : Effect.succeed(
+      o.anyModel ? { allowed_models: null } : o.allowedModel.length > 0 ? { allowed_models: o.allowedModel } : {}
+    )
 
 const projectBounds = (o: { maxTokenMinutes: Option.Option<number>; maxTokenRequests: Option.Option<number> }) => ({
   ...Option.match(o.maxTokenMinutes, { onNone: () => ({}), onSome: (max_token_minutes) => ({ max_token_minutes }) }),
@@ -186,8 +192,13 @@ const projectCreate = Command.make(
   {
     ...common,
     name: Options.text("name").pipe(Options.withDescription("Unique project name")),
-    apiKey: Options.redacted("api-key").pipe(Options.withDescription("The provider API key (stored encrypted when ENCRYPTION_KEY is set)")),
-    provider: Options.text("provider").pipe(Options.withDescription("Provider name (default openai)"), Options.optional),
+    apiKey: Options.redacted("api-key").pipe(
+      Options.withDescription("The provider API key (stored encrypted when ENCRYPTION_KEY is set)")
+    ),
+    provider: Options.text("provider").pipe(
+      Options.withDescription("Provider name (default openai)"),
+      Options.optional
+    ),
     ...projectScopeFlags,
     ...budgetFlags
   },
@@ -228,7 +239,9 @@ const projectUpdate = Command.make(
     apiKey: Options.redacted("api-key").pipe(Options.withDescription("Rotate the provider key"), Options.optional),
     provider: Options.text("provider").pipe(Options.optional),
     ...activeFlags,
-    revokeTokens: Options.boolean("revoke-tokens").pipe(Options.withDescription("With --inactive: revoke all its tokens")),
+    revokeTokens: Options.boolean("revoke-tokens").pipe(
+      Options.withDescription("With --inactive: revoke all its tokens")
+    ),
     ...projectScopeFlags,
     ...budgetFlags
   },
@@ -261,7 +274,9 @@ const projectRevokeTokens = Command.make("revoke-tokens", { ...common, id }, (o)
   Effect.gen(function*() {
     const result = yield* (yield* client(o)).projects.revokeTokens({ path: { id: o.id } })
     yield* show(
-      o.json ? result : `revoked ${result.revoked_count} of ${result.total_tokens} tokens (${result.already_revoked_count} were already revoked)`
+      o.json
+        ? result
+        : `revoked ${result.revoked_count} of ${result.total_tokens} tokens (${result.already_revoked_count} were already revoked)`
     )
   })).pipe(Command.withDescription("Revoke every token of a project"))
 
@@ -277,10 +292,17 @@ const projectId = Args.text({ name: "project-id" }).pipe(Args.withDescription("U
 
 const keyCreate = Command.make(
   "create",
-  { ...common, projectId, name: Options.text("name").pipe(Options.withDescription("What the key is for (the app backend holding it)")) },
+  {
+    ...common,
+    projectId,
+    name: Options.text("name").pipe(Options.withDescription("What the key is for (the app backend holding it)"))
+  },
   (o) =>
     Effect.gen(function*() {
-      const created = yield* (yield* client(o)).projects.createKey({ path: { id: o.projectId }, payload: { name: o.name } })
+      const created = yield* (yield* client(o)).projects.createKey({
+        path: { id: o.projectId },
+        payload: { name: o.name }
+      })
       yield* show(
         o.json ? created : [
           record([
@@ -373,9 +395,18 @@ const metadataFrom = (pairs: ReadonlyArray<string>) =>
   })
 
 const labelFlags = {
-  name: Options.text("name").pipe(Options.withDescription("What the token is for (1..100 characters)"), Options.optional),
-  user: Options.text("user").pipe(Options.withDescription("The end user it is for (1..256 characters)"), Options.optional),
-  metadata: Options.text("metadata").pipe(Options.withDescription("A label key=value (repeat, at most 16)"), Options.repeated),
+  name: Options.text("name").pipe(
+    Options.withDescription("What the token is for (1..100 characters)"),
+    Options.optional
+  ),
+  user: Options.text("user").pipe(
+    Options.withDescription("The end user it is for (1..256 characters)"),
+    Options.optional
+  ),
+  metadata: Options.text("metadata").pipe(
+    Options.withDescription("A label key=value (repeat, at most 16)"),
+    Options.repeated
+  ),
   allowedModel
 }
 
@@ -401,7 +432,10 @@ const tokenGenerate = Command.make(
       Options.withDescription("Lifetime in minutes (1..525600)"),
       Options.withDefault(1440)
     ),
-    maxRequests: Options.integer("max-requests").pipe(Options.withDescription("Request quota (0 = unlimited)"), Options.optional),
+    maxRequests: Options.integer("max-requests").pipe(
+      Options.withDescription("Request quota (0 = unlimited)"),
+      Options.optional
+    ),
     ...labelFlags,
     ...budgetFlags
   },
@@ -494,7 +528,10 @@ const tokenUpdate = Command.make(
   {
     ...common,
     id,
-    maxRequests: Options.integer("max-requests").pipe(Options.withDescription("New quota (0 = unlimited)"), Options.optional),
+    maxRequests: Options.integer("max-requests").pipe(
+      Options.withDescription("New quota (0 = unlimited)"),
+      Options.optional
+    ),
     expiresAt: Options.text("expires-at").pipe(Options.withDescription("New expiry, RFC 3339"), Options.optional),
     ...activeFlags,
     ...labelFlags,
@@ -513,7 +550,8 @@ const tokenUpdate = Command.make(
       }
       if (Object.keys(payload).length === 0) {
         return yield* new CliFailure({
-          message: "nothing to update: pass --max-requests, --expires-at, --name, --user, --metadata, --allowed-model, " +
+          message:
+            "nothing to update: pass --max-requests, --expires-at, --name, --user, --metadata, --allowed-model, " +
             "a budget flag, --active or --inactive"
         })
       }
@@ -539,15 +577,28 @@ const cachePurge = Command.make(
   "purge",
   {
     ...common,
-    method: Options.text("method").pipe(Options.withDescription("With --url: HTTP method of the cached request"), Options.optional),
-    url: Options.text("url").pipe(Options.withDescription("Path (and query) of the cached request, e.g. /v1/models"), Options.optional),
-    prefix: Options.text("prefix").pipe(Options.withDescription("Purge keys starting with this (from X-PROXY-CACHE-KEY)"), Options.optional),
+    method: Options.text("method").pipe(
+      Options.withDescription("With --url: HTTP method of the cached request"),
+      Options.optional
+    ),
+    url: Options.text("url").pipe(
+      Options.withDescription("Path (and query) of the cached request, e.g. /v1/models"),
+      Options.optional
+    ),
+    prefix: Options.text("prefix").pipe(
+      Options.withDescription("Purge keys starting with this (from X-PROXY-CACHE-KEY)"),
+      Options.optional
+    ),
     all: Options.boolean("all").pipe(Options.withDescription("Purge every entry (of --project-id, when given)")),
-    projectId: Options.text("project-id").pipe(Options.withDescription("Only entries of this project"), Options.optional)
+    projectId: Options.text("project-id").pipe(
+      Options.withDescription("Only entries of this project"),
+      Options.optional
+    )
   },
   (o) =>
     Effect.gen(function*() {
-      const forms = [Option.isSome(o.url) || Option.isSome(o.method), Option.isSome(o.prefix), o.all].filter(Boolean).length
+      const forms =
+        [Option.isSome(o.url) || Option.isSome(o.method), Option.isSome(o.prefix), o.all].filter(Boolean).length
       if (forms !== 1) {
         return yield* new CliFailure({ message: "pass exactly one of --method with --url, --prefix, or --all" })
       }
@@ -584,11 +635,17 @@ const auditFilters = {
   correlationId: Options.text("correlation-id").pipe(Options.optional),
   method: Options.text("method").pipe(Options.withDescription("HTTP method"), Options.optional),
   path: Options.text("path").pipe(Options.withDescription("Exact request path"), Options.optional),
-  search: Options.text("search").pipe(Options.withDescription("Substring of ids, IP, action, actor, method, path, reason or metadata"), Options.optional),
+  search: Options.text("search").pipe(
+    Options.withDescription("Substring of ids, IP, action, actor, method, path, reason or metadata"),
+    Options.optional
+  ),
   startTime: Options.text("start-time").pipe(Options.withDescription("RFC 3339; events at or after"), Options.optional),
   endTime: Options.text("end-time").pipe(Options.withDescription("RFC 3339; events at or before"), Options.optional),
   page: Options.integer("page").pipe(Options.withDescription("Page, from 1"), Options.optional),
-  pageSize: Options.integer("page-size").pipe(Options.withDescription("Events per page, 1..100 (default 20)"), Options.optional),
+  pageSize: Options.integer("page-size").pipe(
+    Options.withDescription("Events per page, 1..100 (default 20)"),
+    Options.optional
+  ),
   cursor: Options.text("cursor").pipe(
     Options.withDescription("Page by cursor instead of number: a cursor printed by an earlier page, or `last`"),
     Options.optional
@@ -630,11 +687,17 @@ const auditTable = (page: AuditPage) => {
   const footer = "page" in p
     ? p.total_exact === false
       ? `page ${p.page} (more than ${p.total_count} events)${p.has_next ? `; next: --page ${p.page + 1}` : ""}`
-      : `page ${p.page} of ${Math.max(p.total_pages, 1)} (${p.total_count} events)${p.has_next ? `; next: --page ${p.page + 1}` : ""}`
+      : `page ${p.page} of ${Math.max(p.total_pages, 1)} (${p.total_count} events)${
+        p.has_next ? `; next: --page ${p.page + 1}` : ""
+      }`
     : `${page.events.length} events${p.next_cursor !== null ? `; older: --cursor ${p.next_cursor}` : ""}${
       p.prev_cursor !== null ? `; newer: --cursor ${p.prev_cursor}` : ""
     }`
-  return [table(["TIME", "ACTION", "ACTOR", "OUTCOME", "COUNT", "CLIENT IP", "PROJECT", "REASON", "ID"], rows), "", footer].join("\n")
+  return [
+    table(["TIME", "ACTION", "ACTOR", "OUTCOME", "COUNT", "CLIENT IP", "PROJECT", "REASON", "ID"], rows),
+    "",
+    footer
+  ].join("\n")
 }
 
 const auditRecord = (e: AuditEvent) =>
@@ -708,7 +771,10 @@ const usageList = Command.make(
   "usage",
   {
     ...common,
-    since: Options.text("since").pipe(Options.withDescription("RFC 3339 (default: 24 hours before --until)"), Options.optional),
+    since: Options.text("since").pipe(
+      Options.withDescription("RFC 3339 (default: 24 hours before --until)"),
+      Options.optional
+    ),
     until: Options.text("until").pipe(Options.withDescription("RFC 3339 (default: now)"), Options.optional),
     projectId: Options.text("project-id").pipe(Options.withDescription("Only this project's tokens"), Options.optional),
     tokenId: Options.text("token-id").pipe(Options.withDescription("Only this token"), Options.optional)
@@ -727,6 +793,8 @@ const usageList = Command.make(
 ).pipe(Command.withDescription("Usage per hour and in total: requests, errors, tokens and cost (USD)"))
 
 export const manage = Command.make("manage").pipe(
-  Command.withDescription("Manage projects, tokens and the response cache, read usage and the audit log, through the management API"),
+  Command.withDescription(
+    "Manage projects, tokens and the response cache, read usage and the audit log, through the management API"
+  ),
   Command.withSubcommands([project, token, cache, usageList, audit])
 )

@@ -15,8 +15,8 @@ import { dialectOf } from "../Layers.js"
 import {
   encryptProviderKeys,
   type EncryptReport,
-  importGoDatabase,
   ImportError,
+  importGoDatabase,
   type ImportReport,
   readGoDatabase
 } from "../store/goImport.js"
@@ -47,7 +47,9 @@ const readSource = (from: string) => {
     ? PgClient.layer({ url: Redacted.make(from), maxConnections: 2, applicationName: "llm-proxy-import" })
     : SqliteClient.layer({ filename: from, readonly: true, disableWAL: true })
   // The URL may hold a password: the message names the kind of source only.
-  const cannotOpen = postgres ? "cannot connect to the Go llm-proxy's PostgreSQL (--from)" : `cannot open ${from} as a SQLite database`
+  const cannotOpen = postgres
+    ? "cannot connect to the Go llm-proxy's PostgreSQL (--from)"
+    : `cannot open ${from} as a SQLite database`
   return Effect.scoped(
     Effect.flatMap(
       Layer.build(client).pipe(
@@ -93,7 +95,9 @@ export const runImport = (
       return yield* new CliFailure({ message: "--from names this gateway's own database" })
     }
     if (Option.isNone(config.encryptionKey)) {
-      yield* Console.error("llm-proxy: warning: ENCRYPTION_KEY is not set: imported provider keys are stored in plaintext")
+      yield* Console.error(
+        "llm-proxy: warning: ENCRYPTION_KEY is not set: imported provider keys are stored in plaintext"
+      )
     }
     const source = yield* readSource(o.from)
     const dialect = dialectOf(config.database)

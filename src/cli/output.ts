@@ -14,6 +14,9 @@ export const record = (entries: ReadonlyArray<readonly [string, string]>): strin
   return entries.map(([k, v]) => `${(k + ":").padEnd(width + 1)} ${v}`).join("\n")
 }
 
-export const show = (value: unknown) => Effect.orDie(Console.log(typeof value === "string" ? value : JSON.stringify(value, null, 2)))
+export const show = (value: unknown) =>
+  Effect.orDie(Console.log(typeof value === "string" ? value : JSON.stringify(value, null, 2)))
 
-export const orDash = (v: string | number | null | undefined): string => (v === null || v === undefined ? "-" : String(v))
+export const orDash = (
+  v: string | number | null | undefined
+): string => (v === null || v === undefined ? "-" : String(v))

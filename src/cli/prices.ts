@@ -29,7 +29,10 @@ const RULES = {
 export const prices = Command.make(
   "prices",
   {
-    model: Options.text("model").pipe(Options.withDescription("Show the price that applies to this model"), Options.optional),
+    model: Options.text("model").pipe(
+      Options.withDescription("Show the price that applies to this model"),
+      Options.optional
+    ),
     pricesPath: Options.text("prices-path").pipe(
       Options.withDescription("YAML of prices that add to or override the built-in table (env PRICES_PATH)"),
       Options.optional
@@ -39,28 +42,33 @@ export const prices = Command.make(
   (o) =>
     Effect.gen(function*() {
       const fromEnv = yield* Config.option(Config.string("PRICES_PATH")).pipe(Effect.orDie)
-      const path = Option.getOrUndefined(Option.orElse(o.pricesPath, () => Option.filter(fromEnv, (s) => s.trim() !== "")))
+      const path = Option.getOrUndefined(
+        Option.orElse(o.pricesPath, () => Option.filter(fromEnv, (s) => s.trim() !== ""))
+      )
       const table_ = yield* loadPrices(path).pipe(Effect.mapError((e) => new CliFailure({ message: e.message })))
       if (Option.isSome(o.model)) {
         const model = o.model.value
         const found = table_.lookup(model)
         if (found === undefined) {
           return yield* new CliFailure({
-            message: `${model} has no price: its answers count 0 USD, and tokens or projects with a USD budget refuse it (add it to PRICES_PATH)`
+            message:
+              `${model} has no price: its answers count 0 USD, and tokens or projects with a USD budget refuse it (add it to PRICES_PATH)`
           })
         }
         const p = found.price
         return yield* show(
-          o.json ? { model, key: found.key, source: found.source, rule: found.rule, usd_per_million_tokens: priceJson(p) } : record([
-            ["model", model],
-            ["entry", `${found.key} (${found.source}, by ${RULES[found.rule]})`],
-            ["input", money(p.input)],
-            ["cached_input", money(p.cachedInput)],
-            ["output", money(p.output)],
-            ["cache_write", money(p.cacheWrite)],
-            ["cache_write_1h", money(p.cacheWrite1h)],
-            ["unit", "USD per million tokens"]
-          ])
+          o.json ?
+            { model, key: found.key, source: found.source, rule: found.rule, usd_per_million_tokens: priceJson(p) } :
+            record([
+              ["model", model],
+              ["entry", `${found.key} (${found.source}, by ${RULES[found.rule]})`],
+              ["input", money(p.input)],
+              ["cached_input", money(p.cachedInput)],
+              ["output", money(p.output)],
+              ["cache_write", money(p.cacheWrite)],
+              ["cache_write_1h", money(p.cacheWrite1h)],
+              ["unit", "USD per million tokens"]
+            ])
         )
       }
       const entries = table_.entries()
@@ -85,7 +93,9 @@ export const prices = Command.make(
           ])
         ),
         "",
-        `USD per million tokens. Built-in table taken on ${BUILT_IN_PRICES_DATE}${path !== undefined ? `; PRICES_PATH ${path}` : ""}.`
+        `USD per million tokens. Built-in table taken on ${BUILT_IN_PRICES_DATE}${
+          path !== undefined ? `; PRICES_PATH ${path}` : ""
+        }.`
       ].join("\n"))
     })
 ).pipe(Command.withDescription("Print the model prices that apply (built-in table plus PRICES_PATH), or one model's"))

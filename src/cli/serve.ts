@@ -1,7 +1,7 @@
 /** `serve` (alias `server`), `migrate up|status` and `setup`: the programs that run or prepare a gateway. */
 import { Command, Options } from "@effect/cli"
 import { PlatformConfigProvider } from "@effect/platform"
-import { Config, Console, ConfigProvider, Effect, Layer, Option } from "effect"
+import { Config, ConfigProvider, Console, Effect, Layer, Option } from "effect"
 import { randomBytes } from "node:crypto"
 import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs"
 import {
@@ -11,7 +11,7 @@ import {
   importEncryptionKey,
   resolveGoEnvAliases
 } from "../config/AppConfig.js"
-import { dialectOf, databaseLayer, loggerLayer, serveLayer } from "../Layers.js"
+import { databaseLayer, dialectOf, loggerLayer, serveLayer } from "../Layers.js"
 import { migrateUp, migrationStatus } from "../store/migrations.js"
 import { CliFailure, describeError } from "./errors.js"
 import { encryptOptions, importOptions, runEncrypt, runImport } from "./migrate.js"
@@ -52,7 +52,9 @@ export const configProvider = (flags: Record<string, Option.Option<string>>, dot
     }
     const aliases = resolveGoEnvAliases((name) => seen.get(name))
     yield* warnOnce(aliases.warnings)
-    return aliases.values.size === 0 ? given : given.pipe(ConfigProvider.orElse(() => ConfigProvider.fromMap(aliases.values)))
+    return aliases.values.size === 0
+      ? given
+      : given.pipe(ConfigProvider.orElse(() => ConfigProvider.fromMap(aliases.values)))
   })
 
 const warned = new Set<string>()
@@ -93,7 +95,9 @@ const startupFailure = (e: unknown) => {
   const cause = (e as { cause?: { message?: unknown; cause?: { message?: unknown } } }).cause
   const reason = cause?.cause?.message ?? cause?.message
   const base = describeError(e)
-  return new CliFailure({ message: typeof reason === "string" && reason !== "" && !base.includes(reason) ? `${base}: ${reason}` : base })
+  return new CliFailure({
+    message: typeof reason === "string" && reason !== "" && !base.includes(reason) ? `${base}: ${reason}` : base
+  })
 }
 
 const serveOptions = {
@@ -101,7 +105,11 @@ const serveOptions = {
   ...databaseFlags,
   logLevel: flag("log-level", "LOG_LEVEL", "debug, info, warn or error"),
   logFormat: flag("log-format", "LOG_FORMAT", "json or pretty"),
-  fileEventLog: flag("file-event-log", "FILE_EVENT_LOG", "Also write every instrumentation event to this JSONL file, in-process")
+  fileEventLog: flag(
+    "file-event-log",
+    "FILE_EVENT_LOG",
+    "Also write every instrumentation event to this JSONL file, in-process"
+  )
 }
 
 const runServe = (o: {
@@ -125,7 +133,9 @@ const runServe = (o: {
       o.env
     )
     if (Option.isNone(config.encryptionKey)) {
-      yield* Effect.logWarning("ENCRYPTION_KEY is not set: provider API keys are stored in plaintext (run `llm-proxy setup`)")
+      yield* Effect.logWarning(
+        "ENCRYPTION_KEY is not set: provider API keys are stored in plaintext (run `llm-proxy setup`)"
+      )
         .pipe(Effect.provide(loggerLayer(config)))
     }
     return yield* Layer.launch(serveLayer(config)).pipe(
@@ -152,41 +162,65 @@ const withDatabase = <A, E, R>(
     )
   })
 
-const migrateUpCommand = Command.make("up", databaseFlags, (o) =>
-  withDatabase(o, (dialect) =>
-    Effect.flatMap(migrateUp(dialect), (ran) =>
-      Console.log(ran.length === 0 ? "database is up to date" : `applied: ${ran.join(", ")}`)))).pipe(
-    Command.withDescription("Apply pending migrations")
-  )
-
-const migrateStatusCommand = Command.make("status", databaseFlags, (o) =>
-  withDatabase(o, (dialect) =>
-    Effect.flatMap(migrationStatus(dialect), (states) =>
-      show(table(["VERSION", "NAME", "APPLIED AT"], states.map((s) => [s.version, s.name, s.appliedAt ?? "pending"])))))).pipe(
-    Command.withDescription("Show applied and pending migrations")
-  )
-
-const migrateImportCommand = Command.make("import", { ...databaseFlags, ...importOptions }, (o) =>
-  Effect.gen(function*() {
-    const flags = selectDatabase(o.db, o.databaseUrl)
-    const config = yield* loadConfig(flags, o.env)
-    const sourceKey = yield* loadConfigOf(importEncryptionKey, flags, o.env)
-    return yield* runImport(o, config, sourceKey).pipe(
-      Effect.provide(databaseLayer(config.database)),
-      Effect.mapError(startupFailure)
+const migrateUpCommand = Command.make(
+  "up",
+  databaseFlags,
+  (o) =>
+    withDatabase(
+      o,
+      (dialect) =>
+        Effect.flatMap(migrateUp(dialect), (ran) =>
+          Console.log(ran.length === 0 ? "database is up to date" : `applied: ${ran.join(", ")}`))
     )
-  })).pipe(
-    Command.withDescription(
-      "Import projects, tokens (they stay valid), counters and audit events from a Go llm-proxy database " +
-        "(SQLite file or postgres:// URL); idempotent. IMPORT_ENCRYPTION_KEY: the Go proxy's key, if not ENCRYPTION_KEY"
-    )
-  )
+).pipe(
+  Command.withDescription("Apply pending migrations")
+)
 
-const migrateEncryptCommand = Command.make("encrypt", { ...databaseFlags, ...encryptOptions }, (o) =>
-  Effect.gen(function*() {
-    const config = yield* loadConfig(selectDatabase(o.db, o.databaseUrl), o.env)
-    return yield* runEncrypt(o, config).pipe(Effect.provide(databaseLayer(config.database)), Effect.mapError(startupFailure))
-  })).pipe(Command.withDescription("Encrypt plaintext provider keys with ENCRYPTION_KEY (idempotent)"))
+const migrateStatusCommand = Command.make(
+  "status",
+  databaseFlags,
+  (o) =>
+    withDatabase(o, (dialect) =>
+      Effect.flatMap(migrationStatus(dialect), (states) =>
+        show(
+          table(["VERSION", "NAME", "APPLIED AT"], states.map((s) => [s.version, s.name, s.appliedAt ?? "pending"]))
+        )))
+).pipe(
+  Command.withDescription("Show applied and pending migrations")
+)
+
+const migrateImportCommand = Command.make(
+  "import",
+  { ...databaseFlags, ...importOptions },
+  (o) =>
+    Effect.gen(function*() {
+      const flags = selectDatabase(o.db, o.databaseUrl)
+      const config = yield* loadConfig(flags, o.env)
+      const sourceKey = yield* loadConfigOf(importEncryptionKey, flags, o.env)
+      return yield* runImport(o, config, sourceKey).pipe(
+        Effect.provide(databaseLayer(config.database)),
+        Effect.mapError(startupFailure)
+      )
+    })
+).pipe(
+  Command.withDescription(
+    "Import projects, tokens (they stay valid), counters and audit events from a Go llm-proxy database " +
+      "(SQLite file or postgres:// URL); idempotent. IMPORT_ENCRYPTION_KEY: the Go proxy's key, if not ENCRYPTION_KEY"
+  )
+)
+
+const migrateEncryptCommand = Command.make(
+  "encrypt",
+  { ...databaseFlags, ...encryptOptions },
+  (o) =>
+    Effect.gen(function*() {
+      const config = yield* loadConfig(selectDatabase(o.db, o.databaseUrl), o.env)
+      return yield* runEncrypt(o, config).pipe(
+        Effect.provide(databaseLayer(config.database)),
+        Effect.mapError(startupFailure)
+      )
+    })
+).pipe(Command.withDescription("Encrypt plaintext provider keys with ENCRYPTION_KEY (idempotent)"))
 
 export const migrate = Command.make("migrate").pipe(
   Command.withDescription("Database migrations (SQLite and PostgreSQL), import from the Go llm-proxy, key encryption"),
@@ -223,7 +257,9 @@ export const setup = Command.make(
       yield* Console.log(
         added.length === 0
           ? `${file} already has MANAGEMENT_TOKEN and ENCRYPTION_KEY; nothing changed`
-          : `wrote ${added.join(" and ")} to ${file} (mode 0600). Keep this file secret; start with: npx llm-proxy serve`
+          : `wrote ${
+            added.join(" and ")
+          } to ${file} (mode 0600). Keep this file secret; start with: npx llm-proxy serve`
       )
     })
 ).pipe(Command.withDescription("Write a .env with a fresh MANAGEMENT_TOKEN and ENCRYPTION_KEY (mode 0600)"))

@@ -22,7 +22,12 @@ interface Node {
 
 // The descriptor and options instructions of @effect/cli, as far as they are read here.
 type Descriptor =
-  | { readonly _tag: "Standard"; readonly name: string; readonly options: Options.Options<unknown>; readonly args: Args.Args<unknown> }
+  | {
+    readonly _tag: "Standard"
+    readonly name: string
+    readonly options: Options.Options<unknown>
+    readonly args: Args.Args<unknown>
+  }
   | { readonly _tag: "GetUserInput"; readonly name: string }
   | { readonly _tag: "Map"; readonly command: Descriptor }
   | { readonly _tag: "Subcommands"; readonly parent: Descriptor; readonly children: ReadonlyArray<Descriptor> }
@@ -149,7 +154,9 @@ export const walkArguments = (tree: Node, args: ReadonlyArray<string>): Walked =
     const arg = args[i]!
     if (arg === "--") return done()
     if (arg.startsWith("-") && arg.length > 1) {
-      const [name, inlineValue] = arg.startsWith("--") && arg.includes("=") ? [arg.slice(0, arg.indexOf("=")), true] : [arg, false]
+      const [name, inlineValue] = arg.startsWith("--") && arg.includes("=")
+        ? [arg.slice(0, arg.indexOf("=")), true]
+        : [arg, false]
       const key = name.toLowerCase()
       const takesValue = node.flags.get(key) ?? BUILT_IN_FLAGS.get(key)
       if (takesValue === undefined) {
@@ -179,7 +186,11 @@ export const walkArguments = (tree: Node, args: ReadonlyArray<string>): Walked =
     if (deferred) return done()
     const names = [...node.children.keys()]
     const near = closest(arg, names)
-    return done(`unknown command "${arg}"${quotedPath(path)}${near !== undefined ? ` (did you mean ${near}?)` : ` (one of: ${names.join(", ")})`}`)
+    return done(
+      `unknown command "${arg}"${quotedPath(path)}${
+        near !== undefined ? ` (did you mean ${near}?)` : ` (one of: ${names.join(", ")})`
+      }`
+    )
   }
   return done()
 }

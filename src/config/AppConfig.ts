@@ -222,13 +222,14 @@ const bool = (name: string, fallback: boolean) =>
  * every accepted word (aliases, and "" when an empty value means the default) to its meaning; anything else is an
  * error naming the setting, `expected` and the value given.
  */
-const oneOf = <const W extends Readonly<Record<string, string>>>(name: string, words: W, expected: string) =>
-(s: string): Either.Either<W[keyof W], ConfigError.ConfigError> => {
-  const word = s.trim().toLowerCase()
-  return Object.hasOwn(words, word)
-    ? Either.right(words[word] as W[keyof W])
-    : Either.left(invalid(name, `expected ${expected}, got "${s}"`))
-}
+const oneOf =
+  <const W extends Readonly<Record<string, string>>>(name: string, words: W, expected: string) =>
+  (s: string): Either.Either<W[keyof W], ConfigError.ConfigError> => {
+    const word = s.trim().toLowerCase()
+    return Object.hasOwn(words, word)
+      ? Either.right(words[word] as W[keyof W])
+      : Either.left(invalid(name, `expected ${expected}, got "${s}"`))
+  }
 
 /** A word setting (`oneOf`), `fallback` when unset. */
 const wordSetting = <const W extends Readonly<Record<string, string>>>(
@@ -305,7 +306,12 @@ const httpUrl = (name: string, fallback: string) =>
   )
 
 const memoryOrRedis = (name: string) =>
-  wordSetting(name, "in-memory", { "in-memory": "in-memory", memory: "in-memory", "": "in-memory", redis: "redis" }, "in-memory or redis")
+  wordSetting(
+    name,
+    "in-memory",
+    { "in-memory": "in-memory", memory: "in-memory", "": "in-memory", redis: "redis" },
+    "in-memory or redis"
+  )
 
 export const optionalString = (name: string) =>
   Config.option(Config.string(name)).pipe(Config.map(Option.filter((s) => s.trim() !== "")))
@@ -317,7 +323,9 @@ const parseKeyValues = (s: string, lowerCaseKeys: boolean): Either.Either<Record
     if (part.trim() === "") continue
     const eq = part.indexOf("=")
     const key = eq > 0 ? part.slice(0, eq).trim() : ""
-    if (key === "" || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(key)) return Either.left("expected key=value pairs separated by commas")
+    if (key === "" || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(key)) {
+      return Either.left("expected key=value pairs separated by commas")
+    }
     try {
       out[lowerCaseKeys ? key.toLowerCase() : key] = decodeURIComponent(part.slice(eq + 1).trim())
     } catch {
@@ -331,7 +339,8 @@ const parseKeyValues = (s: string, lowerCaseKeys: boolean): Either.Either<Record
 export const parseOtlpHeaders = (s: string): Either.Either<Record<string, string>, string> => parseKeyValues(s, true)
 
 /** `OTEL_RESOURCE_ATTRIBUTES`: keys as written (attribute names are case-sensitive). */
-export const parseResourceAttributes = (s: string): Either.Either<Record<string, string>, string> => parseKeyValues(s, false)
+export const parseResourceAttributes = (s: string): Either.Either<Record<string, string>, string> =>
+  parseKeyValues(s, false)
 
 const otlpUrl = (name: string) =>
   optionalString(name).pipe(
@@ -352,21 +361,30 @@ const sampler = Config.all({
   name: Config.string("OTEL_TRACES_SAMPLER").pipe(Config.withDefault("parentbased_always_on")),
   arg: optionalString("OTEL_TRACES_SAMPLER_ARG")
 }).pipe(
-  Config.mapOrFail(({ arg, name }): Either.Either<{ readonly ratio: number; readonly parentBased: boolean }, ConfigError.ConfigError> => {
-    const lower = name.trim().toLowerCase()
-    const parentBased = lower.startsWith("parentbased_")
-    const n = lower.replace(/^parentbased_/, "")
-    if (n === "always_on" || n === "") return Either.right({ ratio: 1, parentBased })
-    if (n === "always_off") return Either.right({ ratio: 0, parentBased })
-    if (n !== "traceidratio") {
-      return Either.left(invalid("OTEL_TRACES_SAMPLER", `expected always_on, always_off or traceidratio (optionally parentbased_), got "${name}"`))
+  Config.mapOrFail(
+    (
+      { arg, name }
+    ): Either.Either<{ readonly ratio: number; readonly parentBased: boolean }, ConfigError.ConfigError> => {
+      const lower = name.trim().toLowerCase()
+      const parentBased = lower.startsWith("parentbased_")
+      const n = lower.replace(/^parentbased_/, "")
+      if (n === "always_on" || n === "") return Either.right({ ratio: 1, parentBased })
+      if (n === "always_off") return Either.right({ ratio: 0, parentBased })
+      if (n !== "traceidratio") {
+        return Either.left(
+          invalid(
+            "OTEL_TRACES_SAMPLER",
+            `expected always_on, always_off or traceidratio (optionally parentbased_), got "${name}"`
+          )
+        )
+      }
+      if (Option.isNone(arg)) return Either.right({ ratio: 1, parentBased })
+      const r = Number(arg.value.trim())
+      return Number.isFinite(r) && r >= 0 && r <= 1
+        ? Either.right({ ratio: r, parentBased })
+        : Either.left(invalid("OTEL_TRACES_SAMPLER_ARG", `expected a ratio between 0 and 1, got "${arg.value}"`))
     }
-    if (Option.isNone(arg)) return Either.right({ ratio: 1, parentBased })
-    const r = Number(arg.value.trim())
-    return Number.isFinite(r) && r >= 0 && r <= 1
-      ? Either.right({ ratio: r, parentBased })
-      : Either.left(invalid("OTEL_TRACES_SAMPLER_ARG", `expected a ratio between 0 and 1, got "${arg.value}"`))
-  })
+  )
 )
 
 /** An OpenTelemetry SDK integer variable (milliseconds, sizes): none when unset or empty. */
@@ -385,9 +403,7 @@ const otlpCompression = (name: string) => optionalWordSetting(name, { gzip: "gzi
 
 const resourceAttributes = Config.string("OTEL_RESOURCE_ATTRIBUTES").pipe(
   Config.withDefault(""),
-  Config.mapOrFail((s) =>
-    Either.mapLeft(parseResourceAttributes(s), (e) => invalid("OTEL_RESOURCE_ATTRIBUTES", e))
-  )
+  Config.mapOrFail((s) => Either.mapLeft(parseResourceAttributes(s), (e) => invalid("OTEL_RESOURCE_ATTRIBUTES", e)))
 )
 
 const otlpProtocol = (name: string) =>
@@ -431,17 +447,23 @@ const otlp = Config.all({
     const maxQueueSize = Option.getOrElse(c.maxQueueSize, () => 20_000)
     const maxExportBatchSize = Option.getOrElse(c.maxExportBatchSize, () => Math.min(1_000, maxQueueSize))
     if (maxExportBatchSize > maxQueueSize) {
-      return Either.left(invalid("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", `must not exceed OTEL_BSP_MAX_QUEUE_SIZE (${maxQueueSize})`))
+      return Either.left(
+        invalid("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", `must not exceed OTEL_BSP_MAX_QUEUE_SIZE (${maxQueueSize})`)
+      )
     }
     // OTEL_SERVICE_NAME wins over a `service.name` in OTEL_RESOURCE_ATTRIBUTES; the version is always this build's.
-    const { "service.name": resourceServiceName, "service.version": _version, ...resourceAttributes } = c.resourceAttributes
+    const { "service.name": resourceServiceName, "service.version": _version, ...resourceAttributes } =
+      c.resourceAttributes
     const serviceName = Option.getOrElse(
       Option.map(c.serviceName, (s) => s.trim()),
       () => resourceServiceName?.trim() || "llm-proxy"
     )
     return Either.right(Option.some({
       tracesUrl: url.value,
-      protocol: Option.getOrElse(Option.orElse(c.tracesProtocol, () => c.protocol), (): OtlpProtocol => "http/protobuf"),
+      protocol: Option.getOrElse(
+        Option.orElse(c.tracesProtocol, () => c.protocol),
+        (): OtlpProtocol => "http/protobuf"
+      ),
       headers: Redacted.make(parsed.right),
       serviceName,
       resourceAttributes,
@@ -531,7 +553,15 @@ const invalidationBackend = Config.all({
   setting: wordSetting(
     "INVALIDATION_BACKEND",
     "auto",
-    { auto: "auto", "": "auto", "in-memory": "in-memory", memory: "in-memory", redis: "redis", postgres: "postgres", postgresql: "postgres" },
+    {
+      auto: "auto",
+      "": "auto",
+      "in-memory": "in-memory",
+      memory: "in-memory",
+      redis: "redis",
+      postgres: "postgres",
+      postgresql: "postgres"
+    },
     "auto, in-memory, redis or postgres"
   ),
   driver: dbDriver,
@@ -558,7 +588,12 @@ const database = Config.all({
   driver: dbDriver,
   path: Config.string("DATABASE_PATH").pipe(Config.withDefault("./data/llm-proxy.db")),
   poolSize: positiveInt("DATABASE_POOL_SIZE", 10),
-  synchronous: wordSetting("SQLITE_SYNCHRONOUS", "normal", { normal: "normal", "": "normal", full: "full" }, "normal or full")
+  synchronous: wordSetting(
+    "SQLITE_SYNCHRONOUS",
+    "normal",
+    { normal: "normal", "": "normal", full: "full" },
+    "normal or full"
+  )
 }).pipe(
   Config.mapOrFail(({ driver, path, poolSize, synchronous, url }): Either.Either<Database, ConfigError.ConfigError> => {
     const d = Option.getOrUndefined(driver)
@@ -603,7 +638,13 @@ const logFormat = optionalWordSetting(
 const eventBus: Config.Config<EventBusKind> = wordSetting(
   "LLM_PROXY_EVENT_BUS",
   "in-memory",
-  { "in-memory": "in-memory", memory: "in-memory", "": "in-memory", "redis-streams": "redis-streams", redis: "redis-streams" },
+  {
+    "in-memory": "in-memory",
+    memory: "in-memory",
+    "": "in-memory",
+    "redis-streams": "redis-streams",
+    redis: "redis-streams"
+  },
   "in-memory or redis-streams"
 )
 
@@ -667,8 +708,18 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   usageFlushIntervalMs: duration("USAGE_FLUSH_INTERVAL", "1s"),
   rateLimitBackend: memoryOrRedis("RATE_LIMIT_BACKEND"),
   pricesPath: optionalString("PRICES_PATH"),
-  unpricedModels: wordSetting("UNPRICED_MODELS", "refuse", { refuse: "refuse", "": "refuse", allow: "allow" }, "refuse or allow"),
-  rateLimitFailureMode: wordSetting("RATE_LIMIT_FAILURE_MODE", "open", { open: "open", "": "open", closed: "closed" }, "open or closed"),
+  unpricedModels: wordSetting(
+    "UNPRICED_MODELS",
+    "refuse",
+    { refuse: "refuse", "": "refuse", allow: "allow" },
+    "refuse or allow"
+  ),
+  rateLimitFailureMode: wordSetting(
+    "RATE_LIMIT_FAILURE_MODE",
+    "open",
+    { open: "open", "": "open", closed: "closed" },
+    "open or closed"
+  ),
   invalidationBackend,
   redisUrl,
   cache,
@@ -744,7 +795,12 @@ const DEFAULT_ENDPOINTS: Record<DispatcherService, string> = {
 
 /** `llm-proxy dispatcher`: its own settings plus the bus it reads. */
 export const dispatcherConfig: Config.Config<DispatcherConfig> = Config.all({
-  service: wordSetting("DISPATCHER_SERVICE", "file", { file: "file", lunary: "lunary", helicone: "helicone" }, "file, lunary or helicone"),
+  service: wordSetting(
+    "DISPATCHER_SERVICE",
+    "file",
+    { file: "file", lunary: "lunary", helicone: "helicone" },
+    "file, lunary or helicone"
+  ),
   endpoint: optionalString("DISPATCHER_ENDPOINT"),
   apiKey: Config.option(Config.redacted("LLM_PROXY_API_KEY")).pipe(
     Config.map(Option.filter((r) => Redacted.value(r).trim() !== ""))

@@ -223,14 +223,36 @@ export const FORWARDED_PREFIXES: ReadonlyArray<string> = ["x-stainless-"]
 
 // Set by the proxy itself or framing the connection: neither forwarded from clients nor settable in `headers`.
 const PROXY_SET = new Set([
-  "host", "content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection", "te", "trailer",
-  "upgrade", "expect", "accept-encoding", "x-request-id"
+  "host",
+  "content-length",
+  "transfer-encoding",
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "upgrade",
+  "expect",
+  "accept-encoding",
+  "x-request-id"
 ])
 // Never taken from a client, whatever forward_headers says: credentials, the billed account, the client's address.
 const NEVER_FROM_CLIENTS = new Set([
-  "authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "openai-organization", "openai-project",
-  "forwarded", "x-real-ip", "x-client-ip", "true-client-ip", "cf-connecting-ip", "fastly-client-ip",
-  "x-cluster-client-ip", "x-original-forwarded-for"
+  "authorization",
+  "proxy-authorization",
+  "x-api-key",
+  "api-key",
+  "cookie",
+  "openai-organization",
+  "openai-project",
+  "forwarded",
+  "x-real-ip",
+  "x-client-ip",
+  "true-client-ip",
+  "cf-connecting-ip",
+  "fastly-client-ip",
+  "x-cluster-client-ip",
+  "x-original-forwarded-for"
 ])
 const neverFromClients = (h: string) => PROXY_SET.has(h) || NEVER_FROM_CLIENTS.has(h) || h.startsWith("x-forwarded-")
 
@@ -238,7 +260,10 @@ const neverFromClients = (h: string) => PROXY_SET.has(h) || NEVER_FROM_CLIENTS.h
  * The allow-list as one function, memoised: it runs for every header of every request, and one Map lookup of a
  * name seen before costs less than the set lookup plus prefix comparisons (bounded: header names come from clients).
  */
-export const headerForwarder = (names: ReadonlySet<string>, prefixes: ReadonlyArray<string>): (name: string) => boolean => {
+export const headerForwarder = (
+  names: ReadonlySet<string>,
+  prefixes: ReadonlyArray<string>
+): (name: string) => boolean => {
   const memo = new Map<string, boolean>()
   return (name) => {
     let ok = memo.get(name)
@@ -266,9 +291,13 @@ const forwardingOf = (
     }
     const refused = star
       ? [...PROXY_SET, ...NEVER_FROM_CLIENTS, authHeader, "x-forwarded-"].find((n) => n.startsWith(base))
-      : neverFromClients(h) || h === authHeader ? h : undefined
+      : neverFromClients(h) || h === authHeader
+      ? h
+      : undefined
     if (refused !== undefined) {
-      return Either.left(`${name}.forward_headers.${i}: "${refused}" is never taken from clients (a fixed value can go under headers)`)
+      return Either.left(
+        `${name}.forward_headers.${i}: "${refused}" is never taken from clients (a fixed value can go under headers)`
+      )
     }
     if (star) prefixes.push(base)
     else names.add(h)
@@ -289,21 +318,28 @@ const fixedHeadersOf = (
     const h = k.trim().toLowerCase()
     if (!HEADER_NAME.test(h)) return Either.left(`${name}.headers: "${k}" is not a header name`)
     if (PROXY_SET.has(h) || h === authHeader) return Either.left(`${name}.headers.${k}: set by the proxy itself`)
-    if (!HEADER_VALUE.test(v)) return Either.left(`${name}.headers.${k}: the value has characters a header cannot carry`)
+    if (!HEADER_VALUE.test(v)) {
+      return Either.left(`${name}.headers.${k}: the value has characters a header cannot carry`)
+    }
     out.push([h, v.trim()])
   }
   return Either.right(out)
 }
 
 /** `base_url`: its origin and its path ("" for none); a query, fragment or credentials in it are refused. */
-const baseOf = (name: string, baseUrl: string): Either.Either<{ readonly origin: string; readonly path: string }, string> => {
+const baseOf = (
+  name: string,
+  baseUrl: string
+): Either.Either<{ readonly origin: string; readonly path: string }, string> => {
   let u: URL
   try {
     u = new URL(baseUrl)
   } catch {
     return Either.left(`${name}.base_url is not a URL: "${baseUrl}"`)
   }
-  if (u.protocol !== "http:" && u.protocol !== "https:") return Either.left(`${name}.base_url must be http:// or https://`)
+  if (u.protocol !== "http:" && u.protocol !== "https:") {
+    return Either.left(`${name}.base_url must be http:// or https://`)
+  }
   if (u.search !== "" || u.hash !== "") return Either.left(`${name}.base_url: a query goes under query, not in the URL`)
   if (u.username !== "" || u.password !== "") return Either.left(`${name}.base_url must not carry credentials`)
   return Either.right({ origin: u.origin, path: u.pathname.replace(/\/+$/, "") })
@@ -359,7 +395,9 @@ const build = (name: string, p: typeof ProviderYaml.Type): Either.Either<Provide
     authScheme: p.auth_scheme ?? "Bearer",
     forwardsHeader: forwarding,
     fixedHeaders: fixed,
-    responseHeaderTimeoutMs: p.timeouts?.response_header !== undefined ? parseDuration(p.timeouts.response_header) : undefined,
+    responseHeaderTimeoutMs: p.timeouts?.response_header !== undefined
+      ? parseDuration(p.timeouts.response_header)
+      : undefined,
     requestTimeoutMs: p.timeouts?.request !== undefined ? parseDuration(p.timeouts.request) : undefined,
     idleConnectionMs: p.timeouts?.idle_connection !== undefined
       ? parseDuration(p.timeouts.idle_connection) ?? DEFAULT_IDLE_MS
@@ -448,7 +486,9 @@ export const parseProvidersYaml = (text: string): Either.Either<ProvidersShape, 
     const issue = ParseResult.ArrayFormatter.formatErrorSync(decoded.left)[0]
     if (issue === undefined) return Either.left("invalid document")
     const at = issue.path.join(".") || "document"
-    return Either.left(issue._tag === "Unexpected" ? `${at}: unknown key (${knownKeys(issue.path)})` : `${at}: ${issue.message}`)
+    return Either.left(
+      issue._tag === "Unexpected" ? `${at}: unknown key (${knownKeys(issue.path)})` : `${at}: ${issue.message}`
+    )
   }
   const doc = decoded.right
   const entries = Object.entries(doc.apis)
@@ -476,9 +516,15 @@ export class Providers extends Context.Tag("llm-proxy/Providers")<Providers, Pro
       path === undefined ? Effect.succeed(builtInOpenAi(openaiApiUrl)) : Effect.gen(function*() {
         const text = yield* Effect.try({
           try: () => readFileSync(path, "utf8"),
-          catch: (e) => new ProvidersError({ message: `API_CONFIG_PATH: cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? "error"}` })
+          catch: (e) =>
+            new ProvidersError({
+              message: `API_CONFIG_PATH: cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? "error"}`
+            })
         })
-        return yield* Either.mapLeft(parseProvidersYaml(text), (m) => new ProvidersError({ message: `API_CONFIG_PATH (${path}): ${m}` }))
+        return yield* Either.mapLeft(
+          parseProvidersYaml(text),
+          (m) => new ProvidersError({ message: `API_CONFIG_PATH (${path}): ${m}` })
+        )
       })
     )
 }

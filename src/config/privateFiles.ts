@@ -70,7 +70,9 @@ export const ensurePrivateDir = (dir: string): Array<string> => {
   try {
     chmodSync(dir, PRIVATE_DIR_MODE)
   } catch (e) {
-    return [`${dir} (mode ${octal(existing.mode)}) holds secret files and could not be made 0700: ${(e as Error).message}`]
+    return [
+      `${dir} (mode ${octal(existing.mode)}) holds secret files and could not be made 0700: ${(e as Error).message}`
+    ]
   }
   return [`tightened the permissions of ${dir} from ${octal(existing.mode)} to 0700 (it holds secret files)`]
 }

@@ -1,5 +1,5 @@
-import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto"
 import { Context, Effect, Either, Layer, Option, Redacted, Schema } from "effect"
+import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto"
 
 const PREFIX = "enc:v1:"
 const KEY_BYTES = 32
@@ -73,8 +73,7 @@ const make = (key: Buffer): KeyCipherService => ({
         const body = bytes.subarray(NONCE_BYTES, bytes.length - TAG_BYTES)
         return Buffer.concat([decipher.update(body), decipher.final()]).toString("utf8")
       },
-      catch: () =>
-        new KeyDecryptError({ reason: "decryption failed (wrong ENCRYPTION_KEY or corrupted value)" })
+      catch: () => new KeyDecryptError({ reason: "decryption failed (wrong ENCRYPTION_KEY or corrupted value)" })
     })
   }
 })
@@ -90,6 +89,5 @@ export class KeyCipher extends Context.Tag("llm-proxy/KeyCipher")<KeyCipher, Key
           if (bytes.length !== KEY_BYTES) throw new Error(`encryption key must be ${KEY_BYTES} bytes`)
           return make(Buffer.from(bytes))
         }
-      })
-    )
+      }))
 }

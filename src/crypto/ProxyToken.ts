@@ -41,7 +41,9 @@ const sha256Hex = (s: string): string => createHash("sha256").update(s, "utf8").
 // brute-forceable and keeps lookup a single indexed equality match. A Go-format token hashes into the imported
 // namespace (the length check keeps the cost for our own tokens at one comparison).
 export const hashProxyToken = (token: string): string =>
-  token.length === GO_TOKEN_LENGTH && isGoTokenFormat(token) ? IMPORTED_HASH_PREFIX + sha256Hex(token) : sha256Hex(token)
+  token.length === GO_TOKEN_LENGTH && isGoTokenFormat(token)
+    ? IMPORTED_HASH_PREFIX + sha256Hex(token)
+    : sha256Hex(token)
 
 /** The stored hash of a Go token the Go proxy had already hashed (hex SHA-256 of the token, its `migrate encrypt`). */
 export const importedHashOfGoHash = (hex: string): string => IMPORTED_HASH_PREFIX + hex.toLowerCase()

@@ -1,5 +1,5 @@
 export * from "./constantTime.js"
 export * from "./KeyCipher.js"
 export * from "./obfuscate.js"
-export * from "./ProxyToken.js"
 export * from "./ProjectKey.js"
+export * from "./ProxyToken.js"

@@ -116,7 +116,10 @@ export const start = (options: DispatcherOptions) =>
         const room = Math.max(1, Math.min(options.batchSize, options.buffer))
         const got = yield* sub.take(room, 1000).pipe(
           Effect.catchAll((e) =>
-            Effect.logWarning(`event bus read failed, retrying: ${e.message}`).pipe(Effect.zipRight(Effect.sleep("1 second")), Effect.as([]))
+            Effect.logWarning(`event bus read failed, retrying: ${e.message}`).pipe(
+              Effect.zipRight(Effect.sleep("1 second")),
+              Effect.as([])
+            )
           )
         )
         const fresh = got.filter((d) => !held.has(d.id))
@@ -146,14 +149,27 @@ export const start = (options: DispatcherOptions) =>
       return batch
     })
 
-    const writeDeadLetters = (entries: ReadonlyArray<{ readonly reason: string; readonly event: unknown; readonly id: string }>) =>
+    const writeDeadLetters = (
+      entries: ReadonlyArray<{ readonly reason: string; readonly event: unknown; readonly id: string }>
+    ) =>
       entries.length === 0
         ? Effect.succeed(true)
-        : deadLetter(entries.map((d) => ({ time: new Date().toISOString(), service: backend.name, reason: d.reason, event: d.event })))
+        : deadLetter(
+          entries.map((d) => ({
+            time: new Date().toISOString(),
+            service: backend.name,
+            reason: d.reason,
+            event: d.event
+          }))
+        )
           .pipe(
             Effect.tap(() => Effect.sync(() => (stats.deadLettered += entries.length))),
             Effect.as(true),
-            Effect.catchAll((e) => Effect.logError(`cannot write the dead-letter file ${options.deadLetterPath}: ${e}`).pipe(Effect.as(false)))
+            Effect.catchAll((e) =>
+              Effect.logError(`cannot write the dead-letter file ${options.deadLetterPath}: ${e}`).pipe(
+                Effect.as(false)
+              )
+            )
           )
 
     /** Delivers `items` until each is accepted or rejected; returns the ids that may be acknowledged. */
@@ -181,8 +197,9 @@ export const start = (options: DispatcherOptions) =>
               stats.delivered++
               stats.lastDeliveryAt = Date.now()
               done.push(item.delivery.id)
-            } else if (o._tag === "Rejected") rejected.push({ reason: o.reason, event: item.event, id: item.delivery.id })
-            else if (o._tag === "Unauthorized") {
+            } else if (o._tag === "Rejected") {
+              rejected.push({ reason: o.reason, event: item.event, id: item.delivery.id })
+            } else if (o._tag === "Unauthorized") {
               refused = o.reason
               retryable.push(item)
             } else {
@@ -199,7 +216,9 @@ export const start = (options: DispatcherOptions) =>
           })
           if (refused === undefined && stats.pausedSince !== null) {
             yield* Effect.logWarning(
-              `${backend.name} backend accepts the API key again: delivery resumed after ${Math.round((Date.now() - stats.pausedSince) / 1000)} s`
+              `${backend.name} backend accepts the API key again: delivery resumed after ${
+                Math.round((Date.now() - stats.pausedSince) / 1000)
+              } s`
             )
             stats.pausedSince = null
           }
@@ -218,7 +237,9 @@ export const start = (options: DispatcherOptions) =>
                   `retrying in ${wait} ms`
               )
             } else {
-              yield* Effect.logWarning(`${backend.name} backend: ${pending.length} event(s) not accepted (${lastReason}); retrying in ${wait} ms`)
+              yield* Effect.logWarning(
+                `${backend.name} backend: ${pending.length} event(s) not accepted (${lastReason}); retrying in ${wait} ms`
+              )
             }
             yield* Effect.sleep(wait)
           }
@@ -246,7 +267,9 @@ export const start = (options: DispatcherOptions) =>
         ackable.push(...(yield* sendWithRetry(items)))
         yield* sub.ack(ackable).pipe(
           Effect.retry(Schedule.exponential("200 millis").pipe(Schedule.compose(Schedule.recurs(5)))),
-          Effect.catchAll((e) => Effect.logWarning(`acknowledgement failed, these events will be redelivered: ${e.message}`))
+          Effect.catchAll((e) =>
+            Effect.logWarning(`acknowledgement failed, these events will be redelivered: ${e.message}`)
+          )
         )
         // unacknowledged ones (a failed ack) are left to be reclaimed: stop refreshing them either way
         for (const d of batch) held.delete(d.id)
@@ -256,19 +279,29 @@ export const start = (options: DispatcherOptions) =>
     const writer = Effect.forever(
       Effect.gen(function*() {
         const batch = yield* nextBatch
-        const before = { delivered: stats.delivered, retries: stats.retries, deadLettered: stats.deadLettered, invalid: stats.invalid }
+        const before = {
+          delivered: stats.delivered,
+          retries: stats.retries,
+          deadLettered: stats.deadLettered,
+          invalid: stats.invalid
+        }
         // One span per batch (exported when OTEL_EXPORTER_OTLP_ENDPOINT is set): what it held and what became of it.
         yield* deliver(batch).pipe(
           Effect.tap(() =>
             Effect.annotateCurrentSpan({
               "llm_proxy.dispatcher.delivered": stats.delivered - before.delivered,
               "llm_proxy.dispatcher.retries": stats.retries - before.retries,
-              "llm_proxy.dispatcher.dead_lettered": stats.deadLettered - before.deadLettered + stats.invalid - before.invalid
+              "llm_proxy.dispatcher.dead_lettered": stats.deadLettered - before.deadLettered + stats.invalid -
+                before.invalid
             })
           ),
           Effect.withSpan("dispatcher.batch", {
             kind: "consumer",
-            attributes: { "llm_proxy.dispatcher.backend": backend.name, "llm_proxy.dispatcher.group": options.group, "llm_proxy.dispatcher.events": batch.length }
+            attributes: {
+              "llm_proxy.dispatcher.backend": backend.name,
+              "llm_proxy.dispatcher.group": options.group,
+              "llm_proxy.dispatcher.events": batch.length
+            }
           }),
           Effect.ensuring(Effect.sync(() => (busy = false)))
         )
@@ -292,7 +325,9 @@ export const start = (options: DispatcherOptions) =>
     const report = refresh.pipe(
       Effect.zipRight(
         Effect.suspend(() => {
-          if (options.status === "tty") return Effect.sync(() => process.stderr.write(`\r\x1b[2K${formatStatus(stats, backend.name)}`))
+          if (options.status === "tty") {
+            return Effect.sync(() => process.stderr.write(`\r\x1b[2K${formatStatus(stats, backend.name)}`))
+          }
           if (options.status === "log") {
             return Effect.logInfo("dispatcher status").pipe(
               Effect.annotateLogs({
@@ -318,7 +353,10 @@ export const start = (options: DispatcherOptions) =>
 
     const heartbeat = Effect.suspend(() => {
       const ids = [...held]
-      const chunks = Array.from({ length: Math.ceil(ids.length / 1000) }, (_, i) => ids.slice(i * 1000, i * 1000 + 1000))
+      const chunks = Array.from(
+        { length: Math.ceil(ids.length / 1000) },
+        (_, i) => ids.slice(i * 1000, i * 1000 + 1000)
+      )
       return Effect.forEach(chunks, (c) => Effect.ignore(sub.keepAlive(c)), { discard: true })
     })
 
@@ -327,7 +365,11 @@ export const start = (options: DispatcherOptions) =>
       heartbeat.pipe(Effect.repeat(Schedule.spaced(options.keepAliveMs)), Effect.delay(options.keepAliveMs))
     )
     yield* Effect.forkScoped(writer)
-    yield* Effect.forkScoped(Effect.repeat(report, Schedule.spaced(options.statusIntervalMs ?? 5000)).pipe(Effect.delay(options.statusIntervalMs ?? 5000)))
+    yield* Effect.forkScoped(
+      Effect.repeat(report, Schedule.spaced(options.statusIntervalMs ?? 5000)).pipe(
+        Effect.delay(options.statusIntervalMs ?? 5000)
+      )
+    )
     if (options.maintenance !== undefined) {
       const every = options.maintenanceIntervalMs ?? 60_000
       yield* Effect.forkScoped(
@@ -354,14 +396,23 @@ export const start = (options: DispatcherOptions) =>
           while (busy || (yield* Queue.size(queue)) > 0) yield* Effect.sleep("20 millis")
         })
         // finalizers are uninterruptible: without `interruptible` the timeout could not stop the drain
-        const finished = yield* Effect.interruptible(drained).pipe(Effect.timeout(options.drainTimeoutMs ?? 10_000), Effect.option)
+        const finished = yield* Effect.interruptible(drained).pipe(
+          Effect.timeout(options.drainTimeoutMs ?? 10_000),
+          Effect.option
+        )
         yield* refresh.pipe(Effect.ignore)
         if (options.status === "tty") process.stderr.write("\n")
         yield* Effect.logInfo(
           finished._tag === "Some"
             ? "dispatcher drained"
             : "dispatcher drain timed out; unacknowledged events will be redelivered"
-        ).pipe(Effect.annotateLogs({ delivered: stats.delivered, dead_lettered: stats.deadLettered, redelivered: stats.redelivered }))
+        ).pipe(
+          Effect.annotateLogs({
+            delivered: stats.delivered,
+            dead_lettered: stats.deadLettered,
+            redelivered: stats.redelivered
+          })
+        )
       })
     )
     const info: DispatcherInfoShape = {
@@ -378,7 +429,9 @@ export const start = (options: DispatcherOptions) =>
   })
 
 /** The running dispatcher's counters (for /metrics, tests and the status line). */
-export class DispatcherState extends Context.Tag("llm-proxy/dispatcher/DispatcherState")<DispatcherState, DispatcherStats>() {}
+export class DispatcherState
+  extends Context.Tag("llm-proxy/dispatcher/DispatcherState")<DispatcherState, DispatcherStats>()
+{}
 
 export interface DispatcherInfoShape {
   /** the backend's name: file, lunary, helicone */
@@ -394,9 +447,12 @@ export interface DispatcherInfoShape {
 }
 
 /** Which dispatcher runs here, its counters and its lag (src/observability reads it at scrape / health time). */
-export class DispatcherInfo extends Context.Tag("llm-proxy/dispatcher/DispatcherInfo")<DispatcherInfo, DispatcherInfoShape>() {}
+export class DispatcherInfo
+  extends Context.Tag("llm-proxy/dispatcher/DispatcherInfo")<DispatcherInfo, DispatcherInfoShape>()
+{}
 
 export const layer = (options: DispatcherOptions) =>
   Layer.scopedContext(
-    Effect.map(start(options), (info) => Context.make(DispatcherState, info.stats).pipe(Context.add(DispatcherInfo, info)))
+    Effect.map(start(options), (info) =>
+      Context.make(DispatcherState, info.stats).pipe(Context.add(DispatcherInfo, info)))
   )

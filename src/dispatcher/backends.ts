@@ -6,7 +6,14 @@ import { dirname } from "node:path"
 import { ensurePrivateDir, tightenPrivateFile } from "../config/privateFiles.js"
 import type { DeliveredEvent } from "../domain/ProxyEvent.js"
 import { accepted, Backend, type Outcome, outcomeOfStatus, retry } from "./Backend.js"
-import { heliconeBase, heliconeLog, heliconeOutcome, LUNARY_MAX_BODY_BYTES, lunaryOutcomes, lunaryRequests } from "./formats.js"
+import {
+  heliconeBase,
+  heliconeLog,
+  heliconeOutcome,
+  LUNARY_MAX_BODY_BYTES,
+  lunaryOutcomes,
+  lunaryRequests
+} from "./formats.js"
 
 export const DEFAULT_LUNARY_ENDPOINT = "https://api.lunary.ai/v1/runs/ingest"
 /** Helicone's worker: logs go to `<base>/oai/v1/log` or `<base>/anthropic/v1/log` by provider. */
@@ -30,7 +37,10 @@ export const makeJsonlWriter = (path: string) =>
         return { handle: await open(path, "a", 0o600), warnings }
       },
       catch: (e) => new Error(`cannot open ${path}: ${(e as Error).message}`)
-    }).pipe(Effect.tap(({ warnings }) => Effect.forEach(warnings, (w) => Effect.logWarning(w))), Effect.map(({ handle }) => handle)),
+    }).pipe(
+      Effect.tap(({ warnings }) => Effect.forEach(warnings, (w) => Effect.logWarning(w))),
+      Effect.map(({ handle }) => handle)
+    ),
     (handle) => Effect.promise(() => handle.close().catch(() => {}))
   ).pipe(
     Effect.map((handle) => (lines: ReadonlyArray<unknown>) =>

@@ -20,19 +20,32 @@ export type Decoded =
  * Decompresses by `Content-Encoding`; a truncated stream yields the bytes decoded so far. More than `maxBytes` of
  * output (a zip bomb) is not decodable: zlib stops at the limit (`maxOutputLength`) instead of allocating the rest.
  */
-export const decodeContent = (bytes: Buffer, encoding: string | undefined, maxBytes = MAX_DECODED_BODY_BYTES): Decoded => {
+export const decodeContent = (
+  bytes: Buffer,
+  encoding: string | undefined,
+  maxBytes = MAX_DECODED_BODY_BYTES
+): Decoded => {
   const e = (encoding ?? "").trim().toLowerCase()
   if (e === "" || e === "identity") return { bytes, decoded: true }
   try {
     switch (e) {
       case "gzip":
       case "x-gzip":
-        return { bytes: gunzipSync(bytes, { finishFlush: constants.Z_SYNC_FLUSH, maxOutputLength: maxBytes }), decoded: true }
+        return {
+          bytes: gunzipSync(bytes, { finishFlush: constants.Z_SYNC_FLUSH, maxOutputLength: maxBytes }),
+          decoded: true
+        }
       case "deflate":
-        return { bytes: inflateSync(bytes, { finishFlush: constants.Z_SYNC_FLUSH, maxOutputLength: maxBytes }), decoded: true }
+        return {
+          bytes: inflateSync(bytes, { finishFlush: constants.Z_SYNC_FLUSH, maxOutputLength: maxBytes }),
+          decoded: true
+        }
       case "br":
         return {
-          bytes: brotliDecompressSync(bytes, { finishFlush: constants.BROTLI_OPERATION_FLUSH, maxOutputLength: maxBytes }),
+          bytes: brotliDecompressSync(bytes, {
+            finishFlush: constants.BROTLI_OPERATION_FLUSH,
+            maxOutputLength: maxBytes
+          }),
           decoded: true
         }
     }
@@ -124,9 +137,10 @@ export const mergeOpenAiChunks = (chunks: ReadonlyArray<unknown>): Json | undefi
     return undefined
   }
   const first = objects.find((c) => Array.isArray(c["choices"])) ?? objects[0]!
-  const isChat = first["object"] === "chat.completion.chunk" || objects.some((c) =>
-    (c["choices"] as Array<unknown> | undefined)?.some((ch) => isObject(ch) && isObject(ch["delta"]))
-  )
+  const isChat = first["object"] === "chat.completion.chunk" ||
+    objects.some((c) =>
+      (c["choices"] as Array<unknown> | undefined)?.some((ch) => isObject(ch) && isObject(ch["delta"]))
+    )
   const choices = new Map<number, ChoiceAcc>()
   let usage: unknown
   let systemFingerprint: unknown
@@ -138,7 +152,15 @@ export const mergeOpenAiChunks = (chunks: ReadonlyArray<unknown>): Json | undefi
       const index = typeof raw["index"] === "number" ? raw["index"] : 0
       let acc = choices.get(index)
       if (acc === undefined) {
-        acc = { index, role: "assistant", content: "", refusal: undefined, toolCalls: new Map(), finishReason: null, text: "" }
+        acc = {
+          index,
+          role: "assistant",
+          content: "",
+          refusal: undefined,
+          toolCalls: new Map(),
+          finishReason: null,
+          text: ""
+        }
         choices.set(index, acc)
       }
       if (raw["finish_reason"] !== undefined && raw["finish_reason"] !== null) acc.finishReason = raw["finish_reason"]
@@ -237,7 +259,11 @@ export interface InterpretedBody {
 /** Bytes → the most useful JSON value: parsed JSON, the reassembled stream, a string, or a placeholder. */
 export const interpretBody = (
   raw: Buffer,
-  options: { readonly contentType?: string | undefined; readonly contentEncoding?: string | undefined; readonly truncated: boolean }
+  options: {
+    readonly contentType?: string | undefined
+    readonly contentEncoding?: string | undefined
+    readonly truncated: boolean
+  }
 ): InterpretedBody => {
   const ct = (options.contentType ?? "").toLowerCase()
   if (ct.startsWith("multipart/")) return { value: `<multipart body omitted, ${raw.length} bytes>`, sse: false }
@@ -252,7 +278,9 @@ export const interpretBody = (
       : { value: `<undecodable ${options.contentEncoding} body omitted, ${raw.length} bytes>`, sse: false }
   }
   const bytes = content.bytes
-  if (/^(image|audio|video)\/|octet-stream/.test(ct)) return { value: `<binary body omitted, ${bytes.length} bytes>`, sse: false }
+  if (/^(image|audio|video)\/|octet-stream/.test(ct)) {
+    return { value: `<binary body omitted, ${bytes.length} bytes>`, sse: false }
+  }
   const text = asText(bytes, options.truncated)
   if (text === undefined) return { value: `<binary body omitted, ${bytes.length} bytes>`, sse: false }
   if (looksLikeSse(text, ct)) return { value: reassembleSse(text), sse: true }

@@ -46,7 +46,10 @@ const part = (b: unknown): unknown => {
       const source = b["source"]
       if (!isObject(source)) return b
       if (source["type"] === "base64") {
-        return { type: "image_url", image_url: { url: `data:${str(source["media_type"])};base64,${str(source["data"])}` } }
+        return {
+          type: "image_url",
+          image_url: { url: `data:${str(source["media_type"])};base64,${str(source["data"])}` }
+        }
       }
       return source["type"] === "url" ? { type: "image_url", image_url: { url: source["url"] } } : b
     }
@@ -131,7 +134,11 @@ const fromResponsesInput = (input: unknown): Array<ChatMessage> => {
     if (typeof item === "string") out.push({ role: "user", content: item })
     else if (!isObject(item)) continue
     else if (item["type"] === "function_call") {
-      out.push({ role: "assistant", content: null, tool_calls: [toolCall(item["call_id"], item["name"], item["arguments"])] })
+      out.push({
+        role: "assistant",
+        content: null,
+        tool_calls: [toolCall(item["call_id"], item["name"], item["arguments"])]
+      })
     } else if (item["type"] === "function_call_output") {
       out.push({ role: "tool", tool_call_id: item["call_id"], content: content(item["output"]) })
     } else if (item["type"] === "reasoning") continue
@@ -148,7 +155,9 @@ export const chatInput = (path: string, body: unknown): unknown => {
   if (!isObject(body)) return body
   if (Array.isArray(body["messages"])) {
     const system = body["system"]
-    const head: Array<ChatMessage> = system === undefined || system === null ? [] : [{ role: "system", content: content(system) }]
+    const head: Array<ChatMessage> = system === undefined || system === null
+      ? []
+      : [{ role: "system", content: content(system) }]
     return [...head, ...body["messages"].flatMap(fromMessage)]
   }
   if (isResponsesPath(path) || (body["input"] !== undefined && body["instructions"] !== undefined)) {
@@ -158,7 +167,9 @@ export const chatInput = (path: string, body: unknown): unknown => {
   }
   const prompt = body["prompt"]
   if (typeof prompt === "string") return [{ role: "user", content: prompt }]
-  if (Array.isArray(prompt) && prompt.every((p) => typeof p === "string")) return [{ role: "user", content: prompt.join("\n") }]
+  if (Array.isArray(prompt) && prompt.every((p) => typeof p === "string")) {
+    return [{ role: "user", content: prompt.join("\n") }]
+  }
   return body
 }
 
@@ -184,7 +195,11 @@ export const chatOutput = (body: unknown): unknown => {
     }
     return withoutUndefined({
       role: "assistant",
-      content: other.length > 0 ? [...text.map((t) => ({ type: "text", text: t })), ...other] : text.length > 0 ? text.join("\n") : null,
+      content: other.length > 0
+        ? [...text.map((t) => ({ type: "text", text: t })), ...other]
+        : text.length > 0
+        ? text.join("\n")
+        : null,
       tool_calls: calls.length > 0 ? calls : undefined
     })
   }

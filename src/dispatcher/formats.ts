@@ -26,9 +26,33 @@ const uuidOf = (name: string): string => {
  * nothing that changes when the event is delivered again, so a redelivery names the same run / request.
  */
 export const eventId = (
-  e: Pick<DeliveredEvent, "request_id" | "timestamp" | "project_id" | "token_id" | "method" | "path" | "status" | "duration_ms" | "upstream_ms">
+  e: Pick<
+    DeliveredEvent,
+    | "request_id"
+    | "timestamp"
+    | "project_id"
+    | "token_id"
+    | "method"
+    | "path"
+    | "status"
+    | "duration_ms"
+    | "upstream_ms"
+  >
 ): string =>
-  uuidOf(JSON.stringify(["llm-proxy", e.request_id, e.timestamp, e.project_id, e.token_id, e.method, e.path, e.status, e.duration_ms, e.upstream_ms]))
+  uuidOf(
+    JSON.stringify([
+      "llm-proxy",
+      e.request_id,
+      e.timestamp,
+      e.project_id,
+      e.token_id,
+      e.method,
+      e.path,
+      e.status,
+      e.duration_ms,
+      e.upstream_ms
+    ])
+  )
 
 const endTime = (e: DeliveredEvent) => {
   const start = Date.parse(e.timestamp)
@@ -121,9 +145,14 @@ export const lunaryTokens = (e: DeliveredEvent): Json | undefined => {
   const u = isObject(e.response_body) && isObject(e.response_body["usage"]) ? e.response_body["usage"] : {}
   const read = num(u["cache_read_input_tokens"])
   const written = num(u["cache_creation_input_tokens"])
-  const details = isObject(u["prompt_tokens_details"]) ? u["prompt_tokens_details"] : isObject(u["input_tokens_details"]) ? u["input_tokens_details"] : {}
+  const details = isObject(u["prompt_tokens_details"])
+    ? u["prompt_tokens_details"]
+    : isObject(u["input_tokens_details"])
+    ? u["input_tokens_details"]
+    : {}
   const anthropic = read !== undefined || written !== undefined
-  const fromAnthropicInput = anthropic && e.usage_source === "response" && num(u["input_tokens"]) === e.usage.prompt_tokens
+  const fromAnthropicInput = anthropic && e.usage_source === "response" &&
+    num(u["input_tokens"]) === e.usage.prompt_tokens
   const tokens: Json = {
     prompt: e.usage.prompt_tokens + (fromAnthropicInput ? (read ?? 0) + (written ?? 0) : 0),
     completion: e.usage.completion_tokens
@@ -142,7 +171,7 @@ export const lunaryEvents = (e: DeliveredEvent): [Json, Json] => {
   const runId = eventId(e)
   const req = e.request_body
   const params: Json = {}
-  if (isObject(req)) for (const p of PARAMS) if (req[p] !== undefined && req[p] !== null) params[p] = req[p]
+  if (isObject(req)) { for (const p of PARAMS) if (req[p] !== undefined && req[p] !== null) params[p] = req[p] }
   const name = e.model ?? e.path
   const start: Json = {
     type: "llm",
@@ -157,9 +186,19 @@ export const lunaryEvents = (e: DeliveredEvent): [Json, Json] => {
   }
   const userId = e.user ?? e.project_id
   if (userId !== null) start["userId"] = userId
-  const end: Json = { type: "llm", event: failed(e) ? "error" : "end", runId, name, timestamp: endTime(e), metadata: metadata(e) }
+  const end: Json = {
+    type: "llm",
+    event: failed(e) ? "error" : "end",
+    runId,
+    name,
+    timestamp: endTime(e),
+    metadata: metadata(e)
+  }
   if (failed(e)) {
-    end["error"] = { message: errorMessage(e), stack: isObject(e.response_body) ? JSON.stringify(e.response_body) : undefined }
+    end["error"] = {
+      message: errorMessage(e),
+      stack: isObject(e.response_body) ? JSON.stringify(e.response_body) : undefined
+    }
   } else {
     end["output"] = chatOutput(e.response_body)
     const tokens = lunaryTokens(e)
@@ -181,13 +220,21 @@ export interface LunaryRequest {
 
 /** An event pair too large for one body on its own: its input, output and error detail give way to a note. */
 const shrunk = ([start, end]: [Json, Json], bytes: number): [Json, Json] => {
-  const note = `<omitted: this request's event is ${bytes} bytes, over Lunary's ${LUNARY_MAX_BODY_BYTES}-byte body limit>`
+  const note =
+    `<omitted: this request's event is ${bytes} bytes, over Lunary's ${LUNARY_MAX_BODY_BYTES}-byte body limit>`
   const error = isObject(end["error"]) ? { message: end["error"]["message"] } : undefined
-  return [{ ...start, input: note, params: {} }, { ...end, ...(end["output"] === undefined ? {} : { output: note }), ...(error ? { error } : {}) }]
+  return [{ ...start, input: note, params: {} }, {
+    ...end,
+    ...(end["output"] === undefined ? {} : { output: note }),
+    ...(error ? { error } : {})
+  }]
 }
 
 /** The batch in as few POSTs as fit `maxBytes` each, in order (an event's start and end always travel together). */
-export const lunaryRequests = (batch: ReadonlyArray<DeliveredEvent>, maxBytes = LUNARY_MAX_BODY_BYTES): Array<LunaryRequest> => {
+export const lunaryRequests = (
+  batch: ReadonlyArray<DeliveredEvent>,
+  maxBytes = LUNARY_MAX_BODY_BYTES
+): Array<LunaryRequest> => {
   const out: Array<LunaryRequest> = []
   let indexes: Array<number> = []
   let events: Array<Json> = []
@@ -232,7 +279,9 @@ export const lunaryOutcomes = (request: LunaryRequest, answer: unknown): Array<O
   if (!Array.isArray(results)) return request.indexes.map(() => accepted)
   const events = request.events
   // Array.prototype.sort is stable: equal timestamps keep their order, as Lunary's own sort does
-  const order = events.map((_, i) => i).sort((a, b) => Date.parse(String(events[a]!["timestamp"])) - Date.parse(String(events[b]!["timestamp"])))
+  const order = events.map((_, i) => i).sort((a, b) =>
+    Date.parse(String(events[a]!["timestamp"])) - Date.parse(String(events[b]!["timestamp"]))
+  )
   const resultOf = new Array<unknown>(events.length)
   if (results.length === events.length) order.forEach((eventIndex, k) => (resultOf[eventIndex] = results[k]))
   else {
@@ -257,7 +306,9 @@ export const lunaryOutcomes = (request: LunaryRequest, answer: unknown): Array<O
         problems.push(`${String(event["event"])}: ${error}`)
       }
     }
-    return problems.length === 0 ? accepted : retry(`Lunary refused the event (${problems.join("; ")})`, LUNARY_EVENT_ATTEMPTS)
+    return problems.length === 0
+      ? accepted
+      : retry(`Lunary refused the event (${problems.join("; ")})`, LUNARY_EVENT_ATTEMPTS)
   })
 }
 
@@ -274,7 +325,10 @@ export type HeliconeProvider = "openai" | "anthropic"
  * log as that provider's; `/custom/v1/log` has no provider, hence no cost. Helicone's own loggers post by provider
  * the same way (Helicone/helicone helicone-python/helicone/async_logger/async_logger.py).
  */
-export const HELICONE_ROUTES: Record<HeliconeProvider, string> = { openai: "/oai/v1/log", anthropic: "/anthropic/v1/log" }
+export const HELICONE_ROUTES: Record<HeliconeProvider, string> = {
+  openai: "/oai/v1/log",
+  anthropic: "/anthropic/v1/log"
+}
 
 /** Anthropic's Messages API (`/v1/messages`, or an answer of `type: "message"`); everything else is OpenAI-style. */
 export const heliconeProvider = (e: DeliveredEvent): HeliconeProvider =>
@@ -327,8 +381,9 @@ const heliconeResponse = (provider: HeliconeProvider, e: DeliveredEvent): Json =
   const res = e.response_body
   let json: Json
   if (isObject(res)) json = { ...res }
-  else if (failed(e)) json = { error: { message: errorMessage(e), type: "llm_proxy", code: e.error ?? `http_${e.status}` } }
-  else if (Array.isArray(res)) json = { stream_events: res }
+  else if (failed(e)) {
+    json = { error: { message: errorMessage(e), type: "llm_proxy", code: e.error ?? `http_${e.status}` } }
+  } else if (Array.isArray(res)) json = { stream_events: res }
   else json = res === null || res === undefined ? {} : { body: res }
   const usage = usageFor(provider, e)
   if (!failed(e) && usage !== undefined && !isObject(json["usage"])) json["usage"] = usage
@@ -371,14 +426,19 @@ export const heliconeLog = (e: DeliveredEvent): HeliconeLog => {
   }
   const chars = JSON.stringify(body).length
   if (chars > HELICONE_MAX_BODY_CHARS) {
-    const note = `<omitted: this log is ${chars} characters, over Helicone's ${HELICONE_MAX_BODY_CHARS}-character limit>`
+    const note =
+      `<omitted: this log is ${chars} characters, over Helicone's ${HELICONE_MAX_BODY_CHARS}-character limit>`
     const request = body["providerRequest"] as Json
     const response = body["providerResponse"] as Json
     const res = response["json"] as Json
     body["providerRequest"] = { ...request, json: { model: e.model, llm_proxy_note: note } }
     body["providerResponse"] = {
       ...response,
-      json: { model: res["model"] ?? e.model, ...(res["usage"] !== undefined ? { usage: res["usage"] } : {}), llm_proxy_note: note }
+      json: {
+        model: res["model"] ?? e.model,
+        ...(res["usage"] !== undefined ? { usage: res["usage"] } : {}),
+        llm_proxy_note: note
+      }
     }
   }
   return { route: HELICONE_ROUTES[provider], body }
@@ -403,4 +463,5 @@ export const heliconeOutcome = (text: string): Outcome => {
 }
 
 /** Where the logs go: the worker's base URL (a configured `…/custom/v1/log`-style URL counts as its base). */
-export const heliconeBase = (endpoint: string): string => endpoint.replace(/\/+$/, "").replace(/\/(custom|oai|anthropic)\/v1\/log$/, "")
+export const heliconeBase = (endpoint: string): string =>
+  endpoint.replace(/\/+$/, "").replace(/\/(custom|oai|anthropic)\/v1\/log$/, "")

@@ -11,7 +11,9 @@ export type EncodingName = "o200k_base" | "cl100k_base"
 
 export const encodingForModel = (model: string | null | undefined): EncodingName => {
   const m = (model ?? "").toLowerCase().replace(/^.*\//, "")
-  return /^(gpt-4o|gpt-4\.1|gpt-4\.5|gpt-5|chatgpt-4o|o[1-9]|omni|gpt-oss|gpt-image|gpt-realtime|gpt-audio|codex)/.test(m)
+  return /^(gpt-4o|gpt-4\.1|gpt-4\.5|gpt-5|chatgpt-4o|o[1-9]|omni|gpt-oss|gpt-image|gpt-realtime|gpt-audio|codex)/.test(
+      m
+    )
     ? "o200k_base"
     : "cl100k_base"
 }
@@ -39,7 +41,6 @@ export const lazyTokenCounter = (): CountTokens => {
 
 const LONG_RUN = /\S{257}/
 
-
 /**
  * BPE is quadratic in the length of one pre-token: 50,000 characters without a space take seconds. Runs longer than
  * 256 non-space characters are counted in 256-character pieces (a slight over-count only for such runs).
@@ -57,7 +58,6 @@ const countBounded = (enc: Encoding, text: string): number => {
   }
   return total + (rest === "" ? 0 : enc.countTokens(rest))
 }
-
 
 export const loadTokenCounter = async (): Promise<CountTokens> => lazyTokenCounter()
 

@@ -31,7 +31,11 @@ export const usageFromResponse = (body: unknown): Usage | null => {
   const prompt = num(u["prompt_tokens"]) ?? num(u["input_tokens"])
   const completion = num(u["completion_tokens"]) ?? num(u["output_tokens"]) ?? (prompt !== undefined ? 0 : undefined)
   if (prompt === undefined || completion === undefined) return null
-  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: num(u["total_tokens"]) ?? prompt + completion }
+  return {
+    prompt_tokens: prompt,
+    completion_tokens: completion,
+    total_tokens: num(u["total_tokens"]) ?? prompt + completion
+  }
 }
 
 const textOf = (content: unknown): string => {
@@ -112,8 +116,12 @@ export const transformEvent = (event: ProxyEvent, count: CountTokens, onBodyTooL
   let usage: Usage | null = usageFromResponse(response) ?? event.usage
   let source: DeliveredEvent["usage_source"] = usage === null ? null : "response"
   // an answer left out is not an answer of zero tokens: without it nothing is counted
-  if (usage === null && event.status >= 200 && event.status < 300 && isGenerationPath(event.path) && !decodedResponse.tooLarge) {
-    const model = event.model ?? (isObject(response) && typeof response["model"] === "string" ? response["model"] : null)
+  if (
+    usage === null && event.status >= 200 && event.status < 300 && isGenerationPath(event.path) &&
+    !decodedResponse.tooLarge
+  ) {
+    const model = event.model ??
+      (isObject(response) && typeof response["model"] === "string" ? response["model"] : null)
     const encoding = encodingForModel(model)
     const prompt = count(encoding, promptText(request))
     const completion = count(encoding, completionText(response))

@@ -30,7 +30,9 @@ export const UpstreamAttempt = Schema.Struct({
   key_index: Schema.Number.annotations({ description: "the key's index in the project's api_keys" }),
   provider: Schema.String,
   status: Schema.NullOr(Schema.Number),
-  error: Schema.NullOr(Schema.String).annotations({ description: "why it failed without an answer (timeout, ECONNREFUSED, …)" }),
+  error: Schema.NullOr(Schema.String).annotations({
+    description: "why it failed without an answer (timeout, ECONNREFUSED, …)"
+  }),
   duration_ms: Schema.Number
 }).annotations({ identifier: "UpstreamAttempt" })
 
@@ -45,7 +47,8 @@ const common = {
   duration_ms: Schema.Number,
   upstream_ms: Schema.NullOr(Schema.Number).annotations({ description: "time to upstream response headers" }),
   first_chunk_ms: Schema.optional(Schema.NullOr(Schema.Number)).annotations({
-    description: "a stream's time from arrival to the upstream's first body bytes (time to first token); absent from events of older versions"
+    description:
+      "a stream's time from arrival to the upstream's first body bytes (time to first token); absent from events of older versions"
   }),
   model: Schema.NullOr(Schema.String),
   stream: Schema.Boolean,

@@ -95,7 +95,8 @@ export const AuditEvent = Schema.Struct({
   reason: Schema.optional(Schema.String),
   metadata: Schema.optional(Schema.String.annotations({ description: "JSON text of the action's details" })),
   count: Schema.optional(Schema.Number.annotations({
-    description: "How many requests the event stands for: denials are aggregated per client IP, reason and minute; 1 for every other event"
+    description:
+      "How many requests the event stands for: denials are aggregated per client IP, reason and minute; 1 for every other event"
   }))
 }).annotations({ identifier: "AuditEvent" })
 export type AuditEvent = typeof AuditEvent.Type
@@ -124,12 +125,16 @@ export const ListAuditParams = Schema.Struct({
   correlation_id: param("Exact correlation id"),
   method: param("Exact HTTP method"),
   path: param("Exact request path"),
-  search: param("Case-insensitive substring of request_id, correlation_id, client_ip, action, actor, method, path, reason or metadata"),
+  search: param(
+    "Case-insensitive substring of request_id, correlation_id, client_ip, action, actor, method, path, reason or metadata"
+  ),
   start_time: param("RFC 3339; events at or after"),
   end_time: param("RFC 3339; events at or before"),
   page: param("1-based page (default 1)"),
   page_size: param("1..100 (default 20)"),
-  cursor: param("next_cursor or prev_cursor of an earlier page, `last` for the last page, empty for the first: cursor paging")
+  cursor: param(
+    "next_cursor or prev_cursor of an earlier page, `last` for the last page, empty for the first: cursor paging"
+  )
 })
 export type ListAuditParams = typeof ListAuditParams.Type
 
@@ -162,7 +167,12 @@ export const PAGE_SIZE_DEFAULT = 20
 export const PAGE_SIZE_MAX = 100
 const FILTER_MAX = 1024
 
-const positiveInt = (name: string, raw: string | undefined, fallback: number, max: number): Either.Either<number, string> => {
+const positiveInt = (
+  name: string,
+  raw: string | undefined,
+  fallback: number,
+  max: number
+): Either.Either<number, string> => {
   if (raw === undefined || raw === "") return Either.right(fallback)
   if (!/^\d{1,9}$/.test(raw) || Number(raw) < 1 || Number(raw) > max) {
     return Either.left(`${name} must be an integer between 1 and ${max}`)

@@ -45,11 +45,14 @@ export const RATE_LIMIT_WINDOW_MAX = 31_536_000
 
 export const RateLimit = Schema.Struct({
   requests: Schema.optional(
-    Schema.Number.annotations({ description: `requests allowed per window, 1..${RATE_LIMIT_REQUESTS_MAX}; absent = not limited by count` })
+    Schema.Number.annotations({
+      description: `requests allowed per window, 1..${RATE_LIMIT_REQUESTS_MAX}; absent = not limited by count`
+    })
   ),
   tokens: Schema.optional(
     Schema.Number.annotations({
-      description: `LLM tokens (input + output) allowed per window, 1..${RATE_LIMIT_TOKENS_MAX}; absent = not limited by tokens`
+      description:
+        `LLM tokens (input + output) allowed per window, 1..${RATE_LIMIT_TOKENS_MAX}; absent = not limited by tokens`
     })
   ),
   window_seconds: Schema.Number.annotations({ description: `window length in seconds, 1..${RATE_LIMIT_WINDOW_MAX}` })
@@ -71,23 +74,33 @@ const rateLimitRefused = oneAnswer(RATE_LIMIT_INVALID)
 /** `rate_limit` in a payload: null (none), or a window with a request count, a token count or both. */
 export const RateLimitSetting = Schema.NullOr(
   Schema.Struct({
-    requests: Schema.optional(Schema.Number.pipe(Schema.int(), Schema.between(1, RATE_LIMIT_REQUESTS_MAX)).annotations({
-      description: "requests allowed per window"
-    })),
-    tokens: Schema.optional(Schema.Number.pipe(Schema.int(), Schema.between(1, RATE_LIMIT_TOKENS_MAX)).annotations({
-      description: "LLM tokens (input + output) allowed per window, debited when an answer's usage is known"
-    })),
+    requests: Schema.optional(
+      Schema.Number.pipe(Schema.int(), Schema.between(1, RATE_LIMIT_REQUESTS_MAX)).annotations({
+        description: "requests allowed per window"
+      })
+    ),
+    tokens: Schema.optional(
+      Schema.Number.pipe(Schema.int(), Schema.between(1, RATE_LIMIT_TOKENS_MAX)).annotations({
+        description: "LLM tokens (input + output) allowed per window, debited when an answer's usage is known"
+      })
+    ),
     window_seconds: Schema.Number.pipe(Schema.int(), Schema.between(1, RATE_LIMIT_WINDOW_MAX)).annotations({
       description: "window length in seconds"
     })
-  }).annotations({ identifier: "RateLimitSetting", parseOptions: { onExcessProperty: "error" }, ...rateLimitRefused }).pipe(
-    rule(
-      (r: { readonly requests?: number | undefined; readonly tokens?: number | undefined; readonly window_seconds: number }) =>
-        r.requests !== undefined || r.tokens !== undefined,
-      RATE_LIMIT_INVALID,
-      { minProperties: 2 }
-    )
-  ).annotations(rateLimitRefused)
+  }).annotations({ identifier: "RateLimitSetting", parseOptions: { onExcessProperty: "error" }, ...rateLimitRefused })
+    .pipe(
+      rule(
+        (
+          r: {
+            readonly requests?: number | undefined
+            readonly tokens?: number | undefined
+            readonly window_seconds: number
+          }
+        ) => r.requests !== undefined || r.tokens !== undefined,
+        RATE_LIMIT_INVALID,
+        { minProperties: 2 }
+      )
+    ).annotations(rateLimitRefused)
 ).annotations({ description: "Window rate limit (requests, tokens or both); null = none", ...rateLimitRefused })
 
 // ---- budgets ---------------------------------------------------------------------------------------------------
@@ -135,11 +148,15 @@ const spendFields = {
   max_cost_usd: Schema.NullOr(Schema.Number).annotations({ description: "USD budget per budget_period; null = none" }),
   max_tokens: Schema.NullOr(Schema.Number).annotations({ description: "Token budget per budget_period; null = none" }),
   budget_period: Schema.Literal(...BUDGET_PERIODS),
-  spent_usd: Schema.Number.annotations({ description: "USD spent since creation (answers of models without a price count 0)" }),
+  spent_usd: Schema.Number.annotations({
+    description: "USD spent since creation (answers of models without a price count 0)"
+  }),
   tokens_used: Schema.Number.annotations({ description: "Input + output tokens used since creation" }),
   period_spent_usd: Schema.Number.annotations({ description: "USD spent in the current budget_period" }),
   period_tokens_used: Schema.Number.annotations({ description: "Tokens used in the current budget_period" }),
-  period_ends_at: Schema.NullOr(Timestamp).annotations({ description: "When the current day or month ends (UTC); null for total" })
+  period_ends_at: Schema.NullOr(Timestamp).annotations({
+    description: "When the current day or month ends (UTC); null for total"
+  })
 }
 
 export const NAME_AND_KEY_REQUIRED = "name and api_key are required"
@@ -152,7 +169,9 @@ const projectName = (self: Schema.Schema<string>) =>
   self.pipe(
     rule((s: string) => s.trim() !== "", "name must not be empty", { pattern: "\\S" }),
     Schema.maxLength(NAME_MAX, answer(`name must be at most ${NAME_MAX} characters`)),
-    rule((s: string) => !hasControlCharacters(s), "name must not contain control characters", { pattern: NO_CONTROL_PATTERN }),
+    rule((s: string) => !hasControlCharacters(s), "name must not contain control characters", {
+      pattern: NO_CONTROL_PATTERN
+    }),
     rule(isUnicodeText, "name must be valid Unicode text")
   ).annotations({ description: `1..${NAME_MAX} characters, not blank, no control characters` })
 
@@ -195,7 +214,8 @@ export const AllowedModels = Schema.NullOr(
     Schema.maxItems(MODELS_MAX, answer(`allowed_models must list at most ${MODELS_MAX} models`))
   )
 ).annotations({
-  description: "Model names or globs (`gpt-4o-mini`, `claude-3-5-*`; `*` and `?` do not match `/`) a request may name; " +
+  description:
+    "Model names or globs (`gpt-4o-mini`, `claude-3-5-*`; `*` and `?` do not match `/`) a request may name; " +
     "null = any. A project's and its token's lists both apply."
 })
 
@@ -213,7 +233,9 @@ const label = (field: string, max: number, description: string) =>
     Text.pipe(
       Schema.minLength(1, answer(`${field} must not be empty (null removes it)`)),
       Schema.maxLength(max, answer(`${field} must be at most ${max} characters`)),
-      rule((s: string) => !hasControlCharacters(s), `${field} must not contain control characters`, { pattern: NO_CONTROL_PATTERN }),
+      rule((s: string) => !hasControlCharacters(s), `${field} must not contain control characters`, {
+        pattern: NO_CONTROL_PATTERN
+      }),
       rule(isUnicodeText, `${field} must be valid Unicode text`)
     )
   ).annotations({ description })
@@ -226,7 +248,8 @@ const TokenUser = label(
     "audit events and the access log; sent upstream as the OpenAI `user` where the provider sets `inject_user`"
 )
 
-export const METADATA_INVALID = `metadata must be null or an object of at most ${METADATA_KEYS_MAX} string keys with string values`
+export const METADATA_INVALID =
+  `metadata must be null or an object of at most ${METADATA_KEYS_MAX} string keys with string values`
 
 /** `metadata`: at most 16 keys, keys and values strings of at most 256 characters. */
 const TokenMetadata = Schema.NullOr(
@@ -237,9 +260,13 @@ const TokenMetadata = Schema.NullOr(
       Schema.maxLength(METADATA_TEXT_MAX, answer(`metadata values must be at most ${METADATA_TEXT_MAX} characters`))
     )
   }).annotations(answer(METADATA_INVALID)).pipe(
-    rule((o: { readonly [x: string]: string }) => Object.keys(o).length <= METADATA_KEYS_MAX, `metadata must have at most ${METADATA_KEYS_MAX} keys`, {
-      maxProperties: METADATA_KEYS_MAX
-    }),
+    rule(
+      (o: { readonly [x: string]: string }) => Object.keys(o).length <= METADATA_KEYS_MAX,
+      `metadata must have at most ${METADATA_KEYS_MAX} keys`,
+      {
+        maxProperties: METADATA_KEYS_MAX
+      }
+    ),
     rule((o: { readonly [x: string]: string }) => !Object.hasOwn(o, ""), "metadata keys must not be empty", {
       propertyNames: { minLength: 1, maxLength: METADATA_TEXT_MAX }
     }),
@@ -255,14 +282,17 @@ const TokenMetadata = Schema.NullOr(
 
 const ShownMetadata = Schema.NullOr(Schema.Record({ key: Schema.String, value: Schema.String }))
 
-export const MAX_TOKEN_MINUTES_INVALID = `max_token_minutes must be null or an integer between 1 and ${DURATION_MAX_MINUTES}`
-export const MAX_TOKEN_REQUESTS_INVALID = `max_token_requests must be null or an integer between 1 and ${MAX_REQUESTS_MAX}`
+export const MAX_TOKEN_MINUTES_INVALID =
+  `max_token_minutes must be null or an integer between 1 and ${DURATION_MAX_MINUTES}`
+export const MAX_TOKEN_REQUESTS_INVALID =
+  `max_token_requests must be null or an integer between 1 and ${MAX_REQUESTS_MAX}`
 
 const MaxTokenMinutes = Schema.NullOr(
   Schema.Number.pipe(Schema.int(), Schema.between(1, DURATION_MAX_MINUTES))
 ).annotations({
   ...oneAnswer(MAX_TOKEN_MINUTES_INVALID),
-  description: "The longest lifetime (minutes) a project key may give a token of this project; null = no bound but the global one"
+  description:
+    "The longest lifetime (minutes) a project key may give a token of this project; null = no bound but the global one"
 })
 
 const MaxTokenRequests = Schema.NullOr(
@@ -289,9 +319,10 @@ export const UpstreamKeyInput = Schema.Struct({
     API_KEYS_INVALID
   ),
   weight: Schema.optional(
-    Numeric.pipe(wholeNumber(KEY_WEIGHT_INVALID), Schema.between(1, KEY_WEIGHT_MAX, answer(KEY_WEIGHT_INVALID))).annotations({
-      description: `Share of the requests, relative to the other keys of its provider (default 1)`
-    })
+    Numeric.pipe(wholeNumber(KEY_WEIGHT_INVALID), Schema.between(1, KEY_WEIGHT_MAX, answer(KEY_WEIGHT_INVALID)))
+      .annotations({
+        description: `Share of the requests, relative to the other keys of its provider (default 1)`
+      })
   ),
   provider: Schema.optional(
     Text.annotations({
@@ -299,7 +330,11 @@ export const UpstreamKeyInput = Schema.Struct({
         "every key of the project's provider is cooling down"
     })
   )
-}).annotations({ identifier: "UpstreamKeyInput", parseOptions: { onExcessProperty: "error" }, ...answer(API_KEYS_INVALID) })
+}).annotations({
+  identifier: "UpstreamKeyInput",
+  parseOptions: { onExcessProperty: "error" },
+  ...answer(API_KEYS_INVALID)
+})
 export type UpstreamKeyInput = typeof UpstreamKeyInput.Type
 
 const ApiKeysInput = Schema.Array(UpstreamKeyInput).annotations(answer(API_KEYS_INVALID)).pipe(
@@ -320,14 +355,18 @@ export const UpstreamKey = Schema.Struct({
     description: "On the instance that answers: ok, cooling_down (after a 429, 401, 403, 5xx or connection failure) " +
       "or circuit_open (its circuit breaker)"
   }),
-  until: Schema.optional(Timestamp.annotations({ description: "When a cooling key (or open breaker) takes requests again" }))
+  until: Schema.optional(
+    Timestamp.annotations({ description: "When a cooling key (or open breaker) takes requests again" })
+  )
 }).annotations({ identifier: "UpstreamKey" })
 export type UpstreamKey = typeof UpstreamKey.Type
 
 export const Project = Schema.Struct({
   id: Schema.String.annotations({ description: "UUID" }),
   name: Schema.String,
-  api_key: Schema.String.annotations({ description: "The provider key (the first of api_keys), obfuscated; never returned whole" }),
+  api_key: Schema.String.annotations({
+    description: "The provider key (the first of api_keys), obfuscated; never returned whole"
+  }),
   api_keys: Schema.Array(UpstreamKey),
   provider: Schema.String,
   is_active: Schema.Boolean,
@@ -346,13 +385,16 @@ const CreateProjectFields = Schema.Struct({
   name: required(projectName(Text.pipe(Schema.minLength(1, answer(NAME_AND_KEY_REQUIRED)))), NAME_AND_KEY_REQUIRED),
   api_key: Schema.optional(
     providerKey(Text.pipe(Schema.minLength(1, answer(NAME_AND_KEY_REQUIRED)))).annotations({
-      description: `The provider key, 1..${API_KEY_MAX} characters without whitespace; an obfuscated one (with "..." or ` +
+      description:
+        `The provider key, 1..${API_KEY_MAX} characters without whitespace; an obfuscated one (with "..." or ` +
         `"****") is refused. Required unless api_keys is given (the same as api_keys with this one key)`
     })
   ),
   api_keys: Schema.optional(ApiKeysInput),
   provider: Schema.optional(
-    Text.annotations({ description: "Provider name from the configuration (default openai); an unknown one is refused" })
+    Text.annotations({
+      description: "Provider name from the configuration (default openai); an unknown one is refused"
+    })
   ),
   rate_limit: Schema.optional(RateLimitSetting),
   allowed_models: Schema.optional(AllowedModels),
@@ -362,7 +404,10 @@ const CreateProjectFields = Schema.Struct({
 }).annotations(closedPayload())
 
 export const CreateProject = CreateProjectFields.pipe(
-  rule((p: typeof CreateProjectFields.Type) => p.api_key !== undefined || p.api_keys !== undefined, NAME_AND_KEY_REQUIRED),
+  rule(
+    (p: typeof CreateProjectFields.Type) => p.api_key !== undefined || p.api_keys !== undefined,
+    NAME_AND_KEY_REQUIRED
+  ),
   rule((p: typeof CreateProjectFields.Type) => p.api_key === undefined || p.api_keys === undefined, KEY_OR_KEYS)
 ).annotations({ identifier: "CreateProject" })
 export type CreateProject = typeof CreateProject.Type
@@ -388,10 +433,16 @@ export const UpdateProject = Schema.Struct({
     Flag.annotations({ description: "With is_active=false (only): revoke every active token of the project" })
   )
 }).annotations(closedPayload()).pipe(
-  rule((p: { readonly is_active?: boolean | undefined; readonly revoke_tokens?: boolean | undefined }) =>
-    p.revoke_tokens !== true || p.is_active === false, REVOKE_NEEDS_INACTIVE),
-  rule((p: { readonly api_key?: string | undefined; readonly api_keys?: ReadonlyArray<UpstreamKeyInput> | undefined }) =>
-    p.api_key === undefined || p.api_key === "" || p.api_keys === undefined, KEY_OR_KEYS)
+  rule(
+    (p: { readonly is_active?: boolean | undefined; readonly revoke_tokens?: boolean | undefined }) =>
+      p.revoke_tokens !== true || p.is_active === false,
+    REVOKE_NEEDS_INACTIVE
+  ),
+  rule(
+    (p: { readonly api_key?: string | undefined; readonly api_keys?: ReadonlyArray<UpstreamKeyInput> | undefined }) =>
+      p.api_key === undefined || p.api_key === "" || p.api_keys === undefined,
+    KEY_OR_KEYS
+  )
 ).annotations({ identifier: "UpdateProject" })
 export type UpdateProject = typeof UpdateProject.Type
 
@@ -404,7 +455,9 @@ export type BulkRevokeResult = typeof BulkRevokeResult.Type
 
 export const Token = Schema.Struct({
   id: Schema.String,
-  token: Schema.String.annotations({ description: "sk- + first 4 + **** + last 4; the secret itself is shown only once" }),
+  token: Schema.String.annotations({
+    description: "sk- + first 4 + **** + last 4; the secret itself is shown only once"
+  }),
   project_id: Schema.String,
   expires_at: Schema.NullOr(Timestamp),
   is_active: Schema.Boolean,
@@ -466,7 +519,10 @@ export const CreateToken = Schema.Struct({
   ),
   // A project key may leave it out: the handler fills in the key's own project before this Schema judges the body.
   project_id: required(
-    Text.pipe(Schema.minLength(1, answer(PROJECT_ID_REQUIRED)), Schema.pattern(UUID_PATTERN, answer("invalid project_id")))
+    Text.pipe(
+      Schema.minLength(1, answer(PROJECT_ID_REQUIRED)),
+      Schema.pattern(UUID_PATTERN, answer("invalid project_id"))
+    )
       .annotations({
         description: "UUID of an active project. A project key may leave it out (the key's own project); any other " +
           "project is 403 for it"
@@ -518,12 +574,16 @@ export const ListTokensParams = Schema.Struct({
     Schema.String.annotations({ description: "active (not revoked, not expired), expired (not revoked) or revoked" })
   ),
   search: Schema.optional(
-    Schema.String.annotations({ description: "The start of the token's id (case-insensitive), or its exact user or name" })
+    Schema.String.annotations({
+      description: "The start of the token's id (case-insensitive), or its exact user or name"
+    })
   ),
   user: Schema.optional(Schema.String.annotations({ description: "Only the tokens of this end user (exactly)" })),
   name: Schema.optional(Schema.String.annotations({ description: "Only the tokens of this name (exactly)" })),
   page_size: Schema.optional(
-    Schema.String.annotations({ description: "1..100 (default 20); with page_size or cursor the answer is a TokenPage" })
+    Schema.String.annotations({
+      description: "1..100 (default 20); with page_size or cursor the answer is a TokenPage"
+    })
   ),
   cursor: Schema.optional(
     Schema.String.annotations({ description: "next_cursor or prev_cursor of a TokenPage, or `last` for the last page" })
@@ -609,8 +669,12 @@ export const CachePurgeResult = Schema.Struct({
 export type CachePurgeResult = typeof CachePurgeResult.Type
 
 export const ListProjectsParams = Schema.Struct({
-  search: Schema.optional(Schema.String.annotations({ description: "Case-insensitive part of the name, or a project id" })),
-  page: Schema.optional(Schema.String.annotations({ description: "1-based; with page or page_size the answer is a ProjectPage" })),
+  search: Schema.optional(
+    Schema.String.annotations({ description: "Case-insensitive part of the name, or a project id" })
+  ),
+  page: Schema.optional(
+    Schema.String.annotations({ description: "1-based; with page or page_size the answer is a ProjectPage" })
+  ),
   page_size: Schema.optional(Schema.String.annotations({ description: "1..100 (default 20)" }))
 })
 
@@ -639,7 +703,8 @@ export const UsageParams = Schema.Struct({
   project_id: Schema.optional(Schema.String),
   token_id: Schema.optional(Schema.String),
   user: Schema.optional(Schema.String.annotations({
-    description: "Only the usage of this end user's tokens, summed (tokens deleted by TOKEN_RETENTION_DAYS no longer count)"
+    description:
+      "Only the usage of this end user's tokens, summed (tokens deleted by TOKEN_RETENTION_DAYS no longer count)"
   }))
 })
 
@@ -657,7 +722,9 @@ export type UsageHour = typeof UsageHour.Type
 export const UsageSeries = Schema.Struct({
   since: Timestamp,
   until: Timestamp,
-  hours: Schema.Array(UsageHour).annotations({ description: "Hours with usage, oldest first (hours without usage are absent)" }),
+  hours: Schema.Array(UsageHour).annotations({
+    description: "Hours with usage, oldest first (hours without usage are absent)"
+  }),
   totals: Schema.Struct({
     requests: Schema.Number,
     cache_hits: Schema.Number,
@@ -680,9 +747,13 @@ export const CreateProjectKey = Schema.Struct({
       Schema.minLength(1, answer(PROJECT_KEY_NAME_REQUIRED)),
       rule((s: string) => s.trim() !== "", "name must not be empty", { pattern: "\\S" }),
       Schema.maxLength(PROJECT_KEY_NAME_MAX, answer(`name must be at most ${PROJECT_KEY_NAME_MAX} characters`)),
-      rule((s: string) => !hasControlCharacters(s), "name must not contain control characters", { pattern: NO_CONTROL_PATTERN }),
+      rule((s: string) => !hasControlCharacters(s), "name must not contain control characters", {
+        pattern: NO_CONTROL_PATTERN
+      }),
       rule(isUnicodeText, "name must be valid Unicode text")
-    ).annotations({ description: `What the key is for (e.g. the app backend holding it), 1..${PROJECT_KEY_NAME_MAX} characters` }),
+    ).annotations({
+      description: `What the key is for (e.g. the app backend holding it), 1..${PROJECT_KEY_NAME_MAX} characters`
+    }),
     PROJECT_KEY_NAME_REQUIRED
   )
 }).annotations({ identifier: "CreateProjectKey", ...closedPayload() })
@@ -716,7 +787,11 @@ export const Login = Schema.Struct({
 
 export const SessionInfo = Schema.Struct({
   authenticated: Schema.Boolean,
-  csrf_token: Schema.optional(Schema.String.annotations({ description: "Send as X-CSRF-Token on every state-changing request" })),
-  expires_at: Schema.optional(Timestamp.annotations({ description: "When the session ends unless used before (idle timeout)" }))
+  csrf_token: Schema.optional(
+    Schema.String.annotations({ description: "Send as X-CSRF-Token on every state-changing request" })
+  ),
+  expires_at: Schema.optional(
+    Timestamp.annotations({ description: "When the session ends unless used before (idle timeout)" })
+  )
 }).annotations({ identifier: "SessionInfo" })
 export type SessionInfo = typeof SessionInfo.Type

@@ -56,9 +56,10 @@ export const rule = <A>(predicate: (a: A) => boolean, message: string, jsonSchem
  * A whole number, refused with `message` (not JSON Schema's "integer" alone: 1e20 is whole, and is then refused by
  * the field's bound with that bound's message).
  */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any -- a Schema's encoded type is invariant: any admits every encoding
-export const wholeNumber = (message: string) => <S extends Schema.Schema<number, any, never>>(self: S): Schema.filter<S> =>
-  self.pipe(Schema.filter<S>(Number.isInteger, { ...answer(message), jsonSchema: { type: "integer" } }))
+export const wholeNumber =
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a Schema's encoded type is invariant: any admits every encoding
+  (message: string) => <S extends Schema.Schema<number, any, never>>(self: S): Schema.filter<S> =>
+    self.pipe(Schema.filter<S>(Number.isInteger, { ...answer(message), jsonSchema: { type: "integer" } }))
 
 /** A field that must be present, refused with `message` when it is not. */
 export const required = <S extends Schema.Schema.Any>(self: S, message: string) =>

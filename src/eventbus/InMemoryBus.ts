@@ -5,7 +5,7 @@
  */
 import { Context, Effect, Layer, Option, PubSub, Queue } from "effect"
 import type { ProxyEvent } from "../domain/ProxyEvent.js"
-import { EventBus, EventSource, type Delivery, type Subscription } from "./EventBus.js"
+import { type Delivery, EventBus, EventSource, type Subscription } from "./EventBus.js"
 
 export const make = (capacity: number) =>
   Effect.gen(function*() {
@@ -46,10 +46,10 @@ export const make = (capacity: number) =>
               : Queue.takeBetween(queue, 1, max).pipe(
                 Effect.timeoutTo({ duration: waitMs, onTimeout: () => [], onSuccess: (c) => [...c] })
               )).pipe(
-              Effect.map((events) =>
-                events.map((event): Delivery => ({ id: String(++sequence), event, raw: "", redelivered: false }))
-              )
-            ),
+                Effect.map((events) =>
+                  events.map((event): Delivery => ({ id: String(++sequence), event, raw: "", redelivered: false }))
+                )
+              ),
           ack: () => Effect.void,
           keepAlive: () => Effect.void,
           lag: Effect.map(Queue.size(queue), (n) => ({ undelivered: Math.max(0, n), pending: 0 }))

@@ -10,7 +10,15 @@
 import { Effect, Layer, Option, Queue, Redacted, Runtime, Schedule } from "effect"
 import { Redis } from "ioredis"
 import { decodeProxyEventJson, type ProxyEvent } from "../domain/ProxyEvent.js"
-import { type Backlog, BusError, type Delivery, EventBus, EventSource, type GroupBacklog, type Subscription } from "./EventBus.js"
+import {
+  type Backlog,
+  BusError,
+  type Delivery,
+  EventBus,
+  EventSource,
+  type GroupBacklog,
+  type Subscription
+} from "./EventBus.js"
 
 export interface RedisStreamsOptions {
   readonly url: Redacted.Redacted<string>
@@ -44,7 +52,11 @@ const connect = (url: Redacted.Redacted<string>, name: string) =>
     const log = (effect: Effect.Effect<void>) => void Runtime.runFork(runtime)(effect)
     return yield* Effect.acquireRelease(
       Effect.sync(() => {
-        const redis = new Redis(Redacted.value(url), { lazyConnect: true, maxRetriesPerRequest: null, connectionName: name })
+        const redis = new Redis(Redacted.value(url), {
+          lazyConnect: true,
+          maxRetriesPerRequest: null,
+          connectionName: name
+        })
         let down = false
         redis.on("error", (e: Error) => {
           if (down) return
@@ -245,15 +257,17 @@ export const makeSource = (options: RedisStreamsOptions) =>
         // Blocking reads get their own connection so acks and claims never queue behind them.
         const reader = yield* connect(options.url, `llm-proxy-${consumer}-read`)
         const commands = yield* connect(options.url, `llm-proxy-${consumer}`)
-        const ensureGroup = redisCall("XGROUP CREATE", () => commands.xgroup("CREATE", key, group, "0", "MKSTREAM")).pipe(
-          Effect.catchIf((e) => e.message.includes("BUSYGROUP"), () => Effect.void),
-          Effect.asVoid
-        )
+        const ensureGroup = redisCall("XGROUP CREATE", () => commands.xgroup("CREATE", key, group, "0", "MKSTREAM"))
+          .pipe(
+            Effect.catchIf((e) => e.message.includes("BUSYGROUP"), () => Effect.void),
+            Effect.asVoid
+          )
         // a consumer that cannot reach Redis at start says so instead of waiting silently
         yield* ensureGroup.pipe(
           Effect.timeoutFail({
             duration: "15 seconds",
-            onTimeout: () => new BusError({ message: `cannot reach Redis at ${redisLocation(options.url)} (stream ${key})` })
+            onTimeout: () =>
+              new BusError({ message: `cannot reach Redis at ${redisLocation(options.url)} (stream ${key})` })
           })
         )
         let ownPending = true
@@ -263,7 +277,9 @@ export const makeSource = (options: RedisStreamsOptions) =>
         const claimEvery = Math.max(200, Math.floor(options.claimIdleMs / 2))
 
         const onNoGroup = <A>(self: Effect.Effect<A, BusError>) =>
-          self.pipe(Effect.catchIf((e) => e.message.includes("NOGROUP"), (e) => Effect.zipRight(ensureGroup, Effect.fail(e))))
+          self.pipe(
+            Effect.catchIf((e) => e.message.includes("NOGROUP"), (e) => Effect.zipRight(ensureGroup, Effect.fail(e)))
+          )
 
         const readOwnPending = (max: number) =>
           redisCall("XREADGROUP", () =>
@@ -275,7 +291,9 @@ export const makeSource = (options: RedisStreamsOptions) =>
                 const entries = (res?.[0]?.[1] ?? []) as Array<Entry>
                 if (entries.length === 0) ownPending = false
                 else ownCursor = entries[entries.length - 1]![0]
-                return entries.filter(([, f]) => f !== null).map(toDelivery(true))
+                return entries.filter(([, f]) =>
+                  f !== null
+                ).map(toDelivery(true))
               })
             )
 
@@ -289,9 +307,15 @@ export const makeSource = (options: RedisStreamsOptions) =>
                 lastClaim = Date.now()
                 // ids whose entries were trimmed away can never be delivered: drop them from the pending list
                 const ackDeleted = deleted !== undefined && deleted.length > 0
-                  ? redisCall("XACK", () => commands.xack(key, group, ...deleted))
+                  ? redisCall("XACK", () =>
+                    commands.xack(key, group, ...deleted))
                   : Effect.void
-                return Effect.as(ackDeleted, entries.filter(([, f]) => f !== null).map(toDelivery(true)))
+                return Effect.as(
+                  ackDeleted,
+                  entries.filter(([, f]) =>
+                    f !== null
+                  ).map(toDelivery(true))
+                )
               })
             )
 
@@ -328,11 +352,15 @@ export const makeSource = (options: RedisStreamsOptions) =>
         const sub: Subscription = {
           take,
           ack: (ids) =>
-            ids.length === 0 ? Effect.void : redisCall("XACK", () => commands.xack(key, group, ...ids)).pipe(Effect.asVoid),
+            ids.length === 0
+              ? Effect.void
+              : redisCall("XACK", () => commands.xack(key, group, ...ids)).pipe(Effect.asVoid),
           keepAlive: (ids) =>
             ids.length === 0
               ? Effect.void
-              : redisCall("XCLAIM", () => commands.xclaim(key, group, consumer, 0, ...ids, "JUSTID")).pipe(Effect.asVoid),
+              : redisCall("XCLAIM", () => commands.xclaim(key, group, consumer, 0, ...ids, "JUSTID")).pipe(
+                Effect.asVoid
+              ),
           lag: redisCall("XINFO GROUPS", () => commands.xinfo("GROUPS", key) as Promise<Array<Array<unknown>>>).pipe(
             Effect.map((rows) => {
               const info = rows.map(flatInfo).find((r) => r["name"] === group)
@@ -357,7 +385,8 @@ export const trimAcknowledged = (url: Redacted.Redacted<string>, key: string) =>
   Effect.scoped(
     Effect.gen(function*() {
       const redis = yield* connect(url, "llm-proxy-trim")
-      const groups = (yield* redisCall("XINFO GROUPS", () => redis.xinfo("GROUPS", key) as Promise<Array<Array<unknown>>>))
+      const groups = (yield* redisCall("XINFO GROUPS", () =>
+        redis.xinfo("GROUPS", key) as Promise<Array<Array<unknown>>>))
         .map(flatInfo)
       if (groups.length === 0) return 0
       let min: string | undefined
@@ -371,12 +400,19 @@ export const trimAcknowledged = (url: Redacted.Redacted<string>, key: string) =>
         if (Number(g["pending"]) > 0) {
           const summary = yield* redisCall("XPENDING", () =>
             redis.xpending(key, String(g["name"])) as Promise<[number, string | null, string | null, unknown]>)
-          if (summary[1] !== null) keep = summary[1]
+          if (summary[1] !== null) {
+            keep = summary[1]
+          }
         }
-        if (min === undefined || older(keep, min)) min = keep
+        if (min === undefined || older(keep, min)) {
+          min = keep
+        }
       }
-      if (min === undefined || min === "0-0") return 0
-      return yield* redisCall("XTRIM", () => redis.xtrim(key, "MINID", min))
+      if (min === undefined || min === "0-0") {
+        return 0
+      }
+      return yield* redisCall("XTRIM", () =>
+        redis.xtrim(key, "MINID", min))
     })
   )
 

@@ -63,7 +63,11 @@ export const secureDocs = (response: HttpServerResponse.HttpServerResponse): Htt
     docsPage = { html, csp: inlinePageCsp(html) }
   }
   return HttpServerResponse.html(docsPage.html).pipe(
-    HttpServerResponse.setHeaders({ ...SECURITY_HEADERS, "content-security-policy": docsPage.csp, "cache-control": "no-cache" })
+    HttpServerResponse.setHeaders({
+      ...SECURITY_HEADERS,
+      "content-security-policy": docsPage.csp,
+      "cache-control": "no-cache"
+    })
   )
 }
 

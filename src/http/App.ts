@@ -27,6 +27,7 @@ import { Health } from "../observability/Health.js"
 import { Metrics } from "../observability/Metrics.js"
 import { Store } from "../store/Store.js"
 import type { ProjectKeys } from "../token/ProjectKeys.js"
+import { AdminAssets, secureDocs, serveAdmin } from "./AdminUi.js"
 import * as AuditHttp from "./AuditHttp.js"
 import { currentRequestMeta, requestMetaOf } from "./auditing.js"
 import * as Auth from "./auth.js"
@@ -34,7 +35,6 @@ import type { AuthThrottle } from "./authThrottle.js"
 import * as CacheHttp from "./CacheHttp.js"
 import { jsonError, managementFallback } from "./fallback.js"
 import * as ProjectsHttp from "./ProjectsHttp.js"
-import { AdminAssets, secureDocs, serveAdmin } from "./AdminUi.js"
 import { AdminSessions } from "./session.js"
 import * as SessionHttp from "./SessionHttp.js"
 import * as TokensHttp from "./TokensHttp.js"
@@ -55,7 +55,9 @@ const decodeErrorsAsBadRequest = HttpApiBuilder.middleware(ManagementApi, (app) 
     (e): e is HttpApiError.HttpApiDecodeError => e instanceof HttpApiError.HttpApiDecodeError,
     (e) => {
       const key = e.issues[0]?.path[0]
-      return Effect.fail(new BadRequest({ error: key === undefined ? "invalid request" : `invalid parameter "${String(key)}"` }))
+      return Effect.fail(
+        new BadRequest({ error: key === undefined ? "invalid request" : `invalid parameter "${String(key)}"` })
+      )
     }
   ) as HttpApp.Default<BadRequest>)
 
@@ -96,10 +98,14 @@ export const metricsRefusal = (
     const header = request.headers.authorization ?? ""
     const presented = header.startsWith("Bearer ") ? header.slice("Bearer ".length) : ""
     if (presented !== "" && constantTimeEqual(presented, Redacted.value(token.value))) return undefined
-    return jsonError(401, "missing or invalid metrics token", { code: "unauthorized" }, { "www-authenticate": "Bearer realm=\"metrics\"" })
+    return jsonError(401, "missing or invalid metrics token", { code: "unauthorized" }, {
+      "www-authenticate": "Bearer realm=\"metrics\""
+    })
   }
   const peer = Option.getOrUndefined(request.remoteAddress)
-  if (peer !== undefined && isLoopback(peer) && FORWARDING_HEADERS.every((h) => request.headers[h] === undefined)) return undefined
+  if (peer !== undefined && isLoopback(peer) && FORWARDING_HEADERS.every((h) => request.headers[h] === undefined)) {
+    return undefined
+  }
   return jsonError(
     403,
     "metrics are served to loopback clients only; set METRICS_TOKEN or METRICS_ADDR to scrape them from elsewhere",
@@ -196,12 +202,17 @@ export const makeApp = Effect.gen(function*() {
         Cause.isInterruptedOnly(cause)
           ? Effect.failCause(cause)
           : Effect.as(
-            Effect.logError("unhandled error", Cause.pretty(cause)).pipe(Effect.annotateLogs({ request_id: requestId })),
+            Effect.logError("unhandled error", Cause.pretty(cause)).pipe(
+              Effect.annotateLogs({ request_id: requestId })
+            ),
             jsonError(500, "internal server error")
           )
       )
     )
-    return HttpServerResponse.setHeaders(response, { "x-request-id": requestId, "x-correlation-id": meta.correlationId })
+    return HttpServerResponse.setHeaders(response, {
+      "x-request-id": requestId,
+      "x-correlation-id": meta.correlationId
+    })
   })
   return app
 })

@@ -7,9 +7,9 @@ import { AuditRepo } from "../audit/AuditRepo.js"
 import { AuditActions, validateAuditQuery } from "../domain/audit.js"
 import { BadRequest, NotFound, ServiceUnavailable } from "../domain/errors.js"
 import { audited } from "./auditing.js"
-import { internal } from "./ProjectsHttp.js"
 import { decodeCursor, encodeCursor } from "./cursor.js"
 import { auditEventJson } from "./present.js"
+import { internal } from "./ProjectsHttp.js"
 
 const notFound = new NotFound({ error: "audit event not found" })
 
@@ -35,7 +35,10 @@ export const layer = HttpApiBuilder.group(ManagementApi, "audit", (handlers) =>
               if (urlParams.page !== undefined && urlParams.page !== "") {
                 return yield* new BadRequest({ error: "page and cursor cannot be combined" })
               }
-              const position = yield* Either.mapLeft(decodeCursor(urlParams.cursor), (error) => new BadRequest({ error }))
+              const position = yield* Either.mapLeft(
+                decodeCursor(urlParams.cursor),
+                (error) => new BadRequest({ error })
+              )
               yield* caughtUp
               const page = yield* repo.listPage(query, { limit: query.pageSize, position })
               Object.assign(note.details, { events_count: page.rows.length, page_size: query.pageSize, cursor: true })
@@ -46,7 +49,9 @@ export const layer = HttpApiBuilder.group(ManagementApi, "audit", (handlers) =>
                   has_next: page.hasNext,
                   has_prev: page.hasPrev,
                   next_cursor: page.hasNext && page.lastKey !== undefined ? encodeCursor("after", page.lastKey) : null,
-                  prev_cursor: page.hasPrev && page.firstKey !== undefined ? encodeCursor("before", page.firstKey) : null
+                  prev_cursor: page.hasPrev && page.firstKey !== undefined
+                    ? encodeCursor("before", page.firstKey)
+                    : null
                 }
               }
             }
@@ -80,6 +85,8 @@ export const layer = HttpApiBuilder.group(ManagementApi, "audit", (handlers) =>
             yield* available("audit event not available")
             yield* caughtUp
             const found = yield* repo.get(path.id)
-            return auditEventJson(yield* Option.match(found, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed }))
+            return auditEventJson(
+              yield* Option.match(found, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed })
+            )
           }).pipe(Effect.catchTag("StoreError", internal("failed to get audit event")))))
   }))

@@ -30,9 +30,12 @@ export const layer = HttpApiBuilder.group(ManagementApi, "cache", (handlers) =>
     return handlers.handleRaw("purge", ({ request }) =>
       audited(AuditActions.cachePurge, (note) =>
         Effect.gen(function*() {
-          if (!cache.enabled) return yield* new BadRequest({ error: "caching is disabled" })
+          if (!cache.enabled) {
+            return yield* new BadRequest({ error: "caching is disabled" })
+          }
           const body = yield* readJson(request).pipe(
-            Effect.catchTag("BadRequest", () => Effect.fail(new BadRequest({ error: "invalid JSON" })))
+            Effect.catchTag("BadRequest", () =>
+              Effect.fail(new BadRequest({ error: "invalid JSON" })))
           )
           Object.assign(note.details, described(body))
           const parsed = parsePurge(body)

@@ -14,7 +14,7 @@ import { BadRequest, Conflict, InternalError, NotFound } from "../domain/errors.
 import { CreateProject, CreateProjectKey, UpdateProject, type UpstreamKeyInput } from "../domain/models.js"
 import { isUuid, parsePageParam } from "../domain/validation.js"
 import { Upstream } from "../proxy/Upstream.js"
-import { Store, type StoreError, type StoredKey } from "../store/Store.js"
+import { Store, type StoredKey, type StoreError } from "../store/Store.js"
 import { TokenValidator } from "../token/TokenValidator.js"
 import { audited } from "./auditing.js"
 import { readPayload, validate } from "./body.js"
@@ -118,37 +118,37 @@ export const layer = HttpApiBuilder.group(ManagementApi, "projects", (handlers) 
           }).pipe(Effect.catchTag("StoreError", internal("failed to list projects")))))
       .handleRaw("create", ({ request }) =>
         audited(AuditActions.projectCreate, (note) =>
-        Effect.gen(function*() {
-          const input = yield* readCreateProject(request)
-          const provider = input.provider ?? providers.defaultProvider
-          yield* knownProvider(provider)
-          const apiKeys = yield* storedKeys(input.api_key, input.api_keys)
-          const row = yield* store.createProject({
-            id: crypto.randomUUID(),
-            name: input.name,
-            apiKeys,
-            provider,
-            rateLimit: rateLimitRow(input.rate_limit ?? null),
-            allowedModels: input.allowed_models ?? null,
-            maxTokenMinutes: input.max_token_minutes ?? null,
-            maxTokenRequests: input.max_token_requests ?? null,
-            budget: budgetRow(input),
-            now: yield* now
-          })
-          note.projectId = row.id
-          if (row.allowedModels !== null) note.details["allowed_models"] = row.allowedModels
-          note.details["project_name"] = row.name
-          note.details["provider"] = row.provider
-          note.details["key_count"] = apiKeys.length
-          if (row.budget.maxCostUsd !== null) note.details["max_cost_usd"] = row.budget.maxCostUsd
-          if (row.budget.maxTokens !== null) note.details["max_tokens"] = row.budget.maxTokens
-          return present(row, yield* Clock.currentTimeMillis)
-        }).pipe(
-          Effect.catchTags({
-            DuplicateProjectName: (e) => Effect.fail(conflict(e.name)),
-            StoreError: internal("failed to create project")
-          })
-        )))
+          Effect.gen(function*() {
+            const input = yield* readCreateProject(request)
+            const provider = input.provider ?? providers.defaultProvider
+            yield* knownProvider(provider)
+            const apiKeys = yield* storedKeys(input.api_key, input.api_keys)
+            const row = yield* store.createProject({
+              id: crypto.randomUUID(),
+              name: input.name,
+              apiKeys,
+              provider,
+              rateLimit: rateLimitRow(input.rate_limit ?? null),
+              allowedModels: input.allowed_models ?? null,
+              maxTokenMinutes: input.max_token_minutes ?? null,
+              maxTokenRequests: input.max_token_requests ?? null,
+              budget: budgetRow(input),
+              now: yield* now
+            })
+            note.projectId = row.id
+            if (row.allowedModels !== null) note.details["allowed_models"] = row.allowedModels
+            note.details["project_name"] = row.name
+            note.details["provider"] = row.provider
+            note.details["key_count"] = apiKeys.length
+            if (row.budget.maxCostUsd !== null) note.details["max_cost_usd"] = row.budget.maxCostUsd
+            if (row.budget.maxTokens !== null) note.details["max_tokens"] = row.budget.maxTokens
+            return present(row, yield* Clock.currentTimeMillis)
+          }).pipe(
+            Effect.catchTags({
+              DuplicateProjectName: (e) => Effect.fail(conflict(e.name)),
+              StoreError: internal("failed to create project")
+            })
+          )))
       .handle("get", ({ path }) =>
         audited(AuditActions.projectRead, (note) =>
           Effect.gen(function*() {
@@ -163,61 +163,61 @@ export const layer = HttpApiBuilder.group(ManagementApi, "projects", (handlers) 
           }).pipe(Effect.catchTag("StoreError", internal("failed to get project")))))
       .handleRaw("update", ({ path, request }) =>
         audited(AuditActions.projectUpdate, (note) =>
-        Effect.gen(function*() {
-          const id = yield* projectId(path.id)
-          note.projectId = id
-          const input = yield* readUpdateProject(request)
-          if (input.provider !== undefined) yield* knownProvider(input.provider)
-          // An empty api_key keeps the current keys.
-          const apiKey = input.api_key === "" ? undefined : input.api_key
-          const apiKeys = apiKey !== undefined || input.api_keys !== undefined
-            ? yield* storedKeys(apiKey, input.api_keys)
-            : undefined
-          const revokeTokens = input.revoke_tokens === true
-          note.details["updated_fields"] = [
-            ...(input.name !== undefined ? ["name"] : []),
-            ...(apiKey !== undefined ? ["api_key"] : []),
-            ...(input.api_keys !== undefined ? ["api_keys"] : []),
-            ...(input.provider !== undefined ? ["provider"] : []),
-            ...(input.is_active !== undefined ? ["is_active"] : []),
-            ...(input.rate_limit !== undefined ? ["rate_limit"] : []),
-            ...(input.allowed_models !== undefined ? ["allowed_models"] : []),
-            ...(input.max_token_minutes !== undefined ? ["max_token_minutes"] : []),
-            ...(input.max_token_requests !== undefined ? ["max_token_requests"] : []),
-            ...(input.max_cost_usd !== undefined ? ["max_cost_usd"] : []),
-            ...(input.max_tokens !== undefined ? ["max_tokens"] : []),
-            ...(input.budget_period !== undefined ? ["budget_period"] : []),
-            ...(revokeTokens ? ["revoke_tokens"] : [])
-          ]
-          const budget = budgetPatch(input)
-          const result = yield* store.updateProject(id, {
-            ...(input.name !== undefined ? { name: input.name } : {}),
-            ...(apiKeys !== undefined ? { apiKeys } : {}),
-            ...(input.provider !== undefined ? { provider: input.provider } : {}),
-            ...(input.rate_limit !== undefined ? { rateLimit: rateLimitRow(input.rate_limit) } : {}),
-            ...(input.allowed_models !== undefined ? { allowedModels: input.allowed_models } : {}),
-            ...(input.max_token_minutes !== undefined ? { maxTokenMinutes: input.max_token_minutes } : {}),
-            ...(input.max_token_requests !== undefined ? { maxTokenRequests: input.max_token_requests } : {}),
-            ...(budget !== undefined ? { budget } : {}),
-            ...(input.is_active !== undefined ? { isActive: input.is_active } : {}),
-            revokeTokens,
-            now: yield* now
-          })
-          const updated = yield* Option.match(result, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed })
-          // After the commit: the next proxy request re-reads activation, key and provider.
-          yield* validator.invalidate({ kind: "project", id })
-          yield* validator.settled
-          note.details["project_name"] = updated.project.name
-          note.details["is_active"] = updated.project.isActive
-          if (revokeTokens) note.details["tokens_revoked"] = updated.revoked
-          if (apiKeys !== undefined) note.details["key_count"] = apiKeys.length
-          return present(updated.project, yield* Clock.currentTimeMillis)
-        }).pipe(
-          Effect.catchTags({
-            DuplicateProjectName: (e) => Effect.fail(conflict(e.name)),
-            StoreError: internal("failed to update project")
-          })
-        )))
+          Effect.gen(function*() {
+            const id = yield* projectId(path.id)
+            note.projectId = id
+            const input = yield* readUpdateProject(request)
+            if (input.provider !== undefined) yield* knownProvider(input.provider)
+            // An empty api_key keeps the current keys.
+            const apiKey = input.api_key === "" ? undefined : input.api_key
+            const apiKeys = apiKey !== undefined || input.api_keys !== undefined
+              ? yield* storedKeys(apiKey, input.api_keys)
+              : undefined
+            const revokeTokens = input.revoke_tokens === true
+            note.details["updated_fields"] = [
+              ...(input.name !== undefined ? ["name"] : []),
+              ...(apiKey !== undefined ? ["api_key"] : []),
+              ...(input.api_keys !== undefined ? ["api_keys"] : []),
+              ...(input.provider !== undefined ? ["provider"] : []),
+              ...(input.is_active !== undefined ? ["is_active"] : []),
+              ...(input.rate_limit !== undefined ? ["rate_limit"] : []),
+              ...(input.allowed_models !== undefined ? ["allowed_models"] : []),
+              ...(input.max_token_minutes !== undefined ? ["max_token_minutes"] : []),
+              ...(input.max_token_requests !== undefined ? ["max_token_requests"] : []),
+              ...(input.max_cost_usd !== undefined ? ["max_cost_usd"] : []),
+              ...(input.max_tokens !== undefined ? ["max_tokens"] : []),
+              ...(input.budget_period !== undefined ? ["budget_period"] : []),
+              ...(revokeTokens ? ["revoke_tokens"] : [])
+            ]
+            const budget = budgetPatch(input)
+            const result = yield* store.updateProject(id, {
+              ...(input.name !== undefined ? { name: input.name } : {}),
+              ...(apiKeys !== undefined ? { apiKeys } : {}),
+              ...(input.provider !== undefined ? { provider: input.provider } : {}),
+              ...(input.rate_limit !== undefined ? { rateLimit: rateLimitRow(input.rate_limit) } : {}),
+              ...(input.allowed_models !== undefined ? { allowedModels: input.allowed_models } : {}),
+              ...(input.max_token_minutes !== undefined ? { maxTokenMinutes: input.max_token_minutes } : {}),
+              ...(input.max_token_requests !== undefined ? { maxTokenRequests: input.max_token_requests } : {}),
+              ...(budget !== undefined ? { budget } : {}),
+              ...(input.is_active !== undefined ? { isActive: input.is_active } : {}),
+              revokeTokens,
+              now: yield* now
+            })
+            const updated = yield* Option.match(result, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed })
+            // After the commit: the next proxy request re-reads activation, key and provider.
+            yield* validator.invalidate({ kind: "project", id })
+            yield* validator.settled
+            note.details["project_name"] = updated.project.name
+            note.details["is_active"] = updated.project.isActive
+            if (revokeTokens) note.details["tokens_revoked"] = updated.revoked
+            if (apiKeys !== undefined) note.details["key_count"] = apiKeys.length
+            return present(updated.project, yield* Clock.currentTimeMillis)
+          }).pipe(
+            Effect.catchTags({
+              DuplicateProjectName: (e) => Effect.fail(conflict(e.name)),
+              StoreError: internal("failed to update project")
+            })
+          )))
       .handle("revokeTokens", ({ path }) =>
         audited(AuditActions.tokenRevokeBatch, (note) =>
           Effect.gen(function*() {
@@ -232,7 +232,11 @@ export const layer = HttpApiBuilder.group(ManagementApi, "projects", (handlers) 
             })
             yield* validator.invalidate({ kind: "project", id })
             yield* validator.settled
-            return { revoked_count: counts.revoked, already_revoked_count: counts.alreadyRevoked, total_tokens: counts.total }
+            return {
+              revoked_count: counts.revoked,
+              already_revoked_count: counts.alreadyRevoked,
+              total_tokens: counts.total
+            }
           }).pipe(Effect.catchTag("StoreError", internal("failed to revoke project tokens")))))
       .handle("listKeys", ({ path }) =>
         audited(AuditActions.projectKeyList, (note) =>
@@ -259,7 +263,11 @@ export const layer = HttpApiBuilder.group(ManagementApi, "projects", (handlers) 
               keyHint: projectKeyHint(key),
               now: yield* now
             })
-            const row = yield* Option.match(created, { onNone: () => Effect.fail(notFound), onSome: Effect.succeed })
+            const row = yield* Option.match(created, {
+              onNone: () =>
+                Effect.fail(notFound),
+              onSome: Effect.succeed
+            })
             Object.assign(note.details, { key_id: row.id, key_name: row.name })
             return HttpServerResponse.unsafeJson(
               { id: row.id, name: row.name, key, project_id: row.projectId, created_at: row.createdAt },
@@ -271,11 +279,17 @@ export const layer = HttpApiBuilder.group(ManagementApi, "projects", (handlers) 
           Effect.gen(function*() {
             const id = yield* projectId(path.id)
             note.projectId = id
-            if (!isUuid(path.key_id)) return yield* new BadRequest({ error: "invalid project key id" })
+            if (!isUuid(path.key_id)) {
+              return yield* new BadRequest({ error: "invalid project key id" })
+            }
             const keyId = path.key_id.toLowerCase()
             note.details["key_id"] = keyId
             const revoked = yield* store.revokeProjectKey(id, keyId, yield* now)
-            const row = yield* Option.match(revoked, { onNone: () => Effect.fail(keyNotFound), onSome: Effect.succeed })
+            const row = yield* Option.match(revoked, {
+              onNone: () =>
+                Effect.fail(keyNotFound),
+              onSome: Effect.succeed
+            })
             // Keys are read from the database on every request (src/token/ProjectKeys.ts): its next request is
             // refused, whichever instance it reaches.
             note.details["key_name"] = row.name

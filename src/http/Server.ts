@@ -31,14 +31,24 @@ export class ServerAddress extends Context.Tag("llm-proxy/ServerAddress")<Server
 export const routeTemplate = (path: string): string =>
   path.split("/").map((seg, i) => (i >= 3 && /\d/.test(seg) ? ":id" : seg)).join("/")
 
-const spanName = (req: HttpServerRequest.HttpServerRequest) => `${req.method} ${routeTemplate(req.url.split("?")[0] ?? "/")}`
+const spanName = (req: HttpServerRequest.HttpServerRequest) =>
+  `${req.method} ${routeTemplate(req.url.split("?")[0] ?? "/")}`
 
 /** Probes and scrapes are not traced: they would drown the management API's spans. */
 const UNTRACED = new Set(["/health", "/ready", "/live", "/metrics", "/metrics/json", "/metrics/prometheus"])
 const untraced = (req: HttpServerRequest.HttpServerRequest) => UNTRACED.has(req.url.split("?")[0] ?? "/")
 
 /** Headers from which the platform's tracer would take a caller's trace (W3C Trace Context and B3). */
-const TRACE_HEADERS = ["traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags"]
+const TRACE_HEADERS = [
+  "traceparent",
+  "tracestate",
+  "b3",
+  "x-b3-traceid",
+  "x-b3-spanid",
+  "x-b3-parentspanid",
+  "x-b3-sampled",
+  "x-b3-flags"
+]
 
 /** Without TRUST_INCOMING_TRACE_CONTEXT a caller must not choose our trace ids: its trace headers are dropped. */
 const dropTraceContext = (headers: IncomingHttpHeaders) => {
@@ -48,7 +58,10 @@ const dropTraceContext = (headers: IncomingHttpHeaders) => {
 const DUPLICATE_AUTHORIZATION = JSON.stringify({ error: "more than one Authorization header" })
 
 const refuseDuplicateAuthorization = (res: ServerResponse) => {
-  res.writeHead(400, { "content-type": "application/json", "content-length": Buffer.byteLength(DUPLICATE_AUTHORIZATION) })
+  res.writeHead(400, {
+    "content-type": "application/json",
+    "content-length": Buffer.byteLength(DUPLICATE_AUTHORIZATION)
+  })
   res.end(DUPLICATE_AUTHORIZATION)
 }
 
@@ -131,8 +144,15 @@ export const layer = Layer.scoped(
     // Connection limits: counted from `connection` to `close`. A connection over a limit is not counted; its first
     // request gets 503 (total) / 429 (per peer address) and the connection is closed.
     const trusted = makeTrustedProxies(config.trustedProxies)
-    const limiter = new ConnectionLimiter(config.maxConnections, config.maxConnectionsPerIp, (ip) => trusted.contains(ip))
-    const refused = new WeakMap<Socket, { readonly verdict: Exclude<ConnectionVerdict, "ok">; readonly timer: NodeJS.Timeout }>()
+    const limiter = new ConnectionLimiter(
+      config.maxConnections,
+      config.maxConnectionsPerIp,
+      (ip) => trusted.contains(ip)
+    )
+    const refused = new WeakMap<
+      Socket,
+      { readonly verdict: Exclude<ConnectionVerdict, "ok">; readonly timer: NodeJS.Timeout }
+    >()
     let refusing = 0
     let refusedSinceLog = 0
     let lastLog = 0
@@ -190,7 +210,8 @@ export const layer = Layer.scoped(
     })
     server.on("clientError", answerClientError)
     yield* Effect.async<void, Error>((resume) => {
-      const onError = (e: Error) => resume(Effect.fail(new Error(`cannot listen on ${config.listen.host}:${config.listen.port}: ${e.message}`)))
+      const onError = (e: Error) =>
+        resume(Effect.fail(new Error(`cannot listen on ${config.listen.host}:${config.listen.port}: ${e.message}`)))
       server.once("error", onError)
       server.listen(config.listen.port, config.listen.host, () => {
         server.off("error", onError)

@@ -6,12 +6,12 @@
  */
 import { HttpApiBuilder, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect, Either, Option, Redacted } from "effect"
-import { PROJECT_KEY_PREFIX } from "../crypto/ProjectKey.js"
 import { ManagementApi } from "../api/ManagementApi.js"
 import { constantTimeEqual } from "../crypto/constantTime.js"
+import { PROJECT_KEY_PREFIX } from "../crypto/ProjectKey.js"
+import { AuditActions, AuditActors, projectKeyActor } from "../domain/audit.js"
 import { Forbidden, Unauthorized } from "../domain/errors.js"
 import { Login, type SessionInfo } from "../domain/models.js"
-import { AuditActions, AuditActors, projectKeyActor } from "../domain/audit.js"
 import { decodePayload } from "../domain/validation.js"
 import { auditDenial, auditRequest } from "./auditing.js"
 import { authenticateProjectKey, failedAttempt, forbidden, ManagementToken, presentedProjectKey } from "./auth.js"
@@ -71,7 +71,9 @@ export const layer = HttpApiBuilder.group(ManagementApi, "session", (handlers) =
           // attempt: one without a string `token` is a wrong token, and counts as one.
           const body = yield* readJson(request, 16 * 1024)
           const token = Either.getOrUndefined(decodeLogin(body))?.token
-          if (token !== undefined && token.startsWith(PROJECT_KEY_PREFIX)) yield* refuseProjectKey(token, AuditActions.adminLogin)
+          if (token !== undefined && token.startsWith(PROJECT_KEY_PREFIX)) {
+            yield* refuseProjectKey(token, AuditActions.adminLogin)
+          }
           if (token === undefined || token === "" || !constantTimeEqual(token, Redacted.value(expected))) {
             yield* failedAttempt(AuditActions.adminLogin, "invalid management token")
             return yield* new Unauthorized({ error: "invalid management token" })

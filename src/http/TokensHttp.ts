@@ -12,13 +12,20 @@ import { BadRequest, Forbidden, NotFound } from "../domain/errors.js"
 import { CreateToken, type ListTokensParams, UpdateToken, USER_MAX } from "../domain/models.js"
 import { isUuid, parseBooleanParam, parsePageParam, parseTimestamp } from "../domain/validation.js"
 import { firstPage, type PagePosition } from "../store/keyset.js"
-import { COUNT_CAP, type ProjectRow, Store, type TokenFilter, type TokenLabels, type TokenStatus } from "../store/Store.js"
+import {
+  COUNT_CAP,
+  type ProjectRow,
+  Store,
+  type TokenFilter,
+  type TokenLabels,
+  type TokenStatus
+} from "../store/Store.js"
 import { TokenValidator } from "../token/TokenValidator.js"
-import { type AuditNote, audited } from "./auditing.js"
+import { audited, type AuditNote } from "./auditing.js"
 import { decodeBody, readJson, validate } from "./body.js"
 import { caller, isProjectKey, ownProjectOnly, projectScope } from "./callers.js"
-import { checkDelegation, type DelegatedToken } from "./delegation.js"
 import { decodeCursor, encodeCursor } from "./cursor.js"
+import { checkDelegation, type DelegatedToken } from "./delegation.js"
 import { budgetPatch, budgetRow, quotaRow, rateLimitRow, tokenJson } from "./present.js"
 import { internal } from "./ProjectsHttp.js"
 
@@ -110,7 +117,9 @@ const noteLabels = (note: AuditNote, labels: TokenLabels, prefix = "") => {
 /** A project key's request against its project's bounds (delegation.ts): the 400, or what it gets by default. */
 const delegated = (token: DelegatedToken, project: ProjectRow) => {
   const verdict = checkDelegation(token, project)
-  return verdict._tag === "refused" ? Effect.fail(new BadRequest({ error: verdict.message })) : Effect.succeed(verdict.defaults)
+  return verdict._tag === "refused"
+    ? Effect.fail(new BadRequest({ error: verdict.message }))
+    : Effect.succeed(verdict.defaults)
 }
 
 export const layer = HttpApiBuilder.group(ManagementApi, "tokens", (handlers) =>
@@ -121,52 +130,54 @@ export const layer = HttpApiBuilder.group(ManagementApi, "tokens", (handlers) =>
     return handlers
       .handle("list", ({ urlParams }) =>
         audited(AuditActions.tokenList, (note) =>
-        Effect.gen(function*() {
-          const query = yield* validate(parseTokenListQuery(urlParams))
-          // A project key lists its own project's tokens, whether or not it names the project.
-          const projectId = yield* projectScope(yield* caller, query.projectId)
-          if (projectId !== undefined) note.projectId = projectId
-          const nowMs = yield* Clock.currentTimeMillis
-          const filter = {
-            ...query.filter,
-            ...(projectId !== undefined ? { projectId } : {}),
-            now: new Date(nowMs).toISOString()
-          }
-          Object.assign(note.details, {
-            filtered_by_project: projectId !== undefined,
-            active_only: query.filter.status === "active",
-            ...(query.filter.status !== undefined ? { status: query.filter.status } : {}),
-            ...(query.filter.search !== undefined ? { search: query.filter.search } : {}),
-            ...(query.filter.user !== undefined ? { user: query.filter.user } : {}),
-            ...(query.filter.name !== undefined ? { name: query.filter.name } : {})
-          })
-          if (query.paged === undefined) {
-            // The legacy array: the newest LIST_MAX, with a header saying when more match.
-            const page = yield* store.listTokens(filter, { limit: LIST_MAX, position: firstPage })
-            note.details["token_count"] = page.rows.length
-            const body = page.rows.map((r) => tokenJson(r, nowMs))
-            return page.hasNext ? HttpServerResponse.unsafeJson(body, { headers: { "x-truncated": "true" } }) : body
-          }
-          const { pageSize, position } = query.paged
-          const page = yield* store.listTokens(filter, { limit: pageSize, position })
-          note.details["token_count"] = page.rows.length
-          note.details["page_size"] = pageSize
-          return {
-            tokens: page.rows.map((r) => tokenJson(r, nowMs)),
-            pagination: {
-              page_size: pageSize,
-              has_next: page.hasNext,
-              has_prev: page.hasPrev,
-              next_cursor: page.hasNext && page.lastKey !== undefined ? encodeCursor("after", page.lastKey) : null,
-              prev_cursor: page.hasPrev && page.firstKey !== undefined ? encodeCursor("before", page.firstKey) : null
+          Effect.gen(function*() {
+            const query = yield* validate(parseTokenListQuery(urlParams))
+            // A project key lists its own project's tokens, whether or not it names the project.
+            const projectId = yield* projectScope(yield* caller, query.projectId)
+            if (projectId !== undefined) note.projectId = projectId
+            const nowMs = yield* Clock.currentTimeMillis
+            const filter = {
+              ...query.filter,
+              ...(projectId !== undefined ? { projectId } : {}),
+              now: new Date(nowMs).toISOString()
             }
-          }
-        }).pipe(Effect.catchTag("StoreError", internal("failed to list tokens")))))
+            Object.assign(note.details, {
+              filtered_by_project: projectId !== undefined,
+              active_only: query.filter.status === "active",
+              ...(query.filter.status !== undefined ? { status: query.filter.status } : {}),
+              ...(query.filter.search !== undefined ? { search: query.filter.search } : {}),
+              ...(query.filter.user !== undefined ? { user: query.filter.user } : {}),
+              ...(query.filter.name !== undefined ? { name: query.filter.name } : {})
+            })
+            if (query.paged === undefined) {
+              // The legacy array: the newest LIST_MAX, with a header saying when more match.
+              const page = yield* store.listTokens(filter, { limit: LIST_MAX, position: firstPage })
+              note.details["token_count"] = page.rows.length
+              const body = page.rows.map((r) => tokenJson(r, nowMs))
+              return page.hasNext ? HttpServerResponse.unsafeJson(body, { headers: { "x-truncated": "true" } }) : body
+            }
+            const { pageSize, position } = query.paged
+            const page = yield* store.listTokens(filter, { limit: pageSize, position })
+            note.details["token_count"] = page.rows.length
+            note.details["page_size"] = pageSize
+            return {
+              tokens: page.rows.map((r) => tokenJson(r, nowMs)),
+              pagination: {
+                page_size: pageSize,
+                has_next: page.hasNext,
+                has_prev: page.hasPrev,
+                next_cursor: page.hasNext && page.lastKey !== undefined ? encodeCursor("after", page.lastKey) : null,
+                prev_cursor: page.hasPrev && page.firstKey !== undefined ? encodeCursor("before", page.firstKey) : null
+              }
+            }
+          }).pipe(Effect.catchTag("StoreError", internal("failed to list tokens")))))
       .handle("counts", ({ urlParams }) =>
         audited(AuditActions.tokenList, (note) =>
           Effect.gen(function*() {
             const raw = urlParams.project_id
-            if (raw !== undefined && raw !== "" && !isUuid(raw)) return yield* new BadRequest({ error: "invalid project_id" })
+            if (raw !== undefined && raw !== "" && !isUuid(raw)) {
+              return yield* new BadRequest({ error: "invalid project_id" })
+            }
             const projectId = yield* projectScope(yield* caller, raw ? raw.toLowerCase() : undefined)
             if (projectId !== undefined) note.projectId = projectId
             const now = new Date(yield* Clock.currentTimeMillis).toISOString()
@@ -176,69 +187,76 @@ export const layer = HttpApiBuilder.group(ManagementApi, "tokens", (handlers) =>
           }).pipe(Effect.catchTag("StoreError", internal("failed to count tokens")))))
       .handleRaw("create", ({ request }) =>
         audited(AuditActions.tokenCreate, (note) =>
-        Effect.gen(function*() {
-          const who = yield* caller
-          const body = yield* readJson(request)
-          // A project key may leave project_id out: its own project. Filled in before the Schema judges the body.
-          const filled = isProjectKey(who) && typeof body === "object" && body !== null && !Array.isArray(body) &&
-              !("project_id" in body)
-            ? { ...body, project_id: who.projectId }
-            : body
-          const input = yield* decodeCreateToken(filled)
-          const projectId = input.project_id.toLowerCase()
-          note.projectId = projectId
-          note.details["duration_minutes"] = input.duration_minutes
-          yield* ownProjectOnly(who, projectId)
-          let maxRequests = input.max_requests
-          if (isProjectKey(who)) {
-            // Bounded by what the project lets its keys mint. (One read more than the management token's path.)
-            const project = yield* Option.match(yield* store.getProject(projectId), {
-              onNone: () => Effect.fail(new NotFound({ error: "project not found" })),
-              onSome: Effect.succeed
+          Effect.gen(function*() {
+            const who = yield* caller
+            const body = yield* readJson(request)
+            // A project key may leave project_id out: its own project. Filled in before the Schema judges the body.
+            const filled = isProjectKey(who) && typeof body === "object" && body !== null && !Array.isArray(body) &&
+                !("project_id" in body)
+              ? { ...body, project_id: who.projectId }
+              : body
+            const input = yield* decodeCreateToken(filled)
+            const projectId = input.project_id.toLowerCase()
+            note.projectId = projectId
+            note.details["duration_minutes"] = input.duration_minutes
+            yield* ownProjectOnly(who, projectId)
+            let maxRequests = input.max_requests
+            if (isProjectKey(who)) {
+              // Bounded by what the project lets its keys mint. (One read more than the management token's path.)
+              const project = yield* Option.match(yield* store.getProject(projectId), {
+                onNone: () => Effect.fail(new NotFound({ error: "project not found" })),
+                onSome: Effect.succeed
+              })
+              const defaults = yield* delegated({
+                payload: input,
+                lifetimeMinutes: input.duration_minutes,
+                creating: true
+              }, project)
+              maxRequests ??= defaults["max_requests"]
+            }
+            const labels = labelsOf(input)
+            noteLabels(note, labels)
+            const nowMs = yield* Clock.currentTimeMillis
+            const secret = generateProxyToken()
+            // One statement checks the project (exists, active) and inserts the token.
+            const result = yield* store.createTokenForProject({
+              id: crypto.randomUUID(),
+              tokenHash: hashProxyToken(secret),
+              tokenHint: tokenHint(secret),
+              projectId,
+              expiresAt: new Date(nowMs + input.duration_minutes * 60_000).toISOString(),
+              maxRequests: quotaRow(maxRequests ?? null),
+              rateLimit: rateLimitRow(input.rate_limit ?? null),
+              ...labels,
+              ...(isProjectKey(who) ? { projectKeyId: who.keyId } : {}),
+              budget: budgetRow(input),
+              now: new Date(nowMs).toISOString()
             })
-            const defaults = yield* delegated({ payload: input, lifetimeMinutes: input.duration_minutes, creating: true }, project)
-            maxRequests ??= defaults["max_requests"]
-          }
-          const labels = labelsOf(input)
-          noteLabels(note, labels)
-          const nowMs = yield* Clock.currentTimeMillis
-          const secret = generateProxyToken()
-          // One statement checks the project (exists, active) and inserts the token.
-          const result = yield* store.createTokenForProject({
-            id: crypto.randomUUID(),
-            tokenHash: hashProxyToken(secret),
-            tokenHint: tokenHint(secret),
-            projectId,
-            expiresAt: new Date(nowMs + input.duration_minutes * 60_000).toISOString(),
-            maxRequests: quotaRow(maxRequests ?? null),
-            rateLimit: rateLimitRow(input.rate_limit ?? null),
-            ...labels,
-            ...(isProjectKey(who) ? { projectKeyId: who.keyId } : {}),
-            budget: budgetRow(input),
-            now: new Date(nowMs).toISOString()
-          })
-          if (result._tag === "project_not_found") return yield* new NotFound({ error: "project not found" })
-          if (result._tag === "project_inactive") {
-            return yield* new Forbidden({ error: "cannot create tokens for inactive projects", code: "project_inactive" })
-          }
-          const row = result.token
-          note.tokenId = row.id
-          note.details["expires_at"] = row.expiresAt
-          if (row.maxRequests !== null) note.details["max_requests"] = row.maxRequests
-          if (row.budget.maxCostUsd !== null) note.details["max_cost_usd"] = row.budget.maxCostUsd
-          if (row.budget.maxTokens !== null) note.details["max_tokens"] = row.budget.maxTokens
-          return {
-            id: row.id,
-            token: secret,
-            project_id: row.projectId,
-            expires_at: row.expiresAt ?? "",
-            ...(row.maxRequests !== null ? { max_requests: row.maxRequests } : {}),
-            ...(row.name !== null ? { name: row.name } : {}),
-            ...(row.user !== null ? { user: row.user } : {}),
-            ...(row.metadata !== null ? { metadata: row.metadata } : {}),
-            ...(row.allowedModels !== null ? { allowed_models: row.allowedModels } : {})
-          }
-        }).pipe(Effect.catchTag("StoreError", internal("failed to store token")))))
+            if (result._tag === "project_not_found") return yield* new NotFound({ error: "project not found" })
+            if (result._tag === "project_inactive") {
+              return yield* new Forbidden({
+                error: "cannot create tokens for inactive projects",
+                code: "project_inactive"
+              })
+            }
+            const row = result.token
+            note.tokenId = row.id
+            note.details["expires_at"] = row.expiresAt
+            if (row.maxRequests !== null) note.details["max_requests"] = row.maxRequests
+            if (row.budget.maxCostUsd !== null) note.details["max_cost_usd"] = row.budget.maxCostUsd
+            if (row.budget.maxTokens !== null) note.details["max_tokens"] = row.budget.maxTokens
+            return {
+              id: row.id,
+              token: secret,
+              project_id: row.projectId,
+              expires_at: row.expiresAt ?? "",
+              ...(row.maxRequests !== null ? { max_requests: row.maxRequests } : {}),
+              ...(row.name !== null ? { name: row.name } : {}),
+              ...(row.user !== null ? { user: row.user } : {}),
+              ...(row.metadata !== null ? { metadata: row.metadata } : {}),
+              ...(row.allowedModels !== null ? { allowed_models: row.allowedModels } : {})
+            }
+          }).pipe(Effect.catchTag("StoreError", internal("failed to store token")))))
       .handle("get", ({ path }) =>
         audited(AuditActions.tokenRead, (note) =>
           Effect.gen(function*() {

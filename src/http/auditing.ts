@@ -53,15 +53,18 @@ export const requestMetaOf = (request: HttpServerRequest.HttpServerRequest, trus
 }
 
 /** The request's fields of an audit event. */
-export const requestFields = Effect.map(FiberRef.get(currentRequestMeta), (m): Partial<AuditEntry> =>
-  m === undefined ? {} : {
-    requestId: m.requestId,
-    correlationId: m.correlationId,
-    clientIp: m.clientIp,
-    userAgent: m.userAgent,
-    method: m.method,
-    path: m.path
-  })
+export const requestFields = Effect.map(
+  FiberRef.get(currentRequestMeta),
+  (m): Partial<AuditEntry> =>
+    m === undefined ? {} : {
+      requestId: m.requestId,
+      correlationId: m.correlationId,
+      clientIp: m.clientIp,
+      userAgent: m.userAgent,
+      method: m.method,
+      path: m.path
+    }
+)
 
 export interface RequestAuditEvent {
   readonly action: string
@@ -132,7 +135,9 @@ export interface AuditNote {
 }
 
 const outcomeOf = (error: unknown): { outcome: Outcome; reason: string; validation: boolean } => {
-  if (!Predicate.hasProperty(error, "_tag") || !Predicate.hasProperty(error, "error") || typeof error.error !== "string") {
+  if (
+    !Predicate.hasProperty(error, "_tag") || !Predicate.hasProperty(error, "error") || typeof error.error !== "string"
+  ) {
     return { outcome: "error", reason: "internal error", validation: false }
   }
   switch (error._tag) {

@@ -27,7 +27,9 @@ import { AuthThrottle } from "./authThrottle.js"
 import { jsonError } from "./fallback.js"
 import { AdminSessions, CSRF_HEADER, SESSION_COOKIE } from "./session.js"
 
-export class ManagementToken extends Context.Tag("llm-proxy/ManagementToken")<ManagementToken, Redacted.Redacted<string>>() {}
+export class ManagementToken
+  extends Context.Tag("llm-proxy/ManagementToken")<ManagementToken, Redacted.Redacted<string>>()
+{}
 
 const PREFIX = "Bearer "
 const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"])
@@ -136,7 +138,11 @@ const scopes = projectKeyScopes(ManagementApi)
 /** A project key on an endpoint it may not call: 403, counted into the aggregated `management.auth` denials. */
 const refuseOutOfScope = (caller: Extract<Caller, { _tag: "project_key" }>) =>
   Effect.zipRight(
-    auditDenial({ action: AuditActions.managementAuth, actor: projectKeyActor(caller.keyId), reason: PROJECT_KEY_FORBIDDEN }),
+    auditDenial({
+      action: AuditActions.managementAuth,
+      actor: projectKeyActor(caller.keyId),
+      reason: PROJECT_KEY_FORBIDDEN
+    }),
     Effect.fail(forbidden())
   )
 
@@ -145,16 +151,22 @@ export const authorize = Effect.gen(function*() {
   const caller = yield* authenticate
   if (caller._tag === "management") return caller
   const route = yield* Effect.serviceOption(HttpRouter.RouteContext)
-  const scope = Option.flatMap(route, (r) => Option.flatten(Option.fromNullable(scopes.get(routeKey(r.route.method, r.route.path)))))
+  const scope = Option.flatMap(
+    route,
+    (r) => Option.flatten(Option.fromNullable(scopes.get(routeKey(r.route.method, r.route.path))))
+  )
   if (Option.isNone(scope)) return yield* refuseOutOfScope(caller)
   return caller
 })
 
 export const layer = Layer.effect(
   ManagementAuth,
-  Effect.map(Effect.context<ManagementToken | AdminSessions | AuditLog | AuthThrottle | ProjectKeys>(), (context) =>
-    ManagementAuth.of({
-      // The platform's bearer decoder slices any header; we re-read it to tell "missing" from "wrong".
-      bearer: () => Effect.provide(authorize, context)
-    }))
+  Effect.map(
+    Effect.context<ManagementToken | AdminSessions | AuditLog | AuthThrottle | ProjectKeys>(),
+    (context) =>
+      ManagementAuth.of({
+        // The platform's bearer decoder slices any header; we re-read it to tell "missing" from "wrong".
+        bearer: () => Effect.provide(authorize, context)
+      })
+  )
 )

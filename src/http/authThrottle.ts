@@ -89,7 +89,11 @@ interface ThrottleRedis extends Redis {
 
 export const REDIS_PREFIX = "llm-proxy:mgmt-auth:"
 
-export const layerRedis = (url: string, options: AuthThrottleOptions, prefix = REDIS_PREFIX): Layer.Layer<AuthThrottle> =>
+export const layerRedis = (
+  url: string,
+  options: AuthThrottleOptions,
+  prefix = REDIS_PREFIX
+): Layer.Layer<AuthThrottle> =>
   Layer.scoped(
     AuthThrottle,
     Effect.gen(function*() {
@@ -106,7 +110,9 @@ export const layerRedis = (url: string, options: AuthThrottleOptions, prefix = R
         if (now - loggedAt < 10_000) return
         loggedAt = now
         Runtime.runFork(runtime)(
-          Effect.logWarning(`management auth throttle (Redis): ${message}; counting failed attempts on this instance meanwhile`)
+          Effect.logWarning(
+            `management auth throttle (Redis): ${message}; counting failed attempts on this instance meanwhile`
+          )
         )
       }
       client.on("error", (e: Error) => warn(e.message))
@@ -135,7 +141,11 @@ export const layerRedis = (url: string, options: AuthThrottleOptions, prefix = R
             local.retryAfter(ip)
           ),
         // Counted here too, so an outage does not reset what this instance saw.
-        failed: (ip) => Effect.zipRight(local.failed(ip), ask(() => client.authFailed(prefix + ip, options.windowMs).then(() => undefined), Effect.void))
+        failed: (ip) =>
+          Effect.zipRight(
+            local.failed(ip),
+            ask(() => client.authFailed(prefix + ip, options.windowMs).then(() => undefined), Effect.void)
+          )
       }
       return shape
     })

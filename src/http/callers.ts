@@ -22,5 +22,7 @@ export const ownProjectOnly = (c: Caller, projectId: string) =>
  */
 export const projectScope = (c: Caller, requested: string | undefined) =>
   isProjectKey(c)
-    ? requested !== undefined && requested !== c.projectId ? Effect.fail(forbidden()) : Effect.succeed<string | undefined>(c.projectId)
+    ? requested !== undefined && requested !== c.projectId
+      ? Effect.fail(forbidden())
+      : Effect.succeed<string | undefined>(c.projectId)
     : Effect.succeed(requested)

@@ -16,7 +16,14 @@ const ID = /^[0-9A-Za-z._:-]{1,128}$/
 const validTime = (time: string) => {
   const m = TIME.exec(time)
   if (m === null) return false
-  const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number) as [number, number, number, number, number, number]
+  const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number) as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number
+  ]
   const date = new Date(Date.UTC(year, month - 1, day))
   return date.getUTCFullYear() === year && date.getUTCMonth() === month - 1 && date.getUTCDate() === day &&
     hour < 24 && minute < 60 && second < 60

@@ -58,7 +58,8 @@ export const DELEGATION_RULES: ReadonlyArray<DelegationRule> = [
     },
     defaultToLimit: true,
     unlimitedExceeds: true,
-    message: (limit) => `max_requests must be between 1 and ${limit} for a token a project key mints (the project's max_token_requests)`
+    message: (limit) =>
+      `max_requests must be between 1 and ${limit} for a token a project key mints (the project's max_token_requests)`
   },
   // A token's own budget may be smaller than its project's, never larger (whatever the two periods: the project's
   // budget applies to the token as well). A token without one is under the project's.

@@ -9,8 +9,12 @@ import { isUuid } from "../domain/validation.js"
 import { auditRequest } from "./auditing.js"
 import { authorize } from "./auth.js"
 
-export const jsonError = (status: number, error: string, extra?: Record<string, string>, headers?: Record<string, string>) =>
-  HttpServerResponse.unsafeJson({ error, ...extra }, { status, ...(headers ? { headers } : {}) })
+export const jsonError = (
+  status: number,
+  error: string,
+  extra?: Record<string, string>,
+  headers?: Record<string, string>
+) => HttpServerResponse.unsafeJson({ error, ...extra }, { status, ...(headers ? { headers } : {}) })
 
 type Known =
   | { readonly kind: "collection"; readonly allow: string }
@@ -27,7 +31,9 @@ const classify = (path: string): Known | undefined => {
   const parts = path.split("/").slice(2) // ["projects", ...] after "", "manage"
   const [resource, id, ...rest] = parts
   if (resource === "cache") {
-    return id === "purge" && rest.length === 0 ? { kind: "item", allow: "POST", invalidId: "invalid request" } : undefined
+    return id === "purge" && rest.length === 0
+      ? { kind: "item", allow: "POST", invalidId: "invalid request" }
+      : undefined
   }
   if (resource === "audit") {
     if (id === undefined) return { kind: "collection", allow: "GET" }
@@ -43,7 +49,9 @@ const classify = (path: string): Known | undefined => {
     if (rest.length === 2 && rest[0] === "tokens" && rest[1] === "revoke") {
       return { kind: "item", allow: "POST", invalidId: "invalid project id" }
     }
-    if (rest.length === 1 && rest[0] === "keys") return { kind: "item", allow: "GET, POST", invalidId: "invalid project id" }
+    if (rest.length === 1 && rest[0] === "keys") {
+      return { kind: "item", allow: "GET, POST", invalidId: "invalid project id" }
+    }
     if (rest.length === 2 && rest[0] === "keys" && rest[1] !== "") {
       return { kind: "item", allow: "DELETE", invalidId: "invalid project key id" }
     }
@@ -74,7 +82,9 @@ export const managementFallback = Effect.gen(function*() {
           ...(isUuid(id) ? { projectId: id.toLowerCase() } : {}),
           details: { error_type: "method not allowed" }
         })
-        return jsonError(405, "method not allowed", { message: "project deletion is not permitted" }, { allow: "GET, PATCH" })
+        return jsonError(405, "method not allowed", { message: "project deletion is not permitted" }, {
+          allow: "GET, PATCH"
+        })
       }
       return jsonError(405, "method not allowed", undefined, { allow: "GET, PATCH" })
     case "item":

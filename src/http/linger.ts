@@ -20,7 +20,12 @@ export const LINGER_MS = 2_000
  * Makes the answer about to be written on `res` close its connection lingering. Call before `res.end()`; sets
  * `Connection: close` when the headers are not written yet (otherwise the caller must have set it).
  */
-export const closeLingering = (req: IncomingMessage, res: ServerResponse, bytes = LINGER_BYTES, ms = LINGER_MS): void => {
+export const closeLingering = (
+  req: IncomingMessage,
+  res: ServerResponse,
+  bytes = LINGER_BYTES,
+  ms = LINGER_MS
+): void => {
   const socket = req.socket
   if (!res.headersSent) res.setHeader("connection", "close")
   if (!req.complete) {

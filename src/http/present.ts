@@ -6,7 +6,15 @@ import type { StoredAuditEvent } from "../audit/AuditRepo.js"
 import { AuditActors, type AuditEvent, projectKeyActor } from "../domain/audit.js"
 import type { BudgetPeriod, Project, ProjectKey, RateLimitSetting, Token, UpstreamKey } from "../domain/models.js"
 import { periodEndOf, spentIn } from "../spend/periods.js"
-import type { BudgetPatch, BudgetRow, ProjectKeyRow, ProjectRow, RateLimitRow, SpendRow, TokenRow } from "../store/Store.js"
+import type {
+  BudgetPatch,
+  BudgetRow,
+  ProjectKeyRow,
+  ProjectRow,
+  RateLimitRow,
+  SpendRow,
+  TokenRow
+} from "../store/Store.js"
 
 const rateLimitJson = (r: RateLimitRow | null) =>
   r === null ? null : {

@@ -58,12 +58,19 @@ export const redactQueryInSpan = <E, R>(app: HttpApp.Default<E, R>): HttpApp.Def
     const q = request.url.indexOf("?")
     if (q === -1) return app
     return Effect.zipRight(
-      Effect.map(Effect.option(Effect.currentSpan), Option.map((span) => {
-        const query = redactQuery(request.url.slice(q + 1))
-        const full = span.attributes.get("url.full")
-        if (typeof full === "string" && full.includes("?")) span.attribute("url.full", `${full.slice(0, full.indexOf("?"))}?${query}`)
-        if (span.attributes.has("url.query")) span.attribute("url.query", query)
-      })),
+      Effect.map(
+        Effect.option(Effect.currentSpan),
+        Option.map((span) => {
+          const query = redactQuery(request.url.slice(q + 1))
+          const full = span.attributes.get("url.full")
+          if (typeof full === "string" && full.includes("?")) {
+            span.attribute("url.full", `${full.slice(0, full.indexOf("?"))}?${query}`)
+          }
+          if (span.attributes.has("url.query")) {
+            span.attribute("url.query", query)
+          }
+        })
+      ),
       app
     )
   })

@@ -19,7 +19,11 @@ export const swaggerPage: Effect.Effect<HttpServerResponse.HttpServerResponse> =
     const router = yield* HttpApiBuilder.Router.router
     const request = HttpServerRequest.fromWeb(new Request("http://localhost/manage/docs"))
     // Typed as needing the platform's services; the Swagger route answers with a fixed page and uses none of them.
-    const app = router as unknown as Effect.Effect<HttpServerResponse.HttpServerResponse, unknown, HttpServerRequest.HttpServerRequest>
+    const app = router as unknown as Effect.Effect<
+      HttpServerResponse.HttpServerResponse,
+      unknown,
+      HttpServerRequest.HttpServerRequest
+    >
     const response = yield* Effect.provideService(app, HttpServerRequest.HttpServerRequest, request)
     page = response
     return response

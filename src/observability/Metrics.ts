@@ -186,7 +186,13 @@ export const make = (options: { readonly processMetrics?: boolean } = {}) =>
     // and a scrape carries one series per quantity. /metrics/json keeps `uptime_seconds` for the Go llm-proxy's users.
 
     // -- request path ---------------------------------------------------------------------------------------------
-    const series = new RequestSeries(registry, OVERHEAD_BUCKETS, LATENCY_BUCKETS, FIRST_TOKEN_BUCKETS, TOKENS_PER_SECOND_BUCKETS)
+    const series = new RequestSeries(
+      registry,
+      OVERHEAD_BUCKETS,
+      LATENCY_BUCKETS,
+      FIRST_TOKEN_BUCKETS,
+      TOKENS_PER_SECOND_BUCKETS
+    )
     const rateLimited = new Counter({
       name: "llm_proxy_rate_limit_rejections_total",
       help: "Requests refused by a window rate limit, by scope (token, project)",
@@ -212,13 +218,21 @@ export const make = (options: { readonly processMetrics?: boolean } = {}) =>
       registers: [registry]
     })
     for (const scope of ["token", "project", "all"]) tokenInvalidations.inc({ scope }, 0)
-    const tokenHits = pulledCounter(registry, "llm_proxy_token_cache_hits_total", "Proxy tokens answered from the in-memory validator cache")
+    const tokenHits = pulledCounter(
+      registry,
+      "llm_proxy_token_cache_hits_total",
+      "Proxy tokens answered from the in-memory validator cache"
+    )
     const tokenMisses = pulledCounter(
       registry,
       "llm_proxy_token_cache_misses_total",
       "Proxy tokens not in the validator cache (read from the database)"
     )
-    const tokenEntries = new Gauge({ name: "llm_proxy_token_cache_entries", help: "Entries in the token-validator cache", registers: [registry] })
+    const tokenEntries = new Gauge({
+      name: "llm_proxy_token_cache_entries",
+      help: "Entries in the token-validator cache",
+      registers: [registry]
+    })
 
     // -- response cache -------------------------------------------------------------------------------------------
     const cacheCounter = (what: string, help: string) => pulledCounter(registry, `llm_proxy_cache_${what}_total`, help)
@@ -226,14 +240,29 @@ export const make = (options: { readonly processMetrics?: boolean } = {}) =>
     const cacheMisses = cacheCounter("misses", "Response-cache lookups that found nothing usable")
     const cacheBypass = cacheCounter("bypass", "Requests the response cache did not look up or could not serve")
     const cacheStores = cacheCounter("stores", "Responses stored in the response cache")
-    const cacheEvictions = cacheCounter("evictions", "Response-cache entries evicted to stay within HTTP_CACHE_MAX_BYTES")
+    const cacheEvictions = cacheCounter(
+      "evictions",
+      "Response-cache entries evicted to stay within HTTP_CACHE_MAX_BYTES"
+    )
     const cacheExpired = cacheCounter("expired", "Response-cache entries dropped because their lifetime ended")
     const cacheErrors = cacheCounter("errors", "Response-cache backend operations that failed")
-    const cacheBytes = new Gauge({ name: "llm_proxy_cache_bytes", help: "Bytes held by the in-memory response cache", registers: [registry] })
-    const cacheEntries = new Gauge({ name: "llm_proxy_cache_entries", help: "Entries held by the in-memory response cache", registers: [registry] })
+    const cacheBytes = new Gauge({
+      name: "llm_proxy_cache_bytes",
+      help: "Bytes held by the in-memory response cache",
+      registers: [registry]
+    })
+    const cacheEntries = new Gauge({
+      name: "llm_proxy_cache_entries",
+      help: "Entries held by the in-memory response cache",
+      registers: [registry]
+    })
 
     // -- event bus and dispatcher ---------------------------------------------------------------------------------
-    const busPublished = pulledCounter(registry, "llm_proxy_bus_published_total", "Instrumentation events published to the event bus")
+    const busPublished = pulledCounter(
+      registry,
+      "llm_proxy_bus_published_total",
+      "Instrumentation events published to the event bus"
+    )
     const busDropped = pulledCounter(
       registry,
       "llm_proxy_bus_dropped_total",
@@ -245,15 +274,30 @@ export const make = (options: { readonly processMetrics?: boolean } = {}) =>
       "Events in the bus not yet consumed by the slowest consumer group (absent when unknown)",
       "gauge"
     )
-    const dispDelivered = snapshotSeries(registry, "llm_proxy_dispatcher_delivered_total", "Events the dispatcher delivered to its backend, by backend", "counter")
-    const dispRetried = snapshotSeries(registry, "llm_proxy_dispatcher_retries_total", "Dispatcher delivery retries after transient backend failures, by backend", "counter")
+    const dispDelivered = snapshotSeries(
+      registry,
+      "llm_proxy_dispatcher_delivered_total",
+      "Events the dispatcher delivered to its backend, by backend",
+      "counter"
+    )
+    const dispRetried = snapshotSeries(
+      registry,
+      "llm_proxy_dispatcher_retries_total",
+      "Dispatcher delivery retries after transient backend failures, by backend",
+      "counter"
+    )
     const dispDead = snapshotSeries(
       registry,
       "llm_proxy_dispatcher_dead_lettered_total",
       "Events the dispatcher wrote to its dead-letter file (rejected by the backend or undecodable), by backend",
       "counter"
     )
-    const dispBatches = snapshotSeries(registry, "llm_proxy_dispatcher_batches_total", "Batches the dispatcher finished, by backend", "counter")
+    const dispBatches = snapshotSeries(
+      registry,
+      "llm_proxy_dispatcher_batches_total",
+      "Batches the dispatcher finished, by backend",
+      "counter"
+    )
     const dispCredentials = snapshotSeries(
       registry,
       "llm_proxy_dispatcher_credential_failures_total",
@@ -292,7 +336,9 @@ export const make = (options: { readonly processMetrics?: boolean } = {}) =>
     let lastCache: CacheStatsLike = {}
 
     const read = <A>(source: StatsSource<A> | undefined): Effect.Effect<A | undefined> =>
-      source === undefined ? Effect.succeed(undefined) : Effect.orElseSucceed(Effect.timeout(source, "1 second"), () => undefined)
+      source === undefined
+        ? Effect.succeed(undefined)
+        : Effect.orElseSucceed(Effect.timeout(source, "1 second"), () => undefined)
 
     const refresh = Effect.gen(function*() {
       const cache = yield* read(cacheSource)
@@ -329,7 +375,10 @@ export const make = (options: { readonly processMetrics?: boolean } = {}) =>
         dispPaused.set(byBackend((d) => (d.paused === true ? 1 : 0)))
         dispBodiesTooLarge.set(byBackend((d) => n(d.bodiesTooLarge)))
         dispLastDelivery.set(
-          all.flatMap((d) => (typeof d.lastDeliveryAt === "number" ? [{ labels: { backend: d.backend ?? "unknown" }, value: d.lastDeliveryAt / 1000 }] : []))
+          all.flatMap((d) => (typeof d.lastDeliveryAt === "number"
+            ? [{ labels: { backend: d.backend ?? "unknown" }, value: d.lastDeliveryAt / 1000 }]
+            : [])
+          )
         )
         for (const d of all) if (typeof d.lag === "number") groupLag.set(d.group ?? "unknown", d.lag)
       }
@@ -356,16 +405,22 @@ export const make = (options: { readonly processMetrics?: boolean } = {}) =>
         series.observeDuration(s, o.durationSeconds)
         if (o.upstreamSeconds !== undefined) series.observeUpstream(s, o.upstreamSeconds)
         const tokens = (o.promptTokens ?? 0) > 0 || (o.completionTokens ?? 0) > 0
-        if (tokens || o.firstTokenSeconds !== undefined || o.outputTokensPerSecond !== undefined || o.costUsd !== undefined || o.unpriced === true) {
+        if (
+          tokens || o.firstTokenSeconds !== undefined || o.outputTokensPerSecond !== undefined ||
+          o.costUsd !== undefined || o.unpriced === true
+        ) {
           const m = series.model(o.provider, o.model)
           if (tokens) series.addTokens(m, o.promptTokens ?? 0, o.completionTokens ?? 0)
           if (o.costUsd !== undefined) series.addCost(m, o.costUsd)
           if (o.unpriced === true) series.countUnpriced(m)
           if (o.firstTokenSeconds !== undefined) series.observeFirstToken(m, o.firstTokenSeconds)
-          if (o.outputTokensPerSecond !== undefined) series.observeTokensPerSecond(m, o.stream === true, o.outputTokensPerSecond)
+          if (o.outputTokensPerSecond !== undefined) {
+            series.observeTokensPerSecond(m, o.stream === true, o.outputTokensPerSecond)
+          }
         }
-        if (o.rejectedBy === "quota") quotaRejected.inc()
-        else if (o.rejectedBy === "token_rate_limit") rateLimited.inc({ scope: "token" })
+        if (o.rejectedBy === "quota") {
+          quotaRejected.inc()
+        } else if (o.rejectedBy === "token_rate_limit") rateLimited.inc({ scope: "token" })
         else if (o.rejectedBy === "project_rate_limit") rateLimited.inc({ scope: "project" })
       },
       tokenCacheInvalidated: (scope) => tokenInvalidations.inc({ scope }),

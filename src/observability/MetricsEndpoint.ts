@@ -50,13 +50,20 @@ export const metricsEndpoint = (
     const server = createServer((req, res) => {
       const path = (req.url ?? "/").split("?")[0] ?? "/"
       run(answer(req.method ?? "GET", path, req.headers.authorization)).then(
-        (r) => res.writeHead(r.status, { "content-type": r.type, "content-length": Buffer.byteLength(r.body) }).end(req.method === "HEAD" ? undefined : r.body),
-        () => res.writeHead(500, { "content-type": "application/json" }).end(JSON.stringify({ error: "internal error" }))
+        (r) =>
+          res.writeHead(r.status, { "content-type": r.type, "content-length": Buffer.byteLength(r.body) }).end(
+            req.method === "HEAD" ? undefined : r.body
+          ),
+        () =>
+          res.writeHead(500, { "content-type": "application/json" }).end(JSON.stringify({ error: "internal error" }))
       )
     })
     const bound = yield* Effect.acquireRelease(
       Effect.async<AddressInfo, Error>((resume) => {
-        server.once("error", (e) => resume(Effect.fail(new Error(`cannot listen on ${address.host}:${address.port}: ${e.message}`))))
+        server.once(
+          "error",
+          (e) => resume(Effect.fail(new Error(`cannot listen on ${address.host}:${address.port}: ${e.message}`)))
+        )
         server.listen(address.port, address.host, () => resume(Effect.succeed(server.address() as AddressInfo)))
       }),
       () =>

@@ -10,11 +10,11 @@
  * These hooks must be combined LAST (src/Layers.ts) so `decorateResponse` sees the cache headers other hooks set.
  */
 import { Effect, FiberRef, LogLevel, Option, Queue, Runtime } from "effect"
-import type { LogFormat } from "../config/AppConfig.js"
 import type { OutgoingHttpHeaders } from "node:http"
+import type { LogFormat } from "../config/AppConfig.js"
 import { type ProviderConfig, Providers } from "../config/Providers.js"
-import type { ProxyHooksShape, ProxyRequestContext, UpstreamAttempt } from "../proxy/ProxyHooks.js"
 import { endpointMatches } from "../proxy/policy.js"
+import type { ProxyHooksShape, ProxyRequestContext, UpstreamAttempt } from "../proxy/ProxyHooks.js"
 import { Metrics, type RequestObservation } from "./Metrics.js"
 import { ProtoWriter } from "./otlpProto.js"
 import { ProxySpans, type ProxySpansShape, type UpstreamSpanRecord } from "./ProxySpans.js"
@@ -26,7 +26,7 @@ const MODEL_SCAN_BYTES = 8_192
 const ACCESS_LOG_FLUSH_MS = 50
 /** Epoch ms of performance.now() = 0; read once (the getter is a call into the runtime each time). */
 const TIME_ORIGIN = performance.timeOrigin
-const MODEL_KEY = Buffer.from('"model"')
+const MODEL_KEY = Buffer.from("\"model\"")
 
 const isSpace = (c: number) => c === 0x20 || (c >= 0x09 && c <= 0x0d) || c === 0xa0
 
@@ -34,7 +34,8 @@ const isSpace = (c: number) => c === 0x20 || (c >= 0x09 && c <= 0x0d) || c === 0
 const findModelKey = (b: Buffer, from: number, to: number): number => {
   for (let i = from; i + 7 <= to; i++) {
     if (
-      b[i] === 0x22 && b[i + 1] === 0x6d && b[i + 2] === 0x6f && b[i + 3] === 0x64 && b[i + 4] === 0x65 && b[i + 5] === 0x6c &&
+      b[i] === 0x22 && b[i + 1] === 0x6d && b[i + 2] === 0x6f && b[i + 3] === 0x64 && b[i + 4] === 0x65 &&
+      b[i + 5] === 0x6c &&
       b[i + 6] === 0x22
     ) return i
   }
@@ -150,7 +151,9 @@ export const parseTraceparent = (
   const v = h.trim()
   if (v.length < 55 || v[2] !== "-" || v[35] !== "-" || v[52] !== "-") return undefined
   const version = v.slice(0, 2)
-  if (!HEX.test(version) || version === "ff" || (version === "00" ? v.length !== 55 : v.length > 55 && v[55] !== "-")) return undefined
+  if (!HEX.test(version) || version === "ff" || (version === "00" ? v.length !== 55 : v.length > 55 && v[55] !== "-")) {
+    return undefined
+  }
   const traceId = v.slice(3, 35)
   const spanId = v.slice(36, 52)
   const flags = v.slice(53, 55)
@@ -226,7 +229,9 @@ export const accessEntry = (ctx: ProxyRequestContext, f: AccessFacts): AccessLog
 
 /** One earlier attempt of a retried request, as the access log and traces show it. */
 export const describeAttempt = (a: UpstreamAttempt): string =>
-  `key ${a.keyIndex} (${a.provider}): ${a.status ?? a.error ?? "failed"} in ${Math.round(a.durationMs * 1000) / 1000} ms`
+  `key ${a.keyIndex} (${a.provider}): ${a.status ?? a.error ?? "failed"} in ${
+    Math.round(a.durationMs * 1000) / 1000
+  } ms`
 
 const str = (key: string, v: string | undefined): string => (v === undefined ? "" : `,"${key}":${JSON.stringify(v)}`)
 const num = (key: string, v: number | undefined): string => (v === undefined ? "" : `,"${key}":${v}`)
@@ -237,13 +242,18 @@ const num = (key: string, v: number | undefined): string => (v === undefined ? "
  */
 export const accessJson = (ctx: ProxyRequestContext, f: AccessFacts): string => {
   const u = ctx.usage
-  return `{"request_id":${JSON.stringify(ctx.requestId)},"method":${JSON.stringify(ctx.method)},"path":${JSON.stringify(ctx.path)}` +
+  return `{"request_id":${JSON.stringify(ctx.requestId)},"method":${JSON.stringify(ctx.method)},"path":${
+    JSON.stringify(ctx.path)
+  }` +
     `,"status":${ctx.status},"duration_ms":${round(f.durationMs)},"overhead_ms":${round(f.overheadMs)}` +
     num("upstream_ms", round(ctx.upstreamMs)) + str("provider", ctx.provider) + str("project_id", ctx.projectId) +
     str("token_id", ctx.tokenId) + str("token_name", ctx.tokenName ?? undefined) + str("user", ctx.user ?? undefined) +
-    (ctx.tokenMetadata === null ? "" : `,"token_metadata":${JSON.stringify(ctx.tokenMetadata)}`) + str("model", f.model) + `,"stream":${ctx.stream},"cache":${JSON.stringify(f.cache)}` +
-    num("prompt_tokens", u?.prompt_tokens) + num("completion_tokens", u?.completion_tokens) + num("total_tokens", u?.total_tokens) +
-    str("code", ctx.code) + str("error", ctx.error) + (ctx.attemptCount === 0 ? "" : num("attempts", ctx.attemptCount)) +
+    (ctx.tokenMetadata === null ? "" : `,"token_metadata":${JSON.stringify(ctx.tokenMetadata)}`) +
+    str("model", f.model) + `,"stream":${ctx.stream},"cache":${JSON.stringify(f.cache)}` +
+    num("prompt_tokens", u?.prompt_tokens) + num("completion_tokens", u?.completion_tokens) +
+    num("total_tokens", u?.total_tokens) +
+    str("code", ctx.code) + str("error", ctx.error) +
+    (ctx.attemptCount === 0 ? "" : num("attempts", ctx.attemptCount)) +
     num("key_index", ctx.keyIndex) + str("upstream_request_id", ctx.upstreamRequestId) +
     str("retried", ctx.retried === undefined ? undefined : ctx.retried.map(describeAttempt).join("; ")) + "}"
 }
@@ -251,7 +261,8 @@ export const accessJson = (ctx: ProxyRequestContext, f: AccessFacts): string => 
 const round = (ms: number | undefined) => (ms === undefined ? undefined : Math.round(ms * 1000) / 1000)
 
 /** A successful forwarded answer: the only ones whose timings say something about generation. */
-const answered = (ctx: ProxyRequestContext) => ctx.forwarded && ctx.status >= 200 && ctx.status < 300 && ctx.proxyMs !== undefined
+const answered = (ctx: ProxyRequestContext) =>
+  ctx.forwarded && ctx.status >= 200 && ctx.status < 300 && ctx.proxyMs !== undefined
 
 /**
  * Time to first token (metrics), streamed (SSE) answers only: the request's arrival until the first chunk of the
@@ -272,7 +283,9 @@ export const outputTokensPerSecond = (ctx: ProxyRequestContext, durationMs: numb
   const tokens = ctx.usage?.completion_tokens ?? 0
   if (tokens <= 0 || !answered(ctx)) return undefined
   const first = ctx.answer?.firstChunkAt
-  const generationMs = ctx.stream ? (first === undefined ? 0 : ctx.startedAt + durationMs - first) : durationMs - ctx.proxyMs!
+  const generationMs = ctx.stream
+    ? (first === undefined ? 0 : ctx.startedAt + durationMs - first)
+    : durationMs - ctx.proxyMs!
   return generationMs >= 1 ? tokens / (generationMs / 1000) : undefined
 }
 
@@ -311,7 +324,13 @@ export const make = (options: {
       const port = u.port !== "" ? Number(u.port) : u.protocol === "https:" ? 443 : 80
       // A base_url with a path: the upstream URL's path is that path + the request path after `/v1`.
       const origin = p.basePath === "" ? p.origin : p.origin + p.basePath
-      return [p.name, { origin, strip: p.basePath === "" ? 0 : 3, genAiProvider: genAiProviderOf(p), address: u.hostname, port }] as const
+      return [p.name, {
+        origin,
+        strip: p.basePath === "" ? 0 : 3,
+        genAiProvider: genAiProviderOf(p),
+        address: u.hostname,
+        port
+      }] as const
     }))
     const trustIncomingTrace = options.trustIncomingTrace === true
     // The upstream URL of a path without a query, one string per origin and path (bounded like the routes): the
@@ -385,7 +404,9 @@ export const make = (options: {
           lastTimestamp = new Date(now).toISOString()
         }
         lines++
-        pending.text(`{"message":"access","logLevel":"INFO","timestamp":"${lastTimestamp}","annotations":${accessJson(ctx, f)}}\n`)
+        pending.text(
+          `{"message":"access","logLevel":"INFO","timestamp":"${lastTimestamp}","annotations":${accessJson(ctx, f)}}\n`
+        )
         scheduled ??= setTimeout(() => {
           scheduled = undefined
           flushLines()
@@ -406,13 +427,19 @@ export const make = (options: {
         return out
       }
       const writeLines = (batch: Iterable<AccessLogEntry>) =>
-        Effect.forEach(batch, (entry) => Effect.annotateLogs(Effect.logInfo("access"), defined(entry)), { discard: true }).pipe(
+        Effect.forEach(batch, (entry) => Effect.annotateLogs(Effect.logInfo("access"), defined(entry)), {
+          discard: true
+        }).pipe(
           Effect.zipRight(reportDropped)
         )
       // A batch taken from the queue is written whole, even when shutdown interrupts the fiber.
-      yield* Effect.forkScoped(Effect.forever(Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(restore(Queue.takeBetween(queue, 1, 1_000)), writeLines)
-      )))
+      yield* Effect.forkScoped(
+        Effect.forever(
+          Effect.uninterruptibleMask((restore) =>
+            Effect.flatMap(restore(Queue.takeBetween(queue, 1, 1_000)), writeLines)
+          )
+        )
+      )
       yield* Effect.addFinalizer(() => Effect.flatMap(Queue.takeAll(queue), writeLines))
       enqueue = (ctx, f) => {
         if (!queue.unsafeOffer(accessEntry(ctx, f))) droppedLines++
@@ -420,7 +447,12 @@ export const make = (options: {
     }
 
     /** The upstream call's client span: GenAI attributes from the request and what the answer said. */
-    const upstreamSpan = (ctx: ProxyRequestContext, sentAt: number, endMs: number, model: string | undefined): UpstreamSpanRecord => {
+    const upstreamSpan = (
+      ctx: ProxyRequestContext,
+      sentAt: number,
+      endMs: number,
+      model: string | undefined
+    ): UpstreamSpanRecord => {
       const target = upstreams.get(ctx.upstreamProvider ?? ctx.provider ?? "")
       const path = target === undefined || target.strip === 0 ? ctx.path : ctx.path.slice(target.strip)
       const a = ctx.answer
@@ -444,7 +476,9 @@ export const make = (options: {
         genAiProvider: target?.genAiProvider ?? ctx.provider ?? "unknown",
         serverAddress: target?.address ?? "",
         serverPort: target?.port ?? 0,
-        urlFull: ctx.url.length > ctx.path.length ? (target?.origin ?? "") + path + redactedQuery(ctx.url) : urlOf(target?.origin ?? "", path),
+        urlFull: ctx.url.length > ctx.path.length
+          ? (target?.origin ?? "") + path + redactedQuery(ctx.url)
+          : urlOf(target?.origin ?? "", path),
         requestModel: model,
         responseModel: a?.responseModel,
         responseId: a?.responseId,

@@ -89,7 +89,10 @@ export interface ProxySpanRecord {
 }
 
 /** `{method} {route}`, or the method alone when the route is not a known one (HTTP semantic conventions). */
-export const serverSpanName = (method: string, route: string): string => (route === "other" ? method : `${method} ${route}`)
+export const serverSpanName = (
+  method: string,
+  route: string
+): string => (route === "other" ? method : `${method} ${route}`)
 
 /** `{operation} {model}` for GenAI calls (GenAI semantic conventions), the method alone for other HTTP calls. */
 export const clientSpanName = (u: UpstreamSpanRecord, method: string): string =>
@@ -155,10 +158,12 @@ const sameReasons = (a: ReadonlyArray<string> | undefined, b: ReadonlyArray<stri
 }
 
 const sameServer = (a: ProxySpanRecord, b: ProxySpanRecord): boolean =>
-  a.status === b.status && a.route === b.route && a.cache === b.cache && a.provider === b.provider && a.method === b.method &&
+  a.status === b.status && a.route === b.route && a.cache === b.cache && a.provider === b.provider &&
+  a.method === b.method &&
   (a.path === a.route) === (b.path === b.route)
 
-const serverKey = (r: ProxySpanRecord): string => `${r.method}\n${r.route}\n${r.status}\n${r.provider}\n${r.cache}\n${r.path === r.route}`
+const serverKey = (r: ProxySpanRecord): string =>
+  `${r.method}\n${r.route}\n${r.status}\n${r.provider}\n${r.cache}\n${r.path === r.route}`
 
 /** Compares the upstream spans of two records that have one. */
 const sameClient = (a: ProxySpanRecord, b: ProxySpanRecord): boolean => {
@@ -173,7 +178,9 @@ const sameClient = (a: ProxySpanRecord, b: ProxySpanRecord): boolean => {
 const clientKey = (r: ProxySpanRecord): string => {
   const u = r.upstream!
   return `${r.method}\n${u.urlFull}\n${u.status}\n${u.error}\n${u.errorType}\n${u.operation}\n${u.genAiProvider}\n` +
-    `${u.requestModel === undefined ? "\u0000" : u.requestModel}\n${u.responseModel === undefined ? "\u0000" : u.responseModel}\n` +
+    `${u.requestModel === undefined ? "\u0000" : u.requestModel}\n${
+      u.responseModel === undefined ? "\u0000" : u.responseModel
+    }\n` +
     `${u.finishReasons === undefined ? "\u0000" : u.finishReasons.join("\u0001")}`
 }
 
@@ -314,8 +321,12 @@ const spanJson = (
   error: boolean
 ): void => {
   out.push(
-    `{"traceId":"${traceId}","spanId":"${spanId}"${parentSpanId === undefined ? "" : `,"parentSpanId":"${parentSpanId}"`},` +
-      `"name":${repeated.nameJson},"kind":${kind},"startTimeUnixNano":"${nanos(startMs)}","endTimeUnixNano":"${nanos(endMs)}","attributes":[`,
+    `{"traceId":"${traceId}","spanId":"${spanId}"${
+      parentSpanId === undefined ? "" : `,"parentSpanId":"${parentSpanId}"`
+    },` +
+      `"name":${repeated.nameJson},"kind":${kind},"startTimeUnixNano":"${nanos(startMs)}","endTimeUnixNano":"${
+        nanos(endMs)
+      }","attributes":[`,
     repeated.text
   )
   attributesJson(out, own, repeated.text === "")
@@ -372,11 +383,23 @@ type Resource = ReturnType<typeof OtlpResource.make>
 const jsonEncoder = (resource: Resource, scope: unknown): Encoder => {
   // Each record's JSON is written as UTF-8 into the batch's bytes at once: retained strings cost more in garbage
   // collection than building them.
-  const head = Buffer.from(`{"resourceSpans":[{"resource":${JSON.stringify(resource)},"scopeSpans":[{"scope":${JSON.stringify(scope)},"spans":[`)
+  const head = Buffer.from(
+    `{"resourceSpans":[{"resource":${JSON.stringify(resource)},"scopeSpans":[{"scope":${
+      JSON.stringify(scope)
+    },"spans":[`
+  )
   const tail = Buffer.from("]}]}]}")
   const w = new Proto.ProtoWriter(256 * 1024)
-  const server = new Repeats(sameServer, serverKey, (r) => repeatedJson(serverSpanName(r.method, r.route), serverRepeatedAttributes(r)))
-  const client = new Repeats(sameClient, clientKey, (r) => repeatedJson(clientSpanName(r.upstream!, r.method), clientRepeatedAttributes(r.upstream!, r.method)))
+  const server = new Repeats(
+    sameServer,
+    serverKey,
+    (r) => repeatedJson(serverSpanName(r.method, r.route), serverRepeatedAttributes(r))
+  )
+  const client = new Repeats(
+    sameClient,
+    clientKey,
+    (r) => repeatedJson(clientSpanName(r.upstream!, r.method), clientRepeatedAttributes(r.upstream!, r.method))
+  )
   let n = 0
   return {
     contentType: "application/json",
@@ -385,7 +408,18 @@ const jsonEncoder = (resource: Resource, scope: unknown): Encoder => {
       const traceId = r.parent?.traceId ?? hex(16)
       const spanId = hex(8)
       // kind 2 = SERVER, 3 = CLIENT
-      spanJson(out, traceId, spanId, r.parent?.spanId, server.get(r), 2, r.startMs, r.endMs, serverOwnAttributes(r), r.error)
+      spanJson(
+        out,
+        traceId,
+        spanId,
+        r.parent?.spanId,
+        server.get(r),
+        2,
+        r.startMs,
+        r.endMs,
+        serverOwnAttributes(r),
+        r.error
+      )
       const u = r.upstream
       if (u !== undefined) {
         out.push(",")
@@ -478,7 +512,19 @@ const protobufEncoder = (resource: Resource, scope: { name: string; version: str
       }
       const repeated = server.get(r)
       // kind 2 = SERVER, 3 = CLIENT
-      const root = Proto.beginSpan(w, traceIds, traceAt, pool, at + 16, parentIds, 16, repeated.name, 2, r.startMs, r.endMs)
+      const root = Proto.beginSpan(
+        w,
+        traceIds,
+        traceAt,
+        pool,
+        at + 16,
+        parentIds,
+        16,
+        repeated.name,
+        2,
+        r.startMs,
+        r.endMs
+      )
       w.raw(repeated.bytes)
       w.attr(K.requestId, r.requestId)
       if (r.path !== r.route) w.attr(K.path, r.path)
@@ -499,7 +545,19 @@ const protobufEncoder = (resource: Resource, scope: { name: string; version: str
       const u = r.upstream
       if (u !== undefined) {
         const rep = client.get(r)
-        const child = Proto.beginSpan(w, traceIds, traceAt, pool, at + 24, pool, at + 16, rep.name, 3, u.startMs, u.endMs)
+        const child = Proto.beginSpan(
+          w,
+          traceIds,
+          traceAt,
+          pool,
+          at + 24,
+          pool,
+          at + 16,
+          rep.name,
+          3,
+          u.startMs,
+          u.endMs
+        )
         w.raw(rep.bytes)
         w.attr(K.responseId, u.responseId)
         w.attr(K.inputTokens, u.inputTokens)
@@ -574,7 +632,14 @@ export const make = (otlp: OtlpConfig, serviceVersion: string) =>
         const body = compress ? await gzipBody(batch.body) : batch.body
         // OTEL_EXPORTER_OTLP_TIMEOUT bounds the whole export request.
         const signal = AbortSignal.timeout(timeoutMs)
-        const r = await request(otlp.tracesUrl, { method: "POST", headers, body, signal, headersTimeout: timeoutMs, bodyTimeout: timeoutMs })
+        const r = await request(otlp.tracesUrl, {
+          method: "POST",
+          headers,
+          body,
+          signal,
+          headersTimeout: timeoutMs,
+          bodyTimeout: timeoutMs
+        })
         await r.body.dump()
         return r.statusCode >= 300 ? `collector answered ${r.statusCode}` : undefined
       } catch (e) {
@@ -591,10 +656,14 @@ export const make = (otlp: OtlpConfig, serviceVersion: string) =>
     // runs hot (JIT, caches) and costs much less per record than encoding each in the middle of its request.
     let pending: Array<ProxySpanRecord> = []
     const seal = () => {
-      if (pending.length === 0) return
+      if (pending.length === 0) {
+        return
+      }
       const batch = pending
       pending = []
-      for (let i = 0; i < batch.length; i++) encoder.add(batch[i]!)
+      for (let i = 0; i < batch.length; i++) {
+        encoder.add(batch[i]!)
+      }
       ready.push({ body: encoder.take(), count: batch.length })
     }
 
@@ -603,9 +672,13 @@ export const make = (otlp: OtlpConfig, serviceVersion: string) =>
     const runFork = Runtime.runFork(runtime)
     let inFlight: Promise<unknown> | undefined
     const flush: Effect.Effect<void> = Effect.suspend(() => {
-      if (exporting) return Effect.void
+      if (exporting) {
+        return Effect.void
+      }
       const batch = ready.shift()
-      if (batch === undefined) return Effect.void
+      if (batch === undefined) {
+        return Effect.void
+      }
       exporting = true
       const sent = runPromise(send(batch)).finally(() => {
         exporting = false
@@ -613,7 +686,12 @@ export const make = (otlp: OtlpConfig, serviceVersion: string) =>
         queued -= batch.count
       })
       inFlight = sent
-      return Effect.zipRight(Effect.promise(() => sent), flush)
+      return Effect.zipRight(
+        Effect.promise(() =>
+          sent
+        ),
+        flush
+      )
     })
 
     yield* Effect.forkScoped(Effect.forever(Effect.zipRight(
@@ -628,7 +706,10 @@ export const make = (otlp: OtlpConfig, serviceVersion: string) =>
       Effect.suspend(() => {
         seal()
         const rest = ready.splice(0)
-        return Effect.zipRight(Effect.promise(() => inFlight ?? Promise.resolve()), Effect.forEach(rest, send, { discard: true }))
+        return Effect.zipRight(
+          Effect.promise(() => inFlight ?? Promise.resolve()),
+          Effect.forEach(rest, send, { discard: true })
+        )
       }).pipe(Effect.timeout(Duration.seconds(5)), Effect.ignore)
     )
 

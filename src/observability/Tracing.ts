@@ -36,7 +36,9 @@ const exportClient = (o: OtlpConfig): Layer.Layer<HttpClient.HttpClient> =>
     HttpClient.HttpClient,
     Effect.map(
       Effect.acquireRelease(
-        Effect.sync(() => new Agent({ connectTimeout: o.timeoutMs, headersTimeout: o.timeoutMs, bodyTimeout: o.timeoutMs })),
+        Effect.sync(() =>
+          new Agent({ connectTimeout: o.timeoutMs, headersTimeout: o.timeoutMs, bodyTimeout: o.timeoutMs })
+        ),
         (agent) => Effect.promise(() => agent.close().catch(() => undefined))
       ),
       (agent) => {
@@ -79,7 +81,10 @@ export const layerTracer = (otlp: Option.Option<OtlpConfig>, serviceVersion: str
         ),
         Layer.setTracer
       )).pipe(
-        Layer.provide([o.protocol === "http/json" ? OtlpSerialization.layerJson : OtlpSerialization.layerProtobuf, exportClient(o)])
+        Layer.provide([
+          o.protocol === "http/json" ? OtlpSerialization.layerJson : OtlpSerialization.layerProtobuf,
+          exportClient(o)
+        ])
       )
   })
 

@@ -379,7 +379,9 @@ export const endSpan = (w: ProtoWriter, at: number, error: boolean): void => {
 }
 
 /** `Resource` and `InstrumentationScope` message bodies, encoded once per exporter. */
-export const encodeResource = (attributes: ReadonlyArray<{ readonly key: string; readonly value: { readonly stringValue?: string | null } }>): Buffer => {
+export const encodeResource = (
+  attributes: ReadonlyArray<{ readonly key: string; readonly value: { readonly stringValue?: string | null } }>
+): Buffer => {
   const w = new ProtoWriter(1024)
   for (const a of attributes) w.attribute(T.resourceAttribute, a.key, a.value.stringValue ?? undefined)
   return Buffer.from(w.view())
@@ -398,7 +400,8 @@ export const encodeScope = (name: string, version: string): Buffer => {
  */
 export const exportHeader = (resource: Buffer, scope: Buffer, spansLength: number): Buffer => {
   const scopeSpansLen = 1 + varintSize(scope.length) + scope.length + spansLength
-  const resourceSpansLen = 1 + varintSize(resource.length) + resource.length + 1 + varintSize(scopeSpansLen) + scopeSpansLen
+  const resourceSpansLen = 1 + varintSize(resource.length) + resource.length + 1 + varintSize(scopeSpansLen) +
+    scopeSpansLen
   const w = new ProtoWriter(exportHeaderRoom(resource, scope))
   w.buf[w.pos++] = T.resourceSpans
   w.varint(resourceSpansLen)

@@ -8,7 +8,11 @@ import { Effect, Layer } from "effect"
 import { Redis } from "ioredis"
 import { Health } from "./Health.js"
 
-export const redisCheck = (url: string, usedBy: ReadonlyArray<string>, required = false): Layer.Layer<never, never, Health> =>
+export const redisCheck = (
+  url: string,
+  usedBy: ReadonlyArray<string>,
+  required = false
+): Layer.Layer<never, never, Health> =>
   Layer.scopedDiscard(Effect.gen(function*() {
     const health = yield* Health
     const client = yield* Effect.acquireRelease(

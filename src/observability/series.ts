@@ -74,7 +74,12 @@ interface ModelSeries {
 }
 
 /** Histogram samples (cumulative buckets, +Inf, sum, count) of `h` under `labels`. */
-const histogramValues = (name: string, labels: Record<string, string>, h: Histo, bounds: ReadonlyArray<number>): Array<MetricValue> => {
+const histogramValues = (
+  name: string,
+  labels: Record<string, string>,
+  h: Histo,
+  bounds: ReadonlyArray<number>
+): Array<MetricValue> => {
   const out: Array<MetricValue> = []
   let cumulative = 0
   for (let i = 0; i < bounds.length; i++) {
@@ -103,17 +108,34 @@ export class RequestSeries {
       "llm_proxy_requests_total",
       "Proxied /v1 requests by provider, route, status class and cache status (every request, rejected ones too)",
       "counter",
-      () => this.all().flatMap((s) => [...s.requests.values()].map((r) => ({ labels: { ...s.labels, status_class: r.status_class, cache: r.cache }, value: r.value })))
+      () =>
+        this.all().flatMap((s) =>
+          [...s.requests.values()].map((r) => ({
+            labels: { ...s.labels, status_class: r.status_class, cache: r.cache },
+            value: r.value
+          }))
+        )
     )
     const histogram = (name: string, help: string, pick: (s: RouteSeries) => Histo, bounds: ReadonlyArray<number>) =>
-      register(registry, name, help, "histogram", () => this.all().flatMap((s) => histogramValues(name, s.labels, pick(s), bounds)))
+      register(
+        registry,
+        name,
+        help,
+        "histogram",
+        () => this.all().flatMap((s) => histogramValues(name, s.labels, pick(s), bounds))
+      )
     histogram(
       "llm_proxy_proxy_overhead_seconds",
       "Time spent in the proxy itself: before forwarding plus between the upstream's response headers and ours",
       (s) => s.overhead,
       overheadBuckets
     )
-    histogram("llm_proxy_upstream_latency_seconds", "Upstream time to response headers", (s) => s.upstream, latencyBuckets)
+    histogram(
+      "llm_proxy_upstream_latency_seconds",
+      "Upstream time to response headers",
+      (s) => s.upstream,
+      latencyBuckets
+    )
     histogram(
       "llm_proxy_request_duration_seconds",
       "Arrival of a /v1 request until its response ended (streams included)",
@@ -125,7 +147,12 @@ export class RequestSeries {
       "llm_proxy_time_to_first_token_seconds",
       "Streamed answers: arrival of the request until the first chunk of the upstream's answer, by provider and model",
       "histogram",
-      () => this.models().flatMap((m) => m.firstToken.count === 0 ? [] : histogramValues("llm_proxy_time_to_first_token_seconds", m.labels, m.firstToken, firstTokenBuckets))
+      () =>
+        this.models().flatMap((m) =>
+          m.firstToken.count === 0
+            ? []
+            : histogramValues("llm_proxy_time_to_first_token_seconds", m.labels, m.firstToken, firstTokenBuckets)
+        )
     )
     register(
       registry,
@@ -134,8 +161,22 @@ export class RequestSeries {
       "histogram",
       () =>
         this.models().flatMap((m) => [
-          ...(m.streamTokensPerSecond.count === 0 ? [] : histogramValues("llm_proxy_output_tokens_per_second", { ...m.labels, stream: "true" }, m.streamTokensPerSecond, tokensPerSecondBuckets)),
-          ...(m.jsonTokensPerSecond.count === 0 ? [] : histogramValues("llm_proxy_output_tokens_per_second", { ...m.labels, stream: "false" }, m.jsonTokensPerSecond, tokensPerSecondBuckets))
+          ...(m.streamTokensPerSecond.count === 0
+            ? []
+            : histogramValues(
+              "llm_proxy_output_tokens_per_second",
+              { ...m.labels, stream: "true" },
+              m.streamTokensPerSecond,
+              tokensPerSecondBuckets
+            )),
+          ...(m.jsonTokensPerSecond.count === 0
+            ? []
+            : histogramValues(
+              "llm_proxy_output_tokens_per_second",
+              { ...m.labels, stream: "false" },
+              m.jsonTokensPerSecond,
+              tokensPerSecondBuckets
+            ))
         ])
     )
     register(

@@ -54,7 +54,10 @@ export const modelOf = (body: Buffer | undefined): string | null => {
 
 const ms = (v: number | undefined) => (v === undefined ? null : Math.round(v * 1000) / 1000)
 
-export const toEvent = (ctx: ProxyRequestContext, config: Pick<EventsConfig, "maxRequestBodyBytes" | "maxResponseBodyBytes">): ProxyEvent => ({
+export const toEvent = (
+  ctx: ProxyRequestContext,
+  config: Pick<EventsConfig, "maxRequestBodyBytes" | "maxResponseBodyBytes">
+): ProxyEvent => ({
   request_id: ctx.requestId,
   timestamp: new Date(ctx.receivedAt).toISOString(),
   project_id: ctx.projectId ?? null,
@@ -64,13 +67,17 @@ export const toEvent = (ctx: ProxyRequestContext, config: Pick<EventsConfig, "ma
   status: ctx.status,
   duration_ms: ms(ctx.durationMs) ?? 0,
   upstream_ms: ms(ctx.upstreamMs),
-  first_chunk_ms: ctx.stream && ctx.answer?.firstChunkAt !== undefined ? ms(ctx.answer.firstChunkAt - ctx.startedAt) : null,
+  first_chunk_ms: ctx.stream && ctx.answer?.firstChunkAt !== undefined
+    ? ms(ctx.answer.firstChunkAt - ctx.startedAt)
+    : null,
   model: modelOf(ctx.requestBody),
   stream: ctx.stream,
   usage: ctx.usage ?? null,
   cost_usd: ctx.costUsd ?? null,
   // Only a request that went upstream carries its body (a refused one is not the operator's traffic to record).
-  request_body: ctx.forwarded ? captureBody(ctx.requestBody, config.maxRequestBodyBytes, false, "application/json") : null,
+  request_body: ctx.forwarded
+    ? captureBody(ctx.requestBody, config.maxRequestBodyBytes, false, "application/json")
+    : null,
   response_body: captureBody(
     ctx.responseBody,
     config.maxResponseBodyBytes,

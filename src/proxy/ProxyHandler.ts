@@ -29,25 +29,25 @@
  */
 import { Cause, Context, Effect, Exit, Layer, Option, Redacted, Runtime } from "effect"
 import { absurd } from "effect/Function"
-import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http"
 import { EventEmitter } from "node:events"
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http"
 import { type Readable, Transform } from "node:stream"
 import type { Dispatcher } from "undici"
 import { AppConfig } from "../config/AppConfig.js"
 import { type ProviderConfig, Providers } from "../config/Providers.js"
 import { hashProxyToken, isAcceptedTokenFormat } from "../crypto/ProxyToken.js"
-import { closeLingering } from "../http/linger.js"
 import { lazyTokenCounter } from "../dispatcher/tokens.js"
+import { closeLingering } from "../http/linger.js"
 import { type BudgetExceeded, Budgets } from "../spend/Budgets.js"
 import { chargeOf } from "../spend/charge.js"
-import { modelOf } from "./EventCapture.js"
-import { askForUsage, estimateCutShort } from "../spend/streamUsage.js"
 import { makePrices, Prices } from "../spend/prices.js"
+import { askForUsage, estimateCutShort } from "../spend/streamUsage.js"
 import { type BudgetRow, Store } from "../store/Store.js"
 import { type Exceeded, RateLimits, Unavailable } from "../token/RateLimits.js"
 import { type GrantKey, judge, type TokenGrant, TokenValidator } from "../token/TokenValidator.js"
 import { UsageRecorder } from "../token/UsageRecorder.js"
 import { isFailureStatus } from "./CircuitBreaker.js"
+import { modelOf } from "./EventCapture.js"
 import {
   coolDown,
   coolsKey,
@@ -59,6 +59,15 @@ import {
   retryAfterMs,
   unavailability
 } from "./keys.js"
+import {
+  filterModelList,
+  injectUser,
+  MODEL_LIST_MAX_BYTES,
+  modelOfPath,
+  type ModelScope,
+  requestModel,
+  USER_FIELDS
+} from "./modelScope.js"
 import {
   Answers,
   bearerCredential,
@@ -82,15 +91,6 @@ import {
   upstreamPath,
   upstreamRequestHeaders
 } from "./policy.js"
-import {
-  filterModelList,
-  injectUser,
-  MODEL_LIST_MAX_BYTES,
-  type ModelScope,
-  modelOfPath,
-  requestModel,
-  USER_FIELDS
-} from "./modelScope.js"
 import { type HookAnswer, ProxyHooks, ProxyRequestContext } from "./ProxyHooks.js"
 import { Upstream, type UpstreamTarget } from "./Upstream.js"
 import { UsageCapture, UsageReader } from "./usage.js"
@@ -322,7 +322,11 @@ export const make = Effect.gen(function*() {
         const model = capture.responseModel ?? modelOf(ctx.requestBody) ?? undefined
         detail = estimateCutShort(countTokens, model, detail, streamed, ctx.requestBody)
         const prompt = detail.cacheApart ? detail.prompt + detail.cacheRead + detail.cacheWrite : detail.prompt
-        ctx.usage = { prompt_tokens: prompt, completion_tokens: detail.completion, total_tokens: prompt + detail.completion }
+        ctx.usage = {
+          prompt_tokens: prompt,
+          completion_tokens: detail.completion,
+          total_tokens: prompt + detail.completion
+        }
       }
     }
     if (detail !== undefined) {
@@ -334,7 +338,12 @@ export const make = Effect.gen(function*() {
         ctx.unpriced = model
         if (!unpricedWarned.has(model) && unpricedWarned.size < 1_000) {
           unpricedWarned.add(model)
-          log("warn", "spend: a model without a price answered; its answers count 0 USD (add it to PRICES_PATH)", ctx, model)
+          log(
+            "warn",
+            "spend: a model without a price answered; its answers count 0 USD (add it to PRICES_PATH)",
+            ctx,
+            model
+          )
         }
       }
     }
@@ -353,7 +362,9 @@ export const make = Effect.gen(function*() {
         request: grant.maxRequests === null,
         ...(ctx.cacheHit ? { cacheHit: true } : {}),
         ...(u !== undefined ? { promptTokens: u.prompt_tokens, completionTokens: u.completion_tokens } : {}),
-        ...(ctx.tokensUsed !== undefined ? { spend: { costUsd: ctx.costUsd ?? 0, tokens: ctx.tokensUsed, written: charged } } : {}),
+        ...(ctx.tokensUsed !== undefined
+          ? { spend: { costUsd: ctx.costUsd ?? 0, tokens: ctx.tokensUsed, written: charged } }
+          : {}),
         at: ctx.receivedAt,
         rollup: { projectId: grant.projectId, status: ctx.status }
       })
@@ -657,7 +668,9 @@ export const make = Effect.gen(function*() {
     const g = f.grant!
     const verdict = limits.unsafeCheck(g.tokenId, g.tokenRateLimit, g.projectId, g.projectRateLimit)
     if (verdict === undefined) return checkBudget(f)
-    if (Effect.isEffect(verdict)) return run(f, verdict, (v) => (v === undefined ? checkBudget(f) : limitedBy(f, v)), absurd)
+    if (Effect.isEffect(verdict)) {
+      return run(f, verdict, (v) => (v === undefined ? checkBudget(f) : limitedBy(f, v)), absurd)
+    }
     return limitedBy(f, verdict)
   }
 
@@ -749,7 +762,10 @@ export const make = Effect.gen(function*() {
   const unavailable = (f: Flow) => {
     const u = unavailability(f.grant!.keys, keyStates, Date.now())
     f.ctx.error = u.breakersOpen ? "every key's circuit breaker is open" : "every key is cooling down"
-    return reply(f, u.breakersOpen ? Answers.circuitOpen(u.retryAfterSeconds) : Answers.keysCoolingDown(u.retryAfterSeconds))
+    return reply(
+      f,
+      u.breakersOpen ? Answers.circuitOpen(u.retryAfterSeconds) : Answers.keysCoolingDown(u.retryAfterSeconds)
+    )
   }
 
   /**
@@ -759,8 +775,11 @@ export const make = Effect.gen(function*() {
   const fallbackAdmits = (provider: string, f: Flow): boolean => {
     const p = providers.get(provider)
     const { ctx } = f
-    if (p === undefined || routeOf(ctx.method, ctx.path, p) !== undefined || checkOrigin(ctx.origin, p) !== undefined) return false
-    return p.paramWhitelist.size === 0 || ctx.requestBody === undefined || checkBodyParams(ctx.requestBody, p.paramWhitelist) === undefined
+    if (p === undefined || routeOf(ctx.method, ctx.path, p) !== undefined || checkOrigin(ctx.origin, p) !== undefined) {
+      return false
+    }
+    return p.paramWhitelist.size === 0 || ctx.requestBody === undefined ||
+      checkBodyParams(ctx.requestBody, p.paramWhitelist) === undefined
   }
 
   /**
@@ -815,7 +834,14 @@ export const make = Effect.gen(function*() {
     (f.body === undefined || f.body instanceof Buffer) && (safe || isIdempotent(f.ctx.method))
 
   /** The key for the next attempt, the failed one remembered; undefined when there is none. */
-  const retryKey = (f: Flow, failed: GrantKey, sentAt: number, status: number | undefined, error: string | undefined, id?: string) => {
+  const retryKey = (
+    f: Flow,
+    failed: GrantKey,
+    sentAt: number,
+    status: number | undefined,
+    error: string | undefined,
+    id?: string
+  ) => {
     const g = f.grant!
     const next = pickKey(g.keys, g.provider, keyStates, Date.now(), f.tried, fallbackAdmits, f)
     if (next === undefined) return undefined
@@ -936,7 +962,9 @@ export const make = Effect.gen(function*() {
     out["x-request-id"] = ctx.requestId
     const timing = serverTiming(ctx.proxyMs!, ctx.upstreamMs, ctx.attemptCount)
     const theirs = r.headers["server-timing"]
-    out["server-timing"] = theirs === undefined ? timing : `${timing}, ${Array.isArray(theirs) ? theirs.join(", ") : theirs}`
+    out["server-timing"] = theirs === undefined
+      ? timing
+      : `${timing}, ${Array.isArray(theirs) ? theirs.join(", ") : theirs}`
     if (ctx.origin !== undefined) {
       const vary = r.headers["vary"]
       Object.assign(out, corsHeaders(ctx.origin))

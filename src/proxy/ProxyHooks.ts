@@ -21,9 +21,9 @@
  *   onComplete         once per request, including rejected ones; `ctx.responseBody` holds at most
  *                      `captureResponseBytes` bytes (the largest value any provider of hooks asked for).
  */
+import { Context, Layer } from "effect"
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http"
 import type { Readable, Transform } from "node:stream"
-import { Context, Layer } from "effect"
 import type { AnswerFacts, Usage } from "./usage.js"
 
 export class ProxyRequestContext {
@@ -149,7 +149,9 @@ export const attemptsOf = (ctx: ProxyRequestContext): ReadonlyArray<UpstreamAtte
     keyIndex: ctx.keyIndex ?? 0,
     provider: ctx.upstreamProvider ?? ctx.provider ?? "",
     status: ctx.upstreamStatus,
-    error: ctx.upstreamStatus === undefined ? ctx.upstreamErrorType ?? (ctx.status === 499 ? "cancelled" : undefined) : undefined,
+    error: ctx.upstreamStatus === undefined
+      ? ctx.upstreamErrorType ?? (ctx.status === 499 ? "cancelled" : undefined)
+      : undefined,
     startMs: ctx.lastAttemptAt,
     durationMs: ctx.lastAttemptMs ?? Math.max(0, ctx.startedAt + (ctx.durationMs ?? 0) - ctx.lastAttemptAt),
     upstreamRequestId: ctx.upstreamRequestId
@@ -170,8 +172,12 @@ export interface ProxyHooksShape {
   readonly interceptResponse: ReadonlyArray<
     (ctx: ProxyRequestContext, status: number, headers: UpstreamHeaders, body: Readable, res: ServerResponse) => boolean
   >
-  readonly decorateResponse: ReadonlyArray<(ctx: ProxyRequestContext, status: number, headers: OutgoingHttpHeaders) => void>
-  readonly bodyTransforms: ReadonlyArray<(ctx: ProxyRequestContext, status: number, headers: UpstreamHeaders) => Transform | undefined>
+  readonly decorateResponse: ReadonlyArray<
+    (ctx: ProxyRequestContext, status: number, headers: OutgoingHttpHeaders) => void
+  >
+  readonly bodyTransforms: ReadonlyArray<
+    (ctx: ProxyRequestContext, status: number, headers: UpstreamHeaders) => Transform | undefined
+  >
   readonly onComplete: ReadonlyArray<(ctx: ProxyRequestContext) => void>
   readonly captureResponseBytes: number
 }

@@ -120,7 +120,8 @@ export const scanObject = (body: Buffer, maxKeyBytes = 256): ObjectScan | undefi
 }
 
 /** The occurrences of `key` among the scanned members (a JSON object may name a key twice; parsers disagree which wins). */
-export const membersNamed = (scan: ObjectScan, key: string): ReadonlyArray<Member> => scan.members.filter((m) => m.key === key)
+export const membersNamed = (scan: ObjectScan, key: string): ReadonlyArray<Member> =>
+  scan.members.filter((m) => m.key === key)
 
 /** A member's value parsed, or undefined when it is larger than `maxBytes`, deeper than `maxDepth` or not JSON. */
 export const parseMember = (body: Buffer, m: Member, maxBytes = 64 * 1024, maxDepth = 32): unknown => {
@@ -146,7 +147,10 @@ export const stringMember = (body: Buffer, scan: ObjectScan, key: string, maxByt
 /** `body` with `text` in place of bytes `start` to `end`. */
 export const splice = (body: Buffer, start: number, end: number, text: string): Buffer => {
   const insert = Buffer.from(text, "utf8")
-  return Buffer.concat([body.subarray(0, start), insert, body.subarray(end)], body.length - (end - start) + insert.length)
+  return Buffer.concat(
+    [body.subarray(0, start), insert, body.subarray(end)],
+    body.length - (end - start) + insert.length
+  )
 }
 
 /**

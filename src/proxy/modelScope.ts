@@ -64,7 +64,9 @@ export const requestModel = (body: Buffer): RequestModel => {
   // Parsers disagree on which of two keys wins: never guess which one the upstream reads.
   if (found.length > 1) return { _tag: "unchecked", why: "it names the model more than once" }
   const value = parseMember(body, found[0]!, MODEL_NAME_MAX_BYTES, 0)
-  return typeof value === "string" ? { _tag: "model", model: value } : { _tag: "unchecked", why: "its model is not a string" }
+  return typeof value === "string"
+    ? { _tag: "model", model: value }
+    : { _tag: "unchecked", why: "its model is not a string" }
 }
 
 /** The model id of `/v1/models/{id}` (one segment, percent-decoded), or undefined for any other path. */

@@ -98,7 +98,8 @@ export const answer = (
     code,
     description,
     type,
-    final: options.final ?? ((status >= 400 && status < 500 && status !== 408 && status !== 429) || FINAL_CODES.has(code)),
+    final: options.final ??
+      ((status >= 400 && status < 500 && status !== 408 && status !== 429) || FINAL_CODES.has(code)),
     ...(options.headers !== undefined ? { headers: options.headers } : {}),
     openai: JSON.stringify({ error: { message, type, code, param: null, ...extra } }),
     anthropic: JSON.stringify({ type: "error", error: { type: anthropicType(status), message, code, ...extra } })
@@ -133,10 +134,18 @@ export const Answers = {
   projectInactive: answer(403, "Project is inactive", "project_inactive"),
   serviceUnavailable: answer(503, "Service temporarily unavailable", "service_unavailable"),
   // A configuration problem: only the operator can fix it.
-  upstreamAuthError: answer(503, "Upstream authentication error", "upstream_auth_error", "failed to load upstream API key", {
+  upstreamAuthError: answer(
+    503,
+    "Upstream authentication error",
+    "upstream_auth_error",
+    "failed to load upstream API key",
+    {
+      final: true
+    }
+  ),
+  providerNotConfigured: answer(503, "Provider is not configured", "provider_not_configured", undefined, {
     final: true
   }),
-  providerNotConfigured: answer(503, "Provider is not configured", "provider_not_configured", undefined, { final: true }),
   circuitOpen: (retryAfterSeconds: number): LocalAnswer =>
     answer(503, "Upstream unavailable (circuit breaker open)", "upstream_unavailable", undefined, {
       headers: { "retry-after": String(retryAfterSeconds) }
@@ -162,14 +171,24 @@ export const Answers = {
   ),
   duplicateAuthorization: answer(400, "Invalid token", "invalid_token", "more than one Authorization header"),
   paramNotAllowed: (param: string, value: string, patterns: ReadonlyArray<string>) =>
-    answer(400, `Parameter '${param}' value '${value}' is not allowed. Allowed patterns: [${patterns.join(" ")}]`, "param_not_allowed"),
+    answer(
+      400,
+      `Parameter '${param}' value '${value}' is not allowed. Allowed patterns: [${patterns.join(" ")}]`,
+      "param_not_allowed"
+    ),
   /** A whitelisted parameter whose value is not matched at all (too long, too deep): `reason` follows "value". */
-  paramRefused: (param: string, reason: string) => answer(400, `Parameter '${param}' value ${reason}`, "param_not_allowed"),
+  paramRefused: (param: string, reason: string) =>
+    answer(400, `Parameter '${param}' value ${reason}`, "param_not_allowed"),
   /** The request names a model outside the project's or the token's `allowed_models`. */
-  modelNotAllowed: (model: string) => answer(403, `Model '${shown(model)}' is not allowed for this token`, "model_not_allowed"),
+  modelNotAllowed: (model: string) =>
+    answer(403, `Model '${shown(model)}' is not allowed for this token`, "model_not_allowed"),
   /** A model scope applies and the request's model cannot be told (`why` completes the sentence). */
   modelUnchecked: (why: string) =>
-    answer(403, `This token may only use certain models, and this request's model cannot be checked: ${why}`, "model_not_allowed"),
+    answer(
+      403,
+      `This token may only use certain models, and this request's model cannot be checked: ${why}`,
+      "model_not_allowed"
+    ),
   internalError: answer(500, "Internal error", "internal_error")
 } as const
 
@@ -327,7 +346,11 @@ export const upstreamPath = (provider: ProviderConfig, url: string, path: string
     const named = query.length > 1 ? queryNames(query) : []
     for (const q of fixed) {
       if (named.includes(q.name)) continue
-      query = query === "" || query === "?" ? `?${q.pair}` : query.endsWith("&") ? `${query}${q.pair}` : `${query}&${q.pair}`
+      query = query === "" || query === "?"
+        ? `?${q.pair}`
+        : query.endsWith("&")
+        ? `${query}${q.pair}`
+        : `${query}&${q.pair}`
     }
   }
   return target + query
@@ -454,7 +477,9 @@ const checkParam = (param: string, raw: unknown, patterns: ReadonlyArray<string>
     ? String(raw)
     : boundedJson(raw, MAX_PARAM_VALUE_LENGTH)
   if (value === undefined) return Answers.paramRefused(param, TOO_LONG_OR_DEEP)
-  if (!patterns.some((p) => compileGlobOf(p)?.test(value) === true)) return Answers.paramNotAllowed(param, shown(value), patterns)
+  if (!patterns.some((p) => compileGlobOf(p)?.test(value) === true)) {
+    return Answers.paramNotAllowed(param, shown(value), patterns)
+  }
   return undefined
 }
 
@@ -520,7 +545,11 @@ export const checkBodyParams = (
     const patterns = key === undefined ? undefined : whitelist.get(key)
     const depth = { max: 0 }
     const end = valueEnd(body, i, depth)
-    if (end === -1 || end === i) return patterns === undefined ? undefined : Answers.paramRefused(key!, "is not valid JSON")
+    if (end === -1 || end === i) {
+      return patterns === undefined
+        ? undefined
+        : Answers.paramRefused(key!, "is not valid JSON")
+    }
     if (patterns !== undefined && key !== undefined) {
       if (end - i > MAX_PARAM_SLICE || depth.max > MAX_PARAM_DEPTH) return Answers.paramRefused(key, TOO_LONG_OR_DEEP)
       let value: unknown

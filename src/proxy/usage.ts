@@ -10,8 +10,8 @@
  * usage, the first `data:` line (id and model) and lines with a `finish_reason` value are kept and parsed only when
  * the facts are asked for (a traced request).
  */
-import { StringDecoder } from "node:string_decoder"
 import { Transform, type TransformCallback } from "node:stream"
+import { StringDecoder } from "node:string_decoder"
 import type { UsageDetail } from "../spend/cost.js"
 
 export interface Usage {
@@ -29,12 +29,21 @@ const MAX_SSE_LINE = 1024 * 1024
  */
 export const MAX_STREAMED_TEXT = 256 * 1024
 
-const TEXT_KEYS = ['"content"', '"text"', '"arguments"', '"partial_json"', '"thinking"', '"refusal"', '"reasoning_content"', '"delta"']
+const TEXT_KEYS = [
+  "\"content\"",
+  "\"text\"",
+  "\"arguments\"",
+  "\"partial_json\"",
+  "\"thinking\"",
+  "\"refusal\"",
+  "\"reasoning_content\"",
+  "\"delta\""
+]
 
 /** Index just past the JSON string starting at `s[i]` (a quote), or -1. */
 const stringEndIn = (s: string, i: number): number => {
   for (let from = i + 1;;) {
-    const q = s.indexOf('"', from)
+    const q = s.indexOf("\"", from)
     if (q === -1) return -1
     let k = q - 1
     while (s.charCodeAt(k) === 0x5c) k--
@@ -120,7 +129,9 @@ export const mergeUsage = (acc: Partial, doc: unknown): void => {
       if (read !== undefined) acc.cacheRead = read
       if (created !== undefined) acc.cacheCreation = created
       const lifetimes = x.cache_creation as { ephemeral_1h_input_tokens?: unknown } | null | undefined
-      const hour = typeof lifetimes === "object" && lifetimes !== null ? num(lifetimes.ephemeral_1h_input_tokens) : undefined
+      const hour = typeof lifetimes === "object" && lifetimes !== null
+        ? num(lifetimes.ephemeral_1h_input_tokens)
+        : undefined
       if (hour !== undefined) acc.cacheCreation1h = hour
     }
   }
@@ -193,7 +204,7 @@ const afterKey = (line: string, key: string, from: number, to: number): number =
 /** A JSON string value starting at `i` (its quote): the text, or undefined when it is not one without escapes. */
 const plainString = (line: string, i: number): string | undefined => {
   if (line.charCodeAt(i) !== 0x22) return undefined
-  const end = line.indexOf('"', i + 1)
+  const end = line.indexOf("\"", i + 1)
   if (end === -1) return undefined
   const v = line.slice(i + 1, end)
   return v.includes("\\") ? undefined : v
@@ -206,16 +217,16 @@ const plainString = (line: string, i: number): string | undefined => {
  * value with escapes, a key whose value is not what is expected (test/proxy/usage.test.ts compares with JSON.parse).
  */
 export const chunkFacts = (f: Facts, line: string): boolean => {
-  const choices = line.indexOf('"choices"')
+  const choices = line.indexOf("\"choices\"")
   if (choices === -1) return false
   let id: string | undefined
   let model: string | undefined
-  const idAt = afterKey(line, '"id"', 0, choices)
+  const idAt = afterKey(line, "\"id\"", 0, choices)
   if (idAt !== -1) {
     id = plainString(line, idAt)
     if (id === undefined) return false
   }
-  const modelAt = afterKey(line, '"model"', 0, choices)
+  const modelAt = afterKey(line, "\"model\"", 0, choices)
   if (modelAt !== -1) {
     model = plainString(line, modelAt)
     if (model === undefined) return false
@@ -225,15 +236,15 @@ export const chunkFacts = (f: Facts, line: string): boolean => {
   const nested = line.indexOf("[", line.indexOf("[", choices) + 1)
   let from = choices
   for (;;) {
-    const at = afterKey(line, '"finish_reason"', from, line.length)
+    const at = afterKey(line, "\"finish_reason\"", from, line.length)
     if (at === -1) break
     from = at
     if (line.startsWith("null", at)) continue
     const reason = plainString(line, at)
     // The choice's index: the last `"index": N` between the start of the choices and this reason.
-    const indexKey = line.lastIndexOf('"index"', at)
+    const indexKey = line.lastIndexOf("\"index\"", at)
     if (reason === undefined || indexKey < choices || (nested !== -1 && nested < at)) return false
-    const n = afterKey(line, '"index"', indexKey, at)
+    const n = afterKey(line, "\"index\"", indexKey, at)
     let end = n
     while (end < at && line.charCodeAt(end) >= 0x30 && line.charCodeAt(end) <= 0x39) end++
     if (n === -1 || end === n) return false
@@ -326,7 +337,9 @@ export class UsageReader implements AnswerFacts {
     for (const line of this.pieces) UsageReader.textOf(line, texts)
     const text = texts.join("")
     // Lines not kept hold text in the proportion of those kept (JSON around it is most of a chunk).
-    const overflowChars = this.textOverflow === 0 ? 0 : Math.ceil(this.textOverflow * (text.length / Math.max(1, this.textChars)))
+    const overflowChars = this.textOverflow === 0
+      ? 0
+      : Math.ceil(this.textOverflow * (text.length / Math.max(1, this.textChars)))
     return { text, overflowChars }
   }
 
@@ -441,7 +454,7 @@ export class UsageReader implements AnswerFacts {
    * short: while streaming, lines are only kept.
    */
   private static textOf(line: string, out: Array<string>): void {
-    if (line.includes('"response.') && !line.includes('.delta"')) return
+    if (line.includes("\"response.") && !line.includes(".delta\"")) return
     for (const key of TEXT_KEYS) {
       let from = 5
       for (;;) {
@@ -501,7 +514,7 @@ export class UsageReader implements AnswerFacts {
   }
 }
 
-const USAGE_KEY = Buffer.from('"usage"')
+const USAGE_KEY = Buffer.from("\"usage\"")
 const NL = 0x0a
 
 /**

@@ -19,7 +19,14 @@
  * the checks of that long). docs/spend.md says so.
  */
 import { Context, Deferred, Duration, Effect, FiberId, Layer, Option, Runtime, Schedule } from "effect"
-import { type BudgetRow, NOTHING_SPENT, type SpendDelta, type SpendRow, Store, type StoreError } from "../store/Store.js"
+import {
+  type BudgetRow,
+  NOTHING_SPENT,
+  type SpendDelta,
+  type SpendRow,
+  Store,
+  type StoreError
+} from "../store/Store.js"
 import { addSpent, dayStartOf, deltaOf, exhausted, hasBudget, spentIn } from "./periods.js"
 
 export interface BudgetExceeded {
@@ -89,7 +96,10 @@ export const make = Effect.gen(function*() {
    * Charges written, per key, one entry per write and day with the number of the write (`seq`): a read that began
    * before that write may not hold them, so they are added to it. Kept for RECENT_MS (reads serve READ_TTL_MS).
    */
-  const recent = new Map<string, Array<{ day: number; costUsd: number; tokens: number; seq: number; writtenAt: number }>>()
+  const recent = new Map<
+    string,
+    Array<{ day: number; costUsd: number; tokens: number; seq: number; writtenAt: number }>
+  >()
   let seq = 0
 
   /** `s` as read when `readSeq` writes were done, plus what this instance charged since (written or not). */

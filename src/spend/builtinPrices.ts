@@ -22,7 +22,13 @@
  */
 import type { PriceEntry } from "./prices.js"
 
-const p = (input: number, cachedInput: number | undefined, output: number, cacheWrite?: number, cacheWrite1h?: number): PriceEntry => ({
+const p = (
+  input: number,
+  cachedInput: number | undefined,
+  output: number,
+  cacheWrite?: number,
+  cacheWrite1h?: number
+): PriceEntry => ({
   input,
   cachedInput: cachedInput ?? input,
   output,
@@ -31,7 +37,8 @@ const p = (input: number, cachedInput: number | undefined, output: number, cache
 })
 
 /** Anthropic: cache reads as given, writes 1.25 × (5 minutes) and 2 × (1 hour) the input price. */
-const claude = (input: number, cacheRead: number, output: number) => p(input, cacheRead, output, input * 1.25, input * 2)
+const claude = (input: number, cacheRead: number, output: number) =>
+  p(input, cacheRead, output, input * 1.25, input * 2)
 
 /** OpenAI from the GPT-5.6 family on: cache writes cost 1.25 × the input price. */
 const gpt = (input: number, cached: number | undefined, output: number) => p(input, cached, output, input * 1.25)

@@ -45,7 +45,9 @@ export const spentIn = (s: SpendRow, period: BudgetPeriod, nowMs: number): Perio
     return s.dayStart === dayStartOf(nowMs) ? { costUsd: s.dayCostUsd, tokens: s.dayTokens } : { costUsd: 0, tokens: 0 }
   }
   if (period === "month") {
-    return s.monthStart === monthStartOf(nowMs) ? { costUsd: s.monthCostUsd, tokens: s.monthTokens } : { costUsd: 0, tokens: 0 }
+    return s.monthStart === monthStartOf(nowMs)
+      ? { costUsd: s.monthCostUsd, tokens: s.monthTokens }
+      : { costUsd: 0, tokens: 0 }
   }
   return { costUsd: s.spentUsd, tokens: s.tokensUsed }
 }
@@ -69,7 +71,13 @@ export const addSpent = (s: SpendRow, costUsd: number, tokens: number, atMs: num
 }
 
 /** The delta `addSpend` writes for spend at `atMs`. */
-export const deltaOf = (scope: SpendDelta["scope"], id: string, costUsd: number, tokens: number, atMs: number): SpendDelta => ({
+export const deltaOf = (
+  scope: SpendDelta["scope"],
+  id: string,
+  costUsd: number,
+  tokens: number,
+  atMs: number
+): SpendDelta => ({
   scope,
   id,
   costUsd,

@@ -43,7 +43,9 @@ export interface PricesShape {
   /** The price of `model`, or undefined when the model has none. */
   readonly lookup: (model: string) => Resolved | undefined
   /** Every entry, sorted by key. */
-  readonly entries: () => ReadonlyArray<{ readonly key: string; readonly price: PriceEntry; readonly source: PriceSource }>
+  readonly entries: () => ReadonlyArray<
+    { readonly key: string; readonly price: PriceEntry; readonly source: PriceSource }
+  >
   /** PRICES_PATH, when one was read. */
   readonly path: string | undefined
 }
@@ -94,11 +96,15 @@ export const parsePricesYaml = (text: string): Either.Either<ReadonlyArray<reado
   const decoded = Schema.decodeUnknownEither(PricesYaml)(raw, { onExcessProperty: "error" })
   if (Either.isLeft(decoded)) {
     const issue = ParseResult.ArrayFormatter.formatErrorSync(decoded.left)[0]
-    return Either.left(issue ? `${issue.path.map(String).join(".") || "document"}: ${issue.message}` : "invalid document")
+    return Either.left(
+      issue ? `${issue.path.map(String).join(".") || "document"}: ${issue.message}` : "invalid document"
+    )
   }
   const out: Array<readonly [string, PriceEntry]> = []
   for (const [name, e] of Object.entries(decoded.right.models)) {
-    if (!MODEL_NAME.test(name)) return Either.left(`models.${name}: a model name is 1 to 256 printable characters without spaces`)
+    if (!MODEL_NAME.test(name)) {
+      return Either.left(`models.${name}: a model name is 1 to 256 printable characters without spaces`)
+    }
     out.push([name.toLowerCase(), entryOf(e)])
   }
   return Either.right(out)
@@ -164,13 +170,20 @@ export const loadPrices = (path: string | undefined): Effect.Effect<PricesShape,
   path === undefined ? Effect.succeed(makePrices([])) : Effect.gen(function*() {
     const text = yield* Effect.try({
       try: () => readFileSync(path, "utf8"),
-      catch: (e) => new PricesError({ message: `PRICES_PATH: cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? "error"}` })
+      catch: (e) =>
+        new PricesError({
+          message: `PRICES_PATH: cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? "error"}`
+        })
     })
-    const entries = yield* Either.mapLeft(parsePricesYaml(text), (m) => new PricesError({ message: `PRICES_PATH (${path}): ${m}` }))
+    const entries = yield* Either.mapLeft(
+      parsePricesYaml(text),
+      (m) => new PricesError({ message: `PRICES_PATH (${path}): ${m}` })
+    )
     return makePrices(entries, path)
   })
 
-export const layer = (path: string | undefined): Layer.Layer<Prices, PricesError> => Layer.effect(Prices, loadPrices(path))
+export const layer = (path: string | undefined): Layer.Layer<Prices, PricesError> =>
+  Layer.effect(Prices, loadPrices(path))
 
 /** The built-in table only (tests, and layers that do not read the configuration). */
 export const builtIn: Layer.Layer<Prices> = Layer.succeed(Prices, makePrices([]))

@@ -10,7 +10,7 @@
  * charged the usage it reported so far, with the input tokens counted from the request when none was reported and
  * the output tokens counted (with the tokenizer) from the text that was streamed.
  */
-import { encodingForModel, type CountTokens } from "../dispatcher/tokens.js"
+import { type CountTokens, encodingForModel } from "../dispatcher/tokens.js"
 import { promptText } from "../dispatcher/transform.js"
 import { insertMember, membersNamed, parseMember, scanObject, splice } from "../proxy/jsonBody.js"
 import type { UsageDetail } from "./cost.js"
@@ -18,7 +18,7 @@ import type { UsageDetail } from "./cost.js"
 /** Paths whose streamed answers carry usage only when asked (`stream_options.include_usage`). */
 const OPENAI_STREAMING = /\/(?:chat\/completions|completions)$/
 
-const STREAM_KEY = Buffer.from('"stream"')
+const STREAM_KEY = Buffer.from("\"stream\"")
 
 export interface AskedForUsage {
   /** The body to send upstream. */
@@ -39,11 +39,13 @@ export const askForUsage = (path: string, body: Buffer): AskedForUsage | undefin
   const stream = membersNamed(scan, "stream")
   if (stream.length !== 1 || parseMember(body, stream[0]!, 16, 0) !== true) return undefined
   const options = membersNamed(scan, "stream_options")
-  if (options.length === 0) return { body: insertMember(body, scan, "stream_options", '{"include_usage":true}'), strip: true }
+  if (options.length === 0) {
+    return { body: insertMember(body, scan, "stream_options", "{\"include_usage\":true}"), strip: true }
+  }
   if (options.length > 1) return undefined
   const m = options[0]!
   const value = parseMember(body, m, 64 * 1024, 8)
-  if (value === null) return { body: splice(body, m.valueStart, m.valueEnd, '{"include_usage":true}'), strip: true }
+  if (value === null) return { body: splice(body, m.valueStart, m.valueEnd, "{\"include_usage\":true}"), strip: true }
   if (typeof value !== "object" || Array.isArray(value)) return undefined
   const o = value as Record<string, unknown>
   if (o["include_usage"] === true) return undefined

@@ -22,19 +22,19 @@ import {
   COUNT_CAP,
   type CreateTokenResult,
   DuplicateProjectName,
+  type NewToken,
   type ProjectRow,
-  Store,
-  StoreError,
-  type StoreShape,
   type QuotaResult,
   type RateLimitRow,
-  type StoredKey,
   type SpendRow,
+  Store,
+  type StoredKey,
+  StoreError,
+  type StoreShape,
   type TokenCount,
-  type NewToken,
   type TokenFilter,
-  type TokenStatus,
-  type TokenRow
+  type TokenRow,
+  type TokenStatus
 } from "./Store.js"
 import { mergeHourlyUsage } from "./usage.js"
 
@@ -45,7 +45,9 @@ const jsonText = (v: unknown): string | null => (v === null || v === undefined ?
 
 /** A limit as a read gives it back (absent counts are null). */
 const normalLimit = (l: RateLimitRow | null | undefined): RateLimitRow | null =>
-  l === null || l === undefined ? null : { requests: l.requests ?? null, tokens: l.tokens ?? null, windowSeconds: l.windowSeconds }
+  l === null || l === undefined
+    ? null
+    : { requests: l.requests ?? null, tokens: l.tokens ?? null, windowSeconds: l.windowSeconds }
 
 const budgetColumns = (b: BudgetRow | undefined) => ({
   max_cost_usd: b?.maxCostUsd ?? null,
@@ -69,7 +71,9 @@ const NOTHING_SPENT_ROW: SpendRow = {
 const keyColumns = (keys: ReadonlyArray<StoredKey>) => ({
   api_key: keys[0]!.key,
   api_key_hint: keys[0]!.hint,
-  api_keys: JSON.stringify(keys.map((k) => ({ id: k.id, key: k.key, hint: k.hint, weight: k.weight, provider: k.provider })))
+  api_keys: JSON.stringify(
+    keys.map((k) => ({ id: k.id, key: k.key, hint: k.hint, weight: k.weight, provider: k.provider }))
+  )
 })
 
 const isUniqueViolation = (e: SqlError.SqlError): boolean => {
@@ -136,7 +140,10 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
     const FALSE = b(false)
 
     // A database error, or a row that does not decode (written by hand), is a StoreError.
-    const wrap = <A, E, R>(operation: string, effect: Effect.Effect<A, E | SqlError.SqlError | ParseResult.ParseError, R>) =>
+    const wrap = <A, E, R>(
+      operation: string,
+      effect: Effect.Effect<A, E | SqlError.SqlError | ParseResult.ParseError, R>
+    ) =>
       Effect.catchIf(
         effect,
         (e): e is SqlError.SqlError | ParseResult.ParseError =>
@@ -190,9 +197,9 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
     const projectKeys = decodeRows(ProjectKeyFromRow)
     const spendPair = decodeFirst(SpendPairFromRow)
 
-    const duplicateName = (name: string) =>
-    (e: SqlError.SqlError): Effect.Effect<never, SqlError.SqlError | DuplicateProjectName> =>
-      isUniqueViolation(e) ? Effect.fail(new DuplicateProjectName({ name })) : Effect.fail(e)
+    const duplicateName =
+      (name: string) => (e: SqlError.SqlError): Effect.Effect<never, SqlError.SqlError | DuplicateProjectName> =>
+        isUniqueViolation(e) ? Effect.fail(new DuplicateProjectName({ name })) : Effect.fail(e)
 
     /**
      * The project, locked until the transaction ends on Postgres. FOR UPDATE also conflicts with the FOR KEY SHARE
@@ -318,14 +325,20 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
           Effect.sync(() => batch.forEach((p, i) => Deferred.unsafeDone(p.done, Exit.succeed(results[i]!))))
         ),
         Effect.catchAll(() =>
-          Effect.forEach(batch, (p) => Effect.exit(insertForProject(p.token)).pipe(Effect.flatMap((exit) => Deferred.done(p.done, exit))), {
-            discard: true
-          })
+          Effect.forEach(
+            batch,
+            (p) => Effect.exit(insertForProject(p.token)).pipe(Effect.flatMap((exit) => Deferred.done(p.done, exit))),
+            {
+              discard: true
+            }
+          )
         )
       )
     // A batch once taken is committed and answered even while the layer closes.
     yield* Effect.uninterruptibleMask((restore) =>
-      restore(Queue.takeBetween(pending, 1, CREATE_BATCH_MAX)).pipe(Effect.flatMap((chunk) => commitBatch(Array.from(chunk))))
+      restore(Queue.takeBetween(pending, 1, CREATE_BATCH_MAX)).pipe(
+        Effect.flatMap((chunk) => commitBatch(Array.from(chunk)))
+      )
     ).pipe(Effect.forever, Effect.forkScoped)
     const groupCommitted = (token: NewToken) =>
       Effect.gen(function*() {
@@ -494,8 +507,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
           Effect.as(sql`INSERT INTO tokens ${sql.insert(tokenColumns(t))}`, newTokenRow(t))
         ),
 
-      createTokenForProject: (t) =>
-        wrap("createToken", dialect === "sqlite" ? groupCommitted(t) : insertForProject(t)),
+      createTokenForProject: (t) => wrap("createToken", dialect === "sqlite" ? groupCommitted(t) : insertForProject(t)),
 
       listTokens: (f, page) =>
         wrap(

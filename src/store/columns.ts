@@ -33,7 +33,11 @@ export interface Column<I, A> {
 
 const notA = (ast: SchemaAST.AST, name: string, v: unknown) => new ParseResult.Type(ast, v, `not a ${name}`)
 
-export const column = <I, A>(name: string, is: (u: unknown) => u is I, decode: (v: I) => A | undefined): Column<I, A> => ({
+export const column = <I, A>(
+  name: string,
+  is: (u: unknown) => u is I,
+  decode: (v: I) => A | undefined
+): Column<I, A> => ({
   name,
   is,
   decode,
@@ -61,16 +65,24 @@ export const SqlBool = column(
 )
 
 /** A timestamp, as an ISO-8601 UTC string with milliseconds: PostgreSQL's `Date`, or SQLite's text. */
-export const SqlTimestamp = column("timestamp", (u): u is Date | string => u instanceof Date || typeof u === "string", (v) => {
-  const ms = v instanceof Date ? v.getTime() : Date.parse(v)
-  return Number.isNaN(ms) ? undefined : new Date(ms).toISOString()
-})
+export const SqlTimestamp = column(
+  "timestamp",
+  (u): u is Date | string => u instanceof Date || typeof u === "string",
+  (v) => {
+    const ms = v instanceof Date ? v.getTime() : Date.parse(v)
+    return Number.isNaN(ms) ? undefined : new Date(ms).toISOString()
+  }
+)
 
 /** A number: SQLite's, or PostgreSQL's BIGINT / NUMERIC, which node-postgres gives as text. */
-export const SqlNumber = column("number", (u): u is number | string => typeof u === "number" || typeof u === "string", (v) => {
-  const n = typeof v === "number" ? v : v.trim() === "" ? Number.NaN : Number(v)
-  return Number.isNaN(n) ? undefined : n
-})
+export const SqlNumber = column(
+  "number",
+  (u): u is number | string => typeof u === "number" || typeof u === "string",
+  (v) => {
+    const n = typeof v === "number" ? v : v.trim() === "" ? Number.NaN : Number(v)
+    return Number.isNaN(n) ? undefined : n
+  }
+)
 
 /** One of `values` (a column with a CHECK constraint). */
 export const oneOf = <const L extends ReadonlyArray<string>>(values: L): Column<string, L[number]> =>

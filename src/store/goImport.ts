@@ -15,8 +15,8 @@
  * either side stays deactivated (an import never re-activates anything).
  */
 import { SqlClient } from "@effect/sql"
-import { createHash } from "node:crypto"
 import { Data, Effect } from "effect"
+import { createHash } from "node:crypto"
 import type { KeyCipherService } from "../crypto/KeyCipher.js"
 import { obfuscateApiKey } from "../crypto/obfuscate.js"
 import { hashProxyToken, importedHashOfGoHash, isGoTokenFormat, tokenHint } from "../crypto/ProxyToken.js"
@@ -27,7 +27,9 @@ type Dialect = "sqlite" | "postgres"
 type Row = Record<string, unknown>
 
 /** The import cannot proceed; nothing was written. `message` names what is wrong and never holds a secret. */
-export class ImportError extends Data.TaggedError("ImportError")<{ readonly message: string; readonly cause?: unknown }> {}
+export class ImportError
+  extends Data.TaggedError("ImportError")<{ readonly message: string; readonly cause?: unknown }>
+{}
 
 // ---- the Go database ----------------------------------------------------------------------------------------
 
@@ -101,7 +103,11 @@ export const parseGoTime = (v: unknown): string | null | undefined => {
   const m = GO_TIME_RE.exec(String(v).trim())
   if (!m) return undefined
   const fraction = (m[3] ?? "").padEnd(3, "0").slice(0, 3)
-  const zone = m[4] === undefined || m[4] === "Z" ? "Z" : m[4].length === 5 ? `${m[4].slice(0, 3)}:${m[4].slice(3)}` : m[4]
+  const zone = m[4] === undefined || m[4] === "Z"
+    ? "Z"
+    : m[4].length === 5
+    ? `${m[4].slice(0, 3)}:${m[4].slice(3)}`
+    : m[4]
   const d = new Date(`${m[1]}T${m[2]}.${fraction}${zone}`)
   return Number.isNaN(d.getTime()) ? undefined : d.toISOString()
 }
@@ -133,17 +139,31 @@ export const readGoDatabase = (dialect: Dialect) =>
     const tokenColumns = yield* columnsOf(sql, dialect, "tokens")
     const auditColumns = yield* columnsOf(sql, dialect, "audit_events")
     if (tokenColumns.has("token_hash")) {
-      return yield* new ImportError({ message: "the source is an llm-proxy database of this project, not the Go llm-proxy's" })
+      return yield* new ImportError({
+        message: "the source is an llm-proxy database of this project, not the Go llm-proxy's"
+      })
     }
     if (!projectColumns.has("id") || !projectColumns.has("name") || !tokenColumns.has("token")) {
-      return yield* new ImportError({ message: "the source is not a Go llm-proxy database (no projects and tokens tables)" })
+      return yield* new ImportError({
+        message: "the source is not a Go llm-proxy database (no projects and tokens tables)"
+      })
     }
-    const keyColumn = projectColumns.has("api_key") ? "api_key" : projectColumns.has("openai_api_key") ? "openai_api_key" : undefined
+    const keyColumn = projectColumns.has("api_key")
+      ? "api_key"
+      : projectColumns.has("openai_api_key")
+      ? "openai_api_key"
+      : undefined
     if (keyColumn === undefined) {
       return yield* new ImportError({ message: "the source's projects table has no api_key column" })
     }
     // Column names come from the fixed lists below, never from the source: safe to splice into the query.
-    const select = (columns: Set<string>, table: string, wanted: ReadonlyArray<string>, times: ReadonlyArray<string>, order: string) =>
+    const select = (
+      columns: Set<string>,
+      table: string,
+      wanted: ReadonlyArray<string>,
+      times: ReadonlyArray<string>,
+      order: string
+    ) =>
       sql.unsafe<Row>(
         `SELECT ${
           wanted.map((c) => {
@@ -156,7 +176,9 @@ export const readGoDatabase = (dialect: Dialect) =>
     const projectRows = yield* sql.unsafe<Row>(
       `SELECT id${dialect === "postgres" ? "::text AS id" : ""}, name, ${keyColumn} AS api_key, ${
         ["is_active", "deactivated_at", "created_at", "updated_at"].map((c) =>
-          projectColumns.has(c) ? (dialect === "postgres" && c !== "is_active" ? `${c}::text AS ${c}` : c) : `NULL AS ${c}`
+          projectColumns.has(c)
+            ? (dialect === "postgres" && c !== "is_active" ? `${c}::text AS ${c}` : c)
+            : `NULL AS ${c}`
         ).join(", ")
       } FROM projects ORDER BY created_at, id`
     )
@@ -165,24 +187,54 @@ export const readGoDatabase = (dialect: Dialect) =>
       tokenColumns,
       "tokens",
       [
-        "id", "token", "project_id", "expires_at", "is_active", "deactivated_at", "request_count", "max_requests",
-        "cache_hit_count", "created_at", "last_used_at"
+        "id",
+        "token",
+        "project_id",
+        "expires_at",
+        "is_active",
+        "deactivated_at",
+        "request_count",
+        "max_requests",
+        "cache_hit_count",
+        "created_at",
+        "last_used_at"
       ],
       tokenTimes,
       "created_at, token"
     )
     const auditWanted = [
-      "id", "timestamp", "action", "actor", "outcome", "project_id", "token_id", "request_id", "correlation_id",
-      "client_ip", "method", "path", "user_agent", "reason", "metadata"
+      "id",
+      "timestamp",
+      "action",
+      "actor",
+      "outcome",
+      "project_id",
+      "token_id",
+      "request_id",
+      "correlation_id",
+      "client_ip",
+      "method",
+      "path",
+      "user_agent",
+      "reason",
+      "metadata"
     ]
     const auditRows = auditColumns.has("id") && auditColumns.has("timestamp")
       ? yield* select(auditColumns, "audit_events", auditWanted, ["timestamp"], "timestamp, id")
       : []
 
-    const time = (table: string, column: string, id: unknown, v: unknown, fallback?: string): Effect.Effect<string | null, ImportError> => {
+    const time = (
+      table: string,
+      column: string,
+      id: unknown,
+      v: unknown,
+      fallback?: string
+    ): Effect.Effect<string | null, ImportError> => {
       const t = parseGoTime(v)
       if (t === undefined) {
-        return Effect.fail(new ImportError({ message: `cannot read the time "${String(v)}" in ${table}.${column} (row ${String(id)})` }))
+        return Effect.fail(
+          new ImportError({ message: `cannot read the time "${String(v)}" in ${table}.${column} (row ${String(id)})` })
+        )
       }
       return Effect.succeed(t ?? fallback ?? null)
     }
@@ -348,7 +400,10 @@ export const importGoDatabase = (dialect: Dialect, source: GoDatabase, options: 
 
     const byIds = (table: "projects" | "tokens" | "audit_events", ids: ReadonlyArray<string>, column = "id") =>
       Effect.map(
-        Effect.forEach(chunks(ids), (part) => sql<Row>`SELECT * FROM ${sql(table)} WHERE ${sql(column)} IN ${sql.in(part)}`),
+        Effect.forEach(
+          chunks(ids),
+          (part) => sql<Row>`SELECT * FROM ${sql(table)} WHERE ${sql(column)} IN ${sql.in(part)}`
+        ),
         (parts) => parts.flat()
       )
 
@@ -358,7 +413,9 @@ export const importGoDatabase = (dialect: Dialect, source: GoDatabase, options: 
       const projectIds = new Map<string, string>() // Go id → id here, for projects that exist here after the import
       const mapped = source.projects.map((p) => ({ p, id: idOf("project", p.id) }))
       const existing = new Map((yield* byIds("projects", mapped.map((m) => m.id))).map((r) => [String(r.id), r]))
-      const named = new Map((yield* byIds("projects", mapped.map((m) => m.p.name), "name")).map((r) => [String(r.name), String(r.id)]))
+      const named = new Map(
+        (yield* byIds("projects", mapped.map((m) => m.p.name), "name")).map((r) => [String(r.name), String(r.id)])
+      )
       for (const { id, p } of mapped) {
         const plain = plainKeys.get(p.id)!
         const owner = named.get(p.name)
@@ -391,7 +448,8 @@ export const importGoDatabase = (dialect: Dialect, source: GoDatabase, options: 
         const currentKey = yield* options.targetCipher.decrypt(String(current.api_key)).pipe(
           Effect.mapError(() =>
             new ImportError({
-              message: `cannot decrypt the provider key of project ${id} here: is ENCRYPTION_KEY the one it was stored with?`
+              message:
+                `cannot decrypt the provider key of project ${id} here: is ENCRYPTION_KEY the one it was stored with?`
             })
           )
         )
@@ -453,7 +511,9 @@ export const importGoDatabase = (dialect: Dialect, source: GoDatabase, options: 
       }
       const tokensById = new Map((yield* byIds("tokens", candidates.map((c) => c.id))).map((r) => [String(r.id), r]))
       const tokensByHash = new Map(
-        (yield* byIds("tokens", candidates.map((c) => c.hash), "token_hash")).map((r) => [String(r.token_hash), String(r.id)])
+        (yield* byIds("tokens", candidates.map((c) => c.hash), "token_hash")).map((
+          r
+        ) => [String(r.token_hash), String(r.id)])
       )
       for (const c of candidates) {
         const { t } = c
@@ -499,7 +559,9 @@ export const importGoDatabase = (dialect: Dialect, source: GoDatabase, options: 
           changes.deactivated_at = t.deactivatedAt ?? now
         }
         if (iso(current.expires_at) !== t.expiresAt) changes.expires_at = t.expiresAt
-        const max = current.max_requests === null || current.max_requests === undefined ? null : Number(current.max_requests)
+        const max = current.max_requests === null || current.max_requests === undefined
+          ? null
+          : Number(current.max_requests)
         if (max !== t.maxRequests) changes.max_requests = t.maxRequests
         if (t.requestCount > Number(current.request_count)) changes.request_count = t.requestCount
         if (t.cacheHitCount > Number(current.cache_hit_count)) changes.cache_hit_count = t.cacheHitCount
@@ -562,7 +624,10 @@ export const importGoDatabase = (dialect: Dialect, source: GoDatabase, options: 
 
     return yield* sql.withTransaction(work).pipe(
       Effect.catchTag("DryRun", (d) => Effect.succeed(d.report)),
-      Effect.catchTag("SqlError", (cause) => Effect.fail(new ImportError({ message: "the import failed; nothing was written", cause })))
+      Effect.catchTag(
+        "SqlError",
+        (cause) => Effect.fail(new ImportError({ message: "the import failed; nothing was written", cause }))
+      )
     )
   })
 

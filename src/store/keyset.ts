@@ -76,7 +76,9 @@ export const keysetPage = <A, I>(
   const key = sql`(${time}, ${id})`
   // The key as the database prints it: the text of the time column keeps its full precision for the next cursor.
   const select = (conditions: ReadonlyArray<Statement.Fragment>, descending: boolean, limit: number) =>
-    sql`SELECT *, CAST(${time} AS TEXT) AS keyset_time, ${id} AS keyset_id FROM ${sql(q.table)} WHERE ${sql.and(conditions)}
+    sql`SELECT *, CAST(${time} AS TEXT) AS keyset_time, ${id} AS keyset_id FROM ${sql(q.table)} WHERE ${
+      sql.and(conditions)
+    }
       ORDER BY ${time} ${sql.literal(descending ? "DESC" : "ASC")}, ${id} ${sql.literal(descending ? "DESC" : "ASC")}
       LIMIT ${limit}`
   const older = (k: RowKey, orSame = false) => sql`${key} ${sql.literal(orSame ? "<=" : "<")} (${k.time}, ${k.id})`

@@ -34,7 +34,11 @@ export const sqliteClient = (path: string, synchronous: SqliteSynchronous = "nor
     Effect.as(preparePrivateDatabase(path), SqliteClient.layer({ filename: path }))
   ).pipe(
     // Foreign keys are off by default in SQLite; the schema relies on them.
-    Layer.tap((ctx) => Effect.asVoid(SqlClient.SqlClient.pipe(Effect.flatMap((sql) => sql`PRAGMA foreign_keys = ON`), Effect.provide(ctx)))),
+    Layer.tap((ctx) =>
+      Effect.asVoid(
+        SqlClient.SqlClient.pipe(Effect.flatMap((sql) => sql`PRAGMA foreign_keys = ON`), Effect.provide(ctx))
+      )
+    ),
     Layer.tap((ctx) =>
       Effect.asVoid(
         SqlClient.SqlClient.pipe(

@@ -65,7 +65,11 @@ const storedKeys = (c: RowColumns<typeof KeyColumns>, projectId: string): Readon
 const positiveOrNull = (n: number | null): number | null => (n !== null && n > 0 ? n : null)
 
 /** A window rate limit from its three columns; none unless the window and one of the two counts are positive. */
-const rateLimit = (requests: number | null, windowSeconds: number | null, tokens: number | null): RateLimitRow | null => {
+const rateLimit = (
+  requests: number | null,
+  windowSeconds: number | null,
+  tokens: number | null
+): RateLimitRow | null => {
   const r = positiveOrNull(requests)
   const t = positiveOrNull(tokens)
   const w = positiveOrNull(windowSeconds)

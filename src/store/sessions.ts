@@ -25,7 +25,9 @@ export interface AdminSessionStoreShape {
   readonly keepNewest: (keep: number) => Effect.Effect<void, StoreError>
 }
 
-export class AdminSessionStore extends Context.Tag("llm-proxy/AdminSessionStore")<AdminSessionStore, AdminSessionStoreShape>() {}
+export class AdminSessionStore
+  extends Context.Tag("llm-proxy/AdminSessionStore")<AdminSessionStore, AdminSessionStoreShape>()
+{}
 
 /** The times are BIGINTs: text to PostgreSQL's driver. */
 const SessionFromRow = sqlRow("SessionRow", {
@@ -53,9 +55,11 @@ export const make = Effect.gen(function*() {
     insert: (row) =>
       wrap(
         "insert",
-        Effect.asVoid(sql`INSERT INTO admin_sessions ${
-          sql.insert({ id_hash: row.idHash, created_ms: row.createdMs, last_seen_ms: row.lastSeenMs })
-        }`)
+        Effect.asVoid(
+          sql`INSERT INTO admin_sessions ${
+            sql.insert({ id_hash: row.idHash, created_ms: row.createdMs, last_seen_ms: row.lastSeenMs })
+          }`
+        )
       ),
     get: (idHash) => wrap("get", session(idHash)),
     touch: (idHash, lastSeenMs) =>

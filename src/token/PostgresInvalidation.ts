@@ -22,7 +22,13 @@ import * as Pg from "pg"
 import { AppConfig } from "../config/AppConfig.js"
 import { KeyCipher } from "../crypto/KeyCipher.js"
 import { Store } from "../store/Store.js"
-import { type Invalidation, type InvalidationChannel, make, pendingPublishes, TokenValidator } from "./TokenValidator.js"
+import {
+  type Invalidation,
+  type InvalidationChannel,
+  make,
+  pendingPublishes,
+  TokenValidator
+} from "./TokenValidator.js"
 
 /** The notification channel (one per database). */
 export const CHANNEL = "llm_proxy_token_invalidations"
@@ -127,7 +133,10 @@ const makeListener = (url: Redacted.Redacted<string>, options: ListenerOptions) 
       void c.end().catch(() => {})
       if (closed) return
       if (!warned) {
-        log("warn", `token invalidation channel (PostgreSQL LISTEN): ${message(e)}; the token cache is bypassed until it is back`)
+        log(
+          "warn",
+          `token invalidation channel (PostgreSQL LISTEN): ${message(e)}; the token cache is bypassed until it is back`
+        )
       }
       warned = true
       const delay = Math.min(100 * 2 ** failures, maxBackoffMs)
@@ -172,7 +181,10 @@ const makeListener = (url: Redacted.Redacted<string>, options: ListenerOptions) 
     const ping = setInterval(() => {
       const c = client
       if (c === undefined || !listening) return
-      const timer = setTimeout(() => lost(c, new Error(`no answer to a ping within ${pingTimeoutMs} ms`)), pingTimeoutMs)
+      const timer = setTimeout(
+        () => lost(c, new Error(`no answer to a ping within ${pingTimeoutMs} ms`)),
+        pingTimeoutMs
+      )
       c.query("SELECT 1").then(() => clearTimeout(timer), (e: unknown) => {
         clearTimeout(timer)
         lost(c, e)
@@ -197,7 +209,9 @@ const makeListener = (url: Redacted.Redacted<string>, options: ListenerOptions) 
             }
             awaiting.set(n, { missing, done })
           })
-          return runPromise(sql`SELECT pg_notify(${CHANNEL}, ${JSON.stringify({ ...m, from: instance, n })})`).then(() => acked)
+          return runPromise(sql`SELECT pg_notify(${CHANNEL}, ${JSON.stringify({ ...m, from: instance, n })})`).then(
+            () => acked
+          )
         })
         pending.add(
           sent.catch((e: unknown) =>

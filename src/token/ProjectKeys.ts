@@ -44,7 +44,11 @@ export const make = Effect.gen(function*() {
     }
     touched.set(grant.keyId, now)
     // A failed write is logged, never the request's failure: it is a statistic.
-    return store.touchProjectKey(grant.keyId, new Date(now).toISOString(), new Date(now - LAST_USED_EVERY_MS).toISOString()).pipe(
+    return store.touchProjectKey(
+      grant.keyId,
+      new Date(now).toISOString(),
+      new Date(now - LAST_USED_EVERY_MS).toISOString()
+    ).pipe(
       Effect.catchAll((e) => Effect.logWarning("project key last_used_at not written", e.detail))
     )
   }

@@ -71,7 +71,9 @@ export interface TokenWindows {
   ) => ReadonlyArray<number> | Effect.Effect<ReadonlyArray<number>, { readonly message: string }>
   /** Adds tokens to the current windows; `ttlMs` each window's key may live. */
   readonly add: (
-    entries: ReadonlyArray<{ readonly key: string; readonly index: number; readonly tokens: number; readonly ttlMs: number }>
+    entries: ReadonlyArray<
+      { readonly key: string; readonly index: number; readonly tokens: number; readonly ttlMs: number }
+    >
   ) => void | Promise<void>
 }
 
@@ -117,9 +119,16 @@ const tokenWindow = (scope: "token" | "project", id: string, l: RateLimitRow, no
   }
 }
 
-const tokenLimited = (l: RateLimitRow | null): l is RateLimitRow => l !== null && l.tokens !== null && l.tokens !== undefined
+const tokenLimited = (l: RateLimitRow | null): l is RateLimitRow =>
+  l !== null && l.tokens !== null && l.tokens !== undefined
 
-const windowsOf = (tokenId: string, tokenLimit: RateLimitRow | null, projectId: string, projectLimit: RateLimitRow | null, now: number) => [
+const windowsOf = (
+  tokenId: string,
+  tokenLimit: RateLimitRow | null,
+  projectId: string,
+  projectLimit: RateLimitRow | null,
+  now: number
+) => [
   ...(tokenLimited(tokenLimit) ? [tokenWindow("token", tokenId, tokenLimit, now)] : []),
   ...(tokenLimited(projectLimit) ? [tokenWindow("project", projectId, projectLimit, now)] : [])
 ]
@@ -144,17 +153,18 @@ const consumeBoth = (
   projectLimit: RateLimitRow | null
 ) => {
   const one = (scope: "token" | "project", key: string, l: RateLimitRow & { readonly requests: number }) =>
-    limiter.consume({ key, limit: l.requests, window: Duration.seconds(l.windowSeconds), algorithm: "fixed-window" }).pipe(
-      Effect.as<Exceeded | undefined>(undefined),
-      Effect.catchAll((e) =>
-        e instanceof RateLimiter.RateLimitExceeded
-          ? Effect.succeed<Verdict>({
-            scope,
-            retryAfterSeconds: Math.max(1, Math.ceil(Duration.toMillis(e.retryAfter) / 1000))
-          })
-          : onStoreFailure(e)
+    limiter.consume({ key, limit: l.requests, window: Duration.seconds(l.windowSeconds), algorithm: "fixed-window" })
+      .pipe(
+        Effect.as<Exceeded | undefined>(undefined),
+        Effect.catchAll((e) =>
+          e instanceof RateLimiter.RateLimitExceeded
+            ? Effect.succeed<Verdict>({
+              scope,
+              retryAfterSeconds: Math.max(1, Math.ceil(Duration.toMillis(e.retryAfter) / 1000))
+            })
+            : onStoreFailure(e)
+        )
       )
-    )
   return Effect.gen(function*(): Effect.fn.Return<Verdict> {
     if (tokenLimit !== null && tokenLimit.requests !== null) {
       const t = yield* one("token", `token:${tokenId}`, { ...tokenLimit, requests: tokenLimit.requests })
@@ -190,7 +200,9 @@ const make = (mode: "sync" | "async", failureMode: FailureMode, windows: TokenWi
         loggedAt = now
         return Effect.as(
           Effect.logWarning(
-            `rate limiter store failed; requests are ${failureMode === "closed" ? "refused (503)" : "allowed"} while it fails`,
+            `rate limiter store failed; requests are ${
+              failureMode === "closed" ? "refused (503)" : "allowed"
+            } while it fails`,
             e.message,
             `failures so far: ${failures}`
           ),
@@ -202,7 +214,10 @@ const make = (mode: "sync" | "async", failureMode: FailureMode, windows: TokenWi
       if (ws.length === 0) return undefined
       const used = windows.used(ws.map((w) => w.key), ws.map((w) => w.index))
       if (!Effect.isEffect(used)) return tokensVerdict(ws, used as ReadonlyArray<number>)
-      return Effect.matchEffect(used, { onFailure: onStoreFailure, onSuccess: (u) => Effect.succeed(tokensVerdict(ws, u)) })
+      return Effect.matchEffect(used, {
+        onFailure: onStoreFailure,
+        onSuccess: (u) => Effect.succeed(tokensVerdict(ws, u))
+      })
     }
     const check: RateLimitsShape["check"] = (tokenId, tokenLimit, projectId, projectLimit) => {
       const consume = requestLimited(tokenLimit) || requestLimited(projectLimit)
@@ -241,7 +256,9 @@ const make = (mode: "sync" | "async", failureMode: FailureMode, windows: TokenWi
         const ws = windowsOf(tokenId, tokenLimit, projectId, projectLimit, clock.unsafeCurrentTimeMillis())
         const done = windows.add(ws.map((w) => ({ key: w.key, index: w.index, tokens, ttlMs: w.ttlMs })))
         if (done !== undefined) {
-          done.catch((e: Error) => runFork(Effect.asVoid(onStoreFailure({ message: `token window update failed: ${e.message}` }))))
+          done.catch((e: Error) =>
+            runFork(Effect.asVoid(onStoreFailure({ message: `token window update failed: ${e.message}` })))
+          )
         }
       },
       storeFailures: () => failures
@@ -400,18 +417,31 @@ export const layerRedisStore = (url: string, prefix: string): Layer.Layer<RateLi
       return RateLimiter.RateLimiterStore.of({
         fixedWindow: (options) =>
           Effect.tryPromise({
-            try: () => client.fixedWindow(`${prefix}${options.key}`, options.tokens, Duration.toMillis(options.refillRate), options.limit),
-            catch: (cause) => new RateLimiter.RateLimitStoreError({ message: "Redis fixed-window command failed", cause })
+            try: () =>
+              client.fixedWindow(
+                `${prefix}${options.key}`,
+                options.tokens,
+                Duration.toMillis(options.refillRate),
+                options.limit
+              ),
+            catch: (cause) =>
+              new RateLimiter.RateLimitStoreError({ message: "Redis fixed-window command failed", cause })
           }),
-        tokenBucket: () => Effect.fail(new RateLimiter.RateLimitStoreError({ message: "token bucket is not used by llm-proxy" }))
+        tokenBucket: () =>
+          Effect.fail(new RateLimiter.RateLimitStoreError({ message: "token bucket is not used by llm-proxy" }))
       })
     })
   )
 
-export const layerRedis = (url: string, failureMode: FailureMode = "open", prefix = "llm-proxy:ratelimit:"): Layer.Layer<RateLimits> =>
+export const layerRedis = (
+  url: string,
+  failureMode: FailureMode = "open",
+  prefix = "llm-proxy:ratelimit:"
+): Layer.Layer<RateLimits> =>
   Layer.scoped(
     RateLimits,
-    Effect.flatMap(quietRedis(url, "token rate limits"), (client) => make("async", failureMode, redisTokenWindows(client, prefix)))
+    Effect.flatMap(quietRedis(url, "token rate limits"), (client) =>
+      make("async", failureMode, redisTokenWindows(client, prefix)))
   ).pipe(
     Layer.provide(RateLimiter.layer),
     Layer.provide(layerRedisStore(url, prefix))

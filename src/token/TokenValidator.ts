@@ -20,8 +20,8 @@ import { Context, Effect, Fiber, Layer, Option, Redacted, Runtime, Schema } from
 import { Redis } from "ioredis"
 import { AppConfig } from "../config/AppConfig.js"
 import { KeyCipher } from "../crypto/KeyCipher.js"
-import { type ModelScope, modelScopeOf } from "../proxy/modelScope.js"
 import type { KeyState, RoutedKey } from "../proxy/keys.js"
+import { type ModelScope, modelScopeOf } from "../proxy/modelScope.js"
 import { type BudgetRow, type RateLimitRow, Store, StoreError } from "../store/Store.js"
 
 export interface TokenGrant {
@@ -164,181 +164,187 @@ const localOnly: InvalidationChannel = {
   settled: () => Promise.resolve()
 }
 
-export const make = (channel: InvalidationChannel = localOnly) => Effect.gen(function*() {
-  const store = yield* Store
-  const cipher = yield* KeyCipher
-  const config = yield* AppConfig
-  const runFork = Runtime.runFork(yield* Effect.runtime<never>())
-  const ttl = config.tokenCacheTtlMs
-  // Entries are kept past their TTL (but never served from `cached`) for as long as they may stand in for a
-  // database that does not answer.
-  const keep = Math.max(ttl, config.tokenCacheStaleTtlMs)
-  const entries = new Map<string, Entry>()
-  /** Hashes with no token, and when that was read (bounded like `entries`). */
-  const missing = new Map<string, number>()
-  /** One load per hash at a time: it runs in a fiber of its own, which every caller for that hash joins. */
-  const inflight = new Map<string, Fiber.RuntimeFiber<TokenGrant | undefined, TokenLoadError>>()
-  let generation = 0
-  let hits = 0
-  let loads = 0
-  let staleServed = 0
+export const make = (channel: InvalidationChannel = localOnly) =>
+  Effect.gen(function*() {
+    const store = yield* Store
+    const cipher = yield* KeyCipher
+    const config = yield* AppConfig
+    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+    const ttl = config.tokenCacheTtlMs
+    // Entries are kept past their TTL (but never served from `cached`) for as long as they may stand in for a
+    // database that does not answer.
+    const keep = Math.max(ttl, config.tokenCacheStaleTtlMs)
+    const entries = new Map<string, Entry>()
+    /** Hashes with no token, and when that was read (bounded like `entries`). */
+    const missing = new Map<string, number>()
+    /** One load per hash at a time: it runs in a fiber of its own, which every caller for that hash joins. */
+    const inflight = new Map<string, Fiber.RuntimeFiber<TokenGrant | undefined, TokenLoadError>>()
+    let generation = 0
+    let hits = 0
+    let loads = 0
+    let staleServed = 0
 
-  const drop = (predicate: (g: TokenGrant) => boolean) => {
-    generation++
-    // Requests after an invalidation must not join a load that may have read the old row.
-    inflight.clear()
-    for (const [hash, e] of entries) if (predicate(e.grant)) entries.delete(hash)
-  }
-
-  const read = (hash: string) =>
-    Effect.gen(function*() {
-      const row = yield* store.getTokenAuth(hash)
-      if (Option.isNone(row)) return undefined
-      const r = row.value
-      const keys: Array<GrantKey> = []
-      for (let index = 0; index < r.apiKeys.length; index++) {
-        const stored = r.apiKeys[index]!
-        const key = yield* Effect.option(cipher.decrypt(stored.key))
-        if (Option.isNone(key) || key.value === "") {
-          yield* Effect.logWarning(`project ${r.projectId}: its key ${index} cannot be decrypted (wrong ENCRYPTION_KEY?)`)
-          continue
-        }
-        keys.push({
-          id: stored.id,
-          index,
-          slot: keys.length,
-          provider: stored.provider ?? r.provider,
-          weight: stored.weight,
-          apiKey: Redacted.make(key.value),
-          state: undefined as KeyState | undefined
-        })
-      }
-      const grant: TokenGrant = {
-        tokenId: r.tokenId,
-        projectId: r.projectId,
-        expiresAtMs: r.expiresAt === null ? null : Date.parse(r.expiresAt),
-        isActive: r.isActive,
-        maxRequests: r.maxRequests,
-        tokenRateLimit: r.tokenRateLimit,
-        projectActive: r.projectActive,
-        projectRateLimit: r.projectRateLimit,
-        tokenBudget: r.tokenBudget,
-        projectBudget: r.projectBudget,
-        provider: r.provider,
-        keys,
-        models: modelScopeOf(r.projectAllowedModels, r.tokenAllowedModels),
-        name: r.name,
-        user: r.user,
-        metadata: r.metadata
-      }
-      return grant
-    })
-
-  const remember = <V>(map: Map<string, V>, key: string, value: V) => {
-    map.delete(key)
-    if (map.size >= MAX_ENTRIES) {
-      // Oldest first (insertion order).
-      const oldest = map.keys().next()
-      if (!oldest.done) map.delete(oldest.value)
-    }
-    map.set(key, value)
-  }
-
-  /** Reads the grant and caches it, unless an invalidation came in meanwhile (generation counter). */
-  const readAndCache = (hash: string): Effect.Effect<TokenGrant | undefined, TokenLoadError> =>
-    Effect.suspend(() => {
-      const startedAt = generation
-      loads++
-      return Effect.matchEffect(read(hash), {
-        // The database does not answer: a token validated recently (and not invalidated since) keeps working.
-        onFailure: (cause) =>
-          Effect.suspend(() => {
-            const e = entries.get(hash)
-            if (e !== undefined && Date.now() - e.loadedAt < config.tokenCacheStaleTtlMs) {
-              staleServed++
-              return Effect.succeed(e.grant)
-            }
-            return Effect.fail(new TokenLoadError({ cause }))
-          }),
-        onSuccess: (grant) =>
-          Effect.sync(() => {
-            if (grant === undefined) entries.delete(hash)
-            if (ttl > 0 && startedAt === generation) {
-              if (grant === undefined) remember(missing, hash, Date.now())
-              else remember(entries, hash, { grant, loadedAt: Date.now() })
-            }
-            return grant
-          })
-      })
-    })
-
-  const apply = (m: Invalidation) => {
-    if (m.kind === "token") drop((g) => g.tokenId === m.id)
-    else if (m.kind === "project") drop((g) => g.projectId === m.id)
-    else {
+    const drop = (predicate: (g: TokenGrant) => boolean) => {
       generation++
+      // Requests after an invalidation must not join a load that may have read the old row.
       inflight.clear()
-      entries.clear()
-      missing.clear()
+      for (const [hash, e] of entries) if (predicate(e.grant)) entries.delete(hash)
     }
-  }
-  channel.subscribe(apply, () => apply({ kind: "all" }))
-  const live = channel.live
 
-  const unsafeInvalidate = (m: Invalidation) => {
-    apply(m)
-    channel.publish(m)
-  }
+    const read = (hash: string) =>
+      Effect.gen(function*() {
+        const row = yield* store.getTokenAuth(hash)
+        if (Option.isNone(row)) return undefined
+        const r = row.value
+        const keys: Array<GrantKey> = []
+        for (let index = 0; index < r.apiKeys.length; index++) {
+          const stored = r.apiKeys[index]!
+          const key = yield* Effect.option(cipher.decrypt(stored.key))
+          if (Option.isNone(key) || key.value === "") {
+            yield* Effect.logWarning(
+              `project ${r.projectId}: its key ${index} cannot be decrypted (wrong ENCRYPTION_KEY?)`
+            )
+            continue
+          }
+          keys.push({
+            id: stored.id,
+            index,
+            slot: keys.length,
+            provider: stored.provider ?? r.provider,
+            weight: stored.weight,
+            apiKey: Redacted.make(key.value),
+            state: undefined as KeyState | undefined
+          })
+        }
+        const grant: TokenGrant = {
+          tokenId: r.tokenId,
+          projectId: r.projectId,
+          expiresAtMs: r.expiresAt === null ? null : Date.parse(r.expiresAt),
+          isActive: r.isActive,
+          maxRequests: r.maxRequests,
+          tokenRateLimit: r.tokenRateLimit,
+          projectActive: r.projectActive,
+          projectRateLimit: r.projectRateLimit,
+          tokenBudget: r.tokenBudget,
+          projectBudget: r.projectBudget,
+          provider: r.provider,
+          keys,
+          models: modelScopeOf(r.projectAllowedModels, r.tokenAllowedModels),
+          name: r.name,
+          user: r.user,
+          metadata: r.metadata
+        }
+        return grant
+      })
 
-  const service: TokenValidatorShape = {
-    cached: (hash, nowMs) => {
-      const e = entries.get(hash)
-      if (e === undefined) {
-        const m = missing.get(hash)
-        if (m === undefined) return undefined
-        if (nowMs - m >= ttl) {
-          missing.delete(hash)
+    const remember = <V>(map: Map<string, V>, key: string, value: V) => {
+      map.delete(key)
+      if (map.size >= MAX_ENTRIES) {
+        // Oldest first (insertion order).
+        const oldest = map.keys().next()
+        if (!oldest.done) map.delete(oldest.value)
+      }
+      map.set(key, value)
+    }
+
+    /** Reads the grant and caches it, unless an invalidation came in meanwhile (generation counter). */
+    const readAndCache = (hash: string): Effect.Effect<TokenGrant | undefined, TokenLoadError> =>
+      Effect.suspend(() => {
+        const startedAt = generation
+        loads++
+        return Effect.matchEffect(read(hash), {
+          // The database does not answer: a token validated recently (and not invalidated since) keeps working.
+          onFailure: (cause) =>
+            Effect.suspend(() => {
+              const e = entries.get(hash)
+              if (e !== undefined && Date.now() - e.loadedAt < config.tokenCacheStaleTtlMs) {
+                staleServed++
+                return Effect.succeed(e.grant)
+              }
+              return Effect.fail(new TokenLoadError({ cause }))
+            }),
+          onSuccess: (grant) =>
+            Effect.sync(() => {
+              if (grant === undefined) entries.delete(hash)
+              if (ttl > 0 && startedAt === generation) {
+                if (grant === undefined) remember(missing, hash, Date.now())
+                else remember(entries, hash, { grant, loadedAt: Date.now() })
+              }
+              return grant
+            })
+        })
+      })
+
+    const apply = (m: Invalidation) => {
+      if (m.kind === "token") drop((g) => g.tokenId === m.id)
+      else if (m.kind === "project") drop((g) => g.projectId === m.id)
+      else {
+        generation++
+        inflight.clear()
+        entries.clear()
+        missing.clear()
+      }
+    }
+    channel.subscribe(apply, () => apply({ kind: "all" }))
+    const live = channel.live
+
+    const unsafeInvalidate = (m: Invalidation) => {
+      apply(m)
+      channel.publish(m)
+    }
+
+    const service: TokenValidatorShape = {
+      cached: (hash, nowMs) => {
+        const e = entries.get(hash)
+        if (e === undefined) {
+          const m = missing.get(hash)
+          if (m === undefined) return undefined
+          if (nowMs - m >= ttl) {
+            missing.delete(hash)
+            return undefined
+          }
+          return null
+        }
+        const age = nowMs - e.loadedAt
+        if (age >= ttl || !live()) {
+          if (age >= keep) entries.delete(hash)
           return undefined
         }
-        return null
-      }
-      const age = nowMs - e.loadedAt
-      if (age >= ttl || !live()) {
-        if (age >= keep) entries.delete(hash)
-        return undefined
-      }
-      hits++
-      return e.grant
-    },
-    load: (hash) =>
-      Effect.suspend(() => {
-        const pending = inflight.get(hash)
-        if (pending !== undefined) return Fiber.join(pending)
-        // The fiber starts at once and may even finish before runFork returns (SQLite answers synchronously).
-        const fiber = runFork(readAndCache(hash))
-        if (fiber.unsafePoll() === null) {
-          inflight.set(hash, fiber)
-          fiber.addObserver(() => {
-            if (inflight.get(hash) === fiber) inflight.delete(hash)
-          })
-        }
-        return Fiber.join(fiber)
+        hits++
+        return e.grant
+      },
+      load: (hash) =>
+        Effect.suspend(() => {
+          const pending = inflight.get(hash)
+          if (pending !== undefined) return Fiber.join(pending)
+          // The fiber starts at once and may even finish before runFork returns (SQLite answers synchronously).
+          const fiber = runFork(readAndCache(hash))
+          if (fiber.unsafePoll() === null) {
+            inflight.set(hash, fiber)
+            fiber.addObserver(() => {
+              if (inflight.get(hash) === fiber) inflight.delete(hash)
+            })
+          }
+          return Fiber.join(fiber)
+        }),
+      invalidate: Effect.fn("TokenValidator.invalidate")(function*(what: Invalidation) {
+        yield* Effect.annotateCurrentSpan("llm_proxy.token_cache.invalidation", what.kind)
+        unsafeInvalidate(what)
       }),
-    invalidate: Effect.fn("TokenValidator.invalidate")(function*(what: Invalidation) {
-      yield* Effect.annotateCurrentSpan("llm_proxy.token_cache.invalidation", what.kind)
-      unsafeInvalidate(what)
-    }),
-    unsafeInvalidate,
-    // The channel's promise never rejects (publish failures are logged, and it gives up after 1 s).
-    settled: Effect.promise(channel.settled).pipe(Effect.withSpan("TokenValidator.settled")),
-    trusted: live,
-    stats: () => ({ size: entries.size, hits, loads, staleServed })
-  }
-  return service
-})
+      unsafeInvalidate,
+      // The channel's promise never rejects (publish failures are logged, and it gives up after 1 s).
+      settled: Effect.promise(channel.settled).pipe(Effect.withSpan("TokenValidator.settled")),
+      trusted: live,
+      stats: () => ({ size: entries.size, hits, loads, staleServed })
+    }
+    return service
+  })
 
 /** One instance: invalidations apply locally. */
-export const layer: Layer.Layer<TokenValidator, never, Store | KeyCipher | AppConfig> = Layer.effect(TokenValidator, make())
+export const layer: Layer.Layer<TokenValidator, never, Store | KeyCipher | AppConfig> = Layer.effect(
+  TokenValidator,
+  make()
+)
 
 const CHANNEL = "llm-proxy:token-invalidations"
 
@@ -363,17 +369,20 @@ export const layerRedis = (url: string): Layer.Layer<TokenValidator, never, Stor
           ] as const
         ),
         // disconnect, not quit: quit waits behind commands queued while Redis is unreachable, i.e. forever.
-        ([a, b]) => Effect.sync(() => {
-          a.disconnect()
-          b.disconnect()
-        })
+        ([a, b]) =>
+          Effect.sync(() => {
+            a.disconnect()
+            b.disconnect()
+          })
       )
       const runtime = yield* Effect.runtime<never>()
       const log = (level: "warn" | "info", m: string) =>
         Runtime.runFork(runtime)(level === "warn" ? Effect.logWarning(m) : Effect.logInfo(m))
       let warned = false
       const onError = (e: Error) => {
-        if (!warned) log("warn", `token invalidation channel (Redis): ${e.message}; the token cache is bypassed until it is back`)
+        if (!warned) {
+          log("warn", `token invalidation channel (Redis): ${e.message}; the token cache is bypassed until it is back`)
+        }
         warned = true
       }
       pub.on("error", onError)

@@ -124,7 +124,14 @@ export const make = Effect.gen(function*() {
     spending.set(key, { ...d })
   }
 
-  const merge = (tokenId: string, requests: number, prompt: number, completion: number, cacheHits: number, at: number) => {
+  const merge = (
+    tokenId: string,
+    requests: number,
+    prompt: number,
+    completion: number,
+    cacheHits: number,
+    at: number
+  ) => {
     let p = pending.get(tokenId)
     if (p === undefined) {
       if (pending.size >= MAX_PENDING) {
@@ -178,7 +185,9 @@ export const make = Effect.gen(function*() {
         Effect.zipRight(
           Effect.logWarning("usage counters not written; retrying with the next batch", e.message),
           Effect.sync(() => {
-            for (const [tokenId, p] of batch) merge(tokenId, p.requests, p.promptTokens, p.completionTokens, p.cacheHits, p.lastUsedAt)
+            for (const [tokenId, p] of batch) {
+              merge(tokenId, p.requests, p.promptTokens, p.completionTokens, p.cacheHits, p.lastUsedAt)
+            }
           })
         )
       )
@@ -204,7 +213,9 @@ export const make = Effect.gen(function*() {
   const flush = Effect.suspend(() =>
     pending.size + spending.size + hourlySize === 0
       ? Effect.void
-      : Effect.zipRight(Effect.zipRight(flushTokens, flushSpend), flushHourly).pipe(Effect.withSpan("UsageRecorder.flush"))
+      : Effect.zipRight(Effect.zipRight(flushTokens, flushSpend), flushHourly).pipe(
+        Effect.withSpan("UsageRecorder.flush")
+      )
   )
 
   yield* Effect.forkScoped(

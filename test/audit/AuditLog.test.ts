@@ -59,11 +59,19 @@ describe("AuditLog", () => {
       expect(records.map((r) => r.requestId)).toEqual(Array.from({ length: 120 }, (_, i) => `req-${i}`))
       expect(new Set(records.map((r) => r.id)).size).toBe(120)
       // UUIDv7, increasing in recording order.
-      expect(records.every((r) => /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(r.id))).toBe(true)
+      expect(records.every((r) => /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(r.id)))
+        .toBe(true)
       expect([...records.map((r) => r.id)].sort()).toEqual(records.map((r) => r.id))
       expect(records.every((r) => Math.abs(Date.parse(r.timestamp) - Date.now()) < 60_000)).toBe(true)
       expect(Math.max(...(yield* Ref.get(memory.batches)).map((b) => b.length))).toBeLessThanOrEqual(50)
-      expect(yield* log.stats).toEqual({ accepted: 120, written: 120, dropped: 0, failed: 0, denials: 0, overflowed: 0 })
+      expect(yield* log.stats).toEqual({
+        accepted: 120,
+        written: 120,
+        dropped: 0,
+        failed: 0,
+        denials: 0,
+        overflowed: 0
+      })
       expect(log.queryable).toBe(true)
       yield* close
     }))
@@ -116,8 +124,10 @@ describe("AuditLog", () => {
         name: "flaky",
         queryable: false,
         write: () =>
-          Effect.flatMap(Ref.updateAndGet(attempts, (n) => n + 1), (n) =>
-            n <= 2 ? Effect.fail(new AuditLog.AuditSinkError({ message: "transient" })) : Effect.void)
+          Effect.flatMap(
+            Ref.updateAndGet(attempts, (n) => n + 1),
+            (n) => n <= 2 ? Effect.fail(new AuditLog.AuditSinkError({ message: "transient" })) : Effect.void
+          )
       }
       const broken: AuditLog.AuditSink = {
         name: "broken",
@@ -162,7 +172,9 @@ describe("AuditLog", () => {
     Effect.gen(function*() {
       const memory = yield* memorySink()
       const { close, log } = yield* logWith([memory.sink])
-      yield* log.record(entry(0, { userAgent: "x".repeat(10_000), path: "/p".repeat(5_000), reason: "r".repeat(5_000) }))
+      yield* log.record(
+        entry(0, { userAgent: "x".repeat(10_000), path: "/p".repeat(5_000), reason: "r".repeat(5_000) })
+      )
       yield* log.flush
       const [r] = yield* memory.records
       expect(r?.userAgent?.length).toBe(512)
@@ -172,7 +184,12 @@ describe("AuditLog", () => {
     }))
 
   describe("aggregated denials", () => {
-    const denial = (clientIp: string, reason: string, requestId: string, fields: Partial<AuditEntry> = {}): AuditEntry => ({
+    const denial = (
+      clientIp: string,
+      reason: string,
+      requestId: string,
+      fields: Partial<AuditEntry> = {}
+    ): AuditEntry => ({
       action: "token.validate",
       actor: "proxy",
       outcome: "denied",
@@ -244,7 +261,12 @@ describe("AuditLog", () => {
         const memory = yield* memorySink()
         const { close, log } = yield* logWith([memory.sink], { maxPendingDenials: 3 })
         for (let i = 0; i < 10; i++) {
-          log.recordDenial(denial(`192.0.2.${i}`, "token_not_found", `r-${i}`, { userAgent: "u".repeat(1000), path: "/v1/" + "p".repeat(3000) }))
+          log.recordDenial(
+            denial(`192.0.2.${i}`, "token_not_found", `r-${i}`, {
+              userAgent: "u".repeat(1000),
+              path: "/v1/" + "p".repeat(3000)
+            })
+          )
         }
         log.recordDenial(denial("192.0.2.0", "token_not_found", "again"))
         yield* log.flush
@@ -256,7 +278,11 @@ describe("AuditLog", () => {
           [undefined, 7]
         ])
         const overflow = records[3]!
-        expect(overflow).toMatchObject({ action: "token.validate", reason: "token_not_found", details: { status: 401, overflow: true } })
+        expect(overflow).toMatchObject({
+          action: "token.validate",
+          reason: "token_not_found",
+          details: { status: 401, overflow: true }
+        })
         expect(overflow.requestId).toBeUndefined()
         expect(overflow.userAgent).toBeUndefined()
         // Client-chosen strings kept in aggregated events are short.
@@ -294,7 +320,10 @@ describe("JSONL file sink", () => {
   it.live("appends one JSON object per line, survives restarts without truncating, mode 0600", () =>
     Effect.gen(function*() {
       const path = join(dir, "nested", "dir", "audit.log")
-      yield* runOnce(path, [entry(1), entry(2, { details: { project_name: "a" }, projectId: "p-1", clientIp: "127.0.0.1" })])
+      yield* runOnce(path, [
+        entry(1),
+        entry(2, { details: { project_name: "a" }, projectId: "p-1", clientIp: "127.0.0.1" })
+      ])
       const first = readFileSync(path, "utf8")
       yield* runOnce(path, [entry(3)])
       const second = readFileSync(path, "utf8")

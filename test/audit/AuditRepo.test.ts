@@ -11,8 +11,8 @@ import { layer as retentionLayer, pruneOnce } from "../../src/audit/retention.js
 import { uuidv7 } from "../../src/audit/uuidv7.js"
 import { type AuditQuery, type AuditRecord, validateAuditQuery } from "../../src/domain/audit.js"
 import type { Dialect } from "../../src/store/migrations.js"
-import { postgresUrl } from "../support/databases.js"
 import { freshStore } from "../store/backends.js"
+import { postgresUrl } from "../support/databases.js"
 
 const T0 = Date.parse("2021-03-04T05:06:07.089Z")
 const at = (seconds: number) => T0 + seconds * 1000
@@ -35,7 +35,8 @@ const query = (params: Parameters<typeof validateAuditQuery>[0]): AuditQuery => 
 const list = (params: Parameters<typeof validateAuditQuery>[0]) =>
   Effect.flatMap(AuditRepo.AuditRepo, (repo) => repo.list(query(params)))
 
-const insert = (records: ReadonlyArray<AuditRecord>) => Effect.flatMap(AuditRepo.AuditRepo, (repo) => repo.insert(records))
+const insert = (records: ReadonlyArray<AuditRecord>) =>
+  Effect.flatMap(AuditRepo.AuditRepo, (repo) => repo.insert(records))
 
 const repoSuite = (dialect: Dialect) =>
   layer(
@@ -93,15 +94,47 @@ const repoSuite = (dialect: Dialect) =>
         const project = randomUUID()
         const token = randomUUID()
         yield* insert([
-          event(actor, 0, { action: "project.create", projectId: project, clientIp: "10.0.0.1", method: "POST", path: "/manage/projects" }),
-          event(actor, 1, { action: "token.create", projectId: project, tokenId: token, clientIp: "10.0.0.2", method: "POST", path: "/manage/tokens", requestId: "r-2", correlationId: "c-2" }),
-          event(actor, 2, { action: "token.revoke", projectId: project, tokenId: token, outcome: "failure", clientIp: "10.0.0.2", method: "DELETE", path: `/manage/tokens/${token}` }),
+          event(actor, 0, {
+            action: "project.create",
+            projectId: project,
+            clientIp: "10.0.0.1",
+            method: "POST",
+            path: "/manage/projects"
+          }),
+          event(actor, 1, {
+            action: "token.create",
+            projectId: project,
+            tokenId: token,
+            clientIp: "10.0.0.2",
+            method: "POST",
+            path: "/manage/tokens",
+            requestId: "r-2",
+            correlationId: "c-2"
+          }),
+          event(actor, 2, {
+            action: "token.revoke",
+            projectId: project,
+            tokenId: token,
+            outcome: "failure",
+            clientIp: "10.0.0.2",
+            method: "DELETE",
+            path: `/manage/tokens/${token}`
+          }),
           event(actor, 3, { action: "project.list", clientIp: "10.0.0.1", method: "GET", path: "/manage/projects" })
         ])
         const actions = (r: { events: ReadonlyArray<{ action: string }> }) => r.events.map((e) => e.action)
-        expect(actions(yield* list({ actor }))).toEqual(["project.list", "token.revoke", "token.create", "project.create"])
+        expect(actions(yield* list({ actor }))).toEqual([
+          "project.list",
+          "token.revoke",
+          "token.create",
+          "project.create"
+        ])
         expect(actions(yield* list({ actor, action: "token.create" }))).toEqual(["token.create"])
-        expect(actions(yield* list({ actor, project_id: project }))).toEqual(["token.revoke", "token.create", "project.create"])
+        expect(actions(yield* list({ actor, project_id: project }))).toEqual([
+          "token.revoke",
+          "token.create",
+          "project.create"
+        ])
         expect(actions(yield* list({ actor, token_id: token }))).toEqual(["token.revoke", "token.create"])
         expect(actions(yield* list({ actor, outcome: "failure" }))).toEqual(["token.revoke"])
         expect(actions(yield* list({ actor, client_ip: "10.0.0.1" }))).toEqual(["project.list", "project.create"])
@@ -109,7 +142,8 @@ const repoSuite = (dialect: Dialect) =>
         expect(actions(yield* list({ actor, path: "/manage/projects" }))).toEqual(["project.list", "project.create"])
         expect(actions(yield* list({ actor, request_id: "r-2" }))).toEqual(["token.create"])
         expect(actions(yield* list({ actor, correlation_id: "c-2" }))).toEqual(["token.create"])
-        expect(actions(yield* list({ actor, client_ip: "10.0.0.2", action: "token.revoke", outcome: "failure" }))).toEqual(["token.revoke"])
+        expect(actions(yield* list({ actor, client_ip: "10.0.0.2", action: "token.revoke", outcome: "failure" })))
+          .toEqual(["token.revoke"])
         expect(actions(yield* list({ actor, client_ip: "10.0.0.2", action: "project.list" }))).toEqual([])
         // Exact means exact: a prefix is not a match.
         expect(actions(yield* list({ actor, action: "token" }))).toEqual([])
@@ -206,14 +240,20 @@ const repoSuite = (dialect: Dialect) =>
         })
         yield* insert([daysAgo(40), daysAgo(31), daysAgo(29), daysAgo(1), daysAgo(0)])
         yield* pruneOnce(30, 2)
-        const left = (yield* list({ actor })).events.map((e) => Math.round((now - Date.parse(e.timestamp)) / 86_400_000))
+        const left = (yield* list({ actor })).events.map((e) =>
+          Math.round((now - Date.parse(e.timestamp)) / 86_400_000)
+        )
         expect(left).toEqual([0, 1, 29])
       }))
 
     it.effect("retention: the background fiber prunes at start and keeps pruning", () =>
       Effect.gen(function*() {
         const actor = `actor-${randomUUID()}`
-        const old = () => ({ ...event(actor, 0), id: uuidv7(Date.now() - 10 * 86_400_000), timestamp: new Date(Date.now() - 10 * 86_400_000).toISOString() })
+        const old = () => ({
+          ...event(actor, 0),
+          id: uuidv7(Date.now() - 10 * 86_400_000),
+          timestamp: new Date(Date.now() - 10 * 86_400_000).toISOString()
+        })
         const fresh = { ...event(actor, 0), id: uuidv7(), timestamp: new Date().toISOString() }
         yield* insert([old(), fresh])
         const count = () => Effect.map(list({ actor }), (r) => r.total)

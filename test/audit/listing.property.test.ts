@@ -10,9 +10,9 @@ import { Effect, Either, FastCheck as fc, Layer } from "effect"
 import * as AuditRepo from "../../src/audit/AuditRepo.js"
 import { type AuditRecord, type ListAuditParams, OUTCOMES, validateAuditQuery } from "../../src/domain/audit.js"
 import type { Dialect } from "../../src/store/migrations.js"
-import { postgresUrl } from "../support/databases.js"
 import { freshStore } from "../store/backends.js"
 import { walk } from "../store/paging.js"
+import { postgresUrl } from "../support/databases.js"
 
 const T0 = Date.parse("2025-03-04T05:06:07.089Z")
 const at = (second: number) => new Date(T0 + second * 1000).toISOString()
@@ -55,7 +55,17 @@ const queryArb = fc.record({
   page_size: pick("1", "2", "3", "100")
 })
 
-const SEARCHED = ["requestId", "correlationId", "clientIp", "action", "actor", "method", "path", "reason", "metadata"] as const
+const SEARCHED = [
+  "requestId",
+  "correlationId",
+  "clientIp",
+  "action",
+  "actor",
+  "method",
+  "path",
+  "reason",
+  "metadata"
+] as const
 
 const suite = (dialect: Dialect) =>
   layer(AuditRepo.layer(dialect).pipe(Layer.provideMerge(freshStore(dialect))), {
@@ -64,7 +74,10 @@ const suite = (dialect: Dialect) =>
   })((it) => {
     it.effect.prop(
       "page numbers and cursors read exactly the events of the naive reference",
-      [fc.uniqueArray(eventArb, { selector: (e) => e.id, maxLength: 30 }), fc.array(queryArb, { minLength: 5, maxLength: 5 })],
+      [
+        fc.uniqueArray(eventArb, { selector: (e) => e.id, maxLength: 30 }),
+        fc.array(queryArb, { minLength: 5, maxLength: 5 })
+      ],
       ([events, queries]) =>
         Effect.gen(function*() {
           const sql = yield* SqlClient.SqlClient

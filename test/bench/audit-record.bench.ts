@@ -70,12 +70,18 @@ const run = (name: string, file: string | undefined, database: boolean, dir: str
     const stats = yield* log.stats
     yield* Scope.close(scope, Exit.void)
     const us = (cpu.user + cpu.system) / EVENTS
-    console.log(`${name.padEnd(24)} ${us.toFixed(1).padStart(7)} µs CPU/event  ${(EVENTS / (wall / 1000)).toFixed(0).padStart(8)} events/s  (${stats.written} written)`)
+    console.log(
+      `${name.padEnd(24)} ${us.toFixed(1).padStart(7)} µs CPU/event  ${
+        (EVENTS / (wall / 1000)).toFixed(0).padStart(8)
+      } events/s  (${stats.written} written)`
+    )
   })
 
 const main = Effect.gen(function*() {
   const dir = mkdtempSync(join(tmpdir(), "llm-proxy-audit-record-"))
-  console.log(`audit event cost — ${EVENTS.toLocaleString("en-US")} events from 16 fibers, SQLite; node ${process.version}`)
+  console.log(
+    `audit event cost — ${EVENTS.toLocaleString("en-US")} events from 16 fibers, SQLite; node ${process.version}`
+  )
   try {
     yield* run("no sinks (queue only)", undefined, false, dir)
     yield* run("database", undefined, true, dir)

@@ -41,7 +41,11 @@ const SCENARIOS: ReadonlyArray<Scenario> = [
     path: (id) => `/manage/projects/${id}`,
     body: JSON.stringify({ is_active: true })
   },
-  { name: "GET /manage/tokens?project_id= (token.list, 20 tokens)", method: "GET", path: (id) => `/manage/tokens?project_id=${id}` }
+  {
+    name: "GET /manage/tokens?project_id= (token.list, 20 tokens)",
+    method: "GET",
+    path: (id) => `/manage/tokens?project_id=${id}`
+  }
 ]
 
 const root = process.cwd()
@@ -119,7 +123,11 @@ const startServer = async (mode: Mode): Promise<Server> => {
     body: JSON.stringify({ name: "bench", api_key: "sk-bench-key-1234567890abcdef" })
   })).json() as { id: string }
   for (let i = 0; i < 20; i++) {
-    await fetch(`${url}/manage/tokens`, { method: "POST", headers: auth, body: JSON.stringify({ project_id: project.id, duration_minutes: 60 }) })
+    await fetch(`${url}/manage/tokens`, {
+      method: "POST",
+      headers: auth,
+      body: JSON.stringify({ project_id: project.id, duration_minutes: 60 })
+    })
   }
   return {
     mode,
@@ -182,9 +190,13 @@ const main = async () => {
     console.log(
       `management API, audit off vs on — SQLite, built binary, concurrency ${CONCURRENCY}, ${ROUNDS} rounds of ` +
         `${SECONDS}s per mode, modes interleaved within each round; node ${process.version}, ` +
-        `${cpus().length}× ${cpus()[0]?.model ?? "unknown CPU"}, load average ${loadavg().map((l) => l.toFixed(1)).join(" ")}`
+        `${cpus().length}× ${cpus()[0]?.model ?? "unknown CPU"}, load average ${
+          loadavg().map((l) => l.toFixed(1)).join(" ")
+        }`
     )
-    console.log("req/s: median over rounds; CPU: server user+system time per request over all rounds; ratios against off")
+    console.log(
+      "req/s: median over rounds; CPU: server user+system time per request over all rounds; ratios against off"
+    )
     const only = process.env["BENCH_SCENARIO"]
     for (const scenario of SCENARIOS.filter((s) => only === undefined || s.name.includes(only))) {
       for (const server of servers) await drive(server, scenario, 0.5) // warm-up
@@ -223,7 +235,8 @@ const main = async () => {
         ]
       })
       const widths = header.map((_, c) => Math.max(...[header, ...rows].map((r) => r[c]!.length)))
-      const line = (r: ReadonlyArray<string>) => r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join("  ")
+      const line = (r: ReadonlyArray<string>) =>
+        r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join("  ")
       console.log(line(header))
       console.log(widths.map((w) => "-".repeat(w)).join("  "))
       for (const r of rows) console.log(line(r))
@@ -240,7 +253,9 @@ const main = async () => {
     const n = Number(db.prepare("SELECT COUNT(*) AS n FROM audit_events").get()?.["n"] ?? 0)
     db.close()
     const file = join(server.dir, "audit.log")
-    return `${server.mode}: ${n.toLocaleString("en-US")} rows${existsSync(file) ? `, file ${(statSync(file).size / 1e6).toFixed(1)} MB` : ""}`
+    return `${server.mode}: ${n.toLocaleString("en-US")} rows${
+      existsSync(file) ? `, file ${(statSync(file).size / 1e6).toFixed(1)} MB` : ""
+    }`
   })
   console.log("")
   console.log(`audit events written after shutdown — ${counts.join("; ")}`)

@@ -140,7 +140,12 @@ const main = async () => {
   const memory = await startProxy(upstream, { HTTP_CACHE_ENABLED: "true", HTTP_CACHE_BACKEND: "in-memory" })
   const off = await startProxy(upstream, { HTTP_CACHE_ENABLED: "false" })
   const targets: Array<Target> = [
-    { name: "raw proxy", url: `http://127.0.0.1:${raw.port}`, headers: { authorization: "Bearer anything" }, pid: raw.pid },
+    {
+      name: "raw proxy",
+      url: `http://127.0.0.1:${raw.port}`,
+      headers: { authorization: "Bearer anything" },
+      pid: raw.pid
+    },
     { name: "llm-proxy cache off", url: off.url, headers: { authorization: `Bearer ${off.token}` }, pid: off.pid },
     { name: "llm-proxy miss", url: memory.url, headers: { authorization: `Bearer ${memory.token}` }, pid: memory.pid },
     {
@@ -153,7 +158,12 @@ const main = async () => {
   ]
   if (redisUrl !== undefined) {
     const prefix = `llmproxy:bench:cache:${crypto.randomUUID()}:`
-    const redis = await startProxy(upstream, { HTTP_CACHE_ENABLED: "true", HTTP_CACHE_BACKEND: "redis", REDIS_URL: redisUrl, REDIS_CACHE_KEY_PREFIX: prefix })
+    const redis = await startProxy(upstream, {
+      HTTP_CACHE_ENABLED: "true",
+      HTTP_CACHE_BACKEND: "redis",
+      REDIS_URL: redisUrl,
+      REDIS_CACHE_KEY_PREFIX: prefix
+    })
     targets.push({
       name: "llm-proxy hit (Redis)",
       url: redis.url,
@@ -172,7 +182,9 @@ const main = async () => {
     for (const t of targets) {
       const r = (sat[t.name] = await saturate(t))
       console.log(
-        `${t.name.padEnd(22)} ${fmt(r.rps, 0).padStart(9)}  ${fmt(r.p50, 0).padStart(6)}  ${fmt(r.p99, 0).padStart(6)}  ` +
+        `${t.name.padEnd(22)} ${fmt(r.rps, 0).padStart(9)}  ${fmt(r.p50, 0).padStart(6)}  ${
+          fmt(r.p99, 0).padStart(6)
+        }  ` +
           `${String(r.errors).padStart(6)}  ${fmt(r.cpuUsPerRequest, 1).padStart(8)}`
       )
     }
@@ -192,10 +204,18 @@ const main = async () => {
     console.log(`  hit / raw proxy throughput       ${fmt(hit.rps / rawSat.rps)}×`)
     console.log(`  hit / llm-proxy miss throughput  ${fmt(hit.rps / miss.rps)}×`)
     console.log(`  hit / miss CPU per request       ${fmt(hit.cpuUsPerRequest / miss.cpuUsPerRequest)}×`)
-    console.log(`  miss / cache-off CPU per request ${fmt(miss.cpuUsPerRequest / sat["llm-proxy cache off"]!.cpuUsPerRequest)}×`)
-    console.log(`  p99 at 1,000 RPS                 hit ${fmt(fixed["llm-proxy hit"]!.p99, 3)} ms, miss ${fmt(fixed["llm-proxy miss"]!.p99, 3)} ms, raw ${fmt(fixed["raw proxy"]!.p99, 3)} ms`)
+    console.log(
+      `  miss / cache-off CPU per request ${fmt(miss.cpuUsPerRequest / sat["llm-proxy cache off"]!.cpuUsPerRequest)}×`
+    )
+    console.log(
+      `  p99 at 1,000 RPS                 hit ${fmt(fixed["llm-proxy hit"]!.p99, 3)} ms, miss ${
+        fmt(fixed["llm-proxy miss"]!.p99, 3)
+      } ms, raw ${fmt(fixed["raw proxy"]!.p99, 3)} ms`
+    )
     const cheaper = hit.cpuUsPerRequest < miss.cpuUsPerRequest
-    console.log(`\n${cheaper ? "PASS" : "FAIL"}: a cache hit costs ${cheaper ? "less" : "MORE"} proxy CPU than a proxied miss`)
+    console.log(
+      `\n${cheaper ? "PASS" : "FAIL"}: a cache hit costs ${cheaper ? "less" : "MORE"} proxy CPU than a proxied miss`
+    )
     if (!cheaper) process.exitCode = 1
   } finally {
     await Promise.all(proxies.map((p) => p.stop()))

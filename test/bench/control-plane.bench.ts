@@ -203,8 +203,12 @@ const seedSqlite = (target: Target, nowS: number) => {
     SELECT lower(hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4' || substr(hex(randomblob(2)), 2) || '-a' ||
         substr(hex(randomblob(2)), 2) || '-' || hex(randomblob(6))),
       lower(hex(randomblob(32))), 'sk-abcd****wxyz',
-      CASE WHEN rnd < 50 THEN '${BIG}' ELSE printf('00000000-0000-4000-8000-%012d', 1 + abs(random()) % ${PROJECTS - 1}) END,
-      strftime('%Y-%m-%dT%H:%M:%fZ', CASE WHEN i < ${TOKENS / 10} THEN c + ${DAY_S} ELSE c + 30 * ${DAY_S} END, 'unixepoch'),
+      CASE WHEN rnd < 50 THEN '${BIG}' ELSE printf('00000000-0000-4000-8000-%012d', 1 + abs(random()) % ${
+    PROJECTS - 1
+  }) END,
+      strftime('%Y-%m-%dT%H:%M:%fZ', CASE WHEN i < ${
+    TOKENS / 10
+  } THEN c + ${DAY_S} ELSE c + 30 * ${DAY_S} END, 'unixepoch'),
       CASE WHEN c > ${nowS} - 30 * ${DAY_S} AND rnd % 20 = 7 THEN 0 ELSE 1 END,
       CASE WHEN c > ${nowS} - 30 * ${DAY_S} AND rnd % 20 = 7 THEN strftime('%Y-%m-%dT%H:%M:%fZ', c + 3600, 'unixepoch') END,
       strftime('%Y-%m-%dT%H:%M:%fZ', c, 'unixepoch')
@@ -221,7 +225,9 @@ const seedSqlite = (target: Target, nowS: number) => {
         WHEN 8 THEN 'token.revoke' ELSE 'audit.list' END,
       CASE WHEN kind IN (6, 7) THEN 'anonymous' ELSE 'management_api' END,
       CASE WHEN kind IN (6, 7) THEN 'denied' ELSE 'success' END,
-      CASE WHEN kind IN (6, 9) THEN NULL WHEN i % 2 = 0 THEN '${BIG}' ELSE printf('00000000-0000-4000-8000-%012d', 1 + i % ${PROJECTS - 1}) END,
+      CASE WHEN kind IN (6, 9) THEN NULL WHEN i % 2 = 0 THEN '${BIG}' ELSE printf('00000000-0000-4000-8000-%012d', 1 + i % ${
+    PROJECTS - 1
+  }) END,
       CASE WHEN kind IN (0, 1, 2, 3, 7, 8) THEN lower(hex(randomblob(16))) END,
       'req-' || i, '10.0.' || (i % 250) || '.' || (i % 7),
       CASE WHEN kind = 7 THEN 'POST' WHEN kind IN (0, 1, 2, 3) THEN 'POST' ELSE 'GET' END,
@@ -245,16 +251,21 @@ const seedPostgres = async (target: Target, nowS: number) => {
     SELECT '00000000-0000-4000-8000-' || lpad(i::text, 12, '0'), 'project-' || lpad(i::text, 4, '0'), 'sk-bench', 'sk-b...ench',
       'openai', true, '2024-01-01', '2024-01-01' FROM generate_series(0, ${PROJECTS - 1}) i`)
   // Milliseconds, as the application writes them.
-  await q(`INSERT INTO tokens (id, token_hash, token_hint, project_id, expires_at, is_active, deactivated_at, created_at)
+  await q(
+    `INSERT INTO tokens (id, token_hash, token_hint, project_id, expires_at, is_active, deactivated_at, created_at)
     SELECT gen_random_uuid()::text, md5(random()::text) || md5(random()::text), 'sk-abcd****wxyz',
-      CASE WHEN rnd < 50 THEN '${BIG}' ELSE '00000000-0000-4000-8000-' || lpad((1 + floor(random() * ${PROJECTS - 1}))::int::text, 12, '0') END,
+      CASE WHEN rnd < 50 THEN '${BIG}' ELSE '00000000-0000-4000-8000-' || lpad((1 + floor(random() * ${
+      PROJECTS - 1
+    }))::int::text, 12, '0') END,
       c + CASE WHEN i < ${TOKENS / 10} THEN interval '1 day' ELSE interval '30 days' END,
       NOT (c > ${now} - interval '30 days' AND rnd % 20 = 7),
       CASE WHEN c > ${now} - interval '30 days' AND rnd % 20 = 7 THEN c + interval '1 hour' END,
       c
     FROM (SELECT i, date_trunc('milliseconds', ${now} - interval '60 days' + i * (interval '60 days' / ${TOKENS})) AS c,
-      floor(random() * 100)::int AS rnd FROM generate_series(0, ${TOKENS - 1}) i) s`)
-  await q(`INSERT INTO audit_events (id, timestamp, action, actor, outcome, project_id, token_id, request_id, client_ip, method,
+      floor(random() * 100)::int AS rnd FROM generate_series(0, ${TOKENS - 1}) i) s`
+  )
+  await q(
+    `INSERT INTO audit_events (id, timestamp, action, actor, outcome, project_id, token_id, request_id, client_ip, method,
       path, reason, metadata)
     SELECT gen_random_uuid()::text, t,
       (ARRAY['token.create','token.create','token.create','token.create','token.list','project.read','management.auth',
@@ -271,14 +282,16 @@ const seedPostgres = async (target: Target, nowS: number) => {
       CASE WHEN kind < 4 THEN '{"duration_minutes":60}' END
     FROM (SELECT i, i % 10 AS kind,
       date_trunc('milliseconds', ${now} - interval '60 days' + i * (interval '60 days' / ${AUDIT})) AS t
-      FROM generate_series(0, ${AUDIT - 1}) i) s`)
+      FROM generate_series(0, ${AUDIT - 1}) i) s`
+  )
   for (const i of indexes) await q(String(i.indexdef))
   await q("VACUUM ANALYZE")
 }
 
 // ---- measuring --------------------------------------------------------------------------------------------------
 
-const quantile = (sorted: ReadonlyArray<number>, q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!
+const quantile = (sorted: ReadonlyArray<number>, q: number) =>
+  sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!
 
 /** p50 / p95 (ms) of SAMPLES requests after 3 warm-up ones; every answer must be 200 (401 for `expect`). */
 const timeRequests = async (url: string, headers: Record<string, string> = auth, expect = 200) => {
@@ -296,7 +309,10 @@ const timeRequests = async (url: string, headers: Record<string, string> = auth,
   return { p50: quantile(times, 0.5), p95: quantile(times, 0.95), bytes }
 }
 
-const unknownTokenHeaders = () => ({ authorization: `Bearer sk-${randomBytes(32).toString("base64url")}`, "content-type": "application/json" })
+const unknownTokenHeaders = () => ({
+  authorization: `Bearer sk-${randomBytes(32).toString("base64url")}`,
+  "content-type": "application/json"
+})
 
 /** The key text of the `n`-th row (0-based) of a listing's order, for a middle-page cursor. */
 const keyAt = async (target: Target, table: string, time: string, where: string, n: number) => {
@@ -349,18 +365,31 @@ const listings = async (target: Target, serve: Serve): Promise<Array<Line>> => {
   await add("projects: last page", `/manage/projects?page=${PROJECTS / 20}&page_size=20`)
   await add("projects: search", "/manage/projects?page_size=20&search=project-04")
   const A = "/manage/audit?page_size=100"
-  const middleAudit = await keyAt(target, "audit_events", '"timestamp"', "", Math.floor(AUDIT / 2))
+  const middleAudit = await keyAt(target, "audit_events", "\"timestamp\"", "", Math.floor(AUDIT / 2))
   await add("audit: first page (cursor)", `${A}&cursor=`)
   await add("audit: middle page (cursor)", `${A}&cursor=${middleAudit}`)
   await add("audit: last page (cursor)", `${A}&cursor=last`)
   await add("audit: page 1 by number (with its count)", `${A}&page=1`)
-  await add("audit: page 5,000 by number (OFFSET 499,900)", `${A}&page=${Math.floor(AUDIT / 200)}`, "not a target: page by cursor")
+  await add(
+    "audit: page 5,000 by number (OFFSET 499,900)",
+    `${A}&page=${Math.floor(AUDIT / 200)}`,
+    "not a target: page by cursor"
+  )
   await add("audit, action=token.revoke (10%)", `${A}&cursor=&action=token.revoke`)
   await add("audit, project_id of the big project", `${A}&cursor=&project_id=${BIG}`)
   await add("audit, outcome=denied (20%)", `${A}&cursor=&outcome=denied`)
-  await add("audit, one day (start_time/end_time)", `${A}&cursor=&start_time=${new Date(Date.now() - 20 * DAY_S * 1000).toISOString()}&end_time=${new Date(Date.now() - 19 * DAY_S * 1000).toISOString()}`)
+  await add(
+    "audit, one day (start_time/end_time)",
+    `${A}&cursor=&start_time=${new Date(Date.now() - 20 * DAY_S * 1000).toISOString()}&end_time=${
+      new Date(Date.now() - 19 * DAY_S * 1000).toISOString()
+    }`
+  )
   await add("audit, search a common word (token.create)", `${A}&cursor=&search=token.create`)
-  await add("audit, search a rare text (one request id)", `${A}&cursor=&search=req-${Math.floor(AUDIT / 3)}`, "scans every event: no index")
+  await add(
+    "audit, search a rare text (one request id)",
+    `${A}&cursor=&search=req-${Math.floor(AUDIT / 3)}`,
+    "scans every event: no index"
+  )
   const miss = await (async () => {
     const times: Array<number> = []
     for (let i = 0; i < SAMPLES + 3; i++) {
@@ -415,7 +444,9 @@ const retention = async (target: Target) => {
   const cutoff = `'${new Date(Date.now() - RETENTION_DAYS * DAY_S * 1000).toISOString()}'`
   const due = async () => {
     const [row] = await target.query(
-      `SELECT COUNT(*) AS n FROM tokens WHERE expires_at < ${cutoff} OR (is_active = ${target.name === "sqlite" ? 0 : "false"} AND deactivated_at < ${cutoff})`
+      `SELECT COUNT(*) AS n FROM tokens WHERE expires_at < ${cutoff} OR (is_active = ${
+        target.name === "sqlite" ? 0 : "false"
+      } AND deactivated_at < ${cutoff})`
     )
     return Number(row!.n)
   }
@@ -431,7 +462,12 @@ const retention = async (target: Target) => {
       await get(`${serve.url}/manage/tokens?page_size=100`)
       listing.push(performance.now() - t)
       t = performance.now()
-      const r = await request(`${serve.url}/v1/chat/completions`, { dispatcher: agent, method: "POST", headers: unknownTokenHeaders(), body: "{}" })
+      const r = await request(`${serve.url}/v1/chat/completions`, {
+        dispatcher: agent,
+        method: "POST",
+        headers: unknownTokenHeaders(),
+        body: "{}"
+      })
       await r.body.dump()
       lookups.push(performance.now() - t)
       await new Promise((resolve) => setTimeout(resolve, 20))
@@ -462,10 +498,13 @@ const commitCost = () => {
       const db = new Sqlite(join(dir, `${sync}.db`))
       db.pragma("journal_mode = WAL")
       db.pragma(`synchronous = ${sync}`)
-      db.exec(`CREATE TABLE tokens (id TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, project_id TEXT, created_at TEXT);
-        CREATE INDEX t1 ON tokens(created_at, id); CREATE INDEX t2 ON tokens(project_id, created_at, id)`)
+      db.exec(
+        `CREATE TABLE tokens (id TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, project_id TEXT, created_at TEXT);
+        CREATE INDEX t1 ON tokens(created_at, id); CREATE INDEX t2 ON tokens(project_id, created_at, id)`
+      )
       const insert = db.prepare("INSERT INTO tokens VALUES (?, ?, ?, ?)")
-      const one = () => insert.run(randomBytes(16).toString("hex"), randomBytes(32).toString("hex"), "p", new Date().toISOString())
+      const one = () =>
+        insert.run(randomBytes(16).toString("hex"), randomBytes(32).toString("hex"), "p", new Date().toISOString())
       for (const perTx of [1, 16]) {
         const n = sync === "FULL" && perTx === 1 ? 400 : 4000
         const batch = db.transaction(() => {
@@ -476,7 +515,11 @@ const commitCost = () => {
         for (let i = 0; i < n / perTx; i++) batch()
         const ms = performance.now() - start
         const cpu = process.cpuUsage(cpu0)
-        rows.push(`| ${sync} | ${perTx} | ${fmt((ms * 1000) / n, 0)} | ${fmt((cpu.user + cpu.system) / n, 0)} | ${fmt(n / (ms / 1000), 0)} |`)
+        rows.push(
+          `| ${sync} | ${perTx} | ${fmt((ms * 1000) / n, 0)} | ${fmt((cpu.user + cpu.system) / n, 0)} | ${
+            fmt(n / (ms / 1000), 0)
+          } |`
+        )
       }
       db.close()
     }
@@ -490,7 +533,9 @@ const load = () => loadavg().map((l) => l.toFixed(1)).join(" / ")
 
 const main = async () => {
   pinSelfToCore0()
-  console.log(`control plane at ${TOKENS.toLocaleString("en-US")} tokens and ${AUDIT.toLocaleString("en-US")} audit events`)
+  console.log(
+    `control plane at ${TOKENS.toLocaleString("en-US")} tokens and ${AUDIT.toLocaleString("en-US")} audit events`
+  )
   console.log(`load average at start: ${load()}`)
   console.log("\nWhat a commit costs on SQLite (WAL), the benchmark process alone:\n")
   console.log("| synchronous | tokens per transaction | wall µs per token | CPU µs per token | tokens/s |")
@@ -520,7 +565,11 @@ const main = async () => {
       all.push(...await listings(target, serve))
       console.log(`${db}: listings measured (load ${load()})`)
       const created = await createRate(serve)
-      creations.push(`| ${db} | ${target.name === "sqlite" ? "normal (default)" : "—"} | ${fmt(created.rate, 0)} | ${fmt(created.cpuUs, 0)} | ${load()} |`)
+      creations.push(
+        `| ${db} | ${target.name === "sqlite" ? "normal (default)" : "—"} | ${fmt(created.rate, 0)} | ${
+          fmt(created.cpuUs, 0)
+        } | ${load()} |`
+      )
       await serve.stop()
       if (target.name === "sqlite") {
         serve = await startServe(target, { SQLITE_SYNCHRONOUS: "full" })
@@ -532,7 +581,11 @@ const main = async () => {
       start = performance.now()
       const r = await retention(target)
       retentions.push(
-        `| ${db} | ${r.deleted.toLocaleString("en-US")} | ${fmt(r.seconds, 1)} | ${fmt(r.listing.p50, 1)} / ${fmt(r.listing.p99, 1)} / ${fmt(r.listing.max, 1)} | ${fmt(r.lookup.p50, 1)} / ${fmt(r.lookup.p99, 1)} / ${fmt(r.lookup.max, 1)} | ${load()} |`
+        `| ${db} | ${r.deleted.toLocaleString("en-US")} | ${fmt(r.seconds, 1)} | ${fmt(r.listing.p50, 1)} / ${
+          fmt(r.listing.p99, 1)
+        } / ${fmt(r.listing.max, 1)} | ${fmt(r.lookup.p50, 1)} / ${fmt(r.lookup.p99, 1)} / ${
+          fmt(r.lookup.max, 1)
+        } | ${load()} |`
       )
     } finally {
       await target.close()
@@ -544,16 +597,24 @@ const main = async () => {
     }
   }
 
-  console.log(`\nListings over HTTP (page_size 100 unless said; p50 / p95 of ${SAMPLES} requests; target: every listing page ≤ 20 ms p50):\n`)
+  console.log(
+    `\nListings over HTTP (page_size 100 unless said; p50 / p95 of ${SAMPLES} requests; target: every listing page ≤ 20 ms p50):\n`
+  )
   console.log("| listing | database | p50 ms | p95 ms | |")
   console.log("|---|---|---|---|---|")
   for (const l of all) console.log(`| ${l.what} | ${l.db} | ${fmt(l.p50, 1)} | ${fmt(l.p95, 1)} | ${l.note ?? ""} |`)
-  console.log(`\nToken creation through the API, 16 concurrent clients, auditing on (database + file) (target: ≥ 2,000/s on SQLite):\n`)
+  console.log(
+    `\nToken creation through the API, 16 concurrent clients, auditing on (database + file) (target: ≥ 2,000/s on SQLite):\n`
+  )
   console.log("| database | SQLITE_SYNCHRONOUS | tokens/s | server CPU µs per token | load average (1/5/15 min) |")
   console.log("|---|---|---|---|---|")
   for (const c of creations) console.log(c)
-  console.log(`\nRetention (TOKEN_RETENTION_DAYS=${RETENTION_DAYS}) at start-up, while a listing and an unknown-token request are timed every 20 ms:\n`)
-  console.log("| database | tokens deleted | seconds | listing p50 / p99 / max ms | lookup miss p50 / p99 / max ms | load average |")
+  console.log(
+    `\nRetention (TOKEN_RETENTION_DAYS=${RETENTION_DAYS}) at start-up, while a listing and an unknown-token request are timed every 20 ms:\n`
+  )
+  console.log(
+    "| database | tokens deleted | seconds | listing p50 / p99 / max ms | lookup miss p50 / p99 / max ms | load average |"
+  )
   console.log("|---|---|---|---|---|---|")
   for (const r of retentions) console.log(r)
   console.log(`\nload average at the end: ${load()}`)

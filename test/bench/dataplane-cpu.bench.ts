@@ -46,7 +46,11 @@ s.keepAliveTimeout = 60000
 s.listen(0, "127.0.0.1", () => console.log("PORT " + s.address().port))
 `
 
-const start = (args: ReadonlyArray<string>, env: Record<string, string>, ready: RegExp): Promise<{ child: ChildProcess; match: RegExpMatchArray }> =>
+const start = (
+  args: ReadonlyArray<string>,
+  env: Record<string, string>,
+  ready: RegExp
+): Promise<{ child: ChildProcess; match: RegExpMatchArray }> =>
   new Promise((resolve, reject) => {
     const child = spawn(process.execPath, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] })
     let out = ""
@@ -127,7 +131,15 @@ const main = async () => {
     const mt = "bench-management-token-" + crypto.randomUUID()
     // BENCH_PROFILE=DIR writes a CPU profile of llm-proxy there (open it in Chrome DevTools).
     const profile = process.env["BENCH_PROFILE"] ? ["--cpu-prof", "--cpu-prof-dir", process.env["BENCH_PROFILE"]] : []
-    const llm = await start([...profile, "bin/llm-proxy.js", "serve", "--addr", "127.0.0.1:0", "--db", join(dir, "db.sqlite")], {
+    const llm = await start([
+      ...profile,
+      "bin/llm-proxy.js",
+      "serve",
+      "--addr",
+      "127.0.0.1:0",
+      "--db",
+      join(dir, "db.sqlite")
+    ], {
       MANAGEMENT_TOKEN: mt,
       OPENAI_API_URL: upstream,
       LOG_LEVEL: "info",
@@ -164,7 +176,9 @@ const main = async () => {
       baseline = { url, pid: b.child.pid, headers: await tokenFor(url) }
     }
 
-    console.log(`non-streaming POST /v1/chat/completions, ${CONCURRENCY} concurrent, ${SECONDS} s per run, ${ROUNDS} rounds\n`)
+    console.log(
+      `non-streaming POST /v1/chat/completions, ${CONCURRENCY} concurrent, ${SECONDS} s per run, ${ROUNDS} rounds\n`
+    )
     await load(llmUrl, headers) // warm-up (JIT, pools, token cache)
     if (baseline !== undefined) await load(baseline.url, baseline.headers)
     await load(`http://127.0.0.1:${raw.match[1]}`, headers)
@@ -173,26 +187,44 @@ const main = async () => {
     for (let i = 0; i < ROUNDS; i++) {
       rows.push(["raw", await load(`http://127.0.0.1:${raw.match[1]}`, headers, raw.child.pid)])
       // With a baseline, the two alternate which goes first.
-      if (baseline !== undefined && i % 2 === 1) rows.push(["baseline", await load(baseline.url, baseline.headers, baseline.pid)])
+      if (baseline !== undefined && i % 2 === 1) {
+        rows.push(["baseline", await load(baseline.url, baseline.headers, baseline.pid)])
+      }
       rows.push(["llm-proxy", await load(llmUrl, headers, llm.child.pid)])
-      if (baseline !== undefined && i % 2 === 0) rows.push(["baseline", await load(baseline.url, baseline.headers, baseline.pid)])
+      if (baseline !== undefined && i % 2 === 0) {
+        rows.push(["baseline", await load(baseline.url, baseline.headers, baseline.pid)])
+      }
     }
     console.log("target      RPS       p50 ms   p99 ms   errors   server CPU µs/request")
     for (const [name, r] of rows) {
       console.log(
-        `${name.padEnd(10)} ${r.rps.toFixed(0).padStart(7)}  ${r.p50.toFixed(2).padStart(7)}  ${r.p99.toFixed(2).padStart(7)}   ${String(r.errors).padStart(6)}   ${r.cpuUs.toFixed(0).padStart(6)}`
+        `${name.padEnd(10)} ${r.rps.toFixed(0).padStart(7)}  ${r.p50.toFixed(2).padStart(7)}  ${
+          r.p99.toFixed(2).padStart(7)
+        }   ${String(r.errors).padStart(6)}   ${r.cpuUs.toFixed(0).padStart(6)}`
       )
     }
     const avg = (name: string, f: (r: Result) => number) => {
       const xs = rows.filter(([n]) => n === name).map(([, r]) => f(r))
       return xs.reduce((a, b) => a + b, 0) / xs.length
     }
-    console.log(`\nllm-proxy / raw throughput: ${(avg("llm-proxy", (r) => r.rps) / avg("raw", (r) => r.rps)).toFixed(2)}`)
+    console.log(
+      `\nllm-proxy / raw throughput: ${(avg("llm-proxy", (r) => r.rps) / avg("raw", (r) => r.rps)).toFixed(2)}`
+    )
     console.log(`llm-proxy - raw p50: ${(avg("llm-proxy", (r) => r.p50) - avg("raw", (r) => r.p50)).toFixed(2)} ms`)
-    console.log(`llm-proxy / raw CPU per request: ${(avg("llm-proxy", (r) => r.cpuUs) / avg("raw", (r) => r.cpuUs)).toFixed(2)}`)
+    console.log(
+      `llm-proxy / raw CPU per request: ${(avg("llm-proxy", (r) => r.cpuUs) / avg("raw", (r) => r.cpuUs)).toFixed(2)}`
+    )
     if (baseline !== undefined) {
-      console.log(`llm-proxy / baseline throughput: ${(avg("llm-proxy", (r) => r.rps) / avg("baseline", (r) => r.rps)).toFixed(2)}`)
-      console.log(`llm-proxy / baseline CPU per request: ${(avg("llm-proxy", (r) => r.cpuUs) / avg("baseline", (r) => r.cpuUs)).toFixed(2)}`)
+      console.log(
+        `llm-proxy / baseline throughput: ${
+          (avg("llm-proxy", (r) => r.rps) / avg("baseline", (r) => r.rps)).toFixed(2)
+        }`
+      )
+      console.log(
+        `llm-proxy / baseline CPU per request: ${
+          (avg("llm-proxy", (r) => r.cpuUs) / avg("baseline", (r) => r.cpuUs)).toFixed(2)
+        }`
+      )
     }
   } finally {
     for (const c of children) c.kill("SIGINT")

@@ -45,7 +45,8 @@ const startUpstream = () =>
     const child = spawn(argv[0]!, argv.slice(1), { stdio: ["ignore", "pipe", "inherit"] })
     children.push(child)
     child.once("exit", (code) => reject(new Error(`upstream exited with ${code}`)))
-    child.stdout!.once("data", (d: Buffer) => resolve(`http://127.0.0.1:${JSON.parse(d.toString().split("\n")[0]!).port}`))
+    child.stdout!.once("data", (d: Buffer) =>
+      resolve(`http://127.0.0.1:${JSON.parse(d.toString().split("\n")[0]!).port}`))
   })
 
 const waitLive = async (url: string) => {
@@ -134,14 +135,26 @@ const redisAnswers = async () => {
 const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
 
 const main = async () => {
-  console.log(`events on vs off — ${hasTaskset ? "serve pinned to core 1" : "no taskset: not pinned"}, ${seconds} s per run, ${connections} connections, ${rounds} rounds`)
+  console.log(
+    `events on vs off — ${
+      hasTaskset ? "serve pinned to core 1" : "no taskset: not pinned"
+    }, ${seconds} s per run, ${connections} connections, ${rounds} rounds`
+  )
   const upstream = await startUpstream()
   const redis = await redisAnswers()
   const servers: Array<Serve> = [
     await startServe("off", upstream, { OBSERVABILITY_ENABLED: "false" }),
     await startServe("in-memory", upstream, {}),
     await startServe("in-memory + file log", upstream, {}, ["--file-event-log", "{dir}/events.jsonl"]),
-    ...(redis ? [await startServe("redis-streams", upstream, { LLM_PROXY_EVENT_BUS: "redis-streams", REDIS_URL: redisUrl, REDIS_STREAM_KEY: streamKey })] : [])
+    ...(redis
+      ? [
+        await startServe("redis-streams", upstream, {
+          LLM_PROXY_EVENT_BUS: "redis-streams",
+          REDIS_URL: redisUrl,
+          REDIS_STREAM_KEY: streamKey
+        })
+      ]
+      : [])
   ]
   if (!redis) console.log(`Redis at ${redisUrl} does not answer: redis-streams skipped`)
   try {
@@ -157,10 +170,16 @@ const main = async () => {
         }
       }
       const off = median(rps[0]!)
-      console.log(`\n${stream ? "SSE (20 chunks)" : "JSON"} — median RPS, ratio to off${errors > 0 ? ` (${errors} errors!)` : ""}`)
+      console.log(
+        `\n${stream ? "SSE (20 chunks)" : "JSON"} — median RPS, ratio to off${errors > 0 ? ` (${errors} errors!)` : ""}`
+      )
       for (let i = 0; i < servers.length; i++) {
         const m = median(rps[i]!)
-        console.log(`  ${servers[i]!.name.padEnd(22)} ${Math.round(m).toString().padStart(6)}  ${(m / off).toFixed(3)}  (runs ${rps[i]!.map((x) => Math.round(x)).join(", ")})`)
+        console.log(
+          `  ${servers[i]!.name.padEnd(22)} ${Math.round(m).toString().padStart(6)}  ${(m / off).toFixed(3)}  (runs ${
+            rps[i]!.map((x) => Math.round(x)).join(", ")
+          })`
+        )
       }
     }
   } finally {

@@ -20,11 +20,11 @@ import { TokenCounter } from "../../src/dispatcher/tokens.js"
 import type { ProxyEvent } from "../../src/domain/ProxyEvent.js"
 import { EventBus } from "../../src/eventbus/EventBus.js"
 import * as InMemoryBus from "../../src/eventbus/InMemoryBus.js"
-import { toEvent } from "../../src/proxy/EventCapture.js"
-import { ProxyRequestContext } from "../../src/proxy/ProxyHooks.js"
 import * as RedisStreamsBus from "../../src/eventbus/RedisStreamsBus.js"
 import { ServerAddress } from "../../src/http/Server.js"
 import { loggerLayer, serveLayer } from "../../src/Layers.js"
+import { toEvent } from "../../src/proxy/EventCapture.js"
+import { ProxyRequestContext } from "../../src/proxy/ProxyHooks.js"
 import { startMockUpstream } from "../support/mockUpstream.js"
 import { testConfig } from "../support/server.js"
 
@@ -55,7 +55,12 @@ const redisAnswers = async () => {
   }
 }
 
-const body = (s: string) => ({ base64: Buffer.from(s).toString("base64"), size: s.length, truncated: false, content_type: "application/json" })
+const body = (s: string) => ({
+  base64: Buffer.from(s).toString("base64"),
+  size: s.length,
+  truncated: false,
+  content_type: "application/json"
+})
 const sampleEvent = (i: number): ProxyEvent => ({
   request_id: `bench-${i}`,
   timestamp: new Date().toISOString(),
@@ -70,7 +75,14 @@ const sampleEvent = (i: number): ProxyEvent => ({
   stream: false,
   usage: { prompt_tokens: 20, completion_tokens: 40, total_tokens: 60 },
   request_body: body(JSON.stringify({ model: "gpt-4o-mini", messages: [{ role: "user", content: "x".repeat(400) }] })),
-  response_body: body(JSON.stringify({ id: "c", object: "chat.completion", choices: [{ index: 0, message: { role: "assistant", content: "y".repeat(800) } }], usage: { prompt_tokens: 20, completion_tokens: 40, total_tokens: 60 } })),
+  response_body: body(
+    JSON.stringify({
+      id: "c",
+      object: "chat.completion",
+      choices: [{ index: 0, message: { role: "assistant", content: "y".repeat(800) } }],
+      usage: { prompt_tokens: 20, completion_tokens: 40, total_tokens: 60 }
+    })
+  ),
   error: null
 })
 
@@ -110,7 +122,9 @@ const endToEnd = async () => {
   })
   const events = Array.from({ length: EVENTS }, (_, i) => sampleEvent(i))
   const rate = (ms: number) => Math.round(EVENTS / (ms / 1000)).toLocaleString("en-US")
-  console.log(`Redis Streams, ${EVENTS} events of ~${JSON.stringify(events[0]).length} bytes, one process (2 shared cores):`)
+  console.log(
+    `Redis Streams, ${EVENTS} events of ~${JSON.stringify(events[0]).length} bytes, one process (2 shared cores):`
+  )
 
   // A: publishing alone
   {
@@ -134,7 +148,9 @@ const endToEnd = async () => {
     const drained = performance.now() - t1
     await dispatcher.close()
     if (countLines(path) < EVENTS) throw new Error(`only ${countLines(path)} lines in ${path}`)
-    console.log(`  dispatcher alone          ${rate(drained)} events/s read, transformed, written, fsync'ed, XACK'ed (batch 500)`)
+    console.log(
+      `  dispatcher alone          ${rate(drained)} events/s read, transformed, written, fsync'ed, XACK'ed (batch 500)`
+    )
   }
   // C: both at once, publish → line in the file
   {
@@ -150,21 +166,46 @@ const endToEnd = async () => {
     await publisher.close()
     await dispatcher.close()
     if (countLines(path) < EVENTS) throw new Error(`only ${countLines(path)} lines in ${path}`)
-    console.log(`  end to end, concurrently  ${rate(total)} events/s (${(total / 1000).toFixed(2)} s from the first publish to the last fsync)`)
+    console.log(
+      `  end to end, concurrently  ${rate(total)} events/s (${
+        (total / 1000).toFixed(2)
+      } s from the first publish to the last fsync)`
+    )
   }
 }
 
-const startProxy = async (name: string, events: Partial<AppConfigShape["events"]>, extra: Partial<AppConfigShape> = {}) => {
+const startProxy = async (
+  name: string,
+  events: Partial<AppConfigShape["events"]>,
+  extra: Partial<AppConfigShape> = {}
+) => {
   const mock = await startMockUpstream()
-  const base = testConfig({ _tag: "sqlite", path: join(dir, `${name.replace(/\W+/g, "-")}.db`) }, { openaiApiUrl: mock.url, ...extra })
+  const base = testConfig({ _tag: "sqlite", path: join(dir, `${name.replace(/\W+/g, "-")}.db`) }, {
+    openaiApiUrl: mock.url,
+    ...extra
+  })
   const config: AppConfigShape = { ...base, events: { ...base.events, ...events } }
   const server = await build(serveLayer(config).pipe(Layer.provide(loggerLayer(config))))
   const url = `http://127.0.0.1:${Context.get(server.ctx, ServerAddress).port}`
-  const auth = { authorization: `Bearer ${Option.getOrThrow(config.managementToken).pipe(Redacted.value)}`, "content-type": "application/json" }
-  const project = await (await fetch(`${url}/manage/projects`, { method: "POST", headers: auth, body: JSON.stringify({ name: `bench-${name}`, api_key: "sk-bench-upstream-key-000000" }) })).json() as { id: string }
-  const token = await (await fetch(`${url}/manage/tokens`, { method: "POST", headers: auth, body: JSON.stringify({ project_id: project.id, duration_minutes: 60 }) })).json() as { token: string }
+  const auth = {
+    authorization: `Bearer ${Option.getOrThrow(config.managementToken).pipe(Redacted.value)}`,
+    "content-type": "application/json"
+  }
+  const project = await (await fetch(`${url}/manage/projects`, {
+    method: "POST",
+    headers: auth,
+    body: JSON.stringify({ name: `bench-${name}`, api_key: "sk-bench-upstream-key-000000" })
+  })).json() as { id: string }
+  const token = await (await fetch(`${url}/manage/tokens`, {
+    method: "POST",
+    headers: auth,
+    body: JSON.stringify({ project_id: project.id, duration_minutes: 60 })
+  })).json() as { token: string }
   const agent = new Agent({ connections: CONCURRENCY, pipelining: 1 })
-  const payload = JSON.stringify({ model: "gpt-4o-mini", messages: [{ role: "user", content: "Hello there, how are you today?" }] })
+  const payload = JSON.stringify({
+    model: "gpt-4o-mini",
+    messages: [{ role: "user", content: "Hello there, how are you today?" }]
+  })
   const one = async () => {
     const r = await request(`${url}/v1/chat/completions`, {
       method: "POST",
@@ -203,14 +244,26 @@ const hookCost = async () => {
   const scope = Effect.runSync(Scope.make())
   const { bus } = await Effect.runPromise(Scope.extend(InMemoryBus.make(1_000_000), scope))
   const measure = (name: string, requestBytes: number, responseBytes: number) => {
-    const ctx = new ProxyRequestContext("req-1", "POST", "/v1/chat/completions", "/v1/chat/completions", undefined, performance.now(), Date.now())
+    const ctx = new ProxyRequestContext(
+      "req-1",
+      "POST",
+      "/v1/chat/completions",
+      "/v1/chat/completions",
+      undefined,
+      performance.now(),
+      Date.now()
+    )
     ctx.projectId = "p"
     ctx.tokenId = "t"
     ctx.status = 200
     ctx.durationMs = 12.3
     ctx.upstreamMs = 10.1
-    ctx.requestBody = Buffer.from(JSON.stringify({ model: "gpt-4o-mini", messages: [{ role: "user", content: "x".repeat(requestBytes) }] }))
-    ctx.responseBody = Buffer.from(JSON.stringify({ id: "c", choices: [{ message: { content: "y".repeat(responseBytes) } }] }))
+    ctx.requestBody = Buffer.from(
+      JSON.stringify({ model: "gpt-4o-mini", messages: [{ role: "user", content: "x".repeat(requestBytes) }] })
+    )
+    ctx.responseBody = Buffer.from(
+      JSON.stringify({ id: "c", choices: [{ message: { content: "y".repeat(responseBytes) } }] })
+    )
     ctx.upstreamHeaders = { "content-type": "application/json" }
     const config = { maxRequestBodyBytes: 65_536, maxResponseBodyBytes: 262_144 }
     const n = requestBytes > 10_000 ? 2_000 : 50_000
@@ -234,12 +287,20 @@ const main = async () => {
   if (redis) await endToEnd()
   else console.log(`Redis at ${REDIS} does not answer: end-to-end bus benchmark skipped`)
   const ROUNDS = 5
-  console.log(`\nProxy throughput: ${ROUNDS} interleaved rounds of ${REQUESTS} chat completions per setting, concurrency ${CONCURRENCY},`)
+  console.log(
+    `\nProxy throughput: ${ROUNDS} interleaved rounds of ${REQUESTS} chat completions per setting, concurrency ${CONCURRENCY},`
+  )
   console.log("mock upstream in the same process; median req/s, ratio to events off:")
   const proxies = [
     await startProxy("events off", { enabled: false }),
     await startProxy("events on, in-memory bus", {}),
-    ...(redis ? [await startProxy("events on, redis-streams", { bus: "redis-streams", streamKey: `${prefix}proxy` }, { redisUrl: REDIS })] : [])
+    ...(redis
+      ? [
+        await startProxy("events on, redis-streams", { bus: "redis-streams", streamKey: `${prefix}proxy` }, {
+          redisUrl: REDIS
+        })
+      ]
+      : [])
   ]
   for (const p of proxies) await p.run(1000) // warm-up
   const samples = proxies.map(() => [] as Array<number>)
@@ -251,8 +312,12 @@ const main = async () => {
     const stats = await proxies[i]!.stats()
     const m = median(samples[i]!)
     console.log(
-      `  ${proxies[i]!.name.padEnd(26)} ${Math.round(m).toString().padStart(6)} req/s  ratio ${(m / off).toFixed(3)}  ` +
-        `(rounds ${samples[i]!.map((x) => Math.round(x)).join(", ")}; published ${stats.published}, dropped ${stats.dropped})`
+      `  ${proxies[i]!.name.padEnd(26)} ${Math.round(m).toString().padStart(6)} req/s  ratio ${
+        (m / off).toFixed(3)
+      }  ` +
+        `(rounds ${
+          samples[i]!.map((x) => Math.round(x)).join(", ")
+        }; published ${stats.published}, dropped ${stats.dropped})`
     )
     await proxies[i]!.close()
   }

@@ -36,11 +36,19 @@ export const freePort = () =>
 /** Starts `node script` (optionally pinned to a core) and resolves once it printed `{"port":N}`. */
 export const startJsonPort = (script: string, env: Record<string, string>, core?: number) =>
   new Promise<{ port: number; pid: number }>((resolve, reject) => {
-    const argv = core !== undefined && hasTaskset ? ["taskset", "-c", String(core), process.execPath, script] : [process.execPath, script]
-    const child = spawn(argv[0]!, argv.slice(1), { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "inherit"] })
+    const argv = core !== undefined && hasTaskset
+      ? ["taskset", "-c", String(core), process.execPath, script]
+      : [process.execPath, script]
+    const child = spawn(argv[0]!, argv.slice(1), {
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "inherit"]
+    })
     children.push(child)
     child.once("exit", (code) => reject(new Error(`${script} exited with ${code}`)))
-    child.stdout!.once("data", (d: Buffer) => resolve({ port: JSON.parse(d.toString().split("\n")[0]!).port, pid: child.pid! }))
+    child.stdout!.once(
+      "data",
+      (d: Buffer) => resolve({ port: JSON.parse(d.toString().split("\n")[0]!).port, pid: child.pid! })
+    )
   })
 
 export const waitFor = async (url: string, ms = 20_000) => {

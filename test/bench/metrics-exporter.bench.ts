@@ -13,10 +13,10 @@
  *
  * Run: `npm run bench -- metrics-exporter` (environment: BENCH_OBSERVATIONS, default 1,000,000).
  */
-import { PrometheusExporter, PrometheusSerializer } from "@opentelemetry/exporter-prometheus"
-import { Effect, Metric, MetricBoundaries, MetricKey, MetricLabel } from "effect"
 import * as OtelMetrics from "@effect/opentelemetry/Metrics"
 import * as Resource from "@effect/opentelemetry/Resource"
+import { PrometheusExporter, PrometheusSerializer } from "@opentelemetry/exporter-prometheus"
+import { Effect, Metric, MetricBoundaries, MetricKey, MetricLabel } from "effect"
 import { Counter, Histogram, Registry } from "prom-client"
 
 const N = Number(process.env["BENCH_OBSERVATIONS"] ?? 300_000)
@@ -165,7 +165,9 @@ results.push(time("prom-client, label children cached by key", (i) => {
 const serializer = new PrometheusSerializer()
 const effectScrape = await (async () => {
   // Build the producer once and keep it registered for the scrape loop.
-  const producer = await Effect.runPromise(OtelMetrics.makeProducer.pipe(Effect.provide(Resource.layer({ serviceName: "bench" }))))
+  const producer = await Effect.runPromise(
+    OtelMetrics.makeProducer.pipe(Effect.provide(Resource.layer({ serviceName: "bench" })))
+  )
   const reader = new PrometheusExporter({ preventServerStart: true })
   reader.setMetricProducer(producer as never)
   return timeAsync("Effect Metric -> @effect/opentelemetry producer -> PrometheusSerializer", async () => {
@@ -175,7 +177,9 @@ const effectScrape = await (async () => {
 })()
 const promScrape = await timeAsync("prom-client registry.metrics()", () => registry.metrics())
 
-console.log(`observations per variant: ${N.toLocaleString("en-US")} (counter with 4 labels + histogram with 2 labels)\n`)
+console.log(
+  `observations per variant: ${N.toLocaleString("en-US")} (counter with 4 labels + histogram with 2 labels)\n`
+)
 console.log("| variant | ns per observation |")
 console.log("|---|---|")
 for (const r of results) console.log(`| ${r.name} | ${r.nsPerObservation.toFixed(0)} |`)

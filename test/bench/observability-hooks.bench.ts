@@ -13,7 +13,7 @@
  */
 import { Effect, Exit, Layer, Logger, LogLevel, Option, Scope } from "effect"
 import { builtInOpenAi, Providers } from "../../src/config/Providers.js"
-import { Metrics, make as makeMetrics } from "../../src/observability/Metrics.js"
+import { make as makeMetrics, Metrics } from "../../src/observability/Metrics.js"
 import { make as makeHooks } from "../../src/observability/ProxyObservability.js"
 import { makeEncoder, ProxySpans, type ProxySpansShape } from "../../src/observability/ProxySpans.js"
 import { ProxyRequestContext } from "../../src/proxy/ProxyHooks.js"
@@ -24,7 +24,15 @@ const headers = { "content-type": "application/json", "x-request-id": "r" }
 
 const contexts = Array.from({ length: 1024 }, (_, i) => {
   const t = performance.now()
-  const c = new ProxyRequestContext(crypto.randomUUID(), "POST", "/v1/chat/completions", "/v1/chat/completions", undefined, t, Date.now())
+  const c = new ProxyRequestContext(
+    crypto.randomUUID(),
+    "POST",
+    "/v1/chat/completions",
+    "/v1/chat/completions",
+    undefined,
+    t,
+    Date.now()
+  )
   c.provider = "openai"
   c.tokenId = crypto.randomUUID()
   c.projectId = crypto.randomUUID()
@@ -51,7 +59,13 @@ const contexts = Array.from({ length: 1024 }, (_, i) => {
 
 const measure = async (
   name: string,
-  options: { metrics: boolean; tracing: boolean; accessLog: boolean; sample?: number; protocol?: "http/protobuf" | "http/json" }
+  options: {
+    metrics: boolean
+    tracing: boolean
+    accessLog: boolean
+    sample?: number
+    protocol?: "http/protobuf" | "http/json"
+  }
 ) => {
   // The exporter's real encoder (what ProxySpans.record does), minus the network.
   const encoder = makeEncoder(options.protocol ?? "http/protobuf", "bench", "0")
@@ -116,12 +130,18 @@ const main = async () => {
   // BENCH_ONLY=text: only the variants whose name contains it (for profiling one).
   const only = process.env["BENCH_ONLY"]
   const rows = []
-  for (const [name, options] of variants) if (only === undefined || name.includes(only)) rows.push(await measure(name, options))
+  for (const [name, options] of variants) {
+    if (only === undefined || name.includes(only)) rows.push(await measure(name, options))
+  }
   console.log(`requests per variant: ${N.toLocaleString("en-US")}\n`)
   console.log("| variant | µs per request | ratio at P = 75 µs | ratio at P = 150 µs |")
   console.log("|---|---|---|---|")
   for (const r of rows) {
-    console.log(`| ${r.name} | ${r.usPerRequest.toFixed(2)} | ${(75 / (75 + r.usPerRequest)).toFixed(3)} | ${(150 / (150 + r.usPerRequest)).toFixed(3)} |`)
+    console.log(
+      `| ${r.name} | ${r.usPerRequest.toFixed(2)} | ${(75 / (75 + r.usPerRequest)).toFixed(3)} | ${
+        (150 / (150 + r.usPerRequest)).toFixed(3)
+      } |`
+    )
   }
 }
 

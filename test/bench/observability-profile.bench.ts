@@ -30,7 +30,7 @@ import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { request } from "undici"
-import { chatBody, cpuMsOf, fmt, pinSelfToCore0, root, startJsonPort, startLlmProxy, runBench } from "./harness.js"
+import { chatBody, cpuMsOf, fmt, pinSelfToCore0, root, runBench, startJsonPort, startLlmProxy } from "./harness.js"
 
 const requests = Number(process.env["BENCH_REQUESTS"] ?? 100_000)
 const stream = process.env["BENCH_SSE"] === "1"
@@ -91,7 +91,8 @@ const analyse = (p: Profile, fromUs: number, toUs: number) => {
       const k = known.get(id)
       if (k !== undefined) return k
       const n = byId.get(id)!
-      const own = n.callFrame.url.endsWith(".bench-dist/cli/main.js") && moduleAt(n.callFrame.lineNumber).startsWith(prefix)
+      const own = n.callFrame.url.endsWith(".bench-dist/cli/main.js") &&
+        moduleAt(n.callFrame.lineNumber).startsWith(prefix)
       const up = parent.get(id)
       const result = own || (up !== undefined && test(up))
       known.set(id, result)
@@ -120,11 +121,19 @@ const analyse = (p: Profile, fromUs: number, toUs: number) => {
     if (name === "(garbage collector)") gc += us
     else if (isObserving(n.id)) {
       obs += us
-      const key = `${name || "(anonymous)"} ${n.callFrame.url.endsWith("main.js") ? moduleAt(n.callFrame.lineNumber) : n.callFrame.url.split("/").pop()}`
+      const key = `${name || "(anonymous)"} ${
+        n.callFrame.url.endsWith("main.js") ? moduleAt(n.callFrame.lineNumber) : n.callFrame.url.split("/").pop()
+      }`
       topObs.set(key, (topObs.get(key) ?? 0) + us)
     } else if (isReading(n.id)) reader += us
   }
-  return { busy, obs, reader, gc, top: [...topObs].sort((a, b) => b[1] - a[1]).slice(0, Number(process.env["BENCH_TOP"] ?? 6)) }
+  return {
+    busy,
+    obs,
+    reader,
+    gc,
+    top: [...topObs].sort((a, b) => b[1] - a[1]).slice(0, Number(process.env["BENCH_TOP"] ?? 6))
+  }
 }
 
 const main = async () => {
@@ -147,15 +156,36 @@ const main = async () => {
       OTEL_TRACES_SAMPLER: "traceidratio",
       OTEL_TRACES_SAMPLER_ARG: "0.1"
     }],
-    ["… http/json", { ENABLE_METRICS: "true", ACCESS_LOG: "false", OTEL_EXPORTER_OTLP_ENDPOINT: sinkUrl, OTEL_EXPORTER_OTLP_PROTOCOL: "http/json" }],
-    ["… + access log", { ENABLE_METRICS: "true", ACCESS_LOG: "true", LOG_LEVEL: "info", OTEL_EXPORTER_OTLP_ENDPOINT: sinkUrl }]
+    ["… http/json", {
+      ENABLE_METRICS: "true",
+      ACCESS_LOG: "false",
+      OTEL_EXPORTER_OTLP_ENDPOINT: sinkUrl,
+      OTEL_EXPORTER_OTLP_PROTOCOL: "http/json"
+    }],
+    ["… + access log", {
+      ENABLE_METRICS: "true",
+      ACCESS_LOG: "true",
+      LOG_LEVEL: "info",
+      OTEL_EXPORTER_OTLP_ENDPOINT: sinkUrl
+    }]
   ] as const).filter(([name]) => only === undefined || name === only)
-  console.log(`observability share of serve's CPU — ${requests.toLocaleString("en-US")} ${stream ? "SSE" : "JSON"} requests per variant, 64 connections\n`)
-  console.log("| variant | CPU µs/request | observability share | usage reader share | GC share | predicted on ÷ off | largest observability items |")
+  console.log(
+    `observability share of serve's CPU — ${requests.toLocaleString("en-US")} ${
+      stream ? "SSE" : "JSON"
+    } requests per variant, 64 connections\n`
+  )
+  console.log(
+    "| variant | CPU µs/request | observability share | usage reader share | GC share | predicted on ÷ off | largest observability items |"
+  )
   console.log("|---|---|---|---|---|---|---|")
   for (const [name, env] of variants) {
     const dir = mkdtempSync(join(tmpdir(), "llm-proxy-prof-"))
-    const proxy = await startLlmProxy(`http://127.0.0.1:${up.port}`, env, ["--cpu-prof", `--cpu-prof-dir=${dir}`], readable)
+    const proxy = await startLlmProxy(
+      `http://127.0.0.1:${up.port}`,
+      env,
+      ["--cpu-prof", `--cpu-prof-dir=${dir}`],
+      readable
+    )
     const scrape = env["ENABLE_METRICS"] === "true"
       ? setInterval(() => void request(`${proxy.url}/metrics`).then((r) => r.body.dump(), () => {}), 5_000)
       : undefined
@@ -186,7 +216,9 @@ const main = async () => {
     else console.log(`profile kept in ${dir}`)
     const share = a.obs / a.busy
     console.log(
-      `| ${name} | ${fmt(cpuUs, 1)} | ${fmt(100 * share, 1)} % | ${fmt((100 * a.reader) / a.busy, 1)} % | ${fmt((100 * a.gc) / a.busy, 1)} % | ${fmt(1 - share, 3)} | ` +
+      `| ${name} | ${fmt(cpuUs, 1)} | ${fmt(100 * share, 1)} % | ${fmt((100 * a.reader) / a.busy, 1)} % | ${
+        fmt((100 * a.gc) / a.busy, 1)
+      } % | ${fmt(1 - share, 3)} | ` +
         `${a.top.map(([k, us]) => `${k} ${fmt((100 * us) / a.busy, 1)} %`).join("; ")} |`
     )
   }

@@ -23,7 +23,18 @@ import type { AddressInfo } from "node:net"
 import { cpus } from "node:os"
 import { join } from "node:path"
 import { request } from "undici"
-import { cpuMsOf, fmt, hasTaskset, type LlmProxy, pinSelfToCore0, root, saturate, startJsonPort, startLlmProxy, runBench } from "./harness.js"
+import {
+  cpuMsOf,
+  fmt,
+  hasTaskset,
+  type LlmProxy,
+  pinSelfToCore0,
+  root,
+  runBench,
+  saturate,
+  startJsonPort,
+  startLlmProxy
+} from "./harness.js"
 
 const rounds = Number(process.env["BENCH_ROUNDS"] ?? 8)
 const seconds = Number(process.env["BENCH_SECONDS"] ?? 3)
@@ -45,7 +56,9 @@ const main = async () => {
   const pinned = pinSelfToCore0()
   console.log(
     `observability benchmark — node ${process.version}, ${cpus()[0]?.model ?? "cpu"} ×${cpus().length}, ` +
-      `${hasTaskset ? "llm-proxy processes pinned to core 1" : "no taskset: not pinned"}${pinned ? ", load generator on core 0" : ""}, ` +
+      `${hasTaskset ? "llm-proxy processes pinned to core 1" : "no taskset: not pinned"}${
+        pinned ? ", load generator on core 0" : ""
+      }, ` +
       `${rounds} rounds × ${seconds} s per variant, ${connections} connections, ${stream ? "SSE" : "JSON"} answers`
   )
   let spansBytes = 0
@@ -79,7 +92,9 @@ const main = async () => {
       const proxy = await startLlmProxy(upstream, v.env)
       v.proxy = proxy
       if (v.env["ENABLE_METRICS"] === "true") {
-        scrapers.push(setInterval(() => void request(`${proxy.url}/metrics`).then((r) => r.body.dump(), () => {}), 5_000))
+        scrapers.push(
+          setInterval(() => void request(`${proxy.url}/metrics`).then((r) => r.body.dump(), () => {}), 5_000)
+        )
       }
       // Warm-up: JIT, connection pools, the token cache.
       await saturate(proxy.url, { authorization: `Bearer ${proxy.token}` }, stream, 2, connections)
@@ -106,12 +121,16 @@ const main = async () => {
   const off = variants[0]!
   const rps = (v: Variant) => v.requests / (v.wallMs / 1000)
   const cpuPer = (v: Variant) => (v.cpuMs * 1000) / Math.max(1, v.requests)
-  console.log("\n| variant | requests/s | CPU µs/request | throughput vs off | CPU capacity vs off | per-round capacity range |")
+  console.log(
+    "\n| variant | requests/s | CPU µs/request | throughput vs off | CPU capacity vs off | per-round capacity range |"
+  )
   console.log("|---|---|---|---|---|---|")
   for (const v of variants) {
     const perRound = v.perRound.map(([, c], i) => off.perRound[i]![1] / c)
     console.log(
-      `| ${v.name} | ${fmt(rps(v), 0)} | ${fmt(cpuPer(v), 1)} | ${fmt(rps(v) / rps(off), 3)} | ${fmt(cpuPer(off) / cpuPer(v), 3)} | ` +
+      `| ${v.name} | ${fmt(rps(v), 0)} | ${fmt(cpuPer(v), 1)} | ${fmt(rps(v) / rps(off), 3)} | ${
+        fmt(cpuPer(off) / cpuPer(v), 3)
+      } | ` +
         `${fmt(Math.min(...perRound), 2)}–${fmt(Math.max(...perRound), 2)} |`
     )
   }

@@ -25,7 +25,16 @@ import { readFileSync } from "node:fs"
 import { cpus } from "node:os"
 import { join } from "node:path"
 import { Agent, request } from "undici"
-import { chatBody, children, fmt, hasTaskset, root, saturate as saturateAt, startJsonPort, startLlmProxy } from "./harness.js"
+import {
+  chatBody,
+  children,
+  fmt,
+  hasTaskset,
+  root,
+  saturate as saturateAt,
+  startJsonPort,
+  startLlmProxy
+} from "./harness.js"
 
 const seconds = Number(process.env["BENCH_SECONDS"] ?? 10)
 const connections = Number(process.env["BENCH_CONNECTIONS"] ?? 64)
@@ -118,7 +127,12 @@ const peakRssDuring = async <A>(pid: number | undefined, f: () => Promise<A>) =>
  * batches over ~2 s, so listen backlogs and connect timeouts do not turn a burst of SYNs into failures.
  */
 const manyStreams = async (t: Target, n: number) => {
-  const agent = new Agent({ connections: n + 16, keepAliveTimeout: 60_000, headersTimeout: 60_000, bodyTimeout: 60_000 })
+  const agent = new Agent({
+    connections: n + 16,
+    keepAliveTimeout: 60_000,
+    headersTimeout: 60_000,
+    bodyTimeout: 60_000
+  })
   const before = t.pid !== undefined ? rssOf(t.pid).rss : NaN
   let peak = before
   const sampler = setInterval(() => {
@@ -175,7 +189,12 @@ const main = async () => {
   const idle = { raw: rssOf(raw.pid).rss, llm: rssOf(llm.pid).rss }
   const targets: Array<Target> = [
     { name: "direct", url: upstream, headers: { authorization: "Bearer sk-upstream-key" } },
-    { name: "raw proxy", url: `http://127.0.0.1:${raw.port}`, headers: { authorization: "Bearer anything" }, pid: raw.pid },
+    {
+      name: "raw proxy",
+      url: `http://127.0.0.1:${raw.port}`,
+      headers: { authorization: "Bearer anything" },
+      pid: raw.pid
+    },
     { name: "llm-proxy", url: llm.url, headers: { authorization: `Bearer ${llm.token}` }, pid: llm.pid }
   ]
   const llmTarget = targets[2]!
@@ -185,14 +204,24 @@ const main = async () => {
 
     console.log("\n1–2. saturation (closed loop)")
     console.log("target      kind    RPS        p50 ms  p99 ms  errors")
-    const sat: Record<string, { json: Awaited<ReturnType<typeof saturate>>; sse: Awaited<ReturnType<typeof saturate>> }> = {}
+    const sat: Record<
+      string,
+      { json: Awaited<ReturnType<typeof saturate>>; sse: Awaited<ReturnType<typeof saturate>> }
+    > = {}
     const satRss: Record<string, number> = {}
     for (const t of targets) {
-      const { peak, result: [json, sse] } = await peakRssDuring(t.pid, async () => [await saturate(t, false), await saturate(t, true)] as const)
+      const { peak, result: [json, sse] } = await peakRssDuring(
+        t.pid,
+        async () => [await saturate(t, false), await saturate(t, true)] as const
+      )
       sat[t.name] = { json, sse }
       satRss[t.name] = peak
       for (const [kind, r] of [["json", json], ["sse", sse]] as const) {
-        console.log(`${t.name.padEnd(11)} ${kind.padEnd(7)} ${fmt(r.rps, 0).padStart(9)}  ${fmt(r.p50, 0).padStart(6)}  ${fmt(r.p99, 0).padStart(6)}  ${r.errors}`)
+        console.log(
+          `${t.name.padEnd(11)} ${kind.padEnd(7)} ${fmt(r.rps, 0).padStart(9)}  ${fmt(r.p50, 0).padStart(6)}  ${
+            fmt(r.p99, 0).padStart(6)
+          }  ${r.errors}`
+        )
       }
     }
 
@@ -202,7 +231,11 @@ const main = async () => {
     for (const t of targets) slow[t.name] = await fixedRate(t, 1000, 10, "/v1/chat/completions?latency=60", false)
     for (const t of targets) {
       const r = slow[t.name]!
-      console.log(`${t.name.padEnd(11)} ${fmt(r.p50, 3).padStart(7)}  ${fmt(r.p99, 3).padStart(7)}  ${fmt(r.p50 - slow["direct"]!.p50, 3).padStart(9)}  ${fmt(r.p99 - slow["direct"]!.p99, 3).padStart(9)}  ${r.errors}`)
+      console.log(
+        `${t.name.padEnd(11)} ${fmt(r.p50, 3).padStart(7)}  ${fmt(r.p99, 3).padStart(7)}  ${
+          fmt(r.p50 - slow["direct"]!.p50, 3).padStart(9)
+        }  ${fmt(r.p99 - slow["direct"]!.p99, 3).padStart(9)}  ${r.errors}`
+      )
     }
 
     console.log("\n4. time to first SSE byte (first chunk 20 ms after headers; 100 streams/s for 5 s)")
@@ -211,7 +244,11 @@ const main = async () => {
     for (const t of targets) ttfb[t.name] = await fixedRate(t, 100, 5, "/v1/chat/completions?chunks=5&first=20", true)
     for (const t of targets) {
       const r = ttfb[t.name]!
-      console.log(`${t.name.padEnd(11)} ${fmt(r.p50, 3).padStart(7)}  ${fmt(r.p99, 3).padStart(7)}  ${fmt(r.p50 - ttfb["direct"]!.p50, 3).padStart(9)}  ${fmt(r.p99 - ttfb["direct"]!.p99, 3).padStart(9)}`)
+      console.log(
+        `${t.name.padEnd(11)} ${fmt(r.p50, 3).padStart(7)}  ${fmt(r.p99, 3).padStart(7)}  ${
+          fmt(r.p50 - ttfb["direct"]!.p50, 3).padStart(9)
+        }  ${fmt(r.p99 - ttfb["direct"]!.p99, 3).padStart(9)}`
+      )
     }
 
     console.log(`\n5. ${openStreams} concurrent open streams (~10 s each)`)
@@ -222,7 +259,9 @@ const main = async () => {
       streams[t.name] = r
       console.log(
         `${t.name.padEnd(11)} ${fmt(r.before, 1).padStart(13)}  ${fmt(r.peak, 1).padStart(11)}  ` +
-          `${fmt(((r.peak - r.before) * 1024) / openStreams, 1).padStart(11)}  ${String(r.ok).padStart(9)}  ${openStreams - r.ok}` +
+          `${fmt(((r.peak - r.before) * 1024) / openStreams, 1).padStart(11)}  ${String(r.ok).padStart(9)}  ${
+            openStreams - r.ok
+          }` +
           (r.failures !== "" ? ` (${r.failures})` : "")
       )
     }
@@ -230,18 +269,33 @@ const main = async () => {
     console.log("\nmemory (VmRSS, MB)")
     console.log("target      idle    saturation peak  open streams peak")
     for (const [name, key] of [["raw proxy", "raw"], ["llm-proxy", "llm"]] as const) {
-      console.log(`${name.padEnd(11)} ${fmt(idle[key], 1).padStart(5)}  ${fmt(satRss[name]!, 1).padStart(15)}  ${fmt(streams[name]!.peak, 1).padStart(17)}`)
+      console.log(
+        `${name.padEnd(11)} ${fmt(idle[key], 1).padStart(5)}  ${fmt(satRss[name]!, 1).padStart(15)}  ${
+          fmt(streams[name]!.peak, 1).padStart(17)
+        }`
+      )
     }
 
     // The same instance, a project with three keys (spread by weight): routing over keys must not cost throughput.
     console.log("\n6. llm-proxy, a project with three keys against one key (saturation, same instance)")
-    const threeKeys: Target = { name: "3 keys", url: llm.url, headers: { authorization: `Bearer ${llm.threeKeysToken}` }, pid: llm.pid }
+    const threeKeys: Target = {
+      name: "3 keys",
+      url: llm.url,
+      headers: { authorization: `Bearer ${llm.threeKeysToken}` },
+      pid: llm.pid
+    }
     // Measured again back to back, alternating (one, three, three, one) so that drift in the run (GC, the machine)
     // does not favour either; each figure is the mean of its two runs.
     const oneKey = llmTarget
     const pair = async (stream: boolean) => {
-      const runs = [await saturate(oneKey, stream), await saturate(threeKeys, stream), await saturate(threeKeys, stream), await saturate(oneKey, stream)]
-      const mean = (a: Awaited<ReturnType<typeof saturate>>, b: Awaited<ReturnType<typeof saturate>>) => (a.rps + b.rps) / 2
+      const runs = [
+        await saturate(oneKey, stream),
+        await saturate(threeKeys, stream),
+        await saturate(threeKeys, stream),
+        await saturate(oneKey, stream)
+      ]
+      const mean = (a: Awaited<ReturnType<typeof saturate>>, b: Awaited<ReturnType<typeof saturate>>) =>
+        (a.rps + b.rps) / 2
       return { one: mean(runs[0]!, runs[3]!), three: mean(runs[1]!, runs[2]!) }
     }
     const keysJson = await pair(false)
@@ -256,13 +310,31 @@ const main = async () => {
     console.log("\nratios llm-proxy / raw proxy")
     console.log(`  non-streaming throughput  ${ratio(sat["llm-proxy"]!.json.rps, sat["raw proxy"]!.json.rps)}×`)
     console.log(`  streaming throughput      ${ratio(sat["llm-proxy"]!.sse.rps, sat["raw proxy"]!.sse.rps)}×`)
-    console.log(`  added p50 at 1,000 RPS    llm-proxy ${fmt(slow["llm-proxy"]!.p50 - slow["direct"]!.p50, 3)} ms, raw ${fmt(slow["raw proxy"]!.p50 - slow["direct"]!.p50, 3)} ms`)
-    console.log(`  three keys / one key      non-streaming ${ratio(keysJson.three, keysJson.one)}×, streaming ${ratio(keysSse.three, keysSse.one)}×`)
-    console.log(`  first SSE byte added p50  llm-proxy ${fmt(ttfb["llm-proxy"]!.p50 - ttfb["direct"]!.p50, 3)} ms, raw ${fmt(ttfb["raw proxy"]!.p50 - ttfb["direct"]!.p50, 3)} ms`)
-    console.log(`  idle RSS                  ${ratio(idle.llm, idle.raw)}× (llm-proxy ${fmt(idle.llm, 1)} MB; target ≤ 100 MB)`)
+    console.log(
+      `  added p50 at 1,000 RPS    llm-proxy ${fmt(slow["llm-proxy"]!.p50 - slow["direct"]!.p50, 3)} ms, raw ${
+        fmt(slow["raw proxy"]!.p50 - slow["direct"]!.p50, 3)
+      } ms`
+    )
+    console.log(
+      `  three keys / one key      non-streaming ${ratio(keysJson.three, keysJson.one)}×, streaming ${
+        ratio(keysSse.three, keysSse.one)
+      }×`
+    )
+    console.log(
+      `  first SSE byte added p50  llm-proxy ${fmt(ttfb["llm-proxy"]!.p50 - ttfb["direct"]!.p50, 3)} ms, raw ${
+        fmt(ttfb["raw proxy"]!.p50 - ttfb["direct"]!.p50, 3)
+      } ms`
+    )
+    console.log(
+      `  idle RSS                  ${ratio(idle.llm, idle.raw)}× (llm-proxy ${fmt(idle.llm, 1)} MB; target ≤ 100 MB)`
+    )
     console.log(`  saturation RSS            ${ratio(satRss["llm-proxy"]!, satRss["raw proxy"]!)}× (target ≤ 1.3×)`)
     const perStream = (name: string) => ((streams[name]!.peak - streams[name]!.before) * 1024) / openStreams
-    console.log(`  memory per open stream    llm-proxy ${fmt(perStream("llm-proxy"), 1)} KB, raw ${fmt(perStream("raw proxy"), 1)} KB (target ≤ 40 KB)`)
+    console.log(
+      `  memory per open stream    llm-proxy ${fmt(perStream("llm-proxy"), 1)} KB, raw ${
+        fmt(perStream("raw proxy"), 1)
+      } KB (target ≤ 40 KB)`
+    )
   } finally {
     await llm.stop()
     for (const c of children) c.kill("SIGTERM")

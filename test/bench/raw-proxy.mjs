@@ -7,7 +7,16 @@ import { Agent, request } from "undici"
 const upstream = process.env.UPSTREAM
 // Enough upstream connections for the benchmark's 8,000 concurrent streams (llm-proxy's pools are unbounded by default).
 const agent = new Agent({ keepAliveTimeout: 60_000, connections: 16_384, pipelining: 1 })
-const hop = new Set(["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "host"])
+const hop = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "transfer-encoding",
+  "te",
+  "trailer",
+  "upgrade",
+  "host"
+])
 
 const server = createServer((req, res) => {
   const headers = {}
@@ -34,7 +43,7 @@ const server = createServer((req, res) => {
     },
     () => {
       if (!res.headersSent) res.writeHead(502, { "content-type": "application/json" })
-      res.end('{"error":"upstream error"}')
+      res.end("{\"error\":\"upstream error\"}")
     }
   )
 })

@@ -13,7 +13,17 @@
  */
 import { spawnSync } from "node:child_process"
 import { join } from "node:path"
-import { cpuMsOf, fmt, pinSelfToCore0, root, runBench, type Saturation, saturate, startJsonPort, startLlmProxy } from "./harness.js"
+import {
+  cpuMsOf,
+  fmt,
+  pinSelfToCore0,
+  root,
+  runBench,
+  saturate,
+  type Saturation,
+  startJsonPort,
+  startLlmProxy
+} from "./harness.js"
 
 const seconds = Number(process.env["BENCH_SECONDS"] ?? 5)
 const connections = Number(process.env["BENCH_CONNECTIONS"] ?? 64)
@@ -70,7 +80,11 @@ const main = async () => {
       const runs: Record<"plain" | "spend", Array<Saturation & { cpuUs: number }>> = { plain: [], spend: [] }
       for (let i = 0; i < rounds; i++) {
         const order = i % 2 === 0 ? (["plain", "spend"] as const) : (["spend", "plain"] as const)
-        for (const name of order) if (only === undefined || only === name) runs[name].push(await load(name === "plain" ? plain : spendToken, stream))
+        for (const name of order) {
+          if (only === undefined || only === name) {
+            runs[name].push(await load(name === "plain" ? plain : spendToken, stream))
+          }
+        }
       }
       const mean = (xs: ReadonlyArray<number>) => xs.reduce((a, b) => a + b, 0) / xs.length
       const kind = stream ? "sse " : "json"
@@ -87,13 +101,23 @@ const main = async () => {
       const s = summary("spend")
       if (only !== undefined) {
         const r = only === "plain" ? p : s
-        console.log(`${kind}  ${only}   ${fmt(r.rps, 0).padStart(10)}  ${fmt(r.cpu, 1).padStart(14)}  ${fmt(r.p99, 0).padStart(6)}  ${r.errors}`)
+        console.log(
+          `${kind}  ${only}   ${fmt(r.rps, 0).padStart(10)}  ${fmt(r.cpu, 1).padStart(14)}  ${
+            fmt(r.p99, 0).padStart(6)
+          }  ${r.errors}`
+        )
         continue
       }
       for (const [name, r] of [["plain", p], ["spend", s]] as const) {
-        console.log(`${kind}  ${name}   ${fmt(r.rps, 0).padStart(10)}  ${fmt(r.cpu, 1).padStart(14)}  ${fmt(r.p99, 0).padStart(6)}  ${r.errors}`)
+        console.log(
+          `${kind}  ${name}   ${fmt(r.rps, 0).padStart(10)}  ${fmt(r.cpu, 1).padStart(14)}  ${
+            fmt(r.p99, 0).padStart(6)
+          }  ${r.errors}`
+        )
       }
-      ratios.push(`${kind.trim()}: throughput spend ÷ plain ${fmt(s.rps / p.rps, 2)}×, CPU per request ${fmt(s.cpu / p.cpu, 2)}×`)
+      ratios.push(
+        `${kind.trim()}: throughput spend ÷ plain ${fmt(s.rps / p.rps, 2)}×, CPU per request ${fmt(s.cpu / p.cpu, 2)}×`
+      )
     }
     console.log(`\n${ratios.join("\n")}`)
   } finally {

@@ -161,7 +161,9 @@ const program = Effect.gen(function*() {
   const [rawResult, fiberResult] = results.map((r) => r.samples.reduce((a, b) => a + b, 0) / r.samples.length)
   console.log("")
   console.log(
-    `Effect/@effect/sql overhead per lookup (mean, inside a fiber): ${((fiberResult! - rawResult!) / 1000).toFixed(2)} µs ` +
+    `Effect/@effect/sql overhead per lookup (mean, inside a fiber): ${
+      ((fiberResult! - rawResult!) / 1000).toFixed(2)
+    } µs ` +
       `(${(fiberResult! / rawResult!).toFixed(1)}× the raw statement)`
   )
 })

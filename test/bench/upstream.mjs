@@ -5,19 +5,37 @@
 // A request body with "stream": true gets SSE, anything else one JSON completion with usage.
 import { createServer } from "node:http"
 
-
 const completion = JSON.stringify({
   id: "chatcmpl-bench",
   object: "chat.completion",
   created: 1,
   model: "gpt-4o-mini",
-  choices: [{ index: 0, message: { role: "assistant", content: "Hello from the bench upstream." }, finish_reason: "stop" }],
+  choices: [{
+    index: 0,
+    message: { role: "assistant", content: "Hello from the bench upstream." },
+    finish_reason: "stop"
+  }],
   usage: { prompt_tokens: 12, completion_tokens: 7, total_tokens: 19 }
 })
 const chunk = (i) =>
-  `data: ${JSON.stringify({ id: "chatcmpl-bench", object: "chat.completion.chunk", model: "gpt-4o-mini", choices: [{ index: 0, delta: { content: `tok${i} ` } }] })}\n\n`
+  `data: ${
+    JSON.stringify({
+      id: "chatcmpl-bench",
+      object: "chat.completion.chunk",
+      model: "gpt-4o-mini",
+      choices: [{ index: 0, delta: { content: `tok${i} ` } }]
+    })
+  }\n\n`
 const tail = (chunks) =>
-  `data: ${JSON.stringify({ id: "chatcmpl-bench", object: "chat.completion.chunk", model: "gpt-4o-mini", choices: [], usage: { prompt_tokens: 12, completion_tokens: chunks, total_tokens: 12 + chunks } })}\n\ndata: [DONE]\n\n`
+  `data: ${
+    JSON.stringify({
+      id: "chatcmpl-bench",
+      object: "chat.completion.chunk",
+      model: "gpt-4o-mini",
+      choices: [],
+      usage: { prompt_tokens: 12, completion_tokens: chunks, total_tokens: 12 + chunks }
+    })
+  }\n\ndata: [DONE]\n\n`
 
 const later = (ms, f) => (ms > 0 ? setTimeout(f, ms) : f())
 
@@ -39,7 +57,7 @@ const server = createServer((req, res) => {
     const interval = Number(q.get("interval") ?? 0)
     const firstChunk = Number(q.get("first") ?? 0)
     const text = Buffer.concat(body).toString()
-    const stream = text.includes('"stream":true') || text.includes('"stream": true')
+    const stream = text.includes("\"stream\":true") || text.includes("\"stream\": true")
     if (stream) stats.sse++
     else stats.json++
     later(latency, () => {

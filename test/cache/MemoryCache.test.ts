@@ -1,8 +1,8 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, TestClock } from "effect"
 import * as MemoryCache from "../../src/cache/MemoryCache.js"
-import * as ResponseCache from "../../src/cache/ResponseCache.js"
 import { type CachedResponse, entrySize, parsePurge, planRequest } from "../../src/cache/policy.js"
+import * as ResponseCache from "../../src/cache/ResponseCache.js"
 import { testCacheConfig } from "../support/server.js"
 
 const P1 = "11111111-1111-4111-8111-111111111111"
@@ -44,7 +44,9 @@ describe("in-memory ResponseCache", () => {
 
   it.scoped("evicts the least recently used, not the least recently stored", () =>
     Effect.gen(function*() {
-      const cache = yield* MemoryCache.make(testCacheConfig({ maxBytes: 3 * entrySize(entryOf(500, 0)), maxObjectBytes: 2_000 }))
+      const cache = yield* MemoryCache.make(
+        testCacheConfig({ maxBytes: 3 * entrySize(entryOf(500, 0)), maxObjectBytes: 2_000 })
+      )
       const [a, b, c, d] = ["/a", "/b", "/c", "/d"].map((p) => keyFor(p))
       yield* cache.set(a!, entryOf(500, 0))
       yield* cache.set(b!, entryOf(500, 0))
@@ -84,7 +86,12 @@ describe("in-memory ResponseCache", () => {
   it.scoped("purges exactly, by prefix, per project and everything", () =>
     Effect.gen(function*() {
       const cache = yield* MemoryCache.make(config)
-      const keys = [keyFor("/v1/models", P1), keyFor("/v1/models", P2), keyFor("/v1/other", P1), keyFor("/v1/other", P2)]
+      const keys = [
+        keyFor("/v1/models", P1),
+        keyFor("/v1/models", P2),
+        keyFor("/v1/other", P1),
+        keyFor("/v1/other", P2)
+      ]
       const fill = Effect.forEach(keys, (k) => cache.set(k, entryOf(10, 0)))
       const purge = (body: unknown) => {
         const parsed = parsePurge(body)

@@ -51,7 +51,9 @@ describe.skipIf(!redisUrl)("Redis ResponseCache (real Redis)", () => {
     expect(RedisCache.scanPattern("p*:", selector({ all: true }))).toBe("p\\*:*")
     expect(RedisCache.scanPattern("p:", selector({ all: true, project_id: P1 }))).toMatch(/^p:\?{32}[0-9a-f]{16}\*$/)
     expect(RedisCache.scanPattern("p:", selector({ prefix: "abc" }))).toBe("p:abc*")
-    expect(RedisCache.scanPattern("p:", selector({ method: "GET", url: "/x", project_id: P1 }))).toMatch(/^p:[0-9a-f]{48}\*$/)
+    expect(RedisCache.scanPattern("p:", selector({ method: "GET", url: "/x", project_id: P1 }))).toMatch(
+      /^p:[0-9a-f]{48}\*$/
+    )
   })
 
   it.scoped("stores with a TTL under the prefix, shares entries between instances, and expires them", () =>
@@ -83,7 +85,12 @@ describe.skipIf(!redisUrl)("Redis ResponseCache (real Redis)", () => {
       const a = yield* RedisCache.make(config, { url: redisUrl! })
       const b = yield* RedisCache.make(config, { url: redisUrl! })
       const now = yield* TestClockNow
-      const keys = [keyFor("/v1/models", P1), keyFor("/v1/models", P2), keyFor("/v1/other", P1), keyFor("/v1/other", P2)]
+      const keys = [
+        keyFor("/v1/models", P1),
+        keyFor("/v1/models", P2),
+        keyFor("/v1/other", P1),
+        keyFor("/v1/other", P2)
+      ]
       const fill = Effect.forEach(keys, (k) => a.set(k, entryAt(now)))
       yield* fill
       expect(yield* b.purge(selector({ method: "GET", url: "/v1/models" }))).toBe(2)
@@ -110,7 +117,9 @@ describe.skipIf(!redisUrl)("Redis ResponseCache (real Redis)", () => {
       expect(yield* Effect.promise(async () => cache.lookup(key, now + 60_000))).toBeUndefined()
       cache.remove(key)
       let gone = false
-      for (let i = 0; i < 50 && !gone; i++) gone = (yield* Effect.promise(async () => cache.lookup(key, now))) === undefined
+      for (let i = 0; i < 50 && !gone; i++) {
+        gone = (yield* Effect.promise(async () => cache.lookup(key, now))) === undefined
+      }
       expect(gone).toBe(true)
     }))
 
@@ -180,7 +189,11 @@ describe.skipIf(!redisUrl)("Redis ResponseCache (real Redis)", () => {
     it.scopedLive("starts degraded when Redis is unreachable, without failing", () =>
       Effect.gen(function*() {
         yield* Effect.promise(() => proxy.stop())
-        const cache = yield* RedisCache.make(config, { url: proxy.url("redis"), connectWaitMs: 200, commandTimeoutMs: 200 }).pipe(
+        const cache = yield* RedisCache.make(config, {
+          url: proxy.url("redis"),
+          connectWaitMs: 200,
+          commandTimeoutMs: 200
+        }).pipe(
           Effect.provide(Logger.remove(Logger.defaultLogger))
         )
         expect(yield* cache.get(keyFor("/x"))).toBeUndefined()

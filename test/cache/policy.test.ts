@@ -1,9 +1,9 @@
 import { describe, expect, it } from "vitest"
 import {
   cacheKey,
-  canonicalQuery,
-  cacheStatusHeaders,
   type CacheRequest,
+  cacheStatusHeaders,
+  canonicalQuery,
   conditionalMatches,
   entrySize,
   hasClientConditional,
@@ -90,11 +90,31 @@ describe("planRequest: what is looked up", () => {
     ["PUT", { method: "PUT", headers: { "cache-control": "public, max-age=60" } }, "method"],
     ["client no-store", { headers: { "cache-control": "no-store" } }, "no-store"],
     ["POST without opt-in", { method: "POST", body: new Uint8Array([1]) }, "post-without-opt-in"],
-    ["POST with public only", { method: "POST", body: new Uint8Array([1]), headers: { "cache-control": "public" } }, "post-without-opt-in"],
-    ["POST with max-age=0", { method: "POST", body: new Uint8Array([1]), headers: { "cache-control": "public, max-age=0" } }, "post-without-opt-in"],
-    ["POST opted in, body not buffered", { method: "POST", headers: { "cache-control": "public, max-age=60" } }, "body-unavailable"],
-    ["POST opted in", { method: "POST", body: new Uint8Array([1]), headers: { "cache-control": "public, max-age=60" } }, "Lookup"],
-    ["POST opted in with s-maxage", { method: "POST", body: new Uint8Array([1]), headers: { "cache-control": "public, s-maxage=5" } }, "Lookup"]
+    [
+      "POST with public only",
+      { method: "POST", body: new Uint8Array([1]), headers: { "cache-control": "public" } },
+      "post-without-opt-in"
+    ],
+    ["POST with max-age=0", {
+      method: "POST",
+      body: new Uint8Array([1]),
+      headers: { "cache-control": "public, max-age=0" }
+    }, "post-without-opt-in"],
+    [
+      "POST opted in, body not buffered",
+      { method: "POST", headers: { "cache-control": "public, max-age=60" } },
+      "body-unavailable"
+    ],
+    [
+      "POST opted in",
+      { method: "POST", body: new Uint8Array([1]), headers: { "cache-control": "public, max-age=60" } },
+      "Lookup"
+    ],
+    ["POST opted in with s-maxage", {
+      method: "POST",
+      body: new Uint8Array([1]),
+      headers: { "cache-control": "public, s-maxage=5" }
+    }, "Lookup"]
   ])("%s", (_name, over, expected) => {
     const plan = planRequest(req(over))
     expect(plan._tag === "Lookup" ? "Lookup" : plan.reason).toBe(expected)
@@ -105,7 +125,12 @@ describe("planRequest: what is looked up", () => {
     ["no-cache", { "cache-control": "no-cache" }, true, undefined],
     ["max-age=0", { "cache-control": "max-age=0" }, true, undefined],
     ["Pragma: no-cache without Cache-Control", { pragma: "no-cache" }, true, undefined],
-    ["Pragma ignored when Cache-Control is present", { pragma: "no-cache", "cache-control": "public, max-age=5" }, false, 5],
+    [
+      "Pragma ignored when Cache-Control is present",
+      { pragma: "no-cache", "cache-control": "public, max-age=5" },
+      false,
+      5
+    ],
     ["opt-in prefers s-maxage", { "cache-control": "public, max-age=10, s-maxage=20" }, false, 20],
     ["max-age without public is no opt-in", { "cache-control": "max-age=10" }, false, undefined],
     ["opt-in lifetimes are capped at a year", { "cache-control": "public, max-age=9999999999" }, false, 31_536_000]
@@ -130,7 +155,9 @@ describe("cache keys", () => {
     ["unkeyed headers (authorization, user-agent)", { headers: { authorization: "Bearer a", "user-agent": "x" } }, {
       headers: { authorization: "Bearer b" }
     }],
-    ["whitespace around key header values", { headers: { accept: " application/json " } }, { headers: { accept: "application/json" } }],
+    ["whitespace around key header values", { headers: { accept: " application/json " } }, {
+      headers: { accept: "application/json" }
+    }],
     ["GET opt-in lifetime (not part of a GET key)", { headers: { "cache-control": "public, max-age=30" } }, {
       headers: { "cache-control": "public, max-age=60" }
     }]
@@ -170,21 +197,61 @@ describe("cache keys", () => {
 })
 
 describe("planStore: what is stored", () => {
-  const store = (ttlSeconds: number, forced = false, streaming = false) => ({ _tag: "Store", ttlSeconds, forced, streaming })
+  const store = (ttlSeconds: number, forced = false, streaming = false) => ({
+    _tag: "Store",
+    ttlSeconds,
+    forced,
+    streaming
+  })
   const skip = (debug: string) => ({ _tag: "Skip", debug })
   it.each<[string, string, number | undefined, number, Headers, object]>([
     ["public max-age", "GET", undefined, 200, { "cache-control": "public, max-age=60" }, store(60)],
-    ["lifetimes are capped at a year", "GET", undefined, 200, { "cache-control": "public, s-maxage=99999999" }, store(31_536_000)],
+    [
+      "lifetimes are capped at a year",
+      "GET",
+      undefined,
+      200,
+      { "cache-control": "public, s-maxage=99999999" },
+      store(31_536_000)
+    ],
     ["s-maxage wins over max-age", "GET", undefined, 200, { "cache-control": "max-age=10, s-maxage=20" }, store(20)],
-    ["public without lifetime → HTTP_CACHE_DEFAULT_TTL", "GET", undefined, 200, { "cache-control": "public" }, store(300)],
-    ["must-revalidate without lifetime → default", "GET", undefined, 200, { "cache-control": "must-revalidate" }, store(300)],
+    [
+      "public without lifetime → HTTP_CACHE_DEFAULT_TTL",
+      "GET",
+      undefined,
+      200,
+      { "cache-control": "public" },
+      store(300)
+    ],
+    [
+      "must-revalidate without lifetime → default",
+      "GET",
+      undefined,
+      200,
+      { "cache-control": "must-revalidate" },
+      store(300)
+    ],
     ["203", "GET", undefined, 203, { "cache-control": "public, max-age=5" }, store(5)],
     ["HEAD", "HEAD", undefined, 200, { "cache-control": "public, max-age=5", "content-length": "99999" }, store(5)],
     ["no headers, no opt-in", "GET", undefined, 200, {}, skip("ttl-zero")],
-    ["max-age without public (request had credentials)", "GET", undefined, 200, { "cache-control": "max-age=60" }, skip("ttl-zero")],
+    [
+      "max-age without public (request had credentials)",
+      "GET",
+      undefined,
+      200,
+      { "cache-control": "max-age=60" },
+      skip("ttl-zero")
+    ],
     ["public max-age=0", "GET", undefined, 200, { "cache-control": "public, max-age=0" }, skip("ttl-zero")],
     ["client opt-in, upstream silent", "GET", 30, 200, {}, store(30, true)],
-    ["client opt-in, upstream max-age without public", "GET", 30, 200, { "cache-control": "max-age=5" }, store(30, true)],
+    [
+      "client opt-in, upstream max-age without public",
+      "GET",
+      30,
+      200,
+      { "cache-control": "max-age=5" },
+      store(30, true)
+    ],
     ["upstream lifetime wins over opt-in", "GET", 30, 200, { "cache-control": "public, max-age=5" }, store(5)],
     ["opt-in POST", "POST", 60, 200, {}, store(60, true)],
     ["opt-in, upstream private", "GET", 30, 200, { "cache-control": "private" }, skip("private")],
@@ -195,7 +262,14 @@ describe("planStore: what is stored", () => {
     ["304", "GET", undefined, 304, { "cache-control": "public, max-age=60" }, skip("status-not-cacheable")],
     ["Vary: *", "GET", undefined, 200, { "cache-control": "public, max-age=60", vary: "*" }, skip("vary-star")],
     ["Vary: accept, *", "GET", 30, 200, { vary: "accept, *" }, skip("vary-star")],
-    ["SSE with stream caching off", "GET", 30, 200, { "content-type": "text/event-stream" }, skip("streaming-response")],
+    [
+      "SSE with stream caching off",
+      "GET",
+      30,
+      200,
+      { "content-type": "text/event-stream" },
+      skip("streaming-response")
+    ],
     ["declared body over HTTP_CACHE_MAX_OBJECT_BYTES", "GET", 30, 200, { "content-length": "1025" }, skip("too-large")],
     ["DELETE", "DELETE", 30, 200, {}, skip("method-not-cacheable")]
   ])("%s", (_name, method, forced, status, headers, expected) => {
@@ -211,7 +285,10 @@ describe("planStore: what is stored", () => {
     ).toEqual(store(60, true, true))
     // SSE servers send no-cache by convention; it does not block a stream the operator and client opted into
     expect(
-      planStore("GET", 60, { status: 200, headers: { "content-type": "text/event-stream", "cache-control": "no-cache" } }, {
+      planStore("GET", 60, {
+        status: 200,
+        headers: { "content-type": "text/event-stream", "cache-control": "no-cache" }
+      }, {
         ...config,
         streamResponses: true
       })
@@ -299,26 +376,44 @@ describe("entries", () => {
   })
 
   it("a credential named by Vary is never stored, only its digest", () => {
-    const e = makeEntry({ method: "GET", headers: { authorization: "Bearer sk-secret-token" } }, {
-      status: 200,
-      headers: { vary: "Authorization" }
-    }, new Uint8Array(), { ttlSeconds: 1, forced: false }, now)
+    const e = makeEntry(
+      { method: "GET", headers: { authorization: "Bearer sk-secret-token" } },
+      {
+        status: 200,
+        headers: { vary: "Authorization" }
+      },
+      new Uint8Array(),
+      { ttlSeconds: 1, forced: false },
+      now
+    )
     expect(JSON.stringify(e)).not.toContain("sk-secret-token")
     expect(varyMatches(e, { authorization: "Bearer sk-secret-token" })).toBe(true)
     expect(varyMatches(e, { authorization: "Bearer sk-other" })).toBe(false)
-    const absent = makeEntry({ method: "GET", headers: {} }, { status: 200, headers: { vary: "cookie" } }, new Uint8Array(), {
-      ttlSeconds: 1,
-      forced: false
-    }, now)
+    const absent = makeEntry(
+      { method: "GET", headers: {} },
+      { status: 200, headers: { vary: "cookie" } },
+      new Uint8Array(),
+      {
+        ttlSeconds: 1,
+        forced: false
+      },
+      now
+    )
     expect(varyMatches(absent, {})).toBe(true)
     expect(varyMatches(absent, { cookie: "a=1" })).toBe(false)
   })
 
   it("HEAD entries keep the announced Content-Length", () => {
-    const head = makeEntry({ method: "HEAD", headers: {} }, { status: 200, headers: { "content-length": "42" } }, new Uint8Array(), {
-      ttlSeconds: 1,
-      forced: false
-    }, now)
+    const head = makeEntry(
+      { method: "HEAD", headers: {} },
+      { status: 200, headers: { "content-length": "42" } },
+      new Uint8Array(),
+      {
+        ttlSeconds: 1,
+        forced: false
+      },
+      now
+    )
     expect(head.headers).toEqual([["content-length", "42"]])
   })
 

@@ -3,11 +3,20 @@
  * docs/behaviour.md scenarios 74–95 and 99–100.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { backends, type BackendInstance } from "../http/harness.js"
-import { handler, json, reset, sse, chatChunks, type MockUpstream, startMockUpstream } from "../support/mockUpstream.js"
-import { testCacheConfig } from "../support/server.js"
-import { call, chatBody, eventually, type ProjectAndToken, projectAndToken, sleep, type Stack, startStack } from "../proxy/stack.js"
+import { type BackendInstance, backends } from "../http/harness.js"
+import {
+  call,
+  chatBody,
+  eventually,
+  type ProjectAndToken,
+  projectAndToken,
+  sleep,
+  type Stack,
+  startStack
+} from "../proxy/stack.js"
+import { chatChunks, handler, json, type MockUpstream, reset, sse, startMockUpstream } from "../support/mockUpstream.js"
 import { proxyError } from "../support/proxyErrors.js"
+import { testCacheConfig } from "../support/server.js"
 
 const sqlite = backends.find((b) => b.name === "sqlite")!
 
@@ -132,11 +141,18 @@ describe("response cache through the proxy (in-memory)", () => {
 
   it("81: different Accept-Language values are separate entries", async () => {
     const url = fresh()
-    mock.route(pathOf(url), handler((req, res) => {
-      const body = JSON.stringify({ lang: req.headers["accept-language"] })
-      res.writeHead(200, { "content-type": "application/json", "cache-control": "public, max-age=60", vary: "Accept-Language" })
-      res.end(body)
-    }))
+    mock.route(
+      pathOf(url),
+      handler((req, res) => {
+        const body = JSON.stringify({ lang: req.headers["accept-language"] })
+        res.writeHead(200, {
+          "content-type": "application/json",
+          "cache-control": "public, max-age=60",
+          vary: "Accept-Language"
+        })
+        res.end(body)
+      })
+    )
     const de = await get(url, a.token, { "accept-language": "de" })
     const fr = await get(url, a.token, { "accept-language": "fr" })
     expect([de.headers["cache-status"], fr.headers["cache-status"]]).toEqual(["llm-proxy; stored", "llm-proxy; stored"])
@@ -149,10 +165,17 @@ describe("response cache through the proxy (in-memory)", () => {
 
   it("Vary on a header outside the key: a request that differs on it is not served the entry", async () => {
     const url = fresh()
-    mock.route(pathOf(url), handler((req, res) => {
-      res.writeHead(200, { "content-type": "application/json", "cache-control": "public, max-age=60", vary: "OpenAI-Beta" })
-      res.end(JSON.stringify({ beta: req.headers["openai-beta"] }))
-    }))
+    mock.route(
+      pathOf(url),
+      handler((req, res) => {
+        res.writeHead(200, {
+          "content-type": "application/json",
+          "cache-control": "public, max-age=60",
+          vary: "OpenAI-Beta"
+        })
+        res.end(JSON.stringify({ beta: req.headers["openai-beta"] }))
+      })
+    )
     await get(url, a.token, { "openai-beta": "assistants=v1" })
     expect((await get(url, a.token, { "openai-beta": "assistants=v1" })).headers["cache-status"]).toBe("llm-proxy; hit")
     const other = await get(url, a.token, { "openai-beta": "assistants=v2" })
@@ -184,7 +207,10 @@ describe("response cache through the proxy (in-memory)", () => {
     expect(stale.status).toBe(200)
     expect(stale.headers["cache-status"]).toBe("llm-proxy; hit")
     const lm = fresh()
-    mock.route(pathOf(lm), json(MODELS, { headers: { ...publicFor(60), "last-modified": "Tue, 01 Dec 2026 10:00:00 GMT" } }))
+    mock.route(
+      pathOf(lm),
+      json(MODELS, { headers: { ...publicFor(60), "last-modified": "Tue, 01 Dec 2026 10:00:00 GMT" } })
+    )
     await get(lm)
     expect((await get(lm, a.token, { "if-modified-since": "Tue, 01 Dec 2026 10:00:00 GMT" })).status).toBe(304)
     expect(upstreamCalls(mock, url)).toBe(1)
@@ -193,14 +219,17 @@ describe("response cache through the proxy (in-memory)", () => {
 
   it("84: client no-cache → revalidated upstream; the upstream's 304 refreshes the entry and the client gets the cached 200", async () => {
     const url = fresh()
-    mock.route(pathOf(url), handler((req, res) => {
-      if (req.headers["if-none-match"] === "\"v1\"") {
-        res.writeHead(304, { etag: "\"v1\"", "cache-control": "public, max-age=60" })
-        return res.end()
-      }
-      res.writeHead(200, { "content-type": "application/json", etag: "\"v1\"", "cache-control": "public, max-age=1" })
-      res.end(JSON.stringify(MODELS))
-    }))
+    mock.route(
+      pathOf(url),
+      handler((req, res) => {
+        if (req.headers["if-none-match"] === "\"v1\"") {
+          res.writeHead(304, { etag: "\"v1\"", "cache-control": "public, max-age=60" })
+          return res.end()
+        }
+        res.writeHead(200, { "content-type": "application/json", etag: "\"v1\"", "cache-control": "public, max-age=1" })
+        res.end(JSON.stringify(MODELS))
+      })
+    )
     const first = await get(url)
     expect(first.headers["cache-status"]).toBe("llm-proxy; stored")
     const revalidated = await get(url, a.token, { "cache-control": "no-cache" })
@@ -218,14 +247,21 @@ describe("response cache through the proxy (in-memory)", () => {
 
   it("84b: a client's own conditional with no-cache gets the upstream's 304 unchanged", async () => {
     const url = fresh()
-    mock.route(pathOf(url), handler((req, res) => {
-      if (req.headers["if-none-match"] !== undefined) {
-        res.writeHead(304, { etag: "\"v2\"" })
-        return res.end()
-      }
-      res.writeHead(200, { "content-type": "application/json", etag: "\"v2\"", "cache-control": "public, max-age=60" })
-      res.end("{}")
-    }))
+    mock.route(
+      pathOf(url),
+      handler((req, res) => {
+        if (req.headers["if-none-match"] !== undefined) {
+          res.writeHead(304, { etag: "\"v2\"" })
+          return res.end()
+        }
+        res.writeHead(200, {
+          "content-type": "application/json",
+          etag: "\"v2\"",
+          "cache-control": "public, max-age=60"
+        })
+        res.end("{}")
+      })
+    )
     await get(url)
     const r = await get(url, a.token, { "cache-control": "no-cache", "if-none-match": "\"other\"" })
     expect(r.status).toBe(304)
@@ -236,14 +272,21 @@ describe("response cache through the proxy (in-memory)", () => {
 
   it("84c: an upstream 304 that forbids storing drops the entry; the client still gets the 200", async () => {
     const url = fresh()
-    mock.route(pathOf(url), handler((req, res) => {
-      if (req.headers["if-none-match"] !== undefined) {
-        res.writeHead(304, { etag: "\"v3\"", "cache-control": "no-store" })
-        return res.end()
-      }
-      res.writeHead(200, { "content-type": "application/json", etag: "\"v3\"", "cache-control": "public, max-age=60" })
-      res.end("{\"v\":3}")
-    }))
+    mock.route(
+      pathOf(url),
+      handler((req, res) => {
+        if (req.headers["if-none-match"] !== undefined) {
+          res.writeHead(304, { etag: "\"v3\"", "cache-control": "no-store" })
+          return res.end()
+        }
+        res.writeHead(200, {
+          "content-type": "application/json",
+          etag: "\"v3\"",
+          "cache-control": "public, max-age=60"
+        })
+        res.end("{\"v\":3}")
+      })
+    )
     await get(url)
     const r = await get(url, a.token, { "cache-control": "no-cache" })
     expect(r.status).toBe(200)
@@ -279,7 +322,9 @@ describe("response cache through the proxy (in-memory)", () => {
       expect(proxyError(r.json).description).toBe("request quota (max_requests) exhausted")
       expect(r.headers["cache-status"]).toBeUndefined()
     }
-    await eventually(async () => (await stack.manage.get(`/manage/tokens/${limited.tokenId}`)).json.cache_hit_count === 2)
+    await eventually(async () =>
+      (await stack.manage.get(`/manage/tokens/${limited.tokenId}`)).json.cache_hit_count === 2
+    )
     expect((await stack.manage.get(`/manage/tokens/${limited.tokenId}`)).json.request_count).toBe(3)
     expect(upstreamCalls(mock, url)).toBe(1)
   })
@@ -298,7 +343,7 @@ describe("response cache through the proxy (in-memory)", () => {
   it("max_requests=2: exactly two 200s, then 429s, however the cache is used (forced POST, GET hits, conditionals)", async () => {
     const limited = await projectAndToken(stack.manage, { max_requests: 2 })
     const url = fresh("/v1/chat/completions")
-    mock.route(pathOf(url), json({ id: "c", object: "chat.completion" }, { headers: { etag: '"v1"' } }))
+    mock.route(pathOf(url), json({ id: "c", object: "chat.completion" }, { headers: { etag: "\"v1\"" } }))
     const forced = { "cache-control": "public, max-age=31536000" }
     const post = () => call(stack.server.url, url, { token: limited.token, body: chatBody(), headers: forced })
     const statuses: Array<number> = []
@@ -310,16 +355,19 @@ describe("response cache through the proxy (in-memory)", () => {
     expect(second.headers["cache-status"]).toBe("llm-proxy; hit")
     for (let i = 0; i < 3; i++) statuses.push((await post()).status)
     const models = fresh()
-    mock.route(pathOf(models), json(MODELS, { headers: { ...publicFor(60), etag: '"m"' } }))
+    mock.route(pathOf(models), json(MODELS, { headers: { ...publicFor(60), etag: "\"m\"" } }))
     statuses.push((await get(models, limited.token)).status)
-    statuses.push((await get(models, limited.token, { "if-none-match": '"m"' })).status)
+    statuses.push((await get(models, limited.token, { "if-none-match": "\"m\"" })).status)
     expect(statuses).toEqual([200, 200, 429, 429, 429, 429, 429])
     expect(mock.requests.filter((r) => r.url === url || r.url === models)).toHaveLength(1)
   })
 
   it("window rate limits apply to hits: the third request in the window is a 429, not a hit", async () => {
     const t = await projectAndToken(stack.manage)
-    expect((await stack.manage.patch(`/manage/tokens/${t.tokenId}`, { rate_limit: { requests: 2, window_seconds: 60 } })).status).toBe(200)
+    expect(
+      (await stack.manage.patch(`/manage/tokens/${t.tokenId}`, { rate_limit: { requests: 2, window_seconds: 60 } }))
+        .status
+    ).toBe(200)
     const url = fresh()
     mock.route(pathOf(url), json(MODELS, { headers: publicFor(60) }))
     expect((await get(url, t.token)).headers["cache-status"]).toBe("llm-proxy; stored")
@@ -342,7 +390,9 @@ describe("response cache through the proxy (in-memory)", () => {
     const short = fresh()
     mock.route(pathOf(short), json(MODELS))
     await get(short, a.token, { "cache-control": "public, max-age=30" })
-    expect((await get(short, a.token, { "cache-control": "public, max-age=30" })).headers["cache-control"]).toBe("public, max-age=30")
+    expect((await get(short, a.token, { "cache-control": "public, max-age=30" })).headers["cache-control"]).toBe(
+      "public, max-age=30"
+    )
   })
 
   it("86: a cached URL with a revoked, expired or unknown token → 401, never the cached answer", async () => {
@@ -358,7 +408,8 @@ describe("response cache through the proxy (in-memory)", () => {
 
     const other = await stack.manage.post("/manage/tokens", { project_id: t.projectId, duration_minutes: 60 })
     await get(url, other.json.token) // warm and a hit
-    expect((await stack.manage.patch(`/manage/tokens/${other.json.id}`, { expires_at: "2020-01-01T00:00:00Z" })).status).toBe(200)
+    expect((await stack.manage.patch(`/manage/tokens/${other.json.id}`, { expires_at: "2020-01-01T00:00:00Z" })).status)
+      .toBe(200)
     const expired = await get(url, other.json.token)
     expect(expired.status).toBe(401)
     expect(proxyError(expired.json).code).toBe("token_expired")
@@ -394,9 +445,12 @@ describe("response cache through the proxy (in-memory)", () => {
 
   it("88: a hit has no Set-Cookie, a fresh Date and the new request's own X-Request-ID", async () => {
     const url = fresh()
-    mock.route(pathOf(url), json(MODELS, {
-      headers: { ...publicFor(60), "set-cookie": "session=secret", date: "Mon, 01 Jan 2024 00:00:00 GMT" }
-    }))
+    mock.route(
+      pathOf(url),
+      json(MODELS, {
+        headers: { ...publicFor(60), "set-cookie": "session=secret", date: "Mon, 01 Jan 2024 00:00:00 GMT" }
+      })
+    )
     const first = await get(url, a.token, { "x-request-id": "first-request" })
     expect(first.headers["x-request-id"]).toBe("first-request")
     await sleep(1_000)
@@ -431,11 +485,16 @@ describe("response cache through the proxy (in-memory)", () => {
     const purged = await stack.manage.post("/manage/cache/purge", { method: "GET", url: path })
     expect(purged.json).toEqual({ deleted: true })
     expect((await get(path, a.token, accept)).headers["cache-status"]).toBe("llm-proxy; stored")
-    expect((await stack.manage.post("/manage/cache/purge", { method: "GET", url: path, project_id: b.projectId })).json).toEqual({
+    expect((await stack.manage.post("/manage/cache/purge", { method: "GET", url: path, project_id: b.projectId })).json)
+      .toEqual({
+        deleted: false
+      })
+    expect((await stack.manage.post("/manage/cache/purge", { method: "GET", url: path })).json).toEqual({
+      deleted: true
+    })
+    expect((await stack.manage.post("/manage/cache/purge", { method: "GET", url: path })).json).toEqual({
       deleted: false
     })
-    expect((await stack.manage.post("/manage/cache/purge", { method: "GET", url: path })).json).toEqual({ deleted: true })
-    expect((await stack.manage.post("/manage/cache/purge", { method: "GET", url: path })).json).toEqual({ deleted: false })
   })
 
   it("91: prefix purge with the first characters of X-PROXY-CACHE-KEY", async () => {
@@ -451,7 +510,8 @@ describe("response cache through the proxy (in-memory)", () => {
     mock.route(pathOf(url), json(MODELS, { headers: publicFor(60) }))
     await get(url, a.token)
     await get(url, b.token)
-    expect((await stack.manage.post("/manage/cache/purge", { all: true, project_id: b.projectId })).json.deleted).toBeGreaterThanOrEqual(1)
+    expect((await stack.manage.post("/manage/cache/purge", { all: true, project_id: b.projectId })).json.deleted)
+      .toBeGreaterThanOrEqual(1)
     expect((await get(url, a.token)).headers["cache-status"]).toBe("llm-proxy; hit")
     expect((await get(url, b.token)).headers["cache-status"]).toBe("llm-proxy; stored")
     expect((await stack.manage.post("/manage/cache/purge", { all: true })).json.deleted).toBeGreaterThanOrEqual(2)
@@ -491,14 +551,21 @@ describe("response cache: bounds, streams and switches", () => {
   })
 
   it("94: filled past HTTP_CACHE_MAX_BYTES, the oldest entries are evicted and the rest still hit", async () => {
-    const stack = await startStack(backend, { cache: testCacheConfig({ maxBytes: 8_192, maxObjectBytes: 2_048 }) }, undefined, mock)
+    const stack = await startStack(
+      backend,
+      { cache: testCacheConfig({ maxBytes: 8_192, maxObjectBytes: 2_048 }) },
+      undefined,
+      mock
+    )
     try {
       const t = await projectAndToken(stack.manage)
       const body = { data: "x".repeat(1_000) }
       const urls = Array.from({ length: 12 }, () => fresh())
       for (const url of urls) {
         mock.route(pathOf(url), json(body, { headers: publicFor(60) }))
-        expect((await call(stack.server.url, url, { token: t.token })).headers["cache-status"]).toBe("llm-proxy; stored")
+        expect((await call(stack.server.url, url, { token: t.token })).headers["cache-status"]).toBe(
+          "llm-proxy; stored"
+        )
       }
       const last = await call(stack.server.url, urls[11]!, { token: t.token })
       expect(last.headers["cache-status"]).toBe("llm-proxy; hit")
@@ -536,12 +603,16 @@ describe("response cache: bounds, streams and switches", () => {
       const url = fresh()
       mock.route(pathOf(url), json(MODELS))
       const year = { "cache-control": "public, max-age=31536000" }
-      expect((await call(capped.server.url, url, { token: t.token, headers: year })).headers["cache-status"]).toBe("llm-proxy; stored (forced)")
+      expect((await call(capped.server.url, url, { token: t.token, headers: year })).headers["cache-status"]).toBe(
+        "llm-proxy; stored (forced)"
+      )
       const hit = await call(capped.server.url, url, { token: t.token, headers: year })
       expect(hit.headers["cache-status"]).toBe("llm-proxy; hit")
       expect(hit.headers["cache-control"]).toBe("public, max-age=1")
       await sleep(1_100)
-      expect((await call(capped.server.url, url, { token: t.token, headers: year })).headers["cache-status"]).toBe("llm-proxy; stored (forced)")
+      expect((await call(capped.server.url, url, { token: t.token, headers: year })).headers["cache-status"]).toBe(
+        "llm-proxy; stored (forced)"
+      )
       expect(upstreamCalls(mock, url)).toBe(2)
     } finally {
       await capped.close()
@@ -553,7 +624,9 @@ describe("response cache: bounds, streams and switches", () => {
       mock.route(pathOf(url), json(MODELS))
       const year = { "cache-control": "public, max-age=31536000" }
       for (let i = 0; i < 2; i++) {
-        expect((await call(off.server.url, url, { token: t.token, headers: year })).headers["x-cache-debug"]).toBe("ttl-zero")
+        expect((await call(off.server.url, url, { token: t.token, headers: year })).headers["x-cache-debug"]).toBe(
+          "ttl-zero"
+        )
       }
       const chat = fresh("/v1/chat/completions")
       mock.route(pathOf(chat), json({ id: "c" }))

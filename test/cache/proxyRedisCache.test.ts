@@ -4,12 +4,12 @@
  * requests keep working (misses), and caching resumes when Redis is back.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { backends, type BackendInstance } from "../http/harness.js"
+import { type BackendInstance, backends } from "../http/harness.js"
+import { call, eventually, projectAndToken, type Stack, startStack } from "../proxy/stack.js"
 import { flushRedisPrefix, redisUrl } from "../support/databases.js"
 import { json, type MockUpstream, startMockUpstream } from "../support/mockUpstream.js"
 import { testCacheConfig } from "../support/server.js"
 import { startTcpProxy, type TcpProxy } from "../support/tcpProxy.js"
-import { call, eventually, projectAndToken, type Stack, startStack } from "../proxy/stack.js"
 
 const sqlite = backends.find((b) => b.name === "sqlite")!
 const prefix = `llmproxy:test:proxycache:${crypto.randomUUID()}:`
@@ -31,7 +31,12 @@ describe.skipIf(!redisUrl)("Redis response cache shared by two proxy instances",
     two = await startStack(backend, { cache, redisUrl: redisUrl! }, undefined, mock)
     const target = new URL(redisUrl!)
     tcp = await startTcpProxy(target.hostname, Number(target.port || 6379))
-    flaky = await startStack(backend, { cache: testCacheConfig({ backend: "redis", redisKeyPrefix: `${prefix}flaky:` }), redisUrl: tcp.url("redis") }, undefined, mock)
+    flaky = await startStack(
+      backend,
+      { cache: testCacheConfig({ backend: "redis", redisKeyPrefix: `${prefix}flaky:` }), redisUrl: tcp.url("redis") },
+      undefined,
+      mock
+    )
   })
   afterAll(async () => {
     await Promise.all([one.close(), two.close(), flaky.close()])
@@ -68,7 +73,9 @@ describe.skipIf(!redisUrl)("Redis response cache shared by two proxy instances",
     const url = "/v1/models?outage=1"
     mock.route("/v1/models", json(MODELS, { headers: { "cache-control": "public, max-age=60" } }))
     await call(flaky.server.url, url, { token: t.token })
-    await eventually(async () => (await call(flaky.server.url, url, { token: t.token })).headers["cache-status"] === "llm-proxy; hit")
+    await eventually(async () =>
+      (await call(flaky.server.url, url, { token: t.token })).headers["cache-status"] === "llm-proxy; hit"
+    )
 
     await tcp.stop()
     for (let i = 0; i < 3; i++) {
@@ -82,6 +89,10 @@ describe.skipIf(!redisUrl)("Redis response cache shared by two proxy instances",
     expect(purge.json).toEqual({ error: "the Redis response cache is unavailable" })
 
     await tcp.start()
-    await eventually(async () => (await call(flaky.server.url, url, { token: t.token })).headers["cache-status"] === "llm-proxy; hit", 15_000, 200)
+    await eventually(
+      async () => (await call(flaky.server.url, url, { token: t.token })).headers["cache-status"] === "llm-proxy; hit",
+      15_000,
+      200
+    )
   })
 })

@@ -50,7 +50,10 @@ describe("cache purge API", () => {
   })
 
   it("GET → 405 after authentication; no token → 401 (scenario 92)", async () => {
-    expect(await purge(server, "", { method: "GET" })).toMatchObject({ status: 405, body: { error: "method not allowed" } })
+    expect(await purge(server, "", { method: "GET" })).toMatchObject({
+      status: 405,
+      body: { error: "method not allowed" }
+    })
     expect(await purge(server, "", { method: "GET", auth: false })).toMatchObject({ status: 401 })
     expect(await purge(server, "{\"all\":true}", { auth: false })).toMatchObject({
       status: 401,
@@ -67,14 +70,26 @@ describe("cache purge API", () => {
   })
 
   it("every purge is audited as cache.purge, failures with their reason", async () => {
-    await purge(server, "{\"method\":\"GET\",\"url\":\"/v1/audited\",\"project_id\":\"11111111-1111-4111-8111-111111111111\"}")
+    await purge(
+      server,
+      "{\"method\":\"GET\",\"url\":\"/v1/audited\",\"project_id\":\"11111111-1111-4111-8111-111111111111\"}"
+    )
     await purge(server, "{\"method\":\"GET\"}")
     const r = await fetch(`${server.url}/manage/audit?action=cache.purge&page_size=100`, {
       headers: { authorization: `Bearer ${server.token}` }
     }).then((x) => x.json() as Promise<{ events: Array<Record<string, string>> }>)
     const ok = r.events.find((e) => e["metadata"]?.includes("/v1/audited"))
-    expect(ok).toMatchObject({ action: "cache.purge", outcome: "success", project_id: "11111111-1111-4111-8111-111111111111" })
-    expect(JSON.parse(ok!["metadata"]!)).toMatchObject({ purge_type: "exact", method: "GET", url: "/v1/audited", deleted: 0 })
+    expect(ok).toMatchObject({
+      action: "cache.purge",
+      outcome: "success",
+      project_id: "11111111-1111-4111-8111-111111111111"
+    })
+    expect(JSON.parse(ok!["metadata"]!)).toMatchObject({
+      purge_type: "exact",
+      method: "GET",
+      url: "/v1/audited",
+      deleted: 0
+    })
     expect(r.events.some((e) => e["outcome"] === "failure" && e["reason"] === "method and url are required")).toBe(true)
   })
 
@@ -89,8 +104,14 @@ describe("cache purge API", () => {
       ok: true,
       out: "Cache entry was not found"
     })
-    expect(await cli("manage", "cache", "purge", "--all", ...auth)).toMatchObject({ ok: true, out: "deleted 0 cache entries" })
-    expect(await cli("manage", "cache", "purge", "--prefix", "abc", "--json", ...auth)).toMatchObject({ ok: true, out: "{\n  \"deleted\": 0\n}" })
+    expect(await cli("manage", "cache", "purge", "--all", ...auth)).toMatchObject({
+      ok: true,
+      out: "deleted 0 cache entries"
+    })
+    expect(await cli("manage", "cache", "purge", "--prefix", "abc", "--json", ...auth)).toMatchObject({
+      ok: true,
+      out: "{\n  \"deleted\": 0\n}"
+    })
     expect(await cli("manage", "cache", "purge", ...auth)).toMatchObject({
       ok: false,
       err: "llm-proxy: pass exactly one of --method with --url, --prefix, or --all"
@@ -100,6 +121,9 @@ describe("cache purge API", () => {
       err: "llm-proxy: method and url are required"
     })
     const off = ["--manage-api-base-url", disabled.url, "--management-token", disabled.token]
-    expect(await cli("manage", "cache", "purge", "--all", ...off)).toMatchObject({ ok: false, err: "llm-proxy: caching is disabled" })
+    expect(await cli("manage", "cache", "purge", "--all", ...off)).toMatchObject({
+      ok: false,
+      err: "llm-proxy: caching is disabled"
+    })
   })
 })

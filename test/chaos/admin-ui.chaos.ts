@@ -16,7 +16,7 @@
  */
 import { FastCheck as fc, Option, Redacted } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { backends, type BackendInstance, uniqueName } from "../http/harness.js"
+import { type BackendInstance, backends, uniqueName } from "../http/harness.js"
 import { type Stack, startStack } from "../proxy/stack.js"
 import { printTally, rawHttp, runs, tally } from "./support.js"
 
@@ -47,7 +47,18 @@ const login = async (token: string, headers: Record<string, string> = {}) => {
     body: JSON.stringify({ token })
   })
   const text = await r.text()
-  return { status: r.status, cookie: r.headers.get("set-cookie"), text, json: (() => { try { return JSON.parse(text) } catch { return undefined } })() }
+  return {
+    status: r.status,
+    cookie: r.headers.get("set-cookie"),
+    text,
+    json: (() => {
+      try {
+        return JSON.parse(text)
+      } catch {
+        return undefined
+      }
+    })()
+  }
 }
 
 const cookieValue = (setCookie: string) => setCookie.split(";")[0]!
@@ -55,7 +66,9 @@ const cookieValue = (setCookie: string) => setCookie.split(";")[0]!
 describe("admin UI", () => {
   it("every /admin answer carries the CSP and the other security headers", async (ctx) => {
     if (!hasUi) return ctx.skip()
-    for (const path of ["/admin", "/admin/", "/admin/projects", "/admin/does-not-exist", "/admin/%2e%2e/manage/projects"]) {
+    for (
+      const path of ["/admin", "/admin/", "/admin/projects", "/admin/does-not-exist", "/admin/%2e%2e/manage/projects"]
+    ) {
       tally(TITLE, "GET /admin/*")
       const r = await fetch(stack.server.url + path)
       await r.arrayBuffer()
@@ -103,17 +116,35 @@ describe("admin UI", () => {
     const csrf = s.json.csrf_token as string
     const body = (name: string) => JSON.stringify({ name, api_key: "sk-csrf-check-0123456789" })
     const send = (method: string, path: string, headers: ReadonlyArray<readonly [string, string]>, text?: string) =>
-      rawHttp(port, method, path, [["Cookie", cookie], ...headers, ...(text !== undefined ? [["Content-Type", "application/json"] as const, ["Content-Length", String(Buffer.byteLength(text))] as const] : [])], text)
+      rawHttp(port, method, path, [
+        ["Cookie", cookie],
+        ...headers,
+        ...(text !== undefined
+          ? [
+            ["Content-Type", "application/json"] as const,
+            ["Content-Length", String(Buffer.byteLength(text))] as const
+          ]
+          : [])
+      ], text)
     expect((await send("GET", "/manage/projects", [])).status).toBe(200)
     const before = (await stack.manage.get("/manage/projects")).json.length
     const writes: ReadonlyArray<readonly [string, string, string | undefined]> = [
       ["POST", "/manage/projects", body(uniqueName("csrf"))],
-      ["POST", "/manage/tokens", JSON.stringify({ project_id: "00000000-0000-4000-8000-000000000000", duration_minutes: 5 })],
+      [
+        "POST",
+        "/manage/tokens",
+        JSON.stringify({ project_id: "00000000-0000-4000-8000-000000000000", duration_minutes: 5 })
+      ],
       ["DELETE", "/manage/tokens/00000000-0000-4000-8000-000000000000", undefined],
       ["PATCH", "/manage/projects/00000000-0000-4000-8000-000000000000", "{}"]
     ]
     for (const [method, path, text] of writes) {
-      for (const headers of [[], [["X-CSRF-Token", ""]], [["X-CSRF-Token", csrf.slice(0, -1)]], [["X-CSRF-Token", `${csrf}x`]], [["X-CSRF-Token", csrf.toUpperCase()]]] as const) {
+      for (
+        const headers of [[], [["X-CSRF-Token", ""]], [["X-CSRF-Token", csrf.slice(0, -1)]], [[
+          "X-CSRF-Token",
+          `${csrf}x`
+        ]], [["X-CSRF-Token", csrf.toUpperCase()]]] as const
+      ) {
         tally(TITLE, `${method} with cookie, bad CSRF`)
         const r = await send(method, path, headers, text)
         expect(r.status).toBe(403)
@@ -124,7 +155,12 @@ describe("admin UI", () => {
     const ok = await send("POST", "/manage/projects", [["X-CSRF-Token", csrf]], body(uniqueName("csrf-ok")))
     expect(ok.status).toBe(201)
     // Logout is state-changing too: without the session's CSRF token it is refused and the session lives on.
-    for (const headers of [[], [["X-CSRF-Token", ""]], [["X-CSRF-Token", csrf.slice(0, -1)]], [["X-CSRF-Token", `${csrf}x`]]] as const) {
+    for (
+      const headers of [[], [["X-CSRF-Token", ""]], [["X-CSRF-Token", csrf.slice(0, -1)]], [[
+        "X-CSRF-Token",
+        `${csrf}x`
+      ]]] as const
+    ) {
       tally(TITLE, "DELETE /manage/session with cookie, bad CSRF")
       const out = await send("DELETE", "/manage/session", headers)
       expect(out.status).toBe(403)
@@ -142,17 +178,29 @@ describe("admin UI", () => {
       fc.asyncProperty(
         fc.oneof(
           fc.stringMatching(/^[A-Za-z0-9_-]{0,60}$/),
-          fc.constantFrom(real.slice(0, -1), `${real}x`, real.toUpperCase(), stack.server.token, "", "null", "undefined")
+          fc.constantFrom(
+            real.slice(0, -1),
+            `${real}x`,
+            real.toUpperCase(),
+            stack.server.token,
+            "",
+            "null",
+            "undefined"
+          )
         ),
         fc.oneof(fc.stringMatching(/^[A-Za-z0-9_-]{0,60}$/), fc.constant(s.json.csrf_token as string)),
         fc.constantFrom("GET", "POST"),
         async (cookie, csrf, method) => {
           tally(TITLE, `${method} /manage/projects with a fuzzed session`)
-          const text = method === "POST" ? JSON.stringify({ name: uniqueName("fuzz"), api_key: "sk-fuzz-session-0123456789" }) : undefined
+          const text = method === "POST"
+            ? JSON.stringify({ name: uniqueName("fuzz"), api_key: "sk-fuzz-session-0123456789" })
+            : undefined
           const r = await rawHttp(port, method, "/manage/projects", [
             ["Cookie", `llm_proxy_session=${cookie}`],
             ["X-CSRF-Token", csrf],
-            ...(text !== undefined ? [["Content-Type", "application/json"] as const, ["Content-Length", String(text.length)] as const] : [])
+            ...(text !== undefined
+              ? [["Content-Type", "application/json"] as const, ["Content-Length", String(text.length)] as const]
+              : [])
           ], text)
           expect(r.status === 401 || r.status === 403 || r.status === 400).toBe(true)
         }

@@ -16,9 +16,9 @@ import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { startMockUpstream, type MockUpstream } from "../support/mockUpstream.js"
-import { stopProcess } from "../support/processes.js"
 import { jsonLines } from "../support/events.js"
+import { type MockUpstream, startMockUpstream } from "../support/mockUpstream.js"
+import { stopProcess } from "../support/processes.js"
 import { built, printTally, type Serve, sleep, startServe, tally } from "./support.js"
 
 const TITLE = "boundary"
@@ -90,7 +90,8 @@ const cpuMs = (pid: number) => {
   return (Number(f[11]) + Number(f[12])) * 10
 }
 
-const rssMb = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? NaN) / 1024
+const rssMb = (pid: number) =>
+  Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? NaN) / 1024
 
 const YAML = `
 apis:
@@ -121,11 +122,15 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
     if (r.status >= 300) throw new Error(`${method} ${path}: ${r.status} ${text}`)
     return text === "" ? undefined : JSON.parse(text)
   }
-  const newToken = async (projectId: string) => (await manage("POST", "/manage/tokens", { project_id: projectId, duration_minutes: 60 })).token as string
+  const newToken = async (projectId: string) =>
+    (await manage("POST", "/manage/tokens", { project_id: projectId, duration_minutes: 60 })).token as string
   const chat = (auth: string | undefined, body: string) =>
     fetch(`${serve.url}/v1/chat/completions`, {
       method: "POST",
-      headers: { "content-type": "application/json", ...(auth !== undefined ? { authorization: `Bearer ${auth}` } : {}) },
+      headers: {
+        "content-type": "application/json",
+        ...(auth !== undefined ? { authorization: `Bearer ${auth}` } : {})
+      },
       body
     })
 
@@ -143,12 +148,18 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
       MAX_REQUEST_SIZE: String(32 * 1024 * 1024),
       USAGE_FLUSH_INTERVAL: "200ms"
     })
-    const p = await manage("POST", "/manage/projects", { name: "boundary", api_key: `sk-${randomBytes(24).toString("hex")}` })
+    const p = await manage("POST", "/manage/projects", {
+      name: "boundary",
+      api_key: `sk-${randomBytes(24).toString("hex")}`
+    })
     token = await newToken(p.id)
     const r = await manage("POST", "/manage/tokens", { project_id: p.id, duration_minutes: 60 })
     await manage("DELETE", `/manage/tokens/${r.id}`)
     revoked = r.token
-    const q = await manage("POST", "/manage/projects", { name: "inactive", api_key: `sk-${randomBytes(24).toString("hex")}` })
+    const q = await manage("POST", "/manage/projects", {
+      name: "inactive",
+      api_key: `sk-${randomBytes(24).toString("hex")}`
+    })
     inactive = await newToken(q.id)
     await manage("PATCH", `/manage/projects/${q.id}`, { is_active: false })
     // Warm up: the first requests compile code and fill pools, which would look like growth.
@@ -168,7 +179,9 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
     const declared = 30 * 1024 * 1024
     const upload = async (n: number) => {
       // The uploaders run in their own process, so what is measured is not this process's event loop.
-      const uploaders = spawn(process.execPath, ["-e", UPLOADERS, String(serve.port), String(n), String(declared)], { stdio: ["ignore", "pipe", "inherit"] })
+      const uploaders = spawn(process.execPath, ["-e", UPLOADERS, String(serve.port), String(n), String(declared)], {
+        stdio: ["ignore", "pipe", "inherit"]
+      })
       let out = ""
       uploaders.stdout.on("data", (d: Buffer) => (out += d.toString()))
       await new Promise((resolve) => uploaders.once("exit", resolve))
@@ -185,7 +198,9 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
     // Meanwhile a token holder is served.
     const served = (async () => {
       let ok = 0
-      for (let i = 0; i < 20; i++) if ((await chat(token, JSON.stringify({ model: "gpt-4o", messages: [] }))).status === 200) ok++
+      for (let i = 0; i < 20; i++) {
+        if ((await chat(token, JSON.stringify({ model: "gpt-4o", messages: [] }))).status === 200) ok++
+      }
       return ok
     })()
     const results = await uploaded
@@ -195,8 +210,12 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
     clearInterval(sampler)
     const slow = results.filter((r) => r.ms > 100)
     console.log(
-      `[chaos] 50 × 30 MB anonymous: serve CPU ${cpuMs(pid) - cpuBefore} ms (with 20 token requests); RSS ${before.toFixed(1)} → peak ${peak.toFixed(1)} MB; answer ms max ` +
-        `${Math.max(...results.map((r) => r.ms)).toFixed(1)}; closed by the server after ms max ${Math.max(...results.map((r) => r.closedMs)).toFixed(0)}`
+      `[chaos] 50 × 30 MB anonymous: serve CPU ${cpuMs(pid) - cpuBefore} ms (with 20 token requests); RSS ${
+        before.toFixed(1)
+      } → peak ${peak.toFixed(1)} MB; answer ms max ` +
+        `${Math.max(...results.map((r) => r.ms)).toFixed(1)}; closed by the server after ms max ${
+          Math.max(...results.map((r) => r.closedMs)).toFixed(0)
+        }`
     )
     expect(results.map((r) => r.status)).toEqual(Array(50).fill(401))
     expect(slow, JSON.stringify(slow)).toEqual([])
@@ -216,7 +235,9 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
       JSON.stringify({ model: Array.from({ length: 50_000 }, (_, i) => `gp-${i}`) })
     ]
     // Warm-up: the first refusals compile the scanner and the refusal path.
-    for (const body of hostile) for (const r of await Promise.all([chat(token, body), chat(undefined, body)])) await r.text()
+    for (const body of hostile) {
+      for (const r of await Promise.all([chat(token, body), chat(undefined, body)])) await r.text()
+    }
     // The probe runs in its own process: this one is busy sending megabytes, and its event loop would add its own
     // delays to what is measured.
     const probe = spawn(process.execPath, ["-e", PROBE, serve.url], { stdio: ["ignore", "pipe", "inherit"] })
@@ -239,7 +260,11 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
     probe.kill("SIGTERM")
     await probeDone
     const lags = probeOut.split("\n").filter((l) => /^\d/.test(l)).map(Number).sort((a, b) => a - b)
-    console.log(`[chaos] /live during hostile whitelist values: ${lags.length} probes, p50 ${lags[lags.length >> 1]!.toFixed(1)} ms, slowest ${lags.slice(-5).map((l) => l.toFixed(1)).join(", ")} ms`)
+    console.log(
+      `[chaos] /live during hostile whitelist values: ${lags.length} probes, p50 ${
+        lags[lags.length >> 1]!.toFixed(1)
+      } ms, slowest ${lags.slice(-5).map((l) => l.toFixed(1)).join(", ")} ms`
+    )
     expect(new Set(statuses)).toEqual(new Set([400, 401]))
     expect(statuses.filter((s) => s === 400)).toHaveLength(6 * hostile.length)
     expect(lags.length).toBeGreaterThan(10)
@@ -253,7 +278,11 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
     const marker = `stranger-${randomBytes(6).toString("hex")}`
     const ids = new Set<string>()
     for (let i = 0; i < 40; i++) {
-      const replies = await Promise.all(credentials.map((c) => chat(c, JSON.stringify({ model: marker, messages: [{ role: "user", content: marker }] }))))
+      const replies = await Promise.all(
+        credentials.map((c) =>
+          chat(c, JSON.stringify({ model: marker, messages: [{ role: "user", content: marker }] }))
+        )
+      )
       for (const r of replies) {
         expect([401, 403]).toContain(r.status)
         ids.add(r.headers.get("x-request-id")!)
@@ -264,8 +293,7 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
     const mine = await chat(token, JSON.stringify({ model: "gpt-4o", messages: [] }))
     expect(mine.status).toBe(200)
     const id = mine.headers.get("x-request-id")!
-    const lines = () =>
-      jsonLines<{ request_id: string }>(eventsPath)
+    const lines = () => jsonLines<{ request_id: string }>(eventsPath)
     for (let i = 0; i < 200 && !lines().some((l) => l.request_id === id); i++) await sleep(50)
     expect(lines().some((l) => l.request_id === id)).toBe(true)
     expect(lines().filter((l) => ids.has(l.request_id))).toEqual([])

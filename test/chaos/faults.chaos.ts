@@ -11,11 +11,21 @@ import { createHash } from "node:crypto"
 import { request as httpRequest } from "node:http"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import type { ProxyRequestContext } from "../../src/proxy/ProxyHooks.js"
-import { backends, type BackendInstance } from "../http/harness.js"
+import { type BackendInstance, backends } from "../http/harness.js"
+import {
+  call,
+  chatBody,
+  eventually,
+  type ProjectAndToken,
+  projectAndToken,
+  sleep,
+  type Stack,
+  startStack,
+  tokenRow
+} from "../proxy/stack.js"
 import { chatChunks, handler, hang, json, reset, sse } from "../support/mockUpstream.js"
-import { call, chatBody, eventually, projectAndToken, type ProjectAndToken, sleep, type Stack, startStack, tokenRow } from "../proxy/stack.js"
-import { printTally, tally } from "./support.js"
 import { proxyError } from "../support/proxyErrors.js"
+import { printTally, tally } from "./support.js"
 
 const TITLE = "faults injected"
 
@@ -28,7 +38,9 @@ let requests = 0
 beforeAll(async () => {
   backend = await backends[0]!.create()
   const hooks = { onComplete: [(ctx: ProxyRequestContext) => void completed.push(ctx)] }
-  stack = await startStack(backend, { requestTimeoutMs: 1_000, circuitBreakerThreshold: 1_000 }, undefined, undefined, { proxyHooks: hooks })
+  stack = await startStack(backend, { requestTimeoutMs: 1_000, circuitBreakerThreshold: 1_000 }, undefined, undefined, {
+    proxyHooks: hooks
+  })
   t = await projectAndToken(stack.manage)
 })
 afterAll(async () => {
@@ -84,7 +96,11 @@ const stream = (body: unknown, options: { readonly pauseMs?: number; readonly ab
       method: "POST",
       path: "/v1/chat/completions",
       agent: false,
-      headers: { authorization: `Bearer ${t.token}`, "content-type": "application/json", "content-length": Buffer.byteLength(text) }
+      headers: {
+        authorization: `Bearer ${t.token}`,
+        "content-type": "application/json",
+        "content-length": Buffer.byteLength(text)
+      }
     }, (res) => {
       status = res.statusCode ?? 0
       if (options.pauseMs) {
@@ -188,8 +204,14 @@ describe("faults at the upstream", () => {
     expect(a.bytes).toBe(Buffer.byteLength(big))
     expect(a.sha256).toBe(createHash("sha256").update(big).digest("hex"))
     await lastCompleted()
-    const frames = Array.from({ length: 1024 }, (_, i) => `data: ${JSON.stringify({ i, pad: "y".repeat(10 * 1024) })}\n\n`)
-    frames.push(`data: ${JSON.stringify({ usage: { prompt_tokens: 7, completion_tokens: 1024 } })}\n\n`, "data: [DONE]\n\n")
+    const frames = Array.from(
+      { length: 1024 },
+      (_, i) => `data: ${JSON.stringify({ i, pad: "y".repeat(10 * 1024) })}\n\n`
+    )
+    frames.push(
+      `data: ${JSON.stringify({ usage: { prompt_tokens: 7, completion_tokens: 1024 } })}\n\n`,
+      "data: [DONE]\n\n"
+    )
     stack.mock.enqueue(sse(frames))
     const b = await stream(chatBody({ stream: true }))
     expect(b.complete).toBe(true)
@@ -217,7 +239,9 @@ describe("faults at the upstream", () => {
       const s = await stream(chatBody({ stream: true }))
       expect(s.status).toBe(200)
       expect(s.complete).toBe(true)
-      expect(s.sha256).toBe(createHash("sha256").update(Buffer.from(chunk + "data: {\"choices\":[]}\n\n")).digest("hex"))
+      expect(s.sha256).toBe(
+        createHash("sha256").update(Buffer.from(chunk + "data: {\"choices\":[]}\n\n")).digest("hex")
+      )
       const c = await lastCompleted()
       // Nonsense numbers are never taken as usage.
       for (const v of Object.values(c.usage ?? {})) expect(Number.isFinite(v) && v >= 0).toBe(true)
@@ -254,7 +278,11 @@ describe("faults at the upstream", () => {
     expect(s.complete).toBe(true)
     expect(s.bytes).toBe(TOTAL)
     // Socket buffers and stream high-water marks on three hops, not the 64 MB answer.
-    console.log(`[chaos] slow reader: upstream pushed ${(pushedWhilePaused / 1048576).toFixed(1)} MB of ${TOTAL / 1048576} MB while the client read nothing; RSS +${((rssPeak - rssBefore) / 1048576).toFixed(1)} MB at peak`)
+    console.log(
+      `[chaos] slow reader: upstream pushed ${(pushedWhilePaused / 1048576).toFixed(1)} MB of ${
+        TOTAL / 1048576
+      } MB while the client read nothing; RSS +${((rssPeak - rssBefore) / 1048576).toFixed(1)} MB at peak`
+    )
     expect(pushedWhilePaused).toBeLessThan(16 * 1024 * 1024)
     expect(rssPeak - rssBefore).toBeLessThan(48 * 1024 * 1024)
     await lastCompleted()

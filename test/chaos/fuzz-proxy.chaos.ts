@@ -17,15 +17,32 @@ import { FastCheck as fc } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { builtInOpenAi } from "../../src/config/Providers.js"
 import { hasQueryCredential, isSafePath, routeOf, splitUrl } from "../../src/proxy/policy.js"
-import { backends, type BackendInstance } from "../http/harness.js"
-import { call, chatBody, createToken, projectAndToken, type ProjectAndToken, type Stack, startStack } from "../proxy/stack.js"
+import { type BackendInstance, backends } from "../http/harness.js"
+import {
+  call,
+  chatBody,
+  createToken,
+  type ProjectAndToken,
+  projectAndToken,
+  type Stack,
+  startStack
+} from "../proxy/stack.js"
 import { printTally, rawExchange, rawHttp, runs, sleep, tally } from "./support.js"
 
 const TITLE = "proxy and HTTP-layer fuzzing"
 const BUILT_IN = builtInOpenAi("http://upstream.invalid").get("openai")!
 /** Client headers the built-in provider may forward (the rest of what the mock sees is set by the proxy or Node). */
-const FORWARDABLE = /^(content-type|accept|accept-language|if-none-match|if-modified-since|user-agent|origin|idempotency-key|openai-beta|anthropic-version|anthropic-beta|anthropic-dangerous-direct-browser-access|x-stainless-.*)$/
-const PROXY_SET = new Set(["host", "connection", "content-length", "transfer-encoding", "authorization", "x-request-id", "accept-encoding"])
+const FORWARDABLE =
+  /^(content-type|accept|accept-language|if-none-match|if-modified-since|user-agent|origin|idempotency-key|openai-beta|anthropic-version|anthropic-beta|anthropic-dangerous-direct-browser-access|x-stainless-.*)$/
+const PROXY_SET = new Set([
+  "host",
+  "connection",
+  "content-length",
+  "transfer-encoding",
+  "authorization",
+  "x-request-id",
+  "accept-encoding"
+])
 
 let backend: BackendInstance
 let stack: Stack
@@ -59,17 +76,54 @@ describe("the /v1 data plane under hostile requests", () => {
   it("requests: never a 5xx, never the provider without a valid token, only safe allowed paths upstream", async () => {
     const segment = fc.oneof(
       fc.constantFrom(
-        "v1", "chat", "completions", "models", "embeddings", "files", "manage", "projects", "admin",
-        "..", ".", "", "%2e%2e", "%2E%2e", ".%2e", "%2f", "%2F", "%5c", "\\", "%00", "%252e%252e", "%c0%ae",
-        "..;", "%09", "V1", "%76%31", "v1%2fchat", "ｖ１", "chat%2Fcompletions", "completions%3F", "completions#x",
-        "e\u0301", "\u212a", "models\u0000"
+        "v1",
+        "chat",
+        "completions",
+        "models",
+        "embeddings",
+        "files",
+        "manage",
+        "projects",
+        "admin",
+        "..",
+        ".",
+        "",
+        "%2e%2e",
+        "%2E%2e",
+        ".%2e",
+        "%2f",
+        "%2F",
+        "%5c",
+        "\\",
+        "%00",
+        "%252e%252e",
+        "%c0%ae",
+        "..;",
+        "%09",
+        "V1",
+        "%76%31",
+        "v1%2fchat",
+        "ｖ１",
+        "chat%2Fcompletions",
+        "completions%3F",
+        "completions#x",
+        "e\u0301",
+        "\u212a",
+        "models\u0000"
       ),
       fc.stringMatching(/^[A-Za-z0-9._~%-]{0,12}$/)
     )
     const path = fc.oneof(
       // Paths the built-in provider admits (for some method), so that the upstream invariants below get exercised.
       {
-        arbitrary: fc.constantFrom("/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/models", "/v1/models/gpt-4o", "/v1/audio/speech"),
+        arbitrary: fc.constantFrom(
+          "/v1/chat/completions",
+          "/v1/responses",
+          "/v1/embeddings",
+          "/v1/models",
+          "/v1/models/gpt-4o",
+          "/v1/audio/speech"
+        ),
         weight: 2
       },
       fc.array(segment, { minLength: 1, maxLength: 5 }).map((s) => `/v1/${s.join("/")}`),
@@ -100,27 +154,90 @@ describe("the /v1 data plane under hostile requests", () => {
     )
     const query = fc.oneof(
       fc.constant(""),
-      fc.array(fc.tuple(fc.stringMatching(/^[a-z_]{1,8}$/), fc.stringMatching(/^[A-Za-z0-9%._~-]{0,16}$/)), { maxLength: 3 })
+      fc.array(fc.tuple(fc.stringMatching(/^[a-z_]{1,8}$/), fc.stringMatching(/^[A-Za-z0-9%._~-]{0,16}$/)), {
+        maxLength: 3
+      })
         .map((p) => "?" + p.map(([k, v]) => `${k}=${v}`).join("&")),
-      fc.constantFrom("?", "??", "?%", "?%zz", "?a=%00", "?__proto__[x]=1", "?url=http://evil.example", "?" + "a".repeat(2000)),
+      fc.constantFrom(
+        "?",
+        "??",
+        "?%",
+        "?%zz",
+        "?a=%00",
+        "?__proto__[x]=1",
+        "?url=http://evil.example",
+        "?" + "a".repeat(2000)
+      ),
       fc.tuple(
-        fc.constantFrom("key", "KEY", "api-key", "api_key", "Api_Key", "apikey", "access_token", "token", "auth", "%6Bey", "limit", "after"),
+        fc.constantFrom(
+          "key",
+          "KEY",
+          "api-key",
+          "api_key",
+          "Api_Key",
+          "apikey",
+          "access_token",
+          "token",
+          "auth",
+          "%6Bey",
+          "limit",
+          "after"
+        ),
         fc.constantFrom("=AIza-secret", "=", "", "=x;y=1"),
         fc.constantFrom("", "&a=1", ";b=2")
       ).map(([k, v, rest]) => `?${k}${v}${rest}`)
     )
-    const method = fc.constantFrom("GET", "POST", "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "FOO", "get")
+    const method = fc.constantFrom(
+      "GET",
+      "POST",
+      "GET",
+      "POST",
+      "PUT",
+      "DELETE",
+      "PATCH",
+      "HEAD",
+      "OPTIONS",
+      "TRACE",
+      "FOO",
+      "get"
+    )
     const token = fc.constantFrom<"none" | "garbage" | "unknown" | "revoked" | "valid" | "management">(
-      "none", "garbage", "unknown", "revoked", "valid", "valid", "management"
+      "none",
+      "garbage",
+      "unknown",
+      "revoked",
+      "valid",
+      "valid",
+      "management"
     )
     const extra = fc.array(
       fc.tuple(
         fc.constantFrom(
-          "Host", "X-Forwarded-Host", "X-Forwarded-For", "Origin", "X-Request-ID", "Content-Type", "X-Api-Key", "Forwarded",
-          "X-Original-URL", "X-Rewrite-URL", "OpenAI-Organization", "OpenAI-Project", "X-Forwarded-User-Agent",
-          "X-Forwarded-Server", "Proxy-Status", "Cookie", "Traceparent", "X-Stainless-Lang", "OpenAI-Beta", "X-Custom"
+          "Host",
+          "X-Forwarded-Host",
+          "X-Forwarded-For",
+          "Origin",
+          "X-Request-ID",
+          "Content-Type",
+          "X-Api-Key",
+          "Forwarded",
+          "X-Original-URL",
+          "X-Rewrite-URL",
+          "OpenAI-Organization",
+          "OpenAI-Project",
+          "X-Forwarded-User-Agent",
+          "X-Forwarded-Server",
+          "Proxy-Status",
+          "Cookie",
+          "Traceparent",
+          "X-Stainless-Lang",
+          "OpenAI-Beta",
+          "X-Custom"
         ),
-        fc.oneof(fc.stringMatching(/^[ -~]{0,40}$/), fc.constantFrom("evil.example", "127.0.0.1:1", "http://evil.example", "../../", "application/json"))
+        fc.oneof(
+          fc.stringMatching(/^[ -~]{0,40}$/),
+          fc.constantFrom("evil.example", "127.0.0.1:1", "http://evil.example", "../../", "application/json")
+        )
       ),
       { maxLength: 3 }
     )
@@ -149,7 +266,9 @@ describe("the /v1 data plane under hostile requests", () => {
         const h: Array<readonly [string, string]> = [
           ...credentialOf(t),
           ...headers.filter(([k]) => k !== "Host"),
-          ...(body !== undefined ? [["Content-Type", "application/json"] as const, ["Content-Length", String(body.length)] as const] : [])
+          ...(body !== undefined
+            ? [["Content-Type", "application/json"] as const, ["Content-Length", String(body.length)] as const]
+            : [])
         ]
         const seen = stack.mock.requests.length
         const r = await rawHttp(port, m, target, h, body)
@@ -166,7 +285,9 @@ describe("the /v1 data plane under hostile requests", () => {
           expect(hasQueryCredential(splitUrl(u.url).query), u.url).toBe(false)
           expect(u.headers.authorization).toBe(`Bearer ${live.apiKey}`)
           for (const name of Object.keys(u.headers)) {
-            if (!PROXY_SET.has(name) && !FORWARDABLE.test(name)) throw new Error(`${m} ${target}: client header ${name} reached the provider`)
+            if (!PROXY_SET.has(name) && !FORWARDABLE.test(name)) {
+              throw new Error(`${m} ${target}: client header ${name} reached the provider`)
+            }
           }
         }
       }),
@@ -179,9 +300,18 @@ describe("the /v1 data plane under hostile requests", () => {
 describe("strangers' bodies are never read", () => {
   it("any framing, any size, only partly sent: 401 before the body is complete, no 100 Continue, connection closed", async () => {
     const seen = stack.mock.requests.length
-    const credential = fc.constantFrom<string | undefined>(undefined, "Bearer not-a-token", `Bearer sk-${"A".repeat(43)}`, "Basic eDp5")
+    const credential = fc.constantFrom<string | undefined>(
+      undefined,
+      "Bearer not-a-token",
+      `Bearer sk-${"A".repeat(43)}`,
+      "Basic eDp5"
+    )
     const framing = fc.oneof(
-      fc.integer({ min: 1, max: 2 ** 36 }).map((n) => ({ header: `Content-Length: ${n}\r\n`, declared: n, chunked: false })),
+      fc.integer({ min: 1, max: 2 ** 36 }).map((n) => ({
+        header: `Content-Length: ${n}\r\n`,
+        declared: n,
+        chunked: false
+      })),
       fc.constant({ header: "Transfer-Encoding: chunked\r\n", declared: Infinity, chunked: true })
     )
     await fc.assert(
@@ -195,7 +325,8 @@ describe("strangers' bodies are never read", () => {
         async (auth, f, expectContinue, contentType, path, sent) => {
           tally(TITLE, "strangers' partial bodies")
           const head = `POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Type: ${contentType}\r\n${f.header}` +
-            (auth !== undefined ? `Authorization: ${auth}\r\n` : "") + (expectContinue ? "Expect: 100-continue\r\n" : "") + "\r\n"
+            (auth !== undefined ? `Authorization: ${auth}\r\n` : "") +
+            (expectContinue ? "Expect: 100-continue\r\n" : "") + "\r\n"
           // Strictly less than declared: the request is never complete.
           const n = Math.min(sent, Number.isFinite(f.declared) ? f.declared - 1 : sent)
           const body = f.chunked ? (n > 0 ? `${n.toString(16)}\r\n${"x".repeat(n)}\r\n` : "") : "x".repeat(n)
@@ -219,7 +350,10 @@ describe("malformed HTTP over raw sockets", () => {
   const head = (extra: string, path = "/v1/chat/completions") =>
     `POST ${path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${live.token}\r\nContent-Type: application/json\r\n${extra}`
 
-  const expectRefusedOrClosed = (r: { statuses: ReadonlyArray<number>; closed: boolean; timedOut: boolean; text: string }, what: string) => {
+  const expectRefusedOrClosed = (
+    r: { statuses: ReadonlyArray<number>; closed: boolean; timedOut: boolean; text: string },
+    what: string
+  ) => {
     if (r.timedOut) throw new Error(`${what}: the connection hung`)
     if (r.statuses.some((s) => s >= 500)) throw new Error(`${what}: ${r.text.slice(0, 200)}`)
   }
@@ -264,11 +398,19 @@ describe("malformed HTTP over raw sockets", () => {
       ["size not hex", head("Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")],
       ["size larger than the data", head("Transfer-Encoding: chunked\r\n\r\nff\r\n{}\r\n0\r\n\r\n")],
       ["size smaller than the data", head(`Transfer-Encoding: chunked\r\n\r\n2\r\n${chat}\r\n0\r\n\r\n`)],
-      ["missing CRLF after the data", head(`Transfer-Encoding: chunked\r\n\r\n${chat.length.toString(16)}\r\n${chat}0\r\n\r\n`)],
+      [
+        "missing CRLF after the data",
+        head(`Transfer-Encoding: chunked\r\n\r\n${chat.length.toString(16)}\r\n${chat}0\r\n\r\n`)
+      ],
       ["negative size", head("Transfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n")],
       ["64-bit size", head("Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nhello\r\n0\r\n\r\n")],
       ["huge chunk extension", head(`Transfer-Encoding: chunked\r\n\r\n2;${"x".repeat(20_000)}\r\n{}\r\n0\r\n\r\n`)],
-      ["CL and TE together", head(`Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n`)],
+      [
+        "CL and TE together",
+        head(
+          `Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n`
+        )
+      ],
       ["two Content-Lengths", head(`Content-Length: 2\r\nContent-Length: ${chat.length}\r\n\r\n${chat}`)],
       ["TE chunked, identity", head(`Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n`)],
       ["TE with obs-fold", head(`Transfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n`)],
@@ -282,7 +424,11 @@ describe("malformed HTTP over raw sockets", () => {
     ]
     for (const [name, bytes] of cases) {
       tally(TITLE, "raw: framing")
-      const r = await rawExchange(port, [Buffer.from(bytes, "latin1")], { endWrite: true, timeoutMs: 8_000, idleMs: 1_000 })
+      const r = await rawExchange(port, [Buffer.from(bytes, "latin1")], {
+        endWrite: true,
+        timeoutMs: 8_000,
+        idleMs: 1_000
+      })
       expectRefusedOrClosed(r, name)
       const first = r.statuses[0]
       // A framing the parser accepts as something else (e.g. a short chunk) may reach the upstream only as a
@@ -303,15 +449,25 @@ describe("malformed HTTP over raw sockets", () => {
     expect(ten.statuses).toEqual(Array(10).fill(200))
     // Garbage in the same packet as valid requests: the parser fails on the packet, the connection gets a 400 and
     // is closed (the requests before it are broken HTTP too).
-    const packed = await rawExchange(port, [Buffer.from(one + one + "GARBAGE / HTTP/1.1\r\n\r\n" + one)], { timeoutMs: 8_000, idleMs: 1_000 })
+    const packed = await rawExchange(port, [Buffer.from(one + one + "GARBAGE / HTTP/1.1\r\n\r\n" + one)], {
+      timeoutMs: 8_000,
+      idleMs: 1_000
+    })
     expect(packed.statuses.every((s) => s === 200 || s === 400)).toBe(true)
     expect(packed.statuses.at(-1)).toBe(400)
     expect(packed.closed).toBe(true)
     // Garbage after the answers went out: those stand, then 400 and close.
-    const later = await rawExchange(port, [Buffer.from(one + one), { delayMs: 300 }, Buffer.from("GARBAGE / HTTP/1.1\r\n\r\n" + one)], { timeoutMs: 8_000, idleMs: 1_000 })
+    const later = await rawExchange(port, [
+      Buffer.from(one + one),
+      { delayMs: 300 },
+      Buffer.from("GARBAGE / HTTP/1.1\r\n\r\n" + one)
+    ], { timeoutMs: 8_000, idleMs: 1_000 })
     expect(later.statuses).toEqual([200, 200, 400])
     expect(later.closed).toBe(true)
-    const unauth = await rawExchange(port, [Buffer.from("GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n".repeat(5))], { timeoutMs: 8_000, idleMs: 1_000 })
+    const unauth = await rawExchange(port, [Buffer.from("GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n".repeat(5))], {
+      timeoutMs: 8_000,
+      idleMs: 1_000
+    })
     expect(unauth.statuses).toEqual(Array(5).fill(401))
   })
 
@@ -320,22 +476,21 @@ describe("malformed HTTP over raw sockets", () => {
       rawExchange(port, [
         Buffer.from("POST /v1/chat/completions HTTP/1.1\r\n"),
         ...Array.from({ length: 30 }, (_, i) => [{ delayMs: 250 }, Buffer.from(`X-${i}: y\r\n`)]).flat()
-      ], { timeoutMs: 15_000, idleMs: 15_000 })
-    )
+      ], { timeoutMs: 15_000, idleMs: 15_000 }))
     const silent = Array.from({ length: 20 }, () => rawExchange(port, [], { timeoutMs: 15_000, idleMs: 15_000 }))
     const slowBody = Array.from({ length: 20 }, () =>
       rawExchange(port, [
         Buffer.from(head(`Content-Length: ${chat.length}\r\n\r\n`)),
         ...Array.from({ length: 40 }, (_, i) => [{ delayMs: 250 }, Buffer.from(chat[i] ?? " ")]).flat()
-      ], { timeoutMs: 15_000, idleMs: 15_000 })
-    )
+      ], { timeoutMs: 15_000, idleMs: 15_000 }))
     // Without a token a trickled body is not waited for: 401 at once, the connection closed after a short linger.
     const strangerBody = Array.from({ length: 20 }, () =>
       rawExchange(port, [
-        Buffer.from(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${chat.length}\r\n\r\n`),
+        Buffer.from(
+          `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${chat.length}\r\n\r\n`
+        ),
         ...Array.from({ length: 40 }, (_, i) => [{ delayMs: 250 }, Buffer.from(chat[i] ?? " ")]).flat()
-      ], { timeoutMs: 15_000, idleMs: 15_000 })
-    )
+      ], { timeoutMs: 15_000, idleMs: 15_000 }))
     tally(TITLE, "raw: slowloris headers", 40)
     tally(TITLE, "raw: silent connections", 20)
     tally(TITLE, "raw: trickled bodies", 20)

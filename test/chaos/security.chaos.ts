@@ -17,12 +17,20 @@ import { randomBytes } from "node:crypto"
 import { readdirSync, readFileSync, statSync } from "node:fs"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { checkAuthorization } from "../../src/http/auth.js"
 import { builtInOpenAi } from "../../src/config/Providers.js"
+import { checkAuthorization } from "../../src/http/auth.js"
 import { isSafePath, routeOf } from "../../src/proxy/policy.js"
-import { backends, type BackendInstance } from "../http/harness.js"
-import { type MockUpstream, reset, sse, chatChunks, startMockUpstream } from "../support/mockUpstream.js"
-import { call, chatBody, createToken, projectAndToken, type ProjectAndToken, type Stack, startStack } from "../proxy/stack.js"
+import { type BackendInstance, backends } from "../http/harness.js"
+import {
+  call,
+  chatBody,
+  createToken,
+  type ProjectAndToken,
+  projectAndToken,
+  type Stack,
+  startStack
+} from "../proxy/stack.js"
+import { chatChunks, type MockUpstream, reset, sse, startMockUpstream } from "../support/mockUpstream.js"
 import { built, printTally, rawHttp, sleep, startServe, tally } from "./support.js"
 
 const TITLE = "security checks"
@@ -38,14 +46,15 @@ const filesUnder = (dir: string): Array<string> =>
     return statSync(p).isDirectory() ? filesUnder(p) : [p]
   })
 
-const variants = (secret: string) => [
-  secret,
-  Buffer.from(secret).toString("base64"),
-  Buffer.from(secret).toString("base64url"),
-  encodeURIComponent(secret),
-  // A long enough slice would still identify it (obfuscated hints are 8 + 4 characters).
-  secret.slice(0, 20)
-].filter((v, i, all) => v.length >= 12 && all.indexOf(v) === i)
+const variants = (secret: string) =>
+  [
+    secret,
+    Buffer.from(secret).toString("base64"),
+    Buffer.from(secret).toString("base64url"),
+    encodeURIComponent(secret),
+    // A long enough slice would still identify it (obfuscated hints are 8 + 4 characters).
+    secret.slice(0, 20)
+  ].filter((v, i, all) => v.length >= 12 && all.indexOf(v) === i)
 
 describe.skipIf(!built)("secrets never leave where they belong", () => {
   it("a whole run: no response, log line, file or upstream request carries a secret it should not", async () => {
@@ -63,18 +72,36 @@ describe.skipIf(!built)("secrets never leave where they belong", () => {
     })
     const responses: Array<string> = []
     const tokenCreations: Array<string> = []
-    const send = async (method: string, path: string, options: { auth?: string | null; body?: unknown; headers?: Record<string, string> } = {}) => {
+    const send = async (
+      method: string,
+      path: string,
+      options: { auth?: string | null; body?: unknown; headers?: Record<string, string> } = {}
+    ) => {
       tally(TITLE, "secrets run: requests")
       const headers: Record<string, string> = { ...options.headers }
       if (options.auth !== null) headers["authorization"] = options.auth ?? `Bearer ${managementToken}`
-      const body = options.body === undefined ? undefined : typeof options.body === "string" ? options.body : JSON.stringify(options.body)
+      const body = options.body === undefined
+        ? undefined
+        : typeof options.body === "string"
+        ? options.body
+        : JSON.stringify(options.body)
       if (body !== undefined) headers["content-type"] ??= "application/json"
       const r = await fetch(serve.url + path, { method, headers, ...(body !== undefined ? { body } : {}) })
       const text = await r.text()
       const record = `${r.status} ${JSON.stringify([...r.headers.entries()])}\n${text}`
       if (method === "POST" && path === "/manage/tokens" && r.status === 201) tokenCreations.push(record)
       else responses.push(record)
-      return { status: r.status, text, json: (() => { try { return JSON.parse(text) } catch { return undefined } })() }
+      return {
+        status: r.status,
+        text,
+        json: (() => {
+          try {
+            return JSON.parse(text)
+          } catch {
+            return undefined
+          }
+        })()
+      }
     }
     try {
       const keys = [`sk-proj-${randomBytes(24).toString("hex")}`, `sk-ant-${randomBytes(24).toString("hex")}`]
@@ -97,7 +124,9 @@ describe.skipIf(!built)("secrets never leave where they belong", () => {
         const t = await send("POST", "/manage/tokens", { body: { project_id: id, duration_minutes: 10 } })
         tokens.push(t.json.token)
       }
-      const limited = await send("POST", "/manage/tokens", { body: { project_id: projects[0], duration_minutes: 10, max_requests: 1 } })
+      const limited = await send("POST", "/manage/tokens", {
+        body: { project_id: projects[0], duration_minutes: 10, max_requests: 1 }
+      })
       tokens.push(limited.json.token)
       // Reads of everything.
       await send("GET", "/manage/projects")
@@ -106,7 +135,9 @@ describe.skipIf(!built)("secrets never leave where they belong", () => {
       // Failed logins: near-misses of the management token (audited), the token in odd places.
       await send("GET", "/manage/projects", { auth: `Bearer ${managementToken}x` })
       await send("GET", "/manage/projects", { auth: `Bearer ${managementToken.slice(0, -1)}` })
-      await send("GET", "/manage/projects", { auth: `Basic ${Buffer.from(`admin:${managementToken}`).toString("base64")}` })
+      await send("GET", "/manage/projects", {
+        auth: `Basic ${Buffer.from(`admin:${managementToken}`).toString("base64")}`
+      })
       await send("GET", `/manage/projects?token=${managementToken}`, { auth: null })
       // The proxy: success, streaming, every refusal, upstream failures, the management token as a proxy token.
       mock.enqueue(sse(chatChunks(["a", "b"])))
@@ -116,12 +147,17 @@ describe.skipIf(!built)("secrets never leave where they belong", () => {
       await send("POST", "/v1/chat/completions", { auth: `Bearer ${tokens[2]}`, body: chatBody() }) // quota exhausted
       await send("POST", "/v1/chat/completions", { auth: `Bearer ${managementToken}`, body: chatBody() })
       await send("POST", "/v1/chat/completions", { auth: `Bearer ${tokens[0]!.slice(0, -1)}A`, body: chatBody() })
-      await send("POST", "/v1/chat/completions", { auth: `Bearer ${tokens[0]}`, body: "{not json", headers: { "content-type": "application/json" } })
+      await send("POST", "/v1/chat/completions", {
+        auth: `Bearer ${tokens[0]}`,
+        body: "{not json",
+        headers: { "content-type": "application/json" }
+      })
       await send("GET", `/v1/models?api_key=${keys[0]}`, { auth: `Bearer ${tokens[1]}` })
       mock.enqueue(reset())
       await send("POST", "/v1/chat/completions", { auth: `Bearer ${tokens[0]}`, body: chatBody() })
       mock.enqueue(reset(chatChunks(["x"]).slice(0, 1)))
-      await send("POST", "/v1/chat/completions", { auth: `Bearer ${tokens[0]}`, body: chatBody({ stream: true }) }).catch(() => undefined)
+      await send("POST", "/v1/chat/completions", { auth: `Bearer ${tokens[0]}`, body: chatBody({ stream: true }) })
+        .catch(() => undefined)
       // Deactivation, revocation, and requests after them.
       await send("DELETE", `/manage/tokens/${(await send("GET", "/manage/tokens")).json[0].id}`)
       await send("PATCH", `/manage/projects/${projects[1]}`, { body: { is_active: false, revoke_tokens: true } })
@@ -142,7 +178,13 @@ describe.skipIf(!built)("secrets never leave where they belong", () => {
     expect(output.length).toBeGreaterThan(500)
     expect(files.some(({ f }) => f.endsWith("audit.log"))).toBe(true)
     expect(files.find(({ f }) => f.endsWith("audit.log"))!.bytes.length).toBeGreaterThan(500)
-    console.log(`[chaos] secrets run: ${responses.length + tokenCreations.length} responses, ${output.split("\n").length} output lines, ${files.length} files (${files.map(({ bytes }) => bytes.length).reduce((a, b) => a + b, 0)} bytes), ${mock.requests.length} upstream requests grepped`)
+    console.log(
+      `[chaos] secrets run: ${responses.length + tokenCreations.length} responses, ${
+        output.split("\n").length
+      } output lines, ${files.length} files (${
+        files.map(({ bytes }) => bytes.length).reduce((a, b) => a + b, 0)
+      } bytes), ${mock.requests.length} upstream requests grepped`
+    )
 
     const secretsEverywhere = [managementToken]
     const keysSeen = mock.requests.map((r) => r.headers.authorization ?? "").join("\n")
@@ -154,24 +196,32 @@ describe.skipIf(!built)("secrets never leave where they belong", () => {
     const providerKeys = [...new Set(keysSeen.match(/sk-(proj|ant)-[0-9a-f]{48}/g) ?? [])]
     expect(providerKeys.length).toBeGreaterThan(0)
     const allKeys = [...providerKeys]
-    const proxyTokens = tokenCreations.map((t) => /"token":"(sk-[A-Za-z0-9_-]{43})"/.exec(t)?.[1]).filter((t): t is string => !!t)
+    const proxyTokens = tokenCreations.map((t) => /"token":"(sk-[A-Za-z0-9_-]{43})"/.exec(t)?.[1]).filter((
+      t
+    ): t is string => !!t)
     expect(proxyTokens.length).toBe(3)
     const findings: Array<string> = []
     for (const [where, texts] of Object.entries(haystacks)) {
       for (const secret of [...secretsEverywhere, ...allKeys, ...proxyTokens]) {
         for (const v of variants(secret)) {
-          if (texts.some((t) => t.includes(v))) findings.push(`${where} contains ${secret.slice(0, 6)}… (as ${v === secret ? "itself" : "a variant"})`)
+          if (texts.some((t) => t.includes(v))) {
+            findings.push(`${where} contains ${secret.slice(0, 6)}… (as ${v === secret ? "itself" : "a variant"})`)
+          }
         }
       }
     }
     // The upstream gets the provider key and nothing else secret.
     const upstreamText = mock.requests.map((r) => JSON.stringify(r.rawHeaders) + r.url + r.body).join("\n")
     for (const secret of [...secretsEverywhere, ...proxyTokens]) {
-      for (const v of variants(secret)) if (upstreamText.includes(v)) findings.push(`upstream request contains ${secret.slice(0, 6)}…`)
+      for (const v of variants(secret)) {
+        if (upstreamText.includes(v)) findings.push(`upstream request contains ${secret.slice(0, 6)}…`)
+      }
     }
     // Token creations show the new token exactly once, and no other secret.
     for (const t of tokenCreations) {
-      for (const secret of [...secretsEverywhere, ...allKeys]) if (t.includes(secret)) findings.push("token creation response contains another secret")
+      for (const secret of [...secretsEverywhere, ...allKeys]) {
+        if (t.includes(secret)) findings.push("token creation response contains another secret")
+      }
     }
     expect(findings).toEqual([])
   })
@@ -258,7 +308,11 @@ describe("management-token comparison timing", () => {
     // Retried like the real check below, so a noisy machine cannot make it look weaker than it is.
     const attempts = [timeGuesses(naive, far, near, 300, 2000)]
     if (!leaks(attempts[0]!)) attempts.push(timeGuesses(naive, far, near, 300, 2000))
-    console.log(`[chaos] timing, leaky comparator: ${attempts.map((m) => `z=${m.z.toFixed(1)} Δmedian=${(m.diff * 100).toFixed(1)}%`).join("; ")}`)
+    console.log(
+      `[chaos] timing, leaky comparator: ${
+        attempts.map((m) => `z=${m.z.toFixed(1)} Δmedian=${(m.diff * 100).toFixed(1)}%`).join("; ")
+      }`
+    )
     tally(TITLE, "timing: batches (leaky control)", attempts.length * 600)
     expect(attempts.some(leaks)).toBe(true)
   })
@@ -271,7 +325,11 @@ describe("management-token comparison timing", () => {
       attempts.push(m)
       if (!leaks(m)) break
     }
-    console.log(`[chaos] timing, checkAuthorization: ${attempts.map((m) => `z=${m.z.toFixed(1)} Δmedian=${(m.diff * 100).toFixed(2)}%`).join("; ")}`)
+    console.log(
+      `[chaos] timing, checkAuthorization: ${
+        attempts.map((m) => `z=${m.z.toFixed(1)} Δmedian=${(m.diff * 100).toFixed(2)}%`).join("; ")
+      }`
+    )
     tally(TITLE, "timing: batches (checkAuthorization)", attempts.length * 800)
     expect(attempts.every(leaks)).toBe(false)
     // And both are refused, of course.
@@ -315,8 +373,14 @@ describe("requests cannot choose their upstream or skip authentication", () => {
     const cases: ReadonlyArray<{ target: string; headers: ReadonlyArray<readonly [string, string]> }> = [
       { target: "/v1/chat/completions", headers: [["X-Forwarded-Host", evilHost]] },
       { target: "/v1/chat/completions", headers: [["Forwarded", `host=${evilHost};proto=http`]] },
-      { target: "/v1/chat/completions", headers: [["X-Original-URL", `${evil.url}/v1/chat/completions`], ["X-Rewrite-URL", `${evil.url}/x`]] },
-      { target: "/v1/chat/completions", headers: [["X-Forwarded-Proto", "https"], ["X-Forwarded-Port", new URL(evil.url).port]] },
+      {
+        target: "/v1/chat/completions",
+        headers: [["X-Original-URL", `${evil.url}/v1/chat/completions`], ["X-Rewrite-URL", `${evil.url}/x`]]
+      },
+      {
+        target: "/v1/chat/completions",
+        headers: [["X-Forwarded-Proto", "https"], ["X-Forwarded-Port", new URL(evil.url).port]]
+      },
       { target: `${evil.url}/v1/chat/completions`, headers: [] },
       { target: `http://${evilHost}/v1/chat/completions`, headers: [["X-Forwarded-Host", evilHost]] },
       { target: `//${evilHost}/v1/chat/completions`, headers: [] },
@@ -379,7 +443,9 @@ describe("requests cannot choose their upstream or skip authentication", () => {
           tally(TITLE, "/v1 without a valid token")
           const r = await rawHttp(port, method, p, cred)
           if (!(r.status === 0 || (r.status >= 400 && r.status < 500))) {
-            throw new Error(`${method} ${p} with ${JSON.stringify(cred).slice(0, 80)}: ${r.status} ${r.body.slice(0, 200)}`)
+            throw new Error(
+              `${method} ${p} with ${JSON.stringify(cred).slice(0, 80)}: ${r.status} ${r.body.slice(0, 200)}`
+            )
           }
         }
       }

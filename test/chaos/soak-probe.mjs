@@ -18,7 +18,12 @@ if (file) {
   const started = Date.now()
   setInterval(() => {
     const ms = (ns) => Math.max(0, ns / 1e6 - RESOLUTION)
-    const sample = { t: (Date.now() - started) / 1000, lagP50: ms(lag.percentile(50)), lagP99: ms(lag.percentile(99)), lagMax: ms(lag.max) }
+    const sample = {
+      t: (Date.now() - started) / 1000,
+      lagP50: ms(lag.percentile(50)),
+      lagP99: ms(lag.percentile(99)),
+      lagMax: ms(lag.max)
+    }
     gc()
     const m = process.memoryUsage()
     appendFileSync(file, JSON.stringify({ ...sample, rss: m.rss, heapUsed: m.heapUsed, external: m.external }) + "\n")

@@ -49,7 +49,8 @@ const slope = (xs: ReadonlyArray<number>, ys: ReadonlyArray<number>) => {
   return den === 0 ? 0 : num / den
 }
 
-const progress = (m: string) => appendFileSync(process.env["SOAK_PROGRESS_FILE"] ?? "/dev/null", `[soak] ${new Date().toISOString()} ${m}\n`)
+const progress = (m: string) =>
+  appendFileSync(process.env["SOAK_PROGRESS_FILE"] ?? "/dev/null", `[soak] ${new Date().toISOString()} ${m}\n`)
 
 const mb = (b: number) => (b / 1048576).toFixed(1)
 
@@ -72,10 +73,18 @@ describe.skipIf(!built)("soak", () => {
       const body = JSON.stringify({
         id: "chatcmpl-soak",
         object: "chat.completion",
-        choices: [{ index: 0, message: { role: "assistant", content: createHash("sha256").update(rec.body).digest("hex") }, finish_reason: "stop" }],
+        choices: [{
+          index: 0,
+          message: { role: "assistant", content: createHash("sha256").update(rec.body).digest("hex") },
+          finish_reason: "stop"
+        }],
         usage: { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15 }
       })
-      res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(body), "cache-control": "max-age=300" })
+      res.writeHead(200, {
+        "content-type": "application/json",
+        "content-length": Buffer.byteLength(body),
+        "cache-control": "max-age=300"
+      })
       res.end(body)
       void req
     }))
@@ -100,14 +109,30 @@ describe.skipIf(!built)("soak", () => {
     }, ["--import", new URL("./soak-probe.mjs", import.meta.url).href])
     progress(`serve up at ${serve.url}`)
     const auth = { authorization: `Bearer ${managementToken}`, "content-type": "application/json" }
-    const stats = { sent: 0, ok: 0, refused: 0, serverErrors: 0, failures: 0, revokedAdmitted: 0, byKind: {} as Record<string, number> }
+    const stats = {
+      sent: 0,
+      ok: 0,
+      refused: 0,
+      serverErrors: 0,
+      failures: 0,
+      revokedAdmitted: 0,
+      byKind: {} as Record<string, number>
+    }
     const errors: Array<string> = []
     try {
-      const project = await (await fetch(`${serve.url}/manage/projects`, { method: "POST", headers: auth, body: JSON.stringify({ name: "soak", api_key: "sk-soak-upstream-key-000000000000" }) })).json() as { id: string }
+      const project = await (await fetch(`${serve.url}/manage/projects`, {
+        method: "POST",
+        headers: auth,
+        body: JSON.stringify({ name: "soak", api_key: "sk-soak-upstream-key-000000000000" })
+      })).json() as { id: string }
       const live: Array<{ id: string; token: string }> = []
       const revoked: Array<string> = []
       const newToken = async () => {
-        const r = await fetch(`${serve.url}/manage/tokens`, { method: "POST", headers: auth, body: JSON.stringify({ project_id: project.id, duration_minutes: 120 }) })
+        const r = await fetch(`${serve.url}/manage/tokens`, {
+          method: "POST",
+          headers: auth,
+          body: JSON.stringify({ project_id: project.id, duration_minutes: 120 })
+        })
         if (r.status !== 201) throw new Error(`token create: ${r.status}`)
         const t = await r.json() as { id: string; token: string }
         live.push(t)
@@ -126,20 +151,44 @@ describe.skipIf(!built)("soak", () => {
       const pick = <A>(xs: ReadonlyArray<A>) => xs[Math.floor(Math.random() * xs.length)]!
       const one = async () => {
         const roll = Math.random()
-        const kind = roll < 0.55 ? "json" : roll < 0.75 ? "sse" : roll < 0.85 ? "cacheable" : roll < 0.9 ? "revoked" : roll < 0.95 ? "garbage" : "manage"
+        const kind = roll < 0.55
+          ? "json"
+          : roll < 0.75
+          ? "sse"
+          : roll < 0.85
+          ? "cacheable"
+          : roll < 0.9
+          ? "revoked"
+          : roll < 0.95
+          ? "garbage"
+          : "manage"
         stats.byKind[kind] = (stats.byKind[kind] ?? 0) + 1
         stats.sent++
         const signal = AbortSignal.timeout(30_000)
         try {
           if (kind === "manage") {
-            const r = await fetch(`${serve.url}/manage/tokens?project_id=${project.id}&active_only=true`, { headers: auth, signal })
+            const r = await fetch(`${serve.url}/manage/tokens?project_id=${project.id}&active_only=true`, {
+              headers: auth,
+              signal
+            })
             await r.arrayBuffer()
             return r.status
           }
-          const token = kind === "revoked" ? (revoked.length > 0 ? pick(revoked) : `sk-${"r".repeat(43)}`) : kind === "garbage" ? "sk-garbage" : pick(live).token
+          const token = kind === "revoked"
+            ? (revoked.length > 0 ? pick(revoked) : `sk-${"r".repeat(43)}`)
+            : kind === "garbage"
+            ? "sk-garbage"
+            : pick(live).token
           const body = kind === "cacheable"
-            ? { model: "gpt-4o-mini", messages: [{ role: "user", content: `cached question ${Math.floor(Math.random() * 20)}` }] }
-            : { model: "gpt-4o-mini", messages: [{ role: "user", content: `q ${stats.sent} ${Math.random()}` }], ...(kind === "sse" ? { stream: true } : {}) }
+            ? {
+              model: "gpt-4o-mini",
+              messages: [{ role: "user", content: `cached question ${Math.floor(Math.random() * 20)}` }]
+            }
+            : {
+              model: "gpt-4o-mini",
+              messages: [{ role: "user", content: `q ${stats.sent} ${Math.random()}` }],
+              ...(kind === "sse" ? { stream: true } : {})
+            }
           const r = await fetch(`${serve.url}/v1/chat/completions`, {
             method: "POST",
             headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
@@ -178,7 +227,11 @@ describe.skipIf(!built)("soak", () => {
         }
         if (Date.now() >= reportAt) {
           reportAt += 30_000
-          progress(`${((Date.now() - started) / 1000).toFixed(0)} s: ${stats.sent} sent, ${inflight.size} in flight, ${stats.serverErrors} 5xx, ${stats.failures} failed`)
+          progress(
+            `${
+              ((Date.now() - started) / 1000).toFixed(0)
+            } s: ${stats.sent} sent, ${inflight.size} in flight, ${stats.serverErrors} 5xx, ${stats.failures} failed`
+          )
         }
         if (Date.now() >= churnAt) {
           churnAt += 2_000
@@ -201,7 +254,9 @@ describe.skipIf(!built)("soak", () => {
       expect(code).toBe(0)
     }
 
-    const samples = readFileSync(probeFile, "utf8").trim().split("\n").filter(Boolean).map((l) => JSON.parse(l) as Sample)
+    const samples = readFileSync(probeFile, "utf8").trim().split("\n").filter(Boolean).map((l) =>
+      JSON.parse(l) as Sample
+    )
     const warmup = Math.max(60, SECONDS / 3)
     const after = samples.filter((s) => s.t >= warmup && s.t <= SECONDS + 1)
     const heapSlope = slope(after.map((s) => s.t), after.map((s) => s.heapUsed))
@@ -209,20 +264,33 @@ describe.skipIf(!built)("soak", () => {
     const rssGrowth = Math.max(...after.map((s) => s.rss)) - (after[0]?.rss ?? 0)
     const p99s = samples.map((s) => s.lagP99)
     const lines = samples.map((s) =>
-      `  ${s.t.toFixed(0).padStart(5)} s  rss ${mb(s.rss).padStart(6)} MB  heap ${mb(s.heapUsed).padStart(6)} MB  lag p50 ${s.lagP50.toFixed(1).padStart(5)} ms  p99 ${s.lagP99.toFixed(1).padStart(6)} ms  max ${s.lagMax.toFixed(1).padStart(7)} ms`
+      `  ${s.t.toFixed(0).padStart(5)} s  rss ${mb(s.rss).padStart(6)} MB  heap ${
+        mb(s.heapUsed).padStart(6)
+      } MB  lag p50 ${s.lagP50.toFixed(1).padStart(5)} ms  p99 ${s.lagP99.toFixed(1).padStart(6)} ms  max ${
+        s.lagMax.toFixed(1).padStart(7)
+      } ms`
     )
     const rss = samples.map((s) => s.rss)
     console.log([
-      `\n[chaos] soak: ${SECONDS} s at ${RPS} rps — ${stats.sent} requests (${Object.entries(stats.byKind).map(([k, n]) => `${k} ${n}`).join(", ")})`,
+      `\n[chaos] soak: ${SECONDS} s at ${RPS} rps — ${stats.sent} requests (${
+        Object.entries(stats.byKind).map(([k, n]) => `${k} ${n}`).join(", ")
+      })`,
       `  2xx ${stats.ok}, 4xx ${stats.refused}, 5xx ${stats.serverErrors}, failed/hung ${stats.failures}, revoked admitted ${stats.revokedAdmitted}`,
       ...lines,
-      `  RSS start ${mb(rss[0] ?? 0)} MB, end ${mb(rss.at(-1) ?? 0)} MB, max ${mb(Math.max(...rss))} MB; after warm-up (${warmup.toFixed(0)} s): growth ${mb(rssGrowth)} MB, RSS slope ${(rssSlope / 1024).toFixed(1)} KB/s, live-heap slope ${(heapSlope / 1024).toFixed(2)} KB/s (bound ${HEAP_SLOPE_BOUND / 1024} KB/s)`,
+      `  RSS start ${mb(rss[0] ?? 0)} MB, end ${mb(rss.at(-1) ?? 0)} MB, max ${
+        mb(Math.max(...rss))
+      } MB; after warm-up (${warmup.toFixed(0)} s): growth ${mb(rssGrowth)} MB, RSS slope ${
+        (rssSlope / 1024).toFixed(1)
+      } KB/s, live-heap slope ${(heapSlope / 1024).toFixed(2)} KB/s (bound ${HEAP_SLOPE_BOUND / 1024} KB/s)`,
       `  event-loop lag p99 per 10 s: median ${median(p99s).toFixed(1)} ms, worst ${Math.max(...p99s).toFixed(1)} ms`,
       ...(errors.length ? [`  errors: ${errors.join("; ")}`] : []),
       ""
     ].join("\n"))
     if (process.env["SOAK_REPORT"]) {
-      writeFileSync(process.env["SOAK_REPORT"], JSON.stringify({ seconds: SECONDS, rps: RPS, stats, samples, heapSlope, rssSlope, rssGrowth }, null, 2))
+      writeFileSync(
+        process.env["SOAK_REPORT"],
+        JSON.stringify({ seconds: SECONDS, rps: RPS, stats, samples, heapSlope, rssSlope, rssGrowth }, null, 2)
+      )
     }
 
     expect(samples.length).toBeGreaterThanOrEqual(Math.floor(SECONDS / (PROBE_MS / 1000)) - 1)

@@ -23,7 +23,7 @@ const tallies = new Map<string, Map<string, number>>()
 /** Counts one input tried against `endpoint`, under a suite `title`. */
 export const tally = (title: string, endpoint: string, n = 1) => {
   let t = tallies.get(title)
-  if (t === undefined) tallies.set(title, (t = new Map()))
+  if (t === undefined) tallies.set(title, t = new Map())
   t.set(endpoint, (t.get(endpoint) ?? 0) + n)
 }
 
@@ -35,7 +35,11 @@ export const printTally = (title: string) => {
   const width = Math.max(...rows.map(([k]) => k.length), 5)
   const total = rows.reduce((s, [, n]) => s + n, 0)
   const lines = rows.map(([k, n]) => `  ${k.padEnd(width)}  ${String(n).padStart(7)}`)
-  console.log(`\n[chaos] ${title}: inputs per endpoint\n${lines.join("\n")}\n  ${"total".padEnd(width)}  ${String(total).padStart(7)}\n`)
+  console.log(
+    `\n[chaos] ${title}: inputs per endpoint\n${lines.join("\n")}\n  ${"total".padEnd(width)}  ${
+      String(total).padStart(7)
+    }\n`
+  )
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -191,7 +195,14 @@ export const rawHttp = async (
   body?: Buffer | string,
   timeoutMs = 10_000
 ): Promise<RawReply> => {
-  const head = [`${method} ${target} HTTP/1.1`, "Host: 127.0.0.1", ...headers.map(([k, v]) => `${k}: ${v}`), "Connection: close", "", ""]
+  const head = [
+    `${method} ${target} HTTP/1.1`,
+    "Host: 127.0.0.1",
+    ...headers.map(([k, v]) => `${k}: ${v}`),
+    "Connection: close",
+    "",
+    ""
+  ]
     .join("\r\n")
   const parts: Array<RawPart> = [Buffer.from(head, "latin1")]
   if (body !== undefined) parts.push(typeof body === "string" ? Buffer.from(body, "utf8") : body)

@@ -5,9 +5,9 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { distribution, progressBar } from "../../src/cli/benchmark.js"
-import { backends, type BackendInstance } from "../http/harness.js"
-import { value, parsePrometheus } from "../observability/prometheus.js"
-import { projectAndToken, type ProjectAndToken, startStack, type Stack } from "../proxy/stack.js"
+import { type BackendInstance, backends } from "../http/harness.js"
+import { parsePrometheus, value } from "../observability/prometheus.js"
+import { type ProjectAndToken, projectAndToken, type Stack, startStack } from "../proxy/stack.js"
 import { cli } from "../support/cli.js"
 import { chatChunks, chatCompletion, json, sse } from "../support/mockUpstream.js"
 
@@ -31,10 +31,12 @@ interface Report {
 
 /** How many of the mock's requests were open at the same time, at most. */
 const maxOverlap = (requests: ReadonlyArray<{ receivedAt: number; closedAt?: number }>) => {
-  const edges = requests.flatMap((r) => [[r.receivedAt, 1], [r.closedAt ?? Infinity, -1]] as const).sort((a, b) => a[0] - b[0] || a[1] - b[1])
+  const edges = requests.flatMap((r) => [[r.receivedAt, 1], [r.closedAt ?? Infinity, -1]] as const).sort((a, b) =>
+    a[0] - b[0] || a[1] - b[1]
+  )
   let open = 0
   let max = 0
-  for (const [, d] of edges) max = Math.max(max, (open += d))
+  for (const [, d] of edges) max = Math.max(max, open += d)
   return max
 }
 
@@ -58,7 +60,18 @@ describe("llm-proxy benchmark through a running serve", () => {
     stack.mock.reset()
     // Each answer 50 ms late, so requests overlap and the concurrency shows at the upstream.
     stack.mock.setDefault(json(chatCompletion("hi", { prompt_tokens: 9, completion_tokens: 3 }), { delayMs: 50 }))
-    const run = await cli("benchmark", "--url", stack.server.url, "--token", pt.token, "--requests", "20", "--concurrency", "4", "--json")
+    const run = await cli(
+      "benchmark",
+      "--url",
+      stack.server.url,
+      "--token",
+      pt.token,
+      "--requests",
+      "20",
+      "--concurrency",
+      "4",
+      "--json"
+    )
     expect(run.ok, run.err).toBe(true)
     const r = JSON.parse(run.out) as Report
     expect(r).toMatchObject({
@@ -81,23 +94,47 @@ describe("llm-proxy benchmark through a running serve", () => {
     // The upstream got the 20 requests, each the same small chat completion for the model asked, never more than 4
     // at once — and 4 at some point.
     expect(stack.mock.requests).toHaveLength(20)
-    for (const m of stack.mock.requests) expect(JSON.parse(m.body)).toMatchObject({ model: "gpt-4o-mini", messages: [{ role: "user" }] })
+    for (const m of stack.mock.requests) {
+      expect(JSON.parse(m.body)).toMatchObject({ model: "gpt-4o-mini", messages: [{ role: "user" }] })
+    }
     expect(maxOverlap(stack.mock.requests)).toBe(4)
     // Plain progress lines (stderr is not a terminal here), the last one at 20/20.
     expect(run.err.split("\n").filter((x) => x.startsWith("benchmark: ")).at(-1)).toMatch(/^benchmark: 20\/20 requests/)
     const metrics = parsePrometheus(await (await fetch(`${stack.server.url}/metrics`)).text())
-    expect(value(metrics, "llm_proxy_requests_total", { route: "/v1/chat/completions", status_class: "2xx" })).toBeGreaterThanOrEqual(20)
+    expect(value(metrics, "llm_proxy_requests_total", { route: "/v1/chat/completions", status_class: "2xx" }))
+      .toBeGreaterThanOrEqual(20)
   })
 
   it("--stream: 10 streamed answers, time to first token measured, usage from the final chunk; a readable report", async () => {
     stack.mock.reset()
     stack.mock.setDefault(sse(chatChunks(["Hel", "lo", "!"]), { intervalMs: 10 }))
-    const run = await cli("benchmark", "--base-url", stack.server.url, "--token", pt.token, "-r", "10", "-c", "2", "--stream", "--model", "gpt-4.1")
+    const run = await cli(
+      "benchmark",
+      "--base-url",
+      stack.server.url,
+      "--token",
+      pt.token,
+      "-r",
+      "10",
+      "-c",
+      "2",
+      "--stream",
+      "--model",
+      "gpt-4.1"
+    )
     expect(run.ok, run.err).toBe(true)
     expect(stack.mock.requests).toHaveLength(10)
-    for (const m of stack.mock.requests) expect(JSON.parse(m.body)).toMatchObject({ model: "gpt-4.1", stream: true, stream_options: { include_usage: true } })
+    for (const m of stack.mock.requests) {
+      expect(JSON.parse(m.body)).toMatchObject({
+        model: "gpt-4.1",
+        stream: true,
+        stream_options: { include_usage: true }
+      })
+    }
     const lines = run.out.split("\n")
-    expect(lines[0]).toBe(`10 requests to ${stack.server.url}/v1/chat/completions (model gpt-4.1, streamed), 2 at a time`)
+    expect(lines[0]).toBe(
+      `10 requests to ${stack.server.url}/v1/chat/completions (model gpt-4.1, streamed), 2 at a time`
+    )
     const field = (name: string) => lines.find((x) => x.startsWith(`${name}:`))?.slice(name.length + 1).trim()
     expect(field("succeeded")).toBe("10")
     expect(field("failed")).toBe("0")
@@ -106,7 +143,8 @@ describe("llm-proxy benchmark through a running serve", () => {
     expect(field("tokens")).toMatch(/^50 prompt, 30 completion \(/)
     expect(field("latency")).toMatch(/^p50 [\d.]+ ms {2}p90 [\d.]+ ms {2}p99 [\d.]+ ms/)
     // The first text arrives before the last chunk (2 more chunks, 10 ms apart, then the usage and [DONE]).
-    const ttft = /^p50 ([\d.]+) ms {2}p90 ([\d.]+) ms {2}p99 ([\d.]+) ms {2}\(min [\d.]+, mean [\d.]+, max ([\d.]+)\)$/.exec(field("time to first token") ?? "")
+    const ttft = /^p50 ([\d.]+) ms {2}p90 ([\d.]+) ms {2}p99 ([\d.]+) ms {2}\(min [\d.]+, mean [\d.]+, max ([\d.]+)\)$/
+      .exec(field("time to first token") ?? "")
     expect(ttft).not.toBeNull()
     const latency = /max ([\d.]+)\)$/.exec(field("latency")!)!
     expect(Number(ttft![4])).toBeLessThan(Number(latency[1]))
@@ -116,10 +154,27 @@ describe("llm-proxy benchmark through a running serve", () => {
     stack.mock.reset()
     const revoked = await projectAndToken(stack.manage)
     expect((await stack.manage.delete(`/manage/tokens/${revoked.tokenId}`)).status).toBe(204)
-    const run = await cli("benchmark", "--url", stack.server.url, "--token", revoked.token, "--requests", "5", "--concurrency", "5", "--json")
+    const run = await cli(
+      "benchmark",
+      "--url",
+      stack.server.url,
+      "--token",
+      revoked.token,
+      "--requests",
+      "5",
+      "--concurrency",
+      "5",
+      "--json"
+    )
     expect(run.ok).toBe(false)
     const r = JSON.parse(run.out) as Report
-    expect(r).toMatchObject({ succeeded: 0, failed: 5, status_counts: { "401": 5 }, errors: { "401": 5 }, tokens: { prompt: 0, completion: 0 } })
+    expect(r).toMatchObject({
+      succeeded: 0,
+      failed: 5,
+      status_counts: { "401": 5 },
+      errors: { "401": 5 },
+      tokens: { prompt: 0, completion: 0 }
+    })
     expect(run.err).toContain("llm-proxy: 5 of 5 requests failed (401 × 5)")
     expect(stack.mock.requests).toHaveLength(0)
     // The token never appears in what the command prints.
@@ -128,12 +183,50 @@ describe("llm-proxy benchmark through a running serve", () => {
 
   it("failures of the upstream count under their status; a gateway that is not there under the network error", async () => {
     stack.mock.reset()
-    stack.mock.enqueue(json({ error: { message: "overloaded" } }, { status: 503 }), json({ error: { message: "overloaded" } }, { status: 503 }))
-    const mixed = JSON.parse((await cli("benchmark", "--url", stack.server.url, "--token", pt.token, "--requests", "6", "--concurrency", "1", "--json")).out) as Report
-    expect(mixed).toMatchObject({ succeeded: 4, failed: 2, status_counts: { "200": 4, "503": 2 }, errors: { "503": 2 } })
-    const gone = await cli("benchmark", "--url", "http://127.0.0.1:1", "--token", pt.token, "--requests", "3", "--concurrency", "2", "--json")
+    stack.mock.enqueue(
+      json({ error: { message: "overloaded" } }, { status: 503 }),
+      json({ error: { message: "overloaded" } }, { status: 503 })
+    )
+    const mixed = JSON.parse(
+      (await cli(
+        "benchmark",
+        "--url",
+        stack.server.url,
+        "--token",
+        pt.token,
+        "--requests",
+        "6",
+        "--concurrency",
+        "1",
+        "--json"
+      )).out
+    ) as Report
+    expect(mixed).toMatchObject({
+      succeeded: 4,
+      failed: 2,
+      status_counts: { "200": 4, "503": 2 },
+      errors: { "503": 2 }
+    })
+    const gone = await cli(
+      "benchmark",
+      "--url",
+      "http://127.0.0.1:1",
+      "--token",
+      pt.token,
+      "--requests",
+      "3",
+      "--concurrency",
+      "2",
+      "--json"
+    )
     expect(gone.ok).toBe(false)
-    expect(JSON.parse(gone.out)).toMatchObject({ succeeded: 0, failed: 3, status_counts: {}, errors: { ECONNREFUSED: 3 }, latency_ms: null })
+    expect(JSON.parse(gone.out)).toMatchObject({
+      succeeded: 0,
+      failed: 3,
+      status_counts: {},
+      errors: { ECONNREFUSED: 3 },
+      latency_ms: null
+    })
   })
 
   it.each([
@@ -144,7 +237,13 @@ describe("llm-proxy benchmark through a running serve", () => {
     [["--timeout", "soon"], "--timeout: expected a duration"]
   ])("%j → one line, nothing sent", async (args, message) => {
     stack.mock.reset()
-    const run = await cli("benchmark", ...(args.includes("--url") ? [] : ["--url", stack.server.url]), "--token", pt.token, ...args)
+    const run = await cli(
+      "benchmark",
+      ...(args.includes("--url") ? [] : ["--url", stack.server.url]),
+      "--token",
+      pt.token,
+      ...args
+    )
     expect(run.ok).toBe(false)
     expect(run.err).toContain(`llm-proxy: ${message}`)
     expect(run.err.split("\n").filter((x) => x.startsWith("llm-proxy:"))).toHaveLength(1)
@@ -173,7 +272,17 @@ describe("llm-proxy benchmark through a running serve", () => {
     stderr.isTTY = true
     stderr.write = ((chunk: string) => written.push(String(chunk)) > 0) as typeof process.stderr.write
     try {
-      const run = await cli("benchmark", "--url", stack.server.url, "--token", pt.token, "--requests", "3", "--concurrency", "1")
+      const run = await cli(
+        "benchmark",
+        "--url",
+        stack.server.url,
+        "--token",
+        pt.token,
+        "--requests",
+        "3",
+        "--concurrency",
+        "1"
+      )
       expect(run.ok, run.err).toBe(true)
       // No plain progress lines then.
       expect(run.err).not.toContain("benchmark: ")
@@ -188,7 +297,9 @@ describe("llm-proxy benchmark through a running serve", () => {
   it("is listed in --help with its options", async () => {
     expect((await cli("--help")).out).toContain("benchmark")
     const run = await cli("benchmark", "--help")
-    for (const flag of ["--url", "--token", "--requests", "--concurrency", "--stream", "--model", "--timeout", "--json"]) expect(run.out, flag).toContain(flag)
+    for (
+      const flag of ["--url", "--token", "--requests", "--concurrency", "--stream", "--model", "--timeout", "--json"]
+    ) expect(run.out, flag).toContain(flag)
   })
 })
 

@@ -34,13 +34,22 @@ beforeAll(async () => {
     seen.push({ authorization: req.headers.authorization, body })
     if (req.headers.authorization !== "Bearer sk-good") {
       res.writeHead(401, { "content-type": "application/json" })
-      res.end(JSON.stringify({ error: { message: "Token not found", type: "authentication_error", code: "token_not_found", param: null } }))
+      res.end(
+        JSON.stringify({
+          error: { message: "Token not found", type: "authentication_error", code: "token_not_found", param: null }
+        })
+      )
       return
     }
     const last = body.messages[body.messages.length - 1]!.content
     if (last === "json please") {
       res.writeHead(200, { "content-type": "application/json" })
-      res.end(JSON.stringify({ choices: [{ message: { role: "assistant", content: "one piece" } }], usage: { prompt_tokens: 3, completion_tokens: 2 } }))
+      res.end(
+        JSON.stringify({
+          choices: [{ message: { role: "assistant", content: "one piece" } }],
+          usage: { prompt_tokens: 3, completion_tokens: 2 }
+        })
+      )
       return
     }
     res.writeHead(200, { "content-type": "text/event-stream" })
@@ -49,7 +58,11 @@ beforeAll(async () => {
       res.write(`data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: w } }] })}\n\n`)
       await new Promise((r) => setTimeout(r, 5))
     }
-    res.write(`data: ${JSON.stringify({ choices: [], usage: { prompt_tokens: 9, completion_tokens: 3, total_tokens: 12 } })}\n\n`)
+    res.write(
+      `data: ${
+        JSON.stringify({ choices: [], usage: { prompt_tokens: 9, completion_tokens: 3, total_tokens: 12 } })
+      }\n\n`
+    )
     res.end("data: [DONE]\n\n")
   })
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r))
@@ -130,11 +143,15 @@ describe("llm-proxy chat", () => {
     const out: Array<string> = []
     const err: Array<string> = []
     const r = await Effect.runPromise(
-      runChat({ baseUrl: "http://127.0.0.1:1", token: Redacted.make("sk-good"), model: "m", system: Option.none() }, linesOf("hi"), {
-        write: (s) => out.push(s),
-        error: (s) => err.push(s),
-        prompt: () => {}
-      }).pipe(Effect.provide(NodeHttpClient.layerUndici))
+      runChat(
+        { baseUrl: "http://127.0.0.1:1", token: Redacted.make("sk-good"), model: "m", system: Option.none() },
+        linesOf("hi"),
+        {
+          write: (s) => out.push(s),
+          error: (s) => err.push(s),
+          prompt: () => {}
+        }
+      ).pipe(Effect.provide(NodeHttpClient.layerUndici))
     )
     expect(r.failures).toBe(1)
     expect(err[0]).toMatch(/^llm-proxy: cannot reach the proxy at http:\/\/127\.0\.0\.1:1/)

@@ -1,17 +1,17 @@
 /** `llm-proxy dispatcher` and `serve --file-event-log` as users run them (in-process through runCli). */
 import { Effect, Exit, Fiber, Redacted } from "effect"
 import { existsSync, mkdtempSync, readFileSync } from "node:fs"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
 import { createServer } from "node:http"
 import type { AddressInfo } from "node:net"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
 import { runCli } from "../../src/cli/Cli.js"
-import { cli } from "../support/cli.js"
 import { EventBus } from "../../src/eventbus/EventBus.js"
 import * as RedisStreamsBus from "../../src/eventbus/RedisStreamsBus.js"
-import { flushRedisPrefix, redisUrl } from "../support/databases.js"
 import { decodeTraces } from "../observability/otlpDecode.js"
+import { cli } from "../support/cli.js"
+import { flushRedisPrefix, redisUrl } from "../support/databases.js"
 import { buildLayer, makeEvent, waitFor } from "../support/events.js"
 
 const saved = { ...process.env }
@@ -23,19 +23,48 @@ afterEach(() => {
 describe("llm-proxy dispatcher", () => {
   it("--help lists its options", async () => {
     const r = await cli("dispatcher", "--help")
-    for (const o of ["--service", "--endpoint", "--api-key", "--batch-size", "--flush-interval", "--buffer", "--consumer-group", "--dead-letter", "--claim-idle", "--metrics-addr"]) {
+    for (
+      const o of [
+        "--service",
+        "--endpoint",
+        "--api-key",
+        "--batch-size",
+        "--flush-interval",
+        "--buffer",
+        "--consumer-group",
+        "--dead-letter",
+        "--claim-idle",
+        "--metrics-addr"
+      ]
+    ) {
       expect(r.out).toContain(o)
     }
   })
 
   it.each([
     [[], {}, "LLM_PROXY_EVENT_BUS: the dispatcher runs as its own process and needs redis-streams"],
-    [["--service", "lunary"], { LLM_PROXY_EVENT_BUS: "redis-streams" }, "LLM_PROXY_API_KEY: required for the lunary backend"],
-    [["--batch-size", "0"], { LLM_PROXY_EVENT_BUS: "redis-streams" }, "DISPATCHER_BATCH_SIZE: expected a positive integer"],
+    [
+      ["--service", "lunary"],
+      { LLM_PROXY_EVENT_BUS: "redis-streams" },
+      "LLM_PROXY_API_KEY: required for the lunary backend"
+    ],
+    [
+      ["--batch-size", "0"],
+      { LLM_PROXY_EVENT_BUS: "redis-streams" },
+      "DISPATCHER_BATCH_SIZE: expected a positive integer"
+    ],
     [["--flush-interval", "soon"], { LLM_PROXY_EVENT_BUS: "redis-streams" }, "DISPATCHER_FLUSH_INTERVAL"],
-    [["--service", "helicone", "--api-key", "k", "--endpoint", "not a url"], { LLM_PROXY_EVENT_BUS: "redis-streams" }, "DISPATCHER_ENDPOINT: expected an http(s) URL"],
+    [
+      ["--service", "helicone", "--api-key", "k", "--endpoint", "not a url"],
+      { LLM_PROXY_EVENT_BUS: "redis-streams" },
+      "DISPATCHER_ENDPOINT: expected an http(s) URL"
+    ],
     [[], { LLM_PROXY_EVENT_BUS: "kafka" }, "LLM_PROXY_EVENT_BUS: expected in-memory or redis-streams"],
-    [["--metrics-addr", "everywhere"], { LLM_PROXY_EVENT_BUS: "redis-streams" }, "DISPATCHER_METRICS_ADDR: expected PORT, :PORT or HOST:PORT"]
+    [
+      ["--metrics-addr", "everywhere"],
+      { LLM_PROXY_EVENT_BUS: "redis-streams" },
+      "DISPATCHER_METRICS_ADDR: expected PORT, :PORT or HOST:PORT"
+    ]
   ])("%j %j → one line naming the setting", async (args, env, message) => {
     Object.assign(process.env, env)
     const r = await cli("dispatcher", ...args)
@@ -117,12 +146,28 @@ describe.skipIf(!redisUrl)("llm-proxy dispatcher against Redis (in-process)", ()
       process.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}`
       process.env["OTEL_EXPORT_INTERVAL"] = "100ms"
       const fiber = Effect.runFork(runCli(
-        ["node", "llm-proxy", "dispatcher", "--endpoint", path, "--redis-url", redisUrl!, "--stream-key", streamKey, "--batch-size", "10", "--flush-interval", "50ms"]
+        [
+          "node",
+          "llm-proxy",
+          "dispatcher",
+          "--endpoint",
+          path,
+          "--redis-url",
+          redisUrl!,
+          "--stream-key",
+          streamKey,
+          "--batch-size",
+          "10",
+          "--flush-interval",
+          "50ms"
+        ]
       ))
       const count = () => (existsSync(path) ? readFileSync(path, "utf8").split("\n").filter((l) => l !== "").length : 0)
       await waitFor(() => count() >= 30, 20_000, "30 lines")
       await Effect.runPromise(Fiber.interrupt(fiber))
-      const spans = bodies.flatMap((b) => decodeTraces(b).resourceSpans.flatMap((r) => r.scopeSpans.flatMap((s: any) => s.spans as Array<any>)))
+      const spans = bodies.flatMap((b) =>
+        decodeTraces(b).resourceSpans.flatMap((r) => r.scopeSpans.flatMap((s: any) => s.spans as Array<any>))
+      )
       const batches = spans.filter((s) => s.name === "dispatcher.batch")
       const attr = (s: any, key: string) => s.attributes.find((a: any) => a.key === key)?.value
       expect(batches.length).toBeGreaterThanOrEqual(3)
@@ -130,7 +175,8 @@ describe.skipIf(!redisUrl)("llm-proxy dispatcher against Redis (in-process)", ()
       expect(sum("llm_proxy.dispatcher.events")).toBe(30)
       expect(sum("llm_proxy.dispatcher.delivered")).toBe(30)
       expect(sum("llm_proxy.dispatcher.dead_lettered")).toBe(0)
-      expect(batches.every((s) => attr(s, "llm_proxy.dispatcher.backend")?.stringValue === "file" && s.kind === 5)).toBe(true)
+      expect(batches.every((s) => attr(s, "llm_proxy.dispatcher.backend")?.stringValue === "file" && s.kind === 5))
+        .toBe(true)
     } finally {
       await new Promise((r) => receiver.close(r))
     }

@@ -9,8 +9,8 @@ import { existsSync, mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { configProvider } from "../../src/cli/serve.js"
 import { rewriteGoArguments } from "../../src/cli/goAliases.js"
+import { configProvider } from "../../src/cli/serve.js"
 import { dispatcherConfig, GO_ENV_ALIASES, resolveGoEnvAliases } from "../../src/config/AppConfig.js"
 import { cli } from "../support/cli.js"
 import { startServer, testConfig, type TestServer } from "../support/server.js"
@@ -34,7 +34,12 @@ const withEnv = async <A>(vars: Record<string, string>, f: () => Promise<A>): Pr
 
 describe("Go environment names", () => {
   it("a Go name supplies the value of the name here when that is unset, with a warning naming it", () => {
-    const env: Record<string, string> = { REDIS_STREAM_CLAIM_TIME: "45s", PROXY_TOKEN: "sk-x", LLM_PROXY_TOKEN: "sk-y", REDIS_CONSUMER_GROUP: " " }
+    const env: Record<string, string> = {
+      REDIS_STREAM_CLAIM_TIME: "45s",
+      PROXY_TOKEN: "sk-x",
+      LLM_PROXY_TOKEN: "sk-y",
+      REDIS_CONSUMER_GROUP: " "
+    }
     const r = resolveGoEnvAliases((n) => env[n])
     expect(Object.fromEntries(r.values)).toEqual({ REDIS_STREAM_CLAIM_IDLE: "45s" })
     expect(r.warnings).toEqual([
@@ -47,12 +52,17 @@ describe("Go environment names", () => {
   it("the dispatcher reads REDIS_STREAM_CLAIM_TIME and REDIS_CONSUMER_GROUP; its own names win", async () => {
     const load = () =>
       Effect.runPromise(
-        Effect.flatMap(configProvider({}, "/nonexistent/.env"), (p) => Effect.withConfigProvider(dispatcherConfig, p)).pipe(
-          Effect.provide(NodeContext.layer)
-        )
+        Effect.flatMap(configProvider({}, "/nonexistent/.env"), (p) => Effect.withConfigProvider(dispatcherConfig, p))
+          .pipe(
+            Effect.provide(NodeContext.layer)
+          )
       )
     const c = await withEnv(
-      { LLM_PROXY_EVENT_BUS: "redis-streams", REDIS_STREAM_CLAIM_TIME: "45s", REDIS_CONSUMER_GROUP: "llm-proxy-dispatchers" },
+      {
+        LLM_PROXY_EVENT_BUS: "redis-streams",
+        REDIS_STREAM_CLAIM_TIME: "45s",
+        REDIS_CONSUMER_GROUP: "llm-proxy-dispatchers"
+      },
       load
     )
     expect([c.events.claimIdleMs, c.group]).toEqual([45_000, "llm-proxy-dispatchers"])
@@ -66,16 +76,22 @@ describe("Go environment names", () => {
   describe("through the CLI", () => {
     let server: TestServer
     beforeAll(async () => {
-      server = await startServer(testConfig({ _tag: "sqlite", path: join(mkdtempSync(join(tmpdir(), "llm-proxy-alias-")), "a.db") }))
+      server = await startServer(
+        testConfig({ _tag: "sqlite", path: join(mkdtempSync(join(tmpdir(), "llm-proxy-alias-")), "a.db") })
+      )
     })
     afterAll(() => server.close())
 
     it("MANAGEMENT_API_BASE_URL points `manage` at the API, with a warning on stderr", async () => {
-      const r = await withEnv({ MANAGEMENT_API_BASE_URL: server.url, MANAGEMENT_TOKEN: server.token }, () =>
-        cli("manage", "project", "list", "--json"))
+      const r = await withEnv(
+        { MANAGEMENT_API_BASE_URL: server.url, MANAGEMENT_TOKEN: server.token },
+        () => cli("manage", "project", "list", "--json")
+      )
       expect(r.ok).toBe(true)
       expect(JSON.parse(r.out)).toEqual([])
-      expect(r.err).toContain("llm-proxy: warning: MANAGEMENT_API_BASE_URL is the Go llm-proxy's name; use MANAGE_API_BASE_URL")
+      expect(r.err).toContain(
+        "llm-proxy: warning: MANAGEMENT_API_BASE_URL is the Go llm-proxy's name; use MANAGE_API_BASE_URL"
+      )
     })
   })
 })
@@ -99,7 +115,13 @@ describe("Go command lines", () => {
       ["chat", "--base-url", "http://h:1", "--token", "sk-t"],
       ["`openai chat` is the Go llm-proxy's command; use `chat`", "--proxy is the Go llm-proxy's flag; use --base-url"]
     ],
-    [["manage", "cache", "purge", "--api-base-url", "http://h"], ["manage", "cache", "purge", "--manage-api-base-url", "http://h"], [
+    [["manage", "cache", "purge", "--api-base-url", "http://h"], [
+      "manage",
+      "cache",
+      "purge",
+      "--manage-api-base-url",
+      "http://h"
+    ], [
       "--api-base-url is the Go llm-proxy's flag; use --manage-api-base-url"
     ]],
     [["setup", "--config", "x.env"], ["setup", "--file", "x.env"], ["--config is the Go llm-proxy's flag; use --file"]],
@@ -113,7 +135,9 @@ describe("Go command lines", () => {
   describe.skipIf(!built)("the built binary", () => {
     let server: TestServer
     beforeAll(async () => {
-      server = await startServer(testConfig({ _tag: "sqlite", path: join(mkdtempSync(join(tmpdir(), "llm-proxy-alias-bin-")), "a.db") }))
+      server = await startServer(
+        testConfig({ _tag: "sqlite", path: join(mkdtempSync(join(tmpdir(), "llm-proxy-alias-bin-")), "a.db") })
+      )
     })
     afterAll(() => server.close())
 
@@ -121,8 +145,21 @@ describe("Go command lines", () => {
       const { stdout, stderr } = await new Promise<{ stdout: string; stderr: string }>((resolve, reject) =>
         execFile(
           process.execPath,
-          [bin, "manage", "project", "create", "--name", "from-go", "--openai-key", "sk-from-go-cli-123456", "--json",
-            "--manage-api-base-url", server.url, "--management-token", server.token],
+          [
+            bin,
+            "manage",
+            "project",
+            "create",
+            "--name",
+            "from-go",
+            "--openai-key",
+            "sk-from-go-cli-123456",
+            "--json",
+            "--manage-api-base-url",
+            server.url,
+            "--management-token",
+            server.token
+          ],
           { env: { PATH: process.env.PATH ?? "" }, cwd: tmpdir() },
           (e, stdout, stderr) => (e ? reject(new Error(`${e.message}: ${stderr}`)) : resolve({ stdout, stderr }))
         )

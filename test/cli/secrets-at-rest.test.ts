@@ -6,7 +6,18 @@
  * once how the metrics are exposed.
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process"
-import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs"
+import {
+  chmodSync,
+  closeSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync
+} from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
@@ -57,9 +68,17 @@ const workdir = () => {
 /** Some traffic so that every file has been written: a project (database, audit) and a refused /v1 call (event). */
 const exercise = async (url: string, token: string) => {
   const auth = { authorization: `Bearer ${token}`, "content-type": "application/json" }
-  const p = await fetch(`${url}/manage/projects`, { method: "POST", headers: auth, body: JSON.stringify({ name: "at-rest", api_key: "sk-at-rest-key" }) })
+  const p = await fetch(`${url}/manage/projects`, {
+    method: "POST",
+    headers: auth,
+    body: JSON.stringify({ name: "at-rest", api_key: "sk-at-rest-key" })
+  })
   expect(p.status).toBe(201)
-  const v1 = await fetch(`${url}/v1/chat/completions`, { method: "POST", headers: { authorization: "Bearer sk-nope", "content-type": "application/json" }, body: "{}" })
+  const v1 = await fetch(`${url}/v1/chat/completions`, {
+    method: "POST",
+    headers: { authorization: "Bearer sk-nope", "content-type": "application/json" },
+    body: "{}"
+  })
   expect(v1.status).toBe(401)
   await v1.arrayBuffer()
 }
@@ -72,10 +91,22 @@ describe.skipIf(!built)("secrets at rest (built binary)", () => {
     const token = readFileSync(join(cwd, "data/management-token"), "utf8").trim()
     await exercise(s.url, token)
     // The refused request's event reaches the file through the in-process dispatcher (flushed every second).
-    for (let i = 0; i < 100 && !existsSync(join(cwd, "data/events.jsonl")); i++) await new Promise((r) => setTimeout(r, 50))
+    for (let i = 0; i < 100 && !existsSync(join(cwd, "data/events.jsonl")); i++) {
+      await new Promise((r) => setTimeout(r, 50))
+    }
     const data = join(cwd, "data")
     expect(mode(data)).toBe("700")
-    for (const file of ["llm-proxy.db", "llm-proxy.db-wal", "llm-proxy.db-shm", "management-token", "audit.log", "events.jsonl", "events.jsonl.dead-letter.jsonl"]) {
+    for (
+      const file of [
+        "llm-proxy.db",
+        "llm-proxy.db-wal",
+        "llm-proxy.db-shm",
+        "management-token",
+        "audit.log",
+        "events.jsonl",
+        "events.jsonl.dead-letter.jsonl"
+      ]
+    ) {
       expect(existsSync(join(data, file)), file).toBe(true)
       expect(mode(join(data, file)), file).toBe("600")
     }
@@ -97,13 +128,24 @@ describe.skipIf(!built)("secrets at rest (built binary)", () => {
     children.push(s.child)
     await exercise(s.url, token)
     expect(mode(data)).toBe("700")
-    for (const file of [...loose, "management-token", "llm-proxy.db-wal"]) expect(mode(join(data, file)), file).toBe("600")
+    for (const file of [...loose, "management-token", "llm-proxy.db-wal"]) {
+      expect(mode(join(data, file)), file).toBe("600")
+    }
     const warnings = s.output().split("\n").filter((l) => l.includes("tightened the permissions"))
     expect(warnings.map((l) => JSON.parse(l).logLevel)).toEqual(Array(warnings.length).fill("WARN"))
-    const named = (path: string) => warnings.filter((l) => l.includes(`tightened the permissions of ${path} from 0`)).length
+    const named = (path: string) =>
+      warnings.filter((l) => l.includes(`tightened the permissions of ${path} from 0`)).length
     expect(named("./data")).toBe(1)
     expect(warnings).toHaveLength(6)
-    for (const file of ["data/llm-proxy.db", "data/management-token", "data/audit.log", "data/events.jsonl", "data/events.jsonl.dead-letter.jsonl"]) {
+    for (
+      const file of [
+        "data/llm-proxy.db",
+        "data/management-token",
+        "data/audit.log",
+        "data/events.jsonl",
+        "data/events.jsonl.dead-letter.jsonl"
+      ]
+    ) {
       expect(warnings.filter((l) => l.includes(`${file} from 0644 to 0600`)), file).toHaveLength(1)
     }
     // Nothing is said about what was already private, and a second start says nothing at all.
@@ -119,9 +161,15 @@ describe.skipIf(!built)("secrets at rest (built binary)", () => {
     const r = await new Promise<{ code: number; stderr: string }>((resolve) =>
       execFile(process.execPath, [bin, "serve"], {
         cwd,
-        env: { PATH: process.env.PATH ?? "", LISTEN_ADDR: "127.0.0.1:0", MANAGEMENT_TOKEN: "hunter2-hunter2-hunter2", LOG_LEVEL: "error" },
+        env: {
+          PATH: process.env.PATH ?? "",
+          LISTEN_ADDR: "127.0.0.1:0",
+          MANAGEMENT_TOKEN: "hunter2-hunter2-hunter2",
+          LOG_LEVEL: "error"
+        },
         timeout: 20_000
-      }, (error, _stdout, stderr) => resolve({ code: error ? 1 : 0, stderr })))
+      }, (error, _stdout, stderr) => resolve({ code: error ? 1 : 0, stderr }))
+    )
     expect(r.code).not.toBe(0)
     expect(r.stderr.trim()).toBe(
       "llm-proxy: MANAGEMENT_TOKEN must be at least 32 characters (it has 23); run `llm-proxy setup` for a generated one, " +
@@ -138,7 +186,10 @@ describe.skipIf(!built)("secrets at rest (built binary)", () => {
     expect(lines).toHaveLength(1)
     expect(lines[0]).toMatch(/loopback clients only; set METRICS_TOKEN .* or METRICS_ADDR/)
     expect((await stopProcess(s.child)).code).toBe(0)
-    const withToken = await start(cwd, { MANAGEMENT_TOKEN: newManagementToken(), METRICS_TOKEN: newManagementToken("metrics") })
+    const withToken = await start(cwd, {
+      MANAGEMENT_TOKEN: newManagementToken(),
+      METRICS_TOKEN: newManagementToken("metrics")
+    })
     children.push(withToken.child)
     expect(withToken.output()).not.toMatch(/loopback clients only/)
     expect(withToken.output()).not.toContain("metrics-management-token")

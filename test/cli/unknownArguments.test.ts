@@ -35,7 +35,9 @@ describe("unknown flags and subcommands", () => {
     expect((await cli("manage", "token", "update", "00000000-0000-4000-8000-000000000000", "--max", "5")).err).toBe(
       "llm-proxy: unknown option --max for \"manage token update\" (did you mean --max-requests?)"
     )
-    expect((await cli("serve", "--hepl")).err).toBe("llm-proxy: unknown option --hepl for \"serve\" (did you mean --help?)")
+    expect((await cli("serve", "--hepl")).err).toBe(
+      "llm-proxy: unknown option --hepl for \"serve\" (did you mean --help?)"
+    )
     // Even when its value is given with `=`.
     expect((await cli("migrate", "up", "--from=dump.sql")).err).toBe(
       "llm-proxy: unknown option --from for \"migrate up\" (its options: --db, --database-url, --env)"
@@ -63,7 +65,8 @@ describe("unknown flags and subcommands", () => {
     ok("manage", "token", "update", "id", "--max-requests", "-1")
     ok("benchmark", "-r", "5", "-c", "2", "--url=http://127.0.0.1:9")
     ok("serve", "--log-level", "debug")
-    expect(walkArguments(tree, ["manage", "project", "create", "--name", "x", "--json", "maybe"]).problem).toBeUndefined()
+    expect(walkArguments(tree, ["manage", "project", "create", "--name", "x", "--json", "maybe"]).problem)
+      .toBeUndefined()
     expect(walkArguments(tree, ["migrate", "up", "--db"]).problem).toBe("option --db for \"migrate up\" needs a value")
   })
 
@@ -84,7 +87,9 @@ describe("unknown flags and subcommands", () => {
     const parent = await cli("manage", "project", "frobnicate", "--help")
     expect(parent.ok).toBe(true)
     expect(parent.out).toContain("revoke-tokens")
-    expect((await cli("manage", "project", "list", "--bogus", "--help")).err).toMatch(/^llm-proxy: unknown option --bogus for "manage project list"/)
+    expect((await cli("manage", "project", "list", "--bogus", "--help")).err).toMatch(
+      /^llm-proxy: unknown option --bogus for "manage project list"/
+    )
     expect((await cli("--version")).out).toMatch(/^\d+\.\d+\.\d+/)
     const group = await cli("manage")
     expect(group.ok).toBe(true)
@@ -103,7 +108,11 @@ describe("unknown flags and subcommands", () => {
       const shown = new Set([...usage.matchAll(/(?<![\w-])(--?[a-z][a-z-]*)/g)].map((m) => m[1]!))
       const known = new Set([...node.flags.keys()])
       if ([...shown].sort().join(" ") !== [...known].sort().join(" ")) {
-        wrong.push(`${path.join(" ")}: --help shows ${[...shown].sort().join(" ")}, the walker knows ${[...known].sort().join(" ")}`)
+        wrong.push(
+          `${path.join(" ")}: --help shows ${[...shown].sort().join(" ")}, the walker knows ${
+            [...known].sort().join(" ")
+          }`
+        )
       }
     }
     expect(wrong).toEqual([])
@@ -122,7 +131,11 @@ const bin = join(import.meta.dirname, "../../bin/llm-proxy.js")
 describe.skipIf(!existsSync(join(import.meta.dirname, "../../dist/cli/main.js")))("the built binary", () => {
   const run = (args: Array<string>) =>
     new Promise<{ code: number; stderr: string }>((resolve) => {
-      execFile(process.execPath, [bin, ...args], { cwd: tmpdir(), env: { PATH: process.env.PATH ?? "" }, timeout: 20_000 }, (error, _out, stderr) => {
+      execFile(process.execPath, [bin, ...args], {
+        cwd: tmpdir(),
+        env: { PATH: process.env.PATH ?? "" },
+        timeout: 20_000
+      }, (error, _out, stderr) => {
         resolve({ code: error ? (typeof error.code === "number" ? error.code : 1) : 0, stderr })
       })
     })
@@ -134,7 +147,19 @@ describe.skipIf(!existsSync(join(import.meta.dirname, "../../dist/cli/main.js"))
       "llm-proxy: unknown option --bogus-flag for \"manage project create\" " +
         "(its options: --manage-api-base-url, --management-token, --json, --name, --api-key, --provider, --allowed-model, --any-model, --max-token-minutes, --max-token-requests, --max-cost-usd, --max-tokens, --budget-period)\n"
     )
-    const go = await run(["manage", "project", "create", "--name", "n", "--openai-key", "sk-x", "--manage-api-base-url", "http://127.0.0.1:9", "--management-token", "t"])
+    const go = await run([
+      "manage",
+      "project",
+      "create",
+      "--name",
+      "n",
+      "--openai-key",
+      "sk-x",
+      "--manage-api-base-url",
+      "http://127.0.0.1:9",
+      "--management-token",
+      "t"
+    ])
     expect(go.code).toBe(1)
     expect(go.stderr.split("\n")).toEqual([
       "llm-proxy: warning: --openai-key is the Go llm-proxy's flag; use --api-key",

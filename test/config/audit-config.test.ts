@@ -30,7 +30,9 @@ describe("audit configuration", () => {
   it("AUDIT_LOG_FILE empty means database only; the other switches", () => {
     expect(ok({ AUDIT_LOG_FILE: "" }).audit.file).toEqual(Option.none())
     expect(ok({ AUDIT_LOG_FILE: "  " }).audit.file).toEqual(Option.none())
-    expect(ok({ AUDIT_LOG_FILE: "/var/log/llm-proxy/audit.jsonl" }).audit.file).toEqual(Option.some("/var/log/llm-proxy/audit.jsonl"))
+    expect(ok({ AUDIT_LOG_FILE: "/var/log/llm-proxy/audit.jsonl" }).audit.file).toEqual(
+      Option.some("/var/log/llm-proxy/audit.jsonl")
+    )
     expect(ok({ AUDIT_ENABLED: "false", AUDIT_STORE_IN_DB: "0", AUDIT_RETENTION_DAYS: "90" }).audit).toMatchObject({
       enabled: false,
       storeInDb: false,
@@ -48,14 +50,14 @@ describe("audit configuration", () => {
   })
 
   it.each([
-    [{ AUDIT_ENABLED: "maybe" }, 'AUDIT_ENABLED: expected true or false, got "maybe"'],
-    [{ AUDIT_STORE_IN_DB: "2" }, 'AUDIT_STORE_IN_DB: expected true or false, got "2"'],
-    [{ AUDIT_RETENTION_DAYS: "-1" }, 'AUDIT_RETENTION_DAYS: expected a non-negative integer, got "-1"'],
-    [{ AUDIT_RETENTION_DAYS: "30d" }, 'AUDIT_RETENTION_DAYS: expected a non-negative integer, got "30d"'],
-    [{ TRUSTED_PROXIES: "10.0.0.0/33" }, 'TRUSTED_PROXIES: "10.0.0.0/33" has an invalid prefix length (0..32)'],
-    [{ TRUSTED_PROXIES: "proxy.internal" }, 'TRUSTED_PROXIES: "proxy.internal" is not an IP address or CIDR'],
-    [{ TRUSTED_PROXIES: "::1/129" }, 'TRUSTED_PROXIES: "::1/129" has an invalid prefix length (0..128)'],
-    [{ TRUSTED_PROXIES: "1.2.3.4/8/9" }, 'TRUSTED_PROXIES: "1.2.3.4/8/9" is not an IP address or CIDR']
+    [{ AUDIT_ENABLED: "maybe" }, "AUDIT_ENABLED: expected true or false, got \"maybe\""],
+    [{ AUDIT_STORE_IN_DB: "2" }, "AUDIT_STORE_IN_DB: expected true or false, got \"2\""],
+    [{ AUDIT_RETENTION_DAYS: "-1" }, "AUDIT_RETENTION_DAYS: expected a non-negative integer, got \"-1\""],
+    [{ AUDIT_RETENTION_DAYS: "30d" }, "AUDIT_RETENTION_DAYS: expected a non-negative integer, got \"30d\""],
+    [{ TRUSTED_PROXIES: "10.0.0.0/33" }, "TRUSTED_PROXIES: \"10.0.0.0/33\" has an invalid prefix length (0..32)"],
+    [{ TRUSTED_PROXIES: "proxy.internal" }, "TRUSTED_PROXIES: \"proxy.internal\" is not an IP address or CIDR"],
+    [{ TRUSTED_PROXIES: "::1/129" }, "TRUSTED_PROXIES: \"::1/129\" has an invalid prefix length (0..128)"],
+    [{ TRUSTED_PROXIES: "1.2.3.4/8/9" }, "TRUSTED_PROXIES: \"1.2.3.4/8/9\" is not an IP address or CIDR"]
   ])("%j → one line naming the variable", (env, message) => {
     expect(error(env)).toBe(`invalid configuration: ${message}`)
   })

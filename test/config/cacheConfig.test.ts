@@ -59,7 +59,10 @@ describe("cache configuration", () => {
     [{ HTTP_CACHE_DEFAULT_TTL: "0" }, "HTTP_CACHE_DEFAULT_TTL: expected a positive integer, got \"0\""],
     [{ HTTP_CACHE_MAX_BYTES: "1MB" }, "HTTP_CACHE_MAX_BYTES: expected a positive integer, got \"1MB\""],
     [{ HTTP_CACHE_CLIENT_MAX_TTL: "5m" }, "HTTP_CACHE_CLIENT_MAX_TTL: expected a non-negative integer, got \"5m\""],
-    [{ HTTP_CACHE_MAX_OBJECT_BYTES: "200", HTTP_CACHE_MAX_BYTES: "100" }, "HTTP_CACHE_MAX_OBJECT_BYTES: must not exceed HTTP_CACHE_MAX_BYTES (100)"],
+    [
+      { HTTP_CACHE_MAX_OBJECT_BYTES: "200", HTTP_CACHE_MAX_BYTES: "100" },
+      "HTTP_CACHE_MAX_OBJECT_BYTES: must not exceed HTTP_CACHE_MAX_BYTES (100)"
+    ],
     [{ REDIS_CACHE_KEY_PREFIX: " " }, "REDIS_CACHE_KEY_PREFIX: must not be empty"],
     [{ REDIS_URL: "http://x" }, "REDIS_URL: expected a redis:// or rediss:// URL"],
     [{ REDIS_ADDR: "nohost" }, "REDIS_ADDR: expected host:port, got \"nohost\""]

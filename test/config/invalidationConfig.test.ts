@@ -31,8 +31,14 @@ describe("INVALIDATION_BACKEND", () => {
 
   it.each<[Record<string, string>, string]>([
     [{ INVALIDATION_BACKEND: "postgres" }, "INVALIDATION_BACKEND: postgres needs a PostgreSQL database (DATABASE_URL)"],
-    [{ ...PG, DB_DRIVER: "sqlite", INVALIDATION_BACKEND: "postgres" }, "INVALIDATION_BACKEND: postgres needs a PostgreSQL database (DATABASE_URL)"],
-    [{ INVALIDATION_BACKEND: "kafka" }, "INVALIDATION_BACKEND: expected auto, in-memory, redis or postgres, got \"kafka\""]
+    [
+      { ...PG, DB_DRIVER: "sqlite", INVALIDATION_BACKEND: "postgres" },
+      "INVALIDATION_BACKEND: postgres needs a PostgreSQL database (DATABASE_URL)"
+    ],
+    [
+      { INVALIDATION_BACKEND: "kafka" },
+      "INVALIDATION_BACKEND: expected auto, in-memory, redis or postgres, got \"kafka\""
+    ]
   ])("%j is refused with one line", (env, line) => {
     const c = load(env)
     expect(Either.isLeft(c) && formatConfigError(c.left)).toBe(`invalid configuration: ${line}`)

@@ -34,11 +34,17 @@ describe("private files", () => {
     const file = join(dir, "audit.log")
     closeSync(openSync(file, "w"))
     chmodSync(file, 0o644)
-    expect(ensurePrivateDir(dir)).toEqual([`tightened the permissions of ${dir} from 0755 to 0700 (it holds secret files)`])
-    expect(tightenPrivateFile(file)).toEqual([`tightened the permissions of ${file} from 0644 to 0600 (it may hold secrets)`])
+    expect(ensurePrivateDir(dir)).toEqual([
+      `tightened the permissions of ${dir} from 0755 to 0700 (it holds secret files)`
+    ])
+    expect(tightenPrivateFile(file)).toEqual([
+      `tightened the permissions of ${file} from 0644 to 0600 (it may hold secrets)`
+    ])
     expect([mode(dir), mode(file)]).toEqual([0o700, 0o600])
     chmodSync(file, 0o640)
-    expect(ensurePrivateFile(file, dir)).toEqual([`tightened the permissions of ${file} from 0640 to 0600 (it may hold secrets)`])
+    expect(ensurePrivateFile(file, dir)).toEqual([
+      `tightened the permissions of ${file} from 0640 to 0600 (it may hold secrets)`
+    ])
     expect(tightenPrivateFile(join(dir, "missing"))).toEqual([])
   })
 

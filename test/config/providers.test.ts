@@ -1,8 +1,8 @@
+import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Layer } from "effect"
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { describe, expect, it } from "@effect/vitest"
 import { parseDuration } from "../../src/config/AppConfig.js"
 import { builtInOpenAi, parseProvidersYaml, type ProviderConfig, Providers } from "../../src/config/Providers.js"
 import { routeOf } from "../../src/proxy/policy.js"
@@ -43,7 +43,11 @@ describe("providers YAML (docs/proxy.md \"Providers\", auth_header/auth_scheme i
     expect(openai).toMatchObject({
       origin: "https://api.openai.com",
       basePath: "/some/path",
-      allowedEndpoints: ["/v1/chat/completions", "/v1/models", "/v1/embeddings"].map((path) => ({ path, prefix: true, methods })),
+      allowedEndpoints: ["/v1/chat/completions", "/v1/models", "/v1/embeddings"].map((path) => ({
+        path,
+        prefix: true,
+        methods
+      })),
       allowedOrigins: ["https://www.example.com"],
       requireOrigin: true,
       authHeader: "authorization",
@@ -54,13 +58,23 @@ describe("providers YAML (docs/proxy.md \"Providers\", auth_header/auth_scheme i
       maxIdleConnections: 20
     })
     expect(openai.paramWhitelist.get("model")).toEqual(["gpt-4o", "gpt-4o-*"])
-    expect(p.get("anthropic")).toMatchObject({ authHeader: "x-api-key", authScheme: "", requireOrigin: false, allowedOrigins: [] })
+    expect(p.get("anthropic")).toMatchObject({
+      authHeader: "x-api-key",
+      authScheme: "",
+      requireOrigin: false,
+      allowedOrigins: []
+    })
     expect(p.get("nope")).toBeUndefined()
   })
 
   it("string entries of allowed_endpoints keep their meaning: prefixes on segment boundaries, allowed_methods", () => {
     const openai = Either.getOrThrow(parseProvidersYaml(SHIPPED)).get("openai")!
-    for (const [method, path] of [["GET", "/v1/chat/completions"], ["POST", "/v1/models/gpt-4o"], ["GET", "/v1/models/"], ["POST", "/v1/embeddings/x"]]) {
+    for (
+      const [method, path] of [["GET", "/v1/chat/completions"], ["POST", "/v1/models/gpt-4o"], ["GET", "/v1/models/"], [
+        "POST",
+        "/v1/embeddings/x"
+      ]]
+    ) {
       expect(routeOf(method!, path!, openai), `${method} ${path}`).toBeUndefined()
     }
     expect(routeOf("DELETE", "/v1/models", openai)?.headers).toEqual({ allow: "GET, POST, OPTIONS" })
@@ -97,7 +111,9 @@ describe("providers YAML (docs/proxy.md \"Providers\", auth_header/auth_scheme i
   })
 
   it("allowed_methods may be left out when every entry has its own methods", () => {
-    const p = parseProvidersYaml("apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [{ path: /v1/messages, methods: [POST] }]\n")
+    const p = parseProvidersYaml(
+      "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [{ path: /v1/messages, methods: [POST] }]\n"
+    )
     expect(routeOf("POST", "/v1/messages", Either.getOrThrow(p).get("a")!)).toBeUndefined()
   })
 
@@ -112,7 +128,16 @@ describe("providers YAML (docs/proxy.md \"Providers\", auth_header/auth_scheme i
       OpenAI-Organization: org-123
       OpenAI-Project: " proj_1 "
 `)).get("a")!
-    const forwarded = ["x-custom", "content-type", "x-stainless-os", "x-my-a", "x-my-", "openai-organization", "x-myb", "x-customs"]
+    const forwarded = [
+      "x-custom",
+      "content-type",
+      "x-stainless-os",
+      "x-my-a",
+      "x-my-",
+      "openai-organization",
+      "x-myb",
+      "x-customs"
+    ]
       .filter(p.forwardsHeader)
     expect(forwarded).toEqual(["x-custom", "content-type", "x-stainless-os", "x-my-a", "x-my-"])
     expect(p.fixedHeaders).toEqual([["openai-organization", "org-123"], ["openai-project", "proj_1"]])
@@ -127,23 +152,51 @@ describe("providers YAML (docs/proxy.md \"Providers\", auth_header/auth_scheme i
     ["not YAML", "apis: [", /not valid YAML/],
     ["no apis", "default_api: x\n", /apis/],
     ["empty apis", "apis: {}\n", /at least one provider/],
-    ["missing base_url", "apis:\n  a:\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n", /apis\.a\.base_url/],
-    ["empty endpoints", "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: []\n    allowed_methods: [GET]\n", /allowed_endpoints/],
-    ["bad URL", "apis:\n  a:\n    base_url: nope\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n", /base_url is not a URL/],
-    ["ftp URL", "apis:\n  a:\n    base_url: ftp://a\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n", /http/],
+    [
+      "missing base_url",
+      "apis:\n  a:\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n",
+      /apis\.a\.base_url/
+    ],
+    [
+      "empty endpoints",
+      "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: []\n    allowed_methods: [GET]\n",
+      /allowed_endpoints/
+    ],
+    [
+      "bad URL",
+      "apis:\n  a:\n    base_url: nope\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n",
+      /base_url is not a URL/
+    ],
+    [
+      "ftp URL",
+      "apis:\n  a:\n    base_url: ftp://a\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n",
+      /http/
+    ],
     [
       "bad duration",
       "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n    timeouts:\n      response_header: soon\n",
       /response_header/
     ],
-    ["unknown default", "default_api: b\napis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n", /default_api/],
-    ["string entries without allowed_methods", "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [/v1]\n", /apis\.a\.allowed_methods: is missing/],
+    [
+      "unknown default",
+      "default_api: b\napis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n",
+      /default_api/
+    ],
+    [
+      "string entries without allowed_methods",
+      "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [/v1]\n",
+      /apis\.a\.allowed_methods: is missing/
+    ],
     [
       "an object entry without methods and no allowed_methods",
       "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [{ path: /v1 }]\n",
       /apis\.a\.allowed_methods: is missing/
     ],
-    ["a misspelt key in an entry", "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [{ path: /v1, method: [GET] }]\n", /apis\.a\.allowed_endpoints\.0: unknown key "method"/],
+    [
+      "a misspelt key in an entry",
+      "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [{ path: /v1, method: [GET] }]\n",
+      /apis\.a\.allowed_endpoints\.0: unknown key "method"/
+    ],
     [
       "an unknown key in a provider (a misspelling would otherwise do nothing)",
       "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n    timeout: 10s\n",
@@ -159,20 +212,56 @@ describe("providers YAML (docs/proxy.md \"Providers\", auth_header/auth_scheme i
       "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n    connection:\n      max_conn_per_host: 3\n",
       /^apis\.a\.connection\.max_conn_per_host: unknown key \(expected one of max_idle_conns/
     ],
-    ["an unknown top-level key", "apiz: {}\napis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n", /^apiz: unknown key/],
+    [
+      "an unknown top-level key",
+      "apiz: {}\napis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n",
+      /^apiz: unknown key/
+    ],
     [
       "flush_interval (every chunk is written as it arrives)",
       "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n    timeouts:\n      flush_interval: 10ms\n",
       /^apis\.a\.timeouts\.flush_interval is not supported: the proxy writes every chunk .* remove it$/
     ],
-    ["a query in base_url", "apis:\n  a:\n    base_url: http://a/x?v=1\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n", /apis\.a\.base_url: a query goes under query/],
-    ["credentials in base_url", "apis:\n  a:\n    base_url: http://u:p@a/x\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n", /apis\.a\.base_url must not carry credentials/],
-    ["an entry without path", "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [{ methods: [GET] }]\n", /allowed_endpoints\.0\.path/],
-    ["an empty path", "apis:\n  a:\n    base_url: http://a\n    allowed_methods: [GET]\n    allowed_endpoints: [\"\"]\n", /allowed_endpoints\.0: expected a path/],
-    ["a number entry", "apis:\n  a:\n    base_url: http://a\n    allowed_methods: [GET]\n    allowed_endpoints: [/v1, 3]\n", /allowed_endpoints\.1: expected a path or/],
-    ["bad match", "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [{ path: /v1, match: glob, methods: [GET] }]\n", /allowed_endpoints\.0\.match/],
-    ["empty methods", "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [{ path: /v1, methods: [] }]\n", /allowed_endpoints\.0\.methods/],
-    ["bad method", "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [{ path: /v1, methods: [\"GET POST\"] }]\n", /allowed_endpoints\.0\.methods/],
+    [
+      "a query in base_url",
+      "apis:\n  a:\n    base_url: http://a/x?v=1\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n",
+      /apis\.a\.base_url: a query goes under query/
+    ],
+    [
+      "credentials in base_url",
+      "apis:\n  a:\n    base_url: http://u:p@a/x\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n",
+      /apis\.a\.base_url must not carry credentials/
+    ],
+    [
+      "an entry without path",
+      "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [{ methods: [GET] }]\n",
+      /allowed_endpoints\.0\.path/
+    ],
+    [
+      "an empty path",
+      "apis:\n  a:\n    base_url: http://a\n    allowed_methods: [GET]\n    allowed_endpoints: [\"\"]\n",
+      /allowed_endpoints\.0: expected a path/
+    ],
+    [
+      "a number entry",
+      "apis:\n  a:\n    base_url: http://a\n    allowed_methods: [GET]\n    allowed_endpoints: [/v1, 3]\n",
+      /allowed_endpoints\.1: expected a path or/
+    ],
+    [
+      "bad match",
+      "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [{ path: /v1, match: glob, methods: [GET] }]\n",
+      /allowed_endpoints\.0\.match/
+    ],
+    [
+      "empty methods",
+      "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [{ path: /v1, methods: [] }]\n",
+      /allowed_endpoints\.0\.methods/
+    ],
+    [
+      "bad method",
+      "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [{ path: /v1, methods: [\"GET POST\"] }]\n",
+      /allowed_endpoints\.0\.methods/
+    ],
     [
       "forwarding OpenAI-Organization from clients",
       "apis:\n  a:\n    base_url: http://a\n    allowed_endpoints: [/v1]\n    allowed_methods: [GET]\n    forward_headers: [OpenAI-Organization]\n",
@@ -288,10 +377,22 @@ apis:
     const openai = p.get("openai")!
     const anthropic = p.get("anthropic")!
     const admitted = (provider: ProviderConfig) =>
-      [["GET", "/v1/chat/completions"], ["POST", "/v1/chat/completions"], ["GET", "/v1/models/gpt-4o"], ["POST", "/v1/models"], ["POST", "/v1/messages"], ["DELETE", "/v1/models/x"]]
+      [
+        ["GET", "/v1/chat/completions"],
+        ["POST", "/v1/chat/completions"],
+        ["GET", "/v1/models/gpt-4o"],
+        ["POST", "/v1/models"],
+        ["POST", "/v1/messages"],
+        ["DELETE", "/v1/models/x"]
+      ]
         .filter(([m, path]) => routeOf(m!, path!, provider) === undefined)
         .map(([m, path]) => `${m} ${path}`)
-    expect(admitted(openai)).toEqual(["GET /v1/chat/completions", "POST /v1/chat/completions", "GET /v1/models/gpt-4o", "POST /v1/models"])
+    expect(admitted(openai)).toEqual([
+      "GET /v1/chat/completions",
+      "POST /v1/chat/completions",
+      "GET /v1/models/gpt-4o",
+      "POST /v1/models"
+    ])
     expect(admitted(anthropic)).toEqual(["POST /v1/messages"])
   })
 
@@ -312,10 +413,14 @@ apis:
       const builtIn = yield* get(Providers.load(undefined, "http://x:1"))
       expect(Either.isRight(builtIn) && builtIn.right.get("openai")?.origin).toBe("http://x:1")
       const missing = yield* get(Providers.load(join(dir, "missing.yaml"), "http://x"))
-      expect(Either.isLeft(missing) && (missing.left as { message: string }).message).toMatch(/^API_CONFIG_PATH: cannot read .*ENOENT/)
+      expect(Either.isLeft(missing) && (missing.left as { message: string }).message).toMatch(
+        /^API_CONFIG_PATH: cannot read .*ENOENT/
+      )
       writeFileSync(path, "apis: {}")
       const bad = yield* get(Providers.load(path, "http://x"))
-      expect(Either.isLeft(bad) && (bad.left as { message: string }).message).toMatch(/^API_CONFIG_PATH \(.*\): apis: at least one provider/)
+      expect(Either.isLeft(bad) && (bad.left as { message: string }).message).toMatch(
+        /^API_CONFIG_PATH \(.*\): apis: at least one provider/
+      )
     }))
 
   it.each([

@@ -9,7 +9,9 @@ import { appConfig, formatConfigError } from "../../src/config/AppConfig.js"
 import { databaseLayer } from "../../src/Layers.js"
 
 const load = (env: Record<string, string>) =>
-  Effect.runSync(Effect.either(Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map(Object.entries(env))))))
+  Effect.runSync(
+    Effect.either(Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map(Object.entries(env)))))
+  )
 
 describe("SQLITE_SYNCHRONOUS", () => {
   it("defaults to normal (not named in the database setting); full and normal are accepted in any case", () => {
@@ -21,7 +23,7 @@ describe("SQLITE_SYNCHRONOUS", () => {
     )
     expect(Either.map(load({ SQLITE_SYNCHRONOUS: "normal" }), (c) => c.database._tag)).toEqual(Either.right("sqlite"))
     expect(Either.mapLeft(load({ SQLITE_SYNCHRONOUS: "off" }), formatConfigError)).toEqual(
-      Either.left('invalid configuration: SQLITE_SYNCHRONOUS: expected normal or full, got "off"')
+      Either.left("invalid configuration: SQLITE_SYNCHRONOUS: expected normal or full, got \"off\"")
     )
   })
 
@@ -32,7 +34,9 @@ describe("SQLITE_SYNCHRONOUS", () => {
         Effect.runPromise(
           Effect.scoped(
             Effect.gen(function*() {
-              const ctx = yield* Layer.build(databaseLayer({ _tag: "sqlite", path: join(dir, "db.sqlite"), ...(synchronous ? { synchronous } : {}) }))
+              const ctx = yield* Layer.build(
+                databaseLayer({ _tag: "sqlite", path: join(dir, "db.sqlite"), ...(synchronous ? { synchronous } : {}) })
+              )
               const sql = yield* Effect.provide(SqlClient.SqlClient, ctx)
               const [row] = yield* sql<{ synchronous: number }>`PRAGMA synchronous`
               return row?.synchronous

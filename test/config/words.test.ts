@@ -10,7 +10,9 @@ import { parseBoolean } from "../../src/config/parse.js"
 
 const load = <A>(config: typeof appConfig | typeof dispatcherConfig, env: Record<string, string>) =>
   Effect.runSync(
-    Effect.either(Effect.withConfigProvider(config as typeof appConfig, ConfigProvider.fromMap(new Map(Object.entries(env)))))
+    Effect.either(
+      Effect.withConfigProvider(config as typeof appConfig, ConfigProvider.fromMap(new Map(Object.entries(env))))
+    )
   ) as Either.Either<A, Parameters<typeof formatConfigError>[0]>
 
 const serve = (env: Record<string, string>) => {
@@ -35,14 +37,33 @@ describe("word settings", () => {
     ["HTTP_CACHE_BACKEND", { HTTP_CACHE_BACKEND: "In-Memory" }, (c) => c.cache.backend, "in-memory"],
     ["RATE_LIMIT_FAILURE_MODE", { RATE_LIMIT_FAILURE_MODE: "Closed" }, (c) => c.rateLimitFailureMode, "closed"],
     ["RATE_LIMIT_FAILURE_MODE", { RATE_LIMIT_FAILURE_MODE: "" }, (c) => c.rateLimitFailureMode, "open"],
-    ["INVALIDATION_BACKEND", { INVALIDATION_BACKEND: "PostgreSQL", ...POSTGRES }, (c) => c.invalidationBackend, "postgres"],
+    [
+      "INVALIDATION_BACKEND",
+      { INVALIDATION_BACKEND: "PostgreSQL", ...POSTGRES },
+      (c) => c.invalidationBackend,
+      "postgres"
+    ],
     ["INVALIDATION_BACKEND", { INVALIDATION_BACKEND: " ", ...POSTGRES }, (c) => c.invalidationBackend, "postgres"],
     ["INVALIDATION_BACKEND", { INVALIDATION_BACKEND: "AUTO" }, (c) => c.invalidationBackend, "in-memory"],
-    ["INVALIDATION_BACKEND", { INVALIDATION_BACKEND: "memory", ...POSTGRES }, (c) => c.invalidationBackend, "in-memory"],
+    [
+      "INVALIDATION_BACKEND",
+      { INVALIDATION_BACKEND: "memory", ...POSTGRES },
+      (c) => c.invalidationBackend,
+      "in-memory"
+    ],
     // DB_DRIVER is one word for the database and the invalidation backend alike.
-    ["DB_DRIVER", { DB_DRIVER: " SQLite ", ...POSTGRES }, (c) => [c.database._tag, c.invalidationBackend], ["sqlite", "in-memory"]],
-    ["DB_DRIVER", { DB_DRIVER: "Postgres", ...POSTGRES }, (c) => [c.database._tag, c.invalidationBackend], ["postgres", "postgres"]],
-    ["DB_DRIVER", { DB_DRIVER: "", ...POSTGRES }, (c) => [c.database._tag, c.invalidationBackend], ["postgres", "postgres"]],
+    ["DB_DRIVER", { DB_DRIVER: " SQLite ", ...POSTGRES }, (c) => [c.database._tag, c.invalidationBackend], [
+      "sqlite",
+      "in-memory"
+    ]],
+    ["DB_DRIVER", { DB_DRIVER: "Postgres", ...POSTGRES }, (c) => [c.database._tag, c.invalidationBackend], [
+      "postgres",
+      "postgres"
+    ]],
+    ["DB_DRIVER", { DB_DRIVER: "", ...POSTGRES }, (c) => [c.database._tag, c.invalidationBackend], [
+      "postgres",
+      "postgres"
+    ]],
     ["LOG_LEVEL", { LOG_LEVEL: " WARN " }, (c) => c.logLevel, "warn"],
     ["LOG_FORMAT", { LOG_FORMAT: "Console" }, (c) => c.logFormat, "pretty"],
     ["LOG_FORMAT", { LOG_FORMAT: "text" }, (c) => c.logFormat, "pretty"],
@@ -51,13 +72,33 @@ describe("word settings", () => {
     ["LLM_PROXY_EVENT_BUS", { LLM_PROXY_EVENT_BUS: "redis" }, (c) => c.events.bus, "redis-streams"],
     ["LLM_PROXY_EVENT_BUS", { LLM_PROXY_EVENT_BUS: "Redis-Streams" }, (c) => c.events.bus, "redis-streams"],
     ["LLM_PROXY_EVENT_BUS", { LLM_PROXY_EVENT_BUS: "" }, (c) => c.events.bus, "in-memory"],
-    ["OTEL_EXPORTER_OTLP_PROTOCOL", { OTEL_EXPORTER_OTLP_PROTOCOL: "HTTP/JSON", ...OTLP }, (c) => Option.map(c.otlp, (o) => o.protocol), Option.some("http/json")],
-    ["OTEL_EXPORTER_OTLP_PROTOCOL", { OTEL_EXPORTER_OTLP_PROTOCOL: "", ...OTLP }, (c) => Option.map(c.otlp, (o) => o.protocol), Option.some("http/protobuf")],
-    ["OTEL_EXPORTER_OTLP_COMPRESSION", { OTEL_EXPORTER_OTLP_COMPRESSION: " GZIP", ...OTLP }, (c) => Option.map(c.otlp, (o) => o.compression), Option.some("gzip")],
+    [
+      "OTEL_EXPORTER_OTLP_PROTOCOL",
+      { OTEL_EXPORTER_OTLP_PROTOCOL: "HTTP/JSON", ...OTLP },
+      (c) => Option.map(c.otlp, (o) => o.protocol),
+      Option.some("http/json")
+    ],
+    [
+      "OTEL_EXPORTER_OTLP_PROTOCOL",
+      { OTEL_EXPORTER_OTLP_PROTOCOL: "", ...OTLP },
+      (c) => Option.map(c.otlp, (o) => o.protocol),
+      Option.some("http/protobuf")
+    ],
+    [
+      "OTEL_EXPORTER_OTLP_COMPRESSION",
+      { OTEL_EXPORTER_OTLP_COMPRESSION: " GZIP", ...OTLP },
+      (c) => Option.map(c.otlp, (o) => o.compression),
+      Option.some("gzip")
+    ],
     ["ACCESS_LOG", { ACCESS_LOG: " No " }, (c) => c.accessLog, false],
     ["ACCESS_LOG", { ACCESS_LOG: "" }, (c) => c.accessLog, false],
     ["ENABLE_METRICS", { ENABLE_METRICS: "0" }, (c) => c.enableMetrics, false],
-    ["REQUIRE_ENCRYPTION_KEY", { REQUIRE_ENCRYPTION_KEY: "YES", ENCRYPTION_KEY: Buffer.alloc(32, 7).toString("base64") }, (c) => c.requireEncryptionKey, true]
+    [
+      "REQUIRE_ENCRYPTION_KEY",
+      { REQUIRE_ENCRYPTION_KEY: "YES", ENCRYPTION_KEY: Buffer.alloc(32, 7).toString("base64") },
+      (c) => c.requireEncryptionKey,
+      true
+    ]
   ])("%s: %j", (_name, env, read, expected) => {
     expect(read(serve(env))).toEqual(expected)
   })
@@ -71,8 +112,14 @@ describe("word settings", () => {
     [{ LOG_LEVEL: "" }, `LOG_LEVEL: expected debug, info, warn or error, got ""`],
     [{ LOG_LEVEL: "trace" }, `LOG_LEVEL: expected debug, info, warn or error, got "trace"`],
     [{ LOG_FORMAT: "xml" }, `LOG_FORMAT: expected json or pretty, got "xml"`],
-    [{ OTEL_EXPORTER_OTLP_PROTOCOL: "grpc", ...OTLP }, `OTEL_EXPORTER_OTLP_PROTOCOL: expected http/protobuf or http/json (grpc is not supported), got "grpc"`],
-    [{ OTEL_EXPORTER_OTLP_TRACES_COMPRESSION: "zstd", ...OTLP }, `OTEL_EXPORTER_OTLP_TRACES_COMPRESSION: expected gzip or none, got "zstd"`],
+    [
+      { OTEL_EXPORTER_OTLP_PROTOCOL: "grpc", ...OTLP },
+      `OTEL_EXPORTER_OTLP_PROTOCOL: expected http/protobuf or http/json (grpc is not supported), got "grpc"`
+    ],
+    [
+      { OTEL_EXPORTER_OTLP_TRACES_COMPRESSION: "zstd", ...OTLP },
+      `OTEL_EXPORTER_OTLP_TRACES_COMPRESSION: expected gzip or none, got "zstd"`
+    ],
     // A word that names a property of every object is still only a word.
     [{ LOG_LEVEL: "constructor" }, `LOG_LEVEL: expected debug, info, warn or error, got "constructor"`],
     [{ ACCESS_LOG: "on" }, `ACCESS_LOG: expected true or false, got "on"`]
@@ -82,7 +129,10 @@ describe("word settings", () => {
 
   it("DISPATCHER_SERVICE: any case; a wrong word names the three", () => {
     const bus = { LLM_PROXY_EVENT_BUS: "redis-streams" }
-    const c = load<Effect.Effect.Success<typeof dispatcherConfig>>(dispatcherConfig, { ...bus, DISPATCHER_SERVICE: " FILE " })
+    const c = load<Effect.Effect.Success<typeof dispatcherConfig>>(dispatcherConfig, {
+      ...bus,
+      DISPATCHER_SERVICE: " FILE "
+    })
     expect(Either.isRight(c) && c.right.service).toBe("file")
     expect(refusal(dispatcherConfig, { ...bus, DISPATCHER_SERVICE: "kafka" })).toBe(
       `invalid configuration: DISPATCHER_SERVICE: expected file, lunary or helicone, got "kafka"`

@@ -1,6 +1,6 @@
-import { randomBytes } from "node:crypto"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Option, Redacted } from "effect"
+import { randomBytes } from "node:crypto"
 import { KeyCipher, KeyDecryptError, parseEncryptionKey } from "../../src/crypto/KeyCipher.js"
 
 const PLAIN = "sk-proj-1234567890abcdefghijklmnopqrstuvwxyz"
@@ -25,7 +25,7 @@ const expectDecryptError = (e: unknown): KeyDecryptError => {
 
 describe("KeyCipher enabled", () => {
   it.effect("round-trips and uses the enc:v1 format", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const c = yield* cipherWith(keyA)
       expect(c.enabled).toBe(true)
       const stored = c.encrypt(PLAIN)
@@ -39,7 +39,7 @@ describe("KeyCipher enabled", () => {
     }))
 
   it.effect("uses a random nonce per encryption", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const c = yield* cipherWith(keyA)
       const a = c.encrypt(PLAIN)
       const b = c.encrypt(PLAIN)
@@ -49,7 +49,7 @@ describe("KeyCipher enabled", () => {
     }))
 
   it.effect("leaves empty and already-encrypted values alone", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const c = yield* cipherWith(keyA)
       expect(c.encrypt("")).toBe("")
       const stored = c.encrypt(PLAIN)
@@ -57,14 +57,14 @@ describe("KeyCipher enabled", () => {
     }))
 
   it.effect("passes legacy plaintext through decrypt", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const c = yield* cipherWith(keyA)
       expect(yield* c.decrypt(PLAIN)).toBe(PLAIN)
       expect(yield* c.decrypt("")).toBe("")
     }))
 
   it.effect("rejects tampering with nonce, ciphertext or tag", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const c = yield* cipherWith(keyA)
       const stored = c.encrypt(PLAIN)
       const total = Buffer.from(stored.slice(7), "base64").length
@@ -75,19 +75,21 @@ describe("KeyCipher enabled", () => {
     }))
 
   it.effect("fails with a KeyDecryptError that leaks nothing under the wrong key", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const stored = (yield* cipherWith(keyA)).encrypt(PLAIN)
       const e = expectDecryptError(yield* Effect.flip((yield* cipherWith(keyB)).decrypt(stored)))
       const rendered = [e.reason, e.message, String(e), JSON.stringify(e), e.stack ?? ""].join("\n")
-      for (const secret of [
-        PLAIN,
-        stored,
-        stored.slice(7),
-        keyA.toString("base64"),
-        keyB.toString("base64"),
-        keyA.toString("hex"),
-        keyB.toString("hex")
-      ]) {
+      for (
+        const secret of [
+          PLAIN,
+          stored,
+          stored.slice(7),
+          keyA.toString("base64"),
+          keyB.toString("base64"),
+          keyA.toString("hex"),
+          keyB.toString("hex")
+        ]
+      ) {
         expect(rendered).not.toContain(secret)
       }
     }))
@@ -97,7 +99,7 @@ describe("KeyCipher enabled", () => {
     ["too short", "enc:v1:" + Buffer.alloc(27).toString("base64")],
     ["empty payload", "enc:v1:"]
   ])("rejects %s", ([, stored]) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const c = yield* cipherWith(keyA)
       expectDecryptError(yield* Effect.flip(c.decrypt(stored)))
     }))
@@ -110,7 +112,7 @@ describe("KeyCipher enabled", () => {
 
 describe("KeyCipher disabled", () => {
   it.effect("passes plaintext through both ways", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const c = yield* cipherWith(undefined)
       expect(c.enabled).toBe(false)
       expect(c.encrypt(PLAIN)).toBe(PLAIN)
@@ -118,7 +120,7 @@ describe("KeyCipher disabled", () => {
     }))
 
   it.effect("refuses enc:v1 values", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const stored = (yield* cipherWith(keyA)).encrypt(PLAIN)
       const e = expectDecryptError(yield* Effect.flip((yield* cipherWith(undefined)).decrypt(stored)))
       expect(e.reason).toBe("ENCRYPTION_KEY is not set but the stored key is encrypted")

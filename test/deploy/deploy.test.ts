@@ -28,10 +28,14 @@ const names = configNames()
 const stages = dockerfile()
 const final = stages.at(-1)!
 const build = stages[0]!
-const imageEnv = Object.assign({}, ...final.instructions.filter((i) => i.op === "ENV").map(envOf)) as Record<string, string>
+const imageEnv = Object.assign({}, ...final.instructions.filter((i) => i.op === "ENV").map(envOf)) as Record<
+  string,
+  string
+>
 const volumes = final.instructions.filter((i) => i.op === "VOLUME").flatMap((i) => i.json ?? i.text.split(" "))
 const unknown = (env: Record<string, unknown>) => Object.keys(env).filter((k) => !names.has(k))
-const listenPort = (env: Record<string, string>) => Either.getOrThrow(parseListenAddress(env.LISTEN_ADDR ?? ":8080")).port
+const listenPort = (env: Record<string, string>) =>
+  Either.getOrThrow(parseListenAddress(env.LISTEN_ADDR ?? ":8080")).port
 
 /** The routes `serve` answers on its listener for probes (src/http/App.ts) and the dispatcher's --metrics-addr. */
 const SERVE_PROBES = new Set(["/live", "/ready", "/health"])
@@ -39,7 +43,16 @@ const DISPATCHER_PROBES = new Set(["/health"])
 
 describe("configuration names", () => {
   it("the recorded names are AppConfig's (a sanity check of the recorder itself)", () => {
-    for (const n of ["LISTEN_ADDR", "DATABASE_URL", "AUDIT_LOG_FILE", "MANAGEMENT_TOKEN_FILE", "DISPATCHER_ENDPOINT", "REDIS_STREAM_CLAIM_IDLE"]) {
+    for (
+      const n of [
+        "LISTEN_ADDR",
+        "DATABASE_URL",
+        "AUDIT_LOG_FILE",
+        "MANAGEMENT_TOKEN_FILE",
+        "DISPATCHER_ENDPOINT",
+        "REDIS_STREAM_CLAIM_IDLE"
+      ]
+    ) {
       expect(names).toContain(n)
     }
     expect(names).not.toContain("NODE_ENV")
@@ -134,7 +147,10 @@ describe("deploy/Dockerfile", () => {
     // Each copied package's dependencies are copied too, except prebuild-install (better-sqlite3's install step).
     const installOnly = new Set(["prebuild-install"])
     for (const p of packages) {
-      const deps = Object.keys((JSON.parse(readFileSync(join(ROOT, "node_modules", p, "package.json"), "utf8")) as { dependencies?: object }).dependencies ?? {})
+      const deps = Object.keys(
+        (JSON.parse(readFileSync(join(ROOT, "node_modules", p, "package.json"), "utf8")) as { dependencies?: object })
+          .dependencies ?? {}
+      )
       for (const d of deps.filter((d) => !installOnly.has(d))) expect(packages, `${p} needs ${d}`).toContain(d)
     }
     expect([...packages].sort()).toEqual(["better-sqlite3", "bindings", "file-uri-to-path", "gpt-tokenizer"])
@@ -146,7 +162,9 @@ describe("deploy/compose.yaml", () => {
   const services = compose.services as Record<string, any>
   const ours = Object.entries(services).filter(([, s]) => s.image === "llm-proxy:local")
   const example = readEnvFile(join(DEPLOY, "compose.env.example"))
-  const interpolated = new Set([...readFileSync(join(DEPLOY, "compose.yaml"), "utf8").matchAll(/\$\{([A-Z_]+)/g)].map((m) => m[1]!))
+  const interpolated = new Set(
+    [...readFileSync(join(DEPLOY, "compose.yaml"), "utf8").matchAll(/\$\{([A-Z_]+)/g)].map((m) => m[1]!)
+  )
   /** Compose's ${VAR} and ${VAR:?message} with the example file's values. */
   const interpolate = (v: string) => v.replace(/\$\{([A-Z_]+)(?::\?[^}]*)?\}/g, (_, n: string) => example[n] ?? "")
 
@@ -157,7 +175,10 @@ describe("deploy/compose.yaml", () => {
     expect(services.postgres.healthcheck.test).toContain("pg_isready")
     expect(services.redis.healthcheck.test).toEqual(["CMD", "redis-cli", "ping"])
     expect(services.serve.build).toEqual({ context: "..", dockerfile: "deploy/Dockerfile" })
-    expect(services.serve.depends_on).toEqual({ postgres: { condition: "service_healthy" }, redis: { condition: "service_healthy" } })
+    expect(services.serve.depends_on).toEqual({
+      postgres: { condition: "service_healthy" },
+      redis: { condition: "service_healthy" }
+    })
   })
 
   it("the image's services run read-only, unprivileged, writing only their /data volume; secrets come from the env file", () => {
@@ -167,7 +188,11 @@ describe("deploy/compose.yaml", () => {
       expect(s.volumes[0].split(":")[0] in compose.volumes, name).toBe(true)
     }
     // No secret is written into compose.yaml itself.
-    for (const [, s] of ours) for (const k of Object.keys(s.environment ?? {})) expect(["MANAGEMENT_TOKEN", "ENCRYPTION_KEY"]).not.toContain(k)
+    for (const [, s] of ours) {
+      for (const k of Object.keys(s.environment ?? {})) {
+        expect(["MANAGEMENT_TOKEN", "ENCRYPTION_KEY"]).not.toContain(k)
+      }
+    }
     expect(readFileSync(join(ROOT, ".gitignore"), "utf8").split("\n")).toContain(".env")
   })
 
@@ -183,7 +208,9 @@ describe("deploy/compose.yaml", () => {
       ...example,
       ...Object.fromEntries(Object.entries(s.environment ?? {}).map(([k, v]) => [k, interpolate(String(v))]))
     })
-    const serve = Either.getOrThrow(loadFrom(appConfig, { ...envOfService(services.serve), ENCRYPTION_KEY: Buffer.alloc(32).toString("base64") }))
+    const serve = Either.getOrThrow(
+      loadFrom(appConfig, { ...envOfService(services.serve), ENCRYPTION_KEY: Buffer.alloc(32).toString("base64") })
+    )
     expect(serve.database._tag).toBe("postgres")
     expect([serve.rateLimitBackend, serve.invalidationBackend, serve.cache.backend, serve.events.bus, serve.redisUrl])
       .toEqual(["redis", "postgres", "redis", "redis-streams", "redis://redis:6379"])
@@ -229,14 +256,18 @@ describe("deploy/kubernetes", () => {
     for (const d of deployments) {
       expect(d.spec.selector.matchLabels).toEqual(d.spec.template.metadata.labels)
       expect(container(d).image).toBe(kustomization.images[0].name)
-      expect(container(d).envFrom).toEqual([{ configMapRef: { name: generator.name } }, { secretRef: { name: secret.metadata.name } }])
+      expect(container(d).envFrom).toEqual([{ configMapRef: { name: generator.name } }, {
+        secretRef: { name: secret.metadata.name }
+      }])
     }
   })
 
   it("every variable they set is one the gateway reads, and serve's and the dispatcher's environments load", () => {
     expect(unknown(config)).toEqual([])
     expect(unknown(secret.stringData)).toEqual([])
-    for (const d of deployments) expect(unknown(Object.fromEntries((container(d).env ?? []).map((e: any) => [e.name, e.value])))).toEqual([])
+    for (const d of deployments) {
+      expect(unknown(Object.fromEntries((container(d).env ?? []).map((e: any) => [e.name, e.value])))).toEqual([])
+    }
     const env = (d: any) => ({
       ...imageEnv,
       ...config,
@@ -246,7 +277,11 @@ describe("deploy/kubernetes", () => {
     })
     const s = Either.getOrThrow(loadFrom(appConfig, env(serve)))
     expect([s.database._tag, s.rateLimitBackend, s.invalidationBackend, s.events.bus, s.audit.file._tag]).toEqual([
-      "postgres", "redis", "postgres", "redis-streams", "None"
+      "postgres",
+      "redis",
+      "postgres",
+      "redis-streams",
+      "None"
     ])
     expect(Either.isRight(loadFrom(dispatcherConfig, env(dispatcher)))).toBe(true)
   })
@@ -291,7 +326,11 @@ describe("deploy/kubernetes", () => {
     for (const d of deployments) {
       const pod = d.spec.template.spec
       expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: 1000 })
-      expect(container(d).securityContext).toMatchObject({ readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] } })
+      expect(container(d).securityContext).toMatchObject({
+        readOnlyRootFilesystem: true,
+        allowPrivilegeEscalation: false,
+        capabilities: { drop: ["ALL"] }
+      })
       expect(container(d).volumeMounts.map((m: any) => m.mountPath).sort()).toEqual(["/data", "/tmp"])
       expect(pod.terminationGracePeriodSeconds).toBeGreaterThanOrEqual(15)
     }
@@ -302,19 +341,31 @@ describe("deploy/kubernetes", () => {
   it("keeps secrets out of git: secret.yaml is ignored by git and docker", () => {
     expect(readFileSync(join(ROOT, ".gitignore"), "utf8").split("\n")).toContain("deploy/kubernetes/secret.yaml")
     expect(readFileSync(join(ROOT, ".dockerignore"), "utf8").split("\n")).toContain("deploy/kubernetes/secret.yaml")
-    expect([secret.stringData.MANAGEMENT_TOKEN, secret.stringData.ENCRYPTION_KEY].every((v: string) => v.startsWith("change-me"))).toBe(true)
+    expect(
+      [secret.stringData.MANAGEMENT_TOKEN, secret.stringData.ENCRYPTION_KEY].every((v: string) =>
+        v.startsWith("change-me")
+      )
+    ).toBe(true)
   })
 })
 
 describe("deploy/llm-proxy.env.example and the systemd units", () => {
   const example = readEnvFile(join(DEPLOY, "llm-proxy.env.example"))
   const unitEnv = (unit: string) =>
-    Object.fromEntries([...readFileSync(join(DEPLOY, unit), "utf8").matchAll(/^Environment=(\w+)=(\S*)$/gm)].map((m) => [m[1]!, m[2]!]))
+    Object.fromEntries(
+      [...readFileSync(join(DEPLOY, unit), "utf8").matchAll(/^Environment=(\w+)=(\S*)$/gm)].map((m) => [m[1]!, m[2]!])
+    )
 
   it("set only variables the gateway reads, with values it accepts", () => {
     expect(unknown(example)).toEqual([])
-    for (const unit of ["llm-proxy@.service", "llm-proxy-dispatcher@.service"]) expect(unknown(unitEnv(unit)), unit).toEqual([])
-    const env: Record<string, string> = { ...example, ENCRYPTION_KEY: Buffer.alloc(32).toString("base64"), ...unitEnv("llm-proxy@.service") }
+    for (const unit of ["llm-proxy@.service", "llm-proxy-dispatcher@.service"]) {
+      expect(unknown(unitEnv(unit)), unit).toEqual([])
+    }
+    const env: Record<string, string> = {
+      ...example,
+      ENCRYPTION_KEY: Buffer.alloc(32).toString("base64"),
+      ...unitEnv("llm-proxy@.service")
+    }
     expect(env.LISTEN_ADDR).toBe("127.0.0.1:%i")
     expect(Either.isRight(loadFrom(appConfig, { ...env, LISTEN_ADDR: "127.0.0.1:8081" }))).toBe(true)
     expect(Either.isRight(loadFrom(dispatcherConfig, env))).toBe(true)

@@ -4,7 +4,17 @@
  * a directory tree (its COPY, WORKDIR, ENV, RUN mkdir/chown and VOLUME lines interpreted as Docker would).
  */
 import { Config, ConfigError, ConfigProvider, ConfigProviderPathPatch, Effect, Either, HashSet } from "effect"
-import { chmodSync, chownSync, cpSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs"
+import {
+  chmodSync,
+  chownSync,
+  cpSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  statSync
+} from "node:fs"
 import { createServer } from "node:net"
 import { basename, dirname, join, relative } from "node:path"
 import { parse, parseAllDocuments } from "yaml"
@@ -33,7 +43,11 @@ const recording = (env: Record<string, string>, asked: Set<string>) =>
 export const configNames = (): ReadonlySet<string> => {
   const asked = new Set<string>()
   Effect.runSync(Effect.either(Effect.withConfigProvider(appConfig, recording({}, asked))))
-  Effect.runSync(Effect.either(Effect.withConfigProvider(dispatcherConfig, recording({ LLM_PROXY_EVENT_BUS: "redis-streams" }, asked))))
+  Effect.runSync(
+    Effect.either(
+      Effect.withConfigProvider(dispatcherConfig, recording({ LLM_PROXY_EVENT_BUS: "redis-streams" }, asked))
+    )
+  )
   return asked
 }
 
@@ -47,10 +61,12 @@ export const loadFrom = <A>(config: Config.Config<A>, env: Record<string, string
 /** KEY=VALUE lines (comments and blank lines skipped), as Docker's --env-file and kustomize's envs read them. */
 export const readEnvFile = (path: string): Record<string, string> =>
   Object.fromEntries(
-    readFileSync(path, "utf8").split("\n").map((l) => l.trim()).filter((l) => l !== "" && !l.startsWith("#")).map((l) => {
-      const eq = l.indexOf("=")
-      return [l.slice(0, eq), l.slice(eq + 1)]
-    })
+    readFileSync(path, "utf8").split("\n").map((l) => l.trim()).filter((l) => l !== "" && !l.startsWith("#")).map(
+      (l) => {
+        const eq = l.indexOf("=")
+        return [l.slice(0, eq), l.slice(eq + 1)]
+      }
+    )
   )
 
 export const readYaml = (path: string): any => parse(readFileSync(path, "utf8"), { merge: true })
@@ -181,7 +197,9 @@ const imagePath = (workdir: string, p: string) => (p.startsWith("/") ? p : join(
  */
 export const stageImage = (stages: ReadonlyArray<Stage>, root: string, owner: { uid: number; gid: number }): Image => {
   const final = stages.at(-1)!
-  const builds = new Map(stages.slice(0, -1).flatMap((s) => (s.name === undefined ? [] : [[s.name, buildStageRoot(s)] as const])))
+  const builds = new Map(
+    stages.slice(0, -1).flatMap((s) => (s.name === undefined ? [] : [[s.name, buildStageRoot(s)] as const]))
+  )
   const env: Record<string, string> = {}
   const volumes: Array<string> = []
   const copied: Array<string> = []
@@ -280,7 +298,7 @@ export const treeState = (dir: string, skip: ReadonlyArray<string>): Map<string,
     if (skip.includes(p)) return
     const s = lstatSync(p)
     out.set(relative(dir, p), `${s.size}:${s.mtimeMs}`)
-    if (s.isDirectory()) for (const name of readdirSync(p)) walk(join(p, name))
+    if (s.isDirectory()) { for (const name of readdirSync(p)) walk(join(p, name)) }
   }
   walk(dir)
   return out

@@ -6,9 +6,9 @@
 import { NodeHttpClient } from "@effect/platform-node"
 import { Layer, Redacted } from "effect"
 import { existsSync, mkdtempSync, readFileSync } from "node:fs"
-import { gzipSync } from "node:zlib"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { gzipSync } from "node:zlib"
 import { afterEach, describe, expect, it } from "vitest"
 import { fileBackend, heliconeBackend, lunaryBackend } from "../../src/dispatcher/backends.js"
 import { MAX_DECODED_BODY_BYTES } from "../../src/dispatcher/bodies.js"
@@ -36,7 +36,10 @@ const options = (name: string, extra: Partial<Dispatcher.DispatcherOptions> = {}
   ...extra
 })
 
-const dispatcherWith = <E>(backend: Layer.Layer<import("../../src/dispatcher/Backend.js").Backend, E>, o: Dispatcher.DispatcherOptions) =>
+const dispatcherWith = <E>(
+  backend: Layer.Layer<import("../../src/dispatcher/Backend.js").Backend, E>,
+  o: Dispatcher.DispatcherOptions
+) =>
   Dispatcher.layer(o).pipe(
     Layer.provide(Layer.merge(backend, TokenCounter.layer)),
     Layer.provideMerge(InMemoryBus.layer(1000))
@@ -51,7 +54,12 @@ afterEach(async () => {
 describe("dispatcher backends", () => {
   it("file: every event as one JSON line; what was read is delivered on shutdown", async () => {
     const path = join(dir, "events", "file.jsonl")
-    const built = await buildLayer(dispatcherWith(fileBackend(path), options("file", { batchSize: 7, flushIntervalMs: 5000, status: "log", statusIntervalMs: 100 })))
+    const built = await buildLayer(
+      dispatcherWith(
+        fileBackend(path),
+        options("file", { batchSize: 7, flushIntervalMs: 5000, status: "log", statusIntervalMs: 100 })
+      )
+    )
     const bus = built.get(EventBus)
     const events = Array.from({ length: 25 }, () => makeEvent())
     for (const e of events) bus.publish(e)
@@ -76,7 +84,10 @@ describe("dispatcher backends", () => {
     const path = join(dir, "events", "bomb.jsonl")
     const built = await buildLayer(dispatcherWith(fileBackend(path), options("bomb")))
     const state = built.get(Dispatcher.DispatcherState)
-    const bomb = body(gzipSync(Buffer.alloc(64 * 1024 * 1024)), { content_type: "application/json", content_encoding: "gzip" })
+    const bomb = body(gzipSync(Buffer.alloc(64 * 1024 * 1024)), {
+      content_type: "application/json",
+      content_encoding: "gzip"
+    })
     built.get(EventBus).publish(makeEvent({ request_id: "bomb", response_body: bomb }))
     built.get(EventBus).publish(makeEvent({ request_id: "fine" }))
     await waitFor(() => lines(path).length >= 2, 10_000, "both events")
@@ -95,7 +106,9 @@ describe("dispatcher backends", () => {
       calls++
       const b = r.body as { events?: Array<Record<string, unknown>> }
       const shapeOk = r.headers.authorization === "Bearer lunary-key" && Array.isArray(b.events) &&
-        b.events.every((e) => e["type"] === "llm" && (e["event"] === "start" || e["event"] === "end") && typeof e["runId"] === "string")
+        b.events.every((e) =>
+          e["type"] === "llm" && (e["event"] === "start" || e["event"] === "end") && typeof e["runId"] === "string"
+        )
       if (!shapeOk) return 422
       if (calls === 1) return 500
       const hasBad = b.events!.some((e) => (e["metadata"] as { request_id?: string }).request_id === "rejected-one")
@@ -103,7 +116,9 @@ describe("dispatcher backends", () => {
     })
     const o = options("lunary")
     const built = await buildLayer(dispatcherWith(
-      lunaryBackend(`${receiver.url}/v1/runs/ingest`, Redacted.make("lunary-key")).pipe(Layer.provide(NodeHttpClient.layerUndici)),
+      lunaryBackend(`${receiver.url}/v1/runs/ingest`, Redacted.make("lunary-key")).pipe(
+        Layer.provide(NodeHttpClient.layerUndici)
+      ),
       o
     ))
     const state = built.get(Dispatcher.DispatcherState)
@@ -113,11 +128,17 @@ describe("dispatcher backends", () => {
     await built.close()
     expect(state).toMatchObject({ delivered: 3, deadLettered: 1 })
     expect(state.retries).toBeGreaterThanOrEqual(1)
-    const accepted = receiver.received.filter((_, i) => i > 0).flatMap((r) => (r.body as { events: Array<{ metadata: { request_id: string } }> }).events)
+    const accepted = receiver.received.filter((_, i) => i > 0).flatMap((r) =>
+      (r.body as { events: Array<{ metadata: { request_id: string } }> }).events
+    )
     for (const e of good) expect(accepted.some((a) => a.metadata.request_id === e.request_id)).toBe(true)
     const dead = lines(o.deadLetterPath)
     expect(dead).toHaveLength(1)
-    expect(dead[0]).toMatchObject({ service: "lunary", reason: expect.stringContaining("HTTP 400"), event: { request_id: "rejected-one" } })
+    expect(dead[0]).toMatchObject({
+      service: "lunary",
+      reason: expect.stringContaining("HTTP 400"),
+      event: { request_id: "rejected-one" }
+    })
   })
 
   it("helicone: one log per event in its format; 500 then 200 is retried, 400 is dead-lettered", async () => {
@@ -130,7 +151,10 @@ describe("dispatcher backends", () => {
       }
       if (r.headers.authorization !== "Bearer helicone-key") return 401
       if (r.url !== "/oai/v1/log") return 404
-      if (typeof b.providerRequest?.url !== "string" || typeof b.providerResponse?.status !== "number" || typeof b.timing?.startTime?.seconds !== "number") return 422
+      if (
+        typeof b.providerRequest?.url !== "string" || typeof b.providerResponse?.status !== "number" ||
+        typeof b.timing?.startTime?.seconds !== "number"
+      ) return 422
       const id = b.providerRequest.meta?.["Helicone-Property-Request-Id"] ?? ""
       const n = (seen.get(id) ?? 0) + 1
       seen.set(id, n)

@@ -30,8 +30,7 @@ import { stopProcess } from "../support/processes.js"
 import { type Helicone, type Lunary, LUNARY_TEST_PRICES, startHelicone, startLunary } from "./services.js"
 
 const dir = mkdtempSync(join(tmpdir(), "llm-proxy-services-"))
-const lines = (path: string): Array<Record<string, any>> =>
-  jsonLines(path)
+const lines = (path: string): Array<Record<string, any>> => jsonLines(path)
 const json = (value: unknown) => body(JSON.stringify(value), { content_type: "application/json" })
 
 const LUNARY_KEY = "0d9ae2c1-3c4b-4f0a-9d55-5c1f4b8f7e21"
@@ -57,7 +56,9 @@ const start = async <E>(backend: Layer.Layer<Backend, E, HttpClient.HttpClient>,
   const logs: Array<{ level: string; message: string }> = []
   const logger = Logger.replace(
     Logger.defaultLogger,
-    Logger.make(({ logLevel, message }) => logs.push({ level: logLevel.label, message: Array.isArray(message) ? message.join(" ") : String(message) }))
+    Logger.make(({ logLevel, message }) =>
+      logs.push({ level: logLevel.label, message: Array.isArray(message) ? message.join(" ") : String(message) })
+    )
   )
   const built = await buildLayer(
     Dispatcher.layer(o).pipe(
@@ -82,13 +83,22 @@ const heliconeTo = (helicone: Helicone) => heliconeBackend(helicone.url, Redacte
 const shapes = {
   chat: () =>
     makeEvent({
-      request_body: json({ model: "gpt-4o-mini", temperature: 0, messages: [{ role: "system", content: "Be brief" }, { role: "user", content: "Hello there" }] }),
+      request_body: json({
+        model: "gpt-4o-mini",
+        temperature: 0,
+        messages: [{ role: "system", content: "Be brief" }, { role: "user", content: "Hello there" }]
+      }),
       response_body: json({
         id: "chatcmpl-1",
         object: "chat.completion",
         model: "gpt-4o-mini",
         choices: [{ index: 0, message: { role: "assistant", content: "Hi!" }, finish_reason: "stop" }],
-        usage: { prompt_tokens: 1200, completion_tokens: 2, total_tokens: 1202, prompt_tokens_details: { cached_tokens: 1024 } }
+        usage: {
+          prompt_tokens: 1200,
+          completion_tokens: 2,
+          total_tokens: 1202,
+          prompt_tokens_details: { cached_tokens: 1024 }
+        }
       })
     }),
   stream: () =>
@@ -96,12 +106,33 @@ const shapes = {
       stream: true,
       upstream_ms: 250,
       duration_ms: 900,
-      request_body: json({ model: "gpt-4o-mini", stream: true, stream_options: { include_usage: true }, messages: [{ role: "user", content: "Count to 2" }] }),
+      request_body: json({
+        model: "gpt-4o-mini",
+        stream: true,
+        stream_options: { include_usage: true },
+        messages: [{ role: "user", content: "Count to 2" }]
+      }),
       response_body: body(
         sse([
-          { id: "c2", object: "chat.completion.chunk", model: "gpt-4o-mini", choices: [{ index: 0, delta: { role: "assistant", content: "1, " } }] },
-          { id: "c2", object: "chat.completion.chunk", model: "gpt-4o-mini", choices: [{ index: 0, delta: { content: "2" }, finish_reason: "stop" }] },
-          { id: "c2", object: "chat.completion.chunk", model: "gpt-4o-mini", choices: [], usage: { prompt_tokens: 11, completion_tokens: 3, total_tokens: 14 } }
+          {
+            id: "c2",
+            object: "chat.completion.chunk",
+            model: "gpt-4o-mini",
+            choices: [{ index: 0, delta: { role: "assistant", content: "1, " } }]
+          },
+          {
+            id: "c2",
+            object: "chat.completion.chunk",
+            model: "gpt-4o-mini",
+            choices: [{ index: 0, delta: { content: "2" }, finish_reason: "stop" }]
+          },
+          {
+            id: "c2",
+            object: "chat.completion.chunk",
+            model: "gpt-4o-mini",
+            choices: [],
+            usage: { prompt_tokens: 11, completion_tokens: 3, total_tokens: 14 }
+          }
         ]),
         { content_type: "text/event-stream" }
       )
@@ -121,7 +152,12 @@ const shapes = {
         type: "message",
         role: "assistant",
         model: "claude-3-5-haiku",
-        content: [{ type: "text", text: "Checking." }, { type: "tool_use", id: "tu_1", name: "weather", input: { city: "Oslo" } }],
+        content: [{ type: "text", text: "Checking." }, {
+          type: "tool_use",
+          id: "tu_1",
+          name: "weather",
+          input: { city: "Oslo" }
+        }],
         usage: { input_tokens: 30, output_tokens: 12, cache_read_input_tokens: 2000 }
       })
     }),
@@ -157,7 +193,13 @@ describe("Lunary, as its ingestion API reads the events", () => {
   it("each request is one run: chat input and output of every provider shape, tokens, cached tokens, cost, the project as user", async () => {
     const lunary = using(await startLunary({ keys: new Map([[LUNARY_KEY, LUNARY_PROJECT]]) }))
     const d = using(await start(lunaryTo(lunary), options("lunary-shapes")))
-    const events = { chat: shapes.chat(), stream: shapes.stream(), anthropic: shapes.anthropic(), responses: shapes.responses(), failed: shapes.failed() }
+    const events = {
+      chat: shapes.chat(),
+      stream: shapes.stream(),
+      anthropic: shapes.anthropic(),
+      responses: shapes.responses(),
+      failed: shapes.failed()
+    }
     d.publish(...Object.values(events))
     await waitFor(() => d.state.delivered >= 5, 10_000, "5 runs")
     expect(lunary.runs.size).toBe(5)
@@ -176,10 +218,18 @@ describe("Lunary, as its ingestion API reads the events", () => {
       completionTokens: 2,
       cachedPromptTokens: 1024,
       tags: ["llm-proxy"],
-      metadata: { requestId: events.chat.request_id, path: "/v1/chat/completions", status: 200, usageSource: "response" }
+      metadata: {
+        requestId: events.chat.request_id,
+        path: "/v1/chat/completions",
+        status: 200,
+        usageSource: "response"
+      }
     })
     const price = LUNARY_TEST_PRICES["gpt-4o-mini"]!
-    expect(run(events.chat).cost).toBeCloseTo((1200 * price.input - 1024 * price.cachedReduction + 2 * price.output) / 1e6, 12)
+    expect(run(events.chat).cost).toBeCloseTo(
+      (1200 * price.input - 1024 * price.cachedReduction + 2 * price.output) / 1e6,
+      12
+    )
     expect(run(events.stream)).toMatchObject({
       input: [{ role: "user", content: "Count to 2" }],
       output: { role: "assistant", content: "1, 2" },
@@ -190,7 +240,11 @@ describe("Lunary, as its ingestion API reads the events", () => {
     expect(run(events.anthropic)).toMatchObject({
       name: "claude-3-5-haiku",
       input: [{ role: "system", content: "You are terse." }, { role: "user", content: "Weather in Oslo?" }],
-      output: { role: "assistant", content: "Checking.", toolCalls: [{ id: "tu_1", type: "function", function: { name: "weather", arguments: "{\"city\":\"Oslo\"}" } }] },
+      output: {
+        role: "assistant",
+        content: "Checking.",
+        toolCalls: [{ id: "tu_1", type: "function", function: { name: "weather", arguments: "{\"city\":\"Oslo\"}" } }]
+      },
       promptTokens: 2030,
       completionTokens: 12,
       cachedPromptTokens: 2000
@@ -210,7 +264,10 @@ describe("Lunary, as its ingestion API reads the events", () => {
   it("two requests with the same client X-Request-ID are two runs, not one overwritten", async () => {
     const lunary = using(await startLunary({ keys: new Map([[LUNARY_KEY, LUNARY_PROJECT]]) }))
     const d = using(await start(lunaryTo(lunary), options("lunary-reused")))
-    const first = makeEvent({ request_id: "my-request", response_body: json({ choices: [{ message: { role: "assistant", content: "first" } }] }) })
+    const first = makeEvent({
+      request_id: "my-request",
+      response_body: json({ choices: [{ message: { role: "assistant", content: "first" } }] })
+    })
     const second = makeEvent({
       request_id: "my-request",
       timestamp: "2026-12-01T12:00:03.000Z",
@@ -218,7 +275,10 @@ describe("Lunary, as its ingestion API reads the events", () => {
     })
     d.publish(first, second)
     await waitFor(() => d.state.delivered >= 2, 10_000, "2 runs")
-    expect([...lunary.runs.values()].map((r) => [r.metadata?.["requestId"], (r.output as { content: string }).content]).sort()).toEqual([
+    expect(
+      [...lunary.runs.values()].map((r) => [r.metadata?.["requestId"], (r.output as { content: string }).content])
+        .sort()
+    ).toEqual([
       ["my-request", "first"],
       ["my-request", "second"]
     ])
@@ -228,21 +288,26 @@ describe("Lunary, as its ingestion API reads the events", () => {
   it("per-event results: a failing event is retried alone, one that keeps failing is dead-lettered, the rest accepted once", async () => {
     const [ok1, flaky, poison, ok2] = ["ok-1", "flaky", "poison", "ok-2"].map((request_id) => makeEvent({ request_id }))
     let flakyFailures = 0
-    const lunary = using(await startLunary({
-      keys: new Map([[LUNARY_KEY, LUNARY_PROJECT]]),
-      failEvent: (e) => {
-        if (e["runId"] === idOf(flaky!) && e["event"] === "start" && flakyFailures++ === 0) return "write CONNECTION_CLOSED"
-        if (e["runId"] === idOf(poison!) && e["event"] === "start") return "unsupported Unicode escape sequence"
-        return undefined
-      }
-    }))
+    const lunary = using(
+      await startLunary({
+        keys: new Map([[LUNARY_KEY, LUNARY_PROJECT]]),
+        failEvent: (e) => {
+          if (
+            e["runId"] === idOf(flaky!) && e["event"] === "start" && flakyFailures++ === 0
+          ) return "write CONNECTION_CLOSED"
+          if (e["runId"] === idOf(poison!) && e["event"] === "start") return "unsupported Unicode escape sequence"
+          return undefined
+        }
+      })
+    )
     const o = options("lunary-results")
     const d = using(await start(lunaryTo(lunary), o))
     d.publish(ok1!, flaky!, poison!, ok2!)
     await waitFor(() => d.state.delivered + d.state.deadLettered >= 4, 10_000, "4 events settled")
     expect(d.state).toMatchObject({ delivered: 3, deadLettered: 1 })
     // times each event was sent: its results (a start and an end) over all POSTs
-    const sent = (e: ProxyEvent) => lunary.posts.flatMap((p) => p.results ?? []).filter((r) => r["id"] === idOf(e)).length / 2
+    const sent = (e: ProxyEvent) =>
+      lunary.posts.flatMap((p) => p.results ?? []).filter((r) => r["id"] === idOf(e)).length / 2
     expect([ok1, flaky, poison, ok2].map((e) => sent(e!))).toEqual([1, 2, 5, 1])
     expect(lunary.runs.get(idOf(flaky!))).toMatchObject({ status: "success" })
     expect(lunary.runs.has(idOf(poison!))).toBe(false)
@@ -277,8 +342,16 @@ describe("Lunary, as its ingestion API reads the events", () => {
   it("batches are split by bytes: no POST is over Lunary's body limit (here 64 KiB on both sides)", async () => {
     const limit = 64 * 1024
     const lunary = using(await startLunary({ keys: new Map([[LUNARY_KEY, LUNARY_PROJECT]]), maxBodyBytes: limit }))
-    const events = Array.from({ length: 12 }, (_, i) =>
-      makeEvent({ request_body: json({ model: "gpt-4o-mini", messages: [{ role: "user", content: `${i}: ${"ö".repeat(7_000)}` }] }) }))
+    const events = Array.from(
+      { length: 12 },
+      (_, i) =>
+        makeEvent({
+          request_body: json({
+            model: "gpt-4o-mini",
+            messages: [{ role: "user", content: `${i}: ${"ö".repeat(7_000)}` }]
+          })
+        })
+    )
     // the receiver does refuse a body over its limit: the batch as one POST would be
     const whole = await fetch(`${lunary.url}/v1/runs/ingest`, {
       method: "POST",
@@ -286,7 +359,9 @@ describe("Lunary, as its ingestion API reads the events", () => {
       body: JSON.stringify(lunaryBody(events.map((e) => transformEvent(e, () => 0))))
     })
     expect(whole.status).toBe(413)
-    const d = using(await start(lunaryTo(lunary, limit), options("lunary-split", { batchSize: 12, flushIntervalMs: 500 })))
+    const d = using(
+      await start(lunaryTo(lunary, limit), options("lunary-split", { batchSize: 12, flushIntervalMs: 500 }))
+    )
     d.publish(...events)
     await waitFor(() => d.state.delivered >= 12, 10_000, "12 runs")
     const posted = lunary.posts.slice(1)
@@ -318,22 +393,29 @@ describe("Lunary, as its ingestion API reads the events", () => {
     expect(lunary.runs.size).toBe(2)
     const text = await scrape()
     expect(text).toMatch(/llm_proxy_dispatcher_paused\{backend="lunary"\} 0/)
-    expect(Number(/llm_proxy_dispatcher_credential_failures_total\{backend="lunary"\} (\d+)/.exec(text)?.[1])).toBe(d.state.credentialFailures)
+    expect(Number(/llm_proxy_dispatcher_credential_failures_total\{backend="lunary"\} (\d+)/.exec(text)?.[1])).toBe(
+      d.state.credentialFailures
+    )
     const errors = d.logs.filter((l) => l.level === "ERROR")
     expect(errors.length).toBe(d.state.credentialFailures)
-    expect(errors[0]!.message).toMatch(/^lunary backend refuses the API key \(HTTP 401: \{"message":"Invalid API key"\}\): delivery is PAUSED, \d+ event\(s\) wait/)
+    expect(errors[0]!.message).toMatch(
+      /^lunary backend refuses the API key \(HTTP 401: \{"message":"Invalid API key"\}\): delivery is PAUSED, \d+ event\(s\) wait/
+    )
     expect(errors[0]!.message).not.toContain(LUNARY_KEY)
     expect(d.logs.some((l) => /lunary backend accepts the API key again: delivery resumed/.test(l.message))).toBe(true)
   })
 
-  it.each([402, 403, 404])("HTTP %i (Lunary's answers to a bad project key) pauses too; nothing is dead-lettered", async (status) => {
-    const receiver = using(await startReceiver((_r, i) => (i < 2 ? status : 200)))
-    const o = options(`lunary-${status}`)
-    const d = using(await start(lunaryBackend(`${receiver.url}/v1/runs/ingest`, Redacted.make(LUNARY_KEY)), o))
-    d.publish(makeEvent())
-    await waitFor(() => d.state.delivered >= 1, 10_000, "delivery")
-    expect(d.state).toMatchObject({ credentialFailures: 2, deadLettered: 0, pausedSince: null })
-  })
+  it.each([402, 403, 404])(
+    "HTTP %i (Lunary's answers to a bad project key) pauses too; nothing is dead-lettered",
+    async (status) => {
+      const receiver = using(await startReceiver((_r, i) => (i < 2 ? status : 200)))
+      const o = options(`lunary-${status}`)
+      const d = using(await start(lunaryBackend(`${receiver.url}/v1/runs/ingest`, Redacted.make(LUNARY_KEY)), o))
+      d.publish(makeEvent())
+      await waitFor(() => d.state.delivered >= 1, 10_000, "delivery")
+      expect(d.state).toMatchObject({ credentialFailures: 2, deadLettered: 0, pausedSince: null })
+    }
+  )
 })
 
 describe("Helicone, as its log routes read the events", () => {
@@ -382,24 +464,46 @@ describe("Helicone, as its log routes read the events", () => {
       properties: { stream: "true" },
       responseBody: { object: "chat.completion", choices: [{ message: { content: "1, 2" } }] }
     })
-    expect(logged(events.anthropic)).toMatchObject({ provider: "ANTHROPIC", model: "claude-3-5-haiku", promptTokens: 30, completionTokens: 12, costed: true })
-    expect(helicone.posts.filter((p) => p.route === "/anthropic/v1/log").map((p) => p.id)).toEqual([idOf(events.anthropic)])
-    expect(logged(events.responses)).toMatchObject({ provider: "OPENAI", promptTokens: 14, completionTokens: 2, costed: true })
+    expect(logged(events.anthropic)).toMatchObject({
+      provider: "ANTHROPIC",
+      model: "claude-3-5-haiku",
+      promptTokens: 30,
+      completionTokens: 12,
+      costed: true
+    })
+    expect(helicone.posts.filter((p) => p.route === "/anthropic/v1/log").map((p) => p.id)).toEqual([
+      idOf(events.anthropic)
+    ])
+    expect(logged(events.responses)).toMatchObject({
+      provider: "OPENAI",
+      promptTokens: 14,
+      completionTokens: 2,
+      costed: true
+    })
     expect(logged(events.failed)).toMatchObject({
       status: 502,
       properties: { error: "upstream_error" },
       responseBody: { error: { message: "HTTP 502 upstream_error", code: "upstream_error" } }
     })
-    expect(logged(events.unicode)).toMatchObject({ status: 400, properties: { error: "Param%C3%A8tre %C2%AB model %C2%BB invalide" } })
+    expect(logged(events.unicode)).toMatchObject({
+      status: 400,
+      properties: { error: "Param%C3%A8tre %C2%AB model %C2%BB invalide" }
+    })
     expect(d.state.deadLettered).toBe(0)
   })
 
   it("the receiver applies Helicone's stream rule: the old request copy (stream: true with a JSON answer) had no tokens, no cost", async () => {
     const helicone = using(await startHelicone({ keys: new Set([HELICONE_KEY]) }))
     const e = transformEvent(shapes.stream(), () => 0)
-    const log = heliconeLog(e).body as { providerRequest: { json: Record<string, unknown>; meta: Record<string, string> } }
+    const log = heliconeLog(e).body as {
+      providerRequest: { json: Record<string, unknown>; meta: Record<string, string> }
+    }
     const post = (route: string, value: unknown) =>
-      fetch(`${helicone.url}${route}`, { method: "POST", headers: { authorization: `Bearer ${HELICONE_KEY}` }, body: JSON.stringify(value) })
+      fetch(`${helicone.url}${route}`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${HELICONE_KEY}` },
+        body: JSON.stringify(value)
+      })
     const old = structuredClone(log)
     old.providerRequest.json["stream"] = true
     old.providerRequest.meta["Helicone-Request-Id"] = crypto.randomUUID()
@@ -412,16 +516,25 @@ describe("Helicone, as its log routes read the events", () => {
       costed: false
     })
     expect((await post("/oai/v1/log", log)).status).toBe(200)
-    expect(helicone.requests.get(eventId(e))).toMatchObject({ provider: "OPENAI", promptTokens: 11, completionTokens: 3, costed: true })
+    expect(helicone.requests.get(eventId(e))).toMatchObject({
+      provider: "OPENAI",
+      promptTokens: 11,
+      completionTokens: 3,
+      costed: true
+    })
   })
 
   it("200 {error} (Helicone could not store it) is retried until stored; only that event is sent again", async () => {
     const [a, b] = [makeEvent({ request_id: "a" }), makeEvent({ request_id: "b" })]
     let failures = 0
-    const helicone = using(await startHelicone({
-      keys: new Set([HELICONE_KEY]),
-      storeFails: (log) => (log["providerRequest"].meta["Helicone-Request-Id"] === idOf(b!) && failures++ < 2 ? "Error logging" : undefined)
-    }))
+    const helicone = using(
+      await startHelicone({
+        keys: new Set([HELICONE_KEY]),
+        storeFails: (log) => (log["providerRequest"].meta["Helicone-Request-Id"] === idOf(b!) && failures++ < 2
+          ? "Error logging"
+          : undefined)
+      })
+    )
     const d = using(await start(heliconeTo(helicone), options("helicone-error")))
     d.publish(a!, b!)
     await waitFor(() => d.state.delivered >= 2, 10_000, "both stored")
@@ -444,7 +557,9 @@ describe("Helicone, as its log routes read the events", () => {
     await waitFor(() => d.state.delivered >= 3, 10_000, "delivery")
     expect(d.state).toMatchObject({ deadLettered: 0, pausedSince: null })
     expect(helicone.requests.size).toBe(3)
-    expect(d.logs.filter((l) => l.level === "ERROR")[0]!.message).toMatch(/^helicone backend refuses the API key \(HTTP 401/)
+    expect(d.logs.filter((l) => l.level === "ERROR")[0]!.message).toMatch(
+      /^helicone backend refuses the API key \(HTTP 401/
+    )
   })
 })
 
@@ -455,132 +570,182 @@ const bin = join(import.meta.dirname, "../../bin/llm-proxy.js")
 const built = existsSync(join(import.meta.dirname, "../../dist/cli/main.js"))
 const prefix = `llm-proxy-test:services:${process.pid}:${Date.now()}:`
 
-describe.skipIf(!redisUrl || !built)("a dispatcher killed mid-batch, then another: the redelivered events reach the service again", () => {
-  afterAll(async () => {
-    await flushRedisPrefix(redisUrl!, prefix)
-  })
-  let n = 0
-  const bus = () => ({ url: Redacted.make(redisUrl!), streamKey: `${prefix}${++n}`, maxLen: 0, bufferSize: 10_000, claimIdleMs: 30_000 })
+describe.skipIf(!redisUrl || !built)(
+  "a dispatcher killed mid-batch, then another: the redelivered events reach the service again",
+  () => {
+    afterAll(async () => {
+      await flushRedisPrefix(redisUrl!, prefix)
+    })
+    let n = 0
+    const bus = () => ({
+      url: Redacted.make(redisUrl!),
+      streamKey: `${prefix}${++n}`,
+      maxLen: 0,
+      bufferSize: 10_000,
+      claimIdleMs: 30_000
+    })
 
-  const publish = async (options: RedisStreamsBus.RedisStreamsOptions, events: Array<ProxyEvent>) => {
-    const publisher = await buildLayer(RedisStreamsBus.layerPublisher(options))
-    for (const e of events) expect(publisher.get(EventBus).publish(e)).toBe(true)
-    await publisher.close()
+    const publish = async (options: RedisStreamsBus.RedisStreamsOptions, events: Array<ProxyEvent>) => {
+      const publisher = await buildLayer(RedisStreamsBus.layerPublisher(options))
+      for (const e of events) expect(publisher.get(EventBus).publish(e)).toBe(true)
+      await publisher.close()
+    }
+
+    const run = (
+      service: string,
+      endpoint: string,
+      apiKey: string,
+      streamKey: string,
+      name: string,
+      batchSize: number
+    ) => {
+      const child = spawn(process.execPath, [
+        bin,
+        "dispatcher",
+        "--service",
+        service,
+        "--endpoint",
+        endpoint,
+        "--api-key",
+        apiKey,
+        "--batch-size",
+        String(batchSize),
+        "--flush-interval",
+        "50ms",
+        "--buffer",
+        String(2 * batchSize),
+        "--consumer-name",
+        name,
+        "--claim-idle",
+        "1s",
+        "--redis-url",
+        redisUrl!,
+        "--stream-key",
+        streamKey,
+        "--dead-letter",
+        join(dir, `${name}.dead.jsonl`)
+      ], { cwd: dir, env: { PATH: process.env.PATH ?? "", LOG_FORMAT: "json", LLM_PROXY_EVENT_BUS: "redis-streams" } })
+      let out = ""
+      child.stdout.on("data", (c: Buffer) => (out += c.toString()))
+      child.stderr.on("data", (c: Buffer) => (out += c.toString()))
+      return { child, output: () => out }
+    }
+    const killed = async (child: ChildProcess) => {
+      const gone = new Promise((resolve) => child.once("exit", resolve))
+      child.kill("SIGKILL")
+      await gone
+    }
+    const drained = (output: string) =>
+      output.split("\n").filter((l) => l.includes("dispatcher drained")).map((l) =>
+        JSON.parse(l) as { annotations: Record<string, unknown> }
+      )
+
+    it(
+      "Lunary: runs stored before the kill are recognised on redelivery; every request is one run; nothing dead-lettered",
+      async () => {
+        const options = bus()
+        // clients reusing X-Request-ID: 20 pairs share an id
+        const events = Array.from({ length: 200 }, (_, i) =>
+          makeEvent({
+            request_id: i < 40 ? `reused-${i % 20}` : `req-${i}`,
+            timestamp: new Date(Date.UTC(2026, 11, 1, 12, 0, 0, i)).toISOString(),
+            response_body: json({
+              choices: [{ message: { role: "assistant", content: `answer ${i}` } }],
+              usage: { prompt_tokens: 5, completion_tokens: 1 }
+            })
+          }))
+        await publish(options, events)
+        // the third POST is stored, but its answer never comes back: the dispatcher hangs there and is killed
+        let hang = true
+        const lunary = using(
+          await startLunary({ keys: new Map([[LUNARY_KEY, LUNARY_PROJECT]]), storeThenHang: (i) => hang && i >= 2 })
+        )
+        const victim = run("lunary", `${lunary.url}/v1/runs/ingest`, LUNARY_KEY, options.streamKey, "lunary-victim", 50)
+        try {
+          await waitFor(() => lunary.posts.length >= 3, 20_000, "a hanging POST")
+          await killed(victim.child)
+        } finally {
+          await stopProcess(victim.child)
+        }
+        const storedBeforeKill = lunary.runs.size
+        expect(storedBeforeKill).toBe(150)
+        hang = false
+        const survivor = run(
+          "lunary",
+          `${lunary.url}/v1/runs/ingest`,
+          LUNARY_KEY,
+          options.streamKey,
+          "lunary-survivor",
+          50
+        )
+        try {
+          await waitFor(
+            () => lunary.runs.size === 200 && [...lunary.runs.values()].every((r) => r.status === "success"),
+            30_000,
+            "every run ended"
+          )
+          const exit = new Promise<number | null>((resolve) => survivor.child.once("exit", resolve))
+          survivor.child.kill("SIGTERM")
+          expect(await exit).toBe(0)
+        } finally {
+          await stopProcess(survivor.child)
+        }
+        expect([...lunary.runs.keys()].sort()).toEqual(events.map(idOf).sort())
+        const results = lunary.posts.flatMap((p) => p.results ?? [])
+        // the hung batch came back: its starts were answered "already exists" and counted as delivered
+        expect(results.filter((r) => r["error"] === "Run with this ID already exists in the database.").length).toBe(50)
+        const [summary] = drained(survivor.output())
+        // everything the victim had read and not acknowledged: at least the hung batch
+        expect(Number(summary!.annotations["redelivered"])).toBeGreaterThanOrEqual(50)
+        expect(Number(summary!.annotations["dead_lettered"])).toBe(0)
+        expect(lines(join(dir, "lunary-survivor.dead.jsonl"))).toEqual([])
+      },
+      60_000
+    )
+
+    it("Helicone: a redelivered event carries the same Helicone-Request-Id; every request is one log", async () => {
+      const options = bus()
+      const events = Array.from(
+        { length: 60 },
+        (_, i) => makeEvent({ request_id: i < 10 ? "reused" : `h-${i}`, duration_ms: 100 + i })
+      )
+      await publish(options, events)
+      let hang = true
+      const helicone = using(
+        await startHelicone({
+          keys: new Set([HELICONE_KEY]),
+          storeThenHang: (i) => hang && i >= 25
+        })
+      )
+      const victim = run("helicone", helicone.url, HELICONE_KEY, options.streamKey, "helicone-victim", 20)
+      try {
+        await waitFor(() => helicone.posts.length >= 28, 20_000, "hanging logs")
+        await killed(victim.child)
+      } finally {
+        await stopProcess(victim.child)
+      }
+      hang = false
+      const survivor = run("helicone", helicone.url, HELICONE_KEY, options.streamKey, "helicone-survivor", 20)
+      try {
+        await waitFor(
+          () => helicone.requests.size === 60 && helicone.posts.filter((p) => p.status === 200).length >= 60,
+          30_000,
+          "every log"
+        )
+        const exit = new Promise<number | null>((resolve) => survivor.child.once("exit", resolve))
+        survivor.child.kill("SIGTERM")
+        expect(await exit).toBe(0)
+      } finally {
+        await stopProcess(survivor.child)
+      }
+      expect([...helicone.requests.keys()].sort()).toEqual(events.map(idOf).sort())
+      // the events of the batch in flight were logged twice under the same id: Helicone keeps one request each
+      const posts = new Map<string, number>()
+      for (const p of helicone.posts) posts.set(p.id!, (posts.get(p.id!) ?? 0) + 1)
+      const twice = [...posts.values()].filter((c) => c === 2).length
+      expect(twice).toBeGreaterThan(0)
+      expect([...posts.values()].every((c) => c <= 2)).toBe(true)
+      expect(helicone.posts.length).toBe(60 + twice)
+    }, 60_000)
   }
-
-  const run = (service: string, endpoint: string, apiKey: string, streamKey: string, name: string, batchSize: number) => {
-    const child = spawn(process.execPath, [
-      bin,
-      "dispatcher",
-      "--service",
-      service,
-      "--endpoint",
-      endpoint,
-      "--api-key",
-      apiKey,
-      "--batch-size",
-      String(batchSize),
-      "--flush-interval",
-      "50ms",
-      "--buffer",
-      String(2 * batchSize),
-      "--consumer-name",
-      name,
-      "--claim-idle",
-      "1s",
-      "--redis-url",
-      redisUrl!,
-      "--stream-key",
-      streamKey,
-      "--dead-letter",
-      join(dir, `${name}.dead.jsonl`)
-    ], { cwd: dir, env: { PATH: process.env.PATH ?? "", LOG_FORMAT: "json", LLM_PROXY_EVENT_BUS: "redis-streams" } })
-    let out = ""
-    child.stdout.on("data", (c: Buffer) => (out += c.toString()))
-    child.stderr.on("data", (c: Buffer) => (out += c.toString()))
-    return { child, output: () => out }
-  }
-  const killed = async (child: ChildProcess) => {
-    const gone = new Promise((resolve) => child.once("exit", resolve))
-    child.kill("SIGKILL")
-    await gone
-  }
-  const drained = (output: string) =>
-    output.split("\n").filter((l) => l.includes("dispatcher drained")).map((l) => JSON.parse(l) as { annotations: Record<string, unknown> })
-
-  it("Lunary: runs stored before the kill are recognised on redelivery; every request is one run; nothing dead-lettered", async () => {
-    const options = bus()
-    // clients reusing X-Request-ID: 20 pairs share an id
-    const events = Array.from({ length: 200 }, (_, i) =>
-      makeEvent({
-        request_id: i < 40 ? `reused-${i % 20}` : `req-${i}`,
-        timestamp: new Date(Date.UTC(2026, 11, 1, 12, 0, 0, i)).toISOString(),
-        response_body: json({ choices: [{ message: { role: "assistant", content: `answer ${i}` } }], usage: { prompt_tokens: 5, completion_tokens: 1 } })
-      }))
-    await publish(options, events)
-    // the third POST is stored, but its answer never comes back: the dispatcher hangs there and is killed
-    let hang = true
-    const lunary = using(await startLunary({ keys: new Map([[LUNARY_KEY, LUNARY_PROJECT]]), storeThenHang: (i) => hang && i >= 2 }))
-    const victim = run("lunary", `${lunary.url}/v1/runs/ingest`, LUNARY_KEY, options.streamKey, "lunary-victim", 50)
-    try {
-      await waitFor(() => lunary.posts.length >= 3, 20_000, "a hanging POST")
-      await killed(victim.child)
-    } finally {
-      await stopProcess(victim.child)
-    }
-    const storedBeforeKill = lunary.runs.size
-    expect(storedBeforeKill).toBe(150)
-    hang = false
-    const survivor = run("lunary", `${lunary.url}/v1/runs/ingest`, LUNARY_KEY, options.streamKey, "lunary-survivor", 50)
-    try {
-      await waitFor(() => lunary.runs.size === 200 && [...lunary.runs.values()].every((r) => r.status === "success"), 30_000, "every run ended")
-      const exit = new Promise<number | null>((resolve) => survivor.child.once("exit", resolve))
-      survivor.child.kill("SIGTERM")
-      expect(await exit).toBe(0)
-    } finally {
-      await stopProcess(survivor.child)
-    }
-    expect([...lunary.runs.keys()].sort()).toEqual(events.map(idOf).sort())
-    const results = lunary.posts.flatMap((p) => p.results ?? [])
-    // the hung batch came back: its starts were answered "already exists" and counted as delivered
-    expect(results.filter((r) => r["error"] === "Run with this ID already exists in the database.").length).toBe(50)
-    const [summary] = drained(survivor.output())
-    // everything the victim had read and not acknowledged: at least the hung batch
-    expect(Number(summary!.annotations["redelivered"])).toBeGreaterThanOrEqual(50)
-    expect(Number(summary!.annotations["dead_lettered"])).toBe(0)
-    expect(lines(join(dir, "lunary-survivor.dead.jsonl"))).toEqual([])
-  }, 60_000)
-
-  it("Helicone: a redelivered event carries the same Helicone-Request-Id; every request is one log", async () => {
-    const options = bus()
-    const events = Array.from({ length: 60 }, (_, i) => makeEvent({ request_id: i < 10 ? "reused" : `h-${i}`, duration_ms: 100 + i }))
-    await publish(options, events)
-    let hang = true
-    const helicone = using(await startHelicone({ keys: new Set([HELICONE_KEY]), storeThenHang: (i) => hang && i >= 25 }))
-    const victim = run("helicone", helicone.url, HELICONE_KEY, options.streamKey, "helicone-victim", 20)
-    try {
-      await waitFor(() => helicone.posts.length >= 28, 20_000, "hanging logs")
-      await killed(victim.child)
-    } finally {
-      await stopProcess(victim.child)
-    }
-    hang = false
-    const survivor = run("helicone", helicone.url, HELICONE_KEY, options.streamKey, "helicone-survivor", 20)
-    try {
-      await waitFor(() => helicone.requests.size === 60 && helicone.posts.filter((p) => p.status === 200).length >= 60, 30_000, "every log")
-      const exit = new Promise<number | null>((resolve) => survivor.child.once("exit", resolve))
-      survivor.child.kill("SIGTERM")
-      expect(await exit).toBe(0)
-    } finally {
-      await stopProcess(survivor.child)
-    }
-    expect([...helicone.requests.keys()].sort()).toEqual(events.map(idOf).sort())
-    // the events of the batch in flight were logged twice under the same id: Helicone keeps one request each
-    const posts = new Map<string, number>()
-    for (const p of helicone.posts) posts.set(p.id!, (posts.get(p.id!) ?? 0) + 1)
-    const twice = [...posts.values()].filter((c) => c === 2).length
-    expect(twice).toBeGreaterThan(0)
-    expect([...posts.values()].every((c) => c <= 2)).toBe(true)
-    expect(helicone.posts.length).toBe(60 + twice)
-  }, 60_000)
-})
+)

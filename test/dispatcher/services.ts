@@ -15,12 +15,19 @@ interface Listener {
 }
 
 const listen = async (
-  handle: (req: { method: string; url: string; headers: IncomingHttpHeaders; body: Buffer }, res: ServerResponse) => void
+  handle: (
+    req: { method: string; url: string; headers: IncomingHttpHeaders; body: Buffer },
+    res: ServerResponse
+  ) => void
 ): Promise<Listener> => {
   const server = createServer((req, res) => {
     const chunks: Array<Buffer> = []
     req.on("data", (c: Buffer) => chunks.push(c))
-    req.on("end", () => handle({ method: req.method ?? "", url: req.url ?? "", headers: req.headers, body: Buffer.concat(chunks) }, res))
+    req.on(
+      "end",
+      () =>
+        handle({ method: req.method ?? "", url: req.url ?? "", headers: req.headers, body: Buffer.concat(chunks) }, res)
+    )
   })
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
   return {
@@ -34,7 +41,9 @@ const listen = async (
 }
 
 const json = (res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}) =>
-  res.writeHead(status, { "content-type": "application/json", ...headers }).end(typeof body === "string" ? body : JSON.stringify(body))
+  res.writeHead(status, { "content-type": "application/json", ...headers }).end(
+    typeof body === "string" ? body : JSON.stringify(body)
+  )
 
 const bearer = (headers: IncomingHttpHeaders) => headers.authorization?.split(" ")[1]
 
@@ -81,7 +90,9 @@ const toCamel = (item: unknown): unknown => {
   if (Array.isArray(item)) return item.map(toCamel)
   if (!isObject(item)) return item
   return Object.fromEntries(
-    Object.entries(item).map(([k, v]) => [k.replace(/([-_][a-z])/gi, (c) => c.toUpperCase().replace(/[-_]/g, "")), toCamel(v)])
+    Object.entries(item).map((
+      [k, v]
+    ) => [k.replace(/([-_][a-z])/gi, (c) => c.toUpperCase().replace(/[-_]/g, "")), toCamel(v)])
   )
 }
 
@@ -89,7 +100,9 @@ const toCamel = (item: unknown): unknown => {
 const cleanMetadata = (m: unknown): Json | undefined => {
   if (!isObject(m)) return undefined
   const primitive = (v: unknown) => ["string", "number", "boolean"].includes(typeof v)
-  return Object.fromEntries(Object.entries(m).filter(([, v]) => primitive(v) || (Array.isArray(v) && v.every(primitive))))
+  return Object.fromEntries(
+    Object.entries(m).filter(([, v]) => primitive(v) || (Array.isArray(v) && v.every(primitive)))
+  )
 }
 
 /**
@@ -107,7 +120,8 @@ const costOf = (run: LunaryRun): number | null => {
   if (!duration || duration < 10 || run.type !== "llm" || !run.name) return null
   const price = Object.entries(LUNARY_TEST_PRICES).find(([pattern]) => new RegExp(pattern).test(run.name!))?.[1]
   if (price === undefined) return null
-  return ((run.promptTokens ?? 0) * price.input - (run.cachedPromptTokens ?? 0) * price.cachedReduction + (run.completionTokens ?? 0) * price.output) /
+  return ((run.promptTokens ?? 0) * price.input - (run.cachedPromptTokens ?? 0) * price.cachedReduction +
+    (run.completionTokens ?? 0) * price.output) /
     1_000_000
 }
 
@@ -186,7 +200,9 @@ export const startLunary = async (options: LunaryOptions): Promise<Lunary> => {
     const events = (JSON.parse(req.body.toString("utf8")) as Json).events
     if (!events) return json(res, 500, { message: "Missing events payload." })
     // processEventsIngestion: sorted by timestamp (a stable sort), one result per event, in that order
-    const sorted = (Array.isArray(events) ? [...events] : [events]).sort((a, b) => Date.parse(a.timestamp) - Date.parse(b.timestamp))
+    const sorted = (Array.isArray(events) ? [...events] : [events]).sort((a, b) =>
+      Date.parse(a.timestamp) - Date.parse(b.timestamp)
+    )
     const results: Array<Json> = []
     for (const raw of sorted) {
       try {
@@ -256,7 +272,9 @@ const ROUTES: Record<string, HeliconeRequest["provider"]> = {
 
 /** validateAsyncLogModel (worker/src/lib/models/AsyncLog.ts). */
 const validate = (m: Json): string | undefined => {
-  if (!m.providerRequest || !m.providerResponse || !m.timing) return "One of the required fields is missing, providerRequest, providerResponse, or timing"
+  if (!m.providerRequest || !m.providerResponse || !m.timing) {
+    return "One of the required fields is missing, providerRequest, providerResponse, or timing"
+  }
   if (typeof m.providerRequest.url !== "string") return "Invalid providerRequest: 'url' should be a string"
   if (typeof m.providerRequest.meta !== "object") return "Invalid providerRequest: 'meta' should be an object"
   if (m.providerRequest.json === undefined) return "Invalid providerRequest: 'json' is undefined"
@@ -264,7 +282,9 @@ const validate = (m: Json): string | undefined => {
   if (typeof m.providerResponse.status !== "number") return "Invalid providerResponse: 'status' should be a number"
   if (typeof m.providerResponse.headers !== "object") return "Invalid providerResponse: 'headers' should be an object"
   for (const t of ["startTime", "endTime"]) {
-    for (const f of ["seconds", "milliseconds"]) if (typeof m.timing[t]?.[f] !== "number") return `Invalid timing: '${t}.${f}' should be a number`
+    for (const f of ["seconds", "milliseconds"]) {
+      if (typeof m.timing[t]?.[f] !== "number") return `Invalid timing: '${t}.${f}' should be a number`
+    }
   }
   const start = m.timing.startTime.seconds * 1000 + m.timing.startTime.milliseconds
   const end = m.timing.endTime.seconds * 1000 + m.timing.endTime.milliseconds
@@ -274,7 +294,9 @@ const validate = (m: Json): string | undefined => {
 
 /** getValidUUID (worker/src/lib/models/HeliconeHeaders.ts): anything else gets a random id. */
 const validUuid = (v: string | null) =>
-  v !== null && /^[0-9a-f]{8}-[0-9a-f]{4}-[1-5][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/i.test(v) ? v : crypto.randomUUID()
+  v !== null && /^[0-9a-f]{8}-[0-9a-f]{4}-[1-5][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/i.test(v)
+    ? v
+    : crypto.randomUUID()
 
 /** getUsage (worker/src/lib/dbLogger/DBLoggable.ts): OpenAI or Anthropic names. */
 const usageOf = (parsed: unknown) => {
@@ -298,7 +320,11 @@ const parseOpenAiStream = (body: string) => {
     }
   })
   const withUsage = data.find((d) => isObject(d.usage))
-  return { streamed_data: data, model: data.find((d) => typeof d.model === "string")?.model, ...(withUsage ? { usage: withUsage.usage } : {}) }
+  return {
+    streamed_data: data,
+    model: data.find((d) => typeof d.model === "string")?.model,
+    ...(withUsage ? { usage: withUsage.usage } : {})
+  }
 }
 
 export const startHelicone = async (options: HeliconeOptions): Promise<Helicone> => {
@@ -351,21 +377,32 @@ export const startHelicone = async (options: HeliconeOptions): Promise<Helicone>
     const isStream = model.providerRequest.json?.stream == true
     const response = model.providerResponse
     const body: string = response.textBody ??
-      (response.json.streamed_data ? (response.json.streamed_data as Array<unknown>).map((d) => "data: " + JSON.stringify(d)).join("\n") : JSON.stringify(response.json))
+      (response.json.streamed_data
+        ? (response.json.streamed_data as Array<unknown>).map((d) => "data: " + JSON.stringify(d)).join("\n")
+        : JSON.stringify(response.json))
     let parsed: unknown
     let parseError: string | undefined
     try {
       // parseResponse: error statuses and plain answers are JSON; a stream goes through the stream parser
-      parsed = response.status >= 300 && response.status < 600 ? JSON.parse(body) : isStream && provider !== "ANTHROPIC" ? parseOpenAiStream(body) : JSON.parse(body)
+      parsed = response.status >= 300 && response.status < 600
+        ? JSON.parse(body)
+        : isStream && provider !== "ANTHROPIC"
+        ? parseOpenAiStream(body)
+        : JSON.parse(body)
     } catch (e) {
       parseError = `error parsing response, ${String(e)}, ${body}`
     }
     const usage = usageOf(parsed)
     const properties: Record<string, string> = {}
-    for (const [k, v] of headers) if (k.startsWith("helicone-property-") && k.length > "helicone-property-".length) properties[k.slice("helicone-property-".length)] = v
+    for (const [k, v] of headers) {
+      if (k.startsWith("helicone-property-") && k.length > "helicone-property-".length) {
+        properties[k.slice("helicone-property-".length)] = v
+      }
+    }
     const start = model.timing.startTime.seconds * 1000 + model.timing.startTime.milliseconds
     const end = model.timing.endTime.seconds * 1000 + model.timing.endTime.milliseconds
-    const modelName = (isObject(parsed) && typeof parsed.model === "string" ? parsed.model : undefined) ?? model.providerRequest.json?.model
+    const modelName = (isObject(parsed) && typeof parsed.model === "string" ? parsed.model : undefined) ??
+      model.providerRequest.json?.model
     requests.set(id, {
       id,
       provider,
@@ -378,12 +415,17 @@ export const startHelicone = async (options: HeliconeOptions): Promise<Helicone>
       promptTokens: usage.prompt,
       completionTokens: usage.completion,
       // DBLoggable.useKafka: Number(timing.timeToFirstToken), NaN (absent) → none
-      timeToFirstToken: Number.isNaN(Number(model.timing.timeToFirstToken)) ? null : Number(model.timing.timeToFirstToken),
+      timeToFirstToken: Number.isNaN(Number(model.timing.timeToFirstToken))
+        ? null
+        : Number(model.timing.timeToFirstToken),
       latencyMs: end - start,
       requestBody: model.providerRequest.json,
-      responseBody: parseError === undefined ? parsed : { helicone_error: "error parsing response", parse_response_error: parseError },
+      responseBody: parseError === undefined
+        ? parsed
+        : { helicone_error: "error parsing response", parse_response_error: parseError },
       ...(parseError !== undefined ? { parseError } : {}),
-      costed: provider !== "CUSTOM" && typeof modelName === "string" && typeof usage.prompt === "number" && typeof usage.completion === "number"
+      costed: provider !== "CUSTOM" && typeof modelName === "string" && typeof usage.prompt === "number" &&
+        typeof usage.completion === "number"
     })
     if (options.storeThenHang?.(i)) {
       posts.push({ route: req.url, status: "hung", id, body: model })

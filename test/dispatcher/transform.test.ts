@@ -2,6 +2,7 @@ import { brotliCompressSync, deflateSync, gzipSync } from "node:zlib"
 import { describe, expect, it } from "vitest"
 import { parseDuration } from "../../src/config/AppConfig.js"
 import { outcomeOfStatus } from "../../src/dispatcher/Backend.js"
+import { LUNARY_CREDENTIAL_STATUSES } from "../../src/dispatcher/backends.js"
 import {
   asText,
   decodeContent,
@@ -11,7 +12,6 @@ import {
   parseSse,
   reassembleSse
 } from "../../src/dispatcher/bodies.js"
-import { LUNARY_CREDENTIAL_STATUSES } from "../../src/dispatcher/backends.js"
 import type * as Dispatcher from "../../src/dispatcher/Dispatcher.js"
 import { backoffMs, formatStatus } from "../../src/dispatcher/Dispatcher.js"
 import { encodingForModel, loadTokenCounter } from "../../src/dispatcher/tokens.js"
@@ -21,10 +21,34 @@ import { body, makeEvent, sse } from "../support/events.js"
 const count = await loadTokenCounter()
 
 const chatChunks = [
-  { id: "c1", object: "chat.completion.chunk", created: 1, model: "gpt-4o", choices: [{ index: 0, delta: { role: "assistant", content: "" } }] },
-  { id: "c1", object: "chat.completion.chunk", created: 1, model: "gpt-4o", choices: [{ index: 0, delta: { content: "Hel" } }] },
-  { id: "c1", object: "chat.completion.chunk", created: 1, model: "gpt-4o", choices: [{ index: 0, delta: { content: "lo" }, finish_reason: null }] },
-  { id: "c1", object: "chat.completion.chunk", created: 1, model: "gpt-4o", choices: [{ index: 0, delta: {}, finish_reason: "stop" }] }
+  {
+    id: "c1",
+    object: "chat.completion.chunk",
+    created: 1,
+    model: "gpt-4o",
+    choices: [{ index: 0, delta: { role: "assistant", content: "" } }]
+  },
+  {
+    id: "c1",
+    object: "chat.completion.chunk",
+    created: 1,
+    model: "gpt-4o",
+    choices: [{ index: 0, delta: { content: "Hel" } }]
+  },
+  {
+    id: "c1",
+    object: "chat.completion.chunk",
+    created: 1,
+    model: "gpt-4o",
+    choices: [{ index: 0, delta: { content: "lo" }, finish_reason: null }]
+  },
+  {
+    id: "c1",
+    object: "chat.completion.chunk",
+    created: 1,
+    model: "gpt-4o",
+    choices: [{ index: 0, delta: {}, finish_reason: "stop" }]
+  }
 ]
 
 describe("SSE reassembly", () => {
@@ -36,43 +60,117 @@ describe("SSE reassembly", () => {
       model: "gpt-4o",
       choices: [{ index: 0, message: { role: "assistant", content: "Hello" }, finish_reason: "stop" }]
     }],
-    ["usage chunk (stream_options.include_usage) is kept", sse([...chatChunks, { id: "c1", object: "chat.completion.chunk", choices: [], usage: { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 } }]), {
-      usage: { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 }
-    }],
-    ["tool calls merged by index", sse([
-      { id: "t", object: "chat.completion.chunk", choices: [{ index: 0, delta: { role: "assistant", tool_calls: [{ index: 0, id: "call_1", type: "function", function: { name: "get_", arguments: "" } }] } }] },
-      { id: "t", object: "chat.completion.chunk", choices: [{ index: 0, delta: { tool_calls: [{ index: 0, function: { name: "weather", arguments: "{\"city\":" } }] } }] },
-      { id: "t", object: "chat.completion.chunk", choices: [{ index: 0, delta: { tool_calls: [{ index: 0, function: { arguments: "\"Oslo\"}" } }] }, finish_reason: "tool_calls" }] }
-    ]), {
-      choices: [{
-        index: 0,
-        message: { role: "assistant", content: null, tool_calls: [{ id: "call_1", type: "function", function: { name: "get_weather", arguments: "{\"city\":\"Oslo\"}" } }] },
-        finish_reason: "tool_calls"
-      }]
-    }],
-    ["two choices kept apart", sse([
-      { id: "m", object: "chat.completion.chunk", choices: [{ index: 1, delta: { content: "B" } }, { index: 0, delta: { content: "A" } }] },
-      { id: "m", object: "chat.completion.chunk", choices: [{ index: 0, delta: { content: "a" }, finish_reason: "stop" }, { index: 1, delta: { content: "b" }, finish_reason: "stop" }] }
-    ]), {
-      choices: [
-        { index: 0, message: { role: "assistant", content: "Aa" }, finish_reason: "stop" },
-        { index: 1, message: { role: "assistant", content: "Bb" }, finish_reason: "stop" }
-      ]
-    }],
-    ["legacy completions", sse([
-      { id: "x", object: "text_completion", model: "gpt-3.5-turbo-instruct", choices: [{ index: 0, text: "Once" }] },
-      { id: "x", object: "text_completion", choices: [{ index: 0, text: " upon", finish_reason: "length" }] }
-    ]), { object: "text_completion", choices: [{ index: 0, text: "Once upon", finish_reason: "length" }] }],
-    ["Responses API: the completed response", `event: response.created\ndata: {"type":"response.created","response":{"id":"r1","status":"in_progress"}}\n\nevent: response.output_text.delta\ndata: {"delta":"Hi"}\n\nevent: response.completed\ndata: {"type":"response.completed","response":{"id":"r1","status":"completed","usage":{"input_tokens":3,"output_tokens":1}}}\n\n`, {
-      id: "r1",
-      status: "completed"
-    }],
-    ["Anthropic messages", `event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","model":"claude","usage":{"input_tokens":10,"output_tokens":1}}}\n\nevent: content_block_delta\ndata: {"type":"content_block_delta","delta":{"type":"text_delta","text":"Hey"}}\n\nevent: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":4}}\n\n`, {
-      id: "msg_1",
-      content: [{ type: "text", text: "Hey" }],
-      stop_reason: "end_turn",
-      usage: { input_tokens: 10, output_tokens: 4 }
-    }],
+    [
+      "usage chunk (stream_options.include_usage) is kept",
+      sse([...chatChunks, {
+        id: "c1",
+        object: "chat.completion.chunk",
+        choices: [],
+        usage: { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 }
+      }]),
+      {
+        usage: { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 }
+      }
+    ],
+    [
+      "tool calls merged by index",
+      sse([
+        {
+          id: "t",
+          object: "chat.completion.chunk",
+          choices: [{
+            index: 0,
+            delta: {
+              role: "assistant",
+              tool_calls: [{ index: 0, id: "call_1", type: "function", function: { name: "get_", arguments: "" } }]
+            }
+          }]
+        },
+        {
+          id: "t",
+          object: "chat.completion.chunk",
+          choices: [{
+            index: 0,
+            delta: { tool_calls: [{ index: 0, function: { name: "weather", arguments: "{\"city\":" } }] }
+          }]
+        },
+        {
+          id: "t",
+          object: "chat.completion.chunk",
+          choices: [{
+            index: 0,
+            delta: { tool_calls: [{ index: 0, function: { arguments: "\"Oslo\"}" } }] },
+            finish_reason: "tool_calls"
+          }]
+        }
+      ]),
+      {
+        choices: [{
+          index: 0,
+          message: {
+            role: "assistant",
+            content: null,
+            tool_calls: [{
+              id: "call_1",
+              type: "function",
+              function: { name: "get_weather", arguments: "{\"city\":\"Oslo\"}" }
+            }]
+          },
+          finish_reason: "tool_calls"
+        }]
+      }
+    ],
+    [
+      "two choices kept apart",
+      sse([
+        {
+          id: "m",
+          object: "chat.completion.chunk",
+          choices: [{ index: 1, delta: { content: "B" } }, { index: 0, delta: { content: "A" } }]
+        },
+        {
+          id: "m",
+          object: "chat.completion.chunk",
+          choices: [{ index: 0, delta: { content: "a" }, finish_reason: "stop" }, {
+            index: 1,
+            delta: { content: "b" },
+            finish_reason: "stop"
+          }]
+        }
+      ]),
+      {
+        choices: [
+          { index: 0, message: { role: "assistant", content: "Aa" }, finish_reason: "stop" },
+          { index: 1, message: { role: "assistant", content: "Bb" }, finish_reason: "stop" }
+        ]
+      }
+    ],
+    [
+      "legacy completions",
+      sse([
+        { id: "x", object: "text_completion", model: "gpt-3.5-turbo-instruct", choices: [{ index: 0, text: "Once" }] },
+        { id: "x", object: "text_completion", choices: [{ index: 0, text: " upon", finish_reason: "length" }] }
+      ]),
+      { object: "text_completion", choices: [{ index: 0, text: "Once upon", finish_reason: "length" }] }
+    ],
+    [
+      "Responses API: the completed response",
+      `event: response.created\ndata: {"type":"response.created","response":{"id":"r1","status":"in_progress"}}\n\nevent: response.output_text.delta\ndata: {"delta":"Hi"}\n\nevent: response.completed\ndata: {"type":"response.completed","response":{"id":"r1","status":"completed","usage":{"input_tokens":3,"output_tokens":1}}}\n\n`,
+      {
+        id: "r1",
+        status: "completed"
+      }
+    ],
+    [
+      "Anthropic messages",
+      `event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","model":"claude","usage":{"input_tokens":10,"output_tokens":1}}}\n\nevent: content_block_delta\ndata: {"type":"content_block_delta","delta":{"type":"text_delta","text":"Hey"}}\n\nevent: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":4}}\n\n`,
+      {
+        id: "msg_1",
+        content: [{ type: "text", text: "Hey" }],
+        stop_reason: "end_turn",
+        usage: { input_tokens: 10, output_tokens: 4 }
+      }
+    ],
     ["unknown events stay a list", "data: {\"a\":1}\n\ndata: not json\n\n", [{ a: 1 }, "not json"]]
   ])("%s", (_name, text, expected) => {
     const value = reassembleSse(text)
@@ -101,15 +199,27 @@ describe("body decoding", () => {
     ["br", brotliCompressSync(json), "br", "application/json", { ok: true }],
     ["SSE by content type, gzip", gzipSync(sse(chatChunks)), "gzip", "text/event-stream", { object: "chat.completion" }]
   ])("%s", (_n, raw, encoding, contentType, expected) => {
-    expect(interpretBody(raw, { contentEncoding: encoding, contentType, truncated: false }).value).toMatchObject(expected)
+    expect(interpretBody(raw, { contentEncoding: encoding, contentType, truncated: false }).value).toMatchObject(
+      expected
+    )
   })
 
   it.each([
     ["text stays text", Buffer.from("hello"), {}, "hello"],
     ["binary is omitted", Buffer.from([0, 1, 2, 255]), {}, "<binary body omitted, 4 bytes>"],
     ["images are omitted", Buffer.from("PNG"), { contentType: "image/png" }, "<binary body omitted, 3 bytes>"],
-    ["multipart is omitted", Buffer.from("--x"), { contentType: "multipart/form-data; boundary=x" }, "<multipart body omitted, 3 bytes>"],
-    ["bad gzip is reported", Buffer.from("not gzip"), { contentEncoding: "gzip" }, "<undecodable gzip body omitted, 8 bytes>"],
+    [
+      "multipart is omitted",
+      Buffer.from("--x"),
+      { contentType: "multipart/form-data; boundary=x" },
+      "<multipart body omitted, 3 bytes>"
+    ],
+    [
+      "bad gzip is reported",
+      Buffer.from("not gzip"),
+      { contentEncoding: "gzip" },
+      "<undecodable gzip body omitted, 8 bytes>"
+    ],
     ["truncated JSON becomes text", Buffer.from("{\"a\": [1, 2"), {}, "{\"a\": [1, 2"]
   ])("%s", (_n, raw, opts, expected) => {
     expect(interpretBody(raw, { truncated: false, ...opts }).value).toBe(expected)
@@ -157,7 +267,11 @@ describe("body decoding", () => {
       let tooLarge = 0
       const e = transformEvent(
         makeEvent({
-          response_body: body(gzipSync(zeros), { content_type: "application/json", content_encoding: "gzip", truncated: false })
+          response_body: body(gzipSync(zeros), {
+            content_type: "application/json",
+            content_encoding: "gzip",
+            truncated: false
+          })
         }),
         count,
         () => tooLarge++
@@ -181,9 +295,21 @@ describe("body decoding", () => {
 
 describe("usage", () => {
   it.each([
-    ["OpenAI", { usage: { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 } }, { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 }],
-    ["Responses/Anthropic", { usage: { input_tokens: 3, output_tokens: 4 } }, { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 }],
-    ["embeddings (prompt only)", { usage: { prompt_tokens: 8, total_tokens: 8 } }, { prompt_tokens: 8, completion_tokens: 0, total_tokens: 8 }],
+    ["OpenAI", { usage: { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 } }, {
+      prompt_tokens: 3,
+      completion_tokens: 4,
+      total_tokens: 7
+    }],
+    ["Responses/Anthropic", { usage: { input_tokens: 3, output_tokens: 4 } }, {
+      prompt_tokens: 3,
+      completion_tokens: 4,
+      total_tokens: 7
+    }],
+    ["embeddings (prompt only)", { usage: { prompt_tokens: 8, total_tokens: 8 } }, {
+      prompt_tokens: 8,
+      completion_tokens: 0,
+      total_tokens: 8
+    }],
     ["none", { id: 1 }, null],
     ["not an object", "text", null]
   ])("%s", (_n, response, expected) => {
@@ -211,12 +337,18 @@ describe("usage", () => {
   })
 
   it("prompt and completion text of the common request and response shapes", () => {
-    expect(promptText({ instructions: "Be brief", messages: [{ role: "user", content: [{ type: "text", text: "Hi" }] }] })).toBe("Be brief\nHi")
+    expect(
+      promptText({ instructions: "Be brief", messages: [{ role: "user", content: [{ type: "text", text: "Hi" }] }] })
+    ).toBe("Be brief\nHi")
     expect(promptText({ prompt: ["a", "b"] })).toBe("a\nb")
     expect(promptText({ input: "question" })).toBe("question")
     expect(promptText("raw")).toBe("raw")
     expect(completionText({ output: [{ content: [{ type: "output_text", text: "answer" }] }] })).toBe("answer")
-    expect(completionText({ choices: [{ message: { content: null, tool_calls: [{ function: { name: "f", arguments: "{}" } }] } }] })).toBe("f\n{}")
+    expect(
+      completionText({
+        choices: [{ message: { content: null, tool_calls: [{ function: { name: "f", arguments: "{}" } }] } }]
+      })
+    ).toBe("f\n{}")
     expect(completionText(null)).toBe("")
   })
 
@@ -246,7 +378,10 @@ describe("usage", () => {
       count
     )
     expect(rejected).toMatchObject({ usage: null, usage_source: null, response_body: { error: "invalid token" } })
-    const get = transformEvent(makeEvent({ method: "GET", path: "/v1/models", request_body: null, response_body: body("{\"data\":[]}") }), count)
+    const get = transformEvent(
+      makeEvent({ method: "GET", path: "/v1/models", request_body: null, response_body: body("{\"data\":[]}") }),
+      count
+    )
     expect(get).toMatchObject({ usage: null, request_body: null, request_body_truncated: false })
   })
 })
@@ -272,7 +407,10 @@ describe("delivery policy", () => {
   it("each service says which statuses mean a refused key (Lunary: 401, 402, 403, 404)", () => {
     expect([401, 402, 403, 404, 400].map((status) => outcomeOfStatus(status, "", LUNARY_CREDENTIAL_STATUSES)._tag))
       .toEqual(["Unauthorized", "Unauthorized", "Unauthorized", "Unauthorized", "Rejected"])
-    expect(outcomeOfStatus(401, "{\"message\":\"Invalid API key\"}")).toEqual({ _tag: "Unauthorized", reason: "HTTP 401: {\"message\":\"Invalid API key\"}" })
+    expect(outcomeOfStatus(401, "{\"message\":\"Invalid API key\"}")).toEqual({
+      _tag: "Unauthorized",
+      reason: "HTTP 401: {\"message\":\"Invalid API key\"}"
+    })
   })
 
   it("exponential backoff with jitter, capped", () => {
@@ -310,8 +448,12 @@ describe("delivery policy", () => {
       ratePerSecond: 2.5
     }
     expect(formatStatus(stats, "file"))
-      .toBe("dispatcher file: 10 delivered (2.5/s) · 1 redelivered · 3 dead-lettered · 2 retries · lag 5 · pending 6 · buffered 4")
+      .toBe(
+        "dispatcher file: 10 delivered (2.5/s) · 1 redelivered · 3 dead-lettered · 2 retries · lag 5 · pending 6 · buffered 4"
+      )
     expect(formatStatus({ ...stats, credentialFailures: 3, pausedSince: 1 }, "lunary"))
-      .toBe("dispatcher lunary: 10 delivered (2.5/s) · 1 redelivered · 3 dead-lettered · 2 retries · lag 5 · pending 6 · buffered 4 · PAUSED: lunary refuses the API key")
+      .toBe(
+        "dispatcher lunary: 10 delivered (2.5/s) · 1 redelivered · 3 dead-lettered · 2 retries · lag 5 · pending 6 · buffered 4 · PAUSED: lunary refuses the API key"
+      )
   })
 })

@@ -30,7 +30,8 @@ const tables = (markdown: string) => {
   const out: Array<{ header: Array<string>; rows: Array<Array<string>>; section: string }> = []
   let section = ""
   const lines = markdown.split("\n")
-  const cells = (line: string) => line.trim().replace(/^\||\|$/g, "").split(/(?<!\\)\|/).map((c) => c.trim().replace(/\\\|/g, "|"))
+  const cells = (line: string) =>
+    line.trim().replace(/^\||\|$/g, "").split(/(?<!\\)\|/).map((c) => c.trim().replace(/\\\|/g, "|"))
   for (let i = 0; i < lines.length; i++) {
     if (lines[i]!.startsWith("#")) section = lines[i]!
     if (!lines[i]!.trim().startsWith("|") || !/^\s*\|[\s:|-]+\|\s*$/.test(lines[i + 1] ?? "")) continue
@@ -61,7 +62,9 @@ describe("docs/configuration.md", () => {
   it("every variable the configuration reads is documented", () => {
     const text = doc("configuration.md")
     const read = [...sources].filter(([f]) => f.startsWith("src/config/")).flatMap(([, t]) =>
-      [...t.matchAll(/Config\.\w+\("([A-Z][A-Z0-9]*_[A-Z0-9_]+)"|\w+\("([A-Z][A-Z0-9]*_[A-Z0-9_]+)"/g)].map((m) => m[1] ?? m[2]!)
+      [...t.matchAll(/Config\.\w+\("([A-Z][A-Z0-9]*_[A-Z0-9_]+)"|\w+\("([A-Z][A-Z0-9]*_[A-Z0-9_]+)"/g)].map((m) =>
+        m[1] ?? m[2]!
+      )
     )
     expect(read.length).toBeGreaterThan(60)
     expect([...new Set(read)].filter((name) => !new RegExp(`\\b${name}\\b`).test(text))).toEqual([])
@@ -154,13 +157,13 @@ describe("docs/cli.md", () => {
         if (invocation) {
           last = pathsOf(invocation[1]!)
           for (const p of last) add(p, flagsOf(invocation[1]!))
-        } else if (/^\s+\[/.test(line)) for (const p of last) add(p, flagsOf(line))
+        } else if (/^\s+\[/.test(line)) { for (const p of last) add(p, flagsOf(line)) }
         continue
       }
       const first = code(line.startsWith("|") ? line.slice(1).trim() : undefined)
-      if (first?.startsWith("manage ")) for (const p of pathsOf(first)) add(p, flagsOf(first.replace(/\\\|/g, "|")))
+      if (first?.startsWith("manage ")) { for (const p of pathsOf(first)) add(p, flagsOf(first.replace(/\\\|/g, "|"))) }
       // an option table of the section's command: | `--flag` | …
-      else if (first?.startsWith("--")) for (const p of section) add(p, flagsOf(first))
+      else if (first?.startsWith("--")) { for (const p of section) add(p, flagsOf(first)) }
     }
     return found
   })()
@@ -171,7 +174,19 @@ describe("docs/cli.md", () => {
   }
 
   it("shows the commands (sanity: the parser found them)", () => {
-    for (const c of ["serve", "server", "dispatcher", "migrate up", "migrate status", "setup", "chat", "manage project create", "manage audit show"]) {
+    for (
+      const c of [
+        "serve",
+        "server",
+        "dispatcher",
+        "migrate up",
+        "migrate status",
+        "setup",
+        "chat",
+        "manage project create",
+        "manage audit show"
+      ]
+    ) {
       expect(commands.has(c), c).toBe(true)
     }
     expect(commands.get("dispatcher")).toContain("metrics-addr")
@@ -200,14 +215,22 @@ describe("docs/cli.md", () => {
 
   it("every failure prints one line `llm-proxy: …`, usage errors included, and fails", async () => {
     expect(text).toMatch(/every failure prints one line to stderr\s+\(`llm-proxy: <what went wrong>`\)/)
-    for (const args of [["serve", "--bogus"], ["frobnicate"], ["dispatcher", "--service", "nope"], ["manage", "project", "create"]]) {
+    for (
+      const args of [["serve", "--bogus"], ["frobnicate"], ["dispatcher", "--service", "nope"], [
+        "manage",
+        "project",
+        "create"
+      ]]
+    ) {
       const r = await cli(...args)
       expect(r.ok, args.join(" ")).toBe(false)
       expect(r.err.split("\n"), args.join(" ")).toHaveLength(1)
       expect(r.err, args.join(" ")).toMatch(/^llm-proxy: \S/)
       expect(r.err).not.toMatch(/\x1b/)
     }
-    expect((await cli("serve", "--bogus")).err).toMatch(/^llm-proxy: unknown option --bogus for "serve" \(its options: --addr, /)
+    expect((await cli("serve", "--bogus")).err).toMatch(
+      /^llm-proxy: unknown option --bogus for "serve" \(its options: --addr, /
+    )
   })
 })
 
@@ -216,13 +239,21 @@ describe("docs/*.md", () => {
 
   it("every llm_proxy_* metric they name is one /metrics exposes", async () => {
     const metrics = await Effect.runPromise(makeMetrics({ processMetrics: false }))
-    const exposed = new Set([...(await Effect.runPromise(metrics.prometheus)).matchAll(/^# TYPE (\S+)/gm)].map((m) => m[1]!))
+    const exposed = new Set(
+      [...(await Effect.runPromise(metrics.prometheus)).matchAll(/^# TYPE (\S+)/gm)].map((m) => m[1]!)
+    )
     expect(exposed.size).toBeGreaterThan(20)
     // whole names only (`llm_proxy_dispatcher_*` is a family); the admin session cookie and the PostgreSQL
     // invalidation channel share the prefix
-    const notMetrics = new Set(["llm_proxy_session", "llm_proxy_token_invalidations", "llm_proxy_token_invalidation_acks"])
+    const notMetrics = new Set([
+      "llm_proxy_session",
+      "llm_proxy_token_invalidations",
+      "llm_proxy_token_invalidation_acks"
+    ])
     const named = new Set(all.flatMap(([, t]) => [...t.matchAll(/\bllm_proxy_[a-z0-9_]+\b(?!\*)/g)].map((m) => m[0])))
-    const missing = [...named].filter((n) => !notMetrics.has(n) && !exposed.has(n) && !exposed.has(n.replace(/_(bucket|sum|count)$/, "")))
+    const missing = [...named].filter((n) =>
+      !notMetrics.has(n) && !exposed.has(n) && !exposed.has(n.replace(/_(bucket|sum|count)$/, ""))
+    )
     expect(named.size).toBeGreaterThan(20)
     expect(missing).toEqual([])
   })

@@ -14,7 +14,8 @@ import { startServer, testConfig, type TestServer } from "../support/server.js"
 
 const run = promisify(execFile)
 const page = readFileSync(join(import.meta.dirname, "../../docs/untrusted-clients.md"), "utf8")
-const blocks = (lang: string) => [...page.matchAll(new RegExp("```" + lang + "\\n([\\s\\S]*?)```", "g"))].map((m) => m[1]!)
+const blocks = (lang: string) =>
+  [...page.matchAll(new RegExp("```" + lang + "\\n([\\s\\S]*?)```", "g"))].map((m) => m[1]!)
 
 describe("docs/untrusted-clients.md", () => {
   const dir = mkdtempSync(join(tmpdir(), "llm-proxy-untrusted-"))
@@ -51,7 +52,12 @@ describe("docs/untrusted-clients.md", () => {
     expect(token, stdout).toBeDefined()
     const listed = (await admin.get(`/manage/tokens?user=user-8812`)).json
     expect(listed).toHaveLength(1)
-    expect(listed[0]).toMatchObject({ project_id: projectId, allowed_models: ["gpt-4o-mini"], max_requests: 200, is_active: true })
+    expect(listed[0]).toMatchObject({
+      project_id: projectId,
+      allowed_models: ["gpt-4o-mini"],
+      max_requests: 200,
+      is_active: true
+    })
 
     const revoke = join(dir, "revoke.mjs")
     writeFileSync(revoke, `import { revokeUser } from ${JSON.stringify(file)}\nawait revokeUser("user-8812")\n`)

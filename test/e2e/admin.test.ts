@@ -12,10 +12,10 @@ import type { Page } from "playwright-core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { buildWeb } from "../../scripts/build-web.mjs"
 import { sqliteStore } from "../../src/store/layers.js"
-import { Store, type HourlyUsage } from "../../src/store/Store.js"
+import { type HourlyUsage, Store } from "../../src/store/Store.js"
 import { hourOf } from "../../src/store/usage.js"
 import { chatCompletion, json, type MockUpstream, startMockUpstream } from "../support/mockUpstream.js"
-import { startServer, type TestServer, testConfig } from "../support/server.js"
+import { startServer, testConfig, type TestServer } from "../support/server.js"
 import { type Browser, hasChromium, launch, screenshot } from "./browser.js"
 
 // These run inside the page (page.evaluate); the test project itself has no DOM typings.
@@ -25,7 +25,9 @@ declare const sessionStorage: { length: number }
 declare const getComputedStyle: (el: unknown) => { outlineStyle: string }
 type HTMLElement = { textContent: string | null }
 
-const title = hasChromium ? "admin UI in Chromium" : "admin UI in Chromium (skipped: /usr/bin/chromium is not installed)"
+const title = hasChromium
+  ? "admin UI in Chromium"
+  : "admin UI in Chromium (skipped: /usr/bin/chromium is not installed)"
 
 describe.skipIf(!hasChromium)(title, () => {
   let dir: string
@@ -39,7 +41,10 @@ describe.skipIf(!hasChromium)(title, () => {
   const api = async (method: string, path: string, body?: unknown) => {
     const r = await fetch(server.url + path, {
       method,
-      headers: { authorization: `Bearer ${server.token}`, ...(body !== undefined ? { "content-type": "application/json" } : {}) },
+      headers: {
+        authorization: `Bearer ${server.token}`,
+        ...(body !== undefined ? { "content-type": "application/json" } : {})
+      },
       ...(body !== undefined ? { body: JSON.stringify(body) } : {})
     })
     return { status: r.status, json: (r.status === 204 ? undefined : await r.json()) as any }
@@ -66,7 +71,9 @@ describe.skipIf(!hasChromium)(title, () => {
     dbPath = join(dir, "e2e.db")
     mock = await startMockUpstream()
     mock.setDefault(json(chatCompletion("Hi there", { prompt_tokens: 12, completion_tokens: 5 })))
-    server = await startServer(testConfig({ _tag: "sqlite", path: dbPath }, { openaiApiUrl: mock.url, usageFlushIntervalMs: 100 }))
+    server = await startServer(
+      testConfig({ _tag: "sqlite", path: dbPath }, { openaiApiUrl: mock.url, usageFlushIntervalMs: 100 })
+    )
     browser = await launch({ timezoneId: "Asia/Tokyo" })
     page = browser.page
   }, 120_000)
@@ -142,7 +149,9 @@ describe.skipIf(!hasChromium)(title, () => {
     // The console reports the refused request; that is this test's point, not a problem.
     browser.problems.splice(0, browser.problems.length, ...browser.problems.filter((p) => !p.includes("403")))
     expect(status).toBe(403)
-    expect((await api("GET", "/manage/projects")).json.map((p: { name: string }) => p.name)).not.toContain("csrf-victim")
+    expect((await api("GET", "/manage/projects")).json.map((p: { name: string }) => p.name)).not.toContain(
+      "csrf-victim"
+    )
   })
 
   let projectId = ""
@@ -177,7 +186,8 @@ describe.skipIf(!hasChromium)(title, () => {
     secret = await page.getByLabel("Token", { exact: true }).inputValue()
     expect(secret).toMatch(/^sk-[A-Za-z0-9_-]{43}$/)
     expect(await page.getByRole("button", { name: "Copy token" }).isVisible()).toBe(true)
-    const curl = await page.getByRole("region", { name: "curl example" }).or(page.locator("pre").first()).first().textContent()
+    const curl = await page.getByRole("region", { name: "curl example" }).or(page.locator("pre").first()).first()
+      .textContent()
     expect(curl).toContain(`${server.url}/v1/chat/completions`)
     expect(curl).toContain(`Bearer ${secret}`)
     for (const name of ["Python", "Node.js"]) expect(await page.getByRole("heading", { name }).isVisible()).toBe(true)
@@ -209,7 +219,11 @@ describe.skipIf(!hasChromium)(title, () => {
     for (let i = 0; i < 2; i++) {
       const r = await fetch(`${server.url}/v1/chat/completions`, {
         method: "POST",
-        headers: { authorization: `Bearer ${secret}`, "content-type": "application/json", "cache-control": "public, max-age=60" },
+        headers: {
+          authorization: `Bearer ${secret}`,
+          "content-type": "application/json",
+          "cache-control": "public, max-age=60"
+        },
         body: JSON.stringify({ model: "gpt-4o-mini", messages: [{ role: "user", content: "Cache me" }] })
       })
       expect(r.status, await r.text()).toBe(200)
@@ -228,7 +242,7 @@ describe.skipIf(!hasChromium)(title, () => {
     // Five answered (four by the provider, one from the cache): all five count against the limit of 5, and the
     // cache hit is also counted as a hit.
     const expected = { chart: 1, requests: "5 requests made", cacheHits: "1", tokens: 1 }
-    for (let attempt = 0; ; attempt++) {
+    for (let attempt = 0;; attempt++) {
       await page.getByRole("button", { name: "Refresh" }).click()
       await h1(/^Token sk-/).waitFor()
       const now = await shown()
@@ -313,7 +327,10 @@ describe.skipIf(!hasChromium)(title, () => {
 
   it("lists projects with server-side search and pagination", async () => {
     for (let i = 1; i <= 24; i++) {
-      const r = await api("POST", "/manage/projects", { name: `team-${String(i).padStart(2, "0")}`, api_key: `sk-key-${i}` })
+      const r = await api("POST", "/manage/projects", {
+        name: `team-${String(i).padStart(2, "0")}`,
+        api_key: `sk-key-${i}`
+      })
       expect(r.status).toBe(201)
     }
     await go("/admin/projects")
@@ -360,7 +377,12 @@ describe.skipIf(!hasChromium)(title, () => {
       metadata: { plan: "pro" },
       allowed_models: ["gpt-4o-mini"]
     })).json
-    await api("POST", "/manage/tokens", { project_id: team.id, duration_minutes: 60, user: `${user}-other`, name: "web session" })
+    await api("POST", "/manage/tokens", {
+      project_id: team.id,
+      duration_minutes: 60,
+      user: `${user}-other`,
+      name: "web session"
+    })
     await go("/admin/tokens")
     await h1("Tokens").waitFor()
     await page.getByLabel("Search").fill(user)
@@ -384,8 +406,10 @@ describe.skipIf(!hasChromium)(title, () => {
     const bulk = (await api("POST", "/manage/projects", { name: "bulk-sessions", api_key: "sk-bulk-key" })).json
     // Written straight into the database, a second apart and older than everything else.
     await Effect.runPromise(
-      Effect.flatMap(SqlClient.SqlClient, (sql) =>
-        sql`WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+      Effect.flatMap(
+        SqlClient.SqlClient,
+        (sql) =>
+          sql`WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
           INSERT INTO tokens (id, token_hash, token_hint, project_id, expires_at, created_at)
           SELECT printf('%08x-0000-4000-8000-%012d', i, i), 'bulk-' || i, 'sk-bulk****' || printf('%04d', i), ${bulk.id},
             '2099-01-01T00:00:00.000Z', strftime('%Y-%m-%dT%H:%M:%fZ', '2020-01-01', '+' || i || ' seconds') FROM n`
@@ -394,7 +418,9 @@ describe.skipIf(!hasChromium)(title, () => {
     const listings: Array<URL> = []
     const record = (request: { url: () => string }) => {
       const url = new URL(request.url())
-      if (url.pathname.startsWith("/manage/tokens") && !/\/manage\/tokens\/[0-9a-f-]{36}$/.test(url.pathname)) listings.push(url)
+      if (url.pathname.startsWith("/manage/tokens") && !/\/manage\/tokens\/[0-9a-f-]{36}$/.test(url.pathname)) {
+        listings.push(url)
+      }
     }
     page.on("request", record)
     try {
@@ -495,12 +521,15 @@ describe.skipIf(!hasChromium)(title, () => {
     await page.setViewportSize({ width: 390, height: 844 })
     await go("/admin/")
     await h1("Dashboard").waitFor()
-    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth)
+    const overflow = await page.evaluate(() =>
+      document.documentElement.scrollWidth - document.documentElement.clientWidth
+    )
     expect(overflow).toBeLessThanOrEqual(0)
     await screenshot(page, "dashboard-phone")
     await go("/admin/tokens")
     await h1("Tokens").waitFor()
-    expect(await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth)).toBeLessThanOrEqual(0)
+    expect(await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth))
+      .toBeLessThanOrEqual(0)
     await screenshot(page, "tokens-phone")
     await page.setViewportSize({ width: 1280, height: 800 })
   })
@@ -535,11 +564,19 @@ describe.skipIf(!hasChromium)(title, () => {
     await page.getByRole("link", { name: "Audit" }).click()
     await h1("Audit log").waitFor()
     const headers = await page.locator("thead th").allTextContents()
-    expect(headers.map((t) => t.toLowerCase())).toEqual(["time", "action", "actor", "outcome", "count", "ip address", "actions"])
+    expect(headers.map((t) => t.toLowerCase())).toEqual([
+      "time",
+      "action",
+      "actor",
+      "outcome",
+      "count",
+      "ip address",
+      "actions"
+    ])
     await screenshot(page, "audit")
     // Events are written by a background batch writer: search until they are there.
     const searchFor = async (fill: () => Promise<void>, minRows: number) => {
-      for (let attempt = 0; ; attempt++) {
+      for (let attempt = 0;; attempt++) {
         await fill()
         await page.getByRole("button", { name: "Search" }).click()
         await h1("Audit log").waitFor()
@@ -577,7 +614,8 @@ describe.skipIf(!hasChromium)(title, () => {
     for (const section of ["Basic information", "Network information", "Identifiers", "Additional details"]) {
       await page.getByRole("heading", { level: 2, name: section }).waitFor()
     }
-    const details = await page.getByRole("region", { name: "Details as JSON" }).or(page.locator("pre")).first().textContent()
+    const details = await page.getByRole("region", { name: "Details as JSON" }).or(page.locator("pre")).first()
+      .textContent()
     expect(JSON.parse(details!)).toMatchObject({ is_active: false, origin: "admin-ui" })
     expect(await page.locator("main").textContent()).not.toContain(server.token)
     await screenshot(page, "audit-detail")
@@ -587,8 +625,10 @@ describe.skipIf(!hasChromium)(title, () => {
 
   it("pages the audit log by cursor on the server: older, newer, oldest", async () => {
     await Effect.runPromise(
-      Effect.flatMap(SqlClient.SqlClient, (sql) =>
-        sql`WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60)
+      Effect.flatMap(
+        SqlClient.SqlClient,
+        (sql) =>
+          sql`WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60)
           INSERT INTO audit_events (id, timestamp, action, actor, outcome, request_id)
           SELECT printf('00000000-0000-7000-8000-%012d', i), strftime('%Y-%m-%dT%H:%M:%fZ', '2021-06-01', '+' || i || ' minutes'),
             'bulk.event', 'bulk-actor', 'success', printf('bulk-%02d', i) FROM n`
@@ -635,8 +675,13 @@ describe.skipIf(!hasChromium)(title, () => {
     // End the session behind the page's back, as the idle timeout would (logging out needs the session's CSRF token).
     const cookie = (await page.context().cookies()).find((c) => c.name === "llm_proxy_session")!
     const pair = `${cookie.name}=${cookie.value}`
-    const csrf = ((await (await fetch(`${server.url}/manage/session`, { headers: { cookie: pair } })).json()) as { csrf_token: string }).csrf_token
-    const out = await fetch(`${server.url}/manage/session`, { method: "DELETE", headers: { cookie: pair, "x-csrf-token": csrf } })
+    const csrf = ((await (await fetch(`${server.url}/manage/session`, { headers: { cookie: pair } })).json()) as {
+      csrf_token: string
+    }).csrf_token
+    const out = await fetch(`${server.url}/manage/session`, {
+      method: "DELETE",
+      headers: { cookie: pair, "x-csrf-token": csrf }
+    })
     expect(out.status).toBe(204)
     await browser.expectingStatus([401], async () => {
       await page.getByRole("link", { name: "Edit" }).click()
@@ -665,7 +710,8 @@ describe.skipIf(!hasChromium)(title, () => {
   })
 
   it("spend: a budget set on the token form, bars that fill as answers are charged, the spend chart", async () => {
-    const project = (await api("POST", "/manage/projects", { name: "spend-e2e", api_key: "sk-spend-e2e-0123456789abcdef" })).json
+    const project =
+      (await api("POST", "/manage/projects", { name: "spend-e2e", api_key: "sk-spend-e2e-0123456789abcdef" })).json
     const created = (await api("POST", "/manage/tokens", { project_id: project.id, duration_minutes: 60 })).json
     await go(`/admin/tokens/${created.id}/edit`)
     await h1("Edit token").waitFor()
@@ -674,7 +720,10 @@ describe.skipIf(!hasChromium)(title, () => {
     await page.getByLabel("Budget period").selectOption("day")
     await page.getByRole("button", { name: "Save" }).click()
     await h1(/^Token sk-/).waitFor()
-    expect((await api("GET", `/manage/tokens/${created.id}`)).json).toMatchObject({ max_cost_usd: 0.000009, budget_period: "day" })
+    expect((await api("GET", `/manage/tokens/${created.id}`)).json).toMatchObject({
+      max_cost_usd: 0.000009,
+      budget_period: "day"
+    })
     const statuses: Array<number> = []
     for (let i = 0; i < 3; i++) {
       const r = await fetch(`${server.url}/v1/chat/completions`, {
@@ -685,7 +734,11 @@ describe.skipIf(!hasChromium)(title, () => {
       statuses.push(r.status)
       await r.arrayBuffer()
       // A budgeted token's charge is written at once, in the background: let it land before the next request.
-      for (let k = 0; k < 50 && (await api("GET", `/manage/tokens/${created.id}`)).json.tokens_used < 17 * Math.min(i + 1, 2); k++) {
+      for (
+        let k = 0;
+        k < 50 && (await api("GET", `/manage/tokens/${created.id}`)).json.tokens_used < 17 * Math.min(i + 1, 2);
+        k++
+      ) {
         await page.waitForTimeout(20)
       }
     }
@@ -709,7 +762,9 @@ describe.skipIf(!hasChromium)(title, () => {
     expect((await logoutRequest).headers()["x-csrf-token"]).toMatch(/^[A-Za-z0-9_-]{43}$/)
     await h1("Sign in").waitFor()
     // The old cookie no longer opens anything.
-    const replay = await fetch(`${server.url}/manage/projects`, { headers: { cookie: `${cookie.name}=${cookie.value}` } })
+    const replay = await fetch(`${server.url}/manage/projects`, {
+      headers: { cookie: `${cookie.name}=${cookie.value}` }
+    })
     expect(replay.status).toBe(401)
     await page.getByRole("status").filter({ hasText: "signed out" }).waitFor()
     expect(await page.context().cookies()).toEqual([])
@@ -744,7 +799,11 @@ describe.skipIf(!hasChromium)(title, () => {
   it("after 10 wrong tokens the sign-in screen says to wait (429), even for the right token", async () => {
     // Last, as it locks this address out of the management API for a minute.
     for (let i = 0; i < 10; i++) {
-      const r = await fetch(`${server.url}/manage/session`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ token: `guess-${i}` }) })
+      const r = await fetch(`${server.url}/manage/session`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ token: `guess-${i}` })
+      })
       expect(r.status).toBe(401)
     }
     await go("/admin/login")

@@ -8,7 +8,9 @@ import { join } from "node:path"
 import { type BrowserContext, chromium, type Page } from "playwright-core"
 
 // Runs inside the page; the test project has no DOM typings.
-declare const document: { addEventListener: (type: string, f: (e: { violatedDirective: string; blockedURI: string }) => void) => void }
+declare const document: {
+  addEventListener: (type: string, f: (e: { violatedDirective: string; blockedURI: string }) => void) => void
+}
 
 export const CHROMIUM = "/usr/bin/chromium"
 export const hasChromium = existsSync(CHROMIUM)

@@ -14,7 +14,13 @@ describe("in-memory bus", () => {
       let accepted = 0
       for (let i = 0; i < 1000; i++) if (bus.publish(makeEvent())) accepted++
       expect(accepted).toBe(100)
-      expect(yield* bus.stats).toMatchObject({ kind: "in-memory", published: 100, dropped: 900, buffered: 100, maxLen: null })
+      expect(yield* bus.stats).toMatchObject({
+        kind: "in-memory",
+        published: 100,
+        dropped: 900,
+        buffered: 100,
+        maxLen: null
+      })
       expect(yield* slow.lag).toEqual({ undelivered: 100, pending: 0 })
       // the backlog (on /metrics and /health) is what the slowest subscriber has not taken
       expect(yield* bus.backlog).toEqual({ lag: 100, length: 100, groups: [] })

@@ -3,6 +3,7 @@
  * delivery to the file backend, fan-out across groups, work sharing within a group, a dispatcher killed with
  * SIGKILL in the middle of a batch, trimming of acknowledged entries.
  */
+import { NodeHttpClient } from "@effect/platform-node"
 import { Effect, Layer, Redacted } from "effect"
 import { Redis } from "ioredis"
 import { type ChildProcess, spawn } from "node:child_process"
@@ -11,7 +12,6 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import type { Backend } from "../../src/dispatcher/Backend.js"
-import { NodeHttpClient } from "@effect/platform-node"
 import { fileBackend, lunaryBackend } from "../../src/dispatcher/backends.js"
 import * as Dispatcher from "../../src/dispatcher/Dispatcher.js"
 import { TokenCounter } from "../../src/dispatcher/tokens.js"
@@ -38,7 +38,10 @@ const busOptions = (extra: Partial<RedisStreamsBus.RedisStreamsOptions> = {}): R
   ...extra
 })
 
-const dispatcherOptions = (name: string, extra: Partial<Dispatcher.DispatcherOptions> = {}): Dispatcher.DispatcherOptions => ({
+const dispatcherOptions = (
+  name: string,
+  extra: Partial<Dispatcher.DispatcherOptions> = {}
+): Dispatcher.DispatcherOptions => ({
   group: "dispatcher-file",
   consumer: name,
   batchSize: 50,
@@ -52,9 +55,15 @@ const dispatcherOptions = (name: string, extra: Partial<Dispatcher.DispatcherOpt
   ...extra
 })
 
-const fileDispatcher = <E>(bus: RedisStreamsBus.RedisStreamsOptions, o: Dispatcher.DispatcherOptions, backend: Layer.Layer<Backend, E>) =>
+const fileDispatcher = <E>(
+  bus: RedisStreamsBus.RedisStreamsOptions,
+  o: Dispatcher.DispatcherOptions,
+  backend: Layer.Layer<Backend, E>
+) =>
   buildLayer(
-    Dispatcher.layer(o).pipe(Layer.provide(Layer.mergeAll(RedisStreamsBus.layerSource(bus), backend, TokenCounter.layer)))
+    Dispatcher.layer(o).pipe(
+      Layer.provide(Layer.mergeAll(RedisStreamsBus.layerSource(bus), backend, TokenCounter.layer))
+    )
   )
 
 const publish = async (bus: RedisStreamsBus.RedisStreamsOptions, count: number) => {
@@ -69,7 +78,10 @@ const publish = async (bus: RedisStreamsBus.RedisStreamsOptions, count: number) 
 describe("backlogOf (XINFO GROUPS rows)", () => {
   it.each([
     [[], 7, { lag: 7, length: 7 }],
-    [[["name", "g", "consumers", 1, "pending", 2, "last-delivered-id", "1-0", "entries-read", 3, "lag", 4]], 9, { lag: 6, length: 9 }],
+    [[["name", "g", "consumers", 1, "pending", 2, "last-delivered-id", "1-0", "entries-read", 3, "lag", 4]], 9, {
+      lag: 6,
+      length: 9
+    }],
     // Redis cannot tell the lag (entries trimmed by MAXLEN): unknown, not 0
     [[["name", "g", "consumers", 1, "pending", 2, "lag", null]], 9, { lag: null, length: 9 }],
     [[["name", "a", "pending", 0, "lag", null], ["name", "b", "pending", 1, "lag", 1]], 3, { lag: 2, length: 3 }]
@@ -135,14 +147,20 @@ describe.skipIf(!redisUrl)("Redis Streams bus", () => {
     const backlog = () => Effect.runPromise(probe.get(EventBus).backlog)
     try {
       // no stream yet
-      await waitFor(async () => (await Effect.runPromise(Effect.either(probe.get(EventBus).backlog)))._tag === "Right", 5_000, "probe connected")
+      await waitFor(
+        async () => (await Effect.runPromise(Effect.either(probe.get(EventBus).backlog)))._tag === "Right",
+        5_000,
+        "probe connected"
+      )
       expect(await backlog()).toEqual({ lag: 0, length: 0, groups: [] })
       await publish(bus, 5)
       // no group: everything is unconsumed
       expect(await backlog()).toEqual({ lag: 5, length: 5, groups: [] })
       await redis.xgroup("CREATE", bus.streamKey, "fast", "0")
       await redis.xgroup("CREATE", bus.streamKey, "slow", "0")
-      const read = (await redis.xreadgroup("GROUP", "fast", "c1", "COUNT", 5, "STREAMS", bus.streamKey, ">")) as Array<[string, Array<[string]>]>
+      const read = (await redis.xreadgroup("GROUP", "fast", "c1", "COUNT", 5, "STREAMS", bus.streamKey, ">")) as Array<
+        [string, Array<[string]>]
+      >
       await redis.xack(bus.streamKey, "fast", ...read[0]![1].slice(0, 3).map(([id]) => id))
       expect(await backlog()).toEqual({
         lag: 5,
@@ -203,7 +221,14 @@ describe.skipIf(!redisUrl)("Redis Streams bus", () => {
       const events = await publish(bus, 60)
       const d = await fileDispatcher(
         bus,
-        dispatcherOptions("slow", { group: "slow", batchSize: 10, buffer: 40, keepAliveMs: 200, retryBaseMs: 200, retryMaxMs: 400 }),
+        dispatcherOptions("slow", {
+          group: "slow",
+          batchSize: 10,
+          buffer: 40,
+          keepAliveMs: 200,
+          retryBaseMs: 200,
+          retryMaxMs: 400
+        }),
         lunaryBackend(`${receiver.url}/ingest`, Redacted.make("k")).pipe(Layer.provide(NodeHttpClient.layerUndici))
       )
       const state = d.get(Dispatcher.DispatcherState)
@@ -223,7 +248,7 @@ describe.skipIf(!redisUrl)("Redis Streams bus", () => {
       const events = await publish(bus, 400)
       const all = new Set(events.map((e) => e.request_id))
       const idsOf = (body: unknown) =>
-        ((body as { events: Array<{ event: string; metadata: { request_id: string } }> }).events)
+        (body as { events: Array<{ event: string; metadata: { request_id: string } }> }).events
           .filter((e) => e.event === "start")
           .map((e) => e.metadata.request_id)
       const accepted: Array<string> = []
@@ -263,7 +288,10 @@ describe.skipIf(!redisUrl)("Redis Streams bus", () => {
           bus.streamKey,
           "--dead-letter",
           join(dir, `${name}.dead.jsonl`)
-        ], { cwd: dir, env: { PATH: process.env.PATH ?? "", LOG_FORMAT: "json", LLM_PROXY_EVENT_BUS: "redis-streams" } })
+        ], {
+          cwd: dir,
+          env: { PATH: process.env.PATH ?? "", LOG_FORMAT: "json", LLM_PROXY_EVENT_BUS: "redis-streams" }
+        })
         let out = ""
         child.stdout.on("data", (c: Buffer) => (out += c.toString()))
         child.stderr.on("data", (c: Buffer) => (out += c.toString()))
@@ -283,11 +311,17 @@ describe.skipIf(!redisUrl)("Redis Streams bus", () => {
 
         const d2 = start(`${second.url}/v1/runs/ingest`, "survivor")
         await waitFor(() => [...all].every((id) => accepted.includes(id)), 30_000, "every event after the restart")
-        await waitFor(async () => ((await redis.xpending(bus.streamKey, "dispatcher-lunary")) as [number])[0] === 0, 10_000, "no pending")
+        await waitFor(
+          async () => ((await redis.xpending(bus.streamKey, "dispatcher-lunary")) as [number])[0] === 0,
+          10_000,
+          "no pending"
+        )
         const done = exited(d2.child)
         d2.child.kill("SIGTERM")
         expect(await done).toBe(0)
-        const drained = d2.output().split("\n").filter((l) => l.includes("dispatcher drained")).map((l) => JSON.parse(l))
+        const drained = d2.output().split("\n").filter((l) => l.includes("dispatcher drained")).map((l) =>
+          JSON.parse(l)
+        )
         expect(drained).toHaveLength(1)
         const redelivered = Number(drained[0].annotations.redelivered)
         const duplicates = accepted.length - all.size

@@ -3,17 +3,17 @@
  * search and pagination, the per-hour usage series, and the static files under /admin.
  */
 import { Effect } from "effect"
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from "node:fs"
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { loadAdminAssets } from "../../src/http/AdminUi.js"
 import { databaseLayer } from "../../src/Layers.js"
-import { Store, type HourlyUsage } from "../../src/store/Store.js"
-import { startServer, type TestServer, testConfig } from "../support/server.js"
+import { type HourlyUsage, Store } from "../../src/store/Store.js"
 import { chatCompletion, json, type MockUpstream, startMockUpstream } from "../support/mockUpstream.js"
-import { type Backend, backends, type BackendInstance, Client } from "./harness.js"
 import { proxyError } from "../support/proxyErrors.js"
+import { startServer, testConfig, type TestServer } from "../support/server.js"
+import { type Backend, type BackendInstance, backends, Client } from "./harness.js"
 
 const HOUR = 3_600_000
 
@@ -87,20 +87,30 @@ function adminSuite(backend: Backend) {
       const ok = await api.post("/manage/projects", body, asUi({ "x-csrf-token": csrf }))
       expect(ok.status, ok.text).toBe(201)
       // Bearer clients are unaffected by cookies, and a bad bearer is not rescued by a good cookie.
-      expect((await api.post("/manage/projects", { ...body, name: `${body.name}-2` }, { headers: { cookie: pair } })).status).toBe(201)
+      expect(
+        (await api.post("/manage/projects", { ...body, name: `${body.name}-2` }, { headers: { cookie: pair } })).status
+      ).toBe(201)
       expect((await api.get("/manage/projects", { auth: "Bearer wrong", headers: { cookie: pair } })).status).toBe(401)
     })
 
     it("logout needs the session's CSRF token: without it (another site's request) the session lives on", async () => {
       const { pair, csrf } = await login()
       const other = await login()
-      for (const headers of [{ cookie: pair }, { cookie: pair, "x-csrf-token": other.csrf }, { cookie: pair, "x-csrf-token": "" }]) {
+      for (
+        const headers of [{ cookie: pair }, { cookie: pair, "x-csrf-token": other.csrf }, {
+          cookie: pair,
+          "x-csrf-token": ""
+        }]
+      ) {
         const refused = await api.delete("/manage/session", { auth: null, headers })
         expect(refused.status).toBe(403)
         expect(refused.json).toEqual({ error: "missing or invalid CSRF token", code: "csrf_failed" })
         expect(cookieOf(refused)).toBeUndefined()
       }
-      expect((await api.get("/manage/session", { auth: null, headers: { cookie: pair } })).json).toMatchObject({ authenticated: true, csrf_token: csrf })
+      expect((await api.get("/manage/session", { auth: null, headers: { cookie: pair } })).json).toMatchObject({
+        authenticated: true,
+        csrf_token: csrf
+      })
     })
 
     it("logout ends the session on the server: the old cookie is refused afterwards", async () => {
@@ -111,9 +121,13 @@ function adminSuite(backend: Backend) {
       const after = await api.get("/manage/projects", { auth: null, headers: { cookie: pair, "x-csrf-token": csrf } })
       expect(after.status).toBe(401)
       expect(after.json).toEqual({ error: "session expired or invalid", code: "session_expired" })
-      expect((await api.get("/manage/session", { auth: null, headers: { cookie: pair } })).json).toEqual({ authenticated: false })
+      expect((await api.get("/manage/session", { auth: null, headers: { cookie: pair } })).json).toEqual({
+        authenticated: false
+      })
       // Without any cookie: still the message of a missing Authorization header (docs/behaviour.md #1).
-      expect((await api.get("/manage/projects", { auth: null })).json).toEqual({ error: "missing or invalid Authorization header" })
+      expect((await api.get("/manage/projects", { auth: null })).json).toEqual({
+        error: "missing or invalid Authorization header"
+      })
       expect((await api.delete("/manage/session", { auth: null })).status).toBe(204)
     })
   })
@@ -122,7 +136,10 @@ function adminSuite(backend: Backend) {
     const prefix = `pg-${crypto.randomUUID().slice(0, 8)}`
     beforeAll(async () => {
       for (let i = 1; i <= 7; i++) {
-        const r = await api.post("/manage/projects", { name: `${prefix}-${i}${i === 3 ? "_x%" : ""}`, api_key: `sk-${i}` })
+        const r = await api.post("/manage/projects", {
+          name: `${prefix}-${i}${i === 3 ? "_x%" : ""}`,
+          api_key: `sk-${i}`
+        })
         expect(r.status, r.text).toBe(201)
       }
     })
@@ -180,7 +197,8 @@ function adminSuite(backend: Backend) {
     const hour0 = new Date(Math.floor(now / HOUR) * HOUR - 2 * HOUR).toISOString()
 
     beforeAll(async () => {
-      projectId = (await api.post("/manage/projects", { name: `usage-${crypto.randomUUID()}`, api_key: "sk-u" })).json.id
+      projectId =
+        (await api.post("/manage/projects", { name: `usage-${crypto.randomUUID()}`, api_key: "sk-u" })).json.id
       tokenA = (await api.post("/manage/tokens", { project_id: projectId, duration_minutes: 60 })).json.id
       tokenB = (await api.post("/manage/tokens", { project_id: projectId, duration_minutes: 60 })).json.id
       const d = (tokenId: string, hour: string, requests: number): HourlyUsage => ({
@@ -211,10 +229,19 @@ function adminSuite(backend: Backend) {
       expect(all.json.hours).toEqual([
         { hour: hour0, requests: 10, cache_hits: 4, errors: 4, prompt_tokens: 100, completion_tokens: 10, cost_usd: 0 }
       ])
-      expect(all.json.totals).toEqual({ requests: 10, cache_hits: 4, errors: 4, prompt_tokens: 100, completion_tokens: 10, cost_usd: 0 })
+      expect(all.json.totals).toEqual({
+        requests: 10,
+        cache_hits: 4,
+        errors: 4,
+        prompt_tokens: 100,
+        completion_tokens: 10,
+        cost_usd: 0
+      })
       const a = await api.get(`/manage/usage?token_id=${tokenA}`)
       expect(a.json.totals.requests).toBe(6)
-      const month = await api.get(`/manage/usage?token_id=${tokenA}&since=${new Date(now - 60 * 24 * HOUR).toISOString()}`)
+      const month = await api.get(
+        `/manage/usage?token_id=${tokenA}&since=${new Date(now - 60 * 24 * HOUR).toISOString()}`
+      )
       expect(month.json.totals.requests).toBe(106)
       expect(month.json.hours).toHaveLength(2)
       const before = await api.get(`/manage/usage?project_id=${projectId}&until=${hour0}`)
@@ -230,7 +257,10 @@ function adminSuite(backend: Backend) {
         [`since=${encodeURIComponent("Tue, 01 Dec 2026 12:00:00 GMT")}`, /since must be an RFC 3339 timestamp/],
         ["until=2026-12-01T12:00:00", /until must be an RFC 3339 timestamp/],
         ["until=1796126400000", /until must be an RFC 3339 timestamp/],
-        [`since=${new Date(now).toISOString()}&until=${new Date(now - HOUR).toISOString()}`, /since must be before until/],
+        [
+          `since=${new Date(now).toISOString()}&until=${new Date(now - HOUR).toISOString()}`,
+          /since must be before until/
+        ],
         [`since=${new Date(now - 400 * 24 * HOUR).toISOString()}`, /limited to 366 days/],
         ["project_id=nope", /invalid project_id/],
         ["token_id=1", /invalid token_id/]
@@ -262,8 +292,10 @@ function adminSuite(backend: Backend) {
 
     it("counts every answered request per hour and token: limited and unlimited tokens, errors, tokens used", async () => {
       const manage = new Client(proxied.url, proxied.token)
-      const projectId = (await manage.post("/manage/projects", { name: `flush-${crypto.randomUUID()}`, api_key: "sk-f" })).json.id
-      const limited = (await manage.post("/manage/tokens", { project_id: projectId, duration_minutes: 60, max_requests: 10 })).json
+      const projectId =
+        (await manage.post("/manage/projects", { name: `flush-${crypto.randomUUID()}`, api_key: "sk-f" })).json.id
+      const limited =
+        (await manage.post("/manage/tokens", { project_id: projectId, duration_minutes: 60, max_requests: 10 })).json
       const unlimited = (await manage.post("/manage/tokens", { project_id: projectId, duration_minutes: 60 })).json
       const call = (token: string) =>
         fetch(`${proxied.url}/v1/chat/completions`, {
@@ -299,7 +331,8 @@ function adminSuite(backend: Backend) {
     it("enforces a token's rate limit set through the API (429 with Retry-After)", async () => {
       const manage = new Client(proxied.url, proxied.token)
       mock.setDefault(json(chatCompletion("ok")))
-      const projectId = (await manage.post("/manage/projects", { name: `rl-${crypto.randomUUID()}`, api_key: "sk-f" })).json.id
+      const projectId =
+        (await manage.post("/manage/projects", { name: `rl-${crypto.randomUUID()}`, api_key: "sk-f" })).json.id
       const token = (await manage.post("/manage/tokens", {
         project_id: projectId,
         duration_minutes: 60,
@@ -332,7 +365,9 @@ function adminSuite(backend: Backend) {
       expect(plain.json.rate_limit).toBeNull()
       const patched = await api.patch(`/manage/projects/${project.json.id}`, { rate_limit: null })
       expect(patched.json.rate_limit).toBeNull()
-      expect((await api.patch(`/manage/projects/${project.json.id}`, { name: `${project.json.name}-x` })).json.rate_limit).toBeNull()
+      expect(
+        (await api.patch(`/manage/projects/${project.json.id}`, { name: `${project.json.name}-x` })).json.rate_limit
+      ).toBeNull()
 
       const created = await api.post("/manage/tokens", {
         project_id: project.json.id,
@@ -342,7 +377,10 @@ function adminSuite(backend: Backend) {
       })
       expect(created.status, created.text).toBe(201)
       const id = created.json.id
-      expect((await api.get(`/manage/tokens/${id}`)).json).toMatchObject({ max_requests: 7, rate_limit: { requests: 5, window_seconds: 1 } })
+      expect((await api.get(`/manage/tokens/${id}`)).json).toMatchObject({
+        max_requests: 7,
+        rate_limit: { requests: 5, window_seconds: 1 }
+      })
       // Other fields leave it alone; reactivation keeps it (and max_requests).
       await api.delete(`/manage/tokens/${id}`)
       expect((await api.patch(`/manage/tokens/${id}`, { is_active: true })).json).toMatchObject({
@@ -350,7 +388,9 @@ function adminSuite(backend: Backend) {
         max_requests: 7,
         rate_limit: { requests: 5, window_seconds: 1 }
       })
-      expect((await api.patch(`/manage/tokens/${id}`, { rate_limit: { requests: 9, window_seconds: 3600 } })).json.rate_limit)
+      expect(
+        (await api.patch(`/manage/tokens/${id}`, { rate_limit: { requests: 9, window_seconds: 3600 } })).json.rate_limit
+      )
         .toEqual({ requests: 9, window_seconds: 3600 })
       expect((await api.patch(`/manage/tokens/${id}`, { rate_limit: null })).json.rate_limit).toBeNull()
     })
@@ -410,7 +450,10 @@ describe("admin assets", () => {
       writeFileSync(join(dir, "assets", "app-X.js"), "x".repeat(5000))
       const assets = loadAdminAssets(dir)
       expect(assets.built).toBe(true)
-      expect(assets.files.get("assets/app-X.js")).toMatchObject({ immutable: true, type: "text/javascript; charset=utf-8" })
+      expect(assets.files.get("assets/app-X.js")).toMatchObject({
+        immutable: true,
+        type: "text/javascript; charset=utf-8"
+      })
       expect(assets.files.get("assets/app-X.js")!.gzip!.byteLength).toBeLessThan(100)
       expect(assets.files.get("index.html")).toMatchObject({ immutable: false, gzip: undefined })
     } finally {

@@ -4,8 +4,8 @@
  * restart, and logout on one instance ends it everywhere.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { startServer, type TestServer, testConfig } from "../support/server.js"
-import { type Backend, backends, type BackendInstance, Client } from "./harness.js"
+import { startServer, testConfig, type TestServer } from "../support/server.js"
+import { type Backend, type BackendInstance, backends, Client } from "./harness.js"
 
 const cookieOf = (r: { headers: Headers }) => r.headers.getSetCookie().find((c) => c.startsWith("llm_proxy_session="))
 
@@ -29,7 +29,9 @@ function sharedSuite(backend: Backend) {
   })
 
   const login = async (server: TestServer) => {
-    const r = await new Client(server.url, server.token).post("/manage/session", { token: server.token }, { auth: null })
+    const r = await new Client(server.url, server.token).post("/manage/session", { token: server.token }, {
+      auth: null
+    })
     expect(r.status, r.text).toBe(200)
     return { pair: cookieOf(r)!.split(";")[0]!, csrf: r.json.csrf_token as string }
   }
@@ -43,9 +45,14 @@ function sharedSuite(backend: Backend) {
     const onB = new Client(b.url, b.token)
     expect((await onB.get("/manage/session", asUi(pair))).json).toMatchObject({ authenticated: true, csrf_token: csrf })
     expect((await onB.get("/manage/projects", asUi(pair))).status).toBe(200)
-    const created = await onB.post("/manage/projects", { name: `shared-${crypto.randomUUID()}`, api_key: "sk-shared" }, asUi(pair, csrf))
+    const created = await onB.post(
+      "/manage/projects",
+      { name: `shared-${crypto.randomUUID()}`, api_key: "sk-shared" },
+      asUi(pair, csrf)
+    )
     expect(created.status, created.text).toBe(201)
-    expect((await onB.post("/manage/projects", { name: `x-${crypto.randomUUID()}`, api_key: "sk" }, asUi(pair))).status).toBe(403)
+    expect((await onB.post("/manage/projects", { name: `x-${crypto.randomUUID()}`, api_key: "sk" }, asUi(pair))).status)
+      .toBe(403)
   })
 
   it("survives a restart of every instance", async () => {
@@ -56,7 +63,10 @@ function sharedSuite(backend: Backend) {
     b = await startServer(config)
     for (const server of [a, b]) {
       const client = new Client(server.url, server.token)
-      expect((await client.get("/manage/session", asUi(pair))).json).toMatchObject({ authenticated: true, csrf_token: csrf })
+      expect((await client.get("/manage/session", asUi(pair))).json).toMatchObject({
+        authenticated: true,
+        csrf_token: csrf
+      })
       expect((await client.get("/manage/tokens", asUi(pair))).status).toBe(200)
     }
   })

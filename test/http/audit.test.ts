@@ -5,14 +5,23 @@
  * searches, pages and validates, and the configuration switches (TRUSTED_PROXIES, AUDIT_ENABLED,
  * AUDIT_STORE_IN_DB, AUDIT_LOG_FILE) behave, including a clean shutdown right after a burst of requests.
  */
+import { Option } from "effect"
 import { randomUUID } from "node:crypto"
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { Option } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { startServer, testConfig, type TestServer } from "../support/server.js"
-import { type Backend, type BackendInstance, backends, Client, ISO_RE, providerKey, type Reply, uniqueName } from "./harness.js"
+import {
+  type Backend,
+  type BackendInstance,
+  backends,
+  Client,
+  ISO_RE,
+  providerKey,
+  type Reply,
+  uniqueName
+} from "./harness.js"
 
 const UUIDV7_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
 
@@ -38,7 +47,14 @@ interface Event {
 const meta = (e: Event): Record<string, unknown> => (e.metadata === undefined ? {} : JSON.parse(e.metadata))
 
 /** Calls with a fresh X-Request-ID, so the request's events can be found. */
-const send = async (api: Client, method: string, path: string, body?: unknown, headers: Record<string, string> = {}, auth?: string | null) => {
+const send = async (
+  api: Client,
+  method: string,
+  path: string,
+  body?: unknown,
+  headers: Record<string, string> = {},
+  auth?: string | null
+) => {
   const requestId = `t-${randomUUID()}`
   const reply = await api.call(method, path, {
     ...(body !== undefined ? { body } : {}),
@@ -93,7 +109,9 @@ function auditSuite(backend: Backend) {
 
   describe("one event per management action, with the documented fields", () => {
     it("project.list: actor, outcome, request and correlation ids, client IP, method, path, user agent, project_count", async () => {
-      const { reply, requestId } = await send(api, "GET", "/manage/projects", undefined, { "user-agent": "audit-test/1.0" })
+      const { reply, requestId } = await send(api, "GET", "/manage/projects", undefined, {
+        "user-agent": "audit-test/1.0"
+      })
       expect(reply.status).toBe(200)
       const e = await onlyEvent(api, requestId)
       expect(e).toMatchObject({
@@ -117,7 +135,9 @@ function auditSuite(backend: Backend) {
 
     it("a client X-Correlation-ID is kept, echoed and stored", async () => {
       const correlation = `corr-${randomUUID()}`
-      const { reply, requestId } = await send(api, "GET", "/manage/projects", undefined, { "x-correlation-id": correlation })
+      const { reply, requestId } = await send(api, "GET", "/manage/projects", undefined, {
+        "x-correlation-id": correlation
+      })
       expect(reply.headers.get("x-correlation-id")).toBe(correlation)
       expect(reply.headers.get("x-request-id")).toBe(requestId)
       expect((await onlyEvent(api, requestId)).correlation_id).toBe(correlation)
@@ -129,7 +149,12 @@ function auditSuite(backend: Backend) {
       const ok = await send(api, "POST", "/manage/projects", { name, api_key: key })
       expect(ok.reply.status).toBe(201)
       const e = await onlyEvent(api, ok.requestId)
-      expect(e).toMatchObject({ action: "project.create", outcome: "success", project_id: ok.reply.json.id, method: "POST" })
+      expect(e).toMatchObject({
+        action: "project.create",
+        outcome: "success",
+        project_id: ok.reply.json.id,
+        method: "POST"
+      })
       expect(meta(e)).toMatchObject({ project_name: name, provider: "openai" })
       expect(JSON.stringify(e)).not.toContain(key)
 
@@ -150,7 +175,11 @@ function auditSuite(backend: Backend) {
     it("project.read: success and not found, both with the project id", async () => {
       const p = await createProject()
       const ok = await send(api, "GET", `/manage/projects/${p.id}`)
-      expect(await onlyEvent(api, ok.requestId)).toMatchObject({ action: "project.read", outcome: "success", project_id: p.id })
+      expect(await onlyEvent(api, ok.requestId)).toMatchObject({
+        action: "project.read",
+        outcome: "success",
+        project_id: p.id
+      })
       const unknown = randomUUID()
       const missing = await send(api, "GET", `/manage/projects/${unknown}`)
       expect(missing.reply.status).toBe(404)
@@ -166,11 +195,19 @@ function auditSuite(backend: Backend) {
       const p = await createProject()
       await createToken(p.id)
       await createToken(p.id)
-      const rename = await send(api, "PATCH", `/manage/projects/${p.id}`, { name: `${p.name}-renamed`, api_key: providerKey() })
+      const rename = await send(api, "PATCH", `/manage/projects/${p.id}`, {
+        name: `${p.name}-renamed`,
+        api_key: providerKey()
+      })
       expect(rename.reply.status).toBe(200)
       const e = await onlyEvent(api, rename.requestId)
       expect(e).toMatchObject({ action: "project.update", outcome: "success", project_id: p.id, method: "PATCH" })
-      expect(meta(e)).toEqual({ updated_fields: ["name", "api_key"], project_name: `${p.name}-renamed`, is_active: true, key_count: 1 })
+      expect(meta(e)).toEqual({
+        updated_fields: ["name", "api_key"],
+        project_name: `${p.name}-renamed`,
+        is_active: true,
+        key_count: 1
+      })
 
       const off = await send(api, "PATCH", `/manage/projects/${p.id}`, { is_active: false, revoke_tokens: true })
       expect(off.reply.status).toBe(200)
@@ -216,7 +253,11 @@ function auditSuite(backend: Backend) {
 
     it("token.create: token_id is the token's id (joinable), no secret anywhere; inactive project is denied (scenario 110)", async () => {
       const p = await createProject()
-      const created = await send(api, "POST", "/manage/tokens", { project_id: p.id, duration_minutes: 90, max_requests: 5 })
+      const created = await send(api, "POST", "/manage/tokens", {
+        project_id: p.id,
+        duration_minutes: 90,
+        max_requests: 5
+      })
       expect(created.reply.status).toBe(201)
       const { id, token, expires_at } = created.reply.json
       const e = await onlyEvent(api, created.requestId)
@@ -250,7 +291,11 @@ function auditSuite(backend: Backend) {
       expect(meta(l)).toEqual({ token_count: 1, filtered_by_project: true, active_only: false })
 
       const read = await send(api, "GET", `/manage/tokens/${t.id}`)
-      expect(await onlyEvent(api, read.requestId)).toMatchObject({ action: "token.read", token_id: t.id, project_id: p.id })
+      expect(await onlyEvent(api, read.requestId)).toMatchObject({
+        action: "token.read",
+        token_id: t.id,
+        project_id: p.id
+      })
 
       const update = await send(api, "PATCH", `/manage/tokens/${t.id}`, { max_requests: 0, is_active: true })
       expect(update.reply.status).toBe(200)
@@ -274,7 +319,11 @@ function auditSuite(backend: Backend) {
       expect([meta(a), meta(b)]).toEqual([{ already_revoked: false }, { already_revoked: true }])
       const unknown = randomUUID()
       const missing = await send(api, "DELETE", `/manage/tokens/${unknown}`)
-      expect(await onlyEvent(api, missing.requestId)).toMatchObject({ outcome: "failure", token_id: unknown, reason: "token not found" })
+      expect(await onlyEvent(api, missing.requestId)).toMatchObject({
+        outcome: "failure",
+        token_id: unknown,
+        reason: "token not found"
+      })
     })
 
     it("audit.list and audit.show are audited themselves", async () => {
@@ -362,7 +411,10 @@ function auditSuite(backend: Backend) {
         expect(body).toEqual({ error: "too many failed authentication attempts", code: "too_many_attempts" })
         // The right token from that address waits too; a login attempt as well.
         expect((await c.get("/manage/projects", { headers: { "x-forwarded-for": attacker } })).status).toBe(429)
-        const login = await c.post("/manage/session", { token: behindProxy.token }, { auth: null, headers: { "x-forwarded-for": attacker } })
+        const login = await c.post("/manage/session", { token: behindProxy.token }, {
+          auth: null,
+          headers: { "x-forwarded-for": attacker }
+        })
         expect(login.status).toBe(429)
         // Another address is not affected.
         expect((await c.get("/manage/projects")).status).toBe(200)
@@ -399,11 +451,18 @@ function auditSuite(backend: Backend) {
       const correlation = `c-${randomUUID()}`
       const { project, tokenId } = await makeEvents(correlation)
       const all = await eventsOf(api, `correlation_id=${correlation}`)
-      expect(all.events.map((e) => e.action)).toEqual(["project.list", "project.read", "token.revoke", "token.create", "project.read"])
+      expect(all.events.map((e) => e.action)).toEqual([
+        "project.list",
+        "project.read",
+        "token.revoke",
+        "token.create",
+        "project.read"
+      ])
       const stamps = all.events.map((e) => e.timestamp)
       expect([...stamps].sort().reverse()).toEqual(stamps)
 
-      const q = (extra: string) => eventsOf(api, `correlation_id=${correlation}&${extra}`).then((r) => r.events.map((e) => e.action))
+      const q = (extra: string) =>
+        eventsOf(api, `correlation_id=${correlation}&${extra}`).then((r) => r.events.map((e) => e.action))
       expect(await q("action=project.read")).toEqual(["project.read", "project.read"])
       expect(await q("action=project.read&outcome=failure")).toEqual(["project.read"])
       expect(await q(`project_id=${project.id}`)).toEqual(["token.revoke", "token.create", "project.read"])
@@ -424,13 +483,20 @@ function auditSuite(backend: Backend) {
       const oldestFirst = [...all].reverse()
       const from = oldestFirst[1]!.timestamp
       const to = oldestFirst[3]!.timestamp
-      const inRange = await eventsOf(api, `correlation_id=${correlation}&start_time=${encodeURIComponent(from)}&end_time=${encodeURIComponent(to)}`)
-      expect(inRange.events.map((e) => e.id)).toEqual(all.filter((e) => e.timestamp >= from && e.timestamp <= to).map((e) => e.id))
+      const inRange = await eventsOf(
+        api,
+        `correlation_id=${correlation}&start_time=${encodeURIComponent(from)}&end_time=${encodeURIComponent(to)}`
+      )
+      expect(inRange.events.map((e) => e.id)).toEqual(
+        all.filter((e) => e.timestamp >= from && e.timestamp <= to).map((e) => e.id)
+      )
       expect(inRange.events.length).toBeGreaterThanOrEqual(3)
       const later = new Date(Date.parse(all[0]!.timestamp) + 1).toISOString()
       expect((await eventsOf(api, `correlation_id=${correlation}&start_time=${later}`)).events).toEqual([])
       const offset = new Date(Date.parse(from) + 2 * 3600_000).toISOString().replace("Z", "+02:00")
-      expect((await eventsOf(api, `correlation_id=${correlation}&start_time=${encodeURIComponent(offset)}`)).events.length).toBe(
+      expect(
+        (await eventsOf(api, `correlation_id=${correlation}&start_time=${encodeURIComponent(offset)}`)).events.length
+      ).toBe(
         all.filter((e) => e.timestamp >= from).length
       )
     })
@@ -467,7 +533,15 @@ function auditSuite(backend: Backend) {
       const none = await eventsOf(api, `correlation_id=nothing-${randomUUID()}`)
       expect(none).toEqual({
         events: [],
-        pagination: { page: 1, page_size: 20, total_count: 0, total_pages: 0, has_next: false, has_prev: false, total_exact: true }
+        pagination: {
+          page: 1,
+          page_size: 20,
+          total_count: 0,
+          total_pages: 0,
+          has_next: false,
+          has_prev: false,
+          total_exact: true
+        }
       })
     })
 
@@ -517,7 +591,9 @@ function auditSuite(backend: Backend) {
       const doc = (await api.get("/manage/openapi.json")).json
       expect(Object.keys(doc.paths)).toEqual(expect.arrayContaining(["/manage/audit", "/manage/audit/{id}"]))
       const params = doc.paths["/manage/audit"].get.parameters.map((p: { name: string }) => p.name)
-      expect(params).toEqual(expect.arrayContaining(["action", "search", "start_time", "end_time", "page", "page_size", "token_id"]))
+      expect(params).toEqual(
+        expect.arrayContaining(["action", "search", "start_time", "end_time", "page", "page_size", "token_id"])
+      )
     })
   })
 }
@@ -559,10 +635,18 @@ describe("audit configuration (SQLite)", () => {
       expect((await ipOf(trusting, { "x-forwarded-for": "1.2.3.4, 10.1.2.3" })).client_ip).toBe("1.2.3.4")
       expect((await ipOf(trusting, { "x-forwarded-for": "garbage, 10.1.2.3" })).client_ip).toBe("10.1.2.3")
       expect((await ipOf(trusting, {})).client_ip).toBe("127.0.0.1")
-      const agent = await ipOf(trusting, { "x-forwarded-for": "1.2.3.4", "x-forwarded-user-agent": "Browser/9", "user-agent": "admin-proxy" })
+      const agent = await ipOf(trusting, {
+        "x-forwarded-for": "1.2.3.4",
+        "x-forwarded-user-agent": "Browser/9",
+        "user-agent": "admin-proxy"
+      })
       expect([agent.client_ip, agent.user_agent]).toEqual(["1.2.3.4", "Browser/9"])
       // Without TRUSTED_PROXIES the headers are ignored: the socket peer is the client.
-      const spoofed = await ipOf(plain, { "x-forwarded-for": "1.2.3.4", "x-forwarded-user-agent": "Browser/9", "user-agent": "curl/8" })
+      const spoofed = await ipOf(plain, {
+        "x-forwarded-for": "1.2.3.4",
+        "x-forwarded-user-agent": "Browser/9",
+        "user-agent": "curl/8"
+      })
       expect([spoofed.client_ip, spoofed.user_agent]).toEqual(["127.0.0.1", "curl/8"])
     } finally {
       await trusting.close()
@@ -573,7 +657,9 @@ describe("audit configuration (SQLite)", () => {
   it("AUDIT_ENABLED=false: no rows, no file (scenario 120)", async () => {
     const db = sqlite("disabled")
     const file = join(dir, "disabled.log")
-    const server = await startServer(testConfig(db, { audit: { enabled: false, file: Option.some(file), storeInDb: true, retentionDays: 0 } }))
+    const server = await startServer(
+      testConfig(db, { audit: { enabled: false, file: Option.some(file), storeInDb: true, retentionDays: 0 } })
+    )
     const c = new Client(server.url, server.token)
     await c.post("/manage/projects", { name: "p", api_key: providerKey() })
     await c.get("/manage/projects", { auth: "Bearer wrong" })
@@ -587,7 +673,9 @@ describe("audit configuration (SQLite)", () => {
   it("file and database: both get every event; a restart appends; a clean shutdown right after a burst loses nothing", async () => {
     const db = sqlite("both")
     const file = join(dir, "logs", "audit.log")
-    const config = testConfig(db, { audit: { enabled: true, file: Option.some(file), storeInDb: true, retentionDays: 0 } })
+    const config = testConfig(db, {
+      audit: { enabled: true, file: Option.some(file), storeInDb: true, retentionDays: 0 }
+    })
     const first = await startServer(config)
     const c1 = new Client(first.url, first.token)
     const created = await c1.post("/manage/projects", { name: "both", api_key: providerKey() })
@@ -605,7 +693,12 @@ describe("audit configuration (SQLite)", () => {
     expect(text.startsWith(afterFirst)).toBe(true)
     const lines = text.trimEnd().split("\n").map((l) => JSON.parse(l))
     expect(lines).toHaveLength(201)
-    expect(lines[0]).toMatchObject({ action: "project.create", actor: "management_api", result: "success", project_id: created.json.id })
+    expect(lines[0]).toMatchObject({
+      action: "project.create",
+      actor: "management_api",
+      result: "success",
+      project_id: created.json.id
+    })
     expect(lines[0].details).toMatchObject({ project_name: "both" })
     expect(lines.slice(1).every((l) => l.action === "project.read")).toBe(true)
     const rows = await rowsOf(db.path)
@@ -615,7 +708,9 @@ describe("audit configuration (SQLite)", () => {
   it("AUDIT_STORE_IN_DB=false: the file gets the events, the table none, and listing answers 503", async () => {
     const db = sqlite("file-only")
     const file = join(dir, "file-only.log")
-    const server = await startServer(testConfig(db, { audit: { enabled: true, file: Option.some(file), storeInDb: false, retentionDays: 0 } }))
+    const server = await startServer(
+      testConfig(db, { audit: { enabled: true, file: Option.some(file), storeInDb: false, retentionDays: 0 } })
+    )
     const c = new Client(server.url, server.token)
     await c.get("/manage/projects")
     expectError(await c.get("/manage/audit"), 503, "audit events not available")
@@ -631,7 +726,11 @@ describe("audit configuration (SQLite)", () => {
     const { writeFileSync } = await import("node:fs")
     writeFileSync(blocked, "")
     await expect(
-      startServer(testConfig(sqlite("blocked"), { audit: { enabled: true, file: Option.some(join(blocked, "a.log")), storeInDb: true, retentionDays: 0 } }))
+      startServer(
+        testConfig(sqlite("blocked"), {
+          audit: { enabled: true, file: Option.some(join(blocked, "a.log")), storeInDb: true, retentionDays: 0 }
+        })
+      )
     ).rejects.toThrow(/cannot open the audit log file/)
   })
 })

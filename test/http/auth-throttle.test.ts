@@ -12,7 +12,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { makeMemoryThrottle } from "../../src/http/authThrottle.js"
 import { redisUrl } from "../support/databases.js"
-import { startServer, type TestServer, testConfig } from "../support/server.js"
+import { startServer, testConfig, type TestServer } from "../support/server.js"
 import { Client } from "./harness.js"
 
 describe("the throttle's counting", () => {
@@ -40,7 +40,8 @@ describe("the throttle's counting", () => {
       for (const ip of ["a", "b", "c"]) yield* throttle.failed(ip)
       yield* throttle.failed("d")
       expect(yield* throttle.retryAfter("a")).toBe(0)
-      expect([yield* throttle.retryAfter("b"), yield* throttle.retryAfter("c"), yield* throttle.retryAfter("d")]).toEqual([60, 60, 60])
+      expect([yield* throttle.retryAfter("b"), yield* throttle.retryAfter("c"), yield* throttle.retryAfter("d")])
+        .toEqual([60, 60, 60])
       yield* TestClock.adjust(Duration.seconds(61))
       yield* throttle.failed("e")
       expect(yield* throttle.retryAfter("e")).toBe(60)
@@ -84,7 +85,10 @@ describe("the brute-force limit over HTTP", () => {
         expect((await api.get("/manage/projects", { auth: null, headers: { ...from, cookie } })).status).toBe(200)
 
         const { events } = (await api.get(`/manage/audit?client_ip=${from["x-forwarded-for"]}`)).json
-        expect(events.filter((e: any) => e.outcome === "denied").map((e: any) => [e.action, e.outcome, e.reason, e.count]).sort()).toEqual([
+        expect(
+          events.filter((e: any) => e.outcome === "denied").map((e: any) => [e.action, e.outcome, e.reason, e.count])
+            .sort()
+        ).toEqual([
           ["admin.login", "denied", "invalid management token", 10],
           ["admin.login", "denied", "too many failed authentication attempts", 21],
           ["management.auth", "denied", "too many failed authentication attempts", 1]
@@ -150,7 +154,9 @@ describe.skipIf(!redisUrl)("the brute-force limit shared through Redis", () => {
         const onB = new Client(b.url, b.token)
         for (let i = 0; i < 5; i++) {
           expect((await onA.get("/manage/tokens", { auth: `Bearer a-${i}`, headers: from })).status).toBe(401)
-          expect((await onB.post("/manage/session", { token: `b-${i}` }, { auth: null, headers: from })).status).toBe(401)
+          expect((await onB.post("/manage/session", { token: `b-${i}` }, { auth: null, headers: from })).status).toBe(
+            401
+          )
         }
         expect((await onA.get("/manage/tokens", { headers: from })).status).toBe(429)
         expect((await onB.get("/manage/tokens", { headers: from })).status).toBe(429)
@@ -166,7 +172,9 @@ describe.skipIf(!redisUrl)("the brute-force limit shared through Redis", () => {
         const s = await start({ rateLimitBackend: "redis", redisUrl: "redis://127.0.0.1:9" })
         const api = new Client(s.url, s.token)
         const from = { "x-forwarded-for": attackerIp() }
-        for (let i = 0; i < 10; i++) expect((await api.get("/manage/tokens", { auth: `Bearer x-${i}`, headers: from })).status).toBe(401)
+        for (let i = 0; i < 10; i++) {
+          expect((await api.get("/manage/tokens", { auth: `Bearer x-${i}`, headers: from })).status).toBe(401)
+        }
         expect((await api.get("/manage/tokens", { headers: from })).status).toBe(429)
       } finally {
         await Promise.all(started.splice(0).map((s) => s.close()))

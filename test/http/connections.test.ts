@@ -35,12 +35,16 @@ const open = (port: number): Promise<Conn> =>
 const live = async (c: Conn): Promise<{ status: number; text: string }> => {
   const from = c.text().length
   c.socket.write("GET /live HTTP/1.1\r\nHost: x\r\n\r\n")
-  await eventually(() => {
-    const t = c.text().slice(from)
-    const sep = t.indexOf("\r\n\r\n")
-    const length = Number(/\r\ncontent-length: (\d+)/i.exec(t)?.[1] ?? -1)
-    return (sep !== -1 && length >= 0 && t.length >= sep + 4 + length) || c.closed()
-  }, 5_000, 5)
+  await eventually(
+    () => {
+      const t = c.text().slice(from)
+      const sep = t.indexOf("\r\n\r\n")
+      const length = Number(/\r\ncontent-length: (\d+)/i.exec(t)?.[1] ?? -1)
+      return (sep !== -1 && length >= 0 && t.length >= sep + 4 + length) || c.closed()
+    },
+    5_000,
+    5
+  )
   const t = c.text().slice(from)
   return { status: Number(/^HTTP\/1\.1 (\d{3})/.exec(t)?.[1] ?? 0), text: t }
 }
@@ -100,7 +104,10 @@ describe("connection limits", () => {
     const [over] = await openMany(port, 1)
     const r = await live(over!)
     expect(r.status).toBe(503)
-    expect(JSON.parse(r.text.slice(r.text.indexOf("\r\n\r\n") + 4))).toEqual({ error: "Too many connections", code: "too_many_connections" })
+    expect(JSON.parse(r.text.slice(r.text.indexOf("\r\n\r\n") + 4))).toEqual({
+      error: "Too many connections",
+      code: "too_many_connections"
+    })
     // /v1 as well (answered before the proxy sees the request)
     held[0]!.socket.destroy()
     await eventually(() => held[0]!.closed())
@@ -159,7 +166,9 @@ describe("ConnectionLimiter", () => {
 
 describe("configuration", () => {
   const load = (env: Record<string, string>) =>
-    Effect.runSync(Effect.either(Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map(Object.entries(env))))))
+    Effect.runSync(
+      Effect.either(Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map(Object.entries(env)))))
+    )
 
   it("defaults 10,000 in total and 1,000 per address; 0 = unlimited; a bad value names the variable", () => {
     const d = load({})
@@ -167,7 +176,9 @@ describe("configuration", () => {
     const z = load({ MAX_CONNECTIONS: "0", MAX_CONNECTIONS_PER_IP: "0" })
     expect(Either.isRight(z) && [z.right.maxConnections, z.right.maxConnectionsPerIp]).toEqual([0, 0])
     const bad = load({ MAX_CONNECTIONS_PER_IP: "lots" })
-    expect(Either.isLeft(bad) && formatConfigError(bad.left)).toBe('invalid configuration: MAX_CONNECTIONS_PER_IP: expected a non-negative integer, got "lots"')
+    expect(Either.isLeft(bad) && formatConfigError(bad.left)).toBe(
+      "invalid configuration: MAX_CONNECTIONS_PER_IP: expected a non-negative integer, got \"lots\""
+    )
   })
 })
 

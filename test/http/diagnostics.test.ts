@@ -12,12 +12,14 @@ import { networkInterfaces, tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
 import { ADMIN_CSP } from "../../src/http/AdminUi.js"
-import { startServer, type TestServer, testConfig } from "../support/server.js"
+import { startServer, testConfig, type TestServer } from "../support/server.js"
 
 const METRICS_PATHS = ["/metrics", "/metrics/prometheus", "/metrics/json"]
 
 /** An address of this machine that is not loopback, if it has one. */
-const external = Object.values(networkInterfaces()).flat().find((i) => i !== undefined && !i.internal && i.family === "IPv4")?.address
+const external = Object.values(networkInterfaces()).flat().find((i) =>
+  i !== undefined && !i.internal && i.family === "IPv4"
+)?.address
 
 const freePort = () =>
   new Promise<number>((resolve, reject) => {
@@ -39,7 +41,9 @@ afterAll(async () => {
 const start = async (overrides: Parameters<typeof testConfig>[1] = {}) => {
   const path = join(tmpdir(), `llm-proxy-diag-${randomUUID()}.db`)
   files.push(path)
-  const s = await startServer(testConfig({ _tag: "sqlite", path }, { listen: { host: "0.0.0.0", port: 0 }, ...overrides }))
+  const s = await startServer(
+    testConfig({ _tag: "sqlite", path }, { listen: { host: "0.0.0.0", port: 0 }, ...overrides })
+  )
   servers.push(s)
   return { ...s, port: Number(new URL(s.url).port) }
 }
@@ -55,7 +59,8 @@ describe("metrics by default: loopback clients only", () => {
         const proxied = await fetch(`http://127.0.0.1:${s.port}${path}`, { headers: { [header]: "198.51.100.7" } })
         expect(proxied.status, `${path} with ${header}`).toBe(403)
         expect(await proxied.json()).toEqual({
-          error: "metrics are served to loopback clients only; set METRICS_TOKEN or METRICS_ADDR to scrape them from elsewhere",
+          error:
+            "metrics are served to loopback clients only; set METRICS_TOKEN or METRICS_ADDR to scrape them from elsewhere",
           code: "metrics_loopback_only"
         })
       }
@@ -63,16 +68,21 @@ describe("metrics by default: loopback clients only", () => {
     expect((await fetch(`http://[::1]:${s.port}/metrics`).catch(() => undefined))?.status ?? 200).toBe(200)
   })
 
-  it.skipIf(external === undefined)("refuse a client on another address; health probes stay open (skipped without a non-loopback interface)", async () => {
-    const s = await start()
-    for (const path of METRICS_PATHS) {
-      const r = await fetch(`http://${external}:${s.port}${path}`)
-      expect(r.status, path).toBe(403)
-      const text = await r.text()
-      expect(text).not.toContain("llm_proxy_")
+  it.skipIf(external === undefined)(
+    "refuse a client on another address; health probes stay open (skipped without a non-loopback interface)",
+    async () => {
+      const s = await start()
+      for (const path of METRICS_PATHS) {
+        const r = await fetch(`http://${external}:${s.port}${path}`)
+        expect(r.status, path).toBe(403)
+        const text = await r.text()
+        expect(text).not.toContain("llm_proxy_")
+      }
+      for (const path of ["/health", "/ready", "/live"]) {
+        expect((await fetch(`http://${external}:${s.port}${path}`)).status, path).toBe(200)
+      }
     }
-    for (const path of ["/health", "/ready", "/live"]) expect((await fetch(`http://${external}:${s.port}${path}`)).status, path).toBe(200)
-  })
+  )
 })
 
 describe("METRICS_TOKEN", () => {
@@ -83,13 +93,24 @@ describe("METRICS_TOKEN", () => {
     for (const host of hosts) {
       for (const path of METRICS_PATHS) {
         const url = `http://${host}:${s.port}${path}`
-        for (const auth of [undefined, "Bearer ", `Bearer ${token.slice(0, -1)}`, `Bearer ${token}x`, `Basic ${token}`, token]) {
+        for (
+          const auth of [
+            undefined,
+            "Bearer ",
+            `Bearer ${token.slice(0, -1)}`,
+            `Bearer ${token}x`,
+            `Basic ${token}`,
+            token
+          ]
+        ) {
           const r = await fetch(url, auth === undefined ? {} : { headers: { authorization: auth } })
           expect(r.status, `${url} ${auth}`).toBe(401)
-          expect(r.headers.get("www-authenticate")).toBe('Bearer realm="metrics"')
+          expect(r.headers.get("www-authenticate")).toBe("Bearer realm=\"metrics\"")
           expect(await r.json()).toEqual({ error: "missing or invalid metrics token", code: "unauthorized" })
         }
-        const ok = await fetch(url, { headers: { authorization: `Bearer ${token}`, "x-forwarded-for": "198.51.100.7" } })
+        const ok = await fetch(url, {
+          headers: { authorization: `Bearer ${token}`, "x-forwarded-for": "198.51.100.7" }
+        })
         expect(ok.status, url).toBe(200)
         expect(await ok.text()).toMatch(path === "/metrics/json" ? /"uptime_seconds"/ : /llm_proxy_/)
       }
@@ -118,10 +139,16 @@ describe("METRICS_ADDR", () => {
   it("with METRICS_TOKEN too, the own listener requires the bearer", async () => {
     const port = await freePort()
     const token = randomBytes(24).toString("base64url")
-    await start({ metricsAddr: Option.some({ host: "127.0.0.1", port }), metricsToken: Option.some(Redacted.make(token)) })
+    await start({
+      metricsAddr: Option.some({ host: "127.0.0.1", port }),
+      metricsToken: Option.some(Redacted.make(token))
+    })
     for (const path of ["/metrics", "/metrics/json"]) {
       expect((await fetch(`http://127.0.0.1:${port}${path}`)).status, path).toBe(401)
-      expect((await fetch(`http://127.0.0.1:${port}${path}`, { headers: { authorization: `Bearer ${token}` } })).status, path).toBe(200)
+      expect(
+        (await fetch(`http://127.0.0.1:${port}${path}`, { headers: { authorization: `Bearer ${token}` } })).status,
+        path
+      ).toBe(200)
     }
     expect((await fetch(`http://127.0.0.1:${port}/health`)).status).toBe(200)
   })

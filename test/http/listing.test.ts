@@ -84,10 +84,13 @@ function listingSuite(backend: Backend) {
         db.close()
       }
     } else {
-      await withPgClient(Redacted.value(database.url), (client) =>
-        client.query(`INSERT INTO tokens (id, token_hash, token_hint, project_id, expires_at, created_at)
+      await withPgClient(
+        Redacted.value(database.url),
+        (client) =>
+          client.query(`INSERT INTO tokens (id, token_hash, token_hint, project_id, expires_at, created_at)
           SELECT gen_random_uuid()::text, '${projectId}-' || i, 'sk-bulk****bulk', '${projectId}',
-            '2099-01-01T00:00:00.000Z', '2020-01-01T00:00:00.000Z' FROM generate_series(1, ${n}) i`))
+            '2099-01-01T00:00:00.000Z', '2020-01-01T00:00:00.000Z' FROM generate_series(1, ${n}) i`)
+      )
     }
   }
 
@@ -123,7 +126,8 @@ function listingSuite(backend: Backend) {
     const past = new Date(Date.now() - 60_000).toISOString()
     expect((await api.patch(`/manage/tokens/${expired.id}`, { expires_at: past })).status).toBe(200)
 
-    const ids = async (query: string) => (await page(`project_id=${p.id}&page_size=10&${query}`)).tokens.map((t) => t.id)
+    const ids = async (query: string) =>
+      (await page(`project_id=${p.id}&page_size=10&${query}`)).tokens.map((t) => t.id)
     expect(await ids("status=active")).toEqual([live.id])
     expect(await ids("status=EXPIRED")).toEqual([expired.id])
     expect(await ids("status=revoked")).toEqual([revoked.id])
@@ -143,7 +147,11 @@ function listingSuite(backend: Backend) {
     expectError(await api.get("/manage/tokens?page_size=0"), 400, "page_size must be an integer between 1 and 100")
     expectError(await api.get("/manage/tokens?page_size=101"), 400, "page_size must be an integer between 1 and 100")
     expectError(await api.get("/manage/tokens?status=gone"), 400, "status must be active, expired or revoked")
-    expectError(await api.get("/manage/tokens?active_only=true&status=revoked"), 400, "active_only=true conflicts with status")
+    expectError(
+      await api.get("/manage/tokens?active_only=true&status=revoked"),
+      400,
+      "active_only=true conflicts with status"
+    )
     expectError(await api.get(`/manage/tokens?search=${"a".repeat(257)}`), 400, "search must be at most 256 characters")
     const forged = (parts: unknown) => Buffer.from(JSON.stringify(parts)).toString("base64url")
     for (
@@ -189,7 +197,9 @@ function listingSuite(backend: Backend) {
     const correlation = `listing-${crypto.randomUUID()}`
     const p = await createProject()
     for (let i = 0; i < 7; i++) {
-      expect((await api.get(`/manage/projects/${p.id}`, { headers: { "x-correlation-id": correlation } })).status).toBe(200)
+      expect((await api.get(`/manage/projects/${p.id}`, { headers: { "x-correlation-id": correlation } })).status).toBe(
+        200
+      )
     }
     const all = (await api.get(`/manage/audit?correlation_id=${correlation}&page_size=100`)).json
     expect(all.events).toHaveLength(7)
@@ -201,7 +211,13 @@ function listingSuite(backend: Backend) {
     }
     const first = await audit("cursor=")
     expect(first.events.map((e) => e.id)).toEqual(ids.slice(0, 3))
-    expect(first.pagination).toEqual({ page_size: 3, has_next: true, has_prev: false, next_cursor: expect.any(String), prev_cursor: null })
+    expect(first.pagination).toEqual({
+      page_size: 3,
+      has_next: true,
+      has_prev: false,
+      next_cursor: expect.any(String),
+      prev_cursor: null
+    })
     const second = await audit(`cursor=${first.pagination.next_cursor}`)
     expect(second.events.map((e) => e.id)).toEqual(ids.slice(3, 6))
     const back = await audit(`cursor=${second.pagination.prev_cursor}`)

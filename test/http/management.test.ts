@@ -83,7 +83,9 @@ function managementSuite(backend: Backend) {
   /** Every provider key created through `createProject`, to check none ever comes back whole. */
   const secrets: Array<string> = []
   const expectNoSecret = (r: Reply) => {
-    for (const s of secrets) expect(r.text.includes(s), `response leaks a full key: ${r.text.slice(0, 200)}`).toBe(false)
+    for (const s of secrets) {
+      expect(r.text.includes(s), `response leaks a full key: ${r.text.slice(0, 200)}`).toBe(false)
+    }
   }
 
   const createProject = async (overrides: Record<string, unknown> = {}) => {
@@ -156,7 +158,17 @@ function managementSuite(backend: Backend) {
     })
 
     it("#3 empty or malformed credentials → 401 missing or invalid Authorization header", async () => {
-      for (const auth of ["Bearer ", "Bearer    ", "Bearer", "", "Basic dXNlcjpwYXNz", `bearer ${server.token}`, server.token]) {
+      for (
+        const auth of [
+          "Bearer ",
+          "Bearer    ",
+          "Bearer",
+          "",
+          "Basic dXNlcjpwYXNz",
+          `bearer ${server.token}`,
+          server.token
+        ]
+      ) {
         expectError(await api.get("/manage/projects", { auth }), 401, MISSING_AUTH)
       }
     })
@@ -235,7 +247,11 @@ function managementSuite(backend: Backend) {
     })
 
     it("#7 a short key is obfuscated too (first 2 + stars) and an explicit provider is kept", async () => {
-      const r = await api.post("/manage/projects", { name: uniqueName("short"), api_key: "abcdefghij", provider: "openai" })
+      const r = await api.post("/manage/projects", {
+        name: uniqueName("short"),
+        api_key: "abcdefghij",
+        provider: "openai"
+      })
       expect(r.status).toBe(201)
       expect(r.json.api_key).toBe("ab********")
       expect(r.json.provider).toBe("openai")
@@ -249,7 +265,9 @@ function managementSuite(backend: Backend) {
         { name: "", api_key: providerKey() },
         { name: uniqueName("n"), api_key: "" }
       ]
-      for (const body of bodies) expectError(await api.post("/manage/projects", body), 400, "name and api_key are required")
+      for (const body of bodies) {
+        expectError(await api.post("/manage/projects", body), 400, "name and api_key are required")
+      }
     })
 
     it("#9 POST with an obfuscated api_key (... or ****) → 400", async () => {
@@ -330,7 +348,13 @@ function managementSuite(backend: Backend) {
       const r = await api.patch(`/manage/projects/${p.id}`, { name })
       expect(r.status, r.text).toBe(200)
       expectNoSecret(r)
-      expect(r.json).toMatchObject({ id: p.id, name, api_key: hintOf(p.key), is_active: true, created_at: p.created_at })
+      expect(r.json).toMatchObject({
+        id: p.id,
+        name,
+        api_key: hintOf(p.key),
+        is_active: true,
+        created_at: p.created_at
+      })
       expect(Date.parse(r.json.updated_at)).toBeGreaterThan(Date.parse(p.created_at))
       expect((await api.get(`/manage/projects/${p.id}`)).json).toEqual(r.json)
     })
@@ -416,12 +440,14 @@ function managementSuite(backend: Backend) {
       const put = await api.call("PUT", `/manage/projects/${p.id}`, { body: { name: "x" } })
       expectError(put, 405, "method not allowed")
       expect(put.headers.get("allow")).toBe("GET, PATCH")
-      for (const [method, path, allow] of [
-        ["PUT", "/manage/projects", "GET, POST"],
-        ["DELETE", "/manage/projects", "GET, POST"],
-        ["PATCH", "/manage/tokens", "GET, POST"],
-        ["GET", `/manage/projects/${p.id}/tokens/revoke`, "POST"]
-      ] as const) {
+      for (
+        const [method, path, allow] of [
+          ["PUT", "/manage/projects", "GET, POST"],
+          ["DELETE", "/manage/projects", "GET, POST"],
+          ["PATCH", "/manage/tokens", "GET, POST"],
+          ["GET", `/manage/projects/${p.id}/tokens/revoke`, "POST"]
+        ] as const
+      ) {
         const r = await api.call(method, path)
         expectError(r, 405, "method not allowed")
         expect(r.headers.get("allow")).toBe(allow)
@@ -505,7 +531,11 @@ function managementSuite(backend: Backend) {
 
     it("#27 missing project_id → 400 project_id is required; unknown project → 404 project not found", async () => {
       expectError(await api.post("/manage/tokens", { duration_minutes: 60 }), 400, "project_id is required")
-      expectError(await api.post("/manage/tokens", { project_id: "", duration_minutes: 60 }), 400, "project_id is required")
+      expectError(
+        await api.post("/manage/tokens", { project_id: "", duration_minutes: 60 }),
+        400,
+        "project_id is required"
+      )
       expectError(
         await api.post("/manage/tokens", { project_id: UNKNOWN_UUID, duration_minutes: 60 }),
         404,
@@ -560,8 +590,9 @@ function managementSuite(backend: Backend) {
       const past = new Date(Date.now() - 60_000).toISOString()
       expect((await api.patch(`/manage/tokens/${expired.id}`, { expires_at: past })).status).toBe(200)
 
-      const ids = async (query: string) =>
-        ((await api.get(`/manage/tokens?${query}`)).json as Array<{ id: string; project_id: string }>)
+      const ids = async (
+        query: string
+      ) => ((await api.get(`/manage/tokens?${query}`)).json as Array<{ id: string; project_id: string }>)
       for (const query of [`projectId=${p.id}`, `project_id=${p.id}`, `project_id=${p.id.toUpperCase()}`]) {
         const list = await ids(query)
         expect(list.every((t) => t.project_id === p.id)).toBe(true)
@@ -610,7 +641,11 @@ function managementSuite(backend: Backend) {
       expect(r.text).not.toContain(t.token)
       expect(r.json.token).toMatch(TOKEN_HINT_RE)
       expect(await getToken(t.id)).toEqual(r.json)
-      expectError(await api.patch(`/manage/tokens/${t.id}`, { expires_at: "tomorrow" }), 400, "expires_at must be an RFC 3339 timestamp")
+      expectError(
+        await api.patch(`/manage/tokens/${t.id}`, { expires_at: "tomorrow" }),
+        400,
+        "expires_at must be an RFC 3339 timestamp"
+      )
       // Existence is checked before the fields (#32).
       expectError(await api.patch(`/manage/tokens/${UNKNOWN_UUID}`, {}), 404, "token not found")
       expectError(await api.patch(`/manage/tokens/${UNKNOWN_UUID}`, { max_requests: 1 }), 404, "token not found")
@@ -676,10 +711,15 @@ function managementSuite(backend: Backend) {
       const wrong: Array<string> = []
       for (const c of cases) {
         const r = await api.call(c.method, c.path, c.body === undefined ? {} : { body: c.body })
-        const request = `${c.method} ${c.path.slice(0, 100)} ${String(typeof c.body === "string" ? c.body : JSON.stringify(c.body)).slice(0, 80)}`
-        const jsonError = (r.headers.get("content-type") ?? "").startsWith("application/json") && typeof r.json?.error === "string"
+        const request = `${c.method} ${c.path.slice(0, 100)} ${
+          String(typeof c.body === "string" ? c.body : JSON.stringify(c.body)).slice(0, 80)
+        }`
+        const jsonError = (r.headers.get("content-type") ?? "").startsWith("application/json") &&
+          typeof r.json?.error === "string"
         if (r.status !== (c.status ?? 400) || !jsonError || (c.error !== undefined && r.json.error !== c.error)) {
-          wrong.push(`${request} → ${r.status} ${r.text.slice(0, 160)} (expected ${c.status ?? 400} ${c.error ?? "{error}"})`)
+          wrong.push(
+            `${request} → ${r.status} ${r.text.slice(0, 160)} (expected ${c.status ?? 400} ${c.error ?? "{error}"})`
+          )
         }
         expectNoSecret(r)
       }
@@ -691,7 +731,21 @@ function managementSuite(backend: Backend) {
       const ok = { name: uniqueName("bad"), api_key: providerKey() }
       const P = "/manage/projects"
       await run([
-        ...["", "{", "nul", "null", "[]", "[{}]", "\"a string\"", "42", "true", "{}x", "NaN", "{\"name\": NaN}", "\uFEFF{}"]
+        ...[
+          "",
+          "{",
+          "nul",
+          "null",
+          "[]",
+          "[{}]",
+          "\"a string\"",
+          "42",
+          "true",
+          "{}x",
+          "NaN",
+          "{\"name\": NaN}",
+          "\uFEFF{}"
+        ]
           .map((body): Case => ({ method: "POST", path: P, body })),
         { method: "POST", path: P, body: "null", error: "invalid request body" },
         { method: "POST", path: P, body: "[]", error: "invalid request body" },
@@ -705,20 +759,65 @@ function managementSuite(backend: Backend) {
         { method: "POST", path: P, body: { ...ok, name: null } },
         { method: "POST", path: P, body: { ...ok, extra: 1 }, error: "unknown field \"extra\"" },
         { method: "POST", path: P, body: { ...ok, is_active: false }, error: "unknown field \"is_active\"" },
-        { method: "POST", path: P, body: `{"name":"${ok.name}","api_key":"${ok.api_key}","__proto__":{"x":1}}`, error: "unknown field \"__proto__\"" },
+        {
+          method: "POST",
+          path: P,
+          body: `{"name":"${ok.name}","api_key":"${ok.api_key}","__proto__":{"x":1}}`,
+          error: "unknown field \"__proto__\""
+        },
         { method: "POST", path: P, body: { ...ok, constructor: "x" }, error: "unknown field \"constructor\"" },
         // A key pasted as a field name is not quoted back (errors are audited).
         { method: "POST", path: P, body: { ...ok, "sk-proj-AbC123xyz789QwErTy456UiOp0": "" }, error: "unknown field" },
         { method: "POST", path: P, body: { ...ok, ["k".repeat(10_000)]: 1 } },
-        { method: "POST", path: P, body: { ...ok, name: "n".repeat(1024 * 1024) }, error: "name must be at most 255 characters" },
-        { method: "POST", path: P, body: { ...ok, name: "n".repeat(256) }, error: "name must be at most 255 characters" },
+        {
+          method: "POST",
+          path: P,
+          body: { ...ok, name: "n".repeat(1024 * 1024) },
+          error: "name must be at most 255 characters"
+        },
+        {
+          method: "POST",
+          path: P,
+          body: { ...ok, name: "n".repeat(256) },
+          error: "name must be at most 255 characters"
+        },
         { method: "POST", path: P, body: { ...ok, name: "   " }, error: "name must not be empty" },
-        { method: "POST", path: P, body: { ...ok, name: "a\u0000b" }, error: "name must not contain control characters" },
-        { method: "POST", path: P, body: { ...ok, name: "line\nbreak" }, error: "name must not contain control characters" },
-        { method: "POST", path: P, body: { ...ok, api_key: "k".repeat(4097) }, error: "api_key must be at most 4096 characters" },
-        { method: "POST", path: P, body: { ...ok, api_key: "k".repeat(1024 * 1024) }, error: "api_key must be at most 4096 characters" },
-        { method: "POST", path: P, body: { ...ok, api_key: "sk has spaces" }, error: "api_key must not contain whitespace or control characters" },
-        { method: "POST", path: P, body: { ...ok, api_key: "sk-\u0000-abcdefghijkl" }, error: "api_key must not contain whitespace or control characters" },
+        {
+          method: "POST",
+          path: P,
+          body: { ...ok, name: "a\u0000b" },
+          error: "name must not contain control characters"
+        },
+        {
+          method: "POST",
+          path: P,
+          body: { ...ok, name: "line\nbreak" },
+          error: "name must not contain control characters"
+        },
+        {
+          method: "POST",
+          path: P,
+          body: { ...ok, api_key: "k".repeat(4097) },
+          error: "api_key must be at most 4096 characters"
+        },
+        {
+          method: "POST",
+          path: P,
+          body: { ...ok, api_key: "k".repeat(1024 * 1024) },
+          error: "api_key must be at most 4096 characters"
+        },
+        {
+          method: "POST",
+          path: P,
+          body: { ...ok, api_key: "sk has spaces" },
+          error: "api_key must not contain whitespace or control characters"
+        },
+        {
+          method: "POST",
+          path: P,
+          body: { ...ok, api_key: "sk-\u0000-abcdefghijkl" },
+          error: "api_key must not contain whitespace or control characters"
+        },
         { method: "POST", path: P, body: { ...ok, provider: "nope" }, error: "unknown provider \"nope\"" },
         { method: "POST", path: P, body: { ...ok, provider: "" } },
         // A lone surrogate is valid JSON text but not valid UTF-8.
@@ -728,7 +827,23 @@ function managementSuite(backend: Backend) {
 
     it("project update and lookup: bad ids (/, %2F, .., unicode, huge), bad bodies", async () => {
       const p = `/manage/projects/${project.id}`
-      const ids = ["x", "a%2Fb", "%2F", "%00", "%E2%82%AC", "%F0%9F%98%80", encodeURIComponent("ü"), "1", "-1", "1e20", "null", `${project.id}x`, `{${project.id}}`, project.id.replaceAll("-", ""), "x".repeat(8_000)]
+      const ids = [
+        "x",
+        "a%2Fb",
+        "%2F",
+        "%00",
+        "%E2%82%AC",
+        "%F0%9F%98%80",
+        encodeURIComponent("ü"),
+        "1",
+        "-1",
+        "1e20",
+        "null",
+        `${project.id}x`,
+        `{${project.id}}`,
+        project.id.replaceAll("-", ""),
+        "x".repeat(8_000)
+      ]
       await run([
         ...ids.flatMap((id): Array<Case> => [
           { method: "GET", path: `/manage/projects/${id}`, error: "invalid project id" },
@@ -746,12 +861,28 @@ function managementSuite(backend: Backend) {
         { method: "PATCH", path: p, body: { revoke_tokens: 1, is_active: false }, error: "invalid request body" },
         { method: "PATCH", path: p, body: { name: 5 }, error: "invalid request body" },
         { method: "PATCH", path: p, body: { name: "" }, error: "name must not be empty" },
-        { method: "PATCH", path: p, body: { name: "n".repeat(1024 * 1024) }, error: "name must be at most 255 characters" },
+        {
+          method: "PATCH",
+          path: p,
+          body: { name: "n".repeat(1024 * 1024) },
+          error: "name must be at most 255 characters"
+        },
         { method: "PATCH", path: p, body: { api_key: "sk-...abcd" }, error: OBFUSCATED_KEY },
         { method: "PATCH", path: p, body: { provider: "nope" }, error: "unknown provider \"nope\"" },
         { method: "PATCH", path: p, body: { id: UNKNOWN_UUID }, error: "unknown field \"id\"" },
-        { method: "PATCH", path: p, body: { is_active: false, deactivated_at: null }, error: "unknown field \"deactivated_at\"" },
-        { method: "PATCH", path: `/manage/projects/${UNKNOWN_UUID}`, body: { name: uniqueName("ghost") }, status: 404, error: "project not found" }
+        {
+          method: "PATCH",
+          path: p,
+          body: { is_active: false, deactivated_at: null },
+          error: "unknown field \"deactivated_at\""
+        },
+        {
+          method: "PATCH",
+          path: `/manage/projects/${UNKNOWN_UUID}`,
+          body: { name: uniqueName("ghost") },
+          status: 404,
+          error: "project not found"
+        }
       ])
     })
 
@@ -763,24 +894,74 @@ function managementSuite(backend: Backend) {
         { method: "POST", path: T, body: "[]", error: "invalid request body" },
         { method: "POST", path: T, body: "{", error: "invalid request body" },
         { method: "POST", path: T, body: JSON.stringify([base]), error: "invalid request body" },
-        { method: "POST", path: T, body: `{"project_id":"${project.id}","duration_minutes":NaN}`, error: "invalid request body" },
-        { method: "POST", path: T, body: `{"project_id":"${project.id}","duration_minutes":Infinity}`, error: "invalid request body" },
+        {
+          method: "POST",
+          path: T,
+          body: `{"project_id":"${project.id}","duration_minutes":NaN}`,
+          error: "invalid request body"
+        },
+        {
+          method: "POST",
+          path: T,
+          body: `{"project_id":"${project.id}","duration_minutes":Infinity}`,
+          error: "invalid request body"
+        },
         { method: "POST", path: T, body: { ...base, duration_minutes: "60" }, error: "invalid request body" },
         { method: "POST", path: T, body: { ...base, duration_minutes: "NaN" }, error: "invalid request body" },
         { method: "POST", path: T, body: { ...base, duration_minutes: "Infinity" }, error: "invalid request body" },
         { method: "POST", path: T, body: { ...base, duration_minutes: true }, error: "invalid request body" },
         { method: "POST", path: T, body: { ...base, duration_minutes: [60] }, error: "invalid request body" },
-        { method: "POST", path: T, body: { ...base, duration_minutes: 1e20 }, error: "duration_minutes exceeds maximum allowed" },
+        {
+          method: "POST",
+          path: T,
+          body: { ...base, duration_minutes: 1e20 },
+          error: "duration_minutes exceeds maximum allowed"
+        },
         { method: "POST", path: T, body: `{"project_id":"${project.id}","duration_minutes":1e400}` },
-        { method: "POST", path: T, body: { ...base, duration_minutes: 2 ** 53 + 2 }, error: "duration_minutes exceeds maximum allowed" },
-        { method: "POST", path: T, body: { ...base, duration_minutes: -1 }, error: "project_id and duration_minutes are required" },
-        { method: "POST", path: T, body: { ...base, duration_minutes: -1e20 }, error: "project_id and duration_minutes are required" },
-        { method: "POST", path: T, body: `{"project_id":"${project.id}","duration_minutes":-0}`, error: "project_id and duration_minutes are required" },
-        { method: "POST", path: T, body: { ...base, duration_minutes: 1.5 }, error: "duration_minutes must be an integer" },
-        { method: "POST", path: T, body: { ...base, duration_minutes: null }, error: "project_id and duration_minutes are required" },
+        {
+          method: "POST",
+          path: T,
+          body: { ...base, duration_minutes: 2 ** 53 + 2 },
+          error: "duration_minutes exceeds maximum allowed"
+        },
+        {
+          method: "POST",
+          path: T,
+          body: { ...base, duration_minutes: -1 },
+          error: "project_id and duration_minutes are required"
+        },
+        {
+          method: "POST",
+          path: T,
+          body: { ...base, duration_minutes: -1e20 },
+          error: "project_id and duration_minutes are required"
+        },
+        {
+          method: "POST",
+          path: T,
+          body: `{"project_id":"${project.id}","duration_minutes":-0}`,
+          error: "project_id and duration_minutes are required"
+        },
+        {
+          method: "POST",
+          path: T,
+          body: { ...base, duration_minutes: 1.5 },
+          error: "duration_minutes must be an integer"
+        },
+        {
+          method: "POST",
+          path: T,
+          body: { ...base, duration_minutes: null },
+          error: "project_id and duration_minutes are required"
+        },
         { method: "POST", path: T, body: { ...base, max_requests: -1 }, error: "max_requests must be >= 0" },
         { method: "POST", path: T, body: { ...base, max_requests: -1e20 }, error: "max_requests must be >= 0" },
-        { method: "POST", path: T, body: { ...base, max_requests: 2 ** 31 }, error: "max_requests must be <= 2147483647" },
+        {
+          method: "POST",
+          path: T,
+          body: { ...base, max_requests: 2 ** 31 },
+          error: "max_requests must be <= 2147483647"
+        },
         { method: "POST", path: T, body: { ...base, max_requests: 1e20 }, error: "max_requests must be <= 2147483647" },
         { method: "POST", path: T, body: { ...base, max_requests: 1.5 }, error: "max_requests must be an integer" },
         { method: "POST", path: T, body: { ...base, max_requests: "5" }, error: "invalid request body" },
@@ -792,14 +973,38 @@ function managementSuite(backend: Backend) {
         { method: "POST", path: T, body: { ...base, project_id: `${project.id}\u0000` }, error: "invalid project_id" },
         { method: "POST", path: T, body: { ...base, project_id: "ü".repeat(100_000) }, error: "invalid project_id" },
         { method: "POST", path: T, body: { ...base, projectId: project.id }, error: "unknown field \"projectId\"" },
-        { method: "POST", path: T, body: { ...base, expires_at: "2030-01-01T00:00:00Z" }, error: "unknown field \"expires_at\"" },
-        { method: "POST", path: T, body: { ...base, project_id: UNKNOWN_UUID }, status: 404, error: "project not found" }
+        {
+          method: "POST",
+          path: T,
+          body: { ...base, expires_at: "2030-01-01T00:00:00Z" },
+          error: "unknown field \"expires_at\""
+        },
+        {
+          method: "POST",
+          path: T,
+          body: { ...base, project_id: UNKNOWN_UUID },
+          status: 404,
+          error: "project not found"
+        }
       ])
     })
 
     it("token update, lookup and revoke: bad ids and bad bodies", async () => {
       const t = `/manage/tokens/${token.id}`
-      const ids = ["x", "a%2Fb", "%2F", "%00", "%E2%82%AC", encodeURIComponent("ü"), "-1", "1e20", `${token.id}x`, token.id.replaceAll("-", ""), token.token, "x".repeat(8_000)]
+      const ids = [
+        "x",
+        "a%2Fb",
+        "%2F",
+        "%00",
+        "%E2%82%AC",
+        encodeURIComponent("ü"),
+        "-1",
+        "1e20",
+        `${token.id}x`,
+        token.id.replaceAll("-", ""),
+        token.token,
+        "x".repeat(8_000)
+      ]
       await run([
         ...ids.flatMap((id): Array<Case> => [
           { method: "GET", path: `/manage/tokens/${id}`, error: "invalid token id" },
@@ -835,9 +1040,19 @@ function managementSuite(backend: Backend) {
           "0000-01-01T00:00:00+01:00",
           "NaN",
           "2030-01-01T00:00:00Z\u0000"
-        ].map((expires_at): Case => ({ method: "PATCH", path: t, body: { expires_at }, error: "expires_at must be an RFC 3339 timestamp" })),
+        ].map((expires_at): Case => ({
+          method: "PATCH",
+          path: t,
+          body: { expires_at },
+          error: "expires_at must be an RFC 3339 timestamp"
+        })),
         { method: "PATCH", path: t, body: { token: "sk-x" }, error: "unknown field \"token\"" },
-        { method: "PATCH", path: t, body: { is_active: true, request_count: 0 }, error: "unknown field \"request_count\"" },
+        {
+          method: "PATCH",
+          path: t,
+          body: { is_active: true, request_count: 0 },
+          error: "unknown field \"request_count\""
+        },
         { method: "PATCH", path: t, body: {}, error: "no fields to update" }
       ])
     })
@@ -848,9 +1063,21 @@ function managementSuite(backend: Backend) {
         { method: "GET", path: `/manage/tokens?project_id=${project.id}%00`, error: "invalid project_id" },
         { method: "GET", path: "/manage/tokens?projectId=%E2%82%AC", error: "invalid project_id" },
         { method: "GET", path: "/manage/tokens?active_only=2", error: "active_only must be true or false" },
-        { method: "GET", path: `/manage/tokens?project_id=${project.id}&project_id=${UNKNOWN_UUID}`, error: "invalid parameter \"project_id\"" },
-        { method: "GET", path: `/manage/tokens?projectId=${project.id}&projectId=${project.id}`, error: "invalid parameter \"projectId\"" },
-        { method: "GET", path: "/manage/tokens?active_only=true&active_only=false", error: "invalid parameter \"active_only\"" }
+        {
+          method: "GET",
+          path: `/manage/tokens?project_id=${project.id}&project_id=${UNKNOWN_UUID}`,
+          error: "invalid parameter \"project_id\""
+        },
+        {
+          method: "GET",
+          path: `/manage/tokens?projectId=${project.id}&projectId=${project.id}`,
+          error: "invalid parameter \"projectId\""
+        },
+        {
+          method: "GET",
+          path: "/manage/tokens?active_only=true&active_only=false",
+          error: "invalid parameter \"active_only\""
+        }
       ])
     })
 
@@ -879,9 +1106,12 @@ function managementSuite(backend: Backend) {
       const wrong: Array<string> = []
       for (const [method, path, status, error] of cases) {
         const r = await api.raw(method, path)
-        const jsonError = (r.headers.get("content-type") ?? "").startsWith("application/json") && typeof r.json?.error === "string"
+        const jsonError = (r.headers.get("content-type") ?? "").startsWith("application/json") &&
+          typeof r.json?.error === "string"
         if (r.status !== status || !jsonError || (error !== undefined && r.json.error !== error)) {
-          wrong.push(`${method} ${path} → ${r.status} ${r.text.slice(0, 160)} (expected ${status} ${error ?? "{error}"})`)
+          wrong.push(
+            `${method} ${path} → ${r.status} ${r.text.slice(0, 160)} (expected ${status} ${error ?? "{error}"})`
+          )
         }
       }
       expect(wrong).toEqual([])
@@ -938,9 +1168,40 @@ function managementSuite(backend: Backend) {
 
     // Values that tend to break parsers and validators, mixed with anything at all.
     const nasty = fc.constantFrom<unknown>(
-      1e20, -1, 2 ** 31, 2 ** 31 - 1, 2 ** 53, 0, -0, 1.5, 525600, 525601, 60, "NaN", "Infinity", "-1", "60", "", " ",
-      "true", "null", null, true, false, [], {}, "\u0000", "\ud800", "sk-...abcd", "****", "openai", "x".repeat(300),
-      "2030-01-01T00:00:00Z", "0000-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "1970-01-01T00:00:00+14:00"
+      1e20,
+      -1,
+      2 ** 31,
+      2 ** 31 - 1,
+      2 ** 53,
+      0,
+      -0,
+      1.5,
+      525600,
+      525601,
+      60,
+      "NaN",
+      "Infinity",
+      "-1",
+      "60",
+      "",
+      " ",
+      "true",
+      "null",
+      null,
+      true,
+      false,
+      [],
+      {},
+      "\u0000",
+      "\ud800",
+      "sk-...abcd",
+      "****",
+      "openai",
+      "x".repeat(300),
+      "2030-01-01T00:00:00Z",
+      "0000-01-01T00:00:00Z",
+      "9999-12-31T23:59:59Z",
+      "1970-01-01T00:00:00+14:00"
     )
     const value = fc.oneof(
       { arbitrary: nasty, weight: 3 },
@@ -957,14 +1218,22 @@ function managementSuite(backend: Backend) {
     const keyed = (keys: ReadonlyArray<string>, extra: Record<string, fc.Arbitrary<unknown>> = {}) =>
       fc.tuple(
         fc.record(
-          Object.fromEntries(keys.map((k) => [k, extra[k] ? fc.oneof({ arbitrary: extra[k]!, weight: 3 }, { arbitrary: value, weight: 1 }) : value])),
+          Object.fromEntries(
+            keys.map((
+              k
+            ) => [k, extra[k] ? fc.oneof({ arbitrary: extra[k]!, weight: 3 }, { arbitrary: value, weight: 1 }) : value])
+          ),
           { requiredKeys: [] }
         ),
         fc.option(fc.dictionary(fc.string({ maxLength: 12 }), value, { maxKeys: 2 }), { freq: 6 })
       ).map(([known, more]) => JSON.stringify({ ...(more ?? {}), ...known }))
     const plausibleName = fc.string({ unit: "binary", minLength: 1, maxLength: 260 })
     const plausibleKey = fc.oneof(
-      fc.string({ unit: fc.constantFrom(..."abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.*"), minLength: 0, maxLength: 60 }),
+      fc.string({
+        unit: fc.constantFrom(..."abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.*"),
+        minLength: 0,
+        maxLength: 60
+      }),
       fc.string({ minLength: 1, maxLength: 30 })
     )
     // Every key present, each from its plausible generator when there is one.
@@ -977,14 +1246,47 @@ function managementSuite(backend: Backend) {
         { arbitrary: fc.anything().map((v) => JSON.stringify(v) as string | undefined), weight: 2 },
         { arbitrary: fc.json(), weight: 2 },
         { arbitrary: fc.string(), weight: 1 },
-        { arbitrary: fc.constantFrom<string | undefined>(undefined, "", "null", "[]", "{", "{}", "\"x\"", "1e999", "NaN", "{\"a\":}"), weight: 1 }
+        {
+          arbitrary: fc.constantFrom<string | undefined>(
+            undefined,
+            "",
+            "null",
+            "[]",
+            "{",
+            "{}",
+            "\"x\"",
+            "1e999",
+            "NaN",
+            "{\"a\":}"
+          ),
+          weight: 1
+        }
       )
     const idText = fc.oneof(
       { arbitrary: fc.uuid(), weight: 2 },
       { arbitrary: fc.string(), weight: 2 },
       { arbitrary: fc.string({ unit: "grapheme", maxLength: 20 }), weight: 1 },
       {
-        arbitrary: fc.constantFrom("..", ".", "%2F", "%2e%2e", "a/b", "%", "%00", "%ZZ", "", "ü", "0", "-1", "1e20", "null", "undefined", "?x=1", "#frag", "x".repeat(5000)),
+        arbitrary: fc.constantFrom(
+          "..",
+          ".",
+          "%2F",
+          "%2e%2e",
+          "a/b",
+          "%",
+          "%00",
+          "%ZZ",
+          "",
+          "ü",
+          "0",
+          "-1",
+          "1e20",
+          "null",
+          "undefined",
+          "?x=1",
+          "#frag",
+          "x".repeat(5000)
+        ),
         weight: 2
       }
     )
@@ -1002,7 +1304,9 @@ function managementSuite(backend: Backend) {
         const r = await api.call(req.method, req.path, req.body === undefined ? {} : { body: req.body })
         const bucket = `${Math.floor(r.status / 100)}xx`
         outcomes[name]![bucket] = (outcomes[name]![bucket] ?? 0) + 1
-        const where = `${req.method} ${req.path.slice(0, 120)} ${String(req.body).slice(0, 200)} → ${r.status} ${r.text.slice(0, 200)}`
+        const where = `${req.method} ${req.path.slice(0, 120)} ${String(req.body).slice(0, 200)} → ${r.status} ${
+          r.text.slice(0, 200)
+        }`
         expect(r.status, where).toBeLessThan(500)
         expect(r.headers.get("x-request-id"), where).toBeTruthy()
         for (const p of [...fixtures.projects, fixtures.active]) expect(r.text.includes(p.key), where).toBe(false)
@@ -1054,13 +1358,16 @@ function managementSuite(backend: Backend) {
     )
     property(
       "PATCH /manage/projects/{id}",
-      fc.tuple(pathId(projectIds), body(["name", "api_key", "provider", "is_active", "revoke_tokens"], {
-        name: plausibleName,
-        api_key: plausibleKey,
-        provider: fc.constantFrom("openai", "openai", "nope"),
-        is_active: fc.boolean(),
-        revoke_tokens: fc.boolean()
-      })).map(([id, b]) => ({ method: "PATCH", path: `/manage/projects/${id}`, body: b }))
+      fc.tuple(
+        pathId(projectIds),
+        body(["name", "api_key", "provider", "is_active", "revoke_tokens"], {
+          name: plausibleName,
+          api_key: plausibleKey,
+          provider: fc.constantFrom("openai", "openai", "nope"),
+          is_active: fc.boolean(),
+          revoke_tokens: fc.boolean()
+        })
+      ).map(([id, b]) => ({ method: "PATCH", path: `/manage/projects/${id}`, body: b }))
     )
     property(
       "GET /manage/projects/{id}",
@@ -1068,7 +1375,11 @@ function managementSuite(backend: Backend) {
     )
     property(
       "POST /manage/projects/{id}/tokens/revoke",
-      fc.tuple(pathId(projectIds), body([])).map(([id, b]) => ({ method: "POST", path: `/manage/projects/${id}/tokens/revoke`, body: b }))
+      fc.tuple(pathId(projectIds), body([])).map(([id, b]) => ({
+        method: "POST",
+        path: `/manage/projects/${id}/tokens/revoke`,
+        body: b
+      }))
     )
     property(
       "POST /manage/tokens",
@@ -1101,12 +1412,25 @@ function managementSuite(backend: Backend) {
     )
     property(
       "PATCH /manage/tokens/{id}",
-      fc.tuple(pathId(tokenIds), body(["is_active", "max_requests", "expires_at"], {
-        is_active: fc.boolean(),
-        max_requests: fc.integer({ min: -5, max: 2 ** 31 + 5 }),
-        expires_at: fc.date({ min: new Date(-70_000_000_000_000), max: new Date(300_000_000_000_000), noInvalidDate: true })
-          .chain((d) => fc.constantFrom(d.toISOString(), d.toISOString().replace("Z", "+01:00"), d.toISOString().slice(0, 19) + "-12:00"))
-      })).map(([id, b]) => ({ method: "PATCH", path: `/manage/tokens/${id}`, body: b }))
+      fc.tuple(
+        pathId(tokenIds),
+        body(["is_active", "max_requests", "expires_at"], {
+          is_active: fc.boolean(),
+          max_requests: fc.integer({ min: -5, max: 2 ** 31 + 5 }),
+          expires_at: fc.date({
+            min: new Date(-70_000_000_000_000),
+            max: new Date(300_000_000_000_000),
+            noInvalidDate: true
+          })
+            .chain((d) =>
+              fc.constantFrom(
+                d.toISOString(),
+                d.toISOString().replace("Z", "+01:00"),
+                d.toISOString().slice(0, 19) + "-12:00"
+              )
+            )
+        })
+      ).map(([id, b]) => ({ method: "PATCH", path: `/manage/tokens/${id}`, body: b }))
     )
     property(
       "DELETE /manage/tokens/{id}",
@@ -1116,7 +1440,18 @@ function managementSuite(backend: Backend) {
       "any method on any /manage path",
       fc.tuple(
         fc.constantFrom("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"),
-        fc.constantFrom("projects", "tokens", "projects/{p}", "tokens/{t}", "projects/{p}/tokens/revoke", "{x}", "projects/{x}", "tokens/{x}", "projects/{p}/{x}", "tokens/{t}/{x}"),
+        fc.constantFrom(
+          "projects",
+          "tokens",
+          "projects/{p}",
+          "tokens/{t}",
+          "projects/{p}/tokens/revoke",
+          "{x}",
+          "projects/{x}",
+          "tokens/{x}",
+          "projects/{p}/{x}",
+          "tokens/{t}/{x}"
+        ),
         pathId(projectIds),
         pathId(tokenIds),
         idText.map(encodeURIComponent),
@@ -1150,10 +1485,18 @@ function managementSuite(backend: Backend) {
     })
 
     it("every response carries x-request-id; a safe client value is kept, anything else replaced", async () => {
-      for (const r of [await api.get("/manage/projects"), await api.get("/nope"), await api.delete("/manage/projects/x"), await api.get("/live")]) {
+      for (
+        const r of [
+          await api.get("/manage/projects"),
+          await api.get("/nope"),
+          await api.delete("/manage/projects/x"),
+          await api.get("/live")
+        ]
+      ) {
         expect(r.headers.get("x-request-id")).toBeTruthy()
       }
-      expect((await api.get("/live", { headers: { "x-request-id": "abc-123.X_y:z" } })).headers.get("x-request-id")).toBe("abc-123.X_y:z")
+      expect((await api.get("/live", { headers: { "x-request-id": "abc-123.X_y:z" } })).headers.get("x-request-id"))
+        .toBe("abc-123.X_y:z")
       for (const bad of ["a b", "x".repeat(129), "<script>", "é"]) {
         const r = await api.get("/live", { headers: { "x-request-id": bad } })
         expect(r.headers.get("x-request-id")).toMatch(UUID_RE)
@@ -1172,8 +1515,15 @@ function managementSuite(backend: Backend) {
       expect(doc.info).toMatchObject({ title: expect.any(String), version: expect.any(String) })
       // Other groups (audit, cache, …) add their own paths; these are the projects, tokens, usage and session ones.
       expect(Object.keys(doc.paths)).toEqual(expect.arrayContaining(
-        ["/manage/projects", "/manage/projects/{id}", "/manage/projects/{id}/tokens/revoke", "/manage/tokens", "/manage/tokens/{id}",
-          "/manage/session", "/manage/usage"]
+        [
+          "/manage/projects",
+          "/manage/projects/{id}",
+          "/manage/projects/{id}/tokens/revoke",
+          "/manage/tokens",
+          "/manage/tokens/{id}",
+          "/manage/session",
+          "/manage/usage"
+        ]
       ))
       expect(Object.keys(doc.paths["/manage/projects"]).sort()).toEqual(["get", "post"])
       expect(Object.keys(doc.paths["/manage/projects/{id}"]).sort()).toEqual(["get", "patch"])
@@ -1184,11 +1534,32 @@ function managementSuite(backend: Backend) {
       expect(doc.paths["/manage/projects"].post.responses).toHaveProperty("409")
       expect(doc.paths["/manage/tokens"].post.responses).toHaveProperty("201")
       expect(doc.paths["/manage/tokens/{id}"].delete.responses).toHaveProperty("204")
-      const listParams = (doc.paths["/manage/tokens"].get.parameters as Array<{ name: string }>).map((p) => p.name).sort()
-      expect(listParams).toEqual(["active_only", "cursor", "name", "page_size", "projectId", "project_id", "search", "status", "user"])
+      const listParams = (doc.paths["/manage/tokens"].get.parameters as Array<{ name: string }>).map((p) => p.name)
+        .sort()
+      expect(listParams).toEqual([
+        "active_only",
+        "cursor",
+        "name",
+        "page_size",
+        "projectId",
+        "project_id",
+        "search",
+        "status",
+        "user"
+      ])
       expect(Object.keys(doc.paths["/manage/tokens/counts"])).toEqual(["get"])
       expect(doc.components.securitySchemes).toMatchObject({ bearer: { type: "http", scheme: "bearer" } })
-      for (const schema of ["Project", "Token", "CreateProject", "UpdateProject", "CreateToken", "UpdateToken", "BulkRevokeResult"]) {
+      for (
+        const schema of [
+          "Project",
+          "Token",
+          "CreateProject",
+          "UpdateProject",
+          "CreateToken",
+          "UpdateToken",
+          "BulkRevokeResult"
+        ]
+      ) {
         expect(doc.components.schemas).toHaveProperty(schema)
       }
       const created = doc.paths["/manage/tokens"].post.responses["201"].content["application/json"].schema
@@ -1265,7 +1636,9 @@ function managementSuite(backend: Backend) {
         expect(after).not.toContain(next)
         expect((await client.get(`/manage/projects/${created.json.id}`)).json.api_key).toBe(hintOf(next))
         // A rename leaves the stored ciphertext alone.
-        expect((await client.patch(`/manage/projects/${created.json.id}`, { name: uniqueName("enc2") })).status).toBe(200)
+        expect((await client.patch(`/manage/projects/${created.json.id}`, { name: uniqueName("enc2") })).status).toBe(
+          200
+        )
         expect(String((await encrypted.rows("projects"))[0]!.api_key)).toBe(after)
       } finally {
         await s.close()

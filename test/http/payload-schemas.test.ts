@@ -14,7 +14,9 @@ import { type BackendInstance, backends, Client, providerKey, uniqueName } from 
 
 /** The payload Schema of an endpoint, as the HttpApi (and so the OpenAPI document and the CLI client) has it. */
 const payloadOf = (group: string, endpoint: string): Schema.Schema<unknown, unknown, never> => {
-  const g = ManagementApi.groups[group as keyof typeof ManagementApi.groups] as { endpoints: Record<string, HttpApiEndpoint.HttpApiEndpoint.Any> }
+  const g = ManagementApi.groups[group as keyof typeof ManagementApi.groups] as {
+    endpoints: Record<string, HttpApiEndpoint.HttpApiEndpoint.Any>
+  }
   const e = g.endpoints[endpoint] as HttpApiEndpoint.HttpApiEndpoint.AnyWithProps
   return Option.getOrThrow(e.payloadSchema) as Schema.Schema<unknown, unknown, never>
 }
@@ -55,7 +57,14 @@ describe("payload Schemas are the validators", () => {
       cases: [
         [() => ({ name: uniqueName("p"), api_key: providerKey() }), "accepted"],
         [() => ({ name: uniqueName("p"), api_key: providerKey(), provider: "openai", rate_limit: null }), "accepted"],
-        [() => ({ name: uniqueName("p"), api_key: providerKey(), rate_limit: { requests: 1, window_seconds: 31_536_000 } }), "accepted"],
+        [
+          () => ({
+            name: uniqueName("p"),
+            api_key: providerKey(),
+            rate_limit: { requests: 1, window_seconds: 31_536_000 }
+          }),
+          "accepted"
+        ],
         [() => ({ name: "x".repeat(255).slice(0, 200) + uniqueName("p"), api_key: providerKey() }), "accepted"],
         [() => ({ name: "x" }), "name and api_key are required"],
         [() => ({ name: "", api_key: "k" }), "name and api_key are required"],
@@ -63,7 +72,10 @@ describe("payload Schemas are the validators", () => {
         [() => ({ name: "n".repeat(256), api_key: "k" }), "name must be at most 255 characters"],
         [() => ({ name: "a\u007fb", api_key: "k" }), "name must not contain control characters"],
         [() => ({ name: "a\ud800b", api_key: "k" }), "name must be valid Unicode text"],
-        [() => ({ name: "p", api_key: "sk-a****b" }), "cannot save obfuscated API key - please provide the full API key"],
+        [
+          () => ({ name: "p", api_key: "sk-a****b" }),
+          "cannot save obfuscated API key - please provide the full API key"
+        ],
         [() => ({ name: "p", api_key: "sk\tkey" }), "api_key must not contain whitespace or control characters"],
         [() => ({ name: "p", api_key: "sk-\udc00" }), "api_key must be valid Unicode text"],
         [() => ({ name: "p", api_key: "k", rate_limit: { requests: 1, window_seconds: 1, burst: 2 } }), RATE_LIMIT],
@@ -99,8 +111,19 @@ describe("payload Schemas are the validators", () => {
       send: (body) => api.post("/manage/tokens", body),
       cases: [
         [() => ({ project_id: projectId, duration_minutes: 1 }), "accepted"],
-        [() => ({ project_id: projectId.toUpperCase(), duration_minutes: 525_600, max_requests: 2_147_483_647 }), "accepted"],
-        [() => ({ project_id: projectId, duration_minutes: 5, max_requests: null, rate_limit: { requests: 2, window_seconds: 2 } }), "accepted"],
+        [
+          () => ({ project_id: projectId.toUpperCase(), duration_minutes: 525_600, max_requests: 2_147_483_647 }),
+          "accepted"
+        ],
+        [
+          () => ({
+            project_id: projectId,
+            duration_minutes: 5,
+            max_requests: null,
+            rate_limit: { requests: 2, window_seconds: 2 }
+          }),
+          "accepted"
+        ],
         [() => ({ project_id: projectId }), "project_id and duration_minutes are required"],
         [() => ({ project_id: projectId, duration_minutes: 0 }), "project_id and duration_minutes are required"],
         [() => ({ project_id: projectId, duration_minutes: null }), "project_id and duration_minutes are required"],
@@ -111,10 +134,16 @@ describe("payload Schemas are the validators", () => {
         [() => ({ project_id: "", duration_minutes: 5 }), "project_id is required"],
         [() => ({ project_id: `${projectId}0`, duration_minutes: 5 }), "invalid project_id"],
         [() => ({ project_id: projectId, duration_minutes: 5, max_requests: -1 }), "max_requests must be >= 0"],
-        [() => ({ project_id: projectId, duration_minutes: 5, max_requests: 2 ** 31 }), "max_requests must be <= 2147483647"],
+        [
+          () => ({ project_id: projectId, duration_minutes: 5, max_requests: 2 ** 31 }),
+          "max_requests must be <= 2147483647"
+        ],
         [() => ({ project_id: projectId, duration_minutes: 5, max_requests: 0.5 }), "max_requests must be an integer"],
         [() => ({ project_id: projectId, duration_minutes: 5, rate_limit: { requests: 1 } }), RATE_LIMIT],
-        [() => ({ project_id: projectId, duration_minutes: 5, expires_at: "2030-01-01T00:00:00Z" }), "unknown field \"expires_at\""]
+        [
+          () => ({ project_id: projectId, duration_minutes: 5, expires_at: "2030-01-01T00:00:00Z" }),
+          "unknown field \"expires_at\""
+        ]
       ]
     },
     {
@@ -160,7 +189,11 @@ describe("payload Schemas are the validators", () => {
         const body = make()
         const verdict = Either.match(decode(body), { onLeft: (message) => message, onRight: () => "accepted" })
         const r = await e.send(body)
-        const answer = r.status < 300 ? "accepted" : r.status === 400 ? r.json?.error : `HTTP ${r.status} ${r.text.slice(0, 100)}`
+        const answer = r.status < 300
+          ? "accepted"
+          : r.status === 400
+          ? r.json?.error
+          : `HTTP ${r.status} ${r.text.slice(0, 100)}`
         if (verdict !== expected || answer !== expected) {
           wrong.push(`${JSON.stringify(body)}: Schema ${verdict}, server ${answer}, expected ${expected}`)
         }
@@ -175,15 +208,20 @@ describe("payload Schemas are the validators", () => {
     expect(r.json).toEqual({ error: "max_requests must be >= 0" })
     expect(await api.snapshot()).toEqual(before)
     const events = await api.get("/manage/audit?action=token.create&outcome=failure&page_size=100")
-    expect(events.json.events.some((ev: { reason?: string; metadata?: string }) =>
-      ev.reason === "max_requests must be >= 0" && JSON.parse(ev.metadata ?? "{}").validation_error === "max_requests must be >= 0"
-    )).toBe(true)
+    expect(
+      events.json.events.some((ev: { reason?: string; metadata?: string }) =>
+        ev.reason === "max_requests must be >= 0" &&
+        JSON.parse(ev.metadata ?? "{}").validation_error === "max_requests must be >= 0"
+      )
+    ).toBe(true)
   })
 
   it("/manage/openapi.json states the Schemas' rules: required fields, bounds, patterns, no unknown fields", async () => {
     const doc = (await api.get("/manage/openapi.json", { auth: null })).json
     // The document the server serves is the one generated from the API definition.
-    expect(doc.components.schemas).toEqual(JSON.parse(JSON.stringify(OpenApi.fromApi(ManagementApi).components.schemas)))
+    expect(doc.components.schemas).toEqual(
+      JSON.parse(JSON.stringify(OpenApi.fromApi(ManagementApi).components.schemas))
+    )
     const s = doc.components.schemas
     expect(s.CreateToken).toMatchObject({
       required: ["duration_minutes", "project_id"],

@@ -12,7 +12,16 @@ import { createHash } from "node:crypto"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { ManagementApi, ProjectKeyAccess } from "../../src/api/ManagementApi.js"
 import { startServer, testConfig, type TestServer } from "../support/server.js"
-import { type Backend, type BackendInstance, backends, Client, ISO_RE, providerKey, uniqueName, UUID_RE } from "./harness.js"
+import {
+  type Backend,
+  type BackendInstance,
+  backends,
+  Client,
+  ISO_RE,
+  providerKey,
+  uniqueName,
+  UUID_RE
+} from "./harness.js"
 
 const KEY_RE = /^lpk-[A-Za-z0-9_-]{43}$/
 const KEY_HINT_RE = /^lpk-[A-Za-z0-9_-]{4}\*{4}[A-Za-z0-9_-]{4}$/
@@ -26,15 +35,18 @@ interface Endpoint {
 /** Every endpoint of the management API, read from its definition. */
 const endpoints = (): ReadonlyArray<Endpoint> => {
   const out: Array<Endpoint> = []
-  HttpApi.reflect(ManagementApi as unknown as HttpApi.HttpApi<string, HttpApiGroup.HttpApiGroup.AnyWithProps, unknown, unknown>, {
-    onGroup: () => {},
-    onEndpoint: ({ endpoint }) =>
-      void out.push({
-        method: endpoint.method,
-        path: endpoint.path,
-        projectKey: Context.getOption(endpoint.annotations, ProjectKeyAccess)._tag === "Some"
-      })
-  })
+  HttpApi.reflect(
+    ManagementApi as unknown as HttpApi.HttpApi<string, HttpApiGroup.HttpApiGroup.AnyWithProps, unknown, unknown>,
+    {
+      onGroup: () => {},
+      onEndpoint: ({ endpoint }) =>
+        void out.push({
+          method: endpoint.method,
+          path: endpoint.path,
+          projectKey: Context.getOption(endpoint.annotations, ProjectKeyAccess)._tag === "Some"
+        })
+    }
+  )
   return out
 }
 
@@ -90,7 +102,12 @@ function projectKeySuite(backend: Backend) {
     const audit = await api.get(`/manage/audit?action=project_key.create&project_id=${projectId}`)
     expect(JSON.stringify(audit.json)).not.toContain(r.json.key)
 
-    for (const [body, error] of [[{}, "name is required"], [{ name: "" }, "name is required"], [{ name: "x".repeat(101) }, "name must be at most 100 characters"]] as const) {
+    for (
+      const [body, error] of [[{}, "name is required"], [{ name: "" }, "name is required"], [
+        { name: "x".repeat(101) },
+        "name must be at most 100 characters"
+      ]] as const
+    ) {
       const bad = await api.post(`/manage/projects/${projectId}/keys`, body)
       expect({ status: bad.status, error: bad.json.error }).toEqual({ status: 400, error })
     }
@@ -167,7 +184,9 @@ function projectKeySuite(backend: Backend) {
       await app.get(`/manage/projects/${otherProjectId}`),
       await app.get(`/manage/usage?project_id=${otherProjectId}`)
     ]
-    for (const r of refusals) expect({ status: r.status, code: r.json.code }).toEqual({ status: 403, code: "forbidden" })
+    for (const r of refusals) {
+      expect({ status: r.status, code: r.json.code }).toEqual({ status: 403, code: "forbidden" })
+    }
     expect((await api.get(`/manage/tokens/${fid}`)).json).toEqual(before.json)
     expect((await api.get(`/manage/tokens?project_id=${otherProjectId}`)).json).toEqual(foreignTokens)
   })
@@ -192,8 +211,13 @@ function projectKeySuite(backend: Backend) {
     const refused = all.filter((e) => !e.projectKey)
     expect(refused.length).toBeGreaterThanOrEqual(12)
     for (const e of refused) {
-      const path = e.path.replace(":key_id", keyId).replace(":id", e.path.startsWith("/manage/tokens") ? token : projectId)
-      const body = e.method === "GET" || e.method === "DELETE" ? undefined : { name: "x", is_active: false, all: true, token: key }
+      const path = e.path.replace(":key_id", keyId).replace(
+        ":id",
+        e.path.startsWith("/manage/tokens") ? token : projectId
+      )
+      const body = e.method === "GET" || e.method === "DELETE"
+        ? undefined
+        : { name: "x", is_active: false, all: true, token: key }
       const r = await app.call(e.method, path, body === undefined ? {} : { body })
       expect({ endpoint: `${e.method} ${e.path}`, status: r.status, code: r.json?.code }).toEqual({
         endpoint: `${e.method} ${e.path}`,
@@ -240,14 +264,16 @@ function projectKeySuite(backend: Backend) {
     const tooLong = await bounded.post("/manage/tokens", { duration_minutes: 31 })
     expect({ status: tooLong.status, error: tooLong.json.error }).toEqual({
       status: 400,
-      error: "a project key may give a token at most 30 minutes (the project's max_token_minutes): duration_minutes, or expires_at from now"
+      error:
+        "a project key may give a token at most 30 minutes (the project's max_token_minutes): duration_minutes, or expires_at from now"
     })
     const tooMany = await bounded.post("/manage/tokens", { duration_minutes: 30, max_requests: 101 })
     const unlimited = await bounded.post("/manage/tokens", { duration_minutes: 30, max_requests: 0 })
     for (const r of [tooMany, unlimited]) {
       expect({ status: r.status, error: r.json.error }).toEqual({
         status: 400,
-        error: "max_requests must be between 1 and 100 for a token a project key mints (the project's max_token_requests)"
+        error:
+          "max_requests must be between 1 and 100 for a token a project key mints (the project's max_token_requests)"
       })
     }
     expect((await api.get(`/manage/tokens?project_id=${p.json.id}`)).json).toEqual([])
@@ -295,7 +321,12 @@ function projectKeySuite(backend: Backend) {
     })
     expect((await api.get(`/manage/tokens?project_id=${p.json.id}`)).json).toEqual([])
 
-    const ok = await bounded.post("/manage/tokens", { duration_minutes: 30, max_cost_usd: 2, max_tokens: 5_000, budget_period: "day" })
+    const ok = await bounded.post("/manage/tokens", {
+      duration_minutes: 30,
+      max_cost_usd: 2,
+      max_tokens: 5_000,
+      budget_period: "day"
+    })
     expect(ok.status, ok.text).toBe(201)
     const none = await bounded.post("/manage/tokens", { duration_minutes: 30 })
     expect(none.status, none.text).toBe(201)
@@ -323,7 +354,9 @@ function projectKeySuite(backend: Backend) {
       const r = await c.get("/manage/tokens")
       expect({ status: r.status, code: r.json.code }).toEqual({ status: 401, code: "invalid_project_key" })
     }
-    const listed = (await api.get(`/manage/projects/${projectId}/keys`)).json.find((x: { id: string }) => x.id === k.json.id)
+    const listed = (await api.get(`/manage/projects/${projectId}/keys`)).json.find((x: { id: string }) =>
+      x.id === k.json.id
+    )
     expect(listed).toMatchObject({ is_active: false, revoked_at: expect.stringMatching(ISO_RE) })
     expect((await api.delete(`/manage/projects/${projectId}/keys/${k.json.id}`)).status).toBe(204)
     expect((await api.delete(`/manage/projects/${otherProjectId}/keys/${k.json.id}`)).status).toBe(404)
@@ -357,7 +390,9 @@ describe("wrong project keys", () => {
     }
     try {
       const rows = await instance.rows("audit_events")
-      const denial = rows.find((r) => r["action"] === "management.auth" && r["reason"] === "invalid or revoked project key")
+      const denial = rows.find((r) =>
+        r["action"] === "management.auth" && r["reason"] === "invalid or revoked project key"
+      )
       expect(denial).toMatchObject({ outcome: "denied", count: 3 })
       expect(JSON.stringify(rows)).not.toContain(wrong)
       expect(JSON.stringify(rows)).not.toContain(live)

@@ -32,8 +32,13 @@ describe.each(backends)("rate_limit fields on $name", (b) => {
     expect(r.json.rate_limit).toEqual({ requests: 10, window_seconds: 60 })
     const id = r.json.id as string
     expect((await api.get(`/manage/projects/${id}`)).json.rate_limit).toEqual({ requests: 10, window_seconds: 60 })
-    expect((await api.patch(`/manage/projects/${id}`, { name: uniqueName("rl2") })).json.rate_limit).toEqual({ requests: 10, window_seconds: 60 })
-    expect((await api.patch(`/manage/projects/${id}`, { rate_limit: { requests: 5, window_seconds: 1 } })).json.rate_limit).toEqual({
+    expect((await api.patch(`/manage/projects/${id}`, { name: uniqueName("rl2") })).json.rate_limit).toEqual({
+      requests: 10,
+      window_seconds: 60
+    })
+    expect(
+      (await api.patch(`/manage/projects/${id}`, { rate_limit: { requests: 5, window_seconds: 1 } })).json.rate_limit
+    ).toEqual({
       requests: 5,
       window_seconds: 1
     })
@@ -44,13 +49,19 @@ describe.each(backends)("rate_limit fields on $name", (b) => {
 
   it("tokens: set on create, shown on get and list, changed and removed by PATCH", async () => {
     const p = await api.post("/manage/projects", { name: uniqueName("rl"), api_key: providerKey() })
-    const t = await api.post("/manage/tokens", { project_id: p.json.id, duration_minutes: 5, rate_limit: { requests: 3, window_seconds: 10 } })
+    const t = await api.post("/manage/tokens", {
+      project_id: p.json.id,
+      duration_minutes: 5,
+      rate_limit: { requests: 3, window_seconds: 10 }
+    })
     expect(t.status).toBe(201)
     const id = t.json.id as string
     expect((await api.get(`/manage/tokens/${id}`)).json.rate_limit).toEqual({ requests: 3, window_seconds: 10 })
     const listed = (await api.get(`/manage/tokens?project_id=${p.json.id}`)).json
     expect(listed[0].rate_limit).toEqual({ requests: 3, window_seconds: 10 })
-    expect((await api.patch(`/manage/tokens/${id}`, { rate_limit: { requests: 7, window_seconds: 70 } })).json.rate_limit).toEqual({
+    expect(
+      (await api.patch(`/manage/tokens/${id}`, { rate_limit: { requests: 7, window_seconds: 70 } })).json.rate_limit
+    ).toEqual({
       requests: 7,
       window_seconds: 70
     })

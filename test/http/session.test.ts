@@ -10,8 +10,8 @@ import { createHash } from "node:crypto"
 import { AdminSessions, csrfTokenOf, layer as adminSessionsLayer, type SessionOptions } from "../../src/http/session.js"
 import { type Dialect, migrateUp } from "../../src/store/migrations.js"
 import * as AdminSessionStore from "../../src/store/sessions.js"
-import { postgresUrl } from "../support/databases.js"
 import { clientFor, freshLocation } from "../store/backends.js"
+import { postgresUrl } from "../support/databases.js"
 
 const MINUTE = 60_000
 
@@ -31,11 +31,18 @@ const sessionsOn = (dialect: Dialect, overrides: Partial<SessionOptions> = {}) =
     const client = yield* Layer.build(clientFor(dialect, location))
     yield* Effect.provide(migrateUp(dialect), client)
     const ctx = yield* Layer.build(
-      adminSessionsLayer(options(overrides)).pipe(Layer.provide(AdminSessionStore.layer), Layer.provide(Layer.succeedContext(client)))
+      adminSessionsLayer(options(overrides)).pipe(
+        Layer.provide(AdminSessionStore.layer),
+        Layer.provide(Layer.succeedContext(client))
+      )
     )
     const sql = Context.get(client, SqlClient.SqlClient)
-    const rows = sql<{ id_hash: string; created_ms: unknown; last_seen_ms: unknown }>`SELECT * FROM admin_sessions ORDER BY created_ms`.pipe(
-      Effect.map((rs) => rs.map((r) => ({ idHash: r.id_hash, createdMs: Number(r.created_ms), lastSeenMs: Number(r.last_seen_ms) })))
+    const rows = sql<
+      { id_hash: string; created_ms: unknown; last_seen_ms: unknown }
+    >`SELECT * FROM admin_sessions ORDER BY created_ms`.pipe(
+      Effect.map((rs) =>
+        rs.map((r) => ({ idHash: r.id_hash, createdMs: Number(r.created_ms), lastSeenMs: Number(r.last_seen_ms) }))
+      )
     )
     return { sessions: Context.get(ctx, AdminSessions), rows }
   })
@@ -108,7 +115,10 @@ const suite = (dialect: Dialect) => {
       // and each sweep's delete is given real time to finish before the next move.
       const advance = (minutes: number) =>
         Effect.forEach(Array.from({ length: minutes / 10 }), () =>
-          Effect.zipRight(TestClock.adjust(Duration.minutes(10)), Effect.promise(() => new Promise((r) => setTimeout(r, 100)))))
+          Effect.zipRight(
+            TestClock.adjust(Duration.minutes(10)),
+            Effect.promise(() => new Promise((r) => setTimeout(r, 100)))
+          ))
       const a = yield* sessions.create
       yield* advance(20)
       const b = yield* sessions.create
@@ -145,4 +155,5 @@ const suite = (dialect: Dialect) => {
 
 describe("admin sessions on SQLite", () => suite("sqlite"))
 if (postgresUrl) describe("admin sessions on PostgreSQL", () => suite("postgres"))
-else describe.skip("admin sessions on PostgreSQL (skipped: DATABASE_URL not set)", () => it("needs DATABASE_URL", () => {}))
+else {describe.skip("admin sessions on PostgreSQL (skipped: DATABASE_URL not set)", () =>
+    it("needs DATABASE_URL", () => {}))}

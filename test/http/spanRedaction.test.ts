@@ -1,13 +1,16 @@
 /** What the management API's server spans export of a request's query string (src/http/spanRedaction.ts). */
 import { describe, expect, it } from "vitest"
-import { redactQuery, REDACTED_HEADER_NAMES } from "../../src/http/spanRedaction.js"
+import { REDACTED_HEADER_NAMES, redactQuery } from "../../src/http/spanRedaction.js"
 
 describe("redactQuery", () => {
   it.each([
     ["page=2&page_size=50", "page=2&page_size=50"],
     ["project_id=p1&active_only=true", "project_id=p1&active_only=true"],
     ["projectId=p1", "projectId=p1"],
-    ["action=token.create&search=abc&start_time=2026-01-01T00:00:00Z", "action=token.create&search=abc&start_time=2026-01-01T00:00:00Z"],
+    [
+      "action=token.create&search=abc&start_time=2026-01-01T00:00:00Z",
+      "action=token.create&search=abc&start_time=2026-01-01T00:00:00Z"
+    ],
     ["token=sk-abc", "token=REDACTED"],
     ["api_key=sk-proj-123&page=1", "api_key=REDACTED&page=1"],
     ["api-key=x", "api-key=REDACTED"],
@@ -24,7 +27,17 @@ describe("redactQuery", () => {
   })
 
   it("redacts the credential headers the platform does not know about", () => {
-    for (const h of ["authorization", "cookie", "set-cookie", "x-api-key", "api-key", "proxy-authorization", "x-csrf-token"]) {
+    for (
+      const h of [
+        "authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "api-key",
+        "proxy-authorization",
+        "x-csrf-token"
+      ]
+    ) {
       expect(REDACTED_HEADER_NAMES).toContain(h)
     }
   })

@@ -81,13 +81,19 @@ function labelsSuite(backend: Backend) {
     ]
     for (const [extra, message] of cases) {
       const r = await api.post("/manage/tokens", { project_id: projectId, duration_minutes: 5, ...extra })
-      expect({ status: r.status, error: r.json?.error }, JSON.stringify(extra).slice(0, 80)).toEqual({ status: 400, error: message })
+      expect({ status: r.status, error: r.json?.error }, JSON.stringify(extra).slice(0, 80)).toEqual({
+        status: 400,
+        error: message
+      })
     }
     expect((await api.get(`/manage/tokens?project_id=${projectId}`)).json).toEqual(before.json)
 
     const t = await mint({ name: "kept", metadata: sixteen, user: "u".repeat(256) })
     const r = await api.patch(`/manage/tokens/${t.id}`, { metadata: seventeen })
-    expect({ status: r.status, error: r.json.error }).toEqual({ status: 400, error: "metadata must have at most 16 keys" })
+    expect({ status: r.status, error: r.json.error }).toEqual({
+      status: 400,
+      error: "metadata must have at most 16 keys"
+    })
     expect((await api.get(`/manage/tokens/${t.id}`)).json).toMatchObject({ name: "kept", metadata: sixteen })
   })
 
@@ -111,7 +117,10 @@ function labelsSuite(backend: Backend) {
     expect(await ids(`search=${encodeURIComponent(name)}`)).toEqual([c.id, b.id])
     expect(await ids(`user=nobody-${crypto.randomUUID()}`)).toEqual([])
     const tooLong = await api.get(`/manage/tokens?user=${"u".repeat(257)}`)
-    expect({ status: tooLong.status, error: tooLong.json.error }).toEqual({ status: 400, error: "user must be at most 256 characters" })
+    expect({ status: tooLong.status, error: tooLong.json.error }).toEqual({
+      status: 400,
+      error: "user must be at most 256 characters"
+    })
   })
 
   it("audit rows of token.create and token.update say for whom, and who acted", async () => {
@@ -150,7 +159,14 @@ function labelsSuite(backend: Backend) {
     )
     const r = await api.get(`/manage/usage?user=${encodeURIComponent(user)}`)
     expect(r.status, r.text).toBe(200)
-    expect(r.json.totals).toEqual({ requests: 5, cost_usd: 0, cache_hits: 0, errors: 0, prompt_tokens: 50, completion_tokens: 5 })
+    expect(r.json.totals).toEqual({
+      requests: 5,
+      cost_usd: 0,
+      cache_hits: 0,
+      errors: 0,
+      prompt_tokens: 50,
+      completion_tokens: 5
+    })
     const none = await api.get(`/manage/usage?user=nobody-${crypto.randomUUID()}`)
     expect(none.json.totals.requests).toBe(0)
   })

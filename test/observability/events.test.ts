@@ -10,15 +10,15 @@ import { existsSync, mkdtempSync, readFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
-import { parseMetricsAddress, type DispatcherConfig } from "../../src/config/AppConfig.js"
+import { type DispatcherConfig, parseMetricsAddress } from "../../src/config/AppConfig.js"
 import { EventBus } from "../../src/eventbus/EventBus.js"
 import * as RedisStreamsBus from "../../src/eventbus/RedisStreamsBus.js"
 import { dispatcherLayer } from "../../src/Layers.js"
-import { backends, type BackendInstance } from "../http/harness.js"
-import { call, chatBody, projectAndToken, startStack, type Stack } from "../proxy/stack.js"
+import { type BackendInstance, backends } from "../http/harness.js"
+import { call, chatBody, projectAndToken, type Stack, startStack } from "../proxy/stack.js"
 import { flushRedisPrefix, redisUrl } from "../support/databases.js"
-import { chatChunks, sse } from "../support/mockUpstream.js"
 import { buildLayer, completeLines, makeEvent, type Receiver, startReceiver, waitFor } from "../support/events.js"
+import { chatChunks, sse } from "../support/mockUpstream.js"
 import { testConfig } from "../support/server.js"
 import { parsePrometheus, type Sample, value } from "./prometheus.js"
 
@@ -51,7 +51,9 @@ describe("serve --file-event-log (in-memory bus, dispatcher in-process)", () => 
     backend = await sqlite.create()
     stack = await startStack(backend, { events: { ...defaultEvents, fileEventLog: Option.some(path) } })
     const { token } = await projectAndToken(stack.manage)
-    for (let i = 0; i < 3; i++) expect((await call(stack.server.url, CHAT, { token, body: chatBody() })).status).toBe(200)
+    for (let i = 0; i < 3; i++) {
+      expect((await call(stack.server.url, CHAT, { token, body: chatBody() })).status).toBe(200)
+    }
     // and a streamed one (time to first token, streamed tokens per second)
     stack.mock.enqueue(sse(chatChunks(["a", "b"]), { intervalMs: 10 }))
     expect((await call(stack.server.url, CHAT, { token, body: chatBody({ stream: true }) })).status).toBe(200)
@@ -88,7 +90,14 @@ describe("serve --file-event-log (in-memory bus, dispatcher in-process)", () => 
     const h = await health(stack.server.url)
     expect(h.status).toBe(200)
     expect(h.body.status).toBe("ok")
-    expect(h.body.checks.event_bus).toMatchObject({ status: "up", required: false, kind: "in-memory", lag: 0, published: 4, dropped: 0 })
+    expect(h.body.checks.event_bus).toMatchObject({
+      status: "up",
+      required: false,
+      kind: "in-memory",
+      lag: 0,
+      published: 4,
+      dropped: 0
+    })
     expect(typeof h.body.checks.event_bus.latency_ms).toBe("number")
     expect(h.body.checks.dispatcher).toMatchObject({
       status: "up",
@@ -101,12 +110,24 @@ describe("serve --file-event-log (in-memory bus, dispatcher in-process)", () => 
   })
 
   it("serves every series the Grafana dashboard in docs/ queries (a serve with its dispatcher in-process)", async () => {
-    const dashboard = JSON.parse(readFileSync(new URL("../../docs/grafana-dashboard.json", import.meta.url), "utf8")) as {
+    const dashboard = JSON.parse(
+      readFileSync(new URL("../../docs/grafana-dashboard.json", import.meta.url), "utf8")
+    ) as {
       panels: Array<{ targets?: Array<{ expr: string }> }>
     }
     const exprs = dashboard.panels.flatMap((p) => (p.targets ?? []).map((t) => t.expr))
-    const used = new Set(exprs.flatMap((e) => [...e.matchAll(/\b((?:llm_proxy|process|nodejs)_[a-z0-9_]+)/g)].map((m) => m[1]!)))
-    for (const n of ["llm_proxy_bus_lag_events", "llm_proxy_dispatcher_lag_events", "llm_proxy_dispatcher_delivered_total", "llm_proxy_dispatcher_retries_total", "llm_proxy_dispatcher_dead_lettered_total"]) {
+    const used = new Set(
+      exprs.flatMap((e) => [...e.matchAll(/\b((?:llm_proxy|process|nodejs)_[a-z0-9_]+)/g)].map((m) => m[1]!))
+    )
+    for (
+      const n of [
+        "llm_proxy_bus_lag_events",
+        "llm_proxy_dispatcher_lag_events",
+        "llm_proxy_dispatcher_delivered_total",
+        "llm_proxy_dispatcher_retries_total",
+        "llm_proxy_dispatcher_dead_lettered_total"
+      ]
+    ) {
       expect(used.has(n), n).toBe(true)
     }
     const served = new Set((await scrape(stack.server.url)).map((x) => x.name))
@@ -137,19 +158,29 @@ describe.skipIf(!redisUrl)("serve with the Redis Streams bus", () => {
     logFormat: "json",
     metricsAddr: Option.none()
   })
-  const startDispatcher = (group: string) => buildLayer(dispatcherLayer(dispatcherConfig(group), Option.some(`${group}-1`)))
+  const startDispatcher = (group: string) =>
+    buildLayer(dispatcherLayer(dispatcherConfig(group), Option.some(`${group}-1`)))
   const traffic = async (n: number) => {
-    for (let i = 0; i < n; i++) expect((await call(stack.server.url, CHAT, { token, body: chatBody() })).status).toBe(200)
+    for (let i = 0; i < n; i++) {
+      expect((await call(stack.server.url, CHAT, { token, body: chatBody() })).status).toBe(200)
+    }
   }
   const lagIs = (n: number, labels: Record<string, string> = {}, name = "llm_proxy_bus_lag_events") =>
-    waitFor(async () => {
-      const s = await scrape(stack.server.url)
-      return has(s, name, labels) && value(s, name, labels) === n
-    }, 20_000, `${name} ${JSON.stringify(labels)} = ${n}`)
+    waitFor(
+      async () => {
+        const s = await scrape(stack.server.url)
+        return has(s, name, labels) && value(s, name, labels) === n
+      },
+      20_000,
+      `${name} ${JSON.stringify(labels)} = ${n}`
+    )
 
   beforeAll(async () => {
     backend = await sqlite.create()
-    stack = await startStack(backend, { redisUrl: redisUrl!, events: { ...defaultEvents, bus: "redis-streams", streamKey } })
+    stack = await startStack(backend, {
+      redisUrl: redisUrl!,
+      events: { ...defaultEvents, bus: "redis-streams", streamKey }
+    })
     token = (await projectAndToken(stack.manage)).token
   }, 60_000)
 
@@ -159,39 +190,54 @@ describe.skipIf(!redisUrl)("serve with the Redis Streams bus", () => {
     await flushRedisPrefix(redisUrl!, prefix)
   })
 
-  it("bus lag: the stream length before any dispatcher, 0 once one drained it, N while it is stopped, 0 again after", async () => {
-    await traffic(3)
-    // no consumer group yet: everything written is unconsumed
-    await lagIs(3)
-    let s = await scrape(stack.server.url)
-    expect(value(s, "llm_proxy_bus_published_total")).toBe(3)
-    let h = await health(stack.server.url)
-    expect(h.body.checks.event_bus).toMatchObject({ status: "up", required: true, kind: "redis-streams", stream: streamKey, lag: 3, length: 3, published: 3 })
-    expect(h.body.checks.dispatcher).toMatchObject({ status: "up", required: false, lag: null, groups: {} })
+  it(
+    "bus lag: the stream length before any dispatcher, 0 once one drained it, N while it is stopped, 0 again after",
+    async () => {
+      await traffic(3)
+      // no consumer group yet: everything written is unconsumed
+      await lagIs(3)
+      let s = await scrape(stack.server.url)
+      expect(value(s, "llm_proxy_bus_published_total")).toBe(3)
+      let h = await health(stack.server.url)
+      expect(h.body.checks.event_bus).toMatchObject({
+        status: "up",
+        required: true,
+        kind: "redis-streams",
+        stream: streamKey,
+        lag: 3,
+        length: 3,
+        published: 3
+      })
+      expect(h.body.checks.dispatcher).toMatchObject({ status: "up", required: false, lag: null, groups: {} })
 
-    let d = await startDispatcher("g-lag")
-    await lagIs(0)
-    await lagIs(0, { group: "g-lag" }, "llm_proxy_dispatcher_lag_events")
-    await d.close()
+      let d = await startDispatcher("g-lag")
+      await lagIs(0)
+      await lagIs(0, { group: "g-lag" }, "llm_proxy_dispatcher_lag_events")
+      await d.close()
 
-    await traffic(2)
-    await lagIs(2)
-    await lagIs(2, { group: "g-lag" }, "llm_proxy_dispatcher_lag_events")
-    h = await health(stack.server.url)
-    expect(h.status).toBe(200)
-    expect(h.body.checks.dispatcher).toMatchObject({ lag: 2, groups: { "g-lag": { lag: 2, pending: 0, consumers: 1 } } })
-    expect(h.body.checks.dispatcher.backends).toBeUndefined()
-    expect(await ready(stack.server.url)).toBe(200)
+      await traffic(2)
+      await lagIs(2)
+      await lagIs(2, { group: "g-lag" }, "llm_proxy_dispatcher_lag_events")
+      h = await health(stack.server.url)
+      expect(h.status).toBe(200)
+      expect(h.body.checks.dispatcher).toMatchObject({
+        lag: 2,
+        groups: { "g-lag": { lag: 2, pending: 0, consumers: 1 } }
+      })
+      expect(h.body.checks.dispatcher.backends).toBeUndefined()
+      expect(await ready(stack.server.url)).toBe(200)
 
-    d = await startDispatcher("g-lag")
-    await lagIs(0)
-    await d.close()
-    expect(lines(join(dir, "g-lag.jsonl"))).toBe(5)
-    s = await scrape(stack.server.url)
-    expect(value(s, "llm_proxy_bus_published_total")).toBe(5)
-    expect(value(s, "llm_proxy_bus_dropped_total")).toBe(0)
-    expect(value(s, "llm_proxy_dispatcher_lag_events", { group: "g-lag" })).toBe(0)
-  }, 60_000)
+      d = await startDispatcher("g-lag")
+      await lagIs(0)
+      await d.close()
+      expect(lines(join(dir, "g-lag.jsonl"))).toBe(5)
+      s = await scrape(stack.server.url)
+      expect(value(s, "llm_proxy_bus_published_total")).toBe(5)
+      expect(value(s, "llm_proxy_bus_dropped_total")).toBe(0)
+      expect(value(s, "llm_proxy_dispatcher_lag_events", { group: "g-lag" })).toBe(0)
+    },
+    60_000
+  )
 })
 
 describe("readiness and the event bus", () => {
@@ -203,7 +249,10 @@ describe("readiness and the event bus", () => {
   it("Redis bus unreachable (closed port): event_bus down and required, /ready 503, /metrics still answers", async () => {
     const backend = await sqlite.create()
     cleanups.push(() => backend.cleanup())
-    const stack = await startStack(backend, { redisUrl: "redis://127.0.0.1:1", events: { ...defaultEvents, bus: "redis-streams" } })
+    const stack = await startStack(backend, {
+      redisUrl: "redis://127.0.0.1:1",
+      events: { ...defaultEvents, bus: "redis-streams" }
+    })
     cleanups.push(() => stack.close())
     const h = await health(stack.server.url)
     expect(h.status).toBe(503)
@@ -221,7 +270,10 @@ describe("readiness and the event bus", () => {
   it("Redis bus unreachable but events off (OBSERVABILITY_ENABLED=false): degraded, still ready", async () => {
     const backend = await sqlite.create()
     cleanups.push(() => backend.cleanup())
-    const stack = await startStack(backend, { redisUrl: "redis://127.0.0.1:1", events: { ...defaultEvents, bus: "redis-streams", enabled: false } })
+    const stack = await startStack(backend, {
+      redisUrl: "redis://127.0.0.1:1",
+      events: { ...defaultEvents, bus: "redis-streams", enabled: false }
+    })
     cleanups.push(() => stack.close())
     const h = await health(stack.server.url)
     expect(h.status).toBe(200)
@@ -245,7 +297,11 @@ describe("readiness and the event bus", () => {
   it("rate limits failing closed (RATE_LIMIT_FAILURE_MODE=closed) make Redis required", async () => {
     const backend = await sqlite.create()
     cleanups.push(() => backend.cleanup())
-    const closed = await startStack(backend, { rateLimitBackend: "redis", rateLimitFailureMode: "closed", redisUrl: "redis://127.0.0.1:1" })
+    const closed = await startStack(backend, {
+      rateLimitBackend: "redis",
+      rateLimitFailureMode: "closed",
+      redisUrl: "redis://127.0.0.1:1"
+    })
     cleanups.push(() => closed.close())
     const h = await health(closed.server.url)
     expect(h.body.checks.redis).toMatchObject({ status: "down", required: true })
@@ -281,94 +337,109 @@ describe.skipIf(!redisUrl || !built)("the built dispatcher binary with --metrics
     await flushRedisPrefix(redisUrl!, prefix)
   })
 
-  it("serves /metrics with exact delivered / retried / dead-lettered counts and /health with the bus and the backend", async () => {
-    const seen = new Map<string, number>()
-    receiver = await startReceiver((r) => {
-      const id = (r.body as { providerRequest?: { meta?: Record<string, string> } }).providerRequest?.meta?.["Helicone-Property-Request-Id"] ?? ""
-      const n = (seen.get(id) ?? 0) + 1
-      seen.set(id, n)
-      if (id === "flaky" && n <= 2) return 500
-      return id === "bad" ? 400 : 200
-    })
-    const publisher = await buildLayer(RedisStreamsBus.layerPublisher({
-      url: Redacted.make(redisUrl!),
-      streamKey,
-      maxLen: 0,
-      bufferSize: 100,
-      claimIdleMs: 30_000
-    }))
-    for (const id of ["ok-1", "flaky", "bad", "ok-2"]) publisher.get(EventBus).publish(makeEvent({ request_id: id }))
-    await publisher.close()
+  it(
+    "serves /metrics with exact delivered / retried / dead-lettered counts and /health with the bus and the backend",
+    async () => {
+      const seen = new Map<string, number>()
+      receiver = await startReceiver((r) => {
+        const id = (r.body as { providerRequest?: { meta?: Record<string, string> } }).providerRequest?.meta
+          ?.["Helicone-Property-Request-Id"] ?? ""
+        const n = (seen.get(id) ?? 0) + 1
+        seen.set(id, n)
+        if (id === "flaky" && n <= 2) return 500
+        return id === "bad" ? 400 : 200
+      })
+      const publisher = await buildLayer(RedisStreamsBus.layerPublisher({
+        url: Redacted.make(redisUrl!),
+        streamKey,
+        maxLen: 0,
+        bufferSize: 100,
+        claimIdleMs: 30_000
+      }))
+      for (const id of ["ok-1", "flaky", "bad", "ok-2"]) publisher.get(EventBus).publish(makeEvent({ request_id: id }))
+      await publisher.close()
 
-    const cwd = mkdtempSync(join(tmpdir(), "llm-proxy-bin-dispatcher-"))
-    const c = spawn(process.execPath, [
-      bin,
-      "dispatcher",
-      "--service",
-      "helicone",
-      "--api-key",
-      "helicone-test-key",
-      "--endpoint",
-      `${receiver.url}/custom/v1/log`,
-      "--redis-url",
-      redisUrl!,
-      "--stream-key",
-      streamKey,
-      "--flush-interval",
-      "100ms",
-      "--dead-letter",
-      join(cwd, "dead.jsonl"),
-      "--metrics-addr",
-      ":0"
-    ], { cwd, env: { PATH: process.env.PATH ?? "", LOG_FORMAT: "json", LLM_PROXY_EVENT_BUS: "redis-streams" } })
-    child = c
-    let output = ""
-    const url = await new Promise<string>((resolve, reject) => {
-      const onData = (d: Buffer) => {
-        output += d.toString()
-        const m = /metrics and health on (http:\/\/[^"\s]+)/.exec(output)
-        if (m?.[1]) resolve(m[1])
-      }
-      c.stdout!.on("data", onData)
-      c.stderr!.on("data", onData)
-      c.on("exit", (code) => reject(new Error(`dispatcher exited with ${code}: ${output}`)))
-    })
-    expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
+      const cwd = mkdtempSync(join(tmpdir(), "llm-proxy-bin-dispatcher-"))
+      const c = spawn(process.execPath, [
+        bin,
+        "dispatcher",
+        "--service",
+        "helicone",
+        "--api-key",
+        "helicone-test-key",
+        "--endpoint",
+        `${receiver.url}/custom/v1/log`,
+        "--redis-url",
+        redisUrl!,
+        "--stream-key",
+        streamKey,
+        "--flush-interval",
+        "100ms",
+        "--dead-letter",
+        join(cwd, "dead.jsonl"),
+        "--metrics-addr",
+        ":0"
+      ], { cwd, env: { PATH: process.env.PATH ?? "", LOG_FORMAT: "json", LLM_PROXY_EVENT_BUS: "redis-streams" } })
+      child = c
+      let output = ""
+      const url = await new Promise<string>((resolve, reject) => {
+        const onData = (d: Buffer) => {
+          output += d.toString()
+          const m = /metrics and health on (http:\/\/[^"\s]+)/.exec(output)
+          if (m?.[1]) resolve(m[1])
+        }
+        c.stdout!.on("data", onData)
+        c.stderr!.on("data", onData)
+        c.on("exit", (code) => reject(new Error(`dispatcher exited with ${code}: ${output}`)))
+      })
+      expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
 
-    await waitFor(async () => {
+      await waitFor(
+        async () => {
+          const s = await scrape(url)
+          return value(s, "llm_proxy_dispatcher_delivered_total") +
+              value(s, "llm_proxy_dispatcher_dead_lettered_total") >= 4
+        },
+        20_000,
+        "4 events finished"
+      )
       const s = await scrape(url)
-      return value(s, "llm_proxy_dispatcher_delivered_total") + value(s, "llm_proxy_dispatcher_dead_lettered_total") >= 4
-    }, 20_000, "4 events finished")
-    const s = await scrape(url)
-    expect(value(s, "llm_proxy_dispatcher_delivered_total", { backend: "helicone" })).toBe(3)
-    expect(value(s, "llm_proxy_dispatcher_dead_lettered_total", { backend: "helicone" })).toBe(1)
-    // the flaky event failed twice: two retry rounds; accepted events are never resent
-    expect(value(s, "llm_proxy_dispatcher_retries_total", { backend: "helicone" })).toBe(2)
-    expect(Object.fromEntries(seen)).toEqual({ "ok-1": 1, flaky: 3, bad: 1, "ok-2": 1 })
-    expect(has(s, "llm_proxy_dispatcher_last_delivery_timestamp_seconds", { backend: "helicone" })).toBe(true)
-    expect(has(s, "process_cpu_seconds_total")).toBe(true)
+      expect(value(s, "llm_proxy_dispatcher_delivered_total", { backend: "helicone" })).toBe(3)
+      expect(value(s, "llm_proxy_dispatcher_dead_lettered_total", { backend: "helicone" })).toBe(1)
+      // the flaky event failed twice: two retry rounds; accepted events are never resent
+      expect(value(s, "llm_proxy_dispatcher_retries_total", { backend: "helicone" })).toBe(2)
+      expect(Object.fromEntries(seen)).toEqual({ "ok-1": 1, flaky: 3, bad: 1, "ok-2": 1 })
+      expect(has(s, "llm_proxy_dispatcher_last_delivery_timestamp_seconds", { backend: "helicone" })).toBe(true)
+      expect(has(s, "process_cpu_seconds_total")).toBe(true)
 
-    await waitFor(async () => (await health(url)).body.checks?.dispatcher?.lag === 0, 10_000, "lag 0")
-    const h = await health(url)
-    expect(h.status).toBe(200)
-    expect(h.body.checks.event_bus).toMatchObject({ status: "up", required: true, kind: "redis-streams", stream: streamKey })
-    expect(h.body.checks.dispatcher).toMatchObject({
-      status: "up",
-      lag: 0,
-      groups: { "dispatcher-helicone": { lag: 0, pending: 0 } },
-      backends: { helicone: { group: "dispatcher-helicone", delivered: 3, retries: 2, dead_lettered: 1 } }
-    })
-    expect(Date.parse(h.body.checks.dispatcher.backends.helicone.last_delivery_at)).not.toBeNaN()
-    expect(JSON.stringify(h.body)).not.toContain("helicone-test-key")
-    expect((await fetch(`${url}/nope`)).status).toBe(404)
-    expect((await fetch(`${url}/metrics`, { method: "POST" })).status).toBe(405)
-    expect(output).not.toContain("helicone-test-key")
+      await waitFor(async () => (await health(url)).body.checks?.dispatcher?.lag === 0, 10_000, "lag 0")
+      const h = await health(url)
+      expect(h.status).toBe(200)
+      expect(h.body.checks.event_bus).toMatchObject({
+        status: "up",
+        required: true,
+        kind: "redis-streams",
+        stream: streamKey
+      })
+      expect(h.body.checks.dispatcher).toMatchObject({
+        status: "up",
+        lag: 0,
+        groups: { "dispatcher-helicone": { lag: 0, pending: 0 } },
+        backends: { helicone: { group: "dispatcher-helicone", delivered: 3, retries: 2, dead_lettered: 1 } }
+      })
+      expect(Date.parse(h.body.checks.dispatcher.backends.helicone.last_delivery_at)).not.toBeNaN()
+      expect(JSON.stringify(h.body)).not.toContain("helicone-test-key")
+      expect((await fetch(`${url}/nope`)).status).toBe(404)
+      expect((await fetch(`${url}/metrics`, { method: "POST" })).status).toBe(405)
+      expect(output).not.toContain("helicone-test-key")
 
-    const code = await new Promise<number | null>((resolve) => {
-      c.removeAllListeners("exit")
-      c.on("exit", resolve)
-      c.kill("SIGTERM")
-    })
-    expect(code).toBe(0)
-  }, 60_000)
+      const code = await new Promise<number | null>((resolve) => {
+        c.removeAllListeners("exit")
+        c.on("exit", resolve)
+        c.kill("SIGTERM")
+      })
+      expect(code).toBe(0)
+    },
+    60_000
+  )
 })

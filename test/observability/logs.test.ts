@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import type { LogFormat } from "../../src/config/AppConfig.js"
-import { backends, type BackendInstance, Client, providerKey } from "../http/harness.js"
+import { type BackendInstance, backends, Client, providerKey } from "../http/harness.js"
 import { call, chatBody, createProject, createToken, startStack } from "../proxy/stack.js"
 import { chatChunks, json, reset, sse } from "../support/mockUpstream.js"
 import { withEncryptionKey } from "../support/server.js"
@@ -25,7 +25,10 @@ const captureOutput = (): Capture => {
   const c = globalThis.console as unknown as Record<string, (...a: Array<unknown>) => void>
   const methods = ["log", "info", "warn", "error", "debug", "trace"] as const
   const saved = methods.map((m) => c[m]!)
-  for (const m of methods) c[m] = (...a: Array<unknown>) => void chunks.push(a.map((x) => (typeof x === "string" ? x : JSON.stringify(x) ?? String(x))).join(" "))
+  for (const m of methods) {
+    c[m] = (...a: Array<unknown>) =>
+      void chunks.push(a.map((x) => (typeof x === "string" ? x : JSON.stringify(x) ?? String(x))).join(" "))
+  }
   const out = process.stdout.write.bind(process.stdout)
   const err = process.stderr.write.bind(process.stderr)
   const grab = (chunk: unknown) => {
@@ -59,7 +62,11 @@ const traffic = async (format: LogFormat): Promise<Run> => {
   let proxied = 0
   let ids = { projectId: "", tokenId: "" }
   try {
-    const stack = await startStack(backend, { ...withEncryptionKey(ENCRYPTION_KEY), logLevel: "debug", logFormat: format })
+    const stack = await startStack(backend, {
+      ...withEncryptionKey(ENCRYPTION_KEY),
+      logLevel: "debug",
+      logFormat: format
+    })
     const { manage, mock } = stack
     const url = stack.server.url
     const v1 = async (options: Parameters<typeof call>[2], expected: number) => {
@@ -80,7 +87,10 @@ const traffic = async (format: LogFormat): Promise<Run> => {
       const t = await createToken(manage, p.projectId)
       const limited = await createToken(manage, p.projectId, { max_requests: 1 })
       const revoked = await createToken(manage, p.projectId)
-      secrets.push(["proxy token", t.token], ["limited proxy token", limited.token], ["revoked proxy token", revoked.token])
+      secrets.push(["proxy token", t.token], ["limited proxy token", limited.token], [
+        "revoked proxy token",
+        revoked.token
+      ])
       ids = { projectId: p.projectId, tokenId: t.tokenId }
       expect((await manage.get(`/manage/tokens?project_id=${p.projectId}`)).status).toBe(200)
       expect((await manage.get(`/manage/tokens/${t.tokenId}`)).status).toBe(200)
@@ -142,7 +152,9 @@ describe("logs under real traffic (LOG_LEVEL=debug)", () => {
     })
     expect(lines).toHaveLength(jsonRun.proxied)
     expect(lines.every((l) => l.logLevel === "INFO")).toBe(true)
-    const ok = lines.map((l) => l.annotations).filter((a) => a["token_id"] === jsonRun.ids.tokenId && a["status"] === 200)
+    const ok = lines.map((l) => l.annotations).filter((a) =>
+      a["token_id"] === jsonRun.ids.tokenId && a["status"] === 200
+    )
     expect(ok).toHaveLength(2)
     for (const a of ok) {
       expect(a).toMatchObject({

@@ -6,8 +6,8 @@
 import { readFileSync } from "node:fs"
 import { createRequire } from "node:module"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { backends, type BackendInstance } from "../http/harness.js"
-import { call, chatBody, createProject, createToken, projectAndToken, startStack, type Stack } from "../proxy/stack.js"
+import { type BackendInstance, backends } from "../http/harness.js"
+import { call, chatBody, createProject, createToken, projectAndToken, type Stack, startStack } from "../proxy/stack.js"
 import { chatChunks, json, sse } from "../support/mockUpstream.js"
 import { startServer, testConfig } from "../support/server.js"
 import { buckets, parsePrometheus, value } from "./prometheus.js"
@@ -43,12 +43,21 @@ describe("GET /metrics after known traffic", () => {
     // 3 × 200 JSON with usage 9/3, each upstream answer 60 ms late.
     const a = await projectAndToken(manage)
     for (let i = 0; i < 3; i++) {
-      mock.enqueue(json({ id: "x", model: "gpt-4o-mini", choices: [], usage: { prompt_tokens: 9, completion_tokens: 3, total_tokens: 12 } }, { delayMs: 60 }))
+      mock.enqueue(
+        json({
+          id: "x",
+          model: "gpt-4o-mini",
+          choices: [],
+          usage: { prompt_tokens: 9, completion_tokens: 3, total_tokens: 12 }
+        }, { delayMs: 60 })
+      )
       expect((await call(url, CHAT, { token: a.token, body: chatBody() })).status).toBe(200)
     }
     // 1 × SSE with usage 5/2, model gpt-4.1, its 5 chunks 20 ms apart.
     mock.enqueue(sse(chatChunks(["Hel", "lo"]), { intervalMs: 20 }))
-    expect((await call(url, CHAT, { token: a.token, body: chatBody({ model: "gpt-4.1", stream: true }) })).status).toBe(200)
+    expect((await call(url, CHAT, { token: a.token, body: chatBody({ model: "gpt-4.1", stream: true }) })).status).toBe(
+      200
+    )
     // 1 × upstream 500.
     mock.enqueue(json({ error: { message: "boom" } }, { status: 500 }))
     expect((await call(url, CHAT, { token: a.token, body: chatBody() })).status).toBe(500)
@@ -56,7 +65,12 @@ describe("GET /metrics after known traffic", () => {
     expect((await call(url, CHAT, { token: "sk-" + "A".repeat(43), body: chatBody() })).status).toBe(401)
     // Quota: max_requests 1 → 200 then 429.
     // (Their answers come 5 ms late: an answer within 1 ms has no measurable generation time, and is not observed.)
-    const usage93 = { id: "x", model: "gpt-4o-mini", choices: [], usage: { prompt_tokens: 9, completion_tokens: 3, total_tokens: 12 } }
+    const usage93 = {
+      id: "x",
+      model: "gpt-4o-mini",
+      choices: [],
+      usage: { prompt_tokens: 9, completion_tokens: 3, total_tokens: 12 }
+    }
     const q = await projectAndToken(manage, { max_requests: 1 })
     mock.enqueue(json(usage93, { delayMs: 5 }))
     expect((await call(url, CHAT, { token: q.token, body: chatBody() })).status).toBe(200)
@@ -65,7 +79,9 @@ describe("GET /metrics after known traffic", () => {
     const p = await createProject(manage)
     const r = await createToken(manage, p.projectId)
     const db = new Database((backend.database as { path: string }).path)
-    db.prepare("UPDATE tokens SET rate_limit_requests = 1, rate_limit_window_seconds = 3600 WHERE id = ?").run(r.tokenId)
+    db.prepare("UPDATE tokens SET rate_limit_requests = 1, rate_limit_window_seconds = 3600 WHERE id = ?").run(
+      r.tokenId
+    )
     db.close()
     mock.enqueue(json(usage93, { delayMs: 5 }))
     expect((await call(url, CHAT, { token: r.token, body: chatBody() })).status).toBe(200)
@@ -112,14 +128,18 @@ describe("GET /metrics after known traffic", () => {
     expect(value(s, "llm_proxy_request_duration_seconds_count")).toBe(10)
     expect(buckets(s, "llm_proxy_proxy_overhead_seconds").get("+Inf")).toBe(10)
     // A request's overhead is part of its duration.
-    expect(value(s, "llm_proxy_proxy_overhead_seconds_sum")).toBeLessThanOrEqual(value(s, "llm_proxy_request_duration_seconds_sum"))
+    expect(value(s, "llm_proxy_proxy_overhead_seconds_sum")).toBeLessThanOrEqual(
+      value(s, "llm_proxy_request_duration_seconds_sum")
+    )
   })
 
   it("counts tokens by provider, model and kind", async () => {
     const s = await scrape(stack.server.url)
     // 3 × (9, 3) on gpt-4o-mini plus the default mock answer (9, 3) for quota's and rate limit's first requests.
     expect(value(s, "llm_proxy_tokens_total", { provider: "openai", model: "gpt-4o-mini", kind: "prompt" })).toBe(45)
-    expect(value(s, "llm_proxy_tokens_total", { provider: "openai", model: "gpt-4o-mini", kind: "completion" })).toBe(15)
+    expect(value(s, "llm_proxy_tokens_total", { provider: "openai", model: "gpt-4o-mini", kind: "completion" })).toBe(
+      15
+    )
     expect(value(s, "llm_proxy_tokens_total", { provider: "openai", model: "gpt-4.1", kind: "prompt" })).toBe(5)
     expect(value(s, "llm_proxy_tokens_total", { provider: "openai", model: "gpt-4.1", kind: "completion" })).toBe(2)
   })
@@ -141,7 +161,8 @@ describe("GET /metrics after known traffic", () => {
     // JSON: 3 slow answers + quota's and rate limit's first requests (all gpt-4o-mini, 3 completion tokens each).
     expect(value(s, "llm_proxy_output_tokens_per_second_count", { model: "gpt-4o-mini", stream: "false" })).toBe(5)
     // 3 tokens over at least the 60 ms the upstream waited: at most 50 tokens/s.
-    expect(buckets(s, "llm_proxy_output_tokens_per_second", { model: "gpt-4o-mini", stream: "false" }).get("50")).toBeGreaterThanOrEqual(3)
+    expect(buckets(s, "llm_proxy_output_tokens_per_second", { model: "gpt-4o-mini", stream: "false" }).get("50"))
+      .toBeGreaterThanOrEqual(3)
     // The stream: 2 tokens over the ≥ 80 ms between its first and last chunk: at most 25 tokens/s.
     expect(value(s, "llm_proxy_output_tokens_per_second_count", { model: "gpt-4.1", stream: "true" })).toBe(1)
     expect(buckets(s, "llm_proxy_output_tokens_per_second", { model: "gpt-4.1", stream: "true" }).get("30")).toBe(1)
@@ -188,23 +209,27 @@ describe("GET /metrics after known traffic", () => {
     const s = await scrape(stack.server.url)
     const names = new Set(s.map((x) => x.name))
     // no dispatcher in this process (no --file-event-log): its series are declared, without samples
-    for (const n of ["llm_proxy_dispatcher_delivered_total", "llm_proxy_dispatcher_lag_events"]) expect(names.has(n), n).toBe(false)
-    for (const n of [
-      "llm_proxy_cache_hits_total",
-      "llm_proxy_cache_misses_total",
-      "llm_proxy_cache_stores_total",
-      "llm_proxy_cache_evictions_total",
-      "llm_proxy_cache_bytes",
-      "llm_proxy_bus_published_total",
-      "llm_proxy_bus_dropped_total",
-      // the in-memory bus: nothing waiting
-      "llm_proxy_bus_lag_events",
-      "process_start_time_seconds",
-      "process_cpu_seconds_total",
-      "process_resident_memory_bytes",
-      "nodejs_heap_size_used_bytes",
-      "nodejs_eventloop_lag_seconds"
-    ]) expect(names.has(n), n).toBe(true)
+    for (const n of ["llm_proxy_dispatcher_delivered_total", "llm_proxy_dispatcher_lag_events"]) {
+      expect(names.has(n), n).toBe(false)
+    }
+    for (
+      const n of [
+        "llm_proxy_cache_hits_total",
+        "llm_proxy_cache_misses_total",
+        "llm_proxy_cache_stores_total",
+        "llm_proxy_cache_evictions_total",
+        "llm_proxy_cache_bytes",
+        "llm_proxy_bus_published_total",
+        "llm_proxy_bus_dropped_total",
+        // the in-memory bus: nothing waiting
+        "llm_proxy_bus_lag_events",
+        "process_start_time_seconds",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "nodejs_heap_size_used_bytes",
+        "nodejs_eventloop_lag_seconds"
+      ]
+    ) expect(names.has(n), n).toBe(true)
   })
 
   it("keeps the Go llm-proxy's JSON counters at /metrics/json and the text at /metrics/prometheus", async () => {
@@ -225,16 +250,26 @@ describe("GET /metrics after known traffic", () => {
 
   // test/observability/events.test.ts checks the samples on a serve with its dispatcher in-process
   it("declares every series the Grafana dashboard in docs/ queries", async () => {
-    const dashboard = JSON.parse(readFileSync(new URL("../../docs/grafana-dashboard.json", import.meta.url), "utf8")) as {
+    const dashboard = JSON.parse(
+      readFileSync(new URL("../../docs/grafana-dashboard.json", import.meta.url), "utf8")
+    ) as {
       panels: Array<{ targets?: Array<{ expr: string }> }>
     }
     const exprs = dashboard.panels.flatMap((p) => (p.targets ?? []).map((t) => t.expr))
     expect(exprs.length).toBeGreaterThan(20)
-    const used = new Set(exprs.flatMap((e) => [...e.matchAll(/\b((?:llm_proxy|process|nodejs)_[a-z0-9_]+)/g)].map((m) => m[1]!)))
+    const used = new Set(
+      exprs.flatMap((e) => [...e.matchAll(/\b((?:llm_proxy|process|nodejs)_[a-z0-9_]+)/g)].map((m) => m[1]!))
+    )
     const text = await (await fetch(`${stack.server.url}/metrics`)).text()
-    const declared = new Set([...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].flatMap((m) =>
-      m[2] === "histogram" ? [`${m[1]}_bucket`, `${m[1]}_sum`, `${m[1]}_count`] : m[2] === "summary" ? [m[1]!, `${m[1]}_sum`, `${m[1]}_count`] : [m[1]!]
-    ))
+    const declared = new Set(
+      [...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].flatMap((m) =>
+        m[2] === "histogram"
+          ? [`${m[1]}_bucket`, `${m[1]}_sum`, `${m[1]}_count`]
+          : m[2] === "summary"
+          ? [m[1]!, `${m[1]}_sum`, `${m[1]}_count`]
+          : [m[1]!]
+      )
+    )
     for (const s of parsePrometheus(text)) declared.add(s.name)
     for (const name of used) expect(declared.has(name), name).toBe(true)
   })
@@ -268,12 +303,17 @@ describe("response cache on /metrics", () => {
     const stack = await startStack(backend)
     try {
       const { token } = await projectAndToken(stack.manage)
-      stack.mock.route("/v1/models", json({ object: "list", data: [] }, { headers: { "cache-control": "public, max-age=60" } }))
+      stack.mock.route(
+        "/v1/models",
+        json({ object: "list", data: [] }, { headers: { "cache-control": "public, max-age=60" } })
+      )
       const first = await call(stack.server.url, "/v1/models", { token })
       const second = await call(stack.server.url, "/v1/models", { token })
       expect([first.headers["x-proxy-cache"], second.headers["x-proxy-cache"]]).toEqual(["stored", "hit"])
       stack.mock.route("/v1/models/gpt-4o", json({ id: "gpt-4o" }))
-      expect((await call(stack.server.url, "/v1/models/gpt-4o", { token })).headers["cache-status"]).toBe("llm-proxy; miss")
+      expect((await call(stack.server.url, "/v1/models/gpt-4o", { token })).headers["cache-status"]).toBe(
+        "llm-proxy; miss"
+      )
       const s = await scrape(stack.server.url)
       expect(value(s, "llm_proxy_requests_total", { route: "/v1/models", cache: "stored" })).toBe(1)
       expect(value(s, "llm_proxy_requests_total", { route: "/v1/models", cache: "hit" })).toBe(1)

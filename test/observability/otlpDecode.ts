@@ -124,8 +124,9 @@ export const decodeTraces = (body: Uint8Array) => ({
   resourceSpans: fields(body).filter((f) => f.no === 1).map((rs) => {
     const out = { resource: { attributes: [] as Array<unknown> }, scopeSpans: [] as Array<unknown> }
     for (const f of fields(bytesOf(rs))) {
-      if (f.no === 1) out.resource.attributes = fields(bytesOf(f)).filter((a) => a.no === 1).map((a) => keyValue(bytesOf(a)))
-      else if (f.no === 2) {
+      if (f.no === 1) {
+        out.resource.attributes = fields(bytesOf(f)).filter((a) => a.no === 1).map((a) => keyValue(bytesOf(a)))
+      } else if (f.no === 2) {
         const ss = { scope: {} as Record<string, string>, spans: [] as Array<unknown> }
         for (const g of fields(bytesOf(f))) {
           if (g.no === 1) {

@@ -29,7 +29,11 @@ export const value = (samples: ReadonlyArray<Sample>, name: string, labels: Reco
     .reduce((a, s) => a + s.value, 0)
 
 /** `le` → cumulative count of a histogram series. */
-export const buckets = (samples: ReadonlyArray<Sample>, name: string, labels: Record<string, string> = {}): Map<string, number> => {
+export const buckets = (
+  samples: ReadonlyArray<Sample>,
+  name: string,
+  labels: Record<string, string> = {}
+): Map<string, number> => {
   const m = new Map<string, number>()
   for (const s of samples) {
     if (s.name !== `${name}_bucket`) continue

@@ -30,20 +30,20 @@
  * Like the other tests of the built binary it needs `npm run build` first (dist/ is not rebuilt by `npm test`);
  * it warns when dist/ is older than src/. SECRETS_TEST_DUMP=file appends the findings there (names, never values).
  */
+import { Redis } from "ioredis"
 import { type ChildProcess, spawn } from "node:child_process"
 import { createHash, randomBytes } from "node:crypto"
-import { createServer as createNetServer } from "node:net"
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs"
 import { createServer, type IncomingHttpHeaders } from "node:http"
+import { createServer as createNetServer } from "node:net"
 import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { Redis } from "ioredis"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { decodeTraces } from "./otlpDecode.js"
-import { stopProcess } from "../support/processes.js"
 import { flushRedisPrefix, postgresUrl, redisUrl, withPgClient } from "../support/databases.js"
 import { chatChunks, json, type MockUpstream, reset, sse, startMockUpstream } from "../support/mockUpstream.js"
+import { stopProcess } from "../support/processes.js"
+import { decodeTraces } from "./otlpDecode.js"
 
 const root = join(import.meta.dirname, "../..")
 const bin = join(root, "bin/llm-proxy.js")
@@ -170,7 +170,9 @@ const forms = (s: Secret): Array<{ readonly form: string; readonly text: string 
     { form: `last ${s.tail + 6} chars`, text: v.slice(-(s.tail + 6)) }
   ]
   const hidden = v.slice(s.head, v.length - s.tail)
-  for (let i = 0; i + 10 <= hidden.length; i += 4) out.push({ form: `hidden chars ${s.head + i}..${s.head + i + 10}`, text: hidden.slice(i, i + 10) })
+  for (let i = 0; i + 10 <= hidden.length; i += 4) {
+    out.push({ form: `hidden chars ${s.head + i}..${s.head + i + 10}`, text: hidden.slice(i, i + 10) })
+  }
   return out.filter((f, i, all) => f.text.length >= 6 && all.findIndex((g) => g.text === f.text) === i)
 }
 
@@ -208,7 +210,8 @@ const makeLedger = () => {
       return value
     },
     collect: (where: string, text: string) => void outputs.push({ where, text }),
-    shownOnce: (where: string, text: string, allowed: ReadonlyArray<string | undefined>) => void outputs.push({ where, text, allowed }),
+    shownOnce: (where: string, text: string, allowed: ReadonlyArray<string | undefined>) =>
+      void outputs.push({ where, text, allowed }),
     text: (where: RegExp) => outputs.filter((o) => where.test(o.where)).map((o) => o.text).join("\n"),
     /** `where: secret name (form)` for every form of every secret found in an output that may not show it. */
     findings: () => {
@@ -220,7 +223,9 @@ const makeLedger = () => {
           for (const f of looks) if (o.text.includes(f.text)) found.push(`${o.where}: ${s.name} (${f.form})`)
         }
       }
-      if (process.env["SECRETS_TEST_DUMP"]) writeFileSync(process.env["SECRETS_TEST_DUMP"], found.join("\n"), { flag: "a" })
+      if (process.env["SECRETS_TEST_DUMP"]) {
+        writeFileSync(process.env["SECRETS_TEST_DUMP"], found.join("\n"), { flag: "a" })
+      }
       return found
     }
   }
@@ -273,23 +278,38 @@ const clientOf = (url: string, managementToken: string, ledger: Ledger) => {
     else ledger.collect(label, record)
     return sent
   }
-  const chat = (extra: Record<string, unknown> = {}) => ({ model: "gpt-4o-mini", messages: [{ role: "user", content: "Hi" }], ...extra })
+  const chat = (extra: Record<string, unknown> = {}) => ({
+    model: "gpt-4o-mini",
+    messages: [{ role: "user", content: "Hi" }],
+    ...extra
+  })
   const v1 = (token: string, o: { body?: unknown; headers?: Record<string, string>; path?: string } = {}) =>
-    send("POST", o.path ?? "/v1/chat/completions", { auth: `Bearer ${token}`, body: o.body ?? chat(), ...(o.headers ? { headers: o.headers } : {}) })
+    send("POST", o.path ?? "/v1/chat/completions", {
+      auth: `Bearer ${token}`,
+      body: o.body ?? chat(),
+      ...(o.headers ? { headers: o.headers } : {})
+    })
   const project = async (name: string, provider: string, apiKey: string, extra: Record<string, unknown> = {}) => {
     const r = await send("POST", "/manage/projects", { body: { name, api_key: apiKey, provider, ...extra } })
     expect(r.status).toBe(201)
     return r.json.id as string
   }
   const token = async (label: string, projectId: string, extra: Record<string, unknown> = {}) => {
-    const r = await send("POST", "/manage/tokens", { body: { project_id: projectId, duration_minutes: 10, ...extra }, shows: (r) => [r.json?.token] })
+    const r = await send("POST", "/manage/tokens", {
+      body: { project_id: projectId, duration_minutes: 10, ...extra },
+      shows: (r) => [r.json?.token]
+    })
     expect(r.status).toBe(201)
     return { id: r.json.id as string, token: ledger.secret(`proxy token (${label})`, r.json.token as string, 7, 4) }
   }
   /** Admin UI login with the management token: the session id and CSRF token become secrets of the run. */
   const login = async () => {
     const cookieOf = (r: Sent) => /llm_proxy_session=([^;]+)/.exec(r.headers.get("set-cookie") ?? "")?.[1]
-    const r = await send("POST", "/manage/session", { auth: null, body: { token: managementToken }, shows: (r) => [r.json?.csrf_token, cookieOf(r)] })
+    const r = await send("POST", "/manage/session", {
+      auth: null,
+      body: { token: managementToken },
+      shows: (r) => [r.json?.csrf_token, cookieOf(r)]
+    })
     expect(r.status).toBe(200)
     const id = ledger.secret("admin session id (cookie)", cookieOf(r)!)
     return {
@@ -307,7 +327,9 @@ const clientOf = (url: string, managementToken: string, ledger: Ledger) => {
 const invalidKey = (key: string) =>
   json({
     error: {
-      message: `Incorrect API key provided: ${maskedLikeOpenAI(key)}. You can find your API key at https://platform.openai.com/account/api-keys.`,
+      message: `Incorrect API key provided: ${
+        maskedLikeOpenAI(key)
+      }. You can find your API key at https://platform.openai.com/account/api-keys.`,
       type: "invalid_request_error",
       param: null,
       code: "invalid_api_key"
@@ -364,7 +386,11 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
     // dist/ is what runs: say so when it is older than the sources (`npm test` does not rebuild it).
     const builtAt = statSync(join(root, "dist/cli/main.js")).mtimeMs
     const newer = filesUnder(join(root, "src")).filter((f) => statSync(f).mtimeMs > builtAt)
-    if (newer.length > 0) console.warn(`[secrets] dist/ is older than ${newer.length} file(s) in src/ (e.g. ${newer[0]}): run npm run build`)
+    if (newer.length > 0) {
+      console.warn(
+        `[secrets] dist/ is older than ${newer.length} file(s) in src/ (e.g. ${newer[0]}): run npm run build`
+      )
+    }
     mock = await startMockUpstream()
     otlp = await startReceiver()
     backends = await startReceiver()
@@ -384,7 +410,10 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
     const ledger = makeLedger()
     const { secret, collect, shownOnce } = ledger
     const managementToken = secret("MANAGEMENT_TOKEN", b64url(32))
-    const wrongManagementToken = secret("a wrong management token (near miss)", `${managementToken.slice(0, -4)}${b64url(3)}`)
+    const wrongManagementToken = secret(
+      "a wrong management token (near miss)",
+      `${managementToken.slice(0, -4)}${b64url(3)}`
+    )
     const metricsToken = secret("METRICS_TOKEN", b64url(24))
     const wrongMetricsToken = secret("a wrong metrics token (near miss)", `${metricsToken.slice(0, -4)}${b64url(3)}`)
     const encryptionKey = secret("ENCRYPTION_KEY", randomBytes(32).toString("base64"))
@@ -452,25 +481,30 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
       for (const service of ["file", "lunary", "helicone"] as const) {
         const dir = tempDir(service)
         dispatcherDirs.push(dir)
-        programs.push(run(`dispatcher --service ${service}`, [
-          "dispatcher",
-          "--service",
-          service,
-          "--endpoint",
-          service === "file" ? join(dir, "delivered.jsonl") : `${backends.url}/${service}`,
-          "--flush-interval",
-          "100ms",
-          "--stream-key",
-          streamKey,
-          "--consumer-group",
-          `${prefix}${service}`
-        ], dir, {
-          LLM_PROXY_EVENT_BUS: "redis-streams",
-          REDIS_URL: redis,
-          LLM_PROXY_API_KEY: dispatcherKey,
-          LOG_LEVEL: "debug",
-          LOG_FORMAT: "json"
-        }))
+        programs.push(run(
+          `dispatcher --service ${service}`,
+          [
+            "dispatcher",
+            "--service",
+            service,
+            "--endpoint",
+            service === "file" ? join(dir, "delivered.jsonl") : `${backends.url}/${service}`,
+            "--flush-interval",
+            "100ms",
+            "--stream-key",
+            streamKey,
+            "--consumer-group",
+            `${prefix}${service}`
+          ],
+          dir,
+          {
+            LLM_PROXY_EVENT_BUS: "redis-streams",
+            REDIS_URL: redis,
+            LLM_PROXY_API_KEY: dispatcherKey,
+            LOG_LEVEL: "debug",
+            LOG_FORMAT: "json"
+          }
+        ))
       }
     }
     const { send, chat, v1, project, token, login } = clientOf(serve.url, managementToken, ledger)
@@ -480,12 +514,26 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
       // ---- management: projects, with the errors that quote input
       const openai = await project("secrets-openai", "openai", openaiKey)
       const anthropic = await project("secrets-anthropic", "anthropic", anthropicKey)
-      const azure = await project("secrets-azure", "azure", azureKey, { rate_limit: { requests: 2, window_seconds: 600 } })
-      expect((await send("POST", "/manage/projects", { body: { name: "secrets-openai", api_key: anthropicKey } })).status).toBe(409)
-      expect((await send("POST", "/manage/projects", { body: { name: "x", api_key: anthropicKey, [anthropicKey]: anthropicKey } })).status).toBe(400)
-      expect((await send("POST", "/manage/projects", { body: `{"name":"y","api_key":"${openaiKey}"` })).status).toBe(400)
+      const azure = await project("secrets-azure", "azure", azureKey, {
+        rate_limit: { requests: 2, window_seconds: 600 }
+      })
+      expect(
+        (await send("POST", "/manage/projects", { body: { name: "secrets-openai", api_key: anthropicKey } })).status
+      ).toBe(409)
+      expect(
+        (await send("POST", "/manage/projects", {
+          body: { name: "x", api_key: anthropicKey, [anthropicKey]: anthropicKey }
+        })).status
+      ).toBe(400)
+      expect((await send("POST", "/manage/projects", { body: `{"name":"y","api_key":"${openaiKey}"` })).status).toBe(
+        400
+      )
       expect((await send("PATCH", `/manage/projects/${anthropic}`, { body: { api_key: 42 } })).status).toBe(400)
-      expect((await send("PATCH", `/manage/projects/${anthropic}`, { body: { api_key: maskedLikeOpenAI(anthropicKey).replace(/\*+/, "...") } })).status).toBe(400)
+      expect(
+        (await send("PATCH", `/manage/projects/${anthropic}`, {
+          body: { api_key: maskedLikeOpenAI(anthropicKey).replace(/\*+/, "...") }
+        })).status
+      ).toBe(400)
 
       // ---- tokens of every state
       const valid = await token("valid", openai)
@@ -495,19 +543,35 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
       const revoked = await token("revoked", openai)
       const expired = await token("expired", openai, { max_requests: 100 })
       expect((await send("DELETE", `/manage/tokens/${revoked.id}`)).status).toBeLessThan(300)
-      expect((await send("PATCH", `/manage/tokens/${expired.id}`, { body: { expires_at: "2020-01-01T00:00:00Z" } })).status).toBe(200)
+      expect(
+        (await send("PATCH", `/manage/tokens/${expired.id}`, { body: { expires_at: "2020-01-01T00:00:00Z" } })).status
+      ).toBe(200)
 
       // ---- management: wrong token, the token in odd places, the admin UI session
       expect((await send("GET", "/manage/projects", { auth: `Bearer ${wrongManagementToken}` })).status).toBe(401)
-      expect((await send("GET", "/manage/projects", { auth: null, headers: { "x-api-key": managementToken } })).status).toBe(401)
+      expect((await send("GET", "/manage/projects", { auth: null, headers: { "x-api-key": managementToken } })).status)
+        .toBe(401)
       expect((await send("GET", `/manage/projects?token=${managementToken}`, { auth: null })).status).toBe(401)
-      expect((await send("GET", "/manage/projects", { auth: `Basic ${Buffer.from(`admin:${managementToken}`).toString("base64")}` })).status).toBe(401)
-      expect((await send("POST", "/manage/session", { auth: null, body: { token: wrongManagementToken } })).status).toBe(401)
+      expect(
+        (await send("GET", "/manage/projects", {
+          auth: `Basic ${Buffer.from(`admin:${managementToken}`).toString("base64")}`
+        })).status
+      ).toBe(401)
+      expect((await send("POST", "/manage/session", { auth: null, body: { token: wrongManagementToken } })).status)
+        .toBe(401)
       const { cookie, csrf, id } = await login()
       sessionId = id
       expect((await send("GET", "/manage/projects", { auth: null, headers: cookie })).status).toBe(200)
-      expect((await send("GET", "/manage/session", { auth: null, headers: cookie, shows: () => [csrf] })).status).toBe(200)
-      expect((await send("POST", "/manage/tokens", { auth: null, headers: cookie, body: { project_id: openai, duration_minutes: 5 } })).status).toBe(403)
+      expect((await send("GET", "/manage/session", { auth: null, headers: cookie, shows: () => [csrf] })).status).toBe(
+        200
+      )
+      expect(
+        (await send("POST", "/manage/tokens", {
+          auth: null,
+          headers: cookie,
+          body: { project_id: openai, duration_minutes: 5 }
+        })).status
+      ).toBe(403)
       const viaSession = await send("POST", "/manage/tokens", {
         auth: null,
         headers: { ...cookie, "x-csrf-token": csrf },
@@ -517,25 +581,46 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
       expect(viaSession.status).toBe(201)
       secret("proxy token (created through the admin session)", viaSession.json.token as string, 7, 4)
       expect((await send("DELETE", "/manage/session", { auth: null, headers: cookie })).status).toBe(403)
-      expect((await send("DELETE", "/manage/session", { auth: null, headers: { ...cookie, "x-csrf-token": csrf.slice(0, -1) } })).status).toBe(403)
+      expect(
+        (await send("DELETE", "/manage/session", {
+          auth: null,
+          headers: { ...cookie, "x-csrf-token": csrf.slice(0, -1) }
+        })).status
+      ).toBe(403)
       // The session table is read at the end (file grep) while this one is still alive; a second session is ended.
       const second = await login()
-      expect((await send("DELETE", "/manage/session", { auth: null, headers: { ...second.cookie, "x-csrf-token": second.csrf } })).status).toBe(204)
+      expect(
+        (await send("DELETE", "/manage/session", {
+          auth: null,
+          headers: { ...second.cookie, "x-csrf-token": second.csrf }
+        })).status
+      ).toBe(204)
       expect((await send("GET", "/manage/projects", { auth: null, headers: second.cookie })).status).toBe(401)
 
       // ---- the CLI, as users run it
       const cliEnv = { MANAGE_API_BASE_URL: serve.url, MANAGEMENT_TOKEN: managementToken }
-      const created = await runToEnd(["manage", "project", "create", "--name", "secrets-cli", "--api-key", cliKey, "--json"], cwd, cliEnv)
+      const created = await runToEnd(
+        ["manage", "project", "create", "--name", "secrets-cli", "--api-key", cliKey, "--json"],
+        cwd,
+        cliEnv
+      )
       expect(created.code).toBe(0)
       collect("manage project create output", created.output)
       const listed = await runToEnd(["manage", "project", "list"], cwd, cliEnv)
       expect(listed.code).toBe(0)
       collect("manage project list output", listed.output)
-      const generated = await runToEnd(["manage", "token", "generate", "--project-id", openai, "--duration", "5", "--json"], cwd, cliEnv)
+      const generated = await runToEnd(
+        ["manage", "token", "generate", "--project-id", openai, "--duration", "5", "--json"],
+        cwd,
+        cliEnv
+      )
       expect(generated.code).toBe(0)
       const cliToken = secret("proxy token (manage token generate)", JSON.parse(generated.output).token as string, 7, 4)
       shownOnce("manage token generate output", generated.output, [cliToken])
-      const wrongCli = await runToEnd(["manage", "token", "list"], cwd, { ...cliEnv, MANAGEMENT_TOKEN: wrongManagementToken })
+      const wrongCli = await runToEnd(["manage", "token", "list"], cwd, {
+        ...cliEnv,
+        MANAGEMENT_TOKEN: wrongManagementToken
+      })
       expect(wrongCli.code).not.toBe(0)
       collect("manage token list output (wrong token)", wrongCli.output)
 
@@ -544,7 +629,10 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
       expect((await v1(cliToken)).status).toBe(200)
       mock.enqueue(sse(chatChunks(["Hel", "lo"])))
       expect((await v1(valid.token, { body: chat({ stream: true }) })).text).toContain("[DONE]")
-      mock.route("/v1/models", json({ object: "list", data: [{ id: "gpt-4o-mini" }] }, { headers: { "cache-control": "public, max-age=60" } }))
+      mock.route(
+        "/v1/models",
+        json({ object: "list", data: [{ id: "gpt-4o-mini" }] }, { headers: { "cache-control": "public, max-age=60" } })
+      )
       const models = () => send("GET", "/v1/models", { auth: `Bearer ${valid.token}` })
       expect((await models()).status).toBe(200)
       await waitFor("a cache hit", async () => (await models()).headers.get("x-proxy-cache") === "hit", 5_000)
@@ -557,7 +645,12 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
       expect((await v1(valid.token, { body: "{not json" })).status).toBeLessThan(500)
 
       // ---- other providers' auth styles, rate limit, quota
-      expect((await v1(anthropicToken.token, { path: "/v1/messages", body: { model: "claude-3-5-haiku", max_tokens: 8, messages: [] } })).status).toBe(200)
+      expect(
+        (await v1(anthropicToken.token, {
+          path: "/v1/messages",
+          body: { model: "claude-3-5-haiku", max_tokens: 8, messages: [] }
+        })).status
+      ).toBe(200)
       for (const status of [200, 200, 429]) expect((await v1(azureToken.token)).status).toBe(status)
       expect((await v1(quota.token)).status).toBe(200)
       expect((await v1(quota.token)).status).toBe(429)
@@ -573,21 +666,48 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
         { auth: valid.token },
         { auth: null, headers: { cookie: `token=${valid.token}` } }
       ] as const
-      for (const o of misplaced) expect((await send("POST", "/v1/chat/completions", { ...o, body: chat() })).status).toBe(401)
+      for (const o of misplaced) {
+        expect((await send("POST", "/v1/chat/completions", { ...o, body: chat() })).status).toBe(401)
+      }
       // A credential in the query is refused (400 credential_in_query) without repeating it.
-      expect((await send("POST", `/v1/chat/completions?key=${valid.token}`, { auth: null, body: chat() })).status).toBe(400)
-      expect((await send("POST", `/v1/chat/completions?api-key=${encodeURIComponent(valid.token)}`, { auth: null, body: chat() })).status).toBe(400)
+      expect((await send("POST", `/v1/chat/completions?key=${valid.token}`, { auth: null, body: chat() })).status).toBe(
+        400
+      )
+      expect(
+        (await send("POST", `/v1/chat/completions?api-key=${encodeURIComponent(valid.token)}`, {
+          auth: null,
+          body: chat()
+        })).status
+      ).toBe(400)
 
       // ---- key rotation, project deactivation, then a marker that every sink must have delivered
       expect((await send("PATCH", `/manage/projects/${openai}`, { body: { api_key: openaiRotated } })).status).toBe(200)
       expect((await v1(valid.token)).status).toBe(200)
       expect(mock.requests.at(-1)!.headers.authorization).toBe(`Bearer ${openaiRotated}`)
-      expect((await send("PATCH", `/manage/projects/${anthropic}`, { body: { is_active: false, revoke_tokens: true } })).status).toBe(200)
-      expect((await v1(anthropicToken.token, { path: "/v1/messages", body: { model: "claude-3-5-haiku", messages: [] } })).status).toBeGreaterThanOrEqual(401)
+      expect(
+        (await send("PATCH", `/manage/projects/${anthropic}`, { body: { is_active: false, revoke_tokens: true } }))
+          .status
+      ).toBe(200)
+      expect(
+        (await v1(anthropicToken.token, { path: "/v1/messages", body: { model: "claude-3-5-haiku", messages: [] } }))
+          .status
+      ).toBeGreaterThanOrEqual(401)
       expect((await v1(valid.token, { headers: { "x-request-id": marker } })).status).toBe(200)
 
       // ---- reads of everything the management API and the probes show; the metrics need METRICS_TOKEN
-      for (const path of ["/manage/projects", `/manage/projects/${openai}`, `/manage/projects/${azure}`, "/manage/tokens", `/manage/tokens/${valid.id}`, "/manage/audit?page_size=100", "/health", "/ready", "/live"]) {
+      for (
+        const path of [
+          "/manage/projects",
+          `/manage/projects/${openai}`,
+          `/manage/projects/${azure}`,
+          "/manage/tokens",
+          `/manage/tokens/${valid.id}`,
+          "/manage/audit?page_size=100",
+          "/health",
+          "/ready",
+          "/live"
+        ]
+      ) {
         expect((await send("GET", path)).status).toBe(200)
       }
       for (const path of ["/metrics", "/metrics/json"]) {
@@ -598,13 +718,27 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
 
       // ---- wait until every sink delivered the marker (and spans arrived), then stop everything cleanly
       const eventsFile = join(cwd, "data/events.jsonl")
-      await waitFor("the event log to have the marker", () => existsSync(eventsFile) && readFileSync(eventsFile, "utf8").includes(marker))
+      await waitFor(
+        "the event log to have the marker",
+        () => existsSync(eventsFile) && readFileSync(eventsFile, "utf8").includes(marker)
+      )
       if (redis) {
-        await waitFor("the file dispatcher to deliver the marker", () => filesUnder(dispatcherDirs[0]!).some((f) => readFileSync(f, "utf8").includes(marker)))
-        await waitFor("Lunary and Helicone to receive the marker", () =>
-          ["/lunary", "/helicone/"].every((p) => backends.requests.some((r) => r.url.startsWith(p) && r.body.includes(marker))))
+        await waitFor(
+          "the file dispatcher to deliver the marker",
+          () => filesUnder(dispatcherDirs[0]!).some((f) => readFileSync(f, "utf8").includes(marker))
+        )
+        await waitFor(
+          "Lunary and Helicone to receive the marker",
+          () =>
+            ["/lunary", "/helicone/"].every((p) =>
+              backends.requests.some((r) => r.url.startsWith(p) && r.body.includes(marker))
+            )
+        )
       }
-      await waitFor("proxy spans at the OTLP receiver", () => otlp.requests.some((r) => r.body.includes("POST /v1/chat/completions")))
+      await waitFor(
+        "proxy spans at the OTLP receiver",
+        () => otlp.requests.some((r) => r.body.includes("POST /v1/chat/completions"))
+      )
     } finally {
       // Every program is stopped (killed after a grace period) before any exit code is asserted.
       const codes = await Promise.all(programs.slice(1).map((p) => p.stop()))
@@ -643,7 +777,10 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
         for (const k of cacheKeys) {
           const type = await client.type(k)
           const value = type === "string" ? await client.getBuffer(k) : type === "hash" ? await client.hgetall(k) : type
-          collect(`Redis cache ${k}`, `${k}\n${Buffer.isBuffer(value) ? value.toString("latin1") : JSON.stringify(value)}`)
+          collect(
+            `Redis cache ${k}`,
+            `${k}\n${Buffer.isBuffer(value) ? value.toString("latin1") : JSON.stringify(value)}`
+          )
         }
       } finally {
         client.disconnect()
@@ -651,9 +788,12 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
     }
 
     // ---- the collection is not trivial: a grep of nothing proves nothing
-    const has = (where: RegExp, needle: string) => expect(ledger.text(where).includes(needle), `${where} contains ${needle}`).toBe(true)
+    const has = (where: RegExp, needle: string) =>
+      expect(ledger.text(where).includes(needle), `${where} contains ${needle}`).toBe(true)
     const lines = (where: RegExp) => ledger.text(where).split("\n").filter((l) => l.includes("request_id")).length
-    const serveLines = serve.output().split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { message?: unknown; logLevel?: string })
+    const serveLines = serve.output().split("\n").filter((l) => l.startsWith("{")).map((l) =>
+      JSON.parse(l) as { message?: unknown; logLevel?: string }
+    )
     expect(serveLines.filter((l) => l.message === "access").length).toBeGreaterThanOrEqual(25)
     expect(serveLines.some((l) => l.logLevel === "WARN")).toBe(true)
     has(/audit\.log$/, "admin.login")
@@ -663,7 +803,16 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
     // The credentials that reached traced requests were there and redacted (not merely untraced).
     has(/^OTLP/, `"key":"url.query","value":{"stringValue":"token=REDACTED"}`)
     has(/^OTLP/, `"key":"http.request.header.x-csrf-token","value":{"stringValue":"<redacted>"}`)
-    for (const span of ["POST /v1/chat/completions", "chat gpt-4o-mini", "chat claude-3-5-haiku", "POST /manage/projects", "POST /manage/session", "sql.execute"]) {
+    for (
+      const span of [
+        "POST /v1/chat/completions",
+        "chat gpt-4o-mini",
+        "chat claude-3-5-haiku",
+        "POST /manage/projects",
+        "POST /manage/session",
+        "sql.execute"
+      ]
+    ) {
       has(/^OTLP/, `"name":"${span}"`)
     }
     has(/GET \/metrics\?…$|GET \/metrics$/, "# TYPE")
@@ -679,133 +828,169 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
       has(/^Redis stream/, marker)
     }
     const bytes = ledger.outputs.reduce((n, o) => n + o.text.length, 0)
-    console.log(`[secrets] json run: ${ledger.secrets.length} secrets × ${ledger.outputs.length} outputs (${(bytes / 1024).toFixed(0)} KiB): ${files.length} files, ${otlp.requests.length} OTLP exports, ${backends.requests.length} backend deliveries, ${mock.requests.length} upstream requests${redis ? "" : " (no REDIS_URL: no dispatchers, no Redis stream or cache)"}`)
+    console.log(
+      `[secrets] json run: ${ledger.secrets.length} secrets × ${ledger.outputs.length} outputs (${
+        (bytes / 1024).toFixed(0)
+      } KiB): ${files.length} files, ${otlp.requests.length} OTLP exports, ${backends.requests.length} backend deliveries, ${mock.requests.length} upstream requests${
+        redis ? "" : " (no REDIS_URL: no dispatchers, no Redis stream or cache)"
+      }`
+    )
 
     // ---- the grep
     expect(ledger.findings()).toEqual([])
   }, 90_000)
 
-  it("a pretty-format run (on PostgreSQL with a password of its own when DATABASE_URL is set): the same grep", async () => {
-    mock.reset()
-    const cwd = tempDir("pretty")
-    const ledger = makeLedger()
-    const { secret } = ledger
-    const managementToken = secret("MANAGEMENT_TOKEN", b64url(32))
-    const encryptionKey = secret("ENCRYPTION_KEY", randomBytes(32).toString("base64"))
-    const openaiKey = secret("provider key (openai)", `sk-proj-${b64url(36)}`, 8, 4)
-    const otlpHeader = secret("OTEL_EXPORTER_OTLP_HEADERS value", b64url(24))
-    const metricsToken = secret("METRICS_TOKEN", b64url(24))
-    const metricsPort = await freePort()
+  it(
+    "a pretty-format run (on PostgreSQL with a password of its own when DATABASE_URL is set): the same grep",
+    async () => {
+      mock.reset()
+      const cwd = tempDir("pretty")
+      const ledger = makeLedger()
+      const { secret } = ledger
+      const managementToken = secret("MANAGEMENT_TOKEN", b64url(32))
+      const encryptionKey = secret("ENCRYPTION_KEY", randomBytes(32).toString("base64"))
+      const openaiKey = secret("provider key (openai)", `sk-proj-${b64url(36)}`, 8, 4)
+      const otlpHeader = secret("OTEL_EXPORTER_OTLP_HEADERS value", b64url(24))
+      const metricsToken = secret("METRICS_TOKEN", b64url(24))
+      const metricsPort = await freePort()
 
-    // A role and database of this test's own, so the password in DATABASE_URL is a secret nothing else uses.
-    let database: { url: string; drop: () => Promise<void>; dump: () => Promise<string> } | undefined
-    if (postgresUrl) {
-      const name = `llmproxy_secrets_${randomBytes(6).toString("hex")}`
-      const password = secret("PostgreSQL password in DATABASE_URL", b64url(18))
-      await withPgClient(postgresUrl, async (c) => {
-        await c.query(`CREATE ROLE ${name} LOGIN PASSWORD '${password}'`)
-        await c.query(`CREATE DATABASE ${name} OWNER ${name}`)
-      })
-      const u = new URL(postgresUrl)
-      u.username = name
-      u.password = password
-      u.pathname = `/${name}`
-      database = {
-        url: u.toString(),
-        drop: () =>
-          withPgClient(postgresUrl!, async (c) => {
-            await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
-            await c.query(`DROP ROLE IF EXISTS ${name}`)
-          }),
-        // Every row of every table, as JSON: PostgreSQL's counterpart of grepping the SQLite file.
-        dump: () =>
-          withPgClient(u.toString(), async (c) => {
-            const tables = await c.query<{ table_name: string }>("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
-            const out: Array<string> = []
-            for (const t of tables.rows) out.push(t.table_name, JSON.stringify((await c.query(`SELECT * FROM "${t.table_name}"`)).rows))
-            return out.join("\n")
-          })
+      // A role and database of this test's own, so the password in DATABASE_URL is a secret nothing else uses.
+      let database: { url: string; drop: () => Promise<void>; dump: () => Promise<string> } | undefined
+      if (postgresUrl) {
+        const name = `llmproxy_secrets_${randomBytes(6).toString("hex")}`
+        const password = secret("PostgreSQL password in DATABASE_URL", b64url(18))
+        await withPgClient(postgresUrl, async (c) => {
+          await c.query(`CREATE ROLE ${name} LOGIN PASSWORD '${password}'`)
+          await c.query(`CREATE DATABASE ${name} OWNER ${name}`)
+        })
+        const u = new URL(postgresUrl)
+        u.username = name
+        u.password = password
+        u.pathname = `/${name}`
+        database = {
+          url: u.toString(),
+          drop: () =>
+            withPgClient(postgresUrl!, async (c) => {
+              await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+              await c.query(`DROP ROLE IF EXISTS ${name}`)
+            }),
+          // Every row of every table, as JSON: PostgreSQL's counterpart of grepping the SQLite file.
+          dump: () =>
+            withPgClient(u.toString(), async (c) => {
+              const tables = await c.query<{ table_name: string }>(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+              )
+              const out: Array<string> = []
+              for (const t of tables.rows) {
+                out.push(t.table_name, JSON.stringify((await c.query(`SELECT * FROM "${t.table_name}"`)).rows))
+              }
+              return out.join("\n")
+            })
+        }
       }
-    }
-    try {
-      const serve = await startServe(cwd, {
-        LISTEN_ADDR: "127.0.0.1:0",
-        MANAGEMENT_TOKEN: managementToken,
-        ENCRYPTION_KEY: encryptionKey,
-        OPENAI_API_URL: mock.url,
-        LOG_LEVEL: "debug",
-        LOG_FORMAT: "pretty",
-        AUDIT_LOG_FILE: "./data/audit.log",
-        FILE_EVENT_LOG: "./data/events.jsonl",
-        OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url,
-        // The first run exports protobuf (the default); this one OTLP/JSON.
-        OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
-        OTEL_EXPORTER_OTLP_HEADERS: `x-otlp-key=${otlpHeader}`,
-        OTEL_EXPORT_INTERVAL: "200ms",
-        METRICS_ADDR: `127.0.0.1:${metricsPort}`,
-        METRICS_TOKEN: metricsToken,
-        ...(database ? { DATABASE_URL: database.url } : {})
-      })
-      const { send, chat, v1, project, token, login } = clientOf(serve.url, managementToken, ledger)
-      const seenBefore = otlp.requests.length
       try {
-        const id = await project("secrets-pretty", "openai", openaiKey)
-        const valid = await token("valid", id)
-        const revoked = await token("revoked", id)
-        expect((await send("DELETE", `/manage/tokens/${revoked.id}`)).status).toBeLessThan(300)
-        expect((await send("GET", "/manage/projects", { auth: `Bearer ${managementToken.slice(0, -1)}x` })).status).toBe(401)
-        expect((await send("GET", `/manage/tokens?project_id=${id}&api_key=${openaiKey}`)).status).toBe(200)
-        const { cookie, csrf } = await login()
-        expect((await send("PATCH", `/manage/projects/${id}`, { auth: null, headers: { ...cookie, "x-csrf-token": csrf }, body: { name: "secrets-pretty-2" } })).status).toBe(200)
-        // Left signed in: the session row is in the table dump (or the file) that is grepped below.
-        await login()
-        expect((await v1(valid.token)).status).toBe(200)
-        mock.enqueue(sse(chatChunks(["a", "b"])))
-        expect((await v1(valid.token, { body: chat({ stream: true }) })).text).toContain("[DONE]")
-        mock.enqueue(invalidKey(openaiKey))
-        expect((await v1(valid.token)).status).toBe(401)
-        mock.enqueue(reset())
-        expect((await v1(valid.token)).status).toBe(502)
-        expect((await v1(revoked.token)).status).toBe(401)
-        expect((await send("POST", `/v1/chat/completions?key=${valid.token}`, { auth: null, body: chat() })).status).toBe(400)
-        for (const path of ["/manage/tokens", "/manage/audit?page_size=100", "/health", "/ready"]) {
-          expect((await send("GET", path)).status).toBe(200)
+        const serve = await startServe(cwd, {
+          LISTEN_ADDR: "127.0.0.1:0",
+          MANAGEMENT_TOKEN: managementToken,
+          ENCRYPTION_KEY: encryptionKey,
+          OPENAI_API_URL: mock.url,
+          LOG_LEVEL: "debug",
+          LOG_FORMAT: "pretty",
+          AUDIT_LOG_FILE: "./data/audit.log",
+          FILE_EVENT_LOG: "./data/events.jsonl",
+          OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url,
+          // The first run exports protobuf (the default); this one OTLP/JSON.
+          OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
+          OTEL_EXPORTER_OTLP_HEADERS: `x-otlp-key=${otlpHeader}`,
+          OTEL_EXPORT_INTERVAL: "200ms",
+          METRICS_ADDR: `127.0.0.1:${metricsPort}`,
+          METRICS_TOKEN: metricsToken,
+          ...(database ? { DATABASE_URL: database.url } : {})
+        })
+        const { send, chat, v1, project, token, login } = clientOf(serve.url, managementToken, ledger)
+        const seenBefore = otlp.requests.length
+        try {
+          const id = await project("secrets-pretty", "openai", openaiKey)
+          const valid = await token("valid", id)
+          const revoked = await token("revoked", id)
+          expect((await send("DELETE", `/manage/tokens/${revoked.id}`)).status).toBeLessThan(300)
+          expect((await send("GET", "/manage/projects", { auth: `Bearer ${managementToken.slice(0, -1)}x` })).status)
+            .toBe(401)
+          expect((await send("GET", `/manage/tokens?project_id=${id}&api_key=${openaiKey}`)).status).toBe(200)
+          const { cookie, csrf } = await login()
+          expect(
+            (await send("PATCH", `/manage/projects/${id}`, {
+              auth: null,
+              headers: { ...cookie, "x-csrf-token": csrf },
+              body: { name: "secrets-pretty-2" }
+            })).status
+          ).toBe(200)
+          // Left signed in: the session row is in the table dump (or the file) that is grepped below.
+          await login()
+          expect((await v1(valid.token)).status).toBe(200)
+          mock.enqueue(sse(chatChunks(["a", "b"])))
+          expect((await v1(valid.token, { body: chat({ stream: true }) })).text).toContain("[DONE]")
+          mock.enqueue(invalidKey(openaiKey))
+          expect((await v1(valid.token)).status).toBe(401)
+          mock.enqueue(reset())
+          expect((await v1(valid.token)).status).toBe(502)
+          expect((await v1(revoked.token)).status).toBe(401)
+          expect((await send("POST", `/v1/chat/completions?key=${valid.token}`, { auth: null, body: chat() })).status)
+            .toBe(400)
+          for (const path of ["/manage/tokens", "/manage/audit?page_size=100", "/health", "/ready"]) {
+            expect((await send("GET", path)).status).toBe(200)
+          }
+          // METRICS_ADDR: the metrics are on their own listener (with METRICS_TOKEN), not on the main one.
+          expect((await send("GET", "/metrics", { auth: `Bearer ${metricsToken}` })).status).toBe(404)
+          const metrics = clientOf(`http://127.0.0.1:${metricsPort}`, managementToken, ledger)
+          for (const path of ["/metrics", "/metrics/json"]) {
+            expect((await metrics.send("GET", path)).status).toBe(401)
+            expect((await metrics.send("GET", path, { auth: `Bearer ${metricsToken}` })).status).toBe(200)
+          }
+          const eventsFile = join(cwd, "data/events.jsonl")
+          // the token holder's four requests (the revoked token and the token in the query publish none)
+          await waitFor(
+            "four events",
+            () => existsSync(eventsFile) && readFileSync(eventsFile, "utf8").split("\n").length > 4
+          )
+          await waitFor(
+            "proxy spans at the OTLP receiver",
+            () => otlp.requests.slice(seenBefore).some((r) => r.body.includes("POST /v1/chat/completions"))
+          )
+        } finally {
+          expect(await serve.stop(), "serve exit code").toBe(0)
         }
-        // METRICS_ADDR: the metrics are on their own listener (with METRICS_TOKEN), not on the main one.
-        expect((await send("GET", "/metrics", { auth: `Bearer ${metricsToken}` })).status).toBe(404)
-        const metrics = clientOf(`http://127.0.0.1:${metricsPort}`, managementToken, ledger)
-        for (const path of ["/metrics", "/metrics/json"]) {
-          expect((await metrics.send("GET", path)).status).toBe(401)
-          expect((await metrics.send("GET", path, { auth: `Bearer ${metricsToken}` })).status).toBe(200)
+        ledger.collect("serve stdout+stderr", serve.output())
+        for (const f of filesUnder(cwd)) {
+          ledger.collect(`file ${f}`, readFileSync(f).toString("latin1"))
         }
-        const eventsFile = join(cwd, "data/events.jsonl")
-        // the token holder's four requests (the revoked token and the token in the query publish none)
-        await waitFor("four events", () => existsSync(eventsFile) && readFileSync(eventsFile, "utf8").split("\n").length > 4)
-        await waitFor("proxy spans at the OTLP receiver", () => otlp.requests.slice(seenBefore).some((r) => r.body.includes("POST /v1/chat/completions")))
-      } finally {
-        expect(await serve.stop(), "serve exit code").toBe(0)
-      }
-      ledger.collect("serve stdout+stderr", serve.output())
-      for (const f of filesUnder(cwd)) ledger.collect(`file ${f}`, readFileSync(f).toString("latin1"))
-      for (const r of otlp.requests.slice(seenBefore)) {
-        const { "x-otlp-key": _, ...rest } = r.headers
-        ledger.collect(`OTLP export ${r.url}`, `${r.url} ${JSON.stringify(rest)}\n${r.body}`)
-      }
-      collectUpstream(ledger, mock, { authorization: [`Bearer ${openaiKey}`] })
-      if (database) ledger.collect("PostgreSQL rows", await database.dump())
+        for (const r of otlp.requests.slice(seenBefore)) {
+          const { "x-otlp-key": _, ...rest } = r.headers
+          ledger.collect(`OTLP export ${r.url}`, `${r.url} ${JSON.stringify(rest)}\n${r.body}`)
+        }
+        collectUpstream(ledger, mock, { authorization: [`Bearer ${openaiKey}`] })
+        if (database) ledger.collect("PostgreSQL rows", await database.dump())
 
-      // Not trivial: pretty lines (not JSON), one access line per request, the key stored encrypted.
-      const out = serve.output()
-      expect(out.split("\n").some((l) => l.startsWith("{"))).toBe(false)
-      expect(out.match(/access/g)?.length ?? 0).toBeGreaterThanOrEqual(6)
-      expect(ledger.text(/audit\.log$/).includes("admin.login")).toBe(true)
-      expect(ledger.text(/^OTLP/).includes("\"name\":\"POST /v1/chat/completions\"")).toBe(true)
-      expect(ledger.text(database ? /^PostgreSQL rows$/ : /llm-proxy\.db$/).includes("enc:v1:")).toBe(true)
-      if (database) expect(/admin_sessions\n\[\{"id_hash":"[0-9a-f]{64}"/.test(ledger.text(/^PostgreSQL rows$/))).toBe(true)
-      console.log(`[secrets] pretty run${database ? " on PostgreSQL" : ""}: ${ledger.secrets.length} secrets × ${ledger.outputs.length} outputs`)
-      expect(ledger.findings()).toEqual([])
-    } finally {
-      await database?.drop()
-    }
-  }, 60_000)
+        // Not trivial: pretty lines (not JSON), one access line per request, the key stored encrypted.
+        const out = serve.output()
+        expect(out.split("\n").some((l) => l.startsWith("{"))).toBe(false)
+        expect(out.match(/access/g)?.length ?? 0).toBeGreaterThanOrEqual(6)
+        expect(ledger.text(/audit\.log$/).includes("admin.login")).toBe(true)
+        expect(ledger.text(/^OTLP/).includes("\"name\":\"POST /v1/chat/completions\"")).toBe(true)
+        expect(ledger.text(database ? /^PostgreSQL rows$/ : /llm-proxy\.db$/).includes("enc:v1:")).toBe(true)
+        if (database) {
+          expect(/admin_sessions\n\[\{"id_hash":"[0-9a-f]{64}"/.test(ledger.text(/^PostgreSQL rows$/))).toBe(true)
+        }
+        console.log(
+          `[secrets] pretty run${
+            database ? " on PostgreSQL" : ""
+          }: ${ledger.secrets.length} secrets × ${ledger.outputs.length} outputs`
+        )
+        expect(ledger.findings()).toEqual([])
+      } finally {
+        await database?.drop()
+      }
+    },
+    60_000
+  )
 })

@@ -12,8 +12,8 @@ import type { AddressInfo } from "node:net"
 import { gunzipSync } from "node:zlib"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { appConfig, type OtlpConfig } from "../../src/config/AppConfig.js"
-import { backends, type BackendInstance } from "../http/harness.js"
-import { call, chatBody, projectAndToken, type ProjectAndToken, startStack, type Stack } from "../proxy/stack.js"
+import { type BackendInstance, backends } from "../http/harness.js"
+import { call, chatBody, type ProjectAndToken, projectAndToken, type Stack, startStack } from "../proxy/stack.js"
 import { chatChunks, json, reset, sse } from "../support/mockUpstream.js"
 import { withEncryptionKey } from "../support/server.js"
 import { decodeTraces } from "./otlpDecode.js"
@@ -56,7 +56,9 @@ const otlpFromEnv = (env: Record<string, string>): Option.Option<OtlpConfig> =>
 
 /** An OTLP/HTTP receiver that keeps every export, decoded from gzip when it says so. */
 const startReceiver = async () => {
-  const exports: Array<{ readonly path: string; readonly headers: IncomingHttpHeaders; readonly body: Buffer; readonly raw: Buffer }> = []
+  const exports: Array<
+    { readonly path: string; readonly headers: IncomingHttpHeaders; readonly body: Buffer; readonly raw: Buffer }
+  > = []
   const server: Server = createServer((req, res) => {
     const parts: Array<Buffer> = []
     req.on("data", (d: Buffer) => parts.push(d))
@@ -73,9 +75,13 @@ const startReceiver = async () => {
   const decoded = () =>
     exports.map((e) => {
       // Each export says how it is encoded; both exporters (management spans, proxy spans) follow the protocol.
-      const doc = (e.headers["content-type"] === "application/x-protobuf" ? decodeTraces(e.body) : JSON.parse(e.body.toString("utf8"))) as {
-        resourceSpans: Array<{ resource: { attributes: OtlpSpan["attributes"] }; scopeSpans: Array<{ spans: Array<OtlpSpan> }> }>
-      }
+      const doc = (e.headers["content-type"] === "application/x-protobuf"
+        ? decodeTraces(e.body)
+        : JSON.parse(e.body.toString("utf8"))) as {
+          resourceSpans: Array<
+            { resource: { attributes: OtlpSpan["attributes"] }; scopeSpans: Array<{ spans: Array<OtlpSpan> }> }
+          >
+        }
       return doc.resourceSpans
     })
   return {
@@ -119,7 +125,9 @@ describe.each(["http/protobuf", "http/json"] as const)("tracing over OTLP/HTTP (
     const url = server.url
     const traceparent = `00-${CLIENT_TRACE}-${CLIENT_SPAN}-01`
     // A management request with a caller's trace context: not trusted, so not continued.
-    const m = await fetch(`${url}/manage/projects/${pt.projectId}`, { headers: { authorization: `Bearer ${server.token}`, traceparent } })
+    const m = await fetch(`${url}/manage/projects/${pt.projectId}`, {
+      headers: { authorization: `Bearer ${server.token}`, traceparent }
+    })
     expect(m.status).toBe(200)
     // 1. JSON chat answer (with a caller's trace context, not trusted).
     mock.enqueue(json({
@@ -129,16 +137,23 @@ describe.each(["http/protobuf", "http/json"] as const)("tracing over OTLP/HTTP (
       choices: [{ index: 0, message: { role: "assistant", content: "Hello" }, finish_reason: "stop" }],
       usage: { prompt_tokens: 9, completion_tokens: 3, total_tokens: 12, prompt_tokens_details: { cached_tokens: 4 } }
     }))
-    expect((await call(url, "/v1/chat/completions", {
-      token: pt.token,
-      body: chatBody(),
-      headers: { traceparent, tracestate: "vendor=secret" }
-    })).status).toBe(200)
+    expect(
+      (await call(url, "/v1/chat/completions", {
+        token: pt.token,
+        body: chatBody(),
+        headers: { traceparent, tracestate: "vendor=secret" }
+      })).status
+    ).toBe(200)
     // 2. Streamed answer, its chunks 20 ms apart.
     mock.enqueue(sse(chatChunks(["a", "b", "c"]), { intervalMs: 20 }))
-    expect((await call(url, "/v1/chat/completions", { token: pt.token, body: chatBody({ model: "gpt-4.1", stream: true }) })).status).toBe(200)
+    expect(
+      (await call(url, "/v1/chat/completions", { token: pt.token, body: chatBody({ model: "gpt-4.1", stream: true }) }))
+        .status
+    ).toBe(200)
     // 3. Unknown token: answered locally, no upstream span.
-    expect((await call(url, "/v1/chat/completions", { token: "sk-" + "Z".repeat(43), body: chatBody() })).status).toBe(401)
+    expect((await call(url, "/v1/chat/completions", { token: "sk-" + "Z".repeat(43), body: chatBody() })).status).toBe(
+      401
+    )
     // 4. Upstream 503.
     mock.enqueue(json({ error: { message: "overloaded" } }, { status: 503 }))
     expect((await call(url, "/v1/chat/completions", { token: pt.token, body: chatBody() })).status).toBe(503)
@@ -146,8 +161,13 @@ describe.each(["http/protobuf", "http/json"] as const)("tracing over OTLP/HTTP (
     mock.enqueue(reset())
     expect((await call(url, "/v1/chat/completions", { token: pt.token, body: chatBody() })).status).toBe(502)
     // 6. Embeddings.
-    mock.enqueue(json({ object: "list", model: "text-embedding-3-small", data: [], usage: { prompt_tokens: 5, total_tokens: 5 } }))
-    expect((await call(url, "/v1/embeddings", { token: pt.token, body: { model: "text-embedding-3-small", input: "hi" } })).status).toBe(200)
+    mock.enqueue(
+      json({ object: "list", model: "text-embedding-3-small", data: [], usage: { prompt_tokens: 5, total_tokens: 5 } })
+    )
+    expect(
+      (await call(url, "/v1/embeddings", { token: pt.token, body: { model: "text-embedding-3-small", input: "hi" } }))
+        .status
+    ).toBe(200)
     // 7. Not a GenAI operation, with a query.
     mock.enqueue(json({ object: "list", data: [] }))
     expect((await call(url, "/v1/models?limit=5&after=secret-cursor", { token: pt.token })).status).toBe(200)
@@ -171,7 +191,9 @@ describe.each(["http/protobuf", "http/json"] as const)("tracing over OTLP/HTTP (
     for (const e of receiver.exports) {
       expect(e.path).toBe("/v1/traces")
       expect(e.headers["x-otlp-api-key"]).toBe("otlp-secret-header-value")
-      expect(e.headers["content-type"]).toMatch(protocol === "http/json" ? /^application\/json/ : /^application\/x-protobuf$/)
+      expect(e.headers["content-type"]).toMatch(
+        protocol === "http/json" ? /^application\/json/ : /^application\/x-protobuf$/
+      )
       expect(e.headers["content-encoding"]).toBe("gzip")
       // gzip magic number: the body really is compressed
       expect([e.raw[0], e.raw[1]]).toEqual([0x1f, 0x8b])
@@ -217,10 +239,20 @@ describe.each(["http/protobuf", "http/json"] as const)("tracing over OTLP/HTTP (
     expect(clients).toHaveLength(6)
     for (const c of clients) expect(c.traceId).toBe(servers.find((r) => r.spanId === c.parentSpanId)!.traceId)
     const unknown = servers.find((s) => attr(s, "http.response.status_code") === 401)!
-    expect(attrs(unknown)).toMatchObject({ "http.request.method": "POST", "http.route": "/v1/chat/completions", "url.scheme": "http" })
+    expect(attrs(unknown)).toMatchObject({
+      "http.request.method": "POST",
+      "http.route": "/v1/chat/completions",
+      "url.scheme": "http"
+    })
     expect(attr(unknown, "llm_proxy.token_id")).toBeUndefined()
-    const ok = servers.find((s) => attr(s, "http.response.status_code") === 200 && s.name === "POST /v1/chat/completions")!
-    expect(attrs(ok)).toMatchObject({ "llm_proxy.token_id": pt.tokenId, "llm_proxy.project_id": pt.projectId, "llm_proxy.provider": "openai" })
+    const ok = servers.find((s) =>
+      attr(s, "http.response.status_code") === 200 && s.name === "POST /v1/chat/completions"
+    )!
+    expect(attrs(ok)).toMatchObject({
+      "llm_proxy.token_id": pt.tokenId,
+      "llm_proxy.project_id": pt.projectId,
+      "llm_proxy.provider": "openai"
+    })
     // The GenAI attributes are on the client span only (a backend counts each call and its tokens once).
     expect(servers.flatMap((s) => s.attributes.map((a) => a.key)).filter((k) => k.startsWith("gen_ai."))).toEqual([])
   })
@@ -265,33 +297,50 @@ describe.each(["http/protobuf", "http/json"] as const)("tracing over OTLP/HTTP (
     // The first chunk came before the end of the stream (3 more chunks, 20 ms apart).
     const first = attr(span, "gen_ai.response.time_to_first_chunk") as number
     expect(first).toBeGreaterThan(0)
-    const spanSeconds = (Number(BigInt((span as any).endTimeUnixNano) - BigInt((span as any).startTimeUnixNano)) / 1e9)
+    const spanSeconds = Number(BigInt((span as any).endTimeUnixNano) - BigInt((span as any).startTimeUnixNano)) / 1e9
     expect(first).toBeLessThan(spanSeconds)
   })
 
   it("marks a 5xx from upstream and an upstream that failed without an answer as errors, with error.type", () => {
-    const failed = spans.filter((s) => s.kind === 2 && s.status?.code === 2 && (attr(s, "url.path") as string | undefined)?.startsWith("/v1/"))
+    const failed = spans.filter((s) =>
+      s.kind === 2 && s.status?.code === 2 && (attr(s, "url.path") as string | undefined)?.startsWith("/v1/")
+    )
     expect(failed.map((s) => attr(s, "error.type")).sort()).toEqual(["502", "503"])
     const overloaded = spans.find((s) => s.kind === 3 && attr(s, "http.response.status_code") === 503)!
     expect(overloaded.status?.code).toBe(2)
     expect(attr(overloaded, "error.type")).toBe("503")
-    const dropped = spans.find((s) => s.kind === 3 && s.status?.code === 2 && attr(s, "http.response.status_code") === undefined)!
+    const dropped = spans.find((s) =>
+      s.kind === 3 && s.status?.code === 2 && attr(s, "http.response.status_code") === undefined
+    )!
     expect(dropped.name).toBe("chat gpt-4o-mini")
     // the client library's error code (undici: the socket closed before a response)
     expect(attr(dropped, "error.type")).toMatch(/^(UND_ERR_SOCKET|ECONNRESET)$/)
     const server = spans.find((s) => s.spanId === dropped.parentSpanId)!
-    expect(attrs(server)).toMatchObject({ "http.response.status_code": 502, "llm_proxy.error_code": expect.any(String) })
+    expect(attrs(server)).toMatchObject({
+      "http.response.status_code": 502,
+      "llm_proxy.error_code": expect.any(String)
+    })
   })
 
   it("names embeddings `embeddings {model}`; a non-GenAI call is a plain HTTP client span with its query redacted", () => {
     const embeddings = spans.find((s) => s.name === "embeddings text-embedding-3-small")!
-    expect(attrs(embeddings)).toMatchObject({ "gen_ai.operation.name": "embeddings", "gen_ai.response.model": "text-embedding-3-small", "gen_ai.usage.input_tokens": 5 })
-    const models = spans.find((s) => s.kind === 3 && (attr(s, "url.full") as string | undefined)?.includes("/v1/models"))!
+    expect(attrs(embeddings)).toMatchObject({
+      "gen_ai.operation.name": "embeddings",
+      "gen_ai.response.model": "text-embedding-3-small",
+      "gen_ai.usage.input_tokens": 5
+    })
+    const models = spans.find((s) =>
+      s.kind === 3 && (attr(s, "url.full") as string | undefined)?.includes("/v1/models")
+    )!
     expect(models.name).toBe("GET")
     expect(attr(models, "url.full")).toBe(`${stack.mock.url}/v1/models?limit=REDACTED&after=REDACTED`)
     expect(models.attributes.map((a) => a.key).filter((k) => k.startsWith("gen_ai."))).toEqual([])
     // The server span's path has no query either.
-    expect(spans.find((s) => s.name === "GET /v1/models" && s.kind === 2)!.attributes.some((a) => JSON.stringify(a).includes("secret-cursor"))).toBe(false)
+    expect(
+      spans.find((s) => s.name === "GET /v1/models" && s.kind === 2)!.attributes.some((a) =>
+        JSON.stringify(a).includes("secret-cursor")
+      )
+    ).toBe(false)
   })
 
   it("does not continue a caller's trace without TRUST_INCOMING_TRACE_CONTEXT (management API and /v1)", () => {
@@ -303,7 +352,17 @@ describe.each(["http/protobuf", "http/json"] as const)("tracing over OTLP/HTTP (
   it("exports no secret: management token, provider key, proxy token, encryption key, OTLP headers, query values", () => {
     // Protobuf strings are UTF-8 bytes in the body: a latin1 view finds them as they are.
     const all = receiver.exports.map((e) => e.body.toString("latin1")).join("\n")
-    for (const secret of [stack.server.token, pt.apiKey, pt.token, ENCRYPTION_KEY, "otlp-secret-header-value", "vendor=secret", "secret-cursor"]) {
+    for (
+      const secret of [
+        stack.server.token,
+        pt.apiKey,
+        pt.token,
+        ENCRYPTION_KEY,
+        "otlp-secret-header-value",
+        "vendor=secret",
+        "secret-cursor"
+      ]
+    ) {
       expect(all.includes(secret), secret.slice(0, 6)).toBe(false)
     }
     // The client's Authorization header is recorded redacted, if at all.
@@ -342,11 +401,29 @@ describe.each(["http/protobuf", "http/json"] as const)("TRUST_INCOMING_TRACE_CON
     })
     expect(m.status).toBe(200)
     // Sampled by the caller: continued.
-    expect((await call(url, "/v1/chat/completions", { token: pt.token, body: chatBody(), headers: { traceparent: `00-${CLIENT_TRACE}-${CLIENT_SPAN}-01` } })).status).toBe(200)
+    expect(
+      (await call(url, "/v1/chat/completions", {
+        token: pt.token,
+        body: chatBody(),
+        headers: { traceparent: `00-${CLIENT_TRACE}-${CLIENT_SPAN}-01` }
+      })).status
+    ).toBe(200)
     // Not sampled by the caller: the default parent-based sampler records nothing for it.
-    expect((await call(url, "/v1/chat/completions", { token: pt.token, body: chatBody({ model: "unsampled" }), headers: { traceparent: `00-${"1".repeat(32)}-${"2".repeat(16)}-00` } })).status).toBe(200)
+    expect(
+      (await call(url, "/v1/chat/completions", {
+        token: pt.token,
+        body: chatBody({ model: "unsampled" }),
+        headers: { traceparent: `00-${"1".repeat(32)}-${"2".repeat(16)}-00` }
+      })).status
+    ).toBe(200)
     // Malformed: a trace of our own.
-    expect((await call(url, "/v1/chat/completions", { token: pt.token, body: chatBody({ model: "malformed" }), headers: { traceparent: "00-xyz-01" } })).status).toBe(200)
+    expect(
+      (await call(url, "/v1/chat/completions", {
+        token: pt.token,
+        body: chatBody({ model: "malformed" }),
+        headers: { traceparent: "00-xyz-01" }
+      })).status
+    ).toBe(200)
     await stack.close()
     spans = receiver.spans()
   }, 60_000)
@@ -357,7 +434,9 @@ describe.each(["http/protobuf", "http/json"] as const)("TRUST_INCOMING_TRACE_CON
   })
 
   it("continues the caller's trace: the /v1 server span is a child of the caller's span, the upstream span of it", () => {
-    const server = spans.find((s) => s.kind === 2 && s.name === "POST /v1/chat/completions" && s.traceId === CLIENT_TRACE)!
+    const server = spans.find((s) =>
+      s.kind === 2 && s.name === "POST /v1/chat/completions" && s.traceId === CLIENT_TRACE
+    )!
     expect(server.parentSpanId).toBe(CLIENT_SPAN)
     const client = spans.find((s) => s.parentSpanId === server.spanId)!
     expect(client).toMatchObject({ traceId: CLIENT_TRACE, name: "chat gpt-4o-mini", kind: 3 })
@@ -388,12 +467,18 @@ describe("OTEL_SDK_DISABLED=true", () => {
   it("exports nothing, although an endpoint is set", async () => {
     const receiver = await startReceiver()
     const backend = await sqlite.create()
-    const otlp = otlpFromEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url.replace(/\/v1\/traces$/, ""), OTEL_SDK_DISABLED: "true", OTEL_BSP_SCHEDULE_DELAY: "50" })
+    const otlp = otlpFromEnv({
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url.replace(/\/v1\/traces$/, ""),
+      OTEL_SDK_DISABLED: "true",
+      OTEL_BSP_SCHEDULE_DELAY: "50"
+    })
     expect(Option.isNone(otlp)).toBe(true)
     const stack = await startStack(backend, { otlp })
     try {
       const pt = await projectAndToken(stack.manage)
-      expect((await call(stack.server.url, "/v1/chat/completions", { token: pt.token, body: chatBody() })).status).toBe(200)
+      expect((await call(stack.server.url, "/v1/chat/completions", { token: pt.token, body: chatBody() })).status).toBe(
+        200
+      )
     } finally {
       await stack.close()
     }

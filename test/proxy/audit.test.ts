@@ -6,10 +6,10 @@
  */
 import { randomBytes, randomUUID } from "node:crypto"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { backends, type BackendInstance } from "../http/harness.js"
+import { type BackendInstance, backends } from "../http/harness.js"
 import { json } from "../support/mockUpstream.js"
-import { call, chatBody, projectAndToken, type Stack, startStack } from "./stack.js"
 import { proxyError } from "../support/proxyErrors.js"
+import { call, chatBody, projectAndToken, type Stack, startStack } from "./stack.js"
 
 for (const backend of backends) {
   describe(`proxy audit events on ${backend.name}`, () => {
@@ -38,7 +38,12 @@ for (const backend of backends) {
       const r = await call(stack.server.url, "/v1/chat/completions", {
         token: t.token,
         body: chatBody(),
-        headers: { "x-request-id": requestId, "x-correlation-id": "flow-42", "x-forwarded-for": "198.51.100.7", "user-agent": "sdk/1" }
+        headers: {
+          "x-request-id": requestId,
+          "x-correlation-id": "flow-42",
+          "x-forwarded-for": "198.51.100.7",
+          "user-agent": "sdk/1"
+        }
       })
       expect(r.status).toBe(403)
       expect(proxyError(r.json).code).toBe("project_inactive")
@@ -72,16 +77,32 @@ for (const backend of backends) {
       ]
       for (const c of cases) {
         const requestId = `proxy-${randomUUID()}`
-        const r = await call(stack.server.url, "/v1/chat/completions", { token: c.token, body: chatBody(), headers: { "x-request-id": requestId } })
+        const r = await call(stack.server.url, "/v1/chat/completions", {
+          token: c.token,
+          body: chatBody(),
+          headers: { "x-request-id": requestId }
+        })
         expect(r.status).toBe(401)
         const events = await eventsOf(requestId)
         expect(events).toHaveLength(1)
-        expect(events[0]).toMatchObject({ action: "token.validate", actor: "proxy", outcome: "denied", reason: c.code, client_ip: "127.0.0.1" })
+        expect(events[0]).toMatchObject({
+          action: "token.validate",
+          actor: "proxy",
+          outcome: "denied",
+          reason: c.code,
+          client_ip: "127.0.0.1"
+        })
         expect(events[0]!.token_id).toBe(c.tokenId)
         expect(JSON.stringify(events[0])).not.toContain(c.token)
       }
       const none = `proxy-${randomUUID()}`
-      expect((await call(stack.server.url, "/v1/chat/completions", { token: null, body: chatBody(), headers: { "x-request-id": none } })).status).toBe(401)
+      expect(
+        (await call(stack.server.url, "/v1/chat/completions", {
+          token: null,
+          body: chatBody(),
+          headers: { "x-request-id": none }
+        })).status
+      ).toBe(401)
       expect((await eventsOf(none))[0]).toMatchObject({ action: "token.validate", reason: "invalid_token" })
     })
 
@@ -95,7 +116,9 @@ for (const backend of backends) {
           headers: { "x-forwarded-for": ip, "x-request-id": `flood-${ip}-${i}` }
         })
       for (let round = 0; round < 20; round++) {
-        const replies = await Promise.all(attackers.flatMap((ip, a) => Array.from({ length: 10 * (a + 1) }, (_, i) => send(ip, round * 100 + i))))
+        const replies = await Promise.all(
+          attackers.flatMap((ip, a) => Array.from({ length: 10 * (a + 1) }, (_, i) => send(ip, round * 100 + i)))
+        )
         expect(replies.filter((r) => r.status !== 401).map((r) => [r.status, r.text])).toEqual([])
       }
       // Listing writes the events counted so far; a request whose completion is counted after that starts a new one.
@@ -112,7 +135,8 @@ for (const backend of backends) {
         expect(events.reduce((sum, e) => sum + e.count, 0)).toBe(200 * (a + 1))
         // One event, or a few when the flood crossed a minute boundary or a listing.
         expect(events.length).toBeLessThanOrEqual(4)
-        expect(events.filter((e) => e.reason !== "token_not_found" || !e.request_id.startsWith(`flood-${ip}-`))).toEqual([])
+        expect(events.filter((e) => e.reason !== "token_not_found" || !e.request_id.startsWith(`flood-${ip}-`)))
+          .toEqual([])
       }
       // 1,200 refused requests added a handful of rows (their events and the listings' own audit.list events).
       const added = (await instance.rows("audit_events")).length - before
@@ -121,10 +145,16 @@ for (const backend of backends) {
 
     it("a forwarded request is not an audit event", async () => {
       stack.mock.reset()
-      stack.mock.enqueue(json({ id: "x", choices: [], usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 } }))
+      stack.mock.enqueue(
+        json({ id: "x", choices: [], usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 } })
+      )
       const t = await projectAndToken(stack.manage)
       const requestId = `proxy-${randomUUID()}`
-      const r = await call(stack.server.url, "/v1/chat/completions", { token: t.token, body: chatBody(), headers: { "x-request-id": requestId } })
+      const r = await call(stack.server.url, "/v1/chat/completions", {
+        token: t.token,
+        body: chatBody(),
+        headers: { "x-request-id": requestId }
+      })
       expect(r.status).toBe(200)
       expect(await eventsOf(requestId)).toEqual([])
     })

@@ -10,11 +10,20 @@ import { connect } from "node:net"
 import { join } from "node:path"
 import { promisify } from "node:util"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
-import { backends, type BackendInstance } from "../http/harness.js"
+import { type BackendInstance, backends } from "../http/harness.js"
 import { parsePrometheus, value } from "../observability/prometheus.js"
 import { json } from "../support/mockUpstream.js"
-import { call, chatBody, eventually, projectAndToken, type ProjectAndToken, type Stack, startStack, tokenRow } from "./stack.js"
 import { proxyError } from "../support/proxyErrors.js"
+import {
+  call,
+  chatBody,
+  eventually,
+  type ProjectAndToken,
+  projectAndToken,
+  type Stack,
+  startStack,
+  tokenRow
+} from "./stack.js"
 
 const YAML = `
 apis:
@@ -82,7 +91,8 @@ const exchange = (
   })
 
 const statusOf = (text: string) => Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0)
-const finalStatus = (text: string) => Number([...text.matchAll(/HTTP\/1\.1 (\d{3})/g)].filter((m) => m[1] !== "100").at(0)?.[1] ?? 0)
+const finalStatus = (text: string) =>
+  Number([...text.matchAll(/HTTP\/1\.1 (\d{3})/g)].filter((m) => m[1] !== "100").at(0)?.[1] ?? 0)
 const headerOf = (text: string, name: string) =>
   new RegExp(`\\r\\n${name}: ([^\\r]*)\\r\\n`, "i").exec(text.slice(0, text.indexOf("\r\n\r\n") + 2))?.[1]
 const bodyOf = (text: string) => JSON.parse(text.slice(text.indexOf("\r\n\r\n") + 4))
@@ -110,9 +120,13 @@ const post = (headers: string) =>
 describe("nothing before the token", () => {
   it("an anonymous request is answered 401 while its body is still on the way, and the connection is closed", async () => {
     // 10 of 1,000,000 declared bytes: the answer cannot have waited for the body.
-    const r = await exchange(port, post("Content-Length: 1000000\r\n"), { body: '{"model":"' })
+    const r = await exchange(port, post("Content-Length: 1000000\r\n"), { body: "{\"model\":\"" })
     expect(statusOf(r.text)).toBe(401)
-    expect(proxyError(bodyOf(r.text))).toMatchObject({ message: "Invalid token", code: "invalid_token", description: "missing or invalid authorization header" })
+    expect(proxyError(bodyOf(r.text))).toMatchObject({
+      message: "Invalid token",
+      code: "invalid_token",
+      description: "missing or invalid authorization header"
+    })
     expect(headerOf(r.text, "connection")).toBe("close")
     expect(r.closed).toBe(true)
     expect(stack.mock.requests).toHaveLength(0)
@@ -121,11 +135,16 @@ describe("nothing before the token", () => {
   it.each([
     ["unknown", `Bearer sk-${"A".repeat(42)}E`, "token_not_found"],
     ["malformed", "Bearer nope", "invalid_token"]
-  ])("an %s token with a body over MAX_REQUEST_SIZE gets its 401 (not 413): the size is not looked at first", async (_n, auth, code) => {
-    const r = await exchange(port, post(`Authorization: ${auth}\r\nContent-Length: ${MAX_BODY * 300}\r\n`), { body: "{" })
-    expect(statusOf(r.text)).toBe(401)
-    expect(proxyError(bodyOf(r.text)).code).toBe(code)
-  })
+  ])(
+    "an %s token with a body over MAX_REQUEST_SIZE gets its 401 (not 413): the size is not looked at first",
+    async (_n, auth, code) => {
+      const r = await exchange(port, post(`Authorization: ${auth}\r\nContent-Length: ${MAX_BODY * 300}\r\n`), {
+        body: "{"
+      })
+      expect(statusOf(r.text)).toBe(401)
+      expect(proxyError(bodyOf(r.text)).code).toBe(code)
+    }
+  )
 
   it("an anonymous request with a disallowed model gets 401, not the whitelist's 400", async () => {
     const r = await call(stack.server.url, "/v1/chat/completions", { body: chatBody({ model: "claude" }) })
@@ -168,18 +187,32 @@ describe("a 413 the client can read (lingering close)", () => {
   it.each([
     ["Content-Length", `Content-Length: ${MAX_BODY * 100}\r\n`, "cl"],
     ["chunked", "Transfer-Encoding: chunked\r\n", "chunked"]
-  ])("%s: a client (own process) that keeps sending after the 413 still reads it, every time", async (_n, framing, mode) => {
-    const head = post(`Authorization: Bearer ${t.token}\r\n${framing}`)
-    // Not execFileSync: the server under test runs in this process.
-    const { stdout } = await promisify(execFile)(process.execPath, [client, String(port), mode, "10", JSON.stringify(head)], { timeout: 60_000 })
-    const attempts = stdout.trim().split("\n").map((l) => JSON.parse(l) as { status: number; body: string; error: string | null })
-    expect(attempts).toHaveLength(10)
-    for (const a of attempts) {
-      expect({ status: a.status, error: a.status === 413 ? null : a.error }).toEqual({ status: 413, error: null })
-      expect(proxyError(JSON.parse(a.body))).toMatchObject({ message: "Request body too large", code: "request_too_large" })
+  ])(
+    "%s: a client (own process) that keeps sending after the 413 still reads it, every time",
+    async (_n, framing, mode) => {
+      const head = post(`Authorization: Bearer ${t.token}\r\n${framing}`)
+      // Not execFileSync: the server under test runs in this process.
+      const { stdout } = await promisify(execFile)(process.execPath, [
+        client,
+        String(port),
+        mode,
+        "10",
+        JSON.stringify(head)
+      ], { timeout: 60_000 })
+      const attempts = stdout.trim().split("\n").map((l) =>
+        JSON.parse(l) as { status: number; body: string; error: string | null }
+      )
+      expect(attempts).toHaveLength(10)
+      for (const a of attempts) {
+        expect({ status: a.status, error: a.status === 413 ? null : a.error }).toEqual({ status: 413, error: null })
+        expect(proxyError(JSON.parse(a.body))).toMatchObject({
+          message: "Request body too large",
+          code: "request_too_large"
+        })
+      }
+      expect(stack.mock.requests).toHaveLength(0)
     }
-    expect(stack.mock.requests).toHaveLength(0)
-  })
+  )
 
   it("after the 413 the server closes the connection by itself, even if the client never stops sending", async () => {
     const r = await exchange(port, post(`Authorization: Bearer ${t.token}\r\nContent-Length: ${MAX_BODY * 100}\r\n`), {
@@ -194,7 +227,10 @@ describe("a 413 the client can read (lingering close)", () => {
 
 describe("hostile whitelist values (a token holder)", () => {
   it("a 1 MB model against a `*gpt*` whitelist → 400 param_not_allowed, echoing at most a prefix", async () => {
-    const r = await call(stack.server.url, "/v1/chat/completions", { token: t.token, body: chatBody({ model: "gp".repeat(45_000) }) })
+    const r = await call(stack.server.url, "/v1/chat/completions", {
+      token: t.token,
+      body: chatBody({ model: "gp".repeat(45_000) })
+    })
     expect(r.status).toBe(400)
     expect(proxyError(r.json).code).toBe("param_not_allowed")
     expect(r.text.length).toBeLessThan(300)
@@ -214,7 +250,10 @@ describe("hostile whitelist values (a token holder)", () => {
 
 describe("the quota is taken only for answered requests", () => {
   it("a request the open circuit breaker refuses uses no quota", async () => {
-    const local = await startStack(await backends[0]!.create(), { circuitBreakerThreshold: 1, circuitBreakerCooldownMs: 60_000 })
+    const local = await startStack(await backends[0]!.create(), {
+      circuitBreakerThreshold: 1,
+      circuitBreakerCooldownMs: 60_000
+    })
     try {
       const l = await projectAndToken(local.manage, { max_requests: 5 })
       local.mock.enqueue(json({}, { status: 503 }))
@@ -235,11 +274,23 @@ describe("metric labels come only from authenticated traffic", () => {
     try {
       const l = await projectAndToken(local.manage)
       for (let i = 0; i < 300; i += 50) {
-        await Promise.all(Array.from({ length: 50 }, (_, j) =>
-          call(local.server.url, "/v1/chat/completions", { token: null, body: chatBody({ model: `junk-${i + j}` }) })
-        ))
+        await Promise.all(
+          Array.from(
+            { length: 50 },
+            (_, j) =>
+              call(local.server.url, "/v1/chat/completions", {
+                token: null,
+                body: chatBody({ model: `junk-${i + j}` })
+              })
+          )
+        )
       }
-      expect((await call(local.server.url, "/v1/chat/completions", { token: l.token, body: chatBody({ model: "real-model" }) })).status).toBe(200)
+      expect(
+        (await call(local.server.url, "/v1/chat/completions", {
+          token: l.token,
+          body: chatBody({ model: "real-model" })
+        })).status
+      ).toBe(200)
       await eventually(async () => {
         const s = parsePrometheus(await (await fetch(`${local.server.url}/metrics`)).text())
         return value(s, "llm_proxy_tokens_total", { model: "real-model", kind: "prompt" }) === 9

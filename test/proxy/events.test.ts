@@ -22,7 +22,7 @@ import { flushRedisPrefix, redisUrl } from "../support/databases.js"
 import { buildLayer, jsonLines, waitFor } from "../support/events.js"
 import { chatChunks, handler, json, type MockUpstream, sse, startMockUpstream } from "../support/mockUpstream.js"
 import { testConfig } from "../support/server.js"
-import { call, chatBody, projectAndToken, type ProjectAndToken } from "./stack.js"
+import { call, chatBody, type ProjectAndToken, projectAndToken } from "./stack.js"
 
 const dir = mkdtempSync(join(tmpdir(), "llm-proxy-events-"))
 const lines = (path: string): Array<Record<string, any>> => jsonLines(path)
@@ -32,7 +32,9 @@ const start = async (mock: MockUpstream, events: Partial<EventsConfig>, extra: P
   const base = testConfig({ _tag: "sqlite", path: join(dir, `db-${++n}.sqlite`) }, { openaiApiUrl: mock.url, ...extra })
   const config: AppConfigShape = { ...base, events: { ...base.events, ...events } }
   const scope = Effect.runSync(Scope.make())
-  const ctx = await Effect.runPromise(Layer.buildWithScope(serveLayer(config).pipe(Layer.provide(loggerLayer(config))), scope))
+  const ctx = await Effect.runPromise(
+    Layer.buildWithScope(serveLayer(config).pipe(Layer.provide(loggerLayer(config))), scope)
+  )
   const url = `http://127.0.0.1:${Context.get(ctx, ServerAddress).port}`
   const manage = new Client(url, Option.match(config.managementToken, { onNone: () => "", onSome: Redacted.value }))
   return {
@@ -56,7 +58,11 @@ describe("events from the proxy (in-memory bus, serve --file-event-log)", () => 
 
   beforeAll(async () => {
     mock = await startMockUpstream()
-    server = await start(mock, { fileEventLog: Option.some(path), maxRequestBodyBytes: 2048, maxResponseBodyBytes: 4096 })
+    server = await start(mock, {
+      fileEventLog: Option.some(path),
+      maxRequestBodyBytes: 2048,
+      maxResponseBodyBytes: 4096
+    })
     t = await projectAndToken(server.manage)
   })
   afterAll(async () => {
@@ -137,7 +143,13 @@ describe("events from the proxy (in-memory bus, serve --file-event-log)", () => 
     // One attempt, no upstream id: attempts has the one, upstream_request_id is absent.
     const plain = await call(server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })
     const one = await eventFor(plain.headers["x-request-id"] as string)
-    expect(one.attempts).toEqual([{ key_index: 0, provider: "openai", status: 200, error: null, duration_ms: expect.any(Number) }])
+    expect(one.attempts).toEqual([{
+      key_index: 0,
+      provider: "openai",
+      status: 200,
+      error: null,
+      duration_ms: expect.any(Number)
+    }])
     expect(one.upstream_request_id).toBeUndefined()
   })
 
@@ -168,16 +180,30 @@ describe("events from the proxy (in-memory bus, serve --file-event-log)", () => 
       body: chatBody({ stream: true, messages: [{ role: "user", content: "Say hello there" }] })
     })
     const e = await eventFor(r.headers["x-request-id"] as string)
-    expect(e).toMatchObject({ stream: true, usage_source: "tokenizer", usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 } })
+    expect(e).toMatchObject({
+      stream: true,
+      usage_source: "tokenizer",
+      usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 }
+    })
   })
 
   it("a refused request of a token holder has an event with the local status and error code, but not its body", async () => {
     const one = await projectAndToken(server.manage, { max_requests: 1 })
     expect((await call(server.url, "/v1/chat/completions", { token: one.token, body: chatBody() })).status).toBe(200)
-    const refused = await call(server.url, "/v1/chat/completions", { token: one.token, body: chatBody({ model: "refused-model" }) })
+    const refused = await call(server.url, "/v1/chat/completions", {
+      token: one.token,
+      body: chatBody({ model: "refused-model" })
+    })
     expect(refused.status).toBe(429)
     const e = await eventFor(refused.headers["x-request-id"] as string)
-    expect(e).toMatchObject({ status: 429, token_id: one.tokenId, project_id: one.projectId, error: "rate_limit_exceeded", request_body: null, usage: null })
+    expect(e).toMatchObject({
+      status: 429,
+      token_id: one.tokenId,
+      project_id: one.projectId,
+      error: "rate_limit_exceeded",
+      request_body: null,
+      usage: null
+    })
   })
 
   it("a request without a valid token publishes no event at all", async () => {
@@ -214,8 +240,18 @@ describe("events from the proxy (in-memory bus, serve --file-event-log)", () => 
   it("a gzip upstream answer is decoded; bodies beyond the bounds are cut and marked", async () => {
     const big = { ...chatBody(), messages: [{ role: "user", content: "x".repeat(10_000) }] }
     mock.enqueue(handler((_req, res) => {
-      const body = gzipSync(JSON.stringify({ id: "z", object: "chat.completion", choices: [{ index: 0, message: { role: "assistant", content: "y".repeat(50_000) } }] }))
-      res.writeHead(200, { "content-type": "application/json", "content-encoding": "gzip", "content-length": body.length }).end(body)
+      const body = gzipSync(
+        JSON.stringify({
+          id: "z",
+          object: "chat.completion",
+          choices: [{ index: 0, message: { role: "assistant", content: "y".repeat(50_000) } }]
+        })
+      )
+      res.writeHead(200, {
+        "content-type": "application/json",
+        "content-encoding": "gzip",
+        "content-length": body.length
+      }).end(body)
     }))
     const r = await call(server.url, "/v1/chat/completions", { token: t.token, body: big })
     expect(r.status).toBe(200)
@@ -247,7 +283,13 @@ describe("a full bus never slows or fails requests", () => {
         Array.from({ length: 20 }, () => call(server.url, "/v1/chat/completions", { token: t.token, body: chatBody() }))
       )
       expect(replies.map((r) => r.status)).toEqual(Array(20).fill(200))
-      await waitFor(async () => (await Effect.runPromise(server.bus.stats)).published + (await Effect.runPromise(server.bus.stats)).dropped >= 20, 5000, "20 events")
+      await waitFor(
+        async () =>
+          (await Effect.runPromise(server.bus.stats)).published + (await Effect.runPromise(server.bus.stats)).dropped >=
+            20,
+        5000,
+        "20 events"
+      )
       expect(await Effect.runPromise(server.bus.stats)).toMatchObject({ published: 5, dropped: 15 })
       await Effect.runPromise(Scope.close(scope, Exit.void))
     } finally {
@@ -290,7 +332,13 @@ describe.skipIf(!redisUrl)("events from serve through Redis Streams", () => {
         keepAliveMs: 10_000,
         status: "off"
       }).pipe(Layer.provide(Layer.mergeAll(
-        RedisStreamsBus.layerSource({ url: Redacted.make(redisUrl!), streamKey, maxLen: 0, bufferSize: 1000, claimIdleMs: 30_000 }),
+        RedisStreamsBus.layerSource({
+          url: Redacted.make(redisUrl!),
+          streamKey,
+          maxLen: 0,
+          bufferSize: 1000,
+          claimIdleMs: 30_000
+        }),
         fileBackend(path),
         TokenCounter.layer
       )))
@@ -300,7 +348,10 @@ describe.skipIf(!redisUrl)("events from serve through Redis Streams", () => {
       const ids: Array<string> = []
       for (let i = 0; i < 50; i++) {
         const replies = await Promise.all(
-          Array.from({ length: 20 }, () => call(server.url, "/v1/chat/completions", { token: t.token, body: chatBody() }))
+          Array.from(
+            { length: 20 },
+            () => call(server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })
+          )
         )
         for (const r of replies) {
           expect(r.status).toBe(200)
@@ -311,7 +362,12 @@ describe.skipIf(!redisUrl)("events from serve through Redis Streams", () => {
       const got = lines(path)
       expect(new Set(got.map((l) => l.request_id))).toEqual(new Set(ids))
       expect(got.every((l) => l.token_id === t.tokenId && l.status === 200 && l.usage?.total_tokens === 12)).toBe(true)
-      expect(await Effect.runPromise(server.bus.stats)).toMatchObject({ published: 1000, written: 1000, dropped: 0, failed: 0 })
+      expect(await Effect.runPromise(server.bus.stats)).toMatchObject({
+        published: 1000,
+        written: 1000,
+        dropped: 0,
+        failed: 0
+      })
     } finally {
       await dispatcher.close()
       await server.close()

@@ -18,9 +18,18 @@ import * as ProxySpans from "../../src/observability/ProxySpans.js"
 import { ProxyHooks, type ProxyHooksShape, ProxyRequestContext } from "../../src/proxy/ProxyHooks.js"
 import { backends } from "../http/harness.js"
 import { chatChunks, hang, sse } from "../support/mockUpstream.js"
-import { testConfig } from "../support/server.js"
-import { call, chatBody, eventually, projectAndToken, type ProjectAndToken, type Stack, startStack, tokenRow } from "./stack.js"
 import { proxyError } from "../support/proxyErrors.js"
+import { testConfig } from "../support/server.js"
+import {
+  call,
+  chatBody,
+  eventually,
+  type ProjectAndToken,
+  projectAndToken,
+  type Stack,
+  startStack,
+  tokenRow
+} from "./stack.js"
 
 const completed: Array<ProxyRequestContext> = []
 let serveFromCache = false
@@ -34,7 +43,11 @@ const hooks = ProxyHooks.combine(
       if (failIn === "before") throw new Error("hook bug")
       if (!serveFromCache) return undefined
       return (res) => {
-        res.writeHead(200, { "content-type": "application/json", "x-request-id": ctx.requestId, "cache-status": "llm-proxy; hit" })
+        res.writeHead(200, {
+          "content-type": "application/json",
+          "x-request-id": ctx.requestId,
+          "cache-status": "llm-proxy; hit"
+        })
         res.end(JSON.stringify({ cached: true }))
       }
     }],
@@ -111,7 +124,13 @@ describe("ProxyHooks", () => {
     const p = await projectAndToken(stack.manage)
     await stack.manage.patch(`/manage/projects/${p.projectId}`, { is_active: false })
     await call(stack.server.url, "/v1/chat/completions", { token: p.token, body: chatBody() })
-    expect(await last()).toMatchObject({ status: 403, code: "project_inactive", denial: "project_inactive", projectId: p.projectId, tokenId: p.tokenId })
+    expect(await last()).toMatchObject({
+      status: 403,
+      code: "project_inactive",
+      denial: "project_inactive",
+      projectId: p.projectId,
+      tokenId: p.tokenId
+    })
     expect(completed).toHaveLength(2)
   })
 
@@ -153,7 +172,9 @@ describe("ProxyHooks", () => {
   it("a hook's answer is not given when the quota is spent: 429, not a cache hit", async () => {
     const one = await projectAndToken(stack.manage, { max_requests: 1 })
     serveFromCache = true
-    expect((await call(stack.server.url, "/v1/chat/completions", { token: one.token, body: chatBody() })).json).toEqual({ cached: true })
+    expect((await call(stack.server.url, "/v1/chat/completions", { token: one.token, body: chatBody() })).json).toEqual(
+      { cached: true }
+    )
     const r = await call(stack.server.url, "/v1/chat/completions", { token: one.token, body: chatBody() })
     expect(r.status).toBe(429)
     expect(proxyError(r.json).description).toBe("request quota (max_requests) exhausted")
@@ -173,7 +194,10 @@ describe("ProxyHooks", () => {
 
   it("hooks never see requests refused before authentication as cache hits", async () => {
     serveFromCache = true
-    const r = await call(stack.server.url, "/v1/chat/completions", { token: "sk-" + "A".repeat(42) + "E", body: chatBody() })
+    const r = await call(stack.server.url, "/v1/chat/completions", {
+      token: "sk-" + "A".repeat(42) + "E",
+      body: chatBody()
+    })
     expect(r.status).toBe(401)
   })
 
@@ -195,7 +219,10 @@ describe("proxyHooksLayer", () => {
   const config = testConfig({ _tag: "sqlite", path: ":memory:" }, { accessLog: false })
   const order: Array<string> = []
   const givenLookup: ProxyHooksShape["beforeUpstream"][number] = () => undefined
-  const given: Partial<ProxyHooksShape> = { beforeUpstream: [givenLookup], onComplete: [() => void order.push("given")] }
+  const given: Partial<ProxyHooksShape> = {
+    beforeUpstream: [givenLookup],
+    onComplete: [() => void order.push("given")]
+  }
   const parts = Layer.mergeAll(
     responseCacheLayer(config),
     InMemoryBus.layer(100),
@@ -224,7 +251,15 @@ describe("proxyHooksLayer", () => {
           Effect.map(metrics.json, (j) => j.request_count)
         ])
         // A request every part acts on: authenticated (events), refused for its project (audit), finished (metrics).
-        const ctx = new ProxyRequestContext("req-order", "POST", "/v1/chat/completions", "/v1/chat/completions", undefined, performance.now(), Date.now())
+        const ctx = new ProxyRequestContext(
+          "req-order",
+          "POST",
+          "/v1/chat/completions",
+          "/v1/chat/completions",
+          undefined,
+          performance.now(),
+          Date.now()
+        )
         ctx.authenticated = true
         ctx.denial = "project_inactive"
         ctx.code = "project_inactive"

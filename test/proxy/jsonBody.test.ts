@@ -10,18 +10,25 @@ const buf = (s: string) => Buffer.from(s, "utf8")
 
 describe("scanObject", () => {
   it("finds every top-level member, in order, with the value JSON.parse reads (5,000 generated objects)", () => {
-    const key = fc.oneof(fc.constantFrom("model", "user", "stream", "a\"b", "ü", "messages"), fc.string({ maxLength: 8 }))
+    const key = fc.oneof(
+      fc.constantFrom("model", "user", "stream", "a\"b", "ü", "messages"),
+      fc.string({ maxLength: 8 })
+    )
     fc.assert(
-      fc.property(fc.array(fc.tuple(key, fc.jsonValue({ maxDepth: 4 })), { maxLength: 8 }), fc.boolean(), (entries, pretty) => {
-        const obj = Object.fromEntries(entries)
-        const text = pretty ? JSON.stringify(obj, null, 2) : JSON.stringify(obj)
-        const body = buf(text)
-        const scan = scanObject(body)!
-        expect(scan.close).toBe(body.lastIndexOf("}"))
-        expect(scan.members.map((m) => m.key)).toEqual(Object.keys(obj))
-        const parsed = JSON.parse(text) as Record<string, unknown>
-        for (const m of scan.members) expect(parseMember(body, m, Infinity, Infinity)).toEqual(parsed[m.key!])
-      }),
+      fc.property(
+        fc.array(fc.tuple(key, fc.jsonValue({ maxDepth: 4 })), { maxLength: 8 }),
+        fc.boolean(),
+        (entries, pretty) => {
+          const obj = Object.fromEntries(entries)
+          const text = pretty ? JSON.stringify(obj, null, 2) : JSON.stringify(obj)
+          const body = buf(text)
+          const scan = scanObject(body)!
+          expect(scan.close).toBe(body.lastIndexOf("}"))
+          expect(scan.members.map((m) => m.key)).toEqual(Object.keys(obj))
+          const parsed = JSON.parse(text) as Record<string, unknown>
+          for (const m of scan.members) expect(parseMember(body, m, Infinity, Infinity)).toEqual(parsed[m.key!])
+        }
+      ),
       { numRuns: 5_000 }
     )
   })

@@ -22,7 +22,14 @@ const NOW = Date.parse("2026-12-01T12:00:00Z")
 const policy = { baseMs: 1_000, maxMs: 60_000 }
 
 const keys = (...specs: ReadonlyArray<{ weight?: number; provider?: string }>): Array<RoutedKey> =>
-  specs.map((s, i) => ({ id: `k${i}`, index: i, slot: i, provider: s.provider ?? "openai", weight: s.weight ?? 1, state: undefined }))
+  specs.map((s, i) => ({
+    id: `k${i}`,
+    index: i,
+    slot: i,
+    provider: s.provider ?? "openai",
+    weight: s.weight ?? 1,
+    state: undefined
+  }))
 
 const always = () => true
 
@@ -68,11 +75,31 @@ describe("cool-downs", () => {
   })
 
   it("which answers cool a key, and which prove the provider did not start the work", () => {
-    expect([200, 400, 404, 408, 413, 429, 401, 403, 500, 502, 503, 504].filter(coolsKey)).toEqual([429, 401, 403, 500, 502, 503, 504])
+    expect([200, 400, 404, 408, 413, 429, 401, 403, 500, 502, 503, 504].filter(coolsKey)).toEqual([
+      429,
+      401,
+      403,
+      500,
+      502,
+      503,
+      504
+    ])
     expect([429, 401, 403, 500, 502, 503, 504].filter(notStarted)).toEqual([429, 401, 403, 502, 503])
-    expect(["ECONNREFUSED", "ENOTFOUND", "UND_ERR_CONNECT_TIMEOUT", "ECONNRESET", "UND_ERR_HEADERS_TIMEOUT", undefined].map(notSent))
+    expect(
+      ["ECONNREFUSED", "ENOTFOUND", "UND_ERR_CONNECT_TIMEOUT", "ECONNRESET", "UND_ERR_HEADERS_TIMEOUT", undefined].map(
+        notSent
+      )
+    )
       .toEqual([true, true, true, false, false, false])
-    expect(["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "POST", "PATCH"].map(isIdempotent)).toEqual([true, true, true, true, true, false, false])
+    expect(["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "POST", "PATCH"].map(isIdempotent)).toEqual([
+      true,
+      true,
+      true,
+      true,
+      true,
+      false,
+      false
+    ])
   })
 })
 

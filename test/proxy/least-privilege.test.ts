@@ -8,9 +8,9 @@
 import { readFileSync } from "node:fs"
 import { join } from "node:path"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
-import { backends, type BackendInstance } from "../http/harness.js"
-import { call, chatBody, projectAndToken, type ProjectAndToken, type Stack, startStack } from "./stack.js"
+import { type BackendInstance, backends } from "../http/harness.js"
 import { proxyError } from "../support/proxyErrors.js"
+import { call, chatBody, type ProjectAndToken, projectAndToken, type Stack, startStack } from "./stack.js"
 
 /** The "Opt-in: stored data and DELETE" snippet of docs/proxy.md, as a user would paste it. */
 const optInSnippet = (): string => {
@@ -36,7 +36,11 @@ describe("the built-in provider", () => {
   afterAll(() => stack.close())
   beforeEach(() => stack.mock.reset())
 
-  const send = (method: string, path: string, options: { headers?: Record<string, string>; token?: string | null } = {}) =>
+  const send = (
+    method: string,
+    path: string,
+    options: { headers?: Record<string, string>; token?: string | null } = {}
+  ) =>
     call(stack.server.url, path, {
       method,
       token: options.token === undefined ? t.token : options.token,
@@ -61,12 +65,13 @@ describe("the built-in provider", () => {
     ]
     for (const [method, path, status, allow] of refused) {
       const r = await send(method, path)
-      expect({ what: `${method} ${path}`, status: r.status, code: proxyError(r.json).code, allow: r.headers.allow }).toEqual({
-        what: `${method} ${path}`,
-        status,
-        code: status === 405 ? "method_not_allowed" : "endpoint_not_found",
-        allow
-      })
+      expect({ what: `${method} ${path}`, status: r.status, code: proxyError(r.json).code, allow: r.headers.allow })
+        .toEqual({
+          what: `${method} ${path}`,
+          status,
+          code: status === 405 ? "method_not_allowed" : "endpoint_not_found",
+          allow
+        })
     }
     expect(stack.mock.requests).toHaveLength(0)
   })
@@ -109,7 +114,17 @@ describe("the built-in provider", () => {
     })
     expect(r.status).toBe(200)
     const h = stack.mock.requests[0]!.headers
-    for (const name of ["openai-organization", "openai-project", "x-forwarded-user-agent", "x-forwarded-server", "proxy-status", "x-custom", "content-encoding"]) {
+    for (
+      const name of [
+        "openai-organization",
+        "openai-project",
+        "x-forwarded-user-agent",
+        "x-forwarded-server",
+        "proxy-status",
+        "x-custom",
+        "content-encoding"
+      ]
+    ) {
       expect(h[name], name).toBeUndefined()
     }
     expect(h).toMatchObject({
@@ -127,10 +142,23 @@ describe("the built-in provider", () => {
 
   it("credentials in the query string → 400 credential_in_query without the value, with or without a token", async () => {
     const secret = "AIzaSyD-secret-value-123"
-    for (const query of [`?key=${secret}`, `?api-key=${secret}`, `?API_KEY=${secret}`, `?limit=1;key=${secret}`, `?%6Bey=${secret}`, "?key="]) {
+    for (
+      const query of [
+        `?key=${secret}`,
+        `?api-key=${secret}`,
+        `?API_KEY=${secret}`,
+        `?limit=1;key=${secret}`,
+        `?%6Bey=${secret}`,
+        "?key="
+      ]
+    ) {
       for (const token of [t.token, null]) {
         const r = await send("GET", `/v1/models${query}`, { token })
-        expect({ query, status: r.status, code: proxyError(r.json).code }).toEqual({ query, status: 400, code: "credential_in_query" })
+        expect({ query, status: r.status, code: proxyError(r.json).code }).toEqual({
+          query,
+          status: 400,
+          code: "credential_in_query"
+        })
         expect(r.text).not.toContain(secret)
       }
     }
@@ -140,10 +168,22 @@ describe("the built-in provider", () => {
   })
 
   it("a `;` in the path → 404 endpoint_not_found", async () => {
-    for (const path of ["/v1/models/..;/files", "/v1/models;x=y", "/v1/models/gpt-4o;v=1", "/v1/chat/completions;a=b", "/v1/models/%3B"]) {
+    for (
+      const path of [
+        "/v1/models/..;/files",
+        "/v1/models;x=y",
+        "/v1/models/gpt-4o;v=1",
+        "/v1/chat/completions;a=b",
+        "/v1/models/%3B"
+      ]
+    ) {
       const method = path.startsWith("/v1/chat") ? "POST" : "GET"
       const r = await send(method, path)
-      expect({ path, status: r.status, code: proxyError(r.json).code }).toEqual({ path, status: 404, code: "endpoint_not_found" })
+      expect({ path, status: r.status, code: proxyError(r.json).code }).toEqual({
+        path,
+        status: 404,
+        code: "endpoint_not_found"
+      })
     }
     expect(stack.mock.requests).toHaveLength(0)
   })
@@ -159,7 +199,12 @@ describe("the built-in provider", () => {
     expect(chat.headers["access-control-allow-origin"]).toBe("https://app.example")
     expect(chat.headers["access-control-allow-methods"]).toBe("POST")
     expect((await preflight("/v1/models/gpt-4o", "GET")).headers["access-control-allow-methods"]).toBe("GET")
-    for (const [path, method] of [["/v1/chat/completions", "GET"], ["/v1/files/f/content", "GET"], ["/v1/models/ft:x", "DELETE"], ["/v1/models;x", "GET"]]) {
+    for (
+      const [path, method] of [["/v1/chat/completions", "GET"], ["/v1/files/f/content", "GET"], [
+        "/v1/models/ft:x",
+        "DELETE"
+      ], ["/v1/models;x", "GET"]]
+    ) {
       const r = await preflight(path!, method!)
       expect(r.status).toBe(204)
       expect(r.headers["access-control-allow-origin"], `${method} ${path}`).toBeUndefined()
@@ -195,7 +240,11 @@ describe("the documented opt-in YAML, with fixed and extra forwarded headers", (
       ["GET", "/v1/models/gpt-4o"]
     ] as const
     for (const [method, path] of requests) {
-      const r = await call(stack.server.url, path, { method, token: t.token, ...(method === "POST" ? { body: chatBody() } : {}) })
+      const r = await call(stack.server.url, path, {
+        method,
+        token: t.token,
+        ...(method === "POST" ? { body: chatBody() } : {})
+      })
       expect(r.status, `${method} ${path}`).toBe(200)
     }
     expect(stack.mock.requests.map((r) => `${r.method} ${r.url}`)).toEqual(requests.map(([m, p]) => `${m} ${p}`))
@@ -207,7 +256,12 @@ describe("the documented opt-in YAML, with fixed and extra forwarded headers", (
     const r = await call(stack.server.url, "/v1/chat/completions", {
       token: t.token,
       body: chatBody(),
-      headers: { "openai-organization": "org-client", "openai-project": "proj_client", "x-custom": "yes", "x-other": "no" }
+      headers: {
+        "openai-organization": "org-client",
+        "openai-project": "proj_client",
+        "x-custom": "yes",
+        "x-other": "no"
+      }
     })
     expect(r.status).toBe(200)
     const h = stack.mock.requests[0]!.headers
@@ -256,7 +310,8 @@ apis:
     const listed = await preflight("/v1/chat/completions", "https://a.example")
     expect(listed.headers["access-control-allow-origin"]).toBe("https://a.example")
     expect(listed.headers["access-control-allow-methods"]).toBe("POST")
-    expect((await preflight("/v1/messages", "https://evil.example", "GET")).headers["access-control-allow-origin"]).toBeUndefined()
+    expect((await preflight("/v1/messages", "https://evil.example", "GET")).headers["access-control-allow-origin"])
+      .toBeUndefined()
     expect(stack.mock.requests).toHaveLength(0)
   })
 

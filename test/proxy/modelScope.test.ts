@@ -5,7 +5,7 @@
  * the token's `user` to a JSON request that has none and leaves every other request byte for byte as it was sent.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
-import { backends, type BackendInstance } from "../http/harness.js"
+import { type BackendInstance, backends } from "../http/harness.js"
 import { json } from "../support/mockUpstream.js"
 import { proxyError } from "../support/proxyErrors.js"
 import { call, createProject, eventually, type Stack, startStack } from "./stack.js"
@@ -54,7 +54,10 @@ const scoped = async (project: ReadonlyArray<string> | null, token: ReadonlyArra
 }
 
 const chat = (token: string, model: unknown) =>
-  call(stack.server.url, "/v1/chat/completions", { token, body: { model, messages: [{ role: "user", content: "Hi" }] } })
+  call(stack.server.url, "/v1/chat/completions", {
+    token,
+    body: { model, messages: [{ role: "user", content: "Hi" }] }
+  })
 
 /** Asserts the request was refused for `model` and never reached the upstream. */
 const expectRefused = async (reply: Promise<{ status: number; json: any }>, model: string) => {
@@ -82,8 +85,14 @@ describe("allowed_models", () => {
       const r = await stack.manage.get(`/manage/audit?action=proxy_request&token_id=${minted.json.id}`)
       return r.json.events.length === 1
     })
-    const audited = (await stack.manage.get(`/manage/audit?action=proxy_request&token_id=${minted.json.id}`)).json.events[0]
-    expect(audited).toMatchObject({ outcome: "denied", reason: "model_not_allowed", actor: "proxy", project_id: projectId })
+    const audited =
+      (await stack.manage.get(`/manage/audit?action=proxy_request&token_id=${minted.json.id}`)).json.events[0]
+    expect(audited).toMatchObject({
+      outcome: "denied",
+      reason: "model_not_allowed",
+      actor: "proxy",
+      project_id: projectId
+    })
     expect(JSON.parse(audited.metadata)).toMatchObject({ user: "user-77", status: 403 })
     await expectRefused(chat(token, "gpt-4o-mini-2024"), "gpt-4o-mini-2024")
     const ok = await chat(token, "gpt-4o-mini")
@@ -94,7 +103,9 @@ describe("allowed_models", () => {
 
   it("a glob: claude-3-5-* admits every claude-3-5 model and nothing else", async () => {
     const token = await scoped(["claude-3-5-*"], null)
-    for (const model of ["claude-3-5-sonnet", "claude-3-5-haiku-20241022"]) expect((await chat(token, model)).status).toBe(200)
+    for (const model of ["claude-3-5-sonnet", "claude-3-5-haiku-20241022"]) {
+      expect((await chat(token, model)).status).toBe(200)
+    }
     expect(stack.mock.requests).toHaveLength(2)
     stack.mock.reset()
     await expectRefused(chat(token, "claude-3-opus"), "claude-3-opus")
@@ -116,7 +127,7 @@ describe("allowed_models", () => {
     expect(proxyError(noModel.json).code).toBe("model_not_allowed")
     const twice = await call(stack.server.url, "/v1/chat/completions", {
       token,
-      body: '{"model":"gpt-4o-mini","messages":[],"model":"gpt-4o"}'
+      body: "{\"model\":\"gpt-4o-mini\",\"messages\":[],\"model\":\"gpt-4o\"}"
     })
     expect(twice.status).toBe(403)
     expect((await chat(token, 42)).status).toBe(403)
@@ -211,13 +222,20 @@ describe("allowed_models", () => {
   it("allowed_models is validated: 400 with a clear message, nothing created", async () => {
     const { projectId } = await createProject(stack.manage)
     const bad = async (allowed: unknown, message: string) => {
-      const r = await stack.manage.post("/manage/tokens", { project_id: projectId, duration_minutes: 5, allowed_models: allowed })
+      const r = await stack.manage.post("/manage/tokens", {
+        project_id: projectId,
+        duration_minutes: 5,
+        allowed_models: allowed
+      })
       expect(r.status).toBe(400)
       expect(r.json.error).toBe(message)
     }
     await bad([], "allowed_models must list at least one model (null: any model)")
     await bad([""], "allowed_models entries must not be empty")
-    await bad(["gpt-[4"], "allowed_models entries must be model names or globs (* and ? do not match /; [...] must be closed)")
+    await bad(
+      ["gpt-[4"],
+      "allowed_models entries must be model names or globs (* and ? do not match /; [...] must be closed)"
+    )
     await bad("gpt-4o", "allowed_models must be null or a list of model names or globs")
     await bad([7], "allowed_models must be null or a list of model names or globs")
     const tokens = await stack.manage.get(`/manage/tokens?project_id=${projectId}`)
@@ -233,31 +251,38 @@ describe("inject_user", () => {
 
   it("sets user to the token's user on a chat request without one, the rest of the body byte for byte", async () => {
     const token = await minted("openai", "end-user-42")
-    const body = '{ "model": "gpt-4o-mini",\n  "messages": [{"role":"user","content":"héllo"}] , "temperature":0.50}'
+    const body =
+      "{ \"model\": \"gpt-4o-mini\",\n  \"messages\": [{\"role\":\"user\",\"content\":\"héllo\"}] , \"temperature\":0.50}"
     expect((await call(stack.server.url, "/v1/chat/completions", { token, body })).status).toBe(200)
-    expect(stack.mock.requests[0]!.body).toBe('{"user":"end-user-42", "model": "gpt-4o-mini",\n  "messages": [{"role":"user","content":"héllo"}] , "temperature":0.50}')
-    expect(stack.mock.requests[0]!.headers["content-length"]).toBe(String(Buffer.byteLength(stack.mock.requests[0]!.body)))
+    expect(stack.mock.requests[0]!.body).toBe(
+      "{\"user\":\"end-user-42\", \"model\": \"gpt-4o-mini\",\n  \"messages\": [{\"role\":\"user\",\"content\":\"héllo\"}] , \"temperature\":0.50}"
+    )
+    expect(stack.mock.requests[0]!.headers["content-length"]).toBe(
+      String(Buffer.byteLength(stack.mock.requests[0]!.body))
+    )
   })
 
   it("sets safety_identifier on the Responses API", async () => {
     const token = await minted("openai", "u-7")
-    const body = '{"model":"gpt-4o-mini","input":"hi"}'
+    const body = "{\"model\":\"gpt-4o-mini\",\"input\":\"hi\"}"
     expect((await call(stack.server.url, "/v1/responses", { token, body })).status).toBe(200)
-    expect(stack.mock.requests[0]!.body).toBe('{"safety_identifier":"u-7","model":"gpt-4o-mini","input":"hi"}')
+    expect(stack.mock.requests[0]!.body).toBe(
+      "{\"safety_identifier\":\"u-7\",\"model\":\"gpt-4o-mini\",\"input\":\"hi\"}"
+    )
   })
 
   it("a request that sets user itself reaches the upstream byte-identical", async () => {
     const token = await minted("openai", "end-user-42")
-    const body = '{"model":"gpt-4o-mini", "user" : "client-chosen",\t"messages":[]}'
+    const body = "{\"model\":\"gpt-4o-mini\", \"user\" : \"client-chosen\",\t\"messages\":[]}"
     expect((await call(stack.server.url, "/v1/chat/completions", { token, body })).status).toBe(200)
     expect(stack.mock.requests[0]!.body).toBe(body)
-    const responses = '{"safety_identifier":null,"model":"gpt-4o-mini","input":"x"}'
+    const responses = "{\"safety_identifier\":null,\"model\":\"gpt-4o-mini\",\"input\":\"x\"}"
     expect((await call(stack.server.url, "/v1/responses", { token, body: responses })).status).toBe(200)
     expect(stack.mock.requests[1]!.body).toBe(responses)
   })
 
   it("nothing is injected for a token without user, nor where the provider does not say inject_user", async () => {
-    const body = '{"model":"gpt-4o-mini","messages":[]}'
+    const body = "{\"model\":\"gpt-4o-mini\",\"messages\":[]}"
     const anonymous = await minted("openai", undefined)
     await call(stack.server.url, "/v1/chat/completions", { token: anonymous, body })
     const plain = await minted("plain", "end-user-42")

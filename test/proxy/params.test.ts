@@ -117,7 +117,10 @@ describe("compileGlob", () => {
     ["?", "é", true, "? is one character, not one byte"],
     ["?", "😀", true, "? is one code point, not one UTF-16 unit"],
     ["[😀]", "😀", true, "a class of an astral character"]
-  ])("%s matches %s = %s (%s)", (pattern, value, expected) => expect(compileGlob(pattern)?.test(value) === true).toBe(expected))
+  ])(
+    "%s matches %s = %s (%s)",
+    (pattern, value, expected) => expect(compileGlob(pattern)?.test(value) === true).toBe(expected)
+  )
 
   it("a value a backtracking RegExp stalls on is answered correctly", () => {
     // `*gpt*` and `*a*a*a*a*b` were RegExps with nested [^/]* runs: 120 KB took seconds. The matcher walks each
@@ -149,7 +152,9 @@ describe("checkParams on hostile values", () => {
     const a = checkParams({ model: deep }, whitelist)!
     expect(a.status).toBe(400)
     expect(a.code).toBe("param_not_allowed")
-    expect(a.message).toBe(`Parameter 'model' value is longer than ${MAX_PARAM_VALUE_LENGTH} characters or nested too deeply`)
+    expect(a.message).toBe(
+      `Parameter 'model' value is longer than ${MAX_PARAM_VALUE_LENGTH} characters or nested too deeply`
+    )
   })
 
   it("a wide object or array over the length cap → 400", () => {
@@ -159,8 +164,10 @@ describe("checkParams on hostile values", () => {
   })
 
   it("small structured values are matched as their JSON text, as before", () => {
-    expect(checkParams({ model: { a: [1, "x", null, true] } }, new Map([["model", ['{"a":\\[1,"x",null,true]}']]]))).toBeUndefined()
-    expect(checkParams({ model: { b: 1, a: 2, "1": 3 } }, new Map([["model", ['{"1":3,"b":1,"a":2}']]]))).toBeUndefined()
+    expect(checkParams({ model: { a: [1, "x", null, true] } }, new Map([["model", ["{\"a\":\\[1,\"x\",null,true]}"]]])))
+      .toBeUndefined()
+    expect(checkParams({ model: { b: 1, a: 2, "1": 3 } }, new Map([["model", ["{\"1\":3,\"b\":1,\"a\":2}"]]])))
+      .toBeUndefined()
     expect(checkParams({ model: [[[[1]]]] }, new Map([["model", ["\\[\\[\\[\\[1]]]]"]]]))).toBeUndefined()
   })
 })
@@ -172,18 +179,26 @@ describe("checkBodyParams (the body scanned, only whitelisted values parsed)", (
   it("answers as checkParams(JSON.parse(body)) on 5,000 generated bodies, compact and pretty-printed", () => {
     const r = prng(21)
     const pick = <A>(xs: ReadonlyArray<A>): A => xs[Math.floor(r() * xs.length)]!
-    const leaf = (): unknown => pick<unknown>(["gpt-4o", "o1", "claude", "", 1, 2, 3.5, true, null, "a\"b", "é😀", "gpt-\\x", "[x]"])
+    const leaf = (): unknown =>
+      pick<unknown>(["gpt-4o", "o1", "claude", "", 1, 2, 3.5, true, null, "a\"b", "é😀", "gpt-\\x", "[x]"])
     const value = (depth: number): unknown => {
       const k = r()
       if (depth > 3 || k < 0.5) return leaf()
       if (k < 0.75) return Array.from({ length: Math.floor(r() * 4) }, () => value(depth + 1))
-      return Object.fromEntries(Array.from({ length: Math.floor(r() * 4) }, () => [pick(["model", "n", "x", "tools", "m\"o"]), value(depth + 1)]))
+      return Object.fromEntries(
+        Array.from(
+          { length: Math.floor(r() * 4) },
+          () => [pick(["model", "n", "x", "tools", "m\"o"]), value(depth + 1)]
+        )
+      )
     }
     let refused = 0
     for (let i = 0; i < 5_000; i++) {
       const keys = ["model", "n", "tools", "messages", "x", "__proto__", "mode", "model2"].filter(() => r() < 0.5)
       const body: Record<string, unknown> = {}
-      for (const k of keys) Object.defineProperty(body, k, { value: value(0), enumerable: true, configurable: true, writable: true })
+      for (const k of keys) {
+        Object.defineProperty(body, k, { value: value(0), enumerable: true, configurable: true, writable: true })
+      }
       const text = r() < 0.5 ? JSON.stringify(body) : JSON.stringify(body, null, Math.floor(r() * 4))
       const want = checkParams(JSON.parse(text), whitelist)
       if (want !== undefined) refused++
@@ -193,20 +208,20 @@ describe("checkBodyParams (the body scanned, only whitelisted values parsed)", (
   })
 
   it.each([
-    ["escaped key", '{"mod\\u0065l":"claude"}', "param_not_allowed"],
-    ["duplicate key, the second disallowed", '{"model":"gpt-4o","model":"claude"}', "param_not_allowed"],
-    ["duplicate key, the first disallowed", '{"model":"claude","model":"gpt-4o"}', "param_not_allowed"],
-    ["model only inside a string", '{"x":"\\"model\\":\\"claude\\"","model":"gpt-4o"}', undefined],
-    ["model only nested", '{"x":{"model":"claude"},"y":[{"model":"claude"}]}', undefined],
-    ["escaped backslashes before a quote", '{"x":"a\\\\","model":"claude"}', "param_not_allowed"],
-    ["not an object", '["model","claude"]', undefined],
+    ["escaped key", "{\"mod\\u0065l\":\"claude\"}", "param_not_allowed"],
+    ["duplicate key, the second disallowed", "{\"model\":\"gpt-4o\",\"model\":\"claude\"}", "param_not_allowed"],
+    ["duplicate key, the first disallowed", "{\"model\":\"claude\",\"model\":\"gpt-4o\"}", "param_not_allowed"],
+    ["model only inside a string", "{\"x\":\"\\\"model\\\":\\\"claude\\\"\",\"model\":\"gpt-4o\"}", undefined],
+    ["model only nested", "{\"x\":{\"model\":\"claude\"},\"y\":[{\"model\":\"claude\"}]}", undefined],
+    ["escaped backslashes before a quote", "{\"x\":\"a\\\\\",\"model\":\"claude\"}", "param_not_allowed"],
+    ["not an object", "[\"model\",\"claude\"]", undefined],
     ["empty object", "{}", undefined],
-    ["invalid after the model", '{"model":"gpt-4o", oops', undefined],
-    ["invalid before the model", '{oops, "model":"claude"}', undefined],
-    ["a model that is not JSON", '{"model":gpt}', "param_not_allowed"],
-    ["a model with no value", '{"model":}', "param_not_allowed"],
-    ["an unterminated model string", '{"model":"gpt-4o', "param_not_allowed"],
-    ["a byte order mark (not JSON)", '\ufeff{"model":"claude"}', undefined]
+    ["invalid after the model", "{\"model\":\"gpt-4o\", oops", undefined],
+    ["invalid before the model", "{oops, \"model\":\"claude\"}", undefined],
+    ["a model that is not JSON", "{\"model\":gpt}", "param_not_allowed"],
+    ["a model with no value", "{\"model\":}", "param_not_allowed"],
+    ["an unterminated model string", "{\"model\":\"gpt-4o", "param_not_allowed"],
+    ["a byte order mark (not JSON)", "\ufeff{\"model\":\"claude\"}", undefined]
   ])("%s → %s", (_n, text, code) => expect(check(text)?.code).toBe(code))
 
   it("hostile bodies are refused or passed without being parsed whole", () => {

@@ -1,5 +1,5 @@
-import { describe, expect, it } from "vitest"
 import { Either } from "effect"
+import { describe, expect, it } from "vitest"
 import type { ProviderConfig } from "../../src/config/Providers.js"
 import { builtInOpenAi, endpoint, parseProvidersYaml } from "../../src/config/Providers.js"
 import {
@@ -29,7 +29,9 @@ const base = builtInOpenAi("http://upstream.test").all[0]!
 const provider = (over: Partial<ProviderConfig> = {}): ProviderConfig => ({ ...base, ...over })
 /** A provider from one providers-YAML entry (the keys under `apis.p`). */
 const fromYaml = (entry: string): ProviderConfig =>
-  Either.getOrThrow(parseProvidersYaml(`apis:\n  p:\n    base_url: http://upstream.test\n${entry.replace(/^/gm, "    ")}\n`)).get("p")!
+  Either.getOrThrow(
+    parseProvidersYaml(`apis:\n  p:\n    base_url: http://upstream.test\n${entry.replace(/^/gm, "    ")}\n`)
+  ).get("p")!
 
 describe("paths", () => {
   it.each([
@@ -83,8 +85,10 @@ describe("paths", () => {
     ["/v1/chat/completionsfoo", false],
     ["/v1/chat", false],
     ["/v1/fine_tuning/jobs", false]
-  ])("prefix endpoints match %s on segment boundaries = %s", (path, expected) =>
-    expect(prefixes.some((e) => endpointMatches(path, e))).toBe(expected))
+  ])(
+    "prefix endpoints match %s on segment boundaries = %s",
+    (path, expected) => expect(prefixes.some((e) => endpointMatches(path, e))).toBe(expected)
+  )
 
   it.each([
     ["/v1/responses", endpoint("/v1/responses", ["POST"], false), true],
@@ -101,9 +105,13 @@ describe("paths", () => {
     ["/v1/files/f1/content/x", endpoint("/v1/files/{id}", ["GET"], true), true],
     ["/v1/files/f1", endpoint("/v1/files/{id}", ["GET"], true), true],
     ["/v1/files", endpoint("/v1/files/{id}", ["GET"], true), false]
-  ])("exact, prefix and {id} matching: %s against %o = %s", (path, e, expected) => expect(endpointMatches(path, e)).toBe(expected))
+  ])(
+    "exact, prefix and {id} matching: %s against %o = %s",
+    (path, e, expected) => expect(endpointMatches(path, e)).toBe(expected)
+  )
 
-  it("a '/' prefix admits everything", () => expect(endpointMatches("/v1/anything", endpoint("/", ["GET"], true))).toBe(true))
+  it("a '/' prefix admits everything", () =>
+    expect(endpointMatches("/v1/anything", endpoint("/", ["GET"], true))).toBe(true))
 })
 
 describe("the route: path + method", () => {
@@ -163,7 +171,10 @@ allowed_endpoints:
     ["GET", "/v1/models", Answers.endpointNotFound],
     ["GET", "/v1/files/f/content", undefined],
     ["DELETE", "/v1/files/f", undefined]
-  ])("YAML entries with their own methods: %s %s → %o", (method, path, expected) => expect(routeOf(method, path, yaml)).toEqual(expected))
+  ])(
+    "YAML entries with their own methods: %s %s → %o",
+    (method, path, expected) => expect(routeOf(method, path, yaml)).toEqual(expected)
+  )
 
   it("methodsFor is the union of the matching entries", () => {
     expect(methodsFor("/v1/models/m", yaml)).toEqual(["GET", "DELETE"])
@@ -219,8 +230,18 @@ describe("origin rules", () => {
     ["empty origin, required", provider({ requireOrigin: true }), "", Answers.originRequired],
     ["any origin when the list is empty", provider(), "https://x.example", undefined],
     ["listed origin", provider({ allowedOrigins: ["https://a.example"] }), "https://a.example", undefined],
-    ["unlisted origin", provider({ allowedOrigins: ["https://a.example"] }), "https://b.example", Answers.originNotAllowed],
-    ["exact match only", provider({ allowedOrigins: ["https://a.example"] }), "https://a.example/", Answers.originNotAllowed]
+    [
+      "unlisted origin",
+      provider({ allowedOrigins: ["https://a.example"] }),
+      "https://b.example",
+      Answers.originNotAllowed
+    ],
+    [
+      "exact match only",
+      provider({ allowedOrigins: ["https://a.example"] }),
+      "https://a.example/",
+      Answers.originNotAllowed
+    ]
   ])("%s", (_name, p, origin, expected) => expect(checkOrigin(origin, p)).toEqual(expected))
 })
 
@@ -240,7 +261,9 @@ describe("CORS", () => {
       "access-control-max-age": "86400"
     })
     expect(h["access-control-allow-credentials"]).toBeUndefined()
-    expect(preflight("https://a.example", "get", "/v1/models/gpt-4o", undefined, [base])["access-control-allow-methods"]).toBe("GET")
+    expect(
+      preflight("https://a.example", "get", "/v1/models/gpt-4o", undefined, [base])["access-control-allow-methods"]
+    ).toBe("GET")
   })
 
   it.each([
@@ -248,8 +271,10 @@ describe("CORS", () => {
     ["a path no provider admits", "POST", "/v1/files"],
     ["an unsafe path", "POST", "/v1/models/..;/files"],
     ["DELETE on a model", "DELETE", "/v1/models/ft:x"]
-  ])("preflight for %s has no CORS headers", (_n, method, path) =>
-    expect(preflight("https://a.example", method, path, undefined, [base])).toEqual({}))
+  ])(
+    "preflight for %s has no CORS headers",
+    (_n, method, path) => expect(preflight("https://a.example", method, path, undefined, [base])).toEqual({})
+  )
 
   it("preflight defaults the allowed headers", () =>
     expect(preflight("https://a.example", "POST", chat, undefined, [base])["access-control-allow-headers"]).toBe(
@@ -257,15 +282,23 @@ describe("CORS", () => {
     ))
 
   it("preflight for an origin no provider admits has no CORS headers", () =>
-    expect(preflight("https://evil.example", "POST", chat, undefined, [provider({ allowedOrigins: ["https://a.example"] })])).toEqual({}))
+    expect(
+      preflight("https://evil.example", "POST", chat, undefined, [provider({ allowedOrigins: ["https://a.example"] })])
+    ).toEqual({}))
 
   it("a provider without allowed_origins opens preflights only for what it admits", () => {
     const openai = provider({ allowedOrigins: ["https://a.example"] })
     const anthropic = fromYaml("allowed_endpoints: [/v1/messages]\nallowed_methods: [POST]")
     expect(preflight("https://evil.example", "POST", chat, undefined, [openai, anthropic])).toEqual({})
-    expect(preflight("https://evil.example", "POST", "/v1/messages", undefined, [openai, anthropic])["access-control-allow-origin"])
+    expect(
+      preflight("https://evil.example", "POST", "/v1/messages", undefined, [
+        openai,
+        anthropic
+      ])["access-control-allow-origin"]
+    )
       .toBe("https://evil.example")
-    expect(preflight("https://a.example", "POST", chat, undefined, [openai, anthropic])["access-control-allow-methods"]).toBe("POST")
+    expect(preflight("https://a.example", "POST", chat, undefined, [openai, anthropic])["access-control-allow-methods"])
+      .toBe("POST")
   })
 
   it("answers echo the origin, expose X-Request-ID and vary on Origin", () => {
@@ -303,9 +336,15 @@ describe("parameter whitelist", () => {
     ["a\\*", "ab", false],
     ["a.b", "aXb", false],
     ["(x)", "(x)", true]
-  ])("glob %s matches %s = %s", (pattern, value, expected) => expect(compileGlob(pattern)?.test(value) === true).toBe(expected))
+  ])(
+    "glob %s matches %s = %s",
+    (pattern, value, expected) => expect(compileGlob(pattern)?.test(value) === true).toBe(expected)
+  )
 
-  it.each([["[abc"], ["x\\"], ["[]"]])("malformed pattern %s matches nothing", (pattern) => expect(compileGlob(pattern)).toBeNull())
+  it.each([["[abc"], ["x\\"], ["[]"]])(
+    "malformed pattern %s matches nothing",
+    (pattern) => expect(compileGlob(pattern)).toBeNull()
+  )
 
   const whitelist = new Map([["model", ["gpt-4o", "gpt-4o-*"]]])
   it.each([
@@ -432,13 +471,25 @@ describe("header hygiene", () => {
   })
 
   it("a header named by Connection is not forwarded even when allow-listed", () => {
-    const h = upstreamRequestHeaders({ connection: "user-agent", "user-agent": "x", accept: "y" }, base, "k", "r", undefined)
+    const h = upstreamRequestHeaders(
+      { connection: "user-agent", "user-agent": "x", accept: "y" },
+      base,
+      "k",
+      "r",
+      undefined
+    )
     expect(h["user-agent"]).toBeUndefined()
     expect(h.accept).toBe("y")
   })
 
   it("x-api-key providers get the bare key and no Authorization", () => {
-    const h = upstreamRequestHeaders(client, provider({ authHeader: "x-api-key", authScheme: "" }), "sk-ant", "rid", undefined)
+    const h = upstreamRequestHeaders(
+      client,
+      provider({ authHeader: "x-api-key", authScheme: "" }),
+      "sk-ant",
+      "rid",
+      undefined
+    )
     expect(h["x-api-key"]).toBe("sk-ant")
     expect(h.authorization).toBeUndefined()
     expect(h["content-length"]).toBeUndefined()

@@ -9,7 +9,7 @@ import { connect } from "node:net"
 import { Readable } from "node:stream"
 import { Pool } from "undici"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
-import { backends, type BackendInstance } from "../http/harness.js"
+import { type BackendInstance, backends } from "../http/harness.js"
 import { chatChunks, hang, json, reset, sse } from "../support/mockUpstream.js"
 import { proxyError } from "../support/proxyErrors.js"
 import {
@@ -17,8 +17,8 @@ import {
   chatBody,
   createToken,
   exec,
-  projectAndToken,
   type ProjectAndToken,
+  projectAndToken,
   sleep,
   type Stack,
   startStack
@@ -84,7 +84,11 @@ const expectLocal = (
 }
 
 describe("authentication (36–42)", () => {
-  const invalid = { error: "Invalid token", description: "missing or invalid authorization header", code: "invalid_token" }
+  const invalid = {
+    error: "Invalid token",
+    description: "missing or invalid authorization header",
+    code: "invalid_token"
+  }
 
   it("36 no Authorization → 401 invalid_token, upstream not called", async () => {
     expectLocal(await post("/v1/chat/completions", chatBody(), null), 401, invalid)
@@ -127,7 +131,10 @@ describe("authentication (36–42)", () => {
       code: "invalid_token"
     })
     const unknown = "sk-" + "A".repeat(42) + "E"
-    expectLocal(await post("/v1/chat/completions", chatBody(), unknown), 401, { error: "Token not found", code: "token_not_found" })
+    expectLocal(await post("/v1/chat/completions", chatBody(), unknown), 401, {
+      error: "Token not found",
+      code: "token_not_found"
+    })
     expect(stack.mock.requests).toHaveLength(0)
   })
 
@@ -187,7 +194,10 @@ describe("allow-lists and validation (43–49)", () => {
   })
 
   it("44 path outside the allow-list → 404 endpoint_not_found, before authentication", async () => {
-    expectLocal(await call(url, "/v1/fine_tuning/jobs"), 404, { error: "Endpoint not found", code: "endpoint_not_found" })
+    expectLocal(await call(url, "/v1/fine_tuning/jobs"), 404, {
+      error: "Endpoint not found",
+      code: "endpoint_not_found"
+    })
   })
 
   it("45 prefixes match on segment boundaries", async () => {
@@ -217,12 +227,16 @@ describe("allow-lists and validation (43–49)", () => {
   })
 
   it("47 the whitelist is checked after authentication: an anonymous request gets 401 whatever its body", async () => {
-    expect(proxyError((await post("/v1/chat/completions", chatBody({ model: "gpt-3.5-turbo" }), null)).json).code).toBe("invalid_token")
+    expect(proxyError((await post("/v1/chat/completions", chatBody({ model: "gpt-3.5-turbo" }), null)).json).code).toBe(
+      "invalid_token"
+    )
   })
 
   it("48 the whitelist applies to any JSON content type", async () => {
     for (const ct of ["application/json; charset=utf-8", "application/vnd.custom+json"]) {
-      const r = await post("/v1/chat/completions", chatBody({ model: "gpt-3.5-turbo" }), t.token, { "content-type": ct })
+      const r = await post("/v1/chat/completions", chatBody({ model: "gpt-3.5-turbo" }), t.token, {
+        "content-type": ct
+      })
       expect(proxyError(r.json).code).toBe("param_not_allowed")
     }
     expect(stack.mock.requests).toHaveLength(0)
@@ -236,24 +250,28 @@ describe("allow-lists and validation (43–49)", () => {
 
   it("49 a declared oversized body → 413 request_too_large before it is sent", async () => {
     const started = Date.now()
-    const r = await new Promise<{ status: number; body: string; headers: Record<string, string> }>((resolve, reject) => {
-      const u = new URL(url)
-      const socket = connect(Number(u.port), u.hostname, () => {
-        socket.write(
-          `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${t.token}\r\n` +
-            `Content-Type: application/json\r\nContent-Length: ${MAX_BODY * 100}\r\n\r\n{"model":`
-        )
-      })
-      let data = ""
-      socket.on("data", (d) => (data += d.toString()))
-      socket.on("error", reject)
-      socket.on("close", () => {
-        const [head, body = ""] = data.split("\r\n\r\n")
-        const lines = head!.split("\r\n")
-        const headers = Object.fromEntries(lines.slice(1).map((l) => [l.split(":")[0]!.toLowerCase(), l.slice(l.indexOf(":") + 1).trim()]))
-        resolve({ status: Number(lines[0]!.split(" ")[1]), body, headers })
-      })
-    })
+    const r = await new Promise<{ status: number; body: string; headers: Record<string, string> }>(
+      (resolve, reject) => {
+        const u = new URL(url)
+        const socket = connect(Number(u.port), u.hostname, () => {
+          socket.write(
+            `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${t.token}\r\n` +
+              `Content-Type: application/json\r\nContent-Length: ${MAX_BODY * 100}\r\n\r\n{"model":`
+          )
+        })
+        let data = ""
+        socket.on("data", (d) => (data += d.toString()))
+        socket.on("error", reject)
+        socket.on("close", () => {
+          const [head, body = ""] = data.split("\r\n\r\n")
+          const lines = head!.split("\r\n")
+          const headers = Object.fromEntries(
+            lines.slice(1).map((l) => [l.split(":")[0]!.toLowerCase(), l.slice(l.indexOf(":") + 1).trim()])
+          )
+          resolve({ status: Number(lines[0]!.split(" ")[1]), body, headers })
+        })
+      }
+    )
     expect(r.status).toBe(413)
     expect(proxyError(r.body)).toMatchObject({ message: "Request body too large", code: "request_too_large" })
     expect(r.headers.connection).toBe("close")
@@ -276,15 +294,29 @@ describe("allow-lists and validation (43–49)", () => {
     expect((await post("/v1/audio/transcriptions", form, t.token, ct)).status).toBe(200)
     expect(stack.mock.requests[0]!.body).toBe(form)
     expect(stack.mock.requests[0]!.headers["content-length"]).toBe(String(form.length))
-    expect((await post("/v1/audio/transcriptions", form, t.token, { ...ct, "transfer-encoding": "chunked", "content-length": "" })).status).toBe(200)
+    expect(
+      (await post("/v1/audio/transcriptions", form, t.token, {
+        ...ct,
+        "transfer-encoding": "chunked",
+        "content-length": ""
+      })).status
+    ).toBe(200)
     expect(stack.mock.requests[1]!.body).toBe(form)
     // A cold token: the upload crosses the limit while the token is being looked up.
     const cold = await createToken(stack.manage, t.projectId)
     const huge = "y".repeat(MAX_BODY * 3)
-    const r0 = await post("/v1/audio/transcriptions", huge, cold.token, { ...ct, "transfer-encoding": "chunked", "content-length": "" })
+    const r0 = await post("/v1/audio/transcriptions", huge, cold.token, {
+      ...ct,
+      "transfer-encoding": "chunked",
+      "content-length": ""
+    })
     expect(r0.status).toBe(413)
     const tooBig = "x".repeat(MAX_BODY + 1)
-    const r = await post("/v1/audio/transcriptions", tooBig, t.token, { ...ct, "transfer-encoding": "chunked", "content-length": "" })
+    const r = await post("/v1/audio/transcriptions", tooBig, t.token, {
+      ...ct,
+      "transfer-encoding": "chunked",
+      "content-length": ""
+    })
     expect(r.status).toBe(413)
   })
 })
@@ -301,7 +333,10 @@ describe("connection reuse", () => {
       const refused = await pool.request({
         path: "/v1/audio/transcriptions",
         method: "POST",
-        headers: { authorization: "Bearer sk-" + "C".repeat(42) + "E", "content-type": "multipart/form-data; boundary=b" },
+        headers: {
+          authorization: "Bearer sk-" + "C".repeat(42) + "E",
+          "content-type": "multipart/form-data; boundary=b"
+        },
         body: Readable.from(upload())
       })
       expect(refused.statusCode).toBe(401)
@@ -462,14 +497,22 @@ describe("headers and ids (102–104)", () => {
   })
 
   it("hop-by-hop response headers are not passed to the client", async () => {
-    stack.mock.enqueue(json({}, { headers: { connection: "x-secret-hop", "x-secret-hop": "1", "keep-alive": "timeout=1" } }))
+    stack.mock.enqueue(
+      json({}, { headers: { connection: "x-secret-hop", "x-secret-hop": "1", "keep-alive": "timeout=1" } })
+    )
     const r = await post("/v1/chat/completions", chatBody())
     expect(r.headers["x-secret-hop"]).toBeUndefined()
     expect(r.headers["keep-alive"]).toBeUndefined()
   })
 
   it("every local answer has X-Request-ID and Server-Timing", async () => {
-    for (const r of [await call(url, "/v1/nope"), await call(url, "/v1/models"), await call(url, "/v1/models", { method: "PUT" })]) {
+    for (
+      const r of [
+        await call(url, "/v1/nope"),
+        await call(url, "/v1/models"),
+        await call(url, "/v1/models", { method: "PUT" })
+      ]
+    ) {
       expect(r.headers["x-request-id"]).toBeDefined()
       expect(r.headers["server-timing"]).toMatch(/^proxy;dur=/)
     }
@@ -499,13 +542,19 @@ describe("providers", () => {
   })
 
   it("unknown providers are rejected on project create and update (400); known ones accepted", async () => {
-    const bad = await stack.manage.post("/manage/projects", { name: `p-${crypto.randomUUID()}`, api_key: "sk-abcdefghijklmnop", provider: "nope" })
+    const bad = await stack.manage.post("/manage/projects", {
+      name: `p-${crypto.randomUUID()}`,
+      api_key: "sk-abcdefghijklmnop",
+      provider: "nope"
+    })
     expect(bad.status).toBe(400)
-    expect(bad.json.error).toBe('unknown provider "nope"')
+    expect(bad.json.error).toBe("unknown provider \"nope\"")
     const patched = await stack.manage.patch(`/manage/projects/${t.projectId}`, { provider: "nope" })
     expect(patched.status).toBe(400)
     const a = await projectAndToken(stack.manage)
-    expect((await stack.manage.patch(`/manage/projects/${a.projectId}`, { provider: "anthropic" })).json.provider).toBe("anthropic")
+    expect((await stack.manage.patch(`/manage/projects/${a.projectId}`, { provider: "anthropic" })).json.provider).toBe(
+      "anthropic"
+    )
     expect((await post("/v1/messages", {}, a.token)).status).toBe(200)
   })
 })
@@ -520,10 +569,14 @@ describe("the warm path", () => {
       audit: { enabled: false, file: Option.none(), storeInDb: true, retentionDays: 0 }
     })
     const u = await projectAndToken(local.manage)
-    expect((await call(local.server.url, "/v1/chat/completions", { token: u.token, body: chatBody() })).status).toBe(200)
+    expect((await call(local.server.url, "/v1/chat/completions", { token: u.token, body: chatBody() })).status).toBe(
+      200
+    )
     const before = local.queries.count
     for (let i = 0; i < 50; i++) {
-      expect((await call(local.server.url, "/v1/chat/completions", { token: u.token, body: chatBody() })).status).toBe(200)
+      expect((await call(local.server.url, "/v1/chat/completions", { token: u.token, body: chatBody() })).status).toBe(
+        200
+      )
     }
     expect(local.queries.count - before).toBe(0)
     await local.close()
@@ -622,7 +675,11 @@ describe("circuit breaker (71, 72)", () => {
   const go = () => call(local.server.url, "/v1/chat/completions", { token: l.token, body: chatBody() })
 
   it("72 4×503, 1×200, 4×503 → stays closed", async () => {
-    local.mock.enqueue(...Array(4).fill(json({}, { status: 503 })), json({}), ...Array(4).fill(json({}, { status: 503 })))
+    local.mock.enqueue(
+      ...Array(4).fill(json({}, { status: 503 })),
+      json({}),
+      ...Array(4).fill(json({}, { status: 503 }))
+    )
     for (let i = 0; i < 9; i++) await go()
     expect((await go()).status).toBe(200)
     expect(local.mock.requests).toHaveLength(10)
@@ -655,10 +712,17 @@ describe("required origin (54), preflight of a foreign origin (50)", () => {
         error: "Origin header required",
         code: "origin_required"
       })
-      const ok = await call(local.server.url, "/v1/chat/completions", { token: l.token, body: chatBody(), headers: { origin: "https://a.example" } })
+      const ok = await call(local.server.url, "/v1/chat/completions", {
+        token: l.token,
+        body: chatBody(),
+        headers: { origin: "https://a.example" }
+      })
       expect(ok.status).toBe(200)
       // 50: a preflight from an origin no provider allows gets no CORS headers.
-      const pre = await call(local.server.url, "/v1/chat/completions", { method: "OPTIONS", headers: { origin: "https://evil.example" } })
+      const pre = await call(local.server.url, "/v1/chat/completions", {
+        method: "OPTIONS",
+        headers: { origin: "https://evil.example" }
+      })
       expect(pre.status).toBe(204)
       expect(pre.headers["access-control-allow-origin"]).toBeUndefined()
     } finally {

@@ -5,7 +5,7 @@
  */
 import { randomBytes } from "node:crypto"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
-import { backends, type BackendInstance } from "../http/harness.js"
+import { type BackendInstance, backends } from "../http/harness.js"
 import { chatChunks, json, reset, sse, startMockUpstream } from "../support/mockUpstream.js"
 import { proxyError } from "../support/proxyErrors.js"
 import { withEncryptionKey } from "../support/server.js"
@@ -57,7 +57,11 @@ let stack: Stack
 
 beforeAll(async () => {
   backend = await backends[0]!.create()
-  stack = await startStack(backend, { upstreamRetries: 2, ...withEncryptionKey(randomBytes(32).toString("base64")) }, YAML)
+  stack = await startStack(
+    backend,
+    { upstreamRetries: 2, ...withEncryptionKey(randomBytes(32).toString("base64")) },
+    YAML
+  )
 })
 afterAll(async () => {
   await stack.close()
@@ -78,7 +82,11 @@ const project = async (
   keys: ReadonlyArray<{ readonly key: string; readonly weight?: number; readonly provider?: string }>,
   provider = "openai"
 ): Promise<Keyed> => {
-  const r = await stack.manage.post("/manage/projects", { name: `routing-${crypto.randomUUID()}`, api_keys: keys, provider })
+  const r = await stack.manage.post("/manage/projects", {
+    name: `routing-${crypto.randomUUID()}`,
+    api_keys: keys,
+    provider
+  })
   if (r.status !== 201) throw new Error(`create project: ${r.status} ${r.text}`)
   const t = await createToken(stack.manage, r.json.id)
   return { projectId: r.json.id, token: t.token, keys: keys.map((k) => k.key) }
@@ -116,11 +124,21 @@ describe("several keys per project", () => {
     expect(JSON.stringify(row)).not.toContain(b)
     expect(String(row["api_keys"])).toContain("enc:v1:")
 
-    const both = await stack.manage.post("/manage/projects", { name: `keys-${crypto.randomUUID()}`, api_key: a, api_keys: [{ key: b }] })
+    const both = await stack.manage.post("/manage/projects", {
+      name: `keys-${crypto.randomUUID()}`,
+      api_key: a,
+      api_keys: [{ key: b }]
+    })
     expect([both.status, both.json.error]).toEqual([400, "give api_key or api_keys, not both"])
-    const unknown = await stack.manage.post("/manage/projects", { name: `keys-${crypto.randomUUID()}`, api_keys: [{ key: b, provider: "nope" }] })
-    expect([unknown.status, unknown.json.error]).toEqual([400, 'unknown provider "nope"'])
-    const weight = await stack.manage.post("/manage/projects", { name: `keys-${crypto.randomUUID()}`, api_keys: [{ key: b, weight: 0 }] })
+    const unknown = await stack.manage.post("/manage/projects", {
+      name: `keys-${crypto.randomUUID()}`,
+      api_keys: [{ key: b, provider: "nope" }]
+    })
+    expect([unknown.status, unknown.json.error]).toEqual([400, "unknown provider \"nope\""])
+    const weight = await stack.manage.post("/manage/projects", {
+      name: `keys-${crypto.randomUUID()}`,
+      api_keys: [{ key: b, weight: 0 }]
+    })
     expect([weight.status, weight.json.error]).toEqual([400, "api_keys weight must be an integer from 1 to 1000"])
     const empty = await stack.manage.post("/manage/projects", { name: `keys-${crypto.randomUUID()}`, api_keys: [] })
     expect(empty.status).toBe(400)
@@ -128,9 +146,17 @@ describe("several keys per project", () => {
     // PATCH replaces the keys; the proxy uses the new ones at once.
     const c = key("charlie")
     const patched = await stack.manage.patch(`/manage/projects/${r.json.id}`, { api_keys: [{ key: c }] })
-    expect(patched.json.api_keys).toEqual([{ index: 0, key: `${c.slice(0, 8)}...${c.slice(-4)}`, weight: 1, provider: "openai", state: "ok" }])
+    expect(patched.json.api_keys).toEqual([{
+      index: 0,
+      key: `${c.slice(0, 8)}...${c.slice(-4)}`,
+      weight: 1,
+      provider: "openai",
+      state: "ok"
+    }])
     const t = await createToken(stack.manage, r.json.id)
-    expect((await call(stack.server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })).status).toBe(200)
+    expect((await call(stack.server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })).status).toBe(
+      200
+    )
     expect(keysSeen()).toEqual([c])
   })
 
@@ -147,7 +173,10 @@ describe("several keys per project", () => {
   it("a 429 on key A is retried on key B: the client sees one 200; A cools down for its Retry-After and takes nothing meanwhile", async () => {
     const p = await project([{ key: key("a") }, { key: key("b") }])
     stack.mock.enqueue(
-      json({ error: { message: "slow down" } }, { status: 429, headers: { "retry-after": "30", "x-request-id": "req_a" } }),
+      json({ error: { message: "slow down" } }, {
+        status: 429,
+        headers: { "retry-after": "30", "x-request-id": "req_a" }
+      }),
       json({ id: "from-b" }, { headers: { "x-request-id": "req_b" } })
     )
     const r = await chat(p)
@@ -202,7 +231,10 @@ describe("several keys per project", () => {
     for (let i = 0; i < 3; i++) expect((await chat(p)).status).toBe(200)
     expect(keysSeen()).toEqual([p.keys[0], p.keys[0], p.keys[0]])
     stack.mock.reset()
-    stack.mock.enqueue(json({ error: { message: "limit" } }, { status: 429, headers: { "retry-after": "20" } }), json({ id: "backup" }))
+    stack.mock.enqueue(
+      json({ error: { message: "limit" } }, { status: 429, headers: { "retry-after": "20" } }),
+      json({ id: "backup" })
+    )
     const r = await chat(p)
     expect([r.status, r.json.id]).toEqual([200, "backup"])
     expect(keysSeen()).toEqual(p.keys)
@@ -218,7 +250,10 @@ describe("several keys per project", () => {
     expect(stack.mock.requests).toHaveLength(2)
     const down = await chat(p)
     expect(down.status).toBe(503)
-    expect(proxyError(down.json)).toMatchObject({ code: "upstream_unavailable", message: "Upstream unavailable (every key is cooling down)" })
+    expect(proxyError(down.json)).toMatchObject({
+      code: "upstream_unavailable",
+      message: "Upstream unavailable (every key is cooling down)"
+    })
     expect(Number(down.headers["retry-after"])).toBeGreaterThanOrEqual(4)
     expect(Number(down.headers["retry-after"])).toBeLessThanOrEqual(5)
     // Nothing more reached the provider, and no quota-like finality: the client may retry later.
@@ -248,7 +283,10 @@ describe("several keys per project", () => {
   })
 
   it("a connection refused is retried on the next key even for POST (the provider never saw it)", async () => {
-    const p = await project([{ key: key("gone"), provider: "refused" }, { key: key("ok"), provider: "refused" }], "refused")
+    const p = await project(
+      [{ key: key("gone"), provider: "refused" }, { key: key("ok"), provider: "refused" }],
+      "refused"
+    )
     const r = await chat(p)
     // Both keys of this provider point at a closed port: two attempts, then the proxy's 502.
     expect(r.status).toBe(502)
@@ -303,7 +341,10 @@ describe("providers reached through base_url paths, auth headers, fixed headers 
 describe("connection: max_idle_conns", () => {
   it("idle keep-alive connections beyond the bound are closed (the others stay open for reuse)", async () => {
     const mock = await startMockUpstream()
-    const own = await startStack(backend, {}, `
+    const own = await startStack(
+      backend,
+      {},
+      `
 apis:
   openai:
     base_url: {{MOCK}}
@@ -312,12 +353,19 @@ apis:
     connection:
       max_idle_conns: 10
       max_idle_conns_per_host: 2
-`, mock)
+`,
+      mock
+    )
     try {
       const t = await projectAndToken(own.manage)
       mock.setDefault(json({ id: "slow" }, { delayMs: 150 }))
       // Six at once: six upstream connections.
-      const answers = await Promise.all(Array.from({ length: 6 }, () => call(own.server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })))
+      const answers = await Promise.all(
+        Array.from(
+          { length: 6 },
+          () => call(own.server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })
+        )
+      )
       expect(answers.map((a) => a.status)).toEqual([200, 200, 200, 200, 200, 200])
       expect(mock.openConnections()).toBe(6)
       // Within a couple of sweeps, the smaller bound (2) is what stays idle.

@@ -7,9 +7,9 @@
 import Anthropic from "@anthropic-ai/sdk"
 import OpenAI from "openai"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
-import { backends, type BackendInstance } from "../http/harness.js"
+import { type BackendInstance, backends } from "../http/harness.js"
 import { chatChunks, json, sse } from "../support/mockUpstream.js"
-import { projectAndToken, type ProjectAndToken, type Stack, startStack } from "./stack.js"
+import { type ProjectAndToken, projectAndToken, type Stack, startStack } from "./stack.js"
 
 const YAML = `
 default_api: openai
@@ -55,7 +55,10 @@ const openai = (apiKey: string, maxRetries = 0) =>
 
 describe("openai", () => {
   it("chat completions: the answer, and the upstream got the project key, never the token", async () => {
-    const c = await openai(t.token).chat.completions.create({ model: "gpt-4o-mini", messages: [{ role: "user", content: "Hi" }] })
+    const c = await openai(t.token).chat.completions.create({
+      model: "gpt-4o-mini",
+      messages: [{ role: "user", content: "Hi" }]
+    })
     expect(c.choices[0]!.message.content).toBe("Hello!")
     expect(c.usage?.total_tokens).toBe(12)
     expect(stack.mock.requests[0]!.headers["authorization"]).toBe(`Bearer ${t.apiKey}`)
@@ -75,34 +78,43 @@ describe("openai", () => {
   })
 
   it("the Responses API", async () => {
-    stack.mock.route("/v1/responses", json({
-      id: "resp_1",
-      object: "response",
-      created_at: 1_700_000_000,
-      status: "completed",
-      model: "gpt-4o-mini",
-      output: [{
-        type: "message",
-        id: "msg_1",
+    stack.mock.route(
+      "/v1/responses",
+      json({
+        id: "resp_1",
+        object: "response",
+        created_at: 1_700_000_000,
         status: "completed",
-        role: "assistant",
-        content: [{ type: "output_text", text: "Hi from responses", annotations: [] }]
-      }],
-      usage: { input_tokens: 5, output_tokens: 3, total_tokens: 8 }
-    }))
+        model: "gpt-4o-mini",
+        output: [{
+          type: "message",
+          id: "msg_1",
+          status: "completed",
+          role: "assistant",
+          content: [{ type: "output_text", text: "Hi from responses", annotations: [] }]
+        }],
+        usage: { input_tokens: 5, output_tokens: 3, total_tokens: 8 }
+      })
+    )
     const r = await openai(t.token).responses.create({ model: "gpt-4o-mini", input: "Hi" })
     expect(r.output_text).toBe("Hi from responses")
     expect(stack.mock.requests[0]!.path).toBe("/v1/responses")
   })
 
   it("embeddings and models", async () => {
-    stack.mock.route("/v1/embeddings", json({
-      object: "list",
-      data: [{ object: "embedding", index: 0, embedding: [0.25, -0.5] }],
-      model: "text-embedding-3-small",
-      usage: { prompt_tokens: 2, total_tokens: 2 }
-    }))
-    stack.mock.route("/v1/models", json({ object: "list", data: [{ id: "gpt-4o-mini", object: "model", created: 1, owned_by: "openai" }] }))
+    stack.mock.route(
+      "/v1/embeddings",
+      json({
+        object: "list",
+        data: [{ object: "embedding", index: 0, embedding: [0.25, -0.5] }],
+        model: "text-embedding-3-small",
+        usage: { prompt_tokens: 2, total_tokens: 2 }
+      })
+    )
+    stack.mock.route(
+      "/v1/models",
+      json({ object: "list", data: [{ id: "gpt-4o-mini", object: "model", created: 1, owned_by: "openai" }] })
+    )
     const client = openai(t.token)
     const e = await client.embeddings.create({ model: "text-embedding-3-small", input: "hi", encoding_format: "float" })
     expect(e.data[0]!.embedding).toEqual([0.25, -0.5])
@@ -112,7 +124,8 @@ describe("openai", () => {
   })
 
   it("typed errors with code and type: AuthenticationError, RateLimitError (quota, not retried), PermissionDeniedError", async () => {
-    const bad = await openai("sk-not-a-proxy-token").chat.completions.create({ model: "gpt-4o-mini", messages: [] }).catch((e) => e)
+    const bad = await openai("sk-not-a-proxy-token").chat.completions.create({ model: "gpt-4o-mini", messages: [] })
+      .catch((e) => e)
     expect(bad).toBeInstanceOf(OpenAI.AuthenticationError)
     expect(bad).toMatchObject({ status: 401, code: "invalid_token", type: "authentication_error" })
 
@@ -128,7 +141,9 @@ describe("openai", () => {
 
     const inactive = await projectAndToken(stack.manage)
     await stack.manage.patch(`/manage/projects/${inactive.projectId}`, { is_active: false })
-    const denied = await openai(inactive.token).chat.completions.create({ model: "gpt-4o-mini", messages: [] }).catch((e) => e)
+    const denied = await openai(inactive.token).chat.completions.create({ model: "gpt-4o-mini", messages: [] }).catch((
+      e
+    ) => e)
     expect(denied).toBeInstanceOf(OpenAI.PermissionDeniedError)
     expect(denied).toMatchObject({ status: 403, code: "project_inactive", type: "permission_error" })
     expect(stack.mock.requests).toHaveLength(1)
@@ -143,16 +158,19 @@ describe("@anthropic-ai/sdk", () => {
   const anthropic = (apiKey: string) => new Anthropic({ apiKey, baseURL: stack.server.url, maxRetries: 0 })
 
   it("messages with the proxy token as apiKey: the upstream gets the project's key", async () => {
-    stack.mock.route("/v1/messages", json({
-      id: "msg_1",
-      type: "message",
-      role: "assistant",
-      model: "claude-sonnet-4-5",
-      content: [{ type: "text", text: "Hi from Claude" }],
-      stop_reason: "end_turn",
-      stop_sequence: null,
-      usage: { input_tokens: 4, output_tokens: 3 }
-    }))
+    stack.mock.route(
+      "/v1/messages",
+      json({
+        id: "msg_1",
+        type: "message",
+        role: "assistant",
+        model: "claude-sonnet-4-5",
+        content: [{ type: "text", text: "Hi from Claude" }],
+        stop_reason: "end_turn",
+        stop_sequence: null,
+        usage: { input_tokens: 4, output_tokens: 3 }
+      })
+    )
     const m = await anthropic(a.token).messages.create({
       model: "claude-sonnet-4-5",
       max_tokens: 16,
@@ -170,6 +188,9 @@ describe("@anthropic-ai/sdk", () => {
     }).catch((e) => e)
     expect(bad).toBeInstanceOf(Anthropic.AuthenticationError)
     expect(bad.status).toBe(401)
-    expect(bad.error).toMatchObject({ type: "error", error: { type: "authentication_error", message: "Invalid token", code: "invalid_token" } })
+    expect(bad.error).toMatchObject({
+      type: "error",
+      error: { type: "authentication_error", message: "Invalid token", code: "invalid_token" }
+    })
   })
 })

@@ -4,16 +4,16 @@
  */
 import { Context, Effect, Exit, Layer, Option, Redacted, Scope, Tracer } from "effect"
 import { mkdtempSync, writeFileSync } from "node:fs"
-import { request as httpRequest, type IncomingHttpHeaders } from "node:http"
+import { type IncomingHttpHeaders, request as httpRequest } from "node:http"
 import { createRequire } from "node:module"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import type { AppConfigShape } from "../../src/config/AppConfig.js"
+import { ServerAddress } from "../../src/http/Server.js"
+import { loggerLayer, serveLayer, type ServeOptions } from "../../src/Layers.js"
 import { type BackendInstance, Client, providerKey, uniqueName } from "../http/harness.js"
 import { withPgClient } from "../support/databases.js"
 import { type MockUpstream, startMockUpstream } from "../support/mockUpstream.js"
-import { ServerAddress } from "../../src/http/Server.js"
-import { loggerLayer, type ServeOptions, serveLayer } from "../../src/Layers.js"
 import { testConfig, type TestServer } from "../support/server.js"
 
 /** Counts the SQL statements the server runs (every @effect/sql query is one `sql.execute` span). */
@@ -40,7 +40,10 @@ export const startServerCounting = async (
   options: ServeOptions = {}
 ): Promise<TestServer> => {
   const scope = Effect.runSync(Scope.make())
-  const layer = serveLayer(config, options).pipe(Layer.provide(loggerLayer(config)), Layer.provide(countingTracer(counter)))
+  const layer = serveLayer(config, options).pipe(
+    Layer.provide(loggerLayer(config)),
+    Layer.provide(countingTracer(counter))
+  )
   const ctx = await Effect.runPromise(Layer.buildWithScope(layer, scope))
   const address = Context.get(ctx, ServerAddress)
   return {
@@ -76,11 +79,15 @@ export const startStack = async (
 ): Promise<Stack> => {
   const m = mock ?? (await startMockUpstream())
   const queries = new QueryCounter()
-  const server = await startServerCounting(testConfig(backend.database, {
-    openaiApiUrl: m.url,
-    ...(providersYaml !== undefined ? { apiConfigPath: Option.some(writeProvidersYaml(providersYaml, m.url)) } : {}),
-    ...overrides
-  }), queries, options)
+  const server = await startServerCounting(
+    testConfig(backend.database, {
+      openaiApiUrl: m.url,
+      ...(providersYaml !== undefined ? { apiConfigPath: Option.some(writeProvidersYaml(providersYaml, m.url)) } : {}),
+      ...overrides
+    }),
+    queries,
+    options
+  )
   return {
     server,
     queries,
@@ -108,7 +115,11 @@ export const createProject = async (manage: Client, options: { provider?: string
   return { projectId: r.json.id as string, apiKey }
 }
 
-export const createToken = async (manage: Client, projectId: string, options: { max_requests?: number; duration_minutes?: number } = {}) => {
+export const createToken = async (
+  manage: Client,
+  projectId: string,
+  options: { max_requests?: number; duration_minutes?: number } = {}
+) => {
   const r = await manage.post("/manage/tokens", { project_id: projectId, duration_minutes: 60, ...options })
   if (r.status !== 201) throw new Error(`create token: ${r.status} ${r.text}`)
   return { tokenId: r.json.id as string, token: r.json.token as string }
@@ -119,7 +130,11 @@ export const projectAndToken = async (
   options: { max_requests?: number; provider?: string } = {}
 ): Promise<ProjectAndToken> => {
   const p = await createProject(manage, options.provider !== undefined ? { provider: options.provider } : {})
-  const t = await createToken(manage, p.projectId, options.max_requests !== undefined ? { max_requests: options.max_requests } : {})
+  const t = await createToken(
+    manage,
+    p.projectId,
+    options.max_requests !== undefined ? { max_requests: options.max_requests } : {}
+  )
   return { ...p, ...t }
 }
 
@@ -153,7 +168,9 @@ export const call = (baseUrl: string, path: string, options: ProxyCall = {}): Pr
   if (options.token !== undefined && options.token !== null) headers["authorization"] ??= `Bearer ${options.token}`
   let body: string | Buffer | undefined
   if (options.body !== undefined) {
-    body = typeof options.body === "string" || Buffer.isBuffer(options.body) ? options.body : JSON.stringify(options.body)
+    body = typeof options.body === "string" || Buffer.isBuffer(options.body)
+      ? options.body
+      : JSON.stringify(options.body)
     headers["content-type"] ??= "application/json"
     headers["content-length"] ??= String(Buffer.byteLength(body))
   }
@@ -161,7 +178,14 @@ export const call = (baseUrl: string, path: string, options: ProxyCall = {}): Pr
   for (const [k, v] of Object.entries(headers)) if (v === "") delete headers[k]
   return new Promise((resolve, reject) => {
     const req = httpRequest(
-      { host: url.hostname, port: url.port, method: options.method ?? (body !== undefined ? "POST" : "GET"), path, headers, agent: false },
+      {
+        host: url.hostname,
+        port: url.port,
+        method: options.method ?? (body !== undefined ? "POST" : "GET"),
+        path,
+        headers,
+        agent: false
+      },
       (res) => {
         const parts: Array<Buffer> = []
         res.on("data", (d: Buffer) => parts.push(d))

@@ -5,11 +5,22 @@
  * and the window rate limits per token and per project.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
-import { backends, type BackendInstance } from "../http/harness.js"
+import { type BackendInstance, backends } from "../http/harness.js"
 import { redisUrl } from "../support/databases.js"
 import { chatChunks, json, sse } from "../support/mockUpstream.js"
-import { call, chatBody, createToken, eventually, exec, projectAndToken, sleep, type Stack, startStack, tokenRow } from "./stack.js"
 import { proxyError } from "../support/proxyErrors.js"
+import {
+  call,
+  chatBody,
+  createToken,
+  eventually,
+  exec,
+  projectAndToken,
+  sleep,
+  type Stack,
+  startStack,
+  tokenRow
+} from "./stack.js"
 
 const inactive = { message: "Token is inactive", code: "token_inactive" }
 
@@ -37,7 +48,11 @@ describe.each(backends)("proxy on $name", (b) => {
       const third = await go(t.token)
       expect(third.status).toBe(429)
       // A used-up quota is final: SDKs read x-should-retry before their own retry rules, and OpenAI's quota type.
-      expect(proxyError(third.json)).toMatchObject({ message: "Rate limit exceeded", code: "rate_limit_exceeded", type: "insufficient_quota" })
+      expect(proxyError(third.json)).toMatchObject({
+        message: "Rate limit exceeded",
+        code: "rate_limit_exceeded",
+        type: "insufficient_quota"
+      })
       expect(third.headers["x-should-retry"]).toBe("false")
       expect(stack.mock.requests).toHaveLength(2)
       await stack.manage.get(`/manage/tokens/${t.tokenId}`)
@@ -62,8 +77,13 @@ describe.each(backends)("proxy on $name", (b) => {
       try {
         const t = await projectAndToken(stack.manage, { max_requests: 5 })
         stack.mock.setDefault(json({ ok: true }, { delayMs: 30 }))
-        const replies = await Promise.all(Array.from({ length: 20 }, (_, i) =>
-          call((i % 2 === 0 ? stack : other).server.url, "/v1/chat/completions", { token: t.token, body: chatBody() })))
+        const replies = await Promise.all(
+          Array.from({ length: 20 }, (_, i) =>
+            call((i % 2 === 0 ? stack : other).server.url, "/v1/chat/completions", {
+              token: t.token,
+              body: chatBody()
+            }))
+        )
         expect(replies.filter((r) => r.status === 200)).toHaveLength(5)
         expect(replies.filter((r) => r.status === 429)).toHaveLength(15)
         expect(stack.mock.requests).toHaveLength(5)
@@ -136,10 +156,16 @@ describe.each(backends)("proxy on $name", (b) => {
       expect((await go(t.token)).status).toBe(200)
       await stack.manage.patch(`/manage/tokens/${t.tokenId}`, { expires_at: new Date(Date.now() - 1000).toISOString() })
       const expired = await go(t.token)
-      expect(proxyError(expired.json)).toMatchObject({ message: "Token has expired", code: "token_expired", type: "authentication_error" })
+      expect(proxyError(expired.json)).toMatchObject({
+        message: "Token has expired",
+        code: "token_expired",
+        type: "authentication_error"
+      })
       expect(expired.headers["x-should-retry"]).toBe("false")
       const limited = await projectAndToken(stack.manage, { max_requests: 5 })
-      await stack.manage.patch(`/manage/tokens/${limited.tokenId}`, { expires_at: new Date(Date.now() - 1000).toISOString() })
+      await stack.manage.patch(`/manage/tokens/${limited.tokenId}`, {
+        expires_at: new Date(Date.now() - 1000).toISOString()
+      })
       expect(proxyError((await go(limited.token)).json).code).toBe("token_expired")
     })
 
@@ -203,7 +229,10 @@ describe.each(backends)("proxy on $name", (b) => {
       const t = await projectAndToken(stack.manage, { max_requests: 10 })
       expect((await go(t.token)).status).toBe(200)
       await exec(backend, "UPDATE projects SET is_active = '0' WHERE id = ?", [t.projectId])
-      expect(proxyError((await go(t.token)).json)).toMatchObject({ message: "Project is inactive", code: "project_inactive" })
+      expect(proxyError((await go(t.token)).json)).toMatchObject({
+        message: "Project is inactive",
+        code: "project_inactive"
+      })
       await exec(backend, "UPDATE projects SET is_active = '1' WHERE id = ?", [t.projectId])
       expect((await go(t.token)).status).toBe(200)
       await exec(backend, "UPDATE tokens SET is_active = '0' WHERE id = ?", [t.tokenId])
@@ -259,13 +288,19 @@ describe.each(backends)("proxy on $name", (b) => {
   describe("window rate limits (rate_limit of tokens and projects)", () => {
     it("per token: limit 2 per 60 s → the 3rd call 429 rate_limit_exceeded with Retry-After", async () => {
       const t = await projectAndToken(stack.manage)
-      const patched = await stack.manage.patch(`/manage/tokens/${t.tokenId}`, { rate_limit: { requests: 2, window_seconds: 60 } })
+      const patched = await stack.manage.patch(`/manage/tokens/${t.tokenId}`, {
+        rate_limit: { requests: 2, window_seconds: 60 }
+      })
       expect(patched.json.rate_limit).toEqual({ requests: 2, window_seconds: 60 })
       expect((await go(t.token)).status).toBe(200)
       expect((await go(t.token)).status).toBe(200)
       const r = await go(t.token)
       expect(r.status).toBe(429)
-      expect(proxyError(r.json)).toMatchObject({ code: "rate_limit_exceeded", description: "token rate limit exceeded", type: "rate_limit_error" })
+      expect(proxyError(r.json)).toMatchObject({
+        code: "rate_limit_exceeded",
+        description: "token rate limit exceeded",
+        type: "rate_limit_error"
+      })
       // A window limit passes: retrying later can succeed.
       expect(r.headers["x-should-retry"]).toBeUndefined()
       expect(Number(r.headers["retry-after"])).toBeGreaterThanOrEqual(1)
@@ -307,7 +342,9 @@ describe.each(backends)("proxy on $name", (b) => {
 
     it("a rate limit written straight to the database (another instance) applies once the cache entry is re-read", async () => {
       const t = await projectAndToken(stack.manage)
-      await exec(backend, "UPDATE tokens SET rate_limit_requests = 1, rate_limit_window_seconds = 60 WHERE id = ?", [t.tokenId])
+      await exec(backend, "UPDATE tokens SET rate_limit_requests = 1, rate_limit_window_seconds = 60 WHERE id = ?", [
+        t.tokenId
+      ])
       await stack.manage.patch(`/manage/projects/${t.projectId}`, { name: `renamed-${crypto.randomUUID()}` }) // re-read
       expect((await go(t.token)).status).toBe(200)
       expect((await go(t.token)).status).toBe(429)
@@ -347,10 +384,14 @@ describe.skipIf(!redisUrl)("several instances with INVALIDATION_BACKEND=redis", 
       expect((await viaB()).status).toBe(200)
       const rotated = `sk-rotated-${crypto.randomUUID()}`
       await a.manage.patch(`/manage/projects/${t.projectId}`, { api_key: rotated })
-      await eventually(async () => {
-        await viaB()
-        return a.mock.requests.at(-1)!.headers.authorization === `Bearer ${rotated}`
-      }, 2_000, 20)
+      await eventually(
+        async () => {
+          await viaB()
+          return a.mock.requests.at(-1)!.headers.authorization === `Bearer ${rotated}`
+        },
+        2_000,
+        20
+      )
       await a.manage.patch(`/manage/projects/${t.projectId}`, { is_active: false })
       await eventually(async () => (await viaB()).status === 403, 2_000, 20)
       await a.manage.patch(`/manage/projects/${t.projectId}`, { is_active: true })
@@ -368,7 +409,11 @@ describe.skipIf(!redisUrl)("several instances with INVALIDATION_BACKEND=redis", 
 describe("Redis unreachable", () => {
   it("rate-limited requests are allowed (and logged) instead of failing or hanging; invalidation still applies locally", async () => {
     const backend = await backends[0]!.create()
-    const s = await startStack(backend, { rateLimitBackend: "redis", invalidationBackend: "redis", redisUrl: "redis://127.0.0.1:1" })
+    const s = await startStack(backend, {
+      rateLimitBackend: "redis",
+      invalidationBackend: "redis",
+      redisUrl: "redis://127.0.0.1:1"
+    })
     try {
       const t = await projectAndToken(s.manage)
       await s.manage.patch(`/manage/tokens/${t.tokenId}`, { rate_limit: { requests: 1, window_seconds: 60 } })

@@ -3,11 +3,19 @@
  * (the mock writes the next chunk only after the client has received the previous one), a client going away
  * aborts the upstream request, and — SLOW, ~90 s — a 90-second stream completes.
  */
-import { request as httpRequest, type IncomingMessage } from "node:http"
+import { type IncomingMessage, request as httpRequest } from "node:http"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import { backends } from "../http/harness.js"
 import { chatChunks, handler, hang, sse } from "../support/mockUpstream.js"
-import { chatBody, eventually, projectAndToken, type ProjectAndToken, type Stack, startStack, tokenRow } from "./stack.js"
+import {
+  chatBody,
+  eventually,
+  type ProjectAndToken,
+  projectAndToken,
+  type Stack,
+  startStack,
+  tokenRow
+} from "./stack.js"
 
 let stack: Stack
 let t: ProjectAndToken
@@ -32,7 +40,11 @@ const open = (body: unknown = chatBody({ stream: true, stream_options: { include
       method: "POST",
       path: "/v1/chat/completions",
       agent: false,
-      headers: { authorization: `Bearer ${t.token}`, "content-type": "application/json", "content-length": Buffer.byteLength(text) }
+      headers: {
+        authorization: `Bearer ${t.token}`,
+        "content-type": "application/json",
+        "content-length": Buffer.byteLength(text)
+      }
     }, (res) => resolve({ res, destroy: () => req.destroy() }))
     req.on("error", (e) => (e.message.includes("socket hang up") ? undefined : reject(e)))
     req.end(text)

@@ -87,7 +87,9 @@ describe("UsageCapture", () => {
 
   it("mergeUsage ignores junk", () => {
     const acc = {}
-    for (const doc of [null, 1, "x", { usage: null }, { usage: { prompt_tokens: -1 } }, { usage: { prompt_tokens: "3" } }]) {
+    for (
+      const doc of [null, 1, "x", { usage: null }, { usage: { prompt_tokens: -1 } }, { usage: { prompt_tokens: "3" } }]
+    ) {
       mergeUsage(acc, doc)
     }
     expect(finishUsage(acc)).toBeUndefined()
@@ -112,15 +114,43 @@ describe("AnswerFacts read on the side", () => {
     const c = new UsageCapture("sse", 0)
     const before = performance.now()
     await run(c, [
-      frame({ ...base, choices: [{ index: 0, delta: { role: "assistant", content: "" }, finish_reason: null }, { index: 1, delta: { content: "" }, finish_reason: null }] }),
-      frame({ ...base, id: "chatcmpl-other", model: "other", choices: [{ index: 1, delta: { content: "b" }, finish_reason: null }] }),
+      frame({
+        ...base,
+        choices: [{ index: 0, delta: { role: "assistant", content: "" }, finish_reason: null }, {
+          index: 1,
+          delta: { content: "" },
+          finish_reason: null
+        }]
+      }),
+      frame({
+        ...base,
+        id: "chatcmpl-other",
+        model: "other",
+        choices: [{ index: 1, delta: { content: "b" }, finish_reason: null }]
+      }),
       // choice 1 ends first; spaced JSON is recognised too
       `data: {"id":"chatcmpl-9","choices":[{"index":1,"delta":{},"finish_reason": "length"}]}\n\n`,
       frame({ ...base, choices: [{ index: 0, delta: {}, finish_reason: "stop" }] }),
-      frame({ ...base, choices: [], usage: { prompt_tokens: 20, completion_tokens: 4, total_tokens: 24, prompt_tokens_details: { cached_tokens: 16 } } }),
+      frame({
+        ...base,
+        choices: [],
+        usage: {
+          prompt_tokens: 20,
+          completion_tokens: 4,
+          total_tokens: 24,
+          prompt_tokens_details: { cached_tokens: 16 }
+        }
+      }),
       "data: [DONE]\n\n"
     ])
-    expect(facts(c)).toEqual({ model: "gpt-4o-mini-2024-07-18", id: "chatcmpl-9", finish: ["stop", "length"], input: 20, cacheRead: 16, cacheCreation: undefined })
+    expect(facts(c)).toEqual({
+      model: "gpt-4o-mini-2024-07-18",
+      id: "chatcmpl-9",
+      finish: ["stop", "length"],
+      input: 20,
+      cacheRead: 16,
+      cacheCreation: undefined
+    })
     expect(c.reader.firstChunkAt).toBeGreaterThanOrEqual(before)
     expect(c.usage).toEqual({ prompt_tokens: 20, completion_tokens: 4, total_tokens: 24 })
   })
@@ -135,7 +165,14 @@ describe("AnswerFacts read on the side", () => {
     ])
     // The usage counters stay as the provider reports them; the GenAI input count includes the cached tokens.
     expect(c.usage).toEqual({ prompt_tokens: 10, completion_tokens: 12, total_tokens: 22 })
-    expect(facts(c)).toEqual({ model: "claude-sonnet-4-5", id: "msg_1", finish: ["end_turn"], input: 115, cacheRead: 100, cacheCreation: 5 })
+    expect(facts(c)).toEqual({
+      model: "claude-sonnet-4-5",
+      id: "msg_1",
+      finish: ["end_turn"],
+      input: 115,
+      cacheRead: 100,
+      cacheCreation: 5
+    })
   })
 
   it("JSON answers: OpenAI chat, Anthropic message, OpenAI response, embeddings", async () => {
@@ -144,14 +181,64 @@ describe("AnswerFacts read on the side", () => {
       await run(c, [JSON.stringify(doc)])
       return facts(c)
     }
-    expect(await read({ id: "chatcmpl-1", model: "gpt-4o", choices: [{ index: 0, finish_reason: "tool_calls" }], usage: { prompt_tokens: 3, completion_tokens: 1 } }))
-      .toEqual({ model: "gpt-4o", id: "chatcmpl-1", finish: ["tool_calls"], input: 3, cacheRead: undefined, cacheCreation: undefined })
-    expect(await read({ id: "msg_2", type: "message", model: "claude-haiku", stop_reason: "max_tokens", usage: { input_tokens: 7, output_tokens: 2 } }))
-      .toEqual({ model: "claude-haiku", id: "msg_2", finish: ["max_tokens"], input: 7, cacheRead: undefined, cacheCreation: undefined })
-    expect(await read({ id: "resp_3", object: "response", model: "gpt-4.1", usage: { input_tokens: 8, output_tokens: 2, input_tokens_details: { cached_tokens: 6 } } }))
+    expect(
+      await read({
+        id: "chatcmpl-1",
+        model: "gpt-4o",
+        choices: [{ index: 0, finish_reason: "tool_calls" }],
+        usage: { prompt_tokens: 3, completion_tokens: 1 }
+      })
+    )
+      .toEqual({
+        model: "gpt-4o",
+        id: "chatcmpl-1",
+        finish: ["tool_calls"],
+        input: 3,
+        cacheRead: undefined,
+        cacheCreation: undefined
+      })
+    expect(
+      await read({
+        id: "msg_2",
+        type: "message",
+        model: "claude-haiku",
+        stop_reason: "max_tokens",
+        usage: { input_tokens: 7, output_tokens: 2 }
+      })
+    )
+      .toEqual({
+        model: "claude-haiku",
+        id: "msg_2",
+        finish: ["max_tokens"],
+        input: 7,
+        cacheRead: undefined,
+        cacheCreation: undefined
+      })
+    expect(
+      await read({
+        id: "resp_3",
+        object: "response",
+        model: "gpt-4.1",
+        usage: { input_tokens: 8, output_tokens: 2, input_tokens_details: { cached_tokens: 6 } }
+      })
+    )
       .toEqual({ model: "gpt-4.1", id: "resp_3", finish: undefined, input: 8, cacheRead: 6, cacheCreation: undefined })
-    expect(await read({ object: "list", model: "text-embedding-3-small", data: [], usage: { prompt_tokens: 5, total_tokens: 5 } }))
-      .toEqual({ model: "text-embedding-3-small", id: undefined, finish: undefined, input: 5, cacheRead: undefined, cacheCreation: undefined })
+    expect(
+      await read({
+        object: "list",
+        model: "text-embedding-3-small",
+        data: [],
+        usage: { prompt_tokens: 5, total_tokens: 5 }
+      })
+    )
+      .toEqual({
+        model: "text-embedding-3-small",
+        id: undefined,
+        finish: undefined,
+        input: 5,
+        cacheRead: undefined,
+        cacheCreation: undefined
+      })
   })
 
   it("bounds what the upstream may put in: long ids cut to 256 characters, at most 16 choices, junk ignored", async () => {
@@ -162,7 +249,14 @@ describe("AnswerFacts read on the side", () => {
     expect(c.reader.responseModel).toBeUndefined()
     expect(c.reader.finishReasons).toEqual(Array.from({ length: 16 }, (_, i) => `r${i}`))
     const junk = new UsageCapture("json", 0)
-    await run(junk, [JSON.stringify({ choices: [null, { index: 0, finish_reason: 7 }, { index: 99, finish_reason: "stop" }, { index: 1.5, finish_reason: "x" }, { index: 1, finish_reason: "" }] })])
+    await run(junk, [
+      JSON.stringify({
+        choices: [null, { index: 0, finish_reason: 7 }, { index: 99, finish_reason: "stop" }, {
+          index: 1.5,
+          finish_reason: "x"
+        }, { index: 1, finish_reason: "" }]
+      })
+    ])
     expect(junk.reader.finishReasons).toBeUndefined()
   })
 
@@ -170,7 +264,14 @@ describe("AnswerFacts read on the side", () => {
     const c = new UsageCapture("sse", 0)
     await run(c, [])
     expect(c.reader.firstChunkAt).toBeUndefined()
-    expect(facts(c)).toEqual({ model: undefined, id: undefined, finish: undefined, input: undefined, cacheRead: undefined, cacheCreation: undefined })
+    expect(facts(c)).toEqual({
+      model: undefined,
+      id: undefined,
+      finish: undefined,
+      input: undefined,
+      cacheRead: undefined,
+      cacheCreation: undefined
+    })
   })
 })
 
@@ -186,11 +287,30 @@ describe("chunkFacts (an OpenAI chunk's facts without parsing it)", () => {
   }
 
   it("reads the usual chunks itself", () => {
-    for (const doc of [
-      { id: "chatcmpl-1", object: "chat.completion.chunk", created: 1, model: "gpt-4o-mini", choices: [{ index: 0, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }] },
-      { id: "chatcmpl-1", object: "chat.completion.chunk", created: 1, model: "gpt-4o-mini", system_fingerprint: "fp_1", choices: [{ index: 0, delta: {}, logprobs: null, finish_reason: "stop" }] },
-      { id: "c", model: "m", choices: [{ index: 1, delta: {}, finish_reason: "length" }, { index: 0, delta: {}, finish_reason: "stop" }] }
-    ]) {
+    for (
+      const doc of [
+        {
+          id: "chatcmpl-1",
+          object: "chat.completion.chunk",
+          created: 1,
+          model: "gpt-4o-mini",
+          choices: [{ index: 0, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }]
+        },
+        {
+          id: "chatcmpl-1",
+          object: "chat.completion.chunk",
+          created: 1,
+          model: "gpt-4o-mini",
+          system_fingerprint: "fp_1",
+          choices: [{ index: 0, delta: {}, logprobs: null, finish_reason: "stop" }]
+        },
+        {
+          id: "c",
+          model: "m",
+          choices: [{ index: 1, delta: {}, finish_reason: "length" }, { index: 0, delta: {}, finish_reason: "stop" }]
+        }
+      ]
+    ) {
       const line = `data: ${JSON.stringify(doc)}`
       expect(viaScan(line), line).toEqual(viaParse(line))
     }
@@ -207,17 +327,19 @@ describe("chunkFacts (an OpenAI chunk's facts without parsing it)", () => {
     for (let k = 0; k < 3000; k++) {
       const choices = Array.from({ length: rand(3) }, (_, i) => ({
         index: pick([i, i + 1, 0]),
-        delta: pick([{}, { content: "x" }, { tool_calls: [{ index: rand(3), id: "call_1", function: { name: "f" } }] }]),
+        delta: pick([{}, { content: "x" }, {
+          tool_calls: [{ index: rand(3), id: "call_1", function: { name: "f" } }]
+        }]),
         ...(rand(2) === 0 ? { logprobs: pick([null, { content: [{ token: "a" }] }]) } : {}),
-        finish_reason: pick([null, "stop", "length", "tool_calls", 'we"ird', "back\\slash"])
+        finish_reason: pick([null, "stop", "length", "tool_calls", "we\"ird", "back\\slash"])
       }))
       const doc: Record<string, unknown> = {}
       for (const key of [pick(["id", "x"]), "object", pick(["model", "y"]), "choices"]) {
-        doc[key] = key === "choices" ? choices : pick(["chatcmpl-1", "", 'q"uote', "gpt-4o", "ü-model"])
+        doc[key] = key === "choices" ? choices : pick(["chatcmpl-1", "", "q\"uote", "gpt-4o", "ü-model"])
       }
       if (rand(4) === 0) doc["usage"] = null
       const json = JSON.stringify(doc)
-      const line = `data: ${rand(3) === 0 ? json.replaceAll('":', '": ') : json}`
+      const line = `data: ${rand(3) === 0 ? json.replaceAll("\":", "\": ") : json}`
       const scan = viaScan(line)
       if (scan === undefined) continue
       scanned++
@@ -228,6 +350,6 @@ describe("chunkFacts (an OpenAI chunk's facts without parsing it)", () => {
   })
 
   it("leaves lines without choices to the parser", () => {
-    expect(viaScan('data: {"type":"message_delta","delta":{"stop_reason":"end_turn"}}')).toBeUndefined()
+    expect(viaScan("data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"}}")).toBeUndefined()
   })
 })

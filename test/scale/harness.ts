@@ -42,7 +42,9 @@ export const waitFor = async (what: string, check: () => boolean | Promise<boole
 const isRoot = process.getuid?.() === 0
 
 const pgBin = () => {
-  const versions = existsSync("/usr/lib/postgresql") ? readdirSync("/usr/lib/postgresql").sort((a, b) => Number(a) - Number(b)) : []
+  const versions = existsSync("/usr/lib/postgresql")
+    ? readdirSync("/usr/lib/postgresql").sort((a, b) => Number(a) - Number(b))
+    : []
   const v = versions.at(-1)
   return v === undefined ? undefined : `/usr/lib/postgresql/${v}/bin`
 }
@@ -51,7 +53,9 @@ export const haveServers = () => pgBin() !== undefined && spawnSync("redis-serve
 
 /** Runs a PostgreSQL binary as the `postgres` OS user when we are root (postgres refuses to run as root). */
 const asPg = (cmd: string, args: ReadonlyArray<string>) =>
-  isRoot ? execFileSync("runuser", ["-u", "postgres", "--", cmd, ...args], { stdio: "pipe", cwd: "/" }) : execFileSync(cmd, args, { stdio: "pipe" })
+  isRoot
+    ? execFileSync("runuser", ["-u", "postgres", "--", cmd, ...args], { stdio: "pipe", cwd: "/" })
+    : execFileSync(cmd, args, { stdio: "pipe" })
 
 export interface Postgres {
   readonly url: string
@@ -69,9 +73,19 @@ export const startPostgres = async (root: string): Promise<Postgres> => {
   mkdirSync(sock, { recursive: true })
   chmodSync(root, 0o755)
   if (isRoot) execFileSync("chown", ["-R", "postgres:", dir])
-  asPg(join(binDir, "initdb"), ["-D", data, "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"])
+  asPg(join(binDir, "initdb"), [
+    "-D",
+    data,
+    "-U",
+    "postgres",
+    "--auth=trust",
+    "--encoding=UTF8",
+    "--locale=C",
+    "--no-sync"
+  ])
   const port = await freePort()
-  const conf = `\nlisten_addresses = '127.0.0.1'\nport = ${port}\nunix_socket_directories = '${sock}'\nmax_connections = 200\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n`
+  const conf =
+    `\nlisten_addresses = '127.0.0.1'\nport = ${port}\nunix_socket_directories = '${sock}'\nmax_connections = 200\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n`
   writeFileSync(join(dir, "extra.conf"), conf)
   asPg("sh", ["-c", `cat '${join(dir, "extra.conf")}' >> '${join(data, "postgresql.conf")}'`])
   const log = join(dir, "postgres.log")
@@ -117,9 +131,21 @@ export const startRedis = async (root: string): Promise<RedisServer> => {
   mkdirSync(dir, { recursive: true })
   const port = await freePort()
   let child: ChildProcess | undefined
-  const ping = () => spawnSync("redis-cli", ["-h", "127.0.0.1", "-p", String(port), "ping"]).stdout?.toString().trim() === "PONG"
+  const ping = () =>
+    spawnSync("redis-cli", ["-h", "127.0.0.1", "-p", String(port), "ping"]).stdout?.toString().trim() === "PONG"
   const start = async () => {
-    child = spawn("redis-server", ["--bind", "127.0.0.1", "--port", String(port), "--save", "", "--appendonly", "no", "--dir", dir], {
+    child = spawn("redis-server", [
+      "--bind",
+      "127.0.0.1",
+      "--port",
+      String(port),
+      "--save",
+      "",
+      "--appendonly",
+      "no",
+      "--dir",
+      dir
+    ], {
       stdio: "ignore"
     })
     await waitFor(`redis on ${port}`, ping)

@@ -7,12 +7,13 @@
  * every request's event reaches a dispatcher worker's JSONL file (LLM_PROXY_EVENT_BUS=redis-streams), and
  * prints throughput and latency percentiles for docs/performance.md. Part of `npm run test:scale`.
  */
-import { createRequire } from "node:module"
+import { type ChildProcess, spawn } from "node:child_process"
 import { readFileSync, rmSync } from "node:fs"
+import { createRequire } from "node:module"
+import { join } from "node:path"
 import { Agent, request } from "undici"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { spawn, type ChildProcess } from "node:child_process"
-import { join } from "node:path"
+import { newManagementToken } from "../support/managementToken.js"
 import { stopAll } from "../support/processes.js"
 import {
   bin,
@@ -28,7 +29,6 @@ import {
   tempRoot,
   waitFor
 } from "./harness.js"
-import { newManagementToken } from "../support/managementToken.js"
 
 interface PgClient {
   connect(): Promise<void>
@@ -52,7 +52,8 @@ const usageOf = (pid: number) => {
   return { cpu, rssMb: Math.round(rss) }
 }
 
-const percentile = (sorted: ReadonlyArray<number>, p: number) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? 0
+const percentile = (sorted: ReadonlyArray<number>, p: number) =>
+  sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? 0
 
 describe.skipIf(!built || !haveServers())(`load: 3 instances, ${CLIENTS} clients, ${SECONDS} s, mixed JSON/SSE`, () => {
   let root: string
@@ -84,9 +85,14 @@ describe.skipIf(!built || !haveServers())(`load: 3 instances, ${CLIENTS} clients
     root = tempRoot()
     pg = await startPostgres(root)
     redis = await startRedis(root)
-    upstream = spawn(process.execPath, [join(import.meta.dirname, "../bench/upstream.mjs")], { stdio: ["ignore", "pipe", "inherit"] })
+    upstream = spawn(process.execPath, [join(import.meta.dirname, "../bench/upstream.mjs")], {
+      stdio: ["ignore", "pipe", "inherit"]
+    })
     upstreamUrl = await new Promise<string>((resolve) =>
-      upstream.stdout!.once("data", (d: Buffer) => resolve(`http://127.0.0.1:${(JSON.parse(d.toString()) as { port: number }).port}`))
+      upstream.stdout!.once(
+        "data",
+        (d: Buffer) => resolve(`http://127.0.0.1:${(JSON.parse(d.toString()) as { port: number }).port}`)
+      )
     )
     const env = {
       DATABASE_URL: pg.url,
@@ -98,12 +104,34 @@ describe.skipIf(!built || !haveServers())(`load: 3 instances, ${CLIENTS} clients
       LOG_LEVEL: "warn"
     }
     const first = await startInstance({ ...env, LOG_LEVEL: "info" })
-    instances = [first, ...(await Promise.all([startInstance({ ...env, LOG_LEVEL: "info" }), startInstance({ ...env, LOG_LEVEL: "info" })]))]
+    instances = [
+      first,
+      ...(await Promise.all([
+        startInstance({ ...env, LOG_LEVEL: "info" }),
+        startInstance({ ...env, LOG_LEVEL: "info" })
+      ]))
+    ]
     // One dispatcher worker delivering the stream to a JSONL file.
     eventsFile = join(root, "events.jsonl")
-    dispatcher = spawn(process.execPath, [bin, "dispatcher", "--service", "file", "--endpoint", eventsFile, "--batch-size", "500", "--flush-interval", "200ms"], {
+    dispatcher = spawn(process.execPath, [
+      bin,
+      "dispatcher",
+      "--service",
+      "file",
+      "--endpoint",
+      eventsFile,
+      "--batch-size",
+      "500",
+      "--flush-interval",
+      "200ms"
+    ], {
       cwd: root,
-      env: { PATH: process.env.PATH ?? "", REDIS_URL: redis.url, LLM_PROXY_EVENT_BUS: "redis-streams", LOG_FORMAT: "json" },
+      env: {
+        PATH: process.env.PATH ?? "",
+        REDIS_URL: redis.url,
+        LLM_PROXY_EVENT_BUS: "redis-streams",
+        LOG_FORMAT: "json"
+      },
       stdio: ["ignore", "ignore", "inherit"]
     })
   }, 120_000)
@@ -126,7 +154,9 @@ describe.skipIf(!built || !haveServers())(`load: 3 instances, ${CLIENTS} clients
       for (let t = 0; t < TOKENS / 4; t++) tokens.push((await m.token(project.id)).token)
     }
     // Half the tokens carry a window limit far above what they can reach: the Redis limiter is on every request.
-    await sql("UPDATE tokens SET rate_limit_requests = 1000000, rate_limit_window_seconds = 60 WHERE id IN (SELECT id FROM tokens ORDER BY id LIMIT 20)")
+    await sql(
+      "UPDATE tokens SET rate_limit_requests = 1000000, rate_limit_window_seconds = 60 WHERE id IN (SELECT id FROM tokens ORDER BY id LIMIT 20)"
+    )
     const agent = new Agent({ connections: CLIENTS, keepAliveTimeout: 30_000 })
     const statuses = new Map<number, number>()
     const latencies: Array<number> = []
@@ -180,7 +210,10 @@ describe.skipIf(!built || !haveServers())(`load: 3 instances, ${CLIENTS} clients
     const expected = { requests: seen, prompt: seen * 12, completion: stats.json * 7 + stats.sse * 3 }
     let totals = { requests: -1, prompt: -1, completion: -1 }
     await waitFor("usage counters written", async () => {
-      const row = (await sql("SELECT SUM(request_count) AS r, SUM(prompt_tokens) AS p, SUM(completion_tokens) AS c FROM tokens"))[0]!
+      const row =
+        (await sql("SELECT SUM(request_count) AS r, SUM(prompt_tokens) AS p, SUM(completion_tokens) AS c FROM tokens"))[
+          0
+        ]!
       totals = { requests: Number(row["r"]), prompt: Number(row["p"]), completion: Number(row["c"]) }
       return totals.requests === expected.requests && totals.prompt === expected.prompt
     }, 15_000).catch(() => {})

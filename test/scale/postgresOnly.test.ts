@@ -11,7 +11,18 @@ import { rmSync } from "node:fs"
 import { createRequire } from "node:module"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { type MockUpstream, startMockUpstream } from "../support/mockUpstream.js"
-import { built, chat, haveServers, type Instance, management, type Postgres, startInstance, startPostgres, tempRoot, waitFor } from "./harness.js"
+import {
+  built,
+  chat,
+  haveServers,
+  type Instance,
+  management,
+  type Postgres,
+  startInstance,
+  startPostgres,
+  tempRoot,
+  waitFor
+} from "./harness.js"
 
 interface PgClient {
   connect(): Promise<void>
@@ -124,7 +135,11 @@ describe.skipIf(!built || !haveServers())("two instances on PostgreSQL only (no 
     expect(killed).toEqual([{ ok: true }])
     const r = await chat(B.url, t.token)
     expect([r.status, r.code]).toEqual([401, "token_inactive"])
-    await waitFor("B to listen again", async () => (await health(B)).checks["token_invalidation"]?.["status"] === "up", 10_000)
+    await waitFor(
+      "B to listen again",
+      async () => (await health(B)).checks["token_invalidation"]?.["status"] === "up",
+      10_000
+    )
     expect(B.output()).toContain("token invalidation channel (PostgreSQL LISTEN): ")
     expect(B.output()).toContain("token invalidation channel (PostgreSQL LISTEN) is back; token cache cleared")
     // Listening again: B trusts its cache (a change behind its back is not seen) and A's revocations reach it.

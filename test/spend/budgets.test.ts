@@ -12,12 +12,12 @@ import { join } from "node:path"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import * as Budgets from "../../src/spend/Budgets.js"
 import { Store } from "../../src/store/Store.js"
-import { backends, type BackendInstance } from "../http/harness.js"
-import { postgresUrl } from "../support/databases.js"
-import { proxyError } from "../support/proxyErrors.js"
-import { chatCompletion, json } from "../support/mockUpstream.js"
-import { freshStore } from "../store/backends.js"
+import { type BackendInstance, backends } from "../http/harness.js"
 import { call, chatBody, createToken, eventually, projectAndToken, type Stack, startStack } from "../proxy/stack.js"
+import { freshStore } from "../store/backends.js"
+import { postgresUrl } from "../support/databases.js"
+import { chatCompletion, json } from "../support/mockUpstream.js"
+import { proxyError } from "../support/proxyErrors.js"
 
 const dir = mkdtempSync(join(tmpdir(), "llm-proxy-budgets-"))
 const pricesPath = join(dir, "prices.yaml")
@@ -62,7 +62,8 @@ describe.each(backends)("budgets on $name", (b) => {
     expect(token.period_spent_usd).toBeCloseTo(0.0014, 12)
     await eventually(async () => {
       const audit = await stack.manage.get(`/manage/audit?token_id=${t.tokenId}&outcome=denied`)
-      return audit.json.events?.some((ev: any) => ev.action === "proxy_request" && ev.reason === "budget_exceeded") === true
+      return audit.json.events?.some((ev: any) => ev.action === "proxy_request" && ev.reason === "budget_exceeded") ===
+        true
     })
     // Raising the budget lets the token go on.
     expect((await stack.manage.patch(`/manage/tokens/${t.tokenId}`, { max_cost_usd: 0.01 })).status).toBe(200)
@@ -72,7 +73,9 @@ describe.each(backends)("budgets on $name", (b) => {
   it("a project's max_tokens budget stops every token of the project; a token without budget of another project is not slowed", async () => {
     const t = await projectAndToken(stack.manage)
     const other = await createToken(stack.manage, t.projectId)
-    expect((await stack.manage.patch(`/manage/projects/${t.projectId}`, { max_tokens: 600, budget_period: "month" })).status).toBe(200)
+    expect(
+      (await stack.manage.patch(`/manage/projects/${t.projectId}`, { max_tokens: 600, budget_period: "month" })).status
+    ).toBe(200)
     expect((await go(stack.server.url, t.token)).status).toBe(200) // 500 tokens
     expect((await go(stack.server.url, other.token)).status).toBe(200) // 500 before: 1000 after
     const refused = await go(stack.server.url, t.token)
@@ -82,7 +85,12 @@ describe.each(backends)("budgets on $name", (b) => {
     // Charges are written at once, in the background: refused above from this instance's count, read back here.
     await eventually(async () => (await stack.manage.get(`/manage/projects/${t.projectId}`)).json.tokens_used === 1000)
     const project = (await stack.manage.get(`/manage/projects/${t.projectId}`)).json
-    expect(project).toMatchObject({ tokens_used: 1000, period_tokens_used: 1000, max_tokens: 600, budget_period: "month" })
+    expect(project).toMatchObject({
+      tokens_used: 1000,
+      period_tokens_used: 1000,
+      max_tokens: 600,
+      budget_period: "month"
+    })
     expect(Date.parse(project.period_ends_at)).toBeGreaterThan(Date.now())
     const free = await projectAndToken(stack.manage)
     expect((await go(stack.server.url, free.token)).status).toBe(200)
@@ -124,35 +132,49 @@ describe.each(backends)("budgets on $name", (b) => {
 
   it("a model without a price: 403 model_not_priced with a USD budget, forwarded with a token budget only or none", async () => {
     const t = await projectAndToken(stack.manage)
-    const mystery = () => call(stack.server.url, "/v1/chat/completions", { token: t.token, body: chatBody({ model: "mystery-2" }) })
+    const mystery = () =>
+      call(stack.server.url, "/v1/chat/completions", { token: t.token, body: chatBody({ model: "mystery-2" }) })
     expect((await stack.manage.patch(`/manage/projects/${t.projectId}`, { max_cost_usd: 5 })).status).toBe(200)
     const refused = await mystery()
     expect(refused.status).toBe(403)
     expect(proxyError(refused.json).code).toBe("model_not_priced")
     expect(stack.mock.requests).toHaveLength(0)
     expect((await go(stack.server.url, t.token)).status).toBe(200) // a priced model goes through
-    expect((await stack.manage.patch(`/manage/projects/${t.projectId}`, { max_cost_usd: null, max_tokens: 100000 })).status).toBe(200)
+    expect(
+      (await stack.manage.patch(`/manage/projects/${t.projectId}`, { max_cost_usd: null, max_tokens: 100000 })).status
+    ).toBe(200)
     expect((await mystery()).status).toBe(200)
   })
 
   it("budget fields are validated: bad values are refused with the field's message and change nothing", async () => {
     const t = await projectAndToken(stack.manage)
-    for (const [body, message] of [
-      [{ max_cost_usd: 0 }, "max_cost_usd must be null or a number > 0"],
-      [{ max_cost_usd: "1" }, "invalid request body"],
-      [{ max_cost_usd: 2e9 }, "max_cost_usd must be null or a number > 0 and <= 1000000000"],
-      [{ max_tokens: 1.5 }, "max_tokens must be null or an integer"],
-      [{ budget_period: "week" }, "budget_period must be total, day or month"]
-    ] as const) {
+    for (
+      const [body, message] of [
+        [{ max_cost_usd: 0 }, "max_cost_usd must be null or a number > 0"],
+        [{ max_cost_usd: "1" }, "invalid request body"],
+        [{ max_cost_usd: 2e9 }, "max_cost_usd must be null or a number > 0 and <= 1000000000"],
+        [{ max_tokens: 1.5 }, "max_tokens must be null or an integer"],
+        [{ budget_period: "week" }, "budget_period must be total, day or month"]
+      ] as const
+    ) {
       const r = await stack.manage.patch(`/manage/tokens/${t.tokenId}`, body)
       expect(r.status, JSON.stringify(body)).toBe(400)
       expect(r.text).toContain(message)
     }
     expect(await spent(t.tokenId)).toMatchObject({ max_cost_usd: null, max_tokens: null, budget_period: "total" })
-    const created = await stack.manage.post("/manage/tokens", { project_id: t.projectId, duration_minutes: 5, max_tokens: 10, budget_period: "day" })
+    const created = await stack.manage.post("/manage/tokens", {
+      project_id: t.projectId,
+      duration_minutes: 5,
+      max_tokens: 10,
+      budget_period: "day"
+    })
     expect(created.status).toBe(201)
-    expect((await stack.manage.get(`/manage/tokens/${created.json.id}`)).json).toMatchObject({ max_tokens: 10, budget_period: "day" })
-    expect((await stack.manage.patch(`/manage/tokens/${created.json.id}`, { max_tokens: null })).json.max_tokens).toBeNull()
+    expect((await stack.manage.get(`/manage/tokens/${created.json.id}`)).json).toMatchObject({
+      max_tokens: 10,
+      budget_period: "day"
+    })
+    expect((await stack.manage.patch(`/manage/tokens/${created.json.id}`, { max_tokens: null })).json.max_tokens)
+      .toBeNull()
   })
 })
 
@@ -165,7 +187,13 @@ effectDescribe.each(dialects)("budget periods roll over (%s)", (dialect) => {
     const store = yield* Store
     const now = new Date().toISOString()
     const projectId = crypto.randomUUID()
-    yield* store.createProject({ id: projectId, name: `p-${projectId}`, apiKeys: [{ id: crypto.randomUUID(), key: "k", hint: "k", weight: 1, provider: null }], provider: "openai", now })
+    yield* store.createProject({
+      id: projectId,
+      name: `p-${projectId}`,
+      apiKeys: [{ id: crypto.randomUUID(), key: "k", hint: "k", weight: 1, provider: null }],
+      provider: "openai",
+      now
+    })
     const tokenId = crypto.randomUUID()
     yield* store.createToken({
       id: tokenId,
@@ -179,70 +207,100 @@ effectDescribe.each(dialects)("budget periods roll over (%s)", (dialect) => {
     return { tokenId, projectId }
   })
 
-  effectIt.effect("a day budget is used up on its day and free again the next UTC day; a month budget the next month", () =>
-    Effect.gen(function*() {
-      const budgets = yield* Budgets.Budgets
-      const { tokenId, projectId } = yield* setup
-      const day = { maxCostUsd: 1, maxTokens: null, period: "day" as const }
-      const month = { maxCostUsd: null, maxTokens: 100, period: "month" as const }
-      const t0 = Date.UTC(2026, 0, 31, 23, 0) // 23:00 on 31 January
-      budgets.charge(tokenId, projectId, 1.5, 50, t0)
-      yield* budgets.settled
-      budgets.charge(tokenId, projectId, 0, 60, t0 + 1000)
-      yield* budgets.settled
-      effectExpect(yield* budgets.check(tokenId, day, projectId, undefined, t0 + 30 * 60_000)).toMatchObject({ scope: "token", limit: "max_cost_usd" })
-      effectExpect(yield* budgets.check(tokenId, undefined, projectId, month, t0 + 30 * 60_000)).toMatchObject({ scope: "project", limit: "max_tokens" })
-      // 00:30 on 1 February: a new day and a new month
-      effectExpect(yield* budgets.check(tokenId, day, projectId, month, t0 + 90 * 60_000)).toBeUndefined()
-      // What is spent on the new day counts for it alone; the total keeps everything.
-      budgets.charge(tokenId, projectId, 0.5, 10, t0 + 90 * 60_000)
-      yield* budgets.settled
-      effectExpect(yield* budgets.check(tokenId, day, projectId, undefined, t0 + 2 * 3600_000)).toBeUndefined()
-      const total = { maxCostUsd: 2, maxTokens: null, period: "total" as const }
-      effectExpect(yield* budgets.check(tokenId, total, projectId, undefined, t0 + 2 * 3600_000)).toMatchObject({ limit: "max_cost_usd" })
-      const stored = Option.getOrThrow(yield* (yield* Store).spendOf(tokenId))
-      effectExpect(stored.token).toMatchObject({ spentUsd: 2, tokensUsed: 120, dayCostUsd: 0.5, dayTokens: 10, monthTokens: 10 })
-    }).pipe(Effect.provide(layer)))
-
-  effectIt.live("a check while a charge is being written counts it exactly once: neither missed nor twice (20 rounds)", () =>
-    Effect.gen(function*() {
-      const budgets = yield* Budgets.Budgets
-      // Missed, the project's $0.5 budget would not be used up; counted twice, the token's $0.75 would be.
-      const token = { maxCostUsd: 0.75, maxTokens: null, period: "total" as const }
-      const project = { maxCostUsd: 0.5, maxTokens: null, period: "total" as const }
-      for (let i = 0; i < 20; i++) {
+  effectIt.effect(
+    "a day budget is used up on its day and free again the next UTC day; a month budget the next month",
+    () =>
+      Effect.gen(function*() {
+        const budgets = yield* Budgets.Budgets
         const { tokenId, projectId } = yield* setup
-        // After a quiet spell a charge is written at once: its write is in flight when the check reads.
-        yield* Effect.sleep(Budgets.WRITE_GAP_MS + 5)
-        const now = Date.now()
-        budgets.charge(tokenId, projectId, 0.5, 10, now)
-        effectExpect(yield* budgets.check(tokenId, token, projectId, project, now)).toMatchObject({ scope: "project", limit: "max_cost_usd" })
-      }
-    }).pipe(Effect.provide(layer)))
+        const day = { maxCostUsd: 1, maxTokens: null, period: "day" as const }
+        const month = { maxCostUsd: null, maxTokens: 100, period: "month" as const }
+        const t0 = Date.UTC(2026, 0, 31, 23, 0) // 23:00 on 31 January
+        budgets.charge(tokenId, projectId, 1.5, 50, t0)
+        yield* budgets.settled
+        budgets.charge(tokenId, projectId, 0, 60, t0 + 1000)
+        yield* budgets.settled
+        effectExpect(yield* budgets.check(tokenId, day, projectId, undefined, t0 + 30 * 60_000)).toMatchObject({
+          scope: "token",
+          limit: "max_cost_usd"
+        })
+        effectExpect(yield* budgets.check(tokenId, undefined, projectId, month, t0 + 30 * 60_000)).toMatchObject({
+          scope: "project",
+          limit: "max_tokens"
+        })
+        // 00:30 on 1 February: a new day and a new month
+        effectExpect(yield* budgets.check(tokenId, day, projectId, month, t0 + 90 * 60_000)).toBeUndefined()
+        // What is spent on the new day counts for it alone; the total keeps everything.
+        budgets.charge(tokenId, projectId, 0.5, 10, t0 + 90 * 60_000)
+        yield* budgets.settled
+        effectExpect(yield* budgets.check(tokenId, day, projectId, undefined, t0 + 2 * 3600_000)).toBeUndefined()
+        const total = { maxCostUsd: 2, maxTokens: null, period: "total" as const }
+        effectExpect(yield* budgets.check(tokenId, total, projectId, undefined, t0 + 2 * 3600_000)).toMatchObject({
+          limit: "max_cost_usd"
+        })
+        const stored = Option.getOrThrow(yield* (yield* Store).spendOf(tokenId))
+        effectExpect(stored.token).toMatchObject({
+          spentUsd: 2,
+          tokensUsed: 120,
+          dayCostUsd: 0.5,
+          dayTokens: 10,
+          monthTokens: 10
+        })
+      }).pipe(Effect.provide(layer))
+  )
 
-  effectIt.live("500 charges in a burst: counted by the next check at once, all written together in the background", () =>
-    Effect.gen(function*() {
-      const budgets = yield* Budgets.Budgets
-      const store = yield* Store
-      const { tokenId, projectId } = yield* setup
-      for (let i = 0; i < 500; i++) budgets.charge(tokenId, projectId, 0.001, 3, Date.now())
-      const limit = (maxTokens: number) => ({ maxCostUsd: null, maxTokens, period: "total" as const })
-      effectExpect(yield* budgets.check(tokenId, limit(1500), projectId, undefined, Date.now())).toMatchObject({ limit: "max_tokens" })
-      effectExpect(yield* budgets.check(tokenId, limit(1501), projectId, limit(1501), Date.now())).toBeUndefined()
-      // Without `settled`: the writes land on their own.
-      let stored = Option.getOrThrow(yield* store.spendOf(tokenId))
-      for (let k = 0; k < 200 && (stored.token.tokensUsed < 1500 || stored.project.tokensUsed < 1500); k++) {
-        yield* Effect.sleep(10)
-        stored = Option.getOrThrow(yield* store.spendOf(tokenId))
-      }
-      effectExpect(stored.token.tokensUsed).toBe(1500)
-      effectExpect(stored.project.tokensUsed).toBe(1500)
-      effectExpect(stored.token.spentUsd).toBeCloseTo(0.5, 9)
-      // Read again after the writes: still counted once.
-      yield* Effect.sleep(Budgets.READ_TTL_MS + 5)
-      effectExpect(yield* budgets.check(tokenId, limit(1501), projectId, limit(1501), Date.now())).toBeUndefined()
-      effectExpect(yield* budgets.check(tokenId, limit(1500), projectId, undefined, Date.now())).toMatchObject({ limit: "max_tokens" })
-    }).pipe(Effect.provide(layer)))
+  effectIt.live(
+    "a check while a charge is being written counts it exactly once: neither missed nor twice (20 rounds)",
+    () =>
+      Effect.gen(function*() {
+        const budgets = yield* Budgets.Budgets
+        // Missed, the project's $0.5 budget would not be used up; counted twice, the token's $0.75 would be.
+        const token = { maxCostUsd: 0.75, maxTokens: null, period: "total" as const }
+        const project = { maxCostUsd: 0.5, maxTokens: null, period: "total" as const }
+        for (let i = 0; i < 20; i++) {
+          const { tokenId, projectId } = yield* setup
+          // After a quiet spell a charge is written at once: its write is in flight when the check reads.
+          yield* Effect.sleep(Budgets.WRITE_GAP_MS + 5)
+          const now = Date.now()
+          budgets.charge(tokenId, projectId, 0.5, 10, now)
+          effectExpect(yield* budgets.check(tokenId, token, projectId, project, now)).toMatchObject({
+            scope: "project",
+            limit: "max_cost_usd"
+          })
+        }
+      }).pipe(Effect.provide(layer))
+  )
+
+  effectIt.live(
+    "500 charges in a burst: counted by the next check at once, all written together in the background",
+    () =>
+      Effect.gen(function*() {
+        const budgets = yield* Budgets.Budgets
+        const store = yield* Store
+        const { tokenId, projectId } = yield* setup
+        for (let i = 0; i < 500; i++) budgets.charge(tokenId, projectId, 0.001, 3, Date.now())
+        const limit = (maxTokens: number) => ({ maxCostUsd: null, maxTokens, period: "total" as const })
+        effectExpect(yield* budgets.check(tokenId, limit(1500), projectId, undefined, Date.now())).toMatchObject({
+          limit: "max_tokens"
+        })
+        effectExpect(yield* budgets.check(tokenId, limit(1501), projectId, limit(1501), Date.now())).toBeUndefined()
+        // Without `settled`: the writes land on their own.
+        let stored = Option.getOrThrow(yield* store.spendOf(tokenId))
+        for (let k = 0; k < 200 && (stored.token.tokensUsed < 1500 || stored.project.tokensUsed < 1500); k++) {
+          yield* Effect.sleep(10)
+          stored = Option.getOrThrow(yield* store.spendOf(tokenId))
+        }
+        effectExpect(stored.token.tokensUsed).toBe(1500)
+        effectExpect(stored.project.tokensUsed).toBe(1500)
+        effectExpect(stored.token.spentUsd).toBeCloseTo(0.5, 9)
+        // Read again after the writes: still counted once.
+        yield* Effect.sleep(Budgets.READ_TTL_MS + 5)
+        effectExpect(yield* budgets.check(tokenId, limit(1501), projectId, limit(1501), Date.now())).toBeUndefined()
+        effectExpect(yield* budgets.check(tokenId, limit(1500), projectId, undefined, Date.now())).toMatchObject({
+          limit: "max_tokens"
+        })
+      }).pipe(Effect.provide(layer))
+  )
 })
 
 describe("UNPRICED_MODELS=allow", () => {
@@ -253,7 +311,10 @@ describe("UNPRICED_MODELS=allow", () => {
       const t = await projectAndToken(stack.manage)
       expect((await stack.manage.patch(`/manage/tokens/${t.tokenId}`, { max_cost_usd: 1 })).status).toBe(200)
       stack.mock.enqueue(json({ ...chatCompletion(), model: "mystery-3" }))
-      const r = await call(stack.server.url, "/v1/chat/completions", { token: t.token, body: chatBody({ model: "mystery-3" }) })
+      const r = await call(stack.server.url, "/v1/chat/completions", {
+        token: t.token,
+        body: chatBody({ model: "mystery-3" })
+      })
       expect(r.status).toBe(200)
       await eventually(async () => (await stack.manage.get(`/manage/tokens/${t.tokenId}`)).json.tokens_used === 12)
       expect((await stack.manage.get(`/manage/tokens/${t.tokenId}`)).json.spent_usd).toBe(0)

@@ -7,10 +7,10 @@ import { mkdtempSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { describe, expect, it } from "vitest"
-import { costOf, tokensOf } from "../../src/spend/cost.js"
-import { BUILT_IN_PRICES, BUILT_IN_PRICES_DATE } from "../../src/spend/builtinPrices.js"
-import { baseName, loadPrices, makePrices, parsePricesYaml } from "../../src/spend/prices.js"
 import { UsageReader } from "../../src/proxy/usage.js"
+import { BUILT_IN_PRICES, BUILT_IN_PRICES_DATE } from "../../src/spend/builtinPrices.js"
+import { costOf, tokensOf } from "../../src/spend/cost.js"
+import { baseName, loadPrices, makePrices, parsePricesYaml } from "../../src/spend/prices.js"
 
 const overrides = (yaml: string) => Either.getOrThrow(parsePricesYaml(yaml))
 
@@ -25,7 +25,8 @@ const costFromAnswer = (model: string, mode: "json" | "sse", body: string, yaml 
   return { cost: costOf(prices.lookup(model)!.price, detail), tokens: tokensOf(detail) }
 }
 
-const sseOf = (events: ReadonlyArray<unknown>) => events.map((e) => `data: ${JSON.stringify(e)}\n\n`).join("") + "data: [DONE]\n\n"
+const sseOf = (events: ReadonlyArray<unknown>) =>
+  events.map((e) => `data: ${JSON.stringify(e)}\n\n`).join("") + "data: [DONE]\n\n"
 
 describe("prices: lookup", () => {
   const prices = makePrices(overrides(`
@@ -38,7 +39,14 @@ models:
 
   it("an exact name wins over every pattern", () => {
     const r = prices.lookup("gpt-4o")!
-    expect([r.key, r.rule, r.source, r.price.input, r.price.cachedInput, r.price.output]).toEqual(["gpt-4o", "exact", "PRICES_PATH", 2.5, 1.25, 10])
+    expect([r.key, r.rule, r.source, r.price.input, r.price.cachedInput, r.price.output]).toEqual([
+      "gpt-4o",
+      "exact",
+      "PRICES_PATH",
+      2.5,
+      1.25,
+      10
+    ])
   })
 
   it("the longest matching glob wins", () => {
@@ -118,7 +126,12 @@ describe("cost of each usage shape (hand-computed)", () => {
     {
       shape: "chat completion, JSON",
       mode: "json" as const,
-      body: JSON.stringify({ id: "c", model: "test-model", choices: [], usage: { prompt_tokens: 1000, completion_tokens: 500, total_tokens: 1500 } }),
+      body: JSON.stringify({
+        id: "c",
+        model: "test-model",
+        choices: [],
+        usage: { prompt_tokens: 1000, completion_tokens: 500, total_tokens: 1500 }
+      }),
       // 1000 × 2 + 500 × 8 = 6000 → $0.006
       cost: 0.006,
       tokens: 1500
@@ -126,7 +139,9 @@ describe("cost of each usage shape (hand-computed)", () => {
     {
       shape: "chat completion, JSON, with cached prompt tokens",
       mode: "json" as const,
-      body: JSON.stringify({ usage: { prompt_tokens: 1000, completion_tokens: 100, prompt_tokens_details: { cached_tokens: 600 } } }),
+      body: JSON.stringify({
+        usage: { prompt_tokens: 1000, completion_tokens: 100, prompt_tokens_details: { cached_tokens: 600 } }
+      }),
       // 400 × 2 + 600 × 0.5 + 100 × 8 = 800 + 300 + 800 = 1900 → $0.0019
       cost: 0.0019,
       tokens: 1100
@@ -135,9 +150,24 @@ describe("cost of each usage shape (hand-computed)", () => {
       shape: "chat completion, SSE with the usage chunk",
       mode: "sse" as const,
       body: sseOf([
-        { id: "c", model: "test-model", choices: [{ index: 0, delta: { content: "Hi" }, finish_reason: null }], usage: null },
+        {
+          id: "c",
+          model: "test-model",
+          choices: [{ index: 0, delta: { content: "Hi" }, finish_reason: null }],
+          usage: null
+        },
         { id: "c", model: "test-model", choices: [{ index: 0, delta: {}, finish_reason: "stop" }], usage: null },
-        { id: "c", model: "test-model", choices: [], usage: { prompt_tokens: 20, completion_tokens: 2, total_tokens: 22, prompt_tokens_details: { cached_tokens: 0 } } }
+        {
+          id: "c",
+          model: "test-model",
+          choices: [],
+          usage: {
+            prompt_tokens: 20,
+            completion_tokens: 2,
+            total_tokens: 22,
+            prompt_tokens_details: { cached_tokens: 0 }
+          }
+        }
       ]),
       // 20 × 2 + 2 × 8 = 56 → $0.000056
       cost: 0.000056,
@@ -146,7 +176,10 @@ describe("cost of each usage shape (hand-computed)", () => {
     {
       shape: "Responses API, JSON",
       mode: "json" as const,
-      body: JSON.stringify({ object: "response", usage: { input_tokens: 300, input_tokens_details: { cached_tokens: 100 }, output_tokens: 50, total_tokens: 350 } }),
+      body: JSON.stringify({
+        object: "response",
+        usage: { input_tokens: 300, input_tokens_details: { cached_tokens: 100 }, output_tokens: 50, total_tokens: 350 }
+      }),
       // 200 × 2 + 100 × 0.5 + 50 × 8 = 400 + 50 + 400 = 850 → $0.00085
       cost: 0.00085,
       tokens: 350
@@ -157,7 +190,10 @@ describe("cost of each usage shape (hand-computed)", () => {
       body: sseOf([
         { type: "response.created", response: { id: "r", model: "test-model", usage: null } },
         { type: "response.output_text.delta", delta: "Hello" },
-        { type: "response.completed", response: { id: "r", model: "test-model", usage: { input_tokens: 10, output_tokens: 5, total_tokens: 15 } } }
+        {
+          type: "response.completed",
+          response: { id: "r", model: "test-model", usage: { input_tokens: 10, output_tokens: 5, total_tokens: 15 } }
+        }
       ]),
       // 10 × 2 + 5 × 8 = 60 → $0.00006
       cost: 0.00006,
@@ -192,9 +228,27 @@ describe("cost of each usage shape (hand-computed)", () => {
       shape: "Anthropic message, SSE (message_start then message_delta)",
       mode: "sse" as const,
       body: [
-        `event: message_start\ndata: ${JSON.stringify({ type: "message_start", message: { id: "m", model: "test-model", usage: { input_tokens: 50, cache_read_input_tokens: 1000, cache_creation_input_tokens: 0, output_tokens: 1 } } })}\n\n`,
-        `event: content_block_delta\ndata: ${JSON.stringify({ type: "content_block_delta", index: 0, delta: { type: "text_delta", text: "Hi" } })}\n\n`,
-        `event: message_delta\ndata: ${JSON.stringify({ type: "message_delta", delta: { stop_reason: "end_turn" }, usage: { output_tokens: 200 } })}\n\n`
+        `event: message_start\ndata: ${
+          JSON.stringify({
+            type: "message_start",
+            message: {
+              id: "m",
+              model: "test-model",
+              usage: {
+                input_tokens: 50,
+                cache_read_input_tokens: 1000,
+                cache_creation_input_tokens: 0,
+                output_tokens: 1
+              }
+            }
+          })
+        }\n\n`,
+        `event: content_block_delta\ndata: ${
+          JSON.stringify({ type: "content_block_delta", index: 0, delta: { type: "text_delta", text: "Hi" } })
+        }\n\n`,
+        `event: message_delta\ndata: ${
+          JSON.stringify({ type: "message_delta", delta: { stop_reason: "end_turn" }, usage: { output_tokens: 200 } })
+        }\n\n`
       ].join(""),
       // 50 × 2 + 1000 × 0.5 + 200 × 8 = 100 + 500 + 1600 = 2200 → $0.0022
       cost: 0.0022,
@@ -208,10 +262,19 @@ describe("cost of each usage shape (hand-computed)", () => {
 
   it("built-in prices: gpt-4o and claude-sonnet-4-5 as published", () => {
     const prices = makePrices([])
-    const detail = { prompt: 1_000_000, completion: 1_000_000, cacheRead: 0, cacheWrite: 0, cacheWrite1h: 0, cacheApart: false }
+    const detail = {
+      prompt: 1_000_000,
+      completion: 1_000_000,
+      cacheRead: 0,
+      cacheWrite: 0,
+      cacheWrite1h: 0,
+      cacheApart: false
+    }
     // gpt-4o: $2.50 input + $10 output per million
     expect(costOf(prices.lookup("gpt-4o-2024-08-06")!.price, detail)).toBeCloseTo(12.5, 9)
     // claude-sonnet-4-5: $3 input + $15 output; cache reads $0.30
-    expect(costOf(prices.lookup("claude-sonnet-4-5-20250929")!.price, { ...detail, cacheRead: 1_000_000, cacheApart: true })).toBeCloseTo(18.3, 9)
+    expect(
+      costOf(prices.lookup("claude-sonnet-4-5-20250929")!.price, { ...detail, cacheRead: 1_000_000, cacheApart: true })
+    ).toBeCloseTo(18.3, 9)
   })
 })

@@ -10,16 +10,19 @@ import { request } from "node:http"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
-import { backends, type BackendInstance } from "../http/harness.js"
+import { type BackendInstance, backends } from "../http/harness.js"
+import { call, chatBody, eventually, projectAndToken, type Stack, startStack } from "../proxy/stack.js"
 import { chatChunks, chatCompletion, json, sse } from "../support/mockUpstream.js"
 import { testConfig } from "../support/server.js"
-import { call, chatBody, eventually, projectAndToken, type Stack, startStack } from "../proxy/stack.js"
 
 const dir = mkdtempSync(join(tmpdir(), "llm-proxy-spend-"))
 const pricesPath = join(dir, "prices.yaml")
 // $1 per million input tokens, $0.25 cached, $2 output: an answer with 9 prompt and 3 completion tokens costs
 // 9 × 1 + 3 × 2 = 15 millionths of a dollar.
-writeFileSync(pricesPath, "models:\n  gpt-4o-mini: { input: 1, cached_input: 0.25, output: 2 }\n  \"house-*\": { input: 4, output: 8 }\n")
+writeFileSync(
+  pricesPath,
+  "models:\n  gpt-4o-mini: { input: 1, cached_input: 0.25, output: 2 }\n  \"house-*\": { input: 4, output: 8 }\n"
+)
 const lines = (path: string): Array<Record<string, any>> =>
   existsSync(path) ? readFileSync(path, "utf8").split("\n").filter((l) => l !== "").map((l) => JSON.parse(l)) : []
 
@@ -60,7 +63,9 @@ describe.each(backends)("spend on $name", (b) => {
     const projects = (await stack.manage.get("/manage/projects")).json as Array<Record<string, any>>
     expect(projects.find((p) => p.id === t.projectId)!.tokens_used).toBe(36)
 
-    await eventually(async () => (await stack.manage.get(`/manage/usage?token_id=${t.tokenId}`)).json.totals.requests === 3)
+    await eventually(async () =>
+      (await stack.manage.get(`/manage/usage?token_id=${t.tokenId}`)).json.totals.requests === 3
+    )
     const usage = (await stack.manage.get(`/manage/usage?token_id=${t.tokenId}`)).json
     expect(usage.totals.cost_usd).toBeCloseTo(45e-6, 12)
     expect(usage.hours).toHaveLength(1)
@@ -71,7 +76,9 @@ describe.each(backends)("spend on $name", (b) => {
     expect(lines(events).find((e) => e.request_id === requestId)!.cost_usd).toBeCloseTo(15e-6, 12)
 
     const metrics = await (await fetch(`${stack.server.url}/metrics`)).text()
-    const line = metrics.split("\n").find((l) => l.startsWith('llm_proxy_cost_usd_total{provider="openai",model="gpt-4o-mini"}'))
+    const line = metrics.split("\n").find((l) =>
+      l.startsWith("llm_proxy_cost_usd_total{provider=\"openai\",model=\"gpt-4o-mini\"}")
+    )
     expect(line).toBeDefined()
     expect(Number(line!.split(" ").at(-1))).toBeGreaterThanOrEqual(45e-6 - 1e-12)
   })
@@ -80,7 +87,10 @@ describe.each(backends)("spend on $name", (b) => {
     const t = await projectAndToken(stack.manage)
     const chunks = chatChunks(["Hel", "lo"], { prompt_tokens: 100, completion_tokens: 2 })
     // 40 of the 100 prompt tokens were read from the cache: 60 × 1 + 40 × 0.25 + 2 × 2 = 74 millionths.
-    chunks[chunks.length - 2] = chunks[chunks.length - 2]!.replace('"total_tokens":102', '"total_tokens":102,"prompt_tokens_details":{"cached_tokens":40}')
+    chunks[chunks.length - 2] = chunks[chunks.length - 2]!.replace(
+      "\"total_tokens\":102",
+      "\"total_tokens\":102,\"prompt_tokens_details\":{\"cached_tokens\":40}"
+    )
     stack.mock.enqueue(sse(chunks))
     const r = await go(t.token, { stream: true, stream_options: { include_usage: true } })
     expect(r.status).toBe(200)
@@ -90,7 +100,13 @@ describe.each(backends)("spend on $name", (b) => {
 
   it("the answer's dated model falls back to its base name; a glob prices a family", async () => {
     const t = await projectAndToken(stack.manage)
-    stack.mock.enqueue(json({ ...chatCompletion(), model: "house-large-2025-01-01", usage: { prompt_tokens: 10, completion_tokens: 10, total_tokens: 20 } }))
+    stack.mock.enqueue(
+      json({
+        ...chatCompletion(),
+        model: "house-large-2025-01-01",
+        usage: { prompt_tokens: 10, completion_tokens: 10, total_tokens: 20 }
+      })
+    )
     expect((await go(t.token, { model: "house-large" })).status).toBe(200)
     // 10 × 4 + 10 × 8 = 120 millionths
     await eventually(async () => (await stack.manage.get(`/manage/tokens/${t.tokenId}`)).json.tokens_used === 20)
@@ -110,19 +126,37 @@ describe.each(backends)("spend on $name", (b) => {
   it("a stream the client abandons after the usage arrived is charged", async () => {
     const t = await projectAndToken(stack.manage)
     // Anthropic-style usage arrives first (message_start), then the client goes away mid-stream.
-    const start = `event: message_start\ndata: ${JSON.stringify({ type: "message_start", message: { id: "m", model: "gpt-4o-mini", usage: { input_tokens: 30, output_tokens: 1 } } })}\n\n`
-    const delta = `event: content_block_delta\ndata: ${JSON.stringify({ type: "content_block_delta", index: 0, delta: { type: "text_delta", text: "x" } })}\n\n`
+    const start = `event: message_start\ndata: ${
+      JSON.stringify({
+        type: "message_start",
+        message: { id: "m", model: "gpt-4o-mini", usage: { input_tokens: 30, output_tokens: 1 } }
+      })
+    }\n\n`
+    const delta = `event: content_block_delta\ndata: ${
+      JSON.stringify({ type: "content_block_delta", index: 0, delta: { type: "text_delta", text: "x" } })
+    }\n\n`
     stack.mock.enqueue(sse([start, ...Array.from({ length: 50 }, () => delta)], { intervalMs: 40 }))
     const url = new URL(stack.server.url)
     await new Promise<void>((resolve, reject) => {
       const body = JSON.stringify(chatBody({ stream: true }))
       const req = request(
-        { host: url.hostname, port: url.port, method: "POST", path: "/v1/chat/completions", headers: { authorization: `Bearer ${t.token}`, "content-type": "application/json", "content-length": String(Buffer.byteLength(body)) } },
+        {
+          host: url.hostname,
+          port: url.port,
+          method: "POST",
+          path: "/v1/chat/completions",
+          headers: {
+            authorization: `Bearer ${t.token}`,
+            "content-type": "application/json",
+            "content-length": String(Buffer.byteLength(body))
+          }
+        },
         (res) => {
-          res.once("data", () => setTimeout(() => {
-            req.destroy()
-            resolve()
-          }, 100))
+          res.once("data", () =>
+            setTimeout(() => {
+              req.destroy()
+              resolve()
+            }, 100))
         }
       )
       req.on("error", () => {})
@@ -147,7 +181,11 @@ describe.each(backends)("spend on $name", (b) => {
   const stream = async (token: string, extra: Record<string, unknown>, chunks: ReadonlyArray<string>) => {
     stack.mock.enqueue(sse(chunks))
     const r = await go(token, { stream: true, ...extra })
-    return { status: r.status, text: r.text, upstream: JSON.parse(stack.mock.requests.at(-1)!.body) as Record<string, any> }
+    return {
+      status: r.status,
+      text: r.text,
+      upstream: JSON.parse(stack.mock.requests.at(-1)!.body) as Record<string, any>
+    }
   }
 
   it("a stream whose client did not ask for usage: the upstream is asked, the client sees no usage chunk, the token is charged", async () => {
@@ -157,7 +195,7 @@ describe.each(backends)("spend on $name", (b) => {
     expect(r.status).toBe(200)
     expect(r.upstream.stream_options).toEqual({ include_usage: true })
     // Every chunk but the usage-only one, byte for byte.
-    expect(r.text).toBe(chunks.filter((c) => !c.includes('"usage":{')).join(""))
+    expect(r.text).toBe(chunks.filter((c) => !c.includes("\"usage\":{")).join(""))
     expect(r.text).toContain("data: [DONE]")
     await eventually(async () => (await stack.manage.get(`/manage/tokens/${t.tokenId}`)).json.tokens_used === 9)
     // 7 × 1 + 2 × 2 = 11 millionths
@@ -169,13 +207,15 @@ describe.each(backends)("spend on $name", (b) => {
     const chunks = chatChunks(["a"], { prompt_tokens: 3, completion_tokens: 1 })
     const asked = await stream(t.token, { stream_options: { include_usage: true } }, chunks)
     expect(asked.text).toBe(chunks.join(""))
-    expect(stack.mock.requests.at(-1)!.body).toBe(JSON.stringify(chatBody({ stream: true, stream_options: { include_usage: true } })))
+    expect(stack.mock.requests.at(-1)!.body).toBe(
+      JSON.stringify(chatBody({ stream: true, stream_options: { include_usage: true } }))
+    )
     const other = await stream(t.token, { stream_options: { include_obfuscation: false } }, chunks)
     expect(other.upstream.stream_options).toEqual({ include_obfuscation: false, include_usage: true })
-    expect(other.text).not.toContain('"usage":{')
+    expect(other.text).not.toContain("\"usage\":{")
     const declined = await stream(t.token, { stream_options: { include_usage: false } }, chunks)
     expect(declined.upstream.stream_options).toEqual({ include_usage: true })
-    expect(declined.text).not.toContain('"usage":{')
+    expect(declined.text).not.toContain("\"usage\":{")
     // A request that does not stream is sent byte for byte.
     stack.mock.enqueue(json(chatCompletion()))
     expect((await go(t.token)).status).toBe(200)
@@ -189,14 +229,27 @@ describe.each(backends)("spend on $name", (b) => {
     stack.mock.enqueue(sse(chunks, { intervalMs: 30 }))
     const url = new URL(stack.server.url)
     await new Promise<void>((resolve, reject) => {
-      const body = JSON.stringify(chatBody({ stream: true, messages: [{ role: "user", content: "Tell me a long story about the sea" }] }))
+      const body = JSON.stringify(
+        chatBody({ stream: true, messages: [{ role: "user", content: "Tell me a long story about the sea" }] })
+      )
       const req = request(
-        { host: url.hostname, port: url.port, method: "POST", path: "/v1/chat/completions", headers: { authorization: `Bearer ${t.token}`, "content-type": "application/json", "content-length": String(Buffer.byteLength(body)) } },
+        {
+          host: url.hostname,
+          port: url.port,
+          method: "POST",
+          path: "/v1/chat/completions",
+          headers: {
+            authorization: `Bearer ${t.token}`,
+            "content-type": "application/json",
+            "content-length": String(Buffer.byteLength(body))
+          }
+        },
         (res) => {
-          res.once("data", () => setTimeout(() => {
-            req.destroy()
-            resolve()
-          }, 200))
+          res.once("data", () =>
+            setTimeout(() => {
+              req.destroy()
+              resolve()
+            }, 200))
         }
       )
       req.on("error", () => {})

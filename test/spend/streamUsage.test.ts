@@ -13,65 +13,92 @@ const ask = (body: string, path = "/v1/chat/completions") => {
 
 describe("askForUsage", () => {
   it("adds stream_options to a streamed request, every other byte unchanged", () => {
-    expect(ask('{"model":"m", "stream" : true,"messages":[]}')).toEqual({
-      body: '{"stream_options":{"include_usage":true},"model":"m", "stream" : true,"messages":[]}',
+    expect(ask("{\"model\":\"m\", \"stream\" : true,\"messages\":[]}")).toEqual({
+      body: "{\"stream_options\":{\"include_usage\":true},\"model\":\"m\", \"stream\" : true,\"messages\":[]}",
       strip: true
     })
   })
 
   it("sets include_usage in stream_options given without it (null, empty, false), keeping the other keys", () => {
-    expect(ask('{"stream":true,"stream_options":null}')).toEqual({ body: '{"stream":true,"stream_options":{"include_usage":true}}', strip: true })
-    expect(ask('{"stream":true,"stream_options":{"x":1,"include_usage":false}}')).toEqual({
-      body: '{"stream":true,"stream_options":{"x":1,"include_usage":true}}',
+    expect(ask("{\"stream\":true,\"stream_options\":null}")).toEqual({
+      body: "{\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
+      strip: true
+    })
+    expect(ask("{\"stream\":true,\"stream_options\":{\"x\":1,\"include_usage\":false}}")).toEqual({
+      body: "{\"stream\":true,\"stream_options\":{\"x\":1,\"include_usage\":true}}",
       strip: true
     })
   })
 
   it.each([
-    ["a client that asked for usage", '{"stream":true,"stream_options":{"include_usage":true}}', "/v1/chat/completions"],
-    ["a request that does not stream", '{"stream":false,"model":"m"}', "/v1/chat/completions"],
-    ["no stream key", '{"model":"m","messages":[{"content":"\\"stream\\": true"}]}', "/v1/chat/completions"],
-    ["stream named twice (ambiguous)", '{"stream":true,"stream":false}', "/v1/chat/completions"],
-    ["stream_options named twice", '{"stream":true,"stream_options":{},"stream_options":{}}', "/v1/chat/completions"],
-    ["stream_options not an object", '{"stream":true,"stream_options":"yes"}', "/v1/chat/completions"],
-    ["a body that is not an object", '[{"stream":true}]', "/v1/chat/completions"],
-    ["a truncated body", '{"stream":true,"model":"m"', "/v1/chat/completions"],
-    ["another endpoint (Responses API streams report usage)", '{"stream":true}', "/v1/responses"]
+    [
+      "a client that asked for usage",
+      "{\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
+      "/v1/chat/completions"
+    ],
+    ["a request that does not stream", "{\"stream\":false,\"model\":\"m\"}", "/v1/chat/completions"],
+    [
+      "no stream key",
+      "{\"model\":\"m\",\"messages\":[{\"content\":\"\\\"stream\\\": true\"}]}",
+      "/v1/chat/completions"
+    ],
+    ["stream named twice (ambiguous)", "{\"stream\":true,\"stream\":false}", "/v1/chat/completions"],
+    [
+      "stream_options named twice",
+      "{\"stream\":true,\"stream_options\":{},\"stream_options\":{}}",
+      "/v1/chat/completions"
+    ],
+    ["stream_options not an object", "{\"stream\":true,\"stream_options\":\"yes\"}", "/v1/chat/completions"],
+    ["a body that is not an object", "[{\"stream\":true}]", "/v1/chat/completions"],
+    ["a truncated body", "{\"stream\":true,\"model\":\"m\"", "/v1/chat/completions"],
+    ["another endpoint (Responses API streams report usage)", "{\"stream\":true}", "/v1/responses"]
   ])("leaves %s alone", (_what, body, path) => {
     expect(ask(body, path)).toBeUndefined()
   })
 
   it("completions (legacy) are asked too", () => {
-    expect(ask('{"stream":true}', "/v1/completions")?.strip).toBe(true)
+    expect(ask("{\"stream\":true}", "/v1/completions")?.strip).toBe(true)
   })
 })
 
 const through = async (capture: UsageCapture, pieces: ReadonlyArray<Buffer>) => {
   const out: Array<Buffer> = []
-  await pipeline(Readable.from(pieces), capture, new Writable({
-    write(chunk: Buffer, _e, cb) {
-      out.push(chunk)
-      cb()
-    }
-  }))
+  await pipeline(
+    Readable.from(pieces),
+    capture,
+    new Writable({
+      write(chunk: Buffer, _e, cb) {
+        out.push(chunk)
+        cb()
+      }
+    })
+  )
   return Buffer.concat(out).toString()
 }
 
 describe("UsageCapture removing the usage-only chunk", () => {
   const chunks = chatChunks(["Hel", "lo ", "wörld"], { prompt_tokens: 7, completion_tokens: 3 })
-  const withoutUsage = chunks.filter((c) => !c.includes('"usage":{')).join("")
+  const withoutUsage = chunks.filter((c) => !c.includes("\"usage\":{")).join("")
 
-  it.each([1, 3, 7, 64, 10_000])("split every %i bytes: the client gets every other byte, the usage is still read", async (step) => {
-    const bytes = Buffer.from(chunks.join(""))
-    const pieces: Array<Buffer> = []
-    for (let i = 0; i < bytes.length; i += step) pieces.push(bytes.subarray(i, i + step))
-    const c = new UsageCapture("sse", 0, true, true)
-    expect(await through(c, pieces)).toBe(withoutUsage)
-    expect(c.usage).toEqual({ prompt_tokens: 7, completion_tokens: 3, total_tokens: 10 })
-  })
+  it.each([1, 3, 7, 64, 10_000])(
+    "split every %i bytes: the client gets every other byte, the usage is still read",
+    async (step) => {
+      const bytes = Buffer.from(chunks.join(""))
+      const pieces: Array<Buffer> = []
+      for (let i = 0; i < bytes.length; i += step) pieces.push(bytes.subarray(i, i + step))
+      const c = new UsageCapture("sse", 0, true, true)
+      expect(await through(c, pieces)).toBe(withoutUsage)
+      expect(c.usage).toEqual({ prompt_tokens: 7, completion_tokens: 3, total_tokens: 10 })
+    }
+  )
 
   it("a chunk with content and usage is kept whole (only a usage-only event goes)", async () => {
-    const mixed = `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: "x" } }], usage: { prompt_tokens: 1, completion_tokens: 1 } })}\n\n`
+    const mixed = `data: ${
+      JSON.stringify({
+        choices: [{ index: 0, delta: { content: "x" } }],
+        usage: { prompt_tokens: 1, completion_tokens: 1 }
+      })
+    }\n\n`
     const c = new UsageCapture("sse", 0, false, true)
     expect(await through(c, [Buffer.from(mixed)])).toBe(mixed)
   })
@@ -79,7 +106,9 @@ describe("UsageCapture removing the usage-only chunk", () => {
   it("CRLF events", async () => {
     const crlf = chunks.map((c) => c.replace(/\n/g, "\r\n"))
     const c = new UsageCapture("sse", 0, false, true)
-    expect(await through(c, crlf.map((x) => Buffer.from(x)))).toBe(crlf.filter((x) => !x.includes('"usage":{')).join(""))
+    expect(await through(c, crlf.map((x) => Buffer.from(x)))).toBe(
+      crlf.filter((x) => !x.includes("\"usage\":{")).join("")
+    )
   })
 })
 

@@ -5,11 +5,11 @@
  */
 import { Redis } from "ioredis"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
-import { backends, type BackendInstance } from "../http/harness.js"
-import { redisUrl } from "../support/databases.js"
-import { proxyError } from "../support/proxyErrors.js"
-import { chatCompletion, json } from "../support/mockUpstream.js"
+import { type BackendInstance, backends } from "../http/harness.js"
 import { call, chatBody, createToken, eventually, projectAndToken, type Stack, startStack } from "../proxy/stack.js"
+import { redisUrl } from "../support/databases.js"
+import { chatCompletion, json } from "../support/mockUpstream.js"
+import { proxyError } from "../support/proxyErrors.js"
 
 // Every answer: 9 prompt + 3 completion = 12 tokens.
 const go = (url: string, token: string) => call(url, "/v1/chat/completions", { token, body: chatBody() })
@@ -29,7 +29,9 @@ describe("token-per-minute limits (memory)", () => {
 
   it("tokens 20 per minute: two answers (12 + 12) pass, the third is refused with Retry-After until the window ends", async () => {
     const t = await projectAndToken(stack.manage)
-    const r = await stack.manage.patch(`/manage/tokens/${t.tokenId}`, { rate_limit: { tokens: 20, window_seconds: 3600 } })
+    const r = await stack.manage.patch(`/manage/tokens/${t.tokenId}`, {
+      rate_limit: { tokens: 20, window_seconds: 3600 }
+    })
     expect(r.status).toBe(200)
     expect(r.json.rate_limit).toEqual({ tokens: 20, window_seconds: 3600 })
     expect((await go(stack.server.url, t.token)).status).toBe(200) // 0 used before
@@ -46,11 +48,19 @@ describe("token-per-minute limits (memory)", () => {
   it("a project's token limit applies to all its tokens; requests and tokens together apply both", async () => {
     const t = await projectAndToken(stack.manage)
     const other = await createToken(stack.manage, t.projectId)
-    expect((await stack.manage.patch(`/manage/projects/${t.projectId}`, { rate_limit: { tokens: 12, window_seconds: 3600 } })).status).toBe(200)
+    expect(
+      (await stack.manage.patch(`/manage/projects/${t.projectId}`, {
+        rate_limit: { tokens: 12, window_seconds: 3600 }
+      })).status
+    ).toBe(200)
     expect((await go(stack.server.url, t.token)).status).toBe(200)
     expect((await go(stack.server.url, other.token)).status).toBe(429)
     const both = await projectAndToken(stack.manage)
-    expect((await stack.manage.patch(`/manage/tokens/${both.tokenId}`, { rate_limit: { requests: 1, tokens: 1000, window_seconds: 60 } })).status).toBe(200)
+    expect(
+      (await stack.manage.patch(`/manage/tokens/${both.tokenId}`, {
+        rate_limit: { requests: 1, tokens: 1000, window_seconds: 60 }
+      })).status
+    ).toBe(200)
     expect((await go(stack.server.url, both.token)).status).toBe(200)
     expect((await go(stack.server.url, both.token)).status).toBe(429) // the request count
   })
@@ -60,7 +70,9 @@ describe("token-per-minute limits (memory)", () => {
     const r = await stack.manage.patch(`/manage/tokens/${t.tokenId}`, { rate_limit: { window_seconds: 60 } })
     expect(r.status).toBe(400)
     expect(r.json.error).toMatch(/^rate_limit must be null or/)
-    const zero = await stack.manage.patch(`/manage/tokens/${t.tokenId}`, { rate_limit: { tokens: 0, window_seconds: 60 } })
+    const zero = await stack.manage.patch(`/manage/tokens/${t.tokenId}`, {
+      rate_limit: { tokens: 0, window_seconds: 60 }
+    })
     expect(zero.status).toBe(400)
   })
 })
@@ -74,7 +86,10 @@ describe.skipIf(!redisUrl)("token-per-minute limits shared by two instances on R
     try {
       a.mock.setDefault(json(chatCompletion()))
       const t = await projectAndToken(a.manage)
-      expect((await a.manage.patch(`/manage/tokens/${t.tokenId}`, { rate_limit: { tokens: 30, window_seconds: 3600 } })).status).toBe(200)
+      expect(
+        (await a.manage.patch(`/manage/tokens/${t.tokenId}`, { rate_limit: { tokens: 30, window_seconds: 3600 } }))
+          .status
+      ).toBe(200)
       expect((await go(a.server.url, t.token)).status).toBe(200) // 0
       expect((await go(b.server.url, t.token)).status).toBe(200) // 12
       expect((await go(a.server.url, t.token)).status).toBe(200) // 24

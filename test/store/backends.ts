@@ -34,8 +34,11 @@ export const freshLocation = (dialect: Dialect) => (dialect === "sqlite" ? tempS
 /** Store + SqlClient on a new database with every migration applied. */
 export const freshStore = (dialect: Dialect): Layer.Layer<Store | SqlClient.SqlClient, StoreError> =>
   Layer.unwrapScoped(
-    Effect.map(freshLocation(dialect), (location) =>
-      (dialect === "sqlite" ? sqliteStore(location) : postgresStore(Redacted.make(location), 4)).pipe(
-        Layer.tap((ctx) => Effect.provide(migrateUp(dialect), ctx))
-      ))
+    Effect.map(
+      freshLocation(dialect),
+      (location) =>
+        (dialect === "sqlite" ? sqliteStore(location) : postgresStore(Redacted.make(location), 4)).pipe(
+          Layer.tap((ctx) => Effect.provide(migrateUp(dialect), ctx))
+        )
+    )
   )

@@ -5,6 +5,7 @@
  * set, PostgreSQL; then a real `serve` on the imported database proxies with the tokens the Go proxy issued.
  */
 import { Redacted } from "effect"
+import { Effect, Option } from "effect"
 import { createCipheriv, createHash, randomBytes, randomUUID } from "node:crypto"
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { createRequire } from "node:module"
@@ -14,19 +15,20 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { KeyCipher } from "../../src/crypto/KeyCipher.js"
 import { generateProxyToken, hashProxyToken } from "../../src/crypto/ProxyToken.js"
 import { parseGoTime } from "../../src/store/goImport.js"
-import { Effect, Option } from "effect"
-import { backends, type BackendInstance, type Row } from "../http/harness.js"
+import { type BackendInstance, backends, type Row } from "../http/harness.js"
 import { cli } from "../support/cli.js"
 import { createTestDatabase, postgresUrl, type TestDatabase, withPgClient } from "../support/databases.js"
 import { type MockUpstream, startMockUpstream } from "../support/mockUpstream.js"
-import { startServer, testConfig, type TestServer, withEncryptionKey } from "../support/server.js"
 import { proxyError } from "../support/proxyErrors.js"
+import { startServer, testConfig, type TestServer, withEncryptionKey } from "../support/server.js"
 
 const FIXTURES = join(import.meta.dirname, "../fixtures/go-llm-proxy")
 
 interface SqliteDb {
   exec(sql: string): void
-  prepare(sql: string): { run(...params: ReadonlyArray<unknown>): unknown; all(...params: ReadonlyArray<unknown>): Array<Row> }
+  prepare(
+    sql: string
+  ): { run(...params: ReadonlyArray<unknown>): unknown; all(...params: ReadonlyArray<unknown>): Array<Row> }
   close(): void
 }
 const Sqlite = createRequire(import.meta.url)("better-sqlite3") as new(path: string) => SqliteDb
@@ -73,7 +75,8 @@ const sqliteSource = (schema: string): GoSource => {
   return {
     kind: "sqlite",
     from,
-    exec: async (sql, params = []) => void db.prepare(sql).run(...params.map((p) => (typeof p === "boolean" ? (p ? 1 : 0) : p))),
+    exec: async (sql, params = []) =>
+      void db.prepare(sql).run(...params.map((p) => (typeof p === "boolean" ? (p ? 1 : 0) : p))),
     // go-sqlite3 writes time.Time as "2006-01-02 15:04:05.999999999-07:00" (UTC with _loc=UTC).
     time: (d) => d.toISOString().replace("T", " ").replace(/\.(\d{3})Z$/, ".$1000000+00:00"),
     close: async () => {
@@ -90,7 +93,9 @@ const postgresSource = async (): Promise<GoSource> => {
   const db: TestDatabase = await createTestDatabase()
   const dir = join(FIXTURES, "postgres")
   await withPgClient(db.url, async (c) => {
-    for (const f of readdirSync(dir).filter((f) => f.endsWith(".sql")).sort()) await c.query(gooseUp(readFileSync(join(dir, f), "utf8")))
+    for (const f of readdirSync(dir).filter((f) => f.endsWith(".sql")).sort()) {
+      await c.query(gooseUp(readFileSync(join(dir, f), "utf8")))
+    }
   })
   return {
     kind: "postgres",
@@ -141,7 +146,15 @@ const seed = async (s: GoSource): Promise<Seeded> => {
   await project(gamma, "gamma", goEncrypt(GO_KEY, "sk-upstream-gamma"), false)
   const token = async (
     projectId: string,
-    o: { stored?: (t: string) => string; active?: boolean; expiresAt?: Date | null; count?: number; max?: number | null; hits?: number; used?: Date | null } = {}
+    o: {
+      stored?: (t: string) => string
+      active?: boolean
+      expiresAt?: Date | null
+      count?: number
+      max?: number | null
+      hits?: number
+      used?: Date | null
+    } = {}
   ) => {
     const id = randomUUID()
     const t = goToken()
@@ -170,14 +183,34 @@ const seed = async (s: GoSource): Promise<Seeded> => {
   const expired = await token(alpha, { expiresAt: at(-HOUR) })
   const inactiveProject = await token(gamma)
   const auditIds: Array<string> = []
-  for (const [action, outcome, tokenId] of [["project.create", "success", null], ["token.create", "success", used.id], ["proxy_request", "denied", null]] as const) {
+  for (
+    const [action, outcome, tokenId] of [["project.create", "success", null], ["token.create", "success", used.id], [
+      "proxy_request",
+      "denied",
+      null
+    ]] as const
+  ) {
     const id = randomUUID()
     auditIds.push(id)
     await s.exec(
       `INSERT INTO audit_events (id, timestamp, action, actor, project_id, request_id, client_ip, method, path, user_agent, outcome,
         reason, token_id, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      [id, s.time(at(-3 * HOUR)), action, "management_api", alpha, randomUUID(), "10.0.0.7", "POST", "/manage/tokens", "curl/8", outcome,
-        outcome === "denied" ? "project_inactive" : null, tokenId, JSON.stringify({ http_method: "POST", duration_minutes: 60 })]
+      [
+        id,
+        s.time(at(-3 * HOUR)),
+        action,
+        "management_api",
+        alpha,
+        randomUUID(),
+        "10.0.0.7",
+        "POST",
+        "/manage/tokens",
+        "curl/8",
+        outcome,
+        outcome === "denied" ? "project_inactive" : null,
+        tokenId,
+        JSON.stringify({ http_method: "POST", duration_minutes: 60 })
+      ]
     )
   }
   return { alpha, beta, gamma, alphaKey, betaKey, used, hashed, revoked, expired, inactiveProject, auditIds }
@@ -216,7 +249,9 @@ const snapshot = async (t: BackendInstance) => ({
   audit: [...(await t.rows("audit_events"))].sort((a, b) => String(a.id).localeCompare(String(b.id)))
 })
 
-const ourCipher = Effect.runSync(Effect.provide(KeyCipher, KeyCipher.layer(Option.some(Redacted.make(new Uint8Array(OUR_KEY))))))
+const ourCipher = Effect.runSync(
+  Effect.provide(KeyCipher, KeyCipher.layer(Option.some(Redacted.make(new Uint8Array(OUR_KEY)))))
+)
 const decryptHere = (stored: unknown) => Effect.runSync(ourCipher.decrypt(String(stored)))
 const iso = (v: unknown) => (v === null ? null : new Date(v instanceof Date ? v : String(v)).toISOString())
 
@@ -265,7 +300,13 @@ describe.each(sources)("migrate import from a Go $name database", (src) => {
 
   it("imports projects (keys re-encrypted with ENCRYPTION_KEY), tokens as SHA-256 with their limits and counters, audit rows", async () => {
     const r = await importJson(source.from, target)
-    expect(r).toMatchObject({ dryRun: false, projects: { imported: 3 }, tokens: { imported: 5 }, audit: { imported: 3 }, skipped: [] })
+    expect(r).toMatchObject({
+      dryRun: false,
+      projects: { imported: 3 },
+      tokens: { imported: 5 },
+      audit: { imported: 3 },
+      skipped: []
+    })
 
     const projects = byId(await target.rows("projects"))
     const beta = projects.get(seeded.beta)!
@@ -288,17 +329,27 @@ describe.each(sources)("migrate import from a Go $name database", (src) => {
     expect(Boolean(Number(tokens.get(seeded.revoked.id)!.is_active))).toBe(false)
     // No secret of the Go database is stored in the clear.
     const all = JSON.stringify([...tokens.values(), ...projects.values()])
-    for (const secret of [seeded.used.token, seeded.hashed.token, seeded.alphaKey, seeded.betaKey]) expect(all).not.toContain(secret)
+    for (const secret of [seeded.used.token, seeded.hashed.token, seeded.alphaKey, seeded.betaKey]) {
+      expect(all).not.toContain(secret)
+    }
 
     const audit = byId(await target.rows("audit_events"))
     expect([...audit.keys()].sort()).toEqual([...seeded.auditIds].sort())
     const denied = [...audit.values()].find((e) => e.action === "proxy_request")!
-    expect(denied).toMatchObject({ outcome: "denied", actor: "management_api", project_id: seeded.alpha, client_ip: "10.0.0.7", reason: "project_inactive" })
+    expect(denied).toMatchObject({
+      outcome: "denied",
+      actor: "management_api",
+      project_id: seeded.alpha,
+      client_ip: "10.0.0.7",
+      reason: "project_inactive"
+    })
     expect(JSON.parse(String(denied.metadata))).toEqual({ http_method: "POST", duration_minutes: 60 })
   })
 
   it("tokens the Go proxy issued before the import work on /v1 (against the mock upstream), with their project's key", async () => {
-    server = await startServer(testConfig(target.database, { openaiApiUrl: mock.url, ...withEncryptionKey(OUR_KEY.toString("base64")) }))
+    server = await startServer(
+      testConfig(target.database, { openaiApiUrl: mock.url, ...withEncryptionKey(OUR_KEY.toString("base64")) })
+    )
     const ok = await proxy(server, seeded.used.token)
     expect(ok.status).toBe(200)
     expect(mock.requests.at(-1)!.headers.authorization).toBe(`Bearer ${seeded.alphaKey}`)
@@ -318,7 +369,9 @@ describe.each(sources)("migrate import from a Go $name database", (src) => {
     const t = goToken()
     const now = new Date().toISOString()
     const insert = `INSERT INTO tokens (id, token_hash, token_hint, project_id, expires_at, is_active, created_at)
-      VALUES ('${randomUUID()}', '${sha256(t)}', 'sk-x', '${seeded.alpha}', NULL, ${target.database._tag === "sqlite" ? 1 : "TRUE"}, '${now}')`
+      VALUES ('${randomUUID()}', '${sha256(t)}', 'sk-x', '${seeded.alpha}', NULL, ${
+      target.database._tag === "sqlite" ? 1 : "TRUE"
+    }, '${now}')`
     if (target.database._tag === "sqlite") {
       const db = new Sqlite(target.database.path)
       db.exec(insert)
@@ -342,13 +395,19 @@ describe.each(sources)("migrate import from a Go $name database", (src) => {
       audit: { imported: 0, updated: 0, unchanged: 3, skipped: 0 }
     })
     expect(await snapshot(target)).toEqual(before)
-    server = await startServer(testConfig(target.database, { openaiApiUrl: mock.url, ...withEncryptionKey(OUR_KEY.toString("base64")) }))
+    server = await startServer(
+      testConfig(target.database, { openaiApiUrl: mock.url, ...withEncryptionKey(OUR_KEY.toString("base64")) })
+    )
   })
 
   it("a later run copies what changed in the Go database; it never re-activates what is revoked here", async () => {
     // Since the first import, the Go proxy kept serving: a token was used and then revoked, one was issued, an
     // event was recorded; here an imported token was revoked that the Go proxy still has active.
-    await source.exec("UPDATE tokens SET request_count = 50, is_active = ?, deactivated_at = ? WHERE id = ?", [false, source.time(at(0)), seeded.used.id])
+    await source.exec("UPDATE tokens SET request_count = 50, is_active = ?, deactivated_at = ? WHERE id = ?", [
+      false,
+      source.time(at(0)),
+      seeded.used.id
+    ])
     const fresh = { id: randomUUID(), token: goToken() }
     await source.exec(
       "INSERT INTO tokens (id, token, project_id, expires_at, is_active, request_count, created_at, cache_hit_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -367,7 +426,9 @@ describe.each(sources)("migrate import from a Go $name database", (src) => {
       [junk, "not-a-go-token", seeded.alpha, true, 0, source.time(at(0)), 0]
     )
     const manage = { authorization: `Bearer ${server!.token}`, "content-type": "application/json" }
-    expect((await fetch(`${server!.url}/manage/tokens/${seeded.expired.id}`, { method: "DELETE", headers: manage })).status).toBeLessThan(300)
+    expect(
+      (await fetch(`${server!.url}/manage/tokens/${seeded.expired.id}`, { method: "DELETE", headers: manage })).status
+    ).toBeLessThan(300)
 
     const r = await importJson(source.from, target)
     expect(r).toMatchObject({
@@ -403,7 +464,9 @@ describe("migrate import: the source's keys, names and shapes", () => {
       const wrongKey = envFile({ ENCRYPTION_KEY: OUR_KEY.toString("base64") })
       const r = await cli("migrate", "import", "--from", source.from, ...targetArgs(target), "--env", wrongKey)
       expect(r.ok).toBe(false)
-      expect(r.err).toMatch(/^llm-proxy: cannot decrypt the provider key of project "(beta|gamma)" \([0-9a-f-]+\): set IMPORT_ENCRYPTION_KEY/)
+      expect(r.err).toMatch(
+        /^llm-proxy: cannot decrypt the provider key of project "(beta|gamma)" \([0-9a-f-]+\): set IMPORT_ENCRYPTION_KEY/
+      )
       expect(r.err).not.toContain(OUR_KEY.toString("base64"))
       await expect(target.rows("projects")).rejects.toThrow(/no such table/)
     } finally {
@@ -419,7 +482,9 @@ describe("migrate import: the source's keys, names and shapes", () => {
       expect(here.ok).toBe(true)
       const db = new Sqlite((target.database as { path: string }).path)
       const now = new Date().toISOString()
-      db.prepare(`INSERT INTO projects (id, name, api_key, api_key_hint, created_at, updated_at) VALUES (?, 'alpha', 'k', 'k', ?, ?)`)
+      db.prepare(
+        `INSERT INTO projects (id, name, api_key, api_key_hint, created_at, updated_at) VALUES (?, 'alpha', 'k', 'k', ?, ?)`
+      )
         .run(randomUUID(), now, now)
       db.close()
       const r = await cli("migrate", "import", "--from", source.from, ...targetArgs(target), "--env", KEYS)
@@ -441,19 +506,34 @@ describe("migrate import: the source's keys, names and shapes", () => {
     try {
       const project = randomUUID()
       const token = goToken()
-      await source.exec("INSERT INTO projects (id, name, openai_api_key, created_at, updated_at) VALUES (?, 'old', 'sk-old-upstream', ?, ?)", [
-        project, "2025-11-02 10:00:00", "2025-11-02 10:00:00"
-      ])
-      await source.exec("INSERT INTO tokens (token, project_id, expires_at, is_active, request_count, created_at) VALUES (?, ?, NULL, 1, 4, ?)", [
-        token, project, "2025-11-02 10:00:01"
-      ])
+      await source.exec(
+        "INSERT INTO projects (id, name, openai_api_key, created_at, updated_at) VALUES (?, 'old', 'sk-old-upstream', ?, ?)",
+        [
+          project,
+          "2025-11-02 10:00:00",
+          "2025-11-02 10:00:00"
+        ]
+      )
+      await source.exec(
+        "INSERT INTO tokens (token, project_id, expires_at, is_active, request_count, created_at) VALUES (?, ?, NULL, 1, 4, ?)",
+        [
+          token,
+          project,
+          "2025-11-02 10:00:01"
+        ]
+      )
       const first = await importJson(source.from, other)
       expect(first).toMatchObject({ projects: { imported: 1 }, tokens: { imported: 1 }, audit: { imported: 0 } })
       const [row] = await other.rows("tokens")
       expect(row).toMatchObject({ project_id: project, token_hash: "go:" + sha256(token) })
       expect(iso(row!.created_at)).toBe("2025-11-02T10:00:01.000Z")
-      expect(await importJson(source.from, other)).toMatchObject({ projects: { unchanged: 1 }, tokens: { imported: 0, unchanged: 1 } })
-      const server = await startServer(testConfig(other.database, { openaiApiUrl: mock.url, ...withEncryptionKey(OUR_KEY.toString("base64")) }))
+      expect(await importJson(source.from, other)).toMatchObject({
+        projects: { unchanged: 1 },
+        tokens: { imported: 0, unchanged: 1 }
+      })
+      const server = await startServer(
+        testConfig(other.database, { openaiApiUrl: mock.url, ...withEncryptionKey(OUR_KEY.toString("base64")) })
+      )
       try {
         expect((await proxy(server, token)).status).toBe(200)
         expect(mock.requests.at(-1)!.headers.authorization).toBe("Bearer sk-old-upstream")
@@ -471,14 +551,38 @@ describe("migrate import: the source's keys, names and shapes", () => {
     const missing = await cli("migrate", "import", "--from", "/nonexistent/go.db", ...targetArgs(target), "--env", KEYS)
     expect([missing.ok, missing.err]).toEqual([false, "llm-proxy: no such file: /nonexistent/go.db"])
     // A PostgreSQL source that does not answer: the message never shows its URL (it may hold a password).
-    const down = await cli("migrate", "import", "--from", "postgres://go:s3cret-go-pw@127.0.0.1:1/go", ...targetArgs(target), "--env", KEYS)
+    const down = await cli(
+      "migrate",
+      "import",
+      "--from",
+      "postgres://go:s3cret-go-pw@127.0.0.1:1/go",
+      ...targetArgs(target),
+      "--env",
+      KEYS
+    )
     expect([down.ok, down.err]).toEqual([false, "llm-proxy: cannot connect to the Go llm-proxy's PostgreSQL (--from)"])
     const other = await backends[0]!.create()
     try {
       expect((await cli("migrate", "up", ...targetArgs(other))).ok).toBe(true)
-      const ours = await cli("migrate", "import", "--from", (other.database as { path: string }).path, ...targetArgs(target), "--env", KEYS)
+      const ours = await cli(
+        "migrate",
+        "import",
+        "--from",
+        (other.database as { path: string }).path,
+        ...targetArgs(target),
+        "--env",
+        KEYS
+      )
       expect(ours.err).toBe("llm-proxy: the source is an llm-proxy database of this project, not the Go llm-proxy's")
-      const self = await cli("migrate", "import", "--from", (target.database as { path: string }).path, ...targetArgs(target), "--env", KEYS)
+      const self = await cli(
+        "migrate",
+        "import",
+        "--from",
+        (target.database as { path: string }).path,
+        ...targetArgs(target),
+        "--env",
+        KEYS
+      )
       expect(self.err).toBe("llm-proxy: --from names this gateway's own database")
     } finally {
       await other.cleanup()
@@ -516,13 +620,26 @@ describe("migrate encrypt", () => {
     try {
       const s = await seed(source)
       // Imported without an ENCRYPTION_KEY: keys are stored in plaintext, and the import says so.
-      const plain = await cli("migrate", "import", "--from", source.from, ...targetArgs(target), "--env", envFile({ IMPORT_ENCRYPTION_KEY: GO_KEY.toString("base64") }))
+      const plain = await cli(
+        "migrate",
+        "import",
+        "--from",
+        source.from,
+        ...targetArgs(target),
+        "--env",
+        envFile({ IMPORT_ENCRYPTION_KEY: GO_KEY.toString("base64") })
+      )
       expect(plain.ok).toBe(true)
       expect(plain.err).toContain("ENCRYPTION_KEY is not set: imported provider keys are stored in plaintext")
-      expect((await target.rows("projects")).map((p) => p.api_key).sort()).toEqual([s.alphaKey, s.betaKey, "sk-upstream-gamma"].sort())
+      expect((await target.rows("projects")).map((p) => p.api_key).sort()).toEqual(
+        [s.alphaKey, s.betaKey, "sk-upstream-gamma"].sort()
+      )
 
       const noKey = await cli("migrate", "encrypt", ...targetArgs(target), "--env", envFile({}))
-      expect([noKey.ok, noKey.err]).toEqual([false, "llm-proxy: ENCRYPTION_KEY is required (generate one with `llm-proxy setup`)"])
+      expect([noKey.ok, noKey.err]).toEqual([
+        false,
+        "llm-proxy: ENCRYPTION_KEY is required (generate one with `llm-proxy setup`)"
+      ])
       const dry = await cli("migrate", "encrypt", ...targetArgs(target), "--env", KEYS, "--dry-run")
       expect(dry.out).toBe("3 provider key(s) would be encrypted; 0 already encrypted. Dry run: nothing was written")
       expect((await target.rows("projects")).every((p) => !String(p.api_key).startsWith("enc:"))).toBe(true)
@@ -531,12 +648,16 @@ describe("migrate encrypt", () => {
       expect(JSON.parse(first.out)).toEqual({ dryRun: false, encrypted: 3, alreadyEncrypted: 0 })
       const rows = await target.rows("projects")
       expect(rows.every((p) => String(p.api_key).startsWith("enc:v1:"))).toBe(true)
-      expect(rows.map((p) => decryptHere(p.api_key)).sort()).toEqual([s.alphaKey, s.betaKey, "sk-upstream-gamma"].sort())
+      expect(rows.map((p) => decryptHere(p.api_key)).sort()).toEqual(
+        [s.alphaKey, s.betaKey, "sk-upstream-gamma"].sort()
+      )
       const again = await cli("migrate", "encrypt", ...targetArgs(target), "--env", KEYS)
       expect(again.out).toBe("encrypted 0 provider key(s); 3 already encrypted")
       expect(await target.rows("projects")).toEqual(rows)
 
-      const server = await startServer(testConfig(target.database, { openaiApiUrl: mock.url, ...withEncryptionKey(OUR_KEY.toString("base64")) }))
+      const server = await startServer(
+        testConfig(target.database, { openaiApiUrl: mock.url, ...withEncryptionKey(OUR_KEY.toString("base64")) })
+      )
       try {
         expect((await proxy(server, s.used.token)).status).toBe(200)
         expect(mock.requests.at(-1)!.headers.authorization).toBe(`Bearer ${s.alphaKey}`)

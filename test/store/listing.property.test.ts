@@ -90,14 +90,21 @@ interface RefToken {
 const projectIdOf = (i: number) => `00000000-0000-4000-8000-${String(i).padStart(12, "0")}`
 
 const expiresUs = (e: GenToken["expires"]): number | null =>
-  e === "none" ? null : e === "past" ? NOW_US - 1_000_000 : e === "now" ? NOW_US : e === "justAfter" ? NOW_US + 1 : NOW_US + 60_000_000
+  e === "none"
+    ? null
+    : e === "past"
+    ? NOW_US - 1_000_000
+    : e === "now"
+    ? NOW_US
+    : e === "justAfter"
+    ? NOW_US + 1
+    : NOW_US + 60_000_000
 
 const statusOf = (t: RefToken): TokenStatus =>
   !t.isActive ? "revoked" : t.expiresUs !== null && t.expiresUs <= NOW_US ? "expired" : "active"
 
 /** Newest first: creation time, then id, both descending. */
-const byKeyDesc = (a: RefToken, b: RefToken) =>
-  b.createdUs - a.createdUs || (a.id < b.id ? 1 : a.id > b.id ? -1 : 0)
+const byKeyDesc = (a: RefToken, b: RefToken) => b.createdUs - a.createdUs || (a.id < b.id ? 1 : a.id > b.id ? -1 : 0)
 
 const suite = (dialect: Dialect) =>
   layer(freshStore(dialect), { excludeTestServices: true, timeout: "60 seconds" })((it) => {
@@ -128,7 +135,9 @@ const suite = (dialect: Dialect) =>
             projectId: projectIdOf(t.project),
             createdUs: T0_US + t.createdSecond * 1_000_000 + (dialect === "postgres" ? t.createdMicro : 0),
             // as stored: SQLite keeps milliseconds
-            expiresUs: ((us) => us === null || dialect === "postgres" ? us : Math.floor(us / 1000) * 1000)(expiresUs(t.expires)),
+            expiresUs: ((us) => us === null || dialect === "postgres" ? us : Math.floor(us / 1000) * 1000)(
+              expiresUs(t.expires)
+            ),
             isActive: t.revoked === "no"
           }))
           if (ref.length > 0) {
@@ -185,7 +194,10 @@ const suite = (dialect: Dialect) =>
             const mine = ref.filter((t) => t.projectId === projectIdOf(i))
             const perProject = yield* store.countTokens(NOW, COUNT_CAP, projectIdOf(i))
             for (const status of ["active", "expired", "revoked"] as const) {
-              expect(perProject[status]).toEqual({ count: mine.filter((t) => statusOf(t) === status).length, exact: true })
+              expect(perProject[status]).toEqual({
+                count: mine.filter((t) => statusOf(t) === status).length,
+                exact: true
+              })
             }
           }
           const capped = yield* store.countTokens(NOW, 2)
@@ -199,7 +211,9 @@ const suite = (dialect: Dialect) =>
           for (const q of data.projectQueries) {
             const search = q.search?.trim() ?? ""
             const expected = byName
-              .filter((p) => search === "" || p.name.toLowerCase().includes(search.toLowerCase()) || p.id === search.toLowerCase())
+              .filter((p) =>
+                search === "" || p.name.toLowerCase().includes(search.toLowerCase()) || p.id === search.toLowerCase()
+              )
               .map((p) => p.id)
             const pages = Math.max(1, Math.ceil(expected.length / q.size))
             // first, every middle one, the last, and one past the end

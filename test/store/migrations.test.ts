@@ -162,18 +162,22 @@ describe("migrations on SQLite", () => {
   // Separate processes, as when several instances start together. (Two SqliteClients in one process do not
   // interleave: better-sqlite3 is synchronous, so the first migration runs to completion before the second
   // starts, and such a test passes even without the lock.)
-  it.scopedLive("processes migrating the same fresh file at once each apply every migration exactly once", () =>
-    Effect.gen(function*() {
-      const script = yield* bundledMigrator
-      for (let round = 0; round < 5; round++) {
-        const file = yield* tempSqlitePath
-        const children = yield* Effect.promise(() => runMigrators(script, file, 3))
-        for (const child of children) expect(child, child.stderr).toMatchObject({ code: 0 })
-        expectOneRan("sqlite", children.map((c) => JSON.parse(c.stdout.trim().split("\n").at(-1)!) as Array<string>))
-        const db = yield* Layer.build(clientFor("sqlite", file))
-        expectEachRecordedOnce("sqlite", yield* Effect.provide(migrationRows, db))
-      }
-    }), 60_000)
+  it.scopedLive(
+    "processes migrating the same fresh file at once each apply every migration exactly once",
+    () =>
+      Effect.gen(function*() {
+        const script = yield* bundledMigrator
+        for (let round = 0; round < 5; round++) {
+          const file = yield* tempSqlitePath
+          const children = yield* Effect.promise(() => runMigrators(script, file, 3))
+          for (const child of children) expect(child, child.stderr).toMatchObject({ code: 0 })
+          expectOneRan("sqlite", children.map((c) => JSON.parse(c.stdout.trim().split("\n").at(-1)!) as Array<string>))
+          const db = yield* Layer.build(clientFor("sqlite", file))
+          expectEachRecordedOnce("sqlite", yield* Effect.provide(migrationRows, db))
+        }
+      }),
+    60_000
+  )
 })
 
 describe.skipIf(!postgresUrl)(
@@ -181,20 +185,24 @@ describe.skipIf(!postgresUrl)(
   () => {
     runnerSuite("postgres")
 
-    it.scopedLive("two pools migrating the same fresh database at once each apply every migration exactly once", () =>
-      Effect.gen(function*() {
-        for (let round = 0; round < 5; round++) {
-          const url = yield* testPostgresUrl
-          const a = yield* Layer.build(clientFor("postgres", url))
-          const b = yield* Layer.build(clientFor("postgres", url))
-          const results = yield* Effect.all(
-            [Effect.provide(migrateUp("postgres"), a), Effect.provide(migrateUp("postgres"), b)],
-            { concurrency: 2 }
-          )
-          expectOneRan("postgres", results)
-          expectEachRecordedOnce("postgres", yield* Effect.provide(migrationRows, a))
-          expectEachRecordedOnce("postgres", yield* Effect.provide(migrationRows, b))
-        }
-      }), 60_000)
+    it.scopedLive(
+      "two pools migrating the same fresh database at once each apply every migration exactly once",
+      () =>
+        Effect.gen(function*() {
+          for (let round = 0; round < 5; round++) {
+            const url = yield* testPostgresUrl
+            const a = yield* Layer.build(clientFor("postgres", url))
+            const b = yield* Layer.build(clientFor("postgres", url))
+            const results = yield* Effect.all(
+              [Effect.provide(migrateUp("postgres"), a), Effect.provide(migrateUp("postgres"), b)],
+              { concurrency: 2 }
+            )
+            expectOneRan("postgres", results)
+            expectEachRecordedOnce("postgres", yield* Effect.provide(migrationRows, a))
+            expectEachRecordedOnce("postgres", yield* Effect.provide(migrationRows, b))
+          }
+        }),
+      60_000
+    )
   }
 )

@@ -39,7 +39,12 @@ export const walk = <A>(
     let lastPage: KeysetPage<A> | undefined
     for (let start = 0;; start += size) {
       const page: KeysetPage<A> = yield* list({ limit: size, position })
-      checkPage(page, { rows: ref.slice(start, start + size), hasNext: start + size < n, hasPrev: start > 0 }, idOf, `${label} forwards from ${start}`)
+      checkPage(
+        page,
+        { rows: ref.slice(start, start + size), hasNext: start + size < n, hasPrev: start > 0 },
+        idOf,
+        `${label} forwards from ${start}`
+      )
       lastPage = page
       if (!page.hasNext) break
       position = roundTrip("after", page.lastKey!)
@@ -57,9 +62,13 @@ export const walk = <A>(
     for (let end = n;; end -= size) {
       const from = Math.max(0, end - size)
       const page: KeysetPage<A> = yield* list({ limit: size, position })
-      checkPage(page, { rows: ref.slice(from, end), hasNext: end < n, hasPrev: from > 0 }, idOf, `${label} backwards to ${end}`)
+      checkPage(
+        page,
+        { rows: ref.slice(from, end), hasNext: end < n, hasPrev: from > 0 },
+        idOf,
+        `${label} backwards to ${end}`
+      )
       if (!page.hasPrev) break
       position = roundTrip("before", page.firstKey!)
     }
   })
-

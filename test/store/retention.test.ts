@@ -19,7 +19,9 @@ const daysAgo = (d: number) => new Date(Date.now() - d * DAY).toISOString()
 
 describe("TOKEN_RETENTION_DAYS", () => {
   const load = (env: Record<string, string>) =>
-    Effect.runSync(Effect.either(Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map(Object.entries(env))))))
+    Effect.runSync(
+      Effect.either(Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map(Object.entries(env)))))
+    )
   it("defaults to 30 days; 0 keeps tokens forever; anything else but a whole number of days is refused", () => {
     const days = (env: Record<string, string>) => Either.map(load(env), (c) => c.tokenRetentionDays)
     expect(days({})).toEqual(Either.right(30))
@@ -63,18 +65,23 @@ const suite = (dialect: Dialect) =>
         revokedWithoutTime: { expires_at: daysAgo(-300), is_active: false, deactivated_at: null },
         revokedAndExpiredLongAgo: { expires_at: daysAgo(90), is_active: false, deactivated_at: daysAgo(100) }
       } as const
-      const ids = Object.fromEntries(Object.keys(cases).map((k) => [k, randomUUID()])) as Record<keyof typeof cases, string>
+      const ids = Object.fromEntries(Object.keys(cases).map((k) => [k, randomUUID()])) as Record<
+        keyof typeof cases,
+        string
+      >
       yield* sql`INSERT INTO tokens ${
-        sql.insert(Object.entries(cases).map(([name, c]) => ({
-          id: ids[name as keyof typeof cases],
-          token_hash: randomBytes(32).toString("hex"),
-          token_hint: "sk-abcd****wxyz",
-          project_id: projectId,
-          expires_at: c.expires_at,
-          is_active: b(c.is_active),
-          deactivated_at: c.deactivated_at,
-          created_at: daysAgo(400)
-        })))
+        sql.insert(
+          Object.entries(cases).map(([name, c]) => ({
+            id: ids[name as keyof typeof cases],
+            token_hash: randomBytes(32).toString("hex"),
+            token_hint: "sk-abcd****wxyz",
+            project_id: projectId,
+            expires_at: c.expires_at,
+            is_active: b(c.is_active),
+            deactivated_at: c.deactivated_at,
+            created_at: daysAgo(400)
+          }))
+        )
       }`
       return { projectId, ids }
     })
@@ -82,7 +89,10 @@ const suite = (dialect: Dialect) =>
     const remaining = (projectId: string) =>
       Effect.gen(function*() {
         const store = yield* Store
-        const page = yield* store.listTokens({ projectId, now: new Date().toISOString() }, { limit: 100, position: firstPage })
+        const page = yield* store.listTokens({ projectId, now: new Date().toISOString() }, {
+          limit: 100,
+          position: firstPage
+        })
         return page.rows.map((t) => t.id).sort()
       })
 
@@ -131,8 +141,20 @@ const suite = (dialect: Dialect) =>
         }`
         yield* pruneTokensOnce(30)
         expect(yield* store.getToken(ids.expiredLongAgo).pipe(Effect.map((o) => o._tag))).toBe("None")
-        const series = yield* store.usageSeries({ since: hour, until: new Date().toISOString(), tokenId: ids.expiredLongAgo })
-        expect(series).toEqual([{ hour, requests: 7, cacheHits: 1, errors: 2, promptTokens: 100, completionTokens: 50, costUsd: 0 }])
+        const series = yield* store.usageSeries({
+          since: hour,
+          until: new Date().toISOString(),
+          tokenId: ids.expiredLongAgo
+        })
+        expect(series).toEqual([{
+          hour,
+          requests: 7,
+          cacheHits: 1,
+          errors: 2,
+          promptTokens: 100,
+          completionTokens: 50,
+          costUsd: 0
+        }])
         const events = yield* sql<{ id: string }>`SELECT id FROM audit_events WHERE token_id = ${ids.expiredLongAgo}`
         expect(events.map((e) => e.id)).toEqual([auditId])
       }))
@@ -148,7 +170,9 @@ const suite = (dialect: Dialect) =>
           yield* store.revokeToken(ids.revokedWithoutTime, daysAgo(60))
           while ((yield* remaining(projectId)).includes(ids.revokedWithoutTime)) yield* Effect.sleep("20 millis")
         }).pipe(Effect.scoped, Effect.timeout("20 seconds"))
-        expect(yield* remaining(projectId)).toEqual([ids.expiredRecently, ids.active, ids.neverExpires, ids.revokedRecently].sort())
+        expect(yield* remaining(projectId)).toEqual(
+          [ids.expiredRecently, ids.active, ids.neverExpires, ids.revokedRecently].sort()
+        )
       }))
   })
 

@@ -77,15 +77,26 @@ const rowsSuite = (dialect: Dialect) =>
             const read = Option.getOrThrow(yield* store.getToken(token.id))
             expect({ text: c.text, models: read.allowedModels, metadata: read.metadata }).toEqual(c)
             expect(Option.getOrThrow(yield* store.getTokenByHash(hash))).toEqual(read)
-            const page = yield* store.listTokens({ projectId: project.id, now: NOW }, { limit: 10, position: firstPage })
+            const page = yield* store.listTokens({ projectId: project.id, now: NOW }, {
+              limit: 10,
+              position: firstPage
+            })
             expect(page.rows).toEqual([read])
             const auth = Option.getOrThrow(yield* store.getTokenAuth(hash))
-            expect(auth).toMatchObject({ tokenAllowedModels: c.models, projectAllowedModels: c.models, metadata: c.metadata })
+            expect(auth).toMatchObject({
+              tokenAllowedModels: c.models,
+              projectAllowedModels: c.models,
+              metadata: c.metadata
+            })
             expect(Option.getOrThrow(yield* store.getProject(project.id)).allowedModels).toEqual(c.models)
           }
           // NULL is none as well; the rest of the row is untouched throughout.
           yield* sql`UPDATE tokens SET allowed_models = NULL, metadata = NULL WHERE id = ${token.id}`
-          expect(Option.getOrThrow(yield* store.getToken(token.id))).toEqual({ ...token, allowedModels: null, metadata: null })
+          expect(Option.getOrThrow(yield* store.getToken(token.id))).toEqual({
+            ...token,
+            allowedModels: null,
+            metadata: null
+          })
         }))
 
       it.effect("provider keys written by hand: a list that is not one of keys is the project's one key", () =>
@@ -116,7 +127,10 @@ const rowsSuite = (dialect: Dialect) =>
           ]
           for (const [text, keys] of cases) {
             yield* sql`UPDATE projects SET api_keys = ${text} WHERE id = ${project.id}`
-            expect({ text, keys: Option.getOrThrow(yield* store.getProject(project.id)).apiKeys }).toEqual({ text, keys })
+            expect({ text, keys: Option.getOrThrow(yield* store.getProject(project.id)).apiKeys }).toEqual({
+              text,
+              keys
+            })
             expect({ text, keys: Option.getOrThrow(yield* store.getTokenAuth(hash)).apiKeys }).toEqual({ text, keys })
           }
         }))
@@ -143,8 +157,14 @@ const rowsSuite = (dialect: Dialect) =>
             maxRequests: 7,
             spend: { ...token.spend, tokensUsed: BIG }
           })
-          expect(Option.getOrThrow(yield* store.getProject(project.id))).toMatchObject({ isActive: false, spend: { tokensUsed: BIG + 1 } })
-          expect(Option.getOrThrow(yield* store.getTokenAuth(hash))).toMatchObject({ isActive: false, projectActive: false })
+          expect(Option.getOrThrow(yield* store.getProject(project.id))).toMatchObject({
+            isActive: false,
+            spend: { tokensUsed: BIG + 1 }
+          })
+          expect(Option.getOrThrow(yield* store.getTokenAuth(hash))).toMatchObject({
+            isActive: false,
+            projectActive: false
+          })
           expect(Option.getOrThrow(yield* store.spendOf(token.id))).toMatchObject({
             token: { tokensUsed: BIG },
             project: { tokensUsed: BIG + 1 }
@@ -190,7 +210,9 @@ const rowsSuite = (dialect: Dialect) =>
             [
               "listTokens",
               "request_count",
-              yield* Effect.flip(store.listTokens({ projectId: project.id, now: NOW }, { limit: 10, position: firstPage }))
+              yield* Effect.flip(
+                store.listTokens({ projectId: project.id, now: NOW }, { limit: 10, position: firstPage })
+              )
             ],
             ["getProject", "created_at", yield* Effect.flip(store.getProject(project.id))],
             ["listProjects", "created_at", yield* Effect.flip(store.listProjects)],
@@ -233,7 +255,12 @@ describe("column schemas on their own", () => {
       for (const v of given) expect(Either.getOrThrow(decode(schema)(v))).toEqual(value)
     }
     const secret = `secret-${randomUUID()}`
-    const strict: ReadonlyArray<Schema.Schema<any, any>> = [SqlNumber.schema, SqlTimestamp.schema, SqlBool.schema, nullable(SqlNumber).schema]
+    const strict: ReadonlyArray<Schema.Schema<any, any>> = [
+      SqlNumber.schema,
+      SqlTimestamp.schema,
+      SqlBool.schema,
+      nullable(SqlNumber).schema
+    ]
     for (const schema of strict) {
       for (const v of [secret, "", undefined, {}]) {
         const result = decode(schema)(v)

@@ -7,17 +7,17 @@ import { describe, expect, layer } from "@effect/vitest"
 import { Effect, Either, Layer, Option, Redacted } from "effect"
 import { randomBytes, randomUUID } from "node:crypto"
 import { writeFileSync } from "node:fs"
+import { firstPage } from "../../src/store/keyset.js"
 import { postgresStore, sqliteStore } from "../../src/store/layers.js"
 import type { Dialect } from "../../src/store/migrations.js"
-import { firstPage } from "../../src/store/keyset.js"
 import {
   DuplicateProjectName,
   type NewProject,
-  type StoredKey,
   type NewToken,
   NO_BUDGET,
   NOTHING_SPENT,
   Store,
+  type StoredKey,
   StoreError,
   type TokenRow
 } from "../../src/store/Store.js"
@@ -32,7 +32,10 @@ const NOW = at(0)
 const LATER = at(60)
 const FUTURE = "2099-12-31T23:59:59.999Z"
 
-const oneKey = (key: string, hint: string): ReadonlyArray<StoredKey> => [{ id: randomUUID(), key, hint, weight: 1, provider: null }]
+const oneKey = (
+  key: string,
+  hint: string
+): ReadonlyArray<StoredKey> => [{ id: randomUUID(), key, hint, weight: 1, provider: null }]
 
 const newProject = (fields: Partial<NewProject> = {}): NewProject => ({
   id: randomUUID(),
@@ -84,7 +87,8 @@ const failTokenUpdates = (dialect: Dialect, projectId: string) =>
       Effect.flatMap(SqlClient.SqlClient, (sql) =>
         dialect === "sqlite"
           ? sql`DROP TRIGGER fail_token_updates`
-          : Effect.zipRight(sql`DROP TRIGGER fail_token_updates ON tokens`, sql`DROP FUNCTION fail_token_updates()`)).pipe(
+          : Effect.zipRight(sql`DROP TRIGGER fail_token_updates ON tokens`, sql`DROP FUNCTION fail_token_updates()`))
+        .pipe(
           Effect.orDie
         )
   )
@@ -122,7 +126,11 @@ const storeSuite = (dialect: Dialect) =>
           yield* store.createProject(newProject({ name: `${prefix}-charlie` }))
           yield* store.createProject(newProject({ name: `${prefix}-alpha` }))
           const names = (yield* store.listProjects).map((p) => p.name)
-          expect(names.filter((n) => n.startsWith(prefix))).toEqual([`${prefix}-alpha`, `${prefix}-bravo`, `${prefix}-charlie`])
+          expect(names.filter((n) => n.startsWith(prefix))).toEqual([
+            `${prefix}-alpha`,
+            `${prefix}-bravo`,
+            `${prefix}-charlie`
+          ])
         }))
 
       it.effect("rejects a duplicate name on create with DuplicateProjectName", () =>
@@ -163,7 +171,12 @@ const storeSuite = (dialect: Dialect) =>
 
           const renamed = `renamed-${randomUUID()}`
           yield* store.updateProject(project.id, { name: renamed, provider: "anthropic", now: at(120) })
-          expect(yield* getProject(project.id)).toEqual({ ...expected, name: renamed, provider: "anthropic", updatedAt: at(120) })
+          expect(yield* getProject(project.id)).toEqual({
+            ...expected,
+            name: renamed,
+            provider: "anthropic",
+            updatedAt: at(120)
+          })
 
           expect(yield* store.updateProject(randomUUID(), { name: "nobody", now: LATER })).toEqual(Option.none())
         }))
@@ -180,11 +193,19 @@ const storeSuite = (dialect: Dialect) =>
           expect((yield* getToken(tokens[0]!.id)).isActive).toBe(true)
 
           yield* store.updateProject(project.id, { isActive: false, now: at(120) })
-          expect(yield* getProject(project.id)).toMatchObject({ isActive: false, deactivatedAt: LATER, updatedAt: at(120) })
+          expect(yield* getProject(project.id)).toMatchObject({
+            isActive: false,
+            deactivatedAt: LATER,
+            updatedAt: at(120)
+          })
 
           const on = Option.getOrThrow(yield* store.updateProject(project.id, { isActive: true, now: at(180) }))
           expect(on.project).toMatchObject({ isActive: true, deactivatedAt: null })
-          expect(yield* getProject(project.id)).toMatchObject({ isActive: true, deactivatedAt: null, updatedAt: at(180) })
+          expect(yield* getProject(project.id)).toMatchObject({
+            isActive: true,
+            deactivatedAt: null,
+            updatedAt: at(180)
+          })
         }))
 
       it.effect("revokeTokens on deactivation revokes the active tokens and returns the count", () =>
@@ -442,7 +463,9 @@ const storeSuite = (dialect: Dialect) =>
 
           expect(Option.getOrThrow(yield* store.updateToken(id, { maxRequests: 5, now: LATER })).maxRequests).toBe(5)
           expect((yield* getToken(id)).maxRequests).toBe(5)
-          expect(Option.getOrThrow(yield* store.updateToken(id, { maxRequests: null, now: LATER })).maxRequests).toBe(null)
+          expect(Option.getOrThrow(yield* store.updateToken(id, { maxRequests: null, now: LATER })).maxRequests).toBe(
+            null
+          )
           expect((yield* getToken(id)).maxRequests).toBe(null)
 
           const expiresAt = at(3600)
@@ -474,7 +497,11 @@ const storeSuite = (dialect: Dialect) =>
         for (const stamp of stamps) {
           const project = yield* store.createProject(newProject({ now: stamp }))
           yield* store.updateProject(project.id, { isActive: false, now: stamp })
-          expect(yield* getProject(project.id)).toMatchObject({ createdAt: stamp, updatedAt: stamp, deactivatedAt: stamp })
+          expect(yield* getProject(project.id)).toMatchObject({
+            createdAt: stamp,
+            updatedAt: stamp,
+            deactivatedAt: stamp
+          })
 
           const token = yield* store.createToken(newToken(project.id, { now: stamp, expiresAt: stamp }))
           yield* store.revokeToken(token.id, stamp)
@@ -507,12 +534,16 @@ const storeSuite = (dialect: Dialect) =>
           )
           expectStoreError(yield* Effect.flip(store.createToken(newToken(randomUUID(), { tokenHash: secret }))))
           expectStoreError(
-            yield* Effect.flip(store.listTokens({ projectId: secret, status: "active", now: secret }, { limit: 10, position: firstPage }))
+            yield* Effect.flip(
+              store.listTokens({ projectId: secret, status: "active", now: secret }, { limit: 10, position: firstPage })
+            )
           )
           expectStoreError(yield* Effect.flip(store.countTokens(secret, 10)))
           expectStoreError(yield* Effect.flip(store.pruneTokens(secret, 10)))
           expectStoreError(yield* Effect.flip(store.revokeProjectTokens(secret, secret)))
-          expectStoreError(yield* Effect.flip(store.createProject(newProject({ name: secret, apiKeys: oneKey(secret, secret) }))))
+          expectStoreError(
+            yield* Effect.flip(store.createProject(newProject({ name: secret, apiKeys: oneKey(secret, secret) })))
+          )
           expectStoreError(yield* Effect.flip(store.updateProject(secret, { name: secret, now: secret })))
         }).pipe(Effect.provide(freshStore(dialect))))
 
@@ -521,7 +552,9 @@ const storeSuite = (dialect: Dialect) =>
           Effect.gen(function*() {
             const path = yield* tempSqlitePath
             writeFileSync(path, randomBytes(64 * 1024))
-            const error = yield* Effect.flip(Effect.provide(Effect.flatMap(Store, (s) => s.getTokenByHash(secret)), sqliteStore(path)))
+            const error = yield* Effect.flip(
+              Effect.provide(Effect.flatMap(Store, (s) => s.getTokenByHash(secret)), sqliteStore(path))
+            )
             expect(expectStoreError(error)).toBe(`cannot open SQLite database at ${path}`)
           }).pipe(Effect.scoped))
       } else {
@@ -530,7 +563,9 @@ const storeSuite = (dialect: Dialect) =>
             const store = yield* Store
             const sql = yield* SqlClient.SqlClient
             const [{ name }] = (yield* sql<{ name: string }>`SELECT current_database() AS name`) as [{ name: string }]
-            yield* Effect.promise(() => withPgClient(postgresUrl!, (c) => c.query(`DROP DATABASE "${name}" WITH (FORCE)`)))
+            yield* Effect.promise(() =>
+              withPgClient(postgresUrl!, (c) => c.query(`DROP DATABASE "${name}" WITH (FORCE)`))
+            )
             expectStoreError(yield* Effect.flip(store.getTokenByHash(secret)))
             expectStoreError(yield* Effect.flip(store.getTokenByHash(secret)))
           }).pipe(Effect.provide(freshStore(dialect))))

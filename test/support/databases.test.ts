@@ -28,8 +28,10 @@ describe.skipIf(!postgresUrl)(
         dropped = true
         await db.drop() // idempotent
 
-        const remaining = await withPgClient(postgresUrl!, async (client) =>
-          (await client.query("select 1 from pg_database where datname = $1", [db.name])).rows.length)
+        const remaining = await withPgClient(
+          postgresUrl!,
+          async (client) => (await client.query("select 1 from pg_database where datname = $1", [db.name])).rows.length
+        )
         expect(remaining).toBe(0)
       } finally {
         if (!dropped) await db.drop()
@@ -42,8 +44,10 @@ describe.skipIf(!postgresUrl)(
         await client.query("select 1")
         await db.drop()
       })
-      const remaining = await withPgClient(postgresUrl!, async (client) =>
-        (await client.query("select 1 from pg_database where datname = $1", [db.name])).rows.length)
+      const remaining = await withPgClient(
+        postgresUrl!,
+        async (client) => (await client.query("select 1 from pg_database where datname = $1", [db.name])).rows.length
+      )
       expect(remaining).toBe(0)
     })
   }

@@ -5,9 +5,9 @@
  * `REDIS_URL`; locally, suites that need them should be wrapped in
  * `describe.skipIf(!postgresUrl)` / `describe.skipIf(!redisUrl)`.
  */
+import { Redis } from "ioredis"
 import { randomBytes } from "node:crypto"
 import { createRequire } from "node:module"
-import { Redis } from "ioredis"
 
 // `pg` ships no type declarations and `@types/pg` is not installed, so a plain
 // `import pg from "pg"` fails `tsc --noEmit` under `strict` (TS7016). Load it
@@ -38,8 +38,9 @@ export const pg: PgModule = createRequire(import.meta.url)("pg") as PgModule
 const databaseUrl = process.env["DATABASE_URL"]
 
 /** `DATABASE_URL` when it is a postgres:// or postgresql:// URL, else undefined. */
-export const postgresUrl: string | undefined =
-  databaseUrl !== undefined && /^postgres(?:ql)?:\/\//i.test(databaseUrl) ? databaseUrl : undefined
+export const postgresUrl: string | undefined = databaseUrl !== undefined && /^postgres(?:ql)?:\/\//i.test(databaseUrl)
+  ? databaseUrl
+  : undefined
 
 /** `REDIS_URL` when set (and non-empty), else undefined. */
 export const redisUrl: string | undefined = process.env["REDIS_URL"] || undefined

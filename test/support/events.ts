@@ -1,7 +1,7 @@
 /** Fixtures for instrumentation-event tests: events, SSE bodies, a local HTTP receiver, in-process layers. */
 import { Context, Effect, Exit, Layer, Scope } from "effect"
-import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
 import { existsSync, readFileSync } from "node:fs"
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
 import type { AddressInfo } from "node:net"
 import type { CapturedBody, ProxyEvent } from "../../src/domain/ProxyEvent.js"
 

@@ -17,7 +17,11 @@ describe("mock upstream", () => {
     })
     expect(r.status).toBe(200)
     expect(((await r.json()) as any).usage.total_tokens).toBe(12)
-    expect(mock.requests[0]).toMatchObject({ method: "POST", path: "/v1/chat/completions", url: "/v1/chat/completions?x=1" })
+    expect(mock.requests[0]).toMatchObject({
+      method: "POST",
+      path: "/v1/chat/completions",
+      url: "/v1/chat/completions?x=1"
+    })
     expect(mock.requests[0]!.headers.authorization).toBe("Bearer k")
     expect(JSON.parse(mock.requests[0]!.body)).toEqual({ model: "m" })
   })
@@ -38,7 +42,7 @@ describe("mock upstream", () => {
     const r = await fetch(`${mock.url}/v1/chat/completions`, { method: "POST" })
     expect(r.headers.get("content-type")).toBe("text/event-stream")
     const text = await r.text()
-    expect(text).toContain('"content":"a"')
+    expect(text).toContain("\"content\":\"a\"")
     expect(text.endsWith("data: [DONE]\n\n")).toBe(true)
   })
 

@@ -70,7 +70,10 @@ export const json = (body: unknown, options: Omit<Extract<Reply, { kind: "json" 
   ...options
 })
 
-export const sse = (chunks: ReadonlyArray<string>, options: Omit<Extract<Reply, { kind: "sse" }>, "kind" | "chunks"> = {}): Reply => ({
+export const sse = (
+  chunks: ReadonlyArray<string>,
+  options: Omit<Extract<Reply, { kind: "sse" }>, "kind" | "chunks"> = {}
+): Reply => ({
   kind: "sse",
   chunks,
   ...options
@@ -104,16 +107,34 @@ export const chatCompletion = (
  */
 export const chatChunks = (
   deltas: ReadonlyArray<string>,
-  usage: { prompt_tokens: number; completion_tokens: number } | null = { prompt_tokens: 5, completion_tokens: deltas.length }
+  usage: { prompt_tokens: number; completion_tokens: number } | null = {
+    prompt_tokens: 5,
+    completion_tokens: deltas.length
+  }
 ): Array<string> => {
   const frame = (o: unknown) => `data: ${JSON.stringify(o)}\n\n`
   const base = { id: "chatcmpl-mock", object: "chat.completion.chunk", created: 1_700_000_000, model: "gpt-4o-mini" }
   return [
     ...deltas.map((d, i) =>
-      frame({ ...base, choices: [{ index: 0, delta: i === 0 ? { role: "assistant", content: d } : { content: d }, finish_reason: null }] })
+      frame({
+        ...base,
+        choices: [{
+          index: 0,
+          delta: i === 0 ? { role: "assistant", content: d } : { content: d },
+          finish_reason: null
+        }]
+      })
     ),
     frame({ ...base, choices: [{ index: 0, delta: {}, finish_reason: "stop" }] }),
-    ...(usage ? [frame({ ...base, choices: [], usage: { ...usage, total_tokens: usage.prompt_tokens + usage.completion_tokens } })] : []),
+    ...(usage
+      ? [
+        frame({
+          ...base,
+          choices: [],
+          usage: { ...usage, total_tokens: usage.prompt_tokens + usage.completion_tokens }
+        })
+      ]
+      : []),
     "data: [DONE]\n\n"
   ]
 }
@@ -164,7 +185,11 @@ export const startMockUpstream = async (): Promise<MockUpstream> => {
       case "json": {
         const send = () => {
           if (!alive()) return
-          const body = reply.body === undefined ? "" : typeof reply.body === "string" ? reply.body : JSON.stringify(reply.body)
+          const body = reply.body === undefined
+            ? ""
+            : typeof reply.body === "string"
+            ? reply.body
+            : JSON.stringify(reply.body)
           res.writeHead(reply.status ?? 200, {
             "content-type": "application/json",
             "content-length": Buffer.byteLength(body),
@@ -274,7 +299,10 @@ export const startMockUpstream = async (): Promise<MockUpstream> => {
     },
     waitForRequests: (n, timeoutMs = 10_000) =>
       requests.length >= n ? Promise.resolve() : new Promise<void>((resolve, reject) => {
-        const t = setTimeout(() => reject(new Error(`mock upstream: ${requests.length} of ${n} requests after ${timeoutMs} ms`)), timeoutMs)
+        const t = setTimeout(
+          () => reject(new Error(`mock upstream: ${requests.length} of ${n} requests after ${timeoutMs} ms`)),
+          timeoutMs
+        )
         waiters.push({
           n,
           resolve: () => {

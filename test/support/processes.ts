@@ -36,5 +36,10 @@ export const stopProcess = async (
 }
 
 /** Stops every process (in parallel), whatever happens to the others; the exits in the same order. */
-export const stopAll = (children: ReadonlyArray<ChildProcess | undefined>, graceMs?: number): Promise<Array<Exit | undefined>> =>
-  Promise.all(children.map((c) => (c === undefined ? undefined : stopProcess(c, graceMs === undefined ? {} : { graceMs }))))
+export const stopAll = (
+  children: ReadonlyArray<ChildProcess | undefined>,
+  graceMs?: number
+): Promise<Array<Exit | undefined>> =>
+  Promise.all(
+    children.map((c) => (c === undefined ? undefined : stopProcess(c, graceMs === undefined ? {} : { graceMs })))
+  )

@@ -3,7 +3,7 @@
  * outages against the real thing. `stop()` closes the listener and every forwarded connection; `start()` listens
  * again on the same port.
  */
-import { createServer, connect, type Server, type Socket } from "node:net"
+import { connect, createServer, type Server, type Socket } from "node:net"
 
 export interface TcpProxy {
   readonly port: number

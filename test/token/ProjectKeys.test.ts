@@ -25,7 +25,14 @@ const projectWithKey = Effect.gen(function*() {
   })
   const key = generateProjectKey()
   const keyId = crypto.randomUUID()
-  yield* store.createProjectKey({ id: keyId, projectId, name: "ci", keyHash: hashProjectKey(key), keyHint: projectKeyHint(key), now })
+  yield* store.createProjectKey({
+    id: keyId,
+    projectId,
+    name: "ci",
+    keyHash: hashProjectKey(key),
+    keyHint: projectKeyHint(key),
+    now
+  })
   return { projectId, keyId, key }
 })
 
@@ -37,7 +44,10 @@ const traced = <A, E, R>(self: Effect.Effect<A, E, R>) =>
     const recording = Tracer.make({
       span: (name, parent, ...rest) => {
         if (!name.startsWith("sql.")) {
-          spans.push({ name, parent: parent._tag === "Some" && parent.value._tag === "Span" ? parent.value.name : undefined })
+          spans.push({
+            name,
+            parent: parent._tag === "Some" && parent.value._tag === "Span" ? parent.value.name : undefined
+          })
         }
         return native.span(name, parent, ...rest)
       },

@@ -11,13 +11,18 @@ import { AppConfig } from "../../src/config/AppConfig.js"
 import { KeyCipher } from "../../src/crypto/KeyCipher.js"
 import { Store } from "../../src/store/Store.js"
 import * as TokenValidator from "../../src/token/TokenValidator.js"
-import { testConfig } from "../support/server.js"
 import { freshStore } from "../store/backends.js"
+import { testConfig } from "../support/server.js"
 
-const config = testConfig({ _tag: "sqlite", path: ":memory:" }, { tokenCacheTtlMs: 600_000, tokenCacheStaleTtlMs: 600_000 })
+const config = testConfig({ _tag: "sqlite", path: ":memory:" }, {
+  tokenCacheTtlMs: 600_000,
+  tokenCacheStaleTtlMs: 600_000
+})
 
 const validator = TokenValidator.layer.pipe(
-  Layer.provideMerge(Layer.mergeAll(freshStore("sqlite"), KeyCipher.layer(Option.none()), Layer.succeed(AppConfig, config)))
+  Layer.provideMerge(
+    Layer.mergeAll(freshStore("sqlite"), KeyCipher.layer(Option.none()), Layer.succeed(AppConfig, config))
+  )
 )
 
 /** A project with one unlimited token, written through the store; returns the token's hash (what `load` takes). */
@@ -64,9 +69,16 @@ describe("TokenValidator", () => {
         const t = yield* projectAndToken
         expect(tokens.cached(t.hash, Date.now())).toBeUndefined()
         const loadsBefore = tokens.stats().loads
-        const grants = yield* Effect.all([tokens.load(t.hash), tokens.load(t.hash), tokens.load(t.hash)], { concurrency: "unbounded" })
+        const grants = yield* Effect.all([tokens.load(t.hash), tokens.load(t.hash), tokens.load(t.hash)], {
+          concurrency: "unbounded"
+        })
         expect(tokens.stats().loads).toBe(loadsBefore + 1)
-        expect(grants[0]).toMatchObject({ tokenId: t.tokenId, projectId: t.projectId, isActive: true, projectActive: true })
+        expect(grants[0]).toMatchObject({
+          tokenId: t.tokenId,
+          projectId: t.projectId,
+          isActive: true,
+          projectActive: true
+        })
         expect(grants[1]).toBe(grants[0])
         expect(grants[0]!.keys.map((k) => Redacted.value(k.apiKey))).toEqual(["sk-key"])
         expect(tokens.cached(t.hash, Date.now())).toBe(grants[0])
@@ -116,7 +128,9 @@ describe("TokenValidator", () => {
         const warm = yield* projectAndToken
         const cold = yield* projectAndToken
         const grant = yield* tokens.load(warm.hash)
-        const [stale, failed] = yield* tokensUnreadable(Effect.all([tokens.load(warm.hash), Effect.exit(tokens.load(cold.hash))]))
+        const [stale, failed] = yield* tokensUnreadable(
+          Effect.all([tokens.load(warm.hash), Effect.exit(tokens.load(cold.hash))])
+        )
         // Loaded a moment ago (TOKEN_CACHE_STALE_TTL is ten minutes): served although the database failed.
         expect(stale).toBe(grant)
         expect(tokens.stats().staleServed).toBe(1)

@@ -13,11 +13,11 @@ import { invalidationCheckLayer, invalidationLayer, migratedDatabaseLayer } from
 import * as Health from "../../src/observability/Health.js"
 import { layerPostgres } from "../../src/token/PostgresInvalidation.js"
 import { TokenValidator } from "../../src/token/TokenValidator.js"
-import { backends, type BackendInstance } from "../http/harness.js"
+import { type BackendInstance, backends } from "../http/harness.js"
 import { call, chatBody, projectAndToken, type Stack, startStack } from "../proxy/stack.js"
 import { postgresUrl } from "../support/databases.js"
-import { testConfig } from "../support/server.js"
 import { proxyError } from "../support/proxyErrors.js"
+import { testConfig } from "../support/server.js"
 
 const postgres = backends.find((b) => b.name === "postgres")
 
@@ -71,7 +71,11 @@ describe.skipIf(!postgresUrl)("two instances on PostgreSQL, INVALIDATION_BACKEND
   it("/health lists token_invalidation, up, on the PostgreSQL channel", async () => {
     const r = await fetch(`${b.server.url}/health`)
     const body = await r.json() as { checks: Record<string, Record<string, unknown>> }
-    expect(body.checks["token_invalidation"]).toMatchObject({ status: "up", required: false, channel: "postgres-listen" })
+    expect(body.checks["token_invalidation"]).toMatchObject({
+      status: "up",
+      required: false,
+      channel: "postgres-listen"
+    })
   })
 })
 
@@ -99,7 +103,10 @@ describe.skipIf(!postgresUrl)("the token_invalidation check and the start-up lin
         Layer.succeed(AppConfig, config),
         Health.layer("test")
       )
-      const full = layer.pipe(Layer.provideMerge(deps), Layer.provide(Layer.merge(capture, Logger.minimumLogLevel(LogLevel.Info))))
+      const full = layer.pipe(
+        Layer.provideMerge(deps),
+        Layer.provide(Layer.merge(capture, Logger.minimumLogLevel(LogLevel.Info)))
+      )
       const ctx = yield* (Layer.build(full) as Effect.Effect<Context.Context<A | Health.Health>, never, Scope.Scope>)
       return { lines, ctx }
     })
@@ -146,6 +153,10 @@ describe.skipIf(!postgresUrl)("the token_invalidation check and the start-up lin
       expect(report.checks["token_invalidation"]).toMatchObject({ status: "down", required: false })
       expect(report.checks["token_invalidation"]!.error).toContain("the token cache is bypassed")
       expect(report.ready).toBe(true)
-      expect(built.lines.some((l) => l.level === "WARN" && l.message.startsWith("token invalidation channel (PostgreSQL LISTEN)"))).toBe(true)
+      expect(
+        built.lines.some((l) =>
+          l.level === "WARN" && l.message.startsWith("token invalidation channel (PostgreSQL LISTEN)")
+        )
+      ).toBe(true)
     }))
 })

@@ -7,9 +7,9 @@
 import { it } from "@effect/vitest"
 import { Effect } from "effect"
 import { afterAll, beforeAll, describe, expect } from "vitest"
-import { backends, type BackendInstance } from "../http/harness.js"
-import { call, chatBody, exec, projectAndToken, sleep, type Stack, startStack } from "../proxy/stack.js"
 import * as RateLimits from "../../src/token/RateLimits.js"
+import { type BackendInstance, backends } from "../http/harness.js"
+import { call, chatBody, exec, projectAndToken, sleep, type Stack, startStack } from "../proxy/stack.js"
 import { proxyError } from "../support/proxyErrors.js"
 
 const sqlite = backends.find((b) => b.name === "sqlite")!
@@ -41,7 +41,10 @@ describe("database outage (the tokens table made unreadable)", () => {
       expect((await go(stack, warm.token)).status).toBe(200)
       expect((await go(stack, warm.token)).status).toBe(200)
       const fresh = await go(stack, cold.token)
-      expect([fresh.status, proxyError(fresh.json)]).toMatchObject([503, { message: "Service temporarily unavailable", code: "service_unavailable" }])
+      expect([fresh.status, proxyError(fresh.json)]).toMatchObject([503, {
+        message: "Service temporarily unavailable",
+        code: "service_unavailable"
+      }])
       // TOKEN_CACHE_STALE_TTL=0: nothing is served past the TTL.
       expect((await go(strict, warm.token)).status).toBe(503)
     } finally {
@@ -74,14 +77,17 @@ describe("rate-limit store unreachable", () => {
     return { first, second, failures: limits.storeFailures() }
   })
   // The real clock: the 250 ms timeout and the Redis client's reconnects run on it.
-  const redisDown = (mode: RateLimits.FailureMode) => Effect.provide(checkTwice, RateLimits.layerRedis("redis://127.0.0.1:1", mode))
+  const redisDown = (mode: RateLimits.FailureMode) =>
+    Effect.provide(checkTwice, RateLimits.layerRedis("redis://127.0.0.1:1", mode))
 
   it.live("fail-open (default): requests are allowed and the failures counted", () =>
     Effect.map(redisDown("open"), (r) => expect(r).toEqual({ first: undefined, second: undefined, failures: 2 })))
 
   it.live("fail-closed: requests are refused (503 in the proxy) and the failures counted", () =>
-    Effect.map(redisDown("closed"), (r) =>
-      expect(r).toEqual({ first: RateLimits.Unavailable, second: RateLimits.Unavailable, failures: 2 })))
+    Effect.map(
+      redisDown("closed"),
+      (r) => expect(r).toEqual({ first: RateLimits.Unavailable, second: RateLimits.Unavailable, failures: 2 })
+    ))
 
   it.live("the data plane gets the Redis store's verdict as an Effect to run, never a value it would wait for", () =>
     Effect.gen(function*() {

@@ -13,7 +13,7 @@ import { AppConfig } from "../../src/config/AppConfig.js"
 import { KeyCipher } from "../../src/crypto/KeyCipher.js"
 import { loggerLayer, migratedDatabaseLayer } from "../../src/Layers.js"
 import { Store, type StoreShape } from "../../src/store/Store.js"
-import { APPLICATION_NAME, type ListenerOptions, layerPostgres } from "../../src/token/PostgresInvalidation.js"
+import { APPLICATION_NAME, layerPostgres, type ListenerOptions } from "../../src/token/PostgresInvalidation.js"
 import { type Invalidation, TokenValidator, type TokenValidatorShape } from "../../src/token/TokenValidator.js"
 import { createTestDatabase, postgresUrl, type TestDatabase, withPgClient } from "../support/databases.js"
 import { testConfig } from "../support/server.js"
@@ -94,7 +94,11 @@ describe.skipIf(!postgresUrl)("token invalidations over PostgreSQL LISTEN/NOTIFY
     const config = testConfig(database, { tokenCacheTtlMs: 600_000 })
     return layerPostgres(Redacted.make(listenUrl), options).pipe(
       Layer.provideMerge(
-        Layer.mergeAll(migratedDatabaseLayer(database), KeyCipher.layer(Option.none()), Layer.succeed(AppConfig, config))
+        Layer.mergeAll(
+          migratedDatabaseLayer(database),
+          KeyCipher.layer(Option.none()),
+          Layer.succeed(AppConfig, config)
+        )
       ),
       Layer.provide(loggerLayer(config))
     )
@@ -110,7 +114,10 @@ describe.skipIf(!postgresUrl)("token invalidations over PostgreSQL LISTEN/NOTIFY
     Effect.map(Effect.orDie(Layer.build(instanceLayer(listenUrl, options))), ofContext)
 
   /** A TCP forwarder (`freezableProxy`) to `db` that lives as long as the test. */
-  const proxyToDb = Effect.acquireRelease(Effect.promise(() => freezableProxy(new URL(db.url))), (p) => Effect.promise(p.close))
+  const proxyToDb = Effect.acquireRelease(
+    Effect.promise(() => freezableProxy(new URL(db.url))),
+    (p) => Effect.promise(p.close)
+  )
 
   const now = () => new Date().toISOString()
 
@@ -148,17 +155,20 @@ describe.skipIf(!postgresUrl)("token invalidations over PostgreSQL LISTEN/NOTIFY
     })
 
   /** `a` announces the change; done once the announcement is out. */
-  const announce = (a: Instance, what: Invalidation) => Effect.zipRight(a.validator.invalidate(what), a.validator.settled)
+  const announce = (a: Instance, what: Invalidation) =>
+    Effect.zipRight(a.validator.invalidate(what), a.validator.settled)
 
   /** B no longer answers `hash` from memory. */
   const dropped = (b: Instance, hash: string) => holds(() => b.validator.cached(hash, Date.now()) === undefined)
 
   const listeners = Effect.promise(() =>
     withPgClient(postgresUrl!, async (c) =>
-      Number((await c.query<{ n: string }>(
-        "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND application_name LIKE $2",
-        [db.name, `${APPLICATION_NAME}%`]
-      )).rows[0]!.n))
+      Number(
+        (await c.query<{ n: string }>(
+          "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND application_name LIKE $2",
+          [db.name, `${APPLICATION_NAME}%`]
+        )).rows[0]!.n
+      ))
   )
 
   it.scopedLive("A's settled resolves only once B has applied the announcement (20 in a row, no waiting)", () =>
@@ -181,7 +191,10 @@ describe.skipIf(!postgresUrl)("token invalidations over PostgreSQL LISTEN/NOTIFY
       // A connection that looks like another instance's listener (by its name) but acknowledges nothing.
       yield* Effect.acquireRelease(
         Effect.promise(async () => {
-          const c = new pg.Client({ connectionString: db.url, application_name: `${APPLICATION_NAME} pid 1 0123456789ab` })
+          const c = new pg.Client({
+            connectionString: db.url,
+            application_name: `${APPLICATION_NAME} pid 1 0123456789ab`
+          })
           c.on("error", () => {})
           await c.connect()
           return c
@@ -219,7 +232,11 @@ describe.skipIf(!postgresUrl)("token invalidations over PostgreSQL LISTEN/NOTIFY
       // revocation
       yield* a.store.updateProject(t.projectId, { isActive: true, now: now() })
       yield* announce(a, { kind: "project", id: t.projectId })
-      yield* until("B to re-read the project", Effect.map(Effect.orDie(b.validator.load(t.hash)), (g) => g?.projectActive === true), 2_000)
+      yield* until(
+        "B to re-read the project",
+        Effect.map(Effect.orDie(b.validator.load(t.hash)), (g) => g?.projectActive === true),
+        2_000
+      )
       yield* warm(b, t.hash)
       yield* a.store.revokeToken(t.tokenId, now())
       yield* announce(a, { kind: "token", id: t.tokenId })
@@ -245,11 +262,17 @@ describe.skipIf(!postgresUrl)("token invalidations over PostgreSQL LISTEN/NOTIFY
       yield* warm(b, t.hash)
       expect(yield* listeners).toBeGreaterThanOrEqual(2)
       const killed = yield* Effect.promise(() =>
-        withPgClient(postgresUrl!, async (c) =>
-          (await c.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND application_name LIKE $2", [
-            db.name,
-            `${APPLICATION_NAME}%`
-          ])).rows.length)
+        withPgClient(
+          postgresUrl!,
+          async (c) =>
+            (await c.query(
+              "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND application_name LIKE $2",
+              [
+                db.name,
+                `${APPLICATION_NAME}%`
+              ]
+            )).rows.length
+        )
       )
       expect(killed).toBeGreaterThanOrEqual(2)
       yield* until("B to notice", holds(() => !b.validator.trusted()), 2_000)

@@ -21,7 +21,12 @@ describe("memory rate-limit store", () => {
         return seed % n
       }
       for (let i = 0; i < 400; i++) {
-        const options = { key: `k${rand(5)}`, tokens: 1, refillRate: Duration.millis(100 * (1 + rand(3))), limit: 1 + rand(4) }
+        const options = {
+          key: `k${rand(5)}`,
+          tokens: 1,
+          refillRate: Duration.millis(100 * (1 + rand(3))),
+          limit: 1 + rand(4)
+        }
         expect(yield* ours.fixedWindow(options)).toEqual(yield* theirs.fixedWindow(options))
         yield* TestClock.adjust(Duration.millis(rand(250)))
       }
@@ -30,13 +35,16 @@ describe("memory rate-limit store", () => {
   it.effect("sweeps windows that ended and keeps the ones still running", () =>
     Effect.gen(function*() {
       const { fixedWindow, size, sweep } = RateLimits.makeMemoryStore()
-      for (let i = 0; i < 1000; i++) yield* fixedWindow({ key: `token:${i}`, tokens: 1, refillRate: Duration.seconds(1), limit: 10 })
+      for (let i = 0; i < 1000; i++) {
+        yield* fixedWindow({ key: `token:${i}`, tokens: 1, refillRate: Duration.seconds(1), limit: 10 })
+      }
       yield* fixedWindow({ key: "token:long", tokens: 1, refillRate: Duration.minutes(10), limit: 10 })
       expect(size()).toBe(1001)
       yield* TestClock.adjust(Duration.seconds(2))
       expect(sweep(2_000)).toBe(1)
       // The surviving window still counts: a second request in it is the second.
-      expect((yield* fixedWindow({ key: "token:long", tokens: 1, refillRate: Duration.minutes(10), limit: 10 }))[0]).toBe(2)
+      expect((yield* fixedWindow({ key: "token:long", tokens: 1, refillRate: Duration.minutes(10), limit: 10 }))[0])
+        .toBe(2)
       // A swept key starts a fresh window, as it would have anyway.
       expect((yield* fixedWindow({ key: "token:7", tokens: 1, refillRate: Duration.seconds(1), limit: 10 }))[0]).toBe(1)
     }))

@@ -67,11 +67,16 @@ export const whenUnauthorized = (f: (failure: ApiFailure) => void) => {
 }
 
 /** Runs one API call; rejects with an ApiFailure. A 401 also ends the session in the UI. */
-export const api = async <A, E>(call: (c: Client) => Effect.Effect<A, E>, options: { login?: boolean } = {}): Promise<A> => {
+export const api = async <A, E>(
+  call: (c: Client) => Effect.Effect<A, E>,
+  options: { login?: boolean } = {}
+): Promise<A> => {
   const exit = await Effect.runPromiseExit(call(client))
   if (Exit.isSuccess(exit)) return exit.value
   const failure = Cause.failureOption(exit.cause)
-  const described = Option.isSome(failure) ? describe(failure.value) : new ApiFailure(undefined, "unexpected error", undefined)
+  const described = Option.isSome(failure)
+    ? describe(failure.value)
+    : new ApiFailure(undefined, "unexpected error", undefined)
   if (described.status === 401 && !options.login) onUnauthorized(described)
   throw described
 }

@@ -2,8 +2,8 @@
  * Bar charts as SVG built with DOM calls (no inline styles, so they work under the CSP). Each chart has a text
  * summary for screen readers and a tooltip per bar.
  */
-import { type Child, h, svg } from "./dom.js"
 import type { UsageHour } from "../../src/domain/models.js"
+import { type Child, h, svg } from "./dom.js"
 import { formatDay, formatHour, formatNumber } from "./format.js"
 
 export interface Bar {
@@ -101,12 +101,20 @@ export const barChart = (
     children.push(
       svg(
         "rect",
-        { x: x.toFixed(1), y: plot - height, width: (slot * 0.7).toFixed(1), height: Math.max(height, b.value > 0 ? 1 : 0), class: "bar" },
+        {
+          x: x.toFixed(1),
+          y: plot - height,
+          width: (slot * 0.7).toFixed(1),
+          height: Math.max(height, b.value > 0 ? 1 : 0),
+          class: "bar"
+        },
         svg("title", null, b.title)
       )
     )
     if (i % labelEvery === 0) {
-      children.push(svg("text", { x: (x + slot * 0.35).toFixed(1), y: H - 6, class: "tick", "text-anchor": "middle" }, b.label))
+      children.push(
+        svg("text", { x: (x + slot * 0.35).toFixed(1), y: H - 6, class: "tick", "text-anchor": "middle" }, b.label)
+      )
     }
   })
   const summary = `${title}: ${format(total)} ${unit} in total, at most ${format(max)} per bar`.replace(/ {2,}/g, " ")

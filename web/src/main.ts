@@ -7,12 +7,7 @@ import { h, replace } from "./dom.js"
 import { auditDetailPage, auditListPage } from "./pages/audit.js"
 import { dashboardPage } from "./pages/dashboard.js"
 import { loginPage } from "./pages/login.js"
-import {
-  projectDetailPage,
-  projectEditPage,
-  projectListPage,
-  projectNewPage
-} from "./pages/projects.js"
+import { projectDetailPage, projectEditPage, projectListPage, projectNewPage } from "./pages/projects.js"
 import { tokenDetailPage, tokenEditPage, tokenListPage, tokenNewPage } from "./pages/tokens.js"
 import { type Ctx, errorBox } from "./ui.js"
 
@@ -33,12 +28,27 @@ const routes: ReadonlyArray<Route> = [
   { pattern: /^\/admin\/?$/, title: "Dashboard", section: "dashboard", render: dashboardPage },
   { pattern: /^\/admin\/projects$/, title: "Projects", section: "projects", render: projectListPage },
   { pattern: /^\/admin\/projects\/new$/, title: "New project", section: "projects", render: projectNewPage },
-  { pattern: new RegExp(`^/admin/projects/${UUID}$`), title: "Project", section: "projects", render: projectDetailPage },
-  { pattern: new RegExp(`^/admin/projects/${UUID}/edit$`), title: "Edit project", section: "projects", render: projectEditPage },
+  {
+    pattern: new RegExp(`^/admin/projects/${UUID}$`),
+    title: "Project",
+    section: "projects",
+    render: projectDetailPage
+  },
+  {
+    pattern: new RegExp(`^/admin/projects/${UUID}/edit$`),
+    title: "Edit project",
+    section: "projects",
+    render: projectEditPage
+  },
   { pattern: /^\/admin\/tokens$/, title: "Tokens", section: "tokens", render: tokenListPage },
   { pattern: /^\/admin\/tokens\/new$/, title: "Generate token", section: "tokens", render: tokenNewPage },
   { pattern: new RegExp(`^/admin/tokens/${UUID}$`), title: "Token", section: "tokens", render: tokenDetailPage },
-  { pattern: new RegExp(`^/admin/tokens/${UUID}/edit$`), title: "Edit token", section: "tokens", render: tokenEditPage },
+  {
+    pattern: new RegExp(`^/admin/tokens/${UUID}/edit$`),
+    title: "Edit token",
+    section: "tokens",
+    render: tokenEditPage
+  },
   { pattern: /^\/admin\/audit$/, title: "Audit log", section: "audit", render: auditListPage },
   { pattern: /^\/admin\/audit\/([^/]+)$/, title: "Audit event", section: "audit", render: auditDetailPage }
 ]
@@ -96,7 +106,12 @@ const shell = (current: Section | undefined, content: Node) =>
           navLink("/admin/projects", "Projects", "projects", current),
           navLink("/admin/tokens", "Tokens", "tokens", current),
           navLink("/admin/audit", "Audit", "audit", current),
-          h("button", { type: "button", class: "secondary small", id: "logout", onclick: () => void logout() }, "Sign out")
+          h("button", {
+            type: "button",
+            class: "secondary small",
+            id: "logout",
+            onclick: () => void logout()
+          }, "Sign out")
         )
         : null
     ),
@@ -108,7 +123,18 @@ const render = async () => {
   const path = location.pathname
   const route = routes.find((r) => r.pattern.test(path))
   if (!route) {
-    replace(app, shell(undefined, h("div", null, h("h1", { tabindex: "-1" }, "Not found"), h("p", null, h("a", { href: "/admin/" }, "Go to the dashboard")))))
+    replace(
+      app,
+      shell(
+        undefined,
+        h(
+          "div",
+          null,
+          h("h1", { tabindex: "-1" }, "Not found"),
+          h("p", null, h("a", { href: "/admin/" }, "Go to the dashboard"))
+        )
+      )
+    )
     return
   }
   if (!route.public && !session.authenticated) {
@@ -130,7 +156,12 @@ const render = async () => {
     content = await route.render(ctx)
   } catch (e) {
     if ((e as { status?: number }).status === 401) return // whenUnauthorized has moved on to the login screen
-    content = h("div", null, h("h1", { tabindex: "-1" }, route.title), errorBox(e instanceof Error ? e.message : String(e)))
+    content = h(
+      "div",
+      null,
+      h("h1", { tabindex: "-1" }, route.title),
+      errorBox(e instanceof Error ? e.message : String(e))
+    )
   }
   if (seq !== renderSeq) return // a newer navigation won
   body.removeAttribute("aria-busy")
@@ -144,7 +175,9 @@ const render = async () => {
 
 // Same-origin /admin links navigate inside the app.
 document.addEventListener("click", (event) => {
-  if (event.defaultPrevented || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return
+  if (
+    event.defaultPrevented || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey
+  ) return
   const a = (event.target as Element | null)?.closest?.("a")
   if (!a || a.target || a.hasAttribute("download")) return
   const url = new URL(a.href, location.href)

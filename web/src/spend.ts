@@ -17,7 +17,12 @@ const bar = (label: string, used: number, max: number, text: string) =>
     "div",
     { class: "budget" },
     h("progress", { max: String(max), value: String(Math.min(used, max)), "aria-label": label }),
-    h("span", { class: used >= max ? "budget-used-up" : "muted" }, text, used >= max ? " — used up: requests are refused" : "")
+    h(
+      "span",
+      { class: used >= max ? "budget-used-up" : "muted" },
+      text,
+      used >= max ? " — used up: requests are refused" : ""
+    )
   )
 
 /** "Spent" and "Budget" rows for a token's or project's details. */
@@ -32,11 +37,23 @@ export const spendRows = (x: Project | Token): Array<readonly [string, HTMLEleme
   const period = PERIOD[x.budget_period]
   const bars: Array<HTMLElement> = []
   if (x.max_cost_usd !== null) {
-    bars.push(bar("USD budget used", x.period_spent_usd, x.max_cost_usd, `${formatUsd(x.period_spent_usd)} of ${formatUsd(x.max_cost_usd)} ${period}`))
+    bars.push(
+      bar(
+        "USD budget used",
+        x.period_spent_usd,
+        x.max_cost_usd,
+        `${formatUsd(x.period_spent_usd)} of ${formatUsd(x.max_cost_usd)} ${period}`
+      )
+    )
   }
   if (x.max_tokens !== null) {
     bars.push(
-      bar("Token budget used", x.period_tokens_used, x.max_tokens, `${formatNumber(x.period_tokens_used)} of ${formatNumber(x.max_tokens)} tokens ${period}`)
+      bar(
+        "Token budget used",
+        x.period_tokens_used,
+        x.max_tokens,
+        `${formatNumber(x.period_tokens_used)} of ${formatNumber(x.max_tokens)} tokens ${period}`
+      )
     )
   }
   if (x.period_ends_at !== null) bars.push(h("small", { class: "muted" }, "Starts again ", time(x.period_ends_at)))
@@ -74,7 +91,11 @@ export const budgetFields = (current: Project | Token | undefined) => {
     "select",
     { name: "budget_period" },
     (["total", "day", "month"] as const).map((p) =>
-      h("option", { value: p, selected: (current?.budget_period ?? "total") === p }, p === "total" ? "in total" : `per ${p} (UTC)`)
+      h(
+        "option",
+        { value: p, selected: (current?.budget_period ?? "total") === p },
+        p === "total" ? "in total" : `per ${p} (UTC)`
+      )
     )
   )
   const element = [

@@ -11,7 +11,8 @@ export interface Ctx {
 
 export const link = (href: string, ...children: ReadonlyArray<Child>) => h("a", { href }, ...children)
 
-export const buttonLink = (href: string, text: string, kind = "secondary") => h("a", { href, class: `button ${kind}` }, text)
+export const buttonLink = (href: string, text: string, kind = "secondary") =>
+  h("a", { href, class: `button ${kind}` }, text)
 
 export const pageHeader = (title: Child, ...actions: ReadonlyArray<Child>) =>
   h("div", { class: "page-header" }, h("h1", { tabindex: "-1" }, title), h("div", { class: "actions" }, ...actions))
@@ -43,7 +44,8 @@ export const table = (caption: string, headers: ReadonlyArray<string>, rows: Rea
     )
   )
 
-export const empty = (text: string, ...actions: ReadonlyArray<Child>) => h("div", { class: "empty" }, h("p", null, text), ...actions)
+export const empty = (text: string, ...actions: ReadonlyArray<Child>) =>
+  h("div", { class: "empty" }, h("p", null, text), ...actions)
 
 export const errorBox = (message: string) => h("div", { class: "alert error", role: "alert" }, message)
 
@@ -51,7 +53,11 @@ export const definitionList = (items: ReadonlyArray<readonly [string, Child]>) =
   h("dl", { class: "details" }, items.map(([k, v]) => [h("dt", null, k), h("dd", null, v)]))
 
 /** Copies `text()`; says so in a live region. Falls back to selecting the text where the Clipboard API is absent. */
-export const copyButton = (label: string, text: () => string, fallbackTarget?: () => HTMLInputElement | HTMLElement) => {
+export const copyButton = (
+  label: string,
+  text: () => string,
+  fallbackTarget?: () => HTMLInputElement | HTMLElement
+) => {
   const status = h("span", { class: "copy-status", role: "status" })
   const button = h("button", {
     type: "button",
@@ -130,7 +136,14 @@ export const submitting = async (form: HTMLFormElement, errorSlot: HTMLElement, 
 }
 
 export const pagination = (
-  p: { page: number; total_pages: number; total_count: number; has_next: boolean; has_prev: boolean; total_exact?: boolean | undefined },
+  p: {
+    page: number
+    total_pages: number
+    total_count: number
+    has_next: boolean
+    has_prev: boolean
+    total_exact?: boolean | undefined
+  },
   hrefFor: (page: number) => string,
   noun: string
 ) => {
@@ -140,7 +153,9 @@ export const pagination = (
   return h(
     "nav",
     { class: "pagination", "aria-label": "Pagination" },
-    p.has_prev ? h("a", { href: hrefFor(p.page - 1), rel: "prev", class: "button secondary small" }, "← Previous") : null,
+    p.has_prev
+      ? h("a", { href: hrefFor(p.page - 1), rel: "prev", class: "button secondary small" }, "← Previous")
+      : null,
     h("span", null, exact ? `Page ${p.page} of ${Math.max(1, p.total_pages)} · ${total}` : `Page ${p.page} · ${total}`),
     p.has_next ? h("a", { href: hrefFor(p.page + 1), rel: "next", class: "button secondary small" }, "Next →") : null
   )
@@ -159,14 +174,20 @@ export const cursorPagination = (
     "nav",
     { class: "pagination", "aria-label": "Pagination" },
     p.has_prev ? h("a", { href: hrefFor(undefined), class: "button secondary small" }, "« Newest") : null,
-    p.prev_cursor !== null ? h("a", { href: hrefFor(p.prev_cursor), rel: "prev", class: "button secondary small" }, "← Newer") : null,
+    p.prev_cursor !== null
+      ? h("a", { href: hrefFor(p.prev_cursor), rel: "prev", class: "button secondary small" }, "← Newer")
+      : null,
     h("span", null, shown),
-    p.next_cursor !== null ? h("a", { href: hrefFor(p.next_cursor), rel: "next", class: "button secondary small" }, "Older →") : null,
+    p.next_cursor !== null
+      ? h("a", { href: hrefFor(p.next_cursor), rel: "next", class: "button secondary small" }, "Older →")
+      : null,
     p.has_next ? h("a", { href: hrefFor("last"), class: "button secondary small" }, "Oldest »") : null
   )
 
 /** A count that may have stopped at its cap. */
-export const countText = (c: { count: number; exact: boolean }) => (c.exact ? formatNumber(c.count) : `${formatNumber(c.count)}+`)
+export const countText = (
+  c: { count: number; exact: boolean }
+) => (c.exact ? formatNumber(c.count) : `${formatNumber(c.count)}+`)
 
 export const withQuery = (path: string, params: Record<string, string | number | undefined>) => {
   const q = new URLSearchParams()
@@ -183,7 +204,11 @@ const WINDOWS: ReadonlyArray<readonly [number, string]> = [
 ]
 
 /** A window rate limit as the API shows it: a request count, an LLM-token count or both. */
-export type RateLimitValue = { readonly requests?: number | undefined; readonly tokens?: number | undefined; readonly window_seconds: number }
+export type RateLimitValue = {
+  readonly requests?: number | undefined
+  readonly tokens?: number | undefined
+  readonly window_seconds: number
+}
 
 export const rateLimitText = (r: RateLimitValue | null | undefined) => {
   if (!r) return "None"
@@ -213,8 +238,12 @@ export const rateLimitFields = (current: RateLimitValue | null | undefined, hint
   const window = h(
     "select",
     { name: "rate_limit_window", "aria-label": "Rate limit window" },
-    WINDOWS.map(([s, label]) => h("option", { value: String(s), selected: current ? current.window_seconds === s : s === 60 }, `per ${label}`)),
-    !known && current ? h("option", { value: String(current.window_seconds), selected: true }, `per ${current.window_seconds} s`) : null
+    WINDOWS.map(([s, label]) =>
+      h("option", { value: String(s), selected: current ? current.window_seconds === s : s === 60 }, `per ${label}`)
+    ),
+    !known && current
+      ? h("option", { value: String(current.window_seconds), selected: true }, `per ${current.window_seconds} s`)
+      : null
   )
   const element = h(
     "div",
@@ -228,7 +257,11 @@ export const rateLimitFields = (current: RateLimitValue | null | undefined, hint
     const n = requests.value.trim() === "" ? undefined : Number(requests.value)
     const tokens = current?.tokens
     if (n === undefined && tokens === undefined) return null
-    return { ...(n !== undefined ? { requests: n } : {}), ...(tokens !== undefined ? { tokens } : {}), window_seconds: Number(window.value) }
+    return {
+      ...(n !== undefined ? { requests: n } : {}),
+      ...(tokens !== undefined ? { tokens } : {}),
+      window_seconds: Number(window.value)
+    }
   }
   return { element, value }
 }

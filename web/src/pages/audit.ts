@@ -1,15 +1,42 @@
 import { AuditActions, type AuditEvent, OUTCOMES } from "../../../src/domain/audit.js"
+import type { CursorPagination } from "../../../src/domain/models.js"
 import { api } from "../api.js"
 import { type Child, field, h } from "../dom.js"
 import { fromLocalInput, time, toLocalInput } from "../format.js"
-import type { CursorPagination } from "../../../src/domain/models.js"
-import { badge, buttonLink, type Ctx, cursorPagination, definitionList, empty, link, pageHeader, table, withQuery } from "../ui.js"
+import {
+  badge,
+  buttonLink,
+  type Ctx,
+  cursorPagination,
+  definitionList,
+  empty,
+  link,
+  pageHeader,
+  table,
+  withQuery
+} from "../ui.js"
 
-const FILTERS = ["search", "action", "outcome", "actor", "project_id", "token_id", "client_ip", "start_time", "end_time"] as const
+const FILTERS = [
+  "search",
+  "action",
+  "outcome",
+  "actor",
+  "project_id",
+  "token_id",
+  "client_ip",
+  "start_time",
+  "end_time"
+] as const
 type Filter = (typeof FILTERS)[number]
 
 export const outcomeBadge = (outcome: string) =>
-  outcome === "success" ? badge("Success", "ok") : outcome === "failure" ? badge("Failure", "off") : outcome === "denied" ? badge("Denied", "off") : badge("Error", "warn")
+  outcome === "success"
+    ? badge("Success", "ok")
+    : outcome === "failure"
+    ? badge("Failure", "off")
+    : outcome === "denied"
+    ? badge("Denied", "off")
+    : badge("Error", "warn")
 
 const actionBadge = (action: string) => h("span", { class: "badge info" }, action)
 
@@ -32,7 +59,11 @@ export const auditListPage = async (ctx: Ctx) => {
     value: values.search,
     placeholder: "Search events (action, actor, IP, path, request id, …)"
   })
-  const actions = h("datalist", { id: "audit-actions" }, Object.values(AuditActions).map((a) => h("option", { value: a })))
+  const actions = h(
+    "datalist",
+    { id: "audit-actions" },
+    Object.values(AuditActions).map((a) => h("option", { value: a }))
+  )
   const action = h("input", { name: "action", value: values.action, list: "audit-actions", autocomplete: "off" })
   const outcome = h(
     "select",
@@ -43,8 +74,16 @@ export const auditListPage = async (ctx: Ctx) => {
   const actor = h("input", { name: "actor", value: values.actor, autocomplete: "off" })
   const clientIp = h("input", { name: "client_ip", value: values.client_ip, autocomplete: "off" })
   const projectId = h("input", { name: "project_id", value: values.project_id, autocomplete: "off" })
-  const start = h("input", { name: "start_time", type: "datetime-local", value: values.start_time ? toLocalInput(values.start_time) : "" })
-  const end = h("input", { name: "end_time", type: "datetime-local", value: values.end_time ? toLocalInput(values.end_time) : "" })
+  const start = h("input", {
+    name: "start_time",
+    type: "datetime-local",
+    value: values.start_time ? toLocalInput(values.start_time) : ""
+  })
+  const end = h("input", {
+    name: "end_time",
+    type: "datetime-local",
+    value: values.end_time ? toLocalInput(values.end_time) : ""
+  })
   const current = (): Record<string, string | undefined> => ({
     search: search.value.trim(),
     action: action.value.trim(),
@@ -90,7 +129,11 @@ export const auditListPage = async (ctx: Ctx) => {
     outcomeBadge(e.outcome),
     countCell(e),
     e.client_ip ?? "—",
-    link(`/admin/audit/${encodeURIComponent(e.id)}`, "Details", h("span", { class: "visually-hidden" }, ` of ${e.action} at ${e.timestamp}`))
+    link(
+      `/admin/audit/${encodeURIComponent(e.id)}`,
+      "Details",
+      h("span", { class: "visually-hidden" }, ` of ${e.action} at ${e.timestamp}`)
+    )
   ])
   const p = result.pagination as CursorPagination
   return h(
@@ -102,7 +145,11 @@ export const auditListPage = async (ctx: Ctx) => {
       ? empty(anyFilter ? "No audit events match." : "No audit events yet.")
       : [
         table("Audit events", ["Time", "Action", "Actor", "Outcome", "Count", "IP address", "Actions"], rows),
-        cursorPagination(p, (next) => withQuery("/admin/audit", { ...current(), cursor: next }), `${rows.length} events, newest first`)
+        cursorPagination(
+          p,
+          (next) => withQuery("/admin/audit", { ...current(), cursor: next }),
+          `${rows.length} events, newest first`
+        )
       ]
   )
 }
@@ -134,7 +181,10 @@ export const auditDetailPage = async (ctx: Ctx) => {
         ["Action", actionBadge(e.action)],
         ["Actor", e.actor],
         ["Outcome", outcomeBadge(e.outcome)],
-        ["Requests", (e.count ?? 1) > 1 ? `${e.count} (aggregated: the fields below are those of the first request)` : "1"]
+        [
+          "Requests",
+          (e.count ?? 1) > 1 ? `${e.count} (aggregated: the fields below are those of the first request)` : "1"
+        ]
       ])
     ),
     section(

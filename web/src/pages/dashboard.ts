@@ -2,14 +2,20 @@ import type { Project, UsageHour } from "../../../src/domain/models.js"
 import { api } from "../api.js"
 import { barChart, dailyBars, hourlyBars } from "../chart.js"
 import { h } from "../dom.js"
-import { formatUsd } from "../spend.js"
 import { formatNumber, timeZone } from "../format.js"
+import { formatUsd } from "../spend.js"
 import { buttonLink, countText, type Ctx, pageHeader } from "../ui.js"
 
 const DAY = 86_400_000
 
 const card = (label: string, value: string, note?: string) =>
-  h("div", { class: "card stat" }, h("div", { class: "stat-label" }, label), h("div", { class: "stat-value" }, value), note ? h("div", { class: "muted" }, note) : null)
+  h(
+    "div",
+    { class: "card stat" },
+    h("div", { class: "stat-label" }, label),
+    h("div", { class: "stat-value" }, value),
+    note ? h("div", { class: "muted" }, note) : null
+  )
 
 const ratio = (hits: number, requests: number) => (requests === 0 ? "—" : `${((hits / requests) * 100).toFixed(1)} %`)
 
@@ -30,7 +36,9 @@ const sum = (hours: ReadonlyArray<UsageHour>, since: number) => {
 export const usageCharts = async (scope: { project_id?: string; token_id?: string }) => {
   const now = Date.now()
   // 31 days of hours covers "today and the 29 days before" in any time zone.
-  const series = await api((c) => c.usage.series({ urlParams: { since: new Date(now - 31 * DAY).toISOString(), ...scope } }))
+  const series = await api((c) =>
+    c.usage.series({ urlParams: { since: new Date(now - 31 * DAY).toISOString(), ...scope } })
+  )
   const day = sum(series.hours, now - DAY)
   const month = sum(series.hours, now - 30 * DAY)
   return {
@@ -40,10 +48,20 @@ export const usageCharts = async (scope: { project_id?: string; token_id?: strin
       "div",
       { class: "charts" },
       barChart("Requests, last 24 hours", hourlyBars(series.hours, (p) => p.requests, "requests"), "requests"),
-      barChart("Tokens used, last 24 hours", hourlyBars(series.hours, (p) => p.prompt_tokens + p.completion_tokens, "tokens"), "tokens"),
+      barChart(
+        "Tokens used, last 24 hours",
+        hourlyBars(series.hours, (p) => p.prompt_tokens + p.completion_tokens, "tokens"),
+        "tokens"
+      ),
       barChart("Requests, last 30 days", dailyBars(series.hours, "requests", "requests"), "requests"),
       barChart("Tokens used, last 30 days", dailyBars(series.hours, "tokens", "tokens"), "tokens"),
-      barChart("Spend (USD), last 24 hours", hourlyBars(series.hours, (p) => p.cost_usd, "", formatUsd), "", formatUsd, 1e-6),
+      barChart(
+        "Spend (USD), last 24 hours",
+        hourlyBars(series.hours, (p) => p.cost_usd, "", formatUsd),
+        "",
+        formatUsd,
+        1e-6
+      ),
       barChart("Spend (USD), last 30 days", dailyBars(series.hours, "cost", "", formatUsd), "", formatUsd, 1e-6)
     )
   }
@@ -60,17 +78,35 @@ export const dashboardPage = async (_ctx: Ctx) => {
   return h(
     "div",
     null,
-    pageHeader("Dashboard", buttonLink("/admin/projects/new", "New project", "primary"), buttonLink("/admin/tokens/new", "Generate token")),
+    pageHeader(
+      "Dashboard",
+      buttonLink("/admin/projects/new", "New project", "primary"),
+      buttonLink("/admin/tokens/new", "Generate token")
+    ),
     h(
       "section",
       { class: "stats", "aria-label": "Summary" },
       card("Projects", formatNumber(projects.length), `${activeProjects} active`),
-      card("Active tokens", countText(counts.active), `${countText(counts.expired)} expired · ${countText(counts.revoked)} revoked`),
+      card(
+        "Active tokens",
+        countText(counts.active),
+        `${countText(counts.expired)} expired · ${countText(counts.revoked)} revoked`
+      ),
       card("Requests (24 h)", formatNumber(usage.day.requests), `${formatNumber(usage.month.requests)} in 30 days`),
       card("Tokens used (24 h)", formatNumber(usage.day.tokens), `${formatNumber(usage.month.tokens)} in 30 days`),
       card("Spend (24 h)", formatUsd(usage.day.cost), `${formatUsd(usage.month.cost)} in 30 days`),
-      card("Cache hit ratio (24 h)", ratio(usage.day.cacheHits, usage.day.requests), `${ratio(usage.month.cacheHits, usage.month.requests)} in 30 days`)
+      card(
+        "Cache hit ratio (24 h)",
+        ratio(usage.day.cacheHits, usage.day.requests),
+        `${ratio(usage.month.cacheHits, usage.month.requests)} in 30 days`
+      )
     ),
-    h("section", { "aria-label": "Usage" }, h("h2", null, "Usage"), h("p", { class: "muted" }, `Times in ${timeZone}.`), usage.charts)
+    h(
+      "section",
+      { "aria-label": "Usage" },
+      h("h2", null, "Usage"),
+      h("p", { class: "muted" }, `Times in ${timeZone}.`),
+      usage.charts
+    )
   )
 }

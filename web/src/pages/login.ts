@@ -4,7 +4,9 @@ import type { SessionState } from "../main.js"
 import { type Ctx, errorBox } from "../ui.js"
 
 /** Only paths inside the app are followed after login (no open redirect). */
-const safeNext = (next: string | null) => (next && /^\/admin(\/|$|\?)/.test(next) && !next.startsWith("//") ? next : "/admin/")
+const safeNext = (
+  next: string | null
+) => (next && /^\/admin(\/|$|\?)/.test(next) && !next.startsWith("//") ? next : "/admin/")
 
 export const loginPage = (ctx: Ctx, session: SessionState) => {
   const input = h("input", {

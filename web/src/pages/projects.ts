@@ -2,6 +2,7 @@ import type { Project, ProjectPage } from "../../../src/domain/models.js"
 import { api } from "../api.js"
 import { checkbox, field, h } from "../dom.js"
 import { time } from "../format.js"
+import { budgetFields, type BudgetValue, spendRows } from "../spend.js"
 import {
   buttonLink,
   confirmDialog,
@@ -16,12 +17,11 @@ import {
   projectBadge,
   rateLimitFields,
   rateLimitText,
+  type RateLimitValue,
   submitting,
   table,
-  withQuery,
-  type RateLimitValue
+  withQuery
 } from "../ui.js"
-import { type BudgetValue, budgetFields, spendRows } from "../spend.js"
 import { usageCharts } from "./dashboard.js"
 
 const PAGE_SIZE = 20
@@ -29,9 +29,10 @@ const PAGE_SIZE = 20
 export const projectListPage = async (ctx: Ctx) => {
   const search = ctx.query.get("search") ?? ""
   const page = Math.max(1, Number(ctx.query.get("page") ?? "1") || 1)
-  const result = (await api((c) =>
-    c.projects.list({ urlParams: { search, page: String(page), page_size: String(PAGE_SIZE) } })
-  )) as ProjectPage
+  const result =
+    (await api((c) =>
+      c.projects.list({ urlParams: { search, page: String(page), page_size: String(PAGE_SIZE) } })
+    )) as ProjectPage
   const input = h("input", { type: "search", name: "search", value: search, placeholder: "Name or project id" })
   const form = h(
     "form",
@@ -44,7 +45,12 @@ export const projectListPage = async (ctx: Ctx) => {
       }
     },
     field("Search projects", input),
-    h("div", { class: "actions" }, h("button", { type: "submit", class: "secondary" }, "Search"), search ? buttonLink("/admin/projects", "Clear") : null)
+    h(
+      "div",
+      { class: "actions" },
+      h("button", { type: "submit", class: "secondary" }, "Search"),
+      search ? buttonLink("/admin/projects", "Clear") : null
+    )
   )
   const rows = result.projects.map((p) => [
     link(`/admin/projects/${p.id}`, p.name),
@@ -59,7 +65,10 @@ export const projectListPage = async (ctx: Ctx) => {
     pageHeader("Projects", buttonLink("/admin/projects/new", "New project", "primary")),
     form,
     rows.length === 0
-      ? empty(search ? `No project matches “${search}”.` : "No projects yet.", buttonLink("/admin/projects/new", "Create the first project", "primary"))
+      ? empty(
+        search ? `No project matches “${search}”.` : "No projects yet.",
+        buttonLink("/admin/projects/new", "Create the first project", "primary")
+      )
       : [
         table("Projects", ["Name", "Provider", "API key", "Status", "Created"], rows),
         pagination(result.pagination, (n) => withQuery("/admin/projects", { search, page: n }), "projects")
@@ -89,12 +98,21 @@ const projectForm = (options: {
     maxlength: 4096,
     required: p === undefined
   })
-  const provider = h("input", { name: "provider", value: p?.provider ?? "", placeholder: "openai", autocomplete: "off" })
+  const provider = h("input", {
+    name: "provider",
+    value: p?.provider ?? "",
+    placeholder: "openai",
+    autocomplete: "off"
+  })
   const active = h("input", { name: "is_active", checked: p?.is_active ?? true })
   const rateLimit = rateLimitFields(p?.rate_limit, "For all the project's tokens together. Blank: none.")
   const budget = budgetFields(p)
   const revoke = h("input", { name: "revoke_tokens" })
-  const revokeField = checkbox("Also revoke all its tokens", revoke, "Revoked tokens stay revoked when the project is activated again.")
+  const revokeField = checkbox(
+    "Also revoke all its tokens",
+    revoke,
+    "Revoked tokens stay revoked when the project is activated again."
+  )
   const syncRevoke = () => {
     revokeField.hidden = active.checked || !(p?.is_active ?? true)
     if (revokeField.hidden) revoke.checked = false
@@ -128,9 +146,19 @@ const projectForm = (options: {
     field("Provider", provider, "A provider name from the server's configuration; blank means the default (openai)."),
     rateLimit.element,
     budget.element,
-    p ? [checkbox("Active", active, "Inactive projects refuse every proxy request and cannot get new tokens."), revokeField] : null,
+    p
+      ? [
+        checkbox("Active", active, "Inactive projects refuse every proxy request and cannot get new tokens."),
+        revokeField
+      ]
+      : null,
     error,
-    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, options.submitLabel), buttonLink(p ? `/admin/projects/${p.id}` : "/admin/projects", "Cancel"))
+    h(
+      "div",
+      { class: "actions" },
+      h("button", { type: "submit", class: "primary" }, options.submitLabel),
+      buttonLink(p ? `/admin/projects/${p.id}` : "/admin/projects", "Cancel")
+    )
   )
   syncRevoke()
   return form
@@ -146,7 +174,13 @@ export const projectNewPage = (ctx: Ctx) =>
       onSubmit: async (v) => {
         const created = await api((c) =>
           c.projects.create({
-            payload: { name: v.name, api_key: v.apiKey, ...(v.provider ? { provider: v.provider } : {}), rate_limit: v.rateLimit, ...v.budget }
+            payload: {
+              name: v.name,
+              api_key: v.apiKey,
+              ...(v.provider ? { provider: v.provider } : {}),
+              rate_limit: v.rateLimit,
+              ...v.budget
+            }
           })
         )
         ctx.navigate(`/admin/projects/${created.id}`, { flash: `Project “${created.name}” created.` })
@@ -212,7 +246,12 @@ export const projectDetailPage = async (ctx: Ctx) => {
           extra: checkbox(`Also revoke all ${activeTokens} active tokens`, revoke)
         })
         if (!ok) return
-        await api((c) => c.projects.update({ path: { id }, payload: { is_active: false, ...(revoke.checked ? { revoke_tokens: true } : {}) } }))
+        await api((c) =>
+          c.projects.update({
+            path: { id },
+            payload: { is_active: false, ...(revoke.checked ? { revoke_tokens: true } : {}) }
+          })
+        )
         reload(revoke.checked ? "Project deactivated and its tokens revoked." : "Project deactivated.")
       } else {
         await api((c) => c.projects.update({ path: { id }, payload: { is_active: true } }))
@@ -228,14 +267,19 @@ export const projectDetailPage = async (ctx: Ctx) => {
     onclick: async () => {
       const ok = await confirmDialog({
         title: "Revoke all tokens?",
-        message: `Are you sure you want to revoke ALL tokens for project “${project.name}”? Applications using them stop working at once.`,
+        message:
+          `Are you sure you want to revoke ALL tokens for project “${project.name}”? Applications using them stop working at once.`,
         confirm: "Revoke all tokens",
         danger: true
       })
       if (!ok) return
       const r = await api((c) => c.projects.revokeTokens({ path: { id } }))
       const n = (k: number, one: string, many: string) => `${k} ${k === 1 ? one : many}`
-      reload(`${n(r.revoked_count, "token", "tokens")} revoked (${n(r.already_revoked_count, "was", "were")} already revoked).`)
+      reload(
+        `${n(r.revoked_count, "token", "tokens")} revoked (${
+          n(r.already_revoked_count, "was", "were")
+        } already revoked).`
+      )
     }
   }, "Revoke all tokens")
 
@@ -256,7 +300,18 @@ export const projectDetailPage = async (ctx: Ctx) => {
       { class: "card" },
       definitionList([
         ["Project ID", h("span", null, idCode, " ", copyButton("Copy ID", () => project.id, () => idCode))],
-        ["Status", h("span", null, projectBadge(project.is_active), " ", project.is_active ? "The project and its tokens are active." : "The project is inactive: every API request with its tokens is refused.")],
+        [
+          "Status",
+          h(
+            "span",
+            null,
+            projectBadge(project.is_active),
+            " ",
+            project.is_active
+              ? "The project and its tokens are active."
+              : "The project is inactive: every API request with its tokens is refused."
+          )
+        ],
         ["Provider", project.provider],
         ["Rate limit", rateLimitText(project.rate_limit)],
         ...spendRows(project),

@@ -2,6 +2,7 @@ import type { Project, Token, TokenCreated, TokenPage } from "../../../src/domai
 import { api } from "../api.js"
 import { checkbox, field, h } from "../dom.js"
 import { formatNumber, fromLocalInput, time, toLocalInput } from "../format.js"
+import { budgetFields, spendRows } from "../spend.js"
 import {
   buttonLink,
   confirmDialog,
@@ -14,19 +15,19 @@ import {
   pageHeader,
   rateLimitFields,
   rateLimitText,
+  type RateLimitValue,
   submitting,
   table,
   tokenBadge,
   tokenStatus,
-  withQuery,
-  type RateLimitValue
+  withQuery
 } from "../ui.js"
-import { budgetFields, spendRows } from "../spend.js"
 import { usageCharts } from "./dashboard.js"
 
 const listProjects = () => api((c) => c.projects.list({ urlParams: {} })) as Promise<ReadonlyArray<Project>>
 
-const limitText = (t: Token) => `${formatNumber(t.request_count)} / ${t.max_requests === null ? "∞" : formatNumber(t.max_requests)}`
+const limitText = (t: Token) =>
+  `${formatNumber(t.request_count)} / ${t.max_requests === null ? "∞" : formatNumber(t.max_requests)}`
 
 const PAGE_SIZE = 25
 
@@ -34,7 +35,13 @@ const PAGE_SIZE = 25
 const labelsCell = (t: Token) =>
   t.user === null && t.name === null
     ? "—"
-    : h("span", null, t.user ?? "", t.user !== null && t.name !== null ? " · " : "", t.name === null ? "" : h("span", { class: "muted" }, t.name))
+    : h(
+      "span",
+      null,
+      t.user ?? "",
+      t.user !== null && t.name !== null ? " · " : "",
+      t.name === null ? "" : h("span", { class: "muted" }, t.name)
+    )
 
 export const tokenListPage = async (ctx: Ctx) => {
   const projectId = ctx.query.get("project_id") ?? ""
@@ -79,7 +86,13 @@ export const tokenListPage = async (ctx: Ctx) => {
     autocomplete: "off"
   })
   const apply = () =>
-    ctx.navigate(withQuery("/admin/tokens", { project_id: projectSelect.value, status: statusSelect.value, search: searchInput.value.trim() }))
+    ctx.navigate(
+      withQuery("/admin/tokens", {
+        project_id: projectSelect.value,
+        status: statusSelect.value,
+        search: searchInput.value.trim()
+      })
+    )
   const form = h(
     "form",
     { class: "filters", "aria-label": "Filter tokens", onsubmit: (e: SubmitEvent) => (e.preventDefault(), apply()) },
@@ -108,13 +121,31 @@ export const tokenListPage = async (ctx: Ctx) => {
   return h(
     "div",
     null,
-    pageHeader("Tokens", buttonLink(withQuery("/admin/tokens/new", { project_id: projectId }), "Generate token", "primary")),
-    projectId && names.has(projectId) ? h("p", null, "Showing tokens of project ", link(`/admin/projects/${projectId}`, names.get(projectId)!), ".") : null,
+    pageHeader(
+      "Tokens",
+      buttonLink(withQuery("/admin/tokens/new", { project_id: projectId }), "Generate token", "primary")
+    ),
+    projectId && names.has(projectId)
+      ? h("p", null, "Showing tokens of project ", link(`/admin/projects/${projectId}`, names.get(projectId)!), ".")
+      : null,
     form,
     rows.length === 0 && !p.has_prev && !p.has_next
-      ? empty("No tokens match.", buttonLink(withQuery("/admin/tokens/new", { project_id: projectId }), "Generate a token", "primary"))
+      ? empty(
+        "No tokens match.",
+        buttonLink(withQuery("/admin/tokens/new", { project_id: projectId }), "Generate a token", "primary")
+      )
       : [
-        table("Tokens", ["Token", "Project", "User / name", "Status", "Requests / limit", "Cache hits", "Expires", "Last used", "Created"], rows),
+        table("Tokens", [
+          "Token",
+          "Project",
+          "User / name",
+          "Status",
+          "Requests / limit",
+          "Cache hits",
+          "Expires",
+          "Last used",
+          "Created"
+        ], rows),
         cursorPagination(
           p,
           (next) => withQuery("/admin/tokens", { ...filters, cursor: next }),
@@ -139,7 +170,10 @@ const snippets = (token: string) => {
   const base = `${location.origin}/v1`
   const body = `{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}`
   return [
-    ["curl", `curl ${base}/chat/completions \\\n  -H "Authorization: Bearer ${token}" \\\n  -H "Content-Type: application/json" \\\n  -d '${body}'`],
+    [
+      "curl",
+      `curl ${base}/chat/completions \\\n  -H "Authorization: Bearer ${token}" \\\n  -H "Content-Type: application/json" \\\n  -d '${body}'`
+    ],
     [
       "Python",
       `from openai import OpenAI\n\nclient = OpenAI(base_url="${base}", api_key="${token}")\nreply = client.chat.completions.create(\n    model="gpt-4o-mini",\n    messages=[{"role": "user", "content": "Hello"}],\n)\nprint(reply.choices[0].message.content)`
@@ -156,7 +190,13 @@ const createdView = (
   project: Project | undefined,
   rateLimit: RateLimitValue | null
 ) => {
-  const tokenInput = h("input", { id: "new-token", readonly: true, value: created.token, class: "mono", "aria-describedby": "once-hint" })
+  const tokenInput = h("input", {
+    id: "new-token",
+    readonly: true,
+    value: created.token,
+    class: "mono",
+    "aria-describedby": "once-hint"
+  })
   return h(
     "div",
     null,
@@ -164,8 +204,17 @@ const createdView = (
     h(
       "div",
       { class: "card" },
-      h("div", { class: "alert warn", id: "once-hint" }, "Copy the token now: it is shown only this once and cannot be recovered."),
-      h("div", { class: "field" }, h("label", { for: "new-token" }, "Token"), h("div", { class: "inline" }, tokenInput, copyButton("Copy token", () => created.token, () => tokenInput))),
+      h(
+        "div",
+        { class: "alert warn", id: "once-hint" },
+        "Copy the token now: it is shown only this once and cannot be recovered."
+      ),
+      h(
+        "div",
+        { class: "field" },
+        h("label", { for: "new-token" }, "Token"),
+        h("div", { class: "inline" }, tokenInput, copyButton("Copy token", () => created.token, () => tokenInput))
+      ),
       definitionList([
         ["Project", project ? link(`/admin/projects/${project.id}`, project.name) : "—"],
         ["Expires", time(created.expires_at)],
@@ -175,9 +224,19 @@ const createdView = (
       h("h2", null, "Use it"),
       snippets(created.token).map(([name, code]) => {
         const pre = h("pre", { tabindex: "0", "aria-label": `${name} example` }, h("code", null, code))
-        return h("div", { class: "snippet" }, h("div", { class: "snippet-head" }, h("h3", null, name), copyButton(`Copy ${name}`, () => code, () => pre)), pre)
+        return h(
+          "div",
+          { class: "snippet" },
+          h("div", { class: "snippet-head" }, h("h3", null, name), copyButton(`Copy ${name}`, () => code, () => pre)),
+          pre
+        )
       }),
-      h("div", { class: "actions" }, buttonLink(`/admin/tokens/${created.id}`, "View token", "primary"), buttonLink("/admin/tokens", "All tokens"))
+      h(
+        "div",
+        { class: "actions" },
+        buttonLink(`/admin/tokens/${created.id}`, "View token", "primary"),
+        buttonLink("/admin/tokens", "All tokens")
+      )
     )
   )
 }
@@ -190,7 +249,11 @@ export const tokenNewPage = async (ctx: Ctx) => {
     { name: "project_id", required: true },
     h("option", { value: "" }, "Choose a project"),
     projects.map((p) =>
-      h("option", { value: p.id, disabled: !p.is_active, selected: p.id === preselected && p.is_active }, p.is_active ? p.name : `${p.name} — inactive`)
+      h(
+        "option",
+        { value: p.id, disabled: !p.is_active, selected: p.id === preselected && p.is_active },
+        p.is_active ? p.name : `${p.name} — inactive`
+      )
     )
   )
   const duration = h(
@@ -198,8 +261,18 @@ export const tokenNewPage = async (ctx: Ctx) => {
     { name: "duration_minutes" },
     DURATIONS.map(([m, label]) => h("option", { value: String(m), selected: m === 24 * 60 }, label))
   )
-  const maxRequests = h("input", { name: "max_requests", type: "number", min: 1, step: 1, inputmode: "numeric", placeholder: "Unlimited" })
-  const rateLimit = rateLimitFields(null, "Blank: none. Above it the proxy answers 429 with Retry-After; a project limit applies as well.")
+  const maxRequests = h("input", {
+    name: "max_requests",
+    type: "number",
+    min: 1,
+    step: 1,
+    inputmode: "numeric",
+    placeholder: "Unlimited"
+  })
+  const rateLimit = rateLimitFields(
+    null,
+    "Blank: none. Above it the proxy answers 429 with Retry-After; a project limit applies as well."
+  )
   const budget = budgetFields(undefined)
   const error = h("div")
   const page = h("div")
@@ -231,11 +304,20 @@ export const tokenNewPage = async (ctx: Ctx) => {
     },
     field("Project", projectSelect, "Inactive projects cannot get new tokens."),
     field("Valid for", duration),
-    field("Request limit", maxRequests, "Blank: unlimited. The token is refused (429) once it has made this many requests."),
+    field(
+      "Request limit",
+      maxRequests,
+      "Blank: unlimited. The token is refused (429) once it has made this many requests."
+    ),
     rateLimit.element,
     budget.element,
     error,
-    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Generate token"), buttonLink("/admin/tokens", "Cancel"))
+    h(
+      "div",
+      { class: "actions" },
+      h("button", { type: "submit", class: "primary" }, "Generate token"),
+      buttonLink("/admin/tokens", "Cancel")
+    )
   )
   page.append(pageHeader("Generate token"), form)
   return page
@@ -297,15 +379,29 @@ export const tokenDetailPage = async (ctx: Ctx) => {
         ["Project", project ? link(`/admin/projects/${project.id}`, project.name) : token.project_id],
         ["Name", token.name ?? "—"],
         ["User", token.user ?? "—"],
-        ["Metadata", token.metadata === null ? "—" : Object.entries(token.metadata).map(([k, v]) => `${k}: ${v}`).join(", ")],
+        [
+          "Metadata",
+          token.metadata === null ? "—" : Object.entries(token.metadata).map(([k, v]) => `${k}: ${v}`).join(", ")
+        ],
         ["Models", token.allowed_models === null ? "Any the project allows" : token.allowed_models.join(", ")],
         ["Created by", token.created_by === "management_api" ? "Management token" : token.created_by],
-        ["Status", h("span", null, tokenBadge(token), status === "expired" ? " Expired: extend it under Edit to use it again." : "")],
+        [
+          "Status",
+          h(
+            "span",
+            null,
+            tokenBadge(token),
+            status === "expired" ? " Expired: extend it under Edit to use it again." : ""
+          )
+        ],
         ["Requests", h("span", { id: "request-count" }, `${formatNumber(token.request_count)} requests made`)],
         ["Request limit", token.max_requests === null ? "Unlimited" : formatNumber(token.max_requests)],
         ["Rate limit", rateLimitText(token.rate_limit)],
         ["Cache hits", formatNumber(token.cache_hit_count)],
-        ["Tokens used", `${formatNumber(token.prompt_tokens)} prompt + ${formatNumber(token.completion_tokens)} completion`],
+        [
+          "Tokens used",
+          `${formatNumber(token.prompt_tokens)} prompt + ${formatNumber(token.completion_tokens)} completion`
+        ],
         ...spendRows(token),
         ["Expires", time(token.expires_at, "Never")],
         ["Created", time(token.created_at)],
@@ -330,7 +426,11 @@ export const tokenEditPage = async (ctx: Ctx) => {
     placeholder: "Unlimited",
     value: token.max_requests === null ? "" : String(token.max_requests)
   })
-  const expires = h("input", { name: "expires_at", type: "datetime-local", value: token.expires_at ? toLocalInput(token.expires_at) : "" })
+  const expires = h("input", {
+    name: "expires_at",
+    type: "datetime-local",
+    value: token.expires_at ? toLocalInput(token.expires_at) : ""
+  })
   const rateLimit = rateLimitFields(token.rate_limit, "Blank: none.")
   const budget = budgetFields(token)
   const error = h("div")
@@ -343,7 +443,8 @@ export const tokenEditPage = async (ctx: Ctx) => {
         void submitting(form, error, async () => {
           const limit = maxRequests.value.trim()
           const newExpiry = expires.value === "" ? undefined : fromLocalInput(expires.value)
-          const changedExpiry = newExpiry !== undefined && (token.expires_at === null || toLocalInput(token.expires_at) !== expires.value)
+          const changedExpiry = newExpiry !== undefined &&
+            (token.expires_at === null || toLocalInput(token.expires_at) !== expires.value)
           // Every field is sent explicitly: unticking "Active" revokes; a blank limit means unlimited.
           await api((c) =>
             c.tokens.update({
@@ -371,7 +472,12 @@ export const tokenEditPage = async (ctx: Ctx) => {
     budget.element,
     field("Expires (your local time)", expires),
     error,
-    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Save"), buttonLink(`/admin/tokens/${id}`, "Cancel"))
+    h(
+      "div",
+      { class: "actions" },
+      h("button", { type: "submit", class: "primary" }, "Save"),
+      buttonLink(`/admin/tokens/${id}`, "Cancel")
+    )
   )
   return h("div", null, pageHeader("Edit token"), form)
 }
