@@ -47,7 +47,6 @@ import { type Exceeded, RateLimits, Unavailable } from "../token/RateLimits.js"
 import { type GrantKey, judge, type TokenGrant, TokenValidator } from "../token/TokenValidator.js"
 import { UsageRecorder } from "../token/UsageRecorder.js"
 import { isFailureStatus } from "./CircuitBreaker.js"
-import { modelOf } from "./EventCapture.js"
 import {
   coolDown,
   coolsKey,
@@ -65,6 +64,7 @@ import {
   MODEL_LIST_MAX_BYTES,
   modelOfPath,
   type ModelScope,
+  namedModel,
   requestModel,
   USER_FIELDS
 } from "./modelScope.js"
@@ -319,7 +319,7 @@ export const make = Effect.gen(function*() {
       // when it reported none, and the output counted from the text streamed.
       const streamed = capture.streamedText()
       if (streamed !== undefined && (detail !== undefined || streamed.text.length + streamed.overflowChars > 0)) {
-        const model = capture.responseModel ?? modelOf(ctx.requestBody) ?? undefined
+        const model = capture.responseModel ?? namedModel(ctx.requestBody)
         detail = estimateCutShort(countTokens, model, detail, streamed, ctx.requestBody)
         const prompt = detail.cacheApart ? detail.prompt + detail.cacheRead + detail.cacheWrite : detail.prompt
         ctx.usage = {
@@ -678,10 +678,12 @@ export const make = Effect.gen(function*() {
   const checkBudget = (f: Flow): void | Promise<void> => {
     const g = f.grant!
     if (budgets === undefined || !budgets.applies(g.tokenBudget, g.projectBudget)) return lookup(f)
-    // A USD budget cannot count a model without a price: refused unless UNPRICED_MODELS=allow.
+    // A USD budget cannot count a model without a price: refused unless UNPRICED_MODELS=allow. The model is the one
+    // the upstream reads (the top-level member; a `model` nested elsewhere is no decoy), and a body that names one the
+    // proxy cannot tell (twice, not a string) is refused the same way.
     if (!allowUnpriced && (usdBudget(g.tokenBudget) || usdBudget(g.projectBudget))) {
-      const model = modelOf(f.ctx.requestBody)
-      if (model !== null && prices.lookup(model) === undefined) {
+      const asked = f.ctx.requestBody === undefined ? undefined : requestModel(f.ctx.requestBody)
+      if (asked?._tag === "model" ? prices.lookup(asked.model) === undefined : asked?.named === true) {
         f.ctx.denial = "model_not_priced"
         return reply(f, Answers.modelNotPriced)
       }

@@ -52,21 +52,33 @@ export const MODEL_NAME_MAX_BYTES = 1024
 
 export type RequestModel =
   | { readonly _tag: "model"; readonly model: string }
-  /** Why the model cannot be told: the request is refused when a scope applies. */
-  | { readonly _tag: "unchecked"; readonly why: string }
+  /**
+   * Why the model cannot be told: the request is refused when a scope applies. `named`: the body does name a model
+   * (twice, or not as a string), so an upstream may read one.
+   */
+  | { readonly _tag: "unchecked"; readonly why: string; readonly named: boolean }
 
 /** The `model` member of a JSON request body (see the module comment). */
 export const requestModel = (body: Buffer): RequestModel => {
   const scan = scanObject(body)
-  if (scan === undefined || scan.close === -1) return { _tag: "unchecked", why: "its body is not a JSON object" }
+  if (scan === undefined || scan.close === -1) {
+    return { _tag: "unchecked", why: "its body is not a JSON object", named: false }
+  }
   const found = membersNamed(scan, "model")
-  if (found.length === 0) return { _tag: "unchecked", why: "it names no model" }
+  if (found.length === 0) return { _tag: "unchecked", why: "it names no model", named: false }
   // Parsers disagree on which of two keys wins: never guess which one the upstream reads.
-  if (found.length > 1) return { _tag: "unchecked", why: "it names the model more than once" }
+  if (found.length > 1) return { _tag: "unchecked", why: "it names the model more than once", named: true }
   const value = parseMember(body, found[0]!, MODEL_NAME_MAX_BYTES, 0)
   return typeof value === "string"
     ? { _tag: "model", model: value }
-    : { _tag: "unchecked", why: "its model is not a string" }
+    : { _tag: "unchecked", why: "its model is not a string", named: true }
+}
+
+/** The model a JSON request names as the upstream reads it (top level, once, a string), else undefined. */
+export const namedModel = (body: Buffer | undefined): string | undefined => {
+  if (body === undefined) return undefined
+  const m = requestModel(body)
+  return m._tag === "model" ? m.model : undefined
 }
 
 /** The model id of `/v1/models/{id}` (one segment, percent-decoded), or undefined for any other path. */

@@ -5,7 +5,7 @@
  * The model priced is the one that answered (`model` of the answer: a dated name falls back to its base), else the
  * one the request named, so that an answer naming a model without a price is still priced by the request's.
  */
-import { modelOf } from "../proxy/EventCapture.js"
+import { namedModel } from "../proxy/modelScope.js"
 import { costOf, tokensOf, type UsageDetail } from "./cost.js"
 import type { PricesShape } from "./prices.js"
 
@@ -27,7 +27,7 @@ export const chargeOf = (
   const tokens = tokensOf(detail)
   const answered = answeredModel !== undefined ? prices.lookup(answeredModel) : undefined
   if (answered !== undefined) return { tokens, costUsd: costOf(answered.price, detail), model: answeredModel }
-  const requested = modelOf(requestBody) ?? undefined
+  const requested = namedModel(requestBody)
   const byRequest = requested !== undefined ? prices.lookup(requested) : undefined
   if (byRequest !== undefined) return { tokens, costUsd: costOf(byRequest.price, detail), model: requested }
   return { tokens, costUsd: undefined, model: answeredModel ?? requested }

@@ -35,11 +35,20 @@ describe("requestModel", () => {
     expect(requestModel(buf("{\"model\":\"gpt-\\u0034o\"}"))).toEqual({ _tag: "model", model: "gpt-4o" })
     expect(requestModel(buf("{\"messages\":[{\"model\":\"inner\"}]}"))).toEqual({
       _tag: "unchecked",
-      why: "it names no model"
+      why: "it names no model",
+      named: false
     })
-    expect(requestModel(buf("{\"model\":\"a\",\"model\":\"b\"}"))._tag).toBe("unchecked")
-    expect(requestModel(buf("{\"model\":[\"a\"]}"))).toEqual({ _tag: "unchecked", why: "its model is not a string" })
-    expect(requestModel(buf("[1]"))).toEqual({ _tag: "unchecked", why: "its body is not a JSON object" })
+    expect(requestModel(buf("{\"model\":\"a\",\"model\":\"b\"}"))).toEqual({
+      _tag: "unchecked",
+      why: "it names the model more than once",
+      named: true
+    })
+    expect(requestModel(buf("{\"model\":[\"a\"]}"))).toEqual({
+      _tag: "unchecked",
+      why: "its model is not a string",
+      named: true
+    })
+    expect(requestModel(buf("[1]"))).toEqual({ _tag: "unchecked", why: "its body is not a JSON object", named: false })
     expect(requestModel(buf("{\"model\":\"a\""))._tag).toBe("unchecked")
     expect(requestModel(buf(`{"model":"${"m".repeat(2000)}"}`))._tag).toBe("unchecked")
   })

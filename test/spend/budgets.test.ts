@@ -139,6 +139,14 @@ describe.each(backends)("budgets on $name", (b) => {
     expect(refused.status).toBe(403)
     expect(proxyError(refused.json).code).toBe("model_not_priced")
     expect(stack.mock.requests).toHaveLength(0)
+    // The model checked is the one the upstream reads (the top-level member): a priced decoy before it is no way in.
+    const decoy = await call(stack.server.url, "/v1/chat/completions", {
+      token: t.token,
+      body: { metadata: { model: "gpt-4o-mini" }, ...chatBody({ model: "mystery-2" }) }
+    })
+    expect(decoy.status).toBe(403)
+    expect(proxyError(decoy.json).code).toBe("model_not_priced")
+    expect(stack.mock.requests).toHaveLength(0)
     expect((await go(stack.server.url, t.token)).status).toBe(200) // a priced model goes through
     expect(
       (await stack.manage.patch(`/manage/projects/${t.projectId}`, { max_cost_usd: null, max_tokens: 100000 })).status
