@@ -13,6 +13,7 @@ import { createRequire } from "node:module"
 import { join } from "node:path"
 import { Agent, request } from "undici"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { completeLines } from "../support/events.js"
 import { newManagementToken } from "../support/managementToken.js"
 import { stopAll } from "../support/processes.js"
 import {
@@ -64,13 +65,7 @@ describe.skipIf(!built || !haveServers())(`load: 3 instances, ${CLIENTS} clients
   let instances: Array<Instance> = []
   let dispatcher: ChildProcess | undefined
   let eventsFile = ""
-  const delivered = () => {
-    try {
-      return readFileSync(eventsFile, "utf8").split("\n").filter((l) => l.trim() !== "").length
-    } catch {
-      return 0
-    }
-  }
+  const delivered = () => completeLines(eventsFile).length
   const sql = async (statement: string) => {
     const c = new Client({ connectionString: pg.url })
     await c.connect()
