@@ -1,8 +1,8 @@
 /**
  * The proxy as a hard boundary, measured on the built binary (`npm run build` first):
  *
- *   bodies     50 connections without a token each start a 30 MB upload: every one is answered 401 within 100 ms of
- *              its headers, serve's RSS grows by less than 20 MB (nothing is buffered), every connection is closed
+ *   bodies     50 connections without a token each start a 30 MB upload: every one is answered 401 within 500 ms of
+ *              its headers and half within 100 ms (reading the bodies first would take seconds), serve's RSS grows by less than 20 MB (nothing is buffered), every connection is closed
  *              by the server within a few seconds (lingering close), and the proxy keeps serving meanwhile
  *   whitelist  1 MB hostile `model` values against a `*gpt*` whitelist, from a token holder and from strangers:
  *              400 / 401, and `/live` answers within 100 ms throughout (no backtracking, no stalled event loop)
@@ -174,7 +174,7 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
     await mock?.close()
   })
 
-  it("50 anonymous 30 MB uploads (twice): each a 401 within 100 ms, RSS grows < 20 MB, every connection closed by the server", async () => {
+  it("50 anonymous 30 MB uploads (twice): each a 401 within 500 ms (median 100 ms), RSS grows < 20 MB, every connection closed by the server", async () => {
     const pid = serve.child.pid!
     const declared = 30 * 1024 * 1024
     const upload = async (n: number) => {
@@ -208,7 +208,10 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
     expect(await served).toBe(20)
     await sleep(500)
     clearInterval(sampler)
-    const slow = results.filter((r) => r.ms > 100)
+    // The uploaders push 1.5 GB at the server from the same 2 cores, so the slowest answer varies with the machine
+    // (35–84 ms alone, 170 ms in a CI run); one that waited for its body would take seconds.
+    const slow = results.filter((r) => r.ms > 500)
+    const median = results.map((r) => r.ms).sort((a, b) => a - b)[results.length >> 1]!
     console.log(
       `[chaos] 50 × 30 MB anonymous: serve CPU ${cpuMs(pid) - cpuBefore} ms (with 20 token requests); RSS ${
         before.toFixed(1)
@@ -219,6 +222,7 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
     )
     expect(results.map((r) => r.status)).toEqual(Array(50).fill(401))
     expect(slow, JSON.stringify(slow)).toEqual([])
+    expect(median).toBeLessThan(100)
     expect(peak - before).toBeLessThan(20)
     // Closed by the server (lingering close: 2 s at most), not by our 15 s deadline.
     expect(Math.max(...results.map((r) => r.closedMs))).toBeLessThan(5_000)
