@@ -191,7 +191,7 @@ describe.skipIf(!built)("the proxy as a boundary (built binary)", () => {
     const logged = serve.output().length
     const serverMs = () =>
       serve.output().slice(logged).split("\n").flatMap((line) => {
-        if (!line.includes('"access"')) return []
+        if (!line.includes("\"access\"")) return []
         const a = JSON.parse(line).annotations as { status: number; code?: string; duration_ms: number }
         return a.status === 401 && a.code === "invalid_token" ? [a.duration_ms] : []
       })
