@@ -2,6 +2,7 @@
 // temp directory and run with node, one at a time, from the repository root.
 //   npm run bench                 all benchmarks
 //   npm run bench -- token        only those whose file name contains "token"
+//   npm run bench -- proxy        only proxy.bench.ts: a name that is a benchmark's whole name selects that one alone
 import { build } from "esbuild"
 import { spawnSync } from "node:child_process"
 import { mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs"
@@ -10,8 +11,13 @@ import { fileURLToPath } from "node:url"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
 const filters = process.argv.slice(2)
+const all = readdirSync(join(root, "test/bench"))
+const exact = (s) => all.includes(`${s}.bench.ts`)
 const benches = readdirSync(join(root, "test/bench"))
-  .filter((f) => f.endsWith(".bench.ts") && (filters.length === 0 || filters.some((s) => f.includes(s))))
+  .filter((f) =>
+    f.endsWith(".bench.ts") &&
+    (filters.length === 0 || filters.some((s) => f === `${s}.bench.ts` || (!exact(s) && f.includes(s))))
+  )
   .sort()
 if (benches.length === 0) {
   console.error(`no benchmarks in test/bench${filters.length > 0 ? ` matching ${filters.join(", ")}` : ""}`)

@@ -8,8 +8,8 @@
  * once when Redis answers again. Only purge reports it (503), because an operator waits for that answer.
  */
 import { Clock, Effect, Layer, Runtime } from "effect"
-import { Redis } from "ioredis"
 import type { CacheConfig } from "../config/AppConfig.js"
+import { ioredis } from "../redisClient.js"
 import {
   type CachedResponse,
   entrySize,
@@ -94,6 +94,7 @@ export const make = (config: CacheConfig, options: RedisCacheOptions) =>
   Effect.gen(function*() {
     const counters = new CacheCounters()
     const prefix = config.redisKeyPrefix
+    const { Redis } = yield* ioredis
     const redis = yield* Effect.acquireRelease(
       Effect.sync(() => {
         const client = new Redis(options.url, {

@@ -4,7 +4,6 @@
  */
 import { Options } from "@effect/cli"
 import type { SqlClient } from "@effect/sql"
-import { PgClient } from "@effect/sql-pg"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Cause, Console, Effect, Layer, Option, Redacted } from "effect"
 import { existsSync } from "node:fs"
@@ -44,7 +43,13 @@ const readSource = (from: string) => {
   const postgres = isPostgresUrl(from)
   if (!postgres && !existsSync(from)) return Effect.fail(new ImportError({ message: `no such file: ${from}` }))
   const client: Layer.Layer<SqlClient.SqlClient, unknown> = postgres
-    ? PgClient.layer({ url: Redacted.make(from), maxConnections: 2, applicationName: "llm-proxy-import" })
+    ? Layer.unwrapEffect(
+      Effect.promise(() => import("@effect/sql-pg")).pipe(
+        Effect.map(({ PgClient }) =>
+          PgClient.layer({ url: Redacted.make(from), maxConnections: 2, applicationName: "llm-proxy-import" })
+        )
+      )
+    )
     : SqliteClient.layer({ filename: from, readonly: true, disableWAL: true })
   // The URL may hold a password: the message names the kind of source only.
   const cannotOpen = postgres

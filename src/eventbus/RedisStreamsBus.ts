@@ -8,8 +8,8 @@
  * (`XAUTOCLAIM`). Entries are acknowledged only when the caller says so (after the backend accepted them).
  */
 import { Effect, Layer, Option, Queue, Redacted, Runtime, Schedule } from "effect"
-import { Redis } from "ioredis"
 import { decodeProxyEventJson, type ProxyEvent } from "../domain/ProxyEvent.js"
+import { ioredis } from "../redisClient.js"
 import {
   type Backlog,
   BusError,
@@ -50,6 +50,7 @@ const connect = (url: Redacted.Redacted<string>, name: string) =>
   Effect.gen(function*() {
     const runtime = yield* Effect.runtime<never>()
     const log = (effect: Effect.Effect<void>) => void Runtime.runFork(runtime)(effect)
+    const { Redis } = yield* ioredis
     return yield* Effect.acquireRelease(
       Effect.sync(() => {
         const redis = new Redis(Redacted.value(url), {
@@ -119,6 +120,7 @@ export const backlogOf = (rows: ReadonlyArray<Array<unknown>>, length: number): 
  */
 export const makeBacklogProbe = (url: Redacted.Redacted<string>, key: string) =>
   Effect.gen(function*() {
+    const { Redis } = yield* ioredis
     const redis = yield* Effect.acquireRelease(
       Effect.sync(() => {
         const c = new Redis(Redacted.value(url), {

@@ -10,7 +10,8 @@
  * at most MAX_TRACKED addresses (windows that ended are swept first, then the oldest entry goes).
  */
 import { Clock, Context, Effect, Layer, Runtime } from "effect"
-import { Redis } from "ioredis"
+import type { Redis } from "ioredis"
+import { ioredis } from "../redisClient.js"
 
 export interface AuthThrottleOptions {
   readonly maxFailures: number
@@ -98,6 +99,7 @@ export const layerRedis = (
     AuthThrottle,
     Effect.gen(function*() {
       const local = makeMemoryThrottle(options)
+      const { Redis } = yield* ioredis
       const client = yield* Effect.acquireRelease(
         // No offline queue: while Redis is away a command fails at once and the local counts apply.
         Effect.sync(() => new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: false }) as ThrottleRedis),

@@ -5,7 +5,7 @@
  * The Redis Streams event bus has its own check (`event_bus`, src/observability/eventChecks.ts).
  */
 import { Effect, Layer } from "effect"
-import { Redis } from "ioredis"
+import { ioredis } from "../redisClient.js"
 import { Health } from "./Health.js"
 
 export const redisCheck = (
@@ -15,6 +15,7 @@ export const redisCheck = (
 ): Layer.Layer<never, never, Health> =>
   Layer.scopedDiscard(Effect.gen(function*() {
     const health = yield* Health
+    const { Redis } = yield* ioredis
     const client = yield* Effect.acquireRelease(
       Effect.sync(() => {
         const c = new Redis(url, {

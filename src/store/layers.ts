@@ -1,6 +1,5 @@
 /** The SQL clients behind the Store, one per dialect. */
 import { SqlClient } from "@effect/sql"
-import { PgClient } from "@effect/sql-pg"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Cause, Effect, Layer, Redacted } from "effect"
 import { dirname } from "node:path"
@@ -57,8 +56,13 @@ export const sqliteClient = (path: string, synchronous: SqliteSynchronous = "nor
     )
   )
 
+/** @effect/sql-pg (and pg) are loaded when PostgreSQL is configured: a SQLite deployment never evaluates them. */
 export const postgresClient = (url: Redacted.Redacted<string>, poolSize: number) =>
-  PgClient.layer({ url, maxConnections: poolSize, applicationName: "llm-proxy" }).pipe(
+  Layer.unwrapEffect(
+    Effect.promise(() => import("@effect/sql-pg")).pipe(
+      Effect.map(({ PgClient }) => PgClient.layer({ url, maxConnections: poolSize, applicationName: "llm-proxy" }))
+    )
+  ).pipe(
     Layer.mapError((cause) => new StoreError({ message: "cannot connect to PostgreSQL (DATABASE_URL)", cause }))
   )
 

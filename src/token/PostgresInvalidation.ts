@@ -18,7 +18,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import { Effect, Layer, Redacted, Runtime } from "effect"
-import * as Pg from "pg"
+import type * as Pg from "pg"
 import { AppConfig } from "../config/AppConfig.js"
 import { KeyCipher } from "../crypto/KeyCipher.js"
 import { Store } from "../store/Store.js"
@@ -62,6 +62,10 @@ const message = (e: unknown) => (e instanceof Error ? e.message : String(e))
 
 const makeListener = (url: Redacted.Redacted<string>, options: ListenerOptions) =>
   Effect.gen(function*() {
+    // pg is loaded here, when PostgreSQL is configured: a SQLite deployment never evaluates it. (Node gives a
+    // CommonJS module's named exports to `import()`; in the esbuild bundle the module is its default export only.)
+    const pg = yield* Effect.promise(() => import("pg"))
+    const Client = pg.Client ?? (pg.default as unknown as Pick<typeof pg, "Client">).Client
     const sql = yield* SqlClient.SqlClient
     const runtime = yield* Effect.runtime<never>()
     const runPromise = Runtime.runPromise(runtime)
@@ -147,7 +151,7 @@ const makeListener = (url: Redacted.Redacted<string>, options: ListenerOptions) 
     const connect = (): Promise<void> => {
       retry = undefined
       if (closed) return Promise.resolve()
-      const c = new Pg.Client({
+      const c = new Client({
         connectionString: Redacted.value(url),
         application_name: applicationName,
         connectionTimeoutMillis: 5_000,

@@ -11,7 +11,8 @@
  */
 import { RateLimiter } from "@effect/experimental"
 import { Context, Duration, Effect, Exit, Layer, Runtime } from "effect"
-import { Redis } from "ioredis"
+import type { Redis } from "ioredis"
+import { ioredis } from "../redisClient.js"
 import type { RateLimitRow } from "../store/Store.js"
 
 export interface Exceeded {
@@ -383,6 +384,7 @@ export const redisTokenWindows = (client: Redis, prefix: string): TokenWindows =
 /** A Redis client that logs its first failure and keeps quiet until it is back. */
 const quietRedis = (url: string, what: string) =>
   Effect.gen(function*() {
+    const { Redis } = yield* ioredis
     const client = yield* Effect.acquireRelease(
       Effect.sync(() => new Redis(url, { maxRetriesPerRequest: 1 })),
       (c) => Effect.sync(() => c.disconnect())
@@ -402,6 +404,7 @@ export const layerRedisStore = (url: string, prefix: string): Layer.Layer<RateLi
   Layer.scoped(
     RateLimiter.RateLimiterStore,
     Effect.gen(function*() {
+      const { Redis } = yield* ioredis
       const client = yield* Effect.acquireRelease(
         Effect.sync(() => new Redis(url, { maxRetriesPerRequest: 1 }) as RedisWithFixedWindow),
         (c) => Effect.sync(() => c.disconnect())

@@ -17,11 +17,11 @@
  *   the entry it has (never one that was invalidated); tokens not in memory get 503.
  */
 import { Context, Effect, Fiber, Layer, Option, Redacted, Runtime, Schema } from "effect"
-import { Redis } from "ioredis"
 import { AppConfig } from "../config/AppConfig.js"
 import { KeyCipher } from "../crypto/KeyCipher.js"
 import type { KeyState, RoutedKey } from "../proxy/keys.js"
 import { type ModelScope, modelScopeOf } from "../proxy/modelScope.js"
+import { ioredis } from "../redisClient.js"
 import { type BudgetRow, type RateLimitRow, Store, StoreError } from "../store/Store.js"
 
 export interface TokenGrant {
@@ -361,6 +361,7 @@ export const layerRedis = (url: string): Layer.Layer<TokenValidator, never, Stor
       const instance = crypto.randomUUID()
       // The subscriber queues its SUBSCRIBE until connected and re-subscribes after reconnects; while it is not
       // subscribed the cache is bypassed (`live`).
+      const { Redis } = yield* ioredis
       const [pub, sub] = yield* Effect.acquireRelease(
         Effect.sync(() =>
           [

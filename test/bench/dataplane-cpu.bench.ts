@@ -129,7 +129,7 @@ const main = async () => {
     const raw = await start(["-e", RAW], { UPSTREAM: upstream }, /PORT (\d+)/)
     children.push(raw.child)
     const mt = "bench-management-token-" + crypto.randomUUID()
-    // BENCH_PROFILE=DIR writes a CPU profile of llm-proxy there (open it in Chrome DevTools).
+    // BENCH_PROFILE=DIR writes a CPU profile of llm-proxy (and of the baseline) there (open it in Chrome DevTools).
     const profile = process.env["BENCH_PROFILE"] ? ["--cpu-prof", "--cpu-prof-dir", process.env["BENCH_PROFILE"]] : []
     const llm = await start([
       ...profile,
@@ -165,7 +165,15 @@ const main = async () => {
     const baselineBin = process.env["BENCH_BASELINE"]
     let baseline: { url: string; pid: number | undefined; headers: Record<string, string> } | undefined
     if (baselineBin !== undefined && baselineBin !== "") {
-      const b = await start([baselineBin, "serve", "--addr", "127.0.0.1:0", "--db", join(dir, "baseline.sqlite")], {
+      const b = await start([
+        ...profile,
+        baselineBin,
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--db",
+        join(dir, "baseline.sqlite")
+      ], {
         MANAGEMENT_TOKEN: mt,
         OPENAI_API_URL: upstream,
         LOG_LEVEL: "info",
