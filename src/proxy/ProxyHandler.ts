@@ -171,6 +171,39 @@ const upstreamRequestIdOf = (headers: Dispatcher.ResponseData["headers"]): strin
 const usdBudget = (b: BudgetRow | undefined) => b !== undefined && b.maxCostUsd !== null
 
 /** Paths whose streams generate text (a stream of one cut short is charged by counting it). */
+/**
+ * `source` to `res` through `capture`, with back-pressure: the source pauses while the response's buffer is full and
+ * resumes on `drain`; its end ends the response (with what the capture held back). A client that goes away is
+ * handled by the request's teardown (the upstream request is aborted), an upstream failure by `lost`.
+ */
+const relay = (source: Readable, res: ServerResponse, capture: UsageCapture, lost: () => void) => {
+  let failed = false
+  source.on("data", (chunk: Buffer) => {
+    if (failed) return
+    let out: Buffer | undefined
+    try {
+      out = capture.pass(chunk)
+    } catch {
+      // Nothing a chunk holds should get here; if it does, the stream is cut, not the process.
+      failed = true
+      return lost()
+    }
+    if (out !== undefined && !res.write(out)) source.pause()
+  })
+  res.on("drain", () => source.resume())
+  source.on("end", () => {
+    if (failed) return
+    let rest: Buffer | undefined
+    try {
+      rest = capture.end()
+    } catch {
+      return lost()
+    }
+    if (rest !== undefined) res.end(rest)
+    else res.end()
+  })
+}
+
 const GENERATION = /\/(?:chat\/completions|completions|responses|messages)$/
 
 /** Node's own test for a client waiting for `100 Continue` before it sends its body. */
@@ -1008,12 +1041,12 @@ export const make = Effect.gen(function*() {
       }
     }
     if (mode === "sse") {
-      // Streams: a Transform between upstream and client, chunk for chunk.
-      // Generated text is kept (until the final usage arrives) so that a stream cut short can be charged.
+      // Streams: every chunk through the UsageCapture to the client as it comes (a `data` listener and the
+      // response's back-pressure, as `pipe` does, without a Transform's second hop per chunk). Generated text is kept
+      // (until the final usage arrives) so that a stream cut short can be charged.
       const capture = new UsageCapture(mode, hooks.captureResponseBytes, GENERATION.test(ctx.path), f.stripUsage)
       f.capture = capture.reader
-      capture.on("error", lost)
-      source.pipe(capture).pipe(res)
+      relay(source, res, capture, lost)
     } else {
       if (mode === "json" || hooks.captureResponseBytes > 0) {
         const reader = new UsageReader(mode, hooks.captureResponseBytes)

@@ -10,7 +10,6 @@
  * usage, the first `data:` line (id and model) and lines with a `finish_reason` value are kept and parsed only when
  * the facts are asked for (a traced request).
  */
-import { Transform, type TransformCallback } from "node:stream"
 import { StringDecoder } from "node:string_decoder"
 import type { UsageDetail } from "../spend/cost.js"
 
@@ -556,19 +555,20 @@ export const usageEventIn = (
 }
 
 /**
- * A Transform that passes every chunk through unchanged and feeds it to a UsageReader. With `stripUsage` (the proxy
- * asked an OpenAI upstream for usage the client did not ask for) it removes the usage-only event from what the
- * client gets and passes every other byte through as it came; it then holds back the bytes of an unfinished line
- * until its end arrives (upstreams send whole events, so this is rarely anything).
+ * What a streamed answer passes through on its way to the client: every chunk, unchanged, is fed to a UsageReader
+ * and handed back (`pass`). With `stripUsage` (the proxy asked an OpenAI upstream for usage the client did not ask
+ * for) it removes the usage-only event from what the client gets and hands every other byte back as it came; it then
+ * holds back the bytes of an unfinished line until its end arrives (upstreams send whole events, so this is rarely
+ * anything), and `end` gives what is left. Not a stream: the proxy writes what `pass` returns to the client itself
+ * (src/proxy/ProxyHandler.ts `relay`), one hop per chunk instead of a Transform's two.
  */
-export class UsageCapture extends Transform {
+export class UsageCapture {
   readonly reader: UsageReader
   private held: Buffer | undefined = undefined
   private dropBlank = false
   private stripped = false
 
   constructor(mode: "json" | "sse" | "none", captureLimit: number, collectText = false, readonly stripUsage = false) {
-    super()
     this.reader = new UsageReader(mode, captureLimit, collectText)
   }
 
@@ -585,25 +585,27 @@ export class UsageCapture extends Transform {
     return this.reader.truncated
   }
 
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+  /** The bytes of `chunk` for the client (undefined: none yet). */
+  pass(chunk: Buffer): Buffer | undefined {
     this.reader.observe(chunk)
-    if (!this.stripUsage || (this.stripped && !this.dropBlank && this.held === undefined)) return callback(null, chunk)
+    if (!this.stripUsage || (this.stripped && !this.dropBlank && this.held === undefined)) return chunk
     const buf = this.held === undefined ? chunk : Buffer.concat([this.held, chunk])
     const last = buf.lastIndexOf(NL)
     if (last === -1) {
       this.held = buf
-      return callback()
+      return undefined
     }
     this.held = last + 1 < buf.length ? Buffer.from(buf.subarray(last + 1)) : undefined
     const out = this.withoutUsage(last + 1 === buf.length ? buf : buf.subarray(0, last + 1))
-    callback(null, out.length > 0 ? out : undefined)
+    return out.length > 0 ? out : undefined
   }
 
-  override _flush(callback: TransformCallback): void {
+  /** The answer ended: the usage is read; what was held back for the client, if anything. */
+  end(): Buffer | undefined {
     this.reader.finish()
     const rest = this.held
     this.held = undefined
-    callback(null, rest !== undefined && rest.length > 0 ? rest : undefined)
+    return rest !== undefined && rest.length > 0 ? rest : undefined
   }
 
   private withoutUsage(out: Buffer): Buffer {

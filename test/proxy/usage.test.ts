@@ -1,21 +1,16 @@
-import { Readable, Writable } from "node:stream"
-import { pipeline } from "node:stream/promises"
 import { describe, expect, it } from "vitest"
 import { chunkFacts, type Facts, finishUsage, mergeAnswer, mergeUsage, UsageCapture } from "../../src/proxy/usage.js"
 import { chatChunks } from "../support/mockUpstream.js"
 
+/** The chunks through `capture` as the proxy relays them: what the client gets, one entry per chunk handed back. */
 const run = async (capture: UsageCapture, chunks: ReadonlyArray<string | Buffer>) => {
   const out: Array<Buffer> = []
-  await pipeline(
-    Readable.from(chunks.map((c) => (typeof c === "string" ? Buffer.from(c) : c))),
-    capture,
-    new Writable({
-      write(chunk: Buffer, _e, cb) {
-        out.push(chunk)
-        cb()
-      }
-    })
-  )
+  for (const c of chunks) {
+    const passed = capture.pass(typeof c === "string" ? Buffer.from(c) : c)
+    if (passed !== undefined) out.push(passed)
+  }
+  const rest = capture.end()
+  if (rest !== undefined) out.push(rest)
   return out
 }
 
