@@ -179,7 +179,8 @@ const usdBudget = (b: BudgetRow | undefined) => b !== undefined && b.maxCostUsd 
 const relay = (source: Readable, res: ServerResponse, capture: UsageCapture, lost: () => void) => {
   let failed = false
   source.on("data", (chunk: Buffer) => {
-    if (failed) return
+    // Nothing is written after the response ended (a write after end is an 'error' on the response).
+    if (failed || res.writableEnded) return
     let out: Buffer | undefined
     try {
       out = capture.pass(chunk)
@@ -192,7 +193,7 @@ const relay = (source: Readable, res: ServerResponse, capture: UsageCapture, los
   })
   res.on("drain", () => source.resume())
   source.on("end", () => {
-    if (failed) return
+    if (failed || res.writableEnded) return
     let rest: Buffer | undefined
     try {
       rest = capture.end()
