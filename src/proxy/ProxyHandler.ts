@@ -171,6 +171,8 @@ const upstreamRequestIdOf = (headers: Dispatcher.ResponseData["headers"]): strin
 const usdBudget = (b: BudgetRow | undefined) => b !== undefined && b.maxCostUsd !== null
 
 /** Paths whose streams generate text (a stream of one cut short is charged by counting it). */
+const GENERATION = /\/(?:chat\/completions|completions|responses|messages)$/
+
 /**
  * `source` to `res` through `capture`, with back-pressure: the source pauses while the response's buffer is full and
  * resumes on `drain`; its end ends the response (with what the capture held back). A client that goes away is
@@ -204,8 +206,6 @@ const relay = (source: Readable, res: ServerResponse, capture: UsageCapture, los
     else res.end()
   })
 }
-
-const GENERATION = /\/(?:chat\/completions|completions|responses|messages)$/
 
 /** Node's own test for a client waiting for `100 Continue` before it sends its body. */
 const EXPECT_CONTINUE = /(?:^|\W)100-continue(?:$|\W)/i
