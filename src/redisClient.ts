@@ -3,11 +3,7 @@
  * `serve`, docs/performance.md). Every Redis client in src/ is made from this; files import its types only.
  */
 import { Effect } from "effect"
+import { importExport } from "./lazyImport.js"
 
-/**
- * `{ Redis }` of ioredis. Node gives a CommonJS module's named exports to `import()`; in the esbuild bundle the
- * module is its default export only, whose `Redis` property is the same class.
- */
-export const ioredis = Effect.promise(() => import("ioredis")).pipe(
-  Effect.map((m) => ({ Redis: m.Redis ?? (m.default as unknown as Pick<typeof m, "Redis">).Redis }))
-)
+/** `{ Redis }` of ioredis. */
+export const ioredis = Effect.map(importExport(() => import("ioredis"), "Redis"), (Redis) => ({ Redis }))

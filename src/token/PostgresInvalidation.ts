@@ -21,6 +21,7 @@ import { Effect, Layer, Redacted, Runtime } from "effect"
 import type * as Pg from "pg"
 import { AppConfig } from "../config/AppConfig.js"
 import { KeyCipher } from "../crypto/KeyCipher.js"
+import { importExport } from "../lazyImport.js"
 import { Store } from "../store/Store.js"
 import {
   type Invalidation,
@@ -62,10 +63,8 @@ const message = (e: unknown) => (e instanceof Error ? e.message : String(e))
 
 const makeListener = (url: Redacted.Redacted<string>, options: ListenerOptions) =>
   Effect.gen(function*() {
-    // pg is loaded here, when PostgreSQL is configured: a SQLite deployment never evaluates it. (Node gives a
-    // CommonJS module's named exports to `import()`; in the esbuild bundle the module is its default export only.)
-    const pg = yield* Effect.promise(() => import("pg"))
-    const Client = pg.Client ?? (pg.default as unknown as Pick<typeof pg, "Client">).Client
+    // pg is loaded here, when PostgreSQL is configured: a SQLite deployment never evaluates it.
+    const Client = yield* importExport(() => import("pg"), "Client")
     const sql = yield* SqlClient.SqlClient
     const runtime = yield* Effect.runtime<never>()
     const runPromise = Runtime.runPromise(runtime)
