@@ -13,7 +13,7 @@ const root = fileURLToPath(new URL("..", import.meta.url))
 const filters = process.argv.slice(2)
 const all = readdirSync(join(root, "test/bench"))
 const exact = (s) => all.includes(`${s}.bench.ts`)
-const benches = readdirSync(join(root, "test/bench"))
+const benches = all
   .filter((f) =>
     f.endsWith(".bench.ts") &&
     (filters.length === 0 || filters.some((s) => f === `${s}.bench.ts` || (!exact(s) && f.includes(s))))
