@@ -8,6 +8,11 @@
  * Scenarios
  *   1. non-streaming saturation (autocannon, closed loop): RPS, p50, p99
  *   2. streaming saturation (20 SSE chunks per answer): streams/s, p50, p99
+ *   1–2 alternating: llm-proxy ÷ raw proxy again, in BENCH_ROUNDS (4) rounds of BENCH_SECONDS each (raw, llm-proxy,
+ *      then llm-proxy, raw, …): throughput and CPU per request, the median of the rounds' ratios. The host's speed
+ *      changes in steps, also within a run; a single run of each (1–2) can land on either side of such a step, two
+ *      adjacent runs rarely do. The summary's throughput ratios are these medians. Run before 3–5: after 5's
+ *      thousands of open streams llm-proxy's CPU per stream stays ~30 % higher for a minute (its heap shrinking back).
  *   3. a 60 ms upstream at a fixed ~1,000 RPS (open loop): added latency p50/p99 over direct
  *   4. time to first SSE byte (upstream sends the first chunk 20 ms after its headers): added p50/p99
  *   5. 8,000 concurrent open streams for ~10 s (opened over ~2 s): peak RSS of the proxy process, memory per open
@@ -41,6 +46,7 @@ import {
 const seconds = Number(process.env["BENCH_SECONDS"] ?? 10)
 const connections = Number(process.env["BENCH_CONNECTIONS"] ?? 64)
 const openStreams = Number(process.env["BENCH_STREAMS"] ?? 8000)
+const rounds = Number(process.env["BENCH_ROUNDS"] ?? 4)
 const warmupSeconds = Number(process.env["BENCH_WARMUP"] ?? 3)
 
 interface Target {
@@ -239,6 +245,39 @@ const main = async () => {
       }
     }
 
+    // CPU per request of `serve` (from /proc) too: it varies less between runs than throughput does.
+    const measured = async (t: Target, stream: boolean) => {
+      const before = cpuMsOf(t.pid!)
+      const r = await saturate(t, stream)
+      return { rps: r.rps, cpuUs: ((cpuMsOf(t.pid!) - before) * 1000) / Math.max(1, r.total) }
+    }
+    console.log(`\n1–2 alternating: llm-proxy ÷ raw proxy, ${rounds} rounds of ${seconds} s (RPS / CPU µs per request)`)
+    const rawTarget = targets[1]!
+    const alternating = async (stream: boolean) => {
+      const ratios: Array<{ rps: number; cpuUs: number }> = []
+      for (let i = 0; i < rounds; i++) {
+        const order = i % 2 === 0 ? [rawTarget, llmTarget] : [llmTarget, rawTarget]
+        const runs = new Map<string, { rps: number; cpuUs: number }>()
+        for (const t of order) runs.set(t.name, await measured(t, stream))
+        const r = runs.get(rawTarget.name)!
+        const l = runs.get(llmTarget.name)!
+        ratios.push({ rps: l.rps / r.rps, cpuUs: l.cpuUs / r.cpuUs })
+        console.log(
+          `round ${i + 1} ${(stream ? "sse" : "json").padEnd(5)} raw ${fmt(r.rps, 0)} / ${fmt(r.cpuUs, 0)}  llm-proxy ${
+            fmt(l.rps, 0)
+          } / ${fmt(l.cpuUs, 0)}  ratio ${fmt(l.rps / r.rps, 3)}× / ${fmt(l.cpuUs / r.cpuUs, 3)}×`
+        )
+      }
+      const median = (k: "rps" | "cpuUs") => {
+        const xs = ratios.map((x) => x[k]).sort((a, b) => a - b)
+        const mid = Math.floor(xs.length / 2)
+        return xs.length % 2 === 1 ? xs[mid]! : (xs[mid - 1]! + xs[mid]!) / 2
+      }
+      return { rps: median("rps"), cpuUs: median("cpuUs") }
+    }
+    const vsRawJson = await alternating(false)
+    const vsRawSse = await alternating(true)
+
     console.log("\n3. 60 ms upstream at 1,000 RPS for 10 s (open loop)")
     console.log("target      p50 ms   p99 ms   added p50  added p99  errors")
     const slow: Record<string, Awaited<ReturnType<typeof fixedRate>>> = {}
@@ -301,12 +340,6 @@ const main = async () => {
     // Measured again back to back, alternating (one, three, three, one) so that drift in the run (GC, the machine)
     // does not favour either; each figure is the mean of its two runs.
     const oneKey = llmTarget
-    // CPU per request of `serve` (from /proc) too: it varies less between runs than throughput does.
-    const measured = async (t: Target, stream: boolean) => {
-      const before = cpuMsOf(t.pid!)
-      const r = await saturate(t, stream)
-      return { rps: r.rps, cpuUs: ((cpuMsOf(t.pid!) - before) * 1000) / Math.max(1, r.total) }
-    }
     const pair = async (stream: boolean) => {
       const runs = [
         await measured(oneKey, stream),
@@ -330,8 +363,14 @@ const main = async () => {
 
     const ratio = (a: number, b: number) => fmt(a / b, 2)
     console.log("\nratios llm-proxy / raw proxy")
-    console.log(`  non-streaming throughput  ${ratio(sat["llm-proxy"]!.json.rps, sat["raw proxy"]!.json.rps)}×`)
-    console.log(`  streaming throughput      ${ratio(sat["llm-proxy"]!.sse.rps, sat["raw proxy"]!.sse.rps)}×`)
+    console.log(
+      `  non-streaming throughput  ${fmt(vsRawJson.rps, 2)}× (CPU per request ${fmt(vsRawJson.cpuUs, 2)}×; ` +
+        `1's single runs: ${ratio(sat["llm-proxy"]!.json.rps, sat["raw proxy"]!.json.rps)}×)`
+    )
+    console.log(
+      `  streaming throughput      ${fmt(vsRawSse.rps, 2)}× (CPU per request ${fmt(vsRawSse.cpuUs, 2)}×; ` +
+        `2's single runs: ${ratio(sat["llm-proxy"]!.sse.rps, sat["raw proxy"]!.sse.rps)}×)`
+    )
     console.log(
       `  added p50 at 1,000 RPS    llm-proxy ${fmt(slow["llm-proxy"]!.p50 - slow["direct"]!.p50, 3)} ms, raw ${
         fmt(slow["raw proxy"]!.p50 - slow["direct"]!.p50, 3)

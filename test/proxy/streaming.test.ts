@@ -88,6 +88,28 @@ describe("SSE through the proxy", () => {
     await eventually(async () => Number((await tokenRow(stack.backend, t.tokenId)).completion_tokens) >= 5)
   })
 
+  it("the client has the headers while the upstream waits to send the first event", async () => {
+    // The proxy sends the headers with the first events when they come together, and on their own when they do not:
+    // this upstream sends its first event only once the client has the headers (a proxy that waited would hang).
+    let headersSeen!: () => void
+    const seen = new Promise<void>((r) => (headersSeen = r))
+    const chunks = chatChunks(["late"])
+    stack.mock.enqueue(handler(async (_req, res) => {
+      res.writeHead(200, { "content-type": "text/event-stream" })
+      res.flushHeaders()
+      await seen
+      res.end(chunks.join(""))
+    }))
+    const { res } = await open()
+    expect(res.statusCode).toBe(200)
+    expect(res.headers["content-type"]).toBe("text/event-stream")
+    headersSeen()
+    let all = ""
+    res.on("data", (d: Buffer) => (all += d.toString()))
+    await new Promise((r) => res.once("end", r))
+    expect(all).toBe(chunks.join(""))
+  })
+
   it("96 the mock's timed chunks (5 × 200 ms) arrive as separate chunks, the first before the stream ends", async () => {
     const chunks = chatChunks(["a", "b", "c", "d", "e"])
     stack.mock.enqueue(sse(chunks, { intervalMs: 200 }))
