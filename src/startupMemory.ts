@@ -22,6 +22,18 @@ export const holdYoungGeneration = (): void => {
   held = true
 }
 
+/**
+ * Turns off V8's allocation-site pretenuring: V8 allocates the objects of a site whose objects mostly survived
+ * their first scavenges directly in the old generation. Under load every request's short-lived objects (its context,
+ * its stream's state) survive one scavenge while the request is open; when V8 happened to pretenure their sites the
+ * process stayed slow for good (old space filling with dead objects, scavenges ~4× longer, major collections):
+ * measured on a saturated stream benchmark, 6 of 17 `serve` processes ran at 254–290 µs of CPU per stream against
+ * 190–230 for the others; with pretenuring off, 12 of 12 ran at 184–232 (docs/performance.md).
+ */
+export const noPretenuring = (): void => {
+  setFlagsFromString("--no-allocation-site-pretenuring")
+}
+
 /** Lets new space grow again (a no-op unless held: tests build `serve` in-process, nothing is held there). */
 export const releaseYoungGeneration = (): void => {
   if (!held) return

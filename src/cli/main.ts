@@ -3,8 +3,9 @@
  * loaded by `import()` after the young generation is held at its initial size (src/startupMemory.ts): a static
  * import would evaluate every module before this file's first line.
  */
-import { holdYoungGeneration, releaseYoungGeneration } from "../startupMemory.js"
+import { holdYoungGeneration, noPretenuring, releaseYoungGeneration } from "../startupMemory.js"
 
 holdYoungGeneration()
+noPretenuring()
 const { run } = await import("./run.js")
 run(process.argv, releaseYoungGeneration)

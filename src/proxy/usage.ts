@@ -281,7 +281,13 @@ export class UsageReader implements AnswerFacts {
   /** Bytes seen. */
   bytes = 0
   firstChunkAt: number | undefined = undefined
-  private readonly parts: Array<Buffer> = []
+  /**
+   * The captured bytes: the first chunk as it came (a JSON answer is usually one chunk: no copy), then copied into
+   * one buffer that grows by doubling up to the limit. Held chunks would each keep a Buffer, an ArrayBuffer and the
+   * socket read it came in, several times the bytes of a small SSE event, for as long as the stream is open.
+   */
+  private first: Buffer | undefined = undefined
+  private buf: Buffer | undefined = undefined
   private kept = 0
   private readonly acc: Partial = {}
   private readonly facts: Facts = {}
@@ -299,12 +305,21 @@ export class UsageReader implements AnswerFacts {
   private pieces: Array<string> | undefined
   private textChars = 0
   private textOverflow = 0
+  /**
+   * `data:` lines not kept in `pieces` because the capture holds them (the first `covered` ones, `coveredChars`
+   * long): while everything streamed is captured, the text is read back from the capture when it is needed instead
+   * of being held twice. Only when no line in the capture can have been skipped as too long (limit ≤ MAX_SSE_LINE).
+   */
+  private covered = 0
+  private coveredChars = 0
+  private readonly coverable: boolean
 
   /** `collectText`: SSE only, keep the generated text until the final usage is read (generation endpoints). */
   constructor(readonly mode: "json" | "sse" | "none", readonly captureLimit: number, collectText = false) {
     this.decoder = mode === "sse" ? new StringDecoder("utf8") : undefined
     this.limit = mode === "json" ? Math.max(captureLimit, JSON_USAGE_LIMIT) : captureLimit
     this.pieces = collectText && mode === "sse" ? [] : undefined
+    this.coverable = this.limit > 0 && this.limit <= MAX_SSE_LINE
   }
 
   /** True once the answer's final usage was read (see `Partial.final`); a JSON answer's usage is always final. */
@@ -333,12 +348,27 @@ export class UsageReader implements AnswerFacts {
   streamedText(): { readonly text: string; readonly overflowChars: number } | undefined {
     if (this.pieces === undefined) return undefined
     const texts: Array<string> = []
+    if (this.covered > 0) {
+      // The same lines scan() found in these bytes: none was too long (coverable), so every line is there.
+      const captured = this.captured.toString("utf8")
+      let taken = 0
+      for (let start = 0; taken < this.covered;) {
+        const nl = captured.indexOf("\n", start)
+        if (nl === -1) break
+        const raw = captured.slice(start, nl)
+        start = nl + 1
+        const line = raw.endsWith("\r") ? raw.slice(0, -1) : raw
+        if (!line.startsWith("data:")) continue
+        taken++
+        UsageReader.textOf(line, texts)
+      }
+    }
     for (const line of this.pieces) UsageReader.textOf(line, texts)
     const text = texts.join("")
-    // Lines not kept hold text in the proportion of those kept (JSON around it is most of a chunk).
+    // Lines not kept hold text in the proportion of those read (JSON around it is most of a chunk).
     const overflowChars = this.textOverflow === 0
       ? 0
-      : Math.ceil(this.textOverflow * (text.length / Math.max(1, this.textChars)))
+      : Math.ceil(this.textOverflow * (text.length / Math.max(1, this.textChars + this.coveredChars)))
     return { text, overflowChars }
   }
 
@@ -349,7 +379,7 @@ export class UsageReader implements AnswerFacts {
 
   /** The first `captureLimit` bytes (JSON: up to JSON_USAGE_LIMIT when larger). */
   get captured(): Buffer {
-    return this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts)
+    return this.buf !== undefined ? this.buf.subarray(0, this.kept) : this.first ?? EMPTY
   }
 
   /** True when more bytes passed than were kept. */
@@ -398,12 +428,28 @@ export class UsageReader implements AnswerFacts {
   observe(chunk: Buffer): void {
     if (this.bytes === 0 && chunk.length > 0) this.firstChunkAt = performance.now()
     this.bytes += chunk.length
-    if (this.kept < this.limit) {
-      const take = Math.min(chunk.length, this.limit - this.kept)
-      this.parts.push(take === chunk.length ? chunk : chunk.subarray(0, take))
-      this.kept += take
-    }
+    if (this.kept < this.limit) this.capture(chunk, Math.min(chunk.length, this.limit - this.kept))
     if (this.decoder !== undefined) this.scan(this.decoder.write(chunk))
+  }
+
+  private capture(chunk: Buffer, take: number): void {
+    if (this.kept === 0) {
+      this.first = take === chunk.length ? chunk : chunk.subarray(0, take)
+      this.kept = take
+      return
+    }
+    const need = this.kept + take
+    let buf = this.buf
+    if (buf === undefined || buf.length < need) {
+      const size = Math.min(this.limit, Math.max(need, 2 * (buf?.length ?? need), 1024))
+      const grown = Buffer.allocUnsafeSlow(size)
+      if (buf !== undefined) buf.copy(grown, 0, 0, this.kept)
+      else this.first!.copy(grown, 0)
+      this.first = undefined
+      this.buf = buf = grown
+    }
+    chunk.copy(buf, this.kept, 0, take)
+    this.kept = need
   }
 
   finish(): void {
@@ -495,7 +541,13 @@ export class UsageReader implements AnswerFacts {
     // ends of choices (finish reasons) are kept as they are and parsed only if a span asks for them.
     const first = !this.sawData
     this.sawData = true
-    if (this.pieces !== undefined) this.keep(line)
+    if (this.pieces !== undefined) {
+      // Everything streamed so far is captured (the chunk this line ended in included): read back when needed.
+      if (this.coverable && this.kept === this.bytes) {
+        this.covered++
+        this.coveredChars += line.length
+      } else this.keep(line)
+    }
     if (line.includes("_tokens")) {
       try {
         const doc: unknown = JSON.parse(line.slice(5))
@@ -513,6 +565,7 @@ export class UsageReader implements AnswerFacts {
   }
 }
 
+const EMPTY = Buffer.alloc(0)
 const USAGE_KEY = Buffer.from("\"usage\"")
 const NL = 0x0a
 

@@ -107,6 +107,32 @@ describe("UsageCapture removing the usage-only chunk", () => {
   })
 })
 
+describe("the text of a stream cut short", () => {
+  // Content deltas, with CRLF, a comment and a multi-byte character split between chunks; no usage (cut short).
+  const events = chatChunks(["Hel", "lo ", "wörld", ", and", " more"], null).filter((c) => !c.includes("[DONE]"))
+  const stream = Buffer.from(": keep-alive\r\n\r\n" + events.join("").replace(/\n/g, "\r\n"))
+  const split = (step: number) => {
+    const pieces: Array<Buffer> = []
+    for (let i = 0; i < stream.length; i += step) pieces.push(stream.subarray(i, i + step))
+    return pieces
+  }
+
+  // The capture holds the stream's first bytes for the event; while it holds all of them the text is read back from
+  // it, past its limit the lines are kept: every limit (none, cut mid-stream, all) gives the same text.
+  it.each([0, 1, 150, 400, 262_144])("capture limit %i bytes, split every 1, 7 and 64 bytes", (limit) => {
+    for (const step of [1, 7, 64]) {
+      const c = new UsageCapture("sse", limit, true)
+      const passed: Array<Buffer> = []
+      for (const piece of split(step)) passed.push(c.pass(piece)!)
+      c.reader.settle()
+      expect(Buffer.concat(passed).equals(stream)).toBe(true)
+      expect(c.reader.streamedText()).toEqual({ text: "Hello wörld, and more", overflowChars: 0 })
+      expect(c.captured.equals(stream.subarray(0, limit))).toBe(true)
+      expect(c.truncated).toBe(stream.length > limit)
+    }
+  })
+})
+
 describe("estimateCutShort", () => {
   // A stand-in counter: one token per character, so that the arithmetic is visible.
   const count = (_e: string, text: string) => text.length
