@@ -6,8 +6,11 @@
  * initial size while starting; `serve` releases it once it listens, where traffic makes a large young generation
  * pay off again (fewer scavenges, fewer short-lived objects promoted), and every other command right away.
  *
+ * The entry point also turns off V8's allocation-site pretenuring (`noPretenuring`, below).
+ *
  * Node documents changing V8 flags at run time as "use with care" (it starts V8 with --no-freeze-flags-after-init
- * for `setFlagsFromString`'s sake); this one is only read when new space grows.
+ * for `setFlagsFromString`'s sake); the growth factor is only read when new space grows, the pretenuring flag when a
+ * scavenge decides what to pretenure (checked: set at start-up, it removes the slow processes described below).
  */
 import { setFlagsFromString } from "node:v8"
 
@@ -27,8 +30,8 @@ export const holdYoungGeneration = (): void => {
  * their first scavenges directly in the old generation. Under load every request's short-lived objects (its context,
  * its stream's state) survive one scavenge while the request is open; when V8 happened to pretenure their sites the
  * process stayed slow for good (old space filling with dead objects, scavenges ~4× longer, major collections):
- * measured on a saturated stream benchmark, 6 of 17 `serve` processes ran at 254–290 µs of CPU per stream against
- * 190–230 for the others; with pretenuring off, 12 of 12 ran at 184–232 (docs/performance.md).
+ * measured on a saturated stream benchmark, 7 of 17 `serve` processes ran at 254–290 µs of CPU per stream against
+ * 189–238 for the others; with pretenuring off, 27 of 28 ran at 175–232 (docs/performance.md).
  */
 export const noPretenuring = (): void => {
   setFlagsFromString("--no-allocation-site-pretenuring")

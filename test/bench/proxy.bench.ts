@@ -25,7 +25,7 @@
  *
  * Run: `npm run bench -- proxy` (needs `npm run build` first: it starts the built `bin/llm-proxy.js serve`).
  * Environment: BENCH_SECONDS (10) per saturation run, BENCH_WARMUP (3: seconds of each kind per target before
- * them), BENCH_CONNECTIONS (64), BENCH_STREAMS (8000), BENCH_LOG_LEVEL (warn: no access log; info: the default
+ * them), BENCH_ROUNDS (6: alternating rounds), BENCH_CONNECTIONS (64), BENCH_STREAMS (8000), BENCH_LOG_LEVEL (warn: no access log; info: the default
  * configuration, one access-log line per request), BENCH_SPEND=1 (the token gets a USD budget, a token budget and
  * a token-per-minute limit, none of them reached: what spend control costs).
  */
