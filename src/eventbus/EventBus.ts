@@ -56,6 +56,12 @@ export class EventBus extends Context.Tag("llm-proxy/EventBus")<EventBus, {
   readonly kind: BusKind
   /** Never blocks, never throws. false = dropped (buffer full or bus closed). */
   readonly publish: (event: ProxyEvent) => boolean
+  /**
+   * Whether an event published now can reach anyone: in-memory — a subscriber (an in-process dispatcher) exists,
+   * without one an event would be thrown away; Redis — always (consumers are other processes). The proxy builds no
+   * event while it is false.
+   */
+  readonly listened: () => boolean
   readonly stats: Effect.Effect<PublishStats>
   /**
    * What is waiting to be consumed. Redis: one round trip on a connection of its own that fails at once (no

@@ -13,9 +13,11 @@ export const make = (capacity: number) =>
     let published = 0
     let dropped = 0
     let sequence = 0
+    let subscribers = 0
     const held = () => Math.max(0, Option.getOrElse(pubsub.unsafeSize(), () => 0))
     const bus = EventBus.of({
       kind: "in-memory",
+      listened: () => subscribers > 0,
       publish: (event) => {
         if (pubsub.unsafeOffer(event)) {
           published++
@@ -39,7 +41,10 @@ export const make = (capacity: number) =>
     const source = EventSource.of({
       kind: "in-memory",
       subscribe: () =>
-        Effect.map(PubSub.subscribe(pubsub), (queue): Subscription => ({
+        Effect.zipRight(
+          Effect.acquireRelease(Effect.sync(() => subscribers++), () => Effect.sync(() => subscribers--)),
+          PubSub.subscribe(pubsub)
+        ).pipe(Effect.map((queue): Subscription => ({
           take: (max, waitMs) =>
             (waitMs <= 0
               ? Effect.map(Queue.takeUpTo(queue, max), (c) => [...c])
@@ -53,7 +58,7 @@ export const make = (capacity: number) =>
           ack: () => Effect.void,
           keepAlive: () => Effect.void,
           lag: Effect.map(Queue.size(queue), (n) => ({ undelivered: Math.max(0, n), pending: 0 }))
-        }))
+        })))
     })
     return { bus, source }
   })

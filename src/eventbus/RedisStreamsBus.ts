@@ -220,6 +220,7 @@ export const makePublisher = (options: RedisStreamsOptions) =>
     )
     return EventBus.of({
       kind: "redis-streams",
+      listened: () => true,
       publish: (event) => {
         if (buffer.unsafeOffer(event)) {
           published++

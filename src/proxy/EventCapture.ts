@@ -5,7 +5,8 @@
  * project) publishes nothing: strangers feed nothing into the operator's pipelines. A refused request's event
  * carries no request body.
  * It runs after the response has ended, does no I/O and never waits: bodies are cut to their bounds (no copy),
- * base64-encoded, and `publish` only enqueues (a full buffer drops the event and counts it).
+ * base64-encoded, and `publish` only enqueues (a full buffer drops the event and counts it). Nothing is built while
+ * the bus has no one to deliver to (`EventBus.listened`: an in-memory bus without an in-process dispatcher).
  */
 import { Effect } from "effect"
 import type { EventsConfig } from "../config/AppConfig.js"
@@ -109,7 +110,8 @@ export const eventHooks = (config: EventsConfig) =>
     captureResponseBytes: config.maxResponseBodyBytes,
     onComplete: [
       (ctx) => {
-        if (ctx.cacheHit || !ctx.authenticated) return
+        // An in-memory bus without a subscriber (no in-process dispatcher) would throw the event away: none is built.
+        if (ctx.cacheHit || !ctx.authenticated || !bus.listened()) return
         bus.publish(toEvent(ctx, config))
       }
     ]

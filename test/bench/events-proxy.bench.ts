@@ -3,7 +3,7 @@
  * built `llm-proxy serve` pinned to core 1 (taskset, when present), the fast stand-in upstream (upstream.mjs) and
  * autocannon on core 0. One server per setting, all started up front, measured in interleaved rounds:
  *   off                       OBSERVABILITY_ENABLED=false
- *   in-memory                 events built and published to the in-memory bus (nobody reads it)
+ *   in-memory                 the in-memory bus with nobody to read it: no event is built (since 2026-12-03)
  *   in-memory + file log      serve --file-event-log: the whole pipeline (transform, JSONL, fsync) in the server
  *   redis-streams             events XADDed to Redis (skipped when REDIS_URL does not answer)
  * Run: `npm run build && npm run bench -- events-proxy`. Environment: BENCH_SECONDS (8), BENCH_CONNECTIONS (64),

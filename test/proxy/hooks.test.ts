@@ -10,7 +10,7 @@ import { request as httpRequest } from "node:http"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import * as AuditLog from "../../src/audit/AuditLog.js"
 import { Providers } from "../../src/config/Providers.js"
-import { EventBus } from "../../src/eventbus/EventBus.js"
+import { EventBus, EventSource } from "../../src/eventbus/EventBus.js"
 import * as InMemoryBus from "../../src/eventbus/InMemoryBus.js"
 import { proxyHooksLayer, responseCacheLayer } from "../../src/Layers.js"
 import * as Metrics from "../../src/observability/Metrics.js"
@@ -234,10 +234,12 @@ describe("proxyHooksLayer", () => {
 
   // The real clock: the audit log and the access log flush on timers when the layer closes.
   layer(proxyHooksLayer(config, given).pipe(Layer.provideMerge(parts)), { excludeTestServices: true })((it) => {
-    it.effect("the hooks run in the documented order: cache, events, the given hooks, audit, observability", () =>
+    it.scoped("the hooks run in the documented order: cache, events, the given hooks, audit, observability", () =>
       Effect.gen(function*() {
         const hooks = yield* ProxyHooks
         const bus = yield* EventBus
+        // A subscriber, as an in-process dispatcher is: without one the in-memory bus builds no event (below).
+        yield* (yield* EventSource).subscribe("file", "test")
         const audit = yield* AuditLog.AuditLog
         const metrics = yield* Metrics.Metrics
         // The cache's lookup comes first: its hit ends the request before any other hook looks at it.
@@ -276,6 +278,27 @@ describe("proxyHooksLayer", () => {
           })
         }
         expect(order).toEqual(["events", "given", "audit", "observability"])
+      }))
+
+    it.effect("with no one subscribed to the in-memory bus no event is built, and none is counted as published", () =>
+      Effect.gen(function*() {
+        const hooks = yield* ProxyHooks
+        const bus = yield* EventBus
+        expect(bus.listened()).toBe(false)
+        const published = (yield* bus.stats).published
+        const ctx = new ProxyRequestContext(
+          "req-alone",
+          "POST",
+          "/v1/chat/completions",
+          "/v1/chat/completions",
+          undefined,
+          performance.now(),
+          Date.now()
+        )
+        ctx.authenticated = true
+        ctx.status = 200
+        for (const hook of hooks.onComplete) hook(ctx)
+        expect((yield* bus.stats).published).toBe(published)
       }))
   })
 })
