@@ -1,7 +1,7 @@
 /** The SQL clients behind the Store, one per dialect. */
 import { SqlClient } from "@effect/sql"
 import { SqliteClient } from "@effect/sql-sqlite-node"
-import { Cause, Effect, Layer, Redacted } from "effect"
+import { Cause, Effect, Layer, Redacted, Schedule } from "effect"
 import { dirname } from "node:path"
 import { ensurePrivateFile, tightenPrivateFile } from "../config/privateFiles.js"
 import * as SqlStore from "./SqlStore.js"
@@ -28,6 +28,20 @@ const preparePrivateDatabase = (path: string) =>
     for (const warning of warnings) yield* Effect.logWarning(warning)
   })
 
+/**
+ * Opening switches the file to WAL, which takes a lock SQLite does not wait for: a process opening a fresh file while
+ * another one does the same gets "database is locked" at once. Opening is retried while that is the failure (every
+ * 50 ms, for up to 5 s); any other failure is final.
+ */
+const OPEN_RETRY = Schedule.spaced("50 millis").pipe(
+  Schedule.intersect(Schedule.recurs(100)),
+  Schedule.whileInput((e: StoreError) => isLocked(e.cause))
+)
+
+const isLocked = (cause: unknown): boolean =>
+  typeof cause === "object" && cause !== null &&
+  ((cause as { code?: unknown }).code === "SQLITE_BUSY" || /database is locked/.test(String(cause)))
+
 export const sqliteClient = (path: string, synchronous: SqliteSynchronous = "normal") =>
   Layer.unwrapEffect(
     Effect.as(preparePrivateDatabase(path), SqliteClient.layer({ filename: path }))
@@ -53,7 +67,8 @@ export const sqliteClient = (path: string, synchronous: SqliteSynchronous = "nor
       Cause.isInterruptedOnly(cause)
         ? Layer.failCause(cause as Cause.Cause<never>)
         : Layer.fail(new StoreError({ message: `cannot open SQLite database at ${path}`, cause: Cause.squash(cause) }))
-    )
+    ),
+    Layer.retry(OPEN_RETRY)
   )
 
 /** @effect/sql-pg (and pg) are loaded when PostgreSQL is configured: a SQLite deployment never evaluates them. */
