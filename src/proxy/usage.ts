@@ -255,6 +255,12 @@ export const chunkFacts = (f: Facts, line: string): boolean => {
   return true
 }
 
+/** An SSE line without its trailing CR when it is a `data:` line; undefined for any other line. */
+const dataLine = (raw: string): string | undefined => {
+  const line = raw.endsWith("\r") ? raw.slice(0, -1) : raw
+  return line.startsWith("data:") ? line : undefined
+}
+
 /** True when an SSE line carries a `finish_reason` with a value (not `null`): a compact or spaced JSON key. */
 const hasFinishReason = (line: string): boolean => {
   const at = line.indexOf("finish_reason\"")
@@ -355,10 +361,9 @@ export class UsageReader implements AnswerFacts {
       for (let start = 0; taken < this.covered;) {
         const nl = captured.indexOf("\n", start)
         if (nl === -1) break
-        const raw = captured.slice(start, nl)
+        const line = dataLine(captured.slice(start, nl))
         start = nl + 1
-        const line = raw.endsWith("\r") ? raw.slice(0, -1) : raw
-        if (!line.startsWith("data:")) continue
+        if (line === undefined) continue
         taken++
         UsageReader.textOf(line, texts)
       }
@@ -535,8 +540,8 @@ export class UsageReader implements AnswerFacts {
   }
 
   private onLine(raw: string): void {
-    const line = raw.endsWith("\r") ? raw.slice(0, -1) : raw
-    if (!line.startsWith("data:")) return
+    const line = dataLine(raw)
+    if (line === undefined) return
     // Only lines that can carry usage are parsed: most chunks are content deltas. The first event (id, model) and the
     // ends of choices (finish reasons) are kept as they are and parsed only if a span asks for them.
     const first = !this.sawData

@@ -223,6 +223,17 @@ describe("proxyHooksLayer", () => {
     beforeUpstream: [givenLookup],
     onComplete: [() => void order.push("given")]
   }
+  /** A chat completion's request context, as the proxy makes one when a request arrives. */
+  const chatRequest = (id: string) =>
+    new ProxyRequestContext(
+      id,
+      "POST",
+      "/v1/chat/completions",
+      "/v1/chat/completions",
+      undefined,
+      performance.now(),
+      Date.now()
+    )
   const parts = Layer.mergeAll(
     responseCacheLayer(config),
     InMemoryBus.layer(100),
@@ -253,15 +264,7 @@ describe("proxyHooksLayer", () => {
           Effect.map(metrics.json, (j) => j.request_count)
         ])
         // A request every part acts on: authenticated (events), refused for its project (audit), finished (metrics).
-        const ctx = new ProxyRequestContext(
-          "req-order",
-          "POST",
-          "/v1/chat/completions",
-          "/v1/chat/completions",
-          undefined,
-          performance.now(),
-          Date.now()
-        )
+        const ctx = chatRequest("req-order")
         ctx.authenticated = true
         ctx.denial = "project_inactive"
         ctx.code = "project_inactive"
@@ -286,15 +289,7 @@ describe("proxyHooksLayer", () => {
         const bus = yield* EventBus
         expect(bus.listened()).toBe(false)
         const published = (yield* bus.stats).published
-        const ctx = new ProxyRequestContext(
-          "req-alone",
-          "POST",
-          "/v1/chat/completions",
-          "/v1/chat/completions",
-          undefined,
-          performance.now(),
-          Date.now()
-        )
+        const ctx = chatRequest("req-alone")
         ctx.authenticated = true
         ctx.status = 200
         for (const hook of hooks.onComplete) hook(ctx)
