@@ -3,6 +3,13 @@
  * "window_seconds": S}` or null, on create and PATCH, shown on every read, validated with a 400.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import {
+  MAX_COST_USD_MAX,
+  MAX_TOKENS_MAX,
+  RATE_LIMIT_REQUESTS_MAX,
+  RATE_LIMIT_TOKENS_MAX,
+  RATE_LIMIT_WINDOW_MAX
+} from "../../src/domain/models.js"
 import { startServer, testConfig, type TestServer } from "../support/server.js"
 import { type BackendInstance, backends, Client, providerKey, uniqueName } from "./harness.js"
 
@@ -68,6 +75,30 @@ describe.each(backends)("rate_limit fields on $name", (b) => {
     expect((await api.patch(`/manage/tokens/${id}`, { rate_limit: null })).json.rate_limit).toBeNull()
     const plain = await api.post("/manage/tokens", { project_id: p.json.id, duration_minutes: 5 })
     expect((await api.get(`/manage/tokens/${plain.json.id}`)).json.rate_limit).toBeNull()
+  })
+
+  it("the largest values the API accepts are stored and read back as given (tokens and projects)", async () => {
+    const most = {
+      requests: RATE_LIMIT_REQUESTS_MAX,
+      tokens: RATE_LIMIT_TOKENS_MAX,
+      window_seconds: RATE_LIMIT_WINDOW_MAX
+    }
+    const p = await api.post("/manage/projects", { name: uniqueName("rl"), api_key: providerKey(), rate_limit: most })
+    expect(p.status).toBe(201)
+    expect((await api.get(`/manage/projects/${p.json.id}`)).json.rate_limit).toEqual(most)
+    const t = await api.post("/manage/tokens", {
+      project_id: p.json.id,
+      duration_minutes: 5,
+      rate_limit: most,
+      max_tokens: MAX_TOKENS_MAX,
+      max_cost_usd: MAX_COST_USD_MAX
+    })
+    expect(t.status).toBe(201)
+    expect((await api.get(`/manage/tokens/${t.json.id}`)).json).toMatchObject({
+      rate_limit: most,
+      max_tokens: MAX_TOKENS_MAX,
+      max_cost_usd: MAX_COST_USD_MAX
+    })
   })
 
   it.each([

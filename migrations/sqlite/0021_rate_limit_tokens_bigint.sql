@@ -1,0 +1,2 @@
+-- Nothing to change on SQLite: its INTEGER columns hold 64-bit values, so `rate_limit_tokens` already takes what the
+-- API accepts (up to 1,000,000,000,000 per window). PostgreSQL's column is widened to BIGINT by this version.
