@@ -47,6 +47,7 @@ import { type Exceeded, RateLimits, Unavailable } from "../token/RateLimits.js"
 import { type GrantKey, judge, type TokenGrant, TokenValidator } from "../token/TokenValidator.js"
 import { UsageRecorder } from "../token/UsageRecorder.js"
 import { isFailureStatus } from "./CircuitBreaker.js"
+import type { ObjectScan } from "./jsonBody.js"
 import {
   coolDown,
   coolsKey,
@@ -126,6 +127,12 @@ interface Flow {
   filterModels: ModelScope | undefined
   /** The proxy asked the upstream for usage the client did not ask for: its usage-only chunk is removed. */
   stripUsage: boolean
+  /**
+   * The last body scanned (jsonBody.ts) and its scan: the stages that read the top-level members of the same body
+   * (asking for usage, the model scope, the price check of a USD budget) scan it once.
+   */
+  scannedBody: Buffer | undefined
+  scan: ObjectScan | undefined
   done: boolean
 }
 
@@ -458,6 +465,8 @@ export const make = Effect.gen(function*() {
       capture: undefined,
       filterModels: undefined,
       stripUsage: false,
+      scannedBody: undefined,
+      scan: undefined,
       done: false
     }
     req.on("error", () => {})
@@ -663,7 +672,7 @@ export const make = Effect.gen(function*() {
     if (provider.injectUser && grant.user !== null && f.ctx.requestBody !== undefined) withUser(f, grant.user)
     // A streamed OpenAI-style request always asks for usage: what it costs is read from the answer.
     if (f.ctx.requestBody !== undefined && f.body instanceof Buffer) {
-      const asked = askForUsage(f.ctx.path, f.body)
+      const asked = askForUsage(f.ctx.path, f.body, f)
       if (asked !== undefined) {
         f.body = asked.body
         f.bodyLength = asked.body.length
@@ -681,7 +690,7 @@ export const make = Effect.gen(function*() {
   const modelRefusal = (f: Flow, scope: ModelScope): LocalAnswer | undefined => {
     const { ctx } = f
     if (ctx.requestBody !== undefined) {
-      const m = requestModel(ctx.requestBody)
+      const m = requestModel(ctx.requestBody, f)
       if (m._tag === "unchecked") return Answers.modelUnchecked(m.why)
       return scope.allows(m.model) ? undefined : Answers.modelNotAllowed(m.model)
     }
@@ -725,7 +734,7 @@ export const make = Effect.gen(function*() {
     // the upstream reads (the top-level member; a `model` nested elsewhere is no decoy), and a body that names one the
     // proxy cannot tell (twice, not a string) is refused the same way.
     if (!allowUnpriced && (usdBudget(g.tokenBudget) || usdBudget(g.projectBudget))) {
-      const asked = f.ctx.requestBody === undefined ? undefined : requestModel(f.ctx.requestBody)
+      const asked = f.ctx.requestBody === undefined ? undefined : requestModel(f.ctx.requestBody, f)
       if (asked?._tag === "model" ? prices.lookup(asked.model) === undefined : asked?.named === true) {
         f.ctx.denial = "model_not_priced"
         return reply(f, Answers.modelNotPriced)

@@ -119,6 +119,22 @@ export const scanObject = (body: Buffer, maxKeyBytes = 256): ObjectScan | undefi
   }
 }
 
+/** Where a request keeps the last body it scanned: the stages that read one body's members scan it once. */
+export interface ScanMemo {
+  scannedBody: Buffer | undefined
+  scan: ObjectScan | undefined
+}
+
+/** `scanObject(body)`, or the scan `memo` holds of this very body. */
+export const scanOnce = (body: Buffer, memo: ScanMemo | undefined): ObjectScan | undefined => {
+  if (memo === undefined) return scanObject(body)
+  if (memo.scannedBody !== body) {
+    memo.scan = scanObject(body)
+    memo.scannedBody = body
+  }
+  return memo.scan
+}
+
 /** The occurrences of `key` among the scanned members (a JSON object may name a key twice; parsers disagree which wins). */
 export const membersNamed = (scan: ObjectScan, key: string): ReadonlyArray<Member> =>
   scan.members.filter((m) => m.key === key)

@@ -12,7 +12,7 @@
  *   client did not set one — a splice too.
  */
 import { compileGlob } from "./glob.js"
-import { insertMember, membersNamed, parseMember, scanObject, splice } from "./jsonBody.js"
+import { insertMember, membersNamed, parseMember, type ScanMemo, scanObject, scanOnce, splice } from "./jsonBody.js"
 
 export interface ModelScope {
   /** Whether a request may name this model. */
@@ -59,8 +59,8 @@ export type RequestModel =
   | { readonly _tag: "unchecked"; readonly why: string; readonly named: boolean }
 
 /** The `model` member of a JSON request body (see the module comment). */
-export const requestModel = (body: Buffer): RequestModel => {
-  const scan = scanObject(body)
+export const requestModel = (body: Buffer, memo?: ScanMemo): RequestModel => {
+  const scan = scanOnce(body, memo)
   if (scan === undefined || scan.close === -1) {
     return { _tag: "unchecked", why: "its body is not a JSON object", named: false }
   }

@@ -12,7 +12,7 @@
  */
 import { type CountTokens, encodingForModel } from "../dispatcher/tokens.js"
 import { promptText } from "../dispatcher/transform.js"
-import { insertMember, membersNamed, parseMember, scanObject, splice } from "../proxy/jsonBody.js"
+import { insertMember, membersNamed, parseMember, type ScanMemo, scanOnce, splice } from "../proxy/jsonBody.js"
 import type { UsageDetail } from "./cost.js"
 
 /** Paths whose streamed answers carry usage only when asked (`stream_options.include_usage`). */
@@ -32,9 +32,9 @@ export interface AskedForUsage {
  * undefined when nothing is to change (not streamed, usage already asked for, not a JSON object, or ambiguous: a key
  * named twice is left for the upstream to refuse).
  */
-export const askForUsage = (path: string, body: Buffer): AskedForUsage | undefined => {
+export const askForUsage = (path: string, body: Buffer, memo?: ScanMemo): AskedForUsage | undefined => {
   if (!OPENAI_STREAMING.test(path) || !body.includes(STREAM_KEY)) return undefined
-  const scan = scanObject(body)
+  const scan = scanOnce(body, memo)
   if (scan === undefined || scan.close === -1) return undefined
   const stream = membersNamed(scan, "stream")
   if (stream.length !== 1 || parseMember(body, stream[0]!, 16, 0) !== true) return undefined

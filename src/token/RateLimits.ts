@@ -63,35 +63,44 @@ export interface RateLimitsShape {
   readonly storeFailures: () => number
 }
 
+/** The current token-per-minute window of a token or project: `key` names the limit, `index` the window. */
+export interface TokenWindow {
+  readonly scope: "token" | "project"
+  /** `tpm:<scope>:<id>|<window ms>`. */
+  readonly key: string
+  /** Which window (multiples of its length since the epoch). */
+  readonly index: number
+  readonly limit: number
+  readonly windowMs: number
+}
+
 /** Where token-per-minute windows are kept. */
 export interface TokenWindows {
-  /** Tokens used in the current window of each key (0 when it has none), synchronously or as an Effect. */
+  /** Tokens used in each window (0 when it has none), synchronously or as an Effect. */
   readonly used: (
-    keys: ReadonlyArray<string>,
-    windowIndexes: ReadonlyArray<number>
+    windows: ReadonlyArray<TokenWindow>
   ) => ReadonlyArray<number> | Effect.Effect<ReadonlyArray<number>, { readonly message: string }>
-  /** Adds tokens to the current windows; `ttlMs` each window's key may live. */
-  readonly add: (
-    entries: ReadonlyArray<
-      { readonly key: string; readonly index: number; readonly tokens: number; readonly ttlMs: number }
-    >
-  ) => void | Promise<void>
+  /** Adds tokens to the windows (a store that expires keys keeps each for two window lengths). */
+  readonly add: (windows: ReadonlyArray<TokenWindow>, tokens: number) => void | Promise<void>
 }
 
 /** An in-memory TokenWindows: one entry per key, swept when its window ended. */
 export const memoryTokenWindows = () => {
-  const windows = new Map<string, { index: number; used: number; endsAt: number }>()
+  const windows = new Map<string, { index: number; used: number }>()
   const windows_: TokenWindows = {
-    used: (keys, indexes) =>
-      keys.map((key, i) => {
-        const w = windows.get(key)
-        return w !== undefined && w.index === indexes[i] ? w.used : 0
-      }),
-    add: (entries) => {
-      for (const e of entries) {
-        const w = windows.get(e.key)
-        if (w !== undefined && w.index === e.index) w.used += e.tokens
-        else if (w === undefined || w.index < e.index) windows.set(e.key, { index: e.index, used: e.tokens, endsAt: 0 })
+    used: (ws) => {
+      const out: Array<number> = []
+      for (const tw of ws) {
+        const w = windows.get(tw.key)
+        out.push(w !== undefined && w.index === tw.index ? w.used : 0)
+      }
+      return out
+    },
+    add: (ws, tokens) => {
+      for (const tw of ws) {
+        const w = windows.get(tw.key)
+        if (w !== undefined && w.index === tw.index) w.used += tokens
+        else if (w === undefined || w.index < tw.index) windows.set(tw.key, { index: tw.index, used: tokens })
       }
     }
   }
@@ -106,18 +115,24 @@ export const memoryTokenWindows = () => {
   return { windows: windows_, sweep, size: () => windows.size }
 }
 
-/** The window keys, indexes and Retry-After of a scope's token limit at `now`. */
-const tokenWindow = (scope: "token" | "project", id: string, l: RateLimitRow, now: number) => {
+/**
+ * The key of each limit row, as last built: a row comes from the token cache, the same object request after request,
+ * so its key string is built (and hashed by the Map) once, not per request.
+ */
+const keys = new WeakMap<RateLimitRow, { readonly scope: string; readonly id: string; readonly key: string }>()
+
+const keyOf = (scope: "token" | "project", id: string, l: RateLimitRow, windowMs: number): string => {
+  const known = keys.get(l)
+  if (known !== undefined && known.scope === scope && known.id === id) return known.key
+  const key = `tpm:${scope}:${id}|${windowMs}`
+  keys.set(l, { scope, id, key })
+  return key
+}
+
+/** A scope's token window at `now`. */
+const tokenWindow = (scope: "token" | "project", id: string, l: RateLimitRow, now: number): TokenWindow => {
   const windowMs = l.windowSeconds * 1000
-  const index = Math.floor(now / windowMs)
-  return {
-    scope,
-    key: `tpm:${scope}:${id}|${windowMs}`,
-    index,
-    limit: l.tokens!,
-    ttlMs: windowMs * 2,
-    retryAfterSeconds: Math.max(1, Math.ceil(((index + 1) * windowMs - now) / 1000))
-  }
+  return { scope, key: keyOf(scope, id, l, windowMs), index: Math.floor(now / windowMs), limit: l.tokens!, windowMs }
 }
 
 const tokenLimited = (l: RateLimitRow | null): l is RateLimitRow =>
@@ -129,16 +144,24 @@ const windowsOf = (
   projectId: string,
   projectLimit: RateLimitRow | null,
   now: number
-) => [
-  ...(tokenLimited(tokenLimit) ? [tokenWindow("token", tokenId, tokenLimit, now)] : []),
-  ...(tokenLimited(projectLimit) ? [tokenWindow("project", projectId, projectLimit, now)] : [])
-]
+): ReadonlyArray<TokenWindow> => {
+  const ws: Array<TokenWindow> = []
+  if (tokenLimited(tokenLimit)) ws.push(tokenWindow("token", tokenId, tokenLimit, now))
+  if (tokenLimited(projectLimit)) ws.push(tokenWindow("project", projectId, projectLimit, now))
+  return ws
+}
 
-/** The first window (token before project) whose tokens are used up, as a verdict. */
-const tokensVerdict = (ws: ReturnType<typeof windowsOf>, used: ReadonlyArray<number>): Exceeded | undefined => {
+/** The first window (token before project) whose tokens are used up at `now`, as a verdict. */
+const tokensVerdict = (
+  ws: ReadonlyArray<TokenWindow>,
+  used: ReadonlyArray<number>,
+  now: number
+): Exceeded | undefined => {
   for (let i = 0; i < ws.length; i++) {
     const w = ws[i]!
-    if ((used[i] ?? 0) >= w.limit) return { scope: w.scope, retryAfterSeconds: w.retryAfterSeconds }
+    if ((used[i] ?? 0) >= w.limit) {
+      return { scope: w.scope, retryAfterSeconds: Math.max(1, Math.ceil(((w.index + 1) * w.windowMs - now) / 1000)) }
+    }
   }
   return undefined
 }
@@ -211,13 +234,13 @@ const make = (mode: "sync" | "async", failureMode: FailureMode, windows: TokenWi
         )
       })
     /** The token-per-minute verdict (before any request is counted: a request refused for tokens uses none). */
-    const tokensCheck = (ws: ReturnType<typeof windowsOf>): Verdict | Effect.Effect<Verdict> => {
+    const tokensCheck = (ws: ReadonlyArray<TokenWindow>, now: number): Verdict | Effect.Effect<Verdict> => {
       if (ws.length === 0) return undefined
-      const used = windows.used(ws.map((w) => w.key), ws.map((w) => w.index))
-      if (!Effect.isEffect(used)) return tokensVerdict(ws, used as ReadonlyArray<number>)
+      const used = windows.used(ws)
+      if (!Effect.isEffect(used)) return tokensVerdict(ws, used as ReadonlyArray<number>, now)
       return Effect.matchEffect(used, {
         onFailure: onStoreFailure,
-        onSuccess: (u) => Effect.succeed(tokensVerdict(ws, u))
+        onSuccess: (u) => Effect.succeed(tokensVerdict(ws, u, now))
       })
     }
     const check: RateLimitsShape["check"] = (tokenId, tokenLimit, projectId, projectLimit) => {
@@ -225,7 +248,8 @@ const make = (mode: "sync" | "async", failureMode: FailureMode, windows: TokenWi
         ? consumeBoth(limiter, onStoreFailure, tokenId, tokenLimit, projectId, projectLimit)
         : Effect.succeed<Verdict>(undefined)
       const effect = Effect.suspend(() => {
-        const t = tokensCheck(windowsOf(tokenId, tokenLimit, projectId, projectLimit, clock.unsafeCurrentTimeMillis()))
+        const now = clock.unsafeCurrentTimeMillis()
+        const t = tokensCheck(windowsOf(tokenId, tokenLimit, projectId, projectLimit, now), now)
         if (!Effect.isEffect(t)) return t === undefined ? consume : Effect.succeed(t)
         return Effect.flatMap(t, (v) => (v === undefined ? consume : Effect.succeed(v)))
       })
@@ -246,7 +270,8 @@ const make = (mode: "sync" | "async", failureMode: FailureMode, windows: TokenWi
         if (mode === "async") return check(tokenId, tokenLimit, projectId, projectLimit)
         // The memory store answers synchronously, so the request goes on without waiting; token windows are read
         // without running an Effect.
-        const t = tokensCheck(windowsOf(tokenId, tokenLimit, projectId, projectLimit, clock.unsafeCurrentTimeMillis()))
+        const now = clock.unsafeCurrentTimeMillis()
+        const t = tokensCheck(windowsOf(tokenId, tokenLimit, projectId, projectLimit, now), now)
         if (t !== undefined) return t
         if (!requestLimited(tokenLimit) && !requestLimited(projectLimit)) return undefined
         const exit = runSyncExit(consumeBoth(limiter, onStoreFailure, tokenId, tokenLimit, projectId, projectLimit))
@@ -255,7 +280,7 @@ const make = (mode: "sync" | "async", failureMode: FailureMode, windows: TokenWi
       debitTokens: (tokenId, tokenLimit, projectId, projectLimit, tokens) => {
         if (tokens <= 0 || (!tokenLimited(tokenLimit) && !tokenLimited(projectLimit))) return
         const ws = windowsOf(tokenId, tokenLimit, projectId, projectLimit, clock.unsafeCurrentTimeMillis())
-        const done = windows.add(ws.map((w) => ({ key: w.key, index: w.index, tokens, ttlMs: w.ttlMs })))
+        const done = windows.add(ws, tokens)
         if (done !== undefined) {
           done.catch((e: Error) =>
             runFork(Effect.asVoid(onStoreFailure({ message: `token window update failed: ${e.message}` })))
@@ -362,17 +387,17 @@ interface RedisWithFixedWindow extends Redis {
 
 /** Token windows on Redis: `<prefix><key>:<window index>`, read with one MGET, added to with INCRBY + PEXPIRE. */
 export const redisTokenWindows = (client: Redis, prefix: string): TokenWindows => ({
-  used: (keys, indexes) =>
+  used: (ws) =>
     Effect.tryPromise({
-      try: () => client.mget(...keys.map((k, i) => `${prefix}${k}:${indexes[i]}`)),
+      try: () => client.mget(...ws.map((w) => `${prefix}${w.key}:${w.index}`)),
       catch: (e) => ({ message: `Redis MGET failed: ${(e as Error).message}` })
     }).pipe(Effect.map((values) => values.map((v) => (v === null ? 0 : Number(v) || 0)))),
-  add: (entries) => {
+  add: (ws, tokens) => {
     const pipeline = client.pipeline()
-    for (const e of entries) {
-      const key = `${prefix}${e.key}:${e.index}`
-      pipeline.incrby(key, Math.round(e.tokens))
-      pipeline.pexpire(key, e.ttlMs)
+    for (const w of ws) {
+      const key = `${prefix}${w.key}:${w.index}`
+      pipeline.incrby(key, Math.round(tokens))
+      pipeline.pexpire(key, w.windowMs * 2)
     }
     return pipeline.exec().then((results) => {
       const failed = results?.find(([err]) => err !== null)

@@ -3,12 +3,12 @@
  * budget, a token budget and a token-per-minute limit (none of them reached), loaded in turn at saturation
  * (closed loop, autocannon). The runs alternate (plain, spend, spend, plain, …) so that drift in the shared
  * machine's speed favours neither; each figure is the mean of its BENCH_ROUNDS runs, and the ratios are spend ÷ plain
- * within the run. CPU per request of the `serve` process (from /proc) is reported too.
+ * within the run: of the means, each round's, and their median. CPU per request of the `serve` process (from /proc) is reported too.
  *
  * Layout as in proxy.bench.ts: `serve` pinned to core 1, the upstream and the load generator on core 0.
  *
  * Run: `npm run build && npm run bench -- spend`. Environment: BENCH_SECONDS (5) per run, BENCH_CONNECTIONS (64),
- * BENCH_ROUNDS (2: alternations per kind), BENCH_PROFILE=dir (a CPU profile of `serve`, built
+ * BENCH_ROUNDS (2: alternations per kind), BENCH_DATABASE_URL (PostgreSQL instead of SQLite), BENCH_PROFILE=dir (a CPU profile of `serve`, built
  * readable in .bench-dist, written to dir on exit), BENCH_ONLY=plain|spend (load one token only, for a profile).
  */
 import { spawnSync } from "node:child_process"
@@ -30,6 +30,9 @@ const connections = Number(process.env["BENCH_CONNECTIONS"] ?? 64)
 const rounds = Number(process.env["BENCH_ROUNDS"] ?? 2)
 const profileDir = process.env["BENCH_PROFILE"]
 const only = process.env["BENCH_ONLY"] as "plain" | "spend" | undefined
+/** `serve` on this PostgreSQL database instead of its own SQLite file (budgets then read and write every 50 ms). */
+const databaseUrl = process.env["BENCH_DATABASE_URL"]
+const dbEnv: Record<string, string> = databaseUrl !== undefined ? { DATABASE_URL: databaseUrl } : {}
 
 /** The CLI as one unminified file with esbuild's `// path` module markers (for reading a profile), as in observability-profile. */
 const readableBundle = () => {
@@ -47,8 +50,8 @@ const main = async () => {
   const up = await startJsonPort(join(root, "test/bench/upstream.mjs"), {}, 0)
   const upstream = `http://127.0.0.1:${up.port}`
   const llm = profileDir !== undefined
-    ? await startLlmProxy(upstream, {}, ["--cpu-prof", `--cpu-prof-dir=${profileDir}`], readableBundle())
-    : await startLlmProxy(upstream)
+    ? await startLlmProxy(upstream, dbEnv, ["--cpu-prof", `--cpu-prof-dir=${profileDir}`], readableBundle())
+    : await startLlmProxy(upstream, dbEnv)
   try {
     const plain = llm.token
     // A project of its own (same upstream key): the plain token's project has no budget either way.
@@ -64,7 +67,8 @@ const main = async () => {
     const spendToken = String(spend["token"])
     console.log(
       `spend control benchmark — ${seconds} s per run, ${connections} connections, ${rounds} rounds; ` +
-        `token "spend": max_cost_usd, max_tokens (month), rate_limit.tokens per 60 s`
+        `token "spend": max_cost_usd, max_tokens (month), rate_limit.tokens per 60 s; ` +
+        (databaseUrl !== undefined ? "PostgreSQL" : "SQLite")
     )
     const load = async (token: string, stream: boolean): Promise<Saturation & { cpuUs: number }> => {
       const before = cpuMsOf(llm.pid)
@@ -115,14 +119,30 @@ const main = async () => {
           }  ${r.errors}`
         )
       }
+      // Each round's spend run is paired with its plain run (back to back): the median of the rounds' ratios is
+      // what one slow spell of the shared machine moves least.
+      const perRound = runs.spend.map((r, i) => ({
+        rps: r.rps / runs.plain[i]!.rps,
+        cpu: r.cpuUs / runs.plain[i]!.cpuUs
+      }))
       ratios.push(
-        `${kind.trim()}: throughput spend ÷ plain ${fmt(s.rps / p.rps, 2)}×, CPU per request ${fmt(s.cpu / p.cpu, 2)}×`
+        `${kind.trim()}: throughput spend ÷ plain ${fmt(s.rps / p.rps, 2)}× (rounds ${
+          perRound.map((r) => fmt(r.rps, 2)).join(" ")
+        }; median ${fmt(median(perRound.map((r) => r.rps)), 2)}×), CPU per request ${fmt(s.cpu / p.cpu, 2)}× (median ${
+          fmt(median(perRound.map((r) => r.cpu)), 2)
+        }×)`
       )
     }
     console.log(`\n${ratios.join("\n")}`)
   } finally {
     await llm.stop()
   }
+}
+
+const median = (xs: ReadonlyArray<number>) => {
+  const s = [...xs].sort((a, b) => a - b)
+  const mid = Math.floor(s.length / 2)
+  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2
 }
 
 runBench(main)

@@ -120,8 +120,8 @@ describe.each(backends)("budgets on $name", (b) => {
       expect((await go(second.server.url, t.token)).status).toBe(200)
       // The second charge is written at once (not with the batched counters).
       await eventually(async () => (await spent(t.tokenId)).spent_usd > 0.0013)
-      // Another instance's charge shows once this one's last read of what was spent is READ_TTL_MS old.
-      await new Promise((r) => setTimeout(r, Budgets.READ_TTL_MS + 10))
+      // Another instance's charge shows once this one's last read of what was spent is readTtlMs old.
+      await new Promise((r) => setTimeout(r, Budgets.timingsFor(b.name).readTtlMs + 10))
       expect((await go(stack.server.url, t.token)).status).toBe(429)
       expect((await go(second.server.url, t.token)).status).toBe(429)
       expect(stack.mock.requests).toHaveLength(2)
@@ -191,6 +191,9 @@ const dialects = postgresUrl ? (["sqlite", "postgres"] as const) : (["sqlite"] a
 
 effectDescribe.each(dialects)("budget periods roll over (%s)", (dialect) => {
   const layer = Budgets.layer.pipe(Layer.provideMerge(freshStore(dialect)))
+  // The interplay of reads and writes, with the short timings of PostgreSQL on either database (fast rounds).
+  const fast = Budgets.timingsFor("postgres")
+  const fastLayer = Budgets.layerWith(fast).pipe(Layer.provideMerge(freshStore(dialect)))
   const setup = Effect.gen(function*() {
     const store = yield* Store
     const now = new Date().toISOString()
@@ -268,7 +271,7 @@ effectDescribe.each(dialects)("budget periods roll over (%s)", (dialect) => {
         for (let i = 0; i < 20; i++) {
           const { tokenId, projectId } = yield* setup
           // After a quiet spell a charge is written at once: its write is in flight when the check reads.
-          yield* Effect.sleep(Budgets.WRITE_GAP_MS + 5)
+          yield* Effect.sleep(fast.writeGapMs + 5)
           const now = Date.now()
           budgets.charge(tokenId, projectId, 0.5, 10, now)
           effectExpect(yield* budgets.check(tokenId, token, projectId, project, now)).toMatchObject({
@@ -276,7 +279,33 @@ effectDescribe.each(dialects)("budget periods roll over (%s)", (dialect) => {
             limit: "max_cost_usd"
           })
         }
-      }).pipe(Effect.provide(layer))
+      }).pipe(Effect.provide(fastLayer))
+  )
+
+  effectIt.live(
+    "under steady checks the next read is made in the background: a check never waits, and another instance's spend shows within readTtlMs",
+    () =>
+      Effect.gen(function*() {
+        const budgets = yield* Budgets.Budgets
+        const store = yield* Store
+        const { tokenId, projectId } = yield* setup
+        const budget = { maxCostUsd: 1, maxTokens: null, period: "total" as const }
+        const t0 = Date.now()
+        effectExpect(yield* budgets.check(tokenId, budget, projectId, undefined, t0)).toBeUndefined()
+        // Another instance spends $2 (written straight to the database).
+        yield* store.addSpend([
+          { scope: "token", id: tokenId, costUsd: 2, tokens: 0, dayStart: t0 - (t0 % 86_400_000), monthStart: 0 }
+        ])
+        // Half readTtlMs on: answered at once from the last read ($0), and the next read starts.
+        const early = budgets.unsafeCheck(tokenId, budget, projectId, undefined, t0 + fast.readTtlMs * 0.6)
+        effectExpect(Effect.isEffect(early)).toBe(false)
+        effectExpect(early).toBeUndefined()
+        yield* Effect.sleep(20)
+        // Past the first read's readTtlMs: the background read is there, so the check is answered at once, with the $2.
+        const later = budgets.unsafeCheck(tokenId, budget, projectId, undefined, t0 + fast.readTtlMs * 1.2)
+        effectExpect(Effect.isEffect(later)).toBe(false)
+        effectExpect(later).toMatchObject({ scope: "token", limit: "max_cost_usd" })
+      }).pipe(Effect.provide(fastLayer))
   )
 
   effectIt.live(
@@ -302,7 +331,7 @@ effectDescribe.each(dialects)("budget periods roll over (%s)", (dialect) => {
         effectExpect(stored.project.tokensUsed).toBe(1500)
         effectExpect(stored.token.spentUsd).toBeCloseTo(0.5, 9)
         // Read again after the writes: still counted once.
-        yield* Effect.sleep(Budgets.READ_TTL_MS + 5)
+        yield* Effect.sleep(Budgets.timingsFor(dialect).readTtlMs + 5)
         effectExpect(yield* budgets.check(tokenId, limit(1501), projectId, limit(1501), Date.now())).toBeUndefined()
         effectExpect(yield* budgets.check(tokenId, limit(1500), projectId, undefined, Date.now())).toMatchObject({
           limit: "max_tokens"
