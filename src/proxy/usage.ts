@@ -10,6 +10,7 @@
  * usage, the first `data:` line (id and model) and lines with a `finish_reason` value are kept and parsed only when
  * the facts are asked for (a traced request).
  */
+import { isAscii } from "node:buffer"
 import { StringDecoder } from "node:string_decoder"
 import type { UsageDetail } from "../spend/cost.js"
 
@@ -261,6 +262,22 @@ const dataLine = (raw: string): string | undefined => {
   return line.startsWith("data:") ? line : undefined
 }
 
+const TOKENS_BYTES = Buffer.from("_tokens")
+const FINISH_BYTES = Buffer.from("finish_reason\"")
+const DATA_BYTES = Buffer.from("data:")
+
+/** `hasFinishReason` of any line in `chunk`, on its bytes. */
+const chunkHasFinishReason = (chunk: Buffer): boolean => {
+  for (let from = 0;;) {
+    const at = chunk.indexOf(FINISH_BYTES, from)
+    if (at === -1) return false
+    let i = at + 14
+    while (i < chunk.length && (chunk[i] === 0x20 || chunk[i] === 0x3a)) i++
+    if (chunk[i] === 0x22) return true
+    from = i
+  }
+}
+
 /** True when an SSE line carries a `finish_reason` with a value (not `null`): a compact or spaced JSON key. */
 const hasFinishReason = (line: string): boolean => {
   const at = line.indexOf("finish_reason\"")
@@ -319,6 +336,8 @@ export class UsageReader implements AnswerFacts {
   private covered = 0
   private coveredChars = 0
   private readonly coverable: boolean
+  /** The last chunk ended a line (so the decoder holds no part of a character, and no line is unfinished). */
+  private atLineStart = true
 
   /** `collectText`: SSE only, keep the generated text until the final usage is read (generation endpoints). */
   constructor(readonly mode: "json" | "sse" | "none", readonly captureLimit: number, collectText = false) {
@@ -434,7 +453,32 @@ export class UsageReader implements AnswerFacts {
     if (this.bytes === 0 && chunk.length > 0) this.firstChunkAt = performance.now()
     this.bytes += chunk.length
     if (this.kept < this.limit) this.capture(chunk, Math.min(chunk.length, this.limit - this.kept))
-    if (this.decoder !== undefined) this.scan(this.decoder.write(chunk))
+    if (this.decoder !== undefined) {
+      const whole = chunk.length > 0 && chunk[chunk.length - 1] === NL
+      if (!(whole && this.atLineStart && this.skims(chunk))) this.scan(this.decoder.write(chunk))
+      this.atLineStart = whole || (this.atLineStart && chunk.length === 0)
+    }
+  }
+
+  /**
+   * Whole lines (the chunk starts and ends a line) of which no line needs reading: none carries usage
+   * (`_tokens`) or a finish reason, and the first `data:` line was read before. Most chunks of a stream are such
+   * content deltas: they are not decoded or split into strings, only their `data:` lines counted when the text is
+   * collected from the capture (ASCII bytes, one character each). False: the chunk is to be read line by line.
+   */
+  private skims(chunk: Buffer): boolean {
+    if (!this.sawData || chunk.indexOf(TOKENS_BYTES) !== -1 || chunkHasFinishReason(chunk)) return false
+    if (this.pieces === undefined) return true
+    if (!this.coverable || this.kept !== this.bytes || !isAscii(chunk)) return false
+    for (let start = 0; start < chunk.length;) {
+      const nl = chunk.indexOf(NL, start)
+      if (nl - start >= 5 && chunk.compare(DATA_BYTES, 0, 5, start, start + 5) === 0) {
+        this.covered++
+        this.coveredChars += nl - start - (chunk[nl - 1] === 0x0d ? 1 : 0)
+      }
+      start = nl + 1
+    }
+    return true
   }
 
   private capture(chunk: Buffer, take: number): void {

@@ -119,17 +119,58 @@ describe("the text of a stream cut short", () => {
 
   // The capture holds the stream's first bytes for the event; while it holds all of them the text is read back from
   // it, past its limit the lines are kept: every limit (none, cut mid-stream, all) gives the same text.
-  it.each([0, 1, 150, 400, 262_144])("capture limit %i bytes, split every 1, 7 and 64 bytes", (limit) => {
-    for (const step of [1, 7, 64]) {
+  /** The stream in whole events, as upstreams send them (most are read without decoding: `UsageReader.skims`). */
+  const byEvent = () => {
+    const pieces: Array<Buffer> = []
+    for (let start = 0; start < stream.length;) {
+      const end = stream.indexOf("\r\n\r\n", start) + 4
+      pieces.push(stream.subarray(start, end))
+      start = end
+    }
+    return pieces
+  }
+
+  it.each([0, 1, 150, 400, 262_144])("capture limit %i bytes, split every 1, 7 and 64 bytes and by event", (limit) => {
+    for (const pieces of [split(1), split(7), split(64), byEvent()]) {
       const c = new UsageCapture("sse", limit, true)
       const passed: Array<Buffer> = []
-      for (const piece of split(step)) passed.push(c.pass(piece)!)
+      for (const piece of pieces) passed.push(c.pass(piece)!)
       c.reader.settle()
       expect(Buffer.concat(passed).equals(stream)).toBe(true)
       expect(c.reader.streamedText()).toEqual({ text: "Hello wörld, and more", overflowChars: 0 })
       expect(c.captured.equals(stream.subarray(0, limit))).toBe(true)
       expect(c.truncated).toBe(stream.length > limit)
     }
+  })
+})
+
+describe("a stream read in whole events or byte by byte", () => {
+  // Plain deltas are skimmed when they come as whole events; the first event, the finish reason and the usage are
+  // read in any case.
+  const stream = Buffer.from(
+    chatChunks(["Hel", "lo", " there", "!"], { prompt_tokens: 9, completion_tokens: 4 }).join("")
+  )
+  const events = stream.toString().split(/(?<=\n\n)/).map((e) => Buffer.from(e))
+  const read = (pieces: ReadonlyArray<Buffer>) => {
+    const c = new UsageCapture("sse", 262_144, true)
+    for (const piece of pieces) c.pass(piece)
+    c.reader.finish()
+    const r = c.reader
+    return { usage: r.usage, final: r.usageFinal, model: r.responseModel, id: r.responseId, finish: r.finishReasons }
+  }
+
+  it("gives the same usage, model, id and finish reasons", () => {
+    const bytes = [...stream].map((b) => Buffer.from([b]))
+    expect(events.length).toBeGreaterThan(4)
+    const whole = read(events)
+    expect(whole).toEqual(read(bytes))
+    expect(whole).toEqual({
+      usage: { prompt_tokens: 9, completion_tokens: 4, total_tokens: 13 },
+      final: true,
+      model: "gpt-4o-mini",
+      id: "chatcmpl-mock",
+      finish: ["stop"]
+    })
   })
 })
 
