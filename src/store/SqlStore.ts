@@ -334,10 +334,21 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
           )
         )
       )
-    // A batch once taken is committed and answered even while the layer closes.
+    // SQLite answers at once, so the writer woke by a creation would commit it alone before any other request got as
+    // far (one transaction per token, measured): it first lets the event loop turn once, for the creations under way
+    // to join the batch. A batch once taken is committed and answered even while the layer closes.
+    const nextTurn = Effect.async<void>((resume) => {
+      const turn = setImmediate(() => resume(Effect.void))
+      return Effect.sync(() => clearImmediate(turn))
+    })
     yield* Effect.uninterruptibleMask((restore) =>
-      restore(Queue.takeBetween(pending, 1, CREATE_BATCH_MAX)).pipe(
-        Effect.flatMap((chunk) => commitBatch(Array.from(chunk)))
+      restore(Queue.take(pending)).pipe(
+        Effect.flatMap((first) =>
+          nextTurn.pipe(
+            Effect.zipRight(Queue.takeUpTo(pending, CREATE_BATCH_MAX - 1)),
+            Effect.flatMap((rest) => commitBatch([first, ...rest]))
+          )
+        )
       )
     ).pipe(Effect.forever, Effect.forkScoped)
     const groupCommitted = (token: NewToken) =>
