@@ -604,10 +604,10 @@ describe.skipIf(!built)("secrets in everything the built binary writes", () => {
         cwd,
         cliEnv
       )
-      expect(created.code).toBe(0)
+      expect(created.code, created.output).toBe(0)
       collect("manage project create output", created.output)
       const listed = await runToEnd(["manage", "project", "list"], cwd, cliEnv)
-      expect(listed.code).toBe(0)
+      expect(listed.code, listed.output).toBe(0)
       collect("manage project list output", listed.output)
       const generated = await runToEnd(
         ["manage", "token", "generate", "--project-id", openai, "--duration", "5", "--json"],
