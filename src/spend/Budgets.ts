@@ -373,12 +373,6 @@ export const make = (timings?: Timings) =>
           for (const [day, q] of days) deltas.push(deltaOf(scope, id, q.costUsd, q.tokens, day))
         }
       }
-      // In one order on every instance (day, then tokens before projects, then id): two instances' writes of the same
-      // rows on PostgreSQL take their row locks in the same order, so they cannot deadlock.
-      deltas.sort((a, b) =>
-        a.dayStart - b.dayStart ||
-        (a.scope === b.scope ? (a.id < b.id ? -1 : a.id > b.id ? 1 : 0) : a.scope === "token" ? -1 : 1)
-      )
       runFork(
         store.addSpend(deltas).pipe(
           // Kept pending (so still counted here) while the database does not take it; given up after about a minute.

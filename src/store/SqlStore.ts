@@ -26,6 +26,7 @@ import {
   type ProjectRow,
   type QuotaResult,
   type RateLimitRow,
+  type SpendDelta,
   type SpendRow,
   Store,
   type StoredKey,
@@ -56,6 +57,25 @@ const budgetColumns = (b: BudgetRow | undefined) => ({
 })
 
 const NO_BUDGET_ROW: BudgetRow = { maxCostUsd: null, maxTokens: null, period: "total" }
+/**
+ * Rows written in one order by every instance (sorted by `key`): two instances' batches that touch the same rows on
+ * PostgreSQL then take their row locks in the same order and wait for each other instead of deadlocking (a deadlock
+ * costs the loser's whole batch, retried a flush later).
+ */
+const inLockOrder = <A>(rows: ReadonlyArray<A>, key: (a: A) => string): ReadonlyArray<A> =>
+  [...rows].sort((a, b) => {
+    const x = key(a)
+    const y = key(b)
+    return x < y ? -1 : x > y ? 1 : 0
+  })
+
+/** Spend deltas older day first (a period restarts with its first delta), then tokens before projects, then id. */
+const spendInLockOrder = (deltas: ReadonlyArray<SpendDelta>): ReadonlyArray<SpendDelta> =>
+  [...deltas].sort((a, b) =>
+    a.dayStart - b.dayStart ||
+    (a.scope === b.scope ? (a.id < b.id ? -1 : a.id > b.id ? 1 : 0) : a.scope === "token" ? -1 : 1)
+  )
+
 const NOTHING_SPENT_ROW: SpendRow = {
   spentUsd: 0,
   tokensUsed: 0,
@@ -635,7 +655,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
         deltas.length === 0 ? Effect.void : wrap(
           "addUsage",
           sql.withTransaction(
-            Effect.forEach(deltas, (d) =>
+            Effect.forEach(inLockOrder(deltas, (d) => d.tokenId), (d) =>
               sql`UPDATE tokens SET request_count = request_count + ${d.requests},
                   prompt_tokens = prompt_tokens + ${d.promptTokens},
                   completion_tokens = completion_tokens + ${d.completionTokens},
@@ -646,7 +666,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
         ),
 
       addHourlyUsage: (deltas) => {
-        const rows = mergeHourlyUsage(deltas).map((d) => ({
+        const rows = inLockOrder(mergeHourlyUsage(deltas), (d) => `${d.hour}|${d.tokenId}`).map((d) => ({
           hour: d.hour,
           project_id: d.projectId,
           token_id: d.tokenId,
@@ -756,7 +776,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
         deltas.length === 0 ? Effect.void : wrap(
           "addSpend",
           sql.withTransaction(
-            Effect.forEach(deltas, (d) => {
+            Effect.forEach(spendInLockOrder(deltas), (d) => {
               const table = sql(d.scope === "token" ? "tokens" : "projects")
               // A period that began after the stored one starts from this delta; a delta of a period older than
               // the stored one (late) counts only in the totals.

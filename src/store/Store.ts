@@ -453,7 +453,10 @@ export interface StoreShape {
   readonly spendOf: (
     tokenId: string
   ) => Effect.Effect<Option.Option<{ readonly token: SpendRow; readonly project: SpendRow }>, StoreError>
-  /** Adds spend to tokens and projects, in one transaction, in the order given (older periods first). */
+  /**
+   * Adds spend to tokens and projects, in one transaction: older days first (a period restarts with its first delta),
+   * then in one row order on every instance (no deadlocks between instances on PostgreSQL).
+   */
   readonly addSpend: (deltas: ReadonlyArray<SpendDelta>) => Effect.Effect<void, StoreError>
 }
 

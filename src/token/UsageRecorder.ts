@@ -10,7 +10,7 @@
  * Updates that carry `spend` (an answer's cost and LLM tokens, src/spend) add to what the token and its project spent
  * (`spent_usd`, `tokens_used` and the UTC day's and month's counters budgets read), in the same flush.
  */
-import { Context, Duration, Effect, Layer, Schedule } from "effect"
+import { Cause, Context, Duration, Effect, Layer, Schedule } from "effect"
 import { AppConfig } from "../config/AppConfig.js"
 import { deltaOf } from "../spend/periods.js"
 import { type HourlyUsage, type SpendDelta, Store, type UsageDelta } from "../store/Store.js"
@@ -218,8 +218,13 @@ export const make = Effect.gen(function*() {
       )
   )
 
+  // A flush that dies (a defect, not a database failure, which is retried above) is logged, and the next one runs:
+  // the loop never stops writing counters for the life of the process.
   yield* Effect.forkScoped(
-    Effect.repeat(flush, Schedule.spaced(Duration.millis(config.usageFlushIntervalMs)))
+    Effect.repeat(
+      flush.pipe(Effect.catchAllCause((cause) => Effect.logError("usage flush failed", Cause.pretty(cause)))),
+      Schedule.spaced(Duration.millis(config.usageFlushIntervalMs))
+    )
   )
   yield* Effect.addFinalizer(() => flush)
 

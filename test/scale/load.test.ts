@@ -234,7 +234,11 @@ describe.skipIf(!built || !haveServers())(`load: 3 instances, ${CLIENTS} clients
       serve_cpu_ms_per_request: Number(((cpuSeconds * 1000) / Math.max(1, sent)).toFixed(3)),
       serve_cpu_cores_used: Number((cpuSeconds / elapsed).toFixed(2)),
       serve_rss_mb: after.map((u) => u.rssMb),
-      load_average: readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")
+      load_average: readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" "),
+      // What the instances warned of (a failed usage write says so): the last few lines, to tell a lag from a loss.
+      instance_warnings: instances.map((i) =>
+        i.output().split("\n").filter((l) => /WARN|ERROR/.test(l)).slice(-5).map((l) => l.slice(0, 300))
+      )
     }
     console.log(`LOAD RESULT ${JSON.stringify(summary)}`)
     expect(fivexx).toBe(0)
