@@ -63,17 +63,15 @@ const NO_BUDGET_ROW: BudgetRow = { maxCostUsd: null, maxTokens: null, period: "t
  * costs the loser's whole batch, retried a flush later).
  */
 const inLockOrder = <A>(rows: ReadonlyArray<A>, key: (a: A) => string): ReadonlyArray<A> =>
-  [...rows].sort((a, b) => {
-    const x = key(a)
-    const y = key(b)
-    return x < y ? -1 : x > y ? 1 : 0
-  })
+  [...rows].sort((a, b) => compareText(key(a), key(b)))
+
+const compareText = (x: string, y: string) => (x < y ? -1 : x > y ? 1 : 0)
 
 /** Spend deltas older day first (a period restarts with its first delta), then tokens before projects, then id. */
 const spendInLockOrder = (deltas: ReadonlyArray<SpendDelta>): ReadonlyArray<SpendDelta> =>
   [...deltas].sort((a, b) =>
     a.dayStart - b.dayStart ||
-    (a.scope === b.scope ? (a.id < b.id ? -1 : a.id > b.id ? 1 : 0) : a.scope === "token" ? -1 : 1)
+    (a.scope === b.scope ? compareText(a.id, b.id) : a.scope === "token" ? -1 : 1)
   )
 
 const NOTHING_SPENT_ROW: SpendRow = {

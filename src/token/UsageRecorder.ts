@@ -196,8 +196,8 @@ export const make = Effect.gen(function*() {
 
   const flushSpend = Effect.suspend(() => {
     if (spending.size === 0) return Effect.void
-    // Older days first: a period's counters restart with the first delta of a newer one.
-    const batch = [...spending.values()].sort((a, b) => a.dayStart - b.dayStart)
+    // The store writes older days first (a period's counters restart with the first delta of a newer one).
+    const batch = [...spending.values()]
     spending = new Map()
     return store.addSpend(batch).pipe(
       Effect.catchAll((e) =>
@@ -218,11 +218,13 @@ export const make = Effect.gen(function*() {
       )
   )
 
-  // A flush that dies (a defect, not a database failure, which is retried above) is logged, and the next one runs:
-  // the loop never stops writing counters for the life of the process.
+  // A flush that dies (a defect: database failures are retried above) is logged, and the next one runs: the loop
+  // never stops writing counters for the life of the process.
   yield* Effect.forkScoped(
     Effect.repeat(
-      flush.pipe(Effect.catchAllCause((cause) => Effect.logError("usage flush failed", Cause.pretty(cause)))),
+      flush.pipe(
+        Effect.catchAllDefect((defect) => Effect.logError("usage flush failed", Cause.pretty(Cause.die(defect))))
+      ),
       Schedule.spaced(Duration.millis(config.usageFlushIntervalMs))
     )
   )
