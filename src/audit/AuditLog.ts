@@ -25,8 +25,8 @@ import {
   Schedule,
   Schema
 } from "effect"
+import { uuidv7 } from "../crypto/uuidv7.js"
 import type { AuditEntry, AuditRecord } from "../domain/audit.js"
-import { uuidv7 } from "./uuidv7.js"
 
 export class AuditSinkError extends Schema.TaggedError<AuditSinkError>()("AuditSinkError", {
   message: Schema.String,

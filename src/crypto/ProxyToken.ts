@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from "node:crypto"
+import { createHash, randomFillSync } from "node:crypto"
 
 const PREFIX = "sk-"
 const BODY_LENGTH = 43 // base64url of 32 bytes, unpadded
@@ -23,7 +23,21 @@ const GO_BODY_RE = /^[A-Za-z0-9_-]{22}$/
  */
 export const IMPORTED_HASH_PREFIX = "go:"
 
-export const generateProxyToken = (): string => PREFIX + randomBytes(32).toString("base64url")
+// One draw from the CSPRNG serves 128 tokens: randomBytes(32) per token cost ~10 µs, a slice of the pool ~0.1 µs. Each
+// slice is used once.
+const POOL_TOKENS = 128
+const pool = Buffer.alloc(POOL_TOKENS * 32)
+let poolIndex = POOL_TOKENS
+
+export const generateProxyToken = (): string => {
+  if (poolIndex === POOL_TOKENS) {
+    randomFillSync(pool)
+    poolIndex = 0
+  }
+  const start = poolIndex * 32
+  poolIndex++
+  return PREFIX + pool.toString("base64url", start, start + 32)
+}
 
 export const isProxyTokenFormat = (s: string): boolean =>
   s.length === TOKEN_LENGTH && s.startsWith(PREFIX) && BODY_RE.test(s.slice(PREFIX.length))

@@ -33,7 +33,7 @@ import { currentRequestMeta, requestMetaOf } from "./auditing.js"
 import * as Auth from "./auth.js"
 import type { AuthThrottle } from "./authThrottle.js"
 import * as CacheHttp from "./CacheHttp.js"
-import { jsonError, managementFallback } from "./fallback.js"
+import { jsonError, managementFallback, unhandled } from "./fallback.js"
 import * as ProjectsHttp from "./ProjectsHttp.js"
 import { AdminSessions } from "./session.js"
 import * as SessionHttp from "./SessionHttp.js"
@@ -201,12 +201,7 @@ export const makeApp = Effect.gen(function*() {
       Effect.catchAllCause((cause) =>
         Cause.isInterruptedOnly(cause)
           ? Effect.failCause(cause)
-          : Effect.as(
-            Effect.logError("unhandled error", Cause.pretty(cause)).pipe(
-              Effect.annotateLogs({ request_id: requestId })
-            ),
-            jsonError(500, "internal server error")
-          )
+          : Effect.as(unhandled(cause, requestId), jsonError(500, "internal server error"))
       )
     )
     return HttpServerResponse.setHeaders(response, {

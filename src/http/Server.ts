@@ -17,6 +17,7 @@ import { makeApp } from "./App.js"
 import { MAX_BODY_BYTES } from "./body.js"
 import { ConnectionLimiter, type ConnectionVerdict } from "./connections.js"
 import { closeLingering, LINGER_MS } from "./linger.js"
+import { isMintRequest, makeMintRoute } from "./mintRoute.js"
 import { REDACTED_HEADER_NAMES, redactQueryInSpan } from "./spanRedaction.js"
 
 export interface BoundAddress {
@@ -125,6 +126,8 @@ export const layer = Layer.scoped(
       Effect.locally(Headers.currentRedactedNames, REDACTED_HEADER_NAMES)
     )
     const proxy = yield* ProxyHandler
+    // POST /manage/tokens without the platform's HTTP stack (mintRoute.ts).
+    const mint = yield* makeMintRoute
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
     // /v1/* never enters the Effect app: it is handled as plain Node streams (src/proxy/ProxyHandler.ts).
     // Both client timeouts only cover receiving the request (responses and SSE streams are never cut by them).
@@ -199,6 +202,7 @@ export const layer = Layer.scoped(
       if (isProxyPath(req.url ?? "/")) return proxy(req, res)
       // Node keeps the first of two Authorization headers and drops the other unseen; refuse the ambiguity.
       if (duplicateAuthorization(req.rawHeaders)) return refuseDuplicateAuthorization(res)
+      if (mint !== undefined && isMintRequest(req)) return mint(req, res)
       if (untrustedTrace) dropTraceContext(req.headers)
       return handler(req, res)
     }

@@ -7,8 +7,9 @@ import { HttpApiBuilder, HttpServerResponse } from "@effect/platform"
 import { Clock, Effect, Either, Option } from "effect"
 import { ManagementApi } from "../api/ManagementApi.js"
 import { generateProxyToken, hashProxyToken, tokenHint } from "../crypto/ProxyToken.js"
+import { uuidv7 } from "../crypto/uuidv7.js"
 import { AuditActions } from "../domain/audit.js"
-import { BadRequest, Forbidden, NotFound } from "../domain/errors.js"
+import { BadRequest, Forbidden, NotFound, type PayloadTooLarge } from "../domain/errors.js"
 import { CreateToken, type ListTokensParams, UpdateToken, USER_MAX } from "../domain/models.js"
 import { isUuid, parseBooleanParam, parsePageParam, parseTimestamp } from "../domain/validation.js"
 import { firstPage, type PagePosition } from "../store/keyset.js"
@@ -122,6 +123,84 @@ const delegated = (token: DelegatedToken, project: ProjectRow) => {
     : Effect.succeed(verdict.defaults)
 }
 
+/**
+ * `POST /manage/tokens` once the caller is known: reads the body with `readBody`, mints one token and records its
+ * `token.create` event. Shared by the HttpApi handler and the direct route (mintRoute.ts).
+ */
+export const createToken = <R>(readBody: Effect.Effect<unknown, BadRequest | PayloadTooLarge, R>) =>
+  Effect.flatMap(Store, (store) =>
+    audited(AuditActions.tokenCreate, (note) =>
+      Effect.gen(function*() {
+        const who = yield* caller
+        const body = yield* readBody
+        // A project key may leave project_id out: its own project. Filled in before the Schema judges the body.
+        const filled = isProjectKey(who) && typeof body === "object" && body !== null && !Array.isArray(body) &&
+            !("project_id" in body)
+          ? { ...body, project_id: who.projectId }
+          : body
+        const input = yield* decodeCreateToken(filled)
+        const projectId = input.project_id.toLowerCase()
+        note.projectId = projectId
+        note.details["duration_minutes"] = input.duration_minutes
+        yield* ownProjectOnly(who, projectId)
+        let maxRequests = input.max_requests
+        if (isProjectKey(who)) {
+          // Bounded by what the project lets its keys mint. (One read more than the management token's path.)
+          const project = yield* Option.match(yield* store.getProject(projectId), {
+            onNone: () => Effect.fail(new NotFound({ error: "project not found" })),
+            onSome: Effect.succeed
+          })
+          const defaults = yield* delegated({
+            payload: input,
+            lifetimeMinutes: input.duration_minutes,
+            creating: true
+          }, project)
+          maxRequests ??= defaults["max_requests"]
+        }
+        const labels = labelsOf(input)
+        noteLabels(note, labels)
+        const nowMs = yield* Clock.currentTimeMillis
+        const secret = generateProxyToken()
+        // The store checks the project (exists, active) and inserts the token in one transaction.
+        const result = yield* store.createTokenForProject({
+          id: uuidv7(nowMs),
+          tokenHash: hashProxyToken(secret),
+          tokenHint: tokenHint(secret),
+          projectId,
+          expiresAt: new Date(nowMs + input.duration_minutes * 60_000).toISOString(),
+          maxRequests: quotaRow(maxRequests ?? null),
+          rateLimit: rateLimitRow(input.rate_limit ?? null),
+          ...labels,
+          ...(isProjectKey(who) ? { projectKeyId: who.keyId } : {}),
+          budget: budgetRow(input),
+          now: new Date(nowMs).toISOString()
+        })
+        if (result._tag === "project_not_found") return yield* new NotFound({ error: "project not found" })
+        if (result._tag === "project_inactive") {
+          return yield* new Forbidden({
+            error: "cannot create tokens for inactive projects",
+            code: "project_inactive"
+          })
+        }
+        const row = result.token
+        note.tokenId = row.id
+        note.details["expires_at"] = row.expiresAt
+        if (row.maxRequests !== null) note.details["max_requests"] = row.maxRequests
+        if (row.budget.maxCostUsd !== null) note.details["max_cost_usd"] = row.budget.maxCostUsd
+        if (row.budget.maxTokens !== null) note.details["max_tokens"] = row.budget.maxTokens
+        return {
+          id: row.id,
+          token: secret,
+          project_id: row.projectId,
+          expires_at: row.expiresAt ?? "",
+          ...(row.maxRequests !== null ? { max_requests: row.maxRequests } : {}),
+          ...(row.name !== null ? { name: row.name } : {}),
+          ...(row.user !== null ? { user: row.user } : {}),
+          ...(row.metadata !== null ? { metadata: row.metadata } : {}),
+          ...(row.allowedModels !== null ? { allowed_models: row.allowedModels } : {})
+        }
+      }).pipe(Effect.catchTag("StoreError", internal("failed to store token")))))
+
 export const layer = HttpApiBuilder.group(ManagementApi, "tokens", (handlers) =>
   Effect.gen(function*() {
     const store = yield* Store
@@ -185,78 +264,7 @@ export const layer = HttpApiBuilder.group(ManagementApi, "tokens", (handlers) =>
             note.details["counts"] = true
             return counts
           }).pipe(Effect.catchTag("StoreError", internal("failed to count tokens")))))
-      .handleRaw("create", ({ request }) =>
-        audited(AuditActions.tokenCreate, (note) =>
-          Effect.gen(function*() {
-            const who = yield* caller
-            const body = yield* readJson(request)
-            // A project key may leave project_id out: its own project. Filled in before the Schema judges the body.
-            const filled = isProjectKey(who) && typeof body === "object" && body !== null && !Array.isArray(body) &&
-                !("project_id" in body)
-              ? { ...body, project_id: who.projectId }
-              : body
-            const input = yield* decodeCreateToken(filled)
-            const projectId = input.project_id.toLowerCase()
-            note.projectId = projectId
-            note.details["duration_minutes"] = input.duration_minutes
-            yield* ownProjectOnly(who, projectId)
-            let maxRequests = input.max_requests
-            if (isProjectKey(who)) {
-              // Bounded by what the project lets its keys mint. (One read more than the management token's path.)
-              const project = yield* Option.match(yield* store.getProject(projectId), {
-                onNone: () => Effect.fail(new NotFound({ error: "project not found" })),
-                onSome: Effect.succeed
-              })
-              const defaults = yield* delegated({
-                payload: input,
-                lifetimeMinutes: input.duration_minutes,
-                creating: true
-              }, project)
-              maxRequests ??= defaults["max_requests"]
-            }
-            const labels = labelsOf(input)
-            noteLabels(note, labels)
-            const nowMs = yield* Clock.currentTimeMillis
-            const secret = generateProxyToken()
-            // One statement checks the project (exists, active) and inserts the token.
-            const result = yield* store.createTokenForProject({
-              id: crypto.randomUUID(),
-              tokenHash: hashProxyToken(secret),
-              tokenHint: tokenHint(secret),
-              projectId,
-              expiresAt: new Date(nowMs + input.duration_minutes * 60_000).toISOString(),
-              maxRequests: quotaRow(maxRequests ?? null),
-              rateLimit: rateLimitRow(input.rate_limit ?? null),
-              ...labels,
-              ...(isProjectKey(who) ? { projectKeyId: who.keyId } : {}),
-              budget: budgetRow(input),
-              now: new Date(nowMs).toISOString()
-            })
-            if (result._tag === "project_not_found") return yield* new NotFound({ error: "project not found" })
-            if (result._tag === "project_inactive") {
-              return yield* new Forbidden({
-                error: "cannot create tokens for inactive projects",
-                code: "project_inactive"
-              })
-            }
-            const row = result.token
-            note.tokenId = row.id
-            note.details["expires_at"] = row.expiresAt
-            if (row.maxRequests !== null) note.details["max_requests"] = row.maxRequests
-            if (row.budget.maxCostUsd !== null) note.details["max_cost_usd"] = row.budget.maxCostUsd
-            if (row.budget.maxTokens !== null) note.details["max_tokens"] = row.budget.maxTokens
-            return {
-              id: row.id,
-              token: secret,
-              project_id: row.projectId,
-              expires_at: row.expiresAt ?? "",
-              ...(row.maxRequests !== null ? { max_requests: row.maxRequests } : {}),
-              ...(row.name !== null ? { name: row.name } : {}),
-              ...(row.user !== null ? { user: row.user } : {}),
-              ...(row.metadata !== null ? { metadata: row.metadata } : {}),
-              ...(row.allowedModels !== null ? { allowed_models: row.allowedModels } : {})
-            }
-          }).pipe(Effect.catchTag("StoreError", internal("failed to store token")))))
+      .handleRaw("create", ({ request }) => createToken(readJson(request)))
       .handle("get", ({ path }) =>
         audited(AuditActions.tokenRead, (note) =>
           Effect.gen(function*() {

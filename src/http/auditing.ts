@@ -13,6 +13,7 @@ import { Cause, Effect, Exit, FiberRef, Option, Predicate } from "effect"
 import { CurrentCaller } from "../api/ManagementApi.js"
 import { AuditLog } from "../audit/AuditLog.js"
 import { clientIpOf, type TrustedProxies } from "../audit/clientIp.js"
+import { uuidv7 } from "../crypto/uuidv7.js"
 import { AuditActors, type AuditEntry, type Outcome, projectKeyActor } from "../domain/audit.js"
 
 export interface RequestMeta {
@@ -32,25 +33,39 @@ const SAFE_ID = /^[A-Za-z0-9._:-]{1,128}$/
 
 /** A client's X-Request-ID / X-Correlation-ID is kept when it is short and safe, else replaced. */
 export const requestIdOf = (header: string | undefined): string =>
-  header !== undefined && SAFE_ID.test(header) ? header : crypto.randomUUID()
+  header !== undefined && SAFE_ID.test(header) ? header : uuidv7()
 
-export const requestMetaOf = (request: HttpServerRequest.HttpServerRequest, trusted: TrustedProxies): RequestMeta => {
-  const requestId = requestIdOf(request.headers["x-request-id"])
-  const correlation = request.headers["x-correlation-id"]
-  const peer = Option.getOrUndefined(request.remoteAddress)
-  const clientIp = clientIpOf(peer, request.headers["x-forwarded-for"], trusted)
+/** What a request's audit fields are read from: node:http's request, or the platform's wrapper of it. */
+export interface RequestHead {
+  readonly headers: Readonly<Record<string, string | ReadonlyArray<string> | undefined>>
+  readonly method: string
+  readonly url: string
+}
+
+const header = (head: RequestHead, name: string): string | undefined => {
+  const v = head.headers[name]
+  return typeof v === "string" ? v : undefined
+}
+
+export const requestMetaFrom = (head: RequestHead, peer: string | undefined, trusted: TrustedProxies): RequestMeta => {
+  const requestId = requestIdOf(header(head, "x-request-id"))
+  const correlation = header(head, "x-correlation-id")
+  const clientIp = clientIpOf(peer, header(head, "x-forwarded-for"), trusted)
   const viaTrustedProxy = peer !== undefined && !trusted.isEmpty && trusted.contains(peer)
-  const forwardedAgent = viaTrustedProxy ? request.headers["x-forwarded-user-agent"] : undefined
+  const forwardedAgent = viaTrustedProxy ? header(head, "x-forwarded-user-agent") : undefined
   return {
     requestId,
     correlationId: correlation !== undefined && SAFE_ID.test(correlation) ? correlation : requestId,
     clientIp,
-    userAgent: forwardedAgent ?? request.headers["user-agent"],
-    method: request.method,
-    path: request.url.split("?")[0] ?? "/",
-    fromAdminUi: request.headers["x-admin-origin"] === "1"
+    userAgent: forwardedAgent ?? header(head, "user-agent"),
+    method: head.method,
+    path: head.url.split("?")[0] ?? "/",
+    fromAdminUi: header(head, "x-admin-origin") === "1"
   }
 }
+
+export const requestMetaOf = (request: HttpServerRequest.HttpServerRequest, trusted: TrustedProxies): RequestMeta =>
+  requestMetaFrom(request, Option.getOrUndefined(request.remoteAddress), trusted)
 
 /** The request's fields of an audit event. */
 export const requestFields = Effect.map(

@@ -17,7 +17,7 @@ import { HttpRouter, HttpServerRequest } from "@effect/platform"
 import { Context, Effect, Layer, Option, Redacted } from "effect"
 import { type Caller, ManagementApi, ManagementAuth, projectKeyScopes, routeKey } from "../api/ManagementApi.js"
 import { AuditLog } from "../audit/AuditLog.js"
-import { constantTimeEqual } from "../crypto/constantTime.js"
+import { constantTimeEqual, constantTimeMatcher } from "../crypto/constantTime.js"
 import { PROJECT_KEY_PREFIX } from "../crypto/ProjectKey.js"
 import { AuditActions, projectKeyActor } from "../domain/audit.js"
 import { Forbidden, Unauthorized } from "../domain/errors.js"
@@ -50,6 +50,17 @@ export const presentedProjectKey = (header: string | undefined): string | undefi
   return credential.startsWith(PROJECT_KEY_PREFIX) ? credential : undefined
 }
 
+const matchers = new WeakMap<Redacted.Redacted<string>, (presented: string) => boolean>()
+
+const matcherOf = (expected: Redacted.Redacted<string>) => {
+  let match = matchers.get(expected)
+  if (match === undefined) {
+    match = constantTimeMatcher(Redacted.value(expected))
+    matchers.set(expected, match)
+  }
+  return match
+}
+
 /** The bearer check itself, shared by the HttpApi middleware and the fallback that answers 405s. */
 export const checkAuthorization = (
   header: string | undefined,
@@ -58,7 +69,7 @@ export const checkAuthorization = (
   if (header === undefined || !header.startsWith(PREFIX) || header.slice(PREFIX.length).trim() === "") {
     return new Unauthorized({ error: "missing or invalid Authorization header" })
   }
-  return constantTimeEqual(header.slice(PREFIX.length), Redacted.value(expected))
+  return matcherOf(expected)(header.slice(PREFIX.length))
     ? undefined
     : new Unauthorized({ error: "invalid management token" })
 }
@@ -76,12 +87,21 @@ export const failedAttempt = (action: string, reason: string) =>
  * minute however many attempts it makes.
  */
 export const throttled = (action: string) =>
+  Effect.map(
+    throttleWait(action),
+    (wait) =>
+      wait === 0
+        ? undefined
+        : jsonError(429, TOO_MANY_ATTEMPTS, { code: "too_many_attempts" }, { "retry-after": String(wait) })
+  )
+
+/** Seconds the current request's client must wait before it may try (audited when more than 0); 0: it may now. */
+export const throttleWait = (action: string) =>
   Effect.gen(function*() {
     const throttle = yield* AuthThrottle
     const wait = yield* throttle.retryAfter(yield* currentClientIp)
-    if (wait === 0) return undefined
-    yield* auditDenial({ action, reason: TOO_MANY_ATTEMPTS })
-    return jsonError(429, TOO_MANY_ATTEMPTS, { code: "too_many_attempts" }, { "retry-after": String(wait) })
+    if (wait > 0) yield* auditDenial({ action, reason: TOO_MANY_ATTEMPTS })
+    return wait
   })
 
 const deny = <E extends Unauthorized | Forbidden>(failure: E) =>
@@ -105,32 +125,51 @@ export const authenticateProjectKey = (key: string) =>
     return yield* deny(new Unauthorized({ error: INVALID_PROJECT_KEY, code: "invalid_project_key" }))
   })
 
-/** Who presents this request: the management token (or a live admin session), or a project key. */
-export const authenticate = Effect.gen(function*() {
-  const expected = yield* ManagementToken
-  const request = yield* HttpServerRequest.HttpServerRequest
-  const header = request.headers.authorization
-  const sessionId = request.cookies[SESSION_COOKIE]
-  // An explicit Authorization header always decides; the cookie is only the admin UI's way in.
-  if (header === undefined && sessionId !== undefined) {
-    const sessions = yield* AdminSessions
-    // A database failure is a 500, not a signed-out user.
-    const session = yield* Effect.orDie(sessions.touch(sessionId))
-    if (Option.isNone(session)) {
-      return yield* deny(new Unauthorized({ error: "session expired or invalid", code: "session_expired" }))
+/** What authentication reads of a request. */
+export interface Credentials {
+  readonly authorization: string | undefined
+  /** The admin UI's session cookie. */
+  readonly sessionId: string | undefined
+  readonly method: string
+  /** The CSRF header that goes with a session on a state-changing method. */
+  readonly csrf: string | undefined
+}
+
+/** Who presents these credentials: the management token (or a live admin session), or a project key. */
+export const authenticateWith = (presented: Credentials) =>
+  Effect.gen(function*() {
+    const expected = yield* ManagementToken
+    const header = presented.authorization
+    const sessionId = presented.sessionId
+    // An explicit Authorization header always decides; the cookie is only the admin UI's way in.
+    if (header === undefined && sessionId !== undefined) {
+      const sessions = yield* AdminSessions
+      // A database failure is a 500, not a signed-out user.
+      const session = yield* Effect.orDie(sessions.touch(sessionId))
+      if (Option.isNone(session)) {
+        return yield* deny(new Unauthorized({ error: "session expired or invalid", code: "session_expired" }))
+      }
+      if (SAFE_METHODS.has(presented.method)) return MANAGEMENT
+      if (constantTimeEqual(presented.csrf ?? "", session.value.csrf)) return MANAGEMENT
+      return yield* deny(new Forbidden({ error: "missing or invalid CSRF token", code: "csrf_failed" }))
     }
-    if (SAFE_METHODS.has(request.method)) return MANAGEMENT
-    if (constantTimeEqual(request.headers[CSRF_HEADER] ?? "", session.value.csrf)) return MANAGEMENT
-    return yield* deny(new Forbidden({ error: "missing or invalid CSRF token", code: "csrf_failed" }))
-  }
-  const projectKey = presentedProjectKey(header)
-  if (projectKey !== undefined) return yield* authenticateProjectKey(projectKey)
-  const failure = checkAuthorization(header, expected)
-  if (failure === undefined) return MANAGEMENT
-  // A missing header is no guess; anything presented that is wrong counts towards the limit.
-  if (header !== undefined) yield* countFailure
-  return yield* deny(failure)
-})
+    const projectKey = presentedProjectKey(header)
+    if (projectKey !== undefined) return yield* authenticateProjectKey(projectKey)
+    const failure = checkAuthorization(header, expected)
+    if (failure === undefined) return MANAGEMENT
+    // A missing header is no guess; anything presented that is wrong counts towards the limit.
+    if (header !== undefined) yield* countFailure
+    return yield* deny(failure)
+  })
+
+/** Who presents the current request (`authenticateWith` its headers and cookie). */
+export const authenticate = Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
+  authenticateWith({
+    authorization: request.headers.authorization,
+    sessionId: request.cookies[SESSION_COOKIE],
+    method: request.method,
+    csrf: request.headers[CSRF_HEADER]
+  }))
 
 /** What a project key may do where: read from the API definition (`ProjectKeyAccess`), once. */
 const scopes = projectKeyScopes(ManagementApi)
@@ -146,18 +185,24 @@ const refuseOutOfScope = (caller: Extract<Caller, { _tag: "project_key" }>) =>
     Effect.fail(forbidden())
   )
 
+/** Admits a project key where the API definition lets one in (`route`: `routeKey` of an endpoint), else 403. */
+const admit = (caller: Caller, route: string | undefined) =>
+  caller._tag === "management" ||
+    Option.isSome(Option.flatten(Option.fromNullable(route === undefined ? undefined : scopes.get(route))))
+    ? Effect.succeed(caller)
+    : refuseOutOfScope(caller)
+
 /** The middleware: who is calling, and — for a project key — whether this endpoint admits one at all. */
 export const authorize = Effect.gen(function*() {
   const caller = yield* authenticate
   if (caller._tag === "management") return caller
   const route = yield* Effect.serviceOption(HttpRouter.RouteContext)
-  const scope = Option.flatMap(
-    route,
-    (r) => Option.flatten(Option.fromNullable(scopes.get(routeKey(r.route.method, r.route.path))))
-  )
-  if (Option.isNone(scope)) return yield* refuseOutOfScope(caller)
-  return caller
+  return yield* admit(caller, Option.getOrUndefined(Option.map(route, (r) => routeKey(r.route.method, r.route.path))))
 })
+
+/** `authorize` outside the router: the credentials presented for the endpoint `route` (`routeKey`). */
+export const authorizeWith = (presented: Credentials, route: string) =>
+  Effect.flatMap(authenticateWith(presented), (caller) => admit(caller, route))
 
 export const layer = Layer.effect(
   ManagementAuth,

@@ -62,12 +62,16 @@ const readNode = (source: IncomingMessage, maxBytes: number) =>
 const utf8 = new TextDecoder("utf-8", { fatal: false })
 
 export const readJson = (request: HttpServerRequest.HttpServerRequest, maxBytes = MAX_BODY_BYTES) =>
+  readNodeJson(NodeHttpServerRequest.toIncomingMessage(request), maxBytes)
+
+/** `readJson` of node:http's request. */
+export const readNodeJson = (source: IncomingMessage, maxBytes = MAX_BODY_BYTES) =>
   Effect.gen(function*() {
-    const declared = Number(request.headers["content-length"] ?? "0")
+    const declared = Number(source.headers["content-length"] ?? "0")
     if (declared > maxBytes) return yield* tooLarge
     // Read to the end, keeping at most maxBytes. (`request.arrayBuffer` destroys the socket when the limit is
     // exceeded, so a client streaming a chunked body got a connection reset instead of the 413.)
-    const read = yield* readNode(NodeHttpServerRequest.toIncomingMessage(request), maxBytes)
+    const read = yield* readNode(source, maxBytes)
     if (read.bytes > maxBytes) return yield* tooLarge
     const text = utf8.decode(Buffer.concat(read.parts))
     return yield* Either.try({ try: () => JSON.parse(text) as unknown, catch: () => invalid })

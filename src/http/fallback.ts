@@ -3,7 +3,7 @@
  * authentication, docs/behaviour.md #4), malformed ids get 400, anything else 404 without authentication.
  */
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Effect } from "effect"
+import { Cause, Effect } from "effect"
 import { AuditActions } from "../domain/audit.js"
 import { isUuid } from "../domain/validation.js"
 import { auditRequest } from "./auditing.js"
@@ -15,6 +15,10 @@ export const jsonError = (
   extra?: Record<string, string>,
   headers?: Record<string, string>
 ) => HttpServerResponse.unsafeJson({ error, ...extra }, { status, ...(headers ? { headers } : {}) })
+
+/** Logs what no handler expected (the answer is a generic 500; details are never returned). */
+export const unhandled = (cause: Cause.Cause<unknown>, requestId: string) =>
+  Effect.logError("unhandled error", Cause.pretty(cause)).pipe(Effect.annotateLogs({ request_id: requestId }))
 
 type Known =
   | { readonly kind: "collection"; readonly allow: string }

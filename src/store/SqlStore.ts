@@ -4,7 +4,7 @@
  * unique-violation codes and boolean parameters here.
  */
 import { SqlClient, SqlError, SqlSchema, type Statement } from "@effect/sql"
-import { Deferred, Effect, Exit, Layer, Option, ParseResult, Queue, Schema, type Scope } from "effect"
+import { Effect, Layer, Option, ParseResult, Schema, type Scope } from "effect"
 import { CountRow, decodeFirst, decodeRows, rowError } from "./columns.js"
 import { boundedCount, keysetPage } from "./keyset.js"
 import {
@@ -335,20 +335,44 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
      * waiting in one transaction — one WAL append (and, with SQLITE_SYNCHRONOUS=full, one fsync) per batch instead of
      * per token. A batch that fails as a whole is retried token by token, so one bad row fails only its own request.
      */
-    type Pending = { readonly token: NewToken; readonly done: Deferred.Deferred<CreateTokenResult, SqlError.SqlError> }
-    const pending = yield* Queue.unbounded<Pending>()
+    type Pending = {
+      readonly token: NewToken
+      readonly resume: (answer: Effect.Effect<CreateTokenResult, SqlError.SqlError>) => void
+    }
+    // Creations waiting for the writer, in arrival order. A plain array and a latch rather than a queue and a Deferred
+    // per creation: those cost more per token than its insert (measured).
+    let waiting: Array<Pending> = []
+    const arrived = yield* Effect.makeLatch(false)
+    // One transaction, two statements for the whole batch: which of its projects exist and are active, then one
+    // multi-row insert of the tokens whose project is (statement by statement, the SQL client's own work per token
+    // cost more than the insert).
+    const insertBatch = (batch: ReadonlyArray<Pending>) =>
+      Effect.gen(function*() {
+        const projectIds = [...new Set(batch.map((p) => p.token.projectId))]
+        const found = yield* sql<{ readonly id: string; readonly is_active: unknown }>`SELECT id, is_active
+          FROM projects WHERE id IN ${sql.in(projectIds)}`
+        const active = new Map(found.map((r) => [r.id, r.is_active === TRUE || r.is_active === true]))
+        const admitted = batch.filter((p) => active.get(p.token.projectId) === true)
+        if (admitted.length > 0) {
+          yield* sql`INSERT INTO tokens ${sql.insert(admitted.map((p) => tokenColumns(p.token)))}`
+        }
+        return batch.map((p): CreateTokenResult => {
+          const state = active.get(p.token.projectId)
+          return state === undefined
+            ? { _tag: "project_not_found" }
+            : state
+            ? { _tag: "created", token: newTokenRow(p.token) }
+            : { _tag: "project_inactive" }
+        })
+      })
     const commitBatch = (batch: ReadonlyArray<Pending>) =>
-      sql.withTransaction(Effect.forEach(batch, (p) => insertForProject(p.token))).pipe(
-        Effect.flatMap((results) =>
-          Effect.sync(() => batch.forEach((p, i) => Deferred.unsafeDone(p.done, Exit.succeed(results[i]!))))
-        ),
+      sql.withTransaction(insertBatch(batch)).pipe(
+        Effect.flatMap((results) => Effect.sync(() => batch.forEach((p, i) => p.resume(Effect.succeed(results[i]!))))),
         Effect.catchAll(() =>
           Effect.forEach(
             batch,
-            (p) => Effect.exit(insertForProject(p.token)).pipe(Effect.flatMap((exit) => Deferred.done(p.done, exit))),
-            {
-              discard: true
-            }
+            (p) => Effect.map(Effect.exit(insertForProject(p.token)), (exit) => p.resume(exit)),
+            { discard: true }
           )
         )
       )
@@ -359,21 +383,28 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
       const turn = setImmediate(() => resume(Effect.void))
       return Effect.sync(() => clearImmediate(turn))
     })
+    const takeBatch = Effect.sync(() => {
+      const batch = waiting.length <= CREATE_BATCH_MAX ? waiting : waiting.slice(0, CREATE_BATCH_MAX)
+      waiting = waiting.length <= CREATE_BATCH_MAX ? [] : waiting.slice(CREATE_BATCH_MAX)
+      if (waiting.length === 0) arrived.unsafeClose()
+      return batch
+    })
     yield* Effect.uninterruptibleMask((restore) =>
-      restore(Queue.take(pending)).pipe(
-        Effect.flatMap((first) =>
-          nextTurn.pipe(
-            Effect.zipRight(Queue.takeUpTo(pending, CREATE_BATCH_MAX - 1)),
-            Effect.flatMap((rest) => commitBatch([first, ...rest]))
-          )
-        )
+      restore(Effect.zipRight(arrived.await, nextTurn)).pipe(
+        Effect.zipRight(takeBatch),
+        Effect.flatMap((batch) => batch.length === 0 ? Effect.void : commitBatch(batch))
       )
     ).pipe(Effect.forever, Effect.forkScoped)
     const groupCommitted = (token: NewToken) =>
-      Effect.gen(function*() {
-        const done = yield* Deferred.make<CreateTokenResult, SqlError.SqlError>()
-        yield* Queue.offer(pending, { token, done })
-        return yield* Deferred.await(done)
+      Effect.async<CreateTokenResult, SqlError.SqlError>((resume) => {
+        const pending: Pending = { token, resume }
+        waiting.push(pending)
+        if (waiting.length === 1) arrived.unsafeOpen()
+        // Interrupted while still waiting: it leaves the batch (once taken, it is committed all the same).
+        return Effect.sync(() => {
+          const at = waiting.indexOf(pending)
+          if (at >= 0) waiting.splice(at, 1)
+        })
       })
 
     const revokeActiveTokens = (projectId: string, now: string) =>

@@ -60,6 +60,15 @@ export const sqliteClient = (path: string, synchronous: SqliteSynchronous = "nor
         )
       )
     ),
+    // A statement journal (what lets one statement of a transaction be undone alone) is spilled to a temporary file
+    // once it outgrows 64 KiB: on a large database every multi-row insert of the token group commit did (an open,
+    // writes and an unlink per batch, measured). Kept in memory instead, with SQLite's other temporary structures; the
+    // queries here make none that grow with the tables (docs/performance.md "Token creation").
+    Layer.tap((ctx) =>
+      Effect.asVoid(
+        SqlClient.SqlClient.pipe(Effect.flatMap((sql) => sql`PRAGMA temp_store = MEMORY`), Effect.provide(ctx))
+      )
+    ),
     // better-sqlite3 throws synchronously while opening (e.g. "file is not a database" from the WAL pragma, or
     // "unable to open database file"), and @effect/sql-sqlite-node lets that escape as a defect: turn failures
     // and defects alike into a StoreError.

@@ -178,6 +178,10 @@ export class Client {
 }
 
 export const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
+/** UUIDv7: token ids and generated request ids, ordered by the time they were made. */
+export const UUID7_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
+/** The Unix milliseconds a UUIDv7 carries. */
+export const uuid7Ms = (id: string): number => parseInt(id.replaceAll("-", "").slice(0, 12), 16)
 export const TOKEN_RE = /^sk-[A-Za-z0-9_-]{43}$/
 export const TOKEN_HINT_RE = /^sk-[A-Za-z0-9_-]{4}\*{4}[A-Za-z0-9_-]{4}$/
 export const ISO_RE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/

@@ -23,6 +23,8 @@ import {
   TOKEN_HINT_RE,
   TOKEN_RE,
   uniqueName,
+  UUID7_RE,
+  uuid7Ms,
   UUID_RE
 } from "./harness.js"
 
@@ -481,13 +483,16 @@ function managementSuite(backend: Backend) {
       expect(r.status, r.text).toBe(201)
       expect(r.headers.get("content-type")).toMatch(/^application\/json/)
       expect(r.json).toEqual({
-        id: expect.stringMatching(UUID_RE),
+        id: expect.stringMatching(UUID7_RE),
         token: expect.stringMatching(TOKEN_RE),
         project_id: project.id,
         expires_at: expect.stringMatching(ISO_RE)
       })
       expect(r.json).not.toHaveProperty("max_requests")
       expectNear(r.json.expires_at, before + 60 * 60_000)
+      // A token id is a UUIDv7 of its creation time, so new tokens go to the end of the id index.
+      expect(uuid7Ms(r.json.id)).toBeGreaterThanOrEqual(before)
+      expect(uuid7Ms(r.json.id)).toBeLessThanOrEqual(Date.now())
       // Accepts an upper-case project id and answers with the canonical one.
       const upper = await createToken(project.id.toUpperCase())
       expect(upper.project_id).toBe(project.id)
@@ -1499,7 +1504,7 @@ function managementSuite(backend: Backend) {
         .toBe("abc-123.X_y:z")
       for (const bad of ["a b", "x".repeat(129), "<script>", "é"]) {
         const r = await api.get("/live", { headers: { "x-request-id": bad } })
-        expect(r.headers.get("x-request-id")).toMatch(UUID_RE)
+        expect(r.headers.get("x-request-id")).toMatch(UUID7_RE)
       }
       const a = (await api.get("/live")).headers.get("x-request-id")
       const b = (await api.get("/live")).headers.get("x-request-id")
