@@ -9,8 +9,8 @@
  * or `method`/`url`, and `deleted` into `note.details`.
  */
 import { HttpServerRequest } from "@effect/platform"
-import { Cause, Effect, Exit, FiberRef, Option, Predicate } from "effect"
-import { CurrentCaller } from "../api/ManagementApi.js"
+import { Cause, Context, Effect, Exit, FiberRef, Option, Predicate } from "effect"
+import { type Caller, CurrentCaller } from "../api/ManagementApi.js"
 import { AuditLog } from "../audit/AuditLog.js"
 import { clientIpOf, type TrustedProxies } from "../audit/clientIp.js"
 import { uuidv7 } from "../crypto/uuidv7.js"
@@ -67,19 +67,18 @@ export const requestMetaFrom = (head: RequestHead, peer: string | undefined, tru
 export const requestMetaOf = (request: HttpServerRequest.HttpServerRequest, trusted: TrustedProxies): RequestMeta =>
   requestMetaFrom(request, Option.getOrUndefined(request.remoteAddress), trusted)
 
+const fieldsOf = (m: RequestMeta | undefined): Partial<AuditEntry> =>
+  m === undefined ? {} : {
+    requestId: m.requestId,
+    correlationId: m.correlationId,
+    clientIp: m.clientIp,
+    userAgent: m.userAgent,
+    method: m.method,
+    path: m.path
+  }
+
 /** The request's fields of an audit event. */
-export const requestFields = Effect.map(
-  FiberRef.get(currentRequestMeta),
-  (m): Partial<AuditEntry> =>
-    m === undefined ? {} : {
-      requestId: m.requestId,
-      correlationId: m.correlationId,
-      clientIp: m.clientIp,
-      userAgent: m.userAgent,
-      method: m.method,
-      path: m.path
-    }
-)
+export const requestFields = Effect.map(FiberRef.get(currentRequestMeta), fieldsOf)
 
 export interface RequestAuditEvent {
   readonly action: string
@@ -91,33 +90,34 @@ export interface RequestAuditEvent {
   readonly details?: Record<string, unknown>
 }
 
-/** Who acted, as the audit log names them: the caller the management auth identified (`management_api` without one). */
-export const currentActor = Effect.map(
-  Effect.serviceOption(CurrentCaller),
-  (caller) =>
-    Option.isSome(caller) && caller.value._tag === "project_key"
-      ? projectKeyActor(caller.value.keyId)
-      : AuditActors.managementApi
-)
+const actorOf = (caller: Option.Option<Caller>): string =>
+  Option.isSome(caller) && caller.value._tag === "project_key"
+    ? projectKeyActor(caller.value.keyId)
+    : AuditActors.managementApi
 
-/** Records one event about the current request (request ids, client IP and user agent filled in). */
+/** Who acted, as the audit log names them: the caller the management auth identified (`management_api` without one). */
+export const currentActor = Effect.map(Effect.serviceOption(CurrentCaller), actorOf)
+
+/**
+ * Records one event about the current request (request ids, client IP and user agent filled in). Read from the fiber
+ * in one step: it runs once per management request, in `audited`'s exit handler, where each step costs more.
+ */
 export const auditRequest = (event: RequestAuditEvent) =>
-  Effect.gen(function*() {
-    const audit = yield* AuditLog
-    const fields = yield* requestFields
-    const meta = yield* FiberRef.get(currentRequestMeta)
-    const details = meta?.fromAdminUi ? { ...event.details, origin: "admin-ui" } : event.details
-    yield* audit.record({
-      ...fields,
-      actor: event.actor ?? (yield* currentActor),
-      action: event.action,
-      outcome: event.outcome,
-      ...(event.reason !== undefined ? { reason: event.reason } : {}),
-      ...(event.projectId !== undefined ? { projectId: event.projectId } : {}),
-      ...(event.tokenId !== undefined ? { tokenId: event.tokenId } : {}),
-      ...(details !== undefined ? { details } : {})
-    })
-  })
+  Effect.flatMap(AuditLog, (audit) =>
+    Effect.withFiberRuntime<void>((fiber) => {
+      const meta = fiber.getFiberRef(currentRequestMeta)
+      const details = meta?.fromAdminUi ? { ...event.details, origin: "admin-ui" } : event.details
+      return audit.record({
+        ...fieldsOf(meta),
+        actor: event.actor ?? actorOf(Context.getOption(fiber.currentContext, CurrentCaller)),
+        action: event.action,
+        outcome: event.outcome,
+        ...(event.reason !== undefined ? { reason: event.reason } : {}),
+        ...(event.projectId !== undefined ? { projectId: event.projectId } : {}),
+        ...(event.tokenId !== undefined ? { tokenId: event.tokenId } : {}),
+        ...(details !== undefined ? { details } : {})
+      })
+    }))
 
 /**
  * Counts a refused authentication of the current request into its aggregated audit event (one per client IP, reason
