@@ -186,11 +186,11 @@ const refuseOutOfScope = (caller: Extract<Caller, { _tag: "project_key" }>) =>
   )
 
 /** Admits a project key where the API definition lets one in (`route`: `routeKey` of an endpoint), else 403. */
-const admit = (caller: Caller, route: string | undefined) =>
-  caller._tag === "management" ||
-    Option.isSome(Option.flatten(Option.fromNullable(route === undefined ? undefined : scopes.get(route))))
-    ? Effect.succeed(caller)
-    : refuseOutOfScope(caller)
+const admit = (caller: Caller, route: string | undefined): Effect.Effect<Caller, Forbidden, AuditLog> => {
+  if (caller._tag === "management") return Effect.succeed(caller)
+  const scope = route === undefined ? undefined : scopes.get(route)
+  return scope !== undefined && Option.isSome(scope) ? Effect.succeed(caller) : refuseOutOfScope(caller)
+}
 
 /** The middleware: who is calling, and — for a project key — whether this endpoint admits one at all. */
 export const authorize = Effect.gen(function*() {

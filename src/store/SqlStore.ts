@@ -10,6 +10,7 @@ import { boundedCount, keysetPage } from "./keyset.js"
 import {
   ProjectFromRow,
   ProjectKeyFromRow,
+  ProjectStateFromRow,
   QuotaStateFromRow,
   SpendPairFromRow,
   TokenAuthFromRow,
@@ -213,6 +214,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
     const quotaState = decodeFirst(QuotaStateFromRow)
     const usagePoints = decodeRows(UsagePointFromRow)
     const projectKeys = decodeRows(ProjectKeyFromRow)
+    const projectStates = decodeRows(ProjectStateFromRow)
     const spendPair = decodeFirst(SpendPairFromRow)
 
     const duplicateName =
@@ -341,7 +343,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
     }
     // Creations waiting for the writer, in arrival order. A plain array and a latch rather than a queue and a Deferred
     // per creation: those cost more per token than its insert (measured).
-    let waiting: Array<Pending> = []
+    const waiting: Array<Pending> = []
     const arrived = yield* Effect.makeLatch(false)
     // One transaction, two statements for the whole batch: which of its projects exist and are active, then one
     // multi-row insert of the tokens whose project is (statement by statement, the SQL client's own work per token
@@ -349,9 +351,10 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
     const insertBatch = (batch: ReadonlyArray<Pending>) =>
       Effect.gen(function*() {
         const projectIds = [...new Set(batch.map((p) => p.token.projectId))]
-        const found = yield* sql<{ readonly id: string; readonly is_active: unknown }>`SELECT id, is_active
-          FROM projects WHERE id IN ${sql.in(projectIds)}`
-        const active = new Map(found.map((r) => [r.id, r.is_active === TRUE || r.is_active === true]))
+        const found = yield* projectStates(
+          yield* sql`SELECT id, is_active FROM projects WHERE id IN ${sql.in(projectIds)}`
+        )
+        const active = new Map(found.map((p) => [p.id, p.isActive]))
         const admitted = batch.filter((p) => active.get(p.token.projectId) === true)
         if (admitted.length > 0) {
           yield* sql`INSERT INTO tokens ${sql.insert(admitted.map((p) => tokenColumns(p.token)))}`
@@ -384,8 +387,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
       return Effect.sync(() => clearImmediate(turn))
     })
     const takeBatch = Effect.sync(() => {
-      const batch = waiting.length <= CREATE_BATCH_MAX ? waiting : waiting.slice(0, CREATE_BATCH_MAX)
-      waiting = waiting.length <= CREATE_BATCH_MAX ? [] : waiting.slice(CREATE_BATCH_MAX)
+      const batch = waiting.splice(0, CREATE_BATCH_MAX)
       if (waiting.length === 0) arrived.unsafeClose()
       return batch
     })

@@ -278,6 +278,12 @@ export const QuotaStateFromRow = sqlRow("QuotaState", {
   project_active: SqlBool
 }, (r) => ({ isActive: r.is_active, expiresAt: r.expires_at, projectActive: r.project_active }))
 
+/** Whether a project exists and is active (the token group commit's check of a batch's projects). */
+export const ProjectStateFromRow = sqlRow("ProjectState", {
+  id: SqlText,
+  is_active: SqlBool
+}, (r) => ({ id: r.id, isActive: r.is_active }))
+
 /** One hour of `usageSeries` (sums of `usage_hourly`). */
 export const UsagePointFromRow = sqlRow("UsagePoint", {
   hour: SqlTimestamp,

@@ -58,6 +58,8 @@ interface Side {
 /** One request of the comparison: what it sends, against a side's projects. */
 interface Case {
   readonly name: string
+  /** The status docs/management-api.md gives it. */
+  readonly status: number
   readonly send: (side: Side, requestId: string) => Promise<Reply>
   /** Refused by authentication, before the handler: no `token.create` event. */
   readonly refusedBeforeHandler?: true
@@ -77,9 +79,10 @@ const post = (
   })
 
 const CASES: ReadonlyArray<Case> = [
-  { name: "created", send: (s, id) => post(s, id, { project_id: s.projectId, duration_minutes: 60 }) },
+  { name: "created", status: 201, send: (s, id) => post(s, id, { project_id: s.projectId, duration_minutes: 60 }) },
   {
     name: "created with labels, quota and budget",
+    status: 201,
     send: (s, id) =>
       post(s, id, {
         project_id: s.projectId.toUpperCase(),
@@ -93,49 +96,70 @@ const CASES: ReadonlyArray<Case> = [
         budget_period: "day"
       })
   },
-  { name: "malformed JSON", send: (s, id) => post(s, id, "{\"project_id\":") },
-  { name: "not an object", send: (s, id) => post(s, id, [1, 2]) },
-  { name: "missing duration", send: (s, id) => post(s, id, { project_id: s.projectId }) },
-  { name: "unknown field", send: (s, id) => post(s, id, { project_id: s.projectId, duration_minutes: 5, scope: 1 }) },
-  { name: "duration too long", send: (s, id) => post(s, id, { project_id: s.projectId, duration_minutes: 1e9 }) },
+  { name: "malformed JSON", status: 400, send: (s, id) => post(s, id, "{\"project_id\":") },
+  { name: "not an object", status: 400, send: (s, id) => post(s, id, [1, 2]) },
+  { name: "missing duration", status: 400, send: (s, id) => post(s, id, { project_id: s.projectId }) },
+  {
+    name: "unknown field",
+    status: 400,
+    send: (s, id) => post(s, id, { project_id: s.projectId, duration_minutes: 5, scope: 1 })
+  },
+  {
+    name: "duration too long",
+    status: 400,
+    send: (s, id) => post(s, id, { project_id: s.projectId, duration_minutes: 1e9 })
+  },
   {
     name: "unknown project",
+    status: 404,
     send: (s, id) => post(s, id, { project_id: "3f1c2a4e-9b7d-4c2e-8f00-123456789abc", duration_minutes: 5 })
   },
-  { name: "inactive project", send: (s, id) => post(s, id, { project_id: s.inactiveId, duration_minutes: 5 }) },
+  {
+    name: "inactive project",
+    status: 403,
+    send: (s, id) => post(s, id, { project_id: s.inactiveId, duration_minutes: 5 })
+  },
   {
     name: "body over 2 MiB",
+    status: 413,
     send: (s, id) => post(s, id, JSON.stringify({ project_id: s.projectId, pad: "x".repeat(2 * 1024 * 1024) }))
   },
   {
     name: "no Authorization",
+    status: 401,
     refusedBeforeHandler: true,
     send: (s, id) => post(s, id, { project_id: s.projectId, duration_minutes: 5 }, {}, null)
   },
   {
     name: "empty bearer",
+    status: 401,
     refusedBeforeHandler: true,
     send: (s, id) => post(s, id, { project_id: s.projectId, duration_minutes: 5 }, {}, "Bearer ")
   },
   {
     name: "project key, its own project implied",
+    status: 201,
     send: (s, id) => post(s, id, { duration_minutes: 5 }, {}, `Bearer ${s.projectKey}`)
   },
   {
     name: "project key, another project",
+    status: 403,
     send: (s, id) => post(s, id, { project_id: s.otherId, duration_minutes: 5 }, {}, `Bearer ${s.projectKey}`)
   },
   {
     name: "project key beyond the project's bounds",
+    status: 400,
     send: (s, id) => post(s, id, { duration_minutes: 120 }, {}, `Bearer ${s.projectKey}`)
   },
   {
     name: "admin session without its CSRF token",
+    status: 403,
     refusedBeforeHandler: true,
     send: (s, id) => post(s, id, { project_id: s.projectId, duration_minutes: 5 }, { cookie: s.session.cookie }, null)
   },
   {
     name: "admin session with its CSRF token",
+    status: 201,
     send: (s, id) =>
       post(s, id, { project_id: s.projectId, duration_minutes: 5 }, {
         cookie: s.session.cookie,
@@ -143,24 +167,29 @@ const CASES: ReadonlyArray<Case> = [
         "x-admin-origin": "1"
       }, null)
   },
-  // MANAGEMENT_AUTH_MAX_FAILURES is 3 here: three wrong tokens, then even the right one waits.
+  // MANAGEMENT_AUTH_MAX_FAILURES is 3 here: the empty bearer, wrong token 1 and the wrong project key are the three
+  // failed attempts; from then on every request waits, the right token's too.
   {
     name: "wrong token 1",
+    status: 401,
     refusedBeforeHandler: true,
     send: (s, id) => post(s, id, {}, {}, "Bearer wrong-1")
   },
   {
     name: "wrong project key",
+    status: 401,
     refusedBeforeHandler: true,
     send: (s, id) => post(s, id, {}, {}, `Bearer lpk-${"A".repeat(43)}`)
   },
   {
     name: "wrong token 2",
+    status: 429,
     refusedBeforeHandler: true,
     send: (s, id) => post(s, id, {}, {}, "Bearer wrong-2")
   },
   {
     name: "right token, throttled",
+    status: 429,
     refusedBeforeHandler: true,
     send: (s, id) => post(s, id, { project_id: s.projectId, duration_minutes: 5 })
   }
@@ -257,21 +286,8 @@ describe("POST /manage/tokens: the direct route and the HttpApi handler answer a
   })
 
   it("the answers are the ones documented", () => {
-    const status = (name: string) => answers.get(name)![0]!.status
-    expect(status("created")).toBe(201)
-    expect(status("created with labels, quota and budget")).toBe(201)
-    expect(status("malformed JSON")).toBe(400)
-    expect(status("duration too long")).toBe(400)
-    expect(status("unknown project")).toBe(404)
-    expect(status("inactive project")).toBe(403)
-    expect(status("body over 2 MiB")).toBe(413)
-    expect(status("no Authorization")).toBe(401)
-    expect(status("project key, its own project implied")).toBe(201)
-    expect(status("project key, another project")).toBe(403)
-    expect(status("project key beyond the project's bounds")).toBe(400)
-    expect(status("admin session without its CSRF token")).toBe(403)
-    expect(status("admin session with its CSRF token")).toBe(201)
-    expect(answers.get("right token, throttled")![0]).toMatchObject({ status: 429, retryAfter: true })
+    expect(CASES.map((c) => [c.name, answers.get(c.name)![0]!.status])).toEqual(CASES.map((c) => [c.name, c.status]))
+    expect(answers.get("right token, throttled")![0]).toMatchObject({ retryAfter: true })
   })
 
   it("each request's token.create event is the same on both routes", async () => {
