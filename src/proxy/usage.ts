@@ -10,7 +10,6 @@
  * usage, the first `data:` line (id and model) and lines with a `finish_reason` value are kept and parsed only when
  * the facts are asked for (a traced request).
  */
-import { isAscii } from "node:buffer"
 import { StringDecoder } from "node:string_decoder"
 import type { UsageDetail } from "../spend/cost.js"
 
@@ -264,16 +263,15 @@ const dataLine = (raw: string): string | undefined => {
 
 const TOKENS_BYTES = Buffer.from("_tokens")
 const FINISH_BYTES = Buffer.from("finish_reason\"")
-const DATA_BYTES = Buffer.from("data:")
 
-/** `hasFinishReason` of any line in `chunk`, on its bytes. */
-const chunkHasFinishReason = (chunk: Buffer): boolean => {
-  for (let from = 0;;) {
+/** Where the first `finish_reason` with a value (see `hasFinishReason`) is in `chunk` from `from`, on its bytes; -1: none. */
+const finishReasonAt = (chunk: Buffer, from: number): number => {
+  for (;;) {
     const at = chunk.indexOf(FINISH_BYTES, from)
-    if (at === -1) return false
+    if (at === -1) return -1
     let i = at + 14
     while (i < chunk.length && (chunk[i] === 0x20 || chunk[i] === 0x3a)) i++
-    if (chunk[i] === 0x22) return true
+    if (chunk[i] === 0x22) return at
     from = i
   }
 }
@@ -329,12 +327,11 @@ export class UsageReader implements AnswerFacts {
   private textChars = 0
   private textOverflow = 0
   /**
-   * `data:` lines not kept in `pieces` because the capture holds them (the first `covered` ones, `coveredChars`
-   * long): while everything streamed is captured, the text is read back from the capture when it is needed instead
-   * of being held twice. Only when no line in the capture can have been skipped as too long (limit ≤ MAX_SSE_LINE).
+   * The `data:` lines that end in the first `coveredUpTo` bytes are not kept in `pieces`: everything streamed up to
+   * there is captured, and the text is read back from the capture when it is needed (a stream cut short) instead of
+   * being held twice. Only when no line in the capture can have been skipped as too long (limit ≤ MAX_SSE_LINE).
    */
-  private covered = 0
-  private coveredChars = 0
+  private coveredUpTo = 0
   private readonly coverable: boolean
   /** The last chunk ended a line (so the decoder holds no part of a character, and no line is unfinished). */
   private atLineStart = true
@@ -373,17 +370,17 @@ export class UsageReader implements AnswerFacts {
   streamedText(): { readonly text: string; readonly overflowChars: number } | undefined {
     if (this.pieces === undefined) return undefined
     const texts: Array<string> = []
-    if (this.covered > 0) {
-      // The same lines scan() found in these bytes: none was too long (coverable), so every line is there.
-      const captured = this.captured.toString("utf8")
-      let taken = 0
-      for (let start = 0; taken < this.covered;) {
+    let coveredChars = 0
+    if (this.coveredUpTo > 0) {
+      // The lines that ended while everything was captured: none was too long (coverable), so every one is there.
+      const captured = this.captured.toString("utf8", 0, this.coveredUpTo)
+      for (let start = 0;;) {
         const nl = captured.indexOf("\n", start)
         if (nl === -1) break
         const line = dataLine(captured.slice(start, nl))
         start = nl + 1
         if (line === undefined) continue
-        taken++
+        coveredChars += line.length
         UsageReader.textOf(line, texts)
       }
     }
@@ -392,7 +389,7 @@ export class UsageReader implements AnswerFacts {
     // Lines not kept hold text in the proportion of those read (JSON around it is most of a chunk).
     const overflowChars = this.textOverflow === 0
       ? 0
-      : Math.ceil(this.textOverflow * (text.length / Math.max(1, this.textChars + this.coveredChars)))
+      : Math.ceil(this.textOverflow * (text.length / Math.max(1, this.textChars + coveredChars)))
     return { text, overflowChars }
   }
 
@@ -455,30 +452,33 @@ export class UsageReader implements AnswerFacts {
     if (this.kept < this.limit) this.capture(chunk, Math.min(chunk.length, this.limit - this.kept))
     if (this.decoder !== undefined) {
       const whole = chunk.length > 0 && chunk[chunk.length - 1] === NL
-      if (!(whole && this.atLineStart && this.skims(chunk))) this.scan(this.decoder.write(chunk))
+      // Everything streamed so far is captured: its lines are read back from the capture if the text is needed.
+      const covered = this.pieces !== undefined && this.coverable && this.kept === this.bytes
+      if (whole && this.atLineStart && this.sawData && (this.pieces === undefined || covered)) this.skim(chunk)
+      else this.scan(this.decoder.write(chunk))
       this.atLineStart = whole || (this.atLineStart && chunk.length === 0)
+      if (covered) this.coveredUpTo = this.bytes
     }
   }
 
   /**
-   * Whole lines (the chunk starts and ends a line) of which no line needs reading: none carries usage
-   * (`_tokens`) or a finish reason, and the first `data:` line was read before. Most chunks of a stream are such
-   * content deltas: they are not decoded or split into strings, only their `data:` lines counted when the text is
-   * collected from the capture (ASCII bytes, one character each). False: the chunk is to be read line by line.
+   * A chunk of whole lines (it starts and ends a line), after the first `data:` line, whose other lines need not be
+   * kept: only the lines that carry usage (`_tokens`) or a finish reason are decoded and read, in order, found on the
+   * chunk's bytes. Most chunks of a stream are content deltas, and a fast upstream's many events in one chunk are
+   * not decoded or split either.
    */
-  private skims(chunk: Buffer): boolean {
-    if (!this.sawData || chunk.indexOf(TOKENS_BYTES) !== -1 || chunkHasFinishReason(chunk)) return false
-    if (this.pieces === undefined) return true
-    if (!this.coverable || this.kept !== this.bytes || !isAscii(chunk)) return false
-    for (let start = 0; start < chunk.length;) {
-      const nl = chunk.indexOf(NL, start)
-      if (nl - start >= 5 && chunk.compare(DATA_BYTES, 0, 5, start, start + 5) === 0) {
-        this.covered++
-        this.coveredChars += nl - start - (chunk[nl - 1] === 0x0d ? 1 : 0)
-      }
-      start = nl + 1
+  private skim(chunk: Buffer): void {
+    let tokens = chunk.indexOf(TOKENS_BYTES)
+    let finish = finishReasonAt(chunk, 0)
+    while (tokens !== -1 || finish !== -1) {
+      const at = tokens === -1 ? finish : finish === -1 ? tokens : Math.min(tokens, finish)
+      const start = at === 0 ? 0 : chunk.lastIndexOf(NL, at - 1) + 1
+      // The chunk ends with a newline: every line in it has one.
+      const end = chunk.indexOf(NL, at)
+      this.onLine(chunk.toString("utf8", start, end))
+      if (tokens !== -1 && tokens < end) tokens = chunk.indexOf(TOKENS_BYTES, end)
+      if (finish !== -1 && finish < end) finish = finishReasonAt(chunk, end)
     }
-    return true
   }
 
   private capture(chunk: Buffer, take: number): void {
@@ -590,13 +590,8 @@ export class UsageReader implements AnswerFacts {
     // ends of choices (finish reasons) are kept as they are and parsed only if a span asks for them.
     const first = !this.sawData
     this.sawData = true
-    if (this.pieces !== undefined) {
-      // Everything streamed so far is captured (the chunk this line ended in included): read back when needed.
-      if (this.coverable && this.kept === this.bytes) {
-        this.covered++
-        this.coveredChars += line.length
-      } else this.keep(line)
-    }
+    // Unless everything streamed so far is captured (the chunk this line ended in included): read back when needed.
+    if (this.pieces !== undefined && !(this.coverable && this.kept === this.bytes)) this.keep(line)
     if (line.includes("_tokens")) {
       try {
         const doc: unknown = JSON.parse(line.slice(5))

@@ -119,7 +119,7 @@ describe("the text of a stream cut short", () => {
 
   // The capture holds the stream's first bytes for the event; while it holds all of them the text is read back from
   // it, past its limit the lines are kept: every limit (none, cut mid-stream, all) gives the same text.
-  /** The stream in whole events, as upstreams send them (most are read without decoding: `UsageReader.skims`). */
+  /** The stream in whole events, as upstreams send them (most are read without decoding: `UsageReader.skim`). */
   const byEvent = () => {
     const pieces: Array<Buffer> = []
     for (let start = 0; start < stream.length;) {
@@ -131,7 +131,12 @@ describe("the text of a stream cut short", () => {
   }
 
   it.each([0, 1, 150, 400, 262_144])("capture limit %i bytes, split every 1, 7 and 64 bytes and by event", (limit) => {
-    for (const pieces of [split(1), split(7), split(64), byEvent()]) {
+    // Also the first event alone and the rest in one chunk, as a fast upstream's arrive (the rest skimmed at once).
+    const firstThenRest = () => {
+      const [first, ...rest] = byEvent()
+      return [first!, Buffer.concat(rest)]
+    }
+    for (const pieces of [split(1), split(7), split(64), byEvent(), firstThenRest()]) {
       const c = new UsageCapture("sse", limit, true)
       const passed: Array<Buffer> = []
       for (const piece of pieces) passed.push(c.pass(piece)!)
@@ -164,6 +169,9 @@ describe("a stream read in whole events or byte by byte", () => {
     expect(events.length).toBeGreaterThan(4)
     const whole = read(events)
     expect(whole).toEqual(read(bytes))
+    // A fast upstream's events come many to a chunk: the finish reason and the usage are found among them.
+    expect(whole).toEqual(read([events[0]!, Buffer.concat(events.slice(1))]))
+    expect(whole).toEqual(read([stream]))
     expect(whole).toEqual({
       usage: { prompt_tokens: 9, completion_tokens: 4, total_tokens: 13 },
       final: true,
