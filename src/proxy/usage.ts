@@ -333,6 +333,9 @@ export class UsageReader implements AnswerFacts {
    */
   private coveredUpTo = 0
   private readonly coverable: boolean
+  /** The last line read for usage and its document, for `parsedLine` (the stripping of the usage-only event). */
+  private usageLine: string | undefined = undefined
+  private usageDoc: unknown = undefined
   /** The last chunk ended a line (so the decoder holds no part of a character, and no line is unfinished). */
   private atLineStart = true
 
@@ -391,6 +394,11 @@ export class UsageReader implements AnswerFacts {
       ? 0
       : Math.ceil(this.textOverflow * (text.length / Math.max(1, this.textChars + coveredChars)))
     return { text, overflowChars }
+  }
+
+  /** The JSON document of a `data:` line: the one read for usage last, if it is that line, without parsing it again. */
+  parsedLine(line: string): unknown {
+    return line === this.usageLine ? this.usageDoc : JSON.parse(line.slice(5))
   }
 
   /** An answer that ended early (the client went away, the upstream broke off): what was read so far is its usage. */
@@ -595,6 +603,8 @@ export class UsageReader implements AnswerFacts {
     if (line.includes("_tokens")) {
       try {
         const doc: unknown = JSON.parse(line.slice(5))
+        this.usageLine = line
+        this.usageDoc = doc
         mergeUsage(this.acc, doc)
         mergeAnswer(this.facts, doc)
         // The final usage is in: the text will not be counted.
@@ -610,7 +620,12 @@ export class UsageReader implements AnswerFacts {
 }
 
 const EMPTY = Buffer.alloc(0)
-const USAGE_KEY = Buffer.from("\"usage\"")
+/**
+ * `usage"`, found without its opening quote and then checked for it: a search for a needle that starts with `"` stops
+ * at every quote of the JSON (Buffer#indexOf looks for the first byte first), several times slower than one that
+ * starts with `u`.
+ */
+const USAGE_KEY = Buffer.from("usage\"")
 const NL = 0x0a
 
 /**
@@ -619,12 +634,15 @@ const NL = 0x0a
  * when that is in `out`; `blankPending` when the blank line is still to come. Undefined when `out` has none.
  */
 export const usageEventIn = (
-  out: Buffer
+  out: Buffer,
+  parse: (line: string) => unknown = (line) => JSON.parse(line.slice(5))
 ): { readonly start: number; readonly end: number; readonly blankPending: boolean } | undefined => {
   for (let from = 0;;) {
-    const at = out.indexOf(USAGE_KEY, from)
-    if (at === -1) return undefined
-    from = at + USAGE_KEY.length
+    const u = out.indexOf(USAGE_KEY, from)
+    if (u === -1) return undefined
+    from = u + USAGE_KEY.length
+    if (u === 0 || out[u - 1] !== 0x22) continue
+    const at = u - 1
     let i = from
     while (out[i] === 0x20 || out[i] === 0x09) i++
     if (out[i] !== 0x3a) continue
@@ -638,7 +656,7 @@ export const usageEventIn = (
     if (!text.startsWith("data:")) continue
     let doc: { choices?: unknown; usage?: unknown } | null
     try {
-      doc = JSON.parse(text.slice(5)) as typeof doc
+      doc = parse(text) as typeof doc
     } catch {
       continue
     }
@@ -712,7 +730,8 @@ export class UsageCapture {
       else if (out[0] === 0x0d && out[1] === NL) out = out.subarray(2)
     }
     if (this.stripped) return out
-    const found = usageEventIn(out)
+    // The usage-only event was read for usage a moment ago (`observe` sees every chunk first): not parsed twice.
+    const found = usageEventIn(out, (line) => this.reader.parsedLine(line))
     if (found === undefined) return out
     this.stripped = true
     this.dropBlank = found.blankPending
