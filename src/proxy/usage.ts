@@ -1,7 +1,8 @@
 /**
- * Usage capture: a Node Transform that passes every byte through untouched (same chunks, same order) and, on the
- * side, reads `usage` from the answer — from the whole body for JSON, from `data:` lines for SSE (OpenAI's final
- * usage chunk, Anthropic's `message_start` / `message_delta`). It also keeps the first `captureLimit` bytes for
+ * Usage capture: what every answer's bytes pass through on their way to the client, untouched (same chunks, same
+ * order, but for the usage-only event the proxy asked for itself; a stream chunk by chunk through `UsageCapture.pass`),
+ * reading `usage` on the side — from the whole body for JSON, from `data:` lines for SSE (OpenAI's final usage
+ * chunk, Anthropic's `message_start` / `message_delta`). It also keeps the first `captureLimit` bytes for
  * whoever wants the response body (instrumentation events), never more.
  *
  * In the same pass it notes what the answer says about itself (`AnswerFacts`: the model that answered, the answer's
