@@ -142,7 +142,7 @@ export const make = (dialect: "sqlite" | "postgres") =>
           const message = `database error during audit ${operation}`
           return ParseResult.isParseError(cause) ? rowError(message, cause) : new StoreError({ message, cause })
         }),
-        Effect.withSpan(`AuditRepo.${operation}`)
+        Effect.withSpan(`AuditRepo.${operation}`, { captureStackTrace: false })
       )
 
     const event = SqlSchema.findOne({

@@ -44,7 +44,7 @@ export const make = Effect.gen(function*() {
         const message = `database error during admin session ${operation}`
         return ParseResult.isParseError(cause) ? rowError(message, cause) : new StoreError({ message, cause })
       }),
-      Effect.withSpan(`AdminSessionStore.${operation}`)
+      Effect.withSpan(`AdminSessionStore.${operation}`, { captureStackTrace: false })
     )
   const session = SqlSchema.findOne({
     Request: Schema.String,
