@@ -2,7 +2,7 @@ import { hash, randomBytes, timingSafeEqual } from "node:crypto"
 
 // Comparing fixed-size digests hides both the matching prefix length and the secret's length. Salted per process so
 // that digests cannot be precomputed. A salted SHA-256 rather than an HMAC: equal digests still mean equal strings,
-// and crypto.hash costs ~1 µs where creating an Hmac per comparison cost ~8 (the management token is compared on
+// and a comparison costs ~0.9 µs where creating an Hmac for each side cost ~3.4 (the management token is compared on
 // every management request).
 const salt = randomBytes(32).toString("hex")
 
