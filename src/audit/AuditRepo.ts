@@ -7,7 +7,17 @@
 import { SqlClient, type SqlError, SqlSchema, type Statement } from "@effect/sql"
 import { Context, Effect, Layer, type Option, ParseResult, Schema } from "effect"
 import { type AuditQuery, type AuditRecord, type Outcome, OUTCOMES } from "../domain/audit.js"
-import { decodeRows, nullable, oneOf, rowError, SqlNumber, sqlRow, SqlText, SqlTimestamp } from "../store/columns.js"
+import {
+  decodeRows,
+  nullable,
+  oneOf,
+  rowError,
+  SqlNumber,
+  sqlRow,
+  SqlText,
+  SqlTimestamp,
+  withStoreSpan
+} from "../store/columns.js"
 import { boundedCount, type KeysetPage, keysetPage, type PageRequest } from "../store/keyset.js"
 import { COUNT_CAP, StoreError } from "../store/Store.js"
 
@@ -142,7 +152,7 @@ export const make = (dialect: "sqlite" | "postgres") =>
           const message = `database error during audit ${operation}`
           return ParseResult.isParseError(cause) ? rowError(message, cause) : new StoreError({ message, cause })
         }),
-        Effect.withSpan(`AuditRepo.${operation}`, { captureStackTrace: false })
+        withStoreSpan(`AuditRepo.${operation}`)
       )
 
     const event = SqlSchema.findOne({

@@ -5,7 +5,7 @@
  */
 import { SqlClient, SqlError, SqlSchema, type Statement } from "@effect/sql"
 import { Effect, Layer, Option, ParseResult, Schema, type Scope } from "effect"
-import { CountRow, decodeFirst, decodeRows, rowError } from "./columns.js"
+import { CountRow, decodeFirst, decodeRows, rowError, withStoreSpan } from "./columns.js"
 import { boundedCount, keysetPage } from "./keyset.js"
 import {
   ProjectFromRow,
@@ -159,8 +159,6 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
     const FALSE = b(false)
 
     // A database error, or a row that does not decode (written by hand), is a StoreError.
-    // Every operation has its span. Without a stack trace: the one captured would name this function, not the
-    // caller, and capturing it cost ~2 µs per operation (an Error with a stack).
     const wrap = <A, E, R>(
       operation: string,
       effect: Effect.Effect<A, E | SqlError.SqlError | ParseResult.ParseError, R>
@@ -173,7 +171,7 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
           Effect.fail(
             ParseResult.isParseError(e) ? rowError(`database error during ${operation}`, e) : storeError(operation)(e)
           )
-      ).pipe(Effect.withSpan(`Store.${operation}`, { captureStackTrace: false })) as Effect.Effect<
+      ).pipe(withStoreSpan(`Store.${operation}`)) as Effect.Effect<
         A,
         Exclude<E, SqlError.SqlError | ParseResult.ParseError> | StoreError,
         R

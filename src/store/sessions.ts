@@ -5,7 +5,7 @@
  */
 import { SqlClient, type SqlError, SqlSchema } from "@effect/sql"
 import { Context, Effect, Layer, type Option, ParseResult, Schema } from "effect"
-import { rowError, SqlNumber, sqlRow, SqlText } from "./columns.js"
+import { rowError, SqlNumber, sqlRow, SqlText, withStoreSpan } from "./columns.js"
 import { StoreError } from "./Store.js"
 
 export interface SessionRow {
@@ -44,7 +44,7 @@ export const make = Effect.gen(function*() {
         const message = `database error during admin session ${operation}`
         return ParseResult.isParseError(cause) ? rowError(message, cause) : new StoreError({ message, cause })
       }),
-      Effect.withSpan(`AdminSessionStore.${operation}`, { captureStackTrace: false })
+      withStoreSpan(`AdminSessionStore.${operation}`)
     )
   const session = SqlSchema.findOne({
     Request: Schema.String,
