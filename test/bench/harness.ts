@@ -5,7 +5,7 @@
  */
 import autocannon from "autocannon"
 import { type ChildProcess, spawn, spawnSync } from "node:child_process"
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { existsSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs"
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -78,7 +78,11 @@ export interface LlmProxy {
   readonly stop: () => Promise<void>
 }
 
-/** The built `serve` on core 1 with a project and a token; `env` is added to the benchmark defaults. */
+/**
+ * The built `serve` on core 1 with a project and a token; `env` is added to the benchmark defaults.
+ * For diagnosis, BENCH_NODE_ARGS (space-separated, e.g. `--trace-gc`) is added to `nodeArgs`, and BENCH_LLM_STDOUT
+ * names a file that receives the process's standard output (otherwise discarded).
+ */
 export const startLlmProxy = async (
   upstream: string,
   env: Record<string, string> = {},
@@ -89,7 +93,9 @@ export const startLlmProxy = async (
   const dir = mkdtempSync(join(tmpdir(), "llm-proxy-bench-"))
   const port = await freePort()
   const managementToken = "bench-management-token-" + crypto.randomUUID()
-  const node = [process.execPath, ...nodeArgs, bin, "serve"]
+  const extraArgs = (process.env["BENCH_NODE_ARGS"] ?? "").split(" ").filter((a) => a !== "")
+  const node = [process.execPath, ...nodeArgs, ...extraArgs, bin, "serve"]
+  const stdoutFile = process.env["BENCH_LLM_STDOUT"]
   const argv = hasTaskset ? ["taskset", "-c", "1", ...node] : node
   const child = spawn(argv[0]!, argv.slice(1), {
     cwd: dir,
@@ -109,7 +115,7 @@ export const startLlmProxy = async (
       ...env
     },
     // Logs go to /dev/null: the benchmark measures producing them, not a terminal drawing them.
-    stdio: ["ignore", "ignore", "inherit"]
+    stdio: ["ignore", stdoutFile !== undefined && stdoutFile !== "" ? openSync(stdoutFile, "a") : "ignore", "inherit"]
   })
   children.push(child)
   const url = `http://127.0.0.1:${port}`

@@ -27,7 +27,8 @@
  * Environment: BENCH_SECONDS (10) per saturation run, BENCH_WARMUP (3: seconds of each kind per target before
  * them), BENCH_ROUNDS (6: alternating rounds), BENCH_CONNECTIONS (64), BENCH_STREAMS (8000), BENCH_LOG_LEVEL (warn: no access log; info: the default
  * configuration, one access-log line per request), BENCH_SPEND=1 (the token gets a USD budget, a token budget and
- * a token-per-minute limit, none of them reached: what spend control costs).
+ * a token-per-minute limit, none of them reached: what spend control costs). For diagnosis (test/bench/harness.ts):
+ * BENCH_NODE_ARGS (flags for llm-proxy's node, e.g. `--trace-gc`), BENCH_LLM_STDOUT (a file for its standard output).
  */
 import { readFileSync } from "node:fs"
 import { cpus } from "node:os"
