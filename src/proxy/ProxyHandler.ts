@@ -184,6 +184,10 @@ const GENERATION = /\/(?:chat\/completions|completions|responses|messages)$/
  * `source` to `res` through `capture`, with back-pressure: the source pauses while the response's buffer is full and
  * resumes on `drain`; its end ends the response (with what the capture held back). A client that goes away is
  * handled by the request's teardown (the upstream request is aborted), an upstream failure by `lost`.
+ *
+ * The chunks that come in one turn of the event loop (the events of one socket read: the HTTP parser hands each
+ * chunk of a chunked body over on its own) go to the capture and to the client together, at the end of that turn:
+ * the same bytes in the same order, with no wait (a microtask), read and written once instead of once per event.
  */
 const relay = (source: Readable, res: ServerResponse, capture: UsageCapture, lost: () => void) => {
   let failed = false
@@ -194,9 +198,15 @@ const relay = (source: Readable, res: ServerResponse, capture: UsageCapture, los
   setImmediate(() => {
     if (!written && !res.writableEnded && !res.destroyed) res.flushHeaders()
   })
-  source.on("data", (chunk: Buffer) => {
-    // Nothing is written after the response ended (a write after end is an 'error' on the response).
-    if (failed || res.writableEnded) return
+  let pending: Array<Buffer> | undefined
+  let pendingBytes = 0
+  const flush = () => {
+    const chunks = pending
+    if (chunks === undefined) return
+    pending = undefined
+    // Nothing is written after the response ended or was torn down (a write after end is an 'error' on it).
+    if (failed || res.writableEnded || res.destroyed) return
+    const chunk = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, pendingBytes)
     let out: Buffer | undefined
     try {
       out = capture.pass(chunk)
@@ -208,9 +218,20 @@ const relay = (source: Readable, res: ServerResponse, capture: UsageCapture, los
     if (out === undefined) return
     written = true
     if (!res.write(out)) source.pause()
+  }
+  source.on("data", (chunk: Buffer) => {
+    if (pending === undefined) {
+      pending = [chunk]
+      pendingBytes = chunk.length
+      queueMicrotask(flush)
+    } else {
+      pending.push(chunk)
+      pendingBytes += chunk.length
+    }
   })
   res.on("drain", () => source.resume())
   source.on("end", () => {
+    flush()
     if (failed || res.writableEnded) return
     let rest: Buffer | undefined
     try {
@@ -1058,9 +1079,9 @@ export const make = Effect.gen(function*() {
       }
     }
     if (mode === "sse") {
-      // Streams: every chunk through the UsageCapture to the client as it comes (a `data` listener and the
-      // response's back-pressure, as `pipe` does, without a Transform's second hop per chunk). Generated text is kept
-      // (until the final usage arrives) so that a stream cut short can be charged.
+      // Streams: every chunk through the UsageCapture to the client as it comes, those of one read together (a `data`
+      // listener and the response's back-pressure, as `pipe` does, without a Transform's second hop per chunk).
+      // Generated text is kept (until the final usage arrives) so that a stream cut short can be charged.
       const capture = new UsageCapture(mode, hooks.captureResponseBytes, GENERATION.test(ctx.path), f.stripUsage)
       f.capture = capture.reader
       relay(source, res, capture, lost)

@@ -456,7 +456,7 @@ export class UsageReader implements AnswerFacts {
       const whole = chunk.length > 0 && chunk[chunk.length - 1] === NL
       // Everything streamed so far is captured: its lines are read back from the capture if the text is needed.
       const covered = this.pieces !== undefined && this.coverable && this.kept === this.bytes
-      if (whole && this.atLineStart && this.sawData && (this.pieces === undefined || covered)) {
+      if (whole && this.atLineStart && (this.pieces === undefined || covered)) {
         this.chunkText = chunk.toString("latin1")
         this.skim(chunk, this.chunkText)
       } else this.scan(this.decoder.write(chunk))
@@ -476,15 +476,24 @@ export class UsageReader implements AnswerFacts {
   }
 
   /**
-   * A chunk of whole lines (it starts and ends a line), after the first `data:` line, whose other lines need not be
-   * kept: only the lines that carry usage (`_tokens`) or a finish reason are decoded and read, in order. They are
-   * found in `text`, the chunk as latin1: one character per byte, so offsets are the bytes' (String#indexOf on an
-   * event's ~150 bytes takes a third of Buffer#indexOf's time, which calls into C++). Most chunks of a stream are
-   * content deltas, and a fast upstream's many events in one chunk are not decoded or split either.
+   * A chunk of whole lines (it starts and ends a line) whose other lines need not be kept: the stream's first
+   * `data:` line (kept for its id and model) and the lines that carry usage (`_tokens`) or a finish reason are
+   * decoded and read, in order; no other. They are found in `text`, the chunk as latin1: one character per byte, so
+   * offsets are the bytes' (String#indexOf on an event's ~150 bytes takes a third of Buffer#indexOf's time, which
+   * calls into C++). Most chunks of a stream are content deltas, and a fast upstream's many events in one chunk are
+   * not decoded or split either.
    */
   private skim(chunk: Buffer, text: string): void {
-    let tokens = text.indexOf("_tokens")
-    let finish = finishReasonAt(text, 0)
+    let from = 0
+    if (!this.sawData) {
+      // Lines before the first `data:` line (`event:` fields, comments) carry nothing read here.
+      const start = text.startsWith("data:") ? 0 : text.indexOf("\ndata:") + 1
+      if (start === 0 && !text.startsWith("data:")) return
+      from = text.indexOf("\n", start)
+      this.onLine(chunk.toString("utf8", start, from))
+    }
+    let tokens = text.indexOf("_tokens", from)
+    let finish = finishReasonAt(text, from)
     while (tokens !== -1 || finish !== -1) {
       const at = tokens === -1 ? finish : finish === -1 ? tokens : Math.min(tokens, finish)
       const start = text.lastIndexOf("\n", at) + 1

@@ -181,10 +181,12 @@ export const saturate = async (
   headers: Record<string, string>,
   stream: boolean,
   seconds: number,
-  connections: number
+  connections: number,
+  /** More of the upstream's query for a stream (test/bench/upstream.mjs), e.g. `&interval=1`. */
+  streamQuery = ""
 ): Promise<Saturation> => {
   const result = await autocannon({
-    url: `${url}/v1/chat/completions${stream ? "?chunks=20" : ""}`,
+    url: `${url}/v1/chat/completions${stream ? `?chunks=20${streamQuery}` : ""}`,
     method: "POST",
     headers: { ...headers, "content-type": "application/json" },
     body: chatBody(stream),

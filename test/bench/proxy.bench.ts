@@ -11,7 +11,10 @@
  *   1–2 alternating: llm-proxy ÷ raw proxy again, in BENCH_ROUNDS (6) rounds of BENCH_SECONDS each (raw, llm-proxy,
  *      then llm-proxy, raw, …): throughput and CPU per request, the median of the rounds' ratios. The host's speed
  *      changes in steps, also within a run; a single run of each (1–2) can land on either side of such a step, two
- *      adjacent runs rarely do. The summary's throughput ratios are these medians.
+ *      adjacent runs rarely do. The summary's throughput ratios are these medians. Streams are measured twice: as
+ *      in 2 (the upstream sends an answer's 20 events at once, as a fast upstream or a cached answer does), and with
+ *      its events 1 ms apart, each in a read of its own (`spaced`: a model generating; each stream takes ≥ 20 ms, so
+ *      the upstream's core limits throughput before the proxies do and CPU per stream is the figure to compare).
  *   3. a 60 ms upstream at a fixed ~1,000 RPS (open loop): added latency p50/p99 over direct
  *   4. time to first SSE byte (upstream sends the first chunk 20 ms after its headers): added p50/p99
  *   5. 8,000 concurrent open streams for ~10 s (opened over ~2 s): peak RSS of the proxy process, memory per open
@@ -59,7 +62,18 @@ interface Target {
   readonly pid?: number
 }
 
-const saturate = (t: Target, stream: boolean) => saturateAt(t.url, t.headers, stream, seconds, connections)
+/**
+ * `spaced`: a stream whose events come 1 ms apart, each in a socket read of its own (a model generating), where
+ * `sse`'s come all at once (a fast upstream, a cached answer): what the proxy does per event, with no events to read
+ * and write together. Every stream takes ≥ 20 ms, so the upstream and the load generator (core 0) limit the
+ * throughput before the proxies do: its CPU per stream is the figure to compare.
+ */
+type Kind = "json" | "sse" | "spaced"
+const SPACED = "&interval=1"
+const saturate = (t: Target, stream: boolean | "spaced") =>
+  stream === "spaced"
+    ? saturateAt(t.url, t.headers, true, seconds, connections, SPACED)
+    : saturateAt(t.url, t.headers, stream, seconds, connections)
 
 const percentile = (sorted: ReadonlyArray<number>, p: number) =>
   sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!
@@ -249,14 +263,15 @@ const main = async () => {
     }
 
     // CPU per request of `serve` (from /proc) too: it varies less between runs than throughput does.
-    const measured = async (t: Target, stream: boolean) => {
+    const measured = async (t: Target, stream: boolean | "spaced") => {
       const before = cpuMsOf(t.pid!)
       const r = await saturate(t, stream)
       return { rps: r.rps, cpuUs: ((cpuMsOf(t.pid!) - before) * 1000) / Math.max(1, r.total) }
     }
     console.log(`\n1–2 alternating: llm-proxy ÷ raw proxy, ${rounds} rounds of ${seconds} s (RPS / CPU µs per request)`)
     const rawTarget = targets[1]!
-    const alternating = async (stream: boolean) => {
+    const alternating = async (kind: Kind) => {
+      const stream = kind === "json" ? false : kind === "sse" ? true : "spaced"
       const ratios: Array<{ rps: number; cpuUs: number }> = []
       for (let i = 0; i < rounds; i++) {
         const order = i % 2 === 0 ? [rawTarget, llmTarget] : [llmTarget, rawTarget]
@@ -266,9 +281,9 @@ const main = async () => {
         const l = runs.get(llmTarget.name)!
         ratios.push({ rps: l.rps / r.rps, cpuUs: l.cpuUs / r.cpuUs })
         console.log(
-          `round ${i + 1} ${(stream ? "sse" : "json").padEnd(5)} raw ${fmt(r.rps, 0)} / ${fmt(r.cpuUs, 0)}  llm-proxy ${
-            fmt(l.rps, 0)
-          } / ${fmt(l.cpuUs, 0)}  ratio ${fmt(l.rps / r.rps, 3)}× / ${fmt(l.cpuUs / r.cpuUs, 3)}×`
+          `round ${i + 1} ${kind.padEnd(6)} raw ${fmt(r.rps, 0)} / ${fmt(r.cpuUs, 0)}  llm-proxy ${fmt(l.rps, 0)} / ${
+            fmt(l.cpuUs, 0)
+          }  ratio ${fmt(l.rps / r.rps, 3)}× / ${fmt(l.cpuUs / r.cpuUs, 3)}×`
         )
       }
       const median = (k: "rps" | "cpuUs") => {
@@ -278,8 +293,9 @@ const main = async () => {
       }
       return { rps: median("rps"), cpuUs: median("cpuUs") }
     }
-    const vsRawJson = await alternating(false)
-    const vsRawSse = await alternating(true)
+    const vsRawJson = await alternating("json")
+    const vsRawSse = await alternating("sse")
+    const vsRawSpaced = await alternating("spaced")
 
     // The same instance, a project with three keys (spread by weight): routing over keys must not cost throughput.
     console.log("\n6. llm-proxy, a project with three keys against one key (saturation, same instance)")
@@ -373,6 +389,9 @@ const main = async () => {
     console.log(
       `  streaming throughput      ${fmt(vsRawSse.rps, 2)}× (CPU per request ${fmt(vsRawSse.cpuUs, 2)}×; ` +
         `2's single runs: ${ratio(sat["llm-proxy"]!.sse.rps, sat["raw proxy"]!.sse.rps)}×)`
+    )
+    console.log(
+      `  streaming, events spaced  ${fmt(vsRawSpaced.rps, 2)}× (CPU per request ${fmt(vsRawSpaced.cpuUs, 2)}×)`
     )
     console.log(
       `  added p50 at 1,000 RPS    llm-proxy ${fmt(slow["llm-proxy"]!.p50 - slow["direct"]!.p50, 3)} ms, raw ${

@@ -7,7 +7,9 @@
  *
  *   npm run build && npm run bench -- stream-ab
  *   env: BENCH_SECONDS (4 per run), BENCH_ROUNDS (8), BENCH_CONNECTIONS (64), BENCH_STREAM=0 (JSON answers instead),
- *        BENCH_BASELINE=/path/to/other/bin/llm-proxy.js (a build with its own dist/ and migrations/ next to it)
+ *        BENCH_BASELINE=/path/to/other/bin/llm-proxy.js (a build with its own dist/ and migrations/ next to it),
+ *        BENCH_STREAM_QUERY (more of the upstream's query, test/bench/upstream.mjs: `&interval=1` sends the events
+ *        1 ms apart, each in a read of its own, instead of all at once)
  */
 import { join } from "node:path"
 import { cpuMsOf, fmt, pinSelfToCore0, root, runBench, saturate, startJsonPort, startLlmProxy } from "./harness.js"
@@ -17,6 +19,7 @@ const rounds = Number(process.env["BENCH_ROUNDS"] ?? 8)
 const connections = Number(process.env["BENCH_CONNECTIONS"] ?? 64)
 const stream = process.env["BENCH_STREAM"] !== "0"
 const baseline = process.env["BENCH_BASELINE"]
+const streamQuery = process.env["BENCH_STREAM_QUERY"] ?? ""
 
 interface Target {
   readonly name: string
@@ -29,7 +32,7 @@ const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math
 
 const measure = async (t: Target, secs: number) => {
   const cpu = cpuMsOf(t.pid)
-  const r = await saturate(t.url, t.headers, stream, secs, connections)
+  const r = await saturate(t.url, t.headers, stream, secs, connections, streamQuery)
   if (r.errors > 0) throw new Error(`${t.name}: ${r.errors} failed requests`)
   return { rate: r.total / secs, us: ((cpuMsOf(t.pid) - cpu) * 1000) / r.total }
 }
@@ -48,7 +51,7 @@ runBench(async () => {
   }
   console.log(
     `${
-      stream ? "streaming (20 SSE chunks)" : "JSON"
+      stream ? `streaming (20 SSE chunks${streamQuery === "" ? "" : `, ${streamQuery.replace(/^&/, "")}`})` : "JSON"
     } saturation, ${connections} connections, ${rounds} rounds of ${seconds} s`
   )
   for (const t of targets) await measure(t, 3)

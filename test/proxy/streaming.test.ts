@@ -30,7 +30,7 @@ beforeEach(() => stack.mock.reset())
  * Opens a streaming request and resolves with the response as soon as its headers arrive. The client asks for usage
  * (as the OpenAI SDKs do when told to): a client that does not gets the stream without its usage chunk (spend.test.ts).
  */
-const open = (body: unknown = chatBody({ stream: true, stream_options: { include_usage: true } })) =>
+const open = (body: unknown = chatBody({ stream: true, stream_options: { include_usage: true } }), token = t.token) =>
   new Promise<{ res: IncomingMessage; destroy: () => void }>((resolve, reject) => {
     const u = new URL(stack.server.url)
     const text = JSON.stringify(body)
@@ -41,7 +41,7 @@ const open = (body: unknown = chatBody({ stream: true, stream_options: { include
       path: "/v1/chat/completions",
       agent: false,
       headers: {
-        authorization: `Bearer ${t.token}`,
+        authorization: `Bearer ${token}`,
         "content-type": "application/json",
         "content-length": Buffer.byteLength(text)
       }
@@ -122,6 +122,29 @@ describe("SSE through the proxy", () => {
     await new Promise((r) => res.once("end", r))
     expect([first, ...rest].join("")).toBe(chunks.join(""))
     expect(rest.length).toBeGreaterThan(1)
+  })
+
+  it("events the upstream sends at once reach the client together, byte for byte, without the usage it did not ask for", async () => {
+    // 40 events in one go (one chunk of the upstream's chunked body each): the proxy reads and writes them together.
+    const deltas = Array.from({ length: 40 }, (_, i) => `wörd${i} `)
+    const chunks = chatChunks(deltas, { prompt_tokens: 11, completion_tokens: 40 })
+    stack.mock.enqueue(handler((_req, res) => {
+      res.writeHead(200, { "content-type": "text/event-stream" })
+      for (const c of chunks) res.write(c)
+      res.end()
+    }))
+    // A token of its own: the other tests' usage, written in batches, does not land in its counters.
+    const own = await projectAndToken(stack.manage)
+    const { res } = await open(chatBody({ stream: true }), own.token)
+    const pieces: Array<string> = []
+    res.on("data", (d: Buffer) => pieces.push(d.toString()))
+    await new Promise((r) => res.once("end", r))
+    // The client did not ask for usage: the proxy asked for it, read it, and left its event out.
+    expect(pieces.join("")).toBe(chunks.filter((c) => !c.includes("\"usage\":{")).join(""))
+    // Event by event they would be 42 writes and 42 pieces here; together, one or a few.
+    expect(pieces.length).toBeLessThan(chunks.length / 2)
+    await eventually(async () => Number((await tokenRow(stack.backend, own.tokenId)).completion_tokens) === 40)
+    expect(Number((await tokenRow(stack.backend, own.tokenId)).prompt_tokens)).toBe(11)
   })
 
   it("98 a client that disconnects mid-stream aborts the upstream request within 1 s", async () => {
