@@ -199,14 +199,13 @@ const relay = (source: Readable, res: ServerResponse, capture: UsageCapture, los
     if (!written && !res.writableEnded && !res.destroyed) res.flushHeaders()
   })
   let pending: Array<Buffer> | undefined
-  let pendingBytes = 0
   const flush = () => {
     const chunks = pending
     if (chunks === undefined) return
     pending = undefined
     // Nothing is written after the response ended or was torn down (a write after end is an 'error' on it).
     if (failed || res.writableEnded || res.destroyed) return
-    const chunk = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, pendingBytes)
+    const chunk = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)
     let out: Buffer | undefined
     try {
       out = capture.pass(chunk)
@@ -222,12 +221,8 @@ const relay = (source: Readable, res: ServerResponse, capture: UsageCapture, los
   source.on("data", (chunk: Buffer) => {
     if (pending === undefined) {
       pending = [chunk]
-      pendingBytes = chunk.length
       queueMicrotask(flush)
-    } else {
-      pending.push(chunk)
-      pendingBytes += chunk.length
-    }
+    } else pending.push(chunk)
   })
   res.on("drain", () => source.resume())
   source.on("end", () => {

@@ -487,8 +487,11 @@ export class UsageReader implements AnswerFacts {
     let from = 0
     if (!this.sawData) {
       // Lines before the first `data:` line (`event:` fields, comments) carry nothing read here.
-      const start = text.startsWith("data:") ? 0 : text.indexOf("\ndata:") + 1
-      if (start === 0 && !text.startsWith("data:")) return
+      let start = 0
+      if (!text.startsWith("data:")) {
+        start = text.indexOf("\ndata:") + 1
+        if (start === 0) return
+      }
       from = text.indexOf("\n", start)
       this.onLine(chunk.toString("utf8", start, from))
     }

@@ -70,10 +70,8 @@ interface Target {
  */
 type Kind = "json" | "sse" | "spaced"
 const SPACED = "&interval=1"
-const saturate = (t: Target, stream: boolean | "spaced") =>
-  stream === "spaced"
-    ? saturateAt(t.url, t.headers, true, seconds, connections, SPACED)
-    : saturateAt(t.url, t.headers, stream, seconds, connections)
+const saturate = (t: Target, kind: Kind) =>
+  saturateAt(t.url, t.headers, kind !== "json", seconds, connections, kind === "spaced" ? SPACED : "")
 
 const percentile = (sorted: ReadonlyArray<number>, p: number) =>
   sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!
@@ -249,7 +247,7 @@ const main = async () => {
     for (const t of targets) {
       const { peak, result: [json, sse] } = await peakRssDuring(
         t.pid,
-        async () => [await saturate(t, false), await saturate(t, true)] as const
+        async () => [await saturate(t, "json"), await saturate(t, "sse")] as const
       )
       sat[t.name] = { json, sse }
       satRss[t.name] = peak
@@ -263,20 +261,19 @@ const main = async () => {
     }
 
     // CPU per request of `serve` (from /proc) too: it varies less between runs than throughput does.
-    const measured = async (t: Target, stream: boolean | "spaced") => {
+    const measured = async (t: Target, kind: Kind) => {
       const before = cpuMsOf(t.pid!)
-      const r = await saturate(t, stream)
+      const r = await saturate(t, kind)
       return { rps: r.rps, cpuUs: ((cpuMsOf(t.pid!) - before) * 1000) / Math.max(1, r.total) }
     }
     console.log(`\n1–2 alternating: llm-proxy ÷ raw proxy, ${rounds} rounds of ${seconds} s (RPS / CPU µs per request)`)
     const rawTarget = targets[1]!
     const alternating = async (kind: Kind) => {
-      const stream = kind === "json" ? false : kind === "sse" ? true : "spaced"
       const ratios: Array<{ rps: number; cpuUs: number }> = []
       for (let i = 0; i < rounds; i++) {
         const order = i % 2 === 0 ? [rawTarget, llmTarget] : [llmTarget, rawTarget]
         const runs = new Map<string, { rps: number; cpuUs: number }>()
-        for (const t of order) runs.set(t.name, await measured(t, stream))
+        for (const t of order) runs.set(t.name, await measured(t, kind))
         const r = runs.get(rawTarget.name)!
         const l = runs.get(llmTarget.name)!
         ratios.push({ rps: l.rps / r.rps, cpuUs: l.cpuUs / r.cpuUs })
@@ -308,12 +305,12 @@ const main = async () => {
     // Measured again back to back, alternating (one, three, three, one) so that drift in the run (GC, the machine)
     // does not favour either; each figure is the mean of its two runs.
     const oneKey = llmTarget
-    const pair = async (stream: boolean) => {
+    const pair = async (kind: Kind) => {
       const runs = [
-        await measured(oneKey, stream),
-        await measured(threeKeys, stream),
-        await measured(threeKeys, stream),
-        await measured(oneKey, stream)
+        await measured(oneKey, kind),
+        await measured(threeKeys, kind),
+        await measured(threeKeys, kind),
+        await measured(oneKey, kind)
       ]
       const mean = (a: { rps: number; cpuUs: number }, b: { rps: number; cpuUs: number }) => ({
         rps: (a.rps + b.rps) / 2,
@@ -321,8 +318,8 @@ const main = async () => {
       })
       return { one: mean(runs[0]!, runs[3]!), three: mean(runs[1]!, runs[2]!) }
     }
-    const keysJson = await pair(false)
-    const keysSse = await pair(true)
+    const keysJson = await pair("json")
+    const keysSse = await pair("sse")
     console.log("keys    kind    RPS (mean of 2)  CPU µs / request")
     for (const [kind, r] of [["json", keysJson], ["sse", keysSse]] as const) {
       console.log(`1 key   ${kind.padEnd(7)} ${fmt(r.one.rps, 0).padStart(9)}  ${fmt(r.one.cpuUs, 0).padStart(16)}`)
