@@ -68,11 +68,14 @@ const inLockOrder = <A>(rows: ReadonlyArray<A>, key: (a: A) => string): Readonly
 
 const compareText = (x: string, y: string) => (x < y ? -1 : x > y ? 1 : 0)
 
-/** Spend deltas older day first (a period restarts with its first delta), then tokens before projects, then id. */
+/**
+ * Spend deltas projects before tokens (the order of every statement that locks a project and then its tokens: a
+ * bulk revoke, a deactivation), then id, then older day first for one row (a period restarts with its first delta).
+ */
 const spendInLockOrder = (deltas: ReadonlyArray<SpendDelta>): ReadonlyArray<SpendDelta> =>
   [...deltas].sort((a, b) =>
-    a.dayStart - b.dayStart ||
-    (a.scope === b.scope ? compareText(a.id, b.id) : a.scope === "token" ? -1 : 1)
+    (a.scope === b.scope ? compareText(a.id, b.id) : a.scope === "project" ? -1 : 1) ||
+    a.dayStart - b.dayStart
   )
 
 const NOTHING_SPENT_ROW: SpendRow = {
@@ -409,11 +412,22 @@ export const make = (dialect: Dialect): Effect.Effect<StoreShape, never, SqlClie
         })
       })
 
+    /**
+     * In a transaction that holds the project's lock. On PostgreSQL the tokens are locked first in the order the
+     * batches take them (`inLockOrder`: by id, code unit by code unit, as COLLATE "C" sorts ASCII), not in the
+     * order the update happens to find them: a usage or spend batch holding one of them then waits, never deadlocks.
+     */
     const revokeActiveTokens = (projectId: string, now: string) =>
-      Effect.map(
-        sql`UPDATE tokens SET is_active = ${FALSE}, deactivated_at = COALESCE(deactivated_at, ${now})
-          WHERE project_id = ${projectId} AND is_active = ${TRUE} RETURNING id`,
-        (rows) => rows.length
+      Effect.zipRight(
+        dialect === "postgres"
+          ? Effect.asVoid(sql`SELECT id FROM tokens WHERE project_id = ${projectId} AND is_active = ${TRUE}
+              ORDER BY id COLLATE "C" FOR UPDATE`)
+          : Effect.void,
+        Effect.map(
+          sql`UPDATE tokens SET is_active = ${FALSE}, deactivated_at = COALESCE(deactivated_at, ${now})
+            WHERE project_id = ${projectId} AND is_active = ${TRUE} RETURNING id`,
+          (rows) => rows.length
+        )
       )
 
     const store: StoreShape = {

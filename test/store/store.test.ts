@@ -547,6 +547,46 @@ const storeSuite = (dialect: Dialect) =>
             }
           })
       )
+
+      it.effect(
+        "a bulk revoke while usage and spend batches of the project's tokens are written: none deadlocks, every count lands",
+        () =>
+          Effect.gen(function*() {
+            const store = yield* Store
+            for (let round = 0; round < 5; round++) {
+              const project = yield* store.createProject(newProject())
+              const tokens: Array<string> = []
+              for (let i = 0; i < 40; i++) tokens.push((yield* store.createToken(newToken(project.id))).id)
+              const usage = (ids: ReadonlyArray<string>) =>
+                store.addUsage(ids.map((tokenId) => ({
+                  tokenId,
+                  requests: 1,
+                  promptTokens: 0,
+                  completionTokens: 0,
+                  cacheHits: 0,
+                  lastUsedAt: null
+                })))
+              const spend = store.addSpend(
+                [...tokens.map((id) => ({ scope: "token" as const, id })), {
+                  scope: "project" as const,
+                  id: project.id
+                }]
+                  .map((d) => ({ ...d, costUsd: 0.5, tokens: 5, dayStart: T0 - (T0 % 86_400_000), monthStart: 0 }))
+              )
+              // A revoke locks the project, then its active tokens; the batches lock the rows they count.
+              const [, , revoked] = yield* Effect.all(
+                [usage(tokens), spend, store.revokeProjectTokens(project.id, NOW)],
+                { concurrency: 3 }
+              )
+              expect(Option.getOrThrow(revoked).revoked).toBe(40)
+              for (const id of tokens) {
+                const t = yield* getToken(id)
+                expect([t.requestCount, t.isActive]).toEqual([1, false])
+                expect(t.spend.spentUsd).toBeCloseTo(0.5, 9)
+              }
+            }
+          })
+      )
     })
 
     describe("a broken database gives a StoreError (not a defect) without SQL parameters in its message", () => {
